@@ -1,0 +1,55 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DATA    ?= data/cookies
+RUNS    ?= runs
+export MPLBACKEND := Agg
+
+.PHONY: demo test unit notebooks lab explorer benchmark install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install --quiet torch torchvision
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## the main job: generate the cookie benchmark, train and score the best method and the original's
+demo: $(STAMP)
+	$(BIN)/python -m anomaly make-cookies $(DATA) --preset benchmark --seed 7
+	$(BIN)/python -m anomaly train --data $(DATA) --method patchknn --out $(RUNS)/demo-patchknn
+	$(BIN)/python -m anomaly score --run $(RUNS)/demo-patchknn
+	$(BIN)/python -m anomaly train --data $(DATA) --method unet --out $(RUNS)/demo-unet
+	$(BIN)/python -m anomaly score --run $(RUNS)/demo-unet
+	@echo "outputs: $(DATA) (data), $(RUNS)/demo-patchknn and $(RUNS)/demo-unet (scores.csv, metrics.json, overlays/)"
+	@echo "explore the threshold: make explorer RUN=$(RUNS)/demo-patchknn"
+
+## unit tests, then every notebook under nbval with the smoke switch on
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+	ANOMALY_SMOKE=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-sanitize-with tests/sanitize.cfg \
+		--nbval-current-env -p no:cacheprovider notebooks/0*.ipynb
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+RUN ?= $(RUNS)/demo-patchknn
+explorer: $(STAMP)
+	$(BIN)/python -m anomaly explore --run $(RUN)
+
+benchmark: $(STAMP)
+	$(BIN)/python -m anomaly make-cookies $(DATA) --preset benchmark --seed 7
+	$(BIN)/python -m anomaly benchmark --data $(DATA) --out $(RUNS)/benchmark
+
+clean:
+	rm -rf $(RUNS) build *.egg-info

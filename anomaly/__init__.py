@@ -1,0 +1,44 @@
+"""anomaly: unsupervised visual anomaly detection for industrial inspection.
+
+The public names a notebook imports. They load lazily, so `import anomaly` stays fast and a
+notebook pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Config": "anomaly.config",
+    "AnomalyDataset": "anomaly.data",
+    "DataError": "anomaly.data",
+    "make_cookies": "anomaly.data",
+    "Predictions": "anomaly.detectors",
+    "Detector": "anomaly.detectors",
+    "get_detector": "anomaly.detectors",
+    "load_run": "anomaly.runs",
+    "RunError": "anomaly.runs",
+    "train_run": "anomaly.pipeline",
+    "score_run": "anomaly.pipeline",
+    "predict_images": "anomaly.pipeline",
+    "set_threshold": "anomaly.pipeline",
+    "evaluate": "anomaly.metrics",
+    "Threshold": "anomaly.metrics",
+    "ThresholdExplorer": "anomaly.explorer",
+    "seed_everything": "anomaly.train",
+    "select_device": "anomaly.train",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'anomaly' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

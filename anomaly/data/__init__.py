@@ -1,0 +1,22 @@
+"""Data: the folder reader (`AnomalyDataset`) and the synthetic cookie generator."""
+
+from anomaly.data.cookies import GENERATOR_VERSION, make_cookies
+from anomaly.data.folder import (
+    IMAGE_EXTENSIONS,
+    AnomalyDataset,
+    DataError,
+    Sample,
+    load_image,
+    load_mask,
+)
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "IMAGE_EXTENSIONS",
+    "AnomalyDataset",
+    "DataError",
+    "Sample",
+    "load_image",
+    "load_mask",
+    "make_cookies",
+]

@@ -1,0 +1,414 @@
+"""`AnomalyDataset`: images (and optional defect masks) from a folder, checked as it is read.
+
+Two layouts are read. The MVTec AD layout (Bergmann et al., "MVTec AD: A Comprehensive
+Real-World Dataset for Unsupervised Anomaly Detection", CVPR 2019):
+
+    ROOT/train/good/*                      defect-free training images
+    ROOT/test/good/*                       defect-free test images
+    ROOT/test/<defect>/*                   defective test images, one folder per kind
+    ROOT/ground_truth/<defect>/<stem>_mask.png   optional masks, white = defect
+                                                 (`<stem>.png` is accepted too)
+
+and the plain layout most people have on day one:
+
+    ROOT/good/*                            defect-free images
+    ROOT/<defect>/*                        defective images, one folder per kind
+    ROOT/masks/<defect>/<stem>_mask.png    optional (or ROOT/ground_truth/<defect>/...)
+
+Problems in the folder (a missing folder, an empty one, an unreadable image, a mask that fits no
+image) raise `DataError` with a message that names the file and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_FOLDERS = ("ground_truth", "masks")
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
+
+
+class DataError(ValueError):
+    """A problem with the data folder; the message names the file or folder and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the data set: where it is, what it is, and where its mask is (if any)."""
+
+    path: str
+    label: int  # 0 = good, 1 = defective
+    defect: str  # "good" or the defect folder name
+    mask_path: str | None = None
+
+
+# --- reading one file -------------------------------------------------------------------------
+
+
+def _open(path: str | Path) -> Image.Image:
+    """Open and decode an image (use it in a `with` block), or raise a DataError naming it."""
+    try:
+        im = Image.open(path)
+        im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"{path}: cannot read this image ({e}). Re-save it as PNG, or delete it."
+        ) from None
+    return im
+
+
+def image_to_array(im: Image.Image) -> np.ndarray:
+    """Convert any PIL image to float32 [H, W, 1 or 3] in [0, 1].
+
+    8-bit modes are divided by 255, 16-bit modes (`I;16*`, and `I` as older Pillow opens 16-bit
+    PNGs) by 65535, float images (`F`) are clipped. Transparent images are composited on white.
+    """
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im, dtype=np.float32) / 65535.0
+        return np.clip(a, 0.0, 1.0)[..., None]
+    if mode == "F":
+        return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)[..., None]
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBa, La, ...
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    if a.ndim == 2:
+        a = a[..., None]
+    if im.mode in ("LA", "RGBA"):  # composite on white
+        color, alpha = a[..., :-1], a[..., -1:]
+        a = color * alpha + (1.0 - alpha)
+    return a
+
+
+def load_image(path: str | Path, size: int | None = 256, channels: int = 3) -> torch.Tensor:
+    """Read one image as a float32 tensor [channels, size, size] in [0, 1].
+
+    `channels` is 1 (grayscale, luma weights as PIL's "L") or 3 (RGB). The image is resized
+    bilinearly with antialiasing to size x size (not keeping the aspect ratio); `size=None`
+    keeps the file's own size. Raises `DataError` naming the file when it cannot be read.
+    """
+    with _open(path) as im:
+        a = image_to_array(im)
+    if channels == 1 and a.shape[-1] == 3:
+        a = (a @ _LUMA)[..., None]
+    elif channels == 3 and a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    if size is not None and x.shape[-2:] != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)[0]
+    return x.clamp_(0.0, 1.0).contiguous()
+
+
+def load_mask(path: str | Path, size: int | None = 256) -> torch.Tensor:
+    """Read a defect mask as float32 [size, size] with values {0, 1} (white or 1 = defect)."""
+    with _open(path) as im:
+        sixteen = im.mode.startswith("I")
+        a = np.asarray(im if sixteen or im.mode in ("L", "F") else im.convert("L"), np.float32)
+    if a.max() > 1.0:  # 0/255 (or 0/65535) masks; masks saved as 0/1 are kept as they are
+        a = a / (65535.0 if sixteen else 255.0)
+    x = torch.from_numpy(np.ascontiguousarray(a))
+    if size is not None and x.shape != (size, size):
+        x = F.interpolate(x[None, None], size=(size, size), mode="nearest-exact")[0, 0]
+    return (x > 0.5).float()
+
+
+# --- finding the files ------------------------------------------------------------------------
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _list_images(folder: Path, what: str) -> list[Path]:
+    """Sorted image files of `folder`; warns about anything else; raises if there are none."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found. Create it and put the {what} in it.")
+    images, stray = [], []
+    for p in sorted(folder.iterdir()):
+        if p.is_dir() and p.name.startswith("."):
+            continue  # .ipynb_checkpoints, .git, ...
+        (images if p.is_file() and _is_image(p) else stray).append(p)
+    if stray:
+        names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in stray)
+        warnings.warn(
+            f"{folder}: skipping {len(stray)} entries that are not images ({names}); images "
+            f"must end in {', '.join(IMAGE_EXTENSIONS)}.", stacklevel=4)
+    if not images:
+        raise DataError(
+            f"{folder}: no images in this folder. Put the {what} in it as "
+            f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder.")
+    return images
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Path]:
+    """Map each image to its mask in `mask_dir`; a mask that fits no image is an error."""
+    by_stem = {p.stem: p for p in images}
+    found: dict[Path, Path] = {}
+    for m in _list_images(mask_dir, "masks (white = defect)"):
+        stem = m.stem[: -len("_mask")] if m.stem.endswith("_mask") else m.stem
+        image = by_stem.get(stem) or by_stem.get(m.stem)
+        if image is None:
+            raise DataError(
+                f"{m}: this mask matches no image. Expected an image named {stem}.* in {rel}/ "
+                f"(mask <stem>_mask.png goes with image <stem>.png); rename or delete the mask.")
+        if image in found:
+            raise DataError(
+                f"{m}: {image.name} already has the mask {found[image].name}; keep only one.")
+        found[image] = m
+    return found
+
+
+def _looks_like_categories(root: Path) -> list[str]:
+    return [p.name for p in _subfolders(root) if (p / "train").is_dir() or (p / "good").is_dir()]
+
+
+# --- the data set -----------------------------------------------------------------------------
+
+
+class AnomalyDataset(Dataset):
+    """Images of one split as a torch `Dataset` of dicts, for torch's default collate.
+
+    Each item is::
+
+        {"image": float32 [channels, size, size] in [0, 1],
+         "mask": float32 [size, size] in {0, 1} (zeros for good images and missing masks),
+         "label": int (0 good, 1 defective), "defect": str ("good" or the folder name),
+         "path": str (absolute path of the image)}
+
+    Order is deterministic: "good" first, then defect folders by name, files by name.
+
+    In the MVTec AD layout (`ROOT/train/good`, `ROOT/test/<kind>`, see the module docstring) the
+    splits are the folders. In the plain layout (`ROOT/good`, `ROOT/<defect>`) the split is a
+    fixed rule, the same on every machine: the good images, sorted by name, are split evenly by
+    position, `round(n * holdout)` of them (at least one when there are two or more) go to test
+    and the rest to train; with the default `holdout=0.2` that is every 5th image (the 5th,
+    10th, ...). Every defect image is in test. Masks for the plain layout are read from
+    `ROOT/ground_truth/<defect>/` if that folder exists, else `ROOT/masks/<defect>/`.
+
+    Construction lists the files and opens every header (cheap), so a non-image or a mask whose
+    size differs from its image fails at once; a file truncated after its header fails when it
+    is read (`check()` reads them all). To hold out a validation set, use `subset(indices)`.
+
+    Args:
+        root: the data folder.
+        split: "train" or "test".
+        size: images and masks are resized to size x size.
+        channels: 1 (grayscale) or 3 (RGB).
+        cache: keep each decoded, resized image in memory after its first read. Cached tensors
+            are returned as they are: do not modify an item's tensors in place.
+        holdout: plain layout only, the fraction of good images that go to test.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", size: int = 256,
+                 channels: int = 3, cache: bool = True, holdout: float = 0.2) -> None:
+        if split not in ("train", "test"):
+            raise DataError(f"split must be 'train' or 'test', not {split!r}")
+        if channels not in (1, 3):
+            raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels!r}")
+        if not isinstance(size, int) or size < 1:
+            raise DataError(f"size must be a positive int, not {size!r}")
+        if not 0.0 <= holdout < 1.0:
+            raise DataError(f"holdout must be in [0, 1), not {holdout!r}")
+        self.root = Path(os.path.abspath(root))
+        self.split, self.size, self.channels, self.cache = split, size, channels, cache
+        self.holdout = holdout
+        if not self.root.is_dir():
+            raise DataError(
+                f"{self.root}: data folder not found. Check the path, or make a synthetic set "
+                f"with anomaly.data.make_cookies('{root}').")
+        if (self.root / "train").is_dir() or (self.root / "test").is_dir():
+            self.layout = "mvtec"
+            self.samples = self._scan_mvtec()
+        elif (self.root / "good").is_dir():
+            self.layout = "folder"
+            self.samples = self._scan_plain()
+        else:
+            cats = _looks_like_categories(self.root)
+            hint = (f"It holds data sets ({', '.join(cats[:5])}); pass one of them, e.g. "
+                    f"{self.root / cats[0]}." if cats else
+                    "Put defect-free images in ROOT/good/ (and defects in ROOT/<defect>/), or "
+                    "use the MVTec AD layout ROOT/train/good/, ROOT/test/<defect>/.")
+            raise DataError(f"{self.root}: no train/good/ or good/ folder. {hint}")
+        self._check_headers()
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # --- scanning -----------------------------------------------------------------------------
+    def _samples(self, images: list[Path], defect: str, masks: dict[Path, Path]) -> list[Sample]:
+        label = 0 if defect == "good" else 1
+        return [Sample(str(p), label, defect, str(masks[p]) if p in masks and label else None)
+                for p in images]
+
+    def _masks_for(self, mask_root: Path | None, kinds: dict[str, list[Path]],
+                   rel: str) -> dict[Path, Path]:
+        """Masks of every defect kind under `mask_root`; a mask folder with no kind is an error."""
+        if mask_root is None or not mask_root.is_dir():
+            return {}
+        masks: dict[Path, Path] = {}
+        for d in _subfolders(mask_root):
+            if d.name == "good":
+                continue  # good images have no defect; their masks are zeros
+            if d.name not in kinds:
+                raise DataError(
+                    f"{d}: masks for a defect kind with no images; expected a folder "
+                    f"{rel}/{d.name}/ with the images. Rename or delete the mask folder.")
+            masks.update(_match_masks(d, kinds[d.name], f"{rel}/{d.name}"))
+        return masks
+
+    def _scan_mvtec(self) -> list[Sample]:
+        good = self.root / self.split / "good"
+        if self.split == "train":
+            if not good.is_dir():
+                raise DataError(
+                    f"{good}: folder not found. The MVTec AD layout needs the defect-free "
+                    f"training images in ROOT/train/good/.")
+            return self._samples(_list_images(good, "defect-free training images"), "good", {})
+        test = self.root / "test"
+        if not test.is_dir():
+            raise DataError(
+                f"{test}: folder not found. Put test images in ROOT/test/good/ and "
+                f"ROOT/test/<defect>/ (one folder per defect kind).")
+        folders = _subfolders(test)
+        if not folders:
+            raise DataError(f"{test}: no folders in it. Put test images in ROOT/test/good/ "
+                            f"and ROOT/test/<defect>/ (one folder per defect kind).")
+        folders.sort(key=lambda p: (p.name != "good", p.name))
+        kinds = {d.name: _list_images(d, f"'{d.name}' test images") for d in folders}
+        masks = self._masks_for(self.root / "ground_truth", kinds, "test")
+        samples: list[Sample] = []
+        for kind, images in kinds.items():
+            samples += self._samples(images, kind, masks)
+        return samples
+
+    def _scan_plain(self) -> list[Sample]:
+        good = _list_images(self.root / "good", "defect-free images")
+        n = len(good)
+        n_test = max(1, round(n * self.holdout)) if n >= 2 and self.holdout > 0 else 0
+        test_idx = {int((j + 1) * n / n_test) - 1 for j in range(n_test)}
+        split_good = [p for i, p in enumerate(good) if (i in test_idx) == (self.split == "test")]
+        samples = self._samples(split_good, "good", {})
+        if self.split == "train":
+            return samples
+        loose = [p.name for p in self.root.iterdir() if p.is_file() and _is_image(p)]
+        if loose:
+            warnings.warn(f"{self.root}: skipping {len(loose)} images outside any folder "
+                          f"({', '.join(sorted(loose)[:5])}); move them into good/ or "
+                          f"<defect>/.", stacklevel=3)
+        kinds = {d.name: _list_images(d, f"'{d.name}' defect images")
+                 for d in _subfolders(self.root) if d.name not in ("good", *MASK_FOLDERS)}
+        mask_root = next((self.root / m for m in MASK_FOLDERS if (self.root / m).is_dir()), None)
+        masks = self._masks_for(mask_root, kinds, str(self.root))
+        for kind, images in kinds.items():
+            samples += self._samples(images, kind, masks)
+        return samples
+
+    def _check_headers(self) -> None:
+        for s in self.samples:
+            try:
+                with Image.open(s.path) as im:
+                    image_size = im.size
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                raise DataError(f"{s.path}: not a readable image ({e}). Re-save it as PNG, "
+                                f"or delete it.") from None
+            if s.mask_path is None:
+                continue
+            try:
+                with Image.open(s.mask_path) as m:
+                    mask_size = m.size
+            except (OSError, SyntaxError, ValueError) as e:
+                raise DataError(f"{s.mask_path}: not a readable mask ({e}). Re-save it as a "
+                                f"PNG, or delete it.") from None
+            if mask_size != image_size:
+                raise DataError(
+                    f"{s.mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image "
+                    f"{s.path} is {image_size[0]}x{image_size[1]}; masks must have the size of "
+                    f"their image.")
+
+    # --- the Dataset ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, s: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (image, mask) tensors of one sample, from the cache when there."""
+        hit = self._cache.get(s.path)
+        if hit is not None:
+            return hit
+        image = load_image(s.path, self.size, self.channels)
+        if s.mask_path is not None:
+            mask = load_mask(s.mask_path, self.size)
+        else:
+            mask = torch.zeros(self.size, self.size)
+        if self.cache:
+            self._cache[s.path] = (image, mask)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.samples[index]
+        image, mask = self.load(s)
+        return {"image": image, "mask": mask, "label": s.label, "defect": s.defect,
+                "path": s.path}
+
+    def subset(self, indices) -> "AnomalyDataset":
+        """A view of these samples, in the order given, sharing this data set's cache."""
+        view = copy.copy(self)
+        view.samples = [self.samples[int(i)] for i in indices]
+        return view
+
+    def check(self) -> None:
+        """Read every image and mask once (filling the cache); one DataError lists every bad file."""
+        bad = []
+        for s in self.samples:
+            try:
+                self.load(s)
+            except DataError as e:
+                bad.append(str(e))
+        if bad:
+            raise DataError(f"{len(bad)} unreadable files:\n" + "\n".join(bad))
+
+    # --- views ---------------------------------------------------------------------------------
+    @property
+    def paths(self) -> list[str]:
+        return [s.path for s in self.samples]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    @property
+    def defects(self) -> list[str]:
+        return [s.defect for s in self.samples]
+
+    @property
+    def has_masks(self) -> bool:
+        return any(s.mask_path is not None for s in self.samples)
+
+    def counts(self) -> dict[str, int]:
+        """Images per defect kind ("good" first), e.g. {"good": 40, "crack": 12}."""
+        return dict(Counter(self.defects))
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in self.counts().items())
+        return (f"AnomalyDataset('{self.root}', split={self.split!r}, {len(self)} images "
+                f"({kinds}), size={self.size}, channels={self.channels}, "
+                f"masks={'yes' if self.has_masks else 'no'})")

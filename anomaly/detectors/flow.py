@@ -1,0 +1,182 @@
+"""Normalizing-flow detector (`flow`): how unlikely is each feature under a density of normal ones?
+
+FastFlow (Yu et al., "FastFlow: Unsupervised Anomaly Detection and Localization via 2D
+Normalizing Flows", 2021): a frozen ImageNet backbone gives mid-level feature maps; for each one a
+2-D flow (`anomaly.models.flow.FeatureFlow`) is trained to map the features of normal images to a
+standard normal, by maximum likelihood. A defect gives features the flow has never seen, which land
+far from the origin: the per-position negative log-likelihood is the anomaly map, as in CFlow-AD
+(Gudovskiy et al., "CFLOW-AD: Real-Time Unsupervised Anomaly Detection with Localization via
+Conditional Normalizing Flows", WACV 2022).
+
+Recipe:
+- features: the backbone's stages (`anomaly.features`), each standardised per channel with the
+  mean and standard deviation of the training features; the backbone never trains, so `fit`
+  computes the features of the training (and validation) images once and trains only the flows.
+- loss: negative log-likelihood per dimension, 0.5 ||z||^2 - log|det J| (+ 0.5 log 2 pi), divided
+  by the number of feature values, averaged over stages.
+- map: per-position NLL per channel, upsampled to the image, averaged over stages, Gaussian
+  smoothed (`config.smooth_sigma`); image score = the map's max (or top-k mean, `config.score_topk`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from anomaly.detectors.base import Detector, register
+from anomaly.maps import gaussian_blur, image_score
+from anomaly.models.flow import FeatureFlow
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def flow_nll_map(z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood per position and per channel, [B, H, W], from the flow's output.
+
+    Args:
+        z: the flow's output [B, C, H, W], standard normal for normal features.
+        log_det: the flow's log|det J| per position, [B, H, W].
+    """
+    c = z.shape[1]
+    return 0.5 * (z * z).mean(dim=1) - log_det / c + HALF_LOG_2PI
+
+
+class FlowHead(nn.Module):
+    """What the flow detector learns: per-stage feature standardisation and one flow per stage."""
+
+    def __init__(self, channels: list[int], steps: int = 8, hidden_ratio: float = 1.0,
+                 clamp: float = 2.0) -> None:
+        super().__init__()
+        self.hparams = dict(channels=list(channels), steps=steps, hidden_ratio=hidden_ratio, clamp=clamp)
+        self.flows = nn.ModuleList(FeatureFlow(c, steps, hidden_ratio, clamp) for c in channels)
+        for i, c in enumerate(channels):
+            self.register_buffer(f"mean{i}", torch.zeros(1, c, 1, 1))
+            self.register_buffer(f"std{i}", torch.ones(1, c, 1, 1))
+
+    def set_statistics(self, features: list[torch.Tensor]) -> None:
+        """Per-channel mean and std of raw training features, one [N, C, h, w] tensor per stage."""
+        for i, f in enumerate(features):
+            mean = f.mean(dim=(0, 2, 3), keepdim=True)
+            std = f.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+            getattr(self, f"mean{i}").copy_(mean)
+            getattr(self, f"std{i}").copy_(std)
+
+    def normalise(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [(f - getattr(self, f"mean{i}")) / getattr(self, f"std{i}") for i, f in enumerate(features)]
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Standardised features, one per stage -> NLL maps [B, h_i, w_i], one per stage."""
+        return [flow_nll_map(*flow(f)) for flow, f in zip(self.flows, features)]
+
+
+class _FeatureCache(Dataset):
+    """Precomputed features, one flat vector per image under "image" (what `fit_loop` feeds `step`)."""
+
+    def __init__(self, features: list[torch.Tensor]) -> None:
+        self.flat = torch.cat([f.flatten(1) for f in features], dim=1)
+
+    def __len__(self) -> int:
+        return len(self.flat)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.flat[i]}
+
+
+@register("flow")
+class FlowDetector(Detector):
+    """FastFlow-style detector: frozen backbone features, one trained 2-D flow per stage.
+
+    Args:
+        config: the run's `Config` (reads size, channels, backbone, epochs, batch_size, lr,
+            weight_decay, patience, seed, smooth_sigma, score_topk).
+        steps: coupling blocks per flow.
+        hidden_ratio: hidden channels of the coupling sub-networks, as a multiple of C.
+        clamp: bound of the coupling log-scales.
+        backbone: an `nn.Module` mapping images [B, C, H, W] in [0, 1] to a list of feature maps;
+            by default `anomaly.features.build_backbone(config.backbone, config.channels)`.
+    """
+
+    def __init__(self, config, steps: int = 8, hidden_ratio: float = 1.0, clamp: float = 2.0,
+                 backbone: nn.Module | None = None) -> None:
+        super().__init__(config)
+        if backbone is None:
+            from anomaly.features import build_backbone
+
+            backbone = build_backbone(config.backbone, config.channels)
+        self.backbone = backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            probe = self.backbone(torch.zeros(1, config.channels, 64, 64))
+        with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left untouched
+            torch.manual_seed(config.seed)
+            self.head = FlowHead([f.shape[1] for f in probe], steps, hidden_ratio, clamp)
+        self._shapes: list[tuple[int, int, int]] | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"backbone": self.backbone, "head": self.head}
+
+    @torch.no_grad()
+    def raw_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen backbone's feature maps of images [B, C, H, W] in [0, 1]."""
+        self.backbone.eval()
+        return [f.float() for f in self.backbone(images)]
+
+    def _cache(self, data, progress: bool) -> list[torch.Tensor]:
+        from tqdm.auto import tqdm
+
+        stages: list[list[torch.Tensor]] = []
+        for batch in tqdm(self.loader(data), desc="features", disable=not progress, leave=False):
+            feats = self.raw_features(batch["image"].to(self.device))
+            stages = stages or [[] for _ in feats]
+            for store, f in zip(stages, feats):
+                store.append(f.cpu())
+        if not stages:
+            raise ValueError("fit() got an empty data set: there are no images to learn from")
+        return [torch.cat(s) for s in stages]
+
+    def step(self, packed: torch.Tensor) -> torch.Tensor:
+        """Mean NLL per dimension of a batch of cached, standardised features (flat vectors)."""
+        sizes = [math.prod(s) for s in self._shapes]
+        feats = [f.reshape(-1, *s) for f, s in zip(packed.split(sizes, dim=1), self._shapes)]
+        return torch.stack([m.mean() for m in self.head(feats)]).mean()
+
+    def fit(self, train_data, val_data=None, run_dir=None, resume: bool = False, progress: bool = True):
+        """Compute the backbone features once, then train the flows on them with `fit_loop`."""
+        from anomaly.train import fit_loop
+
+        train = self._cache(train_data, progress)
+        self.head.set_statistics([f.to(self.device) for f in train])
+        self.head.to(self.device)
+        norm = lambda feats: [f.cpu() for f in self.head.normalise([f.to(self.device) for f in feats])]  # noqa: E731
+        self._shapes = [tuple(f.shape[1:]) for f in train]
+        train_loader = self.loader(_FeatureCache(norm(train)), shuffle=True)
+        val_loader = None
+        if val_data is not None and len(val_data):
+            val_loader = self.loader(_FeatureCache(norm(self._cache(val_data, progress))))
+        self.history = fit_loop(self, self.step, train_loader, val_loader, run_dir=run_dir,
+                                resume=resume, progress=progress)
+        return self
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.head.eval()
+        nll = self.head(self.head.normalise(self.raw_features(images)))
+        size = images.shape[-2:]
+        maps = torch.stack([F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+                            for m in nll]).mean(dim=0)
+        maps = gaussian_blur(maps, self.config.smooth_sigma)
+        return image_score(maps, self.config.score_topk), maps
+
+    def state_dict(self) -> dict:
+        return {"hparams": dict(self.head.hparams), "head": self.head.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["hparams"] != self.head.hparams:
+            raise ValueError(f"this flow checkpoint was made for flows {state['hparams']}, but the "
+                             f"detector has {self.head.hparams}; build it with the same settings")
+        self.head.load_state_dict(state["head"])

