@@ -66,16 +66,20 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return out.reshape(shape)
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim_map(
+    x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
     """Per-pixel SSIM of images [B, C, H, W] in [0, 1], averaged over channels: [B, H, W].
 
     Local means, variances and covariance use a `window`-tap Gaussian of `sigma` (population
     statistics, no sample correction); the output has the input's size (mirrored borders).
     """
     if x.shape != y.shape:
-        raise ValueError(f"ssim_map needs images of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"ssim_map needs images of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     kernel = gaussian_kernel1d(sigma, window // 2, x.device, x.dtype)
-    b, c = x.shape[:2]
+    c = x.shape[1]
     stats = _separable(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel)
     mx, my, mxx, myy, mxy = stats.split(c, dim=1)
     vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
@@ -114,7 +118,9 @@ def reconstruction_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], tor
     return losses[kind]
 
 
-def anomaly_map(x: torch.Tensor, recon: torch.Tensor, kind: str = "l2", sigma: float = 2.0) -> torch.Tensor:
+def anomaly_map(
+    x: torch.Tensor, recon: torch.Tensor, kind: str = "l2", sigma: float = 2.0
+) -> torch.Tensor:
     """Per-pixel anomaly map [B, H, W] of images x and their reconstructions, higher = worse.
 
     Args:

@@ -56,9 +56,8 @@ def train_run(config: Config, out: str | Path, resume: bool = False, progress: b
                        "or pass --resume to continue it")
     seed_everything(config.seed)
     device = select_device(config.device)
-    data, train, val = _datasets(config, out / "split.json" if resume else None)
-    split = {"train": [data.paths[i] for i in train.indices],
-             "val": [data.paths[i] for i in val.indices] if val is not None else []}
+    _, train, val = _datasets(config, out / "split.json" if resume else None)
+    split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
     create_run(out, config, split)
     detector = get_detector(config.method)(config).to(device)
     t0 = time.perf_counter()

@@ -104,7 +104,7 @@ def red_overlay(image, diff, vmax: float | None = None, gamma: float = 1.0) -> n
     _check_size(gray, diff)
     vmax = float(diff.max()) if vmax is None else float(vmax)
     alpha = np.clip(diff / vmax, 0.0, 1.0) ** gamma if vmax > 0 else np.zeros_like(diff)
-    rgb = gray[..., None] * (1 - alpha[..., None])
+    rgb = np.repeat((gray * (1 - alpha))[..., None], 3, axis=-1)
     rgb[..., 0] += alpha
     return _to_uint8(rgb)
 

@@ -61,7 +61,9 @@ def plain(tmp_path: Path) -> Path:
 
 def _one_image(tmp_path: Path, image: Image.Image, channels: int) -> torch.Tensor:
     _save(tmp_path / "d/train/good/x.png", image)
-    return AnomalyDataset(tmp_path / "d", "train", size=image.size[0], channels=channels)[0]["image"]
+    return AnomalyDataset(tmp_path / "d", "train", size=image.size[0], channels=channels)[0][
+        "image"
+    ]
 
 
 # --- layouts ------------------------------------------------------------------------------------
@@ -74,7 +76,11 @@ def test_mvtec_layout(mvtec: Path) -> None:
     assert not train.has_masks
     test = AnomalyDataset(mvtec, "test", size=S)
     assert [Path(p).relative_to(mvtec).as_posix() for p in test.paths] == [
-        "test/good/000.png", "test/crack/000.png", "test/crack/001.png", "test/dent/000.png"]
+        "test/good/000.png",
+        "test/crack/000.png",
+        "test/crack/001.png",
+        "test/dent/000.png",
+    ]
     assert test.labels.tolist() == [0, 1, 1, 1]
     assert test.defects == ["good", "crack", "crack", "dent"]
     assert test.has_masks and test.counts() == {"good": 1, "crack": 2, "dent": 1}
@@ -164,7 +170,9 @@ def test_grayscale_L(tmp_path: Path) -> None:
     a = np.full((4, 4), 100, np.uint8)
     rgb = _one_image(tmp_path, Image.fromarray(a, "L"), channels=3)
     assert rgb.shape == (3, 4, 4) and torch.allclose(rgb, torch.full_like(rgb, 100 / 255))
-    assert torch.allclose(load_image(tmp_path / "d/train/good/x.png", None, 1), torch.tensor(100 / 255))
+    assert torch.allclose(
+        load_image(tmp_path / "d/train/good/x.png", None, 1), torch.tensor(100 / 255)
+    )
 
 
 def test_rgb_to_gray_and_rgb(tmp_path: Path) -> None:

@@ -112,8 +112,9 @@ def load_image(path: str | Path, size: int | None = 256, channels: int = 3) -> t
         a = np.repeat(a, 3, axis=-1)
     x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
     if size is not None and x.shape[-2:] != (size, size):
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=True)[0]
+        x = F.interpolate(
+            x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
     return x.clamp_(0.0, 1.0).contiguous()
 
 
@@ -150,11 +151,14 @@ def _list_images(folder: Path, what: str) -> list[Path]:
         names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in stray)
         warnings.warn(
             f"{folder}: skipping {len(stray)} entries that are not images ({names}); images "
-            f"must end in {', '.join(IMAGE_EXTENSIONS)}.", stacklevel=4)
+            f"must end in {', '.join(IMAGE_EXTENSIONS)}.",
+            stacklevel=4,
+        )
     if not images:
         raise DataError(
             f"{folder}: no images in this folder. Put the {what} in it as "
-            f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder.")
+            f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder."
+        )
     return images
 
 
@@ -167,15 +171,17 @@ def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Pat
     by_stem = {p.stem: p for p in images}
     found: dict[Path, Path] = {}
     for m in _list_images(mask_dir, "masks (white = defect)"):
-        stem = m.stem[: -len("_mask")] if m.stem.endswith("_mask") else m.stem
+        stem = m.stem.removesuffix("_mask")
         image = by_stem.get(stem) or by_stem.get(m.stem)
         if image is None:
             raise DataError(
                 f"{m}: this mask matches no image. Expected an image named {stem}.* in {rel}/ "
-                f"(mask <stem>_mask.png goes with image <stem>.png); rename or delete the mask.")
+                f"(mask <stem>_mask.png goes with image <stem>.png); rename or delete the mask."
+            )
         if image in found:
             raise DataError(
-                f"{m}: {image.name} already has the mask {found[image].name}; keep only one.")
+                f"{m}: {image.name} already has the mask {found[image].name}; keep only one."
+            )
         found[image] = m
     return found
 
@@ -221,8 +227,15 @@ class AnomalyDataset(Dataset):
         holdout: plain layout only, the fraction of good images that go to test.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", size: int = 256,
-                 channels: int = 3, cache: bool = True, holdout: float = 0.2) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        size: int = 256,
+        channels: int = 3,
+        cache: bool = True,
+        holdout: float = 0.2,
+    ) -> None:
         if split not in ("train", "test"):
             raise DataError(f"split must be 'train' or 'test', not {split!r}")
         if channels not in (1, 3):
@@ -237,7 +250,8 @@ class AnomalyDataset(Dataset):
         if not self.root.is_dir():
             raise DataError(
                 f"{self.root}: data folder not found. Check the path, or make a synthetic set "
-                f"with anomaly.data.make_cookies('{root}').")
+                f"with anomaly.data.make_cookies('{root}')."
+            )
         if (self.root / "train").is_dir() or (self.root / "test").is_dir():
             self.layout = "mvtec"
             self.samples = self._scan_mvtec()
@@ -246,10 +260,13 @@ class AnomalyDataset(Dataset):
             self.samples = self._scan_plain()
         else:
             cats = _looks_like_categories(self.root)
-            hint = (f"It holds data sets ({', '.join(cats[:5])}); pass one of them, e.g. "
-                    f"{self.root / cats[0]}." if cats else
-                    "Put defect-free images in ROOT/good/ (and defects in ROOT/<defect>/), or "
-                    "use the MVTec AD layout ROOT/train/good/, ROOT/test/<defect>/.")
+            hint = (
+                f"It holds data sets ({', '.join(cats[:5])}); pass one of them, e.g. "
+                f"{self.root / cats[0]}."
+                if cats
+                else "Put defect-free images in ROOT/good/ (and defects in ROOT/<defect>/), or "
+                "use the MVTec AD layout ROOT/train/good/, ROOT/test/<defect>/."
+            )
             raise DataError(f"{self.root}: no train/good/ or good/ folder. {hint}")
         self._check_headers()
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -257,11 +274,14 @@ class AnomalyDataset(Dataset):
     # --- scanning -----------------------------------------------------------------------------
     def _samples(self, images: list[Path], defect: str, masks: dict[Path, Path]) -> list[Sample]:
         label = 0 if defect == "good" else 1
-        return [Sample(str(p), label, defect, str(masks[p]) if p in masks and label else None)
-                for p in images]
+        return [
+            Sample(str(p), label, defect, str(masks[p]) if p in masks and label else None)
+            for p in images
+        ]
 
-    def _masks_for(self, mask_root: Path | None, kinds: dict[str, list[Path]],
-                   rel: str) -> dict[Path, Path]:
+    def _masks_for(
+        self, mask_root: Path | None, kinds: dict[str, list[Path]], rel: str
+    ) -> dict[Path, Path]:
         """Masks of every defect kind under `mask_root`; a mask folder with no kind is an error."""
         if mask_root is None or not mask_root.is_dir():
             return {}
@@ -272,7 +292,8 @@ class AnomalyDataset(Dataset):
             if d.name not in kinds:
                 raise DataError(
                     f"{d}: masks for a defect kind with no images; expected a folder "
-                    f"{rel}/{d.name}/ with the images. Rename or delete the mask folder.")
+                    f"{rel}/{d.name}/ with the images. Rename or delete the mask folder."
+                )
             masks.update(_match_masks(d, kinds[d.name], f"{rel}/{d.name}"))
         return masks
 
@@ -282,17 +303,21 @@ class AnomalyDataset(Dataset):
             if not good.is_dir():
                 raise DataError(
                     f"{good}: folder not found. The MVTec AD layout needs the defect-free "
-                    f"training images in ROOT/train/good/.")
+                    f"training images in ROOT/train/good/."
+                )
             return self._samples(_list_images(good, "defect-free training images"), "good", {})
         test = self.root / "test"
         if not test.is_dir():
             raise DataError(
                 f"{test}: folder not found. Put test images in ROOT/test/good/ and "
-                f"ROOT/test/<defect>/ (one folder per defect kind).")
+                f"ROOT/test/<defect>/ (one folder per defect kind)."
+            )
         folders = _subfolders(test)
         if not folders:
-            raise DataError(f"{test}: no folders in it. Put test images in ROOT/test/good/ "
-                            f"and ROOT/test/<defect>/ (one folder per defect kind).")
+            raise DataError(
+                f"{test}: no folders in it. Put test images in ROOT/test/good/ "
+                f"and ROOT/test/<defect>/ (one folder per defect kind)."
+            )
         folders.sort(key=lambda p: (p.name != "good", p.name))
         kinds = {d.name: _list_images(d, f"'{d.name}' test images") for d in folders}
         masks = self._masks_for(self.root / "ground_truth", kinds, "test")
@@ -312,11 +337,17 @@ class AnomalyDataset(Dataset):
             return samples
         loose = [p.name for p in self.root.iterdir() if p.is_file() and _is_image(p)]
         if loose:
-            warnings.warn(f"{self.root}: skipping {len(loose)} images outside any folder "
-                          f"({', '.join(sorted(loose)[:5])}); move them into good/ or "
-                          f"<defect>/.", stacklevel=3)
-        kinds = {d.name: _list_images(d, f"'{d.name}' defect images")
-                 for d in _subfolders(self.root) if d.name not in ("good", *MASK_FOLDERS)}
+            warnings.warn(
+                f"{self.root}: skipping {len(loose)} images outside any folder "
+                f"({', '.join(sorted(loose)[:5])}); move them into good/ or "
+                f"<defect>/.",
+                stacklevel=3,
+            )
+        kinds = {
+            d.name: _list_images(d, f"'{d.name}' defect images")
+            for d in _subfolders(self.root)
+            if d.name not in ("good", *MASK_FOLDERS)
+        }
         mask_root = next((self.root / m for m in MASK_FOLDERS if (self.root / m).is_dir()), None)
         masks = self._masks_for(mask_root, kinds, str(self.root))
         for kind, images in kinds.items():
@@ -329,21 +360,24 @@ class AnomalyDataset(Dataset):
                 with Image.open(s.path) as im:
                     image_size = im.size
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                raise DataError(f"{s.path}: not a readable image ({e}). Re-save it as PNG, "
-                                f"or delete it.") from None
+                raise DataError(
+                    f"{s.path}: not a readable image ({e}). Re-save it as PNG, or delete it."
+                ) from None
             if s.mask_path is None:
                 continue
             try:
                 with Image.open(s.mask_path) as m:
                     mask_size = m.size
             except (OSError, SyntaxError, ValueError) as e:
-                raise DataError(f"{s.mask_path}: not a readable mask ({e}). Re-save it as a "
-                                f"PNG, or delete it.") from None
+                raise DataError(
+                    f"{s.mask_path}: not a readable mask ({e}). Re-save it as a PNG, or delete it."
+                ) from None
             if mask_size != image_size:
                 raise DataError(
                     f"{s.mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image "
                     f"{s.path} is {image_size[0]}x{image_size[1]}; masks must have the size of "
-                    f"their image.")
+                    f"their image."
+                )
 
     # --- the Dataset ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -366,10 +400,9 @@ class AnomalyDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         image, mask = self.load(s)
-        return {"image": image, "mask": mask, "label": s.label, "defect": s.defect,
-                "path": s.path}
+        return {"image": image, "mask": mask, "label": s.label, "defect": s.defect, "path": s.path}
 
-    def subset(self, indices) -> "AnomalyDataset":
+    def subset(self, indices) -> AnomalyDataset:
         """A view of these samples, in the order given, sharing this data set's cache."""
         view = copy.copy(self)
         view.samples = [self.samples[int(i)] for i in indices]
@@ -409,6 +442,8 @@ class AnomalyDataset(Dataset):
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in self.counts().items())
-        return (f"AnomalyDataset('{self.root}', split={self.split!r}, {len(self)} images "
-                f"({kinds}), size={self.size}, channels={self.channels}, "
-                f"masks={'yes' if self.has_masks else 'no'})")
+        return (
+            f"AnomalyDataset('{self.root}', split={self.split!r}, {len(self)} images "
+            f"({kinds}), size={self.size}, channels={self.channels}, "
+            f"masks={'yes' if self.has_masks else 'no'})"
+        )

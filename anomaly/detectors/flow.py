@@ -66,7 +66,9 @@ class FlowHead(nn.Module):
             getattr(self, f"std{i}").copy_(std)
 
     def normalise(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [(f - getattr(self, f"mean{i}")) / getattr(self, f"std{i}") for i, f in enumerate(features)]
+        """Standardise raw features per channel (on the features' device)."""
+        return [(f - getattr(self, f"mean{i}").to(f.device)) / getattr(self, f"std{i}").to(f.device)
+                for i, f in enumerate(features)]
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Standardised features, one per stage -> NLL maps [B, h_i, w_i], one per stage."""
@@ -150,14 +152,13 @@ class FlowDetector(Detector):
         from anomaly.train import fit_loop
 
         train = self._cache(train_data, progress)
-        self.head.set_statistics([f.to(self.device) for f in train])
-        self.head.to(self.device)
-        norm = lambda feats: [f.cpu() for f in self.head.normalise([f.to(self.device) for f in feats])]  # noqa: E731
+        self.head.set_statistics(train)
         self._shapes = [tuple(f.shape[1:]) for f in train]
-        train_loader = self.loader(_FeatureCache(norm(train)), shuffle=True)
+        train_loader = self.loader(_FeatureCache(self.head.normalise(train)), shuffle=True)
         val_loader = None
         if val_data is not None and len(val_data):
-            val_loader = self.loader(_FeatureCache(norm(self._cache(val_data, progress))))
+            val = self.head.normalise(self._cache(val_data, progress))
+            val_loader = self.loader(_FeatureCache(val))
         self.history = fit_loop(self, self.step, train_loader, val_loader, run_dir=run_dir,
                                 resume=resume, progress=progress)
         return self

@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from anomaly.detectors.base import Detector, register
-from anomaly.maps import anomaly_map, image_score, reconstruction_loss
+from anomaly.maps import anomaly_map, image_score, kl_divergence, reconstruction_loss
 from anomaly.models import build_model
-from anomaly.models.vae import kl_divergence
 
 
 class ReconstructionDetector(Detector):

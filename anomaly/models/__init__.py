@@ -25,7 +25,9 @@ def build_model(method: str, in_channels: int = 1, width: int = 32, latent: int 
     and "vae" and by 8 for "unet".
     """
     if method not in MODELS:
-        raise ValueError(f"unknown reconstruction method {method!r}; choose one of {sorted(MODELS)}")
+        raise ValueError(
+            f"unknown reconstruction method {method!r}; choose one of {sorted(MODELS)}"
+        )
     if method == "unet":
         return UNet(in_channels=in_channels, width=width)
     return MODELS[method](in_channels=in_channels, width=width, latent=latent)
@@ -39,11 +41,14 @@ def model_signature(model: nn.Module) -> dict:
 def check_signature(saved: dict, model: nn.Module, source: str = "checkpoint") -> None:
     """Raise a ValueError naming the differences if `saved` is not `model`'s signature."""
     current = model_signature(model)
-    diff = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
-            if saved.get(k) != current.get(k)}
+    diff = {
+        k: (saved.get(k), current.get(k))
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    }
     if diff:
         details = ", ".join(f"{k}: {a!r} in {source} vs {b!r} now" for k, (a, b) in diff.items())
         raise ValueError(f"{source} was saved from a different network ({details})")
 
 
-__all__ = ["MODELS", "ConvAE", "UNet", "VAE", "build_model", "check_signature", "model_signature"]
+__all__ = ["MODELS", "VAE", "ConvAE", "UNet", "build_model", "check_signature", "model_signature"]

@@ -19,8 +19,11 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, transpose: 
     """Convolution (size-keeping for 3x3, halving/doubling for 4x4 stride 2) + BN + LeakyReLU."""
     conv = nn.ConvTranspose2d if transpose else nn.Conv2d
     pad = (kernel - 1) // 2 if stride == 1 else 1
-    return nn.Sequential(conv(c_in, c_out, kernel, stride=stride, padding=pad, bias=False),
-                         nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(
+        conv(c_in, c_out, kernel, stride=stride, padding=pad, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
 
 
 def level_channels(width: int, depth: int) -> list[int]:
@@ -45,8 +48,9 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = 2**self.depth
         if x.shape[-1] % f or x.shape[-2] % f:
-            raise ValueError(f"depth {self.depth} needs H and W divisible by {f}, "
-                             f"got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"depth {self.depth} needs H and W divisible by {f}, got {tuple(x.shape[-2:])}"
+            )
         return self.net(x)
 
 
@@ -76,9 +80,16 @@ class ConvAE(nn.Module):
         depth: number of halvings; H and W must be divisible by 2**depth (16 for depth 4).
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, latent: int = 64, depth: int = 4) -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 32, latent: int = 64, depth: int = 4
+    ) -> None:
         super().__init__()
-        self.hparams = dict(in_channels=in_channels, width=width, latent=latent, depth=depth)
+        self.hparams = {
+            "in_channels": in_channels,
+            "width": width,
+            "latent": latent,
+            "depth": depth,
+        }
         self.encoder = Encoder(in_channels, width, latent, depth)
         self.decoder = Decoder(latent, width, in_channels, depth)
 

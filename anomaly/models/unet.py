@@ -41,13 +41,24 @@ class UNet(nn.Module):
         batch_norm: add BatchNorm after every 3x3 convolution (the original had none).
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4,
-                 bilinear: bool = True, batch_norm: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        width: int = 64,
+        depth: int = 4,
+        bilinear: bool = True,
+        batch_norm: bool = False,
+    ) -> None:
         super().__init__()
         if depth < 2:
             raise ValueError(f"UNet depth must be at least 2, got {depth}")
-        self.hparams = dict(in_channels=in_channels, width=width, depth=depth,
-                            bilinear=bilinear, batch_norm=batch_norm)
+        self.hparams = {
+            "in_channels": in_channels,
+            "width": width,
+            "depth": depth,
+            "bilinear": bilinear,
+            "batch_norm": batch_norm,
+        }
         chans = [width * 2**i for i in range(depth)]
         self.down = nn.ModuleList()
         c_prev = in_channels
@@ -59,7 +70,9 @@ class UNet(nn.Module):
         self.up = nn.ModuleList()
         for c_deep, c_skip in zip(chans[:0:-1], chans[-2::-1]):
             if bilinear:  # as the original: up-sample, then concatenate all deep channels
-                self.upsample.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True))
+                self.upsample.append(
+                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+                )
                 self.up.append(double_conv(c_deep + c_skip, c_skip, batch_norm))
             else:
                 self.upsample.append(nn.ConvTranspose2d(c_deep, c_skip, 2, stride=2))
@@ -69,8 +82,10 @@ class UNet(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         f = 2 ** (len(self.down) - 1)
         if x.shape[-1] % f or x.shape[-2] % f:
-            raise ValueError(f"UNet(depth={len(self.down)}) needs H and W divisible by {f}, "
-                             f"got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"UNet(depth={len(self.down)}) needs H and W divisible by {f}, "
+                f"got {tuple(x.shape[-2:])}"
+            )
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         self._check(x)

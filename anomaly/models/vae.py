@@ -30,9 +30,16 @@ class VAE(nn.Module):
         depth: number of halvings; H and W must be divisible by 2**depth (16 for depth 4).
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, latent: int = 64, depth: int = 4) -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 32, latent: int = 64, depth: int = 4
+    ) -> None:
         super().__init__()
-        self.hparams = dict(in_channels=in_channels, width=width, latent=latent, depth=depth)
+        self.hparams = {
+            "in_channels": in_channels,
+            "width": width,
+            "latent": latent,
+            "depth": depth,
+        }
         self.encoder = Encoder(in_channels, width, 2 * latent, depth)
         self.decoder = Decoder(latent, width, in_channels, depth)
 

@@ -1,0 +1,317 @@
+"""The threshold explorer: its pure logic by hand, then its widget wiring by setting values."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from anomaly.detectors.base import Predictions
+from anomaly.explorer import (
+    ThresholdExplorer,
+    cost_optimal_threshold,
+    counts_at,
+    format_confusion_html,
+    mask_outline,
+    overlay,
+    runs_from_env,
+    score_range,
+    threshold_table,
+    voila_command,
+)
+
+
+def synthetic_predictions(n: int = 40, size: int = 16, seed: int = 0, shift: float = 1.5,
+                          method: str = "ae") -> Predictions:
+    """Good images score ~N(0, 1), defective ones ~N(shift, 1); defects are a square."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 3 == 0).astype(int)
+    scores = rng.normal(0, 1, n) + shift * labels
+    maps = rng.random((n, size, size), dtype=np.float32)
+    masks = np.zeros((n, size, size), np.uint8)
+    q = size // 4
+    masks[labels == 1, q:2 * q, q:2 * q] = 1
+    maps[masks == 1] += 1.0
+    defects = ["crack" if label else "good" for label in labels]
+    return Predictions([f"/nowhere/img_{i:03d}.png" for i in range(n)], labels, defects, scores,
+                       maps, masks, method=method)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure logic
+# ---------------------------------------------------------------------------------------------
+
+LABELS = np.array([0, 0, 0, 1, 1])
+SCORES = np.array([0.1, 0.2, 0.6, 0.4, 0.9])  # good: .1 .2 .6   defective: .4 .9
+
+
+def test_counts_at_a_threshold_by_hand():
+    table = threshold_table(LABELS, SCORES)
+    c = counts_at(table, 0.5)  # flagged: .6 (good) and .9 (defective)
+    assert (c["tp"], c["fp"], c["tn"], c["fn"]) == (1, 1, 2, 1)
+    assert c["precision"] == pytest.approx(0.5)
+    assert c["recall"] == pytest.approx(0.5)
+    assert c["f1"] == pytest.approx(0.5)
+    assert c["false_reject_rate"] == pytest.approx(1 / 3)
+    assert c["escape_rate"] == pytest.approx(0.5)
+    assert c["threshold"] == 0.5
+
+
+def test_score_equal_to_threshold_is_flagged():
+    table = threshold_table(LABELS, SCORES)
+    c = counts_at(table, 0.4)  # .4 itself is flagged (>=), with .6 and .9
+    assert (c["tp"], c["fp"], c["tn"], c["fn"]) == (2, 1, 2, 0)
+
+
+def test_extreme_thresholds_flag_all_or_nothing():
+    table = threshold_table(LABELS, SCORES)
+    low, high = counts_at(table, -10.0), counts_at(table, 10.0)
+    assert (low["tp"], low["fp"]) == (2, 3) and low["false_reject_rate"] == 1.0
+    assert (high["tp"], high["fp"], high["fn"]) == (0, 0, 2)
+    assert high["precision"] == 0.0  # undefined -> 0.0, as anomaly.metrics.confusion
+    assert high["escape_rate"] == 1.0
+    assert counts_at(table, np.inf)["tn"] == 3
+
+
+def test_tied_scores_are_one_row():
+    table = threshold_table([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.7])
+    assert list(table.thresholds) == [0.2, 0.5, 0.7, np.inf]
+    c = counts_at(table, 0.5)  # both .5 images flagged together
+    assert (c["tp"], c["fp"], c["tn"], c["fn"]) == (2, 1, 1, 0)
+    c = counts_at(table, 0.50001)
+    assert (c["tp"], c["fp"], c["tn"], c["fn"]) == (1, 0, 2, 1)
+
+
+def test_counts_agree_with_brute_force_everywhere():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(size=200), 1)  # many ties
+    table = threshold_table(labels, scores)
+    for t in np.linspace(-4, 4, 97):
+        flagged = scores >= t
+        c = counts_at(table, t)
+        assert c["tp"] == np.sum(flagged & (labels == 1))
+        assert c["fp"] == np.sum(flagged & (labels == 0))
+        assert c["fn"] == np.sum(~flagged & (labels == 1))
+        assert c["tn"] == np.sum(~flagged & (labels == 0))
+
+
+def test_counts_match_metrics_confusion():
+    metrics = pytest.importorskip("anomaly.metrics")
+    table = threshold_table(LABELS, SCORES)
+    for t in (0.0, 0.15, 0.4, 0.5, 0.95):
+        assert counts_at(table, t) == pytest.approx(metrics.confusion(LABELS, SCORES, t))
+
+
+def test_cost_optimum_by_hand():
+    # Candidate intervals and their (false rejects, escapes):
+    #   t <= .1: (3, 0)   (.1, .2]: (2, 0)   (.2, .4]: (1, 0)   (.4, .6]: (1, 1)
+    #   (.6, .9]: (0, 1)  t > .9: (0, 2)
+    # Escapes cost 1, false rejects 1: (.2,.4] and (.6,.9] both cost 1 -> the lower one wins.
+    t, cost = cost_optimal_threshold(LABELS, SCORES, cost_false_reject=1, cost_escape=1)
+    assert cost == 1 and t == pytest.approx(0.3)
+    # Escapes cheap: (.6, .9] costs 0.1.
+    t, cost = cost_optimal_threshold(LABELS, SCORES, cost_false_reject=1, cost_escape=0.1)
+    assert cost == pytest.approx(0.1) and t == pytest.approx(0.75)
+    # Escapes very expensive, false rejects free: flag everything (below the lowest score).
+    t, cost = cost_optimal_threshold(LABELS, SCORES, cost_false_reject=0, cost_escape=5)
+    assert cost == 0 and t < 0.1
+    c = counts_at(threshold_table(LABELS, SCORES), t)
+    assert c["fn"] == 0 and c["fp"] == 3
+    # False rejects very expensive, escapes free: flag nothing (above the highest score).
+    t, cost = cost_optimal_threshold(LABELS, SCORES, cost_false_reject=5, cost_escape=0)
+    lo, hi = score_range(SCORES)
+    assert cost == 0 and 0.9 < t < hi
+
+
+def test_cost_optimum_separable_data_costs_nothing():
+    t, cost = cost_optimal_threshold([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], 1, 1)
+    assert cost == 0 and t == pytest.approx(0.25)
+
+
+def test_cost_optimum_rejects_negative_costs():
+    with pytest.raises(ValueError):
+        cost_optimal_threshold(LABELS, SCORES, -1, 1)
+
+
+def test_confusion_html_shows_the_counts():
+    text = format_confusion_html(counts_at(threshold_table(LABELS, SCORES), 0.5))
+    assert "anomaly-confusion" in text
+    assert "1 false rejects" in text and "1 escapes" in text and "2 passed" in text
+    assert "1 caught" in text and "0.333" in text
+
+
+def test_overlay_paints_hot_pixels_red_and_outlines_the_mask():
+    image = np.full((8, 8, 3), 100, np.uint8)
+    amap = np.zeros((8, 8), np.float32)
+    amap[0, 0] = 1.0
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 1
+    out = overlay(image, amap, 0.5, mask)
+    assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
+    assert out[0, 0, 0] > 200 and out[0, 0, 1] < 100  # red
+    assert tuple(out[2, 2]) == (0, 255, 255)  # outline
+    assert tuple(out[3, 3]) == (100, 100, 100)  # inside the mask, not on its edge
+    assert tuple(out[7, 7]) == (100, 100, 100)
+    assert mask_outline(mask).sum() == 12
+
+
+def test_runs_from_env_accepts_json_and_pathsep(monkeypatch):
+    import os
+
+    assert runs_from_env('["/a", "/b"]') == ["/a", "/b"]
+    assert runs_from_env(os.pathsep.join(["/a", "/b"])) == ["/a", "/b"]
+    monkeypatch.delenv("ANOMALY_RUNS", raising=False)
+    assert runs_from_env() == []
+
+
+def test_voila_command_names_the_notebook_and_runs(tmp_path):
+    synthetic_predictions(6).save(tmp_path / "predictions.npz")
+    cmd, env = voila_command([tmp_path], port=8899)
+    assert cmd[1:3] == ["-m", "voila"] and cmd[3].endswith("explorer_app.ipynb")
+    assert "--port=8899" in cmd and "--no-browser" in cmd
+    assert json.loads(env["ANOMALY_RUNS"]) == [str(tmp_path.resolve())]
+    with pytest.raises(FileNotFoundError, match="predictions.npz"):
+        voila_command([tmp_path / "missing"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Widget wiring
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pred():
+    return synthetic_predictions()
+
+
+def test_slider_updates_counts_matrix_and_histogram(pred):
+    ex = ThresholdExplorer(pred)
+    before_html, before_png = ex.confusion.value, ex.histogram.value
+    t = float(np.median(pred.scores))
+    ex.slider.value = t
+    expected = counts_at(threshold_table(pred.labels, pred.scores), t)
+    assert ex.counts == expected
+    assert ex.confusion.value == format_confusion_html(expected)
+    assert ex.confusion.value != before_html
+    assert ex.histogram.value != before_png and ex.histogram.value[:4] == b"\x89PNG"
+    flagged = pred.scores >= t
+    assert ex.counts["fp"] == int(np.sum(flagged & (pred.labels == 0)))
+
+
+def test_gallery_shows_misclassified_first(pred):
+    ex = ThresholdExplorer(pred, gallery_size=6)
+    ex.slider.value = float(np.median(pred.scores))
+    order = ex.gallery_order()
+    wrong = (pred.scores >= ex.threshold) != (pred.labels > 0)
+    n_wrong = int(wrong.sum())
+    assert n_wrong > 0
+    assert wrong[order[:n_wrong]].all() and not wrong[order[n_wrong:]].any()
+    shown = min(n_wrong, 6)
+    captions = [c.value for c in ex.gallery_captions[:shown]]
+    assert all(("escape" in c) or ("false reject" in c) for c in captions)
+    assert all(img.value[:4] == b"\x89PNG" for img in ex.gallery_images)
+    assert f"{n_wrong} misclassified" in ex.gallery_title.value
+
+
+def test_pixel_threshold_changes_the_overlays(pred):
+    ex = ThresholdExplorer(pred, gallery_size=3)
+    before = [img.value for img in ex.gallery_images]
+    ex.pixel_slider.value = ex.pixel_slider.min
+    after = [img.value for img in ex.gallery_images]
+    assert before != after
+
+
+def test_cost_optimum_button_moves_the_slider(pred):
+    ex = ThresholdExplorer(pred)
+    ex.cost_false_reject.value, ex.cost_escape.value = 1.0, 3.0
+    ex.slider.value = ex.slider.max  # somewhere else first
+    ex.optimum_button.click()
+    t_opt, cost = cost_optimal_threshold(pred.labels, pred.scores, 1.0, 3.0)
+    assert ex.slider.value == pytest.approx(t_opt)
+    c = ex.counts
+    assert c["fp"] + 3.0 * c["fn"] == pytest.approx(cost)
+    assert f"{cost:.4g}" in ex.cost_label.value
+
+
+def test_changing_costs_moves_the_optimum(pred):
+    ex = ThresholdExplorer(pred)
+    ex.cost_escape.value = 100.0
+    t_hi_escape = ex.go_to_optimum()
+    ex.cost_escape.value, ex.cost_false_reject.value = 0.01, 100.0
+    t_hi_reject = ex.go_to_optimum()
+    assert t_hi_escape < t_hi_reject
+
+
+def test_save_button_writes_threshold_json(pred, tmp_path):
+    ex = ThresholdExplorer(pred, run_dirs=tmp_path)
+    t = float(np.quantile(pred.scores, 0.7))
+    ex.slider.value = t
+    ex.save_button.click()
+    saved = json.loads((tmp_path / "threshold.json").read_text())
+    assert saved["value"] == pytest.approx(t)
+    assert saved["rule"] == "explorer"
+    assert saved["params"]["fp"] == ex.counts["fp"]
+    assert "pixel_threshold" in saved["params"]
+    assert "Saved" in ex.status.value
+    ex.optimum_button.click()
+    ex.save_button.click()
+    assert json.loads((tmp_path / "threshold.json").read_text())["rule"] == "cost-optimal"
+
+
+def test_save_without_a_run_folder_says_why(pred):
+    ex = ThresholdExplorer(pred)
+    assert ex.save_button.disabled
+    ex._on_save(None)
+    assert "Not saved" in ex.status.value and "run_dirs" in ex.status.value
+
+
+def test_loads_run_folders_and_starts_at_the_saved_threshold(pred, tmp_path):
+    pred.save(tmp_path / "predictions.npz")
+    (tmp_path / "threshold.json").write_text(json.dumps({"value": 0.123, "rule": "manual",
+                                                         "params": {}}))
+    ex = ThresholdExplorer([tmp_path])
+    assert ex.slider.value == pytest.approx(0.123)
+    assert ex.run.folder == tmp_path and not ex.save_button.disabled
+
+
+def test_run_dropdown_switches_the_data(tmp_path):
+    a = synthetic_predictions(seed=1, shift=1.0, method="ae")
+    b = synthetic_predictions(seed=2, shift=6.0, method="unet")
+    ex = ThresholdExplorer({"ae": a, "unet": b}, run_dirs={"ae": tmp_path / "a",
+                                                           "unet": tmp_path / "b"})
+    assert list(ex.run_select.options) == [("ae", "ae"), ("unet", "unet")]
+    assert ex.run.name == "ae"
+    ex.run_select.value = "unet"
+    assert ex.run.pred is b
+    assert (ex.slider.min, ex.slider.max) == pytest.approx(score_range(b.scores))
+    t_opt, _ = cost_optimal_threshold(b.labels, b.scores, 1.0, 10.0)
+    assert ex.slider.value == pytest.approx(t_opt)  # no saved threshold: the cost optimum
+    assert ex.confusion.value == format_confusion_html(
+        counts_at(threshold_table(b.labels, b.scores), ex.slider.value))
+    ex.save_button.click()
+    assert (tmp_path / "b" / "threshold.json").exists()
+    assert not (tmp_path / "a" / "threshold.json").exists()
+    ex.run_select.value = "ae"  # each run keeps its own threshold
+    ex.run_select.value = "unet"
+    assert ex.slider.value == pytest.approx(t_opt)
+
+
+def test_runs_of_different_sizes_are_refused():
+    with pytest.raises(ValueError, match="same data"):
+        ThresholdExplorer({"a": synthetic_predictions(10), "b": synthetic_predictions(12)})
+
+
+def test_update_latency_500_images():
+    """Prints the slider-move latency for 500 images of 128x128 (reported, not asserted)."""
+    ex = ThresholdExplorer(synthetic_predictions(500, 128, method="timing"))
+    times = []
+    for t in np.linspace(ex.slider.min, ex.slider.max, 25):
+        start = time.perf_counter()
+        ex.slider.value = float(t)
+        times.append(time.perf_counter() - start)
+    print(f"\nslider move, 500 images 128x128: median {1e3 * np.median(times):.1f} ms, "
+          f"max {1e3 * max(times):.1f} ms")
+    assert ex.last_update_s > 0

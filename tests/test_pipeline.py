@@ -1,0 +1,163 @@
+"""Training, run folders, checkpoints, resume and the CLI, end to end on the tiny cookie set."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from anomaly.cli import main
+from anomaly.config import Config
+from anomaly.pipeline import score_run, set_threshold, train_run
+from anomaly.runs import RunError, load_checkpoint, load_run
+
+
+def tiny_config(data, method="ae", **kw) -> Config:
+    base = dict(method=method, data=str(data), size=64, channels=1, epochs=2, batch_size=4,
+                width=8, latent=16, seed=3, device="cpu", patience=0)
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.fixture(scope="module")
+def ae_run(tiny_cookies, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "ae"
+    train_run(tiny_config(tiny_cookies), run, progress=False)
+    score_run(run)
+    return run
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_holds_what_reproduces_it(ae_run):
+    for name in ("config.json", "split.json", "versions.json", "model.pt", "history.csv",
+                 "threshold.json", "val_scores.json", "scores.csv", "metrics.json", "predictions.npz"):
+        assert (ae_run / name).exists(), name
+    split = json.loads((ae_run / "split.json").read_text())
+    assert split["val"] and not set(split["val"]) & set(split["train"])
+    history = read_csv(ae_run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert json.loads((ae_run / "versions.json").read_text())["torch"]
+    assert list(ae_run.glob("overlays/*.png"))
+
+
+def test_scores_csv_and_metrics(ae_run):
+    rows = read_csv(ae_run / "scores.csv")
+    assert {"path", "label", "defect", "score"} <= set(rows[0])
+    labels = [int(r["label"]) for r in rows]
+    assert labels == sorted(labels), "normal rows first, then defective, as the original table"
+    metrics = json.loads((ae_run / "metrics.json").read_text())
+    for key in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert set(metrics["per_defect"]) == {"crack", "mustard", "plastic"}
+
+
+def test_same_seed_same_scores(tiny_cookies, ae_run, tmp_path):
+    train_run(tiny_config(tiny_cookies), tmp_path / "again", progress=False)
+    score_run(tmp_path / "again", overlays=False)
+    assert (tmp_path / "again" / "scores.csv").read_text() == (ae_run / "scores.csv").read_text()
+
+
+def test_checkpoint_round_trip_gives_same_scores(ae_run, tiny_cookies):
+    from anomaly.data import AnomalyDataset
+    from anomaly.detectors import Predictions
+
+    detector = load_run(ae_run)
+    test = AnomalyDataset(tiny_cookies, "test", size=64, channels=1)
+    again = detector.predict(test)
+    saved = Predictions.load(ae_run / "predictions.npz")
+    np.testing.assert_array_equal(again.scores, saved.scores)
+
+
+def test_wrong_checkpoint_says_which_run_and_what_differs(ae_run, tiny_cookies):
+    from anomaly.detectors import get_detector
+
+    unet = get_detector("unet")(tiny_config(tiny_cookies, method="unet"))
+    with pytest.raises(RunError, match=r"(?s)ae.*method: checkpoint has 'ae', asked for 'unet'"):
+        load_checkpoint(ae_run, unet)
+    bigger = get_detector("ae")(tiny_config(tiny_cookies, size=128))
+    with pytest.raises(RunError, match="size: checkpoint has 64, asked for 128"):
+        load_checkpoint(ae_run, bigger)
+
+
+def test_foreign_or_broken_checkpoint(tmp_path, ae_run):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "broken"
+    shutil.copytree(ae_run, run)
+    (run / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="not a readable anomaly checkpoint"):
+        load_run(run)
+    torch.save({"weights": 1}, run / "model.pt")
+    with pytest.raises(RunError, match="was not written by anomaly"):
+        load_run(run)
+
+
+def test_resume_continues_to_the_same_result(tiny_cookies, tmp_path):
+    full = tmp_path / "full"
+    train_run(tiny_config(tiny_cookies, epochs=3), full, progress=False)
+    part = tmp_path / "part"
+    train_run(tiny_config(tiny_cookies, epochs=1), part, progress=False)
+    config = Config.load(part / "config.json")
+    config.epochs = 3
+    config.save(part / "config.json")
+    train_run(config, part, resume=True, progress=False)
+    assert len(read_csv(part / "history.csv")) == 3
+    np.testing.assert_allclose([float(r["train_loss"]) for r in read_csv(part / "history.csv")],
+                               [float(r["train_loss"]) for r in read_csv(full / "history.csv")], rtol=1e-5)
+
+
+def test_refuses_to_overwrite_a_trained_run(ae_run, tiny_cookies):
+    with pytest.raises(RunError, match="already holds a trained run"):
+        train_run(tiny_config(tiny_cookies), ae_run, progress=False)
+
+
+def test_thresholds_are_saved_and_used_by_predict(ae_run, capsys):
+    from anomaly.metrics import Threshold
+
+    t = set_threshold(ae_run, "f1")
+    assert Threshold.load(ae_run / "threshold.json").value == pytest.approx(t.value)
+    set_threshold(ae_run, "manual", 1e9)
+    image = sorted((ae_run.parent.parent).glob("**/test/crack/*.png"))
+    rows = read_csv(ae_run / "scores.csv")
+    assert main(["predict", "--run", str(ae_run), rows[-1]["path"]]) == 0
+    assert "\tnormal" in capsys.readouterr().out  # nothing reaches an absurdly high threshold
+    set_threshold(ae_run, "manual", -1.0)
+    assert main(["predict", "--run", str(ae_run), rows[0]["path"]]) == 0
+    assert "\tanomalous" in capsys.readouterr().out
+    q = set_threshold(ae_run, "normal-quantile", 1.0)
+    val = json.loads((ae_run / "val_scores.json").read_text())["scores"]
+    assert q.value == pytest.approx(max(val))
+    del image
+
+
+def test_cli_train_score_and_kmeans(tiny_cookies, tmp_path, capsys):
+    run = tmp_path / "unet"
+    args = ["--data", str(tiny_cookies), "--size", "64", "--epochs", "1", "--width", "8",
+            "--channels", "1", "--device", "cpu"]
+    assert main(["train", "--method", "unet", "--out", str(run), *args]) == 0
+    assert main(["score", "--run", str(run), "--no-overlays"]) == 0
+    assert "image_auroc" in capsys.readouterr().out
+    km = tmp_path / "km"
+    assert main(["train", "--method", "kmeans", "--from", str(run), "--out", str(km), "--k", "2"]) == 0
+    assert main(["score", "--run", str(km), "--no-overlays"]) == 0
+    metrics = json.loads((km / "metrics.json").read_text())
+    assert metrics["image_auroc"] is not None and metrics["pixel_auroc"] is not None
+
+
+def test_cli_errors_are_one_line_with_the_fix(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--method", "ae", "--out",
+                 str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err
+    assert main(["score", "--run", str(tmp_path / "missing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--method", "nosuch", "--out", str(tmp_path / "r")]) == 2
+    assert "Unknown method" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+"""Overlays and figures: shapes, colours, the shared scale, outlines, files written."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly.detectors.base import Predictions
+from anomaly.viz import (
+    OUTLINE,
+    dataset_range,
+    heatmap_overlay,
+    plot_gallery,
+    plot_history,
+    plot_roc,
+    plot_score_histogram,
+    red_overlay,
+    save_overlays,
+    to_rgb,
+)
+
+H, W = 16, 20
+
+
+def grey_image(value=0.5):
+    return np.full((H, W), value, np.float32)
+
+
+@pytest.mark.parametrize("shape", [(H, W), (1, H, W), (3, H, W), (H, W, 1), (H, W, 3)])
+def test_overlays_accept_every_layout(shape):
+    image = np.full(shape, 0.5, np.float32)
+    for out in (red_overlay(image, np.zeros((H, W)), vmax=1.0),
+                heatmap_overlay(image, np.zeros((H, W)), 0.0, 1.0)):
+        assert out.shape == (H, W, 3) and out.dtype == np.uint8
+    assert to_rgb(np.full(shape, 255, np.uint8)).max() == 1.0
+
+
+def test_red_overlay_zero_diff_is_grey_and_red_grows():
+    image = np.random.default_rng(0).random((3, H, W)).astype(np.float32)
+    grey = red_overlay(image, np.zeros((H, W)), vmax=1.0)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    diff = np.tile(np.linspace(0, 1, W, dtype=np.float32), (H, 1))
+    out = red_overlay(grey_image(0.3), diff, vmax=1.0).astype(int)
+    assert (np.diff(out[0, :, 0]) >= 0).all() and out[0, -1, 0] > out[0, 0, 0]
+    assert out[0, -1].tolist() == [255, 0, 0]  # diff == vmax: pure red
+    assert (out[..., 0] >= out[..., 1]).all()
+
+
+def test_red_overlay_vmax_is_shared():
+    diff = np.full((H, W), 0.5, np.float32)
+    a = red_overlay(grey_image(), diff, vmax=2.0)
+    b = red_overlay(grey_image(), diff * 4, vmax=2.0)
+    assert a[0, 0, 0] < b[0, 0, 0]  # per-image scaling would make them equal
+
+
+def test_heatmap_scale_is_shared_between_images():
+    a = np.zeros((H, W), np.float32)
+    b = np.full((H, W), 10.0, np.float32)
+    a[0, 0] = b[0, 0] = 3.0
+    out_a = heatmap_overlay(grey_image(), a, vmin=0.0, vmax=10.0)
+    out_b = heatmap_overlay(grey_image(), b, vmin=0.0, vmax=10.0)
+    assert out_a[0, 0].tolist() == out_b[0, 0].tolist()
+    assert out_a[5, 5].tolist() != out_b[5, 5].tolist()
+
+
+def test_heatmap_draws_mask_outline():
+    mask = np.zeros((H, W), np.uint8)
+    mask[4:10, 5:12] = 1
+    out = heatmap_overlay(grey_image(), np.zeros((H, W)), 0.0, 1.0, mask=mask)
+    lime = (out == OUTLINE).all(-1)
+    assert lime[4, 5:12].all() and lime[4:10, 5].all()  # the region's border
+    assert not lime[6, 8] and not lime[0, 0]  # not its inside, not the background
+
+
+def test_dataset_range_from_normal_images():
+    maps = np.stack([np.zeros((4, 4)), np.ones((4, 4)), np.full((4, 4), 9.0)])
+    assert dataset_range(maps, q=(0.0, 1.0)) == (0.0, 9.0)
+    assert dataset_range(maps, q=(0.0, 1.0), labels=[0, 0, 1]) == (0.0, 1.0)
+
+
+def test_figures_build_with_expected_axes(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 10 + [1] * 10)
+    scores = rng.normal(labels, 1.0)
+    fig = plot_score_histogram(scores, labels, threshold=0.5)
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 1
+    assert len(plot_roc({"a": (labels, scores), "b": (labels, -scores)}).axes[0].lines) == 3
+    csv = tmp_path / "history.csv"
+    csv.write_text("epoch,train_loss,val_loss\n1,0.5,0.6\n2,0.3,\n3,0.2,0.4\n")
+    assert len(plot_history(csv).axes[0].lines) == 2
+    rows = [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4}]
+    assert len(plot_history(rows).axes[0].lines) == 1
+    images = [rng.random((3, H, W)) for _ in range(5)]
+    masks = [None, None, np.pad(np.ones((4, 4)), 6)[:H, :W], None, None]
+    assert len(plot_gallery(images, titles=list("abcde"), masks=masks, ncols=3).axes) == 5
+    overlays = [red_overlay(im, np.zeros((H, W)), vmax=1) for im in images]
+    assert len(plot_gallery(images, overlays=overlays, ncols=2).axes) == 10
+    fig.savefig(tmp_path / "hist.png")
+
+
+def test_save_overlays_one_file_per_image(tmp_path):
+    defects = ["good", "crack", "crack"]
+    paths = []
+    for i, d in enumerate(defects):
+        folder = tmp_path / "test" / d
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i % 2:03d}.png"
+        Image.fromarray(np.full((2 * H, 2 * W, 3), 128, np.uint8)).save(path)
+        paths.append(str(path))
+    maps = np.random.default_rng(0).random((3, H, W)).astype(np.float32)
+    masks = np.zeros((3, H, W), np.uint8)
+    masks[1:, 2:6, 2:6] = 1
+    pred = Predictions(paths, [0, 1, 1], defects, maps.mean((1, 2)), maps, masks)
+    written = save_overlays(pred, tmp_path / "overlays")
+    assert [p.name for p in written] == ["good_000.png", "crack_001.png", "crack_000.png"]
+    for p in written:
+        assert np.asarray(Image.open(p)).shape == (H, W, 3)
+    red = save_overlays(pred, tmp_path / "red", kind="red", vmax=1.0)
+    assert len(list((tmp_path / "red").glob("*.png"))) == len(red) == 3
