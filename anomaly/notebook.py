@@ -1,0 +1,356 @@
+"""What the numbered notebooks call: one smoke switch, data and runs made on demand, and the
+figure recipes that would otherwise grow into long notebook cells.
+
+`settings()` reads the smoke switch from the environment (`ANOMALY_SMOKE`, set by `make test`):
+smoke runs use the tiny cookie set at 64 px and one epoch; the default is the benchmark preset at
+each method's default size and budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomaly.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Settings:
+    smoke: bool
+    preset: str
+    size: int | None     # None = each method's default
+    epochs: int | None   # None = each method's default
+    data_dir: Path
+    runs_dir: Path
+    seed: int = 7
+
+
+def settings(smoke: bool | None = None) -> Settings:
+    """Notebook settings from the smoke switch (the `ANOMALY_SMOKE` environment variable)."""
+    if smoke is None:
+        smoke = os.environ.get("ANOMALY_SMOKE", "") not in ("", "0")
+    if smoke:
+        return Settings(True, "tiny", 64, 1, REPO / "data" / "smoke", REPO / "runs" / "smoke")
+    return Settings(False, "benchmark", None, None, REPO / "data" / "cookies", REPO / "runs" / "benchmark")
+
+
+def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> Path:
+    """Generate the cookie set once (the generator refuses to mix two different sets)."""
+    from anomaly.data import make_cookies
+
+    preset = preset or s.preset
+    root = s.data_dir if preset == s.preset else s.data_dir.parent / preset
+    size = s.size or size if preset == s.preset else size
+    if not (root / "manifest.json").exists():
+        make_cookies(root, preset=preset, seed=s.seed, size=size)
+    return root
+
+
+def ensure_run(s: Settings, method: str, data: Path | None = None, source: str | None = None,
+               **overrides) -> Path:
+    """The run folder `runs_dir/<method>`: trained and scored now unless it already exists.
+
+    With the default settings this is the same folder `make benchmark` writes, so the notebooks
+    show the benchmark's runs instead of training them twice.
+    """
+    from anomaly.cli import default_config
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import load_config
+
+    run = s.runs_dir / (method if source is None else f"{source}_{method}")
+    if (run / "metrics.json").exists():
+        print(f"using the trained run {run.relative_to(REPO)}")
+        return run
+    if source is not None:
+        src = s.runs_dir / source
+        config = load_config(src).replace(method=method, source_run=str(src), seed=s.seed)
+    else:
+        sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
+        config = default_config(method).replace(data=str(data or ensure_cookies(s)), seed=s.seed,
+                                                **sizes, **overrides)
+    train_run(config, run, progress=not s.smoke)
+    score_run(run)
+    print(f"trained and scored {run.relative_to(REPO)}")
+    return run
+
+
+def counts_table(root: Path) -> str:
+    """Images per split and kind, from the generator's manifest."""
+    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    return "\n".join(f"{split:<6} {kind:<8} {n:>4}" for split, kinds in manifest["counts"].items()
+                     for kind, n in kinds.items())
+
+
+def kinds_figure(data, per_kind: int = 2):
+    """A few images of each kind, with the ground-truth defect outlined."""
+    from anomaly.viz import plot_gallery
+
+    picks = []
+    for kind in dict.fromkeys(data.defects):
+        picks += [i for i, d in enumerate(data.defects) if d == kind][:per_kind]
+    items = [data[i] for i in picks]
+    return plot_gallery([it["image"] for it in items], [it["defect"] for it in items],
+                        masks=[it["mask"].numpy() for it in items], ncols=per_kind * 2)
+
+
+def normals_figure(data, n: int = 12):
+    """Normal cookies side by side: position, chocolate, texture and tiny cracks all vary."""
+    from anomaly.viz import plot_gallery
+
+    idx = np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)
+    return plot_gallery([data[int(i)]["image"] for i in idx], [Path(data.paths[i]).stem for i in idx],
+                        ncols=6)
+
+
+def defect_area_figure(root: Path):
+    """Distribution of defect areas (fraction of the image) per kind, from the manifest."""
+    import matplotlib.pyplot as plt
+
+    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    areas: dict[str, list[float]] = {}
+    for entry in manifest["images"].values():
+        if entry["defect"] != "good":
+            areas.setdefault(entry["defect"], []).append(100 * entry["area_fraction"])
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(list(areas.values()), bins=15, label=list(areas), stacked=True)
+    ax.set_xlabel("defect area (% of the image)")
+    ax.set_ylabel("images")
+    ax.legend()
+    return fig
+
+
+def intensity_figure(data):
+    """Mean brightness and pixel-intensity histograms per kind: no single statistic separates them."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
+    by_kind: dict[str, list] = {}
+    for i in range(len(data)):
+        by_kind.setdefault(data.defects[i], []).append(data[i]["image"].mean(0).numpy())
+    for kind, images in by_kind.items():
+        stack = np.stack(images)
+        a.hist(stack.reshape(-1), bins=64, histtype="step", density=True, label=kind)
+        b.scatter([kind] * len(stack), stack.mean(axis=(1, 2)), alpha=0.6)
+    a.set_xlabel("pixel intensity")
+    a.legend()
+    b.set_ylabel("mean image brightness")
+    fig.tight_layout()
+    return fig
+
+
+def intensity_table(data) -> str:
+    rows = {}
+    for i in range(len(data)):
+        rows.setdefault(data.defects[i], []).append(float(data[i]["image"].mean()))
+    return "\n".join(f"{k:<8} n={len(v):>3}  mean={np.mean(v):.2f}  std={np.std(v):.2f}"
+                     for k, v in rows.items())
+
+
+def reconstructions_figure(runs: dict[str, Path], n: int = 4):
+    """Inputs (first row) and each run's reconstruction of them: normal and defective images."""
+    import matplotlib.pyplot as plt
+
+    from anomaly.runs import load_run
+
+    detectors = {name: load_run(run) for name, run in runs.items()}
+    data = _test_data(next(iter(detectors.values())).config)
+    picks = _one_per_kind(data, n)
+    images = torch.stack([data[i]["image"] for i in picks])
+    rows = {"input": images} | {name: d.reconstruct(images.to(d.device)).cpu()
+                                for name, d in detectors.items()}
+    fig, axes = plt.subplots(len(rows), len(picks), figsize=(2.2 * len(picks), 2.2 * len(rows)),
+                             squeeze=False)
+    for r, (name, batch) in enumerate(rows.items()):
+        for c, img in enumerate(batch):
+            axes[r, c].imshow(img.permute(1, 2, 0).squeeze(-1).clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_axis_off()
+            axes[r, c].set_title(f"{name}: {data.defects[picks[c]]}" if r else data.defects[picks[c]],
+                                 fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
+    """The run's difference maps on its defective test images, one colour scale for all."""
+    from anomaly.detectors import Predictions
+    from anomaly.viz import dataset_range, heatmap_overlay, plot_gallery, red_overlay
+
+    pred = Predictions.load(Path(run) / "predictions.npz")
+    vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
+    picks = []
+    for k in dict.fromkeys(pred.defects):
+        picks += [i for i, d in enumerate(pred.defects) if d == k][:per_kind]
+    data = _test_data(Config.load(Path(run) / "config.json"))
+    images = [data[i]["image"] for i in picks]
+    overlays = [red_overlay(img, pred.maps[i], vmax=vmax) if kind == "red"
+                else heatmap_overlay(img, pred.maps[i], vmin, vmax, mask=pred.masks[i])
+                for img, i in zip(images, picks)]
+    return plot_gallery(images, [pred.defects[i] for i in picks], overlays=overlays, ncols=4)
+
+
+def l2_vs_ssim_figure(run: Path, per_kind: int = 1):
+    """The same reconstructions scored two ways: L2 follows intensity, SSIM follows structure."""
+    import matplotlib.pyplot as plt
+
+    from anomaly.maps import anomaly_map
+    from anomaly.runs import load_run
+
+    det = load_run(run)
+    data = _test_data(det.config)
+    picks = _one_per_kind(data, 4)
+    images = torch.stack([data[i]["image"] for i in picks]).to(det.device)
+    recon = det.reconstruct(images)
+    maps = {k: anomaly_map(images, recon, kind=k, sigma=det.config.smooth_sigma).cpu()
+            for k in ("l2", "ssim")}
+    fig, axes = plt.subplots(3, len(picks), figsize=(2.2 * len(picks), 6.6), squeeze=False)
+    for c, i in enumerate(picks):
+        axes[0, c].imshow(data[i]["image"].permute(1, 2, 0).squeeze(-1), cmap="gray")
+        axes[0, c].contour(data[i]["mask"].numpy(), levels=[0.5], colors="lime", linewidths=1)
+        axes[0, c].set_title(data.defects[i], fontsize=9)
+        for r, k in enumerate(("l2", "ssim"), start=1):
+            axes[r, c].imshow(maps[k][c], cmap="jet", vmin=0, vmax=float(maps[k].max()))
+            axes[r, c].set_title(f"{k} map", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def copy_through_table(runs: dict[str, Path]) -> str:
+    """How much of a defect each network reproduces: reconstruction error inside the defect
+    relative to the error on normal pixels of the same images. A ratio near 1 means the defect
+    was copied through (a UNet's skip connections), a large one that it was removed."""
+    from anomaly.maps import l2_map
+    from anomaly.runs import load_run
+
+    lines = [f"{'run':<8} {'error in defect':>16} {'error elsewhere':>16} {'ratio':>6}"]
+    for name, run in runs.items():
+        det = load_run(run)
+        data = _test_data(det.config)
+        inside, outside = [], []
+        for batch in det.loader(data):
+            keep = batch["label"] == 1
+            if not keep.any():
+                continue
+            images, masks = batch["image"][keep].to(det.device), batch["mask"][keep].bool()
+            err = l2_map(images, det.reconstruct(images)).cpu()
+            inside.append(err[masks])
+            outside.append(err[~masks])
+        i, o = torch.cat(inside).mean().item(), torch.cat(outside).mean().item()
+        lines.append(f"{name:<8} {i:>16.5f} {o:>16.5f} {i / o:>6.1f}")
+    return "\n".join(lines)
+
+
+def _test_data(config: Config):
+    from anomaly.data import AnomalyDataset
+
+    return AnomalyDataset(config.data, "test", size=config.size, channels=config.channels)
+
+
+def _one_per_kind(data, n: int) -> list[int]:
+    picks = [next(i for i, d in enumerate(data.defects) if d == k) for k in dict.fromkeys(data.defects)]
+    return picks[:n]
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((Path(run) / "metrics.json").read_text())
+
+
+METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
+
+
+def metrics_table(runs: dict[str, Path]) -> str:
+    """One row per run: the image and pixel metrics of its `metrics.json`."""
+    lines = [f"{'method':<8} " + " ".join(f"{k:>12}" for k in METRIC_KEYS)]
+    for name, run in runs.items():
+        m = _metrics(run)
+        lines.append(f"{name:<8} " + " ".join(f"{m[k]:>12.3f}" if m.get(k) is not None else f"{'n/a':>12}"
+                                             for k in METRIC_KEYS))
+    return "\n".join(lines)
+
+
+def metrics_table_keys(runs: dict[str, Path]) -> set[str]:
+    """The metric names every run reports (the same for all methods)."""
+    keys = [set(k for k in METRIC_KEYS if _metrics(r).get(k) is not None) for r in runs.values()]
+    return set.intersection(*keys)
+
+
+def scores_table(run: Path, n: int = 6) -> str:
+    """The original project's table: file and distance, normal images first, then defects."""
+    from anomaly.runs import read_scores
+
+    rows = read_scores(run)
+    normal = [r for r in rows if r["label"] == "0"]
+    defect = [r for r in rows if r["label"] == "1"]
+    show = lambda rs: "\n".join(f"{r['defect']}/{r['file']},{float(r['score']):.6f}" for r in rs)  # noqa: E731
+    return (f"Normal samples ({len(normal)}, first {n})\n{show(normal[:n])}\n...\n\n"
+            f"Anomaly samples ({len(defect)}, first {n})\n{show(defect[:n])}\n...")
+
+
+def histogram_figure(run: Path):
+    """Score histograms of normal and defective test images, with the run's threshold."""
+    from anomaly.detectors import Predictions
+    from anomaly.metrics import Threshold
+    from anomaly.viz import plot_score_histogram
+
+    pred = Predictions.load(Path(run) / "predictions.npz")
+    return plot_score_histogram(pred.scores, pred.labels, Threshold.load(Path(run) / "threshold.json").value)
+
+
+def roc_figure(runs: dict[str, Path]):
+    """ROC curves of several runs on the same test set."""
+    from anomaly.detectors import Predictions
+    from anomaly.viz import plot_roc
+
+    curves = {}
+    for name, run in runs.items():
+        pred = Predictions.load(Path(run) / "predictions.npz")
+        curves[name] = (pred.labels, pred.scores)
+    return plot_roc(curves)
+
+
+def explorer_methods(s: Settings) -> list[str]:
+    """The runs the explorer compares: the strongest method and the original's UNet."""
+    return ["patchknn", "unet"]
+
+
+def benchmark_result(s: Settings) -> dict:
+    """The benchmark of `runs_dir` (`make benchmark`); a smoke run makes a tiny one first."""
+    from anomaly.benchmark import format_table, run_benchmark
+
+    path = s.runs_dir / "benchmark.json"
+    if not path.exists():
+        if not s.smoke:
+            raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 30 min)")
+        run_benchmark(str(ensure_cookies(s)), methods=["ae", "patchknn"], out=str(s.runs_dir / "bench"),
+                      seed=s.seed, smoke=True)
+        path = s.runs_dir / "bench" / "benchmark.json"
+    result = json.loads(path.read_text())
+    result["table"] = format_table([r for r in result["rows"] if "error" not in r])
+    return result
+
+
+def detectability_figure(result: dict):
+    """Fraction of defects caught at a fixed false-reject rate, by defect area, per method."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for row in result["rows"]:
+        if "detectability" not in row:
+            continue
+        bins = [b for b in row["detectability"]["bins"] if b["caught"] is not None]
+        centre = [100 * np.sqrt(b["area_lo"] * b["area_hi"]) for b in bins]
+        ax.plot(centre, [b["caught"] for b in bins], marker="o", label=row["method"])
+    ax.set_xscale("log")
+    ax.set_xlabel("defect area (% of the image)")
+    ax.set_ylabel("defects caught at 5% false rejects")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,155 @@
+"""Write the numbered notebooks from the cell lists below (then execute them to store outputs).
+
+    python scripts/build_notebooks.py            # write sources
+    jupyter nbconvert --to notebook --execute --inplace notebooks/0*.ipynb
+
+Editing a notebook in JupyterLab is fine too; this script is how they were first written.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+SETUP = """%load_ext autoreload
+%autoreload 2
+import anomaly
+from anomaly import notebook as nb
+S = nb.settings()  # smoke run when ANOMALY_SMOKE is set (make test), full settings otherwise
+anomaly.seed_everything(S.seed)"""
+
+CHECK = "# NBVAL_CHECK_OUTPUT\n"
+
+NOTEBOOKS = {
+    "01_data_exploration": [
+        "# 01 Data exploration: handmade cookies, and why this is not easy\n\n"
+        "The original project photographed 31 cat-shaped cookies (24 normal, 7 defective). We "
+        "generate a set like it on demand, with a pixel-exact mask for every defect.",
+        SETUP,
+        "The toy set has the original's counts. The table below is compared by nbval: the "
+        "generator is deterministic.",
+        CHECK + "toy = nb.ensure_cookies(S, preset='toy', size=256)\nprint(nb.counts_table(toy))",
+        "## One or two of each kind\nGreen outlines are the ground-truth masks: a broken "
+        "cookie, mustard, plastic wrap.",
+        "test = anomaly.AnomalyDataset(toy, 'test', size=256, channels=3)\nnb.kinds_figure(test);",
+        "## Normal cookies are not identical\nPosition, rotation, chocolate pieces, baking colour, "
+        "tiny hairline cracks and lighting all vary, and none of them is a defect. A detector "
+        "must learn this variation from good images alone.",
+        "train = anomaly.AnomalyDataset(toy, 'train', size=256, channels=3)\nnb.normals_figure(train);",
+        "## How large are the defects?\nSome cover a few percent of the image, some well under "
+        "one percent: the small ones are what separates methods (notebook 06).",
+        "nb.defect_area_figure(toy);",
+        "## Intensity statistics\nMean brightness barely moves with a defect: no global statistic "
+        "finds them, the detector has to look at local structure.",
+        CHECK + "print(nb.intensity_table(test))",
+        "nb.intensity_figure(test);",
+    ],
+    "02_train_autoencoder": [
+        "# 02 Train an auto-encoder and a UNet on normal cookies\n\n"
+        "Both learn to reconstruct defect-free images; notebook 03 looks at where they fail. "
+        "Runs land in `runs/`; with the default settings these are the folders `make benchmark` "
+        "writes, so a run that already exists is reused.",
+        SETUP,
+        CHECK + "data = nb.ensure_cookies(S)\nprint(anomaly.AnomalyDataset(data, 'train', size=64).counts())",
+        "Training shows a progress bar (terminal and JupyterLab), keeps the best checkpoint by "
+        "validation loss and stops early when it stops improving.",
+        "# NBVAL_IGNORE_OUTPUT\nae = nb.ensure_run(S, 'ae', data)\nunet = nb.ensure_run(S, 'unet', data)",
+        "A run folder holds everything needed to reproduce or rescore it:",
+        CHECK + "sorted(p.name for p in unet.iterdir() if p.is_file())",
+        "## Loss curves\nTraining and validation loss per epoch (`history.csv`).",
+        "from anomaly.viz import plot_history\nfig = plot_history(unet / 'history.csv')\n"
+        "plot_history(ae / 'history.csv', ax=fig.axes[0]);",
+        "## Reconstructions beside inputs\nThe UNet's reconstructions are sharp, the AE's blurry: "
+        "keep that in mind for notebook 03.",
+        "nb.reconstructions_figure({'ae': ae, 'unet': unet});",
+        "## How well do they separate defective from normal cookies?",
+        "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table({'ae': ae, 'unet': unet}))",
+    ],
+    "03_difference_maps": [
+        "# 03 Difference maps\n\nWhere the reconstruction fails, the difference marks the "
+        "defect: the original project's red overlay, then a heat map with one colour scale for "
+        "the whole data set and the true defect outlined in green.",
+        SETUP,
+        "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
+        "ae, unet = nb.ensure_run(S, 'ae', data), nb.ensure_run(S, 'unet', data)",
+        "## The original's red overlay (AE)\nBrighter red where the difference is larger.",
+        "nb.overlays_figure(ae, kind='red');",
+        "## Heat maps on one scale (AE)\nThe scale comes from all normal test images, so a "
+        "normal cookie stays blue instead of being stretched to red.",
+        "nb.overlays_figure(ae, kind='heatmap');",
+        "## L2 versus SSIM\nThe same reconstructions scored two ways: L2 reacts to intensity "
+        "differences, SSIM to changes of local structure (edges, texture).",
+        "nb.l2_vs_ssim_figure(ae);",
+        "## Why a UNet copies defects through\nIts skip connections carry the input's details "
+        "straight to the output, defects included. Measured on the data: the reconstruction "
+        "error inside the defect, relative to the error elsewhere on the same images.",
+        "# NBVAL_IGNORE_OUTPUT\nprint(nb.copy_through_table({'ae': ae, 'unet': unet}))",
+        "nb.overlays_figure(unet, kind='heatmap');",
+    ],
+    "04_kmeans_scoring": [
+        "# 04 k-means on learned features, honest metrics, a threshold by rule\n\n"
+        "The original project's second method: k-means (k=2) on the UNet bottleneck features of "
+        "normal cookies; a cookie's score is its distance to the nearest centroid.",
+        SETUP,
+        "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
+        "runs = {m: nb.ensure_run(S, m, data) for m in ('ae', 'unet', 'vae')}\n"
+        "runs['kmeans'] = nb.ensure_run(S, 'kmeans', source='unet')",
+        "## The distance table, as the original printed it\nNormal cookies first, then the "
+        "defective ones (`scores.csv`).",
+        "# NBVAL_IGNORE_OUTPUT\nprint(nb.scores_table(runs['kmeans']))",
+        "## Score histograms and the threshold\nThe threshold is a rule, not a guess: the 99th "
+        "percentile of held-out normal scores (`threshold.json`), the usual case when no "
+        "defects are labelled.",
+        "nb.histogram_figure(runs['kmeans']);",
+        "## ROC curves and the metrics table\nImage AUROC, AP and F1-max; pixel AUROC and AUPRO "
+        "(up to 30% false-positive rate) as MVTec AD defines them.",
+        "nb.roc_figure(runs);",
+        "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table(runs))",
+        "Every metric exists for every method (compared by nbval):",
+        CHECK + "sorted(nb.metrics_table_keys(runs))",
+        "## A threshold by another rule\nF1-optimal needs labelled defects; the rule is saved and "
+        "`predict` uses it.",
+        "# NBVAL_IGNORE_OUTPUT\nanomaly.set_threshold(runs['kmeans'], 'f1')",
+    ],
+    "05_threshold_explorer": [
+        "# 05 Threshold explorer\n\nChoosing the threshold is the decision a QA team must "
+        "defend. Move the slider: verdicts, the confusion matrix, false-reject and escape rates "
+        "follow at once. Give the cost of a false reject and of an escape to get the cost-optimal "
+        "threshold, and save the one you choose into the run folder, where `predict` uses it. "
+        "The same page runs without a notebook: `python -m anomaly explore --run RUN`.",
+        SETUP,
+        "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
+        "runs = [nb.ensure_run(S, m, data) for m in nb.explorer_methods(S)]",
+        "explorer = anomaly.ThresholdExplorer(runs)\nexplorer",
+        "The explorer's state can be driven from code too, e.g. jump to the cost optimum when an "
+        "escape costs 20 false rejects:",
+        "# NBVAL_IGNORE_OUTPUT\nexplorer.cost_escape.value = 20.0\nexplorer.optimum_button.click()\n"
+        "explorer.threshold.value",
+    ],
+    "06_benchmark": [
+        "# 06 Benchmark: which method to trust, and what it costs\n\n"
+        "Every method on the same split with the same seed, at its default settings, on a 2-core "
+        "CPU. `unet+kmeans` is the original project's recipe. Made by "
+        "`python -m anomaly benchmark --data data/cookies --out runs/benchmark` (`make benchmark`).",
+        SETUP,
+        "# NBVAL_IGNORE_OUTPUT\nresult = nb.benchmark_result(S)\nprint(result['table'])",
+        "## Detectability: how small a defect each method finds\nThe fraction of defects caught "
+        "when 5% of good cookies are rejected, by defect area.",
+        "nb.detectability_figure(result);",
+    ],
+}
+
+
+def build(out_dir: Path = Path(__file__).resolve().parent.parent / "notebooks") -> None:
+    for name, cells in NOTEBOOKS.items():
+        book = new_notebook()
+        book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        for i, text in enumerate(cells):
+            prose = text.startswith(("# 0", "## ")) or text.rstrip().endswith((".", ":"))
+            is_code = i == 1 or not prose
+            book.cells.append(new_code_cell(text) if is_code else new_markdown_cell(text))
+        nbformat.write(book, out_dir / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    build()
