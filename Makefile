@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    ?= data/cookies
 RUNS    ?= runs
-export MPLBACKEND := Agg
+# torch's worker threads spin while waiting; on a busy 2-core machine that costs 3x
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test unit notebooks lab explorer benchmark install clean
 

@@ -169,20 +169,20 @@ def format_confusion_html(counts: dict) -> str:
     ok = td + ";background:#e6f4ea"
     th = "padding:3px 10px;text-align:left;border:1px solid #ccc;background:#f5f5f5"
     rows = [
-        f"<tr><th style='{th}'>threshold {counts['threshold']:.4g}</th>"
-        f"<th style='{th}'>predicted good</th><th style='{th}'>predicted defective</th></tr>",
-        f"<tr><th style='{th}'>good ({fp + tn})</th>"
-        f"<td class='tn' style='{ok}'>{tn} passed</td>"
-        f"<td class='fp' style='{bad}'>{fp} false rejects</td></tr>",
-        f"<tr><th style='{th}'>defective ({tp + fn})</th>"
-        f"<td class='fn' style='{bad}'>{fn} escapes</td>"
-        f"<td class='tp' style='{ok}'>{tp} caught</td></tr>",
+        (f"<tr><th style='{th}'>threshold {counts['threshold']:.4g}</th>"
+         f"<th style='{th}'>predicted good</th><th style='{th}'>predicted defective</th></tr>"),
+        (f"<tr><th style='{th}'>good ({fp + tn})</th>"
+         f"<td class='tn' style='{ok}'>{tn} passed</td>"
+         f"<td class='fp' style='{bad}'>{fp} false rejects</td></tr>"),
+        (f"<tr><th style='{th}'>defective ({tp + fn})</th>"
+         f"<td class='fn' style='{bad}'>{fn} escapes</td>"
+         f"<td class='tp' style='{ok}'>{tp} caught</td></tr>"),
     ]
     rates = [("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
              ("false-reject rate", "false_reject_rate"), ("escape rate", "escape_rate")]
     rate_cells = "".join(
-        f"<tr><th style='{th}'>{name}</th><td class='{key}' style='{td}'>{counts[key]:.3f}</td></tr>"
-        for name, key in rates)
+        f"<tr><th style='{th}'>{name}</th>"
+        f"<td class='{key}' style='{td}'>{counts[key]:.3f}</td></tr>" for name, key in rates)
     table = "border-collapse:collapse;font-size:13px"
     return (f"<div class='anomaly-confusion'><table style='{table}'>{''.join(rows)}</table>"
             f"<table class='anomaly-rates' style='{table};margin-top:6px'>{rate_cells}</table>"
@@ -260,8 +260,8 @@ def load_run_predictions(run: str | Path) -> Predictions:
     file = path if path.suffix == ".npz" else path / PREDICTIONS_FILE
     if not file.exists():
         raise FileNotFoundError(
-            f"{path} has no {PREDICTIONS_FILE}: score the run first (the `score` command of "
-            "`python -m anomaly` writes it), or pass Predictions to ThresholdExplorer directly")
+            f"{path} has no {PREDICTIONS_FILE}: score the run first (`python -m anomaly score "
+            f"--run {path}`), or pass Predictions to ThresholdExplorer directly")
     return Predictions.load(file)
 
 
@@ -401,8 +401,10 @@ class ThresholdExplorer:
             options=[(self._run_label(r), r.name) for r in self.runs.values()],
             value=first.name, description="Run", layout=w.Layout(width="320px"),
             disabled=len(self.runs) == 1)
+        # continuous_update=False: with True, ipywidgets 8 echoes every value set from Python
+        # back snapped to the step, so "Go to cost optimum" would not land on the optimum.
         self.slider = w.FloatSlider(
-            description="Image threshold", continuous_update=True, readout_format=".4g",
+            description="Image threshold", continuous_update=False, readout_format=".4g",
             style={"description_width": "110px"}, layout=w.Layout(width="520px"))
         self.slider.add_class("anomaly-threshold-slider")
         self.pixel_slider = w.FloatSlider(
@@ -725,7 +727,8 @@ class ThresholdExplorer:
         try:
             path = self.save_threshold()
         except (ValueError, OSError) as err:
-            self.status.value = f"<span style='color:#c62828'>Not saved: {html.escape(str(err))}</span>"
+            self.status.value = (f"<span style='color:#c62828'>Not saved: "
+                                 f"{html.escape(str(err))}</span>")
             return
         self.status.value = (f"<span style='color:#2e7d32'>Saved threshold {self.threshold:.4g} "
                              f"to {html.escape(str(path))}</span>")
@@ -794,8 +797,8 @@ def voila_command(run_dirs, port: int = 8866, open_browser: bool = False) -> tup
         file = folder if folder.suffix == ".npz" else folder / PREDICTIONS_FILE
         if not file.exists():
             raise FileNotFoundError(
-                f"{folder} has no {PREDICTIONS_FILE}: score the run first (the `score` command "
-                "of `python -m anomaly` writes it)")
+                f"{folder} has no {PREDICTIONS_FILE}: score the run first with "
+                f"`python -m anomaly score --run {folder}`")
     env = os.environ.copy()
     env[RUNS_ENV] = json.dumps([str(f) for f in folders])
     package_root = str(Path(__file__).resolve().parent.parent)
@@ -818,6 +821,12 @@ def serve(run_dirs, port: int = 8866, open_browser: bool = False, block: bool = 
     proc = subprocess.Popen(cmd, env=env)
     if not block:
         return proc
+    import signal
+    import threading
+
+    forward = threading.current_thread() is threading.main_thread()
+    if forward:  # a SIGTERM to us stops the server too, instead of orphaning it
+        previous = signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum))
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -827,3 +836,6 @@ def serve(run_dirs, port: int = 8866, open_browser: bool = False, block: bool = 
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait()
+    finally:
+        if forward:
+            signal.signal(signal.SIGTERM, previous)

@@ -78,21 +78,32 @@ class _ConvAct(nn.Module):
         super().__init__()
         k, s = conv.kernel_size[0], conv.stride[0]
         fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval())
-        self.stride = s
-        self.pad = k - 1  # total padding a stride-2 "SAME" conv needs on an even-sized input
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, k, s, (k // 2) if s == 1 else 0,
+        self.stride, self.kernel = s, k
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, k, s, k // 2,
                               groups=conv.groups, bias=True)
         self.conv.weight.data.copy_(fused.weight.data)
         self.conv.bias.data.copy_(fused.bias.data)
         self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:  # TF "SAME": pad the bottom/right more than the top/left
-            h, w = x.shape[-2:]
-            ph = max((math.ceil(h / self.stride) - 1) * self.stride + self.pad + 1 - h, 0)
-            pw = max((math.ceil(w / self.stride) - 1) * self.stride + self.pad + 1 - w, 0)
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return self.act(self.conv(x))
+        if self.stride == 1:  # "SAME" with an odd kernel and stride 1 is symmetric padding
+            return self.act(self.conv(x))
+        # TF "SAME" with stride > 1 pads more after than before. Instead of copying the input
+        # into a padded tensor, pad symmetrically (enough for the "after" side, congruent to
+        # the "before" side modulo the stride) and drop the leading outputs.
+        s, k = self.stride, self.kernel
+        pads, crops, sizes = [], [], []
+        for n in x.shape[-2:]:
+            out = math.ceil(n / s)
+            total = max((out - 1) * s + k - n, 0)
+            before, after = total // 2, total - total // 2
+            skip = math.ceil((after - before) / s)
+            pads.append(before + s * skip)
+            crops.append(skip)
+            sizes.append(out)
+        y = F.conv2d(x, self.conv.weight, self.conv.bias, s, tuple(pads), 1, self.conv.groups)
+        y = y[..., crops[0]: crops[0] + sizes[0], crops[1]: crops[1] + sizes[1]]
+        return self.act(y)
 
 
 class _MBConv(nn.Module):

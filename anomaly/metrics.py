@@ -100,22 +100,25 @@ def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarr
     (each region counts once, whatever its size), and FPR is the fraction of all normal pixels
     of the set (good images included) with score >= t.
 
-    The curve is exact, computed by sorting rather than by sampling thresholds: each normal
-    pixel adds 1/n_normal to the FPR, each pixel of region r adds 1/(area_r * n_regions) to
-    PRO, so cumulative sums over the pixels sorted by descending score give the curve at every
-    distinct score (pixels with equal scores are merged into one point). Only the curve up to
-    `fpr_limit` is built: pixels scoring below the value where FPR first reaches the limit
-    cannot change it, which saves most of the sort for the usual limit of 0.3.
+    The curve is exact, computed by sorting rather than by sampling thresholds. FPR only
+    changes at the distinct scores of normal pixels, so those are sorted once, and the curve
+    visits each such score t (from high to low) in two points: (FPR above t, PRO of scores > t)
+    then (FPR at t, PRO of scores >= t). PRO is a cumulative sum over the few defect pixels,
+    sorted by score, where a pixel of region r weighs 1 / (area_r * n_regions). Between
+    points the curve is linear, exactly as in the official code that merges equal scores.
+    Only the curve up to `fpr_limit` is built: normal pixels below the score where FPR first
+    reaches the limit cannot change it, which skips most of the sorting for the usual 0.3.
 
     Returns:
-        (fpr, pro), both non-decreasing, starting at (0, 0) (threshold above every score) and
-        ending at the first point with fpr >= fpr_limit.
+        (fpr, pro): the corners of the curve in order (points in the middle of a flat stretch
+        are left out), both non-decreasing, from (0, 0) (threshold above every score) to the
+        first point with fpr >= fpr_limit.
     """
     masks, maps = _pixels(masks, maps)
     if masks.ndim == 2:
         masks, maps = masks[None], maps[None]
-    normal_scores = maps[~masks]
-    n_normal = normal_scores.size
+    normal = maps[~masks]
+    n_normal = normal.size
     if n_normal == 0:
         raise ValueError("pro_curve needs normal pixels (mask == 0) to measure false positives")
     # Regions of each image, numbered across the whole set; no connection between images.
@@ -124,24 +127,35 @@ def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarr
     regions, n_regions = ndimage.label(masks, structure=structure)
     if n_regions == 0:
         raise ValueError("pro_curve needs at least one defect region (mask > 0) in the masks")
-    area = np.bincount(regions.ravel(), minlength=n_regions + 1).astype(np.float64)
+    region_of = regions[masks]
+    area = np.bincount(region_of, minlength=n_regions + 1).astype(np.float64)
 
-    # Lowest score that still matters: the value where FPR first reaches fpr_limit.
+    # Defect pixels ascending by score, with cumulative PRO weight: PRO(>= t) = total - cum[i].
+    defect = maps[masks]
+    order = np.argsort(defect)
+    defect = defect[order]
+    cum = np.concatenate([[0.0], np.cumsum(1.0 / (area[region_of[order]] * n_regions))])
+
+    # Normal pixels that matter, ascending: down to the k-th highest, where FPR reaches the limit.
     k = min(max(int(np.ceil(fpr_limit * n_normal)), 1), n_normal)
-    floor = np.partition(normal_scores, n_normal - k)[n_normal - k]
-    keep = maps >= floor
-    scores = maps[keep]
-    kept_regions = regions[keep]
-    order = np.argsort(scores, kind="stable")[::-1]
-    scores, kept_regions = scores[order], kept_regions[order]
+    floor = np.partition(normal, n_normal - k)[n_normal - k]
+    normal = normal[normal >= floor]
+    normal.sort()
+    first = np.flatnonzero(np.append(True, normal[1:] != normal[:-1]))  # first of each value
+    t = normal[first][::-1]  # distinct normal scores, high to low
+    fpr_at = (normal.size - first[::-1]) / n_normal  # FPR of scores >= t
+    pro_above = cum[-1] - cum[np.searchsorted(defect, t, side="right")]  # PRO of scores > t
+    pro_at = cum[-1] - cum[np.searchsorted(defect, t, side="left")]  # PRO of scores >= t
 
-    fp_step = np.where(kept_regions == 0, 1.0 / n_normal, 0.0)
-    pro_step = np.where(kept_regions > 0, 1.0 / (area[kept_regions] * n_regions), 0.0)
-    fpr, pro = np.cumsum(fp_step), np.cumsum(pro_step)
-    last_of_tie = np.append(scores[1:] != scores[:-1], True)
-    fpr = np.concatenate([[0.0], np.minimum(fpr[last_of_tie], 1.0)])
-    pro = np.concatenate([[0.0], np.minimum(pro[last_of_tie], 1.0)])
-    return fpr, pro
+    fpr = np.zeros(2 * t.size + 1)
+    pro = np.zeros(2 * t.size + 1)
+    fpr[2::2], fpr[3::2] = fpr_at, fpr_at[:-1]  # fpr[1] = 0: nothing normal is above max(t)
+    pro[1::2], pro[2::2] = pro_above, pro_at
+    np.clip(pro, 0.0, 1.0, out=pro)
+    # Keep the corners only: inside a flat stretch of PRO the curve is one straight line.
+    corner = np.ones(pro.size, dtype=bool)
+    corner[1:-1] = (pro[1:-1] != pro[:-2]) | (pro[1:-1] != pro[2:])
+    return fpr[corner], pro[corner]
 
 
 def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
@@ -221,16 +235,19 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
         sub_labels, sub_scores = labels[rows], scores[rows]
         per = {
             "n_images": int(np.sum(defects == kind)),
-            "image_auroc": _try(image_auroc, sub_labels, sub_scores, notes=notes,
-                                name=f"{kind}/image_auroc"),
-            "image_ap": _try(image_ap, sub_labels, sub_scores, notes=notes,
-                             name=f"{kind}/image_ap"),
+            "image_auroc": _try(
+                image_auroc, sub_labels, sub_scores, notes=notes, name=f"{kind}/image_auroc"
+            ),
+            "image_ap": _try(
+                image_ap, sub_labels, sub_scores, notes=notes, name=f"{kind}/image_ap"
+            ),
             "pixel_auroc": None,
             "aupro": None,
         }
         if pred.has_masks:
-            per.update(_pixel_metrics(pred.masks[rows], pred.maps[rows], fpr_limit, notes,
-                                      f"{kind}/"))
+            per.update(
+                _pixel_metrics(pred.masks[rows], pred.maps[rows], fpr_limit, notes, f"{kind}/")
+            )
         out["per_defect"][kind] = per
     out["notes"] = notes
     return out
@@ -266,7 +283,7 @@ class Threshold:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "Threshold":
+    def from_json(cls, text: str) -> Threshold:
         d = json.loads(text)
         return cls(float(d["value"]), d.get("rule", "manual"), d.get("params", {}))
 
@@ -279,7 +296,7 @@ class Threshold:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Threshold":
+    def load(cls, path: str | Path) -> Threshold:
         path = Path(path)
         if path.is_dir():
             path = path / "threshold.json"
@@ -332,7 +349,10 @@ def confusion(labels, scores, threshold: float | Threshold) -> dict:
     precision, recall = rate(tp, tp + fp), rate(tp, tp + fn)
     return {
         "threshold": float(threshold),
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
         "precision": precision,
         "recall": recall,
         "f1": rate(2 * precision * recall, precision + recall),

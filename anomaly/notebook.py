@@ -84,8 +84,7 @@ def ensure_run(s: Settings, method: str, data: Path | None = None, source: str |
 def counts_table(root: Path) -> str:
     """Images per split and kind, from the generator's manifest."""
     manifest = json.loads((Path(root) / "manifest.json").read_text())
-    return "\n".join(f"{split:<6} {kind:<8} {n:>4}" for split, kinds in manifest["counts"].items()
-                     for kind, n in kinds.items())
+    return "\n".join(f"{folder:<14} {n:>4}" for folder, n in manifest["counts"].items())
 
 
 def kinds_figure(data, per_kind: int = 2):
@@ -111,14 +110,12 @@ def normals_figure(data, n: int = 12):
 
 def defect_area_figure(root: Path):
     """Distribution of defect areas (fraction of the image) per kind, from the manifest."""
-    import matplotlib.pyplot as plt
-
     manifest = json.loads((Path(root) / "manifest.json").read_text())
     areas: dict[str, list[float]] = {}
     for entry in manifest["images"].values():
-        if entry["defect"] != "good":
-            areas.setdefault(entry["defect"], []).append(100 * entry["area_fraction"])
-    fig, ax = plt.subplots(figsize=(6, 3))
+        if entry["kind"] != "good":
+            areas.setdefault(entry["kind"], []).append(100 * entry["area_fraction"])
+    fig, ax = _subplots(figsize=(6, 3))
     ax.hist(list(areas.values()), bins=15, label=list(areas), stacked=True)
     ax.set_xlabel("defect area (% of the image)")
     ax.set_ylabel("images")
@@ -128,9 +125,7 @@ def defect_area_figure(root: Path):
 
 def intensity_figure(data):
     """Mean brightness and pixel-intensity histograms per kind: no single statistic separates them."""
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
+    fig, (a, b) = _subplots(1, 2, figsize=(10, 3))
     by_kind: dict[str, list] = {}
     for i in range(len(data)):
         by_kind.setdefault(data.defects[i], []).append(data[i]["image"].mean(0).numpy())
@@ -155,8 +150,6 @@ def intensity_table(data) -> str:
 
 def reconstructions_figure(runs: dict[str, Path], n: int = 4):
     """Inputs (first row) and each run's reconstruction of them: normal and defective images."""
-    import matplotlib.pyplot as plt
-
     from anomaly.runs import load_run
 
     detectors = {name: load_run(run) for name, run in runs.items()}
@@ -165,7 +158,7 @@ def reconstructions_figure(runs: dict[str, Path], n: int = 4):
     images = torch.stack([data[i]["image"] for i in picks])
     rows = {"input": images} | {name: d.reconstruct(images.to(d.device)).cpu()
                                 for name, d in detectors.items()}
-    fig, axes = plt.subplots(len(rows), len(picks), figsize=(2.2 * len(picks), 2.2 * len(rows)),
+    fig, axes = _subplots(len(rows), len(picks), figsize=(2.2 * len(picks), 2.2 * len(rows)),
                              squeeze=False)
     for r, (name, batch) in enumerate(rows.items()):
         for c, img in enumerate(batch):
@@ -197,8 +190,6 @@ def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
 
 def l2_vs_ssim_figure(run: Path, per_kind: int = 1):
     """The same reconstructions scored two ways: L2 follows intensity, SSIM follows structure."""
-    import matplotlib.pyplot as plt
-
     from anomaly.maps import anomaly_map
     from anomaly.runs import load_run
 
@@ -209,7 +200,7 @@ def l2_vs_ssim_figure(run: Path, per_kind: int = 1):
     recon = det.reconstruct(images)
     maps = {k: anomaly_map(images, recon, kind=k, sigma=det.config.smooth_sigma).cpu()
             for k in ("l2", "ssim")}
-    fig, axes = plt.subplots(3, len(picks), figsize=(2.2 * len(picks), 6.6), squeeze=False)
+    fig, axes = _subplots(3, len(picks), figsize=(2.2 * len(picks), 6.6), squeeze=False)
     for c, i in enumerate(picks):
         axes[0, c].imshow(data[i]["image"].permute(1, 2, 0).squeeze(-1), cmap="gray")
         axes[0, c].contour(data[i]["mask"].numpy(), levels=[0.5], colors="lime", linewidths=1)
@@ -246,6 +237,15 @@ def copy_through_table(runs: dict[str, Path]) -> str:
         i, o = torch.cat(inside).mean().item(), torch.cat(outside).mean().item()
         lines.append(f"{name:<8} {i:>16.5f} {o:>16.5f} {i / o:>6.1f}")
     return "\n".join(lines)
+
+
+def _subplots(*args, **kwargs):
+    """A figure pyplot does not keep: it shows once, when the notebook cell returns it."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, **kwargs)
+    plt.close(fig)
+    return fig, axes
 
 
 def _test_data(config: Config):
@@ -339,9 +339,7 @@ def benchmark_result(s: Settings) -> dict:
 
 def detectability_figure(result: dict):
     """Fraction of defects caught at a fixed false-reject rate, by defect area, per method."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _subplots(figsize=(6, 3.5))
     for row in result["rows"]:
         if "detectability" not in row:
             continue

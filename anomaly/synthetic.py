@@ -41,8 +41,9 @@ def _fade(t: torch.Tensor) -> torch.Tensor:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
-def perlin_noise(shape: tuple[int, int], res: tuple[int, int], generator=None, device=None) -> torch.Tensor:
-    """2-D gradient (Perlin) noise [H, W] with res[0] x res[1] lattice cells, values in about [-1, 1].
+def perlin_noise(shape: tuple[int, int], res: tuple[int, int], generator=None,
+                 device=None) -> torch.Tensor:
+    """2-D gradient (Perlin) noise [H, W] on res[0] x res[1] lattice cells, values in about [-1, 1].
 
     Random unit gradients sit on the lattice corners; each pixel blends the dot products of the
     four surrounding gradients with its offsets, using the quintic fade 6t^5 - 15t^4 + 10t^3.
@@ -78,7 +79,7 @@ def _rotate(maps: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
 def perlin_mask(n: int, size: tuple[int, int], generator=None, device=None,
                 scales: tuple[int, int] = PERLIN_SCALES, threshold: float = THRESHOLD,
                 rotate: bool = True) -> torch.Tensor:
-    """`n` random blob masks [n, H, W] in {0, 1}: Perlin noise at a random scale, rotated, thresholded.
+    """`n` random blob masks [n, H, W] in {0, 1}: Perlin noise, rotated and thresholded.
 
     Each mask has its own resolution, 2**k x 2**l lattice cells with k, l drawn from
     [scales[0], scales[1]), and its own rotation in [-90, 90] degrees. Some masks come out empty
@@ -177,10 +178,14 @@ def synthesize(images: torch.Tensor, generator=None, p_anomaly: float = P_ANOMAL
         masks[todo] = perlin_mask(len(todo), (h, w), generator, dev, scales, threshold)
         todo = todo[masks[todo].flatten(1).amax(dim=1).cpu() == 0]
     use_self = (_rand(b, generator=generator) < p_self_texture) & (b > 1)
-    texture = fractal_texture(b, c, (h, w), generator, dev)
-    if use_self.any():
-        texture = torch.where(use_self.to(dev).view(-1, 1, 1, 1), image_texture(images, generator), texture)
-    opacity = (beta[0] + (beta[1] - beta[0]) * _rand(b, generator=generator, device=dev)).view(-1, 1, 1, 1)
+    opacity = beta[0] + (beta[1] - beta[0]) * _rand(b, 1, 1, 1, generator=generator, device=dev)
+    texture = torch.zeros_like(images)
+    if (anomalous & use_self).any():
+        self_texture = image_texture(images, generator)
+        texture[anomalous & use_self] = self_texture[anomalous & use_self]
+    noise_rows = (anomalous & ~use_self).nonzero().flatten()
+    if len(noise_rows):
+        texture[noise_rows] = fractal_texture(len(noise_rows), c, (h, w), generator, dev)
     m = masks[:, None]
     blended = (1 - opacity) * texture + opacity * images
     augmented = torch.where(m > 0, blended, images)

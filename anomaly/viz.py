@@ -37,8 +37,10 @@ def to_rgb(image) -> np.ndarray:
     elif img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
         img = img.transpose(1, 2, 0)  # [C, H, W] -> [H, W, C]
     if img.ndim != 3 or img.shape[-1] not in (1, 3):
-        raise ValueError(f"expected an image [H,W], [H,W,C] or [C,H,W] with 1 or 3 channels, "
-                         f"got shape {np.shape(image)}")
+        raise ValueError(
+            f"expected an image [H,W], [H,W,C] or [C,H,W] with 1 or 3 channels, "
+            f"got shape {np.shape(image)}"
+        )
     return np.clip(np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img, 0.0, 1.0)
 
 
@@ -53,12 +55,15 @@ def _to_uint8(rgb: np.ndarray) -> np.ndarray:
 
 def _check_size(image: np.ndarray, amap: np.ndarray) -> None:
     if image.shape[:2] != amap.shape[:2]:
-        raise ValueError(f"image {image.shape[:2]} and map {amap.shape[:2]} differ in size; "
-                         "resize the image to the map first")
+        raise ValueError(
+            f"image {image.shape[:2]} and map {amap.shape[:2]} differ in size; "
+            "resize the image to the map first"
+        )
 
 
-def dataset_range(maps, q: tuple[float, float] = (0.01, 0.999), labels=None,
-                  max_pixels: int = 2_000_000) -> tuple[float, float]:
+def dataset_range(
+    maps, q: tuple[float, float] = (0.01, 0.999), labels=None, max_pixels: int = 2_000_000
+) -> tuple[float, float]:
     """One (vmin, vmax) colour range for a whole data set, from quantiles of its maps.
 
     Args:
@@ -80,11 +85,14 @@ def dataset_range(maps, q: tuple[float, float] = (0.01, 0.999), labels=None,
     return vmin, vmax
 
 
-def red_overlay(image, diff, vmax: float | None = None, gamma: float = 1.0) -> np.ndarray:
+def red_overlay(
+    image, diff, vmax: float | None = None, gamma: float = 1.0, vmin: float = 0.0
+) -> np.ndarray:
     """The image in grey, with pixels painted red where the difference is large.
 
-    Each pixel is blended towards pure red with alpha = clip(diff / vmax, 0, 1) ** gamma, so a
-    zero difference leaves the grey image untouched and a larger one paints a brighter red.
+    Each pixel is blended towards pure red with alpha = clip((diff - vmin) / (vmax - vmin),
+    0, 1) ** gamma, so a difference at or below vmin (0 by default) leaves the grey image
+    untouched and a larger one paints a brighter red.
 
     Args:
         image: the input image (any supported layout).
@@ -92,6 +100,8 @@ def red_overlay(image, diff, vmax: float | None = None, gamma: float = 1.0) -> n
         vmax: the difference that is fully red; pass one value for the whole data set (e.g.
             `dataset_range(maps)[1]`). None uses this image's maximum.
         gamma: < 1 makes small differences more visible, > 1 hides them.
+        vmin: the difference below which nothing is painted (raise it for maps that are not
+            zero on normal pixels, e.g. `dataset_range(maps)[0]`).
 
     Returns:
         uint8 [H, W, 3].
@@ -103,14 +113,23 @@ def red_overlay(image, diff, vmax: float | None = None, gamma: float = 1.0) -> n
         diff = diff.mean(axis=0 if channel_first else -1)
     _check_size(gray, diff)
     vmax = float(diff.max()) if vmax is None else float(vmax)
-    alpha = np.clip(diff / vmax, 0.0, 1.0) ** gamma if vmax > 0 else np.zeros_like(diff)
+    span = vmax - vmin
+    alpha = np.clip((diff - vmin) / span, 0.0, 1.0) ** gamma if span > 0 else 0.0 * diff
     rgb = np.repeat((gray * (1 - alpha))[..., None], 3, axis=-1)
     rgb[..., 0] += alpha
     return _to_uint8(rgb)
 
 
-def heatmap_overlay(image, amap, vmin: float, vmax: float, mask=None, alpha: float = 0.5,
-                    cmap: str = "jet", outline: tuple[int, int, int] = OUTLINE) -> np.ndarray:
+def heatmap_overlay(
+    image,
+    amap,
+    vmin: float,
+    vmax: float,
+    mask=None,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    outline: tuple[int, int, int] = OUTLINE,
+) -> np.ndarray:
     """The anomaly map in colour over the image, with the ground-truth mask outlined.
 
     Args:
@@ -151,9 +170,15 @@ def overlay_name(path: str, defect: str) -> str:
     return f"{defect}_{Path(path).stem}.png"
 
 
-def save_overlays(pred, out_dir: str | Path, images=None, kind: str = "heatmap",
-                  vmin: float | None = None, vmax: float | None = None,
-                  alpha: float = 0.5) -> list[Path]:
+def save_overlays(
+    pred,
+    out_dir: str | Path,
+    images=None,
+    kind: str = "heatmap",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    alpha: float = 0.5,
+) -> list[Path]:
     """Write one overlay PNG per image of a `Predictions`, named `<defect>_<stem>.png`.
 
     Args:
@@ -161,7 +186,8 @@ def save_overlays(pred, out_dir: str | Path, images=None, kind: str = "heatmap",
         out_dir: folder to write to (created).
         images: the images [N, ...] at map size; None loads `pred.paths` and resizes them.
         kind: "heatmap" (colour map + mask outline) or "red" (the original red-on-grey).
-        vmin, vmax: the shared colour range; None takes `dataset_range(pred.maps)`.
+        vmin, vmax: the shared colour range; None takes `dataset_range(pred.maps)` (for "red",
+            vmin defaults to 0 as in the original project).
 
     Returns:
         the written paths, in data set order.
@@ -174,14 +200,14 @@ def save_overlays(pred, out_dir: str | Path, images=None, kind: str = "heatmap",
     out_dir.mkdir(parents=True, exist_ok=True)
     if vmin is None or vmax is None:
         lo, hi = dataset_range(pred.maps)
-        vmin = lo if vmin is None else vmin
+        vmin = (lo if kind == "heatmap" else 0.0) if vmin is None else vmin
         vmax = hi if vmax is None else vmax
     size = pred.maps.shape[1:]
     written, seen = [], set()
     for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
         image = images[i] if images is not None else _load_image(path, size)
         if kind == "red":
-            rgb = red_overlay(image, pred.maps[i], vmax=vmax)
+            rgb = red_overlay(image, pred.maps[i], vmax=vmax, vmin=vmin)
         else:
             mask = pred.masks[i] if pred.masks is not None else None
             rgb = heatmap_overlay(image, pred.maps[i], vmin, vmax, mask=mask, alpha=alpha)
@@ -211,8 +237,7 @@ def _figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4)):
 def plot_score_histogram(scores, labels, threshold=None, ax=None, bins: int = 30):
     """Histograms of good and defective image scores on shared bins, with the threshold line."""
     if ax is None:
-        fig, axes = _figure()
-        ax = axes[0, 0]
+        ax = _figure()[1][0, 0]
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
     edges = np.histogram_bin_edges(scores, bins=bins)
     for value, name, colour in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
@@ -220,8 +245,12 @@ def plot_score_histogram(scores, labels, threshold=None, ax=None, bins: int = 30
         if sel.size:
             ax.hist(sel, bins=edges, alpha=0.6, color=colour, label=f"{name} ({sel.size})")
     if threshold is not None:
-        ax.axvline(float(threshold), color="black", linestyle="--",
-                   label=f"threshold {float(threshold):.4g}")
+        ax.axvline(
+            float(threshold),
+            color="black",
+            linestyle="--",
+            label=f"threshold {float(threshold):.4g}",
+        )
     ax.set_xlabel("anomaly score")
     ax.set_ylabel("images")
     ax.legend()
@@ -233,8 +262,7 @@ def plot_roc(curves: dict, ax=None):
     from sklearn.metrics import roc_auc_score, roc_curve
 
     if ax is None:
-        fig, axes = _figure(figsize=(5, 5))
-        ax = axes[0, 0]
+        ax = _figure(figsize=(5, 5))[1][0, 0]
     for name, (labels, scores) in curves.items():
         labels = np.asarray(labels) > 0
         fpr, tpr, _ = roc_curve(labels, scores)
@@ -279,8 +307,7 @@ def plot_history(history, ax=None):
         raise ValueError(f"plot_history: no loss column among {columns}")
     x = np.array([_number(r.get("epoch", i)) for i, r in enumerate(rows)])
     if ax is None:
-        fig, axes = _figure()
-        ax = axes[0, 0]
+        ax = _figure()[1][0, 0]
     for col in ys:
         y = np.array([_number(r.get(col)) for r in rows])
         ok = np.isfinite(y)
@@ -291,8 +318,7 @@ def plot_history(history, ax=None):
     return ax.figure
 
 
-def plot_gallery(images, titles=None, masks=None, overlays=None, ncols: int = 4,
-                 size: float = 2.5):
+def plot_gallery(images, titles=None, masks=None, overlays=None, ncols: int = 4, size: float = 2.5):
     """A grid of images, with ground-truth outlines and an overlay panel beside each image.
 
     Args:
@@ -317,12 +343,11 @@ def plot_gallery(images, titles=None, masks=None, overlays=None, ncols: int = 4,
             ax = flat[i * panels + j]
             ax.imshow(picture)
             if masks is not None and masks[i] is not None and np.any(masks[i]):
-                ax.contour(np.asarray(masks[i]) > 0, levels=[0.5], colors="lime",
-                           linewidths=1)
+                ax.contour(np.asarray(masks[i]) > 0, levels=[0.5], colors="lime", linewidths=1)
             if titles is not None and j == 0:
                 ax.set_title(str(titles[i]), fontsize=9)
             ax.set_axis_off()
-    for ax in flat[n * panels:]:
+    for ax in flat[n * panels :]:
         fig.delaxes(ax)
     fig.tight_layout()
     return fig

@@ -31,18 +31,18 @@ NOTEBOOKS = {
         CHECK + "toy = nb.ensure_cookies(S, preset='toy', size=256)\nprint(nb.counts_table(toy))",
         "## One or two of each kind\nGreen outlines are the ground-truth masks: a broken "
         "cookie, mustard, plastic wrap.",
-        "test = anomaly.AnomalyDataset(toy, 'test', size=256, channels=3)\nnb.kinds_figure(test);",
+        "test = anomaly.AnomalyDataset(toy, 'test', size=256, channels=3)\nnb.kinds_figure(test)",
         "## Normal cookies are not identical\nPosition, rotation, chocolate pieces, baking colour, "
         "tiny hairline cracks and lighting all vary, and none of them is a defect. A detector "
         "must learn this variation from good images alone.",
-        "train = anomaly.AnomalyDataset(toy, 'train', size=256, channels=3)\nnb.normals_figure(train);",
+        "train = anomaly.AnomalyDataset(toy, 'train', size=256, channels=3)\nnb.normals_figure(train)",
         "## How large are the defects?\nSome cover a few percent of the image, some well under "
         "one percent: the small ones are what separates methods (notebook 06).",
-        "nb.defect_area_figure(toy);",
+        "nb.defect_area_figure(toy)",
         "## Intensity statistics\nMean brightness barely moves with a defect: no global statistic "
         "finds them, the detector has to look at local structure.",
         CHECK + "print(nb.intensity_table(test))",
-        "nb.intensity_figure(test);",
+        "nb.intensity_figure(test)",
     ],
     "02_train_autoencoder": [
         "# 02 Train an auto-encoder and a UNet on normal cookies\n\n"
@@ -58,10 +58,10 @@ NOTEBOOKS = {
         CHECK + "sorted(p.name for p in unet.iterdir() if p.is_file())",
         "## Loss curves\nTraining and validation loss per epoch (`history.csv`).",
         "from anomaly.viz import plot_history\nfig = plot_history(unet / 'history.csv')\n"
-        "plot_history(ae / 'history.csv', ax=fig.axes[0]);",
+        "plot_history(ae / 'history.csv', ax=fig.axes[0])",
         "## Reconstructions beside inputs\nThe UNet's reconstructions are sharp, the AE's blurry: "
         "keep that in mind for notebook 03.",
-        "nb.reconstructions_figure({'ae': ae, 'unet': unet});",
+        "nb.reconstructions_figure({'ae': ae, 'unet': unet})",
         "## How well do they separate defective from normal cookies?",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table({'ae': ae, 'unet': unet}))",
     ],
@@ -73,18 +73,18 @@ NOTEBOOKS = {
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
         "ae, unet = nb.ensure_run(S, 'ae', data), nb.ensure_run(S, 'unet', data)",
         "## The original's red overlay (AE)\nBrighter red where the difference is larger.",
-        "nb.overlays_figure(ae, kind='red');",
+        "nb.overlays_figure(ae, kind='red')",
         "## Heat maps on one scale (AE)\nThe scale comes from all normal test images, so a "
         "normal cookie stays blue instead of being stretched to red.",
-        "nb.overlays_figure(ae, kind='heatmap');",
+        "nb.overlays_figure(ae, kind='heatmap')",
         "## L2 versus SSIM\nThe same reconstructions scored two ways: L2 reacts to intensity "
         "differences, SSIM to changes of local structure (edges, texture).",
-        "nb.l2_vs_ssim_figure(ae);",
+        "nb.l2_vs_ssim_figure(ae)",
         "## Why a UNet copies defects through\nIts skip connections carry the input's details "
         "straight to the output, defects included. Measured on the data: the reconstruction "
         "error inside the defect, relative to the error elsewhere on the same images.",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.copy_through_table({'ae': ae, 'unet': unet}))",
-        "nb.overlays_figure(unet, kind='heatmap');",
+        "nb.overlays_figure(unet, kind='heatmap')",
     ],
     "04_kmeans_scoring": [
         "# 04 k-means on learned features, honest metrics, a threshold by rule\n\n"
@@ -100,10 +100,10 @@ NOTEBOOKS = {
         "## Score histograms and the threshold\nThe threshold is a rule, not a guess: the 99th "
         "percentile of held-out normal scores (`threshold.json`), the usual case when no "
         "defects are labelled.",
-        "nb.histogram_figure(runs['kmeans']);",
+        "nb.histogram_figure(runs['kmeans'])",
         "## ROC curves and the metrics table\nImage AUROC, AP and F1-max; pixel AUROC and AUPRO "
         "(up to 30% false-positive rate) as MVTec AD defines them.",
-        "nb.roc_figure(runs);",
+        "nb.roc_figure(runs)",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table(runs))",
         "Every metric exists for every method (compared by nbval):",
         CHECK + "sorted(nb.metrics_table_keys(runs))",
@@ -135,7 +135,7 @@ NOTEBOOKS = {
         "# NBVAL_IGNORE_OUTPUT\nresult = nb.benchmark_result(S)\nprint(result['table'])",
         "## Detectability: how small a defect each method finds\nThe fraction of defects caught "
         "when 5% of good cookies are rejected, by defect area.",
-        "nb.detectability_figure(result);",
+        "nb.detectability_figure(result)",
     ],
 }
 

@@ -25,7 +25,7 @@ from anomaly.metrics import (
 def square_masks(n=4, size=16):
     """n images: the first half good, the second half with one 4x4 defect square each."""
     masks = np.zeros((n, size, size), np.uint8)
-    masks[n // 2:, 4:8, 4:8] = 1
+    masks[n // 2 :, 4:8, 4:8] = 1
     return masks
 
 
@@ -204,9 +204,14 @@ def test_evaluate_without_masks_or_good_images():
     assert any("no ground-truth masks" in n for n in out["notes"])
     pred = make_predictions()
     keep = [2, 3]
-    only_crack = Predictions([pred.paths[i] for i in keep], pred.labels[keep],
-                             [pred.defects[i] for i in keep], pred.scores[keep],
-                             pred.maps[keep], pred.masks[keep])
+    only_crack = Predictions(
+        [pred.paths[i] for i in keep],
+        pred.labels[keep],
+        [pred.defects[i] for i in keep],
+        pred.scores[keep],
+        pred.maps[keep],
+        pred.masks[keep],
+    )
     out = evaluate(only_crack)
     assert out["image_auroc"] is None and out["image_f1_max"] is None
     assert out["per_defect"]["crack"]["image_auroc"] is None

@@ -28,8 +28,10 @@ def grey_image(value=0.5):
 @pytest.mark.parametrize("shape", [(H, W), (1, H, W), (3, H, W), (H, W, 1), (H, W, 3)])
 def test_overlays_accept_every_layout(shape):
     image = np.full(shape, 0.5, np.float32)
-    for out in (red_overlay(image, np.zeros((H, W)), vmax=1.0),
-                heatmap_overlay(image, np.zeros((H, W)), 0.0, 1.0)):
+    for out in (
+        red_overlay(image, np.zeros((H, W)), vmax=1.0),
+        heatmap_overlay(image, np.zeros((H, W)), 0.0, 1.0),
+    ):
         assert out.shape == (H, W, 3) and out.dtype == np.uint8
     assert to_rgb(np.full(shape, 255, np.uint8)).max() == 1.0
 
@@ -43,6 +45,8 @@ def test_red_overlay_zero_diff_is_grey_and_red_grows():
     assert (np.diff(out[0, :, 0]) >= 0).all() and out[0, -1, 0] > out[0, 0, 0]
     assert out[0, -1].tolist() == [255, 0, 0]  # diff == vmax: pure red
     assert (out[..., 0] >= out[..., 1]).all()
+    below = red_overlay(grey_image(0.3), np.full((H, W), 0.4), vmax=1.0, vmin=0.5)
+    assert (below == round(0.3 * 255)).all()  # at or below vmin: nothing painted
 
 
 def test_red_overlay_vmax_is_shared():

@@ -36,19 +36,21 @@ _CHOC = np.array([0.16, 0.085, 0.045], _F)
 
 # --- signed distances (negative inside) and grids ------------------------------------------------
 def _ellipse(u, v, cx, cy, a, b, ang=0.0):
-    c, s = np.cos(ang), np.sin(ang)
+    cx, cy, a, b, c, s = map(float, (cx, cy, a, b, np.cos(ang), np.sin(ang)))
     x, y = ((u - cx) * c + (v - cy) * s) / a, (-(u - cx) * s + (v - cy) * c) / b
     r = np.sqrt(x * x + y * y)
     return (r - 1) * r / (np.sqrt((x / a) ** 2 + (y / b) ** 2) + 1e-6)
 
 
 def _capsule(u, v, p, q, r):
+    (p, q), r = np.asarray([p, q], float).tolist(), float(r)
     pu, pv, eu, ev = u - p[0], v - p[1], q[0] - p[0], q[1] - p[1]
     t = np.clip((pu * eu + pv * ev) / (eu * eu + ev * ev), 0, 1)
     return np.hypot(pu - t * eu, pv - t * ev) - r
 
 
 def _box(u, v, cx, cy, a, b, r):
+    cx, cy, a, b, r = map(float, (cx, cy, a, b, r))
     qx, qy = np.abs(u - cx) - a + r, np.abs(v - cy) - b + r
     return np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0) - r
 
@@ -56,7 +58,8 @@ def _box(u, v, cx, cy, a, b, r):
 def _polygon(u, v, pts):
     """Exact signed distance to a closed polygon (after Inigo Quilez)."""
     d, inside = np.full(u.shape, np.inf, _F), np.zeros(u.shape, bool)
-    for (x0, y0), (x1, y1) in zip(pts, np.roll(pts, 1, axis=0)):
+    pts = np.asarray(pts, float)
+    for (x0, y0), (x1, y1) in zip(pts.tolist(), np.roll(pts, 1, axis=0).tolist()):
         eu, ev, wu, wv = x1 - x0, y1 - y0, u - x0, v - y0
         t = np.clip((wu * eu + wv * ev) / (eu * eu + ev * ev), 0, 1)
         d = np.minimum(d, (wu - t * eu) ** 2 + (wv - t * ev) ** 2)
@@ -65,26 +68,24 @@ def _polygon(u, v, pts):
 
 
 def _smin(a, b, k):
+    k = float(k)
     h = np.maximum(k - np.abs(a - b), 0) / k
     return np.minimum(a, b) - h * h * k / 4
 
 
 def _resample(a, size, smooth=False):
-    """Interpolate the last two axes of a cell-centred grid to size x size pixels."""
-    n = a.shape[-1]
-    if n == size and not smooth:
+    """Interpolate cell-centred grids (n, n) or (k, n, n) to size x size pixels."""
+    if a.shape[-1] == size and not smooth:
         return a
-    pos = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1.0001)
-    i, f = pos.astype(int), (pos - pos.astype(int)).astype(_F)
-    if smooth:
-        f = f * f * (3 - 2 * f)
-    a = a[..., i, :] * (1 - f)[:, None] + a[..., i + 1, :] * f[:, None]
-    return a[..., i] * (1 - f) + a[..., i + 1] * f
+    method = Image.BICUBIC if smooth else Image.BILINEAR
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(g, _F)).resize((size, size), method))
+           for g in a.reshape(-1, *a.shape[-2:])]
+    return np.stack(out).reshape(*a.shape[:-2], size, size)
 
 
 def _noise(rng, cells, size):
-    """Smooth value noise (std about 0.7) with features 1/cells of the image, at any size."""
-    return _resample(rng.standard_normal((cells + 1, cells + 1)).astype(_F), size, smooth=True)
+    """Smooth noise (std about 1) with features 1/cells of the image, the same at any size."""
+    return _resample(rng.standard_normal((cells, cells)).astype(_F), size, smooth=True)
 
 
 # --- the cookie -----------------------------------------------------------------------------------
@@ -94,27 +95,29 @@ def _cookie_shape(rng):
         return np.array(p, _F) + rng.normal(0, s, len(p)).astype(_F)
 
     return {
-        "head": j(-0.12, -0.07, 0.33, 0.28),
-        "ears": [j(-0.33, -0.25, -0.215, -0.355, -0.1, -0.3).reshape(3, 2),
-                 j(-0.11, -0.3, -0.024, -0.375, 0.075, -0.28).reshape(3, 2)],
-        "paw": j(0.36, -0.01, 0.14, 0.19), "thumb": j(0.23, -0.235, 0.045),
-        "hip": j(-0.43, 0.05, 0.07), "foot": j(-0.34, 0.27, 0.13, 0.14),
+        "head": j(-0.1, -0.02, 0.36, 0.24),
+        "ears": [j(-0.4, -0.16, -0.27, -0.39, -0.1, -0.2).reshape(3, 2),
+                 j(-0.12, -0.2, -0.02, -0.405, 0.11, -0.18).reshape(3, 2)],
+        "paw": j(0.33, 0.0, 0.17, 0.2), "thumb": j(0.21, -0.21, 0.045),
+        "hip": j(-0.44, 0.07, 0.065), "foot": j(-0.34, 0.25, 0.13, 0.13),
         "waves": rng.normal(0, 1, (5, 4)).astype(_F),
     }
 
 
 def _cookie_sdf(u, v, sh):
-    d = _box(u, v, *sh["head"], 0.12)
+    d = _box(u, v, *sh["head"], 0.13)
     for ear in sh["ears"]:
         d = _smin(d, _polygon(u, v, ear) - 0.035, 0.05)
-    d = _smin(d, _ellipse(u, v, *sh["paw"]), 0.04)
+    d = _smin(d, _ellipse(u, v, *sh["paw"]), 0.07)
     for c in ("thumb", "hip"):
         d = _smin(d, np.hypot(u - sh[c][0], v - sh[c][1]) - sh[c][2], 0.03)
-    d = _smin(d, _box(u, v, *sh["foot"], 0.07), 0.03)
-    d = _smin(d, np.hypot(u + 0.2, v - 0.315) - 0.03, 0.02)  # the foot's curl
-    d = np.maximum(d, 0.028 - np.hypot(u + 0.182, v - 0.252))
-    w = sh["waves"]  # handmade wobble of the outline
-    return d + 0.0025 * sum(np.sin(8 * np.abs(a) + 6 * (u * b + v * c) + e) for a, b, c, e in w)
+    d = _smin(d, _box(u, v, *sh["foot"], 0.08), 0.04)
+    return d + 0.0025 * _wobble(u, v, sh["waves"])  # handmade, not quite regular
+
+
+def _wobble(u, v, waves):
+    """A sum of random plane waves, for irregular outlines."""
+    return sum(np.sin(8 * abs(a) + 6 * (u * b + v * c) + e) for a, b, c, e in waves.tolist())
 
 
 def _marks(rng, u, v):
@@ -128,14 +131,14 @@ def _marks(rng, u, v):
     for p, q, r in [((0.21, -0.2), (0.235, -0.03), (0.22, 0.15)),
                     ((-0.39, -0.03), (-0.38, 0.08), (-0.33, 0.15))]:
         p, q, r = np.array(p) + j(), np.array(q) + j(), np.array(r) + j()
-        d = np.minimum(d, np.minimum(_capsule(u, v, p, q, 0.005), _capsule(u, v, q, r, 0.005)))
+        d = np.minimum(d, np.minimum(_capsule(u, v, p, q, 0.008), _capsule(u, v, q, r, 0.008)))
     return d
 
 
 def _chocolate(rng):
     """Jittered chocolate pieces: ('e', cx, cy, a, b, angle), ('c', p, q, r) or ('p', vertices)."""
     out = []
-    pieces = [("p", np.array([[0.036, -0.3], [-0.03, -0.19], [0.105, -0.19]]))]
+    pieces = [("p", np.array([[0.036, -0.27], [-0.01, -0.2], [0.085, -0.2]]))]
     pieces += [("e", cx, cy, a, b, 0.0) for cx, cy, a, b in [
         (-0.219, -0.1, 0.028, 0.028), (0.076, -0.09, 0.028, 0.028),
         (-0.298, -0.005, 0.06, 0.028), (-0.27, 0.08, 0.045, 0.027),
@@ -164,7 +167,7 @@ def _piece_sdf(u, v, p, grow=1.0, shift=(0.0, 0.0)):
     if p[0] == "c":
         return _capsule(u, v, p[1], p[2], p[3] * grow)
     c = p[1].mean(0)
-    return _polygon(u, v, (p[1] - c) * grow + c) - 0.035 * grow
+    return _polygon(u, v, (p[1] - c) * grow + c) - 0.05 * grow
 
 
 def _inside_point(rng, sh, margin, lo=(-0.42, -0.3), hi=(0.45, 0.35)):
@@ -195,28 +198,29 @@ def _crack(rng, u, v, sh, scale, px):
         a = rng.uniform(0, 2 * np.pi)
         c, ang = _edge_point(sh, a), a + np.pi + rng.normal(0, 0.3)
         c = c - 0.03 * np.array([np.cos(ang), np.sin(ang)], _F)
-        length = 0.03 + np.exp(rng.uniform(np.log(0.06), np.log(0.35))) * scale
+        length = 0.03 + max(np.exp(rng.uniform(np.log(0.06), np.log(0.35))) * scale, 5 / px)
     t = (u - c[0]) * np.cos(ang) + (v - c[1]) * np.sin(ang)
     n = -(u - c[0]) * np.sin(ang) + (v - c[1]) * np.cos(ang)
-    knots = np.linspace(-1, 1, 64)
-    path = np.cumsum(rng.normal(0, 0.01, 64)) + rng.normal(0, 0.004, 64)
+    knots = np.linspace(-1, 1, 161)
+    path = np.cumsum(rng.normal(0, 0.006, 161)) + rng.normal(0, 0.002, 161)
     s = n - np.interp(t, knots, path - np.interp(0, knots, path)).astype(_F)
-    width = max(np.exp(rng.uniform(np.log(0.007), np.log(0.022))) * scale * px, 1.6)
-    width = width * np.clip((length - t) / 0.08, 0, 1)
+    width = np.exp(rng.uniform(np.log(0.007), np.log(0.022))) * scale * px
+    width = np.maximum(width * np.interp(t, knots[::8], rng.uniform(0.6, 1.3, 21)), 1.6)
+    width = width * np.clip((length - t) / min(0.08, length / 3), 0, 1).astype(_F)
     shift = rng.uniform(0.006, 0.03) * scale * (rng.random() < 0.75) * full
     return s, width, np.array([-np.sin(ang), np.cos(ang)]) * shift
 
 
 
 
-def _mustard(rng, u, v, sh, scale, window):
+def _mustard(rng, u, v, sh, scale, px, window):
     """A lumpy blob of whole-grain mustard: its pixel box, signed distance, colour and height."""
-    r = np.exp(rng.uniform(np.log(0.025), np.log(0.085))) * scale
+    r = max(np.exp(rng.uniform(np.log(0.035), np.log(0.12))) * scale, 2.5 / px)
     c = _inside_point(rng, sh, r)
     box = window(c, 1.6 * r)
     u, v = u[box], v[box]
-    lumps = c + rng.normal(0, r * 0.4, (rng.integers(4, 8), 2))
-    lrad = r * rng.uniform(0.35, 0.65, len(lumps))
+    lumps = c + rng.normal(0, r * 0.45, (rng.integers(4, 8), 2))
+    lrad = r * rng.uniform(0.45, 0.75, len(lumps))
 
     def blob(uu, vv):
         d = np.full(np.shape(uu), np.inf, _F)
@@ -230,8 +234,8 @@ def _mustard(rng, u, v, sh, scale, window):
     keep = blob(*seeds.T) < -0.3 * rad
     seeds, rad, tone = seeds[keep], rad[keep], tone[keep]
     db = blob(u, v)
-    pal = np.array([[0.86, 0.76, 0.42], [0.76, 0.68, 0.28], [0.58, 0.5, 0.18], [0.4, 0.26, 0.1]])
-    paste = np.array([0.5, 0.4, 0.13]) * rng.uniform(0.85, 1.1)
+    pal = np.array([[0.84, 0.77, 0.5], [0.74, 0.63, 0.3], [0.56, 0.46, 0.2], [0.36, 0.23, 0.1]])
+    paste = np.array([0.45, 0.36, 0.12]) * rng.uniform(0.85, 1.1)
     col, z, d = np.broadcast_to(paste, u.shape + (3,)), np.zeros(u.shape, _F), db
     if len(seeds):
         q = np.hypot(u[..., None] - seeds[:, 0], v[..., None] - seeds[:, 1]) / rad
@@ -240,23 +244,23 @@ def _mustard(rng, u, v, sh, scale, window):
         d = np.minimum(db, (q - 1) * rad[near])
         z = np.sqrt(np.clip(1 - q * q, 0, 1))
         col = np.where((q < 1)[..., None], pal[tone][near], paste)
-    height = 0.5 * np.clip(-db / r, 0, 1) ** 0.5 + 0.8 * z
+    height = 0.5 * np.clip(-db / r, 0, 1) ** 0.5 + 0.5 * z
     return box, d, col.astype(_F), height.astype(_F)
 
 
-def _plastic(rng, sh, scale):
-    """Outline (polygon in cookie units) of a crumpled, twisted ribbon of wrap."""
-    c = _inside_point(rng, sh, 0.05)
-    length = np.exp(rng.uniform(np.log(0.15), np.log(0.55))) * scale ** 0.5
+def _plastic(rng, sh, scale, px):
+    """A crumpled, twisted ribbon of wrap: outline (polygon), centre, direction and length."""
+    c = _inside_point(rng, sh, 0.1, (-0.35, -0.25), (0.3, 0.15))
+    length = max(np.exp(rng.uniform(np.log(0.15), np.log(0.55))) * scale ** 0.5, 10 / px)
     ang, m = rng.uniform(0, np.pi), 9
     t = np.linspace(-0.5, 0.5, m) * length
     bend = np.cumsum(rng.normal(0, 0.015, m))
-    half = length * rng.uniform(0.12, 0.3) * rng.uniform(0.5, 1.3, m)
+    half = np.maximum(length * rng.uniform(0.18, 0.32) * rng.uniform(0.6, 1.2, m), 2 / px)
     left = np.stack([t + rng.normal(0, 0.008, m), bend - bend.mean() + half], 1)
     right = np.stack([t + rng.normal(0, 0.008, m), bend - bend.mean() - half * rng.uniform(
-        0.5, 1.0, m)], 1)
+        0.7, 1.0, m)], 1)
     rot = np.array([[np.cos(ang), np.sin(ang)], [-np.sin(ang), np.cos(ang)]])
-    return (np.concatenate([left, right[::-1]]) @ rot + c).astype(_F), length
+    return (np.concatenate([left, right[::-1]]) @ rot + c).astype(_F), c, ang, length
 
 
 def _shift(a, dy, dx):
@@ -285,11 +289,11 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
     scale = difficulty ** -0.5
     contrast = float(np.clip(scale, 0.15, 1.0))
     k, th = rng.uniform(0.84, 0.92), np.clip(rng.normal(0, 0.06), -0.15, 0.15)
-    centre = 0.5 + np.clip(rng.normal(0, 0.02, 2), -0.04, 0.04) - np.array([0.01, 0.01]) * k
+    centre = 0.5 + np.clip(rng.normal(0, 0.02, 2), -0.04, 0.04)
     ct, st, px = np.cos(th), np.sin(th), k * size  # px: pixels per cookie unit
 
     def grid(n):  # cookie coordinates of the centres of an n x n pixel grid
-        g = (np.arange(n, dtype=_F) + 0.5) / n
+        g = (np.arange(n) + 0.5) / n
         x, y = g[None, :] - centre[0], g[:, None] - centre[1]
         return ((x * ct + y * st) / k).astype(_F), ((y * ct - x * st) / k).astype(_F)
 
@@ -297,43 +301,28 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
         return ((centre[0] + k * (p[0] * ct - p[1] * st)) * size - 0.5,
                 (centre[1] + k * (p[0] * st + p[1] * ct)) * size - 0.5)
 
-    # signed distances on a grid of at most 128^2, then interpolated (they are smooth)
+    # signed distances on a grid of at most 96^2, then interpolated (they are smooth)
     sh, pieces = _cookie_shape(rng), _chocolate(rng)
-    uc, vc = grid(min(size, 128))
+    n = min(size, 96)
+    uc, vc = grid(n)
     dc, dst = np.full(uc.shape, 9, _F), np.full(uc.shape, 9, _F)
     for p in pieces:
         dc = np.minimum(dc, _piece_sdf(uc, vc, p))
         if rng.random() < 0.3:  # a smear of melted chocolate
             dst = np.minimum(dst, _piece_sdf(uc, vc, p, 1.35, rng.normal(0, 0.012, 2)))
     fields = [_cookie_sdf(uc, vc, sh), _marks(rng, uc, vc), dc, dst]
+    off = rng.uniform(0.7, 1.3) * np.array([0.01, 0.016]) * n
+    blur = ndimage.gaussian_filter(np.clip(0.5 - fields[0] * k * n, 0, 1), 0.018 * n)
+    fields.append(ndimage.shift(blur, off[::-1], order=1, mode="nearest"))  # drop shadow
     if kind == "plastic":
-        wrap, wrap_len = _plastic(rng, sh, scale)
-        fields.append(_polygon(uc, vc, wrap))
-    fields = _resample(np.stack(fields), size)
-    d, dmark, dc, dst = fields[:4]
+        wrap, wc, wang, wlen = _plastic(rng, sh, scale, px)
+        fields.append(_polygon(uc, vc, wrap) + 0.004 * _wobble(uc * 3, vc * 3, rng.normal(
+            0, 1, (4, 4))))
+    fields = _resample(np.stack(fields).astype(_F), size)
+    d, dmark, dc, dst, shadow = fields[:5]
     u, v = grid(size)
     alpha = np.clip(0.5 - d * px, 0, 1)
     depth = np.maximum(-d, 0)
-
-    # dough: colour, browning toward the rim, grain and speckles, pad imprints
-    base = np.array([0.6, 0.4, 0.18], _F) * rng.normal(1, 0.03, 3) * rng.uniform(0.88, 1.1)
-    grain, speck = _noise(rng, 110, size), _noise(rng, 160, size)
-    tone = (1 + 0.07 * _noise(rng, 5, size)) * (1 + 0.09 * grain)
-    tone = tone * np.where(speck > 1.5, 0.82, np.where(speck < -1.6, 1.12, 1.0))
-    rim = np.exp(-depth / rng.uniform(0.02, 0.04)) * rng.uniform(0.25, 0.45)
-    col = base * tone[..., None] * (1 - rim[..., None] * np.array([0.75, 1.0, 1.3], _F))
-    mark = np.clip(0.5 - dmark * px, 0, 1)
-    col = col * (1 - 0.12 * mark)[..., None]
-    height = np.clip(depth / 0.04, 0, 1) ** 0.5 - 0.5 * mark + 0.02 * grain
-
-    # chocolate: smears, pieces, raised and glossy
-    choc = _CHOC * rng.uniform(0.85, 1.2)
-    stain = np.clip(-dst / 0.015, 0, 1) * rng.uniform(0.25, 0.5)
-    col = col * (1 - stain[..., None]) + choc * 1.8 * stain[..., None]
-    ca = np.clip(0.5 - dc * px, 0, 1)
-    col = col * (1 - ca[..., None]) + (choc * (1 + 0.15 * grain[..., None])) * ca[..., None]
-    height = height + 0.5 * np.clip(-dc / 0.012, 0, 1) ** 0.5
-    gloss = ca
 
     # natural hairline cracks: thin, short, low contrast
     lines = Image.new("L", (size, size), 0)
@@ -348,9 +337,29 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
             p = p + rng.uniform(0.01, 0.02) * np.array([np.cos(a), np.sin(a)], _F)
         draw.line(pts, fill=int(rng.uniform(100, 200)), width=lw)
     hair = ndimage.gaussian_filter(np.asarray(lines, _F) / 255, 0.5)
-    col = col * (1 - 0.4 * min(1.0, 0.003 * size / lw) * hair)[..., None]
 
-    mask = np.zeros((size, size), bool)
+    # dough: colour, grain and speckles, browning toward the rim, imprints
+    base = (np.array([0.6, 0.4, 0.18]) * rng.normal(1, 0.03, 3) * rng.uniform(0.88, 1.1))
+    grain, speck = _noise(rng, 140, size), _noise(rng, 200, size)
+    mark = np.clip(0.5 - dmark * px, 0, 1)
+    tone = (1 + 0.06 * _noise(rng, 5, size)) * (1 + 0.05 * grain) * (1 - 0.12 * mark)
+    tone *= np.where(speck > 1.7, 0.85, np.where(speck < -1.8, 1.1, 1.0)).astype(_F)
+    tone *= 1 - 0.4 * min(1.0, 0.003 * size / lw) * hair
+    rim = np.exp(-depth / rng.uniform(0.02, 0.04)) * rng.uniform(0.25, 0.45)
+    col = (tone[..., None] * base.astype(_F)) * (1 - rim[..., None] * np.array([.75, 1, 1.3], _F))
+    height = np.clip(depth / 0.04, 0, 1) ** 0.5 - 0.5 * mark + 0.02 * grain
+
+    # chocolate: smears, pieces, raised and glossy
+    choc = _CHOC * _F(rng.uniform(0.85, 1.2))
+    stain = np.clip(-dst / 0.015, 0, 1) * _F(rng.uniform(0.25, 0.5))
+    ca = np.clip(0.5 - dc * px, 0, 1)
+    cover = np.maximum(stain, ca)
+    shine = np.where(ca > 0, 1 + 0.15 * grain, 1.8) * cover
+    col = col * (1 - cover)[..., None] + choc * shine[..., None]
+    height += 0.5 * np.clip(-dc / 0.012, 0, 1) ** 0.5
+    gloss = ca
+
+    mask, cavity = np.zeros((size, size), bool), 0.0
     if kind == "mustard":
         def window(c, r):  # pixel box around a disc in cookie units
             x, y = to_px(c)
@@ -358,28 +367,27 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
             return (slice(max(0, int(y - r)), max(0, int(y + r + 2))),
                     slice(max(0, int(x - r)), max(0, int(x + r + 2))))
 
-        box, dm, mcol, mh = _mustard(rng, u, v, sh, scale, window)
-        ma = np.zeros((size, size), _F)
-        ma[box] = np.clip(0.5 - dm * px, 0, 1)
-        mask = ma >= 0.5
-        ma = ma[box][..., None] * contrast
+        box, dm, mcol, mh = _mustard(rng, u, v, sh, scale, px, window)
+        ma = np.clip(0.5 - dm * px, 0, 1)
+        mask[box] = ma >= 0.5
+        ma = ma[..., None] * contrast
         col[box] = col[box] * (1 - ma) + mcol * ma
-        height[box] = height[box] + mh * ma[..., 0]
+        height[box] += mh * ma[..., 0]
         gloss = gloss.copy()
-        gloss[box] = np.maximum(gloss[box], ma[..., 0])
+        gloss[box] = np.maximum(gloss[box], 0.25 * ma[..., 0])
 
     # relief lit from the upper left, gloss on chocolate and mustard
     light = rng.uniform(1.1, 1.4) * np.pi
     gy, gx = np.gradient(height)
-    slope = -(gx * np.cos(light) + gy * np.sin(light)) * px / 60
-    col = col * (1 + np.clip(slope, -0.35, 0.35))[..., None]
-    col = col + (0.5 * np.clip(slope - 0.1, 0, 1) ** 1.5 * gloss)[..., None]
+    slope = (gx * _F(-np.cos(light)) - gy * _F(np.sin(light))) * _F(px / 60)
+    col *= (1 + np.clip(slope, -0.35, 0.35))[..., None]
+    col += (0.5 * np.clip(slope - 0.1, 0, 1) ** 1.5 * gloss)[..., None]
 
     if kind == "crack":
         s, width, move = _crack(rng, u, v, sh, scale, px)
         g = np.clip(width / 2 - np.abs(s) * px + 0.5, 0, 1)
-        deep = np.clip(width / 2 - np.abs(s) * px - 0.8, 0, 1)
-        crumb = base * 0.45 * rng.uniform(0.8, 1.2)
+        deep = np.clip(width / 2 - np.abs(s) * px - 0.7, 0, 1)
+        crumb = (base * 0.5 * rng.uniform(0.8, 1.2)).astype(_F)
         col = col * (1 - g * contrast)[..., None] + crumb * (g * contrast)[..., None]
         kept = alpha * (1 - deep * contrast)
         a0, a1 = kept * (s <= 0), kept * (s > 0)
@@ -389,48 +397,49 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
         new = a0 + a1 * (1 - a0)
         col = (col * a0[..., None] + moved * (a1 * (1 - a0))[..., None]) / np.maximum(
             new, 1e-6)[..., None]
-        mask = ((alpha >= 0.5) & (g >= 0.5)) | ((alpha >= 0.5) != (new >= 0.5))
-        alpha = new
+        near = np.abs(s) * px <= width / 2 + abs(dx) + abs(dy) + 1  # not the piece's far rim
+        mask = (alpha >= 0.5) & ((g >= 0.5) | ((new < 0.5) & near))
+        cavity, alpha = np.clip(alpha - new, 0, 1) * near, new
 
-    # table, soft drop shadow, composite, light falloff
-    bg = rng.uniform(0.8, 0.88) * np.array([1.0, 0.975, 0.93], _F) * rng.normal(1, 0.01, 3)
-    off = np.round(np.array([0.01, 0.016]) * size * rng.uniform(0.7, 1.3)).astype(int)
-    shadow = _shift(ndimage.gaussian_filter(alpha, 0.018 * size), off[1], off[0])
+    # table with contact and drop shadows, composite, light falloff
+    bg = (rng.uniform(0.8, 0.88) * np.array([1.0, 0.975, 0.935]) * rng.normal(1, 0.008, 3))
+    contact = ndimage.gaussian_filter(alpha, 0.007 * size)
     table = (1 + 0.02 * _noise(rng, 4, size)) * (1 - rng.uniform(0.3, 0.45) * shadow)
-    img = bg * table[..., None]
-    img = img * (1 - alpha[..., None]) + col * alpha[..., None]
-    x, y = np.meshgrid((np.arange(size) + 0.5) / size - 0.5, (np.arange(size) + 0.5) / size - 0.5)
-    phi = rng.uniform(0, 2 * np.pi)
-    fall = 1 + rng.uniform(0.04, 0.14) * (x * np.cos(phi) + y * np.sin(phi)) - 0.15 * (x * x + y * y)
-    img = img * fall[..., None].astype(_F)
+    table *= (1 - 0.7 * contact) * (1 - 0.6 * cavity)
+    g = ((np.arange(size) + 0.5) / size - 0.5).astype(_F)
+    phi, amp = rng.uniform(0, 2 * np.pi), rng.uniform(0.04, 0.14)
+    fall = 1 + amp * (g[None, :] * _F(np.cos(phi)) + g[:, None] * _F(np.sin(phi))) - 0.15 * (
+        g[None, :] ** 2 + g[:, None] ** 2)
+    img = (table * (1 - alpha) * fall)[..., None] * bg.astype(_F) + col * (alpha * fall)[
+        ..., None]
 
-    if kind == "plastic":
-        dw = fields[4]
+    if kind == "plastic":  # film: faint haze, bright folds along the ribbon, crinkles, sheen
+        dw = fields[5]
         wa = np.clip(0.5 - dw * px, 0, 1)
         mask = wa >= 0.5
-        folds = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(folds)
-        for _ in range(rng.integers(3, 8)):
-            i, j = rng.choice(len(wrap), 2, replace=False)
-            f = rng.uniform(0.1, 0.9)
-            draw.line([to_px(wrap[i]), to_px(wrap[i] * f + wrap[j] * (1 - f))],
-                      fill=int(rng.uniform(120, 255)), width=max(1, round(0.004 * size)))
-        folds = ndimage.gaussian_filter(np.asarray(folds, _F) / 255, 0.6)
-        crease = np.exp(-(_noise(rng, int(np.clip(5 / wrap_len, 10, 40)), size) / 0.07) ** 2)
-        sheen = np.clip(_noise(rng, 6, size) * 1.5, 0, 1)
-        edge = np.exp(-0.5 * (dw * px / 1.2) ** 2)
-        white = rng.uniform(0.08, 0.16) + 0.45 * crease + 0.6 * folds + 0.3 * sheen
-        white = np.clip(white * wa + 0.55 * edge, 0, 0.9) * contrast
+        cw, sw = np.cos(wang), np.sin(wang)
+        tt = ((u - wc[0]) * cw + (v - wc[1]) * sw) / wlen
+        nn = ((v - wc[1]) * cw - (u - wc[0]) * sw) / wlen
+        g = rng.standard_normal((2, 32, 32))
+        folds = ndimage.map_coordinates(g[0], [tt * 5, nn * 14], order=3, mode="grid-wrap")
+        sheen = ndimage.map_coordinates(g[1], [tt * 2, nn * 4], order=1, mode="grid-wrap")
+        crinkle = np.exp(-(_noise(rng, 40, size) / 0.06) ** 2)
+        sheen = np.clip(sheen - 0.3, 0, 1)
+        edge = np.exp(-0.5 * (dw * px) ** 2) * (0.25 + 0.5 * sheen)
+        white = 0.12 + 0.6 * np.exp(-(folds / 0.15) ** 2) + 0.3 * crinkle + 0.4 * sheen
+        white = np.clip(white * wa + edge, 0, 0.9) * contrast
         img = img * (1 - white[..., None]) + 0.97 * white[..., None]
 
-    img = img + 0.008 * rng.standard_normal(img.shape, dtype=_F)
+    if kind != "good" and not mask.any():  # a defect too small to cover a pixel: draw again
+        return render_cookie(rng, size, kind, difficulty)
+    img += 0.028 * (rng.random(img.shape, dtype=_F) - 0.5)  # sensor noise, std 0.008
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask
 
 
 # --- the data set -------------------------------------------------------------------------------
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=6, optimize=False)
+    Image.fromarray(array).save(path, format="PNG", compress_level=1, optimize=False)
 
 
 def make_cookies(root: str | Path, preset: str = "toy", seed: int = 0, size: int = 256,

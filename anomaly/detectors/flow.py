@@ -45,6 +45,30 @@ def flow_nll_map(z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     return 0.5 * (z * z).mean(dim=1) - log_det / c + HALF_LOG_2PI
 
 
+MAP_KIND = "nll"
+
+
+def flow_anomaly_map(outputs: list[tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int],
+                     kind: str = "nll") -> torch.Tensor:
+    """One anomaly map [B, H, W] at image `size` from each stage's (z, log_det), stages averaged.
+
+    kind "nll": `flow_nll_map`; "prob": FastFlow's 1 - exp(-0.5 mean_c z^2), in [0, 1);
+    "z2": 0.5 mean_c z^2 (no log-determinant).
+    """
+    per_stage = []
+    for z, log_det in outputs:
+        if kind == "nll":
+            m = flow_nll_map(z, log_det)
+        elif kind == "prob":
+            m = 1 - torch.exp(-0.5 * (z * z).mean(dim=1))
+        elif kind == "z2":
+            m = 0.5 * (z * z).mean(dim=1)
+        else:
+            raise ValueError(kind)
+        per_stage.append(F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0])
+    return torch.stack(per_stage).mean(dim=0)
+
+
 class FlowHead(nn.Module):
     """What the flow detector learns: per-stage feature standardisation and one flow per stage."""
 
@@ -70,9 +94,9 @@ class FlowHead(nn.Module):
         return [(f - getattr(self, f"mean{i}").to(f.device)) / getattr(self, f"std{i}").to(f.device)
                 for i, f in enumerate(features)]
 
-    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Standardised features, one per stage -> NLL maps [B, h_i, w_i], one per stage."""
-        return [flow_nll_map(*flow(f)) for flow, f in zip(self.flows, features)]
+    def forward(self, features: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Standardised features, one per stage -> (z, log|det J| per position), one per stage."""
+        return [flow(f) for flow, f in zip(self.flows, features)]
 
 
 class _FeatureCache(Dataset):
@@ -99,7 +123,8 @@ class FlowDetector(Detector):
         hidden_ratio: hidden channels of the coupling sub-networks, as a multiple of C.
         clamp: bound of the coupling log-scales.
         backbone: an `nn.Module` mapping images [B, C, H, W] in [0, 1] to a list of feature maps;
-            by default `anomaly.features.build_backbone(config.backbone, config.channels)`.
+            by default `anomaly.features.build_backbone(config.backbone)` (EfficientNet-Lite0:
+            blocks 4 and 10, 40 channels at stride 8 and 112 at stride 16).
     """
 
     def __init__(self, config, steps: int = 8, hidden_ratio: float = 1.0, clamp: float = 2.0,
@@ -108,15 +133,15 @@ class FlowDetector(Detector):
         if backbone is None:
             from anomaly.features import build_backbone
 
-            backbone = build_backbone(config.backbone, config.channels)
-        self.backbone = backbone.eval()
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
-        with torch.no_grad():
-            probe = self.backbone(torch.zeros(1, config.channels, 64, 64))
+            backbone = build_backbone(config.backbone)
+        self.backbone = backbone.eval().requires_grad_(False)
+        channels = getattr(backbone, "out_channels", None)
+        if channels is None:
+            with torch.no_grad():
+                channels = [f.shape[1] for f in backbone(torch.zeros(1, config.channels, 64, 64))]
         with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left untouched
             torch.manual_seed(config.seed)
-            self.head = FlowHead([f.shape[1] for f in probe], steps, hidden_ratio, clamp)
+            self.head = FlowHead(list(channels), steps, hidden_ratio, clamp)
         self._shapes: list[tuple[int, int, int]] | None = None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -145,7 +170,7 @@ class FlowDetector(Detector):
         """Mean NLL per dimension of a batch of cached, standardised features (flat vectors)."""
         sizes = [math.prod(s) for s in self._shapes]
         feats = [f.reshape(-1, *s) for f, s in zip(packed.split(sizes, dim=1), self._shapes)]
-        return torch.stack([m.mean() for m in self.head(feats)]).mean()
+        return torch.stack([flow_nll_map(z, ld).mean() for z, ld in self.head(feats)]).mean()
 
     def fit(self, train_data, val_data=None, run_dir=None, resume: bool = False, progress: bool = True):
         """Compute the backbone features once, then train the flows on them with `fit_loop`."""
@@ -164,12 +189,14 @@ class FlowDetector(Detector):
         return self
 
     @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def stage_outputs(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(z, log|det J| per position) of each stage's flow, for images [B, C, H, W] in [0, 1]."""
         self.head.eval()
-        nll = self.head(self.head.normalise(self.raw_features(images)))
-        size = images.shape[-2:]
-        maps = torch.stack([F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-                            for m in nll]).mean(dim=0)
+        return self.head(self.head.normalise(self.raw_features(images)))
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = flow_anomaly_map(self.stage_outputs(images), images.shape[-2:], MAP_KIND)
         maps = gaussian_blur(maps, self.config.smooth_sigma)
         return image_score(maps, self.config.score_topk), maps
 

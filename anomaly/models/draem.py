@@ -12,6 +12,8 @@ map live in `anomaly/detectors/draem.py`.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
@@ -21,7 +23,8 @@ from anomaly.models.unet import double_conv
 def _check(x: torch.Tensor, depth: int, name: str) -> None:
     f = 2**depth
     if x.shape[-1] % f or x.shape[-2] % f:
-        raise ValueError(f"{name}(depth={depth}) needs H and W divisible by {f}, got {tuple(x.shape[-2:])}")
+        raise ValueError(f"{name}(depth={depth}) needs H and W divisible by {f}, "
+                         f"got {tuple(x.shape[-2:])}")
 
 
 def _channels(width: int, depth: int) -> list[int]:
@@ -41,11 +44,11 @@ class ReconstructiveNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, width: int = 16, depth: int = 4) -> None:
         super().__init__()
-        self.hparams = dict(in_channels=in_channels, width=width, depth=depth)
+        self.hparams = {"in_channels": in_channels, "width": width, "depth": depth}
         self.depth = depth
         chans = _channels(width, depth)
         enc: list[nn.Module] = [double_conv(in_channels, chans[0], batch_norm=True)]
-        for a, b in zip(chans, chans[1:]):
+        for a, b in pairwise(chans):
             enc += [nn.MaxPool2d(2), double_conv(a, b, batch_norm=True)]
         dec: list[nn.Module] = []
         for a, b in zip(chans[::-1], chans[-2::-1]):
@@ -61,7 +64,9 @@ class ReconstructiveNet(nn.Module):
 
 
 class DiscriminativeNet(nn.Module):
-    """U-Net segmenter: [image, reconstruction] [B, 2C, H, W] -> logits [B, 2, H, W] (normal, anomaly).
+    """U-Net segmenter: [image, reconstruction] [B, 2C, H, W] -> logits [B, 2, H, W].
+
+    Channel 0 of the logits is "normal", channel 1 "anomaly".
 
     Args:
         in_channels: input channels, twice the image channels.
@@ -71,11 +76,11 @@ class DiscriminativeNet(nn.Module):
 
     def __init__(self, in_channels: int = 2, width: int = 16, depth: int = 4) -> None:
         super().__init__()
-        self.hparams = dict(in_channels=in_channels, width=width, depth=depth)
+        self.hparams = {"in_channels": in_channels, "width": width, "depth": depth}
         self.depth = depth
         chans = _channels(width, depth)
         self.down = nn.ModuleList([double_conv(in_channels, chans[0], batch_norm=True)])
-        self.down.extend(double_conv(a, b, batch_norm=True) for a, b in zip(chans, chans[1:]))
+        self.down.extend(double_conv(a, b, batch_norm=True) for a, b in pairwise(chans))
         self.pool = nn.MaxPool2d(2)
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.up = nn.ModuleList(double_conv(deep + skip, skip, batch_norm=True)
