@@ -502,12 +502,18 @@ class ThresholdExplorer:
         map_lo, map_hi = float(maps.min()), float(maps.max())
         if map_hi <= map_lo:
             map_hi = map_lo + 1.0
-        # Default pixel threshold: the 99.5th percentile of good images' pixels (a sample).
-        good = maps[pred.labels == 0] if np.any(pred.labels == 0) else maps
-        sample = good.ravel()[:: max(1, good.size // 200_000)]
+        # Default pixel threshold: the 99.5th percentile of good images' pixels, from a sample
+        # of some 50 good images (no copy of the whole stack).
+        good = np.flatnonzero(pred.labels == 0)
+        good = good if good.size else np.arange(len(pred))
+        some = maps[good[:: max(1, good.size // 50)]]
+        sample = some.ravel()[:: max(1, some.size // 200_000)]
         pixel_default = float(np.quantile(sample, 0.995))
+        saved = _read_threshold(folder)
+        if saved is not None:  # a saved threshold outside the scores' span stays reachable
+            lo, hi = min(lo, saved["value"]), max(hi, saved["value"])
         return _Run(name, pred, folder, threshold_table(pred.labels, pred.scores), lo, hi,
-                    map_lo, map_hi, pixel_default, _read_threshold(folder))
+                    map_lo, map_hi, pixel_default, saved)
 
     @staticmethod
     def _run_label(r: _Run) -> str:

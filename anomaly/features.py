@@ -148,7 +148,8 @@ class EfficientNetLite0(Backbone):
         self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(self.normalise(x))
+        # channels-last makes the depthwise convolutions about twice as fast on a CPU
+        x = self.stem(self.normalise(x).contiguous(memory_format=torch.channels_last))
         out = []
         for i, block in enumerate(self.blocks):
             x = block(x)

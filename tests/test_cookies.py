@@ -10,9 +10,9 @@ from anomaly.data.cookies import GENERATOR_VERSION, KINDS, PRESETS, make_cookies
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cookies")
-    return root, make_cookies(root, preset="tiny", seed=0, size=64)
+def tiny(tiny_cookies):
+    """The session's tiny set (conftest: preset tiny, seed 0, 64 px) and its manifest."""
+    return tiny_cookies, json.loads((tiny_cookies / "manifest.json").read_text())
 
 
 def _files(root):
@@ -30,7 +30,6 @@ def test_layout_and_counts_match_the_preset(tiny):
     assert not (root / "ground_truth/good").exists()
     assert manifest["counts"] == {"train/good": 8, "test/good": 4, "test/crack": 2,
                                   "test/mustard": 2, "test/plastic": 2}
-    assert json.loads((root / "manifest.json").read_text()) == manifest
     assert manifest["generator_version"] == GENERATOR_VERSION
     assert (manifest["preset"], manifest["seed"], manifest["size"]) == ("tiny", 0, 64)
 
@@ -53,8 +52,8 @@ def test_images_and_masks(tiny):
 
 
 def test_same_seed_same_bytes_other_seed_other_cookies(tiny, tmp_path):
-    root, _ = tiny
-    make_cookies(tmp_path / "again", preset="tiny", seed=0, size=64)
+    root, manifest = tiny
+    assert make_cookies(tmp_path / "again", preset="tiny", seed=0, size=64) == manifest
     make_cookies(tmp_path / "other", preset="tiny", seed=1, size=64)
     first, again, other = _files(root), _files(tmp_path / "again"), _files(tmp_path / "other")
     assert first == again
@@ -71,17 +70,21 @@ def test_images_do_not_depend_on_the_preset(tiny, tmp_path):
     assert len(_files(tmp_path)) == 31 + 7
 
 
-def test_root_with_other_data_is_refused_unless_overwrite(tiny, tmp_path):
-    root, manifest = tiny
-    assert make_cookies(root, preset="tiny", seed=0, size=64) == manifest  # same settings: fine
+def test_root_with_other_data_is_refused_unless_overwrite(tmp_path):
+    manifest = make_cookies(tmp_path, preset="tiny", seed=0, size=64)
+    assert make_cookies(tmp_path, preset="tiny", seed=0, size=64) == manifest  # same: fine
     with pytest.raises(ValueError, match="overwrite=True"):
-        make_cookies(root, preset="tiny", seed=2, size=64)
+        make_cookies(tmp_path, preset="tiny", seed=2, size=64)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="already holds"):
-        make_cookies(tmp_path, preset="tiny", size=64)
     make_cookies(tmp_path, preset="tiny", seed=2, size=64, overwrite=True)
     assert (tmp_path / "notes.txt").exists()
     assert json.loads((tmp_path / "manifest.json").read_text())["seed"] == 2
+
+
+def test_folder_with_other_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds"):
+        make_cookies(tmp_path, preset="tiny", size=64)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -281,6 +281,9 @@ def test_loads_run_folders_and_starts_at_the_saved_threshold(pred, tmp_path):
                                                          "params": {}}))
     ex = ThresholdExplorer([tmp_path])
     assert ex.slider.value == pytest.approx(0.123)
+    (tmp_path / "threshold.json").write_text(json.dumps({"value": 99.0}))
+    ex = ThresholdExplorer(tmp_path)  # beyond every score: the slider reaches it
+    assert ex.slider.value == pytest.approx(99.0) and ex.counts["tp"] + ex.counts["fp"] == 0
     assert ex.run.folder == tmp_path and not ex.save_button.disabled
 
 

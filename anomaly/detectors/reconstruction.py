@@ -72,7 +72,7 @@ class ReconstructionDetector(Detector):
 class AutoEncoderDetector(ReconstructionDetector):
     """Convolutional auto-encoder with a real bottleneck (no skip connections)."""
 
-    defaults = {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 15}
+    defaults = {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 10}
 
 
 @register("unet")
@@ -84,11 +84,11 @@ class UNetDetector(ReconstructionDetector):
     128 px, which keeps the architecture and trains in minutes.
     """
 
-    defaults = {"size": 128, "channels": 1, "width": 16, "epochs": 10}
+    defaults = {"size": 128, "channels": 1, "width": 16, "epochs": 8}
 
 
 @register("vae")
 class VAEDetector(ReconstructionDetector):
     """Variational auto-encoder; the map comes from the reconstruction of the mean."""
 
-    defaults = {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 15}
+    defaults = {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 10}

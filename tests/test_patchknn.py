@@ -1,0 +1,123 @@
+"""PatchCore-style patch nearest neighbours (`patchknn`) and the feature backbones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from anomaly.config import Config
+from anomaly.detectors.patchknn import PatchKNN, greedy_coreset, nearest_distances
+from anomaly.features import FeatureExtractor, build_backbone
+from anomaly.metrics import image_auroc
+
+SIZE = 64
+
+
+class Textures(Dataset):
+    """Smooth random grayscale textures; defective ones get a bright square (mask included)."""
+
+    def __init__(self, n: int, defective: int = 0, seed: int = 0, size: int = SIZE) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.rand(n, 1, size // 8, size // 8, generator=gen)
+        self.images = 0.35 + 0.3 * torch.nn.functional.interpolate(
+            noise, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        self.masks = torch.zeros(n, size, size)
+        self.labels = [0] * (n - defective) + [1] * defective
+        for i in range(n - defective, n):
+            y, x = torch.randint(4, size - 20, (2,), generator=gen).tolist()
+            self.images[i, :, y: y + 14, x: x + 14] = 1.0
+            self.masks[i, y: y + 14, x: x + 14] = 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "mask": self.masks[i], "label": self.labels[i],
+                "defect": "square" if self.labels[i] else "good", "path": f"img{i}.png"}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    config = Config(method="patchknn", size=SIZE, batch_size=8, coreset_ratio=0.1)
+    return PatchKNN(config).fit(Textures(16, seed=1))
+
+
+def test_backbone_shapes():
+    backbone = build_backbone("efficientnet_lite0")
+    maps = backbone(torch.rand(2, 1, SIZE, SIZE))
+    assert [m.shape[1] for m in maps] == backbone.out_channels == [40, 112]
+    assert [SIZE // m.shape[-1] for m in maps] == backbone.stride == [8, 16]
+    feats = FeatureExtractor(backbone)(torch.rand(2, 3, SIZE, SIZE))
+    assert feats.shape == (2, 152, SIZE // 8, SIZE // 8)
+
+
+def test_defects_score_higher_and_maps_peak_on_them(fitted):
+    test = Textures(12, defective=6, seed=2)
+    pred = fitted.predict(test)
+    assert pred.maps.shape == (12, SIZE, SIZE) and pred.scores.shape == (12,)
+    assert image_auroc(pred.labels, pred.scores) == 1.0
+    for m, mask in zip(pred.maps[6:], pred.masks[6:]):
+        y, x = np.unravel_index(m.argmax(), m.shape)
+        ys, xs = np.nonzero(mask)
+        assert ys.min() - 8 <= y <= ys.max() + 8 and xs.min() - 8 <= x <= xs.max() + 8
+
+
+def test_same_seed_same_bank_and_state_round_trip(fitted):
+    again = PatchKNN(fitted.config).fit(Textures(16, seed=1))
+    assert torch.equal(again.bank, fitted.bank)
+    assert len(fitted.bank) == round(0.1 * 16 * (SIZE // 8) ** 2)
+
+    restored = PatchKNN(fitted.config)
+    restored.load_state_dict(fitted.state_dict())
+    images = Textures(4, defective=2, seed=3).images
+    assert torch.equal(restored.predict_batch(images)[0], fitted.predict_batch(images)[0])
+
+    other = PatchKNN(fitted.config, layers=("blocks.4",))
+    with pytest.raises(RuntimeError, match="memory bank"):
+        other.load_state_dict(fitted.state_dict())
+
+
+def test_greedy_coreset_covers_outliers_and_parts():
+    gen = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.randn(500, 8, generator=gen) * 0.1, torch.full((1, 8), 5.0)])
+    idx = greedy_coreset(points, 10, seed=0)
+    assert 500 in idx.tolist() and len(set(idx.tolist())) == 10
+    parts = greedy_coreset(points, 10, seed=0, max_part=200)  # three parts of about 167
+    assert len(set(parts.tolist())) == 10 and torch.equal(parts, greedy_coreset(points, 10, 0, max_part=200))
+
+
+def test_nearest_distances_match_cdist():
+    gen = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(50, 16, generator=gen), torch.randn(30, 16, generator=gen)
+    d = torch.cdist(q, bank)
+    sq = (bank * bank).sum(1)
+    torch.testing.assert_close(nearest_distances(q, bank, sq, 1), d.amin(1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(nearest_distances(q, bank, sq, 3),
+                               d.topk(3, largest=False).values.mean(1), atol=1e-4, rtol=1e-4)
+
+
+def test_missing_torchvision_weights_say_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        build_backbone("resnet18")
+    message = str(err.value)
+    assert str(tmp_path / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "weights='IMAGENET1K_V1'" in message
+
+
+def test_encoder_module_as_backbone():
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 6, 3, stride=4, padding=1)
+
+        def forward_features(self, x):
+            return self.conv(x)
+
+    backbone = build_backbone("encoder:runs/ae", module=Encoder())
+    assert backbone.out_channels == [6] and backbone.stride == [4]
+    config = Config(method="patchknn", backbone="encoder:runs/ae", coreset_ratio=0.5)
+    scores, maps = PatchKNN(config, module=Encoder()).fit(Textures(4)).predict_batch(torch.rand(2, 1, 32, 32))
+    assert scores.shape == (2,) and maps.shape == (2, 32, 32)
