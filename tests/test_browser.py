@@ -165,11 +165,12 @@ def test_explorer_page_in_headless_chromium(tmp_path):
                     arg=f"{n_defective} escapes", timeout=ms_left(deadline))
                 assert "0 caught" in table.inner_text()
 
-                # Back to the cost optimum, then save it into the run folder.
+                # Back to the cost optimum, where the page started (the run has no saved
+                # threshold), then save it into the run folder.
                 page.get_by_role("button", name="Go to cost optimum").click()
                 page.wait_for_function(
-                    "t => document.querySelector('.anomaly-confusion').innerText !== t",
-                    arg=table.inner_text(), timeout=ms_left(deadline))
+                    "t => document.querySelector('.anomaly-confusion').innerText === t",
+                    arg=initial, timeout=ms_left(deadline))
                 page.locator(".anomaly-save").click()
                 page.wait_for_function(
                     "() => document.querySelector('.anomaly-status').innerText.includes('Saved')",
