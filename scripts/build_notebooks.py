@@ -124,7 +124,7 @@ NOTEBOOKS = {
         "The explorer's state can be driven from code too, e.g. jump to the cost optimum when an "
         "escape costs 20 false rejects:",
         "# NBVAL_IGNORE_OUTPUT\nexplorer.cost_escape.value = 20.0\nexplorer.optimum_button.click()\n"
-        "explorer.threshold.value",
+        "explorer.slider.value",
     ],
     "06_benchmark": [
         "# 06 Benchmark: which method to trust, and what it costs\n\n"
