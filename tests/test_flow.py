@@ -63,13 +63,14 @@ def test_untrained_flow_permutes_channels_and_nll_is_the_standard_normal():
 # --- the detector, on a tiny backbone ---------------------------------------------------------
 
 class TinyBackbone(nn.Module):
-    """Frozen random convolutions with two stages, at strides 4 and 8."""
+    """Frozen random convolutions with two stages, at strides 2 and 4."""
 
-    def __init__(self, in_channels: int = 1) -> None:
+    out_channels = [8, 12]
+
+    def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(123)
-        self.stage1 = nn.Sequential(nn.Conv2d(in_channels, 8, 3, 2, 1), nn.ReLU(),
-                                    nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
+        self.stage1 = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
         self.stage2 = nn.Sequential(nn.Conv2d(8, 12, 3, 2, 1), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -125,11 +126,14 @@ def test_training_lowers_the_nll(trained):
 
 def test_defect_scores_higher_and_the_map_peaks_on_it(trained):
     good, bad = trained.predict(Stripes(8, seed=3)), trained.predict(Stripes(8, defective=True, seed=4))
-    assert good.maps.shape == (8, SIZE, SIZE)
+    assert good.maps.shape == bad.maps.shape == (8, SIZE, SIZE)
     assert bad.scores.min() > good.scores.max()
+    near = 0
     for amap, mask in zip(bad.maps, bad.masks):
+        assert amap[mask > 0].mean() > 3 * amap[mask == 0].mean()
         y, x = divmod(int(amap.argmax()), SIZE)
-        assert mask[max(0, y - 3):y + 4, max(0, x - 3):x + 4].any(), "the map's peak is not on the defect"
+        near += bool(mask[max(0, y - 4):y + 5, max(0, x - 4):x + 5].any())  # within a coarse cell
+    assert near >= 7, f"only {near} of 8 maps peak on their defect"
 
 
 def test_state_round_trip_gives_identical_scores(trained, tmp_path):

@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import Dataset
 
 from anomaly.config import Config
-from anomaly.detectors.patchknn import PatchKNN, greedy_coreset, nearest_distances
+from anomaly.detectors.patchknn import PatchKNN, greedy_coreset, map_matrix, nearest_distances
 from anomaly.features import FeatureExtractor, build_backbone
+from anomaly.maps import gaussian_blur
 from anomaly.metrics import image_auroc
 
 SIZE = 64
@@ -96,6 +97,14 @@ def test_nearest_distances_match_cdist():
     torch.testing.assert_close(nearest_distances(q, bank, sq, 1), d.amin(1), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(nearest_distances(q, bank, sq, 3),
                                d.topk(3, largest=False).values.mean(1), atol=1e-4, rtol=1e-4)
+
+
+def test_map_matrices_equal_upsampling_then_blur():
+    patches = torch.rand(2, 8, 10)
+    want = gaussian_blur(torch.nn.functional.interpolate(
+        patches[:, None], size=(64, 80), mode="bilinear", align_corners=False)[:, 0], 4.0)
+    got = map_matrix(64, 8, 4.0) @ patches @ map_matrix(80, 10, 4.0).T
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_missing_torchvision_weights_say_where_to_put_them(tmp_path, monkeypatch):

@@ -45,34 +45,22 @@ def flow_nll_map(z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     return 0.5 * (z * z).mean(dim=1) - log_det / c + HALF_LOG_2PI
 
 
-MAP_KIND = "nll"
+def flow_anomaly_map(outputs: list[tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int]) -> torch.Tensor:
+    """Anomaly map [B, H, W] at image `size`: each stage's `flow_nll_map`, upsampled, averaged.
 
-
-def flow_anomaly_map(outputs: list[tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int],
-                     kind: str = "nll") -> torch.Tensor:
-    """One anomaly map [B, H, W] at image `size` from each stage's (z, log_det), stages averaged.
-
-    kind "nll": `flow_nll_map`; "prob": FastFlow's 1 - exp(-0.5 mean_c z^2), in [0, 1);
-    "z2": 0.5 mean_c z^2 (no log-determinant).
+    Args:
+        outputs: (z, log_det) of each stage's flow, as `FlowHead` returns them.
+        size: (H, W) of the images.
     """
-    per_stage = []
-    for z, log_det in outputs:
-        if kind == "nll":
-            m = flow_nll_map(z, log_det)
-        elif kind == "prob":
-            m = 1 - torch.exp(-0.5 * (z * z).mean(dim=1))
-        elif kind == "z2":
-            m = 0.5 * (z * z).mean(dim=1)
-        else:
-            raise ValueError(kind)
-        per_stage.append(F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0])
-    return torch.stack(per_stage).mean(dim=0)
+    maps = [F.interpolate(flow_nll_map(z, log_det)[:, None], size=tuple(size), mode="bilinear",
+                          align_corners=False)[:, 0] for z, log_det in outputs]
+    return torch.stack(maps).mean(dim=0)
 
 
 class FlowHead(nn.Module):
     """What the flow detector learns: per-stage feature standardisation and one flow per stage."""
 
-    def __init__(self, channels: list[int], steps: int = 8, hidden_ratio: float = 1.0,
+    def __init__(self, channels: list[int], steps: int = 4, hidden_ratio: float = 1.0,
                  clamp: float = 2.0) -> None:
         super().__init__()
         self.hparams = dict(channels=list(channels), steps=steps, hidden_ratio=hidden_ratio, clamp=clamp)
@@ -127,7 +115,7 @@ class FlowDetector(Detector):
             blocks 4 and 10, 40 channels at stride 8 and 112 at stride 16).
     """
 
-    def __init__(self, config, steps: int = 8, hidden_ratio: float = 1.0, clamp: float = 2.0,
+    def __init__(self, config, steps: int = 4, hidden_ratio: float = 1.0, clamp: float = 2.0,
                  backbone: nn.Module | None = None) -> None:
         super().__init__(config)
         if backbone is None:
@@ -196,7 +184,7 @@ class FlowDetector(Detector):
 
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = flow_anomaly_map(self.stage_outputs(images), images.shape[-2:], MAP_KIND)
+        maps = flow_anomaly_map(self.stage_outputs(images), images.shape[-2:])
         maps = gaussian_blur(maps, self.config.smooth_sigma)
         return image_score(maps, self.config.score_topk), maps
 

@@ -34,11 +34,12 @@ from torch.utils.data import DataLoader
 
 from anomaly.detectors.base import Detector, register
 from anomaly.features import DEFAULT_LAYERS, FeatureExtractor, build_backbone
-from anomaly.maps import gaussian_blur, image_score
+from anomaly.maps import gaussian_kernel1d, image_score
 
 PROJECTION_DIM = 128  # coreset distances are computed in a random projection of this size
 MAX_PART = 80_000  # patches per coreset part: the greedy search costs bank x part per image set
-CHUNK_ELEMENTS = 2**24  # rows x bank entries of one distance block (64 MB of float32)
+CHUNK_ELEMENTS = 2**22  # rows x bank entries of one distance block (16 MB of float32)
+CPU_CHUNK_PIXELS = 2**17  # images per backbone call on a CPU: 8 at 128 px, 2 at 256 px
 DEFAULT_SIZE = 128  # the image size the speed targets were measured at
 
 
@@ -113,6 +114,28 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.
     return out
 
 
+def map_matrix(n_out: int, n_in: int, sigma: float) -> torch.Tensor:
+    """[n_out, n_in]: linear upsampling (as bilinear `F.interpolate`, align_corners=False), then
+    Gaussian smoothing with mirrored borders (as `anomaly.maps.gaussian_blur`), along one axis.
+
+    Both steps are linear and separable, so a patch grid P [h, w] becomes the smoothed
+    full-size map A_h @ P @ A_w.T: two small matrix products instead of filtering every pixel.
+    """
+    eye = torch.eye(n_in).unsqueeze(1)  # n_in signals of length n_in
+    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0].T
+    if sigma <= 0:
+        return up
+    radius = int(4 * sigma + 0.5)
+    kernel = gaussian_kernel1d(sigma, radius, dtype=torch.float64)
+    blur = torch.zeros(n_out, n_out, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    for tap, weight in zip(range(-radius, radius + 1), kernel):
+        cols = (rows + tap) % (2 * n_out)  # scipy's "reflect": d c b a | a b c d | d c b a
+        cols = torch.where(cols >= n_out, 2 * n_out - 1 - cols, cols)
+        blur.index_put_((rows, cols), weight.expand(n_out), accumulate=True)
+    return (blur @ up.double()).float()
+
+
 @register("patchknn")
 class PatchKNN(Detector):
     """PatchCore: distance of each patch's pretrained features to a coreset of normal patches.
@@ -131,6 +154,7 @@ class PatchKNN(Detector):
         self.extractor = FeatureExtractor(build_backbone(config.backbone, self.layers or None, module))
         self.bank: torch.Tensor | None = None
         self.bank_sq: torch.Tensor | None = None
+        self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"extractor": self.extractor}
@@ -150,7 +174,13 @@ class PatchKNN(Detector):
         """Patch features [B, h, w, D] of images [B, C, H, W] in [0, 1]."""
         self.extractor.eval()
         images = images.to(self.device, torch.float32)
-        return self.extractor(images).permute(0, 2, 3, 1)
+        # On a CPU, small batches keep the activations in cache and reuse their memory (a large
+        # batch makes every layer allocate fresh pages): 1.4x faster at 128 px, 2x at 256 px.
+        step = len(images)
+        if images.device.type == "cpu":
+            step = max(1, CPU_CHUNK_PIXELS // (images.shape[-1] * images.shape[-2]))
+        feats = [self.extractor(chunk) for chunk in images.split(step)]
+        return torch.cat(feats).permute(0, 2, 3, 1)
 
     def fit(self, train_data, val_data=None, run_dir=None, progress: bool = False, resume: bool = False):
         """Extract the patch features of all training images, keep a greedy coreset of them."""
@@ -193,9 +223,14 @@ class PatchKNN(Detector):
     def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patches = self.patch_scores(images)
         scores = image_score(patches, self.config.score_topk)
-        maps = F.interpolate(patches.unsqueeze(1), size=images.shape[-2:], mode="bilinear",
-                             align_corners=False)[:, 0]
-        return scores, gaussian_blur(maps, self.config.smooth_sigma)
+        (h, w), (height, width) = patches.shape[-2:], images.shape[-2:]
+        key = (h, w, height, width, self.config.smooth_sigma, patches.device)
+        if key not in self._matrices:
+            sigma = self.config.smooth_sigma
+            self._matrices[key] = (map_matrix(height, h, sigma).to(patches.device),
+                                   map_matrix(width, w, sigma).to(patches.device))
+        rows, cols = self._matrices[key]
+        return scores, rows @ patches @ cols.T  # = gaussian_blur(bilinear upsampling(patches))
 
     def state_dict(self) -> dict:
         if self.bank is None:
