@@ -74,8 +74,11 @@ def _default_threshold(detector, train, val, out: Path) -> None:
     if val is None:
         warnings.warn(f"{out}: no validation split (val_fraction=0), so the default threshold "
                       "comes from training images and will be too low", stacklevel=3)
+    from anomaly.viz import dataset_range
+
     pred = detector.predict(held_out)
-    write_json(out / "val_scores.json", {"paths": pred.paths, "scores": pred.scores.tolist()})
+    write_json(out / "val_scores.json", {"paths": pred.paths, "scores": pred.scores.tolist(),
+                                         "map_range": list(dataset_range(pred.maps))})
     q = detector.config.threshold_quantile
     threshold_normal_quantile(pred.scores, q=q).save(out / "threshold.json")
 
@@ -101,8 +104,7 @@ def score_run(run: str | Path, data: str | Path | None = None, overlays: bool = 
         if (run / "threshold.json").exists() else None
     write_json(run / "metrics.json", metrics)
     if overlays:
-        normal = pred.maps[pred.labels == 0] if (pred.labels == 0).any() else pred.maps
-        vmin, vmax = dataset_range(normal)
+        vmin, vmax = _map_range(run) if (run / "val_scores.json").exists() else dataset_range(pred.maps)
         save_overlays(pred, run / "overlays", kind="heatmap", vmin=vmin, vmax=vmax)
     return pred, metrics
 
@@ -168,11 +170,6 @@ def predict_images(run: str | Path, images: list[str | Path], overlay_dir: str |
 
 
 def _map_range(run: Path) -> tuple[float, float]:
-    """The colour scale of the run's overlays: from its scored normal images when available."""
-    from anomaly.viz import dataset_range
-
-    if (run / "predictions.npz").exists():
-        pred = Predictions.load(run / "predictions.npz")
-        normal = pred.maps[pred.labels == 0] if (pred.labels == 0).any() else pred.maps
-        return dataset_range(normal)
-    return (0.0, 0.0)
+    """The colour scale of the run's overlays: that of its held-out normal images."""
+    lo, hi = json.loads((run / "val_scores.json").read_text())["map_range"]
+    return lo, hi

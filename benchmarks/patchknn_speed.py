@@ -9,7 +9,8 @@ bank size, and image / pixel AUROC. Each size runs in its own process so the pea
 
 Without --data the images are smooth random grayscale textures, made at 256 px and resized, so
 every size sees the same images; a third of the test images get a small defect (a dark spot, a
-thin scratch or a faint stain) with its mask.
+thin bright scratch or a square of coarse grain) with its
+mask.
 """
 
 from __future__ import annotations
@@ -44,20 +45,20 @@ class SyntheticTextures(Dataset):
         yy, xx = torch.meshgrid(torch.arange(BASE), torch.arange(BASE), indexing="ij")
         self.labels, self.defects = [0] * n, ["good"] * n
         for i in range(n - defective, n):
-            kind = ("spot", "scratch", "stain")[i % 3]
+            kind = ("hole", "scratch", "grain")[i % 3]
             cy, cx = (torch.rand(2, generator=gen) * (BASE - 80) + 40).tolist()
-            if kind == "spot":
-                m = ((yy - cy) ** 2 + (xx - cx) ** 2 < 8.0**2).float()
-                img[i, 0] = img[i, 0] * (1 - m) + 0.2 * m
-            elif kind == "scratch":
+            if kind == "hole":  # a sharp dark disc
+                m = ((yy - cy) ** 2 + (xx - cx) ** 2 < 10.0**2).float()
+                img[i, 0] = img[i, 0] * (1 - m) + 0.05 * m
+            elif kind == "scratch":  # a thin bright line
                 a = float(torch.rand(1, generator=gen)) * math.pi
                 along = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)
                 across = -(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a)
-                m = ((along.abs() < 30) & (across.abs() < 1.5)).float()
-                img[i, 0] += 0.25 * m
-            else:
-                m = ((yy - cy) ** 2 / 20.0**2 + (xx - cx) ** 2 / 12.0**2 < 1).float()
-                img[i, 0] += 0.1 * m
+                m = ((along.abs() < 30) & (across.abs() < 2)).float()
+                img[i, 0] += 0.35 * m
+            else:  # a square of coarse grain that the normal texture never has
+                m = (((yy - cy).abs() < 14) & ((xx - cx).abs() < 14)).float()
+                img[i, 0] += 0.25 * m * torch.randn(BASE, BASE, generator=gen).sign()
             masks[i, 0] = m
             self.labels[i], self.defects[i] = 1, kind
         self.images = F.interpolate(img.clamp(0, 1), size=(size, size), mode="bilinear",
