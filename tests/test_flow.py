@@ -44,7 +44,9 @@ def test_log_det_matches_brute_force_jacobian():
     flow = randomised_flow(channels=2)
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     _, log_det = flow(x)
-    jac = torch.autograd.functional.jacobian(lambda v: flow(v.view(1, 2, 4, 4))[0].flatten(), x.flatten())
+    jac = torch.autograd.functional.jacobian(
+        lambda v: flow(v.view(1, 2, 4, 4))[0].flatten(), x.flatten()
+    )
     sign, logabsdet = torch.linalg.slogdet(jac)
     assert sign.item() != 0
     torch.testing.assert_close(log_det.sum(), logabsdet, rtol=1e-9, atol=1e-9)
@@ -62,15 +64,17 @@ def test_untrained_flow_permutes_channels_and_nll_is_the_standard_normal():
 
 # --- the detector, on a tiny backbone ---------------------------------------------------------
 
+
 class TinyBackbone(nn.Module):
     """Frozen random convolutions with two stages, at strides 2 and 4."""
 
-    out_channels = [8, 12]
-
     def __init__(self) -> None:
         super().__init__()
+        self.out_channels = [8, 12]
         torch.manual_seed(123)
-        self.stage1 = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
+        self.stage1 = nn.Sequential(
+            nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU()
+        )
         self.stage2 = nn.Sequential(nn.Conv2d(8, 12, 3, 2, 1), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -92,10 +96,17 @@ class Stripes(Dataset):
             mask = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
             if defective:
                 y0, x0 = (int(v) for v in torch.randint(4, SIZE - 10, (2,), generator=g))
-                image[y0:y0 + 6, x0:x0 + 6] = 1.0
-                mask[y0:y0 + 6, x0:x0 + 6] = 1
-            self.items.append({"image": image[None], "mask": mask, "label": int(defective),
-                               "defect": "spot" if defective else "good", "path": f"img{i}.png"})
+                image[y0 : y0 + 6, x0 : x0 + 6] = 1.0
+                mask[y0 : y0 + 6, x0 : x0 + 6] = 1
+            self.items.append(
+                {
+                    "image": image[None],
+                    "mask": mask,
+                    "label": int(defective),
+                    "defect": "spot" if defective else "good",
+                    "path": f"img{i}.png",
+                }
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -105,8 +116,16 @@ class Stripes(Dataset):
 
 
 def make_detector(**changes) -> FlowDetector:
-    config = Config(method="flow", size=SIZE, channels=1, epochs=8, batch_size=8, lr=2e-3,
-                    patience=0, smooth_sigma=1.0).replace(**changes)
+    config = Config(
+        method="flow",
+        size=SIZE,
+        channels=1,
+        epochs=8,
+        batch_size=8,
+        lr=2e-3,
+        patience=0,
+        smooth_sigma=1.0,
+    ).replace(**changes)
     return FlowDetector(config, steps=4, backbone=TinyBackbone())
 
 
@@ -125,14 +144,19 @@ def test_training_lowers_the_nll(trained):
 
 
 def test_defect_scores_higher_and_the_map_peaks_on_it(trained):
-    good, bad = trained.predict(Stripes(8, seed=3)), trained.predict(Stripes(8, defective=True, seed=4))
+    good, bad = (
+        trained.predict(Stripes(8, seed=3)),
+        trained.predict(Stripes(8, defective=True, seed=4)),
+    )
     assert good.maps.shape == bad.maps.shape == (8, SIZE, SIZE)
     assert bad.scores.min() > good.scores.max()
     near = 0
     for amap, mask in zip(bad.maps, bad.masks):
         assert amap[mask > 0].mean() > 3 * amap[mask == 0].mean()
         y, x = divmod(int(amap.argmax()), SIZE)
-        near += bool(mask[max(0, y - 4):y + 5, max(0, x - 4):x + 5].any())  # within a coarse cell
+        near += bool(
+            mask[max(0, y - 4) : y + 5, max(0, x - 4) : x + 5].any()
+        )  # within a coarse cell
     assert near >= 7, f"only {near} of 8 maps peak on their defect"
 
 
@@ -144,7 +168,9 @@ def test_state_round_trip_gives_identical_scores(trained, tmp_path):
     a, b = trained.predict(data), fresh.predict(data)
     assert (a.scores == b.scores).all() and (a.maps == b.maps).all()
     with pytest.raises(ValueError, match="same settings"):
-        FlowDetector(fresh.config, steps=2, backbone=TinyBackbone()).load_state_dict(trained.state_dict())
+        FlowDetector(fresh.config, steps=2, backbone=TinyBackbone()).load_state_dict(
+            trained.state_dict()
+        )
 
 
 def test_same_seed_same_result():
@@ -157,7 +183,7 @@ def test_same_seed_same_result():
     assert (runs[0] == runs[1]).all()
 
 
-def test_fit_writes_checkpoint_and_history(tmp_path):
+def test_fit_writes_checkpoint_and_history_and_resumes(tmp_path):
     from anomaly.runs import load_checkpoint
     from anomaly.train import read_history
 
@@ -167,6 +193,10 @@ def test_fit_writes_checkpoint_and_history(tmp_path):
     load_checkpoint(tmp_path, fresh)
     data = Stripes(2, seed=8)
     assert (fresh.predict(data).scores == detector.predict(data).scores).all()
+    resumed = make_detector(epochs=3).fit(
+        Stripes(8, seed=1), run_dir=tmp_path, resume=True, progress=False
+    )
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
 
 
 def test_default_backbone_builds_and_predicts():

@@ -9,13 +9,21 @@ far from the origin: the per-position negative log-likelihood is the anomaly map
 Conditional Normalizing Flows", WACV 2022).
 
 Recipe:
-- features: the backbone's stages (`anomaly.features`), each standardised per channel with the
-  mean and standard deviation of the training features; the backbone never trains, so `fit`
-  computes the features of the training (and validation) images once and trains only the flows.
-- loss: negative log-likelihood per dimension, 0.5 ||z||^2 - log|det J| (+ 0.5 log 2 pi), divided
-  by the number of feature values, averaged over stages.
-- map: per-position NLL per channel, upsampled to the image, averaged over stages, Gaussian
-  smoothed (`config.smooth_sigma`); image score = the map's max (or top-k mean, `config.score_topk`).
+- features: the backbone's stages (`anomaly.features`; EfficientNet-Lite0 blocks 4 and 10, 40
+  channels at stride 8 and 112 at stride 16), each standardised per channel with the mean and
+  standard deviation of the training features. The backbone never trains, so `fit` computes the
+  features of the training (and validation) images once and trains only the flows, through the
+  shared `anomaly.train.fit_loop`.
+- loss: negative log-likelihood per dimension, 0.5 ||z||^2 - log|det J| + 0.5 log 2 pi, divided by
+  the number of feature values, averaged over stages (the val loss in history.csv is this).
+- map: per-position NLL per channel (log-determinant included), upsampled to the image, averaged
+  over stages, Gaussian smoothed (`config.smooth_sigma`); image score = the map's max (or the
+  top-k mean, `config.score_topk`). FastFlow's map, 1 - exp(-0.5 mean z^2), scored the same
+  images within 0.01 image AUROC and about 0.01 lower pixel AUROC on the cookie benchmark.
+
+Defaults (4 coupling blocks per stage, hidden width = channels, clamp 2) were chosen on the cookie
+benchmark: 8 blocks or half-width sub-networks gave the same AUROC at up to twice the cost, and
+AUROC stops rising after about 5 epochs while the validation NLL keeps falling.
 """
 
 from __future__ import annotations
@@ -45,25 +53,40 @@ def flow_nll_map(z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     return 0.5 * (z * z).mean(dim=1) - log_det / c + HALF_LOG_2PI
 
 
-def flow_anomaly_map(outputs: list[tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int]) -> torch.Tensor:
+def flow_anomaly_map(
+    outputs: list[tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int]
+) -> torch.Tensor:
     """Anomaly map [B, H, W] at image `size`: each stage's `flow_nll_map`, upsampled, averaged.
 
     Args:
         outputs: (z, log_det) of each stage's flow, as `FlowHead` returns them.
         size: (H, W) of the images.
     """
-    maps = [F.interpolate(flow_nll_map(z, log_det)[:, None], size=tuple(size), mode="bilinear",
-                          align_corners=False)[:, 0] for z, log_det in outputs]
+    maps = [
+        F.interpolate(
+            flow_nll_map(z, log_det)[:, None],
+            size=tuple(size),
+            mode="bilinear",
+            align_corners=False,
+        )[:, 0]
+        for z, log_det in outputs
+    ]
     return torch.stack(maps).mean(dim=0)
 
 
 class FlowHead(nn.Module):
     """What the flow detector learns: per-stage feature standardisation and one flow per stage."""
 
-    def __init__(self, channels: list[int], steps: int = 4, hidden_ratio: float = 1.0,
-                 clamp: float = 2.0) -> None:
+    def __init__(
+        self, channels: list[int], steps: int = 4, hidden_ratio: float = 1.0, clamp: float = 2.0
+    ) -> None:
         super().__init__()
-        self.hparams = dict(channels=list(channels), steps=steps, hidden_ratio=hidden_ratio, clamp=clamp)
+        self.hparams = {
+            "channels": list(channels),
+            "steps": steps,
+            "hidden_ratio": hidden_ratio,
+            "clamp": clamp,
+        }
         self.flows = nn.ModuleList(FeatureFlow(c, steps, hidden_ratio, clamp) for c in channels)
         for i, c in enumerate(channels):
             self.register_buffer(f"mean{i}", torch.zeros(1, c, 1, 1))
@@ -79,8 +102,10 @@ class FlowHead(nn.Module):
 
     def normalise(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Standardise raw features per channel (on the features' device)."""
-        return [(f - getattr(self, f"mean{i}").to(f.device)) / getattr(self, f"std{i}").to(f.device)
-                for i, f in enumerate(features)]
+        return [
+            (f - getattr(self, f"mean{i}").to(f.device)) / getattr(self, f"std{i}").to(f.device)
+            for i, f in enumerate(features)
+        ]
 
     def forward(self, features: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Standardised features, one per stage -> (z, log|det J| per position), one per stage."""
@@ -88,7 +113,7 @@ class FlowHead(nn.Module):
 
 
 class _FeatureCache(Dataset):
-    """Precomputed features, one flat vector per image under "image" (what `fit_loop` feeds `step`)."""
+    """Cached features, one flat vector per image under "image": what `fit_loop` feeds `step`."""
 
     def __init__(self, features: list[torch.Tensor]) -> None:
         self.flat = torch.cat([f.flatten(1) for f in features], dim=1)
@@ -115,8 +140,17 @@ class FlowDetector(Detector):
             blocks 4 and 10, 40 channels at stride 8 and 112 at stride 16).
     """
 
-    def __init__(self, config, steps: int = 4, hidden_ratio: float = 1.0, clamp: float = 2.0,
-                 backbone: nn.Module | None = None) -> None:
+    # 10 epochs: image AUROC flattens from epoch 5 on the cookie benchmark; colour helps.
+    defaults = {"size": 128, "channels": 3, "epochs": 10}
+
+    def __init__(
+        self,
+        config,
+        steps: int = 4,
+        hidden_ratio: float = 1.0,
+        clamp: float = 2.0,
+        backbone: nn.Module | None = None,
+    ) -> None:
         super().__init__(config)
         if backbone is None:
             from anomaly.features import build_backbone
@@ -160,7 +194,9 @@ class FlowDetector(Detector):
         feats = [f.reshape(-1, *s) for f, s in zip(packed.split(sizes, dim=1), self._shapes)]
         return torch.stack([flow_nll_map(z, ld).mean() for z, ld in self.head(feats)]).mean()
 
-    def fit(self, train_data, val_data=None, run_dir=None, resume: bool = False, progress: bool = True):
+    def fit(
+        self, train_data, val_data=None, run_dir=None, resume: bool = False, progress: bool = True
+    ):
         """Compute the backbone features once, then train the flows on them with `fit_loop`."""
         from anomaly.train import fit_loop
 
@@ -172,8 +208,15 @@ class FlowDetector(Detector):
         if val_data is not None and len(val_data):
             val = self.head.normalise(self._cache(val_data, progress))
             val_loader = self.loader(_FeatureCache(val))
-        self.history = fit_loop(self, self.step, train_loader, val_loader, run_dir=run_dir,
-                                resume=resume, progress=progress)
+        self.history = fit_loop(
+            self,
+            self.step,
+            train_loader,
+            val_loader,
+            run_dir=run_dir,
+            resume=resume,
+            progress=progress,
+        )
         return self
 
     @torch.no_grad()
@@ -193,6 +236,8 @@ class FlowDetector(Detector):
 
     def load_state_dict(self, state: dict) -> None:
         if state["hparams"] != self.head.hparams:
-            raise ValueError(f"this flow checkpoint was made for flows {state['hparams']}, but the "
-                             f"detector has {self.head.hparams}; build it with the same settings")
+            raise ValueError(
+                f"this flow checkpoint was made for flows {state['hparams']}, but the "
+                f"detector has {self.head.hparams}; build it with the same settings"
+            )
         self.head.load_state_dict(state["head"])

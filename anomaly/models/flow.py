@@ -38,16 +38,24 @@ class FlowBlock(nn.Module):
         perm_seed: seed of this block's fixed channel permutation.
     """
 
-    def __init__(self, channels: int, hidden: int, kernel_size: int = 3, clamp: float = 2.0,
-                 perm_seed: int = 0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        hidden: int,
+        kernel_size: int = 3,
+        clamp: float = 2.0,
+        perm_seed: int = 0,
+    ) -> None:
         super().__init__()
         if channels < 2:
             raise ValueError(f"a coupling block needs at least 2 channels, got {channels}")
         self.c1, self.c2, self.clamp = channels // 2, channels - channels // 2, clamp
         pad = kernel_size // 2
         self.subnet = nn.Sequential(
-            nn.Conv2d(self.c1, hidden, kernel_size, padding=pad), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, 2 * self.c2, kernel_size, padding=pad))
+            nn.Conv2d(self.c1, hidden, kernel_size, padding=pad),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 2 * self.c2, kernel_size, padding=pad),
+        )
         nn.init.zeros_(self.subnet[-1].weight)
         nn.init.zeros_(self.subnet[-1].bias)
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
@@ -86,15 +94,27 @@ class FeatureFlow(nn.Module):
         conv3x3_only: use 3x3 convolutions in every block, instead of alternating 3x3 and 1x1.
     """
 
-    def __init__(self, channels: int, steps: int = 8, hidden_ratio: float = 1.0, clamp: float = 2.0,
-                 conv3x3_only: bool = False) -> None:
+    def __init__(
+        self,
+        channels: int,
+        steps: int = 8,
+        hidden_ratio: float = 1.0,
+        clamp: float = 2.0,
+        conv3x3_only: bool = False,
+    ) -> None:
         super().__init__()
-        self.hparams = dict(channels=channels, steps=steps, hidden_ratio=hidden_ratio, clamp=clamp,
-                            conv3x3_only=conv3x3_only)
+        self.hparams = {
+            "channels": channels,
+            "steps": steps,
+            "hidden_ratio": hidden_ratio,
+            "clamp": clamp,
+            "conv3x3_only": conv3x3_only,
+        }
         hidden = max(1, round(channels * hidden_ratio))
         self.blocks = nn.ModuleList(
             FlowBlock(channels, hidden, 3 if conv3x3_only or i % 2 == 0 else 1, clamp, perm_seed=i)
-            for i in range(steps))
+            for i in range(steps)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, C, H, W] -> (z [B, C, H, W], log|det J| per position [B, H, W]).
