@@ -85,11 +85,13 @@ def test_synthesis_changes_only_masked_pixels_and_is_seeded():
     assert masks_all.sum() > 0 and aug_all.min() >= 0 and aug_all.max() <= 1
 
 
-def test_network_shapes():
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_network_shapes(norm):
     x = torch.rand(2, 3, 32, 32)
-    recon = ReconstructiveNet(3, width=4, depth=3)(x)
+    recon = ReconstructiveNet(3, width=4, depth=3, norm=norm)(x)
     assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
-    assert DiscriminativeNet(6, width=4, depth=3)(torch.cat([x, recon], 1)).shape == (2, 2, 32, 32)
+    logits = DiscriminativeNet(6, width=4, depth=3, norm=norm)(torch.cat([x, recon], 1))
+    assert logits.shape == (2, 2, 32, 32)
     with pytest.raises(ValueError, match="divisible"):
         ReconstructiveNet(3, width=4, depth=3)(torch.rand(1, 3, 36, 36))
 
@@ -136,8 +138,11 @@ def test_fit_predict_and_state_round_trip(tmp_path):
     assert torch.equal(scores, scores2) and torch.equal(maps, maps2)
     topk, _ = DraemDetector(cfg.replace(score_topk=0.01)).predict_batch(images)
     assert topk.shape == (3,)
+    narrow = DraemDetector(cfg.replace(width=4))
+    narrow.load_state_dict(det.state_dict())  # rebuilt from the saved hyperparameters
+    assert torch.equal(narrow.predict_batch(images)[0], scores)
     with pytest.raises(RuntimeError, match="do not fit"):
-        DraemDetector(cfg.replace(width=4)).load_state_dict(det.state_dict())
+        DraemDetector(cfg.replace(channels=3)).load_state_dict(det.state_dict())
 
 
 def test_validation_anomalies_repeat_each_epoch():
@@ -150,7 +155,7 @@ def test_validation_anomalies_repeat_each_epoch():
         first = det.step(images)
         det.reconstructive.train()
         det.step(images)  # a training step in between resets the validation generator
-        det.reconstructive.load_state_dict(weights)  # (undo its BatchNorm statistics)
+        det.reconstructive.load_state_dict(weights)  # (undo any BatchNorm statistics)
         det.reconstructive.eval()
         assert torch.equal(first, det.step(images))
 

@@ -68,7 +68,7 @@ def test_defects_score_higher_and_maps_peak_on_them(fitted):
 def test_same_seed_same_bank_and_state_round_trip(fitted):
     again = PatchKNN(fitted.config).fit(Textures(16, seed=1))
     assert torch.equal(again.bank, fitted.bank)
-    assert len(fitted.bank) == round(0.1 * 16 * (SIZE // 8) ** 2)
+    assert len(fitted.bank) == round(0.1 * 16 * (SIZE // fitted.extractor.stride) ** 2)
 
     restored = PatchKNN(fitted.config)
     restored.load_state_dict(fitted.state_dict())

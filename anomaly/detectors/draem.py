@@ -24,6 +24,8 @@ DRAEM-specific knobs are keyword arguments of `DraemDetector` (module defaults b
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,7 @@ from anomaly.models.draem import DiscriminativeNet, ReconstructiveNet
 from anomaly.synthetic import P_ANOMALY, synthesize
 
 DEPTH = 4  # 2x2 poolings in each network; images are padded to a multiple of 2**DEPTH
+NORM = "group"  # normalisation of both networks: "group", or "batch" (the paper's)
 FOCAL_GAMMA = 2.0
 FOCAL_WEIGHT = 1.0  # weight of the segmentation loss against L2 + SSIM (1 in the paper)
 POOL_AT_256 = 21  # the paper's mean-filter size for the image score, at 256 px
@@ -69,17 +72,23 @@ class DraemDetector(Detector):
         focal_weight: weight of the focal (segmentation) loss.
     """
 
+    defaults: ClassVar[dict] = {"width": 8, "epochs": 20, "batch_size": 8}  # see the module doc
+
     def __init__(self, config, recon_width: int | None = None, disc_width: int | None = None,
                  depth: int = DEPTH, p_anomaly: float = P_ANOMALY,
-                 focal_weight: float = FOCAL_WEIGHT) -> None:
+                 focal_weight: float = FOCAL_WEIGHT, norm: str = NORM) -> None:
         super().__init__(config)
-        c = config.channels
-        self.hparams = {"channels": c, "recon_width": recon_width or config.width,
-                        "disc_width": disc_width or config.width, "depth": depth}
         self.p_anomaly, self.focal_weight = p_anomaly, focal_weight
-        self.reconstructive = ReconstructiveNet(c, self.hparams["recon_width"], depth)
-        self.discriminative = DiscriminativeNet(2 * c, self.hparams["disc_width"], depth)
+        self._build({"channels": config.channels, "recon_width": recon_width or config.width,
+                     "disc_width": disc_width or config.width, "depth": depth, "norm": norm})
         self._val_generator: torch.Generator | None = None
+
+    def _build(self, hparams: dict) -> None:
+        self.hparams = dict(hparams)
+        c, depth, norm = hparams["channels"], hparams["depth"], hparams["norm"]
+        self.reconstructive = ReconstructiveNet(c, hparams["recon_width"], depth, norm)
+        self.discriminative = DiscriminativeNet(2 * c, hparams["disc_width"], depth, norm)
+        self.to(self.device)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"reconstructive": self.reconstructive, "discriminative": self.discriminative}
@@ -147,8 +156,13 @@ class DraemDetector(Detector):
                 "discriminative": self.discriminative.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("hparams", self.hparams) != self.hparams:
-            raise RuntimeError(f"DRAEM networks of {state['hparams']} do not fit this "
-                               f"detector's {self.hparams}")
+        """Load networks saved by `state_dict`; networks of other widths, depth or normalisation
+        are rebuilt to fit (the state says what they are), other image channels are refused."""
+        saved = state["hparams"]
+        if saved["channels"] != self.hparams["channels"]:
+            raise RuntimeError(f"DRAEM networks for {saved['channels']}-channel images do not fit "
+                               f"this detector's {self.hparams['channels']}-channel config")
+        if saved != self.hparams:
+            self._build(saved)
         self.reconstructive.load_state_dict(state["reconstructive"])
         self.discriminative.load_state_dict(state["discriminative"])

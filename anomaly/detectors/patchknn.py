@@ -158,10 +158,21 @@ class PatchKNN(Detector):
         module: for backbone "encoder:<RUN_DIR>", the trained encoder (has `forward_features`).
     """
 
+    # Finer stages than PatchCore's layer2+layer3 (stride 4 and 8): at the default 128 px a
+    # stride-8 grid has 8-pixel cells, too coarse for small defects. On the cookie benchmark
+    # this took image AUROC from 0.874 to 0.966 and AUPRO from 0.70 to 0.89 (scripted run).
+    defaults = {"size": DEFAULT_SIZE, "channels": 3}
+    LAYERS = {"efficientnet_lite0": ("blocks.2", "blocks.4")}
+
     def __init__(self, config, layers: tuple[str, ...] | None = None,
                  module: nn.Module | None = None) -> None:
         super().__init__(config)
-        self.layers = tuple(layers or DEFAULT_LAYERS.get(config.backbone, ()))
+        if module is None and config.backbone.startswith("encoder:"):
+            from anomaly.runs import load_run  # our own trained encoder: no pretraining at all
+
+            module = load_run(config.backbone.split(":", 1)[1], device="cpu").model
+        self.layers = tuple(layers or self.LAYERS.get(config.backbone)
+                            or DEFAULT_LAYERS.get(config.backbone, ()))
         backbone = build_backbone(config.backbone, in_channels=config.channels,
                                   layers=self.layers or None, module=module)
         self.extractor = FeatureExtractor(backbone)

@@ -5,9 +5,9 @@ Surface Anomaly Detection", ICCV 2021. `ReconstructiveNet` is an encoder-decoder
 connections that learns to turn an image with a synthetic anomaly back into the clean image;
 `DiscriminativeNet` is a U-Net that reads the concatenation [image, reconstruction] and segments
 what differs, as two-class logits. The paper's networks start at 128 and 64 channels and train
-for 700 epochs on a GPU; here both start at `width` channels (8 to 32 is plenty for 128 px images)
-and use BatchNorm after every convolution, as the paper's do. Training, the losses and the anomaly
-map live in `anomaly/detectors/draem.py`.
+for 700 epochs on a GPU; here both start at `width` channels (8 is enough for 128 px images on a
+CPU) and normalise after every convolution: BatchNorm as the paper's, or GroupNorm. Training,
+the losses and the anomaly map live in `anomaly/detectors/draem.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,23 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from anomaly.models.unet import double_conv
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """Normalisation: "batch" = BatchNorm (the paper's); "group" = GroupNorm of 2-channel groups,
+    which acts the same in training and evaluation (no running statistics)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(max(1, channels // 2), channels)
+    raise ValueError(f"unknown norm {kind!r}; choose 'batch' or 'group'")
+
+
+def double_conv(c_in: int, c_out: int, norm: str = "batch") -> nn.Sequential:
+    """Two 3x3 convolutions (size kept), each followed by a normalisation and ReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm_layer(norm, c_out),
+                         nn.ReLU(inplace=True),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), norm_layer(norm, c_out),
+                         nn.ReLU(inplace=True))
 
 
 def _check(x: torch.Tensor, depth: int, name: str) -> None:
@@ -42,18 +58,19 @@ class ReconstructiveNet(nn.Module):
             is [width * 2**min(depth, 3), H / 2**depth, W / 2**depth].
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 16, depth: int = 4) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 16, depth: int = 4,
+                 norm: str = "batch") -> None:
         super().__init__()
-        self.hparams = {"in_channels": in_channels, "width": width, "depth": depth}
+        self.hparams = {"in_channels": in_channels, "width": width, "depth": depth, "norm": norm}
         self.depth = depth
         chans = _channels(width, depth)
-        enc: list[nn.Module] = [double_conv(in_channels, chans[0], batch_norm=True)]
+        enc: list[nn.Module] = [double_conv(in_channels, chans[0], norm)]
         for a, b in pairwise(chans):
-            enc += [nn.MaxPool2d(2), double_conv(a, b, batch_norm=True)]
+            enc += [nn.MaxPool2d(2), double_conv(a, b, norm)]
         dec: list[nn.Module] = []
         for a, b in zip(chans[::-1], chans[-2::-1]):
             dec += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                    double_conv(a, b, batch_norm=True)]
+                    double_conv(a, b, norm)]
         dec += [nn.Conv2d(chans[0], in_channels, 3, padding=1), nn.Sigmoid()]
         self.encoder = nn.Sequential(*enc)
         self.decoder = nn.Sequential(*dec)
@@ -74,16 +91,17 @@ class DiscriminativeNet(nn.Module):
         depth: number of 2x2 max-poolings; H and W must be divisible by 2**depth.
     """
 
-    def __init__(self, in_channels: int = 2, width: int = 16, depth: int = 4) -> None:
+    def __init__(self, in_channels: int = 2, width: int = 16, depth: int = 4,
+                 norm: str = "batch") -> None:
         super().__init__()
-        self.hparams = {"in_channels": in_channels, "width": width, "depth": depth}
+        self.hparams = {"in_channels": in_channels, "width": width, "depth": depth, "norm": norm}
         self.depth = depth
         chans = _channels(width, depth)
-        self.down = nn.ModuleList([double_conv(in_channels, chans[0], batch_norm=True)])
-        self.down.extend(double_conv(a, b, batch_norm=True) for a, b in pairwise(chans))
+        self.down = nn.ModuleList([double_conv(in_channels, chans[0], norm)])
+        self.down.extend(double_conv(a, b, norm) for a, b in pairwise(chans))
         self.pool = nn.MaxPool2d(2)
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-        self.up = nn.ModuleList(double_conv(deep + skip, skip, batch_norm=True)
+        self.up = nn.ModuleList(double_conv(deep + skip, skip, norm)
                                 for deep, skip in zip(chans[::-1], chans[-2::-1]))
         self.head = nn.Conv2d(chans[0], 2, 1)
 
