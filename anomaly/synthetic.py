@@ -137,7 +137,7 @@ def image_texture(images: torch.Tensor, generator=None) -> torch.Tensor:
             t = t[torch.randperm(c, generator=generator).to(dev)]
         out.append(t)
     t = torch.stack(out)
-    r = _rand(b, 5, generator=generator, device=dev)
+    r = _rand(b, 4, generator=generator, device=dev)
     mean = t.mean(dim=(1, 2, 3), keepdim=True)
     contrast, brightness = 0.5 + 1.5 * r[:, 0], 0.4 * r[:, 1] - 0.2
     t = (t - mean) * contrast.view(-1, 1, 1, 1) + mean + brightness.view(-1, 1, 1, 1)
@@ -175,17 +175,17 @@ def synthesize(images: torch.Tensor, generator=None, p_anomaly: float = P_ANOMAL
     for _ in range(retries + 1):
         if len(todo) == 0:
             break
-        masks[todo] = perlin_mask(len(todo), (h, w), generator, dev, scales, threshold)
-        todo = todo[masks[todo].flatten(1).amax(dim=1).cpu() == 0]
+        masks[todo.to(dev)] = perlin_mask(len(todo), (h, w), generator, dev, scales, threshold)
+        todo = todo[masks[todo.to(dev)].flatten(1).amax(dim=1).cpu() == 0]
     use_self = (_rand(b, generator=generator) < p_self_texture) & (b > 1)
     opacity = beta[0] + (beta[1] - beta[0]) * _rand(b, 1, 1, 1, generator=generator, device=dev)
     texture = torch.zeros_like(images)
-    if (anomalous & use_self).any():
-        self_texture = image_texture(images, generator)
-        texture[anomalous & use_self] = self_texture[anomalous & use_self]
+    self_rows = (anomalous & use_self).nonzero().flatten()
+    if len(self_rows):
+        texture[self_rows.to(dev)] = image_texture(images, generator)[self_rows.to(dev)]
     noise_rows = (anomalous & ~use_self).nonzero().flatten()
     if len(noise_rows):
-        texture[noise_rows] = fractal_texture(len(noise_rows), c, (h, w), generator, dev)
+        texture[noise_rows.to(dev)] = fractal_texture(len(noise_rows), c, (h, w), generator, dev)
     m = masks[:, None]
     blended = (1 - opacity) * texture + opacity * images
     augmented = torch.where(m > 0, blended, images)
