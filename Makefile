@@ -25,6 +25,7 @@ install: $(STAMP)
 ## the main job: generate the cookie benchmark, train and score the best method and the original's
 demo: $(STAMP)
 	$(BIN)/python -m anomaly make-cookies $(DATA) --preset benchmark --seed 7
+	rm -rf $(RUNS)/demo-patchknn $(RUNS)/demo-unet   # the demo's own runs, made again each time
 	$(BIN)/python -m anomaly train --data $(DATA) --method patchknn --out $(RUNS)/demo-patchknn
 	$(BIN)/python -m anomaly score --run $(RUNS)/demo-patchknn
 	$(BIN)/python -m anomaly train --data $(DATA) --method unet --out $(RUNS)/demo-unet
