@@ -120,6 +120,16 @@ class Detector:
         bs = batch_size or getattr(self.config, "batch_size", 16)
         return DataLoader(data, batch_size=bs, shuffle=shuffle, num_workers=0)
 
+    def train_steps(self, train_data: Dataset, val_data: Dataset | None, run_dir=None,
+                    resume: bool = False, progress: bool = True):
+        """Minimise `self.step(images)` with the shared loop (`anomaly.train.fit_loop`)."""
+        from anomaly.train import fit_loop
+
+        val_loader = self.loader(val_data) if val_data is not None and len(val_data) else None
+        self.history = fit_loop(self, self.step, self.loader(train_data, shuffle=True), val_loader,
+                                run_dir=run_dir, resume=resume, progress=progress)
+        return self
+
     @torch.no_grad()
     def predict(self, data: Dataset | DataLoader, progress: bool = False) -> Predictions:
         from tqdm.auto import tqdm

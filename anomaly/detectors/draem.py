@@ -126,13 +126,8 @@ class DraemDetector(Detector):
 
     def fit(self, train_data, val_data=None, run_dir=None, resume: bool = False,
             progress: bool = True):
-        from anomaly.train import fit_loop
-
-        val_loader = self.loader(val_data) if val_data is not None and len(val_data) else None
         self._val_generator = None
-        self.history = fit_loop(self, self.step, self.loader(train_data, shuffle=True), val_loader,
-                                run_dir=run_dir, resume=resume, progress=progress)
-        return self
+        return self.train_steps(train_data, val_data, run_dir, resume=resume, progress=progress)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
