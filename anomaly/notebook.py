@@ -91,10 +91,7 @@ def kinds_figure(data, per_kind: int = 2):
     """A few images of each kind, with the ground-truth defect outlined."""
     from anomaly.viz import plot_gallery
 
-    picks = []
-    for kind in dict.fromkeys(data.defects):
-        picks += [i for i, d in enumerate(data.defects) if d == kind][:per_kind]
-    items = [data[i] for i in picks]
+    items = [data[i] for i in _per_kind(data.defects, per_kind)]
     return plot_gallery([it["image"] for it in items], [it["defect"] for it in items],
                         masks=[it["mask"].numpy() for it in items], ncols=per_kind * 2)
 
@@ -177,9 +174,7 @@ def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
 
     pred = Predictions.load(Path(run) / "predictions.npz")
     vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
-    picks = []
-    for k in dict.fromkeys(pred.defects):
-        picks += [i for i, d in enumerate(pred.defects) if d == k][:per_kind]
+    picks = _per_kind(pred.defects, per_kind)
     data = _test_data(Config.load(Path(run) / "config.json"))
     images = [data[i]["image"] for i in picks]
     overlays = [red_overlay(img, pred.maps[i], vmax=vmax) if kind == "red"
@@ -254,9 +249,16 @@ def _test_data(config: Config):
     return AnomalyDataset(config.data, "test", size=config.size, channels=config.channels)
 
 
+def _per_kind(defects: list[str], per_kind: int) -> list[int]:
+    """Indices of the first `per_kind` images of each kind, kinds in data set order."""
+    picks = []
+    for kind in dict.fromkeys(defects):
+        picks += [i for i, d in enumerate(defects) if d == kind][:per_kind]
+    return picks
+
+
 def _one_per_kind(data, n: int) -> list[int]:
-    picks = [next(i for i, d in enumerate(data.defects) if d == k) for k in dict.fromkeys(data.defects)]
-    return picks[:n]
+    return _per_kind(data.defects, 1)[:n]
 
 
 def _metrics(run: Path) -> dict:

@@ -38,7 +38,7 @@ def _datasets(config: Config, split_file: Path | None = None):
         val_idx = [index[p] for p in saved["val"]]
     else:
         train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
-    return data, data.subset(train_idx), data.subset(val_idx) if val_idx else None
+    return data.subset(train_idx), data.subset(val_idx) if val_idx else None
 
 
 def train_run(config: Config, out: str | Path, resume: bool = False, progress: bool = True):
@@ -56,7 +56,7 @@ def train_run(config: Config, out: str | Path, resume: bool = False, progress: b
                        "or pass --resume to continue it")
     seed_everything(config.seed)
     device = select_device(config.device)
-    _, train, val = _datasets(config, out / "split.json" if resume else None)
+    train, val = _datasets(config, out / "split.json" if resume else None)
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
     create_run(out, config, split)
     detector = get_detector(config.method)(config).to(device)
