@@ -20,6 +20,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--lr", type=float)
     p.add_argument("--width", type=int)
+    p.add_argument("--corrupt", type=float, help="ae/unet/vae: fraction of training images given "
+                   "a synthetic anomaly to remove (denoising training; default 0)")
     p.add_argument("--k", type=int, help="kmeans clusters (default 2, as the original)")
     p.add_argument("--backbone", help="patchknn/flow feature backbone")
 
@@ -76,7 +78,7 @@ def _train(args) -> None:
     from anomaly.runs import load_config
 
     flags = {k: getattr(args, k) for k in ("epochs", "size", "channels", "seed", "device", "loss",
-                                           "batch_size", "lr", "width", "k", "backbone")}
+                                           "batch_size", "lr", "width", "corrupt", "k", "backbone")}
     if args.resume:
         config = load_config(args.out)
     elif args.method == "kmeans":

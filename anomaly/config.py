@@ -31,6 +31,8 @@ class Config:
     width: int = 32               # channels of the first level of the networks
     latent: int = 64              # bottleneck channels (ae, vae)
     kl_weight: float = 1e-3       # vae
+    corrupt: float = 0.0          # ae/unet/vae: fraction of training images given a synthetic
+                                  # anomaly the network must remove (denoising); 0 = plain
     smooth_sigma: float = 2.0     # Gaussian smoothing of anomaly maps, in pixels
     score_topk: float = 0.0       # 0 = image score is the map's max; else mean of the top fraction
     # feature methods (kmeans, patchknn, flow)

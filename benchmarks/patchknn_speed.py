@@ -109,7 +109,7 @@ def run_one(args, size: int) -> dict:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     row = {"size": size, "train": len(train), "fit_s": fit_s, "img_per_s": len(test) / predict_s,
            "cpu_ms_img": 1000 * predict_cpu / len(test),
-           "peak_mb": peak_mb, "bank": len(detector.bank), "patches": len(train) * (size // 8) ** 2}
+           "peak_mb": peak_mb, "bank": len(detector.bank), "patches": len(train) * (size // detector.extractor.stride) ** 2}
     if 0 < pred.labels.sum() < len(pred.labels):
         row["image_auroc"] = image_auroc(pred.labels, pred.scores)
         if pred.has_masks:

@@ -221,3 +221,27 @@ def test_build_model_and_signature():
         check_signature({**model_signature(model), "width": 16}, model)
     with pytest.raises(ValueError, match="unknown reconstruction method 'gan'.*'ae'"):
         build_model("gan")
+
+
+def test_denoising_training_feeds_corrupted_images_and_compares_with_clean():
+    from anomaly.config import Config
+    from anomaly.detectors.reconstruction import AutoEncoderDetector
+
+    cfg = Config(method="ae", size=32, channels=3, width=4, latent=4, corrupt=1.0, loss="l2")
+    det = AutoEncoderDetector(cfg)
+    seen = []
+    det.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    images = torch.rand(4, 3, 32, 32)
+    torch.manual_seed(0)
+    det.model.train()
+    loss = det.step(images)
+    assert not torch.equal(seen[-1], images)  # every image got a synthetic anomaly
+    recon = det.model(seen[-1])
+    assert loss.item() == pytest.approx(((recon - images) ** 2).mean().item(), rel=1e-5)  # vs clean
+    det.model.eval()
+    det.step(images)
+    assert torch.equal(seen[-1], images)  # validation sees clean images
+    det.config = cfg.replace(corrupt=0.0)
+    det.model.train()
+    det.step(images)
+    assert torch.equal(seen[-1], images)  # corrupt 0 = the plain auto-encoder

@@ -161,3 +161,28 @@ def test_cli_errors_are_one_line_with_the_fix(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--method", "nosuch", "--out", str(tmp_path / "r")]) == 2
     assert "Unknown method" in capsys.readouterr().err
+
+
+def test_kmeans_scores_standardised_flattened_bottleneck(tiny_cookies, tmp_path):
+    import torch
+
+    from anomaly.detectors.kmeans import KMeansDetector
+
+    run = tmp_path / "ae"
+    train_run(tiny_config(tiny_cookies, epochs=1), run, progress=False)
+    km_run = tmp_path / "km"
+    train_run(tiny_config(tiny_cookies, method="kmeans", source_run=str(run), k=2), km_run,
+              progress=False)
+    km = load_run(km_run, device="cpu")
+    images = torch.rand(3, 1, 64, 64)
+    vectors = km.source.features(images).flatten(1)
+    assert km.mean.shape == vectors.shape[1:] and bool((km.scale > 0).all())
+    expected = torch.cdist((vectors - km.mean) / km.scale, km.centers).min(1).values
+    scores, maps = km.predict_batch(images)
+    assert torch.allclose(scores, expected, atol=1e-4)
+    assert maps.shape == (3, 64, 64)
+
+    state = km.state_dict()
+    del state["mean"]
+    with pytest.raises(RuntimeError, match="train it again"):
+        KMeansDetector(km.config).load_state_dict(state)
