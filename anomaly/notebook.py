@@ -150,11 +150,13 @@ def reconstructions_figure(runs: dict[str, Path], n: int = 4):
     from anomaly.runs import load_run
 
     detectors = {name: load_run(run) for name, run in runs.items()}
-    data = _test_data(next(iter(detectors.values())).config)
+    datasets = {name: _test_data(d.config) for name, d in detectors.items()}  # each its channels
+    data = max(datasets.values(), key=lambda ds: ds.channels)  # show the inputs in colour if any
     picks = _one_per_kind(data, n)
-    images = torch.stack([data[i]["image"] for i in picks])
-    rows = {"input": images} | {name: d.reconstruct(images.to(d.device)).cpu()
-                                for name, d in detectors.items()}
+    rows = {"input": torch.stack([data[i]["image"] for i in picks])}
+    for name, d in detectors.items():
+        images = torch.stack([datasets[name][i]["image"] for i in picks]).to(d.device)
+        rows[name] = d.reconstruct(images).cpu()
     fig, axes = _subplots(len(rows), len(picks), figsize=(2.2 * len(picks), 2.2 * len(rows)),
                              squeeze=False)
     for r, (name, batch) in enumerate(rows.items()):

@@ -52,15 +52,19 @@ NOTEBOOKS = {
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\nanomaly.AnomalyDataset(data, 'train', size=128, channels=1)",
         "Training shows a progress bar (terminal and JupyterLab), keeps the best checkpoint by "
-        "validation loss and stops early when it stops improving.",
+        "validation loss and stops early when it stops improving. The UNet trains as the "
+        "original did (grayscale, L2). The AE's defaults are stronger: RGB, SSIM loss, and "
+        "denoising training (half of the training images get a synthetic anomaly that the AE "
+        "must remove, so it learns to replace what is not normal instead of copying it).",
         "# NBVAL_IGNORE_OUTPUT\nae = nb.ensure_run(S, 'ae', data)\nunet = nb.ensure_run(S, 'unet', data)",
         "A run folder holds everything needed to reproduce or rescore it:",
         CHECK + "sorted(p.name for p in unet.iterdir() if p.is_file())",
         "## Loss curves\nTraining and validation loss per epoch (`history.csv`).",
         "from anomaly.viz import plot_history\nfig = plot_history(unet / 'history.csv')\n"
         "plot_history(ae / 'history.csv', ax=fig.axes[0])",
-        "## Reconstructions beside inputs\nThe UNet's reconstructions are sharp, the AE's blurry: "
-        "keep that in mind for notebook 03.",
+        "## Reconstructions beside inputs\nThe AE was trained to remove anomalies, and paints "
+        "the defects over with cookie; the UNet carries mustard and plastic through to its "
+        "output (notebook 03 measures how much).",
         "nb.reconstructions_figure({'ae': ae, 'unet': unet})",
         "## How well do they separate defective from normal cookies?",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table({'ae': ae, 'unet': unet}))",
@@ -89,7 +93,8 @@ NOTEBOOKS = {
     "04_kmeans_scoring": [
         "# 04 k-means on learned features, honest metrics, a threshold by rule\n\n"
         "The original project's second method: k-means (k=2) on the UNet bottleneck features of "
-        "normal cookies; a cookie's score is its distance to the nearest centroid.",
+        "normal cookies (flattened, each element standardised over the training images); a "
+        "cookie's score is its distance to the nearest centroid.",
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
         "runs = {m: nb.ensure_run(S, m, data) for m in ('ae', 'unet', 'vae')}\n"
