@@ -22,7 +22,7 @@ DEFAULT_METHODS = ("ae", "unet", "vae", "unet+kmeans", "patchknn", "draem", "flo
 SMOKE = {"epochs": 1, "size": 64}
 COLUMNS = [("method", "{}"), ("image_auroc", "{:.3f}"), ("pixel_auroc", "{:.3f}"),
            ("aupro", "{:.3f}"), ("image_f1_max", "{:.3f}"), ("fit_s", "{:.0f}"),
-           ("predict_ips", "{:.0f}"), ("peak_mb", "{:.0f}")]
+           ("train_ips", "{:.0f}"), ("predict_ips", "{:.0f}"), ("peak_mb", "{:.0f}")]
 
 
 def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
@@ -30,6 +30,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     from anomaly.cli import default_config
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import load_config
+    from anomaly.train import read_history
 
     overrides = dict(SMOKE) if smoke else {}
     if method == "unet+kmeans":
@@ -45,7 +46,12 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     fit_s = time.perf_counter() - t0
     _, metrics = score_run(out, overlays=False)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": method, "fit_s": fit_s, "predict_ips": metrics["predict_images_per_s"],
+    # training images/s: images seen per second of training, all epochs (one pass for the
+    # methods that do not train by epochs: patchknn, kmeans)
+    n_train = len(json.loads((Path(out) / "split.json").read_text())["train"])
+    passes = len(read_history(out)) or 1
+    return {"method": method, "fit_s": fit_s, "train_ips": n_train * passes / fit_s,
+            "predict_ips": metrics["predict_images_per_s"],
             "peak_mb": peak_mb, **{k: metrics.get(k) for k in
                                    ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")},
             "per_defect": {k: v.get("image_auroc") for k, v in metrics.get("per_defect", {}).items()},
