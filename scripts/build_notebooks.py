@@ -110,6 +110,10 @@ NOTEBOOKS = {
         "(up to 30% false-positive rate) as MVTec AD defines them.",
         "nb.roc_figure(runs)",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table(runs))",
+        "k-means ranks defective cookies above normal ones more often than chance, but it is a "
+        "weak detector: a small defect barely moves a reconstruction network's bottleneck, and "
+        "its patch-level map hardly finds the defect (AUPRO). Use it to compare with the "
+        "original project, not to inspect parts.",
         "Every metric exists for every method (compared by nbval):",
         CHECK + "sorted(nb.metrics_table_keys(runs))",
         "## A threshold by another rule\nF1-optimal needs labelled defects; the rule is saved and "

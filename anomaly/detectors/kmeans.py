@@ -6,9 +6,11 @@ to the nearest centroid. An image's feature vector is its whole bottleneck, flat
 original passed it to k-means), with each element standardised by its mean and spread over the
 training images, so that no channel dominates the distance by scale alone. Measured on the cookie
 benchmark with the UNet run's bottleneck: global average pooling gave image AUROC 0.53 (the
-pooled vector washes out a small defect), flattening 0.65, flattening and standardising 0.67. A patch-level variant clusters the spatial bottleneck vectors (one per
-feature-map position) so the method also gives an anomaly map: each position's distance to its
-nearest patch centroid, upsampled to the image.
+pooled vector washes out a small defect), flattening 0.65, flattening and standardising 0.67.
+
+A patch-level variant clusters the spatial bottleneck vectors (one per feature-map position) so
+the method also gives an anomaly map: each position's distance to its nearest patch centroid,
+upsampled to the image.
 """
 
 from __future__ import annotations
