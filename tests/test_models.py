@@ -245,3 +245,11 @@ def test_denoising_training_feeds_corrupted_images_and_compares_with_clean():
     det.model.train()
     det.step(images)
     assert torch.equal(seen[-1], images)  # corrupt 0 = the plain auto-encoder
+
+
+def test_corrupt_must_be_a_fraction():
+    from anomaly.config import Config
+    from anomaly.detectors.reconstruction import UNetDetector
+
+    with pytest.raises(ValueError, match=r"in \[0, 1\]; got 1.5"):
+        UNetDetector(Config(method="unet", corrupt=1.5))

@@ -21,6 +21,9 @@ class ReconstructionDetector(Detector):
 
     def __init__(self, config) -> None:
         super().__init__(config)
+        if not 0.0 <= config.corrupt <= 1.0:
+            raise ValueError(f"corrupt is the fraction of training images given a synthetic "
+                             f"anomaly, in [0, 1]; got {config.corrupt}")
         self.model = build_model(self.name, in_channels=config.channels, width=config.width,
                                  latent=config.latent)
         self._loss = reconstruction_loss(config.loss)
