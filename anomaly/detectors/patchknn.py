@@ -29,10 +29,10 @@ Defaults, measured on a 2-core CPU (benchmarks/patchknn_speed.py): `coreset_rati
 paper's 1 % setting (2.5 % gained only 0.01-0.02 image AUROC on the cookies for 2.5x the fit
 time); `neighbors` 1, the paper's patch score. `DEFAULT_SIZE` 160 px: thin defects need the
 finer grid (cookie cracks: image AUROC 0.89 at 128 px, 0.95 at 160, 0.96 at 256 px). The cost grows
-with the square of the side twice over (more patches, and a bank that grows with them): in
-memory, 128 px fitted 200 images in 8.4 s and predicted 63 images/s (21 ms of CPU per image),
-160 px 13.4 s and 47 images/s (31 ms), and 300 images of 160 px fitted in 20 s. Distances take
-about half of the prediction time, the backbone the rest.
+with the square of the side twice over (more patches, and a bank that grows with them): with
+decoded images in memory, 128 px fitted 200 images in 7.8 s and predicted 111 images/s (14 ms
+of CPU per image), 160 px 14.1 s and 45 images/s (34 ms), and 300 images of 160 px fitted in
+21 s. Distances take about two thirds of the prediction time, the backbone the rest.
 """
 
 from __future__ import annotations
