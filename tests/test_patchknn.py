@@ -59,6 +59,7 @@ def test_defects_score_higher_and_maps_peak_on_them(fitted):
     pred = fitted.predict(test)
     assert pred.maps.shape == (12, SIZE, SIZE) and pred.scores.shape == (12,)
     assert image_auroc(pred.labels, pred.scores) == 1.0
+    np.testing.assert_allclose(pred.scores, pred.maps.reshape(12, -1).max(1), rtol=1e-5)  # map max
     for m, mask in zip(pred.maps[6:], pred.masks[6:]):
         y, x = np.unravel_index(m.argmax(), m.shape)
         ys, xs = np.nonzero(mask)
@@ -97,6 +98,17 @@ def test_nearest_distances_match_cdist():
     torch.testing.assert_close(nearest_distances(q, bank, sq, 1), d.amin(1), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(nearest_distances(q, bank, sq, 3),
                                d.topk(3, largest=False).values.mean(1), atol=1e-4, rtol=1e-4)
+
+
+def test_nearest_distances_same_across_chunk_sizes(monkeypatch):
+    import anomaly.detectors.patchknn as pk
+
+    gen = torch.Generator().manual_seed(1)
+    q, bank = torch.randn(101, 8, generator=gen), torch.randn(40, 8, generator=gen)
+    sq = (bank * bank).sum(1)
+    whole = nearest_distances(q, bank, sq, 2)
+    monkeypatch.setattr(pk, "CHUNK_ELEMENTS", 7 * 40)  # 7 rows per block: 15 blocks, a short last
+    torch.testing.assert_close(pk.nearest_distances(q, bank, sq, 2), whole)
 
 
 def test_map_matrices_equal_upsampling_then_blur():
