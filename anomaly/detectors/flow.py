@@ -198,27 +198,15 @@ class FlowDetector(Detector):
     def fit(
         self, train_data, val_data=None, run_dir=None, resume: bool = False, progress: bool = True
     ):
-        """Compute the backbone features once, then train the flows on them with `fit_loop`."""
-        from anomaly.train import fit_loop
-
+        """Compute the backbone features once, then train the flows on them (`train_steps`)."""
         train = self._cache(train_data, progress)
         self.head.set_statistics(train)
         self._shapes = [tuple(f.shape[1:]) for f in train]
-        train_loader = self.loader(_FeatureCache(self.head.normalise(train)), shuffle=True)
-        val_loader = None
+        val = None
         if val_data is not None and len(val_data):
-            val = self.head.normalise(self._cache(val_data, progress))
-            val_loader = self.loader(_FeatureCache(val))
-        self.history = fit_loop(
-            self,
-            self.step,
-            train_loader,
-            val_loader,
-            run_dir=run_dir,
-            resume=resume,
-            progress=progress,
-        )
-        return self
+            val = _FeatureCache(self.head.normalise(self._cache(val_data, progress)))
+        return self.train_steps(_FeatureCache(self.head.normalise(train)), val, run_dir,
+                                resume=resume, progress=progress)
 
     @torch.no_grad()
     def stage_outputs(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
