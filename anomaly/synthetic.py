@@ -175,17 +175,18 @@ def synthesize(images: torch.Tensor, generator=None, p_anomaly: float = P_ANOMAL
     for _ in range(retries + 1):
         if len(todo) == 0:
             break
-        masks[todo.to(dev)] = perlin_mask(len(todo), (h, w), generator, dev, scales, threshold)
-        todo = todo[masks[todo.to(dev)].flatten(1).amax(dim=1).cpu() == 0]
+        rows = todo.to(dev)
+        masks[rows] = perlin_mask(len(todo), (h, w), generator, dev, scales, threshold)
+        todo = todo[masks[rows].flatten(1).amax(dim=1).cpu() == 0]
     use_self = (_rand(b, generator=generator) < p_self_texture) & (b > 1)
     opacity = beta[0] + (beta[1] - beta[0]) * _rand(b, 1, 1, 1, generator=generator, device=dev)
     texture = torch.zeros_like(images)
-    self_rows = (anomalous & use_self).nonzero().flatten()
+    self_rows = (anomalous & use_self).nonzero().flatten().to(dev)
     if len(self_rows):
-        texture[self_rows.to(dev)] = image_texture(images, generator)[self_rows.to(dev)]
-    noise_rows = (anomalous & ~use_self).nonzero().flatten()
+        texture[self_rows] = image_texture(images, generator)[self_rows]
+    noise_rows = (anomalous & ~use_self).nonzero().flatten().to(dev)
     if len(noise_rows):
-        texture[noise_rows.to(dev)] = fractal_texture(len(noise_rows), c, (h, w), generator, dev)
+        texture[noise_rows] = fractal_texture(len(noise_rows), c, (h, w), generator, dev)
     m = masks[:, None]
     blended = (1 - opacity) * texture + opacity * images
     augmented = torch.where(m > 0, blended, images)
