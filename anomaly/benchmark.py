@@ -27,7 +27,7 @@ COLUMNS = [("method", "{}"), ("image_auroc", "{:.3f}"), ("pixel_auroc", "{:.3f}"
 
 def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     """Train and score one method in this process; return its row."""
-    from anomaly.cli import default_config
+    from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import load_config
     from anomaly.train import read_history
@@ -40,7 +40,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
         config = load_config(source).replace(method="kmeans", source_run=str(source.resolve()),
                                               k=2, seed=seed)
     else:
-        config = default_config(method).replace(data=str(Path(data).resolve()), seed=seed, **overrides)
+        config = Config.for_method(method).replace(data=str(Path(data).resolve()), seed=seed, **overrides)
     t0 = time.perf_counter()
     train_run(config, out, progress=False)
     fit_s = time.perf_counter() - t0

@@ -88,19 +88,14 @@ def _train(args) -> None:
             method="kmeans", source_run=str(Path(args.source_run).resolve()), k=args.k, seed=args.seed,
             data=args.data)
     else:
+        from anomaly.detectors import get_detector
+
+        get_detector(args.method)  # an unknown method fails here, naming the choices
         if not args.data:
             raise ValueError("train needs --data ROOT")
-        config = default_config(args.method).replace(data=str(Path(args.data).resolve()), **flags)
+        config = Config.for_method(args.method, data=str(Path(args.data).resolve()), **flags)
     train_run(config, args.out, resume=args.resume)
     print(f"trained {config.method}: run folder {args.out}")
-
-
-def default_config(method: str) -> Config:
-    """Per-method defaults chosen to train a useful model in minutes on a 2-core CPU."""
-    from anomaly.detectors import get_detector
-
-    cls = get_detector(method)
-    return Config(method=method, **getattr(cls, "defaults", {}))
 
 
 def main(argv: list[str] | None = None) -> int:

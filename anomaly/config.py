@@ -1,62 +1,134 @@
-"""One typed configuration for a run; its fields mirror the CLI flags and are saved as JSON."""
+"""One typed configuration for a run: every setting, its help, and each method's defaults.
+
+`Config` is the one home of settings. Its fields are saved as `config.json` in a run folder, the
+CLI's `train` flags are generated from them (type and help from each field's metadata), and
+`Config.for_method(name)` gives a method's defaults (`METHOD_DEFAULTS`), so a notebook and the
+shell train the same model. This module imports nothing from the package.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+# Per-method overrides of the field defaults below, chosen to train a useful model in minutes on
+# a 2-core CPU (the reasons are in each detector's docstring). A method not listed uses the
+# field defaults as they are.
+METHOD_DEFAULTS: dict[str, dict] = {
+    # RGB denoising SSIM auto-encoder with a top-1% image score (see AutoEncoderDetector)
+    "ae": {"size": 128, "channels": 3, "width": 16, "latent": 64, "epochs": 30,
+           "loss": "ssim", "corrupt": 0.5, "score_topk": 0.01},
+    # the original project's UNet, at width 16 and 128 px (see UNetDetector)
+    "unet": {"size": 128, "channels": 1, "width": 16, "epochs": 8},
+    "vae": {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 10},
+    # sized for a 2-core CPU (see anomaly.detectors.draem)
+    "draem": {"width": 8, "epochs": 15, "batch_size": 8},
+    "patchknn": {"size": 160, "channels": 3},
+    "flow": {"size": 160, "channels": 3, "epochs": 10},
+}
+
+
+def _f(default, help: str, **meta):
+    """A Config field with its CLI help (and optional `choices`, `flag`, `min`, `above`)."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
 class Config:
     """Everything that decides what a run learns. Saved as `config.json` in the run folder.
 
-    Only the fields a method reads matter to it; the rest keep their defaults.
+    Only the fields a method reads matter to it; the rest keep their defaults. Build one with
+    `Config.for_method(name, **overrides)` to get the method's defaults (what the CLI trains).
     """
 
-    method: str = "unet"
-    data: str = ""
-    size: int = 128               # images are resized to size x size
-    channels: int = 1             # 1 = grayscale (as the original), 3 = RGB
-    seed: int = 0
-    device: str = "auto"          # auto = cuda, then mps, then cpu
+    method: str = _f("unet", "detector to train")
+    data: str = _f("", "data set root (MVTec AD or plain layout)")
+    size: int = _f(128, "images are resized to size x size pixels", min=1)
+    channels: int = _f(1, "1 = grayscale (as the original), 3 = RGB", choices=(1, 3))
+    seed: int = _f(0, "seed of the split, the weights and the synthetic anomalies")
+    device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     # training (reconstruction, draem, flow)
-    epochs: int = 40
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    val_fraction: float = 0.1     # of train/good, held out for validation and the threshold
-    patience: int = 10            # early stopping: epochs without validation improvement
-    loss: str = "l2"              # l2 | ssim (reconstruction methods)
-    width: int = 32               # channels of the first level of the networks
-    latent: int = 64              # bottleneck channels (ae, vae)
-    kl_weight: float = 1e-3       # vae
-    corrupt: float = 0.0          # ae/unet/vae: fraction of training images given a synthetic
-                                  # anomaly the network must remove (denoising); 0 = plain
-    smooth_sigma: float = 2.0     # Gaussian smoothing of anomaly maps, in pixels
-    score_topk: float = 0.0       # 0 = image score is the map's max; else mean of the top fraction
+    epochs: int = _f(40, "training epochs", min=1)
+    batch_size: int = _f(16, "images per batch", min=1)
+    lr: float = _f(1e-3, "learning rate (Adam)", above=0.0)
+    weight_decay: float = _f(0.0, "Adam weight decay", min=0.0)
+    val_fraction: float = _f(0.1, "fraction of train/good held out for validation and the "
+                             "default threshold", min=0.0, max=0.9)
+    patience: int = _f(10, "early stopping: epochs without validation improvement (0 = off)",
+                       min=0)
+    loss: str = _f("l2", "reconstruction loss and map", choices=("l2", "ssim"))
+    width: int = _f(32, "channels of the first level of the networks", min=1)
+    latent: int = _f(64, "bottleneck channels (ae, vae)", min=1)
+    kl_weight: float = _f(1e-3, "vae: weight of the KL term", min=0.0)
+    corrupt: float = _f(0.0, "ae/unet/vae: fraction of training images given a synthetic "
+                        "anomaly the network must remove (denoising); 0 = plain", min=0.0, max=1.0)
+    smooth_sigma: float = _f(2.0, "Gaussian smoothing of anomaly maps, in pixels", min=0.0)
+    score_topk: float = _f(0.0, "image score: 0 = the map's max, else the mean of this top "
+                           "fraction of the map", min=0.0, max=1.0)
     # feature methods (kmeans, patchknn, flow)
-    source_run: str = ""          # kmeans: the trained run whose encoder gives features
-    k: int = 2                    # kmeans clusters (2, as the original)
-    backbone: str = "efficientnet_lite0"
-    coreset_ratio: float = 0.01
-    neighbors: int = 1
+    source_run: str = _f("", "kmeans: the trained ae/unet/vae run whose encoder gives features",
+                         flag="--from")
+    k: int = _f(2, "kmeans clusters (2, as the original)", min=1)
+    backbone: str = _f("efficientnet_lite0", "patchknn/flow feature backbone, or encoder:RUN "
+                       "(the encoder of a trained ae/unet/vae run)")
+    coreset_ratio: float = _f(0.01, "patchknn: fraction of training patches kept in the bank",
+                              above=0.0, max=1.0)
+    neighbors: int = _f(1, "patchknn: nearest bank patches averaged per patch", min=1)
     # thresholds
-    threshold_quantile: float = 0.99
+    threshold_quantile: float = _f(0.99, "default threshold: this quantile of the held-out "
+                                   "normal scores", min=0.0, max=1.0)
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> Config:
+        """The config a method trains with by default (`METHOD_DEFAULTS`), then `overrides`.
+
+        Overrides that are None are ignored, so parsed CLI flags can be passed as they are.
+        """
+        return cls(method=method, **METHOD_DEFAULTS.get(method, {})).replace(**overrides)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Config":
-        raw = json.loads(Path(path).read_text())
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+    def load(cls, path: str | Path) -> Config:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); restore it from a copy or train "
+                             "the run again") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} does not hold a config (a JSON object of fields)")
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"{path}: unknown config fields {unknown}; was it written by a newer anomaly?")
+            raise ValueError(f"{path}: unknown config fields {unknown}; "
+                             "was it written by a newer anomaly?")
         return cls(**raw)
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         data = asdict(self)
+        unknown = sorted(set(changes) - set(data))
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; "
+                             f"the fields are: {', '.join(data)}")
         data.update({k: v for k, v in changes.items() if v is not None})
         return Config(**data)
+
+    def validate(self) -> Config:
+        """Raise ValueError naming the first field (as its CLI flag) whose value is out of range."""
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+            if "choices" in meta and value not in meta["choices"]:
+                raise ValueError(f"{flag} {value!r}: choose one of "
+                                 + ", ".join(map(str, meta["choices"])))
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{flag} {value}: must be a finite number")
+            if "min" in meta and value < meta["min"]:
+                raise ValueError(f"{flag} {value}: must be at least {meta['min']}")
+            if "above" in meta and value <= meta["above"]:
+                raise ValueError(f"{flag} {value}: must be greater than {meta['above']}")
+            if "max" in meta and value > meta["max"]:
+                raise ValueError(f"{flag} {value}: must be at most {meta['max']}")
+        return self

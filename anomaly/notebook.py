@@ -60,7 +60,7 @@ def ensure_run(s: Settings, method: str, data: Path | None = None, source: str |
     With the default settings this is the same folder `make benchmark` writes, so the notebooks
     show the benchmark's runs instead of training them twice.
     """
-    from anomaly.cli import default_config
+    from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import load_config
 
@@ -73,7 +73,7 @@ def ensure_run(s: Settings, method: str, data: Path | None = None, source: str |
         config = load_config(src).replace(method=method, source_run=str(src), seed=s.seed)
     else:
         sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
-        config = default_config(method).replace(data=str(data or ensure_cookies(s)), seed=s.seed,
+        config = Config.for_method(method).replace(data=str(data or ensure_cookies(s)), seed=s.seed,
                                                 **sizes, **overrides)
     train_run(config, run, progress=not s.smoke)
     score_run(run)

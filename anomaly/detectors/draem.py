@@ -18,7 +18,7 @@ or the top-fraction mean of the map when `config.score_topk` > 0.
 
 Config fields read: channels, width (of both networks), epochs, batch_size, lr, seed,
 smooth_sigma, score_topk. The paper trains networks of 128/64 channels with BatchNorm for 700
-epochs on a GPU; `DraemDetector.defaults` is sized for a 2-core CPU instead: width 8, batch 8,
+epochs on a GPU; `METHOD_DEFAULTS["draem"]` (anomaly.config) is sized for a 2-core CPU instead: width 8, batch 8,
 15 epochs (200 images of 128 px train in about 5 CPU-minutes), and GroupNorm, which, unlike
 BatchNorm with batches of 8, gives the same outputs in training and evaluation, so validation
 losses do not jump from epoch to epoch. On the cookie benchmark (128 px, seed 0) this reaches
@@ -29,8 +29,6 @@ below).
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +76,6 @@ class DraemDetector(Detector):
         focal_weight: weight of the focal (segmentation) loss.
         norm: normalisation layers, "group" or "batch" (see the module docstring).
     """
-
-    defaults: ClassVar[dict] = {"width": 8, "epochs": 15, "batch_size": 8}  # see the module doc
 
     def __init__(self, config, recon_width: int | None = None, disc_width: int | None = None,
                  depth: int = DEPTH, p_anomaly: float = P_ANOMALY,

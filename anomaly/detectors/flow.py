@@ -142,8 +142,6 @@ class FlowDetector(Detector):
 
     # 10 epochs: image AUROC flattens from epoch 5 on the cookie benchmark; colour helps.
     # 160 px: cookie image AUROC 0.944 at 128 px, 0.966 at 160, 0.964 at 192 (one run each).
-    defaults = {"size": 160, "channels": 3, "epochs": 10}
-
     def __init__(
         self,
         config,

@@ -167,7 +167,6 @@ class PatchKNN(Detector):
     # Finer stages than PatchCore's layer2+layer3 (stride 4 and 8): a stride-8 grid has
     # 8-pixel cells, too coarse for small defects. On the cookie benchmark at 128 px this took
     # image AUROC from 0.874 to 0.966 and AUPRO from 0.70 to 0.89 (scripted run).
-    defaults = {"size": DEFAULT_SIZE, "channels": 3}
     LAYERS = {"efficientnet_lite0": ("blocks.2", "blocks.4")}
 
     def __init__(self, config, layers: tuple[str, ...] | None = None,

@@ -89,9 +89,6 @@ class AutoEncoderDetector(ReconstructionDetector):
     the plain grayscale L2 auto-encoder at 10 epochs. Width 32 reached 0.93 for twice the time.
     """
 
-    defaults = {"size": 128, "channels": 3, "width": 16, "latent": 64, "epochs": 30,
-                "loss": "ssim", "corrupt": 0.5, "score_topk": 0.01}
-
 
 @register("unet")
 class UNetDetector(ReconstructionDetector):
@@ -102,11 +99,7 @@ class UNetDetector(ReconstructionDetector):
     128 px, which keeps the architecture and trains in minutes.
     """
 
-    defaults = {"size": 128, "channels": 1, "width": 16, "epochs": 8}
-
 
 @register("vae")
 class VAEDetector(ReconstructionDetector):
     """Variational auto-encoder; the map comes from the reconstruction of the mean."""
-
-    defaults = {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 10}
