@@ -264,7 +264,7 @@ class Threshold:
 
     Attributes:
         value: the threshold on the image score.
-        rule: how it was chosen: "manual", "normal_quantile" or "f1".
+        rule: how it was chosen: "manual", "normal_quantile", "conformal" or "f1".
         params: what the rule used (the quantile, the F1 reached, ...).
     """
 
@@ -322,6 +322,47 @@ def threshold_normal_quantile(normal_scores, q: float = 0.99) -> Threshold:
     return Threshold(value, "normal_quantile", {"q": q, "n_normal": int(normal_scores.size)})
 
 
+def conformal_n_needed(alpha: float) -> int:
+    """The fewest held-out normal images for which `threshold_conformal` accepts `alpha`."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha (the false-reject rate to guarantee) must be in (0, 1), got {alpha}")
+    return max(1, int(np.ceil((1 - alpha) / alpha - 1e-9)))
+
+
+def threshold_conformal(normal_scores, alpha: float) -> Threshold:
+    """A threshold with a guaranteed false-reject rate: split conformal prediction.
+
+    With the n held-out normal scores sorted, the threshold sits just above the k-th smallest,
+    k = ceil((n + 1)(1 - alpha)). If a new good part's score is exchangeable with those n (the
+    same process, nothing about it singles it out: the held-out images were not used to train),
+    the chance it scores above all but n - k of them is at most (n + 1 - k) / (n + 1) <= alpha,
+    so at most alpha of new good parts are rejected on average over the choice of held-out
+    images (and at least alpha - 1 / (n + 1) when scores have no ties). Vovk, Gammerman, Shafer,
+    "Algorithmic Learning in a Random World", 2005; Angelopoulos and Bates, "A Gentle
+    Introduction to Conformal Prediction", 2021.
+
+    The value is the next float above that score, so "anomalous iff score >= threshold" flags
+    exactly the scores above it, and ties with the k-th score pass (the guarantee holds with
+    ties too). Refuses alpha < 1 / (n + 1): no rank of n scores can guarantee it.
+    """
+    normal_scores = np.asarray(normal_scores, np.float64).ravel()
+    n = int(normal_scores.size)
+    need = conformal_n_needed(alpha)
+    if not np.all(np.isfinite(normal_scores)):
+        raise ValueError("threshold_conformal: the held-out normal scores contain NaN or inf")
+    if n < need:
+        raise ValueError(
+            f"a conformal threshold at alpha={alpha:g} needs at least {need} held-out normal "
+            f"images (alpha >= 1/(n+1)); this run has {n}. Hold out more good images (a larger "
+            f"val_fraction or more training images), or use alpha >= {1 / (n + 1):.4g}")
+    k = int(np.ceil((n + 1) * (1 - alpha) - 1e-9))
+    kth = float(np.sort(normal_scores)[k - 1])
+    guarantee = (f"false-reject rate <= {100 * alpha:.3g}% for new good parts from the same "
+                 f"process (exchangeable with the {n} held-out good images)")
+    return Threshold(float(np.nextafter(kth, np.inf)), "conformal",
+                     {"alpha": float(alpha), "n": n, "rank": k, "guarantee": guarantee})
+
+
 def threshold_f1(labels, scores) -> Threshold:
     """The threshold that maximises F1 on labelled scores (optimistic if they are test data)."""
     f1, value = f1_max(labels, scores)
@@ -342,17 +383,22 @@ def confusion(labels, scores, threshold: float | Threshold) -> dict:
     fp = int(np.sum(flagged & ~labels))
     tn = int(np.sum(~flagged & ~labels))
     fn = int(np.sum(~flagged & labels))
+    return confusion_from_counts(tp, fp, tn, fn, float(threshold))
 
-    def rate(a: int, b: int) -> float:
+
+def confusion_from_counts(tp: int, fp: int, tn: int, fn: int, threshold: float) -> dict:
+    """The dict of `confusion` from the four counts (a rate with a zero denominator is 0.0)."""
+
+    def rate(a: float, b: float) -> float:
         return a / b if b else 0.0
 
     precision, recall = rate(tp, tp + fp), rate(tp, tp + fn)
     return {
         "threshold": float(threshold),
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
         "precision": precision,
         "recall": recall,
         "f1": rate(2 * precision * recall, precision + recall),
