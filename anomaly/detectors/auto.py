@@ -1,0 +1,316 @@
+"""`auto`: choose a method and its settings without labels, by how well each finds fake defects.
+
+What it does (`AutoDetector.fit`, training images only, never a test image or label):
+
+1. holds out a seeded fraction of the normal training images (`HOLDOUT_FRACTION`, at least
+   `MIN_HOLDOUT`) and pastes synthetic anomalies into copies of them, `SYNTHETIC_PER_IMAGE` per
+   held-out image: DRAEM's Perlin-noise blobs filled with a texture cut from another held-out
+   image or with procedural noise, at a random opacity (`anomaly.synthetic.synthesize`);
+2. fits every candidate of the grid (`CANDIDATES`: a list of `Config` overrides, the one place
+   to change it) on at most `TRIAL_IMAGES` of the remaining training images, and scores the
+   held-out normal images and the synthetic defects;
+3. ranks the candidates by **image AUROC** of held-out normals against synthetic defects (the
+   job is to say which images are defective, and the known failure on real photos was an image
+   score that missed defects its maps saw). Candidates within `TIE` of the best image AUROC are
+   tied (easy synthetic defects often give several a perfect 1.0); among them the one with the
+   highest **AUPRO** on the synthetic masks wins (localisation, with small regions counted as
+   much as large ones), then the earlier one in the grid (cheaper, closer to the defaults);
+4. fits the winner on all training images. `selection` (also in `state_dict`) records every
+   candidate's settings, scores and times, and the choice; the run folder keeps it as
+   `selection.json`.
+
+What it optimises, and its limits: the separation of *synthetic* defects from held-out normal
+images. The synthetic blobs are not the user's defects: a candidate that finds pasted textures
+well may still miss thin cracks, subtle colour shifts or missing parts, and one that reacts to
+any local change of texture may be preferred where real defects are subtle. Held-out normals
+come from the training images, so a shift between training and test conditions (lighting,
+position) is not seen either. The trial fits use fewer images than the final fit. Auto is a
+label-free guess that is better than a fixed default only as far as the synthetic defects
+resemble the real ones; check the choice on a few labelled images where you have them.
+
+Every candidate sees the images at the run's size (`config.size`) and resizes them to its own;
+its maps are resized back, so predictions have the run's size whatever is chosen. The same
+seed gives the same held-out split, the same synthetic defects, the same trial fits and the
+same choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from anomaly.config import Config
+from anomaly.detectors.base import REGISTRY, Detector, register
+from anomaly.metrics import aupro, image_auroc, pixel_auroc
+from anomaly.synthetic import synthesize
+
+# The candidate grid: each entry is a set of Config overrides (with "method") on top of that
+# method's defaults (`Config.for_method`). Earlier entries win ties. Entries whose method is not
+# registered are skipped; entries that fail to build or fit are recorded with their error.
+CANDIDATES: list[dict] = [
+    {"method": "patchknn"},
+    {"method": "patchknn", "score_topk": 0.01},
+    {"method": "patchknn", "backbone": "mobilenet_v2"},
+    {"method": "flow"},
+    {"method": "meandiff"},
+]
+HOLDOUT_FRACTION = 0.2  # of the training images, held out as normals and defect hosts
+MIN_HOLDOUT = 4
+MAX_HOLDOUT = 40
+TRIAL_IMAGES = 80  # training images of each trial fit (at most)
+SYNTHETIC_PER_IMAGE = 2  # synthetic defects made from each held-out image
+PERLIN_SCALES = (1, 6)  # lattice 2..32 cells per side: DRAEM's range without the half-image blobs
+TIE = 0.005  # image AUROCs this close count as a tie, broken by AUPRO
+# Run fields a candidate inherits from the auto run (its images, seed and device).
+INHERITED = ("data", "channels", "seed", "device", "batch_size", "val_fraction",
+             "threshold_quantile")
+
+
+class _Images(Dataset):
+    """In-memory images [N, C, H, W] as data set items a detector's `fit` accepts."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.images[i]
+        return {"image": image, "mask": torch.zeros(image.shape[-2:]), "label": 0,
+                "defect": "good", "path": f"auto-train-{i}"}
+
+
+def candidate_name(settings: dict) -> str:
+    """A short label: the method, then its overrides (`patchknn score_topk=0.01`)."""
+    rest = " ".join(f"{k}={v}" for k, v in settings.items() if k != "method")
+    return f"{settings['method']} {rest}".strip()
+
+
+def candidate_config(run: Config, settings: dict) -> Config:
+    """The config a candidate trains with: its method's defaults, its overrides, and the run's
+    data, channels, seed and device."""
+    settings = dict(settings)
+    method = settings.pop("method")
+    inherited = {name: getattr(run, name) for name in INHERITED}
+    return Config.for_method(method, **inherited).replace(**settings)
+
+
+def _resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True).clamp_(0, 1)
+
+
+def _predict(detector: Detector, images: torch.Tensor,
+             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [N], maps [N, H, W] at the images' size) of a detector fitted at its own size."""
+    for module in detector.modules().values():
+        module.eval()
+    height, width = images.shape[-2:]
+    scores, maps = [], []
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            x = _resize_images(chunk, detector.config.size).to(detector.device)
+            s, m = detector.predict_batch(x)
+            if m.shape[-2:] != (height, width):
+                m = F.interpolate(m[:, None].float(), size=(height, width), mode="bilinear",
+                                  align_corners=False)[:, 0]
+            scores.append(s.float().cpu())
+            maps.append(m.float().cpu())
+    return torch.cat(scores), torch.cat(maps)
+
+
+def _fit(settings: dict, run: Config, images: torch.Tensor, device: torch.device) -> Detector:
+    """Build and fit one candidate on images (at the run's size), seeded by the run's seed."""
+    config = candidate_config(run, settings).validate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        detector = REGISTRY[config.method](config).to(device)
+        detector.fit(_Images(_resize_images(images, config.size)), None, progress=False)
+    return detector
+
+
+def _rank_key(row: dict) -> tuple:
+    return (row["image_auroc"], row["aupro"] if row["aupro"] is not None else -1.0)
+
+
+def choose(rows: list[dict], tie: float = TIE) -> int:
+    """Index of the winning candidate row (see the module docstring); rows with an error lose.
+
+    Raises:
+        RuntimeError: when no candidate could be scored.
+    """
+    scored = [i for i, r in enumerate(rows) if r.get("image_auroc") is not None]
+    if not scored:
+        errors = "; ".join(f"{r['name']}: {r.get('error')}" for r in rows)
+        raise RuntimeError(f"auto: no candidate could be fitted and scored ({errors})")
+    best = max(rows[i]["image_auroc"] for i in scored)
+    tied = [i for i in scored if rows[i]["image_auroc"] >= best - tie]
+    # max() keeps the first of equal keys, so the earlier candidate wins a full tie
+    return max(tied, key=lambda i: (rows[i]["aupro"] if rows[i]["aupro"] is not None else -1.0))
+
+
+@register("auto")
+class AutoDetector(Detector):
+    """Label-free choice among `candidates` by synthetic-defect separation; then delegates.
+
+    Args:
+        config: the run's `Config` (reads size, channels, seed, device, batch_size); each
+            candidate inherits data, channels, seed and device from it (`candidate_config`).
+        candidates: the grid, a list of Config overrides with "method" (default `CANDIDATES`).
+        trial_images, holdout_fraction, synthetic_per_image: see the module constants.
+    """
+
+    def __init__(self, config: Config, candidates: list[dict] | None = None,
+                 trial_images: int = TRIAL_IMAGES, holdout_fraction: float = HOLDOUT_FRACTION,
+                 synthetic_per_image: int = SYNTHETIC_PER_IMAGE) -> None:
+        super().__init__(config)
+        self.candidates = [dict(c) for c in (CANDIDATES if candidates is None else candidates)]
+        for c in self.candidates:
+            if "method" not in c or c["method"] == "auto":
+                raise ValueError(f"auto: candidate {c} needs a method other than auto")
+        self.trial_images = int(trial_images)
+        self.holdout_fraction = float(holdout_fraction)
+        self.synthetic_per_image = int(synthetic_per_image)
+        self.inner: Detector | None = None
+        self.chosen: dict | None = None
+        self.selection: dict | None = None
+
+    # --- the detector contract ----------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return self.inner.modules() if self.inner is not None else {}
+
+    def to(self, device) -> AutoDetector:
+        self.device = torch.device(device)
+        if self.inner is not None:
+            self.inner.to(self.device)
+        return self
+
+    def fit(self, train_data, val_data=None, run_dir=None, progress: bool = False,
+            resume: bool = False) -> AutoDetector:
+        """Choose a candidate on `train_data` (normal images only; `val_data` is not used),
+        then fit it on all of `train_data`."""
+        t_start = time.perf_counter()
+        images = self._load(train_data)
+        train, normals, defects, masks = self.split(images)
+        held_out = torch.cat([normals, defects])
+        truth = torch.cat([torch.zeros(len(normals)), torch.ones(len(defects))])
+        pixel_truth = torch.cat([torch.zeros(len(normals), *masks.shape[-2:]), masks])
+        rows = []
+        for settings in self.candidates:
+            rows.append(self._trial(settings, train, held_out, truth, pixel_truth, progress))
+        index = choose(rows)
+        self.chosen = dict(self.candidates[index])
+        t0 = time.perf_counter()
+        self.inner = _fit(self.chosen, self.config, images, self.device)
+        final_s = time.perf_counter() - t0
+        self.selection = {
+            "criterion": "image AUROC of held-out normal training images against synthetic "
+                         f"defects made from them; ties within {TIE} broken by AUPRO on the "
+                         "synthetic masks, then by grid order",
+            "seed": self.config.seed, "size": self.config.size,
+            "train_images": len(images), "trial_images": len(train),
+            "held_out_normals": len(normals), "synthetic_defects": len(defects),
+            "candidates": rows, "chosen_index": index, "chosen": rows[index]["name"],
+            "chosen_settings": self.chosen, "final_fit_s": round(final_s, 2),
+            "total_s": round(time.perf_counter() - t_start, 2),
+        }
+        if progress:
+            print(format_selection(self.selection))
+        return self
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.inner is None:
+            raise RuntimeError("auto: call fit() (or load a run) before predicting")
+        return _predict(self.inner, images, len(images))
+
+    def state_dict(self) -> dict:
+        if self.inner is None:
+            raise RuntimeError("auto: nothing to save before fit()")
+        return {"chosen": json.dumps(self.chosen), "selection": json.dumps(self.selection),
+                "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        chosen = json.loads(state["chosen"])
+        method = chosen.get("method")
+        if method not in REGISTRY:
+            raise RuntimeError(f"auto: the saved choice uses method {method!r}, which this "
+                               f"version of anomaly does not have")
+        inner = REGISTRY[method](candidate_config(self.config, chosen))
+        inner.load_state_dict(state["inner"])
+        self.inner, self.chosen = inner.to(self.device), chosen
+        self.selection = json.loads(state["selection"])
+
+    # --- the steps ----------------------------------------------------------------------
+    def _load(self, data) -> torch.Tensor:
+        """All training images [N, C, H, W] at the run's size (only "image" is read)."""
+        if len(data) == 0:
+            raise ValueError("fit() got an empty data set: there are no images to learn from")
+        images = torch.stack([data[i]["image"] for i in range(len(data))]).float()
+        if len(images) < MIN_HOLDOUT + 2:
+            raise ValueError(f"auto needs at least {MIN_HOLDOUT + 2} training images to hold "
+                             f"some out, got {len(images)}; add images or choose a method "
+                             "(--method patchknn)")
+        return images
+
+    def split(self, images: torch.Tensor):
+        """Seeded (trial training images, held-out normals, synthetic defects, their masks)."""
+        n = len(images)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        order = torch.randperm(n, generator=gen)
+        n_out = min(MAX_HOLDOUT, n - 2, max(MIN_HOLDOUT, math.ceil(self.holdout_fraction * n)))
+        normals = images[order[:n_out]]
+        rest = order[n_out:]
+        train = images[rest[: self.trial_images].sort().values]
+        hosts = normals.repeat(self.synthetic_per_image, 1, 1, 1)
+        defects, masks = synthesize(hosts, generator=gen, p_anomaly=1.0, scales=PERLIN_SCALES)
+        keep = masks.flatten(1).amax(1) > 0  # a mask that stayed empty made no defect
+        return train, normals, defects[keep], masks[keep]
+
+    def _trial(self, settings: dict, train, held_out, truth, pixel_truth, progress) -> dict:
+        row = {"name": candidate_name(settings), "settings": dict(settings), "image_auroc": None,
+               "pixel_auroc": None, "aupro": None, "fit_s": None, "score_s": None, "error": None}
+        if settings["method"] not in REGISTRY:
+            row["error"] = f"method {settings['method']!r} is not available"
+            return row
+        try:
+            t0 = time.perf_counter()
+            detector = _fit(settings, self.config, train, self.device)
+            t1 = time.perf_counter()
+            scores, maps = _predict(detector, held_out, self.config.batch_size)
+            row["fit_s"], row["score_s"] = round(t1 - t0, 2), round(time.perf_counter() - t1, 2)
+        except (ValueError, RuntimeError, FileNotFoundError, KeyError) as err:
+            row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+            return row
+        row["image_auroc"] = round(image_auroc(truth.numpy(), scores.numpy()), 4)
+        masks, maps = pixel_truth.numpy(), maps.numpy()
+        row["pixel_auroc"] = round(pixel_auroc(masks, maps), 4)
+        row["aupro"] = round(aupro(masks, maps), 4)
+        if progress:
+            print(f"auto: {row['name']}: image AUROC {row['image_auroc']}, AUPRO {row['aupro']}"
+                  f" ({row['fit_s']} s fit)")
+        return row
+
+
+def format_selection(selection: dict) -> str:
+    """The choice and every candidate's scores, as lines for the CLI or a notebook."""
+    lines = [(f"auto chose {selection['chosen']} ({selection['criterion']}; "
+              f"{selection['held_out_normals']} held-out normals, "
+              f"{selection['synthetic_defects']} synthetic defects)")]
+    for i, row in enumerate(selection["candidates"]):
+        mark = "*" if i == selection["chosen_index"] else " "
+        if row["error"]:
+            lines.append(f" {mark} {row['name']:<40} skipped: {row['error']}")
+        else:
+            lines.append(f" {mark} {row['name']:<40} image AUROC {row['image_auroc']:.4f}  "
+                         f"AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""`auto`: label-free choice of a method by synthetic-defect separation, and its saved state."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from anomaly.config import Config
+from anomaly.detectors import REGISTRY, Detector, register
+from anomaly.detectors.auto import AutoDetector, candidate_config, choose, format_selection
+
+SIZE = 48
+FAST = {"method": "patchknn", "size": SIZE, "coreset_ratio": 0.1}
+GRID = [FAST, {**FAST, "score_topk": 0.05}]
+
+
+class Textures(Dataset):
+    """Smooth random colour textures: normal images only (what auto trains on)."""
+
+    def __init__(self, n: int = 14, seed: int = 0, contrast: float = 0.4) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.rand(n, 3, SIZE // 8, SIZE // 8, generator=gen)
+        self.images = 0.5 - contrast / 2 + contrast * torch.nn.functional.interpolate(
+            noise, size=(SIZE, SIZE), mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "mask": torch.zeros(SIZE, SIZE), "label": 0,
+                "defect": "good", "path": f"img{i}.png"}
+
+
+class ImageOnly(dict):
+    """A data set item whose every key but "image" fails: proves labels and masks are unread."""
+
+    def __getitem__(self, key):
+        if key != "image":
+            raise AssertionError(f"auto read {key!r} of a training item")
+        return super().__getitem__(key)
+
+
+class NoLabels(Textures):
+    def __getitem__(self, i: int) -> dict:
+        return ImageOnly(image=self.images[i], label=None, mask=None, defect=None, path=None)
+
+
+@pytest.fixture
+def stubs():
+    """Two registered stub methods: `stub-blind` scores every image the same (AUROC 0.5),
+    `stub-mean` scores the image's deviation from the mean training image (sees pastes)."""
+
+    @register("stub-blind")
+    class Blind(Detector):
+        def fit(self, train_data, val_data=None, progress=False, **kwargs):
+            return self
+
+        def predict_batch(self, images):
+            return torch.zeros(len(images)), torch.zeros(len(images), *images.shape[-2:])
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    @register("stub-mean")
+    class Mean(Blind):
+        def fit(self, train_data, val_data=None, progress=False, **kwargs):
+            self.mean = torch.stack([train_data[i]["image"] for i in range(len(train_data))]).mean(0)
+            return self
+
+        def predict_batch(self, images):
+            maps = (images - self.mean).abs().mean(1)
+            return maps.flatten(1).amax(1), maps
+
+    yield
+    del REGISTRY["stub-blind"], REGISTRY["stub-mean"]
+
+
+def _config(seed: int = 0) -> Config:
+    return Config(method="auto", size=SIZE, channels=3, seed=seed, batch_size=8)
+
+
+def test_same_seed_same_choice_and_scores():
+    first = AutoDetector(_config(), candidates=GRID).fit(Textures())
+    second = AutoDetector(_config(), candidates=GRID).fit(Textures())
+    strip = [{k: v for k, v in r.items() if not k.endswith("_s")}
+             for r in first.selection["candidates"]]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("_s")}
+                     for r in second.selection["candidates"]]
+    assert first.selection["chosen"] == second.selection["chosen"]
+    other = AutoDetector(_config(seed=1), candidates=GRID).fit(Textures())
+    assert other.selection["candidates"][0]["image_auroc"] is not None
+
+
+def test_chooses_the_best_separation_over_a_blind_candidate(stubs):
+    grid = [{"method": "stub-blind"}, {"method": "stub-mean", "size": SIZE},
+            {"method": "no-such-method"}]
+    data = Textures(contrast=0.02)
+    auto = AutoDetector(_config(), candidates=grid).fit(data)
+    rows = auto.selection["candidates"]
+    assert rows[0]["image_auroc"] == 0.5
+    assert rows[1]["image_auroc"] > 0.8
+    assert rows[2]["error"] and "not available" in rows[2]["error"]
+    assert auto.selection["chosen"] == "stub-mean size=48" and auto.chosen == grid[1]
+    assert isinstance(auto.inner, REGISTRY["stub-mean"])
+    assert torch.allclose(auto.inner.mean, data.images.mean(0))  # final fit: all images
+    text = format_selection(auto.selection)
+    assert "auto chose stub-mean size=48" in text and "skipped" in text
+
+
+def test_choose_breaks_image_auroc_ties_by_aupro_then_grid_order():
+    rows = [{"name": "a", "image_auroc": 0.99, "aupro": 0.5},
+            {"name": "b", "image_auroc": 0.996, "aupro": 0.4},
+            {"name": "c", "image_auroc": 0.9, "aupro": 0.9},
+            {"name": "d", "image_auroc": None, "aupro": None, "error": "broken"}]
+    assert choose(rows) == 1  # a is more than the tie margin below b
+    assert choose(rows, tie=0.01) == 0  # a and b tied: a localises better
+    rows[1]["aupro"] = 0.5
+    assert choose(rows, tie=0.01) == 0  # a full tie goes to the earlier candidate
+    with pytest.raises(RuntimeError, match="no candidate"):
+        choose([rows[3]])
+
+
+def test_selection_lists_every_candidate_and_is_json(stubs):
+    grid = [FAST, {"method": "stub-blind"}, {"method": "patchknn", "backbone": "no-such-net"}]
+    auto = AutoDetector(_config(), candidates=grid).fit(Textures())
+    sel = json.loads(json.dumps(auto.selection))
+    assert [r["settings"] for r in sel["candidates"]] == grid
+    assert sel["candidates"][2]["error"].startswith("ValueError")
+    assert sel["chosen_settings"] == FAST
+    assert sel["held_out_normals"] == 4 and sel["trial_images"] == 10
+    assert 0 < sel["synthetic_defects"] <= 8
+    for row in sel["candidates"][:2]:
+        assert 0 <= row["image_auroc"] <= 1 and 0 <= row["aupro"] <= 1 and row["fit_s"] >= 0
+
+
+def test_state_round_trip_gives_identical_predictions():
+    data = Textures()
+    auto = AutoDetector(_config(), candidates=GRID).fit(data)
+    buffer = io.BytesIO()
+    torch.save(auto.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = AutoDetector(_config())
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert fresh.chosen == auto.chosen and fresh.selection == auto.selection
+    images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    s1, m1 = auto.predict_batch(images)
+    s2, m2 = fresh.predict_batch(images)
+    assert torch.equal(s1, s2) and torch.equal(m1, m2)
+    assert m1.shape == (3, SIZE, SIZE)
+
+
+def test_training_labels_and_masks_are_never_read():
+    auto = AutoDetector(_config(), candidates=GRID[:1]).fit(NoLabels())
+    assert auto.selection["candidates"][0]["error"] is None
+
+
+def test_candidates_predict_at_their_own_size_and_inherit_the_run():
+    run = _config(seed=3).replace(data="/some/data", channels=1)
+    cfg = candidate_config(run, {"method": "patchknn", "size": 32})
+    assert (cfg.method, cfg.size, cfg.channels, cfg.seed, cfg.data) == \
+        ("patchknn", 32, 1, 3, "/some/data")
+    auto = AutoDetector(_config(), candidates=[{**FAST, "size": 32}]).fit(Textures())
+    scores, maps = auto.predict_batch(torch.rand(2, 3, SIZE, SIZE))
+    assert scores.shape == (2,) and maps.shape == (2, SIZE, SIZE)
+
+
+def test_bad_input_says_what_to_do():
+    with pytest.raises(ValueError, match="at least 6 training images"):
+        AutoDetector(_config(), candidates=GRID).fit(Textures(n=5))
+    with pytest.raises(ValueError, match="method other than auto"):
+        AutoDetector(_config(), candidates=[{"method": "auto"}])
+    with pytest.raises(RuntimeError, match="before predicting"):
+        AutoDetector(_config()).predict_batch(torch.rand(1, 3, SIZE, SIZE))
