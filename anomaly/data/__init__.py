@@ -9,6 +9,7 @@ from anomaly.data.folder import (
     load_image,
     load_mask,
 )
+from anomaly.data.photos import make_photos
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -19,4 +20,5 @@ __all__ = [
     "load_image",
     "load_mask",
     "make_cookies",
+    "make_photos",
 ]

@@ -1,0 +1,356 @@
+"""A benchmark suite of real-photo anomaly sets, made on demand from photos the packages ship.
+
+The cookies are our own drawings; these sets are real photographs no one here made: scikit-image's
+sample photos, scikit-learn's `load_sample_images` and matplotlib's sample data, all read from the
+installed packages (nothing is downloaded). Each set takes one photo and cuts it into crops:
+training crops from one part of the photo, test crops from another part, with a gap between, at
+random positions (and, where the subject has no fixed orientation, random flips and quarter
+turns). Normal variation is therefore real: no test image repeats a pixel a training image saw.
+Defective test crops get one drawn defect each (see `anomaly.data.photos_defects`): scratches,
+stains, foreign material, holes, discolouration and local blur, from 0.1 % to 5 % of the image.
+
+    make_photos("data/photos")     # ROOT/<set>/ in the MVTec AD layout, plus ROOT/manifest.json
+
+scikit-image's `brick`, `grass` and `gravel` photos and the `elpv-dataset` package are kept for
+independent evaluation of the project and are never used here.
+
+Each image has its own generator seeded by (seed, set, split, kind, index), so the same seed and
+`GENERATOR_VERSION` give byte-identical files with the same package versions (a different JPEG
+decoder may change the JPEG sources by a grey level).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from anomaly.data.photos_defects import KINDS, add_defect
+
+GENERATOR = "anomaly.data.photos.make_photos"
+GENERATOR_VERSION = "1.0"
+COUNTS = {"train": 80, "good": 25, "defect": 7}  # train/good, test/good, test per defect kind
+TINY = {"train": 6, "good": 3, "defect": 1}
+# The 8 symmetries of the square: rotate by 90 degrees k times, then maybe mirror left-right.
+DIHEDRAL = ("r0", "r90", "r180", "r270", "m0", "m90", "m180", "m270")
+_F = np.float32
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    """One set: which photo, where its training and test crops come from, and how they look.
+
+    Regions are (x0, y0, x1, y1) rectangles in the photo's pixels; a crop lies wholly inside one
+    region. `circle` (cx, cy, r): crops must also lie wholly inside this circle.
+    """
+
+    name: str
+    photo: str  # key of `SOURCES`
+    kind: str  # what a person would call it
+    crop: int  # crop side in the photo's pixels
+    size: int  # side of the saved images
+    train: tuple[tuple[int, int, int, int], ...]
+    test: tuple[tuple[int, int, int, int], ...]
+    transforms: tuple[str, ...] = ("r0",)
+    circle: tuple[int, int, int] | None = None
+    kinds: tuple[str, ...] = KINDS  # the defect kinds drawn
+    note: str = field(default="", compare=False)
+
+
+# photo key -> (package, how to load it); every photo but a set's own gives foreign material
+SOURCES = {
+    "moon": ("scikit-image", "skimage.data.moon()"),
+    "cell": ("scikit-image", "skimage.data.cell()"),
+    "immunohistochemistry": ("scikit-image", "skimage.data.immunohistochemistry()"),
+    "hubble_deep_field": ("scikit-image", "skimage.data.hubble_deep_field()"),
+    "page": ("scikit-image", "skimage.data.page()"),
+    "coins": ("scikit-image", "skimage.data.coins()"),
+    "retina": ("scikit-image", "skimage.data.retina()"),
+    "flower": ("scikit-learn", "sklearn.datasets.load_sample_images() flower.jpg"),
+    "china": ("scikit-learn", "sklearn.datasets.load_sample_images() china.jpg"),
+    "grace_hopper": ("matplotlib", "matplotlib.cbook.get_sample_data('grace_hopper.jpg')"),
+    # used only as foreign material pasted into the sets' defects
+    "astronaut": ("scikit-image", "skimage.data.astronaut()"),
+    "chelsea": ("scikit-image", "skimage.data.chelsea()"),
+    "coffee": ("scikit-image", "skimage.data.coffee()"),
+    "rocket": ("scikit-image", "skimage.data.rocket()"),
+    "camera": ("scikit-image", "skimage.data.camera()"),
+}
+
+# Coin centres (x, y) in skimage's coins photo, row by row, found once by thresholding against
+# the local mean and kept here so the set does not depend on a segmentation. Training coins are
+# each row's three on the left, test coins each row's two on the right; the fourth column is
+# left out, so no training crop touches a test crop.
+_COINS = (((44, 54), (100, 56), (155, 50), (276, 52), (334, 43)),
+          ((44, 124), (102, 125), (153, 127), (270, 119), (336, 124)),
+          ((43, 197), (101, 195), (154, 197), (273, 193), (347, 186)),
+          ((45, 259), (113, 265), (172, 261), (300, 263), (358, 267)))
+_COIN_BOX = 36  # a 64 px crop centred on the coin, moved by up to 4 px: boxes of 72 px
+
+
+def _coin_boxes(columns: range) -> tuple[tuple[int, int, int, int], ...]:
+    return tuple((x - _COIN_BOX, y - _COIN_BOX, x + _COIN_BOX, y + _COIN_BOX)
+                 for row in _COINS for x, y in (row[i] for i in columns))
+
+
+_NO_BLUR = tuple(k for k in KINDS if k != "blur")  # for photos too smooth to show a blur
+SETS = (
+    PhotoSet("moon", "moon", "stochastic texture, greyscale (lunar surface)", 192, 256,
+             train=((0, 0, 240, 512),), test=((272, 0, 512, 512),),
+             kinds=_NO_BLUR, note="lit from one side: no flips; no blur defects (too smooth "
+             "to show one)"),
+    PhotoSet("cell", "cell", "faint stochastic texture, greyscale (microscope background)", 128,
+             256, train=((0, 60, 550, 250),), test=((0, 280, 310, 660),),
+             transforms=DIHEDRAL, kinds=_NO_BLUR,
+             note="the cell and its halo are left out; no blur defects (already out of focus)"),
+    PhotoSet("tissue", "immunohistochemistry", "stochastic texture, colour (stained tissue)",
+             192, 256, train=((0, 0, 240, 512),), test=((272, 0, 512, 512),),
+             transforms=DIHEDRAL),
+    PhotoSet("deepfield", "hubble_deep_field", "sparse stochastic texture, colour (galaxies)",
+             256, 256, train=((0, 0, 480, 872),), test=((520, 0, 1000, 872),),
+             transforms=DIHEDRAL),
+    PhotoSet("page", "page", "regular pattern, greyscale (printed text)", 128, 256,
+             train=((0, 0, 176, 191),), test=((208, 0, 384, 191),), note="text: no flips"),
+    PhotoSet("coins", "coins", "objects, greyscale (one coin per image)", 64, 128,
+             train=_coin_boxes(range(3)), test=_coin_boxes(range(3, 5)),
+             note="different coins in train and test; lit from one side: no flips"),
+    PhotoSet("retina", "retina", "structure, colour (fundus vessels)", 320, 256,
+             train=((0, 0, 1411, 560),), test=((0, 760, 1411, 1411),),
+             transforms=("r0", "m0", "r180", "m180"), circle=(705, 705, 660),
+             kinds=_NO_BLUR,
+             note="upper vs lower retina, either way up and mirrored (as a left or right eye)"),
+    PhotoSet("dahlia", "flower", "regular pattern, colour (dahlia petals)", 80, 160,
+             train=((170, 85, 298, 365),), test=((316, 85, 445, 365),), transforms=DIHEDRAL,
+             circle=(307, 223, 128), note="left vs right half of the flower"),
+)
+RESERVED = ("brick", "grass", "gravel", "elpv-dataset")  # never loaded: see the module docstring
+
+
+@cache
+def load_photo(key: str) -> np.ndarray:
+    """The photo `key` of `SOURCES` as uint8 (H, W) or (H, W, 3), read from its package."""
+    if key not in SOURCES:
+        raise ValueError(f"unknown photo {key!r}; choose one of {sorted(SOURCES)}")
+    if key in ("flower", "china"):
+        from sklearn.datasets import load_sample_images
+
+        bunch = load_sample_images()
+        names = [Path(f).name for f in bunch.filenames]
+        image = bunch.images[names.index(f"{key}.jpg")]
+    elif key == "grace_hopper":
+        from matplotlib import cbook
+
+        with cbook.get_sample_data("grace_hopper.jpg") as f, Image.open(f) as im:
+            image = np.asarray(im.convert("RGB"))
+    else:
+        import skimage.data
+
+        image = getattr(skimage.data, key)()
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    image.setflags(write=False)
+    return image
+
+
+def _positions(spec: PhotoSet, rects) -> list[tuple[int, int, int, int]]:
+    """Per region: (x0, y0, number of x positions, number of y positions) of a crop."""
+    out = []
+    for x0, y0, x1, y1 in rects:
+        nx, ny = x1 - x0 - spec.crop + 1, y1 - y0 - spec.crop + 1
+        if nx < 1 or ny < 1:
+            raise ValueError(f"photo set {spec.name}: region {(x0, y0, x1, y1)} is smaller than "
+                             f"its {spec.crop} px crop")
+        out.append((x0, y0, nx, ny))
+    return out
+
+
+def _inside_circle(spec: PhotoSet, x: int, y: int) -> bool:
+    if spec.circle is None:
+        return True
+    cx, cy, r = spec.circle
+    xs, ys = np.array([x, x + spec.crop]) - cx, np.array([y, y + spec.crop]) - cy
+    return bool((xs[:, None] ** 2 + ys[None, :] ** 2 <= r * r).all())
+
+
+def _sample_crop(rng: np.random.Generator, spec: PhotoSet, split: str):
+    """A crop box (x0, y0, x1, y1) inside the split's regions, and a transform."""
+    regions = _positions(spec, spec.train if split == "train" else spec.test)
+    weights = np.array([nx * ny for _, _, nx, ny in regions], float)
+    for _ in range(1000):
+        x0, y0, nx, ny = regions[rng.choice(len(regions), p=weights / weights.sum())]
+        x, y = x0 + int(rng.integers(nx)), y0 + int(rng.integers(ny))
+        if _inside_circle(spec, x, y):
+            break
+    else:
+        raise ValueError(f"photo set {spec.name}: no crop fits its regions and circle")
+    return (x, y, x + spec.crop, y + spec.crop), str(rng.choice(spec.transforms))
+
+
+def _transform(a: np.ndarray, code: str) -> np.ndarray:
+    a = np.rot90(a, k=int(code[1:]) // 90)
+    return np.ascontiguousarray(a[:, ::-1] if code[0] == "m" else a)
+
+
+def render_crop(spec: PhotoSet, box, code: str, size: int) -> np.ndarray:
+    """The crop as float32 [size, size, C] in [0, 1] (C = 1 for greyscale photos)."""
+    photo = load_photo(spec.photo)
+    x0, y0, x1, y1 = box
+    crop = _transform(photo[y0:y1, x0:x1], code)
+    if crop.shape[0] != size:
+        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.LANCZOS))
+    crop = crop.astype(_F) / 255
+    return crop[..., None] if crop.ndim == 2 else crop
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)  # no time, no metadata
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def _set_id(name: str) -> int:
+    return zlib.crc32(name.encode())  # stable across runs and Python versions
+
+
+def _make_set(root: Path, spec: PhotoSet, seed: int, counts: dict, size: int) -> dict:
+    donors = [load_photo(key) for key in SOURCES if key != spec.photo]
+    donors = [d for d in donors if min(d.shape[:2]) >= size]
+    jobs = [("train", "good", i) for i in range(counts["train"])]
+    jobs += [("test", "good", i) for i in range(counts["good"])]
+    jobs += [("test", kind, i) for kind in spec.kinds for i in range(counts["defect"])]
+    images = {}
+    for split, kind, i in jobs:
+        kind_id = 0 if kind == "good" else 1 + KINDS.index(kind)
+        rng = np.random.default_rng([seed, _set_id(spec.name), split == "test", kind_id, i])
+        box, code = _sample_crop(rng, spec, split)
+        image = render_crop(spec, box, code, size)
+        rel = f"{split}/{kind}/{i:03d}.png"
+        entry = {"split": split, "kind": kind, "crop": list(box), "transform": code,
+                 "mask": None, "defect_area": 0, "area_fraction": 0.0}
+        if kind != "good":
+            image, mask, facts = add_defect(rng, image, kind, donors)
+            entry["mask"] = f"ground_truth/{kind}/{i:03d}_mask.png"
+            entry["defect_area"] = int(mask.sum())
+            entry["area_fraction"] = round(entry["defect_area"] / size**2, 6)
+            entry.update(facts)
+            _save_png(mask.astype(np.uint8) * 255, root / spec.name / entry["mask"])
+        _save_png(_to_uint8(image), root / spec.name / rel)
+        images[rel] = entry
+    photo = load_photo(spec.photo)
+    package, call = SOURCES[spec.photo]
+    return {"photo": spec.photo, "package": package, "load": call,
+            "photo_shape": list(photo.shape), "colour": photo.ndim == 3, "kind": spec.kind,
+            "note": spec.note, "crop": spec.crop, "size": size,
+            "transforms": list(spec.transforms),
+            "regions": {"train": [list(r) for r in spec.train],
+                        "test": [list(r) for r in spec.test]},
+            "circle": list(spec.circle) if spec.circle else None,
+            "defect_kinds": list(spec.kinds),
+            "counts": {"train/good": counts["train"], "test/good": counts["good"],
+                       **{f"test/{k}": counts["defect"] for k in spec.kinds}},
+            "images": images}
+
+
+def make_photos(root: str | Path, seed: int = 0, overwrite: bool = False,
+                size: int | None = None, train: int | None = None, good: int | None = None,
+                defect: int | None = None, tiny: bool = False,
+                sets: list[str] | tuple[str, ...] | None = None,
+                progress: bool = False) -> dict:
+    """Write the photo suite, one MVTec AD folder per set, and return its manifest.
+
+    Layout: `ROOT/<set>/train/good/000.png`, `ROOT/<set>/test/good/000.png`,
+    `ROOT/<set>/test/<kind>/000.png`, `ROOT/<set>/ground_truth/<kind>/000_mask.png` (L mode,
+    255 = defect) and `ROOT/manifest.json`.
+
+    Args:
+        root: folder to write. Writing the same suite again is fine. A folder whose
+            `manifest.json` says `make_photos` wrote it is replaced with `overwrite=True` (only
+            its set folders and manifest are deleted); any other non-empty folder is refused.
+        seed: non-negative; the same seed gives byte-identical files (see the module docstring).
+        size: side of the saved images; None = each set's own (128-256 px, see `SETS`).
+        train, good, defect: training images, good test images and test images per defect kind
+            (6 kinds) of every set; None = `COUNTS` (80, 25, 7), or `TINY` (6, 3, 1) if `tiny`.
+        tiny: small counts, for tests.
+        sets: names of the sets to make (default all of `SETS`).
+        progress: show a tqdm progress bar over the sets.
+
+    Returns:
+        The manifest, also saved as `manifest.json`: generator and version, seed, counts and, per
+        set, the photo and its package, the kind of set, crop and image size, the train and test
+        regions, and per image its split, defect kind, crop box, transform, mask and defect area.
+    """
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    if size is not None and (isinstance(size, bool) or int(size) != size or size < 32):
+        raise ValueError(f"size must be a whole number of pixels, at least 32; got {size!r}")
+    base = TINY if tiny else COUNTS
+    counts = {"train": base["train"] if train is None else train,
+              "good": base["good"] if good is None else good,
+              "defect": base["defect"] if defect is None else defect}
+    for key, value in counts.items():
+        if isinstance(value, bool) or int(value) != value or value < 0 or (
+                key == "train" and value < 1):
+            raise ValueError(f"{key} must be a whole number, at least {int(key == 'train')}; "
+                             f"got {value!r}")
+    names = [s.name for s in SETS]
+    unknown = sorted(set(sets or ()) - set(names))
+    if unknown:
+        raise ValueError(f"unknown photo sets {unknown}; choose from {names}")
+    chosen = [s for s in SETS if sets is None or s.name in sets]
+    manifest = {"generator": GENERATOR, "generator_version": GENERATOR_VERSION,
+                "seed": int(seed), "size": size, "counts": {k: int(v) for k, v in counts.items()},
+                "defect_kinds": list(KINDS), "sets": {}}
+    root = Path(root)
+    _check_root(root, manifest, [s.name for s in chosen], overwrite)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chosen = tqdm(chosen, desc="photo sets")
+    for spec in chosen:
+        manifest["sets"][spec.name] = _make_set(root, spec, int(seed), counts, size or spec.size)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool) -> None:
+    """Refuse to write into a folder the generator did not make; replace one it made."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ValueError(f"{root} is a file; choose a folder for the photo suite")
+    if not any(root.iterdir()):
+        return
+    old = root / "manifest.json"
+    previous = None
+    if old.exists():
+        try:
+            previous = json.loads(old.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+    if not isinstance(previous, dict) or previous.get("generator") != GENERATOR:
+        raise ValueError(f"{root} is not empty and was not written by make_photos (no "
+                         "manifest.json of it); choose an empty or new folder for the photo "
+                         "suite, or move the files away")
+    settings = {k: v for k, v in manifest.items() if k != "sets"}
+    same = {k: previous.get(k) for k in settings} == settings
+    if same and sorted(previous.get("sets", {})) == sorted(names):
+        return  # the same suite again: files are rewritten byte for byte
+    if not overwrite:
+        raise ValueError(f"{root} holds a photo suite made with other settings (seed, counts, "
+                         "size or sets); pass overwrite=True (--overwrite) to replace it, or "
+                         "choose another folder")
+    for name in previous.get("sets", {}):
+        folder = root / name
+        if name and "/" not in name and folder.is_dir() and folder.parent == root:
+            shutil.rmtree(folder)
+    old.unlink()
