@@ -1,4 +1,4 @@
-"""The real-photo suite generator: determinism, masks, counts, disjoint regions, no reserved data."""
+"""The photo suite generator: determinism, masks, counts, disjoint regions, no reserved photo."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly.data import AnomalyDataset, make_photos
-from anomaly.data import photos, photos_defects
+from anomaly.data import AnomalyDataset, make_photos, photos, photos_defects
 
 FEW = ["page", "coins"]  # the two smallest sets: quick to make twice
 
@@ -71,7 +70,7 @@ def test_every_set_counts_and_masks(suite):
 
 
 def test_defects_change_what_their_masks_cover(suite):
-    root, manifest = suite
+    _, manifest = suite
     for name, s in manifest["sets"].items():
         for rel, entry in s["images"].items():
             if entry["kind"] != "good":  # drawn until visible (blur: a weaker bar)
