@@ -27,6 +27,8 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "draem": {"width": 8, "epochs": 15, "batch_size": 8},
     "patchknn": {"size": 160, "channels": 3},
     "flow": {"size": 160, "channels": 3, "epochs": 10},
+    # the images auto's candidates see (each resizes them to its own size; anomaly.detectors.auto)
+    "auto": {"size": 160, "channels": 3},
 }
 
 

@@ -88,6 +88,9 @@ def _config(seed: int = 0) -> Config:
 
 def test_same_seed_same_choice_and_scores():
     first = AutoDetector(_config(), candidates=GRID).fit(Textures())
+    rows = first.selection["candidates"]
+    assert rows[1]["fit_shared_with"] == rows[0]["name"]  # differs only in the image score
+    assert rows[0]["aupro"] == rows[1]["aupro"]
     second = AutoDetector(_config(), candidates=GRID).fit(Textures())
     strip = [{k: v for k, v in r.items() if not k.endswith("_s")}
              for r in first.selection["candidates"]]
@@ -121,7 +124,9 @@ def test_choose_breaks_image_auroc_ties_by_aupro_then_grid_order():
             {"name": "d", "image_auroc": None, "aupro": None, "error": "broken"}]
     assert choose(rows) == 1  # a is more than the tie margin below b
     assert choose(rows, tie=0.01) == 0  # a and b tied: a localises better
-    rows[1]["aupro"] = 0.5
+    rows[1]["aupro"] = 0.5001
+    assert choose(rows, tie=0.01) == 1  # same AUPRO (3 decimals): the higher image AUROC
+    rows[1]["image_auroc"] = 0.99
     assert choose(rows, tie=0.01) == 0  # a full tie goes to the earlier candidate
     with pytest.raises(RuntimeError, match="no candidate"):
         choose([rows[3]])

@@ -14,7 +14,7 @@ What it does (`AutoDetector.fit`, training images only, never a test image or la
    score that missed defects its maps saw). Candidates within `TIE` of the best image AUROC are
    tied (easy synthetic defects often give several a perfect 1.0); among them the one with the
    highest **AUPRO** on the synthetic masks wins (localisation, with small regions counted as
-   much as large ones), then the earlier one in the grid (cheaper, closer to the defaults);
+   much as large ones), then the higher image AUROC, then the earlier one in the grid;
 4. fits the winner on all training images. `selection` (also in `state_dict`) records every
    candidate's settings, scores and times, and the choice; the run folder keeps it as
    `selection.json`.
@@ -36,6 +36,7 @@ same choice.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -54,12 +55,16 @@ from anomaly.synthetic import synthesize
 # method's defaults (`Config.for_method`). Earlier entries win ties. Entries whose method is not
 # registered are skipped; entries that fail to build or fit are recorded with their error.
 CANDIDATES: list[dict] = [
-    {"method": "patchknn"},
-    {"method": "patchknn", "score_topk": 0.01},
+    {"method": "patchknn"},  # the project's defaults
+    {"method": "patchknn", "score_border": 8},  # image score ignores two stride-4 cells of edge
+    {"method": "patchknn", "layers": "blocks.4,blocks.10"},  # coarser stages (stride 8 and 16)
     {"method": "patchknn", "backbone": "mobilenet_v2"},
     {"method": "flow"},
     {"method": "meandiff"},
 ]
+# Fields read only when a fitted detector scores images: candidates that differ only in these
+# share one trial fit (and the final fit is the same).
+SCORE_FIELDS = ("score_topk", "score_border")
 HOLDOUT_FRACTION = 0.2  # of the training images, held out as normals and defect hosts
 MIN_HOLDOUT = 4
 MAX_HOLDOUT = 40
@@ -138,12 +143,15 @@ def _fit(settings: dict, run: Config, images: torch.Tensor, device: torch.device
     return detector
 
 
-def _rank_key(row: dict) -> tuple:
-    return (row["image_auroc"], row["aupro"] if row["aupro"] is not None else -1.0)
+def _aupro(row: dict) -> float:
+    return row["aupro"] if row["aupro"] is not None else -1.0
 
 
 def choose(rows: list[dict], tie: float = TIE) -> int:
     """Index of the winning candidate row (see the module docstring); rows with an error lose.
+
+    Among rows within `tie` of the best image AUROC: the highest AUPRO (to 3 decimals, so that
+    candidates with the same maps are equal), then the highest image AUROC, then the first.
 
     Raises:
         RuntimeError: when no candidate could be scored.
@@ -155,7 +163,7 @@ def choose(rows: list[dict], tie: float = TIE) -> int:
     best = max(rows[i]["image_auroc"] for i in scored)
     tied = [i for i in scored if rows[i]["image_auroc"] >= best - tie]
     # max() keeps the first of equal keys, so the earlier candidate wins a full tie
-    return max(tied, key=lambda i: (rows[i]["aupro"] if rows[i]["aupro"] is not None else -1.0))
+    return max(tied, key=lambda i: (round(_aupro(rows[i]), 3), rows[i]["image_auroc"]))
 
 
 @register("auto")
@@ -194,19 +202,23 @@ class AutoDetector(Detector):
             self.inner.to(self.device)
         return self
 
-    def fit(self, train_data, val_data=None, run_dir=None, progress: bool = False,
-            resume: bool = False) -> AutoDetector:
+    def fit(self, train_data, val_data=None, *, progress: bool = False, resume: bool = False,
+            checkpoints=None) -> AutoDetector:
         """Choose a candidate on `train_data` (normal images only; `val_data` is not used),
-        then fit it on all of `train_data`."""
+        then fit it on all of `train_data`. Nothing is checkpointed during the search."""
+        if resume:
+            raise ValueError("auto does not train by epochs, so there is nothing to resume; "
+                             "train the run again without --resume")
         t_start = time.perf_counter()
         images = self._load(train_data)
         train, normals, defects, masks = self.split(images)
         held_out = torch.cat([normals, defects])
         truth = torch.cat([torch.zeros(len(normals)), torch.ones(len(defects))])
         pixel_truth = torch.cat([torch.zeros(len(normals), *masks.shape[-2:]), masks])
-        rows = []
+        rows, fitted = [], {}
         for settings in self.candidates:
-            rows.append(self._trial(settings, train, held_out, truth, pixel_truth, progress))
+            rows.append(self._trial(settings, train, held_out, truth, pixel_truth, fitted,
+                                    progress))
         index = choose(rows)
         self.chosen = dict(self.candidates[index])
         t0 = time.perf_counter()
@@ -276,15 +288,28 @@ class AutoDetector(Detector):
         keep = masks.flatten(1).amax(1) > 0  # a mask that stayed empty made no defect
         return train, normals, defects[keep], masks[keep]
 
-    def _trial(self, settings: dict, train, held_out, truth, pixel_truth, progress) -> dict:
+    def _trial(self, settings: dict, train, held_out, truth, pixel_truth, fitted: dict,
+               progress: bool) -> dict:
+        """Fit one candidate on the trial images (or reuse the fit of one that differs only in
+        `SCORE_FIELDS`, kept in `fitted`) and score the held-out images: its selection row."""
         row = {"name": candidate_name(settings), "settings": dict(settings), "image_auroc": None,
-               "pixel_auroc": None, "aupro": None, "fit_s": None, "score_s": None, "error": None}
+               "pixel_auroc": None, "aupro": None, "fit_s": None, "score_s": None,
+               "fit_shared_with": None, "error": None}
         if settings["method"] not in REGISTRY:
             row["error"] = f"method {settings['method']!r} is not available"
             return row
+        key = json.dumps({k: v for k, v in settings.items() if k not in SCORE_FIELDS},
+                         sort_keys=True)
         try:
             t0 = time.perf_counter()
-            detector = _fit(settings, self.config, train, self.device)
+            if key in fitted:
+                name, detector = fitted[key]
+                detector = copy.copy(detector)  # shares the learned state, not the config
+                detector.config = candidate_config(self.config, settings).validate()
+                row["fit_shared_with"] = name
+            else:
+                detector = _fit(settings, self.config, train, self.device)
+                fitted[key] = (row["name"], detector)
             t1 = time.perf_counter()
             scores, maps = _predict(detector, held_out, self.config.batch_size)
             row["fit_s"], row["score_s"] = round(t1 - t0, 2), round(time.perf_counter() - t1, 2)
