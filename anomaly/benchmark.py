@@ -30,7 +30,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import load_config
-    from anomaly.train import read_history
+    from anomaly.runs import read_history
 
     overrides = dict(SMOKE) if smoke else {}
     if method == "unet+kmeans":

@@ -1,33 +1,51 @@
-"""`python -m anomaly ...`: the command line over the same functions the notebooks call."""
+"""`python -m anomaly ...`: the command line over the same functions the notebooks call.
+
+The `train` flags are generated from `anomaly.config.Config`: one flag per field, with the
+field's type, help and choices, and each method's own defaults shown in the help.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
-from anomaly.config import Config
+from anomaly.config import METHOD_DEFAULTS, Config
+
+RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--size", type=int, help="image side in pixels")
-    p.add_argument("--channels", type=int, choices=(1, 3))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--loss", choices=("l2", "ssim"))
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--width", type=int)
-    p.add_argument("--corrupt", type=float, help="ae/unet/vae: fraction of training images given "
-                   "a synthetic anomaly to remove (denoising training; default 0)")
-    p.add_argument("--k", type=int, help="kmeans clusters (default 2, as the original)")
-    p.add_argument("--backbone", help="patchknn/flow feature backbone")
+def _flag(f) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _default_text(name: str, default) -> str:
+    per_method = [f"{m}: {d[name]}" for m, d in sorted(METHOD_DEFAULTS.items()) if name in d]
+    return f"default {default}" + (f"; {', '.join(per_method)}" if per_method else "")
+
+
+def add_config_flags(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    """One flag per Config field (default None: only the flags given change the config)."""
+    for f in fields(Config):
+        default = f.default if f.default is not MISSING else None
+        kind = type(default) if default is not None else str
+        help_text = f.metadata.get("help", "")
+        kw: dict = {"dest": f.name, "default": None, "type": kind}
+        if f.name == "method":
+            kw["choices"] = methods
+        if f.name != "data":
+            help_text += f" ({_default_text(f.name, default)})"
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        p.add_argument(_flag(f), help=help_text.replace("%", "%%"), **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m anomaly", description=__doc__)
+    from anomaly.detectors import REGISTRY
+
+    parser = argparse.ArgumentParser(prog="python -m anomaly", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-cookies", help="generate the cookie inspection data set")
@@ -36,15 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--difficulty", type=float, default=1.0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a cookie data set made here before with other settings (only "
+                        "a folder this generator made: never one without its manifest.json)")
 
-    p = sub.add_parser("train", help="train a detector on train/good into a run folder")
-    p.add_argument("--data", help="data set root (MVTec AD or plain layout)")
-    p.add_argument("--method", default="unet")
+    p = sub.add_parser("make-photos", help="generate the photo-texture data sets")
+    p.add_argument("root")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a photo suite made here before (only a folder this generator "
+                        "made: never one without its manifest.json)")
+
+    p = sub.add_parser("train", help="train a detector on train/good into a run folder",
+                       description="Train a detector. Every setting has a flag; the defaults "
+                       "depend on --method (shown as 'method: value').")
     p.add_argument("--out", required=True, help="run folder to create")
-    p.add_argument("--from", dest="source_run", help="kmeans: the trained run whose encoder gives features")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    _add_config_flags(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (with more --epochs: train longer)")
+    add_config_flags(p, sorted(REGISTRY))
 
     p = sub.add_parser("score", help="score test/: scores.csv, metrics.json, overlays/")
     p.add_argument("--run", required=True)
@@ -53,19 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score new images with a run and its threshold")
     p.add_argument("--run", required=True)
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, or folders of images")
 
     p = sub.add_parser("threshold", help="choose and save the run's threshold")
     p.add_argument("--run", required=True)
-    p.add_argument("--rule", required=True, choices=("manual", "normal-quantile", "f1"))
-    p.add_argument("--value", type=float, help="manual: the threshold; normal-quantile: the quantile")
+    p.add_argument("--rule", required=True, choices=("manual", "normal-quantile", "conformal", "f1"))
+    p.add_argument("--value", type=float, help="manual: the threshold; normal-quantile: the "
+                   "quantile; conformal: alpha, the false-reject rate to guarantee; f1: none")
 
-    p = sub.add_parser("benchmark", help="train and score every method; print one table")
-    p.add_argument("--data", required=True)
-    p.add_argument("--methods", nargs="+")
-    p.add_argument("--out", default="runs/benchmark")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke", action="store_true", help="tiny budgets, to check the wiring")
+    p = sub.add_parser("benchmark", help="train and score every method on every set; print "
+                       "the tables (or --curve train-size)")
+    from anomaly.benchmark import add_arguments  # the benchmark module owns its flags
+
+    add_arguments(p)
 
     p = sub.add_parser("explore", help="serve the threshold explorer as a page (Voila)")
     p.add_argument("--run", action="append", required=True, help="a scored run (repeat for several)")
@@ -73,71 +100,125 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_flags(args) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(Config)
+            if getattr(args, f.name, None) is not None}
+
+
 def _train(args) -> None:
-    from anomaly.pipeline import train_run
-    from anomaly.runs import load_config
+    from anomaly.pipeline import AlreadyTrained, train_run
+    from anomaly.runs import RunDir
 
-    flags = {k: getattr(args, k) for k in ("epochs", "size", "channels", "seed", "device", "loss",
-                                           "batch_size", "lr", "width", "corrupt", "k", "backbone")}
+    flags = _config_flags(args)
+    for name in ("data", "source_run"):
+        if flags.get(name):
+            flags[name] = str(Path(flags[name]).resolve())
     if args.resume:
-        config = load_config(args.out)
-    elif args.method == "kmeans":
-        if not args.source_run:
-            raise ValueError("--method kmeans needs --from RUN (a trained ae, unet or vae run)")
-        config = load_config(args.source_run).replace(
-            method="kmeans", source_run=str(Path(args.source_run).resolve()), k=args.k, seed=args.seed,
-            data=args.data)
+        config = RunDir(args.out).config().replace(**flags)
+        try:
+            detector = train_run(config, args.out, resume=True)
+        except AlreadyTrained as done:
+            print(done)
+            return
     else:
-        from anomaly.detectors import get_detector
+        method = flags.pop("method", None) or Config.method
+        if method == "kmeans":
+            if not flags.get("source_run"):
+                raise ValueError("--method kmeans needs --from RUN (a trained ae, unet or vae run)")
+            source = RunDir(flags["source_run"]).config()
+            config = source.replace(method="kmeans", **flags)
+        else:
+            if not flags.get("data"):
+                raise ValueError("train needs --data ROOT (a data set folder)")
+            config = Config.for_method(method, **flags)
+        detector = train_run(config, args.out)
+    print(f"trained {detector.config.method}: run folder {args.out}")
+    selection = getattr(detector, "selection", None)
+    if isinstance(selection, dict) and "chosen" in selection:
+        print(f"auto chose {json.dumps(selection['chosen'])} (all candidates: "
+              f"{RunDir(args.out).file(RunDir.SELECTION)})")
 
-        get_detector(args.method)  # an unknown method fails here, naming the choices
-        if not args.data:
-            raise ValueError("train needs --data ROOT")
-        config = Config.for_method(args.method, data=str(Path(args.data).resolve()), **flags)
-    train_run(config, args.out, resume=args.resume)
-    print(f"trained {config.method}: run folder {args.out}")
+
+def _score(args) -> None:
+    from anomaly.pipeline import score_run
+
+    _, metrics = score_run(args.run, args.data, overlays=not args.no_overlays)
+    shown = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+    print(json.dumps(shown, indent=2, default=str))
+    for note in metrics.get("notes", []):
+        print(f"note: {note}")
+    wrote = "scores.csv, metrics.json, predictions.npz" + ("" if args.no_overlays else ", overlays/")
+    print(f"wrote {args.run}: {wrote}")
+
+
+def _predict(args) -> int:
+    from anomaly.pipeline import predict_images
+
+    results, threshold = predict_images(args.run, args.images)
+    good = [r for r in results if "error" not in r]
+    for r in good:
+        print(f"{r['path']}\t{r['score']:.6g}\t{r['verdict']}")
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['error']}", file=sys.stderr)
+    if not results:
+        print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
+        return 2
+    if good:
+        print(f"threshold {threshold.value:.6g} ({threshold.rule}); overlays in "
+              f"{Path(good[0]['overlay']).parent}")
+    return 0 if len(good) == len(results) else 2
+
+
+def _make_data(args) -> None:
+    if args.command == "make-cookies":
+        from anomaly.data import make_cookies
+
+        manifest = make_cookies(args.root, preset=args.preset, seed=args.seed, size=args.size,
+                                difficulty=args.difficulty, overwrite=args.overwrite)
+    else:
+        from anomaly.data.photos import make_photos
+
+        manifest = make_photos(args.root, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {args.root}: " + json.dumps(manifest.get("counts", {})))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "make-cookies":
-            from anomaly.data import make_cookies
+    from anomaly.train import Interrupted
 
-            manifest = make_cookies(args.root, preset=args.preset, seed=args.seed, size=args.size,
-                                    difficulty=args.difficulty, overwrite=args.overwrite)
-            print(f"wrote {args.root}: " + json.dumps(manifest["counts"]))
+    try:
+        if args.command in ("make-cookies", "make-photos"):
+            _make_data(args)
         elif args.command == "train":
             _train(args)
         elif args.command == "score":
-            from anomaly.pipeline import score_run
-
-            _, metrics = score_run(args.run, args.data, overlays=not args.no_overlays)
-            shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-            print(json.dumps(shown, indent=2, default=str))
-            print(f"wrote {args.run}/scores.csv, metrics.json, predictions.npz, overlays/")
+            _score(args)
         elif args.command == "predict":
-            from anomaly.pipeline import predict_images
-
-            results, threshold = predict_images(args.run, args.images)
-            for r in results:
-                print(f"{r['path']}\t{r['score']:.6g}\t{r['verdict']}")
-            print(f"threshold {threshold.value:.6g} ({threshold.rule}); overlays in {Path(results[0]['overlay']).parent}")
+            return _predict(args)
         elif args.command == "threshold":
             from anomaly.pipeline import set_threshold
 
             t = set_threshold(args.run, args.rule, args.value)
-            print(f"threshold {t.value:.6g} ({t.rule}) saved to {args.run}/threshold.json")
+            print(f"threshold {t.value:.6g} ({t.rule}) saved to {args.run}")
         elif args.command == "benchmark":
-            from anomaly.benchmark import run_benchmark
+            from anomaly.benchmark import main as benchmark_main
 
-            run_benchmark(args.data, methods=args.methods, out=args.out, seed=args.seed, smoke=args.smoke)
+            benchmark_main(args)
         elif args.command == "explore":
             from anomaly.explorer import serve
 
             serve(args.run, port=args.port)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except Interrupted as stop:
+        print(f"\ninterrupted after epoch {stop.epoch}; "
+              + RESUME_HINT.format(out=getattr(args, "out", "RUN")), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         # Our errors name the file and the fix; a traceback from deep inside torch helps nobody.
-        print(f"error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -27,8 +27,26 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "draem": {"width": 8, "epochs": 15, "batch_size": 8},
     "patchknn": {"size": 160, "channels": 3},
     "flow": {"size": 160, "channels": 3, "epochs": 10},
+    # the per-pixel mean baseline, at patchknn's size and colour (see anomaly.detectors.meandiff)
+    "meandiff": {"size": 160, "channels": 3},
     # the images auto's candidates see (each resizes them to its own size; anomaly.detectors.auto)
     "auto": {"size": 160, "channels": 3},
+}
+
+# Presets applied over METHOD_DEFAULTS when `recipe` names them (`--recipe original`). "original"
+# is the original project (AureliiiieP/Unsupervised-Anomaly-Detection-Pytorch): its 64-wide
+# grayscale UNet with MSE, Adam 1e-3, batch 8, the unsmoothed squared-error map and the per-image
+# MSE as the score; k-means with k = 2 on its max-pooled flattened bottleneck, unstandardised
+# (see anomaly.detectors.kmeans). It trained at 512 px for 1000 GPU epochs; on a CPU 128 px and
+# 5 epochs.
+RECIPES: dict[str, dict[str, dict]] = {
+    "project": {},
+    "original": {
+        "unet": {"size": 128, "channels": 1, "width": 64, "loss": "l2", "lr": 1e-3,
+                 "batch_size": 8, "epochs": 5, "corrupt": 0.0, "smooth_sigma": 0.0,
+                 "score_topk": 1.0, "score_border": 0},
+        "kmeans": {"k": 2, "kmeans_features": "original"},
+    },
 }
 
 
@@ -50,6 +68,9 @@ class Config:
     size: int = _f(128, "images are resized to size x size pixels", min=1)
     channels: int = _f(1, "1 = grayscale (as the original), 3 = RGB", choices=(1, 3))
     seed: int = _f(0, "seed of the split, the weights and the synthetic anomalies")
+    recipe: str = _f("project", "project = this project's defaults; original = the original "
+                     "project's UNet and k-means settings (unet, kmeans)",
+                     choices=tuple(RECIPES))
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     # training (reconstruction, draem, flow)
     epochs: int = _f(40, "training epochs", min=1)
@@ -73,11 +94,19 @@ class Config:
     source_run: str = _f("", "kmeans: the trained ae/unet/vae run whose encoder gives features",
                          flag="--from")
     k: int = _f(2, "kmeans clusters (2, as the original)", min=1)
+    kmeans_features: str = _f("flat", "kmeans: flat = the flattened bottleneck, standardised; "
+                              "original = max-pooled and flattened, unstandardised (the "
+                              "original's)", choices=("flat", "original"))
     backbone: str = _f("efficientnet_lite0", "patchknn/flow feature backbone, or encoder:RUN "
                        "(the encoder of a trained ae/unet/vae run)")
     coreset_ratio: float = _f(0.01, "patchknn: fraction of training patches kept in the bank",
                               above=0.0, max=1.0)
     neighbors: int = _f(1, "patchknn: nearest bank patches averaged per patch", min=1)
+    layers: str = _f("", "patchknn/flow: backbone stages, comma-separated (blocks.N for "
+                     "efficientnet_lite0, features.N for mobilenet_v2); empty = the method's own")
+    feature_pad: int = _f(0, "patchknn/flow: pixels of mirrored image around each image before "
+                          "the backbone, so border features see no zero padding", min=0)
+    score_border: int = _f(0, "image score: pixels at the map's edges it ignores", min=0)
     # thresholds
     threshold_quantile: float = _f(0.99, "default threshold: this quantile of the held-out "
                                    "normal scores", min=0.0, max=1.0)
@@ -87,8 +116,17 @@ class Config:
         """The config a method trains with by default (`METHOD_DEFAULTS`), then `overrides`.
 
         Overrides that are None are ignored, so parsed CLI flags can be passed as they are.
+        `recipe="original"` applies that recipe's preset (`RECIPES`) before the overrides.
         """
-        return cls(method=method, **METHOD_DEFAULTS.get(method, {})).replace(**overrides)
+        recipe = overrides.get("recipe") or "project"
+        if recipe not in RECIPES:
+            raise ValueError(f"--recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+        preset = RECIPES[recipe].get(method)
+        if recipe != "project" and preset is None:
+            raise ValueError(f"--recipe {recipe} exists for {', '.join(RECIPES[recipe])}, "
+                             f"not for {method}")
+        return cls(method=method, **{**METHOD_DEFAULTS.get(method, {}), **(preset or {})}
+                   ).replace(**overrides)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -101,7 +139,7 @@ class Config:
             raise ValueError(f"{path} is not valid JSON ({err}); restore it from a copy or train "
                              "the run again") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"{path} does not hold a config (a JSON object of fields)")
+            raise ValueError(f"{path} does not hold a config (a JSON object of fields)")  # noqa: TRY004
         unknown = sorted(set(raw) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"{path}: unknown config fields {unknown}; "

@@ -147,7 +147,7 @@ def intensity_table(data) -> str:
 
 def reconstructions_figure(runs: dict[str, Path], n: int = 4):
     """Inputs (first row) and each run's reconstruction of them: normal and defective images."""
-    from anomaly.runs import load_run
+    from anomaly.pipeline import load_run
 
     detectors = {name: load_run(run) for name, run in runs.items()}
     datasets = {name: _test_data(d.config) for name, d in detectors.items()}  # each its channels
@@ -188,7 +188,7 @@ def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
 def l2_vs_ssim_figure(run: Path, per_kind: int = 1):
     """The same reconstructions scored two ways: L2 follows intensity, SSIM follows structure."""
     from anomaly.maps import anomaly_map
-    from anomaly.runs import load_run
+    from anomaly.pipeline import load_run
 
     det = load_run(run)
     data = _test_data(det.config)
@@ -216,7 +216,7 @@ def copy_through_table(runs: dict[str, Path]) -> str:
     relative to the error on normal pixels of the same images. A ratio near 1 means the defect
     was copied through (a UNet's skip connections), a large one that it was removed."""
     from anomaly.maps import l2_map
-    from anomaly.runs import load_run
+    from anomaly.pipeline import load_run
 
     lines = [f"{'run':<8} {'error in defect':>16} {'error elsewhere':>16} {'ratio':>6}"]
     for name, run in runs.items():

@@ -1,111 +1,272 @@
 """The jobs a user runs, each a few calls: train a run, score it, set its threshold, predict.
 
 The CLI and the notebooks both call these, so a notebook cell and a shell command do the same.
+This layer joins the others: it builds detectors (resolving `--from RUN` and `encoder:RUN` into
+the modules a detector is given), and it alone decides what goes into a run folder, through
+`anomaly.runs.RunDir`.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from anomaly.config import Config
+from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
-from anomaly.detectors import Predictions, get_detector
-from anomaly.metrics import (Threshold, evaluate, threshold_f1, threshold_manual,
-                             threshold_normal_quantile)
-from anomaly.runs import (RunError, create_run, load_config, load_run, write_json, write_scores)
-from anomaly.train import detector_save, seed_everything, select_device, split_indices
+from anomaly.data.folder import IMAGE_EXTENSIONS, DataError
+from anomaly.detectors import Detector, Predictions, get_detector
+from anomaly.metrics import (
+    Threshold,
+    evaluate,
+    threshold_conformal,
+    threshold_f1,
+    threshold_manual,
+    threshold_normal_quantile,
+)
+from anomaly.runs import RunDir, RunError, config_differences
+from anomaly.train import seed_everything, select_device, split_indices
 
-THRESHOLD_RULES = ("manual", "normal-quantile", "f1")
+THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
+# what `train --resume` may change in a run: how long it trains, and where
+RESUMABLE_FIELDS = ("epochs", "patience", "device")
 
 
-def _datasets(config: Config, split_file: Path | None = None):
+class AlreadyTrained(RunError):
+    """`train --resume` on a finished run with nothing new to do (not an error: nothing done)."""
+
+
+# --- building detectors ------------------------------------------------------------------------
+def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
+    """Rebuild the detector saved in a run folder, with its own config and weights."""
+    run = RunDir(run_dir)
+    config = run.trained_config()
+    detector = build_detector(config, source=None if config.method != "kmeans" else False)
+    run.load_checkpoint(detector)
+    return detector.to(select_device(device or config.device))
+
+
+def build_detector(config: Config, source=None) -> Detector:
+    """A new detector for `config`, with what it needs from other runs already loaded.
+
+    kmeans gets the trained run `config.source_run` (`source`; False = none, for a checkpoint
+    that carries its own); patchknn/flow with backbone `encoder:RUN` get that run's encoder.
+    """
+    cls = get_detector(config.method)
+    kwargs = {}
+    if config.method == "kmeans" and source is None:
+        if not config.source_run:
+            raise ValueError("--method kmeans needs --from RUN (a trained ae, unet or vae run)")
+        source = load_run(config.source_run, device="cpu")
+    if config.method == "kmeans" and source is not False:
+        kwargs["source"] = source
+    if config.backbone.startswith("encoder:") and config.method in ("patchknn", "flow"):
+        encoder_run = config.backbone.split(":", 1)[1]
+        model = getattr(load_run(encoder_run, device="cpu"), "model", None)
+        if model is None or not hasattr(model, "forward_features"):
+            raise ValueError(f"--backbone {config.backbone}: {encoder_run} is not an ae, unet "
+                             "or vae run (no encoder to take features from)")
+        if config.method == "patchknn":
+            kwargs["module"] = model
+        else:
+            from anomaly.features import build_backbone
+
+            kwargs["backbone"] = build_backbone(config.backbone, in_channels=config.channels,
+                                                module=model)
+    return cls(config, **kwargs)
+
+
+def _check_size(detector: Detector, config: Config) -> None:
+    """Refuse an image size the method's networks cannot take, before any data is read."""
+    probe = (getattr(detector, "embed", None) or getattr(detector, "raw_features", None)
+             or (detector.predict_batch if hasattr(detector, "step") else None))
+    if probe is None:  # kmeans takes its source run's size; others check their own input
+        return
+    x = torch.zeros(2, config.channels, config.size, config.size)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        modes = {name: m.training for name, m in detector.modules().items()}
+        for m in detector.modules().values():
+            m.eval()
+        try:
+            probe(x)
+        except (RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0][:160]
+            default = METHOD_DEFAULTS.get(config.method, {}).get("size", Config.size)
+            raise ValueError(f"--size {config.size} does not work for {config.method} ({first}); "
+                             f"use a multiple of 16 of at least 64 (its default is {default})")
+        finally:
+            for name, m in detector.modules().items():
+                m.train(modes[name])
+
+
+# --- train ---------------------------------------------------------------------------------------
+def _datasets(config: Config, split: dict | None = None):
     """train/good as (train, validation) subsets, split by the run's seed (or its saved split)."""
     data = AnomalyDataset(config.data, "train", size=config.size, channels=config.channels)
-    if split_file is not None and split_file.exists():
-        saved = json.loads(split_file.read_text())
+    if split is not None:
         index = {p: i for i, p in enumerate(data.paths)}
-        missing = [p for p in saved["train"] + saved["val"] if p not in index]
+        missing = [p for p in split["train"] + split["val"] if p not in index]
         if missing:
-            raise RunError(f"{split_file} names {len(missing)} images that are not in {config.data} "
-                           f"(first: {missing[0]}); the data changed since the run was made")
-        train_idx = [index[p] for p in saved["train"]]
-        val_idx = [index[p] for p in saved["val"]]
+            raise RunError(f"the run's split names {len(missing)} images that are not in "
+                           f"{config.data} (first: {missing[0]}); the data changed since the run "
+                           "was made")
+        train_idx = [index[p] for p in split["train"]]
+        val_idx = [index[p] for p in split["val"]]
     else:
+        if len(data) == 1:
+            warnings.warn(f"{config.data}: train/good holds only one image, so nothing is held "
+                          "out; the default threshold will come from that training image",
+                          stacklevel=3)
         train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
     return data.subset(train_idx), data.subset(val_idx) if val_idx else None
 
 
-def train_run(config: Config, out: str | Path, resume: bool = False, progress: bool = True):
+def train_run(config: Config | None, out: str | Path, resume: bool = False,
+              progress: bool = True) -> Detector:
     """Train `config.method` on train/good of `config.data` into the run folder `out`.
 
-    Writes config.json, split.json, versions.json, model.pt, history.csv (trained methods),
-    val_scores.json and threshold.json (a quantile of the held-out normal scores). `resume=True`
-    continues an interrupted run from its own config and split.
+    Writes config.json, split.json, versions.json, model.pt, history.csv and last.pt (methods
+    trained by epochs), val_scores.json and threshold.json (a quantile of the held-out normal
+    scores), selection.json (method auto). The folder is locked while training.
+
+    `resume=True` continues an interrupted run with its own config and split; `config` may then
+    be None, or the run's config with `RESUMABLE_FIELDS` changed (more epochs). Any other
+    change is refused by name. A finished run with nothing to add raises `AlreadyTrained`.
+    A threshold the user set is kept.
     """
-    out = Path(out)
+    run = RunDir(out)
     if resume:
-        config = load_config(out)
-    elif (out / "model.pt").exists():
-        raise RunError(f"{out} already holds a trained run; choose another --out, delete it, "
-                       "or pass --resume to continue it")
+        return _resume(run, config, progress)
+    config.validate()
+    _refuse_existing(run)
     seed_everything(config.seed)
+    detector = build_detector(config)
+    _check_size(detector, config)
     device = select_device(config.device)
-    train, val = _datasets(config, out / "split.json" if resume else None)
-    split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
-    create_run(out, config, split)
-    detector = get_detector(config.method)(config).to(device)
-    t0 = time.perf_counter()
-    kwargs = {"resume": True} if resume else {}
-    detector.fit(train, val, run_dir=out, progress=progress, **kwargs)
-    fit_seconds = time.perf_counter() - t0
-    detector_save(detector, out / "model.pt", fit_seconds=fit_seconds)
-    _default_threshold(detector, train, val, out)
+    with run.lock("train"):
+        _refuse_existing(run)  # again: another process may have finished it meanwhile
+        train, val = _datasets(config)
+        split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
+        run.create(config, split)
+        run.clear_outputs()
+        detector.to(device)
+        _fit(run, detector, train, val, progress, resume=False)
+        _default_threshold(run, detector, train, val, keep_user_threshold=False)
     return detector
 
 
-def _default_threshold(detector, train, val, out: Path) -> None:
+def _refuse_existing(run: RunDir) -> None:
+    if run.path.exists() and not run.path.is_dir():
+        raise RunError(f"--out {run} is a file; choose a folder name for the run")
+    if run.has_model():
+        if run.checkpoint().get("complete", True):
+            raise RunError(f"{run} already holds a trained run; choose another --out, or delete "
+                           "the folder to train it again")
+        raise RunError(f"{run} holds an interrupted run; continue it with `python -m anomaly "
+                       f"train --out {run} --resume`, or delete the folder to start again")
+
+
+def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
+    config = run.config()
+    wanted = wanted or config
+    changed = config_differences(asdict(config), asdict(wanted), skip=())
+    refused = [f for f in changed if f not in RESUMABLE_FIELDS + ("data",)]
+    if refused:
+        raise RunError(f"--resume continues {run} with its own settings; these flags would change "
+                       f"what it learns: {', '.join('--' + f.replace('_', '-') for f in refused)}."
+                       " Train a new run (another --out) for new settings")
+    wanted = config.replace(**{f: getattr(wanted, f) for f in RESUMABLE_FIELDS}).validate()
+    if not run.has_last():
+        kind = get_detector(config.method)
+        if run.has_model() and not hasattr(kind, "step"):
+            raise RunError(f"{run} is a {config.method} run: it does not train by epochs, so "
+                           "there is nothing to resume (its training is finished)")
+        run.load_last()  # raises: the run never finished an epoch
+    last = run.load_last()
+    done = int(last["epoch"])
+    stopped = bool(config.patience) and int(last["stale"]) >= config.patience
+    finished = run.has_model() and run.checkpoint().get("complete", False)
+    if finished and (done >= wanted.epochs or (stopped and wanted.patience == config.patience)):
+        why = (f"early stopping ended it after epoch {done}" if stopped and done < wanted.epochs
+               else f"it trained all {done} epochs")
+        raise AlreadyTrained(f"{run} is already trained ({why}); nothing to do. To train longer, "
+                             f"resume with a larger --epochs (and --patience 0 to turn off early "
+                             "stopping)")
+    seed_everything(wanted.seed)
+    detector = build_detector(wanted)
+    with run.lock("train"):
+        train, val = _datasets(wanted, run.split())
+        run.save_config(wanted)
+        detector.to(select_device(wanted.device))
+        _fit(run, detector, train, val, progress, resume=True)
+        _default_threshold(run, detector, train, val, keep_user_threshold=True)
+    return detector
+
+
+def _fit(run: RunDir, detector: Detector, train, val, progress: bool, resume: bool) -> None:
+    t0 = time.perf_counter()
+    detector.fit(train, val, progress=progress, resume=resume, checkpoints=run)
+    run.save_checkpoint(detector, fit_seconds=time.perf_counter() - t0, complete=True)
+    removed = run.clear_outputs()
+    if removed:
+        print(f"{run}: removed the outputs of the earlier model ({', '.join(removed)}); "
+              f"score it again: python -m anomaly score --run {run}")
+    selection = getattr(detector, "selection", None)
+    if isinstance(selection, dict):
+        run.save_selection(selection)
+
+
+def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: bool) -> None:
     held_out = val if val is not None else train
     if val is None:
-        warnings.warn(f"{out}: no validation split (val_fraction=0), so the default threshold "
-                      "comes from training images and will be too low", stacklevel=3)
+        warnings.warn(f"{run}: no validation split (val_fraction=0 or one image), so the default "
+                      "threshold comes from training images and will be too low", stacklevel=3)
     from anomaly.viz import dataset_range
 
     pred = detector.predict(held_out)
-    write_json(out / "val_scores.json", {"paths": pred.paths, "scores": pred.scores.tolist(),
-                                         "map_range": list(dataset_range(pred.maps))})
-    q = detector.config.threshold_quantile
-    threshold_normal_quantile(pred.scores, q=q).save(out / "threshold.json")
+    run.save_val_scores(pred.paths, pred.scores.tolist(), dataset_range(pred.maps))
+    if keep_user_threshold and run.has_threshold():
+        old = run.threshold()
+        if old.params.get("set_by") != "train":
+            print(f"{run}: kept your threshold {old.value:.6g} ({old.rule}), which was chosen on "
+                  "the earlier model; choose it again with `python -m anomaly threshold`")
+            return
+    threshold = threshold_normal_quantile(pred.scores, q=detector.config.threshold_quantile)
+    threshold.params["set_by"] = "train"
+    run.save_threshold(threshold)
 
 
+# --- score, threshold, predict ---------------------------------------------------------------------
 def score_run(run: str | Path, data: str | Path | None = None, overlays: bool = True,
               progress: bool = False) -> tuple[Predictions, dict]:
     """Score test/ of the run's data (or `data`): scores.csv, metrics.json, predictions.npz, overlays/."""
     from anomaly.viz import dataset_range, save_overlays
 
-    run = Path(run)
-    detector = load_run(run)
-    config = detector.config
-    test = AnomalyDataset(data or config.data, "test", size=config.size, channels=config.channels)
-    t0 = time.perf_counter()
-    pred = detector.predict(test, progress=progress)
-    seconds = time.perf_counter() - t0
-    pred.meta.update(run=str(run), data=str(data or config.data))
-    pred.save(run / "predictions.npz")
-    write_scores(run, pred)
-    metrics = evaluate(pred)
-    metrics["predict_images_per_s"] = len(pred) / seconds
-    metrics["threshold"] = Threshold.load(run / "threshold.json").value \
-        if (run / "threshold.json").exists() else None
-    write_json(run / "metrics.json", metrics)
-    if overlays:
-        vmin, vmax = _map_range(run) if (run / "val_scores.json").exists() else dataset_range(pred.maps)
-        save_overlays(pred, run / "overlays", kind="heatmap", vmin=vmin, vmax=vmax)
+    rd = RunDir(run).require()
+    with rd.lock("score"):
+        detector = load_run(rd)
+        config = detector.config
+        test = AnomalyDataset(data or config.data, "test", size=config.size,
+                              channels=config.channels)
+        t0 = time.perf_counter()
+        pred = detector.predict(test, progress=progress)
+        seconds = time.perf_counter() - t0
+        pred.meta.update(run=str(run), data=str(data or config.data))
+        rd.save_predictions(pred)
+        rd.save_scores(pred)
+        metrics = evaluate(pred)
+        metrics["predict_images_per_s"] = len(pred) / seconds
+        metrics["threshold"] = rd.threshold().value if rd.has_threshold() else None
+        rd.save_metrics(metrics)
+        if overlays:
+            vmin, vmax = (rd.map_range() if rd.file(rd.VAL_SCORES).exists()
+                          else dataset_range(pred.maps))
+            save_overlays(pred, rd.overlays, kind="heatmap", vmin=vmin, vmax=vmax)
     return pred, metrics
 
 
@@ -113,63 +274,101 @@ def set_threshold(run: str | Path, rule: str, value: float | None = None) -> Thr
     """Choose the run's threshold by a rule and save it as threshold.json (what predict uses).
 
     manual: `value`; normal-quantile: the `value` quantile (default the config's) of held-out
-    normal scores (1.0 = their max); f1: F1-optimal on the scored test set (needs labelled defects).
+    normal scores (1.0 = their max); conformal: `value` is alpha, the false-reject rate to
+    guarantee on the held-out normal scores; f1: F1-optimal on the scored test set (needs
+    labelled defects; takes no value).
     """
-    run = Path(run)
+    rd = RunDir(run).require()
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"--value {value}: a threshold must be a finite number")
     if rule == "manual":
         if value is None:
-            raise ValueError("--rule manual needs --value V")
+            raise ValueError("--rule manual needs --value V (the threshold on the image score)")
         threshold = threshold_manual(value)
     elif rule == "normal-quantile":
-        path = run / "val_scores.json"
-        if not path.exists():
-            raise RunError(f"{run} has no val_scores.json; train the run again to get held-out scores")
-        q = value if value is not None else load_config(run).threshold_quantile
-        threshold = threshold_normal_quantile(np.array(json.loads(path.read_text())["scores"]), q=q)
+        q = value if value is not None else rd.config().threshold_quantile
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"--value {q}: the quantile must be between 0 and 1")
+        threshold = threshold_normal_quantile(np.array(rd.val_scores()["scores"]), q=q)
+    elif rule == "conformal":
+        if value is None:
+            raise ValueError("--rule conformal needs --value ALPHA (the false-reject rate to "
+                             "guarantee, for example 0.05)")
+        threshold = threshold_conformal(np.array(rd.val_scores()["scores"]), value)
     elif rule == "f1":
-        path = run / "predictions.npz"
-        if not path.exists():
-            raise RunError(f"{run} has not been scored; run `python -m anomaly score --run {run}` first")
-        pred = Predictions.load(path)
+        if value is not None:
+            raise ValueError("--rule f1 chooses the threshold itself from the scored test set; "
+                             "drop --value (or use --rule manual --value V)")
+        pred = rd.predictions()
         threshold = threshold_f1(pred.labels, pred.scores)
     else:
-        raise ValueError(f"Unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
-    threshold.save(run / "threshold.json")
+        raise ValueError(f"Unknown threshold rule {rule!r}; choose one of "
+                         f"{', '.join(THRESHOLD_RULES)}")
+    with rd.lock("threshold"):
+        rd.save_threshold(threshold)
     return threshold
 
 
-def predict_images(run: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None):
-    """Score new images with a run and its saved threshold; write an overlay per image.
+def expand_images(images: list[str | Path]) -> list[Path]:
+    """Paths as given, with each folder replaced by the images in it (sorted)."""
+    out: list[Path] = []
+    for item in images:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir()
+                          if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        else:
+            out.append(p)
+    return out
 
-    Returns a list of dicts: path, score, verdict ("anomalous" iff score >= threshold), overlay.
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    """`<stem>_overlay.png`, made unique with the parent folder (then a counter)."""
+    name = f"{path.stem}_overlay.png"
+    if name in used:
+        name = f"{path.parent.name}_{path.stem}_overlay.png"
+    i = 2
+    while name in used:
+        name, i = f"{path.parent.name}_{path.stem}_{i}_overlay.png", i + 1
+    used.add(name)
+    return name
+
+
+def predict_images(run: str | Path, images: list[str | Path],
+                   overlay_dir: str | Path | None = None):
+    """Score new images (files or folders of them) with a run and its saved threshold.
+
+    Returns (results, threshold): one dict per image: path, score, verdict ("anomalous" iff
+    score >= threshold) and overlay; or path and error for an image that could not be read (the
+    others are still scored).
     """
-    from anomaly.data.folder import load_image
-    from anomaly.viz import heatmap_overlay
     from PIL import Image
 
-    run = Path(run)
-    detector = load_run(run)
+    from anomaly.data.folder import load_image
+    from anomaly.viz import heatmap_overlay
+
+    rd = RunDir(run).require()
+    detector = load_run(rd)
     config = detector.config
-    if not (run / "threshold.json").exists():
-        raise RunError(f"{run} has no threshold.json; set one with `python -m anomaly threshold --run {run} --rule normal-quantile`")
-    threshold = Threshold.load(run / "threshold.json")
-    vmin, vmax = _map_range(run)
-    overlay_dir = Path(overlay_dir) if overlay_dir else run / "predict"
+    threshold = rd.threshold()
+    vmin, vmax = rd.map_range()
+    overlay_dir = Path(overlay_dir) if overlay_dir else rd.predict_dir
     overlay_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path in images:
-        image = load_image(path, size=config.size, channels=config.channels)
+    results, used = [], set()
+    for path in expand_images(images):
+        if not path.exists():
+            results.append({"path": str(path), "error": f"{path}: no such file"})
+            continue
+        try:
+            image = load_image(path, size=config.size, channels=config.channels)
+        except DataError as err:
+            results.append({"path": str(path), "error": str(err)})
+            continue
         with torch.no_grad():
             score, amap = detector.predict_batch(image[None].to(detector.device))
         score, amap = float(score[0]), amap[0].cpu().numpy()
-        overlay = overlay_dir / f"{Path(path).stem}_overlay.png"
+        overlay = overlay_dir / _overlay_name(path, used)
         Image.fromarray(heatmap_overlay(image.numpy(), amap, vmin, vmax)).save(overlay)
-        results.append({"path": str(path), "score": score, "verdict":
-                        "anomalous" if score >= threshold.value else "normal", "overlay": str(overlay)})
+        results.append({"path": str(path), "score": score, "overlay": str(overlay),
+                        "verdict": "anomalous" if score >= threshold.value else "normal"})
     return results, threshold
-
-
-def _map_range(run: Path) -> tuple[float, float]:
-    """The colour scale of the run's overlays: that of its held-out normal images."""
-    lo, hi = json.loads((run / "val_scores.json").read_text())["map_range"]
-    return lo, hi

@@ -1,20 +1,32 @@
-"""The run folder: what a run saves, and how it is loaded back.
+"""The run folder: every file a run holds, written atomically and read back safely (`RunDir`).
 
-    runs/<name>/config.json  split.json  versions.json  model.pt  history.csv
-               scores.csv   metrics.json  threshold.json  predictions.npz  overlays/
+    runs/<name>/config.json  split.json  versions.json  model.pt  last.pt  history.csv
+               val_scores.json  threshold.json  selection.json
+               scores.csv  metrics.json  predictions.npz  overlays/  predict/   (from score/predict)
 
-A run folder is enough to reproduce, rescore, or predict on new images. A checkpoint from another
-method or an incompatible config fails with a message naming the run and what differs.
+`RunDir` is the only place that spells these names. A run folder is untrusted input (people share
+them): nothing in it is unpickled (`torch.load(weights_only=True)`, `np.load(allow_pickle=False)`),
+JSON that does not parse names its file, and every write goes to a temporary file that replaces
+the old one, so a killed process never leaves a half-written file. A lock file (`.lock`, holding
+the writer's PID) keeps two processes from writing one run at a time.
+
+This module imports only `anomaly.config` (and `anomaly.data.cookies` for a version number);
+building detectors from a run is `anomaly.pipeline.load_run`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+import pickle
 import platform
+import shutil
 import sys
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -25,25 +37,56 @@ CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
 # Config fields that change the shape of what a method learns: a checkpoint only loads into a
 # detector that agrees on all of them.
 SHAPE_FIELDS = ("method", "size", "channels", "width", "latent", "backbone", "k")
+# Config fields that may differ between config.json and the checkpoint without changing a score:
+# where the data and the device are (score --data and --device choose them per call).
+UNSCORED_FIELDS = ("data", "device")
 
 
 class RunError(ValueError):
-    """A run folder is missing, incomplete or does not match what is asked of it."""
+    """A run folder is missing, incomplete, unsafe, or does not match what is asked of it."""
 
 
-def atomic_save(obj, path: str | Path) -> None:
+def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write `path` through a temporary file in its folder, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_save(obj, path: str | Path) -> Path:
     """torch.save to a temporary file, then rename: an interrupted write never leaves a broken file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    return _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
-def write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def write_json(path: str | Path, obj) -> Path:
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    return _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def safe_torch_load(path: Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain values only, never arbitrary code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if found:  # a Python object, not data: loading it would run its code
+            raise RunError(
+                f"{path} was refused: it holds Python objects, not only tensors and plain values, "
+                f"and loading it could run code its author put there ({found[0][:160]}). A run "
+                "folder from anomaly never holds such objects; use run folders only from people "
+                "you trust, and train the run again yourself.") from None
+        raise RunError(f"{path} is not a readable anomaly checkpoint (not a torch file); "
+                       "train the run again") from None
+    except Exception as err:  # noqa: BLE001  (a truncated or foreign file)
+        raise RunError(f"{path} is not a readable anomaly checkpoint ({type(err).__name__}: "
+                       f"{str(err)[:200]}); train the run again") from None
 
 
 def versions() -> dict:
@@ -62,92 +105,348 @@ def versions() -> dict:
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
-def create_run(run_dir: str | Path, config: Config, split: dict | None = None) -> Path:
-    """Create (or reuse) a run folder and write config.json, versions.json and split.json."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.json")
-    write_json(run_dir / "versions.json", versions())
-    if split is not None:
-        write_json(run_dir / "split.json", split)
-    return run_dir
-
-
-def checkpoint_payload(detector, **extra) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "method": detector.name, "config": asdict(detector.config),
-            "state": detector.state_dict(), **extra}
-
-
-def load_config(run_dir: str | Path) -> Config:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} is not a run folder (no config.json); train one with "
-                       "`python -m anomaly train --data ROOT --method unet --out {run_dir}`")
-    return Config.load(run_dir / "config.json")
-
-
-def check_compatible(run_dir: str | Path, saved: dict, config: Config) -> None:
-    """Raise RunError naming the run and every shape-deciding field that differs."""
-    diffs = [f"{f}: checkpoint has {saved.get(f)!r}, asked for {getattr(config, f)!r}"
-             for f in SHAPE_FIELDS if saved.get(f) != getattr(config, f)]
-    if diffs:
-        raise RunError(f"The checkpoint in {run_dir} does not fit this detector ("
-                       + "; ".join(diffs) + "). Train a new run with these settings, or load the "
-                       "run with its own config (anomaly.load_run).")
-
-
-def load_checkpoint(run_dir: str | Path, detector) -> dict:
-    """Load run_dir/model.pt into `detector`, after checking it was made for the same shape."""
-    run_dir = Path(run_dir)
-    path = run_dir / "model.pt"
-    if not path.exists():
-        raise RunError(f"{run_dir} has no model.pt: its training never finished an epoch; "
-                       "train it again (or resume with --resume)")
+def _pid_alive(pid: int) -> bool:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise RunError(f"{path} is not a readable anomaly checkpoint ({type(err).__name__}: {err}); "
-                       "train the run again") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path} was not written by anomaly (no '{CHECKPOINT_FORMAT}' header); "
-                       "load it into your own model, or train a run with `python -m anomaly train`")
-    check_compatible(run_dir, payload["config"], detector.config)
-    try:
-        detector.load_state_dict(payload["state"])
-    except (RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0][:300]
-        raise RunError(f"The weights in {path} do not fit a {detector.name} detector with this "
-                       f"config ({first}); train a new run") from None
-    return payload
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def load_run(run_dir: str | Path, device: str | None = None):
-    """Rebuild the detector saved in a run folder, with its own config and weights."""
-    from anomaly.detectors import get_detector
-    from anomaly.train import select_device
-
-    config = load_config(run_dir)
-    detector = get_detector(config.method)(config)
-    load_checkpoint(run_dir, detector)
-    return detector.to(select_device(device or config.device))
+def config_differences(a: dict, b: dict, skip=UNSCORED_FIELDS) -> list[str]:
+    """Names of the Config fields on which two saved configs disagree (ignoring `skip`)."""
+    return [f.name for f in fields(Config) if f.name not in skip and f.name in a and f.name in b
+            and a[f.name] != b[f.name]]
 
 
-def write_scores(run_dir: str | Path, pred) -> Path:
-    """scores.csv in the original's spirit (file, score) plus label and defect kind.
+class RunDir:
+    """One run folder: its file names, and a reader and an atomic writer for each file."""
 
-    Sorted as the original table read: normal images first, then defective ones, each by score.
-    """
-    path = Path(run_dir) / "scores.csv"
-    rows = sorted(zip(pred.paths, pred.labels, pred.defects, pred.scores),
-                  key=lambda r: (int(r[1]), r[2], float(r[3])))
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
+    CONFIG, SPLIT, VERSIONS = "config.json", "split.json", "versions.json"
+    MODEL, LAST, HISTORY = "model.pt", "last.pt", "history.csv"
+    VAL_SCORES, THRESHOLD, SELECTION = "val_scores.json", "threshold.json", "selection.json"
+    SCORES, METRICS, PREDICTIONS = "scores.csv", "metrics.json", "predictions.npz"
+    OVERLAYS, PREDICT, LOCK = "overlays", "predict", ".lock"
+    # what `score` writes: stale once the model changes
+    SCORE_OUTPUTS = (PREDICTIONS, SCORES, METRICS)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def overlays(self) -> Path:
+        return self.path / self.OVERLAYS
+
+    @property
+    def predict_dir(self) -> Path:
+        return self.path / self.PREDICT
+
+    # --- state ----------------------------------------------------------------------------
+    def is_run(self) -> bool:
+        return self.file(self.CONFIG).is_file()
+
+    def has_model(self) -> bool:
+        return self.file(self.MODEL).is_file()
+
+    def has_last(self) -> bool:
+        return self.file(self.LAST).is_file()
+
+    def is_scored(self) -> bool:
+        return self.file(self.PREDICTIONS).is_file()
+
+    def require(self) -> RunDir:
+        """Raise RunError unless this is a run folder."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path} is a file, not a run folder")
+        if not self.is_run():
+            raise RunError(f"{self.path} is not a run folder (no {self.CONFIG}); train one with "
+                           f"`python -m anomaly train --data ROOT --method unet --out {self.path}`")
+        return self
+
+    def create(self, config: Config, split: dict | None = None) -> RunDir:
+        """Create (or reuse) the folder and write config.json, versions.json and split.json."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"--out {self.path} is a file; choose a folder name for the run")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.save_config(config)
+        write_json(self.file(self.VERSIONS), versions())
+        if split is not None:
+            write_json(self.file(self.SPLIT), split)
+        return self
+
+    # --- JSON files -----------------------------------------------------------------------
+    def _read_json(self, name: str, what: str = "") -> dict:
+        path = self.file(name)
+        if not path.is_file():
+            raise RunError(f"{self.path} has no {name}{what}")
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RunError(f"{path} is not valid JSON ({err}); restore it, or delete it and "
+                           "make it again (train or threshold)") from None
+
+    def config(self) -> Config:
+        self.require()
+        try:
+            return Config.load(self.file(self.CONFIG))
+        except TypeError as err:
+            raise RunError(f"{self.file(self.CONFIG)}: {err}") from None
+
+    def save_config(self, config: Config) -> None:
+        write_json(self.file(self.CONFIG), asdict(config))
+
+    def split(self) -> dict | None:
+        return self._read_json(self.SPLIT) if self.file(self.SPLIT).exists() else None
+
+    def val_scores(self) -> dict:
+        return self._read_json(self.VAL_SCORES, "; train the run again to get held-out scores")
+
+    def save_val_scores(self, paths: list[str], scores: list[float], map_range) -> None:
+        write_json(self.file(self.VAL_SCORES), {"paths": list(paths), "scores": list(scores),
+                                                "map_range": [float(x) for x in map_range]})
+
+    def map_range(self) -> tuple[float, float]:
+        """The colour scale of the run's overlays: that of its held-out normal images."""
+        lo, hi = self.val_scores()["map_range"]
+        return float(lo), float(hi)
+
+    def threshold(self):
+        from anomaly.metrics import Threshold
+
+        raw = self._read_json(self.THRESHOLD, "; set one with `python -m anomaly threshold "
+                              f"--run {self.path} --rule normal-quantile`")
+        try:
+            return Threshold.from_json(json.dumps(raw))
+        except (KeyError, TypeError, ValueError) as err:
+            raise RunError(f"{self.file(self.THRESHOLD)} does not hold a threshold ({err}); set "
+                           f"one with `python -m anomaly threshold --run {self.path} ...`") from None
+
+    def has_threshold(self) -> bool:
+        return self.file(self.THRESHOLD).is_file()
+
+    def save_threshold(self, threshold) -> Path:
+        return write_json(self.file(self.THRESHOLD), json.loads(threshold.to_json()))
+
+    def save_selection(self, selection: dict) -> Path:
+        return write_json(self.file(self.SELECTION), selection)
+
+    def metrics(self) -> dict:
+        return self._read_json(self.METRICS, f"; score it: python -m anomaly score --run {self.path}")
+
+    def save_metrics(self, metrics: dict) -> Path:
+        return write_json(self.file(self.METRICS), metrics)
+
+    # --- tables and arrays ----------------------------------------------------------------
+    def history(self) -> list[dict]:
+        path = self.file(self.HISTORY)
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
+                    for row in csv.DictReader(f)]
+
+    def save_history(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        _atomic(self.file(self.HISTORY), lambda f: f.write(buf.getvalue().encode()))
+
+    def save_scores(self, pred) -> Path:
+        """scores.csv in the original's spirit (file, score) plus label and defect kind.
+
+        Sorted as the original table read: normal images first, then defective ones, each by score.
+        """
+        rows = sorted(zip(pred.paths, pred.labels, pred.defects, pred.scores),
+                      key=lambda r: (int(r[1]), r[2], float(r[3])))
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf)
         writer.writerow(["file", "path", "label", "defect", "score"])
         for p, label, defect, score in rows:
             writer.writerow([Path(p).stem, p, int(label), defect, f"{float(score):.6g}"])
-    return path
+        return _atomic(self.file(self.SCORES), lambda f: f.write(buf.getvalue().encode()))
+
+    def scores(self) -> list[dict]:
+        if not self.file(self.SCORES).is_file():
+            raise RunError(f"{self.path} has not been scored; run "
+                           f"`python -m anomaly score --run {self.path}` first")
+        with open(self.file(self.SCORES), newline="") as f:
+            return list(csv.DictReader(f))
+
+    def save_predictions(self, pred) -> Path:
+        return _atomic(self.file(self.PREDICTIONS), pred.save)
+
+    def predictions(self):
+        from anomaly.detectors.base import Predictions
+
+        path = self.file(self.PREDICTIONS)
+        if not path.is_file():
+            raise RunError(f"{self.path} has not been scored; run "
+                           f"`python -m anomaly score --run {self.path}` first")
+        try:
+            return Predictions.load(path)
+        except Exception as err:  # noqa: BLE001  (truncated, empty, or not ours)
+            raise RunError(f"{path} is unreadable ({type(err).__name__}: {str(err)[:200]}); score "
+                           f"the run again: python -m anomaly score --run {self.path}") from None
+
+    def clear_outputs(self) -> list[str]:
+        """Remove what `score` wrote (the model changed, so they describe another model)."""
+        removed = []
+        for name in self.SCORE_OUTPUTS:
+            if self.file(name).exists():
+                self.file(name).unlink()
+                removed.append(name)
+        if self.overlays.is_dir():
+            shutil.rmtree(self.overlays)
+            removed.append(self.OVERLAYS + "/")
+        return removed
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        """model.pt, loaded without unpickling anything, after checking its header."""
+        path = self.file(self.MODEL)
+        if not path.exists():
+            raise RunError(f"{self.path} has no {self.MODEL}: its training never finished an "
+                           "epoch; train it again (or continue it with --resume)")
+        payload = safe_torch_load(path)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise RunError(f"{path} was not written by anomaly (no '{CHECKPOINT_FORMAT}' header); "
+                           "load it into your own model, or train a run with "
+                           "`python -m anomaly train`")
+        return payload
+
+    def save_checkpoint(self, detector, complete: bool = False, **extra) -> None:
+        """Write model.pt: the method, the config it was trained with (all of it: scoring
+        refuses a config.json that disagrees), its learned state, and whether training finished
+        (False for the best-so-far checkpoints written during training)."""
+        atomic_save({"format": CHECKPOINT_FORMAT, "method": detector.name,
+                     "config": asdict(detector.config), "state": detector.state_dict(),
+                     "complete": bool(complete), **extra}, self.file(self.MODEL))
+
+    def load_checkpoint(self, detector) -> dict:
+        """Load model.pt into `detector`, after checking it was made for the same shape."""
+        payload = self.checkpoint()
+        self.check_compatible(payload["config"], detector.config)
+        try:
+            detector.load_state_dict(payload["state"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            first = str(err).strip().splitlines()[0][:300]
+            raise RunError(f"The weights in {self.file(self.MODEL)} do not fit a {detector.name} "
+                           f"detector with this config ({first}); train a new run") from None
+        return payload
+
+    def check_compatible(self, saved: dict, config: Config) -> None:
+        """Raise RunError naming the run and every shape-deciding field that differs."""
+        diffs = [f"{f}: checkpoint has {saved.get(f)!r}, asked for {getattr(config, f)!r}"
+                 for f in SHAPE_FIELDS if saved.get(f) != getattr(config, f)]
+        if diffs:
+            raise RunError(f"The checkpoint in {self.path} does not fit this detector ("
+                           + "; ".join(diffs) + "). Train a new run with these settings, or load "
+                           "the run with its own config (anomaly.load_run).")
+
+    def trained_config(self) -> Config:
+        """The config model.pt was trained with; RunError if config.json disagrees on any field
+        that changes scores (someone edited it: the scores and the threshold would silently
+        change)."""
+        config = self.config()
+        saved = self.checkpoint()["config"]
+        diffs = config_differences(saved, asdict(config))
+        if diffs:
+            detail = "; ".join(f"{f}: config.json has {getattr(config, f)!r}, the model was "
+                               f"trained with {saved[f]!r}" for f in diffs)
+            raise RunError(f"{self.file(self.CONFIG)} disagrees with {self.file(self.MODEL)} "
+                           f"({detail}). Scores would not be what the model learned: restore "
+                           "config.json, or train a new run with the new settings.")
+        return config
+
+    def save_last(self, state: dict) -> None:
+        """last.pt: what resuming needs (tensors, numbers and lists only)."""
+        atomic_save(state, self.file(self.LAST))
+
+    def load_last(self) -> dict:
+        if not self.has_last():
+            raise RunError(f"Cannot resume: {self.path} has no {self.LAST} (the run never "
+                           "finished an epoch, or its method does not train by epochs); "
+                           "train it again without --resume")
+        last = safe_torch_load(self.file(self.LAST))
+        if not isinstance(last, dict) or "epoch" not in last:
+            raise RunError(f"{self.file(self.LAST)} is not a training state written by anomaly")
+        return last
+
+    # --- lock -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, command: str = "train") -> Iterator[RunDir]:
+        """Hold `.lock` (with this PID) while writing; refuse if a live process holds it.
+
+        A lock left by a process that no longer runs (killed, machine restarted) is taken over.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path} is a file, not a run folder; choose a folder name")
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.file(self.LOCK)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = json.loads(path.read_text())
+                    pid = int(holder["pid"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    holder, pid = {}, -1
+                if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+                    raise RunError(
+                        f"{self.path} is in use: process {pid} is running "
+                        f"`{holder.get('command', '?')}` on it. Wait for it to finish, or choose "
+                        f"another --out. (If no such process runs, delete {path}.)") from None
+                path.unlink(missing_ok=True)  # a stale lock: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "command": command}, f)
+            break
+        else:
+            raise RunError(f"could not take the lock {path}; delete it if no process uses the run")
+        try:
+            yield self
+        finally:
+            path.unlink(missing_ok=True)
+
+
+# --- the functions earlier code and notebooks call ------------------------------------------
+def create_run(run_dir: str | Path, config: Config, split: dict | None = None) -> Path:
+    return RunDir(run_dir).create(config, split).path
+
+
+def load_config(run_dir: str | Path) -> Config:
+    return RunDir(run_dir).config()
+
+
+def load_checkpoint(run_dir: str | Path, detector) -> dict:
+    return RunDir(run_dir).load_checkpoint(detector)
+
+
+def write_scores(run_dir: str | Path, pred) -> Path:
+    return RunDir(run_dir).save_scores(pred)
 
 
 def read_scores(run_dir: str | Path) -> list[dict]:
-    with open(Path(run_dir) / "scores.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return RunDir(run_dir).scores()
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    return RunDir(run_dir).history()

@@ -2,28 +2,45 @@
 
 Device chosen automatically (CUDA, then MPS, then CPU), one seed for torch, numpy and Python, a
 progress bar that works in a terminal and in JupyterLab, a validation loss each epoch, the best
-checkpoint written atomically, early stopping, resume from a run folder, and `history.csv`.
+checkpoint kept, early stopping, and resume. Where checkpoints go is not this module's business:
+the caller passes a `Checkpoints` object (the pipeline passes the run's `RunDir`), so training
+imports nothing that reads or writes run folders.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import os
 import random
 import time
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from anomaly.runs import atomic_save
-
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "lr", "seconds"]
+
+
+class Checkpoints(Protocol):
+    """Where training keeps its checkpoints (implemented by `anomaly.runs.RunDir`)."""
+
+    def save_checkpoint(self, detector, **extra) -> None: ...  # the best model so far
+    def save_last(self, state: dict) -> None: ...  # what resuming needs, after every epoch
+    def load_last(self) -> dict: ...
+    def checkpoint(self) -> dict: ...  # the best model's saved payload
+    def save_history(self, rows: list[dict]) -> None: ...
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; `epoch` is the last finished (and saved) epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"interrupted after epoch {epoch}")
+        self.epoch = epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -42,9 +59,18 @@ def select_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {name}: Apple MPS is not available on this machine; use "
+                         "--device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -57,30 +83,22 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
-def read_history(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _write_history(run_dir: Path, rows: list[dict]) -> None:
-    tmp = run_dir / "history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, run_dir / "history.csv")
-
-
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The Python, numpy and torch RNG states as tensors and plain lists (no pickled objects)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [str(name), torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
+            "torch": torch.get_rng_state()}
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), int(pos),
+                         int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"])
 
 
@@ -89,7 +107,7 @@ def fit_loop(
     step: Callable[[torch.Tensor], torch.Tensor],
     train_loader: DataLoader,
     val_loader: DataLoader | None,
-    run_dir: str | Path | None = None,
+    checkpoints: Checkpoints | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> list[dict]:
@@ -97,49 +115,59 @@ def fit_loop(
 
     `step` is called in train mode for training batches and, under `torch.no_grad()`, in eval
     mode for validation batches. The best state by validation loss (training loss when there is
-    no validation split) is kept in memory, written to `run_dir/model.pt` and restored at the end;
-    `run_dir/last.pt` holds what `resume=True` needs to continue an interrupted run.
+    no validation split) is kept in memory, given to `checkpoints.save_checkpoint` and restored at
+    the end; after every epoch `checkpoints.save_last` gets what `resume=True` needs to continue
+    (up to `config.epochs`, which may be more than the run first had). Ctrl-C raises
+    `Interrupted` with the last finished epoch.
     """
     cfg = detector.config
-    run_dir = Path(run_dir) if run_dir is not None else None
     params = [p for m in detector.modules().values() for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict] = []
     best, best_state, start, stale = math.inf, None, 0, 0
     if resume:
-        if run_dir is None or not (run_dir / "last.pt").exists():
-            raise FileNotFoundError(f"Cannot resume: {run_dir}/last.pt does not exist (the run never finished an epoch); train without --resume")
-        last = torch.load(run_dir / "last.pt", map_location=detector.device, weights_only=False)
+        if checkpoints is None:
+            raise ValueError("resume=True needs the checkpoints to resume from")
+        last = checkpoints.load_last()
         detector.load_state_dict(last["state"])
         optimizer.load_state_dict(last["optimizer"])
         _set_rng_state(last["rng"])
         history, best, stale, start = last["history"], last["best"], last["stale"], last["epoch"]
-        best_state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)["state"]
+        best_state = checkpoints.checkpoint()["state"]
     bar = tqdm(range(start, cfg.epochs), desc=f"train {detector.name}", disable=not progress,
                initial=start, total=cfg.epochs)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        train_loss = _run_epoch(detector, step, train_loader, optimizer)
-        val_loss = _run_epoch(detector, step, val_loader, None) if val_loader is not None else train_loss
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        history.append(row)
-        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-        if val_loss < best:
-            best, stale = val_loss, 0
-            best_state = copy.deepcopy(detector.state_dict())
-            if run_dir is not None:
-                detector_save(detector, run_dir / "model.pt", epoch=epoch + 1, val_loss=val_loss)
-        else:
-            stale += 1
-        if run_dir is not None:
-            _write_history(run_dir, history)
-            atomic_save({"state": detector.state_dict(), "optimizer": optimizer.state_dict(),
-                         "rng": _rng_state(), "history": history, "best": best, "stale": stale,
-                         "epoch": epoch + 1}, run_dir / "last.pt")
-        if cfg.patience and stale >= cfg.patience:
-            bar.write(f"early stopping at epoch {epoch + 1}: no validation improvement for {stale} epochs")
-            break
+    done = start
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            train_loss = _run_epoch(detector, step, train_loader, optimizer)
+            val_loss = (_run_epoch(detector, step, val_loader, None) if val_loader is not None
+                        else train_loss)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            history.append(row)
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+            if val_loss < best:
+                best, stale = val_loss, 0
+                best_state = copy.deepcopy(detector.state_dict())
+                if checkpoints is not None:
+                    checkpoints.save_checkpoint(detector, epoch=epoch + 1, val_loss=val_loss)
+            else:
+                stale += 1
+            if checkpoints is not None:
+                checkpoints.save_history(history)
+                checkpoints.save_last({"state": detector.state_dict(),
+                                       "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+                                       "history": history, "best": best, "stale": stale,
+                                       "epoch": epoch + 1})
+            done = epoch + 1
+            if cfg.patience and stale >= cfg.patience:
+                bar.write(f"early stopping at epoch {epoch + 1}: no validation improvement for "
+                          f"{stale} epochs")
+                break
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(done) from None
     bar.close()
     if best_state is not None:
         detector.load_state_dict(best_state)
@@ -164,10 +192,3 @@ def _run_epoch(detector, step, loader, optimizer) -> float:
     if count == 0:
         raise ValueError("An epoch saw no images: the training or validation split is empty")
     return total / count
-
-
-def detector_save(detector, path: str | Path, **extra) -> None:
-    """Write a detector checkpoint (method, config, model signature, learned state) atomically."""
-    from anomaly.runs import checkpoint_payload
-
-    atomic_save(checkpoint_payload(detector, **extra), path)

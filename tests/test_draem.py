@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 from anomaly.config import Config
 from anomaly.detectors.draem import DraemDetector, focal_loss, pool_size
 from anomaly.models.draem import DiscriminativeNet, ReconstructiveNet
+from anomaly.runs import RunDir
 from anomaly.synthetic import fractal_texture, image_texture, perlin_mask, perlin_noise, synthesize
 
 
@@ -123,7 +124,8 @@ def test_loss_falls_on_one_batch():
 def test_fit_predict_and_state_round_trip(tmp_path):
     torch.manual_seed(0)
     cfg = Config(method="draem", size=32, channels=1, width=8, epochs=2, batch_size=4, seed=0)
-    det = DraemDetector(cfg).fit(Blobs(8), Blobs(4, seed=1), run_dir=tmp_path, progress=False)
+    det = DraemDetector(cfg).fit(Blobs(8), Blobs(4, seed=1), checkpoints=RunDir(tmp_path),
+                                 progress=False)
     assert len(det.history) == 2 and (tmp_path / "model.pt").exists()
     pred = det.predict(Blobs(6, seed=2))
     assert pred.scores.shape == (6,) and pred.maps.shape == (6, 32, 32)

@@ -184,17 +184,17 @@ def test_same_seed_same_result():
 
 
 def test_fit_writes_checkpoint_and_history_and_resumes(tmp_path):
-    from anomaly.runs import load_checkpoint
-    from anomaly.train import read_history
+    from anomaly.runs import RunDir, load_checkpoint, read_history
 
-    detector = make_detector(epochs=2).fit(Stripes(8, seed=1), run_dir=tmp_path, progress=False)
+    detector = make_detector(epochs=2).fit(Stripes(8, seed=1), checkpoints=RunDir(tmp_path),
+                                           progress=False)
     assert len(read_history(tmp_path)) == 2
     fresh = make_detector()
     load_checkpoint(tmp_path, fresh)
     data = Stripes(2, seed=8)
     assert (fresh.predict(data).scores == detector.predict(data).scores).all()
     resumed = make_detector(epochs=3).fit(
-        Stripes(8, seed=1), run_dir=tmp_path, resume=True, progress=False
+        Stripes(8, seed=1), checkpoints=RunDir(tmp_path), resume=True, progress=False
     )
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
 

@@ -8,13 +8,25 @@ thresholds, overlays, the explorer, the CLI and the benchmark) consumes `Predict
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+class Batch(TypedDict):
+    """What a data loader gives a detector: `AnomalyDataset` items, collated."""
+
+    image: torch.Tensor  # float32 [B, C, H, W] in [0, 1]
+    mask: torch.Tensor  # float32 [B, H, W] in {0, 1}; zeros for good images and missing masks
+    label: torch.Tensor  # int [B]: 0 good, 1 defective
+    defect: list[str]  # defect kind ("good" for normal images)
+    path: list[str]
 
 
 @dataclass
@@ -28,6 +40,8 @@ class Predictions:
         scores: image anomaly scores, higher = more anomalous, shape [N].
         maps: per-pixel anomaly maps, float32 [N, H, W] at the data set's image size.
         masks: ground-truth masks, uint8 {0,1} [N, H, W], or None when the data has none.
+        mask_known: per image, whether its mask is known (False for a defective image with no
+            mask file: it is left out of pixel metrics), bool [N]; None = all known.
     """
 
     paths: list[str]
@@ -38,6 +52,7 @@ class Predictions:
     masks: np.ndarray | None = None
     method: str = ""
     meta: dict = field(default_factory=dict)
+    mask_known: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -45,6 +60,10 @@ class Predictions:
         self.maps = np.asarray(self.maps, dtype=np.float32)
         if self.masks is not None:
             self.masks = (np.asarray(self.masks) > 0).astype(np.uint8)
+        if self.mask_known is not None:
+            self.mask_known = np.asarray(self.mask_known, dtype=bool)
+            if self.mask_known.all():
+                self.mask_known = None
         n = len(self.paths)
         for name in ("labels", "defects", "scores", "maps"):
             if len(getattr(self, name)) != n:
@@ -57,31 +76,43 @@ class Predictions:
     def has_masks(self) -> bool:
         return self.masks is not None and bool(self.masks.any())
 
-    def save(self, path: str | Path) -> None:
-        """Save to one compressed .npz file (maps as float16 to stay small)."""
+    @property
+    def n_missing_masks(self) -> int:
+        """Defective images whose mask is unknown (left out of pixel metrics)."""
+        return 0 if self.mask_known is None else int((~self.mask_known).sum())
+
+    def save(self, path) -> None:
+        """Save to one compressed .npz file (maps as float16 to stay small); `path` may be a
+        file object."""
+        known = self.mask_known if self.mask_known is not None else np.zeros((0,), bool)
         np.savez_compressed(
             path, paths=np.array(self.paths), labels=self.labels, defects=np.array(self.defects),
             scores=self.scores, maps=self.maps.astype(np.float16),
             masks=self.masks if self.masks is not None else np.zeros((0,), np.uint8),
-            method=np.array(self.method), meta=np.array(json.dumps(self.meta)),
+            method=np.array(self.method), meta=np.array(json.dumps(self.meta)), mask_known=known,
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Predictions":
+    def load(cls, path: str | Path) -> Predictions:
         z = np.load(path, allow_pickle=False)
         masks = z["masks"] if z["masks"].size else None
+        known = z["mask_known"] if "mask_known" in z.files and z["mask_known"].size else None
         return cls(paths=[str(p) for p in z["paths"]], labels=z["labels"],
                    defects=[str(d) for d in z["defects"]], scores=z["scores"],
                    maps=z["maps"].astype(np.float32), masks=masks, method=str(z["method"]),
-                   meta=json.loads(str(z["meta"])))
+                   meta=json.loads(str(z["meta"])), mask_known=known)
 
 
-class Detector:
+class Detector(ABC):
     """Base class: subclasses set `name` and implement `fit`, `predict_batch`, and the state.
 
     `predict` runs `predict_batch` over a loader and gathers a `Predictions`. Subclasses keep
     their learned state in `state_dict()` / `load_state_dict()` (a plain dict of tensors and
-    JSON-able values) so that a run folder can save and restore any method the same way.
+    plain values: it is saved and loaded with `torch.load(weights_only=True)`) so that a run
+    folder can save and restore any method the same way. A detector never opens a run folder:
+    what it needs from another run (kmeans' source, an `encoder:RUN` backbone) is built by
+    `anomaly.pipeline` and passed to its constructor, and checkpoints go through the
+    `checkpoints` object `fit` is given.
     """
 
     name: ClassVar[str] = ""
@@ -91,22 +122,37 @@ class Detector:
         self.device = torch.device("cpu")
 
     # --- to implement -------------------------------------------------------------------
-    def fit(self, train_data: Dataset, val_data: Dataset | None = None, run_dir: Path | None = None):
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, train_data: Dataset, val_data: Dataset | None = None, *, progress: bool = True,
+            resume: bool = False, checkpoints: Any = None) -> Detector:
+        """Learn "normal" from `train_data` (validation and early stopping on `val_data`).
 
-    @torch.no_grad()
+        progress: show a progress bar. checkpoints: an `anomaly.train.Checkpoints` (the run's
+        `RunDir`) that receives the best state after each improving epoch and what `resume`
+        needs; None keeps everything in memory. resume: continue from `checkpoints`' last state
+        (methods that do not train by epochs refuse it).
+        """
+
+    @abstractmethod
     def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (scores [B], maps [B, H, W]) for a batch of images [B, C, H, W] in [0, 1]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def state_dict(self) -> dict:
-        raise NotImplementedError
+        """The learned state: tensors and plain values only."""
 
+    @abstractmethod
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        """Restore what `state_dict` returned."""
+
+    def refuse_resume(self, resume: bool) -> None:
+        """For methods that do not train by epochs: there is nothing to continue."""
+        if resume:
+            raise ValueError(f"{self.name} does not train by epochs, so there is nothing to "
+                             "resume; train the run again without --resume")
 
     # --- shared -------------------------------------------------------------------------
-    def to(self, device: str | torch.device) -> "Detector":
+    def to(self, device: str | torch.device) -> Detector:
         self.device = torch.device(device)
         for module in self.modules().values():
             module.to(self.device)
@@ -120,14 +166,14 @@ class Detector:
         bs = batch_size or getattr(self.config, "batch_size", 16)
         return DataLoader(data, batch_size=bs, shuffle=shuffle, num_workers=0)
 
-    def train_steps(self, train_data: Dataset, val_data: Dataset | None, run_dir=None,
+    def train_steps(self, train_data: Dataset, val_data: Dataset | None, *, checkpoints=None,
                     resume: bool = False, progress: bool = True):
         """Minimise `self.step(images)` with the shared loop (`anomaly.train.fit_loop`)."""
         from anomaly.train import fit_loop
 
         val_loader = self.loader(val_data) if val_data is not None and len(val_data) else None
         self.history = fit_loop(self, self.step, self.loader(train_data, shuffle=True), val_loader,
-                                run_dir=run_dir, resume=resume, progress=progress)
+                                checkpoints=checkpoints, resume=resume, progress=progress)
         return self
 
     @torch.no_grad()
@@ -137,12 +183,14 @@ class Detector:
         loader = data if isinstance(data, DataLoader) else self.loader(data)
         for module in self.modules().values():
             module.eval()
-        paths, labels, defects, scores, maps, masks = [], [], [], [], [], []
+        paths, labels, defects, scores, maps, masks, known = [], [], [], [], [], [], []
         for batch in tqdm(loader, desc=f"predict {self.name}", disable=not progress, leave=False):
             s, m = self.predict_batch(batch["image"].to(self.device))
             scores.append(s.detach().float().cpu().numpy())
             maps.append(m.detach().float().cpu().numpy())
             masks.append(batch["mask"].numpy())
+            known += ([bool(x) for x in batch["mask_known"]] if "mask_known" in batch
+                      else [True] * len(batch["image"]))
             paths += list(batch["path"])
             labels += [int(x) for x in batch["label"]]
             defects += list(batch["defect"])
@@ -150,7 +198,8 @@ class Detector:
             raise ValueError("predict() got an empty data set: there are no images to score")
         mask_arr = np.concatenate(masks)
         return Predictions(paths, np.array(labels), defects, np.concatenate(scores),
-                           np.concatenate(maps), mask_arr, method=self.name)
+                           np.concatenate(maps), mask_arr, method=self.name,
+                           mask_known=np.array(known))
 
 
 REGISTRY: dict[str, type[Detector]] = {}

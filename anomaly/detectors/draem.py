@@ -122,10 +122,11 @@ class DraemDetector(Detector):
         return (l2_loss(recon, images) + ssim_loss(recon, images)
                 + self.focal_weight * focal_loss(logits, masks))
 
-    def fit(self, train_data, val_data=None, run_dir=None, resume: bool = False,
-            progress: bool = True):
+    def fit(self, train_data, val_data=None, *, progress: bool = True, resume: bool = False,
+            checkpoints=None):
         self._val_generator = None
-        return self.train_steps(train_data, val_data, run_dir, resume=resume, progress=progress)
+        return self.train_steps(train_data, val_data, checkpoints=checkpoints, resume=resume,
+                                progress=progress)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:

@@ -43,13 +43,9 @@ class KMeansDetector(Detector):
         return self.source.modules() if self.source is not None else {}
 
     def _load_source(self) -> None:
-        if self.source is None:
-            from anomaly.runs import load_run
-
-            if not self.config.source_run:
-                raise ValueError("The kmeans method needs features from a trained run: "
-                                 "train --method kmeans --from RUN (an ae, unet or vae run)")
-            self.source = load_run(self.config.source_run, device=str(self.device))
+        if self.source is None:  # anomaly.pipeline.build_detector loads it from --from RUN
+            raise ValueError("The kmeans method needs features from a trained run: "
+                             "train --method kmeans --from RUN (an ae, unet or vae run)")
         if not hasattr(self.source, "features"):
             raise ValueError(f"kmeans needs an ae, unet or vae run; {self.config.source_run} is "
                              f"a {self.source.name} run")
@@ -64,7 +60,9 @@ class KMeansDetector(Detector):
     def _standardise(self, vectors: torch.Tensor) -> torch.Tensor:
         return (vectors - self.mean) / self.scale
 
-    def fit(self, train_data, val_data=None, run_dir=None, progress: bool = False):
+    def fit(self, train_data, val_data=None, *, progress: bool = False, resume: bool = False,
+            checkpoints=None):
+        self.refuse_resume(resume)
         self._load_source()
         vectors, patches = [], []
         for batch in self.loader(train_data):
@@ -83,10 +81,6 @@ class KMeansDetector(Detector):
                               random_state=self.config.seed, batch_size=4096).fit(patches)
         self.centers = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
         self.patch_centers = torch.as_tensor(pkm.cluster_centers_, dtype=torch.float32)
-        if run_dir is not None:
-            from anomaly.train import detector_save
-
-            detector_save(self, f"{run_dir}/model.pt")
         return self
 
     @torch.no_grad()

@@ -173,9 +173,9 @@ class PatchKNN(Detector):
                  module: nn.Module | None = None) -> None:
         super().__init__(config)
         if module is None and config.backbone.startswith("encoder:"):
-            from anomaly.runs import load_run  # our own trained encoder: no pretraining at all
-
-            module = load_run(config.backbone.split(":", 1)[1], device="cpu").model
+            # our own trained encoder (no pretraining at all): anomaly.pipeline loads the run
+            raise ValueError(f"backbone {config.backbone!r}: pass the trained encoder as module=; "
+                             "anomaly.pipeline.build_detector does this from the run folder")
         self.layers = tuple(layers or self.LAYERS.get(config.backbone)
                             or DEFAULT_LAYERS.get(config.backbone, ()))
         backbone = build_backbone(config.backbone, in_channels=config.channels,
@@ -211,8 +211,10 @@ class PatchKNN(Detector):
         feats = [self.extractor(chunk) for chunk in images.split(step)]
         return torch.cat(feats).permute(0, 2, 3, 1)
 
-    def fit(self, train_data, val_data=None, run_dir=None, progress: bool = False, resume: bool = False):
+    def fit(self, train_data, val_data=None, *, progress: bool = False, resume: bool = False,
+            checkpoints=None):
         """Extract the patch features of all training images, keep a greedy coreset of them."""
+        self.refuse_resume(resume)
         with torch.no_grad():
             return self._fit(train_data, progress)
 

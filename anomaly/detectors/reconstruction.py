@@ -48,8 +48,10 @@ class ReconstructionDetector(Detector):
             return self._loss(recon, images) + self.config.kl_weight * kl_divergence(mu, logvar)
         return self._loss(out, images)
 
-    def fit(self, train_data, val_data=None, run_dir=None, resume: bool = False, progress: bool = True):
-        return self.train_steps(train_data, val_data, run_dir, resume=resume, progress=progress)
+    def fit(self, train_data, val_data=None, *, progress: bool = True, resume: bool = False,
+            checkpoints=None):
+        return self.train_steps(train_data, val_data, checkpoints=checkpoints, resume=resume,
+                                progress=progress)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
