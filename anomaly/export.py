@@ -1,0 +1,262 @@
+"""Deploy a `patchknn` run without this package: one ONNX file, run with onnxruntime alone.
+
+`export_onnx(run_dir, out_path)` traces the run's own `PatchKNN.predict_batch` (backbone, patch
+features, distance to the memory bank, upsampled and smoothed map, image score) with
+`torch.onnx.export`, so the file computes what the detector computes, whatever its backbone,
+stages, padding or image score: the bank and the map matrices become constants of the graph.
+`predict_onnx(onnx_path, images)` scores image files with that file using only numpy, Pillow and
+onnxruntime (no torch), so the same few lines work on a machine that has only those.
+
+The file's contract, also stored in its `metadata_props` (read them with
+`onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):
+
+- input `images`: float32 [1, channels, size, size], RGB (channels 3) or grey (channels 1),
+  values in [0, 1]: one image per call;
+- outputs `scores` [1] (higher = more anomalous) and `maps` [1, size, size] (per-pixel scores on
+  the same scale);
+- preprocessing (`preprocess` below): decode the file; 16-bit images are divided by 65535, 8-bit
+  by 255; palette images are converted to RGB(A), images with transparency composited on white;
+  grey -> RGB repeats the channel, RGB -> grey is 0.299 R + 0.587 G + 0.114 B (not rounded);
+  then each channel is resized to size x size with Pillow's bilinear filter on float32 data
+  (`Image.fromarray(channel, "F").resize((size, size), Image.BILINEAR)`, which widens the filter
+  when shrinking, as `torch.nn.functional.interpolate(..., antialias=True)` does) and clipped to
+  [0, 1]. The aspect ratio is not kept;
+- `threshold`: the run's saved decision threshold when it had one (score >= threshold means
+  anomalous), `map_range`: the colour scale of its held-out normal maps.
+
+Only `patchknn` runs export: the other methods' scores are not one traced graph of fixed size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "anomaly-onnx/1"
+OPSET = 17
+INSTALL = "pip install onnx onnxruntime   (or: pip install 'anomaly[export]')"
+PREPROCESSING = (
+    "Decode the file; divide 8-bit values by 255 and 16-bit values by 65535; composite images "
+    "with transparency on white; grey->RGB repeats the channel, RGB->grey is "
+    "0.299 R + 0.587 G + 0.114 B. Resize each channel to size x size with Pillow's BILINEAR "
+    "filter on float32 data (mode 'F'; antialiased when shrinking, like torch interpolate "
+    "antialias=True), aspect ratio not kept; clip to [0, 1]. Feed float32 [1, channels, size, "
+    "size], channel order RGB.")
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported, or a file that is not an exported detector."""
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ExportError(f"ONNX export and prediction need the package {module!r}, which is not "
+                          f"installed. Install it with\n    {INSTALL}") from None
+
+
+# --- export (needs torch, onnx and the package) ------------------------------------------------
+def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
+    """Write the patchknn run in `run_dir` as one ONNX file (default `run_dir/model.onnx`).
+
+    The graph is traced from the detector's own `predict_batch` on one image of the run's size,
+    so it takes exactly one image per call. Returns the path written.
+    """
+    import torch
+    from torch import nn
+
+    onnx = _require("onnx")
+    from anomaly.pipeline import load_run
+    from anomaly.runs import RunDir
+
+    run = RunDir(run_dir).require()
+    config = run.config()
+    if config.method != "patchknn":
+        raise ExportError(f"{run}: only patchknn runs export to ONNX, this run is "
+                          f"{config.method!r}; train one with "
+                          f"`python -m anomaly train --method patchknn --data ROOT --out RUN`")
+    out_path = Path(out_path) if out_path is not None else run.file("model.onnx")
+    if out_path.is_dir():
+        raise ExportError(f"{out_path} is a folder; give the ONNX file's name, e.g. "
+                          f"{out_path / 'model.onnx'}")
+    detector = load_run(run, device="cpu")
+
+    class Traced(nn.Module):  # the detector's own forward, as one module for the tracer
+        def __init__(self, det) -> None:
+            super().__init__()
+            self.extractor = det.extractor  # its weights, for the tracer's parameter list
+            self.det = det
+
+        def forward(self, images: torch.Tensor):
+            return self.det.predict_batch(images)
+
+    example = torch.rand(1, config.channels, config.size, config.size,
+                         generator=torch.Generator().manual_seed(0))
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        _trace(Traced(detector).eval(), example, tmp)
+    model = onnx.load(str(tmp))
+    meta = metadata(config, run)
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.doc_string = "anomaly patchknn detector: " + PREPROCESSING
+    onnx.save(model, str(tmp))
+    tmp.replace(out_path)
+    return out_path
+
+
+def _trace(module, example, path: Path) -> None:
+    """torch.onnx.export, quietly: the TorchScript tracer (seconds), else the dynamo exporter."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values: sizes are fixed
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
+                              input_names=["images"], output_names=["scores", "maps"])
+            return
+        except (TypeError, RuntimeError, NotImplementedError, AttributeError):
+            pass  # a torch without the TorchScript exporter
+        torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=18,
+                          input_names=["images"], output_names=["scores", "maps"], verbose=False)
+
+
+def metadata(config, run) -> dict[str, str]:
+    """The strings stored in the file's metadata_props (all a user needs besides onnxruntime)."""
+    meta = {"format": FORMAT, "method": config.method, "size": str(config.size),
+            "channels": str(config.channels), "color": "RGB" if config.channels == 3 else "L",
+            "value_range": "0,1", "batch": "1", "input": "images", "outputs": "scores,maps",
+            "preprocessing": PREPROCESSING, "config": json.dumps(_config_dict(config))}
+    if run.has_threshold():
+        meta["threshold"] = repr(float(run.threshold().value))
+    try:
+        meta["map_range"] = json.dumps([float(v) for v in run.map_range()])
+    except Exception:  # an old run without val_scores.json: no colour scale to pass on
+        pass
+    return meta
+
+
+def _config_dict(config) -> dict:
+    from dataclasses import asdict
+
+    return asdict(config)
+
+
+# --- prediction (numpy, Pillow and onnxruntime only) ---------------------------------------------
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
+    """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            a = _to_array(im)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise ExportError(f"{path}: cannot read this image ({err}); give a PNG, JPEG, BMP or "
+                          f"TIFF file") from None
+    if channels == 1 and a.shape[-1] == 3:
+        a = a @ _LUMA
+        a = a[..., None]
+    elif channels == 3 and a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if a.shape[:2] != (size, size):
+        a = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), "F")
+                                 .resize((size, size), Image.BILINEAR))
+                      for c in range(a.shape[-1])], axis=-1)
+    return np.clip(a, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32, copy=False)
+
+
+def _to_array(im) -> np.ndarray:
+    """Any PIL image -> float32 [H, W, 1 or 3] in [0, 1] (see the module docstring)."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)[..., None]
+    if mode == "F":
+        return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)[..., None]
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    if a.ndim == 2:
+        a = a[..., None]
+    if im.mode in ("LA", "RGBA"):
+        a = a[..., :-1] * a[..., -1:] + (1.0 - a[..., -1:])
+    return a
+
+
+class OnnxDetector:
+    """An exported detector: `predict(images)` -> (scores [N], maps [N, size, size]).
+
+    `images` are file paths or float arrays [channels, size, size] already preprocessed.
+    """
+
+    def __init__(self, onnx_path: str | Path, threads: int = 0) -> None:
+        ort = _require("onnxruntime")
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise ExportError(f"{path}: no such ONNX file; make one with "
+                              f"`python -m anomaly export --run RUN --out {path}`")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own classes for corrupt files
+            raise ExportError(f"{path} is not a readable ONNX model ({str(err)[:200]}); "
+                              f"export the run again") from None
+        self.meta = self.session.get_modelmeta().custom_metadata_map
+        if self.meta.get("format") != FORMAT:
+            raise ExportError(f"{path} was not written by anomaly.export (no format "
+                              f"{FORMAT!r} in its metadata); export the run with "
+                              f"`python -m anomaly export --run RUN`")
+        self.path = path
+        self.size, self.channels = int(self.meta["size"]), int(self.meta["channels"])
+        self.threshold = float(self.meta["threshold"]) if "threshold" in self.meta else None
+
+    def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = [], []
+        for image in images:
+            if isinstance(image, (str, Path)):
+                x = preprocess(image, self.size, self.channels)
+            else:
+                x = np.asarray(image, dtype=np.float32)
+            want = (self.channels, self.size, self.size)
+            if x.shape != want:
+                raise ExportError(f"{self.path} takes images of shape {want}, got {x.shape}; "
+                                  f"pass file paths to have them resized")
+            score, amap = self.session.run(None, {"images": x[None]})
+            scores.append(score.reshape(-1)[0])
+            maps.append(amap[0])
+        if not maps:
+            return np.zeros(0, np.float32), np.zeros((0, self.size, self.size), np.float32)
+        return np.asarray(scores, dtype=np.float32), np.stack(maps)
+
+
+def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [N] and maps [N, size, size] of image files (or preprocessed arrays)."""
+    return OnnxDetector(onnx_path).predict(images)
+
+
+def verdicts(scores: np.ndarray, threshold: float | None) -> list[str]:
+    """"anomalous" iff score >= threshold (or "unknown" without a threshold)."""
+    if threshold is None or not math.isfinite(threshold):
+        return ["unknown"] * len(scores)
+    return ["anomalous" if s >= threshold else "normal" for s in scores]

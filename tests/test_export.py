@@ -1,0 +1,118 @@
+"""ONNX export of patchknn runs: the exported file scores as the eager detector does."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomaly.config import Config
+from anomaly.data.folder import load_image
+from anomaly.export import ExportError, preprocess
+
+ort = pytest.importorskip(
+    "onnxruntime", reason="onnxruntime is not installed: pip install 'anomaly[export]' "
+                          "(or onnx onnxruntime) to test the ONNX export")
+pytest.importorskip("onnx", reason="onnx is not installed: pip install 'anomaly[export]'")
+
+from anomaly.export import OnnxDetector, export_onnx, predict_onnx  # noqa: E402
+from anomaly.pipeline import load_run, train_run  # noqa: E402
+
+SIZE = 48  # the tiny cookies are 64 px: the export's preprocessing has to shrink them
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_cookies, tmp_path_factory):
+    run = tmp_path_factory.mktemp("export") / "patchknn"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=SIZE, device="cpu")
+    train_run(config, run, progress=False)
+    return run, export_onnx(run, run / "model.onnx")
+
+
+def _test_images(root) -> list:
+    return sorted((root / "test").glob("*/*.png"))
+
+
+def test_onnx_scores_and_maps_equal_the_eager_detector(exported, tiny_cookies):
+    run, path = exported
+    files = _test_images(tiny_cookies)
+    detector = load_run(run, device="cpu")
+    images = torch.stack([load_image(f, size=SIZE, channels=detector.config.channels)
+                          for f in files])
+    ref_scores, ref_maps = (t.numpy() for t in detector.predict_batch(images))
+    scores, maps = predict_onnx(path, files)
+    assert maps.shape == ref_maps.shape == (len(files), SIZE, SIZE)
+    scale = max(1.0, float(np.abs(ref_maps).max()))
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(maps, ref_maps, rtol=0, atol=1e-4 * scale)
+    assert np.ptp(scores) > 1e-3 * scale  # the images do not all score alike
+
+
+def test_metadata_lets_a_user_reproduce_the_input(exported, tiny_cookies):
+    run, path = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    config = json.loads((run / "config.json").read_text())
+    assert meta["format"] == "anomaly-onnx/1" and meta["method"] == "patchknn"
+    assert int(meta["size"]) == SIZE and int(meta["channels"]) == config["channels"]
+    assert "BILINEAR" in meta["preprocessing"] and "65535" in meta["preprocessing"]
+    threshold = json.loads((run / "threshold.json").read_text())["value"]
+    assert float(meta["threshold"]) == pytest.approx(threshold)
+    (inp,) = session.get_inputs()
+    assert inp.name == "images" and inp.shape == [1, config["channels"], SIZE, SIZE]
+    # onnxruntime alone, fed by the documented preprocessing, gives predict_onnx's answer
+    file = _test_images(tiny_cookies)[-1]
+    x = preprocess(file, SIZE, config["channels"])[None]
+    score, amap = session.run(None, {"images": x})
+    scores, maps = predict_onnx(path, [file])
+    np.testing.assert_array_equal(score.reshape(-1), scores)
+    np.testing.assert_array_equal(amap, maps)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16", "P"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("shape", [(37, 53), (90, 70)])  # enlarged and shrunk
+def test_preprocess_matches_the_package_loader(tmp_path, mode, channels, shape):
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (*shape, 4), dtype=np.uint8)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, shape, dtype=np.uint16))
+    elif mode == "P":
+        image = Image.fromarray(rgba[..., :3]).convert("P")
+    else:
+        image = Image.fromarray(rgba).convert(mode)
+    file = tmp_path / f"x.{'tif' if mode == 'I;16' else 'png'}"
+    image.save(file)
+    ours = preprocess(file, 32, channels)
+    theirs = load_image(file, size=32, channels=channels).numpy()
+    assert ours.shape == theirs.shape == (channels, 32, 32)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-6)
+
+
+def test_bad_inputs_name_the_file_and_the_fix(exported, tmp_path, tiny_cookies):
+    run, path = exported
+    with pytest.raises(ExportError, match="no such ONNX file"):
+        OnnxDetector(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ExportError, match="junk.onnx is not a readable ONNX model"):
+        OnnxDetector(junk)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG nothing")
+    with pytest.raises(ExportError, match="broken.png: cannot read this image"):
+        predict_onnx(path, [broken])
+    with pytest.raises(ExportError, match=r"takes images of shape \(3, 48, 48\)"):
+        predict_onnx(path, [np.zeros((3, 64, 64), np.float32)])
+    with pytest.raises(ExportError, match="a folder"):
+        export_onnx(run, tmp_path)
+
+
+def test_only_patchknn_runs_export(tiny_cookies, tmp_path):
+    (tmp_path / "ae").mkdir()
+    config = Config.for_method("ae", data=str(tiny_cookies), size=32, epochs=1, device="cpu")
+    config.save(tmp_path / "ae" / "config.json")
+    with pytest.raises(ExportError, match="only patchknn runs export to ONNX, this run is 'ae'"):
+        export_onnx(tmp_path / "ae", tmp_path / "ae.onnx")
