@@ -1,15 +1,26 @@
-"""One table for every method: accuracy, cost, and how small a defect each one finds.
+"""One table for every method on every data set: accuracy, cost, and how small a defect it finds.
 
 Each method trains and scores in its own process (so peak memory is its own), on the same data
 split with the same seed, at its default settings. The original project's recipe (its UNet, then
-k-means on the UNet bottleneck) is the baseline row `unet+kmeans`.
+k-means on the UNet bottleneck) is the baseline row `unet+kmeans`. `--data` takes one data set
+(MVTec AD layout) or a suite root whose `manifest.json` lists its sets (the photo suite), and may
+be repeated; methods are summarised over each suite by their mean and their worst set.
 
-    python -m anomaly benchmark --data ROOT [--methods ...] [--out DIR]
+    python -m anomaly benchmark --data data/cookies --data data/photos [--methods ...] [--out DIR]
+    python -m anomaly benchmark --curve train-size --data ROOT --method patchknn
+
+The benchmark deletes only what it made: every run folder it creates holds a `.made-by-benchmark`
+file listing the files it wrote, and a rerun removes those files and nothing else. It refuses an
+existing folder without that mark (move it away or choose another `--out`).
+Measurements (with the machine, the date, the load and the command) go to one notes document,
+`docs/benchmark-notes.md`, not into docstrings.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -20,9 +31,123 @@ import numpy as np
 
 DEFAULT_METHODS = ("ae", "unet", "vae", "unet+kmeans", "patchknn", "draem", "flow")
 SMOKE = {"epochs": 1, "size": 64}
+MARK = ".made-by-benchmark"
 COLUMNS = [("method", "{}"), ("image_auroc", "{:.3f}"), ("pixel_auroc", "{:.3f}"),
            ("aupro", "{:.3f}"), ("image_f1_max", "{:.3f}"), ("fit_s", "{:.0f}"),
            ("train_ips", "{:.0f}"), ("predict_ips", "{:.0f}"), ("peak_mb", "{:.0f}")]
+SUMMARY_COLUMNS = [("suite", "{}"), ("method", "{}"), ("sets", "{}"), ("mean_image_auroc", "{:.3f}"),
+                   ("worst_image_auroc", "{:.3f}"), ("worst_set", "{}"),
+                   ("mean_pixel_auroc", "{:.3f}"), ("mean_aupro", "{:.3f}"), ("mean_fit_s", "{:.0f}")]
+
+
+class BenchmarkError(ValueError):
+    """A benchmark that cannot start: the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders: only what the benchmark made is ever deleted
+# ---------------------------------------------------------------------------------------------
+
+
+def claim_dir(path: str | Path) -> Path:
+    """Make `path` an empty folder owned by the benchmark, or refuse.
+
+    A missing or empty folder is created and marked. A folder the benchmark marked before is
+    emptied of the files its mark lists (all of them if the run never finished: the benchmark
+    created it empty); anything else left in it stops the benchmark, untouched. A non-empty
+    folder without the mark is refused.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BenchmarkError(f"{path} is a file, not a folder; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        mark = path / MARK
+        if not mark.exists():
+            raise BenchmarkError(
+                f"{path} already exists and was not made by the benchmark, which deletes nothing "
+                "it did not make. Move it away, delete it yourself, or choose another --out")
+        files = json.loads(mark.read_text() or "{}").get("files")
+        if files is None:  # unfinished run: the folder was created empty by the benchmark
+            files = [str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir()]
+        for rel in files:
+            target = (path / rel).resolve()
+            if path.resolve() in target.parents and (target.is_file() or target.is_symlink()):
+                target.unlink()
+        for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(d.iterdir()):
+                d.rmdir()
+        mark.unlink(missing_ok=True)
+        left = sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+        if left:
+            raise BenchmarkError(
+                f"{path} holds files the benchmark did not make ({', '.join(left[:5])}); "
+                "it kept them. Move them away or choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark", "files": None}))
+    return path
+
+
+def seal_dir(path: str | Path, below: bool = False) -> None:
+    """Record in the mark every file now in `path` (the benchmark wrote them all).
+
+    `below=False` lists only the files directly in `path` (an out folder whose run folders
+    carry their own marks)."""
+    path = Path(path)
+    found = path.rglob("*") if below else path.iterdir()
+    files = sorted(str(p.relative_to(path)) for p in found if p.is_file() and p.name != MARK)
+    (path / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark",
+                                         "files": files}, indent=1))
+
+
+def claim_out(out: str | Path) -> Path:
+    """The out folder: created and marked, or reused if the benchmark made it before."""
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / MARK).exists():
+        raise BenchmarkError(
+            f"{out} already exists and was not made by the benchmark, which deletes nothing it "
+            "did not make. Move it away, delete it yourself, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"{out} is a file, not a folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARK).exists():
+        (out / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark",
+                                            "files": []}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets: one set, or a suite root whose manifest lists its sets
+# ---------------------------------------------------------------------------------------------
+
+
+def discover_sets(roots: str | Path | list) -> list[dict]:
+    """Every data set under the `--data` roots: [{"suite", "name", "path"}], in order.
+
+    A root with a `manifest.json` naming `sets` (the photo suite) gives one entry per set; any
+    other root is one set named after its folder."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    found = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise BenchmarkError(f"--data {root}: no such folder")
+        manifest = root / "manifest.json"
+        sets = json.loads(manifest.read_text()).get("sets") if manifest.exists() else None
+        if sets:
+            names = list(sets) if isinstance(sets, dict) else \
+                [s["name"] if isinstance(s, dict) else str(s) for s in sets]
+            found += [{"suite": root.name, "name": n, "path": str(root / n)} for n in names]
+        else:
+            found.append({"suite": root.name, "name": root.name, "path": str(root)})
+    names = [f["name"] for f in found]
+    for f in found:  # two roots may hold sets with one name
+        if names.count(f["name"]) > 1:
+            f["name"] = f"{f['suite']}-{f['name']}"
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# One method on one set, in its own process
+# ---------------------------------------------------------------------------------------------
 
 
 def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
@@ -30,7 +155,6 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import load_config
-    from anomaly.runs import read_history
 
     overrides = dict(SMOKE) if smoke else {}
     if method == "unet+kmeans":
@@ -40,7 +164,8 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
         config = load_config(source).replace(method="kmeans", source_run=str(source.resolve()),
                                               k=2, seed=seed)
     else:
-        config = Config.for_method(method).replace(data=str(Path(data).resolve()), seed=seed, **overrides)
+        config = Config.for_method(method).replace(data=str(Path(data).resolve()), seed=seed,
+                                                   **overrides)
     t0 = time.perf_counter()
     train_run(config, out, progress=False)
     fit_s = time.perf_counter() - t0
@@ -49,7 +174,8 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     # training images/s: images seen per second of training, all epochs (one pass for the
     # methods that do not train by epochs: patchknn, kmeans)
     n_train = len(json.loads((Path(out) / "split.json").read_text())["train"])
-    passes = len(read_history(out)) or 1
+    history = Path(out) / "history.csv"
+    passes = max(1, len(history.read_text().splitlines()) - 1) if history.exists() else 1
     return {"method": method, "fit_s": fit_s, "train_ips": n_train * passes / fit_s,
             "predict_ips": metrics["predict_images_per_s"],
             "peak_mb": peak_mb, **{k: metrics.get(k) for k in
@@ -81,56 +207,219 @@ def detectability(pred, frr: float = 0.05, bins: int = 6) -> dict:
     return {"frr": frr, "threshold": threshold, "bins": rows}
 
 
-def format_table(rows: list[dict]) -> str:
-    """A Markdown table: the columns above plus per-defect-kind image AUROC."""
-    kinds = sorted({k for r in rows for k in r.get("per_defect", {})})
-    head = [c for c, _ in COLUMNS] + [f"auroc_{k}" for k in kinds]
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _markdown(head: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+def _cell(value, fmt: str) -> str:
+    return fmt.format(value) if value is not None else "n/a"
+
+
+def format_table(rows: list[dict], per_defect: bool = True) -> str:
+    """A Markdown table: the columns above (after `set` when rows name one), then per-defect-kind
+    image AUROC (when `per_defect`, for one set: kinds differ between sets)."""
+    kinds = sorted({k for r in rows for k in r.get("per_defect", {})}) if per_defect else []
+    columns = ([("set", "{}")] if any("set" in r for r in rows) else []) + COLUMNS
+    head = [c for c, _ in columns] + [f"auroc_{k}" for k in kinds]
+    body = [[_cell(r.get(c), fmt) for c, fmt in columns]
+            + [_cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds] for r in rows]
+    return _markdown(head, body)
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per suite and method, over its sets: mean and worst image AUROC, mean pixel metrics."""
+    out = []
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        cells = [fmt.format(r[c]) if r.get(c) is not None else "n/a" for c, fmt in COLUMNS]
-        cells += [f"{r['per_defect'][k]:.3f}" if r.get("per_defect", {}).get(k) is not None else "n/a"
-                  for k in kinds]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        if "error" not in r:
+            groups.setdefault((r.get("suite", ""), r["method"]), []).append(r)
+    for (suite, method), rs in groups.items():
+        worst = min(rs, key=lambda r: r["image_auroc"] if r["image_auroc"] is not None else 2)
+        out.append({"suite": suite, "method": method, "sets": len(rs),
+                    "mean_image_auroc": _mean(rs, "image_auroc"),
+                    "worst_image_auroc": worst["image_auroc"], "worst_set": worst.get("set"),
+                    "mean_pixel_auroc": _mean(rs, "pixel_auroc"), "mean_aupro": _mean(rs, "aupro"),
+                    "mean_fit_s": _mean(rs, "fit_s")})
+    return out
 
 
-def run_benchmark(data: str, methods=None, out: str = "runs/benchmark", seed: int = 0,
-                  smoke: bool = False) -> list[dict]:
-    """Run every method in a subprocess; print and write `out/benchmark.md` and `.json`."""
+def format_summary(summary: list[dict]) -> str:
+    return _markdown([c for c, _ in SUMMARY_COLUMNS],
+                     [[_cell(s.get(c), fmt) for c, fmt in SUMMARY_COLUMNS] for s in summary])
+
+
+def machine() -> dict:
+    """What the numbers were measured on (timings depend on it; accuracies do not)."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    return {"host": platform.node(), "platform": platform.platform(), "cpu": cpu,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_notes(path: str | Path, result: dict) -> Path:
+    """The benchmark-notes document: when, where, how loaded, which command, then the tables."""
+    m = result["machine"]
+    lines = [
+        "# Benchmark notes", "",
+        "Regenerated by the benchmark; the measurement log of the project (docstrings and README",
+        "quote it, never the other way round). Accuracies are deterministic for a seed; timings",
+        "depend on the machine and on what else ran.", "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']} (UTC), total {result['total_s'] / 60:.1f} min",
+        f"- machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with "
+        f"{m['torch_threads']} threads, Python {m['python']}, {m['platform']}"
+        + (f", GPU {m['cuda']}" if m.get("cuda") else ""),
+        "- load average (1/5/15 min) at start: {:.2f} / {:.2f} / {:.2f}; at the end: "
+        "{:.2f} / {:.2f} / {:.2f}".format(*result["load_start"], *result["load_end"]), "",
+        "## Per set and method", "", result["table"], "",
+    ]
+    if result.get("summary_table"):
+        lines += ["## Summary per suite and method", "", result["summary_table"], ""]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def run_benchmark(data: str | list[str], methods=None, out: str = "runs/benchmark", seed: int = 0,
+                  smoke: bool = False, notes: str | Path | None = None) -> list[dict]:
+    """Every method on every set, each in a subprocess; print and write the tables.
+
+    Writes `out/benchmark.md`, `out/benchmark.json` and `out/benchmark-notes.md` (and the notes
+    to `notes` too, for example docs/benchmark-notes.md). One set goes to `out/<method>`,
+    several to `out/<set>/<method>`.
+    """
     from anomaly.detectors import Predictions
 
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows, t0 = [], time.perf_counter()
-    for method in methods or DEFAULT_METHODS:
-        run = out_dir / method.replace("+", "_")
-        if (run / "model.pt").exists():
-            import shutil
-
-            shutil.rmtree(run)
-        cmd = [sys.executable, "-m", "anomaly.benchmark", method, str(data), str(run), str(seed)]
-        if smoke:
-            cmd.append("--smoke")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{method}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
-            rows.append({"method": method, "error": proc.stderr.strip().splitlines()[-1:]})
-            continue
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
-        pred = Predictions.load(run / "predictions.npz")
-        if pred.has_masks:
-            row["detectability"] = detectability(pred)
-        rows.append(row)
-        print(f"{method}: image AUROC {row['image_auroc']:.3f}, fit {row['fit_s']:.0f} s", flush=True)
+    sets = discover_sets(data)
+    methods = list(methods or DEFAULT_METHODS)
+    out_dir = claim_out(out)
+    rows, t0, load_start = [], time.perf_counter(), os.getloadavg()
+    date = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    for ds in sets:
+        base = out_dir if len(sets) == 1 else claim_out(out_dir / ds["name"])
+        for method in methods:
+            run = claim_dir(base / method.replace("+", "_"))
+            cmd = [sys.executable, "-m", "anomaly.benchmark", method, ds["path"], str(run), str(seed)]
+            proc = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True,
+                                  text=True, check=False)
+            seal_dir(run, below=True)
+            tag = {"set": ds["name"], "suite": ds["suite"]} if len(sets) > 1 else {}
+            if proc.returncode != 0:
+                print(f"{ds['name']} {method}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+                rows.append({**tag, "method": method,
+                             "error": proc.stderr.strip().splitlines()[-1:]})
+                continue
+            row = {**tag, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            pred = Predictions.load(run / "predictions.npz")
+            if pred.has_masks:
+                row["detectability"] = detectability(pred)
+            rows.append(row)
+            print(f"{ds['name']} {method}: image AUROC {row['image_auroc']:.3f}, "
+                  f"fit {row['fit_s']:.0f} s", flush=True)
+        if base is not out_dir:
+            seal_dir(base)
     total = time.perf_counter() - t0
-    table = format_table([r for r in rows if "error" not in r])
-    cmd = f"python -m anomaly benchmark --data {data} --out {out}" + (" --smoke" if smoke else "")
-    (out_dir / "benchmark.md").write_text(f"{table}\n\nMade by `{cmd}` in {total / 60:.1f} min.\n")
-    (out_dir / "benchmark.json").write_text(json.dumps({"rows": rows, "total_s": total,
-                                                        "command": cmd}, indent=2, default=str))
-    print(table)
-    print(f"\ntotal {total / 60:.1f} min; wrote {out_dir}/benchmark.md and benchmark.json")
+    ok = [r for r in rows if "error" not in r]
+    table = format_table(ok, per_defect=len(sets) == 1)
+    summary = summarize(ok) if len(sets) > 1 else []
+    data_flags = " ".join(f"--data {d}" for d in ([data] if isinstance(data, (str, Path)) else data))
+    command = (f"python -m anomaly benchmark {data_flags} --methods {' '.join(methods)} "
+               f"--out {out}" + (" --smoke" if smoke else ""))
+    result = {"rows": rows, "summary": summary, "total_s": total, "command": command, "date": date,
+              "machine": machine(), "load_start": list(load_start),
+              "load_end": list(os.getloadavg()), "table": table,
+              "summary_table": format_summary(summary) if summary else ""}
+    text = table + (f"\n\n{result['summary_table']}" if summary else "")
+    (out_dir / "benchmark.md").write_text(f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n")
+    (out_dir / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
+    written = [write_notes(out_dir / "benchmark-notes.md", result)]
+    if notes:
+        written.append(write_notes(notes, result))
+    seal_dir(out_dir)
+    print(text)
+    print(f"\ntotal {total / 60:.1f} min; wrote {out_dir}/benchmark.md, benchmark.json, "
+          + ", ".join(str(p) for p in written))
     return rows
+
+
+def add_arguments(p) -> None:
+    """The `benchmark` subcommand's flags (cli.py builds the parser, this module owns them)."""
+    p.add_argument("--data", action="append", required=True, help="a data set, or a suite root "
+                   "whose manifest.json lists its sets (the photo suite); repeat for several")
+    p.add_argument("--methods", nargs="+", help=f"default: {' '.join(DEFAULT_METHODS)}")
+    p.add_argument("--out", help="output folder (default runs/benchmark, for a curve "
+                   "runs/curves); the benchmark deletes only what it made there")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="tiny budgets, to check the wiring")
+    p.add_argument("--notes", help="also write the notes document here (default "
+                   "docs/benchmark-notes.md when ./docs exists and not --smoke)")
+    p.add_argument("--curve", choices=("train-size",), help="train-size: how many good images "
+                   "a method needs (image AUROC, AUPRO, escape rate at the conformal 1%% "
+                   "threshold, fit time against n)")
+    p.add_argument("--method", help="--curve: the method (default patchknn; unet+kmeans is the "
+                   "original recipe)")
+    p.add_argument("--sizes", type=int, nargs="+", help="--curve: training-set sizes "
+                   "(default 1 2 4 ... 128 and all)")
+    p.add_argument("--seeds", type=int, default=3, help="--curve: random subsets per size, "
+                   "for sizes up to --seeds-up-to")
+    p.add_argument("--seeds-up-to", type=int, default=8, dest="seeds_up_to")
+    p.add_argument("--alpha", type=float, default=0.01, help="--curve: conformal false-reject "
+                   "rate for the escape rate (default 0.01)")
+
+
+def main(args) -> None:
+    """Run what the parsed `benchmark` flags ask for."""
+    if args.curve == "train-size":
+        from anomaly.benchmark_curves import train_size_curve, write_curve
+        from anomaly.metrics import conformal_n_needed
+
+        conformal_n_needed(args.alpha)  # refuses an alpha outside (0, 1) before any training
+        if args.sizes and min(args.sizes) < 1:
+            raise BenchmarkError(f"--sizes must be at least 1, got {min(args.sizes)}")
+        if args.seeds < 1:
+            raise BenchmarkError(f"--seeds must be at least 1, got {args.seeds}")
+        method = args.method or "patchknn"
+        out = claim_out(args.out or "runs/curves")
+        rows = []
+        for ds in discover_sets(args.data):
+            rows += train_size_curve(ds["path"], method, sizes=args.sizes, seeds=args.seeds,
+                                     seed=args.seed, alpha=args.alpha, smoke=args.smoke,
+                                     name=ds["name"], seeds_up_to=args.seeds_up_to)
+        stem = f"train_size_{method.replace('+', '_')}"
+        paths = write_curve(rows, out, stem=stem)
+        seal_dir(out)
+        print("wrote " + ", ".join(map(str, paths)))
+        return
+    notes = args.notes
+    if notes is None and not args.smoke and Path("docs").is_dir():
+        notes = "docs/benchmark-notes.md"
+    run_benchmark(args.data, methods=args.methods, out=args.out or "runs/benchmark",
+                  seed=args.seed, smoke=args.smoke, notes=notes)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The benchmark's table and detectability curve (the full run is `make benchmark`)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,133 @@ def test_format_table_has_every_column_and_marks_missing_values():
     assert lines[0].split(" | ")[-1] == "auroc_crack |"
     assert "train_ips" in lines[0]
     assert lines[2] == "| a | 0.912 | n/a | 0.500 | 0.700 | 12 | 100 | 51 | 900 | 0.800 |"
+
+
+# --- the benchmark deletes only what it made (issue 10 item 3) -------------------------------
+
+
+def test_refuses_a_folder_it_did_not_make_and_keeps_it(tmp_path):
+    from anomaly.benchmark import BenchmarkError, claim_dir, claim_out
+
+    mine = tmp_path / "runs"
+    (mine / "patchknn").mkdir(parents=True)
+    (mine / "patchknn" / "notes.txt").write_text("my notes")
+    with pytest.raises(BenchmarkError, match="not made by the benchmark.*choose another --out"):
+        claim_out(mine)
+    with pytest.raises(BenchmarkError, match="not made by the benchmark"):
+        claim_dir(mine / "patchknn")
+    assert (mine / "patchknn" / "notes.txt").read_text() == "my notes"
+
+
+def test_rerun_deletes_only_the_files_it_made(tmp_path):
+    from anomaly.benchmark import MARK, BenchmarkError, claim_dir, seal_dir
+
+    run = claim_dir(tmp_path / "out" / "ae")
+    (run / "overlays").mkdir()
+    (run / "overlays" / "a.png").write_bytes(b"png")
+    (run / "model.pt").write_bytes(b"weights")
+    seal_dir(run, below=True)
+    claim_dir(run)  # a rerun: its own files go, the folder is empty and marked again
+    assert sorted(p.name for p in run.iterdir()) == [MARK]
+    (run / "model.pt").write_bytes(b"weights")
+    seal_dir(run, below=True)
+    (run / "mine.csv").write_text("a user's file")
+    with pytest.raises(BenchmarkError, match="did not make \\(mine.csv\\)"):
+        claim_dir(run)
+    assert (run / "mine.csv").exists() and not (run / "model.pt").exists()
+
+
+def test_an_unfinished_run_it_made_is_emptied(tmp_path):
+    from anomaly.benchmark import MARK, claim_dir
+
+    run = claim_dir(tmp_path / "r")  # marked, never sealed: the worker died
+    (run / "config.json").write_text("{}")
+    claim_dir(run)
+    assert [p.name for p in run.iterdir()] == [MARK]
+
+
+def _suite(root, sets, tiny, as_dicts=False):
+    root.mkdir()
+    for name in sets:
+        (root / name).symlink_to(tiny, target_is_directory=True)
+    listed = [{"name": n} for n in sets] if as_dicts else list(sets)
+    (root / "manifest.json").write_text(json.dumps({"sets": listed}))
+    return root
+
+
+def test_discover_sets_reads_a_suite_manifest_and_plain_sets(tmp_path, tiny_cookies):
+    from anomaly.benchmark import BenchmarkError, discover_sets
+
+    suite = _suite(tmp_path / "photos", ["coffee", "tiny"], tiny_cookies, as_dicts=True)
+    found = discover_sets([str(tiny_cookies), str(suite)])
+    assert [(f["suite"], f["name"]) for f in found] == [
+        ("tiny", "tiny-tiny"), ("photos", "coffee"), ("photos", "photos-tiny")]
+    assert found[1]["path"] == str(suite / "coffee")
+    with pytest.raises(BenchmarkError, match="no such folder"):
+        discover_sets([str(tmp_path / "missing")])
+
+
+def test_summary_gives_mean_and_worst_set_per_method():
+    from anomaly.benchmark import format_summary, summarize
+
+    rows = [{"suite": "p", "set": s, "method": "m", "image_auroc": a, "pixel_auroc": None,
+             "aupro": 0.5, "fit_s": 1.0} for s, a in (("x", 0.9), ("y", 0.7), ("z", 0.8))]
+    rows.append({"suite": "p", "set": "w", "method": "m", "error": ["boom"]})
+    (s,) = summarize(rows)
+    assert s["sets"] == 3 and s["mean_image_auroc"] == pytest.approx(0.8)
+    assert (s["worst_image_auroc"], s["worst_set"]) == (0.7, "y")
+    assert s["mean_pixel_auroc"] is None
+    assert format_summary([s]).splitlines()[2] == "| p | m | 3 | 0.800 | 0.700 | y | n/a | 0.500 | 1 |"
+
+
+def test_smoke_benchmark_over_a_suite(tmp_path, tiny_cookies):
+    from anomaly.benchmark import MARK, run_benchmark
+
+    suite = _suite(tmp_path / "photos", ["a", "b"], tiny_cookies)
+    out, notes = tmp_path / "bench", tmp_path / "docs" / "benchmark-notes.md"
+    rows = run_benchmark([str(suite)], methods=["patchknn"], out=str(out), smoke=True, notes=notes)
+    assert [(r["set"], r["method"]) for r in rows] == [("a", "patchknn"), ("b", "patchknn")]
+    assert all(0 <= r["image_auroc"] <= 1 and r["predict_ips"] > 0 for r in rows)
+    assert (out / "a" / "patchknn" / "model.pt").exists() and (out / "a" / "patchknn" / MARK).exists()
+    result = json.loads((out / "benchmark.json").read_text())
+    assert [(s["suite"], s["sets"]) for s in result["summary"]] == [("photos", 2)]
+    text = notes.read_text()
+    assert "load average" in text and "--smoke" in text and "| photos | patchknn | 2 |" in text
+    assert (out / "benchmark-notes.md").read_text() == text
+
+
+# --- how many good images: the train-size curve (issue 15 items 3 and 5) ---------------------
+
+
+def test_train_size_curve_smoke_via_the_cli(tmp_path, tiny_cookies, capsys):
+    from anomaly.benchmark_curves import curve_summary, read_curve, train_size_figure
+    from anomaly.cli import main
+
+    out = tmp_path / "curves"
+    assert main(["benchmark", "--curve", "train-size", "--data", str(tiny_cookies), "--method",
+                 "patchknn", "--smoke", "--out", str(out)]) == 0
+    rows = read_curve(out)
+    # tiny: 8 good images, 1 held out for the threshold: sizes 1, 2, 4 and all 7
+    assert [r["n"] for r in rows] == [1, 2, 4, 7]
+    # one held-out image cannot give alpha = 1 %: the smallest possible, 1/2, is used and said
+    assert {r["alpha_used"] for r in rows} == {0.5} and {r["n_cal"] for r in rows} == {1}
+    assert all(0 <= r["image_auroc"] <= 1 and 0 <= r["escape_rate"] <= 1 for r in rows)
+    assert (out / "train_size_patchknn.csv").read_text().startswith("set,method,n,rep,")
+    fig = train_size_figure({"tiny": curve_summary(rows)})
+    assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == "log"
+    assert main(["benchmark", "--curve", "train-size", "--data", str(tiny_cookies),
+                 "--alpha", "0", "--out", str(out)]) == 2
+    assert "alpha" in capsys.readouterr().err
+
+
+def test_images_needed_is_where_the_mean_curve_stays_above_target():
+    from anomaly.benchmark_curves import curve_summary, images_needed
+
+    auroc = {1: [0.6, 0.7], 2: [0.96, 0.94], 4: [0.9], 8: [0.95], 16: [0.97]}
+    rows = [{"set": "s", "method": "m", "n": n, "image_auroc": a, "aupro": None,
+             "escape_rate": 0.5, "false_reject_rate": 0.0, "fit_s": 1.0, "alpha_used": 0.01}
+            for n, values in auroc.items() for a in values]
+    rows.append({"set": "s", "method": "m", "n": 32, "error": "ValueError: boom"})
+    assert images_needed(rows, 0.95) == 8  # n = 2 reaches 0.95 on average, n = 4 falls back
+    assert curve_summary(rows)["image_auroc_min"][0] == 0.6
+    assert images_needed(rows, 0.99) is None

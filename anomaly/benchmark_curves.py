@@ -1,0 +1,203 @@
+"""How many good images does a method need? The train-size curve, and its figure.
+
+    python -m anomaly benchmark --curve train-size --data ROOT --method patchknn [--out DIR]
+
+A method is trained on n = 1, 2, 4, ..., 128 and all of the training images (several random
+subsets for small n), always against the same held-out normal images (the run's validation
+split, which calibrates the threshold) and the same test set. Each point reports image AUROC,
+AUPRO, fit time, and what a QA team would live with: the escape rate (defective test images
+that pass) and the false-reject rate at the conformal threshold for alpha = 1 %
+(`anomaly.metrics.threshold_conformal`). When the held-out set is too small for that alpha
+(alpha < 1 / (n_cal + 1)), the point uses the smallest alpha it allows, 1 / (n_cal + 1), and
+says so in `alpha_used`.
+
+`unet+kmeans` is the original project's recipe: the UNet trained on the n images, then k-means
+on its bottleneck over the same n images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+SMOKE_SIZES = (1, 2, 4, 8)
+FIELDS = ("set", "method", "n", "rep", "image_auroc", "aupro", "escape_rate",
+          "false_reject_rate", "alpha_used", "n_cal", "fit_s", "error")
+
+
+def _fit(method: str, config, train, cal):
+    """A fitted detector of `method` (unet+kmeans: a UNet, then k-means on its bottleneck)."""
+    from anomaly.detectors import get_detector
+    from anomaly.train import select_device
+
+    device = select_device(config.device)
+    if method == "unet+kmeans":
+        unet = get_detector("unet")(config).to(device)
+        unet.fit(train, cal, progress=False)
+        kmeans = get_detector("kmeans")(config.replace(method="kmeans", k=2), source=unet)
+        return kmeans.to(device).fit(train, cal, progress=False) or kmeans
+    detector = get_detector(method)(config).to(device)
+    return detector.fit(train, cal, progress=False) or detector
+
+
+def _point(method, config, data, train_idx, cal, test, alpha: float) -> dict:
+    from anomaly.metrics import aupro, confusion, image_auroc, threshold_conformal
+    from anomaly.train import seed_everything
+
+    seed_everything(config.seed)
+    t0 = time.perf_counter()
+    detector = _fit(method, config, data.subset(train_idx), cal)
+    fit_s = time.perf_counter() - t0
+    cal_scores = detector.predict(cal).scores
+    pred = detector.predict(test)
+    alpha_used = max(alpha, 1 / (len(cal_scores) + 1))
+    rates = confusion(pred.labels, pred.scores, threshold_conformal(cal_scores, alpha_used))
+    return {"n": len(train_idx), "image_auroc": image_auroc(pred.labels, pred.scores),
+            "aupro": aupro(pred.masks, pred.maps) if pred.has_masks else None,
+            "escape_rate": rates["escape_rate"], "false_reject_rate": rates["false_reject_rate"],
+            "alpha_used": alpha_used, "n_cal": len(cal_scores), "fit_s": fit_s}
+
+
+def train_size_curve(data: str | Path, method: str = "patchknn", sizes=None, seeds: int = 3,
+                     seed: int = 0, alpha: float = 0.01, smoke: bool = False,
+                     name: str | None = None, progress: bool = True,
+                     seeds_up_to: int = 8) -> list[dict]:
+    """The rows of the train-size curve of `method` on the data set `data` (see module doc).
+
+    Args:
+        sizes: training-set sizes to try (default `SIZES`, `SMOKE_SIZES` when smoke); sizes at
+            or above the number of training images are replaced by "all" (tried once).
+        seeds: random subsets per size for n <= `seeds_up_to` (one for larger n, for all the
+            training images, and for smoke).
+        seed: the split seed (which images are held out) and the first subset's seed.
+        smoke: tiny budgets (64 px, one epoch) to check the wiring.
+    """
+    from anomaly.config import Config
+    from anomaly.data import AnomalyDataset
+    from anomaly.train import split_indices
+
+    base = "unet" if method == "unet+kmeans" else method
+    budget = {"size": 64, "epochs": 1} if smoke else {}
+    config = Config.for_method(base, data=str(Path(data).resolve()), seed=seed, **budget)
+    train = AnomalyDataset(data, "train", size=config.size, channels=config.channels)
+    test = AnomalyDataset(data, "test", size=config.size, channels=config.channels)
+    train_idx, cal_idx = split_indices(len(train), config.val_fraction, seed)
+    if not cal_idx:
+        raise ValueError(f"{data}: {len(train)} training image(s) leave none to hold out for the "
+                         "threshold; the curve needs at least 2")
+    cal = train.subset(cal_idx)
+    sizes = sorted({min(int(n), len(train_idx)) for n in (sizes or (SMOKE_SIZES if smoke else SIZES))}
+                   | ({len(train_idx)} if not smoke else set()))
+    rows = []
+    for n in sizes:
+        reps = 1 if smoke or n > seeds_up_to or n == len(train_idx) else seeds
+        for rep in range(reps):
+            rng = np.random.default_rng([seed, n, rep])
+            pick = sorted(rng.choice(train_idx, n, replace=False).tolist())
+            try:
+                row = _point(method, config.replace(seed=seed + rep), train, pick, cal, test, alpha)
+            except (ValueError, RuntimeError) as err:  # one failed point does not end the curve
+                row = {"n": n, "error": f"{type(err).__name__}: {str(err)[:300]}",
+                       **{k: None for k in FIELDS[4:-1]}}
+            rows.append({"set": name or Path(data).name, "method": method, "rep": rep, **row})
+            if progress and "error" in row:
+                print(f"{rows[-1]['set']} {method} n={n} rep={rep}: FAILED {row['error']}",
+                      flush=True)
+            elif progress:
+                print(f"{rows[-1]['set']} {method} n={n} rep={rep}: image AUROC "
+                      f"{row['image_auroc']:.3f}, escape {row['escape_rate']:.3f} at alpha "
+                      f"{row['alpha_used']:.3g}, fit {row['fit_s']:.1f} s", flush=True)
+    return rows
+
+
+def curve_summary(rows: list[dict]) -> dict:
+    """Per n, as arrays: the mean, min and max over subsets of each measure (for the figure)."""
+    rows = [r for r in rows if "error" not in r]
+    if not rows:
+        raise ValueError("every point of the curve failed; see the rows' error messages")
+    ns = sorted({r["n"] for r in rows})
+    out: dict = {"n": np.array(ns), "set": rows[0]["set"], "method": rows[0]["method"]}
+    for key in ("image_auroc", "aupro", "escape_rate", "false_reject_rate", "fit_s", "alpha_used"):
+        per = [[r[key] for r in rows if r["n"] == n and r[key] is not None] for n in ns]
+        out[key] = np.array([np.mean(v) if v else np.nan for v in per])
+        out[key + "_min"] = np.array([np.min(v) if v else np.nan for v in per])
+        out[key + "_max"] = np.array([np.max(v) if v else np.nan for v in per])
+    return out
+
+
+def images_needed(rows: list[dict], target: float = 0.95, key: str = "image_auroc") -> int | None:
+    """The smallest n whose mean `key` reaches `target` and stays there for every larger n."""
+    s = curve_summary(rows)
+    ok = s[key] >= target
+    for i in range(len(ok)):
+        if ok[i:].all():
+            return int(s["n"][i])
+    return None
+
+
+def write_curve(rows: list[dict], out: str | Path, stem: str = "train_size") -> list[Path]:
+    """`stem.csv` (one row per fit) and `stem.json` (rows, summary and what the curve says)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k) for k in FIELDS} for r in rows)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["set"], r["method"]), []).append(r)
+    says = {f"{s}/{m}": {"images_for_0.95_auroc": images_needed(rs),
+                         "alpha_used": sorted({r["alpha_used"] for r in rs
+                                             if r.get("alpha_used") is not None})}
+            for (s, m), rs in groups.items()}
+    (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "says": says}, indent=1))
+    return [out / f"{stem}.csv", out / f"{stem}.json"]
+
+
+def read_curve(path: str | Path) -> list[dict]:
+    """The rows written by `write_curve` (a `.json` file, or every one in a folder)."""
+    path = Path(path)
+    files = sorted(path.glob("train_size*.json")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"{path} holds no train_size*.json; run "
+                                "`python -m anomaly benchmark --curve train-size` first")
+    return [r for f in files for r in json.loads(f.read_text())["rows"]]
+
+
+def train_size_figure(curves: dict[str, dict], target: float = 0.95):
+    """Image AUROC / AUPRO and escape rate against the number of good training images.
+
+    Args:
+        curves: label -> `curve_summary(rows)` (arrays: n, image_auroc with _min/_max, aupro,
+            escape_rate, alpha_used). Pure: arrays in, figure out.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    plt.close(fig)
+    for i, (label, c) in enumerate(curves.items()):
+        colour = f"C{i}"
+        a.plot(c["n"], c["image_auroc"], marker="o", color=colour, label=f"{label} image AUROC")
+        a.fill_between(c["n"], c["image_auroc_min"], c["image_auroc_max"], color=colour, alpha=0.2)
+        if not np.all(np.isnan(c["aupro"])):
+            a.plot(c["n"], c["aupro"], ls="--", marker=".", color=colour, label=f"{label} AUPRO")
+        alphas = sorted({round(float(x), 4) for x in c["alpha_used"]})
+        b.plot(c["n"], c["escape_rate"], marker="o", color=colour,
+               label=f"{label} (alpha {', '.join(f'{x:g}' for x in alphas)})")
+        b.fill_between(c["n"], c["escape_rate_min"], c["escape_rate_max"], color=colour, alpha=0.2)
+    a.axhline(target, color="grey", lw=0.8, ls=":")
+    a.set_ylabel("on the test set")
+    a.set_ylim(0.4, 1.01)
+    b.set_ylabel("defects passing at the conformal threshold")
+    b.set_ylim(-0.02, 1.02)
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("good training images")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
