@@ -47,9 +47,10 @@ class MeanDiff(Detector):
         return self
 
     @torch.no_grad()
-    def fit(self, train_data, val_data=None, run_dir=None, progress: bool = False,
-            resume: bool = False) -> MeanDiff:
+    def fit(self, train_data, val_data=None, *, progress: bool = False, resume: bool = False,
+            checkpoints=None) -> MeanDiff:
         """One pass over the training images: per-pixel mean and standard deviation."""
+        self.refuse_resume(resume)
         from tqdm.auto import tqdm
 
         loader = train_data if isinstance(train_data, DataLoader) else self.loader(train_data)
