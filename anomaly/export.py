@@ -138,10 +138,8 @@ def metadata(config, run) -> dict[str, str]:
             "preprocessing": PREPROCESSING, "config": json.dumps(_config_dict(config))}
     if run.has_threshold():
         meta["threshold"] = repr(float(run.threshold().value))
-    try:
-        meta["map_range"] = json.dumps([float(v) for v in run.map_range()])
-    except Exception:  # an old run without val_scores.json: no colour scale to pass on
-        pass
+    if run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
+        meta["map_range"] = json.dumps(list(run.map_range()))
     return meta
 
 
@@ -219,7 +217,7 @@ class OnnxDetector:
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own classes for corrupt files
+        except Exception as err:  # noqa: BLE001  (onnxruntime's own classes for corrupt files)
             raise ExportError(f"{path} is not a readable ONNX model ({str(err)[:200]}); "
                               f"export the run again") from None
         self.meta = self.session.get_modelmeta().custom_metadata_map

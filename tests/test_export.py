@@ -18,8 +18,8 @@ ort = pytest.importorskip(
                           "(or onnx onnxruntime) to test the ONNX export")
 pytest.importorskip("onnx", reason="onnx is not installed: pip install 'anomaly[export]'")
 
-from anomaly.export import OnnxDetector, export_onnx, predict_onnx  # noqa: E402
-from anomaly.pipeline import load_run, train_run  # noqa: E402
+from anomaly.export import OnnxDetector, export_onnx, predict_onnx
+from anomaly.pipeline import load_run, train_run
 
 SIZE = 48  # the tiny cookies are 64 px: the export's preprocessing has to shrink them
 
