@@ -170,16 +170,18 @@ def read_curve(path: str | Path) -> list[dict]:
 
 
 def train_size_figure(curves: dict[str, dict], target: float = 0.95):
-    """Image AUROC / AUPRO and escape rate against the number of good training images.
+    """Image AUROC / AUPRO (left), escape and false-reject rates at the conformal threshold
+    (right) against the number of good training images.
 
     Args:
         curves: label -> `curve_summary(rows)` (arrays: n, image_auroc with _min/_max, aupro,
-            escape_rate, alpha_used). Pure: arrays in, figure out.
+            escape_rate, false_reject_rate, alpha_used). Pure: arrays in, figure out.
     """
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2 + 0.3 * len(curves)))
     plt.close(fig)
+    low = 1.0
     for i, (label, c) in enumerate(curves.items()):
         colour = f"C{i}"
         a.plot(c["n"], c["image_auroc"], marker="o", color=colour, label=f"{label} image AUROC")
@@ -188,16 +190,20 @@ def train_size_figure(curves: dict[str, dict], target: float = 0.95):
             a.plot(c["n"], c["aupro"], ls="--", marker=".", color=colour, label=f"{label} AUPRO")
         alphas = sorted({round(float(x), 4) for x in c["alpha_used"]})
         b.plot(c["n"], c["escape_rate"], marker="o", color=colour,
-               label=f"{label} (alpha {', '.join(f'{x:g}' for x in alphas)})")
+               label=f"{label} escapes (alpha {', '.join(f'{x:.3g}' for x in alphas)})")
         b.fill_between(c["n"], c["escape_rate_min"], c["escape_rate_max"], color=colour, alpha=0.2)
+        b.plot(c["n"], c["false_reject_rate"], ls="--", marker=".", color=colour,
+               label=f"{label} false rejects")
+        low = min(low, float(np.nanmin(c["image_auroc_min"])), float(np.nanmin(c["aupro"]))
+                  if not np.all(np.isnan(c["aupro"])) else 1.0)
     a.axhline(target, color="grey", lw=0.8, ls=":")
     a.set_ylabel("on the test set")
-    a.set_ylim(0.4, 1.01)
-    b.set_ylabel("defects passing at the conformal threshold")
+    a.set_ylim(max(0.0, min(0.5, low) - 0.05), 1.01)
+    b.set_ylabel("rates at the conformal threshold")
     b.set_ylim(-0.02, 1.02)
     for ax in (a, b):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("good training images")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     fig.tight_layout()
     return fig
