@@ -208,10 +208,14 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
     Overall: image_auroc, image_ap, image_f1_max, f1_threshold, and pixel_auroc, aupro when the
     predictions carry ground-truth masks. `per_defect[kind]` evaluates the images of one kind
     against the good images only. A metric that cannot be computed (for example only one
-    class present, or no masks) is None, and `notes` says why.
+    class present, or no masks) is None, and `notes` says why. Defective images whose mask is
+    unknown (`pred.mask_known` False: no mask file) are left out of the pixel metrics, and
+    `n_missing_masks` counts them.
     """
     notes: list[str] = []
     labels, scores = pred.labels, pred.scores
+    known = getattr(pred, "mask_known", None)
+    known = np.ones(len(labels), bool) if known is None else np.asarray(known, bool)
     out: dict = {
         "n_images": len(pred),
         "n_good": int(np.sum(labels == 0)),
@@ -222,8 +226,12 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
     best = _try(f1_max, labels, scores, notes=notes, name="f1_max")
     out["image_f1_max"], out["f1_threshold"] = best if best else (None, None)
     if pred.has_masks:
-        out.update(_pixel_metrics(pred.masks, pred.maps, fpr_limit, notes, ""))
+        out.update(_pixel_metrics(pred.masks[known], pred.maps[known], fpr_limit, notes, ""))
         out["fpr_limit"] = fpr_limit
+        out["n_missing_masks"] = int((~known).sum())
+        if out["n_missing_masks"]:
+            notes.append(f"pixel metrics: {out['n_missing_masks']} defective images have no mask "
+                         "file and are left out of them")
     else:
         out["pixel_auroc"] = out["aupro"] = None
         notes.append("pixel metrics: the predictions have no ground-truth masks")
@@ -245,6 +253,7 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
             "aupro": None,
         }
         if pred.has_masks:
+            rows = rows & known
             per.update(
                 _pixel_metrics(pred.masks[rows], pred.maps[rows], fpr_limit, notes, f"{kind}/")
             )

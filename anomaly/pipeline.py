@@ -148,10 +148,10 @@ def train_run(config: Config | None, out: str | Path, resume: bool = False,
     detector = build_detector(config)
     _check_size(detector, config)
     device = select_device(config.device)
+    train, val = _datasets(config)  # data errors come before anything is written
+    split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
     with run.lock("train"):
         _refuse_existing(run)  # again: another process may have finished it meanwhile
-        train, val = _datasets(config)
-        split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
         run.create(config, split)
         run.clear_outputs()
         detector.to(device)
@@ -245,7 +245,7 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
 def score_run(run: str | Path, data: str | Path | None = None, overlays: bool = True,
               progress: bool = False) -> tuple[Predictions, dict]:
     """Score test/ of the run's data (or `data`): scores.csv, metrics.json, predictions.npz, overlays/."""
-    from anomaly.viz import dataset_range, save_overlays
+    from anomaly.overlays import run_scale, save_overlays
 
     rd = RunDir(run).require()
     with rd.lock("score"):
@@ -264,9 +264,9 @@ def score_run(run: str | Path, data: str | Path | None = None, overlays: bool = 
         metrics["threshold"] = rd.threshold().value if rd.has_threshold() else None
         rd.save_metrics(metrics)
         if overlays:
-            vmin, vmax = (rd.map_range() if rd.file(rd.VAL_SCORES).exists()
-                          else dataset_range(pred.maps))
-            save_overlays(pred, rd.overlays, kind="heatmap", vmin=vmin, vmax=vmax)
+            scale = run_scale(rd, pred.maps, pred.labels)  # anchored to the pixel threshold
+            t = metrics["threshold"] if metrics["threshold"] is not None else float("inf")
+            save_overlays(pred, rd.overlays, scale, t)
     return pred, metrics
 
 
@@ -345,13 +345,13 @@ def predict_images(run: str | Path, images: list[str | Path],
     from PIL import Image
 
     from anomaly.data.folder import load_image
-    from anomaly.viz import heatmap_overlay
+    from anomaly.overlays import annotated_overlay, run_scale
 
     rd = RunDir(run).require()
     detector = load_run(rd)
     config = detector.config
     threshold = rd.threshold()
-    vmin, vmax = rd.map_range()
+    scale = run_scale(rd)  # the saved pixel threshold anchors the colours
     overlay_dir = Path(overlay_dir) if overlay_dir else rd.predict_dir
     overlay_dir.mkdir(parents=True, exist_ok=True)
     results, used = [], set()
@@ -368,7 +368,9 @@ def predict_images(run: str | Path, images: list[str | Path],
             score, amap = detector.predict_batch(image[None].to(detector.device))
         score, amap = float(score[0]), amap[0].cpu().numpy()
         overlay = overlay_dir / _overlay_name(path, used)
-        Image.fromarray(heatmap_overlay(image.numpy(), amap, vmin, vmax)).save(overlay)
+        own_size = load_image(path, size=None, channels=3).numpy()  # the image's own resolution
+        Image.fromarray(annotated_overlay(own_size, amap, scale, score, threshold.value,
+                                          title=path.name)).save(overlay)
         results.append({"path": str(path), "score": score, "overlay": str(overlay),
                         "verdict": "anomalous" if score >= threshold.value else "normal"})
     return results, threshold

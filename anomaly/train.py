@@ -65,6 +65,9 @@ def select_device(name: str = "auto") -> torch.device:
         raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         "devices (cuda:0 ...); use one of them, or --device auto")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
                                      and torch.backends.mps.is_available()):
         raise ValueError(f"--device {name}: Apple MPS is not available on this machine; use "

@@ -19,3 +19,17 @@ def tiny_cookies(tmp_path_factory):
     root = tmp_path_factory.mktemp("cookies") / "tiny"
     make_cookies(root, preset="tiny", seed=0, size=64)
     return root
+
+
+@pytest.fixture(scope="session")
+def scored_ae_run(tiny_cookies, tmp_path_factory):
+    """A tiny auto-encoder run (2 epochs), trained and scored once; copy it before damaging it
+    (`helpers.copy_run`)."""
+    from helpers import tiny_config
+
+    from anomaly.pipeline import score_run, train_run
+
+    run = tmp_path_factory.mktemp("runs") / "ae"
+    train_run(tiny_config(tiny_cookies), run, progress=False)
+    score_run(run, overlays=False)
+    return run

@@ -107,7 +107,7 @@ NOT_YET = {"explorer", "notebook", "benchmark", "overlays", "original", "metrics
 
 
 def test_only_runs_spells_run_file_names():
-    pattern = re.compile(r"""["'/](%s)["']""" % "|".join(re.escape(n) for n in RUN_FILES))
+    pattern = re.compile(r"""["'/]({})["']""".format("|".join(re.escape(n) for n in RUN_FILES)))
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE)
@@ -133,9 +133,9 @@ BEFORE = {
            0.1434192955493927, 0.16561535000801086],
 }
 CONFIGS = {
-    "patchknn": dict(size=64, channels=3, seed=0, batch_size=8),
-    "ae": dict(size=64, channels=1, epochs=2, batch_size=4, width=8, latent=16, seed=3,
-               patience=0),
+    "patchknn": {"size": 64, "channels": 3, "seed": 0, "batch_size": 8},
+    "ae": {"size": 64, "channels": 1, "epochs": 2, "batch_size": 4, "width": 8, "latent": 16,
+           "seed": 3, "patience": 0},
 }
 
 

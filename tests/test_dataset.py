@@ -127,7 +127,8 @@ def test_plain_layout_small_and_ground_truth_masks(tmp_path: Path) -> None:
 def test_item_contract_and_collate(mvtec: Path, channels: int) -> None:
     ds = AnomalyDataset(mvtec, "test", size=12, channels=channels)
     item = ds[1]
-    assert set(item) == {"image", "mask", "label", "defect", "path"}
+    assert set(item) == {"image", "mask", "label", "defect", "path", "mask_known"}
+    assert item["mask_known"] is True  # a defect with its mask file
     assert item["image"].shape == (channels, 12, 12) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (12, 12) and item["mask"].dtype == torch.float32
     assert isinstance(item["label"], int) and isinstance(item["defect"], str)

@@ -146,6 +146,8 @@ def _list_images(folder: Path, what: str) -> list[Path]:
     for p in sorted(folder.iterdir()):
         if p.is_dir() and p.name.startswith("."):
             continue  # .ipynb_checkpoints, .git, ...
+        if p.is_symlink() and not p.exists():
+            raise DataError(f"{p}: {broken_link(p)}")
         (images if p.is_file() and _is_image(p) else stray).append(p)
     if stray:
         names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in stray)
@@ -160,6 +162,18 @@ def _list_images(folder: Path, what: str) -> list[Path]:
             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder."
         )
     return images
+
+
+def broken_link(p: Path) -> str:
+    """Why the symbolic link `p` leads to no file (a loop, or a missing target)."""
+    try:
+        p.resolve(strict=True)
+    except RuntimeError:
+        return "a symbolic link that points back to itself (a loop); fix the link or delete it"
+    except OSError as e:
+        if e.errno == 40:  # ELOOP
+            return "a symbolic link that points back to itself (a loop); fix the link or delete it"
+    return f"a symbolic link to {os.readlink(p)}, which does not exist; fix the link or delete it"
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -201,7 +215,8 @@ class AnomalyDataset(Dataset):
         {"image": float32 [channels, size, size] in [0, 1],
          "mask": float32 [size, size] in {0, 1} (zeros for good images and missing masks),
          "label": int (0 good, 1 defective), "defect": str ("good" or the folder name),
-         "path": str (absolute path of the image)}
+         "path": str (absolute path of the image),
+         "mask_known": bool (False for a defective image with no mask file)}
 
     Order is deterministic: "good" first, then defect folders by name, files by name.
 
@@ -400,7 +415,10 @@ class AnomalyDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         image, mask = self.load(s)
-        return {"image": image, "mask": mask, "label": s.label, "defect": s.defect, "path": s.path}
+        # mask_known: False for a defective image without a mask file (its zeros mean "unknown",
+        # not "no defect"), so pixel metrics leave it out
+        return {"image": image, "mask": mask, "label": s.label, "defect": s.defect, "path": s.path,
+                "mask_known": s.label == 0 or s.mask_path is not None}
 
     def subset(self, indices) -> AnomalyDataset:
         """A view of these samples, in the order given, sharing this data set's cache."""

@@ -27,6 +27,7 @@ class Batch(TypedDict):
     label: torch.Tensor  # int [B]: 0 good, 1 defective
     defect: list[str]  # defect kind ("good" for normal images)
     path: list[str]
+    mask_known: torch.Tensor  # bool [B]: False for a defective image with no mask file
 
 
 @dataclass
