@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from anomaly.detectors.base import Predictions
-from anomaly.explorer import (
-    ThresholdExplorer,
+from anomaly import metrics
+from anomaly.decision import (
     cost_optimal_threshold,
     counts_at,
-    format_confusion_html,
-    mask_outline,
-    overlay,
-    runs_from_env,
+    cross_validated_cost,
     score_range,
+    summary_line,
     threshold_table,
-    voila_command,
 )
+from anomaly.detectors.base import Predictions
+from anomaly.explorer import ThresholdExplorer, format_confusion_html
+from anomaly.explorer.server import how_to_share, page_url, runs_from_env, voila_command
+from anomaly.metrics import Threshold
 
 
-def synthetic_predictions(n: int = 40, size: int = 16, seed: int = 0, shift: float = 1.5,
-                          method: str = "ae") -> Predictions:
+def synthetic_predictions(
+    n: int = 40, size: int = 16, seed: int = 0, shift: float = 1.5, method: str = "ae"
+) -> Predictions:
     """Good images score ~N(0, 1), defective ones ~N(shift, 1); defects are a square."""
     rng = np.random.default_rng(seed)
     labels = (np.arange(n) % 3 == 0).astype(int)
@@ -32,11 +34,18 @@ def synthetic_predictions(n: int = 40, size: int = 16, seed: int = 0, shift: flo
     maps = rng.random((n, size, size), dtype=np.float32)
     masks = np.zeros((n, size, size), np.uint8)
     q = size // 4
-    masks[labels == 1, q:2 * q, q:2 * q] = 1
+    masks[labels == 1, q : 2 * q, q : 2 * q] = 1
     maps[masks == 1] += 1.0
     defects = ["crack" if label else "good" for label in labels]
-    return Predictions([f"/nowhere/img_{i:03d}.png" for i in range(n)], labels, defects, scores,
-                       maps, masks, method=method)
+    return Predictions(
+        [f"/nowhere/img_{i:03d}.png" for i in range(n)],
+        labels,
+        defects,
+        scores,
+        maps,
+        masks,
+        method=method,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +108,6 @@ def test_counts_agree_with_brute_force_everywhere():
 
 
 def test_counts_match_metrics_confusion():
-    metrics = pytest.importorskip("anomaly.metrics")
     table = threshold_table(LABELS, SCORES)
     for t in (0.0, 0.15, 0.4, 0.5, 0.95):
         assert counts_at(table, t) == pytest.approx(metrics.confusion(LABELS, SCORES, t))
@@ -149,21 +157,6 @@ def test_confusion_html_shows_the_counts():
     assert "1 caught" in text and "0.333" in text
 
 
-def test_overlay_paints_hot_pixels_red_and_outlines_the_mask():
-    image = np.full((8, 8, 3), 100, np.uint8)
-    amap = np.zeros((8, 8), np.float32)
-    amap[0, 0] = 1.0
-    mask = np.zeros((8, 8), np.uint8)
-    mask[2:6, 2:6] = 1
-    out = overlay(image, amap, 0.5, mask)
-    assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
-    assert out[0, 0, 0] > 180 and out[0, 0, 1] < 50  # red
-    assert tuple(out[2, 2]) == (0, 255, 255)  # outline
-    assert tuple(out[3, 3]) == (100, 100, 100)  # inside the mask, not on its edge
-    assert tuple(out[7, 7]) == (100, 100, 100)
-    assert mask_outline(mask).sum() == 12
-
-
 def test_runs_from_env_accepts_json_and_pathsep(monkeypatch):
     import os
 
@@ -179,8 +172,26 @@ def test_voila_command_names_the_notebook_and_runs(tmp_path):
     assert cmd[1:3] == ["-m", "voila"] and cmd[3].endswith("explorer_app.ipynb")
     assert "--port=8899" in cmd and "--no-browser" in cmd
     assert json.loads(env["ANOMALY_RUNS"]) == [str(tmp_path.resolve())]
-    with pytest.raises(FileNotFoundError, match="predictions.npz"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         voila_command([tmp_path / "missing"])
+    (tmp_path / "unscored").mkdir()
+    with pytest.raises(FileNotFoundError, match="score the run first"):
+        voila_command([tmp_path / "unscored"])
+
+
+def test_voila_serves_locally_with_a_token_and_no_tracebacks(tmp_path):
+    synthetic_predictions(6).save(tmp_path / "predictions.npz")
+    cmd, _ = voila_command([tmp_path], port=8899)
+    assert "--Voila.ip=127.0.0.1" in cmd and "--show_tracebacks=False" in cmd
+    tokens = [a.split("=", 1)[1] for a in cmd if a.startswith("--token=")]
+    assert len(tokens) == 1 and len(tokens[0]) >= 24  # random, unguessable
+    assert voila_command([tmp_path])[0] != cmd  # a new token each time
+    assert page_url(cmd) == f"http://localhost:8899/?token={tokens[0]}"
+    assert "ssh -N -L 8899:127.0.0.1:8899" in how_to_share(8899)
+    assert "WARNING" in how_to_share(8899, host="0.0.0.0")
+    assert any(a.startswith("--MappingKernelManager.cull_idle_timeout=") for a in cmd)
+    with pytest.raises(ValueError, match="cull_idle_s"):
+        voila_command([tmp_path], cull_idle_s=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,24 +221,25 @@ def test_slider_updates_counts_matrix_and_histogram(pred):
 
 def test_gallery_shows_misclassified_first(pred):
     ex = ThresholdExplorer(pred, gallery_size=6)
+    ex.gallery.show.value = "all"
     ex.slider.value = float(np.median(pred.scores))
-    order = ex.gallery_order()
+    order = ex.gallery.order()
     wrong = (pred.scores >= ex.threshold) != (pred.labels > 0)
     n_wrong = int(wrong.sum())
     assert n_wrong > 0
     assert wrong[order[:n_wrong]].all() and not wrong[order[n_wrong:]].any()
     shown = min(n_wrong, 6)
-    captions = [c.value for c in ex.gallery_captions[:shown]]
+    captions = [c.value for c in ex.gallery.captions[:shown]]
     assert all(("escape" in c) or ("false reject" in c) for c in captions)
-    assert all(img.value[:4] == b"\x89PNG" for img in ex.gallery_images)
-    assert f"{n_wrong} misclassified" in ex.gallery_title.value
+    assert all(img.value[:4] == b"\x89PNG" for img in ex.gallery.images)
+    assert f"{n_wrong} misclassified" in ex.gallery.title.value
 
 
 def test_pixel_threshold_changes_the_overlays(pred):
     ex = ThresholdExplorer(pred, gallery_size=3)
-    before = [img.value for img in ex.gallery_images]
+    before = [img.value for img in ex.gallery.images]
     ex.pixel_slider.value = ex.pixel_slider.min
-    after = [img.value for img in ex.gallery_images]
+    after = [img.value for img in ex.gallery.images]
     assert before != after
 
 
@@ -277,8 +289,9 @@ def test_save_without_a_run_folder_says_why(pred):
 
 def test_loads_run_folders_and_starts_at_the_saved_threshold(pred, tmp_path):
     pred.save(tmp_path / "predictions.npz")
-    (tmp_path / "threshold.json").write_text(json.dumps({"value": 0.123, "rule": "manual",
-                                                         "params": {}}))
+    (tmp_path / "threshold.json").write_text(
+        json.dumps({"value": 0.123, "rule": "manual", "params": {}})
+    )
     ex = ThresholdExplorer([tmp_path])
     assert ex.slider.value == pytest.approx(0.123)
     (tmp_path / "threshold.json").write_text(json.dumps({"value": 99.0}))
@@ -290,8 +303,9 @@ def test_loads_run_folders_and_starts_at_the_saved_threshold(pred, tmp_path):
 def test_run_dropdown_switches_the_data(tmp_path):
     a = synthetic_predictions(seed=1, shift=1.0, method="ae")
     b = synthetic_predictions(seed=2, shift=6.0, method="unet")
-    ex = ThresholdExplorer({"ae": a, "unet": b}, run_dirs={"ae": tmp_path / "a",
-                                                           "unet": tmp_path / "b"})
+    ex = ThresholdExplorer(
+        {"ae": a, "unet": b}, run_dirs={"ae": tmp_path / "a", "unet": tmp_path / "b"}
+    )
     assert list(ex.run_select.options) == [("ae", "ae"), ("unet", "unet")]
     assert ex.run.name == "ae"
     ex.run_select.value = "unet"
@@ -300,7 +314,8 @@ def test_run_dropdown_switches_the_data(tmp_path):
     t_opt, _ = cost_optimal_threshold(b.labels, b.scores, 1.0, 10.0)
     assert ex.slider.value == pytest.approx(t_opt)  # no saved threshold: the cost optimum
     assert ex.confusion.value == format_confusion_html(
-        counts_at(threshold_table(b.labels, b.scores), ex.slider.value))
+        counts_at(threshold_table(b.labels, b.scores), ex.slider.value)
+    )
     ex.save_button.click()
     assert (tmp_path / "b" / "threshold.json").exists()
     assert not (tmp_path / "a" / "threshold.json").exists()
@@ -322,6 +337,148 @@ def test_update_latency_500_images():
         start = time.perf_counter()
         ex.slider.value = float(t)
         times.append(time.perf_counter() - start)
-    print(f"\nslider move, 500 images 128x128: median {1e3 * np.median(times):.1f} ms, "
-          f"max {1e3 * max(times):.1f} ms")
+    print(
+        f"\nslider move, 500 images 128x128: median {1e3 * np.median(times):.1f} ms, "
+        f"max {1e3 * max(times):.1f} ms"
+    )
     assert ex.last_update_s > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out cost, summary, rules and guarantees
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cross_validated_cost_counts_every_image_once_out_of_sample():
+    rng = np.random.default_rng(5)
+    labels = np.array([0] * 30 + [1] * 20)
+    scores = rng.normal(labels * 2.0, 1.0)
+    cv = cross_validated_cost(labels, scores, 1.0, 5.0, folds=2, seed=0)
+    assert cv["tp"] + cv["fn"] == 20 and cv["fp"] + cv["tn"] == 30
+    assert len(cv["fold_thresholds"]) == 2
+    assert cv["cost"] == pytest.approx(cv["fp"] + 5.0 * cv["fn"])
+    _, in_sample = cost_optimal_threshold(labels, scores, 1.0, 5.0)
+    assert cv["cost"] >= in_sample  # choosing on the same images flatters the optimum
+    # Separable scores: the held-out rule is perfect too.
+    sep = cross_validated_cost([0, 0, 0, 0, 1, 1, 1, 1], [1, 2, 3, 4, 11, 12, 13, 14], 1, 1)
+    assert sep["cost"] == 0
+    with pytest.raises(ValueError):
+        cross_validated_cost(LABELS, SCORES, folds=1)
+
+
+def test_summary_line_reads_as_a_sentence():
+    c = metrics.confusion(LABELS, SCORES, 0.5)
+    assert summary_line(c, "normal-quantile") == (
+        "at threshold 0.5 (normal-quantile): 1/2 defective caught, 1/3 good rejected"
+    )
+
+
+def test_explorer_shows_the_rule_and_the_conformal_guarantee(pred, tmp_path):
+    pred.save(tmp_path / "predictions.npz")
+    good = pred.scores[pred.labels == 0]
+    Threshold(
+        float(np.quantile(good, 0.9)), "conformal", {"alpha": 0.1, "n": 19, "guarantee": "..."}
+    ).save(tmp_path / "threshold.json")
+    ex = ThresholdExplorer(tmp_path)
+    assert "conformal" in ex.rule.value and "&lt;= 10%" not in ex.rule.value
+    assert "guarantees a false-reject rate <= 10%" in ex.rule.value
+    assert "guaranteed <= 10%" in ex.confusion.value
+    ex.slider.value = ex.slider.max  # moved by hand: no guarantee any more
+    assert "set by hand" in ex.rule.value and "guaranteed" not in ex.confusion.value
+    assert "2-fold cross-validation" in ex.cost_label.value and "in-sample" in ex.cost_label.value
+    cv = cross_validated_cost(pred.labels, pred.scores, 1.0, 10.0, folds=2)
+    assert f"{cv['cost']:.4g}</b>" in ex.cost_label.value
+
+
+# ---------------------------------------------------------------------------------------------
+# Gallery: paging, filter, large view, comparison; report and picture
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gallery_pages_through_every_misclassified_image(pred):
+    ex = ThresholdExplorer(pred, gallery_size=4)
+    ex.slider.value = float(np.median(pred.scores))
+    wrong = set(np.flatnonzero(ex.gallery.wrong()).tolist())
+    assert len(wrong) > 4
+    seen = []
+    for page in range(ex.gallery.n_pages):
+        assert ex.gallery.go_to_page(page) == page
+        shown = [int(i) for i in ex.gallery.order()[page * 4 : (page + 1) * 4]]
+        assert all(c.value for c in ex.gallery.captions[: len(shown)])
+        seen += shown
+    assert sorted(seen) == sorted(wrong) and len(seen) == len(set(seen))
+    assert f"of {len(wrong)}" in ex.gallery.page_label.value
+    assert ex.gallery.next_button.disabled and ex.gallery.go_to_page(99) == ex.gallery.n_pages - 1
+
+
+def test_gallery_filters_by_defect_kind(pred):
+    pred.defects = [
+        "good" if label == 0 else ("crack" if i % 2 else "hole")
+        for i, label in enumerate(pred.labels)
+    ]
+    ex = ThresholdExplorer(pred)
+    assert [v for _, v in ex.gallery.kind.options] == ["", "good", "crack", "hole"]
+    ex.gallery.show.value = "all"
+    ex.gallery.kind.value = "hole"
+    order = ex.gallery.order()
+    assert len(order) == pred.defects.count("hole")
+    assert {pred.defects[i] for i in order} == {"hole"}
+    assert "hole" in ex.gallery.title.value
+
+
+def test_zoom_shows_image_evidence_and_mask_large(pred):
+    ex = ThresholdExplorer(pred, gallery_size=3)
+    assert ex.gallery.zoom_box.layout.display == "none"
+    ex.gallery.zoom_buttons[1].click()
+    i = int(ex.gallery.order()[1])
+    assert ex.gallery.zoomed == i and ex.gallery.zoom_box.layout.display is None
+    assert len(ex.gallery.zoom_images.children) == 3  # image, evidence, mask
+    assert Path(pred.paths[i]).name in ex.gallery.zoom_title.value
+    ex.gallery.close_button.click()
+    assert ex.gallery.zoom_box.layout.display == "none" and ex.gallery.zoomed is None
+
+
+def test_compare_two_runs_on_the_same_images():
+    a = synthetic_predictions(seed=1, shift=1.0, method="ae")
+    b = synthetic_predictions(seed=2, shift=6.0, method="unet")
+    ex = ThresholdExplorer({"ae": a, "unet": b})
+    g = ex.gallery
+    assert [v for _, v in g.compare.options] == ["", "unet"]
+    g.compare.value = "unet"
+    wa, wb = g.wrong(ex.runs["ae"]), g.wrong(ex.runs["unet"])
+    assert f"both right {int(np.sum(~wa & ~wb))}" in g.title.value
+    assert "unet: " in g.captions[0].value
+    g.show.value = "disagree"
+    ta, tb = ex.threshold, ex.threshold_of(ex.runs["unet"])
+    expected = np.flatnonzero((a.scores >= ta) != (b.scores >= tb))
+    assert sorted(g.order().tolist()) == expected.tolist()
+    assert len(expected) > 0
+    g.zoom_buttons[0].click()
+    assert len(g.zoom_images.children) == 4  # image, evidence, mask, the other's evidence
+
+
+def test_report_is_self_contained_html(pred, tmp_path):
+    pred.save(tmp_path / "predictions.npz")
+    ex = ThresholdExplorer(tmp_path)
+    ex.slider.value = float(np.median(pred.scores))
+    path = ex.export_report()
+    text = path.read_text()
+    assert path == tmp_path / "report.html" and text.startswith("<!DOCTYPE html>")
+    assert f"{ex.threshold:.6g}" in text and "anomaly-confusion" in text and "<svg" in text
+    n_wrong = int(ex.gallery.wrong().sum())
+    assert f"Misclassified images ({n_wrong})" in text
+    assert text.count("data:image/jpeg;base64,") == n_wrong
+    assert "image list sha256" in text and "predictions.npz sha256" in text
+    for ref in ("src='http", 'src="http', "href='http", 'href="http', "<script"):
+        assert ref not in text  # nothing to fetch, nothing to run: opens without Python
+    ex.report_button.click()
+    assert "data:text/html;base64," in ex.report_link.value
+
+
+def test_snapshot_is_a_picture_and_the_widget_has_no_raw_text(pred):
+    ex = ThresholdExplorer(pred)
+    fig = ex.snapshot()
+    assert len(fig.axes) >= 3
+    bundle = ex._repr_mimebundle_()
+    assert "VBox" not in bundle["text/plain"] and "explorer" in bundle["text/plain"]
+    assert "application/vnd.jupyter.widget-view+json" in bundle

@@ -1,0 +1,168 @@
+"""What a threshold decides, at every threshold at once: counts, costs and the cost optimum.
+
+The explorer moves a threshold over thousands of candidate values; `threshold_table` sorts the
+scores once so that the counts at any threshold are one binary search (`counts_at`). The cost
+of a threshold is cost_false_reject * false rejects + cost_escape * escapes; `cost_optimum`
+finds its minimum, and `cross_validated_cost` says how that rule does on images it did not
+choose on. `summary_line` is the one sentence the CLI and the explorer print.
+
+Same convention as `anomaly.metrics` (whose `confusion` dict every function here returns): an
+image is predicted defective iff its score is >= the threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anomaly.metrics import confusion, confusion_from_counts
+
+
+@dataclass(frozen=True)
+class ThresholdTable:
+    """The confusion counts at every threshold that makes a difference, for one set of scores.
+
+    Row k holds the counts when the images scoring >= thresholds[k] are flagged defective.
+    `thresholds` are the distinct scores in ascending order, then +inf (nothing flagged), so
+    any threshold t gives the counts of the first row with thresholds[k] >= t.
+    """
+
+    thresholds: np.ndarray  # [M + 1], ascending, last = +inf
+    tp: np.ndarray  # defective images flagged
+    fp: np.ndarray  # good images flagged: false rejects
+    tn: np.ndarray  # good images passed
+    fn: np.ndarray  # defective images passed: escapes
+
+    @property
+    def n_good(self) -> int:
+        return int(self.fp[0] + self.tn[0])
+
+    @property
+    def n_defective(self) -> int:
+        return int(self.tp[0] + self.fn[0])
+
+
+def threshold_table(labels, scores) -> ThresholdTable:
+    """Counts at every distinct score (and at +inf), by sorting once: O(N log N)."""
+    labels = np.asarray(labels).ravel() > 0
+    scores = np.asarray(scores, np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"{labels.size} labels but {scores.size} scores")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN: the detector produced an invalid score")
+    thresholds = np.append(np.unique(scores), np.inf)
+    good, bad = np.sort(scores[~labels]), np.sort(scores[labels])
+    fp = good.size - np.searchsorted(good, thresholds, side="left")
+    tp = bad.size - np.searchsorted(bad, thresholds, side="left")
+    return ThresholdTable(thresholds, tp, fp, good.size - fp, bad.size - tp)
+
+
+def counts_at(table: ThresholdTable, threshold: float) -> dict:
+    """`confusion` at one threshold by one binary search in the table: O(log N)."""
+    k = min(
+        int(np.searchsorted(table.thresholds, threshold, side="left")), len(table.thresholds) - 1
+    )
+    return confusion_from_counts(
+        int(table.tp[k]), int(table.fp[k]), int(table.tn[k]), int(table.fn[k]), threshold
+    )
+
+
+def score_range(scores) -> tuple[float, float]:
+    """The scores' span plus 5% each side, so "flag all" and "flag none" are both reachable."""
+    scores = np.asarray(scores, np.float64)
+    lo, hi = float(scores.min()), float(scores.max())
+    pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
+    return lo - pad, hi + pad
+
+
+def cost_optimum(
+    table: ThresholdTable, cost_false_reject: float, cost_escape: float, lo: float, hi: float
+) -> tuple[float, float]:
+    """`cost_optimal_threshold` on a prepared table and range [lo, hi]: O(M).
+
+    The threshold is the middle of the cheapest interval (u[k-1], u[k]] of the table, so a
+    slider that rounds it a little keeps the same counts.
+    """
+    if cost_false_reject < 0 or cost_escape < 0:
+        raise ValueError("costs must be >= 0")
+    cost = cost_false_reject * table.fp + cost_escape * table.fn
+    k = int(np.argmin(cost))  # first minimum = lowest threshold = fewest escapes among ties
+    edges = np.concatenate([[lo], table.thresholds[:-1], [hi]])
+    return float((edges[k] + edges[k + 1]) / 2), float(cost[k])
+
+
+def cost_optimal_threshold(
+    labels, scores, cost_false_reject: float = 1.0, cost_escape: float = 1.0
+) -> tuple[float, float]:
+    """The threshold that minimises cost_false_reject * false rejects + cost_escape * escapes.
+
+    Every threshold between two neighbouring distinct scores gives the same counts; the one
+    returned is the middle of the best such interval (or 5% of the score span beyond the
+    lowest / highest score when flagging everything / nothing is best). Among equally cheap
+    intervals the lowest threshold wins: it lets the fewest defective parts escape. The cost
+    is in-sample (the same images chose the threshold): see `cross_validated_cost`.
+
+    Returns:
+        (threshold, total cost over these images).
+    """
+    lo, hi = score_range(scores)
+    return cost_optimum(threshold_table(labels, scores), cost_false_reject, cost_escape, lo, hi)
+
+
+def cross_validated_cost(
+    labels,
+    scores,
+    cost_false_reject: float = 1.0,
+    cost_escape: float = 1.0,
+    folds: int = 2,
+    seed: int = 0,
+) -> dict:
+    """How the cost-optimal rule does on images it did not see: k-fold cross-validation.
+
+    The images are split into `folds` parts (stratified: good and defective shared out
+    evenly, by a fixed seed); each part is judged at the cost optimum chosen on the other
+    parts, and the counts of all parts are added up. Choosing and judging a threshold on the
+    same images flatters it; this is the honest estimate of the rule "pick the cost optimum".
+
+    Returns:
+        the `confusion` keys for the pooled held-out counts (threshold: the mean of the fold
+        thresholds), plus cost (total), folds, and fold_thresholds.
+    """
+    labels = np.asarray(labels).ravel() > 0
+    scores = np.asarray(scores, np.float64).ravel()
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    rng = np.random.default_rng(seed)
+    part = np.empty(labels.size, np.int64)
+    for value in (False, True):
+        idx = np.flatnonzero(labels == value)
+        part[rng.permutation(idx)] = np.arange(idx.size) % folds
+    total = np.zeros(4, np.int64)
+    chosen = []
+    for f in range(folds):
+        fit, held = part != f, part == f
+        if not fit.any() or not held.any():
+            continue
+        t, _ = cost_optimal_threshold(labels[fit], scores[fit], cost_false_reject, cost_escape)
+        c = confusion(labels[held], scores[held], t)
+        total += [c["tp"], c["fp"], c["tn"], c["fn"]]
+        chosen.append(t)
+    out = confusion_from_counts(*total.tolist(), float(np.mean(chosen)))
+    out.update(
+        cost=float(cost_false_reject * out["fp"] + cost_escape * out["fn"]),
+        folds=folds,
+        fold_thresholds=chosen,
+    )
+    return out
+
+
+def summary_line(counts: dict, rule: str | None = None) -> str:
+    """One human sentence for a confusion dict, e.g. "at threshold 29.88 (normal-quantile):
+    75/90 defective caught, 0/50 good rejected"."""
+    n_bad, n_good = counts["tp"] + counts["fn"], counts["fp"] + counts["tn"]
+    how = f" ({rule})" if rule else ""
+    return (
+        f"at threshold {counts['threshold']:.4g}{how}: {counts['tp']}/{n_bad} defective "
+        f"caught, {counts['fp']}/{n_good} good rejected"
+    )

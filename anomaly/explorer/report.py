@@ -1,0 +1,237 @@
+"""What the explorer hands on: a self-contained HTML report of the current decision (opens in
+any browser, no Python), and a static picture of the explorer's state for notebooks read on
+the web. Both draw the same histogram as the page (`draw_histogram`)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from anomaly.explorer.runs import RunView
+from anomaly.explorer.text import describe_rule, format_confusion_html, guarantee, rule_html
+
+if TYPE_CHECKING:
+    from anomaly.explorer.widget import ThresholdExplorer
+
+GOOD_COLOUR, DEFECT_COLOUR = "#4c72b0", "#dd8452"
+REPORT_GALLERY = 120  # at most this many misclassified images in a report
+
+
+def draw_histogram(ax, r: RunView, optimum: float, threshold: float | None) -> None:
+    """Score histograms of good and defective images, the cost optimum, the saved rule's
+    threshold (with its guarantee), and `threshold` when given."""
+    scores, labels = r.pred.scores, r.pred.labels
+    bins = np.linspace(r.lo, r.hi, 41)
+    ax.hist(
+        scores[labels == 0],
+        bins=bins,
+        histtype="stepfilled",
+        alpha=0.6,
+        color=GOOD_COLOUR,
+        label=f"good ({int(np.sum(labels == 0))})",
+    )
+    ax.hist(
+        scores[labels > 0],
+        bins=bins,
+        histtype="stepfilled",
+        alpha=0.6,
+        color=DEFECT_COLOUR,
+        label=f"defective ({int(np.sum(labels > 0))})",
+    )
+    ax.axvline(
+        optimum, color="#2ca02c", linestyle="--", linewidth=1.5, label="cost optimum (in-sample)"
+    )
+    if r.saved is not None:
+        bound = guarantee(r.saved)
+        what = f"saved: {r.saved.rule}" + (f", FRR {bound}" if bound else "")
+        ax.axvline(r.saved.value, color="#1565c0", linestyle=":", linewidth=1.8, label=what)
+    if threshold is not None:
+        ax.axvline(threshold, color="#d62728", linewidth=2, label="threshold")
+    ax.set_xlim(r.lo, r.hi)
+    ax.set_xlabel("image anomaly score")
+    ax.set_ylabel("images")
+    ax.set_title(r.label, fontsize=10)
+
+
+def _figure(figsize):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def histogram_svg(ex: ThresholdExplorer) -> str:
+    fig = _figure((6.4, 3.0))
+    ax = fig.add_subplot(111)
+    draw_histogram(ax, ex.run, ex.optimum[0], ex.threshold)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _jpeg_uri(rgb: np.ndarray, quality: int = 82) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _file_digest(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def identity(r: RunView) -> list[tuple[str, str]]:
+    """Run and data identity: what someone needs to find the same run and images again."""
+    pred = r.pred
+    rows = [("run", r.name), ("method", pred.method or "?")]
+    if r.folder is not None:
+        rows.append(("run folder", str(Path(r.folder).resolve())))
+        config = Path(r.folder) / "config.json"
+        if config.is_file():
+            try:
+                cfg = json.loads(config.read_text())
+                rows += [(k, str(cfg[k])) for k in ("data", "size", "channels", "seed") if k in cfg]
+            except (ValueError, OSError):
+                pass
+        for name in ("model.pt", "predictions.npz"):
+            digest = _file_digest(Path(r.folder) / name)
+            if digest:
+                rows.append((f"{name} sha256", digest))
+    names = hashlib.sha256("\n".join(pred.paths).encode()).hexdigest()[:16]
+    kinds = Counter(pred.defects)
+    rows += [
+        ("images", f"{len(pred)} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})"),
+        ("image list sha256", names),
+    ]
+    return rows
+
+
+def report_html(ex: ThresholdExplorer) -> str:
+    """The current run at the current threshold, as one HTML file with everything inline."""
+    r, t, counts = ex.run, ex.threshold, ex.counts
+    c_fr, c_esc = ex.costs
+    cv = ex.cross_validated
+    gallery = ex.gallery
+    wrong = np.flatnonzero(gallery.wrong(r))
+    margin = np.abs(r.pred.scores[wrong] - t)
+    wrong = wrong[np.argsort(-margin, kind="stable")]
+    tiles = []
+    for i in wrong[:REPORT_GALLERY]:
+        word, what = _outcome(r, int(i), t)
+        tiles.append(
+            f"<figure><img src='{_jpeg_uri(gallery.overlay(r, int(i), 256))}' alt=''>"
+            f"<figcaption><b>{word}: {what}</b><br>{html.escape(r.pred.defects[i])} &middot; "
+            f"score {r.pred.scores[i]:.4g}<br>{html.escape(Path(r.pred.paths[i]).name)}"
+            "</figcaption></figure>"
+        )
+    more = (
+        f"<p>The {len(wrong) - REPORT_GALLERY} least wrong are left out.</p>"
+        if len(wrong) > REPORT_GALLERY
+        else ""
+    )
+    ident = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in identity(r)
+    )
+    rule = describe_rule(r.saved) if r.saved else "none saved"
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Inspection threshold report: {html.escape(r.label)}</title>
+<style>
+body {{font-family: sans-serif; margin: 16px; max-width: 1100px; color: #222}}
+table {{border-collapse: collapse; font-size: 13px}} th, td {{text-align: left;
+padding: 2px 8px}} .id th {{color: #555; font-weight: normal}}
+.gallery {{display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr));
+gap: 8px}} figure {{margin: 0; font-size: 11px}} figure img {{width: 100%}}
+svg {{max-width: 100%; height: auto}}
+</style></head><body>
+<h1>Threshold report: {html.escape(r.label)}</h1>
+<p>Threshold <b class="threshold">{t:.6g}</b>: a part is REJECTED iff its anomaly score is
+&gt;= the threshold. Pixel threshold (overlays) {ex.pixel_threshold:.4g}.
+Saved rule: {html.escape(rule)}. Made {now}.</p>
+{rule_html(r.saved, t, counts, ex.optimum[0])}
+<h2>Confusion matrix and rates</h2>
+{format_confusion_html(counts, r.saved, t)}
+<p>Costs: a false reject {c_fr:g}, an escape {c_esc:g}; cost at this threshold
+{c_fr * counts["fp"] + c_esc * counts["fn"]:.4g}. The cost optimum
+({ex.optimum[0]:.4g}, cost {ex.optimum[1]:.4g}) is in-sample. Chosen on one half of the images
+and counted on the other (2-fold cross-validation): cost {cv["cost"]:.4g}, false-reject rate
+{100 * cv["false_reject_rate"]:.1f}%, escape rate {100 * cv["escape_rate"]:.1f}%.</p>
+<h2>Score histogram</h2>
+{histogram_svg(ex)}
+<h2>Misclassified images ({len(wrong)})</h2>
+<p>Red: evidence above the pixel threshold; yellow: raised but below; green outline: the true
+defect. Most wrong first.</p>
+<div class="gallery">{"".join(tiles)}</div>{more}
+<h2>Run and data</h2>
+<table class="id">{ident}</table>
+</body></html>
+"""
+
+
+def _outcome(r: RunView, i: int, t: float) -> tuple[str, str]:
+    from anomaly.explorer.gallery import outcome
+
+    return outcome(r.pred.labels[i], float(r.pred.scores[i]), t)
+
+
+def snapshot_figure(ex: ThresholdExplorer, n_tiles: int = 6):
+    """A static picture of the explorer: histogram, confusion counts and the most wrong images."""
+    import matplotlib.pyplot as plt
+
+    r, t, c = ex.run, ex.threshold, ex.counts
+    fig = plt.figure(figsize=(10, 5.6))
+    plt.close(fig)  # shown once, when a notebook cell returns it
+    grid = fig.add_gridspec(2, max(n_tiles, 2), height_ratios=[1.3, 1])
+    ax = fig.add_subplot(grid[0, : n_tiles // 2 + 1])
+    draw_histogram(ax, r, ex.optimum[0], t)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
+    tx = fig.add_subplot(grid[0, n_tiles // 2 + 1 :])
+    tx.set_axis_off()
+    text = (
+        f"threshold {t:.4g}\n\n"
+        f"good:       {c['tn']} PASS, {c['fp']} REJECT (false rejects)\n"
+        f"defective:  {c['tp']} REJECT (caught), {c['fn']} PASS (escapes)\n\n"
+        f"false-reject rate {100 * c['false_reject_rate']:.1f}%\n"
+        f"escape rate       {100 * c['escape_rate']:.1f}%\n"
+        f"saved rule: {describe_rule(r.saved) if r.saved else 'none'}"
+    )
+    tx.text(0, 1, text, va="top", family="monospace", fontsize=8.5)
+    order = ex.gallery.order()
+    wrong = ex.gallery.wrong(r)
+    for k in range(n_tiles):
+        a = fig.add_subplot(grid[1, k])
+        a.set_axis_off()
+        if k < len(order):
+            i = int(order[k])
+            a.imshow(ex.gallery.overlay(r, i))
+            word, what = _outcome(r, i, t)
+            a.set_title(
+                f"{word}: {what}\n{r.pred.defects[i]} {r.pred.scores[i]:.3g}",
+                fontsize=7.5,
+                color="#c62828" if wrong[i] else "#2e7d32",
+            )
+    fig.tight_layout()
+    return fig

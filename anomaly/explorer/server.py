@@ -1,0 +1,188 @@
+"""The explorer as a stand-alone page: Voila serves the committed notebooks/explorer_app.ipynb.
+
+Safe by default: the server listens on 127.0.0.1 only, asks for a random token (in the URL it
+prints), and shows no Python tracebacks on the page. Looking at it from another machine is
+done through an SSH tunnel, not by opening the port (the printed message says how); `host=`
+opens it to a network only when asked for by name. Kernels of closed or reloaded pages are
+shut down after `cull_idle_s` seconds without a connection (Voila's own shutdown on page
+unload is refused by its XSRF check), so a page left open all day costs one kernel, not one
+per reload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from anomaly.runs import RunDir
+
+RUNS_ENV = "ANOMALY_RUNS"  # run folders for the Voila page: a JSON list, or joined by os.pathsep
+APP_ENV = "ANOMALY_EXPLORER_APP"  # another explorer notebook to serve, if set
+APP_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "explorer_app.ipynb"
+LOCAL = "127.0.0.1"
+
+
+def runs_from_env(value: str | None = None) -> list[str]:
+    """The run folders named in $ANOMALY_RUNS: a JSON list, or paths joined by os.pathsep."""
+    value = os.environ.get(RUNS_ENV, "") if value is None else value
+    value = value.strip()
+    if not value:
+        return []
+    if value.startswith("["):
+        return [str(v) for v in json.loads(value)]
+    return [v for v in value.split(os.pathsep) if v]
+
+
+def app():
+    """What the Voila page shows: the explorer of the runs in $ANOMALY_RUNS, or how to set it."""
+    runs = runs_from_env()
+    if not runs:
+        import ipywidgets as w
+
+        return w.HTML(
+            f"<p>No runs to explore: set <code>{RUNS_ENV}</code> to one or more run "
+            "folders, or start the page with <code>python -m anomaly explore --run "
+            "runs/NAME</code>.</p>"
+        )
+    from anomaly.explorer.widget import ThresholdExplorer
+
+    return ThresholdExplorer(runs)
+
+
+def app_notebook() -> Path:
+    """The notebook the page serves: notebooks/explorer_app.ipynb (or $ANOMALY_EXPLORER_APP)."""
+    nb = Path(os.environ.get(APP_ENV) or APP_NOTEBOOK)
+    if not nb.is_file():
+        raise FileNotFoundError(
+            f"{nb} is missing: the explorer page serves notebooks/explorer_app.ipynb of the "
+            f"repository. Install from a clone (`pip install -e .`), or set {APP_ENV} to a copy "
+            "of that notebook"
+        )
+    return nb
+
+
+def voila_command(
+    run_dirs,
+    port: int = 8866,
+    open_browser: bool = False,
+    host: str = LOCAL,
+    token: str | None = None,
+    cull_idle_s: int = 600,
+) -> tuple[list, dict]:
+    """The command line and environment that serve the explorer page for these run folders.
+
+    Args:
+        run_dirs: scored run folders (or their predictions.npz).
+        port: the port to listen on.
+        host: the address to listen on; 127.0.0.1 (this machine only) unless asked otherwise.
+        token: the access token the page asks for; None makes a random one, "" turns it off.
+        cull_idle_s: shut down a page's kernel this many seconds after its last connection.
+    """
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    folders = [Path(d).resolve() for d in run_dirs]
+    if not folders:
+        raise ValueError("explore needs at least one run folder (--run RUN)")
+    for folder in folders:
+        if not folder.exists():
+            raise FileNotFoundError(
+                f"{folder} does not exist: pass a run folder made by `python -m anomaly train`"
+            )
+        file = folder if folder.suffix == ".npz" else folder / RunDir.PREDICTIONS
+        if not file.exists():
+            raise FileNotFoundError(
+                f"{folder} has no {RunDir.PREDICTIONS}: score the run first with "
+                f"`python -m anomaly score --run {folder}`"
+            )
+    if cull_idle_s < 1:
+        raise ValueError(f"cull_idle_s must be >= 1 second, got {cull_idle_s}")
+    token = secrets.token_urlsafe(24) if token is None else token
+    env = os.environ.copy()
+    env[RUNS_ENV] = json.dumps([str(f) for f in folders])
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [package_root, env.get("PYTHONPATH")] if p)
+    cmd = [
+        sys.executable,
+        "-m",
+        "voila",
+        str(app_notebook()),
+        f"--port={port}",
+        f"--Voila.ip={host}",
+        "--show_tracebacks=False",
+        f"--token={token}",
+        f"--MappingKernelManager.cull_idle_timeout={int(cull_idle_s)}",
+        f"--MappingKernelManager.cull_interval={max(1, min(60, int(cull_idle_s) // 2))}",
+        "--MappingKernelManager.cull_connected=False",
+    ]
+    if not open_browser:
+        cmd.append("--no-browser")
+    return cmd, env
+
+
+def page_url(cmd: list, host: str = LOCAL) -> str:
+    """The URL of the page a `voila_command` serves, with its token."""
+    port = next(a.split("=", 1)[1] for a in cmd if a.startswith("--port="))
+    token = next(a.split("=", 1)[1] for a in cmd if a.startswith("--token="))
+    shown = "localhost" if host in (LOCAL, "localhost") else host
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+def how_to_share(port: int, host: str = LOCAL) -> str:
+    """What the explore command prints after the URL: who can open it, and how to share it."""
+    if host in (LOCAL, "localhost", "::1"):
+        return (
+            f"Only this machine can open it. To look from another computer, tunnel the "
+            f"port over SSH there: `ssh -N -L {port}:127.0.0.1:{port} USER@THIS_HOST`, then "
+            "open the same URL in that computer's browser. Anyone with the URL (its token) "
+            "can move and save thresholds; do not paste it in public."
+        )
+    return (
+        f"WARNING: listening on {host}: every machine that can reach this address and has "
+        "the token can open the page and save thresholds into the run folders. Prefer the "
+        "default (127.0.0.1) with an SSH tunnel."
+    )
+
+
+def serve(
+    run_dirs,
+    port: int = 8866,
+    open_browser: bool = False,
+    block: bool = True,
+    host: str = LOCAL,
+    cull_idle_s: int = 600,
+):
+    """Serve the explorer of these run folders as a stand-alone page with Voila.
+
+    Blocks until the server stops (Ctrl+C) and returns its exit code; with block=False returns
+    the running `subprocess.Popen` (stop it with `.terminate()`).
+    """
+    cmd, env = voila_command(run_dirs, port, open_browser, host=host, cull_idle_s=cull_idle_s)
+    print(
+        f"Threshold explorer: {page_url(cmd, host)}  (Ctrl+C to stop)\n{how_to_share(port, host)}",
+        flush=True,
+    )
+    proc = subprocess.Popen(cmd, env=env)
+    if not block:
+        return proc
+    import signal
+    import threading
+
+    forward = threading.current_thread() is threading.main_thread()
+    if forward:  # a SIGTERM to us stops the server too, instead of orphaning it
+        previous = signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+    finally:
+        if forward:
+            signal.signal(signal.SIGTERM, previous)

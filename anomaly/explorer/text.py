@@ -1,0 +1,129 @@
+"""The explorer's words: the confusion matrix as HTML, and what the current threshold's rule
+means (which rule set it, and what, if anything, it guarantees)."""
+
+from __future__ import annotations
+
+import html
+
+from anomaly.metrics import Threshold
+
+TD = "padding:3px 8px;text-align:right;border:1px solid #ccc"
+TH = "padding:3px 8px;text-align:left;border:1px solid #ccc;background:#f5f5f5"
+RATES = [
+    ("precision", "precision"),
+    ("recall (defective caught)", "recall"),
+    ("F1", "f1"),
+    ("false-reject rate", "false_reject_rate"),
+    ("escape rate", "escape_rate"),
+]
+
+
+def at_saved(saved: Threshold | None, threshold: float) -> bool:
+    """True when `threshold` is the saved one (to float precision)."""
+    return saved is not None and abs(threshold - saved.value) <= 1e-9 * max(1.0, abs(threshold))
+
+
+def guarantee(saved: Threshold | None) -> str | None:
+    """The false-reject bound a saved threshold guarantees (the conformal rule), or None."""
+    if saved is None or saved.rule != "conformal" or "alpha" not in saved.params:
+        return None
+    return f"<= {100 * float(saved.params['alpha']):.3g}%"
+
+
+def format_confusion_html(
+    counts: dict, saved: Threshold | None = None, threshold: float | None = None
+) -> str:
+    """The confusion matrix and its rates as a small HTML table (class "anomaly-confusion").
+
+    When the current threshold is a saved conformal one, the guaranteed false-reject bound is
+    shown beside the rate measured on these images.
+    """
+    tp, fp, tn, fn = (counts[k] for k in ("tp", "fp", "tn", "fn"))
+    bad, ok = TD + ";background:#fde0dc", TD + ";background:#e6f4ea"
+    rows = [
+        (
+            f"<tr><th style='{TH}'>threshold {counts['threshold']:.4g}</th>"
+            f"<th style='{TH}'>PASS</th><th style='{TH}'>REJECT</th></tr>"
+        ),
+        (
+            f"<tr><th style='{TH}'>good ({fp + tn})</th>"
+            f"<td class='tn' style='{ok}'>{tn} passed</td>"
+            f"<td class='fp' style='{bad}'>{fp} false rejects</td></tr>"
+        ),
+        (
+            f"<tr><th style='{TH}'>defective ({tp + fn})</th>"
+            f"<td class='fn' style='{bad}'>{fn} escapes</td>"
+            f"<td class='tp' style='{ok}'>{tp} caught</td></tr>"
+        ),
+    ]
+    bound = guarantee(saved) if threshold is not None and at_saved(saved, threshold) else None
+    cells = []
+    for name, key in RATES:
+        extra = ""
+        if key == "false_reject_rate" and bound:
+            extra = (
+                f"<td class='guarantee' style='{TD};color:#1565c0'>guaranteed {bound} "
+                "on new good parts</td>"
+            )
+        cells.append(
+            f"<tr><th style='{TH}'>{name}</th>"
+            f"<td class='{key}' style='{TD}'>{counts[key]:.3f}</td>{extra}</tr>"
+        )
+    table = "border-collapse:collapse;font-size:13px"
+    return (
+        f"<div class='anomaly-confusion'><table style='{table}'>{''.join(rows)}</table>"
+        f"<table class='anomaly-rates' style='{table};margin-top:6px'>{''.join(cells)}"
+        "</table></div>"
+    )
+
+
+def describe_rule(saved: Threshold) -> str:
+    """One phrase for how a saved threshold was chosen, e.g. "normal-quantile (q = 0.99 of 20
+    held-out good images)"."""
+    p = saved.params or {}
+    if saved.rule == "conformal":
+        return (
+            f"conformal (alpha = {float(p.get('alpha', 0)):.3g}, "
+            f"{p.get('n', '?')} held-out good images)"
+        )
+    if saved.rule in ("normal_quantile", "normal-quantile"):
+        return (
+            f"normal-quantile (q = {p.get('q', '?')} of {p.get('n_normal', '?')} held-out "
+            "good images)"
+        )
+    if saved.rule == "f1":
+        return "F1-optimal on the labelled test images (in-sample)"
+    if saved.rule in ("cost-optimal", "explorer"):
+        return f"{saved.rule}, chosen in the explorer on the test images (in-sample)"
+    return saved.rule
+
+
+def rule_html(saved: Threshold | None, threshold: float, counts: dict, optimum: float) -> str:
+    """Which rule set the current threshold and what it guarantees."""
+    frr = f"{100 * counts['false_reject_rate']:.1f}%"
+    if at_saved(saved, threshold):
+        text = f"Threshold set by the saved rule <b>{html.escape(describe_rule(saved))}</b>. "
+        bound = guarantee(saved)
+        if bound:
+            text += (
+                f"It guarantees a false-reject rate {bound} on new good parts from the same "
+                f"process (if they are exchangeable with the held-out ones); measured on "
+                f"these test images: {frr}."
+            )
+        else:
+            text += f"It guarantees nothing; measured false-reject rate on these images: {frr}."
+    else:
+        how = (
+            "the cost optimum"
+            if abs(threshold - optimum) <= 1e-12 * max(1, abs(threshold))
+            else "set by hand"
+        )
+        text = (
+            f"Threshold <b>{how}</b> on these images (in-sample: no guarantee for new "
+            f"parts; false-reject rate here {frr})."
+        )
+        if saved is not None:
+            text += (
+                f" The saved threshold is {saved.value:.4g} ({html.escape(describe_rule(saved))})."
+            )
+    return f"<div style='font-size:12px;max-width:520px;color:#333'>{text}</div>"

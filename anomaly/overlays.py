@@ -1,0 +1,294 @@
+"""The one picture of a verdict: evidence painted on the image, on a scale anchored to the run.
+
+Every overlay the project makes (`score`'s `overlays/`, `predict`, the explorer's gallery and
+report, the notebooks) uses the same `EvidenceScale`: an anomaly-map value v is read as
+evidence e = (v - floor) / (pixel_threshold - floor), where `floor` is a typical value of good
+images' maps and `pixel_threshold` the run's saved pixel threshold. So e = 1 is the pixel
+threshold in every image of every run, and the same colour means the same evidence:
+
+    e < 0.75      nothing painted (what good parts look like)
+    0.75 <= e < 1 a faint yellow wash: raised, but below the pixel threshold
+    e >= 1        red, deeper up to e = 2: above the pixel threshold
+
+The colour bar under an `annotated_overlay` shows this scale with the threshold marked in the
+middle; the header says the verdict (PASS / REJECT), the image score and the image threshold.
+The ground-truth defect, when known, is outlined in one colour (`viz.OUTLINE`). Overlays are
+at the image's own resolution: the map is resized to the image, not the image to the map.
+
+Vocabulary, everywhere: good / defective for what a part is, PASS / REJECT for the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from anomaly.runs import RunDir
+from anomaly.viz import OUTLINE, to_rgb
+
+PASS, REJECT = "PASS", "REJECT"
+GOOD, DEFECTIVE = "good", "defective"
+YELLOW = np.array([255, 214, 0], np.float32)
+RED_LOW = np.array([255, 30, 0], np.float32)  # at the pixel threshold
+RED_HIGH = np.array([190, 0, 0], np.float32)  # at twice the threshold's evidence
+PASS_COLOUR, REJECT_COLOUR = (46, 125, 50), (198, 40, 40)
+
+
+def verdict(score: float, threshold: float) -> str:
+    """PASS or REJECT: a part is rejected iff its score is >= the threshold."""
+    return REJECT if float(score) >= float(threshold) else PASS
+
+
+@dataclass(frozen=True)
+class EvidenceScale:
+    """Map values -> evidence: `floor` is evidence 0, `pixel_threshold` evidence 1."""
+
+    floor: float
+    pixel_threshold: float
+
+    def __post_init__(self) -> None:
+        if not np.isfinite([self.floor, self.pixel_threshold]).all():
+            raise ValueError(f"EvidenceScale needs finite values, got {self}")
+        if self.pixel_threshold <= self.floor:
+            span = max(abs(self.floor), 1.0) * 1e-6
+            object.__setattr__(self, "pixel_threshold", self.floor + span)
+
+    def evidence(self, amap) -> np.ndarray:
+        amap = np.asarray(amap, np.float32)
+        return (amap - self.floor) / (self.pixel_threshold - self.floor)
+
+    @classmethod
+    def from_maps(cls, maps, labels=None, q: float = 0.999) -> EvidenceScale:
+        """From good images' maps: floor at their median pixel, threshold at their q-quantile."""
+        maps = np.asarray(maps, np.float32)
+        if labels is not None and np.any(np.asarray(labels) == 0):
+            maps = maps[np.asarray(labels) == 0]
+        flat = maps.ravel()[:: max(1, maps.size // 2_000_000)]
+        floor, top = (float(v) for v in np.quantile(flat, (0.5, q)))
+        return cls(floor, top)
+
+
+def run_scale(run: str | Path | RunDir, maps=None, labels=None) -> EvidenceScale:
+    """The evidence scale of a run folder.
+
+    The pixel threshold is the one saved in threshold.json (`params.pixel_threshold`, set by
+    the explorer) or else the upper end of the held-out good images' map range
+    (val_scores.json, written by train: their 99.9 % quantile); the floor is the lower end of
+    that range. Without val_scores.json, `maps` (and `labels`) give the scale.
+    """
+    rd = run if isinstance(run, RunDir) else RunDir(run)
+    saved = rd.threshold().params.get("pixel_threshold") if rd.has_threshold() else None
+    if rd.file(rd.VAL_SCORES).exists():
+        lo, hi = rd.map_range()
+        return EvidenceScale(lo, float(saved) if saved is not None else hi)
+    if maps is None:
+        raise FileNotFoundError(
+            f"{rd.path} has no {rd.VAL_SCORES} (written by train): "
+            "retrain the run, or pass its maps to set the overlay scale"
+        )
+    scale = EvidenceScale.from_maps(maps, labels)
+    return EvidenceScale(scale.floor, float(saved)) if saved is not None else scale
+
+
+def evidence_rgba(evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The colour [H, W, 3] (0..255) and opacity [H, W] (0..1) of evidence values."""
+    e = np.asarray(evidence, np.float32)[..., None]
+    low = np.clip((e - 0.75) / 0.25, 0.0, 1.0)  # 0 at e = 0.75, 1 at e = 1
+    high = np.clip(e - 1.0, 0.0, 1.0)  # 0 at e = 1, 1 at e = 2
+    above = e >= 1.0
+    colour = np.where(above, (1 - high) * RED_LOW + high * RED_HIGH, YELLOW)
+    alpha = np.where(above, 0.65 + 0.2 * high, 0.4 * low)
+    return colour, alpha[..., 0]
+
+
+def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to (H, W)."""
+    amap = np.asarray(amap, np.float32)
+    if amap.shape == tuple(size):
+        return amap
+    im = Image.fromarray(amap, mode="F").resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im, np.float32)
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a binary mask (the mask minus its 4-neighbour erosion)."""
+    m = np.asarray(mask) > 0
+    p = np.pad(m, 1, constant_values=False)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return m & ~inner
+
+
+def evidence_overlay(image, amap, scale: EvidenceScale, mask=None) -> np.ndarray:
+    """The image at its own resolution with the map's evidence painted on it (uint8 RGB).
+
+    Args:
+        image: the input image (any layout `viz.to_rgb` takes), at any size.
+        amap: the anomaly map [h, w]; resized to the image.
+        scale: the run's `EvidenceScale`.
+        mask: optional ground-truth mask (any size); its boundary is drawn in `viz.OUTLINE`.
+    """
+    rgb = to_rgb(image) * 255.0
+    size = rgb.shape[:2]
+    colour, alpha = evidence_rgba(scale.evidence(_resize_map(amap, size)))
+    out = (1 - alpha[..., None]) * rgb + alpha[..., None] * colour
+    if mask is not None and np.any(mask):
+        m = np.asarray(mask, np.float32)
+        if m.shape != size:
+            m = _resize_map(m, size)
+        out[mask_outline(m >= 0.5)] = OUTLINE
+    return np.round(out.clip(0, 255)).astype(np.uint8)
+
+
+def strong_red_fraction(rgb: np.ndarray) -> float:
+    """The fraction of pixels painted strongly red (what evidence >= 1 looks like)."""
+    rgb = np.asarray(rgb).astype(np.int32)
+    red = (rgb[..., 0] >= 150) & (rgb[..., 1] <= 90) & (rgb[..., 2] <= 90)
+    return float(red.mean())
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def colour_bar(width: int, scale: EvidenceScale, height: int | None = None) -> np.ndarray:
+    """The evidence scale as a horizontal bar with its labels (uint8 RGB, `width` wide)."""
+    fs = max(9, min(14, width // 22))
+    bar_h = max(6, fs - 2)
+    height = height or bar_h + 2 * fs + 12
+    e = np.linspace(0.0, 2.0, width, dtype=np.float32)[None].repeat(bar_h, 0)
+    colour, alpha = evidence_rgba(e)
+    paper = np.full((bar_h, width, 3), 235.0, np.float32)  # what an unpainted pixel shows over
+    bar = (1 - alpha[..., None]) * paper + alpha[..., None] * colour
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas.paste(Image.fromarray(bar.astype(np.uint8)), (0, 2))
+    draw = ImageDraw.Draw(canvas)
+    mid = width // 2
+    draw.line([(mid, 0), (mid, bar_h + 4)], fill=(0, 0, 0), width=1)
+    font = _font(fs)
+    y = bar_h + 5
+    draw.text((2, y), "typical good", fill=(90, 90, 90), font=font)
+    label = f"pixel threshold {scale.pixel_threshold:.3g}"
+    w = draw.textlength(label, font=font)
+    draw.text(
+        (max(mid - w / 2, 2), y + (fs + 1 if w > width / 3 else 0)),
+        label,
+        fill=(0, 0, 0),
+        font=font,
+    )
+    draw.text((width - draw.textlength("2x", font=font) - 2, y), "2x", fill=(90, 90, 90), font=font)
+    return np.asarray(canvas)
+
+
+def annotated_overlay(
+    image,
+    amap,
+    scale: EvidenceScale,
+    score: float,
+    threshold: float,
+    mask=None,
+    title: str | None = None,
+) -> np.ndarray:
+    """`evidence_overlay` with the verdict and score written above and the colour bar below.
+
+    An image narrower than `MIN_WIDTH` is enlarged by a whole factor (each pixel a square
+    block), so that the words stay readable; `body_rows` says where the picture is.
+    """
+    body = evidence_overlay(image, amap, scale, mask)
+    k = enlargement(body.shape[1])
+    body = body.repeat(k, axis=0).repeat(k, axis=1)
+    width = body.shape[1]
+    fs = _font_size(width)
+    head_h = _head_height(width, title)
+    head = Image.new("RGB", (width, head_h), (255, 255, 255))
+    draw = ImageDraw.Draw(head)
+    word = verdict(score, threshold)
+    draw.text((4, 3), word, fill=REJECT_COLOUR if word == REJECT else PASS_COLOUR, font=_font(fs))
+    op = ">=" if word == REJECT else "<"
+    draw.text(
+        (4 + draw.textlength(word + "  ", font=_font(fs)), 3 + fs // 5),
+        f"score {score:.4g} {op} {threshold:.4g}",
+        fill=(0, 0, 0),
+        font=_font(fs - 3),
+    )
+    if title:
+        draw.text((4, fs + 7), title, fill=(90, 90, 90), font=_font(fs - 3))
+    return np.concatenate([np.asarray(head), body, colour_bar(width, scale)], axis=0)
+
+
+MIN_WIDTH = 256  # annotated overlays are at least this wide
+
+
+def enlargement(width: int) -> int:
+    """The whole factor that makes an image of this width at least MIN_WIDTH wide."""
+    return max(1, -(-MIN_WIDTH // max(1, width)))
+
+
+def _font_size(width: int) -> int:
+    return max(10, min(18, width // 16))
+
+
+def _head_height(width: int, title: str | None) -> int:
+    fs = _font_size(width)
+    return fs + 10 + (fs + 2 if title else 0)
+
+
+def body_rows(image_shape: tuple[int, ...], title: str | None = None) -> slice:
+    """The rows of an `annotated_overlay` of an image of this shape that hold the picture."""
+    k = enlargement(image_shape[1])
+    head = _head_height(image_shape[1] * k, title)
+    return slice(head, head + image_shape[0] * k)
+
+
+def overlay_name(path: str, defect: str | None = None) -> str:
+    """File name of an image's overlay: `<defect>_<stem>.png` (or `<stem>.png`)."""
+    stem = Path(path).stem
+    return f"{defect}_{stem}.png" if defect else f"{stem}.png"
+
+
+def _load(path: str) -> np.ndarray | None:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError:
+        return None
+
+
+def save_overlays(
+    pred, out_dir: str | Path, scale: EvidenceScale, threshold: float, images=None
+) -> list[Path]:
+    """Write one `annotated_overlay` PNG per image of a `Predictions`, `<defect>_<stem>.png`.
+
+    Images come from `images` (any layout, any size) or else from `pred.paths` at their own
+    resolution; masks (when the predictions have them) are outlined. Two images with the same
+    defect and stem from different folders get distinct names (`..._<index>.png`).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, seen = [], set()
+    for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
+        image = images[i] if images is not None else _load(path)
+        if image is None:  # the file went away: show the map's size in grey
+            image = np.full(pred.maps.shape[1:], 0.5, np.float32)
+        mask = pred.masks[i] if pred.masks is not None else None
+        rgb = annotated_overlay(
+            image,
+            pred.maps[i],
+            scale,
+            float(pred.scores[i]),
+            threshold,
+            mask=mask,
+            title=f"{defect} / {Path(path).name}",
+        )
+        name = overlay_name(path, defect)
+        if name in seen:
+            name = f"{Path(name).stem}_{i}.png"
+        seen.add(name)
+        Image.fromarray(rgb).save(out_dir / name)
+        written.append(out_dir / name)
+    return written
