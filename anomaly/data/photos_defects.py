@@ -9,7 +9,8 @@ Six kinds, every one sized by a target area between about 0.1 % and 5 % of the i
 - `discolour`: a hue and saturation shift in a soft region (greyscale: brightness and contrast);
 - `blur`: a soft region out of focus.
 
-A defect's opacity `alpha` in [0, 1] is drawn anti-aliased; its mask is `alpha >= 0.5`. A defect
+A defect's opacity `alpha` in [0, 1] is drawn anti-aliased; its mask is `alpha >= 0.5` (for a
+discolouration or a blur, only where it changes a pixel by at least `VISIBLE`). A defect
 that changes its own mask by less than `MIN_CHANGE` (mean absolute change in [0, 1] units; a
 blur `MIN_CHANGE_BLUR`), e.g. a blur on a flat patch or a dark stain on a black sky, is drawn again
 elsewhere (up to `TRIES` times, keeping the most visible), so every defect is visible to a person. All randomness comes from the `rng` passed in.
@@ -26,6 +27,8 @@ AREA_RANGE = (0.001, 0.05)  # defect area as a fraction of the image (log-unifor
 MIN_CHANGE = 0.06  # mean absolute change inside the mask that a defect must reach
 MIN_CHANGE_BLUR = 0.03  # a blur changes fine detail only: its mean change is smaller
 TRIES = 30
+ALTERING = ("discolour", "blur")  # kinds that alter what is there; masked only where it shows
+VISIBLE = 0.02  # a pixel change (in [0, 1]) that shows, for the masks of ALTERING kinds
 _F = np.float32
 
 
@@ -125,7 +128,6 @@ def _hole(rng, img, area, donors):
 
 def _discolour(rng, img, area, donors):
     size = img.shape[0]
-    alpha = _blob(rng, size, area, edge=rng.uniform(2, 5))
     if img.shape[-1] == 3:
         hsv = np.asarray(Image.fromarray((img * 255 + 0.5).astype(np.uint8)).convert("HSV"), _F)
         hsv = hsv / 255
@@ -136,6 +138,9 @@ def _discolour(rng, img, area, donors):
     else:
         gain, offset = rng.uniform(0.6, 1.4), rng.choice([-1, 1]) * rng.uniform(0.1, 0.22)
         shifted = np.clip((img - img.mean()) * gain + img.mean() + offset, 0, 1)
+    # where the shift shows: grey or black parts of a colour photo barely change hue
+    change = ndimage.gaussian_filter(np.abs(shifted - img).mean(-1), np.sqrt(area) / 3)
+    alpha = _blob(rng, size, area, edge=rng.uniform(2, 5), where=change.astype(float) ** 2)
     a = alpha[..., None]
     return img * (1 - a) + shifted * a, alpha
 
@@ -178,6 +183,9 @@ def add_defect(rng: np.random.Generator, image: np.ndarray, kind: str,
         out, alpha = _DRAW[kind](rng, image, frac * size * size, donors)
         out = np.clip(out, 0, 1).astype(_F)
         mask = alpha >= 0.5
+        if kind in ALTERING:  # only where the change shows (black sky keeps no hue)
+            shows = ndimage.binary_closing(np.abs(out - image).max(-1) >= VISIBLE, iterations=2)
+            mask &= shows
         if not mask.any():
             continue
         change = float(np.abs(out - image).mean(-1)[mask].mean())
