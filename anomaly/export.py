@@ -66,10 +66,6 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     The graph is traced from the detector's own `predict_batch` on one image of the run's size,
     so it takes exactly one image per call. Returns the path written.
     """
-    import torch
-    from torch import nn
-
-    onnx = _require("onnx")
     from anomaly.pipeline import load_run
     from anomaly.runs import RunDir
 
@@ -83,7 +79,16 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     if out_path.is_dir():
         raise ExportError(f"{out_path} is a folder; give the ONNX file's name, e.g. "
                           f"{out_path / 'model.onnx'}")
-    detector = load_run(run, device="cpu")
+    return export_detector(load_run(run, device="cpu"), out_path, metadata(config, run))
+
+
+def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None = None) -> Path:
+    """Write a fitted `PatchKNN` (on the CPU) as one ONNX file with metadata `meta` (default:
+    `metadata(detector.config)`). Returns the path written."""
+    import torch
+    from torch import nn
+
+    onnx = _require("onnx")
 
     class Traced(nn.Module):  # the detector's own forward, as one module for the tracer
         def __init__(self, det) -> None:
@@ -94,6 +99,7 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
         def forward(self, images: torch.Tensor):
             return self.det.predict_batch(images)
 
+    config, out_path = detector.config, Path(out_path)
     example = torch.rand(1, config.channels, config.size, config.size,
                          generator=torch.Generator().manual_seed(0))
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -101,9 +107,8 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     with torch.no_grad():
         _trace(Traced(detector).eval(), example, tmp)
     model = onnx.load(str(tmp))
-    meta = metadata(config, run)
     del model.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in (meta or metadata(config)).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.doc_string = "anomaly patchknn detector: " + PREPROCESSING
@@ -130,15 +135,15 @@ def _trace(module, example, path: Path) -> None:
                           input_names=["images"], output_names=["scores", "maps"], verbose=False)
 
 
-def metadata(config, run) -> dict[str, str]:
+def metadata(config, run=None) -> dict[str, str]:
     """The strings stored in the file's metadata_props (all a user needs besides onnxruntime)."""
     meta = {"format": FORMAT, "method": config.method, "size": str(config.size),
             "channels": str(config.channels), "color": "RGB" if config.channels == 3 else "L",
             "value_range": "0,1", "batch": "1", "input": "images", "outputs": "scores,maps",
             "preprocessing": PREPROCESSING, "config": json.dumps(_config_dict(config))}
-    if run.has_threshold():
+    if run is not None and run.has_threshold():
         meta["threshold"] = repr(float(run.threshold().value))
-    if run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
+    if run is not None and run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
         meta["map_range"] = json.dumps(list(run.map_range()))
     return meta
 
