@@ -367,7 +367,7 @@ def threshold_conformal(normal_scores, alpha: float) -> Threshold:
     k = int(np.ceil((n + 1) * (1 - alpha) - 1e-9))
     kth = float(np.sort(normal_scores)[k - 1])
     guarantee = (f"false-reject rate <= {100 * alpha:.3g}% for new good parts from the same "
-                 f"process (exchangeable with the {n} held-out good images)")
+                 f"process (exchangeable with the {n} held-out good image{'s' * (n != 1)})")
     return Threshold(float(np.nextafter(kth, np.inf)), "conformal",
                      {"alpha": float(alpha), "n": n, "rank": k, "guarantee": guarantee})
 
