@@ -79,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true")
 
     p = sub.add_parser("predict", help="score new images with a run and its threshold")
-    p.add_argument("--run", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run")
+    source.add_argument("--onnx", help="a detector exported by `export` (onnxruntime only)")
     p.add_argument("images", nargs="+", help="image files, or folders of images")
+
+    p = sub.add_parser("export", help="save a patchknn run as one ONNX file (onnxruntime only)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", help="the ONNX file to write (default RUN/model.onnx)")
 
     p = sub.add_parser("threshold", help="choose and save the run's threshold")
     p.add_argument("--run", required=True)
@@ -140,11 +146,14 @@ def _train(args) -> None:
 
 
 def _score(args) -> None:
+    from anomaly.decision import score_summary
     from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir
 
-    _, metrics = score_run(args.run, args.data, overlays=not args.no_overlays)
-    shown = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
-    print(json.dumps(shown, indent=2, default=str))
+    pred, metrics = score_run(args.run, args.data, overlays=not args.no_overlays, progress=True)
+    rd = RunDir(args.run)
+    threshold = rd.threshold() if rd.has_threshold() else None
+    print(score_summary(pred.labels, pred.scores, metrics, threshold))
     for note in metrics.get("notes", []):
         print(f"note: {note}")
     wrote = "scores.csv, metrics.json, predictions.npz" + ("" if args.no_overlays else ", overlays/")
@@ -152,9 +161,14 @@ def _score(args) -> None:
 
 
 def _predict(args) -> int:
-    from anomaly.pipeline import predict_images
+    if args.onnx:
+        from anomaly.export import predict_files
 
-    results, threshold = predict_images(args.run, args.images)
+        results, threshold = predict_files(args.onnx, args.images)
+    else:
+        from anomaly.pipeline import predict_images
+
+        results, threshold = predict_images(args.run, args.images)
     good = [r for r in results if "error" not in r]
     for r in good:
         print(f"{r['path']}\t{r['score']:.6g}\t{r['verdict']}")
@@ -196,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             _score(args)
         elif args.command == "predict":
             return _predict(args)
+        elif args.command == "export":
+            from anomaly.export import export_onnx
+
+            print(f"wrote {export_onnx(args.run, args.out)}")
         elif args.command == "threshold":
             from anomaly.pipeline import set_threshold
 

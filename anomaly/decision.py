@@ -166,3 +166,30 @@ def summary_line(counts: dict, rule: str | None = None) -> str:
         f"at threshold {counts['threshold']:.4g}{how}: {counts['tp']}/{n_bad} defective "
         f"caught, {counts['fp']}/{n_good} good rejected"
     )
+
+
+SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
+
+
+def score_summary(labels, scores, metrics: dict, threshold=None) -> str:
+    """What `score` prints: the verdicts at the run's threshold in one sentence, then the
+    metrics rounded to 3 digits, e.g.
+
+        at threshold 29.88 (normal_quantile): 75/90 defective caught, 0/50 good rejected
+        image_auroc 0.981  image_ap 0.99  image_f1_max 0.953  pixel_auroc 0.962  aupro 0.871
+        (140 images, 12.3 images/s)
+
+    `threshold` is a `metrics.Threshold` (or a number, or None when the run has none).
+    """
+    lines = []
+    if threshold is not None:
+        rule = getattr(threshold, "rule", None)
+        lines.append(summary_line(confusion(labels, scores, float(threshold)), rule))
+    else:
+        lines.append("no threshold saved: set one with `python -m anomaly threshold`")
+    shown = [f"{k} {metrics[k]:.3g}" for k in SUMMARY_METRICS if metrics.get(k) is not None]
+    lines.append("  ".join(shown) if shown else "no metric could be computed (see notes)")
+    speed = metrics.get("predict_images_per_s")
+    tail = f", {speed:.3g} images/s" if speed else ""
+    lines.append(f"({len(np.asarray(labels))} images{tail})")
+    return "\n".join(lines)
