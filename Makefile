@@ -3,24 +3,34 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# the versions the tests passed with; `make upgrade`, `make test`, `make constraints` move them on
+CONSTRAINTS := constraints.txt
 DATA    ?= data/cookies
 RUNS    ?= runs
 # torch's worker threads spin while waiting; on a busy 2-core machine that costs 3x
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test unit notebooks lab explorer benchmark install clean
+.PHONY: demo test unit notebooks lab explorer benchmark install upgrade constraints clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install --quiet torch torchvision
-	$(BIN)/pip install --quiet -e ".[dev]"
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## newest versions pyproject.toml allows; then `make test` and, if it passes, `make constraints`
+upgrade: | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade -e ".[dev]"
+	touch $(STAMP)
+
+## write the venv's versions to constraints.txt and pin them in environment.yml
+constraints: | $(BIN)/python
+	$(BIN)/python scripts/pin_versions.py
 
 ## the main job: generate the cookie benchmark, train and score the best method and the original's
 demo: $(STAMP)

@@ -1,4 +1,5 @@
-"""environment.yml and pyproject.toml list the same packages with the same minimum versions."""
+"""environment.yml, pyproject.toml and constraints.txt agree: the same packages, pinned to the
+tested versions (environment.yml, constraints.txt), which meet pyproject's minimum versions."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_TO_PYPI = {"pytorch": "torch"}  # conda-forge names that differ from the PyPI names
 NOT_PACKAGES = {"python", "pip"}
-SPEC = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:>=\s*([^\s,;]+))?")
+SPEC = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*"
+                  r"(?:(>=|==|=)\s*([^\s,;]+))?")
 
 
 def _normalize(name: str) -> str:
@@ -20,13 +23,13 @@ def _normalize(name: str) -> str:
     return CONDA_TO_PYPI.get(name, name)
 
 
-def _minimums(specs: list[str]) -> dict[str, str | None]:
-    """{normalized name: minimum version or None} for requirement strings like 'numpy>=1.24'."""
+def _versions(specs: list[str]) -> dict[str, tuple[str | None, str | None]]:
+    """{normalized name: (operator, version)} for requirement strings like 'numpy>=1.24'."""
     out = {}
     for spec in specs:
         m = SPEC.match(spec)
         assert m, f"cannot parse requirement {spec!r}"
-        out[_normalize(m.group(1))] = m.group(2)
+        out[_normalize(m.group(1))] = (m.group(2), m.group(3))
     return out
 
 
@@ -57,14 +60,34 @@ def _read_environment_yml(path: Path) -> dict:
     return data
 
 
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_normalize(name)] = version.strip()
+    return pins
+
+
 @pytest.fixture(scope="module")
 def env() -> dict:
     return _read_environment_yml(ROOT / "environment.yml")
 
 
 @pytest.fixture(scope="module")
+def env_packages(env) -> dict:
+    found = _versions(env["dependencies"] + [p for p in env["pip"] if p != "-e ."])
+    return {n: v for n, v in found.items() if n not in NOT_PACKAGES}
+
+
+@pytest.fixture(scope="module")
 def project() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+@pytest.fixture(scope="module")
+def minimums(project) -> dict:
+    return _versions(project["dependencies"] + project["optional-dependencies"]["dev"])
 
 
 def test_channel_is_conda_forge(env: dict) -> None:
@@ -83,30 +106,51 @@ def test_python_version_meets_requires_python(env: dict, project: dict) -> None:
     assert pinned >= required, f"environment.yml has {python}, pyproject needs {required}"
 
 
-def test_same_packages_and_minimum_versions(env: dict, project: dict) -> None:
-    pyproject = _minimums(project["dependencies"] + project["optional-dependencies"]["dev"])
-    conda = _minimums(env["dependencies"] + [p for p in env["pip"] if p != "-e ."])
-    for name in NOT_PACKAGES:
-        conda.pop(name, None)
-    missing_in_env = sorted(set(pyproject) - set(conda))
-    missing_in_pyproject = sorted(set(conda) - set(pyproject))
+def test_same_packages(env_packages: dict, minimums: dict) -> None:
+    missing_in_env = sorted(set(minimums) - set(env_packages))
+    missing_in_pyproject = sorted(set(env_packages) - set(minimums))
     assert not missing_in_env, f"in pyproject.toml but not in environment.yml: {missing_in_env}"
     assert not missing_in_pyproject, (
-        f"in environment.yml but not in pyproject.toml: {missing_in_pyproject}"
-    )
-    differ = {n: (pyproject[n], conda[n]) for n in pyproject if pyproject[n] != conda[n]}
-    assert not differ, f"minimum versions differ (pyproject, environment.yml): {differ}"
-    assert all(pyproject.values()), "every dependency should state a minimum version (>=)"
+        f"in environment.yml but not in pyproject.toml: {missing_in_pyproject}")
+    assert all(op == ">=" for op, _ in minimums.values()), \
+        "every pyproject dependency should state a minimum version (>=)"
+
+
+def test_environment_pins_the_tested_versions(env_packages: dict, minimums: dict) -> None:
+    tested = _constraints()
+    for name, (op, version) in env_packages.items():
+        assert op in ("=", "=="), f"environment.yml: {name} is not pinned (run `make constraints`)"
+        assert tested.get(name) == version, (
+            f"environment.yml pins {name} {version}, constraints.txt has {tested.get(name)}; "
+            "run `make constraints`")
+        assert Version(version) >= Version(minimums[name][1]), (
+            f"{name} {version} is below pyproject's minimum {minimums[name][1]}")
+
+
+def test_constraints_cover_every_dependency_and_not_the_project(minimums: dict) -> None:
+    tested = _constraints()
+    assert not sorted(set(minimums) - set(tested)), "run `make constraints` in a full venv"
+    assert "anomaly" not in tested
+
+
+def test_make_and_ci_install_with_the_constraints() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if "pip install" in line
+                and "--upgrade pip" not in line and "--upgrade -e" not in line]
+    assert installs and all("-c $(CONSTRAINTS)" in line for line in installs), installs
+    assert "CONSTRAINTS := constraints.txt" in makefile
+    assert "constraints.txt" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_reader_handles_the_file_shape(tmp_path: Path) -> None:
     path = tmp_path / "environment.yml"
     path.write_text(
         "# comment\nname: x\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11\n"
-        "  - pip\n  - pytorch>=2.2  # torch\n  - pip:\n      - foo_bar>=1.0\n      - -e .\n"
+        "  - pip\n  - pytorch=2.2.1  # torch\n  - pip:\n      - foo_bar==1.0\n      - -e .\n"
     )
     env = _read_environment_yml(path)
     assert env["name"] == "x" and env["channels"] == ["conda-forge"]
-    assert env["dependencies"] == ["python=3.11", "pip", "pytorch>=2.2"]
-    assert env["pip"] == ["foo_bar>=1.0", "-e ."]
-    assert _minimums(env["dependencies"][2:] + env["pip"][:1]) == {"torch": "2.2", "foo-bar": "1.0"}
+    assert env["dependencies"] == ["python=3.11", "pip", "pytorch=2.2.1"]
+    assert env["pip"] == ["foo_bar==1.0", "-e ."]
+    assert _versions(env["dependencies"][2:] + env["pip"][:1]) == {
+        "torch": ("=", "2.2.1"), "foo-bar": ("==", "1.0")}
