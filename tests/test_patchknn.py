@@ -160,3 +160,39 @@ def test_encoder_module_as_backbone():
     config = Config(method="patchknn", backbone="encoder:runs/ae", coreset_ratio=0.5)
     scores, maps = PatchKNN(config, module=Encoder()).fit(Textures(4)).predict_batch(torch.rand(2, 1, 32, 32))
     assert scores.shape == (2,) and maps.shape == (2, 32, 32)
+
+
+def test_mirrored_padding_flattens_the_edge_of_normal_maps():
+    """Zero padding makes every edge patch look unusual; mirrored padding (feature_pad) does not."""
+    ratios = {}
+    for pad in (0, 16):
+        config = Config(method="patchknn", size=SIZE, batch_size=8, coreset_ratio=0.1,
+                        feature_pad=pad)
+        detector = PatchKNN(config).fit(Textures(16, seed=1))
+        assert detector.extractor.pad == pad
+        patches = detector.patch_scores(Textures(8, seed=2).images)
+        edge = torch.cat([patches[:, 0], patches[:, -1], patches[:, :, 0], patches[:, :, -1]], 1)
+        ratios[pad] = float(edge.mean() / patches[:, 2:-2, 2:-2].mean())
+    assert ratios[0] > 1.05 and abs(ratios[16] - 1) < 0.02, ratios
+
+
+def test_image_score_leaves_out_the_border(fitted):
+    images = Textures(2, seed=4).images.clone()
+    images[:, :, :3, :3] = 1.0  # a bright corner: a defect inside the left-out border
+    plain = fitted.predict_batch(images)
+    inside = PatchKNN(fitted.config.replace(score_border=8))
+    inside.load_state_dict(fitted.state_dict())
+    scores, maps = inside.predict_batch(images)
+    torch.testing.assert_close(maps, plain[1])  # the map is unchanged, only the score differs
+    torch.testing.assert_close(scores, maps[:, 8:-8, 8:-8].amax((1, 2)))
+    assert (scores < plain[0]).all()
+
+
+def test_padded_bank_refuses_an_unpadded_detector(fitted):
+    padded = PatchKNN(fitted.config.replace(feature_pad=16)).fit(Textures(4, seed=1))
+    assert padded.state_dict()["pad"] == 16
+    with pytest.raises(RuntimeError, match="memory bank"):
+        fitted.load_state_dict(padded.state_dict())
+    old = fitted.state_dict()
+    del old["pad"]  # a bank saved before padding existed loads as pad 0
+    PatchKNN(fitted.config).load_state_dict(old)

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from anomaly.detectors.base import Detector, register
+from anomaly.features import build_backbone, padded_maps, parse_layers, whole_cells
 from anomaly.maps import gaussian_blur, image_score
 from anomaly.models.flow import FeatureFlow
 
@@ -152,10 +153,11 @@ class FlowDetector(Detector):
     ) -> None:
         super().__init__(config)
         if backbone is None:
-            from anomaly.features import build_backbone
-
-            backbone = build_backbone(config.backbone)
+            backbone = build_backbone(config.backbone, layers=parse_layers(config.layers) or None)
         self.backbone = backbone.eval().requires_grad_(False)
+        self.pad = 0  # mirrored padding of the images (anomaly.features.padded_maps)
+        if config.feature_pad and hasattr(backbone, "stride"):
+            self.pad = whole_cells(config.feature_pad, list(backbone.stride))
         channels = getattr(backbone, "out_channels", None)
         if channels is None:
             with torch.no_grad():
@@ -172,7 +174,7 @@ class FlowDetector(Detector):
     def raw_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen backbone's feature maps of images [B, C, H, W] in [0, 1]."""
         self.backbone.eval()
-        return [f.float() for f in self.backbone(images)]
+        return [f.float() for f in padded_maps(self.backbone, images, self.pad)]
 
     def _cache(self, data, progress: bool) -> list[torch.Tensor]:
         from tqdm.auto import tqdm
@@ -217,7 +219,7 @@ class FlowDetector(Detector):
     def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = flow_anomaly_map(self.stage_outputs(images), images.shape[-2:])
         maps = gaussian_blur(maps, self.config.smooth_sigma)
-        return image_score(maps, self.config.score_topk), maps
+        return image_score(maps, self.config.score_topk, self.config.score_border), maps
 
     def state_dict(self) -> dict:
         return {"hparams": dict(self.head.hparams), "head": self.head.state_dict()}

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anomaly.detectors.base import Detector, register
-from anomaly.features import DEFAULT_LAYERS, FeatureExtractor, build_backbone
+from anomaly.features import DEFAULT_LAYERS, FeatureExtractor, build_backbone, parse_layers
 from anomaly.maps import gaussian_kernel1d, image_score
 
 PROJECTION_DIM = 128  # coreset distances are computed in a random projection of this size
@@ -176,11 +176,12 @@ class PatchKNN(Detector):
             # our own trained encoder (no pretraining at all): anomaly.pipeline loads the run
             raise ValueError(f"backbone {config.backbone!r}: pass the trained encoder as module=; "
                              "anomaly.pipeline.build_detector does this from the run folder")
-        self.layers = tuple(layers or self.LAYERS.get(config.backbone)
+        self.layers = tuple(layers or parse_layers(config.layers)
+                            or self.LAYERS.get(config.backbone)
                             or DEFAULT_LAYERS.get(config.backbone, ()))
         backbone = build_backbone(config.backbone, in_channels=config.channels,
                                   layers=self.layers or None, module=module)
-        self.extractor = FeatureExtractor(backbone)
+        self.extractor = FeatureExtractor(backbone, pad=config.feature_pad)
         self.bank: torch.Tensor | None = None
         self.bank_sq: torch.Tensor | None = None
         self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -261,19 +262,20 @@ class PatchKNN(Detector):
                                    map_matrix(width, w, sigma).to(patches.device))
         rows, cols = self._matrices[key]
         maps = rows @ patches @ cols.T  # = gaussian_blur(bilinear upsampling(patches))
-        return image_score(maps, self.config.score_topk), maps
+        return image_score(maps, self.config.score_topk, self.config.score_border), maps
 
     def state_dict(self) -> dict:
         if self.bank is None:
             raise RuntimeError("patchknn: nothing to save before fit()")
         return {"bank": self.bank.cpu(), "backbone": self.config.backbone,
                 "layers": list(self.layers), "dim": self.extractor.dim,
-                "pool": self.extractor.pool, "stride": self.extractor.stride}
+                "pool": self.extractor.pool, "stride": self.extractor.stride,
+                "pad": self.extractor.pad}
 
     def load_state_dict(self, state: dict) -> None:
         mine = {"backbone": self.config.backbone, "layers": list(self.layers),
-                "dim": self.extractor.dim, "pool": self.extractor.pool}
-        theirs = {key: state[key] for key in mine}
+                "dim": self.extractor.dim, "pool": self.extractor.pool, "pad": self.extractor.pad}
+        theirs = {key: state.get(key, 0) for key in mine}  # banks saved before padding: pad 0
         if theirs != mine or state["bank"].shape[1] != self.extractor.dim:
             raise RuntimeError(f"patchknn memory bank was made with features {theirs}, this "
                                f"detector makes {mine}")

@@ -1,0 +1,223 @@
+"""Sweep detector settings over every set of a photo suite (and the cookies); print a table.
+
+    python benchmarks/photos_sweep.py --suite data/photos --cookies data/cookies
+    python benchmarks/photos_sweep.py --suite data/photos --settings default pad16 --sets coffee moon
+
+For each named setting (`SETTINGS`, overrides of `Config.for_method`) and each data set it fits
+on `train/good`, predicts `test`, and prints one row: image AUROC, pixel AUROC and AUPRO (where
+masks exist), fit seconds (wall clock) and predict CPU milliseconds per image (all threads, so
+other processes on the machine inflate both). Then per setting, the mean and the worst photo set
+(the cookies are reported beside them, not in them). Image-score variants that need no refit
+(`--score-variants`: the map's maximum without a border, a top-fraction mean) are computed from
+the same maps and shown as extra settings named `<setting>@<variant>`.
+
+Every finished row is appended to `--out` (JSON lines), so a long sweep can be stopped and its
+rows kept; `--table-only` prints the table of such a file again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Named settings: a method and overrides of its defaults (Config.for_method). The sweep's own
+# candidates; the chosen ones become METHOD_DEFAULTS.
+SETTINGS: dict[str, dict] = {
+    "default": {"method": "patchknn"},
+    "old": {"method": "patchknn", "feature_pad": 0, "score_border": 0, "layers": "",
+            "backbone": "efficientnet_lite0", "size": 160},
+    "pad16": {"method": "patchknn", "feature_pad": 16},
+    "pad8": {"method": "patchknn", "feature_pad": 8},
+    "border8": {"method": "patchknn", "score_border": 8},
+    "pad16-border8": {"method": "patchknn", "feature_pad": 16, "score_border": 8},
+    "s8-16": {"method": "patchknn", "layers": "blocks.4,blocks.10"},
+    "s8-16-pad16": {"method": "patchknn", "layers": "blocks.4,blocks.10", "feature_pad": 16},
+    "cs5": {"method": "patchknn", "coreset_ratio": 0.05},
+    "nn3": {"method": "patchknn", "neighbors": 3},
+    "s128": {"method": "patchknn", "size": 128},
+    "s192": {"method": "patchknn", "size": 192},
+    "mnv2": {"method": "patchknn", "backbone": "mobilenet_v2", "layers": "features.3,features.6"},
+    "mnv2-pad16": {"method": "patchknn", "backbone": "mobilenet_v2",
+                   "layers": "features.3,features.6", "feature_pad": 16},
+    "mnv2-6-13-pad16": {"method": "patchknn", "backbone": "mobilenet_v2",
+                        "layers": "features.6,features.13", "feature_pad": 16},
+    "mnv2-pad16-cs10": {"method": "patchknn", "backbone": "mobilenet_v2",
+                        "layers": "features.3,features.6", "feature_pad": 16, "coreset_ratio": 0.1},
+    "mnv2-pad16-nn3": {"method": "patchknn", "backbone": "mobilenet_v2",
+                       "layers": "features.3,features.6", "feature_pad": 16, "neighbors": 3},
+    "mnv2-pad16-224": {"method": "patchknn", "backbone": "mobilenet_v2",
+                       "layers": "features.3,features.6", "feature_pad": 16, "size": 224},
+    "pad16-cs10": {"method": "patchknn", "feature_pad": 16, "coreset_ratio": 0.1},
+    "flow": {"method": "flow"},
+    "flow-pad16": {"method": "flow", "feature_pad": 16},
+    "meandiff": {"method": "meandiff"},
+}
+# image-score variants computed from a setting's maps without refitting:
+# name -> (topk, border in pixels, extra Gaussian smoothing in pixels before scoring)
+VARIANTS = {"max": (0.0, 0, 0.0), "b4": (0.0, 4, 0.0), "b8": (0.0, 8, 0.0), "b16": (0.0, 16, 0.0),
+            "top1%": (0.01, 0, 0.0), "top1%b8": (0.01, 8, 0.0), "s4": (0.0, 0, 3.5),
+            "s4b8": (0.0, 8, 3.5), "s8b8": (0.0, 8, 7.7)}
+COLS = ["setting", "set", "image_auroc", "pixel_auroc", "aupro", "fit_s", "ms_img"]
+
+
+def data_sets(suite: str | None, cookies: str | None, only: list[str] | None) -> dict[str, Path]:
+    """name -> folder: every sub-folder of the suite with a train/ folder, then the cookies."""
+    sets: dict[str, Path] = {}
+    if suite:
+        for sub in sorted(Path(suite).iterdir()):
+            if (sub / "train").is_dir() and (not only or sub.name in only):
+                sets[sub.name] = sub
+    if cookies and (not only or "cookies" in only):
+        sets["cookies"] = Path(cookies)
+    if not sets:
+        raise SystemExit(f"no data sets found (suite {suite!r}, cookies {cookies!r})")
+    return sets
+
+
+_CACHE: dict[tuple, tuple] = {}
+
+
+def load(folder: Path, size: int, channels: int):
+    """train, test data sets of a folder, decoded once per size and channels."""
+    from anomaly.data import AnomalyDataset
+
+    key = (str(folder), size, channels)
+    if key not in _CACHE:
+        train = AnomalyDataset(folder, "train", size=size, channels=channels)
+        test = AnomalyDataset(folder, "test", size=size, channels=channels)
+        for data in (train, test):
+            for i in range(len(data)):
+                data[i]
+        _CACHE.clear()  # one folder at a time in memory
+        _CACHE[key] = (train, test)
+    return _CACHE[key]
+
+
+def score_variant(maps: np.ndarray, topk: float, border: int, sigma: float) -> np.ndarray:
+    """Image scores of maps, after extra smoothing (sigma 3.5 on top of the maps' own 2 px is
+    about 4 px in all, 7.7 about 8 px)."""
+    from anomaly.maps import gaussian_blur, image_score
+
+    return image_score(gaussian_blur(torch.from_numpy(maps), sigma), topk, border).numpy()
+
+
+def run_one(name: str, setting: dict, set_name: str, folder: Path, variants: list[str]) -> list[dict]:
+    """Fit and predict one setting on one set: one row, plus one per image-score variant."""
+    from anomaly.config import Config
+    from anomaly.detectors.base import get_detector
+    from anomaly.metrics import aupro, image_auroc, pixel_auroc
+
+    overrides = {k: v for k, v in setting.items() if k != "method"}
+    config = Config.for_method(setting["method"], **overrides).validate()
+    train, test = load(folder, config.size, config.channels)
+    torch.manual_seed(config.seed)
+    detector = get_detector(config.method)(config)
+    t0 = time.perf_counter()
+    if config.method == "flow":
+        detector.fit(train, progress=False)
+    else:
+        detector.fit(train)
+    fit_s = time.perf_counter() - t0
+    c0 = time.process_time()
+    pred = detector.predict(test)
+    ms_img = 1000 * (time.process_time() - c0) / len(test)
+    base = {"set": set_name, "fit_s": fit_s, "ms_img": ms_img, "config": overrides}
+    defects = np.asarray(pred.defects)
+
+    def per_defect(scores: np.ndarray) -> dict:
+        good = defects == "good"
+        return {k: image_auroc(np.r_[np.zeros(good.sum()), np.ones((defects == k).sum())],
+                               np.r_[scores[good], scores[defects == k]])
+                for k in sorted(set(pred.defects) - {"good"})}
+
+    masks = pred.masks if pred.has_masks else None
+    rows = [{**base, "setting": name, "image_auroc": image_auroc(pred.labels, pred.scores),
+             "pixel_auroc": pixel_auroc(masks, pred.maps) if masks is not None else None,
+             "aupro": aupro(masks, pred.maps) if masks is not None else None,
+             "per_defect": per_defect(pred.scores)}]
+    for v in variants:
+        scores = score_variant(pred.maps, *VARIANTS[v])
+        rows.append({**base, "setting": f"{name}@{v}", "image_auroc": image_auroc(pred.labels, scores),
+                     "pixel_auroc": rows[0]["pixel_auroc"], "aupro": rows[0]["aupro"],
+                     "per_defect": per_defect(scores)})
+    return rows
+
+
+def fmt(value, width: int = 11) -> str:
+    if isinstance(value, float):
+        return f"{value:>{width}.3f}"
+    return f"{'-' if value is None else value:>{width}}"
+
+
+def print_table(rows: list[dict], file=sys.stdout) -> None:
+    """Per setting: one line per set, then the mean and worst over the sets other than cookies."""
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    print(" | ".join(f"{c:>11}" for c in COLS), file=file)
+    for s in settings:
+        mine = [r for r in rows if r["setting"] == s]
+        for r in mine:
+            print(" | ".join(fmt(r.get(c)) for c in COLS), file=file)
+        photos = [r for r in mine if r["set"] != "cookies"]
+        if len(photos) > 1:
+            for label, pick in (("MEAN", np.mean), ("WORST", np.min)):
+                vals = {c: [r[c] for r in photos if r.get(c) is not None]
+                        for c in ("image_auroc", "pixel_auroc", "aupro")}
+                summary = {"setting": s, "set": f"{label}({len(photos)})"}
+                summary.update({c: float(pick(v)) if v else None for c, v in vals.items()})
+                if label == "MEAN":
+                    summary["fit_s"] = float(np.mean([r["fit_s"] for r in photos]))
+                    summary["ms_img"] = float(np.mean([r["ms_img"] for r in photos]))
+                print(" | ".join(fmt(summary.get(c)) for c in COLS), file=file)
+            kinds: dict[str, list[float]] = {}
+            for r in photos:
+                for kind, value in r.get("per_defect", {}).items():
+                    kinds.setdefault(kind, []).append(value)
+            if kinds:
+                print(f"{s:>11} | image AUROC per defect kind, mean over sets: " + ", ".join(
+                    f"{k} {np.mean(v):.3f}" for k, v in sorted(kinds.items())), file=file)
+        print(file=file)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", help="a photo suite folder (ROOT/<set>/train, test, ground_truth)")
+    p.add_argument("--cookies", help="the cookie benchmark folder")
+    p.add_argument("--settings", nargs="+", default=["default"], choices=sorted(SETTINGS))
+    p.add_argument("--sets", nargs="+", help="only these sets (folder names; 'cookies')")
+    p.add_argument("--score-variants", nargs="*", default=[], choices=sorted(VARIANTS))
+    p.add_argument("--out", default="", help="append every row to this JSON-lines file")
+    p.add_argument("--table-only", action="store_true", help="print the table of --out and stop")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args(argv)
+    if args.table_only:
+        print_table([json.loads(line) for line in Path(args.out).read_text().splitlines() if line])
+        return
+    torch.set_num_threads(args.threads)
+    sets = data_sets(args.suite, args.cookies, args.sets)
+    print(f"{len(args.settings)} settings x {len(sets)} sets, {args.threads} threads, torch "
+          f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} (timings are wall clock / "
+          f"CPU under whatever else runs)", flush=True)
+    rows = []
+    for set_name, folder in sets.items():  # set-major: each set's images are decoded once
+        for name in args.settings:
+            t0 = time.perf_counter()
+            new = run_one(name, SETTINGS[name], set_name, folder, args.score_variants)
+            rows += new
+            print(f"  {name:>16} {set_name:>14}: image AUROC {new[0]['image_auroc']:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in new)
+    print()
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
