@@ -3,7 +3,8 @@ figure recipes that would otherwise grow into long notebook cells.
 
 `settings()` reads the smoke switch from the environment (`ANOMALY_SMOKE`, set by `make test`):
 smoke runs use the tiny cookie set at 64 px and one epoch; the default is the benchmark preset at
-each method's default size and budget.
+each method's default size and budget. Data and runs go under `home()`: $ANOMALY_HOME, or the
+working folder (its parent for the repository's `notebooks/`), never next to the package.
 """
 
 from __future__ import annotations
@@ -18,7 +19,29 @@ import torch
 
 from anomaly.config import Config
 
-REPO = Path(__file__).resolve().parent.parent
+HOME_ENV = "ANOMALY_HOME"  # where notebooks keep data/ and runs/ (default: the working folder)
+
+
+def home() -> Path:
+    """The folder notebooks write `data/` and `runs/` under, never the installed package's.
+
+    $ANOMALY_HOME when set; otherwise the current working folder, except that a working folder
+    named `notebooks` (where Jupyter starts a notebook of this repository) means its parent, so
+    the notebooks reuse the `runs/benchmark` that `make benchmark` wrote at the top.
+    """
+    value = os.environ.get(HOME_ENV, "").strip()
+    if value:
+        return Path(value).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    return cwd.parent if cwd.name == "notebooks" else cwd
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working folder when it is under it (shorter to read)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 @dataclass
@@ -36,9 +59,11 @@ def settings(smoke: bool | None = None) -> Settings:
     """Notebook settings from the smoke switch (the `ANOMALY_SMOKE` environment variable)."""
     if smoke is None:
         smoke = os.environ.get("ANOMALY_SMOKE", "") not in ("", "0")
+    root = home()
     if smoke:
-        return Settings(True, "tiny", 64, 1, REPO / "data" / "smoke", REPO / "runs" / "smoke")
-    return Settings(False, "benchmark", None, None, REPO / "data" / "cookies", REPO / "runs" / "benchmark")
+        return Settings(True, "tiny", 64, 1, root / "data" / "smoke", root / "runs" / "smoke")
+    return Settings(False, "benchmark", None, None, root / "data" / "cookies",
+                    root / "runs" / "benchmark")
 
 
 def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> Path:
@@ -66,7 +91,7 @@ def ensure_run(s: Settings, method: str, data: Path | None = None, source: str |
 
     run = s.runs_dir / (method if source is None else f"{source}_{method}")
     if (run / "metrics.json").exists():
-        print(f"using the trained run {run.relative_to(REPO)}")
+        print(f"using the trained run {_shown(run)}")
         return run
     if source is not None:
         src = s.runs_dir / source
@@ -77,7 +102,7 @@ def ensure_run(s: Settings, method: str, data: Path | None = None, source: str |
                                                 **sizes, **overrides)
     train_run(config, run, progress=not s.smoke)
     score_run(run)
-    print(f"trained and scored {run.relative_to(REPO)}")
+    print(f"trained and scored {_shown(run)}")
     return run
 
 
