@@ -35,9 +35,10 @@ MARK = ".made-by-benchmark"
 COLUMNS = [("method", "{}"), ("image_auroc", "{:.3f}"), ("pixel_auroc", "{:.3f}"),
            ("aupro", "{:.3f}"), ("image_f1_max", "{:.3f}"), ("fit_s", "{:.0f}"),
            ("train_ips", "{:.0f}"), ("predict_ips", "{:.0f}"), ("peak_mb", "{:.0f}")]
-SUMMARY_COLUMNS = [("suite", "{}"), ("method", "{}"), ("sets", "{}"), ("mean_image_auroc", "{:.3f}"),
-                   ("worst_image_auroc", "{:.3f}"), ("worst_set", "{}"),
-                   ("mean_pixel_auroc", "{:.3f}"), ("mean_aupro", "{:.3f}"), ("mean_fit_s", "{:.0f}")]
+SUMMARY_COLUMNS = [("suite", "{}"), ("method", "{}"), ("sets", "{}"),
+                   ("mean_image_auroc", "{:.3f}"), ("worst_image_auroc", "{:.3f}"),
+                   ("worst_set", "{}"), ("mean_pixel_auroc", "{:.3f}"), ("mean_aupro", "{:.3f}"),
+                   ("mean_fit_s", "{:.0f}")]
 
 
 class BenchmarkError(ValueError):
@@ -160,7 +161,8 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     if method == "unet+kmeans":
         source = Path(out).parent / "unet"
         if not (source / "model.pt").exists():
-            raise RuntimeError("unet+kmeans needs the unet row first (it clusters that run's bottleneck)")
+            raise RuntimeError("unet+kmeans needs the unet row first (it clusters that run's "
+                               "bottleneck)")
         config = load_config(source).replace(method="kmeans", source_run=str(source.resolve()),
                                               k=2, seed=seed)
     else:
@@ -178,9 +180,11 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     passes = max(1, len(history.read_text().splitlines()) - 1) if history.exists() else 1
     return {"method": method, "fit_s": fit_s, "train_ips": n_train * passes / fit_s,
             "predict_ips": metrics["predict_images_per_s"],
-            "peak_mb": peak_mb, **{k: metrics.get(k) for k in
-                                   ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")},
-            "per_defect": {k: v.get("image_auroc") for k, v in metrics.get("per_defect", {}).items()},
+            "peak_mb": peak_mb,
+            **{k: metrics.get(k)
+               for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")},
+            "per_defect": {k: v.get("image_auroc")
+                           for k, v in metrics.get("per_defect", {}).items()},
             "size": config.size, "epochs": config.epochs}
 
 
@@ -201,7 +205,8 @@ def detectability(pred, frr: float = 0.05, bins: int = 6) -> dict:
     area, caught = area[keep], caught[keep]
     edges = np.geomspace(area.min(), area.max() * (1 + 1e-9), bins + 1)
     which = np.clip(np.digitize(area, edges) - 1, 0, bins - 1)
-    rows = [{"area_lo": float(edges[i]), "area_hi": float(edges[i + 1]), "n": int((which == i).sum()),
+    rows = [{"area_lo": float(edges[i]), "area_hi": float(edges[i + 1]),
+             "n": int((which == i).sum()),
              "caught": float(caught[which == i].mean()) if (which == i).any() else None}
             for i in range(bins)]
     return {"frr": frr, "threshold": threshold, "bins": rows}
@@ -324,7 +329,8 @@ def run_benchmark(data: str | list[str], methods=None, out: str = "runs/benchmar
         base = out_dir if len(sets) == 1 else claim_out(out_dir / ds["name"])
         for method in methods:
             run = claim_dir(base / method.replace("+", "_"))
-            cmd = [sys.executable, "-m", "anomaly.benchmark", method, ds["path"], str(run), str(seed)]
+            cmd = [sys.executable, "-m", "anomaly.benchmark", method, ds["path"], str(run),
+                   str(seed)]
             proc = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True,
                                   text=True, check=False)
             seal_dir(run, below=True)
@@ -347,7 +353,8 @@ def run_benchmark(data: str | list[str], methods=None, out: str = "runs/benchmar
     ok = [r for r in rows if "error" not in r]
     table = format_table(ok, per_defect=len(sets) == 1)
     summary = summarize(ok) if len(sets) > 1 else []
-    data_flags = " ".join(f"--data {d}" for d in ([data] if isinstance(data, (str, Path)) else data))
+    roots = [data] if isinstance(data, (str, Path)) else data
+    data_flags = " ".join(f"--data {d}" for d in roots)
     command = (f"python -m anomaly benchmark {data_flags} --methods {' '.join(methods)} "
                f"--out {out}" + (" --smoke" if smoke else ""))
     result = {"rows": rows, "summary": summary, "total_s": total, "command": command, "date": date,
@@ -355,7 +362,8 @@ def run_benchmark(data: str | list[str], methods=None, out: str = "runs/benchmar
               "load_end": list(os.getloadavg()), "table": table,
               "summary_table": format_summary(summary) if summary else ""}
     text = table + (f"\n\n{result['summary_table']}" if summary else "")
-    (out_dir / "benchmark.md").write_text(f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n")
+    (out_dir / "benchmark.md").write_text(
+        f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n")
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
     written = [write_notes(out_dir / "benchmark-notes.md", result)]
     if notes:

@@ -91,7 +91,8 @@ def train_size_curve(data: str | Path, method: str = "patchknn", sizes=None, see
         raise ValueError(f"{data}: {len(train)} training image(s) leave none to hold out for the "
                          "threshold; the curve needs at least 2")
     cal = train.subset(cal_idx)
-    sizes = sorted({min(int(n), len(train_idx)) for n in (sizes or (SMOKE_SIZES if smoke else SIZES))}
+    sizes = sizes or (SMOKE_SIZES if smoke else SIZES)
+    sizes = sorted({min(int(n), len(train_idx)) for n in sizes}
                    | ({len(train_idx)} if not smoke else set()))
     rows = []
     for n in sizes:

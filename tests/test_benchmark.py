@@ -125,7 +125,8 @@ def test_summary_gives_mean_and_worst_set_per_method():
     assert s["sets"] == 3 and s["mean_image_auroc"] == pytest.approx(0.8)
     assert (s["worst_image_auroc"], s["worst_set"]) == (0.7, "y")
     assert s["mean_pixel_auroc"] is None
-    assert format_summary([s]).splitlines()[2] == "| p | m | 3 | 0.800 | 0.700 | y | n/a | 0.500 | 1 |"
+    expected = "| p | m | 3 | 0.800 | 0.700 | y | n/a | 0.500 | 1 |"
+    assert format_summary([s]).splitlines()[2] == expected
 
 
 def test_smoke_benchmark_over_a_suite(tmp_path, tiny_cookies):
@@ -136,7 +137,8 @@ def test_smoke_benchmark_over_a_suite(tmp_path, tiny_cookies):
     rows = run_benchmark([str(suite)], methods=["patchknn"], out=str(out), smoke=True, notes=notes)
     assert [(r["set"], r["method"]) for r in rows] == [("a", "patchknn"), ("b", "patchknn")]
     assert all(0 <= r["image_auroc"] <= 1 and r["predict_ips"] > 0 for r in rows)
-    assert (out / "a" / "patchknn" / "model.pt").exists() and (out / "a" / "patchknn" / MARK).exists()
+    run = out / "a" / "patchknn"
+    assert (run / "model.pt").exists() and (run / MARK).exists()
     result = json.loads((out / "benchmark.json").read_text())
     assert [(s["suite"], s["sets"]) for s in result["summary"]] == [("photos", 2)]
     text = notes.read_text()
