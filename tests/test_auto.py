@@ -183,3 +183,21 @@ def test_bad_input_says_what_to_do():
         AutoDetector(_config(), candidates=[{"method": "auto"}])
     with pytest.raises(RuntimeError, match="before predicting"):
         AutoDetector(_config()).predict_batch(torch.rand(1, 3, SIZE, SIZE))
+
+
+def test_pipeline_run_keeps_the_selection_and_reloads(tiny_cookies, tmp_path, monkeypatch):
+    from anomaly.detectors import auto
+    from anomaly.pipeline import load_run, score_run, train_run
+
+    monkeypatch.setattr(auto, "CANDIDATES", GRID)
+    config = Config.for_method("auto", data=str(tiny_cookies), size=SIZE, batch_size=8)
+    trained = train_run(config, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert saved == json.loads(json.dumps(trained.selection))
+    assert [r["settings"] for r in saved["candidates"]] == GRID
+    loaded = load_run(tmp_path / "run", device="cpu")  # weights_only=True inside
+    assert loaded.chosen == trained.chosen
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.predict_batch(images)[0], trained.predict_batch(images)[0])
+    pred, metrics = score_run(tmp_path / "run", overlays=False)
+    assert pred.maps.shape[-1] == SIZE and metrics["image_auroc"] is not None

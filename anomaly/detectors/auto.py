@@ -227,7 +227,7 @@ class AutoDetector(Detector):
         self.selection = {
             "criterion": "image AUROC of held-out normal training images against synthetic "
                          f"defects made from them; ties within {TIE} broken by AUPRO on the "
-                         "synthetic masks, then by grid order",
+                         "synthetic masks (3 decimals), then image AUROC, then grid order",
             "seed": self.config.seed, "size": self.config.size,
             "train_images": len(images), "trial_images": len(train),
             "held_out_normals": len(normals), "synthetic_defects": len(defects),
