@@ -263,3 +263,41 @@ def verdicts(scores: np.ndarray, threshold: float | None) -> list[str]:
     if threshold is None or not math.isfinite(threshold):
         return ["unknown"] * len(scores)
     return ["anomalous" if s >= threshold else "normal" for s in scores]
+
+
+def predict_files(onnx_path: str | Path, images: list[str | Path],
+                  overlay_dir: str | Path | None = None):
+    """`predict --onnx`: as `anomaly.pipeline.predict_images`, with the exported file.
+
+    Returns (results, threshold): per image path, score, verdict and overlay (written to
+    `overlay_dir`, default `<file stem>_predict/` beside the ONNX file), or path and error.
+    """
+    from PIL import Image
+
+    from anomaly.metrics import Threshold
+    from anomaly.pipeline import _overlay_name, expand_images
+    from anomaly.viz import heatmap_overlay
+
+    detector = OnnxDetector(onnx_path)
+    if detector.threshold is None:
+        raise ExportError(f"{detector.path} holds no threshold: export it from a run that has "
+                          f"threshold.json (`python -m anomaly threshold --run RUN ...`)")
+    threshold = Threshold(detector.threshold, "exported")
+    vmin, vmax = json.loads(detector.meta.get("map_range", "null")) or (0.0, detector.threshold)
+    out = Path(overlay_dir) if overlay_dir else detector.path.with_name(
+        detector.path.stem + "_predict")
+    out.mkdir(parents=True, exist_ok=True)
+    results, used = [], set()
+    for path in expand_images(images):
+        try:
+            x = preprocess(path, detector.size, detector.channels)
+        except ExportError as err:
+            results.append({"path": str(path), "error": str(err)})
+            continue
+        scores, maps = detector.predict([x])
+        overlay = out / _overlay_name(path, used)
+        Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax)).save(overlay)
+        score = float(scores[0])
+        results.append({"path": str(path), "score": score, "overlay": str(overlay),
+                        "verdict": "anomalous" if score >= threshold.value else "normal"})
+    return results, threshold

@@ -116,3 +116,27 @@ def test_only_patchknn_runs_export(tiny_cookies, tmp_path):
     config.save(tmp_path / "ae" / "config.json")
     with pytest.raises(ExportError, match="only patchknn runs export to ONNX, this run is 'ae'"):
         export_onnx(tmp_path / "ae", tmp_path / "ae.onnx")
+
+
+def test_cli_export_then_predict_onnx_agrees_with_predict_run(exported, tiny_cookies, tmp_path,
+                                                               capsys):
+    from anomaly.cli import main
+
+    run, _ = exported
+    path = tmp_path / "cli.onnx"
+    assert main(["export", "--run", str(run), "--out", str(path)]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    files = [str(f) for f in _test_images(tiny_cookies)[:3]]
+    assert main(["predict", "--onnx", str(path), *files]) == 0
+    onnx_lines = capsys.readouterr().out.splitlines()
+    assert main(["predict", "--run", str(run), *files]) == 0
+    run_lines = capsys.readouterr().out.splitlines()
+    onnx_rows = [line.split("\t") for line in onnx_lines[:3]]
+    run_rows = [line.split("\t") for line in run_lines[:3]]
+    assert [r[0] for r in onnx_rows] == files and [r[2] for r in onnx_rows] == [
+        r[2] for r in run_rows]
+    np.testing.assert_allclose([float(r[1]) for r in onnx_rows],
+                               [float(r[1]) for r in run_rows], rtol=1e-4)
+    assert (tmp_path / "cli_predict").is_dir() and len(list((tmp_path / "cli_predict").iterdir())) == 3
+    assert main(["predict", "--onnx", str(tmp_path / "nope.onnx"), *files]) == 2
+    assert "nope.onnx: no such ONNX file" in capsys.readouterr().err
