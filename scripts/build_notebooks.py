@@ -122,18 +122,34 @@ NOTEBOOKS = {
     ],
     "05_threshold_explorer": [
         "# 05 Threshold explorer\n\nChoosing the threshold is the decision a QA team must "
-        "defend. Move the slider: verdicts, the confusion matrix, false-reject and escape rates "
-        "follow at once. Give the cost of a false reject and of an escape to get the cost-optimal "
-        "threshold, and save the one you choose into the run folder, where `predict` uses it. "
-        "The same page runs without a notebook: `python -m anomaly explore --run RUN`.",
+        "defend. Move the slider: verdicts (PASS / REJECT), the confusion matrix, false-reject "
+        "and escape rates follow at once. Give the cost of a false reject and of an escape to get "
+        "the cost-optimal threshold (and how it does on images it was not chosen on), see which "
+        "rule set the saved threshold and what it guarantees, and save the one you choose into "
+        "the run folder, where `predict` uses it. The same page runs without a notebook: "
+        "`python -m anomaly explore --run RUN`.",
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
-        "runs = [nb.ensure_run(S, m, data) for m in nb.explorer_methods(S)]",
-        "explorer = anomaly.ThresholdExplorer(runs)\nexplorer",
+        "runs = [nb.ensure_run(S, m, data) for m in nb.explorer_methods(S)]\n"
+        "explorer = anomaly.ThresholdExplorer(runs)",
+        "## The explorer at its starting threshold\nA picture of its state (what a reader of "
+        "this page on the web sees; the live explorer is the next cell when you run the "
+        "notebook): the score histograms with the threshold, the saved rule and the cost "
+        "optimum, the counts, and the most wrong images with their evidence overlays (red: "
+        "above the pixel threshold; green outline: the true defect).",
+        "explorer.snapshot()",
+        "## The live explorer\nRun the notebook to use it: move the thresholds, page through "
+        "the mistakes, filter by defect kind, enlarge a tile, compare the two runs, export a "
+        "report.",
+        "explorer",
         "The explorer's state can be driven from code too, e.g. jump to the cost optimum when an "
         "escape costs 20 false rejects:",
         "# NBVAL_IGNORE_OUTPUT\nexplorer.cost_escape.value = 20.0\nexplorer.optimum_button.click()\n"
-        "explorer.slider.value",
+        "explorer.snapshot()",
+        "A report to hand on, one HTML file that opens in any browser without Python "
+        "(threshold, rule, confusion matrix, rates, histogram, every misclassified image, run "
+        "and data identity):",
+        "# NBVAL_IGNORE_OUTPUT\nexplorer.export_report(S.runs_dir / 'report_05.html')",
     ],
     "06_benchmark": [
         "# 06 Benchmark: which method to trust, what it costs, and how many good images it needs\n\n"

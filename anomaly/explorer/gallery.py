@@ -159,17 +159,17 @@ class Gallery:
         t = self.owner.threshold_of(r)
         return (r.pred.scores >= t) != (r.pred.labels > 0)
 
-    def order(self) -> np.ndarray:
-        """Image indices shown, in order: the filter's images, misclassified first (most
-        wrong first), then the correct ones closest to the threshold."""
+    def order(self, filtered: bool = True) -> np.ndarray:
+        """Image indices shown, in order: the filter's images (all with filtered=False),
+        misclassified first (most wrong first), then the correct ones closest to the threshold."""
         r, t = self.owner.run, self.owner.threshold
         wrong = self.wrong(r)
         keep = np.ones(len(r.pred), bool)
-        if self.kind.value:
+        if filtered and self.kind.value:
             keep &= np.asarray(r.pred.defects) == self.kind.value
-        if self.show.value == "wrong":
+        if filtered and self.show.value == "wrong":
             keep &= wrong
-        elif self.show.value == "disagree" and self.other is not None:
+        elif filtered and self.show.value == "disagree" and self.other is not None:
             o = self.other
             keep &= (r.pred.scores >= t) != (o.pred.scores >= self.owner.threshold_of(o))
         margin = np.abs(r.pred.scores - t)

@@ -219,7 +219,7 @@ def snapshot_figure(ex: ThresholdExplorer, n_tiles: int = 6):
         f"saved rule: {describe_rule(r.saved) if r.saved else 'none'}"
     )
     tx.text(0, 1, text, va="top", family="monospace", fontsize=8.5)
-    order = ex.gallery.order()
+    order = ex.gallery.order(filtered=False)  # the most wrong, then the closest calls
     wrong = ex.gallery.wrong(r)
     for k in range(n_tiles):
         a = fig.add_subplot(grid[1, k])
