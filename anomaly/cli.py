@@ -141,7 +141,7 @@ def _train(args) -> None:
     print(f"trained {detector.config.method}: run folder {args.out}")
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict) and "chosen" in selection:
-        print(f"auto chose {json.dumps(selection['chosen'])} (all candidates: "
+        print(f"auto chose {selection['chosen']} (all candidates: "
               f"{RunDir(args.out).file(RunDir.SELECTION)})")
 
 

@@ -206,7 +206,7 @@ def test_an_edited_config_that_changes_scores_is_refused(scored_ae_run, tmp_path
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", 0), ("--epochs", -1), ("--size", 0),
-                                         ("--batch-size", 0), ("--k", 0), ("--lr", 0),
+                                         ("--batch-size", 0), ("--k", -1), ("--lr", 0),
                                          ("--lr", -0.1), ("--latent", 0)])
 def test_numeric_flags_out_of_range_are_refused(tiny_cookies, tmp_path, capsys, flag, value):
     """12: `--epochs 0` printed "trained" and saved an untrained model."""

@@ -189,3 +189,82 @@ def test_kmeans_scores_standardised_flattened_bottleneck(tiny_cookies, tmp_path)
     del state["mean"]
     with pytest.raises(RuntimeError, match="train it again"):
         KMeansDetector(km.config).load_state_dict(state)
+
+
+# --- one home for settings (issue 11 item 1) -------------------------------------------------------
+def test_for_method_gives_the_cli_defaults_and_overrides():
+    from anomaly.config import METHOD_DEFAULTS
+
+    ae = Config.for_method("ae", size=96, seed=None)
+    assert ae.method == "ae" and ae.size == 96 and ae.seed == 0
+    assert ae.corrupt == METHOD_DEFAULTS["ae"]["corrupt"] == 0.5 and ae.loss == "ssim"
+    assert Config.for_method("patchknn").size == 160 and Config.for_method("patchknn").channels == 3
+    assert Config.for_method("kmeans") == Config(method="kmeans")
+    with pytest.raises(ValueError, match="unknown config fields"):
+        Config.for_method("ae", sizee=3)
+
+
+def test_every_config_field_is_a_train_flag_with_honest_defaults():
+    from dataclasses import fields
+
+    from anomaly.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest: a for a in train._actions}
+    for f in fields(Config):
+        assert f.name in dests, f"Config.{f.name} has no train flag"
+        assert dests[f.name].help, f"--{f.name} has no help"
+    assert "ae: 0.5" in dests["corrupt"].help and "default 0.0" in dests["corrupt"].help
+    assert "patchknn" in dests["method"].choices and "--from" in dests["source_run"].option_strings
+    args = train.parse_args(["--out", "r", "--batch-size", "3", "--lr", "0.01"])
+    assert args.batch_size == 3 and args.lr == 0.01 and args.epochs is None
+
+
+def test_validate_names_the_flag():
+    with pytest.raises(ValueError, match="--batch-size 0: must be at least 1"):
+        Config(batch_size=0).validate()
+    with pytest.raises(ValueError, match="--lr 0.0: must be greater than 0"):
+        Config(lr=0.0).validate()
+    with pytest.raises(ValueError, match="--channels 2"):
+        Config(channels=2).validate()
+    assert Config.for_method("ae").validate() == Config.for_method("ae")
+
+
+# --- wiring of the other helpers' pieces -----------------------------------------------------------
+def test_threshold_conformal_from_the_cli(ae_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ae_run, run)
+    assert main(["threshold", "--run", str(run), "--rule", "conformal", "--value", "0.5"]) == 0
+    saved = json.loads((run / "threshold.json").read_text())
+    assert saved["rule"] == "conformal" and saved["params"]["alpha"] == 0.5
+    capsys.readouterr()
+    assert main(["threshold", "--run", str(run), "--rule", "conformal", "--value", "0.01"]) == 2
+    assert "needs at least" in capsys.readouterr().err  # the helper's message, not a traceback
+
+
+def test_make_photos_never_writes_into_a_users_folder(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo.jpg").write_bytes(b"mine")
+    assert main(["make-photos", str(mine), "--overwrite"]) == 2
+    assert (mine / "photo.jpg").read_bytes() == b"mine" and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_detectors_selection_is_saved_and_shown(tiny_cookies, tmp_path, monkeypatch, capsys):
+    from anomaly.detectors import REGISTRY
+    from anomaly.detectors.reconstruction import AutoEncoderDetector
+
+    class Choosing(AutoEncoderDetector):  # an auto-encoder (name "ae") registered as "choosing"
+        def fit(self, train_data, val_data=None, **kwargs):
+            super().fit(train_data, val_data, **kwargs)
+            self.selection = {"chosen": "ae width 8", "candidates": [{"name": "ae width 8"}]}
+            return self
+
+    monkeypatch.setitem(REGISTRY, "choosing", Choosing)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--method", "choosing", "--data", str(tiny_cookies),
+                 "--size", "64", "--epochs", "1", "--width", "8", "--device", "cpu"]) == 0
+    assert json.loads((run / "selection.json").read_text())["chosen"] == "ae width 8"
+    assert "auto chose ae width 8" in capsys.readouterr().out
