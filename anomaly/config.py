@@ -107,6 +107,18 @@ class Config:
     feature_pad: int = _f(0, "patchknn/flow: pixels of mirrored image around each image before "
                           "the backbone, so border features see no zero padding", min=0)
     score_border: int = _f(0, "image score: pixels at the map's edges it ignores", min=0)
+    # per-method network settings (given to the detector by anomaly.pipeline.build_detector)
+    flow_steps: int = _f(4, "flow: coupling blocks per stage", min=1)
+    flow_hidden_ratio: float = _f(1.0, "flow: hidden channels of the coupling sub-networks, as a "
+                                  "multiple of the stage's channels", above=0.0)
+    flow_clamp: float = _f(2.0, "flow: bound of the coupling log-scales", above=0.0)
+    draem_disc_width: int = _f(0, "draem: channels of the discriminative network's first level "
+                               "(0 = --width)", min=0)
+    draem_depth: int = _f(4, "draem: 2x2 poolings in each network", min=1)
+    draem_p_anomaly: float = _f(0.5, "draem: fraction of training images given a synthetic "
+                                "anomaly", min=0.0, max=1.0)
+    draem_focal_weight: float = _f(1.0, "draem: weight of the segmentation (focal) loss", min=0.0)
+    draem_norm: str = _f("group", "draem: normalisation layers", choices=("group", "batch"))
     # thresholds
     threshold_quantile: float = _f(0.99, "default threshold: this quantile of the held-out "
                                    "normal scores", min=0.0, max=1.0)

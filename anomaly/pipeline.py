@@ -55,7 +55,9 @@ def build_detector(config: Config, source=None) -> Detector:
     """A new detector for `config`, with what it needs from other runs already loaded.
 
     kmeans gets the trained run `config.source_run` (`source`; False = none, for a checkpoint
-    that carries its own); patchknn/flow with backbone `encoder:RUN` get that run's encoder.
+    that carries its own); patchknn/flow with backbone `encoder:RUN` get that run's encoder;
+    flow and draem get their network settings (`flow_*`, `draem_*` fields), so a run with
+    non-default ones is rebuilt as it was trained.
     """
     cls = get_detector(config.method)
     kwargs = {}
@@ -65,6 +67,13 @@ def build_detector(config: Config, source=None) -> Detector:
         source = load_run(config.source_run, device="cpu")
     if config.method == "kmeans" and source is not False:
         kwargs["source"] = source
+    if config.method == "flow":
+        kwargs.update(steps=config.flow_steps, hidden_ratio=config.flow_hidden_ratio,
+                      clamp=config.flow_clamp)
+    if config.method == "draem":
+        kwargs.update(disc_width=config.draem_disc_width or None, depth=config.draem_depth,
+                      p_anomaly=config.draem_p_anomaly, focal_weight=config.draem_focal_weight,
+                      norm=config.draem_norm)
     if config.backbone.startswith("encoder:") and config.method in ("patchknn", "flow"):
         encoder_run = config.backbone.split(":", 1)[1]
         model = getattr(load_run(encoder_run, device="cpu"), "model", None)

@@ -268,3 +268,27 @@ def test_a_detectors_selection_is_saved_and_shown(tiny_cookies, tmp_path, monkey
                  "--size", "64", "--epochs", "1", "--width", "8", "--device", "cpu"]) == 0
     assert json.loads((run / "selection.json").read_text())["chosen"] == "ae width 8"
     assert "auto chose ae width 8" in capsys.readouterr().out
+
+
+def test_network_settings_are_config_fields_that_reach_the_detector():
+    import inspect
+
+    import torch
+
+    from anomaly.detectors.draem import DraemDetector
+    from anomaly.detectors.flow import FlowDetector
+    from anomaly.pipeline import build_detector
+
+    flow = inspect.signature(FlowDetector.__init__).parameters
+    draem = inspect.signature(DraemDetector.__init__).parameters
+    base = Config()
+    assert (base.flow_steps, base.flow_hidden_ratio, base.flow_clamp) == (
+        flow["steps"].default, flow["hidden_ratio"].default, flow["clamp"].default)
+    assert (base.draem_depth, base.draem_p_anomaly, base.draem_focal_weight, base.draem_norm) == (
+        draem["depth"].default, draem["p_anomaly"].default, draem["focal_weight"].default,
+        draem["norm"].default)
+    detector = build_detector(Config(method="draem", size=32, width=8, draem_norm="batch",
+                                     draem_p_anomaly=0.25))
+    norms = {type(m) for net in detector.modules().values() for m in net.modules()}
+    assert torch.nn.BatchNorm2d in norms and torch.nn.GroupNorm not in norms
+    assert detector.p_anomaly == 0.25
