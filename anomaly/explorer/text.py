@@ -126,4 +126,4 @@ def rule_html(saved: Threshold | None, threshold: float, counts: dict, optimum: 
             text += (
                 f" The saved threshold is {saved.value:.4g} ({html.escape(describe_rule(saved))})."
             )
-    return f"<div style='font-size:12px;max-width:520px;color:#333'>{text}</div>"
+    return f"<div style='font-size:12px;line-height:1.4;max-width:520px;color:#333'>{text}</div>"
