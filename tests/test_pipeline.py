@@ -7,18 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from anomaly.cli import main
 from anomaly.config import Config
 from anomaly.pipeline import load_run, score_run, set_threshold, train_run
 from anomaly.runs import RunError, load_checkpoint
-
-
-def tiny_config(data, method="ae", **kw) -> Config:
-    base = dict(method=method, data=str(data), size=64, channels=1, epochs=2, batch_size=4,
-                width=8, latent=16, seed=3, device="cpu", patience=0)
-    base.update(kw)
-    return Config(**base)
 
 
 @pytest.fixture(scope="module")
