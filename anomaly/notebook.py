@@ -450,3 +450,32 @@ def train_size_table(rows: list[dict], target: float = 0.95) -> str:
         lines.append(f"{label}: image AUROC by n  {points}\n  {reach}; escape rate at "
                      f"conformal alpha {alphas}")
     return "\n".join(lines)
+
+
+def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
+    """The pictures `score` writes to overlays/ (and `predict` and the explorer show): verdict
+    and score above, evidence on the run's scale anchored to its pixel threshold (red: above
+    it), the true defect outlined, the colour bar below; `per_kind` images of each kind."""
+    from PIL import Image
+
+    from anomaly.overlays import annotated_overlay, run_scale
+    from anomaly.runs import RunDir
+
+    rd = RunDir(run)
+    pred = rd.predictions()
+    scale = run_scale(rd, pred.maps, pred.labels)
+    threshold = rd.threshold().value if rd.has_threshold() else float("inf")
+    picks = _per_kind(pred.defects, per_kind)
+    ncols = max(1, min(ncols, len(picks)))
+    nrows = -(-len(picks) // ncols)
+    fig, axes = _subplots(nrows, ncols, figsize=(3.2 * ncols, 4.3 * nrows), squeeze=False)
+    for ax, i in zip(axes.ravel(), picks):
+        with Image.open(pred.paths[i]) as im:
+            image = np.asarray(im.convert("RGB"))
+        mask = pred.masks[i] if pred.masks is not None else None
+        ax.imshow(annotated_overlay(image, pred.maps[i], scale, float(pred.scores[i]), threshold,
+                                    mask=mask, title=f"{pred.defects[i]} / {Path(pred.paths[i]).name}"))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
