@@ -437,18 +437,19 @@ def train_size_figure(rows: list[dict], sets=None, methods=None):
 
 
 def train_size_table(rows: list[dict], target: float = 0.95) -> str:
-    """Per set and method: mean image AUROC at each n, and the n that reaches `target`."""
+    """Per set and method: mean image AUROC and fit time at each n, the n that reaches `target`."""
     from anomaly.benchmark_curves import images_needed
 
     lines = []
     for label, c in _curves(rows).items():
         group = [r for r in rows if f"{r['set']} {r['method']}" == label]
         points = "  ".join(f"{n}:{a:.3f}" for n, a in zip(c["n"], c["image_auroc"]))
+        fits = "  ".join(f"{n}:{t:.1f}" for n, t in zip(c["n"], c["fit_s"]))
         alphas = ", ".join(f"{a:.3g}" for a in sorted(set(c["alpha_used"])))
         needed = images_needed(group, target)
         reach = f"reaches {target} at n = {needed}" if needed else f"does not reach {target}"
-        lines.append(f"{label}: image AUROC by n  {points}\n  {reach}; escape rate at "
-                     f"conformal alpha {alphas}")
+        lines.append(f"{label}: image AUROC by n  {points}\n  fit seconds by n  {fits}\n"
+                     f"  {reach}; escape rate at conformal alpha {alphas}")
     return "\n".join(lines)
 
 
