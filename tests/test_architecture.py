@@ -22,6 +22,20 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except those under `if TYPE_CHECKING:` (imports for type checkers only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = getattr(child, "test", None) if isinstance(child, ast.If) else None
+            if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+                todo += child.orelse
+                continue
+            todo.append(child)
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package modules it imports, anywhere in it (inside functions too).
 
@@ -33,7 +47,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -147,3 +161,10 @@ def test_same_seed_same_scores_as_before_the_redesign(method, tiny_cookies, tmp_
     order = [str(Path(p).relative_to(tiny_cookies)) for p in pred.paths]
     assert order[0] == "test/good/000.png" and order[4] == "test/crack/000.png"
     np.testing.assert_allclose(pred.scores, BEFORE[method], rtol=0, atol=1e-6)
+
+
+def test_imports_for_type_checkers_only_do_not_count():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\n"
+                     "else:\n    import b\ndef f():\n    import c\n")
+    names = {a.name for n in _runtime_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert names == {"b", "c"}
