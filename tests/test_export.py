@@ -51,6 +51,24 @@ def test_onnx_scores_and_maps_equal_the_eager_detector(exported, tiny_cookies):
     assert np.ptp(scores) > 1e-3 * scale  # the images do not all score alike
 
 
+def test_parity_holds_for_padding_border_topk_and_grey(tiny_cookies, tmp_path):
+    """The export traces whatever predict_batch does: mirrored feature padding, an image score
+    without the border, a top-k score, grey images, and other stages."""
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=40, device="cpu",
+                               channels=1, feature_pad=8, score_border=4, score_topk=0.05,
+                               layers="blocks.2, blocks.4", smooth_sigma=1.0, neighbors=2)
+    train_run(config, tmp_path / "run", progress=False)
+    path = export_onnx(tmp_path / "run", tmp_path / "other.onnx")
+    files = _test_images(tiny_cookies)
+    detector = load_run(tmp_path / "run", device="cpu")
+    images = torch.stack([load_image(f, size=40, channels=1) for f in files])
+    ref_scores, ref_maps = (t.numpy() for t in detector.predict_batch(images))
+    scores, maps = predict_onnx(path, files)
+    scale = max(1.0, float(np.abs(ref_maps).max()))
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(maps, ref_maps, rtol=0, atol=1e-4 * scale)
+
+
 def test_metadata_lets_a_user_reproduce_the_input(exported, tiny_cookies):
     run, path = exported
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
