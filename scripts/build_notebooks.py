@@ -138,6 +138,11 @@ NOTEBOOKS = {
         "optimum, the counts, and the most wrong images with their evidence overlays (red: "
         "above the pixel threshold; green outline: the true defect).",
         "explorer.snapshot()",
+        "## The same pictures everywhere\nThe overlays `score` writes to `RUN/overlays/` (and "
+        "`predict` writes, and the explorer shows): the verdict and score on the image, the "
+        "evidence on one scale anchored to the run's pixel threshold (yellow: raised, red: above "
+        "it, so a good cookie stays clean), the true defect outlined in green, the colour bar.",
+        "nb.evidence_figure(runs[0])",
         "## The live explorer\nRun the notebook to use it: move the thresholds, page through "
         "the mistakes, filter by defect kind, enlarge a tile, compare the two runs, export a "
         "report.",
