@@ -93,10 +93,12 @@ class Config:
     # feature methods (kmeans, patchknn, flow)
     source_run: str = _f("", "kmeans: the trained ae/unet/vae run whose encoder gives features",
                          flag="--from")
-    k: int = _f(2, "kmeans clusters (2, as the original)", min=1)
-    kmeans_features: str = _f("flat", "kmeans: flat = the flattened bottleneck, standardised; "
-                              "original = max-pooled and flattened, unstandardised (the "
-                              "original's)", choices=("flat", "original"))
+    k: int = _f(0, "kmeans clusters; 0 = by rule (best silhouette in 2..8 if >= 0.25, else 1; "
+                "2 under --recipe original)", min=0)
+    kmeans_features: str = _f("", "kmeans: cell = k-means per bottleneck position, standardised "
+                              "(localises); flat = the flattened bottleneck, standardised; "
+                              "original = max-pooled, flattened, unstandardised; empty = the "
+                              "recipe's (cell; original)", choices=("", "cell", "flat", "original"))
     backbone: str = _f("efficientnet_lite0", "patchknn/flow feature backbone, or encoder:RUN "
                        "(the encoder of a trained ae/unet/vae run)")
     coreset_ratio: float = _f(0.01, "patchknn: fraction of training patches kept in the bank",

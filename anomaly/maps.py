@@ -10,7 +10,8 @@ Everything is batched torch: images are [B, C, H, W] in [0, 1], maps are [B, H, 
   `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=1, full=True)` to float precision, borders included
   (both mirror the image at its edges, scipy.ndimage's "reflect" mode).
-- `anomaly_map`: 1 - SSIM or L2, then Gaussian smoothing; `image_score`: max or top-k mean.
+- `anomaly_map`: 1 - SSIM or L2, then Gaussian smoothing; `image_score`: max or top-k mean,
+  optionally leaving out a border.
 - `kl_divergence`: the VAE's KL term.
 """
 
@@ -137,11 +138,21 @@ def anomaly_map(
     return gaussian_blur(maps, sigma)
 
 
-def image_score(maps: torch.Tensor, topk: float = 0.0) -> torch.Tensor:
+def image_score(maps: torch.Tensor, topk: float = 0.0, border: int = 0) -> torch.Tensor:
     """One score per map [B, H, W] -> [B]: the maximum, or the mean of the top `topk` fraction
-    of pixels when 0 < topk <= 1 (at least one pixel). Top-k is less sensitive to one hot pixel."""
+    of pixels when 0 < topk <= 1 (at least one pixel). Top-k is less sensitive to one hot pixel;
+    topk = 1 is the map's mean (the per-image MSE for an unsmoothed L2 map).
+
+    `border` pixels at each edge are left out: a network's zero padding leaves an error there
+    on every image, normal or not, which a maximum would pick up instead of the defect.
+    """
     if not 0.0 <= topk <= 1.0:
         raise ValueError(f"topk is a fraction of the pixels, in [0, 1]; got {topk}")
+    if border < 0 or 2 * border >= min(maps.shape[-2:]):
+        raise ValueError(f"border {border} leaves nothing of a {tuple(maps.shape[-2:])} map; "
+                         f"use at most {(min(maps.shape[-2:]) - 1) // 2} pixels")
+    if border:
+        maps = maps[..., border:-border, border:-border]
     flat = maps.reshape(maps.shape[0], -1)
     if topk == 0.0:
         return flat.amax(dim=1)

@@ -194,6 +194,36 @@ def test_image_score_max_and_topk():
         image_score(maps, topk=5)
 
 
+def test_image_score_border_leaves_the_frame_out():
+    maps = torch.zeros(2, 12, 12)
+    maps[:, 0, 0] = 5.0  # an edge artefact on every image
+    maps[1, 6, 6] = 1.0  # a defect in the middle of the second
+    assert image_score(maps).tolist() == [5.0, 5.0]  # the maximum sees only the artefact
+    assert image_score(maps, border=2).tolist() == [0.0, 1.0]
+    assert image_score(maps, topk=1.0, border=1).tolist() == pytest.approx([0.0, 0.01])
+    with pytest.raises(ValueError, match="leaves nothing"):
+        image_score(maps, border=6)
+
+
+def test_mean_of_the_unsmoothed_l2_map_is_the_per_image_mse():
+    x, y = torch.rand(3, 1, 16, 16), torch.rand(3, 1, 16, 16)
+    maps = anomaly_map(x, y, kind="l2", sigma=0.0)
+    mse = ((x - y) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(image_score(maps, topk=1.0), mse)
+
+
+def test_unet_original_size_and_raw_output():
+    net = UNet(in_channels=1, width=64, sigmoid=False)
+    assert sum(p.numel() for p in net.parameters()) == 7_781_761  # the original's network
+    assert net.hparams["sigmoid"] is False
+    assert "sigmoid" not in UNet(width=4).hparams  # older checkpoints keep their signature
+    small = UNet(in_channels=1, width=4, sigmoid=False).eval()
+    with torch.no_grad():
+        small.head.bias.fill_(-3.0)  # pushes the raw output below 0
+        out = small(torch.rand(1, 1, 16, 16))
+    assert out.min() < 0  # no sigmoid: the raw 1x1 convolution, as the original
+
+
 def test_reconstruction_loss_kinds():
     x = torch.rand(2, 1, 32, 32)
     for kind in ("l2", "ssim"):

@@ -168,8 +168,8 @@ def test_kmeans_scores_standardised_flattened_bottleneck(tiny_cookies, tmp_path)
     run = tmp_path / "ae"
     train_run(tiny_config(tiny_cookies, epochs=1), run, progress=False)
     km_run = tmp_path / "km"
-    train_run(tiny_config(tiny_cookies, method="kmeans", source_run=str(run), k=2), km_run,
-              progress=False)
+    train_run(tiny_config(tiny_cookies, method="kmeans", source_run=str(run), k=2,
+                          kmeans_features="flat"), km_run, progress=False)
     km = load_run(km_run, device="cpu")
     images = torch.rand(3, 1, 64, 64)
     vectors = km.source.features(images).flatten(1)

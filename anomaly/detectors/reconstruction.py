@@ -12,7 +12,7 @@ import torch
 
 from anomaly.detectors.base import Detector, register
 from anomaly.maps import anomaly_map, image_score, kl_divergence, reconstruction_loss
-from anomaly.models import build_model
+from anomaly.models import UNet, build_model
 from anomaly.synthetic import synthesize
 
 
@@ -24,8 +24,12 @@ class ReconstructionDetector(Detector):
         if not 0.0 <= config.corrupt <= 1.0:
             raise ValueError(f"corrupt is the fraction of training images given a synthetic "
                              f"anomaly, in [0, 1]; got {config.corrupt}")
-        self.model = build_model(self.name, in_channels=config.channels, width=config.width,
-                                 latent=config.latent)
+        if self.name == "unet" and getattr(config, "recipe", "project") == "original":
+            # the original's output is the raw 1x1 convolution, no sigmoid
+            self.model = UNet(in_channels=config.channels, width=config.width, sigmoid=False)
+        else:
+            self.model = build_model(self.name, in_channels=config.channels, width=config.width,
+                                     latent=config.latent)
         self._loss = reconstruction_loss(config.loss)
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -63,7 +67,7 @@ class ReconstructionDetector(Detector):
     def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         recon = self.reconstruct(images)
         maps = anomaly_map(images, recon, kind=self.config.loss, sigma=self.config.smooth_sigma)
-        return image_score(maps, self.config.score_topk), maps
+        return image_score(maps, self.config.score_topk, self.config.score_border), maps
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

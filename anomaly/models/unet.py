@@ -5,8 +5,10 @@ MICCAI 2015. The layout follows usuyama/pytorch-unet's `pytorch_unet.UNet`, whic
 project trained to reconstruct good images: double 3x3 convolutions (conv + ReLU, twice) on four
 levels of 64, 128, 256 and 512 channels, 2x2 max-pooling down, bilinear up-sampling, skip
 connections by concatenation and a final 1x1 convolution. Here the width and the number of levels
-are parameters, the output passes through a sigmoid (images live in [0, 1]), and `batch_norm=True`
-adds a BatchNorm after each convolution (off by default, to stay faithful to the original).
+are parameters, the output passes through a sigmoid (images live in [0, 1]; the original's output
+was the raw 1x1 convolution, `sigmoid=False`), and `batch_norm=True` adds a BatchNorm after each
+convolution (off by default, to stay faithful to the original). At width 64, grayscale, the
+network has the original's 7,781,761 parameters.
 
 Because the skip connections carry full-resolution detail straight to the output, a U-Net can learn
 something close to the identity and reconstruct defects too; the bottleneck autoencoder in
@@ -39,6 +41,8 @@ class UNet(nn.Module):
         depth: number of levels (4 as the original); H and W must be divisible by 2**(depth - 1).
         bilinear: up-sample bilinearly (the original); False uses 2x2 transposed convolutions.
         batch_norm: add BatchNorm after every 3x3 convolution (the original had none).
+        sigmoid: squash the output into [0, 1]; False returns the raw 1x1 convolution, as the
+            original did (recorded in `hparams` only when False, so older checkpoints still load).
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class UNet(nn.Module):
         depth: int = 4,
         bilinear: bool = True,
         batch_norm: bool = False,
+        sigmoid: bool = True,
     ) -> None:
         super().__init__()
         if depth < 2:
@@ -59,6 +64,9 @@ class UNet(nn.Module):
             "bilinear": bilinear,
             "batch_norm": batch_norm,
         }
+        if not sigmoid:
+            self.hparams["sigmoid"] = False
+        self.sigmoid = sigmoid
         chans = [width * 2**i for i in range(depth)]
         self.down = nn.ModuleList()
         c_prev = in_channels
@@ -106,4 +114,5 @@ class UNet(nn.Module):
         x = skips.pop()
         for upsample, block in zip(self.upsample, self.up):
             x = block(torch.cat([upsample(x), skips.pop()], dim=1))
-        return torch.sigmoid(self.head(x))
+        x = self.head(x)
+        return torch.sigmoid(x) if self.sigmoid else x

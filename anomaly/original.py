@@ -1,0 +1,197 @@
+"""The original project beside this one: what notebooks 03 and 04 call to compare them.
+
+The original (AureliiiieP/Unsupervised-Anomaly-Detection-Pytorch, MIT licence) trains a UNet to
+reconstruct normal cookies, paints the difference red, and scores cookies by k-means distance
+with a threshold of 0.02. `--recipe original` trains its settings (`anomaly.config.RECIPES`);
+this module draws its pictures as it drew them, so they can be put next to the project's:
+
+- `original_overlay`: its red overlay, sign included: it paints only pixels where the
+  reconstruction is brighter than the input by more than 1/255 (its `save_anomaly_overlay`), so
+  a defect brighter than the cookie (plastic glare) is not marked at all.
+- `score_choices`: one run's reconstructions scored several ways (the original's natural score,
+  the per-image MSE, and this project's), for ROC curves side by side.
+- `fixed_threshold_table`: what the original's 0.02 does here, next to thresholds by rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomaly.config import Config
+
+ORIGINAL_THRESHOLD = 0.02  # the original README's k-means threshold, chosen by eye on its test set
+BORDER = 8  # pixels left out at each edge by the "border ignored" scores below
+
+
+def original_overlay(image, recon, steps=(1, 2, 3, 4), top: int = 5) -> np.ndarray:
+    """The original's red overlay of one image, reproduced (uint8 [H, W, 3]).
+
+    Where (reconstruction - input) * 255 exceeds each of `steps`, red is added to the grey
+    input, 255 * exp(step - top) per step (about 5, 13, 35 and 94 levels), as the original's
+    `save_anomaly_overlay` did. Note the sign: a pixel where the input is brighter than the
+    reconstruction is never painted. `anomaly.viz.red_overlay` is the project's version (the
+    absolute difference, one colour scale for a whole data set).
+    """
+    from anomaly.viz import to_gray
+
+    gray, rec = to_gray(image), to_gray(recon)
+    diff = (rec - gray) * 255.0
+    rgb = np.repeat(gray[..., None] * 255.0, 3, axis=-1)
+    for step in steps:
+        rgb[diff > step, 0] += 255.0 * np.exp(step - top)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def original_runs(s, data: Path) -> dict[str, Path]:
+    """The original recipe's UNet and its k-means (`runs_dir/unet_original[_kmeans]`), trained
+    and scored now unless they exist; smoke settings shrink them as `notebook.ensure_run` does."""
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import load_config
+
+    unet, km = s.runs_dir / "unet_original", s.runs_dir / "unet_original_kmeans"
+    if not (unet / "metrics.json").exists():
+        sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
+        config = Config.for_method("unet", recipe="original", data=str(data), seed=s.seed, **sizes)
+        train_run(config, unet, progress=not s.smoke)
+        score_run(unet, overlays=False)
+    if not (km / "metrics.json").exists():
+        config = load_config(unet).replace(method="kmeans", source_run=str(unet), seed=s.seed,
+                                           k=2, kmeans_features="original")
+        train_run(config, km, progress=False)
+        score_run(km, overlays=False)
+    return {"unet (original)": unet, "kmeans (original)": km}
+
+
+def _reconstruct(run: Path):
+    """(detector, test data set, images [N, C, H, W], reconstructions) of a run's test split."""
+    from anomaly.data import AnomalyDataset
+    from anomaly.runs import load_run
+
+    det = load_run(run)
+    data = AnomalyDataset(det.config.data, "test", size=det.config.size,
+                          channels=det.config.channels)
+    images = torch.stack([data[i]["image"] for i in range(len(data))])
+    recon = torch.cat([det.reconstruct(images[i:i + 16].to(det.device)).cpu()
+                       for i in range(0, len(images), 16)])
+    return det, data, images, recon
+
+
+def score_choices(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One reconstruction run's test images scored several ways: {name: (labels, scores)}.
+
+    per-image MSE: the original's training loss, its natural image score; mean |error|; the
+    maximum of the Gaussian-smoothed (sigma 2) squared error, over the whole map and with a
+    BORDER-pixel frame left out (zero padding leaves an error along the edges of every image);
+    the mean of its top 1 %, frame left out.
+    """
+    from anomaly.maps import gaussian_blur, image_score, l2_map
+
+    _, data, images, recon = _reconstruct(run)
+    err = l2_map(images, recon)
+    smooth = gaussian_blur(err, 2.0)
+    border = min(BORDER, (min(err.shape[-2:]) - 1) // 2)
+    scores = {
+        "per-image MSE (original)": err.mean(dim=(1, 2)),
+        "mean |error|": (images - recon).abs().mean(dim=(1, 2, 3)),
+        "max, smoothed": image_score(smooth),
+        "max, smoothed, border left out": image_score(smooth, border=border),
+        "top 1%, smoothed, border left out": image_score(smooth, 0.01, border=border),
+    }
+    labels = np.array(data.labels)
+    return {name: (labels, s.numpy()) for name, s in scores.items()}
+
+
+def score_choices_figure(run: Path):
+    """ROC curves of `score_choices(run)`, one per score."""
+    from anomaly.viz import plot_roc
+
+    return plot_roc(score_choices(run))
+
+
+def score_choices_table(run: Path) -> str:
+    """Image AUROC of each score choice, overall and per defect kind."""
+    from anomaly.metrics import image_auroc
+
+    _, data, _, _ = _reconstruct(run)
+    defects = np.array(data.defects)
+    kinds = sorted(set(data.defects) - {"good"})
+    lines = [f"{'image score':<34} {'all':>6} " + " ".join(f"{k:>8}" for k in kinds)]
+    for name, (labels, scores) in score_choices(run).items():
+        per = [image_auroc(labels[(defects == k) | (defects == "good")],
+                           scores[(defects == k) | (defects == "good")]) for k in kinds]
+        lines.append(f"{name:<34} {image_auroc(labels, scores):>6.3f} "
+                     + " ".join(f"{a:>8.3f}" for a in per))
+    return "\n".join(lines)
+
+
+def map_choices_table(run: Path) -> str:
+    """Pixel AUROC and AUPRO of the original's signed map (what its red overlay marks: the
+    positive part of reconstruction - input), of the squared error, and of that smoothed."""
+    from anomaly.maps import gaussian_blur, l2_map
+    from anomaly.metrics import aupro, pixel_auroc
+
+    _, data, images, recon = _reconstruct(run)
+    masks = np.stack([data[i]["mask"].numpy() for i in range(len(data))])
+    maps = {
+        "original overlay: (recon - input)+": (recon - images).clamp(min=0).mean(dim=1),
+        "squared error": l2_map(images, recon),
+        "squared error, smoothed (sigma 2)": gaussian_blur(l2_map(images, recon), 2.0),
+    }
+    lines = [f"{'map':<36} {'pixel AUROC':>11} {'AUPRO':>6}"]
+    for name, m in maps.items():
+        m = m.numpy()
+        lines.append(f"{name:<36} {pixel_auroc(masks, m):>11.3f} {aupro(masks, m):>6.3f}")
+    return "\n".join(lines)
+
+
+def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: int = 1):
+    """Per defective test image: the input (true defect outlined), the original's red overlay
+    from the original recipe's UNet, and the project run's map on one colour scale."""
+    from anomaly.detectors import Predictions
+    from anomaly.notebook import _per_kind, _subplots, _test_data
+    from anomaly.viz import dataset_range, heatmap_overlay, to_rgb
+
+    _, data, images, recon = _reconstruct(original_run)
+    pred = Predictions.load(Path(project_run) / "predictions.npz")
+    project_data = _test_data(Config.load(Path(project_run) / "config.json"))
+    vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
+    picks = [i for i in _per_kind(pred.defects, per_kind) if pred.labels[i]]
+    fig, axes = _subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
+    for r, i in enumerate(picks):
+        mask = data[i]["mask"].numpy()
+        panels = [(to_rgb(images[i]), data.defects[i]),
+                  (original_overlay(images[i], recon[i]), "original's red overlay"),
+                  (heatmap_overlay(project_data[i]["image"], pred.maps[i], vmin, vmax,
+                                   mask=pred.masks[i]), f"project {pred.method} map")]
+        for c, (picture, title) in enumerate(panels):
+            axes[r, c].imshow(picture)
+            if c == 0 and mask.any():
+                axes[r, c].contour(mask > 0, levels=[0.5], colors="lime", linewidths=1)
+            axes[r, c].set_title(title, fontsize=9)
+            axes[r, c].set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def fixed_threshold_table(runs: dict[str, Path], value: float = ORIGINAL_THRESHOLD) -> str:
+    """Per run: the fraction of good and defective test images flagged at the original's fixed
+    threshold, at the run's own threshold (`threshold.json`: a quantile of held-out normal
+    scores) and at the F1-optimal one (which needs labelled defects)."""
+    from anomaly.detectors import Predictions
+    from anomaly.metrics import Threshold, threshold_f1
+
+    lines = [f"{'run':<20} {'threshold rule':<26} {'value':>10} {'good flagged':>13} "
+             f"{'defects flagged':>16}"]
+    for name, run in runs.items():
+        pred = Predictions.load(Path(run) / "predictions.npz")
+        good, bad = pred.scores[pred.labels == 0], pred.scores[pred.labels > 0]
+        rules = {f"fixed {value:g} (original)": value,
+                 "held-out normal quantile": Threshold.load(Path(run)).value,
+                 "F1-optimal (labels)": threshold_f1(pred.labels, pred.scores).value}
+        for rule, t in rules.items():
+            lines.append(f"{name:<20} {rule:<26} {t:>10.4g} {np.mean(good >= t):>13.0%} "
+                         f"{np.mean(bad >= t):>16.0%}")
+    return "\n".join(lines)
