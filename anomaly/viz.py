@@ -4,6 +4,9 @@ Overlays use one colour scale for the whole data set (`dataset_range`), never on
 scaling each map to its own maximum paints every normal image red. `red_overlay` is the
 original project's picture (differences painted red on the grayscale input); `heatmap_overlay`
 is the usual colour map blended over the image, with the ground-truth outline drawn on top.
+The pictures of a verdict (what `score`, `predict` and the explorer show: evidence anchored to
+the run's pixel threshold, the verdict written on the image, a colour bar) are
+`anomaly.overlays`; the ground truth is outlined in `OUTLINE` everywhere.
 
 Images may be float in [0, 1] (or uint8) shaped [H, W], [H, W, C] or [C, H, W] with 1 or 3
 channels, as numpy arrays or torch tensors.
@@ -153,71 +156,6 @@ def heatmap_overlay(
         edge = find_boundaries(np.asarray(mask) > 0, mode="inner")
         out[edge] = outline
     return out
-
-
-def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(im)
-
-
-def overlay_name(path: str, defect: str) -> str:
-    """File name of an image's overlay: defect folder and stem, e.g. `crack_000.png`."""
-    return f"{defect}_{Path(path).stem}.png"
-
-
-def save_overlays(
-    pred,
-    out_dir: str | Path,
-    images=None,
-    kind: str = "heatmap",
-    vmin: float | None = None,
-    vmax: float | None = None,
-    alpha: float = 0.5,
-) -> list[Path]:
-    """Write one overlay PNG per image of a `Predictions`, named `<defect>_<stem>.png`.
-
-    Args:
-        pred: the predictions (maps, and masks for the outline when it has them).
-        out_dir: folder to write to (created).
-        images: the images [N, ...] at map size; None loads `pred.paths` and resizes them.
-        kind: "heatmap" (colour map + mask outline) or "red" (the original red-on-grey).
-        vmin, vmax: the shared colour range; None takes `dataset_range(pred.maps)` (for "red",
-            vmin defaults to 0 as in the original project).
-
-    Returns:
-        the written paths, in data set order.
-    """
-    from PIL import Image
-
-    if kind not in ("heatmap", "red"):
-        raise ValueError(f"kind must be 'heatmap' or 'red', got {kind!r}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if vmin is None or vmax is None:
-        lo, hi = dataset_range(pred.maps)
-        vmin = (lo if kind == "heatmap" else 0.0) if vmin is None else vmin
-        vmax = hi if vmax is None else vmax
-    size = pred.maps.shape[1:]
-    written, seen = [], set()
-    for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
-        image = images[i] if images is not None else _load_image(path, size)
-        if kind == "red":
-            rgb = red_overlay(image, pred.maps[i], vmax=vmax, vmin=vmin)
-        else:
-            mask = pred.masks[i] if pred.masks is not None else None
-            rgb = heatmap_overlay(image, pred.maps[i], vmin, vmax, mask=mask, alpha=alpha)
-        name = overlay_name(path, defect)
-        if name in seen:  # same defect and stem from two folders: keep both
-            name = f"{Path(name).stem}_{i}.png"
-        seen.add(name)
-        Image.fromarray(rgb).save(out_dir / name)
-        written.append(out_dir / name)
-    return written
 
 
 # ---------------------------------------------------------------------------------------------

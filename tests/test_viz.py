@@ -13,8 +13,10 @@ from anomaly.overlays import (
     annotated_overlay,
     body_rows,
     colour_bar,
+    enlargement,
     evidence_overlay,
     run_scale,
+    save_overlays,
     strong_red_fraction,
 )
 from anomaly.runs import RunDir
@@ -27,7 +29,6 @@ from anomaly.viz import (
     plot_roc,
     plot_score_histogram,
     red_overlay,
-    save_overlays,
     to_rgb,
 )
 
@@ -129,12 +130,15 @@ def test_save_overlays_one_file_per_image(tmp_path):
     masks = np.zeros((3, H, W), np.uint8)
     masks[1:, 2:6, 2:6] = 1
     pred = Predictions(paths, [0, 1, 1], defects, maps.mean((1, 2)), maps, masks)
-    written = save_overlays(pred, tmp_path / "overlays")
+    written = save_overlays(pred, tmp_path / "overlays", EvidenceScale(0.2, 0.8), threshold=0.5)
     assert [p.name for p in written] == ["good_000.png", "crack_001.png", "crack_000.png"]
-    for p in written:
-        assert np.asarray(Image.open(p)).shape == (H, W, 3)
-    red = save_overlays(pred, tmp_path / "red", kind="red", vmax=1.0)
-    assert len(list((tmp_path / "red").glob("*.png"))) == len(red) == 3
+    for p, path in zip(written, paths):
+        own = np.asarray(Image.open(path)).shape  # the image's own size, not the map's
+        rgb = np.asarray(Image.open(p))
+        k = enlargement(own[1])  # small images are enlarged by a whole factor to stay legible
+        assert rgb.shape[1] == own[1] * k and rgb[body_rows(own, "x")].shape[0] == own[0] * k
+    same = save_overlays(pred, tmp_path / "again", EvidenceScale(0.2, 0.8), 0.5)
+    assert [p.read_bytes() for p in same] == [p.read_bytes() for p in written]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +220,7 @@ def test_score_overlays_make_good_and_defective_cookies_look_different(patchknn_
     for path, defect in zip(pred.paths, pred.defects):
         rgb = np.asarray(Image.open(patchknn_run / "overlays" / f"{defect}_{Path(path).stem}.png"))
         shape = np.asarray(Image.open(path)).shape
-        assert rgb.shape[1] == max(shape[1], 256)  # the image's own size (enlarged if small)
+        assert rgb.shape[1] == shape[1] * enlargement(shape[1])  # own size (x k if small)
         red.setdefault(defect == "good", []).append(
             strong_red_fraction(rgb[body_rows(shape, f"{defect} / {Path(path).name}")]))
     good, defective = np.array(red[True]), np.array(red[False])
