@@ -5,7 +5,9 @@ features, distance to the memory bank, upsampled and smoothed map, image score) 
 `torch.onnx.export`, so the file computes what the detector computes, whatever its backbone,
 stages, padding or image score: the bank and the map matrices become constants of the graph.
 `predict_onnx(onnx_path, images)` scores image files with that file using only numpy, Pillow and
-onnxruntime (no torch), so the same few lines work on a machine that has only those.
+onnxruntime: it never imports torch (a test checks), and its half of this module (`preprocess`,
+`OnnxDetector`, `predict_onnx`) imports nothing else of the package, so it can be copied to a
+machine that has only those three.
 
 The file's contract, also stored in its `metadata_props` (read them with
 `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -158,3 +160,15 @@ def test_cli_export_then_predict_onnx_agrees_with_predict_run(exported, tiny_coo
     assert (tmp_path / "cli_predict").is_dir() and len(list((tmp_path / "cli_predict").iterdir())) == 3
     assert main(["predict", "--onnx", str(tmp_path / "nope.onnx"), *files]) == 2
     assert "nope.onnx: no such ONNX file" in capsys.readouterr().err
+
+
+def test_predict_onnx_never_imports_torch(exported, tiny_cookies):
+    _, path = exported
+    file = _test_images(tiny_cookies)[0]
+    code = ("import sys; from anomaly.export import predict_onnx; "
+            f"s, m = predict_onnx({str(path)!r}, [{str(file)!r}]); "
+            "assert m.shape == (1, 48, 48), m.shape; "
+            "assert 'torch' not in sys.modules, 'predict_onnx imported torch'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
