@@ -186,7 +186,7 @@ def test_voila_serves_locally_with_a_token_and_no_tracebacks(tmp_path):
     tokens = [a.split("=", 1)[1] for a in cmd if a.startswith("--token=")]
     assert len(tokens) == 1 and len(tokens[0]) >= 24  # random, unguessable
     assert voila_command([tmp_path])[0] != cmd  # a new token each time
-    assert page_url(cmd) == f"http://localhost:8899/?token={tokens[0]}"
+    assert page_url(cmd) == f"http://127.0.0.1:8899/?token={tokens[0]}"
     assert "ssh -N -L 8899:127.0.0.1:8899" in how_to_share(8899)
     assert "WARNING" in how_to_share(8899, host="0.0.0.0")
     assert any(a.startswith("--MappingKernelManager.cull_idle_timeout=") for a in cmd)

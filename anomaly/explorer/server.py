@@ -127,7 +127,7 @@ def page_url(cmd: list, host: str = LOCAL) -> str:
     """The URL of the page a `voila_command` serves, with its token."""
     port = next(a.split("=", 1)[1] for a in cmd if a.startswith("--port="))
     token = next(a.split("=", 1)[1] for a in cmd if a.startswith("--token="))
-    shown = "localhost" if host in (LOCAL, "localhost") else host
+    shown = LOCAL if host in (LOCAL, "localhost") else host
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
 
 
