@@ -19,8 +19,15 @@ from playwright.sync_api import sync_playwright
 
 from anomaly.explorer.server import page_url, voila_command
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def main() -> None:
@@ -35,13 +42,15 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd, env = voila_command(args.runs, port=port)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-            page = browser.new_page(viewport={"width": args.width, "height": 1300},
-                                    device_scale_factor=args.scale)
+            page = browser.new_page(
+                viewport={"width": args.width, "height": 1300}, device_scale_factor=args.scale
+            )
             for _ in range(120):  # the server takes a few seconds to listen
                 try:
                     page.goto(page_url(cmd), timeout=240_000)
@@ -53,7 +62,9 @@ def main() -> None:
                 page.locator(".anomaly-compare select").select_option(index=1)
                 page.wait_for_function(
                     "() => document.querySelector('.anomaly-gallery-title').innerText"
-                    ".includes('Compared with')", timeout=60_000)
+                    ".includes('Compared with')",
+                    timeout=60_000,
+                )
             page.wait_for_timeout(2000)  # let the gallery images arrive
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.locator(".anomaly-explorer").screenshot(path=args.out)

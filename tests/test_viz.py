@@ -222,7 +222,8 @@ def test_score_overlays_make_good_and_defective_cookies_look_different(patchknn_
         shape = np.asarray(Image.open(path)).shape
         assert rgb.shape[1] == shape[1] * enlargement(shape[1])  # own size (x k if small)
         red.setdefault(defect == "good", []).append(
-            strong_red_fraction(rgb[body_rows(shape, f"{defect} / {Path(path).name}")]))
+            strong_red_fraction(rgb[body_rows(shape, f"{defect} / {Path(path).name}")])
+        )
     good, defective = np.array(red[True]), np.array(red[False])
     print(f"\nstrongly red: good {np.round(good, 4)}, defective {np.round(defective, 4)}")
     assert good.mean() < 0.02  # a good cookie looks clean
