@@ -19,7 +19,7 @@ import torch
 
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
-from anomaly.data.folder import IMAGE_EXTENSIONS, DataError
+from anomaly.data.folder import IMAGE_EXTENSIONS, DataError, broken_link
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.metrics import (
     Threshold,
@@ -366,7 +366,8 @@ def predict_images(run: str | Path, images: list[str | Path],
     results, used = [], set()
     for path in expand_images(images):
         if not path.exists():
-            results.append({"path": str(path), "error": f"{path}: no such file"})
+            why = broken_link(path) if path.is_symlink() else "no such file"
+            results.append({"path": str(path), "error": f"{path}: {why}"})
             continue
         try:
             image = load_image(path, size=config.size, channels=config.channels)

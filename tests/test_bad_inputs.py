@@ -321,7 +321,7 @@ def test_predict_takes_a_folder_and_one_bad_path_hides_nothing(scored_ae_run, ti
     assert code == 2 and str(good) in out and "missing.png" in err and "no such file" in err
 
 
-def test_a_symlink_loop_is_reported_as_one(tiny_cookies, tmp_path, capsys):
+def test_a_symlink_loop_is_reported_as_one(scored_ae_run, tiny_cookies, tmp_path, capsys):
     """16: a symlink loop was reported as "not an image"."""
     import shutil
 
@@ -331,6 +331,9 @@ def test_a_symlink_loop_is_reported_as_one(tiny_cookies, tmp_path, capsys):
     os.symlink(loop, loop)
     code, _, err = run_cli(capsys, "train", "--out", tmp_path / "run", *tiny_flags(data))
     assert code == 2 and "loop.png" in err and "loop" in err.replace("loop.png", "")
+    assert "not an image" not in err and not (tmp_path / "run").exists()
+    code, _, err = run_cli(capsys, "predict", "--run", scored_ae_run, loop)
+    assert code == 2 and "(a loop)" in err
 
 
 def test_one_training_image_says_so(tiny_cookies, tmp_path):
