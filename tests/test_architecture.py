@@ -171,3 +171,17 @@ def test_imports_for_type_checkers_only_do_not_count():
                      "else:\n    import b\ndef f():\n    import c\n")
     names = {a.name for n in _runtime_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
     assert names == {"b", "c"}
+
+
+def test_every_torch_load_refuses_pickled_objects():
+    """Issue 10 item 1: nothing the package loads may run code (weights_only=True everywhere)."""
+    unsafe = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "np.load"):
+                kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                safe = (kw.get("weights_only") == "True" if ast.unparse(node.func) == "torch.load"
+                        else kw.get("allow_pickle", "False") == "False")
+                if not safe:
+                    unsafe.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not unsafe, unsafe
