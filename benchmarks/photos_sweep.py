@@ -1,15 +1,18 @@
 """Sweep detector settings over every set of a photo suite (and the cookies); print a table.
 
     python benchmarks/photos_sweep.py --suite data/photos --cookies data/cookies
-    python benchmarks/photos_sweep.py --suite data/photos --settings default pad16 --sets coffee moon
+    python benchmarks/photos_sweep.py --suite data/photos --settings default old --sets moon page
 
 For each named setting (`SETTINGS`, overrides of `Config.for_method`) and each data set it fits
 on `train/good`, predicts `test`, and prints one row: image AUROC, pixel AUROC and AUPRO (where
-masks exist), fit seconds (wall clock) and predict CPU milliseconds per image (all threads, so
-other processes on the machine inflate both). Then per setting, the mean and the worst photo set
-(the cookies are reported beside them, not in them). Image-score variants that need no refit
-(`--score-variants`: the map's maximum without a border, a top-fraction mean) are computed from
-the same maps and shown as extra settings named `<setting>@<variant>`.
+masks exist), fit seconds (wall clock), predict CPU milliseconds per image (all threads, so
+other processes on the machine inflate both), the CPU milliseconds per image of torchvision's
+MobileNetV2 stages 0-17 on the same images right after (`mnv2_ms`), and their ratio (issue
+14's yardstick: predict should cost well under one MobileNetV2 forward pass). Then per
+setting, the mean and the worst photo set (the cookies are reported beside them, not in them),
+and the mean image AUROC per defect kind. Image-score variants that need no refit
+(`--score-variants`: the map's maximum without a border, a top-fraction mean, more smoothing)
+are computed from the same maps and shown as extra settings named `<setting>@<variant>`.
 
 Every finished row is appended to `--out` (JSON lines), so a long sweep can be stopped and its
 rows kept; `--table-only` prints the table of such a file again.
@@ -55,8 +58,20 @@ SETTINGS: dict[str, dict] = {
     "mnv2-pad16-224": {"method": "patchknn", "backbone": "mobilenet_v2",
                        "layers": "features.3,features.6", "feature_pad": 16, "size": 224},
     "pad16-cs10": {"method": "patchknn", "feature_pad": 16, "coreset_ratio": 0.1},
+    "mnv2-pad16-256": {"method": "patchknn", "backbone": "mobilenet_v2",
+                       "layers": "features.3,features.6", "feature_pad": 16, "size": 256},
+    "mnv2-pad16-224-cs05": {"method": "patchknn", "backbone": "mobilenet_v2", "size": 224,
+                            "layers": "features.3,features.6", "feature_pad": 16,
+                            "coreset_ratio": 0.005},
+    "mnv2-pad16-224-cs025": {"method": "patchknn", "backbone": "mobilenet_v2", "size": 224,
+                             "layers": "features.3,features.6", "feature_pad": 16,
+                             "coreset_ratio": 0.0025},
+    "mnv2-6-10-pad16-256": {"method": "patchknn", "backbone": "mobilenet_v2",
+                            "layers": "features.6,features.10", "feature_pad": 16, "size": 256},
+    "pad16-224": {"method": "patchknn", "feature_pad": 16, "size": 224},
     "flow": {"method": "flow"},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
+    "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},
     "meandiff": {"method": "meandiff"},
 }
 # image-score variants computed from a setting's maps without refitting:
@@ -64,7 +79,8 @@ SETTINGS: dict[str, dict] = {
 VARIANTS = {"max": (0.0, 0, 0.0), "b4": (0.0, 4, 0.0), "b8": (0.0, 8, 0.0), "b16": (0.0, 16, 0.0),
             "top1%": (0.01, 0, 0.0), "top1%b8": (0.01, 8, 0.0), "s4": (0.0, 0, 3.5),
             "s4b8": (0.0, 8, 3.5), "s8b8": (0.0, 8, 7.7)}
-COLS = ["setting", "set", "image_auroc", "pixel_auroc", "aupro", "fit_s", "ms_img"]
+COLS = ["setting", "set", "image_auroc", "pixel_auroc", "aupro", "fit_s", "ms_img", "mnv2_ms",
+        "ratio"]
 
 
 def data_sets(suite: str | None, cookies: str | None, only: list[str] | None) -> dict[str, Path]:
@@ -100,6 +116,26 @@ def load(folder: Path, size: int, channels: int):
     return _CACHE[key]
 
 
+_REFERENCE: dict = {}
+
+
+@torch.inference_mode()
+def reference_ms(test, channels: int) -> float:
+    """CPU ms per image of torchvision's MobileNetV2 features.0-17 (every inverted-residual
+    stage; batch norms folded) on the same test images, measured right after the detector's
+    predict so that both see about the same machine load."""
+    from anomaly.features import MobileNetV2
+
+    if "net" not in _REFERENCE:
+        _REFERENCE["net"] = MobileNetV2(("features.17",))
+    net = _REFERENCE["net"]
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    c0 = time.process_time()
+    for chunk in images.split(8):
+        net(chunk)
+    return 1000 * (time.process_time() - c0) / len(images)
+
+
 def score_variant(maps: np.ndarray, topk: float, border: int, sigma: float) -> np.ndarray:
     """Image scores of maps, after extra smoothing (sigma 3.5 on top of the maps' own 2 px is
     about 4 px in all, 7.7 about 8 px)."""
@@ -108,7 +144,8 @@ def score_variant(maps: np.ndarray, topk: float, border: int, sigma: float) -> n
     return image_score(gaussian_blur(torch.from_numpy(maps), sigma), topk, border).numpy()
 
 
-def run_one(name: str, setting: dict, set_name: str, folder: Path, variants: list[str]) -> list[dict]:
+def run_one(name: str, setting: dict, set_name: str, folder: Path,
+            variants: list[str]) -> list[dict]:
     """Fit and predict one setting on one set: one row, plus one per image-score variant."""
     from anomaly.config import Config
     from anomaly.detectors.base import get_detector
@@ -128,7 +165,9 @@ def run_one(name: str, setting: dict, set_name: str, folder: Path, variants: lis
     c0 = time.process_time()
     pred = detector.predict(test)
     ms_img = 1000 * (time.process_time() - c0) / len(test)
-    base = {"set": set_name, "fit_s": fit_s, "ms_img": ms_img, "config": overrides}
+    ref_ms = reference_ms(test, config.channels)
+    base = {"set": set_name, "fit_s": fit_s, "ms_img": ms_img, "mnv2_ms": ref_ms,
+            "ratio": ms_img / ref_ms, "config": overrides}
     defects = np.asarray(pred.defects)
 
     def per_defect(scores: np.ndarray) -> dict:
@@ -144,7 +183,8 @@ def run_one(name: str, setting: dict, set_name: str, folder: Path, variants: lis
              "per_defect": per_defect(pred.scores)}]
     for v in variants:
         scores = score_variant(pred.maps, *VARIANTS[v])
-        rows.append({**base, "setting": f"{name}@{v}", "image_auroc": image_auroc(pred.labels, scores),
+        rows.append({**base, "setting": f"{name}@{v}",
+                     "image_auroc": image_auroc(pred.labels, scores),
                      "pixel_auroc": rows[0]["pixel_auroc"], "aupro": rows[0]["aupro"],
                      "per_defect": per_defect(scores)})
     return rows
@@ -173,7 +213,8 @@ def print_table(rows: list[dict], file=sys.stdout) -> None:
                 summary.update({c: float(pick(v)) if v else None for c, v in vals.items()})
                 if label == "MEAN":
                     summary["fit_s"] = float(np.mean([r["fit_s"] for r in photos]))
-                    summary["ms_img"] = float(np.mean([r["ms_img"] for r in photos]))
+                    for c in ("ms_img", "mnv2_ms", "ratio"):
+                        summary[c] = float(np.mean([r.get(c, np.nan) for r in photos]))
                 print(" | ".join(fmt(summary.get(c)) for c in COLS), file=file)
             kinds: dict[str, list[float]] = {}
             for r in photos:

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-import anomaly.features as features
+from anomaly import features
 from anomaly.features import FeatureExtractor, build_backbone, mobilenet_v2_weights
 
 SIZE = 64
@@ -75,11 +75,9 @@ class Stripes(features.Backbone):
     """A stand-in backbone: a zero-padded 3x3 average at stride 4 (the only zero padding, as
     a CNN's first convolution), then a 2x2 average at stride 8."""
 
-    out_channels = [3, 3]
-    stride = [4, 8]
-
     def __init__(self) -> None:
         super().__init__(imagenet=False)
+        self.out_channels, self.stride = [3, 3], [4, 8]
 
     def forward(self, x):
         a = torch.nn.functional.avg_pool2d(x, 3, 4, 1, count_include_pad=True)

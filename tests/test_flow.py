@@ -206,3 +206,21 @@ def test_default_backbone_builds_and_predicts():
     assert not any(p.requires_grad for p in detector.backbone.parameters())
     scores, maps = detector.predict_batch(torch.rand(2, 1, 64, 64))
     assert scores.shape == (2,) and maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+
+
+def test_feature_padding_mirrors_the_image_and_keeps_the_grid():
+    """feature_pad: the backbone sees the image mirrored outwards, cropped back to its cells."""
+    backbone = TinyBackbone()
+    backbone.stride = [2, 4]  # what tells the detector how many cells to crop
+    config = Config(method="flow", size=SIZE, channels=1, feature_pad=6)
+    detector = FlowDetector(config, steps=2, backbone=backbone)
+    assert detector.pad == 8  # rounded up to whole cells of both stages
+    images = Stripes(2, seed=3).items[0]["image"][None]
+    feats = detector.raw_features(images)
+    assert [tuple(f.shape[-2:]) for f in feats] == [(SIZE // 2, SIZE // 2), (SIZE // 4, SIZE // 4)]
+    mirrored = torch.nn.functional.pad(images, (8, 8, 8, 8), mode="reflect")
+    torch.testing.assert_close(feats[0], backbone(mirrored)[0][..., 4:-4, 4:-4])
+    plain = FlowDetector(config.replace(feature_pad=0), steps=2, backbone=backbone)
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))  # away from the zero padding
+    torch.testing.assert_close(feats[0][inner], plain.raw_features(images)[0][inner])
+    assert not torch.allclose(feats[0][..., 0, :], plain.raw_features(images)[0][..., 0, :])
