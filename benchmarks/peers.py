@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()}; fitting {', '.join(methods)}", file=sys.stderr)
     predicts, rows, cache = {}, {}, {}
     for m in methods:
+        torch.manual_seed(args.seed)  # PaDiM's channel draw must not depend on the methods before
+        np.random.seed(args.seed)
         if m == "backbone":
             pred, wall, cpu = fit_backbone(args.data, size, args)
         elif m in FEATURES:
