@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anomaly.explorer.runs import RunView, read_image
 from anomaly.overlays import REJECT, EvidenceScale, evidence_overlay, verdict
 from anomaly.viz import to_rgb
-
-if TYPE_CHECKING:
-    from anomaly.explorer.widget import ThresholdExplorer
 
 THUMB = 192  # tile pictures: at most this many pixels a side (2x a 96-150 px tile)
 ZOOM = 512  # the large view: at most this many pixels a side
@@ -37,6 +33,17 @@ def _fit(rgb: np.ndarray, side: int) -> np.ndarray:
     )
 
 
+def png(rgb: np.ndarray) -> bytes:
+    """An RGB (or grey) uint8 array as PNG bytes, quickly (light compression)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def outcome(label: int, score: float, threshold: float) -> tuple[str, str]:
     """(PASS or REJECT, caught / passed / false reject / escape) for one image."""
     word = verdict(score, threshold)
@@ -46,7 +53,7 @@ def outcome(label: int, score: float, threshold: float) -> tuple[str, str]:
 class Gallery:
     """The gallery widget of a `ThresholdExplorer` (`owner`): controls, tiles, large view."""
 
-    def __init__(self, owner: ThresholdExplorer, page_size: int = 12) -> None:
+    def __init__(self, owner, page_size: int = 12) -> None:
         import ipywidgets as w
 
         self.owner = owner
@@ -240,7 +247,7 @@ class Gallery:
                 continue
             i = int(shown[slot])
             box.layout.display = None
-            img.value = self.tile_png(r, i)
+            img.value = self.tilepng(r, i)
             cap.value = self._caption(i)
         if self.zoomed is not None:
             self.zoom(self.zoomed)
@@ -309,14 +316,12 @@ class Gallery:
         mask = r.pred.masks[i] if r.pred.masks is not None else None
         return evidence_overlay(self.base_image(r, i, side), r.pred.maps[i], self.scale_of(r), mask)
 
-    def tile_png(self, r: RunView, i: int) -> bytes:
-        from anomaly.explorer.widget import _png
-
+    def tilepng(self, r: RunView, i: int) -> bytes:
         key = (r.name, i, self.scale_of(r))
         if key not in self._pngs:
             if len(self._pngs) > 8 * self.page_size:
                 self._pngs.clear()
-            self._pngs[key] = _png(self.overlay(r, i))
+            self._pngs[key] = png(self.overlay(r, i))
         return self._pngs[key]
 
     # --- the large view -----------------------------------------------------------------
@@ -330,8 +335,6 @@ class Gallery:
         """Image i large: the image, this run's evidence, the true mask (and the second run)."""
         import ipywidgets as w
 
-        from anomaly.explorer.widget import _png
-
         r = self.owner.run
         self.zoomed = i
         image = self.base_image(r, i, ZOOM)
@@ -344,7 +347,7 @@ class Gallery:
         boxes = []
         for name, picture in panels:
             pic = w.Image(
-                value=_png(np.asarray(picture)),
+                value=png(np.asarray(picture)),
                 format="png",
                 layout=w.Layout(width="100%", max_width="360px", height="auto"),
             )

@@ -12,15 +12,12 @@ import io
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from anomaly.explorer.gallery import outcome
 from anomaly.explorer.runs import RunView
 from anomaly.explorer.text import describe_rule, format_confusion_html, guarantee, rule_html
-
-if TYPE_CHECKING:
-    from anomaly.explorer.widget import ThresholdExplorer
 
 GOOD_COLOUR, DEFECT_COLOUR = "#4c72b0", "#dd8452"
 REPORT_GALLERY = 120  # at most this many misclassified images in a report
@@ -71,7 +68,7 @@ def _figure(figsize):
     return fig
 
 
-def histogram_svg(ex: ThresholdExplorer) -> str:
+def histogram_svg(ex) -> str:
     fig = _figure((6.4, 3.0))
     ax = fig.add_subplot(111)
     draw_histogram(ax, ex.run, ex.optimum[0], ex.threshold)
@@ -127,7 +124,7 @@ def identity(r: RunView) -> list[tuple[str, str]]:
     return rows
 
 
-def report_html(ex: ThresholdExplorer) -> str:
+def report_html(ex) -> str:
     """The current run at the current threshold, as one HTML file with everything inline."""
     r, t, counts = ex.run, ex.threshold, ex.counts
     c_fr, c_esc = ex.costs
@@ -192,12 +189,10 @@ defect. Most wrong first.</p>
 
 
 def _outcome(r: RunView, i: int, t: float) -> tuple[str, str]:
-    from anomaly.explorer.gallery import outcome
-
     return outcome(r.pred.labels[i], float(r.pred.scores[i]), t)
 
 
-def snapshot_figure(ex: ThresholdExplorer, n_tiles: int = 6):
+def snapshot_figure(ex, n_tiles: int = 6):
     """A static picture of the explorer: histogram, confusion counts and the most wrong images."""
     import matplotlib.pyplot as plt
 

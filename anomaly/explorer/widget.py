@@ -9,14 +9,14 @@ and the static picture are `report.py`.
 from __future__ import annotations
 
 import html
-import io
 import time
 from pathlib import Path
 
 import numpy as np
 
 from anomaly.decision import cost_optimum, counts_at, cross_validated_cost
-from anomaly.explorer.gallery import Gallery
+from anomaly.explorer.gallery import Gallery, png
+from anomaly.explorer.report import draw_histogram, report_html, snapshot_figure
 from anomaly.explorer.runs import RunView, collect_runs, prepare, write_threshold
 from anomaly.explorer.text import format_confusion_html, rule_html
 from anomaly.metrics import Threshold
@@ -28,14 +28,6 @@ CSS = """<style>
 .anomaly-explorer img {image-rendering: auto}
 .anomaly-explorer .anomaly-tile button {width: 100%}
 </style>"""
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 class ThresholdExplorer:
@@ -269,8 +261,6 @@ class ThresholdExplorer:
 
     def _draw_histogram(self) -> None:
         """Redraw the static part (histograms, optimum, saved rule) and keep it as background."""
-        from anomaly.explorer.report import draw_histogram
-
         r, ax = self.run, self._ax
         ax.clear()
         draw_histogram(ax, r, self.optimum[0], None)
@@ -286,7 +276,7 @@ class ThresholdExplorer:
         canvas.restore_region(self._background)
         self._line.set_xdata([self.threshold, self.threshold])
         self._ax.draw_artist(self._line)
-        self.histogram.value = _png(np.asarray(canvas.buffer_rgba())[..., :3])
+        self.histogram.value = png(np.asarray(canvas.buffer_rgba())[..., :3])
 
     # --- updating -----------------------------------------------------------------------
     def _show_run(self, r: RunView) -> None:
@@ -428,8 +418,6 @@ class ThresholdExplorer:
     # --- report -------------------------------------------------------------------------
     def report_html(self) -> str:
         """A self-contained HTML report of the current run at the current threshold."""
-        from anomaly.explorer.report import report_html
-
         return report_html(self)
 
     def export_report(self, path: str | Path | None = None) -> Path:
@@ -463,6 +451,4 @@ class ThresholdExplorer:
     def snapshot(self):
         """A static picture of the explorer's state (a matplotlib Figure): histogram,
         confusion matrix and the first misclassified images."""
-        from anomaly.explorer.report import snapshot_figure
-
         return snapshot_figure(self)
