@@ -62,13 +62,13 @@ def original_runs(s, data: Path) -> dict[str, Path]:
                                            k=2, kmeans_features="original")
         train_run(config, km, progress=False)
         score_run(km, overlays=False)
-    return {"unet (original)": unet, "kmeans (original)": km}
+    return {"orig-unet": unet, "orig-km": km}
 
 
 def _reconstruct(run: Path):
     """(detector, test data set, images [N, C, H, W], reconstructions) of a run's test split."""
     from anomaly.data import AnomalyDataset
-    from anomaly.runs import load_run
+    from anomaly.pipeline import load_run
 
     det = load_run(run)
     data = AnomalyDataset(det.config.data, "test", size=det.config.size,
@@ -183,8 +183,9 @@ def fixed_threshold_table(runs: dict[str, Path], value: float = ORIGINAL_THRESHO
     from anomaly.detectors import Predictions
     from anomaly.metrics import Threshold, threshold_f1
 
-    lines = [f"{'run':<20} {'threshold rule':<26} {'value':>10} {'good flagged':>13} "
-             f"{'defects flagged':>16}"]
+    header = (f"{'run':<20} {'threshold rule':<26} {'value':>10} {'good flagged':>13} "
+              f"{'defects flagged':>16}")
+    lines = [header]
     for name, run in runs.items():
         pred = Predictions.load(Path(run) / "predictions.npz")
         good, bad = pred.scores[pred.labels == 0], pred.scores[pred.labels > 0]

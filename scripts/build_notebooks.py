@@ -71,49 +71,73 @@ NOTEBOOKS = {
     ],
     "03_difference_maps": [
         "# 03 Difference maps\n\nWhere the reconstruction fails, the difference marks the "
-        "defect: the original project's red overlay, then a heat map with one colour scale for "
-        "the whole data set and the true defect outlined in green.",
+        "defect. First the original project's picture, made by its own recipe (`--recipe "
+        "original`: its 64-wide grayscale UNet, MSE, Adam 1e-3, batch 8), next to this "
+        "project's map; then the choices that turn a map into one score per image.",
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
-        "ae, unet = nb.ensure_run(S, 'ae', data), nb.ensure_run(S, 'unet', data)",
-        "## The original's red overlay (AE)\nBrighter red where the difference is larger.",
-        "nb.overlays_figure(ae, kind='red')",
+        "ae, unet = nb.ensure_run(S, 'ae', data), nb.ensure_run(S, 'unet', data)\n"
+        "from anomaly import original\norig = original.original_runs(S, data)['orig-unet']",
+        "## The original's red overlay next to the project's map\nLeft the input (true defect "
+        "in green), middle the original's overlay of its own UNet, right the project's UNet "
+        "map on one colour scale for the whole data set. The original paints red only where "
+        "the reconstruction is brighter than the input (by more than 1/255): a defect brighter "
+        "than the cookie, like the glare on plastic wrap, is not marked.",
+        "original.overlay_comparison_figure(orig, unet)",
+        "How well each map finds the defect pixels (original recipe's UNet): the signed "
+        "overlay, the squared error, and the squared error smoothed as the project does.",
+        "# NBVAL_IGNORE_OUTPUT\nprint(original.map_choices_table(orig))",
         "## Heat maps on one scale (AE)\nThe scale comes from all normal test images, so a "
         "normal cookie stays blue instead of being stretched to red.",
         "nb.overlays_figure(ae, kind='heatmap')",
+        "## One map, several image scores\nThe project's UNet, its error map turned into one "
+        "number per image five ways: the per-image MSE (the original's loss), the mean "
+        "absolute error, the maximum of the smoothed map, that maximum with an 8-pixel frame "
+        "left out, and the mean of the top 1 %. One ROC curve per choice:",
+        "original.score_choices_figure(unet)",
+        "# NBVAL_IGNORE_OUTPUT\nprint(original.score_choices_table(unet))",
+        "The same for the original recipe's UNet:",
+        "# NBVAL_IGNORE_OUTPUT\nprint(original.score_choices_table(orig))",
         "## L2 versus SSIM\nThe same reconstructions scored two ways: L2 reacts to intensity "
         "differences, SSIM to changes of local structure (edges, texture).",
         "nb.l2_vs_ssim_figure(ae)",
-        "## Why a UNet copies defects through\nIts skip connections carry the input's details "
-        "straight to the output, defects included. Measured on the data: the reconstruction "
-        "error inside the defect, relative to the error elsewhere on the same images.",
-        "# NBVAL_IGNORE_OUTPUT\nprint(nb.copy_through_table({'ae': ae, 'unet': unet}))",
+        "## Does the UNet copy defects through?\nIts skip connections carry the input's details "
+        "to the output, so it can reproduce a defect. Measured: the reconstruction error "
+        "inside the defect relative to the error elsewhere on the same images.",
+        "# NBVAL_IGNORE_OUTPUT\nprint(nb.copy_through_table({'ae': ae, 'unet': unet, "
+        "'orig-unet': orig}))",
         "nb.overlays_figure(unet, kind='heatmap')",
     ],
     "04_kmeans_scoring": [
         "# 04 k-means on learned features, honest metrics, a threshold by rule\n\n"
-        "The original project's second method: k-means (k=2) on the UNet bottleneck features of "
-        "normal cookies (flattened, each element standardised over the training images); a "
-        "cookie's score is its distance to the nearest centroid.",
+        "The original project's second method: k-means (k = 2) on its UNet's bottleneck, "
+        "max-pooled and flattened; a cookie's score is its distance to the nearest centroid, "
+        "and a threshold of 0.02 chosen by eye separates them. Here it is as the original did "
+        "it (`--recipe original`), next to the project's k-means: one k-means per bottleneck "
+        "cell, standardised, k chosen by a silhouette rule, so it also gives a map.",
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
         "runs = {m: nb.ensure_run(S, m, data) for m in ('ae', 'unet', 'vae')}\n"
-        "runs['kmeans'] = nb.ensure_run(S, 'kmeans', source='unet')",
+        "runs['kmeans'] = nb.ensure_run(S, 'kmeans', source='unet')\n"
+        "from anomaly import original\nruns.update(original.original_runs(S, data))",
         "## The distance table, as the original printed it\nNormal cookies first, then the "
-        "defective ones (`scores.csv`).",
-        "# NBVAL_IGNORE_OUTPUT\nprint(nb.scores_table(runs['kmeans']))",
-        "## Score histograms and the threshold\nThe threshold is a rule, not a guess: the 99th "
-        "percentile of held-out normal scores (`threshold.json`), the usual case when no "
-        "defects are labelled.",
+        "defective ones (`scores.csv` of the original recipe's k-means).",
+        "# NBVAL_IGNORE_OUTPUT\nprint(nb.scores_table(runs['orig-km']))",
+        "## What the fixed 0.02 does here\nThe original chose 0.02 by eye on its own test "
+        "photos. A distance between flattened feature vectors grows with their length (the "
+        "image size) and moves with training, so on this data the same number flags a "
+        "different fraction of cookies. Beside it, thresholds by rule: the 99th percentile "
+        "of held-out normal scores (`threshold.json`), and the F1-optimal one, which needs "
+        "labelled defects.",
+        "# NBVAL_IGNORE_OUTPUT\n"
+        "print(original.fixed_threshold_table({k: runs[k] for k in ('orig-km', 'kmeans')}))",
+        "## Score histograms and the threshold\nThe project's k-means, with its threshold by "
+        "rule.",
         "nb.histogram_figure(runs['kmeans'])",
         "## ROC curves and the metrics table\nImage AUROC, AP and F1-max; pixel AUROC and AUPRO "
         "(up to 30% false-positive rate) as MVTec AD defines them.",
         "nb.roc_figure(runs)",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table(runs))",
-        "k-means ranks defective cookies above normal ones more often than chance, but it is a "
-        "weak detector: a small defect barely moves a reconstruction network's bottleneck, and "
-        "its patch-level map hardly finds the defect (AUPRO). Use it to compare with the "
-        "original project, not to inspect parts.",
         "Every metric exists for every method (compared by nbval):",
         CHECK + "sorted(nb.metrics_table_keys(runs))",
         "## A threshold by another rule\nF1-optimal needs labelled defects; the rule is saved and "
