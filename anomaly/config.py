@@ -25,8 +25,10 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "vae": {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 10},
     # sized for a 2-core CPU (see anomaly.detectors.draem)
     "draem": {"width": 8, "epochs": 15, "batch_size": 8},
-    "patchknn": {"size": 160, "channels": 3},
-    "flow": {"size": 160, "channels": 3, "epochs": 10},
+    # chosen on the cookies and the real-photo suite together (see anomaly.detectors.patchknn)
+    "patchknn": {"size": 224, "channels": 3, "backbone": "mobilenet_v2", "coreset_ratio": 0.005,
+                 "feature_pad": 16, "score_border": 8},
+    "flow": {"size": 160, "channels": 3, "epochs": 10, "feature_pad": 16},
     # the per-pixel mean baseline, at patchknn's size and colour (see anomaly.detectors.meandiff)
     "meandiff": {"size": 160, "channels": 3},
     # the images auto's candidates see (each resizes them to its own size; anomaly.detectors.auto)

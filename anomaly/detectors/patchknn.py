@@ -9,35 +9,40 @@ score is the map's maximum (or its top-fraction mean, `config.score_topk`).
 
 What differs from the paper, for speed and bounded memory on a laptop CPU:
 
-- the default backbone is EfficientNet-Lite0, its blocks 2 and 4 (strides 4 and 8, 64-dimensional
-  patch features) rather than a Wide ResNet-50's layer2 + layer3 (strides 8 and 16, 1536
-  dimensions): every distance is many times cheaper, and the finer grid sees thin defects (on the
-  cookies, stride 8 + 16 gave image AUROC 0.87, stride 4 + 8 0.97 at 128 px);
+- the backbone is small and cut early: MobileNetV2's stages features.3 and features.6 (strides 4
+  and 8, 56-dimensional patch features) by default, or EfficientNet-Lite0's blocks 2 and 4, rather
+  than a Wide ResNet-50's layer2 + layer3 (strides 8 and 16, 1536 dimensions). Every distance is
+  many times cheaper, and the stride-4 grid sees thin and small defects;
+- the image is mirrored outwards by `config.feature_pad` pixels before the backbone and the
+  padded cells are cropped off again (`anomaly.features.FeatureExtractor`). With the backbone's
+  zero padding instead, patches on the image's edge differ from every training patch in the
+  middle of an image, and on real photos the highest score of most normal images sat on their
+  edge, above the defects of the defective ones;
 - the coreset runs on a fixed random projection to 128 dimensions (as the paper) and, above
   `MAX_PART` patches, on random parts of at most `MAX_PART` patches, each giving its share of the
   bank. The greedy search costs bank size x candidates, which grows with the square of the data;
-  the parts keep it linear (on cookie features, two parts cover the training patches within 1 %
-  of the radius of one). Up to `MAX_PART` patches it is the paper's greedy coreset exactly;
+  the parts keep it linear. Up to `MAX_PART` patches it is the paper's greedy coreset exactly;
 - the map is the patch grid upsampled bilinearly and smoothed with a Gaussian of
   `config.smooth_sigma` pixels (the paper's sigma 4 is for 224 px), done as two small matrix
   products (`map_matrix`);
 - the image score is the maximum of that smoothed map, not of the raw patch scores, and is not
   re-weighted (the paper's Eq. 7): smoothing averages a patch with its neighbours, so one noisy
-  patch decides less (cookie benchmark at 160 px: image AUROC 0.972 -> 0.982, equal at 256 px).
+  patch decides less. It leaves out `config.score_border` pixels at the map's edges, where even
+  mirrored padding leaves patches less like the bank than the middle of an image.
 
-Defaults, measured on a 2-core CPU (benchmarks/patchknn_speed.py): `coreset_ratio` 0.01, the
-paper's 1 % setting (2.5 % gained only 0.01-0.02 image AUROC on the cookies for 2.5x the fit
-time); `neighbors` 1, the paper's patch score. `DEFAULT_SIZE` 160 px: thin defects need the
-finer grid (cookie cracks: image AUROC 0.89 at 128 px, 0.95 at 160, 0.96 at 256 px). The cost grows
-with the square of the side twice over (more patches, and a bank that grows with them): with
-decoded images in memory, 128 px fitted 200 images in 7.8 s and predicted 111 images/s (14 ms
-of CPU per image), 160 px 14.1 s and 45 images/s (34 ms), and 300 images of 160 px fitted in
-21 s. Distances take about two thirds of the prediction time, the backbone the rest.
+Defaults (`METHOD_DEFAULTS["patchknn"]` in `anomaly.config`) were chosen on the cookie benchmark
+and a suite of real photos together (`benchmarks/photos_sweep.py`), never on one data set:
+MobileNetV2 stages 3 and 6, 224 px (small defects in photos need the resolution; the cost of
+the search grows with the square of the side twice over, as patches and bank grow together), a
+0.5 % coreset (a larger bank was not more accurate, and every bank row costs time on every
+patch), 16 px of mirrored padding and an 8 px border (two stride-4 cells) left out of the image
+score; `neighbors` 1, the paper's patch score.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +57,6 @@ PROJECTION_DIM = 128  # coreset distances are computed in a random projection of
 MAX_PART = 80_000  # patches per coreset part: the greedy search costs bank x part per image set
 CHUNK_ELEMENTS = 2**19  # rows x bank entries of one distance block (2 MB of float32: in cache)
 CPU_CHUNK_PIXELS = 2**17  # images per backbone call on a CPU: 8 at 128 px, 2 at 256 px
-DEFAULT_SIZE = 160  # image size: thin defects need it (see the module docstring)
 
 
 def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0,
@@ -156,18 +160,20 @@ class PatchKNN(Detector):
     """PatchCore: distance of each patch's pretrained features to a coreset of normal patches.
 
     Args:
-        config: the run's `Config`. Reads backbone, channels, coreset_ratio (fraction of the
-            training patches kept in the bank), neighbors (a patch's score is its mean distance
-            to this many nearest bank patches), seed (coreset), batch_size, smooth_sigma and
-            score_topk (0: the image score is the map's maximum).
-        layers: backbone stages to use; None = two mid-level stages (PatchCore's layer2+layer3).
+        config: the run's `Config`. Reads backbone, layers, channels, feature_pad,
+            coreset_ratio (fraction of the training patches kept in the bank), neighbors (a
+            patch's score is its mean distance to this many nearest bank patches), seed
+            (coreset), batch_size, smooth_sigma, score_topk (0: the image score is the map's
+            maximum) and score_border.
+        layers: backbone stages to use; None = `config.layers`, else the backbone's stride-4 and
+            stride-8 stages (`LAYERS`), else two mid-level stages (PatchCore's layer2+layer3).
         module: for backbone "encoder:<RUN_DIR>", the trained encoder (has `forward_features`).
     """
 
     # Finer stages than PatchCore's layer2+layer3 (stride 4 and 8): a stride-8 grid has
-    # 8-pixel cells, too coarse for small defects. On the cookie benchmark at 128 px this took
-    # image AUROC from 0.874 to 0.966 and AUPRO from 0.70 to 0.89 (scripted run).
-    LAYERS = {"efficientnet_lite0": ("blocks.2", "blocks.4")}
+    # 8-pixel cells, too coarse for small defects.
+    LAYERS: ClassVar[dict[str, tuple[str, ...]]] = {"efficientnet_lite0": ("blocks.2", "blocks.4"),
+                                                     "mobilenet_v2": ("features.3", "features.6")}
 
     def __init__(self, config, layers: tuple[str, ...] | None = None,
                  module: nn.Module | None = None) -> None:
