@@ -192,7 +192,10 @@ def test_for_method_gives_the_cli_defaults_and_overrides():
     ae = Config.for_method("ae", size=96, seed=None)
     assert ae.method == "ae" and ae.size == 96 and ae.seed == 0
     assert ae.corrupt == METHOD_DEFAULTS["ae"]["corrupt"] == 0.5 and ae.loss == "ssim"
-    assert Config.for_method("patchknn").size == 160 and Config.for_method("patchknn").channels == 3
+    patchknn = Config.for_method("patchknn")
+    assert METHOD_DEFAULTS["patchknn"] and all(
+        getattr(patchknn, k) == v for k, v in METHOD_DEFAULTS["patchknn"].items())
+    assert patchknn.size != Config().size and patchknn.channels == 3
     assert Config.for_method("kmeans") == Config(method="kmeans")
     with pytest.raises(ValueError, match="unknown config fields"):
         Config.for_method("ae", sizee=3)
