@@ -79,9 +79,10 @@ def safe_torch_load(path: Path) -> dict:
         if found:  # a Python object, not data: loading it would run its code
             raise RunError(
                 f"{path} was refused: it holds Python objects, not only tensors and plain values, "
-                f"and loading it could run code its author put there ({found[0][:160]}). A run "
-                "folder from anomaly never holds such objects; use run folders only from people "
-                "you trust, and train the run again yourself.") from None
+                f"and loading it could run code its author put there ({found[0][:160]}). This "
+                "version of anomaly never writes such objects (an older one did, in last.pt: "
+                "such a run cannot be resumed); use run folders only from people you trust, and "
+                "train the run again yourself.") from None
         raise RunError(f"{path} is not a readable anomaly checkpoint (not a torch file); "
                        "train the run again") from None
     except Exception as err:  # noqa: BLE001  (a truncated or foreign file)
