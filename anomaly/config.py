@@ -31,8 +31,9 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "flow": {"size": 160, "channels": 3, "epochs": 10, "feature_pad": 16},
     # the per-pixel mean baseline, at patchknn's size and colour (see anomaly.detectors.meandiff)
     "meandiff": {"size": 160, "channels": 3},
-    # the images auto's candidates see (each resizes them to its own size; anomaly.detectors.auto)
-    "auto": {"size": 160, "channels": 3},
+    # the images auto's candidates see, at its largest candidate's size (each resizes them to
+    # its own; anomaly.detectors.auto)
+    "auto": {"size": 224, "channels": 3},
 }
 
 # Presets applied over METHOD_DEFAULTS when `recipe` names them (`--recipe original`). "original"

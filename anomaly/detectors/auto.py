@@ -55,10 +55,11 @@ from anomaly.synthetic import synthesize
 # method's defaults (`Config.for_method`). Earlier entries win ties. Entries whose method is not
 # registered are skipped; entries that fail to build or fit are recorded with their error.
 CANDIDATES: list[dict] = [
-    {"method": "patchknn"},  # the project's defaults
-    {"method": "patchknn", "score_border": 8},  # image score ignores two stride-4 cells of edge
-    {"method": "patchknn", "layers": "blocks.4,blocks.10"},  # coarser stages (stride 8 and 16)
-    {"method": "patchknn", "backbone": "mobilenet_v2"},
+    {"method": "patchknn"},  # the project's defaults (MobileNetV2 stages 3 + 6 at 224 px)
+    {"method": "patchknn", "score_topk": 0.01},  # same fit; image score = mean of the top 1 %
+    # EfficientNet-Lite0's stride-4 + 8 stages at 160 px: a finer grid, for thin defects
+    {"method": "patchknn", "backbone": "efficientnet_lite0", "layers": "blocks.2,blocks.4",
+     "size": 160, "coreset_ratio": 0.01},
     {"method": "flow"},
     {"method": "meandiff"},
 ]
