@@ -20,8 +20,10 @@ METHOD_DEFAULTS: dict[str, dict] = {
     # RGB denoising SSIM auto-encoder with a top-1% image score (see AutoEncoderDetector)
     "ae": {"size": 128, "channels": 3, "width": 16, "latent": 64, "epochs": 30,
            "loss": "ssim", "corrupt": 0.5, "score_topk": 0.01},
-    # the original project's UNet, at width 16 and 128 px (see UNetDetector)
-    "unet": {"size": 128, "channels": 1, "width": 16, "epochs": 8},
+    # the original project's UNet at width 16 and 128 px, raw output, scored by its per-image
+    # MSE (the smoothed map's mean); see UNetDetector
+    "unet": {"size": 128, "channels": 1, "width": 16, "epochs": 10, "batch_size": 8,
+             "output": "raw", "score_topk": 1.0},
     "vae": {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 10},
     # sized for a 2-core CPU (see anomaly.detectors.draem)
     "draem": {"width": 8, "epochs": 15, "batch_size": 8},
@@ -46,7 +48,7 @@ RECIPES: dict[str, dict[str, dict]] = {
     "project": {},
     "original": {
         "unet": {"size": 128, "channels": 1, "width": 64, "loss": "l2", "lr": 1e-3,
-                 "batch_size": 8, "epochs": 5, "corrupt": 0.0, "smooth_sigma": 0.0,
+                 "batch_size": 8, "epochs": 5, "corrupt": 0.0, "smooth_sigma": 0.0, "output": "raw",
                  "score_topk": 1.0, "score_border": 0},
         "kmeans": {"k": 2, "kmeans_features": "original"},
     },
@@ -87,6 +89,8 @@ class Config:
     loss: str = _f("l2", "reconstruction loss and map", choices=("l2", "ssim"))
     width: int = _f(32, "channels of the first level of the networks", min=1)
     latent: int = _f(64, "bottleneck channels (ae, vae)", min=1)
+    output: str = _f("sigmoid", "unet: sigmoid = squash the output into [0, 1]; raw = the last "
+                     "1x1 convolution as it is (the original's)", choices=("sigmoid", "raw"))
     kl_weight: float = _f(1e-3, "vae: weight of the KL term", min=0.0)
     corrupt: float = _f(0.0, "ae/unet/vae: fraction of training images given a synthetic "
                         "anomaly the network must remove (denoising); 0 = plain", min=0.0, max=1.0)

@@ -21,7 +21,8 @@ def test_original_recipe_is_the_original_settings():
     net = get_detector("unet")(c).model
     assert sum(p.numel() for p in net.parameters()) == 7_781_761  # the original's UNet
     assert net.sigmoid is False  # its output is the raw 1x1 convolution
-    assert get_detector("unet")(Config.for_method("unet")).model.sigmoid is True
+    assert get_detector("unet")(Config.for_method("unet")).model.sigmoid is False  # default too
+    assert get_detector("unet")(Config(method="unet")).model.sigmoid is True  # older runs
     assert Config.for_method("unet", recipe="original", width=8).width == 8  # flags still win
     with pytest.raises(ValueError, match="not for ae"):
         Config.for_method("ae", recipe="original")

@@ -24,9 +24,9 @@ class ReconstructionDetector(Detector):
         if not 0.0 <= config.corrupt <= 1.0:
             raise ValueError(f"corrupt is the fraction of training images given a synthetic "
                              f"anomaly, in [0, 1]; got {config.corrupt}")
-        if self.name == "unet" and getattr(config, "recipe", "project") == "original":
-            # the original's output is the raw 1x1 convolution, no sigmoid
-            self.model = UNet(in_channels=config.channels, width=config.width, sigmoid=False)
+        if self.name == "unet":  # output "raw": the last 1x1 convolution, as the original
+            self.model = UNet(in_channels=config.channels, width=config.width,
+                              sigmoid=config.output == "sigmoid")
         else:
             self.model = build_model(self.name, in_channels=config.channels, width=config.width,
                                      latent=config.latent)
@@ -98,11 +98,24 @@ class AutoEncoderDetector(ReconstructionDetector):
 
 @register("unet")
 class UNetDetector(ReconstructionDetector):
-    """The original project's UNet: skip connections make it sharp, and let it copy defects through.
+    """The original project's UNet, at width 16 and 128 px, trained to reconstruct normal images.
 
-    The original trained width 64 at 512 px for 1000 GPU epochs; on a 2-core CPU that costs
-    about 50 s per image and step (benchmarks/unet_cost.py), so the default is width 16 at
-    128 px, which keeps the architecture and trains in minutes.
+    The original trained width 64 at 512 px for 1000 GPU epochs (`--recipe original` gives its
+    settings at 128 px and 5 epochs); on a 2-core CPU width 16 keeps the architecture and trains
+    in minutes. Measured on the cookie benchmark (seed 7 data, seed 0 split; image AUROC):
+
+    - The output is the last 1x1 convolution as it is, as the original's (`output` "raw"):
+      with a sigmoid, batch 16 and 8 epochs the test MSE was 4.6e-3 and no score reached 0.6;
+      raw, batch 8, 10 epochs: 3.4e-4 (a denoising run with the sigmoid: 8.7e-4, 0.815).
+    - The image score is the map's mean, i.e. the per-image MSE the network was trained on
+      (0.896). The map's maximum lands on the bottom-left corner pixel of every image, normal or
+      not (zero padding): 0.534; leaving an 8-pixel frame out: 0.855; top 10 %: 0.870. The
+      maximum finds mustard and plastic perfectly but misses cracks (0.57 against 0.76).
+    - The map (squared error, smoothed, sigma 2) localises: pixel AUROC 0.964, AUPRO 0.81.
+
+    Skip connections could let a UNet copy a defect through, but that is not what held it back:
+    the squared error inside defects over the error elsewhere on the same images is 10.6 for
+    this default and 3.0 for the old one, whose reconstruction was poor everywhere.
     """
 
 
