@@ -219,6 +219,9 @@ class OnnxDetector:
             raise ExportError(f"{path}: no such ONNX file; make one with "
                               f"`python -m anomaly export --run RUN --out {path}`")
         options = ort.SessionOptions()
+        # idle worker threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch):
+        # spinning burns CPU time that a busy or small machine needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

@@ -138,7 +138,10 @@ def fit_features(method: str, root: Path, size: int, args) -> tuple[Predict, flo
         torch.onnx.export(extractor, (torch.rand(2, 3, size, size),), str(path), dynamo=False,
                           input_names=["images"], output_names=["features"],
                           dynamic_axes={"images": {0: "n"}, "features": {0: "n"}})
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()  # as anomaly.export.OnnxDetector: no spinning
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(path), options,
+                                           providers=["CPUExecutionProvider"])
     x = torch.rand(3, 3, size, size)
     with torch.no_grad():
         gap = float((torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
