@@ -39,7 +39,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 BUDGET_S = 300  # one test: server start, kernel start (imports torch), clicks
-CULL_S = 4  # kernels of closed pages are shut down this long after their last connection
+CULL_S = 20  # kernels of closed pages are shut down this long after their last connection
+# (shorter risks culling a kernel whose page is still loading on a busy machine)
 REPO = Path(__file__).resolve().parent.parent
 # True once the confusion matrix's header names threshold v (to the readout's 4 digits).
 SHOWS_THRESHOLD = """v => {

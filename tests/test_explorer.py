@@ -191,7 +191,7 @@ def test_voila_serves_locally_with_a_token_and_no_tracebacks(tmp_path):
     assert "WARNING" in how_to_share(8899, host="0.0.0.0")
     assert any(a.startswith("--MappingKernelManager.cull_idle_timeout=") for a in cmd)
     with pytest.raises(ValueError, match="cull_idle_s"):
-        voila_command([tmp_path], cull_idle_s=0)
+        voila_command([tmp_path], cull_idle_s=5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ RUNS_ENV = "ANOMALY_RUNS"  # run folders for the Voila page: a JSON list, or joi
 APP_ENV = "ANOMALY_EXPLORER_APP"  # another explorer notebook to serve, if set
 APP_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "explorer_app.ipynb"
 LOCAL = "127.0.0.1"
+MIN_CULL_S = 10
 
 
 def runs_from_env(value: str | None = None) -> list[str]:
@@ -98,8 +99,11 @@ def voila_command(
                 f"{folder} has no {RunDir.PREDICTIONS}: score the run first with "
                 f"`python -m anomaly score --run {folder}`"
             )
-    if cull_idle_s < 1:
-        raise ValueError(f"cull_idle_s must be >= 1 second, got {cull_idle_s}")
+    if cull_idle_s < MIN_CULL_S:  # a page still loading has no connection yet
+        raise ValueError(
+            f"cull_idle_s must be >= {MIN_CULL_S} seconds (a shorter time can shut "
+            f"down the kernel of a page that is still loading), got {cull_idle_s}"
+        )
     token = secrets.token_urlsafe(24) if token is None else token
     env = os.environ.copy()
     env[RUNS_ENV] = json.dumps([str(f) for f in folders])
