@@ -58,7 +58,8 @@ def test_parity_holds_for_padding_border_topk_and_grey(tiny_cookies, tmp_path):
     without the border, a top-k score, grey images, and other stages."""
     config = Config.for_method("patchknn", data=str(tiny_cookies), size=40, device="cpu",
                                channels=1, feature_pad=8, score_border=4, score_topk=0.05,
-                               layers="blocks.2, blocks.4", smooth_sigma=1.0, neighbors=2)
+                               backbone="efficientnet_lite0", layers="blocks.2, blocks.4",
+                               smooth_sigma=1.0, neighbors=2)
     train_run(config, tmp_path / "run", progress=False)
     path = export_onnx(tmp_path / "run", tmp_path / "other.onnx")
     files = _test_images(tiny_cookies)
