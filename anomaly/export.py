@@ -264,10 +264,10 @@ def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]
 
 
 def verdicts(scores: np.ndarray, threshold: float | None) -> list[str]:
-    """"anomalous" iff score >= threshold (or "unknown" without a threshold)."""
+    """"REJECT" iff score >= threshold, else "PASS" (or "unknown" without a threshold)."""
     if threshold is None or not math.isfinite(threshold):
         return ["unknown"] * len(scores)
-    return ["anomalous" if s >= threshold else "normal" for s in scores]
+    return ["REJECT" if s >= threshold else "PASS" for s in scores]
 
 
 def predict_files(onnx_path: str | Path, images: list[str | Path],
@@ -304,5 +304,5 @@ def predict_files(onnx_path: str | Path, images: list[str | Path],
         Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax)).save(overlay)
         score = float(scores[0])
         results.append({"path": str(path), "score": score, "overlay": str(overlay),
-                        "verdict": "anomalous" if score >= threshold.value else "normal"})
+                        "verdict": "REJECT" if score >= threshold.value else "PASS"})
     return results, threshold

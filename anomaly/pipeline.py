@@ -29,6 +29,7 @@ from anomaly.metrics import (
     threshold_manual,
     threshold_normal_quantile,
 )
+from anomaly.overlays import verdict
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.train import seed_everything, select_device, split_indices
 
@@ -347,9 +348,9 @@ def predict_images(run: str | Path, images: list[str | Path],
                    overlay_dir: str | Path | None = None):
     """Score new images (files or folders of them) with a run and its saved threshold.
 
-    Returns (results, threshold): one dict per image: path, score, verdict ("anomalous" iff
-    score >= threshold) and overlay; or path and error for an image that could not be read (the
-    others are still scored).
+    Returns (results, threshold): one dict per image: path, score, verdict ("REJECT" iff
+    score >= threshold, else "PASS") and overlay; or path and error for an image that could not
+    be read (the others are still scored).
     """
     from PIL import Image
 
@@ -382,5 +383,5 @@ def predict_images(run: str | Path, images: list[str | Path],
         Image.fromarray(annotated_overlay(own_size, amap, scale, score, threshold.value,
                                           title=path.name)).save(overlay)
         results.append({"path": str(path), "score": score, "overlay": str(overlay),
-                        "verdict": "anomalous" if score >= threshold.value else "normal"})
+                        "verdict": verdict(score, threshold.value)})
     return results, threshold

@@ -122,10 +122,10 @@ def test_thresholds_are_saved_and_used_by_predict(ae_run, capsys):
     image = sorted((ae_run.parent.parent).glob("**/test/crack/*.png"))
     rows = read_csv(ae_run / "scores.csv")
     assert main(["predict", "--run", str(ae_run), rows[-1]["path"]]) == 0
-    assert "\tnormal" in capsys.readouterr().out  # nothing reaches an absurdly high threshold
+    assert "\tPASS" in capsys.readouterr().out  # nothing reaches an absurdly high threshold
     set_threshold(ae_run, "manual", -1.0)
     assert main(["predict", "--run", str(ae_run), rows[0]["path"]]) == 0
-    assert "\tanomalous" in capsys.readouterr().out
+    assert "\tREJECT" in capsys.readouterr().out
     q = set_threshold(ae_run, "normal-quantile", 1.0)
     val = json.loads((ae_run / "val_scores.json").read_text())["scores"]
     assert q.value == pytest.approx(max(val))
