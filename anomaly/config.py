@@ -48,8 +48,8 @@ RECIPES: dict[str, dict[str, dict]] = {
     "project": {},
     "original": {
         "unet": {"size": 128, "channels": 1, "width": 64, "loss": "l2", "lr": 1e-3,
-                 "batch_size": 8, "epochs": 5, "corrupt": 0.0, "smooth_sigma": 0.0, "output": "raw",
-                 "score_topk": 1.0, "score_border": 0},
+                 "batch_size": 8, "epochs": 5, "corrupt": 0.0, "output": "raw",
+                 "smooth_sigma": 0.0, "score_topk": 1.0, "score_border": 0},
         "kmeans": {"k": 2, "kmeans_features": "original"},
     },
 }

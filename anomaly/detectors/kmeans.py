@@ -82,7 +82,8 @@ class KMeansDetector(Detector):
         original = getattr(config, "recipe", "project") == "original"
         self.kind = config.kmeans_features or ("original" if original else "cell")
         if self.kind not in FEATURES:
-            raise ValueError(f"--kmeans-features {self.kind!r}: choose one of {', '.join(FEATURES)}")
+            raise ValueError(f"--kmeans-features {self.kind!r}: choose one of "
+                             f"{', '.join(FEATURES)}")
         self.k = config.k or (2 if original else 0)  # 0: by rule, in fit
         self.centers: torch.Tensor | None = None  # [k, D], or [cells, k, C] for "cell"
         self.mean: torch.Tensor | None = None  # standardising ("flat"): [D]
