@@ -3,7 +3,8 @@
 Where the reconstruction of a test image fails, the difference map marks the defect: the
 original project's method. The map is the L2 or SSIM difference (Bergmann et al., "Improving
 Unsupervised Defect Segmentation by Applying Structural Similarity to Autoencoders", 2019),
-Gaussian-smoothed; the image score is its maximum (or the mean of its top fraction).
+Gaussian-smoothed; the image score is its maximum, or the mean of its top fraction (all of it:
+the per-image MSE, the UNet's default), optionally leaving a border out.
 """
 
 from __future__ import annotations
