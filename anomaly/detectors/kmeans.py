@@ -26,9 +26,9 @@ so the original's k-means, which had none, can be compared on localisation too.
 Measured on the cookie benchmark (seed 7 data, seed 0 split) with the default UNet's bottleneck
 (image AUROC): "original" 0.734, "flat" 0.757 (k = 1) and 0.738 (k = 2), global average pooling
 0.54, "cell" 0.820 with the rule's k = 1 (k = 2: 0.828), its map pixel AUROC 0.918 and AUPRO
-0.56 (the position-free patch k-means this replaces: 0.46 and 0.05). On two real-photo sets
-(page, tissue) "cell" was also ahead: 0.646 and 0.596, against 0.622 and 0.471 for "flat"
-k = 2 and 0.536 and 0.477 for "original".
+0.56 (a position-free k-means of all cells, as the map this replaces: 0.46 and 0.05). On two
+real-photo sets (page, tissue) "cell" was also ahead: 0.646 and 0.596, against 0.622 and
+0.471 for "flat" with k = 2 and 0.536 and 0.477 for "original".
 """
 
 from __future__ import annotations
