@@ -179,9 +179,17 @@ def _predict(args) -> int:
         print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
         return 2
     if good:
-        print(f"threshold {threshold.value:.6g} ({threshold.rule}); overlays in "
-              f"{Path(good[0]['overlay']).parent}")
+        print(f"{_threshold_words(threshold)}; overlays in {Path(good[0]['overlay']).parent}")
     return 0 if len(good) == len(results) else 2
+
+
+def _threshold_words(t) -> str:
+    """The threshold, the rule that set it and what it guarantees, in one line."""
+    words = f"threshold {t.value:.6g} ({t.rule})"
+    guarantee = (t.params or {}).get("guarantee")
+    if guarantee:
+        return f"{words}: guarantee: {guarantee}"
+    return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
 
 
 def _make_data(args) -> None:
@@ -218,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             from anomaly.pipeline import set_threshold
 
             t = set_threshold(args.run, args.rule, args.value)
-            print(f"threshold {t.value:.6g} ({t.rule}) saved to {args.run}")
+            print(f"{_threshold_words(t)}; saved to {args.run}")
         elif args.command == "benchmark":
             from anomaly.benchmark import main as benchmark_main
 
