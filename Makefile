@@ -62,9 +62,14 @@ RUN ?= $(RUNS)/demo-patchknn
 explorer: $(STAMP)
 	$(BIN)/python -m anomaly explore --run $(RUN)
 
+PHOTOS ?= data/photos
+## every method on the cookies; the feature methods on the real-photo suite (README's tables)
 benchmark: $(STAMP)
 	$(BIN)/python -m anomaly make-cookies $(DATA) --preset benchmark --seed 7
+	$(BIN)/python -m anomaly make-photos $(PHOTOS) --seed 0
 	$(BIN)/python -m anomaly benchmark --data $(DATA) --out $(RUNS)/benchmark
+	$(BIN)/python -m anomaly benchmark --data $(PHOTOS) --methods patchknn flow meandiff auto \
+		--out $(RUNS)/benchmark-photos --notes docs/benchmark-notes-photos.md
 
 clean:
 	rm -rf $(RUNS) build *.egg-info
