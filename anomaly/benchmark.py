@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_METHODS = ("ae", "unet", "vae", "unet+kmeans", "patchknn", "draem", "flow")
+# `unet_original` is the original project's recipe (`--recipe original`), `+kmeans` the k-means
+# on the bottleneck of the row named before the "+" (the original's own k-means for the original)
+DEFAULT_METHODS = ("ae", "unet", "vae", "unet+kmeans", "unet_original", "unet_original+kmeans",
+                   "patchknn", "draem", "flow", "meandiff", "auto")
 SMOKE = {"epochs": 1, "size": 64}
 MARK = ".made-by-benchmark"
 COLUMNS = [("method", "{}"), ("image_auroc", "{:.3f}"), ("pixel_auroc", "{:.3f}"),
@@ -158,13 +161,20 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     from anomaly.runs import load_config
 
     overrides = dict(SMOKE) if smoke else {}
-    if method == "unet+kmeans":
-        source = Path(out).parent / "unet"
+    if method.endswith("+kmeans"):
+        name = method.split("+")[0]
+        source = Path(out).parent / name
         if not (source / "model.pt").exists():
-            raise RuntimeError("unet+kmeans needs the unet row first (it clusters that run's "
+            raise RuntimeError(f"{method} needs the {name} row first (it clusters that run's "
                                "bottleneck)")
-        config = load_config(source).replace(method="kmeans", source_run=str(source.resolve()),
-                                              k=2, seed=seed)
+        # the project's k-means defaults (per-cell features, k by rule), or the original's own
+        recipe = Config.for_method("kmeans", recipe=load_config(source).recipe)
+        config = load_config(source).replace(
+            method="kmeans", source_run=str(source.resolve()), seed=seed, k=recipe.k,
+            kmeans_features=recipe.kmeans_features)
+    elif method == "unet_original":
+        config = Config.for_method("unet", recipe="original").replace(
+            data=str(Path(data).resolve()), seed=seed, **overrides)
     else:
         config = Config.for_method(method).replace(data=str(Path(data).resolve()), seed=seed,
                                                    **overrides)
