@@ -46,14 +46,19 @@ demo: $(STAMP)
 	@echo "outputs: $(DATA) (data), $(RUNS)/demo-patchknn and $(RUNS)/demo-unet (scores.csv, metrics.json, overlays/)"
 	@echo "explore the threshold: make explorer RUN=$(RUNS)/demo-patchknn"
 
-## unit tests, then every notebook under nbval with the smoke switch on
+## lint, unit tests, then every notebook under nbval with the smoke switch on, in a fresh
+## temporary ANOMALY_HOME (so a stale smoke run can never make a notebook pass)
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests
-	ANOMALY_SMOKE=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-sanitize-with tests/sanitize.cfg \
-		--nbval-current-env -p no:cacheprovider notebooks/0*.ipynb
+	home=$$(mktemp -d) && ANOMALY_SMOKE=1 ANOMALY_HOME=$$home $(BIN)/python -m pytest -q \
+		--nbval-lax --nbval-sanitize-with tests/sanitize.cfg --nbval-current-env \
+		-p no:cacheprovider notebooks/0*.ipynb; status=$$?; rm -rf $$home; exit $$status
 
+## the quick subset (under a minute): no browser, no end-to-end benchmark
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -m "not slow and not browser"
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -32,7 +32,7 @@ _EXPORTS = {
     "select_device": "anomaly.train",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]  # noqa: PLE0604  (the lazy names are strings)
 
 
 def __getattr__(name: str):

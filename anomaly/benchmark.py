@@ -31,17 +31,43 @@ import numpy as np
 
 # `unet_original` is the original project's recipe (`--recipe original`), `+kmeans` the k-means
 # on the bottleneck of the row named before the "+" (the original's own k-means for the original)
-DEFAULT_METHODS = ("ae", "unet", "vae", "unet+kmeans", "unet_original", "unet_original+kmeans",
-                   "patchknn", "draem", "flow", "meandiff", "auto")
+DEFAULT_METHODS = (
+    "ae",
+    "unet",
+    "vae",
+    "unet+kmeans",
+    "unet_original",
+    "unet_original+kmeans",
+    "patchknn",
+    "draem",
+    "flow",
+    "meandiff",
+    "auto",
+)
 SMOKE = {"epochs": 1, "size": 64}
 MARK = ".made-by-benchmark"
-COLUMNS = [("method", "{}"), ("image_auroc", "{:.3f}"), ("pixel_auroc", "{:.3f}"),
-           ("aupro", "{:.3f}"), ("image_f1_max", "{:.3f}"), ("fit_s", "{:.0f}"),
-           ("train_ips", "{:.0f}"), ("predict_ips", "{:.0f}"), ("peak_mb", "{:.0f}")]
-SUMMARY_COLUMNS = [("suite", "{}"), ("method", "{}"), ("sets", "{}"),
-                   ("mean_image_auroc", "{:.3f}"), ("worst_image_auroc", "{:.3f}"),
-                   ("worst_set", "{}"), ("mean_pixel_auroc", "{:.3f}"), ("mean_aupro", "{:.3f}"),
-                   ("mean_fit_s", "{:.0f}")]
+COLUMNS = [
+    ("method", "{}"),
+    ("image_auroc", "{:.3f}"),
+    ("pixel_auroc", "{:.3f}"),
+    ("aupro", "{:.3f}"),
+    ("image_f1_max", "{:.3f}"),
+    ("fit_s", "{:.0f}"),
+    ("train_ips", "{:.0f}"),
+    ("predict_ips", "{:.0f}"),
+    ("peak_mb", "{:.0f}"),
+]
+SUMMARY_COLUMNS = [
+    ("suite", "{}"),
+    ("method", "{}"),
+    ("sets", "{}"),
+    ("mean_image_auroc", "{:.3f}"),
+    ("worst_image_auroc", "{:.3f}"),
+    ("worst_set", "{}"),
+    ("mean_pixel_auroc", "{:.3f}"),
+    ("mean_aupro", "{:.3f}"),
+    ("mean_fit_s", "{:.0f}"),
+]
 
 
 class BenchmarkError(ValueError):
@@ -69,7 +95,8 @@ def claim_dir(path: str | Path) -> Path:
         if not mark.exists():
             raise BenchmarkError(
                 f"{path} already exists and was not made by the benchmark, which deletes nothing "
-                "it did not make. Move it away, delete it yourself, or choose another --out")
+                "it did not make. Move it away, delete it yourself, or choose another --out"
+            )
         files = json.loads(mark.read_text() or "{}").get("files")
         if files is None:  # unfinished run: the folder was created empty by the benchmark
             files = [str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir()]
@@ -85,7 +112,8 @@ def claim_dir(path: str | Path) -> Path:
         if left:
             raise BenchmarkError(
                 f"{path} holds files the benchmark did not make ({', '.join(left[:5])}); "
-                "it kept them. Move them away or choose another --out")
+                "it kept them. Move them away or choose another --out"
+            )
     path.mkdir(parents=True, exist_ok=True)
     (path / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark", "files": None}))
     return path
@@ -99,8 +127,9 @@ def seal_dir(path: str | Path, below: bool = False) -> None:
     path = Path(path)
     found = path.rglob("*") if below else path.iterdir()
     files = sorted(str(p.relative_to(path)) for p in found if p.is_file() and p.name != MARK)
-    (path / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark",
-                                         "files": files}, indent=1))
+    (path / MARK).write_text(
+        json.dumps({"made_by": "python -m anomaly benchmark", "files": files}, indent=1)
+    )
 
 
 def claim_out(out: str | Path) -> Path:
@@ -109,13 +138,13 @@ def claim_out(out: str | Path) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / MARK).exists():
         raise BenchmarkError(
             f"{out} already exists and was not made by the benchmark, which deletes nothing it "
-            "did not make. Move it away, delete it yourself, or choose another --out")
+            "did not make. Move it away, delete it yourself, or choose another --out"
+        )
     if out.exists() and not out.is_dir():
         raise BenchmarkError(f"{out} is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARK).exists():
-        (out / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark",
-                                            "files": []}))
+        (out / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark", "files": []}))
     return out
 
 
@@ -137,8 +166,11 @@ def discover_sets(roots: str | Path | list) -> list[dict]:
         manifest = root / "manifest.json"
         sets = json.loads(manifest.read_text()).get("sets") if manifest.exists() else None
         if sets:
-            names = list(sets) if isinstance(sets, dict) else \
-                [s["name"] if isinstance(s, dict) else str(s) for s in sets]
+            names = (
+                list(sets)
+                if isinstance(sets, dict)
+                else [s["name"] if isinstance(s, dict) else str(s) for s in sets]
+            )
             found += [{"suite": root.name, "name": n, "path": str(root / n)} for n in names]
         else:
             found.append({"suite": root.name, "name": root.name, "path": str(root)})
@@ -165,19 +197,26 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
         name = method.split("+")[0]
         source = Path(out).parent / name
         if not (source / "model.pt").exists():
-            raise RuntimeError(f"{method} needs the {name} row first (it clusters that run's "
-                               "bottleneck)")
+            raise RuntimeError(
+                f"{method} needs the {name} row first (it clusters that run's bottleneck)"
+            )
         # the project's k-means defaults (per-cell features, k by rule), or the original's own
         recipe = Config.for_method("kmeans", recipe=load_config(source).recipe)
         config = load_config(source).replace(
-            method="kmeans", source_run=str(source.resolve()), seed=seed, k=recipe.k,
-            kmeans_features=recipe.kmeans_features)
+            method="kmeans",
+            source_run=str(source.resolve()),
+            seed=seed,
+            k=recipe.k,
+            kmeans_features=recipe.kmeans_features,
+        )
     elif method == "unet_original":
         config = Config.for_method("unet", recipe="original").replace(
-            data=str(Path(data).resolve()), seed=seed, **overrides)
+            data=str(Path(data).resolve()), seed=seed, **overrides
+        )
     else:
-        config = Config.for_method(method).replace(data=str(Path(data).resolve()), seed=seed,
-                                                   **overrides)
+        config = Config.for_method(method).replace(
+            data=str(Path(data).resolve()), seed=seed, **overrides
+        )
     t0 = time.perf_counter()
     train_run(config, out, progress=False)
     fit_s = time.perf_counter() - t0
@@ -188,14 +227,20 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     n_train = len(json.loads((Path(out) / "split.json").read_text())["train"])
     history = Path(out) / "history.csv"
     passes = max(1, len(history.read_text().splitlines()) - 1) if history.exists() else 1
-    return {"method": method, "fit_s": fit_s, "train_ips": n_train * passes / fit_s,
-            "predict_ips": metrics["predict_images_per_s"],
-            "peak_mb": peak_mb,
-            **{k: metrics.get(k)
-               for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")},
-            "per_defect": {k: v.get("image_auroc")
-                           for k, v in metrics.get("per_defect", {}).items()},
-            "size": config.size, "epochs": config.epochs}
+    return {
+        "method": method,
+        "fit_s": fit_s,
+        "train_ips": n_train * passes / fit_s,
+        "predict_ips": metrics["predict_images_per_s"],
+        "peak_mb": peak_mb,
+        **{
+            k: metrics.get(k)
+            for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
+        },
+        "per_defect": {k: v.get("image_auroc") for k, v in metrics.get("per_defect", {}).items()},
+        "size": config.size,
+        "epochs": config.epochs,
+    }
 
 
 def detectability(pred, frr: float = 0.05, bins: int = 6) -> dict:
@@ -215,10 +260,15 @@ def detectability(pred, frr: float = 0.05, bins: int = 6) -> dict:
     area, caught = area[keep], caught[keep]
     edges = np.geomspace(area.min(), area.max() * (1 + 1e-9), bins + 1)
     which = np.clip(np.digitize(area, edges) - 1, 0, bins - 1)
-    rows = [{"area_lo": float(edges[i]), "area_hi": float(edges[i + 1]),
-             "n": int((which == i).sum()),
-             "caught": float(caught[which == i].mean()) if (which == i).any() else None}
-            for i in range(bins)]
+    rows = [
+        {
+            "area_lo": float(edges[i]),
+            "area_hi": float(edges[i + 1]),
+            "n": int((which == i).sum()),
+            "caught": float(caught[which == i].mean()) if (which == i).any() else None,
+        }
+        for i in range(bins)
+    ]
     return {"frr": frr, "threshold": threshold, "bins": rows}
 
 
@@ -242,8 +292,11 @@ def format_table(rows: list[dict], per_defect: bool = True) -> str:
     kinds = sorted({k for r in rows for k in r.get("per_defect", {})}) if per_defect else []
     columns = ([("set", "{}")] if any("set" in r for r in rows) else []) + COLUMNS
     head = [c for c, _ in columns] + [f"auroc_{k}" for k in kinds]
-    body = [[_cell(r.get(c), fmt) for c, fmt in columns]
-            + [_cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds] for r in rows]
+    body = [
+        [_cell(r.get(c), fmt) for c, fmt in columns]
+        + [_cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
+        for r in rows
+    ]
     return _markdown(head, body)
 
 
@@ -261,17 +314,27 @@ def summarize(rows: list[dict]) -> list[dict]:
             groups.setdefault((r.get("suite", ""), r["method"]), []).append(r)
     for (suite, method), rs in groups.items():
         worst = min(rs, key=lambda r: r["image_auroc"] if r["image_auroc"] is not None else 2)
-        out.append({"suite": suite, "method": method, "sets": len(rs),
-                    "mean_image_auroc": _mean(rs, "image_auroc"),
-                    "worst_image_auroc": worst["image_auroc"], "worst_set": worst.get("set"),
-                    "mean_pixel_auroc": _mean(rs, "pixel_auroc"), "mean_aupro": _mean(rs, "aupro"),
-                    "mean_fit_s": _mean(rs, "fit_s")})
+        out.append(
+            {
+                "suite": suite,
+                "method": method,
+                "sets": len(rs),
+                "mean_image_auroc": _mean(rs, "image_auroc"),
+                "worst_image_auroc": worst["image_auroc"],
+                "worst_set": worst.get("set"),
+                "mean_pixel_auroc": _mean(rs, "pixel_auroc"),
+                "mean_aupro": _mean(rs, "aupro"),
+                "mean_fit_s": _mean(rs, "fit_s"),
+            }
+        )
     return out
 
 
 def format_summary(summary: list[dict]) -> str:
-    return _markdown([c for c, _ in SUMMARY_COLUMNS],
-                     [[_cell(s.get(c), fmt) for c, fmt in SUMMARY_COLUMNS] for s in summary])
+    return _markdown(
+        [c for c, _ in SUMMARY_COLUMNS],
+        [[_cell(s.get(c), fmt) for c, fmt in SUMMARY_COLUMNS] for s in summary],
+    )
 
 
 def machine() -> dict:
@@ -284,28 +347,40 @@ def machine() -> dict:
         pass
     import torch
 
-    return {"host": platform.node(), "platform": platform.platform(), "cpu": cpu,
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def write_notes(path: str | Path, result: dict) -> Path:
     """The benchmark-notes document: when, where, how loaded, which command, then the tables."""
     m = result["machine"]
     lines = [
-        "# Benchmark notes", "",
+        "# Benchmark notes",
+        "",
         "Regenerated by the benchmark; the measurement log of the project (docstrings and README",
         "quote it, never the other way round). Accuracies are deterministic for a seed; timings",
-        "depend on the machine and on what else ran.", "",
+        "depend on the machine and on what else ran.",
+        "",
         f"- command: `{result['command']}`",
         f"- date: {result['date']} (UTC), total {result['total_s'] / 60:.1f} min",
         f"- machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with "
         f"{m['torch_threads']} threads, Python {m['python']}, {m['platform']}"
         + (f", GPU {m['cuda']}" if m.get("cuda") else ""),
         "- load average (1/5/15 min) at start: {:.2f} / {:.2f} / {:.2f}; at the end: "
-        "{:.2f} / {:.2f} / {:.2f}".format(*result["load_start"], *result["load_end"]), "",
-        "## Per set and method", "", result["table"], "",
+        "{:.2f} / {:.2f} / {:.2f}".format(*result["load_start"], *result["load_end"]),
+        "",
+        "## Per set and method",
+        "",
+        result["table"],
+        "",
     ]
     if result.get("summary_table"):
         lines += ["## Summary per suite and method", "", result["summary_table"], ""]
@@ -320,8 +395,14 @@ def write_notes(path: str | Path, result: dict) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_benchmark(data: str | list[str], methods=None, out: str = "runs/benchmark", seed: int = 0,
-                  smoke: bool = False, notes: str | Path | None = None) -> list[dict]:
+def run_benchmark(
+    data: str | list[str],
+    methods=None,
+    out: str = "runs/benchmark",
+    seed: int = 0,
+    smoke: bool = False,
+    notes: str | Path | None = None,
+) -> list[dict]:
     """Every method on every set, each in a subprocess; print and write the tables.
 
     Writes `out/benchmark.md`, `out/benchmark.json` and `out/benchmark-notes.md` (and the notes
@@ -339,24 +420,36 @@ def run_benchmark(data: str | list[str], methods=None, out: str = "runs/benchmar
         base = out_dir if len(sets) == 1 else claim_out(out_dir / ds["name"])
         for method in methods:
             run = claim_dir(base / method.replace("+", "_"))
-            cmd = [sys.executable, "-m", "anomaly.benchmark", method, ds["path"], str(run),
-                   str(seed)]
-            proc = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True,
-                                  text=True, check=False)
+            cmd = [
+                sys.executable,
+                "-m",
+                "anomaly.benchmark",
+                method,
+                ds["path"],
+                str(run),
+                str(seed),
+            ]
+            proc = subprocess.run(
+                cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, check=False
+            )
             seal_dir(run, below=True)
             tag = {"set": ds["name"], "suite": ds["suite"]} if len(sets) > 1 else {}
             if proc.returncode != 0:
                 print(f"{ds['name']} {method}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
-                rows.append({**tag, "method": method,
-                             "error": proc.stderr.strip().splitlines()[-1:]})
+                rows.append(
+                    {**tag, "method": method, "error": proc.stderr.strip().splitlines()[-1:]}
+                )
                 continue
             row = {**tag, **json.loads(proc.stdout.strip().splitlines()[-1])}
             pred = Predictions.load(run / "predictions.npz")
             if pred.has_masks:
                 row["detectability"] = detectability(pred)
             rows.append(row)
-            print(f"{ds['name']} {method}: image AUROC {row['image_auroc']:.3f}, "
-                  f"fit {row['fit_s']:.0f} s", flush=True)
+            print(
+                f"{ds['name']} {method}: image AUROC {row['image_auroc']:.3f}, "
+                f"fit {row['fit_s']:.0f} s",
+                flush=True,
+            )
         if base is not out_dir:
             seal_dir(base)
     total = time.perf_counter() - t0
@@ -365,49 +458,91 @@ def run_benchmark(data: str | list[str], methods=None, out: str = "runs/benchmar
     summary = summarize(ok) if len(sets) > 1 else []
     roots = [data] if isinstance(data, (str, Path)) else data
     data_flags = " ".join(f"--data {d}" for d in roots)
-    command = (f"python -m anomaly benchmark {data_flags} --methods {' '.join(methods)} "
-               f"--out {out}" + (" --smoke" if smoke else ""))
-    result = {"rows": rows, "summary": summary, "total_s": total, "command": command, "date": date,
-              "machine": machine(), "load_start": list(load_start),
-              "load_end": list(os.getloadavg()), "table": table,
-              "summary_table": format_summary(summary) if summary else ""}
+    command = (
+        f"python -m anomaly benchmark {data_flags} --methods {' '.join(methods)} "
+        f"--out {out}" + (" --smoke" if smoke else "")
+    )
+    result = {
+        "rows": rows,
+        "summary": summary,
+        "total_s": total,
+        "command": command,
+        "date": date,
+        "machine": machine(),
+        "load_start": list(load_start),
+        "load_end": list(os.getloadavg()),
+        "table": table,
+        "summary_table": format_summary(summary) if summary else "",
+    }
     text = table + (f"\n\n{result['summary_table']}" if summary else "")
     (out_dir / "benchmark.md").write_text(
-        f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n")
+        f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n"
+    )
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
     written = [write_notes(out_dir / "benchmark-notes.md", result)]
     if notes:
         written.append(write_notes(notes, result))
     seal_dir(out_dir)
     print(text)
-    print(f"\ntotal {total / 60:.1f} min; wrote {out_dir}/benchmark.md, benchmark.json, "
-          + ", ".join(str(p) for p in written))
+    print(
+        f"\ntotal {total / 60:.1f} min; wrote {out_dir}/benchmark.md, benchmark.json, "
+        + ", ".join(str(p) for p in written)
+    )
     return rows
 
 
 def add_arguments(p) -> None:
     """The `benchmark` subcommand's flags (cli.py builds the parser, this module owns them)."""
-    p.add_argument("--data", action="append", required=True, help="a data set, or a suite root "
-                   "whose manifest.json lists its sets (the photo suite); repeat for several")
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="a data set, or a suite root "
+        "whose manifest.json lists its sets (the photo suite); repeat for several",
+    )
     p.add_argument("--methods", nargs="+", help=f"default: {' '.join(DEFAULT_METHODS)}")
-    p.add_argument("--out", help="output folder (default runs/benchmark, for a curve "
-                   "runs/curves); the benchmark deletes only what it made there")
+    p.add_argument(
+        "--out",
+        help="output folder (default runs/benchmark, for a curve "
+        "runs/curves); the benchmark deletes only what it made there",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny budgets, to check the wiring")
-    p.add_argument("--notes", help="also write the notes document here (default "
-                   "docs/benchmark-notes.md when ./docs exists and not --smoke)")
-    p.add_argument("--curve", choices=("train-size",), help="train-size: how many good images "
-                   "a method needs (image AUROC, AUPRO, escape rate at the conformal 1%% "
-                   "threshold, fit time against n)")
-    p.add_argument("--method", help="--curve: the method (default patchknn; unet+kmeans is the "
-                   "original recipe)")
-    p.add_argument("--sizes", type=int, nargs="+", help="--curve: training-set sizes "
-                   "(default 1 2 4 ... 128 and all)")
-    p.add_argument("--seeds", type=int, default=3, help="--curve: random subsets per size, "
-                   "for sizes up to --seeds-up-to")
+    p.add_argument(
+        "--notes",
+        help="also write the notes document here (default "
+        "docs/benchmark-notes.md when ./docs exists and not --smoke)",
+    )
+    p.add_argument(
+        "--curve",
+        choices=("train-size",),
+        help="train-size: how many good images "
+        "a method needs (image AUROC, AUPRO, escape rate at the conformal 1%% "
+        "threshold, fit time against n)",
+    )
+    p.add_argument(
+        "--method",
+        help="--curve: the method (default patchknn; unet+kmeans is the original recipe)",
+    )
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        help="--curve: training-set sizes (default 1 2 4 ... 128 and all)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="--curve: random subsets per size, for sizes up to --seeds-up-to",
+    )
     p.add_argument("--seeds-up-to", type=int, default=8, dest="seeds_up_to")
-    p.add_argument("--alpha", type=float, default=0.01, help="--curve: conformal false-reject "
-                   "rate for the escape rate (default 0.01)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.01,
+        help="--curve: conformal false-reject rate for the escape rate (default 0.01)",
+    )
 
 
 def main(args) -> None:
@@ -425,9 +560,17 @@ def main(args) -> None:
         out = claim_out(args.out or "runs/curves")
         rows = []
         for ds in discover_sets(args.data):
-            rows += train_size_curve(ds["path"], method, sizes=args.sizes, seeds=args.seeds,
-                                     seed=args.seed, alpha=args.alpha, smoke=args.smoke,
-                                     name=ds["name"], seeds_up_to=args.seeds_up_to)
+            rows += train_size_curve(
+                ds["path"],
+                method,
+                sizes=args.sizes,
+                seeds=args.seeds,
+                seed=args.seed,
+                alpha=args.alpha,
+                smoke=args.smoke,
+                name=ds["name"],
+                seeds_up_to=args.seeds_up_to,
+            )
         stem = f"train_size_{method.replace('+', '_')}"
         paths = write_curve(rows, out, stem=stem)
         seal_dir(out)
@@ -436,8 +579,14 @@ def main(args) -> None:
     notes = args.notes
     if notes is None and not args.smoke and Path("docs").is_dir():
         notes = "docs/benchmark-notes.md"
-    run_benchmark(args.data, methods=args.methods, out=args.out or "runs/benchmark",
-                  seed=args.seed, smoke=args.smoke, notes=notes)
+    run_benchmark(
+        args.data,
+        methods=args.methods,
+        out=args.out or "runs/benchmark",
+        seed=args.seed,
+        smoke=args.smoke,
+        notes=notes,
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,20 @@ import numpy as np
 
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 SMOKE_SIZES = (1, 2, 4, 8)
-FIELDS = ("set", "method", "n", "rep", "image_auroc", "aupro", "escape_rate",
-          "false_reject_rate", "alpha_used", "n_cal", "fit_s", "error")
+FIELDS = (
+    "set",
+    "method",
+    "n",
+    "rep",
+    "image_auroc",
+    "aupro",
+    "escape_rate",
+    "false_reject_rate",
+    "alpha_used",
+    "n_cal",
+    "fit_s",
+    "error",
+)
 
 
 def _fit(method: str, config, train, cal):
@@ -57,16 +69,30 @@ def _point(method, config, data, train_idx, cal, test, alpha: float) -> dict:
     pred = detector.predict(test)
     alpha_used = max(alpha, 1 / (len(cal_scores) + 1))
     rates = confusion(pred.labels, pred.scores, threshold_conformal(cal_scores, alpha_used))
-    return {"n": len(train_idx), "image_auroc": image_auroc(pred.labels, pred.scores),
-            "aupro": aupro(pred.masks, pred.maps) if pred.has_masks else None,
-            "escape_rate": rates["escape_rate"], "false_reject_rate": rates["false_reject_rate"],
-            "alpha_used": alpha_used, "n_cal": len(cal_scores), "fit_s": fit_s}
+    return {
+        "n": len(train_idx),
+        "image_auroc": image_auroc(pred.labels, pred.scores),
+        "aupro": aupro(pred.masks, pred.maps) if pred.has_masks else None,
+        "escape_rate": rates["escape_rate"],
+        "false_reject_rate": rates["false_reject_rate"],
+        "alpha_used": alpha_used,
+        "n_cal": len(cal_scores),
+        "fit_s": fit_s,
+    }
 
 
-def train_size_curve(data: str | Path, method: str = "patchknn", sizes=None, seeds: int = 3,
-                     seed: int = 0, alpha: float = 0.01, smoke: bool = False,
-                     name: str | None = None, progress: bool = True,
-                     seeds_up_to: int = 8) -> list[dict]:
+def train_size_curve(
+    data: str | Path,
+    method: str = "patchknn",
+    sizes=None,
+    seeds: int = 3,
+    seed: int = 0,
+    alpha: float = 0.01,
+    smoke: bool = False,
+    name: str | None = None,
+    progress: bool = True,
+    seeds_up_to: int = 8,
+) -> list[dict]:
     """The rows of the train-size curve of `method` on the data set `data` (see module doc).
 
     Args:
@@ -88,12 +114,15 @@ def train_size_curve(data: str | Path, method: str = "patchknn", sizes=None, see
     test = AnomalyDataset(data, "test", size=config.size, channels=config.channels)
     train_idx, cal_idx = split_indices(len(train), config.val_fraction, seed)
     if not cal_idx:
-        raise ValueError(f"{data}: {len(train)} training image(s) leave none to hold out for the "
-                         "threshold; the curve needs at least 2")
+        raise ValueError(
+            f"{data}: {len(train)} training image(s) leave none to hold out for the "
+            "threshold; the curve needs at least 2"
+        )
     cal = train.subset(cal_idx)
     sizes = sizes or (SMOKE_SIZES if smoke else SIZES)
-    sizes = sorted({min(int(n), len(train_idx)) for n in sizes}
-                   | ({len(train_idx)} if not smoke else set()))
+    sizes = sorted(
+        {min(int(n), len(train_idx)) for n in sizes} | ({len(train_idx)} if not smoke else set())
+    )
     rows = []
     for n in sizes:
         reps = 1 if smoke or n > seeds_up_to or n == len(train_idx) else seeds
@@ -103,16 +132,23 @@ def train_size_curve(data: str | Path, method: str = "patchknn", sizes=None, see
             try:
                 row = _point(method, config.replace(seed=seed + rep), train, pick, cal, test, alpha)
             except (ValueError, RuntimeError) as err:  # one failed point does not end the curve
-                row = {"n": n, "error": f"{type(err).__name__}: {str(err)[:300]}",
-                       **{k: None for k in FIELDS[4:-1]}}
+                row = {
+                    "n": n,
+                    "error": f"{type(err).__name__}: {str(err)[:300]}",
+                    **{k: None for k in FIELDS[4:-1]},
+                }
             rows.append({"set": name or Path(data).name, "method": method, "rep": rep, **row})
             if progress and "error" in row:
-                print(f"{rows[-1]['set']} {method} n={n} rep={rep}: FAILED {row['error']}",
-                      flush=True)
+                print(
+                    f"{rows[-1]['set']} {method} n={n} rep={rep}: FAILED {row['error']}", flush=True
+                )
             elif progress:
-                print(f"{rows[-1]['set']} {method} n={n} rep={rep}: image AUROC "
-                      f"{row['image_auroc']:.3f}, escape {row['escape_rate']:.3f} at alpha "
-                      f"{row['alpha_used']:.3g}, fit {row['fit_s']:.1f} s", flush=True)
+                print(
+                    f"{rows[-1]['set']} {method} n={n} rep={rep}: image AUROC "
+                    f"{row['image_auroc']:.3f}, escape {row['escape_rate']:.3f} at alpha "
+                    f"{row['alpha_used']:.3g}, fit {row['fit_s']:.1f} s",
+                    flush=True,
+                )
     return rows
 
 
@@ -152,10 +188,13 @@ def write_curve(rows: list[dict], out: str | Path, stem: str = "train_size") -> 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["set"], r["method"]), []).append(r)
-    says = {f"{s}/{m}": {"images_for_0.95_auroc": images_needed(rs),
-                         "alpha_used": sorted({r["alpha_used"] for r in rs
-                                             if r.get("alpha_used") is not None})}
-            for (s, m), rs in groups.items()}
+    says = {
+        f"{s}/{m}": {
+            "images_for_0.95_auroc": images_needed(rs),
+            "alpha_used": sorted({r["alpha_used"] for r in rs if r.get("alpha_used") is not None}),
+        }
+        for (s, m), rs in groups.items()
+    }
     (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "says": says}, indent=1))
     return [out / f"{stem}.csv", out / f"{stem}.json"]
 
@@ -165,8 +204,10 @@ def read_curve(path: str | Path) -> list[dict]:
     path = Path(path)
     files = sorted(path.glob("train_size*.json")) if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"{path} holds no train_size*.json; run "
-                                "`python -m anomaly benchmark --curve train-size` first")
+        raise FileNotFoundError(
+            f"{path} holds no train_size*.json; run "
+            "`python -m anomaly benchmark --curve train-size` first"
+        )
     return [r for f in files for r in json.loads(f.read_text())["rows"]]
 
 
@@ -190,13 +231,27 @@ def train_size_figure(curves: dict[str, dict], target: float = 0.95):
         if not np.all(np.isnan(c["aupro"])):
             a.plot(c["n"], c["aupro"], ls="--", marker=".", color=colour, label=f"{label} AUPRO")
         alphas = sorted({round(float(x), 4) for x in c["alpha_used"]})
-        b.plot(c["n"], c["escape_rate"], marker="o", color=colour,
-               label=f"{label} escapes (alpha {', '.join(f'{x:.3g}' for x in alphas)})")
+        b.plot(
+            c["n"],
+            c["escape_rate"],
+            marker="o",
+            color=colour,
+            label=f"{label} escapes (alpha {', '.join(f'{x:.3g}' for x in alphas)})",
+        )
         b.fill_between(c["n"], c["escape_rate_min"], c["escape_rate_max"], color=colour, alpha=0.2)
-        b.plot(c["n"], c["false_reject_rate"], ls="--", marker=".", color=colour,
-               label=f"{label} false rejects")
-        low = min(low, float(np.nanmin(c["image_auroc_min"])), float(np.nanmin(c["aupro"]))
-                  if not np.all(np.isnan(c["aupro"])) else 1.0)
+        b.plot(
+            c["n"],
+            c["false_reject_rate"],
+            ls="--",
+            marker=".",
+            color=colour,
+            label=f"{label} false rejects",
+        )
+        low = min(
+            low,
+            float(np.nanmin(c["image_auroc_min"])),
+            float(np.nanmin(c["aupro"])) if not np.all(np.isnan(c["aupro"])) else 1.0,
+        )
     a.axhline(target, color="grey", lw=0.8, ls=":")
     a.set_ylabel("on the test set")
     a.set_ylim(max(0.0, min(0.5, low) - 0.05), 1.01)

@@ -54,23 +54,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--difficulty", type=float, default=1.0)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a cookie data set made here before with other settings (only "
-                        "a folder this generator made: never one without its manifest.json)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a cookie data set made here before with other settings (only "
+        "a folder this generator made: never one without its manifest.json)",
+    )
 
     p = sub.add_parser("make-photos", help="generate the photo-texture data sets")
     p.add_argument("root")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a photo suite made here before (only a folder this generator "
-                        "made: never one without its manifest.json)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a photo suite made here before (only a folder this generator "
+        "made: never one without its manifest.json)",
+    )
 
-    p = sub.add_parser("train", help="train a detector on train/good into a run folder",
-                       description="Train a detector. Every setting has a flag; the defaults "
-                       "depend on --method (shown as 'method: value').")
+    p = sub.add_parser(
+        "train",
+        help="train a detector on train/good into a run folder",
+        description="Train a detector. Every setting has a flag; the defaults "
+        "depend on --method (shown as 'method: value').",
+    )
     p.add_argument("--out", required=True, help="run folder to create")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out (with more --epochs: train longer)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (with more --epochs: train longer)",
+    )
     add_config_flags(p, sorted(REGISTRY))
 
     p = sub.add_parser("score", help="score test/: scores.csv, metrics.json, overlays/")
@@ -90,25 +102,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("threshold", help="choose and save the run's threshold")
     p.add_argument("--run", required=True)
-    p.add_argument("--rule", required=True, choices=("manual", "normal-quantile", "conformal", "f1"))
-    p.add_argument("--value", type=float, help="manual: the threshold; normal-quantile: the "
-                   "quantile; conformal: alpha, the false-reject rate to guarantee; f1: none")
+    p.add_argument(
+        "--rule", required=True, choices=("manual", "normal-quantile", "conformal", "f1")
+    )
+    p.add_argument(
+        "--value",
+        type=float,
+        help="manual: the threshold; normal-quantile: the "
+        "quantile; conformal: alpha, the false-reject rate to guarantee; f1: none",
+    )
 
-    p = sub.add_parser("benchmark", help="train and score every method on every set; print "
-                       "the tables (or --curve train-size)")
+    p = sub.add_parser(
+        "benchmark",
+        help="train and score every method on every set; print the tables (or --curve train-size)",
+    )
     from anomaly.benchmark import add_arguments  # the benchmark module owns its flags
 
     add_arguments(p)
 
     p = sub.add_parser("explore", help="serve the threshold explorer as a page (Voila)")
-    p.add_argument("--run", action="append", required=True, help="a scored run (repeat for several)")
+    p.add_argument(
+        "--run", action="append", required=True, help="a scored run (repeat for several)"
+    )
     p.add_argument("--port", type=int, default=8866)
     return parser
 
 
 def _config_flags(args) -> dict:
-    return {f.name: getattr(args, f.name) for f in fields(Config)
-            if getattr(args, f.name, None) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(Config)
+        if getattr(args, f.name, None) is not None
+    }
 
 
 def _train(args) -> None:
@@ -141,8 +166,10 @@ def _train(args) -> None:
     print(f"trained {detector.config.method}: run folder {args.out}")
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict) and "chosen" in selection:
-        print(f"auto chose {selection['chosen']} (all candidates: "
-              f"{RunDir(args.out).file(RunDir.SELECTION)})")
+        print(
+            f"auto chose {selection['chosen']} (all candidates: "
+            f"{RunDir(args.out).file(RunDir.SELECTION)})"
+        )
 
 
 def _score(args) -> None:
@@ -156,7 +183,9 @@ def _score(args) -> None:
     print(score_summary(pred.labels, pred.scores, metrics, threshold))
     for note in metrics.get("notes", []):
         print(f"note: {note}")
-    wrote = "scores.csv, metrics.json, predictions.npz" + ("" if args.no_overlays else ", overlays/")
+    wrote = "scores.csv, metrics.json, predictions.npz" + (
+        "" if args.no_overlays else ", overlays/"
+    )
     print(f"wrote {args.run}: {wrote}")
 
 
@@ -196,8 +225,14 @@ def _make_data(args) -> None:
     if args.command == "make-cookies":
         from anomaly.data import make_cookies
 
-        manifest = make_cookies(args.root, preset=args.preset, seed=args.seed, size=args.size,
-                                difficulty=args.difficulty, overwrite=args.overwrite)
+        manifest = make_cookies(
+            args.root,
+            preset=args.preset,
+            seed=args.seed,
+            size=args.size,
+            difficulty=args.difficulty,
+            overwrite=args.overwrite,
+        )
     else:
         from anomaly.data.photos import make_photos
 
@@ -236,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(args.run, port=args.port)
     except Interrupted as stop:
-        print(f"\ninterrupted after epoch {stop.epoch}; "
-              + RESUME_HINT.format(out=getattr(args, "out", "RUN")), file=sys.stderr)
+        print(
+            f"\ninterrupted after epoch {stop.epoch}; "
+            + RESUME_HINT.format(out=getattr(args, "out", "RUN")),
+            file=sys.stderr,
+        )
         return 130
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

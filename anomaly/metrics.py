@@ -230,8 +230,10 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
         out["fpr_limit"] = fpr_limit
         out["n_missing_masks"] = int((~known).sum())
         if out["n_missing_masks"]:
-            notes.append(f"pixel metrics: {out['n_missing_masks']} defective images have no mask "
-                         "file and are left out of them")
+            notes.append(
+                f"pixel metrics: {out['n_missing_masks']} defective images have no mask "
+                "file and are left out of them"
+            )
     else:
         out["pixel_auroc"] = out["aupro"] = None
         notes.append("pixel metrics: the predictions have no ground-truth masks")
@@ -334,7 +336,9 @@ def threshold_normal_quantile(normal_scores, q: float = 0.99) -> Threshold:
 def conformal_n_needed(alpha: float) -> int:
     """The fewest held-out normal images for which `threshold_conformal` accepts `alpha`."""
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha (the false-reject rate to guarantee) must be in (0, 1), got {alpha}")
+        raise ValueError(
+            f"alpha (the false-reject rate to guarantee) must be in (0, 1), got {alpha}"
+        )
     return max(1, int(np.ceil((1 - alpha) / alpha - 1e-9)))
 
 
@@ -363,13 +367,19 @@ def threshold_conformal(normal_scores, alpha: float) -> Threshold:
         raise ValueError(
             f"a conformal threshold at alpha={alpha:g} needs at least {need} held-out normal "
             f"images (alpha >= 1/(n+1)); this run has {n}. Hold out more good images (a larger "
-            f"val_fraction or more training images), or use alpha >= {1 / (n + 1):.4g}")
+            f"val_fraction or more training images), or use alpha >= {1 / (n + 1):.4g}"
+        )
     k = int(np.ceil((n + 1) * (1 - alpha) - 1e-9))
     kth = float(np.sort(normal_scores)[k - 1])
-    guarantee = (f"false-reject rate <= {100 * alpha:.3g}% for new good parts from the same "
-                 f"process (exchangeable with the {n} held-out good image{'s' * (n != 1)})")
-    return Threshold(float(np.nextafter(kth, np.inf)), "conformal",
-                     {"alpha": float(alpha), "n": n, "rank": k, "guarantee": guarantee})
+    guarantee = (
+        f"false-reject rate <= {100 * alpha:.3g}% for new good parts from the same "
+        f"process (exchangeable with the {n} held-out good image{'s' * (n != 1)})"
+    )
+    return Threshold(
+        float(np.nextafter(kth, np.inf)),
+        "conformal",
+        {"alpha": float(alpha), "n": n, "rank": k, "guarantee": guarantee},
+    )
 
 
 def threshold_f1(labels, scores) -> Threshold:

@@ -48,22 +48,40 @@ def _shown(path: Path) -> str:
 class Settings:
     smoke: bool
     preset: str
-    size: int | None     # None = each method's default
-    epochs: int | None   # None = each method's default
+    size: int | None  # None = each method's default
+    epochs: int | None  # None = each method's default
     data_dir: Path
     runs_dir: Path
     seed: int = 7
 
 
+def light_figures(dpi: int = 72, quality: int = 80) -> None:
+    """Inline figures as JPEG at a modest dpi: photo grids are most of a notebook's weight, and
+    the committed notebooks must stay small (about a tenth of PNG at the default dpi)."""
+    import matplotlib
+
+    matplotlib.rcParams["figure.dpi"] = dpi
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # not in IPython: nothing to configure
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("jpeg", pil_kwargs={"quality": quality})
+
+
 def settings(smoke: bool | None = None) -> Settings:
-    """Notebook settings from the smoke switch (the `ANOMALY_SMOKE` environment variable)."""
+    """Notebook settings from the smoke switch (the `ANOMALY_SMOKE` environment variable); also
+    makes inline figures light (`light_figures`)."""
+    light_figures()
     if smoke is None:
         smoke = os.environ.get("ANOMALY_SMOKE", "") not in ("", "0")
     root = home()
     if smoke:
         return Settings(True, "tiny", 64, 1, root / "data" / "smoke", root / "runs" / "smoke")
-    return Settings(False, "benchmark", None, None, root / "data" / "cookies",
-                    root / "runs" / "benchmark")
+    return Settings(
+        False, "benchmark", None, None, root / "data" / "cookies", root / "runs" / "benchmark"
+    )
 
 
 def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> Path:
@@ -78,8 +96,9 @@ def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> P
     return root
 
 
-def ensure_run(s: Settings, method: str, data: Path | None = None, source: str | None = None,
-               **overrides) -> Path:
+def ensure_run(
+    s: Settings, method: str, data: Path | None = None, source: str | None = None, **overrides
+) -> Path:
     """The run folder `runs_dir/<method>`: trained and scored now unless it already exists.
 
     With the default settings this is the same folder `make benchmark` writes, so the notebooks
@@ -98,8 +117,9 @@ def ensure_run(s: Settings, method: str, data: Path | None = None, source: str |
         config = load_config(src).replace(method=method, source_run=str(src), seed=s.seed)
     else:
         sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
-        config = Config.for_method(method).replace(data=str(data or ensure_cookies(s)), seed=s.seed,
-                                                **sizes, **overrides)
+        config = Config.for_method(method).replace(
+            data=str(data or ensure_cookies(s)), seed=s.seed, **sizes, **overrides
+        )
     train_run(config, run, progress=not s.smoke)
     score_run(run)
     print(f"trained and scored {_shown(run)}")
@@ -117,8 +137,12 @@ def kinds_figure(data, per_kind: int = 2):
     from anomaly.viz import plot_gallery
 
     items = [data[i] for i in _per_kind(data.defects, per_kind)]
-    return plot_gallery([it["image"] for it in items], [it["defect"] for it in items],
-                        masks=[it["mask"].numpy() for it in items], ncols=per_kind * 2)
+    return plot_gallery(
+        [it["image"] for it in items],
+        [it["defect"] for it in items],
+        masks=[it["mask"].numpy() for it in items],
+        ncols=per_kind * 2,
+    )
 
 
 def normals_figure(data, n: int = 12):
@@ -126,8 +150,9 @@ def normals_figure(data, n: int = 12):
     from anomaly.viz import plot_gallery
 
     idx = np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)
-    return plot_gallery([data[int(i)]["image"] for i in idx], [Path(data.paths[i]).stem for i in idx],
-                        ncols=6)
+    return plot_gallery(
+        [data[int(i)]["image"] for i in idx], [Path(data.paths[i]).stem for i in idx], ncols=6
+    )
 
 
 def defect_area_figure(root: Path):
@@ -166,8 +191,9 @@ def intensity_table(data) -> str:
     rows = {}
     for i in range(len(data)):
         rows.setdefault(data.defects[i], []).append(float(data[i]["image"].mean()))
-    return "\n".join(f"{k:<8} n={len(v):>3}  mean={np.mean(v):.2f}  std={np.std(v):.2f}"
-                     for k, v in rows.items())
+    return "\n".join(
+        f"{k:<8} n={len(v):>3}  mean={np.mean(v):.2f}  std={np.std(v):.2f}" for k, v in rows.items()
+    )
 
 
 def reconstructions_figure(runs: dict[str, Path], n: int = 4):
@@ -182,14 +208,18 @@ def reconstructions_figure(runs: dict[str, Path], n: int = 4):
     for name, d in detectors.items():
         images = torch.stack([datasets[name][i]["image"] for i in picks]).to(d.device)
         rows[name] = d.reconstruct(images).cpu()
-    fig, axes = _subplots(len(rows), len(picks), figsize=(2.2 * len(picks), 2.2 * len(rows)),
-                             squeeze=False)
+    fig, axes = _subplots(
+        len(rows), len(picks), figsize=(2.2 * len(picks), 2.2 * len(rows)), squeeze=False
+    )
     for r, (name, batch) in enumerate(rows.items()):
         for c, img in enumerate(batch):
-            axes[r, c].imshow(img.permute(1, 2, 0).squeeze(-1).clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].imshow(
+                img.permute(1, 2, 0).squeeze(-1).clamp(0, 1), cmap="gray", vmin=0, vmax=1
+            )
             axes[r, c].set_axis_off()
-            axes[r, c].set_title(f"{name}: {data.defects[picks[c]]}" if r else data.defects[picks[c]],
-                                 fontsize=8)
+            axes[r, c].set_title(
+                f"{name}: {data.defects[picks[c]]}" if r else data.defects[picks[c]], fontsize=8
+            )
     fig.tight_layout()
     return fig
 
@@ -204,9 +234,12 @@ def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
     picks = _per_kind(pred.defects, per_kind)
     data = _test_data(Config.load(Path(run) / "config.json"))
     images = [data[i]["image"] for i in picks]
-    overlays = [red_overlay(img, pred.maps[i], vmax=vmax) if kind == "red"
-                else heatmap_overlay(img, pred.maps[i], vmin, vmax, mask=pred.masks[i])
-                for img, i in zip(images, picks)]
+    overlays = [
+        red_overlay(img, pred.maps[i], vmax=vmax)
+        if kind == "red"
+        else heatmap_overlay(img, pred.maps[i], vmin, vmax, mask=pred.masks[i])
+        for img, i in zip(images, picks)
+    ]
     return plot_gallery(images, [pred.defects[i] for i in picks], overlays=overlays, ncols=4)
 
 
@@ -220,8 +253,10 @@ def l2_vs_ssim_figure(run: Path, per_kind: int = 1):
     picks = _one_per_kind(data, 4)
     images = torch.stack([data[i]["image"] for i in picks]).to(det.device)
     recon = det.reconstruct(images)
-    maps = {k: anomaly_map(images, recon, kind=k, sigma=det.config.smooth_sigma).cpu()
-            for k in ("l2", "ssim")}
+    maps = {
+        k: anomaly_map(images, recon, kind=k, sigma=det.config.smooth_sigma).cpu()
+        for k in ("l2", "ssim")
+    }
     fig, axes = _subplots(3, len(picks), figsize=(2.2 * len(picks), 6.6), squeeze=False)
     for c, i in enumerate(picks):
         axes[0, c].imshow(data[i]["image"].permute(1, 2, 0).squeeze(-1), cmap="gray")
@@ -300,14 +335,18 @@ def metrics_table(runs: dict[str, Path]) -> str:
     lines = [f"{'method':<8} " + " ".join(f"{k:>12}" for k in METRIC_KEYS)]
     for name, run in runs.items():
         m = _metrics(run)
-        lines.append(f"{name:<8} " + " ".join(f"{m[k]:>12.3f}" if m.get(k) is not None else f"{'n/a':>12}"
-                                             for k in METRIC_KEYS))
+        lines.append(
+            f"{name:<8} "
+            + " ".join(
+                f"{m[k]:>12.3f}" if m.get(k) is not None else f"{'n/a':>12}" for k in METRIC_KEYS
+            )
+        )
     return "\n".join(lines)
 
 
 def metrics_table_keys(runs: dict[str, Path]) -> set[str]:
     """The metric names every run reports (the same for all methods)."""
-    keys = [set(k for k in METRIC_KEYS if _metrics(r).get(k) is not None) for r in runs.values()]
+    keys = [{k for k in METRIC_KEYS if _metrics(r).get(k) is not None} for r in runs.values()]
     return set.intersection(*keys)
 
 
@@ -318,9 +357,11 @@ def scores_table(run: Path, n: int = 6) -> str:
     rows = read_scores(run)
     normal = [r for r in rows if r["label"] == "0"]
     defect = [r for r in rows if r["label"] == "1"]
-    show = lambda rs: "\n".join(f"{r['defect']}/{r['file']},{float(r['score']):.6f}" for r in rs)  # noqa: E731
-    return (f"Normal samples ({len(normal)}, first {n})\n{show(normal[:n])}\n...\n\n"
-            f"Anomaly samples ({len(defect)}, first {n})\n{show(defect[:n])}\n...")
+    show = lambda rs: "\n".join(f"{r['defect']}/{r['file']},{float(r['score']):.6f}" for r in rs)
+    return (
+        f"Normal samples ({len(normal)}, first {n})\n{show(normal[:n])}\n...\n\n"
+        f"Anomaly samples ({len(defect)}, first {n})\n{show(defect[:n])}\n..."
+    )
 
 
 def histogram_figure(run: Path):
@@ -330,7 +371,9 @@ def histogram_figure(run: Path):
     from anomaly.viz import plot_score_histogram
 
     pred = Predictions.load(Path(run) / "predictions.npz")
-    return plot_score_histogram(pred.scores, pred.labels, Threshold.load(Path(run) / "threshold.json").value)
+    return plot_score_histogram(
+        pred.scores, pred.labels, Threshold.load(Path(run) / "threshold.json").value
+    )
 
 
 def roc_figure(runs: dict[str, Path]):
@@ -367,14 +410,43 @@ def benchmark_result(s: Settings) -> dict:
     if s.smoke:  # a fresh folder each time: the benchmark never reuses a folder it did not make
         out = Path(tempfile.mkdtemp(prefix="anomaly-bench-")) / "bench"
         with contextlib.redirect_stdout(io.StringIO()):  # the cell prints the tables itself
-            run_benchmark(str(ensure_cookies(s)), methods=["patchknn"], out=str(out), seed=s.seed,
-                          smoke=True)
+            run_benchmark(
+                str(ensure_cookies(s)), methods=["patchknn"], out=str(out), seed=s.seed, smoke=True
+            )
         path = out / "benchmark.json"
     elif not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 30 min)")
     result = json.loads(path.read_text())
     result.setdefault("table", format_table([r for r in result["rows"] if "error" not in r]))
     return result
+
+
+def photos_result(s: Settings) -> dict:
+    """The photo-suite benchmark (`runs/benchmark-photos`, written by `make benchmark`); a smoke
+    run benchmarks two tiny photo sets first."""
+    import contextlib
+    import io
+    import tempfile
+
+    from anomaly.benchmark import run_benchmark
+    from anomaly.data.photos import make_photos
+
+    path = s.runs_dir.parent / "benchmark-photos" / "benchmark.json"
+    if s.smoke:  # a fresh folder each time, as benchmark_result
+        tmp = Path(tempfile.mkdtemp(prefix="anomaly-photos-"))
+        make_photos(tmp / "photos", seed=0, tiny=True, sets=["moon", "page"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_benchmark(
+                str(tmp / "photos"),
+                methods=["patchknn", "meandiff"],
+                out=str(tmp / "bench"),
+                seed=s.seed,
+                smoke=True,
+            )
+        path = tmp / "bench" / "benchmark.json"
+    elif not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 40 min)")
+    return json.loads(path.read_text())
 
 
 def detectability_figure(result: dict, set_name: str | None = None):
@@ -400,10 +472,14 @@ def detectability_figure(result: dict, set_name: str | None = None):
 # --- notebook 06: how many good images (the train-size curve) ---------------------------------
 
 CURVE_COMMANDS = (
-    ("python -m anomaly benchmark --curve train-size --data data/cookies --data data/photos/moon "
-     "--data data/photos/page --method patchknn --seeds-up-to 64 --out runs/curves"),
-    ("python -m anomaly benchmark --curve train-size --data data/cookies --method unet+kmeans "
-     "--sizes 2 4 8 16 24 32 64 128 --out runs/curves"),
+    (
+        "python -m anomaly benchmark --curve train-size --data data/cookies --data data/photos/moon "
+        "--data data/photos/page --method patchknn --seeds-up-to 64 --out runs/curves"
+    ),
+    (
+        "python -m anomaly benchmark --curve train-size --data data/cookies --method unet+kmeans "
+        "--sizes 2 4 8 16 24 32 64 128 --out runs/curves"
+    ),
 )
 
 
@@ -448,8 +524,10 @@ def train_size_table(rows: list[dict], target: float = 0.95) -> str:
         alphas = ", ".join(f"{a:.3g}" for a in sorted(set(c["alpha_used"])))
         needed = images_needed(group, target)
         reach = f"reaches {target} at n = {needed}" if needed else f"does not reach {target}"
-        lines.append(f"{label}: image AUROC by n  {points}\n  fit seconds by n  {fits}\n"
-                     f"  {reach}; escape rate at conformal alpha {alphas}")
+        lines.append(
+            f"{label}: image AUROC by n  {points}\n  fit seconds by n  {fits}\n"
+            f"  {reach}; escape rate at conformal alpha {alphas}"
+        )
     return "\n".join(lines)
 
 
@@ -474,8 +552,17 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
         with Image.open(pred.paths[i]) as im:
             image = np.asarray(im.convert("RGB"))
         mask = pred.masks[i] if pred.masks is not None else None
-        ax.imshow(annotated_overlay(image, pred.maps[i], scale, float(pred.scores[i]), threshold,
-                                    mask=mask, title=f"{pred.defects[i]} / {Path(pred.paths[i]).name}"))
+        ax.imshow(
+            annotated_overlay(
+                image,
+                pred.maps[i],
+                scale,
+                float(pred.scores[i]),
+                threshold,
+                mask=mask,
+                title=f"{pred.defects[i]} / {Path(pred.paths[i]).name}",
+            )
+        )
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.tight_layout()

@@ -58,8 +58,9 @@ def original_runs(s, data: Path) -> dict[str, Path]:
         train_run(config, unet, progress=not s.smoke)
         score_run(unet, overlays=False)
     if not (km / "metrics.json").exists():
-        config = load_config(unet).replace(method="kmeans", source_run=str(unet), seed=s.seed,
-                                           k=2, kmeans_features="original")
+        config = load_config(unet).replace(
+            method="kmeans", source_run=str(unet), seed=s.seed, k=2, kmeans_features="original"
+        )
         train_run(config, km, progress=False)
         score_run(km, overlays=False)
     return {"orig-unet": unet, "orig-km": km}
@@ -71,11 +72,16 @@ def _reconstruct(run: Path):
     from anomaly.pipeline import load_run
 
     det = load_run(run)
-    data = AnomalyDataset(det.config.data, "test", size=det.config.size,
-                          channels=det.config.channels)
+    data = AnomalyDataset(
+        det.config.data, "test", size=det.config.size, channels=det.config.channels
+    )
     images = torch.stack([data[i]["image"] for i in range(len(data))])
-    recon = torch.cat([det.reconstruct(images[i:i + 16].to(det.device)).cpu()
-                       for i in range(0, len(images), 16)])
+    recon = torch.cat(
+        [
+            det.reconstruct(images[i : i + 16].to(det.device)).cpu()
+            for i in range(0, len(images), 16)
+        ]
+    )
     return det, data, images, recon
 
 
@@ -120,10 +126,16 @@ def score_choices_table(run: Path) -> str:
     kinds = sorted(set(data.defects) - {"good"})
     lines = [f"{'image score':<34} {'all':>6} " + " ".join(f"{k:>8}" for k in kinds)]
     for name, (labels, scores) in score_choices(run).items():
-        per = [image_auroc(labels[(defects == k) | (defects == "good")],
-                           scores[(defects == k) | (defects == "good")]) for k in kinds]
-        lines.append(f"{name:<34} {image_auroc(labels, scores):>6.3f} "
-                     + " ".join(f"{a:>8.3f}" for a in per))
+        per = [
+            image_auroc(
+                labels[(defects == k) | (defects == "good")],
+                scores[(defects == k) | (defects == "good")],
+            )
+            for k in kinds
+        ]
+        lines.append(
+            f"{name:<34} {image_auroc(labels, scores):>6.3f} " + " ".join(f"{a:>8.3f}" for a in per)
+        )
     return "\n".join(lines)
 
 
@@ -162,10 +174,16 @@ def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: i
     fig, axes = _subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
     for r, i in enumerate(picks):
         mask = data[i]["mask"].numpy()
-        panels = [(to_rgb(images[i]), data.defects[i]),
-                  (original_overlay(images[i], recon[i]), "original's red overlay"),
-                  (heatmap_overlay(project_data[i]["image"], pred.maps[i], vmin, vmax,
-                                   mask=pred.masks[i]), f"project {pred.method} map")]
+        panels = [
+            (to_rgb(images[i]), data.defects[i]),
+            (original_overlay(images[i], recon[i]), "original's red overlay"),
+            (
+                heatmap_overlay(
+                    project_data[i]["image"], pred.maps[i], vmin, vmax, mask=pred.masks[i]
+                ),
+                f"project {pred.method} map",
+            ),
+        ]
         for c, (picture, title) in enumerate(panels):
             axes[r, c].imshow(picture)
             if c == 0 and mask.any():
@@ -183,16 +201,22 @@ def fixed_threshold_table(runs: dict[str, Path], value: float = ORIGINAL_THRESHO
     from anomaly.detectors import Predictions
     from anomaly.metrics import Threshold, threshold_f1
 
-    header = (f"{'run':<20} {'threshold rule':<26} {'value':>10} {'good flagged':>13} "
-              f"{'defects flagged':>16}")
+    header = (
+        f"{'run':<20} {'threshold rule':<26} {'value':>10} {'good flagged':>13} "
+        f"{'defects flagged':>16}"
+    )
     lines = [header]
     for name, run in runs.items():
         pred = Predictions.load(Path(run) / "predictions.npz")
         good, bad = pred.scores[pred.labels == 0], pred.scores[pred.labels > 0]
-        rules = {f"fixed {value:g} (original)": value,
-                 "held-out normal quantile": Threshold.load(Path(run)).value,
-                 "F1-optimal (labels)": threshold_f1(pred.labels, pred.scores).value}
+        rules = {
+            f"fixed {value:g} (original)": value,
+            "held-out normal quantile": Threshold.load(Path(run)).value,
+            "F1-optimal (labels)": threshold_f1(pred.labels, pred.scores).value,
+        }
         for rule, t in rules.items():
-            lines.append(f"{name:<20} {rule:<26} {t:>10.4g} {np.mean(good >= t):>13.0%} "
-                         f"{np.mean(bad >= t):>16.0%}")
+            lines.append(
+                f"{name:<20} {rule:<26} {t:>10.4g} {np.mean(good >= t):>13.0%} "
+                f"{np.mean(bad >= t):>16.0%}"
+            )
     return "\n".join(lines)

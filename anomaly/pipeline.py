@@ -69,32 +69,43 @@ def build_detector(config: Config, source=None) -> Detector:
     if config.method == "kmeans" and source is not False:
         kwargs["source"] = source
     if config.method == "flow":
-        kwargs.update(steps=config.flow_steps, hidden_ratio=config.flow_hidden_ratio,
-                      clamp=config.flow_clamp)
+        kwargs.update(
+            steps=config.flow_steps, hidden_ratio=config.flow_hidden_ratio, clamp=config.flow_clamp
+        )
     if config.method == "draem":
-        kwargs.update(disc_width=config.draem_disc_width or None, depth=config.draem_depth,
-                      p_anomaly=config.draem_p_anomaly, focal_weight=config.draem_focal_weight,
-                      norm=config.draem_norm)
+        kwargs.update(
+            disc_width=config.draem_disc_width or None,
+            depth=config.draem_depth,
+            p_anomaly=config.draem_p_anomaly,
+            focal_weight=config.draem_focal_weight,
+            norm=config.draem_norm,
+        )
     if config.backbone.startswith("encoder:") and config.method in ("patchknn", "flow"):
         encoder_run = config.backbone.split(":", 1)[1]
         model = getattr(load_run(encoder_run, device="cpu"), "model", None)
         if model is None or not hasattr(model, "forward_features"):
-            raise ValueError(f"--backbone {config.backbone}: {encoder_run} is not an ae, unet "
-                             "or vae run (no encoder to take features from)")
+            raise ValueError(
+                f"--backbone {config.backbone}: {encoder_run} is not an ae, unet "
+                "or vae run (no encoder to take features from)"
+            )
         if config.method == "patchknn":
             kwargs["module"] = model
         else:
             from anomaly.features import build_backbone
 
-            kwargs["backbone"] = build_backbone(config.backbone, in_channels=config.channels,
-                                                module=model)
+            kwargs["backbone"] = build_backbone(
+                config.backbone, in_channels=config.channels, module=model
+            )
     return cls(config, **kwargs)
 
 
 def _check_size(detector: Detector, config: Config) -> None:
     """Refuse an image size the method's networks cannot take, before any data is read."""
-    probe = (getattr(detector, "embed", None) or getattr(detector, "raw_features", None)
-             or (detector.predict_batch if hasattr(detector, "step") else None))
+    probe = (
+        getattr(detector, "embed", None)
+        or getattr(detector, "raw_features", None)
+        or (detector.predict_batch if hasattr(detector, "step") else None)
+    )
     if probe is None:  # kmeans takes its source run's size; others check their own input
         return
     x = torch.zeros(2, config.channels, config.size, config.size)
@@ -107,8 +118,10 @@ def _check_size(detector: Detector, config: Config) -> None:
         except (RuntimeError, ValueError) as err:
             first = str(err).strip().splitlines()[0][:160]
             default = METHOD_DEFAULTS.get(config.method, {}).get("size", Config.size)
-            raise ValueError(f"--size {config.size} does not work for {config.method} ({first}); "
-                             f"use a multiple of 16 of at least 64 (its default is {default})")
+            raise ValueError(
+                f"--size {config.size} does not work for {config.method} ({first}); "
+                f"use a multiple of 16 of at least 64 (its default is {default})"
+            )
         finally:
             for name, m in detector.modules().items():
                 m.train(modes[name])
@@ -122,22 +135,27 @@ def _datasets(config: Config, split: dict | None = None):
         index = {p: i for i, p in enumerate(data.paths)}
         missing = [p for p in split["train"] + split["val"] if p not in index]
         if missing:
-            raise RunError(f"the run's split names {len(missing)} images that are not in "
-                           f"{config.data} (first: {missing[0]}); the data changed since the run "
-                           "was made")
+            raise RunError(
+                f"the run's split names {len(missing)} images that are not in "
+                f"{config.data} (first: {missing[0]}); the data changed since the run "
+                "was made"
+            )
         train_idx = [index[p] for p in split["train"]]
         val_idx = [index[p] for p in split["val"]]
     else:
         if len(data) == 1:
-            warnings.warn(f"{config.data}: train/good holds only one image, so nothing is held "
-                          "out; the default threshold will come from that training image",
-                          stacklevel=3)
+            warnings.warn(
+                f"{config.data}: train/good holds only one image, so nothing is held "
+                "out; the default threshold will come from that training image",
+                stacklevel=3,
+            )
         train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
     return data.subset(train_idx), data.subset(val_idx) if val_idx else None
 
 
-def train_run(config: Config | None, out: str | Path, resume: bool = False,
-              progress: bool = True) -> Detector:
+def train_run(
+    config: Config | None, out: str | Path, resume: bool = False, progress: bool = True
+) -> Detector:
     """Train `config.method` on train/good of `config.data` into the run folder `out`.
 
     Writes config.json, split.json, versions.json, model.pt, history.csv and last.pt (methods
@@ -175,10 +193,14 @@ def _refuse_existing(run: RunDir) -> None:
         raise RunError(f"--out {run} is a file; choose a folder name for the run")
     if run.has_model():
         if run.checkpoint().get("complete", True):
-            raise RunError(f"{run} already holds a trained run; choose another --out, or delete "
-                           "the folder to train it again")
-        raise RunError(f"{run} holds an interrupted run; continue it with `python -m anomaly "
-                       f"train --out {run} --resume`, or delete the folder to start again")
+            raise RunError(
+                f"{run} already holds a trained run; choose another --out, or delete "
+                "the folder to train it again"
+            )
+        raise RunError(
+            f"{run} holds an interrupted run; continue it with `python -m anomaly "
+            f"train --out {run} --resume`, or delete the folder to start again"
+        )
 
 
 def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
@@ -187,26 +209,35 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
     changed = config_differences(asdict(config), asdict(wanted), skip=())
     refused = [f for f in changed if f not in RESUMABLE_FIELDS + ("data",)]
     if refused:
-        raise RunError(f"--resume continues {run} with its own settings; these flags would change "
-                       f"what it learns: {', '.join('--' + f.replace('_', '-') for f in refused)}."
-                       " Train a new run (another --out) for new settings")
+        raise RunError(
+            f"--resume continues {run} with its own settings; these flags would change "
+            f"what it learns: {', '.join('--' + f.replace('_', '-') for f in refused)}."
+            " Train a new run (another --out) for new settings"
+        )
     wanted = config.replace(**{f: getattr(wanted, f) for f in RESUMABLE_FIELDS}).validate()
     if not run.has_last():
         kind = get_detector(config.method)
         if run.has_model() and not hasattr(kind, "step"):
-            raise RunError(f"{run} is a {config.method} run: it does not train by epochs, so "
-                           "there is nothing to resume (its training is finished)")
+            raise RunError(
+                f"{run} is a {config.method} run: it does not train by epochs, so "
+                "there is nothing to resume (its training is finished)"
+            )
         run.load_last()  # raises: the run never finished an epoch
     last = run.load_last()
     done = int(last["epoch"])
     stopped = bool(config.patience) and int(last["stale"]) >= config.patience
     finished = run.has_model() and run.checkpoint().get("complete", False)
     if finished and (done >= wanted.epochs or (stopped and wanted.patience == config.patience)):
-        why = (f"early stopping ended it after epoch {done}" if stopped and done < wanted.epochs
-               else f"it trained all {done} epochs")
-        raise AlreadyTrained(f"{run} is already trained ({why}); nothing to do. To train longer, "
-                             f"resume with a larger --epochs (and --patience 0 to turn off early "
-                             "stopping)")
+        why = (
+            f"early stopping ended it after epoch {done}"
+            if stopped and done < wanted.epochs
+            else f"it trained all {done} epochs"
+        )
+        raise AlreadyTrained(
+            f"{run} is already trained ({why}); nothing to do. To train longer, "
+            f"resume with a larger --epochs (and --patience 0 to turn off early "
+            "stopping)"
+        )
     seed_everything(wanted.seed)
     detector = build_detector(wanted)
     with run.lock("train"):
@@ -224,8 +255,10 @@ def _fit(run: RunDir, detector: Detector, train, val, progress: bool, resume: bo
     run.save_checkpoint(detector, fit_seconds=time.perf_counter() - t0, complete=True)
     removed = run.clear_outputs()
     if removed:
-        print(f"{run}: removed the outputs of the earlier model ({', '.join(removed)}); "
-              f"score it again: python -m anomaly score --run {run}")
+        print(
+            f"{run}: removed the outputs of the earlier model ({', '.join(removed)}); "
+            f"score it again: python -m anomaly score --run {run}"
+        )
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict):
         run.save_selection(selection)
@@ -234,8 +267,11 @@ def _fit(run: RunDir, detector: Detector, train, val, progress: bool, resume: bo
 def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: bool) -> None:
     held_out = val if val is not None else train
     if val is None:
-        warnings.warn(f"{run}: no validation split (val_fraction=0 or one image), so the default "
-                      "threshold comes from training images and will be too low", stacklevel=3)
+        warnings.warn(
+            f"{run}: no validation split (val_fraction=0 or one image), so the default "
+            "threshold comes from training images and will be too low",
+            stacklevel=3,
+        )
     from anomaly.viz import dataset_range
 
     pred = detector.predict(held_out)
@@ -243,8 +279,10 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
     if keep_user_threshold and run.has_threshold():
         old = run.threshold()
         if old.params.get("set_by") != "train":
-            print(f"{run}: kept your threshold {old.value:.6g} ({old.rule}), which was chosen on "
-                  "the earlier model; choose it again with `python -m anomaly threshold`")
+            print(
+                f"{run}: kept your threshold {old.value:.6g} ({old.rule}), which was chosen on "
+                "the earlier model; choose it again with `python -m anomaly threshold`"
+            )
             return
     threshold = threshold_normal_quantile(pred.scores, q=detector.config.threshold_quantile)
     threshold.params["set_by"] = "train"
@@ -252,8 +290,9 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
 
 
 # --- score, threshold, predict ---------------------------------------------------------------------
-def score_run(run: str | Path, data: str | Path | None = None, overlays: bool = True,
-              progress: bool = False) -> tuple[Predictions, dict]:
+def score_run(
+    run: str | Path, data: str | Path | None = None, overlays: bool = True, progress: bool = False
+) -> tuple[Predictions, dict]:
     """Score test/ of the run's data (or `data`): scores.csv, metrics.json, predictions.npz, overlays/."""
     from anomaly.overlays import run_scale, save_overlays
 
@@ -261,8 +300,9 @@ def score_run(run: str | Path, data: str | Path | None = None, overlays: bool = 
     with rd.lock("score"):
         detector = load_run(rd)
         config = detector.config
-        test = AnomalyDataset(data or config.data, "test", size=config.size,
-                              channels=config.channels)
+        test = AnomalyDataset(
+            data or config.data, "test", size=config.size, channels=config.channels
+        )
         t0 = time.perf_counter()
         pred = detector.predict(test, progress=progress)
         seconds = time.perf_counter() - t0
@@ -302,18 +342,23 @@ def set_threshold(run: str | Path, rule: str, value: float | None = None) -> Thr
         threshold = threshold_normal_quantile(np.array(rd.val_scores()["scores"]), q=q)
     elif rule == "conformal":
         if value is None:
-            raise ValueError("--rule conformal needs --value ALPHA (the false-reject rate to "
-                             "guarantee, for example 0.05)")
+            raise ValueError(
+                "--rule conformal needs --value ALPHA (the false-reject rate to "
+                "guarantee, for example 0.05)"
+            )
         threshold = threshold_conformal(np.array(rd.val_scores()["scores"]), value)
     elif rule == "f1":
         if value is not None:
-            raise ValueError("--rule f1 chooses the threshold itself from the scored test set; "
-                             "drop --value (or use --rule manual --value V)")
+            raise ValueError(
+                "--rule f1 chooses the threshold itself from the scored test set; "
+                "drop --value (or use --rule manual --value V)"
+            )
         pred = rd.predictions()
         threshold = threshold_f1(pred.labels, pred.scores)
     else:
-        raise ValueError(f"Unknown threshold rule {rule!r}; choose one of "
-                         f"{', '.join(THRESHOLD_RULES)}")
+        raise ValueError(
+            f"Unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"
+        )
     with rd.lock("threshold"):
         rd.save_threshold(threshold)
     return threshold
@@ -325,8 +370,9 @@ def expand_images(images: list[str | Path]) -> list[Path]:
     for item in images:
         p = Path(item)
         if p.is_dir():
-            out += sorted(f for f in p.iterdir()
-                          if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            out += sorted(
+                f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+            )
         else:
             out.append(p)
     return out
@@ -344,8 +390,9 @@ def _overlay_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def predict_images(run: str | Path, images: list[str | Path],
-                   overlay_dir: str | Path | None = None):
+def predict_images(
+    run: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
+):
     """Score new images (files or folders of them) with a run and its saved threshold.
 
     Returns (results, threshold): one dict per image: path, score, verdict ("REJECT" iff
@@ -380,8 +427,15 @@ def predict_images(run: str | Path, images: list[str | Path],
         score, amap = float(score[0]), amap[0].cpu().numpy()
         overlay = overlay_dir / _overlay_name(path, used)
         own_size = load_image(path, size=None, channels=3).numpy()  # the image's own resolution
-        Image.fromarray(annotated_overlay(own_size, amap, scale, score, threshold.value,
-                                          title=path.name)).save(overlay)
-        results.append({"path": str(path), "score": score, "overlay": str(overlay),
-                        "verdict": verdict(score, threshold.value)})
+        Image.fromarray(
+            annotated_overlay(own_size, amap, scale, score, threshold.value, title=path.name)
+        ).save(overlay)
+        results.append(
+            {
+                "path": str(path),
+                "score": score,
+                "overlay": str(overlay),
+                "verdict": verdict(score, threshold.value),
+            }
+        )
     return results, threshold

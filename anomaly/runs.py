@@ -82,12 +82,16 @@ def safe_torch_load(path: Path) -> dict:
                 f"and loading it could run code its author put there ({found[0][:160]}). This "
                 "version of anomaly never writes such objects (an older one did, in last.pt: "
                 "such a run cannot be resumed); use run folders only from people you trust, and "
-                "train the run again yourself.") from None
-        raise RunError(f"{path} is not a readable anomaly checkpoint (not a torch file); "
-                       "train the run again") from None
+                "train the run again yourself."
+            ) from None
+        raise RunError(
+            f"{path} is not a readable anomaly checkpoint (not a torch file); train the run again"
+        ) from None
     except Exception as err:  # noqa: BLE001  (a truncated or foreign file)
-        raise RunError(f"{path} is not a readable anomaly checkpoint ({type(err).__name__}: "
-                       f"{str(err)[:200]}); train the run again") from None
+        raise RunError(
+            f"{path} is not a readable anomaly checkpoint ({type(err).__name__}: "
+            f"{str(err)[:200]}); train the run again"
+        ) from None
 
 
 def versions() -> dict:
@@ -99,11 +103,17 @@ def versions() -> dict:
     from anomaly import __version__
     from anomaly.data.cookies import GENERATOR_VERSION
 
-    return {"anomaly": __version__, "cookie_generator": GENERATOR_VERSION,
-            "python": sys.version.split()[0], "platform": platform.platform(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    return {
+        "anomaly": __version__,
+        "cookie_generator": GENERATOR_VERSION,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
 
 
 def _pid_alive(pid: int) -> bool:
@@ -118,8 +128,11 @@ def _pid_alive(pid: int) -> bool:
 
 def config_differences(a: dict, b: dict, skip=UNSCORED_FIELDS) -> list[str]:
     """Names of the Config fields on which two saved configs disagree (ignoring `skip`)."""
-    return [f.name for f in fields(Config) if f.name not in skip and f.name in a and f.name in b
-            and a[f.name] != b[f.name]]
+    return [
+        f.name
+        for f in fields(Config)
+        if f.name not in skip and f.name in a and f.name in b and a[f.name] != b[f.name]
+    ]
 
 
 class RunDir:
@@ -174,8 +187,10 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path} is a file, not a run folder")
         if not self.is_run():
-            raise RunError(f"{self.path} is not a run folder (no {self.CONFIG}); train one with "
-                           f"`python -m anomaly train --data ROOT --method unet --out {self.path}`")
+            raise RunError(
+                f"{self.path} is not a run folder (no {self.CONFIG}); train one with "
+                f"`python -m anomaly train --data ROOT --method unet --out {self.path}`"
+            )
         return self
 
     def create(self, config: Config, split: dict | None = None) -> RunDir:
@@ -197,8 +212,10 @@ class RunDir:
         try:
             return json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RunError(f"{path} is not valid JSON ({err}); restore it, or delete it and "
-                           "make it again (train or threshold)") from None
+            raise RunError(
+                f"{path} is not valid JSON ({err}); restore it, or delete it and "
+                "make it again (train or threshold)"
+            ) from None
 
     def config(self) -> Config:
         self.require()
@@ -217,8 +234,14 @@ class RunDir:
         return self._read_json(self.VAL_SCORES, "; train the run again to get held-out scores")
 
     def save_val_scores(self, paths: list[str], scores: list[float], map_range) -> None:
-        write_json(self.file(self.VAL_SCORES), {"paths": list(paths), "scores": list(scores),
-                                                "map_range": [float(x) for x in map_range]})
+        write_json(
+            self.file(self.VAL_SCORES),
+            {
+                "paths": list(paths),
+                "scores": list(scores),
+                "map_range": [float(x) for x in map_range],
+            },
+        )
 
     def map_range(self) -> tuple[float, float]:
         """The colour scale of the run's overlays: that of its held-out normal images."""
@@ -228,13 +251,18 @@ class RunDir:
     def threshold(self):
         from anomaly.metrics import Threshold
 
-        raw = self._read_json(self.THRESHOLD, "; set one with `python -m anomaly threshold "
-                              f"--run {self.path} --rule normal-quantile`")
+        raw = self._read_json(
+            self.THRESHOLD,
+            "; set one with `python -m anomaly threshold "
+            f"--run {self.path} --rule normal-quantile`",
+        )
         try:
             return Threshold.from_json(json.dumps(raw))
         except (KeyError, TypeError, ValueError) as err:
-            raise RunError(f"{self.file(self.THRESHOLD)} does not hold a threshold ({err}); set "
-                           f"one with `python -m anomaly threshold --run {self.path} ...`") from None
+            raise RunError(
+                f"{self.file(self.THRESHOLD)} does not hold a threshold ({err}); set "
+                f"one with `python -m anomaly threshold --run {self.path} ...`"
+            ) from None
 
     def has_threshold(self) -> bool:
         return self.file(self.THRESHOLD).is_file()
@@ -246,7 +274,9 @@ class RunDir:
         return write_json(self.file(self.SELECTION), selection)
 
     def metrics(self) -> dict:
-        return self._read_json(self.METRICS, f"; score it: python -m anomaly score --run {self.path}")
+        return self._read_json(
+            self.METRICS, f"; score it: python -m anomaly score --run {self.path}"
+        )
 
     def save_metrics(self, metrics: dict) -> Path:
         return write_json(self.file(self.METRICS), metrics)
@@ -257,8 +287,10 @@ class RunDir:
         if not path.exists():
             return []
         with open(path, newline="") as f:
-            return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
-                    for row in csv.DictReader(f)]
+            return [
+                {k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
+                for row in csv.DictReader(f)
+            ]
 
     def save_history(self, rows: list[dict]) -> None:
         if not rows:
@@ -274,8 +306,10 @@ class RunDir:
 
         Sorted as the original table read: normal images first, then defective ones, each by score.
         """
-        rows = sorted(zip(pred.paths, pred.labels, pred.defects, pred.scores),
-                      key=lambda r: (int(r[1]), r[2], float(r[3])))
+        rows = sorted(
+            zip(pred.paths, pred.labels, pred.defects, pred.scores),
+            key=lambda r: (int(r[1]), r[2], float(r[3])),
+        )
         buf = io.StringIO(newline="")
         writer = csv.writer(buf)
         writer.writerow(["file", "path", "label", "defect", "score"])
@@ -285,8 +319,10 @@ class RunDir:
 
     def scores(self) -> list[dict]:
         if not self.file(self.SCORES).is_file():
-            raise RunError(f"{self.path} has not been scored; run "
-                           f"`python -m anomaly score --run {self.path}` first")
+            raise RunError(
+                f"{self.path} has not been scored; run "
+                f"`python -m anomaly score --run {self.path}` first"
+            )
         with open(self.file(self.SCORES), newline="") as f:
             return list(csv.DictReader(f))
 
@@ -298,13 +334,17 @@ class RunDir:
 
         path = self.file(self.PREDICTIONS)
         if not path.is_file():
-            raise RunError(f"{self.path} has not been scored; run "
-                           f"`python -m anomaly score --run {self.path}` first")
+            raise RunError(
+                f"{self.path} has not been scored; run "
+                f"`python -m anomaly score --run {self.path}` first"
+            )
         try:
             return Predictions.load(path)
         except Exception as err:  # noqa: BLE001  (truncated, empty, or not ours)
-            raise RunError(f"{path} is unreadable ({type(err).__name__}: {str(err)[:200]}); score "
-                           f"the run again: python -m anomaly score --run {self.path}") from None
+            raise RunError(
+                f"{path} is unreadable ({type(err).__name__}: {str(err)[:200]}); score "
+                f"the run again: python -m anomaly score --run {self.path}"
+            ) from None
 
     def clear_outputs(self) -> list[str]:
         """Remove what `score` wrote (the model changed, so they describe another model)."""
@@ -323,22 +363,34 @@ class RunDir:
         """model.pt, loaded without unpickling anything, after checking its header."""
         path = self.file(self.MODEL)
         if not path.exists():
-            raise RunError(f"{self.path} has no {self.MODEL}: its training never finished an "
-                           "epoch; train it again (or continue it with --resume)")
+            raise RunError(
+                f"{self.path} has no {self.MODEL}: its training never finished an "
+                "epoch; train it again (or continue it with --resume)"
+            )
         payload = safe_torch_load(path)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise RunError(f"{path} was not written by anomaly (no '{CHECKPOINT_FORMAT}' header); "
-                           "load it into your own model, or train a run with "
-                           "`python -m anomaly train`")
+            raise RunError(
+                f"{path} was not written by anomaly (no '{CHECKPOINT_FORMAT}' header); "
+                "load it into your own model, or train a run with "
+                "`python -m anomaly train`"
+            )
         return payload
 
     def save_checkpoint(self, detector, complete: bool = False, **extra) -> None:
         """Write model.pt: the method, the config it was trained with (all of it: scoring
         refuses a config.json that disagrees), its learned state, and whether training finished
         (False for the best-so-far checkpoints written during training)."""
-        atomic_save({"format": CHECKPOINT_FORMAT, "method": detector.name,
-                     "config": asdict(detector.config), "state": detector.state_dict(),
-                     "complete": bool(complete), **extra}, self.file(self.MODEL))
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "method": detector.name,
+                "config": asdict(detector.config),
+                "state": detector.state_dict(),
+                "complete": bool(complete),
+                **extra,
+            },
+            self.file(self.MODEL),
+        )
 
     def load_checkpoint(self, detector) -> dict:
         """Load model.pt into `detector`, after checking it was made for the same shape."""
@@ -348,18 +400,26 @@ class RunDir:
             detector.load_state_dict(payload["state"])
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0][:300]
-            raise RunError(f"The weights in {self.file(self.MODEL)} do not fit a {detector.name} "
-                           f"detector with this config ({first}); train a new run") from None
+            raise RunError(
+                f"The weights in {self.file(self.MODEL)} do not fit a {detector.name} "
+                f"detector with this config ({first}); train a new run"
+            ) from None
         return payload
 
     def check_compatible(self, saved: dict, config: Config) -> None:
         """Raise RunError naming the run and every shape-deciding field that differs."""
-        diffs = [f"{f}: checkpoint has {saved.get(f)!r}, asked for {getattr(config, f)!r}"
-                 for f in SHAPE_FIELDS if saved.get(f) != getattr(config, f)]
+        diffs = [
+            f"{f}: checkpoint has {saved.get(f)!r}, asked for {getattr(config, f)!r}"
+            for f in SHAPE_FIELDS
+            if saved.get(f) != getattr(config, f)
+        ]
         if diffs:
-            raise RunError(f"The checkpoint in {self.path} does not fit this detector ("
-                           + "; ".join(diffs) + "). Train a new run with these settings, or load "
-                           "the run with its own config (anomaly.load_run).")
+            raise RunError(
+                f"The checkpoint in {self.path} does not fit this detector ("
+                + "; ".join(diffs)
+                + "). Train a new run with these settings, or load "
+                "the run with its own config (anomaly.load_run)."
+            )
 
     def trained_config(self) -> Config:
         """The config model.pt was trained with; RunError if config.json disagrees on any field
@@ -369,11 +429,16 @@ class RunDir:
         saved = self.checkpoint()["config"]
         diffs = config_differences(saved, asdict(config))
         if diffs:
-            detail = "; ".join(f"{f}: config.json has {getattr(config, f)!r}, the model was "
-                               f"trained with {saved[f]!r}" for f in diffs)
-            raise RunError(f"{self.file(self.CONFIG)} disagrees with {self.file(self.MODEL)} "
-                           f"({detail}). Scores would not be what the model learned: restore "
-                           "config.json, or train a new run with the new settings.")
+            detail = "; ".join(
+                f"{f}: config.json has {getattr(config, f)!r}, the model was "
+                f"trained with {saved[f]!r}"
+                for f in diffs
+            )
+            raise RunError(
+                f"{self.file(self.CONFIG)} disagrees with {self.file(self.MODEL)} "
+                f"({detail}). Scores would not be what the model learned: restore "
+                "config.json, or train a new run with the new settings."
+            )
         return config
 
     def save_last(self, state: dict) -> None:
@@ -382,9 +447,11 @@ class RunDir:
 
     def load_last(self) -> dict:
         if not self.has_last():
-            raise RunError(f"Cannot resume: {self.path} has no {self.LAST} (the run never "
-                           "finished an epoch, or its method does not train by epochs); "
-                           "train it again without --resume")
+            raise RunError(
+                f"Cannot resume: {self.path} has no {self.LAST} (the run never "
+                "finished an epoch, or its method does not train by epochs); "
+                "train it again without --resume"
+            )
         last = safe_torch_load(self.file(self.LAST))
         if not isinstance(last, dict) or "epoch" not in last:
             raise RunError(f"{self.file(self.LAST)} is not a training state written by anomaly")
@@ -414,7 +481,8 @@ class RunDir:
                     raise RunError(
                         f"{self.path} is in use: process {pid} is running "
                         f"`{holder.get('command', '?')}` on it. Wait for it to finish, or choose "
-                        f"another --out. (If no such process runs, delete {path}.)") from None
+                        f"another --out. (If no such process runs, delete {path}.)"
+                    ) from None
                 path.unlink(missing_ok=True)  # a stale lock: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:

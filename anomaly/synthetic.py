@@ -41,8 +41,9 @@ def _fade(t: torch.Tensor) -> torch.Tensor:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
-def perlin_noise(shape: tuple[int, int], res: tuple[int, int], generator=None,
-                 device=None) -> torch.Tensor:
+def perlin_noise(
+    shape: tuple[int, int], res: tuple[int, int], generator=None, device=None
+) -> torch.Tensor:
     """2-D gradient (Perlin) noise [H, W] on res[0] x res[1] lattice cells, values in about [-1, 1].
 
     Random unit gradients sit on the lattice corners; each pixel blends the dot products of the
@@ -76,35 +77,50 @@ def _rotate(maps: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(maps[:, None], grid, padding_mode="reflection", align_corners=False)[:, 0]
 
 
-def perlin_mask(n: int, size: tuple[int, int], generator=None, device=None,
-                scales: tuple[int, int] = PERLIN_SCALES, threshold: float = THRESHOLD,
-                rotate: bool = True) -> torch.Tensor:
+def perlin_mask(
+    n: int,
+    size: tuple[int, int],
+    generator=None,
+    device=None,
+    scales: tuple[int, int] = PERLIN_SCALES,
+    threshold: float = THRESHOLD,
+    rotate: bool = True,
+) -> torch.Tensor:
     """`n` random blob masks [n, H, W] in {0, 1}: Perlin noise, rotated and thresholded.
 
     Each mask has its own resolution, 2**k x 2**l lattice cells with k, l drawn from
     [scales[0], scales[1]), and its own rotation in [-90, 90] degrees. Some masks come out empty
     (the noise never exceeds the threshold); `synthesize` draws those again.
     """
-    noise = torch.stack([
-        perlin_noise(size, (2 ** _randint(*scales, generator), 2 ** _randint(*scales, generator)),
-                     generator, device)
-        for _ in range(n)
-    ])
+    noise = torch.stack(
+        [
+            perlin_noise(
+                size,
+                (2 ** _randint(*scales, generator), 2 ** _randint(*scales, generator)),
+                generator,
+                device,
+            )
+            for _ in range(n)
+        ]
+    )
     if rotate:
         noise = _rotate(noise, _rand(n, generator=generator, device=device) * 180 - 90)
     return (noise > threshold).float()
 
 
-def fractal_texture(n: int, channels: int, size: tuple[int, int], generator=None, device=None,
-                    octaves: int = 3) -> torch.Tensor:
+def fractal_texture(
+    n: int, channels: int, size: tuple[int, int], generator=None, device=None, octaves: int = 3
+) -> torch.Tensor:
     """Procedural textures [n, C, H, W] in [0, 1]: multi-octave Perlin noise, one field per channel,
     at a random base scale, stretched to a random intensity range."""
     out = torch.empty(n, channels, *size, device=device)
     for i in range(n):
         base = _randint(1, 5, generator)
         for c in range(channels):
-            field = sum(perlin_noise(size, (2 ** (base + o),) * 2, generator, device) / 2**o
-                        for o in range(octaves))
+            field = sum(
+                perlin_noise(size, (2 ** (base + o),) * 2, generator, device) / 2**o
+                for o in range(octaves)
+            )
             lo, hi = field.min(), field.max()
             out[i, c] = (field - lo) / (hi - lo + 1e-8)
     lo = _rand(n, 1, 1, 1, generator=generator, device=device) * 0.5
@@ -147,10 +163,16 @@ def image_texture(images: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.where(invert, 1 - t, t)
 
 
-def synthesize(images: torch.Tensor, generator=None, p_anomaly: float = P_ANOMALY,
-               beta: tuple[float, float] = BETA, p_self_texture: float = 0.5,
-               scales: tuple[int, int] = PERLIN_SCALES, threshold: float = THRESHOLD,
-               retries: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def synthesize(
+    images: torch.Tensor,
+    generator=None,
+    p_anomaly: float = P_ANOMALY,
+    beta: tuple[float, float] = BETA,
+    p_self_texture: float = 0.5,
+    scales: tuple[int, int] = PERLIN_SCALES,
+    threshold: float = THRESHOLD,
+    retries: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste synthetic anomalies into some images of a batch.
 
     Args:

@@ -62,16 +62,28 @@ def select_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ValueError(
+            f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
-                         "devices (cuda:0 ...); use one of them, or --device auto")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                     and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {name}: Apple MPS is not available on this machine; use "
-                         "--device cpu or auto")
+        raise ValueError(
+            f"--device {name}: CUDA is not available on this machine; use --device cpu or auto"
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise ValueError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+            "devices (cuda:0 ...); use one of them, or --device auto"
+        )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            f"--device {name}: Apple MPS is not available on this machine; use --device cpu or auto"
+        )
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device {name}: not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -90,18 +102,32 @@ def _rng_state() -> dict:
     """The Python, numpy and torch RNG states as tensors and plain lists (no pickled objects)."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(internal), gauss],
-            "numpy": [str(name), torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss),
-                      float(cached)],
-            "torch": torch.get_rng_state()}
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [
+            str(name),
+            torch.as_tensor(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
+        "torch": torch.get_rng_state(),
+    }
 
 
 def _set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((int(version), tuple(int(x) for x in internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), int(pos),
-                         int(has_gauss), float(cached)))
+    np.random.set_state(
+        (
+            name,
+            np.asarray(keys, dtype=np.int64).astype(np.uint32),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        )
+    )
     torch.set_rng_state(state["torch"])
 
 
@@ -137,17 +163,30 @@ def fit_loop(
         _set_rng_state(last["rng"])
         history, best, stale, start = last["history"], last["best"], last["stale"], last["epoch"]
         best_state = checkpoints.checkpoint()["state"]
-    bar = tqdm(range(start, cfg.epochs), desc=f"train {detector.name}", disable=not progress,
-               initial=start, total=cfg.epochs)
+    bar = tqdm(
+        range(start, cfg.epochs),
+        desc=f"train {detector.name}",
+        disable=not progress,
+        initial=start,
+        total=cfg.epochs,
+    )
     done = start
     try:
         for epoch in bar:
             t0 = time.perf_counter()
             train_loss = _run_epoch(detector, step, train_loader, optimizer)
-            val_loss = (_run_epoch(detector, step, val_loader, None) if val_loader is not None
-                        else train_loss)
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            val_loss = (
+                _run_epoch(detector, step, val_loader, None)
+                if val_loader is not None
+                else train_loss
+            )
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            }
             history.append(row)
             bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
             if val_loss < best:
@@ -159,14 +198,23 @@ def fit_loop(
                 stale += 1
             if checkpoints is not None:
                 checkpoints.save_history(history)
-                checkpoints.save_last({"state": detector.state_dict(),
-                                       "optimizer": optimizer.state_dict(), "rng": _rng_state(),
-                                       "history": history, "best": best, "stale": stale,
-                                       "epoch": epoch + 1})
+                checkpoints.save_last(
+                    {
+                        "state": detector.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": _rng_state(),
+                        "history": history,
+                        "best": best,
+                        "stale": stale,
+                        "epoch": epoch + 1,
+                    }
+                )
             done = epoch + 1
             if cfg.patience and stale >= cfg.patience:
-                bar.write(f"early stopping at epoch {epoch + 1}: no validation improvement for "
-                          f"{stale} epochs")
+                bar.write(
+                    f"early stopping at epoch {epoch + 1}: no validation improvement for "
+                    f"{stale} epochs"
+                )
                 break
     except KeyboardInterrupt:
         bar.close()

@@ -62,17 +62,27 @@ class SyntheticTextures(Dataset):
                 img[i, 0] += 0.25 * m * torch.randn(BASE, BASE, generator=gen).sign()
             masks[i, 0] = m
             self.labels[i], self.defects[i] = 1, kind
-        self.images = F.interpolate(img.clamp(0, 1), size=(size, size), mode="bilinear",
-                                    antialias=True, align_corners=False)
-        self.masks = (F.interpolate(masks, size=(size, size), mode="bilinear", antialias=True,
-                                    align_corners=False)[:, 0] > 0.5).float()
+        self.images = F.interpolate(
+            img.clamp(0, 1), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        self.masks = (
+            F.interpolate(
+                masks, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )[:, 0]
+            > 0.5
+        ).float()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": self.masks[i], "label": self.labels[i],
-                "defect": self.defects[i], "path": f"synthetic/{i:04d}.png"}
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "label": self.labels[i],
+            "defect": self.defects[i],
+            "path": f"synthetic/{i:04d}.png",
+        }
 
 
 def datasets(args, size: int):
@@ -82,8 +92,10 @@ def datasets(args, size: int):
         train = AnomalyDataset(args.data, "train", size=size, channels=args.channels)
         test = AnomalyDataset(args.data, "test", size=size, channels=args.channels)
         return train, test
-    return (SyntheticTextures(args.train, size, seed=1),
-            SyntheticTextures(args.test, size, defective=args.test // 3, seed=2))
+    return (
+        SyntheticTextures(args.train, size, seed=1),
+        SyntheticTextures(args.test, size, defective=args.test // 3, seed=2),
+    )
 
 
 def run_one(args, size: int) -> dict:
@@ -94,8 +106,15 @@ def run_one(args, size: int) -> dict:
 
     torch.set_num_threads(args.threads)
     train, test = datasets(args, size)
-    config = Config(method="patchknn", size=size, channels=args.channels, backbone=args.backbone,
-                    coreset_ratio=args.coreset_ratio, batch_size=args.batch_size, seed=0)
+    config = Config(
+        method="patchknn",
+        size=size,
+        channels=args.channels,
+        backbone=args.backbone,
+        coreset_ratio=args.coreset_ratio,
+        batch_size=args.batch_size,
+        seed=0,
+    )
     detector = PatchKNN(config)
     for data in (train, test):  # decode and cache the images before timing (the folder data
         for _ in detector.loader(data):  # set caches them; synthetic ones live in memory)
@@ -108,9 +127,16 @@ def run_one(args, size: int) -> dict:
     pred = detector.predict(test)
     predict_s, predict_cpu = time.perf_counter() - t0, time.process_time() - c0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    row = {"size": size, "train": len(train), "fit_s": fit_s, "img_per_s": len(test) / predict_s,
-           "cpu_ms_img": 1000 * predict_cpu / len(test),
-           "peak_mb": peak_mb, "bank": len(detector.bank), "patches": len(train) * (size // detector.extractor.stride) ** 2}
+    row = {
+        "size": size,
+        "train": len(train),
+        "fit_s": fit_s,
+        "img_per_s": len(test) / predict_s,
+        "cpu_ms_img": 1000 * predict_cpu / len(test),
+        "peak_mb": peak_mb,
+        "bank": len(detector.bank),
+        "patches": len(train) * (size // detector.extractor.stride) ** 2,
+    }
     if 0 < pred.labels.sum() < len(pred.labels):
         row["image_auroc"] = image_auroc(pred.labels, pred.scores)
         if pred.has_masks:
@@ -131,17 +157,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args(argv)
 
-    cols = ["size", "train", "fit_s", "img_per_s", "cpu_ms_img", "peak_mb", "patches", "bank", "image_auroc",
-            "pixel_auroc"]
-    print(f"patchknn, backbone {args.backbone}, coreset ratio {args.coreset_ratio}, "
-          f"{args.threads} threads, torch {torch.__version__}, load average before "
-          f"{os.getloadavg()[0]:.1f} (other processes slow every number down)")
+    cols = [
+        "size",
+        "train",
+        "fit_s",
+        "img_per_s",
+        "cpu_ms_img",
+        "peak_mb",
+        "patches",
+        "bank",
+        "image_auroc",
+        "pixel_auroc",
+    ]
+    print(
+        f"patchknn, backbone {args.backbone}, coreset ratio {args.coreset_ratio}, "
+        f"{args.threads} threads, torch {torch.__version__}, load average before "
+        f"{os.getloadavg()[0]:.1f} (other processes slow every number down)"
+    )
     print(" | ".join(f"{c:>11}" for c in cols))
     for size in args.sizes:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             row = pool.submit(run_one, args, size).result()
-        print(" | ".join(f"{row[c]:>11.3f}" if isinstance(row.get(c), float) else f"{row.get(c, '-'):>11}"
-                         for c in cols))
+        print(
+            " | ".join(
+                f"{row[c]:>11.3f}" if isinstance(row.get(c), float) else f"{row.get(c, '-'):>11}"
+                for c in cols
+            )
+        )
         sys.stdout.flush()
 
 

@@ -125,6 +125,7 @@ def fit_features(method: str, root: Path, size: int, args) -> tuple[Predict, flo
     config = Config.for_method("patchknn", data=str(root), size=size, device="cpu")
     extractor = build_detector(config).extractor.eval()
     if method == "features":
+
         @torch.no_grad()
         def eager(x):
             extractor(x)
@@ -135,17 +136,25 @@ def fit_features(method: str, root: Path, size: int, args) -> tuple[Predict, flo
     path = Path(args.out) / "features.onnx"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(extractor, (torch.rand(2, 3, size, size),), str(path), dynamo=False,
-                          input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "n"}, "features": {0: "n"}})
+        torch.onnx.export(
+            extractor,
+            (torch.rand(2, 3, size, size),),
+            str(path),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},
+        )
     options = onnxruntime.SessionOptions()  # as anomaly.export.OnnxDetector: no spinning
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(path), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     x = torch.rand(3, 3, size, size)
     with torch.no_grad():
-        gap = float((torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-                     - extractor(x)).abs().max())
+        gap = float(
+            (torch.from_numpy(session.run(None, {"images": x.numpy()})[0]) - extractor(x))
+            .abs()
+            .max()
+        )
     print(f"  features-onnx: largest difference to eager {gap:.2e}", file=sys.stderr)
 
     def predict(x):
@@ -198,30 +207,58 @@ def fit_anomalib(method: str, root: Path, size: int, args) -> tuple[Predict, flo
     common = {"post_processor": False, "evaluator": False, "visualizer": False}
     if method == "patchcore":
         cls = Patchcore
-        model = cls(backbone=mobilenet_v2(), layers=list(BACKBONE_NODES),
-                    coreset_sampling_ratio=args.patchcore_coreset,
-                    pre_processor=cls.configure_pre_processor(image_size=(size, size)), **common)
+        model = cls(
+            backbone=mobilenet_v2(),
+            layers=list(BACKBONE_NODES),
+            coreset_sampling_ratio=args.patchcore_coreset,
+            pre_processor=cls.configure_pre_processor(image_size=(size, size)),
+            **common,
+        )
     elif method == "padim":
         cls = Padim
-        model = cls(backbone=mobilenet_v2(), layers=list(PADIM_NODES), n_features=100,
-                    pre_processor=cls.configure_pre_processor(image_size=(size, size)), **common)
+        model = cls(
+            backbone=mobilenet_v2(),
+            layers=list(PADIM_NODES),
+            n_features=100,
+            pre_processor=cls.configure_pre_processor(image_size=(size, size)),
+            **common,
+        )
     else:
         cls = Fastflow
-        model = cls(backbone="resnet18", pre_trained=False,  # replaced below: nothing loaded
-                    pre_processor=cls.configure_pre_processor(image_size=(size, size)), **common)
+        model = cls(
+            backbone="resnet18",
+            pre_trained=False,  # replaced below: nothing loaded
+            pre_processor=cls.configure_pre_processor(image_size=(size, size)),
+            **common,
+        )
         mobilenet_fastflow(model.model, size)
     test_kinds = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
     defects = [k for k in test_kinds if k != "good"]
     masks = [f"ground_truth/{k}" for k in defects if (root / "ground_truth" / k).is_dir()]
-    datamodule = Folder(name=root.name, root=root, normal_dir="train/good",
-                        abnormal_dir=[f"test/{k}" for k in defects] or None,
-                        normal_test_dir="test/good" if "good" in test_kinds else None,
-                        mask_dir=masks if len(masks) == len(defects) and masks else None,
-                        val_split_mode="same_as_test", train_batch_size=args.batch * 4,
-                        eval_batch_size=args.batch * 4, num_workers=0, seed=args.seed)
-    engine = Engine(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=str(Path(args.out) / method),
-                    limit_val_batches=0, num_sanity_val_steps=0, max_epochs=args.fastflow_epochs)
+    datamodule = Folder(
+        name=root.name,
+        root=root,
+        normal_dir="train/good",
+        abnormal_dir=[f"test/{k}" for k in defects] or None,
+        normal_test_dir="test/good" if "good" in test_kinds else None,
+        mask_dir=masks if len(masks) == len(defects) and masks else None,
+        val_split_mode="same_as_test",
+        train_batch_size=args.batch * 4,
+        eval_batch_size=args.batch * 4,
+        num_workers=0,
+        seed=args.seed,
+    )
+    engine = Engine(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(Path(args.out) / method),
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        max_epochs=args.fastflow_epochs,
+    )
     wall, cpu = time.perf_counter(), time.process_time()
     engine.fit(model=model, datamodule=datamodule)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -247,13 +284,16 @@ def mobilenet_fastflow(net, size: int) -> None:
     shapes = [list(m.shape[1:]) for m in maps]
     net.norms = torch.nn.ModuleList(torch.nn.LayerNorm(s, elementwise_affine=True) for s in shapes)
     net.fast_flow_blocks = torch.nn.ModuleList(
-        create_fast_flow_block(input_dimensions=s, conv3x3_only=False, hidden_ratio=1.0,
-                               flow_steps=8) for s in shapes)
+        create_fast_flow_block(
+            input_dimensions=s, conv3x3_only=False, hidden_ratio=1.0, flow_steps=8
+        )
+        for s in shapes
+    )
 
 
 # --- running and timing ------------------------------------------------------------------------
 def evaluate(predict: Predict, images, masks, labels, batch: int) -> dict:
-    outs = [predict(images[i: i + batch]) for i in range(0, len(images), batch)]
+    outs = [predict(images[i : i + batch]) for i in range(0, len(images), batch)]
     if outs[0] is None:
         return {}
     scores = np.concatenate([o[0] for o in outs]).astype(np.float64)
@@ -272,10 +312,10 @@ def time_rounds(predicts: dict[str, Predict], images, rounds: int, batch: int) -
     for n in names:  # warm-up: first calls allocate and pick kernels
         predicts[n](images[:batch])
     for r in range(rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             w, c = time.perf_counter(), time.process_time()
             for i in range(0, len(images), batch):
-                predicts[n](images[i: i + batch])
+                predicts[n](images[i : i + batch])
             cpu[n].append((time.process_time() - c) * 1000 / len(images))
             wall[n].append((time.perf_counter() - w) * 1000 / len(images))
     return {n: {"cpu_ms": cpu[n], "wall_ms": wall[n]} for n in names}
@@ -286,31 +326,45 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| method | image AUROC | pixel AUROC | AUPRO | fit s (CPU s) | predict CPU ms/image "
-            "median (min) | ratio to backbone |")
+    head = (
+        "| method | image AUROC | pixel AUROC | AUPRO | fit s (CPU s) | predict CPU ms/image "
+        "median (min) | ratio to backbone |"
+    )
     lines = [head, "|" + "---|" * 7]
     for r in rows:
-        lines.append(f"| {r['method']} | {_fmt(r.get('image_auroc'))} | "
-                     f"{_fmt(r.get('pixel_auroc'))} | {_fmt(r.get('aupro'))} | "
-                     f"{r['fit_s']:.1f} ({r['fit_cpu_s']:.1f}) | {r['cpu_ms_median']:.2f} "
-                     f"({r['cpu_ms_min']:.2f}) | {_fmt(r.get('ratio'), 2)} |")
+        lines.append(
+            f"| {r['method']} | {_fmt(r.get('image_auroc'))} | "
+            f"{_fmt(r.get('pixel_auroc'))} | {_fmt(r.get('aupro'))} | "
+            f"{r['fit_s']:.1f} ({r['fit_cpu_s']:.1f}) | {r['cpu_ms_median']:.2f} "
+            f"({r['cpu_ms_min']:.2f}) | {_fmt(r.get('ratio'), 2)} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("data", type=Path, help="data set root in the MVTec AD layout")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated, from backbone, features, features-onnx, "
-                   f"{', '.join(OURS + PEERS)}")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from backbone, features, features-onnx, {', '.join(OURS + PEERS)}",
+    )
     p.add_argument("--size", type=int, help="image side for everyone (default: patchknn's)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    p.add_argument("--timing-images", type=int, default=40,
-                   help="test images timed per round (all are scored for the metrics)")
+    p.add_argument(
+        "--timing-images",
+        type=int,
+        default=40,
+        help="test images timed per round (all are scored for the metrics)",
+    )
     p.add_argument("--batch", type=int, default=8, help="images per predict call")
     p.add_argument("--fastflow-epochs", type=int, default=10)
-    p.add_argument("--patchcore-coreset", type=float, default=0.1,
-                   help="anomalib PatchCore's coreset_sampling_ratio (its default 0.1)")
+    p.add_argument(
+        "--patchcore-coreset",
+        type=float,
+        default=0.1,
+        help="anomalib PatchCore's coreset_sampling_ratio (its default 0.1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", default="runs/peers", help="folder for peers.json and fit outputs")
@@ -333,8 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     size = args.size or Config.for_method("patchknn").size
     _, images, masks, labels = load_split(args.data, "test", size)
-    print(f"{args.data}: {len(images)} test images at {size} px; torch threads "
-          f"{torch.get_num_threads()}; fitting {', '.join(methods)}", file=sys.stderr)
+    print(
+        f"{args.data}: {len(images)} test images at {size} px; torch threads "
+        f"{torch.get_num_threads()}; fitting {', '.join(methods)}",
+        file=sys.stderr,
+    )
     predicts, rows, cache = {}, {}, {}
     for m in methods:
         torch.manual_seed(args.seed)  # PaDiM's channel draw must not depend on the methods before
@@ -348,8 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pred, wall, cpu = fit_anomalib(m, args.data, size, args)
         predicts[m] = pred
-        rows[m] = {"method": m, "fit_s": wall, "fit_cpu_s": cpu,
-                   **evaluate(pred, images, masks, labels, args.batch)}
+        rows[m] = {
+            "method": m,
+            "fit_s": wall,
+            "fit_cpu_s": cpu,
+            **evaluate(pred, images, masks, labels, args.batch),
+        }
         print(f"  {m}: fitted in {wall:.1f} s, {rows[m]}", file=sys.stderr, flush=True)
         (Path(args.out) / "peers_partial.json").write_text(json.dumps(list(rows.values())))
     timed = images[: args.timing_images]
@@ -357,17 +418,37 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.median(timings["backbone"]["cpu_ms"]) if "backbone" in timings else None
     for m, t in timings.items():
         med = statistics.median(t["cpu_ms"])
-        rows[m].update(cpu_ms_median=med, cpu_ms_min=min(t["cpu_ms"]), ratio=med / base
-                       if base else None, wall_ms_median=statistics.median(t["wall_ms"]), **t)
+        rows[m].update(
+            cpu_ms_median=med,
+            cpu_ms_min=min(t["cpu_ms"]),
+            ratio=med / base if base else None,
+            wall_ms_median=statistics.median(t["wall_ms"]),
+            **t,
+        )
     text = table(list(rows.values()))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(text)
-    print(f"\n{len(timed)} images x {args.rounds} interleaved rounds at {size} px, batch "
-          f"{args.batch}; {os.cpu_count()} CPUs, load average {load}")
-    (Path(args.out) / "peers.json").write_text(json.dumps(
-        {"data": str(args.data), "size": size, "rounds": args.rounds, "batch": args.batch,
-         "timing_images": len(timed), "load_average": load, "rows": list(rows.values()),
-         "table": text}, indent=1, default=float) + "\n")
+    print(
+        f"\n{len(timed)} images x {args.rounds} interleaved rounds at {size} px, batch "
+        f"{args.batch}; {os.cpu_count()} CPUs, load average {load}"
+    )
+    (Path(args.out) / "peers.json").write_text(
+        json.dumps(
+            {
+                "data": str(args.data),
+                "size": size,
+                "rounds": args.rounds,
+                "batch": args.batch,
+                "timing_images": len(timed),
+                "load_average": load,
+                "rows": list(rows.values()),
+                "table": text,
+            },
+            indent=1,
+            default=float,
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -33,8 +33,14 @@ import torch
 # Named settings: a method and overrides of its defaults (Config.for_method). "default" is
 # whatever METHOD_DEFAULTS says now; the others spell out every setting they vary from OLD (the
 # patchknn defaults before the photo suite), so their results do not move with the defaults.
-OLD = {"backbone": "efficientnet_lite0", "layers": "", "size": 160, "coreset_ratio": 0.01,
-       "feature_pad": 0, "score_border": 0}
+OLD = {
+    "backbone": "efficientnet_lite0",
+    "layers": "",
+    "size": 160,
+    "coreset_ratio": 0.01,
+    "feature_pad": 0,
+    "score_border": 0,
+}
 MNV2 = {**OLD, "backbone": "mobilenet_v2", "layers": "features.3,features.6"}
 SETTINGS: dict[str, dict] = {
     "default": {"method": "patchknn"},
@@ -44,18 +50,37 @@ SETTINGS: dict[str, dict] = {
     "pad16-cs10": {"method": "patchknn", **OLD, "feature_pad": 16, "coreset_ratio": 0.1},
     "mnv2": {"method": "patchknn", **MNV2},
     "mnv2-pad16": {"method": "patchknn", **MNV2, "feature_pad": 16},
-    "mnv2-6-13-pad16": {"method": "patchknn", **MNV2, "layers": "features.6,features.13",
-                        "feature_pad": 16},
+    "mnv2-6-13-pad16": {
+        "method": "patchknn",
+        **MNV2,
+        "layers": "features.6,features.13",
+        "feature_pad": 16,
+    },
     "mnv2-pad16-cs10": {"method": "patchknn", **MNV2, "feature_pad": 16, "coreset_ratio": 0.1},
     "mnv2-pad16-nn3": {"method": "patchknn", **MNV2, "feature_pad": 16, "neighbors": 3},
     "mnv2-pad16-224": {"method": "patchknn", **MNV2, "feature_pad": 16, "size": 224},
-    "mnv2-pad16-224-cs05": {"method": "patchknn", **MNV2, "feature_pad": 16, "size": 224,
-                            "coreset_ratio": 0.005},
-    "mnv2-pad16-224-cs025": {"method": "patchknn", **MNV2, "feature_pad": 16, "size": 224,
-                             "coreset_ratio": 0.0025},
+    "mnv2-pad16-224-cs05": {
+        "method": "patchknn",
+        **MNV2,
+        "feature_pad": 16,
+        "size": 224,
+        "coreset_ratio": 0.005,
+    },
+    "mnv2-pad16-224-cs025": {
+        "method": "patchknn",
+        **MNV2,
+        "feature_pad": 16,
+        "size": 224,
+        "coreset_ratio": 0.0025,
+    },
     "mnv2-pad16-256": {"method": "patchknn", **MNV2, "feature_pad": 16, "size": 256},
-    "mnv2-6-10-pad16-256": {"method": "patchknn", **MNV2, "layers": "features.6,features.10",
-                            "feature_pad": 16, "size": 256},
+    "mnv2-6-10-pad16-256": {
+        "method": "patchknn",
+        **MNV2,
+        "layers": "features.6,features.10",
+        "feature_pad": 16,
+        "size": 256,
+    },
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
     "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},
@@ -63,11 +88,28 @@ SETTINGS: dict[str, dict] = {
 }
 # image-score variants computed from a setting's maps without refitting:
 # name -> (topk, border in pixels, extra Gaussian smoothing in pixels before scoring)
-VARIANTS = {"max": (0.0, 0, 0.0), "b4": (0.0, 4, 0.0), "b8": (0.0, 8, 0.0), "b16": (0.0, 16, 0.0),
-            "top1%": (0.01, 0, 0.0), "top1%b8": (0.01, 8, 0.0), "s4": (0.0, 0, 3.5),
-            "s4b8": (0.0, 8, 3.5), "s8b8": (0.0, 8, 7.7)}
-COLS = ["setting", "set", "image_auroc", "pixel_auroc", "aupro", "fit_s", "ms_img", "mnv2_ms",
-        "ratio"]
+VARIANTS = {
+    "max": (0.0, 0, 0.0),
+    "b4": (0.0, 4, 0.0),
+    "b8": (0.0, 8, 0.0),
+    "b16": (0.0, 16, 0.0),
+    "top1%": (0.01, 0, 0.0),
+    "top1%b8": (0.01, 8, 0.0),
+    "s4": (0.0, 0, 3.5),
+    "s4b8": (0.0, 8, 3.5),
+    "s8b8": (0.0, 8, 7.7),
+}
+COLS = [
+    "setting",
+    "set",
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "fit_s",
+    "ms_img",
+    "mnv2_ms",
+    "ratio",
+]
 
 
 def data_sets(suite: str | None, cookies: str | None, only: list[str] | None) -> dict[str, Path]:
@@ -131,8 +173,9 @@ def score_variant(maps: np.ndarray, topk: float, border: int, sigma: float) -> n
     return image_score(gaussian_blur(torch.from_numpy(maps), sigma), topk, border).numpy()
 
 
-def run_one(name: str, setting: dict, set_name: str, folder: Path,
-            variants: list[str]) -> list[dict]:
+def run_one(
+    name: str, setting: dict, set_name: str, folder: Path, variants: list[str]
+) -> list[dict]:
     """Fit and predict one setting on one set: one row, plus one per image-score variant."""
     from anomaly.config import Config
     from anomaly.detectors.base import get_detector
@@ -153,27 +196,49 @@ def run_one(name: str, setting: dict, set_name: str, folder: Path,
     pred = detector.predict(test)
     ms_img = 1000 * (time.process_time() - c0) / len(test)
     ref_ms = reference_ms(test, config.channels)
-    base = {"set": set_name, "fit_s": fit_s, "ms_img": ms_img, "mnv2_ms": ref_ms,
-            "ratio": ms_img / ref_ms, "config": overrides}
+    base = {
+        "set": set_name,
+        "fit_s": fit_s,
+        "ms_img": ms_img,
+        "mnv2_ms": ref_ms,
+        "ratio": ms_img / ref_ms,
+        "config": overrides,
+    }
     defects = np.asarray(pred.defects)
 
     def per_defect(scores: np.ndarray) -> dict:
         good = defects == "good"
-        return {k: image_auroc(np.r_[np.zeros(good.sum()), np.ones((defects == k).sum())],
-                               np.r_[scores[good], scores[defects == k]])
-                for k in sorted(set(pred.defects) - {"good"})}
+        return {
+            k: image_auroc(
+                np.r_[np.zeros(good.sum()), np.ones((defects == k).sum())],
+                np.r_[scores[good], scores[defects == k]],
+            )
+            for k in sorted(set(pred.defects) - {"good"})
+        }
 
     masks = pred.masks if pred.has_masks else None
-    rows = [{**base, "setting": name, "image_auroc": image_auroc(pred.labels, pred.scores),
-             "pixel_auroc": pixel_auroc(masks, pred.maps) if masks is not None else None,
-             "aupro": aupro(masks, pred.maps) if masks is not None else None,
-             "per_defect": per_defect(pred.scores)}]
+    rows = [
+        {
+            **base,
+            "setting": name,
+            "image_auroc": image_auroc(pred.labels, pred.scores),
+            "pixel_auroc": pixel_auroc(masks, pred.maps) if masks is not None else None,
+            "aupro": aupro(masks, pred.maps) if masks is not None else None,
+            "per_defect": per_defect(pred.scores),
+        }
+    ]
     for v in variants:
         scores = score_variant(pred.maps, *VARIANTS[v])
-        rows.append({**base, "setting": f"{name}@{v}",
-                     "image_auroc": image_auroc(pred.labels, scores),
-                     "pixel_auroc": rows[0]["pixel_auroc"], "aupro": rows[0]["aupro"],
-                     "per_defect": per_defect(scores)})
+        rows.append(
+            {
+                **base,
+                "setting": f"{name}@{v}",
+                "image_auroc": image_auroc(pred.labels, scores),
+                "pixel_auroc": rows[0]["pixel_auroc"],
+                "aupro": rows[0]["aupro"],
+                "per_defect": per_defect(scores),
+            }
+        )
     return rows
 
 
@@ -194,8 +259,10 @@ def print_table(rows: list[dict], file=sys.stdout) -> None:
         photos = [r for r in mine if r["set"] != "cookies"]
         if len(photos) > 1:
             for label, pick in (("MEAN", np.mean), ("WORST", np.min)):
-                vals = {c: [r[c] for r in photos if r.get(c) is not None]
-                        for c in ("image_auroc", "pixel_auroc", "aupro")}
+                vals = {
+                    c: [r[c] for r in photos if r.get(c) is not None]
+                    for c in ("image_auroc", "pixel_auroc", "aupro")
+                }
                 summary = {"setting": s, "set": f"{label}({len(photos)})"}
                 summary.update({c: float(pick(v)) if v else None for c, v in vals.items()})
                 if label == "MEAN":
@@ -208,8 +275,11 @@ def print_table(rows: list[dict], file=sys.stdout) -> None:
                 for kind, value in r.get("per_defect", {}).items():
                     kinds.setdefault(kind, []).append(value)
             if kinds:
-                print(f"{s:>11} | image AUROC per defect kind, mean over sets: " + ", ".join(
-                    f"{k} {np.mean(v):.3f}" for k, v in sorted(kinds.items())), file=file)
+                print(
+                    f"{s:>11} | image AUROC per defect kind, mean over sets: "
+                    + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in sorted(kinds.items())),
+                    file=file,
+                )
         print(file=file)
 
 
@@ -229,17 +299,23 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(args.threads)
     sets = data_sets(args.suite, args.cookies, args.sets)
-    print(f"{len(args.settings)} settings x {len(sets)} sets, {args.threads} threads, torch "
-          f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} (timings are wall clock / "
-          f"CPU under whatever else runs)", flush=True)
+    print(
+        f"{len(args.settings)} settings x {len(sets)} sets, {args.threads} threads, torch "
+        f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} (timings are wall clock / "
+        f"CPU under whatever else runs)",
+        flush=True,
+    )
     rows = []
     for set_name, folder in sets.items():  # set-major: each set's images are decoded once
         for name in args.settings:
             t0 = time.perf_counter()
             new = run_one(name, SETTINGS[name], set_name, folder, args.score_variants)
             rows += new
-            print(f"  {name:>16} {set_name:>14}: image AUROC {new[0]['image_auroc']:.3f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"  {name:>16} {set_name:>14}: image AUROC {new[0]['image_auroc']:.3f} "
+                f"({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
             if args.out:
                 with open(args.out, "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in new)

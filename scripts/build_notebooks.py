@@ -58,7 +58,7 @@ NOTEBOOKS = {
         "must remove, so it learns to replace what is not normal instead of copying it).",
         "# NBVAL_IGNORE_OUTPUT\nae = nb.ensure_run(S, 'ae', data)\nunet = nb.ensure_run(S, 'unet', data)",
         "A run folder holds everything needed to reproduce or rescore it:",
-        CHECK + "sorted(p.name for p in unet.iterdir() if p.is_file())",
+        CHECK + "sorted(p.name for p in unet.iterdir() if p.is_file() and p.name[0] != '.')",
         "## Loss curves\nTraining and validation loss per epoch (`history.csv`).",
         "from anomaly.viz import plot_history\nfig = plot_history(unet / 'history.csv')\n"
         "plot_history(ae / 'history.csv', ax=fig.axes[0])",
@@ -96,6 +96,8 @@ NOTEBOOKS = {
         "left out, and the mean of the top 1 %. One ROC curve per choice:",
         "original.score_choices_figure(unet)",
         "# NBVAL_IGNORE_OUTPUT\nprint(original.score_choices_table(unet))",
+        "The choices compared, for both networks (compared by nbval):",
+        CHECK + "original.score_choices_table(unet).splitlines()[0]",
         "The same for the original recipe's UNet:",
         "# NBVAL_IGNORE_OUTPUT\nprint(original.score_choices_table(orig))",
         "## L2 versus SSIM\nThe same reconstructions scored two ways: L2 reacts to intensity "
@@ -131,8 +133,7 @@ NOTEBOOKS = {
         "labelled defects.",
         "# NBVAL_IGNORE_OUTPUT\n"
         "print(original.fixed_threshold_table({k: runs[k] for k in ('orig-km', 'kmeans')}))",
-        "## Score histograms and the threshold\nThe project's k-means, with its threshold by "
-        "rule.",
+        "## Score histograms and the threshold\nThe project's k-means, with its threshold by rule.",
         "nb.histogram_figure(runs['kmeans'])",
         "## ROC curves and the metrics table\nImage AUROC, AP and F1-max; pixel AUROC and AUPRO "
         "(up to 30% false-positive rate) as MVTec AD defines them.",
@@ -142,7 +143,9 @@ NOTEBOOKS = {
         CHECK + "sorted(nb.metrics_table_keys(runs))",
         "## A threshold by another rule\nF1-optimal needs labelled defects; the rule is saved and "
         "`predict` uses it.",
-        "# NBVAL_IGNORE_OUTPUT\nanomaly.set_threshold(runs['kmeans'], 'f1')",
+        "t = anomaly.set_threshold(runs['kmeans'], 'f1')\nprint(f'{t.value:.4g} ({t.rule})')",
+        "What was saved and what `predict` will report (compared by nbval):",
+        CHECK + "t.rule, sorted(t.params), sorted(p.name for p in runs['kmeans'].glob('*.json'))",
     ],
     "05_threshold_explorer": [
         "# 05 Threshold explorer\n\nChoosing the threshold is the decision a QA team must "
@@ -184,15 +187,21 @@ NOTEBOOKS = {
         "# 06 Benchmark: which method to trust, what it costs, and how many good images it needs\n\n"
         "Every method on the same split with the same seed, at its default settings, on the "
         "cookies and on the real-photo suite (`make-photos`). `unet+kmeans` is the original "
-        "project's recipe. Made by `python -m anomaly benchmark --data data/cookies --data "
-        "data/photos --out runs/benchmark` (`make benchmark`), which also writes the "
-        "measurement log `docs/benchmark-notes.md` (machine, date, load, command).",
+        "project's improved recipe, `unet_original+kmeans` the original project's own. Made by "
+        "`make benchmark`: `python -m anomaly benchmark --data data/cookies --out "
+        "runs/benchmark`, then the feature methods on the photo suite into "
+        "`runs/benchmark-photos`; each writes its measurement log (`docs/benchmark-notes*.md`: "
+        "machine, date, load, command).",
         SETUP,
-        "## Every method on every set\nOne row per set and method; below it, per suite, the mean "
-        "and the worst set. Read the worst set: a default that wins on one set and loses on "
-        "another is not a default.",
-        "# NBVAL_IGNORE_OUTPUT\nresult = nb.benchmark_result(S)\nprint(result['table'])\n"
-        "print(result.get('summary_table', ''))",
+        "## Every method on the cookies\nOne row per method, with image AUROC per defect kind.",
+        "# NBVAL_IGNORE_OUTPUT\nresult = nb.benchmark_result(S)\nprint(result['table'])",
+        "## The feature methods on the real-photo suite\nOne row per set and method; below it the "
+        "mean and the worst set. Read the worst set: a default that wins on one set and loses "
+        "on another is not a default.",
+        "# NBVAL_IGNORE_OUTPUT\nphotos = nb.photos_result(S)\nprint(photos['table'])\n"
+        "print(photos['summary_table'])",
+        "The columns of the suite summary (compared by nbval):",
+        CHECK + "photos['summary_table'].splitlines()[0]",
         "## Detectability: how small a defect each method finds\nThe fraction of defects caught "
         "when 5% of good images are rejected, by defect area, on the first set (the cookies).",
         "nb.detectability_figure(result)",
@@ -211,10 +220,17 @@ NOTEBOOKS = {
 }
 
 
-def build(out_dir: Path = Path(__file__).resolve().parent.parent / "notebooks") -> None:
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def build(out_dir: Path = NOTEBOOK_DIR) -> None:
     for name, cells in NOTEBOOKS.items():
         book = new_notebook()
-        book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        book.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
         for i, text in enumerate(cells):
             prose = text.startswith(("# 0", "## ")) or text.rstrip().endswith((".", ":"))
             is_code = i == 1 or not prose

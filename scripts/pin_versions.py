@@ -34,8 +34,12 @@ def normalize(name: str) -> str:
 
 
 def freeze() -> dict[str, str]:
-    out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     pins = {}
     for line in out.splitlines():
         if "==" in line and " @ " not in line and not line.startswith("#"):
@@ -59,8 +63,9 @@ def pin_environment(text: str, pins: dict[str, str]) -> str:
 
 def main() -> None:
     pins = freeze()
-    (ROOT / "constraints.txt").write_text(HEADER + "\n".join(sorted(pins.values(), key=str.lower))
-                                          + "\n")
+    (ROOT / "constraints.txt").write_text(
+        HEADER + "\n".join(sorted(pins.values(), key=str.lower)) + "\n"
+    )
     env = ROOT / "environment.yml"
     env.write_text(pin_environment(env.read_text(), pins))
     print(f"pinned {len(pins)} packages in constraints.txt and environment.yml")

@@ -17,18 +17,40 @@ from anomaly.config import Config
 
 def tiny_config(data, method: str = "ae", **overrides) -> Config:
     """A config that trains in about a second on the tiny cookie set (64 px, grey, width 8)."""
-    base = {"method": method, "data": str(data), "size": 64, "channels": 1, "epochs": 2,
-            "batch_size": 4, "width": 8, "latent": 16, "seed": 3, "device": "cpu", "patience": 0,
-            "corrupt": 0.0}
+    base = {
+        "method": method,
+        "data": str(data),
+        "size": 64,
+        "channels": 1,
+        "epochs": 2,
+        "batch_size": 4,
+        "width": 8,
+        "latent": 16,
+        "seed": 3,
+        "device": "cpu",
+        "patience": 0,
+        "corrupt": 0.0,
+    }
     base.update(overrides)
     return Config(**base)
 
 
 def tiny_flags(data, **overrides) -> list[str]:
     """`train` flags for the same tiny auto-encoder as `tiny_config`."""
-    flags = {"--data": str(data), "--method": "ae", "--size": "64", "--channels": "1",
-             "--epochs": "2", "--batch-size": "4", "--width": "8", "--latent": "16",
-             "--seed": "3", "--device": "cpu", "--patience": "0", "--corrupt": "0"}
+    flags = {
+        "--data": str(data),
+        "--method": "ae",
+        "--size": "64",
+        "--channels": "1",
+        "--epochs": "2",
+        "--batch-size": "4",
+        "--width": "8",
+        "--latent": "16",
+        "--seed": "3",
+        "--device": "cpu",
+        "--patience": "0",
+        "--corrupt": "0",
+    }
     flags.update({k: str(v) for k, v in overrides.items()})
     return [x for item in flags.items() for x in item]
 
@@ -42,8 +64,9 @@ def copy_run(run: Path, dest: Path) -> Path:
 class RandomImages(Dataset):
     """`n` seeded random images [channels, size, size] in AnomalyDataset's item format."""
 
-    def __init__(self, n: int, size: int = 32, channels: int = 1, seed: int = 0,
-                 defective: bool = False) -> None:
+    def __init__(
+        self, n: int, size: int = 32, channels: int = 1, seed: int = 0, defective: bool = False
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         self.images = torch.rand(n, channels, size, size, generator=g)
         self.masks = torch.zeros(n, size, size)
@@ -56,6 +79,11 @@ class RandomImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": self.masks[i], "label": self.label,
-                "defect": "blob" if self.label else "good", "path": f"random/{i:03d}.png",
-                "mask_known": True}
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "label": self.label,
+            "defect": "blob" if self.label else "good",
+            "path": f"random/{i:03d}.png",
+            "mask_known": True,
+        }

@@ -53,10 +53,14 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
-                                    + ([base] if base else []))
-                found = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                         for a in node.names]
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1]
+                        + ([base] if base else [])
+                    )
+                found = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                    for a in node.names
+                ]
             else:
                 continue
             for target in found:
@@ -65,8 +69,9 @@ def import_graph() -> dict[str, set[str]]:
                     if ".".join(parts[:i]) in modules:
                         targets.add(".".join(parts[:i]))
         # a module's own packages are being initialised when it runs: not an edge
-        graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")
-                       and t != "anomaly"}
+        graph[name] = {
+            t for t in targets if t != name and not name.startswith(t + ".") and t != "anomaly"
+        }
     return graph
 
 
@@ -79,7 +84,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -100,7 +105,8 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_import_cycles_counting_imports_inside_functions():
     graph = import_graph()
     assert "anomaly.runs" in graph and "anomaly.detectors.base" in graph["anomaly.pipeline"] | {
-        d for t in graph["anomaly.pipeline"] for d in graph.get(t, ())}
+        d for t in graph["anomaly.pipeline"] for d in graph.get(t, ())
+    }
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -112,9 +118,20 @@ def test_detectors_and_training_never_import_run_folders():
             assert "anomaly.runs" not in targets and "anomaly.pipeline" not in targets, name
 
 
-RUN_FILES = ("config.json", "split.json", "versions.json", "model.pt", "last.pt", "history.csv",
-             "scores.csv", "metrics.json", "threshold.json", "predictions.npz", "val_scores.json",
-             "selection.json")
+RUN_FILES = (
+    "config.json",
+    "split.json",
+    "versions.json",
+    "model.pt",
+    "last.pt",
+    "history.csv",
+    "scores.csv",
+    "metrics.json",
+    "threshold.json",
+    "predictions.npz",
+    "val_scores.json",
+    "selection.json",
+)
 # modules that still spell run-file names, to move onto RunDir (issue 11 item 2): explorer,
 # notebook, benchmark, overlays, original (run folders) and metrics (Threshold.save into a folder)
 NOT_YET = {"explorer", "notebook", "benchmark", "overlays", "original", "metrics"}
@@ -139,17 +156,43 @@ def test_only_runs_spells_run_file_names():
 # below on the `tiny` cookie preset (seed 0, 64 px) and printing Predictions.scores in data set
 # order (two CPU threads, device cpu). The redesign must not change a score beyond float32 noise.
 BEFORE = {
-    "patchknn": [42.59764099121094, 42.39115905761719, 42.752037048339844, 41.586204528808594,
-                 50.59583282470703, 42.591060638427734, 44.86262893676758, 41.67331314086914,
-                 44.423744201660156, 44.47806930541992],
-    "ae": [0.1525942087173462, 0.15647122263908386, 0.13935662806034088, 0.14029155671596527,
-           0.14046360552310944, 0.1433129459619522, 0.1443547159433365, 0.15405793488025665,
-           0.1434192955493927, 0.16561535000801086],
+    "patchknn": [
+        42.59764099121094,
+        42.39115905761719,
+        42.752037048339844,
+        41.586204528808594,
+        50.59583282470703,
+        42.591060638427734,
+        44.86262893676758,
+        41.67331314086914,
+        44.423744201660156,
+        44.47806930541992,
+    ],
+    "ae": [
+        0.1525942087173462,
+        0.15647122263908386,
+        0.13935662806034088,
+        0.14029155671596527,
+        0.14046360552310944,
+        0.1433129459619522,
+        0.1443547159433365,
+        0.15405793488025665,
+        0.1434192955493927,
+        0.16561535000801086,
+    ],
 }
 CONFIGS = {
     "patchknn": {"size": 64, "channels": 3, "seed": 0, "batch_size": 8},
-    "ae": {"size": 64, "channels": 1, "epochs": 2, "batch_size": 4, "width": 8, "latent": 16,
-           "seed": 3, "patience": 0},
+    "ae": {
+        "size": 64,
+        "channels": 1,
+        "epochs": 2,
+        "batch_size": 4,
+        "width": 8,
+        "latent": 16,
+        "seed": 3,
+        "patience": 0,
+    },
 }
 
 
@@ -167,8 +210,10 @@ def test_same_seed_same_scores_as_before_the_redesign(method, tiny_cookies, tmp_
 
 
 def test_imports_for_type_checkers_only_do_not_count():
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\n"
-                     "else:\n    import b\ndef f():\n    import c\n")
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\n"
+        "else:\n    import b\ndef f():\n    import c\n"
+    )
     names = {a.name for n in _runtime_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
     assert names == {"b", "c"}
 
@@ -180,8 +225,11 @@ def test_every_torch_load_refuses_pickled_objects():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "np.load"):
                 kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
-                safe = (kw.get("weights_only") == "True" if ast.unparse(node.func) == "torch.load"
-                        else kw.get("allow_pickle", "False") == "False")
+                safe = (
+                    kw.get("weights_only") == "True"
+                    if ast.unparse(node.func) == "torch.load"
+                    else kw.get("allow_pickle", "False") == "False"
+                )
                 if not safe:
                     unsafe.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not unsafe, unsafe

@@ -24,15 +24,26 @@ class Textures(Dataset):
     def __init__(self, n: int = 14, seed: int = 0, contrast: float = 0.4) -> None:
         gen = torch.Generator().manual_seed(seed)
         noise = torch.rand(n, 3, SIZE // 8, SIZE // 8, generator=gen)
-        self.images = 0.5 - contrast / 2 + contrast * torch.nn.functional.interpolate(
-            noise, size=(SIZE, SIZE), mode="bicubic", align_corners=False).clamp(0, 1)
+        self.images = (
+            0.5
+            - contrast / 2
+            + contrast
+            * torch.nn.functional.interpolate(
+                noise, size=(SIZE, SIZE), mode="bicubic", align_corners=False
+            ).clamp(0, 1)
+        )
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": torch.zeros(SIZE, SIZE), "label": 0,
-                "defect": "good", "path": f"img{i}.png"}
+        return {
+            "image": self.images[i],
+            "mask": torch.zeros(SIZE, SIZE),
+            "label": 0,
+            "defect": "good",
+            "path": f"img{i}.png",
+        }
 
 
 class ImageOnly(dict):
@@ -71,7 +82,9 @@ def stubs():
     @register("stub-mean")
     class Mean(Blind):
         def fit(self, train_data, val_data=None, progress=False, **kwargs):
-            self.mean = torch.stack([train_data[i]["image"] for i in range(len(train_data))]).mean(0)
+            self.mean = torch.stack([train_data[i]["image"] for i in range(len(train_data))]).mean(
+                0
+            )
             return self
 
         def predict_batch(self, images):
@@ -92,18 +105,23 @@ def test_same_seed_same_choice_and_scores():
     assert rows[1]["fit_shared_with"] == rows[0]["name"]  # differs only in the image score
     assert rows[0]["aupro"] == rows[1]["aupro"]
     second = AutoDetector(_config(), candidates=GRID).fit(Textures())
-    strip = [{k: v for k, v in r.items() if not k.endswith("_s")}
-             for r in first.selection["candidates"]]
-    assert strip == [{k: v for k, v in r.items() if not k.endswith("_s")}
-                     for r in second.selection["candidates"]]
+    strip = [
+        {k: v for k, v in r.items() if not k.endswith("_s")} for r in first.selection["candidates"]
+    ]
+    assert strip == [
+        {k: v for k, v in r.items() if not k.endswith("_s")} for r in second.selection["candidates"]
+    ]
     assert first.selection["chosen"] == second.selection["chosen"]
     other = AutoDetector(_config(seed=1), candidates=GRID).fit(Textures())
     assert other.selection["candidates"][0]["image_auroc"] is not None
 
 
 def test_chooses_the_best_separation_over_a_blind_candidate(stubs):
-    grid = [{"method": "stub-blind"}, {"method": "stub-mean", "size": SIZE},
-            {"method": "no-such-method"}]
+    grid = [
+        {"method": "stub-blind"},
+        {"method": "stub-mean", "size": SIZE},
+        {"method": "no-such-method"},
+    ]
     data = Textures(contrast=0.02)
     auto = AutoDetector(_config(), candidates=grid).fit(data)
     rows = auto.selection["candidates"]
@@ -118,10 +136,12 @@ def test_chooses_the_best_separation_over_a_blind_candidate(stubs):
 
 
 def test_choose_breaks_image_auroc_ties_by_aupro_then_grid_order():
-    rows = [{"name": "a", "image_auroc": 0.99, "aupro": 0.5},
-            {"name": "b", "image_auroc": 0.996, "aupro": 0.4},
-            {"name": "c", "image_auroc": 0.9, "aupro": 0.9},
-            {"name": "d", "image_auroc": None, "aupro": None, "error": "broken"}]
+    rows = [
+        {"name": "a", "image_auroc": 0.99, "aupro": 0.5},
+        {"name": "b", "image_auroc": 0.996, "aupro": 0.4},
+        {"name": "c", "image_auroc": 0.9, "aupro": 0.9},
+        {"name": "d", "image_auroc": None, "aupro": None, "error": "broken"},
+    ]
     assert choose(rows) == 1  # a is more than the tie margin below b
     assert choose(rows, tie=0.01) == 0  # a and b tied: a localises better
     rows[1]["aupro"] = 0.5001
@@ -169,8 +189,13 @@ def test_training_labels_and_masks_are_never_read():
 def test_candidates_predict_at_their_own_size_and_inherit_the_run():
     run = _config(seed=3).replace(data="/some/data", channels=1)
     cfg = candidate_config(run, {"method": "patchknn", "size": 32})
-    assert (cfg.method, cfg.size, cfg.channels, cfg.seed, cfg.data) == \
-        ("patchknn", 32, 1, 3, "/some/data")
+    assert (cfg.method, cfg.size, cfg.channels, cfg.seed, cfg.data) == (
+        "patchknn",
+        32,
+        1,
+        3,
+        "/some/data",
+    )
     auto = AutoDetector(_config(), candidates=[{**FAST, "size": 32}]).fit(Textures())
     scores, maps = auto.predict_batch(torch.rand(2, 3, SIZE, SIZE))
     assert scores.shape == (2,) and maps.shape == (2, SIZE, SIZE)

@@ -77,8 +77,9 @@ def test_make_cookies_overwrite_never_deletes_a_users_folder(tmp_path, capsys):
     mine = tmp_path / "mine"
     (mine / "train" / "good").mkdir(parents=True)
     (mine / "train" / "good" / "photo.png").write_bytes(b"my photo")
-    code, _, err = run_cli(capsys, "make-cookies", mine, "--preset", "tiny", "--size", 64,
-                           "--overwrite")
+    code, _, err = run_cli(
+        capsys, "make-cookies", mine, "--preset", "tiny", "--size", 64, "--overwrite"
+    )
     assert code == 2 and "did not make" in err
     assert (mine / "train" / "good" / "photo.png").read_bytes() == b"my photo"
     a_file = tmp_path / "notes.txt"
@@ -109,7 +110,9 @@ def test_a_stale_lock_is_taken_over(tiny_cookies, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / RunDir.LOCK).write_text(json.dumps({"pid": gone.pid, "command": "train"}))
-    code, _, _ = run_cli(capsys, "train", "--out", run, *tiny_flags(tiny_cookies, **{"--epochs": 1}))
+    code, _, _ = run_cli(
+        capsys, "train", "--out", run, *tiny_flags(tiny_cookies, **{"--epochs": 1})
+    )
     assert code == 0 and (run / "model.pt").exists() and not (run / RunDir.LOCK).exists()
 
 
@@ -145,8 +148,9 @@ def test_a_killed_score_leaves_the_old_outputs_whole(scored_ae_run, tmp_path, mo
     assert code == 2 and "predictions.npz" in err and "score the run again" in err
 
 
-def test_predict_keeps_one_overlay_per_image_with_the_same_name(scored_ae_run, tiny_cookies,
-                                                                tmp_path, capsys):
+def test_predict_keeps_one_overlay_per_image_with_the_same_name(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
     """8: images with the same file name in different folders shared one overlay file."""
     run = copy_run(scored_ae_run, tmp_path / "run")
     a, b = tiny_cookies / "test" / "crack" / "000.png", tiny_cookies / "test" / "good" / "000.png"
@@ -183,15 +187,17 @@ def test_threshold_refuses_non_finite_values(scored_ae_run, tmp_path, capsys, va
     """10: `threshold --value nan` was accepted (then every part passes)."""
     run = copy_run(scored_ae_run, tmp_path / "run")
     before = (run / "threshold.json").read_text()
-    code, _, err = run_cli(capsys, "threshold", "--run", run, "--rule", "manual",
-                           f"--value={value}")
+    code, _, err = run_cli(
+        capsys, "threshold", "--run", run, "--rule", "manual", f"--value={value}"
+    )
     assert code == 2 and "finite" in err and (run / "threshold.json").read_text() == before
 
 
 def test_threshold_f1_refuses_a_value(scored_ae_run, capsys):
     """10: `--rule f1 --value X` ignored X silently."""
-    code, _, err = run_cli(capsys, "threshold", "--run", scored_ae_run, "--rule", "f1",
-                           "--value", 0.5)
+    code, _, err = run_cli(
+        capsys, "threshold", "--run", scored_ae_run, "--rule", "f1", "--value", 0.5
+    )
     assert code == 2 and "drop --value" in err
 
 
@@ -205,21 +211,37 @@ def test_an_edited_config_that_changes_scores_is_refused(scored_ae_run, tmp_path
     assert code == 2 and "loss" in err and "config.json" in err and "model.pt" in err
 
 
-@pytest.mark.parametrize("flag, value", [("--epochs", 0), ("--epochs", -1), ("--size", 0),
-                                         ("--batch-size", 0), ("--k", -1), ("--lr", 0),
-                                         ("--lr", -0.1), ("--latent", 0)])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--epochs", 0),
+        ("--epochs", -1),
+        ("--size", 0),
+        ("--batch-size", 0),
+        ("--k", -1),
+        ("--lr", 0),
+        ("--lr", -0.1),
+        ("--latent", 0),
+    ],
+)
 def test_numeric_flags_out_of_range_are_refused(tiny_cookies, tmp_path, capsys, flag, value):
     """12: `--epochs 0` printed "trained" and saved an untrained model."""
-    code, out, err = run_cli(capsys, "train", "--out", tmp_path / "run",
-                             *tiny_flags(tiny_cookies, **{flag: value}))
+    code, out, err = run_cli(
+        capsys, "train", "--out", tmp_path / "run", *tiny_flags(tiny_cookies, **{flag: value})
+    )
     assert code == 2 and flag in err and "trained" not in out
     assert not (tmp_path / "run").exists()
 
 
 def test_a_size_too_small_is_refused_before_reading_data(tmp_path, capsys):
     """12/16: `--size 30` failed after loading the data and left a partial run folder."""
-    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "run",
-                           *tiny_flags(tmp_path / "no_data_here", **{"--size": 30}))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--out",
+        tmp_path / "run",
+        *tiny_flags(tmp_path / "no_data_here", **{"--size": 30}),
+    )
     assert code == 2 and "--size 30" in err and "no_data_here" not in err
     assert not (tmp_path / "run").exists()
 
@@ -240,15 +262,24 @@ def test_resume_applies_more_epochs_and_refuses_other_changes(scored_ae_run, tmp
 
 
 # --- messages instead of tracebacks (15-16) ------------------------------------------------------
-@pytest.mark.parametrize("device, message", [("gpu", "not a device"), ("mps", "MPS"),
-                                             ("cuda:7", "CUDA")])
+@pytest.mark.parametrize(
+    "device, message", [("gpu", "not a device"), ("mps", "MPS"), ("cuda:7", "CUDA")]
+)
 def test_unusable_devices_get_a_message(tiny_cookies, tmp_path, capsys, device, message):
     """15: `--device gpu` and `--device mps` on Linux gave tracebacks."""
-    if device == "cuda:7" and torch.cuda.device_count() > 7 or (
-            device == "mps" and torch.backends.mps.is_available()):
+    if (
+        device == "cuda:7"
+        and torch.cuda.device_count() > 7
+        or (device == "mps" and torch.backends.mps.is_available())
+    ):
         pytest.skip("this machine has that device")
-    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "run",
-                           *tiny_flags(tiny_cookies, **{"--device": device}))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--out",
+        tmp_path / "run",
+        *tiny_flags(tiny_cookies, **{"--device": device}),
+    )
     assert code == 2 and message in err and f"--device {device}" in err
 
 
@@ -262,7 +293,9 @@ def test_out_naming_a_file_is_refused(tiny_cookies, tmp_path, capsys):
 def test_resume_on_a_kmeans_run_says_there_is_nothing_to_resume(scored_ae_run, tmp_path, capsys):
     """15: `--resume` on a kmeans run gave a traceback."""
     km = tmp_path / "km"
-    assert run_cli(capsys, "train", "--method", "kmeans", "--from", scored_ae_run, "--out", km)[0] == 0
+    assert (
+        run_cli(capsys, "train", "--method", "kmeans", "--from", scored_ae_run, "--out", km)[0] == 0
+    )
     code, _, err = run_cli(capsys, "train", "--out", km, "--resume")
     assert code == 2 and "does not train by epochs" in err
 
@@ -283,8 +316,9 @@ def test_ctrl_c_during_training_says_how_to_continue(tiny_cookies, tmp_path, mon
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", "--out", run, *tiny_flags(tiny_cookies))
     assert code == 130
-    assert (f"interrupted after epoch 1; continue with `python -m anomaly train --out {run} "
-            "--resume`") in err
+    assert (
+        f"interrupted after epoch 1; continue with `python -m anomaly train --out {run} --resume`"
+    ) in err
     assert not (run / RunDir.LOCK).exists()
     monkeypatch.undo()
     assert run_cli(capsys, "train", "--out", run, "--resume")[0] == 0
@@ -297,10 +331,13 @@ def test_not_a_run_folder_names_the_folder(tmp_path, capsys):
     assert code == 2 and "{run_dir}" not in err and f"--out {tmp_path / 'nothing'}" in err
 
 
-@pytest.mark.parametrize("name, command", [
-    ("config.json", ["score", "--no-overlays"]),
-    ("threshold.json", ["predict"]),
-])
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        ("config.json", ["score", "--no-overlays"]),
+        ("threshold.json", ["predict"]),
+    ],
+)
 def test_invalid_json_names_the_file(scored_ae_run, tiny_cookies, tmp_path, capsys, name, command):
     """16: invalid JSON in config.json/threshold.json did not name the file."""
     run = copy_run(scored_ae_run, tmp_path / "run")
@@ -310,8 +347,9 @@ def test_invalid_json_names_the_file(scored_ae_run, tiny_cookies, tmp_path, caps
     assert code == 2 and str(run / name) in err and "not valid JSON" in err
 
 
-def test_predict_takes_a_folder_and_one_bad_path_hides_nothing(scored_ae_run, tiny_cookies,
-                                                               tmp_path, capsys):
+def test_predict_takes_a_folder_and_one_bad_path_hides_nothing(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
     """16: predict on a folder advised to "re-save it as PNG"; one bad path hid the results."""
     run = copy_run(scored_ae_run, tmp_path / "run")
     code, out, err = run_cli(capsys, "predict", "--run", run, tiny_cookies / "test" / "crack")

@@ -16,9 +16,14 @@ def _pred(scores, areas, size=10):
     for i, a in enumerate(areas):
         masks[i].flat[:a] = 1
     labels = (np.array(areas) > 0).astype(int)
-    return Predictions([f"{i}.png" for i in range(n)], labels,
-                       ["good" if a == 0 else "crack" for a in areas], np.array(scores, float),
-                       np.zeros((n, size, size), np.float32), masks)
+    return Predictions(
+        [f"{i}.png" for i in range(n)],
+        labels,
+        ["good" if a == 0 else "crack" for a in areas],
+        np.array(scores, float),
+        np.zeros((n, size, size), np.float32),
+        masks,
+    )
 
 
 def test_detectability_counts_caught_defects_by_area():
@@ -42,9 +47,20 @@ def test_detectability_needs_masks():
 
 
 def test_format_table_has_every_column_and_marks_missing_values():
-    rows = [{"method": "a", "image_auroc": 0.91234, "pixel_auroc": None, "aupro": 0.5,
-             "image_f1_max": 0.7, "fit_s": 12.4, "train_ips": 100.2, "predict_ips": 50.6,
-             "peak_mb": 900, "per_defect": {"crack": 0.8}}]
+    rows = [
+        {
+            "method": "a",
+            "image_auroc": 0.91234,
+            "pixel_auroc": None,
+            "aupro": 0.5,
+            "image_f1_max": 0.7,
+            "fit_s": 12.4,
+            "train_ips": 100.2,
+            "predict_ips": 50.6,
+            "peak_mb": 900,
+            "per_defect": {"crack": 0.8},
+        }
+    ]
     lines = format_table(rows).splitlines()
     assert lines[0].split(" | ")[-1] == "auroc_crack |"
     assert "train_ips" in lines[0]
@@ -109,7 +125,10 @@ def test_discover_sets_reads_a_suite_manifest_and_plain_sets(tmp_path, tiny_cook
     suite = _suite(tmp_path / "photos", ["coffee", "tiny"], tiny_cookies, as_dicts=True)
     found = discover_sets([str(tiny_cookies), str(suite)])
     assert [(f["suite"], f["name"]) for f in found] == [
-        ("tiny", "tiny-tiny"), ("photos", "coffee"), ("photos", "photos-tiny")]
+        ("tiny", "tiny-tiny"),
+        ("photos", "coffee"),
+        ("photos", "photos-tiny"),
+    ]
     assert found[1]["path"] == str(suite / "coffee")
     with pytest.raises(BenchmarkError, match="no such folder"):
         discover_sets([str(tmp_path / "missing")])
@@ -118,8 +137,18 @@ def test_discover_sets_reads_a_suite_manifest_and_plain_sets(tmp_path, tiny_cook
 def test_summary_gives_mean_and_worst_set_per_method():
     from anomaly.benchmark import format_summary, summarize
 
-    rows = [{"suite": "p", "set": s, "method": "m", "image_auroc": a, "pixel_auroc": None,
-             "aupro": 0.5, "fit_s": 1.0} for s, a in (("x", 0.9), ("y", 0.7), ("z", 0.8))]
+    rows = [
+        {
+            "suite": "p",
+            "set": s,
+            "method": "m",
+            "image_auroc": a,
+            "pixel_auroc": None,
+            "aupro": 0.5,
+            "fit_s": 1.0,
+        }
+        for s, a in (("x", 0.9), ("y", 0.7), ("z", 0.8))
+    ]
     rows.append({"suite": "p", "set": "w", "method": "m", "error": ["boom"]})
     (s,) = summarize(rows)
     assert s["sets"] == 3 and s["mean_image_auroc"] == pytest.approx(0.8)
@@ -129,6 +158,7 @@ def test_summary_gives_mean_and_worst_set_per_method():
     assert format_summary([s]).splitlines()[2] == expected
 
 
+@pytest.mark.slow
 def test_smoke_benchmark_over_a_suite(tmp_path, tiny_cookies):
     from anomaly.benchmark import MARK, run_benchmark
 
@@ -154,8 +184,23 @@ def test_train_size_curve_smoke_via_the_cli(tmp_path, tiny_cookies, capsys):
     from anomaly.cli import main
 
     out = tmp_path / "curves"
-    assert main(["benchmark", "--curve", "train-size", "--data", str(tiny_cookies), "--method",
-                 "patchknn", "--smoke", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "--curve",
+                "train-size",
+                "--data",
+                str(tiny_cookies),
+                "--method",
+                "patchknn",
+                "--smoke",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = read_curve(out)
     # tiny: 8 good images, 1 held out for the threshold: sizes 1, 2, 4 and all 7
     assert [r["n"] for r in rows] == [1, 2, 4, 7]
@@ -165,8 +210,22 @@ def test_train_size_curve_smoke_via_the_cli(tmp_path, tiny_cookies, capsys):
     assert (out / "train_size_patchknn.csv").read_text().startswith("set,method,n,rep,")
     fig = train_size_figure({"tiny": curve_summary(rows)})
     assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == "log"
-    assert main(["benchmark", "--curve", "train-size", "--data", str(tiny_cookies),
-                 "--alpha", "0", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "benchmark",
+                "--curve",
+                "train-size",
+                "--data",
+                str(tiny_cookies),
+                "--alpha",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "alpha" in capsys.readouterr().err
 
 
@@ -174,9 +233,21 @@ def test_images_needed_is_where_the_mean_curve_stays_above_target():
     from anomaly.benchmark_curves import curve_summary, images_needed
 
     auroc = {1: [0.6, 0.7], 2: [0.96, 0.94], 4: [0.9], 8: [0.95], 16: [0.97]}
-    rows = [{"set": "s", "method": "m", "n": n, "image_auroc": a, "aupro": None,
-             "escape_rate": 0.5, "false_reject_rate": 0.0, "fit_s": 1.0, "alpha_used": 0.01}
-            for n, values in auroc.items() for a in values]
+    rows = [
+        {
+            "set": "s",
+            "method": "m",
+            "n": n,
+            "image_auroc": a,
+            "aupro": None,
+            "escape_rate": 0.5,
+            "false_reject_rate": 0.0,
+            "fit_s": 1.0,
+            "alpha_used": 0.01,
+        }
+        for n, values in auroc.items()
+        for a in values
+    ]
     rows.append({"set": "s", "method": "m", "n": 32, "error": "ValueError: boom"})
     assert images_needed(rows, 0.95) == 8  # n = 2 reaches 0.95 on average, n = 4 falls back
     assert curve_summary(rows)["image_auroc_min"][0] == 0.6

@@ -11,8 +11,9 @@ import pytest
 from anomaly.metrics import Threshold, conformal_n_needed, threshold_conformal
 
 
-def _mean_false_reject(pool: np.ndarray, n_cal: int, alpha: float, splits: int, seed: int = 0,
-                       rank_shift: int = 0) -> tuple[float, float]:
+def _mean_false_reject(
+    pool: np.ndarray, n_cal: int, alpha: float, splits: int, seed: int = 0, rank_shift: int = 0
+) -> tuple[float, float]:
     """Mean and standard error of the false-reject rate over random splits of `pool`."""
     rng = np.random.default_rng(seed)
     rates = []
@@ -21,8 +22,9 @@ def _mean_false_reject(pool: np.ndarray, n_cal: int, alpha: float, splits: int, 
         cal, test = pool[order[:n_cal]], pool[order[n_cal:]]
         t = threshold_conformal(cal, alpha)
         if rank_shift:  # a deliberately wrong rule, to show the check can fail
-            t = Threshold(float(np.nextafter(np.sort(cal)[t.params["rank"] - 1 + rank_shift],
-                                             np.inf)))
+            t = Threshold(
+                float(np.nextafter(np.sort(cal)[t.params["rank"] - 1 + rank_shift], np.inf))
+            )
         rates.append(np.mean(t.predict(test)))
     rates = np.asarray(rates)
     return float(rates.mean()), float(rates.std(ddof=1) / np.sqrt(splits))

@@ -28,8 +28,13 @@ def test_layout_and_counts_match_the_preset(tiny):
         assert len(list((root / "test" / kind).glob("*.png"))) == counts[kind]
         assert len(list((root / "ground_truth" / kind).glob("*_mask.png"))) == counts[kind]
     assert not (root / "ground_truth/good").exists()
-    assert manifest["counts"] == {"train/good": 8, "test/good": 4, "test/crack": 2,
-                                  "test/mustard": 2, "test/plastic": 2}
+    assert manifest["counts"] == {
+        "train/good": 8,
+        "test/good": 4,
+        "test/crack": 2,
+        "test/mustard": 2,
+        "test/plastic": 2,
+    }
     assert manifest["generator_version"] == GENERATOR_VERSION
     assert (manifest["preset"], manifest["seed"], manifest["size"]) == ("tiny", 0, 64)
 
@@ -87,13 +92,16 @@ def test_folder_with_other_files_is_refused(tmp_path):
         make_cookies(tmp_path, preset="tiny", size=64)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"preset": "huge"}, "unknown preset"),
-    ({"size": 16}, "at least 32"),
-    ({"size": 64.5}, "at least 32"),
-    ({"difficulty": 0}, "positive"),
-    ({"seed": -1}, "non-negative"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"preset": "huge"}, "unknown preset"),
+        ({"size": 16}, "at least 32"),
+        ({"size": 64.5}, "at least 32"),
+        ({"difficulty": 0}, "positive"),
+        ({"seed": -1}, "non-negative"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_cookies(tmp_path, **kwargs)
@@ -117,8 +125,11 @@ def test_same_cookie_at_any_size():
 
 def test_difficulty_makes_smaller_fainter_defects():
     def areas(difficulty):
-        return [render_cookie(np.random.default_rng(i), 128, kind, difficulty)[1].sum()
-                for kind in KINDS for i in range(3)]
+        return [
+            render_cookie(np.random.default_rng(i), 128, kind, difficulty)[1].sum()
+            for kind in KINDS
+            for i in range(3)
+        ]
 
     easy, hard = areas(1.0), areas(4.0)
     assert np.mean(hard) < 0.6 * np.mean(easy)

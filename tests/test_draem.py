@@ -44,8 +44,13 @@ class Blobs(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": torch.zeros(self.size, self.size), "label": 0,
-                "defect": "good", "path": f"blob_{i}.png"}
+        return {
+            "image": self.images[i],
+            "mask": torch.zeros(self.size, self.size),
+            "label": 0,
+            "defect": "good",
+            "path": f"blob_{i}.png",
+        }
 
 
 def test_perlin_noise_shape_range_and_any_size():
@@ -124,8 +129,9 @@ def test_loss_falls_on_one_batch():
 def test_fit_predict_and_state_round_trip(tmp_path):
     torch.manual_seed(0)
     cfg = Config(method="draem", size=32, channels=1, width=8, epochs=2, batch_size=4, seed=0)
-    det = DraemDetector(cfg).fit(Blobs(8), Blobs(4, seed=1), checkpoints=RunDir(tmp_path),
-                                 progress=False)
+    det = DraemDetector(cfg).fit(
+        Blobs(8), Blobs(4, seed=1), checkpoints=RunDir(tmp_path), progress=False
+    )
     assert len(det.history) == 2 and (tmp_path / "model.pt").exists()
     pred = det.predict(Blobs(6, seed=2))
     assert pred.scores.shape == (6,) and pred.maps.shape == (6, 32, 32)

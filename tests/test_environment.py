@@ -14,8 +14,10 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_TO_PYPI = {"pytorch": "torch"}  # conda-forge names that differ from the PyPI names
 NOT_PACKAGES = {"python", "pip"}
-SPEC = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*"
-                  r"(?:(>=|==|=)\s*([^\s,;]+))?")
+SPEC = re.compile(
+    r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*"
+    r"(?:(>=|==|=)\s*([^\s,;]+))?"
+)
 
 
 def _normalize(name: str) -> str:
@@ -87,8 +89,11 @@ def project() -> dict:
 
 @pytest.fixture(scope="module")
 def minimums(project) -> dict:
-    return _versions(project["dependencies"] + project["optional-dependencies"]["dev"]
-                     + project["optional-dependencies"]["export"])
+    return _versions(
+        project["dependencies"]
+        + project["optional-dependencies"]["dev"]
+        + project["optional-dependencies"]["export"]
+    )
 
 
 def test_channel_is_conda_forge(env: dict) -> None:
@@ -112,9 +117,11 @@ def test_same_packages(env_packages: dict, minimums: dict) -> None:
     missing_in_pyproject = sorted(set(env_packages) - set(minimums))
     assert not missing_in_env, f"in pyproject.toml but not in environment.yml: {missing_in_env}"
     assert not missing_in_pyproject, (
-        f"in environment.yml but not in pyproject.toml: {missing_in_pyproject}")
-    assert all(op == ">=" for op, _ in minimums.values()), \
+        f"in environment.yml but not in pyproject.toml: {missing_in_pyproject}"
+    )
+    assert all(op == ">=" for op, _ in minimums.values()), (
         "every pyproject dependency should state a minimum version (>=)"
+    )
 
 
 def test_environment_pins_the_tested_versions(env_packages: dict, minimums: dict) -> None:
@@ -123,9 +130,11 @@ def test_environment_pins_the_tested_versions(env_packages: dict, minimums: dict
         assert op in ("=", "=="), f"environment.yml: {name} is not pinned (run `make constraints`)"
         assert tested.get(name) == version, (
             f"environment.yml pins {name} {version}, constraints.txt has {tested.get(name)}; "
-            "run `make constraints`")
+            "run `make constraints`"
+        )
         assert Version(version) >= Version(minimums[name][1]), (
-            f"{name} {version} is below pyproject's minimum {minimums[name][1]}")
+            f"{name} {version} is below pyproject's minimum {minimums[name][1]}"
+        )
 
 
 def test_constraints_cover_every_dependency_and_not_the_project(minimums: dict) -> None:
@@ -136,8 +145,11 @@ def test_constraints_cover_every_dependency_and_not_the_project(minimums: dict) 
 
 def test_make_and_ci_install_with_the_constraints() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    installs = [line for line in makefile.splitlines() if "pip install" in line
-                and "--upgrade pip" not in line and "--upgrade -e" not in line]
+    installs = [
+        line
+        for line in makefile.splitlines()
+        if "pip install" in line and "--upgrade pip" not in line and "--upgrade -e" not in line
+    ]
     assert installs and all("-c $(CONSTRAINTS)" in line for line in installs), installs
     assert "CONSTRAINTS := constraints.txt" in makefile
     assert "constraints.txt" in (ROOT / ".ci" / "run").read_text()
@@ -154,4 +166,6 @@ def test_reader_handles_the_file_shape(tmp_path: Path) -> None:
     assert env["dependencies"] == ["python=3.11", "pip", "pytorch=2.2.1"]
     assert env["pip"] == ["foo_bar==1.0", "-e ."]
     assert _versions(env["dependencies"][2:] + env["pip"][:1]) == {
-        "torch": ("=", "2.2.1"), "foo-bar": ("==", "1.0")}
+        "torch": ("=", "2.2.1"),
+        "foo-bar": ("==", "1.0"),
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -327,21 +326,6 @@ def test_run_dropdown_switches_the_data(tmp_path):
 def test_runs_of_different_sizes_are_refused():
     with pytest.raises(ValueError, match="same data"):
         ThresholdExplorer({"a": synthetic_predictions(10), "b": synthetic_predictions(12)})
-
-
-def test_update_latency_500_images():
-    """Prints the slider-move latency for 500 images of 128x128 (reported, not asserted)."""
-    ex = ThresholdExplorer(synthetic_predictions(500, 128, method="timing"))
-    times = []
-    for t in np.linspace(ex.slider.min, ex.slider.max, 25):
-        start = time.perf_counter()
-        ex.slider.value = float(t)
-        times.append(time.perf_counter() - start)
-    print(
-        f"\nslider move, 500 images 128x128: median {1e3 * np.median(times):.1f} ms, "
-        f"max {1e3 * max(times):.1f} ms"
-    )
-    assert ex.last_update_s > 0
 
 
 # ---------------------------------------------------------------------------------------------

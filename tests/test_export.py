@@ -16,8 +16,10 @@ from anomaly.data.folder import load_image
 from anomaly.export import ExportError, preprocess
 
 ort = pytest.importorskip(
-    "onnxruntime", reason="onnxruntime is not installed: pip install 'anomaly[export]' "
-                          "(or onnx onnxruntime) to test the ONNX export")
+    "onnxruntime",
+    reason="onnxruntime is not installed: pip install 'anomaly[export]' "
+    "(or onnx onnxruntime) to test the ONNX export",
+)
 pytest.importorskip("onnx", reason="onnx is not installed: pip install 'anomaly[export]'")
 
 from anomaly.export import OnnxDetector, export_onnx, predict_onnx
@@ -42,8 +44,9 @@ def test_onnx_scores_and_maps_equal_the_eager_detector(exported, tiny_cookies):
     run, path = exported
     files = _test_images(tiny_cookies)
     detector = load_run(run, device="cpu")
-    images = torch.stack([load_image(f, size=SIZE, channels=detector.config.channels)
-                          for f in files])
+    images = torch.stack(
+        [load_image(f, size=SIZE, channels=detector.config.channels) for f in files]
+    )
     ref_scores, ref_maps = (t.numpy() for t in detector.predict_batch(images))
     scores, maps = predict_onnx(path, files)
     assert maps.shape == ref_maps.shape == (len(files), SIZE, SIZE)
@@ -56,10 +59,20 @@ def test_onnx_scores_and_maps_equal_the_eager_detector(exported, tiny_cookies):
 def test_parity_holds_for_padding_border_topk_and_grey(tiny_cookies, tmp_path):
     """The export traces whatever predict_batch does: mirrored feature padding, an image score
     without the border, a top-k score, grey images, and other stages."""
-    config = Config.for_method("patchknn", data=str(tiny_cookies), size=40, device="cpu",
-                               channels=1, feature_pad=8, score_border=4, score_topk=0.05,
-                               backbone="efficientnet_lite0", layers="blocks.2, blocks.4",
-                               smooth_sigma=1.0, neighbors=2)
+    config = Config.for_method(
+        "patchknn",
+        data=str(tiny_cookies),
+        size=40,
+        device="cpu",
+        channels=1,
+        feature_pad=8,
+        score_border=4,
+        score_topk=0.05,
+        backbone="efficientnet_lite0",
+        layers="blocks.2, blocks.4",
+        smooth_sigma=1.0,
+        neighbors=2,
+    )
     train_run(config, tmp_path / "run", progress=False)
     path = export_onnx(tmp_path / "run", tmp_path / "other.onnx")
     files = _test_images(tiny_cookies)
@@ -139,8 +152,9 @@ def test_only_patchknn_runs_export(tiny_cookies, tmp_path):
         export_onnx(tmp_path / "ae", tmp_path / "ae.onnx")
 
 
-def test_cli_export_then_predict_onnx_agrees_with_predict_run(exported, tiny_cookies, tmp_path,
-                                                               capsys):
+def test_cli_export_then_predict_onnx_agrees_with_predict_run(
+    exported, tiny_cookies, tmp_path, capsys
+):
     from anomaly.cli import main
 
     run, _ = exported
@@ -155,10 +169,14 @@ def test_cli_export_then_predict_onnx_agrees_with_predict_run(exported, tiny_coo
     onnx_rows = [line.split("\t") for line in onnx_lines[:3]]
     run_rows = [line.split("\t") for line in run_lines[:3]]
     assert [r[0] for r in onnx_rows] == files and [r[2] for r in onnx_rows] == [
-        r[2] for r in run_rows]
-    np.testing.assert_allclose([float(r[1]) for r in onnx_rows],
-                               [float(r[1]) for r in run_rows], rtol=1e-4)
-    assert (tmp_path / "cli_predict").is_dir() and len(list((tmp_path / "cli_predict").iterdir())) == 3
+        r[2] for r in run_rows
+    ]
+    np.testing.assert_allclose(
+        [float(r[1]) for r in onnx_rows], [float(r[1]) for r in run_rows], rtol=1e-4
+    )
+    assert (tmp_path / "cli_predict").is_dir() and len(
+        list((tmp_path / "cli_predict").iterdir())
+    ) == 3
     assert main(["predict", "--onnx", str(tmp_path / "nope.onnx"), *files]) == 2
     assert "nope.onnx: no such ONNX file" in capsys.readouterr().err
 
@@ -166,10 +184,11 @@ def test_cli_export_then_predict_onnx_agrees_with_predict_run(exported, tiny_coo
 def test_predict_onnx_never_imports_torch(exported, tiny_cookies):
     _, path = exported
     file = _test_images(tiny_cookies)[0]
-    code = ("import sys; from anomaly.export import predict_onnx; "
-            f"s, m = predict_onnx({str(path)!r}, [{str(file)!r}]); "
-            "assert m.shape == (1, 48, 48), m.shape; "
-            "assert 'torch' not in sys.modules, 'predict_onnx imported torch'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
+    code = (
+        "import sys; from anomaly.export import predict_onnx; "
+        f"s, m = predict_onnx({str(path)!r}, [{str(file)!r}]); "
+        "assert m.shape == (1, 48, 48), m.shape; "
+        "assert 'torch' not in sys.modules, 'predict_onnx imported torch'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

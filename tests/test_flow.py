@@ -186,8 +186,9 @@ def test_same_seed_same_result():
 def test_fit_writes_checkpoint_and_history_and_resumes(tmp_path):
     from anomaly.runs import RunDir, load_checkpoint, read_history
 
-    detector = make_detector(epochs=2).fit(Stripes(8, seed=1), checkpoints=RunDir(tmp_path),
-                                           progress=False)
+    detector = make_detector(epochs=2).fit(
+        Stripes(8, seed=1), checkpoints=RunDir(tmp_path), progress=False
+    )
     assert len(read_history(tmp_path)) == 2
     fresh = make_detector()
     load_checkpoint(tmp_path, fresh)
@@ -200,7 +201,6 @@ def test_fit_writes_checkpoint_and_history_and_resumes(tmp_path):
 
 
 def test_default_backbone_builds_and_predicts():
-    pytest.importorskip("anomaly.features")
     config = Config(method="flow", size=64, channels=1, smooth_sigma=1.0)
     detector = FlowDetector(config, steps=2)
     assert not any(p.requires_grad for p in detector.backbone.parameters())

@@ -34,8 +34,13 @@ class Flat(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": self.masks[i], "label": self.labels[i],
-                "defect": "blob" if self.labels[i] else "good", "path": f"img{i}.png"}
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "label": self.labels[i],
+            "defect": "blob" if self.labels[i] else "good",
+            "path": f"img{i}.png",
+        }
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +72,9 @@ def test_finds_a_blob_and_where_it_is(fitted):
 
 def test_state_round_trips(fitted):
     state = fitted.state_dict()
-    assert set(state) == {"mean", "std"} and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert set(state) == {"mean", "std"} and all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    )
     other = MeanDiff(fitted.config)
     other.load_state_dict(state)
     images = Flat(4, defective=2, seed=3).images

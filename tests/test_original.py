@@ -44,8 +44,9 @@ class FakeSource:
     config = Config(method="unet")
 
     def features(self, images):
-        return F.avg_pool2d(images, 4).repeat(1, 3, 1, 1) * torch.tensor([1.0, 10.0, 100.0]
-                                                                          ).view(1, 3, 1, 1)
+        return F.avg_pool2d(images, 4).repeat(1, 3, 1, 1) * torch.tensor([1.0, 10.0, 100.0]).view(
+            1, 3, 1, 1
+        )
 
     def to(self, device):
         return self
@@ -57,8 +58,16 @@ class FakeSource:
 def _data(n, seed, size=32):
     g = torch.Generator().manual_seed(seed)
     images = 0.5 + 0.05 * torch.randn(n, 1, size, size, generator=g)
-    return [{"image": img, "mask": torch.zeros(size, size), "label": 0, "defect": "good",
-             "path": str(i)} for i, img in enumerate(images)]
+    return [
+        {
+            "image": img,
+            "mask": torch.zeros(size, size),
+            "label": 0,
+            "defect": "good",
+            "path": str(i),
+        }
+        for i, img in enumerate(images)
+    ]
 
 
 def test_original_kmeans_uses_the_max_pooled_bottleneck_unstandardised():
@@ -118,10 +127,21 @@ def test_original_overlay_paints_only_where_the_reconstruction_is_brighter():
 
 def test_original_recipe_runs_end_to_end_through_the_cli(tiny_cookies, tmp_path, capsys):
     unet, km = tmp_path / "unet", tmp_path / "km"
-    flags = ["--data", str(tiny_cookies), "--size", "32", "--epochs", "1", "--width", "4",
-             "--device", "cpu"]
-    assert main(["train", "--method", "unet", "--recipe", "original", *flags,
-                 "--out", str(unet)]) == 0
+    flags = [
+        "--data",
+        str(tiny_cookies),
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--width",
+        "4",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        main(["train", "--method", "unet", "--recipe", "original", *flags, "--out", str(unet)]) == 0
+    )
     assert main(["train", "--method", "kmeans", "--from", str(unet), "--out", str(km)]) == 0
     assert main(["score", "--run", str(km), "--no-overlays"]) == 0
     detector = load_run(km, device="cpu")
@@ -132,8 +152,11 @@ def test_original_recipe_runs_end_to_end_through_the_cli(tiny_cookies, tmp_path,
 def test_project_kmeans_run_defaults_to_cells(tiny_cookies, tmp_path):
     run = tmp_path / "unet"
     train_run(tiny_config(tiny_cookies, method="unet", epochs=1), run, progress=False)
-    train_run(tiny_config(tiny_cookies, method="kmeans", source_run=str(run), k=0,
-                          kmeans_features=""), tmp_path / "km", progress=False)
+    train_run(
+        tiny_config(tiny_cookies, method="kmeans", source_run=str(run), k=0, kmeans_features=""),
+        tmp_path / "km",
+        progress=False,
+    )
     km = load_run(tmp_path / "km", device="cpu")
     assert km.kind == "cell" and km.k >= 1
     assert km.centers.shape[0] == (64 // 8) ** 2  # one set of centroids per bottleneck cell

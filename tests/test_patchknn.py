@@ -23,20 +23,26 @@ class Textures(Dataset):
         gen = torch.Generator().manual_seed(seed)
         noise = torch.rand(n, 1, size // 8, size // 8, generator=gen)
         self.images = 0.35 + 0.3 * torch.nn.functional.interpolate(
-            noise, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+            noise, size=(size, size), mode="bicubic", align_corners=False
+        ).clamp(0, 1)
         self.masks = torch.zeros(n, size, size)
         self.labels = [0] * (n - defective) + [1] * defective
         for i in range(n - defective, n):
             y, x = torch.randint(4, size - 20, (2,), generator=gen).tolist()
-            self.images[i, :, y: y + 14, x: x + 14] = 1.0
-            self.masks[i, y: y + 14, x: x + 14] = 1
+            self.images[i, :, y : y + 14, x : x + 14] = 1.0
+            self.masks[i, y : y + 14, x : x + 14] = 1
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": self.masks[i], "label": self.labels[i],
-                "defect": "square" if self.labels[i] else "good", "path": f"img{i}.png"}
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "label": self.labels[i],
+            "defect": "square" if self.labels[i] else "good",
+            "path": f"img{i}.png",
+        }
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +93,9 @@ def test_greedy_coreset_covers_outliers_and_parts():
     idx = greedy_coreset(points, 10, seed=0)
     assert 500 in idx.tolist() and len(set(idx.tolist())) == 10
     parts = greedy_coreset(points, 10, seed=0, max_part=200)  # three parts of about 167
-    assert len(set(parts.tolist())) == 10 and torch.equal(parts, greedy_coreset(points, 10, 0, max_part=200))
+    assert len(set(parts.tolist())) == 10 and torch.equal(
+        parts, greedy_coreset(points, 10, 0, max_part=200)
+    )
 
 
 def test_nearest_distances_match_cdist():
@@ -96,8 +104,12 @@ def test_nearest_distances_match_cdist():
     d = torch.cdist(q, bank)
     sq = (bank * bank).sum(1)
     torch.testing.assert_close(nearest_distances(q, bank, sq, 1), d.amin(1), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(nearest_distances(q, bank, sq, 3),
-                               d.topk(3, largest=False).values.mean(1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        nearest_distances(q, bank, sq, 3),
+        d.topk(3, largest=False).values.mean(1),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_nearest_distances_same_across_chunk_sizes(monkeypatch):
@@ -113,8 +125,12 @@ def test_nearest_distances_same_across_chunk_sizes(monkeypatch):
 
 def test_map_matrices_equal_upsampling_then_blur():
     patches = torch.rand(2, 8, 10)
-    want = gaussian_blur(torch.nn.functional.interpolate(
-        patches[:, None], size=(64, 80), mode="bilinear", align_corners=False)[:, 0], 4.0)
+    want = gaussian_blur(
+        torch.nn.functional.interpolate(
+            patches[:, None], size=(64, 80), mode="bilinear", align_corners=False
+        )[:, 0],
+        4.0,
+    )
     got = map_matrix(64, 8, 4.0) @ patches @ map_matrix(80, 10, 4.0).T
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -158,7 +174,9 @@ def test_encoder_module_as_backbone():
     backbone = build_backbone("encoder:runs/ae", in_channels=1, module=Encoder())
     assert backbone.out_channels == [6] and backbone.stride == [4]
     config = Config(method="patchknn", backbone="encoder:runs/ae", coreset_ratio=0.5)
-    scores, maps = PatchKNN(config, module=Encoder()).fit(Textures(4)).predict_batch(torch.rand(2, 1, 32, 32))
+    scores, maps = (
+        PatchKNN(config, module=Encoder()).fit(Textures(4)).predict_batch(torch.rand(2, 1, 32, 32))
+    )
     assert scores.shape == (2,) and maps.shape == (2, 32, 32)
 
 
@@ -166,8 +184,9 @@ def test_mirrored_padding_flattens_the_edge_of_normal_maps():
     """Zero padding makes every edge patch look unusual; mirrored padding (feature_pad) does not."""
     ratios = {}
     for pad in (0, 16):
-        config = Config(method="patchknn", size=SIZE, batch_size=8, coreset_ratio=0.1,
-                        feature_pad=pad)
+        config = Config(
+            method="patchknn", size=SIZE, batch_size=8, coreset_ratio=0.1, feature_pad=pad
+        )
         detector = PatchKNN(config).fit(Textures(16, seed=1))
         assert detector.extractor.pad == pad
         patches = detector.patch_scores(Textures(8, seed=2).images)

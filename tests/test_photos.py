@@ -16,8 +16,11 @@ FEW = ["page", "coins"]  # the two smallest sets: quick to make twice
 
 
 def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,7 @@ def test_every_set_counts_and_masks(suite):
     assert manifest["generator"] == photos.GENERATOR
     for name, s in manifest["sets"].items():
         folder = root / name
-        found = {f"{p.parent.parent.name}/{p.parent.name}": 0
-                 for p in folder.glob("[tr]*/*/*.png")}
+        found = {f"{p.parent.parent.name}/{p.parent.name}": 0 for p in folder.glob("[tr]*/*/*.png")}
         for p in folder.glob("[tr]*/*/*.png"):
             found[f"{p.parent.parent.name}/{p.parent.name}"] += 1
         assert found == s["counts"], name
@@ -60,8 +62,9 @@ def test_every_set_counts_and_masks(suite):
             if entry["kind"] == "good":
                 assert entry["mask"] is None and entry["defect_area"] == 0
                 continue
-            assert entry["mask"] == f"ground_truth/{entry['kind']}/{rel.split('/')[-1][:-4]}" \
-                "_mask.png"
+            assert (
+                entry["mask"] == f"ground_truth/{entry['kind']}/{rel.split('/')[-1][:-4]}_mask.png"
+            )
             mask = np.asarray(Image.open(folder / entry["mask"]))
             assert mask.shape == (s["size"], s["size"])
             assert set(np.unique(mask)) == {0, 255}, f"{name}/{entry['mask']} is not binary"
@@ -90,8 +93,9 @@ def test_train_and_test_regions_are_disjoint(suite):
             box, other = entry["crop"], test if entry["split"] == "train" else train
             own = train if entry["split"] == "train" else test
             assert not any(_overlap(box, r) for r in other), f"{name}/{rel} {box}"
-            assert any(r[0] <= box[0] and r[1] <= box[1] and box[2] <= r[2] and box[3] <= r[3]
-                       for r in own), f"{name}/{rel} {box} lies outside its regions"
+            assert any(
+                r[0] <= box[0] and r[1] <= box[1] and box[2] <= r[2] and box[3] <= r[3] for r in own
+            ), f"{name}/{rel} {box} lies outside its regions"
             assert box[2] - box[0] == box[3] - box[1] == s["crop"]
 
 
@@ -145,5 +149,6 @@ def test_bad_arguments_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="train"):
         make_photos(tmp_path, train=0)
     with pytest.raises(ValueError, match="unknown defect kind"):
-        photos_defects.add_defect(np.random.default_rng(0), np.zeros((8, 8, 1), np.float32),
-                                  "dent", [])
+        photos_defects.add_defect(
+            np.random.default_rng(0), np.zeros((8, 8, 1), np.float32), "dent", []
+        )

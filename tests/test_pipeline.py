@@ -29,8 +29,18 @@ def read_csv(path):
 
 
 def test_run_folder_holds_what_reproduces_it(ae_run):
-    for name in ("config.json", "split.json", "versions.json", "model.pt", "history.csv",
-                 "threshold.json", "val_scores.json", "scores.csv", "metrics.json", "predictions.npz"):
+    for name in (
+        "config.json",
+        "split.json",
+        "versions.json",
+        "model.pt",
+        "history.csv",
+        "threshold.json",
+        "val_scores.json",
+        "scores.csv",
+        "metrics.json",
+        "predictions.npz",
+    ):
         assert (ae_run / name).exists(), name
     split = json.loads((ae_run / "split.json").read_text())
     assert split["val"] and not set(split["val"]) & set(split["train"])
@@ -104,8 +114,11 @@ def test_resume_continues_to_the_same_result(tiny_cookies, tmp_path):
     config.save(part / "config.json")
     train_run(config, part, resume=True, progress=False)
     assert len(read_csv(part / "history.csv")) == 3
-    np.testing.assert_allclose([float(r["train_loss"]) for r in read_csv(part / "history.csv")],
-                               [float(r["train_loss"]) for r in read_csv(full / "history.csv")], rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(r["train_loss"]) for r in read_csv(part / "history.csv")],
+        [float(r["train_loss"]) for r in read_csv(full / "history.csv")],
+        rtol=1e-5,
+    )
 
 
 def test_refuses_to_overwrite_a_trained_run(ae_run, tiny_cookies):
@@ -134,21 +147,47 @@ def test_thresholds_are_saved_and_used_by_predict(ae_run, capsys):
 
 def test_cli_train_score_and_kmeans(tiny_cookies, tmp_path, capsys):
     run = tmp_path / "unet"
-    args = ["--data", str(tiny_cookies), "--size", "64", "--epochs", "1", "--width", "8",
-            "--channels", "1", "--device", "cpu"]
+    args = [
+        "--data",
+        str(tiny_cookies),
+        "--size",
+        "64",
+        "--epochs",
+        "1",
+        "--width",
+        "8",
+        "--channels",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert main(["train", "--method", "unet", "--out", str(run), *args]) == 0
     assert main(["score", "--run", str(run), "--no-overlays"]) == 0
     assert "image_auroc" in capsys.readouterr().out
     km = tmp_path / "km"
-    assert main(["train", "--method", "kmeans", "--from", str(run), "--out", str(km), "--k", "2"]) == 0
+    assert (
+        main(["train", "--method", "kmeans", "--from", str(run), "--out", str(km), "--k", "2"]) == 0
+    )
     assert main(["score", "--run", str(km), "--no-overlays"]) == 0
     metrics = json.loads((km / "metrics.json").read_text())
     assert metrics["image_auroc"] is not None and metrics["pixel_auroc"] is not None
 
 
 def test_cli_errors_are_one_line_with_the_fix(tmp_path, capsys):
-    assert main(["train", "--data", str(tmp_path / "nowhere"), "--method", "ae", "--out",
-                 str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "nowhere"),
+                "--method",
+                "ae",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nowhere" in err and "Traceback" not in err
     assert main(["score", "--run", str(tmp_path / "missing")]) == 2
@@ -168,8 +207,13 @@ def test_kmeans_scores_standardised_flattened_bottleneck(tiny_cookies, tmp_path)
     run = tmp_path / "ae"
     train_run(tiny_config(tiny_cookies, epochs=1), run, progress=False)
     km_run = tmp_path / "km"
-    train_run(tiny_config(tiny_cookies, method="kmeans", source_run=str(run), k=2,
-                          kmeans_features="flat"), km_run, progress=False)
+    train_run(
+        tiny_config(
+            tiny_cookies, method="kmeans", source_run=str(run), k=2, kmeans_features="flat"
+        ),
+        km_run,
+        progress=False,
+    )
     km = load_run(km_run, device="cpu")
     images = torch.rand(3, 1, 64, 64)
     vectors = km.source.features(images).flatten(1)
@@ -194,7 +238,8 @@ def test_for_method_gives_the_cli_defaults_and_overrides():
     assert ae.corrupt == METHOD_DEFAULTS["ae"]["corrupt"] == 0.5 and ae.loss == "ssim"
     patchknn = Config.for_method("patchknn")
     assert METHOD_DEFAULTS["patchknn"] and all(
-        getattr(patchknn, k) == v for k, v in METHOD_DEFAULTS["patchknn"].items())
+        getattr(patchknn, k) == v for k, v in METHOD_DEFAULTS["patchknn"].items()
+    )
     assert patchknn.size != Config().size and patchknn.channels == 3
     assert Config.for_method("kmeans") == Config(method="kmeans")
     with pytest.raises(ValueError, match="unknown config fields"):
@@ -251,7 +296,9 @@ def test_make_photos_never_writes_into_a_users_folder(tmp_path, capsys):
     mine.mkdir()
     (mine / "photo.jpg").write_bytes(b"mine")
     assert main(["make-photos", str(mine), "--overwrite"]) == 2
-    assert (mine / "photo.jpg").read_bytes() == b"mine" and "Traceback" not in capsys.readouterr().err
+    assert (
+        mine / "photo.jpg"
+    ).read_bytes() == b"mine" and "Traceback" not in capsys.readouterr().err
 
 
 def test_a_detectors_selection_is_saved_and_shown(tiny_cookies, tmp_path, monkeypatch, capsys):
@@ -266,8 +313,28 @@ def test_a_detectors_selection_is_saved_and_shown(tiny_cookies, tmp_path, monkey
 
     monkeypatch.setitem(REGISTRY, "choosing", Choosing)
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), "--method", "choosing", "--data", str(tiny_cookies),
-                 "--size", "64", "--epochs", "1", "--width", "8", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--method",
+                "choosing",
+                "--data",
+                str(tiny_cookies),
+                "--size",
+                "64",
+                "--epochs",
+                "1",
+                "--width",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "selection.json").read_text())["chosen"] == "ae width 8"
     assert "auto chose ae width 8" in capsys.readouterr().out
 
@@ -285,12 +352,19 @@ def test_network_settings_are_config_fields_that_reach_the_detector():
     draem = inspect.signature(DraemDetector.__init__).parameters
     base = Config()
     assert (base.flow_steps, base.flow_hidden_ratio, base.flow_clamp) == (
-        flow["steps"].default, flow["hidden_ratio"].default, flow["clamp"].default)
+        flow["steps"].default,
+        flow["hidden_ratio"].default,
+        flow["clamp"].default,
+    )
     assert (base.draem_depth, base.draem_p_anomaly, base.draem_focal_weight, base.draem_norm) == (
-        draem["depth"].default, draem["p_anomaly"].default, draem["focal_weight"].default,
-        draem["norm"].default)
-    detector = build_detector(Config(method="draem", size=32, width=8, draem_norm="batch",
-                                     draem_p_anomaly=0.25))
+        draem["depth"].default,
+        draem["p_anomaly"].default,
+        draem["focal_weight"].default,
+        draem["norm"].default,
+    )
+    detector = build_detector(
+        Config(method="draem", size=32, width=8, draem_norm="batch", draem_p_anomaly=0.25)
+    )
     norms = {type(m) for net in detector.modules().values() for m in net.modules()}
     assert torch.nn.BatchNorm2d in norms and torch.nn.GroupNorm not in norms
     assert detector.p_anomaly == 0.25

@@ -35,9 +35,15 @@ _KIND_IDS = {"good": 0, "crack": 1, "mustard": 2, "plastic": 3}
 
 
 # --- the data set -------------------------------------------------------------------------------
-def make_cookies(root: str | Path, preset: str = "toy", seed: int = 0, size: int = 256,
-                 difficulty: float = 1.0, progress: bool = False,
-                 overwrite: bool = False) -> dict:
+def make_cookies(
+    root: str | Path,
+    preset: str = "toy",
+    seed: int = 0,
+    size: int = 256,
+    difficulty: float = 1.0,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Write a cookie data set in the MVTec AD layout and return its manifest.
 
     Layout: `train/good/000.png`, `test/good/000.png`, `test/<kind>/000.png`,
@@ -81,11 +87,19 @@ def make_cookies(root: str | Path, preset: str = "toy", seed: int = 0, size: int
     jobs = [("train", "good", i) for i in range(counts["train"])]
     jobs += [("test", "good", i) for i in range(counts["good"])]
     jobs += [("test", kind, i) for kind in KINDS for i in range(counts[kind])]
-    manifest = {"generator_version": GENERATOR_VERSION, "preset": preset, "seed": seed,
-                "size": size, "difficulty": difficulty,
-                "counts": {"train/good": counts["train"], "test/good": counts["good"],
-                           **{f"test/{kind}": counts[kind] for kind in KINDS}},
-                "images": {}}
+    manifest = {
+        "generator_version": GENERATOR_VERSION,
+        "preset": preset,
+        "seed": seed,
+        "size": size,
+        "difficulty": difficulty,
+        "counts": {
+            "train/good": counts["train"],
+            "test/good": counts["good"],
+            **{f"test/{kind}": counts[kind] for kind in KINDS},
+        },
+        "images": {},
+    }
     root = Path(root)
     _check_root(root, manifest, overwrite)
     if progress:
@@ -97,8 +111,7 @@ def make_cookies(root: str | Path, preset: str = "toy", seed: int = 0, size: int
         image, mask = render_cookie(rng, size, kind, difficulty)
         rel = f"{split}/{kind}/{i:03d}.png"
         _save_png(image, root / rel)
-        entry = {"split": split, "kind": kind, "mask": None, "defect_area": 0,
-                 "area_fraction": 0.0}
+        entry = {"split": split, "kind": kind, "mask": None, "defect_area": 0, "area_fraction": 0.0}
         if kind != "good":
             entry["mask"] = f"ground_truth/{kind}/{i:03d}_mask.png"
             _save_png(mask.astype(np.uint8) * 255, root / entry["mask"])
@@ -134,13 +147,17 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> None:
     if ours and {key: previous.get(key) for key in settings} == settings:
         return
     if not ours:
-        raise ValueError(f"{root} already holds files that this generator did not make (no cookie "
-                         "manifest.json), so it will not write there, with or without "
-                         "--overwrite; choose an empty or new folder")
+        raise ValueError(
+            f"{root} already holds files that this generator did not make (no cookie "
+            "manifest.json), so it will not write there, with or without "
+            "--overwrite; choose an empty or new folder"
+        )
     if not overwrite:
-        raise ValueError(f"{root} already holds a cookie data set made with other settings; "
-                         "choose another folder, or pass --overwrite (overwrite=True) to replace "
-                         "it")
+        raise ValueError(
+            f"{root} already holds a cookie data set made with other settings; "
+            "choose another folder, or pass --overwrite (overwrite=True) to replace "
+            "it"
+        )
     for name in ("train", "test", "ground_truth"):
         shutil.rmtree(root / name, ignore_errors=True)
     old.unlink(missing_ok=True)

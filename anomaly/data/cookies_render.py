@@ -68,8 +68,10 @@ def _resample(a, size, smooth=False):
     if a.shape[-1] == size and not smooth:
         return a
     method = Image.BICUBIC if smooth else Image.BILINEAR
-    out = [np.asarray(Image.fromarray(np.ascontiguousarray(g, _F)).resize((size, size), method))
-           for g in a.reshape(-1, *a.shape[-2:])]
+    out = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(g, _F)).resize((size, size), method))
+        for g in a.reshape(-1, *a.shape[-2:])
+    ]
     return np.stack(out).reshape(*a.shape[:-2], size, size)
 
 
@@ -81,22 +83,31 @@ def _noise(rng, cells, size):
 def _shift(a, dy, dx):
     """Shift the last two axes by whole pixels, filling with zeros."""
     out, (h, w) = np.zeros_like(a), a.shape[-2:]
-    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        a[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = a[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
 # --- the cookie -----------------------------------------------------------------------------------
 def _cookie_shape(rng):
     """Jittered silhouette parameters in cookie units (x right, y down, origin mid-cookie)."""
+
     def j(*p):
         return np.array(p, _F) + rng.normal(0, 0.008, len(p)).astype(_F)
 
-    return {"head": j(-0.1, -0.02, 0.36, 0.24), "paw": j(0.33, 0.0, 0.17, 0.2),
-            "ears": [j(-0.4, -0.16, -0.27, -0.39, -0.1, -0.2).reshape(3, 2),
-                     j(-0.12, -0.2, -0.02, -0.405, 0.11, -0.18).reshape(3, 2)],
-            "thumb": j(0.21, -0.21, 0.045), "hip": j(-0.44, 0.07, 0.065),
-            "foot": j(-0.34, 0.25, 0.13, 0.13), "waves": rng.normal(0, 1, (5, 4)).astype(_F)}
+    return {
+        "head": j(-0.1, -0.02, 0.36, 0.24),
+        "paw": j(0.33, 0.0, 0.17, 0.2),
+        "ears": [
+            j(-0.4, -0.16, -0.27, -0.39, -0.1, -0.2).reshape(3, 2),
+            j(-0.12, -0.2, -0.02, -0.405, 0.11, -0.18).reshape(3, 2),
+        ],
+        "thumb": j(0.21, -0.21, 0.045),
+        "hip": j(-0.44, 0.07, 0.065),
+        "foot": j(-0.34, 0.25, 0.13, 0.13),
+        "waves": rng.normal(0, 1, (5, 4)).astype(_F),
+    }
 
 
 def _cookie_sdf(u, v, sh):
@@ -112,16 +123,23 @@ def _cookie_sdf(u, v, sh):
 
 def _marks(rng, u, v):
     """Pad imprints of the paw and moulded grooves, pressed into the dough."""
+
     def j(*p):
         return np.array(p) + rng.normal(0, 0.005, 2)
 
     d = _ellipse(u, v, *j(0.375, 0.03), 0.045, 0.042)
-    for cx, cy, a, b, ang in [(0.31, -0.115, 0.021, 0.032, 0.4), (0.375, -0.14, 0.021, 0.032, 0),
-                              (0.45, -0.03, 0.015, 0.015, 0), (0.455, 0.03, 0.015, 0.015, 0),
-                              (0.44, 0.09, 0.015, 0.015, 0)]:
+    for cx, cy, a, b, ang in [
+        (0.31, -0.115, 0.021, 0.032, 0.4),
+        (0.375, -0.14, 0.021, 0.032, 0),
+        (0.45, -0.03, 0.015, 0.015, 0),
+        (0.455, 0.03, 0.015, 0.015, 0),
+        (0.44, 0.09, 0.015, 0.015, 0),
+    ]:
         d = np.minimum(d, _ellipse(u, v, *j(cx, cy), a, b, ang))
-    for p, q, r in [((0.21, -0.2), (0.235, -0.03), (0.22, 0.15)),
-                    ((-0.39, -0.03), (-0.38, 0.08), (-0.33, 0.15))]:
+    for p, q, r in [
+        ((0.21, -0.2), (0.235, -0.03), (0.22, 0.15)),
+        ((-0.39, -0.03), (-0.38, 0.08), (-0.33, 0.15)),
+    ]:
         p, q, r = j(*p), j(*q), j(*r)
         d = np.minimum(d, np.minimum(_capsule(u, v, p, q, 0.008), _capsule(u, v, q, r, 0.008)))
     return d
@@ -129,9 +147,14 @@ def _marks(rng, u, v):
 
 def _chocolate(rng):
     """Chocolate pieces placed by hand: ('e', cx, cy, a, b, angle), ('c', p, q, r), ('p', pts)."""
-    eyes = [(-0.219, -0.1, 0.028, 0.028), (0.076, -0.09, 0.028, 0.028),  # eyes, then whiskers
-            (-0.298, -0.005, 0.06, 0.028), (-0.27, 0.08, 0.045, 0.027),
-            (0.18, 0.0, 0.058, 0.028), (0.162, 0.095, 0.045, 0.027)]
+    eyes = [
+        (-0.219, -0.1, 0.028, 0.028),
+        (0.076, -0.09, 0.028, 0.028),  # eyes, then whiskers
+        (-0.298, -0.005, 0.06, 0.028),
+        (-0.27, 0.08, 0.045, 0.027),
+        (0.18, 0.0, 0.058, 0.028),
+        (0.162, 0.095, 0.045, 0.027),
+    ]
     out = [("p", np.array([[0.036, -0.27], [-0.01, -0.2], [0.085, -0.2]]))]  # forehead patch
     for cx, cy, a, b in eyes:
         o, k = rng.normal(0, 0.009, 2), rng.uniform(0.85, 1.15)
@@ -236,21 +259,23 @@ def _mustard(rng, u, v, sh, scale, px, window):
 def _plastic(rng, sh, scale, px):
     """A crumpled, twisted ribbon of wrap: outline (polygon), centre, direction and length."""
     c = _inside_point(rng, sh, 0.1, (-0.35, -0.25), (0.3, 0.15))
-    length = max(np.exp(rng.uniform(np.log(0.15), np.log(0.55))) * scale ** 0.5, 10 / px)
+    length = max(np.exp(rng.uniform(np.log(0.15), np.log(0.55))) * scale**0.5, 10 / px)
     ang, m = rng.uniform(0, np.pi), 9
     t = np.linspace(-0.5, 0.5, m) * length
     bend = np.cumsum(rng.normal(0, 0.015, m))
     half = np.maximum(length * rng.uniform(0.18, 0.32) * rng.uniform(0.6, 1.2, m), 2 / px)
     left = np.stack([t + rng.normal(0, 0.008, m), bend - bend.mean() + half], 1)
-    right = np.stack([t + rng.normal(0, 0.008, m),
-                      bend - bend.mean() - half * rng.uniform(0.7, 1.0, m)], 1)
+    right = np.stack(
+        [t + rng.normal(0, 0.008, m), bend - bend.mean() - half * rng.uniform(0.7, 1.0, m)], 1
+    )
     rot = np.array([[np.cos(ang), np.sin(ang)], [-np.sin(ang), np.cos(ang)]])
     return np.concatenate([left, right[::-1]]) @ rot + c, c.tolist(), float(ang), float(length)
 
 
 # --- one image ----------------------------------------------------------------------------------
-def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
-                  difficulty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def render_cookie(
+    rng: np.random.Generator, size: int = 256, kind: str = "good", difficulty: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw one cookie photo.
 
     Args:
@@ -262,7 +287,7 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
     Returns:
         The image, uint8 (size, size, 3), and the defect mask, bool (size, size).
     """
-    scale = difficulty ** -0.5
+    scale = difficulty**-0.5
     contrast = float(np.clip(scale, 0.15, 1.0))
     k, th = rng.uniform(0.84, 0.92), np.clip(rng.normal(0, 0.06), -0.15, 0.15)
     cx, cy = (0.5 + np.clip(rng.normal(0, 0.02, 2), -0.04, 0.04)).tolist()
@@ -274,8 +299,10 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
         return ((x * ct + y * st) / k).astype(_F), ((y * ct - x * st) / k).astype(_F)
 
     def to_px(p):  # cookie coordinates -> PIL pixel coordinates
-        return ((cx + k * (p[0] * ct - p[1] * st)) * size - 0.5,
-                (cy + k * (p[0] * st + p[1] * ct)) * size - 0.5)
+        return (
+            (cx + k * (p[0] * ct - p[1] * st)) * size - 0.5,
+            (cy + k * (p[0] * st + p[1] * ct)) * size - 0.5,
+        )
 
     # signed distances on a grid of at most 96 x 96, then interpolated: they are smooth
     sh, pieces = _cookie_shape(rng), _chocolate(rng)
@@ -292,8 +319,9 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
     fields.append(ndimage.shift(blur, off, order=1, mode="nearest"))  # drop shadow
     if kind == "plastic":
         wrap, wc, wang, wlen = _plastic(rng, sh, scale, px)
-        fields.append(_polygon(uc, vc, wrap) + 0.004 * _wobble(3 * uc, 3 * vc, rng.normal(
-            0, 1, (4, 4))))
+        fields.append(
+            _polygon(uc, vc, wrap) + 0.004 * _wobble(3 * uc, 3 * vc, rng.normal(0, 1, (4, 4)))
+        )
     fields = _resample(np.stack(fields).astype(_F), size)
     d, dmark, dc, dst, shadow = fields[:5]
     u, v = grid(size)
@@ -334,11 +362,14 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
 
     mask, cavity = np.zeros((size, size), bool), 0.0
     if kind == "mustard":
+
         def window(c, r):  # pixel box around a disc in cookie units
             x, y = to_px(c)
             r = r * px + 3
-            return (slice(max(0, int(y - r)), max(0, int(y + r + 2))),
-                    slice(max(0, int(x - r)), max(0, int(x + r + 2))))
+            return (
+                slice(max(0, int(y - r)), max(0, int(y + r + 2))),
+                slice(max(0, int(x - r)), max(0, int(x + r + 2))),
+            )
 
         box, dm, mcol, mh = _mustard(rng, u, v, sh, scale, px, window)
         ma = np.clip(0.5 - dm * px, 0, 1)
@@ -361,8 +392,11 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
         col += gap * contrast * (_rgb(*base) * (0.5 * rng.uniform(0.8, 1.2)) - col)
         kept = alpha * (1 - deep * contrast)
         a0, a1 = kept * (s <= 0), kept * (s > 0)
-        dx, dy = np.round(px * np.array([move[0] * ct - move[1] * st,
-                                         move[0] * st + move[1] * ct])).astype(int).tolist()
+        dx, dy = (
+            np.round(px * np.array([move[0] * ct - move[1] * st, move[0] * st + move[1] * ct]))
+            .astype(int)
+            .tolist()
+        )
         a1, moved = _shift(a1, dy, dx), _shift(col, dy, dx)
         new = a0 + a1 * (1 - a0)
         col = (col * a0 + moved * (a1 * (1 - a0))) / np.maximum(new, 1e-6)
@@ -377,8 +411,11 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
     table *= (1 - 0.7 * contact) * (1 - 0.6 * cavity)
     g = ((np.arange(size) + 0.5) / size - 0.5).astype(_F)
     phi, amp = rng.uniform(0, 2 * np.pi), rng.uniform(0.04, 0.14)
-    fall = 1 + amp * (g[None] * float(np.cos(phi)) + g[:, None] * float(np.sin(phi))) - 0.15 * (
-        g[None] ** 2 + g[:, None] ** 2)
+    fall = (
+        1
+        + amp * (g[None] * float(np.cos(phi)) + g[:, None] * float(np.sin(phi)))
+        - 0.15 * (g[None] ** 2 + g[:, None] ** 2)
+    )
     img = _rgb(*bg) * (table * (1 - alpha) * fall) + col * (alpha * fall)
 
     if kind == "plastic":  # film: faint haze, bright folds along the ribbon, crinkles, sheen
@@ -391,8 +428,8 @@ def render_cookie(rng: np.random.Generator, size: int = 256, kind: str = "good",
         folds = ndimage.map_coordinates(g[0], [tt * 5, nn * 14], order=3, mode="grid-wrap")
         sheen = ndimage.map_coordinates(g[1], [tt * 2, nn * 4], order=1, mode="grid-wrap")
         sheen = np.clip(sheen - 0.3, 0, 1)
-        crinkle = np.exp(-(_noise(rng, 40, size) / 0.06) ** 2)
-        white = 0.12 + 0.6 * np.exp(-(folds / 0.15) ** 2) + 0.3 * crinkle + 0.4 * sheen
+        crinkle = np.exp(-((_noise(rng, 40, size) / 0.06) ** 2))
+        white = 0.12 + 0.6 * np.exp(-((folds / 0.15) ** 2)) + 0.3 * crinkle + 0.4 * sheen
         edge = np.exp(-0.5 * (dw * px + 1.2) ** 2) * (0.25 + 0.5 * sheen)  # just inside
         white = np.clip(white * np.clip(0.5 - dw * px, 0, 1) + edge, 0, 0.9) * contrast
         img += white * (0.97 - img)

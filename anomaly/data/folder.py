@@ -417,8 +417,14 @@ class AnomalyDataset(Dataset):
         image, mask = self.load(s)
         # mask_known: False for a defective image without a mask file (its zeros mean "unknown",
         # not "no defect"), so pixel metrics leave it out
-        return {"image": image, "mask": mask, "label": s.label, "defect": s.defect, "path": s.path,
-                "mask_known": s.label == 0 or s.mask_path is not None}
+        return {
+            "image": image,
+            "mask": mask,
+            "label": s.label,
+            "defect": s.defect,
+            "path": s.path,
+            "mask_known": s.label == 0 or s.mask_path is not None,
+        }
 
     def subset(self, indices) -> AnomalyDataset:
         """A view of these samples, in the order given, sharing this data set's cache."""

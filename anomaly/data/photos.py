@@ -87,52 +87,116 @@ SOURCES = {
 # the local mean and kept here so the set does not depend on a segmentation. Training coins are
 # each row's three on the left, test coins each row's two on the right; the fourth column is
 # left out, so no training crop touches a test crop.
-_COINS = (((44, 54), (100, 56), (155, 50), (276, 52), (334, 43)),
-          ((44, 124), (102, 125), (153, 127), (270, 119), (336, 124)),
-          ((43, 197), (101, 195), (154, 197), (273, 193), (347, 186)),
-          ((45, 259), (113, 265), (172, 261), (300, 263), (358, 267)))
+_COINS = (
+    ((44, 54), (100, 56), (155, 50), (276, 52), (334, 43)),
+    ((44, 124), (102, 125), (153, 127), (270, 119), (336, 124)),
+    ((43, 197), (101, 195), (154, 197), (273, 193), (347, 186)),
+    ((45, 259), (113, 265), (172, 261), (300, 263), (358, 267)),
+)
 _COIN_BOX = 36  # a 64 px crop centred on the coin, moved by up to 4 px: boxes of 72 px
 
 
 def _coin_boxes(columns: range) -> tuple[tuple[int, int, int, int], ...]:
-    return tuple((x - _COIN_BOX, y - _COIN_BOX, x + _COIN_BOX, y + _COIN_BOX)
-                 for row in _COINS for x, y in (row[i] for i in columns))
+    return tuple(
+        (x - _COIN_BOX, y - _COIN_BOX, x + _COIN_BOX, y + _COIN_BOX)
+        for row in _COINS
+        for x, y in (row[i] for i in columns)
+    )
 
 
 _NO_BLUR = tuple(k for k in KINDS if k != "blur")  # for photos too smooth to show a blur
 SETS = (
-    PhotoSet("moon", "moon", "stochastic texture, greyscale (lunar surface)", 192, 256,
-             train=((0, 0, 240, 512),), test=((272, 0, 512, 512),),
-             kinds=_NO_BLUR, note="lit from one side: no flips; no blur defects (too smooth "
-             "to show one)"),
-    PhotoSet("cell", "cell", "faint stochastic texture, greyscale (microscope background)", 128,
-             256, train=((0, 60, 550, 250),), test=((0, 280, 310, 660),),
-             transforms=DIHEDRAL, kinds=_NO_BLUR,
-             note="the cell and its halo are left out; no blur defects (already out of focus)"),
-    PhotoSet("tissue", "immunohistochemistry", "stochastic texture, colour (stained tissue)",
-             192, 256, train=((0, 0, 240, 240), (272, 272, 512, 512)),
-             test=((272, 0, 512, 240), (0, 272, 240, 512)), transforms=DIHEDRAL,
-             note="train: top-left and bottom-right quarters, test: the other two; test "
-                  "crops hold somewhat more pale stroma (mean grey 169 against 151)"),
-    PhotoSet("deepfield", "hubble_deep_field", "sparse stochastic texture, colour (galaxies)",
-             256, 256, train=((0, 0, 480, 872),), test=((520, 0, 1000, 872),),
-             transforms=DIHEDRAL),
-    PhotoSet("page", "page", "regular pattern, greyscale (printed text)", 64, 128,
-             train=((0, 0, 184, 96), (200, 112, 384, 191)),
-             test=((0, 112, 184, 191), (200, 0, 384, 96)),
-             note="the page is lit much brighter on the right, and has a heading at the top and "
-                  "code at the bottom: train and test each get two opposite quarters; no flips"),
-    PhotoSet("coins", "coins", "objects, greyscale (one coin per image)", 64, 128,
-             train=_coin_boxes(range(3)), test=_coin_boxes(range(3, 5)),
-             note="different coins in train and test; lit from one side: no flips"),
-    PhotoSet("retina", "retina", "structure, colour (fundus vessels)", 320, 256,
-             train=((0, 0, 1411, 560),), test=((0, 760, 1411, 1411),),
-             transforms=("r0", "m0", "r180", "m180"), circle=(705, 705, 660),
-             kinds=_NO_BLUR,
-             note="upper vs lower retina, either way up and mirrored (as a left or right eye)"),
-    PhotoSet("dahlia", "flower", "regular pattern, colour (dahlia petals)", 80, 160,
-             train=((170, 85, 298, 365),), test=((316, 85, 445, 365),), transforms=DIHEDRAL,
-             circle=(307, 223, 128), note="left vs right half of the flower"),
+    PhotoSet(
+        "moon",
+        "moon",
+        "stochastic texture, greyscale (lunar surface)",
+        192,
+        256,
+        train=((0, 0, 240, 512),),
+        test=((272, 0, 512, 512),),
+        kinds=_NO_BLUR,
+        note="lit from one side: no flips; no blur defects (too smooth to show one)",
+    ),
+    PhotoSet(
+        "cell",
+        "cell",
+        "faint stochastic texture, greyscale (microscope background)",
+        128,
+        256,
+        train=((0, 60, 550, 250),),
+        test=((0, 280, 310, 660),),
+        transforms=DIHEDRAL,
+        kinds=_NO_BLUR,
+        note="the cell and its halo are left out; no blur defects (already out of focus)",
+    ),
+    PhotoSet(
+        "tissue",
+        "immunohistochemistry",
+        "stochastic texture, colour (stained tissue)",
+        192,
+        256,
+        train=((0, 0, 240, 240), (272, 272, 512, 512)),
+        test=((272, 0, 512, 240), (0, 272, 240, 512)),
+        transforms=DIHEDRAL,
+        note="train: top-left and bottom-right quarters, test: the other two; test "
+        "crops hold somewhat more pale stroma (mean grey 169 against 151)",
+    ),
+    PhotoSet(
+        "deepfield",
+        "hubble_deep_field",
+        "sparse stochastic texture, colour (galaxies)",
+        256,
+        256,
+        train=((0, 0, 480, 872),),
+        test=((520, 0, 1000, 872),),
+        transforms=DIHEDRAL,
+    ),
+    PhotoSet(
+        "page",
+        "page",
+        "regular pattern, greyscale (printed text)",
+        64,
+        128,
+        train=((0, 0, 184, 96), (200, 112, 384, 191)),
+        test=((0, 112, 184, 191), (200, 0, 384, 96)),
+        note="the page is lit much brighter on the right, and has a heading at the top and "
+        "code at the bottom: train and test each get two opposite quarters; no flips",
+    ),
+    PhotoSet(
+        "coins",
+        "coins",
+        "objects, greyscale (one coin per image)",
+        64,
+        128,
+        train=_coin_boxes(range(3)),
+        test=_coin_boxes(range(3, 5)),
+        note="different coins in train and test; lit from one side: no flips",
+    ),
+    PhotoSet(
+        "retina",
+        "retina",
+        "structure, colour (fundus vessels)",
+        320,
+        256,
+        train=((0, 0, 1411, 560),),
+        test=((0, 760, 1411, 1411),),
+        transforms=("r0", "m0", "r180", "m180"),
+        circle=(705, 705, 660),
+        kinds=_NO_BLUR,
+        note="upper vs lower retina, either way up and mirrored (as a left or right eye)",
+    ),
+    PhotoSet(
+        "dahlia",
+        "flower",
+        "regular pattern, colour (dahlia petals)",
+        80,
+        160,
+        train=((170, 85, 298, 365),),
+        test=((316, 85, 445, 365),),
+        transforms=DIHEDRAL,
+        circle=(307, 223, 128),
+        note="left vs right half of the flower",
+    ),
 )
 RESERVED = ("brick", "grass", "gravel", "elpv-dataset")  # never loaded: see the module docstring
 
@@ -168,8 +232,10 @@ def _positions(spec: PhotoSet, rects) -> list[tuple[int, int, int, int]]:
     for x0, y0, x1, y1 in rects:
         nx, ny = x1 - x0 - spec.crop + 1, y1 - y0 - spec.crop + 1
         if nx < 1 or ny < 1:
-            raise ValueError(f"photo set {spec.name}: region {(x0, y0, x1, y1)} is smaller than "
-                             f"its {spec.crop} px crop")
+            raise ValueError(
+                f"photo set {spec.name}: region {(x0, y0, x1, y1)} is smaller than "
+                f"its {spec.crop} px crop"
+            )
         out.append((x0, y0, nx, ny))
     return out
 
@@ -239,8 +305,15 @@ def _make_set(root: Path, spec: PhotoSet, seed: int, counts: dict, size: int) ->
         box, code = _sample_crop(rng, spec, split)
         image = render_crop(spec, box, code, size)
         rel = f"{split}/{kind}/{i:03d}.png"
-        entry = {"split": split, "kind": kind, "crop": list(box), "transform": code,
-                 "mask": None, "defect_area": 0, "area_fraction": 0.0}
+        entry = {
+            "split": split,
+            "kind": kind,
+            "crop": list(box),
+            "transform": code,
+            "mask": None,
+            "defect_area": 0,
+            "area_fraction": 0.0,
+        }
         if kind != "good":
             image, mask, facts = add_defect(rng, image, kind, donors)
             entry["mask"] = f"ground_truth/{kind}/{i:03d}_mask.png"
@@ -252,24 +325,41 @@ def _make_set(root: Path, spec: PhotoSet, seed: int, counts: dict, size: int) ->
         images[rel] = entry
     photo = load_photo(spec.photo)
     package, call = SOURCES[spec.photo]
-    return {"photo": spec.photo, "package": package, "load": call,
-            "photo_shape": list(photo.shape), "colour": photo.ndim == 3, "kind": spec.kind,
-            "note": spec.note, "crop": spec.crop, "size": size,
-            "transforms": list(spec.transforms),
-            "regions": {"train": [list(r) for r in spec.train],
-                        "test": [list(r) for r in spec.test]},
-            "circle": list(spec.circle) if spec.circle else None,
-            "defect_kinds": list(spec.kinds),
-            "counts": {"train/good": counts["train"], "test/good": counts["good"],
-                       **{f"test/{k}": counts["defect"] for k in spec.kinds}},
-            "images": images}
+    return {
+        "photo": spec.photo,
+        "package": package,
+        "load": call,
+        "photo_shape": list(photo.shape),
+        "colour": photo.ndim == 3,
+        "kind": spec.kind,
+        "note": spec.note,
+        "crop": spec.crop,
+        "size": size,
+        "transforms": list(spec.transforms),
+        "regions": {"train": [list(r) for r in spec.train], "test": [list(r) for r in spec.test]},
+        "circle": list(spec.circle) if spec.circle else None,
+        "defect_kinds": list(spec.kinds),
+        "counts": {
+            "train/good": counts["train"],
+            "test/good": counts["good"],
+            **{f"test/{k}": counts["defect"] for k in spec.kinds},
+        },
+        "images": images,
+    }
 
 
-def make_photos(root: str | Path, seed: int = 0, overwrite: bool = False,
-                size: int | None = None, train: int | None = None, good: int | None = None,
-                defect: int | None = None, tiny: bool = False,
-                sets: list[str] | tuple[str, ...] | None = None,
-                progress: bool = False) -> dict:
+def make_photos(
+    root: str | Path,
+    seed: int = 0,
+    overwrite: bool = False,
+    size: int | None = None,
+    train: int | None = None,
+    good: int | None = None,
+    defect: int | None = None,
+    tiny: bool = False,
+    sets: list[str] | tuple[str, ...] | None = None,
+    progress: bool = False,
+) -> dict:
     """Write the photo suite, one MVTec AD folder per set, and return its manifest.
 
     Layout: `ROOT/<set>/train/good/000.png`, `ROOT/<set>/test/good/000.png`,
@@ -298,22 +388,35 @@ def make_photos(root: str | Path, seed: int = 0, overwrite: bool = False,
     if size is not None and (isinstance(size, bool) or int(size) != size or size < 32):
         raise ValueError(f"size must be a whole number of pixels, at least 32; got {size!r}")
     base = TINY if tiny else COUNTS
-    counts = {"train": base["train"] if train is None else train,
-              "good": base["good"] if good is None else good,
-              "defect": base["defect"] if defect is None else defect}
+    counts = {
+        "train": base["train"] if train is None else train,
+        "good": base["good"] if good is None else good,
+        "defect": base["defect"] if defect is None else defect,
+    }
     for key, value in counts.items():
-        if isinstance(value, bool) or int(value) != value or value < 0 or (
-                key == "train" and value < 1):
-            raise ValueError(f"{key} must be a whole number, at least {int(key == 'train')}; "
-                             f"got {value!r}")
+        if (
+            isinstance(value, bool)
+            or int(value) != value
+            or value < 0
+            or (key == "train" and value < 1)
+        ):
+            raise ValueError(
+                f"{key} must be a whole number, at least {int(key == 'train')}; got {value!r}"
+            )
     names = [s.name for s in SETS]
     unknown = sorted(set(sets or ()) - set(names))
     if unknown:
         raise ValueError(f"unknown photo sets {unknown}; choose from {names}")
     chosen = [s for s in SETS if sets is None or s.name in sets]
-    manifest = {"generator": GENERATOR, "generator_version": GENERATOR_VERSION,
-                "seed": int(seed), "size": size, "counts": {k: int(v) for k, v in counts.items()},
-                "defect_kinds": list(KINDS), "sets": {}}
+    manifest = {
+        "generator": GENERATOR,
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "size": size,
+        "counts": {k: int(v) for k, v in counts.items()},
+        "defect_kinds": list(KINDS),
+        "sets": {},
+    }
     root = Path(root)
     _check_root(root, manifest, [s.name for s in chosen], overwrite)
     if progress:
@@ -343,17 +446,21 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool) -
         except (OSError, json.JSONDecodeError):
             previous = None
     if not isinstance(previous, dict) or previous.get("generator") != GENERATOR:
-        raise ValueError(f"{root} is not empty and was not written by make_photos (no "
-                         "manifest.json of it); choose an empty or new folder for the photo "
-                         "suite, or move the files away")
+        raise ValueError(
+            f"{root} is not empty and was not written by make_photos (no "
+            "manifest.json of it); choose an empty or new folder for the photo "
+            "suite, or move the files away"
+        )
     settings = {k: v for k, v in manifest.items() if k != "sets"}
     same = {k: previous.get(k) for k in settings} == settings
     if same and sorted(previous.get("sets", {})) == sorted(names):
         return  # the same suite again: files are rewritten byte for byte
     if not overwrite:
-        raise ValueError(f"{root} holds a photo suite made with other settings (seed, counts, "
-                         "size or sets); pass overwrite=True (--overwrite) to replace it, or "
-                         "choose another folder")
+        raise ValueError(
+            f"{root} holds a photo suite made with other settings (seed, counts, "
+            "size or sets); pass overwrite=True (--overwrite) to replace it, or "
+            "choose another folder"
+        )
     for name in previous.get("sets", {}):
         folder = root / name
         if name and "/" not in name and folder.is_dir() and folder.parent == root:

@@ -32,8 +32,9 @@ VISIBLE = 0.02  # a pixel change (in [0, 1]) that shows, for the masks of ALTERI
 _F = np.float32
 
 
-def _blob(rng: np.random.Generator, size: int, area: float, edge: float,
-          where: np.ndarray | None = None):
+def _blob(
+    rng: np.random.Generator, size: int, area: float, edge: float, where: np.ndarray | None = None
+):
     """Alpha [size, size] of an irregular blob of about `area` pixels, edge width `edge` px,
     centred anywhere or, given `where` [size, size] >= 0, with probability proportional to it."""
     radius = float(np.sqrt(area / np.pi))
@@ -102,7 +103,7 @@ def _foreign(rng, img, area, donors):
     donor = donors[rng.integers(len(donors))]
     h, w = donor.shape[:2]
     y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-    patch = donor[y:y + size, x:x + size].astype(_F) / 255
+    patch = donor[y : y + size, x : x + size].astype(_F) / 255
     if patch.ndim == 2:
         patch = patch[..., None]
     if c == 1 and patch.shape[-1] == 3:
@@ -156,12 +157,19 @@ def _blur(rng, img, area, donors):
     return img * (1 - a) + blurred * a, alpha
 
 
-_DRAW = {"scratch": _scratch, "stain": _stain, "foreign": _foreign, "hole": _hole,
-         "discolour": _discolour, "blur": _blur}
+_DRAW = {
+    "scratch": _scratch,
+    "stain": _stain,
+    "foreign": _foreign,
+    "hole": _hole,
+    "discolour": _discolour,
+    "blur": _blur,
+}
 
 
-def add_defect(rng: np.random.Generator, image: np.ndarray, kind: str,
-               donors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
+def add_defect(
+    rng: np.random.Generator, image: np.ndarray, kind: str, donors: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Draw one defect of `kind` into `image`.
 
     Args:
@@ -194,5 +202,8 @@ def add_defect(rng: np.random.Generator, image: np.ndarray, kind: str,
         if change >= (MIN_CHANGE_BLUR if kind == "blur" else MIN_CHANGE):
             break
     out, mask, attempt, change = best
-    return out, mask, {"target_fraction": round(frac, 6), "attempts": attempt,
-                       "mean_change": round(change, 4)}
+    return (
+        out,
+        mask,
+        {"target_fraction": round(frac, 6), "attempts": attempt, "mean_change": round(change, 4)},
+    )

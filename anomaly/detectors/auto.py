@@ -58,8 +58,13 @@ CANDIDATES: list[dict] = [
     {"method": "patchknn"},  # the project's defaults (MobileNetV2 stages 3 + 6 at 224 px)
     {"method": "patchknn", "score_topk": 0.01},  # same fit; image score = mean of the top 1 %
     # EfficientNet-Lite0's stride-4 + 8 stages at 160 px: a finer grid, for thin defects
-    {"method": "patchknn", "backbone": "efficientnet_lite0", "layers": "blocks.2,blocks.4",
-     "size": 160, "coreset_ratio": 0.01},
+    {
+        "method": "patchknn",
+        "backbone": "efficientnet_lite0",
+        "layers": "blocks.2,blocks.4",
+        "size": 160,
+        "coreset_ratio": 0.01,
+    },
     {"method": "flow"},
     {"method": "meandiff"},
 ]
@@ -74,8 +79,15 @@ SYNTHETIC_PER_IMAGE = 2  # synthetic defects made from each held-out image
 PERLIN_SCALES = (1, 6)  # lattice 2..32 cells per side: DRAEM's range without the half-image blobs
 TIE = 0.005  # image AUROCs this close count as a tie, broken by AUPRO
 # Run fields a candidate inherits from the auto run (its images, seed and device).
-INHERITED = ("data", "channels", "seed", "device", "batch_size", "val_fraction",
-             "threshold_quantile")
+INHERITED = (
+    "data",
+    "channels",
+    "seed",
+    "device",
+    "batch_size",
+    "val_fraction",
+    "threshold_quantile",
+)
 
 
 class _Images(Dataset):
@@ -89,8 +101,13 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = self.images[i]
-        return {"image": image, "mask": torch.zeros(image.shape[-2:]), "label": 0,
-                "defect": "good", "path": f"auto-train-{i}"}
+        return {
+            "image": image,
+            "mask": torch.zeros(image.shape[-2:]),
+            "label": 0,
+            "defect": "good",
+            "path": f"auto-train-{i}",
+        }
 
 
 def candidate_name(settings: dict) -> str:
@@ -111,12 +128,14 @@ def candidate_config(run: Config, settings: dict) -> Config:
 def _resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True).clamp_(0, 1)
+    return F.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    ).clamp_(0, 1)
 
 
-def _predict(detector: Detector, images: torch.Tensor,
-             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(
+    detector: Detector, images: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [N], maps [N, H, W] at the images' size) of a detector fitted at its own size."""
     for module in detector.modules().values():
         module.eval()
@@ -127,8 +146,9 @@ def _predict(detector: Detector, images: torch.Tensor,
             x = _resize_images(chunk, detector.config.size).to(detector.device)
             s, m = detector.predict_batch(x)
             if m.shape[-2:] != (height, width):
-                m = F.interpolate(m[:, None].float(), size=(height, width), mode="bilinear",
-                                  align_corners=False)[:, 0]
+                m = F.interpolate(
+                    m[:, None].float(), size=(height, width), mode="bilinear", align_corners=False
+                )[:, 0]
             scores.append(s.float().cpu())
             maps.append(m.float().cpu())
     return torch.cat(scores), torch.cat(maps)
@@ -178,9 +198,14 @@ class AutoDetector(Detector):
         trial_images, holdout_fraction, synthetic_per_image: see the module constants.
     """
 
-    def __init__(self, config: Config, candidates: list[dict] | None = None,
-                 trial_images: int = TRIAL_IMAGES, holdout_fraction: float = HOLDOUT_FRACTION,
-                 synthetic_per_image: int = SYNTHETIC_PER_IMAGE) -> None:
+    def __init__(
+        self,
+        config: Config,
+        candidates: list[dict] | None = None,
+        trial_images: int = TRIAL_IMAGES,
+        holdout_fraction: float = HOLDOUT_FRACTION,
+        synthetic_per_image: int = SYNTHETIC_PER_IMAGE,
+    ) -> None:
         super().__init__(config)
         self.candidates = [dict(c) for c in (CANDIDATES if candidates is None else candidates)]
         for c in self.candidates:
@@ -203,13 +228,22 @@ class AutoDetector(Detector):
             self.inner.to(self.device)
         return self
 
-    def fit(self, train_data, val_data=None, *, progress: bool = False, resume: bool = False,
-            checkpoints=None) -> AutoDetector:
+    def fit(
+        self,
+        train_data,
+        val_data=None,
+        *,
+        progress: bool = False,
+        resume: bool = False,
+        checkpoints=None,
+    ) -> AutoDetector:
         """Choose a candidate on `train_data` (normal images only; `val_data` is not used),
         then fit it on all of `train_data`. Nothing is checkpointed during the search."""
         if resume:
-            raise ValueError("auto does not train by epochs, so there is nothing to resume; "
-                             "train the run again without --resume")
+            raise ValueError(
+                "auto does not train by epochs, so there is nothing to resume; "
+                "train the run again without --resume"
+            )
         t_start = time.perf_counter()
         images = self._load(train_data)
         train, normals, defects, masks = self.split(images)
@@ -218,8 +252,9 @@ class AutoDetector(Detector):
         pixel_truth = torch.cat([torch.zeros(len(normals), *masks.shape[-2:]), masks])
         rows, fitted = [], {}
         for settings in self.candidates:
-            rows.append(self._trial(settings, train, held_out, truth, pixel_truth, fitted,
-                                    progress))
+            rows.append(
+                self._trial(settings, train, held_out, truth, pixel_truth, fitted, progress)
+            )
         index = choose(rows)
         self.chosen = dict(self.candidates[index])
         t0 = time.perf_counter()
@@ -227,13 +262,19 @@ class AutoDetector(Detector):
         final_s = time.perf_counter() - t0
         self.selection = {
             "criterion": "image AUROC of held-out normal training images against synthetic "
-                         f"defects made from them; ties within {TIE} broken by AUPRO on the "
-                         "synthetic masks (3 decimals), then image AUROC, then grid order",
-            "seed": self.config.seed, "size": self.config.size,
-            "train_images": len(images), "trial_images": len(train),
-            "held_out_normals": len(normals), "synthetic_defects": len(defects),
-            "candidates": rows, "chosen_index": index, "chosen": rows[index]["name"],
-            "chosen_settings": self.chosen, "final_fit_s": round(final_s, 2),
+            f"defects made from them; ties within {TIE} broken by AUPRO on the "
+            "synthetic masks (3 decimals), then image AUROC, then grid order",
+            "seed": self.config.seed,
+            "size": self.config.size,
+            "train_images": len(images),
+            "trial_images": len(train),
+            "held_out_normals": len(normals),
+            "synthetic_defects": len(defects),
+            "candidates": rows,
+            "chosen_index": index,
+            "chosen": rows[index]["name"],
+            "chosen_settings": self.chosen,
+            "final_fit_s": round(final_s, 2),
             "total_s": round(time.perf_counter() - t_start, 2),
         }
         if progress:
@@ -249,15 +290,20 @@ class AutoDetector(Detector):
     def state_dict(self) -> dict:
         if self.inner is None:
             raise RuntimeError("auto: nothing to save before fit()")
-        return {"chosen": json.dumps(self.chosen), "selection": json.dumps(self.selection),
-                "inner": self.inner.state_dict()}
+        return {
+            "chosen": json.dumps(self.chosen),
+            "selection": json.dumps(self.selection),
+            "inner": self.inner.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         chosen = json.loads(state["chosen"])
         method = chosen.get("method")
         if method not in REGISTRY:
-            raise RuntimeError(f"auto: the saved choice uses method {method!r}, which this "
-                               f"version of anomaly does not have")
+            raise RuntimeError(
+                f"auto: the saved choice uses method {method!r}, which this "
+                f"version of anomaly does not have"
+            )
         inner = REGISTRY[method](candidate_config(self.config, chosen))
         inner.load_state_dict(state["inner"])
         self.inner, self.chosen = inner.to(self.device), chosen
@@ -270,9 +316,11 @@ class AutoDetector(Detector):
             raise ValueError("fit() got an empty data set: there are no images to learn from")
         images = torch.stack([data[i]["image"] for i in range(len(data))]).float()
         if len(images) < MIN_HOLDOUT + 2:
-            raise ValueError(f"auto needs at least {MIN_HOLDOUT + 2} training images to hold "
-                             f"some out, got {len(images)}; add images or choose a method "
-                             "(--method patchknn)")
+            raise ValueError(
+                f"auto needs at least {MIN_HOLDOUT + 2} training images to hold "
+                f"some out, got {len(images)}; add images or choose a method "
+                "(--method patchknn)"
+            )
         return images
 
     def split(self, images: torch.Tensor):
@@ -289,18 +337,28 @@ class AutoDetector(Detector):
         keep = masks.flatten(1).amax(1) > 0  # a mask that stayed empty made no defect
         return train, normals, defects[keep], masks[keep]
 
-    def _trial(self, settings: dict, train, held_out, truth, pixel_truth, fitted: dict,
-               progress: bool) -> dict:
+    def _trial(
+        self, settings: dict, train, held_out, truth, pixel_truth, fitted: dict, progress: bool
+    ) -> dict:
         """Fit one candidate on the trial images (or reuse the fit of one that differs only in
         `SCORE_FIELDS`, kept in `fitted`) and score the held-out images: its selection row."""
-        row = {"name": candidate_name(settings), "settings": dict(settings), "image_auroc": None,
-               "pixel_auroc": None, "aupro": None, "fit_s": None, "score_s": None,
-               "fit_shared_with": None, "error": None}
+        row = {
+            "name": candidate_name(settings),
+            "settings": dict(settings),
+            "image_auroc": None,
+            "pixel_auroc": None,
+            "aupro": None,
+            "fit_s": None,
+            "score_s": None,
+            "fit_shared_with": None,
+            "error": None,
+        }
         if settings["method"] not in REGISTRY:
             row["error"] = f"method {settings['method']!r} is not available"
             return row
-        key = json.dumps({k: v for k, v in settings.items() if k not in SCORE_FIELDS},
-                         sort_keys=True)
+        key = json.dumps(
+            {k: v for k, v in settings.items() if k not in SCORE_FIELDS}, sort_keys=True
+        )
         try:
             t0 = time.perf_counter()
             if key in fitted:
@@ -322,21 +380,29 @@ class AutoDetector(Detector):
         row["pixel_auroc"] = round(pixel_auroc(masks, maps), 4)
         row["aupro"] = round(aupro(masks, maps), 4)
         if progress:
-            print(f"auto: {row['name']}: image AUROC {row['image_auroc']}, AUPRO {row['aupro']}"
-                  f" ({row['fit_s']} s fit)")
+            print(
+                f"auto: {row['name']}: image AUROC {row['image_auroc']}, AUPRO {row['aupro']}"
+                f" ({row['fit_s']} s fit)"
+            )
         return row
 
 
 def format_selection(selection: dict) -> str:
     """The choice and every candidate's scores, as lines for the CLI or a notebook."""
-    lines = [(f"auto chose {selection['chosen']} ({selection['criterion']}; "
-              f"{selection['held_out_normals']} held-out normals, "
-              f"{selection['synthetic_defects']} synthetic defects)")]
+    lines = [
+        (
+            f"auto chose {selection['chosen']} ({selection['criterion']}; "
+            f"{selection['held_out_normals']} held-out normals, "
+            f"{selection['synthetic_defects']} synthetic defects)"
+        )
+    ]
     for i, row in enumerate(selection["candidates"]):
         mark = "*" if i == selection["chosen_index"] else " "
         if row["error"]:
             lines.append(f" {mark} {row['name']:<40} skipped: {row['error']}")
         else:
-            lines.append(f" {mark} {row['name']:<40} image AUROC {row['image_auroc']:.4f}  "
-                         f"AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s")
+            lines.append(
+                f" {mark} {row['name']:<40} image AUROC {row['image_auroc']:.4f}  "
+                f"AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s"
+            )
     return "\n".join(lines)

@@ -68,7 +68,9 @@ class Predictions:
         n = len(self.paths)
         for name in ("labels", "defects", "scores", "maps"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"Predictions.{name} has {len(getattr(self, name))} rows, paths has {n}")
+                raise ValueError(
+                    f"Predictions.{name} has {len(getattr(self, name))} rows, paths has {n}"
+                )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,10 +89,16 @@ class Predictions:
         file object."""
         known = self.mask_known if self.mask_known is not None else np.zeros((0,), bool)
         np.savez_compressed(
-            path, paths=np.array(self.paths), labels=self.labels, defects=np.array(self.defects),
-            scores=self.scores, maps=self.maps.astype(np.float16),
+            path,
+            paths=np.array(self.paths),
+            labels=self.labels,
+            defects=np.array(self.defects),
+            scores=self.scores,
+            maps=self.maps.astype(np.float16),
             masks=self.masks if self.masks is not None else np.zeros((0,), np.uint8),
-            method=np.array(self.method), meta=np.array(json.dumps(self.meta)), mask_known=known,
+            method=np.array(self.method),
+            meta=np.array(json.dumps(self.meta)),
+            mask_known=known,
         )
 
     @classmethod
@@ -98,10 +106,17 @@ class Predictions:
         z = np.load(path, allow_pickle=False)
         masks = z["masks"] if z["masks"].size else None
         known = z["mask_known"] if "mask_known" in z.files and z["mask_known"].size else None
-        return cls(paths=[str(p) for p in z["paths"]], labels=z["labels"],
-                   defects=[str(d) for d in z["defects"]], scores=z["scores"],
-                   maps=z["maps"].astype(np.float32), masks=masks, method=str(z["method"]),
-                   meta=json.loads(str(z["meta"])), mask_known=known)
+        return cls(
+            paths=[str(p) for p in z["paths"]],
+            labels=z["labels"],
+            defects=[str(d) for d in z["defects"]],
+            scores=z["scores"],
+            maps=z["maps"].astype(np.float32),
+            masks=masks,
+            method=str(z["method"]),
+            meta=json.loads(str(z["meta"])),
+            mask_known=known,
+        )
 
 
 class Detector(ABC):
@@ -124,8 +139,15 @@ class Detector(ABC):
 
     # --- to implement -------------------------------------------------------------------
     @abstractmethod
-    def fit(self, train_data: Dataset, val_data: Dataset | None = None, *, progress: bool = True,
-            resume: bool = False, checkpoints: Any = None) -> Detector:
+    def fit(
+        self,
+        train_data: Dataset,
+        val_data: Dataset | None = None,
+        *,
+        progress: bool = True,
+        resume: bool = False,
+        checkpoints: Any = None,
+    ) -> Detector:
         """Learn "normal" from `train_data` (validation and early stopping on `val_data`).
 
         progress: show a progress bar. checkpoints: an `anomaly.train.Checkpoints` (the run's
@@ -149,8 +171,10 @@ class Detector(ABC):
     def refuse_resume(self, resume: bool) -> None:
         """For methods that do not train by epochs: there is nothing to continue."""
         if resume:
-            raise ValueError(f"{self.name} does not train by epochs, so there is nothing to "
-                             "resume; train the run again without --resume")
+            raise ValueError(
+                f"{self.name} does not train by epochs, so there is nothing to "
+                "resume; train the run again without --resume"
+            )
 
     # --- shared -------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> Detector:
@@ -163,18 +187,34 @@ class Detector(ABC):
         """The torch modules this detector owns (moved by `to`, set to eval in `predict`)."""
         return {}
 
-    def loader(self, data: Dataset, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+    def loader(
+        self, data: Dataset, shuffle: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
         bs = batch_size or getattr(self.config, "batch_size", 16)
         return DataLoader(data, batch_size=bs, shuffle=shuffle, num_workers=0)
 
-    def train_steps(self, train_data: Dataset, val_data: Dataset | None, *, checkpoints=None,
-                    resume: bool = False, progress: bool = True):
+    def train_steps(
+        self,
+        train_data: Dataset,
+        val_data: Dataset | None,
+        *,
+        checkpoints=None,
+        resume: bool = False,
+        progress: bool = True,
+    ):
         """Minimise `self.step(images)` with the shared loop (`anomaly.train.fit_loop`)."""
         from anomaly.train import fit_loop
 
         val_loader = self.loader(val_data) if val_data is not None and len(val_data) else None
-        self.history = fit_loop(self, self.step, self.loader(train_data, shuffle=True), val_loader,
-                                checkpoints=checkpoints, resume=resume, progress=progress)
+        self.history = fit_loop(
+            self,
+            self.step,
+            self.loader(train_data, shuffle=True),
+            val_loader,
+            checkpoints=checkpoints,
+            resume=resume,
+            progress=progress,
+        )
         return self
 
     @torch.no_grad()
@@ -190,17 +230,27 @@ class Detector(ABC):
             scores.append(s.detach().float().cpu().numpy())
             maps.append(m.detach().float().cpu().numpy())
             masks.append(batch["mask"].numpy())
-            known += ([bool(x) for x in batch["mask_known"]] if "mask_known" in batch
-                      else [True] * len(batch["image"]))
+            known += (
+                [bool(x) for x in batch["mask_known"]]
+                if "mask_known" in batch
+                else [True] * len(batch["image"])
+            )
             paths += list(batch["path"])
             labels += [int(x) for x in batch["label"]]
             defects += list(batch["defect"])
         if not paths:
             raise ValueError("predict() got an empty data set: there are no images to score")
         mask_arr = np.concatenate(masks)
-        return Predictions(paths, np.array(labels), defects, np.concatenate(scores),
-                           np.concatenate(maps), mask_arr, method=self.name,
-                           mask_known=np.array(known))
+        return Predictions(
+            paths,
+            np.array(labels),
+            defects,
+            np.concatenate(scores),
+            np.concatenate(maps),
+            mask_arr,
+            method=self.name,
+            mask_known=np.array(known),
+        )
 
 
 REGISTRY: dict[str, type[Detector]] = {}

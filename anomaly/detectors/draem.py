@@ -45,8 +45,9 @@ FOCAL_WEIGHT = 1.0  # weight of the segmentation loss against L2 + SSIM (1 in th
 POOL_AT_256 = 21  # the paper's mean-filter size for the image score, at 256 px
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor,
-               gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA
+) -> torch.Tensor:
     """Mean focal loss -(1 - p_t)^gamma log p_t of logits [B, K, H, W] against classes [B, H, W]."""
     logp = F.log_softmax(logits, dim=1).gather(1, target[:, None].long())[:, 0]
     return (-((1 - logp.exp()) ** gamma) * logp).mean()
@@ -77,13 +78,27 @@ class DraemDetector(Detector):
         norm: normalisation layers, "group" or "batch" (see the module docstring).
     """
 
-    def __init__(self, config, recon_width: int | None = None, disc_width: int | None = None,
-                 depth: int = DEPTH, p_anomaly: float = P_ANOMALY,
-                 focal_weight: float = FOCAL_WEIGHT, norm: str = NORM) -> None:
+    def __init__(
+        self,
+        config,
+        recon_width: int | None = None,
+        disc_width: int | None = None,
+        depth: int = DEPTH,
+        p_anomaly: float = P_ANOMALY,
+        focal_weight: float = FOCAL_WEIGHT,
+        norm: str = NORM,
+    ) -> None:
         super().__init__(config)
         self.p_anomaly, self.focal_weight = p_anomaly, focal_weight
-        self._build({"channels": config.channels, "recon_width": recon_width or config.width,
-                     "disc_width": disc_width or config.width, "depth": depth, "norm": norm})
+        self._build(
+            {
+                "channels": config.channels,
+                "recon_width": recon_width or config.width,
+                "disc_width": disc_width or config.width,
+                "depth": depth,
+                "norm": norm,
+            }
+        )
         self._val_generator: torch.Generator | None = None
 
     def _build(self, hparams: dict) -> None:
@@ -119,14 +134,25 @@ class DraemDetector(Detector):
             generator = self._val_generator
         augmented, masks = synthesize(images, generator=generator, p_anomaly=self.p_anomaly)
         recon, logits = self.forward(augmented)
-        return (l2_loss(recon, images) + ssim_loss(recon, images)
-                + self.focal_weight * focal_loss(logits, masks))
+        return (
+            l2_loss(recon, images)
+            + ssim_loss(recon, images)
+            + self.focal_weight * focal_loss(logits, masks)
+        )
 
-    def fit(self, train_data, val_data=None, *, progress: bool = True, resume: bool = False,
-            checkpoints=None):
+    def fit(
+        self,
+        train_data,
+        val_data=None,
+        *,
+        progress: bool = True,
+        resume: bool = False,
+        checkpoints=None,
+    ):
         self._val_generator = None
-        return self.train_steps(train_data, val_data, checkpoints=checkpoints, resume=resume,
-                                progress=progress)
+        return self.train_steps(
+            train_data, val_data, checkpoints=checkpoints, resume=resume, progress=progress
+        )
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
@@ -150,17 +176,21 @@ class DraemDetector(Detector):
         return pooled.flatten(1).amax(dim=1), maps
 
     def state_dict(self) -> dict:
-        return {"hparams": dict(self.hparams),
-                "reconstructive": self.reconstructive.state_dict(),
-                "discriminative": self.discriminative.state_dict()}
+        return {
+            "hparams": dict(self.hparams),
+            "reconstructive": self.reconstructive.state_dict(),
+            "discriminative": self.discriminative.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Load networks saved by `state_dict`; networks of other widths, depth or normalisation
         are rebuilt to fit (the state says what they are), other image channels are refused."""
         saved = state["hparams"]
         if saved["channels"] != self.hparams["channels"]:
-            raise RuntimeError(f"DRAEM networks for {saved['channels']}-channel images do not fit "
-                               f"this detector's {self.hparams['channels']}-channel config")
+            raise RuntimeError(
+                f"DRAEM networks for {saved['channels']}-channel images do not fit "
+                f"this detector's {self.hparams['channels']}-channel config"
+            )
         if saved != self.hparams:
             self._build(saved)
         self.reconstructive.load_state_dict(state["reconstructive"])

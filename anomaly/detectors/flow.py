@@ -203,7 +203,12 @@ class FlowDetector(Detector):
         return torch.stack([flow_nll_map(z, ld).mean() for z, ld in self.head(feats)]).mean()
 
     def fit(
-        self, train_data, val_data=None, *, progress: bool = True, resume: bool = False,
+        self,
+        train_data,
+        val_data=None,
+        *,
+        progress: bool = True,
+        resume: bool = False,
         checkpoints=None,
     ):
         """Compute the backbone features once, then train the flows on them (`train_steps`)."""
@@ -213,8 +218,13 @@ class FlowDetector(Detector):
         val = None
         if val_data is not None and len(val_data):
             val = _FeatureCache(self.head.normalise(self._cache(val_data, progress)))
-        return self.train_steps(_FeatureCache(self.head.normalise(train)), val,
-                                checkpoints=checkpoints, resume=resume, progress=progress)
+        return self.train_steps(
+            _FeatureCache(self.head.normalise(train)),
+            val,
+            checkpoints=checkpoints,
+            resume=resume,
+            progress=progress,
+        )
 
     @torch.no_grad()
     def stage_outputs(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -92,8 +92,9 @@ class KMeansDetector(Detector):
         original = getattr(config, "recipe", "project") == "original"
         self.kind = config.kmeans_features or ("original" if original else "cell")
         if self.kind not in FEATURES:
-            raise ValueError(f"--kmeans-features {self.kind!r}: choose one of "
-                             f"{', '.join(FEATURES)}")
+            raise ValueError(
+                f"--kmeans-features {self.kind!r}: choose one of {', '.join(FEATURES)}"
+            )
         self.k = config.k or (2 if original else 0)  # 0: by rule, in fit
         self.centers: torch.Tensor | None = None  # [k, D], or [cells, k, C] for "cell"
         self.mean: torch.Tensor | None = None  # standardising ("flat"): [D]
@@ -106,11 +107,15 @@ class KMeansDetector(Detector):
 
     def _load_source(self) -> None:
         if self.source is None:  # anomaly.pipeline.build_detector loads it from --from RUN
-            raise ValueError("The kmeans method needs features from a trained run: "
-                             "train --method kmeans --from RUN (an ae, unet or vae run)")
+            raise ValueError(
+                "The kmeans method needs features from a trained run: "
+                "train --method kmeans --from RUN (an ae, unet or vae run)"
+            )
         if not hasattr(self.source, "features"):
-            raise ValueError(f"kmeans needs an ae, unet or vae run; {self.config.source_run} is "
-                             f"a {self.source.name} run")
+            raise ValueError(
+                f"kmeans needs an ae, unet or vae run; {self.config.source_run} is "
+                f"a {self.source.name} run"
+            )
         self.source.to(self.device)
 
     @torch.no_grad()
@@ -128,12 +133,20 @@ class KMeansDetector(Detector):
         b, c, h, w = fmap.shape
         return (fmap.permute(2, 3, 0, 1).reshape(h * w, b, c) - self.cell_mean) / self.cell_scale
 
-    def fit(self, train_data, val_data=None, *, progress: bool = False, resume: bool = False,
-            checkpoints=None):
+    def fit(
+        self,
+        train_data,
+        val_data=None,
+        *,
+        progress: bool = False,
+        resume: bool = False,
+        checkpoints=None,
+    ):
         self.refuse_resume(resume)
         self._load_source()
-        fmap = torch.cat([self._bottleneck(batch["image"].to(self.device))
-                          for batch in self.loader(train_data)])
+        fmap = torch.cat(
+            [self._bottleneck(batch["image"].to(self.device)) for batch in self.loader(train_data)]
+        )
         b, c, h, w = fmap.shape
         self.cell_mean, self.cell_scale = _spread(fmap.permute(2, 3, 0, 1).reshape(h * w, b, c), 1)
         cells = self._cells(fmap)
@@ -141,8 +154,7 @@ class KMeansDetector(Detector):
         if self.kind == "cell":
             if self.k == 0:
                 self.k = choose_k(cells.permute(1, 0, 2).reshape(b, -1).numpy(), seed)
-            self.centers = torch.stack([_centers(v.numpy(), self.k, seed, n_init=3)
-                                        for v in cells])
+            self.centers = torch.stack([_centers(v.numpy(), self.k, seed, n_init=3) for v in cells])
         else:
             if self.kind == "flat":
                 self.mean, self.scale = (t[0] for t in _spread(fmap.flatten(1), 0))
@@ -172,9 +184,15 @@ class KMeansDetector(Detector):
     def state_dict(self) -> dict:
         from dataclasses import asdict
 
-        state = {"source_config": asdict(self.source.config), "source": self.source.state_dict(),
-                 "kind": self.kind, "k": self.k, "centers": self.centers,
-                 "cell_mean": self.cell_mean, "cell_scale": self.cell_scale}
+        state = {
+            "source_config": asdict(self.source.config),
+            "source": self.source.state_dict(),
+            "kind": self.kind,
+            "k": self.k,
+            "centers": self.centers,
+            "cell_mean": self.cell_mean,
+            "cell_scale": self.cell_scale,
+        }
         if self.kind == "flat":
             state.update(mean=self.mean, scale=self.scale)
         return state
@@ -183,9 +201,11 @@ class KMeansDetector(Detector):
         from anomaly.detectors import get_detector
 
         if "cell_mean" not in state or (state.get("kind") == "flat" and "mean" not in state):
-            raise RuntimeError("this kmeans run was made by an older anomaly (no per-cell "
-                               "statistics); train it again: train --method kmeans --from "
-                               "SOURCE_RUN --out RUN")
+            raise RuntimeError(
+                "this kmeans run was made by an older anomaly (no per-cell "
+                "statistics); train it again: train --method kmeans --from "
+                "SOURCE_RUN --out RUN"
+            )
         source_config = Config(**state["source_config"])
         self.source = get_detector(source_config.method)(source_config)
         self.source.load_state_dict(state["source"])

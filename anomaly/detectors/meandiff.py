@@ -47,8 +47,15 @@ class MeanDiff(Detector):
         return self
 
     @torch.no_grad()
-    def fit(self, train_data, val_data=None, *, progress: bool = False, resume: bool = False,
-            checkpoints=None) -> MeanDiff:
+    def fit(
+        self,
+        train_data,
+        val_data=None,
+        *,
+        progress: bool = False,
+        resume: bool = False,
+        checkpoints=None,
+    ) -> MeanDiff:
         """One pass over the training images: per-pixel mean and standard deviation."""
         self.refuse_resume(resume)
         from tqdm.auto import tqdm
@@ -74,9 +81,11 @@ class MeanDiff(Detector):
             raise RuntimeError("meandiff: call fit() (or load a run) before predicting")
         images = images.to(self.device, torch.float32)
         if images.shape[1:] != self.mean.shape:
-            raise ValueError(f"meandiff was fitted on images {tuple(self.mean.shape)} "
-                             f"(channels, height, width), got {tuple(images.shape[1:])}; use the "
-                             "run's size and channels")
+            raise ValueError(
+                f"meandiff was fitted on images {tuple(self.mean.shape)} "
+                f"(channels, height, width), got {tuple(images.shape[1:])}; use the "
+                "run's size and channels"
+            )
         maps = ((images - self.mean).abs() / (self.std + STD_FLOOR)).mean(1)
         maps = gaussian_blur(maps, self.config.smooth_sigma)
         return image_score(maps, self.config.score_topk), maps
@@ -90,7 +99,9 @@ class MeanDiff(Detector):
         mean, std = state["mean"], state["std"]
         want = (self.config.channels, self.config.size, self.config.size)
         if tuple(mean.shape) != want or tuple(std.shape) != want:
-            raise ValueError(f"meandiff state holds images {tuple(mean.shape)}, this config "
-                             f"makes {want} (channels, size, size)")
+            raise ValueError(
+                f"meandiff state holds images {tuple(mean.shape)}, this config "
+                f"makes {want} (channels, size, size)"
+            )
         self.mean = mean.to(self.device, torch.float32)
         self.std = std.to(self.device, torch.float32)

@@ -59,8 +59,13 @@ CHUNK_ELEMENTS = 2**19  # rows x bank entries of one distance block (2 MB of flo
 CPU_CHUNK_PIXELS = 2**17  # images per backbone call on a CPU: 8 at 128 px, 2 at 256 px
 
 
-def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0,
-                   projection_dim: int = PROJECTION_DIM, max_part: int = MAX_PART) -> torch.Tensor:
+def greedy_coreset(
+    features: torch.Tensor,
+    n: int,
+    seed: int = 0,
+    projection_dim: int = PROJECTION_DIM,
+    max_part: int = MAX_PART,
+) -> torch.Tensor:
     """Indices of `n` rows of `features` [N, D] chosen by greedy k-center selection.
 
     Each step adds the row farthest from all rows chosen so far, so the chosen rows cover the
@@ -77,14 +82,16 @@ def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0,
     device = features.device
     proj = None
     if dim > projection_dim:
-        proj = (torch.randn(dim, projection_dim, generator=gen) / math.sqrt(projection_dim)).to(device)
+        proj = (torch.randn(dim, projection_dim, generator=gen) / math.sqrt(projection_dim)).to(
+            device
+        )
     parts = math.ceil(num / max_part)
     order = torch.randperm(num, generator=gen).to(device) if parts > 1 else None
     bounds = [round(i * num / parts) for i in range(parts + 1)]
     shares = [round(i * n / parts) for i in range(parts + 1)]
     chosen = []
     for p in range(parts):
-        rows = order[bounds[p]: bounds[p + 1]] if order is not None else None
+        rows = order[bounds[p] : bounds[p + 1]] if order is not None else None
         part = features[rows] if rows is not None else features
         z = part @ proj if proj is not None else part
         k = shares[p + 1] - shares[p]
@@ -110,8 +117,9 @@ def _greedy(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
     return picked
 
 
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
-                      k: int = 1) -> torch.Tensor:
+def nearest_distances(
+    queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int = 1
+) -> torch.Tensor:
     """Mean Euclidean distance of each query [M, D] to its k nearest bank rows [N, D] -> [M].
 
     Uses |q - b|^2 = |q|^2 - 2 q.b + |b|^2: one matrix product gives |b|^2 - 2 q.b, whose row
@@ -123,13 +131,13 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.
     rows = max(1, CHUNK_ELEMENTS // max(1, len(bank)))
     out = torch.empty(len(queries), device=queries.device, dtype=queries.dtype)
     for i in range(0, len(queries), rows):
-        q = queries[i: i + rows]
+        q = queries[i : i + rows]
         partial = torch.addmm(bank_sq.unsqueeze(0), q, bank.T, alpha=-2)
         if k == 1:
             near = partial.amin(1, keepdim=True)
         else:
             near = partial.topk(k, dim=1, largest=False).values
-        out[i: i + rows] = near.add_((q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt_().mean(1)
+        out[i : i + rows] = near.add_((q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt_().mean(1)
     return out
 
 
@@ -172,21 +180,30 @@ class PatchKNN(Detector):
 
     # Finer stages than PatchCore's layer2+layer3 (stride 4 and 8): a stride-8 grid has
     # 8-pixel cells, too coarse for small defects.
-    LAYERS: ClassVar[dict[str, tuple[str, ...]]] = {"efficientnet_lite0": ("blocks.2", "blocks.4"),
-                                                     "mobilenet_v2": ("features.3", "features.6")}
+    LAYERS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "efficientnet_lite0": ("blocks.2", "blocks.4"),
+        "mobilenet_v2": ("features.3", "features.6"),
+    }
 
-    def __init__(self, config, layers: tuple[str, ...] | None = None,
-                 module: nn.Module | None = None) -> None:
+    def __init__(
+        self, config, layers: tuple[str, ...] | None = None, module: nn.Module | None = None
+    ) -> None:
         super().__init__(config)
         if module is None and config.backbone.startswith("encoder:"):
             # our own trained encoder (no pretraining at all): anomaly.pipeline loads the run
-            raise ValueError(f"backbone {config.backbone!r}: pass the trained encoder as module=; "
-                             "anomaly.pipeline.build_detector does this from the run folder")
-        self.layers = tuple(layers or parse_layers(config.layers)
-                            or self.LAYERS.get(config.backbone)
-                            or DEFAULT_LAYERS.get(config.backbone, ()))
-        backbone = build_backbone(config.backbone, in_channels=config.channels,
-                                  layers=self.layers or None, module=module)
+            raise ValueError(
+                f"backbone {config.backbone!r}: pass the trained encoder as module=; "
+                "anomaly.pipeline.build_detector does this from the run folder"
+            )
+        self.layers = tuple(
+            layers
+            or parse_layers(config.layers)
+            or self.LAYERS.get(config.backbone)
+            or DEFAULT_LAYERS.get(config.backbone, ())
+        )
+        backbone = build_backbone(
+            config.backbone, in_channels=config.channels, layers=self.layers or None, module=module
+        )
         self.extractor = FeatureExtractor(backbone, pad=config.feature_pad)
         self.bank: torch.Tensor | None = None
         self.bank_sq: torch.Tensor | None = None
@@ -218,8 +235,15 @@ class PatchKNN(Detector):
         feats = [self.extractor(chunk) for chunk in images.split(step)]
         return torch.cat(feats).permute(0, 2, 3, 1)
 
-    def fit(self, train_data, val_data=None, *, progress: bool = False, resume: bool = False,
-            checkpoints=None):
+    def fit(
+        self,
+        train_data,
+        val_data=None,
+        *,
+        progress: bool = False,
+        resume: bool = False,
+        checkpoints=None,
+    ):
         """Extract the patch features of all training images, keep a greedy coreset of them."""
         self.refuse_resume(resume)
         with torch.no_grad():
@@ -237,7 +261,7 @@ class PatchKNN(Detector):
                 feats = torch.empty(rows, f.shape[1], device=f.device)
             elif filled + len(f) > len(feats):  # a loader longer than its dataset says
                 feats = torch.cat([feats, torch.empty_like(feats)])
-            feats[filled: filled + len(f)] = f
+            feats[filled : filled + len(f)] = f
             filled += len(f)
         if feats is None:
             raise ValueError("fit() got an empty data set: there are no images to learn from")
@@ -264,8 +288,10 @@ class PatchKNN(Detector):
         key = (h, w, height, width, self.config.smooth_sigma, patches.device)
         if key not in self._matrices:
             sigma = self.config.smooth_sigma
-            self._matrices[key] = (map_matrix(height, h, sigma).to(patches.device),
-                                   map_matrix(width, w, sigma).to(patches.device))
+            self._matrices[key] = (
+                map_matrix(height, h, sigma).to(patches.device),
+                map_matrix(width, w, sigma).to(patches.device),
+            )
         rows, cols = self._matrices[key]
         maps = rows @ patches @ cols.T  # = gaussian_blur(bilinear upsampling(patches))
         return image_score(maps, self.config.score_topk, self.config.score_border), maps
@@ -273,16 +299,27 @@ class PatchKNN(Detector):
     def state_dict(self) -> dict:
         if self.bank is None:
             raise RuntimeError("patchknn: nothing to save before fit()")
-        return {"bank": self.bank.cpu(), "backbone": self.config.backbone,
-                "layers": list(self.layers), "dim": self.extractor.dim,
-                "pool": self.extractor.pool, "stride": self.extractor.stride,
-                "pad": self.extractor.pad}
+        return {
+            "bank": self.bank.cpu(),
+            "backbone": self.config.backbone,
+            "layers": list(self.layers),
+            "dim": self.extractor.dim,
+            "pool": self.extractor.pool,
+            "stride": self.extractor.stride,
+            "pad": self.extractor.pad,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        mine = {"backbone": self.config.backbone, "layers": list(self.layers),
-                "dim": self.extractor.dim, "pool": self.extractor.pool, "pad": self.extractor.pad}
+        mine = {
+            "backbone": self.config.backbone,
+            "layers": list(self.layers),
+            "dim": self.extractor.dim,
+            "pool": self.extractor.pool,
+            "pad": self.extractor.pad,
+        }
         theirs = {key: state.get(key, 0) for key in mine}  # banks saved before padding: pad 0
         if theirs != mine or state["bank"].shape[1] != self.extractor.dim:
-            raise RuntimeError(f"patchknn memory bank was made with features {theirs}, this "
-                               f"detector makes {mine}")
+            raise RuntimeError(
+                f"patchknn memory bank was made with features {theirs}, this detector makes {mine}"
+            )
         self._set_bank(state["bank"])

@@ -23,14 +23,18 @@ class ReconstructionDetector(Detector):
     def __init__(self, config) -> None:
         super().__init__(config)
         if not 0.0 <= config.corrupt <= 1.0:
-            raise ValueError(f"corrupt is the fraction of training images given a synthetic "
-                             f"anomaly, in [0, 1]; got {config.corrupt}")
+            raise ValueError(
+                f"corrupt is the fraction of training images given a synthetic "
+                f"anomaly, in [0, 1]; got {config.corrupt}"
+            )
         if self.name == "unet":  # output "raw": the last 1x1 convolution, as the original
-            self.model = UNet(in_channels=config.channels, width=config.width,
-                              sigmoid=config.output == "sigmoid")
+            self.model = UNet(
+                in_channels=config.channels, width=config.width, sigmoid=config.output == "sigmoid"
+            )
         else:
-            self.model = build_model(self.name, in_channels=config.channels, width=config.width,
-                                     latent=config.latent)
+            self.model = build_model(
+                self.name, in_channels=config.channels, width=config.width, latent=config.latent
+            )
         self._loss = reconstruction_loss(config.loss)
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -53,10 +57,18 @@ class ReconstructionDetector(Detector):
             return self._loss(recon, images) + self.config.kl_weight * kl_divergence(mu, logvar)
         return self._loss(out, images)
 
-    def fit(self, train_data, val_data=None, *, progress: bool = True, resume: bool = False,
-            checkpoints=None):
-        return self.train_steps(train_data, val_data, checkpoints=checkpoints, resume=resume,
-                                progress=progress)
+    def fit(
+        self,
+        train_data,
+        val_data=None,
+        *,
+        progress: bool = True,
+        resume: bool = False,
+        checkpoints=None,
+    ):
+        return self.train_steps(
+            train_data, val_data, checkpoints=checkpoints, resume=resume, progress=progress
+        )
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:

@@ -30,17 +30,22 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 def double_conv(c_in: int, c_out: int, norm: str = "batch") -> nn.Sequential:
     """Two 3x3 convolutions (size kept), each followed by a normalisation and ReLU."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm_layer(norm, c_out),
-                         nn.ReLU(inplace=True),
-                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), norm_layer(norm, c_out),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        norm_layer(norm, c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        norm_layer(norm, c_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 def _check(x: torch.Tensor, depth: int, name: str) -> None:
     f = 2**depth
     if x.shape[-1] % f or x.shape[-2] % f:
-        raise ValueError(f"{name}(depth={depth}) needs H and W divisible by {f}, "
-                         f"got {tuple(x.shape[-2:])}")
+        raise ValueError(
+            f"{name}(depth={depth}) needs H and W divisible by {f}, got {tuple(x.shape[-2:])}"
+        )
 
 
 def _channels(width: int, depth: int) -> list[int]:
@@ -58,8 +63,9 @@ class ReconstructiveNet(nn.Module):
             is [width * 2**min(depth, 3), H / 2**depth, W / 2**depth].
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 16, depth: int = 4,
-                 norm: str = "batch") -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 16, depth: int = 4, norm: str = "batch"
+    ) -> None:
         super().__init__()
         self.hparams = {"in_channels": in_channels, "width": width, "depth": depth, "norm": norm}
         self.depth = depth
@@ -69,8 +75,10 @@ class ReconstructiveNet(nn.Module):
             enc += [nn.MaxPool2d(2), double_conv(a, b, norm)]
         dec: list[nn.Module] = []
         for a, b in zip(chans[::-1], chans[-2::-1]):
-            dec += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                    double_conv(a, b, norm)]
+            dec += [
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                double_conv(a, b, norm),
+            ]
         dec += [nn.Conv2d(chans[0], in_channels, 3, padding=1), nn.Sigmoid()]
         self.encoder = nn.Sequential(*enc)
         self.decoder = nn.Sequential(*dec)
@@ -91,8 +99,9 @@ class DiscriminativeNet(nn.Module):
         depth: number of 2x2 max-poolings; H and W must be divisible by 2**depth.
     """
 
-    def __init__(self, in_channels: int = 2, width: int = 16, depth: int = 4,
-                 norm: str = "batch") -> None:
+    def __init__(
+        self, in_channels: int = 2, width: int = 16, depth: int = 4, norm: str = "batch"
+    ) -> None:
         super().__init__()
         self.hparams = {"in_channels": in_channels, "width": width, "depth": depth, "norm": norm}
         self.depth = depth
@@ -101,8 +110,9 @@ class DiscriminativeNet(nn.Module):
         self.down.extend(double_conv(a, b, norm) for a, b in pairwise(chans))
         self.pool = nn.MaxPool2d(2)
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-        self.up = nn.ModuleList(double_conv(deep + skip, skip, norm)
-                                for deep, skip in zip(chans[::-1], chans[-2::-1]))
+        self.up = nn.ModuleList(
+            double_conv(deep + skip, skip, norm) for deep, skip in zip(chans[::-1], chans[-2::-1])
+        )
         self.head = nn.Conv2d(chans[0], 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
