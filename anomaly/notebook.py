@@ -5,125 +5,75 @@ figure recipes that would otherwise grow into long notebook cells.
 smoke runs use the tiny cookie set at 64 px and one epoch; the default is the benchmark preset at
 each method's default size and budget. Data and runs go under `home()`: $ANOMALY_HOME, or the
 working folder (its parent for the repository's `notebooks/`), never next to the package.
+
+The settings and the on-demand data and runs live in `anomaly.notebook_setup`, the benchmark
+results and curves in `anomaly.notebook_benchmark`; this module re-exports both, so a notebook
+imports one module (`from anomaly import notebook as nb`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anomaly.config import Config
+from anomaly.notebook_benchmark import (
+    CURVE_COMMANDS,
+    benchmark_result,
+    detectability_figure,
+    photos_result,
+    train_size_figure,
+    train_size_rows,
+    train_size_table,
+)
+from anomaly.notebook_setup import (
+    HOME_ENV,
+    Settings,
+    _subplots,
+    ensure_cookies,
+    ensure_run,
+    home,
+    light_figures,
+    settings,
+)
 
-HOME_ENV = "ANOMALY_HOME"  # where notebooks keep data/ and runs/ (default: the working folder)
-
-
-def home() -> Path:
-    """The folder notebooks write `data/` and `runs/` under, never the installed package's.
-
-    $ANOMALY_HOME when set; otherwise the current working folder, except that a working folder
-    named `notebooks` (where Jupyter starts a notebook of this repository) means its parent, so
-    the notebooks reuse the `runs/benchmark` that `make benchmark` wrote at the top.
-    """
-    value = os.environ.get(HOME_ENV, "").strip()
-    if value:
-        return Path(value).expanduser().resolve()
-    cwd = Path.cwd().resolve()
-    return cwd.parent if cwd.name == "notebooks" else cwd
-
-
-def _shown(path: Path) -> str:
-    """A path relative to the working folder when it is under it (shorter to read)."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-@dataclass
-class Settings:
-    smoke: bool
-    preset: str
-    size: int | None  # None = each method's default
-    epochs: int | None  # None = each method's default
-    data_dir: Path
-    runs_dir: Path
-    seed: int = 7
-
-
-def light_figures(dpi: int = 72, quality: int = 80) -> None:
-    """Inline figures as JPEG at a modest dpi: photo grids are most of a notebook's weight, and
-    the committed notebooks must stay small (about a tenth of PNG at the default dpi)."""
-    import matplotlib
-
-    matplotlib.rcParams["figure.dpi"] = dpi
-    try:
-        from IPython import get_ipython
-        from matplotlib_inline.backend_inline import set_matplotlib_formats
-    except ImportError:  # not in IPython: nothing to configure
-        return
-    if get_ipython() is not None:
-        set_matplotlib_formats("jpeg", pil_kwargs={"quality": quality})
-
-
-def settings(smoke: bool | None = None) -> Settings:
-    """Notebook settings from the smoke switch (the `ANOMALY_SMOKE` environment variable); also
-    makes inline figures light (`light_figures`)."""
-    light_figures()
-    if smoke is None:
-        smoke = os.environ.get("ANOMALY_SMOKE", "") not in ("", "0")
-    root = home()
-    if smoke:
-        return Settings(True, "tiny", 64, 1, root / "data" / "smoke", root / "runs" / "smoke")
-    return Settings(
-        False, "benchmark", None, None, root / "data" / "cookies", root / "runs" / "benchmark"
-    )
-
-
-def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> Path:
-    """Generate the cookie set once (the generator refuses to mix two different sets)."""
-    from anomaly.data import make_cookies
-
-    preset = preset or s.preset
-    root = s.data_dir if preset == s.preset else s.data_dir.parent / preset
-    size = s.size or size if preset == s.preset else size
-    if not (root / "manifest.json").exists():
-        make_cookies(root, preset=preset, seed=s.seed, size=size)
-    return root
-
-
-def ensure_run(
-    s: Settings, method: str, data: Path | None = None, source: str | None = None, **overrides
-) -> Path:
-    """The run folder `runs_dir/<method>`: trained and scored now unless it already exists.
-
-    With the default settings this is the same folder `make benchmark` writes, so the notebooks
-    show the benchmark's runs instead of training them twice.
-    """
-    from anomaly.config import Config
-    from anomaly.pipeline import score_run, train_run
-    from anomaly.runs import load_config
-
-    run = s.runs_dir / (method if source is None else f"{source}_{method}")
-    if (run / "metrics.json").exists():
-        print(f"using the trained run {_shown(run)}")
-        return run
-    if source is not None:
-        src = s.runs_dir / source
-        config = load_config(src).replace(method=method, source_run=str(src), seed=s.seed)
-    else:
-        sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
-        config = Config.for_method(method).replace(
-            data=str(data or ensure_cookies(s)), seed=s.seed, **sizes, **overrides
-        )
-    train_run(config, run, progress=not s.smoke)
-    score_run(run)
-    print(f"trained and scored {_shown(run)}")
-    return run
+__all__ = [  # this module's names and those it re-exports (notebook_setup, notebook_benchmark)
+    "CURVE_COMMANDS",
+    "HOME_ENV",
+    "METRIC_KEYS",
+    "Settings",
+    "benchmark_result",
+    "copy_through_table",
+    "counts_table",
+    "defect_area_figure",
+    "detectability_figure",
+    "ensure_cookies",
+    "ensure_run",
+    "evidence_figure",
+    "explorer_methods",
+    "histogram_figure",
+    "home",
+    "intensity_figure",
+    "intensity_table",
+    "kinds_figure",
+    "l2_vs_ssim_figure",
+    "light_figures",
+    "metrics_table",
+    "metrics_table_keys",
+    "normals_figure",
+    "overlays_figure",
+    "photos_result",
+    "reconstructions_figure",
+    "roc_figure",
+    "scores_table",
+    "settings",
+    "train_size_figure",
+    "train_size_rows",
+    "train_size_table",
+]
 
 
 def counts_table(root: Path) -> str:
@@ -296,15 +246,6 @@ def copy_through_table(runs: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def _subplots(*args, **kwargs):
-    """A figure pyplot does not keep: it shows once, when the notebook cell returns it."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(*args, **kwargs)
-    plt.close(fig)
-    return fig, axes
-
-
 def _test_data(config: Config):
     from anomaly.data import AnomalyDataset
 
@@ -391,144 +332,6 @@ def roc_figure(runs: dict[str, Path]):
 def explorer_methods(s: Settings) -> list[str]:
     """The runs the explorer compares: the strongest method and the original's UNet."""
     return ["patchknn", "unet"]
-
-
-def benchmark_result(s: Settings) -> dict:
-    """The benchmark of `runs_dir` (`make benchmark`); a smoke run makes a tiny one first.
-
-    The result's `table` has a row per set and method, `summary_table` (several sets) the mean
-    and worst set per suite and method."""
-    import contextlib
-    import io
-    import tempfile
-
-    from anomaly.benchmark import format_table, run_benchmark
-
-    path = s.runs_dir / "benchmark.json"
-    if not path.exists() and (s.runs_dir.parent / "benchmark.json").exists():
-        path = s.runs_dir.parent / "benchmark.json"  # runs_dir is one set of a suite benchmark
-    if s.smoke:  # a fresh folder each time: the benchmark never reuses a folder it did not make
-        out = Path(tempfile.mkdtemp(prefix="anomaly-bench-")) / "bench"
-        with contextlib.redirect_stdout(io.StringIO()):  # the cell prints the tables itself
-            run_benchmark(
-                str(ensure_cookies(s)), methods=["patchknn"], out=str(out), seed=s.seed, smoke=True
-            )
-        path = out / "benchmark.json"
-    elif not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 30 min)")
-    result = json.loads(path.read_text())
-    result.setdefault("table", format_table([r for r in result["rows"] if "error" not in r]))
-    return result
-
-
-def photos_result(s: Settings) -> dict:
-    """The photo-suite benchmark (`runs/benchmark-photos`, written by `make benchmark`); a smoke
-    run benchmarks two tiny photo sets first."""
-    import contextlib
-    import io
-    import tempfile
-
-    from anomaly.benchmark import run_benchmark
-    from anomaly.data.photos import make_photos
-
-    path = s.runs_dir.parent / "benchmark-photos" / "benchmark.json"
-    if s.smoke:  # a fresh folder each time, as benchmark_result
-        tmp = Path(tempfile.mkdtemp(prefix="anomaly-photos-"))
-        make_photos(tmp / "photos", seed=0, tiny=True, sets=["moon", "page"])
-        with contextlib.redirect_stdout(io.StringIO()):
-            run_benchmark(
-                str(tmp / "photos"),
-                methods=["patchknn", "meandiff"],
-                out=str(tmp / "bench"),
-                seed=s.seed,
-                smoke=True,
-            )
-        path = tmp / "bench" / "benchmark.json"
-    elif not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 40 min)")
-    return json.loads(path.read_text())
-
-
-def detectability_figure(result: dict, set_name: str | None = None):
-    """Fraction of defects caught at a fixed false-reject rate, by defect area, per method, on
-    one set (default the first)."""
-    rows = [r for r in result["rows"] if "detectability" in r]
-    set_name = set_name or (rows[0].get("set") if rows else None)
-    fig, ax = _subplots(figsize=(6, 3.5))
-    for row in rows:
-        if row.get("set") != set_name:
-            continue
-        bins = [b for b in row["detectability"]["bins"] if b["caught"] is not None]
-        centre = [100 * np.sqrt(b["area_lo"] * b["area_hi"]) for b in bins]
-        ax.plot(centre, [b["caught"] for b in bins], marker="o", label=row["method"])
-    ax.set_xscale("log")
-    ax.set_xlabel("defect area (% of the image)")
-    ax.set_ylabel("defects caught at 5% false rejects")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8, title=set_name)
-    return fig
-
-
-# --- notebook 06: how many good images (the train-size curve) ---------------------------------
-
-CURVE_COMMANDS = (
-    (
-        "python -m anomaly benchmark --curve train-size --data data/cookies --data data/photos/moon "
-        "--data data/photos/page --method patchknn --seeds-up-to 64 --out runs/curves"
-    ),
-    (
-        "python -m anomaly benchmark --curve train-size --data data/cookies --method unet+kmeans "
-        "--sizes 2 4 8 16 24 32 64 128 --out runs/curves"
-    ),
-)
-
-
-def train_size_rows(s: Settings) -> list[dict]:
-    """The train-size curves in `runs/curves` (`CURVE_COMMANDS`); smoke: patchknn on the tiny set."""
-    from anomaly.benchmark_curves import read_curve, train_size_curve
-
-    if s.smoke:
-        return train_size_curve(ensure_cookies(s), "patchknn", smoke=True, progress=False)
-    folder = s.runs_dir.parent / "curves"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is missing: run\n  " + "\n  ".join(CURVE_COMMANDS))
-    return read_curve(folder)
-
-
-def _curves(rows: list[dict], sets=None, methods=None) -> dict[str, dict]:
-    from anomaly.benchmark_curves import curve_summary
-
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        if (sets is None or r["set"] in sets) and (methods is None or r["method"] in methods):
-            groups.setdefault(f"{r['set']} {r['method']}", []).append(r)
-    return {label: curve_summary(rs) for label, rs in groups.items()}
-
-
-def train_size_figure(rows: list[dict], sets=None, methods=None):
-    """Image AUROC, AUPRO and the conformal escape rate against n, one line per set and method."""
-    from anomaly.benchmark_curves import train_size_figure as figure
-
-    return figure(_curves(rows, sets, methods))
-
-
-def train_size_table(rows: list[dict], target: float = 0.95) -> str:
-    """Per set and method: mean image AUROC and fit time at each n, the n that reaches `target`."""
-    from anomaly.benchmark_curves import images_needed
-
-    lines = []
-    for label, c in _curves(rows).items():
-        group = [r for r in rows if f"{r['set']} {r['method']}" == label]
-        points = "  ".join(f"{n}:{a:.3f}" for n, a in zip(c["n"], c["image_auroc"]))
-        fits = "  ".join(f"{n}:{t:.1f}" for n, t in zip(c["n"], c["fit_s"]))
-        alphas = ", ".join(f"{a:.3g}" for a in sorted(set(c["alpha_used"])))
-        needed = images_needed(group, target)
-        reach = f"reaches {target} at n = {needed}" if needed else f"does not reach {target}"
-        lines.append(
-            f"{label}: image AUROC by n  {points}\n  fit seconds by n  {fits}\n"
-            f"  {reach}; escape rate at conformal alpha {alphas}"
-        )
-    return "\n".join(lines)
 
 
 def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):

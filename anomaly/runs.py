@@ -10,7 +10,8 @@ JSON that does not parse names its file, and every write goes to a temporary fil
 the old one, so a killed process never leaves a half-written file. A lock file (`.lock`, holding
 the writer's PID) keeps two processes from writing one run at a time.
 
-This module imports only `anomaly.config` (and `anomaly.data.cookies` for a version number);
+This module imports only `anomaly.config` and `anomaly.safe_files` (the atomic writes, the safe
+loads and `RunError`, re-exported here), and `anomaly.data.cookies` for a version number;
 building detectors from a run is `anomaly.pipeline.load_run`.
 """
 
@@ -21,17 +22,17 @@ import csv
 import io
 import json
 import os
-import pickle
 import platform
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 from anomaly.config import Config
+from anomaly.safe_files import RunError, _atomic, atomic_save, safe_torch_load, write_json
 
 CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
 # Config fields that change the shape of what a method learns: a checkpoint only loads into a
@@ -40,58 +41,6 @@ SHAPE_FIELDS = ("method", "size", "channels", "width", "latent", "backbone", "k"
 # Config fields that may differ between config.json and the checkpoint without changing a score:
 # where the data and the device are (score --data and --device choose them per call).
 UNSCORED_FIELDS = ("data", "device")
-
-
-class RunError(ValueError):
-    """A run folder is missing, incomplete, unsafe, or does not match what is asked of it."""
-
-
-def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write `path` through a temporary file in its folder, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temporary file, then rename: an interrupted write never leaves a broken file."""
-    return _atomic(Path(path), lambda f: torch.save(obj, f))
-
-
-def write_json(path: str | Path, obj) -> Path:
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    return _atomic(Path(path), lambda f: f.write(text.encode()))
-
-
-def safe_torch_load(path: Path) -> dict:
-    """torch.load with weights_only=True: tensors and plain values only, never arbitrary code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
-        if found:  # a Python object, not data: loading it would run its code
-            raise RunError(
-                f"{path} was refused: it holds Python objects, not only tensors and plain values, "
-                f"and loading it could run code its author put there ({found[0][:160]}). This "
-                "version of anomaly never writes such objects (an older one did, in last.pt: "
-                "such a run cannot be resumed); use run folders only from people you trust, and "
-                "train the run again yourself."
-            ) from None
-        raise RunError(
-            f"{path} is not a readable anomaly checkpoint (not a torch file); train the run again"
-        ) from None
-    except Exception as err:  # noqa: BLE001  (a truncated or foreign file)
-        raise RunError(
-            f"{path} is not a readable anomaly checkpoint ({type(err).__name__}: "
-            f"{str(err)[:200]}); train the run again"
-        ) from None
 
 
 def versions() -> dict:
@@ -181,6 +130,9 @@ class RunDir:
 
     def is_scored(self) -> bool:
         return self.file(self.PREDICTIONS).is_file()
+
+    def has_metrics(self) -> bool:
+        return self.file(self.METRICS).is_file()
 
     def require(self) -> RunDir:
         """Raise RunError unless this is a run folder."""

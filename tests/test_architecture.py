@@ -118,6 +118,19 @@ def test_detectors_and_training_never_import_run_folders():
             assert "anomaly.runs" not in targets and "anomaly.pipeline" not in targets, name
 
 
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_over_500_lines():
+    """Issue 11: a module a newcomer can read in one sitting; split a longer one along a seam."""
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
 RUN_FILES = (
     "config.json",
     "split.json",

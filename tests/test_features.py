@@ -51,7 +51,7 @@ def test_mobilenet_v2_folded_equals_torchvision():
 
 
 def test_mobilenet_v2_missing_weights_say_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(features.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
         build_backbone("mobilenet_v2")
@@ -61,7 +61,7 @@ def test_mobilenet_v2_missing_weights_say_how_to_install(tmp_path, monkeypatch):
 
 
 def test_mobilenet_v2_weights_with_the_wrong_hash_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(features.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     (tmp_path / "checkpoints").mkdir()
     fake = tmp_path / "checkpoints" / "mobilenet_v2-b0353104.pth"

@@ -1,0 +1,183 @@
+"""The benchmark's tables and its notes document: Markdown tables of the rows, a summary per
+suite and method, the detectability curve by defect area, and what the numbers were measured on.
+
+`anomaly.benchmark` runs the methods and re-exports these names.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = [
+    ("method", "{}"),
+    ("image_auroc", "{:.3f}"),
+    ("pixel_auroc", "{:.3f}"),
+    ("aupro", "{:.3f}"),
+    ("image_f1_max", "{:.3f}"),
+    ("fit_s", "{:.0f}"),
+    ("train_ips", "{:.0f}"),
+    ("predict_ips", "{:.0f}"),
+    ("peak_mb", "{:.0f}"),
+]
+SUMMARY_COLUMNS = [
+    ("suite", "{}"),
+    ("method", "{}"),
+    ("sets", "{}"),
+    ("mean_image_auroc", "{:.3f}"),
+    ("worst_image_auroc", "{:.3f}"),
+    ("worst_set", "{}"),
+    ("mean_pixel_auroc", "{:.3f}"),
+    ("mean_aupro", "{:.3f}"),
+    ("mean_fit_s", "{:.0f}"),
+]
+
+
+def detectability(pred, frr: float = 0.05, bins: int = 6) -> dict:
+    """Fraction of defects caught at a fixed false-reject rate, by defect area.
+
+    The threshold is the (1 - frr) quantile of the good test images' scores; defect area is the
+    mask's pixel fraction, binned on a log scale between the smallest and the largest defect.
+    """
+    if pred.masks is None:
+        raise ValueError("the detectability curve needs ground-truth masks (defect areas)")
+    good = pred.scores[pred.labels == 0]
+    threshold = float(np.quantile(good, 1 - frr)) if len(good) else float("inf")
+    defect = pred.labels == 1
+    area = pred.masks[defect].reshape(defect.sum(), -1).mean(axis=1)
+    caught = pred.scores[defect] >= threshold
+    keep = area > 0
+    area, caught = area[keep], caught[keep]
+    edges = np.geomspace(area.min(), area.max() * (1 + 1e-9), bins + 1)
+    which = np.clip(np.digitize(area, edges) - 1, 0, bins - 1)
+    rows = [
+        {
+            "area_lo": float(edges[i]),
+            "area_hi": float(edges[i + 1]),
+            "n": int((which == i).sum()),
+            "caught": float(caught[which == i].mean()) if (which == i).any() else None,
+        }
+        for i in range(bins)
+    ]
+    return {"frr": frr, "threshold": threshold, "bins": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _markdown(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+def _cell(value, fmt: str) -> str:
+    return fmt.format(value) if value is not None else "n/a"
+
+
+def format_table(rows: list[dict], per_defect: bool = True) -> str:
+    """A Markdown table: the columns above (after `set` when rows name one), then per-defect-kind
+    image AUROC (when `per_defect`, for one set: kinds differ between sets)."""
+    kinds = sorted({k for r in rows for k in r.get("per_defect", {})}) if per_defect else []
+    columns = ([("set", "{}")] if any("set" in r for r in rows) else []) + COLUMNS
+    head = [c for c, _ in columns] + [f"auroc_{k}" for k in kinds]
+    body = [
+        [_cell(r.get(c), fmt) for c, fmt in columns]
+        + [_cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
+        for r in rows
+    ]
+    return _markdown(head, body)
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per suite and method, over its sets: mean and worst image AUROC, mean pixel metrics."""
+    out = []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            groups.setdefault((r.get("suite", ""), r["method"]), []).append(r)
+    for (suite, method), rs in groups.items():
+        worst = min(rs, key=lambda r: r["image_auroc"] if r["image_auroc"] is not None else 2)
+        out.append(
+            {
+                "suite": suite,
+                "method": method,
+                "sets": len(rs),
+                "mean_image_auroc": _mean(rs, "image_auroc"),
+                "worst_image_auroc": worst["image_auroc"],
+                "worst_set": worst.get("set"),
+                "mean_pixel_auroc": _mean(rs, "pixel_auroc"),
+                "mean_aupro": _mean(rs, "aupro"),
+                "mean_fit_s": _mean(rs, "fit_s"),
+            }
+        )
+    return out
+
+
+def format_summary(summary: list[dict]) -> str:
+    return _markdown(
+        [c for c, _ in SUMMARY_COLUMNS],
+        [[_cell(s.get(c), fmt) for c, fmt in SUMMARY_COLUMNS] for s in summary],
+    )
+
+
+def machine() -> dict:
+    """What the numbers were measured on (timings depend on it; accuracies do not)."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_notes(path: str | Path, result: dict) -> Path:
+    """The benchmark-notes document: when, where, how loaded, which command, then the tables."""
+    m = result["machine"]
+    lines = [
+        "# Benchmark notes",
+        "",
+        "Regenerated by the benchmark; the measurement log of the project (docstrings and README",
+        "quote it, never the other way round). Accuracies are deterministic for a seed; timings",
+        "depend on the machine and on what else ran.",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']} (UTC), total {result['total_s'] / 60:.1f} min",
+        f"- machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with "
+        f"{m['torch_threads']} threads, Python {m['python']}, {m['platform']}"
+        + (f", GPU {m['cuda']}" if m.get("cuda") else ""),
+        "- load average (1/5/15 min) at start: {:.2f} / {:.2f} / {:.2f}; at the end: "
+        "{:.2f} / {:.2f} / {:.2f}".format(*result["load_start"], *result["load_end"]),
+        "",
+        "## Per set and method",
+        "",
+        result["table"],
+        "",
+    ]
+    if result.get("summary_table"):
+        lines += ["## Summary per suite and method", "", result["summary_table"], ""]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

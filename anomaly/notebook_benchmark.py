@@ -1,0 +1,152 @@
+"""The notebooks' benchmark results and figures: the benchmark tables (`make benchmark`, or a
+tiny one in smoke mode), the detectability figure, and notebook 06's train-size curves.
+
+`anomaly.notebook` re-exports these names (notebook cells call `nb.benchmark_result(s)`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from anomaly.notebook_setup import Settings, _subplots, ensure_cookies
+
+
+def benchmark_result(s: Settings) -> dict:
+    """The benchmark of `runs_dir` (`make benchmark`); a smoke run makes a tiny one first.
+
+    The result's `table` has a row per set and method, `summary_table` (several sets) the mean
+    and worst set per suite and method."""
+    import contextlib
+    import io
+    import tempfile
+
+    from anomaly.benchmark import format_table, run_benchmark
+
+    path = s.runs_dir / "benchmark.json"
+    if not path.exists() and (s.runs_dir.parent / "benchmark.json").exists():
+        path = s.runs_dir.parent / "benchmark.json"  # runs_dir is one set of a suite benchmark
+    if s.smoke:  # a fresh folder each time: the benchmark never reuses a folder it did not make
+        out = Path(tempfile.mkdtemp(prefix="anomaly-bench-")) / "bench"
+        with contextlib.redirect_stdout(io.StringIO()):  # the cell prints the tables itself
+            run_benchmark(
+                str(ensure_cookies(s)), methods=["patchknn"], out=str(out), seed=s.seed, smoke=True
+            )
+        path = out / "benchmark.json"
+    elif not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 30 min)")
+    result = json.loads(path.read_text())
+    result.setdefault("table", format_table([r for r in result["rows"] if "error" not in r]))
+    return result
+
+
+def photos_result(s: Settings) -> dict:
+    """The photo-suite benchmark (`runs/benchmark-photos`, written by `make benchmark`); a smoke
+    run benchmarks two tiny photo sets first."""
+    import contextlib
+    import io
+    import tempfile
+
+    from anomaly.benchmark import run_benchmark
+    from anomaly.data.photos import make_photos
+
+    path = s.runs_dir.parent / "benchmark-photos" / "benchmark.json"
+    if s.smoke:  # a fresh folder each time, as benchmark_result
+        tmp = Path(tempfile.mkdtemp(prefix="anomaly-photos-"))
+        make_photos(tmp / "photos", seed=0, tiny=True, sets=["moon", "page"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_benchmark(
+                str(tmp / "photos"),
+                methods=["patchknn", "meandiff"],
+                out=str(tmp / "bench"),
+                seed=s.seed,
+                smoke=True,
+            )
+        path = tmp / "bench" / "benchmark.json"
+    elif not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 40 min)")
+    return json.loads(path.read_text())
+
+
+def detectability_figure(result: dict, set_name: str | None = None):
+    """Fraction of defects caught at a fixed false-reject rate, by defect area, per method, on
+    one set (default the first)."""
+    rows = [r for r in result["rows"] if "detectability" in r]
+    set_name = set_name or (rows[0].get("set") if rows else None)
+    fig, ax = _subplots(figsize=(6, 3.5))
+    for row in rows:
+        if row.get("set") != set_name:
+            continue
+        bins = [b for b in row["detectability"]["bins"] if b["caught"] is not None]
+        centre = [100 * np.sqrt(b["area_lo"] * b["area_hi"]) for b in bins]
+        ax.plot(centre, [b["caught"] for b in bins], marker="o", label=row["method"])
+    ax.set_xscale("log")
+    ax.set_xlabel("defect area (% of the image)")
+    ax.set_ylabel("defects caught at 5% false rejects")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8, title=set_name)
+    return fig
+
+
+# --- notebook 06: how many good images (the train-size curve) ---------------------------------
+
+CURVE_COMMANDS = (
+    (
+        "python -m anomaly benchmark --curve train-size --data data/cookies --data data/photos/moon "
+        "--data data/photos/page --method patchknn --seeds-up-to 64 --out runs/curves"
+    ),
+    (
+        "python -m anomaly benchmark --curve train-size --data data/cookies --method unet+kmeans "
+        "--sizes 2 4 8 16 24 32 64 128 --out runs/curves"
+    ),
+)
+
+
+def train_size_rows(s: Settings) -> list[dict]:
+    """The train-size curves in `runs/curves` (`CURVE_COMMANDS`); smoke: patchknn on the tiny set."""
+    from anomaly.benchmark_curves import read_curve, train_size_curve
+
+    if s.smoke:
+        return train_size_curve(ensure_cookies(s), "patchknn", smoke=True, progress=False)
+    folder = s.runs_dir.parent / "curves"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is missing: run\n  " + "\n  ".join(CURVE_COMMANDS))
+    return read_curve(folder)
+
+
+def _curves(rows: list[dict], sets=None, methods=None) -> dict[str, dict]:
+    from anomaly.benchmark_curves import curve_summary
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if (sets is None or r["set"] in sets) and (methods is None or r["method"] in methods):
+            groups.setdefault(f"{r['set']} {r['method']}", []).append(r)
+    return {label: curve_summary(rs) for label, rs in groups.items()}
+
+
+def train_size_figure(rows: list[dict], sets=None, methods=None):
+    """Image AUROC, AUPRO and the conformal escape rate against n, one line per set and method."""
+    from anomaly.benchmark_curves import train_size_figure as figure
+
+    return figure(_curves(rows, sets, methods))
+
+
+def train_size_table(rows: list[dict], target: float = 0.95) -> str:
+    """Per set and method: mean image AUROC and fit time at each n, the n that reaches `target`."""
+    from anomaly.benchmark_curves import images_needed
+
+    lines = []
+    for label, c in _curves(rows).items():
+        group = [r for r in rows if f"{r['set']} {r['method']}" == label]
+        points = "  ".join(f"{n}:{a:.3f}" for n, a in zip(c["n"], c["image_auroc"]))
+        fits = "  ".join(f"{n}:{t:.1f}" for n, t in zip(c["n"], c["fit_s"]))
+        alphas = ", ".join(f"{a:.3g}" for a in sorted(set(c["alpha_used"])))
+        needed = images_needed(group, target)
+        reach = f"reaches {target} at n = {needed}" if needed else f"does not reach {target}"
+        lines.append(
+            f"{label}: image AUROC by n  {points}\n  fit seconds by n  {fits}\n"
+            f"  {reach}; escape rate at conformal alpha {alphas}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""What every notebook calls first: one smoke switch, and data and runs made on demand.
+
+`settings()` reads the smoke switch from the environment (`ANOMALY_SMOKE`, set by `make test`):
+smoke runs use the tiny cookie set at 64 px and one epoch; the default is the benchmark preset at
+each method's default size and budget. Data and runs go under `home()`: $ANOMALY_HOME, or the
+working folder (its parent for the repository's `notebooks/`), never next to the package.
+`anomaly.notebook` re-exports these names (notebooks call them as `nb.settings()` and so on).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "ANOMALY_HOME"  # where notebooks keep data/ and runs/ (default: the working folder)
+
+
+def home() -> Path:
+    """The folder notebooks write `data/` and `runs/` under, never the installed package's.
+
+    $ANOMALY_HOME when set; otherwise the current working folder, except that a working folder
+    named `notebooks` (where Jupyter starts a notebook of this repository) means its parent, so
+    the notebooks reuse the `runs/benchmark` that `make benchmark` wrote at the top.
+    """
+    value = os.environ.get(HOME_ENV, "").strip()
+    if value:
+        return Path(value).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    return cwd.parent if cwd.name == "notebooks" else cwd
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working folder when it is under it (shorter to read)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class Settings:
+    smoke: bool
+    preset: str
+    size: int | None  # None = each method's default
+    epochs: int | None  # None = each method's default
+    data_dir: Path
+    runs_dir: Path
+    seed: int = 7
+
+
+def light_figures(dpi: int = 72, quality: int = 80) -> None:
+    """Inline figures as JPEG at a modest dpi: photo grids are most of a notebook's weight, and
+    the committed notebooks must stay small (about a tenth of PNG at the default dpi)."""
+    import matplotlib
+
+    matplotlib.rcParams["figure.dpi"] = dpi
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # not in IPython: nothing to configure
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("jpeg", pil_kwargs={"quality": quality})
+
+
+def settings(smoke: bool | None = None) -> Settings:
+    """Notebook settings from the smoke switch (the `ANOMALY_SMOKE` environment variable); also
+    makes inline figures light (`light_figures`)."""
+    light_figures()
+    if smoke is None:
+        smoke = os.environ.get("ANOMALY_SMOKE", "") not in ("", "0")
+    root = home()
+    if smoke:
+        return Settings(True, "tiny", 64, 1, root / "data" / "smoke", root / "runs" / "smoke")
+    return Settings(
+        False, "benchmark", None, None, root / "data" / "cookies", root / "runs" / "benchmark"
+    )
+
+
+def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> Path:
+    """Generate the cookie set once (the generator refuses to mix two different sets)."""
+    from anomaly.data import make_cookies
+
+    preset = preset or s.preset
+    root = s.data_dir if preset == s.preset else s.data_dir.parent / preset
+    size = s.size or size if preset == s.preset else size
+    if not (root / "manifest.json").exists():
+        make_cookies(root, preset=preset, seed=s.seed, size=size)
+    return root
+
+
+def ensure_run(
+    s: Settings, method: str, data: Path | None = None, source: str | None = None, **overrides
+) -> Path:
+    """The run folder `runs_dir/<method>`: trained and scored now unless it already exists.
+
+    With the default settings this is the same folder `make benchmark` writes, so the notebooks
+    show the benchmark's runs instead of training them twice.
+    """
+    from anomaly.config import Config
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunDir, load_config
+
+    run = s.runs_dir / (method if source is None else f"{source}_{method}")
+    if RunDir(run).has_metrics():
+        print(f"using the trained run {_shown(run)}")
+        return run
+    if source is not None:
+        src = s.runs_dir / source
+        config = load_config(src).replace(method=method, source_run=str(src), seed=s.seed)
+    else:
+        sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
+        config = Config.for_method(method).replace(
+            data=str(data or ensure_cookies(s)), seed=s.seed, **sizes, **overrides
+        )
+    train_run(config, run, progress=not s.smoke)
+    score_run(run)
+    print(f"trained and scored {_shown(run)}")
+    return run
+
+
+def _subplots(*args, **kwargs):
+    """A figure pyplot does not keep: it shows once, when the notebook cell returns it."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, **kwargs)
+    plt.close(fig)
+    return fig, axes

@@ -1,0 +1,70 @@
+"""Files written atomically and checkpoints read without unpickling anything.
+
+Every write goes to a temporary file in the same folder that then replaces the old one, so a
+killed process never leaves a half-written file; `safe_torch_load` refuses a file that holds
+Python objects (loading them could run code). The run folder (`anomaly.runs.RunDir`) writes and
+reads all its files through these.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+class RunError(ValueError):
+    """A run folder is missing, incomplete, unsafe, or does not match what is asked of it."""
+
+
+def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write `path` through a temporary file in its folder, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """torch.save to a temporary file, then rename: an interrupted write never leaves a broken file."""
+    return _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def write_json(path: str | Path, obj) -> Path:
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    return _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def safe_torch_load(path: Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain values only, never arbitrary code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if found:  # a Python object, not data: loading it would run its code
+            raise RunError(
+                f"{path} was refused: it holds Python objects, not only tensors and plain values, "
+                f"and loading it could run code its author put there ({found[0][:160]}). This "
+                "version of anomaly never writes such objects (an older one did, in last.pt: "
+                "such a run cannot be resumed); use run folders only from people you trust, and "
+                "train the run again yourself."
+            ) from None
+        raise RunError(
+            f"{path} is not a readable anomaly checkpoint (not a torch file); train the run again"
+        ) from None
+    except Exception as err:  # noqa: BLE001  (a truncated or foreign file)
+        raise RunError(
+            f"{path} is not a readable anomaly checkpoint ({type(err).__name__}: "
+            f"{str(err)[:200]}); train the run again"
+        ) from None
