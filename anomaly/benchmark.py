@@ -175,13 +175,13 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     """Train and score one method in this process; return its row."""
     from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
-    from anomaly.runs import load_config
+    from anomaly.runs import RunDir, load_config
 
     overrides = dict(SMOKE) if smoke else {}
     if method.endswith("+kmeans"):
         name = method.split("+")[0]
         source = Path(out).parent / name
-        if not (source / "model.pt").exists():
+        if not RunDir(source).has_model():
             raise RuntimeError(
                 f"{method} needs the {name} row first (it clusters that run's bottleneck)"
             )
@@ -209,9 +209,9 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # training images/s: images seen per second of training, all epochs (one pass for the
     # methods that do not train by epochs: patchknn, kmeans)
-    n_train = len(json.loads((Path(out) / "split.json").read_text())["train"])
-    history = Path(out) / "history.csv"
-    passes = max(1, len(history.read_text().splitlines()) - 1) if history.exists() else 1
+    run = RunDir(out)
+    n_train = len(run.split()["train"])
+    passes = max(1, len(run.history()))  # epochs trained (no history: one pass)
     return {
         "method": method,
         "fit_s": fit_s,
@@ -247,7 +247,7 @@ def run_benchmark(
     to `notes` too, for example docs/benchmark-notes.md). One set goes to `out/<method>`,
     several to `out/<set>/<method>`.
     """
-    from anomaly.detectors import Predictions
+    from anomaly.runs import RunDir
 
     sets = discover_sets(data)
     methods = list(methods or DEFAULT_METHODS)
@@ -279,7 +279,7 @@ def run_benchmark(
                 )
                 continue
             row = {**tag, **json.loads(proc.stdout.strip().splitlines()[-1])}
-            pred = Predictions.load(run / "predictions.npz")
+            pred = RunDir(run).predictions()
             if pred.has_masks:
                 row["detectability"] = detectability(pred)
             rows.append(row)

@@ -299,19 +299,25 @@ class Threshold:
         return cls(float(d["value"]), d.get("rule", "manual"), d.get("params", {}))
 
     def save(self, path: str | Path) -> Path:
-        """Write to `path`, or to `path/threshold.json` when `path` is a folder."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "threshold.json"
+        """Write to the file `path` (a run folder's threshold: `anomaly.runs.RunDir`)."""
+        path = _threshold_file(path)
         path.write_text(self.to_json() + "\n")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Threshold:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "threshold.json"
-        return cls.from_json(path.read_text())
+        """Read the file `path` (a run folder's threshold: `anomaly.runs.RunDir`)."""
+        return cls.from_json(_threshold_file(path).read_text())
+
+
+def _threshold_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder: pass the threshold's file; a run folder's threshold is "
+            "RunDir(run).threshold() / RunDir(run).save_threshold(t) (anomaly.runs)"
+        )
+    return path
 
 
 def threshold_manual(value: float) -> Threshold:

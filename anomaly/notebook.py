@@ -39,6 +39,7 @@ from anomaly.notebook_setup import (
     light_figures,
     settings,
 )
+from anomaly.runs import RunDir
 
 __all__ = [  # this module's names and those it re-exports (notebook_setup, notebook_benchmark)
     "CURVE_COMMANDS",
@@ -176,13 +177,12 @@ def reconstructions_figure(runs: dict[str, Path], n: int = 4):
 
 def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
     """The run's difference maps on its defective test images, one colour scale for all."""
-    from anomaly.detectors import Predictions
     from anomaly.viz import dataset_range, heatmap_overlay, plot_gallery, red_overlay
 
-    pred = Predictions.load(Path(run) / "predictions.npz")
+    pred = RunDir(run).predictions()
     vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
     picks = _per_kind(pred.defects, per_kind)
-    data = _test_data(Config.load(Path(run) / "config.json"))
+    data = _test_data(RunDir(run).config())
     images = [data[i]["image"] for i in picks]
     overlays = [
         red_overlay(img, pred.maps[i], vmax=vmax)
@@ -265,7 +265,7 @@ def _one_per_kind(data, n: int) -> list[int]:
 
 
 def _metrics(run: Path) -> dict:
-    return json.loads((Path(run) / "metrics.json").read_text())
+    return RunDir(run).metrics()
 
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
@@ -307,24 +307,20 @@ def scores_table(run: Path, n: int = 6) -> str:
 
 def histogram_figure(run: Path):
     """Score histograms of normal and defective test images, with the run's threshold."""
-    from anomaly.detectors import Predictions
-    from anomaly.metrics import Threshold
     from anomaly.viz import plot_score_histogram
 
-    pred = Predictions.load(Path(run) / "predictions.npz")
-    return plot_score_histogram(
-        pred.scores, pred.labels, Threshold.load(Path(run) / "threshold.json").value
-    )
+    run = RunDir(run)
+    pred = run.predictions()
+    return plot_score_histogram(pred.scores, pred.labels, run.threshold().value)
 
 
 def roc_figure(runs: dict[str, Path]):
     """ROC curves of several runs on the same test set."""
-    from anomaly.detectors import Predictions
     from anomaly.viz import plot_roc
 
     curves = {}
     for name, run in runs.items():
-        pred = Predictions.load(Path(run) / "predictions.npz")
+        pred = RunDir(run).predictions()
         curves[name] = (pred.labels, pred.scores)
     return plot_roc(curves)
 
@@ -341,7 +337,6 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     from PIL import Image
 
     from anomaly.overlays import annotated_overlay, run_scale
-    from anomaly.runs import RunDir
 
     rd = RunDir(run)
     pred = rd.predictions()

@@ -49,15 +49,15 @@ def original_runs(s, data: Path) -> dict[str, Path]:
     """The original recipe's UNet and its k-means (`runs_dir/unet_original[_kmeans]`), trained
     and scored now unless they exist; smoke settings shrink them as `notebook.ensure_run` does."""
     from anomaly.pipeline import score_run, train_run
-    from anomaly.runs import load_config
+    from anomaly.runs import RunDir, load_config
 
     unet, km = s.runs_dir / "unet_original", s.runs_dir / "unet_original_kmeans"
-    if not (unet / "metrics.json").exists():
+    if not RunDir(unet).has_metrics():
         sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
         config = Config.for_method("unet", recipe="original", data=str(data), seed=s.seed, **sizes)
         train_run(config, unet, progress=not s.smoke)
         score_run(unet, overlays=False)
-    if not (km / "metrics.json").exists():
+    if not RunDir(km).has_metrics():
         config = load_config(unet).replace(
             method="kmeans", source_run=str(unet), seed=s.seed, k=2, kmeans_features="original"
         )
@@ -162,13 +162,13 @@ def map_choices_table(run: Path) -> str:
 def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: int = 1):
     """Per defective test image: the input (true defect outlined), the original's red overlay
     from the original recipe's UNet, and the project run's map on one colour scale."""
-    from anomaly.detectors import Predictions
     from anomaly.notebook import _per_kind, _subplots, _test_data
+    from anomaly.runs import RunDir
     from anomaly.viz import dataset_range, heatmap_overlay, to_rgb
 
     _, data, images, recon = _reconstruct(original_run)
-    pred = Predictions.load(Path(project_run) / "predictions.npz")
-    project_data = _test_data(Config.load(Path(project_run) / "config.json"))
+    pred = RunDir(project_run).predictions()
+    project_data = _test_data(RunDir(project_run).config())
     vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
     picks = [i for i in _per_kind(pred.defects, per_kind) if pred.labels[i]]
     fig, axes = _subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
@@ -198,8 +198,8 @@ def fixed_threshold_table(runs: dict[str, Path], value: float = ORIGINAL_THRESHO
     """Per run: the fraction of good and defective test images flagged at the original's fixed
     threshold, at the run's own threshold (`threshold.json`: a quantile of held-out normal
     scores) and at the F1-optimal one (which needs labelled defects)."""
-    from anomaly.detectors import Predictions
-    from anomaly.metrics import Threshold, threshold_f1
+    from anomaly.metrics import threshold_f1
+    from anomaly.runs import RunDir
 
     header = (
         f"{'run':<20} {'threshold rule':<26} {'value':>10} {'good flagged':>13} "
@@ -207,11 +207,11 @@ def fixed_threshold_table(runs: dict[str, Path], value: float = ORIGINAL_THRESHO
     )
     lines = [header]
     for name, run in runs.items():
-        pred = Predictions.load(Path(run) / "predictions.npz")
+        pred = RunDir(run).predictions()
         good, bad = pred.scores[pred.labels == 0], pred.scores[pred.labels > 0]
         rules = {
             f"fixed {value:g} (original)": value,
-            "held-out normal quantile": Threshold.load(Path(run)).value,
+            "held-out normal quantile": RunDir(run).threshold().value,
             "F1-optimal (labels)": threshold_f1(pred.labels, pred.scores).value,
         }
         for rule, t in rules.items():

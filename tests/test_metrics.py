@@ -236,9 +236,14 @@ def test_threshold_rules():
 
 def test_threshold_save_load(tmp_path):
     t = threshold_normal_quantile([0.1, 0.2, 0.3], q=0.99)
-    path = t.save(tmp_path)
-    assert path.name == "threshold.json"
-    assert Threshold.load(tmp_path) == t
+    path = t.save(tmp_path / "threshold.json")
+    assert path == tmp_path / "threshold.json"
+    assert Threshold.load(path) == t
+    # a run folder's threshold is RunDir's (anomaly.runs): a folder is refused, not guessed into
+    with pytest.raises(IsADirectoryError, match="RunDir"):
+        t.save(tmp_path)
+    with pytest.raises(IsADirectoryError, match="RunDir"):
+        Threshold.load(tmp_path)
     assert Threshold.from_json(t.to_json()) == t
     np.testing.assert_array_equal(t.predict([0.0, t.value, 1.0]), [0, 1, 1])
 

@@ -18,6 +18,7 @@ import numpy as np
 from anomaly.explorer.gallery import outcome
 from anomaly.explorer.runs import RunView
 from anomaly.explorer.text import describe_rule, format_confusion_html, guarantee, rule_html
+from anomaly.runs import RunDir
 
 GOOD_COLOUR, DEFECT_COLOUR = "#4c72b0", "#dd8452"
 REPORT_GALLERY = 120  # at most this many misclassified images in a report
@@ -104,15 +105,15 @@ def identity(r: RunView) -> list[tuple[str, str]]:
     rows = [("run", r.name), ("method", pred.method or "?")]
     if r.folder is not None:
         rows.append(("run folder", str(Path(r.folder).resolve())))
-        config = Path(r.folder) / "config.json"
+        config = RunDir(r.folder).file(RunDir.CONFIG)
         if config.is_file():
             try:
                 cfg = json.loads(config.read_text())
                 rows += [(k, str(cfg[k])) for k in ("data", "size", "channels", "seed") if k in cfg]
             except (ValueError, OSError):
                 pass
-        for name in ("model.pt", "predictions.npz"):
-            digest = _file_digest(Path(r.folder) / name)
+        for name in (RunDir.MODEL, RunDir.PREDICTIONS):
+            digest = _file_digest(RunDir(r.folder).file(name))
             if digest:
                 rows.append((f"{name} sha256", digest))
     names = hashlib.sha256("\n".join(pred.paths).encode()).hexdigest()[:16]

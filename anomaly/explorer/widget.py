@@ -20,6 +20,7 @@ from anomaly.explorer.report import draw_histogram, report_html, snapshot_figure
 from anomaly.explorer.runs import RunView, collect_runs, prepare, write_threshold
 from anomaly.explorer.text import format_confusion_html, rule_html
 from anomaly.metrics import Threshold
+from anomaly.runs import RunDir
 
 DPR = 2  # the histogram PNG has 2 pixels per CSS pixel: crisp on high-density screens
 CSS = """<style>
@@ -298,7 +299,7 @@ class ThresholdExplorer:
             p.value = float(np.clip(r.pixel_threshold, r.map_lo, r.map_hi))
             self.save_button.disabled = r.folder is None
             self.save_button.tooltip = (
-                f"Write {r.folder / 'threshold.json'}"
+                f"Write {RunDir(r.folder).file(RunDir.THRESHOLD)}"
                 if r.folder
                 else "No run folder: pass run_dirs= to save"
             )
