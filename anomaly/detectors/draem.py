@@ -18,14 +18,13 @@ or the top-fraction mean of the map when `config.score_topk` > 0.
 
 Config fields read: channels, width (of both networks), epochs, batch_size, lr, seed,
 smooth_sigma, score_topk. The paper trains networks of 128/64 channels with BatchNorm for 700
-epochs on a GPU; `METHOD_DEFAULTS["draem"]` (anomaly.config) is sized for a 2-core CPU instead: width 8, batch 8,
-15 epochs (200 images of 128 px train in about 5 CPU-minutes), and GroupNorm, which, unlike
-BatchNorm with batches of 8, gives the same outputs in training and evaluation, so validation
-losses do not jump from epoch to epoch. On the cookie benchmark (128 px, seed 0) this reaches
-image AUROC 0.769 / AUPRO 0.757 (`make benchmark`); 30 epochs gave 0.825 / 0.675 for twice the
-time, the loss still falling: it is under-trained, and thin cracks (AUROC 0.42 and 0.56) are the
-hardest kind. The DRAEM-specific knobs are keyword arguments of `DraemDetector` (module defaults
-below).
+epochs on a GPU; `METHOD_DEFAULTS["draem"]` (anomaly.config) is sized for a 2-core CPU instead:
+width 8, batch 8, 15 epochs (the benchmark's training set trains in minutes), and GroupNorm,
+which, unlike BatchNorm with batches of 8, gives the same outputs in training and evaluation, so
+validation losses do not jump from epoch to epoch. At this budget it is under-trained: twice the
+epochs ranked images better for twice the time, the loss still falling, and thin cracks are the
+hardest kind (numbers in docs/measurements.md). The DRAEM-specific knobs are keyword arguments
+of `DraemDetector` (module defaults below).
 """
 
 from __future__ import annotations

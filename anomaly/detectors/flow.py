@@ -22,14 +22,16 @@ Recipe:
 - map: per-position NLL per channel (log-determinant included), upsampled to the image, averaged
   over stages, Gaussian smoothed (`config.smooth_sigma`); image score = the map's max (or the
   top-k mean, `config.score_topk`), optionally without `config.score_border` edge pixels.
-  FastFlow's map, 1 - exp(-0.5 mean z^2), scored the same images within 0.01 image AUROC and
-  about 0.01 lower pixel AUROC on the cookie benchmark.
+  FastFlow's map, 1 - exp(-0.5 mean z^2), ranked the cookie images as well and localised
+  slightly worse.
 
 Defaults (4 coupling blocks per stage, hidden width = channels, clamp 2) were chosen on the cookie
-benchmark: 8 blocks or half-width sub-networks gave the same AUROC at up to twice the cost, and
-AUROC stops rising after about 5 epochs while the validation NLL keeps falling. The 16 px of
-mirrored padding (`METHOD_DEFAULTS["flow"]`) helped on both the cookies and the real-photo
-suite; leaving a border out of the image score did not, as the stride-8 and 16 maps are coarse.
+benchmark: more blocks or half-width sub-networks gave the same AUROC at up to twice the cost,
+and AUROC stops rising after about half the default epochs while the validation NLL keeps
+falling; 160 px ranked the cookies better than 128 px and as well as 192 px (numbers in
+docs/measurements.md). The 16 px of mirrored padding (`METHOD_DEFAULTS["flow"]`) helped on both
+the cookies and the real-photo suite; leaving a border out of the image score did not, as the
+stride-8 and 16 maps are coarse.
 """
 
 from __future__ import annotations
@@ -148,8 +150,8 @@ class FlowDetector(Detector):
             blocks 4 and 10, 40 channels at stride 8 and 112 at stride 16).
     """
 
-    # 10 epochs: image AUROC flattens from epoch 5 on the cookie benchmark; colour helps.
-    # 160 px: cookie image AUROC 0.944 at 128 px, 0.966 at 160, 0.964 at 192 (one run each).
+    # 10 epochs: image AUROC flattens halfway on the cookie benchmark; colour helps; 160 px: the
+    # smallest size that ranks the cookies as well as larger ones (docs/measurements.md)
     def __init__(
         self,
         config,

@@ -228,7 +228,8 @@ class PatchKNN(Detector):
         self.extractor.eval()
         images = images.to(self.device, torch.float32)
         # On a CPU, small batches keep the activations in cache and reuse their memory (a large
-        # batch makes every layer allocate fresh pages): 1.4x faster at 128 px, 2x at 256 px.
+        # batch makes every layer allocate fresh pages), the more so the larger the images
+        # (docs/measurements.md).
         step = len(images)
         if images.device.type == "cpu":
             step = max(1, CPU_CHUNK_PIXELS // (images.shape[-1] * images.shape[-2]))

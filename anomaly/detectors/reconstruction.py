@@ -100,12 +100,12 @@ class AutoEncoderDetector(ReconstructionDetector):
     """Convolutional auto-encoder with a real bottleneck (no skip connections).
 
     Defaults, chosen on the cookie benchmark (image AUROC; one run each, seed 0): RGB, because
-    colour defects fade in grayscale (RGB alone: 0.77 -> 0.78); SSIM loss and map (Bergmann et al.);
-    denoising training (`corrupt` 0.5: half of the training images get a synthetic anomaly the
-    network must remove, so it learns to replace what is not normal rather than copy it);
-    30 epochs; and the image score as the mean of the top 1 % of the map, which one hot pixel
-    cannot decide. Together: 0.92 at width 16 (305 s to train on 2 CPU cores), against 0.75 for
-    the plain grayscale L2 auto-encoder at 10 epochs. Width 32 reached 0.93 for twice the time.
+    colour defects fade in grayscale; SSIM loss and map (Bergmann et al.); denoising training
+    (`corrupt` 0.5: half of the training images get a synthetic anomaly the network must remove,
+    so it learns to replace what is not normal rather than copy it); 30 epochs; and the image
+    score as the mean of the top 1 % of the map, which one hot pixel cannot decide. Together they
+    rank far better than the plain grayscale L2 auto-encoder; width 32 instead of 16 gained
+    little for twice the time (numbers in docs/measurements.md).
     """
 
 
@@ -115,21 +115,19 @@ class UNetDetector(ReconstructionDetector):
 
     The original trained width 64 at 512 px for 1000 GPU epochs (`--recipe original` gives its
     settings at 128 px and 5 epochs); on a 2-core CPU width 16 keeps the architecture and trains
-    in minutes. Measured on the cookie benchmark (seed 7 data, seed 0 split; image AUROC):
+    in minutes. Chosen on the cookie benchmark (numbers in docs/measurements.md):
 
-    - The output is the last 1x1 convolution as it is, as the original's (`output` "raw"):
-      with a sigmoid, batch 16 and 8 epochs the test MSE was 4.6e-3 and no score reached 0.6;
-      raw, batch 8, 10 epochs: 3.4e-4 (a denoising run with the sigmoid: 8.7e-4, 0.815).
-    - The image score is the map's mean, i.e. the per-image MSE the network was trained on
-      (0.896; 0.883 for `train --method unet`, other initial weights, 4 min to train on 2
-      cores). The map's maximum lands on the bottom-left corner pixel of every image, normal or
-      not (zero padding): 0.534; leaving an 8-pixel frame out: 0.855; top 10 %: 0.870. The
-      maximum finds mustard and plastic perfectly but misses cracks (0.57 against 0.76).
-    - The map (squared error, smoothed, sigma 2) localises: pixel AUROC 0.964, AUPRO 0.81.
+    - The output is the last 1x1 convolution as it is, as the original's (`output` "raw"): with
+      a sigmoid the network reconstructed far worse and no image score ranked the images well.
+    - The image score is the map's mean, i.e. the per-image MSE the network was trained on. The
+      map's maximum lands on the bottom-left corner pixel of every image, normal or not (zero
+      padding); leaving a frame out, or the mean of the top 10 %, still ranks worse than the
+      mean. The maximum finds mustard and plastic but misses cracks.
+    - The map (squared error, smoothed, sigma 2) localises well.
 
     Skip connections could let a UNet copy a defect through, but that is not what held it back:
-    the squared error inside defects over the error elsewhere on the same images is 10.6 for
-    this default and 3.0 for the old one, whose reconstruction was poor everywhere.
+    the squared error inside defects is several times the error elsewhere on the same images,
+    more so for this default than for the old one, whose reconstruction was poor everywhere.
     """
 
 
