@@ -2,10 +2,23 @@
 
 Import it as `from helpers import ...` (pytest puts tests/ on the path). The on-disk data set is
 the `tiny_cookies` fixture of conftest.py; everything here is small enough to run in seconds.
+
+The in-memory image sets are the one place tests make images; each is seeded, so a test gets the
+same images every run, and each item has AnomalyDataset's format ({"image" [C, H, W] in [0, 1],
+"mask" [H, W], "label" 0/1, "defect", "path"}):
+
+- `RandomImages`: uniform noise; `defective=True` makes the top-left quarter white.
+- `Textures`: smooth random textures (bicubic-upsampled noise, grey or colour); the last
+  `defective` images get a bright 14x14 square (patchknn, auto).
+- `Blobs`: a bright disc on a dark background, normal only (DRAEM).
+- `Stripes`: sine stripes of random phase; `defective=True` adds a bright 6x6 square (flow).
+- `FlatImages`: flat grey RGB with a little noise; the last `defective` get a dark disc (meandiff).
+- `ImagesOnly`: wraps a set so that reading any key but "image" fails (proves labels unread).
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -87,3 +100,161 @@ class RandomImages(Dataset):
             "path": f"random/{i:03d}.png",
             "mask_known": True,
         }
+
+
+class Textures(Dataset):
+    """`n` smooth random textures in [0.5 - contrast / 2, 0.5 + contrast / 2]; the last
+    `defective` get a bright 14x14 square (mask included)."""
+
+    def __init__(
+        self,
+        n: int = 14,
+        defective: int = 0,
+        seed: int = 0,
+        size: int = 64,
+        channels: int = 1,
+        contrast: float = 0.3,
+    ) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.rand(n, channels, size // 8, size // 8, generator=gen)
+        self.images = (
+            0.5
+            - contrast / 2
+            + contrast
+            * torch.nn.functional.interpolate(
+                noise, size=(size, size), mode="bicubic", align_corners=False
+            ).clamp(0, 1)
+        )
+        self.masks = torch.zeros(n, size, size)
+        self.labels = [0] * (n - defective) + [1] * defective
+        for i in range(n - defective, n):
+            y, x = torch.randint(4, size - 20, (2,), generator=gen).tolist()
+            self.images[i, :, y : y + 14, x : x + 14] = 1.0
+            self.masks[i, y : y + 14, x : x + 14] = 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "label": self.labels[i],
+            "defect": "square" if self.labels[i] else "good",
+            "path": f"img{i}.png",
+        }
+
+
+class Blobs(Dataset):
+    """Tiny normal images (a bright disc on a dark background) as the data sets' item dicts."""
+
+    def __init__(self, n: int = 8, size: int = 32, channels: int = 1, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        self.images = []
+        for _ in range(n):
+            cy, cx = (size / 2 + 3 * (torch.rand(2, generator=g) - 0.5)).tolist()
+            disc = (((yy - cy) ** 2 + (xx - cx) ** 2) < (size / 3) ** 2).float()
+            img = 0.2 + 0.6 * disc + 0.05 * torch.rand(size, size, generator=g)
+            self.images.append(img.expand(channels, size, size).clone())
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": self.images[i],
+            "mask": torch.zeros(self.size, self.size),
+            "label": 0,
+            "defect": "good",
+            "path": f"blob_{i}.png",
+        }
+
+
+class Stripes(Dataset):
+    """Grey striped images with a random phase; `defective` ones have a bright 6x6 square."""
+
+    def __init__(self, n: int, defective: bool = False, seed: int = 0, size: int = 32) -> None:
+        g = torch.Generator().manual_seed(seed)
+        xx = torch.arange(size, dtype=torch.float32).expand(size, size)
+        self.items = []
+        for i in range(n):
+            phase = float(torch.rand(1, generator=g)) * 2 * math.pi
+            image = 0.5 + 0.2 * torch.sin(2 * math.pi * xx / 8 + phase)
+            image = (image + 0.02 * torch.randn(size, size, generator=g)).clamp(0, 1)
+            mask = torch.zeros(size, size, dtype=torch.uint8)
+            if defective:
+                y0, x0 = (int(v) for v in torch.randint(4, size - 10, (2,), generator=g))
+                image[y0 : y0 + 6, x0 : x0 + 6] = 1.0
+                mask[y0 : y0 + 6, x0 : x0 + 6] = 1
+            self.items.append(
+                {
+                    "image": image[None],
+                    "mask": mask,
+                    "label": int(defective),
+                    "defect": "spot" if defective else "good",
+                    "path": f"img{i}.png",
+                }
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+class FlatImages(Dataset):
+    """Flat grey RGB images with a little noise; the last `defective` get a dark blob (mask
+    included)."""
+
+    def __init__(self, n: int, defective: int = 0, seed: int = 0, size: int = 48) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        level = 0.5 + 0.05 * torch.rand(n, 1, 1, 1, generator=gen)
+        self.images = (level + 0.02 * torch.randn(n, 3, size, size, generator=gen)).clamp(0, 1)
+        self.masks = torch.zeros(n, size, size)
+        self.labels = [0] * (n - defective) + [1] * defective
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        for i in range(n - defective, n):
+            y, x = torch.randint(8, size - 8, (2,), generator=gen).tolist()
+            blob = (yy - y) ** 2 + (xx - x) ** 2 <= 16
+            self.images[i, :, blob] = 0.25
+            self.masks[i, blob] = 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "label": self.labels[i],
+            "defect": "blob" if self.labels[i] else "good",
+            "path": f"img{i}.png",
+        }
+
+
+class _ImageOnly(dict):
+    """A data set item whose every key but "image" fails."""
+
+    def __getitem__(self, key):
+        if key != "image":
+            raise AssertionError(f"a training item's {key!r} was read")
+        return super().__getitem__(key)
+
+
+class ImagesOnly(Dataset):
+    """`data`'s images, in items whose every other key fails when read: proves a method trains
+    without labels, masks or paths."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        return _ImageOnly(
+            image=self.data[i]["image"], label=None, mask=None, defect=None, path=None
+        )

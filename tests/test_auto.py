@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from helpers import ImagesOnly, Textures
 
 from anomaly.config import Config
 from anomaly.detectors import REGISTRY, Detector, register
@@ -18,46 +18,9 @@ FAST = {"method": "patchknn", "size": SIZE, "coreset_ratio": 0.1}
 GRID = [FAST, {**FAST, "score_topk": 0.05}]
 
 
-class Textures(Dataset):
+def textures(n: int = 14, contrast: float = 0.4) -> Textures:
     """Smooth random colour textures: normal images only (what auto trains on)."""
-
-    def __init__(self, n: int = 14, seed: int = 0, contrast: float = 0.4) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.rand(n, 3, SIZE // 8, SIZE // 8, generator=gen)
-        self.images = (
-            0.5
-            - contrast / 2
-            + contrast
-            * torch.nn.functional.interpolate(
-                noise, size=(SIZE, SIZE), mode="bicubic", align_corners=False
-            ).clamp(0, 1)
-        )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.images[i],
-            "mask": torch.zeros(SIZE, SIZE),
-            "label": 0,
-            "defect": "good",
-            "path": f"img{i}.png",
-        }
-
-
-class ImageOnly(dict):
-    """A data set item whose every key but "image" fails: proves labels and masks are unread."""
-
-    def __getitem__(self, key):
-        if key != "image":
-            raise AssertionError(f"auto read {key!r} of a training item")
-        return super().__getitem__(key)
-
-
-class NoLabels(Textures):
-    def __getitem__(self, i: int) -> dict:
-        return ImageOnly(image=self.images[i], label=None, mask=None, defect=None, path=None)
+    return Textures(n, size=SIZE, channels=3, contrast=contrast)
 
 
 @pytest.fixture
@@ -100,11 +63,11 @@ def _config(seed: int = 0) -> Config:
 
 
 def test_same_seed_same_choice_and_scores():
-    first = AutoDetector(_config(), candidates=GRID).fit(Textures())
+    first = AutoDetector(_config(), candidates=GRID).fit(textures())
     rows = first.selection["candidates"]
     assert rows[1]["fit_shared_with"] == rows[0]["name"]  # differs only in the image score
     assert rows[0]["aupro"] == rows[1]["aupro"]
-    second = AutoDetector(_config(), candidates=GRID).fit(Textures())
+    second = AutoDetector(_config(), candidates=GRID).fit(textures())
     strip = [
         {k: v for k, v in r.items() if not k.endswith("_s")} for r in first.selection["candidates"]
     ]
@@ -112,7 +75,7 @@ def test_same_seed_same_choice_and_scores():
         {k: v for k, v in r.items() if not k.endswith("_s")} for r in second.selection["candidates"]
     ]
     assert first.selection["chosen"] == second.selection["chosen"]
-    other = AutoDetector(_config(seed=1), candidates=GRID).fit(Textures())
+    other = AutoDetector(_config(seed=1), candidates=GRID).fit(textures())
     assert other.selection["candidates"][0]["image_auroc"] is not None
 
 
@@ -122,7 +85,7 @@ def test_chooses_the_best_separation_over_a_blind_candidate(stubs):
         {"method": "stub-mean", "size": SIZE},
         {"method": "no-such-method"},
     ]
-    data = Textures(contrast=0.02)
+    data = textures(contrast=0.02)
     auto = AutoDetector(_config(), candidates=grid).fit(data)
     rows = auto.selection["candidates"]
     assert rows[0]["image_auroc"] == 0.5
@@ -154,7 +117,7 @@ def test_choose_breaks_image_auroc_ties_by_aupro_then_grid_order():
 
 def test_selection_lists_every_candidate_and_is_json(stubs):
     grid = [FAST, {"method": "stub-blind"}, {"method": "patchknn", "backbone": "no-such-net"}]
-    auto = AutoDetector(_config(), candidates=grid).fit(Textures())
+    auto = AutoDetector(_config(), candidates=grid).fit(textures())
     sel = json.loads(json.dumps(auto.selection))
     assert [r["settings"] for r in sel["candidates"]] == grid
     assert sel["candidates"][2]["error"].startswith("ValueError")
@@ -166,7 +129,7 @@ def test_selection_lists_every_candidate_and_is_json(stubs):
 
 
 def test_state_round_trip_gives_identical_predictions():
-    data = Textures()
+    data = textures()
     auto = AutoDetector(_config(), candidates=GRID).fit(data)
     buffer = io.BytesIO()
     torch.save(auto.state_dict(), buffer)
@@ -182,7 +145,7 @@ def test_state_round_trip_gives_identical_predictions():
 
 
 def test_training_labels_and_masks_are_never_read():
-    auto = AutoDetector(_config(), candidates=GRID[:1]).fit(NoLabels())
+    auto = AutoDetector(_config(), candidates=GRID[:1]).fit(ImagesOnly(textures()))
     assert auto.selection["candidates"][0]["error"] is None
 
 
@@ -196,14 +159,14 @@ def test_candidates_predict_at_their_own_size_and_inherit_the_run():
         3,
         "/some/data",
     )
-    auto = AutoDetector(_config(), candidates=[{**FAST, "size": 32}]).fit(Textures())
+    auto = AutoDetector(_config(), candidates=[{**FAST, "size": 32}]).fit(textures())
     scores, maps = auto.predict_batch(torch.rand(2, 3, SIZE, SIZE))
     assert scores.shape == (2,) and maps.shape == (2, SIZE, SIZE)
 
 
 def test_bad_input_says_what_to_do():
     with pytest.raises(ValueError, match="at least 6 training images"):
-        AutoDetector(_config(), candidates=GRID).fit(Textures(n=5))
+        AutoDetector(_config(), candidates=GRID).fit(textures(n=5))
     with pytest.raises(ValueError, match="method other than auto"):
         AutoDetector(_config(), candidates=[{"method": "auto"}])
     with pytest.raises(RuntimeError, match="before predicting"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from helpers import Blobs
 
 from anomaly.config import Config
 from anomaly.detectors.draem import DraemDetector, focal_loss, pool_size
@@ -24,33 +24,6 @@ def one_thread():
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-class Blobs(Dataset):
-    """Tiny normal images (a bright disc on a dark background) as the data sets' item dicts."""
-
-    def __init__(self, n: int = 8, size: int = 32, channels: int = 1, seed: int = 0) -> None:
-        g = _gen(seed)
-        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        self.images = []
-        for _ in range(n):
-            cy, cx = (size / 2 + 3 * (torch.rand(2, generator=g) - 0.5)).tolist()
-            disc = (((yy - cy) ** 2 + (xx - cx) ** 2) < (size / 3) ** 2).float()
-            img = 0.2 + 0.6 * disc + 0.05 * torch.rand(size, size, generator=g)
-            self.images.append(img.expand(channels, size, size).clone())
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.images[i],
-            "mask": torch.zeros(self.size, self.size),
-            "label": 0,
-            "defect": "good",
-            "path": f"blob_{i}.png",
-        }
 
 
 def test_perlin_noise_shape_range_and_any_size():

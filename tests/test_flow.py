@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
+from helpers import Stripes
 from torch import nn
-from torch.utils.data import Dataset
 
 from anomaly.config import Config
 from anomaly.detectors.flow import FlowDetector, flow_nll_map
@@ -80,39 +80,6 @@ class TinyBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         f1 = self.stage1(x)
         return [f1, self.stage2(f1)]
-
-
-class Stripes(Dataset):
-    """Striped images with a random phase; `defective` ones have a bright 6x6 square."""
-
-    def __init__(self, n: int, defective: bool = False, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        xx = torch.arange(SIZE, dtype=torch.float32).expand(SIZE, SIZE)
-        self.items = []
-        for i in range(n):
-            phase = float(torch.rand(1, generator=g)) * 2 * math.pi
-            image = 0.5 + 0.2 * torch.sin(2 * math.pi * xx / 8 + phase)
-            image = (image + 0.02 * torch.randn(SIZE, SIZE, generator=g)).clamp(0, 1)
-            mask = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
-            if defective:
-                y0, x0 = (int(v) for v in torch.randint(4, SIZE - 10, (2,), generator=g))
-                image[y0 : y0 + 6, x0 : x0 + 6] = 1.0
-                mask[y0 : y0 + 6, x0 : x0 + 6] = 1
-            self.items.append(
-                {
-                    "image": image[None],
-                    "mask": mask,
-                    "label": int(defective),
-                    "defect": "spot" if defective else "good",
-                    "path": f"img{i}.png",
-                }
-            )
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
 
 
 def make_detector(**changes) -> FlowDetector:

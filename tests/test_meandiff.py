@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from helpers import FlatImages
 
 from anomaly.config import Config
 from anomaly.detectors import get_detector
@@ -14,39 +14,10 @@ from anomaly.metrics import image_auroc
 SIZE = 48
 
 
-class Flat(Dataset):
-    """Flat grey RGB images with a little noise; defective ones get a dark blob (mask included)."""
-
-    def __init__(self, n: int, defective: int = 0, seed: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        level = 0.5 + 0.05 * torch.rand(n, 1, 1, 1, generator=gen)
-        self.images = (level + 0.02 * torch.randn(n, 3, SIZE, SIZE, generator=gen)).clamp(0, 1)
-        self.masks = torch.zeros(n, SIZE, SIZE)
-        self.labels = [0] * (n - defective) + [1] * defective
-        yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-        for i in range(n - defective, n):
-            y, x = torch.randint(8, SIZE - 8, (2,), generator=gen).tolist()
-            blob = (yy - y) ** 2 + (xx - x) ** 2 <= 16
-            self.images[i, :, blob] = 0.25
-            self.masks[i, blob] = 1
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.images[i],
-            "mask": self.masks[i],
-            "label": self.labels[i],
-            "defect": "blob" if self.labels[i] else "good",
-            "path": f"img{i}.png",
-        }
-
-
 @pytest.fixture(scope="module")
 def fitted():
     config = Config.for_method("meandiff", size=SIZE, batch_size=8)
-    return MeanDiff(config).fit(Flat(20, seed=1))
+    return MeanDiff(config).fit(FlatImages(20, seed=1))
 
 
 def test_registered_with_its_defaults():
@@ -56,13 +27,13 @@ def test_registered_with_its_defaults():
 
 
 def test_mean_and_std_are_the_training_images(fitted):
-    images = Flat(20, seed=1).images
+    images = FlatImages(20, seed=1).images
     assert torch.allclose(fitted.mean, images.mean(0), atol=1e-5)
     assert torch.allclose(fitted.std, images.std(0, unbiased=False), atol=1e-4)
 
 
 def test_finds_a_blob_and_where_it_is(fitted):
-    pred = fitted.predict(Flat(12, defective=6, seed=2))
+    pred = fitted.predict(FlatImages(12, defective=6, seed=2))
     assert image_auroc(pred.labels, pred.scores) == 1.0
     assert pred.maps.shape == (12, SIZE, SIZE)
     for m, mask in zip(pred.maps[6:], pred.masks[6:]):
@@ -77,7 +48,7 @@ def test_state_round_trips(fitted):
     )
     other = MeanDiff(fitted.config)
     other.load_state_dict(state)
-    images = Flat(4, defective=2, seed=3).images
+    images = FlatImages(4, defective=2, seed=3).images
     for a, b in zip(fitted.predict_batch(images), other.predict_batch(images)):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="config makes"):
@@ -90,4 +61,4 @@ def test_refuses_before_fit_and_other_sizes(fitted):
     with pytest.raises(ValueError, match="run's size"):
         fitted.predict_batch(torch.zeros(1, 3, SIZE + 1, SIZE + 1))
     with pytest.raises(ValueError, match="empty"):
-        MeanDiff(fitted.config).fit(Flat(0))
+        MeanDiff(fitted.config).fit(FlatImages(0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from helpers import Textures
 
 from anomaly.config import Config
 from anomaly.detectors.patchknn import PatchKNN, greedy_coreset, map_matrix, nearest_distances
@@ -14,35 +14,6 @@ from anomaly.maps import gaussian_blur
 from anomaly.metrics import image_auroc
 
 SIZE = 64
-
-
-class Textures(Dataset):
-    """Smooth random grayscale textures; defective ones get a bright square (mask included)."""
-
-    def __init__(self, n: int, defective: int = 0, seed: int = 0, size: int = SIZE) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.rand(n, 1, size // 8, size // 8, generator=gen)
-        self.images = 0.35 + 0.3 * torch.nn.functional.interpolate(
-            noise, size=(size, size), mode="bicubic", align_corners=False
-        ).clamp(0, 1)
-        self.masks = torch.zeros(n, size, size)
-        self.labels = [0] * (n - defective) + [1] * defective
-        for i in range(n - defective, n):
-            y, x = torch.randint(4, size - 20, (2,), generator=gen).tolist()
-            self.images[i, :, y : y + 14, x : x + 14] = 1.0
-            self.masks[i, y : y + 14, x : x + 14] = 1
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.images[i],
-            "mask": self.masks[i],
-            "label": self.labels[i],
-            "defect": "square" if self.labels[i] else "good",
-            "path": f"img{i}.png",
-        }
 
 
 @pytest.fixture(scope="module")
