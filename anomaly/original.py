@@ -163,13 +163,14 @@ def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: i
     """Per defective test image: the input (true defect outlined), the original's red overlay
     from the original recipe's UNet, and the project run's map on one colour scale."""
     from anomaly.notebook import _per_kind, _subplots, _test_data
+    from anomaly.overlays import evidence_overlay, run_scale
     from anomaly.runs import RunDir
-    from anomaly.viz import dataset_range, heatmap_overlay, to_rgb
+    from anomaly.viz import to_rgb
 
     _, data, images, recon = _reconstruct(original_run)
     pred = RunDir(project_run).predictions()
     project_data = _test_data(RunDir(project_run).config())
-    vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
+    scale = run_scale(RunDir(project_run), pred.maps, pred.labels)  # as `score` draws it
     picks = [i for i in _per_kind(pred.defects, per_kind) if pred.labels[i]]
     fig, axes = _subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
     for r, i in enumerate(picks):
@@ -178,10 +179,8 @@ def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: i
             (to_rgb(images[i]), data.defects[i]),
             (original_overlay(images[i], recon[i]), "original's red overlay"),
             (
-                heatmap_overlay(
-                    project_data[i]["image"], pred.maps[i], vmin, vmax, mask=pred.masks[i]
-                ),
-                f"project {pred.method} map",
+                evidence_overlay(project_data[i]["image"], pred.maps[i], scale, pred.masks[i]),
+                f"project {pred.method} evidence",
             ),
         ]
         for c, (picture, title) in enumerate(panels):

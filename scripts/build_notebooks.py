@@ -80,16 +80,17 @@ NOTEBOOKS = {
         "from anomaly import original\norig = original.original_runs(S, data)['orig-unet']",
         "## The original's red overlay next to the project's map\nLeft the input (true defect "
         "in green), middle the original's overlay of its own UNet, right the project's UNet "
-        "map on one colour scale for the whole data set. The original paints red only where "
+        "evidence on one scale for the whole run, anchored to its pixel threshold. The original paints red only where "
         "the reconstruction is brighter than the input (by more than 1/255): a defect brighter "
         "than the cookie, like the glare on plastic wrap, is not marked.",
         "original.overlay_comparison_figure(orig, unet)",
         "How well each map finds the defect pixels (original recipe's UNet): the signed "
         "overlay, the squared error, and the squared error smoothed as the project does.",
         "# NBVAL_IGNORE_OUTPUT\nprint(original.map_choices_table(orig))",
-        "## Heat maps on one scale (AE)\nThe scale comes from all normal test images, so a "
-        "normal cookie stays blue instead of being stretched to red.",
-        "nb.overlays_figure(ae, kind='heatmap')",
+        "## The AE's evidence, as `score` draws it\nOne scale for the whole run, anchored to its "
+        "pixel threshold (yellow: raised, red: above it), so a good cookie stays clean instead "
+        "of being stretched to red; the verdict and score are written on each image.",
+        "nb.evidence_figure(ae)",
         "## One map, several image scores\nThe project's UNet, its error map turned into one "
         "number per image five ways: the per-image MSE (the original's loss), the mean "
         "absolute error, the maximum of the smoothed map, that maximum with an 8-pixel frame "
@@ -104,11 +105,13 @@ NOTEBOOKS = {
         "differences, SSIM to changes of local structure (edges, texture).",
         "nb.l2_vs_ssim_figure(ae)",
         "## Does the UNet copy defects through?\nIts skip connections carry the input's details "
-        "to the output, so it can reproduce a defect. Measured: the reconstruction error "
-        "inside the defect relative to the error elsewhere on the same images.",
+        "to the output, so it could reproduce a defect. Measured: the reconstruction error "
+        "inside the defect relative to the error elsewhere on the same images. A ratio well "
+        "above 1 means the defect is not copied; the UNet's weakness was its training and its "
+        "score, not copying (README).",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.copy_through_table({'ae': ae, 'unet': unet, "
         "'orig-unet': orig}))",
-        "nb.overlays_figure(unet, kind='heatmap')",
+        "nb.evidence_figure(unet)",
     ],
     "04_kmeans_scoring": [
         "# 04 k-means on learned features, honest metrics, a threshold by rule\n\n"
