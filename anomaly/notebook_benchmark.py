@@ -75,18 +75,31 @@ def detectability_figure(result: dict, set_name: str | None = None):
     one set (default the first)."""
     rows = [r for r in result["rows"] if "detectability" in r]
     set_name = set_name or (rows[0].get("set") if rows else None)
-    fig, ax = _subplots(figsize=(6, 3.5))
-    for row in rows:
-        if row.get("set") != set_name:
-            continue
+    fig, ax = _subplots(figsize=(7.5, 3.5))
+    # methods can tie exactly (auto choosing patchknn): each gets its own marker and dash, and
+    # later lines are drawn thinner and on top, so no curve hides another
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
+    shown = [r for r in rows if r.get("set") == set_name]
+    for k, row in enumerate(shown):
         bins = [b for b in row["detectability"]["bins"] if b["caught"] is not None]
         centre = [100 * np.sqrt(b["area_lo"] * b["area_hi"]) for b in bins]
-        ax.plot(centre, [b["caught"] for b in bins], marker="o", label=row["method"])
+        marker, dash = styles[k % len(styles)]
+        ax.plot(
+            centre,
+            [b["caught"] for b in bins],
+            marker=marker,
+            linestyle=dash,
+            markersize=7 - 4 * k / max(1, len(shown)),
+            linewidth=2.2 - k / max(1, len(shown)),
+            markerfacecolor="none" if k % 2 else None,
+            label=row["method"],
+        )
     ax.set_xscale("log")
     ax.set_xlabel("defect area (% of the image)")
     ax.set_ylabel("defects caught at 5% false rejects")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8, title=set_name)
+    ax.legend(fontsize=7, title=set_name, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
     return fig
 
 

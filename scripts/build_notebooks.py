@@ -124,6 +124,7 @@ NOTEBOOKS = {
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
         "runs = {m: nb.ensure_run(S, m, data) for m in ('ae', 'unet', 'vae')}\n"
         "runs['kmeans'] = nb.ensure_run(S, 'kmeans', source='unet')\n"
+        "runs.update({m: nb.ensure_run(S, m, data) for m in ('patchknn', 'flow')})\n"
         "from anomaly import original\nruns.update(original.original_runs(S, data))",
         "## The distance table, as the original printed it\nNormal cookies first, then the "
         "defective ones (`scores.csv` of the original recipe's k-means).",
