@@ -102,9 +102,30 @@ class RandomImages(Dataset):
         }
 
 
-class Textures(Dataset):
+class _Labelled(Dataset):
+    """Items from `images` [N, C, H, W], `masks` [N, H, W] and `labels`; a defective item's
+    kind is the class's `DEFECT`."""
+
+    DEFECT = "defect"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "label": self.labels[i],
+            "defect": self.DEFECT if self.labels[i] else "good",
+            "path": f"img{i}.png",
+        }
+
+
+class Textures(_Labelled):
     """`n` smooth random textures in [0.5 - contrast / 2, 0.5 + contrast / 2]; the last
     `defective` get a bright 14x14 square (mask included)."""
+
+    DEFECT = "square"
 
     def __init__(
         self,
@@ -131,18 +152,6 @@ class Textures(Dataset):
             y, x = torch.randint(4, size - 20, (2,), generator=gen).tolist()
             self.images[i, :, y : y + 14, x : x + 14] = 1.0
             self.masks[i, y : y + 14, x : x + 14] = 1
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.images[i],
-            "mask": self.masks[i],
-            "label": self.labels[i],
-            "defect": "square" if self.labels[i] else "good",
-            "path": f"img{i}.png",
-        }
 
 
 class Blobs(Dataset):
@@ -205,9 +214,11 @@ class Stripes(Dataset):
         return self.items[i]
 
 
-class FlatImages(Dataset):
+class FlatImages(_Labelled):
     """Flat grey RGB images with a little noise; the last `defective` get a dark blob (mask
     included)."""
+
+    DEFECT = "blob"
 
     def __init__(self, n: int, defective: int = 0, seed: int = 0, size: int = 48) -> None:
         gen = torch.Generator().manual_seed(seed)
@@ -221,18 +232,6 @@ class FlatImages(Dataset):
             blob = (yy - y) ** 2 + (xx - x) ** 2 <= 16
             self.images[i, :, blob] = 0.25
             self.masks[i, blob] = 1
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.images[i],
-            "mask": self.masks[i],
-            "label": self.labels[i],
-            "defect": "blob" if self.labels[i] else "good",
-            "path": f"img{i}.png",
-        }
 
 
 class _ImageOnly(dict):

@@ -198,7 +198,6 @@ SETS = (
         note="left vs right half of the flower",
     ),
 )
-RESERVED = ("brick", "grass", "gravel", "elpv-dataset")  # never loaded: see the module docstring
 
 
 @cache
