@@ -466,3 +466,12 @@ def test_snapshot_is_a_picture_and_the_widget_has_no_raw_text(pred):
     bundle = ex._repr_mimebundle_()
     assert "VBox" not in bundle["text/plain"] and "explorer" in bundle["text/plain"]
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_app_without_runs_shows_instructions_as_html_not_widget_text(monkeypatch):
+    from anomaly.explorer.server import RUNS_ENV, app
+
+    monkeypatch.delenv(RUNS_ENV, raising=False)
+    shown = app()
+    assert "python -m anomaly explore --run" in shown._repr_html_()
+    assert not hasattr(shown, "model_id")  # not a widget: no raw VBox(...) text on the web

@@ -41,10 +41,10 @@ def runs_from_env(value: str | None = None) -> list[str]:
 def app():
     """What the Voila page shows: the explorer of the runs in $ANOMALY_RUNS, or how to set it."""
     runs = runs_from_env()
-    if not runs:
-        import ipywidgets as w
+    if not runs:  # plain HTML, not a widget: it reads the same in Voila and in a stored notebook
+        from IPython.display import HTML
 
-        return w.HTML(
+        return HTML(
             f"<p>No runs to explore: set <code>{RUNS_ENV}</code> to one or more run "
             "folders, or start the page with <code>python -m anomaly explore --run "
             "runs/NAME</code>.</p>"
