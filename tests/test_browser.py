@@ -301,6 +301,12 @@ def test_threshold_save_zoom_paging_filter_compare_report(server, browser):
         page.wait_for_function(
             "() => /of 6 /.test(document.querySelector('.anomaly-page').innerText)", **wait
         )
+        # the page label changes before every tile has been redrawn: wait for the tiles too
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.anomaly-tile')]"
+            ".filter(t => /hole/i.test(t.innerText)).length >= 6",
+            **wait,
+        )
         captions = page.locator(".anomaly-tile").filter(has_text="hole")
         assert captions.count() == 6
 
