@@ -1,0 +1,346 @@
+"""What notebook 07 ("Bring your own photos") calls: a stand-in for the reader's photos, the
+loader's checks shown as a user meets them, a label-free `auto` run, and its verdicts.
+
+The stand-in for "your photos" is one set of the real-photo suite (`python -m anomaly
+make-photos`, `anomaly.data.photos`), in the MVTec AD layout the loader reads
+(`anomaly.data.folder`); the "new photos to check" are fresh test crops of the same photo made
+with another seed, copied into one flat folder as a user's unlabelled photos would be. Smoke
+runs (`ANOMALY_SMOKE`, `anomaly.notebook_setup.settings`) use a few 64 px images; everything is
+written under the notebook's home (`$ANOMALY_HOME` or the working folder).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anomaly.notebook_setup import Settings, _subplots, home
+from anomaly.runs import RunDir
+
+SET = "coins"  # objects photographed one per image: the closest set to a part on a line
+SUITE_SEED = 0  # the suite `make benchmark` writes (`make-photos data/photos --seed 0`)
+NEW_SEED = 2  # "another day's photos": crops of the same photo at other random positions
+SMOKE_PX = 64
+SMOKE_COUNTS = {"train": 12, "good": 3, "defect": 1}
+
+
+def _shown(path: Path) -> str:
+    """A path from the notebook's home (`data/...`, `runs/...`) when it is under it."""
+    try:
+        return str(Path(path).resolve().relative_to(home()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class PhotoSettings:
+    """Where notebook 07's stand-in data, new photos and run live, and its sizes."""
+
+    smoke: bool
+    set_name: str
+    suite: Path  # the make-photos root (the stand-in is `suite / set_name`)
+    new: Path  # a flat folder of new photos to check
+    run: Path
+    seed: int
+    size: int | None  # the run's image size (None: auto's default)
+    val_fraction: float  # good training images held out for the threshold
+    alpha: float  # the false-reject rate the conformal threshold guarantees
+
+    @property
+    def data(self) -> Path:
+        return self.suite / self.set_name
+
+
+def photo_settings(s: Settings, set_name: str = SET) -> PhotoSettings:
+    """Notebook 07's settings from the notebook settings `s` (smoke or full).
+
+    A quarter of the good training images is held out (`val_fraction`): a conformal threshold
+    at alpha needs at least 1/alpha - 1 of them (19 for 5 %; a smoke run has 3, so 25 %).
+    """
+    data_root, runs_root = s.data_dir.parent, s.runs_dir.parent
+    tag = "smoke-" if s.smoke else ""
+    return PhotoSettings(
+        smoke=s.smoke,
+        set_name=set_name,
+        suite=data_root / f"{tag}photos",
+        new=data_root / f"{tag}{set_name}-to-check",
+        run=runs_root / f"{tag}own-photos" / set_name,
+        seed=s.seed,
+        size=s.size,
+        val_fraction=0.25,
+        alpha=0.25 if s.smoke else 0.05,
+    )
+
+
+def _make(root: Path, p: PhotoSettings, seed: int, **counts) -> None:
+    from anomaly.data.photos import make_photos
+
+    size = SMOKE_PX if p.smoke else None
+    make_photos(root, seed=seed, size=size, sets=[p.set_name], **counts)
+
+
+def stand_in(p: PhotoSettings) -> Path:
+    """The stand-in for the reader's photos: one set of the photo suite, made if missing.
+
+    Full settings read `data/photos/<set>` (`make benchmark` writes it; made here if missing,
+    the whole suite, about a minute); smoke runs make a few 64 px images of the one set."""
+    if not (p.data / "train" / "good").is_dir():
+        if p.smoke:
+            _make(p.suite, p, SUITE_SEED, **SMOKE_COUNTS)
+        else:
+            from anomaly.data.photos import make_photos
+
+            make_photos(p.suite, seed=SUITE_SEED, progress=True)
+    return p.data
+
+
+def folder_tree(root: Path) -> str:
+    """The data folder as a reader would check it: each image folder and its file count."""
+    root = Path(root)
+    lines = [f"{_shown(root)}/"]
+    for folder in sorted(d for d in root.rglob("*") if d.is_dir()):
+        files = [f for f in folder.iterdir() if f.is_file()]
+        if files:
+            what = "masks" if folder.relative_to(root).parts[0] == "ground_truth" else "images"
+            lines.append(f"  {str(folder.relative_to(root)) + '/':<24} {len(files):>4} {what}")
+    return "\n".join(lines)
+
+
+# --- the loader's checks -----------------------------------------------------------------------
+
+
+def _small_copy(data: Path, to: Path) -> None:
+    """A few files of `data` in the same layout: two training images, one good and one
+    defective test image with its mask."""
+    train = sorted((data / "train" / "good").iterdir())[:2]
+    kind = min(d.name for d in (data / "ground_truth").iterdir())
+    picks = [*train, min((data / "test" / "good").iterdir())]
+    picks += [min((data / "test" / kind).iterdir()), min((data / "ground_truth" / kind).iterdir())]
+    for f in picks:
+        target = to / f.relative_to(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, target)
+
+
+def _corrupt_image(root: Path) -> str:
+    (root / "train" / "good" / "IMG_0042.png").write_text("not an image: a file saved wrongly")
+    return "train"
+
+
+def _empty_folder(root: Path) -> str:
+    (root / "test" / "dent").mkdir()
+    return "test"
+
+
+def _stray_mask(root: Path) -> str:
+    masks = next((root / "ground_truth").iterdir())
+    shutil.copy(next(masks.iterdir()), masks / "999_mask.png")
+    return "test"
+
+
+PROBLEMS = {
+    "a file that is not an image": _corrupt_image,
+    "an empty defect folder": _empty_folder,
+    "a mask that matches no image": _stray_mask,
+}
+
+
+def loader_checks(data: Path) -> list[tuple[str, str]]:
+    """Each problem of `PROBLEMS` made in a small copy of `data`, and the `DataError` message
+    the loader raises for it, paths shown from the copy's root (`my-photos/`).
+
+    A problem the loader lets through is reported as "not caught" (the tests assert none is).
+    """
+    from anomaly.data import AnomalyDataset, DataError
+
+    found = []
+    with tempfile.TemporaryDirectory(prefix="anomaly-checks-") as tmp:
+        for i, (problem, make) in enumerate(PROBLEMS.items()):
+            root = Path(tmp) / str(i) / "my-photos"
+            _small_copy(Path(data), root)
+            split = make(root)
+            try:
+                AnomalyDataset(root, split, size=32).check()
+                message = "not caught"
+            except DataError as err:
+                message = str(err).replace(str(root.parent) + "/", "")
+            found.append((problem, message))
+    return found
+
+
+def checks_text(found: list[tuple[str, str]]) -> str:
+    """The caught problems as the command line shows them (`error: <message>`)."""
+    return "\n\n".join(f"{problem}:\n  error: {message}" for problem, message in found)
+
+
+# --- train, score, threshold -------------------------------------------------------------------
+
+
+def train(p: PhotoSettings, data: Path) -> Path:
+    """`python -m anomaly train --data DATA --method auto --val-fraction 0.25 --out RUN`:
+    trained now, or the trained run reused; then scored (`score`, which writes overlays/)."""
+    from anomaly.config import Config
+    from anomaly.pipeline import score_run, train_run
+
+    run = RunDir(p.run)
+    if run.has_model():
+        print(f"using the trained run {_shown(p.run)}")
+    else:
+        sizes = {"size": p.size, "epochs": 1} if p.smoke else {}
+        config = Config.for_method("auto").replace(
+            data=str(Path(data).resolve()), seed=p.seed, val_fraction=p.val_fraction, **sizes
+        )
+        train_run(config, p.run, progress=False)  # the cell prints auto's table once
+        print(f"trained {_shown(p.run)}")
+    if not run.has_metrics():
+        score_run(p.run)
+    return p.run
+
+
+def selection(run: Path) -> dict:
+    """What auto recorded: every candidate's scores on the synthetic defects, and its choice."""
+    rd = RunDir(run)
+    return json.loads(rd.file(rd.SELECTION).read_text())
+
+
+def selection_table(run: Path) -> str:
+    """The selection as the command line prints it after `train --method auto`."""
+    from anomaly.detectors.auto import format_selection
+
+    return format_selection(selection(run))
+
+
+def test_results(run: Path) -> str:
+    """How the run did on the labelled test images: `score`'s summary, then image AUROC per
+    defect kind, weakest first."""
+    from anomaly.decision import score_summary
+
+    rd = RunDir(run)
+    pred, metrics = rd.predictions(), rd.metrics()
+    threshold = rd.threshold() if rd.has_threshold() else None
+    kinds = sorted(
+        (v["image_auroc"], k)
+        for k, v in metrics.get("per_defect", {}).items()
+        if v.get("image_auroc") is not None
+    )
+    per_kind = "  ".join(f"{k} {a:.3f}" for a, k in kinds)
+    return (
+        score_summary(pred.labels, pred.scores, metrics, threshold)
+        + f"\nimage AUROC by defect kind, weakest first: {per_kind}"
+    )
+
+
+def threshold_text(run: Path, threshold) -> str:
+    """The threshold, its rule and guarantee, and what it does on the labelled test images."""
+    from anomaly.decision import summary_line
+    from anomaly.metrics import confusion
+
+    pred = RunDir(run).predictions()
+    counts = confusion(pred.labels, pred.scores, threshold.value)
+    guarantee = threshold.params.get("guarantee", "none (use the conformal rule for one)")
+    return (
+        f"threshold {threshold.value:.6g} ({threshold.rule}); guarantee: {guarantee}\n"
+        f"on the labelled test images, {summary_line(counts)}"
+    )
+
+
+# --- new photos --------------------------------------------------------------------------------
+
+
+def new_photos(p: PhotoSettings) -> Path:
+    """A flat folder of new photos to check, as a user's would be: two good crops and one of
+    each defect kind, cut from the same photo at other positions (seed `NEW_SEED`). The file
+    names carry the truth only so a reader can judge the verdicts; any names work."""
+    if p.new.is_dir() and any(p.new.iterdir()):
+        return p.new
+    with tempfile.TemporaryDirectory(prefix="anomaly-new-") as tmp:
+        _make(Path(tmp), p, NEW_SEED, train=1, good=2, defect=1)
+        test = Path(tmp) / p.set_name / "test"
+        files = sorted((test / "good").iterdir())
+        files += sorted(f for d in sorted(test.iterdir()) if d.name != "good" for f in d.iterdir())
+        p.new.mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(files, 1):
+            shutil.copy(f, p.new / f"photo{i:02d}_{f.parent.name}.png")
+    return p.new
+
+
+def verdicts_text(results: list[dict]) -> str:
+    """`predict`'s lines: file, score, PASS or REJECT (or the error for an unreadable file)."""
+    return "\n".join(
+        f"{Path(r['path']).name:<24} {r['score']:>10.4g}  {r['verdict']}"
+        if "error" not in r
+        else f"{Path(r['path']).name:<24} error: {r['error']}"
+        for r in results
+    )
+
+
+def verdicts_figure(results: list[dict], ncols: int = 4):
+    """The overlays `predict` wrote (verdict and score on each image, evidence on the run's
+    scale, red above its pixel threshold), in a grid."""
+    from PIL import Image
+
+    shown = [r for r in results if "overlay" in r]
+    ncols = max(1, min(ncols, len(shown)))
+    nrows = -(-len(shown) // ncols)
+    fig, axes = _subplots(nrows, ncols, figsize=(2.8 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, r in zip(axes.ravel(), shown):
+        with Image.open(r["overlay"]) as im:
+            ax.imshow(np.asarray(im.convert("RGB")))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+# --- when it does poorly -----------------------------------------------------------------------
+
+
+def auto_limits(width: int = 96) -> str:
+    """The paragraph of `anomaly.detectors.auto`'s docstring that says what auto optimises and
+    where that stops (read from the docstring, so the notebook says what the code says)."""
+    from anomaly.detectors import auto
+
+    for paragraph in (auto.__doc__ or "").split("\n\n"):
+        if "limits" in paragraph:
+            return textwrap.fill(" ".join(paragraph.split()), width=width)
+    return "see the docstring of anomaly.detectors.auto"
+
+
+def held_out_vs_new(run: Path) -> str:
+    """The held-out good training photos' scores (what the threshold was set on) beside the
+    good test photos' (what it is applied to): a threshold's guarantee needs them alike."""
+    rd = RunDir(run)
+    held = np.asarray(rd.val_scores()["scores"], np.float64)
+    pred = rd.predictions()
+    new = np.asarray(pred.scores, np.float64)[np.asarray(pred.labels) == 0]
+    if not len(held) or not len(new):
+        return "no held-out or no good test photos to compare"
+
+    def spread(x: np.ndarray) -> str:
+        return f"{x.min():.4g} to {x.max():.4g}, median {np.median(x):.4g}"
+
+    above = int((new > held.max()).sum())
+    return (
+        f"held-out good training photos ({len(held)}): {spread(held)}\n"
+        f"good test photos ({len(new)}):              {spread(new)}\n"
+        f"{above} of {len(new)} good test photos score above every held-out one"
+    )
+
+
+def synthetic_vs_real(run: Path) -> str:
+    """The chosen candidate's image AUROC on auto's synthetic defects beside the run's on the
+    real labelled defects: a gap means the synthetic defects are easier than yours."""
+    chosen = selection(run)
+    row = chosen["candidates"][chosen["chosen_index"]]
+    real = RunDir(run).metrics().get("image_auroc")
+    real_text = f"{real:.3f}" if real is not None else "n/a"
+    return (
+        f"auto chose {chosen['chosen']}: image AUROC {row['image_auroc']:.3f} on its synthetic "
+        f"defects, {real_text} on the real labelled test defects"
+    )
