@@ -240,7 +240,7 @@ NOTEBOOKS = {
         "## Your photos\nHere one set of the real-photo suite stands in for them (`python -m "
         "anomaly make-photos data/photos`): `coins`, one coin per photo like one part per "
         "photo on a line, real variation between coins, and drawn defects with masks in the "
-        "test folders. With your own, set `data = Path('my-photos')`. The first thing to check "
+        "test folders. With your own, set `data = 'my-photos'`. The first thing to check "
         "is what the loader will find in each folder:",
         "# NBVAL_IGNORE_OUTPUT\nfrom anomaly import notebook_photos as own\n"
         "P = own.photo_settings(S)  # where the stand-in, the new photos and the run go\n"
