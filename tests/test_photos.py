@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -152,3 +153,20 @@ def test_bad_arguments_say_what_to_do(tmp_path):
         photos_defects.add_defect(
             np.random.default_rng(0), np.zeros((8, 8, 1), np.float32), "dent", []
         )
+
+
+def test_every_region_lies_inside_its_photo():
+    # a region past the photo's edge gave crops narrower than the set's crop size, which were
+    # then stretched to a square without a word (coins, generator 1.0)
+    for spec in photos.SETS:
+        height, width = photos.load_photo(spec.photo).shape[:2]
+        for split in (spec.train, spec.test):
+            for x0, y0, x1, y1 in split:
+                assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, (spec.name, split)
+    coins = next(s for s in photos.SETS if s.name == "coins")
+    edge = max(coins.test, key=lambda r: r[2])  # the region nearest the right edge
+    box = (edge[2] - coins.crop, edge[1], edge[2], edge[1] + coins.crop)
+    assert photos.render_crop(coins, box, "r0", coins.crop).shape[:2] == (coins.crop,) * 2
+    bad = dataclasses.replace(coins, test=((340, 0, 420, 80),))
+    with pytest.raises(ValueError, match="reaches past"):
+        photos._positions(bad, bad.test)

@@ -34,7 +34,7 @@ from PIL import Image
 from anomaly.data.photos_defects import KINDS, add_defect
 
 GENERATOR = "anomaly.data.photos.make_photos"
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: coin boxes inside the photo
 COUNTS = {"train": 80, "good": 25, "defect": 7}  # train/good, test/good, test per defect kind
 TINY = {"train": 6, "good": 3, "defect": 1}
 # The 8 symmetries of the square: rotate by 90 degrees k times, then maybe mirror left-right.
@@ -94,14 +94,20 @@ _COINS = (
     ((45, 259), (113, 265), (172, 261), (300, 263), (358, 267)),
 )
 _COIN_BOX = 36  # a 64 px crop centred on the coin, moved by up to 4 px: boxes of 72 px
+_COINS_SHAPE = (303, 384)  # (height, width) of skimage's coins photo
 
 
 def _coin_boxes(columns: range) -> tuple[tuple[int, int, int, int], ...]:
-    return tuple(
-        (x - _COIN_BOX, y - _COIN_BOX, x + _COIN_BOX, y + _COIN_BOX)
-        for row in _COINS
-        for x, y in (row[i] for i in columns)
-    )
+    """72 px boxes centred on the coins, moved inwards where a coin is closer to the photo's
+    edge than that (a box past the edge would give crops narrower than 64 px)."""
+    (h, w), side = _COINS_SHAPE, 2 * _COIN_BOX
+    boxes = []
+    for row in _COINS:
+        for x, y in (row[i] for i in columns):
+            x0 = min(max(0, x - _COIN_BOX), w - side)
+            y0 = min(max(0, y - _COIN_BOX), h - side)
+            boxes.append((x0, y0, x0 + side, y0 + side))
+    return tuple(boxes)
 
 
 _NO_BLUR = tuple(k for k in KINDS if k != "blur")  # for photos too smooth to show a blur
@@ -228,7 +234,13 @@ def load_photo(key: str) -> np.ndarray:
 def _positions(spec: PhotoSet, rects) -> list[tuple[int, int, int, int]]:
     """Per region: (x0, y0, number of x positions, number of y positions) of a crop."""
     out = []
+    height, width = load_photo(spec.photo).shape[:2]
     for x0, y0, x1, y1 in rects:
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise ValueError(
+                f"photo set {spec.name}: region {(x0, y0, x1, y1)} reaches past its "
+                f"{width} x {height} px photo; crops there would be cut short"
+            )
         nx, ny = x1 - x0 - spec.crop + 1, y1 - y0 - spec.crop + 1
         if nx < 1 or ny < 1:
             raise ValueError(
