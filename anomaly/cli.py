@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="manual: the threshold; normal-quantile: the "
         "quantile; conformal: alpha, the false-reject rate to guarantee; f1: none",
     )
+    p.add_argument(
+        "--good-images",
+        metavar="FOLDER",
+        help="normal-quantile, conformal: set the rule on this folder's good images (scored "
+        "now) instead of the good training images the run held out. Use good images taken as "
+        "the ones you will check are (other parts, other batches): held-out training images "
+        "are often near-copies of training ones and score too low",
+    )
 
     p = sub.add_parser(
         "benchmark",
@@ -258,10 +266,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {export_onnx(args.run, args.out)}")
         elif args.command == "threshold":
+            from anomaly.calibration import calibration_words
             from anomaly.pipeline import set_threshold
+            from anomaly.runs import RunDir
 
-            t = set_threshold(args.run, args.rule, args.value)
+            t = set_threshold(args.run, args.rule, args.value, good_images=args.good_images)
             print(f"{_threshold_words(t)}; saved to {args.run}")
+            scores = RunDir(args.run).file(RunDir.CALIBRATION) if args.good_images else None
+            if words := calibration_words(t, scores):
+                print(words)
         elif args.command == "benchmark":
             from anomaly.benchmark import main as benchmark_main
 

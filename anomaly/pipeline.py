@@ -14,7 +14,6 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from anomaly.config import METHOD_DEFAULTS, Config
@@ -320,17 +319,26 @@ def score_run(
     return pred, metrics
 
 
-def set_threshold(run: str | Path, rule: str, value: float | None = None) -> Threshold:
+def set_threshold(
+    run: str | Path, rule: str, value: float | None = None, good_images: str | Path | None = None
+) -> Threshold:
     """Choose the run's threshold by a rule and save it as threshold.json (what predict uses).
 
     manual: `value`; normal-quantile: the `value` quantile (default the config's) of held-out
     normal scores (1.0 = their max); conformal: `value` is alpha, the false-reject rate to
     guarantee on the held-out normal scores; f1: F1-optimal on the scored test set (needs
-    labelled defects; takes no value).
+    labelled defects; takes no value). `good_images`: a folder of good images taken as the
+    images to check will be; normal-quantile and conformal then read its scores (scored now,
+    saved in calibration_scores.json) instead of the held-out ones (`anomaly.calibration`).
+    The threshold records where its scores came from (`params["calibration"]`).
     """
+    from anomaly.calibration import attach, check_rule, good_scores
+
     rd = RunDir(run).require()
     if value is not None and not math.isfinite(value):
         raise ValueError(f"--value {value}: a threshold must be a finite number")
+    check_rule(rule, good_images)
+    paths = record = None
     if rule == "manual":
         if value is None:
             raise ValueError("--rule manual needs --value V (the threshold on the image score)")
@@ -339,14 +347,16 @@ def set_threshold(run: str | Path, rule: str, value: float | None = None) -> Thr
         q = value if value is not None else rd.config().threshold_quantile
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"--value {q}: the quantile must be between 0 and 1")
-        threshold = threshold_normal_quantile(np.array(rd.val_scores()["scores"]), q=q)
+        paths, scores, record = good_scores(rd, good_images, load_run)
+        threshold = threshold_normal_quantile(scores, q=q)
     elif rule == "conformal":
         if value is None:
             raise ValueError(
                 "--rule conformal needs --value ALPHA (the false-reject rate to "
                 "guarantee, for example 0.05)"
             )
-        threshold = threshold_conformal(np.array(rd.val_scores()["scores"]), value)
+        paths, scores, record = good_scores(rd, good_images, load_run, alpha=value)
+        threshold = threshold_conformal(scores, value)
     elif rule == "f1":
         if value is not None:
             raise ValueError(
@@ -359,7 +369,11 @@ def set_threshold(run: str | Path, rule: str, value: float | None = None) -> Thr
         raise ValueError(
             f"Unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"
         )
+    if record is not None:
+        attach(threshold, record)
     with rd.lock("threshold"):
+        if paths is not None:
+            rd.save_calibration(paths, scores, record)
         rd.save_threshold(threshold)
     return threshold
 

@@ -3,6 +3,7 @@
     runs/<name>/config.json  split.json  versions.json  model.pt  last.pt  history.csv
                val_scores.json  threshold.json  selection.json
                scores.csv  metrics.json  predictions.npz  overlays/  predict/   (from score/predict)
+               calibration_scores.json   (from `threshold --good-images FOLDER`)
 
 `RunDir` is the only place that spells these names. A run folder is untrusted input (people share
 them): nothing in it is unpickled (`torch.load(weights_only=True)`, `np.load(allow_pickle=False)`),
@@ -90,6 +91,7 @@ class RunDir:
     CONFIG, SPLIT, VERSIONS = "config.json", "split.json", "versions.json"
     MODEL, LAST, HISTORY = "model.pt", "last.pt", "history.csv"
     VAL_SCORES, THRESHOLD, SELECTION = "val_scores.json", "threshold.json", "selection.json"
+    CALIBRATION = "calibration_scores.json"
     SCORES, METRICS, PREDICTIONS = "scores.csv", "metrics.json", "predictions.npz"
     OVERLAYS, PREDICT, LOCK = "overlays", "predict", ".lock"
     # what `score` writes: stale once the model changes
@@ -193,6 +195,16 @@ class RunDir:
                 "scores": list(scores),
                 "map_range": [float(x) for x in map_range],
             },
+        )
+
+    def calibration(self) -> dict:
+        """The good images a threshold was last set on (`threshold --good-images`)."""
+        return self._read_json(self.CALIBRATION, "; set a threshold with --good-images FOLDER")
+
+    def save_calibration(self, paths: list[str], scores: list[float], record: dict) -> Path:
+        return write_json(
+            self.file(self.CALIBRATION),
+            {**record, "paths": list(paths), "scores": [float(s) for s in scores]},
         )
 
     def map_range(self) -> tuple[float, float]:

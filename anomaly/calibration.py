@@ -1,0 +1,224 @@
+"""Where a threshold's good-image scores come from: the run's held-out images, or a folder.
+
+The rules that read scores of good images (`normal-quantile`, `conformal`) take them by default
+from the good training images the run held out (`val_scores.json`). When those are near-copies
+of training images (consecutive frames of one part, one batch, overlapping crops of one region)
+they score lower than new good parts do, and the threshold rejects far more good parts than the
+rule promises: the conformal guarantee holds only for parts exchangeable with the images it was
+set on. `threshold --good-images FOLDER` scores a folder of good images taken the way production
+images will be, with the run's detector, and sets the rule on those scores instead
+(`calibrate_on_folder`); the folder, the number of images and a hash of their names and bytes
+are recorded in the threshold (`params["calibration"]`) and every score in the run folder
+(`RunDir.save_calibration`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from anomaly.data.folder import IMAGE_EXTENSIONS, DataError, broken_link, load_image
+from anomaly.metrics import Threshold, conformal_n_needed
+from anomaly.runs import RunDir
+
+NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
+FLAG = "--good-images"
+
+
+class _Files(Dataset):
+    """Image files as data set items (all good) that a detector's `predict` accepts."""
+
+    def __init__(self, paths: list[Path], size: int, channels: int) -> None:
+        self.paths, self.size, self.channels = paths, size, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        image = load_image(self.paths[i], self.size, self.channels)
+        return {
+            "image": image,
+            "mask": torch.zeros(image.shape[-2:]),
+            "label": 0,
+            "defect": "good",
+            "path": str(self.paths[i]),
+        }
+
+
+def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
+    """The image files directly in `folder`, sorted; DataError naming the folder and the fix
+    when there is no such folder, no image in it, or (with `alpha`, the conformal rule) fewer
+    images than that alpha needs."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"{FLAG} {folder}: folder not found; pass the folder of good images")
+    if not folder.is_dir():
+        raise DataError(
+            f"{FLAG} {folder}: this is a file; pass the folder that holds the good images"
+        )
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    broken = [p for p in found if p.is_symlink() and not p.exists()]
+    if broken:
+        raise DataError(f"{FLAG} {folder}: {broken[0]}: {broken_link(broken[0])}")
+    images = [p for p in found if p.is_file()]
+    if not images:
+        inner = sorted(p.name + "/" for p in folder.iterdir() if p.is_dir())
+        hint = f" It holds folders ({', '.join(inner[:4])}): pass the one with the images." * bool(
+            inner
+        )
+        raise DataError(
+            f"{FLAG} {folder}: no images in this folder. Put the good images to set the "
+            f"threshold on directly in it ({', '.join(IMAGE_EXTENSIONS)}).{hint}"
+        )
+    if alpha is not None and len(images) < (need := conformal_n_needed(alpha)):
+        raise DataError(
+            f"{FLAG} {folder}: a conformal threshold at alpha={alpha:g} needs at least {need} "
+            f"good images (alpha >= 1/(n+1)); the folder holds {len(images)}. Add "
+            f"{need - len(images)} or more good images to it, or use --value "
+            f"{1 / (len(images) + 1):.4g} or more"
+        )
+    return images
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _refuse_training_images(rd: RunDir, folder: Path, images: list[Path], hashes: list[str]):
+    """DataError when images of the folder are (byte for byte) images the run trained on."""
+    split = rd.split() or {}
+    trained = {}
+    for p in map(Path, split.get("train", [])):
+        if p.is_file():
+            trained.setdefault(_sha256(p), p)
+    same = [(image, trained[h]) for image, h in zip(images, hashes) if h in trained]
+    if same:
+        pairs = ", ".join(f"{a.name} = {b}" for a, b in same[:3])
+        raise DataError(
+            f"{FLAG} {folder}: {len(same)} of its {len(images)} images are training images of "
+            f"{rd} ({pairs}). The run scores what it learned from low, so the threshold would "
+            "reject too many new good parts: use good images the run was not trained on"
+        )
+
+
+def _check_readable(folder: Path, images: list[Path], size: int, channels: int) -> None:
+    bad = []
+    for p in images:
+        try:
+            load_image(p, size, channels)
+        except DataError as err:
+            bad.append(str(err))
+    if bad:
+        raise DataError(
+            f"{FLAG} {folder}: {len(bad)} of its {len(images)} images cannot be read "
+            "(re-save each as PNG, or delete it, then set the threshold again):\n" + "\n".join(bad)
+        )
+
+
+def calibrate_on_folder(
+    rd: RunDir,
+    folder: str | Path,
+    detector,
+    alpha: float | None = None,
+    images: list[Path] | None = None,
+) -> tuple[list[str], np.ndarray, dict]:
+    """Score every image in `folder` with the run's `detector` (`load_run(rd)`).
+
+    Checks first, naming the folder and the fix: the folder exists and holds images, enough
+    for `alpha` (the conformal rule), every one readable, none a training image of the run.
+
+    Returns:
+        (paths, scores, record): the images and their scores in file-name order, and what the
+        threshold records
+        (source "folder", the folder as given and resolved, n, images_sha256: a hash of every
+        file name and its bytes, so a changed folder is told apart).
+    """
+    folder = Path(folder)
+    images = images if images is not None else good_images(folder, alpha)
+    config = detector.config
+    _check_readable(folder, images, config.size, config.channels)
+    hashes = [_sha256(p) for p in images]
+    _refuse_training_images(rd, folder, images, hashes)
+    pred = detector.predict(_Files(images, config.size, config.channels))
+    scores = np.asarray(pred.scores, np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"{FLAG} {folder}: the detector gave NaN or inf scores to its images")
+    digest = hashlib.sha256("\n".join(f"{p.name} {h}" for p, h in zip(images, hashes)).encode())
+    record = {
+        "source": "folder",
+        "folder": str(folder),
+        "folder_resolved": str(folder.resolve()),
+        "n": len(images),
+        "images_sha256": digest.hexdigest(),
+    }
+    return [str(p) for p in images], scores, record
+
+
+def check_rule(rule: str, folder: str | Path | None) -> None:
+    """ValueError when a folder of good images is given to a rule that reads no such scores."""
+    if folder is not None and rule not in NORMAL_SCORE_RULES:
+        raise ValueError(
+            f"{FLAG}: --rule {rule} reads no good-image scores; drop {FLAG}, or use "
+            f"--rule {' or '.join(NORMAL_SCORE_RULES)}"
+        )
+
+
+def good_scores(
+    rd: RunDir, folder: str | Path | None, load_run, alpha: float | None = None
+) -> tuple[list[str] | None, np.ndarray, dict]:
+    """(paths, scores, record) of `folder` scored now by `load_run(rd)`'s detector
+    (`calibrate_on_folder`), or without a folder (None, the held-out scores, their record)."""
+    if folder is None:
+        scores = np.asarray(rd.val_scores()["scores"], np.float64)
+        return None, scores, {"source": "held-out", "n": int(scores.size)}
+    images = good_images(folder, alpha)  # before the model is loaded: a quick refusal
+    return calibrate_on_folder(rd, folder, load_run(rd), alpha, images)
+
+
+def attach(threshold: Threshold, record: dict) -> Threshold:
+    """Record where the good-image scores came from in `threshold.params["calibration"]`; a
+    conformal guarantee set on a folder names it."""
+    threshold.params["calibration"] = record
+    if record["source"] == "folder" and threshold.rule == "conformal":
+        alpha, n = threshold.params["alpha"], record["n"]
+        threshold.params["guarantee"] = (
+            f"false-reject rate <= {100 * alpha:.3g}% for new good parts exchangeable with the "
+            f"{n} good image{'s' * (n != 1)} in {record['folder']}"
+        )
+    return threshold
+
+
+def calibration_words(threshold: Threshold, scores_file: str | Path | None = None) -> str:
+    """Where the threshold's good-image scores came from and, for a guarantee, the condition
+    it needs in one plain sentence ("" for a rule that reads no good-image scores)."""
+    record = (threshold.params or {}).get("calibration")
+    if not record:
+        return ""
+    n = record.get("n", "?")
+    if record.get("source") == "folder":
+        kept = f"; scores in {scores_file}" if scores_file else ""
+        line = (
+            f"set on {n} good images in {record['folder']} (sha256 of names and bytes "
+            f"{record['images_sha256'][:12]}{kept})"
+        )
+        like = f"the images in {record['folder']}"
+    else:
+        line = f"set on the run's {n} good training images held out from training"
+        like = "those held-out images"
+    if threshold.rule != "conformal":
+        return line
+    line += (
+        f"\nThe guarantee holds only if the good parts you will check are like {like}: "
+        "from the same process, photographed the same way, and not picked by how they look."
+    )
+    if record.get("source") != "folder":
+        line += (
+            "\nHeld-out images are often near-copies of training ones (frames of one part, one "
+            f"batch); if good parts are rejected too often, set it on other good images: {FLAG} "
+            "FOLDER"
+        )
+    return line
