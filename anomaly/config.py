@@ -174,6 +174,22 @@ class Config:
         0.01, "patchknn: fraction of training patches kept in the bank", above=0.0, max=1.0
     )
     neighbors: int = _f(1, "patchknn: nearest bank patches averaged per patch", min=1)
+    search_clusters: int = _f(
+        0,
+        "patchknn: approximate search: group the bank into this many k-means clusters and "
+        "compare each patch with the rows of its --search-probes nearest clusters only "
+        "(an inverted file); 0 = compare with every row (exact)",
+        min=0,
+    )
+    search_probes: int = _f(
+        2, "patchknn: clusters searched per patch when --search-clusters > 0", min=1
+    )
+    runtime: str = _f(
+        "torch",
+        "patchknn: what runs the feature backbone on a CPU: torch, or onnxruntime (faster; "
+        "needs `pip install onnxruntime`; same features within 1e-4)",
+        choices=("torch", "onnxruntime"),
+    )
     layers: str = _f(
         "",
         "patchknn/flow: backbone stages, comma-separated (blocks.N for "

@@ -96,6 +96,8 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
     import torch
     from torch import nn
 
+    from anomaly.detectors.patchknn import trace_to_onnx
+
     onnx = _require("onnx")
 
     class Traced(nn.Module):  # the detector's own forward, as one module for the tracer
@@ -114,7 +116,7 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
     tmp = out_path.with_name(out_path.name + ".tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        _trace(Traced(detector).eval(), example, tmp)
+        trace_to_onnx(Traced(detector).eval(), example, tmp, opset=OPSET)
     model = onnx.load(str(tmp))
     del model.metadata_props[:]
     for key, value in (meta or metadata(config)).items():
@@ -124,39 +126,6 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
     onnx.save(model, str(tmp))
     tmp.replace(out_path)
     return out_path
-
-
-def _trace(module, example, path: Path) -> None:
-    """torch.onnx.export, quietly: the TorchScript tracer (seconds), else the dynamo exporter."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values: sizes are fixed
-        try:
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=["images"],
-                output_names=["scores", "maps"],
-            )
-            return
-        except (TypeError, RuntimeError, NotImplementedError, AttributeError):
-            pass  # a torch without the TorchScript exporter
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=True,
-            opset_version=18,
-            input_names=["images"],
-            output_names=["scores", "maps"],
-            verbose=False,
-        )
 
 
 def metadata(config, run=None) -> dict[str, str]:

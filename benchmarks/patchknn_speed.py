@@ -1,12 +1,23 @@
-"""Speed, memory and accuracy of `patchknn` at several image sizes.
+"""Speed, memory and accuracy of `patchknn` at several image sizes, or settings against
+MobileNetV2 in interleaved rounds (`--race`).
 
     python benchmarks/patchknn_speed.py                      # 300 synthetic textures in memory
     python benchmarks/patchknn_speed.py --data data/cookies  # an MVTec AD style folder
+    python benchmarks/patchknn_speed.py --data data/cookies --race default speed-ort
 
 For each size it fits on the training images (300 by default), predicts the test images, and
 prints fit seconds, predict images/s (wall clock) and CPU milliseconds per predicted image (all
 threads), the peak resident memory of a fresh process, the memory bank size, and image / pixel
 AUROC. Each size runs in its own process so the peaks do not mix.
+
+`--race SETTING ...` (names from `benchmarks/photos_sweep.py`'s SETTINGS) fits each setting on
+--data's train/good and then, in `--rounds` interleaved rounds (the order rotates), times each
+setting's whole `predict` on the test images already decoded in memory, next to three MobileNetV2
+yardsticks on the same images: torchvision's model as anomalib's PatchCore runs it (features.0-13,
+eager, batch norms unfolded, ImageNet normalisation), torchvision's whole model (classifier
+included), and the package's folded features.0-17 (`photos_sweep.py`'s `mnv2_ms`). It prints CPU
+ms per image (median and minimum over the rounds; all threads of this process) and each
+setting's ratio to each yardstick's median, with image AUROC and fit time.
 
 Without --data the images are smooth random grayscale textures, made at 256 px and resized, so
 every size sees the same images; a third of the test images get a small defect (a dark hole, a
@@ -144,6 +155,118 @@ def run_one(args, size: int) -> dict:
     return row
 
 
+class _InMemory(Dataset):
+    """Decoded test items, so that `predict` times no decoding."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def yardsticks(batch: int) -> dict:
+    """name -> images [B, 3, H, W] in [0, 1] -> None: the MobileNetV2 forward passes."""
+    import torchvision
+
+    from anomaly.features import IMAGENET_MEAN, IMAGENET_STD, MobileNetV2, mobilenet_v2_weights
+
+    net = torchvision.models.mobilenet_v2(weights=None)
+    net.load_state_dict(torch.load(mobilenet_v2_weights(), map_location="cpu", weights_only=True))
+    net = net.eval().requires_grad_(False)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    folded = MobileNetV2(("features.17",))
+
+    def run(model):
+        @torch.inference_mode()
+        def forward(images):
+            for chunk in images.split(batch):
+                model((chunk - mean) / std)
+
+        return forward
+
+    def run_folded(images):
+        with torch.inference_mode():
+            for chunk in images.split(8):  # as photos_sweep.reference_ms
+                folded(chunk)
+
+    return {
+        "mnv2 0-13 (anomalib)": run(net.features[:14]),
+        "mnv2 whole": run(net),
+        "mnv2 folded 0-17": run_folded,
+    }
+
+
+def race(args) -> None:
+    """Fit each setting, then time predicts and yardsticks in interleaved rounds."""
+    import statistics
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from photos_sweep import SETTINGS
+
+    from anomaly.config import Config
+    from anomaly.data import AnomalyDataset
+    from anomaly.detectors.base import get_detector
+    from anomaly.metrics import image_auroc
+
+    torch.set_num_threads(args.threads)
+    entries, info, cache = {}, {}, {}
+    for name in args.race:
+        setting = SETTINGS[name]
+        overrides = {k: v for k, v in setting.items() if k != "method"}
+        config = Config.for_method(setting["method"], **overrides).replace(device="cpu")
+        key = (config.size, config.channels)
+        if key not in cache:
+            train = AnomalyDataset(args.data, "train", size=config.size, channels=config.channels)
+            test = AnomalyDataset(args.data, "test", size=config.size, channels=config.channels)
+            cache[key] = (train, _InMemory([test[i] for i in range(len(test))]))
+        train, test = cache[key]
+        detector = get_detector(config.method)(config)
+        t0, c0 = time.perf_counter(), time.process_time()
+        detector.fit(train)
+        fit = (time.perf_counter() - t0, time.process_time() - c0)
+        pred = detector.predict(test)  # also the warm-up
+        info[name] = {"fit_s": fit[0], "fit_cpu_s": fit[1], "image_auroc": None}
+        if 0 < pred.labels.sum() < len(pred.labels):
+            info[name]["image_auroc"] = image_auroc(pred.labels, pred.scores)
+        entries[name] = lambda d=detector, t=test: d.predict(t)
+    size = Config.for_method(SETTINGS[args.race[0]]["method"]).size
+    images = torch.stack([it["image"] for it in next(iter(cache.values()))[1].items])
+    n = len(images)
+    refs = yardsticks(args.batch_size)
+    for name, forward in refs.items():
+        forward(images[: args.batch_size])  # warm-up
+        entries[name] = lambda f=forward: f(images)
+    names = list(entries)
+    cpu = {k: [] for k in names}
+    for r in range(args.rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            c0 = time.process_time()
+            entries[k]()
+            cpu[k].append(1000 * (time.process_time() - c0) / n)
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    print(
+        f"{n} test images of {args.data} at {size} px (settings' own sizes), {args.rounds} "
+        f"interleaved rounds, {args.threads} threads, torch {torch.__version__}, load average "
+        f"after {os.getloadavg()[0]:.1f}"
+    )
+    head = ["name", "image AUROC", "fit s (CPU s)", "CPU ms/img median (min)", *refs]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for k in names:
+        i = info.get(k, {})
+        auroc = "-" if i.get("image_auroc") is None else f"{i['image_auroc']:.3f}"
+        fit = f"{i['fit_s']:.1f} ({i['fit_cpu_s']:.1f})" if i else "-"
+        ratios = [f"{med[k] / med[ref]:.2f}" for ref in refs]
+        print(
+            f"| {k} | {auroc} | {fit} | {med[k]:.2f} ({min(cpu[k]):.2f}) | {' | '.join(ratios)} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="an MVTec AD style folder (default: synthetic textures)")
@@ -155,7 +278,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--coreset-ratio", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--race", nargs="+", help="photos_sweep setting names to time in rounds")
+    p.add_argument("--rounds", type=int, default=5, help="--race: interleaved rounds")
     args = p.parse_args(argv)
+    if args.race:
+        if not args.data:
+            p.error("--race needs --data (a folder with train/good and test)")
+        race(args)
+        return
 
     cols = [
         "size",

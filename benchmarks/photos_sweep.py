@@ -42,6 +42,7 @@ OLD = {
     "score_border": 0,
 }
 MNV2 = {**OLD, "backbone": "mobilenet_v2", "layers": "features.3,features.6"}
+MNV2_224 = {**MNV2, "feature_pad": 16, "size": 224, "coreset_ratio": 0.005, "score_border": 8}
 SETTINGS: dict[str, dict] = {
     "default": {"method": "patchknn"},
     "old": {"method": "patchknn", **OLD},
@@ -80,6 +81,26 @@ SETTINGS: dict[str, dict] = {
         "layers": "features.6,features.10",
         "feature_pad": 16,
         "size": 256,
+    },
+    # issue 14 (speed): the patchknn defaults of 2026-12-01 (MNV2_224), the backbone in
+    # onnxruntime (same scores within 1e-4), then less search arithmetic: a smaller bank
+    "speed-ort": {"method": "patchknn", **MNV2_224, "runtime": "onnxruntime"},
+    "speed-ort-cs025": {
+        "method": "patchknn",
+        **MNV2_224,
+        "runtime": "onnxruntime",
+        "coreset_ratio": 0.0025,
+    },
+    # an approximate search: an inverted file of k-means clusters, `probes` searched per patch
+    **{
+        f"speed-ort-ivf{k}x{n}": {
+            "method": "patchknn",
+            **MNV2_224,
+            "runtime": "onnxruntime",
+            "search_clusters": k,
+            "search_probes": n,
+        }
+        for k, n in ((16, 2), (16, 3), (32, 2), (32, 3), (64, 4))
     },
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},

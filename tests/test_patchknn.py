@@ -84,7 +84,7 @@ def test_nearest_distances_match_cdist():
 
 
 def test_nearest_distances_same_across_chunk_sizes(monkeypatch):
-    import anomaly.detectors.patchknn as pk
+    import anomaly.detectors.knn as pk
 
     gen = torch.Generator().manual_seed(1)
     q, bank = torch.randn(101, 8, generator=gen), torch.randn(40, 8, generator=gen)

@@ -42,6 +42,9 @@ score; `neighbors` 1, the paper's patch score.
 from __future__ import annotations
 
 import math
+import tempfile
+import warnings
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -50,13 +53,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anomaly.detectors.base import Detector, register
+from anomaly.detectors.knn import BankIndex, nearest_distances
 from anomaly.features import DEFAULT_LAYERS, FeatureExtractor, build_backbone, parse_layers
 from anomaly.maps import gaussian_kernel1d, image_score
 
+__all__ = ["BankIndex", "PatchKNN", "greedy_coreset", "map_matrix", "nearest_distances"]
+
 PROJECTION_DIM = 128  # coreset distances are computed in a random projection of this size
 MAX_PART = 80_000  # patches per coreset part: the greedy search costs bank x part per image set
-CHUNK_ELEMENTS = 2**19  # rows x bank entries of one distance block (2 MB of float32: in cache)
 CPU_CHUNK_PIXELS = 2**17  # images per backbone call on a CPU: 8 at 128 px, 2 at 256 px
+ORT_CHUNK_PIXELS = 2**16  # images per onnxruntime call: 4 at 128 px, 1 from 182 px (cheapest)
 
 
 def greedy_coreset(
@@ -117,30 +123,6 @@ def _greedy(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
     return picked
 
 
-def nearest_distances(
-    queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int = 1
-) -> torch.Tensor:
-    """Mean Euclidean distance of each query [M, D] to its k nearest bank rows [N, D] -> [M].
-
-    Uses |q - b|^2 = |q|^2 - 2 q.b + |b|^2: one matrix product gives |b|^2 - 2 q.b, whose row
-    minimum picks the nearest bank rows (|q|^2 is the same along a row, so it is added to the k
-    minima only). Rows go in chunks whose block stays in the CPU's cache between the product and
-    the minimum: on two cores that halved the time against 16 MB blocks.
-    """
-    k = max(1, min(int(k), len(bank)))
-    rows = max(1, CHUNK_ELEMENTS // max(1, len(bank)))
-    out = torch.empty(len(queries), device=queries.device, dtype=queries.dtype)
-    for i in range(0, len(queries), rows):
-        q = queries[i : i + rows]
-        partial = torch.addmm(bank_sq.unsqueeze(0), q, bank.T, alpha=-2)
-        if k == 1:
-            near = partial.amin(1, keepdim=True)
-        else:
-            near = partial.topk(k, dim=1, largest=False).values
-        out[i : i + rows] = near.add_((q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt_().mean(1)
-    return out
-
-
 def map_matrix(n_out: int, n_in: int, sigma: float) -> torch.Tensor:
     """[n_out, n_in]: linear upsampling (as bilinear `F.interpolate`, align_corners=False), then
     Gaussian smoothing with mirrored borders (as `anomaly.maps.gaussian_blur`), along one axis.
@@ -161,6 +143,44 @@ def map_matrix(n_out: int, n_in: int, sigma: float) -> torch.Tensor:
         cols = torch.where(cols >= n_out, 2 * n_out - 1 - cols, cols)
         blur.index_put_((rows, cols), weight.expand(n_out), accumulate=True)
     return (blur @ up.double()).float()
+
+
+def trace_to_onnx(
+    module: nn.Module, example, path: Path, outputs: list[str] | None = None, opset: int = 17
+) -> None:
+    """torch.onnx.export of `module` on `example`, input "images", quietly: the TorchScript
+    tracer (seconds), else the dynamo exporter. With `outputs` (names), the batch dimension of
+    the input and of every output stays free; without, the file is the detector's: outputs
+    "scores" and "maps" and exactly the example's shape."""
+    names = outputs or ["scores", "maps"]
+    dynamic = {n: {0: "batch"} for n in ["images", *names]} if outputs else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values: sizes are fixed
+        try:
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes=dynamic,
+            )
+            return
+        except (TypeError, RuntimeError, NotImplementedError, AttributeError):
+            pass  # a torch without the TorchScript exporter
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=max(opset, 18),
+            input_names=["images"],
+            output_names=names,
+            dynamic_shapes=({0: torch.export.Dim("batch")},) if outputs else None,
+            verbose=False,
+        )
 
 
 @register("patchknn")
@@ -207,6 +227,8 @@ class PatchKNN(Detector):
         self.extractor = FeatureExtractor(backbone, pad=config.feature_pad)
         self.bank: torch.Tensor | None = None
         self.bank_sq: torch.Tensor | None = None
+        self.index: BankIndex | None = None  # config.search_clusters > 0
+        self._sessions: dict[tuple, object] = {}  # onnxruntime sessions by input shape
         self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def modules(self) -> dict[str, nn.Module]:
@@ -221,6 +243,11 @@ class PatchKNN(Detector):
     def _set_bank(self, bank: torch.Tensor) -> None:
         self.bank = bank.to(self.device, torch.float32).contiguous()
         self.bank_sq = (self.bank * self.bank).sum(1)
+        clusters = int(getattr(self.config, "search_clusters", 0))
+        self.index = None
+        if clusters > 0:  # built from the bank alone, so saved runs need nothing new
+            probes = int(getattr(self.config, "search_probes", 1))
+            self.index = BankIndex(self.bank, clusters, probes, seed=self.config.seed)
 
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -230,11 +257,54 @@ class PatchKNN(Detector):
         # On a CPU, small batches keep the activations in cache and reuse their memory (a large
         # batch makes every layer allocate fresh pages), the more so the larger the images
         # (docs/measurements.md).
+        pixels = images.shape[-1] * images.shape[-2]
+        if self._use_onnxruntime(images):
+            session = self._session(images.shape[1:])
+            step = max(1, ORT_CHUNK_PIXELS // pixels)
+            feats = [
+                torch.from_numpy(session.run(None, {"images": chunk.numpy()})[0])
+                for chunk in images.contiguous().split(step)
+            ]
+            return torch.cat(feats).permute(0, 2, 3, 1)
         step = len(images)
         if images.device.type == "cpu":
-            step = max(1, CPU_CHUNK_PIXELS // (images.shape[-1] * images.shape[-2]))
+            step = max(1, CPU_CHUNK_PIXELS // pixels)
         feats = [self.extractor(chunk) for chunk in images.split(step)]
         return torch.cat(feats).permute(0, 2, 3, 1)
+
+    def _use_onnxruntime(self, images: torch.Tensor) -> bool:
+        """config.runtime onnxruntime, on a CPU, and not while torch traces this detector (the
+        ONNX export traces the torch extractor)."""
+        return (
+            getattr(self.config, "runtime", "torch") == "onnxruntime"
+            and images.device.type == "cpu"
+            and not torch.jit.is_tracing()
+        )
+
+    def _session(self, shape: torch.Size):
+        """An onnxruntime session of the extractor for images of `shape` [C, H, W] (any batch):
+        exported once per shape, idle threads sleeping (as OMP_WAIT_POLICY=PASSIVE)."""
+        key = tuple(shape)
+        if key not in self._sessions:
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise RuntimeError(
+                    "patchknn --runtime onnxruntime needs the package onnxruntime: "
+                    "pip install onnxruntime (or 'anomaly[export]'), or use --runtime torch"
+                ) from None
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "extractor.onnx"
+                trace_to_onnx(self.extractor.eval(), torch.zeros(1, *key), path, ["features"])
+                model = path.read_bytes()
+            options = ort.SessionOptions()
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            self._sessions[key] = ort.InferenceSession(
+                model, options, providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[key]
 
     def fit(
         self,
@@ -279,7 +349,10 @@ class PatchKNN(Detector):
             raise RuntimeError("patchknn: call fit() (or load a run) before predicting")
         f = self.embed(images)
         b, h, w, d = f.shape
-        dist = nearest_distances(f.reshape(-1, d), self.bank, self.bank_sq, self.config.neighbors)
+        queries = f.reshape(-1, d)
+        if self.index is not None and self.config.neighbors == 1 and not torch.jit.is_tracing():
+            return self.index.nearest(queries).view(b, h, w)
+        dist = nearest_distances(queries, self.bank, self.bank_sq, self.config.neighbors)
         return dist.view(b, h, w)
 
     @torch.inference_mode()

@@ -1,0 +1,91 @@
+"""Nearest-neighbour search of patch features in a memory bank, on a CPU or a GPU.
+
+`nearest_distances` is the exact search: one matrix product per block of queries, kept in the
+CPU's cache. `BankIndex` is an approximate one, an inverted file of k-means clusters (as faiss's
+IndexIVFFlat; Jegou, Douze and Schmid, "Product Quantization for Nearest Neighbor Search",
+TPAMI 2011), that compares each query with a few clusters only. `anomaly.detectors.patchknn`
+uses both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+CHUNK_ELEMENTS = 2**19  # rows x bank entries of one distance block (2 MB of float32: in cache)
+
+
+def nearest_distances(
+    queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int = 1
+) -> torch.Tensor:
+    """Mean Euclidean distance of each query [M, D] to its k nearest bank rows [N, D] -> [M].
+
+    Uses |q - b|^2 = |q|^2 - 2 q.b + |b|^2: one matrix product gives |b|^2 - 2 q.b, whose row
+    minimum picks the nearest bank rows (|q|^2 is the same along a row, so it is added to the k
+    minima only). |b|^2 rides in the product as one more dimension ([q, 1] . [-2 b, |b|^2]), so
+    no separate pass adds it to every block (a third less time than `addmm` on two cores). Rows
+    go in chunks whose block stays in the CPU's cache between the product and the minimum: on
+    two cores that halved the time against 16 MB blocks.
+    """
+    k = max(1, min(int(k), len(bank)))
+    rows = max(1, CHUNK_ELEMENTS // max(1, len(bank)))
+    weights = torch.cat([bank * -2.0, bank_sq.unsqueeze(1).to(bank.dtype)], 1).T.contiguous()
+    augmented = torch.cat([queries, queries.new_ones(len(queries), 1)], 1)
+    out = torch.empty(len(queries), device=queries.device, dtype=queries.dtype)
+    for i in range(0, len(queries), rows):
+        q = queries[i : i + rows]
+        partial = augmented[i : i + rows] @ weights
+        if k == 1:
+            near = partial.amin(1, keepdim=True)
+        else:
+            near = partial.topk(k, dim=1, largest=False).values
+        out[i : i + rows] = near.add_((q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt_().mean(1)
+    return out
+
+
+class BankIndex:
+    """An inverted-file index of the memory bank (IVF, as faiss's IndexIVFFlat): an approximate
+    nearest-neighbour search that compares each query with the rows of its `probes` nearest
+    k-means clusters only, about probes / clusters of the full search's arithmetic.
+
+    A query whose nearest row lies in a cluster it does not probe gets the distance to the
+    nearest row it did see: never less than the true one. The bank's rows are reordered so that
+    each cluster is one slice; the k-means is seeded, so the same bank gives the same index.
+    """
+
+    def __init__(
+        self, bank: torch.Tensor, clusters: int, probes: int, seed: int = 0, iters: int = 20
+    ) -> None:
+        k = max(1, min(int(clusters), len(bank)))
+        self.probes = max(1, min(int(probes), k))
+        gen = torch.Generator().manual_seed(int(seed))
+        x = bank.double()
+        centroids = x[torch.randperm(len(x), generator=gen)[:k].to(x.device)]
+        for _ in range(iters):  # Lloyd's k-means; an emptied cluster keeps its centroid
+            assign = torch.cdist(x, centroids).argmin(1)
+            sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+            counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+            centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        assign = torch.cdist(x, centroids).argmin(1)
+        rows = bank[torch.argsort(assign, stable=True)]
+        sizes = torch.bincount(assign, minlength=k).tolist()
+        self.centroids = centroids.float()
+        weights = torch.cat([rows * -2.0, (rows * rows).sum(1, keepdim=True)], 1)  # [-2b, |b|^2]
+        self.blocks = [w.T.contiguous() for w in weights.split(sizes)]
+
+    def nearest(self, queries: torch.Tensor) -> torch.Tensor:
+        """Euclidean distance of each query [M, D] to the nearest row it probes -> [M]."""
+        augmented = torch.cat([queries, queries.new_ones(len(queries), 1)], 1)
+        probed = torch.cdist(queries, self.centroids).topk(self.probes, 1, largest=False)[1]
+        flat = probed.flatten()
+        order = torch.argsort(flat)
+        owners = order // self.probes  # the query of each (query, cluster) pair, by cluster
+        best = torch.full((len(queries),), math.inf, device=queries.device, dtype=queries.dtype)
+        counts = torch.bincount(flat, minlength=len(self.blocks)).tolist()
+        for block, rows in zip(self.blocks, owners.split(counts)):
+            if len(rows) and block.shape[1]:
+                step = max(1, CHUNK_ELEMENTS // block.shape[1])
+                near = torch.cat([(part @ block).amin(1) for part in augmented[rows].split(step)])
+                best.scatter_reduce_(0, rows, near, "amin")
+        return best.add_((queries * queries).sum(1)).clamp_(min=0).sqrt_()
