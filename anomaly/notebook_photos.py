@@ -4,8 +4,9 @@ loader's checks shown as a user meets them, a label-free `auto` run, and its ver
 The stand-in for "your photos" is one set of the real-photo suite (`python -m anomaly
 make-photos`, `anomaly.data.photos`), in the MVTec AD layout the loader reads
 (`anomaly.data.folder`); the "new photos to check" are fresh test crops of the same photo made
-with another seed, copied into one flat folder as a user's unlabelled photos would be. Smoke
-runs (`ANOMALY_SMOKE`, `anomaly.notebook_setup.settings`) use a few 64 px images; everything is
+with another seed, copied into one flat folder as a user's unlabelled photos would be, and the
+"good photos from the line" a threshold is set on (`threshold --good-images`) are fresh good
+crops made the same way with a third seed. Smoke runs (`ANOMALY_SMOKE`, `anomaly.notebook_setup.settings`) use a few 64 px images; everything is
 written under the notebook's home (`$ANOMALY_HOME` or the working folder).
 """
 
@@ -26,6 +27,7 @@ from anomaly.runs import RunDir
 SET = "coins"  # objects photographed one per image: the closest set to a part on a line
 SUITE_SEED = 0  # the suite `make benchmark` writes (`make-photos data/photos --seed 0`)
 NEW_SEED = 2  # "another day's photos": crops of the same photo at other random positions
+GOOD_SEED = 3  # "good photos from the line": good crops of the test region, for the threshold
 SMOKE_PX = 64
 SMOKE_COUNTS = {"train": 12, "good": 3, "defect": 1}
 
@@ -46,6 +48,8 @@ class PhotoSettings:
     set_name: str
     suite: Path  # the make-photos root (the stand-in is `suite / set_name`)
     new: Path  # a flat folder of new photos to check
+    good: Path  # a flat folder of good photos from the line, to set the threshold on
+    n_good: int  # how many (at least 1/alpha - 1 for the conformal rule)
     run: Path
     seed: int
     size: int | None  # the run's image size (None: auto's default)
@@ -61,7 +65,8 @@ def photo_settings(s: Settings, set_name: str = SET) -> PhotoSettings:
     """Notebook 07's settings from the notebook settings `s` (smoke or full).
 
     A quarter of the good training images is held out (`val_fraction`): a conformal threshold
-    at alpha needs at least 1/alpha - 1 of them (19 for 5 %; a smoke run has 3, so 25 %).
+    at alpha needs at least 1/alpha - 1 of them (19 for 5 %; a smoke run has 3, so 25 %). The
+    folder of good photos from the line holds 24 (4 in a smoke run).
     """
     data_root, runs_root = s.data_dir.parent, s.runs_dir.parent
     tag = "smoke-" if s.smoke else ""
@@ -70,6 +75,8 @@ def photo_settings(s: Settings, set_name: str = SET) -> PhotoSettings:
         set_name=set_name,
         suite=data_root / f"{tag}photos",
         new=data_root / f"{tag}{set_name}-to-check",
+        good=data_root / f"{tag}{set_name}-good-from-the-line",
+        n_good=4 if s.smoke else 24,
         run=runs_root / f"{tag}own-photos" / set_name,
         seed=s.seed,
         size=s.size,
@@ -217,13 +224,16 @@ def selection_table(run: Path) -> str:
 
 
 def test_results(run: Path) -> str:
-    """How the run did on the labelled test images: `score`'s summary, then image AUROC per
-    defect kind, weakest first."""
+    """How the run did on the labelled test images: `score`'s summary at the threshold `train`
+    sets (the run's `threshold_quantile` of its held-out scores, whatever is saved now), then
+    image AUROC per defect kind, weakest first."""
     from anomaly.decision import score_summary
+    from anomaly.metrics import threshold_normal_quantile
 
     rd = RunDir(run)
     pred, metrics = rd.predictions(), rd.metrics()
-    threshold = rd.threshold() if rd.has_threshold() else None
+    held_out = rd.val_scores()["scores"]
+    threshold = threshold_normal_quantile(held_out, q=rd.config().threshold_quantile)
     kinds = sorted(
         (v["image_auroc"], k)
         for k, v in metrics.get("per_defect", {}).items()
@@ -238,16 +248,49 @@ def test_results(run: Path) -> str:
 
 def threshold_text(run: Path, threshold) -> str:
     """The threshold, its rule and guarantee, and what it does on the labelled test images."""
+    from anomaly.calibration import calibration_words
     from anomaly.decision import summary_line
     from anomaly.metrics import confusion
 
     pred = RunDir(run).predictions()
     counts = confusion(pred.labels, pred.scores, threshold.value)
     guarantee = threshold.params.get("guarantee", "none (use the conformal rule for one)")
-    return (
+    source = calibration_words(threshold)
+    text = (
         f"threshold {threshold.value:.6g} ({threshold.rule}); guarantee: {guarantee}\n"
-        f"on the labelled test images, {summary_line(counts)}"
+        + (f"{source}\n" if source else "")
+        + f"on the labelled test images, {summary_line(counts)}"
     )
+    return text.replace(str(home()) + "/", "")  # paths from the notebook's home
+
+
+def good_photos(p: PhotoSettings) -> Path:
+    """A flat folder of `p.n_good` good photos "from the line": good test crops of the same
+    photo's test region made with seed `GOOD_SEED` (not the test photos themselves, nor the
+    new photos to check), as a user's photos of good parts taken in production would be."""
+    if p.good.is_dir() and any(p.good.iterdir()):
+        return p.good  # made once, then reused
+    with tempfile.TemporaryDirectory(prefix="anomaly-good-") as tmp:
+        _make(Path(tmp), p, GOOD_SEED, train=1, good=p.n_good, defect=0)
+        files = sorted((Path(tmp) / p.set_name / "test" / "good").iterdir())
+        p.good.mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(files, 1):
+            shutil.copy(f, p.good / f"good{i:02d}.png")
+    return p.good
+
+
+def before_after(run: Path, thresholds: dict) -> str:
+    """A table: each named threshold, and what it does on the labelled test photos."""
+    from anomaly.metrics import confusion
+
+    pred = RunDir(run).predictions()
+    width = max(len(name) for name in thresholds)
+    lines = [f"{'threshold set on':<{width}}  {'value':>7}  good rejected  defects caught"]
+    for name, t in thresholds.items():
+        c = confusion(pred.labels, pred.scores, t.value)
+        rejected, caught = f"{c['fp']}/{c['fp'] + c['tn']}", f"{c['tp']}/{c['tp'] + c['fn']}"
+        lines.append(f"{name:<{width}}  {t.value:>7.4g}  {rejected:>13}  {caught:>14}")
+    return "\n".join(lines)
 
 
 # --- new photos --------------------------------------------------------------------------------
@@ -313,8 +356,9 @@ def auto_limits(width: int = 96) -> str:
 
 
 def held_out_vs_new(run: Path) -> str:
-    """The held-out good training photos' scores (what the threshold was set on) beside the
-    good test photos' (what it is applied to): a threshold's guarantee needs them alike."""
+    """The held-out good training photos' scores beside the good test photos' (what a
+    threshold is applied to), and those of the folder the threshold was last set on
+    (`--good-images`), if any: a threshold's guarantee needs them alike."""
     rd = RunDir(run)
     held = np.asarray(rd.val_scores()["scores"], np.float64)
     pred = rd.predictions()
@@ -325,11 +369,15 @@ def held_out_vs_new(run: Path) -> str:
     def spread(x: np.ndarray) -> str:
         return f"{x.min():.4g} to {x.max():.4g}, median {np.median(x):.4g}"
 
+    rows = [(f"held-out good training photos ({len(held)})", held)]
+    if rd.file(rd.CALIBRATION).is_file():
+        line = np.asarray(rd.calibration()["scores"], np.float64)
+        rows.append((f"good photos from the line ({len(line)})", line))
+    rows.append((f"good test photos ({len(new)})", new))
+    width = max(len(name) for name, _ in rows) + 1
     above = int((new > held.max()).sum())
-    return (
-        f"held-out good training photos ({len(held)}): {spread(held)}\n"
-        f"good test photos ({len(new)}):              {spread(new)}\n"
-        f"{above} of {len(new)} good test photos score above every held-out one"
+    return "\n".join(f"{name + ':':<{width}} {spread(x)}" for name, x in rows) + (
+        f"\n{above} of {len(new)} good test photos score above every held-out one"
     )
 
 

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from anomaly import notebook as nb
@@ -111,7 +112,7 @@ def test_the_builder_writes_only_the_notebooks_named(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["07_bring_your_own_photos.ipynb"]
     book = nbformat.read(tmp_path / "07_bring_your_own_photos.ipynb", 4)
     code = [c.source for c in book.cells if c.cell_type == "code"]
-    assert 8 <= len(book.cells) <= 14
+    assert 8 <= len(book.cells) <= 16
     assert any("NBVAL_CHECK_OUTPUT" in c for c in code)
     assert all(len(c.splitlines()) <= 6 for c in code)
 
@@ -122,3 +123,45 @@ def test_the_stored_notebook_matches_its_definition():
     cells = build.NOTEBOOKS["07_bring_your_own_photos"]
     assert [c.source for c in stored.cells] == cells
     assert all(c.outputs for c in stored.cells if c.cell_type == "code" and c.source != cells[1])
+
+
+@pytest.mark.parametrize("smoke_mode", [True, False])
+def test_the_good_photos_from_the_line_allow_the_conformal_alpha(smoke_mode, tmp_path, monkeypatch):
+    """The folder the notebook sets its threshold on is large enough for its alpha."""
+    monkeypatch.setenv(nb.HOME_ENV, str(tmp_path))
+    p = own.photo_settings(nb.settings(smoke=smoke_mode))
+    assert p.n_good >= conformal_n_needed(p.alpha)
+    assert tmp_path.resolve() in p.good.resolve().parents
+
+
+def test_good_photos_are_fresh_good_crops_not_the_test_photos(smoke):
+    _, p, data = smoke
+    folder = own.good_photos(p)
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files] == [f"good{i:02d}.png" for i in range(1, p.n_good + 1)]
+    test_good = {f.read_bytes() for f in (data / "test" / "good").iterdir()}
+    train = {f.read_bytes() for f in (data / "train" / "good").iterdir()}
+    checked = {f.read_bytes() for f in own.new_photos(p).iterdir()}
+    assert not {f.read_bytes() for f in files} & (test_good | train | checked)
+    assert AnomalyDataset(data, "test", size=32).counts()["good"] == own.SMOKE_COUNTS["good"]
+    assert own.good_photos(p) == folder and sorted(folder.iterdir()) == files  # reused
+
+
+def test_before_after_counts_each_threshold_on_the_labelled_photos(scored_ae_run):
+    from anomaly.metrics import Threshold
+    from anomaly.runs import RunDir
+
+    pred = RunDir(scored_ae_run).predictions()
+    n_good, n_bad = int((pred.labels == 0).sum()), int((pred.labels == 1).sum())
+    middle = float(np.median(pred.scores))
+    table = own.before_after(
+        scored_ae_run,
+        {"everything": Threshold(-1e9), "nothing": Threshold(1e9), "median": Threshold(middle)},
+    )
+    lines = table.splitlines()
+    assert "good rejected" in lines[0] and "defects caught" in lines[0]
+    assert lines[1].split()[-2:] == [f"{n_good}/{n_good}", f"{n_bad}/{n_bad}"]
+    assert lines[2].split()[-2:] == [f"0/{n_good}", f"0/{n_bad}"]
+    flagged = pred.scores >= middle
+    rejected = int((flagged & (pred.labels == 0)).sum())
+    assert lines[3].split()[-2] == f"{rejected}/{n_good}"
