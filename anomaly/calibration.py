@@ -91,9 +91,10 @@ def _sha256(path: Path) -> str:
 def _refuse_training_images(rd: RunDir, folder: Path, images: list[Path], hashes: list[str]):
     """DataError when images of the folder are (byte for byte) images the run trained on."""
     split = rd.split() or {}
+    sizes = {p.stat().st_size for p in images}  # only a file of the same size can be a copy
     trained = {}
     for p in map(Path, split.get("train", [])):
-        if p.is_file():
+        if p.is_file() and p.stat().st_size in sizes:
             trained.setdefault(_sha256(p), p)
     same = [(image, trained[h]) for image, h in zip(images, hashes) if h in trained]
     if same:
