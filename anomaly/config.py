@@ -50,6 +50,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
         "coreset_ratio": 0.005,
         "feature_pad": 16,
         "score_border": 8,
+        "whiten": 0.1,
     },
     "flow": {"size": 160, "channels": 3, "epochs": 10, "feature_pad": 16},
     # the per-pixel mean baseline, at patchknn's size and colour (see anomaly.detectors.meandiff)
@@ -112,6 +113,12 @@ class Config:
         choices=tuple(RECIPES),
     )
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    workers: int = _f(
+        0,
+        "score: processes that decode the test images while the model scores them "
+        "(0 = decode in the main process)",
+        min=0,
+    )
     # training (reconstruction, draem, flow)
     epochs: int = _f(40, "training epochs", min=1)
     batch_size: int = _f(16, "images per batch", min=1)
@@ -174,6 +181,13 @@ class Config:
         0.01, "patchknn: fraction of training patches kept in the bank", above=0.0, max=1.0
     )
     neighbors: int = _f(1, "patchknn: nearest bank patches averaged per patch", min=1)
+    whiten: float = _f(
+        0.0,
+        "patchknn: whiten the patch features with the training patches' covariance, each "
+        "eigenvalue raised by this fraction of their mean (distances become Mahalanobis "
+        "distances); 0 = raw features",
+        min=0.0,
+    )
     search_clusters: int = _f(
         0,
         "patchknn: approximate search: group the bank into this many k-means clusters and "

@@ -57,6 +57,7 @@ __all__ = [  # this module's names and the backbones' (re-exported)
     "MobileNetV2",
     "TorchvisionResNet",
     "build_backbone",
+    "fit_whitening",
     "fold_batch_norms",
     "mobilenet_v2_weights",
     "padded_maps",
@@ -91,6 +92,35 @@ def whole_cells(pad: int, strides: list[int]) -> int:
     return math.ceil(pad / step) * step
 
 
+def fit_whitening(
+    feats: torch.Tensor, shrink: float, seed: int = 0, max_rows: int = 50_000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [D] and matrix W [D, D] that whiten patch features [N, D]: (f - mean) @ W has unit
+    covariance along every principal direction of the training patches, after each eigenvalue
+    is raised by `shrink` times their mean (so near-constant directions are not blown up into
+    noise). Distances between whitened features are Mahalanobis distances under the shrunk
+    covariance: a change along a direction normal patches barely vary in (a faint stain, a
+    shift of colour) counts as much as a large one along a direction they vary a lot in.
+
+    The covariance is estimated from at most `max_rows` rows, drawn with `seed`.
+    """
+    if shrink <= 0:
+        raise ValueError(f"whitening needs a shrinkage > 0, got {shrink}")
+    gen = torch.Generator().manual_seed(int(seed))
+    rows = feats
+    if len(feats) > max_rows:
+        rows = feats[torch.randperm(len(feats), generator=gen)[:max_rows].to(feats.device)]
+    rows = rows.double()
+    mean = rows.mean(0)
+    centred = rows - mean
+    cov = centred.T @ centred / max(1, len(rows) - 1)
+    eigenvalues, vectors = torch.linalg.eigh(cov)
+    eigenvalues = eigenvalues.clamp(min=0)
+    floor = shrink * eigenvalues.mean().clamp(min=1e-12)
+    matrix = vectors / (eigenvalues + floor).sqrt()
+    return mean.float(), matrix.float()
+
+
 class FeatureExtractor(nn.Module):
     """PatchCore's locally aware patch features from a backbone's maps.
 
@@ -99,6 +129,9 @@ class FeatureExtractor(nn.Module):
     more than `max_dim` channels, each layer is averaged down to an equal share of `max_dim`
     (PatchCore's adaptive average pooling over channels, which is deterministic and keeps each
     layer's weight equal).
+
+    `set_whitening(mean, matrix)` adds a last, fitted linear step: (feature - mean) @ matrix
+    (`fit_whitening`), as a 1x1 convolution, so exports and other runtimes include it.
 
     With `pad` > 0 the image is first mirrored outwards by `pad` pixels (rounded up to a multiple
     of every stage's stride), and the padded cells are cropped off the result: a patch on the
@@ -127,6 +160,20 @@ class FeatureExtractor(nn.Module):
             self.dim = share * len(backbone.out_channels)
         else:
             self.dim = total
+        self.whitening: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, bias)
+
+    def set_whitening(self, mean: torch.Tensor | None, matrix: torch.Tensor | None) -> None:
+        """Whiten the output with `fit_whitening`'s mean [dim] and matrix [dim, dim]; None = off."""
+        if mean is None or matrix is None:
+            self.whitening = None
+            return
+        if tuple(matrix.shape) != (self.dim, self.dim) or tuple(mean.shape) != (self.dim,):
+            raise ValueError(
+                f"whitening of shape {tuple(mean.shape)}, {tuple(matrix.shape)} does not fit "
+                f"features of {self.dim} dimensions"
+            )
+        weight = matrix.T.contiguous().float()  # out x in
+        self.whitening = (weight.view(self.dim, self.dim, 1, 1), -(weight @ mean.float()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pad
@@ -152,4 +199,7 @@ class FeatureExtractor(nn.Module):
         if p > 0:  # back to the image's own cells
             c = p // self.stride
             out = out[..., c : out.shape[-2] - c, c : out.shape[-1] - c]
+        if self.whitening is not None:
+            weight, bias = self.whitening
+            out = F.conv2d(out, weight.to(out.device), bias.to(out.device))
         return out

@@ -54,7 +54,13 @@ from torch.utils.data import DataLoader
 
 from anomaly.detectors.base import Detector, register
 from anomaly.detectors.knn import BankIndex, nearest_distances
-from anomaly.features import DEFAULT_LAYERS, FeatureExtractor, build_backbone, parse_layers
+from anomaly.features import (
+    DEFAULT_LAYERS,
+    FeatureExtractor,
+    build_backbone,
+    fit_whitening,
+    parse_layers,
+)
 from anomaly.maps import gaussian_kernel1d, image_score
 
 __all__ = ["BankIndex", "PatchKNN", "greedy_coreset", "map_matrix", "nearest_distances"]
@@ -230,6 +236,7 @@ class PatchKNN(Detector):
         self.index: BankIndex | None = None  # config.search_clusters > 0
         self._sessions: dict[tuple, object] = {}  # onnxruntime sessions by input shape
         self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._whitening: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, matrix)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"extractor": self.extractor}
@@ -337,10 +344,21 @@ class PatchKNN(Detector):
         if feats is None:
             raise ValueError("fit() got an empty data set: there are no images to learn from")
         feats = feats[:filled]
+        shrink = float(getattr(self.config, "whiten", 0.0))
+        if shrink > 0:  # whiten the features; from now on the extractor does it itself
+            mean, matrix = fit_whitening(feats, shrink, seed=self.config.seed)
+            for rows in feats.split(65_536):
+                rows.copy_((rows - mean) @ matrix)
+            self._set_whitening(mean, matrix)
         n = max(1, round(self.config.coreset_ratio * filled))
         idx = greedy_coreset(feats, n, seed=self.config.seed)
         self._set_bank(feats[idx].clone())
         return self
+
+    def _set_whitening(self, mean: torch.Tensor | None, matrix: torch.Tensor | None) -> None:
+        self.extractor.set_whitening(mean, matrix)
+        self._whitening = None if mean is None else (mean.cpu(), matrix.cpu())
+        self._sessions.clear()  # onnxruntime sessions hold the extractor as it was
 
     @torch.inference_mode()
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
@@ -381,6 +399,8 @@ class PatchKNN(Detector):
             "pool": self.extractor.pool,
             "stride": self.extractor.stride,
             "pad": self.extractor.pad,
+            "whiten_mean": None if self._whitening is None else self._whitening[0],
+            "whiten_matrix": None if self._whitening is None else self._whitening[1],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -396,4 +416,12 @@ class PatchKNN(Detector):
             raise RuntimeError(
                 f"patchknn memory bank was made with features {theirs}, this detector makes {mine}"
             )
+        whitened = state.get("whiten_matrix") is not None
+        if whitened != (float(getattr(self.config, "whiten", 0.0)) > 0):
+            raise RuntimeError(
+                f"patchknn memory bank was made {'with' if whitened else 'without'} whitened "
+                f"features, but this run's config says whiten={self.config.whiten}: the run "
+                "folder's model.pt and config.json disagree; train the run again"
+            )
+        self._set_whitening(state.get("whiten_mean"), state.get("whiten_matrix"))
         self._set_bank(state["bank"])
