@@ -303,7 +303,7 @@ def score_run(
             data or config.data, "test", size=config.size, channels=config.channels
         )
         t0 = time.perf_counter()
-        pred = detector.predict(test, progress=progress)
+        pred = detector.predict(_decoding_loader(test, config), progress=progress)
         seconds = time.perf_counter() - t0
         pred.meta.update(run=str(run), data=str(data or config.data))
         rd.save_predictions(pred)
@@ -317,6 +317,16 @@ def score_run(
             t = metrics["threshold"] if metrics["threshold"] is not None else float("inf")
             save_overlays(pred, rd.overlays, scale, t)
     return pred, metrics
+
+
+def _decoding_loader(data, config: Config):
+    """`data` in batches decoded by `config.workers` processes while the model scores (the data
+    set itself, decoded in this process, when 0)."""
+    if not config.workers:
+        return data
+    from torch.utils.data import DataLoader
+
+    return DataLoader(data, batch_size=config.batch_size, num_workers=config.workers)
 
 
 def set_threshold(

@@ -97,3 +97,19 @@ def test_detector_with_inverted_file_scores_close_to_the_exact_one(exact):
     assert (patches >= want - 1e-4).all() and (patches - want).abs().mean() < 0.05 * want.mean()
     scores, _ = fast.predict_batch(images)
     assert scores[2:].min() > scores[:2].max()  # the defective images still score highest
+
+
+def test_score_with_decoding_workers_gives_the_same_predictions(tiny_cookies, tmp_path):
+    from anomaly.data import AnomalyDataset
+    from anomaly.pipeline import load_run, score_run, train_run
+
+    config = CONFIG.replace(data=str(tiny_cookies), device="cpu", size=48, batch_size=4, workers=2)
+    train_run(config, tmp_path / "run", progress=False)
+    decoded, metrics = score_run(tmp_path / "run", overlays=False)  # two decoding processes
+    plain = load_run(tmp_path / "run").predict(
+        AnomalyDataset(tiny_cookies, "test", size=48, channels=3)
+    )
+    assert decoded.paths == plain.paths and metrics["predict_images_per_s"] > 0
+    np.testing.assert_array_equal(decoded.scores, plain.scores)
+    np.testing.assert_array_equal(decoded.maps, plain.maps)
+    np.testing.assert_array_equal(decoded.masks, plain.masks)
