@@ -181,7 +181,10 @@ def fit_ours(method: str, root: Path, size: int, args, cache: dict) -> tuple[Pre
             return onnx.predict(list(x.numpy()))
 
         return predict_onnx, wall, cpu
-    config = Config.for_method(method, data=str(root), size=size, device="cpu", seed=args.seed)
+    settings = args.patchknn_set if method == "patchknn" else {}
+    config = Config.for_method(
+        method, data=str(root), size=size, device="cpu", seed=args.seed, **settings
+    ).validate()
     detector = build_detector(config)
     train = AnomalyDataset(root, "train", size=config.size, channels=config.channels)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -341,6 +344,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def config_fields(pairs: list[str]) -> dict:
+    """FIELD=VALUE strings -> Config overrides, each value of its field's type."""
+    defaults = Config()
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not hasattr(defaults, key):
+            raise ValueError(f"--patchknn-set {pair!r}: give FIELD=VALUE with a Config field")
+        out[key] = type(getattr(defaults, key))(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("data", type=Path, help="data set root in the MVTec AD layout")
@@ -365,10 +380,22 @@ def main(argv: list[str] | None = None) -> int:
         default=0.1,
         help="anomalib PatchCore's coreset_sampling_ratio (its default 0.1)",
     )
+    p.add_argument(
+        "--patchknn-set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="Config fields for patchknn (and patchknn-onnx) over its defaults, e.g. "
+        "runtime=onnxruntime search_clusters=16",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", default="runs/peers", help="folder for peers.json and fit outputs")
     args = p.parse_args(argv)
+    try:
+        args.patchknn_set = config_fields(args.patchknn_set)
+    except ValueError as err:
+        p.error(str(err))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     known = ("backbone", *FEATURES, *OURS, *PEERS)
     unknown = sorted(set(methods) - set(known))
@@ -430,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(
         f"\n{len(timed)} images x {args.rounds} interleaved rounds at {size} px, batch "
-        f"{args.batch}; {os.cpu_count()} CPUs, load average {load}"
+        f"{args.batch}; {os.cpu_count()} CPUs, load average {load}; patchknn settings "
+        f"{args.patchknn_set or 'the defaults'}"
     )
     (Path(args.out) / "peers.json").write_text(
         json.dumps(
@@ -441,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch": args.batch,
                 "timing_images": len(timed),
                 "load_average": load,
+                "patchknn_set": args.patchknn_set,
                 "rows": list(rows.values()),
                 "table": text,
             },

@@ -113,3 +113,20 @@ def test_score_with_decoding_workers_gives_the_same_predictions(tiny_cookies, tm
     np.testing.assert_array_equal(decoded.scores, plain.scores)
     np.testing.assert_array_equal(decoded.maps, plain.maps)
     np.testing.assert_array_equal(decoded.masks, plain.masks)
+
+
+def test_auto_runtime_uses_onnxruntime_when_installed_else_torch(exact, monkeypatch):
+    import importlib.util
+
+    auto = PatchKNN(CONFIG.replace(runtime="auto"))
+    auto.load_state_dict(exact.state_dict())
+    images = Textures(2, seed=3, channels=3).images
+    installed = importlib.util.find_spec("onnxruntime") is not None
+    scores, _ = auto.predict_batch(images)
+    assert bool(auto._sessions) == installed
+    torch.testing.assert_close(scores, exact.predict_batch(images)[0], atol=1e-4, rtol=0)
+    bare = PatchKNN(CONFIG.replace(runtime="auto"))
+    bare.load_state_dict(exact.state_dict())
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # not installed
+    bare.predict_batch(images)
+    assert not bare._sessions  # torch ran the backbone, nothing was asked to install

@@ -41,6 +41,7 @@ score; `neighbors` 1, the paper's patch score.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import tempfile
 import warnings
@@ -280,12 +281,13 @@ class PatchKNN(Detector):
         return torch.cat(feats).permute(0, 2, 3, 1)
 
     def _use_onnxruntime(self, images: torch.Tensor) -> bool:
-        """config.runtime onnxruntime, on a CPU, and not while torch traces this detector (the
-        ONNX export traces the torch extractor)."""
+        """config.runtime onnxruntime (or auto, with onnxruntime installed), on a CPU, and not
+        while torch traces this detector (the ONNX export traces the torch extractor)."""
+        runtime = getattr(self.config, "runtime", "torch")
+        if runtime == "auto":
+            runtime = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
         return (
-            getattr(self.config, "runtime", "torch") == "onnxruntime"
-            and images.device.type == "cpu"
-            and not torch.jit.is_tracing()
+            runtime == "onnxruntime" and images.device.type == "cpu" and not torch.jit.is_tracing()
         )
 
     def _session(self, shape: torch.Size):
