@@ -18,6 +18,13 @@ What differs from the paper, for speed and bounded memory on a laptop CPU:
   zero padding instead, patches on the image's edge differ from every training patch in the
   middle of an image, and on real photos the highest score of most normal images sat on their
   edge, above the defects of the defective ones;
+- the patch features are whitened (`config.whiten`, `anomaly.features.fit_whitening`): centred
+  and rotated onto the principal directions of the training patches, each scaled by one over the
+  square root of its variance raised by 0.1 of the mean variance. A distance then counts a
+  change along a direction normal patches barely vary in (a faint stain, a shift of colour, the
+  lost fine detail of a blur) as much as a large change along one they vary a lot in; on raw
+  features the few high-variance directions decide every distance. Cutting the low-variance
+  directions instead (a PCA to fewer dimensions) lost the quiet defects;
 - the coreset runs on a fixed random projection to 128 dimensions (as the paper) and, above
   `MAX_PART` patches, on random parts of at most `MAX_PART` patches, each giving its share of the
   bank. The greedy search costs bank size x candidates, which grows with the square of the data;
@@ -36,7 +43,8 @@ MobileNetV2 stages 3 and 6, 224 px (small defects in photos need the resolution;
 the search grows with the square of the side twice over, as patches and bank grow together), a
 0.5 % coreset (a larger bank was not more accurate, and every bank row costs time on every
 patch), 16 px of mirrored padding and an 8 px border (two stride-4 cells) left out of the image
-score; `neighbors` 1, the paper's patch score.
+score; `neighbors` 1, the paper's patch score; whitening with shrinkage 0.1 (confirmed on a
+suite of another seed; numbers in docs/measurements.md).
 """
 
 from __future__ import annotations
