@@ -87,8 +87,14 @@ def test_inverted_file_search_is_close_and_never_below_the_exact_one():
     assert torch.equal(again, some)  # seeded k-means: the same bank gives the same search
 
 
-def test_detector_with_inverted_file_scores_close_to_the_exact_one(exact):
+def test_detector_with_inverted_file_scores_close_to_the_exact_one(exact, monkeypatch):
+    import anomaly.detectors.patchknn as pk
+
     config = CONFIG.replace(search_clusters=6, search_probes=2)
+    small = PatchKNN(config)
+    small.load_state_dict(exact.state_dict())
+    assert len(exact.bank) < pk.MIN_INDEXED_ROWS and small.index is None  # searched exactly
+    monkeypatch.setattr(pk, "MIN_INDEXED_ROWS", 0)
     fast = PatchKNN(config)
     fast.load_state_dict(exact.state_dict())  # the index is built from the bank alone
     assert fast.index is not None and len(fast.index.blocks) == 6

@@ -35,7 +35,12 @@ What differs from the paper, for speed and bounded memory on a laptop CPU:
 - the image score is the maximum of that smoothed map, not of the raw patch scores, and is not
   re-weighted (the paper's Eq. 7): smoothing averages a patch with its neighbours, so one noisy
   patch decides less. It leaves out `config.score_border` pixels at the map's edges, where even
-  mirrored padding leaves patches less like the bank than the middle of an image.
+  mirrored padding leaves patches less like the bank than the middle of an image;
+- speed knobs (`config.runtime`, `config.search_clusters`): onnxruntime can run the feature
+  extractor (the same features within 1e-4, about half torch's CPU time on two cores), and the
+  search can be an inverted file (`anomaly.detectors.knn.BankIndex`) that compares each patch with
+  the bank rows of its `search_probes` nearest k-means clusters only. Banks under
+  `MIN_INDEXED_ROWS` rows are always searched exactly, and so is the ONNX export's graph.
 
 Defaults (`METHOD_DEFAULTS["patchknn"]` in `anomaly.config`) were chosen on the cookie benchmark
 and a suite of real photos together (`benchmarks/photos_sweep.py`), never on one data set:
@@ -78,6 +83,7 @@ PROJECTION_DIM = 128  # coreset distances are computed in a random projection of
 MAX_PART = 80_000  # patches per coreset part: the greedy search costs bank x part per image set
 CPU_CHUNK_PIXELS = 2**17  # images per backbone call on a CPU: 8 at 128 px, 2 at 256 px
 ORT_CHUNK_PIXELS = 2**16  # images per onnxruntime call: 4 at 128 px, 1 from 182 px (cheapest)
+MIN_INDEXED_ROWS = 1024  # smaller banks are always searched exactly: the full search is cheap
 
 
 def greedy_coreset(
@@ -261,7 +267,7 @@ class PatchKNN(Detector):
         self.bank_sq = (self.bank * self.bank).sum(1)
         clusters = int(getattr(self.config, "search_clusters", 0))
         self.index = None
-        if clusters > 0:  # built from the bank alone, so saved runs need nothing new
+        if clusters > 0 and len(self.bank) >= MIN_INDEXED_ROWS:  # built from the bank alone
             probes = int(getattr(self.config, "search_probes", 1))
             self.index = BankIndex(self.bank, clusters, probes, seed=self.config.seed)
 
