@@ -27,6 +27,9 @@ The file's contract, also stored in its `metadata_props` (read them with
   anomalous), `map_range`: the colour scale of its held-out normal maps.
 
 Only `patchknn` runs export: the other methods' scores are not one traced graph of fixed size.
+The file always searches the whole memory bank: a run trained with an approximate search
+(`--search-clusters`) exports the exact search, whose scores are never higher than the run's.
+The backbone is traced from torch whatever the run's `--runtime`.
 """
 
 from __future__ import annotations
