@@ -102,6 +102,17 @@ SETTINGS: dict[str, dict] = {
         }
         for k, n in ((16, 2), (16, 3), (32, 2), (32, 3), (64, 4))
     },
+    # the same speed knobs over whatever the defaults are now (they move with METHOD_DEFAULTS)
+    "default-ort": {"method": "patchknn", "runtime": "onnxruntime"},
+    **{
+        f"default-ort-ivf{k}x{n}": {
+            "method": "patchknn",
+            "runtime": "onnxruntime",
+            "search_clusters": k,
+            "search_probes": n,
+        }
+        for k, n in ((16, 2), (16, 3), (32, 3))
+    },
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
     "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},
