@@ -161,17 +161,18 @@ class Config:
     )
     k: int = _f(
         0,
-        "kmeans clusters; 0 = by rule (best silhouette in 2..8 if >= 0.25, else 1; "
+        "kmeans clusters; 0 = by rule (best silhouette in 2..10 if >= 0.25, else 1; "
         "2 under --recipe original)",
         min=0,
     )
     kmeans_features: str = _f(
         "",
-        "kmeans: cell = k-means per bottleneck position, standardised "
-        "(localises); flat = the flattened bottleneck, standardised; "
+        "kmeans: patch = k-means per position of the encoder's maps at 1/2 and 1/4 "
+        "size, 3x3-averaged, standardised (localises); cell = the same on the "
+        "bottleneck; flat = the flattened bottleneck, standardised; "
         "original = max-pooled, flattened, unstandardised; empty = the "
-        "recipe's (cell; original)",
-        choices=("", "cell", "flat", "original"),
+        "recipe's (patch; original)",
+        choices=("", "patch", "cell", "flat", "original"),
     )
     backbone: str = _f(
         "efficientnet_lite0",

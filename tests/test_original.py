@@ -96,7 +96,7 @@ def test_flat_kmeans_standardises_each_element():
 
 
 def test_cell_kmeans_finds_and_localises_a_small_defect():
-    config = Config(method="kmeans", seed=0, batch_size=8, smooth_sigma=0.0)
+    config = Config(method="kmeans", kmeans_features="cell", seed=0, batch_size=8, smooth_sigma=0.0)
     km = KMeansDetector(config, source=FakeSource()).fit(_data(40, 0))
     assert km.kind == "cell" and km.k == 1  # unstructured normal data: the rule picks 1
     test = torch.stack([d["image"] for d in _data(6, 3)])
@@ -149,7 +149,7 @@ def test_original_recipe_runs_end_to_end_through_the_cli(tiny_cookies, tmp_path,
     assert detector.source.model.sigmoid is False
 
 
-def test_project_kmeans_run_defaults_to_cells(tiny_cookies, tmp_path):
+def test_project_kmeans_run_defaults_to_patch_cells(tiny_cookies, tmp_path):
     run = tmp_path / "unet"
     train_run(tiny_config(tiny_cookies, method="unet", epochs=1), run, progress=False)
     train_run(
@@ -158,5 +158,5 @@ def test_project_kmeans_run_defaults_to_cells(tiny_cookies, tmp_path):
         progress=False,
     )
     km = load_run(tmp_path / "km", device="cpu")
-    assert km.kind == "cell" and km.k >= 1
-    assert km.centers.shape[0] == (64 // 8) ** 2  # one set of centroids per bottleneck cell
+    assert km.kind == "patch" and km.k >= 1
+    assert km.centers.shape[0] == (64 // 2) ** 2  # one set of centroids per cell at 1/2 size
