@@ -45,6 +45,7 @@ MNV2 = {**OLD, "backbone": "mobilenet_v2", "layers": "features.3,features.6"}
 MNV2_224 = {**MNV2, "feature_pad": 16, "size": 224, "coreset_ratio": 0.005, "score_border": 8}
 SETTINGS: dict[str, dict] = {
     "default": {"method": "patchknn"},
+    "default-raw": {"method": "patchknn", "whiten": 0.0},  # the defaults without whitening
     "old": {"method": "patchknn", **OLD},
     "pad16": {"method": "patchknn", **OLD, "feature_pad": 16},
     "pad16-224": {"method": "patchknn", **OLD, "feature_pad": 16, "size": 224},
