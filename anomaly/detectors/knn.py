@@ -70,14 +70,16 @@ class BankIndex:
         assign = torch.cdist(x, centroids).argmin(1)
         rows = bank[torch.argsort(assign, stable=True)]
         sizes = torch.bincount(assign, minlength=k).tolist()
-        self.centroids = centroids.float()
+        centroids = centroids.float()
+        # |c|^2 - 2 q.c orders the centroids as |q - c| does: one product with [q, 1]
+        self.to_centroids = torch.cat([centroids * -2.0, (centroids**2).sum(1, keepdim=True)], 1).T
         weights = torch.cat([rows * -2.0, (rows * rows).sum(1, keepdim=True)], 1)  # [-2b, |b|^2]
         self.blocks = [w.T.contiguous() for w in weights.split(sizes)]
 
     def nearest(self, queries: torch.Tensor) -> torch.Tensor:
         """Euclidean distance of each query [M, D] to the nearest row it probes -> [M]."""
         augmented = torch.cat([queries, queries.new_ones(len(queries), 1)], 1)
-        probed = torch.cdist(queries, self.centroids).topk(self.probes, 1, largest=False)[1]
+        probed = (augmented @ self.to_centroids).topk(self.probes, 1, largest=False)[1]
         flat = probed.flatten()
         order = torch.argsort(flat)
         owners = order // self.probes  # the query of each (query, cluster) pair, by cluster
