@@ -33,12 +33,14 @@ between them (so the rule is the same) and makes it cheap for long vectors.
 Every variant returns a per-cell map ("original" and "flat": the bottleneck cells with k = 1),
 so the original's k-means, which had none, can be compared on localisation too.
 
-Why "patch": on the cookie benchmark, on two trainings of the UNet and on a second benchmark
-seed it ranked images clearly better than the bottleneck alone ("cell", "flat", "original"),
-and localised better; the finer levels see small defects that the bottleneck blurs away.
-Standardising per cell is what makes per-cell distances work (one scale for all positions
-ranked far worse), and on normal cookies the rule finds no cluster structure (k = 1). The
-numbers are in docs/measurements.md.
+Why "patch": on the cookie benchmark, with two trainings of the UNet and on a benchmark made
+with another seed, it ranked images clearly better than the bottleneck alone ("cell", "flat",
+"original") and localised better: the finer levels see small defects that the bottleneck blurs
+away. On two real-photo sets it did better on one (moon) and ranked at about chance, as the
+bottleneck did, on the other (dahlia). Standardising per cell is what makes per-cell distances
+work (one scale for all positions, or centroids shared by all cells, ranked far worse), and on
+normal cookies the rule finds no cluster structure (k = 1). The numbers are in
+docs/measurements.md.
 """
 
 from __future__ import annotations
