@@ -46,7 +46,8 @@ def test_onnxruntime_runtime_gives_the_same_bank_and_scores(exact):
 def test_onnxruntime_missing_says_how_to_install(exact, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises
     fast = PatchKNN(CONFIG.replace(runtime="onnxruntime"))
-    fast.load_state_dict(exact.state_dict())
+    with pytest.raises(RuntimeError, match=r"pip install onnxruntime.*--runtime torch"):
+        fast.load_state_dict(exact.state_dict())  # a loaded detector is ready to predict
     with pytest.raises(RuntimeError, match=r"pip install onnxruntime.*--runtime torch"):
         fast.predict_batch(Textures(1, seed=3, channels=3).images)
 
@@ -128,11 +129,11 @@ def test_auto_runtime_uses_onnxruntime_when_installed_else_torch(exact, monkeypa
     auto.load_state_dict(exact.state_dict())
     images = Textures(2, seed=3, channels=3).images
     installed = importlib.util.find_spec("onnxruntime") is not None
+    assert bool(auto._sessions) == installed  # built on loading, for the config's image size
     scores, _ = auto.predict_batch(images)
-    assert bool(auto._sessions) == installed
     torch.testing.assert_close(scores, exact.predict_batch(images)[0], atol=1e-4, rtol=0)
     bare = PatchKNN(CONFIG.replace(runtime="auto"))
-    bare.load_state_dict(exact.state_dict())
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # not installed
+    bare.load_state_dict(exact.state_dict())
     bare.predict_batch(images)
     assert not bare._sessions  # torch ran the backbone, nothing was asked to install

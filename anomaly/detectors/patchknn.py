@@ -441,3 +441,6 @@ class PatchKNN(Detector):
             )
         self._set_whitening(state.get("whiten_mean"), state.get("whiten_matrix"))
         self._set_bank(state["bank"])
+        if self._use_onnxruntime(torch.empty(0, device=self.device)):  # loaded = ready: the
+            size = self.config.size  # export to onnxruntime costs a second or two, once
+            self._session(torch.Size((self.config.channels, size, size)))
