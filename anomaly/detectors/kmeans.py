@@ -121,16 +121,20 @@ def cell_kmeans(
             picks.append(cells[rows, torch.multinomial(weights, 1, generator=g)[:, 0]])
             d2 = torch.minimum(d2, (cells - picks[-1][:, None]).square().sum(-1))
         centers = torch.stack(picks, 1)
-        labels = None
+        labels = torch.full((m, n), -1)
+        active = rows  # the cells whose assignment still changes
         for _ in range(iters):
-            new = torch.cdist(cells, centers).argmin(2)
-            if labels is not None and torch.equal(new, labels):
-                break
-            labels = new
-            onehot = F.one_hot(labels, k).to(cells.dtype)  # [M, N, k]
+            part, old = cells[active], centers[active]
+            new = torch.cdist(part, old).argmin(2)
+            moved = (new != labels[active]).any(1)
+            labels[active] = new
+            onehot = F.one_hot(new, k).to(cells.dtype)  # [active, N, k]
             counts = onehot.sum(1)[..., None]
-            sums = onehot.transpose(1, 2) @ cells
-            centers = torch.where(counts > 0, sums / counts.clamp(min=1), centers)
+            sums = onehot.transpose(1, 2) @ part
+            centers[active] = torch.where(counts > 0, sums / counts.clamp(min=1), old)
+            active = active[moved]
+            if not len(active):
+                break
         inertia = torch.cdist(cells, centers).amin(2).square().sum(1)
         if best is None:
             best, best_inertia = centers, inertia
