@@ -2,7 +2,8 @@
 
 Each method trains and scores in its own process (so peak memory is its own), on the same data
 split with the same seed, at its default settings. The original project's recipe (its UNet, then
-k-means on the UNet bottleneck) is the baseline row `unet+kmeans`. `--data` takes one data set
+k-means on the max-pooled bottleneck) is the row `unet_original+kmeans`; `unet+kmeans` is the
+project's k-means on the default UNet's encoder maps. `--data` takes one data set
 (MVTec AD layout) or a suite root whose `manifest.json` lists its sets (the photo suite), and may
 be repeated; methods are summarised over each suite by their mean and their worst set.
 

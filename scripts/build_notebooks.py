@@ -118,8 +118,9 @@ NOTEBOOKS = {
         "The original project's second method: k-means (k = 2) on its UNet's bottleneck, "
         "max-pooled and flattened; a cookie's score is its distance to the nearest centroid, "
         "and a threshold of 0.02 chosen by eye separates them. Here it is as the original did "
-        "it (`--recipe original`), next to the project's k-means: one k-means per bottleneck "
-        "cell, standardised, k chosen by a silhouette rule, so it also gives a map.",
+        "it (`--recipe original`), next to the project's k-means: one k-means per position of "
+        "the UNet encoder's maps at 1/2 and 1/4 of the image size, standardised, k chosen by "
+        "a silhouette rule, so it also gives a map.",
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
         "runs = {m: nb.ensure_run(S, m, data) for m in ('ae', 'unet', 'vae')}\n"
