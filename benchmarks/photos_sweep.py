@@ -112,7 +112,7 @@ SETTINGS: dict[str, dict] = {
             "search_clusters": k,
             "search_probes": n,
         }
-        for k, n in ((16, 2), (16, 3), (32, 3))
+        for k, n in ((16, 2), (16, 3), (32, 3), (8, 1), (16, 1))
     },
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
