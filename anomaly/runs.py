@@ -41,7 +41,7 @@ CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
 SHAPE_FIELDS = ("method", "size", "channels", "width", "latent", "backbone", "k")
 # Config fields that may differ between config.json and the checkpoint without changing a score:
 # where the data and the device are (score --data and --device choose them per call).
-UNSCORED_FIELDS = ("data", "device")
+UNSCORED_FIELDS = ("data", "device", "runtime", "workers")  # same scores whatever they are
 
 
 def versions() -> dict:
