@@ -159,3 +159,25 @@ def test_words_for_a_rule_without_good_scores_are_empty(run):
     assert calibration_words(set_threshold(run, "manual", 1.0)) == ""
     text = json.loads((run / "threshold.json").read_text())
     assert "calibration" not in text["params"]
+
+
+def test_the_explorer_names_the_images_a_threshold_was_set_on():
+    from anomaly.explorer.text import describe_rule, rule_html
+    from anomaly.metrics import Threshold
+
+    counts = {"false_reject_rate": 0.04}
+    held = Threshold(2.0, "conformal", {"alpha": 0.05, "n": 24, "guarantee": "<= 5%"})
+    assert "24 held-out good images" in describe_rule(held)
+    folder = Threshold(
+        2.0,
+        "conformal",
+        {
+            "alpha": 0.05,
+            "n": 24,
+            "guarantee": "<= 5%",
+            "calibration": {"source": "folder", "folder": "line/good", "n": 24},
+        },
+    )
+    assert "24 good images in line/good" in describe_rule(folder)
+    assert "held-out" not in rule_html(folder, 2.0, counts, 2.0)
+    assert "exchangeable with the good images in line/good" in rule_html(folder, 2.0, counts, 2.0)

@@ -77,20 +77,23 @@ def format_confusion_html(
     )
 
 
+def _source(saved: Threshold) -> str:
+    """The good images a threshold's rule was set on, in a few words."""
+    record = (saved.params or {}).get("calibration") or {}
+    if record.get("source") == "folder":  # threshold --good-images FOLDER
+        return f"good images in {record.get('folder', '?')}"
+    return "held-out good images"
+
+
 def describe_rule(saved: Threshold) -> str:
     """One phrase for how a saved threshold was chosen, e.g. "normal-quantile (q = 0.99 of 20
     held-out good images)"."""
     p = saved.params or {}
+    where = _source(saved)
     if saved.rule == "conformal":
-        return (
-            f"conformal (alpha = {float(p.get('alpha', 0)):.3g}, "
-            f"{p.get('n', '?')} held-out good images)"
-        )
+        return f"conformal (alpha = {float(p.get('alpha', 0)):.3g}, {p.get('n', '?')} {where})"
     if saved.rule in ("normal_quantile", "normal-quantile"):
-        return (
-            f"normal-quantile (q = {p.get('q', '?')} of {p.get('n_normal', '?')} held-out "
-            "good images)"
-        )
+        return f"normal-quantile (q = {p.get('q', '?')} of {p.get('n_normal', '?')} {where})"
     if saved.rule == "f1":
         return "F1-optimal on the labelled test images (in-sample)"
     if saved.rule in ("cost-optimal", "explorer"):
@@ -107,7 +110,7 @@ def rule_html(saved: Threshold | None, threshold: float, counts: dict, optimum: 
         if bound:
             text += (
                 f"It guarantees a false-reject rate {bound} on new good parts from the same "
-                f"process (if they are exchangeable with the held-out ones); measured on "
+                f"process (if they are exchangeable with the {_source(saved)}); measured on "
                 f"these test images: {frr}."
             )
         else:
