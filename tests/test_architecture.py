@@ -144,6 +144,7 @@ RUN_FILES = (
     "predictions.npz",
     "val_scores.json",
     "selection.json",
+    "calibration_scores.json",
 )
 
 
