@@ -160,12 +160,14 @@ class FeatureExtractor(nn.Module):
             self.dim = share * len(backbone.out_channels)
         else:
             self.dim = total
-        self.whitening: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, bias)
+        self.whitening: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, matrix)
+        self._whiten_conv: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, bias)
 
     def set_whitening(self, mean: torch.Tensor | None, matrix: torch.Tensor | None) -> None:
-        """Whiten the output with `fit_whitening`'s mean [dim] and matrix [dim, dim]; None = off."""
+        """Whiten the output with `fit_whitening`'s mean [dim] and matrix [dim, dim]; None = off.
+        `whitening` keeps them (on the CPU) for saving."""
         if mean is None or matrix is None:
-            self.whitening = None
+            self.whitening = self._whiten_conv = None
             return
         if tuple(matrix.shape) != (self.dim, self.dim) or tuple(mean.shape) != (self.dim,):
             raise ValueError(
@@ -173,7 +175,8 @@ class FeatureExtractor(nn.Module):
                 f"features of {self.dim} dimensions"
             )
         weight = matrix.T.contiguous().float()  # out x in
-        self.whitening = (weight.view(self.dim, self.dim, 1, 1), -(weight @ mean.float()))
+        self.whitening = (mean.cpu(), matrix.cpu())
+        self._whiten_conv = (weight.view(self.dim, self.dim, 1, 1), -(weight @ mean.float()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pad
@@ -199,7 +202,7 @@ class FeatureExtractor(nn.Module):
         if p > 0:  # back to the image's own cells
             c = p // self.stride
             out = out[..., c : out.shape[-2] - c, c : out.shape[-1] - c]
-        if self.whitening is not None:
-            weight, bias = self.whitening
+        if self._whiten_conv is not None:
+            weight, bias = self._whiten_conv
             out = F.conv2d(out, weight.to(out.device), bias.to(out.device))
         return out

@@ -336,7 +336,7 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     it), the true defect outlined, the colour bar below; `per_kind` images of each kind."""
     from PIL import Image
 
-    from anomaly.overlays import annotated_overlay, run_scale
+    from anomaly.overlays import prediction_overlay, run_scale
 
     rd = RunDir(run)
     pred = rd.predictions()
@@ -349,18 +349,7 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     for ax, i in zip(axes.ravel(), picks):
         with Image.open(pred.paths[i]) as im:
             image = np.asarray(im.convert("RGB"))
-        mask = pred.masks[i] if pred.masks is not None else None
-        ax.imshow(
-            annotated_overlay(
-                image,
-                pred.maps[i],
-                scale,
-                float(pred.scores[i]),
-                threshold,
-                mask=mask,
-                title=f"{pred.defects[i]} / {Path(pred.paths[i]).name}",
-            )
-        )
+        ax.imshow(prediction_overlay(pred, i, image, scale, threshold))
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.tight_layout()

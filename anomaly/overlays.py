@@ -259,6 +259,22 @@ def _load(path: str) -> np.ndarray | None:
         return None
 
 
+def prediction_overlay(
+    pred, i: int, image: np.ndarray, scale: EvidenceScale, threshold: float
+) -> np.ndarray:
+    """The `annotated_overlay` of image `i` of a `Predictions`: its map, score and (when the
+    predictions have masks) true defect outline, titled `<defect> / <file name>`."""
+    return annotated_overlay(
+        image,
+        pred.maps[i],
+        scale,
+        float(pred.scores[i]),
+        threshold,
+        mask=pred.masks[i] if pred.masks is not None else None,
+        title=f"{pred.defects[i]} / {Path(pred.paths[i]).name}",
+    )
+
+
 def save_overlays(
     pred, out_dir: str | Path, scale: EvidenceScale, threshold: float, images=None
 ) -> list[Path]:
@@ -275,16 +291,7 @@ def save_overlays(
         image = images[i] if images is not None else _load(path)
         if image is None:  # the file went away: show the map's size in grey
             image = np.full(pred.maps.shape[1:], 0.5, np.float32)
-        mask = pred.masks[i] if pred.masks is not None else None
-        rgb = annotated_overlay(
-            image,
-            pred.maps[i],
-            scale,
-            float(pred.scores[i]),
-            threshold,
-            mask=mask,
-            title=f"{defect} / {Path(path).name}",
-        )
+        rgb = prediction_overlay(pred, i, image, scale, threshold)
         name = overlay_name(path, defect)
         if name in seen:
             name = f"{Path(name).stem}_{i}.png"

@@ -239,11 +239,7 @@ class AutoDetector(Detector):
     ) -> AutoDetector:
         """Choose a candidate on `train_data` (normal images only; `val_data` is not used),
         then fit it on all of `train_data`. Nothing is checkpointed during the search."""
-        if resume:
-            raise ValueError(
-                "auto does not train by epochs, so there is nothing to resume; "
-                "train the run again without --resume"
-            )
+        self.refuse_resume(resume)
         t_start = time.perf_counter()
         images = self._load(train_data)
         train, normals, defects, masks = self.split(images)

@@ -251,7 +251,6 @@ class PatchKNN(Detector):
         self.index: BankIndex | None = None  # config.search_clusters > 0
         self._sessions: dict[tuple, object] = {}  # onnxruntime sessions by input shape
         self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._whitening: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, matrix)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"extractor": self.extractor}
@@ -373,7 +372,6 @@ class PatchKNN(Detector):
 
     def _set_whitening(self, mean: torch.Tensor | None, matrix: torch.Tensor | None) -> None:
         self.extractor.set_whitening(mean, matrix)
-        self._whitening = None if mean is None else (mean.cpu(), matrix.cpu())
         self._sessions.clear()  # onnxruntime sessions hold the extractor as it was
 
     @torch.inference_mode()
@@ -407,6 +405,7 @@ class PatchKNN(Detector):
     def state_dict(self) -> dict:
         if self.bank is None:
             raise RuntimeError("patchknn: nothing to save before fit()")
+        mean, matrix = self.extractor.whitening or (None, None)
         return {
             "bank": self.bank.cpu(),
             "backbone": self.config.backbone,
@@ -415,8 +414,8 @@ class PatchKNN(Detector):
             "pool": self.extractor.pool,
             "stride": self.extractor.stride,
             "pad": self.extractor.pad,
-            "whiten_mean": None if self._whitening is None else self._whitening[0],
-            "whiten_matrix": None if self._whitening is None else self._whitening[1],
+            "whiten_mean": mean,
+            "whiten_matrix": matrix,
         }
 
     def load_state_dict(self, state: dict) -> None:
