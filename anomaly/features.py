@@ -59,6 +59,7 @@ __all__ = [  # this module's names and the backbones' (re-exported)
     "build_backbone",
     "fit_whitening",
     "fold_batch_norms",
+    "local_patch_features",
     "mobilenet_v2_weights",
     "padded_maps",
     "parse_layers",
@@ -90,6 +91,21 @@ def whole_cells(pad: int, strides: list[int]) -> int:
         raise ValueError(f"feature padding must be >= 0 pixels, got {pad}")
     step = math.lcm(*strides)
     return math.ceil(pad / step) * step
+
+
+def local_patch_features(maps: list[torch.Tensor], pool: int = 3) -> torch.Tensor:
+    """PatchCore's locally aware patch features of feature maps (finest first): each averaged
+    over a `pool` x `pool` neighbourhood (stride 1), the coarser ones upsampled bilinearly to the
+    finest map's grid, all concatenated along the channels."""
+    size = maps[0].shape[-2:]
+    out = []
+    for m in maps:
+        if pool > 1:
+            m = F.avg_pool2d(m, pool, 1, pool // 2, count_include_pad=False)
+        if m.shape[-2:] != size:
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        out.append(m)
+    return torch.cat(out, 1)
 
 
 def fit_whitening(
@@ -188,17 +204,9 @@ class FeatureExtractor(nn.Module):
                 )
             x = F.pad(x, (p, p, p, p), mode="reflect")
         maps = self.backbone(x)
-        size = maps[0].shape[-2:]
-        out = []
-        for i, m in enumerate(maps):
-            if self.reduce:
-                m = F.conv2d(m, getattr(self, f"reduce{i}"))
-            if self.pool > 1:
-                m = F.avg_pool2d(m, self.pool, 1, self.pool // 2, count_include_pad=False)
-            if m.shape[-2:] != size:
-                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-            out.append(m)
-        out = torch.cat(out, 1)
+        if self.reduce:
+            maps = [F.conv2d(m, getattr(self, f"reduce{i}")) for i, m in enumerate(maps)]
+        out = local_patch_features(maps, self.pool)
         if p > 0:  # back to the image's own cells
             c = p // self.stride
             out = out[..., c : out.shape[-2] - c, c : out.shape[-1] - c]

@@ -55,6 +55,7 @@ from sklearn.metrics import silhouette_score
 
 from anomaly.config import Config
 from anomaly.detectors.base import Detector, register
+from anomaly.features import local_patch_features
 from anomaly.maps import gaussian_blur
 
 K_CANDIDATES = range(2, 11)  # what the k rule tries
@@ -221,15 +222,7 @@ class KMeansDetector(Detector):
                 f"the image width ({widths} px); this {self.source.name} run has "
                 f"{sorted(found, reverse=True)}. Use --kmeans-features cell"
             )
-        maps = [
-            F.avg_pool2d(found[w].float(), 3, stride=1, padding=1, count_include_pad=False)
-            for w in widths
-        ]
-        size = maps[0].shape[-2:]
-        maps[1:] = [
-            F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]
-        ]
-        return torch.cat(maps, dim=1).cpu()
+        return local_patch_features([found[w].float() for w in widths]).cpu()
 
     def _vectors(self, fmap: torch.Tensor) -> torch.Tensor:
         """Whole-image vectors [B, D] ("original", "flat"; standardised for "flat")."""
