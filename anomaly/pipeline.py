@@ -319,14 +319,14 @@ def score_run(
     return pred, metrics
 
 
-def _decoding_loader(data, config: Config):
-    """`data` in batches decoded by `config.workers` processes while the model scores (the data
-    set itself, decoded in this process, when 0)."""
-    if not config.workers:
-        return data
+def _decoding_loader(data, config: Config, collate_fn=None):
+    """`data` in batches of `config.batch_size`, decoded by `config.workers` processes while the
+    model scores (in this process when 0)."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(data, batch_size=config.batch_size, num_workers=config.workers)
+    return DataLoader(
+        data, batch_size=config.batch_size, num_workers=config.workers, collate_fn=collate_fn
+    )
 
 
 def set_threshold(
@@ -414,52 +414,82 @@ def _overlay_name(path: Path, used: set[str]) -> str:
     return name
 
 
+class _ImageFiles(torch.utils.data.Dataset):
+    """`predict_images`' files: each item the image at the run's size and at its own (for the
+    overlay), or the error that names the file."""
+
+    def __init__(self, paths: list[Path], config: Config) -> None:
+        self.paths, self.size, self.channels = paths, config.size, config.channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        from anomaly.data.folder import load_image
+
+        path = self.paths[i]
+        if not path.exists():
+            why = broken_link(path) if path.is_symlink() else "no such file"
+            return {"error": f"{path}: {why}"}
+        try:
+            image = load_image(path, size=self.size, channels=self.channels)
+            return {"image": image, "own": load_image(path, size=None, channels=3)}
+        except DataError as err:
+            return {"error": str(err)}
+
+    @staticmethod
+    def collate(items: list[dict]) -> dict:
+        read = [item for item in items if "error" not in item]
+        images = torch.stack([item["image"] for item in read]) if read else None
+        return {"items": items, "image": images, "own": [item["own"] for item in read]}
+
+
 def predict_images(
     run: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
 ):
     """Score new images (files or folders of them) with a run and its saved threshold.
 
-    Returns (results, threshold): one dict per image: path, score, verdict ("REJECT" iff
-    score >= threshold, else "PASS") and overlay; or path and error for an image that could not
-    be read (the others are still scored).
+    The files are decoded in batches (by `workers` processes, as in `score`). Returns
+    (results, threshold): one dict per image: path, score, verdict ("REJECT" iff score >=
+    threshold, else "PASS") and overlay; or path and error for an image that could not be read
+    (the others are still scored).
     """
     from PIL import Image
 
-    from anomaly.data.folder import load_image
     from anomaly.overlays import annotated_overlay, run_scale
 
     rd = RunDir(run).require()
     detector = load_run(rd)
-    config = detector.config
     threshold = rd.threshold()
     scale = run_scale(rd)  # the saved pixel threshold anchors the colours
     overlay_dir = Path(overlay_dir) if overlay_dir else rd.predict_dir
     overlay_dir.mkdir(parents=True, exist_ok=True)
+    paths = expand_images(images)
+    files = _ImageFiles(paths, detector.config)
     results, used = [], set()
-    for path in expand_images(images):
-        if not path.exists():
-            why = broken_link(path) if path.is_symlink() else "no such file"
-            results.append({"path": str(path), "error": f"{path}: {why}"})
-            continue
-        try:
-            image = load_image(path, size=config.size, channels=config.channels)
-        except DataError as err:
-            results.append({"path": str(path), "error": str(err)})
-            continue
-        with torch.no_grad():
-            score, amap = detector.predict_batch(image[None].to(detector.device))
-        score, amap = float(score[0]), amap[0].cpu().numpy()
-        overlay = overlay_dir / _overlay_name(path, used)
-        own_size = load_image(path, size=None, channels=3).numpy()  # the image's own resolution
-        Image.fromarray(
-            annotated_overlay(own_size, amap, scale, score, threshold.value, title=path.name)
-        ).save(overlay)
-        results.append(
-            {
-                "path": str(path),
-                "score": score,
-                "overlay": str(overlay),
-                "verdict": verdict(score, threshold.value),
-            }
-        )
+    for batch in _decoding_loader(files, detector.config, collate_fn=_ImageFiles.collate):
+        if batch["image"] is not None:
+            with torch.no_grad():
+                scores, maps = detector.predict_batch(batch["image"].to(detector.device))
+            scored = iter(zip(scores.tolist(), maps.cpu().numpy(), batch["own"]))
+        for item in batch["items"]:
+            path = paths[len(results)]
+            if "error" in item:
+                results.append({"path": str(path), "error": item["error"]})
+                continue
+            score, amap, own_size = next(scored)
+            overlay = overlay_dir / _overlay_name(path, used)
+            Image.fromarray(
+                annotated_overlay(
+                    own_size.numpy(), amap, scale, score, threshold.value, title=path.name
+                )
+            ).save(overlay)
+            results.append(
+                {
+                    "path": str(path),
+                    "score": score,
+                    "overlay": str(overlay),
+                    "verdict": verdict(score, threshold.value),
+                }
+            )
     return results, threshold

@@ -43,7 +43,7 @@ def good(tiny_cookies, tmp_path):
 
 
 def _scores_one_by_one(run: Path, folder: Path) -> np.ndarray:
-    """The folder's scores by `predict` (one image at a time): an independent scoring path."""
+    """The folder's scores by `predict` (its own decoding): an independent scoring path."""
     results, _ = predict_images(run, [folder], overlay_dir=run.parent / "overlays-check")
     return np.array([r["score"] for r in results])
 

@@ -37,8 +37,9 @@ What differs from the paper, for speed and bounded memory on a laptop CPU:
   patch decides less. It leaves out `config.score_border` pixels at the map's edges, where even
   mirrored padding leaves patches less like the bank than the middle of an image;
 - speed knobs (`config.runtime`, `config.search_clusters`): onnxruntime can run the feature
-  extractor (the same features within 1e-4, about half torch's CPU time on two cores), and the
-  search can be an inverted file (`anomaly.detectors.knn.BankIndex`) that compares each patch with
+  extractor (the same features within 1e-4, about half torch's CPU time on two cores) and the
+  exact search (`anomaly.detectors.knn.ExactSearch`, the same distances within 1e-5, about half
+  torch's CPU time: its matrix products come nearer the CPU's peak), and the search can be an inverted file (`anomaly.detectors.knn.BankIndex`) that compares each patch with
   the bank rows of its `search_probes` nearest k-means clusters only. Banks under
   `MIN_INDEXED_ROWS` rows are always searched exactly, and so is the ONNX export's graph.
 
@@ -67,7 +68,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anomaly.detectors.base import Detector, register
-from anomaly.detectors.knn import BankIndex, nearest_distances
+from anomaly.detectors.knn import SEARCH_ROWS, BankIndex, ExactSearch, nearest_distances
 from anomaly.features import (
     DEFAULT_LAYERS,
     FeatureExtractor,
@@ -77,7 +78,14 @@ from anomaly.features import (
 )
 from anomaly.maps import gaussian_kernel1d, image_score
 
-__all__ = ["BankIndex", "PatchKNN", "greedy_coreset", "map_matrix", "nearest_distances"]
+__all__ = [
+    "BankIndex",
+    "ExactSearch",
+    "PatchKNN",
+    "greedy_coreset",
+    "map_matrix",
+    "nearest_distances",
+]
 
 PROJECTION_DIM = 128  # coreset distances are computed in a random projection of this size
 MAX_PART = 80_000  # patches per coreset part: the greedy search costs bank x part per image set
@@ -249,7 +257,7 @@ class PatchKNN(Detector):
         self.bank: torch.Tensor | None = None
         self.bank_sq: torch.Tensor | None = None
         self.index: BankIndex | None = None  # config.search_clusters > 0
-        self._sessions: dict[tuple, object] = {}  # onnxruntime sessions by input shape
+        self._sessions: dict = {}  # onnxruntime: the extractor by input shape, and "search"
         self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def modules(self) -> dict[str, nn.Module]:
@@ -257,13 +265,14 @@ class PatchKNN(Detector):
 
     def to(self, device) -> PatchKNN:
         super().to(device)
-        if self.bank is not None:
+        if self.bank is not None and self.bank.device != self.device:
             self._set_bank(self.bank)
         return self
 
     def _set_bank(self, bank: torch.Tensor) -> None:
         self.bank = bank.to(self.device, torch.float32).contiguous()
         self.bank_sq = (self.bank * self.bank).sum(1)
+        self._sessions.pop("search", None)  # onnxruntime's search holds the bank as it was
         clusters = int(getattr(self.config, "search_clusters", 0))
         self.index = None
         if clusters > 0 and len(self.bank) >= MIN_INDEXED_ROWS:  # built from the bank alone
@@ -304,29 +313,29 @@ class PatchKNN(Detector):
         )
 
     def _session(self, shape: torch.Size):
-        """An onnxruntime session of the extractor for images of `shape` [C, H, W] (any batch):
-        exported once per shape, idle threads sleeping (as OMP_WAIT_POLICY=PASSIVE)."""
+        """An onnxruntime session of the extractor for images of `shape` [C, H, W] (any batch),
+        exported once per shape."""
         key = tuple(shape)
         if key not in self._sessions:
-            try:
-                import onnxruntime as ort
-            except ImportError:
-                raise RuntimeError(
-                    "patchknn --runtime onnxruntime needs the package onnxruntime: "
-                    "pip install onnxruntime (or 'anomaly[export]'), or use --runtime torch"
-                ) from None
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "extractor.onnx"
-                trace_to_onnx(self.extractor.eval(), torch.zeros(1, *key), path, ["features"])
-                model = path.read_bytes()
-            options = ort.SessionOptions()
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.intra_op_num_threads = torch.get_num_threads()
-            options.inter_op_num_threads = 1
-            self._sessions[key] = ort.InferenceSession(
-                model, options, providers=["CPUExecutionProvider"]
-            )
+            example = torch.zeros(1, *key)
+            self._sessions[key] = _onnxruntime(self.extractor.eval(), example, "features")
         return self._sessions[key]
+
+    def _search(self, queries: torch.Tensor) -> torch.Tensor:
+        """Distance of each query [M, D] to its nearest bank row -> [M], by onnxruntime
+        (`ExactSearch`, `SEARCH_ROWS` queries per call; `nearest_distances` within 1e-5)."""
+        if "search" not in self._sessions:
+            example = torch.zeros(2, self.bank.shape[1])
+            search = ExactSearch(self.bank, self.bank_sq)
+            self._sessions["search"] = _onnxruntime(search, example, "distances")
+        session = self._sessions["search"]
+        queries = queries.to(torch.float32).contiguous()
+        out = torch.empty(len(queries))
+        for i, rows in enumerate(queries.split(SEARCH_ROWS)):
+            out[i * SEARCH_ROWS : i * SEARCH_ROWS + len(rows)] = torch.from_numpy(
+                session.run(None, {"images": rows.numpy()})[0]
+            )
+        return out
 
     def fit(
         self,
@@ -384,6 +393,8 @@ class PatchKNN(Detector):
         queries = f.reshape(-1, d)
         if self.index is not None and self.config.neighbors == 1 and not torch.jit.is_tracing():
             return self.index.nearest(queries).view(b, h, w)
+        if self.config.neighbors == 1 and self._use_onnxruntime(queries):
+            return self._search(queries).view(b, h, w)
         dist = nearest_distances(queries, self.bank, self.bank_sq, self.config.neighbors)
         return dist.view(b, h, w)
 
@@ -443,3 +454,26 @@ class PatchKNN(Detector):
         if self._use_onnxruntime(torch.empty(0, device=self.device)):  # loaded = ready: the
             size = self.config.size  # export to onnxruntime costs a second or two, once
             self._session(torch.Size((self.config.channels, size, size)))
+            if self.config.neighbors == 1 and self.index is None:
+                self._search(torch.zeros(1, self.extractor.dim))
+
+
+def _onnxruntime(module: nn.Module, example: torch.Tensor, output: str):
+    """An onnxruntime session of `module` (exported on `example`, batch dimension free), run by
+    torch's number of threads, idle threads sleeping (as OMP_WAIT_POLICY=PASSIVE)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RuntimeError(
+            "patchknn --runtime onnxruntime needs the package onnxruntime: "
+            "pip install onnxruntime (or 'anomaly[export]'), or use --runtime torch"
+        ) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "module.onnx"
+        trace_to_onnx(module, example, path, [output])
+        model = path.read_bytes()
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
