@@ -456,7 +456,7 @@ def predict_images(
     """
     from PIL import Image
 
-    from anomaly.overlays import annotated_overlay, run_scale
+    from anomaly.overlays import PNG_LEVEL, annotated_overlay, run_scale
 
     rd = RunDir(run).require()
     detector = load_run(rd)
@@ -483,7 +483,7 @@ def predict_images(
                 annotated_overlay(
                     own_size.numpy(), amap, scale, score, threshold.value, title=path.name
                 )
-            ).save(overlay)
+            ).save(overlay, compress_level=PNG_LEVEL)
             results.append(
                 {
                     "path": str(path),
