@@ -205,9 +205,9 @@ class Config:
     )
     runtime: str = _f(
         "torch",
-        "patchknn: what runs the feature backbone on a CPU: torch, onnxruntime (faster; "
-        "needs `pip install onnxruntime`; same features within 1e-4), or auto (onnxruntime "
-        "when it is installed)",
+        "patchknn: what runs the feature backbone and the exact search on a CPU: torch, "
+        "onnxruntime (faster; needs `pip install onnxruntime`; same scores within 1e-4), or "
+        "auto (onnxruntime when it is installed)",
         choices=("torch", "onnxruntime", "auto"),
     )
     layers: str = _f(

@@ -10,10 +10,12 @@ load hits all of them alike), it times:
 
 - decode: `AnomalyDataset` items read from disk (PNG decoding, resizing, masks), no cache;
 - extractor: `PatchKNN.embed` on the decoded images, in batches of the run's batch size;
-- search: the exact nearest-neighbour search of those features in the memory bank;
+- search: the exact nearest-neighbour search of those features in the memory bank, by torch
+  (`nearest_distances`) and by onnxruntime (`PatchKNN._search`, what runtime auto runs);
 - map+score: the patch grids upsampled and smoothed into maps, and the image scores;
 - predict: `detector.predict` over `pipeline._decoding_loader` (what `score` times as
-  predict_images_per_s), for every --workers and --batch-sizes;
+  predict_images_per_s), for every --workers and --batch-sizes; with --torch-search also with
+  the search in torch (as before the search ran in onnxruntime), at 0 workers;
 - score: the whole `score_run` without overlays (predictions.npz, scores.csv, metrics), once
   per round at the run's own settings.
 
@@ -89,11 +91,21 @@ def stages(detector, test: AnomalyDataset, batch: int) -> dict:
         for q in queries.split(batch * h * w):
             nearest_distances(q, detector.bank, detector.bank_sq, cfg.neighbors)
 
+    def search_onnxruntime():
+        for q in queries.split(batch * h * w):
+            detector._search(q)
+
     def map_score():
         for p in patches.split(batch):
             image_score(rows @ p @ cols.T, cfg.score_topk, cfg.score_border)
 
-    return {"decode": decode, "extractor": extractor, "search": search, "map+score": map_score}
+    return {
+        "decode": decode,
+        "extractor": extractor,
+        "search (torch)": search,
+        "search (onnxruntime)": search_onnxruntime,
+        "map+score": map_score,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--torch-search", action="store_true", help="also predict with torch's search")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,19 +127,26 @@ def main(argv: list[str] | None = None) -> None:
     test = AnomalyDataset(args.data, "test", size=cfg.size, channels=cfg.channels, cache=False)
     n = len(test)
     pieces = stages(detector, test, cfg.batch_size)
+    fast_search = detector._search
+
+    def torch_search(queries):
+        return nearest_distances(queries, detector.bank, detector.bank_sq)
+
     for w in args.workers:
         for bs in args.batch_sizes:
-            config = replace(cfg, workers=w, batch_size=bs)
-            detector.config = config
+            for search in ["onnxruntime"] + ["torch"] * (args.torch_search and w == 0):
+                config = replace(cfg, workers=w, batch_size=bs)
 
-            def predict(config=config):
-                data = AnomalyDataset(
-                    args.data, "test", size=cfg.size, channels=cfg.channels, cache=False
-                )
-                detector.predict(_decoding_loader(data, config))
+                def predict(config=config, search=search):
+                    data = AnomalyDataset(
+                        args.data, "test", size=cfg.size, channels=cfg.channels, cache=False
+                    )
+                    detector.config = config
+                    detector._search = fast_search if search == "onnxruntime" else torch_search
+                    detector.predict(_decoding_loader(data, config))
+                    detector.config, detector._search = cfg, fast_search
 
-            pieces[f"predict w{w} b{bs}"] = predict
-    detector.config = cfg
+                pieces[f"predict w{w} b{bs}" + (" torch" if search == "torch" else "")] = predict
     scratch = run.parent / (run.name + "-score")
 
     def score():
