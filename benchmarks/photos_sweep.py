@@ -114,6 +114,12 @@ SETTINGS: dict[str, dict] = {
         }
         for k, n in ((16, 2), (16, 3), (32, 3), (8, 1), (16, 1))
     },
+    # the defaults at other image sizes and map smoothings (docs/measurements.md, 2026-12-02)
+    "default-128": {"method": "patchknn", "size": 128},
+    "default-160": {"method": "patchknn", "size": 160},
+    "default-256": {"method": "patchknn", "size": 256},
+    "default-sigma4": {"method": "patchknn", "smooth_sigma": 4.0},
+    "default-sigma1": {"method": "patchknn", "smooth_sigma": 1.0},
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
     "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},
