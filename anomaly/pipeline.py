@@ -441,7 +441,8 @@ class _ImageFiles(torch.utils.data.Dataset):
     def collate(items: list[dict]) -> dict:
         read = [item for item in items if "error" not in item]
         images = torch.stack([item["image"] for item in read]) if read else None
-        return {"items": items, "image": images, "own": [item["own"] for item in read]}
+        errors = [item.get("error") for item in items]  # None for an image read
+        return {"errors": errors, "image": images, "own": [item["own"] for item in read]}
 
 
 def predict_images(
@@ -472,10 +473,10 @@ def predict_images(
             with torch.no_grad():
                 scores, maps = detector.predict_batch(batch["image"].to(detector.device))
             scored = iter(zip(scores.tolist(), maps.cpu().numpy(), batch["own"]))
-        for item in batch["items"]:
+        for error in batch["errors"]:
             path = paths[len(results)]
-            if "error" in item:
-                results.append({"path": str(path), "error": item["error"]})
+            if error is not None:
+                results.append({"path": str(path), "error": error})
                 continue
             score, amap, own_size = next(scored)
             overlay = overlay_dir / _overlay_name(path, used)
