@@ -13,7 +13,7 @@ import torch
 from helpers import Textures
 
 from anomaly.config import Config
-from anomaly.detectors.knn import SEARCH_ROWS, ExactSearch, nearest_distances
+from anomaly.detectors.knn import SEARCH_ELEMENTS, SEARCH_ROWS, ExactSearch, nearest_distances
 from anomaly.detectors.patchknn import PatchKNN
 
 CONFIG = Config(
@@ -64,6 +64,10 @@ def test_onnxruntime_search_gives_the_torch_scores():
     fast._set_bank(exact.bank[: len(exact.bank) // 2])  # a new bank: a new search session
     half = nearest_distances(queries, fast.bank, fast.bank_sq)
     torch.testing.assert_close(fast._search(queries), half, atol=1e-5, rtol=0)
+    big = torch.randn(SEARCH_ELEMENTS // SEARCH_ROWS + 900, fast.extractor.dim)
+    fast._set_bank(big)  # fewer queries per call, the same distances
+    want = nearest_distances(queries, fast.bank, fast.bank_sq)
+    torch.testing.assert_close(fast._search(queries), want, atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 CHUNK_ELEMENTS = 2**19  # rows x bank entries of one distance block (2 MB of float32: in cache)
-SEARCH_ROWS = 256  # queries per onnxruntime call of `ExactSearch`: their block stays in cache
+SEARCH_ROWS = 256  # queries per onnxruntime call of `ExactSearch`: their block stays in cache,
+SEARCH_ELEMENTS = 2**20  # and fewer for a large bank: at most this many rows x bank entries
 
 
 def nearest_distances(

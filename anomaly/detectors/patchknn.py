@@ -68,7 +68,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anomaly.detectors.base import Detector, register
-from anomaly.detectors.knn import SEARCH_ROWS, BankIndex, ExactSearch, nearest_distances
+from anomaly.detectors.knn import (
+    SEARCH_ELEMENTS,
+    SEARCH_ROWS,
+    BankIndex,
+    ExactSearch,
+    nearest_distances,
+)
 from anomaly.features import (
     DEFAULT_LAYERS,
     FeatureExtractor,
@@ -323,16 +329,18 @@ class PatchKNN(Detector):
 
     def _search(self, queries: torch.Tensor) -> torch.Tensor:
         """Distance of each query [M, D] to its nearest bank row -> [M], by onnxruntime
-        (`ExactSearch`, `SEARCH_ROWS` queries per call; `nearest_distances` within 1e-5)."""
+        (`ExactSearch`, `SEARCH_ROWS` queries per call, fewer for a bank of more than
+        `SEARCH_ELEMENTS` / `SEARCH_ROWS` rows; `nearest_distances` within 1e-5)."""
         if "search" not in self._sessions:
             example = torch.zeros(2, self.bank.shape[1])
             search = ExactSearch(self.bank, self.bank_sq)
             self._sessions["search"] = _onnxruntime(search, example, "distances")
         session = self._sessions["search"]
         queries = queries.to(torch.float32).contiguous()
+        step = max(8, min(SEARCH_ROWS, SEARCH_ELEMENTS // len(self.bank)))
         out = torch.empty(len(queries))
-        for i, rows in enumerate(queries.split(SEARCH_ROWS)):
-            out[i * SEARCH_ROWS : i * SEARCH_ROWS + len(rows)] = torch.from_numpy(
+        for i, rows in enumerate(queries.split(step)):
+            out[i * step : i * step + len(rows)] = torch.from_numpy(
                 session.run(None, {"images": rows.numpy()})[0]
             )
         return out
