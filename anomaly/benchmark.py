@@ -221,7 +221,14 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
         "peak_mb": peak_mb,
         **{
             k: metrics.get(k)
-            for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
+            for k in (
+                "image_auroc",
+                "image_auroc_ci",
+                "image_ap",
+                "image_f1_max",
+                "pixel_auroc",
+                "aupro",
+            )
         },
         "per_defect": {k: v.get("image_auroc") for k, v in metrics.get("per_defect", {}).items()},
         "size": config.size,

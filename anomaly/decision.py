@@ -176,7 +176,7 @@ def score_summary(labels, scores, metrics: dict, threshold=None) -> str:
     metrics rounded to 3 digits, e.g.
 
         at threshold 29.88 (normal_quantile): 75/90 defective caught, 0/50 good rejected
-        image_auroc 0.981  image_ap 0.99  image_f1_max 0.953  pixel_auroc 0.962  aupro 0.871
+        image_auroc 0.981 (95 % interval 0.96-0.99)  image_ap 0.99  image_f1_max 0.953  ...
         (140 images, 12.3 images/s)
 
     `threshold` is a `metrics.Threshold` (or a number, or None when the run has none).
@@ -188,6 +188,9 @@ def score_summary(labels, scores, metrics: dict, threshold=None) -> str:
     else:
         lines.append("no threshold saved: set one with `python -m anomaly threshold`")
     shown = [f"{k} {metrics[k]:.3g}" for k in SUMMARY_METRICS if metrics.get(k) is not None]
+    ci = metrics.get("image_auroc_ci")
+    if ci is not None and shown and shown[0].startswith("image_auroc "):
+        shown[0] += f" (95 % interval {ci[0]:.2f}-{ci[1]:.2f})"
     lines.append("  ".join(shown) if shown else "no metric could be computed (see notes)")
     speed = metrics.get("predict_images_per_s")
     tail = f", {speed:.3g} images/s" if speed else ""

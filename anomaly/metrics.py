@@ -43,6 +43,44 @@ def image_auroc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def auroc_interval(
+    labels, scores, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A bootstrap confidence interval of the image AUROC: (low, high) at `level`.
+
+    Stratified: each of `n_boot` resamples draws the good and the defective images separately,
+    with replacement, in their own numbers; the interval is the resamples' AUROC percentiles.
+    It says how much the AUROC could move with another draw of test images of the same kinds,
+    which is large for the small test sets anomaly detection has (0.70-0.90 around 0.80 at 25
+    good and 42 defective images, the photo suite's sets): methods whose AUROCs differ by less
+    than that are not shown apart by such a test set. It does not cover another training set or seed.
+    Deterministic for a `seed`.
+    """
+    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
+    _check_binary(labels, "auroc_interval")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level is a probability in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    pos, neg = scores[labels], scores[~labels]
+    pos = pos[rng.integers(0, len(pos), (n_boot, len(pos)))]
+    neg = neg[rng.integers(0, len(neg), (n_boot, len(neg)))]
+    auc = _auroc_rows(pos, neg)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(auc, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC of each row pair: defective scores pos [B, P] against good scores neg [B, N].
+
+    P(defective > good) + P(tie) / 2 over all pairs, by sorted search: B x P log N instead of
+    B x P x N comparisons."""
+    neg = np.sort(neg, axis=1)
+    below = np.stack([np.searchsorted(n, p, side="left") for n, p in zip(neg, pos)])
+    upto = np.stack([np.searchsorted(n, p, side="right") for n, p in zip(neg, pos)])
+    return (below + 0.5 * (upto - below)).sum(1) / (pos.shape[1] * neg.shape[1])
+
+
 def image_ap(labels, scores) -> float:
     """Average precision of image scores (area under the precision-recall curve)."""
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
@@ -205,8 +243,9 @@ def _pixel_metrics(masks, maps, fpr_limit: float, notes: list[str], prefix: str)
 def evaluate(pred, fpr_limit: float = 0.3) -> dict:
     """All metrics of a `Predictions`, overall and per defect kind, as a JSON-able dict.
 
-    Overall: image_auroc, image_ap, image_f1_max, f1_threshold, and pixel_auroc, aupro when the
-    predictions carry ground-truth masks. `per_defect[kind]` evaluates the images of one kind
+    Overall: image_auroc with its 95 % bootstrap interval image_auroc_ci (`auroc_interval`),
+    image_ap, image_f1_max, f1_threshold, and pixel_auroc, aupro when the predictions carry
+    ground-truth masks. `per_defect[kind]` evaluates the images of one kind
     against the good images only. A metric that cannot be computed (for example only one
     class present, or no masks) is None, and `notes` says why. Defective images whose mask is
     unknown (`pred.mask_known` False: no mask file) are left out of the pixel metrics, and
@@ -221,6 +260,7 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
         "n_good": int(np.sum(labels == 0)),
         "n_defective": int(np.sum(labels > 0)),
         "image_auroc": _try(image_auroc, labels, scores, notes=notes, name="image_auroc"),
+        "image_auroc_ci": _try(auroc_interval, labels, scores, notes=notes, name="ci"),
         "image_ap": _try(image_ap, labels, scores, notes=notes, name="image_ap"),
     }
     best = _try(f1_max, labels, scores, notes=notes, name="f1_max")

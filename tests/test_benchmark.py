@@ -51,6 +51,7 @@ def test_format_table_has_every_column_and_marks_missing_values():
         {
             "method": "a",
             "image_auroc": 0.91234,
+            "image_auroc_ci": [0.8512, 0.97],
             "pixel_auroc": None,
             "aupro": 0.5,
             "image_f1_max": 0.7,
@@ -64,7 +65,9 @@ def test_format_table_has_every_column_and_marks_missing_values():
     lines = format_table(rows).splitlines()
     assert lines[0].split(" | ")[-1] == "auroc_crack |"
     assert "train_ips" in lines[0]
-    assert lines[2] == "| a | 0.912 | n/a | 0.500 | 0.700 | 12 | 100 | 51 | 900 | 0.800 |"
+    assert (
+        lines[2] == "| a | 0.912 | 0.85-0.97 | n/a | 0.500 | 0.700 | 12 | 100 | 51 | 900 | 0.800 |"
+    )
 
 
 # --- the benchmark deletes only what it made (issue 10 item 3) -------------------------------
@@ -154,8 +157,23 @@ def test_summary_gives_mean_and_worst_set_per_method():
     assert s["sets"] == 3 and s["mean_image_auroc"] == pytest.approx(0.8)
     assert (s["worst_image_auroc"], s["worst_set"]) == (0.7, "y")
     assert s["mean_pixel_auroc"] is None
-    expected = "| p | m | 3 | 0.800 | 0.700 | y | n/a | 0.500 | 1 |"
+    assert s["mean_image_auroc_ci"] is None  # the rows carry no interval
+    expected = "| p | m | 3 | 0.800 | n/a | 0.700 | y | n/a | 0.500 | 1 |"
     assert format_summary([s]).splitlines()[2] == expected
+
+
+def test_interval_of_the_mean_over_sets():
+    from anomaly.benchmark_tables import mean_interval
+
+    # each set's interval 0.196 wide = 2 x 1.96 x 0.05: the mean of 4 has error 0.05 x 2 / 4
+    rows = [
+        {"image_auroc": a, "image_auroc_ci": [a - 0.098, a + 0.098]} for a in (0.7, 0.8, 0.9, 0.8)
+    ]
+    low, high = mean_interval(rows)
+    assert (low, high) == pytest.approx((0.8 - 1.96 * 0.025, 0.8 + 1.96 * 0.025))
+    rows = [{"image_auroc": 1.0, "image_auroc_ci": [0.9, 1.0]}] * 2
+    assert mean_interval(rows)[1] == 1.0  # clipped to an AUROC
+    assert mean_interval([{"image_auroc": 0.9}]) is None
 
 
 @pytest.mark.slow

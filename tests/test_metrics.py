@@ -9,6 +9,7 @@ from anomaly.detectors.base import Predictions
 from anomaly.metrics import (
     Threshold,
     aupro,
+    auroc_interval,
     confusion,
     evaluate,
     f1_max,
@@ -60,6 +61,31 @@ def test_image_metrics_match_sklearn():
     scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # rounded: plenty of ties
     assert image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
     assert image_ap(labels, scores) == pytest.approx(average_precision_score(labels, scores))
+
+
+def test_auroc_interval_is_a_bootstrap_of_the_auroc():
+    from anomaly.metrics import _auroc_rows
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(25), np.ones(40)]
+    scores = np.round(rng.normal(size=65) + 1.2 * labels, 1)  # with ties
+    # the resamples' AUROC is sklearn's, ties counted half
+    pos, neg = scores[labels > 0], scores[labels == 0]
+    assert _auroc_rows(pos[None], neg[None])[0] == pytest.approx(roc_auc_score(labels, scores))
+    low, high = auroc_interval(labels, scores)
+    point = image_auroc(labels, scores)
+    assert low < point < high and 0.05 < high - low < 0.4
+    assert auroc_interval(labels, scores) == (low, high)  # seeded
+    narrow = auroc_interval(labels, scores, level=0.5)
+    assert low < narrow[0] < narrow[1] < high
+    # each image four times (the same AUROC from four times the images): about half the width
+    b_low, b_high = auroc_interval(np.tile(labels, 4), np.tile(scores, 4))
+    assert 0.4 * (high - low) < b_high - b_low < 0.6 * (high - low)
+    assert auroc_interval(labels, labels) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="good and defective"):
+        auroc_interval(np.ones(5), np.arange(5))
+    with pytest.raises(ValueError, match="level"):
+        auroc_interval(labels, scores, level=95)
 
 
 def test_f1_max_matches_brute_force():
@@ -191,6 +217,8 @@ def test_evaluate_overall_and_per_defect():
     assert stain["image_auroc"] == 0.0
     assert stain["pixel_auroc"] == 0.0 and stain["aupro"] == pytest.approx(0.0)
     assert 0 < out["aupro"] < 1 and 0 < out["pixel_auroc"] < 1
+    low, high = out["image_auroc_ci"]
+    assert 0 <= low <= 0.5 <= high <= 1
     assert out["notes"] == []
     import json
 
@@ -214,6 +242,7 @@ def test_evaluate_without_masks_or_good_images():
     )
     out = evaluate(only_crack)
     assert out["image_auroc"] is None and out["image_f1_max"] is None
+    assert out["image_auroc_ci"] is None
     assert out["per_defect"]["crack"]["image_auroc"] is None
     assert any("all 2 are defective" in n for n in out["notes"])
 
