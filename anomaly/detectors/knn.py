@@ -3,11 +3,10 @@
 `nearest_distances` is the exact search: one matrix product per block of queries, kept in the
 CPU's cache. `ExactSearch` is the same search (one nearest row) as a module, which
 `anomaly.detectors.patchknn` exports to onnxruntime: its matrix products ran the search in about
-half of torch's CPU time on two cores (`benchmarks/score_speed.py`). `BankIndex` is an approximate
-one, an inverted file of k-means clusters (as faiss's
-IndexIVFFlat; Jegou, Douze and Schmid, "Product Quantization for Nearest Neighbor Search",
-TPAMI 2011), that compares each query with a few clusters only. `anomaly.detectors.patchknn`
-uses both.
+half of torch's CPU time on two cores (`benchmarks/score_speed.py`). `BankIndex` is an
+approximate one, an inverted file of k-means clusters (as faiss's IndexIVFFlat; Jegou, Douze and
+Schmid, "Product Quantization for Nearest Neighbor Search", TPAMI 2011), that compares each
+query with a few clusters only. `anomaly.detectors.patchknn` uses all three.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ What differs from the paper, for speed and bounded memory on a laptop CPU:
 - speed knobs (`config.runtime`, `config.search_clusters`): onnxruntime can run the feature
   extractor (the same features within 1e-4, about half torch's CPU time on two cores) and the
   exact search (`anomaly.detectors.knn.ExactSearch`, the same distances within 1e-5, about half
-  torch's CPU time: its matrix products come nearer the CPU's peak), and the search can be an inverted file (`anomaly.detectors.knn.BankIndex`) that compares each patch with
+  torch's CPU time: its matrix products come nearer the CPU's peak), and the search can be an
+  inverted file (`anomaly.detectors.knn.BankIndex`) that compares each patch with
   the bank rows of its `search_probes` nearest k-means clusters only. Banks under
   `MIN_INDEXED_ROWS` rows are always searched exactly, and so is the ONNX export's graph.
 
