@@ -21,7 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anomaly.data.folder import IMAGE_EXTENSIONS, DataError, broken_link, load_image
+from anomaly.data.folder import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    broken_link,
+    load_image,
+    scan_images,
+)
 from anomaly.metrics import Threshold, conformal_n_needed
 from anomaly.runs import RunDir
 
@@ -60,11 +66,9 @@ def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
         raise DataError(
             f"{FLAG} {folder}: this is a file; pass the folder that holds the good images"
         )
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    broken = [p for p in found if p.is_symlink() and not p.exists()]
+    images, broken, _ = scan_images(folder)
     if broken:
         raise DataError(f"{FLAG} {folder}: {broken[0]}: {broken_link(broken[0])}")
-    images = [p for p in found if p.is_file()]
     if not images:
         inner = sorted(p.name + "/" for p in folder.iterdir() if p.is_dir())
         hint = f" It holds folders ({', '.join(inner[:4])}): pass the one with the images." * bool(

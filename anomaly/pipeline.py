@@ -18,7 +18,7 @@ import torch
 
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
-from anomaly.data.folder import IMAGE_EXTENSIONS, DataError, broken_link
+from anomaly.data.folder import DataError, broken_link, scan_images
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.metrics import (
     Threshold,
@@ -389,14 +389,14 @@ def set_threshold(
 
 
 def expand_images(images: list[str | Path]) -> list[Path]:
-    """Paths as given, with each folder replaced by the images in it (sorted)."""
+    """Paths as given, with each folder replaced by the images in it and its broken links
+    (sorted; `predict` names a broken link's file and why, and scores the rest)."""
     out: list[Path] = []
     for item in images:
         p = Path(item)
         if p.is_dir():
-            out += sorted(
-                f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
-            )
+            found, broken, _ = scan_images(p)
+            out += sorted(found + broken)
         else:
             out.append(p)
     return out

@@ -374,6 +374,22 @@ def test_a_symlink_loop_is_reported_as_one(scored_ae_run, tiny_cookies, tmp_path
     assert code == 2 and "(a loop)" in err
 
 
+def test_a_broken_link_in_a_folder_to_predict_is_named(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
+    """`predict FOLDER` skipped a broken link in the folder without a word; it names it now
+    (the same listing as training folders and `threshold --good-images`) and scores the rest."""
+    import shutil
+
+    folder = tmp_path / "check"
+    shutil.copytree(tiny_cookies / "test" / "good", folder)
+    os.symlink(tmp_path / "gone.png", folder / "000_moved.png")
+    code, out, err = run_cli(capsys, "predict", "--run", scored_ae_run, folder)
+    n_images = len(list((tiny_cookies / "test" / "good").iterdir()))
+    assert code == 2 and "000_moved.png" in err and "gone.png, which does not exist" in err
+    assert sum(line.count(".png") > 0 for line in out.splitlines()) >= n_images
+
+
 def test_one_training_image_says_so(tiny_cookies, tmp_path):
     """16: one training image gave a warning about `val_fraction`."""
     import shutil

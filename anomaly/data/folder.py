@@ -138,17 +138,28 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _list_images(folder: Path, what: str) -> list[Path]:
-    """Sorted image files of `folder`; warns about anything else; raises if there are none."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: folder not found. Create it and put the {what} in it.")
-    images, stray = [], []
+def scan_images(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """What `folder` directly holds, sorted: (image files, symbolic links that lead to no file,
+    everything else but hidden folders such as .ipynb_checkpoints). The one listing of a folder
+    of images: training and test folders, `threshold --good-images` and `predict FOLDER`."""
+    images, broken, stray = [], [], []
     for p in sorted(folder.iterdir()):
         if p.is_dir() and p.name.startswith("."):
             continue  # .ipynb_checkpoints, .git, ...
         if p.is_symlink() and not p.exists():
-            raise DataError(f"{p}: {broken_link(p)}")
-        (images if p.is_file() and _is_image(p) else stray).append(p)
+            broken.append(p)
+        else:
+            (images if p.is_file() and _is_image(p) else stray).append(p)
+    return images, broken, stray
+
+
+def _list_images(folder: Path, what: str) -> list[Path]:
+    """Sorted image files of `folder`; warns about anything else; raises if there are none."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found. Create it and put the {what} in it.")
+    images, broken, stray = scan_images(folder)
+    if broken:
+        raise DataError(f"{broken[0]}: {broken_link(broken[0])}")
     if stray:
         names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in stray)
         warnings.warn(
