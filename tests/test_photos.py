@@ -170,3 +170,20 @@ def test_every_region_lies_inside_its_photo():
     bad = dataclasses.replace(coins, test=((340, 0, 420, 80),))
     with pytest.raises(ValueError, match="reaches past"):
         photos._positions(bad, bad.test)
+
+
+def test_more_test_images_from_the_command_line_keep_the_first_ones(tmp_path, monkeypatch):
+    """`make-photos --good N --defect M`: larger test sets (narrower AUROC intervals) whose
+    first images are the default suite's, byte for byte."""
+    from anomaly.cli import main
+
+    monkeypatch.setattr(photos, "COUNTS", {"train": 2, "good": 1, "defect": 1})
+    monkeypatch.setattr(photos, "SETS", [s for s in photos.SETS if s.name in FEW])
+    assert main(["make-photos", str(tmp_path / "a")]) == 0
+    assert main(["make-photos", str(tmp_path / "b"), "--good", "3", "--defect", "2"]) == 0
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    manifest = json.loads(b["manifest.json"])
+    assert manifest["counts"] == {"train": 2, "good": 3, "defect": 2}
+    assert len([k for k in b if k.startswith("page/test/good/")]) == 3
+    shared = [k for k in a if k != "manifest.json"]
+    assert shared and all(a[k] == b[k] for k in shared)
