@@ -72,7 +72,8 @@ PHOTOS ?= data/photos
 benchmark: $(STAMP)
 	$(BIN)/python -m anomaly make-cookies $(DATA) --preset benchmark --seed 7
 	$(BIN)/python -m anomaly make-photos $(PHOTOS) --seed 0
-	$(BIN)/python -m anomaly benchmark --data $(DATA) --out $(RUNS)/benchmark
+	$(BIN)/python -m anomaly benchmark --data $(DATA) --out $(RUNS)/benchmark \
+		--notes docs/benchmark-notes.md
 	$(BIN)/python -m anomaly benchmark --data $(PHOTOS) --methods patchknn flow meandiff auto \
 		--out $(RUNS)/benchmark-photos --notes docs/benchmark-notes-photos.md
 

@@ -356,8 +356,8 @@ def add_arguments(p) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny budgets, to check the wiring")
     p.add_argument(
         "--notes",
-        help="also write the notes document here (default "
-        "docs/benchmark-notes.md when ./docs exists and not --smoke)",
+        help="also write the notes document here, e.g. docs/benchmark-notes.md (`make "
+        "benchmark` does; a benchmark of other data never overwrites the project's notes)",
     )
     p.add_argument(
         "--curve",
@@ -422,16 +422,13 @@ def main(args) -> None:
         seal_dir(out)
         print("wrote " + ", ".join(map(str, paths)))
         return
-    notes = args.notes
-    if notes is None and not args.smoke and Path("docs").is_dir():
-        notes = "docs/benchmark-notes.md"
     run_benchmark(
         args.data,
         methods=args.methods,
         out=args.out or "runs/benchmark",
         seed=args.seed,
         smoke=args.smoke,
-        notes=notes,
+        notes=args.notes,
     )
 
 
