@@ -120,6 +120,15 @@ SETTINGS: dict[str, dict] = {
     "default-256": {"method": "patchknn", "size": 256},
     "default-sigma4": {"method": "patchknn", "smooth_sigma": 4.0},
     "default-sigma1": {"method": "patchknn", "smooth_sigma": 1.0},
+    # twice the pixels, one stage deeper: the same 56 x 56 grid, each cell half the image extent
+    "x2-6-10": {
+        "method": "patchknn",
+        "size": 448,
+        "layers": "features.6,features.10",
+        "feature_pad": 32,
+        "score_border": 16,
+        "smooth_sigma": 4.0,
+    },
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
     "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},
