@@ -53,8 +53,8 @@ def auroc_interval(
     It says how much the AUROC could move with another draw of test images of the same kinds,
     which is large for the small test sets anomaly detection has (0.70-0.90 around 0.80 at 25
     good and 42 defective images, the photo suite's sets): methods whose AUROCs differ by less
-    than that are not shown apart by such a test set. It does not cover another training set or seed.
-    Deterministic for a `seed`.
+    than that are not shown apart by such a test set. It does not cover another training set
+    or seed. Deterministic for a `seed`.
     """
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
     _check_binary(labels, "auroc_interval")
@@ -260,9 +260,11 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
         "n_good": int(np.sum(labels == 0)),
         "n_defective": int(np.sum(labels > 0)),
         "image_auroc": _try(image_auroc, labels, scores, notes=notes, name="image_auroc"),
-        "image_auroc_ci": _try(auroc_interval, labels, scores, notes=notes, name="ci"),
         "image_ap": _try(image_ap, labels, scores, notes=notes, name="image_ap"),
     }
+    out["image_auroc_ci"] = (  # no second note when there is no AUROC to bound
+        auroc_interval(labels, scores) if out["image_auroc"] is not None else None
+    )
     best = _try(f1_max, labels, scores, notes=notes, name="f1_max")
     out["image_f1_max"], out["f1_threshold"] = best if best else (None, None)
     if pred.has_masks:
