@@ -301,6 +301,7 @@ def predict_files(
     from PIL import Image
 
     from anomaly.metrics import Threshold
+    from anomaly.overlays import PNG_LEVEL
     from anomaly.pipeline import _overlay_name, expand_images
     from anomaly.viz import heatmap_overlay
 
@@ -327,7 +328,9 @@ def predict_files(
             continue
         scores, maps = detector.predict([x])
         overlay = out / _overlay_name(path, used)
-        Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax)).save(overlay)
+        Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax)).save(
+            overlay, compress_level=PNG_LEVEL
+        )
         score = float(scores[0])
         results.append(
             {
