@@ -21,6 +21,20 @@ SEARCH_ROWS = 256  # queries per onnxruntime call of `ExactSearch`: their block 
 SEARCH_ELEMENTS = 2**20  # and fewer for a large bank: at most this many rows x bank entries
 
 
+def product_weights(rows: torch.Tensor, rows_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """[D + 1, N]: the columns [-2 b, |b|^2] of rows b [N, D] (`rows_sq`: their |b|^2, if known).
+    `with_ones(q) @ product_weights(b)` is |b|^2 - 2 q.b for every pair, which orders the rows
+    as |q - b| does and gives |q - b|^2 once |q|^2 is added: one matrix product per block."""
+    sq = (rows * rows).sum(1) if rows_sq is None else rows_sq
+    return torch.cat([rows * -2.0, sq.unsqueeze(1).to(rows.dtype)], 1).T.contiguous()
+
+
+def with_ones(queries: torch.Tensor) -> torch.Tensor:
+    """[M, D + 1]: queries [M, D] with a column of ones, the partner of `product_weights`
+    (written with `ones_like`, so a traced graph keeps its batch size free)."""
+    return torch.cat([queries, torch.ones_like(queries[:, :1])], 1)
+
+
 def nearest_distances(
     queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int = 1
 ) -> torch.Tensor:
@@ -35,8 +49,8 @@ def nearest_distances(
     """
     k = max(1, min(int(k), len(bank)))
     rows = max(1, CHUNK_ELEMENTS // max(1, len(bank)))
-    weights = torch.cat([bank * -2.0, bank_sq.unsqueeze(1).to(bank.dtype)], 1).T.contiguous()
-    augmented = torch.cat([queries, queries.new_ones(len(queries), 1)], 1)
+    weights = product_weights(bank, bank_sq)
+    augmented = with_ones(queries)
     out = torch.empty(len(queries), device=queries.device, dtype=queries.dtype)
     for i in range(0, len(queries), rows):
         q = queries[i : i + rows]
@@ -56,12 +70,10 @@ class ExactSearch(nn.Module):
 
     def __init__(self, bank: torch.Tensor, bank_sq: torch.Tensor) -> None:
         super().__init__()
-        weights = torch.cat([bank * -2.0, bank_sq.unsqueeze(1).to(bank.dtype)], 1).T.contiguous()
-        self.register_buffer("weights", weights)
+        self.register_buffer("weights", product_weights(bank, bank_sq))
 
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
-        augmented = torch.cat([queries, torch.ones_like(queries[:, :1])], 1)
-        near = (augmented @ self.weights).amin(1)
+        near = (with_ones(queries) @ self.weights).amin(1)
         return near.add((queries * queries).sum(1)).clamp(min=0).sqrt()
 
 
@@ -91,15 +103,12 @@ class BankIndex:
         assign = torch.cdist(x, centroids).argmin(1)
         rows = bank[torch.argsort(assign, stable=True)]
         sizes = torch.bincount(assign, minlength=k).tolist()
-        centroids = centroids.float()
-        # |c|^2 - 2 q.c orders the centroids as |q - c| does: one product with [q, 1]
-        self.to_centroids = torch.cat([centroids * -2.0, (centroids**2).sum(1, keepdim=True)], 1).T
-        weights = torch.cat([rows * -2.0, (rows * rows).sum(1, keepdim=True)], 1)  # [-2b, |b|^2]
-        self.blocks = [w.T.contiguous() for w in weights.split(sizes)]
+        self.to_centroids = product_weights(centroids.float())  # orders them as |q - c| does
+        self.blocks = [w.contiguous() for w in product_weights(rows).split(sizes, dim=1)]
 
     def nearest(self, queries: torch.Tensor) -> torch.Tensor:
         """Euclidean distance of each query [M, D] to the nearest row it probes -> [M]."""
-        augmented = torch.cat([queries, queries.new_ones(len(queries), 1)], 1)
+        augmented = with_ones(queries)
         probed = (augmented @ self.to_centroids).topk(self.probes, 1, largest=False)[1]
         flat = probed.flatten()
         order = torch.argsort(flat)
