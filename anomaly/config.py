@@ -203,6 +203,14 @@ class Config:
     search_probes: int = _f(
         2, "patchknn: clusters searched per patch when --search-clusters > 0", min=1
     )
+    search_precision: str = _f(
+        "float32",
+        "patchknn: arithmetic of the exact search in onnxruntime on a CPU: float32, or int8 "
+        "(8-bit products, about half the search's time with AVX512-VNNI; approximate, within "
+        "a stated bound, docs/measurements.md; needs onnx and onnxruntime, --search-clusters "
+        "0, --neighbors 1; on a GPU and in an ONNX export the search stays float32)",
+        choices=("float32", "int8"),
+    )
     runtime: str = _f(
         "torch",
         "patchknn: what runs the feature backbone and the exact search on a CPU: torch, "

@@ -114,6 +114,8 @@ SETTINGS: dict[str, dict] = {
         }
         for k, n in ((16, 2), (16, 3), (32, 3), (8, 1), (16, 1))
     },
+    # the exact search in 8-bit integers (search_precision int8, anomaly.detectors.knn.Int8Search)
+    "default-int8": {"method": "patchknn", "runtime": "onnxruntime", "search_precision": "int8"},
     # the defaults at other image sizes and map smoothings (docs/measurements.md, 2026-12-02)
     "default-128": {"method": "patchknn", "size": 128},
     "default-160": {"method": "patchknn", "size": 160},

@@ -74,7 +74,9 @@ from anomaly.detectors.knn import (
     SEARCH_ROWS,
     BankIndex,
     ExactSearch,
+    Int8Search,
     nearest_distances,
+    wants_int8,
 )
 from anomaly.features import (
     DEFAULT_LAYERS,
@@ -264,6 +266,7 @@ class PatchKNN(Detector):
         self.bank: torch.Tensor | None = None
         self.bank_sq: torch.Tensor | None = None
         self.index: BankIndex | None = None  # config.search_clusters > 0
+        self.int8 = wants_int8(config)  # the search in 8 bits (ValueError where it cannot run)
         self._sessions: dict = {}  # onnxruntime: the extractor by input shape, and "search"
         self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -331,12 +334,15 @@ class PatchKNN(Detector):
     def _search(self, queries: torch.Tensor) -> torch.Tensor:
         """Distance of each query [M, D] to its nearest bank row -> [M], by onnxruntime
         (`ExactSearch`, `SEARCH_ROWS` queries per call, fewer for a bank of more than
-        `SEARCH_ELEMENTS` / `SEARCH_ROWS` rows; `nearest_distances` within 1e-5)."""
+        `SEARCH_ELEMENTS` / `SEARCH_ROWS` rows; `nearest_distances` within 1e-5), or its 8-bit
+        form (`Int8Search`, config.search_precision "int8"; elsewhere the search is float32)."""
         if "search" not in self._sessions:
             example = torch.zeros(2, self.bank.shape[1])
-            search = ExactSearch(self.bank, self.bank_sq)
-            self._sessions["search"] = _onnxruntime(search, example, "distances")
-        session = self._sessions["search"]
+            kind = Int8Search if self.int8 else ExactSearch
+            search = kind(self.bank, self.bank_sq)
+            model = search.onnx_model() if self.int8 else search
+            self._sessions["search"] = (_onnxruntime(model, example, "distances"), search)
+        session, search = self._sessions["search"]
         queries = queries.to(torch.float32).contiguous()
         step = max(8, min(SEARCH_ROWS, SEARCH_ELEMENTS // len(self.bank)))
         out = torch.empty(len(queries))
@@ -344,7 +350,7 @@ class PatchKNN(Detector):
             out[i * step : i * step + len(rows)] = torch.from_numpy(
                 session.run(None, {"images": rows.numpy()})[0]
             )
-        return out
+        return search.exact_rows(queries, out) if self.int8 else out
 
     def fit(
         self,
@@ -467,9 +473,9 @@ class PatchKNN(Detector):
                 self._search(torch.zeros(1, self.extractor.dim))
 
 
-def _onnxruntime(module: nn.Module, example: torch.Tensor, output: str):
-    """An onnxruntime session of `module` (exported on `example`, batch dimension free), run by
-    torch's number of threads, idle threads sleeping (as OMP_WAIT_POLICY=PASSIVE)."""
+def _onnxruntime(module: nn.Module | bytes, example: torch.Tensor, output: str):
+    """An onnxruntime session of `module` (exported on `example`, batch dimension free; or an
+    ONNX model already), run by torch's number of threads, idle threads sleeping."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -479,8 +485,9 @@ def _onnxruntime(module: nn.Module, example: torch.Tensor, output: str):
         ) from None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "module.onnx"
-        trace_to_onnx(module, example, path, [output])
-        model = path.read_bytes()
+        if not isinstance(module, bytes):
+            trace_to_onnx(module, example, path, [output])
+        model = module if isinstance(module, bytes) else path.read_bytes()
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = torch.get_num_threads()
