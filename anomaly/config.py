@@ -61,7 +61,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "meandiff": {"size": 160, "channels": 3},
     # the images auto's candidates see, at its largest candidate's size (each resizes them to
     # its own; anomaly.detectors.auto)
-    "auto": {"size": 224, "channels": 3},
+    "auto": {"size": 448, "channels": 3},
 }
 
 # Presets applied over METHOD_DEFAULTS when `recipe` names them (`--recipe original`). "original"

@@ -213,3 +213,91 @@ def synthesize(
     blended = (1 - opacity) * texture + opacity * images
     augmented = torch.where(m > 0, blended, images)
     return augmented, masks
+
+
+# --- quiet local alterations, for `auto` ------------------------------------------------------
+ALTERATIONS = ("blur", "shift", "faint")
+RADIUS = (0.03, 0.15)  # a region's radius as a fraction of the image side (log-uniform)
+MIN_VISIBLE = 0.02  # mean absolute change inside a mask below which it is dropped (in [0, 1])
+
+
+def local_mask(n: int, size: tuple[int, int], generator=None, device=None) -> torch.Tensor:
+    """`n` soft masks [n, H, W] in [0, 1], each one small irregular region: a disc of radius
+    drawn from `RADIUS` (log-uniform) whose outline Perlin noise wobbles by up to about half, with
+    a 1-2 px soft edge, centred anywhere at least half a radius inside the image."""
+    h, w = size
+    side = min(h, w)
+    lo, hi = math.log(RADIUS[0]), math.log(RADIUS[1])
+    yy = torch.arange(h, device=device, dtype=torch.float32)[:, None] + 0.5
+    xx = torch.arange(w, device=device, dtype=torch.float32)[None, :] + 0.5
+    out = torch.empty(n, h, w, device=device)
+    for i in range(n):
+        r = side * math.exp(lo + (hi - lo) * float(_rand(1, generator=generator)))
+        cy = r / 2 + (h - r) * float(_rand(1, generator=generator))
+        cx = r / 2 + (w - r) * float(_rand(1, generator=generator))
+        cells = max(1, round(side / (2 * r)))
+        wobble = 0.6 * perlin_noise((h, w), (cells, cells), generator, device)
+        dist = torch.hypot(yy - cy, xx - cx) / r - 1 - wobble  # < 0 inside
+        edge = (1 + float(_rand(1, generator=generator))) / r
+        out[i] = (0.5 - dist / edge).clamp(0, 1)
+    return out
+
+
+def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = image.shape[0]
+    x = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x[0]
+
+
+def alter(
+    images: torch.Tensor, generator=None, kinds: tuple[str, ...] = ALTERATIONS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quiet local defects, one per image: what DRAEM's pasted textures are not.
+
+    Each image gets one small region (`local_mask`) and one of `kinds`, drawn in turn:
+
+    - `blur`: the region out of focus (Gaussian, sigma 1-2 % of the image side);
+    - `shift`: a stain or discolouration: each channel's gain 0.75-1.25 and an offset of
+      0.04-0.12, all brighter or all darker (one gain and offset for all channels of a
+      greyscale image, half the time for colour);
+    - `faint`: another image's texture (`image_texture`) at 15-40 % opacity.
+
+    A region whose change is below `MIN_VISIBLE` (a blur of a flat patch) is left out: its
+    image is returned unaltered with an empty mask, so callers drop it.
+
+    Returns:
+        (altered images [B, C, H, W], masks [B, H, W] in {0, 1}, the soft region >= 0.5).
+    """
+    b, c, h, w = images.shape
+    dev = images.device
+    soft = local_mask(b, (h, w), generator, dev)[:, None]
+    textures = image_texture(images, generator) if b > 1 else torch.flip(images, (-1,))
+    out = images.clone()
+    masks = (soft[:, 0] >= 0.5).float()
+    for i in range(b):
+        kind = kinds[i % len(kinds)]
+        r = _rand(2 * c + 2, generator=generator, device=dev)
+        if kind == "blur":
+            changed = _blurred(images[i], (0.01 + 0.01 * float(r[0])) * min(h, w))
+        elif kind == "shift":
+            n = 1 if c == 1 or r[-1] < 0.5 else c
+            gain = (0.75 + 0.5 * r[:n]).view(-1, 1, 1)
+            sign = 1.0 if float(r[-2]) < 0.5 else -1.0
+            offset = (sign * (0.04 + 0.08 * r[c : c + n])).view(-1, 1, 1)
+            changed = images[i] * gain + offset
+        elif kind == "faint":
+            opacity = 0.15 + 0.25 * float(r[0])
+            changed = (1 - opacity) * images[i] + opacity * textures[i]
+        else:
+            raise ValueError(f"unknown alteration {kind!r}; choose from {ALTERATIONS}")
+        out[i] = (images[i] + soft[i] * (changed.clamp(0, 1) - images[i])).clamp(0, 1)
+        change = (out[i] - images[i]).abs().mean(0)[masks[i] > 0]
+        if change.numel() == 0 or float(change.mean()) < MIN_VISIBLE:
+            out[i], masks[i] = images[i], 0
+    return out, masks

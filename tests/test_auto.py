@@ -123,7 +123,8 @@ def test_selection_lists_every_candidate_and_is_json(stubs):
     assert sel["candidates"][2]["error"].startswith("ValueError")
     assert sel["chosen_settings"] == FAST
     assert sel["held_out_normals"] == 4 and sel["trial_images"] == 10
-    assert 0 < sel["synthetic_defects"] <= 8
+    # 2 pasted and 3 altered per held-out image, less any that stayed invisible
+    assert 8 < sel["synthetic_defects"] <= 20
     for row in sel["candidates"][:2]:
         assert 0 <= row["image_auroc"] <= 1 and 0 <= row["aupro"] <= 1 and row["fit_s"] >= 0
 
@@ -189,3 +190,20 @@ def test_pipeline_run_keeps_the_selection_and_reloads(tiny_cookies, tmp_path, mo
     assert torch.equal(loaded.predict_batch(images)[0], trained.predict_batch(images)[0])
     pred, metrics = score_run(tmp_path / "run", overlays=False)
     assert pred.maps.shape[-1] == SIZE and metrics["image_auroc"] is not None
+
+
+def test_held_out_defects_include_quiet_alterations():
+    data = textures()
+    images = AutoDetector(_config())._load(data)
+    pasted_only = AutoDetector(_config(), altered_per_image=0).split(images)
+    both = AutoDetector(_config(), synthetic_per_image=2, altered_per_image=3).split(images)
+    n_out = len(both[1])
+    assert len(pasted_only[2]) <= 2 * n_out < len(both[2]) <= 5 * n_out
+    # the first defects are the pasted ones, drawn the same way in both
+    assert torch.equal(both[2][: len(pasted_only[2])], pasted_only[2])
+    altered, masks = both[2][len(pasted_only[2]) :], both[3][len(pasted_only[2]) :]
+    hosts = both[1].repeat(3, 1, 1, 1)
+    for k in range(len(altered)):  # each altered one differs from a held-out image in its region
+        diff = (altered[k] - hosts).abs().amax(1)
+        host = int(diff.flatten(1).sum(1).argmin())
+        assert diff[host][masks[k] > 0].mean() > 0.01

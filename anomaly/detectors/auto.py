@@ -3,9 +3,12 @@
 What it does (`AutoDetector.fit`, training images only, never a test image or label):
 
 1. holds out a seeded fraction of the normal training images (`HOLDOUT_FRACTION`, at least
-   `MIN_HOLDOUT`) and pastes synthetic anomalies into copies of them, `SYNTHETIC_PER_IMAGE` per
-   held-out image: DRAEM's Perlin-noise blobs filled with a texture cut from another held-out
-   image or with procedural noise, at a random opacity (`anomaly.synthetic.synthesize`);
+   `MIN_HOLDOUT`) and makes synthetic defects in copies of them: `SYNTHETIC_PER_IMAGE` per
+   held-out image of DRAEM's Perlin-noise blobs filled with a texture cut from another held-out
+   image or with procedural noise, at a random opacity (`anomaly.synthetic.synthesize`), and
+   `ALTERED_PER_IMAGE` quiet local ones, a small region blurred, tinted or faintly overlaid
+   (`anomaly.synthetic.alter`). DRAEM's blobs alone are too easy: every good candidate finds
+   all of them, and the choice then said nothing about small, quiet defects;
 2. fits every candidate of the grid (`CANDIDATES`: a list of `Config` overrides, the one place
    to change it) on at most `TRIAL_IMAGES` of the remaining training images, and scores the
    held-out normal images and the synthetic defects;
@@ -20,9 +23,10 @@ What it does (`AutoDetector.fit`, training images only, never a test image or la
    `selection.json`.
 
 What it optimises, and its limits: the separation of *synthetic* defects from held-out normal
-images. The synthetic blobs are not the user's defects: a candidate that finds pasted textures
-well may still miss thin cracks, subtle colour shifts or missing parts, and one that reacts to
-any local change of texture may be preferred where real defects are subtle. Held-out normals
+images. The synthetic defects are not the user's: a candidate that finds pasted textures and
+small blurred or tinted regions well may still miss thin cracks or missing parts, and the
+quiet alterations favour the finer (and slower) candidates, which cost about 3x the defaults'
+predict time when chosen. Held-out normals
 come from the training images, so a shift between training and test conditions (lighting,
 position) is not seen either. The trial fits use fewer images than the final fit. Auto is a
 label-free guess that is better than a fixed default only as far as the synthetic defects
@@ -49,7 +53,7 @@ from torch.utils.data import Dataset
 from anomaly.config import Config
 from anomaly.detectors.base import REGISTRY, Detector, register
 from anomaly.metrics import aupro, image_auroc, pixel_auroc
-from anomaly.synthetic import synthesize
+from anomaly.synthetic import alter, synthesize
 
 # The candidate grid: each entry is a set of Config overrides (with "method") on top of that
 # method's defaults (`Config.for_method`). Earlier entries win ties. Entries whose method is not
@@ -65,6 +69,16 @@ CANDIDATES: list[dict] = [
         "size": 160,
         "coreset_ratio": 0.01,
     },
+    # twice the pixels, one stage deeper: the same 56 x 56 grid with cells of half the extent,
+    # for small defects; about 3x the defaults' predict (docs/measurements.md)
+    {
+        "method": "patchknn",
+        "size": 448,
+        "layers": "features.6,features.10",
+        "feature_pad": 32,
+        "score_border": 16,
+        "smooth_sigma": 4.0,
+    },
     {"method": "flow"},
     {"method": "meandiff"},
 ]
@@ -75,7 +89,8 @@ HOLDOUT_FRACTION = 0.2  # of the training images, held out as normals and defect
 MIN_HOLDOUT = 4
 MAX_HOLDOUT = 40
 TRIAL_IMAGES = 80  # training images of each trial fit (at most)
-SYNTHETIC_PER_IMAGE = 2  # synthetic defects made from each held-out image
+SYNTHETIC_PER_IMAGE = 2  # DRAEM-style synthetic defects made from each held-out image
+ALTERED_PER_IMAGE = 3  # and quiet local ones (`alter`: blur, tint, faint overlay)
 PERLIN_SCALES = (1, 6)  # lattice 2..32 cells per side: DRAEM's range without the half-image blobs
 TIE = 0.005  # image AUROCs this close count as a tie, broken by AUPRO
 # Run fields a candidate inherits from the auto run (its images, seed and device).
@@ -195,7 +210,8 @@ class AutoDetector(Detector):
         config: the run's `Config` (reads size, channels, seed, device, batch_size); each
             candidate inherits data, channels, seed and device from it (`candidate_config`).
         candidates: the grid, a list of Config overrides with "method" (default `CANDIDATES`).
-        trial_images, holdout_fraction, synthetic_per_image: see the module constants.
+        trial_images, holdout_fraction, synthetic_per_image, altered_per_image: see the
+            module constants.
     """
 
     def __init__(
@@ -205,6 +221,7 @@ class AutoDetector(Detector):
         trial_images: int = TRIAL_IMAGES,
         holdout_fraction: float = HOLDOUT_FRACTION,
         synthetic_per_image: int = SYNTHETIC_PER_IMAGE,
+        altered_per_image: int = ALTERED_PER_IMAGE,
     ) -> None:
         super().__init__(config)
         self.candidates = [dict(c) for c in (CANDIDATES if candidates is None else candidates)]
@@ -214,6 +231,7 @@ class AutoDetector(Detector):
         self.trial_images = int(trial_images)
         self.holdout_fraction = float(holdout_fraction)
         self.synthetic_per_image = int(synthetic_per_image)
+        self.altered_per_image = int(altered_per_image)
         self.inner: Detector | None = None
         self.chosen: dict | None = None
         self.selection: dict | None = None
@@ -258,7 +276,8 @@ class AutoDetector(Detector):
         final_s = time.perf_counter() - t0
         self.selection = {
             "criterion": "image AUROC of held-out normal training images against synthetic "
-            f"defects made from them; ties within {TIE} broken by AUPRO on the "
+            "defects made from them (pasted blobs and quiet local alterations); ties within "
+            f"{TIE} broken by AUPRO on the "
             "synthetic masks (3 decimals), then image AUROC, then grid order",
             "seed": self.config.seed,
             "size": self.config.size,
@@ -329,8 +348,10 @@ class AutoDetector(Detector):
         rest = order[n_out:]
         train = images[rest[: self.trial_images].sort().values]
         hosts = normals.repeat(self.synthetic_per_image, 1, 1, 1)
-        defects, masks = synthesize(hosts, generator=gen, p_anomaly=1.0, scales=PERLIN_SCALES)
-        keep = masks.flatten(1).amax(1) > 0  # a mask that stayed empty made no defect
+        pasted, pasted_masks = synthesize(hosts, generator=gen, p_anomaly=1.0, scales=PERLIN_SCALES)
+        altered, altered_masks = alter(normals.repeat(self.altered_per_image, 1, 1, 1), gen)
+        defects, masks = torch.cat([pasted, altered]), torch.cat([pasted_masks, altered_masks])
+        keep = masks.flatten(1).amax(1) > 0  # an empty mask made no (visible) defect
         return train, normals, defects[keep], masks[keep]
 
     def _trial(
