@@ -17,7 +17,9 @@ yardsticks on the same images: torchvision's model as anomalib's PatchCore runs 
 eager, batch norms unfolded, ImageNet normalisation), torchvision's whole model (classifier
 included), and the package's folded features.0-17 (`photos_sweep.py`'s `mnv2_ms`). It prints CPU
 ms per image (median and minimum over the rounds; all threads of this process) and each
-setting's ratio to each yardstick's median, with image AUROC and fit time.
+setting's ratio to each yardstick's median, with image AUROC and fit time. `--search` also times
+each setting's nearest-neighbour search alone (`<setting> search`: `patch_scores` on the test
+images' patch features, extracted once before the rounds), in the same rounds.
 
 Without --data the images are smooth random grayscale textures, made at 256 px and resized, so
 every size sees the same images; a third of the test images get a small defect (a dark hole, a
@@ -201,6 +203,26 @@ def yardsticks(batch: int) -> dict:
     }
 
 
+def search_only(detector, test: _InMemory):
+    """() -> None: the detector's `patch_scores` on `test` in batches of `config.batch_size`,
+    its features extracted once here, so only the search (and its reshapes) runs."""
+    images = torch.stack([it["image"] for it in test.items]).split(detector.config.batch_size)
+    feats = [detector.embed(batch) for batch in images]
+    embed = detector.embed
+
+    def run() -> None:
+        cached = iter(feats)
+        detector.embed = lambda _images: next(cached)
+        try:
+            for batch in images:
+                detector.patch_scores(batch)
+        finally:
+            detector.embed = embed
+
+    run()  # warm-up: builds the search's session
+    return run
+
+
 def race(args) -> None:
     """Fit each setting, then time predicts and yardsticks in interleaved rounds."""
     import statistics
@@ -234,6 +256,8 @@ def race(args) -> None:
         if 0 < pred.labels.sum() < len(pred.labels):
             info[name]["image_auroc"] = image_auroc(pred.labels, pred.scores)
         entries[name] = lambda d=detector, t=test: d.predict(t)
+        if args.search and hasattr(detector, "patch_scores"):
+            entries[f"{name} search"] = search_only(detector, test)
     size = Config.for_method(SETTINGS[args.race[0]]["method"]).size
     images = torch.stack([it["image"] for it in next(iter(cache.values()))[1].items])
     n = len(images)
@@ -280,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--race", nargs="+", help="photos_sweep setting names to time in rounds")
     p.add_argument("--rounds", type=int, default=5, help="--race: interleaved rounds")
+    p.add_argument("--search", action="store_true", help="--race: also time each search alone")
     args = p.parse_args(argv)
     if args.race:
         if not args.data:
