@@ -425,15 +425,18 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from anomaly.data.folder import load_image
+        from anomaly.data.folder import image_tensor, read_image
 
         path = self.paths[i]
         if not path.exists():
             why = broken_link(path) if path.is_symlink() else "no such file"
             return {"error": f"{path}: {why}"}
         try:
-            image = load_image(path, size=self.size, channels=self.channels)
-            return {"image": image, "own": load_image(path, size=None, channels=3)}
+            a = read_image(path)  # decoded once, for the model's size and the overlay's
+            return {
+                "image": image_tensor(a, self.size, self.channels),
+                "own": image_tensor(a, None, 3),
+            }
         except DataError as err:
             return {"error": str(err)}
 

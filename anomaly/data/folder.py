@@ -104,8 +104,20 @@ def load_image(path: str | Path, size: int | None = 256, channels: int = 3) -> t
     bilinearly with antialiasing to size x size (not keeping the aspect ratio); `size=None`
     keeps the file's own size. Raises `DataError` naming the file when it cannot be read.
     """
+    return image_tensor(read_image(path), size, channels)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode one image file to float32 [H, W, 1 or 3] in [0, 1] (`DataError` naming the file
+    when it cannot be read); `image_tensor` makes the model's input of it."""
     with _open(path) as im:
-        a = image_to_array(im)
+        return image_to_array(im)
+
+
+def image_tensor(a: np.ndarray, size: int | None, channels: int) -> torch.Tensor:
+    """`load_image`'s conversion of a decoded image `a` [H, W, 1 or 3]: to `channels`, resized to
+    `size` (None: its own), as float32 [channels, H, W] in [0, 1]. One decode can serve two sizes
+    (`predict` needs the model's size and the file's own, for the overlay)."""
     if channels == 1 and a.shape[-1] == 3:
         a = (a @ _LUMA)[..., None]
     elif channels == 3 and a.shape[-1] == 1:
