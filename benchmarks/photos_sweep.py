@@ -131,6 +131,17 @@ SETTINGS: dict[str, dict] = {
         "score_border": 16,
         "smooth_sigma": 4.0,
     },
+    # auto's finest candidate with the 8-bit search (int8 within its stated bound)
+    "x2-6-10-int8": {
+        "method": "patchknn",
+        "size": 448,
+        "layers": "features.6,features.10",
+        "feature_pad": 32,
+        "score_border": 16,
+        "smooth_sigma": 4.0,
+        "runtime": "onnxruntime",
+        "search_precision": "int8",
+    },
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
     "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},
