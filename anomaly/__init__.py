@@ -23,7 +23,7 @@ _EXPORTS = {
     "RunError": "anomaly.runs",
     "train_run": "anomaly.pipeline",
     "score_run": "anomaly.pipeline",
-    "predict_images": "anomaly.pipeline",
+    "predict_images": "anomaly.predict",
     "set_threshold": "anomaly.pipeline",
     "evaluate": "anomaly.metrics",
     "Threshold": "anomaly.metrics",

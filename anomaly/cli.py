@@ -212,7 +212,7 @@ def _predict(args) -> int:
 
         results, threshold = predict_files(args.onnx, args.images)
     else:
-        from anomaly.pipeline import predict_images
+        from anomaly.predict import predict_images
 
         results, threshold = predict_images(args.run, args.images)
     good = [r for r in results if "error" not in r]

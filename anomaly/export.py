@@ -293,7 +293,7 @@ def verdicts(scores: np.ndarray, threshold: float | None) -> list[str]:
 def predict_files(
     onnx_path: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
 ):
-    """`predict --onnx`: as `anomaly.pipeline.predict_images`, with the exported file.
+    """`predict --onnx`: as `anomaly.predict.predict_images`, with the exported file.
 
     Returns (results, threshold): per image path, score, verdict and overlay (written to
     `overlay_dir`, default `<file stem>_predict/` beside the ONNX file), or path and error.
@@ -302,7 +302,7 @@ def predict_files(
 
     from anomaly.metrics import Threshold
     from anomaly.overlays import PNG_LEVEL
-    from anomaly.pipeline import _overlay_name, expand_images
+    from anomaly.predict import _overlay_name, expand_images
     from anomaly.viz import heatmap_overlay
 
     detector = OnnxDetector(onnx_path)

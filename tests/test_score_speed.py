@@ -87,7 +87,8 @@ def test_predict_over_a_folder_decodes_in_batches_and_names_bad_files(
     """Batches of 3 that mix readable and unreadable files: every readable image gets the score
     it gets alone, every unreadable one an error naming it, in the order given."""
     from anomaly.data.folder import load_image
-    from anomaly.pipeline import expand_images, load_run, predict_images
+    from anomaly.pipeline import load_run
+    from anomaly.predict import expand_images, predict_images
 
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "workers": workers}))

@@ -17,7 +17,8 @@ from helpers import copy_run
 from anomaly.calibration import calibration_words
 from anomaly.cli import main
 from anomaly.metrics import conformal_n_needed
-from anomaly.pipeline import predict_images, set_threshold
+from anomaly.pipeline import set_threshold
+from anomaly.predict import predict_images
 from anomaly.runs import RunDir
 
 

@@ -1,0 +1,129 @@
+"""`predict`: a trained run's verdicts on new image files (files or folders of them), with an
+overlay per image; the files are decoded in batches as `score` decodes a test set.
+
+Split from `anomaly.pipeline` (which trains, scores and sets thresholds); `predict --onnx`
+(`anomaly.export`) lists and names files the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from anomaly.config import Config
+from anomaly.data.folder import DataError, broken_link, scan_images
+from anomaly.overlays import verdict
+from anomaly.pipeline import _decoding_loader, load_run
+from anomaly.runs import RunDir
+
+
+def expand_images(images: list[str | Path]) -> list[Path]:
+    """Paths as given, with each folder replaced by the images in it and its broken links
+    (sorted; `predict` names a broken link's file and why, and scores the rest)."""
+    out: list[Path] = []
+    for item in images:
+        p = Path(item)
+        if p.is_dir():
+            found, broken, _ = scan_images(p)
+            out += sorted(found + broken)
+        else:
+            out.append(p)
+    return out
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    """`<stem>_overlay.png`, made unique with the parent folder (then a counter)."""
+    name = f"{path.stem}_overlay.png"
+    if name in used:
+        name = f"{path.parent.name}_{path.stem}_overlay.png"
+    i = 2
+    while name in used:
+        name, i = f"{path.parent.name}_{path.stem}_{i}_overlay.png", i + 1
+    used.add(name)
+    return name
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """`predict_images`' files: each item the image at the run's size and at its own (for the
+    overlay), or the error that names the file."""
+
+    def __init__(self, paths: list[Path], config: Config) -> None:
+        self.paths, self.size, self.channels = paths, config.size, config.channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        from anomaly.data.folder import image_tensor, read_image
+
+        path = self.paths[i]
+        if not path.exists():
+            why = broken_link(path) if path.is_symlink() else "no such file"
+            return {"error": f"{path}: {why}"}
+        try:
+            a = read_image(path)  # decoded once, for the model's size and the overlay's
+            return {
+                "image": image_tensor(a, self.size, self.channels),
+                "own": image_tensor(a, None, 3),
+            }
+        except DataError as err:
+            return {"error": str(err)}
+
+    @staticmethod
+    def collate(items: list[dict]) -> dict:
+        read = [item for item in items if "error" not in item]
+        images = torch.stack([item["image"] for item in read]) if read else None
+        errors = [item.get("error") for item in items]  # None for an image read
+        return {"errors": errors, "image": images, "own": [item["own"] for item in read]}
+
+
+def predict_images(
+    run: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
+):
+    """Score new images (files or folders of them) with a run and its saved threshold.
+
+    The files are decoded in batches (by `workers` processes, as in `score`). Returns
+    (results, threshold): one dict per image: path, score, verdict ("REJECT" iff score >=
+    threshold, else "PASS") and overlay; or path and error for an image that could not be read
+    (the others are still scored).
+    """
+    from PIL import Image
+
+    from anomaly.overlays import PNG_LEVEL, annotated_overlay, run_scale
+
+    rd = RunDir(run).require()
+    detector = load_run(rd)
+    threshold = rd.threshold()
+    scale = run_scale(rd)  # the saved pixel threshold anchors the colours
+    overlay_dir = Path(overlay_dir) if overlay_dir else rd.predict_dir
+    overlay_dir.mkdir(parents=True, exist_ok=True)
+    paths = expand_images(images)
+    files = _ImageFiles(paths, detector.config)
+    results, used = [], set()
+    for batch in _decoding_loader(files, detector.config, collate_fn=_ImageFiles.collate):
+        if batch["image"] is not None:
+            with torch.no_grad():
+                scores, maps = detector.predict_batch(batch["image"].to(detector.device))
+            scored = iter(zip(scores.tolist(), maps.cpu().numpy(), batch["own"]))
+        for error in batch["errors"]:
+            path = paths[len(results)]
+            if error is not None:
+                results.append({"path": str(path), "error": error})
+                continue
+            score, amap, own_size = next(scored)
+            overlay = overlay_dir / _overlay_name(path, used)
+            Image.fromarray(
+                annotated_overlay(
+                    own_size.numpy(), amap, scale, score, threshold.value, title=path.name
+                )
+            ).save(overlay, compress_level=PNG_LEVEL)
+            results.append(
+                {
+                    "path": str(path),
+                    "score": score,
+                    "overlay": str(overlay),
+                    "verdict": verdict(score, threshold.value),
+                }
+            )
+    return results, threshold
