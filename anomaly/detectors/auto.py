@@ -24,13 +24,13 @@ What it does (`AutoDetector.fit`, training images only, never a test image or la
 
 What it optimises, and its limits: the separation of *synthetic* defects from held-out normal
 images. The synthetic defects are not the user's: a candidate that finds pasted textures and
-small blurred or tinted regions well may still miss thin cracks or missing parts, and the
-quiet alterations favour the finer (and slower) candidates, which cost about 3x the defaults'
-predict time when chosen. Held-out normals
-come from the training images, so a shift between training and test conditions (lighting,
-position) is not seen either. The trial fits use fewer images than the final fit. Auto is a
-label-free guess that is better than a fixed default only as far as the synthetic defects
-resemble the real ones; check the choice on a few labelled images where you have them.
+small blurred or tinted regions well may still miss thin cracks or missing parts, and the quiet
+alterations favour the finer (and slower) candidates, which cost about 3x the defaults' predict
+time when chosen. Held-out normals come from the training images, so a shift between training
+and test conditions (lighting, position) is not seen either. The trial fits use fewer images
+than the final fit. Auto is a label-free guess that is better than a fixed default only as far
+as the synthetic defects resemble the real ones; check the choice on a few labelled images where
+you have them.
 
 Every candidate sees the images at the run's size (`config.size`) and resizes them to its own;
 its maps are resized back, so predictions have the run's size whatever is chosen. The same
