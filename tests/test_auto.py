@@ -96,6 +96,7 @@ def test_chooses_the_best_separation_over_a_blind_candidate(stubs):
     assert torch.allclose(auto.inner.mean, data.images.mean(0))  # final fit: all images
     text = format_selection(auto.selection)
     assert "auto chose stub-mean size=48" in text and "skipped" in text
+    assert text.count("ms/image") == 2  # each scored candidate's predict time; not the skipped
 
 
 def test_choose_breaks_image_auroc_ties_by_aupro_then_grid_order():

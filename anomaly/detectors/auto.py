@@ -413,13 +413,15 @@ def format_selection(selection: dict) -> str:
             f"{selection['synthetic_defects']} synthetic defects)"
         )
     ]
+    scored = selection["held_out_normals"] + selection["synthetic_defects"]
     for i, row in enumerate(selection["candidates"]):
         mark = "*" if i == selection["chosen_index"] else " "
         if row["error"]:
             lines.append(f" {mark} {row['name']:<40} skipped: {row['error']}")
-        else:
+        else:  # predict time: what the choice costs on every image later
+            ms = 1000 * row["score_s"] / max(scored, 1)
             lines.append(
                 f" {mark} {row['name']:<40} image AUROC {row['image_auroc']:.4f}  "
-                f"AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s"
+                f"AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s  predict {ms:.0f} ms/image"
             )
     return "\n".join(lines)
