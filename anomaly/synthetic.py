@@ -153,14 +153,17 @@ def image_texture(images: torch.Tensor, generator=None) -> torch.Tensor:
             t = t[torch.randperm(c, generator=generator).to(dev)]
         out.append(t)
     t = torch.stack(out)
+    out.clear()
     r = _rand(b, 4, generator=generator, device=dev)
     mean = t.mean(dim=(1, 2, 3), keepdim=True)
     contrast, brightness = 0.5 + 1.5 * r[:, 0], 0.4 * r[:, 1] - 0.2
-    t = (t - mean) * contrast.view(-1, 1, 1, 1) + mean + brightness.view(-1, 1, 1, 1)
+    # in place, in the order (t - mean) * contrast + mean + brightness: one batch in memory
+    t.sub_(mean).mul_(contrast.view(-1, 1, 1, 1)).add_(mean).add_(brightness.view(-1, 1, 1, 1))
     gamma = torch.exp((r[:, 2] - 0.5) * 1.4).view(-1, 1, 1, 1)  # 0.5 .. 2
-    t = t.clamp(0, 1) ** gamma
-    invert = (r[:, 3] < 0.25).view(-1, 1, 1, 1)
-    return torch.where(invert, 1 - t, t)
+    t.clamp_(0, 1).pow_(gamma)
+    invert = (r[:, 3] < 0.25).nonzero().flatten().to(dev)
+    t[invert] = 1 - t[invert]
+    return t
 
 
 def synthesize(
@@ -210,8 +213,8 @@ def synthesize(
     if len(noise_rows):
         texture[noise_rows] = fractal_texture(len(noise_rows), c, (h, w), generator, dev)
     m = masks[:, None]
-    blended = (1 - opacity) * texture + opacity * images
-    augmented = torch.where(m > 0, blended, images)
+    blended = texture.mul_(1 - opacity).add_(opacity * images)  # in place: fewer batch copies
+    augmented = torch.where(m > 0, blended, images, out=blended)
     return augmented, masks
 
 

@@ -349,10 +349,13 @@ class AutoDetector(Detector):
         train = images[rest[: self.trial_images].sort().values]
         hosts = normals.repeat(self.synthetic_per_image, 1, 1, 1)
         pasted, pasted_masks = synthesize(hosts, generator=gen, p_anomaly=1.0, scales=PERLIN_SCALES)
+        del hosts
         altered, altered_masks = alter(normals.repeat(self.altered_per_image, 1, 1, 1), gen)
-        defects, masks = torch.cat([pasted, altered]), torch.cat([pasted_masks, altered_masks])
-        keep = masks.flatten(1).amax(1) > 0  # an empty mask made no (visible) defect
-        return train, normals, defects[keep], masks[keep]
+        shown = [m.flatten(1).amax(1) > 0 for m in (pasted_masks, altered_masks)]
+        # an empty mask made no (visible) defect; each part filtered before the one copy
+        defects = torch.cat([pasted[shown[0]], altered[shown[1]]])
+        masks = torch.cat([pasted_masks[shown[0]], altered_masks[shown[1]]])
+        return train, normals, defects, masks
 
     def _trial(
         self, settings: dict, train, held_out, truth, pixel_truth, fitted: dict, progress: bool
