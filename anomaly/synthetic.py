@@ -23,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from anomaly.maps import gaussian_blur
+
 PERLIN_SCALES = (0, 6)  # Perlin resolution 2**k cells per side, k drawn from [0, 6), as DRAEM
 THRESHOLD = 0.5  # Perlin values above it form the mask (DRAEM's threshold)
 BETA = (0.0, 0.8)  # opacity of the original image inside the mask (DRAEM's range)
@@ -246,18 +248,6 @@ def local_mask(n: int, size: tuple[int, int], generator=None, device=None) -> to
     return out
 
 
-def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    c = image.shape[0]
-    x = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return x[0]
-
-
 def alter(
     images: torch.Tensor, generator=None, kinds: tuple[str, ...] = ALTERATIONS
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +267,9 @@ def alter(
     Returns:
         (altered images [B, C, H, W], masks [B, H, W] in {0, 1}, the soft region >= 0.5).
     """
+    unknown = set(kinds) - set(ALTERATIONS)
+    if unknown or not kinds:
+        raise ValueError(f"unknown alteration(s) {sorted(unknown)}; choose from {ALTERATIONS}")
     b, c, h, w = images.shape
     dev = images.device
     soft = local_mask(b, (h, w), generator, dev)[:, None]
@@ -287,18 +280,16 @@ def alter(
         kind = kinds[i % len(kinds)]
         r = _rand(2 * c + 2, generator=generator, device=dev)
         if kind == "blur":
-            changed = _blurred(images[i], (0.01 + 0.01 * float(r[0])) * min(h, w))
+            changed = gaussian_blur(images[i], (0.01 + 0.01 * float(r[0])) * min(h, w))
         elif kind == "shift":
             n = 1 if c == 1 or r[-1] < 0.5 else c
             gain = (0.75 + 0.5 * r[:n]).view(-1, 1, 1)
             sign = 1.0 if float(r[-2]) < 0.5 else -1.0
             offset = (sign * (0.04 + 0.08 * r[c : c + n])).view(-1, 1, 1)
             changed = images[i] * gain + offset
-        elif kind == "faint":
+        else:  # faint
             opacity = 0.15 + 0.25 * float(r[0])
             changed = (1 - opacity) * images[i] + opacity * textures[i]
-        else:
-            raise ValueError(f"unknown alteration {kind!r}; choose from {ALTERATIONS}")
         out[i] = (images[i] + soft[i] * (changed.clamp(0, 1) - images[i])).clamp(0, 1)
         change = (out[i] - images[i]).abs().mean(0)[masks[i] > 0]
         if change.numel() == 0 or float(change.mean()) < MIN_VISIBLE:
