@@ -247,6 +247,7 @@ class PatchKNN(Detector):
         self, config, layers: tuple[str, ...] | None = None, module: nn.Module | None = None
     ) -> None:
         super().__init__(config)
+        self.int8 = wants_int8(config)  # the search in 8 bits (ValueError where it cannot run)
         if module is None and config.backbone.startswith("encoder:"):
             # our own trained encoder (no pretraining at all): anomaly.pipeline loads the run
             raise ValueError(
@@ -266,7 +267,6 @@ class PatchKNN(Detector):
         self.bank: torch.Tensor | None = None
         self.bank_sq: torch.Tensor | None = None
         self.index: BankIndex | None = None  # config.search_clusters > 0
-        self.int8 = wants_int8(config)  # the search in 8 bits (ValueError where it cannot run)
         self._sessions: dict = {}  # onnxruntime: the extractor by input shape, and "search"
         self._matrices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
