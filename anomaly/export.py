@@ -26,7 +26,8 @@ The file's contract, also stored in its `metadata_props` (read them with
 - `threshold`: the run's saved decision threshold when it had one (score >= threshold means
   anomalous), `map_range`: the colour scale of its held-out normal maps.
 
-Only `patchknn` runs export: the other methods' scores are not one traced graph of fixed size.
+Only `patchknn` runs export (and `auto` runs that chose patchknn: their choice is exported):
+the other methods' scores are not one traced graph of fixed size.
 The file always searches the whole memory bank: a run trained with an approximate search
 (`--search-clusters`) exports the exact search, whose scores are never higher than the run's.
 The backbone is traced from torch whatever the run's `--runtime`.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +81,10 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
 
     run = RunDir(run_dir).require()
     config = run.config()
-    if config.method != "patchknn":
+    if config.method not in ("patchknn", "auto"):
         raise ExportError(
-            f"{run}: only patchknn runs export to ONNX, this run is "
-            f"{config.method!r}; train one with "
+            f"{run}: only patchknn runs (and auto runs that chose patchknn) export to ONNX, "
+            f"this run is {config.method!r}; train one with "
             f"`python -m anomaly train --method patchknn --data ROOT --out RUN`"
         )
     out_path = Path(out_path) if out_path is not None else run.file("model.onnx")
@@ -90,7 +92,29 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
         raise ExportError(
             f"{out_path} is a folder; give the ONNX file's name, e.g. {out_path / 'model.onnx'}"
         )
-    return export_detector(load_run(run, device="cpu"), out_path, metadata(config, run))
+    detector = load_run(run, device="cpu")
+    if config.method == "auto":  # its choice is what predicts: export that
+        detector = _auto_choice(run, detector, config.size)
+    return export_detector(detector, out_path, metadata(detector.config, run))
+
+
+def _auto_choice(run, auto, run_size: int):
+    """The patchknn detector an auto run chose (ExportError if it chose another method)."""
+    inner = auto.inner
+    if inner is None or inner.config.method != "patchknn":
+        method = inner.config.method if inner is not None else None
+        raise ExportError(
+            f"{run}: this auto run chose {method!r}, and only patchknn exports to ONNX; train "
+            "a patchknn run with the settings in its selection.json instead"
+        )
+    if inner.config.size != run_size:
+        warnings.warn(
+            f"{run}: auto's choice works at {inner.config.size} px and the run at {run_size} px; "
+            f"the ONNX file resizes each image once, to {inner.config.size} px, while `predict "
+            f"--run` resizes to {run_size} px first: scores can differ a little",
+            stacklevel=3,
+        )
+    return inner
 
 
 def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None = None) -> Path:

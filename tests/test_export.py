@@ -148,8 +148,49 @@ def test_only_patchknn_runs_export(tiny_cookies, tmp_path):
     (tmp_path / "ae").mkdir()
     config = Config.for_method("ae", data=str(tiny_cookies), size=32, epochs=1, device="cpu")
     config.save(tmp_path / "ae" / "config.json")
-    with pytest.raises(ExportError, match="only patchknn runs export to ONNX, this run is 'ae'"):
+    with pytest.raises(
+        ExportError, match=r"only patchknn runs .* export to ONNX, this run is 'ae'"
+    ):
         export_onnx(tmp_path / "ae", tmp_path / "ae.onnx")
+
+
+def _auto_run(tiny_cookies, tmp_path, monkeypatch, grid: list[dict]):
+    from anomaly.detectors import auto
+
+    monkeypatch.setattr(auto, "CANDIDATES", grid)
+    config = Config.for_method("auto", data=str(tiny_cookies), size=SIZE, device="cpu")
+    train_run(config, tmp_path / "auto", progress=False)
+    return tmp_path / "auto"
+
+
+def test_an_auto_run_exports_its_choice(tiny_cookies, tmp_path, monkeypatch):
+    knn = {"method": "patchknn", "size": SIZE, "coreset_ratio": 0.1}
+    run = _auto_run(tiny_cookies, tmp_path, monkeypatch, [knn, {"method": "meandiff"}])
+    detector = load_run(run, device="cpu")
+    assert detector.chosen == knn
+    path = export_onnx(run, tmp_path / "auto.onnx")
+    files = _test_images(tiny_cookies)
+    images = torch.stack([load_image(f, size=SIZE, channels=3) for f in files])
+    ref_scores, ref_maps = (t.numpy() for t in detector.predict_batch(images))
+    scores, maps = predict_onnx(path, files)
+    scale = max(1.0, float(np.abs(ref_maps).max()))
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(maps, ref_maps, rtol=0, atol=1e-4 * scale)
+    assert OnnxDetector(path).meta["method"] == "patchknn"
+
+
+def test_an_auto_run_that_chose_another_method_says_so(tiny_cookies, tmp_path, monkeypatch):
+    run = _auto_run(tiny_cookies, tmp_path, monkeypatch, [{"method": "meandiff"}])
+    with pytest.raises(ExportError, match="chose 'meandiff', and only patchknn exports"):
+        export_onnx(run, tmp_path / "auto.onnx")
+
+
+def test_an_auto_choice_at_another_size_warns(tiny_cookies, tmp_path, monkeypatch):
+    knn = {"method": "patchknn", "size": 32, "coreset_ratio": 0.1}
+    run = _auto_run(tiny_cookies, tmp_path, monkeypatch, [knn])
+    with pytest.warns(UserWarning, match="works at 32 px and the run at 48 px"):
+        path = export_onnx(run, tmp_path / "auto.onnx")
+    assert OnnxDetector(path).size == 32
 
 
 def test_cli_export_then_predict_onnx_agrees_with_predict_run(
