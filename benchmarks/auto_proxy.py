@@ -31,8 +31,8 @@ from anomaly.synthetic import alter, synthesize
 CANDIDATES = {
     "default": {"method": "patchknn"},
     "256px": {"method": "patchknn", "size": 256},
-    "448px": auto.CANDIDATES[3],
-    "lite0-160": auto.CANDIDATES[2],
+    "448px": auto.FINE_448,
+    "lite0-160": auto.LITE0_160,
     "flow": {"method": "flow"},
     "meandiff": {"method": "meandiff"},
 }

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anomaly.detectors.auto import FINE_448
+
 # Named settings: a method and overrides of its defaults (Config.for_method). "default" is
 # whatever METHOD_DEFAULTS says now; the others spell out every setting they vary from OLD (the
 # patchknn defaults before the photo suite), so their results do not move with the defaults.
@@ -123,25 +125,9 @@ SETTINGS: dict[str, dict] = {
     "default-sigma4": {"method": "patchknn", "smooth_sigma": 4.0},
     "default-sigma1": {"method": "patchknn", "smooth_sigma": 1.0},
     # twice the pixels, one stage deeper: the same 56 x 56 grid, each cell half the image extent
-    "x2-6-10": {
-        "method": "patchknn",
-        "size": 448,
-        "layers": "features.6,features.10",
-        "feature_pad": 32,
-        "score_border": 16,
-        "smooth_sigma": 4.0,
-    },
-    # auto's finest candidate with the 8-bit search (int8 within its stated bound)
-    "x2-6-10-int8": {
-        "method": "patchknn",
-        "size": 448,
-        "layers": "features.6,features.10",
-        "feature_pad": 32,
-        "score_border": 16,
-        "smooth_sigma": 4.0,
-        "runtime": "onnxruntime",
-        "search_precision": "int8",
-    },
+    # (auto's finest candidate), and the same with the 8-bit search (within its stated bound)
+    "x2-6-10": dict(FINE_448),
+    "x2-6-10-int8": {**FINE_448, "runtime": "onnxruntime", "search_precision": "int8"},
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
     "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},

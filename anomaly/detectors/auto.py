@@ -55,30 +55,32 @@ from anomaly.detectors.base import REGISTRY, Detector, register
 from anomaly.metrics import aupro, image_auroc, pixel_auroc
 from anomaly.synthetic import alter, synthesize
 
+# EfficientNet-Lite0's stride-4 + 8 stages at 160 px: a finer grid, for thin defects
+LITE0_160 = {
+    "method": "patchknn",
+    "backbone": "efficientnet_lite0",
+    "layers": "blocks.2,blocks.4",
+    "size": 160,
+    "coreset_ratio": 0.01,
+}
+# twice the pixels, one stage deeper: the same 56 x 56 grid with cells of half the extent, for
+# small defects; about 3x the defaults' predict (docs/measurements.md; photos_sweep's x2-6-10)
+FINE_448 = {
+    "method": "patchknn",
+    "size": 448,
+    "layers": "features.6,features.10",
+    "feature_pad": 32,
+    "score_border": 16,
+    "smooth_sigma": 4.0,
+}
 # The candidate grid: each entry is a set of Config overrides (with "method") on top of that
 # method's defaults (`Config.for_method`). Earlier entries win ties. Entries whose method is not
 # registered are skipped; entries that fail to build or fit are recorded with their error.
 CANDIDATES: list[dict] = [
     {"method": "patchknn"},  # the project's defaults (MobileNetV2 stages 3 + 6 at 224 px)
     {"method": "patchknn", "score_topk": 0.01},  # same fit; image score = mean of the top 1 %
-    # EfficientNet-Lite0's stride-4 + 8 stages at 160 px: a finer grid, for thin defects
-    {
-        "method": "patchknn",
-        "backbone": "efficientnet_lite0",
-        "layers": "blocks.2,blocks.4",
-        "size": 160,
-        "coreset_ratio": 0.01,
-    },
-    # twice the pixels, one stage deeper: the same 56 x 56 grid with cells of half the extent,
-    # for small defects; about 3x the defaults' predict (docs/measurements.md)
-    {
-        "method": "patchknn",
-        "size": 448,
-        "layers": "features.6,features.10",
-        "feature_pad": 32,
-        "score_border": 16,
-        "smooth_sigma": 4.0,
-    },
+    LITE0_160,
+    FINE_448,
     {"method": "flow"},
     {"method": "meandiff"},
 ]
