@@ -302,7 +302,7 @@ def score_run(
             data or config.data, "test", size=config.size, channels=config.channels
         )
         t0 = time.perf_counter()
-        pred = detector.predict(_decoding_loader(test, config), progress=progress)
+        pred = detector.predict(decoding_loader(test, config), progress=progress)
         seconds = time.perf_counter() - t0
         pred.meta.update(run=str(run), data=str(data or config.data))
         rd.save_predictions(pred)
@@ -318,7 +318,7 @@ def score_run(
     return pred, metrics
 
 
-def _decoding_loader(data, config: Config, collate_fn=None):
+def decoding_loader(data, config: Config, collate_fn=None):
     """`data` in batches of `config.batch_size`, decoded by `config.workers` processes while the
     model scores (in this process when 0)."""
     from torch.utils.data import DataLoader

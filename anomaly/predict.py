@@ -14,7 +14,7 @@ import torch
 from anomaly.config import Config
 from anomaly.data.folder import DataError, broken_link, scan_images
 from anomaly.overlays import verdict
-from anomaly.pipeline import _decoding_loader, load_run
+from anomaly.pipeline import decoding_loader, load_run
 from anomaly.runs import RunDir
 
 
@@ -101,7 +101,7 @@ def predict_images(
     paths = expand_images(images)
     files = _ImageFiles(paths, detector.config)
     results, used = [], set()
-    for batch in _decoding_loader(files, detector.config, collate_fn=_ImageFiles.collate):
+    for batch in decoding_loader(files, detector.config, collate_fn=_ImageFiles.collate):
         if batch["image"] is not None:
             with torch.no_grad():
                 scores, maps = detector.predict_batch(batch["image"].to(detector.device))

@@ -13,7 +13,7 @@ load hits all of them alike), it times:
 - search: the exact nearest-neighbour search of those features in the memory bank, by torch
   (`nearest_distances`) and by onnxruntime (`PatchKNN._search`, what runtime auto runs);
 - map+score: the patch grids upsampled and smoothed into maps, and the image scores;
-- predict: `detector.predict` over `pipeline._decoding_loader` (what `score` times as
+- predict: `detector.predict` over `pipeline.decoding_loader` (what `score` times as
   predict_images_per_s), for every --workers and --batch-sizes; with --torch-search also with
   the search in torch (as before the search ran in onnxruntime), at 0 workers;
 - score: the whole `score_run` without overlays (predictions.npz, scores.csv, metrics), once
@@ -41,7 +41,7 @@ import torch
 from anomaly.data import AnomalyDataset
 from anomaly.detectors.knn import nearest_distances
 from anomaly.maps import image_score
-from anomaly.pipeline import _decoding_loader, load_run, score_run, train_run
+from anomaly.pipeline import decoding_loader, load_run, score_run, train_run
 
 
 def cpu_seconds() -> float:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     detector.config = config
                     detector._search = fast_search if search == "onnxruntime" else torch_search
-                    detector.predict(_decoding_loader(data, config))
+                    detector.predict(decoding_loader(data, config))
                     detector.config, detector._search = cfg, fast_search
 
                 pieces[f"predict w{w} b{bs}" + (" torch" if search == "torch" else "")] = predict
