@@ -258,7 +258,7 @@ def race(args) -> None:
         entries[name] = lambda d=detector, t=test: d.predict(t)
         if args.search and hasattr(detector, "patch_scores"):
             entries[f"{name} search"] = search_only(detector, test)
-    size = Config.for_method(SETTINGS[args.race[0]]["method"]).size
+    size, _ = next(iter(cache))  # the yardsticks see the first setting's images
     images = torch.stack([it["image"] for it in next(iter(cache.values()))[1].items])
     n = len(images)
     refs = yardsticks(args.batch_size)
@@ -274,8 +274,8 @@ def race(args) -> None:
             cpu[k].append(1000 * (time.process_time() - c0) / n)
     med = {k: statistics.median(v) for k, v in cpu.items()}
     print(
-        f"{n} test images of {args.data} at {size} px (settings' own sizes), {args.rounds} "
-        f"interleaved rounds, {args.threads} threads, torch {torch.__version__}, load average "
+        f"{n} test images of {args.data}, yardsticks at {size} px (settings at their own "
+        f"sizes), {args.rounds} interleaved rounds, {args.threads} threads, torch {torch.__version__}, load average "
         f"after {os.getloadavg()[0]:.1f}"
     )
     head = ["name", "image AUROC", "fit s (CPU s)", "CPU ms/img median (min)", *refs]
