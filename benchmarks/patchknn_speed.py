@@ -275,8 +275,8 @@ def race(args) -> None:
     med = {k: statistics.median(v) for k, v in cpu.items()}
     print(
         f"{n} test images of {args.data}, yardsticks at {size} px (settings at their own "
-        f"sizes), {args.rounds} interleaved rounds, {args.threads} threads, torch {torch.__version__}, load average "
-        f"after {os.getloadavg()[0]:.1f}"
+        f"sizes), {args.rounds} interleaved rounds, {args.threads} threads, torch "
+        f"{torch.__version__}, load average after {os.getloadavg()[0]:.1f}"
     )
     head = ["name", "image AUROC", "fit s (CPU s)", "CPU ms/img median (min)", *refs]
     print("| " + " | ".join(head) + " |")
