@@ -422,11 +422,11 @@ def format_selection(selection: dict) -> str:
     for i, row in enumerate(selection["candidates"]):
         mark = "*" if i == selection["chosen_index"] else " "
         if row["error"]:
-            lines.append(f" {mark} {row['name']:<40} skipped: {row['error']}")
-        else:  # predict time: what the choice costs on every image later
-            ms = 1000 * row["score_s"] / max(scored, 1)
+            lines.append(f" {mark} skipped: {row['error']}  {row['name']}")
+        else:  # predict time: what the choice costs on every image later; the numbers first,
+            ms = 1000 * row["score_s"] / max(scored, 1)  # in columns; names vary in length
             lines.append(
-                f" {mark} {row['name']:<40} image AUROC {row['image_auroc']:.4f}  "
-                f"AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s  predict {ms:.0f} ms/image"
+                f" {mark} image AUROC {row['image_auroc']:.4f}  AUPRO {row['aupro']:.4f}  "
+                f"fit {row['fit_s']:5.1f} s  predict {ms:4.0f} ms/image  {row['name']}"
             )
     return "\n".join(lines)
