@@ -12,7 +12,7 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from anomaly.config import METHOD_DEFAULTS, Config
+from anomaly.config import METHOD_DEFAULTS, METHODS, Config
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
 
@@ -42,9 +42,18 @@ def add_config_flags(p: argparse.ArgumentParser, methods: list[str]) -> None:
         p.add_argument(_flag(f), help=help_text.replace("%", "%%"), **kw)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from anomaly.detectors import REGISTRY
+def method_names() -> list[str]:
+    """The package's methods (`config.METHODS`), and any more registered in this process (a
+    plugin that called `anomaly.detectors.register` before `main`); importing the detectors
+    just to list them would cost every command, `--help` included, seconds of torch imports."""
+    names = set(METHODS)
+    base = sys.modules.get("anomaly.detectors.base")
+    if base is not None:
+        names |= set(base.REGISTRY)
+    return sorted(names)
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anomaly", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the interrupted run in --out (with more --epochs: train longer)",
     )
-    add_config_flags(p, sorted(REGISTRY))
+    add_config_flags(p, method_names())
 
     p = sub.add_parser("score", help="score test/: scores.csv, metrics.json, overlays/")
     p.add_argument("--run", required=True)
@@ -265,8 +274,6 @@ def _make_data(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from anomaly.train import Interrupted
-
     try:
         if args.command in ("make-cookies", "make-photos"):
             _make_data(args)
@@ -298,15 +305,15 @@ def main(argv: list[str] | None = None) -> int:
             from anomaly.explorer import serve
 
             serve(args.run, port=args.port)
-    except Interrupted as stop:
+    except KeyboardInterrupt as stop:  # anomaly.train.Interrupted: Ctrl-C in training
+        if getattr(stop, "epoch", None) is None:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
         print(
             f"\ninterrupted after epoch {stop.epoch}; "
             + RESUME_HINT.format(out=getattr(args, "out", "RUN")),
             file=sys.stderr,
         )
-        return 130
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         # Our errors name the file and the fix; a traceback from deep inside torch helps nobody.

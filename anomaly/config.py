@@ -13,6 +13,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+# Every method the package registers (`anomaly.detectors.REGISTRY`), named here too so that the
+# CLI can list them without importing torch and every detector (tests/test_architecture.py keeps
+# the two in step).
+METHODS = ("ae", "auto", "draem", "flow", "kmeans", "meandiff", "patchknn", "unet", "vae")
+
 # Per-method overrides of the field defaults below, chosen to train a useful model in minutes on
 # a 2-core CPU (the reasons are in each detector's docstring). A method not listed uses the
 # field defaults as they are.

@@ -244,3 +244,18 @@ def test_every_torch_load_refuses_pickled_objects():
                 if not safe:
                     unsafe.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not unsafe, unsafe
+
+
+def test_config_names_every_registered_method():
+    """The CLI lists `config.METHODS` (no torch import for --help); the package registers them."""
+    import subprocess
+    import sys
+
+    from anomaly.config import METHODS
+    from anomaly.detectors import REGISTRY
+
+    ours = {name for name, cls in REGISTRY.items() if cls.__module__.startswith("anomaly.")}
+    assert set(METHODS) == ours
+    code = "import sys, anomaly.cli; anomaly.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # building the parser imports no torch
