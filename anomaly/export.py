@@ -36,7 +36,6 @@ The backbone is traced from torch whatever the run's `--runtime`.
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -307,13 +306,6 @@ def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]
     return OnnxDetector(onnx_path).predict(images)
 
 
-def verdicts(scores: np.ndarray, threshold: float | None) -> list[str]:
-    """ "REJECT" iff score >= threshold, else "PASS" (or "unknown" without a threshold)."""
-    if threshold is None or not math.isfinite(threshold):
-        return ["unknown"] * len(scores)
-    return ["REJECT" if s >= threshold else "PASS" for s in scores]
-
-
 def predict_files(
     onnx_path: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
 ):
@@ -325,8 +317,8 @@ def predict_files(
     from PIL import Image
 
     from anomaly.metrics import Threshold
-    from anomaly.overlays import PNG_LEVEL
-    from anomaly.predict import _overlay_name, expand_images
+    from anomaly.overlays import PNG_LEVEL, verdict
+    from anomaly.predict import expand_images, overlay_name
     from anomaly.viz import heatmap_overlay
 
     detector = OnnxDetector(onnx_path)
@@ -351,7 +343,7 @@ def predict_files(
             results.append({"path": str(path), "error": str(err)})
             continue
         scores, maps = detector.predict([x])
-        overlay = out / _overlay_name(path, used)
+        overlay = out / overlay_name(path, used)
         Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax)).save(
             overlay, compress_level=PNG_LEVEL
         )
@@ -361,7 +353,7 @@ def predict_files(
                 "path": str(path),
                 "score": score,
                 "overlay": str(overlay),
-                "verdict": "REJECT" if score >= threshold.value else "PASS",
+                "verdict": verdict(score, threshold.value),
             }
         )
     return results, threshold

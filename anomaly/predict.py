@@ -32,7 +32,7 @@ def expand_images(images: list[str | Path]) -> list[Path]:
     return out
 
 
-def _overlay_name(path: Path, used: set[str]) -> str:
+def overlay_name(path: Path, used: set[str]) -> str:
     """`<stem>_overlay.png`, made unique with the parent folder (then a counter)."""
     name = f"{path.stem}_overlay.png"
     if name in used:
@@ -112,7 +112,7 @@ def predict_images(
                 results.append({"path": str(path), "error": error})
                 continue
             score, amap, own_size = next(scored)
-            overlay = overlay_dir / _overlay_name(path, used)
+            overlay = overlay_dir / overlay_name(path, used)
             Image.fromarray(
                 annotated_overlay(
                     own_size.numpy(), amap, scale, score, threshold.value, title=path.name
