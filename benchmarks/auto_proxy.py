@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ from anomaly.config import Config
 from anomaly.data import AnomalyDataset
 from anomaly.detectors import auto
 from anomaly.metrics import image_auroc
-from anomaly.synthetic import alter, synthesize
 
 CANDIDATES = {
     "default": {"method": "patchknn"},
@@ -49,19 +47,8 @@ def proxy_rows(folder: Path, seed: int = 0) -> dict:
     train, _ = _stack(AnomalyDataset(folder, "train", size=SIZE, channels=3))
     test, labels = _stack(AnomalyDataset(folder, "test", size=SIZE, channels=3))
     config = Config.for_method("auto", data=str(folder), size=SIZE, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train), generator=gen)
-    n_out = min(
-        auto.MAX_HOLDOUT,
-        len(train) - 2,
-        max(auto.MIN_HOLDOUT, math.ceil(auto.HOLDOUT_FRACTION * len(train))),
-    )
-    normals = train[order[:n_out]]
-    trial = train[order[n_out:][: auto.TRIAL_IMAGES].sort().values]
-    families = {
-        "blobs": synthesize(normals.repeat(2, 1, 1, 1), gen, 1.0, scales=auto.PERLIN_SCALES),
-        "altered": alter(normals.repeat(3, 1, 1, 1), gen),
-    }
+    trial, normals, parts = auto.AutoDetector(config).synthetic_parts(train)  # auto's own split
+    families = dict(zip(("blobs", "altered"), parts))
     rows = {}
     for name, settings in CANDIDATES.items():
         t0 = time.perf_counter()

@@ -342,6 +342,17 @@ class AutoDetector(Detector):
 
     def split(self, images: torch.Tensor):
         """Seeded (trial training images, held-out normals, synthetic defects, their masks)."""
+        train, normals, parts = self.synthetic_parts(images)
+        shown = [m.flatten(1).amax(1) > 0 for _, m in parts]
+        # an empty mask made no (visible) defect; each part filtered before the one copy
+        defects = torch.cat([d[keep] for (d, _), keep in zip(parts, shown)])
+        masks = torch.cat([m[keep] for (_, m), keep in zip(parts, shown)])
+        return train, normals, defects, masks
+
+    def synthetic_parts(self, images: torch.Tensor):
+        """`split` before filtering: (trial training images, held-out normals, [(defects,
+        masks) of DRAEM's pasted blobs, (defects, masks) of `alter`'s quiet ones]); a defect
+        with an empty mask is not visible. `benchmarks/auto_proxy.py` scores the two apart."""
         n = len(images)
         gen = torch.Generator().manual_seed(self.config.seed)
         order = torch.randperm(n, generator=gen)
@@ -352,12 +363,8 @@ class AutoDetector(Detector):
         hosts = normals.repeat(self.synthetic_per_image, 1, 1, 1)
         pasted, pasted_masks = synthesize(hosts, generator=gen, p_anomaly=1.0, scales=PERLIN_SCALES)
         del hosts
-        altered, altered_masks = alter(normals.repeat(self.altered_per_image, 1, 1, 1), gen)
-        shown = [m.flatten(1).amax(1) > 0 for m in (pasted_masks, altered_masks)]
-        # an empty mask made no (visible) defect; each part filtered before the one copy
-        defects = torch.cat([pasted[shown[0]], altered[shown[1]]])
-        masks = torch.cat([pasted_masks[shown[0]], altered_masks[shown[1]]])
-        return train, normals, defects, masks
+        altered = alter(normals.repeat(self.altered_per_image, 1, 1, 1), gen)
+        return train, normals, [(pasted, pasted_masks), altered]
 
     def _trial(
         self, settings: dict, train, held_out, truth, pixel_truth, fitted: dict, progress: bool
