@@ -11,7 +11,14 @@ from helpers import ImagesOnly, Textures
 
 from anomaly.config import Config
 from anomaly.detectors import REGISTRY, Detector, register
-from anomaly.detectors.auto import AutoDetector, candidate_config, choose, format_selection
+from anomaly.detectors.auto import (
+    AutoDetector,
+    TrainingImages,
+    _Images,
+    candidate_config,
+    choose,
+    format_selection,
+)
 
 SIZE = 48
 FAST = {"method": "patchknn", "size": SIZE, "coreset_ratio": 0.1}
@@ -195,7 +202,7 @@ def test_pipeline_run_keeps_the_selection_and_reloads(tiny_cookies, tmp_path, mo
 
 def test_held_out_defects_include_quiet_alterations():
     data = textures()
-    images = AutoDetector(_config())._load(data)
+    images = AutoDetector(_config())._load(data)  # TrainingImages: read on demand
     pasted_only = AutoDetector(_config(), altered_per_image=0).split(images)
     both = AutoDetector(_config(), synthetic_per_image=2, altered_per_image=3).split(images)
     n_out = len(both[1])
@@ -208,3 +215,19 @@ def test_held_out_defects_include_quiet_alterations():
         diff = (altered[k] - hosts).abs().amax(1)
         host = int(diff.flatten(1).sum(1).argmin())
         assert diff[host][masks[k] > 0].mean() > 0.01
+
+
+def test_training_images_read_on_demand_match_the_stacked_ones():
+    """auto reads the training images from the data set when it needs them (no second copy of
+    the training set); what a candidate is fitted on is the same as from a stacked batch."""
+    data = textures(n=6)
+    lazy = TrainingImages(data)
+    stacked = torch.stack([data[i]["image"] for i in range(len(data))]).float()
+    assert len(lazy) == len(data)
+    assert torch.equal(lazy[torch.tensor([4, 1])], stacked[[4, 1]])
+    for size in (SIZE, 32):  # the run's size and a candidate's own
+        a, b = _Images(lazy, size), _Images(stacked, size)
+        assert len(a) == len(b) == len(data)
+        for i in range(len(data)):
+            assert torch.equal(a[i]["image"], b[i]["image"])
+            assert a[i]["image"].shape[-1] == size

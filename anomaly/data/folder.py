@@ -261,7 +261,8 @@ class AnomalyDataset(Dataset):
         size: images and masks are resized to size x size.
         channels: 1 (grayscale) or 3 (RGB).
         cache: keep each decoded, resized image in memory after its first read. Cached tensors
-            are returned as they are: do not modify an item's tensors in place.
+            (and the one all-zero mask of images without a mask) are returned as they are: do
+            not modify an item's tensors in place.
         holdout: plain layout only, the fraction of good images that go to test.
     """
 
@@ -308,6 +309,7 @@ class AnomalyDataset(Dataset):
             raise DataError(f"{self.root}: no train/good/ or good/ folder. {hint}")
         self._check_headers()
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._zeros: torch.Tensor | None = None
 
     # --- scanning -----------------------------------------------------------------------------
     def _samples(self, images: list[Path], defect: str, masks: dict[Path, Path]) -> list[Sample]:
@@ -429,8 +431,10 @@ class AnomalyDataset(Dataset):
         image = load_image(s.path, self.size, self.channels)
         if s.mask_path is not None:
             mask = load_mask(s.mask_path, self.size)
-        else:
-            mask = torch.zeros(self.size, self.size)
+        else:  # one all-zero mask shared by every image without one (read-only, as cached ones)
+            if self._zeros is None:
+                self._zeros = torch.zeros(self.size, self.size)
+            mask = self._zeros
         if self.cache:
             self._cache[s.path] = (image, mask)
         return image, mask

@@ -108,16 +108,23 @@ INHERITED = (
 
 
 class _Images(Dataset):
-    """In-memory images [N, C, H, W] as data set items a detector's `fit` accepts."""
+    """Images as data set items a detector's `fit` accepts, at `size` x `size`: from an in-memory
+    batch [N, C, H, W] (resized at once), or from `TrainingImages` (each read and resized when
+    it is asked for, so the whole training set is never held twice)."""
 
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
+    def __init__(self, images, size: int) -> None:
+        self.size = size
+        self.lazy = isinstance(images, TrainingImages)
+        self.images = images if self.lazy else _resize_images(images, size)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        image = self.images[i]
+        if self.lazy:
+            image = _resize_images(self.images[torch.tensor([i])], self.size)[0]
+        else:
+            image = self.images[i]
         return {
             "image": image,
             "mask": torch.zeros(image.shape[-2:]),
@@ -125,6 +132,20 @@ class _Images(Dataset):
             "defect": "good",
             "path": f"auto-train-{i}",
         }
+
+
+class TrainingImages:
+    """The training images of a data set, read from it on demand: `images[indices]` (a tensor of
+    indices) stacks those images as float32 [len(indices), C, H, W], as a tensor would."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.data[int(i)]["image"] for i in indices]).float()
 
 
 def candidate_name(settings: dict) -> str:
@@ -171,13 +192,14 @@ def _predict(
     return torch.cat(scores), torch.cat(maps)
 
 
-def _fit(settings: dict, run: Config, images: torch.Tensor, device: torch.device) -> Detector:
-    """Build and fit one candidate on images (at the run's size), seeded by the run's seed."""
+def _fit(settings: dict, run: Config, images, device: torch.device) -> Detector:
+    """Build and fit one candidate on images [N, C, H, W] or `TrainingImages` (at the run's
+    size), seeded by the run's seed."""
     config = candidate_config(run, settings).validate()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         detector = REGISTRY[config.method](config).to(device)
-        detector.fit(_Images(_resize_images(images, config.size)), None, progress=False)
+        detector.fit(_Images(images, config.size), None, progress=False)
     return detector
 
 
@@ -263,9 +285,10 @@ class AutoDetector(Detector):
         t_start = time.perf_counter()
         images = self._load(train_data)
         train, normals, defects, masks = self.split(images)
-        held_out = torch.cat([normals, defects])
         truth = torch.cat([torch.zeros(len(normals)), torch.ones(len(defects))])
+        held_out = torch.cat([normals, defects])
         pixel_truth = torch.cat([torch.zeros(len(normals), *masks.shape[-2:]), masks])
+        del normals, defects, masks  # held_out and pixel_truth are copies: hold them once
         rows, fitted = [], {}
         for settings in self.candidates:
             rows.append(
@@ -285,8 +308,8 @@ class AutoDetector(Detector):
             "size": self.config.size,
             "train_images": len(images),
             "trial_images": len(train),
-            "held_out_normals": len(normals),
-            "synthetic_defects": len(defects),
+            "held_out_normals": int((truth == 0).sum()),
+            "synthetic_defects": int((truth == 1).sum()),
             "candidates": rows,
             "chosen_index": index,
             "chosen": rows[index]["name"],
@@ -327,21 +350,22 @@ class AutoDetector(Detector):
         self.selection = json.loads(state["selection"])
 
     # --- the steps ----------------------------------------------------------------------
-    def _load(self, data) -> torch.Tensor:
-        """All training images [N, C, H, W] at the run's size (only "image" is read)."""
+    def _load(self, data) -> TrainingImages:
+        """The training images of `data` (only "image" is read), read when needed: the held-out
+        and trial images are copied, the final fit reads them from the data set again."""
         if len(data) == 0:
             raise ValueError("fit() got an empty data set: there are no images to learn from")
-        images = torch.stack([data[i]["image"] for i in range(len(data))]).float()
-        if len(images) < MIN_HOLDOUT + 2:
+        if len(data) < MIN_HOLDOUT + 2:
             raise ValueError(
                 f"auto needs at least {MIN_HOLDOUT + 2} training images to hold "
-                f"some out, got {len(images)}; add images or choose a method "
+                f"some out, got {len(data)}; add images or choose a method "
                 "(--method patchknn)"
             )
-        return images
+        return TrainingImages(data)
 
-    def split(self, images: torch.Tensor):
-        """Seeded (trial training images, held-out normals, synthetic defects, their masks)."""
+    def split(self, images):
+        """Seeded (trial training images, held-out normals, synthetic defects, their masks) of
+        images [N, C, H, W] or `TrainingImages`."""
         train, normals, parts = self.synthetic_parts(images)
         shown = [m.flatten(1).amax(1) > 0 for _, m in parts]
         # an empty mask made no (visible) defect; each part filtered before the one copy
@@ -349,7 +373,7 @@ class AutoDetector(Detector):
         masks = torch.cat([m[keep] for (_, m), keep in zip(parts, shown)])
         return train, normals, defects, masks
 
-    def synthetic_parts(self, images: torch.Tensor):
+    def synthetic_parts(self, images):
         """`split` before filtering: (trial training images, held-out normals, [(defects,
         masks) of DRAEM's pasted blobs, (defects, masks) of `alter`'s quiet ones]); a defect
         with an empty mask is not visible. `benchmarks/auto_proxy.py` scores the two apart."""
