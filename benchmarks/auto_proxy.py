@@ -30,6 +30,8 @@ CANDIDATES = {
     "default": {"method": "patchknn"},
     "256px": {"method": "patchknn", "size": 256},
     "448px": auto.FINE_448,
+    "448px-s6": {**auto.FINE_448, "layers": "features.6"},  # its stages one at a time
+    "448px-s10": {**auto.FINE_448, "layers": "features.10"},
     "lite0-160": auto.LITE0_160,
     "flow": {"method": "flow"},
     "meandiff": {"method": "meandiff"},
@@ -42,15 +44,16 @@ def _stack(data) -> tuple[torch.Tensor, np.ndarray]:
     return torch.stack([it["image"] for it in items]).float(), np.array([i["label"] for i in items])
 
 
-def proxy_rows(folder: Path, seed: int = 0) -> dict:
-    """Test / blob / altered image AUROC of each of `CANDIDATES` on one set."""
+def proxy_rows(folder: Path, names: list[str], seed: int = 0) -> dict:
+    """Test / blob / altered image AUROC of each of these `CANDIDATES` on one set."""
     train, _ = _stack(AnomalyDataset(folder, "train", size=SIZE, channels=3))
     test, labels = _stack(AnomalyDataset(folder, "test", size=SIZE, channels=3))
     config = Config.for_method("auto", data=str(folder), size=SIZE, seed=seed)
     trial, normals, parts = auto.AutoDetector(config).synthetic_parts(train)  # auto's own split
     families = dict(zip(("blobs", "altered"), parts))
     rows = {}
-    for name, settings in CANDIDATES.items():
+    for name in names:
+        settings = CANDIDATES[name]
         t0 = time.perf_counter()
         detector = auto._fit(settings, config, trial, torch.device("cpu"))
         row = {"test": image_auroc(labels, auto._predict(detector, test, 16)[0].numpy())}
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="a suite root (manifest.json) or one set")
     p.add_argument("--out", required=True, help="a folder for one JSON per set (resumable)")
     p.add_argument("--sets", nargs="*", help="only these sets of the suite")
+    p.add_argument("--candidates", nargs="*", choices=list(CANDIDATES), help="default: all")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -80,14 +84,20 @@ def main(argv: list[str] | None = None) -> None:
     else:
         folders = [root]
     folders = [f for f in folders if not args.sets or f.name in args.sets]
-    print("| set | " + " | ".join(CANDIDATES) + " |  (test / blobs / altered image AUROC)")
-    print("|---|" + "---|" * len(CANDIDATES))
+    names = args.candidates or list(CANDIDATES)
+    print("| set | " + " | ".join(names) + " |  (test / blobs / altered image AUROC)")
+    print("|---|" + "---|" * len(names))
     for folder in folders:
         done = out / f"{folder.name}.json"
-        if not done.is_file():
-            done.write_text(json.dumps(proxy_rows(folder), indent=1))
-        rows = json.loads(done.read_text())
-        cells = [f"{r['test']:.3f} / {r['blobs']:.3f} / {r['altered']:.3f}" for r in rows.values()]
+        rows = json.loads(done.read_text()) if done.is_file() else {}
+        todo = [n for n in names if n not in rows]
+        if todo:
+            rows.update(proxy_rows(folder, todo))
+            done.write_text(json.dumps(rows, indent=1))
+        cells = [
+            f"{rows[n]['test']:.3f} / {rows[n]['blobs']:.3f} / {rows[n]['altered']:.3f}"
+            for n in names
+        ]
         print(f"| {folder.name} | " + " | ".join(cells) + " |", flush=True)
 
 
