@@ -128,6 +128,7 @@ SETTINGS: dict[str, dict] = {
     # (auto's finest candidate), and the same with the 8-bit search (within its stated bound)
     "x2-6-10": dict(FINE_448),
     "x2-6-10-int8": {**FINE_448, "runtime": "onnxruntime", "search_precision": "int8"},
+    "x2-6": {**FINE_448, "layers": "features.6"},  # its finer stage alone (stride 8)
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
     "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},
