@@ -231,3 +231,39 @@ def test_training_images_read_on_demand_match_the_stacked_ones():
         for i in range(len(data)):
             assert torch.equal(a[i]["image"], b[i]["image"])
             assert a[i]["image"].shape[-1] == size
+
+
+def test_every_training_image_is_read_before_the_trials(monkeypatch):
+    """auto reads the training images again when it needs them; a file that cannot be read
+    must still stop the run at once, naming it, not after minutes of trial fits."""
+    from anomaly.data.folder import DataError
+
+    events = []
+
+    class Logged(torch.utils.data.Dataset):
+        def __init__(self, base, bad=None):
+            self.base, self.bad = base, bad
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            events.append(i)
+            if i == self.bad:
+                raise DataError("train/good/cut.png: cannot read this image")
+            return self.base[i]
+
+    def trial(self, *args, **kwargs):
+        events.append("trial")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(AutoDetector, "_trial", trial)
+    data = textures()
+    with pytest.raises(RuntimeError, match="stop here"):  # trial_images=2: most are unused
+        AutoDetector(_config(), trial_images=2).fit(Logged(data))
+    assert set(events[: events.index("trial")]) == set(range(len(data)))
+    unused = set(range(len(data))) - set(events[len(data) : events.index("trial")])
+    events.clear()
+    with pytest.raises(DataError, match="cut.png"):  # one the split and the trials skip
+        AutoDetector(_config(), trial_images=2).fit(Logged(data, bad=min(unused)))
+    assert "trial" not in events

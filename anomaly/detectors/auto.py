@@ -351,8 +351,9 @@ class AutoDetector(Detector):
 
     # --- the steps ----------------------------------------------------------------------
     def _load(self, data) -> TrainingImages:
-        """The training images of `data` (only "image" is read), read when needed: the held-out
-        and trial images are copied, the final fit reads them from the data set again."""
+        """The training images of `data` (only "image" is used), each read once here (a data set
+        with a cache keeps them) and again when needed: the held-out and trial images are
+        copied, the final fit reads them from the data set again."""
         if len(data) == 0:
             raise ValueError("fit() got an empty data set: there are no images to learn from")
         if len(data) < MIN_HOLDOUT + 2:
@@ -361,6 +362,8 @@ class AutoDetector(Detector):
                 f"some out, got {len(data)}; add images or choose a method "
                 "(--method patchknn)"
             )
+        for i in range(len(data)):  # a broken file stops the run now, not after the trials
+            data[i]
         return TrainingImages(data)
 
     def split(self, images):
