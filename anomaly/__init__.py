@@ -24,7 +24,7 @@ _EXPORTS = {
     "train_run": "anomaly.pipeline",
     "score_run": "anomaly.pipeline",
     "predict_images": "anomaly.predict",
-    "set_threshold": "anomaly.pipeline",
+    "set_threshold": "anomaly.calibration",
     "evaluate": "anomaly.metrics",
     "Threshold": "anomaly.metrics",
     "ThresholdExplorer": "anomaly.explorer",

@@ -15,44 +15,25 @@ are recorded in the threshold (`params["calibration"]`) and every score in the r
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from anomaly.data.folder import (
-    IMAGE_EXTENSIONS,
-    DataError,
-    broken_link,
-    load_image,
-    scan_images,
+from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, scan_images
+from anomaly.metrics import (
+    Threshold,
+    conformal_n_needed,
+    threshold_conformal,
+    threshold_f1,
+    threshold_manual,
+    threshold_normal_quantile,
 )
-from anomaly.metrics import Threshold, conformal_n_needed
 from anomaly.runs import RunDir
 
+THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
 FLAG = "--good-images"
-
-
-class _Files(Dataset):
-    """Image files as data set items (all good) that a detector's `predict` accepts."""
-
-    def __init__(self, paths: list[Path], size: int, channels: int) -> None:
-        self.paths, self.size, self.channels = paths, size, channels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        image = load_image(self.paths[i], self.size, self.channels)
-        return {
-            "image": image,
-            "mask": torch.zeros(image.shape[-2:]),
-            "label": 0,
-            "defect": "good",
-            "path": str(self.paths[i]),
-        }
 
 
 def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
@@ -111,6 +92,8 @@ def _refuse_training_images(rd: RunDir, folder: Path, images: list[Path], hashes
 
 
 def _check_readable(folder: Path, images: list[Path], size: int, channels: int) -> None:
+    from anomaly.data.folder import load_image
+
     bad = []
     for p in images:
         try:
@@ -142,13 +125,15 @@ def calibrate_on_folder(
         (source "folder", the folder as given and resolved, n, images_sha256: a hash of every
         file name and its bytes, so a changed folder is told apart).
     """
+    from anomaly.data.folder import ImageFiles
+
     folder = Path(folder)
     images = images if images is not None else good_images(folder, alpha)
     config = detector.config
     _check_readable(folder, images, config.size, config.channels)
     hashes = [_sha256(p) for p in images]
     _refuse_training_images(rd, folder, images, hashes)
-    pred = detector.predict(_Files(images, config.size, config.channels))
+    pred = detector.predict(ImageFiles(images, config.size, config.channels))
     scores = np.asarray(pred.scores, np.float64)
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"{FLAG} {folder}: the detector gave NaN or inf scores to its images")
@@ -227,3 +212,67 @@ def calibration_words(threshold: Threshold, scores_file: str | Path | None = Non
             "FOLDER"
         )
     return line
+
+
+def _load_run(rd: RunDir):
+    """The run's detector, to score a folder of good images: only then is torch imported."""
+    from anomaly.pipeline import load_run
+
+    return load_run(rd)
+
+
+def set_threshold(
+    run: str | Path, rule: str, value: float | None = None, good_images: str | Path | None = None
+) -> Threshold:
+    """Choose the run's threshold by a rule and save it as threshold.json (what predict uses).
+
+    manual: `value`; normal-quantile: the `value` quantile (default the config's) of held-out
+    normal scores (1.0 = their max); conformal: `value` is alpha, the false-reject rate to
+    guarantee on the held-out normal scores; f1: F1-optimal on the scored test set (needs
+    labelled defects; takes no value). `good_images`: a folder of good images taken as the
+    images to check will be; normal-quantile and conformal then read its scores (scored now,
+    saved in calibration_scores.json) instead of the held-out ones (`anomaly.calibration`).
+    The threshold records where its scores came from (`params["calibration"]`).
+    """
+    rd = RunDir(run).require()
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"--value {value}: a threshold must be a finite number")
+    check_rule(rule, good_images)
+    paths = record = None
+    if rule == "manual":
+        if value is None:
+            raise ValueError("--rule manual needs --value V (the threshold on the image score)")
+        threshold = threshold_manual(value)
+    elif rule == "normal-quantile":
+        q = value if value is not None else rd.config().threshold_quantile
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"--value {q}: the quantile must be between 0 and 1")
+        paths, scores, record = good_scores(rd, good_images, _load_run)
+        threshold = threshold_normal_quantile(scores, q=q)
+    elif rule == "conformal":
+        if value is None:
+            raise ValueError(
+                "--rule conformal needs --value ALPHA (the false-reject rate to "
+                "guarantee, for example 0.05)"
+            )
+        paths, scores, record = good_scores(rd, good_images, _load_run, alpha=value)
+        threshold = threshold_conformal(scores, value)
+    elif rule == "f1":
+        if value is not None:
+            raise ValueError(
+                "--rule f1 chooses the threshold itself from the scored test set; "
+                "drop --value (or use --rule manual --value V)"
+            )
+        pred = rd.predictions()
+        threshold = threshold_f1(pred.labels, pred.scores)
+    else:
+        raise ValueError(
+            f"Unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"
+        )
+    if record is not None:
+        attach(threshold, record)
+    with rd.lock("threshold"):
+        if paths is not None:
+            rd.save_calibration(paths, scores, record)
+        rd.save_threshold(threshold)
+    return threshold

@@ -288,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {export_onnx(args.run, args.out)}")
         elif args.command == "threshold":
-            from anomaly.calibration import calibration_words
-            from anomaly.pipeline import set_threshold
+            from anomaly.calibration import calibration_words, set_threshold
             from anomaly.runs import RunDir
 
             t = set_threshold(args.run, args.rule, args.value, good_images=args.good_images)

@@ -9,7 +9,6 @@ the modules a detector is given), and it alone decides what goes into a run fold
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import asdict
@@ -20,18 +19,10 @@ import torch
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.detectors import Detector, Predictions, get_detector
-from anomaly.metrics import (
-    Threshold,
-    evaluate,
-    threshold_conformal,
-    threshold_f1,
-    threshold_manual,
-    threshold_normal_quantile,
-)
+from anomaly.metrics import evaluate, threshold_normal_quantile
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.train import seed_everything, select_device, split_indices
 
-THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 # what `train --resume` may change in a run: how long it trains, and where
 RESUMABLE_FIELDS = ("epochs", "patience", "device")
 
@@ -326,62 +317,3 @@ def decoding_loader(data, config: Config, collate_fn=None):
     return DataLoader(
         data, batch_size=config.batch_size, num_workers=config.workers, collate_fn=collate_fn
     )
-
-
-def set_threshold(
-    run: str | Path, rule: str, value: float | None = None, good_images: str | Path | None = None
-) -> Threshold:
-    """Choose the run's threshold by a rule and save it as threshold.json (what predict uses).
-
-    manual: `value`; normal-quantile: the `value` quantile (default the config's) of held-out
-    normal scores (1.0 = their max); conformal: `value` is alpha, the false-reject rate to
-    guarantee on the held-out normal scores; f1: F1-optimal on the scored test set (needs
-    labelled defects; takes no value). `good_images`: a folder of good images taken as the
-    images to check will be; normal-quantile and conformal then read its scores (scored now,
-    saved in calibration_scores.json) instead of the held-out ones (`anomaly.calibration`).
-    The threshold records where its scores came from (`params["calibration"]`).
-    """
-    from anomaly.calibration import attach, check_rule, good_scores
-
-    rd = RunDir(run).require()
-    if value is not None and not math.isfinite(value):
-        raise ValueError(f"--value {value}: a threshold must be a finite number")
-    check_rule(rule, good_images)
-    paths = record = None
-    if rule == "manual":
-        if value is None:
-            raise ValueError("--rule manual needs --value V (the threshold on the image score)")
-        threshold = threshold_manual(value)
-    elif rule == "normal-quantile":
-        q = value if value is not None else rd.config().threshold_quantile
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"--value {q}: the quantile must be between 0 and 1")
-        paths, scores, record = good_scores(rd, good_images, load_run)
-        threshold = threshold_normal_quantile(scores, q=q)
-    elif rule == "conformal":
-        if value is None:
-            raise ValueError(
-                "--rule conformal needs --value ALPHA (the false-reject rate to "
-                "guarantee, for example 0.05)"
-            )
-        paths, scores, record = good_scores(rd, good_images, load_run, alpha=value)
-        threshold = threshold_conformal(scores, value)
-    elif rule == "f1":
-        if value is not None:
-            raise ValueError(
-                "--rule f1 chooses the threshold itself from the scored test set; "
-                "drop --value (or use --rule manual --value V)"
-            )
-        pred = rd.predictions()
-        threshold = threshold_f1(pred.labels, pred.scores)
-    else:
-        raise ValueError(
-            f"Unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"
-        )
-    if record is not None:
-        attach(threshold, record)
-    with rd.lock("threshold"):
-        if paths is not None:
-            rd.save_calibration(paths, scores, record)
-        rd.save_threshold(threshold)
-    return threshold

@@ -30,8 +30,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import torch
-
 from anomaly.config import Config
 from anomaly.safe_files import RunError, _atomic, atomic_save, safe_torch_load, write_json
 
@@ -48,6 +46,7 @@ def versions() -> dict:
     """The versions that made a run (saved as versions.json)."""
     import numpy
     import sklearn
+    import torch
     import torchvision
 
     from anomaly import __version__

@@ -15,8 +15,6 @@ import pickle
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 
 class RunError(ValueError):
     """A run folder is missing, incomplete, unsafe, or does not match what is asked of it."""
@@ -38,6 +36,8 @@ def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
 
 def atomic_save(obj, path: str | Path) -> Path:
     """torch.save to a temporary file, then rename: an interrupted write never leaves a broken file."""
+    import torch
+
     return _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -48,6 +48,8 @@ def write_json(path: str | Path, obj) -> Path:
 
 def safe_torch_load(path: Path) -> dict:
     """torch.load with weights_only=True: tensors and plain values only, never arbitrary code."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -17,10 +17,11 @@ import pytest
 import torch
 from helpers import copy_run, tiny_config, tiny_flags
 
+from anomaly.calibration import set_threshold
 from anomaly.cli import main
 from anomaly.data import AnomalyDataset
 from anomaly.metrics import evaluate, pixel_auroc
-from anomaly.pipeline import load_run, score_run, set_threshold, train_run
+from anomaly.pipeline import load_run, score_run, train_run
 from anomaly.runs import RunDir
 
 
@@ -426,3 +427,23 @@ def test_run_files_are_written_atomically(tmp_path):
         _atomic(run.file(RunDir.METRICS), half_then_killed)
     assert run.metrics() == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == [RunDir.METRICS]
+
+
+def test_threshold_on_held_out_scores_imports_no_torch(scored_ae_run, tmp_path):
+    """`threshold` with a rule on the held-out scores only reads the run folder: it must not
+    pay torch's import (seconds) each time a user tries another false-reject rate."""
+    import json
+    import subprocess
+    import sys
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    code = (
+        "import sys; from anomaly.cli import main; "
+        f"code = main(['threshold', '--run', {str(run)!r}, '--rule', 'normal-quantile', "
+        "'--value', '0.9']); print(code, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 False", out.stdout + out.stderr
+    saved = json.loads((run / "threshold.json").read_text())
+    assert saved["rule"] == "normal_quantile"
+    assert saved["params"]["calibration"]["source"] == "held-out"

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
+from anomaly.calibration import set_threshold
 from anomaly.cli import main
 from anomaly.config import Config
-from anomaly.pipeline import load_run, score_run, set_threshold, train_run
+from anomaly.pipeline import load_run, score_run, train_run
 from anomaly.runs import RunError, load_checkpoint
 
 

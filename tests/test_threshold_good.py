@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from helpers import copy_run
 
-from anomaly.calibration import calibration_words
+from anomaly.calibration import calibration_words, set_threshold
 from anomaly.cli import main
 from anomaly.metrics import conformal_n_needed
-from anomaly.pipeline import set_threshold
 from anomaly.predict import predict_images
 from anomaly.runs import RunDir
 

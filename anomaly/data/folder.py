@@ -34,13 +34,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from anomaly.data.files import IMAGE_EXTENSIONS, DataError, _is_image, broken_link, scan_images
+
 MASK_FOLDERS = ("ground_truth", "masks")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
-
-
-class DataError(ValueError):
-    """A problem with the data folder; the message names the file or folder and the fix."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +127,27 @@ def image_tensor(a: np.ndarray, size: int | None, channels: int) -> torch.Tensor
     return x.clamp_(0.0, 1.0).contiguous()
 
 
+class ImageFiles(Dataset):
+    """Image files as data set items, all good (label 0), that a detector's `predict` accepts:
+    `threshold --good-images` scores a folder of them."""
+
+    def __init__(self, paths: list[Path], size: int, channels: int) -> None:
+        self.paths, self.size, self.channels = paths, size, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        image = load_image(self.paths[i], self.size, self.channels)
+        return {
+            "image": image,
+            "mask": torch.zeros(image.shape[-2:]),
+            "label": 0,
+            "defect": "good",
+            "path": str(self.paths[i]),
+        }
+
+
 def load_mask(path: str | Path, size: int | None = 256) -> torch.Tensor:
     """Read a defect mask as float32 [size, size] with values {0, 1} (white or 1 = defect)."""
     with _open(path) as im:
@@ -144,25 +162,6 @@ def load_mask(path: str | Path, size: int | None = 256) -> torch.Tensor:
 
 
 # --- finding the files ------------------------------------------------------------------------
-
-
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def scan_images(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """What `folder` directly holds, sorted: (image files, symbolic links that lead to no file,
-    everything else but hidden folders such as .ipynb_checkpoints). The one listing of a folder
-    of images: training and test folders, `threshold --good-images` and `predict FOLDER`."""
-    images, broken, stray = [], [], []
-    for p in sorted(folder.iterdir()):
-        if p.is_dir() and p.name.startswith("."):
-            continue  # .ipynb_checkpoints, .git, ...
-        if p.is_symlink() and not p.exists():
-            broken.append(p)
-        else:
-            (images if p.is_file() and _is_image(p) else stray).append(p)
-    return images, broken, stray
 
 
 def _list_images(folder: Path, what: str) -> list[Path]:
@@ -185,18 +184,6 @@ def _list_images(folder: Path, what: str) -> list[Path]:
             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder."
         )
     return images
-
-
-def broken_link(p: Path) -> str:
-    """Why the symbolic link `p` leads to no file (a loop, or a missing target)."""
-    try:
-        p.resolve(strict=True)
-    except RuntimeError:
-        return "a symbolic link that points back to itself (a loop); fix the link or delete it"
-    except OSError as e:
-        if e.errno == 40:  # ELOOP
-            return "a symbolic link that points back to itself (a loop); fix the link or delete it"
-    return f"a symbolic link to {os.readlink(p)}, which does not exist; fix the link or delete it"
 
 
 def _subfolders(folder: Path) -> list[Path]:
