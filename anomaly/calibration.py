@@ -231,7 +231,7 @@ def set_threshold(
     guarantee on the held-out normal scores; f1: F1-optimal on the scored test set (needs
     labelled defects; takes no value). `good_images`: a folder of good images taken as the
     images to check will be; normal-quantile and conformal then read its scores (scored now,
-    saved in calibration_scores.json) instead of the held-out ones (`anomaly.calibration`).
+    saved in calibration_scores.json) instead of the held-out ones (this module's docstring).
     The threshold records where its scores came from (`params["calibration"]`).
     """
     rd = RunDir(run).require()
