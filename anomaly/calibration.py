@@ -158,14 +158,17 @@ def check_rule(rule: str, folder: str | Path | None) -> None:
 
 
 def good_scores(
-    rd: RunDir, folder: str | Path | None, load_run, alpha: float | None = None
+    rd: RunDir, folder: str | Path | None, alpha: float | None = None
 ) -> tuple[list[str] | None, np.ndarray, dict]:
-    """(paths, scores, record) of `folder` scored now by `load_run(rd)`'s detector
-    (`calibrate_on_folder`), or without a folder (None, the held-out scores, their record)."""
+    """(paths, scores, record) of `folder` scored now by the run's detector
+    (`calibrate_on_folder`), or without a folder (None, the held-out scores, their record).
+    Only scoring a folder loads the detector, and so imports torch."""
     if folder is None:
         scores = np.asarray(rd.val_scores()["scores"], np.float64)
         return None, scores, {"source": "held-out", "n": int(scores.size)}
     images = good_images(folder, alpha)  # before the model is loaded: a quick refusal
+    from anomaly.pipeline import load_run
+
     return calibrate_on_folder(rd, folder, load_run(rd), alpha, images)
 
 
@@ -214,13 +217,6 @@ def calibration_words(threshold: Threshold, scores_file: str | Path | None = Non
     return line
 
 
-def _load_run(rd: RunDir):
-    """The run's detector, to score a folder of good images: only then is torch imported."""
-    from anomaly.pipeline import load_run
-
-    return load_run(rd)
-
-
 def set_threshold(
     run: str | Path, rule: str, value: float | None = None, good_images: str | Path | None = None
 ) -> Threshold:
@@ -247,7 +243,7 @@ def set_threshold(
         q = value if value is not None else rd.config().threshold_quantile
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"--value {q}: the quantile must be between 0 and 1")
-        paths, scores, record = good_scores(rd, good_images, _load_run)
+        paths, scores, record = good_scores(rd, good_images)
         threshold = threshold_normal_quantile(scores, q=q)
     elif rule == "conformal":
         if value is None:
@@ -255,7 +251,7 @@ def set_threshold(
                 "--rule conformal needs --value ALPHA (the false-reject rate to "
                 "guarantee, for example 0.05)"
             )
-        paths, scores, record = good_scores(rd, good_images, _load_run, alpha=value)
+        paths, scores, record = good_scores(rd, good_images, alpha=value)
         threshold = threshold_conformal(scores, value)
     elif rule == "f1":
         if value is not None:
