@@ -6,7 +6,7 @@ notebook pays only for what it uses.
 
 from __future__ import annotations
 
-import importlib
+from anomaly.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -33,13 +33,4 @@ _EXPORTS = {
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]  # noqa: PLE0604  (the lazy names are strings)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'anomaly' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports("anomaly", _EXPORTS, __all__)

@@ -6,7 +6,7 @@ imported alone.
 
 from __future__ import annotations
 
-import importlib
+from anomaly.lazy import lazy_exports
 
 _EXPORTS = {
     "GENERATOR_VERSION": "anomaly.data.cookies",
@@ -21,13 +21,4 @@ _EXPORTS = {
 }
 
 __all__ = [*sorted(_EXPORTS)]  # noqa: PLE0604  (the lazy names are strings)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'anomaly.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports("anomaly.data", _EXPORTS, __all__)
