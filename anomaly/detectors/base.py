@@ -8,6 +8,7 @@ thresholds, overlays, the explorer, the CLI and the benchmark) consumes `Predict
 from __future__ import annotations
 
 import json
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,20 +87,24 @@ class Predictions:
 
     def save(self, path) -> None:
         """Save to one compressed .npz file (maps as float16 to stay small); `path` may be a
-        file object."""
+        file object. Deflate level 1, not `np.savez_compressed`'s 6: float maps barely
+        compress either way (2 % larger files), and it halves `score`'s time to write them."""
         known = self.mask_known if self.mask_known is not None else np.zeros((0,), bool)
-        np.savez_compressed(
-            path,
-            paths=np.array(self.paths),
-            labels=self.labels,
-            defects=np.array(self.defects),
-            scores=self.scores,
-            maps=self.maps.astype(np.float16),
-            masks=self.masks if self.masks is not None else np.zeros((0,), np.uint8),
-            method=np.array(self.method),
-            meta=np.array(json.dumps(self.meta)),
-            mask_known=known,
-        )
+        arrays = {
+            "paths": np.array(self.paths),
+            "labels": self.labels,
+            "defects": np.array(self.defects),
+            "scores": self.scores,
+            "maps": self.maps.astype(np.float16),
+            "masks": self.masks if self.masks is not None else np.zeros((0,), np.uint8),
+            "method": np.array(self.method),
+            "meta": np.array(json.dumps(self.meta)),
+            "mask_known": known,
+        }
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            for name, array in arrays.items():  # what np.load reads: one .npy per array
+                with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
     @classmethod
     def load(cls, path: str | Path) -> Predictions:
