@@ -29,11 +29,14 @@ from pathlib import Path
 
 # the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.benchmark_tables import (
+    check_readme,
     detectability,
     format_summary,
     format_table,
     machine,
+    readme_table,
     summarize,
+    update_readme,
     write_notes,
 )
 
@@ -248,14 +251,24 @@ def run_benchmark(
     seed: int = 0,
     smoke: bool = False,
     notes: str | Path | None = None,
+    readme: str | Path | None = None,
+    readme_block: str = "results",
 ) -> list[dict]:
     """Every method on every set, each in a subprocess; print and write the tables.
 
     Writes `out/benchmark.md`, `out/benchmark.json` and `out/benchmark-notes.md` (and the notes
     to `notes` too, for example docs/benchmark-notes.md). One set goes to `out/<method>`,
-    several to `out/<set>/<method>`.
+    several to `out/<set>/<method>`. With `readme`, README's table (`readme_table`) replaces
+    what lies between its markers `<!-- benchmark:<readme_block> -->` and
+    `<!-- /benchmark:<readme_block> -->`, which are checked before anything runs.
     """
     from anomaly.runs import RunDir
+
+    if readme:
+        try:
+            check_readme(readme, readme_block)
+        except ValueError as err:
+            raise BenchmarkError(str(err)) from None
 
     sets = discover_sets(data)
     methods = list(methods or DEFAULT_METHODS)
@@ -328,6 +341,8 @@ def run_benchmark(
     written = [write_notes(out_dir / "benchmark-notes.md", result)]
     if notes:
         written.append(write_notes(notes, result))
+    if readme:
+        written.append(update_readme(readme, readme_block, readme_table(rows)))
     seal_dir(out_dir)
     print(text)
     print(
@@ -358,6 +373,17 @@ def add_arguments(p) -> None:
         "--notes",
         help="also write the notes document here, e.g. docs/benchmark-notes.md (`make "
         "benchmark` does; a benchmark of other data never overwrites the project's notes)",
+    )
+    p.add_argument(
+        "--readme",
+        help="also rewrite this file's results table (e.g. README.md; `make benchmark` does): "
+        "what lies between the lines <!-- benchmark:BLOCK --> and <!-- /benchmark:BLOCK -->",
+    )
+    p.add_argument(
+        "--readme-block",
+        default="results",
+        dest="readme_block",
+        help="--readme: the BLOCK name of its markers (default results)",
     )
     p.add_argument(
         "--curve",
@@ -429,6 +455,8 @@ def main(args) -> None:
         seed=args.seed,
         smoke=args.smoke,
         notes=args.notes,
+        readme=args.readme,
+        readme_block=args.readme_block,
     )
 
 

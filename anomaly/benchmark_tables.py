@@ -197,3 +197,105 @@ def write_notes(path: str | Path, result: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# README's tables, rewritten in place between two markers
+# ---------------------------------------------------------------------------------------------
+
+README_COLUMNS = [c for c in COLUMNS if c[0] not in ("image_auroc_ci", "train_ips")]
+TRIPLE = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def readme_table(rows: list[dict]) -> str:
+    """README's table of one benchmark. One data set: a row per method, the most accurate first,
+    with each defect kind's image AUROC. A suite: a row per set and a column per method
+    ("image AUROC / pixel AUROC / AUPRO"), then the mean over the sets and the worst set, the
+    best of each in bold. A method that failed on a set reads "failed" there."""
+    ok = [r for r in rows if "error" not in r]
+    if not any("set" in r for r in rows):
+        ordered = sorted(ok, key=lambda r: -(r["image_auroc"] or 0.0))
+        kinds = sorted({k for r in ok for k in r.get("per_defect", {})})
+        return _markdown(
+            [c for c, _ in README_COLUMNS] + [f"auroc_{k}" for k in kinds],
+            [
+                [_cell(r.get(c), fmt) for c, fmt in README_COLUMNS]
+                + [_cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
+                for r in ordered
+            ],
+        )
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    found = {(r["set"], r["method"]): r for r in ok}
+
+    def triple(r: dict | None) -> str:
+        return " / ".join(_cell(r.get(k), "{:.3f}") for k in TRIPLE) if r else "failed"
+
+    body = [[s] + [triple(found.get((s, m))) for m in methods] for s in sets]
+    means, worst = {}, {}
+    for m in methods:
+        rs = [found[s, m] for s in sets if (s, m) in found]
+        if len(rs) == len(sets):  # a summary over fewer sets would not compare
+            means[m] = {k: _mean(rs, k) for k in TRIPLE}
+            worst[m] = min(rs, key=lambda r: r["image_auroc"])
+    best_mean = max((v["image_auroc"] for v in means.values()), default=None)
+    best_worst = max((w["image_auroc"] for w in worst.values()), default=None)
+
+    def bold(text: str, value: float, best: float | None) -> str:
+        return f"**{text}**" if value == best else text
+
+    body.append(
+        ["**mean**"]
+        + [
+            bold(triple(means[m]), means[m]["image_auroc"], best_mean) if m in means else "-"
+            for m in methods
+        ]
+    )
+    body.append(
+        ["**worst set**"]
+        + [
+            bold(
+                f"{worst[m]['image_auroc']:.3f} ({worst[m]['set']})",
+                worst[m]["image_auroc"],
+                best_worst,
+            )
+            if m in worst
+            else "-"
+            for m in methods
+        ]
+    )
+    return _markdown(["set"] + methods, body)
+
+
+def readme_markers(block: str) -> tuple[str, str]:
+    return f"<!-- benchmark:{block} -->", f"<!-- /benchmark:{block} -->"
+
+
+def check_readme(path: str | Path, block: str) -> str:
+    """The text of `path`, after checking it holds the block's two markers in order."""
+    start, end = readme_markers(block)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read {path} ({err.strerror}); check --readme") from None
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(
+            f"{path} has no block {start} ... {end} (each on its own line, in that order); add "
+            "the two lines where the table should go, or leave out --readme"
+        )
+    return text
+
+
+def update_readme(path: str | Path, block: str, table: str) -> Path:
+    """Replace what lies between the block's markers in `path` by `table`; nothing else of the
+    file changes. Written to a temporary file and renamed, so a failure leaves it as it was."""
+    text = check_readme(path, block)
+    start, end = readme_markers(block)
+    i, j = text.find(start) + len(start), text.find(end)
+    new = f"{text[:i]}\n{table}\n{text[j:]}"
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+    return path

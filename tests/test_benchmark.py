@@ -182,7 +182,17 @@ def test_smoke_benchmark_over_a_suite(tmp_path, tiny_cookies):
 
     suite = _suite(tmp_path / "photos", ["a", "b"], tiny_cookies)
     out, notes = tmp_path / "bench", tmp_path / "docs" / "benchmark-notes.md"
-    rows = run_benchmark([str(suite)], methods=["patchknn"], out=str(out), smoke=True, notes=notes)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmark:photos -->\nold\n<!-- /benchmark:photos -->\nend\n")
+    rows = run_benchmark(
+        [str(suite)],
+        methods=["patchknn"],
+        out=str(out),
+        smoke=True,
+        notes=notes,
+        readme=readme,
+        readme_block="photos",
+    )
     assert [(r["set"], r["method"]) for r in rows] == [("a", "patchknn"), ("b", "patchknn")]
     assert all(0 <= r["image_auroc"] <= 1 and r["predict_ips"] > 0 for r in rows)
     run = out / "a" / "patchknn"
@@ -192,6 +202,81 @@ def test_smoke_benchmark_over_a_suite(tmp_path, tiny_cookies):
     text = notes.read_text()
     assert "load average" in text and "--smoke" in text and "| photos | patchknn | 2 |" in text
     assert (out / "benchmark-notes.md").read_text() == text
+    lines = readme.read_text().splitlines()
+    assert lines[:3] == ["intro", "<!-- benchmark:photos -->", "| set | patchknn |"]
+    assert lines[-2:] == ["<!-- /benchmark:photos -->", "end"] and "old" not in lines
+    mean = f"{np.mean([r['image_auroc'] for r in rows]):.3f} / "
+    assert any(line.startswith(f"| **mean** | **{mean}") for line in lines)
+
+
+def _row(set_, method, image, pixel=0.9, pro=0.8, **more):
+    row = {"method": method, "image_auroc": image, "pixel_auroc": pixel, "aupro": pro, **more}
+    return {"suite": "p", "set": set_, **row} if set_ else row
+
+
+def test_readme_table_of_one_set_puts_the_most_accurate_first():
+    from anomaly.benchmark_tables import readme_table
+
+    rows = [
+        _row(None, "a", 0.8, fit_s=2.0, per_defect={"crack": 0.7}),
+        _row(None, "b", 0.9, fit_s=3.0, per_defect={"crack": 0.6, "hole": 1.0}),
+        {"method": "c", "error": ["boom"]},
+    ]
+    lines = readme_table(rows).splitlines()
+    assert lines[0].startswith("| method | image_auroc | pixel_auroc | aupro | image_f1_max |")
+    assert "train_ips" not in lines[0] and lines[0].endswith("| auroc_crack | auroc_hole |")
+    assert lines[2].startswith("| b | 0.900 | 0.900 | 0.800 | n/a | 3 |")
+    assert lines[3].endswith("| 0.700 | n/a |") and len(lines) == 4  # the failed one is left out
+
+
+def test_readme_table_of_a_suite_has_mean_and_worst_rows():
+    from anomaly.benchmark_tables import readme_table
+
+    rows = [
+        _row("x", "a", 0.9),
+        _row("y", "a", 0.7, pixel=0.5),
+        _row("x", "b", 0.8),
+        _row("y", "b", 0.85),
+        _row("x", "c", 1.0),
+        {"suite": "p", "set": "y", "method": "c", "error": ["boom"]},
+    ]
+    lines = readme_table(rows).splitlines()
+    assert lines[0] == "| set | a | b | c |"
+    assert (
+        lines[2] == "| x | 0.900 / 0.900 / 0.800 | 0.800 / 0.900 / 0.800 | 1.000 / 0.900 / 0.800 |"
+    )
+    assert lines[3] == "| y | 0.700 / 0.500 / 0.800 | 0.850 / 0.900 / 0.800 | failed |"
+    # c failed on a set: no mean or worst of it; b has the best mean and the best worst set
+    assert lines[4] == "| **mean** | 0.800 / 0.700 / 0.800 | **0.825 / 0.900 / 0.800** | - |"
+    assert lines[5] == "| **worst set** | 0.700 (y) | **0.800 (x)** | - |"
+
+
+def test_update_readme_replaces_only_its_block(tmp_path):
+    from anomaly.benchmark_tables import update_readme
+
+    readme = tmp_path / "README.md"
+    before = "a\n<!-- benchmark:one -->\nold\n<!-- /benchmark:one -->\nb\n<!-- benchmark:two -->\n"
+    readme.write_text(before + "keep\n<!-- /benchmark:two -->\n")
+    update_readme(readme, "one", "| new |")
+    assert readme.read_text() == (
+        "a\n<!-- benchmark:one -->\n| new |\n<!-- /benchmark:one -->\nb\n<!-- benchmark:two -->\n"
+        "keep\n<!-- /benchmark:two -->\n"
+    )
+    with pytest.raises(ValueError, match=r"README.md has no block <!-- benchmark:three -->"):
+        update_readme(readme, "three", "| x |")
+    assert "| new |" in readme.read_text() and list(tmp_path.iterdir()) == [readme]
+
+
+def test_benchmark_refuses_a_readme_without_markers_before_running(tmp_path, tiny_cookies):
+    from anomaly.benchmark import BenchmarkError, run_benchmark
+
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    with pytest.raises(BenchmarkError, match="add the two lines"):
+        run_benchmark(
+            str(tiny_cookies), methods=["meandiff"], out=str(tmp_path / "b"), readme=readme
+        )
+    assert not (tmp_path / "b").exists()  # nothing ran
 
 
 # --- how many good images: the train-size curve (issue 15 items 3 and 5) ---------------------
