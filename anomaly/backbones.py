@@ -315,21 +315,73 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+class _ConvBN(nn.Sequential):
+    """Convolution, batch norm, ReLU6: torchvision's `Conv2dNormActivation` as MobileNetV2 uses it
+    (the same children, so its weight names are torchvision's)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1):
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1 x 1 expansion (unless `expand` is 1), 3 x 3 depthwise convolution,
+    linear 1 x 1 projection, and the input added back where the shape allows."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers = [_ConvBN(cin, hidden, 1)] if expand != 1 else []
+        layers += [
+            _ConvBN(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+# MobileNetV2's inverted-residual stages (Sandler et al. 2018, Table 2): expansion, channels,
+# blocks, stride of the first block
+MOBILENET_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
+MOBILENET_SETTINGS += ((6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def mobilenet_v2_features(n: int) -> nn.Sequential:
+    """The first `n` modules of MobileNetV2's `features` (width 1.0), laid out and named as
+    torchvision's, so its weight file loads into them, without importing torchvision (whose
+    import pulls in torch's compiler: about 2 s of every process that builds a backbone)."""
+    modules: list[nn.Module] = [_ConvBN(3, 32, 3, 2)]
+    cin = 32
+    for expand, cout, blocks, stride in MOBILENET_SETTINGS:
+        for i in range(blocks):
+            modules.append(_InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+            cin = cout
+    modules.append(_ConvBN(cin, 1280, 1))
+    return nn.Sequential(*modules[:n])
+
+
 class MobileNetV2(Backbone):
-    """torchvision MobileNetV2 (ImageNet) truncated after the deepest requested `features.N`."""
+    """MobileNetV2 (ImageNet, torchvision's weights) truncated after the deepest requested
+    `features.N`."""
 
     def __init__(self, layers: tuple[str, ...] = DEFAULT_LAYERS["mobilenet_v2"]) -> None:
         super().__init__()
-        import torchvision
-
         self.taps = _stage_numbers(layers, "features.")
         if not self.taps or any(t not in MOBILENET_STAGE_ENDS for t in self.taps):
             names = [f"features.{i}" for i in MOBILENET_STAGE_ENDS]
             raise ValueError(f"mobilenet_v2 layers must be among {names}, got {list(layers)}")
-        net = torchvision.models.mobilenet_v2(weights=None)
+        self.features = mobilenet_v2_features(self.taps[-1] + 1)
         state = torch.load(mobilenet_v2_weights(), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-        self.features = fold_batch_norms(net.eval().features[: self.taps[-1] + 1])
+        own = self.features.state_dict()
+        self.features.load_state_dict({k: state[f"features.{k}"] for k in own})
+        self.features = fold_batch_norms(self.features.eval())
         self.out_channels = [MOBILENET_STAGE_ENDS[t][0] for t in self.taps]
         self.stride = [MOBILENET_STAGE_ENDS[t][1] for t in self.taps]
         self.eval().requires_grad_(False)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from anomaly import features
+from anomaly.backbones import mobilenet_v2_features
 from anomaly.features import FeatureExtractor, build_backbone, mobilenet_v2_weights
 
 SIZE = 64
@@ -34,20 +37,33 @@ def test_mobilenet_v2_folded_equals_torchvision():
     net = torchvision.models.mobilenet_v2(weights=None)
     net.load_state_dict(torch.load(mobilenet_v2_weights(), weights_only=True))
     net.eval()
-    backbone = build_backbone("mobilenet_v2", layers=("features.3", "features.13"))
+    backbone = build_backbone("mobilenet_v2", layers=("features.3", "features.13", "features.17"))
     x = torch.rand(2, 3, 96, 80)
     with torch.no_grad():
         ours = backbone(x)
         y = backbone.normalise(x)
         want = []
-        for i, stage in enumerate(net.features[:14]):
+        for i, stage in enumerate(net.features[:18]):
             y = stage(y)
-            if i in (3, 13):
+            if i in (3, 13, 17):
                 want.append(y)
     for a, b in zip(ours, want):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     batch_norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert not batch_norms
+    # our own modules, laid out as torchvision's: every weight name and shape of `features`
+    ours = {k: v.shape for k, v in mobilenet_v2_features(19).state_dict().items()}
+    assert ours == {k: v.shape for k, v in net.features.state_dict().items()}
+
+
+@needs_weights
+def test_mobilenet_v2_needs_no_torchvision_import():
+    code = (
+        "import sys; from anomaly.backbones import build_backbone; build_backbone('mobilenet_v2');"
+        "from anomaly.runs import versions; versions(); print('torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # its import costs about 2 s
 
 
 def test_mobilenet_v2_missing_weights_say_how_to_install(tmp_path, monkeypatch):
