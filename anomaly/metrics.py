@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 # ---------------------------------------------------------------------------------------------
 # Image-level metrics
@@ -40,6 +39,8 @@ def image_auroc(labels, scores) -> float:
     """Area under the ROC curve of image scores (0.5 = chance, 1.0 = perfect ranking)."""
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
     _check_binary(labels, "image_auroc")
+    from sklearn.metrics import roc_auc_score  # here: a run's threshold loads without sklearn
+
     return float(roc_auc_score(labels, scores))
 
 
@@ -85,6 +86,8 @@ def image_ap(labels, scores) -> float:
     """Average precision of image scores (area under the precision-recall curve)."""
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
     _check_binary(labels, "image_ap")
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(labels, scores))
 
 
@@ -92,6 +95,8 @@ def f1_max(labels, scores) -> tuple[float, float]:
     """Best F1 over all thresholds, and the threshold that reaches it (anomalous iff >= it)."""
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
     _check_binary(labels, "f1_max")
+    from sklearn.metrics import precision_recall_curve
+
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
     denom = precision + recall

@@ -19,7 +19,6 @@ import torch
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.detectors import Detector, Predictions, get_detector
-from anomaly.metrics import evaluate, threshold_normal_quantile
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.train import seed_everything, select_device, split_indices
 
@@ -273,6 +272,8 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
                 "the earlier model; choose it again with `python -m anomaly threshold`"
             )
             return
+    from anomaly.metrics import threshold_normal_quantile  # sklearn: not for predict
+
     threshold = threshold_normal_quantile(pred.scores, q=detector.config.threshold_quantile)
     threshold.params["set_by"] = "train"
     run.save_threshold(threshold)
@@ -283,6 +284,7 @@ def score_run(
     run: str | Path, data: str | Path | None = None, overlays: bool = True, progress: bool = False
 ) -> tuple[Predictions, dict]:
     """Score test/ of the run's data (or `data`): scores.csv, metrics.json, predictions.npz, overlays/."""
+    from anomaly.metrics import evaluate
     from anomaly.overlays import run_scale, save_overlays
 
     rd = RunDir(run).require()

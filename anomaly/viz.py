@@ -19,7 +19,6 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from skimage.segmentation import find_boundaries
 
 OUTLINE = (0, 255, 0)  # lime: the ground-truth outline, distinct from jet and from red
 
@@ -153,6 +152,8 @@ def heatmap_overlay(
     colour = matplotlib.colormaps[cmap](norm)[..., :3].astype(np.float32)
     out = _to_uint8((1 - alpha) * rgb + alpha * colour)
     if mask is not None:
+        from skimage.segmentation import find_boundaries  # about 1 s to import: only for masks
+
         edge = find_boundaries(np.asarray(mask) > 0, mode="inner")
         out[edge] = outline
     return out

@@ -52,7 +52,6 @@ from torch.utils.data import Dataset
 
 from anomaly.config import Config
 from anomaly.detectors.base import REGISTRY, Detector, register
-from anomaly.metrics import aupro, image_auroc, pixel_auroc
 from anomaly.synthetic import alter, synthesize
 
 # EfficientNet-Lite0's stride-4 + 8 stages at 160 px: a finer grid, for thin defects
@@ -431,6 +430,8 @@ class AutoDetector(Detector):
         except (ValueError, RuntimeError, FileNotFoundError, KeyError) as err:
             row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
             return row
+        from anomaly.metrics import aupro, image_auroc, pixel_auroc  # sklearn: not for predict
+
         row["image_auroc"] = round(image_auroc(truth.numpy(), scores.numpy()), 4)
         masks, maps = pixel_truth.numpy(), maps.numpy()
         row["pixel_auroc"] = round(pixel_auroc(masks, maps), 4)

@@ -50,8 +50,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 
 from anomaly.config import Config
 from anomaly.detectors.base import Detector, register
@@ -80,6 +78,9 @@ def span_coordinates(vectors: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def choose_k(vectors: np.ndarray | torch.Tensor, seed: int = 0) -> int:
     """The k rule: the best-silhouette k in 2..10 if its silhouette is at least 0.25, else 1."""
+    from sklearn.cluster import KMeans  # imported here: loading any run needs no sklearn
+    from sklearn.metrics import silhouette_score
+
     points = span_coordinates(vectors)
     best_k, best = 1, MIN_SILHOUETTE
     for k in K_CANDIDATES:
@@ -97,6 +98,8 @@ def _centers(vectors: np.ndarray, k: int, seed: int, n_init: int = 10) -> torch.
     k = min(k, len(vectors))
     if k == 1:
         return torch.as_tensor(vectors.mean(0, keepdims=True), dtype=torch.float32)
+    from sklearn.cluster import KMeans
+
     km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(vectors)
     return torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
 
