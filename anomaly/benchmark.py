@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-# the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.benchmark_tables import (
     check_readme,
     detectability,
@@ -39,6 +38,9 @@ from anomaly.benchmark_tables import (
     update_readme,
     write_notes,
 )
+
+# the tables and the notes document (tests and notebooks import them from here too)
+from anomaly.runs import RunDir
 
 # `unet_original` is the original project's recipe (`--recipe original`), `+kmeans` the k-means
 # on the bottleneck of the row named before the "+" (the original's own k-means for the original)
@@ -56,7 +58,7 @@ DEFAULT_METHODS = (
     "auto",
 )
 SMOKE = {"epochs": 1, "size": 64}
-MARK = ".made-by-benchmark"
+MARK = RunDir.TOOL_FILES[1]  # ".made-by-benchmark": train may write into a folder holding it
 
 
 class BenchmarkError(ValueError):
@@ -179,7 +181,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     """Train and score one method in this process; return its row."""
     from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
-    from anomaly.runs import RunDir, load_config
+    from anomaly.runs import load_config
 
     overrides = dict(SMOKE) if smoke else {}
     if method.endswith("+kmeans"):
@@ -262,8 +264,6 @@ def run_benchmark(
     what lies between its markers `<!-- benchmark:<readme_block> -->` and
     `<!-- /benchmark:<readme_block> -->`, which are checked before anything runs.
     """
-    from anomaly.runs import RunDir
-
     if readme:
         try:
             check_readme(readme, readme_block)

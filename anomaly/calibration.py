@@ -29,7 +29,7 @@ from anomaly.metrics import (
     threshold_manual,
     threshold_normal_quantile,
 )
-from anomaly.runs import RunDir
+from anomaly.runs import RunDir, RunError
 
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
@@ -164,7 +164,16 @@ def good_scores(
     (`calibrate_on_folder`), or without a folder (None, the held-out scores, their record).
     Only scoring a folder loads the detector, and so imports torch."""
     if folder is None:
-        scores = np.asarray(rd.val_scores()["scores"], np.float64)
+        stored = rd.val_scores()
+        trained_on = set((rd.split() or {}).get("train", []))
+        if trained_on & set(stored.get("paths", [])):  # --val-fraction 0: nothing held out
+            raise RunError(
+                f"{rd} held out no good images (trained with --val-fraction 0), so its stored "
+                "scores are of its training images, which score lower than new good parts: a "
+                f"threshold on them would reject too many and guarantee nothing. Set it on "
+                f"other good images: {FLAG} FOLDER"
+            )
+        scores = np.asarray(stored["scores"], np.float64)
         return None, scores, {"source": "held-out", "n": int(scores.size)}
     images = good_images(folder, alpha)  # before the model is loaded: a quick refusal
     from anomaly.pipeline import load_run
@@ -232,7 +241,7 @@ def set_threshold(
     """
     rd = RunDir(run).require()
     if value is not None and not math.isfinite(value):
-        raise ValueError(f"--value {value}: a threshold must be a finite number")
+        raise ValueError(f"--value {value}: it must be a finite number")
     check_rule(rule, good_images)
     paths = record = None
     if rule == "manual":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -226,7 +227,14 @@ def _predict(args) -> int:
         results, threshold = predict_images(args.run, args.images)
     good = [r for r in results if "error" not in r]
     for r in good:
-        print(f"{r['path']}\t{r['score']:.6g}\t{r['verdict']}")
+        print(f"{r['path']}\t{r['score']:.6g}\t{r['verdict']}\t{r['overlay']}")
+    broken = [r["path"] for r in good if not math.isfinite(r["score"])]
+    if broken:
+        print(
+            f"error: {len(broken)} image(s) scored NaN or infinite, e.g. {broken[0]}, and were "
+            "rejected: the model gives no usable scores; train the run again",
+            file=sys.stderr,
+        )
     for r in results:
         if "error" in r:
             print(f"error: {r['error']}", file=sys.stderr)
@@ -235,7 +243,7 @@ def _predict(args) -> int:
         return 2
     if good:
         print(f"{_threshold_words(threshold)}; overlays in {Path(good[0]['overlay']).parent}")
-    return 0 if len(good) == len(results) else 2
+    return 0 if len(good) == len(results) and not broken else 2
 
 
 def _threshold_words(t) -> str:

@@ -112,7 +112,7 @@ class Config:
 
     method: str = _f("unet", "detector to train")
     data: str = _f("", "data set root (MVTec AD or plain layout)")
-    size: int = _f(128, "images are resized to size x size pixels", min=1)
+    size: int = _f(128, "images are resized to size x size pixels", min=1, max=4096)
     channels: int = _f(1, "1 = grayscale (as the original), 3 = RGB", choices=(1, 3))
     seed: int = _f(0, "seed of the split, the weights and the synthetic anomalies")
     recipe: str = _f(
@@ -294,7 +294,10 @@ class Config:
             raise ValueError(
                 f"{path}: unknown config fields {unknown}; was it written by a newer anomaly?"
             )
-        return cls(**raw)
+        try:
+            return cls(**raw).validate()
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; correct it there or train the run again") from None
 
     def replace(self, **changes) -> Config:
         data = asdict(self)

@@ -36,6 +36,7 @@ The backbone is traced from torch whatever the run's `--runtime`.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -91,10 +92,28 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
         raise ExportError(
             f"{out_path} is a folder; give the ONNX file's name, e.g. {out_path / 'model.onnx'}"
         )
+    if (out_path.exists() or out_path.is_symlink()) and not _is_export(out_path):
+        raise ExportError(
+            f"{out_path} exists and is not a detector exported by anomaly.export, so it is left "
+            "as it is; choose another --out, or move the file away first"
+        )
     detector = load_run(run, device="cpu")
     if config.method == "auto":  # its choice is what predicts: export that
         detector = _auto_choice(run, detector, config.size)
     return export_detector(detector, out_path, metadata(detector.config, run))
+
+
+def _is_export(path: Path) -> bool:
+    """Whether `path` is a plain file holding an ONNX model this module wrote (export overwrites
+    only those: an earlier export of a run, made again after a new threshold)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    onnx = _require("onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001  (not ONNX at all: protobuf's and onnx's own errors)
+        return False
+    return any(p.key == "format" and p.value == FORMAT for p in model.metadata_props)
 
 
 def _auto_choice(run, auto, run_size: int):
@@ -170,7 +189,9 @@ def metadata(config, run=None) -> dict[str, str]:
         "config": json.dumps(_config_dict(config)),
     }
     if run is not None and run.has_threshold():
-        meta["threshold"] = repr(float(run.threshold().value))
+        threshold = run.threshold()
+        meta["threshold"] = repr(float(threshold.value))
+        meta["threshold_rule"] = threshold.rule
     if run is not None and run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
         meta["map_range"] = json.dumps(list(run.map_range()))
     return meta
@@ -279,6 +300,11 @@ class OnnxDetector:
         self.path = path
         self.size, self.channels = int(self.meta["size"]), int(self.meta["channels"])
         self.threshold = float(self.meta["threshold"]) if "threshold" in self.meta else None
+        if self.threshold is not None and not np.isfinite(self.threshold):
+            raise ExportError(
+                f"{path}: its threshold is {self.threshold}, not a finite number; export the "
+                "run again after `python -m anomaly threshold --run RUN ...`"
+            )
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         scores, maps = [], []
@@ -301,6 +327,26 @@ class OnnxDetector:
         return np.asarray(scores, dtype=np.float32), np.stack(maps)
 
 
+def _warn_if_stale(detector: OnnxDetector) -> None:
+    """An exported file inside a run folder whose threshold has changed since the export keeps
+    the old one: say so, and how to export again."""
+    from anomaly.runs import RunDir
+
+    run = RunDir(detector.path.parent)
+    try:
+        now = run.threshold().value if run.is_run() and run.has_threshold() else None
+    except Exception:  # noqa: BLE001  (an unreadable threshold.json there: nothing to compare)
+        return
+    if now is not None and abs(now - detector.threshold) > 1e-6 * max(1.0, abs(now)):
+        print(
+            f"warning: {detector.path} holds the threshold {detector.threshold:.6g} of its "
+            f"export, but its run's threshold.json now says {now:.6g}; this prediction uses "
+            f"{detector.threshold:.6g}. Export again to use the new one: "
+            f"python -m anomaly export --run {run.path}",
+            file=sys.stderr,
+        )
+
+
 def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]:
     """Scores [N] and maps [N, size, size] of image files (or preprocessed arrays)."""
     return OnnxDetector(onnx_path).predict(images)
@@ -319,6 +365,7 @@ def predict_files(
     from anomaly.metrics import Threshold
     from anomaly.overlays import PNG_LEVEL, verdict
     from anomaly.predict import expand_images, overlay_name
+    from anomaly.safe_files import output_folder, save_png
     from anomaly.viz import heatmap_overlay
 
     detector = OnnxDetector(onnx_path)
@@ -327,15 +374,13 @@ def predict_files(
             f"{detector.path} holds no threshold: export it from a run that has "
             f"threshold.json (`python -m anomaly threshold --run RUN ...`)"
         )
-    threshold = Threshold(detector.threshold, "exported")
+    rule = detector.meta.get("threshold_rule")
+    threshold = Threshold(detector.threshold, f"{rule}, exported" if rule else "exported")
+    _warn_if_stale(detector)
     vmin, vmax = json.loads(detector.meta.get("map_range", "null")) or (0.0, detector.threshold)
-    out = (
-        Path(overlay_dir)
-        if overlay_dir
-        else detector.path.with_name(detector.path.stem + "_predict")
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    results, used = [], set()
+    out = output_folder(overlay_dir or detector.path.with_name(detector.path.stem + "_predict"))
+    # names already there are taken: an earlier call's overlays are never replaced
+    results, used = [], {p.name for p in out.iterdir()}
     for path in expand_images(images):
         try:
             x = preprocess(path, detector.size, detector.channels)
@@ -344,9 +389,8 @@ def predict_files(
             continue
         scores, maps = detector.predict([x])
         overlay = out / overlay_name(path, used)
-        Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax)).save(
-            overlay, compress_level=PNG_LEVEL
-        )
+        picture = Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax))
+        save_png(picture, overlay, compress_level=PNG_LEVEL)
         score = float(scores[0])
         results.append(
             {

@@ -75,7 +75,7 @@ def padded_maps(backbone: nn.Module, x: torch.Tensor, pad: int) -> list[torch.Te
         return list(backbone(x))
     if pad >= min(x.shape[-2:]):
         raise ValueError(
-            f"images of {tuple(x.shape[-2:])} px are too small for feature "
+            f"images of {tuple(int(v) for v in x.shape[-2:])} px are too small for feature "
             f"padding {pad}: use larger images or less padding"
         )
     maps = backbone(F.pad(x, (pad, pad, pad, pad), mode="reflect"))
@@ -199,7 +199,7 @@ class FeatureExtractor(nn.Module):
         if p > 0:  # mirror the image outwards, so that no feature of it sees zero padding
             if p >= min(x.shape[-2:]):
                 raise ValueError(
-                    f"images of {tuple(x.shape[-2:])} px are too small for feature "
+                    f"images of {tuple(int(v) for v in x.shape[-2:])} px are too small for feature "
                     f"padding {p}: use larger images or less padding"
                 )
             x = F.pad(x, (p, p, p, p), mode="reflect")

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from anomaly.runs import RunDir
+from anomaly.safe_files import output_folder, save_png
 from anomaly.viz import OUTLINE, to_rgb
 
 PASS, REJECT = "PASS", "REJECT"
@@ -38,8 +39,9 @@ PASS_COLOUR, REJECT_COLOUR = (46, 125, 50), (198, 40, 40)
 
 
 def verdict(score: float, threshold: float) -> str:
-    """PASS or REJECT: a part is rejected iff its score is >= the threshold."""
-    return REJECT if float(score) >= float(threshold) else PASS
+    """PASS or REJECT: a part passes only if its score is below the threshold, so a score that
+    is not a number (a broken model) is rejected, never passed."""
+    return PASS if float(score) < float(threshold) else REJECT
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def evidence_overlay(image, amap, scale: EvidenceScale, mask=None) -> np.ndarray
         if m.shape != size:
             m = _resize_map(m, size)
         out[mask_outline(m >= 0.5)] = OUTLINE
-    return np.round(out.clip(0, 255)).astype(np.uint8)
+    return np.round(np.nan_to_num(out).clip(0, 255)).astype(np.uint8)  # a broken map: black
 
 
 def strong_red_fraction(rgb: np.ndarray) -> float:
@@ -285,8 +287,7 @@ def save_overlays(
     resolution; masks (when the predictions have them) are outlined. Two images with the same
     defect and stem from different folders get distinct names (`..._<index>.png`).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     written, seen = [], set()
     for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
         image = images[i] if images is not None else _load(path)
@@ -297,6 +298,6 @@ def save_overlays(
         if name in seen:
             name = f"{Path(name).stem}_{i}.png"
         seen.add(name)
-        Image.fromarray(rgb).save(out_dir / name, compress_level=PNG_LEVEL)
+        save_png(Image.fromarray(rgb), out_dir / name, compress_level=PNG_LEVEL)
         written.append(out_dir / name)
     return written

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from anomaly.config import METHOD_DEFAULTS, Config
@@ -37,7 +38,17 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     config = run.trained_config()
     detector = build_detector(config, source=None if config.method != "kmeans" else False)
     run.load_checkpoint(detector)
-    return detector.to(select_device(device or config.device))
+    if device is None:
+        try:
+            device = str(select_device(config.device))
+        except ValueError:  # trained on a GPU this machine lacks: scores do not depend on it
+            warnings.warn(
+                f"{run}: trained on --device {config.device}, which this machine lacks; "
+                "running on what it has (--device auto)",
+                stacklevel=2,
+            )
+            device = "auto"
+    return detector.to(select_device(device))
 
 
 def build_detector(config: Config, source=None) -> Detector:
@@ -179,6 +190,14 @@ def train_run(
 def _refuse_existing(run: RunDir) -> None:
     if run.path.exists() and not run.path.is_dir():
         raise RunError(f"--out {run} is a file; choose a folder name for the run")
+    if run.path.is_dir() and not _is_ours(run):  # a folder of the user's: never write into it
+        theirs = sorted(p.name for p in run.path.iterdir() if p.name not in RunDir.TOOL_FILES)
+        if theirs:
+            raise RunError(
+                f"--out {run} is a folder that holds files that are not a run's "
+                f"({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}), so nothing is "
+                "written there; choose a new folder name for the run"
+            )
     if run.has_model():
         if run.checkpoint().get("complete", True):
             raise RunError(
@@ -189,6 +208,14 @@ def _refuse_existing(run: RunDir) -> None:
             f"{run} holds an interrupted run; continue it with `python -m anomaly "
             f"train --out {run} --resume`, or delete the folder to start again"
         )
+
+
+def _is_ours(run: RunDir) -> bool:
+    """Whether the folder is a run (its config.json reads as one), maybe an unfinished one."""
+    try:
+        return run.is_run() and run.config() is not None
+    except (RunError, ValueError, TypeError):
+        return False
 
 
 def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
@@ -297,6 +324,11 @@ def score_run(
         t0 = time.perf_counter()
         pred = detector.predict(decoding_loader(test, config), progress=progress)
         seconds = time.perf_counter() - t0
+        if not (np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()):
+            raise RunError(
+                f"{rd}: its model gives NaN or infinite scores or maps, so nothing was written; "
+                "its model.pt is damaged or its training diverged: train the run again"
+            )
         pred.meta.update(run=str(run), data=str(data or config.data))
         rd.save_predictions(pred)
         rd.save_scores(pred)

@@ -16,24 +16,27 @@ from anomaly.data.folder import DataError, broken_link, scan_images
 from anomaly.overlays import verdict
 from anomaly.pipeline import decoding_loader, load_run
 from anomaly.runs import RunDir
+from anomaly.safe_files import output_folder, save_png
 
 
 def expand_images(images: list[str | Path]) -> list[Path]:
     """Paths as given, with each folder replaced by the images in it and its broken links
-    (sorted; `predict` names a broken link's file and why, and scores the rest)."""
+    (sorted; `predict` names a broken link's file and why, and scores the rest), or kept when it
+    holds none (`predict` then says so)."""
     out: list[Path] = []
     for item in images:
         p = Path(item)
         if p.is_dir():
             found, broken, _ = scan_images(p)
-            out += sorted(found + broken)
+            out += sorted(found + broken) or [p]  # an empty folder: reading it says so
         else:
             out.append(p)
     return out
 
 
 def overlay_name(path: Path, used: set[str]) -> str:
-    """`<stem>_overlay.png`, made unique with the parent folder (then a counter)."""
+    """`<stem>_overlay.png`, made unique among `used` (added to it) with the parent folder's
+    name, then a counter."""
     name = f"{path.stem}_overlay.png"
     if name in used:
         name = f"{path.parent.name}_{path.stem}_overlay.png"
@@ -85,8 +88,9 @@ def predict_images(
 
     The files are decoded in batches (by `workers` processes, as in `score`). Returns
     (results, threshold): one dict per image: path, score, verdict ("REJECT" iff score >=
-    threshold, else "PASS") and overlay; or path and error for an image that could not be read
-    (the others are still scored).
+    threshold, else "PASS") and overlay (in `overlay_dir`, default the run's predict/, under a
+    name no earlier call took: overlays are evidence, never replaced); or path and error for an
+    image that could not be read (the others are still scored).
     """
     from PIL import Image
 
@@ -96,11 +100,11 @@ def predict_images(
     detector = load_run(rd)
     threshold = rd.threshold()
     scale = run_scale(rd)  # the saved pixel threshold anchors the colours
-    overlay_dir = Path(overlay_dir) if overlay_dir else rd.predict_dir
-    overlay_dir.mkdir(parents=True, exist_ok=True)
+    overlay_dir = output_folder(overlay_dir or rd.predict_dir)
     paths = expand_images(images)
     files = _ImageFiles(paths, detector.config)
-    results, used = [], set()
+    # names already there are taken: an earlier call's overlays are never replaced
+    results, used = [], {p.name for p in overlay_dir.iterdir()}
     for batch in decoding_loader(files, detector.config, collate_fn=_ImageFiles.collate):
         if batch["image"] is not None:
             with torch.no_grad():
@@ -113,11 +117,10 @@ def predict_images(
                 continue
             score, amap, own_size = next(scored)
             overlay = overlay_dir / overlay_name(path, used)
-            Image.fromarray(
-                annotated_overlay(
-                    own_size.numpy(), amap, scale, score, threshold.value, title=path.name
-                )
-            ).save(overlay, compress_level=PNG_LEVEL)
+            picture = annotated_overlay(
+                own_size.numpy(), amap, scale, score, threshold.value, title=path.name
+            )
+            save_png(Image.fromarray(picture), overlay, compress_level=PNG_LEVEL)
             results.append(
                 {
                     "path": str(path),

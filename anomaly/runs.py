@@ -22,6 +22,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,7 +32,14 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from anomaly.config import Config
-from anomaly.safe_files import RunError, _atomic, atomic_save, safe_torch_load, write_json
+from anomaly.safe_files import (
+    RunError,
+    _atomic,
+    atomic_save,
+    output_folder,
+    safe_torch_load,
+    write_json,
+)
 
 CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
 # Config fields that change the shape of what a method learns: a checkpoint only loads into a
@@ -94,6 +102,8 @@ class RunDir:
     CALIBRATION = "calibration_scores.json"
     SCORES, METRICS, PREDICTIONS = "scores.csv", "metrics.json", "predictions.npz"
     OVERLAYS, PREDICT, LOCK = "overlays", "predict", ".lock"
+    # what the tools put in a run folder before its config.json: its lock, the benchmark's mark
+    TOOL_FILES = (LOCK, ".made-by-benchmark")
     # what `score` writes: stale once the model changes
     SCORE_OUTPUTS = (PREDICTIONS, SCORES, METRICS)
 
@@ -209,8 +219,16 @@ class RunDir:
 
     def map_range(self) -> tuple[float, float]:
         """The colour scale of the run's overlays: that of its held-out normal images."""
-        lo, hi = self.val_scores()["map_range"]
-        return float(lo), float(hi)
+        try:
+            lo, hi = (float(x) for x in self.val_scores()["map_range"])
+        except (KeyError, TypeError, ValueError):
+            lo = hi = math.nan
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise RunError(
+                f"{self.file(self.VAL_SCORES)}: its map_range is not two finite numbers, low "
+                "then high; train the run again to remake it"
+            )
+        return lo, hi
 
     def threshold(self):
         from anomaly.metrics import Threshold
@@ -312,6 +330,8 @@ class RunDir:
 
     def clear_outputs(self) -> list[str]:
         """Remove what `score` wrote (the model changed, so they describe another model)."""
+        if self.overlays.is_symlink():
+            output_folder(self.overlays)  # refuses it, before anything is removed
         removed = []
         for name in self.SCORE_OUTPUTS:
             if self.file(name).exists():

@@ -34,6 +34,26 @@ def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     return path
 
 
+def output_folder(path: str | Path) -> Path:
+    """A folder to write outputs into (made when missing), refused when it is a symbolic link: a
+    run folder from someone else could point one anywhere, and writing through it would replace
+    files outside the run."""
+    path = Path(path)
+    if path.is_symlink():
+        raise RunError(
+            f"{path} is a symbolic link, and outputs are written only into real folders; remove "
+            "the link (what it points to is not touched) and run the command again"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_png(image, path: str | Path, **params) -> Path:
+    """Save a PIL image as PNG through a temporary file: a symbolic link at `path` is replaced,
+    never followed, and a failed write leaves the old file as it was."""
+    return _atomic(Path(path), lambda f: image.save(f, format="PNG", **params))
+
+
 def atomic_save(obj, path: str | Path) -> Path:
     """torch.save to a temporary file, then rename: an interrupted write never leaves a broken file."""
     import torch

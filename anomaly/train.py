@@ -43,6 +43,10 @@ class Interrupted(KeyboardInterrupt):
         self.epoch = epoch
 
 
+class Diverged(ValueError):
+    """The training loss became NaN or infinite: nothing learnt from then on can be used."""
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices) and ask for deterministic CPU kernels."""
     random.seed(seed)
@@ -180,6 +184,13 @@ def fit_loop(
                 if val_loader is not None
                 else train_loss
             )
+            bad = [x for x in (train_loss, val_loss) if not math.isfinite(x)]
+            if bad:
+                raise Diverged(
+                    f"training diverged: the loss became {bad[0]} in epoch {epoch + 1}, so no "
+                    f"model of this epoch is kept; train again with a lower --lr (this run: "
+                    f"{cfg.lr:g})"
+                )
             row = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,

@@ -55,6 +55,11 @@ class Sample:
 
 def _open(path: str | Path) -> Image.Image:
     """Open and decode an image (use it in a `with` block), or raise a DataError naming it."""
+    if Path(path).is_dir():  # `predict FOLDER` passes on a folder it found no images in
+        raise DataError(
+            f"{path} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)}) in it; give "
+            "image files, or the folder that holds them"
+        )
     try:
         im = Image.open(path)
         im.load()
@@ -273,10 +278,16 @@ class AnomalyDataset(Dataset):
         self.root = Path(os.path.abspath(root))
         self.split, self.size, self.channels, self.cache = split, size, channels, cache
         self.holdout = holdout
+        if self.root.is_file():
+            raise DataError(
+                f"{self.root} is a file; give the data set's folder (the one that holds train/ "
+                "and test/, or good/)"
+            )
         if not self.root.is_dir():
             raise DataError(
-                f"{self.root}: data folder not found. Check the path, or make a synthetic set "
-                f"with anomaly.data.make_cookies('{root}')."
+                f"{self.root}: data folder not found. Check the path (data that moved since "
+                "training: `score --run RUN --data NEW_PATH`), or make a synthetic set with "
+                f"anomaly.data.make_cookies('{root}')."
             )
         if (self.root / "train").is_dir() or (self.root / "test").is_dir():
             self.layout = "mvtec"

@@ -453,9 +453,13 @@ class PatchKNN(Detector):
             "pad": self.extractor.pad,
         }
         theirs = {key: state.get(key, 0) for key in mine}  # banks saved before padding: pad 0
-        if theirs != mine or state["bank"].shape[1] != self.extractor.dim:
+        bank = state["bank"]
+        if bank.ndim != 2 or len(bank) == 0 or not torch.isfinite(bank).all():
+            raise RuntimeError(f"patchknn memory bank {list(bank.shape)} is empty or not finite")
+        if theirs != mine or bank.shape[1] != self.extractor.dim:
             raise RuntimeError(
-                f"patchknn memory bank was made with features {theirs}, this detector makes {mine}"
+                f"patchknn memory bank was made with features {theirs} ({bank.shape[1]} "
+                f"dimensions), this detector makes {mine}"
             )
         whitened = state.get("whiten_matrix") is not None
         if whitened != (float(getattr(self.config, "whiten", 0.0)) > 0):

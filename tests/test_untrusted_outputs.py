@@ -1,0 +1,205 @@
+"""What a command writes, and the decisions it makes, when its inputs are wrong or hostile: files
+of the user's never overwritten, run folders from someone else never written through, broken
+thresholds and scores never passing a part, a diverged training never saved as trained."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_config
+
+from anomaly.calibration import set_threshold
+from anomaly.cli import main
+from anomaly.overlays import PASS, REJECT, verdict
+from anomaly.pipeline import score_run, train_run
+from anomaly.predict import predict_images
+from anomaly.runs import RunDir, RunError
+from anomaly.train import Diverged
+
+
+@pytest.fixture(scope="module")
+def meandiff_run(tiny_cookies, tmp_path_factory):
+    run = tmp_path_factory.mktemp("untrusted") / "md"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    return run
+
+
+def _copy(run, tmp_path):
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _image(tiny_cookies):
+    return min((tiny_cookies / "test" / "good").glob("*.png"))
+
+
+def test_train_refuses_a_folder_of_the_users(tiny_cookies, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("my notes")  # a name the run would use
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(RunError, match="not a run's .config.json, notes.txt."):
+        train_run(tiny_config(tiny_cookies, "meandiff"), mine, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
+    assert (mine / "config.json").read_text() == "my notes"
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is fine
+    train_run(tiny_config(tiny_cookies, "meandiff"), empty, progress=False)
+    assert RunDir(empty).has_model()
+
+
+def test_a_nan_or_infinite_threshold_is_refused(meandiff_run, tiny_cookies, tmp_path, capsys):
+    run = _copy(meandiff_run, tmp_path)
+    path = run / "threshold.json"
+    for value in ("NaN", "Infinity", "-Infinity"):
+        path.write_text(
+            json.dumps({"value": 1.0, "rule": "manual", "params": {}}).replace("1.0", value)
+        )
+        with pytest.raises(RunError, match="not a finite number"):
+            RunDir(run).threshold()
+        assert main(["predict", "--run", str(run), str(_image(tiny_cookies))]) == 2
+        assert "threshold.json does not hold a threshold" in capsys.readouterr().err
+    path.write_text(json.dumps({"value": 1.0, "rule": "manual", "params": "x"}))
+    with pytest.raises(RunError, match="params an object"):
+        RunDir(run).threshold()
+
+
+def test_a_score_that_is_not_a_number_is_rejected(meandiff_run, tiny_cookies, tmp_path, capsys):
+    assert verdict(float("nan"), 1.0) == REJECT and verdict(0.5, float("nan")) == REJECT
+    assert verdict(0.5, 1.0) == PASS and verdict(1.0, 1.0) == REJECT
+    run = _copy(meandiff_run, tmp_path)
+    state = torch.load(run / "model.pt", weights_only=True)
+    broken = {
+        k: torch.full_like(v, math.nan) if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in state["state"].items()
+    }
+    torch.save({**state, "state": broken}, run / "model.pt")
+    assert main(["predict", "--run", str(run), str(_image(tiny_cookies))]) == 2
+    out = capsys.readouterr()
+    assert out.out.split("\t")[1:] == ["nan", "REJECT\n"] or "\tnan\tREJECT" in out.out
+    assert "scored NaN or infinite" in out.err and "train the run again" in out.err
+
+
+def test_predict_never_writes_through_a_link_in_the_run(meandiff_run, tiny_cookies, tmp_path):
+    run = _copy(meandiff_run, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = outside / "notes.txt"
+    precious.write_text("precious")
+    image = _image(tiny_cookies)
+    (run / "predict").mkdir()
+    name = f"{image.stem}_overlay.png"
+    (run / "predict" / name).symlink_to(precious)  # a file link: replaced, not followed
+    (results, _) = predict_images(run, [image])
+    assert precious.read_text() == "precious" and (run / "predict" / name).is_symlink()
+    assert Path(results[0]["overlay"]).parent == run / "predict"
+    assert not Path(results[0]["overlay"]).is_symlink()
+    shutil.rmtree(run / "predict")
+    (run / "predict").symlink_to(outside, target_is_directory=True)  # a folder link: refused
+    with pytest.raises(RunError, match="is a symbolic link"):
+        predict_images(run, [image])
+    (run / "overlays").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(RunError, match="is a symbolic link"):
+        score_run(run)
+    assert sorted(p.name for p in outside.iterdir()) == ["notes.txt"]
+
+
+def test_conformal_refuses_a_run_that_held_out_nothing(tiny_cookies, tmp_path):
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="no validation split"):
+        train_run(tiny_config(tiny_cookies, "meandiff", val_fraction=0.0), run, progress=False)
+    for rule, value in (("conformal", 0.2), ("normal-quantile", 0.99)):
+        with pytest.raises(RunError, match="held out no good images .*--good-images FOLDER"):
+            set_threshold(run, rule, value)
+    assert set_threshold(run, "manual", 3.0).value == 3.0  # a rule that needs no scores still works
+
+
+def test_a_diverged_training_stops_and_says_what_to_change(tiny_cookies, tmp_path, capsys):
+    config = tiny_config(tiny_cookies, "ae", lr=1e9, epochs=3)
+    with pytest.raises(Diverged, match=r"loss became (nan|inf) in epoch \d.*lower --lr .*1e\+09"):
+        train_run(config, tmp_path / "run", progress=False)
+    assert not RunDir(tmp_path / "run").has_threshold()  # nothing decides with it
+
+
+def test_export_overwrites_only_its_own_files(tiny_cookies, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from anomaly.config import Config
+    from anomaly.export import ExportError, export_onnx
+
+    run = tmp_path / "pk"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=48, device="cpu")
+    train_run(config, run, progress=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    with pytest.raises(ExportError, match="notes.txt exists and is not a detector exported"):
+        export_onnx(run, notes)
+    assert notes.read_text() == "precious"
+    path = export_onnx(run)
+    assert export_onnx(run) == path  # its own earlier export is replaced
+    image = str(_image(tiny_cookies))
+    assert main(["predict", "--onnx", str(path), image]) == 0
+    out = capsys.readouterr()
+    assert "(normal_quantile, exported)" in out.out and "warning" not in out.err
+    set_threshold(run, "manual", 123.0)  # the run's threshold moves on; the file keeps its own
+    assert main(["predict", "--onnx", str(path), image]) == 0
+    err = capsys.readouterr().err
+    assert "now says 123" in err and f"python -m anomaly export --run {run}" in err
+
+
+def test_predict_keeps_every_earlier_overlay(meandiff_run, tiny_cookies, tmp_path, capsys):
+    run = _copy(meandiff_run, tmp_path)
+    day1, day2 = tmp_path / "day1", tmp_path / "day2"
+    for day, kind in ((day1, "good"), (day2, "crack")):
+        day.mkdir()
+        shutil.copy(min((tiny_cookies / "test" / kind).glob("*.png")), day / "part.png")
+    first = predict_images(run, [day1 / "part.png"])[0][0]["overlay"]
+    before = Path(first).read_bytes()
+    assert main(["predict", "--run", str(run), str(day2 / "part.png")]) == 0
+    line = capsys.readouterr().out.splitlines()[0].split("\t")
+    second = line[3]
+    assert line[0] == str(day2 / "part.png") and second != first  # the CLI names its overlay
+    assert Path(first).read_bytes() == before and Path(second).is_file()
+
+
+def test_damaged_run_files_are_named_with_the_fix(meandiff_run, tiny_cookies, tmp_path, capsys):
+    run = _copy(meandiff_run, tmp_path)
+    scores = json.loads((run / "val_scores.json").read_text())
+    (run / "val_scores.json").write_text(json.dumps({**scores, "map_range": [5]}))
+    with pytest.raises(RunError, match="val_scores.json: its map_range is not two finite"):
+        RunDir(run).map_range()
+    (run / "val_scores.json").write_text(json.dumps(scores))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "workers": -3}))
+    with pytest.raises(ValueError, match=r"config.json: --workers -3: must be at least 0"):
+        RunDir(run).config()
+    (run / "config.json").write_text(json.dumps({**config, "device": "cuda:7"}))
+    if not torch.cuda.is_available():  # a run from a GPU machine still predicts here
+        with pytest.warns(UserWarning, match="trained on --device cuda:7"):
+            results, _ = predict_images(run, [_image(tiny_cookies)])
+        assert results[0]["verdict"] in (PASS, REJECT)
+
+
+def test_score_refuses_a_model_that_gives_nan(meandiff_run, tmp_path):
+    run = _copy(meandiff_run, tmp_path)
+    state = torch.load(run / "model.pt", weights_only=True)
+    state["state"]["mean"] = torch.full_like(state["state"]["mean"], math.nan)
+    torch.save(state, run / "model.pt")
+    with pytest.raises(RunError, match="NaN or infinite scores or maps, so nothing was written"):
+        score_run(run)
+    assert not RunDir(run).is_scored()
+
+
+def test_predict_names_a_folder_without_images(meandiff_run, tiny_cookies, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", "--run", str(meandiff_run), str(_image(tiny_cookies)), str(empty)]) == 2
+    assert f"error: {empty} is a folder with no images" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--size 5000: must be at most 4096"):
+        tiny_config(tiny_cookies, "meandiff", size=5000).validate()
+    with pytest.raises(ValueError, match="is a file; give the data set's folder"):
+        train_run(tiny_config(_image(tiny_cookies), "meandiff"), tmp_path / "r", progress=False)
