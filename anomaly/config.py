@@ -110,7 +110,9 @@ class Config:
     `Config.for_method(name, **overrides)` to get the method's defaults (what the CLI trains).
     """
 
-    method: str = _f("unet", "detector to train")
+    method: str = _f(
+        "patchknn", "detector to train (patchknn: the fast default; auto: the most accurate)"
+    )
     data: str = _f("", "data set root (MVTec AD or plain layout)")
     size: int = _f(128, "images are resized to size x size pixels", min=1, max=4096)
     channels: int = _f(1, "1 = grayscale (as the original), 3 = RGB", choices=(1, 3))

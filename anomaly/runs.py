@@ -102,8 +102,7 @@ class RunDir:
     CALIBRATION = "calibration_scores.json"
     SCORES, METRICS, PREDICTIONS = "scores.csv", "metrics.json", "predictions.npz"
     OVERLAYS, PREDICT, LOCK = "overlays", "predict", ".lock"
-    # what the tools put in a run folder before its config.json: its lock, the benchmark's mark
-    TOOL_FILES = (LOCK, ".made-by-benchmark")
+    TOOL_FILES = (LOCK, ".made-by-benchmark")  # ours before config.json: lock, benchmark mark
     # what `score` writes: stale once the model changes
     SCORE_OUTPUTS = (PREDICTIONS, SCORES, METRICS)
 
@@ -153,7 +152,7 @@ class RunDir:
         if not self.is_run():
             raise RunError(
                 f"{self.path} is not a run folder (no {self.CONFIG}); train one with "
-                f"`python -m anomaly train --data ROOT --method unet --out {self.path}`"
+                f"`python -m anomaly train --data ROOT --method patchknn --out {self.path}`"
             )
         return self
 
@@ -223,7 +222,7 @@ class RunDir:
             lo, hi = (float(x) for x in self.val_scores()["map_range"])
         except (KeyError, TypeError, ValueError):
             lo = hi = math.nan
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        if not math.isfinite(hi - lo) or lo > hi:  # NaN and inf fail the first
             raise RunError(
                 f"{self.file(self.VAL_SCORES)}: its map_range is not two finite numbers, low "
                 "then high; train the run again to remake it"
@@ -481,20 +480,12 @@ class RunDir:
 
 
 # --- the functions earlier code and notebooks call ------------------------------------------
-def create_run(run_dir: str | Path, config: Config, split: dict | None = None) -> Path:
-    return RunDir(run_dir).create(config, split).path
-
-
 def load_config(run_dir: str | Path) -> Config:
     return RunDir(run_dir).config()
 
 
 def load_checkpoint(run_dir: str | Path, detector) -> dict:
     return RunDir(run_dir).load_checkpoint(detector)
-
-
-def write_scores(run_dir: str | Path, pred) -> Path:
-    return RunDir(run_dir).save_scores(pred)
 
 
 def read_scores(run_dir: str | Path) -> list[dict]:
