@@ -7,6 +7,7 @@ Split from `anomaly.pipeline` (which trains, scores and sets thresholds); `predi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from anomaly.safe_files import output_folder, save_png
 def expand_images(images: list[str | Path]) -> list[Path]:
     """Paths as given, with each folder replaced by the images in it and its broken links
     (sorted; `predict` names a broken link's file and why, and scores the rest), or kept when it
-    holds none (`predict` then says so)."""
+    holds none (`predict` then says so); each file once."""
     out: list[Path] = []
     for item in images:
         p = Path(item)
@@ -31,7 +32,10 @@ def expand_images(images: list[str | Path]) -> list[Path]:
             out += sorted(found + broken) or [p]  # an empty folder: reading it says so
         else:
             out.append(p)
-    return out
+    once: dict[str, Path] = {}  # a file given twice (or with its folder) is scored once
+    for p in out:
+        once.setdefault(os.path.abspath(p), p)
+    return list(once.values())
 
 
 def overlay_name(path: Path, used: set[str]) -> str:

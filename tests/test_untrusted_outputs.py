@@ -203,3 +203,13 @@ def test_predict_names_a_folder_without_images(meandiff_run, tiny_cookies, tmp_p
         tiny_config(tiny_cookies, "meandiff", size=5000).validate()
     with pytest.raises(ValueError, match="is a file; give the data set's folder"):
         train_run(tiny_config(_image(tiny_cookies), "meandiff"), tmp_path / "r", progress=False)
+
+
+def test_a_file_given_twice_is_scored_once(tiny_cookies):
+    from anomaly.predict import expand_images
+
+    folder = tiny_cookies / "test" / "good"
+    files = expand_images(
+        [folder, _image(tiny_cookies), folder / ".." / "good" / _image(tiny_cookies).name]
+    )
+    assert len(files) == len(set(files)) == len(list(folder.glob("*.png")))
