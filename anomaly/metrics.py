@@ -36,12 +36,11 @@ def _check_binary(labels: np.ndarray, what: str) -> None:
 
 
 def image_auroc(labels, scores) -> float:
-    """Area under the ROC curve of image scores (0.5 = chance, 1.0 = perfect ranking)."""
+    """Area under the ROC curve of image scores (0.5 = chance, 1.0 = perfect ranking); ties
+    count one half, as scikit-learn's roc_auc_score (the same value, without importing it)."""
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
     _check_binary(labels, "image_auroc")
-    from sklearn.metrics import roc_auc_score  # here: a run's threshold loads without sklearn
-
-    return float(roc_auc_score(labels, scores))
+    return float(_auroc_rows(scores[labels][None], scores[~labels][None])[0])
 
 
 def auroc_interval(
@@ -82,23 +81,32 @@ def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return (below + 0.5 * (upto - below)).sum(1) / (pos.shape[1] * neg.shape[1])
 
 
+def _precision_recall(labels: np.ndarray, scores: np.ndarray):
+    """Precision and recall of "anomalous iff score >= t" at every distinct score t, thresholds
+    ascending: scikit-learn's precision_recall_curve without its final (1, 0) point."""
+    order = np.argsort(-scores, kind="mergesort")
+    ranked, hits = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]  # each score's last image
+    tp = np.cumsum(hits)[last]
+    precision, recall = tp / (last + 1), tp / tp[-1]
+    return precision[::-1], recall[::-1], ranked[last][::-1]
+
+
 def image_ap(labels, scores) -> float:
-    """Average precision of image scores (area under the precision-recall curve)."""
+    """Average precision of image scores: sum over thresholds of precision times the recall it
+    adds (scikit-learn's average_precision_score, no interpolation)."""
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
     _check_binary(labels, "image_ap")
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(labels, scores))
+    precision, recall, _ = _precision_recall(labels, scores)
+    return float(np.sum(np.diff(np.r_[0.0, recall[::-1]]) * precision[::-1]))
 
 
 def f1_max(labels, scores) -> tuple[float, float]:
-    """Best F1 over all thresholds, and the threshold that reaches it (anomalous iff >= it)."""
+    """Best F1 over all thresholds, and the threshold that reaches it (anomalous iff >= it;
+    the lowest such threshold on a tie)."""
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
     _check_binary(labels, "f1_max")
-    from sklearn.metrics import precision_recall_curve
-
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    precision, recall, thresholds = _precision_recall(labels, scores)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     best = int(np.argmax(f1))

@@ -299,3 +299,27 @@ def test_score_summary_gives_the_interval_with_the_auroc():
     assert line == "image_auroc 0.75 (95 % interval 0.25-1.00)  image_ap 0.83"
     del metrics["image_auroc_ci"]
     assert "interval" not in score_summary(labels, scores, metrics)
+
+
+def test_image_metrics_equal_scikit_learns_with_ties():
+    """image_auroc, image_ap and f1_max are computed here (score needs no sklearn import);
+    they agree with scikit-learn's on random labels and scores, with and without ties."""
+    from sklearn.metrics import precision_recall_curve
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(2, 60))
+        labels = rng.integers(0, 2, n)
+        labels[:2] = (0, 1)
+        scores = rng.integers(0, 6, n).astype(float) if trial % 2 else rng.normal(size=n)
+        assert image_auroc(labels, scores) == pytest.approx(
+            roc_auc_score(labels, scores), abs=1e-12
+        )
+        assert image_ap(labels, scores) == pytest.approx(
+            average_precision_score(labels, scores), abs=1e-12
+        )
+        precision, recall, thresholds = precision_recall_curve(labels, scores)
+        p, r = precision[:-1], recall[:-1]
+        f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0)
+        best = int(np.argmax(f1))
+        assert f1_max(labels, scores) == pytest.approx((f1[best], thresholds[best]), abs=1e-12)
