@@ -211,7 +211,8 @@ NOTEBOOKS = {
         "when 5% of good images are rejected, by defect area, on the first set (the cookies).",
         "nb.detectability_figure(result)",
         "## How many good images do I need?\nEach method is trained on 1, 2, 4, ... 128 and all "
-        "good training images (three random subsets for n <= 8), always against the same "
+        "good training images (three random subsets for n <= 64 for `patchknn`, n <= 8 for the "
+        "original recipe), always against the same "
         "held-out good images and test set. The right panel is what a QA team lives with: the "
         "fraction of defective parts that pass at the conformal threshold, which guarantees at "
         "most alpha false rejects of good parts (alpha = 1 %, or 1/(n_cal + 1) when too few good "
