@@ -246,6 +246,17 @@ def _predict(args) -> int:
     return 0 if len(good) == len(results) and not broken else 2
 
 
+def _held_out_words(run, value: float) -> str:
+    """How many of the run's held-out good images the threshold rejects: a manual value far off
+    (every part rejected, or none ever) shows at once."""
+    try:
+        held = [float(x) for x in run.val_scores()["scores"]]
+    except (ValueError, KeyError, TypeError):  # no held-out scores to count
+        return "the run has no held-out scores to count against"
+    rejected = sum(x >= value for x in held)
+    return f"it rejects {rejected} of the run's {len(held)} held-out good images"
+
+
 def _threshold_words(t) -> str:
     """The threshold, the rule that set it and what it guarantees, in one line."""
     words = f"threshold {t.value:.6g} ({t.rule})"
@@ -304,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             scores = RunDir(args.run).file(RunDir.CALIBRATION) if args.good_images else None
             if words := calibration_words(t, scores):
                 print(words)
+            print(_held_out_words(RunDir(args.run), t.value))
         elif args.command == "benchmark":
             from anomaly.benchmark import main as benchmark_main
 

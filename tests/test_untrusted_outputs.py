@@ -213,3 +213,12 @@ def test_a_file_given_twice_is_scored_once(tiny_cookies):
         [folder, _image(tiny_cookies), folder / ".." / "good" / _image(tiny_cookies).name]
     )
     assert len(files) == len(set(files)) == len(list(folder.glob("*.png")))
+
+
+def test_threshold_says_how_many_held_out_good_images_it_rejects(meandiff_run, tmp_path, capsys):
+    run = _copy(meandiff_run, tmp_path)
+    n = len(RunDir(run).val_scores()["scores"])
+    assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "-1"]) == 0
+    assert f"it rejects {n} of the run's {n} held-out good images" in capsys.readouterr().out
+    assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1e300"]) == 0
+    assert f"it rejects 0 of the run's {n} held-out good images" in capsys.readouterr().out
