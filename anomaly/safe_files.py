@@ -8,6 +8,7 @@ reads all its files through these.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -52,6 +53,37 @@ def save_png(image, path: str | Path, **params) -> Path:
     """Save a PIL image as PNG through a temporary file: a symbolic link at `path` is replaced,
     never followed, and a failed write leaves the old file as it was."""
     return _atomic(Path(path), lambda f: image.save(f, format="PNG", **params))
+
+
+def remove_made(root: str | Path, folders: list[str], files: set[str]) -> None:
+    """Delete a generated data set's `files` (paths relative to `root`, as its manifest lists
+    them), then its `folders` where they are left empty. Refused, with nothing deleted, when a
+    folder is not a real folder inside `root` (a manifest from someone else could name `..`) or
+    holds anything the manifest does not list (the user's own files)."""
+    root = Path(root)
+    inside, extra = root.resolve(), []
+    for name in folders:
+        folder = root / name
+        if folder.is_symlink() or not folder.resolve().is_relative_to(inside) or folder == root:
+            raise ValueError(f"{folder} is not a folder inside {root}; nothing was deleted")
+        for dirpath, _, names in os.walk(folder):
+            extra += [
+                rel
+                for n in names
+                if (rel := (Path(dirpath) / n).relative_to(root).as_posix()) not in files
+            ]
+    if extra:
+        raise ValueError(
+            f"{root} holds files its generator did not make ({', '.join(sorted(extra)[:3])}"
+            f"{', ...' if len(extra) > 3 else ''}), so nothing was deleted; move them away "
+            "first, or choose another folder"
+        )
+    for rel in files:
+        (root / rel).unlink(missing_ok=True)
+    for name in folders:
+        for dirpath, _, _ in sorted(os.walk(root / name), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):  # not empty: a folder of the user's
+                os.rmdir(dirpath)
 
 
 def atomic_save(obj, path: str | Path) -> Path:

@@ -222,3 +222,30 @@ def test_threshold_says_how_many_held_out_good_images_it_rejects(meandiff_run, t
     assert f"it rejects {n} of the run's {n} held-out good images" in capsys.readouterr().out
     assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1e300"]) == 0
     assert f"it rejects 0 of the run's {n} held-out good images" in capsys.readouterr().out
+
+
+def test_overwrite_deletes_only_what_the_generator_made(tmp_path):
+    from anomaly.data import make_cookies
+    from anomaly.data.photos import make_photos
+
+    root = tmp_path / "c"
+    make_cookies(root, preset="tiny", seed=1, size=32)
+    mine = root / "train" / "good" / "999.png"
+    shutil.copy(next((root / "train" / "good").glob("*.png")), mine)
+    with pytest.raises(ValueError, match=r"did not make \(train/good/999.png\), so nothing was"):
+        make_cookies(root, preset="tiny", seed=2, size=32, overwrite=True)
+    assert mine.is_file() and len(list((root / "train" / "good").glob("*.png"))) > 1
+    mine.unlink()
+    make_cookies(root, preset="tiny", seed=2, size=32, overwrite=True)  # now all is ours
+    assert json.loads((root / "manifest.json").read_text())["seed"] == 2
+
+    suite = tmp_path / "trap" / "suite"
+    make_photos(suite, seed=0, tiny=True, sets=["moon"])
+    precious = tmp_path / "trap" / "thesis.txt"
+    precious.write_text("important")
+    manifest = json.loads((suite / "manifest.json").read_text())
+    manifest["sets"] = {"..": manifest["sets"]["moon"]}  # a tampered manifest
+    (suite / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="names a set '..' this generator never makes"):
+        make_photos(suite, seed=1, tiny=True, sets=["moon"], overwrite=True)
+    assert precious.read_text() == "important" and (suite / "moon").is_dir()

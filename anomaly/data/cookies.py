@@ -15,13 +15,13 @@ index): images depend neither on each other nor on the order they are made in.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from anomaly.data.cookies_render import KINDS, render_cookie
+from anomaly.safe_files import remove_made
 
 __all__ = ["GENERATOR_VERSION", "KINDS", "PRESETS", "make_cookies", "render_cookie"]
 
@@ -158,6 +158,9 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> None:
             "choose another folder, or pass --overwrite (overwrite=True) to replace "
             "it"
         )
-    for name in ("train", "test", "ground_truth"):
-        shutil.rmtree(root / name, ignore_errors=True)
+    images = previous.get("images") or {}
+    made = set(images) | {
+        i["mask"] for i in images.values() if isinstance(i, dict) and i.get("mask")
+    }
+    remove_made(root, [n for n in ("train", "test", "ground_truth") if (root / n).exists()], made)
     old.unlink(missing_ok=True)

@@ -22,7 +22,6 @@ decoder may change the JPEG sources by a grey level).
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
 from dataclasses import dataclass, field
 from functools import cache
@@ -32,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from anomaly.data.photos_defects import KINDS, add_defect
+from anomaly.safe_files import remove_made
 
 GENERATOR = "anomaly.data.photos.make_photos"
 GENERATOR_VERSION = "1.1"  # 1.1: coin boxes inside the photo
@@ -472,8 +472,18 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool) -
             "size or sets); pass overwrite=True (--overwrite) to replace it, or "
             "choose another folder"
         )
-    for name in previous.get("sets", {}):
-        folder = root / name
-        if name and "/" not in name and folder.is_dir() and folder.parent == root:
-            shutil.rmtree(folder)
+    known = {spec.name for spec in SETS}
+    made: set[str] = set()
+    sets = previous.get("sets") or {}
+    for name, info in sets.items():
+        if name not in known:  # a manifest names only the generator's sets: never "..", "/x"
+            raise ValueError(
+                f"{old} names a set {name!r} this generator never makes; nothing was deleted"
+            )
+        images = (info or {}).get("images") or {}
+        made |= {f"{name}/{rel}" for rel in images}
+        made |= {
+            f"{name}/{i['mask']}" for i in images.values() if isinstance(i, dict) and i.get("mask")
+        }
+    remove_made(root, [name for name in sets if (root / name).exists()], made)
     old.unlink()
