@@ -246,6 +246,24 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_methods(methods) -> None:
+    """Refuse, before anything runs, a method name the benchmark does not know: a method, the
+    original recipe `unet_original`, or `<ae|unet|vae|unet_original>+kmeans`."""
+    from anomaly.config import METHODS
+
+    bases = ("ae", "unet", "vae", "unet_original")
+    unknown = [
+        m
+        for m in methods
+        if not (m in METHODS or m == "unet_original" or m.removesuffix("+kmeans") in bases)
+    ]
+    if unknown:
+        raise BenchmarkError(
+            f"unknown methods {unknown}: choose from {', '.join(METHODS)}, unet_original, and "
+            "ae+kmeans, unet+kmeans, vae+kmeans, unet_original+kmeans"
+        )
+
+
 def run_benchmark(
     data: str | list[str],
     methods=None,
@@ -269,6 +287,7 @@ def run_benchmark(
             check_readme(readme, readme_block)
         except ValueError as err:
             raise BenchmarkError(str(err)) from None
+    check_methods(methods or DEFAULT_METHODS)
 
     sets = discover_sets(data)
     methods = list(methods or DEFAULT_METHODS)
@@ -448,7 +467,7 @@ def main(args) -> None:
         seal_dir(out)
         print("wrote " + ", ".join(map(str, paths)))
         return
-    run_benchmark(
+    rows = run_benchmark(
         args.data,
         methods=args.methods,
         out=args.out or "runs/benchmark",
@@ -458,6 +477,9 @@ def main(args) -> None:
         readme=args.readme,
         readme_block=args.readme_block,
     )
+    failed = [f"{r.get('set', '')} {r['method']}".strip() for r in rows if "error" in r]
+    if failed:  # the tables hold the others; the exit status says not all of them ran
+        raise BenchmarkError(f"{len(failed)} of {len(rows)} runs failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

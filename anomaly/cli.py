@@ -260,6 +260,11 @@ def _held_out_words(run, value: float) -> str:
 def _threshold_words(t) -> str:
     """The threshold, the rule that set it and what it guarantees, in one line."""
     words = f"threshold {t.value:.6g} ({t.rule})"
+    if (t.params or {}).get("earlier_model"):
+        return (
+            f"{words}: chosen on an earlier model of this run, so its guarantee no longer "
+            "holds; choose it again with `python -m anomaly threshold`"
+        )
     guarantee = (t.params or {}).get("guarantee")
     if guarantee:
         return f"{words}: guarantee: {guarantee}"

@@ -37,7 +37,12 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     run = RunDir(run_dir)
     config = run.trained_config()
     detector = build_detector(config, source=None if config.method != "kmeans" else False)
-    run.load_checkpoint(detector)
+    if not run.load_checkpoint(detector).get("complete", True):
+        raise RunError(
+            f"{run}: its training was interrupted, so model.pt holds a model from the middle of "
+            "it (and threshold.json, if any, an earlier model's threshold); finish it with "
+            f"`python -m anomaly train --resume --out {run}`"
+        )
     if device is None:
         try:
             device = str(select_device(config.device))
@@ -298,6 +303,9 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
                 f"{run}: kept your threshold {old.value:.6g} ({old.rule}), which was chosen on "
                 "the earlier model; choose it again with `python -m anomaly threshold`"
             )
+            if old.params.pop("guarantee", None):  # it was about the earlier model's scores
+                old.params["earlier_model"] = True
+                run.save_threshold(old)
             return
     from anomaly.metrics import threshold_normal_quantile  # sklearn: not for predict
 

@@ -249,3 +249,46 @@ def test_overwrite_deletes_only_what_the_generator_made(tmp_path):
     with pytest.raises(ValueError, match="names a set '..' this generator never makes"):
         make_photos(suite, seed=1, tiny=True, sets=["moon"], overwrite=True)
     assert precious.read_text() == "important" and (suite / "moon").is_dir()
+
+
+def test_an_interrupted_run_is_not_used_until_it_is_finished(tiny_cookies, tmp_path, capsys):
+    run = tmp_path / "ae"
+    train_run(tiny_config(tiny_cookies, "ae", epochs=1), run, progress=False)
+    payload = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**payload, "complete": False}, run / "model.pt")  # as a resume cut short leaves it
+    assert main(["predict", "--run", str(run), str(_image(tiny_cookies))]) == 2
+    assert f"train --resume --out {run}" in capsys.readouterr().err
+    with pytest.raises(RunError, match="its training was interrupted"):
+        score_run(run)
+
+
+def test_a_kept_threshold_loses_its_guarantee_and_stale_calibration_goes(tiny_cookies, tmp_path):
+    from anomaly.cli import _threshold_words
+    from anomaly.data import AnomalyDataset
+    from anomaly.pipeline import _default_threshold, load_run
+
+    run = tmp_path / "md"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    good = tmp_path / "good"
+    shutil.copytree(tiny_cookies / "test" / "good", good)
+    for i, f in enumerate(sorted(good.glob("*.png")) * 10):  # enough images for alpha 0.5
+        shutil.copy(f, good / f"copy{i}.png")
+    t = set_threshold(run, "conformal", 0.5, good_images=good)
+    assert "guarantee" in t.params and RunDir(run).file(RunDir.CALIBRATION).is_file()
+    detector = load_run(run)  # the model "changed" (a resume): the user's threshold is kept
+    data = AnomalyDataset(tiny_cookies, "train", size=64, channels=1)
+    with pytest.warns(UserWarning, match="no validation split"):
+        _default_threshold(RunDir(run), detector, data, None, keep_user_threshold=True)
+    kept = RunDir(run).threshold()
+    assert kept.value == t.value and "guarantee" not in kept.params
+    assert "its guarantee no longer holds" in _threshold_words(kept)
+    set_threshold(run, "manual", 1.0)
+    assert not RunDir(run).file(RunDir.CALIBRATION).exists()
+
+
+def test_benchmark_refuses_unknown_methods_before_running(tiny_cookies, tmp_path):
+    from anomaly.benchmark import BenchmarkError, run_benchmark
+
+    with pytest.raises(BenchmarkError, match=r"unknown methods \['nope'\]"):
+        run_benchmark(str(tiny_cookies), methods=["meandiff", "nope"], out=str(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
