@@ -9,6 +9,7 @@ the modules a detector is given), and it alone decides what goes into a run fold
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import asdict
@@ -223,6 +224,19 @@ def _is_ours(run: RunDir) -> bool:
         return False
 
 
+def _moved(split: dict | None, old: str, new: str) -> dict | None:
+    """The run's split with each image's path under the data root `old` moved under `new`."""
+    if split is None:
+        return None
+    old, new = os.path.abspath(old), os.path.abspath(new)
+
+    def move(path: str) -> str:
+        inside = os.path.commonpath([old, os.path.abspath(path)]) == old
+        return os.path.join(new, os.path.relpath(path, old)) if inside else path
+
+    return {k: [move(p) for p in v] if isinstance(v, list) else v for k, v in split.items()}
+
+
 def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
     config = run.config()
     wanted = wanted or config
@@ -234,6 +248,10 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
             f"what it learns: {', '.join('--' + f.replace('_', '-') for f in refused)}."
             " Train a new run (another --out) for new settings"
         )
+    split = run.split()
+    if wanted.data and os.path.abspath(wanted.data) != os.path.abspath(config.data):
+        split = _moved(split, config.data, wanted.data)  # the same images, in their new place
+        config = config.replace(data=wanted.data)
     wanted = config.replace(**{f: getattr(wanted, f) for f in RESUMABLE_FIELDS}).validate()
     if not run.has_last():
         kind = get_detector(config.method)
@@ -261,7 +279,7 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
     seed_everything(wanted.seed)
     detector = build_detector(wanted)
     with run.lock("train"):
-        train, val = _datasets(wanted, run.split())
+        train, val = _datasets(wanted, split)
         run.save_config(wanted)
         detector.to(select_device(wanted.device))
         _fit(run, detector, train, val, progress, resume=True)

@@ -292,3 +292,13 @@ def test_benchmark_refuses_unknown_methods_before_running(tiny_cookies, tmp_path
     with pytest.raises(BenchmarkError, match=r"unknown methods \['nope'\]"):
         run_benchmark(str(tiny_cookies), methods=["meandiff", "nope"], out=str(tmp_path / "b"))
     assert not (tmp_path / "b").exists()
+
+
+def test_resume_finds_the_same_images_where_the_data_moved(tiny_cookies, tmp_path):
+    data, moved, run = tmp_path / "data", tmp_path / "moved", tmp_path / "ae"
+    shutil.copytree(tiny_cookies, data)
+    train_run(tiny_config(data, "ae", epochs=1), run, progress=False)
+    shutil.move(data, moved)
+    config = RunDir(run).config().replace(epochs=2, data=str(moved))
+    train_run(config, run, resume=True, progress=False)
+    assert len(RunDir(run).history()) == 2 and RunDir(run).config().data == str(moved)

@@ -285,9 +285,9 @@ class AnomalyDataset(Dataset):
             )
         if not self.root.is_dir():
             raise DataError(
-                f"{self.root}: data folder not found. Check the path (data that moved since "
-                "training: `score --run RUN --data NEW_PATH`), or make a synthetic set with "
-                f"anomaly.data.make_cookies('{root}')."
+                f"{self.root}: data folder not found. Check the path (data that moved since a "
+                "run was trained: give its new place with --data NEW_PATH), or make a synthetic "
+                f"set with anomaly.data.make_cookies('{root}')."
             )
         if (self.root / "train").is_dir() or (self.root / "test").is_dir():
             self.layout = "mvtec"
