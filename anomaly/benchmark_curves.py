@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -58,7 +59,13 @@ def _fit(method: str, config, train, cal):
 
 
 def _point(method, config, data, train_idx, cal, test, alpha: float) -> dict:
-    from anomaly.metrics import aupro, confusion, image_auroc, threshold_conformal
+    from anomaly.metrics import (
+        aupro,
+        conformal_n_needed,
+        confusion,
+        image_auroc,
+        threshold_conformal,
+    )
     from anomaly.train import seed_everything
 
     seed_everything(config.seed)
@@ -68,6 +75,13 @@ def _point(method, config, data, train_idx, cal, test, alpha: float) -> dict:
     cal_scores = detector.predict(cal).scores
     pred = detector.predict(test)
     alpha_used = max(alpha, 1 / (len(cal_scores) + 1))
+    if alpha_used > alpha:
+        print(
+            f"n={len(train_idx)}: {len(cal_scores)} held-out good images cannot guarantee alpha "
+            f"{alpha:g} (it needs {conformal_n_needed(alpha)}); its escape rate is at alpha "
+            f"{alpha_used:.3g}",
+            file=sys.stderr,
+        )
     rates = confusion(pred.labels, pred.scores, threshold_conformal(cal_scores, alpha_used))
     return {
         "n": len(train_idx),

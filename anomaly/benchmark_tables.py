@@ -279,6 +279,8 @@ def check_readme(path: str | Path, block: str) -> str:
     except OSError as err:
         raise ValueError(f"cannot read {path} ({err.strerror}); check --readme") from None
     i, j = text.find(start), text.find(end)
+    if text.count(start) > 1 or text.count(end) > 1:
+        raise ValueError(f"{path} has the block {start} more than once; keep one")
     if i < 0 or j < i:
         raise ValueError(
             f"{path} has no block {start} ... {end} (each on its own line, in that order); add "

@@ -263,6 +263,11 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
         run.load_last()  # raises: the run never finished an epoch
     last = run.load_last()
     done = int(last["epoch"])
+    if wanted.epochs < done:
+        raise RunError(
+            f"{run} has already trained {done} epochs; --resume continues it up to --epochs, "
+            f"so give more than {done} (got {wanted.epochs})"
+        )
     stopped = bool(config.patience) and int(last["stale"]) >= config.patience
     finished = run.has_model() and run.checkpoint().get("complete", False)
     if finished and (done >= wanted.epochs or (stopped and wanted.patience == config.patience)):

@@ -264,6 +264,10 @@ def test_update_readme_replaces_only_its_block(tmp_path):
     )
     with pytest.raises(ValueError, match=r"README.md has no block <!-- benchmark:three -->"):
         update_readme(readme, "three", "| x |")
+    readme.write_text(readme.read_text() * 2)
+    with pytest.raises(ValueError, match="more than once"):
+        update_readme(readme, "one", "| x |")
+    readme.write_text(readme.read_text()[: len(readme.read_text()) // 2])
     assert "| new |" in readme.read_text() and list(tmp_path.iterdir()) == [readme]
 
 

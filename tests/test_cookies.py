@@ -96,9 +96,11 @@ def test_folder_with_other_files_is_refused(tmp_path):
     "kwargs, message",
     [
         ({"preset": "huge"}, "unknown preset"),
-        ({"size": 16}, "at least 32"),
-        ({"size": 64.5}, "at least 32"),
+        ({"size": 16}, "32 to 4096"),
+        ({"size": 64.5}, "32 to 4096"),
+        ({"size": 100_000}, "32 to 4096"),
         ({"difficulty": 0}, "positive"),
+        ({"difficulty": float("inf")}, "positive finite"),
         ({"seed": -1}, "non-negative"),
     ],
 )

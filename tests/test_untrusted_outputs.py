@@ -302,3 +302,11 @@ def test_resume_finds_the_same_images_where_the_data_moved(tiny_cookies, tmp_pat
     config = RunDir(run).config().replace(epochs=2, data=str(moved))
     train_run(config, run, resume=True, progress=False)
     assert len(RunDir(run).history()) == 2 and RunDir(run).config().data == str(moved)
+
+
+def test_resume_refuses_fewer_epochs_than_it_trained(tiny_cookies, tmp_path):
+    run = tmp_path / "ae"
+    train_run(tiny_config(tiny_cookies, "ae", epochs=2), run, progress=False)
+    config = RunDir(run).config().replace(epochs=1)
+    with pytest.raises(RunError, match="already trained 2 epochs.*give more than 2"):
+        train_run(config, run, resume=True, progress=False)

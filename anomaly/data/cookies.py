@@ -77,10 +77,10 @@ def make_cookies(
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if isinstance(size, bool) or int(size) != size or size < 32:
-        raise ValueError(f"size must be a whole number of pixels, at least 32; got {size!r}")
-    if not difficulty > 0:
-        raise ValueError(f"difficulty must be positive; got {difficulty!r}")
+    if isinstance(size, bool) or int(size) != size or not 32 <= size <= 4096:
+        raise ValueError(f"size must be a whole number of pixels, 32 to 4096; got {size!r}")
+    if not 0 < difficulty < float("inf"):
+        raise ValueError(f"difficulty must be a positive finite number; got {difficulty!r}")
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     size, seed, difficulty, counts = int(size), int(seed), float(difficulty), PRESETS[preset]
