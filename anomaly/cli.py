@@ -183,6 +183,12 @@ def _train(args) -> None:
         if method == "kmeans":
             if not flags.get("source_run"):
                 raise ValueError("--method kmeans needs --from RUN (a trained ae, unet or vae run)")
+            if not RunDir(flags["source_run"]).is_run():
+                raise ValueError(
+                    f"--from {flags['source_run']} is not a run folder; kmeans clusters a trained "
+                    "ae, unet or vae run's features: train one with `python -m anomaly train "
+                    "--method unet --data ROOT --out RUN`, then --from RUN"
+                )
             source = RunDir(flags["source_run"]).config()
             config = source.replace(method="kmeans", **flags)
         else:
