@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+# the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.benchmark_tables import (
     check_readme,
     detectability,
@@ -38,8 +39,6 @@ from anomaly.benchmark_tables import (
     update_readme,
     write_notes,
 )
-
-# the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.runs import RunDir
 
 # `unet_original` is the original project's recipe (`--recipe original`), `+kmeans` the k-means
