@@ -211,6 +211,8 @@ def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
     """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
 
+    if Path(path).is_dir():  # predict --onnx FOLDER passes on a folder it found no images in
+        raise ExportError(f"{path} is a folder with no images in it; give image files")
     try:
         with Image.open(path) as im:
             im.load()
