@@ -52,7 +52,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests
-	home=$$(mktemp -d) && ANOMALY_SMOKE=1 ANOMALY_HOME=$$home $(BIN)/python -m pytest -q \
+	home=$$(mktemp -d) && ANOMALY_SMOKE=1 ANOMALY_HOME=$$home ANOMALY_CACHE=$$home/cache $(BIN)/python -m pytest -q \
 		--nbval-lax --nbval-sanitize-with tests/sanitize.cfg --nbval-current-env \
 		-p no:cacheprovider notebooks/0*.ipynb; status=$$?; rm -rf $$home; exit $$status
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the tests' ONNX exports are kept in a folder of their own, not in the user's cache
+os.environ["ANOMALY_CACHE"] = tempfile.mkdtemp(prefix="anomaly-test-cache-")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import tempfile
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -86,6 +85,7 @@ from anomaly.features import (
     parse_layers,
 )
 from anomaly.maps import gaussian_kernel1d, image_score
+from anomaly.onnx_cache import exported
 
 __all__ = [
     "BankIndex",
@@ -487,11 +487,11 @@ def _onnxruntime(module: nn.Module | bytes, example: torch.Tensor, output: str):
             "patchknn --runtime onnxruntime needs the package onnxruntime: "
             "pip install onnxruntime (or 'anomaly[export]'), or use --runtime torch"
         ) from None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "module.onnx"
-        if not isinstance(module, bytes):
-            trace_to_onnx(module, example, path, [output])
-        model = module if isinstance(module, bytes) else path.read_bytes()
+    model = module  # an extractor or a search is exported once, then kept between commands
+    if not isinstance(module, bytes):
+        model = exported(
+            module, example, output, lambda p: trace_to_onnx(module, example, p, [output])
+        )
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = torch.get_num_threads()

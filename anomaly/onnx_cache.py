@@ -1,0 +1,108 @@
+"""ONNX exports of `patchknn`'s feature extractor and search, kept between commands.
+
+Loading a run hands its extractor and its exact search to onnxruntime (`PatchKNN`'s
+`runtime auto`), which means exporting both with torch's tracer: about 1.5 s of CPU each time
+(the `onnx` package it imports, then the two exports), a third of a one-image `predict`. The
+exported files are kept in the user's cache folder and found again by a key that covers all the
+graph depends on: torch's and onnxruntime's versions, the source of the project's modules whose
+code the graph runs (`SOURCES`), the module's structure, every parameter and buffer, the plain
+attributes of each submodule, the example's shape and the output's name. Change any of them and
+the key changes, so a kept file never stands in for another graph; one that onnxruntime cannot
+read back whole is exported again.
+
+`ANOMALY_CACHE` names the folder (default `$XDG_CACHE_HOME/anomaly/onnx`, else
+`~/.cache/anomaly/onnx`; `off` keeps nothing). The newest `KEEP` files are kept. Only this
+process's own exports are ever written there; a run folder is never read for one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from anomaly.safe_files import _atomic
+
+SOURCES = ("backbones.py", "features.py", "detectors/knn.py", "detectors/patchknn.py")
+KEEP = 64
+_PLAIN = (bool, int, float, str, tuple, list, type(None))
+
+
+def cache_dir() -> Path | None:
+    """Where exports are kept, or None when `ANOMALY_CACHE` is off."""
+    chosen = os.environ.get("ANOMALY_CACHE")
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "none") else Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "anomaly" / "onnx"
+
+
+def key(module, example, output: str) -> str:
+    """The SHA-256 of everything the exported graph of `module` on `example` depends on."""
+    import onnxruntime
+    import torch
+
+    h = hashlib.sha256()
+    for part in (torch.__version__, onnxruntime.__version__, repr(module), output):
+        h.update(part.encode() + b"\0")
+    h.update(f"{tuple(example.shape)} {example.dtype}".encode())
+    package = Path(__file__).parent
+    for name in SOURCES:
+        h.update((package / name).read_bytes())
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        h.update(name.encode())
+        _feed(h, t)
+    for name, sub in module.named_modules():  # attributes: sizes, flags, and tensors kept
+        for attr, value in sorted(vars(sub).items()):  # outside the buffers (a whitening)
+            if isinstance(value, (*_PLAIN, torch.Tensor)):
+                h.update(f"{name}.{attr}".encode())
+                _feed(h, value)
+    return h.hexdigest()
+
+
+def _feed(h, value) -> None:
+    """Hash a value: a tensor by all its bytes, a tuple or list item by item, else its repr."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        h.update(f"{t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())  # numpy's copy in C order, whatever the strides
+    elif isinstance(value, (tuple, list)):
+        h.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _feed(h, item)
+    else:
+        h.update(repr(value).encode())
+
+
+def exported(module, example, output: str, export: Callable[[Path], None]) -> bytes:
+    """The ONNX bytes of `module` (`export(path)` writes them), from the cache when it holds them.
+    A kept file starts with the SHA-256 of the bytes after it; one that does not match (damaged)
+    is exported again."""
+    folder = cache_dir()
+    kept = folder / f"{key(module, example, output)}.onnx" if folder else None
+    with contextlib.suppress(OSError):
+        data = kept.read_bytes() if kept is not None else b""
+        if len(data) > 32 and hashlib.sha256(data[32:]).digest() == data[:32]:
+            return data[32:]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "module.onnx"
+        export(path)
+        model = path.read_bytes()
+    if kept is not None:
+        with contextlib.suppress(OSError):  # a read-only or full disk: work on without it
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            _atomic(kept, lambda f: f.write(hashlib.sha256(model).digest() + model))
+            _prune(kept.parent)
+    return model
+
+
+def _prune(folder: Path) -> None:
+    """Keep the newest `KEEP` exports (only files this module names: `<sha256>.onnx`)."""
+    ours = [p for p in folder.glob("*.onnx") if len(p.stem) == 64]
+    for old in sorted(ours, key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,75 @@
+"""The ONNX exports kept between commands (anomaly.onnx_cache): found again for the same graph
+only, the same features, and a damaged file exported again."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from anomaly import onnx_cache
+from anomaly.config import Config
+from anomaly.detectors.patchknn import PatchKNN
+
+
+def _extractor(whiten_seed: int | None = None):
+    config = Config.for_method("patchknn", size=64, feature_pad=8, device="cpu")
+    det = PatchKNN(config)
+    if whiten_seed is not None:
+        g = torch.Generator().manual_seed(whiten_seed)
+        dim = det.extractor.dim
+        det._set_whitening(torch.randn(dim, generator=g), torch.randn(dim, dim, generator=g))
+    return det.extractor.eval()
+
+
+def test_the_same_graph_is_found_again_and_a_changed_one_is_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANOMALY_CACHE", str(tmp_path))
+    calls = []
+
+    def export_with(module, example):
+        def export(path):
+            calls.append(1)
+            from anomaly.detectors.patchknn import trace_to_onnx
+
+            trace_to_onnx(module, example, path, ["features"])
+
+        return export
+
+    example = torch.zeros(1, 3, 64, 64)
+    a = _extractor(whiten_seed=1)
+    first = onnx_cache.exported(a, example, "features", export_with(a, example))
+    again = onnx_cache.exported(a, example, "features", export_with(a, example))
+    assert first == again and len(calls) == 1 and len(list(tmp_path.glob("*.onnx"))) == 1
+    # another whitening (kept outside the buffers), another image size, no whitening: new keys
+    b = _extractor(whiten_seed=2)
+    keys = {
+        onnx_cache.key(a, example, "features"),
+        onnx_cache.key(b, example, "features"),
+        onnx_cache.key(a, torch.zeros(1, 3, 80, 80), "features"),
+        onnx_cache.key(_extractor(), example, "features"),
+    }
+    assert len(keys) == 4
+    kept = next(tmp_path.glob("*.onnx"))
+    kept.write_bytes(kept.read_bytes()[:-10])  # damaged: exported again, not used
+    assert onnx_cache.exported(a, example, "features", export_with(a, example)) == first
+    assert len(calls) == 2
+
+
+def test_a_loaded_run_scores_the_same_from_the_cache(tiny_cookies, tmp_path, monkeypatch):
+    from anomaly.data.folder import load_image
+    from anomaly.pipeline import load_run, train_run
+
+    monkeypatch.setenv("ANOMALY_CACHE", str(tmp_path / "cache"))
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=48, device="cpu")
+    train_run(config, tmp_path / "run", progress=False)
+    kept = sorted((tmp_path / "cache").glob("*.onnx"))  # the extractor before and after the
+    assert len(kept) == 3  # whitening was fitted, and the search
+    files = sorted((tiny_cookies / "test").glob("*/*.png"))
+    images = torch.stack([load_image(f, size=48, channels=3) for f in files])
+    cached = load_run(tmp_path / "run").predict_batch(images)[0]
+    assert sorted((tmp_path / "cache").glob("*.onnx")) == kept  # loading exported nothing
+    monkeypatch.setenv("ANOMALY_CACHE", "off")
+    assert onnx_cache.cache_dir() is None
+    fresh = load_run(tmp_path / "run").predict_batch(images)[0]
+    torch.testing.assert_close(cached, fresh, rtol=0, atol=0)
