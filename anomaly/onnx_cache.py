@@ -4,11 +4,11 @@ Loading a run hands its extractor and its exact search to onnxruntime (`PatchKNN
 `runtime auto`), which means exporting both with torch's tracer: about 1.5 s of CPU each time
 (the `onnx` package it imports, then the two exports), a third of a one-image `predict`. The
 exported files are kept in the user's cache folder and found again by a key that covers all the
-graph depends on: torch's and onnxruntime's versions, the source of the project's modules whose
-code the graph runs (`SOURCES`), the module's structure, every parameter and buffer, the plain
-attributes of each submodule, the example's shape and the output's name. Change any of them and
-the key changes, so a kept file never stands in for another graph; one that onnxruntime cannot
-read back whole is exported again.
+graph depends on: torch's and onnxruntime's versions, the source files of the classes whose code
+the graph runs (ours, torch's, a backbone package's), the module's structure, every parameter
+and buffer, the plain and tensor attributes of each submodule (a whitening is kept as one), the
+example's shape and the output's name. Change any of them and the key changes, so a kept file
+never stands in for another graph; a file that does not read back whole is exported again.
 
 `ANOMALY_CACHE` names the folder (default `$XDG_CACHE_HOME/anomaly/onnx`, else
 `~/.cache/anomaly/onnx`; `off` keeps nothing). The newest `KEEP` files are kept. Only this
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import os
 import tempfile
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from pathlib import Path
 
 from anomaly.safe_files import _atomic
 
-SOURCES = ("backbones.py", "features.py", "detectors/knn.py", "detectors/patchknn.py")
 KEEP = 64
 _PLAIN = (bool, int, float, str, tuple, list, type(None))
 
@@ -49,9 +49,8 @@ def key(module, example, output: str) -> str:
     for part in (torch.__version__, onnxruntime.__version__, repr(module), output):
         h.update(part.encode() + b"\0")
     h.update(f"{tuple(example.shape)} {example.dtype}".encode())
-    package = Path(__file__).parent
-    for name in SOURCES:
-        h.update((package / name).read_bytes())
+    for path in sorted({inspect.getsourcefile(type(sub)) or "" for sub in module.modules()}):
+        h.update(Path(path).read_bytes() if path else b"?")  # the code of every submodule's class
     for name, t in [*module.named_parameters(), *module.named_buffers()]:
         h.update(name.encode())
         _feed(h, t)
