@@ -9,6 +9,7 @@ the modules a detector is given), and it alone decides what goes into a run fold
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import warnings
@@ -147,6 +148,15 @@ def _datasets(config: Config, split: dict | None = None):
             )
         train_idx = [index[p] for p in split["train"]]
         val_idx = [index[p] for p in split["val"]]
+        if "sha256" in split:  # split.json records each image's digest (since 2026-12-02)
+            paths = split["train"] + split["val"]
+            changed = [p for p, d in zip(paths, split["sha256"]) if _digests([p])[0] != d]
+            if changed:
+                raise RunError(
+                    f"{len(changed)} of the run's {len(paths)} images changed since it was "
+                    f"trained (first: {changed[0]}), so --resume would learn from other images; "
+                    "restore them, or train a new run"
+                )
     else:
         if len(data) == 1:
             warnings.warn(
@@ -156,6 +166,11 @@ def _datasets(config: Config, split: dict | None = None):
             )
         train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
     return data.subset(train_idx), data.subset(val_idx) if val_idx else None
+
+
+def _digests(paths: list[str]) -> list[str]:
+    """The SHA-256 of each file's bytes (split.json records those of the run's images)."""
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
 
 
 def train_run(
@@ -183,6 +198,7 @@ def train_run(
     device = select_device(config.device)
     train, val = _datasets(config)  # data errors come before anything is written
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
+    split["sha256"] = _digests(split["train"] + split["val"])  # --resume checks the images
     with run.lock("train"):
         _refuse_existing(run)  # again: another process may have finished it meanwhile
         run.create(config, split)

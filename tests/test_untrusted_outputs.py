@@ -310,3 +310,16 @@ def test_resume_refuses_fewer_epochs_than_it_trained(tiny_cookies, tmp_path):
     config = RunDir(run).config().replace(epochs=1)
     with pytest.raises(RunError, match="already trained 2 epochs.*give more than 2"):
         train_run(config, run, resume=True, progress=False)
+
+
+def test_resume_refuses_training_images_that_changed(tiny_cookies, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "ae"
+    shutil.copytree(tiny_cookies, data)
+    train_run(tiny_config(data, "ae", epochs=1), run, progress=False)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["sha256"]) == len(split["train"]) + len(split["val"])
+    first, other = split["train"][0], split["train"][1]
+    shutil.copy(other, first)  # the same name, other pixels
+    config = RunDir(run).config().replace(epochs=2)
+    with pytest.raises(RunError, match=r"1 of the run's \d+ images changed since it was trained"):
+        train_run(config, run, resume=True, progress=False)
