@@ -323,3 +323,10 @@ def test_resume_refuses_training_images_that_changed(tiny_cookies, tmp_path):
     config = RunDir(run).config().replace(epochs=2)
     with pytest.raises(RunError, match=r"1 of the run's \d+ images changed since it was trained"):
         train_run(config, run, resume=True, progress=False)
+
+
+def test_kmeans_from_a_run_without_an_encoder_writes_nothing(meandiff_run, tmp_path):
+    config = tiny_config("", "kmeans", source_run=str(meandiff_run))
+    with pytest.raises(ValueError, match="kmeans needs an ae, unet or vae run; .* meandiff run"):
+        train_run(config, tmp_path / "km", progress=False)
+    assert not (tmp_path / "km").exists()

@@ -181,6 +181,10 @@ class KMeansDetector(Detector):
     def __init__(self, config, source=None) -> None:
         super().__init__(config)
         self.source = source  # the trained reconstruction detector whose encoder gives features
+        if source is not None and not hasattr(source, "features"):  # before a run folder exists
+            raise ValueError(
+                f"kmeans needs an ae, unet or vae run; {config.source_run} is a {source.name} run"
+            )
         original = getattr(config, "recipe", "project") == "original"
         self.kind = config.kmeans_features or ("original" if original else "patch")
         if self.kind not in FEATURES:
