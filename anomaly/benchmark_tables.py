@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.safe_files import _atomic
+
 COLUMNS = [
     ("method", "{}"),
     ("image_auroc", "{:.3f}"),
@@ -296,8 +298,4 @@ def update_readme(path: str | Path, block: str, table: str) -> Path:
     start, end = readme_markers(block)
     i, j = text.find(start) + len(start), text.find(end)
     new = f"{text[:i]}\n{table}\n{text[j:]}"
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-    return path
+    return _atomic(Path(path), lambda f: f.write(new.encode()))

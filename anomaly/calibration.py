@@ -30,6 +30,7 @@ from anomaly.metrics import (
     threshold_normal_quantile,
 )
 from anomaly.runs import RunDir, RunError
+from anomaly.safe_files import sha256_file
 
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
@@ -69,10 +70,6 @@ def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
     return images
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _refuse_training_images(rd: RunDir, folder: Path, images: list[Path], hashes: list[str]):
     """DataError when images of the folder are (byte for byte) images the run trained on."""
     split = rd.split() or {}
@@ -80,7 +77,7 @@ def _refuse_training_images(rd: RunDir, folder: Path, images: list[Path], hashes
     trained = {}
     for p in map(Path, split.get("train", [])):
         if p.is_file() and p.stat().st_size in sizes:
-            trained.setdefault(_sha256(p), p)
+            trained.setdefault(sha256_file(p), p)
     same = [(image, trained[h]) for image, h in zip(images, hashes) if h in trained]
     if same:
         pairs = ", ".join(f"{a.name} = {b}" for a, b in same[:3])
@@ -131,7 +128,7 @@ def calibrate_on_folder(
     images = images if images is not None else good_images(folder, alpha)
     config = detector.config
     _check_readable(folder, images, config.size, config.channels)
-    hashes = [_sha256(p) for p in images]
+    hashes = [sha256_file(p) for p in images]
     _refuse_training_images(rd, folder, images, hashes)
     pred = detector.predict(ImageFiles(images, config.size, config.channels))
     scores = np.asarray(pred.scores, np.float64)

@@ -9,7 +9,6 @@ the modules a detector is given), and it alone decides what goes into a run fold
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
@@ -23,6 +22,7 @@ from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
+from anomaly.safe_files import sha256_file
 from anomaly.train import seed_everything, select_device, split_indices
 
 # what `train --resume` may change in a run: how long it trains, and where
@@ -45,17 +45,17 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
             "it (and threshold.json, if any, an earlier model's threshold); finish it with "
             f"`python -m anomaly train --resume --out {run}`"
         )
-    if device is None:
-        try:
-            device = str(select_device(config.device))
-        except ValueError:  # trained on a GPU this machine lacks: scores do not depend on it
-            warnings.warn(
-                f"{run}: trained on --device {config.device}, which this machine lacks; "
-                "running on what it has (--device auto)",
-                stacklevel=2,
-            )
-            device = "auto"
-    return detector.to(select_device(device))
+    if device is not None:
+        return detector.to(select_device(device))
+    try:
+        return detector.to(select_device(config.device))
+    except ValueError:  # trained on a GPU this machine lacks: scores do not depend on it
+        warnings.warn(
+            f"{run}: trained on --device {config.device}, which this machine lacks; "
+            "running on what it has (--device auto)",
+            stacklevel=2,
+        )
+        return detector.to(select_device("auto"))
 
 
 def build_detector(config: Config, source=None) -> Detector:
@@ -150,7 +150,7 @@ def _datasets(config: Config, split: dict | None = None):
         val_idx = [index[p] for p in split["val"]]
         if "sha256" in split:  # split.json records each image's digest (since 2026-12-02)
             paths = split["train"] + split["val"]
-            changed = [p for p, d in zip(paths, split["sha256"]) if _digests([p])[0] != d]
+            changed = [p for p, d in zip(paths, split["sha256"]) if sha256_file(p) != d]
             if changed:
                 raise RunError(
                     f"{len(changed)} of the run's {len(paths)} images changed since it was "
@@ -166,11 +166,6 @@ def _datasets(config: Config, split: dict | None = None):
             )
         train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
     return data.subset(train_idx), data.subset(val_idx) if val_idx else None
-
-
-def _digests(paths: list[str]) -> list[str]:
-    """The SHA-256 of each file's bytes (split.json records those of the run's images)."""
-    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
 
 
 def train_run(
@@ -198,7 +193,7 @@ def train_run(
     device = select_device(config.device)
     train, val = _datasets(config)  # data errors come before anything is written
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
-    split["sha256"] = _digests(split["train"] + split["val"])  # --resume checks the images
+    split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
     with run.lock("train"):
         _refuse_existing(run)  # again: another process may have finished it meanwhile
         run.create(config, split)
@@ -250,7 +245,7 @@ def _moved(split: dict | None, old: str, new: str) -> dict | None:
         inside = os.path.commonpath([old, os.path.abspath(path)]) == old
         return os.path.join(new, os.path.relpath(path, old)) if inside else path
 
-    return {k: [move(p) for p in v] if isinstance(v, list) else v for k, v in split.items()}
+    return {**split, **{k: [move(p) for p in split.get(k, [])] for k in ("train", "val")}}
 
 
 def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:

@@ -9,6 +9,7 @@ reads all its files through these.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -33,6 +34,11 @@ def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def output_folder(path: str | Path) -> Path:

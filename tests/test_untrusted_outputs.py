@@ -330,3 +330,17 @@ def test_kmeans_from_a_run_without_an_encoder_writes_nothing(meandiff_run, tmp_p
     with pytest.raises(ValueError, match="kmeans needs an ae, unet or vae run; .* meandiff run"):
         train_run(config, tmp_path / "km", progress=False)
     assert not (tmp_path / "km").exists()
+
+
+def test_moving_a_split_moves_its_image_paths_only(tmp_path, monkeypatch):
+    from anomaly.pipeline import _moved
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    monkeypatch.chdir(old)  # a digest read as a relative path would lie under the old root
+    split = {"train": [str(old / "a.png")], "val": [str(old / "b.png")], "sha256": ["ab", "cd"]}
+    assert _moved(split, str(old), str(new)) == {
+        "train": [str(new / "a.png")],
+        "val": [str(new / "b.png")],
+        "sha256": ["ab", "cd"],
+    }
