@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from anomaly.data.cookies_render import KINDS, render_cookie
+from anomaly.data.files import manifest_files
 from anomaly.safe_files import remove_made
 
 __all__ = ["GENERATOR_VERSION", "KINDS", "PRESETS", "make_cookies", "render_cookie"]
@@ -158,9 +159,6 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> None:
             "choose another folder, or pass --overwrite (overwrite=True) to replace "
             "it"
         )
-    images = previous.get("images") or {}
-    made = set(images) | {
-        i["mask"] for i in images.values() if isinstance(i, dict) and i.get("mask")
-    }
+    made = manifest_files(previous.get("images") or {})
     remove_made(root, [n for n in ("train", "test", "ground_truth") if (root / n).exists()], made)
     old.unlink(missing_ok=True)

@@ -13,6 +13,13 @@ class DataError(ValueError):
     """A problem with the data folder; the message names the file or folder and the fix."""
 
 
+def manifest_files(images: dict, prefix: str = "") -> set[str]:
+    """The files a generator's manifest lists: each image (`images`' keys, relative to the data
+    set's folder) and its mask, with `prefix` before each (a photo suite's set folder)."""
+    masks = {i["mask"] for i in images.values() if isinstance(i, dict) and i.get("mask")}
+    return {prefix + rel for rel in set(images) | masks}
+
+
 def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from anomaly.data.files import manifest_files
 from anomaly.data.photos_defects import KINDS, add_defect
 from anomaly.safe_files import remove_made
 
@@ -480,10 +481,6 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool) -
             raise ValueError(
                 f"{old} names a set {name!r} this generator never makes; nothing was deleted"
             )
-        images = (info or {}).get("images") or {}
-        made |= {f"{name}/{rel}" for rel in images}
-        made |= {
-            f"{name}/{i['mask']}" for i in images.values() if isinstance(i, dict) and i.get("mask")
-        }
+        made |= manifest_files((info or {}).get("images") or {}, prefix=f"{name}/")
     remove_made(root, [name for name in sets if (root / name).exists()], made)
     old.unlink()
