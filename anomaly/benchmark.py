@@ -10,9 +10,11 @@ be repeated; methods are summarised over each suite by their mean and their wors
     python -m anomaly benchmark --data data/cookies --data data/photos [--methods ...] [--out DIR]
     python -m anomaly benchmark --curve train-size --data ROOT --method patchknn
 
-The benchmark deletes only what it made: every run folder it creates holds a `.made-by-benchmark`
-file listing the files it wrote, and a rerun removes those files and nothing else. It refuses an
-existing folder without that mark (move it away or choose another `--out`).
+The benchmark deletes only what it made (`anomaly.benchmark_dirs`): every run folder it creates
+holds a `.made-by-benchmark` file listing the files it wrote. A rerun first checks every folder it
+will use and refuses, with nothing removed, one without that mark or holding other files (move
+them away or choose another `--out`); each method trains into a temporary sibling that replaces
+its earlier run only when it finished, so a method that fails keeps its earlier results.
 Measurements (with the machine, the date, the load and the command) go to one notes document,
 `docs/benchmark-notes.md`, not into docstrings.
 """
@@ -26,6 +28,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests import them here
+    MARK,  # noqa: F401
+    BenchmarkError,
+    check_dir,
+    check_out,
+    claim_dir,
+    claim_out,
+    discard_dir,
+    replace_dir,
+    run_dirs,
+    seal_dir,
+)
 
 # the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.benchmark_tables import (
@@ -57,85 +72,6 @@ DEFAULT_METHODS = (
     "auto",
 )
 SMOKE = {"epochs": 1, "size": 64}
-MARK = RunDir.TOOL_FILES[1]  # ".made-by-benchmark": train may write into a folder holding it
-
-
-class BenchmarkError(ValueError):
-    """A benchmark that cannot start: the message says why and what to do."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Folders: only what the benchmark made is ever deleted
-# ---------------------------------------------------------------------------------------------
-
-
-def claim_dir(path: str | Path) -> Path:
-    """Make `path` an empty folder owned by the benchmark, or refuse.
-
-    A missing or empty folder is created and marked. A folder the benchmark marked before is
-    emptied of the files its mark lists (all of them if the run never finished: the benchmark
-    created it empty); anything else left in it stops the benchmark, untouched. A non-empty
-    folder without the mark is refused.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BenchmarkError(f"{path} is a file, not a folder; choose another --out")
-    if path.is_dir() and any(path.iterdir()):
-        mark = path / MARK
-        if not mark.exists():
-            raise BenchmarkError(
-                f"{path} already exists and was not made by the benchmark, which deletes nothing "
-                "it did not make. Move it away, delete it yourself, or choose another --out"
-            )
-        files = json.loads(mark.read_text() or "{}").get("files")
-        if files is None:  # unfinished run: the folder was created empty by the benchmark
-            files = [str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir()]
-        for rel in files:
-            target = (path / rel).resolve()
-            if path.resolve() in target.parents and (target.is_file() or target.is_symlink()):
-                target.unlink()
-        for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            if not any(d.iterdir()):
-                d.rmdir()
-        mark.unlink(missing_ok=True)
-        left = sorted(str(p.relative_to(path)) for p in path.rglob("*"))
-        if left:
-            raise BenchmarkError(
-                f"{path} holds files the benchmark did not make ({', '.join(left[:5])}); "
-                "it kept them. Move them away or choose another --out"
-            )
-    path.mkdir(parents=True, exist_ok=True)
-    (path / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark", "files": None}))
-    return path
-
-
-def seal_dir(path: str | Path, below: bool = False) -> None:
-    """Record in the mark every file now in `path` (the benchmark wrote them all).
-
-    `below=False` lists only the files directly in `path` (an out folder whose run folders
-    carry their own marks)."""
-    path = Path(path)
-    found = path.rglob("*") if below else path.iterdir()
-    files = sorted(str(p.relative_to(path)) for p in found if p.is_file() and p.name != MARK)
-    (path / MARK).write_text(
-        json.dumps({"made_by": "python -m anomaly benchmark", "files": files}, indent=1)
-    )
-
-
-def claim_out(out: str | Path) -> Path:
-    """The out folder: created and marked, or reused if the benchmark made it before."""
-    out = Path(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / MARK).exists():
-        raise BenchmarkError(
-            f"{out} already exists and was not made by the benchmark, which deletes nothing it "
-            "did not make. Move it away, delete it yourself, or choose another --out"
-        )
-    if out.exists() and not out.is_dir():
-        raise BenchmarkError(f"{out} is a file, not a folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / MARK).exists():
-        (out / MARK).write_text(json.dumps({"made_by": "python -m anomaly benchmark", "files": []}))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +199,38 @@ def check_methods(methods) -> None:
         )
 
 
+def _run_method(method: str, ds: dict, base: Path, seed: int, smoke: bool, failed) -> dict:
+    """Train and score `method` on the set `ds` in a subprocess, into a temporary sibling of its
+    run folder that replaces the earlier run only when it finished: its row, or its error (the
+    earlier run kept). `failed`: the methods of this set that failed before it."""
+    final, work = run_dirs(base, method)
+    kept = f"; the earlier run in {final} is kept" if final.is_dir() else ""
+    source = method.split("+")[0]
+    if method.endswith("+kmeans") and source in failed:  # not on the earlier source run
+        print(f"{ds['name']} {method}: not run, its {source} row failed{kept}", file=sys.stderr)
+        return {"method": method, "error": [f"its {source} row failed"]}
+    claim_dir(work)
+    cmd = [sys.executable, "-m", "anomaly.benchmark", method, ds["path"], str(work), str(seed)]
+    proc = subprocess.run(
+        cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, check=False
+    )
+    seal_dir(work, below=True)
+    if proc.returncode != 0:
+        discard_dir(work)
+        print(f"{ds['name']} {method}: FAILED{kept}\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return {"method": method, "error": proc.stderr.strip().splitlines()[-1:]}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        replace_dir(work, final)
+    except BenchmarkError as err:  # a file of the user's arrived meanwhile: both runs kept
+        print(f"{ds['name']} {method}: its new run stays in {work}: {err}", file=sys.stderr)
+        return {"method": method, "error": [str(err)]}
+    pred = RunDir(final).predictions()
+    if pred.has_masks:
+        row["detectability"] = detectability(pred)
+    return row
+
+
 def run_benchmark(
     data: str | list[str],
     methods=None,
@@ -290,44 +258,32 @@ def run_benchmark(
 
     sets = discover_sets(data)
     methods = list(methods or DEFAULT_METHODS)
+    bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
+    check_out(out)
+    for base in bases:  # every refusal comes before anything is removed
+        check_out(base)
+        for method in methods:
+            for folder in run_dirs(base, method):
+                check_dir(folder)
     out_dir = claim_out(out)
     rows, t0, load_start = [], time.perf_counter(), os.getloadavg()
     date = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-    for ds in sets:
-        base = out_dir if len(sets) == 1 else claim_out(out_dir / ds["name"])
+    for ds, base in zip(sets, bases):
+        base = claim_out(base)
+        tag = {"set": ds["name"], "suite": ds["suite"]} if len(sets) > 1 else {}
+        failed: list[str] = []
         for method in methods:
-            run = claim_dir(base / method.replace("+", "_"))
-            cmd = [
-                sys.executable,
-                "-m",
-                "anomaly.benchmark",
-                method,
-                ds["path"],
-                str(run),
-                str(seed),
-            ]
-            proc = subprocess.run(
-                cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, check=False
-            )
-            seal_dir(run, below=True)
-            tag = {"set": ds["name"], "suite": ds["suite"]} if len(sets) > 1 else {}
-            if proc.returncode != 0:
-                print(f"{ds['name']} {method}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
-                rows.append(
-                    {**tag, "method": method, "error": proc.stderr.strip().splitlines()[-1:]}
-                )
-                continue
-            row = {**tag, **json.loads(proc.stdout.strip().splitlines()[-1])}
-            pred = RunDir(run).predictions()
-            if pred.has_masks:
-                row["detectability"] = detectability(pred)
+            row = {**tag, **_run_method(method, ds, base, seed, smoke, failed)}
             rows.append(row)
+            if "error" in row:
+                failed.append(method)
+                continue
             print(
                 f"{ds['name']} {method}: image AUROC {row['image_auroc']:.3f}, "
                 f"fit {row['fit_s']:.0f} s",
                 flush=True,
             )
-        if base is not out_dir:
+        if len(sets) > 1:
             seal_dir(base)
     total = time.perf_counter() - t0
     ok = [r for r in rows if "error" not in r]

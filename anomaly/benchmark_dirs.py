@@ -1,0 +1,153 @@
+"""The benchmark's folders: it deletes only what it made, and never an earlier result it cannot
+replace.
+
+Every folder the benchmark creates holds `.made-by-benchmark` (`MARK`), listing the files it
+wrote there. Before a run removes anything, `check_out` and `check_dir` look at every folder it
+will use: a non-empty folder without the mark, or one holding files the mark does not list (a
+user's), stops the benchmark with nothing changed. Each method then trains into a temporary
+sibling, `.<method>.new` (`run_dirs`), which replaces the method's earlier run folder only once
+the method finished (`replace_dir`); a method that fails leaves its earlier run as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from anomaly.runs import RunDir
+
+MARK = RunDir.TOOL_FILES[1]  # ".made-by-benchmark": train may write into a folder holding it
+MADE_BY = "python -m anomaly benchmark"
+
+
+class BenchmarkError(ValueError):
+    """A benchmark that cannot start: the message says why and what to do."""
+
+
+def run_dirs(base: Path, method: str) -> tuple[Path, Path]:
+    """(the run folder of `method` under `base`, the temporary sibling it is trained in)."""
+    final = Path(base) / method.replace("+", "_")
+    return final, final.with_name(f".{final.name}.new")
+
+
+def _not_ours(path: Path) -> BenchmarkError:
+    return BenchmarkError(
+        f"{path} already exists and was not made by the benchmark, which deletes nothing it "
+        "did not make. Move it away, delete it yourself, or choose another --out"
+    )
+
+
+def _made_and_left(path: Path) -> tuple[list[Path], list[str]]:
+    """(the files in `path` the benchmark wrote, the names of any others), changing nothing.
+
+    The mark lists what it wrote; a mark without a list (a run that never finished) means the
+    benchmark created the folder empty, so everything in it is its own."""
+    mark = path / MARK
+    try:
+        listed = json.loads(mark.read_text() or "{}").get("files")
+    except (OSError, ValueError, AttributeError):
+        raise BenchmarkError(
+            f"{mark} is damaged, so what the benchmark wrote in {path} is unknown and nothing "
+            "was deleted; move the folder away or choose another --out"
+        ) from None
+    found = [p for p in path.rglob("*") if p.name != MARK or p.parent != path]
+    files = [p for p in found if p.is_symlink() or not p.is_dir()]
+    if listed is None:
+        return files, []
+    made = {path / rel for rel in listed if isinstance(rel, str)}
+    left = [p for p in files if p not in made]
+    return [p for p in files if p in made], sorted(str(p.relative_to(path)) for p in left)
+
+
+def check_dir(path: str | Path) -> None:
+    """Raise BenchmarkError if `claim_dir` would refuse `path`; change nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BenchmarkError(f"{path} is a file, not a folder; choose another --out")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not (path / MARK).exists():
+        raise _not_ours(path)
+    _, left = _made_and_left(path)
+    if left:
+        raise BenchmarkError(
+            f"{path} holds files the benchmark did not make ({', '.join(left[:5])}), so nothing "
+            "was removed or rerun. Move them away or choose another --out"
+        )
+
+
+def _empty(path: Path) -> None:
+    """Remove what the benchmark wrote in `path` (checked by `check_dir`), and its mark."""
+    made, _ = _made_and_left(path)
+    for f in made:  # a link is removed, never followed
+        f.unlink()
+    dirs = (p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())
+    for d in sorted(dirs, key=lambda p: -len(p.parts)):
+        if not any(d.iterdir()):
+            d.rmdir()
+    (path / MARK).unlink(missing_ok=True)
+
+
+def _mark(path: Path, files: list[str] | None) -> None:
+    (path / MARK).write_text(json.dumps({"made_by": MADE_BY, "files": files}, indent=1))
+
+
+def claim_dir(path: str | Path) -> Path:
+    """Make `path` an empty folder owned by the benchmark, or refuse with nothing removed.
+
+    A missing or empty folder is created and marked. A folder the benchmark marked before is
+    emptied of the files its mark lists, once `check_dir` found nothing else in it.
+    """
+    path = Path(path)
+    check_dir(path)
+    if path.is_dir():
+        _empty(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _mark(path, None)
+    return path
+
+
+def replace_dir(new: Path, final: Path) -> Path:
+    """Put the finished run `new` in the place of `final`, the earlier run of its method."""
+    check_dir(final)  # again: a file of the user's may have arrived while the method ran
+    if final.is_dir():
+        _empty(final)
+        final.rmdir()
+    new.rename(final)
+    return final
+
+
+def discard_dir(path: Path) -> None:
+    """Remove a run folder the benchmark made that will not be kept (a method that failed)."""
+    if path.is_dir() and (path / MARK).exists() and not _made_and_left(path)[1]:
+        _empty(path)
+        path.rmdir()
+
+
+def seal_dir(path: str | Path, below: bool = False) -> None:
+    """Record in the mark every file now in `path` (the benchmark wrote them all).
+
+    `below=False` lists only the files directly in `path` (an out folder whose run folders
+    carry their own marks)."""
+    path = Path(path)
+    found = path.rglob("*") if below else path.iterdir()
+    _mark(path, sorted(str(p.relative_to(path)) for p in found if p.is_file() and p.name != MARK))
+
+
+def check_out(out: str | Path) -> None:
+    """Raise BenchmarkError if `claim_out` would refuse `out`; change nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"{out} is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARK).exists():
+        raise _not_ours(out)
+
+
+def claim_out(out: str | Path) -> Path:
+    """The out folder: created and marked, or reused if the benchmark made it before."""
+    out = Path(out)
+    check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARK).exists():
+        _mark(out, [])
+    return out
