@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score test/: scores.csv, metrics.json, overlays/")
     p.add_argument("--run", required=True)
     p.add_argument("--data", help="data set root (default: the one the run was trained on)")
+    p.add_argument(
+        "--out",
+        help="--data other than the run's: where its scores go (default RUN/scored/<its folder "
+        "name>; the run's own scores, which threshold and explore read, are kept). --out RUN "
+        "replaces the run's own (its data moved)",
+    )
     p.add_argument("--no-overlays", action="store_true")
 
     p = sub.add_parser("predict", help="score new images with a run and its threshold")
@@ -210,7 +216,9 @@ def _score(args) -> None:
     from anomaly.pipeline import score_run
     from anomaly.runs import RunDir
 
-    pred, metrics = score_run(args.run, args.data, overlays=not args.no_overlays, progress=True)
+    pred, metrics = score_run(
+        args.run, args.data, overlays=not args.no_overlays, progress=True, out=args.out
+    )
     rd = RunDir(args.run)
     threshold = rd.threshold() if rd.has_threshold() else None
     print(score_summary(pred.labels, pred.scores, metrics, threshold))
@@ -219,7 +227,14 @@ def _score(args) -> None:
     wrote = "scores.csv, metrics.json, predictions.npz" + (
         "" if args.no_overlays else ", overlays/"
     )
-    print(f"wrote {args.run}: {wrote}")
+    dest = pred.meta["out"]
+    print(f"wrote {dest}: {wrote}")
+    if Path(dest).resolve() != Path(args.run).resolve():
+        print(
+            f"these are the scores of {pred.meta['data']}; the run's own, of its data, stay in "
+            f"{args.run} (threshold and explore read those). If this is the run's data moved to "
+            f"a new place, replace them: add --out {args.run}"
+        )
 
 
 def _predict(args) -> int:

@@ -9,6 +9,7 @@ the modules a detector is given), and it alone decides what goes into a run fold
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -22,7 +23,7 @@ from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
-from anomaly.safe_files import sha256_file
+from anomaly.safe_files import output_folder, sha256_file
 from anomaly.train import seed_everything, select_device, split_indices
 
 # what `train --resume` may change in a run: how long it trains, and where
@@ -350,9 +351,17 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
 
 # --- score, threshold, predict ---------------------------------------------------------------------
 def score_run(
-    run: str | Path, data: str | Path | None = None, overlays: bool = True, progress: bool = False
+    run: str | Path,
+    data: str | Path | None = None,
+    overlays: bool = True,
+    progress: bool = False,
+    out: str | Path | None = None,
 ) -> tuple[Predictions, dict]:
-    """Score test/ of the run's data (or `data`): scores.csv, metrics.json, predictions.npz, overlays/."""
+    """Score test/ of the run's data (or `data`): scores.csv, metrics.json, predictions.npz and
+    overlays/, in the run folder for its own data. Other data's go to `out`, by default
+    RUN/scored/<data folder name>/ (`score_folder`): the run's own, which `threshold`, the
+    explorer and the notebooks read, are never replaced by another folder's. `pred.meta["out"]`
+    says where they went."""
     from anomaly.metrics import evaluate
     from anomaly.overlays import run_scale, save_overlays
 
@@ -360,9 +369,9 @@ def score_run(
     with rd.lock("score"):
         detector = load_run(rd)
         config = detector.config
-        test = AnomalyDataset(
-            data or config.data, "test", size=config.size, channels=config.channels
-        )
+        data = os.path.abspath(data or config.data)
+        dest = score_folder(rd, data, out)
+        test = AnomalyDataset(data, "test", size=config.size, channels=config.channels)
         t0 = time.perf_counter()
         pred = detector.predict(decoding_loader(test, config), progress=progress)
         seconds = time.perf_counter() - t0
@@ -371,18 +380,61 @@ def score_run(
                 f"{rd}: its model gives NaN or infinite scores or maps, so nothing was written; "
                 "its model.pt is damaged or its training diverged: train the run again"
             )
-        pred.meta.update(run=str(run), data=str(data or config.data))
-        rd.save_predictions(pred)
-        rd.save_scores(pred)
+        pred.meta.update(run=str(run), data=data, out=str(dest))
+        if dest is not rd:  # made now, and never through a link
+            output_folder(dest.path)
+        dest.save_predictions(pred)
+        dest.save_scores(pred)
         metrics = evaluate(pred)
         metrics["predict_images_per_s"] = len(pred) / seconds
         metrics["threshold"] = rd.threshold().value if rd.has_threshold() else None
-        rd.save_metrics(metrics)
+        dest.save_metrics(metrics)
         if overlays:
             scale = run_scale(rd, pred.maps, pred.labels)  # anchored to the pixel threshold
             t = metrics["threshold"] if metrics["threshold"] is not None else float("inf")
-            save_overlays(pred, rd.overlays, scale, t)
+            save_overlays(pred, dest.overlays, scale, t)
     return pred, metrics
+
+
+def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir:
+    """Where `score` writes the scores of `data`: the run folder for the run's own data (or for
+    `out` naming the run: the run's data moved); else `out`, by default RUN/scored/<the data
+    folder's name>/ (with -2, -3, ... when that one holds another folder's scores). A folder
+    holding anything `score` does not write is refused: nothing of the user's is replaced."""
+    own = os.path.abspath(data) == os.path.abspath(rd.config().data)
+    if (out is None and own) or (out is not None and Path(out).resolve() == rd.path.resolve()):
+        return rd
+    if out is None:
+        scored = rd.file(rd.SCORED)
+        if scored.is_symlink():
+            output_folder(scored)  # refuses it: outputs are never written through a link
+        name = Path(data).name or "data"
+        dest, i = scored / name, 2
+        while _scored_data(dest) not in (None, data):
+            dest, i = scored / f"{name}-{i}", i + 1
+    else:
+        dest = Path(out)
+    if dest.exists() and not dest.is_dir():
+        raise RunError(f"--out {dest} is a file; give a folder for the scores of {data}")
+    ours = {*RunDir.SCORE_OUTPUTS, RunDir.OVERLAYS}
+    theirs = sorted(p.name for p in dest.iterdir() if p.name not in ours) if dest.is_dir() else []
+    if not theirs and dest.is_dir() and any(dest.iterdir()) and _scored_data(dest) is None:
+        theirs = sorted(p.name for p in dest.iterdir())  # the names, but not written by score
+    if theirs:
+        raise RunError(
+            f"{dest} holds files `score` does not write ({', '.join(theirs[:3])}), so the scores "
+            f"of {data} were not written there; give --out a new or empty folder"
+        )
+    return RunDir(dest)
+
+
+def _scored_data(folder: Path) -> str | None:
+    """The data folder whose scores `folder` holds (its predictions.npz says), or None."""
+    try:
+        with np.load(RunDir(folder).file(RunDir.PREDICTIONS), allow_pickle=False) as z:
+            return json.loads(str(z["meta"])).get("data")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
 
 
 def decoding_loader(data, config: Config, collate_fn=None):

@@ -3,6 +3,7 @@
     runs/<name>/config.json  split.json  versions.json  model.pt  last.pt  history.csv
                val_scores.json  threshold.json  selection.json
                scores.csv  metrics.json  predictions.npz  overlays/  predict/   (from score/predict)
+               scored/<data>/   (score --data OTHER: the same four, for another data folder)
                calibration_scores.json   (from `threshold --good-images FOLDER`)
 
 `RunDir` is the only place that spells these names. A run folder is untrusted input (people share
@@ -23,11 +24,9 @@ import csv
 import io
 import json
 import math
-import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from anomaly.safe_files import (
     RunError,
     _atomic,
     atomic_save,
+    folder_lock,
     output_folder,
     safe_torch_load,
     write_json,
@@ -74,16 +74,6 @@ def versions() -> dict:
     }
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def config_differences(a: dict, b: dict, skip=UNSCORED_FIELDS) -> list[str]:
     """Names of the Config fields on which two saved configs disagree (ignoring `skip`)."""
     return [
@@ -101,9 +91,10 @@ class RunDir:
     VAL_SCORES, THRESHOLD, SELECTION = "val_scores.json", "threshold.json", "selection.json"
     CALIBRATION = "calibration_scores.json"
     SCORES, METRICS, PREDICTIONS = "scores.csv", "metrics.json", "predictions.npz"
-    OVERLAYS, PREDICT, LOCK = "overlays", "predict", ".lock"
+    OVERLAYS, PREDICT, LOCK, SCORED = "overlays", "predict", ".lock", "scored"
     TOOL_FILES = (LOCK, ".made-by-benchmark")  # ours before config.json: lock, benchmark mark
-    # what `score` writes: stale once the model changes
+    # what `score` writes (here for the run's data, in scored/<name>/ for other data): stale
+    # once the model changes
     SCORE_OUTPUTS = (PREDICTIONS, SCORES, METRICS)
 
     def __init__(self, path: str | Path) -> None:
@@ -327,18 +318,34 @@ class RunDir:
                 f"the run again: python -m anomaly score --run {self.path}"
             ) from None
 
+    def scored_elsewhere(self) -> list[RunDir]:
+        """The folders in scored/ where `score --data OTHER` wrote other data's scores."""
+        scored = self.file(self.SCORED)
+        if not scored.is_dir() or scored.is_symlink():  # a link: nothing is removed through it
+            return []
+        return [RunDir(p) for p in sorted(scored.iterdir()) if p.is_dir() and not p.is_symlink()]
+
     def clear_outputs(self) -> list[str]:
-        """Remove what `score` wrote (the model changed, so they describe another model)."""
-        if self.overlays.is_symlink():
-            output_folder(self.overlays)  # refuses it, before anything is removed
+        """Remove what `score` wrote, for the run's data and in scored/ for other data (the
+        model changed, so they describe another model); anything else there stays."""
+        folders = [self, *self.scored_elsewhere()]
+        for folder in folders:
+            if folder.overlays.is_symlink():
+                output_folder(folder.overlays)  # refuses it, before anything is removed
         removed = []
-        for name in self.SCORE_OUTPUTS:
-            if self.file(name).exists():
-                self.file(name).unlink()
-                removed.append(name)
-        if self.overlays.is_dir():
-            shutil.rmtree(self.overlays)
-            removed.append(self.OVERLAYS + "/")
+        for folder in folders:
+            where = "" if folder is self else f"{folder.path.relative_to(self.path)}/"
+            for name in self.SCORE_OUTPUTS:
+                if folder.file(name).exists():
+                    folder.file(name).unlink()
+                    removed.append(where + name)
+            if folder.overlays.is_dir():
+                shutil.rmtree(folder.overlays)
+                removed.append(f"{where}{self.OVERLAYS}/")
+            if folder is not self and not any(folder.path.iterdir()):
+                folder.path.rmdir()
+        with contextlib.suppress(OSError):  # left when it holds anything else
+            self.file(self.SCORED).rmdir()
         return removed
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -441,42 +448,10 @@ class RunDir:
         return last
 
     # --- lock -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, command: str = "train") -> Iterator[RunDir]:
-        """Hold `.lock` (with this PID) while writing; refuse if a live process holds it.
-
-        A lock left by a process that no longer runs (killed, machine restarted) is taken over.
-        """
-        if self.path.exists() and not self.path.is_dir():
-            raise RunError(f"{self.path} is a file, not a run folder; choose a folder name")
-        self.path.mkdir(parents=True, exist_ok=True)
-        path = self.file(self.LOCK)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    holder = json.loads(path.read_text())
-                    pid = int(holder["pid"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    holder, pid = {}, -1
-                if pid > 0 and pid != os.getpid() and _pid_alive(pid):
-                    raise RunError(
-                        f"{self.path} is in use: process {pid} is running "
-                        f"`{holder.get('command', '?')}` on it. Wait for it to finish, or choose "
-                        f"another --out. (If no such process runs, delete {path}.)"
-                    ) from None
-                path.unlink(missing_ok=True)  # a stale lock: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "command": command}, f)
-            break
-        else:
-            raise RunError(f"could not take the lock {path}; delete it if no process uses the run")
-        try:
-            yield self
-        finally:
-            path.unlink(missing_ok=True)
+    def lock(self, command: str = "train"):
+        """Hold `.lock` (with this PID) while writing; refuse if a live process holds it
+        (`safe_files.folder_lock`). A lock left by a process that no longer runs is taken over."""
+        return folder_lock(self.path, self.LOCK, command)
 
 
 # --- the functions earlier code and notebooks call ------------------------------------------

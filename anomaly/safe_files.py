@@ -2,7 +2,8 @@
 
 Every write goes to a temporary file in the same folder that then replaces the old one, so a
 killed process never leaves a half-written file; `safe_torch_load` refuses a file that holds
-Python objects (loading them could run code). The run folder (`anomaly.runs.RunDir`) writes and
+Python objects (loading them could run code); `folder_lock` keeps two processes from writing one
+run folder at a time. The run folder (`anomaly.runs.RunDir`) writes and
 reads all its files through these.
 """
 
@@ -14,7 +15,7 @@ import io
 import json
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -97,6 +98,53 @@ def atomic_save(obj, path: str | Path) -> Path:
     import torch
 
     return _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
+    """Hold the lock file `folder/name` (with this PID and `command`) while writing in `folder`;
+    refuse if a live process holds it. A lock left by a process that no longer runs (killed,
+    machine restarted) is taken over."""
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{folder} is a file, not a run folder; choose a folder name")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                pid = int(holder["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                holder, pid = {}, -1
+            if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+                raise RunError(
+                    f"{folder} is in use: process {pid} is running "
+                    f"`{holder.get('command', '?')}` on it. Wait for it to finish, or choose "
+                    f"another --out. (If no such process runs, delete {path}.)"
+                ) from None
+            path.unlink(missing_ok=True)  # a stale lock: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "command": command}, f)
+        break
+    else:
+        raise RunError(f"could not take the lock {path}; delete it if no process uses the run")
+    try:
+        yield folder
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj) -> Path:

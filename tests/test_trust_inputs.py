@@ -5,6 +5,7 @@ model."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,3 +63,46 @@ def test_a_benchmark_rerun_checks_first_and_keeps_a_failed_methods_earlier_run(
     assert "the earlier run in" in capsys.readouterr().err
     assert RunDir(a).has_model() and not list((out / "b").glob(".*.new"))
     assert sorted(p.name for p in (out / "a").iterdir()) == [benchmark.MARK, "meandiff"]
+
+
+def test_scoring_other_data_never_replaces_the_runs_own_scores(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
+    from helpers import copy_run
+
+    from anomaly.calibration import set_threshold
+    from anomaly.cli import main
+    from anomaly.explorer.runs import collect_runs, prepare
+    from anomaly.pipeline import train_run
+
+    run = copy_run(scored_ae_run, tmp_path / "ae")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_cookies, other)
+    shutil.rmtree(other / "test" / "crack")
+    shutil.rmtree(other / "ground_truth" / "crack")
+    own = {n: (run / n).read_bytes() for n in RunDir.SCORE_OUTPUTS}
+    n_own = len(RunDir(run).predictions())
+
+    assert main(["score", "--run", str(run), "--data", str(other), "--no-overlays"]) == 0
+    assert f"wrote {run / 'scored' / 'other'}" in capsys.readouterr().out
+    assert {n: (run / n).read_bytes() for n in RunDir.SCORE_OUTPUTS} == own
+    elsewhere = RunDir(run / "scored" / "other")
+    assert len(elsewhere.predictions()) < n_own and elsewhere.has_metrics()
+    # what reads the run's scores still reads its own: f1 threshold, explorer
+    assert set_threshold(run, "f1").value in RunDir(run).predictions().scores
+    assert len(collect_runs([run])[0]["ae"]) == n_own
+    prepare("other", elsewhere.predictions(), elsewhere.path)  # no threshold there: no crash
+
+    mine = tmp_path / "mine"  # a user's folder is never written into
+    mine.mkdir()
+    (mine / "scores.csv").write_text("my table")
+    assert main(["score", "--run", str(run), "--data", str(other), "--out", str(mine)]) == 2
+    assert "does not write (scores.csv)" in capsys.readouterr().err
+    assert (mine / "scores.csv").read_text() == "my table"
+
+    assert main(["score", "--run", str(run), "--data", str(other), "--out", str(run)]) == 0
+    assert len(RunDir(run).predictions()) < n_own  # asked for by name: the run's own replaced
+
+    config = RunDir(run).config().replace(epochs=3)  # a new model: every score of it goes
+    train_run(config, run, resume=True, progress=False)
+    assert not RunDir(run).is_scored() and not (run / "scored").exists()
