@@ -123,11 +123,14 @@ def calibrate_on_folder(
         file name and its bytes, so a changed folder is told apart).
     """
     from anomaly.data.folder import ImageFiles
+    from anomaly.data.image_kind import warn_unlike
+    from anomaly.pipeline import trained_images
 
     folder = Path(folder)
     images = images if images is not None else good_images(folder, alpha)
     config = detector.config
     _check_readable(folder, images, config.size, config.channels)
+    warn_unlike(images, trained_images(rd), config.channels, config.size)  # a threshold for them
     hashes = [sha256_file(p) for p in images]
     _refuse_training_images(rd, folder, images, hashes)
     pred = detector.predict(ImageFiles(images, config.size, config.channels))

@@ -21,6 +21,8 @@ import torch
 
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
+from anomaly.data.image_kind import summarize as summarize_images
+from anomaly.data.image_kind import warn_unlike
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import output_folder, sha256_file
@@ -195,6 +197,7 @@ def train_run(
     train, val = _datasets(config)  # data errors come before anything is written
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
+    split["images"] = summarize_images(split["train"] + split["val"])  # score/predict compare
     with run.lock("train"):
         _refuse_existing(run)  # again: another process may have finished it meanwhile
         run.create(config, split)
@@ -372,6 +375,7 @@ def score_run(
         data = os.path.abspath(data or config.data)
         dest = score_folder(rd, data, out)
         test = AnomalyDataset(data, "test", size=config.size, channels=config.channels)
+        warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         t0 = time.perf_counter()
         pred = detector.predict(decoding_loader(test, config), progress=progress)
         seconds = time.perf_counter() - t0
@@ -434,6 +438,15 @@ def _scored_data(folder: Path) -> str | None:
         with np.load(RunDir(folder).file(RunDir.PREDICTIONS), allow_pickle=False) as z:
             return json.loads(str(z["meta"])).get("data")
     except (OSError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def trained_images(rd: RunDir) -> dict | None:
+    """What the run's training images were (split.json's "images", `data.image_kind`), or None
+    for a run from before that record, or a split.json that does not read."""
+    try:
+        return (rd.split() or {}).get("images")
+    except (RunError, AttributeError):
         return None
 
 

@@ -14,8 +14,9 @@ import torch
 
 from anomaly.config import Config
 from anomaly.data.folder import DataError, broken_link, scan_images
+from anomaly.data.image_kind import warn_unlike
 from anomaly.overlays import verdict
-from anomaly.pipeline import decoding_loader, load_run
+from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.runs import RunDir
 from anomaly.safe_files import output_folder, save_png
 
@@ -106,6 +107,7 @@ def predict_images(
     scale = run_scale(rd)  # the saved pixel threshold anchors the colours
     overlay_dir = output_folder(overlay_dir or rd.predict_dir)
     paths = expand_images(images)
+    warn_unlike(paths, trained_images(rd), detector.config.channels, detector.config.size)
     files = _ImageFiles(paths, detector.config)
     # names already there are taken: an earlier call's overlays are never replaced
     results, used = [], {p.name for p in overlay_dir.iterdir()}

@@ -106,3 +106,70 @@ def test_scoring_other_data_never_replaces_the_runs_own_scores(
     config = RunDir(run).config().replace(epochs=3)  # a new model: every score of it goes
     train_run(config, run, resume=True, progress=False)
     assert not RunDir(run).is_scored() and not (run / "scored").exists()
+
+
+def _png16_rgb(path: Path, width: int = 64, height: int = 64) -> Path:
+    """A 16-bit RGB PNG (Pillow reads these as 8-bit RGB, so it cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    rows = b"".join(b"\x00" + bytes(width * 6) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_images_unlike_the_training_images_are_named_and_still_scored(
+    tiny_cookies, tmp_path, capsys
+):
+    import numpy as np
+    from helpers import tiny_config
+    from PIL import Image
+
+    from anomaly.cli import main
+    from anomaly.pipeline import score_run, train_run
+
+    data, run = tmp_path / "data", tmp_path / "md"
+    shutil.copytree(tiny_cookies, data)
+    train_run(tiny_config(data, "meandiff", channels=3), run, progress=False)
+    split = json.loads((run / "split.json").read_text())
+    assert split["images"] == {"colour": [True], "bits": [8], "aspect": [1.0, 1.0]}
+
+    good = min((data / "test" / "good").glob("*.png"))
+    rgb = Image.open(good).convert("RGB")
+    files = {"alike": tmp_path / "alike.png", "grey": tmp_path / "grey.png"}
+    rgb.save(files["alike"])
+    rgb.convert("L").save(files["grey"])
+    files["deep"] = tmp_path / "deep.png"  # 16-bit greyscale
+    Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257).save(files["deep"])
+    files["deep_rgb"] = _png16_rgb(tmp_path / "deep_rgb.png")
+    files["wide"] = tmp_path / "wide.png"
+    rgb.resize((200, 40)).save(files["wide"])
+    assert main(["predict", "--run", str(run), *map(str, files.values())]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.strip().splitlines()) == len(files) + 1  # every file scored
+    warned = {line.split(": ")[1]: line for line in out.err.splitlines() if "warning" in line}
+    assert sorted(warned) == sorted(str(files[k]) for k in ("grey", "deep", "deep_rgb", "wide"))
+    assert "greyscale, converted to RGB for a run trained on colour" in warned[str(files["grey"])]
+    assert "16-bit, the run was trained on 8-bit" in warned[str(files["deep_rgb"])]
+    assert "aspect ratio 5.00" in warned[str(files["wide"])] and "stretched" in out.err
+
+    Image.open(good).convert("L").save(good)  # one grey test image: score names it, and scores
+    pred, _ = score_run(run, overlays=False)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and f"warning: {good}: greyscale" in err and len(pred) > 1
+
+    del split["images"]  # a run from before the record: no check, no failure
+    (run / "split.json").write_text(json.dumps(split))
+    assert main(["predict", "--run", str(run), str(files["grey"])]) == 0
+    assert "warning" not in capsys.readouterr().err

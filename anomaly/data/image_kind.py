@@ -1,0 +1,113 @@
+"""What kind of image a file is (greyscale or colour, bits per channel, aspect ratio), read from
+its header, and how a file to score differs from the images a run was trained on.
+
+Every file is decoded the same way whatever it is (`folder.image_to_array`): greyscale is
+repeated into RGB, 16-bit values are divided by 65535, and any shape is stretched to the run's
+square size. That always gives the model an input, so an image unlike the training images is
+scored without complaint, and its score means little. `train` records `summarize` of its training
+images in split.json (`"images"`); `score` and `predict` call `warn_unlike`, which prints one
+warning per file that differs, naming it, what differs and what that means, and scores it
+anyway. A run from before this record (no `"images"`) is not checked.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_bits(path: Path) -> int | None:
+    """A PNG's bits per channel from its IHDR chunk (Pillow opens 16-bit RGB as 8-bit RGB)."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    return head[24] if len(head) == 25 and head[:8] == _PNG and head[12:16] == b"IHDR" else None
+
+
+def image_kind(path: str | Path) -> dict | None:
+    """{"colour": bool, "bits": 8, 16 or 32, "aspect": width / height} from the file's header,
+    or None when it cannot be read (whoever decodes it says why)."""
+    try:
+        with Image.open(path) as im:
+            mode, (width, height), fmt = im.mode, im.size, im.format
+        bits = 16 if mode.startswith("I;16") or mode == "I" else 32 if mode == "F" else 8
+        if fmt == "PNG":
+            bits = max(bits, _png_bits(Path(path)) or 8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
+    return {"colour": not grey, "bits": bits, "aspect": width / max(height, 1)}
+
+
+def summarize(paths) -> dict:
+    """What the training images are, for split.json: {"colour": [False and/or True],
+    "bits": [...], "aspect": [lowest, highest]} over the files that can be read."""
+    kinds = [k for k in map(image_kind, paths) if k is not None]
+    if not kinds:
+        return {}
+    aspects = [k["aspect"] for k in kinds]
+    return {
+        "colour": sorted({k["colour"] for k in kinds}),
+        "bits": sorted({k["bits"] for k in kinds}),
+        "aspect": [round(min(aspects), 4), round(max(aspects), 4)],
+    }
+
+
+def _bits_words(bits) -> str:
+    return " and ".join(f"{b}-bit" for b in bits)
+
+
+def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
+    """How an image of `kind` differs from the training images `trained` (a `summarize`) of a
+    run that sees `channels` channels at `size` px, each with what it means; [] when alike."""
+    said = []
+    colours = trained.get("colour") or []
+    if channels == 3 and colours == [True] and not kind["colour"]:  # a grey run: converted alike
+        said.append(
+            "greyscale, converted to RGB for a run trained on colour images: its scores are not "
+            "comparable with theirs"
+        )
+    elif channels == 3 and colours == [False] and kind["colour"]:
+        said.append(
+            "colour, for a run trained on greyscale images: the model never saw colour, so its "
+            "scores are not comparable with theirs"
+        )
+    bits = trained.get("bits") or []
+    if bits and kind["bits"] not in bits:
+        said.append(
+            f"{kind['bits']}-bit, the run was trained on {_bits_words(bits)} images: its values "
+            "are scaled to 0-1 by their full range (data that fills only part of it, e.g. 12-bit "
+            "camera data in a 16-bit file, reads dark), so its scores may not be comparable"
+        )
+    lo, hi = (float(x) for x in trained.get("aspect") or (0.0, float("inf")))
+    if not lo / ASPECT_FACTOR <= kind["aspect"] <= hi * ASPECT_FACTOR:
+        seen = f"{lo:.2f}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
+        said.append(
+            f"aspect ratio {kind['aspect']:.2f} (width / height), the training images' is "
+            f"{seen}: it is stretched to {size}x{size} px, so shapes are distorted and its scores "
+            "are not comparable"
+        )
+    return said
+
+
+def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=None) -> list[str]:
+    """Print to stderr one warning per file of `paths` unlike the training images `trained`
+    (split.json's "images"; None or {}: a run from before the record, nothing is checked).
+    Returns the warnings."""
+    if not trained or not isinstance(trained, dict):
+        return []
+    lines = []
+    for path in paths:
+        kind = image_kind(path)
+        try:
+            said = unlike(kind, trained, channels, size) if kind is not None else []
+        except (TypeError, ValueError, KeyError):  # a damaged record in split.json: no check
+            return lines
+        if said:
+            lines.append(f"warning: {path}: " + "; ".join(said))
+            print(lines[-1], file=stream or sys.stderr)
+    return lines
