@@ -12,7 +12,6 @@ written under the notebook's home (`$ANOMALY_HOME` or the working folder).
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import textwrap
@@ -210,17 +209,29 @@ def train(p: PhotoSettings, data: Path) -> Path:
     return p.run
 
 
-def selection(run: Path) -> dict:
-    """What auto recorded: every candidate's scores on the synthetic defects, and its choice."""
-    rd = RunDir(run)
-    return json.loads(rd.file(rd.SELECTION).read_text())
+def selection(run: Path) -> dict | None:
+    """What auto recorded: every candidate's scores on the synthetic defects, and its choice, as
+    model.pt holds it (`anomaly.selection.read_selection` warns when selection.json disagrees);
+    None for a run of another method."""
+    from anomaly.selection import read_selection
+
+    return read_selection(run)
+
+
+def _no_selection(run: Path, chosen) -> str:
+    what = "records no choice by auto" if chosen is None else "holds a choice that cannot be read"
+    return f"{_shown(run)} {what}; train it with --method auto to see one"
 
 
 def selection_table(run: Path) -> str:
     """The selection as the command line prints it after `train --method auto`."""
     from anomaly.detectors.auto import format_selection
 
-    return format_selection(selection(run))
+    chosen = selection(run)
+    try:
+        return format_selection(chosen)
+    except (KeyError, TypeError, IndexError, ValueError):  # none, or not auto's (a shared run)
+        return _no_selection(run, chosen)
 
 
 def test_results(run: Path) -> str:
@@ -385,10 +396,13 @@ def synthetic_vs_real(run: Path) -> str:
     """The chosen candidate's image AUROC on auto's synthetic defects beside the run's on the
     real labelled defects: a gap means the synthetic defects are easier than yours."""
     chosen = selection(run)
-    row = chosen["candidates"][chosen["chosen_index"]]
     real = RunDir(run).metrics().get("image_auroc")
     real_text = f"{real:.3f}" if real is not None else "n/a"
-    return (
-        f"auto chose {chosen['chosen']}: image AUROC {row['image_auroc']:.3f} on its synthetic "
-        f"defects, {real_text} on the real labelled test defects"
-    )
+    try:
+        row = chosen["candidates"][chosen["chosen_index"]]
+        return (
+            f"auto chose {chosen['chosen']}: image AUROC {row['image_auroc']:.3f} on its "
+            f"synthetic defects, {real_text} on the real labelled test defects"
+        )
+    except (KeyError, TypeError, IndexError, ValueError):  # none, or not auto's (a shared run)
+        return _no_selection(run, chosen)

@@ -26,6 +26,7 @@ from anomaly.data.image_kind import warn_unlike
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import output_folder, sha256_file
+from anomaly.selection import selection_problem
 from anomaly.train import seed_everything, select_device, split_indices
 
 # what `train --resume` may change in a run: how long it trains, and where
@@ -42,12 +43,15 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     run = RunDir(run_dir)
     config = run.trained_config()
     detector = build_detector(config, source=None if config.method != "kmeans" else False)
-    if not run.load_checkpoint(detector).get("complete", True):
+    payload = run.load_checkpoint(detector)
+    if not payload.get("complete", True):
         raise RunError(
             f"{run}: its training was interrupted, so model.pt holds a model from the middle of "
             "it (and threshold.json, if any, an earlier model's threshold); finish it with "
             f"`python -m anomaly train --resume --out {run}`"
         )
+    if problem := selection_problem(run, payload):  # it scores as model.pt says: a warning
+        warnings.warn(problem, stacklevel=2)
     if device is not None:
         return detector.to(select_device(device))
     try:

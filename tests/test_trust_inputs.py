@@ -173,3 +173,56 @@ def test_images_unlike_the_training_images_are_named_and_still_scored(
     (run / "split.json").write_text(json.dumps(split))
     assert main(["predict", "--run", str(run), str(files["grey"])]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_selection_json_that_disagrees_with_model_pt_is_named_and_not_shown(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    import warnings
+
+    from helpers import tiny_config
+
+    from anomaly.cli import main
+    from anomaly.config import Config
+    from anomaly.detectors import auto
+    from anomaly.notebook_photos import selection_table, synthetic_vs_real
+    from anomaly.pipeline import load_run, score_run, train_run
+
+    fast = {"method": "patchknn", "size": 48, "coreset_ratio": 0.1}
+    monkeypatch.setattr(auto, "CANDIDATES", [fast, {**fast, "score_topk": 0.05}])
+    run = tmp_path / "auto"
+    config = Config.for_method("auto", data=str(tiny_cookies), size=48, batch_size=8)
+    train_run(config, run, progress=False)
+    score_run(run, overlays=False)
+    path = run / "selection.json"
+    honest = json.loads(path.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an untouched run loads without a word
+        load_run(run)
+        shown = selection_table(run)
+
+    lie = 1 - honest["chosen_index"]  # the other candidate, as if auto had chosen it
+    row = honest["candidates"][lie]
+    path.write_text(json.dumps({**honest, "chosen_index": lie, "chosen": row["name"]}))
+    with pytest.warns(UserWarning, match=f"says auto chose '{row['name']}', but .*model.pt holds"):
+        load_run(run)
+    with pytest.warns(UserWarning, match="changed after training"):
+        assert selection_table(run) == shown  # the model's own record, not the file's
+    image = str(min((tiny_cookies / "test" / "good").glob("*.png")))
+    with pytest.warns(UserWarning, match="selection.json says auto chose"):
+        assert main(["predict", "--run", str(run), image]) == 0  # it still scores
+
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match="selection.json is not valid JSON"):
+        assert selection_table(run) == shown
+    with pytest.warns(UserWarning, match="not valid JSON"):
+        assert synthetic_vs_real(run).startswith(f"auto chose {honest['chosen']}:")
+
+    other = tmp_path / "md"  # an auto run's selection.json copied into another run
+    train_run(tiny_config(tiny_cookies, "meandiff"), other, progress=False)
+    path.write_text(json.dumps(honest))
+    shutil.copy(path, other / "selection.json")
+    with pytest.warns(UserWarning, match="but .*model.pt holds a meandiff model"):
+        load_run(other)
+    with pytest.warns(UserWarning, match="holds a meandiff model"):
+        assert "records no choice by auto" in selection_table(other)
