@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -317,8 +318,31 @@ def _make_data(args) -> None:
     print(f"wrote {args.root}: " + json.dumps(manifest.get("counts", {})))
 
 
+def _one_line_warnings(previous):
+    """A `warnings.showwarning` that prints the package's own warnings as one `warning: ...`
+    line, like the errors (they name the file and what it means; the source line of the
+    `warnings.warn` call helps nobody), and hands every other warning to `previous`."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if "anomaly" in Path(filename).parts:
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(shown)
+    try:
+        return _main(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(args) -> int:
     try:
         if args.command in ("make-cookies", "make-photos"):
             _make_data(args)
