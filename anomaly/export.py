@@ -16,7 +16,8 @@ The file's contract, also stored in its `metadata_props` (read them with
   values in [0, 1]: one image per call;
 - outputs `scores` [1] (higher = more anomalous) and `maps` [1, size, size] (per-pixel scores on
   the same scale);
-- preprocessing (`preprocess` below): decode the file; 16-bit images are divided by 65535, 8-bit
+- preprocessing (`preprocess` below): decode the file and turn it as viewers show it (its EXIF
+  orientation, `PIL.ImageOps.exif_transpose`); 16-bit images are divided by 65535, 8-bit
   by 255; palette images are converted to RGB(A), images with transparency composited on white;
   grey -> RGB repeats the channel, RGB -> grey is 0.299 R + 0.587 G + 0.114 B (not rounded);
   then each channel is resized to size x size with Pillow's bilinear filter on float32 data
@@ -36,6 +37,8 @@ The backbone is traced from torch whatever the run's `--runtime`.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -46,12 +49,12 @@ FORMAT = "anomaly-onnx/1"
 OPSET = 17
 INSTALL = "pip install onnx onnxruntime   (or: pip install 'anomaly[export]')"
 PREPROCESSING = (
-    "Decode the file; divide 8-bit values by 255 and 16-bit values by 65535; composite images "
-    "with transparency on white; grey->RGB repeats the channel, RGB->grey is "
-    "0.299 R + 0.587 G + 0.114 B. Resize each channel to size x size with Pillow's BILINEAR "
-    "filter on float32 data (mode 'F'; antialiased when shrinking, like torch interpolate "
-    "antialias=True), aspect ratio not kept; clip to [0, 1]. Feed float32 [1, channels, size, "
-    "size], channel order RGB."
+    "Decode the file; apply its EXIF orientation (PIL.ImageOps.exif_transpose); divide 8-bit "
+    "values by 255 and 16-bit values by 65535; composite images with transparency on white; "
+    "grey->RGB repeats the channel, RGB->grey is 0.299 R + 0.587 G + 0.114 B. Resize each "
+    "channel to size x size with Pillow's BILINEAR filter on float32 data (mode 'F'; "
+    "antialiased when shrinking, like torch interpolate antialias=True), aspect ratio not kept; "
+    "clip to [0, 1]. Feed float32 [1, channels, size, size], channel order RGB."
 )
 
 
@@ -215,11 +218,12 @@ def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
         raise ExportError(f"{path} is a folder with no images in it; give image files")
     try:
         with Image.open(path) as im:
-            im.load()
-            a = _to_array(im)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+            if im.format in ("GIF", "WEBP", "PNG") and getattr(im, "n_frames", 1) > 1:
+                raise ValueError(f"an animation of {im.n_frames} frames, not a still image")
+            a = _to_array(_upright(im))
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise ExportError(
-            f"{path}: cannot read this image ({err}); give a PNG, JPEG, BMP or TIFF file"
+            f"{path}: cannot read this image ({err}); give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
         ) from None
     if channels == 1 and a.shape[-1] == 3:
         a = a @ _LUMA
@@ -239,6 +243,17 @@ def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
             axis=-1,
         )
     return np.clip(a, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32, copy=False)
+
+
+def _upright(im):
+    """`im` turned as viewers show it, by its EXIF orientation (`PIL.ImageOps.exif_transpose`,
+    as the package's `image_kind.upright`); EXIF that Pillow cannot parse: as stored."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001  (TypeError, struct.error, ... from damaged EXIF)
+        return im
 
 
 def _to_array(im) -> np.ndarray:
@@ -262,6 +277,48 @@ def _to_array(im) -> np.ndarray:
     if im.mode in ("LA", "RGBA"):
         a = a[..., :-1] * a[..., -1:] + (1.0 - a[..., -1:])
     return a
+
+
+def _contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, list | None]:
+    """(size, channels, threshold or None, map_range or None) from a file's metadata, checked
+    against its graph: an exported file is untrusted input, and one ExportError names it."""
+
+    def bad(what: str) -> ExportError:
+        return ExportError(
+            f"{path}: {what}, so it is not a file `export` wrote, or it was changed since; "
+            "export the run again (`python -m anomaly export --run RUN`)"
+        )
+
+    def number(key: str, kind: type):
+        try:
+            value = kind(meta[key])
+        except (KeyError, ValueError):
+            raise bad(f"its metadata {key} is {meta.get(key, 'missing')!r:.60}") from None
+        if kind is float and not math.isfinite(value):
+            raise bad(f"its metadata {key} is {value}, not a finite number")
+        return value
+
+    size, channels = number("size", int), number("channels", int)
+    if not 0 < size <= 65536 or channels not in (1, 3):
+        raise bad(f"its metadata says size {size} and channels {channels} (1 or 3)")
+    inputs, want = session.get_inputs(), [1, channels, size, size]
+    if len(inputs) != 1 or inputs[0].name != "images" or len(session.get_outputs()) != 2:
+        raise bad("its graph does not take one input 'images' and give two outputs")
+    shape = list(inputs[0].shape)
+    if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape, want)):
+        raise bad(f"its graph takes images of shape {shape}, its metadata says {want}")
+    threshold = number("threshold", float) if "threshold" in meta else None
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", meta.get("threshold_rule", "none")):
+        raise bad(f"its metadata threshold_rule is {meta['threshold_rule']!r:.60}")
+    if "map_range" not in meta:
+        return size, channels, threshold, None
+    try:
+        low, high = (float(x) for x in json.loads(meta["map_range"]))
+    except (ValueError, TypeError, RecursionError):  # not JSON, not a list, not two numbers
+        low = high = math.nan
+    if not math.isfinite(high - low) or low > high:
+        raise bad(f"its metadata map_range is {meta['map_range']!r:.60}, not [low, high]")
+    return size, channels, threshold, [low, high]
 
 
 class OnnxDetector:
@@ -300,13 +357,9 @@ class OnnxDetector:
                 f"`python -m anomaly export --run RUN`"
             )
         self.path = path
-        self.size, self.channels = int(self.meta["size"]), int(self.meta["channels"])
-        self.threshold = float(self.meta["threshold"]) if "threshold" in self.meta else None
-        if self.threshold is not None and not np.isfinite(self.threshold):
-            raise ExportError(
-                f"{path}: its threshold is {self.threshold}, not a finite number; export the "
-                "run again after `python -m anomaly threshold --run RUN ...`"
-            )
+        self.size, self.channels, self.threshold, self.map_range = _contract(
+            path, self.meta, self.session
+        )
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         scores, maps = [], []
@@ -322,6 +375,11 @@ class OnnxDetector:
                     f"pass file paths to have them resized"
                 )
             score, amap = self.session.run(None, {"images": x[None]})
+            if score.size != 1 or amap.shape != (1, self.size, self.size):
+                raise ExportError(
+                    f"{self.path}: its graph gave a score of shape {score.shape} and a map of "
+                    f"{amap.shape}, not (1,) and {(1, self.size, self.size)}; export the run again"
+                )
             scores.append(score.reshape(-1)[0])
             maps.append(amap[0])
         if not maps:
@@ -366,7 +424,7 @@ def predict_files(
 
     from anomaly.metrics import Threshold
     from anomaly.overlays import PNG_LEVEL, verdict
-    from anomaly.predict import expand_images, overlay_name
+    from anomaly.predict import expand_images, overlay_name, unreadable
     from anomaly.safe_files import output_folder, save_png
     from anomaly.viz import heatmap_overlay
 
@@ -379,12 +437,14 @@ def predict_files(
     rule = detector.meta.get("threshold_rule")
     threshold = Threshold(detector.threshold, f"{rule}, exported" if rule else "exported")
     _warn_if_stale(detector)
-    vmin, vmax = json.loads(detector.meta.get("map_range", "null")) or (0.0, detector.threshold)
+    vmin, vmax = detector.map_range or (0.0, detector.threshold)
     out = output_folder(overlay_dir or detector.path.with_name(detector.path.stem + "_predict"))
     # names already there are taken: an earlier call's overlays are never replaced
     results, used = [], {p.name for p in out.iterdir()}
     for path in expand_images(images):
         try:
+            if why := unreadable(path):  # as `predict --run`: one rule for the files it reads
+                raise ExportError(why)
             x = preprocess(path, detector.size, detector.channels)
         except ExportError as err:
             results.append({"path": str(path), "error": str(err)})

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from anomaly.data.image_kind import upright
 from anomaly.runs import RunDir
 from anomaly.safe_files import output_folder, save_png
 from anomaly.viz import OUTLINE, to_rgb
@@ -257,7 +258,7 @@ def overlay_name(path: str, defect: str | None = None) -> str:
 def _load(path: str) -> np.ndarray | None:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(upright(im).convert("RGB"))  # as scored: its EXIF orientation
     except OSError:
         return None
 

@@ -13,23 +13,33 @@ from pathlib import Path
 import torch
 
 from anomaly.config import Config
-from anomaly.data.folder import DataError, broken_link, scan_images
+from anomaly.data.files import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    _is_image,
+    broken_link,
+    scan_images,
+    skipped,
+)
 from anomaly.data.image_kind import warn_unlike
 from anomaly.overlays import verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.runs import RunDir
 from anomaly.safe_files import output_folder, save_png
 
+SUBFOLDERS = "not searched; pass each itself to score it, e.g. {name}"
+
 
 def expand_images(images: list[str | Path]) -> list[Path]:
     """Paths as given, with each folder replaced by the images in it and its broken links
     (sorted; `predict` names a broken link's file and why, and scores the rest), or kept when it
-    holds none (`predict` then says so); each file once."""
+    holds none (`predict` then says so); each file once. A warning names every other entry of a
+    folder (sub-folders, files of other types): none is skipped without a word."""
     out: list[Path] = []
     for item in images:
         p = Path(item)
         if p.is_dir():
-            found, broken, _ = scan_images(p)
+            found, broken, _ = scan_images(p, SUBFOLDERS)
             out += sorted(found + broken) or [p]  # an empty folder: reading it says so
         else:
             out.append(p)
@@ -37,6 +47,24 @@ def expand_images(images: list[str | Path]) -> list[Path]:
     for p in out:
         once.setdefault(os.path.abspath(p), p)
     return list(once.values())
+
+
+def unreadable(path: Path) -> str | None:
+    """Why `path` is not scored before it is opened (a missing file, a broken link, a file of a
+    type a folder's listing skips: one rule for files named and files found), or None."""
+    if not path.exists():
+        return f"{path}: " + (broken_link(path) if path.is_symlink() else "no such file")
+    if path.is_dir():  # a folder `expand_images` found no image in
+        stray = scan_images(path)[2]
+        return f"{path} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)}) in it" + (
+            f"; it holds {skipped(stray, SUBFOLDERS)}" if stray else "; give image files"
+        )
+    if path.is_file() and not _is_image(path):
+        return (
+            f"{path}: not an image file this package reads; images must end in "
+            f"{', '.join(IMAGE_EXTENSIONS)}; save it as PNG to score it"
+        )
+    return None
 
 
 def overlay_name(path: Path, used: set[str]) -> str:
@@ -66,9 +94,8 @@ class _ImageFiles(torch.utils.data.Dataset):
         from anomaly.data.folder import image_tensor, read_image
 
         path = self.paths[i]
-        if not path.exists():
-            why = broken_link(path) if path.is_symlink() else "no such file"
-            return {"error": f"{path}: {why}"}
+        if why := unreadable(path):
+            return {"error": why}
         try:
             a = read_image(path)  # decoded once, for the model's size and the overlay's
             return {

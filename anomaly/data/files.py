@@ -4,9 +4,13 @@ read a run folder (`threshold`) start fast. `anomaly.data.folder` reads the imag
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# the still images read, in folders and when named: a GIF, WebP or PNG with several frames (an
+# animation) is refused when decoded; other files are named as skipped (`scan_images`)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+NAMED = 20  # skipped entries named in one warning; the rest are counted
 
 
 class DataError(ValueError):
@@ -24,10 +28,15 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def scan_images(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+def scan_images(
+    folder: Path, folders: str = "folders inside are not read; move their images into it"
+) -> tuple[list[Path], list[Path], list[Path]]:
     """What `folder` directly holds, sorted: (image files, symbolic links that lead to no file,
     everything else but hidden folders such as .ipynb_checkpoints). The one listing of a folder
-    of images: training and test folders, `threshold --good-images` and `predict FOLDER`."""
+    of images: training and test folders, `threshold --good-images` and `predict FOLDER`. When it
+    found images, one warning names every entry of the third list and what to do (`skipped`;
+    `folders`: what to do about a sub-folder, {name} the first one's path): nothing is left out
+    without a word. With no images the caller's error says what the folder holds."""
     images, broken, stray = [], [], []
     for p in sorted(folder.iterdir()):
         if p.is_dir() and p.name.startswith("."):
@@ -36,7 +45,33 @@ def scan_images(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
             broken.append(p)
         else:
             (images if p.is_file() and _is_image(p) else stray).append(p)
+    if stray and images:
+        warnings.warn(f"{folder}: skipping {skipped(stray, folders)}", stacklevel=2)
     return images, broken, stray
+
+
+def skipped(stray: list[Path], folders: str) -> str:
+    """What `scan_images` says about `stray` (entries of a folder that are not images): each one
+    named, and what to do; `folders` says what to do about a sub-folder ({name}: its path)."""
+
+    def names(entries: list[Path], tail: str = "") -> str:
+        more = f" and {len(entries) - NAMED} more" * (len(entries) > NAMED)
+        return ", ".join(p.name + tail for p in entries[:NAMED]) + more
+
+    dirs = [p for p in stray if p.is_dir()]
+    files = [p for p in stray if not p.is_dir()]
+    said = []
+    if files:
+        said.append(
+            f"{len(files)} file{'s' * (len(files) != 1)} of a type not read ({names(files)}): "
+            f"images must end in {', '.join(IMAGE_EXTENSIONS)}; save others as PNG to use them"
+        )
+    if dirs:
+        said.append(
+            f"{len(dirs)} folder{'s' * (len(dirs) != 1)} ({names(dirs, '/')}): "
+            + folders.format(name=dirs[0])
+        )
+    return "; and ".join(said)
 
 
 def broken_link(p: Path) -> str:

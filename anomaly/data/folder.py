@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from anomaly.data.files import IMAGE_EXTENSIONS, DataError, _is_image, broken_link, scan_images
+from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, scan_images, skipped
+from anomaly.data.image_kind import displayed_size, upright
 
 MASK_FOLDERS = ("ground_truth", "masks")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
@@ -54,7 +55,8 @@ class Sample:
 
 
 def _open(path: str | Path) -> Image.Image:
-    """Open and decode an image (use it in a `with` block), or raise a DataError naming it."""
+    """Open and decode an image (use it in a `with` block), turned as viewers show it
+    (`image_kind.upright`), or raise a DataError naming it."""
     if Path(path).is_dir():  # `predict FOLDER` passes on a folder it found no images in
         raise DataError(
             f"{path} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)}) in it; give "
@@ -62,7 +64,9 @@ def _open(path: str | Path) -> Image.Image:
         )
     try:
         im = Image.open(path)
-        im.load()
+        if im.format in ("GIF", "WEBP", "PNG") and getattr(im, "n_frames", 1) > 1:
+            raise ValueError(f"an animation of {im.n_frames} frames, not a still image")
+        upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(
             f"{path}: cannot read this image ({e}). Re-save it as PNG, or delete it."
@@ -173,20 +177,15 @@ def _list_images(folder: Path, what: str) -> list[Path]:
     """Sorted image files of `folder`; warns about anything else; raises if there are none."""
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found. Create it and put the {what} in it.")
-    images, broken, stray = scan_images(folder)
+    folders = "folders inside are not read; move their images up"
+    images, broken, stray = scan_images(folder, folders)
     if broken:
         raise DataError(f"{broken[0]}: {broken_link(broken[0])}")
-    if stray:
-        names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in stray)
-        warnings.warn(
-            f"{folder}: skipping {len(stray)} entries that are not images ({names}); images "
-            f"must end in {', '.join(IMAGE_EXTENSIONS)}.",
-            stacklevel=4,
-        )
     if not images:
+        holds = f" It holds {skipped(stray, folders)}." if stray else ""
         raise DataError(
             f"{folder}: no images in this folder. Put the {what} in it as "
-            f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder."
+            f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder.{holds}"
         )
     return images
 
@@ -373,7 +372,8 @@ class AnomalyDataset(Dataset):
         samples = self._samples(split_good, "good", {})
         if self.split == "train":
             return samples
-        loose = [p.name for p in self.root.iterdir() if p.is_file() and _is_image(p)]
+        ext = IMAGE_EXTENSIONS
+        loose = [p.name for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in ext]
         if loose:
             warnings.warn(
                 f"{self.root}: skipping {len(loose)} images outside any folder "
@@ -396,7 +396,7 @@ class AnomalyDataset(Dataset):
         for s in self.samples:
             try:
                 with Image.open(s.path) as im:
-                    image_size = im.size
+                    image_size = displayed_size(im)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 raise DataError(
                     f"{s.path}: not a readable image ({e}). Re-save it as PNG, or delete it."
@@ -405,7 +405,7 @@ class AnomalyDataset(Dataset):
                 continue
             try:
                 with Image.open(s.mask_path) as m:
-                    mask_size = m.size
+                    mask_size = displayed_size(m)
             except (OSError, SyntaxError, ValueError) as e:
                 raise DataError(
                     f"{s.mask_path}: not a readable mask ({e}). Re-save it as a PNG, or delete it."

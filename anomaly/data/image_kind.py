@@ -8,14 +8,19 @@ scored without complaint, and its score means little. `train` records `summarize
 images in split.json (`"images"`); `score` and `predict` call `warn_unlike`, which prints one
 warning per file that differs, naming it, what differs and what that means, and scores it
 anyway. A run from before this record (no `"images"`) is not checked.
+
+Sizes and pixels are as viewers show them: `upright` applies a photo's EXIF orientation (a phone
+stores a portrait JPEG sideways with a tag that says to turn it) where a file is decoded, and
+`displayed_size` reads the same from a header.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -28,12 +33,33 @@ def _png_bits(path: Path) -> int | None:
     return head[24] if len(head) == 25 and head[:8] == _PNG and head[12:16] == b"IHDR" else None
 
 
+def upright(im: Image.Image) -> Image.Image:
+    """`im` decoded and turned in place as viewers show it: its EXIF orientation applied
+    (`PIL.ImageOps.exif_transpose`). Every decoder of the package calls it after `Image.open`."""
+    im.load()
+    with contextlib.suppress(Exception):  # EXIF that Pillow cannot parse: shown as stored
+        ImageOps.exif_transpose(im, in_place=True)
+    return im
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as viewers show it, from its header (no decode):
+    EXIF orientations 5-8 (turned a quarter) swap the stored sides."""
+    if im.format == "TIFF" or (im.format == "PNG" and "exif" not in im.info):
+        return im.size  # TIFF: Pillow applies the tag itself; PNG: getexif() would decode it
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001  (as `upright`: unreadable EXIF, shown as stored)
+        orientation = 1
+    return im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
+
+
 def image_kind(path: str | Path) -> dict | None:
     """{"colour": bool, "bits": 8, 16 or 32, "aspect": width / height} from the file's header,
     or None when it cannot be read (whoever decodes it says why)."""
     try:
         with Image.open(path) as im:
-            mode, (width, height), fmt = im.mode, im.size, im.format
+            mode, (width, height), fmt = im.mode, displayed_size(im), im.format
         bits = 16 if mode.startswith("I;16") or mode == "I" else 32 if mode == "F" else 8
         if fmt == "PNG":
             bits = max(bits, _png_bits(Path(path)) or 8)
