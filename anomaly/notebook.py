@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from anomaly.config import Config
+from anomaly.data.folder import load_image
 from anomaly.notebook_benchmark import (
     CURVE_COMMANDS,
     benchmark_result,
@@ -39,7 +40,7 @@ from anomaly.notebook_setup import (
     light_figures,
     settings,
 )
-from anomaly.runs import RunDir
+from anomaly.runs import RunDir, RunError
 
 __all__ = [  # this module's names and those it re-exports (notebook_setup, notebook_benchmark)
     "CURVE_COMMANDS",
@@ -179,11 +180,10 @@ def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
     """The run's difference maps on its defective test images, one colour scale for all."""
     from anomaly.viz import dataset_range, heatmap_overlay, plot_gallery, red_overlay
 
-    pred = RunDir(run).predictions()
+    pred, config = RunDir(run).predictions(), RunDir(run).config()
     vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
     picks = _per_kind(pred.defects, per_kind)
-    data = _test_data(RunDir(run).config())
-    images = [data[i]["image"] for i in picks]
+    images = [load_image(f, config.size, config.channels) for f in _scored_files(run, pred, picks)]
     overlays = [
         red_overlay(img, pred.maps[i], vmax=vmax)
         if kind == "red"
@@ -244,6 +244,23 @@ def copy_through_table(runs: dict[str, Path]) -> str:
         i, o = torch.cat(inside).mean().item(), torch.cat(outside).mean().item()
         lines.append(f"{name:<8} {i:>16.5f} {o:>16.5f} {i / o:>6.1f}")
     return "\n".join(lines)
+
+
+def _scored_files(run: Path, pred, picks: list[int]) -> list[Path]:
+    """The files of the scored images `picks` (pred.paths, read only from inside the run's data
+    folder: `anomaly.explorer.runs.image_files`); RunError when one is not there, rather than
+    drawing its map on another image (the data folder changed or moved since scoring)."""
+    from anomaly.explorer.runs import image_files
+
+    files, problem = image_files(pred, Path(run))
+    lost = [pred.paths[i] for i in picks if files[i] is None]
+    if lost:
+        raise RunError(
+            f"{run}: {problem} (e.g. {lost[0]}), so its maps cannot be drawn on their images. "
+            f"If its data moved, score it there: `python -m anomaly score --run {run} --data "
+            f"NEW_FOLDER --out {run}`"
+        )
+    return [files[i] for i in picks]
 
 
 def _test_data(config: Config):
@@ -346,8 +363,8 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     ncols = max(1, min(ncols, len(picks)))
     nrows = -(-len(picks) // ncols)
     fig, axes = _subplots(nrows, ncols, figsize=(3.2 * ncols, 4.3 * nrows), squeeze=False)
-    for ax, i in zip(axes.ravel(), picks):
-        with Image.open(pred.paths[i]) as im:
+    for ax, i, file in zip(axes.ravel(), picks, _scored_files(run, pred, picks)):
+        with Image.open(file) as im:
             image = np.asarray(im.convert("RGB"))
         ax.imshow(prediction_overlay(pred, i, image, scale, threshold))
     for ax in axes.ravel():

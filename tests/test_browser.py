@@ -98,6 +98,7 @@ def make_run(
         np.stack(maps),
         np.stack(masks),
         method="autoencoder",
+        meta={"data": str(images or folder / "images")},  # the explorer reads images from there
     ).save(folder / "predictions.npz")
     return folder
 

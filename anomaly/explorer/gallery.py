@@ -231,7 +231,7 @@ class Gallery:
             f"<div style='font-size:13px'><b>{n_wrong} misclassified</b> of {len(r.pred)} "
             f"images at threshold {t:.4g}. Showing {len(self._order)} {what}{kind}. "
             "Red: evidence above the pixel threshold, yellow: raised; green outline: the true "
-            f"defect.{self._comparison_text()}</div>"
+            f"defect.{self._comparison_text()}{self._image_note(r)}</div>"
         )
         self.page_label.value = (
             f"<span>{start + 1 if len(shown) else 0}&ndash;"
@@ -251,6 +251,19 @@ class Gallery:
             cap.value = self._caption(i)
         if self.zoomed is not None:
             self.zoom(self.zoomed)
+
+    def image_note(self, r: RunView) -> str:
+        """What was not read of run r's images, and why ("" when all were, or given)."""
+        return "" if self.owner.images is not None else r.image_note
+
+    def _image_note(self, r: RunView) -> str:
+        note = self.image_note(r)
+        return (
+            f"<br><span class='anomaly-image-note' style='color:#c62828'>Note: "
+            f"{html.escape(note)}.</span>"
+            if note
+            else ""
+        )
 
     def _comparison_text(self) -> str:
         o = self.other
@@ -289,8 +302,9 @@ class Gallery:
 
     # --- pictures -----------------------------------------------------------------------
     def base_image(self, r: RunView, i: int, side: int = THUMB) -> np.ndarray:
-        """Image i as uint8 RGB, at most `side` pixels a side: given images, the file, or the
-        map in grey when neither exists."""
+        """Image i as uint8 RGB, at most `side` pixels a side: given images, the file (only
+        from inside the run's data folder, `runs.image_files`), or the map in grey when neither
+        exists (the title says so)."""
         key = (i, side)
         if key not in self._images:
             images = self.owner.images
@@ -298,7 +312,7 @@ class Gallery:
             if images is not None:
                 img = np.round(to_rgb(images[i]) * 255).astype(np.uint8)
             if img is None:
-                img = read_image(r.pred, r.folder, i)
+                img = read_image(r.files[i])
             if img is None:
                 m = r.pred.maps[i]
                 img = np.round(to_rgb((m - r.map_lo) / (r.map_hi - r.map_lo)) * 255)

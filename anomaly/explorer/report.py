@@ -17,16 +17,36 @@ import numpy as np
 
 from anomaly.explorer.gallery import outcome
 from anomaly.explorer.runs import RunView
-from anomaly.explorer.text import describe_rule, format_confusion_html, guarantee, rule_html
+from anomaly.explorer.text import (
+    describe_rule,
+    format_confusion_html,
+    guarantee,
+    percent,
+    rule_html,
+)
 from anomaly.runs import RunDir
 
 GOOD_COLOUR, DEFECT_COLOUR = "#4c72b0", "#dd8452"
 REPORT_GALLERY = 120  # at most this many misclassified images in a report
+MARK = '<meta name="generator" content="anomaly threshold explorer">'  # is_report looks for it
 
 
-def draw_histogram(ax, r: RunView, optimum: float, threshold: float | None) -> None:
-    """Score histograms of good and defective images, the cost optimum, the saved rule's
-    threshold (with its guarantee), and `threshold` when given."""
+def is_report(path: Path) -> bool:
+    """True when `path` is a regular file the explorer wrote (its head holds `MARK`, or the
+    title of a report from before the mark)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+        return MARK.encode() in head or b"<title>Inspection threshold report: " in head
+    except OSError:
+        return False
+
+
+def draw_histogram(ax, r: RunView, optimum: float | None, threshold: float | None) -> None:
+    """Score histograms of good and defective images, the cost optimum (when there is one),
+    the saved rule's threshold (with its guarantee), and `threshold` when given."""
     scores, labels = r.pred.scores, r.pred.labels
     bins = np.linspace(r.lo, r.hi, 41)
     ax.hist(
@@ -45,9 +65,14 @@ def draw_histogram(ax, r: RunView, optimum: float, threshold: float | None) -> N
         color=DEFECT_COLOUR,
         label=f"defective ({int(np.sum(labels > 0))})",
     )
-    ax.axvline(
-        optimum, color="#2ca02c", linestyle="--", linewidth=1.5, label="cost optimum (in-sample)"
-    )
+    if optimum is not None:
+        ax.axvline(
+            optimum,
+            color="#2ca02c",
+            linestyle="--",
+            linewidth=1.5,
+            label="cost optimum (in-sample)",
+        )
     if r.saved is not None:
         bound = guarantee(r.saved)
         what = f"saved: {r.saved.rule}" + (f", FRR {bound}" if bound else "")
@@ -72,13 +97,35 @@ def _figure(figsize):
 def histogram_svg(ex) -> str:
     fig = _figure((6.4, 3.0))
     ax = fig.add_subplot(111)
-    draw_histogram(ax, ex.run, ex.optimum[0], ex.threshold)
+    draw_histogram(ax, ex.run, _optimum(ex), ex.threshold)
     ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
     text = buf.getvalue()
     return text[text.index("<svg") :]
+
+
+def _optimum(ex) -> float | None:
+    return None if ex.no_optimum else ex.optimum[0]
+
+
+def _costs(ex, counts: dict) -> str:
+    """The report's paragraph on costs: at this threshold, the optimum and its held-out check."""
+    c_fr, c_esc = ex.costs
+    text = (
+        f"Costs: a false reject {c_fr:g}, an escape {c_esc:g}; cost at this threshold "
+        f"{c_fr * counts['fp'] + c_esc * counts['fn']:.4g}."
+    )
+    if ex.no_optimum:
+        return f"{text} No cost optimum: {html.escape(ex.no_optimum)}."
+    cv = ex.cross_validated
+    return (
+        f"{text} The cost optimum ({ex.optimum[0]:.4g}, cost {ex.optimum[1]:.4g}) is in-sample. "
+        "Chosen on one half of the images and counted on the other (2-fold cross-validation): "
+        f"cost {cv['cost']:.4g}, false-reject rate {100 * cv['false_reject_rate']:.1f}%, "
+        f"escape rate {100 * cv['escape_rate']:.1f}%."
+    )
 
 
 def _jpeg_uri(rgb: np.ndarray, quality: int = 82) -> str:
@@ -128,8 +175,6 @@ def identity(r: RunView) -> list[tuple[str, str]]:
 def report_html(ex) -> str:
     """The current run at the current threshold, as one HTML file with everything inline."""
     r, t, counts = ex.run, ex.threshold, ex.counts
-    c_fr, c_esc = ex.costs
-    cv = ex.cross_validated
     gallery = ex.gallery
     wrong = np.flatnonzero(gallery.wrong(r))
     margin = np.abs(r.pred.scores[wrong] - t)
@@ -152,9 +197,12 @@ def report_html(ex) -> str:
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in identity(r)
     )
     rule = describe_rule(r.saved) if r.saved else "none saved"
+    note = gallery.image_note(r)
+    note = f"<p class='image-note'><b>Note:</b> {html.escape(note)}.</p>" if note else ""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+{MARK}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Inspection threshold report: {html.escape(r.label)}</title>
 <style>
@@ -169,20 +217,16 @@ svg {{max-width: 100%; height: auto}}
 <p>Threshold <b class="threshold">{t:.6g}</b>: a part is REJECTED iff its anomaly score is
 &gt;= the threshold. Pixel threshold (overlays) {ex.pixel_threshold:.4g}.
 Saved rule: {html.escape(rule)}. Made {now}.</p>
-{rule_html(r.saved, t, counts, ex.optimum[0])}
+{rule_html(r.saved, t, counts, _optimum(ex))}
 <h2>Confusion matrix and rates</h2>
 {format_confusion_html(counts, r.saved, t)}
-<p>Costs: a false reject {c_fr:g}, an escape {c_esc:g}; cost at this threshold
-{c_fr * counts["fp"] + c_esc * counts["fn"]:.4g}. The cost optimum
-({ex.optimum[0]:.4g}, cost {ex.optimum[1]:.4g}) is in-sample. Chosen on one half of the images
-and counted on the other (2-fold cross-validation): cost {cv["cost"]:.4g}, false-reject rate
-{100 * cv["false_reject_rate"]:.1f}%, escape rate {100 * cv["escape_rate"]:.1f}%.</p>
+<p>{_costs(ex, counts)}</p>
 <h2>Score histogram</h2>
 {histogram_svg(ex)}
 <h2>Misclassified images ({len(wrong)})</h2>
 <p>Red: evidence above the pixel threshold; yellow: raised but below; green outline: the true
 defect. Most wrong first.</p>
-<div class="gallery">{"".join(tiles)}</div>{more}
+{note}<div class="gallery">{"".join(tiles)}</div>{more}
 <h2>Run and data</h2>
 <table class="id">{ident}</table>
 </body></html>
@@ -202,7 +246,7 @@ def snapshot_figure(ex, n_tiles: int = 6):
     plt.close(fig)  # shown once, when a notebook cell returns it
     grid = fig.add_gridspec(2, max(n_tiles, 2), height_ratios=[1.3, 1])
     ax = fig.add_subplot(grid[0, : n_tiles // 2 + 1])
-    draw_histogram(ax, r, ex.optimum[0], t)
+    draw_histogram(ax, r, _optimum(ex), t)
     ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
     tx = fig.add_subplot(grid[0, n_tiles // 2 + 1 :])
     tx.set_axis_off()
@@ -210,8 +254,8 @@ def snapshot_figure(ex, n_tiles: int = 6):
         f"threshold {t:.4g}\n\n"
         f"good:       {c['tn']} PASS, {c['fp']} REJECT (false rejects)\n"
         f"defective:  {c['tp']} REJECT (caught), {c['fn']} PASS (escapes)\n\n"
-        f"false-reject rate {100 * c['false_reject_rate']:.1f}%\n"
-        f"escape rate       {100 * c['escape_rate']:.1f}%\n"
+        f"false-reject rate {percent(c, 'false_reject_rate')}\n"
+        f"escape rate       {percent(c, 'escape_rate')}\n"
         f"saved rule: {describe_rule(r.saved) if r.saved else 'none'}"
     )
     tx.text(0, 1, text, va="top", family="monospace", fontsize=8.5)

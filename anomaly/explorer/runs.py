@@ -1,13 +1,22 @@
 """The runs an explorer shows: Predictions loaded from run folders, and what each run needs for
-fast updates (its threshold table, ranges, saved threshold and evidence scale), computed once."""
+fast updates (its threshold table, ranges, saved threshold and evidence scale), computed once.
+
+A run folder may come from someone else, so the images it names are read only from inside its
+data folder (`data_root`, `image_files`), and two runs are compared image by image only when
+they hold the same images (`collect_runs` matches them by path under the data folder)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from anomaly.data.files import IMAGE_EXTENSIONS
 from anomaly.decision import ThresholdTable, score_range, threshold_table
 from anomaly.detectors.base import Predictions
 from anomaly.metrics import Threshold
@@ -78,13 +87,104 @@ def collect_runs(runs, run_dirs=None) -> tuple[dict, dict]:
             if name not in preds:
                 raise KeyError(f"run_dirs names {name!r}, which is not one of {list(preds)}")
             dirs[name] = Path(folder) if folder is not None else None
+    return _matched(preds, dirs), dirs
+
+
+def data_root(pred: Predictions, folder: Path | None) -> Path | None:
+    """The data folder the run's images were scored from: what `score` recorded in
+    predictions.npz (`meta["data"]`; it is the scored data for RUN/scored/<x>/), else the run's
+    config.json `data`; None when neither says."""
+    data = (pred.meta or {}).get("data") if isinstance(pred.meta, dict) else None
+    if not data and folder is not None:
+        try:
+            data = json.loads(RunDir(folder).file(RunDir.CONFIG).read_text()).get("data")
+        except (OSError, ValueError, AttributeError):
+            data = None
+    return Path(os.path.abspath(data)) if isinstance(data, str) and data else None
+
+
+def _under(path: str, root: Path) -> str | None:
+    """`path` relative to `root` (POSIX, without touching the disk), or None when outside."""
+    rel = os.path.relpath(os.path.abspath(path), root)
+    return None if rel == os.pardir or rel.startswith(os.pardir + os.sep) else Path(rel).as_posix()
+
+
+def image_keys(pred: Predictions, folder: Path | None, by_root: bool = True) -> list[tuple]:
+    """Per image: (its path under the run's data folder, defect kind, label); with by_root=False,
+    or when the data folder is unknown, the path under the images' common folder instead."""
+    root = data_root(pred, folder) if by_root else None
+    rel = [_under(p, root) for p in pred.paths] if root is not None else [None]
+    if None in rel:
+        parents = [os.path.dirname(os.path.abspath(p)) for p in pred.paths]
+        common = Path(os.path.commonpath(parents)) if parents else Path("/")
+        rel = [_under(p, common) for p in pred.paths]
+    return list(zip(rel, list(pred.defects), pred.labels.tolist()))
+
+
+def _matched(preds: dict, dirs: dict) -> dict:
+    """The runs with every later one in the first one's image order, refused (naming images)
+    when they were not scored on the same images."""
     sizes = {len(p) for p in preds.values()}
     if len(sizes) > 1:
         raise ValueError(
             f"The runs have different numbers of images ({sorted(sizes)}): "
             "compare runs scored on the same data"
         )
-    return preds, dirs
+    names = list(preds)
+    if len(names) < 2:
+        return preds
+    by_root = all(
+        (root := data_root(preds[n], dirs[n])) is not None
+        and all(_under(p, root) is not None for p in preds[n].paths)
+        for n in names
+    )
+    keys = {n: image_keys(preds[n], dirs[n], by_root) for n in names}
+    first = names[0]
+    out = {first: preds[first]}
+    for name in names[1:]:
+        a, b = keys[first], keys[name]
+        if a == b:
+            out[name] = preds[name]
+            continue
+        if Counter(a) != Counter(b):
+            raise ValueError(_mismatch(first, a, name, b, by_root))
+        where = defaultdict(list)
+        for i, key in enumerate(b):
+            where[key].append(i)
+        out[name] = reindexed(preds[name], [where[key].pop(0) for key in a])
+    return out
+
+
+def _mismatch(a_name: str, a: list, b_name: str, b: list, by_root: bool) -> str:
+    only_a, only_b = Counter(a) - Counter(b), Counter(b) - Counter(a)
+
+    def some(keys: Counter) -> str:
+        shown = [f"{p} ({d}, label {lab})" for p, d, lab in sorted(keys)[:2]]
+        return ", ".join(shown) + (", ..." if len(keys) > 2 else "")
+
+    under = "their data folder" if by_root else "the images' common folder"
+    return (
+        f"The runs {a_name!r} and {b_name!r} were not scored on the same images: "
+        f"{sum(only_a.values())} only in {a_name!r} ({some(only_a)}), "
+        f"{sum(only_b.values())} only in {b_name!r} ({some(only_b)}). Images are matched by "
+        f"their path under {under}, their defect kind and label. Compare runs scored on the "
+        "same data (`python -m anomaly score --run RUN --data DATA` scores a run on other data)"
+    )
+
+
+def reindexed(pred: Predictions, order) -> Predictions:
+    """`pred` with its images in `order` (a list of indices)."""
+    order = np.asarray(order, np.int64)
+    return dataclasses.replace(
+        pred,
+        paths=[pred.paths[i] for i in order],
+        labels=pred.labels[order],
+        defects=[pred.defects[i] for i in order],
+        scores=pred.scores[order],
+        maps=pred.maps[order],
+        masks=pred.masks[order] if pred.masks is not None else None,
+        mask_known=pred.mask_known[order] if pred.mask_known is not None else None,
+    )
 
 
 def read_threshold(folder: Path | None) -> Threshold | None:
@@ -116,6 +216,8 @@ class RunView:
     map_hi: float
     scale: EvidenceScale  # the run's evidence scale (its pixel threshold: the default)
     saved: Threshold | None
+    files: list[Path | None]  # per image, the file to read (inside the data folder) or None
+    image_note: str  # what was not read, and why ("" when every image was found)
     threshold: float | None = None  # last threshold shown for this run
     pixel_threshold: float | None = None
 
@@ -125,6 +227,15 @@ class RunView:
         return f"{self.name} ({method})" if method and method != self.name else self.name
 
     @property
+    def missing(self) -> str:
+        """Which class the run's images lack ("defective", "good"), or "" when it has both:
+        rates and a cost optimum that need the missing class are undefined."""
+        n_defective = int(np.sum(self.pred.labels > 0))
+        if n_defective == 0:
+            return "defective"
+        return "good" if n_defective == len(self.pred) else ""
+
+    @property
     def kinds(self) -> list[str]:
         return list(dict.fromkeys(sorted(self.pred.defects, key=lambda k: (k != "good", k))))
 
@@ -132,6 +243,7 @@ class RunView:
 def prepare(name: str, pred: Predictions, folder: Path | None) -> RunView:
     lo, hi = score_range(pred.scores)
     map_lo, map_hi = float(pred.maps.min()), float(pred.maps.max())
+    files, note = image_files(pred, folder)
     if map_hi <= map_lo:
         map_hi = map_lo + 1.0
     try:
@@ -155,6 +267,8 @@ def prepare(name: str, pred: Predictions, folder: Path | None) -> RunView:
         max(map_hi, pt),
         scale,
         saved,
+        files,
+        f"{note}; maps shown without them" if note else "",
     )
 
 
@@ -165,19 +279,52 @@ def _sample_good(pred: Predictions) -> np.ndarray:
     return pred.maps[good[:: max(1, good.size // 50)]]
 
 
-def read_image(pred: Predictions, folder: Path | None, i: int) -> np.ndarray | None:
-    """Image i at its own resolution (uint8 RGB), from its path, or None when it is not there."""
+def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | None], str]:
+    """Per image, the file to read (resolved), or None; and what was not read, in a few words
+    ("" when every image is there). Only image files inside the run's data folder (`data_root`)
+    are read: predictions.npz from someone else could name any file (`../../private/x.png`)."""
+    n = len(pred)
+    root = data_root(pred, folder)
+    if root is None:
+        return [None] * n, "the run does not record its data folder, so its images are not read"
+    if not root.is_dir():
+        return [None] * n, f"images not found under {root}"
+    real_root = root.resolve()
+    files: list[Path | None] = []
+    outside = missing = 0
+    for p in pred.paths:
+        # a relative path: from the working folder (as an older `score` wrote it), or the root
+        tries = [Path(p)] if os.path.isabs(p) else [Path(os.path.abspath(p)), root / p]
+        inside = [
+            real
+            for real in (t.resolve() for t in tries)
+            if real.is_relative_to(real_root) and real.suffix.lower() in IMAGE_EXTENSIONS
+        ]
+        found = next((real for real in inside if real.is_file()), None)
+        outside += not inside
+        missing += bool(inside) and found is None
+        files.append(found)
+    notes = []
+    if missing:
+        what = "images" if missing == n else f"{missing} of {n} images"
+        notes.append(f"{what} not found under {root}")
+    if outside:
+        notes.append(
+            f"{outside} of {n} image paths in predictions.npz are not image files inside the "
+            f"data folder {root}, and were not read"
+        )
+    return files, "; ".join(notes)
+
+
+def read_image(path: Path | None) -> np.ndarray | None:
+    """An image file (from `image_files`) at its own resolution as uint8 RGB, or None when there
+    is none or it does not decode."""
     from PIL import Image
 
-    path = Path(pred.paths[i])
-    candidates = [path]
-    if not path.is_absolute() and folder is not None:
-        candidates += [folder / path, folder.parent / path, folder.parent.parent / path]
-    for p in candidates:
-        if p.is_file():
-            try:
-                with Image.open(p) as im:
-                    return np.asarray(im.convert("RGB"))
-            except OSError:
-                return None
-    return None
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None

@@ -18,6 +18,63 @@ RATES = [
 ]
 
 
+# the images each rate needs: "defective", "good", or both
+NEEDS = {
+    "precision": ("good", "defective"),
+    "recall": ("defective",),
+    "f1": ("good", "defective"),
+    "false_reject_rate": ("good",),
+    "escape_rate": ("defective",),
+}
+
+
+def lacking(counts: dict) -> str:
+    """Which images the counts have none of ("defective", "good"), or "" when both are there
+    (or the counts are not given: rates alone)."""
+    if not {"tp", "fp", "tn", "fn"} <= set(counts):
+        return ""
+    if counts["tp"] + counts["fn"] == 0:
+        return "defective"
+    return "good" if counts["fp"] + counts["tn"] == 0 else ""
+
+
+def rate(counts: dict, key: str, fmt: str = ".3f", scale: float = 1.0) -> str:
+    """A rate of the counts formatted, or "n/a" when its images are missing (the escape rate
+    of a run with no defective image is not 0: it was not measured)."""
+    if lacking(counts) in NEEDS[key]:
+        return "n/a"
+    return format(scale * counts[key], fmt)
+
+
+def percent(counts: dict, key: str) -> str:
+    """A rate as "12.3%", or "n/a" (`rate`)."""
+    text = rate(counts, key, ".1f", 100)
+    return text if text == "n/a" else text + "%"
+
+
+def no_optimum(name: str, missing: str) -> str:
+    """Why run `name` has no cost optimum when its images have no `missing` ones ("" when
+    nothing is missing): a threshold chosen without them would only look optimal."""
+    if not missing:
+        return ""
+    cost = "escapes" if missing == "defective" else "false rejects"
+    return (
+        f"run {name!r} has no {missing} test image, so its {cost} cannot be counted and no "
+        f"threshold is cost-optimal; score it on data with {missing} images"
+    )
+
+
+def unmeasured(missing: str) -> str:
+    """HTML: what a threshold saved without any `missing` image leaves unknown, or ""."""
+    if not missing:
+        return ""
+    what = "escape rate" if missing == "defective" else "false-reject rate"
+    return (
+        f"<span style='color:#c62828'> It was set without any {missing} image: its {what} is "
+        "not known.</span>"
+    )
+
+
 def at_saved(saved: Threshold | None, threshold: float) -> bool:
     """True when `threshold` is the saved one (to float precision)."""
     return saved is not None and abs(threshold - saved.value) <= 1e-9 * max(1.0, abs(threshold))
@@ -36,7 +93,8 @@ def format_confusion_html(
     """The confusion matrix and its rates as a small HTML table (class "anomaly-confusion").
 
     When the current threshold is a saved conformal one, the guaranteed false-reject bound is
-    shown beside the rate measured on these images.
+    shown beside the rate measured on these images. Rates that need images of a class the
+    counts have none of read "n/a", with a line saying why.
     """
     tp, fp, tn, fn = (counts[k] for k in ("tp", "fp", "tn", "fn"))
     bad, ok = TD + ";background:#fde0dc", TD + ";background:#e6f4ea"
@@ -67,13 +125,26 @@ def format_confusion_html(
             )
         cells.append(
             f"<tr><th style='{TH}'>{name}</th>"
-            f"<td class='{key}' style='{TD}'>{counts[key]:.3f}</td>{extra}</tr>"
+            f"<td class='{key}' style='{TD}'>{rate(counts, key)}</td>{extra}</tr>"
         )
     table = "border-collapse:collapse;font-size:13px"
     return (
         f"<div class='anomaly-confusion'><table style='{table}'>{''.join(rows)}</table>"
         f"<table class='anomaly-rates' style='{table};margin-top:6px'>{''.join(cells)}"
-        "</table></div>"
+        f"</table>{lacking_note(counts)}</div>"
+    )
+
+
+def lacking_note(counts: dict) -> str:
+    """One line on why some rates read n/a (HTML), or ""."""
+    missing = lacking(counts)
+    if not missing:
+        return ""
+    return (
+        f"<div class='anomaly-na' style='font-size:12px;color:#c62828;max-width:420px'>"
+        f"No {missing} image among these test images: the rates that need them are n/a (not "
+        "measured), and there is no cost optimum. Score the run on data with both good and "
+        "defective images to measure them.</div>"
     )
 
 
@@ -101,9 +172,12 @@ def describe_rule(saved: Threshold) -> str:
     return saved.rule
 
 
-def rule_html(saved: Threshold | None, threshold: float, counts: dict, optimum: float) -> str:
-    """Which rule set the current threshold and what it guarantees."""
-    frr = f"{100 * counts['false_reject_rate']:.1f}%"
+def rule_html(
+    saved: Threshold | None, threshold: float, counts: dict, optimum: float | None
+) -> str:
+    """Which rule set the current threshold and what it guarantees (`optimum` None: there is
+    no cost optimum, the images lack a class)."""
+    frr = percent(counts, "false_reject_rate")
     if at_saved(saved, threshold):
         text = f"Threshold set by the saved rule <b>{html.escape(describe_rule(saved))}</b>. "
         bound = guarantee(saved)
@@ -118,7 +192,7 @@ def rule_html(saved: Threshold | None, threshold: float, counts: dict, optimum: 
     else:
         how = (
             "the cost optimum"
-            if abs(threshold - optimum) <= 1e-12 * max(1, abs(threshold))
+            if optimum is not None and abs(threshold - optimum) <= 1e-12 * max(1, abs(threshold))
             else "set by hand"
         )
         text = (

@@ -16,11 +16,18 @@ import numpy as np
 
 from anomaly.decision import cost_optimum, counts_at, cross_validated_cost
 from anomaly.explorer.gallery import Gallery, png
-from anomaly.explorer.report import draw_histogram, report_html, snapshot_figure
+from anomaly.explorer.report import draw_histogram, is_report, report_html, snapshot_figure
 from anomaly.explorer.runs import RunView, collect_runs, prepare, write_threshold
-from anomaly.explorer.text import format_confusion_html, rule_html
+from anomaly.explorer.text import (
+    NEEDS,
+    format_confusion_html,
+    no_optimum,
+    rule_html,
+    unmeasured,
+)
 from anomaly.metrics import Threshold
 from anomaly.runs import RunDir
+from anomaly.safe_files import RunError, _atomic
 
 DPR = 2  # the histogram PNG has 2 pixels per CSS pixel: crisp on high-density screens
 CSS = """<style>
@@ -47,7 +54,9 @@ class ThresholdExplorer:
             list in the order of `runs`, or a dict name -> folder. Runs loaded from folders
             save into their own folder.
         images: optional images [N, ...] for the gallery (uint8, or float in [0, 1], any
-            size); otherwise they are read from the predictions' paths, or the map is shown.
+            size); otherwise they are read from the predictions' paths, only from inside the
+            run's data folder (its predictions.npz or config.json says which), or the map is
+            shown (and the gallery says why).
         cost_false_reject: starting cost of rejecting a good part.
         cost_escape: starting cost of passing a defective part (usually much higher).
         gallery_size: how many images one gallery page shows.
@@ -180,7 +189,7 @@ class ThresholdExplorer:
         self.pixel_slider.observe(self._on_change, names="value")
         self.cost_false_reject.observe(self._on_costs, names="value")
         self.cost_escape.observe(self._on_costs, names="value")
-        self.optimum_button.on_click(lambda _: self.go_to_optimum())
+        self.optimum_button.on_click(self._on_optimum)
         self.save_button.on_click(self._on_save)
         self.report_button.on_click(self._on_report)
         self._show_run(first)
@@ -223,6 +232,13 @@ class ThresholdExplorer:
         r = self.run
         return cost_optimum(r.table, *self.costs, r.lo, r.hi)
 
+    @property
+    def no_optimum(self) -> str:
+        """Why the current run has no cost optimum ("" when it has one): its images lack a
+        class, so escapes (or false rejects) cannot be counted, and the "optimum" would be a
+        threshold chosen without them."""
+        return no_optimum(self.run.name, self.run.missing)
+
     def optimum_of(self, r: RunView) -> float:
         return cost_optimum(r.table, *self.costs, r.lo, r.hi)[0]
 
@@ -264,7 +280,7 @@ class ThresholdExplorer:
         """Redraw the static part (histograms, optimum, saved rule) and keep it as background."""
         r, ax = self.run, self._ax
         ax.clear()
-        draw_histogram(ax, r, self.optimum[0], None)
+        draw_histogram(ax, r, None if self.no_optimum else self.optimum[0], None)
         self._line = ax.axvline(
             self.threshold, color="#d62728", linewidth=2, animated=True, label="threshold"
         )
@@ -298,6 +314,10 @@ class ThresholdExplorer:
             s.value = float(np.clip(r.threshold, r.lo, r.hi))
             p.value = float(np.clip(r.pixel_threshold, r.map_lo, r.map_hi))
             self.save_button.disabled = r.folder is None
+            self.optimum_button.disabled = bool(self.no_optimum)
+            self.optimum_button.tooltip = (
+                f"No cost optimum: {self.no_optimum}" if self.no_optimum else ""
+            )
             self.save_button.tooltip = (
                 f"Write {RunDir(r.folder).file(RunDir.THRESHOLD)}"
                 if r.folder
@@ -322,7 +342,8 @@ class ThresholdExplorer:
         r.threshold, r.pixel_threshold = self.threshold, self.pixel_threshold
         counts = self.counts
         self.confusion.value = format_confusion_html(counts, r.saved, self.threshold)
-        self.rule.value = rule_html(r.saved, self.threshold, counts, self.optimum[0])
+        optimum = None if self.no_optimum else self.optimum[0]
+        self.rule.value = rule_html(r.saved, self.threshold, counts, optimum)
         self.cost_label.value = self._cost_text(counts)
         self._blit_threshold()
         self.gallery.refresh()
@@ -333,6 +354,13 @@ class ThresholdExplorer:
         cost = c_fr * counts["fp"] + c_esc * counts["fn"]
         t_opt, cost_opt = self.optimum
         n = len(self.run.pred)
+        if self.no_optimum:
+            return (
+                f"<div style='font-size:13px;line-height:1.4'>Cost at this threshold: "
+                f"<b>{cost:.4g}</b> ({cost / n:.3g} per part). <span class='anomaly-no-optimum' "
+                f"style='color:#c62828'>No cost optimum: {html.escape(self.no_optimum)}."
+                "</span></div>"
+            )
         cv = self.cross_validated
         return (
             f"<div style='font-size:13px;line-height:1.4'>Cost at this threshold: "
@@ -359,10 +387,19 @@ class ThresholdExplorer:
         self._show_run(self.runs[change["new"]])
 
     def go_to_optimum(self) -> float:
-        """Move the slider to the cost-optimal threshold of the current costs; return it."""
+        """Move the slider to the cost-optimal threshold of the current costs; return it.
+        ValueError when the run has none (`no_optimum`: its images lack a class)."""
+        if self.no_optimum:
+            raise ValueError(f"No cost optimum: {self.no_optimum}")
         t_opt, _ = self.optimum
         self.slider.value = t_opt
         return t_opt
+
+    def _on_optimum(self, _button) -> None:
+        try:
+            self.go_to_optimum()
+        except ValueError as err:
+            self.status.value = f"<span style='color:#c62828'>{html.escape(str(err))}</span>"
 
     def save_threshold(self) -> Path:
         """Write the slider's threshold to RUN/threshold.json (value, rule, params)."""
@@ -370,8 +407,9 @@ class ThresholdExplorer:
         if r.folder is None:
             raise ValueError(f"Run {r.name!r} has no run folder: pass run_dirs= to save")
         t, counts = self.threshold, self.counts
-        t_opt, _ = self.optimum
-        rule = "cost-optimal" if abs(t - t_opt) <= 1e-12 * max(1.0, abs(t)) else "explorer"
+        t_opt = None if self.no_optimum else self.optimum[0]
+        at_optimum = t_opt is not None and abs(t - t_opt) <= 1e-12 * max(1.0, abs(t))
+        rule = "cost-optimal" if at_optimum else "explorer"
         c_fr, c_esc = self.costs
         params = {
             "cost_false_reject": c_fr,
@@ -380,20 +418,9 @@ class ThresholdExplorer:
             "method": r.pred.method,
             "n_images": len(r.pred),
             "in_sample": True,  # counted on the images it was chosen on
-            **{
-                k: counts[k]
-                for k in (
-                    "tp",
-                    "fp",
-                    "tn",
-                    "fn",
-                    "false_reject_rate",
-                    "escape_rate",
-                    "precision",
-                    "recall",
-                    "f1",
-                )
-            },
+            **{k: counts[k] for k in ("tp", "fp", "tn", "fn")},
+            # a rate whose images are missing was not measured: left out, not saved as 0
+            **{k: counts[k] for k in NEEDS if r.missing not in NEEDS[k]},
         }
         threshold = Threshold(t, rule, params)
         path = write_threshold(r.folder, threshold)
@@ -411,7 +438,7 @@ class ThresholdExplorer:
             return
         self.status.value = (
             f"<span style='color:#2e7d32'>Saved threshold {self.threshold:.4g} "
-            f"to {html.escape(str(path))}</span>"
+            f"to {html.escape(str(path))}.</span>{unmeasured(self.run.missing)}"
         )
         self._draw_histogram()
         self.refresh()
@@ -422,14 +449,24 @@ class ThresholdExplorer:
         return report_html(self)
 
     def export_report(self, path: str | Path | None = None) -> Path:
-        """Write the report to `path` (default RUN/report.html); return where it went."""
+        """Write the report to `path` (default RUN/report.html); return where it went.
+
+        Written through a temporary file that then takes the name: a symbolic link there is
+        replaced, never followed (a run folder from someone else could point report.html at
+        any file), and a file there that is not an explorer report is refused, not replaced.
+        """
         if path is None:
             if self.run.folder is None:
                 raise ValueError("No run folder to write report.html into: pass a path")
             path = self.run.folder / "report.html"
         path = Path(path)
-        path.write_text(self.report_html(), encoding="utf-8")
-        return path
+        if not path.is_symlink() and path.exists() and not is_report(path):
+            raise RunError(
+                f"{path} exists and is not a report the threshold explorer wrote, so it was not "
+                "replaced; move it away, or pass export_report another path"
+            )
+        text = self.report_html().encode("utf-8")
+        return _atomic(path, lambda f: f.write(text))
 
     def _on_report(self, _button) -> None:
         import base64
@@ -439,7 +476,7 @@ class ThresholdExplorer:
         if self.run.folder is not None:
             try:
                 where = f" Written to {html.escape(str(self.export_report()))}."
-            except OSError as err:
+            except (OSError, ValueError) as err:
                 where = f" (Not written to the run folder: {html.escape(str(err))}.)"
         data = base64.b64encode(text.encode("utf-8")).decode("ascii")
         name = f"report_{self.run.name}.html"
