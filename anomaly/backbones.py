@@ -408,8 +408,15 @@ class EncoderBackbone(Backbone):
         if not hasattr(module, "forward_features"):
             raise TypeError(f"{type(module).__name__} has no forward_features(x) method")
         self.module = module.eval().requires_grad_(False)
-        with torch.no_grad():  # one dummy image tells the channels and strides
-            maps = self.forward(torch.zeros(1, in_channels, probe_size, probe_size))
+        try:
+            with torch.no_grad():  # one dummy image tells the channels and strides
+                maps = self.forward(torch.zeros(1, in_channels, probe_size, probe_size))
+        except RuntimeError as err:
+            takes = next((m.in_channels for m in module.modules() if hasattr(m, "in_channels")), 0)
+            why = str(err).strip().splitlines()[0][:160]
+            if takes and takes != in_channels:
+                why = f"it was trained on {takes}-channel ones; use --channels {takes}"
+            raise ValueError(f"this encoder does not take {in_channels}-channel images ({why})")
         self.out_channels = [m.shape[1] for m in maps]
         self.stride = [probe_size // m.shape[-1] for m in maps]
 

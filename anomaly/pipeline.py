@@ -28,6 +28,8 @@ from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import output_folder, sha256_file
 from anomaly.selection import selection_problem
 from anomaly.train import seed_everything, select_device, split_indices
+from anomaly.train_guards import ResumeWrites, check_last, refuse_existing
+from anomaly.train_guards import moved as _moved
 
 # what `train --resume` may change in a run: how long it trains, and where
 RESUMABLE_FIELDS = ("epochs", "patience", "device")
@@ -42,7 +44,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     """Rebuild the detector saved in a run folder, with its own config and weights."""
     run = RunDir(run_dir)
     config = run.trained_config()
-    detector = build_detector(config, source=None if config.method != "kmeans" else False)
+    detector = build_detector(config, source=None if config.method != "kmeans" else False, run=run)
     payload = run.load_checkpoint(detector)
     if not payload.get("complete", True):
         raise RunError(
@@ -65,13 +67,14 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
         return detector.to(select_device("auto"))
 
 
-def build_detector(config: Config, source=None) -> Detector:
+def build_detector(config: Config, source=None, run: RunDir | None = None) -> Detector:
     """A new detector for `config`, with what it needs from other runs already loaded.
 
     kmeans gets the trained run `config.source_run` (`source`; False = none, for a checkpoint
     that carries its own); patchknn/flow with backbone `encoder:RUN` get that run's encoder;
     flow and draem get their network settings (`flow_*`, `draem_*` fields), so a run with
-    non-default ones is rebuilt as it was trained.
+    non-default ones is rebuilt as it was trained. `run`: the run whose model.pt the detector
+    will load (its encoder must be the one it was trained on).
     """
     cls = get_detector(config.method)
     kwargs = {}
@@ -93,14 +96,9 @@ def build_detector(config: Config, source=None) -> Detector:
             focal_weight=config.draem_focal_weight,
             norm=config.draem_norm,
         )
+    digest = None
     if config.backbone.startswith("encoder:") and config.method in ("patchknn", "flow"):
-        encoder_run = config.backbone.split(":", 1)[1]
-        model = getattr(load_run(encoder_run, device="cpu"), "model", None)
-        if model is None or not hasattr(model, "forward_features"):
-            raise ValueError(
-                f"--backbone {config.backbone}: {encoder_run} is not an ae, unet "
-                "or vae run (no encoder to take features from)"
-            )
+        model, digest = _encoder(config, run)
         if config.method == "patchknn":
             kwargs["module"] = model
         else:
@@ -109,7 +107,66 @@ def build_detector(config: Config, source=None) -> Detector:
             kwargs["backbone"] = build_backbone(
                 config.backbone, in_channels=config.channels, module=model
             )
-    return cls(config, **kwargs)
+    detector = cls(config, **kwargs)
+    detector.encoder_sha256 = digest  # saved in model.pt: a retrained encoder is noticed
+    return detector
+
+
+def _encoder(config: Config, run: RunDir | None = None):
+    """The trained encoder `--backbone encoder:RUN` names, and its model.pt's SHA-256; with
+    `run` (a trained run being rebuilt), refused when it is not the encoder `run` learned on."""
+    encoder = RunDir(config.backbone.split(":", 1)[1])
+    if not encoder.has_model():
+        fix = "give the folder of a trained ae, unet or vae run"
+        if run is not None:  # older runs name it by a path relative to where they were trained
+            fix = f"restore the encoder run {run} was trained on" + (
+                ""
+                if encoder.path.is_absolute()
+                else ", or run this from the folder "
+                f"{run} was trained in ({run} names it by a path relative to it)"
+            )
+        raise RunError(
+            f"--backbone {config.backbone}: {os.path.abspath(encoder.path)} is not a trained "
+            f"run (no config.json and model.pt there); {fix}"
+        )
+    digest = sha256_file(encoder.file(encoder.MODEL))
+    recorded = _recorded_encoder(run)
+    if recorded is None and run is not None and run.has_model():
+        warnings.warn(
+            f"{run}: made before runs recorded their encoder's model, so a retrained or resumed "
+            f"{encoder} would change its scores without a word; train it again to record it",
+            stacklevel=3,
+        )
+    elif recorded is not None and recorded != digest:
+        raise RunError(
+            f"{run} was trained on the features of another model of {encoder} (its model.pt "
+            "changed since: retrained or resumed), so what it learned of normal features no "
+            f"longer matches what that encoder gives; train {run} again (another --out, or "
+            f"delete it first), or restore {encoder} as it was"
+        )
+    model = getattr(load_run(encoder, device="cpu"), "model", None)
+    if model is None or not hasattr(model, "forward_features"):
+        raise ValueError(
+            f"--backbone {config.backbone}: {encoder} is not an ae, unet "
+            "or vae run (no encoder to take features from)"
+        )
+    channels = encoder.config().channels
+    if channels != config.channels:
+        raise ValueError(
+            f"--backbone {config.backbone}: {encoder} was trained on {channels}-channel images "
+            f"and its encoder takes only those, but this run has --channels {config.channels}; "
+            f"use --channels {channels}"
+        )
+    return model, digest
+
+
+def _recorded_encoder(run: RunDir | None) -> str | None:
+    """The encoder digest `run`'s model.pt was trained with (None: no model, or no record)."""
+    if run is None or not run.has_model():
+        return None
+    state = run.checkpoint().get("state")
+    recorded = state.get("encoder_sha256") if isinstance(state, dict) else None
+    return recorded if isinstance(recorded, str) else None
 
 
 def _check_size(detector: Detector, config: Config) -> None:
@@ -193,7 +250,10 @@ def train_run(
     if resume:
         return _resume(run, config, progress)
     config.validate()
-    _refuse_existing(run)
+    if config.backbone.startswith("encoder:"):  # saved absolute: the run works from any folder
+        encoder = os.path.abspath(config.backbone.split(":", 1)[1])
+        config = config.replace(backbone=f"encoder:{encoder}")
+    refuse_existing(run)
     seed_everything(config.seed)
     detector = build_detector(config)
     _check_size(detector, config)
@@ -203,7 +263,7 @@ def train_run(
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
     split["images"] = summarize_images(split["train"] + split["val"])  # score/predict compare
     with run.lock("train"):
-        _refuse_existing(run)  # again: another process may have finished it meanwhile
+        refuse_existing(run)  # again: another process may have finished it meanwhile
         run.create(config, split)
         run.clear_outputs()
         detector.to(device)
@@ -212,51 +272,8 @@ def train_run(
     return detector
 
 
-def _refuse_existing(run: RunDir) -> None:
-    if run.path.exists() and not run.path.is_dir():
-        raise RunError(f"--out {run} is a file; choose a folder name for the run")
-    if run.path.is_dir() and not _is_ours(run):  # a folder of the user's: never write into it
-        theirs = sorted(p.name for p in run.path.iterdir() if p.name not in RunDir.TOOL_FILES)
-        if theirs:
-            raise RunError(
-                f"--out {run} is a folder that holds files that are not a run's "
-                f"({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}), so nothing is "
-                "written there; choose a new folder name for the run"
-            )
-    if run.has_model():
-        if run.checkpoint().get("complete", True):
-            raise RunError(
-                f"{run} already holds a trained run; choose another --out, or delete "
-                "the folder to train it again"
-            )
-        raise RunError(
-            f"{run} holds an interrupted run; continue it with `python -m anomaly "
-            f"train --out {run} --resume`, or delete the folder to start again"
-        )
-
-
-def _is_ours(run: RunDir) -> bool:
-    """Whether the folder is a run (its config.json reads as one), maybe an unfinished one."""
-    try:
-        return run.is_run() and run.config() is not None
-    except (RunError, ValueError, TypeError):
-        return False
-
-
-def _moved(split: dict | None, old: str, new: str) -> dict | None:
-    """The run's split with each image's path under the data root `old` moved under `new`."""
-    if split is None:
-        return None
-    old, new = os.path.abspath(old), os.path.abspath(new)
-
-    def move(path: str) -> str:
-        inside = os.path.commonpath([old, os.path.abspath(path)]) == old
-        return os.path.join(new, os.path.relpath(path, old)) if inside else path
-
-    return {**split, **{k: [move(p) for p in split.get(k, [])] for k in ("train", "val")}}
-
-
 def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
+    """Continue `run`; everything that can fail is done before anything in it is written."""
     config = run.config()
     wanted = wanted or config
     changed = config_differences(asdict(config), asdict(wanted), skip=())
@@ -280,7 +297,16 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
                 "there is nothing to resume (its training is finished)"
             )
         run.load_last()  # raises: the run never finished an epoch
-    last = run.load_last()
+    device = select_device(wanted.device)
+    seed_everything(wanted.seed)
+    detector = build_detector(wanted, run=run)
+    if not run.has_model():
+        raise RunError(
+            f"{run} has no {run.MODEL} (the best model so far, which resuming ends with), so it "
+            f"cannot continue; restore it from a copy of the run, or train afresh into a new --out"
+        )
+    run.load_checkpoint(detector)  # the best model so far: resuming ends by loading it
+    last = check_last(run, detector)
     done = int(last["epoch"])
     if wanted.epochs < done:
         raise RunError(
@@ -288,7 +314,7 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
             f"so give more than {done} (got {wanted.epochs})"
         )
     stopped = bool(config.patience) and int(last["stale"]) >= config.patience
-    finished = run.has_model() and run.checkpoint().get("complete", False)
+    finished = run.checkpoint().get("complete", False)
     if finished and (done >= wanted.epochs or (stopped and wanted.patience == config.patience)):
         why = (
             f"early stopping ended it after epoch {done}"
@@ -300,21 +326,22 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
             f"resume with a larger --epochs (and --patience 0 to turn off early "
             "stopping)"
         )
-    seed_everything(wanted.seed)
-    detector = build_detector(wanted)
     with run.lock("train"):
         train, val = _datasets(wanted, split)
-        run.save_config(wanted)
-        detector.to(select_device(wanted.device))
-        _fit(run, detector, train, val, progress, resume=True)
+        detector.to(device)
+        writes = ResumeWrites(run, wanted, from_epoch=done)  # config.json with the first epoch
+        _fit(run, detector, train, val, progress, resume=True, checkpoints=writes)
         _default_threshold(run, detector, train, val, keep_user_threshold=True)
     return detector
 
 
-def _fit(run: RunDir, detector: Detector, train, val, progress: bool, resume: bool) -> None:
+def _fit(
+    run: RunDir, detector: Detector, train, val, progress: bool, resume: bool, checkpoints=None
+) -> None:
+    checkpoints = checkpoints or run  # resume: `ResumeWrites`, which writes config.json too
     t0 = time.perf_counter()
-    detector.fit(train, val, progress=progress, resume=resume, checkpoints=run)
-    run.save_checkpoint(detector, fit_seconds=time.perf_counter() - t0, complete=True)
+    detector.fit(train, val, progress=progress, resume=resume, checkpoints=checkpoints)
+    checkpoints.save_checkpoint(detector, fit_seconds=time.perf_counter() - t0, complete=True)
     removed = run.clear_outputs()
     if removed:
         print(
@@ -375,6 +402,9 @@ def score_run(
     rd = RunDir(run).require()
     with rd.lock("score"):
         detector = load_run(rd)
+        # everything that can fail comes before the first write: a damaged threshold.json
+        # leaves the earlier scores whole, not mixed with new ones
+        threshold = rd.threshold() if rd.has_threshold() else None
         config = detector.config
         data = os.path.abspath(data or config.data)
         dest = score_folder(rd, data, out)
@@ -389,16 +419,16 @@ def score_run(
                 "its model.pt is damaged or its training diverged: train the run again"
             )
         pred.meta.update(run=str(run), data=data, out=str(dest))
+        metrics = evaluate(pred)
+        metrics["predict_images_per_s"] = len(pred) / seconds
+        metrics["threshold"] = threshold.value if threshold is not None else None
+        scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # the pixel threshold
         if dest is not rd:  # made now, and never through a link
             output_folder(dest.path)
         dest.save_predictions(pred)
         dest.save_scores(pred)
-        metrics = evaluate(pred)
-        metrics["predict_images_per_s"] = len(pred) / seconds
-        metrics["threshold"] = rd.threshold().value if rd.has_threshold() else None
         dest.save_metrics(metrics)
         if overlays:
-            scale = run_scale(rd, pred.maps, pred.labels)  # anchored to the pixel threshold
             t = metrics["threshold"] if metrics["threshold"] is not None else float("inf")
             save_overlays(pred, dest.overlays, scale, t)
     return pred, metrics

@@ -135,6 +135,114 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+# what `fit_loop` saves after every epoch (last.pt) and `resume=True` reads back
+RESUME_KEYS = ("state", "optimizer", "rng", "history", "best", "stale", "epoch")
+
+
+class DamagedState(ValueError):
+    """A saved training state (last.pt) does not hold what resuming needs; says what is off."""
+
+
+def _optimizer(detector) -> torch.optim.Optimizer:
+    cfg = detector.config
+    params = [p for m in detector.modules().values() for p in m.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def restore(detector, optimizer: torch.optim.Optimizer, last) -> tuple[list, float, int, int]:
+    """Load a saved training state (what `fit_loop` gives `save_last`) into `detector`,
+    `optimizer` and the random generators; return (history, best, stale, epoch).
+
+    Everything is checked, so a damaged state raises `DamagedState` saying what is off, not an
+    error from inside torch (or from the optimizer's first step, epochs later)."""
+    if not isinstance(last, dict):
+        raise DamagedState(f"it holds a {type(last).__name__}, not a dict")
+    missing = [k for k in RESUME_KEYS if k not in last]
+    if missing:
+        raise DamagedState(f"it lacks {', '.join(missing)}")
+    epoch, stale, best, history = (last[k] for k in ("epoch", "stale", "best", "history"))
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1):
+        raise DamagedState(f"its epoch {epoch!r} is not a whole number of at least 1")
+    if not (isinstance(stale, int) and not isinstance(stale, bool) and 0 <= stale <= epoch):
+        raise DamagedState(f"its stale {stale!r} is not a whole number from 0 to its epoch")
+    if not _number(best):
+        raise DamagedState(f"its best {best!r} is not a finite number")
+    rows_ok = isinstance(history, list) and all(
+        isinstance(r, dict) and all(_number(r.get(f)) for f in HISTORY_FIELDS) for r in history
+    )
+    if not rows_ok or len(history) != epoch:
+        raise DamagedState(
+            f"its history is not {epoch} rows of {', '.join(HISTORY_FIELDS)} (one per epoch)"
+        )
+    try:
+        detector.load_state_dict(last["state"])
+    except Exception as err:  # noqa: BLE001  (each method raises its own)
+        raise DamagedState(f"its model state does not load: {_first_line(err)}") from None
+    _restore_optimizer(optimizer, last["optimizer"])
+    saved = _rng_state()
+    try:
+        _set_rng_state(last["rng"])
+    except Exception as err:  # noqa: BLE001  (random, numpy and torch each raise their own)
+        _set_rng_state(saved)
+        raise DamagedState(f"its random generator states do not load: {_first_line(err)}") from None
+    return list(history), float(best), stale, epoch
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, state) -> None:
+    """Load an Adam state, checking the numbers torch itself reads only at the next step."""
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not isinstance(state.get("state"), dict):
+        raise DamagedState("its optimizer state is not an Adam state (state, param_groups)")
+    for g in groups:
+        betas = g.get("betas") if isinstance(g, dict) else None
+        numbers = [g.get(k) for k in ("lr", "eps", "weight_decay")] if betas else []
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2):
+            raise DamagedState("its optimizer state has a parameter group without two betas")
+        if not all(_number(x) for x in [*numbers, *betas]):
+            raise DamagedState(
+                f"its optimizer's lr, eps, weight_decay or betas are not all numbers "
+                f"({numbers + list(betas)!r})"
+            )
+    try:
+        optimizer.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001
+        raise DamagedState(f"its optimizer state does not load: {_first_line(err)}") from None
+    for param, kept in optimizer.state.items():
+        for name, value in kept.items():
+            shape_ok = name == "step" or (
+                isinstance(value, torch.Tensor) and value.shape == param.shape
+            )
+            step_ok = name != "step" or (
+                _number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+            )
+            if not (shape_ok and step_ok):
+                raise DamagedState(
+                    f"its optimizer's {name} does not fit a parameter of shape {list(param.shape)}"
+                )
+
+
+def check_resumable(detector, last) -> None:
+    """Raise `DamagedState` unless `restore` would load `last` into `detector` (loads its model
+    state; the random generators are left as they were)."""
+    with torch.random.fork_rng(devices=[]):
+        py, npy = random.getstate(), np.random.get_state()
+        try:
+            restore(detector, _optimizer(detector), last)
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def _first_line(err: BaseException) -> str:
+    if isinstance(err, KeyError):  # str() of a KeyError is only the key
+        return f"no {err.args[0]!r} in it" if err.args else "a key is missing"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def fit_loop(
     detector,
     step: Callable[[torch.Tensor], torch.Tensor],
@@ -154,18 +262,13 @@ def fit_loop(
     `Interrupted` with the last finished epoch.
     """
     cfg = detector.config
-    params = [p for m in detector.modules().values() for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(detector)
     history: list[dict] = []
     best, best_state, start, stale = math.inf, None, 0, 0
     if resume:
         if checkpoints is None:
             raise ValueError("resume=True needs the checkpoints to resume from")
-        last = checkpoints.load_last()
-        detector.load_state_dict(last["state"])
-        optimizer.load_state_dict(last["optimizer"])
-        _set_rng_state(last["rng"])
-        history, best, stale, start = last["history"], last["best"], last["stale"], last["epoch"]
+        history, best, stale, start = restore(detector, optimizer, checkpoints.load_last())
         best_state = checkpoints.checkpoint()["state"]
     bar = tqdm(
         range(start, cfg.epochs),

@@ -137,6 +137,9 @@ class Detector(ABC):
     """
 
     name: ClassVar[str] = ""
+    # backbone encoder:RUN: the SHA-256 of that run's model.pt, set by `pipeline.build_detector`
+    # and saved in the state (patchknn, flow), so a retrained encoder is noticed when loading
+    encoder_sha256: str | None = None
 
     def __init__(self, config) -> None:
         self.config = config

@@ -241,7 +241,8 @@ class FlowDetector(Detector):
         return image_score(maps, self.config.score_topk, self.config.score_border), maps
 
     def state_dict(self) -> dict:
-        return {"hparams": dict(self.head.hparams), "head": self.head.state_dict()}
+        head = {"hparams": dict(self.head.hparams), "head": self.head.state_dict()}
+        return {**head, "encoder_sha256": self.encoder_sha256}  # encoder:RUN: which model of it
 
     def load_state_dict(self, state: dict) -> None:
         if state["hparams"] != self.head.hparams:

@@ -433,6 +433,7 @@ class PatchKNN(Detector):
             raise RuntimeError("patchknn: nothing to save before fit()")
         mean, matrix = self.extractor.whitening or (None, None)
         return {
+            "encoder_sha256": self.encoder_sha256,  # encoder:RUN: which model of it (pipeline)
             "bank": self.bank.cpu(),
             "backbone": self.config.backbone,
             "layers": list(self.layers),
