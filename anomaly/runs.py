@@ -444,7 +444,7 @@ class RunDir:
             )
         last = safe_torch_load(self.file(self.LAST))
         if not isinstance(last, dict) or "epoch" not in last:
-            raise RunError(f"{self.file(self.LAST)} is not a training state written by anomaly")
+            raise RunError(f"{self.file(self.LAST)} is damaged; restore it, or train a new --out")
         return last
 
     # --- lock -----------------------------------------------------------------------------
