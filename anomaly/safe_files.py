@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,17 +25,30 @@ class RunError(ValueError):
 
 
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write `path` through a temporary file in its folder, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write `path` through a temporary file in its folder, then rename it into place. The
+    temporary file gets a fresh random name, created exclusively (`tempfile.mkstemp`), so a link
+    planted in a shared folder under a name it could take is never followed."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the file is no secret
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def sha256_file(path: str | Path) -> str:

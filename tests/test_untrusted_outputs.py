@@ -37,6 +37,15 @@ def _image(tiny_cookies):
     return min((tiny_cookies / "test" / "good").glob("*.png"))
 
 
+def _replace_model(run, payload):
+    """Write model.pt as a broken model would be, and keep the run's threshold for it (it records
+    the model it was set for, and would be refused before the model is scored)."""
+    torch.save(payload, run / "model.pt")
+    threshold = json.loads((run / "threshold.json").read_text())
+    threshold.pop("model_sha256")
+    (run / "threshold.json").write_text(json.dumps(threshold))
+
+
 def test_train_refuses_a_folder_of_the_users(tiny_cookies, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -64,7 +73,7 @@ def test_a_nan_or_infinite_threshold_is_refused(meandiff_run, tiny_cookies, tmp_
         assert main(["predict", "--run", str(run), str(_image(tiny_cookies))]) == 2
         assert "threshold.json does not hold a threshold" in capsys.readouterr().err
     path.write_text(json.dumps({"value": 1.0, "rule": "manual", "params": "x"}))
-    with pytest.raises(RunError, match="params an object"):
+    with pytest.raises(RunError, match="params are not an object"):
         RunDir(run).threshold()
 
 
@@ -77,7 +86,7 @@ def test_a_score_that_is_not_a_number_is_rejected(meandiff_run, tiny_cookies, tm
         k: torch.full_like(v, math.nan) if torch.is_tensor(v) and v.is_floating_point() else v
         for k, v in state["state"].items()
     }
-    torch.save({**state, "state": broken}, run / "model.pt")
+    _replace_model(run, {**state, "state": broken})
     assert main(["predict", "--run", str(run), str(_image(tiny_cookies))]) == 2
     out = capsys.readouterr()
     assert out.out.split("\t")[1:] == ["nan", "REJECT\n"] or "\tnan\tREJECT" in out.out
@@ -188,7 +197,7 @@ def test_score_refuses_a_model_that_gives_nan(meandiff_run, tmp_path):
     run = _copy(meandiff_run, tmp_path)
     state = torch.load(run / "model.pt", weights_only=True)
     state["state"]["mean"] = torch.full_like(state["state"]["mean"], math.nan)
-    torch.save(state, run / "model.pt")
+    _replace_model(run, state)
     with pytest.raises(RunError, match="NaN or infinite scores or maps, so nothing was written"):
         score_run(run)
     assert not RunDir(run).is_scored()
@@ -344,3 +353,25 @@ def test_moving_a_split_moves_its_image_paths_only(tmp_path, monkeypatch):
         "val": [str(new / "b.png")],
         "sha256": ["ab", "cd"],
     }
+
+
+def test_an_atomic_write_never_follows_a_link_planted_under_a_temporary_name(tmp_path):
+    import os
+
+    from anomaly.safe_files import write_json
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    # the temporary name an earlier version used (".NAME.PID.tmp") was predictable
+    (run / f".threshold.json.{os.getpid()}.tmp").symlink_to(victim)
+    write_json(run / "threshold.json", {"value": 1.0})
+    assert victim.read_text() == "mine"
+    assert json.loads((run / "threshold.json").read_text()) == {"value": 1.0}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (run / "threshold.json").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == [
+        f".threshold.json.{os.getpid()}.tmp"
+    ]  # only the planted link is left; no temporary file of ours
