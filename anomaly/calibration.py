@@ -253,7 +253,8 @@ def set_threshold(
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"--value {q}: the quantile must be between 0 and 1")
         paths, scores, record = good_scores(rd, good_images)
-        threshold = threshold_normal_quantile(scores, q=q)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            threshold = threshold_normal_quantile(scores, q=q)
     elif rule == "conformal":
         if value is None:
             raise ValueError(
@@ -273,6 +274,13 @@ def set_threshold(
     else:
         raise ValueError(
             f"Unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"
+        )
+    if not math.isfinite(threshold.value):  # finite scores can overflow: 1e308 and -1e308
+        where = rd.file(rd.PREDICTIONS) if record is None else rd.file(rd.VAL_SCORES)
+        where = record.get("folder", where) if record else where
+        raise ValueError(
+            f"--rule {rule}: the threshold on the scores in {where} is {threshold.value}, not a "
+            "finite number (scores too large to compute with); nothing saved. Check those scores"
         )
     if record is not None:
         attach(threshold, record)

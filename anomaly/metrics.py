@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from anomaly.threshold_file import check_threshold
+
 # ---------------------------------------------------------------------------------------------
 # Image-level metrics
 # ---------------------------------------------------------------------------------------------
@@ -350,17 +352,10 @@ class Threshold:
 
     @classmethod
     def from_json(cls, text: str) -> Threshold:
-        """Read `to_json`'s text, refusing what would decide wrongly: a value that is not a
-        finite number (NaN would pass every part, inf too), a rule that is not a name."""
-        d = json.loads(text)
-        if not isinstance(d, dict):
-            raise TypeError("not a JSON object")
-        value, rule, params = float(d["value"]), d.get("rule", "manual"), d.get("params", {})
-        if not np.isfinite(value):
-            raise ValueError(f"its value is {value}, not a finite number")
-        if not isinstance(rule, str) or not isinstance(params, dict):
-            raise TypeError("its rule must be a name and its params an object")
-        return cls(value, rule, params)
+        """Read `to_json`'s text; ValueError for what would decide wrongly or crash a reader (a
+        value that is not a finite number, an unknown rule, a param of the wrong kind:
+        `anomaly.threshold_file.check_threshold`)."""
+        return cls(*check_threshold(json.loads(text)))
 
     def save(self, path: str | Path) -> Path:
         """Write to the file `path` (a run folder's threshold: `anomaly.runs.RunDir`)."""

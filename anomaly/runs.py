@@ -12,9 +12,10 @@ JSON that does not parse names its file, and every write goes to a temporary fil
 the old one, so a killed process never leaves a half-written file. A lock file (`.lock`, holding
 the writer's PID) keeps two processes from writing one run at a time.
 
-This module imports only `anomaly.config` and `anomaly.safe_files` (the atomic writes, the safe
-loads and `RunError`, re-exported here), and `anomaly.data.cookies` for a version number;
-building detectors from a run is `anomaly.pipeline.load_run`.
+This module imports only `anomaly.config`, `anomaly.safe_files` (the atomic writes, the safe
+loads and `RunError`, re-exported here), `anomaly.threshold_file` (what threshold.json and
+val_scores.json may hold, and the model a threshold is for) and `anomaly.data.cookies` for a
+version number; building detectors from a run is `anomaly.pipeline.load_run`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from anomaly import threshold_file
 from anomaly.config import Config
 from anomaly.safe_files import (
     RunError,
@@ -185,7 +187,16 @@ class RunDir:
         return self._read_json(self.SPLIT) if self.file(self.SPLIT).exists() else None
 
     def val_scores(self) -> dict:
-        return self._read_json(self.VAL_SCORES, "; train the run again to get held-out scores")
+        """The held-out good images' `paths`, `scores` and `map_range`; RunError naming the file
+        unless its scores are finite numbers, one for each path (`check_held_out`)."""
+        got = self._read_json(self.VAL_SCORES, "; train the run again to get held-out scores")
+        try:
+            return threshold_file.check_held_out(got)
+        except ValueError as err:
+            raise RunError(
+                f"{self.file(self.VAL_SCORES)} {err}; restore it, train a new run, or set the "
+                "threshold on other good images: threshold --good-images FOLDER"
+            ) from None
 
     def save_val_scores(self, paths: list[str], scores: list[float], map_range) -> None:
         write_json(
@@ -221,26 +232,35 @@ class RunDir:
         return lo, hi
 
     def threshold(self):
+        """threshold.json; RunError naming it when it does not parse, holds a field of the wrong
+        kind or records another model than model.pt (`anomaly.threshold_file`)."""
         from anomaly.metrics import Threshold
 
-        raw = self._read_json(
-            self.THRESHOLD,
-            "; set one with `python -m anomaly threshold "
-            f"--run {self.path} --rule normal-quantile`",
-        )
+        path, fix = self.file(self.THRESHOLD), f"python -m anomaly threshold --run {self.path}"
+        raw = self._read_json(self.THRESHOLD, f"; set one with `{fix} --rule normal-quantile`")
         try:
-            return Threshold.from_json(json.dumps(raw))
+            threshold = Threshold.from_json(json.dumps(raw))
         except (KeyError, TypeError, ValueError) as err:
-            raise RunError(
-                f"{self.file(self.THRESHOLD)} does not hold a threshold ({err}); set "
-                f"one with `python -m anomaly threshold --run {self.path} ...`"
-            ) from None
+            msg = f"{path} does not hold a threshold ({err}); set one with `{fix} --rule ...`"
+            raise RunError(msg) from None
+        try:
+            threshold_file.check_model(raw, self.file(self.MODEL))
+        except ValueError as err:  # copied from another run
+            raise RunError(f"{path} {err}. Set one for this model: `{fix} --rule ...`") from None
+        return threshold
 
     def has_threshold(self) -> bool:
         return self.file(self.THRESHOLD).is_file()
 
     def save_threshold(self, threshold) -> Path:
-        return write_json(self.file(self.THRESHOLD), json.loads(threshold.to_json()))
+        """Write threshold.json, recording the SHA-256 of the run's model.pt (the model it is
+        chosen for); ValueError, and nothing written, for one `threshold()` would refuse."""
+        path, d = self.file(self.THRESHOLD), json.loads(threshold.to_json())
+        try:
+            threshold_file.check_threshold(d)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"threshold not saved to {path}: {err}") from None
+        return write_json(path, threshold_file.recorded(d, self.file(self.MODEL)))
 
     def save_selection(self, selection: dict) -> Path:
         return write_json(self.file(self.SELECTION), selection)
@@ -369,7 +389,10 @@ class RunDir:
     def save_checkpoint(self, detector, complete: bool = False, **extra) -> None:
         """Write model.pt: the method, the config it was trained with (all of it: scoring
         refuses a config.json that disagrees), its learned state, and whether training finished
-        (False for the best-so-far checkpoints written during training)."""
+        (False for the best-so-far checkpoints written during training). A threshold chosen for
+        the model.pt it replaces (training resumed) is kept for the new one, less its guarantee
+        (`threshold_file.carried`)."""
+        kept = threshold_file.saved_for(self.file(self.THRESHOLD), self.file(self.MODEL))
         atomic_save(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -381,6 +404,9 @@ class RunDir:
             },
             self.file(self.MODEL),
         )
+        if kept is not None:
+            kept = threshold_file.carried(kept, self.file(self.MODEL))
+            write_json(self.file(self.THRESHOLD), kept)
 
     def load_checkpoint(self, detector) -> dict:
         """Load model.pt into `detector`, after checking it was made for the same shape."""

@@ -1,0 +1,152 @@
+"""What a saved threshold and the held-out scores it is set on may hold, and which model a
+saved threshold was chosen for.
+
+A run folder from someone else is untrusted input: its threshold decides PASS or REJECT, and
+its fields are printed and plotted by predict, the explorer and the notebooks. `check_threshold`
+checks every field a writer saves (`anomaly.metrics.Threshold.from_json` calls it);
+`check_held_out` the held-out scores of val_scores.json; `check_model` that a threshold records
+the SHA-256 of the run's model.pt (`anomaly.runs.RunDir.save_threshold` records it), so one
+copied from another run is refused rather than used with its value and its guarantee.
+
+This module imports only `anomaly.safe_files` (the metrics and run-folder modules import it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from anomaly.safe_files import sha256_file
+
+MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it was chosen for
+# the rules that save thresholds: anomaly.metrics' threshold_* functions, and the explorer
+RULES = (
+    "manual",
+    "normal_quantile",
+    "normal-quantile",
+    "conformal",
+    "f1",
+    "cost-optimal",
+    "explorer",
+)
+
+
+def finite(x) -> bool:
+    """A JSON number (not a boolean) that is finite."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+_COUNT = (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0, "a count >= 0")
+_RATE = (lambda x: finite(x) and 0 <= x <= 1, "a number from 0 to 1")
+_COST = (lambda x: finite(x) and x >= 0, "a number >= 0")
+_TEXT = (lambda x: isinstance(x, str), "a string")
+_FLAG = (lambda x: isinstance(x, bool), "true or false")
+CALIBRATION = {
+    "source": (lambda x: x in ("held-out", "folder"), '"held-out" or "folder"'),
+    "n": _COUNT,
+    **dict.fromkeys(("folder", "folder_resolved", "images_sha256"), _TEXT),
+}
+# each param a writer saves: a test it must pass, and the words for what it must be
+PARAMS = {
+    "alpha": (lambda x: finite(x) and 0 < x < 1, "a number between 0 and 1"),
+    "pixel_threshold": (lambda x: x is None or finite(x), "a finite number"),
+    "calibration": (lambda x: isinstance(x, dict), "an object (where the good images came from)"),
+    **dict.fromkeys(("q", "f1", "precision", "recall", "false_reject_rate", "escape_rate"), _RATE),
+    **dict.fromkeys(("n", "n_normal", "n_images", "rank", "tp", "fp", "tn", "fn"), _COUNT),
+    **dict.fromkeys(("cost_false_reject", "cost_escape"), _COST),
+    **dict.fromkeys(("guarantee", "set_by", "method"), _TEXT),
+    **dict.fromkeys(("earlier_model", "in_sample"), _FLAG),
+}
+
+
+def _check_fields(obj: dict, kinds: dict, where: str) -> None:
+    for name, (ok, words) in kinds.items():
+        if name in obj and not ok(obj[name]):
+            raise ValueError(f"{where}{name} is {str(obj[name])[:60]!r}, not {words}")
+
+
+def check_threshold(d) -> tuple[float, str, dict]:
+    """(value, rule, params) of a saved threshold's JSON object, or ValueError (TypeError for
+    something not an object) saying which field is wrong: the value must be a finite number
+    (NaN or inf would pass or reject every part), the rule one of `RULES`, and each param that
+    `PARAMS` knows of what its writer saves; other params are kept as they are."""
+    if not isinstance(d, dict):
+        raise TypeError("it is not a JSON object")
+    if not finite(d.get("value")):
+        raise ValueError(f"its value is {str(d.get('value'))[:60]!r}, not a finite number")
+    rule, params = d.get("rule", "manual"), d.get("params", {})
+    if rule not in RULES:
+        raise ValueError(f"its rule is {str(rule)[:60]!r}, not one of {', '.join(RULES)}")
+    if not isinstance(params, dict):
+        raise TypeError("its params are not an object")
+    _check_fields(params, PARAMS, "params.")
+    record = params.get("calibration", {})
+    _check_fields(record, CALIBRATION, "params.calibration.")
+    if record.get("source") == "folder" and not {"folder", "images_sha256"} <= set(record):
+        raise ValueError("params.calibration names no folder and images_sha256")
+    return float(d["value"]), rule, params
+
+
+def check_held_out(d) -> dict:
+    """`d` (val_scores.json) when its scores are a list of finite numbers, one for each of its
+    paths (if it has them); else ValueError."""
+    scores = d.get("scores") if isinstance(d, dict) else None
+    paths = d.get("paths", scores) if isinstance(d, dict) else None
+    if not (isinstance(scores, list) and all(finite(s) for s in scores)):
+        raise ValueError("does not hold held-out scores (a list of finite numbers, 'scores')")
+    if not isinstance(paths, list) or len(paths) != len(scores):
+        raise ValueError("does not hold one score for each of its 'paths'")
+    return d
+
+
+_DIGESTS: dict[tuple, str] = {}  # by path, inode, size and time: a model is hashed once
+
+
+def model_sha256(model: Path) -> str | None:
+    """The SHA-256 of the file `model` (None when there is none)."""
+    if not model.is_file():
+        return None
+    st = model.stat()
+    key = (str(model.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(model)
+    return _DIGESTS[key]
+
+
+def check_model(d: dict, model: Path) -> None:
+    """ValueError when the saved threshold `d` records another model than the file `model`
+    (a threshold without the record, from an older version, or a run without a model, pass)."""
+    made_for, sha = d.get(MODEL_RECORD), model_sha256(model)
+    if made_for is not None and sha is not None and made_for != sha:
+        raise ValueError(
+            f"was set for another model (it records {model.name} SHA-256 {str(made_for)[:12]}; "
+            f"this run's is {sha[:12]}): copied from another run, its value and any guarantee "
+            "say nothing about this model's scores"
+        )
+
+
+def saved_for(threshold: Path, model: Path) -> dict | None:
+    """The saved threshold in the file `threshold` when it records the file `model`, else None."""
+    try:
+        d = json.loads(threshold.read_text())
+        made_for = d.get(MODEL_RECORD)
+    except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
+        return None
+    return d if made_for and made_for == model_sha256(model) else None
+
+
+def recorded(d: dict, model: Path) -> dict:
+    """The saved threshold `d` recording the SHA-256 of the file `model` (when there is one)."""
+    sha = model_sha256(model)
+    return {**d, MODEL_RECORD: sha} if sha else d
+
+
+def carried(d: dict, model: Path) -> dict:
+    """The saved threshold `d` of a model that `model` replaces (training resumed), recorded for
+    the new one, less its guarantee (about the earlier model's scores): "earlier_model" says
+    so, as train --resume keeps a threshold the user set."""
+    params = d.get("params")
+    if isinstance(params, dict) and params.pop("guarantee", None):
+        params["earlier_model"] = True
+    return recorded(d, model)
