@@ -290,13 +290,14 @@ def test_mask_size_differs(mvtec: Path) -> None:
 
 
 def test_stray_files_warn(mvtec: Path) -> None:
-    for name in ("notes.txt", ".DS_Store", "Thumbs.db"):
+    for name in ("notes.txt", ".DS_Store", "Thumbs.db", "._000.png"):  # ._: macOS metadata
         (mvtec / "train/good" / name).write_text("x")
-    (mvtec / "train/good/.ipynb_checkpoints").mkdir()  # hidden folders are skipped quietly
+    (mvtec / "train/good/.ipynb_checkpoints").mkdir()  # hidden entries are skipped quietly
     with pytest.warns(UserWarning, match="notes.txt") as record:
         ds = AnomalyDataset(mvtec, "train", size=S)
     message = str(record[0].message)
-    assert ".DS_Store" in message and "Thumbs.db" in message and ".ipynb" not in message
+    assert "Thumbs.db" in message
+    assert ".DS_Store" not in message and "._000" not in message and ".ipynb" not in message
     assert len(ds) == 4
 
 

@@ -32,15 +32,16 @@ def scan_images(
     folder: Path, folders: str = "folders inside are not read; move their images into it"
 ) -> tuple[list[Path], list[Path], list[Path]]:
     """What `folder` directly holds, sorted: (image files, symbolic links that lead to no file,
-    everything else but hidden folders such as .ipynb_checkpoints). The one listing of a folder
+    everything else but hidden entries: folders such as .ipynb_checkpoints, files such as
+    .DS_Store and macOS's ._NAME.png sidecars, which are no images). The one listing of a folder
     of images: training and test folders, `threshold --good-images` and `predict FOLDER`. When it
     found images, one warning names every entry of the third list and what to do (`skipped`;
     `folders`: what to do about a sub-folder, {name} the first one's path): nothing is left out
     without a word. With no images the caller's error says what the folder holds."""
     images, broken, stray = [], [], []
     for p in sorted(folder.iterdir()):
-        if p.is_dir() and p.name.startswith("."):
-            continue  # .ipynb_checkpoints, .git, ...
+        if p.name.startswith("."):
+            continue  # .ipynb_checkpoints, .git, .DS_Store, ._a.png (macOS metadata), ...
         if p.is_symlink() and not p.exists():
             broken.append(p)
         else:
