@@ -21,6 +21,7 @@ import torch
 
 from anomaly.config import Config
 from anomaly.data.folder import load_image
+from anomaly.data.image_kind import upright
 from anomaly.notebook_benchmark import (
     CURVE_COMMANDS,
     benchmark_result,
@@ -365,7 +366,7 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     fig, axes = _subplots(nrows, ncols, figsize=(3.2 * ncols, 4.3 * nrows), squeeze=False)
     for ax, i, file in zip(axes.ravel(), picks, _scored_files(run, pred, picks)):
         with Image.open(file) as im:
-            image = np.asarray(im.convert("RGB"))
+            image = np.asarray(upright(im).convert("RGB"))  # as scored: EXIF orientation
         ax.imshow(prediction_overlay(pred, i, image, scale, threshold))
     for ax in axes.ravel():
         ax.set_axis_off()

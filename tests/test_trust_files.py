@@ -144,6 +144,9 @@ def test_exif_orientation_gives_the_image_as_shown(tiny_cookies, tmp_path):
     np.testing.assert_allclose(
         preprocess(tmp_path / "photo.jpg", 32, 3), load_image(tmp_path / "photo.jpg", 32), atol=1e-4
     )
+    from anomaly.explorer.runs import read_image as explorer_image  # the gallery's, uint8
+
+    assert explorer_image(tmp_path / "photo.jpg").shape == (48, 64, 3)
 
 
 def test_mask_drawn_as_shown_fits_a_phone_photo(tiny_cookies, tmp_path):

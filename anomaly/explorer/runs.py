@@ -321,10 +321,12 @@ def read_image(path: Path | None) -> np.ndarray | None:
     is none or it does not decode."""
     from PIL import Image
 
+    from anomaly.data.image_kind import upright
+
     if path is None:
         return None
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(upright(im).convert("RGB"))  # as viewers show it (EXIF)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
