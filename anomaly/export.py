@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -161,18 +163,25 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
     example = torch.rand(
         1, config.channels, config.size, config.size, generator=torch.Generator().manual_seed(0)
     )
-    tmp = out_path.with_name(out_path.name + ".tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        trace_to_onnx(Traced(detector).eval(), example, tmp, opset=OPSET)
-    model = onnx.load(str(tmp))
-    del model.metadata_props[:]
-    for key, value in (meta or metadata(config)).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    model.doc_string = "anomaly patchknn detector: " + PREPROCESSING
-    onnx.save(model, str(tmp))
-    tmp.replace(out_path)
+    # a fresh, exclusively created temporary name: a link planted at a fixed name is not followed
+    fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        with torch.no_grad():
+            trace_to_onnx(Traced(detector).eval(), example, tmp, opset=OPSET)
+        model = onnx.load(str(tmp))
+        del model.metadata_props[:]
+        for key, value in (meta or metadata(config)).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        model.doc_string = "anomaly patchknn detector: " + PREPROCESSING
+        onnx.save(model, str(tmp))
+        os.chmod(tmp, 0o644)
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out_path
 
 
