@@ -243,3 +243,34 @@ def test_only_defective_images_show_no_false_reject_rate(tmp_path):
     )
     assert ex.optimum_button.disabled and "no good test image" in ex.optimum_button.tooltip
     assert "false-reject rate here n/a" in ex.rule.value
+
+
+def test_other_datas_scores_save_their_threshold_to_the_run_and_a_refused_one_is_said(
+    tiny_cookies, tmp_path
+):
+    import warnings
+
+    from helpers import tiny_config
+
+    from anomaly.pipeline import score_run, train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    other = tmp_path / "batch7"
+    shutil.copytree(tiny_cookies, other)
+    score_run(run, other, overlays=False)
+    scored = run / "scored" / "batch7"
+    assert (scored / "predictions.npz").is_file()
+    ex = ThresholdExplorer(scored)
+    path = ex.save_threshold()  # predict reads RUN/threshold.json only: saved there
+    assert path == run / "threshold.json" and not (scored / "threshold.json").exists()
+    assert RunDir(run).threshold().value == pytest.approx(ex.threshold)
+
+    score_run(run, overlays=False)  # the run's own scores
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps({**raw, "model_sha256": "0" * 64}))  # as if from another run
+    with pytest.warns(UserWarning, match="threshold is not shown: .*another model"):
+        ThresholdExplorer(run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ThresholdExplorer(run).run.saved is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,17 +188,29 @@ def reindexed(pred: Predictions, order) -> Predictions:
     )
 
 
+def threshold_home(folder: Path) -> Path:
+    """Where a folder's threshold lives: the run itself for `score --data OTHER`'s
+    RUN/scored/<name>/ folders (`predict` reads RUN/threshold.json only), else the folder."""
+    run = folder.parent.parent
+    if folder.parent.name == RunDir.SCORED and RunDir(run).file(RunDir.MODEL).is_file():
+        return run
+    return folder
+
+
 def read_threshold(folder: Path | None) -> Threshold | None:
-    """The run's saved threshold, or None (no folder, no file, or a file that does not parse)."""
-    if folder is None or not RunDir(folder).has_threshold():
+    """The run's saved threshold, or None (no folder, or no file); a file that is refused
+    (damaged, or set for another model) is None with a warning that says why."""
+    if folder is None or not RunDir(threshold_home(folder)).has_threshold():
         return None
     try:
-        return RunDir(folder).threshold()
-    except RunError:
+        return RunDir(threshold_home(folder)).threshold()
+    except RunError as err:
+        warnings.warn(f"the saved threshold is not shown: {err}", stacklevel=2)
         return None
 
 
 def write_threshold(folder: Path, threshold: Threshold) -> Path:
+    folder = threshold_home(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return RunDir(folder).save_threshold(threshold)
 
