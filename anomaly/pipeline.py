@@ -366,8 +366,13 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
     pred = detector.predict(held_out)
     run.save_val_scores(pred.paths, pred.scores.tolist(), dataset_range(pred.maps))
     if keep_user_threshold and run.has_threshold():
-        old = run.threshold()
-        if old.params.get("set_by") != "train":
+        try:
+            old = run.threshold()
+        except RunError as err:  # damaged, or set for another model: kept aside, not used
+            aside = run.file(run.THRESHOLD).replace(run.file(run.REFUSED))
+            print(f"{err}\nIt is kept as {aside}; the run gets the default threshold.")
+            old = None
+        if old is not None and old.params.get("set_by") != "train":
             print(
                 f"{run}: kept your threshold {old.value:.6g} ({old.rule}), which was chosen on "
                 "the earlier model; choose it again with `python -m anomaly threshold`"

@@ -91,7 +91,7 @@ class RunDir:
     CONFIG, SPLIT, VERSIONS = "config.json", "split.json", "versions.json"
     MODEL, LAST, HISTORY = "model.pt", "last.pt", "history.csv"
     VAL_SCORES, THRESHOLD, SELECTION = "val_scores.json", "threshold.json", "selection.json"
-    CALIBRATION = "calibration_scores.json"
+    CALIBRATION, REFUSED = "calibration_scores.json", "threshold.refused.json"
     SCORES, METRICS, PREDICTIONS = "scores.csv", "metrics.json", "predictions.npz"
     OVERLAYS, PREDICT, LOCK, SCORED = "overlays", "predict", ".lock", "scored"
     TOOL_FILES = (LOCK, ".made-by-benchmark")  # ours before config.json: lock, benchmark mark

@@ -179,3 +179,17 @@ def test_score_reads_the_threshold_before_it_writes_anything(ae_run, tmp_path):
         score_run(run, overlays=True)
     assert _files(run) == before
     assert sorted(p.name for p in RunDir(run).overlays.iterdir()) == overlays
+
+
+def test_a_resume_over_a_threshold_from_another_model_keeps_it_aside(ae_run, tmp_path, capsys):
+    run = tmp_path / "ae"
+    shutil.copytree(ae_run, run)
+    path = run / "threshold.json"
+    foreign = {"value": 1.5, "rule": "manual", "params": {}, "model_sha256": "0" * 64}
+    path.write_text(json.dumps(foreign))  # copied from another run
+    train_run(RunDir(run).config().replace(epochs=3), run, resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert "set for another model" in out and "threshold.refused.json" in out
+    assert json.loads((run / "threshold.refused.json").read_text()) == foreign  # not deleted
+    assert RunDir(run).threshold().params["set_by"] == "train"  # the default, for this model
+    score_run(run, overlays=False)  # and the run is usable
