@@ -6,8 +6,9 @@ features, distance to the memory bank, upsampled and smoothed map, image score) 
 stages, padding or image score: the bank and the map matrices become constants of the graph.
 `predict_onnx(onnx_path, images)` scores image files with that file using only numpy, Pillow and
 onnxruntime: it never imports torch (a test checks), and its half of this module (`preprocess`,
-`OnnxDetector`, `predict_onnx`) imports nothing else of the package, so it can be copied to a
-machine that has only those three.
+`OnnxDetector`, `predict_onnx`) imports nothing else of the package but the Pillow-only
+`anomaly.data.image_kind`, for its warnings (skipped when absent), so it can be copied to a
+machine that has only those three. `predict --onnx` is `anomaly.export_predict.predict_files`.
 
 The file's contract, also stored in its `metadata_props` (read them with
 `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):
@@ -25,7 +26,10 @@ The file's contract, also stored in its `metadata_props` (read them with
   when shrinking, as `torch.nn.functional.interpolate(..., antialias=True)` does) and clipped to
   [0, 1]. The aspect ratio is not kept;
 - `threshold`: the run's saved decision threshold when it had one (score >= threshold means
-  anomalous), `map_range`: the colour scale of its held-out normal maps.
+  anomalous), `threshold_rule` its rule and `threshold_params` (JSON, `THRESHOLD_PARAMS`) what
+  it guarantees, as `predict --run` says it; `map_range`: the colour scale of its held-out maps;
+- `images` (JSON): what the training images were (split.json's "images"), so prediction warns
+  of a greyscale, 16-bit or stretched image as `predict --run` does (none stored: no check).
 
 Only `patchknn` runs export (and `auto` runs that chose patchknn: their choice is exported):
 the other methods' scores are not one traced graph of fixed size.
@@ -40,7 +44,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -58,6 +61,22 @@ PREPROCESSING = (
     "antialiased when shrinking, like torch interpolate antialias=True), aspect ratio not kept; "
     "clip to [0, 1]. Feed float32 [1, channels, size, size], channel order RGB."
 )
+
+
+def _rate(x) -> bool:
+    return type(x) in (int, float) and 0 <= x <= 1
+
+
+# the saved threshold's params an export carries: what its guarantee is and whether it holds
+# (`anomaly.threshold_file.PARAMS`), each with the test a file's value must pass
+THRESHOLD_PARAMS = {
+    "alpha": lambda x: _rate(x) and 0 < x < 1,
+    **dict.fromkeys(("q", "false_reject_rate", "escape_rate"), _rate),
+    **dict.fromkeys(("n", "n_normal", "rank"), lambda x: type(x) is int and x >= 0),
+    # printed to a terminal: no control characters (escape sequences)
+    "guarantee": lambda x: isinstance(x, str) and len(x) <= 1000 and x.isprintable(),
+    **dict.fromkeys(("earlier_model", "in_sample"), lambda x: isinstance(x, bool)),
+}
 
 
 class ExportError(ValueError):
@@ -204,8 +223,16 @@ def metadata(config, run=None) -> dict[str, str]:
         threshold = run.threshold()
         meta["threshold"] = repr(float(threshold.value))
         meta["threshold_rule"] = threshold.rule
+        params = threshold.params.items()  # a param that predict would refuse is left out
+        params = {k: v for k, v in params if k in THRESHOLD_PARAMS and THRESHOLD_PARAMS[k](v)}
+        meta["threshold_params"] = json.dumps(params)
     if run is not None and run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
         meta["map_range"] = json.dumps(list(run.map_range()))
+    from anomaly.pipeline import trained_images
+
+    images = trained_images(run) if run is not None else None  # a run from before it: none
+    if isinstance(images, dict) and images and _summary(images):
+        meta["images"] = json.dumps(images)
     return meta
 
 
@@ -288,15 +315,61 @@ def _to_array(im) -> np.ndarray:
     return a
 
 
+def _bad(path: Path, what: str) -> ExportError:
+    return ExportError(
+        f"{path}: {what}, so it is not a file `export` wrote, or it was changed since; "
+        "export the run again (`python -m anomaly export --run RUN`)"
+    )
+
+
+def _json_object(path: Path, meta: dict, key: str) -> dict | None:
+    """The JSON object in metadata `key` (None when there is none), or ExportError naming it."""
+    if key not in meta:
+        return None
+    try:
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise _bad(path, f"its metadata {key} is {meta[key]!r:.60}, not a JSON object")
+    return value
+
+
+def _records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
+    """(threshold_params, images) from a file's metadata, each checked field by field (None
+    when the file has none: exported before they were stored); ExportError names a bad one."""
+    params = _json_object(path, meta, "threshold_params")
+    if params is not None and "threshold" not in meta:
+        raise _bad(path, "its metadata has threshold_params but no threshold")
+    for key, value in (params or {}).items():
+        if key not in THRESHOLD_PARAMS or not THRESHOLD_PARAMS[key](value):
+            raise _bad(path, f"its metadata threshold_params.{key:.40} is {value!r:.60}")
+    images = _json_object(path, meta, "images")
+    if images and not _summary(images):
+        raise _bad(path, f"its metadata images is {meta['images']!r:.80}, not what export writes")
+    return params, images
+
+
+def _summary(d: dict) -> bool:
+    """Whether `d` is what `image_kind.summarize` writes: colour [bools], bits [8, 16 or 32],
+    aspect [lowest, highest], 0 < lowest <= highest."""
+    colour, bits, aspect = d.get("colour", []), d.get("bits", []), d.get("aspect", [1, 1])
+    lists = all(type(x) is list for x in (colour, bits, aspect)) and len(aspect) == 2
+    return (
+        lists
+        and all(type(c) is bool for c in colour)
+        and all(type(b) is int and b in (8, 16, 32) for b in bits)
+        and all(type(a) in (int, float) for a in aspect)
+        and 0 < aspect[0] <= aspect[1] < math.inf
+    )
+
+
 def _contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, list | None]:
     """(size, channels, threshold or None, map_range or None) from a file's metadata, checked
     against its graph: an exported file is untrusted input, and one ExportError names it."""
 
     def bad(what: str) -> ExportError:
-        return ExportError(
-            f"{path}: {what}, so it is not a file `export` wrote, or it was changed since; "
-            "export the run again (`python -m anomaly export --run RUN`)"
-        )
+        return _bad(path, what)
 
     def number(key: str, kind: type):
         try:
@@ -369,6 +442,20 @@ class OnnxDetector:
         self.size, self.channels, self.threshold, self.map_range = _contract(
             path, self.meta, self.session
         )
+        # the saved threshold's guarantee, and what the training images were (None: not stored)
+        self.threshold_params, self.trained_images = _records(path, self.meta)
+
+    def warn_unlike(self, images) -> list[str]:
+        """Warn on stderr, as `predict --run` does, of each image file in `images` unlike the
+        run's training images (greyscale, 16-bit, another aspect ratio): its score means little.
+        No check for a file exported without that record, or where this module was copied
+        without the package (`anomaly.data.image_kind` imports only Pillow)."""
+        try:
+            from anomaly.data.image_kind import warn_unlike
+        except ImportError:
+            return []
+        paths = [p for p in images if isinstance(p, (str, Path))]
+        return warn_unlike(paths, self.trained_images, self.channels, self.size)
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         scores, maps = [], []
@@ -396,79 +483,16 @@ class OnnxDetector:
         return np.asarray(scores, dtype=np.float32), np.stack(maps)
 
 
-def _warn_if_stale(detector: OnnxDetector) -> None:
-    """An exported file inside a run folder whose threshold has changed since the export keeps
-    the old one: say so, and how to export again."""
-    from anomaly.runs import RunDir
-
-    run = RunDir(detector.path.parent)
-    try:
-        now = run.threshold().value if run.is_run() and run.has_threshold() else None
-    except Exception:  # noqa: BLE001  (an unreadable threshold.json there: nothing to compare)
-        return
-    if now is not None and abs(now - detector.threshold) > 1e-6 * max(1.0, abs(now)):
-        print(
-            f"warning: {detector.path} holds the threshold {detector.threshold:.6g} of its "
-            f"export, but its run's threshold.json now says {now:.6g}; this prediction uses "
-            f"{detector.threshold:.6g}. Export again to use the new one: "
-            f"python -m anomaly export --run {run.path}",
-            file=sys.stderr,
-        )
-
-
 def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]:
-    """Scores [N] and maps [N, size, size] of image files (or preprocessed arrays)."""
-    return OnnxDetector(onnx_path).predict(images)
-
-
-def predict_files(
-    onnx_path: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
-):
-    """`predict --onnx`: as `anomaly.predict.predict_images`, with the exported file.
-
-    Returns (results, threshold): per image path, score, verdict and overlay (written to
-    `overlay_dir`, default `<file stem>_predict/` beside the ONNX file), or path and error.
-    """
-    from PIL import Image
-
-    from anomaly.metrics import Threshold
-    from anomaly.overlays import PNG_LEVEL, verdict
-    from anomaly.predict import expand_images, overlay_name, unreadable
-    from anomaly.safe_files import output_folder, save_png
-    from anomaly.viz import heatmap_overlay
-
+    """Scores [N] and maps [N, size, size] of image files (or preprocessed arrays); files unlike
+    the run's training images are named on stderr (`OnnxDetector.warn_unlike`)."""
     detector = OnnxDetector(onnx_path)
-    if detector.threshold is None:
-        raise ExportError(
-            f"{detector.path} holds no threshold: export it from a run that has "
-            f"threshold.json (`python -m anomaly threshold --run RUN ...`)"
-        )
-    rule = detector.meta.get("threshold_rule")
-    threshold = Threshold(detector.threshold, f"{rule}, exported" if rule else "exported")
-    _warn_if_stale(detector)
-    vmin, vmax = detector.map_range or (0.0, detector.threshold)
-    out = output_folder(overlay_dir or detector.path.with_name(detector.path.stem + "_predict"))
-    # names already there are taken: an earlier call's overlays are never replaced
-    results, used = [], {p.name for p in out.iterdir()}
-    for path in expand_images(images):
-        try:
-            if why := unreadable(path):  # as `predict --run`: one rule for the files it reads
-                raise ExportError(why)
-            x = preprocess(path, detector.size, detector.channels)
-        except ExportError as err:
-            results.append({"path": str(path), "error": str(err)})
-            continue
-        scores, maps = detector.predict([x])
-        overlay = out / overlay_name(path, used)
-        picture = Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax))
-        save_png(picture, overlay, compress_level=PNG_LEVEL)
-        score = float(scores[0])
-        results.append(
-            {
-                "path": str(path),
-                "score": score,
-                "overlay": str(overlay),
-                "verdict": verdict(score, threshold.value),
-            }
-        )
-    return results, threshold
+    detector.warn_unlike(images)
+    return detector.predict(images)
+
+
+def predict_files(onnx_path, images, overlay_dir=None):
+    """`predict --onnx` (`anomaly.export_predict.predict_files`, which uses the package)."""
+    from anomaly.export_predict import predict_files
+
+    return predict_files(onnx_path, images, overlay_dir)

@@ -151,9 +151,7 @@ def intensity_table(data) -> str:
 
 def reconstructions_figure(runs: dict[str, Path], n: int = 4):
     """Inputs (first row) and each run's reconstruction of them: normal and defective images."""
-    from anomaly.pipeline import load_run
-
-    detectors = {name: load_run(run) for name, run in runs.items()}
+    detectors = {name: _reconstructing(run) for name, run in runs.items()}
     datasets = {name: _test_data(d.config) for name, d in detectors.items()}  # each its channels
     data = max(datasets.values(), key=lambda ds: ds.channels)  # show the inputs in colour if any
     picks = _one_per_kind(data, n)
@@ -197,9 +195,8 @@ def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
 def l2_vs_ssim_figure(run: Path, per_kind: int = 1):
     """The same reconstructions scored two ways: L2 follows intensity, SSIM follows structure."""
     from anomaly.maps import anomaly_map
-    from anomaly.pipeline import load_run
 
-    det = load_run(run)
+    det = _reconstructing(run)
     data = _test_data(det.config)
     picks = _one_per_kind(data, 4)
     images = torch.stack([data[i]["image"] for i in picks]).to(det.device)
@@ -227,11 +224,10 @@ def copy_through_table(runs: dict[str, Path]) -> str:
     relative to the error on normal pixels of the same images. A ratio near 1 means the defect
     was copied through (a UNet's skip connections), a large one that it was removed."""
     from anomaly.maps import l2_map
-    from anomaly.pipeline import load_run
 
     lines = [f"{'run':<8} {'error in defect':>16} {'error elsewhere':>16} {'ratio':>6}"]
     for name, run in runs.items():
-        det = load_run(run)
+        det = _reconstructing(run)
         data = _test_data(det.config)
         inside, outside = [], []
         for batch in det.loader(data):
@@ -242,9 +238,35 @@ def copy_through_table(runs: dict[str, Path]) -> str:
             err = l2_map(images, det.reconstruct(images)).cpu()
             inside.append(err[masks])
             outside.append(err[~masks])
+        if not inside:  # torch.cat([]) would fail deep inside torch
+            raise RunError(
+                f"{run}'s test images ({Path(det.config.data) / 'test'}) hold no defective image, "
+                "so there is no defect to measure: score a data set with defective test images"
+            )
+        if not sum(len(t) for t in inside):  # masks all empty: the mean would be NaN
+            raise RunError(
+                f"{run}'s defective test images have no defect masks (ground_truth/ in "
+                f"{det.config.data}), so the error inside a defect cannot be measured"
+            )
         i, o = torch.cat(inside).mean().item(), torch.cat(outside).mean().item()
         lines.append(f"{name:<8} {i:>16.5f} {o:>16.5f} {i / o:>6.1f}")
     return "\n".join(lines)
+
+
+def _reconstructing(run: Path):
+    """The detector of `run`, which must reconstruct its images (an autoencoder, UNet, VAE or
+    DRAEM run); RunError naming the run and its method otherwise."""
+    from anomaly.pipeline import load_run
+
+    method = RunDir(run).require().config().method
+    det = load_run(run)
+    if not callable(getattr(det, "reconstruct", None)):
+        kind = f"{'an' if method[:1] in 'aeiou' else 'a'} {method} run"
+        raise RunError(
+            f"needs an ae, unet or vae run ({run} is {kind}, which does not reconstruct its "
+            "images); train one with `python -m anomaly train --method ae ...`"
+        )
+    return det
 
 
 def _scored_files(run: Path, pred, picks: list[int]) -> list[Path]:

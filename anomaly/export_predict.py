@@ -1,0 +1,103 @@
+"""`predict --onnx`: score image files with an exported detector (`anomaly.export`), as
+`predict --run` does with a run: the same verdicts, overlays, threshold words and warnings.
+
+Split from `anomaly.export`, whose prediction half needs only numpy, Pillow and onnxruntime;
+this module uses the package (the threshold, the overlays, the file rules of `anomaly.predict`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from anomaly.export import ExportError, OnnxDetector, preprocess
+
+
+def _warn_if_stale(detector: OnnxDetector) -> None:
+    """An exported file inside a run folder whose threshold has changed since the export keeps
+    the old one: say so, and how to export again."""
+    from anomaly.runs import RunDir
+
+    run = RunDir(detector.path.parent)
+    try:
+        now = run.threshold().value if run.is_run() and run.has_threshold() else None
+    except Exception:  # noqa: BLE001  (an unreadable threshold.json there: nothing to compare)
+        return
+    if now is not None and abs(now - detector.threshold) > 1e-6 * max(1.0, abs(now)):
+        print(
+            f"warning: {detector.path} holds the threshold {detector.threshold:.6g} of its "
+            f"export, but its run's threshold.json now says {now:.6g}; this prediction uses "
+            f"{detector.threshold:.6g}. Export again to use the new one: "
+            f"python -m anomaly export --run {run.path}",
+            file=sys.stderr,
+        )
+
+
+def exported_threshold(detector: OnnxDetector):
+    """The file's threshold as a `Threshold`: its value, its rule (", exported") and the params
+    its words need (the guarantee, alpha, n, earlier_model: `export.THRESHOLD_PARAMS`)."""
+    from anomaly.metrics import Threshold
+
+    if detector.threshold is None:
+        raise ExportError(
+            f"{detector.path} holds no threshold: export it from a run that has "
+            f"threshold.json (`python -m anomaly threshold --run RUN ...`)"
+        )
+    rule = detector.meta.get("threshold_rule")
+    if rule and detector.threshold_params is None:  # exported before the params were stored
+        print(
+            f"note: {detector.path} was exported before exports recorded what a threshold "
+            "guarantees, so none is shown here; export the run again to carry it: "
+            "python -m anomaly export --run RUN",
+            file=sys.stderr,
+        )
+    rule = f"{rule}, exported" if rule else "exported"
+    return Threshold(detector.threshold, rule, dict(detector.threshold_params or {}))
+
+
+def predict_files(
+    onnx_path: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
+):
+    """`predict --onnx`: as `anomaly.predict.predict_images`, with the exported file.
+
+    Returns (results, threshold): per image path, score, verdict and overlay (written to
+    `overlay_dir`, default `<file stem>_predict/` beside the ONNX file), or path and error.
+    """
+    from PIL import Image
+
+    from anomaly.overlays import PNG_LEVEL, verdict
+    from anomaly.predict import expand_images, overlay_name, unreadable
+    from anomaly.safe_files import output_folder, save_png
+    from anomaly.viz import heatmap_overlay
+
+    detector = OnnxDetector(onnx_path)
+    threshold = exported_threshold(detector)
+    _warn_if_stale(detector)
+    vmin, vmax = detector.map_range or (0.0, detector.threshold)
+    out = output_folder(overlay_dir or detector.path.with_name(detector.path.stem + "_predict"))
+    paths = expand_images(images)
+    detector.warn_unlike(paths)  # as `predict --run`: images unlike the training images
+    # names already there are taken: an earlier call's overlays are never replaced
+    results, used = [], {p.name for p in out.iterdir()}
+    for path in paths:
+        try:
+            if why := unreadable(path):  # as `predict --run`: one rule for the files it reads
+                raise ExportError(why)
+            x = preprocess(path, detector.size, detector.channels)
+        except ExportError as err:
+            results.append({"path": str(path), "error": str(err)})
+            continue
+        scores, maps = detector.predict([x])
+        overlay = out / overlay_name(path, used)
+        picture = Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax))
+        save_png(picture, overlay, compress_level=PNG_LEVEL)
+        score = float(scores[0])
+        results.append(
+            {
+                "path": str(path),
+                "score": score,
+                "overlay": str(overlay),
+                "verdict": verdict(score, threshold.value),
+            }
+        )
+    return results, threshold
