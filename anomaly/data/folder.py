@@ -6,7 +6,7 @@ Real-World Dataset for Unsupervised Anomaly Detection", CVPR 2019):
     ROOT/train/good/*                      defect-free training images
     ROOT/test/good/*                       defect-free test images
     ROOT/test/<defect>/*                   defective test images, one folder per kind
-    ROOT/ground_truth/<defect>/<stem>_mask.png   optional masks, white = defect
+    ROOT/ground_truth/<defect>/<stem>_mask.png   optional masks, non-zero = defect
                                                  (`<stem>.png` is accepted too)
 
 and the plain layout most people have on day one:
@@ -35,7 +35,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, scan_images, skipped
-from anomaly.data.image_kind import displayed_size, upright
+from anomaly.data.image_kind import displayed_size, open_image
+from anomaly.data.masks import (
+    check_defect_mask,
+    load_mask,  # noqa: F401  (re-exported: anomaly.data.load_mask)
+    mask_tensor,
+    read_mask,
+)
 
 MASK_FOLDERS = ("ground_truth", "masks")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
@@ -52,26 +58,6 @@ class Sample:
 
 
 # --- reading one file -------------------------------------------------------------------------
-
-
-def _open(path: str | Path) -> Image.Image:
-    """Open and decode an image (use it in a `with` block), turned as viewers show it
-    (`image_kind.upright`), or raise a DataError naming it."""
-    if Path(path).is_dir():  # `predict FOLDER` passes on a folder it found no images in
-        raise DataError(
-            f"{path} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)}) in it; give "
-            "image files, or the folder that holds them"
-        )
-    try:
-        im = Image.open(path)
-        if im.format in ("GIF", "WEBP", "PNG") and getattr(im, "n_frames", 1) > 1:
-            raise ValueError(f"an animation of {im.n_frames} frames, not a still image")
-        upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(
-            f"{path}: cannot read this image ({e}). Re-save it as PNG, or delete it."
-        ) from None
-    return im
 
 
 def image_to_array(im: Image.Image) -> np.ndarray:
@@ -116,7 +102,7 @@ def load_image(path: str | Path, size: int | None = 256, channels: int = 3) -> t
 def read_image(path: str | Path) -> np.ndarray:
     """Decode one image file to float32 [H, W, 1 or 3] in [0, 1] (`DataError` naming the file
     when it cannot be read); `image_tensor` makes the model's input of it."""
-    with _open(path) as im:
+    with open_image(path) as im:
         return image_to_array(im)
 
 
@@ -157,19 +143,6 @@ class ImageFiles(Dataset):
         }
 
 
-def load_mask(path: str | Path, size: int | None = 256) -> torch.Tensor:
-    """Read a defect mask as float32 [size, size] with values {0, 1} (white or 1 = defect)."""
-    with _open(path) as im:
-        sixteen = im.mode.startswith("I")
-        a = np.asarray(im if sixteen or im.mode in ("L", "F") else im.convert("L"), np.float32)
-    if a.max() > 1.0:  # 0/255 (or 0/65535) masks; masks saved as 0/1 are kept as they are
-        a = a / (65535.0 if sixteen else 255.0)
-    x = torch.from_numpy(np.ascontiguousarray(a))
-    if size is not None and x.shape != (size, size):
-        x = F.interpolate(x[None, None], size=(size, size), mode="nearest-exact")[0, 0]
-    return (x > 0.5).float()
-
-
 # --- finding the files ------------------------------------------------------------------------
 
 
@@ -198,7 +171,7 @@ def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Pat
     """Map each image to its mask in `mask_dir`; a mask that fits no image is an error."""
     by_stem = {p.stem: p for p in images}
     found: dict[Path, Path] = {}
-    for m in _list_images(mask_dir, "masks (white = defect)"):
+    for m in _list_images(mask_dir, "masks (non-zero pixels = defect)"):
         stem = m.stem.removesuffix("_mask")
         image = by_stem.get(stem) or by_stem.get(m.stem)
         if image is None:
@@ -427,8 +400,10 @@ class AnomalyDataset(Dataset):
         if hit is not None:
             return hit
         image = load_image(s.path, self.size, self.channels)
-        if s.mask_path is not None:
-            mask = load_mask(s.mask_path, self.size)
+        if s.mask_path is not None:  # a defective image's: an empty one is an error
+            mask = read_mask(s.mask_path)
+            check_defect_mask(mask, s.mask_path, s.path)
+            mask = mask_tensor(mask, self.size)
         else:  # one all-zero mask shared by every image without one (read-only, as cached ones)
             if self._zeros is None:
                 self._zeros = torch.zeros(self.size, self.size)
@@ -466,7 +441,7 @@ class AnomalyDataset(Dataset):
             except DataError as e:
                 bad.append(str(e))
         if bad:
-            raise DataError(f"{len(bad)} unreadable files:\n" + "\n".join(bad))
+            raise DataError(f"{len(bad)} unusable files:\n" + "\n".join(bad))
 
     # --- views ---------------------------------------------------------------------------------
     @property

@@ -11,7 +11,8 @@ anyway. A run from before this record (no `"images"`) is not checked.
 
 Sizes and pixels are as viewers show them: `upright` applies a photo's EXIF orientation (a phone
 stores a portrait JPEG sideways with a tag that says to turn it) where a file is decoded, and
-`displayed_size` reads the same from a header.
+`displayed_size` reads the same from a header. `open_image` is the package's one decoder of image
+and mask files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from anomaly.data.files import IMAGE_EXTENSIONS, DataError
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -39,6 +42,26 @@ def upright(im: Image.Image) -> Image.Image:
     im.load()
     with contextlib.suppress(Exception):  # EXIF that Pillow cannot parse: shown as stored
         ImageOps.exif_transpose(im, in_place=True)
+    return im
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and decode an image (use it in a `with` block), turned as viewers show it
+    (`upright`), or raise a DataError naming it. The one decoder of images and masks."""
+    if Path(path).is_dir():  # `predict FOLDER` passes on a folder it found no images in
+        raise DataError(
+            f"{path} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)}) in it; give "
+            "image files, or the folder that holds them"
+        )
+    try:
+        im = Image.open(path)
+        if im.format in ("GIF", "WEBP", "PNG") and getattr(im, "n_frames", 1) > 1:
+            raise ValueError(f"an animation of {im.n_frames} frames, not a still image")
+        upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"{path}: cannot read this image ({e}). Re-save it as PNG, or delete it."
+        ) from None
     return im
 
 

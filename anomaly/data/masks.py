@@ -1,0 +1,100 @@
+"""Defect masks as saved by people and tools: every non-zero pixel is a defect.
+
+Masks come in many formats besides MVTec AD's 0/255 greyscale PNGs: 0/1 PNGs, palette PNGs
+(index 1 = dark red, as label tools save them), red-on-black RGB, 16-bit files holding 0/255,
+faint 0/30 masks. Reading them as brightness with a threshold at half the range read all of
+those as empty, so their defect pixels were silently counted as normal. Here a pixel is a defect
+when its decoded value is non-zero in any channel, for every mode (`mask_array`): the palette's
+colour for "P", any colour channel for RGB(A). `check_defect_mask` makes an empty mask of a
+defective image an error, and warns about a mask that marks most of its image (inverted?).
+`load_mask` reads a mask file with them (`anomaly.data.folder.AnomalyDataset` checks it too).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from anomaly.data.files import DataError
+from anomaly.data.image_kind import open_image
+
+INVERTED_FRACTION = 0.75  # a mask marking more of its image than this is probably inverted
+
+
+def _marked(a: np.ndarray) -> np.ndarray:
+    """Which pixels of a colour array [H, W, C] (C 2 or 4: the last is alpha) are marked: a
+    non-zero colour that is not transparent; masks drawn as opaque paint (any colour, black too)
+    on a transparent layer are read from the alpha channel."""
+    colour, alpha = a[..., :-1].any(axis=-1), a[..., -1] > 0
+    marked = colour & alpha
+    if not marked.any() and alpha.any() and not alpha.all():
+        return alpha  # black paint on a transparent layer
+    return marked
+
+
+def mask_array(im: Image.Image) -> np.ndarray:
+    """A decoded mask image as bool [H, W]: True where a pixel is non-zero (a defect).
+
+    Modes "1", "L", "I;16*", "I" and "F": value > 0. "P": its palette colour is not black
+    (index 0 needs not be the background). "RGB": any channel non-zero. With alpha ("LA", "PA",
+    "RGBA"): a non-zero colour where the pixel is not transparent. Others: as RGB.
+    """
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBa, La, ...
+    a = np.asarray(im)
+    if im.mode in ("LA", "RGBA"):
+        return _marked(a)
+    if a.ndim == 3:
+        return a.any(axis=-1)
+    return a > 0
+
+
+def mask_tensor(a: np.ndarray, size: int | None) -> torch.Tensor:
+    """A bool mask [H, W] as float32 [size, size] in {0, 1} (nearest neighbour), or its own size
+    when `size` is None."""
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if size is not None and x.shape != (size, size):
+        x = F.interpolate(x[None, None], size=(size, size), mode="nearest-exact")[0, 0]
+    return (x > 0.5).float()
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file at its own size as bool [H, W] (True = defect); DataError when unreadable."""
+    with open_image(path) as im:
+        return mask_array(im)
+
+
+def load_mask(path: str | Path, size: int | None = 256) -> torch.Tensor:
+    """Read a defect mask as float32 [size, size] with values {0, 1}: every non-zero pixel is a
+    defect, in any mode (`mask_array`: 0/255, 0/1, palette, red on black, 16-bit, ...)."""
+    return mask_tensor(read_mask(path), size)
+
+
+def check_defect_mask(a: np.ndarray, path: str | Path, image: str | Path) -> None:
+    """The mask `a` (bool [H, W], from `path`) of the defective image `image`: a DataError when
+    it marks nothing (its defect pixels would count as normal), a warning naming it when it marks
+    more than `INVERTED_FRACTION` of the image (white background, black defect?)."""
+    if not a.any():
+        raise DataError(
+            f"{path}: this mask marks no defect (every pixel is 0), but its image {image} is a "
+            "defective test image. A mask marks the defect with non-zero pixels (white, or any "
+            "colour, on black): redraw it, delete it to leave the image out of the pixel "
+            "metrics, or move the image to the good images if it has no defect."
+        )
+    fraction = float(a.mean())
+    if fraction > INVERTED_FRACTION:
+        warnings.warn(
+            f"{path}: this mask marks {fraction:.0%} of its image as defect; is it inverted? "
+            "Defects must be the non-zero pixels (white on black), the background 0",
+            stacklevel=3,
+        )
