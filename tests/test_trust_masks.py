@@ -1,6 +1,7 @@
 """Defect masks as people save them: every non-zero pixel is a defect whatever the file's mode
 (palette, red on black, 16-bit, faint), an empty mask of a defective image is an error naming
-it, an inverted one is named in a warning."""
+it, an inverted one is named in a warning; and what train says about its images (32-bit TIFFs,
+aspect ratios that differ)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from anomaly.data.files import DataError
 from anomaly.data.folder import AnomalyDataset, load_mask
+from anomaly.data.image_kind import image_kind, summarize, unlike
 
 DEFECT = np.zeros((8, 12), bool)
 DEFECT[2:5, 3:9] = True  # 18 of 96 pixels
@@ -124,3 +126,31 @@ def test_an_inverted_mask_is_named_in_a_warning(tiny_cookies: Path, tmp_path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the data set as generated: no warning
         AnomalyDataset(tiny_cookies, "test", size=32).check()
+
+
+def test_a_32_bit_tiff_is_described_as_32_bit(tmp_path: Path) -> None:
+    Image.fromarray(np.full((4, 6), 100_000, np.int32), "I").save(tmp_path / "i.tif")
+    Image.fromarray(np.full((4, 6), 1000, np.uint16)).save(tmp_path / "s.png")
+    Image.fromarray(np.full((4, 6), 1000, np.uint16)).save(tmp_path / "s.tif")
+    assert image_kind(tmp_path / "i.tif")["bits"] == 32
+    assert image_kind(tmp_path / "s.png")["bits"] == 16
+    assert image_kind(tmp_path / "s.tif")["bits"] == 16
+    said = unlike(image_kind(tmp_path / "i.tif"), {"bits": [8]}, 3, 64)
+    assert said[0].startswith("32-bit") and "clipped" in said[0]
+
+
+def _sized(path: Path, width: int, height: int) -> str:
+    Image.new("RGB", (width, height), (90, 80, 70)).save(path)
+    return str(path)
+
+
+def test_train_images_of_differing_aspect_ratios_are_named(tmp_path: Path) -> None:
+    square = _sized(tmp_path / "square.png", 40, 40)
+    wide = _sized(tmp_path / "wide.png", 110, 20)
+    paths = [square, _sized(tmp_path / "a.png", 50, 40), wide]
+    with pytest.warns(UserWarning, match="aspect ratios") as said:
+        assert summarize(paths)["aspect"] == [1.0, 5.5]
+    assert len(said) == 1 and square in str(said[0].message) and wide in str(said[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within 2x of each other: nothing to say
+        summarize([square, _sized(tmp_path / "b.png", 70, 40)])

@@ -2,12 +2,13 @@
 its header, and how a file to score differs from the images a run was trained on.
 
 Every file is decoded the same way whatever it is (`folder.image_to_array`): greyscale is
-repeated into RGB, 16-bit values are divided by 65535, and any shape is stretched to the run's
-square size. That always gives the model an input, so an image unlike the training images is
-scored without complaint, and its score means little. `train` records `summarize` of its training
+repeated into RGB, 16-bit values are divided by 65535 (32-bit integer TIFFs too, clipped to
+0-1), and any shape is stretched to the run's square size. That always gives the model an input,
+so an image unlike the training images is scored without complaint, and its score means little. `train` records `summarize` of its training
 images in split.json (`"images"`); `score` and `predict` call `warn_unlike`, which prints one
 warning per file that differs, naming it, what differs and what that means, and scores it
-anyway. A run from before this record (no `"images"`) is not checked.
+anyway. A run from before this record (no `"images"`) is not checked. `summarize` warns when the
+training images' own aspect ratios differ more than `ASPECT_FACTOR` times.
 
 Sizes and pixels are as viewers show them: `upright` applies a photo's EXIF orientation (a phone
 stores a portrait JPEG sideways with a tag that says to turn it) where a file is decoded, and
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -83,9 +85,9 @@ def image_kind(path: str | Path) -> dict | None:
     try:
         with Image.open(path) as im:
             mode, (width, height), fmt = im.mode, displayed_size(im), im.format
-        bits = 16 if mode.startswith("I;16") or mode == "I" else 32 if mode == "F" else 8
-        if fmt == "PNG":
-            bits = max(bits, _png_bits(Path(path)) or 8)
+        bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
+        if fmt == "PNG":  # its own header: 1-16 (older Pillow opens 16-bit PNGs as "I")
+            bits = max(8, _png_bits(Path(path)) or bits)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
@@ -94,16 +96,33 @@ def image_kind(path: str | Path) -> dict | None:
 
 def summarize(paths) -> dict:
     """What the training images are, for split.json: {"colour": [False and/or True],
-    "bits": [...], "aspect": [lowest, highest]} over the files that can be read."""
-    kinds = [k for k in map(image_kind, paths) if k is not None]
-    if not kinds:
+    "bits": [...], "aspect": [lowest, highest]} over the files that can be read. Warns, naming
+    the extremes, when their aspect ratios differ more than `ASPECT_FACTOR` times: each is
+    stretched to the same square, so one object is distorted differently from image to image."""
+    read = [(str(p), k) for p in paths if (k := image_kind(p)) is not None]
+    if not read:
         return {}
+    kinds = [k for _, k in read]
     aspects = [k["aspect"] for k in kinds]
+    (narrow, lo), (wide, hi) = min(read, key=_aspect), max(read, key=_aspect)
+    if hi["aspect"] > lo["aspect"] * ASPECT_FACTOR:
+        warnings.warn(
+            f"the training images' aspect ratios (width / height) range from "
+            f"{lo['aspect']:.2f} ({narrow}) to {hi['aspect']:.2f} ({wide}): each is stretched "
+            "to the same square, so shapes are distorted differently from image to image and "
+            "the model learns the distortions as normal; crop or pad the images to one aspect "
+            "ratio",
+            stacklevel=2,
+        )
     return {
         "colour": sorted({k["colour"] for k in kinds}),
         "bits": sorted({k["bits"] for k in kinds}),
         "aspect": [round(min(aspects), 4), round(max(aspects), 4)],
     }
+
+
+def _aspect(read: tuple) -> float:
+    return read[1]["aspect"]
 
 
 def _bits_words(bits) -> str:
@@ -127,10 +146,15 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
         )
     bits = trained.get("bits") or []
     if bits and kind["bits"] not in bits:
+        scaled = (
+            "are read as 16-bit (integers divided by 65535, floats as they are) and clipped to 0-1"
+            if kind["bits"] == 32
+            else "are scaled to 0-1 by their full range (data that fills only part of it, e.g. "
+            "12-bit camera data in a 16-bit file, reads dark)"
+        )
         said.append(
             f"{kind['bits']}-bit, the run was trained on {_bits_words(bits)} images: its values "
-            "are scaled to 0-1 by their full range (data that fills only part of it, e.g. 12-bit "
-            "camera data in a 16-bit file, reads dark), so its scores may not be comparable"
+            f"{scaled}, so its scores may not be comparable"
         )
     lo, hi = (float(x) for x in trained.get("aspect") or (0.0, float("inf")))
     if not lo / ASPECT_FACTOR <= kind["aspect"] <= hi * ASPECT_FACTOR:
