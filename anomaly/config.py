@@ -116,7 +116,12 @@ class Config:
     data: str = _f("", "data set root (MVTec AD or plain layout)")
     size: int = _f(128, "images are resized to size x size pixels", min=1, max=4096)
     channels: int = _f(1, "1 = grayscale (as the original), 3 = RGB", choices=(1, 3))
-    seed: int = _f(0, "seed of the split, the weights and the synthetic anomalies")
+    seed: int = _f(
+        0,
+        "seed of the split, the weights and the synthetic anomalies",
+        min=0,
+        max=2**32 - 1,  # numpy's limit (np.random.seed)
+    )
     recipe: str = _f(
         "project",
         "project = this project's defaults; original = the original "
@@ -320,10 +325,12 @@ class Config:
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{flag} {value}: must be a finite number")
+            both = "min" in meta and "max" in meta
+            span = f" (its range: {meta['min']} to {meta['max']})" if both else ""
             if "min" in meta and value < meta["min"]:
-                raise ValueError(f"{flag} {value}: must be at least {meta['min']}")
+                raise ValueError(f"{flag} {value}: must be at least {meta['min']}{span}")
             if "above" in meta and value <= meta["above"]:
                 raise ValueError(f"{flag} {value}: must be greater than {meta['above']}")
             if "max" in meta and value > meta["max"]:
-                raise ValueError(f"{flag} {value}: must be at most {meta['max']}")
+                raise ValueError(f"{flag} {value}: must be at most {meta['max']}{span}")
         return self
