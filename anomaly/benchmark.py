@@ -44,6 +44,7 @@ from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests imp
 
 # the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.benchmark_tables import (
+    cell,
     check_readme,
     detectability,
     format_summary,
@@ -107,6 +108,49 @@ def discover_sets(roots: str | Path | list) -> list[dict]:
     return found
 
 
+def check_sets(sets: list[dict]) -> None:
+    """Open every set's training and test images once (file lists and headers, no pixels),
+    before any method trains: data that training or scoring would refuse is refused here with
+    its DataError, and a set whose test images are all good or all defective too (image AUROC,
+    the benchmark's measure, needs both). One message lists every such set."""
+    from anomaly.data import AnomalyDataset
+
+    one_kind = []
+    for ds in sets:
+        AnomalyDataset(ds["path"], "train", cache=False)
+        test = AnomalyDataset(ds["path"], "test", cache=False)
+        n_bad = int(test.labels.sum())
+        n_good = len(test) - n_bad
+        mvtec = test.layout == "mvtec"
+        if n_bad == 0:
+            where = "test/<defect>/" if mvtec else "<defect>/ (one folder per defect kind)"
+            one_kind.append(
+                f"{ds['path']}: its test images are {n_good} good and no defective ones; put "
+                f"defective images in {where}"
+            )
+        elif n_good == 0:
+            where = "test/good/" if mvtec else "good/ (every 5th good image is a test image)"
+            one_kind.append(
+                f"{ds['path']}: its test images are {n_bad} defective and no good ones; put "
+                f"good images in {where}"
+            )
+    if one_kind:
+        raise BenchmarkError(
+            "image AUROC, what the benchmark measures, needs both good and defective test "
+            "images, and nothing was trained:\n  "
+            + "\n  ".join(one_kind)
+            + "\nor leave such sets out of --data (a photo suite: make it again with --good "
+            "and --defect of at least 1)"
+        )
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a --seed the methods cannot take (`Config`'s range), before anything runs."""
+    from anomaly.config import Config
+
+    Config(seed=seed).validate()
+
+
 # ---------------------------------------------------------------------------------------------
 # One method on one set, in its own process
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +167,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
         name = method.split("+")[0]
         source = Path(out).parent / name
         if not RunDir(source).has_model():
-            raise RuntimeError(
+            raise BenchmarkError(
                 f"{method} needs the {name} row first (it clusters that run's bottleneck)"
             )
         # the project's k-means defaults (per-cell features, k by rule), or the original's own
@@ -255,8 +299,10 @@ def run_benchmark(
         except ValueError as err:
             raise BenchmarkError(str(err)) from None
     check_methods(methods or DEFAULT_METHODS)
+    check_seed(seed)
 
     sets = discover_sets(data)
+    check_sets(sets)  # before any folder is claimed or method trained
     methods = list(methods or DEFAULT_METHODS)
     bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
     check_out(out)
@@ -278,11 +324,8 @@ def run_benchmark(
             if "error" in row:
                 failed.append(method)
                 continue
-            print(
-                f"{ds['name']} {method}: image AUROC {row['image_auroc']:.3f}, "
-                f"fit {row['fit_s']:.0f} s",
-                flush=True,
-            )
+            auroc, fit_s = cell(row.get("image_auroc"), "{:.3f}"), cell(row.get("fit_s"), "{:.0f}")
+            print(f"{ds['name']} {method}: image AUROC {auroc}, fit {fit_s} s", flush=True)
         if len(sets) > 1:
             seal_dir(base)
     total = time.perf_counter() - t0
@@ -403,9 +446,17 @@ def main(args) -> None:
         if args.seeds < 1:
             raise BenchmarkError(f"--seeds must be at least 1, got {args.seeds}")
         method = args.method or "patchknn"
+        check_seed(args.seed)
+        if args.seed + args.seeds - 1 > 2**32 - 1:  # subsets are seeded --seed, --seed + 1, ...
+            raise BenchmarkError(
+                f"--seed {args.seed}: the curve seeds its --seeds {args.seeds} subsets with "
+                f"--seed and the next ones, so --seed must be at most {2**32 - args.seeds}"
+            )
+        sets = discover_sets(args.data)
+        check_sets(sets)
         out = claim_out(args.out or "runs/curves")
         rows = []
-        for ds in discover_sets(args.data):
+        for ds in sets:
             rows += train_size_curve(
                 ds["path"],
                 method,
@@ -439,5 +490,8 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     method, data, run, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    row = _worker(method, data, run, seed, smoke="--smoke" in sys.argv)
+    try:
+        row = _worker(method, data, run, seed, smoke="--smoke" in sys.argv)
+    except ValueError as err:  # DataError, RunError, BenchmarkError: a message, no traceback
+        sys.exit(f"error: {err}")
     print(json.dumps(row, default=float))

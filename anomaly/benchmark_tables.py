@@ -55,6 +55,8 @@ def detectability(pred, frr: float = 0.05, bins: int = 6) -> dict:
     caught = pred.scores[defect] >= threshold
     keep = area > 0
     area, caught = area[keep], caught[keep]
+    if not len(area):  # no defect with a visible mask: no areas to bin
+        return {"frr": frr, "threshold": threshold, "bins": []}
     edges = np.geomspace(area.min(), area.max() * (1 + 1e-9), bins + 1)
     which = np.clip(np.digitize(area, edges) - 1, 0, bins - 1)
     rows = [
@@ -79,7 +81,8 @@ def _markdown(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
 
 
-def _cell(value, fmt: str) -> str:
+def cell(value, fmt: str) -> str:
+    """`value` formatted by `fmt`, or "n/a" for a metric that was not measured (None)."""
     return fmt.format(value) if value is not None else "n/a"
 
 
@@ -90,11 +93,17 @@ def format_table(rows: list[dict], per_defect: bool = True) -> str:
     columns = ([("set", "{}")] if any("set" in r for r in rows) else []) + COLUMNS
     head = [c for c, _ in columns] + [f"auroc_{k}" for k in kinds]
     body = [
-        [_cell(r.get(c), fmt) for c, fmt in columns]
-        + [_cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
+        [cell(r.get(c), fmt) for c, fmt in columns]
+        + [cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
         for r in rows
     ]
     return _markdown(head, body)
+
+
+def _worst_first(row: dict) -> float:
+    """Sort key: the lowest image AUROC first; a row without one (not measured) last."""
+    auroc = row.get("image_auroc")
+    return auroc if auroc is not None else 2.0
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
@@ -110,7 +119,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         if "error" not in r:
             groups.setdefault((r.get("suite", ""), r["method"]), []).append(r)
     for (suite, method), rs in groups.items():
-        worst = min(rs, key=lambda r: r["image_auroc"] if r["image_auroc"] is not None else 2)
+        worst = min(rs, key=_worst_first)
         out.append(
             {
                 "suite": suite,
@@ -144,7 +153,7 @@ def mean_interval(rows: list[dict], z: float = 1.96) -> list[float] | None:
 def format_summary(summary: list[dict]) -> str:
     return _markdown(
         [c for c, _ in SUMMARY_COLUMNS],
-        [[_cell(s.get(c), fmt) for c, fmt in SUMMARY_COLUMNS] for s in summary],
+        [[cell(s.get(c), fmt) for c, fmt in SUMMARY_COLUMNS] for s in summary],
     )
 
 
@@ -221,8 +230,8 @@ def readme_table(rows: list[dict]) -> str:
         return _markdown(
             [c for c, _ in README_COLUMNS] + [f"auroc_{k}" for k in kinds],
             [
-                [_cell(r.get(c), fmt) for c, fmt in README_COLUMNS]
-                + [_cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
+                [cell(r.get(c), fmt) for c, fmt in README_COLUMNS]
+                + [cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
                 for r in ordered
             ],
         )
@@ -231,7 +240,7 @@ def readme_table(rows: list[dict]) -> str:
     found = {(r["set"], r["method"]): r for r in ok}
 
     def triple(r: dict | None) -> str:
-        return " / ".join(_cell(r.get(k), "{:.3f}") for k in TRIPLE) if r else "failed"
+        return " / ".join(cell(r.get(k), "{:.3f}") for k in TRIPLE) if r else "failed"
 
     body = [[s] + [triple(found.get((s, m))) for m in methods] for s in sets]
     means, worst = {}, {}
@@ -239,12 +248,14 @@ def readme_table(rows: list[dict]) -> str:
         rs = [found[s, m] for s in sets if (s, m) in found]
         if len(rs) == len(sets):  # a summary over fewer sets would not compare
             means[m] = {k: _mean(rs, k) for k in TRIPLE}
-            worst[m] = min(rs, key=lambda r: r["image_auroc"])
-    best_mean = max((v["image_auroc"] for v in means.values()), default=None)
-    best_worst = max((w["image_auroc"] for w in worst.values()), default=None)
+            worst[m] = min(rs, key=_worst_first)
+    measured = [v["image_auroc"] for v in means.values() if v["image_auroc"] is not None]
+    best_mean = max(measured, default=None)
+    measured = [w["image_auroc"] for w in worst.values() if w["image_auroc"] is not None]
+    best_worst = max(measured, default=None)
 
-    def bold(text: str, value: float, best: float | None) -> str:
-        return f"**{text}**" if value == best else text
+    def bold(text: str, value: float | None, best: float | None) -> str:
+        return f"**{text}**" if value is not None and value == best else text
 
     body.append(
         ["**mean**"]
@@ -257,7 +268,7 @@ def readme_table(rows: list[dict]) -> str:
         ["**worst set**"]
         + [
             bold(
-                f"{worst[m]['image_auroc']:.3f} ({worst[m]['set']})",
+                f"{cell(worst[m]['image_auroc'], '{:.3f}')} ({worst[m]['set']})",
                 worst[m]["image_auroc"],
                 best_worst,
             )
