@@ -88,6 +88,7 @@ CANDIDATES: list[dict] = [
 SCORE_FIELDS = ("score_topk", "score_border")
 HOLDOUT_FRACTION = 0.2  # of the training images, held out as normals and defect hosts
 MIN_HOLDOUT = 4
+MIN_IMAGES = MIN_HOLDOUT + 2  # held-out normals, and at least two trial training images
 MAX_HOLDOUT = 40
 TRIAL_IMAGES = 80  # training images of each trial fit (at most)
 SYNTHETIC_PER_IMAGE = 2  # DRAEM-style synthetic defects made from each held-out image
@@ -104,6 +105,36 @@ INHERITED = (
     "val_fraction",
     "threshold_quantile",
 )
+
+
+def check_enough(n_train_images: int, config: Config, n_good: int | None = None) -> None:
+    """Refuse too few training images for auto, saying what was counted and what to do.
+
+    `n_train_images`: what auto fits on, train/good less what `--val-fraction` holds out for
+    the threshold (`n_good`: train/good's count, for the message). No-op for other methods; a
+    run calls it before it writes its folder, `fit` again."""
+    if config.method != "auto" or n_train_images >= MIN_IMAGES:
+        return
+    from anomaly.train import split_indices
+
+    vf = config.val_fraction
+    needed = next(
+        n for n in range(MIN_IMAGES, 10_000) if len(split_indices(n, vf, 0)[0]) >= MIN_IMAGES
+    )
+    got = f"got {n_train_images}"
+    if vf > 0 and n_good is None:
+        got += f" (a run fits auto on train/good less what --val-fraction {vf} holds out)"
+    elif vf > 0 and n_good != n_train_images:
+        got += f": the {n_good} images of train/good less the {n_good - n_train_images} that "
+        got += f"--val-fraction {vf} holds out for the threshold"
+    fixes = [f"Put at least {needed} images in train/good"]
+    if vf > 0 and (n_good is None or n_good >= MIN_IMAGES):
+        fixes.append("pass --val-fraction 0 (the threshold then comes from training images)")
+    raise ValueError(
+        f"auto needs at least {MIN_IMAGES} training images (it holds {MIN_HOLDOUT} out to make "
+        f"synthetic defects from and fits its trials on the rest), {got}. "
+        + ", or ".join([*fixes, "choose a method (--method patchknn)"])
+    )
 
 
 class _Images(Dataset):
@@ -355,12 +386,7 @@ class AutoDetector(Detector):
         copied, the final fit reads them from the data set again."""
         if len(data) == 0:
             raise ValueError("fit() got an empty data set: there are no images to learn from")
-        if len(data) < MIN_HOLDOUT + 2:
-            raise ValueError(
-                f"auto needs at least {MIN_HOLDOUT + 2} training images to hold "
-                f"some out, got {len(data)}; add images or choose a method "
-                "(--method patchknn)"
-            )
+        check_enough(len(data), self.config)
         for i in range(len(data)):  # a broken file stops the run now, not after the trials
             data[i]
         return TrainingImages(data)
