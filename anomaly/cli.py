@@ -240,7 +240,7 @@ def _score(args) -> None:
 
 def _predict(args) -> int:
     if args.onnx:
-        from anomaly.export import predict_files
+        from anomaly.export_predict import predict_files
 
         results, threshold = predict_files(args.onnx, args.images)
     else:

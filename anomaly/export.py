@@ -489,10 +489,3 @@ def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]
     detector = OnnxDetector(onnx_path)
     detector.warn_unlike(images)
     return detector.predict(images)
-
-
-def predict_files(onnx_path, images, overlay_dir=None):
-    """`predict --onnx` (`anomaly.export_predict.predict_files`, which uses the package)."""
-    from anomaly.export_predict import predict_files
-
-    return predict_files(onnx_path, images, overlay_dir)
