@@ -174,6 +174,18 @@ def _spread(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim, keepdim=True), std.clamp(min=1e-3 * float(std.mean()) + 1e-12)
 
 
+def check_channels(config: Config, source: Config) -> None:
+    """ValueError unless kmeans takes images of the channels its source run's encoder was
+    trained on (the encoder's first layer takes only those), naming the fix."""
+    if source.channels != config.channels:
+        raise ValueError(
+            f"--channels {config.channels}: kmeans takes its features from the encoder of "
+            f"{config.source_run or 'its source run'}, which was trained on {source.channels}"
+            f"-channel images and takes only those; use --channels {source.channels} (or leave "
+            "--channels out: kmeans takes its --from run's settings)"
+        )
+
+
 @register("kmeans")
 class KMeansDetector(Detector):
     """Distance to the nearest k-means centroid of normal encoder features."""
@@ -185,6 +197,8 @@ class KMeansDetector(Detector):
             raise ValueError(
                 f"kmeans needs an ae, unet or vae run; {config.source_run} is a {source.name} run"
             )
+        if source is not None:
+            check_channels(config, source.config)
         original = getattr(config, "recipe", "project") == "original"
         self.kind = config.kmeans_features or ("original" if original else "patch")
         if self.kind not in FEATURES:
@@ -320,6 +334,7 @@ class KMeansDetector(Detector):
                 "SOURCE_RUN --out RUN"
             )
         source_config = Config(**state["source_config"])
+        check_channels(self.config, source_config)
         self.source = get_detector(source_config.method)(source_config)
         self.source.load_state_dict(state["source"])
         self.source.to(self.device)
