@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anomaly import train_guards as guards
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.image_kind import summarize as summarize_images
@@ -27,8 +28,7 @@ from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import output_folder, sha256_file
 from anomaly.selection import selection_problem
-from anomaly.train import seed_everything, select_device, split_indices
-from anomaly.train_guards import ResumeWrites, check_last, refuse_existing
+from anomaly.train import seed_everything, select_device
 from anomaly.train_guards import moved as _moved
 
 # what `train --resume` may change in a run: how long it trains, and where
@@ -221,14 +221,8 @@ def _datasets(config: Config, split: dict | None = None):
                     f"trained (first: {changed[0]}), so --resume would learn from other images; "
                     "restore them, or train a new run"
                 )
-    else:
-        if len(data) == 1:
-            warnings.warn(
-                f"{config.data}: train/good holds only one image, so nothing is held "
-                "out; the default threshold will come from that training image",
-                stacklevel=3,
-            )
-        train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
+    else:  # kmeans holds out its --from run's held-out images
+        train_idx, val_idx = guards.new_split(config, data.paths)
     return data.subset(train_idx), data.subset(val_idx) if val_idx else None
 
 
@@ -253,7 +247,7 @@ def train_run(
     if config.backbone.startswith("encoder:"):  # saved absolute: the run works from any folder
         encoder = os.path.abspath(config.backbone.split(":", 1)[1])
         config = config.replace(backbone=f"encoder:{encoder}")
-    refuse_existing(run)
+    guards.refuse_existing(run)
     seed_everything(config.seed)
     detector = build_detector(config)
     _check_size(detector, config)
@@ -262,8 +256,9 @@ def train_run(
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
     split["images"] = summarize_images(split["train"] + split["val"])  # score/predict compare
+    guards.check_split(run, config, split)  # auto: enough images; held-out copies
     with run.lock("train"):
-        refuse_existing(run)  # again: another process may have finished it meanwhile
+        guards.refuse_existing(run)  # again: another process may have finished it meanwhile
         run.create(config, split)
         run.clear_outputs()
         detector.to(device)
@@ -306,7 +301,7 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
             f"cannot continue; restore it from a copy of the run, or train afresh into a new --out"
         )
     run.load_checkpoint(detector)  # the best model so far: resuming ends by loading it
-    last = check_last(run, detector)
+    last = guards.check_last(run, detector)
     done = int(last["epoch"])
     if wanted.epochs < done:
         raise RunError(
@@ -329,7 +324,9 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
     with run.lock("train"):
         train, val = _datasets(wanted, split)
         detector.to(device)
-        writes = ResumeWrites(run, wanted, from_epoch=done)  # config.json with the first epoch
+        writes = guards.ResumeWrites(
+            run, wanted, from_epoch=done
+        )  # config.json with the first epoch
         _fit(run, detector, train, val, progress, resume=True, checkpoints=writes)
         _default_threshold(run, detector, train, val, keep_user_threshold=True)
     return detector
@@ -385,6 +382,7 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
 
     threshold = threshold_normal_quantile(pred.scores, q=detector.config.threshold_quantile)
     threshold.params["set_by"] = "train"
+    guards.warn_degenerate(run, pred.scores, threshold.value)
     run.save_threshold(threshold)
 
 

@@ -5,6 +5,12 @@ A resume that fails must leave the run as it was: `check_last` reads everything 
 `anomaly.train.restore` will) before anything is written, and `ResumeWrites`, the checkpoints
 object the resumed training is given, writes config.json (more epochs, another device, the
 data's new place) and the resuming versions only with the first new epoch's files.
+
+Which good images a new run holds out for its default threshold is decided here too
+(`new_split`: kmeans holds out its `--from` run's held-out images, never one that run's encoder
+learned), auto is refused too few images (`check_split`), and what that threshold cannot say
+is warned about (`warn_held_out`: held-out images that are copies of training images;
+`warn_degenerate`: held-out scores with no spread).
 `anomaly.pipeline.train_run` is the entry point; this module keeps pipeline.py readable.
 """
 
@@ -12,12 +18,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from types import SimpleNamespace
+
+import numpy as np
 
 from anomaly.config import Config
 from anomaly.runs import RunDir, RunError, versions
 from anomaly.safe_files import write_json
-from anomaly.train import DamagedState, check_resumable
+from anomaly.train import DamagedState, check_resumable, split_indices
 
 
 def refuse_existing(run: RunDir) -> None:
@@ -141,3 +150,125 @@ class ResumeWrites:
 
     def checkpoint(self) -> dict:
         return self.run.checkpoint()
+
+
+# --- which images are held out, and what the default threshold can say -------------------------
+def new_split(config: Config, paths: list[str]) -> tuple[list[int], list[int]]:
+    """The (train, held-out) indices of train/good's `paths` for a new run: split by the run's
+    seed, except for kmeans, which holds out its `--from` run's held-out images
+    (`source_held_out`) whatever its seed, so that no image its encoder learned is held out."""
+    if len(paths) == 1:
+        warnings.warn(
+            f"{config.data}: train/good holds only one image, so nothing is held "
+            "out; the default threshold will come from that training image",
+            stacklevel=4,
+        )
+    held = source_held_out(config, paths)
+    if held is None:
+        return split_indices(len(paths), config.val_fraction, config.seed)
+    return [i for i in range(len(paths)) if i not in held], sorted(held)
+
+
+def _source_split(config: Config) -> tuple[RunDir, dict] | None:
+    """kmeans: its `--from` run and that run's split.json (train/val lists of paths, and their
+    SHA-256s when recorded), with the paths moved to `config.data` when the source's data is
+    elsewhere; None for other methods, or a split.json that is missing or does not read as one
+    (the run is someone else's: nothing in it is trusted)."""
+    if config.method != "kmeans" or not config.source_run:
+        return None
+    source = RunDir(config.source_run)
+    try:
+        split, data = source.split(), source.config().data
+    except (RunError, ValueError, TypeError, AttributeError):
+        return None
+    lists = [split.get(k) if isinstance(split, dict) else None for k in ("train", "val")]
+    if not all(isinstance(x, list) and all(isinstance(p, str) for p in x) for x in lists):
+        return None
+    if isinstance(data, str) and os.path.abspath(data) != os.path.abspath(config.data):
+        split = moved(split, data, config.data)
+    return source, split
+
+
+def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
+    """kmeans: the indices in `paths` of its `--from` run's held-out images. An image that
+    run's encoder learned must not be held out (the default threshold, and any conformal one,
+    would rest on an image the model knows), so kmeans trains on everything else (the source's
+    training images, and images added since). None (split by seed, with a warning) when the
+    source run recorded no split, or none of its images is in `config.data` (other data:
+    `warn_held_out` then names held-out images that are copies of ones it learned)."""
+    found = _source_split(config)
+    if found is None:
+        if config.method == "kmeans":
+            warnings.warn(
+                f"--from {config.source_run} has no split.json that reads, so kmeans cannot "
+                "hold out only images its encoder did not learn: the default threshold may rest "
+                "on training images and be too low; set one with `threshold --good-images`",
+                stacklevel=5,
+            )
+        return None
+    _, split = found
+    index = {os.path.abspath(p): i for i, p in enumerate(paths)}
+    if not any(os.path.abspath(p) in index for p in split["train"] + split["val"]):
+        return None  # other data than the source's
+    return {index[a] for a in map(os.path.abspath, split["val"]) if a in index}
+
+
+def check_split(run: RunDir, config: Config, split: dict) -> None:
+    """What a new run's split must pass before its folder is written: enough training images
+    for auto (`anomaly.detectors.auto.check_enough`, a ValueError), and a warning naming
+    held-out images that are copies of training images (`warn_held_out`)."""
+    from anomaly.detectors.auto import check_enough
+
+    n_train = len(split["train"])
+    check_enough(n_train, config, n_good=n_train + len(split["val"]))
+    warn_held_out(run, config, split)
+
+
+def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
+    """Warn, naming them, about held-out images that are byte-identical to training images
+    (split.json's SHA-256s), or for kmeans to images its `--from` run's encoder learned: the
+    default threshold set on them measures how the model scores what it learned, not new good
+    parts."""
+    n_train = len(split["train"])
+    learned: dict[str, str] = {}  # digest -> the first training image with it
+    for d, p in zip(split["sha256"][:n_train], split["train"]):
+        learned.setdefault(d, p)
+    found = _source_split(config)
+    if found is not None and len(found[1].get("sha256") or []) >= len(found[1]["train"]):
+        source, theirs = found
+        digests = theirs["sha256"][: len(theirs["train"])]
+        for d, p in zip(digests, theirs["train"]):
+            learned.setdefault(d, f"{p} (learned by {source})")
+    copies = [
+        (p, learned[d])
+        for p, d in zip(split["val"], split["sha256"][n_train:])
+        if isinstance(d, str) and d in learned
+    ]
+    if copies:
+        named = "; ".join(f"{p} = {q}" for p, q in copies[:3])
+        warnings.warn(
+            f"{run}: {len(copies)} of the {len(split['val'])} held-out images are byte-identical "
+            f"copies of training images ({named}{'; ...' if len(copies) > 3 else ''}), so the "
+            "default threshold, set on them, measures how the model scores images it learned, "
+            "not new good parts, and will be too low. Remove the copies from train/good, or "
+            f"set a threshold on other good images: `python -m anomaly threshold --run {run} "
+            "--rule conformal --value 0.05 --good-images FOLDER`",
+            stacklevel=3,
+        )
+
+
+def warn_degenerate(run: RunDir, scores, value: float) -> None:
+    """Warn when the held-out scores have no spread (several all equal, or a single one of 0:
+    the model reproduces them exactly), so that the default threshold equals them and rejects
+    every good part that scores as they do (a score >= the threshold is rejected)."""
+    scores = np.asarray(scores, np.float64).ravel()
+    if not len(scores) or np.ptp(scores) > 0 or (len(scores) < 2 and scores[0] != 0):
+        return
+    warnings.warn(
+        f"{run}: all {len(scores)} held-out good images score exactly {value:.6g}, so the "
+        f"default threshold {value:.6g} is degenerate: it measures no spread of normal scores, "
+        "and every good part that scores as they do (or any higher) is rejected. Train on "
+        "more varied good images, or set a threshold on other good images: `python -m anomaly "
+        f"threshold --run {run} --rule conformal --value 0.05 --good-images FOLDER`",
+        stacklevel=4,
+    )
