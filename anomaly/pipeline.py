@@ -324,9 +324,7 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
     with run.lock("train"):
         train, val = _datasets(wanted, split)
         detector.to(device)
-        writes = guards.ResumeWrites(
-            run, wanted, from_epoch=done
-        )  # config.json with the first epoch
+        writes = guards.ResumeWrites(run, wanted, from_epoch=done)  # config.json: 1st epoch
         _fit(run, detector, train, val, progress, resume=True, checkpoints=writes)
         _default_threshold(run, detector, train, val, keep_user_threshold=True)
     return detector
