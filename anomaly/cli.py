@@ -14,7 +14,7 @@ import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from anomaly.config import METHOD_DEFAULTS, METHODS, Config
+from anomaly.config import METHOD_DEFAULTS, METHODS, READ_BY, Config, ignored_by
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
 
@@ -180,6 +180,7 @@ def _train(args) -> None:
             flags[name] = str(Path(flags[name]).resolve())
     if args.resume:
         config = RunDir(args.out).config().replace(**flags)
+        _warn_ignored(config.method, flags)
         try:
             detector = train_run(config, args.out, resume=True)
         except AlreadyTrained as done:
@@ -202,6 +203,7 @@ def _train(args) -> None:
             if not flags.get("data"):
                 raise ValueError("train needs --data ROOT (a data set folder)")
             config = Config.for_method(method, **flags)
+        _warn_ignored(config.method, flags)
         detector = train_run(config, args.out)
     print(f"trained {detector.config.method}: run folder {args.out}")
     selection = getattr(detector, "selection", None)
@@ -209,6 +211,24 @@ def _train(args) -> None:
         print(
             f"auto chose {selection['chosen']} (all candidates: "
             f"{RunDir(args.out).file(RunDir.SELECTION)})"
+        )
+
+
+def _warn_ignored(method: str, flags: dict) -> None:
+    """Say which of the flags given the method never reads: `--epochs` for patchknn changes
+    nothing, and a user who passed it should not believe it did."""
+    ignored = ignored_by(method, flags)
+    if ignored:
+        given = "; ".join(
+            f"{_flag(f)} (read by {', '.join(READ_BY[f.name])})"
+            for f in fields(Config)
+            if f.name in ignored
+        )
+        warnings.warn(
+            f"--method {method} ignores {given}: leave "
+            f"{'it' if len(ignored) == 1 else 'them'} out, or choose a method that reads "
+            f"{'it' if len(ignored) == 1 else 'them'}",
+            stacklevel=2,
         )
 
 

@@ -96,6 +96,39 @@ RECIPES: dict[str, dict[str, dict]] = {
     },
 }
 
+# The settings only some methods read (each detector's docstring lists what it reads); every
+# other field is read by all of them. `auto` is absent: it hands its config to its candidates.
+_TRAINED = ("ae", "unet", "vae", "draem", "flow")
+_RECONSTRUCTION = ("ae", "unet", "vae")
+_PATCHKNN = ("patchknn",)
+READ_BY: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("epochs", "lr", "weight_decay", "patience"), _TRAINED),
+    **dict.fromkeys(("loss", "corrupt"), _RECONSTRUCTION),
+    "width": (*_RECONSTRUCTION, "draem"),
+    "latent": ("ae", "vae"),
+    "output": ("unet",),
+    "kl_weight": ("vae",),
+    **dict.fromkeys(("source_run", "k", "kmeans_features"), ("kmeans",)),
+    **dict.fromkeys(("backbone", "layers", "feature_pad"), ("patchknn", "flow")),
+    **dict.fromkeys(
+        ("coreset_ratio", "neighbors", "whiten", "search_clusters", "search_probes"), _PATCHKNN
+    ),
+    **dict.fromkeys(("search_precision", "runtime"), _PATCHKNN),
+    **dict.fromkeys(("flow_steps", "flow_hidden_ratio", "flow_clamp"), ("flow",)),
+    **dict.fromkeys(
+        ("draem_disc_width", "draem_depth", "draem_p_anomaly", "draem_focal_weight", "draem_norm"),
+        ("draem",),
+    ),
+}
+
+
+def ignored_by(method: str, names) -> list[str]:
+    """Those of the fields `names` that `method` never reads (none for auto, or a method this
+    module does not know, such as a plugin's)."""
+    if method not in METHODS or method == "auto":
+        return []
+    return [n for n in names if n in READ_BY and method not in READ_BY[n]]
+
 
 def _f(default, help: str, **meta):
     """A Config field with its CLI help (and optional `choices`, `flag`, `min`, `above`)."""

@@ -1,0 +1,49 @@
+"""The command line's flags and the data generators given values that make no sense: one clear
+`error:` or `warning:` line naming the flag, never a silent wrong result."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from anomaly.cli import main
+from anomaly.config import METHODS, READ_BY, Config, ignored_by
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_flag_the_method_never_reads_is_named(tiny_cookies, tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--method",
+        "meandiff",
+        "--size",
+        "32",
+        "--device",
+        "cpu",
+        "--data",
+        tiny_cookies,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "5",
+        "--k",
+        "3",
+    )
+    assert code == 0
+    line = next(x for x in err.splitlines() if x.startswith("warning: --method meandiff"))
+    assert "--epochs (read by ae, unet, vae, draem, flow)" in line
+    assert "--k (read by kmeans)" in line
+
+
+def test_read_by_names_real_fields_and_methods():
+    names = {f.name for f in fields(Config)}
+    assert set(READ_BY) <= names
+    assert all(set(methods) <= set(METHODS) for methods in READ_BY.values())
+    assert ignored_by("auto", ["epochs", "k"]) == []  # auto hands its config to candidates
+    assert ignored_by("a_plugin", ["epochs"]) == []
+    assert ignored_by("unet", ["epochs", "output", "size", "k"]) == ["k"]
