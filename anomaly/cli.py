@@ -328,6 +328,12 @@ def _make_data(args) -> None:
     else:
         from anomaly.data.photos import make_photos
 
+        for flag, value in (("--good", args.good), ("--defect", args.defect)):
+            if value is not None and value < 1:
+                raise ValueError(
+                    f"make-photos {flag} {value}: give at least 1; a test set needs good and "
+                    "defective images, or its image AUROC cannot be measured"
+                )
         manifest = make_photos(
             args.root,
             seed=args.seed,

@@ -47,3 +47,11 @@ def test_read_by_names_real_fields_and_methods():
     assert ignored_by("auto", ["epochs", "k"]) == []  # auto hands its config to candidates
     assert ignored_by("a_plugin", ["epochs"]) == []
     assert ignored_by("unet", ["epochs", "output", "size", "k"]) == ["k"]
+
+
+def test_make_photos_refuses_a_test_set_without_good_or_defective_images(tmp_path, capsys):
+    for flag in ("--good", "--defect"):
+        code, _, err = run_cli(capsys, "make-photos", tmp_path / "suite", flag, "0")
+        assert code == 2
+        assert f"{flag} 0: give at least 1" in err
+    assert not (tmp_path / "suite").exists()
