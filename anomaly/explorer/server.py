@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,24 @@ def app_notebook() -> Path:
     return nb
 
 
+def check_port_free(port: int, host: str = LOCAL) -> None:
+    """Refuse a port something already listens on. Voila would quietly move to another port,
+    while the URL printed (with its token) points at whatever holds this one."""
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"--port {port}: a port is a number from 1 to 65535, such as 8866")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as err:
+            raise OSError(
+                f"--port {port}: {host}:{port} is already in use ({err.strerror}), perhaps by "
+                "another explorer; stop that one, or pass another port: --port "
+                f"{int(port) + 1}"
+            ) from None
+
+
 def voila_command(
     run_dirs,
     port: int = 8866,
@@ -116,6 +135,7 @@ def voila_command(
         str(app_notebook()),
         f"--port={port}",
         f"--Voila.ip={host}",
+        "--Voila.port_retries=0",  # never move quietly to a port the printed URL does not name
         "--show_tracebacks=False",
         f"--token={token}",
         f"--MappingKernelManager.cull_idle_timeout={int(cull_idle_s)}",
@@ -165,6 +185,7 @@ def serve(
     the running `subprocess.Popen` (stop it with `.terminate()`).
     """
     cmd, env = voila_command(run_dirs, port, open_browser, host=host, cull_idle_s=cull_idle_s)
+    check_port_free(port, host)
     print(
         f"Threshold explorer: {page_url(cmd, host)}  (Ctrl+C to stop)\n{how_to_share(port, host)}",
         flush=True,
