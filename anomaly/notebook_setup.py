@@ -64,12 +64,31 @@ def light_figures(dpi: int = 72, quality: int = 80) -> None:
         set_matplotlib_formats("jpeg", pil_kwargs={"quality": quality})
 
 
+SMOKE_ENV = "ANOMALY_SMOKE"
+_OFF, _ON = ("", "0", "false", "no", "off"), ("1", "true", "yes", "on")
+
+
+def smoke_switch() -> bool:
+    """$ANOMALY_SMOKE as a switch: unset, empty, 0, false, no or off mean a full run; 1, true,
+    yes or on a smoke run (any case). Anything else is refused: `ANOMALY_SMOKE=false` must not
+    quietly give a smoke run that looks like the benchmark."""
+    value = os.environ.get(SMOKE_ENV, "").strip().lower()
+    if value in _OFF:
+        return False
+    if value in _ON:
+        return True
+    raise ValueError(
+        f"{SMOKE_ENV}={os.environ[SMOKE_ENV]!r} is not a switch: set it to 1 (or true, yes, on) "
+        "for a smoke run, or to 0 (or false, no, off), or unset it, for the full settings"
+    )
+
+
 def settings(smoke: bool | None = None) -> Settings:
     """Notebook settings from the smoke switch (the `ANOMALY_SMOKE` environment variable); also
     makes inline figures light (`light_figures`)."""
     light_figures()
     if smoke is None:
-        smoke = os.environ.get("ANOMALY_SMOKE", "") not in ("", "0")
+        smoke = smoke_switch()
     root = home()
     if smoke:
         return Settings(True, "tiny", 64, 1, root / "data" / "smoke", root / "runs" / "smoke")

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import pytest
+
 from anomaly.cli import main
 from anomaly.config import METHODS, READ_BY, Config, ignored_by
+from anomaly.notebook_setup import smoke_switch
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -55,3 +58,17 @@ def test_make_photos_refuses_a_test_set_without_good_or_defective_images(tmp_pat
         assert code == 2
         assert f"{flag} 0: give at least 1" in err
     assert not (tmp_path / "suite").exists()
+
+
+def test_the_smoke_switch_reads_false_as_off(monkeypatch):
+    for value, smoke in [("", False), ("0", False), ("false", False), (" Off ", False)]:
+        monkeypatch.setenv("ANOMALY_SMOKE", value)
+        assert smoke_switch() is smoke, value
+    for value in ("1", "TRUE", "yes", "on"):
+        monkeypatch.setenv("ANOMALY_SMOKE", value)
+        assert smoke_switch() is True, value
+    monkeypatch.setenv("ANOMALY_SMOKE", "maybe")
+    with pytest.raises(ValueError, match="ANOMALY_SMOKE='maybe' is not a switch"):
+        smoke_switch()
+    monkeypatch.delenv("ANOMALY_SMOKE")
+    assert smoke_switch() is False
