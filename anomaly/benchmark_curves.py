@@ -18,7 +18,9 @@ on its bottleneck over the same n images.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -95,6 +97,22 @@ def _point(method, config, data, train_idx, cal, test, alpha: float) -> dict:
     }
 
 
+def _subsets(pool: list[int], n: int, reps: int, seed: int) -> list[list[int]]:
+    """`reps` different random n-subsets of `pool` (every one when there are fewer)."""
+    total = math.comb(len(pool), n)
+    if total <= reps:
+        return [list(c) for c in itertools.combinations(sorted(pool), n)]
+    picks: list[list[int]] = []
+    retry = 0
+    while len(picks) < reps:  # total > reps: new subsets keep coming
+        rng = np.random.default_rng([seed, n, len(picks)] + ([retry] if retry else []))
+        pick = sorted(rng.choice(pool, n, replace=False).tolist())
+        retry = retry + 1 if pick in picks else 0
+        if not retry:
+            picks.append(pick)
+    return picks
+
+
 def train_size_curve(
     data: str | Path,
     method: str = "patchknn",
@@ -133,6 +151,13 @@ def train_size_curve(
             "threshold; the curve needs at least 2"
         )
     cal = train.subset(cal_idx)
+    if over := sorted({int(n) for n in sizes or () if int(n) > len(train_idx)}):  # asked for
+        print(
+            f"--sizes {' '.join(map(str, over))}: {data} has {len(train_idx)} training images "
+            f"to subset ({len(cal_idx)} more held out for the threshold); those points use all "
+            f"{len(train_idx)}",
+            file=sys.stderr,
+        )
     sizes = sizes or (SMOKE_SIZES if smoke else SIZES)
     sizes = sorted(
         {min(int(n), len(train_idx)) for n in sizes} | ({len(train_idx)} if not smoke else set())
@@ -140,9 +165,14 @@ def train_size_curve(
     rows = []
     for n in sizes:
         reps = 1 if smoke or n > seeds_up_to or n == len(train_idx) else seeds
-        for rep in range(reps):
-            rng = np.random.default_rng([seed, n, rep])
-            pick = sorted(rng.choice(train_idx, n, replace=False).tolist())
+        picks = _subsets(train_idx, n, reps, seed)
+        if len(picks) < reps:
+            print(
+                f"n={n}: only {len(picks)} different subsets of {len(train_idx)} images, "
+                f"not --seeds {reps}; repeats would only narrow the spread",
+                file=sys.stderr,
+            )
+        for rep, pick in enumerate(picks):
             try:
                 row = _point(method, config.replace(seed=seed + rep), train, pick, cal, test, alpha)
             except (ValueError, RuntimeError) as err:  # one failed point does not end the curve

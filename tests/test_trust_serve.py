@@ -28,3 +28,20 @@ def test_port_in_use_is_refused_before_serving(tmp_path):
     cmd, _ = server.voila_command(run, port=port)
     assert "--Voila.port_retries=0" in cmd
     assert f"--Voila.ip={server.LOCAL}" in cmd
+
+
+def test_curve_never_repeats_a_subset_and_says_when_sizes_are_capped(tiny_cookies, capsys):
+    """--seeds above the number of different subsets fitted the same subsets again (a billion
+    times for --seeds 1000000000), narrowing the spread; a size above the training images
+    became "all" without a word."""
+    from anomaly.benchmark_curves import _subsets, train_size_curve
+
+    assert len(_subsets(list(range(5)), 4, 10**9, 0)) == 5  # C(5, 4), each once
+    picks = _subsets(list(range(20)), 2, 50, 0)
+    assert len(picks) == 50 and len({tuple(p) for p in picks}) == 50
+    rows = train_size_curve(tiny_cookies, "meandiff", sizes=[1, 1000], seeds=10**9, progress=False)
+    n_all = max(r["n"] for r in rows)
+    assert sum(r["n"] == 1 for r in rows) == n_all  # one point per single image, no repeats
+    err = capsys.readouterr().err
+    assert f"--sizes 1000: {tiny_cookies} has {n_all} training images" in err
+    assert f"n=1: only {n_all} different subsets" in err
