@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="toy", choices=("tiny", "toy", "benchmark"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--difficulty", type=float, default=1.0)
+    p.add_argument(
+        "--difficulty",
+        type=float,
+        default=1.0,
+        help="0.1 to 50, higher is harder: smaller, fainter defects (default 1.0)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

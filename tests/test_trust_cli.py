@@ -72,3 +72,16 @@ def test_the_smoke_switch_reads_false_as_off(monkeypatch):
         smoke_switch()
     monkeypatch.delenv("ANOMALY_SMOKE")
     assert smoke_switch() is False
+
+
+@pytest.mark.parametrize("value", ["1e-300", "0.01", "nan", "inf", "0", "-1", "1e9"])
+def test_make_cookies_refuses_a_difficulty_that_draws_nothing_useful(tmp_path, capsys, value):
+    # 1e-300 ended in a RecursionError from deep inside PIL; 0.01 covered whole images in
+    # mustard; 1e9 is the same set as 50
+    code, _, err = run_cli(
+        capsys, "make-cookies", tmp_path / "c", "--preset", "tiny", "--size", "32",
+        "--difficulty", value,
+    )  # fmt: skip
+    assert code == 2
+    assert "difficulty must be a positive finite number, 0.1 to 50;" in err
+    assert not (tmp_path / "c").exists()

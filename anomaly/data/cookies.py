@@ -32,6 +32,9 @@ PRESETS = {  # train/good, test/good, then test images per defect kind
     "toy": {"train": 18, "good": 6, "crack": 3, "mustard": 2, "plastic": 2},
     "benchmark": {"train": 200, "good": 50, "crack": 30, "mustard": 30, "plastic": 30},
 }
+# The range of `difficulty` that changes something useful: at 0.1 a mustard blob covers a third
+# of the image (far below, all of it); from about 44 on, sizes and contrast are at their floors.
+DIFFICULTY = (0.1, 50.0)
 _KIND_IDS = {"good": 0, "crack": 1, "mustard": 2, "plastic": 3}
 
 
@@ -59,7 +62,7 @@ def make_cookies(
             30 per defect kind).
         seed: non-negative; the same seed and `GENERATOR_VERSION` give byte-identical files.
         size: side of the square images in pixels, at least 32.
-        difficulty: > 0, higher is harder. Defect sizes are multiplied by `difficulty ** -0.5`
+        difficulty: 0.1 to 50 (`DIFFICULTY`), higher is harder. Defect sizes are multiplied by `difficulty ** -0.5`
             (areas by `1 / difficulty`; the wrap's length, already large, by
             `difficulty ** -0.25`), never below a few pixels, and defect contrast (mustard and
             wrap opacity, how dark a crack is and how much table shows through it) by
@@ -80,8 +83,14 @@ def make_cookies(
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if isinstance(size, bool) or int(size) != size or not 32 <= size <= 4096:
         raise ValueError(f"size must be a whole number of pixels, 32 to 4096; got {size!r}")
-    if not 0 < difficulty < float("inf"):
-        raise ValueError(f"difficulty must be a positive finite number; got {difficulty!r}")
+    if not DIFFICULTY[0] <= difficulty <= DIFFICULTY[1]:  # NaN fails too
+        raise ValueError(
+            f"difficulty must be a positive finite number, {DIFFICULTY[0]:g} to "
+            f"{DIFFICULTY[1]:g}; got {difficulty!r} (below "
+            f"{DIFFICULTY[0]:g} a mustard blob or wrap covers most of the image, or every retry to "
+            f"draw one fails; above {DIFFICULTY[1]:g} defects are already at their smallest and "
+            "faintest)"
+        )
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     size, seed, difficulty, counts = int(size), int(seed), float(difficulty), PRESETS[preset]
