@@ -32,6 +32,7 @@ from anomaly.metrics import (
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 
+FEW_DEFECTS = 10  # below this many labelled defects an F1 threshold is one image's score
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
 FLAG = "--good-images"
@@ -194,9 +195,30 @@ def attach(threshold: Threshold, record: dict) -> Threshold:
     return threshold
 
 
+def f1_words(params: dict) -> str:
+    """What an F1 threshold rests on: the test images that chose it also judge it."""
+    n, k, f1 = params.get("n_images"), params.get("n_defective"), params.get("f1")
+    line = (
+        f"chosen on the run's scored test set ({n} images, {k} defective), where its F1 is "
+        f"{f1:.3g}: the same images chose it, so results on them at this threshold are "
+        "optimistic"
+        if isinstance(f1, (int, float)) and k is not None
+        else "chosen on the run's scored test set: results on it at this threshold are optimistic"
+    )
+    if isinstance(k, int) and k < FEW_DEFECTS:
+        line += (
+            f"\nWith {k} defective image(s) it sits on the score of the lowest-scored defect "
+            "that F1 keeps: a new defect scoring a little lower passes. Use more labelled "
+            "defects, or --rule conformal on good images"
+        )
+    return line
+
+
 def calibration_words(threshold: Threshold, scores_file: str | Path | None = None) -> str:
     """Where the threshold's good-image scores came from and, for a guarantee, the condition
     it needs in one plain sentence ("" for a rule that reads no good-image scores)."""
+    if threshold.rule == "f1":
+        return f1_words(threshold.params or {})
     record = (threshold.params or {}).get("calibration")
     if not record:
         return ""
@@ -271,6 +293,7 @@ def set_threshold(
             )
         pred = rd.predictions()
         threshold = threshold_f1(pred.labels, pred.scores)
+        threshold.params["n_defective"] = int(np.sum(np.asarray(pred.labels) > 0))
     else:
         raise ValueError(
             f"Unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"

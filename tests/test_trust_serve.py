@@ -45,3 +45,22 @@ def test_curve_never_repeats_a_subset_and_says_when_sizes_are_capped(tiny_cookie
     err = capsys.readouterr().err
     assert f"--sizes 1000: {tiny_cookies} has {n_all} training images" in err
     assert f"n=1: only {n_all} different subsets" in err
+
+
+def test_f1_threshold_says_it_was_chosen_on_the_test_set(scored_ae_run, tmp_path):
+    """--rule f1 printed only "no guarantee": not that the test images chose it (so its results
+    there are optimistic), nor that with few defects it sits on one defect's score."""
+    from helpers import copy_run
+
+    from anomaly.calibration import calibration_words, set_threshold
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    t = set_threshold(run, "f1")
+    k = int((RunDir(run).predictions().labels > 0).sum())
+    assert t.params["n_defective"] == k
+    words = calibration_words(t)
+    assert f"{k} defective" in words and "optimistic" in words
+    assert ("lowest-scored defect" in words) == (k < 10)
+    t.params.pop("n_defective")  # a threshold.json written before this still reads
+    assert "optimistic" in calibration_words(t)
