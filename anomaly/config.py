@@ -108,6 +108,8 @@ READ_BY: dict[str, tuple[str, ...]] = {
     "latent": ("ae", "vae"),
     "output": ("unet",),
     "kl_weight": ("vae",),
+    "score_topk": (*_RECONSTRUCTION, "draem", "flow", "patchknn", "meandiff"),
+    "score_border": (*_RECONSTRUCTION, "flow", "patchknn"),
     **dict.fromkeys(("source_run", "k", "kmeans_features"), ("kmeans",)),
     **dict.fromkeys(("backbone", "layers", "feature_pad"), ("patchknn", "flow")),
     **dict.fromkeys(
@@ -366,4 +368,16 @@ class Config:
                 raise ValueError(f"{flag} {value}: must be greater than {meta['above']}")
             if "max" in meta and value > meta["max"]:
                 raise ValueError(f"{flag} {value}: must be at most {meta['max']}{span}")
+        # maps are the images' size: a blur wider than the image flattens them (and a huge one
+        # asked torch for terabytes), a border of half the image leaves nothing to score
+        if self.smooth_sigma > self.size:
+            raise ValueError(
+                f"--smooth-sigma {self.smooth_sigma}: at most --size ({self.size}) pixels; a "
+                "wider blur flattens the anomaly map (a few pixels is usual; 0 = none)"
+            )
+        if 2 * self.score_border >= self.size:
+            raise ValueError(
+                f"--score-border {self.score_border} leaves nothing of a {self.size} px map; use "
+                f"at most {(self.size - 1) // 2} (or a larger --size)"
+            )
         return self

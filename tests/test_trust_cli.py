@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 
 import pytest
@@ -85,3 +86,18 @@ def test_make_cookies_refuses_a_difficulty_that_draws_nothing_useful(tmp_path, c
     assert code == 2
     assert "difficulty must be a positive finite number, 0.1 to 50;" in err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"smooth_sigma": 1e6}, "--smooth-sigma 1000000.0: at most --size (64)"),
+        ({"score_border": 32}, "--score-border 32 leaves nothing of a 64 px map; use at most 31"),
+    ],
+)
+def test_a_blur_or_border_as_wide_as_the_image_is_refused(flags, message):
+    # --smooth-sigma 1e6 asked torch for 256 TB mid-training; --score-border 40 for meandiff
+    # trained a run, and for patchknn failed after extracting every feature
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Config.for_method("meandiff", size=64, **flags).validate()
+    Config.for_method("meandiff", size=64, smooth_sigma=64, score_border=31).validate()
