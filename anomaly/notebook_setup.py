@@ -25,9 +25,32 @@ def home() -> Path:
     """
     value = os.environ.get(HOME_ENV, "").strip()
     if value:
-        return Path(value).expanduser().resolve()
+        try:
+            path = Path(value).expanduser().resolve()
+        except RuntimeError:  # ~user of no such user
+            raise ValueError(
+                f"{HOME_ENV}={value!r}: no such home folder; set it to a folder path"
+            ) from None
+        if path.exists() and not path.is_dir():
+            raise ValueError(
+                f"{HOME_ENV}={value!r} is a file; set it to a folder (notebooks write data/ "
+                "and runs/ under it), or unset it to use the working folder"
+            )
+        return path
     cwd = Path.cwd().resolve()
     return cwd.parent if cwd.name == "notebooks" else cwd
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, naming the setting, to make `path` under a folder nobody can write to here
+    (the first of its parents that exists), before a notebook spends minutes training."""
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        where = f"{HOME_ENV}={os.environ[HOME_ENV]!r}" if os.environ.get(HOME_ENV) else "home()"
+        raise ValueError(
+            f"cannot write {path}: {parent} is not a folder this user can write to; set "
+            f"{HOME_ENV} to one (now {where})"
+        )
 
 
 def _shown(path: Path) -> str:
@@ -105,6 +128,7 @@ def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> P
     root = s.data_dir if preset == s.preset else s.data_dir.parent / preset
     size = s.size or size if preset == s.preset else size
     if not (root / "manifest.json").exists():
+        _check_writable(root)
         make_cookies(root, preset=preset, seed=s.seed, size=size)
     return root
 
@@ -125,6 +149,7 @@ def ensure_run(
     if RunDir(run).has_metrics():
         print(f"using the trained run {_shown(run)}")
         return run
+    _check_writable(run)
     if source is not None:
         src = s.runs_dir / source
         config = load_config(src).replace(method=method, source_run=str(src), seed=s.seed)

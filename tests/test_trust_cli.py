@@ -101,3 +101,19 @@ def test_a_blur_or_border_as_wide_as_the_image_is_refused(flags, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         Config.for_method("meandiff", size=64, **flags).validate()
     Config.for_method("meandiff", size=64, smooth_sigma=64, score_border=31).validate()
+
+
+def test_anomaly_home_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    from anomaly import notebook_setup
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    monkeypatch.setenv("ANOMALY_HOME", str(afile))
+    with pytest.raises(ValueError, match="ANOMALY_HOME=.* is a file"):
+        notebook_setup.home()
+    monkeypatch.setenv("ANOMALY_HOME", str(tmp_path))
+    s = notebook_setup.settings(smoke=True)
+    monkeypatch.setattr(notebook_setup.os, "access", lambda *a: False)  # root writes anywhere
+    with pytest.raises(ValueError, match="set ANOMALY_HOME to one"):
+        notebook_setup.ensure_cookies(s)
+    assert afile.read_text() == "mine" and not (tmp_path / "data").exists()
