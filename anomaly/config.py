@@ -169,6 +169,7 @@ class Config:
         "score: processes that decode the test images while the model scores them "
         "(0 = decode in the main process)",
         min=0,
+        max=64,  # each one imports torch: thousands of them (a typo) would exhaust memory
     )
     # training (reconstruction, draem, flow)
     epochs: int = _f(40, "training epochs", min=1)

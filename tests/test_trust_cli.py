@@ -117,3 +117,13 @@ def test_anomaly_home_that_cannot_be_written_is_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="set ANOMALY_HOME to one"):
         notebook_setup.ensure_cookies(s)
     assert afile.read_text() == "mine" and not (tmp_path / "data").exists()
+
+
+def test_workers_by_the_thousand_are_refused_before_any_process_starts(tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys, "train", "--method", "meandiff", "--data", tmp_path, "--out", tmp_path / "run",
+        "--workers", "10000",
+    )  # fmt: skip
+    assert code == 2
+    assert "--workers 10000: must be at most 64" in err
+    assert not (tmp_path / "run").exists()
