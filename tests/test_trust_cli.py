@@ -127,3 +127,17 @@ def test_workers_by_the_thousand_are_refused_before_any_process_starts(tmp_path,
     assert code == 2
     assert "--workers 10000: must be at most 64" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["make-cookies", "make-photos"])
+def test_a_generator_will_not_write_inside_a_data_set(tiny_cookies, tmp_path, capsys, command):
+    # make-cookies DATA/test/new made `new` a defect kind of DATA, with train/ and test/ in it
+    before = sorted(p.relative_to(tiny_cookies) for p in tiny_cookies.rglob("*"))
+    code, _, err = run_cli(capsys, command, tiny_cookies / "test" / "new")
+    assert code == 2
+    assert f"is inside the data set {tiny_cookies}" in err
+    assert sorted(p.relative_to(tiny_cookies) for p in tiny_cookies.rglob("*")) == before
+    (tmp_path / "afile").write_text("mine")
+    code, _, err = run_cli(capsys, command, tmp_path / "afile" / "sub")
+    assert code == 2
+    assert f"{tmp_path / 'afile'} is a file" in err

@@ -137,6 +137,20 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)  # no time, no metadata
 
 
+def check_outside_data_sets(root: Path, what: str) -> None:
+    """Refuse a `root` under a file, or inside a data set (a folder that holds train/ and test/):
+    `what` written into `ROOT/test/new` would add a defect kind `new` to that set."""
+    root = Path(root).absolute()
+    for parent in root.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{root}: {parent} is a file; choose a folder for the {what}")
+        if (parent / "train").is_dir() and (parent / "test").is_dir():
+            raise ValueError(
+                f"{root} is inside the data set {parent} (it holds train/ and test/): the "
+                f"{what} would become part of it; choose a folder outside it"
+            )
+
+
 def _check_root(root: Path, manifest: dict, overwrite: bool) -> None:
     """Refuse to mix two data sets, or a data set and other files, in one folder.
 
@@ -145,6 +159,7 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> None:
     """
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file; give make-cookies a folder to write the data set in")
+    check_outside_data_sets(root, "cookie data set")
     if not root.exists() or not any(root.iterdir()):
         return
     settings = {key: value for key, value in manifest.items() if key != "images"}

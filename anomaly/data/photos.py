@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from anomaly.data.cookies import check_outside_data_sets
 from anomaly.data.files import manifest_files
 from anomaly.data.photos_defects import KINDS, add_defect
 from anomaly.safe_files import remove_made
@@ -444,10 +445,11 @@ def make_photos(
 
 def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool) -> None:
     """Refuse to write into a folder the generator did not make; replace one it made."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file; choose a folder for the photo suite")
+    check_outside_data_sets(root, "photo suite")
     if not root.exists():
         return
-    if not root.is_dir():
-        raise ValueError(f"{root} is a file; choose a folder for the photo suite")
     if not any(root.iterdir()):
         return
     old = root / "manifest.json"
