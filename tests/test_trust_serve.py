@@ -64,3 +64,26 @@ def test_f1_threshold_says_it_was_chosen_on_the_test_set(scored_ae_run, tmp_path
     assert ("lowest-scored defect" in words) == (k < 10)
     t.params.pop("n_defective")  # a threshold.json written before this still reads
     assert "optimistic" in calibration_words(t)
+
+
+def test_serve_refuses_runs_it_cannot_show_before_starting(scored_ae_run, tmp_path, monkeypatch):
+    """Runs scored on other images, or a damaged predictions.npz, started the server anyway and
+    the page showed only a blank error; a damaged .npz gave numpy's advice to unpickle it."""
+    from anomaly.explorer.runs import reindexed
+    from anomaly.runs import RunDir
+
+    def no_server(*args, **kwargs):
+        raise AssertionError("the server was started")
+
+    monkeypatch.setattr(server.subprocess, "Popen", no_server)
+    with socket.socket() as probe:
+        probe.bind((server.LOCAL, 0))
+        port = probe.getsockname()[1]
+    fewer = tmp_path / "fewer.npz"
+    reindexed(RunDir(scored_ae_run).predictions(), [0, 1]).save(fewer)
+    with pytest.raises(ValueError, match="different numbers of images"):
+        server.serve([scored_ae_run, fewer], port=port)
+    junk = tmp_path / "junk.npz"
+    junk.write_text("junk")
+    with pytest.raises(ValueError, match=f"{junk} is not a readable predictions.npz"):
+        server.serve([junk], port=port)

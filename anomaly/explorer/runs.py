@@ -33,7 +33,13 @@ def load_run_predictions(run: str | Path) -> Predictions:
             raise FileNotFoundError(
                 f"{path} does not exist: pass a scored run folder or its {RunDir.PREDICTIONS}"
             )
-        return Predictions.load(path)
+        try:
+            return Predictions.load(path)
+        except Exception as err:  # noqa: BLE001  (truncated, empty, or not ours)
+            raise ValueError(
+                f"{path} is not a readable {RunDir.PREDICTIONS} ({type(err).__name__}: "
+                f"{str(err)[:120]}); pass a run folder scored by `python -m anomaly score`"
+            ) from None
     if not path.is_dir():
         raise FileNotFoundError(
             f"{path} is not a folder: pass a run folder made by "

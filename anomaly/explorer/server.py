@@ -186,6 +186,10 @@ def serve(
     """
     cmd, env = voila_command(run_dirs, port, open_browser, host=host, cull_idle_s=cull_idle_s)
     check_port_free(port, host)
+    from anomaly.explorer.runs import collect_runs
+
+    # the page would show only a blank error for runs it cannot read or compare: refuse them here
+    collect_runs(json.loads(env[RUNS_ENV]))
     print(
         f"Threshold explorer: {page_url(cmd, host)}  (Ctrl+C to stop)\n{how_to_share(port, host)}",
         flush=True,
