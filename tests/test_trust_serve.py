@@ -87,3 +87,24 @@ def test_serve_refuses_runs_it_cannot_show_before_starting(scored_ae_run, tmp_pa
     junk.write_text("junk")
     with pytest.raises(ValueError, match=f"{junk} is not a readable predictions.npz"):
         server.serve([junk], port=port)
+
+
+def test_explorer_says_when_the_threshold_was_set_on_its_own_test_images(
+    scored_ae_run, tiny_cookies, tmp_path
+):
+    """threshold --good-images DATA/test/good, then the explorer showed the false-reject rate
+    measured on those same images as if it checked the guarantee."""
+    from helpers import copy_run
+
+    from anomaly.calibration import set_threshold
+    from anomaly.explorer import ThresholdExplorer
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    good = tiny_cookies / "test" / "good"
+    set_threshold(run, "conformal", 0.45, good_images=good)
+    n_good = len(list(good.glob("*.png")))
+    ex = ThresholdExplorer(run)
+    assert f"set on {n_good} of these images themselves" in ex.rule.value
+    assert "not an independent check" in ex.report_html()
+    set_threshold(run, "conformal", 0.5)  # on the held-out images: nothing to say
+    assert "themselves" not in ThresholdExplorer(run).rule.value

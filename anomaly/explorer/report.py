@@ -217,7 +217,7 @@ svg {{max-width: 100%; height: auto}}
 <p>Threshold <b class="threshold">{t:.6g}</b>: a part is REJECTED iff its anomaly score is
 &gt;= the threshold. Pixel threshold (overlays) {ex.pixel_threshold:.4g}.
 Saved rule: {html.escape(rule)}. Made {now}.</p>
-{rule_html(r.saved, t, counts, _optimum(ex))}
+{rule_html(r.saved, t, counts, _optimum(ex), r.pred.paths)}
 <h2>Confusion matrix and rates</h2>
 {format_confusion_html(counts, r.saved, t)}
 <p>{_costs(ex, counts)}</p>

@@ -4,6 +4,7 @@ means (which rule set it, and what, if anything, it guarantees)."""
 from __future__ import annotations
 
 import html
+import os
 
 from anomaly.metrics import Threshold
 
@@ -172,11 +173,21 @@ def describe_rule(saved: Threshold) -> str:
     return saved.rule
 
 
+def _set_on_these(saved: Threshold, paths) -> int:
+    """How many of these images lie in the folder the saved rule was set on (--good-images)."""
+    record = (saved.params or {}).get("calibration") or {}
+    folder = record.get("folder_resolved") if record.get("source") == "folder" else None
+    if not isinstance(folder, str) or not folder:
+        return 0
+    folder = os.path.abspath(folder)
+    return sum(os.path.dirname(os.path.abspath(str(p))) == folder for p in paths)
+
+
 def rule_html(
-    saved: Threshold | None, threshold: float, counts: dict, optimum: float | None
+    saved: Threshold | None, threshold: float, counts: dict, optimum: float | None, paths=()
 ) -> str:
     """Which rule set the current threshold and what it guarantees (`optimum` None: there is
-    no cost optimum, the images lack a class)."""
+    no cost optimum, the images lack a class; `paths`: these images' files)."""
     frr = percent(counts, "false_reject_rate")
     if at_saved(saved, threshold):
         text = f"Threshold set by the saved rule <b>{html.escape(describe_rule(saved))}</b>. "
@@ -187,6 +198,11 @@ def rule_html(
                 f"process (if they are exchangeable with the {_source(saved)}); measured on "
                 f"these test images: {frr}."
             )
+            if n_in := _set_on_these(saved, paths):
+                text += (
+                    f" It was set on {n_in} of these images themselves, so that rate is not an "
+                    "independent check: set it on good images outside the test set."
+                )
         else:
             text += f"It guarantees nothing; measured false-reject rate on these images: {frr}."
     else:

@@ -343,7 +343,7 @@ class ThresholdExplorer:
         counts = self.counts
         self.confusion.value = format_confusion_html(counts, r.saved, self.threshold)
         optimum = None if self.no_optimum else self.optimum[0]
-        self.rule.value = rule_html(r.saved, self.threshold, counts, optimum)
+        self.rule.value = rule_html(r.saved, self.threshold, counts, optimum, r.pred.paths)
         self.cost_label.value = self._cost_text(counts)
         self._blit_threshold()
         self.gallery.refresh()
