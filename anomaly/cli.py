@@ -404,7 +404,8 @@ def _main(args) -> int:
         elif args.command == "explore":
             from anomaly.explorer import serve
 
-            serve(args.run, port=args.port)
+            code = serve(args.run, port=args.port)  # Voila's exit code (a failed start: not 0)
+            return code if isinstance(code, int) and code > 0 else 0
     except KeyboardInterrupt as stop:  # anomaly.train.Interrupted: Ctrl-C in training
         if getattr(stop, "epoch", None) is None:
             print("\ninterrupted", file=sys.stderr)

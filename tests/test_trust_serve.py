@@ -108,3 +108,15 @@ def test_explorer_says_when_the_threshold_was_set_on_its_own_test_images(
     assert "not an independent check" in ex.report_html()
     set_threshold(run, "conformal", 0.5)  # on the held-out images: nothing to say
     assert "themselves" not in ThresholdExplorer(run).rule.value
+
+
+def test_explore_exits_with_the_servers_failure(monkeypatch, tmp_path):
+    """A Voila that fails to start (e.g. the port taken between the check and the start) made
+    `explore` exit 0 all the same."""
+    import anomaly.explorer
+    from anomaly.cli import main
+
+    monkeypatch.setattr(anomaly.explorer, "serve", lambda run, port: 1)
+    assert main(["explore", "--run", str(tmp_path)]) == 1
+    monkeypatch.setattr(anomaly.explorer, "serve", lambda run, port: 0)
+    assert main(["explore", "--run", str(tmp_path)]) == 0
