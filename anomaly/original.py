@@ -195,9 +195,10 @@ def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: i
 
 def fixed_threshold_table(runs: dict[str, Path], value: float = ORIGINAL_THRESHOLD) -> str:
     """Per run: the fraction of good and defective test images flagged at the original's fixed
-    threshold, at the run's own threshold (`threshold.json`: a quantile of held-out normal
-    scores) and at the F1-optimal one (which needs labelled defects)."""
-    from anomaly.metrics import threshold_f1
+    threshold, at train's default threshold (a quantile of the held-out normal scores in
+    val_scores.json, computed here: threshold.json may hold another rule by now) and at the
+    F1-optimal one (which needs labelled defects)."""
+    from anomaly.metrics import threshold_f1, threshold_normal_quantile
     from anomaly.runs import RunDir
 
     header = (
@@ -210,7 +211,9 @@ def fixed_threshold_table(runs: dict[str, Path], value: float = ORIGINAL_THRESHO
         good, bad = pred.scores[pred.labels == 0], pred.scores[pred.labels > 0]
         rules = {
             f"fixed {value:g} (original)": value,
-            "held-out normal quantile": RunDir(run).threshold().value,
+            "held-out normal quantile": threshold_normal_quantile(
+                RunDir(run).val_scores()["scores"], q=RunDir(run).config().threshold_quantile
+            ).value,
             "F1-optimal (labels)": threshold_f1(pred.labels, pred.scores).value,
         }
         for rule, t in rules.items():

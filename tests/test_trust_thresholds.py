@@ -157,3 +157,21 @@ def test_no_threshold_is_saved_unless_it_is_a_finite_number(md, capsys):
     with pytest.raises(ValueError, match="params.alpha"):
         RunDir(md).save_threshold(Threshold(1.0, "conformal", {"alpha": 2.0}))
     assert (md / "threshold.json").read_bytes() == before
+
+
+def test_the_original_table_shows_trains_default_even_after_another_rule_was_set(
+    tiny_cookies, tmp_path
+):
+    """notebook 04's table labelled threshold.json's value "held-out normal quantile", whatever
+    rule had replaced it (a rerun after `threshold --rule f1` showed the F1 threshold twice)."""
+    from anomaly.original import fixed_threshold_table
+
+    run = tmp_path / "md"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    score_run(run, overlays=False)
+    default = RunDir(run).threshold().value
+    before = fixed_threshold_table({"md": run})
+    set_threshold(run, "f1")
+    assert RunDir(run).threshold().value != default
+    assert fixed_threshold_table({"md": run}) == before
+    assert f"{default:.4g}" in before.splitlines()[2]
