@@ -297,7 +297,11 @@ class Config:
     draem_norm: str = _f("group", "draem: normalisation layers", choices=("group", "batch"))
     # thresholds
     threshold_quantile: float = _f(
-        0.99, "default threshold: this quantile of the held-out normal scores", min=0.0, max=1.0
+        0.99,
+        "default threshold: this quantile of the held-out normal scores (below 0.5 it would "
+        "reject most good parts)",
+        min=0.5,
+        max=1.0,
     )
 
     @classmethod

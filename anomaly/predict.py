@@ -37,6 +37,8 @@ def expand_images(images: list[str | Path]) -> list[Path]:
     folder (sub-folders, files of other types): none is skipped without a word."""
     out: list[Path] = []
     for item in images:
+        if not str(item).strip():  # Path("") is ".": the working folder would be scored
+            raise DataError("an empty image path was given; name image files or folders")
         p = Path(item)
         if p.is_dir():
             found, broken, _ = scan_images(p, SUBFOLDERS)

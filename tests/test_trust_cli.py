@@ -141,3 +141,25 @@ def test_a_generator_will_not_write_inside_a_data_set(tiny_cookies, tmp_path, ca
     code, _, err = run_cli(capsys, command, tmp_path / "afile" / "sub")
     assert code == 2
     assert f"{tmp_path / 'afile'} is a file" in err
+
+
+def test_an_empty_image_path_and_a_threshold_quantile_below_half_are_refused(
+    tiny_cookies, tmp_path, capsys
+):
+    """`predict --run R ""` scored the working folder (Path("") is "."), and
+    --threshold-quantile 0 made a default threshold that rejects nearly every good part."""
+    from helpers import tiny_config
+
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "md"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), ""]) == 2
+    assert "empty image path" in capsys.readouterr().err
+    out = tmp_path / "r"
+    flags = ["--method", "meandiff", "--size", "64", "--threshold-quantile", "0.1"]
+    assert main(["train", "--data", str(tiny_cookies), "--out", str(out), *flags]) == 2
+    assert "--threshold-quantile" in capsys.readouterr().err
+    assert not out.exists()
