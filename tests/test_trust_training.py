@@ -126,3 +126,14 @@ def test_auto_with_too_few_images_is_refused_before_the_run_folder_is_written(
     with pytest.raises(ValueError, match="auto needs at least"):
         train_run(tiny_config(data, "auto"), tmp_path / "auto", progress=False)
     assert not (tmp_path / "auto").exists()
+
+
+@pytest.mark.parametrize("features", ["patch", "flat"])
+def test_kmeans_k_above_the_training_images_is_said_and_recorded(unet_run, tmp_path, features):
+    """--k 1000 on a handful of training images was capped without a word (model.pt said 1000)."""
+    n = len(_split(unet_run)["train"])
+    with pytest.warns(UserWarning, match=f"--k 1000 asks for more centres than the {n} training"):
+        detector = train_run(
+            _kmeans(unet_run, k=1000, kmeans_features=features), tmp_path / "km", progress=False
+        )
+    assert detector.k == n

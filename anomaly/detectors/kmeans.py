@@ -46,6 +46,7 @@ docs/measurements.md.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -91,6 +92,20 @@ def choose_k(vectors: np.ndarray | torch.Tensor, seed: int = 0) -> int:
         if score >= best:
             best_k, best = k, score
     return best_k
+
+
+def _capped(k: int, n: int) -> int:
+    """k, or the n training images when --k asks for more centres than there are images to
+    cluster (each image its own centre: a nearest-neighbour search, not clusters), with a
+    warning that says so."""
+    if k > n:
+        warnings.warn(
+            f"--k {k} asks for more centres than the {n} training images it clusters, so k = "
+            f"{n}: every training image is its own centre. Give --k {n} or less, or leave --k "
+            "out to choose it by rule",
+            stacklevel=3,
+        )
+    return min(k, n)
 
 
 def _centers(vectors: np.ndarray, k: int, seed: int, n_init: int = 10) -> torch.Tensor:
@@ -278,6 +293,7 @@ class KMeansDetector(Detector):
             del fmap
             if self.k == 0:
                 self.k = choose_k(cells.permute(1, 0, 2).reshape(b, -1), seed)
+            self.k = _capped(self.k, b)
             self.centers = cell_kmeans(cells, self.k, seed)
         else:
             if self.kind == "flat":
@@ -285,6 +301,7 @@ class KMeansDetector(Detector):
             vectors = self._vectors(fmap).numpy()
             if self.k == 0:
                 self.k = choose_k(vectors, seed)
+            self.k = _capped(self.k, len(vectors))
             self.centers = _centers(vectors, self.k, seed)
         return self
 
