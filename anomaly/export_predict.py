@@ -63,11 +63,8 @@ def predict_files(
     Returns (results, threshold): per image path, score, verdict and overlay (written to
     `overlay_dir`, default `<file stem>_predict/` beside the ONNX file), or path and error.
     """
-    from PIL import Image
-
-    from anomaly.overlays import PNG_LEVEL, verdict
-    from anomaly.predict import expand_images, overlay_name, unreadable
-    from anomaly.safe_files import output_folder, save_png
+    from anomaly.predict import expand_images, scored_result, unreadable
+    from anomaly.safe_files import output_folder
     from anomaly.viz import heatmap_overlay
 
     detector = OnnxDetector(onnx_path)
@@ -88,16 +85,6 @@ def predict_files(
             results.append({"path": str(path), "error": str(err)})
             continue
         scores, maps = detector.predict([x])
-        overlay = out / overlay_name(path, used)
-        picture = Image.fromarray(heatmap_overlay(x, maps[0], vmin, vmax))
-        save_png(picture, overlay, compress_level=PNG_LEVEL)
-        score = float(scores[0])
-        results.append(
-            {
-                "path": str(path),
-                "score": score,
-                "overlay": str(overlay),
-                "verdict": verdict(score, threshold.value),
-            }
-        )
+        picture = heatmap_overlay(x, maps[0], vmin, vmax)
+        results.append(scored_result(path, float(scores[0]), picture, out, used, threshold))
     return results, threshold

@@ -126,9 +126,7 @@ def predict_images(
     name no earlier call took: overlays are evidence, never replaced); or path and error for an
     image that could not be read (the others are still scored).
     """
-    from PIL import Image
-
-    from anomaly.overlays import PNG_LEVEL, annotated_overlay, run_scale
+    from anomaly.overlays import annotated_overlay, run_scale
 
     rd = RunDir(run).require()
     detector = load_run(rd)
@@ -151,17 +149,26 @@ def predict_images(
                 results.append({"path": str(path), "error": error})
                 continue
             score, amap, own_size = next(scored)
-            overlay = overlay_dir / overlay_name(path, used)
             picture = annotated_overlay(
                 own_size.numpy(), amap, scale, score, threshold.value, title=path.name
             )
-            save_png(Image.fromarray(picture), overlay, compress_level=PNG_LEVEL)
-            results.append(
-                {
-                    "path": str(path),
-                    "score": score,
-                    "overlay": str(overlay),
-                    "verdict": verdict(score, threshold.value),
-                }
-            )
+            results.append(scored_result(path, score, picture, overlay_dir, used, threshold))
     return results, threshold
+
+
+def scored_result(path: Path, score: float, picture, folder: Path, used: set[str], threshold):
+    """One scored image's result (path, score, verdict, overlay) for `predict --run` and
+    `predict --onnx`: its overlay `picture` (uint8 RGB) saved in `folder` under a name no earlier
+    call took (`overlay_name`)."""
+    from PIL import Image
+
+    from anomaly.overlays import PNG_LEVEL
+
+    overlay = folder / overlay_name(path, used)
+    save_png(Image.fromarray(picture), overlay, compress_level=PNG_LEVEL)
+    return {
+        "path": str(path),
+        "score": score,
+        "overlay": str(overlay),
+        "verdict": verdict(score, threshold.value),
+    }
