@@ -34,7 +34,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, scan_images, skipped
+from anomaly.data.files import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    _is_image,
+    broken_link,
+    scan_images,
+    skipped,
+)
 from anomaly.data.image_kind import displayed_size, open_image
 from anomaly.data.masks import (
     check_defect_mask,
@@ -345,8 +352,7 @@ class AnomalyDataset(Dataset):
         samples = self._samples(split_good, "good", {})
         if self.split == "train":
             return samples
-        ext = IMAGE_EXTENSIONS
-        loose = [p.name for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in ext]
+        loose = [p.name for p in self.root.iterdir() if p.is_file() and _is_image(p)]
         if loose:
             warnings.warn(
                 f"{self.root}: skipping {len(loose)} images outside any folder "
