@@ -44,7 +44,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -166,6 +165,7 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
     from torch import nn
 
     from anomaly.detectors.patchknn import trace_to_onnx
+    from anomaly.safe_files import temporary_beside
 
     onnx = _require("onnx")
 
@@ -183,11 +183,8 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
         1, config.channels, config.size, config.size, generator=torch.Generator().manual_seed(0)
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh, exclusively created temporary name: a link planted at a fixed name is not followed
-    fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with temporary_beside(out_path) as (fd, tmp):  # a planted link is never followed
+        os.close(fd)  # torch and onnx write it by name
         with torch.no_grad():
             trace_to_onnx(Traced(detector).eval(), example, tmp, opset=OPSET)
         model = onnx.load(str(tmp))
@@ -197,10 +194,6 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
             entry.key, entry.value = key, value
         model.doc_string = "anomaly patchknn detector: " + PREPROCESSING
         onnx.save(model, str(tmp))
-        os.chmod(tmp, 0o644)
-        tmp.replace(out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path
 
 

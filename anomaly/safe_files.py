@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -25,21 +26,29 @@ class RunError(ValueError):
 
 
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write `path` through a temporary file in its folder, then rename it into place. The
-    temporary file gets a fresh random name, created exclusively (`tempfile.mkstemp`), so a link
-    planted in a shared folder under a name it could take is never followed."""
+    """Write `path` through a temporary file in its folder (`temporary_beside`), then rename it
+    into place."""
+    with temporary_beside(path) as (fd, _), os.fdopen(fd, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+@contextlib.contextmanager
+def temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
+    """(open descriptor, name) of a fresh temporary file in `path`'s folder, created exclusively
+    with a random name (`tempfile.mkstemp`), so a link planted in a shared folder under a name
+    it could take is never followed; written (close the descriptor, or write by name), it
+    replaces `path` with the usual mode when the block ends, and is removed if the block fails."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield fd, tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the file is no secret
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def _read_umask() -> int:
@@ -49,6 +58,12 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+
+
+def finite(x) -> bool:
+    """A number read from an untrusted file (JSON, a checkpoint) that is finite: an int or
+    float, not a boolean (JSON's true is no count), not NaN or inf."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def sha256_file(path: str | Path) -> str:

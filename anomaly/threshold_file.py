@@ -14,10 +14,9 @@ This module imports only `anomaly.safe_files` (the metrics and run-folder module
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-from anomaly.safe_files import sha256_file
+from anomaly.safe_files import finite, sha256_file
 
 MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it was chosen for
 # the rules that save thresholds: anomaly.metrics' threshold_* functions, and the explorer
@@ -30,11 +29,6 @@ RULES = (
     "cost-optimal",
     "explorer",
 )
-
-
-def finite(x) -> bool:
-    """A JSON number (not a boolean) that is finite."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 _COUNT = (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0, "a count >= 0")

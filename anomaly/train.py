@@ -22,6 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from anomaly.safe_files import finite
+
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "lr", "seconds"]
 
 
@@ -149,10 +151,6 @@ def _optimizer(detector) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def restore(detector, optimizer: torch.optim.Optimizer, last) -> tuple[list, float, int, int]:
     """Load a saved training state (what `fit_loop` gives `save_last`) into `detector`,
     `optimizer` and the random generators; return (history, best, stale, epoch).
@@ -169,10 +167,10 @@ def restore(detector, optimizer: torch.optim.Optimizer, last) -> tuple[list, flo
         raise DamagedState(f"its epoch {epoch!r} is not a whole number of at least 1")
     if not (isinstance(stale, int) and not isinstance(stale, bool) and 0 <= stale <= epoch):
         raise DamagedState(f"its stale {stale!r} is not a whole number from 0 to its epoch")
-    if not _number(best):
+    if not finite(best):
         raise DamagedState(f"its best {best!r} is not a finite number")
     rows_ok = isinstance(history, list) and all(
-        isinstance(r, dict) and all(_number(r.get(f)) for f in HISTORY_FIELDS) for r in history
+        isinstance(r, dict) and all(finite(r.get(f)) for f in HISTORY_FIELDS) for r in history
     )
     if not rows_ok or len(history) != epoch:
         raise DamagedState(
@@ -202,7 +200,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, state) -> None:
         numbers = [g.get(k) for k in ("lr", "eps", "weight_decay")] if betas else []
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2):
             raise DamagedState("its optimizer state has a parameter group without two betas")
-        if not all(_number(x) for x in [*numbers, *betas]):
+        if not all(finite(x) for x in [*numbers, *betas]):
             raise DamagedState(
                 f"its optimizer's lr, eps, weight_decay or betas are not all numbers "
                 f"({numbers + list(betas)!r})"
@@ -217,7 +215,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, state) -> None:
                 isinstance(value, torch.Tensor) and value.shape == param.shape
             )
             step_ok = name != "step" or (
-                _number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+                finite(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
             )
             if not (shape_ok and step_ok):
                 raise DamagedState(
