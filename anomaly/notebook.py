@@ -21,7 +21,7 @@ import torch
 
 from anomaly.config import Config
 from anomaly.data.folder import load_image
-from anomaly.data.image_kind import upright
+from anomaly.data.image_kind import read_rgb
 from anomaly.notebook_benchmark import (
     CURVE_COMMANDS,
     benchmark_result,
@@ -374,8 +374,6 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     """The pictures `score` writes to overlays/ (and `predict` and the explorer show): verdict
     and score above, evidence on the run's scale anchored to its pixel threshold (red: above
     it), the true defect outlined, the colour bar below; `per_kind` images of each kind."""
-    from PIL import Image
-
     from anomaly.overlays import prediction_overlay, run_scale
 
     rd = RunDir(run)
@@ -387,8 +385,9 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     nrows = -(-len(picks) // ncols)
     fig, axes = _subplots(nrows, ncols, figsize=(3.2 * ncols, 4.3 * nrows), squeeze=False)
     for ax, i, file in zip(axes.ravel(), picks, _scored_files(run, pred, picks)):
-        with Image.open(file) as im:
-            image = np.asarray(upright(im).convert("RGB"))  # as scored: EXIF orientation
+        image = read_rgb(file)  # as scored: EXIF orientation
+        if image is None:
+            raise RunError(f"{file}: cannot read this image to draw {run}'s map on it")
         ax.imshow(prediction_overlay(pred, i, image, scale, threshold))
     for ax in axes.ravel():
         ax.set_axis_off()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from anomaly.data.image_kind import upright
+from anomaly.data.image_kind import read_rgb
 from anomaly.runs import RunDir
 from anomaly.safe_files import output_folder, save_png
 from anomaly.viz import OUTLINE, to_rgb
@@ -255,14 +255,6 @@ def overlay_name(path: str, defect: str | None = None) -> str:
     return f"{defect}_{stem}.png" if defect else f"{stem}.png"
 
 
-def _load(path: str) -> np.ndarray | None:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(upright(im).convert("RGB"))  # as scored: its EXIF orientation
-    except OSError:
-        return None
-
-
 def prediction_overlay(
     pred, i: int, image: np.ndarray, scale: EvidenceScale, threshold: float
 ) -> np.ndarray:
@@ -291,7 +283,7 @@ def save_overlays(
     out_dir = output_folder(out_dir)
     written, seen = [], set()
     for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
-        image = images[i] if images is not None else _load(path)
+        image = images[i] if images is not None else read_rgb(path)
         if image is None:  # the file went away: show the map's size in grey
             image = np.full(pred.maps.shape[1:], 0.5, np.float32)
         rgb = prediction_overlay(pred, i, image, scale, threshold)

@@ -166,10 +166,10 @@ def test_mask_drawn_as_shown_fits_a_phone_photo(tiny_cookies, tmp_path):
 
 
 def test_score_overlays_show_the_photo_as_scored(tiny_cookies, tmp_path):
-    from anomaly.overlays import _load
+    from anomaly.data.image_kind import read_rgb  # what overlays draws its pictures on
 
     _phone_photo(tmp_path / "photo.jpg", _cookie(tiny_cookies).resize((64, 48)))
-    assert _load(str(tmp_path / "photo.jpg")).shape == (48, 64, 3)
+    assert read_rgb(str(tmp_path / "photo.jpg")).shape == (48, 64, 3)
 
 
 # --- 3. an exported ONNX file's metadata ----------------------------------------------------------

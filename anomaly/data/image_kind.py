@@ -47,6 +47,20 @@ def upright(im: Image.Image) -> Image.Image:
     return im
 
 
+def read_rgb(path: str | Path | None):
+    """An image file as viewers show it (`upright`), as uint8 RGB [H, W, 3], for pictures of it;
+    None when there is no file or it does not decode (whoever scores it says why)."""
+    import numpy as np
+
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(upright(im).convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Open and decode an image (use it in a `with` block), turned as viewers show it
     (`upright`), or raise a DataError naming it. The one decoder of images and masks."""

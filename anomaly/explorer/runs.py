@@ -336,16 +336,8 @@ def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | Non
 
 
 def read_image(path: Path | None) -> np.ndarray | None:
-    """An image file (from `image_files`) at its own resolution as uint8 RGB, or None when there
-    is none or it does not decode."""
-    from PIL import Image
+    """An image file (from `image_files`) at its own resolution as uint8 RGB, as viewers show
+    it (EXIF orientation), or None when there is none or it does not decode."""
+    from anomaly.data.image_kind import read_rgb
 
-    from anomaly.data.image_kind import upright
-
-    if path is None:
-        return None
-    try:
-        with Image.open(path) as im:
-            return np.asarray(upright(im).convert("RGB"))  # as viewers show it (EXIF)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+    return read_rgb(path)
