@@ -113,3 +113,24 @@ def test_patch_kmeans_refuses_an_encoder_without_the_finer_maps():
     km = KMeansDetector(Config(method="kmeans", batch_size=8), source=_PoolingRun())
     with pytest.raises(ValueError, match="kmeans-features cell"):
         km.fit(_images(4, 0))
+
+
+def test_kmeans_at_another_size_than_its_encoder_is_refused_with_the_fix(
+    scored_ae_run, tmp_path, capsys
+):
+    """`train --method kmeans --from RUN --size OTHER` trained without a word, on features of
+    an encoder that learned every part at another scale; it is refused, naming --size to use."""
+    from anomaly.cli import main
+    from anomaly.runs import RunDir
+
+    km = tmp_path / "km"
+    argv = ["train", "--method", "kmeans", "--from", str(scored_ae_run), "--out", str(km)]
+    assert main([*argv, "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--size 32" in err and "64 px" in err and "Use --size 64" in err
+    assert "Traceback" not in err and not km.exists()
+    assert main([*argv, "--size", "64"]) == 0  # its own size, or none, trains as before
+    # a kmeans run folder whose config.json was edited to another size is refused on load
+    state = RunDir(km).checkpoint()["state"]
+    with pytest.raises(ValueError, match="Use --size 64"):
+        KMeansDetector(RunDir(km).config().replace(size=128)).load_state_dict(state)

@@ -1,8 +1,8 @@
 """K-means on learned features: the original project's second method, and a version that localises.
 
 k-means is fitted to the features of normal training images, taken from a trained run's encoder
-(AE, UNet or VAE; `anomaly.pipeline` loads it from `--from RUN`); a test image's score is its
-distance to the nearest centroid. `config.kmeans_features` says which features:
+(AE, UNet or VAE; `anomaly.pipeline` loads it from `--from RUN`), at that run's channels and size
+(`check_source` refuses others); a test image's score is its distance to the nearest centroid. `config.kmeans_features` says which features:
 
 - "original": the original project's (its `UNet.forward_features` and `kmeans.py`): the
   bottleneck max-pooled 2x2 once more, flattened, not standardised; Euclidean distance.
@@ -189,15 +189,26 @@ def _spread(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim, keepdim=True), std.clamp(min=1e-3 * float(std.mean()) + 1e-12)
 
 
-def check_channels(config: Config, source: Config) -> None:
-    """ValueError unless kmeans takes images of the channels its source run's encoder was
-    trained on (the encoder's first layer takes only those), naming the fix."""
+def check_source(config: Config, source: Config) -> None:
+    """ValueError unless kmeans takes images of the channels and size its source run's encoder
+    was trained on, naming the fix. Its first layer takes only those channels; at another size
+    it runs, but sees every part at another scale than it learned (a 3x3 neighbourhood covers
+    another share of the part), so its features are not the ones it was trained to give and
+    nothing would say so: refused rather than silently replaced, since --size was asked for."""
+    run = config.source_run or "its source run"
+    settings = "leave it out: kmeans takes its --from run's settings"
     if source.channels != config.channels:
         raise ValueError(
             f"--channels {config.channels}: kmeans takes its features from the encoder of "
-            f"{config.source_run or 'its source run'}, which was trained on {source.channels}"
-            f"-channel images and takes only those; use --channels {source.channels} (or leave "
-            "--channels out: kmeans takes its --from run's settings)"
+            f"{run}, which was trained on {source.channels}-channel images and takes only "
+            f"those; use --channels {source.channels} (or {settings})"
+        )
+    if source.size != config.size:
+        raise ValueError(
+            f"--size {config.size}: kmeans takes its features from the encoder of {run}, "
+            f"which was trained on {source.size} px images; at {config.size} px it sees every "
+            f"part at another scale than it learned. Use --size {source.size} (or {settings}), "
+            f"or train an encoder at {config.size} px and give --from that run"
         )
 
 
@@ -213,7 +224,7 @@ class KMeansDetector(Detector):
                 f"kmeans needs an ae, unet or vae run; {config.source_run} is a {source.name} run"
             )
         if source is not None:
-            check_channels(config, source.config)
+            check_source(config, source.config)
         original = getattr(config, "recipe", "project") == "original"
         self.kind = config.kmeans_features or ("original" if original else "patch")
         if self.kind not in FEATURES:
@@ -351,7 +362,7 @@ class KMeansDetector(Detector):
                 "SOURCE_RUN --out RUN"
             )
         source_config = Config(**state["source_config"])
-        check_channels(self.config, source_config)
+        check_source(self.config, source_config)
         self.source = get_detector(source_config.method)(source_config)
         self.source.load_state_dict(state["source"])
         self.source.to(self.device)
