@@ -1,8 +1,9 @@
 """K-means on learned features: the original project's second method, and a version that localises.
 
 k-means is fitted to the features of normal training images, taken from a trained run's encoder
-(AE, UNet or VAE; `anomaly.pipeline` loads it from `--from RUN`), at that run's channels and size
-(`check_source` refuses others); a test image's score is its distance to the nearest centroid. `config.kmeans_features` says which features:
+(AE, UNet or VAE; `anomaly.pipeline` loads it from `--from RUN`), at that run's channels and
+size (`check_source` refuses others); a test image's score is its distance to the nearest
+centroid. `config.kmeans_features` says which features:
 
 - "original": the original project's (its `UNet.forward_features` and `kmeans.py`): the
   bottleneck max-pooled 2x2 once more, flattened, not standardised; Euclidean distance.
