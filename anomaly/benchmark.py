@@ -10,6 +10,8 @@ be repeated; methods are summarised over each suite by their mean and their wors
     python -m anomaly benchmark --data data/cookies --data data/photos [--methods ...] [--out DIR]
     python -m anomaly benchmark --curve train-size --data ROOT --method patchknn
 
+Before any method trains or any folder is touched, `anomaly.benchmark_checks` checks the data,
+`--methods` (each `<row>+kmeans` after its row) and `--seed`, so a mistake costs seconds.
 The benchmark deletes only what it made (`anomaly.benchmark_dirs`): every run folder it creates
 holds a `.made-by-benchmark` file listing the files it wrote. A rerun first checks every folder it
 will use and refuses, with nothing removed, one without that mark or holding other files (move
@@ -29,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+# the checks made before anything trains (tests import them from here too)
+from anomaly.benchmark_checks import check_methods, check_seed, check_sets, discover_sets
 from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests import them here
     MARK,  # noqa: F401
     BenchmarkError,
@@ -73,82 +77,6 @@ DEFAULT_METHODS = (
     "auto",
 )
 SMOKE = {"epochs": 1, "size": 64}
-
-
-# ---------------------------------------------------------------------------------------------
-# Data sets: one set, or a suite root whose manifest lists its sets
-# ---------------------------------------------------------------------------------------------
-
-
-def discover_sets(roots: str | Path | list) -> list[dict]:
-    """Every data set under the `--data` roots: [{"suite", "name", "path"}], in order.
-
-    A root with a `manifest.json` naming `sets` (the photo suite) gives one entry per set; any
-    other root is one set named after its folder."""
-    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
-    found = []
-    for root in map(Path, roots):
-        if not root.is_dir():
-            raise BenchmarkError(f"--data {root}: no such folder")
-        manifest = root / "manifest.json"
-        sets = json.loads(manifest.read_text()).get("sets") if manifest.exists() else None
-        if sets:
-            names = (
-                list(sets)
-                if isinstance(sets, dict)
-                else [s["name"] if isinstance(s, dict) else str(s) for s in sets]
-            )
-            found += [{"suite": root.name, "name": n, "path": str(root / n)} for n in names]
-        else:
-            found.append({"suite": root.name, "name": root.name, "path": str(root)})
-    names = [f["name"] for f in found]
-    for f in found:  # two roots may hold sets with one name
-        if names.count(f["name"]) > 1:
-            f["name"] = f"{f['suite']}-{f['name']}"
-    return found
-
-
-def check_sets(sets: list[dict]) -> None:
-    """Open every set's training and test images once (file lists and headers, no pixels),
-    before any method trains: data that training or scoring would refuse is refused here with
-    its DataError, and a set whose test images are all good or all defective too (image AUROC,
-    the benchmark's measure, needs both). One message lists every such set."""
-    from anomaly.data import AnomalyDataset
-
-    one_kind = []
-    for ds in sets:
-        AnomalyDataset(ds["path"], "train", cache=False)
-        test = AnomalyDataset(ds["path"], "test", cache=False)
-        n_bad = int(test.labels.sum())
-        n_good = len(test) - n_bad
-        mvtec = test.layout == "mvtec"
-        if n_bad == 0:
-            where = "test/<defect>/" if mvtec else "<defect>/ (one folder per defect kind)"
-            one_kind.append(
-                f"{ds['path']}: its test images are {n_good} good and no defective ones; put "
-                f"defective images in {where}"
-            )
-        elif n_good == 0:
-            where = "test/good/" if mvtec else "good/ (every 5th good image is a test image)"
-            one_kind.append(
-                f"{ds['path']}: its test images are {n_bad} defective and no good ones; put "
-                f"good images in {where}"
-            )
-    if one_kind:
-        raise BenchmarkError(
-            "image AUROC, what the benchmark measures, needs both good and defective test "
-            "images, and nothing was trained:\n  "
-            + "\n  ".join(one_kind)
-            + "\nor leave such sets out of --data (a photo suite: make it again with --good "
-            "and --defect of at least 1)"
-        )
-
-
-def check_seed(seed: int) -> None:
-    """Refuse a --seed the methods cannot take (`Config`'s range), before anything runs."""
-    from anomaly.config import Config
-
-    Config(seed=seed).validate()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,24 +151,6 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-
-
-def check_methods(methods) -> None:
-    """Refuse, before anything runs, a method name the benchmark does not know: a method, the
-    original recipe `unet_original`, or `<ae|unet|vae|unet_original>+kmeans`."""
-    from anomaly.config import METHODS
-
-    bases = ("ae", "unet", "vae", "unet_original")
-    unknown = [
-        m
-        for m in methods
-        if not (m in METHODS or m == "unet_original" or m.removesuffix("+kmeans") in bases)
-    ]
-    if unknown:
-        raise BenchmarkError(
-            f"unknown methods {unknown}: choose from {', '.join(METHODS)}, unet_original, and "
-            "ae+kmeans, unet+kmeans, vae+kmeans, unet_original+kmeans"
-        )
 
 
 def _run_method(method: str, ds: dict, base: Path, seed: int, smoke: bool, failed) -> dict:

@@ -1,6 +1,7 @@
-"""The benchmark refuses bad data before it trains anything, a failed method says why in one
-line, tables read n/a for what was not measured, --seed is checked by name, and auto says what
-its too few training images are and what to do."""
+"""The benchmark refuses bad data, and --methods it would fail on in their turn, before it
+trains anything, a failed method says why in one line, tables read n/a for what was not
+measured, --seed is checked by name, and auto says what its too few training images are and
+what to do."""
 
 from __future__ import annotations
 
@@ -180,3 +181,45 @@ def test_auto_fit_refuses_too_few_images_with_the_same_words():
     config = Config(method="auto", size=32, channels=3, seed=0)
     with pytest.raises(ValueError, match=r"auto needs at least 6 training images.*got 5 \("):
         AutoDetector(config).fit(Textures(5, size=32, channels=3))
+
+
+@pytest.mark.parametrize(
+    ("methods", "words"),
+    [
+        (
+            ["patchknn", "ae+kmeans"],
+            (
+                "ae+kmeans clusters the bottleneck of the ae row, which comes nowhere in --methods. "
+                "Put each row before its +kmeans row: --methods patchknn ae ae+kmeans. Nothing was "
+                "trained"
+            ),
+        ),
+        (
+            ["unet_original+kmeans", "meandiff", "unet_original"],
+            (
+                "the unet_original row, which comes after it. Put each row before its +kmeans row: "
+                "--methods unet_original unet_original+kmeans meandiff."
+            ),
+        ),
+        (["meandiff", "kmeans"], "names it after that row: ae+kmeans,"),
+        (["meandiff", "patchknn", "meandiff"], "names meandiff more than once"),
+    ],
+)
+def test_methods_that_would_fail_in_their_turn_are_refused_before_anything_runs(
+    tiny_cookies, tmp_path, monkeypatch, capsys, methods, words
+):
+    from anomaly.cli import main
+
+    _no_training(monkeypatch)
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--data", str(tiny_cookies), "--out", str(out), "--smoke"]
+    assert main([*argv, "--methods", *methods]) == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, no folder made
+
+
+def test_each_default_kmeans_row_comes_after_its_row():
+    from anomaly.benchmark import DEFAULT_METHODS, check_methods
+
+    check_methods(DEFAULT_METHODS)
+    check_methods(["unet", "meandiff", "unet+kmeans"])  # its row before it, not next to it

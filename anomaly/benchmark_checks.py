@@ -1,0 +1,155 @@
+"""What the benchmark checks before it trains anything or touches a folder: its data sets (one set,
+or a suite root whose `manifest.json` lists its sets), its `--methods` and its `--seed`.
+
+Each refusal is a `BenchmarkError` (or the data's own `DataError`) that names what is wrong and
+the fix, raised before the first method trains, so a mistake costs seconds, not the hours of the
+methods listed before it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from anomaly.benchmark_dirs import BenchmarkError
+
+# the rows whose bottleneck a `<row>+kmeans` row clusters (`unet_original`: the original recipe)
+KMEANS_SOURCES = ("ae", "unet", "vae", "unet_original")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets: one set, or a suite root whose manifest lists its sets
+# ---------------------------------------------------------------------------------------------
+def discover_sets(roots: str | Path | list) -> list[dict]:
+    """Every data set under the `--data` roots: [{"suite", "name", "path"}], in order.
+
+    A root with a `manifest.json` naming `sets` (the photo suite) gives one entry per set; any
+    other root is one set named after its folder."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    found = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise BenchmarkError(f"--data {root}: no such folder")
+        manifest = root / "manifest.json"
+        sets = json.loads(manifest.read_text()).get("sets") if manifest.exists() else None
+        if sets:
+            names = (
+                list(sets)
+                if isinstance(sets, dict)
+                else [s["name"] if isinstance(s, dict) else str(s) for s in sets]
+            )
+            found += [{"suite": root.name, "name": n, "path": str(root / n)} for n in names]
+        else:
+            found.append({"suite": root.name, "name": root.name, "path": str(root)})
+    names = [f["name"] for f in found]
+    for f in found:  # two roots may hold sets with one name
+        if names.count(f["name"]) > 1:
+            f["name"] = f"{f['suite']}-{f['name']}"
+    return found
+
+
+def check_sets(sets: list[dict]) -> None:
+    """Open every set's training and test images once (file lists and headers, no pixels),
+    before any method trains: data that training or scoring would refuse is refused here with
+    its DataError, and a set whose test images are all good or all defective too (image AUROC,
+    the benchmark's measure, needs both). One message lists every such set."""
+    from anomaly.data import AnomalyDataset
+
+    one_kind = []
+    for ds in sets:
+        AnomalyDataset(ds["path"], "train", cache=False)
+        test = AnomalyDataset(ds["path"], "test", cache=False)
+        n_bad = int(test.labels.sum())
+        n_good = len(test) - n_bad
+        mvtec = test.layout == "mvtec"
+        if n_bad == 0:
+            where = "test/<defect>/" if mvtec else "<defect>/ (one folder per defect kind)"
+            one_kind.append(
+                f"{ds['path']}: its test images are {n_good} good and no defective ones; put "
+                f"defective images in {where}"
+            )
+        elif n_good == 0:
+            where = "test/good/" if mvtec else "good/ (every 5th good image is a test image)"
+            one_kind.append(
+                f"{ds['path']}: its test images are {n_bad} defective and no good ones; put "
+                f"good images in {where}"
+            )
+    if one_kind:
+        raise BenchmarkError(
+            "image AUROC, what the benchmark measures, needs both good and defective test "
+            "images, and nothing was trained:\n  "
+            + "\n  ".join(one_kind)
+            + "\nor leave such sets out of --data (a photo suite: make it again with --good "
+            "and --defect of at least 1)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods: names it knows, each once, and every +kmeans row after the row it clusters
+# ---------------------------------------------------------------------------------------------
+
+
+def _in_order(methods: list[str]) -> list[str]:
+    """`methods` with each +kmeans row's source row just before it, and each row once."""
+    fixed: list[str] = []
+    for m in methods:
+        source = m.removesuffix("+kmeans")
+        if m != source and source not in fixed:
+            fixed.append(source)
+        if m not in fixed:
+            fixed.append(m)
+    return fixed
+
+
+def check_methods(methods) -> None:
+    """Refuse, before anything runs, `--methods` the benchmark would fail on only when their turn
+    came: a name it does not know (it knows a method, the original recipe `unet_original`, and
+    `<ae|unet|vae|unet_original>+kmeans`), plain `kmeans` (it needs a run to cluster), a name
+    given twice (one run folder each), and a `<row>+kmeans` without its row before it in the list
+    (it clusters that row's run, trained by this benchmark)."""
+    from anomaly.config import METHODS
+
+    methods = list(methods)
+    unknown = [
+        m
+        for m in methods
+        if not (m in METHODS or m == "unet_original" or m.removesuffix("+kmeans") in KMEANS_SOURCES)
+    ]
+    if unknown:
+        raise BenchmarkError(
+            f"unknown methods {unknown}: choose from {', '.join(METHODS)}, unet_original, and "
+            + ", ".join(f"{s}+kmeans" for s in KMEANS_SOURCES)
+        )
+    if "kmeans" in methods:
+        raise BenchmarkError(
+            "--methods kmeans: k-means clusters the bottleneck of another run, so the benchmark "
+            "names it after that row: "
+            + ", ".join(f"{s}+kmeans" for s in KMEANS_SOURCES)
+            + " (after its row in --methods, e.g. --methods ae ae+kmeans); nothing was trained"
+        )
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise BenchmarkError(
+            f"--methods names {', '.join(twice)} more than once (each method has one run folder "
+            "and one row); name each once. Nothing was trained"
+        )
+    late = [
+        f"{m} clusters the bottleneck of the {s} row, which comes "
+        + ("after it" if s in methods else "nowhere in --methods")
+        for m in methods
+        if (s := m.removesuffix("+kmeans")) != m and s not in methods[: methods.index(m)]
+    ]
+    if late:
+        raise BenchmarkError(
+            "; ".join(late)
+            + ". Put each row before its +kmeans row: --methods "
+            + " ".join(_in_order(methods))
+            + ". Nothing was trained"
+        )
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a --seed the methods cannot take (`Config`'s range), before anything runs."""
+    from anomaly.config import Config
+
+    Config(seed=seed).validate()
