@@ -5,6 +5,7 @@ aspect ratios that differ)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -126,6 +127,44 @@ def test_an_inverted_mask_is_named_in_a_warning(tiny_cookies: Path, tmp_path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the data set as generated: no warning
         AnomalyDataset(tiny_cookies, "test", size=32).check()
+
+
+def test_a_defect_smaller_than_a_model_pixel_is_not_resized_away(
+    tiny_cookies: Path, tmp_path: Path
+) -> None:
+    """A 1 px defect of a 512 px mask at 64 px: nearest neighbour reads one pixel of each 8x8
+    block and missed it, so the defective image's mask came out empty and its defect left the
+    pixel metrics. The model pixel it touches is marked instead, with a warning naming the file;
+    a defect that nearest neighbour keeps is resized as before, without a word."""
+    a = np.zeros((512, 512), np.uint8)
+    a[101, 203] = 255  # neither is a pixel nearest neighbour reads (8 i + 4)
+    path = tmp_path / "speck.png"
+    Image.fromarray(a).save(path)
+    with pytest.warns(UserWarning, match="smaller than one pixel at --size 64") as said:
+        mask = load_mask(path, 64)
+    assert [str(path) in str(w.message) for w in said] == [True]
+    want = torch.zeros(64, 64)
+    want[101 // 8, 203 // 8] = 1
+    assert torch.equal(mask, want)
+    a[96:112, 200:216] = 255  # a 16 px defect: nearest neighbour keeps it
+    Image.fromarray(a).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask = load_mask(path, 64)
+    near = torch.nn.functional.interpolate(
+        torch.from_numpy(a > 0).float()[None, None], size=(64, 64), mode="nearest-exact"
+    )[0, 0]
+    assert torch.equal(mask, near) and mask.sum() == 4
+    # the same through a data set: the defective image keeps a non-empty mask at model size
+    root = _cookies(tiny_cookies, tmp_path / "d")
+    speck = _masks(root)[0]
+    b = np.zeros(Image.open(speck).size[::-1], np.uint8)
+    b[1, 1] = 255
+    Image.fromarray(b).save(speck)
+    ds = AnomalyDataset(root, "test", size=8)
+    i = next(i for i, s in enumerate(ds.samples) if s.mask_path == str(speck))
+    with pytest.warns(UserWarning, match=re.escape(str(speck))):
+        assert ds[i]["mask"].sum() == 1
 
 
 def test_a_32_bit_tiff_is_described_as_32_bit(tmp_path: Path) -> None:

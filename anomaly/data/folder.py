@@ -409,7 +409,7 @@ class AnomalyDataset(Dataset):
         if s.mask_path is not None:  # a defective image's: an empty one is an error
             mask = read_mask(s.mask_path)
             check_defect_mask(mask, s.mask_path, s.path)
-            mask = mask_tensor(mask, self.size)
+            mask = mask_tensor(mask, self.size, s.mask_path)
         else:  # one all-zero mask shared by every image without one (read-only, as cached ones)
             if self._zeros is None:
                 self._zeros = torch.zeros(self.size, self.size)

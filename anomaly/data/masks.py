@@ -7,7 +7,10 @@ those as empty, so their defect pixels were silently counted as normal. Here a p
 when its decoded value is non-zero in any channel, for every mode (`mask_array`): the palette's
 colour for "P", any colour channel for RGB(A). `check_defect_mask` makes an empty mask of a
 defective image an error, and warns about a mask that marks most of its image (inverted?).
-`load_mask` reads a mask file with them (`anomaly.data.folder.AnomalyDataset` checks it too).
+`mask_tensor` resizes a mask to the model's size by nearest neighbour, never to an empty one:
+a defect smaller than a model pixel that it would miss is marked on the pixels it touches, and
+named in a warning. `load_mask` reads a mask file with them (`anomaly.data.folder.AnomalyDataset`
+checks it too).
 """
 
 from __future__ import annotations
@@ -59,12 +62,31 @@ def mask_array(im: Image.Image) -> np.ndarray:
     return a > 0
 
 
-def mask_tensor(a: np.ndarray, size: int | None) -> torch.Tensor:
+def mask_tensor(a: np.ndarray, size: int | None, path: str | Path | None = None) -> torch.Tensor:
     """A bool mask [H, W] as float32 [size, size] in {0, 1} (nearest neighbour), or its own size
-    when `size` is None."""
+    when `size` is None.
+
+    Nearest neighbour reads one pixel of every block, so it can miss a defect smaller than a
+    model pixel (a 1 px scratch in a 512 px mask at 64 px) and the defective image's mask came
+    out empty: its defect left the pixel metrics without a word. When it would, the model pixels
+    the defect touches are marked instead (an area resize > 0), and a warning names `path` (when
+    given); a mask that nearest neighbour leaves non-empty is unchanged.
+    """
     x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     if size is not None and x.shape != (size, size):
-        x = F.interpolate(x[None, None], size=(size, size), mode="nearest-exact")[0, 0]
+        near = F.interpolate(x[None, None], size=(size, size), mode="nearest-exact")[0, 0]
+        if not (near > 0.5).any() and (x > 0.5).any():
+            near = F.adaptive_max_pool2d(x[None, None], (size, size))[0, 0]
+            if path is not None:
+                warnings.warn(
+                    f"{path}: its defect ({int((x > 0.5).sum())} px of {x.shape[1]}x"
+                    f"{x.shape[0]}) is smaller than one pixel at --size {size}, so resizing "
+                    f"would have left no defect; the {int((near > 0.5).sum())} model pixel(s) "
+                    "it touches are marked instead. The model sees the defect blurred into "
+                    "them: a larger --size shows it better",
+                    stacklevel=2,
+                )
+        x = near
     return (x > 0.5).float()
 
 
@@ -77,7 +99,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 def load_mask(path: str | Path, size: int | None = 256) -> torch.Tensor:
     """Read a defect mask as float32 [size, size] with values {0, 1}: every non-zero pixel is a
     defect, in any mode (`mask_array`: 0/255, 0/1, palette, red on black, 16-bit, ...)."""
-    return mask_tensor(read_mask(path), size)
+    return mask_tensor(read_mask(path), size, path)
 
 
 def check_defect_mask(a: np.ndarray, path: str | Path, image: str | Path) -> None:
