@@ -207,9 +207,10 @@ def f1_words(params: dict) -> str:
     )
     if isinstance(k, int) and k < FEW_DEFECTS:
         line += (
-            f"\nWith {k} defective image(s) it sits on the score of the lowest-scored defect "
-            "that F1 keeps: a new defect scoring a little lower passes. Use more labelled "
-            "defects, or --rule conformal on good images"
+            f"\nWith {k} defective image(s) it rests on one image: it sits midway between the "
+            "lowest-scored defect that F1 keeps and the next lower score, so a new defect "
+            "scoring below that passes. Use more labelled defects, or --rule conformal on good "
+            "images"
         )
     return line
 

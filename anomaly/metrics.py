@@ -1,12 +1,9 @@
 """Metrics and thresholds for anomaly detection: image AUROC / AP / F1-max, pixel AUROC, AUPRO.
 
 Image-level metrics rank whole images by score; pixel-level metrics rank every pixel of the
-anomaly maps against the ground-truth masks. AUPRO is the area under the per-region overlap
-curve up to a false positive rate of 0.3, as defined for the MVTec AD benchmark:
-
-    Bergmann, Fauser, Sattlegger, Steger. "MVTec AD - A Comprehensive Real-World Dataset for
-    Unsupervised Anomaly Detection", CVPR 2019; and Bergmann, Batzner, Fauser, Sattlegger,
-    Steger. "The MVTec Anomaly Detection Dataset", IJCV 2021.
+anomaly maps against the ground-truth masks (`anomaly.pixel_metrics`, whose pixel_auroc,
+pro_curve and aupro are re-exported here; MVTec AD's AUPRO is cited there). `evaluate` computes
+them all, and the rest of the module chooses thresholds and counts what one decides.
 
 One convention holds everywhere in the project: an image (or pixel) is predicted anomalous iff
 its score is >= the threshold. Every function here that takes a threshold follows it.
@@ -19,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
+from anomaly.pixel_metrics import aupro, pixel_auroc, pro_curve  # noqa: F401 (re-exported)
 from anomaly.threshold_file import check_threshold
 
 # ---------------------------------------------------------------------------------------------
@@ -104,135 +101,31 @@ def image_ap(labels, scores) -> float:
 
 
 def f1_max(labels, scores) -> tuple[float, float]:
-    """Best F1 over all thresholds, and the threshold that reaches it (anomalous iff >= it;
-    the lowest such threshold on a tie)."""
+    """Best F1 over all thresholds, and a threshold that reaches it (anomalous iff >= it).
+
+    Of the cuts between two neighbouring distinct scores that reach the best F1, the lowest;
+    the threshold sits midway between the lowest score it flags and the highest it passes
+    (the next lower score in the data), not on the flagged score itself, so the same image
+    scored again with float noise (ONNX, another machine: about 1e-6) keeps its verdict. When
+    every image is flagged there is no lower score: it is then the lowest score.
+    """
     labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
     _check_binary(labels, "f1_max")
     precision, recall, thresholds = _precision_recall(labels, scores)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     best = int(np.argmax(f1))
-    return float(f1[best]), float(thresholds[best])
+    value = float(thresholds[best])
+    if best:  # a lower score passes: midway between it and the lowest flagged one
+        value = _between(float(thresholds[best - 1]), value)
+    return float(f1[best]), value
 
 
-# ---------------------------------------------------------------------------------------------
-# Pixel-level metrics
-# ---------------------------------------------------------------------------------------------
-
-
-def _pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
-    masks, maps = np.asarray(masks), np.asarray(maps)
-    if masks.shape != maps.shape:
-        raise ValueError(f"masks {masks.shape} and maps {maps.shape} must have the same shape")
-    return masks > 0, maps
-
-
-def pixel_auroc(masks, maps) -> float:
-    """ROC AUC over all pixels of all images: defect pixels (mask > 0) against normal ones.
-
-    Exact (ties count one half, as in scikit-learn) and memory-bounded: it sorts the normal
-    pixels' scores once and counts, for each defect pixel, the normal pixels below it with
-    `searchsorted`, instead of building the full ROC curve over every pixel.
-    """
-    masks, maps = _pixels(masks, maps)
-    pos, neg = maps[masks], maps[~masks]  # boolean indexing copies: sorting neg is safe
-    neg.sort()
-    if pos.size == 0 or neg.size == 0:
-        raise ValueError("pixel_auroc needs both defect pixels and normal pixels in the masks")
-    below = np.searchsorted(neg, pos, side="left").sum(dtype=np.float64)
-    below_or_equal = np.searchsorted(neg, pos, side="right").sum(dtype=np.float64)
-    return float((below + below_or_equal) / 2 / (pos.size * neg.size))
-
-
-def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """The per-region overlap (PRO) curve: PRO against pixel FPR, at every distinct map value.
-
-    The MVTec AD definition: every ground-truth mask is split into connected regions
-    (8-connectivity, as in the official evaluation code). At a threshold t, a region's overlap
-    is the fraction of its pixels with score >= t; PRO is the mean over all regions of the set
-    (each region counts once, whatever its size), and FPR is the fraction of all normal pixels
-    of the set (good images included) with score >= t.
-
-    The curve is exact, computed by sorting rather than by sampling thresholds. FPR only
-    changes at the distinct scores of normal pixels, so those are sorted once, and the curve
-    visits each such score t (from high to low) in two points: (FPR above t, PRO of scores > t)
-    then (FPR at t, PRO of scores >= t). PRO is a cumulative sum over the few defect pixels,
-    sorted by score, where a pixel of region r weighs 1 / (area_r * n_regions). Between
-    points the curve is linear, exactly as in the official code that merges equal scores.
-    Only the curve up to `fpr_limit` is built: normal pixels below the score where FPR first
-    reaches the limit cannot change it, which skips most of the sorting for the usual 0.3.
-
-    Returns:
-        (fpr, pro): the corners of the curve in order (points in the middle of a flat stretch
-        are left out), both non-decreasing, from (0, 0) (threshold above every score) to the
-        first point with fpr >= fpr_limit.
-    """
-    masks, maps = _pixels(masks, maps)
-    if masks.ndim == 2:
-        masks, maps = masks[None], maps[None]
-    normal = maps[~masks]
-    n_normal = normal.size
-    if n_normal == 0:
-        raise ValueError("pro_curve needs normal pixels (mask == 0) to measure false positives")
-    # Regions of each image, numbered across the whole set; no connection between images.
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True
-    regions, n_regions = ndimage.label(masks, structure=structure)
-    if n_regions == 0:
-        raise ValueError("pro_curve needs at least one defect region (mask > 0) in the masks")
-    region_of = regions[masks]
-    area = np.bincount(region_of, minlength=n_regions + 1).astype(np.float64)
-
-    # Defect pixels ascending by score, with cumulative PRO weight: PRO(>= t) = total - cum[i].
-    defect = maps[masks]
-    order = np.argsort(defect)
-    defect = defect[order]
-    cum = np.concatenate([[0.0], np.cumsum(1.0 / (area[region_of[order]] * n_regions))])
-
-    # Normal pixels that matter, ascending: down to the k-th highest, where FPR reaches the limit.
-    k = min(max(int(np.ceil(fpr_limit * n_normal)), 1), n_normal)
-    floor = np.partition(normal, n_normal - k)[n_normal - k]
-    normal = normal[normal >= floor]
-    normal.sort()
-    first = np.flatnonzero(np.append(True, normal[1:] != normal[:-1]))  # first of each value
-    t = normal[first][::-1]  # distinct normal scores, high to low
-    fpr_at = (normal.size - first[::-1]) / n_normal  # FPR of scores >= t
-    pro_above = cum[-1] - cum[np.searchsorted(defect, t, side="right")]  # PRO of scores > t
-    pro_at = cum[-1] - cum[np.searchsorted(defect, t, side="left")]  # PRO of scores >= t
-
-    fpr = np.zeros(2 * t.size + 1)
-    pro = np.zeros(2 * t.size + 1)
-    fpr[2::2], fpr[3::2] = fpr_at, fpr_at[:-1]  # fpr[1] = 0: nothing normal is above max(t)
-    pro[1::2], pro[2::2] = pro_above, pro_at
-    np.clip(pro, 0.0, 1.0, out=pro)
-    # Keep the corners only: inside a flat stretch of PRO the curve is one straight line.
-    corner = np.ones(pro.size, dtype=bool)
-    corner[1:-1] = (pro[1:-1] != pro[:-2]) | (pro[1:-1] != pro[2:])
-    return fpr[corner], pro[corner]
-
-
-def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
-    """Trapezoid area under y(x) from x[0] to x_max, interpolating linearly at x_max."""
-    inside = int(np.searchsorted(x, x_max, side="right"))  # x[:inside] <= x_max
-    xs, ys = x[:inside], y[:inside]
-    if inside < len(x) and xs[-1] < x_max:
-        t = (x_max - x[inside - 1]) / (x[inside] - x[inside - 1])
-        xs = np.append(xs, x_max)
-        ys = np.append(ys, y[inside - 1] + t * (y[inside] - y[inside - 1]))
-    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
-
-
-def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
-    """Normalised area under the PRO curve from FPR 0 to `fpr_limit` (MVTec AD's AUPRO@0.3).
-
-    Trapezoid rule over the exact curve of `pro_curve`, interpolated at the limit and divided
-    by `fpr_limit`, so that a perfect detector scores 1.0 and one that ranks every defect
-    pixel below every normal pixel scores 0.0.
-    """
-    if not 0 < fpr_limit <= 1:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    fpr, pro = pro_curve(masks, maps, fpr_limit)
-    return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+def _between(passed: float, flagged: float) -> float:
+    """A value midway between two scores, passed < flagged: one >= it is `flagged`'s and not
+    `passed`'s (`flagged` itself when no float lies strictly between them)."""
+    mid = float(passed / 2 + flagged / 2)  # halves first: no overflow near the float maximum
+    return mid if passed < mid <= flagged else float(flagged)
 
 
 # ---------------------------------------------------------------------------------------------

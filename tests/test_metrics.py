@@ -103,7 +103,7 @@ def test_perfect_inverted_and_tied_image_scores():
     scores = np.array([0.1, 0.2, 0.8, 0.9])
     assert image_auroc(labels, scores) == 1.0
     assert image_ap(labels, scores) == 1.0
-    assert f1_max(labels, scores) == (1.0, 0.8)
+    assert f1_max(labels, scores) == (1.0, 0.5)  # midway between 0.2 (passed) and 0.8
     assert image_auroc(labels, -scores) == 0.0
     assert image_auroc(labels, np.ones(4)) == 0.5
 
@@ -258,9 +258,10 @@ def test_threshold_rules():
     assert threshold_normal_quantile([0, 1, 2, 3, 4], q=0.5).value == 2.0
     t = threshold_normal_quantile([0.3, 0.1, 0.2], q=1.0)
     assert t.value == 0.3 and t.rule == "normal_quantile" and t.params["q"] == 1.0
-    # By hand: t=0.8 F1 2/3, t=0.4 F1 1/2, t=0.35 P 2/3 R 1 F1 0.8, t=0.2 2/3, t=0.1 4/7.
+    # By hand: t=0.8 F1 2/3, t=0.4 F1 1/2, t=0.35 P 2/3 R 1 F1 0.8, t=0.2 2/3, t=0.1 4/7;
+    # the threshold sits midway between 0.35 (the lowest flagged) and 0.2 (the highest passed)
     t = threshold_f1(LABELS, SCORES)
-    assert t.value == 0.35 and t.params["f1"] == pytest.approx(0.8)
+    assert t.value == pytest.approx(0.275) and t.params["f1"] == pytest.approx(0.8)
 
 
 def test_threshold_save_load(tmp_path):
@@ -322,4 +323,23 @@ def test_image_metrics_equal_scikit_learns_with_ties():
         p, r = precision[:-1], recall[:-1]
         f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0)
         best = int(np.argmax(f1))
-        assert f1_max(labels, scores) == pytest.approx((f1[best], thresholds[best]), abs=1e-12)
+        got, t = f1_max(labels, scores)
+        assert got == pytest.approx(f1[best], abs=1e-12)
+        below = np.max(scores[scores < thresholds[best]], initial=-np.inf)  # sklearn's cut
+        assert below < t <= thresholds[best] and (t < thresholds[best] or below == -np.inf)
+
+
+def test_the_f1_threshold_sits_between_scores_not_on_one():
+    """`threshold --rule f1` put the threshold exactly on the lowest kept defect's score, so the
+    same image re-scored with float noise (ONNX, another machine: ~1e-6) could flip to PASS; it
+    now sits midway between that score and the next lower one, with the same F1."""
+    labels, scores = [0, 0, 1, 1, 0], [0.1, 0.4, 0.35, 0.8, 0.2]
+    t = threshold_f1(labels, scores)
+    noisy = np.array(scores) + np.array([1, 1, -1, -1, 1]) * 1e-6  # each a little worse
+    assert confusion(labels, noisy, t) == {**confusion(labels, scores, t), "threshold": t.value}
+    assert confusion(labels, scores, t)["f1"] == pytest.approx(t.params["f1"])
+    # every image flagged: there is no lower score, so it stays on the lowest one
+    assert f1_max([1, 1, 0], [0.5, 0.7, 0.5]) == (pytest.approx(0.8), 0.5)
+    # neighbouring floats: nothing lies between, so the flagged score itself
+    low = np.nextafter(1.0, 0.0)
+    assert f1_max([0, 1], [low, 1.0]) == (1.0, 1.0)

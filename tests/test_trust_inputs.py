@@ -73,6 +73,7 @@ def test_scoring_other_data_never_replaces_the_runs_own_scores(
     from anomaly.calibration import set_threshold
     from anomaly.cli import main
     from anomaly.explorer.runs import collect_runs, prepare
+    from anomaly.metrics import threshold_f1
     from anomaly.pipeline import train_run
 
     run = copy_run(scored_ae_run, tmp_path / "ae")
@@ -89,7 +90,8 @@ def test_scoring_other_data_never_replaces_the_runs_own_scores(
     elsewhere = RunDir(run / "scored" / "other")
     assert len(elsewhere.predictions()) < n_own and elsewhere.has_metrics()
     # what reads the run's scores still reads its own: f1 threshold, explorer
-    assert set_threshold(run, "f1").value in RunDir(run).predictions().scores
+    own = RunDir(run).predictions()
+    assert set_threshold(run, "f1").value == threshold_f1(own.labels, own.scores).value
     assert len(collect_runs([run])[0]["ae"]) == n_own
     prepare("other", elsewhere.predictions(), elsewhere.path)  # no threshold there: no crash
 
