@@ -34,8 +34,10 @@ def _warn_if_stale(detector: OnnxDetector) -> None:
 
 
 def exported_threshold(detector: OnnxDetector):
-    """The file's threshold as a `Threshold`: its value, its rule (", exported") and the params
-    its words need (the guarantee, alpha, n, earlier_model: `export.THRESHOLD_PARAMS`)."""
+    """The file's threshold as a `Threshold`: its value, its rule as the run's threshold.json
+    named it (so `predict --onnx` words it as `predict --run` does; "exported" for a file that
+    records no rule) and the params its words need (the guarantee, alpha, n, earlier_model:
+    `export.THRESHOLD_PARAMS`)."""
     from anomaly.metrics import Threshold
 
     if detector.threshold is None:
@@ -51,8 +53,7 @@ def exported_threshold(detector: OnnxDetector):
             "python -m anomaly export --run RUN",
             file=sys.stderr,
         )
-    rule = f"{rule}, exported" if rule else "exported"
-    return Threshold(detector.threshold, rule, dict(detector.threshold_params or {}))
+    return Threshold(detector.threshold, rule or "exported", dict(detector.threshold_params or {}))
 
 
 def predict_files(
