@@ -4,9 +4,11 @@ replace.
 Every folder the benchmark creates holds `.made-by-benchmark` (`MARK`), listing the files it
 wrote there. Before a run removes anything, `check_out` and `check_dir` look at every folder it
 will use: a non-empty folder without the mark, or one holding files the mark does not list (a
-user's), stops the benchmark with nothing changed. Each method then trains into a temporary
-sibling, `.<method>.new` (`run_dirs`), which replaces the method's earlier run folder only once
-the method finished (`replace_dir`); a method that fails leaves its earlier run as it was.
+user's), stops the benchmark with nothing changed. A run killed before it listed its files
+(`seal_dir`) owns only the files a run writes (`RUN_FILES`); anything else in it is a user's,
+and stops the benchmark too. Each method then trains into a temporary sibling, `.<method>.new`
+(`run_dirs`), which replaces the method's earlier run folder only once the method finished
+(`replace_dir`); a method that fails leaves its earlier run as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from anomaly.runs import RunDir
 
 MARK = RunDir.TOOL_FILES[1]  # ".made-by-benchmark": train may write into a folder holding it
 MADE_BY = "python -m anomaly benchmark"
+# every file name a run folder may hold (RunDir's names, less its folders overlays/, predict/ and
+# scored/, which the benchmark does not write): what a run killed before it sealed may have left
+RUN_FILES = frozenset(
+    name
+    for key, name in vars(RunDir).items()
+    if key.isupper() and isinstance(name, str) and key not in ("OVERLAYS", "PREDICT", "SCORED")
+)
 
 
 class BenchmarkError(ValueError):
@@ -37,11 +46,22 @@ def _not_ours(path: Path) -> BenchmarkError:
     )
 
 
-def _made_and_left(path: Path) -> tuple[list[Path], list[str]]:
-    """(the files in `path` the benchmark wrote, the names of any others), changing nothing.
+def _is_run_file(name: str) -> bool:
+    """A file a run writes in its folder: one of `RUN_FILES`, or the temporary file one of them is
+    written through (`.<name>.<random>.tmp`, left behind when the writer was killed)."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].rsplit(".", 2)[0]
+    return name in RUN_FILES
 
-    The mark lists what it wrote; a mark without a list (a run that never finished) means the
-    benchmark created the folder empty, so everything in it is its own."""
+
+def _made_and_left(path: Path) -> tuple[list[Path], list[str], bool]:
+    """(the files in `path` the benchmark wrote, the names of everything else, whether its mark
+    lists its files), changing nothing.
+
+    A sealed mark lists what the benchmark wrote. A mark without a list is a run that never
+    finished (killed before `seal_dir`): of its files only those a run writes (`RUN_FILES`, at the
+    top of the folder) are provably the benchmark's. A folder holding no file at all is nobody's
+    provably, so it is left too (named with a trailing /)."""
     mark = path / MARK
     try:
         listed = json.loads(mark.read_text() or "{}").get("files")
@@ -53,10 +73,17 @@ def _made_and_left(path: Path) -> tuple[list[Path], list[str]]:
     found = [p for p in path.rglob("*") if p.name != MARK or p.parent != path]
     files = [p for p in found if p.is_symlink() or not p.is_dir()]
     if listed is None:
-        return files, []
-    made = {path / rel for rel in listed if isinstance(rel, str)}
-    left = [p for p in files if p not in made]
-    return [p for p in files if p in made], sorted(str(p.relative_to(path)) for p in left)
+        # the benchmark writes no links: a link is never provably its own
+        made = [
+            p for p in files if p.parent == path and _is_run_file(p.name) and not p.is_symlink()
+        ]
+    else:
+        listed = {path / rel for rel in listed if isinstance(rel, str)}
+        made = [p for p in files if p in listed]
+    left = [str(p.relative_to(path)) for p in files if p not in made]
+    empty = [p for p in found if p not in files and not any(f.is_relative_to(p) for f in files)]
+    left += [f"{p.relative_to(path)}/" for p in empty]
+    return made, sorted(left), listed is not None
 
 
 def check_dir(path: str | Path) -> None:
@@ -68,17 +95,25 @@ def check_dir(path: str | Path) -> None:
         return
     if not (path / MARK).exists():
         raise _not_ours(path)
-    _, left = _made_and_left(path)
+    _, left, sealed = _made_and_left(path)
     if left:
+        named = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        what = (
+            "files the benchmark did not make"
+            if sealed
+            else "a run the benchmark never finished (its mark lists no files, so only the "
+            "files a run writes, such as config.json and model.pt, are its own), and files no "
+            "run writes"
+        )
         raise BenchmarkError(
-            f"{path} holds files the benchmark did not make ({', '.join(left[:5])}), so nothing "
-            "was removed or rerun. Move them away or choose another --out"
+            f"{path} holds {what} ({named}), so nothing was removed or rerun. Move them away "
+            "or choose another --out"
         )
 
 
 def _empty(path: Path) -> None:
     """Remove what the benchmark wrote in `path` (checked by `check_dir`), and its mark."""
-    made, _ = _made_and_left(path)
+    made, _, _ = _made_and_left(path)
     for f in made:  # a link is removed, never followed
         f.unlink()
     dirs = (p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())

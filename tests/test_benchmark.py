@@ -359,3 +359,21 @@ def test_images_needed_is_where_the_mean_curve_stays_above_target():
     assert images_needed(rows, 0.95) == 8  # n = 2 reaches 0.95 on average, n = 4 falls back
     assert curve_summary(rows)["image_auroc_min"][0] == 0.6
     assert images_needed(rows, 0.99) is None
+
+
+def test_an_unfinished_run_owns_only_the_files_a_run_writes(tmp_path):
+    from anomaly.benchmark import BenchmarkError, claim_dir
+
+    mine = tmp_path / "mine.csv"
+    mine.write_text("a user's table")
+    run = claim_dir(tmp_path / "r")  # marked, never sealed: the worker died
+    (run / "model.pt").write_bytes(b"weights")
+    (run / "sub").mkdir()
+    (run / "sub" / "config.json").write_text("{}")  # a run's file name, not where a run puts it
+    (run / "history.csv").symlink_to(mine)  # the benchmark writes no links
+    with pytest.raises(BenchmarkError, match=r"\(history.csv, sub/config.json\), so nothing"):
+        claim_dir(run)
+    assert sorted(p.name for p in run.rglob("*")) == sorted(
+        [".made-by-benchmark", "config.json", "history.csv", "model.pt", "sub"]
+    )
+    assert mine.read_text() == "a user's table"

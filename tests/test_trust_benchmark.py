@@ -5,6 +5,7 @@ what to do."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -223,3 +224,51 @@ def test_each_default_kmeans_row_comes_after_its_row():
 
     check_methods(DEFAULT_METHODS)
     check_methods(["unet", "meandiff", "unet+kmeans"])  # its row before it, not next to it
+
+
+def _killed_run(out: Path, method: str) -> Path:
+    """The temporary run folder a benchmark killed while `method` trained leaves: marked, never
+    sealed (its mark lists no files), holding run files and a half-written temporary one."""
+    from anomaly.benchmark_dirs import claim_dir, claim_out, run_dirs
+
+    claim_out(out)
+    work = claim_dir(run_dirs(out, method)[1])
+    for name in ("config.json", "split.json", "versions.json", ".lock"):
+        (work / name).write_text("{}")
+    (work / ".model.pt.k1ll3d_x.tmp").write_bytes(b"half a model")
+    return work
+
+
+def test_a_killed_runs_folder_holding_a_users_file_is_refused_and_kept(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    from anomaly.benchmark import BenchmarkError, run_benchmark
+
+    _no_training(monkeypatch)
+    out = tmp_path / "bench"
+    work = _killed_run(out, "meandiff")
+    (work / "notes.txt").write_text("a user's notes")
+    (work / "plots").mkdir()  # a user's folder, empty
+    before = sorted(p.name for p in work.iterdir())
+    with pytest.raises(BenchmarkError) as err:
+        run_benchmark(str(tiny_cookies), methods=["meandiff"], out=str(out), smoke=True)
+    message = str(err.value)
+    assert f"{work} holds a run the benchmark never finished" in message
+    assert "(notes.txt, plots/), so nothing was removed" in message
+    assert "Move them away or choose another --out" in message
+    assert sorted(p.name for p in work.iterdir()) == before  # the run's files too
+    assert (work / "notes.txt").read_text() == "a user's notes"
+
+
+def test_a_killed_runs_folder_of_run_files_only_is_rerun(tiny_cookies, tmp_path):
+    from anomaly.benchmark import run_benchmark
+    from anomaly.benchmark_dirs import MARK
+
+    out = tmp_path / "bench"
+    work = _killed_run(out, "meandiff")
+    (row,) = run_benchmark(str(tiny_cookies), methods=["meandiff"], out=str(out), smoke=True)
+    assert "error" not in row and not work.exists()
+    assert (out / "meandiff" / "model.pt").is_file()
+    assert not (out / "meandiff" / ".model.pt.k1ll3d_x.tmp").exists()
+    listed = json.loads((out / "meandiff" / MARK).read_text())["files"]
+    assert "model.pt" in listed and not any(f.endswith(".tmp") for f in listed)
