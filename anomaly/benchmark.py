@@ -32,7 +32,13 @@ import time
 from pathlib import Path
 
 # the checks made before anything trains (tests import them from here too)
-from anomaly.benchmark_checks import check_methods, check_seed, check_sets, discover_sets
+from anomaly.benchmark_checks import (
+    check_curve_method,
+    check_methods,
+    check_seed,
+    check_sets,
+    discover_sets,
+)
 from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests import them here
     MARK,  # noqa: F401
     BenchmarkError,
@@ -356,6 +362,7 @@ def main(args) -> None:
         if args.seeds < 1:
             raise BenchmarkError(f"--seeds must be at least 1, got {args.seeds}")
         method = args.method or "patchknn"
+        check_curve_method(method)
         check_seed(args.seed)
         if args.seed + args.seeds - 1 > 2**32 - 1:  # subsets are seeded --seed, --seed + 1, ...
             raise BenchmarkError(

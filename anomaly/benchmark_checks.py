@@ -153,3 +153,17 @@ def check_seed(seed: int) -> None:
     from anomaly.config import Config
 
     Config(seed=seed).validate()
+
+
+def check_curve_method(method: str) -> None:
+    """Refuse, before the curve's folder is made, a `--method` its every point would fail on: the
+    curve fits a method on its own (`unet+kmeans`: a UNet, then k-means on its bottleneck)."""
+    from anomaly.config import METHODS
+
+    known = [m for m in METHODS if m != "kmeans"] + ["unet+kmeans"]
+    if method not in known:
+        why = " (k-means needs a run to cluster)" if method.endswith("kmeans") else ""
+        raise BenchmarkError(
+            f"--method {method}: the train-size curve fits one of {', '.join(known)}{why}; "
+            "nothing was trained"
+        )

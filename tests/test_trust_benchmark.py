@@ -272,3 +272,18 @@ def test_a_killed_runs_folder_of_run_files_only_is_rerun(tiny_cookies, tmp_path)
     assert not (out / "meandiff" / ".model.pt.k1ll3d_x.tmp").exists()
     listed = json.loads((out / "meandiff" / MARK).read_text())["files"]
     assert "model.pt" in listed and not any(f.endswith(".tmp") for f in listed)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "ae+kmeans", "unet_original"])
+def test_the_curve_refuses_a_method_it_cannot_fit_before_making_its_folder(
+    tiny_cookies, tmp_path, capsys, method
+):
+    from anomaly.cli import main
+
+    out = tmp_path / "curves"
+    argv = ["benchmark", "--curve", "train-size", "--data", str(tiny_cookies), "--smoke"]
+    assert main([*argv, "--method", method, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--method {method}: the train-size curve fits one of ae, auto," in err
+    assert "unet+kmeans" in err and ("needs a run to cluster" in err) == ("kmeans" in method)
+    assert not out.exists()
