@@ -14,8 +14,10 @@ the writer's PID) keeps two processes from writing one run at a time.
 
 This module imports only `anomaly.config`, `anomaly.safe_files` (the atomic writes, the safe
 loads and `RunError`, re-exported here), `anomaly.threshold_file` (what threshold.json and
-val_scores.json may hold, and the model a threshold is for) and `anomaly.data.cookies` for a
-version number; building detectors from a run is `anomaly.pipeline.load_run`.
+val_scores.json may hold, and the model a threshold is for), `anomaly.run_checkpoints` (model.pt
+and last.pt: `RunDir`'s checkpoint methods, `CHECKPOINT_FORMAT`, `config_differences`,
+re-exported here) and `anomaly.data.cookies` for a version number; building detectors from a
+run is `anomaly.build.load_run`.
 """
 
 from __future__ import annotations
@@ -28,28 +30,25 @@ import math
 import platform
 import shutil
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from anomaly import threshold_file
 from anomaly.config import Config
+from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
+    CHECKPOINT_FORMAT,
+    SHAPE_FIELDS,
+    UNSCORED_FIELDS,
+    CheckpointFiles,
+    config_differences,
+)
 from anomaly.safe_files import (
     RunError,
     _atomic,
-    atomic_save,
     folder_lock,
     output_folder,
-    safe_torch_load,
     write_json,
 )
-
-CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
-# Config fields that change the shape of what a method learns: a checkpoint only loads into a
-# detector that agrees on all of them.
-SHAPE_FIELDS = ("method", "size", "channels", "width", "latent", "backbone", "k")
-# Config fields that may differ between config.json and the checkpoint without changing a score:
-# where the data and the device are (score --data and --device choose them per call).
-UNSCORED_FIELDS = ("data", "device", "runtime", "workers")  # same scores whatever they are
 
 
 def versions() -> dict:
@@ -76,16 +75,7 @@ def versions() -> dict:
     }
 
 
-def config_differences(a: dict, b: dict, skip=UNSCORED_FIELDS) -> list[str]:
-    """Names of the Config fields on which two saved configs disagree (ignoring `skip`)."""
-    return [
-        f.name
-        for f in fields(Config)
-        if f.name not in skip and f.name in a and f.name in b and a[f.name] != b[f.name]
-    ]
-
-
-class RunDir:
+class RunDir(CheckpointFiles):
     """One run folder: its file names, and a reader and an atomic writer for each file."""
 
     CONFIG, SPLIT, VERSIONS = "config.json", "split.json", "versions.json"
@@ -369,110 +359,6 @@ class RunDir:
         return removed
 
     # --- checkpoints ----------------------------------------------------------------------
-    def checkpoint(self) -> dict:
-        """model.pt, loaded without unpickling anything, after checking its header."""
-        path = self.file(self.MODEL)
-        if not path.exists():
-            raise RunError(
-                f"{self.path} has no {self.MODEL}: its training never finished an "
-                "epoch; train it again (or continue it with --resume)"
-            )
-        payload = safe_torch_load(path)
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise RunError(
-                f"{path} was not written by anomaly (no '{CHECKPOINT_FORMAT}' header); "
-                "load it into your own model, or train a run with "
-                "`python -m anomaly train`"
-            )
-        return payload
-
-    def save_checkpoint(self, detector, complete: bool = False, **extra) -> None:
-        """Write model.pt: the method, the config it was trained with (all of it: scoring
-        refuses a config.json that disagrees), its learned state, and whether training finished
-        (False for the best-so-far checkpoints written during training). A threshold chosen for
-        the model.pt it replaces (training resumed) is kept for the new one, less its guarantee
-        (`threshold_file.carried`)."""
-        kept = threshold_file.saved_for(self.file(self.THRESHOLD), self.file(self.MODEL))
-        atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "method": detector.name,
-                "config": asdict(detector.config),
-                "state": detector.state_dict(),
-                "complete": bool(complete),
-                **extra,
-            },
-            self.file(self.MODEL),
-        )
-        if kept is not None:
-            kept = threshold_file.carried(kept, self.file(self.MODEL))
-            write_json(self.file(self.THRESHOLD), kept)
-
-    def load_checkpoint(self, detector) -> dict:
-        """Load model.pt into `detector`, after checking it was made for the same shape."""
-        payload = self.checkpoint()
-        self.check_compatible(payload["config"], detector.config)
-        try:
-            detector.load_state_dict(payload["state"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            first = str(err).strip().splitlines()[0][:300]
-            raise RunError(
-                f"The weights in {self.file(self.MODEL)} do not fit a {detector.name} "
-                f"detector with this config ({first}); train a new run"
-            ) from None
-        return payload
-
-    def check_compatible(self, saved: dict, config: Config) -> None:
-        """Raise RunError naming the run and every shape-deciding field that differs."""
-        diffs = [
-            f"{f}: checkpoint has {saved.get(f)!r}, asked for {getattr(config, f)!r}"
-            for f in SHAPE_FIELDS
-            if saved.get(f) != getattr(config, f)
-        ]
-        if diffs:
-            raise RunError(
-                f"The checkpoint in {self.path} does not fit this detector ("
-                + "; ".join(diffs)
-                + "). Train a new run with these settings, or load "
-                "the run with its own config (anomaly.load_run)."
-            )
-
-    def trained_config(self) -> Config:
-        """The config model.pt was trained with; RunError if config.json disagrees on any field
-        that changes scores (someone edited it: the scores and the threshold would silently
-        change)."""
-        config = self.config()
-        saved = self.checkpoint()["config"]
-        diffs = config_differences(saved, asdict(config))
-        if diffs:
-            detail = "; ".join(
-                f"{f}: config.json has {getattr(config, f)!r}, the model was "
-                f"trained with {saved[f]!r}"
-                for f in diffs
-            )
-            raise RunError(
-                f"{self.file(self.CONFIG)} disagrees with {self.file(self.MODEL)} "
-                f"({detail}). Scores would not be what the model learned: restore "
-                "config.json, or train a new run with the new settings."
-            )
-        return config
-
-    def save_last(self, state: dict) -> None:
-        """last.pt: what resuming needs (tensors, numbers and lists only)."""
-        atomic_save(state, self.file(self.LAST))
-
-    def load_last(self) -> dict:
-        if not self.has_last():
-            raise RunError(
-                f"Cannot resume: {self.path} has no {self.LAST} (the run never "
-                "finished an epoch, or its method does not train by epochs); "
-                "train it again without --resume"
-            )
-        last = safe_torch_load(self.file(self.LAST))
-        if not isinstance(last, dict) or "epoch" not in last:
-            raise RunError(f"{self.file(self.LAST)} is damaged; restore it, or train a new --out")
-        return last
-
     # --- lock -----------------------------------------------------------------------------
     def lock(self, command: str = "train"):
         """Hold `.lock` (with this PID) while writing; refuse if a live process holds it

@@ -1,0 +1,179 @@
+"""Building detectors: a new one for a config, or a trained one from its run folder.
+
+`build_detector` resolves what a config names in other runs (`--from RUN` for kmeans, the
+trained encoder of `--backbone encoder:RUN`) into the modules the detector is given, and gives
+flow and draem their network settings; `load_run` rebuilds a run's detector with its own config
+and model.pt. `anomaly.pipeline` (train, score) re-exports both.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from anomaly.config import METHOD_DEFAULTS, Config
+from anomaly.detectors import Detector, get_detector
+from anomaly.runs import RunDir, RunError
+from anomaly.safe_files import sha256_file
+from anomaly.selection import selection_problem
+from anomaly.train import select_device
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
+    """Rebuild the detector saved in a run folder, with its own config and weights."""
+    run = RunDir(run_dir)
+    config = run.trained_config()
+    detector = build_detector(config, source=None if config.method != "kmeans" else False, run=run)
+    payload = run.load_checkpoint(detector)
+    if not payload.get("complete", True):
+        raise RunError(
+            f"{run}: its training was interrupted, so model.pt holds a model from the middle of "
+            "it (and threshold.json, if any, an earlier model's threshold); finish it with "
+            f"`python -m anomaly train --resume --out {run}`"
+        )
+    if problem := selection_problem(run, payload):  # it scores as model.pt says: a warning
+        warnings.warn(problem, stacklevel=2)
+    if device is not None:
+        return detector.to(select_device(device))
+    try:
+        return detector.to(select_device(config.device))
+    except ValueError:  # trained on a GPU this machine lacks: scores do not depend on it
+        warnings.warn(
+            f"{run}: trained on --device {config.device}, which this machine lacks; "
+            "running on what it has (--device auto)",
+            stacklevel=2,
+        )
+        return detector.to(select_device("auto"))
+
+
+def build_detector(config: Config, source=None, run: RunDir | None = None) -> Detector:
+    """A new detector for `config`, with what it needs from other runs already loaded.
+
+    kmeans gets the trained run `config.source_run` (`source`; False = none, for a checkpoint
+    that carries its own); patchknn/flow with backbone `encoder:RUN` get that run's encoder;
+    flow and draem get their network settings (`flow_*`, `draem_*` fields), so a run with
+    non-default ones is rebuilt as it was trained. `run`: the run whose model.pt the detector
+    will load (its encoder must be the one it was trained on).
+    """
+    cls = get_detector(config.method)
+    kwargs = {}
+    if config.method == "kmeans" and source is None:
+        if not config.source_run:
+            raise ValueError("--method kmeans needs --from RUN (a trained ae, unet or vae run)")
+        source = load_run(config.source_run, device="cpu")
+    if config.method == "kmeans" and source is not False:
+        kwargs["source"] = source
+    if config.method == "flow":
+        kwargs.update(
+            steps=config.flow_steps, hidden_ratio=config.flow_hidden_ratio, clamp=config.flow_clamp
+        )
+    if config.method == "draem":
+        kwargs.update(
+            disc_width=config.draem_disc_width or None,
+            depth=config.draem_depth,
+            p_anomaly=config.draem_p_anomaly,
+            focal_weight=config.draem_focal_weight,
+            norm=config.draem_norm,
+        )
+    digest = None
+    if config.backbone.startswith("encoder:") and config.method in ("patchknn", "flow"):
+        model, digest = _encoder(config, run)
+        if config.method == "patchknn":
+            kwargs["module"] = model
+        else:
+            from anomaly.features import build_backbone
+
+            kwargs["backbone"] = build_backbone(
+                config.backbone, in_channels=config.channels, module=model
+            )
+    detector = cls(config, **kwargs)
+    detector.encoder_sha256 = digest  # saved in model.pt: a retrained encoder is noticed
+    return detector
+
+
+def _encoder(config: Config, run: RunDir | None = None):
+    """The trained encoder `--backbone encoder:RUN` names, and its model.pt's SHA-256; with
+    `run` (a trained run being rebuilt), refused when it is not the encoder `run` learned on."""
+    encoder = RunDir(config.backbone.split(":", 1)[1])
+    if not encoder.has_model():
+        fix = "give the folder of a trained ae, unet or vae run"
+        if run is not None:  # older runs name it by a path relative to where they were trained
+            fix = f"restore the encoder run {run} was trained on" + (
+                ""
+                if encoder.path.is_absolute()
+                else ", or run this from the folder "
+                f"{run} was trained in ({run} names it by a path relative to it)"
+            )
+        raise RunError(
+            f"--backbone {config.backbone}: {os.path.abspath(encoder.path)} is not a trained "
+            f"run (no config.json and model.pt there); {fix}"
+        )
+    digest = sha256_file(encoder.file(encoder.MODEL))
+    recorded = _recorded_encoder(run)
+    if recorded is None and run is not None and run.has_model():
+        warnings.warn(
+            f"{run}: made before runs recorded their encoder's model, so a retrained or resumed "
+            f"{encoder} would change its scores without a word; train it again to record it",
+            stacklevel=3,
+        )
+    elif recorded is not None and recorded != digest:
+        raise RunError(
+            f"{run} was trained on the features of another model of {encoder} (its model.pt "
+            "changed since: retrained or resumed), so what it learned of normal features no "
+            f"longer matches what that encoder gives; train {run} again (another --out, or "
+            f"delete it first), or restore {encoder} as it was"
+        )
+    model = getattr(load_run(encoder, device="cpu"), "model", None)
+    if model is None or not hasattr(model, "forward_features"):
+        raise ValueError(
+            f"--backbone {config.backbone}: {encoder} is not an ae, unet "
+            "or vae run (no encoder to take features from)"
+        )
+    channels = encoder.config().channels
+    if channels != config.channels:
+        raise ValueError(
+            f"--backbone {config.backbone}: {encoder} was trained on {channels}-channel images "
+            f"and its encoder takes only those, but this run has --channels {config.channels}; "
+            f"use --channels {channels}"
+        )
+    return model, digest
+
+
+def _recorded_encoder(run: RunDir | None) -> str | None:
+    """The encoder digest `run`'s model.pt was trained with (None: no model, or no record)."""
+    if run is None or not run.has_model():
+        return None
+    state = run.checkpoint().get("state")
+    recorded = state.get("encoder_sha256") if isinstance(state, dict) else None
+    return recorded if isinstance(recorded, str) else None
+
+
+def check_size(detector: Detector, config: Config) -> None:
+    """Refuse an image size the method's networks cannot take, before any data is read."""
+    probe = (
+        getattr(detector, "embed", None)
+        or getattr(detector, "raw_features", None)
+        or (detector.predict_batch if hasattr(detector, "step") else None)
+    )
+    if probe is None:  # kmeans takes its source run's size; others check their own input
+        return
+    x = torch.zeros(2, config.channels, config.size, config.size)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        modes = {name: m.training for name, m in detector.modules().items()}
+        for m in detector.modules().values():
+            m.eval()
+        try:
+            probe(x)
+        except (RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0][:160]
+            default = METHOD_DEFAULTS.get(config.method, {}).get("size", Config.size)
+            raise ValueError(
+                f"--size {config.size} does not work for {config.method} ({first}); "
+                f"use a multiple of 16 of at least 64 (its default is {default})"
+            )
+        finally:
+            for name, m in detector.modules().items():
+                m.train(modes[name])

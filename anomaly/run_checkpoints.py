@@ -1,0 +1,144 @@
+"""A run folder's model.pt and last.pt: the checkpoint format, which config fields a checkpoint
+must agree on, and `CheckpointFiles`, the part of `anomaly.runs.RunDir` that reads and writes
+them (nothing in them is unpickled: `safe_files.safe_torch_load`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from anomaly import threshold_file
+from anomaly.config import Config
+from anomaly.safe_files import RunError, atomic_save, safe_torch_load, write_json
+
+CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
+# Config fields that change the shape of what a method learns: a checkpoint only loads into a
+# detector that agrees on all of them.
+SHAPE_FIELDS = ("method", "size", "channels", "width", "latent", "backbone", "k")
+# Config fields that may differ between config.json and the checkpoint without changing a score:
+# where the data and the device are (score --data and --device choose them per call).
+UNSCORED_FIELDS = ("data", "device", "runtime", "workers")  # same scores whatever they are
+
+
+def config_differences(a: dict, b: dict, skip=UNSCORED_FIELDS) -> list[str]:
+    """Names of the Config fields on which two saved configs disagree (ignoring `skip`)."""
+    return [
+        f.name
+        for f in fields(Config)
+        if f.name not in skip and f.name in a and f.name in b and a[f.name] != b[f.name]
+    ]
+
+
+class CheckpointFiles:
+    """model.pt and last.pt of a run folder: a base of `anomaly.runs.RunDir`, which names the
+    files and gives `path`, `file(name)` and `config()`."""
+
+    path: Path
+    MODEL: str
+    LAST: str
+    THRESHOLD: str
+
+    def checkpoint(self) -> dict:
+        """model.pt, loaded without unpickling anything, after checking its header."""
+        path = self.file(self.MODEL)
+        if not path.exists():
+            raise RunError(
+                f"{self.path} has no {self.MODEL}: its training never finished an "
+                "epoch; train it again (or continue it with --resume)"
+            )
+        payload = safe_torch_load(path)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise RunError(
+                f"{path} was not written by anomaly (no '{CHECKPOINT_FORMAT}' header); "
+                "load it into your own model, or train a run with "
+                "`python -m anomaly train`"
+            )
+        return payload
+
+    def save_checkpoint(self, detector, complete: bool = False, **extra) -> None:
+        """Write model.pt: the method, the config it was trained with (all of it: scoring
+        refuses a config.json that disagrees), its learned state, and whether training finished
+        (False for the best-so-far checkpoints written during training). A threshold chosen for
+        the model.pt it replaces (training resumed) is kept for the new one, less its guarantee
+        (`threshold_file.carried`)."""
+        kept = threshold_file.saved_for(self.file(self.THRESHOLD), self.file(self.MODEL))
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "method": detector.name,
+                "config": asdict(detector.config),
+                "state": detector.state_dict(),
+                "complete": bool(complete),
+                **extra,
+            },
+            self.file(self.MODEL),
+        )
+        if kept is not None:
+            kept = threshold_file.carried(kept, self.file(self.MODEL))
+            write_json(self.file(self.THRESHOLD), kept)
+
+    def load_checkpoint(self, detector) -> dict:
+        """Load model.pt into `detector`, after checking it was made for the same shape."""
+        payload = self.checkpoint()
+        self.check_compatible(payload["config"], detector.config)
+        try:
+            detector.load_state_dict(payload["state"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            first = str(err).strip().splitlines()[0][:300]
+            raise RunError(
+                f"The weights in {self.file(self.MODEL)} do not fit a {detector.name} "
+                f"detector with this config ({first}); train a new run"
+            ) from None
+        return payload
+
+    def check_compatible(self, saved: dict, config: Config) -> None:
+        """Raise RunError naming the run and every shape-deciding field that differs."""
+        diffs = [
+            f"{f}: checkpoint has {saved.get(f)!r}, asked for {getattr(config, f)!r}"
+            for f in SHAPE_FIELDS
+            if saved.get(f) != getattr(config, f)
+        ]
+        if diffs:
+            raise RunError(
+                f"The checkpoint in {self.path} does not fit this detector ("
+                + "; ".join(diffs)
+                + "). Train a new run with these settings, or load "
+                "the run with its own config (anomaly.load_run)."
+            )
+
+    def trained_config(self) -> Config:
+        """The config model.pt was trained with; RunError if config.json disagrees on any field
+        that changes scores (someone edited it: the scores and the threshold would silently
+        change)."""
+        config = self.config()
+        saved = self.checkpoint()["config"]
+        diffs = config_differences(saved, asdict(config))
+        if diffs:
+            detail = "; ".join(
+                f"{f}: config.json has {getattr(config, f)!r}, the model was "
+                f"trained with {saved[f]!r}"
+                for f in diffs
+            )
+            raise RunError(
+                f"{self.file(self.CONFIG)} disagrees with {self.file(self.MODEL)} "
+                f"({detail}). Scores would not be what the model learned: restore "
+                "config.json, or train a new run with the new settings."
+            )
+        return config
+
+    def save_last(self, state: dict) -> None:
+        """last.pt: what resuming needs (tensors, numbers and lists only)."""
+        atomic_save(state, self.file(self.LAST))
+
+    def load_last(self) -> dict:
+        if not self.has_last():
+            raise RunError(
+                f"Cannot resume: {self.path} has no {self.LAST} (the run never "
+                "finished an epoch, or its method does not train by epochs); "
+                "train it again without --resume"
+            )
+        last = safe_torch_load(self.file(self.LAST))
+        if not isinstance(last, dict) or "epoch" not in last:
+            raise RunError(f"{self.file(self.LAST)} is damaged; restore it, or train a new --out")
+        return last
