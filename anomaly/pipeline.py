@@ -178,7 +178,9 @@ def _fit(
     checkpoints = checkpoints or run  # resume: `ResumeWrites`, which writes config.json too
     t0 = time.perf_counter()
     detector.fit(train, val, progress=progress, resume=resume, checkpoints=checkpoints)
-    checkpoints.save_checkpoint(detector, fit_seconds=time.perf_counter() - t0, complete=True)
+    seconds = time.perf_counter() - t0
+    checkpoints.save_checkpoint(detector, complete=True)  # no timing: the same training, the
+    run.save_fit_seconds(seconds)  # same model.pt (a threshold chosen for one fits the other)
     removed = run.clear_outputs()
     if removed:
         print(

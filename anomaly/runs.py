@@ -52,7 +52,8 @@ from anomaly.safe_files import (
 
 
 def versions() -> dict:
-    """The versions that made a run (saved as versions.json)."""
+    """The versions that made a run (saved as versions.json, where `RunDir.save_fit_seconds`
+    adds how long fitting took)."""
     from importlib.metadata import version
 
     import numpy
@@ -251,6 +252,24 @@ class RunDir(CheckpointFiles):
         except (TypeError, ValueError) as err:
             raise ValueError(f"threshold not saved to {path}: {err}") from None
         return write_json(path, threshold_file.recorded(d, self.file(self.MODEL)))
+
+    def save_fit_seconds(self, seconds: float) -> None:
+        """Record how long fitting took in versions.json, beside the versions and the platform
+        it took that long on (in the last "resumed" entry after a resume). Not in model.pt: the
+        same data and seed then give the same model.pt, and a threshold chosen for one is
+        accepted by the other (`threshold_file.check_model`). A versions.json that does not
+        read as a record is left alone."""
+        path = self.file(self.VERSIONS)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(record, dict):
+            return
+        resumed = record.get("resumed")
+        last = resumed[-1] if isinstance(resumed, list) and resumed else None
+        (last if isinstance(last, dict) else record)["fit_seconds"] = round(float(seconds), 3)
+        write_json(path, record)
 
     def save_selection(self, selection: dict) -> Path:
         return write_json(self.file(self.SELECTION), selection)
