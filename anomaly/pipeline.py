@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly import threshold_file
 from anomaly import train_guards as guards
 from anomaly.build import build_detector, check_size, load_run
 from anomaly.config import Config
@@ -216,8 +217,9 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
                 f"{run}: kept your threshold {old.value:.6g} ({old.rule}), which was chosen on "
                 "the earlier model; choose it again with `python -m anomaly threshold`"
             )
-            if old.params.pop("guarantee", None):  # it was about the earlier model's scores
-                old.params["earlier_model"] = True
+            # one that records its model lost its guarantee when model.pt was replaced
+            # (`threshold_file.carried`); one from before that record loses it here
+            if threshold_file.drop_guarantee(old.params):
                 run.save_threshold(old)
             return
     from anomaly.metrics import threshold_normal_quantile  # sklearn: not for predict

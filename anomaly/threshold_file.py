@@ -138,9 +138,18 @@ def recorded(d: dict, model: Path) -> dict:
 
 def carried(d: dict, model: Path) -> dict:
     """The saved threshold `d` of a model that `model` replaces (training resumed), recorded for
-    the new one, less its guarantee (about the earlier model's scores): "earlier_model" says
-    so, as train --resume keeps a threshold the user set."""
-    params = d.get("params")
+    the new one, less its guarantee (`drop_guarantee`)."""
+    drop_guarantee(d.get("params"))
+    return recorded(d, model)
+
+
+def drop_guarantee(params) -> bool:
+    """Take the guarantee out of the params of a threshold kept for a new model (it was about
+    the earlier model's scores), in place, and mark "earlier_model" (predict and the explorer
+    then say it no longer holds); whether there was one. The one rule for every kept threshold:
+    `carried` for one that records its model, `anomaly.pipeline` after train --resume for one
+    from before that record."""
     if isinstance(params, dict) and params.pop("guarantee", None):
         params["earlier_model"] = True
-    return recorded(d, model)
+        return True
+    return False
