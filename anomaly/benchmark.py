@@ -102,7 +102,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
         source = Path(out).parent / name
         if not RunDir(source).has_model():
             raise BenchmarkError(
-                f"{method} needs the {name} row first (it clusters that run's bottleneck)"
+                f"{method} needs the {name} row first (it clusters that run's encoder features)"
             )
         # the project's k-means defaults (per-cell features, k by rule), or the original's own
         recipe = Config.for_method("kmeans", recipe=load_config(source).recipe)
@@ -300,8 +300,13 @@ def add_arguments(p) -> None:
         help="output folder (default runs/benchmark, for a curve "
         "runs/curves); the benchmark deletes only what it made there",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke", action="store_true", help="tiny budgets, to check the wiring")
+    p.add_argument("--seed", type=int, default=0, help="the split and training seed (default 0)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny budgets (64 px, one epoch; a curve: n = 1 2 4 8, one subset each), to check "
+        "the wiring, not to measure",
+    )
     p.add_argument(
         "--notes",
         help="also write the notes document here, e.g. docs/benchmark-notes.md (`make "
@@ -309,44 +314,56 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--readme",
-        help="also rewrite this file's results table (e.g. README.md; `make benchmark` does): "
-        "what lies between the lines <!-- benchmark:BLOCK --> and <!-- /benchmark:BLOCK -->",
+        help="also rewrite one results table of this file (e.g. README.md; `make benchmark` "
+        "does): what lies between the lines <!-- benchmark:BLOCK --> and "
+        "<!-- /benchmark:BLOCK -->; needs --readme-block",
     )
     p.add_argument(
         "--readme-block",
-        default="results",
         dest="readme_block",
-        help="--readme: the BLOCK name of its markers (default results)",
+        metavar="BLOCK",
+        help="--readme: the BLOCK name of its markers (README.md's: cookies, photos)",
     )
     p.add_argument(
         "--curve",
         choices=("train-size",),
-        help="train-size: how many good images "
-        "a method needs (image AUROC, AUPRO, escape rate at the conformal 1%% "
-        "threshold, fit time against n)",
+        help="train-size: how many good images a method needs (image AUROC, AUPRO, the escape "
+        "rate at the conformal threshold for --alpha, fit time, against n)",
     )
     p.add_argument(
         "--method",
-        help="--curve: the method (default patchknn; unet+kmeans is the original recipe)",
+        help="--curve: the method (default patchknn; unet+kmeans: the project's UNet, then "
+        "k-means with k = 2 on its encoder's maps; the original recipe is not offered here)",
     )
     p.add_argument(
         "--sizes",
         type=int,
         nargs="+",
-        help="--curve: training-set sizes (default 1 2 4 ... 128 and all)",
+        help="--curve: training-set sizes (default 1 2 4 ... 128 and all; sizes above the "
+        "training images become all)",
     )
     p.add_argument(
         "--seeds",
         type=int,
         default=3,
-        help="--curve: random subsets per size, for sizes up to --seeds-up-to",
+        help="--curve: random subsets per size, for sizes up to --seeds-up-to (default 3)",
     )
-    p.add_argument("--seeds-up-to", type=int, default=8, dest="seeds_up_to")
+    p.add_argument(
+        "--seeds-up-to",
+        type=int,
+        default=8,
+        dest="seeds_up_to",
+        metavar="N",
+        help="--curve: sizes up to N get --seeds subsets, larger ones one (default 8; README's "
+        "patchknn curve used 64)",
+    )
     p.add_argument(
         "--alpha",
         type=float,
         default=0.01,
-        help="--curve: conformal false-reject rate for the escape rate (default 0.01)",
+        help="--curve: the escape rate is measured at the conformal threshold for this "
+        "false-reject rate (default 0.01); where too few good images are held out for it, at "
+        "the smallest alpha they allow, 1/(n+1) (the point's alpha_used)",
     )
 
 

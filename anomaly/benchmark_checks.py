@@ -13,7 +13,7 @@ from pathlib import Path
 
 from anomaly.benchmark_dirs import BenchmarkError
 
-# the rows whose bottleneck a `<row>+kmeans` row clusters (`unet_original`: the original recipe)
+# the rows whose encoder features a `<row>+kmeans` row clusters (`unet_original`: the original)
 KMEANS_SOURCES = ("ae", "unet", "vae", "unet_original")
 
 
@@ -122,7 +122,7 @@ def check_methods(methods) -> None:
         )
     if "kmeans" in methods:
         raise BenchmarkError(
-            "--methods kmeans: k-means clusters the bottleneck of another run, so the benchmark "
+            "--methods kmeans: k-means clusters the encoder features of another run, so the benchmark "
             "names it after that row: "
             + ", ".join(f"{s}+kmeans" for s in KMEANS_SOURCES)
             + " (after its row in --methods, e.g. --methods ae ae+kmeans); nothing was trained"
@@ -134,7 +134,7 @@ def check_methods(methods) -> None:
             "and one row); name each once. Nothing was trained"
         )
     late = [
-        f"{m} clusters the bottleneck of the {s} row, which comes "
+        f"{m} clusters the encoder features of the {s} row, which comes "
         + ("after it" if s in methods else "nowhere in --methods")
         for m in methods
         if (s := m.removesuffix("+kmeans")) != m and s not in methods[: methods.index(m)]
@@ -157,7 +157,7 @@ def check_seed(seed: int) -> None:
 
 def check_curve_method(method: str) -> None:
     """Refuse, before the curve's folder is made, a `--method` its every point would fail on: the
-    curve fits a method on its own (`unet+kmeans`: a UNet, then k-means on its bottleneck)."""
+    curve fits a method on its own (`unet+kmeans`: a UNet, then k-means on its encoder maps)."""
     from anomaly.config import METHODS
 
     known = [m for m in METHODS if m != "kmeans"] + ["unet+kmeans"]

@@ -11,8 +11,11 @@ that pass) and the false-reject rate at the conformal threshold for alpha = 1 %
 (alpha < 1 / (n_cal + 1)), the point uses the smallest alpha it allows, 1 / (n_cal + 1), and
 says so in `alpha_used`.
 
-`unet+kmeans` is the original project's recipe: the UNet trained on the n images, then k-means
-on its bottleneck over the same n images.
+`unet+kmeans` is the project's UNet (`--method unet`'s defaults) trained on the n images, then
+the project's k-means (`--kmeans-features patch`: per position of the encoder's maps at 1/2 and
+1/4 size) with k = 2 over the same n images. It is not the original recipe (the benchmark's
+`unet_original+kmeans`: the 64-wide UNet and k-means on its max-pooled bottleneck), which the
+curve does not fit.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ FIELDS = (
 
 
 def _fit(method: str, config, train, cal):
-    """A fitted detector of `method` (unet+kmeans: a UNet, then k-means on its bottleneck)."""
+    """A fitted detector of `method` (unet+kmeans: a UNet, then k-means, k = 2, on its encoder's
+    maps)."""
     from anomaly.detectors import get_detector
     from anomaly.train import select_device
 

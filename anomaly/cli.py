@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import warnings
 from dataclasses import MISSING, fields
@@ -23,7 +24,20 @@ def _flag(f) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+# what an empty default means, per field (an empty string would print as "(default )"); a test
+# checks the layers against the detectors' own
+EMPTY_DEFAULT = {
+    "source_run": "no default: --method kmeans needs it",
+    "kmeans_features": "default empty: patch; original under --recipe original",
+    "layers": "default empty: patchknn features.3,features.6 on mobilenet_v2, blocks.2,blocks.4 "
+    "on efficientnet_lite0; flow features.6,features.13 on mobilenet_v2, blocks.4,blocks.10 on "
+    "efficientnet_lite0",
+}
+
+
 def _default_text(name: str, default) -> str:
+    if default == "" and name in EMPTY_DEFAULT:
+        return EMPTY_DEFAULT[name]
     per_method = [f"{m}: {d[name]}" for m, d in sorted(METHOD_DEFAULTS.items()) if name in d]
     return f"default {default}" + (f"; {', '.join(per_method)}" if per_method else "")
 
@@ -61,14 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-cookies", help="generate the cookie inspection data set")
     p.add_argument("root")
-    p.add_argument("--preset", default="toy", choices=("tiny", "toy", "benchmark"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument(
+        "--preset",
+        default="toy",
+        choices=("tiny", "toy", "benchmark"),
+        help="toy: the original project's counts; benchmark: 200 training images, 50 good and "
+        "30 per defect kind to test; tiny: for tests (default toy)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="the same seed gives the same images (default 0)"
+    )
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument(
         "--difficulty",
         type=float,
         default=1.0,
-        help="0.1 to 50, higher is harder: smaller, fainter defects (default 1.0)",
+        help="0.1 to 50, higher is harder: smaller, fainter defects (default 1.0, the benchmark's)",
     )
     p.add_argument(
         "--overwrite",
@@ -77,9 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         "a folder this generator made: never one without its manifest.json)",
     )
 
-    p = sub.add_parser("make-photos", help="generate the photo-texture data sets")
+    photos = (
+        "generate the real-photo suite: 8 sets cut from real photographs of several kinds "
+        "(textures, printed text, coins, a retina, a flower), with defects drawn in and masks"
+    )
+    p = sub.add_parser("make-photos", help=photos, description=photos[0].upper() + photos[1:])
     p.add_argument("root")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the same seed gives the same files (default 0)"
+    )
     p.add_argument(
         "--good",
         type=int,
@@ -119,12 +147,26 @@ def build_parser() -> argparse.ArgumentParser:
         "name>; the run's own scores, which threshold and explore read, are kept). --out RUN "
         "replaces the run's own (its data moved)",
     )
-    p.add_argument("--no-overlays", action="store_true")
+    p.add_argument(
+        "--no-overlays",
+        action="store_true",
+        help="write no overlays/ (one picture per test image): faster, the scores are the same",
+    )
 
-    p = sub.add_parser("predict", help="score new images with a run and its threshold")
+    p = sub.add_parser(
+        "predict",
+        help="score new images with a run and its threshold",
+        description="Score new images and print path, score, verdict and overlay for each. "
+        "Overlays go to RUN/predict/ (--run) or <stem>_predict/ beside the ONNX file (--onnx), "
+        "never over an earlier call's.",
+    )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run")
-    source.add_argument("--onnx", help="a detector exported by `export` (onnxruntime only)")
+    source.add_argument("--run", help="a trained run folder (its threshold.json decides)")
+    source.add_argument(
+        "--onnx",
+        help="a detector exported by `export` (onnxruntime only); overlays go to "
+        "<stem>_predict/ beside it",
+    )
     p.add_argument("images", nargs="+", help="image files, or folders of images")
 
     p = sub.add_parser("export", help="save a patchknn run as one ONNX file (onnxruntime only)")
@@ -139,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--value",
         type=float,
-        help="manual: the threshold; normal-quantile: the "
-        "quantile; conformal: alpha, the false-reject rate to guarantee; f1: none",
+        help="manual: the threshold; normal-quantile: the quantile (default the run's "
+        "--threshold-quantile, 0.99 unless set in train); conformal: alpha, the false-reject "
+        "rate to guarantee; f1: none",
     )
     p.add_argument(
         "--good-images",
@@ -163,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run", action="append", required=True, help="a scored run (repeat for several)"
     )
-    p.add_argument("--port", type=int, default=8866)
+    p.add_argument(
+        "--port", type=int, default=8866, help="port on 127.0.0.1 to serve on (default 8866)"
+    )
     return parser
 
 
@@ -318,6 +363,22 @@ def _threshold_words(t) -> str:
     return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
 
 
+def _check_readme_block(readme: str | None, block: str | None) -> None:
+    """`benchmark --readme FILE` rewrites one of FILE's tables: without `--readme-block` it
+    would not know which, so it stops before anything runs, naming the blocks FILE has."""
+    if not readme or block:
+        return
+    try:
+        names = re.findall(r"^<!-- benchmark:([^ >]+) -->$", Path(readme).read_text(), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        names = []
+    has = f" ({readme} has: {', '.join(names)})" if names else ""
+    raise ValueError(
+        f"--readme {readme} needs --readme-block BLOCK, the name in the markers "
+        f"<!-- benchmark:BLOCK --> and <!-- /benchmark:BLOCK --> of the table to rewrite{has}"
+    )
+
+
 def _make_data(args) -> None:
     if args.command == "make-cookies":
         from anomaly.data import make_cookies
@@ -400,6 +461,7 @@ def _main(args) -> int:
         elif args.command == "benchmark":
             from anomaly.benchmark import main as benchmark_main
 
+            _check_readme_block(args.readme, args.readme_block)
             benchmark_main(args)
         elif args.command == "explore":
             from anomaly.explorer import serve

@@ -94,7 +94,7 @@ def test_a_workers_known_error_is_one_line_without_a_traceback(tiny_cookies, tmp
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: ae+kmeans needs the ae row first (it clusters that run's bottleneck)"
+        "error: ae+kmeans needs the ae row first (it clusters that run's encoder features)"
     )
 
 
@@ -190,7 +190,7 @@ def test_auto_fit_refuses_too_few_images_with_the_same_words():
         (
             ["patchknn", "ae+kmeans"],
             (
-                "ae+kmeans clusters the bottleneck of the ae row, which comes nowhere in --methods. "
+                "ae+kmeans clusters the encoder features of the ae row, which comes nowhere in --methods. "
                 "Put each row before its +kmeans row: --methods patchknn ae ae+kmeans. Nothing was "
                 "trained"
             ),
