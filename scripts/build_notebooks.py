@@ -63,8 +63,9 @@ NOTEBOOKS = {
         "from anomaly.viz import plot_history\nfig = plot_history(unet / 'history.csv')\n"
         "plot_history(ae / 'history.csv', ax=fig.axes[0])",
         "## Reconstructions beside inputs\nThe AE was trained to remove anomalies, and paints "
-        "the defects over with cookie; the UNet carries mustard and plastic through to its "
-        "output (notebook 03 measures how much).",
+        "the defects over with cookie. The UNet leaves faint traces of mustard and plastic in "
+        "its output, yet its error inside a defect stays many times its error elsewhere "
+        "(notebook 03 measures the ratio): copying defects through is not what holds it back.",
         "nb.reconstructions_figure({'ae': ae, 'unet': unet})",
         "## How well do they separate defective from normal cookies?",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table({'ae': ae, 'unet': unet}))",
@@ -191,8 +192,9 @@ NOTEBOOKS = {
     "06_benchmark": [
         "# 06 Benchmark: which method to trust, what it costs, and how many good images it needs\n\n"
         "Every method on the same split with the same seed, at its default settings, on the "
-        "cookies and on the real-photo suite (`make-photos`). `unet+kmeans` is the original "
-        "project's improved recipe, `unet_original+kmeans` the original project's own. Made by "
+        "cookies and on the real-photo suite (`make-photos`). `unet+kmeans` is the project's "
+        "k-means on its UNet's encoder maps, `unet_original+kmeans` the original project's own "
+        "recipe (its 64-wide UNet, k-means on the bottleneck). Made by "
         "`make benchmark`: `python -m anomaly benchmark --data data/cookies --out "
         "runs/benchmark`, then the feature methods on the photo suite into "
         "`runs/benchmark-photos`; each writes its measurement log (`docs/benchmark-notes*.md`: "
@@ -211,15 +213,16 @@ NOTEBOOKS = {
         "when 5% of good images are rejected, by defect area, on the first set (the cookies).",
         "nb.detectability_figure(result)",
         "## How many good images do I need?\nEach method is trained on 1, 2, 4, ... 128 and all "
-        "good training images (three random subsets for n <= 64 for `patchknn`, n <= 8 for the "
-        "original recipe), always against the same "
+        "good training images (three random subsets for n <= 64 for `patchknn`, n <= 8 for "
+        "`unet+kmeans`: `--seeds-up-to`), always against the same "
         "held-out good images and test set. The right panel is what a QA team lives with: the "
         "fraction of defective parts that pass at the conformal threshold, which guarantees at "
         "most alpha false rejects of good parts (alpha = 1 %, or 1/(n_cal + 1) when too few good "
         "images are held out for 1 %: the table says which). Shaded: the range over subsets.",
         "# NBVAL_IGNORE_OUTPUT\ncurves = nb.train_size_rows(S)\nprint(nb.train_size_table(curves))",
-        "Cookies (`patchknn`, and the original recipe, whose 24 training images are marked by "
-        "n = 24) and two real-photo sets: a stochastic texture (moon) and a regular pattern "
+        "Cookies (`patchknn`, and `unet+kmeans`, in the stored outputs an earlier UNet with "
+        "k-means at each bottleneck position; n = 24 marks the original project's 24 training "
+        "images) and two real-photo sets: a stochastic texture (moon) and a regular pattern "
         "(a printed page):",
         "nb.train_size_figure(curves)",
     ],
@@ -235,7 +238,8 @@ NOTEBOOKS = {
         "    my-photos/ground_truth/<kind>/    <stem>_mask.png, white = defect (optional)\n\n"
         "or the plain one most people have on day one: `my-photos/good/` (every 5th photo by "
         "name is held out for testing) and optionally `my-photos/<kind>/` with masks in "
-        "`my-photos/masks/<kind>/`. PNG, JPEG, BMP or TIFF, grey or colour, any size; each "
+        "`my-photos/masks/<kind>/`. PNG, JPEG, BMP, TIFF, WebP or GIF, grey or colour, any "
+        "size; each "
         "photo is resized to a square (the run's `--size`), so crop them to the part first. "
         "Photos to check later need no layout at all.",
         SETUP,
