@@ -166,8 +166,8 @@ class Config:
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     workers: int = _f(
         0,
-        "score: processes that decode the test images while the model scores them "
-        "(0 = decode in the main process)",
+        "score and predict --run: processes that decode the images while the model scores "
+        "them (0 = decode in the main process; their own --workers overrides it once)",
         min=0,
         max=64,  # each one imports torch: thousands of them (a typo) would exhaust memory
     )

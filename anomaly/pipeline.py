@@ -14,7 +14,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -237,12 +237,14 @@ def score_run(
     overlays: bool = True,
     progress: bool = False,
     out: str | Path | None = None,
+    workers: int | None = None,
 ) -> tuple[Predictions, dict]:
     """Score test/ of the run's data (or `data`): scores.csv, metrics.json, predictions.npz and
     overlays/, in the run folder for its own data. Other data's go to `out`, by default
     RUN/scored/<data folder name>/ (`score_folder`): the run's own, which `threshold`, the
     explorer and the notebooks read, are never replaced by another folder's. `pred.meta["out"]`
-    says where they went."""
+    says where they went. `workers` processes decode the images for this call only (default the
+    run's `workers`; its config.json is not changed)."""
     from anomaly.metrics import evaluate
     from anomaly.overlays import run_scale, save_overlays
 
@@ -258,7 +260,7 @@ def score_run(
         test = AnomalyDataset(data, "test", size=config.size, channels=config.channels)
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         t0 = time.perf_counter()
-        pred = detector.predict(decoding_loader(test, config), progress=progress)
+        pred = detector.predict(decoding_loader(test, config, workers=workers), progress=progress)
         seconds = time.perf_counter() - t0
         if not (np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()):
             raise RunError(
@@ -331,11 +333,17 @@ def trained_images(rd: RunDir) -> dict | None:
         return None
 
 
-def decoding_loader(data, config: Config, collate_fn=None):
-    """`data` in batches of `config.batch_size`, decoded by `config.workers` processes while the
-    model scores (in this process when 0)."""
+def decoding_loader(data, config: Config, collate_fn=None, workers: int | None = None):
+    """`data` in batches of `config.batch_size`, decoded by `workers` processes (default the
+    run's `config.workers`) while the model scores (in this process when 0)."""
     from torch.utils.data import DataLoader
 
+    workers = config.workers if workers is None else check_workers(workers)
     return DataLoader(
-        data, batch_size=config.batch_size, num_workers=config.workers, collate_fn=collate_fn
+        data, batch_size=config.batch_size, num_workers=workers, collate_fn=collate_fn
     )
+
+
+def check_workers(workers: int) -> int:
+    """A number of decoding processes for one command, in the range of Config's `workers`."""
+    return replace(Config(), workers=workers).validate().workers

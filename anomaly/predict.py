@@ -116,11 +116,14 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 
 def predict_images(
-    run: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
+    run: str | Path,
+    images: list[str | Path],
+    overlay_dir: str | Path | None = None,
+    workers: int | None = None,
 ):
     """Score new images (files or folders of them) with a run and its saved threshold.
 
-    The files are decoded in batches (by `workers` processes, as in `score`). Returns
+    The files are decoded in batches (by `workers` processes, default the run's, as in `score`). Returns
     (results, threshold): one dict per image: path, score, verdict ("REJECT" iff score >=
     threshold, else "PASS") and overlay (in `overlay_dir`, default the run's predict/, under a
     name no earlier call took: overlays are evidence, never replaced); or path and error for an
@@ -138,7 +141,9 @@ def predict_images(
     files = _ImageFiles(paths, detector.config)
     # names already there are taken: an earlier call's overlays are never replaced
     results, used = [], {p.name for p in overlay_dir.iterdir()}
-    for batch in decoding_loader(files, detector.config, collate_fn=_ImageFiles.collate):
+    for batch in decoding_loader(
+        files, detector.config, collate_fn=_ImageFiles.collate, workers=workers
+    ):
         if batch["image"] is not None:
             with torch.no_grad():
                 scores, maps = detector.predict_batch(batch["image"].to(detector.device))

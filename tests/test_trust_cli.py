@@ -163,3 +163,24 @@ def test_an_empty_image_path_and_a_threshold_quantile_below_half_are_refused(
     assert main(["train", "--data", str(tiny_cookies), "--out", str(out), *flags]) == 2
     assert "--threshold-quantile" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_score_and_predict_take_workers_for_one_command(tiny_cookies, tmp_path, capsys):
+    run = tmp_path / "run"
+    train = ("train", "--method", "meandiff", "--size", "32", "--device", "cpu")
+    assert run_cli(capsys, *train, "--data", tiny_cookies, "--out", run)[0] == 0
+    config = (run / "config.json").read_text()
+    code, out, err = run_cli(capsys, "score", "--run", run, "--no-overlays", "--workers", "1")
+    assert code == 0, err
+    assert "wrote" in out
+    good = sorted((tiny_cookies / "test" / "good").iterdir())[:2]
+    code, out, err = run_cli(capsys, "predict", "--run", run, *good, "--workers", "1")
+    assert code == 0, err
+    assert len([x for x in out.splitlines() if "\t" in x]) == 2
+    assert (run / "config.json").read_text() == config  # the run's own setting is kept
+    code, _, err = run_cli(capsys, "score", "--run", run, "--workers", "10000")
+    assert code == 2
+    assert "--workers 10000: must be at most 64" in err
+    code, _, err = run_cli(capsys, "predict", "--onnx", run / "x.onnx", *good, "--workers", "1")
+    assert code == 2
+    assert "--workers is for predict --run" in err

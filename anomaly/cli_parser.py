@@ -1,0 +1,212 @@
+"""The command line's parser: `python -m anomaly`'s commands and flags (`anomaly.cli` runs them).
+
+The `train` flags are generated from `anomaly.config.Config`: one flag per field, with the
+field's type, help and choices, and each method's own defaults shown in the help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, fields
+
+from anomaly.config import METHOD_DEFAULTS, METHODS, Config
+
+WORKERS_HELP = (
+    "processes that decode the images while the model scores them, for this command only "
+    "(default: the run's, set by train --workers; 0 = in the main process)"
+)
+
+
+def flag_of(f) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+# what an empty default means, per field (an empty string would print as "(default )"); a test
+# checks the layers against the detectors' own
+EMPTY_DEFAULT = {
+    "source_run": "no default: --method kmeans needs it",
+    "kmeans_features": "default empty: patch; original under --recipe original",
+    "layers": "default empty: patchknn features.3,features.6 on mobilenet_v2, blocks.2,blocks.4 "
+    "on efficientnet_lite0; flow features.6,features.13 on mobilenet_v2, blocks.4,blocks.10 on "
+    "efficientnet_lite0",
+}
+
+
+def _default_text(name: str, default) -> str:
+    if default == "" and name in EMPTY_DEFAULT:
+        return EMPTY_DEFAULT[name]
+    per_method = [f"{m}: {d[name]}" for m, d in sorted(METHOD_DEFAULTS.items()) if name in d]
+    return f"default {default}" + (f"; {', '.join(per_method)}" if per_method else "")
+
+
+def add_config_flags(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    """One flag per Config field (default None: only the flags given change the config)."""
+    for f in fields(Config):
+        default = f.default if f.default is not MISSING else None
+        kind = type(default) if default is not None else str
+        help_text = f.metadata.get("help", "")
+        kw: dict = {"dest": f.name, "default": None, "type": kind}
+        if f.name == "method":
+            kw["choices"] = methods
+        if f.name != "data":
+            help_text += f" ({_default_text(f.name, default)})"
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        p.add_argument(flag_of(f), help=help_text.replace("%", "%%"), **kw)
+
+
+def method_names() -> list[str]:
+    """The package's methods (`config.METHODS`), and any more registered in this process (a
+    plugin that called `anomaly.detectors.register` before `main`); importing the detectors
+    just to list them would cost every command, `--help` included, seconds of torch imports."""
+    names = set(METHODS)
+    base = sys.modules.get("anomaly.detectors.base")
+    if base is not None:
+        names |= set(base.REGISTRY)
+    return sorted(names)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m anomaly", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-cookies", help="generate the cookie inspection data set")
+    p.add_argument("root")
+    p.add_argument(
+        "--preset",
+        default="toy",
+        choices=("tiny", "toy", "benchmark"),
+        help="toy: the original project's counts; benchmark: 200 training images, 50 good and "
+        "30 per defect kind to test; tiny: for tests (default toy)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="the same seed gives the same images (default 0)"
+    )
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument(
+        "--difficulty",
+        type=float,
+        default=1.0,
+        help="0.1 to 50, higher is harder: smaller, fainter defects (default 1.0, the benchmark's)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a cookie data set made here before with other settings (only "
+        "a folder this generator made: never one without its manifest.json)",
+    )
+
+    photos = (
+        "generate the real-photo suite: 8 sets cut from real photographs of several kinds "
+        "(textures, printed text, coins, a retina, a flower), with defects drawn in and masks"
+    )
+    p = sub.add_parser("make-photos", help=photos, description=photos[0].upper() + photos[1:])
+    p.add_argument("root")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the same seed gives the same files (default 0)"
+    )
+    p.add_argument(
+        "--good",
+        type=int,
+        help="good test images per set (default 25; more narrow the AUROC's interval, and the "
+        "first 25 stay the same images)",
+    )
+    p.add_argument(
+        "--defect", type=int, help="test images per defect kind and set (default 7; as --good)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a photo suite made here before (only a folder this generator "
+        "made: never one without its manifest.json)",
+    )
+
+    p = sub.add_parser(
+        "train",
+        help="train a detector on train/good into a run folder",
+        description="Train a detector. Every setting has a flag; the defaults "
+        "depend on --method (shown as 'method: value').",
+    )
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (with more --epochs: train longer)",
+    )
+    add_config_flags(p, method_names())
+
+    p = sub.add_parser("score", help="score test/: scores.csv, metrics.json, overlays/")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", help="data set root (default: the one the run was trained on)")
+    p.add_argument(
+        "--out",
+        help="--data other than the run's: where its scores go (default RUN/scored/<its folder "
+        "name>; the run's own scores, which threshold and explore read, are kept). --out RUN "
+        "replaces the run's own (its data moved)",
+    )
+    p.add_argument(
+        "--no-overlays",
+        action="store_true",
+        help="write no overlays/ (one picture per test image): faster, the scores are the same",
+    )
+    p.add_argument("--workers", type=int, help=WORKERS_HELP)
+
+    p = sub.add_parser(
+        "predict",
+        help="score new images with a run and its threshold",
+        description="Score new images and print path, score, verdict and overlay for each. "
+        "Overlays go to RUN/predict/ (--run) or <stem>_predict/ beside the ONNX file (--onnx), "
+        "never over an earlier call's.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a trained run folder (its threshold.json decides)")
+    source.add_argument(
+        "--onnx",
+        help="a detector exported by `export` (onnxruntime only); overlays go to "
+        "<stem>_predict/ beside it",
+    )
+    p.add_argument("images", nargs="+", help="image files, or folders of images")
+    p.add_argument("--workers", type=int, help=WORKERS_HELP + " (--run only)")
+
+    p = sub.add_parser("export", help="save a patchknn run as one ONNX file (onnxruntime only)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", help="the ONNX file to write (default RUN/model.onnx)")
+
+    p = sub.add_parser("threshold", help="choose and save the run's threshold")
+    p.add_argument("--run", required=True)
+    p.add_argument(
+        "--rule", required=True, choices=("manual", "normal-quantile", "conformal", "f1")
+    )
+    p.add_argument(
+        "--value",
+        type=float,
+        help="manual: the threshold; normal-quantile: the quantile (default the run's "
+        "--threshold-quantile, 0.99 unless set in train); conformal: alpha, the false-reject "
+        "rate to guarantee; f1: none",
+    )
+    p.add_argument(
+        "--good-images",
+        metavar="FOLDER",
+        help="normal-quantile, conformal: set the rule on this folder's good images (scored "
+        "now) instead of the good training images the run held out. Use good images taken as "
+        "the ones you will check are (other parts, other batches): held-out training images "
+        "are often near-copies of training ones and score too low",
+    )
+
+    p = sub.add_parser(
+        "benchmark",
+        help="train and score every method on every set; print the tables (or --curve train-size)",
+    )
+    from anomaly.benchmark import add_arguments  # the benchmark module owns its flags
+
+    add_arguments(p)
+
+    p = sub.add_parser("explore", help="serve the threshold explorer as a page (Voila)")
+    p.add_argument(
+        "--run", action="append", required=True, help="a scored run (repeat for several)"
+    )
+    p.add_argument(
+        "--port", type=int, default=8866, help="port on 127.0.0.1 to serve on (default 8866)"
+    )
+    return parser
