@@ -49,7 +49,7 @@ def test_curve_never_repeats_a_subset_and_says_when_sizes_are_capped(tiny_cookie
 
 def test_f1_threshold_says_it_was_chosen_on_the_test_set(scored_ae_run, tmp_path):
     """--rule f1 printed only "no guarantee": not that the test images chose it (so its results
-    there are optimistic), nor that with few defects it sits on one defect's score."""
+    there are optimistic), nor that with few defects it rests on one defect's score."""
     from helpers import copy_run
 
     from anomaly.calibration import calibration_words, set_threshold
