@@ -6,6 +6,11 @@ A run folder from someone else is untrusted input: its selection.json may have b
 copied from another run, and then names a choice the model never made. `selection_problem` says
 so (`load_run` warns with it); `read_selection` is what display code shows: the record inside
 model.pt, with that warning when selection.json disagrees or is not JSON, never an exception.
+
+How long each step took (`TIMINGS`) is kept in selection.json only: model.pt holds the record
+`without_timings`, so the same data and seed give the same model.pt, and a threshold chosen for
+one is accepted by the other (`threshold_file.check_model` compares the file's SHA-256). The two
+records are compared without their timings; model.pt files written before hold them too.
 """
 
 from __future__ import annotations
@@ -13,7 +18,36 @@ from __future__ import annotations
 import json
 import warnings
 
+from anomaly.detectors.auto import ROW_TIMINGS, TIMINGS, without_timings
 from anomaly.runs import RunDir, RunError
+
+
+def _with_timings(own: dict, saved) -> dict:
+    """model.pt's record `own` with the times selection.json (`saved`) gives: a candidate's
+    where its row otherwise equals model.pt's, the run's where the whole record does; None where
+    it gives none (an older model.pt's own times stay). For reading only: nothing scores by them."""
+    saved = saved if isinstance(saved, dict) else {}
+    same = _canonical(without_timings(saved)) == _canonical(without_timings(own))
+    merged = {**own, **{k: own.get(k, saved.get(k) if same else None) for k in TIMINGS}}
+    rows, theirs = own.get("candidates"), saved.get("candidates")
+    if isinstance(rows, list):
+        theirs = theirs if isinstance(theirs, list) else []
+        merged["candidates"] = [
+            _row_with_timings(row, theirs[i] if i < len(theirs) else None)
+            for i, row in enumerate(rows)
+        ]
+    return merged
+
+
+def _row_with_timings(row, saved):
+    """A candidate's `row` of model.pt's record, with the times of `saved` (its row in
+    selection.json) when that row otherwise says the same."""
+    if not isinstance(row, dict):
+        return row
+    saved = saved if isinstance(saved, dict) else {}
+    mine, theirs = (without_timings({"candidates": [r]}) for r in (row, saved))
+    same = _canonical(mine) == _canonical(theirs)
+    return {**row, **{k: row.get(k, saved.get(k) if same else None) for k in ROW_TIMINGS}}
 
 
 def _model_record(payload: dict) -> dict | None:
@@ -49,8 +83,12 @@ def selection_problem(run: RunDir, payload: dict) -> str | None:
             "model: it does not describe this run (copied from another?); delete it"
         )
     own = _model_record(payload)
-    if own is None or _canonical(saved) == _canonical(own):
+    if own is None:
         return None  # a model.pt without its own record has nothing to check against
+    if isinstance(saved, dict) and _canonical(without_timings(saved)) == _canonical(
+        without_timings(own)
+    ):
+        return None  # the same choice and scores; only selection.json has the times now
     said = saved.get("chosen") if isinstance(saved, dict) else None
     if said != own.get("chosen"):
         names = f"says auto chose {said!r}" if said is not None else "names no choice"
@@ -66,18 +104,22 @@ def selection_problem(run: RunDir, payload: dict) -> str | None:
 
 def read_selection(run) -> dict | None:
     """auto's record of its choice, for display: the one inside model.pt (the model that
-    scores), with a warning when selection.json disagrees with it or does not parse; an older
-    model.pt without that record gives selection.json when it parses. None when neither holds
-    one (a run of another method)."""
+    scores), with a warning when selection.json disagrees with it or does not parse, and with
+    the times selection.json gives for the candidates it agrees on (None where it gives none);
+    an older model.pt without that record gives selection.json when it parses. None when
+    neither holds one (a run of another method)."""
     run = RunDir(run)
     payload = run.checkpoint()
     problem = selection_problem(run, payload)
     if problem:
         warnings.warn(problem, stacklevel=2)
+    saved = None
+    if run.file(run.SELECTION).is_file():
+        try:
+            saved = run._read_json(run.SELECTION)
+        except RunError:
+            pass  # said by `problem`
     own = _model_record(payload)
-    if own is not None or problem or not run.file(run.SELECTION).is_file():
-        return own
-    try:
-        return run._read_json(run.SELECTION)
-    except RunError:
-        return None
+    if own is not None:
+        return _with_timings(own, saved)
+    return None if problem else saved

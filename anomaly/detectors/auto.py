@@ -18,9 +18,9 @@ What it does (`AutoDetector.fit`, training images only, never a test image or la
    tied (easy synthetic defects often give several a perfect 1.0); among them the one with the
    highest **AUPRO** on the synthetic masks wins (localisation, with small regions counted as
    much as large ones), then the higher image AUROC, then the earlier one in the grid;
-4. fits the winner on all training images. `selection` (also in `state_dict`) records every
-   candidate's settings, scores and times, and the choice; the run folder keeps it as
-   `selection.json`.
+4. fits the winner on all training images. `selection` records every candidate's settings,
+   scores and times, and the choice; the run folder keeps it as `selection.json`, and model.pt
+   (`state_dict`) without the times, so the same seed gives the same file.
 
 What it optimises, and its limits: the separation of *synthetic* defects from held-out normal
 images. The synthetic defects are not the user's: a candidate that finds pasted textures and
@@ -95,6 +95,7 @@ SYNTHETIC_PER_IMAGE = 2  # DRAEM-style synthetic defects made from each held-out
 ALTERED_PER_IMAGE = 3  # and quiet local ones (`alter`: blur, tint, faint overlay)
 PERLIN_SCALES = (1, 6)  # lattice 2..32 cells per side: DRAEM's range without the half-image blobs
 TIE = 0.005  # image AUROCs this close count as a tie, broken by AUPRO
+TIMINGS, ROW_TIMINGS = ("final_fit_s", "total_s"), ("fit_s", "score_s")  # not in model.pt
 # Run fields a candidate inherits from the auto run (its images, seed and device).
 INHERITED = (
     "data",
@@ -176,6 +177,18 @@ class TrainingImages:
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.data[int(i)]["image"] for i in indices]).float()
+
+
+def without_timings(selection: dict) -> dict:
+    """`selection` without how long anything took: what model.pt holds, so that the same data
+    and seed give the same file (`anomaly.selection` compares the records without them)."""
+    rest = {k: v for k, v in selection.items() if k not in TIMINGS}
+    if isinstance(rows := rest.get("candidates"), list):
+        rest["candidates"] = [
+            {k: v for k, v in r.items() if k not in ROW_TIMINGS} if isinstance(r, dict) else r
+            for r in rows
+        ]
+    return rest
 
 
 def candidate_name(settings: dict) -> str:
@@ -362,7 +375,7 @@ class AutoDetector(Detector):
             raise RuntimeError("auto: nothing to save before fit()")
         return {
             "chosen": json.dumps(self.chosen),
-            "selection": json.dumps(self.selection),
+            "selection": json.dumps(without_timings(self.selection)),  # times vary
             "inner": self.inner.state_dict(),
         }
 
@@ -423,17 +436,9 @@ class AutoDetector(Detector):
     ) -> dict:
         """Fit one candidate on the trial images (or reuse the fit of one that differs only in
         `SCORE_FIELDS`, kept in `fitted`) and score the held-out images: its selection row."""
-        row = {
-            "name": candidate_name(settings),
-            "settings": dict(settings),
-            "image_auroc": None,
-            "pixel_auroc": None,
-            "aupro": None,
-            "fit_s": None,
-            "score_s": None,
-            "fit_shared_with": None,
-            "error": None,
-        }
+        row = {"name": candidate_name(settings), "settings": dict(settings)}
+        row |= dict.fromkeys(("image_auroc", "pixel_auroc", "aupro", *ROW_TIMINGS))
+        row |= dict.fromkeys(("fit_shared_with", "error"))
         if settings["method"] not in REGISTRY:
             row["error"] = f"method {settings['method']!r} is not available"
             return row
@@ -485,9 +490,11 @@ def format_selection(selection: dict) -> str:
         if row["error"]:
             lines.append(f" {mark} skipped: {row['error']}  {row['name']}")
         else:  # predict time: what the choice costs on every image later; the numbers first,
-            ms = 1000 * row["score_s"] / max(scored, 1)  # in columns; names vary in length
+            fit, score = row.get("fit_s"), row.get("score_s")  # in columns (names vary in length)
+            fit = "    -" if fit is None else f"{fit:5.1f}"  # None: model.pt's record alone
+            ms = "   -" if score is None else f"{1000 * score / max(scored, 1):4.0f}"
             lines.append(
                 f" {mark} image AUROC {row['image_auroc']:.4f}  AUPRO {row['aupro']:.4f}  "
-                f"fit {row['fit_s']:5.1f} s  predict {ms:4.0f} ms/image  {row['name']}"
+                f"fit {fit} s  predict {ms} ms/image  {row['name']}"
             )
     return "\n".join(lines)
