@@ -400,22 +400,28 @@ class MobileNetV2(Backbone):
 class EncoderBackbone(Backbone):
     """Wraps a module with `forward_features(x)` (a tensor or a list of tensors, finest first).
 
-    No ImageNet normalisation: the encoder sees images as it was trained on them.
+    No ImageNet normalisation: the encoder sees images as it was trained on them. A run's
+    encoder is checked before it gets here (`anomaly.detectors.kmeans.encoder_mismatch`); a
+    module given through the API is refused when its first layer takes other channels than
+    `in_channels` (when it has none to read, by what torch says when the probe fails).
     """
 
     def __init__(self, module: nn.Module, in_channels: int = 1, probe_size: int = 64) -> None:
         super().__init__(imagenet=False)
         if not hasattr(module, "forward_features"):
             raise TypeError(f"{type(module).__name__} has no forward_features(x) method")
+        takes = next((m.in_channels for m in module.modules() if hasattr(m, "in_channels")), 0)
+        if takes and takes != in_channels:
+            raise ValueError(
+                f"this encoder takes only {takes}-channel images (its first layer), not "
+                f"{in_channels}-channel ones; use --channels {takes}"
+            )
         self.module = module.eval().requires_grad_(False)
         try:
             with torch.no_grad():  # one dummy image tells the channels and strides
                 maps = self.forward(torch.zeros(1, in_channels, probe_size, probe_size))
-        except RuntimeError as err:
-            takes = next((m.in_channels for m in module.modules() if hasattr(m, "in_channels")), 0)
+        except RuntimeError as err:  # a module without a readable first layer: the last resort
             why = str(err).strip().splitlines()[0][:160]
-            if takes and takes != in_channels:
-                why = f"it was trained on {takes}-channel ones; use --channels {takes}"
             raise ValueError(f"this encoder does not take {in_channels}-channel images ({why})")
         self.out_channels = [m.shape[1] for m in maps]
         self.stride = [probe_size // m.shape[-1] for m in maps]

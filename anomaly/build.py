@@ -16,6 +16,7 @@ import torch
 
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.detectors import Detector, get_detector
+from anomaly.detectors.kmeans import encoder_mismatch  # kmeans --from checks it too
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 from anomaly.selection import selection_problem
@@ -96,7 +97,9 @@ def build_detector(config: Config, source=None, run: RunDir | None = None) -> De
 
 def _encoder(config: Config, run: RunDir | None = None):
     """The trained encoder `--backbone encoder:RUN` names, and its model.pt's SHA-256; with
-    `run` (a trained run being rebuilt), refused when it is not the encoder `run` learned on."""
+    `run` (a trained run being rebuilt), refused when it is not the encoder `run` learned on.
+    Other channels or size than the encoder's are refused (`encoder_mismatch`, as kmeans
+    refuses them); a run trained on another size before that was refused loads with a warning."""
     encoder = RunDir(config.backbone.split(":", 1)[1])
     if not encoder.has_model():
         fix = "give the folder of a trained ae, unet or vae run"
@@ -126,18 +129,20 @@ def _encoder(config: Config, run: RunDir | None = None):
             f"longer matches what that encoder gives; train {run} again (another --out, or "
             f"delete it first), or restore {encoder} as it was"
         )
-    model = getattr(load_run(encoder, device="cpu"), "model", None)
+    trained = load_run(encoder, device="cpu")
+    model = getattr(trained, "model", None)
     if model is None or not hasattr(model, "forward_features"):
         raise ValueError(
             f"--backbone {config.backbone}: {encoder} is not an ae, unet "
             "or vae run (no encoder to take features from)"
         )
-    channels = encoder.config().channels
-    if channels != config.channels:
-        raise ValueError(
-            f"--backbone {config.backbone}: {encoder} was trained on {channels}-channel images "
-            f"and its encoder takes only those, but this run has --channels {config.channels}; "
-            f"use --channels {channels}"
+    problem = encoder_mismatch(f"--backbone {config.backbone}", trained.config, config)
+    if problem and (run is None or trained.config.channels != config.channels):
+        raise ValueError(problem)
+    if problem:  # a run trained so before sizes were checked learned these features: a word
+        warnings.warn(
+            f"{run} was trained before this was refused, and scores as it did: {problem}",
+            stacklevel=3,
         )
     return model, digest
 

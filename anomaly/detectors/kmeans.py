@@ -190,27 +190,50 @@ def _spread(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim, keepdim=True), std.clamp(min=1e-3 * float(std.mean()) + 1e-12)
 
 
+def encoder_mismatch(
+    source: str, trained: Config, config: Config, leave_out: str = ""
+) -> str | None:
+    """Why a run with `config` cannot take features from the encoder `source` names (`--from
+    RUN` here, `--backbone encoder:RUN` for patchknn and flow: `anomaly.build`), trained with
+    `trained` (that run's config); None when it has that run's channels and size.
+
+    Its first layer takes only those channels. At another size it runs, but every such encoder
+    is an auto-encoder trained from scratch (ae, unet, vae), which learned every part at one
+    scale (a 3x3 neighbourhood covers another share of the part): its features are not the ones
+    it learned to give, and nothing would say so. `leave_out`: why leaving the flags out gives
+    the encoder's settings (kmeans: it takes its --from run's)."""
+    wrong = [
+        (flag, mine)
+        for flag, mine, asked in (
+            ("--channels", trained.channels, config.channels),
+            ("--size", trained.size, config.size),
+        )
+        if mine != asked
+    ]
+    if not wrong:
+        return None
+    fix = " ".join(f"{flag} {value}" for flag, value in wrong)
+    if leave_out:
+        fix += f" (or leave {'them' if len(wrong) > 1 else 'it'} out: {leave_out})"
+    scale = ""
+    if trained.size != config.size:
+        scale = ", where it would see every part at another scale than it learned"
+        fix += f", or train an ae, unet or vae run at {config.size} px to take them from"
+    return (
+        f"{source}: its encoder was trained on {trained.channels}-channel images at "
+        f"{trained.size} px and takes only those, not {config.channels}-channel ones at "
+        f"{config.size} px{scale}; use {fix}"
+    )
+
+
 def check_source(config: Config, source: Config) -> None:
     """ValueError unless kmeans takes images of the channels and size its source run's encoder
-    was trained on, naming the fix. Its first layer takes only those channels; at another size
-    it runs, but sees every part at another scale than it learned (a 3x3 neighbourhood covers
-    another share of the part), so its features are not the ones it was trained to give and
-    nothing would say so: refused rather than silently replaced, since --size was asked for."""
+    was trained on (`encoder_mismatch`): refused rather than silently replaced, since the
+    flags were asked for."""
     run = config.source_run or "its source run"
-    settings = "leave it out: kmeans takes its --from run's settings"
-    if source.channels != config.channels:
-        raise ValueError(
-            f"--channels {config.channels}: kmeans takes its features from the encoder of "
-            f"{run}, which was trained on {source.channels}-channel images and takes only "
-            f"those; use --channels {source.channels} (or {settings})"
-        )
-    if source.size != config.size:
-        raise ValueError(
-            f"--size {config.size}: kmeans takes its features from the encoder of {run}, "
-            f"which was trained on {source.size} px images; at {config.size} px it sees every "
-            f"part at another scale than it learned. Use --size {source.size} (or {settings}), "
-            f"or train an encoder at {config.size} px and give --from that run"
-        )
+    leave_out = "kmeans takes its --from run's settings"
+    if problem := encoder_mismatch(f"--from {run}", source, config, leave_out):
+        raise ValueError(problem)
 
 
 @register("kmeans")
