@@ -136,7 +136,12 @@ def _encoder(config: Config, run: RunDir | None = None):
             f"--backbone {config.backbone}: {encoder} is not an ae, unet "
             "or vae run (no encoder to take features from)"
         )
-    problem = encoder_mismatch(f"--backbone {config.backbone}", trained.config, config)
+    problem = encoder_mismatch(
+        f"--backbone {config.backbone}",
+        trained.config,
+        config,
+        leave_out="train then takes the encoder run's",
+    )
     if problem and (run is None or trained.config.channels != config.channels):
         raise ValueError(problem)
     if problem:  # a run trained so before sizes were checked learned these features: a word

@@ -64,6 +64,7 @@ def _train(args) -> None:
         else:
             if not flags.get("data"):
                 raise ValueError("train needs --data ROOT (a data set folder)")
+            flags = _encoder_settings(flags)
             config = Config.for_method(method, **flags)
         _warn_ignored(config.method, flags)
         detector = train_run(config, args.out)
@@ -74,6 +75,21 @@ def _train(args) -> None:
             f"auto chose {selection['chosen']} (all candidates: "
             f"{RunDir(args.out).file(RunDir.SELECTION)})"
         )
+
+
+def _encoder_settings(flags: dict) -> dict:
+    """`--backbone encoder:RUN` without --size or --channels: the encoder run's (it takes only
+    those: `kmeans.encoder_mismatch`), not the method's defaults, which almost never match."""
+    from anomaly.runs import RunDir, RunError
+
+    backbone = flags.get("backbone") or ""
+    if not backbone.startswith("encoder:"):
+        return flags
+    try:
+        trained = RunDir(backbone.split(":", 1)[1]).config()
+    except (RunError, OSError, ValueError):
+        return flags  # not a run: building the detector names the folder and the fix
+    return {"size": trained.size, "channels": trained.channels, **flags}
 
 
 def _warn_ignored(method: str, flags: dict) -> None:

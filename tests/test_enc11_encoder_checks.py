@@ -36,7 +36,7 @@ def test_another_size_than_the_encoders_is_refused_before_writing(
         train_run(_on_encoder(tiny_cookies, scored_ae_run, method, size=128), out)
     said = str(refused.value)
     assert said.startswith(f"--backbone encoder:{scored_ae_run}: {SAID}, not 1-channel ones at")
-    assert "another scale" in said and "use --size 64, or train an ae" in said
+    assert "another scale" in said and "use --size 64 (or leave it out: train then takes" in said
     assert not out.exists()
 
 
@@ -51,8 +51,8 @@ def test_kmeans_and_an_encoder_backbone_say_it_the_same_way(scored_ae_run, tiny_
     rest = f"{SAID}, not 3-channel ones at 128 px"
     assert str(backbone.value) == (
         f"--backbone encoder:{scored_ae_run}: {rest}, where it would see every part at another "
-        "scale than it learned; use --channels 1 --size 64, or train an ae, unet or vae run at "
-        "128 px to take them from"
+        "scale than it learned; use --channels 1 --size 64 (or leave them out: train then takes "
+        "the encoder run's), or train an ae, unet or vae run at 128 px to take them from"
     )
     assert str(from_run.value).startswith(f"--from {scored_ae_run}: {rest}")
     assert "use --channels 1 --size 64 (or leave them out: kmeans takes its" in str(from_run.value)
@@ -103,3 +103,20 @@ def test_a_module_through_the_api_is_refused_by_its_first_layer():
     assert build_backbone("encoder:mine", in_channels=3, module=_Encoder(3)).stride == [4]
     with pytest.raises(ValueError, match="does not take 1-channel images"):  # the last resort
         build_backbone("encoder:mine", in_channels=1, module=_Bare())
+
+
+def test_train_takes_the_encoders_size_and_channels_when_not_given(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
+    """`train --method patchknn --backbone encoder:RUN` without --size got patchknn's 224 px and
+    3 channels, which an auto-encoder run almost never has: refused, told to pass both."""
+    from anomaly.cli import main
+
+    out = tmp_path / "p"
+    code = main(
+        ["train", "--method", "patchknn", "--data", str(tiny_cookies), "--out", str(out),
+         "--backbone", f"encoder:{scored_ae_run}", "--coreset-ratio", "0.5", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    trained, encoder = RunDir(out).config(), RunDir(scored_ae_run).config()
+    assert (trained.size, trained.channels) == (encoder.size, encoder.channels)
