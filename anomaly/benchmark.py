@@ -90,13 +90,38 @@ SMOKE = {"epochs": 1, "size": 64}
 # ---------------------------------------------------------------------------------------------
 
 
+def _config(method: str, data: str, seed: int, smoke: bool):
+    """The Config the benchmark trains `method` (not a +kmeans row) with on `data`."""
+    from anomaly.config import Config
+
+    overrides = dict(SMOKE) if smoke else {}
+    start = Config.for_method("unet", recipe="original") if method == "unet_original" else None
+    start = start or Config.for_method(method)
+    return start.replace(data=str(Path(data).resolve()), seed=seed, **overrides)
+
+
+def _kept_source(source: str, sets: list[dict], bases: list[Path], seed: int, smoke: bool):
+    """Whether every set's folder in --out holds a finished `source` run that this benchmark
+    would train alike (same data, seed and settings): a `source+kmeans` row may cluster it
+    without `source` in --methods."""
+    from anomaly.runs import RunError, load_config
+
+    try:
+        return all(
+            RunDir(base / source).has_model()
+            and load_config(base / source) == _config(source, ds["path"], seed, smoke)
+            for ds, base in zip(sets, bases)
+        )
+    except (RunError, OSError, ValueError, TypeError):
+        return False
+
+
 def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     """Train and score one method in this process; return its row."""
     from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import load_config
 
-    overrides = dict(SMOKE) if smoke else {}
     if method.endswith("+kmeans"):
         name = method.split("+")[0]
         source = Path(out).parent / name
@@ -113,14 +138,8 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
             k=recipe.k,
             kmeans_features=recipe.kmeans_features,
         )
-    elif method == "unet_original":
-        config = Config.for_method("unet", recipe="original").replace(
-            data=str(Path(data).resolve()), seed=seed, **overrides
-        )
     else:
-        config = Config.for_method(method).replace(
-            data=str(Path(data).resolve()), seed=seed, **overrides
-        )
+        config = _config(method, data, seed, smoke)
     t0 = time.perf_counter()
     train_run(config, out, progress=False)
     fit_s = time.perf_counter() - t0
@@ -214,13 +233,12 @@ def run_benchmark(
             check_readme(readme, readme_block)
         except ValueError as err:
             raise BenchmarkError(str(err)) from None
-    check_methods(methods or DEFAULT_METHODS)
     check_seed(seed)
-
     sets = discover_sets(data)
     check_sets(sets)  # before any folder is claimed or method trained
     methods = list(methods or DEFAULT_METHODS)
     bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
+    check_methods(methods, kept=lambda src: _kept_source(src, sets, bases, seed, smoke))
     check_out(out)
     for base in bases:  # every refusal comes before anything is removed
         check_out(base)

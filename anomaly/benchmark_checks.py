@@ -101,12 +101,13 @@ def _in_order(methods: list[str]) -> list[str]:
     return fixed
 
 
-def check_methods(methods) -> None:
+def check_methods(methods, kept=None) -> None:
     """Refuse, before anything runs, `--methods` the benchmark would fail on only when their turn
     came: a name it does not know (it knows a method, the original recipe `unet_original`, and
     `<ae|unet|vae|unet_original>+kmeans`), plain `kmeans` (it needs a run to cluster), a name
     given twice (one run folder each), and a `<row>+kmeans` without its row before it in the list
-    (it clusters that row's run, trained by this benchmark)."""
+    (it clusters that row's run, trained by this benchmark; `kept(row)` True: a run of that row
+    already in --out, trained alike, which it may cluster instead)."""
     from anomaly.config import METHODS
 
     methods = list(methods)
@@ -137,14 +138,17 @@ def check_methods(methods) -> None:
         f"{m} clusters the encoder features of the {s} row, which comes "
         + ("after it" if s in methods else "nowhere in --methods")
         for m in methods
-        if (s := m.removesuffix("+kmeans")) != m and s not in methods[: methods.index(m)]
+        if (s := m.removesuffix("+kmeans")) != m
+        and s not in methods[: methods.index(m)]
+        and not (s not in methods and kept is not None and kept(s))
     ]
     if late:
         raise BenchmarkError(
             "; ".join(late)
             + ". Put each row before its +kmeans row: --methods "
             + " ".join(_in_order(methods))
-            + ". Nothing was trained"
+            + " (a row left out is clustered from --out only when its run there was trained "
+            "with the same data, seed and settings). Nothing was trained"
         )
 
 

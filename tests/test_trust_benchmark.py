@@ -191,15 +191,16 @@ def test_auto_fit_refuses_too_few_images_with_the_same_words():
             ["patchknn", "ae+kmeans"],
             (
                 "ae+kmeans clusters the encoder features of the ae row, which comes nowhere in --methods. "
-                "Put each row before its +kmeans row: --methods patchknn ae ae+kmeans. Nothing was "
-                "trained"
+                "Put each row before its +kmeans row: --methods patchknn ae ae+kmeans (a row left "
+                "out is clustered from --out only when its run there was trained with the same "
+                "data, seed and settings). Nothing was trained"
             ),
         ),
         (
             ["unet_original+kmeans", "meandiff", "unet_original"],
             (
                 "the unet_original row, which comes after it. Put each row before its +kmeans row: "
-                "--methods unet_original unet_original+kmeans meandiff."
+                "--methods unet_original unet_original+kmeans meandiff (a row left out"
             ),
         ),
         (["meandiff", "kmeans"], "names it after that row: ae+kmeans,"),
@@ -224,6 +225,29 @@ def test_each_default_kmeans_row_comes_after_its_row():
 
     check_methods(DEFAULT_METHODS)
     check_methods(["unet", "meandiff", "unet+kmeans"])  # its row before it, not next to it
+
+
+def test_a_kmeans_row_may_cluster_its_rows_run_kept_in_out_when_trained_alike(
+    tiny_cookies, tmp_path
+):
+    """`--methods ae+kmeans` over a benchmark folder that holds its ae run (rerunning only the
+    k-means row) worked before the up-front check refused it; it is refused only when that run
+    was trained otherwise (another seed or smoke setting) or is not there."""
+    from anomaly.benchmark import _config, _kept_source, check_methods
+    from anomaly.benchmark_dirs import BenchmarkError
+    from anomaly.pipeline import train_run
+
+    sets, bases = [{"path": str(tiny_cookies)}], [tmp_path / "bench"]
+    assert not _kept_source("ae", sets, bases, seed=0, smoke=True)  # nothing there yet
+    train_run(_config("ae", str(tiny_cookies), 0, True), bases[0] / "ae")
+    assert _kept_source("ae", sets, bases, seed=0, smoke=True)
+    assert not _kept_source("ae", sets, bases, seed=1, smoke=True)
+    assert not _kept_source("ae", sets, bases, seed=0, smoke=False)
+    check_methods(["ae+kmeans"], kept=lambda src: src == "ae")
+    with pytest.raises(BenchmarkError, match="comes nowhere in --methods"):
+        check_methods(["ae+kmeans"], kept=lambda src: False)
+    with pytest.raises(BenchmarkError, match="comes after it"):  # listed: it trains anew
+        check_methods(["ae+kmeans", "ae"], kept=lambda src: True)
 
 
 def _killed_run(out: Path, method: str) -> Path:
