@@ -90,7 +90,9 @@ class CheckpointFiles:
         self.check_compatible(payload["config"], detector.config)
         try:
             detector.load_state_dict(payload["state"])
-        except (RuntimeError, KeyError, ValueError) as err:
+        except ValueError as err:  # a detector's own check: its words, whole
+            raise RunError(f"{self.file(self.MODEL)}: {err}") from None
+        except (RuntimeError, KeyError) as err:  # torch's: its first line, shortened
             first = str(err).strip().splitlines()[0][:300]
             raise RunError(
                 f"The weights in {self.file(self.MODEL)} do not fit a {detector.name} "

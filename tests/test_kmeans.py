@@ -131,7 +131,29 @@ def test_kmeans_at_another_size_than_its_encoder_is_refused_with_the_fix(
     assert "another scale" in err and "use --size 64 (or leave it out" in err
     assert "Traceback" not in err and not km.exists()
     assert main([*argv, "--size", "64"]) == 0  # its own size, or none, trains as before
-    # a kmeans run folder whose config.json was edited to another size is refused on load
-    state = RunDir(km).checkpoint()["state"]
-    with pytest.raises(ValueError, match="use --size 64"):
-        KMeansDetector(RunDir(km).config().replace(size=128)).load_state_dict(state)
+    # a config.json edited to another size is refused by the checkpoint's own record
+    config = RunDir(km).file(RunDir.CONFIG)
+    config.write_text(config.read_text().replace('"size": 64', '"size": 128'))
+    assert main(["score", "--run", str(km), "--no-overlays"]) == 2
+    assert "config.json disagrees with" in capsys.readouterr().err
+
+
+def test_a_kmeans_run_trained_at_another_size_before_the_check_still_scores(
+    scored_ae_run, tmp_path, capsys, monkeypatch
+):
+    """A kmeans run trained at another size than its encoder before that was refused (as
+    `--backbone encoder:RUN` runs): it loads with a warning and scores, instead of an error
+    cut off at 300 characters that called its weights unfit and told score to take --size."""
+    from anomaly.cli import main
+    from anomaly.detectors import kmeans
+
+    km = tmp_path / "km"
+    argv = ["train", "--method", "kmeans", "--from", str(scored_ae_run), "--out", str(km)]
+    with monkeypatch.context() as old_code:
+        old_code.setattr(kmeans, "check_source", lambda *args, **kwargs: None)
+        assert main([*argv, "--size", "32"]) == 0
+    capsys.readouterr()
+    assert main(["score", "--run", str(km), "--no-overlays"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: this kmeans run was trained before sizes were checked" in err
+    assert "not 1-channel ones at 32 px" in err

@@ -226,14 +226,24 @@ def encoder_mismatch(
     )
 
 
-def check_source(config: Config, source: Config) -> None:
+def check_source(config: Config, source: Config, trained: bool = False) -> None:
     """ValueError unless kmeans takes images of the channels and size its source run's encoder
     was trained on (`encoder_mismatch`): refused rather than silently replaced, since the
-    flags were asked for."""
+    flags were asked for. `trained`: a kmeans run already trained so (before sizes were
+    checked) loads with a warning at another size, as `--backbone encoder:RUN` runs do; other
+    channels cannot run at all."""
     run = config.source_run or "its source run"
     leave_out = "kmeans takes its --from run's settings"
-    if problem := encoder_mismatch(f"--from {run}", source, config, leave_out):
+    problem = encoder_mismatch(f"--from {run}", source, config, leave_out)
+    if problem and (not trained or source.channels != config.channels):
         raise ValueError(problem)
+    if problem:
+        warnings.warn(
+            f"this kmeans run was trained before sizes were checked: {problem}. Its scores are "
+            "as they were; a kmeans run trained again at the encoder's size measures what the "
+            "encoder learned",
+            stacklevel=2,
+        )
 
 
 @register("kmeans")
@@ -386,7 +396,7 @@ class KMeansDetector(Detector):
                 "SOURCE_RUN --out RUN"
             )
         source_config = Config(**state["source_config"])
-        check_source(self.config, source_config)
+        check_source(self.config, source_config, trained=True)
         self.source = get_detector(source_config.method)(source_config)
         self.source.load_state_dict(state["source"])
         self.source.to(self.device)
