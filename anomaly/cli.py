@@ -112,9 +112,11 @@ def _warn_ignored(method: str, flags: dict) -> None:
 
 def _score(args) -> None:
     from anomaly.decision import score_summary
-    from anomaly.pipeline import score_run
+    from anomaly.pipeline import check_workers, score_run
     from anomaly.runs import RunDir
 
+    if args.workers is not None:
+        check_workers(args.workers)  # before the model loads
     pred, metrics = score_run(
         args.run,
         args.data,
@@ -152,8 +154,11 @@ def _predict(args) -> int:
             )
         results, threshold = predict_files(args.onnx, args.images)
     else:
+        from anomaly.pipeline import check_workers
         from anomaly.predict import predict_images
 
+        if args.workers is not None:
+            check_workers(args.workers)  # before the model loads or predict/ is made
         results, threshold = predict_images(args.run, args.images, workers=args.workers)
     good = [r for r in results if "error" not in r]
     for r in good:

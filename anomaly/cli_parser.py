@@ -68,7 +68,10 @@ def method_names() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m anomaly", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m anomaly",
+        description="The command line over the same functions the notebooks call.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-cookies", help="generate the cookie inspection data set")

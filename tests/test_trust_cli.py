@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import fields
 
 import pytest
@@ -176,11 +177,15 @@ def test_score_and_predict_take_workers_for_one_command(tiny_cookies, tmp_path, 
     good = sorted((tiny_cookies / "test" / "good").iterdir())[:2]
     code, out, err = run_cli(capsys, "predict", "--run", run, *good, "--workers", "1")
     assert code == 0, err
+    shutil.rmtree(run / "predict")
     assert len([x for x in out.splitlines() if "\t" in x]) == 2
     assert (run / "config.json").read_text() == config  # the run's own setting is kept
     code, _, err = run_cli(capsys, "score", "--run", run, "--workers", "10000")
     assert code == 2
     assert "--workers 10000: must be at most 64" in err
+    code, _, err = run_cli(capsys, "predict", "--run", run, *good, "--workers", "-1")
+    assert code == 2 and "--workers -1: must be at least 0" in err
+    assert not (run / "predict").exists()  # refused before anything was made
     code, _, err = run_cli(capsys, "predict", "--onnx", run / "x.onnx", *good, "--workers", "1")
     assert code == 2
     assert "--workers is for predict --run" in err
