@@ -259,17 +259,22 @@ class RunDir(CheckpointFiles):
         same data and seed then give the same model.pt, and a threshold chosen for one is
         accepted by the other (`threshold_file.check_model`). A versions.json that does not
         read as a record is left alone."""
-        path = self.file(self.VERSIONS)
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        if not isinstance(record, dict):
+        record = self.versions_record()
+        if record is None:
             return
         resumed = record.get("resumed")
         last = resumed[-1] if isinstance(resumed, list) and resumed else None
         (last if isinstance(last, dict) else record)["fit_seconds"] = round(float(seconds), 3)
-        write_json(path, record)
+        write_json(self.file(self.VERSIONS), record)
+
+    def versions_record(self) -> dict | None:
+        """versions.json as a dict, or None when it is missing or does not read as a record
+        (what writes to it then leaves it alone)."""
+        try:
+            record = json.loads(self.file(self.VERSIONS).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
 
     def save_selection(self, selection: dict) -> Path:
         return write_json(self.file(self.SELECTION), selection)

@@ -16,7 +16,6 @@ is warned about (`warn_held_out`: held-out images that are copies of training im
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from types import SimpleNamespace
@@ -122,16 +121,12 @@ class ResumeWrites:
     def _record_versions(self) -> None:
         """versions.json keeps what made the run and lists each resume's versions under
         "resumed"; one that does not read as a record is left alone."""
-        path = self.run.file(self.run.VERSIONS)
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        if not isinstance(record, dict):
+        record = self.run.versions_record()
+        if record is None:
             return
         earlier = record.get("resumed") if isinstance(record.get("resumed"), list) else []
         record["resumed"] = [*earlier, {"from_epoch": self.from_epoch, **versions()}]
-        write_json(path, record)
+        write_json(self.run.file(self.run.VERSIONS), record)
 
     def save_checkpoint(self, detector, **extra) -> None:
         self._start(new_model=True)
