@@ -164,7 +164,7 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
     import torch
     from torch import nn
 
-    from anomaly.detectors.patchknn import trace_to_onnx
+    from anomaly.detectors.ort_sessions import trace_to_onnx
     from anomaly.safe_files import temporary_beside
 
     onnx = _require("onnx")

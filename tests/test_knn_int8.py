@@ -14,7 +14,8 @@ from helpers import Textures
 
 from anomaly.config import Config
 from anomaly.detectors.knn import Int8Search, nearest_distances
-from anomaly.detectors.patchknn import PatchKNN, _onnxruntime
+from anomaly.detectors.ort_sessions import onnxruntime_session
+from anomaly.detectors.patchknn import PatchKNN
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -34,7 +35,7 @@ CONFIG = Config(
 
 def _session(search: Int8Search):
     torch.set_num_threads(1)
-    return _onnxruntime(search.onnx_model(), torch.zeros(2, 1), "distances")
+    return onnxruntime_session(search.onnx_model(), torch.zeros(2, 1), "distances")
 
 
 def _run(session, queries: torch.Tensor) -> torch.Tensor:

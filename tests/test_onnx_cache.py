@@ -30,7 +30,7 @@ def test_the_same_graph_is_found_again_and_a_changed_one_is_not(tmp_path, monkey
     def export_with(module, example):
         def export(path):
             calls.append(1)
-            from anomaly.detectors.patchknn import trace_to_onnx
+            from anomaly.detectors.ort_sessions import trace_to_onnx
 
             trace_to_onnx(module, example, path, ["features"])
 

@@ -27,7 +27,7 @@ What differs from the paper, for speed and bounded memory on a laptop CPU:
   directions instead (a PCA to fewer dimensions) lost the quiet defects;
 - the coreset runs on a fixed random projection to 128 dimensions (as the paper) and, above
   `MAX_PART` patches, on random parts of at most `MAX_PART` patches, each giving its share of the
-  bank. The greedy search costs bank size x candidates, which grows with the square of the data;
+  bank (`anomaly.detectors.coreset`). The greedy search costs bank size x candidates, which grows with the square of the data;
   the parts keep it linear. Up to `MAX_PART` patches it is the paper's greedy coreset exactly;
 - the map is the patch grid upsampled bilinearly and smoothed with a Gaussian of
   `config.smooth_sigma` pixels (the paper's sigma 4 is for 224 px), done as two small matrix
@@ -57,9 +57,6 @@ suite of another seed; numbers in docs/measurements.md).
 from __future__ import annotations
 
 import importlib.util
-import math
-import warnings
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -68,6 +65,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anomaly.detectors.base import Detector, register
+from anomaly.detectors.coreset import greedy_coreset
 from anomaly.detectors.knn import (
     SEARCH_ELEMENTS,
     SEARCH_ROWS,
@@ -77,6 +75,7 @@ from anomaly.detectors.knn import (
     nearest_distances,
     wants_int8,
 )
+from anomaly.detectors.ort_sessions import onnxruntime_session
 from anomaly.features import (
     DEFAULT_LAYERS,
     FeatureExtractor,
@@ -85,7 +84,6 @@ from anomaly.features import (
     parse_layers,
 )
 from anomaly.maps import gaussian_kernel1d, image_score
-from anomaly.onnx_cache import exported
 
 __all__ = [
     "BankIndex",
@@ -96,69 +94,9 @@ __all__ = [
     "nearest_distances",
 ]
 
-PROJECTION_DIM = 128  # coreset distances are computed in a random projection of this size
-MAX_PART = 80_000  # patches per coreset part: the greedy search costs bank x part per image set
 CPU_CHUNK_PIXELS = 2**17  # images per backbone call on a CPU: 8 at 128 px, 2 at 256 px
 ORT_CHUNK_PIXELS = 2**16  # images per onnxruntime call: 4 at 128 px, 1 from 182 px (cheapest)
 MIN_INDEXED_ROWS = 1024  # smaller banks are always searched exactly: the full search is cheap
-
-
-def greedy_coreset(
-    features: torch.Tensor,
-    n: int,
-    seed: int = 0,
-    projection_dim: int = PROJECTION_DIM,
-    max_part: int = MAX_PART,
-) -> torch.Tensor:
-    """Indices of `n` rows of `features` [N, D] chosen by greedy k-center selection.
-
-    Each step adds the row farthest from all rows chosen so far, so the chosen rows cover the
-    whole set, rare patches included. Distances are measured after a seeded random Gaussian
-    projection to `projection_dim` dimensions (Johnson-Lindenstrauss, as PatchCore). Above
-    `max_part` rows, the rows are shuffled into equal parts and each part gives its share of `n`.
-
-    Returns:
-        int64 indices [n], in the order they were chosen (part by part).
-    """
-    num, dim = features.shape
-    n = max(1, min(int(n), num))
-    gen = torch.Generator().manual_seed(int(seed))
-    device = features.device
-    proj = None
-    if dim > projection_dim:
-        proj = (torch.randn(dim, projection_dim, generator=gen) / math.sqrt(projection_dim)).to(
-            device
-        )
-    parts = math.ceil(num / max_part)
-    order = torch.randperm(num, generator=gen).to(device) if parts > 1 else None
-    bounds = [round(i * num / parts) for i in range(parts + 1)]
-    shares = [round(i * n / parts) for i in range(parts + 1)]
-    chosen = []
-    for p in range(parts):
-        rows = order[bounds[p] : bounds[p + 1]] if order is not None else None
-        part = features[rows] if rows is not None else features
-        z = part @ proj if proj is not None else part
-        k = shares[p + 1] - shares[p]
-        if k == 0:
-            continue
-        start = int(torch.randint(len(z), (1,), generator=gen))
-        picked = _greedy(z.contiguous(), k, start)
-        chosen.append(rows[picked] if rows is not None else picked)
-    return torch.cat(chosen)
-
-
-def _greedy(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
-    """Greedy farthest-point selection of k rows of z [N, d], starting from row `start`."""
-    sq = (z * z).sum(1)
-    picked = torch.empty(k, dtype=torch.long, device=z.device)
-    idx = torch.tensor(start, device=z.device)
-    min_dist = torch.full_like(sq, float("inf"))
-    for i in range(k):
-        picked[i] = idx
-        dist = torch.mv(z, z[idx]).mul_(-2).add_(sq).add_(sq[idx])  # squared distance to idx
-        torch.minimum(min_dist, dist, out=min_dist)
-        idx = torch.argmax(min_dist)
-    return picked
 
 
 def map_matrix(n_out: int, n_in: int, sigma: float) -> torch.Tensor:
@@ -181,44 +119,6 @@ def map_matrix(n_out: int, n_in: int, sigma: float) -> torch.Tensor:
         cols = torch.where(cols >= n_out, 2 * n_out - 1 - cols, cols)
         blur.index_put_((rows, cols), weight.expand(n_out), accumulate=True)
     return (blur @ up.double()).float()
-
-
-def trace_to_onnx(
-    module: nn.Module, example, path: Path, outputs: list[str] | None = None, opset: int = 17
-) -> None:
-    """torch.onnx.export of `module` on `example`, input "images", quietly: the TorchScript
-    tracer (seconds), else the dynamo exporter. With `outputs` (names), the batch dimension of
-    the input and of every output stays free; without, the file is the detector's: outputs
-    "scores" and "maps" and exactly the example's shape."""
-    names = outputs or ["scores", "maps"]
-    dynamic = {n: {0: "batch"} for n in ["images", *names]} if outputs else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values: sizes are fixed
-        try:
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["images"],
-                output_names=names,
-                dynamic_axes=dynamic,
-            )
-            return
-        except (TypeError, RuntimeError, NotImplementedError, AttributeError):
-            pass  # a torch without the TorchScript exporter
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=True,
-            opset_version=max(opset, 18),
-            input_names=["images"],
-            output_names=names,
-            dynamic_shapes=({0: torch.export.Dim("batch")},) if outputs else None,
-            verbose=False,
-        )
 
 
 @register("patchknn")
@@ -328,7 +228,7 @@ class PatchKNN(Detector):
         key = tuple(shape)
         if key not in self._sessions:
             example = torch.zeros(1, *key)
-            self._sessions[key] = _onnxruntime(self.extractor.eval(), example, "features")
+            self._sessions[key] = onnxruntime_session(self.extractor.eval(), example, "features")
         return self._sessions[key]
 
     def _search(self, queries: torch.Tensor) -> torch.Tensor:
@@ -341,7 +241,7 @@ class PatchKNN(Detector):
             kind = Int8Search if self.int8 else ExactSearch
             search = kind(self.bank, self.bank_sq)
             model = search.onnx_model() if self.int8 else search
-            self._sessions["search"] = (_onnxruntime(model, example, "distances"), search)
+            self._sessions["search"] = (onnxruntime_session(model, example, "distances"), search)
         session, search = self._sessions["search"]
         queries = queries.to(torch.float32).contiguous()
         step = max(8, min(SEARCH_ROWS, SEARCH_ELEMENTS // len(self.bank)))
@@ -476,25 +376,3 @@ class PatchKNN(Detector):
             self._session(torch.Size((self.config.channels, size, size)))
             if self.config.neighbors == 1 and self.index is None:
                 self._search(torch.zeros(1, self.extractor.dim))
-
-
-def _onnxruntime(module: nn.Module | bytes, example: torch.Tensor, output: str):
-    """An onnxruntime session of `module` (exported on `example`, batch dimension free; or an
-    ONNX model already), run by torch's number of threads, idle threads sleeping."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise RuntimeError(
-            "patchknn --runtime onnxruntime needs the package onnxruntime: "
-            "pip install onnxruntime (or 'anomaly[export]'), or use --runtime torch"
-        ) from None
-    model = module  # an extractor or a search is exported once, then kept between commands
-    if not isinstance(module, bytes):
-        model = exported(
-            module, example, output, lambda p: trace_to_onnx(module, example, p, [output])
-        )
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
