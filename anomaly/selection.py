@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import warnings
 
-from anomaly.detectors.auto import ROW_TIMINGS, TIMINGS, without_timings
+from anomaly.detectors.auto_grid import ROW_TIMINGS, TIMINGS, without_timings
 from anomaly.runs import RunDir, RunError
 
 

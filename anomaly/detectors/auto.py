@@ -51,27 +51,21 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from anomaly.config import Config
+from anomaly.detectors.auto_grid import (  # noqa: F401 (re-exported: auto's public names)
+    FINE_448,
+    LITE0_160,
+    ROW_TIMINGS,
+    TIE,
+    TIMINGS,
+    candidate_config,
+    candidate_name,
+    choose,
+    format_selection,
+    without_timings,
+)
 from anomaly.detectors.base import REGISTRY, Detector, register
 from anomaly.synthetic import alter, synthesize
 
-# EfficientNet-Lite0's stride-4 + 8 stages at 160 px: a finer grid, for thin defects
-LITE0_160 = {
-    "method": "patchknn",
-    "backbone": "efficientnet_lite0",
-    "layers": "blocks.2,blocks.4",
-    "size": 160,
-    "coreset_ratio": 0.01,
-}
-# twice the pixels, one stage deeper: the same 56 x 56 grid with cells of half the extent, for
-# small defects; about 3x the defaults' predict (docs/measurements.md; photos_sweep's x2-6-10)
-FINE_448 = {
-    "method": "patchknn",
-    "size": 448,
-    "layers": "features.6,features.10",
-    "feature_pad": 32,
-    "score_border": 16,
-    "smooth_sigma": 4.0,
-}
 # The candidate grid: each entry is a set of Config overrides (with "method") on top of that
 # method's defaults (`Config.for_method`). Earlier entries win ties. Entries whose method is not
 # registered are skipped; entries that fail to build or fit are recorded with their error.
@@ -94,18 +88,6 @@ TRIAL_IMAGES = 80  # training images of each trial fit (at most)
 SYNTHETIC_PER_IMAGE = 2  # DRAEM-style synthetic defects made from each held-out image
 ALTERED_PER_IMAGE = 3  # and quiet local ones (`alter`: blur, tint, faint overlay)
 PERLIN_SCALES = (1, 6)  # lattice 2..32 cells per side: DRAEM's range without the half-image blobs
-TIE = 0.005  # image AUROCs this close count as a tie, broken by AUPRO
-TIMINGS, ROW_TIMINGS = ("final_fit_s", "total_s"), ("fit_s", "score_s")  # not in model.pt
-# Run fields a candidate inherits from the auto run (its images, seed and device).
-INHERITED = (
-    "data",
-    "channels",
-    "seed",
-    "device",
-    "batch_size",
-    "val_fraction",
-    "threshold_quantile",
-)
 
 
 def check_enough(n_train_images: int, config: Config, n_good: int | None = None) -> None:
@@ -179,33 +161,6 @@ class TrainingImages:
         return torch.stack([self.data[int(i)]["image"] for i in indices]).float()
 
 
-def without_timings(selection: dict) -> dict:
-    """`selection` without how long anything took: what model.pt holds, so that the same data
-    and seed give the same file (`anomaly.selection` compares the records without them)."""
-    rest = {k: v for k, v in selection.items() if k not in TIMINGS}
-    if isinstance(rows := rest.get("candidates"), list):
-        rest["candidates"] = [
-            {k: v for k, v in r.items() if k not in ROW_TIMINGS} if isinstance(r, dict) else r
-            for r in rows
-        ]
-    return rest
-
-
-def candidate_name(settings: dict) -> str:
-    """A short label: the method, then its overrides (`patchknn score_topk=0.01`)."""
-    rest = " ".join(f"{k}={v}" for k, v in settings.items() if k != "method")
-    return f"{settings['method']} {rest}".strip()
-
-
-def candidate_config(run: Config, settings: dict) -> Config:
-    """The config a candidate trains with: its method's defaults, its overrides, and the run's
-    data, channels, seed and device."""
-    settings = dict(settings)
-    method = settings.pop("method")
-    inherited = {name: getattr(run, name) for name in INHERITED}
-    return Config.for_method(method, **inherited).replace(**settings)
-
-
 def _resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -244,29 +199,6 @@ def _fit(settings: dict, run: Config, images, device: torch.device) -> Detector:
         detector = REGISTRY[config.method](config).to(device)
         detector.fit(_Images(images, config.size), None, progress=False)
     return detector
-
-
-def _aupro(row: dict) -> float:
-    return row["aupro"] if row["aupro"] is not None else -1.0
-
-
-def choose(rows: list[dict], tie: float = TIE) -> int:
-    """Index of the winning candidate row (see the module docstring); rows with an error lose.
-
-    Among rows within `tie` of the best image AUROC: the highest AUPRO (to 3 decimals, so that
-    candidates with the same maps are equal), then the highest image AUROC, then the first.
-
-    Raises:
-        RuntimeError: when no candidate could be scored.
-    """
-    scored = [i for i, r in enumerate(rows) if r.get("image_auroc") is not None]
-    if not scored:
-        errors = "; ".join(f"{r['name']}: {r.get('error')}" for r in rows)
-        raise RuntimeError(f"auto: no candidate could be fitted and scored ({errors})")
-    best = max(rows[i]["image_auroc"] for i in scored)
-    tied = [i for i in scored if rows[i]["image_auroc"] >= best - tie]
-    # max() keeps the first of equal keys, so the earlier candidate wins a full tie
-    return max(tied, key=lambda i: (round(_aupro(rows[i]), 3), rows[i]["image_auroc"]))
 
 
 @register("auto")
@@ -473,28 +405,3 @@ class AutoDetector(Detector):
                 f" ({row['fit_s']} s fit)"
             )
         return row
-
-
-def format_selection(selection: dict) -> str:
-    """The choice and every candidate's scores, as lines for the CLI or a notebook."""
-    lines = [
-        (
-            f"auto chose {selection['chosen']} ({selection['criterion']}; "
-            f"{selection['held_out_normals']} held-out normals, "
-            f"{selection['synthetic_defects']} synthetic defects)"
-        )
-    ]
-    scored = selection["held_out_normals"] + selection["synthetic_defects"]
-    for i, row in enumerate(selection["candidates"]):
-        mark = "*" if i == selection["chosen_index"] else " "
-        if row["error"]:
-            lines.append(f" {mark} skipped: {row['error']}  {row['name']}")
-        else:  # predict time: what the choice costs on every image later; the numbers first,
-            fit, score = row.get("fit_s"), row.get("score_s")  # in columns (names vary in length)
-            fit = "    -" if fit is None else f"{fit:5.1f}"  # None: model.pt's record alone
-            ms = "   -" if score is None else f"{1000 * score / max(scored, 1):4.0f}"
-            lines.append(
-                f" {mark} image AUROC {row['image_auroc']:.4f}  AUPRO {row['aupro']:.4f}  "
-                f"fit {fit} s  predict {ms} ms/image  {row['name']}"
-            )
-    return "\n".join(lines)
