@@ -323,7 +323,11 @@ def _main(args) -> int:
         return 130
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         # Our errors name the file and the fix; a traceback from deep inside torch helps nobody.
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            # raised in a DataLoader worker (--workers N): torch wraps it in the worker's
+            # traceback; its last line is our message
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -189,3 +189,19 @@ def test_score_and_predict_take_workers_for_one_command(tiny_cookies, tmp_path, 
     code, _, err = run_cli(capsys, "predict", "--onnx", run / "x.onnx", *good, "--workers", "1")
     assert code == 2
     assert "--workers is for predict --run" in err
+
+
+def test_a_bad_image_read_by_a_decoding_worker_gives_one_error_line(tiny_cookies, tmp_path, capsys):
+    """score --workers 2 printed torch's worker traceback around the message naming the file."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    bad = data / "test" / "good" / "zz_truncated.png"
+    bad.write_bytes((data / "train" / "good").glob("*.png").__next__().read_bytes()[:200])
+    run = tmp_path / "run"
+    train = ("train", "--method", "meandiff", "--size", "32", "--device", "cpu")
+    assert run_cli(capsys, *train, "--data", data, "--out", run)[0] == 0
+    code, _, err = run_cli(capsys, "score", "--run", run, "--no-overlays", "--workers", "2")
+    assert code == 2
+    assert "Traceback" not in err and "zz_truncated.png" in err
+    said = [x for x in err.splitlines() if x.startswith("error: ")]  # after the progress bar
+    assert len(said) == 1 and "cannot read this image" in said[0]
