@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,24 @@ def readme_table(rows: list[dict]) -> str:
 
 def readme_markers(block: str) -> tuple[str, str]:
     return f"<!-- benchmark:{block} -->", f"<!-- /benchmark:{block} -->"
+
+
+def check_readme_block(readme: str | Path | None, block: str | None) -> None:
+    """`benchmark --readme FILE` rewrites one of FILE's tables: without `--readme-block` it
+    would not know which, so it stops before anything runs, naming the blocks FILE has."""
+    if not readme or block:
+        return
+    start = re.escape(readme_markers("BLOCK")[0]).replace("BLOCK", "([^ >]+)")
+    try:
+        names = re.findall(f"^{start}$", Path(readme).read_text(), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        names = []
+    has = f" ({readme} has: {', '.join(names)})" if names else ""
+    start, end = readme_markers("BLOCK")
+    raise ValueError(
+        f"--readme {readme} needs --readme-block BLOCK, the name in the markers "
+        f"{start} and {end} of the table to rewrite{has}"
+    )
 
 
 def check_readme(path: str | Path, block: str) -> str:

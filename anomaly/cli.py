@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import warnings
 from dataclasses import fields
@@ -206,22 +205,6 @@ def _threshold_words(t) -> str:
     return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
 
 
-def _check_readme_block(readme: str | None, block: str | None) -> None:
-    """`benchmark --readme FILE` rewrites one of FILE's tables: without `--readme-block` it
-    would not know which, so it stops before anything runs, naming the blocks FILE has."""
-    if not readme or block:
-        return
-    try:
-        names = re.findall(r"^<!-- benchmark:([^ >]+) -->$", Path(readme).read_text(), re.MULTILINE)
-    except (OSError, UnicodeDecodeError):
-        names = []
-    has = f" ({readme} has: {', '.join(names)})" if names else ""
-    raise ValueError(
-        f"--readme {readme} needs --readme-block BLOCK, the name in the markers "
-        f"<!-- benchmark:BLOCK --> and <!-- /benchmark:BLOCK --> of the table to rewrite{has}"
-    )
-
-
 def _make_data(args) -> None:
     if args.command == "make-cookies":
         from anomaly.data import make_cookies
@@ -303,8 +286,9 @@ def _main(args) -> int:
             print(_held_out_words(RunDir(args.run), t.value))
         elif args.command == "benchmark":
             from anomaly.benchmark import main as benchmark_main
+            from anomaly.benchmark_tables import check_readme_block
 
-            _check_readme_block(args.readme, args.readme_block)
+            check_readme_block(args.readme, args.readme_block)
             benchmark_main(args)
         elif args.command == "explore":
             from anomaly.explorer import serve
