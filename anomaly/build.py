@@ -16,7 +16,7 @@ import torch
 
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.detectors import Detector, get_detector
-from anomaly.detectors.kmeans import encoder_mismatch  # kmeans --from checks it too
+from anomaly.detectors.kmeans import check_encoder  # kmeans --from checks it too
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 from anomaly.selection import selection_problem
@@ -98,7 +98,7 @@ def build_detector(config: Config, source=None, run: RunDir | None = None) -> De
 def _encoder(config: Config, run: RunDir | None = None):
     """The trained encoder `--backbone encoder:RUN` names, and its model.pt's SHA-256; with
     `run` (a trained run being rebuilt), refused when it is not the encoder `run` learned on.
-    Other channels or size than the encoder's are refused (`encoder_mismatch`, as kmeans
+    Other channels or size than the encoder's are refused (`check_encoder`, as kmeans
     refuses them); a run trained on another size before that was refused loads with a warning."""
     encoder = RunDir(config.backbone.split(":", 1)[1])
     if not encoder.has_model():
@@ -136,19 +136,9 @@ def _encoder(config: Config, run: RunDir | None = None):
             f"--backbone {config.backbone}: {encoder} is not an ae, unet "
             "or vae run (no encoder to take features from)"
         )
-    problem = encoder_mismatch(
-        f"--backbone {config.backbone}",
-        trained.config,
-        config,
-        leave_out="train then takes the encoder run's",
-    )
-    if problem and (run is None or trained.config.channels != config.channels):
-        raise ValueError(problem)
-    if problem:  # a run trained so before sizes were checked learned these features: a word
-        warnings.warn(
-            f"{run} was trained before this was refused, and scores as it did: {problem}",
-            stacklevel=3,
-        )
+    leave_out = "train then takes the encoder run's"
+    source = f"--backbone {config.backbone}"
+    check_encoder(source, trained.config, config, leave_out, None if run is None else str(run))
     return model, digest
 
 

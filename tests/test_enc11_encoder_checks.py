@@ -63,7 +63,7 @@ def test_a_run_trained_on_another_size_before_the_check_loads_with_a_warning(
 ):
     old = tmp_path / "old"
     with monkeypatch.context() as before:  # as this version's predecessor trained it
-        before.setattr(build, "encoder_mismatch", lambda *args, **kwargs: None)
+        before.setattr(build, "check_encoder", lambda *args, **kwargs: None)
         train_run(_on_encoder(tiny_cookies, scored_ae_run, "patchknn", size=96), old)
     with pytest.warns(UserWarning, match=f"{old} was trained before this was refused.*{SAID}"):
         load_run(old)

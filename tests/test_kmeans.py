@@ -155,5 +155,7 @@ def test_a_kmeans_run_trained_at_another_size_before_the_check_still_scores(
     capsys.readouterr()
     assert main(["score", "--run", str(km), "--no-overlays"]) == 0
     err = capsys.readouterr().err
-    assert "warning: this kmeans run was trained before sizes were checked" in err
+    assert (
+        "warning: this kmeans run was trained before this was refused, and scores as it did" in err
+    )
     assert "not 1-channel ones at 32 px" in err

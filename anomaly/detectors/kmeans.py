@@ -1,7 +1,7 @@
 """K-means on learned features: the original project's second method, and a version that localises.
 
 k-means is fitted to the features of normal training images, taken from a trained run's encoder
-(AE, UNet or VAE; `anomaly.pipeline` loads it from `--from RUN`), at that run's channels and
+(AE, UNet or VAE; `anomaly.build` loads it from `--from RUN`), at that run's channels and
 size (`check_source` refuses others); a test image's score is its distance to the nearest
 centroid. `config.kmeans_features` says which features:
 
@@ -226,24 +226,30 @@ def encoder_mismatch(
     )
 
 
-def check_source(config: Config, source: Config, trained: bool = False) -> None:
-    """ValueError unless kmeans takes images of the channels and size its source run's encoder
-    was trained on (`encoder_mismatch`): refused rather than silently replaced, since the
-    flags were asked for. `trained`: a kmeans run already trained so (before sizes were
-    checked) loads with a warning at another size, as `--backbone encoder:RUN` runs do; other
-    channels cannot run at all."""
-    run = config.source_run or "its source run"
-    leave_out = "kmeans takes its --from run's settings"
-    problem = encoder_mismatch(f"--from {run}", source, config, leave_out)
-    if problem and (not trained or source.channels != config.channels):
+def check_encoder(
+    source: str, trained: Config, config: Config, leave_out: str = "", run: str | None = None
+) -> None:
+    """ValueError when `encoder_mismatch` finds one: refused rather than silently replaced,
+    since the flags were asked for. `run`: a run already trained so (before sizes were
+    checked), which loads with a warning at another size and scores as it did; other channels
+    cannot run at all."""
+    problem = encoder_mismatch(source, trained, config, leave_out)
+    if problem and (run is None or trained.channels != config.channels):
         raise ValueError(problem)
     if problem:
         warnings.warn(
-            f"this kmeans run was trained before sizes were checked: {problem}. Its scores are "
-            "as they were; a kmeans run trained again at the encoder's size measures what the "
-            "encoder learned",
-            stacklevel=2,
+            f"{run} was trained before this was refused, and scores as it did: {problem}",
+            stacklevel=3,
         )
+
+
+def check_source(config: Config, source: Config, trained: bool = False) -> None:
+    """`check_encoder` for kmeans' --from run; `trained`: this kmeans run is already trained."""
+    run = config.source_run or "its source run"
+    leave_out = "kmeans takes its --from run's settings"
+    check_encoder(
+        f"--from {run}", source, config, leave_out, "this kmeans run" if trained else None
+    )
 
 
 @register("kmeans")
