@@ -123,8 +123,8 @@ def check_methods(methods, kept=None) -> None:
         )
     if "kmeans" in methods:
         raise BenchmarkError(
-            "--methods kmeans: k-means clusters the encoder features of another run, so the benchmark "
-            "names it after that row: "
+            "--methods kmeans: k-means clusters the encoder features of another run, so the "
+            "benchmark names it after that row: "
             + ", ".join(f"{s}+kmeans" for s in KMEANS_SOURCES)
             + " (after its row in --methods, e.g. --methods ae ae+kmeans); nothing was trained"
         )

@@ -123,11 +123,11 @@ def predict_images(
 ):
     """Score new images (files or folders of them) with a run and its saved threshold.
 
-    The files are decoded in batches (by `workers` processes, default the run's, as in `score`). Returns
-    (results, threshold): one dict per image: path, score, verdict ("REJECT" iff score >=
-    threshold, else "PASS") and overlay (in `overlay_dir`, default the run's predict/, under a
-    name no earlier call took: overlays are evidence, never replaced); or path and error for an
-    image that could not be read (the others are still scored).
+    The files are decoded in batches (by `workers` processes, default the run's, as in
+    `score`). Returns (results, threshold): one dict per image: path, score, verdict ("REJECT"
+    iff score >= threshold, else "PASS") and overlay (in `overlay_dir`, default the run's
+    predict/, under a name no earlier call took: overlays are evidence, never replaced); or path
+    and error for an image that could not be read (the others are still scored).
     """
     from anomaly.overlays import annotated_overlay, run_scale
 

@@ -18,7 +18,12 @@ from __future__ import annotations
 import json
 import warnings
 
-from anomaly.detectors.auto_grid import ROW_TIMINGS, TIMINGS, without_timings
+from anomaly.detectors.auto_grid import (
+    ROW_TIMINGS,
+    TIMINGS,
+    row_without_timings,
+    without_timings,
+)
 from anomaly.runs import RunDir, RunError
 
 
@@ -45,8 +50,7 @@ def _row_with_timings(row, saved):
     if not isinstance(row, dict):
         return row
     saved = saved if isinstance(saved, dict) else {}
-    mine, theirs = (without_timings({"candidates": [r]}) for r in (row, saved))
-    same = _canonical(mine) == _canonical(theirs)
+    same = _canonical(row_without_timings(row)) == _canonical(row_without_timings(saved))
     return {**row, **{k: row.get(k, saved.get(k) if same else None) for k in ROW_TIMINGS}}
 
 

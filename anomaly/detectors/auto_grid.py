@@ -43,11 +43,16 @@ def without_timings(selection: dict) -> dict:
     and seed give the same file (`anomaly.selection` compares the records without them)."""
     rest = {k: v for k, v in selection.items() if k not in TIMINGS}
     if isinstance(rows := rest.get("candidates"), list):
-        rest["candidates"] = [
-            {k: v for k, v in r.items() if k not in ROW_TIMINGS} if isinstance(r, dict) else r
-            for r in rows
-        ]
+        rest["candidates"] = [row_without_timings(r) for r in rows]
     return rest
+
+
+def row_without_timings(row):
+    """One candidate's row of the selection without its times (a row that is not a record as
+    it is)."""
+    if not isinstance(row, dict):
+        return row
+    return {k: v for k, v in row.items() if k not in ROW_TIMINGS}
 
 
 def candidate_name(settings: dict) -> str:
