@@ -56,6 +56,7 @@ from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests imp
 from anomaly.benchmark_tables import (
     cell,
     check_readme,
+    check_readme_block,
     detectability,
     format_summary,
     format_table,
@@ -218,18 +219,20 @@ def run_benchmark(
     smoke: bool = False,
     notes: str | Path | None = None,
     readme: str | Path | None = None,
-    readme_block: str = "results",
+    readme_block: str | None = None,
 ) -> list[dict]:
     """Every method on every set, each in a subprocess; print and write the tables.
 
     Writes `out/benchmark.md`, `out/benchmark.json` and `out/benchmark-notes.md` (and the notes
     to `notes` too, for example docs/benchmark-notes.md). One set goes to `out/<method>`,
-    several to `out/<set>/<method>`. With `readme`, README's table (`readme_table`) replaces
-    what lies between its markers `<!-- benchmark:<readme_block> -->` and
-    `<!-- /benchmark:<readme_block> -->`, which are checked before anything runs.
+    several to `out/<set>/<method>`. With `readme` and `readme_block` (no default: which
+    table), README's table (`readme_table`) replaces what lies between its markers
+    `<!-- benchmark:<readme_block> -->` and `<!-- /benchmark:<readme_block> -->`, which are
+    checked before anything runs.
     """
     if readme:
         try:
+            check_readme_block(readme, readme_block)  # which of its tables (no default)
             check_readme(readme, readme_block)
         except ValueError as err:
             raise BenchmarkError(str(err)) from None

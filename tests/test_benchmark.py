@@ -276,10 +276,12 @@ def test_benchmark_refuses_a_readme_without_markers_before_running(tmp_path, tin
 
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
+    run = {"methods": ["meandiff"], "out": str(tmp_path / "b"), "readme": readme}
     with pytest.raises(BenchmarkError, match="add the two lines"):
-        run_benchmark(
-            str(tiny_cookies), methods=["meandiff"], out=str(tmp_path / "b"), readme=readme
-        )
+        run_benchmark(str(tiny_cookies), readme_block="photos", **run)
+    readme.write_text("<!-- benchmark:photos -->\n<!-- /benchmark:photos -->\n")
+    with pytest.raises(BenchmarkError, match=r"needs --readme-block.*has: photos"):
+        run_benchmark(str(tiny_cookies), **run)  # which table: the API has no default either
     assert not (tmp_path / "b").exists()  # nothing ran
 
 
