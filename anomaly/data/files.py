@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 
 # the still images read, in folders and when named: a GIF, WebP or PNG with several frames (an
-# animation) is refused when decoded; other files are named as skipped (`scan_images`)
+# animation) and a TIFF of several full-size pages are refused when decoded
+# (`image_kind.open_image`); other files are named as skipped (`scan_images`)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 NAMED = 20  # skipped entries named in one warning; the rest are counted
 

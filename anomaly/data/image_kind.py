@@ -13,7 +13,8 @@ training images' own aspect ratios differ more than `ASPECT_FACTOR` times.
 Sizes and pixels are as viewers show them: `upright` applies a photo's EXIF orientation (a phone
 stores a portrait JPEG sideways with a tag that says to turn it) where a file is decoded, and
 `displayed_size` reads the same from a header. `open_image` is the package's one decoder of image
-and mask files.
+and mask files; it refuses a file of several images (an animation, a TIFF stack of pages), naming
+it, rather than read one of them silently.
 """
 
 from __future__ import annotations
@@ -71,14 +72,56 @@ def open_image(path: str | Path) -> Image.Image:
         )
     try:
         im = Image.open(path)
-        if im.format in ("GIF", "WEBP", "PNG") and getattr(im, "n_frames", 1) > 1:
-            raise ValueError(f"an animation of {im.n_frames} frames, not a still image")
-        upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
+        refused = _frames(im, path)
+        if refused is None:
+            upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(
             f"{path}: cannot read this image ({e}). Re-save it as PNG, or delete it."
         ) from None
+    if refused is not None:
+        im.close()
+        raise DataError(f"{path}: {refused}")
     return im
+
+
+def _frames(im: Image.Image, path) -> str | None:
+    """Why the opened `im`, a file of several frames, is refused (None: read as its first frame).
+
+    An animation (GIF, WebP, PNG) and a TIFF of several pages the first page's size or larger (a
+    stack: which page is the image?) are refused; a TIFF whose other pages are smaller (a
+    thumbnail, a pyramid of reduced resolutions) and an MPO (a camera JPEG whose first frame is
+    the photo) are read as their first frame, as viewers show them. Any other file of several
+    frames is read as its first, with a warning naming it."""
+    n = getattr(im, "n_frames", 1)
+    if not isinstance(n, int) or n <= 1 or im.format == "MPO":
+        return None
+    if im.format in ("GIF", "WEBP", "PNG"):
+        return (
+            f"cannot read this image (an animation of {n} frames, not a still image). Save the "
+            "frame you mean as a PNG, or delete it."
+        )
+    if im.format == "TIFF":
+        first = im.size
+        try:
+            for page in range(1, n):
+                im.seek(page)
+                if im.size[0] >= first[0] or im.size[1] >= first[1]:
+                    return (
+                        f"a TIFF of {n} pages (page {page + 1} is {im.size[0]}x{im.size[1]}, "
+                        f"the first {first[0]}x{first[1]}), not one image: only one would be "
+                        "read. Save the page you mean as its own PNG or TIFF file (e.g. "
+                        "PIL: im.seek(page); im.save(...)), or delete it."
+                    )
+        finally:
+            im.seek(0)
+        return None
+    warnings.warn(
+        f"{path}: a {im.format} file of {n} frames; only its first frame is read. Save the "
+        "frame you mean as a PNG to be sure which one is used",
+        stacklevel=3,
+    )
+    return None
 
 
 def displayed_size(im: Image.Image) -> tuple[int, int]:
