@@ -11,6 +11,7 @@ per reload.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -181,8 +182,9 @@ def serve(
 ):
     """Serve the explorer of these run folders as a stand-alone page with Voila.
 
-    Blocks until the server stops (Ctrl+C) and returns its exit code; with block=False returns
-    the running `subprocess.Popen` (stop it with `.terminate()`).
+    Blocks until the server stops and returns its exit code; Ctrl+C, SIGTERM and SIGHUP (the
+    terminal closed) stop the server too. With block=False returns the running
+    `subprocess.Popen` (stop it with `.terminate()`).
     """
     cmd, env = voila_command(run_dirs, port, open_browser, host=host, cull_idle_s=cull_idle_s)
     check_port_free(port, host)
@@ -197,21 +199,43 @@ def serve(
     proc = subprocess.Popen(cmd, env=env)
     if not block:
         return proc
+    with _stop_signals_raise():
+        try:
+            return proc.wait()
+        except (KeyboardInterrupt, _Stop):  # stop the server too, instead of orphaning it
+            proc.terminate()
+            try:
+                return proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt, _Stop):  # or asked twice
+                proc.kill()
+                return proc.wait()
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP (the terminal closed) while the server runs: stop it as Ctrl+C does."""
+
+
+@contextlib.contextmanager
+def _stop_signals_raise():
+    """While inside, SIGTERM, SIGHUP and SIGINT raise in the main thread, so that `serve` stops
+    its server instead of leaving it running without us. A signal already ignored (`nohup`)
+    stays ignored; outside the main thread no handler can be set, and nothing changes."""
     import signal
     import threading
 
-    forward = threading.current_thread() is threading.main_thread()
-    if forward:  # a SIGTERM to us stops the server too, instead of orphaning it
-        previous = signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum))
+    def stop(signum, _frame):
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+            signum = getattr(signal, name, None)  # Windows has no SIGHUP
+            if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(
+                    signum, stop if signum != signal.SIGINT else signal.default_int_handler
+                )
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        yield
     finally:
-        if forward:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
