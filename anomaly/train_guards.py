@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from anomaly.config import Config
+from anomaly.data.image_kind import warn_mixed
 from anomaly.runs import RunDir, RunError, versions
 from anomaly.safe_files import write_json
 from anomaly.train import DamagedState, check_resumable, split_indices
@@ -210,13 +211,16 @@ def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
 
 def check_split(run: RunDir, config: Config, split: dict) -> None:
     """What a new run's split must pass before its folder is written: enough training images
-    for auto (`anomaly.detectors.auto.check_enough`, a ValueError), and a warning naming
-    held-out images that are copies of training images (`warn_held_out`)."""
+    for auto (`anomaly.detectors.auto.check_enough`, a ValueError), a warning naming held-out
+    images that are copies of training images (`warn_held_out`), and warnings naming images
+    unlike the others (`anomaly.data.image_kind.warn_mixed`: greyscale among colour, another
+    bit depth, far smaller than --size), as `score` and `predict` name images unlike them."""
     from anomaly.detectors.auto import check_enough
 
     n_train = len(split["train"])
     check_enough(n_train, config, n_good=n_train + len(split["val"]))
     warn_held_out(run, config, split)
+    warn_mixed(split["train"] + split["val"], config.channels, config.size)
 
 
 def warn_held_out(run: RunDir, config: Config, split: dict) -> None:

@@ -4,15 +4,19 @@ test folder that is a broken link, masks of good images, and a warning repeated 
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 from PIL import Image
 
 from anomaly.data.files import DataError
 from anomaly.data.folder import read_image
+from anomaly.data.image_kind import warn_mixed
+from anomaly.pipeline import train_run
 
 
 def _grey(value: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
@@ -31,3 +35,45 @@ def test_a_tiff_of_several_pages_is_refused_and_a_thumbnail_page_is_not(tmp_path
         warnings.simplefilter("error")
         a = read_image(thumb)
     assert a.shape == (32, 32, 1) and np.allclose(a, 200 / 255)
+
+
+# --- 2. train names training images unlike the others ---------------------------------------------
+def _training_copy(tiny_cookies: Path, dest: Path) -> Path:
+    shutil.copytree(tiny_cookies, dest)
+    return dest / "train" / "good"
+
+
+def test_train_names_training_images_unlike_the_others(tiny_cookies: Path, tmp_path: Path):
+    good = _training_copy(tiny_cookies, tmp_path / "d")
+    first = min(good.glob("*.png"))
+    grey = np.asarray(Image.open(first).convert("L")).astype(np.uint16) * 257
+    Image.fromarray(grey).save(good / "deep.png")  # 16-bit greyscale
+    Image.open(first).convert("LA").save(good / "la.png")
+    Image.new("RGB", (1, 1), (200, 150, 100)).save(good / "dot.png")
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning) as said:
+        train_run(tiny_config(tmp_path / "d", "meandiff", channels=3), run, progress=False)
+    texts = [str(w.message) for w in said]
+    n = len(list(good.iterdir()))
+    assert any(
+        f"2 of the {n} training images" in t
+        and "deep.png" in t
+        and "la.png" in t
+        and "greyscale" in t
+        for t in texts
+    )
+    assert any("deep.png" in t and "16-bit, the others 8-bit" in t for t in texts)
+    assert any("dot.png" in t and "--size 64" in t for t in texts)
+    assert (run / "model.pt").is_file()  # warned, not refused
+    many = [str(good / f"{i}.png") for i in range(5)]
+    for p in many:
+        Image.new("RGB", (8, 8)).save(p)
+    with pytest.warns(
+        UserWarning,
+        match=r"5 of the 5 training images \(.*0.png, .*1.png, "
+        r".*2.png and 2 more\) have a shorter side under 32 px",
+    ):
+        warn_mixed(many, 3, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the generated set: alike, nothing to say
+        assert warn_mixed(sorted((tiny_cookies / "train" / "good").iterdir()), 3, 64) == []

@@ -4,11 +4,13 @@ its header, and how a file to score differs from the images a run was trained on
 Every file is decoded the same way whatever it is (`folder.image_to_array`): greyscale is
 repeated into RGB, 16-bit values are divided by 65535 (32-bit integer TIFFs too, clipped to
 0-1), and any shape is stretched to the run's square size. That always gives the model an input,
-so an image unlike the training images is scored without complaint, and its score means little. `train` records `summarize` of its training
-images in split.json (`"images"`); `score` and `predict` call `warn_unlike`, which prints one
-warning per file that differs, naming it, what differs and what that means, and scores it
-anyway. A run from before this record (no `"images"`) is not checked. `summarize` warns when the
-training images' own aspect ratios differ more than `ASPECT_FACTOR` times.
+so an image unlike the training images is scored without complaint, and its score means little.
+`train` records `summarize` of its training images in split.json (`"images"`); `score` and
+`predict` call `warn_unlike`, which prints one warning per file that differs, naming it, what
+differs and what that means, and scores it anyway. A run from before this record (no `"images"`)
+is not checked. `summarize` warns when the training images' own aspect ratios differ more than
+`ASPECT_FACTOR` times, and `warn_mixed` (called by `train`) when they differ otherwise: greyscale
+among colour, several bit depths, files far smaller than --size.
 
 Sizes and pixels are as viewers show them: `upright` applies a photo's EXIF orientation (a phone
 stores a portrait JPEG sideways with a tag that says to turn it) where a file is decoded, and
@@ -29,6 +31,8 @@ from PIL import Image, ImageOps
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
+SMALL_FACTOR = 2.0  # a training image whose shorter side is this many times under --size is named
+NAMED = 3  # files named in one warning about the training images; the rest are counted
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -148,7 +152,12 @@ def image_kind(path: str | Path) -> dict | None:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
-    return {"colour": not grey, "bits": bits, "aspect": width / max(height, 1)}
+    return {
+        "colour": not grey,
+        "bits": bits,
+        "aspect": width / max(height, 1),
+        "side": min(width, height),
+    }
 
 
 def summarize(paths) -> dict:
@@ -186,6 +195,73 @@ def _bits_words(bits) -> str:
     return " and ".join(f"{b}-bit" for b in bits)
 
 
+def _scaled(bits: int) -> str:
+    """How values of `bits` per channel are read, as `folder.image_to_array` does."""
+    if bits == 32:
+        return (
+            "are read as 16-bit (integers divided by 65535, floats as they are) and clipped to 0-1"
+        )
+    return (
+        "are scaled to 0-1 by their full range (data that fills only part of it, e.g. 12-bit "
+        "camera data in a 16-bit file, reads dark)"
+    )
+
+
+def _few(paths: list[str], n: int, verb: str = "are") -> str:
+    """'K of the N training images (a, b, c and K-3 more) are' ('is'/'has' for one image)."""
+    more = f" and {len(paths) - NAMED} more" * (len(paths) > NAMED)
+    verb = {"are": "is", "have": "has"}[verb] if len(paths) == 1 else verb
+    return f"{len(paths)} of the {n} training images ({', '.join(paths[:NAMED])}{more}) {verb}"
+
+
+def warn_mixed(paths, channels: int, size: int) -> list[str]:
+    """Warn, naming a few of them and counting the rest, when the training images `paths` of a
+    run that sees `channels` channels at `size` px are not alike, as `warn_unlike` does for an
+    image to score: some greyscale (LA too) and some colour (a colour run), of several bit
+    depths, or some upscaled more than `SMALL_FACTOR` times to `size` (a 1x1 file, a crop).
+    Every image is still read as before; the model learns each difference as normal. Returns
+    the warnings' texts."""
+    read = [(str(p), k) for p in paths if (k := image_kind(p)) is not None]
+    n, said = len(read), []
+    grey = [p for p, k in read if not k["colour"]]
+    if channels == 3 and 0 < len(grey) < n:
+        colour = [p for p, k in read if k["colour"]]
+        odd, kind, other = (grey, "greyscale", "colour")
+        if len(colour) < len(grey):
+            odd, kind, other = (colour, "colour", "greyscale")
+        said.append(
+            f"{_few(odd, n)} {kind}, the others {other}: all are read as RGB, so the model "
+            "learns both kinds as normal and scores of one kind are not comparable with the "
+            "other's; train on one kind (convert the odd ones, or leave them out)"
+        )
+    depths = sorted({k["bits"] for _, k in read})
+    if len(depths) > 1:
+        common = max(depths, key=lambda b: sum(k["bits"] == b for _, k in read))
+        for bits in (b for b in depths if b != common):
+            odd = [p for p, k in read if k["bits"] == bits]
+            said.append(
+                f"{_few(odd, n)} {bits}-bit, the others {_bits_words([common])}: their "
+                f"values {_scaled(bits)}, so the model learns two scales of brightness as "
+                "normal; save them all at one bit depth"
+            )
+    small = [p for p, k in read if k["side"] * SMALL_FACTOR < size]
+    if small:
+        sides = sorted(k["side"] for _, k in read)
+        said.append(
+            f"{_few(small, n, 'have')} a shorter side under {size / SMALL_FACTOR:g} px, so each is "
+            f"stretched up to --size {size} ({size}x{size} px): the model learns their blur as "
+            "normal; "
+            + (
+                "leave them out, or crop them from larger images"
+                if len(small) < n
+                else f"train at a --size near the images' own ({sides[len(sides) // 2]} px)"
+            )
+        )
+    for text in said:
+        warnings.warn(text, stacklevel=2)
+    return said
+
+
 def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
     """How an image of `kind` differs from the training images `trained` (a `summarize`) of a
     run that sees `channels` channels at `size` px, each with what it means; [] when alike."""
@@ -203,15 +279,9 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
         )
     bits = trained.get("bits") or []
     if bits and kind["bits"] not in bits:
-        scaled = (
-            "are read as 16-bit (integers divided by 65535, floats as they are) and clipped to 0-1"
-            if kind["bits"] == 32
-            else "are scaled to 0-1 by their full range (data that fills only part of it, e.g. "
-            "12-bit camera data in a 16-bit file, reads dark)"
-        )
         said.append(
             f"{kind['bits']}-bit, the run was trained on {_bits_words(bits)} images: its values "
-            f"{scaled}, so its scores may not be comparable"
+            f"{_scaled(kind['bits'])}, so its scores may not be comparable"
         )
     lo, hi = (float(x) for x in trained.get("aspect") or (0.0, float("inf")))
     if not lo / ASPECT_FACTOR <= kind["aspect"] <= hi * ASPECT_FACTOR:
