@@ -41,6 +41,7 @@ from anomaly.benchmark_checks import (
 )
 from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests import them here
     MARK,  # noqa: F401
+    OUT_FILES,
     BenchmarkError,
     check_dir,
     check_out,
@@ -50,6 +51,7 @@ from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests imp
     replace_dir,
     run_dirs,
     seal_dir,
+    write_out,
 )
 
 # the tables and the notes document (tests and notebooks import them from here too)
@@ -61,6 +63,7 @@ from anomaly.benchmark_tables import (
     format_summary,
     format_table,
     machine,
+    notes_text,
     readme_table,
     summarize,
     update_readme,
@@ -242,7 +245,7 @@ def run_benchmark(
     methods = list(methods or DEFAULT_METHODS)
     bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
     check_methods(methods, kept=lambda src: _kept_source(src, sets, bases, seed, smoke))
-    check_out(out)
+    check_out(out, writes=OUT_FILES)  # a table edited by hand is never overwritten
     for base in bases:  # every refusal comes before anything is removed
         check_out(base)
         for method in methods:
@@ -288,11 +291,9 @@ def run_benchmark(
         "summary_table": format_summary(summary) if summary else "",
     }
     text = table + (f"\n\n{result['summary_table']}" if summary else "")
-    (out_dir / "benchmark.md").write_text(
-        f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n"
-    )
-    (out_dir / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
-    written = [write_notes(out_dir / "benchmark-notes.md", result)]
+    write_out(out_dir / "benchmark.md", f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n")
+    write_out(out_dir / "benchmark.json", json.dumps(result, indent=2, default=str))
+    written = [write_out(out_dir / "benchmark-notes.md", notes_text(result))]
     if notes:
         written.append(write_notes(notes, result))
     if readme:

@@ -9,14 +9,21 @@ user's), stops the benchmark with nothing changed. A run killed before it listed
 and stops the benchmark too. Each method then trains into a temporary sibling, `.<method>.new`
 (`run_dirs`), which replaces the method's earlier run folder only once the method finished
 (`replace_dir`); a method that fails leaves its earlier run as it was.
+
+The out folder's own files (`OUT_FILES`: benchmark.md, .json and the notes) are written by
+`write_out`, which records each file's SHA-256 in the out folder's mark; a rerun rewrites only
+files whose hash still matches, and refuses (`check_out`, before anything runs, and again when
+writing) one edited by hand since, or one the benchmark never wrote.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from anomaly.runs import RunDir
+from anomaly.safe_files import sha256_file, temporary_beside
 
 MARK = RunDir.TOOL_FILES[1]  # ".made-by-benchmark": train may write into a folder holding it
 MADE_BY = "python -m anomaly benchmark"
@@ -27,6 +34,7 @@ RUN_FILES = frozenset(
     for key, name in vars(RunDir).items()
     if key.isupper() and isinstance(name, str) and key not in ("OVERLAYS", "PREDICT", "SCORED")
 )
+OUT_FILES = ("benchmark.md", "benchmark.json", "benchmark-notes.md")  # written by `write_out`
 
 
 class BenchmarkError(ValueError):
@@ -123,8 +131,63 @@ def _empty(path: Path) -> None:
     (path / MARK).unlink(missing_ok=True)
 
 
-def _mark(path: Path, files: list[str] | None) -> None:
-    (path / MARK).write_text(json.dumps({"made_by": MADE_BY, "files": files}, indent=1))
+def _mark(path: Path, files: list[str] | None, hashes: dict | None = None) -> None:
+    mark = {"made_by": MADE_BY, "files": files}
+    if hashes:
+        mark["sha256"] = hashes
+    (path / MARK).write_text(json.dumps(mark, indent=1))
+
+
+def _hashes(path: Path) -> tuple[list[str], dict]:
+    """(the files `path`'s mark lists, the SHA-256 it records of those `write_out` wrote)."""
+    try:
+        mark = json.loads((path / MARK).read_text() or "{}")
+        files, hashes = mark.get("files") or [], mark.get("sha256") or {}
+    except (OSError, ValueError, AttributeError):
+        files = hashes = None
+    if not isinstance(files, list) or not isinstance(hashes, dict):
+        raise BenchmarkError(
+            f"{path / MARK} is damaged, so which files the benchmark wrote in {path} is "
+            "unknown and nothing was rewritten; move the folder away or choose another --out"
+        )
+    return [f for f in files if isinstance(f, str)], hashes
+
+
+def check_unedited(path: str | Path) -> None:
+    """Raise BenchmarkError if `path` exists and is not a file the benchmark wrote, unchanged
+    since: edited by hand (its SHA-256 is not the one `write_out` recorded), or never written by
+    the benchmark. A file listed by a mark from before hashes were recorded is rewritten, as then."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    files, hashes = _hashes(path.parent) if (path.parent / MARK).exists() else ([], {})
+    recorded = hashes.get(path.name)
+    if path.is_symlink() or not path.is_file():
+        why = "is not a file the benchmark wrote"
+    elif recorded is not None:
+        if sha256_file(path) == recorded:
+            return
+        why = "was edited since the benchmark wrote it"
+    elif path.name in files:  # listed before the benchmark recorded hashes: as it did then
+        return
+    else:
+        why = "was not written by the benchmark"
+    raise BenchmarkError(
+        f"{path} {why}, and the benchmark overwrites nothing a user made. Move it away (or "
+        "delete it yourself), or choose another --out"
+    )
+
+
+def write_out(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` in an out folder the benchmark marked (`claim_out`), once
+    `check_unedited` found nothing of the user's there, and record its SHA-256 in the mark."""
+    path = Path(path)
+    check_unedited(path)
+    with temporary_beside(path) as (fd, _), os.fdopen(fd, "wb") as f:
+        f.write(text.encode())
+    files, hashes = _hashes(path.parent)
+    _mark(path.parent, sorted({*files, path.name}), {**hashes, path.name: sha256_file(path)})
+    return path
 
 
 def claim_dir(path: str | Path) -> Path:
@@ -166,16 +229,26 @@ def seal_dir(path: str | Path, below: bool = False) -> None:
     carry their own marks)."""
     path = Path(path)
     found = path.rglob("*") if below else path.iterdir()
-    _mark(path, sorted(str(p.relative_to(path)) for p in found if p.is_file() and p.name != MARK))
+    files = sorted(str(p.relative_to(path)) for p in found if p.is_file() and p.name != MARK)
+    try:
+        hashes = _hashes(path)[1] if (path / MARK).exists() else {}
+    except BenchmarkError:  # a damaged mark is replaced, as it always was
+        hashes = {}
+    _mark(path, files, {name: h for name, h in hashes.items() if name in files})
 
 
-def check_out(out: str | Path) -> None:
-    """Raise BenchmarkError if `claim_out` would refuse `out`; change nothing."""
+def check_out(out: str | Path, writes: tuple[str, ...] = ()) -> None:
+    """Raise BenchmarkError if `claim_out` would refuse `out`, or if `write_out` would refuse
+    one of the files `writes` names there (`check_unedited`); change nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BenchmarkError(f"{out} is a file, not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not (out / MARK).exists():
         raise _not_ours(out)
+    if writes and (out / MARK).exists():
+        _hashes(out)  # a damaged mark is refused now, not after the benchmark ran
+    for name in writes:
+        check_unedited(out / name)
 
 
 def claim_out(out: str | Path) -> Path:

@@ -180,7 +180,7 @@ def machine() -> dict:
     }
 
 
-def write_notes(path: str | Path, result: dict) -> Path:
+def notes_text(result: dict) -> str:
     """The benchmark-notes document: when, where, how loaded, which command, then the tables."""
     m = result["machine"]
     lines = [
@@ -205,9 +205,15 @@ def write_notes(path: str | Path, result: dict) -> Path:
     ]
     if result.get("summary_table"):
         lines += ["## Summary per suite and method", "", result["summary_table"], ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_notes(path: str | Path, result: dict) -> Path:
+    """Write the benchmark-notes document (`notes_text`) to `path`, such as
+    docs/benchmark-notes.md."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(notes_text(result))
     return path
 
 
