@@ -14,7 +14,7 @@ from helpers import tiny_config
 from PIL import Image
 
 from anomaly.data.files import DataError
-from anomaly.data.folder import read_image
+from anomaly.data.folder import AnomalyDataset, read_image
 from anomaly.data.image_kind import warn_mixed
 from anomaly.pipeline import train_run
 
@@ -77,3 +77,51 @@ def test_train_names_training_images_unlike_the_others(tiny_cookies: Path, tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the generated set: alike, nothing to say
         assert warn_mixed(sorted((tiny_cookies / "train" / "good").iterdir()), 3, 64) == []
+
+
+# --- 3. a defective image without its mask is named, with where the mask goes --------------------
+def test_a_defective_image_without_its_mask_is_named(tiny_cookies: Path, tmp_path: Path):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_cookies, root)
+    gt = root / "ground_truth"
+    gone = min((gt / "crack").iterdir())
+    gone.unlink()
+    stem = gone.name.removesuffix("_mask.png")
+    image = root / "test" / "crack" / f"{stem}.png"
+    with pytest.warns(UserWarning, match="no mask") as said:
+        ds = AnomalyDataset(root, "test", size=32)
+    texts = [str(w.message) for w in said if "no mask" in str(w.message)]
+    assert len(texts) == 1 and f"{image} (its mask goes in {gone})" in texts[0]
+    assert texts[0].startswith(f"1 of the {int(ds.labels.sum())} defective test images")
+    shutil.rmtree(gt)  # no masks at all: no pixel metrics, nothing to name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AnomalyDataset(root, "test", size=32)
+
+
+# --- 4. a test folder that is a broken link; masks of good images ---------------------------------
+def test_a_test_folder_that_is_a_broken_link_is_an_error(tiny_cookies: Path, tmp_path: Path):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_cookies, root)
+    (root / "test" / "scratch").symlink_to(tmp_path / "moved")
+    with pytest.raises(DataError, match=r"test/scratch: a symbolic link to .*moved, which does "):
+        AnomalyDataset(root, "test", size=32)
+    AnomalyDataset(root, "train", size=32)  # train/good is whole: training is not refused
+
+
+def test_a_mask_that_marks_a_good_image_is_named_as_ignored(tiny_cookies: Path, tmp_path: Path):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_cookies, root)
+    good = root / "ground_truth" / "good"
+    good.mkdir()
+    Image.new("L", (64, 64), 0).save(good / "000_mask.png")  # all zeros: as expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AnomalyDataset(root, "test", size=32)
+    Image.new("L", (64, 64), 255).save(good / "001_mask.png")
+    with pytest.warns(UserWarning, match="ignored") as said:
+        ds = AnomalyDataset(root, "test", size=32)
+    text = str(said[0].message)
+    assert len(said) == 1 and str(good / "001_mask.png") in text and "000_mask" not in text
+    assert "move them to test/<defect>/" in text
+    assert all(s.mask_path is None for s in ds.samples if s.defect == "good")

@@ -16,7 +16,9 @@ and the plain layout most people have on day one:
     ROOT/masks/<defect>/<stem>_mask.png    optional (or ROOT/ground_truth/<defect>/...)
 
 Problems in the folder (a missing folder, an empty one, an unreadable image, a mask that fits no
-image) raise `DataError` with a message that names the file and says how to fix it.
+image, a folder that is a broken link) raise `DataError` with a message that names the file and
+says how to fix it; defective images without a mask, and masks of good images (ignored), are
+named in warnings (`anomaly.data.input_checks`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from anomaly.data.files import (
     skipped,
 )
 from anomaly.data.image_kind import displayed_size, open_image
+from anomaly.data.input_checks import subfolders as _subfolders
+from anomaly.data.input_checks import warn_good_masks, warn_missing_masks
 from anomaly.data.masks import (
     check_defect_mask,
     load_mask,  # noqa: F401  (re-exported: anomaly.data.load_mask)
@@ -168,10 +172,6 @@ def _list_images(folder: Path, what: str) -> list[Path]:
             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder.{holds}"
         )
     return images
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Path]:
@@ -304,8 +304,9 @@ class AnomalyDataset(Dataset):
             return {}
         masks: dict[Path, Path] = {}
         for d in _subfolders(mask_root):
-            if d.name == "good":
-                continue  # good images have no defect; their masks are zeros
+            if d.name == "good":  # good images have no defect; their masks are zeros
+                warn_good_masks(d, f"{rel}/<defect>/")  # one that marks a defect is named
+                continue
             if d.name not in kinds:
                 raise DataError(
                     f"{d}: masks for a defect kind with no images; expected a folder "
@@ -341,6 +342,7 @@ class AnomalyDataset(Dataset):
         samples: list[Sample] = []
         for kind, images in kinds.items():
             samples += self._samples(images, kind, masks)
+        warn_missing_masks(samples, self.root / "ground_truth")
         return samples
 
     def _scan_plain(self) -> list[Sample]:
@@ -369,6 +371,7 @@ class AnomalyDataset(Dataset):
         masks = self._masks_for(mask_root, kinds, str(self.root))
         for kind, images in kinds.items():
             samples += self._samples(images, kind, masks)
+        warn_missing_masks(samples, mask_root)
         return samples
 
     def _check_headers(self) -> None:

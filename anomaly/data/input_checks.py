@@ -1,0 +1,80 @@
+"""What `anomaly.data.folder.AnomalyDataset` says about a test folder as it lists it, beyond what
+it refuses: the folders of a data set (a broken symbolic link among them is an error, not left
+out), defective images whose mask is missing (named, with where the mask goes: they are left out
+of the pixel metrics), and masks given for good images (ignored: named, so that nobody takes them
+for used).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from anomaly.data.files import DataError, broken_link, scan_images
+from anomaly.data.masks import read_mask
+
+NAMED = 3  # files named in one warning; the rest are counted
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """The folders `folder` holds, sorted, hidden ones left out; a DataError names a symbolic
+    link that leads nowhere (a folder of images moved or deleted), which was left out silently."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists():
+            raise DataError(f"{p}: {broken_link(p)}")
+        if p.is_dir():
+            found.append(p)
+    return found
+
+
+def _more(n: int) -> str:
+    return f"; and {n - NAMED} more" if n > NAMED else ""
+
+
+def warn_missing_masks(samples, mask_root: Path | None) -> None:
+    """Warn, naming the first few, about defective `samples` (`folder.Sample`s) with no mask when
+    others have one: each is left out of the pixel metrics, which only counted them before. Says
+    where its mask goes under `mask_root` (`<kind>/<stem>_mask.png`). Nothing is said when no
+    image has a mask (a data set without masks gets no pixel metrics at all)."""
+    defective = [s for s in samples if s.label]
+    missing = [s for s in defective if s.mask_path is None]
+    if mask_root is None or not missing or len(missing) == len(defective):
+        return
+    named = "; ".join(
+        f"{s.path} (its mask goes in {mask_root / s.defect / Path(s.path).stem}_mask.png)"
+        for s in missing[:NAMED]
+    )
+    has, they = ("has", "it is") if len(missing) == 1 else ("have", "they are")
+    warnings.warn(
+        f"{len(missing)} of the {len(defective)} defective test images {has} no mask, so "
+        f"{they} left out of the pixel metrics: {named}{_more(len(missing))}. Save each mask "
+        "there (the image's size, non-zero pixels = defect); without one, an image counts in "
+        "the image metrics only",
+        stacklevel=3,
+    )
+
+
+def warn_good_masks(folder: Path, defects: str) -> None:
+    """Warn, naming them, when masks in `folder` (ground_truth/good/) mark a defect: good images
+    have none, so their masks are ignored (all-zero masks there are as expected, and not named).
+    `defects` says where defective images go (e.g. "test/<defect>/")."""
+    marked = []
+    for m in scan_images(folder)[0]:
+        try:
+            if read_mask(m).any():
+                marked.append(m)
+        except DataError:
+            continue  # ignored all the same; an unreadable file is nothing we use
+    if not marked:
+        return
+    named = ", ".join(str(m) for m in marked[:NAMED]) + _more(len(marked))
+    warnings.warn(
+        f"{folder}: {len(marked)} mask(s) of good images mark a defect ({named}), and are "
+        "ignored: a good image has no defect, so its mask is all zeros. If those images have "
+        f"defects, move them to {defects} and their masks to {folder.parent}/<defect>/; else "
+        "delete the masks",
+        stacklevel=4,
+    )
