@@ -397,32 +397,50 @@ class MobileNetV2(Backbone):
 
 
 # --- our own encoder ------------------------------------------------------------------------
+class _OtherChannels(Exception):
+    """The first layer an encoder's forward calls takes other channels (args[0]) than it got."""
+
+
 class EncoderBackbone(Backbone):
     """Wraps a module with `forward_features(x)` (a tensor or a list of tensors, finest first).
 
     No ImageNet normalisation: the encoder sees images as it was trained on them. A run's
     encoder is checked before it gets here (`anomaly.detectors.kmeans.encoder_mismatch`); a
-    module given through the API is refused when its first layer takes other channels than
-    `in_channels` (when it has none to read, by what torch says when the probe fails).
+    module given through the API is refused when the first layer its forward calls (not the
+    first it registered) takes other channels than `in_channels` (when it has none to read, by
+    what torch says when the probe fails).
     """
 
     def __init__(self, module: nn.Module, in_channels: int = 1, probe_size: int = 64) -> None:
         super().__init__(imagenet=False)
         if not hasattr(module, "forward_features"):
             raise TypeError(f"{type(module).__name__} has no forward_features(x) method")
-        takes = next((m.in_channels for m in module.modules() if hasattr(m, "in_channels")), 0)
-        if takes and takes != in_channels:
-            raise ValueError(
-                f"this encoder takes only {takes}-channel images (its first layer), not "
-                f"{in_channels}-channel ones; use --channels {takes}"
-            )
         self.module = module.eval().requires_grad_(False)
+        seen = []
+
+        def first_layer(layer, args):  # a hook on every layer with in_channels; the first counts
+            x = args[0] if args else None
+            if not seen and torch.is_tensor(x) and x.dim() > 1:
+                seen.append(layer)
+                if x.shape[1] != layer.in_channels:
+                    raise _OtherChannels(layer.in_channels)
+
+        layers = [m for m in module.modules() if hasattr(m, "in_channels")]
+        hooks = [m.register_forward_pre_hook(first_layer) for m in layers]
         try:
             with torch.no_grad():  # one dummy image tells the channels and strides
                 maps = self.forward(torch.zeros(1, in_channels, probe_size, probe_size))
+        except _OtherChannels as err:
+            raise ValueError(
+                f"this encoder takes only {err.args[0]}-channel images (its first layer), not "
+                f"{in_channels}-channel ones; use --channels {err.args[0]}"
+            ) from None
         except RuntimeError as err:  # a module without a readable first layer: the last resort
             why = str(err).strip().splitlines()[0][:160]
             raise ValueError(f"this encoder does not take {in_channels}-channel images ({why})")
+        finally:
+            for hook in hooks:
+                hook.remove()
         self.out_channels = [m.shape[1] for m in maps]
         self.stride = [probe_size // m.shape[-1] for m in maps]
 
