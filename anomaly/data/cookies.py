@@ -14,15 +14,20 @@ index): images depend neither on each other nor on the order they are made in.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from anomaly.data.cookies_render import KINDS, render_cookie
 from anomaly.data.files import manifest_files
-from anomaly.safe_files import remove_made
+from anomaly.data.generated import (
+    check_made,
+    check_place,
+    read_manifest,
+    recover,
+    write_png,
+    write_staged,
+)
 
 __all__ = ["GENERATOR_VERSION", "KINDS", "PRESETS", "make_cookies", "render_cookie"]
 
@@ -36,6 +41,7 @@ PRESETS = {  # train/good, test/good, then test images per defect kind
 # of the image (far below, all of it); from about 44 on, sizes and contrast are at their floors.
 DIFFICULTY = (0.1, 50.0)
 _KIND_IDS = {"good": 0, "crack": 1, "mustard": 2, "plastic": 3}
+_FOLDERS = ("ground_truth", "test", "train")  # moved into place in this order: train last
 
 
 # --- the data set -------------------------------------------------------------------------------
@@ -56,7 +62,9 @@ def make_cookies(
     Args:
         root: folder to write. Making the same data set again in it is fine; a folder that
             holds a cookie data set with other settings raises `ValueError` unless `overwrite`;
-            a folder holding anything else is always refused.
+            a folder holding anything else is always refused. The set appears whole: it is
+            written into a hidden staging folder inside `root`, moved into place when complete
+            (`anomaly.data.generated`); an interrupted run is completed by running it again.
         preset: "tiny" (8 + 4 good, 2 per defect kind; for tests), "toy" (18 + 6 good, crack
             3, mustard 2, plastic 2: the original's 31 photos) or "benchmark" (200 + 50 good,
             30 per defect kind).
@@ -69,10 +77,13 @@ def make_cookies(
             `clip(difficulty ** -0.5, 0.15, 1)`. 1.0 is the reference; 2.0 halves areas at
             71 % contrast; 4.0 quarters them at 50 %; below 1.0 defects only grow. Sizes are
             log-uniform within a set, so every set holds small and large defects.
-        progress: show a tqdm progress bar.
-        overwrite: replace a cookie data set made with other settings: first delete `train/`,
-            `test/`, `ground_truth/` and `manifest.json` in `root` (nothing else). A folder
-            without a cookie `manifest.json` is never deleted.
+        progress: show a tqdm progress bar, one step per image (at 4096 px, about half a
+            minute each).
+        overwrite: replace a cookie data set made with other settings: once the new one is
+            complete, delete the old one's `train/`, `test/`, `ground_truth/` and
+            `manifest.json` (nothing else; refused, with nothing deleted, if they hold files
+            its manifest does not list). A folder without a cookie `manifest.json` is never
+            deleted.
 
     Returns:
         The manifest, also saved as `manifest.json`: generator version, preset, seed, size,
@@ -111,66 +122,47 @@ def make_cookies(
         "images": {},
     }
     root = Path(root)
-    _check_root(root, manifest, overwrite)
-    if progress:
+    settings = {key: value for key, value in manifest.items() if key != "images"}
+    check_place(root, "cookie data set")
+    if (done := recover(root, "make-cookies", settings)) is not None:
+        return done  # an interrupted run of this command had written every image
+    retire = _check_root(root, settings, overwrite)
+
+    def write(folder: Path) -> dict:
         from tqdm.auto import tqdm
 
-        jobs = tqdm(jobs, desc="cookies")
-    for split, kind, i in jobs:
-        rng = np.random.default_rng([seed, split == "test", _KIND_IDS[kind], i])
-        image, mask = render_cookie(rng, size, kind, difficulty)
-        rel = f"{split}/{kind}/{i:03d}.png"
-        _save_png(image, root / rel)
-        entry = {"split": split, "kind": kind, "mask": None, "defect_area": 0, "area_fraction": 0.0}
-        if kind != "good":
-            entry["mask"] = f"ground_truth/{kind}/{i:03d}_mask.png"
-            _save_png(mask.astype(np.uint8) * 255, root / entry["mask"])
-            entry["defect_area"] = int(mask.sum())
-            entry["area_fraction"] = round(entry["defect_area"] / size**2, 6)
-        manifest["images"][rel] = entry
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+        for split, kind, i in tqdm(jobs, desc="cookies", unit="image", disable=not progress):
+            rng = np.random.default_rng([seed, split == "test", _KIND_IDS[kind], i])
+            image, mask = render_cookie(rng, size, kind, difficulty)
+            rel = f"{split}/{kind}/{i:03d}.png"
+            write_png(image, folder / rel)
+            entry = {"split": split, "kind": kind, "mask": None}
+            entry |= {"defect_area": 0, "area_fraction": 0.0}
+            if kind != "good":
+                entry["mask"] = f"ground_truth/{kind}/{i:03d}_mask.png"
+                write_png(mask.astype(np.uint8) * 255, folder / entry["mask"])
+                entry["defect_area"] = int(mask.sum())
+                entry["area_fraction"] = round(entry["defect_area"] / size**2, 6)
+            manifest["images"][rel] = entry
+        return manifest
+
+    return write_staged(root, "make-cookies", settings, write, list(_FOLDERS), retire)
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)  # no time, no metadata
-
-
-def check_outside_data_sets(root: Path, what: str) -> None:
-    """Refuse a `root` under a file, or inside a data set (a folder that holds train/ and test/):
-    `what` written into `ROOT/test/new` would add a defect kind `new` to that set."""
-    root = Path(root).absolute()
-    for parent in root.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{root}: {parent} is a file; choose a folder for the {what}")
-        if (parent / "train").is_dir() and (parent / "test").is_dir():
-            raise ValueError(
-                f"{root} is inside the data set {parent} (it holds train/ and test/): the "
-                f"{what} would become part of it; choose a folder outside it"
-            )
-
-
-def _check_root(root: Path, manifest: dict, overwrite: bool) -> None:
-    """Refuse to mix two data sets, or a data set and other files, in one folder.
+def _check_root(root: Path, settings: dict, overwrite: bool) -> tuple[list, set] | None:
+    """Refuse to mix two data sets, or a data set and other files, in one folder; return what
+    of an earlier set the new one replaces (its folders and files), or None.
 
     `overwrite` replaces only a data set this generator made (its folder has a cookie
     `manifest.json`), and deletes only what the generator writes: never a user's own folder.
     """
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} is a file; give make-cookies a folder to write the data set in")
-    check_outside_data_sets(root, "cookie data set")
     if not root.exists() or not any(root.iterdir()):
-        return
-    settings = {key: value for key, value in manifest.items() if key != "images"}
+        return None
     old = root / "manifest.json"
-    try:
-        previous = json.loads(old.read_text()) if old.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        previous = None
+    previous = read_manifest(old)
     ours = isinstance(previous, dict) and "generator_version" in previous and "preset" in previous
     if ours and {key: previous.get(key) for key in settings} == settings:
-        return
+        return None  # the same set again: each file is replaced by the same bytes
     if not ours:
         raise ValueError(
             f"{root} already holds files that this generator did not make (no cookie "
@@ -184,5 +176,6 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> None:
             "it"
         )
     made = manifest_files(previous.get("images") or {})
-    remove_made(root, [n for n in ("train", "test", "ground_truth") if (root / n).exists()], made)
-    old.unlink(missing_ok=True)
+    folders = [name for name in reversed(_FOLDERS) if (root / name).exists()]
+    check_made(root, folders, made)
+    return folders, made

@@ -21,7 +21,6 @@ decoder may change the JPEG sources by a grey level).
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass, field
 from functools import cache
@@ -30,10 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomaly.data.cookies import check_outside_data_sets
+from anomaly.data import generated
 from anomaly.data.files import manifest_files
 from anomaly.data.photos_defects import KINDS, add_defect
-from anomaly.safe_files import remove_made
 
 GENERATOR = "anomaly.data.photos.make_photos"
 GENERATOR_VERSION = "1.1"  # 1.1: coin boxes inside the photo
@@ -291,11 +289,6 @@ def render_crop(spec: PhotoSet, box, code: str, size: int) -> np.ndarray:
     return crop[..., None] if crop.ndim == 2 else crop
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)  # no time, no metadata
-
-
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
     return image[..., 0] if image.shape[-1] == 1 else image
@@ -333,8 +326,8 @@ def _make_set(root: Path, spec: PhotoSet, seed: int, counts: dict, size: int) ->
             entry["defect_area"] = int(mask.sum())
             entry["area_fraction"] = round(entry["defect_area"] / size**2, 6)
             entry.update(facts)
-            _save_png(mask.astype(np.uint8) * 255, root / spec.name / entry["mask"])
-        _save_png(_to_uint8(image), root / spec.name / rel)
+            generated.write_png(mask.astype(np.uint8) * 255, root / spec.name / entry["mask"])
+        generated.write_png(_to_uint8(image), root / spec.name / rel)
         images[rel] = entry
     photo = load_photo(spec.photo)
     package, call = SOURCES[spec.photo]
@@ -383,6 +376,8 @@ def make_photos(
         root: folder to write. Writing the same suite again is fine. A folder whose
             `manifest.json` says `make_photos` wrote it is replaced with `overwrite=True` (only
             its set folders and manifest are deleted); any other non-empty folder is refused.
+            The sets are written into a hidden staging folder inside `root` and appear when all
+            are complete, the manifest last; run an interrupted call again to complete it.
         seed: non-negative; the same seed gives byte-identical files (see the module docstring).
         size: side of the saved images; None = each set's own (128-256 px, see `SETS`).
         train, good, defect: training images, good test images and test images per defect kind
@@ -431,34 +426,32 @@ def make_photos(
         "sets": {},
     }
     root = Path(root)
-    _check_root(root, manifest, [s.name for s in chosen], overwrite)
-    if progress:
+    names = [spec.name for spec in chosen]
+    arguments = {k: v for k, v in manifest.items() if k != "sets"} | {"sets": names}
+    generated.check_place(root, "photo suite")
+    if (done := generated.recover(root, "make-photos", arguments)) is not None:
+        return done  # an interrupted run of this command had written every image
+    retire = _check_root(root, manifest, names, overwrite)
+
+    def write(folder: Path) -> dict:
         from tqdm.auto import tqdm
 
-        chosen = tqdm(chosen, desc="photo sets")
-    for spec in chosen:
-        manifest["sets"][spec.name] = _make_set(root, spec, int(seed), counts, size or spec.size)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+        for spec in tqdm(chosen, desc="photo sets", disable=not progress):
+            manifest["sets"][spec.name] = _make_set(
+                folder, spec, int(seed), counts, size or spec.size
+            )
+        return manifest
+
+    return generated.write_staged(root, "make-photos", arguments, write, names, retire)
 
 
-def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool) -> None:
-    """Refuse to write into a folder the generator did not make; replace one it made."""
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} is a file; choose a folder for the photo suite")
-    check_outside_data_sets(root, "photo suite")
-    if not root.exists():
-        return
-    if not any(root.iterdir()):
-        return
+def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
+    """Refuse to write into a folder the generator did not make; return the folders and files
+    of the suite it made there that this one replaces, or None."""
+    if not root.exists() or not any(root.iterdir()):
+        return None
     old = root / "manifest.json"
-    previous = None
-    if old.exists():
-        try:
-            previous = json.loads(old.read_text())
-        except (OSError, json.JSONDecodeError):
-            previous = None
+    previous = generated.read_manifest(old)
     if not isinstance(previous, dict) or previous.get("generator") != GENERATOR:
         raise ValueError(
             f"{root} is not empty and was not written by make_photos (no "
@@ -468,7 +461,7 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool) -
     settings = {k: v for k, v in manifest.items() if k != "sets"}
     same = {k: previous.get(k) for k in settings} == settings
     if same and sorted(previous.get("sets", {})) == sorted(names):
-        return  # the same suite again: files are rewritten byte for byte
+        return None  # the same suite again: files are rewritten byte for byte
     if not overwrite:
         raise ValueError(
             f"{root} holds a photo suite made with other settings (seed, counts, "
@@ -484,5 +477,12 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool) -
                 f"{old} names a set {name!r} this generator never makes; nothing was deleted"
             )
         made |= manifest_files((info or {}).get("images") or {}, prefix=f"{name}/")
-    remove_made(root, [name for name in sets if (root / name).exists()], made)
-    old.unlink()
+    theirs = [name for name in names if name not in sets and (root / name).exists()]
+    if theirs:
+        raise ValueError(
+            f"{root / theirs[0]} is not a set of the suite there (its manifest.json does not "
+            "list it), so it will not be replaced; move it away, or choose another folder"
+        )
+    folders = [name for name in sets if (root / name).exists()]
+    generated.check_made(root, folders, made)
+    return folders, made
