@@ -216,6 +216,7 @@ def _make_data(args) -> None:
             size=args.size,
             difficulty=args.difficulty,
             overwrite=args.overwrite,
+            progress=True,
         )
     else:
         from anomaly.data.photos import make_photos
@@ -232,6 +233,7 @@ def _make_data(args) -> None:
             overwrite=args.overwrite,
             good=args.good,
             defect=args.defect,
+            progress=True,
         )
     print(f"wrote {args.root}: " + json.dumps(manifest.get("counts", {})))
 

@@ -136,3 +136,12 @@ def test_difficulty_makes_smaller_fainter_defects():
     easy, hard = areas(1.0), areas(4.0)
     assert np.mean(hard) < 0.6 * np.mean(easy)
     assert min(hard) > 0
+
+
+def test_make_cookies_shows_its_progress(tmp_path, capsys):
+    """`make-cookies` at --size 4096 ran minutes without a word (half a minute per image)."""
+    from anomaly.cli import main
+
+    assert main(["make-cookies", str(tmp_path / "c"), "--preset", "tiny", "--size", "32"]) == 0
+    err = capsys.readouterr().err
+    assert "cookies: 100%" in err and "18/18" in err  # one step per image
