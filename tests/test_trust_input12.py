@@ -13,6 +13,7 @@ import pytest
 from helpers import tiny_config
 from PIL import Image
 
+from anomaly.cli import main
 from anomaly.data.files import DataError
 from anomaly.data.folder import AnomalyDataset, read_image
 from anomaly.data.image_kind import warn_mixed
@@ -125,3 +126,25 @@ def test_a_mask_that_marks_a_good_image_is_named_as_ignored(tiny_cookies: Path, 
     assert len(said) == 1 and str(good / "001_mask.png") in text and "000_mask" not in text
     assert "move them to test/<defect>/" in text
     assert all(s.mask_path is None for s in ds.samples if s.defect == "good")
+
+
+# --- 5. a warning from a decoding worker is printed once per file ---------------------------------
+def test_a_sub_pixel_mask_is_named_once_with_decoding_workers(
+    tiny_cookies: Path, tmp_path: Path, capfd
+):
+    """score --workers 2 named each mask with a defect under one model pixel twice: the progress
+    bar (tqdm.auto) iterated the loader a second time, whose workers decoded the first batches
+    again (twice the work, too)."""
+    root = tmp_path / "d"
+    shutil.copytree(tiny_cookies, root)
+    specks = sorted((root / "ground_truth" / "crack").iterdir())
+    for speck in specks:
+        a = np.zeros(Image.open(speck).size[::-1], np.uint8)
+        a[5, 5] = 255  # not a pixel nearest neighbour reads at 16 px
+        Image.fromarray(a).save(speck)
+    run = tmp_path / "run"
+    train_run(tiny_config(root, "meandiff", size=16, batch_size=4), run, progress=False)
+    capfd.readouterr()
+    assert main(["score", "--run", str(run), "--workers", "2", "--no-overlays"]) == 0
+    err = capfd.readouterr().err
+    assert [err.count(f"{speck}: its defect") for speck in specks] == [1] * len(specks)

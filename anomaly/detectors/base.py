@@ -233,7 +233,16 @@ class Detector(ABC):
         for module in self.modules().values():
             module.eval()
         paths, labels, defects, scores, maps, masks, known = [], [], [], [], [], [], []
-        for batch in tqdm(loader, desc=f"predict {self.name}", disable=not progress, leave=False):
+        # one iterator: given the loader, tqdm.auto's bar calls iter() on it, a second one, whose
+        # workers decode (and warn about) the first batches again
+        batches = tqdm(
+            iter(loader),
+            total=len(loader),
+            desc=f"predict {self.name}",
+            disable=not progress,
+            leave=False,
+        )
+        for batch in batches:
             s, m = self.predict_batch(batch["image"].to(self.device))
             scores.append(s.detach().float().cpu().numpy())
             maps.append(m.detach().float().cpu().numpy())
