@@ -239,6 +239,19 @@ def _config_dict(config) -> dict:
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+def _refused_frames(im, path) -> str | None:
+    """Why a file of several frames is refused, as the package's decoder says it (an animation,
+    a TIFF stack of pages; `image_kind.refused_frames`); without the package, animations only."""
+    try:
+        from anomaly.data.image_kind import refused_frames
+    except ImportError:
+        n = getattr(im, "n_frames", 1)
+        if im.format in ("GIF", "WEBP", "PNG") and n > 1:
+            return f"cannot read this image (an animation of {n} frames, not a still image)"
+        return None
+    return refused_frames(im, path)
+
+
 def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
     """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
@@ -247,13 +260,15 @@ def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
         raise ExportError(f"{path} is a folder with no images in it; give image files")
     try:
         with Image.open(path) as im:
-            if im.format in ("GIF", "WEBP", "PNG") and getattr(im, "n_frames", 1) > 1:
-                raise ValueError(f"an animation of {im.n_frames} frames, not a still image")
-            a = _to_array(_upright(im))
+            refused = _refused_frames(im, path)
+            if refused is None:
+                a = _to_array(_upright(im))
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise ExportError(
             f"{path}: cannot read this image ({err}); give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
         ) from None
+    if refused is not None:
+        raise ExportError(f"{path}: {refused}")
     if channels == 1 and a.shape[-1] == 3:
         a = a @ _LUMA
         a = a[..., None]

@@ -5,6 +5,7 @@ test folder that is a broken link, masks of good images, and a warning repeated 
 from __future__ import annotations
 
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -148,3 +149,19 @@ def test_a_sub_pixel_mask_is_named_once_with_decoding_workers(
     assert main(["score", "--run", str(run), "--workers", "2", "--no-overlays"]) == 0
     err = capfd.readouterr().err
     assert [err.count(f"{speck}: its defect") for speck in specks] == [1] * len(specks)
+
+
+def test_the_onnx_path_refuses_a_tiff_stack_as_the_package_does(tmp_path: Path, monkeypatch):
+    from anomaly import export
+    from anomaly.export import ExportError, preprocess
+
+    stack = tmp_path / "stack.tif"
+    _grey(0).save(stack, save_all=True, append_images=[_grey(255)])
+    with pytest.raises(ExportError, match=r"stack.tif: a TIFF of 2 pages .*Save the page you mean"):
+        preprocess(stack, 32, 1)
+    anim = tmp_path / "anim.png"  # copied without the package: animations are still refused
+    _grey(0).save(anim, save_all=True, append_images=[_grey(255)])
+    monkeypatch.setitem(sys.modules, "anomaly.data.image_kind", None)  # its import fails
+    with pytest.raises(ExportError, match=r"anim.png: cannot read .*an animation of 2 frames"):
+        preprocess(anim, 32, 1)
+    assert export.preprocess(stack, 32, 1).shape == (1, 32, 32)  # no stack rule without it

@@ -76,7 +76,7 @@ def open_image(path: str | Path) -> Image.Image:
         )
     try:
         im = Image.open(path)
-        refused = _frames(im, path)
+        refused = refused_frames(im, path)
         if refused is None:
             upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -89,7 +89,7 @@ def open_image(path: str | Path) -> Image.Image:
     return im
 
 
-def _frames(im: Image.Image, path) -> str | None:
+def refused_frames(im: Image.Image, path) -> str | None:
     """Why the opened `im`, a file of several frames, is refused (None: read as its first frame).
 
     An animation (GIF, WebP, PNG) and a TIFF of several pages the first page's size or larger (a
