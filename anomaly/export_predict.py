@@ -1,8 +1,8 @@
 """`predict --onnx`: score image files with an exported detector (`anomaly.export`), as
 `predict --run` does with a run: the same verdicts, overlays, threshold words and warnings.
 
-Split from `anomaly.export`, whose prediction half needs only numpy, Pillow and onnxruntime;
-this module uses the package (the threshold, the overlays, the file rules of `anomaly.predict`).
+Beside `anomaly.onnx_predict`, which needs only numpy, Pillow and onnxruntime, this module uses
+the package (the threshold, the overlays, the file rules of `anomaly.predict`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from anomaly.export import ExportError, OnnxDetector, preprocess
+from anomaly.onnx_predict import ExportError, OnnxDetector, preprocess
 
 
 def _warn_if_stale(detector: OnnxDetector) -> None:

@@ -194,15 +194,15 @@ def test_image_kind_imports_neither_torch_nor_the_heavy_modules():
     assert done.returncode == 0, done.stderr
 
 
-def test_export_py_copied_alone_predicts_without_the_checks(
+def test_onnx_predict_py_copied_alone_predicts_without_the_checks(
     conformal_export, unlike_images, tmp_path
 ):
-    """The ONNX half of export.py still runs where only numpy, Pillow and onnxruntime are: the
-    image-kind warnings are skipped there."""
-    import anomaly.export
+    """onnx_predict.py still runs where only numpy, Pillow and onnxruntime are: the image-kind
+    warnings are skipped there."""
+    import anomaly.onnx_predict
 
     _, path = conformal_export
-    shutil.copy(anomaly.export.__file__, tmp_path / "deployed.py")
+    shutil.copy(anomaly.onnx_predict.__file__, tmp_path / "deployed.py")
     code = (
         "import sys; sys.modules['anomaly'] = None; from deployed import predict_onnx; "
         f"s, m = predict_onnx({str(path)!r}, {unlike_images!r}); assert len(s) == 3; "

@@ -1,0 +1,341 @@
+"""Score images with a file `anomaly.export` wrote, using numpy, Pillow and onnxruntime alone.
+
+`predict_onnx(onnx_path, images)` (or `OnnxDetector`) never imports torch (a test checks), and
+this module imports nothing else of the package but the Pillow-only `anomaly.data.image_kind`,
+for its warnings and its rule on files of several frames (both reduced when it is absent), so
+this one file can be copied to a machine that has only those three.
+
+The file's contract, also stored in its `metadata_props` (read them with
+`onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):
+
+- input `images`: float32 [1, channels, size, size], RGB (channels 3) or grey (channels 1),
+  values in [0, 1]: one image per call;
+- outputs `scores` [1] (higher = more anomalous) and `maps` [1, size, size] (per-pixel scores on
+  the same scale);
+- preprocessing (`preprocess` below): decode the file and turn it as viewers show it (its EXIF
+  orientation, `PIL.ImageOps.exif_transpose`); 16-bit images are divided by 65535, 8-bit
+  by 255; palette images are converted to RGB(A), images with transparency composited on white;
+  grey -> RGB repeats the channel, RGB -> grey is 0.299 R + 0.587 G + 0.114 B (not rounded);
+  then each channel is resized to size x size with Pillow's bilinear filter on float32 data
+  (`Image.fromarray(channel, "F").resize((size, size), Image.BILINEAR)`, which widens the filter
+  when shrinking, as `torch.nn.functional.interpolate(..., antialias=True)` does) and clipped to
+  [0, 1]. The aspect ratio is not kept;
+- `threshold`: the run's saved decision threshold when it had one (score >= threshold means
+  anomalous), `threshold_rule` its rule and `threshold_params` (JSON, `THRESHOLD_PARAMS`) what
+  it guarantees, as `predict --run` says it; `map_range`: the colour scale of its held-out maps;
+- `images` (JSON): what the training images were (split.json's "images"), so prediction warns
+  of a greyscale, 16-bit or stretched image as `predict --run` does (none stored: no check).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "anomaly-onnx/1"
+INSTALL = "pip install onnx onnxruntime   (or: pip install 'anomaly[export]')"
+PREPROCESSING = (
+    "Decode the file; apply its EXIF orientation (PIL.ImageOps.exif_transpose); divide 8-bit "
+    "values by 255 and 16-bit values by 65535; composite images with transparency on white; "
+    "grey->RGB repeats the channel, RGB->grey is 0.299 R + 0.587 G + 0.114 B. Resize each "
+    "channel to size x size with Pillow's BILINEAR filter on float32 data (mode 'F'; "
+    "antialiased when shrinking, like torch interpolate antialias=True), aspect ratio not kept; "
+    "clip to [0, 1]. Feed float32 [1, channels, size, size], channel order RGB."
+)
+
+
+def _rate(x) -> bool:
+    return type(x) in (int, float) and 0 <= x <= 1
+
+
+# the saved threshold's params an export carries: what its guarantee is and whether it holds
+# (`anomaly.threshold_file.PARAMS`), each with the test a file's value must pass
+THRESHOLD_PARAMS = {
+    "alpha": lambda x: _rate(x) and 0 < x < 1,
+    **dict.fromkeys(("q", "false_reject_rate", "escape_rate"), _rate),
+    **dict.fromkeys(("n", "n_normal", "rank"), lambda x: type(x) is int and x >= 0),
+    # printed to a terminal: no control characters (escape sequences)
+    "guarantee": lambda x: isinstance(x, str) and len(x) <= 1000 and x.isprintable(),
+    **dict.fromkeys(("earlier_model", "in_sample"), lambda x: isinstance(x, bool)),
+}
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported, or a file that is not an exported detector."""
+
+
+def require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ExportError(
+            f"ONNX export and prediction need the package {module!r}, which is not "
+            f"installed. Install it with\n    {INSTALL}"
+        ) from None
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _refused_frames(im, path) -> str | None:
+    """Why a file of several frames is refused, as the package's decoder says it (an animation,
+    a TIFF stack of pages; `image_kind.refused_frames`); without the package, animations only."""
+    try:
+        from anomaly.data.image_kind import refused_frames
+    except ImportError:
+        n = getattr(im, "n_frames", 1)
+        if im.format in ("GIF", "WEBP", "PNG") and n > 1:
+            return f"cannot read this image (an animation of {n} frames, not a still image)"
+        return None
+    return refused_frames(im, path)
+
+
+def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
+    """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    if Path(path).is_dir():  # predict --onnx FOLDER passes on a folder it found no images in
+        raise ExportError(f"{path} is a folder with no images in it; give image files")
+    try:
+        with Image.open(path) as im:
+            refused = _refused_frames(im, path)
+            if refused is None:
+                a = _to_array(_upright(im))
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise ExportError(
+            f"{path}: cannot read this image ({err}); give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
+        ) from None
+    if refused is not None:
+        raise ExportError(f"{path}: {refused}")
+    if channels == 1 and a.shape[-1] == 3:
+        a = a @ _LUMA
+        a = a[..., None]
+    elif channels == 3 and a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if a.shape[:2] != (size, size):
+        a = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(np.ascontiguousarray(a[..., c]), "F").resize(
+                        (size, size), Image.BILINEAR
+                    )
+                )
+                for c in range(a.shape[-1])
+            ],
+            axis=-1,
+        )
+    return np.clip(a, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32, copy=False)
+
+
+def _upright(im):
+    """`im` turned as viewers show it, by its EXIF orientation (`PIL.ImageOps.exif_transpose`,
+    as the package's `image_kind.upright`); EXIF that Pillow cannot parse: as stored."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001  (TypeError, struct.error, ... from damaged EXIF)
+        return im
+
+
+def _to_array(im) -> np.ndarray:
+    """Any PIL image -> float32 [H, W, 1 or 3] in [0, 1] (see the module docstring)."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)[..., None]
+    if mode == "F":
+        return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)[..., None]
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    if a.ndim == 2:
+        a = a[..., None]
+    if im.mode in ("LA", "RGBA"):
+        a = a[..., :-1] * a[..., -1:] + (1.0 - a[..., -1:])
+    return a
+
+
+def _bad(path: Path, what: str) -> ExportError:
+    return ExportError(
+        f"{path}: {what}, so it is not a file `export` wrote, or it was changed since; "
+        "export the run again (`python -m anomaly export --run RUN`)"
+    )
+
+
+def _json_object(path: Path, meta: dict, key: str) -> dict | None:
+    """The JSON object in metadata `key` (None when there is none), or ExportError naming it."""
+    if key not in meta:
+        return None
+    try:
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise _bad(path, f"its metadata {key} is {meta[key]!r:.60}, not a JSON object")
+    return value
+
+
+def _records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
+    """(threshold_params, images) from a file's metadata, each checked field by field (None
+    when the file has none: exported before they were stored); ExportError names a bad one."""
+    params = _json_object(path, meta, "threshold_params")
+    if params is not None and "threshold" not in meta:
+        raise _bad(path, "its metadata has threshold_params but no threshold")
+    for key, value in (params or {}).items():
+        if key not in THRESHOLD_PARAMS or not THRESHOLD_PARAMS[key](value):
+            raise _bad(path, f"its metadata threshold_params.{key:.40} is {value!r:.60}")
+    images = _json_object(path, meta, "images")
+    if images and not is_images_record(images):
+        raise _bad(path, f"its metadata images is {meta['images']!r:.80}, not what export writes")
+    return params, images
+
+
+def is_images_record(d: dict) -> bool:
+    """Whether `d` is what `image_kind.summarize` writes: colour [bools], bits [8, 16 or 32],
+    aspect [lowest, highest], 0 < lowest <= highest."""
+    colour, bits, aspect = d.get("colour", []), d.get("bits", []), d.get("aspect", [1, 1])
+    lists = all(type(x) is list for x in (colour, bits, aspect)) and len(aspect) == 2
+    return (
+        lists
+        and all(type(c) is bool for c in colour)
+        and all(type(b) is int and b in (8, 16, 32) for b in bits)
+        and all(type(a) in (int, float) for a in aspect)
+        and 0 < aspect[0] <= aspect[1] < math.inf
+    )
+
+
+def _contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, list | None]:
+    """(size, channels, threshold or None, map_range or None) from a file's metadata, checked
+    against its graph: an exported file is untrusted input, and one ExportError names it."""
+
+    def bad(what: str) -> ExportError:
+        return _bad(path, what)
+
+    def number(key: str, kind: type):
+        try:
+            value = kind(meta[key])
+        except (KeyError, ValueError):
+            raise bad(f"its metadata {key} is {meta.get(key, 'missing')!r:.60}") from None
+        if kind is float and not math.isfinite(value):
+            raise bad(f"its metadata {key} is {value}, not a finite number")
+        return value
+
+    size, channels = number("size", int), number("channels", int)
+    if not 0 < size <= 65536 or channels not in (1, 3):
+        raise bad(f"its metadata says size {size} and channels {channels} (1 or 3)")
+    inputs, want = session.get_inputs(), [1, channels, size, size]
+    if len(inputs) != 1 or inputs[0].name != "images" or len(session.get_outputs()) != 2:
+        raise bad("its graph does not take one input 'images' and give two outputs")
+    shape = list(inputs[0].shape)
+    if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape, want)):
+        raise bad(f"its graph takes images of shape {shape}, its metadata says {want}")
+    threshold = number("threshold", float) if "threshold" in meta else None
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", meta.get("threshold_rule", "none")):
+        raise bad(f"its metadata threshold_rule is {meta['threshold_rule']!r:.60}")
+    if "map_range" not in meta:
+        return size, channels, threshold, None
+    try:
+        low, high = (float(x) for x in json.loads(meta["map_range"]))
+    except (ValueError, TypeError, RecursionError):  # not JSON, not a list, not two numbers
+        low = high = math.nan
+    if not math.isfinite(high - low) or low > high:
+        raise bad(f"its metadata map_range is {meta['map_range']!r:.60}, not [low, high]")
+    return size, channels, threshold, [low, high]
+
+
+class OnnxDetector:
+    """An exported detector: `predict(images)` -> (scores [N], maps [N, size, size]).
+
+    `images` are file paths or float arrays [channels, size, size] already preprocessed.
+    """
+
+    def __init__(self, onnx_path: str | Path, threads: int = 0) -> None:
+        ort = require("onnxruntime")
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise ExportError(
+                f"{path}: no such ONNX file; make one with "
+                f"`python -m anomaly export --run RUN --out {path}`"
+            )
+        options = ort.SessionOptions()
+        # idle worker threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch):
+        # spinning burns CPU time that a busy or small machine needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # noqa: BLE001  (onnxruntime's own classes for corrupt files)
+            raise ExportError(
+                f"{path} is not a readable ONNX model ({str(err)[:200]}); export the run again"
+            ) from None
+        self.meta = self.session.get_modelmeta().custom_metadata_map
+        if self.meta.get("format") != FORMAT:
+            raise ExportError(
+                f"{path} was not written by anomaly.export (no format "
+                f"{FORMAT!r} in its metadata); export the run with "
+                f"`python -m anomaly export --run RUN`"
+            )
+        self.path = path
+        self.size, self.channels, self.threshold, self.map_range = _contract(
+            path, self.meta, self.session
+        )
+        # the saved threshold's guarantee, and what the training images were (None: not stored)
+        self.threshold_params, self.trained_images = _records(path, self.meta)
+
+    def warn_unlike(self, images) -> list[str]:
+        """Warn on stderr, as `predict --run` does, of each image file in `images` unlike the
+        run's training images (greyscale, 16-bit, another aspect ratio): its score means little.
+        No check for a file exported without that record, or where this module was copied
+        without the package (`anomaly.data.image_kind` imports only Pillow)."""
+        try:
+            from anomaly.data.image_kind import warn_unlike
+        except ImportError:
+            return []
+        paths = [p for p in images if isinstance(p, (str, Path))]
+        return warn_unlike(paths, self.trained_images, self.channels, self.size)
+
+    def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = [], []
+        for image in images:
+            if isinstance(image, (str, Path)):
+                x = preprocess(image, self.size, self.channels)
+            else:
+                x = np.asarray(image, dtype=np.float32)
+            want = (self.channels, self.size, self.size)
+            if x.shape != want:
+                raise ExportError(
+                    f"{self.path} takes images of shape {want}, got {x.shape}; "
+                    f"pass file paths to have them resized"
+                )
+            score, amap = self.session.run(None, {"images": x[None]})
+            if score.size != 1 or amap.shape != (1, self.size, self.size):
+                raise ExportError(
+                    f"{self.path}: its graph gave a score of shape {score.shape} and a map of "
+                    f"{amap.shape}, not (1,) and {(1, self.size, self.size)}; export the run again"
+                )
+            scores.append(score.reshape(-1)[0])
+            maps.append(amap[0])
+        if not maps:
+            return np.zeros(0, np.float32), np.zeros((0, self.size, self.size), np.float32)
+        return np.asarray(scores, dtype=np.float32), np.stack(maps)
+
+
+def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [N] and maps [N, size, size] of image files (or preprocessed arrays); files unlike
+    the run's training images are named on stderr (`OnnxDetector.warn_unlike`)."""
+    detector = OnnxDetector(onnx_path)
+    detector.warn_unlike(images)
+    return detector.predict(images)
