@@ -145,7 +145,7 @@ def fit_features(method: str, root: Path, size: int, args) -> tuple[Predict, flo
             output_names=["features"],
             dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},
         )
-    options = onnxruntime.SessionOptions()  # as anomaly.export.OnnxDetector: no spinning
+    options = onnxruntime.SessionOptions()  # as anomaly.onnx_predict.OnnxDetector: no spinning
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     x = torch.rand(3, 3, size, size)
