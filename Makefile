@@ -36,13 +36,19 @@ constraints: | $(BIN)/python
 	$(BIN)/python scripts/pin_versions.py
 
 ## the main job: generate the cookie benchmark, train and score the best method and the original's
+## (a run scored before is kept: a threshold saved in it is a user's work, never deleted; one
+## interrupted is resumed, one trained but not scored is scored)
 demo: $(STAMP)
 	$(BIN)/python -m anomaly make-cookies $(DATA) --preset benchmark --seed 7
-	rm -rf $(RUNS)/demo-patchknn $(RUNS)/demo-unet   # the demo's own runs, made again each time
-	$(BIN)/python -m anomaly train --data $(DATA) --method patchknn --out $(RUNS)/demo-patchknn
-	$(BIN)/python -m anomaly score --run $(RUNS)/demo-patchknn
-	$(BIN)/python -m anomaly train --data $(DATA) --method unet --out $(RUNS)/demo-unet
-	$(BIN)/python -m anomaly score --run $(RUNS)/demo-unet
+	@for m in patchknn unet; do run=$(RUNS)/demo-$$m; \
+	  if [ -f $$run/metrics.json ]; then \
+	    echo "$$run: kept, trained and scored before (move it away to train it again)"; continue; \
+	  elif [ -f $$run/last.pt ]; then $(BIN)/python -m anomaly train --out $$run --resume || exit 1; \
+	  elif [ ! -f $$run/model.pt ]; then \
+	    $(BIN)/python -m anomaly train --data $(DATA) --method $$m --out $$run || exit 1; \
+	  fi; \
+	  $(BIN)/python -m anomaly score --run $$run || exit 1; \
+	done
 	@echo "outputs: $(DATA) (data), $(RUNS)/demo-patchknn and $(RUNS)/demo-unet (scores.csv, metrics.json, overlays/)"
 	@echo "explore the threshold: make explorer RUN=$(RUNS)/demo-patchknn"
 

@@ -8,7 +8,9 @@ user's), stops the benchmark with nothing changed. A run killed before it listed
 (`seal_dir`) owns only the files a run writes (`RUN_FILES`); anything else in it is a user's,
 and stops the benchmark too. Each method then trains into a temporary sibling, `.<method>.new`
 (`run_dirs`), which replaces the method's earlier run folder only once the method finished
-(`replace_dir`); a method that fails leaves its earlier run as it was.
+(`replace_dir`); a method that fails leaves its earlier run as it was. A run folder's mark also
+records each file's SHA-256: a file changed since (a threshold saved from the explorer, a run
+scored again) is a user's work, and stops the benchmark as a file of the user's does.
 
 The out folder's own files (`OUT_FILES`: benchmark.md, .json and the notes) are written by
 `write_out`, which records each file's SHA-256 in the out folder's mark; a rerun rewrites only
@@ -88,10 +90,30 @@ def _made_and_left(path: Path) -> tuple[list[Path], list[str], bool]:
     else:
         listed = {path / rel for rel in listed if isinstance(rel, str)}
         made = [p for p in files if p in listed]
-    left = [str(p.relative_to(path)) for p in files if p not in made]
+    changed = _changed(path, made) if listed is not None else []
+    made = [p for p in made if p not in changed]
+    left = [str(p.relative_to(path)) for p in files if p not in made and p not in changed]
+    left += [f"{p.relative_to(path)} (changed since)" for p in changed]
     empty = [p for p in found if p not in files and not any(f.is_relative_to(p) for f in files)]
     left += [f"{p.relative_to(path)}/" for p in empty]
     return made, sorted(left), listed is not None
+
+
+def _changed(path: Path, made: list[Path]) -> list[Path]:
+    """The files of `made` whose SHA-256 is not the one the mark recorded when the run was
+    sealed (a threshold saved from the explorer, a run scored again): a user's work now. A file
+    without a recorded hash (a mark from before hashes were recorded) counts as unchanged."""
+    try:
+        hashes = json.loads((path / MARK).read_text() or "{}").get("sha256") or {}
+    except (OSError, ValueError, AttributeError):
+        hashes = None
+    if not isinstance(hashes, dict):
+        raise BenchmarkError(
+            f"{path / MARK} is damaged, so what the benchmark wrote in {path} is unknown and "
+            "nothing was deleted; move the folder away or choose another --out"
+        )
+    recorded = {p: hashes.get(str(p.relative_to(path))) for p in made}
+    return [p for p, h in recorded.items() if h is not None and sha256_file(p) != h]
 
 
 def check_dir(path: str | Path) -> None:
@@ -108,6 +130,7 @@ def check_dir(path: str | Path) -> None:
         named = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
         what = (
             "files the benchmark did not make"
+            + (" or changed since it wrote them" if any("(changed" in n for n in left) else "")
             if sealed
             else "a run the benchmark never finished (its mark lists no files, so only the "
             "files a run writes, such as config.json and model.pt, are its own), and files no "
@@ -225,11 +248,16 @@ def discard_dir(path: Path) -> None:
 def seal_dir(path: str | Path, below: bool = False) -> None:
     """Record in the mark every file now in `path` (the benchmark wrote them all).
 
-    `below=False` lists only the files directly in `path` (an out folder whose run folders
-    carry their own marks)."""
+    `below=True` (a run folder) lists every file under `path` with its SHA-256: one changed
+    since (`_changed`) is left with the folder. `below=False` lists only the files directly in
+    `path` (an out folder whose run folders carry their own marks), keeping the hashes
+    `write_out` recorded."""
     path = Path(path)
     found = path.rglob("*") if below else path.iterdir()
     files = sorted(str(p.relative_to(path)) for p in found if p.is_file() and p.name != MARK)
+    if below:  # a run folder: every file's hash, so a later change by a user is never deleted
+        _mark(path, files, {name: sha256_file(path / name) for name in files})
+        return
     try:
         hashes = _hashes(path)[1] if (path / MARK).exists() else {}
     except BenchmarkError:  # a damaged mark is replaced, as it always was
