@@ -85,5 +85,8 @@ benchmark: $(STAMP)
 		--out $(RUNS)/benchmark-photos --notes docs/benchmark-notes-photos.md \
 		--readme README.md --readme-block photos
 
+## build leftovers only: runs/ holds trained runs and saved thresholds (a user's work) and data/
+## the generated sets; delete those yourself if you mean to
 clean:
-	rm -rf $(RUNS) build *.egg-info
+	rm -rf build *.egg-info
+	@echo "kept $(RUNS)/ and the data sets (your runs and thresholds): delete them yourself if you mean to"
