@@ -129,7 +129,8 @@ def atomic_save(obj, path: str | Path) -> Path:
     return _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -157,7 +158,7 @@ def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
                 pid = int(holder["pid"])
             except (OSError, ValueError, KeyError, TypeError):
                 holder, pid = {}, -1
-            if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+            if pid > 0 and pid != os.getpid() and pid_alive(pid):
                 raise RunError(
                     f"{folder} is in use: process {pid} is running "
                     f"`{holder.get('command', '?')}` on it. Wait for it to finish, or choose "

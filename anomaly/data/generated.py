@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomaly.safe_files import remove_made, write_json
+from anomaly.safe_files import pid_alive, remove_made, write_json
 
 MARKER = "generator.json"
 _OLD = ".old"  # inside the staging folder: the earlier set's folders, being deleted
@@ -105,7 +105,7 @@ def recover(root: Path, generator: str, arguments: dict) -> dict | None:
         return None
     marker = _read_marker(folder, generator)
     pid = marker.get("pid")
-    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+    if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
         raise ValueError(
             f"{root} is in use: process {pid} is running {generator} into it. Wait for it to "
             f"finish, or stop it. (If no such process runs, delete {folder}.)"
@@ -147,16 +147,6 @@ def _read_marker(folder: Path, generator: str) -> dict:
             "delete it; move it away and run the command again"
         )
     return marker
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_staged(
