@@ -235,9 +235,13 @@ class Detector(ABC):
         paths, labels, defects, scores, maps, masks, known = [], [], [], [], [], [], []
         # one iterator: given the loader, tqdm.auto's bar calls iter() on it, a second one, whose
         # workers decode (and warn about) the first batches again
+        try:
+            total = len(loader)
+        except TypeError:  # an iterable dataset of unknown length
+            total = None
         batches = tqdm(
             iter(loader),
-            total=len(loader),
+            total=total,
             desc=f"predict {self.name}",
             disable=not progress,
             leave=False,
