@@ -214,7 +214,7 @@ def check_split(run: RunDir, config: Config, split: dict) -> None:
     for auto (`anomaly.detectors.auto.check_enough`, a ValueError), a warning naming held-out
     images that are copies of training images (`warn_held_out`), and warnings naming images
     unlike the others (`anomaly.data.image_kind.warn_mixed`: greyscale among colour, another
-    bit depth, far smaller than --size), as `score` and `predict` name images unlike them."""
+    bit depth, a few far smaller than --size), as `score` and `predict` name images unlike them."""
     from anomaly.detectors.auto import check_enough
 
     n_train = len(split["train"])

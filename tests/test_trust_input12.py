@@ -70,12 +70,16 @@ def test_train_names_training_images_unlike_the_others(tiny_cookies: Path, tmp_p
     many = [str(good / f"{i}.png") for i in range(5)]
     for p in many:
         Image.new("RGB", (8, 8)).save(p)
+    Image.new("RGB", (64, 64)).save(good / "big.png")
     with pytest.warns(
         UserWarning,
-        match=r"5 of the 5 training images \(.*0.png, .*1.png, "
+        match=r"5 of the 6 training images \(.*0.png, .*1.png, "
         r".*2.png and 2 more\) have a shorter side under 32 px",
     ):
-        warn_mixed(many, 3, 64)
+        warn_mixed(many[::-1] + [str(good / "big.png")], 3, 64)  # named in sorted order
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all small: a size chosen to enlarge them (auto's 448)
+        assert warn_mixed(many, 3, 64) == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the generated set: alike, nothing to say
         assert warn_mixed(sorted((tiny_cookies / "train" / "good").iterdir()), 3, 64) == []

@@ -10,7 +10,7 @@ so an image unlike the training images is scored without complaint, and its scor
 differs and what that means, and scores it anyway. A run from before this record (no `"images"`)
 is not checked. `summarize` warns when the training images' own aspect ratios differ more than
 `ASPECT_FACTOR` times, and `warn_mixed` (called by `train`) when they differ otherwise: greyscale
-among colour, several bit depths, files far smaller than --size.
+among colour, several bit depths, a few files far smaller than --size.
 
 Sizes and pixels are as viewers show them: `upright` applies a photo's EXIF orientation (a phone
 stores a portrait JPEG sideways with a tag that says to turn it) where a file is decoded, and
@@ -165,7 +165,7 @@ def summarize(paths) -> dict:
     "bits": [...], "aspect": [lowest, highest]} over the files that can be read. Warns, naming
     the extremes, when their aspect ratios differ more than `ASPECT_FACTOR` times: each is
     stretched to the same square, so one object is distorted differently from image to image."""
-    read = [(str(p), k) for p in paths if (k := image_kind(p)) is not None]
+    read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p)) is not None]
     if not read:
         return {}
     kinds = [k for _, k in read]
@@ -218,10 +218,11 @@ def warn_mixed(paths, channels: int, size: int) -> list[str]:
     """Warn, naming a few of them and counting the rest, when the training images `paths` of a
     run that sees `channels` channels at `size` px are not alike, as `warn_unlike` does for an
     image to score: some greyscale (LA too) and some colour (a colour run), of several bit
-    depths, or some upscaled more than `SMALL_FACTOR` times to `size` (a 1x1 file, a crop).
+    depths, or some (not all: a size chosen to enlarge small images is the user's, or auto's)
+    with a shorter side under `size` / `SMALL_FACTOR` (a 1x1 file, a crop).
     Every image is still read as before; the model learns each difference as normal. Returns
     the warnings' texts."""
-    read = [(str(p), k) for p in paths if (k := image_kind(p)) is not None]
+    read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p)) is not None]
     n, said = len(read), []
     grey = [p for p, k in read if not k["colour"]]
     if channels == 3 and 0 < len(grey) < n:
@@ -245,17 +246,12 @@ def warn_mixed(paths, channels: int, size: int) -> list[str]:
                 "normal; save them all at one bit depth"
             )
     small = [p for p, k in read if k["side"] * SMALL_FACTOR < size]
-    if small:
-        sides = sorted(k["side"] for _, k in read)
+    if 0 < len(small) < n:  # all of them small: a size chosen to enlarge them (auto's 448 px)
         said.append(
-            f"{_few(small, n, 'have')} a shorter side under {size / SMALL_FACTOR:g} px, so each is "
-            f"stretched up to --size {size} ({size}x{size} px): the model learns their blur as "
-            "normal; "
-            + (
-                "leave them out, or crop them from larger images"
-                if len(small) < n
-                else f"train at a --size near the images' own ({sides[len(sides) // 2]} px)"
-            )
+            f"{_few(small, n, 'have')} a shorter side under {size / SMALL_FACTOR:g} px, the "
+            f"others not, so each is stretched up to --size {size} far more than the others: "
+            "the model learns their blur as normal; leave them out, or crop them from larger "
+            "images"
         )
     for text in said:
         warnings.warn(text, stacklevel=2)
