@@ -123,7 +123,7 @@ def check_dir(path: str | Path) -> None:
         raise BenchmarkError(f"{path} is a file, not a folder; choose another --out")
     if not path.is_dir() or not any(path.iterdir()):
         return
-    if not (path / MARK).exists():
+    if not _has_mark(path):
         raise _not_ours(path)
     _, left, sealed = _made_and_left(path)
     if left:
@@ -154,11 +154,24 @@ def _empty(path: Path) -> None:
     (path / MARK).unlink(missing_ok=True)
 
 
+def _has_mark(path: Path) -> bool:
+    """Whether `path` holds the benchmark's mark; a BenchmarkError when it holds something else
+    under its name (a link, which writing the mark would follow into a user's file; a folder)."""
+    mark = path / MARK
+    if mark.is_symlink() or (mark.exists() and not mark.is_file()):
+        raise BenchmarkError(
+            f"{mark} is not a mark the benchmark wrote (a link or a folder), so nothing in {path} "
+            "was removed or rewritten; move the folder away or choose another --out"
+        )
+    return mark.exists()
+
+
 def _mark(path: Path, files: list[str] | None, hashes: dict | None = None) -> None:
     mark = {"made_by": MADE_BY, "files": files}
     if hashes:
         mark["sha256"] = hashes
-    (path / MARK).write_text(json.dumps(mark, indent=1))
+    with temporary_beside(path / MARK) as (fd, _), os.fdopen(fd, "wb") as f:  # never via a link
+        f.write(json.dumps(mark, indent=1).encode())
 
 
 def _hashes(path: Path) -> tuple[list[str], dict]:
@@ -183,7 +196,7 @@ def check_unedited(path: str | Path) -> None:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
-    files, hashes = _hashes(path.parent) if (path.parent / MARK).exists() else ([], {})
+    files, hashes = _hashes(path.parent) if _has_mark(path.parent) else ([], {})
     recorded = hashes.get(path.name)
     if path.is_symlink() or not path.is_file():
         why = "is not a file the benchmark wrote"
@@ -240,7 +253,7 @@ def replace_dir(new: Path, final: Path) -> Path:
 
 def discard_dir(path: Path) -> None:
     """Remove a run folder the benchmark made that will not be kept (a method that failed)."""
-    if path.is_dir() and (path / MARK).exists() and not _made_and_left(path)[1]:
+    if path.is_dir() and _has_mark(path) and not _made_and_left(path)[1]:
         _empty(path)
         path.rmdir()
 
@@ -259,7 +272,7 @@ def seal_dir(path: str | Path, below: bool = False) -> None:
         _mark(path, files, {name: sha256_file(path / name) for name in files})
         return
     try:
-        hashes = _hashes(path)[1] if (path / MARK).exists() else {}
+        hashes = _hashes(path)[1] if _has_mark(path) else {}
     except BenchmarkError:  # a damaged mark is replaced, as it always was
         hashes = {}
     _mark(path, files, {name: h for name, h in hashes.items() if name in files})
@@ -271,9 +284,9 @@ def check_out(out: str | Path, writes: tuple[str, ...] = ()) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BenchmarkError(f"{out} is a file, not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARK).exists():
+    if out.is_dir() and any(out.iterdir()) and not _has_mark(out):
         raise _not_ours(out)
-    if writes and (out / MARK).exists():
+    if writes and _has_mark(out):
         _hashes(out)  # a damaged mark is refused now, not after the benchmark ran
     for name in writes:
         check_unedited(out / name)
@@ -284,6 +297,6 @@ def claim_out(out: str | Path) -> Path:
     out = Path(out)
     check_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / MARK).exists():
+    if not _has_mark(out):
         _mark(out, [])
     return out

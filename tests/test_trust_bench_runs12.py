@@ -51,3 +51,15 @@ def test_a_run_sealed_before_hashes_were_recorded_is_replaced_as_then(tmp_path):
     check_dir(run)
     claim_dir(run)
     assert list(run.iterdir()) == [run / MARK]
+
+
+def test_a_mark_that_is_a_link_is_never_written_through(tiny_cookies, tmp_path, capsys):
+    out = tmp_path / "bench"
+    out.mkdir()
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"theme": "dark"}')
+    (out / MARK).symlink_to(settings)
+    with pytest.raises(BenchmarkError, match=r"not a mark the benchmark wrote \(a link"):
+        run_benchmark(str(tiny_cookies), methods=["meandiff"], out=str(out), smoke=True)
+    assert settings.read_text() == '{"theme": "dark"}' and not (out / "meandiff").exists()
+    capsys.readouterr()
