@@ -183,7 +183,8 @@ def serve(
     """Serve the explorer of these run folders as a stand-alone page with Voila.
 
     Blocks until the server stops and returns its exit code; Ctrl+C, SIGTERM and SIGHUP (the
-    terminal closed) stop the server too. With block=False returns the running
+    terminal closed) stop the server too, and return 128 + the signal's number (130 for Ctrl+C),
+    as a shell reports a command a signal stopped. With block=False returns the running
     `subprocess.Popen` (stop it with `.terminate()`).
     """
     cmd, env = voila_command(run_dirs, port, open_browser, host=host, cull_idle_s=cull_idle_s)
@@ -202,17 +203,24 @@ def serve(
     with _stop_signals_raise():
         try:
             return proc.wait()
-        except (KeyboardInterrupt, _Stop):  # stop the server too, instead of orphaning it
+        except (KeyboardInterrupt, _Stop) as stopped:  # stop the server too, not orphan it
+            # the shell's code for a command a signal stopped: 128 + its number (Ctrl+C: 130)
+            code = 128 + (stopped.signum if isinstance(stopped, _Stop) else 2)
             proc.terminate()
             try:
-                return proc.wait(timeout=10)
+                proc.wait(timeout=10)
             except (subprocess.TimeoutExpired, KeyboardInterrupt, _Stop):  # or asked twice
                 proc.kill()
-                return proc.wait()
+                proc.wait()
+            return code
 
 
 class _Stop(Exception):
     """SIGTERM or SIGHUP (the terminal closed) while the server runs: stop it as Ctrl+C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
 
 
 @contextlib.contextmanager
@@ -224,7 +232,7 @@ def _stop_signals_raise():
     import threading
 
     def stop(signum, _frame):
-        raise _Stop(signal.Signals(signum).name)
+        raise _Stop(signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
