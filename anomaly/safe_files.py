@@ -91,30 +91,59 @@ def save_png(image, path: str | Path, **params) -> Path:
     return _atomic(Path(path), lambda f: image.save(f, format="PNG", **params))
 
 
-def remove_made(root: str | Path, folders: list[str], files: set[str]) -> None:
-    """Delete a generated data set's `files` (paths relative to `root`, as its manifest lists
-    them), then its `folders` where they are left empty. Refused, with nothing deleted, when a
-    folder is not a real folder inside `root` (a manifest from someone else could name `..`) or
-    holds anything the manifest does not list (the user's own files)."""
-    root = Path(root)
-    inside, extra = root.resolve(), []
+def plain_relative(rel) -> bool:
+    """Whether `rel`, a path read from a manifest or marker, is a plain relative path such as
+    `train/good/000.png`: a string, not absolute, with no empty, `.` or `..` part."""
+    return isinstance(rel, str) and all(p not in ("", ".", "..") for p in rel.split("/"))
+
+
+def check_removable(
+    root: str | Path, folders: list[str], files: set[str], listed_in: str | Path
+) -> set[str]:
+    """The `files` (paths relative to `root`, as `listed_in` lists them) that `remove_made`
+    would delete: those found in `folders` inside `root`, walked without following a link.
+    Refused when a folder is not a plain name of a real folder inside `root`, an entry is not a
+    plain relative path (an absolute one, or one with `..`, from someone else's manifest), or a
+    folder holds a file `files` does not list (the user's own)."""
+    root, found, extra = Path(root), set(), []
     for name in folders:
         folder = root / name
-        if folder.is_symlink() or not folder.resolve().is_relative_to(inside) or folder == root:
-            raise ValueError(f"{folder} is not a folder inside {root}; nothing was deleted")
-        for dirpath, _, names in os.walk(folder):
-            extra += [
-                rel
-                for n in names
-                if (rel := (Path(dirpath) / n).relative_to(root).as_posix()) not in files
-            ]
+        if not plain_relative(name) or "/" in name or folder.is_symlink() or not folder.is_dir():
+            raise ValueError(
+                f"{folder} is not a folder inside {root} that its generator made (a link, a "
+                f"file, or a name from {listed_in} such as '..'); nothing was deleted"
+            )
+    bad = sorted(str(rel) for rel in files if not plain_relative(rel))
+    if bad:
+        raise ValueError(
+            f"{listed_in} lists {bad[0]!r}, which is not a path inside {root}, so nothing was "
+            "deleted; it is not a manifest this generator wrote: move the folder's files away "
+            "yourself, or choose another folder"
+        )
+    for name in folders:
+        for dirpath, _, names in os.walk(root / name):  # links are listed, never followed
+            for n in names:
+                rel = (Path(dirpath) / n).relative_to(root).as_posix()
+                (found.add if rel in files else extra.append)(rel)
     if extra:
         raise ValueError(
             f"{root} holds files its generator did not make ({', '.join(sorted(extra)[:3])}"
             f"{', ...' if len(extra) > 3 else ''}), so nothing was deleted; move them away "
             "first, or choose another folder"
         )
-    for rel in files:
+    return found
+
+
+def remove_made(
+    root: str | Path, folders: list[str], files: set[str], listed_in: str | Path = "manifest.json"
+) -> None:
+    """Delete a generated data set's `files` (paths relative to `root`, as `listed_in` lists
+    them), then its `folders` where they are left empty. Only files found inside the real
+    folders are deleted, never through a link; refused, with nothing deleted, as
+    `check_removable` says (a manifest from someone else could name `..`, `/x`, or the user's
+    own files)."""
+    root = Path(root)
+    for rel in check_removable(root, folders, files, listed_in):
         (root / rel).unlink(missing_ok=True)
     for name in folders:
         for dirpath, _, _ in sorted(os.walk(root / name), key=lambda w: -len(w[0])):

@@ -124,7 +124,8 @@ def make_cookies(
     root = Path(root)
     settings = {key: value for key, value in manifest.items() if key != "images"}
     check_place(root, "cookie data set")
-    if (done := recover(root, "make-cookies", settings)) is not None:
+    made = _made(read_manifest(root / "manifest.json"))
+    if (done := recover(root, "make-cookies", settings, list(_FOLDERS), made)) is not None:
         return done  # an interrupted run of this command had written every image
     retire = _check_root(root, settings, overwrite)
 
@@ -158,12 +159,11 @@ def _check_root(root: Path, settings: dict, overwrite: bool) -> tuple[list, set]
     """
     if not root.exists() or not any(root.iterdir()):
         return None
-    old = root / "manifest.json"
-    previous = read_manifest(old)
-    ours = isinstance(previous, dict) and "generator_version" in previous and "preset" in previous
-    if ours and {key: previous.get(key) for key in settings} == settings:
+    previous = read_manifest(root / "manifest.json")
+    made = _made(previous)
+    if made is not None and {key: previous.get(key) for key in settings} == settings:
         return None  # the same set again: each file is replaced by the same bytes
-    if not ours:
+    if made is None:
         raise ValueError(
             f"{root} already holds files that this generator did not make (no cookie "
             "manifest.json), so it will not write there, with or without "
@@ -175,7 +175,14 @@ def _check_root(root: Path, settings: dict, overwrite: bool) -> tuple[list, set]
             "choose another folder, or pass --overwrite (overwrite=True) to replace "
             "it"
         )
-    made = manifest_files(previous.get("images") or {})
     folders = [name for name in reversed(_FOLDERS) if (root / name).exists()]
     check_made(root, folders, made)
     return folders, made
+
+
+def _made(manifest: dict | None) -> set[str] | None:
+    """The files a cookie `manifest.json` lists; None when it is no cookie manifest."""
+    if not isinstance(manifest, dict) or not {"generator_version", "preset"} <= manifest.keys():
+        return None
+    images = manifest.get("images")
+    return manifest_files(images if isinstance(images, dict) else {})

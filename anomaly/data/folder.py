@@ -44,6 +44,7 @@ from anomaly.data.files import (
     scan_images,
     skipped,
 )
+from anomaly.data.generated import interrupted
 from anomaly.data.image_kind import displayed_size, open_image
 from anomaly.data.input_checks import subfolders as _subfolders
 from anomaly.data.input_checks import warn_good_masks, warn_missing_masks
@@ -266,7 +267,7 @@ class AnomalyDataset(Dataset):
             raise DataError(
                 f"{self.root}: data folder not found. Check the path (data that moved since a "
                 "run was trained: give its new place with --data NEW_PATH), or make a synthetic "
-                f"set with anomaly.data.make_cookies('{root}')."
+                f"set with anomaly.data.make_cookies('{root}').{interrupted(self.root)}"
             )
         if (self.root / "train").is_dir() or (self.root / "test").is_dir():
             self.layout = "mvtec"
@@ -283,6 +284,7 @@ class AnomalyDataset(Dataset):
                 else "Put defect-free images in ROOT/good/ (and defects in ROOT/<defect>/), or "
                 "use the MVTec AD layout ROOT/train/good/, ROOT/test/<defect>/."
             )
+            hint += interrupted(self.root)
             raise DataError(f"{self.root}: no train/good/ or good/ folder. {hint}")
         self._check_headers()
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

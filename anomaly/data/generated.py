@@ -10,6 +10,11 @@ any arguments, deletes that staging folder (after checking that it holds nothing
 generator writes) and starts again. One interrupted while moving the folders into place
 finishes the move first.
 
+A staging folder may be someone else's (a copied tree), so its marker is untrusted: the folders
+moved are the generator's own names, every file it lists must be a plain path inside them, and
+a move is finished only when it deletes or replaces nothing in ROOT but what ROOT's manifest of
+that generator lists; anything else is refused with nothing changed.
+
 Staging inside ROOT rather than beside it: the rename never crosses file systems (ROOT may be a
 mount point), ROOT's parent need not be writable, and nothing appears next to ROOT.
 
@@ -29,7 +34,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomaly.safe_files import pid_alive, remove_made, write_json
+from anomaly.safe_files import (
+    check_removable,
+    pid_alive,
+    plain_relative,
+    remove_made,
+    write_json,
+)
 
 MARKER = "generator.json"
 _OLD = ".old"  # inside the staging folder: the earlier set's folders, being deleted
@@ -75,54 +86,122 @@ def staging(root: Path, generator: str) -> Path:
 
 def check_made(root: Path, folders: list[str], files: set[str]) -> None:
     """Refuse, before anything is written, an overwrite that `remove_made` would refuse: a
-    folder that is a link, or one holding files its generator did not make (`files`)."""
-    extra = []
-    for name in folders:
-        folder = root / name
-        if folder.is_symlink():
-            raise ValueError(f"{folder} is a symbolic link, not a folder this generator made")
-        for dirpath, _, names in os.walk(folder):
-            rels = ((Path(dirpath) / n).relative_to(root).as_posix() for n in names)
-            extra += [rel for rel in rels if rel not in files]
-    if extra:
-        raise ValueError(
-            f"{root} holds files its generator did not make ({', '.join(sorted(extra)[:3])}"
-            f"{', ...' if len(extra) > 3 else ''}), so nothing was deleted; move them away "
-            "first, or choose another folder"
-        )
+    folder that is a link, a manifest entry outside ROOT (`/x`, `../x`), or a folder holding
+    files its generator did not make (`files`)."""
+    check_removable(root, folders, files, root / "manifest.json")
 
 
-def recover(root: Path, generator: str, arguments: dict) -> dict | None:
+def interrupted(root: Path) -> str:
+    """What to say about `root` (or the suite folder holding it) when it holds the staging
+    folder of an interrupted generator: a hint for "no data set here" errors, else ''."""
+    for place in (root, root.parent):
+        for generator in ("make-cookies", "make-photos"):
+            if staging(place, generator).is_dir():
+                return (
+                    f" {place} holds {staging(place, generator).name}/, left by an interrupted "
+                    f"{generator} run: run the same {generator} command again to finish it."
+                )
+    return ""
+
+
+def recover(
+    root: Path, generator: str, arguments: dict, order: list[str], made: set[str] | None
+) -> dict | None:
     """Deal with a staging folder an interrupted run of `generator` left in `root`.
 
     One interrupted while writing images is deleted; one interrupted while moving a finished
     set into place finishes the move. Returns the manifest when that finished set is the one
     `arguments` ask for (nothing is left to do), else None. Refused: a staging folder of a
-    process still running, or one holding anything but generated files.
+    process still running, one holding anything but generated files, one whose marker is
+    damaged, and one whose move would delete or replace anything in `root` that `made` does not
+    list (the staging folder may be someone else's: a copied tree).
+
+    Args:
+        order: every top-level folder `generator` writes, in the order they move in: its own
+            names, never the marker's.
+        made: the files `root/manifest.json` lists when it is a manifest of `generator`, else
+            None.
     """
     folder = staging(root, generator)
+    _remove_unnamed(root, folder)
     if not folder.exists() and not folder.is_symlink():
         return None
-    marker = _read_marker(folder, generator)
+    marker = _read_marker(folder, generator, order)
     pid = marker.get("pid")
     if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
         raise ValueError(
             f"{root} is in use: process {pid} is running {generator} into it. Wait for it to "
             f"finish, or stop it. (If no such process runs, delete {folder}.)"
         )
-    if marker.get("phase") not in ("retire", "move"):
+    if marker["phase"] == "write":
         shutil.rmtree(folder)
         return None
-    _install(root, folder, marker)
+    if problem := _unlisted(root, folder, marker, order, made):
+        raise ValueError(
+            f"{folder} is left from an interrupted {generator} run, but finishing it would "
+            f"{problem}, which no manifest.json of {generator} in {root} lists; nothing was "
+            f"changed. If that folder is not from your own run, move it out of {root} and run "
+            "the command again"
+        )
+    _install(root, folder, marker, order)
     if marker.get("arguments") == arguments:
         return json.loads((root / "manifest.json").read_text())
     return None
 
 
-def _read_marker(folder: Path, generator: str) -> dict:
+def _remove_unnamed(root: Path, folder: Path) -> None:
+    """Delete the temporary folders (`write_staged`) of runs killed before their staging folder
+    got its name: each holds only a marker, and its name the number of a process that no longer
+    runs (or this one: an earlier process of the same number)."""
+    for tmp in root.glob(f"{folder.name}.*.tmp"):
+        pid = tmp.name[len(folder.name) + 1 : -len(".tmp")]
+        if tmp.is_symlink() or not tmp.is_dir() or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and pid_alive(int(pid)):
+            continue  # a run that has just begun
+        if all(p.name == MARKER or p.name.startswith(f".{MARKER}.") for p in tmp.iterdir()):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unlisted(
+    root: Path, folder: Path, marker: dict, order: list[str], made: set[str] | None
+) -> str:
+    """What finishing the install would delete or replace in `root` that `made` (the files its
+    generator manifest lists) does not cover, in words; '' when nothing."""
+    listed = made or set()
+    if marker["phase"] == "retire":
+        for name in marker["folders"]:
+            if (root / name).exists() or (root / name).is_symlink():
+                try:
+                    check_removable(root, [name], listed, root / "manifest.json")
+                except ValueError:
+                    return f"delete {root / name}"
+        if marker["replace"] and (root / "manifest.json").exists():
+            kept = {rel.split("/")[0] for rel in listed} - set(marker["folders"])
+            if made is None or any((root / name).exists() for name in kept):
+                return f"delete {root / 'manifest.json'}"
+    for name in order:  # a folder `root` holds already gets the staged files merged in
+        if not (folder / name).exists() or not (root / name).exists():
+            continue
+        for dirpath, _, names in os.walk(folder / name):
+            into = root / Path(dirpath).relative_to(folder)
+            if into.is_symlink() or (into.exists() and not into.is_dir()):
+                return f"write through {into}"
+            for n in names:
+                target = into / n
+                rel = target.relative_to(root).as_posix()
+                if (target.exists() or target.is_symlink()) and rel not in listed:
+                    return f"replace {target}"
+    if (folder / "manifest.json").exists() and (root / "manifest.json").exists() and made is None:
+        return f"replace {root / 'manifest.json'}"
+    return ""
+
+
+def _read_marker(folder: Path, generator: str, order: list[str]) -> dict:
     """The staging folder's marker, after checking that the folder is one `generator` made
-    and holds only what it writes: images, manifests, the marker (or a temporary file of it).
-    One killed before its marker was written holds no file at all."""
+    and holds only what it writes (images, manifests, the marker or a temporary file of it),
+    and that the marker is whole: its folders among `order`, its files plain paths inside
+    them."""
     try:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
@@ -138,7 +217,7 @@ def _read_marker(folder: Path, generator: str) -> dict:
                 if not (n.endswith(".png") or n in ("manifest.json", MARKER)):
                     stray.append(Path(dirpath) / n)
     if marker is None and not found:
-        marker = {"generator": generator}  # killed as it began: nothing written yet
+        marker = {"generator": generator, "phase": "write"}  # from an older version
     ours = isinstance(marker, dict) and marker.get("generator") == generator
     if not ours or folder.is_symlink() or stray:
         why = f"it holds {stray[0]}" if stray else f"it has no {MARKER} of {generator}"
@@ -146,7 +225,34 @@ def _read_marker(folder: Path, generator: str) -> dict:
             f"{folder} is not a staging folder {generator} left ({why}), so it will not "
             "delete it; move it away and run the command again"
         )
+    if problem := _damage(marker, order):
+        raise ValueError(
+            f"{folder / MARKER} is damaged ({problem}), so {generator} will neither delete nor "
+            f"finish {folder}; move the folder away and run again"
+        )
     return marker
+
+
+def _damage(marker: dict, order: list[str]) -> str:
+    """What is wrong with a marker's content, in words; '' when nothing."""
+    phase, pid = marker.get("phase"), marker.get("pid")
+    if phase not in ("write", "retire", "move"):
+        return f"phase {phase!r} is not 'write', 'retire' or 'move'"
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
+        return f"pid {pid!r} is no process number"
+    if phase == "write":
+        return ""
+    folders, files = marker.get("folders"), marker.get("files")
+    if not isinstance(marker.get("replace"), bool):
+        return f"replace {marker.get('replace')!r} is not true or false"
+    if not isinstance(folders, list) or not all(isinstance(n, str) and n in order for n in folders):
+        return f"folders {folders!r} are not among {', '.join(order)}"
+    if not isinstance(files, list):
+        return f"files {str(files)[:80]!r} is not a list"
+    for rel in files:
+        if not plain_relative(rel) or rel.split("/")[0] not in folders or "/" not in rel:
+            return f"files lists {str(rel)[:80]!r}, not a path inside {', '.join(folders)}"
+    return ""
 
 
 def write_staged(
@@ -175,18 +281,33 @@ def write_staged(
             moves in.
     """
     made_root = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
     folder = staging(root, generator)
+    marker = {"generator": generator, "arguments": arguments, "pid": os.getpid()}
     try:
-        folder.mkdir()
+        root.mkdir(parents=True, exist_ok=True)
+        # the staging folder appears with its marker in it (one rename), so a second run
+        # starting at the same moment never finds it without one and takes it for stale
+        new = root / f"{folder.name}.{os.getpid()}.tmp"
+        new.mkdir()
     except FileExistsError:
+        raise ValueError(f"{new} is in the way; move it out of {root} and run again") from None
+    except OSError as err:
+        raise ValueError(
+            f"cannot write the {generator} data set in {root} ({err.strerror or err}); choose "
+            "a writable folder"
+        ) from None
+    try:
+        write_json(new / MARKER, {**marker, "phase": "write"})
+        os.rename(new, folder)
+    except OSError:
+        shutil.rmtree(new, ignore_errors=True)
+        if not folder.exists():
+            raise
         raise ValueError(
             f"{root} is in use: another {generator} has just started writing into it "
             f"({folder}); wait for it to finish"
         ) from None
-    marker = {"generator": generator, "arguments": arguments, "pid": os.getpid()}
     try:
-        write_json(folder / MARKER, {**marker, "phase": "write"})
         manifest = write(folder)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     except BaseException:  # Ctrl-C too: nothing of this run is left behind
@@ -195,38 +316,39 @@ def write_staged(
             root.rmdir()
         raise
     folders, files = retire or ([], set())
-    marker |= {"phase": "retire", "order": order, "replace": retire is not None}
+    marker |= {"phase": "retire", "replace": retire is not None}
     marker |= {"folders": folders, "files": sorted(files)}
     write_json(folder / MARKER, marker)
-    _install(root, folder, marker)
+    _install(root, folder, marker, order)
     return manifest
 
 
-def _install(root: Path, folder: Path, marker: dict) -> None:
+def _install(root: Path, folder: Path, marker: dict, order: list[str]) -> None:
     """Move a finished set from its staging folder into `root` (resumable: each step checks
-    what is left to do): delete the earlier set's folders, move the new ones in, the manifest
-    last, then remove the staging folder."""
+    what is left to do): delete the earlier set's folders, move the new ones (`order`) in, the
+    manifest last, then remove the staging folder."""
     if marker["phase"] == "retire":
         old = folder / _OLD
         old.mkdir(exist_ok=True)
-        folders = [n for n in marker["folders"] if "/" not in n and n not in ("", ".", "..")]
+        folders = marker["folders"]
         for name in folders:  # `train` first: from the first rename on, nothing trains on it
             if (root / name).is_dir() and not (root / name).is_symlink():
                 os.replace(root / name, old / name)
         try:
-            remove_made(old, [n for n in folders if (old / n).exists()], set(marker["files"]))
+            kept = [n for n in folders if (old / n).exists()]
+            remove_made(old, kept, set(marker["files"]), root / "manifest.json")
         except ValueError:  # a file the user added since the check: the old set goes back
             for name in folders:
                 if (old / name).exists() and not (root / name).exists():
                     os.replace(old / name, root / name)
             shutil.rmtree(folder)
             raise
-        if marker.get("replace"):
+        if marker["replace"]:
             (root / "manifest.json").unlink(missing_ok=True)  # the earlier set's
         old.rmdir()
         marker["phase"] = "move"
         write_json(folder / MARKER, marker)
-    for name in marker["order"]:
+    for name in order:
         source, target = folder / name, root / name
         if not source.exists():
             continue  # moved before an interruption, or not part of this set

@@ -429,7 +429,8 @@ def make_photos(
     names = [spec.name for spec in chosen]
     arguments = {k: v for k, v in manifest.items() if k != "sets"} | {"sets": names}
     generated.check_place(root, "photo suite")
-    if (done := generated.recover(root, "make-photos", arguments)) is not None:
+    every, made = [spec.name for spec in SETS], _made(root)
+    if (done := generated.recover(root, "make-photos", arguments, every, made)) is not None:
         return done  # an interrupted run of this command had written every image
     retire = _check_root(root, manifest, names, overwrite)
 
@@ -468,15 +469,7 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
             "size or sets); pass overwrite=True (--overwrite) to replace it, or "
             "choose another folder"
         )
-    known = {spec.name for spec in SETS}
-    made: set[str] = set()
-    sets = previous.get("sets") or {}
-    for name, info in sets.items():
-        if name not in known:  # a manifest names only the generator's sets: never "..", "/x"
-            raise ValueError(
-                f"{old} names a set {name!r} this generator never makes; nothing was deleted"
-            )
-        made |= manifest_files((info or {}).get("images") or {}, prefix=f"{name}/")
+    made, sets = _made(root) or set(), previous.get("sets") or {}
     theirs = [name for name in names if name not in sets and (root / name).exists()]
     if theirs:
         raise ValueError(
@@ -486,3 +479,20 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
     folders = [name for name in sets if (root / name).exists()]
     generated.check_made(root, folders, made)
     return folders, made
+
+
+def _made(root: Path) -> set[str] | None:
+    """The files the suite's `manifest.json` in `root` lists; None when it is none of ours."""
+    previous = generated.read_manifest(root / "manifest.json")
+    if not isinstance(previous, dict) or previous.get("generator") != GENERATOR:
+        return None
+    made, sets = set(), previous.get("sets")
+    for name, info in (sets if isinstance(sets, dict) else {}).items():
+        if name not in {spec.name for spec in SETS}:  # never "..", "/x"
+            raise ValueError(
+                f"{root / 'manifest.json'} names a set {name!r} this generator never makes; "
+                "nothing was deleted"
+            )
+        images = info.get("images") if isinstance(info, dict) else None
+        made |= manifest_files(images if isinstance(images, dict) else {}, prefix=f"{name}/")
+    return made
