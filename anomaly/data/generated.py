@@ -251,7 +251,8 @@ def _damage(marker: dict, order: list[str]) -> str:
         return f"files {str(files)[:80]!r} is not a list"
     for rel in files:
         if not plain_relative(rel) or rel.split("/")[0] not in folders or "/" not in rel:
-            return f"files lists {str(rel)[:80]!r}, not a path inside {', '.join(folders)}"
+            inside = f"inside {', '.join(folders)}" if folders else "in one of its folders (none)"
+            return f"files lists {str(rel)[:80]!r}, which is not a path {inside}"
     return ""
 
 
