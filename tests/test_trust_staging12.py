@@ -237,3 +237,12 @@ def test_an_interrupted_run_and_a_read_only_folder_say_what_to_do(
     err = capsys.readouterr().err
     assert f"cannot write the make-cookies data set in {root} (Read-only file system)" in err
     assert "choose a writable folder" in err and "Errno" not in err
+
+
+def test_root_that_is_a_broken_link_is_named(tmp_path):
+    """make-cookies into a ROOT that is a link to nowhere said '[Errno 17] File exists'."""
+    root = tmp_path / "data"
+    root.symlink_to(tmp_path / "moved-away")
+    with pytest.raises(ValueError, match=r"data is a symbolic link to .*moved-away, which does"):
+        make_cookies(root, preset="tiny", seed=1, size=64)
+    assert root.is_symlink() and not (tmp_path / "moved-away").exists()

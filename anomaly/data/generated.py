@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from anomaly.data.files import broken_link
 from anomaly.safe_files import (
     check_removable,
     pid_alive,
@@ -47,11 +48,13 @@ _OLD = ".old"  # inside the staging folder: the earlier set's folders, being del
 
 
 def check_place(root: Path, what: str) -> None:
-    """Refuse a `root` that is a file, lies under a file, or lies inside a data set (a folder
-    that holds train/ and test/): `what` written into `ROOT/test/new` would add a defect kind
-    `new` to that set."""
+    """Refuse a `root` that is a file or a broken link, lies under a file, or lies inside a data
+    set (a folder that holds train/ and test/): `what` written into `ROOT/test/new` would add a
+    defect kind `new` to that set."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file; choose a folder to write the {what} in")
+    if root.is_symlink() and not root.exists():
+        raise ValueError(f"{root} is {broken_link(root)}, or choose another folder")
     root = Path(root).absolute()
     for parent in root.parents:
         if parent.exists() and not parent.is_dir():
