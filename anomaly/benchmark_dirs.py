@@ -74,12 +74,15 @@ def _made_and_left(path: Path) -> tuple[list[Path], list[str], bool]:
     provably, so it is left too (named with a trailing /)."""
     mark = path / MARK
     try:
-        listed = json.loads(mark.read_text() or "{}").get("files")
+        record = json.loads(mark.read_text() or "{}")
+        listed, hashes = record.get("files"), record.get("sha256") or {}
     except (OSError, ValueError, AttributeError):
+        hashes = None
+    if not isinstance(hashes, dict):  # unreadable, not an object, or hashes not a mapping
         raise BenchmarkError(
             f"{mark} is damaged, so what the benchmark wrote in {path} is unknown and nothing "
             "was deleted; move the folder away or choose another --out"
-        ) from None
+        )
     found = [p for p in path.rglob("*") if p.name != MARK or p.parent != path]
     files = [p for p in found if p.is_symlink() or not p.is_dir()]
     if listed is None:
@@ -90,7 +93,7 @@ def _made_and_left(path: Path) -> tuple[list[Path], list[str], bool]:
     else:
         listed = {path / rel for rel in listed if isinstance(rel, str)}
         made = [p for p in files if p in listed]
-    changed = _changed(path, made) if listed is not None else []
+    changed = _changed(path, made, hashes) if listed is not None else []
     made = [p for p in made if p not in changed]
     left = [str(p.relative_to(path)) for p in files if p not in made and p not in changed]
     left += [f"{p.relative_to(path)} (changed since)" for p in changed]
@@ -99,19 +102,11 @@ def _made_and_left(path: Path) -> tuple[list[Path], list[str], bool]:
     return made, sorted(left), listed is not None
 
 
-def _changed(path: Path, made: list[Path]) -> list[Path]:
-    """The files of `made` whose SHA-256 is not the one the mark recorded when the run was
-    sealed (a threshold saved from the explorer, a run scored again): a user's work now. A file
-    without a recorded hash (a mark from before hashes were recorded) counts as unchanged."""
-    try:
-        hashes = json.loads((path / MARK).read_text() or "{}").get("sha256") or {}
-    except (OSError, ValueError, AttributeError):
-        hashes = None
-    if not isinstance(hashes, dict):
-        raise BenchmarkError(
-            f"{path / MARK} is damaged, so what the benchmark wrote in {path} is unknown and "
-            "nothing was deleted; move the folder away or choose another --out"
-        )
+def _changed(path: Path, made: list[Path], hashes: dict) -> list[Path]:
+    """The files of `made` whose SHA-256 is not the one the mark recorded (`hashes`) when the
+    run was sealed (a threshold saved from the explorer, a run scored again): a user's work now.
+    A file without a recorded hash (a mark from before hashes were recorded) counts as
+    unchanged."""
     recorded = {p: hashes.get(str(p.relative_to(path))) for p in made}
     return [p for p, h in recorded.items() if h is not None and sha256_file(p) != h]
 
