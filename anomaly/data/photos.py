@@ -239,7 +239,8 @@ def make_photos(
     names = [spec.name for spec in chosen]
     arguments = {k: v for k, v in manifest.items() if k != "sets"} | {"sets": names}
     generated.check_place(root, "photo suite")
-    every, made = [spec.name for spec in SETS], _made(root)
+    every = [spec.name for spec in SETS]
+    made = _made(root, generated.read_manifest(root / "manifest.json"))
     if (done := generated.recover(root, "make-photos", arguments, every, made)) is not None:
         return done  # an interrupted run of this command had written every image
     retire = _check_root(root, manifest, names, overwrite)
@@ -279,7 +280,7 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
             "size or sets); pass overwrite=True (--overwrite) to replace it, or "
             "choose another folder"
         )
-    made, sets = _made(root) or set(), previous.get("sets") or {}
+    made, sets = _made(root, previous) or set(), previous.get("sets") or {}
     theirs = [name for name in names if name not in sets and (root / name).exists()]
     if theirs:
         raise ValueError(
@@ -291,9 +292,9 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
     return folders, made
 
 
-def _made(root: Path) -> set[str] | None:
-    """The files the suite's `manifest.json` in `root` lists; None when it is none of ours."""
-    previous = generated.read_manifest(root / "manifest.json")
+def _made(root: Path, previous: dict | None) -> set[str] | None:
+    """The files the suite's manifest `previous` (read from `root`) lists; None when it is none
+    of ours."""
     if not isinstance(previous, dict) or previous.get("generator") != GENERATOR:
         return None
     made, sets = set(), previous.get("sets")
