@@ -24,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+from anomaly.data.files import named
 from anomaly.runs import RunDir
 from anomaly.safe_files import sha256_file, temporary_beside
 
@@ -122,7 +123,7 @@ def check_dir(path: str | Path) -> None:
         raise _not_ours(path)
     _, left, sealed = _made_and_left(path)
     if left:
-        named = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        listed = named(left, 5)
         what = (
             "files the benchmark did not make"
             + (" or changed since it wrote them" if any("(changed" in n for n in left) else "")
@@ -132,7 +133,7 @@ def check_dir(path: str | Path) -> None:
             "run writes"
         )
         raise BenchmarkError(
-            f"{path} holds {what} ({named}), so nothing was removed or rerun. Move them away "
+            f"{path} holds {what} ({listed}), so nothing was removed or rerun. Move them away "
             "or choose another --out"
         )
 

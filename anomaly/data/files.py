@@ -52,13 +52,19 @@ def scan_images(
     return images, broken, stray
 
 
+def named(texts, k: int, sep: str = ", ") -> str:
+    """'a, b, c and 4 more': the first `k` of `texts` named, the rest counted (one warning or
+    error stays readable however many files it is about)."""
+    texts = list(texts)
+    return sep.join(texts[:k]) + (f" and {len(texts) - k} more" if len(texts) > k else "")
+
+
 def skipped(stray: list[Path], folders: str) -> str:
     """What `scan_images` says about `stray` (entries of a folder that are not images): each one
     named, and what to do; `folders` says what to do about a sub-folder ({name}: its path)."""
 
     def names(entries: list[Path], tail: str = "") -> str:
-        more = f" and {len(entries) - NAMED} more" * (len(entries) > NAMED)
-        return ", ".join(p.name + tail for p in entries[:NAMED]) + more
+        return named([p.name + tail for p in entries], NAMED)
 
     dirs = [p for p in stray if p.is_dir()]
     files = [p for p in stray if not p.is_dir()]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from anomaly.data.files import IMAGE_EXTENSIONS, DataError
+from anomaly.data.files import IMAGE_EXTENSIONS, DataError, named
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
 SMALL_FACTOR = 2.0  # a training image whose shorter side is this many times under --size is named
@@ -209,9 +209,8 @@ def _scaled(bits: int) -> str:
 
 def _few(paths: list[str], n: int, verb: str = "are") -> str:
     """'K of the N training images (a, b, c and K-3 more) are' ('is'/'has' for one image)."""
-    more = f" and {len(paths) - NAMED} more" * (len(paths) > NAMED)
     verb = {"are": "is", "have": "has"}[verb] if len(paths) == 1 else verb
-    return f"{len(paths)} of the {n} training images ({', '.join(paths[:NAMED])}{more}) {verb}"
+    return f"{len(paths)} of the {n} training images ({named(paths, NAMED)}) {verb}"
 
 
 def warn_mixed(paths, channels: int, size: int) -> list[str]:

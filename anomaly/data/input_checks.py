@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from anomaly.data.files import DataError, broken_link, scan_images
+from anomaly.data.files import DataError, broken_link, named, scan_images
 from anomaly.data.masks import read_mask
 
 NAMED = 3  # files named in one warning; the rest are counted
@@ -30,10 +30,6 @@ def subfolders(folder: Path) -> list[Path]:
     return found
 
 
-def _more(n: int) -> str:
-    return f"; and {n - NAMED} more" if n > NAMED else ""
-
-
 def warn_missing_masks(samples, mask_root: Path | None) -> None:
     """Warn, naming the first few, about defective `samples` (`folder.Sample`s) with no mask when
     others have one: each is left out of the pixel metrics, which only counted them before. Says
@@ -43,14 +39,18 @@ def warn_missing_masks(samples, mask_root: Path | None) -> None:
     missing = [s for s in defective if s.mask_path is None]
     if mask_root is None or not missing or len(missing) == len(defective):
         return
-    named = "; ".join(
-        f"{s.path} (its mask goes in {mask_root / s.defect / Path(s.path).stem}_mask.png)"
-        for s in missing[:NAMED]
+    where = named(
+        [
+            f"{s.path} (its mask goes in {mask_root / s.defect / Path(s.path).stem}_mask.png)"
+            for s in missing
+        ],
+        NAMED,
+        sep="; ",
     )
     has, they = ("has", "it is") if len(missing) == 1 else ("have", "they are")
     warnings.warn(
         f"{len(missing)} of the {len(defective)} defective test images {has} no mask, so "
-        f"{they} left out of the pixel metrics: {named}{_more(len(missing))}. Save each mask "
+        f"{they} left out of the pixel metrics: {where}. Save each mask "
         "there (the image's size, non-zero pixels = defect); without one, an image counts in "
         "the image metrics only",
         stacklevel=3,
@@ -70,9 +70,9 @@ def warn_good_masks(folder: Path, defects: str) -> None:
             continue  # ignored all the same; an unreadable file is nothing we use
     if not marked:
         return
-    named = ", ".join(str(m) for m in marked[:NAMED]) + _more(len(marked))
     warnings.warn(
-        f"{folder}: {len(marked)} mask(s) of good images mark a defect ({named}), and are "
+        f"{folder}: {len(marked)} mask(s) of good images mark a defect "
+        f"({named(map(str, marked), NAMED)}), and are "
         "ignored: a good image has no defect, so its mask is all zeros. If those images have "
         f"defects, move them to {defects} and their masks to {folder.parent}/<defect>/; else "
         "delete the masks",
