@@ -10,8 +10,10 @@ to copy; its names are importable from here too); `predict --onnx` is
 
 Only `patchknn` runs export (and `auto` runs that chose patchknn: their choice is exported):
 the other methods' scores are not one traced graph of fixed size.
-The file always searches the whole memory bank: a run trained with an approximate search
-(`--search-clusters`) exports the exact search, whose scores are never higher than the run's.
+The file searches the patches the run searches (`--search-refine`: the choice of patches is
+part of the traced graph, and makes the same choice wherever the distances agree), always
+against the whole memory bank: a run trained with an approximate search (`--search-clusters`)
+exports the exact search, whose scores are never higher than the run's.
 The backbone is traced from torch whatever the run's `--runtime`.
 """
 

@@ -118,6 +118,10 @@ SETTINGS: dict[str, dict] = {
     },
     # the exact search in 8-bit integers (search_precision int8, anomaly.detectors.knn.Int8Search)
     "default-int8": {"method": "patchknn", "runtime": "onnxruntime", "search_precision": "int8"},
+    # every patch searched (search_refine 1; the defaults search 40 % of them, the rest
+    # interpolated: anomaly.detectors.knn.coarse_to_fine)
+    "default-exact": {"method": "patchknn", "runtime": "onnxruntime", "search_refine": 1.0},
+    "x2-6-10-exact": {**FINE_448, "search_refine": 1.0},
     # the defaults at other image sizes and map smoothings (docs/measurements.md, 2026-12-02)
     "default-128": {"method": "patchknn", "size": 128},
     "default-160": {"method": "patchknn", "size": 160},

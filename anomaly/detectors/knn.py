@@ -9,16 +9,19 @@ Schmid, "Product Quantization for Nearest Neighbor Search", TPAMI 2011), that co
 query with a few clusters only. `Int8Search` is the exact search's arithmetic in 8-bit integers
 (`config.search_precision` "int8"), for onnxruntime on a CPU: about half the float search's time
 on a CPU with AVX512-VNNI, each distance within a stated bound (`Int8Search.error_bound`).
-`anomaly.detectors.patchknn` uses all four.
+`anomaly.detectors.patchknn` uses all four, each through `coarse_to_fine`, which decides which
+patches of a grid are searched at all (`config.search_refine`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CHUNK_ELEMENTS = 2**19  # rows x bank entries of one distance block (2 MB of float32: in cache)
@@ -66,6 +69,61 @@ def nearest_distances(
             near = partial.topk(k, dim=1, largest=False).values
         out[i : i + rows] = near.add_((q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt_().mean(1)
     return out
+
+
+def coarse_to_fine(
+    features: torch.Tensor, search: Callable[[torch.Tensor], torch.Tensor], refine: float
+) -> torch.Tensor:
+    """Distances of a patch grid `features` [B, h, w, D] to the bank -> [B, h, w], searching
+    every patch only where the map is high.
+
+    `search(queries [M, D]) -> [M]` runs first on every other row and column of the grid (a
+    quarter of the patches). Every other patch gets an estimate, the largest searched distance
+    within one cell of it; the `refine` fraction of them with the largest estimates, per image,
+    is searched too, and the rest take the bilinear interpolation of their searched neighbours.
+    So the high region of each map, which the image score and a pixel threshold read, holds
+    searched distances, and only the low ground between them is interpolated (the measured cost
+    is in docs/measurements.md). A patch far above all of its searched neighbours would be
+    missed, but a backbone's receptive fields overlap (one cell of a stride-4 stage sees tens of
+    pixels), so whatever moves one patch's features moves its neighbours' too. `refine` 1
+    searches every patch: `search` of all of them.
+
+    The choice is made without arithmetic on the distances (copies, maxima and an order), and
+    ties at the cut are broken by position, so a traced graph (`anomaly.export`) chooses the same
+    patches as the detector did wherever their searched distances agree.
+    """
+    b, h, w, d = (int(n) for n in features.shape)  # plain numbers while traced, too: the
+    if refine >= 1 or h < 3 or w < 3:  # export's graph is for one fixed size
+        return search(features.reshape(-1, d)).view(b, h, w)
+    coarse = features[:, ::2, ::2]
+    ch, cw = (h + 1) // 2, (w + 1) // 2
+    near = search(coarse.reshape(-1, d)).view(b, 1, ch, cw)
+    up = F.interpolate(near, size=(2 * ch, 2 * cw), mode="nearest")[..., :h, :w]
+    on_rows = torch.arange(h, device=features.device) % 2 == 0
+    on_cols = torch.arange(w, device=features.device) % 2 == 0
+    searched = on_rows[:, None] & on_cols[None, :]
+    # distances are >= 0, so -1 is never the largest of a neighbourhood, nor chosen below
+    estimate = F.max_pool2d(torch.where(searched, up, -1.0), 3, stride=1, padding=1)
+    estimate = estimate.reshape(b, h * w).masked_fill(searched.reshape(1, h * w), -1.0)
+    # fine cell y lies at coarse coordinate y / 2: corners aligned on 2 ch - 1 cells, then the
+    # last row and column of an even grid copied out
+    between = F.interpolate(
+        near, size=(2 * ch - 1, 2 * cw - 1), mode="bilinear", align_corners=True
+    )
+    between = F.pad(between, (0, w - 2 * cw + 1, 0, h - 2 * ch + 1), mode="replicate")
+    out = torch.where(searched, up, between).reshape(b, h * w)
+    k = round(refine * (h * w - ch * cw))
+    if k <= 0:
+        return out.view(b, h, w)
+    cut = estimate.topk(k, dim=1).values[:, -1:]  # the k-th largest, whatever the ties' order
+    above = estimate > cut
+    at_cut = estimate == cut
+    wanted = k - above.sum(1, keepdim=True)  # filled from the ties at the cut, first first
+    chosen = above | (at_cut & (at_cut.long().cumsum(1) <= wanted))
+    index = chosen.to(features.dtype).topk(k, dim=1).indices  # exactly the k chosen, any order
+    picked = features.reshape(b, h * w, d).gather(1, index.unsqueeze(2).expand(b, k, d))
+    out = out.scatter(1, index, search(picked.reshape(b * k, d)).view(b, k))
+    return out.view(b, h, w)
 
 
 class ExactSearch(nn.Module):
