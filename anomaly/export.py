@@ -11,9 +11,12 @@ to copy; its names are importable from here too); `predict --onnx` is
 Only `patchknn` runs export (and `auto` runs that chose patchknn: their choice is exported):
 the other methods' scores are not one traced graph of fixed size.
 The file searches the patches the run searches (`--search-refine`: the choice of patches is
-part of the traced graph, and makes the same choice wherever the distances agree), always
-against the whole memory bank: a run trained with an approximate search (`--search-clusters`)
-exports the exact search, whose scores are never higher than the run's.
+part of the traced graph), always against the whole memory bank: a run trained with an
+approximate search (`--search-clusters`) exports the exact search, whose scores are never
+higher than the run's. The choice is the same wherever the two compute the same distances; where
+rounding swaps two distances at the cut, one patch of the low ground is searched in one and
+interpolated in the other (1 of 140 cookie test images in one check: its map differed by up
+to 2.8 % of its maximum there, while every image score agreed within 3e-6).
 The backbone is traced from torch whatever the run's `--runtime`.
 """
 
