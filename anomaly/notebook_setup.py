@@ -21,7 +21,8 @@ def home() -> Path:
 
     $ANOMALY_HOME when set; otherwise the current working folder, except that a working folder
     named `notebooks` (where Jupyter starts a notebook of this repository) means its parent, so
-    the notebooks reuse the `runs/benchmark` that `make benchmark` wrote at the top.
+    the notebooks reuse the `runs/benchmark` that `make benchmark` wrote at the top (and train
+    what it lacks in `runs/notebooks`).
     """
     value = os.environ.get(HOME_ENV, "").strip()
     if value:
@@ -70,6 +71,22 @@ class Settings:
     data_dir: Path
     runs_dir: Path
     seed: int = 7
+
+    @property
+    def own_runs(self) -> Path:
+        """Where the notebooks train runs of their own: `runs/notebooks`, beside the
+        `runs/benchmark` of `make benchmark` (a smoke run: `runs_dir` itself). The benchmark
+        deletes nothing it did not make, so a run a notebook trained in its folder stopped
+        `make benchmark` until the reader moved it away."""
+        return self.runs_dir if self.smoke else self.runs_dir.parent / "notebooks"
+
+    def run_folder(self, name: str) -> Path:
+        """The run `name` to show: the benchmark's (`runs_dir/name`) when it holds a scored run,
+        else the notebooks' own (`own_runs/name`, trained there if it is not yet)."""
+        from anomaly.runs import RunDir
+
+        made = self.runs_dir / name
+        return made if RunDir(made).has_metrics() else self.own_runs / name
 
 
 def light_figures(dpi: int = 72, quality: int = 80) -> None:
@@ -136,22 +153,21 @@ def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> P
 def ensure_run(
     s: Settings, method: str, data: Path | None = None, source: str | None = None, **overrides
 ) -> Path:
-    """The run folder `runs_dir/<method>`: trained and scored now unless it already exists.
-
-    With the default settings this is the same folder `make benchmark` writes, so the notebooks
-    show the benchmark's runs instead of training them twice.
+    """The scored run of `method` (`Settings.run_folder`): the one `make benchmark` wrote when
+    there is one, so the notebooks show the benchmark's runs instead of training them twice;
+    else trained and scored now in the notebooks' own folder, unless it is there already.
     """
     from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import RunDir, load_config
 
-    run = s.runs_dir / (method if source is None else f"{source}_{method}")
+    run = s.run_folder(method if source is None else f"{source}_{method}")
     if RunDir(run).has_metrics():
         print(f"using the trained run {_shown(run)}")
         return run
     _check_writable(run)
     if source is not None:
-        src = s.runs_dir / source
+        src = s.run_folder(source)
         config = load_config(src).replace(method=method, source_run=str(src), seed=s.seed)
     else:
         sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}

@@ -46,12 +46,13 @@ def original_overlay(image, recon, steps=(1, 2, 3, 4), top: int = 5) -> np.ndarr
 
 
 def original_runs(s, data: Path) -> dict[str, Path]:
-    """The original recipe's UNet and its k-means (`runs_dir/unet_original[_kmeans]`), trained
-    and scored now unless they exist; smoke settings shrink them as `notebook.ensure_run` does."""
+    """The original recipe's UNet and its k-means (`unet_original[_kmeans]`: the benchmark's
+    runs where it made them, else the notebooks' own, `Settings.run_folder`), trained and scored
+    now unless they exist; smoke settings shrink them as `notebook.ensure_run` does."""
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import RunDir, load_config
 
-    unet, km = s.runs_dir / "unet_original", s.runs_dir / "unet_original_kmeans"
+    unet, km = s.run_folder("unet_original"), s.run_folder("unet_original_kmeans")
     if not RunDir(unet).has_metrics():
         sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
         config = Config.for_method("unet", recipe="original", data=str(data), seed=s.seed, **sizes)

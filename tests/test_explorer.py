@@ -441,6 +441,14 @@ def test_compare_two_runs_on_the_same_images():
     assert len(g.zoom_images.children) == 4  # image, evidence, mask, the other's evidence
 
 
+def test_report_into_a_folder_not_made_yet(pred, tmp_path):
+    """Notebook 05 writes its report into runs/notebooks, which exists only once a notebook
+    trained a run of its own."""
+    pred.save(tmp_path / "predictions.npz")
+    path = ThresholdExplorer(tmp_path).export_report(tmp_path / "new" / "report_05.html")
+    assert path.read_text().startswith("<!DOCTYPE html>")
+
+
 def test_report_is_self_contained_html(pred, tmp_path):
     pred.save(tmp_path / "predictions.npz")
     ex = ThresholdExplorer(tmp_path)

@@ -466,6 +466,7 @@ class ThresholdExplorer:
                 "replaced; move it away, or pass export_report another path"
             )
         text = self.report_html().encode("utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
         return _atomic(path, lambda f: f.write(text))
 
     def _on_report(self, _button) -> None:
