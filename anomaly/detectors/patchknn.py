@@ -63,6 +63,7 @@ from __future__ import annotations
 import importlib.util
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -206,10 +207,8 @@ class PatchKNN(Detector):
         if self._use_onnxruntime(images):
             session = self._session(images.shape[1:])
             step = max(1, ORT_CHUNK_PIXELS // pixels)
-            feats = [
-                torch.from_numpy(session.run(None, {"images": chunk.numpy()})[0])
-                for chunk in images.contiguous().split(step)
-            ]
+            chunks = [chunk.numpy() for chunk in images.contiguous().split(step)]
+            feats = [torch.from_numpy(f) for f in session.run_all(chunks)]
             return torch.cat(feats).permute(0, 2, 3, 1)
         step = len(images)
         if images.device.type == "cpu":
@@ -250,11 +249,8 @@ class PatchKNN(Detector):
         session, search = self._sessions["search"]
         queries = queries.to(torch.float32).contiguous()
         step = max(8, min(SEARCH_ROWS, SEARCH_ELEMENTS // len(self.bank)))
-        out = torch.empty(len(queries))
-        for i, rows in enumerate(queries.split(step)):
-            out[i * step : i * step + len(rows)] = torch.from_numpy(
-                session.run(None, {"images": rows.numpy()})[0]
-            )
+        blocks = session.run_all([rows.numpy() for rows in queries.split(step)])
+        out = torch.from_numpy(np.concatenate(blocks)) if blocks else torch.empty(0)
         return search.exact_rows(queries, out) if self.int8 else out
 
     def fit(
