@@ -36,3 +36,29 @@ def test_one_thread_runs_one_session(monkeypatch):
     x = np.ones((2, 3, 4, 4), np.float32)
     (out,) = session.run_all([x])
     np.testing.assert_allclose(out, session.run(None, {"images": x})[0])
+
+
+def test_a_forked_child_runs_on_a_pool_of_its_own(monkeypatch):
+    """A child forked after the pool started (a DataLoader worker) would wait forever on the
+    parent's threads, which it does not have."""
+    import multiprocessing
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    net = nn.Conv2d(3, 2, 1).eval()
+    session = onnxruntime_session(net, torch.zeros(1, 3, 4, 4), "features")
+    inputs = [np.ones((1, 3, 4, 4), np.float32)] * 3
+    session.run_all(inputs)  # the pool is running now
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+
+    def child() -> None:  # forked: the session is the parent's, no pickling
+        results.put([o.shape for o in session.run_all(inputs)])
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    proc.join(timeout=60)
+    alive = proc.is_alive()
+    if alive:
+        proc.kill()
+    assert not alive, "the forked child hung on the parent's thread pool"
+    assert results.get(timeout=5) == [(1, 2, 4, 4)] * 3
