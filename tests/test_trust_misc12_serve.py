@@ -30,9 +30,7 @@ DRIVER = textwrap.dedent(
 )
 
 
-def wait_for(path, proc, timeout=120):
-    """The pid the fake server wrote once it started (a ceiling, not a timing: on a loaded
-    2-core machine a Python start-up with the package's imports took over 30 s once)."""
+def wait_for(path, proc, timeout=30):
     end = time.monotonic() + timeout
     while not path.exists():
         assert proc.poll() is None, f"explore ended, rc {proc.returncode}, before {path}"
