@@ -13,9 +13,15 @@ import pytest
 
 DRIVER = textwrap.dedent(
     """
+    import signal
     import sys
     import anomaly.explorer.runs
     from anomaly.explorer import server
+
+    # explore leaves an ignored signal ignored (nohup means it); run under nohup or as a
+    # background job, this driver would inherit that, so it starts from the defaults
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
     folder = sys.argv[1]
     anomaly.explorer.runs.collect_runs = lambda runs: None
