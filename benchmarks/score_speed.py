@@ -12,8 +12,8 @@ load hits all of them alike), it times:
 - extractor: `PatchKNN.embed` on the decoded images, in batches of the run's batch size;
 - search: the exact nearest-neighbour search of those features in the memory bank, by torch
   (`nearest_distances`) and by onnxruntime (`PatchKNN._search`, what runtime auto runs), both
-  on every patch, and the run's own search (`PatchKNN.patch_scores` after the extractor: with
-  `search_refine` below 1, `anomaly.detectors.knn.coarse_to_fine` searches only some patches);
+  on every patch, and the run's own search (`PatchKNN.grid_distances`: with `search_refine`
+  below 1, `anomaly.detectors.knn.coarse_to_fine` searches only some patches);
 - map+score: the patch grids upsampled and smoothed into maps, and the image scores;
 - predict: `detector.predict` over `pipeline.decoding_loader` (what `score` times as
   predict_images_per_s), for every --workers and --batch-sizes; with --torch-search also with
@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from anomaly.data import AnomalyDataset
-from anomaly.detectors.knn import coarse_to_fine, nearest_distances
+from anomaly.detectors.knn import nearest_distances
 from anomaly.maps import image_score
 from anomaly.pipeline import decoding_loader, load_run, score_run, train_run
 
@@ -99,7 +99,7 @@ def stages(detector, test: AnomalyDataset, batch: int) -> dict:
 
     def search_run():
         for f in feats.split(batch):
-            coarse_to_fine(f, detector._distances, getattr(cfg, "search_refine", 1.0))
+            detector.grid_distances(f)
 
     def map_score():
         for p in patches.split(batch):

@@ -304,8 +304,13 @@ class PatchKNN(Detector):
         """Distance of every patch to the memory bank: [B, h, w]."""
         if self.bank is None:
             raise RuntimeError("patchknn: call fit() (or load a run) before predicting")
+        return self.grid_distances(self.embed(images))
+
+    def grid_distances(self, features: torch.Tensor) -> torch.Tensor:
+        """Distances of patch features [B, h, w, D] to the bank -> [B, h, w], by the run's
+        search on the patches `config.search_refine` chooses (`coarse_to_fine`)."""
         refine = float(getattr(self.config, "search_refine", 1.0))  # runs before it: 1
-        return coarse_to_fine(self.embed(images), self._distances, refine)
+        return coarse_to_fine(features, self._distances, refine)
 
     def _distances(self, queries: torch.Tensor) -> torch.Tensor:
         """Distance of each patch feature [M, D] to the bank -> [M], by the run's search."""
