@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a cookie data set made here before with other settings (only "
-        "a folder this generator made: never one without its manifest.json)",
+        "a folder this generator made: never one without its manifest.json; never a file edited since it was made)",
     )
 
     photos = (
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a photo suite made here before (only a folder this generator "
-        "made: never one without its manifest.json)",
+        "made: never one without its manifest.json; never a file edited since it was made)",
     )
 
     p = sub.add_parser(

@@ -23,6 +23,8 @@ from anomaly.data.files import manifest_files
 from anomaly.data.generated import (
     check_made,
     check_place,
+    check_unedited,
+    intact,
     read_manifest,
     recover,
     write_png,
@@ -128,6 +130,8 @@ def make_cookies(
     if (done := recover(root, "make-cookies", settings, list(_FOLDERS), made)) is not None:
         return done  # an interrupted run of this command had written every image
     retire = _check_root(root, settings, overwrite)
+    if retire is None and intact(root, previous := read_manifest(root / "manifest.json")):
+        return previous  # the same set again, every file as written: nothing to do
 
     def write(folder: Path) -> dict:
         from tqdm.auto import tqdm
@@ -162,6 +166,7 @@ def _check_root(root: Path, settings: dict, overwrite: bool) -> tuple[list, set]
     previous = read_manifest(root / "manifest.json")
     made = _made(previous)
     if made is not None and {key: previous.get(key) for key in settings} == settings:
+        check_unedited(root, previous, "make-cookies", "making it again")
         return None  # the same set again: each file is replaced by the same bytes
     if made is None:
         raise ValueError(
@@ -177,6 +182,7 @@ def _check_root(root: Path, settings: dict, overwrite: bool) -> tuple[list, set]
         )
     folders = [name for name in reversed(_FOLDERS) if (root / name).exists()]
     check_made(root, folders, made)
+    check_unedited(root, previous, "make-cookies", "--overwrite")
     return folders, made
 
 

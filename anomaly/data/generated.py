@@ -21,10 +21,18 @@ mount point), ROOT's parent need not be writable, and nothing appears next to RO
 `--overwrite` replaces only what the earlier manifest lists (`anomaly.safe_files.remove_made`):
 its folders are moved into the staging folder, each in one rename, and deleted there, so ROOT
 never holds part of the old set.
+
+The manifest also records each file's SHA-256 (`FINGERPRINTS`). Before replacing anything, a
+rerun (the same settings, or `--overwrite`) checks them: a file the user has edited since (a
+mask redrawn, an image retouched) is never replaced or deleted; the run is refused with nothing
+changed and names the file. The same set again, every file present and unedited, is left as it
+is (nothing is written). A manifest from before the fingerprints cannot tell: its files are
+replaced by the same bytes, as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +52,7 @@ from anomaly.safe_files import (
 )
 
 MARKER = "generator.json"
+FINGERPRINTS = "sha256"  # manifest key: {file relative to ROOT: SHA-256 of the bytes written}
 _OLD = ".old"  # inside the staging folder: the earlier set's folders, being deleted
 
 
@@ -73,6 +82,65 @@ def read_manifest(path: Path) -> dict | None:
     except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def edited(root: Path, manifest: dict | None) -> list[str]:
+    """The files (relative to `root`) that `manifest`, one its generator wrote in `root`, says
+    it made and that now differ from what it wrote: other bytes, or a link or folder in a
+    file's place. A missing file is not edited (the set is made again with it); nor is anything
+    of a manifest without fingerprints, or an entry that is no plain relative path (the
+    manifest may be someone else's: those are never read)."""
+    prints = manifest.get(FINGERPRINTS) if isinstance(manifest, dict) else None
+    if not isinstance(prints, dict):
+        return []
+    changed = []
+    for rel, digest in sorted(prints.items()):
+        if not plain_relative(rel) or not isinstance(digest, str):
+            continue
+        path = root / rel
+        if path.is_symlink() or (path.exists() and (not path.is_file() or _sha256(path) != digest)):
+            changed.append(rel)
+    return changed
+
+
+def check_unedited(root: Path, manifest: dict | None, generator: str, action: str) -> None:
+    """Refuse, before anything is written, a rerun that would replace or delete (`action`, in
+    words) a file the user has edited since `generator` wrote it (`edited`)."""
+    if changed := edited(root, manifest):
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ValueError(
+            f"{root / changed[0]}{more} changed after {generator} wrote it (its bytes differ "
+            f"from the SHA-256 in {root / 'manifest.json'}), and {action} would lose that edit; "
+            f"nothing was changed. Copy what you edited out of {root}, then move it away (the "
+            "command makes it again) and run the command again, or choose another folder"
+        )
+
+
+def intact(root: Path, manifest: dict | None) -> bool:
+    """Whether every file `manifest` fingerprints is in `root` with the bytes its generator
+    wrote: the same set again needs nothing written."""
+    prints = manifest.get(FINGERPRINTS) if isinstance(manifest, dict) else None
+    if not isinstance(prints, dict) or not prints:
+        return False
+    return all(plain_relative(rel) and (root / rel).is_file() for rel in prints) and not edited(
+        root, manifest
+    )
+
+
+def _fingerprints(folder: Path, order: list[str]) -> dict[str, str]:
+    """SHA-256 of every file in the staging `folder`'s set folders (`order`), by its path
+    relative to ROOT."""
+    prints = {}
+    for name in order:
+        for dirpath, _, names in os.walk(folder / name):
+            for n in names:
+                path = Path(dirpath) / n
+                prints[path.relative_to(folder).as_posix()] = _sha256(path)
+    return dict(sorted(prints.items()))
 
 
 def write_png(array: np.ndarray, path: Path) -> None:
@@ -313,6 +381,7 @@ def write_staged(
         ) from None
     try:
         manifest = write(folder)
+        manifest[FINGERPRINTS] = _fingerprints(folder, order)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     except BaseException:  # Ctrl-C too: nothing of this run is left behind
         shutil.rmtree(folder, ignore_errors=True)
