@@ -204,20 +204,15 @@ def yardsticks(batch: int) -> dict:
 
 
 def search_only(detector, test: _InMemory):
-    """() -> None: the detector's `patch_scores` on `test` in batches of `config.batch_size`,
-    its features extracted once here, so only the search (and its reshapes) runs."""
+    """() -> None: the detector's search (`grid_distances`) on `test` in batches of
+    `config.batch_size`, its features extracted once here."""
     images = torch.stack([it["image"] for it in test.items]).split(detector.config.batch_size)
     feats = [detector.embed(batch) for batch in images]
-    embed = detector.embed
 
     def run() -> None:
-        cached = iter(feats)
-        detector.embed = lambda _images: next(cached)
-        try:
-            for batch in images:
-                detector.patch_scores(batch)
-        finally:
-            detector.embed = embed
+        with torch.inference_mode():
+            for features in feats:
+                detector.grid_distances(features)
 
     run()  # warm-up: builds the search's session
     return run
