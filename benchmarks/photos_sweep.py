@@ -128,6 +128,8 @@ SETTINGS: dict[str, dict] = {
     "default-256": {"method": "patchknn", "size": 256},
     "default-sigma4": {"method": "patchknn", "smooth_sigma": 4.0},
     "default-sigma1": {"method": "patchknn", "smooth_sigma": 1.0},
+    # half the mirrored padding (8 px, one stride-8 cell): 0.88x the extractor's pixels
+    "default-pad8": {"method": "patchknn", "feature_pad": 8},
     # twice the pixels, one stage deeper: the same 56 x 56 grid, each cell half the image extent
     # (auto's finest candidate), and the same with the 8-bit search (within its stated bound)
     "x2-6-10": dict(FINE_448),
