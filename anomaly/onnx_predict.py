@@ -202,15 +202,21 @@ def _records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
 
 def is_images_record(d: dict) -> bool:
     """Whether `d` is what `image_kind.summarize` writes: colour [bools], bits [8, 16 or 32],
-    aspect [lowest, highest], 0 < lowest <= highest."""
+    aspect [lowest, highest], 0 < lowest <= highest, and (exports since it was recorded) side
+    [shortest, longest] in whole pixels, 0 < shortest <= longest."""
     colour, bits, aspect = d.get("colour", []), d.get("bits", []), d.get("aspect", [1, 1])
-    lists = all(type(x) is list for x in (colour, bits, aspect)) and len(aspect) == 2
+    side = d.get("side", [1, 1])
+    lists = all(type(x) is list for x in (colour, bits, aspect, side))
     return (
         lists
+        and len(aspect) == 2
+        and len(side) == 2
         and all(type(c) is bool for c in colour)
         and all(type(b) is int and b in (8, 16, 32) for b in bits)
         and all(type(a) in (int, float) for a in aspect)
         and 0 < aspect[0] <= aspect[1] < math.inf
+        and all(type(n) is int for n in side)
+        and 0 < side[0] <= side[1]
     )
 
 
@@ -297,7 +303,8 @@ class OnnxDetector:
 
     def warn_unlike(self, images) -> list[str]:
         """Warn on stderr, as `predict --run` does, of each image file in `images` unlike the
-        run's training images (greyscale, 16-bit, another aspect ratio): its score means little.
+        run's training images (greyscale, 16-bit, another aspect ratio, far smaller): its score means
+        little.
         No check for a file exported without that record, or where this module was copied
         without the package (`anomaly.data.image_kind` imports only Pillow)."""
         try:

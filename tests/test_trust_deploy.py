@@ -169,7 +169,17 @@ def test_an_export_without_the_record_checks_nothing(
 
 
 @pytest.mark.parametrize(
-    "value", ["{", '{"colour": "yes"}', '{"bits": [12]}', '{"aspect": [2, 1]}', '{"aspect": 1}']
+    "value",
+    [
+        "{",
+        '{"colour": "yes"}',
+        '{"bits": [12]}',
+        '{"aspect": [2, 1]}',
+        '{"aspect": 1}',
+        '{"side": [0, 64]}',
+        '{"side": [64.5, 70]}',
+        '{"side": [64]}',
+    ],
 )
 def test_an_edited_images_record_is_one_clear_error(
     conformal_export, tiny_cookies, tmp_path, capsys, value

@@ -146,7 +146,12 @@ def test_images_unlike_the_training_images_are_named_and_still_scored(
     shutil.copytree(tiny_cookies, data)
     train_run(tiny_config(data, "meandiff", channels=3), run, progress=False)
     split = json.loads((run / "split.json").read_text())
-    assert split["images"] == {"colour": [True], "bits": [8], "aspect": [1.0, 1.0]}
+    assert split["images"] == {
+        "colour": [True],
+        "bits": [8],
+        "aspect": [1.0, 1.0],
+        "side": [64, 64],
+    }
 
     good = min((data / "test" / "good").glob("*.png"))
     rgb = Image.open(good).convert("RGB")
@@ -158,11 +163,17 @@ def test_images_unlike_the_training_images_are_named_and_still_scored(
     files["deep_rgb"] = _png16_rgb(tmp_path / "deep_rgb.png")
     files["wide"] = tmp_path / "wide.png"
     rgb.resize((200, 40)).save(files["wide"])
+    files["small"] = tmp_path / "small.png"  # a thumbnail: enlarged 4x more than the others
+    rgb.resize((16, 16)).save(files["small"])
+    files["half"] = tmp_path / "half.png"  # half their side: not named
+    rgb.resize((32, 32)).save(files["half"])
     assert main(["predict", "--run", str(run), *map(str, files.values())]) == 0
     out = capsys.readouterr()
     assert len(out.out.strip().splitlines()) == len(files) + 1  # every file scored
     warned = {line.split(": ")[1]: line for line in out.err.splitlines() if "warning" in line}
-    assert sorted(warned) == sorted(str(files[k]) for k in ("grey", "deep", "deep_rgb", "wide"))
+    named = ("grey", "deep", "deep_rgb", "wide", "small")
+    assert sorted(warned) == sorted(str(files[k]) for k in named)
+    assert "shorter side 16 px, the training images' 64 px" in warned[str(files["small"])]
     assert "greyscale, converted to RGB for a run trained on colour" in warned[str(files["grey"])]
     assert "16-bit, the run was trained on 8-bit" in warned[str(files["deep_rgb"])]
     assert "aspect ratio 5.00" in warned[str(files["wide"])] and "stretched" in out.err

@@ -7,7 +7,8 @@ repeated into RGB, 16-bit values are divided by 65535 (32-bit integer TIFFs too,
 so an image unlike the training images is scored without complaint, and its score means little.
 `train` records `summarize` of its training images in split.json (`"images"`); `score` and
 `predict` call `warn_unlike`, which prints one warning per file that differs, naming it, what
-differs and what that means, and scores it anyway. A run from before this record (no `"images"`)
+differs and what that means, and scores it anyway (a far smaller image, a thumbnail, is
+enlarged more than the training images were: blurred). A run from before this record (no `"images"`)
 is not checked. `summarize` warns when the training images' own aspect ratios differ more than
 `ASPECT_FACTOR` times, and `warn_mixed` (called by `train`) when they differ otherwise: greyscale
 among colour, several bit depths, a few files far smaller than --size.
@@ -31,7 +32,9 @@ from PIL import Image, ImageOps
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError, named
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
-SMALL_FACTOR = 2.0  # a training image whose shorter side is this many times under --size is named
+# a training image whose shorter side is this many times under --size is named, and an image to
+# score this many times under the training images' shortest side (and under --size)
+SMALL_FACTOR = 2.0
 NAMED = 3  # files named in one warning about the training images; the rest are counted
 _PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -162,7 +165,8 @@ def image_kind(path: str | Path) -> dict | None:
 
 def summarize(paths) -> dict:
     """What the training images are, for split.json: {"colour": [False and/or True],
-    "bits": [...], "aspect": [lowest, highest]} over the files that can be read. Warns, naming
+    "bits": [...], "aspect": [lowest, highest], "side": [shortest, longest] of their shorter
+    sides in px} over the files that can be read. Warns, naming
     the extremes, when their aspect ratios differ more than `ASPECT_FACTOR` times: each is
     stretched to the same square, so one object is distorted differently from image to image."""
     read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p)) is not None]
@@ -184,6 +188,7 @@ def summarize(paths) -> dict:
         "colour": sorted({k["colour"] for k in kinds}),
         "bits": sorted({k["bits"] for k in kinds}),
         "aspect": [round(min(aspects), 4), round(max(aspects), 4)],
+        "side": [min(k["side"] for k in kinds), max(k["side"] for k in kinds)],
     }
 
 
@@ -286,6 +291,17 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
             f"{seen}: it is stretched to {size}x{size} px, so shapes are distorted and its scores "
             "are not comparable"
         )
+    sides = trained.get("side")  # runs from before the record: no check
+    if isinstance(sides, list) and len(sides) == 2:
+        lo, hi = (int(x) for x in sides)
+        if kind["side"] * SMALL_FACTOR < lo and kind["side"] < size:
+            seen = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            said.append(
+                f"shorter side {kind['side']} px, the training images' {seen} px: it is "
+                f"enlarged to {size}x{size} px far more than they were, so its detail is blurred "
+                "and its scores are not comparable; use images taken at the training images' "
+                "resolution"
+            )
     return said
 
 
