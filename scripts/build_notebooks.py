@@ -2,6 +2,7 @@
 
     python scripts/build_notebooks.py            # write sources (or name some: ... 07)
     jupyter nbconvert --to notebook --execute --inplace notebooks/0*.ipynb
+    python scripts/build_notebooks.py --strip    # then drop the widget state nbconvert stores
 
 Editing a notebook in JupyterLab is fine too; this script is how they were first written.
 """
@@ -220,8 +221,7 @@ NOTEBOOKS = {
         "most alpha false rejects of good parts (alpha = 1 %, or 1/(n_cal + 1) when too few good "
         "images are held out for 1 %: the table says which). Shaded: the range over subsets.",
         "# NBVAL_IGNORE_OUTPUT\ncurves = nb.train_size_rows(S)\nprint(nb.train_size_table(curves))",
-        "Cookies (`patchknn`, and `unet+kmeans`, in the stored outputs an earlier UNet with "
-        "k-means at each bottleneck position; n = 24 marks the original project's 24 training "
+        "Cookies (`patchknn` and `unet+kmeans`; n = 24 marks the original project's 24 training "
         "images) and two real-photo sets: a stochastic texture (moon) and a regular pattern "
         "(a printed page):",
         "nb.train_size_figure(curves)",
@@ -350,7 +350,23 @@ def build(out_dir: Path = NOTEBOOK_DIR, names: list[str] | None = None) -> None:
         nbformat.write(book, out_dir / f"{name}.ipynb")
 
 
+def strip_widget_state(out_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Drop the widget state (`metadata.widgets`) that executing a notebook with widgets stores:
+    it is large, and the widgets cannot run from it on the web. Returns the notebooks changed."""
+    changed = []
+    for path in sorted(out_dir.glob("*.ipynb")):
+        book = nbformat.read(path, 4)
+        if book.metadata.pop("widgets", None) is not None:
+            nbformat.write(book, path)
+            changed.append(path)
+    return changed
+
+
 if __name__ == "__main__":
     import sys
 
-    build(names=sys.argv[1:])  # e.g. `python scripts/build_notebooks.py 07`: only notebook 07
+    if sys.argv[1:] == ["--strip"]:
+        for path in strip_widget_state():
+            print(f"stripped the widget state of {path}")
+    else:
+        build(names=sys.argv[1:])  # e.g. `python scripts/build_notebooks.py 07`: only notebook 07
