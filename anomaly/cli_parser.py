@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a cookie data set made here before with other settings (only "
-        "a folder this generator made: never one without its manifest.json; never a file edited since it was made)",
+        "a folder this generator made: never one without its manifest.json; never a file "
+        "edited since it was made)",
     )
 
     photos = (

@@ -303,10 +303,9 @@ class OnnxDetector:
 
     def warn_unlike(self, images) -> list[str]:
         """Warn on stderr, as `predict --run` does, of each image file in `images` unlike the
-        run's training images (greyscale, 16-bit, another aspect ratio, far smaller): its score means
-        little.
-        No check for a file exported without that record, or where this module was copied
-        without the package (`anomaly.data.image_kind` imports only Pillow)."""
+        run's training images (greyscale, 16-bit, another aspect ratio, far smaller): its score
+        means little. No check for a file exported without that record, or where this module
+        was copied without the package (`anomaly.data.image_kind` imports only Pillow)."""
         try:
             from anomaly.data.image_kind import warn_unlike
         except ImportError:

@@ -102,7 +102,8 @@ def edited(root: Path, manifest: dict | None) -> list[str]:
         if not plain_relative(rel) or not isinstance(digest, str):
             continue
         path = root / rel
-        if path.is_symlink() or (path.exists() and (not path.is_file() or _sha256(path) != digest)):
+        other = path.exists() and (not path.is_file() or _sha256(path) != digest)
+        if path.is_symlink() or other:
             changed.append(rel)
     return changed
 

@@ -8,8 +8,8 @@ so an image unlike the training images is scored without complaint, and its scor
 `train` records `summarize` of its training images in split.json (`"images"`); `score` and
 `predict` call `warn_unlike`, which prints one warning per file that differs, naming it, what
 differs and what that means, and scores it anyway (a far smaller image, a thumbnail, is
-enlarged more than the training images were: blurred). A run from before this record (no `"images"`)
-is not checked. `summarize` warns when the training images' own aspect ratios differ more than
+enlarged more than the training images were: blurred). A run from before this record (no
+`"images"`) is not checked. `summarize` warns when the training images' own aspect ratios differ more than
 `ASPECT_FACTOR` times, and `warn_mixed` (called by `train`) when they differ otherwise: greyscale
 among colour, several bit depths, a few files far smaller than --size.
 
@@ -166,9 +166,9 @@ def image_kind(path: str | Path) -> dict | None:
 def summarize(paths) -> dict:
     """What the training images are, for split.json: {"colour": [False and/or True],
     "bits": [...], "aspect": [lowest, highest], "side": [shortest, longest] of their shorter
-    sides in px} over the files that can be read. Warns, naming
-    the extremes, when their aspect ratios differ more than `ASPECT_FACTOR` times: each is
-    stretched to the same square, so one object is distorted differently from image to image."""
+    sides in px} over the files that can be read. Warns, naming the extremes, when their aspect
+    ratios differ more than `ASPECT_FACTOR` times: each is stretched to the same square, so one
+    object is distorted differently from image to image."""
     read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p)) is not None]
     if not read:
         return {}
