@@ -206,6 +206,8 @@ def _threshold_words(t) -> str:
 
 
 def _make_data(args) -> None:
+    manifest_file = Path(args.root) / "manifest.json"
+    before = manifest_file.stat().st_mtime_ns if manifest_file.is_file() else None
     if args.command == "make-cookies":
         from anomaly.data import make_cookies
 
@@ -235,7 +237,11 @@ def _make_data(args) -> None:
             defect=args.defect,
             progress=True,
         )
-    print(f"wrote {args.root}: " + json.dumps(manifest.get("counts", {})))
+    counts = json.dumps(manifest.get("counts", {}))
+    if before is not None and manifest_file.stat().st_mtime_ns == before:
+        print(f"{args.root}: made before with these settings, every file as written: {counts}")
+    else:
+        print(f"wrote {args.root}: {counts}")
 
 
 def _one_line_warnings(previous):

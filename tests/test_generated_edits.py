@@ -123,3 +123,17 @@ def test_photo_suite_edits_are_kept_too(tmp_path):
     mask.unlink()
     make_photos(root, seed=1, tiny=True, sets=["page"], overwrite=True)
     assert intact(root, json.loads((root / "manifest.json").read_text()))
+
+
+def test_the_command_says_when_it_wrote_nothing(tmp_path, capsys):
+    from anomaly.cli import main
+
+    args = ["make-cookies", str(tmp_path / "c"), "--preset", "tiny", "--size", "48"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'c'}: ")
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"{tmp_path / 'c'}: made before with these settings, every file as")
+    next((tmp_path / "c/train").rglob("*.png")).unlink()  # one file gone: it is made again
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("wrote ")
