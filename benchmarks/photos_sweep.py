@@ -135,6 +135,14 @@ SETTINGS: dict[str, dict] = {
     "x2-6-10": dict(FINE_448),
     "x2-6-10-int8": {**FINE_448, "runtime": "onnxruntime", "search_precision": "int8"},
     "x2-6": {**FINE_448, "layers": "features.6"},  # its finer stage alone (stride 8)
+    # three times the pixels, the same stages: cells of a third of the defaults' extent
+    "x3-6-10": {
+        **FINE_448,
+        "size": 672,
+        "feature_pad": 48,
+        "score_border": 24,
+        "smooth_sigma": 6.0,
+    },
     "flow": {"method": "flow", "feature_pad": 0},
     "flow-pad16": {"method": "flow", "feature_pad": 16},
     "flow-mnv2-pad16": {"method": "flow", "backbone": "mobilenet_v2", "feature_pad": 16},
