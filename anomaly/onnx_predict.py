@@ -83,13 +83,26 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 def _refused_frames(im, path) -> str | None:
     """Why a file of several frames is refused, as the package's decoder says it (an animation,
-    a TIFF stack of pages; `image_kind.refused_frames`); without the package, animations only."""
+    a TIFF stack of pages; `image_kind.refused_frames`); copied without the package, the same
+    two refusals in short (a TIFF whose other pages are all smaller, a thumbnail or a pyramid,
+    is read as its first page there too)."""
     try:
         from anomaly.data.image_kind import refused_frames
     except ImportError:
         n = getattr(im, "n_frames", 1)
-        if im.format in ("GIF", "WEBP", "PNG") and n > 1:
+        if not isinstance(n, int) or n <= 1:
+            return None
+        if im.format in ("GIF", "WEBP", "PNG"):
             return f"cannot read this image (an animation of {n} frames, not a still image)"
+        if im.format == "TIFF":
+            first = im.size
+            try:
+                for page in range(1, n):
+                    im.seek(page)
+                    if im.size[0] >= first[0] or im.size[1] >= first[1]:
+                        return f"a TIFF of {n} pages, not one image: save the page you mean alone"
+            finally:
+                im.seek(0)
         return None
     return refused_frames(im, path)
 

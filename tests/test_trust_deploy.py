@@ -224,6 +224,31 @@ def test_onnx_predict_py_copied_alone_predicts_without_the_checks(
     assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
 
 
+def test_onnx_predict_py_copied_alone_refuses_a_tiff_stack(
+    conformal_export, tiny_cookies, tmp_path
+):
+    """Copied without the package it cannot ask `image_kind`, yet a TIFF of several same-size
+    pages is still refused (it read the first page silently), while a TIFF with a smaller
+    thumbnail page is read as the package reads it."""
+    import anomaly.onnx_predict
+
+    _, path = conformal_export
+    shutil.copy(anomaly.onnx_predict.__file__, tmp_path / "deployed.py")
+    image = Image.open(_good_image(tiny_cookies)).convert("RGB")
+    image.save(tmp_path / "stack.tif", save_all=True, append_images=[image, image])
+    image.save(tmp_path / "thumb.tif", save_all=True, append_images=[image.resize((8, 8))])
+    code = (
+        "import sys; sys.modules['anomaly'] = None; from deployed import predict_onnx; "
+        f"s, m = predict_onnx({str(path)!r}, [{str(tmp_path / 'thumb.tif')!r}]); "
+        "assert len(s) == 1; "
+        f"predict_onnx({str(path)!r}, [{str(tmp_path / 'stack.tif')!r}])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert done.returncode != 0 and "a TIFF of 3 pages, not one image" in done.stderr
+
+
 # --- 3. the notebook helpers refuse a run they cannot draw -----------------------------------------
 def test_reconstruction_helpers_refuse_a_run_that_does_not_reconstruct(conformal_export):
     from anomaly import notebook as nb
