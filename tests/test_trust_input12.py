@@ -168,4 +168,5 @@ def test_the_onnx_path_refuses_a_tiff_stack_as_the_package_does(tmp_path: Path, 
     monkeypatch.setitem(sys.modules, "anomaly.data.image_kind", None)  # its import fails
     with pytest.raises(ExportError, match=r"anim.png: cannot read .*an animation of 2 frames"):
         preprocess(anim, 32, 1)
-    assert export.preprocess(stack, 32, 1).shape == (1, 32, 32)  # no stack rule without it
+    with pytest.raises(ExportError, match=r"stack.tif: a TIFF of 2 pages, not one image"):
+        export.preprocess(stack, 32, 1)  # and the stack too, in short
