@@ -10,7 +10,7 @@ import re
 import pytest
 
 from anomaly.data.cookies import make_cookies
-from anomaly.data.generated import FINGERPRINTS, edited, intact
+from anomaly.data.generated import FINGERPRINTS, complete, edited
 from anomaly.data.photos import make_photos
 
 
@@ -49,7 +49,7 @@ def test_a_deleted_file_is_made_again(tmp_path):
     before = _snapshot(root)
     image = next((root / "test").rglob("*.png"))
     image.unlink()
-    assert not intact(root, json.loads((root / "manifest.json").read_text()))
+    assert not complete(root, json.loads((root / "manifest.json").read_text()))
     _cookies(root)
     assert _snapshot(root) == before
 
@@ -106,7 +106,7 @@ def test_a_manifest_without_fingerprints_is_made_again_as_before(tmp_path):
     image = min((root / "train").rglob("*.png"))
     original = image.read_bytes()
     image.write_bytes(b"edited")
-    assert edited(root, manifest) == [] and not intact(root, manifest)
+    assert edited(root, manifest) == [] and not complete(root, manifest)
     _cookies(root)  # cannot tell an edit: the same bytes are written again
     assert image.read_bytes() == original
 
@@ -122,7 +122,8 @@ def test_photo_suite_edits_are_kept_too(tmp_path):
         assert mask.read_bytes() == b"redrawn"
     mask.unlink()
     make_photos(root, seed=1, tiny=True, sets=["page"], overwrite=True)
-    assert intact(root, json.loads((root / "manifest.json").read_text()))
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert complete(root, manifest) and not edited(root, manifest)
 
 
 def test_the_command_says_when_it_wrote_nothing(tmp_path, capsys):

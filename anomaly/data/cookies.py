@@ -24,7 +24,7 @@ from anomaly.data.generated import (
     check_made,
     check_place,
     check_unedited,
-    intact,
+    complete,
     read_manifest,
     recover,
     write_png,
@@ -130,8 +130,9 @@ def make_cookies(
     if (done := recover(root, "make-cookies", settings, list(_FOLDERS), made)) is not None:
         return done  # an interrupted run of this command had written every image
     retire = _check_root(root, settings, overwrite)
-    if retire is None and intact(root, previous := read_manifest(root / "manifest.json")):
-        return previous  # the same set again, every file as written: nothing to do
+    # None on a non-empty root: the same set again, and _check_root refused any edited file
+    if retire is None and complete(root, previous := read_manifest(root / "manifest.json")):
+        return previous  # every file there as written: nothing to do
 
     def write(folder: Path) -> dict:
         from tqdm.auto import tqdm

@@ -245,8 +245,9 @@ def make_photos(
         return done  # an interrupted run of this command had written every image
     retire = _check_root(root, manifest, names, overwrite)
     previous = generated.read_manifest(root / "manifest.json")
-    if retire is None and generated.intact(root, previous):
-        return previous  # the same suite again, every file as written: nothing to do
+    # None on a non-empty root: the same suite again, and _check_root refused any edited file
+    if retire is None and generated.complete(root, previous):
+        return previous  # every file there as written: nothing to do
 
     def write(folder: Path) -> dict:
         from tqdm.auto import tqdm
