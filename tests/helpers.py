@@ -2,6 +2,7 @@
 
 Import it as `from helpers import ...` (pytest puts tests/ on the path). The on-disk data set is
 the `tiny_cookies` fixture of conftest.py; everything here is small enough to run in seconds.
+`tree_bytes` is what a folder holds, to compare before and after a command.
 
 The in-memory image sets are the one place tests make images; each is seeded, so a test gets the
 same images every run, and each item has AnomalyDataset's format ({"image" [C, H, W] in [0, 1],
@@ -26,6 +27,16 @@ import torch
 from torch.utils.data import Dataset
 
 from anomaly.config import Config
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (hidden ones too: a staging folder left behind shows here), by its
+    path relative to `root`, with its bytes."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
 
 
 def tiny_config(data, method: str = "ae", **overrides) -> Config:

@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+from helpers import tree_bytes
 
 from anomaly.data.cookies import make_cookies
 from anomaly.data.generated import FINGERPRINTS, complete, edited
@@ -16,10 +17,6 @@ from anomaly.data.photos import make_photos
 
 def _cookies(root, seed=0):
     return make_cookies(root, preset="tiny", seed=seed, size=48)
-
-
-def _snapshot(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def test_the_manifest_fingerprints_every_file_written(tmp_path):
@@ -46,12 +43,12 @@ def test_the_same_set_again_writes_nothing_when_every_file_is_as_written(tmp_pat
 def test_a_deleted_file_is_made_again(tmp_path):
     root = tmp_path / "c"
     _cookies(root)
-    before = _snapshot(root)
+    before = tree_bytes(root)
     image = next((root / "test").rglob("*.png"))
     image.unlink()
     assert not complete(root, json.loads((root / "manifest.json").read_text()))
     _cookies(root)
-    assert _snapshot(root) == before
+    assert tree_bytes(root) == before
 
 
 @pytest.mark.parametrize("how", ["same settings", "overwrite"])
@@ -60,14 +57,14 @@ def test_an_edited_file_is_neither_replaced_nor_deleted(tmp_path, how):
     _cookies(root)
     mask = min((root / "ground_truth").rglob("*.png"))
     mask.write_bytes(mask.read_bytes() + b"redrawn")  # the user's edit
-    before = _snapshot(root)
+    before = tree_bytes(root)
     rel = mask.relative_to(root).as_posix()
     with pytest.raises(ValueError, match=re.escape(str(root / rel)) + ".*nothing was changed"):
         if how == "overwrite":
             make_cookies(root, preset="tiny", seed=1, size=48, overwrite=True)
         else:
             _cookies(root)
-    assert _snapshot(root) == before
+    assert tree_bytes(root) == before
     assert edited(root, json.loads((root / "manifest.json").read_text())) == [rel]
     mask.unlink()  # moved away, as the message says: the set is made again
     _cookies(root)

@@ -11,20 +11,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import tree_bytes
 
 from anomaly.cli import main
 from anomaly.data import cookies, generated, make_cookies, make_photos, photos
 
 TINY = {"preset": "tiny", "seed": 0, "size": 64}  # the `tiny_cookies` fixture's settings
-
-
-def _files(root):
-    """Every file under `root`, hidden ones too (a staging folder left behind shows here)."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _stop_after(monkeypatch, module, name, calls, stop=KeyboardInterrupt):
@@ -64,7 +56,7 @@ def test_ctrl_c_while_drawing_cookies_leaves_nothing_and_a_rerun_completes(
             make_cookies(existing, **TINY)
     assert existing.is_dir() and not any(existing.iterdir())  # the user's folder stays
     assert main(["make-cookies", str(root), "--preset", "tiny", "--size", "64"]) == 0
-    assert _files(root) == _files(tiny_cookies)
+    assert tree_bytes(root) == tree_bytes(tiny_cookies)
 
 
 def test_a_killed_run_leaves_no_data_set_and_the_same_command_completes_it(
@@ -92,7 +84,7 @@ def test_a_killed_run_leaves_no_data_set_and_the_same_command_completes_it(
     assert len(list(root.rglob("*.png"))) >= 5  # images were written, out of sight
     _train_refuses(root, tmp_path, capsys)
     assert main(argv) == 0  # not "files this generator did not make"
-    assert _files(root) == _files(tiny_cookies)
+    assert tree_bytes(root) == tree_bytes(tiny_cookies)
 
 
 def _stop_moving_to(monkeypatch, suffix):
@@ -130,7 +122,7 @@ def test_stopped_while_moving_into_place_a_rerun_finishes_the_move(
     assert shown == sorted([*left, "notes.txt"])  # `train` but no manifest, or no `train`
     manifest = json.loads((tiny_cookies / "manifest.json").read_text())
     assert make_cookies(root, **TINY) == manifest  # no --overwrite: that run had it
-    assert _files(root) == _files(tiny_cookies) | {"notes.txt": b"mine"}
+    assert tree_bytes(root) == tree_bytes(tiny_cookies) | {"notes.txt": b"mine"}
 
 
 def test_overwrite_still_never_deletes_a_users_files(tmp_path, monkeypatch):
@@ -144,13 +136,15 @@ def test_overwrite_still_never_deletes_a_users_files(tmp_path, monkeypatch):
     assert (root / ".make-cookies.partial").is_dir()
     mine = root / "train" / "good" / "mine.png"
     shutil.copy(root / "train" / "good" / "000.png", mine)
-    before = _files(root)
+    before = tree_bytes(root)
     with pytest.raises(ValueError, match=r"did not make \(train/good/mine.png\)"):
         make_cookies(root, preset="tiny", seed=1, size=64, overwrite=True)
     assert mine.is_file() and json.loads((root / "manifest.json").read_text())["seed"] == 0
-    assert _files(root).keys() <= before.keys() and (root / "train" / "good" / "007.png").is_file()
+    assert (
+        tree_bytes(root).keys() <= before.keys() and (root / "train" / "good" / "007.png").is_file()
+    )
     mine.unlink()
-    before = _files(root)
+    before = tree_bytes(root)
     render = cookies.render_cookie
 
     def render_and_add_a_file(*args, **kwargs):  # a file of the user's, while images are drawn
@@ -160,7 +154,7 @@ def test_overwrite_still_never_deletes_a_users_files(tmp_path, monkeypatch):
     monkeypatch.setattr(cookies, "render_cookie", render_and_add_a_file)
     with pytest.raises(ValueError, match=r"did not make \(train/good/mine.png\)"):
         make_cookies(root, preset="tiny", seed=1, size=64, overwrite=True)
-    assert _files(root) == before | {"train/good/mine.png": before["train/good/000.png"]}
+    assert tree_bytes(root) == before | {"train/good/mine.png": before["train/good/000.png"]}
     # a folder of that name holding anything the generator does not write is never deleted
     stage = generated.staging(root, "make-cookies")
     stage.mkdir(exist_ok=True)
@@ -192,7 +186,7 @@ def test_an_interrupted_photo_suite_shows_no_set_until_all_are_written(tmp_path,
             make_photos(root, seed=1, tiny=True, sets=few)
     assert [p.name for p in root.iterdir()] == [".make-photos.partial"]  # no ROOT/<set>
     make_photos(root, seed=1, tiny=True, sets=few)
-    assert _files(root) == _files(tmp_path / "whole")
+    assert tree_bytes(root) == tree_bytes(tmp_path / "whole")
     # --overwrite stopped while the old sets go out and the new one comes in: every set in
     # ROOT is a whole one
     for stop, left in [
@@ -209,4 +203,4 @@ def test_an_interrupted_photo_suite_shows_no_set_until_all_are_written(tmp_path,
         assert json.loads((root / "manifest.json").read_text())["seed"] == 2
         assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "page"]
         make_photos(root, seed=1, tiny=True, sets=few, overwrite=True)
-    assert _files(root) == _files(tmp_path / "whole")
+    assert tree_bytes(root) == tree_bytes(tmp_path / "whole")

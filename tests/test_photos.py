@@ -9,19 +9,12 @@ import re
 
 import numpy as np
 import pytest
+from helpers import tree_bytes
 from PIL import Image
 
 from anomaly.data import AnomalyDataset, make_photos, photos, photos_defects
 
 FEW = ["page", "coins"]  # the two smallest sets: quick to make twice
-
-
-def _files(root):
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +26,10 @@ def suite(tmp_path_factory):
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
     a = make_photos(tmp_path / "a", seed=3, tiny=True, sets=FEW)
     make_photos(tmp_path / "b", seed=3, tiny=True, sets=FEW)
-    fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
+    fa, fb = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b")
     assert fa == fb and len(fa) == 2 * (6 + 3 + 6 + 6) + 1
     make_photos(tmp_path / "c", seed=4, tiny=True, sets=FEW)
-    fc = _files(tmp_path / "c")
+    fc = tree_bytes(tmp_path / "c")
     assert fa.keys() == fc.keys()
     pngs = [k for k in fa if k.endswith(".png")]
     assert sum(fa[k] != fc[k] for k in pngs) == len(pngs)  # every image differs
@@ -181,7 +174,7 @@ def test_more_test_images_from_the_command_line_keep_the_first_ones(tmp_path, mo
     monkeypatch.setattr(photos, "SETS", [s for s in photos.SETS if s.name in FEW])
     assert main(["make-photos", str(tmp_path / "a")]) == 0
     assert main(["make-photos", str(tmp_path / "b"), "--good", "3", "--defect", "2"]) == 0
-    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    a, b = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b")
     manifest = json.loads(b["manifest.json"])
     assert manifest["counts"] == {"train": 2, "good": 3, "defect": 2}
     assert len([k for k in b if k.startswith("page/test/good/")]) == 3

@@ -12,6 +12,7 @@ import os
 import shutil
 
 import pytest
+from helpers import tree_bytes
 
 from anomaly.cli import main
 from anomaly.data import generated, make_cookies, make_photos
@@ -19,14 +20,6 @@ from anomaly.safe_files import remove_made
 
 TINY = {"preset": "tiny", "seed": 0, "size": 64}
 ARGV = ["--preset", "tiny", "--seed", "0", "--size", "64"]
-
-
-def _files(root):
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _forge(root, marker, generator="make-cookies"):
@@ -39,11 +32,11 @@ def _forge(root, marker, generator="make-cookies"):
 
 def _refused(root, capsys, *words):
     """make-cookies into `root` exits 2 with one error line holding `words`, changing nothing."""
-    before = _files(root.parent)
+    before = tree_bytes(root.parent)
     assert main(["make-cookies", str(root), *ARGV]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and all(w in err for w in words), err
-    assert _files(root.parent) == before
+    assert tree_bytes(root.parent) == before
     return err
 
 
@@ -84,7 +77,7 @@ def test_a_forged_marker_never_retires_a_users_own_data_set(tiny_cookies, tmp_pa
     shutil.copytree(tiny_cookies, root)
     (root / "manifest.json").unlink()
     folders = ["train", "test", "ground_truth"]
-    files = sorted(p for p in _files(root))
+    files = sorted(p for p in tree_bytes(root))
     stage = _forge(root, {"phase": "retire", "replace": True, "folders": folders, "files": files})
     _refused(root, capsys, f"{stage} is left from an interrupted", f"delete {root / 'train'}")
     # `replace` alone: a manifest.json that is not the generator's stays
@@ -132,12 +125,12 @@ def test_overwrite_deletes_nothing_a_manifest_lists_outside_root(tmp_path, capsy
     entry = entry.replace("/ABS", str(victim))
     manifest["images"][entry] = {"split": "train", "kind": "good", "mask": None}
     (root / "manifest.json").write_text(json.dumps(manifest))
-    before = _files(tmp_path)
+    before = tree_bytes(tmp_path)
     argv = ["make-cookies", str(root), "--preset", "tiny", "--seed", "1", "--size", "64"]
     assert main([*argv, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert f"{root / 'manifest.json'} lists {entry!r}" in err and "nothing was deleted" in err
-    assert _files(tmp_path) == before
+    assert tree_bytes(tmp_path) == before
 
 
 def test_a_photo_manifest_cannot_reach_outside_its_set(tmp_path):
