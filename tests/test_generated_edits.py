@@ -135,3 +135,36 @@ def test_the_command_says_when_it_wrote_nothing(tmp_path, capsys):
     next((tmp_path / "c/train").rglob("*.png")).unlink()  # one file gone: it is made again
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("wrote ")
+
+
+def test_an_edit_made_after_an_interrupted_rerun_is_kept_when_it_finishes(tmp_path, monkeypatch):
+    from anomaly.data import generated
+
+    root = tmp_path / "c"
+    _cookies(root)
+    before = tree_bytes(root)
+    min((root / "test").rglob("*.png")).unlink()  # the set is made again, merged over ROOT
+    real, moved = os.replace, []
+
+    def replace(source, target):  # Ctrl-C once the first file has been merged in
+        if str(target).startswith(str(root / "test")) and moved:
+            raise KeyboardInterrupt
+        real(source, target)
+        moved.append(target)
+
+    with monkeypatch.context() as m:
+        m.setattr(generated.os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            _cookies(root)
+    assert (
+        json.loads((root / ".make-cookies.partial/generator.json").read_text())["phase"] == "move"
+    )
+    image = min((root / "train").rglob("*.png"))  # not merged yet: the move would replace it
+    image.write_bytes(b"retouched")  # the user's edit, before the command is run again
+    kept = tree_bytes(root)
+    with pytest.raises(ValueError, match=re.escape(str(image)) + ".*finishing the interrupted"):
+        _cookies(root)
+    assert tree_bytes(root) == kept
+    image.unlink()  # moved away, as the message says: the set is finished and it is made again
+    _cookies(root)
+    assert tree_bytes(root) == before

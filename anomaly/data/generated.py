@@ -8,7 +8,7 @@ them. An interruption while images are written (Ctrl-C, a kill) leaves ROOT with
 folder, so nothing trains on half a data set; the next run of the same generator into ROOT, with
 any arguments, deletes that staging folder (after checking that it holds nothing but what the
 generator writes) and starts again. One interrupted while moving the folders into place
-finishes the move first.
+finishes the move first, unless that would replace a file edited since (below).
 
 A staging folder may be someone else's (a copied tree), so its marker is untrusted: the folders
 moved are the generator's own names, every file it lists must be a plain path inside them, and
@@ -182,10 +182,11 @@ def recover(
 
     One interrupted while writing images is deleted; one interrupted while moving a finished
     set into place finishes the move. Returns the manifest when that finished set is the one
-    `arguments` ask for (nothing is left to do), else None. Refused: a staging folder of a
+    `arguments` ask for and every file of it is there (nothing is left to do), else None. Refused: a staging folder of a
     process still running, one holding anything but generated files, one whose marker is
-    damaged, and one whose move would delete or replace anything in `root` that `made` does not
-    list (the staging folder may be someone else's: a copied tree).
+    damaged, one whose move would delete or replace anything in `root` that `made` does not
+    list (the staging folder may be someone else's: a copied tree), and one whose move would
+    replace or delete a file edited since its generator wrote it (`check_unedited`).
 
     Args:
         order: every top-level folder `generator` writes, in the order they move in: its own
@@ -207,6 +208,9 @@ def recover(
     if marker["phase"] == "write":
         shutil.rmtree(folder)
         return None
+    if made is not None:  # an edit made since the interruption is not lost either
+        manifest = read_manifest(root / "manifest.json")
+        check_unedited(root, manifest, generator, f"finishing the interrupted run in {folder}")
     if problem := _unlisted(root, folder, marker, order, made):
         raise ValueError(
             f"{folder} is left from an interrupted {generator} run, but finishing it would "
@@ -216,7 +220,8 @@ def recover(
         )
     _install(root, folder, marker, order)
     if marker.get("arguments") == arguments:
-        return json.loads((root / "manifest.json").read_text())
+        manifest = json.loads((root / "manifest.json").read_text())
+        return manifest if complete(root, manifest) else None  # else a file moved away: remade
     return None
 
 
