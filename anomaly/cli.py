@@ -134,6 +134,8 @@ def _score(args) -> None:
     )
     dest = pred.meta["out"]
     print(f"wrote {dest}: {wrote}")
+    if "replaced" in pred.meta:
+        print(f"note: these replace the scores of {pred.meta['replaced']} that {dest} held")
     if Path(dest).resolve() != Path(args.run).resolve():
         print(
             f"these are the scores of {pred.meta['data']}; the run's own, of its data, stay in "
@@ -193,14 +195,15 @@ def _held_out_words(run, value: float) -> str:
 
 def _threshold_words(t) -> str:
     """The threshold, the rule that set it and what it guarantees, in one line."""
+    from anomaly.threshold_file import guarantee_words
+
     words = f"threshold {t.value:.6g} ({t.rule})"
     if (t.params or {}).get("earlier_model"):
         return (
             f"{words}: chosen on an earlier model of this run, so its guarantee no longer "
             "holds; choose it again with `python -m anomaly threshold`"
         )
-    guarantee = (t.params or {}).get("guarantee")
-    if guarantee:
+    if guarantee := guarantee_words(t.rule, t.params or {}):
         return f"{words}: guarantee: {guarantee}"
     return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
 

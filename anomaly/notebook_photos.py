@@ -262,10 +262,12 @@ def threshold_text(run: Path, threshold) -> str:
     from anomaly.calibration import calibration_words
     from anomaly.decision import summary_line
     from anomaly.metrics import confusion
+    from anomaly.threshold_file import guarantee_words
 
     pred = RunDir(run).predictions()
     counts = confusion(pred.labels, pred.scores, threshold.value)
-    guarantee = threshold.params.get("guarantee", "none (use the conformal rule for one)")
+    guarantee = guarantee_words(threshold.rule, threshold.params)
+    guarantee = guarantee or "none (use the conformal rule for one)"
     source = calibration_words(threshold)
     text = (
         f"threshold {threshold.value:.6g} ({threshold.rule}); guarantee: {guarantee}\n"

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from anomaly.data.image_kind import read_rgb
 from anomaly.runs import RunDir
-from anomaly.safe_files import output_folder, save_png
+from anomaly.safe_files import output_folder, remove_written, save_png, sha256_file, write_json
 from anomaly.viz import OUTLINE, to_rgb
 
 PASS, REJECT = "PASS", "REJECT"
@@ -37,6 +37,7 @@ YELLOW = np.array([255, 214, 0], np.float32)
 RED_LOW = np.array([255, 30, 0], np.float32)  # at the pixel threshold
 RED_HIGH = np.array([190, 0, 0], np.float32)  # at twice the threshold's evidence
 PASS_COLOUR, REJECT_COLOUR = (46, 125, 50), (198, 40, 40)
+WRITTEN = RunDir.OVERLAYS_WRITTEN  # in overlays/: what `save_overlays` wrote, by SHA-256
 
 
 def verdict(score: float, threshold: float) -> str:
@@ -279,18 +280,29 @@ def save_overlays(
     Images come from `images` (any layout, any size) or else from `pred.paths` at their own
     resolution; masks (when the predictions have them) are outlined. Two images with the same
     defect and stem from different folders get distinct names (`..._<index>.png`).
+
+    The overlays an earlier call wrote in `out_dir` are removed first (they showed other images
+    or another model), and only those: `out_dir/.written.json` lists them with their SHA-256,
+    and a file it does not list, or one changed since, is the user's and stays (a new overlay
+    of its name gets the `..._<index>.png` name instead).
     """
     out_dir = output_folder(out_dir)
-    written, seen = [], set()
+    seen = set(remove_written(out_dir, WRITTEN, keep_folder=True))  # the user's files stay
+    names = []
     for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
-        image = images[i] if images is not None else read_rgb(path)
+        name = overlay_name(path, defect)
+        if name in seen:  # the same defect and stem from another folder, or a file of the user's
+            name = f"{Path(name).stem}_{i}.png"
+        seen.add(name)
+        names.append(name)
+    record: dict[str, str | None] = dict.fromkeys(names)  # None: written, or being written
+    write_json(out_dir / WRITTEN, record)
+    for i, name in enumerate(names):
+        image = images[i] if images is not None else read_rgb(pred.paths[i])
         if image is None:  # the file went away: show the map's size in grey
             image = np.full(pred.maps.shape[1:], 0.5, np.float32)
         rgb = prediction_overlay(pred, i, image, scale, threshold)
-        name = overlay_name(path, defect)
-        if name in seen:
-            name = f"{Path(name).stem}_{i}.png"
-        seen.add(name)
         save_png(Image.fromarray(rgb), out_dir / name, compress_level=PNG_LEVEL)
-        written.append(out_dir / name)
-    return written
+        record[name] = sha256_file(out_dir / name)
+    write_json(out_dir / WRITTEN, record)
+    return [out_dir / name for name in names]

@@ -272,6 +272,7 @@ def score_run(
         metrics["predict_images_per_s"] = len(pred) / seconds
         metrics["threshold"] = threshold.value if threshold is not None else None
         scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # the pixel threshold
+        earlier = None if dest is rd else _scored_data(dest.path)  # --out: other data's?
         if dest is not rd:  # made now, and never through a link
             output_folder(dest.path)
         dest.save_predictions(pred)
@@ -280,6 +281,8 @@ def score_run(
         if overlays:
             t = metrics["threshold"] if metrics["threshold"] is not None else float("inf")
             save_overlays(pred, dest.overlays, scale, t)
+    if earlier not in (None, data):  # said, not saved: the CLI prints it
+        pred.meta["replaced"] = earlier
     return pred, metrics
 
 

@@ -28,7 +28,6 @@ import io
 import json
 import math
 import platform
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -47,6 +46,7 @@ from anomaly.safe_files import (
     _atomic,
     folder_lock,
     output_folder,
+    remove_written,
     write_json,
 )
 
@@ -85,6 +85,7 @@ class RunDir(CheckpointFiles):
     CALIBRATION, REFUSED = "calibration_scores.json", "threshold.refused.json"
     SCORES, METRICS, PREDICTIONS = "scores.csv", "metrics.json", "predictions.npz"
     OVERLAYS, PREDICT, LOCK, SCORED = "overlays", "predict", ".lock", "scored"
+    OVERLAYS_WRITTEN = ".written.json"  # in overlays/: the files `score` wrote, by SHA-256
     TOOL_FILES = (LOCK, ".made-by-benchmark")  # ours before config.json: lock, benchmark mark
     # what `score` writes (here for the run's data, in scored/<name>/ for other data): stale
     # once the model changes
@@ -374,8 +375,9 @@ class RunDir(CheckpointFiles):
                     folder.file(name).unlink()
                     removed.append(where + name)
             if folder.overlays.is_dir():
-                shutil.rmtree(folder.overlays)
-                removed.append(f"{where}{self.OVERLAYS}/")
+                kept = remove_written(folder.overlays, self.OVERLAYS_WRITTEN)
+                mine = f" (but not {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})"
+                removed.append(f"{where}{self.OVERLAYS}/" + (mine if kept else ""))
             if folder is not self and not any(folder.path.iterdir()):
                 folder.path.rmdir()
         with contextlib.suppress(OSError):  # left when it holds anything else

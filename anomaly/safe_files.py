@@ -151,6 +151,58 @@ def remove_made(
                 os.rmdir(dirpath)
 
 
+def read_written(folder: Path, record: str) -> dict[str, str | None] | None:
+    """The record `record` in `folder` of the files a command wrote there ({file name: SHA-256,
+    or None while being written}), or None when there is none. The folder may be someone
+    else's: only plain file names in it are kept, never a path."""
+    try:
+        names = json.loads((folder / record).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(names, dict):
+        return None
+    return {
+        n: h
+        for n, h in names.items()
+        if plain_relative(n) and "/" not in n and n != record and (h is None or isinstance(h, str))
+    }
+
+
+def remove_written(
+    folder: str | Path, record: str, legacy: str = "*.png", keep_folder: bool = False
+) -> list[str]:
+    """Delete the files a command wrote in `folder`, as its `record` there lists them, and the
+    record; remove the folder when nothing else is left. A file changed since it was written
+    (its SHA-256 differs), a link, and anything the record does not list stay: they are the
+    user's. A folder from before the record: the files matching `legacy` are taken for the
+    command's. Returns the names of what was kept (empty when the folder is gone, or left empty
+    with `keep_folder`)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    written = read_written(folder, record)
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            continue
+        name = path.name
+        if name.startswith(".") and name.endswith(".tmp"):  # an interrupted write's (`_atomic`)
+            name = name[1:].rsplit(".", 2)[0]
+        if written is None:
+            ours = Path(name).match(legacy)
+        elif name != path.name:
+            ours = name in written
+        else:
+            digest = written.get(name, False)
+            ours = digest is None or (digest is not False and digest == sha256_file(path))
+        if ours:
+            path.unlink()
+    (folder / record).unlink(missing_ok=True)
+    kept = sorted(p.name for p in folder.iterdir())
+    if not kept and not keep_folder:
+        folder.rmdir()
+    return kept
+
+
 def atomic_save(obj, path: str | Path) -> Path:
     """torch.save to a temporary file, then rename: an interrupted write never leaves a broken file."""
     import torch

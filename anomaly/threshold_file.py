@@ -35,11 +35,17 @@ _COUNT = (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0, "
 _RATE = (lambda x: finite(x) and 0 <= x <= 1, "a number from 0 to 1")
 _COST = (lambda x: finite(x) and x >= 0, "a number >= 0")
 _TEXT = (lambda x: isinstance(x, str), "a string")
+# printed to a terminal: no control characters (an escape sequence could clear the screen)
+_WORDS = (
+    lambda x: isinstance(x, str) and len(x) <= 1000 and x.isprintable(),
+    "printable text of at most 1000 characters",
+)
 _FLAG = (lambda x: isinstance(x, bool), "true or false")
 CALIBRATION = {
     "source": (lambda x: x in ("held-out", "folder"), '"held-out" or "folder"'),
     "n": _COUNT,
-    **dict.fromkeys(("folder", "folder_resolved", "images_sha256"), _TEXT),
+    **dict.fromkeys(("folder", "folder_resolved"), _WORDS),
+    "images_sha256": _TEXT,
 }
 # each param a writer saves: a test it must pass, and the words for what it must be
 PARAMS = {
@@ -49,7 +55,7 @@ PARAMS = {
     **dict.fromkeys(("q", "f1", "precision", "recall", "false_reject_rate", "escape_rate"), _RATE),
     **dict.fromkeys(("n", "n_normal", "n_images", "rank", "tp", "fp", "tn", "fn"), _COUNT),
     **dict.fromkeys(("cost_false_reject", "cost_escape"), _COST),
-    **dict.fromkeys(("guarantee", "set_by", "method"), _TEXT),
+    **dict.fromkeys(("guarantee", "set_by", "method"), _WORDS),
     **dict.fromkeys(("earlier_model", "in_sample"), _FLAG),
 }
 
@@ -153,3 +159,21 @@ def drop_guarantee(params) -> bool:
         params["earlier_model"] = True
         return True
     return False
+
+
+def guarantee_words(rule: str, params: dict) -> str | None:
+    """What a saved threshold guarantees, in words, or None: only the conformal rule guarantees
+    anything, and only its alpha says how much. The file's own words (`params["guarantee"]`,
+    which name the folder a guarantee set on a folder rests on) are shown only when they state
+    that alpha; otherwise the words are made from alpha and n. A threshold.json may be someone
+    else's: it cannot print a guarantee its numbers do not give."""
+    alpha, n = params.get("alpha"), params.get("n")
+    if rule != "conformal" or not (finite(alpha) and 0 < alpha < 1):
+        return None
+    bound = f"false-reject rate <= {100 * alpha:.3g}% for new good parts "
+    text = params.get("guarantee")
+    if isinstance(text, str) and text.startswith(bound) and _WORDS[0](text):
+        return text
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return bound + f"exchangeable with the {n} good image{'s' * (n != 1)} it was set on"
+    return bound + "exchangeable with the good images it was set on"
