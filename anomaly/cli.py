@@ -308,7 +308,14 @@ def _main(args) -> int:
             return code if isinstance(code, int) and code > 0 else 0
     except KeyboardInterrupt as stop:  # anomaly.train.Interrupted: Ctrl-C in training
         if getattr(stop, "epoch", None) is None:
-            print("\ninterrupted", file=sys.stderr)
+            hint = ""
+            if args.command == "train" and getattr(args, "out", None):
+                from anomaly.runs import RunDir
+                from anomaly.train_guards import stopped_before_threshold
+
+                if stopped_before_threshold(RunDir(args.out)):  # trained, no threshold yet
+                    hint = " after training; " + RESUME_HINT.format(out=args.out)
+            print(f"\ninterrupted{hint}", file=sys.stderr)
             return 130
         print(
             f"\ninterrupted after epoch {stop.epoch}; "

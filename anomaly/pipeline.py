@@ -100,6 +100,8 @@ def train_run(
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
     split["images"] = summarize_images(split["train"] + split["val"])  # score/predict compare
     guards.check_split(run, config, split)  # auto: enough images; held-out copies
+    if val is not None:
+        guards.check_decodes(val)  # a damaged one would fail only after training
     with run.lock("train"):
         guards.refuse_existing(run)  # again: another process may have finished it meanwhile
         run.create(config, split)
@@ -127,6 +129,8 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
         split = _moved(split, config.data, wanted.data)  # the same images, in their new place
         config = config.replace(data=wanted.data)
     wanted = config.replace(**{f: getattr(wanted, f) for f in RESUMABLE_FIELDS}).validate()
+    if guards.stopped_before_threshold(run):
+        return _finish(run, config, split, progress)
     if not run.has_last():
         kind = get_detector(config.method)
         if run.has_model() and not hasattr(kind, "step"):
@@ -170,6 +174,20 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
         writes = guards.ResumeWrites(run, wanted, from_epoch=done)  # config.json: 1st epoch
         _fit(run, detector, train, val, progress, resume=True, checkpoints=writes)
         _default_threshold(run, detector, train, val, keep_user_threshold=True)
+    return detector
+
+
+def _finish(run: RunDir, config: Config, split: dict, progress: bool) -> Detector:
+    """`--resume` of a run stopped after training, before its held-out images were scored:
+    score them and set the default threshold (a threshold the user set is kept); no training."""
+    seed_everything(config.seed)
+    detector = build_detector(config, run=run)
+    run.load_checkpoint(detector)
+    with run.lock("train"):
+        train, val = _datasets(config, split)
+        detector.to(select_device(config.device))
+        _default_threshold(run, detector, train, val, keep_user_threshold=True)
+    print(f"{run}: finished: its held-out images are scored and its threshold is set")
     return detector
 
 

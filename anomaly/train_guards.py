@@ -43,6 +43,12 @@ def refuse_existing(run: RunDir) -> None:
                 "written there; choose a new folder name for the run"
             )
     if run.has_model():
+        if stopped_before_threshold(run):
+            raise RunError(
+                f"{run} holds a run stopped after training, before its held-out images were "
+                f"scored and its threshold set; finish it (no training again) with `python -m "
+                f"anomaly train --out {run} --resume`, or delete the folder to start again"
+            )
         if run.checkpoint().get("complete", True):
             raise RunError(
                 f"{run} already holds a trained run; choose another --out, or delete "
@@ -52,6 +58,26 @@ def refuse_existing(run: RunDir) -> None:
             f"{run} holds an interrupted run; continue it with `python -m anomaly "
             f"train --out {run} --resume`, or delete the folder to start again"
         )
+
+
+def stopped_before_threshold(run: RunDir) -> bool:
+    """Whether `run` finished training (a complete model.pt) but stopped before scoring its
+    held-out images (no val_scores.json): Ctrl-C, or a failure, between the two."""
+    try:
+        return (
+            run.has_model()
+            and not run.file(run.VAL_SCORES).exists()
+            and bool(run.checkpoint().get("complete", True))
+        )
+    except (RunError, ValueError, OSError):
+        return False
+
+
+def check_decodes(dataset) -> None:
+    """Decode every image of `dataset` (the held-out images): one that cannot be read is named
+    before training, not after it, when the run would hold a model and no threshold."""
+    for i in range(len(dataset)):
+        dataset[i]
 
 
 def _is_ours(run: RunDir) -> bool:

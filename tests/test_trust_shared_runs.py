@@ -4,9 +4,10 @@ shown, and it chooses nothing on this machine that the user did not."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from helpers import copy_run
+from helpers import copy_run, tiny_config, tiny_flags
 
 from anomaly.cli import main
 from anomaly.threshold_file import guarantee_words
@@ -66,3 +67,57 @@ def test_guarantee_words_keep_a_folders_name_when_they_state_the_alpha():
     assert guarantee_words("conformal", {"alpha": 0.05}).endswith("the good images it was set on")
     assert guarantee_words("conformal", {"alpha": 5, "guarantee": text}) is None
     assert guarantee_words("f1", {"alpha": 0.05, "guarantee": text}) is None
+
+
+# --- a train stopped between its model and its threshold -----------------------------------------
+@pytest.mark.parametrize("method", ["meandiff", "ae"])
+def test_a_train_stopped_after_training_is_finished_by_resume(
+    tiny_cookies, tmp_path, monkeypatch, capsys, method
+):
+    from anomaly import pipeline
+
+    run = tmp_path / "run"
+    argv = ["train", "--out", str(run), *tiny_flags(tiny_cookies, **{"--method": method})]
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_default_threshold", stop)
+        assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert (
+        f"interrupted after training; continue with `python -m anomaly train --out {run} --resume`"
+        in err
+    )
+    assert (run / "model.pt").exists() and not (run / "threshold.json").exists()
+    assert main(argv) == 2
+    assert "finish it (no training again)" in capsys.readouterr().err
+    model = (run / "model.pt").read_bytes()
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert "finished: its held-out images are scored" in capsys.readouterr().out
+    assert (run / "model.pt").read_bytes() == model  # not trained again
+    assert json.loads((run / "threshold.json").read_text())["params"]["set_by"] == "train"
+    assert json.loads((run / "val_scores.json").read_text())["scores"]
+    image = min((tiny_cookies / "test/good").glob("*.png"))
+    main(["predict", "--run", str(run), str(image)])
+    assert "(normal_quantile)" in capsys.readouterr().out  # predict has its threshold
+
+
+def test_an_unreadable_held_out_image_is_named_before_training(tiny_cookies, tmp_path, capsys):
+    import shutil
+
+    from anomaly.data import AnomalyDataset
+    from anomaly.train_guards import new_split
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    config = tiny_config(data, "meandiff")
+    paths = AnomalyDataset(data, "train", size=64, channels=1).paths
+    held_out = Path(paths[new_split(config, paths)[1][0]])
+    held_out.write_bytes(held_out.read_bytes()[:200])  # truncated: only decoding finds it
+    run = tmp_path / "run"
+    argv = ["train", "--out", str(run), *tiny_flags(data, **{"--method": "meandiff"})]
+    assert main(argv) == 2
+    assert held_out.name in capsys.readouterr().err
+    assert not (run / "model.pt").exists()  # named before training, not after
