@@ -317,5 +317,17 @@ def build_backbone(
 
 
 def parse_layers(text: str) -> tuple[str, ...]:
-    """ "blocks.2, blocks.4" -> ("blocks.2", "blocks.4"); "" -> ()."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    """ "blocks.2, blocks.4" -> ("blocks.2", "blocks.4"); "" -> (). A stage named twice is
+    refused (its features would be taken twice, and the extractor fails on it)."""
+    layers = tuple(part.strip() for part in text.split(",") if part.strip())
+    digits = [name.rstrip("0123456789") + str(int(n)) for name in layers if (n := _number(name))]
+    twice = sorted({name for name in digits if digits.count(name) > 1})
+    if twice or len(set(layers)) < len(layers):
+        name = twice[0] if twice else next(n for n in layers if layers.count(n) > 1)
+        raise ValueError(f"--layers {text!r} names {name} twice; name each stage once")
+    return layers
+
+
+def _number(name: str) -> str:
+    """The stage number a layer name ends with ("features.06" -> "06"), or ''."""
+    return name[len(name.rstrip("0123456789")) :]

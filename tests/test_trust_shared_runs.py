@@ -121,3 +121,14 @@ def test_an_unreadable_held_out_image_is_named_before_training(tiny_cookies, tmp
     assert main(argv) == 2
     assert held_out.name in capsys.readouterr().err
     assert not (run / "model.pt").exists()  # named before training, not after
+
+
+@pytest.mark.parametrize("layers", ["features.3,features.3", "features.3, features.03"])
+def test_a_stage_named_twice_is_refused_before_anything_is_written(
+    tiny_cookies, tmp_path, capsys, layers
+):
+    run = tmp_path / "run"
+    flags = tiny_flags(tiny_cookies, **{"--method": "patchknn", "--channels": "3"})
+    assert main(["train", "--out", str(run), *flags, "--layers", layers]) == 2
+    assert "names features.3 twice" in capsys.readouterr().err
+    assert not run.exists()

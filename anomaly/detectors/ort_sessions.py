@@ -38,19 +38,22 @@ def trace_to_onnx(
                 dynamic_axes=dynamic,
             )
             return
-        except (TypeError, RuntimeError, NotImplementedError, AttributeError):
-            pass  # a torch without the TorchScript exporter
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=True,
-            opset_version=max(opset, 18),
-            input_names=["images"],
-            output_names=names,
-            dynamic_shapes=({0: torch.export.Dim("batch")},) if outputs else None,
-            verbose=False,
-        )
+        except (TypeError, RuntimeError, NotImplementedError, AttributeError) as err:
+            traced = err  # a torch without the TorchScript exporter, or a module it fails on
+        try:
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=True,
+                opset_version=max(opset, 18),
+                input_names=["images"],
+                output_names=names,
+                dynamic_shapes=({0: torch.export.Dim("batch")},) if outputs else None,
+                verbose=False,
+            )
+        except ImportError:  # no onnxscript for the dynamo exporter: the tracer's error says why
+            raise traced from None
 
 
 def onnxruntime_session(module: nn.Module | bytes, example: torch.Tensor, output: str):
