@@ -24,6 +24,7 @@ from anomaly import train_guards as guards
 from anomaly.build import build_detector, check_size, load_run
 from anomaly.config import Config
 from anomaly.data import AnomalyDataset
+from anomaly.data.files import check_not_in_data
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.data.image_kind import warn_unlike
 from anomaly.detectors import Detector, Predictions, get_detector
@@ -91,6 +92,7 @@ def train_run(
         encoder = os.path.abspath(config.backbone.split(":", 1)[1])
         config = config.replace(backbone=f"encoder:{encoder}")
     guards.refuse_existing(run)
+    check_not_in_data(run.path, "--out")
     seed_everything(config.seed)
     detector = build_detector(config)
     check_size(detector, config)
@@ -324,6 +326,7 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
         dest = Path(out)
     if dest.exists() and not dest.is_dir():
         raise RunError(f"--out {dest} is a file; give a folder for the scores of {data}")
+    check_not_in_data(dest, "--out")
     ours = {*RunDir.SCORE_OUTPUTS, RunDir.OVERLAYS}
     theirs = sorted(p.name for p in dest.iterdir() if p.name not in ours) if dest.is_dir() else []
     if not theirs and dest.is_dir() and any(dest.iterdir()) and _scored_data(dest) is None:

@@ -132,3 +132,22 @@ def test_a_stage_named_twice_is_refused_before_anything_is_written(
     assert main(["train", "--out", str(run), *flags, "--layers", layers]) == 2
     assert "names features.3 twice" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_runs_and_scores_are_never_written_into_a_data_sets_images(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    flags = tiny_flags(data, **{"--method": "meandiff"})
+    assert main(["train", "--out", str(data / "test/run1"), *flags]) == 2
+    assert "inside the data set" in capsys.readouterr().err
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    argv = ["score", "--run", str(run), "--data", str(data), "--no-overlays"]
+    assert main([*argv, "--out", str(data / "ground_truth/new")]) == 2
+    assert "inside the data set" in capsys.readouterr().err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert main(["train", "--out", str(data / "runs/ok"), *flags]) == 0  # beside its images

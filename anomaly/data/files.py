@@ -92,3 +92,19 @@ def broken_link(p: Path) -> str:
         if e.errno == 40:  # ELOOP
             return "a symbolic link that points back to itself (a loop); fix the link or delete it"
     return f"a symbolic link to {os.readlink(p)}, which does not exist; fix the link or delete it"
+
+
+def check_not_in_data(path: str | Path, what: str) -> None:
+    """Refuse an output folder (`what`: "--out" words) inside the train/, test/ or
+    ground_truth/ folder of a data set (a folder that holds train/ and test/): written there, a
+    run or its scores would become part of the images, a defect kind of its own in test/, and
+    break every later train and score of that set."""
+    path = Path(os.path.abspath(path))
+    for inner, parent in zip([path, *path.parents], path.parents):
+        if inner.name in ("train", "test", "ground_truth") and (
+            (parent / "train").is_dir() and (parent / "test").is_dir()
+        ):
+            raise ValueError(
+                f"{what} {path} is inside the data set {parent} ({inner.name}/), where it would "
+                f"be read as images; choose a folder outside {inner}"
+            )
