@@ -279,6 +279,7 @@ def score_run(
         dest = score_folder(rd, data, out)
         test = AnomalyDataset(data, "test", size=config.size, channels=config.channels)
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
+        guards.warn_test_copies(rd, list(test.paths))
         t0 = time.perf_counter()
         pred = detector.predict(decoding_loader(test, config, workers=workers), progress=progress)
         seconds = time.perf_counter() - t0

@@ -25,7 +25,7 @@ import numpy as np
 from anomaly.config import Config
 from anomaly.data.image_kind import warn_mixed
 from anomaly.runs import RunDir, RunError, versions
-from anomaly.safe_files import write_json
+from anomaly.safe_files import sha256_file, write_json
 from anomaly.train import DamagedState, check_resumable, split_indices
 
 
@@ -249,15 +249,53 @@ def check_split(run: RunDir, config: Config, split: dict) -> None:
     warn_mixed(split["train"] + split["val"], config.channels, config.size)
 
 
+def learned_digests(split: dict) -> dict[str, str]:
+    """{SHA-256: the first training image with it} from a split.json's record (empty for a
+    split from before the digests, or a damaged one)."""
+    train, digests = split.get("train"), split.get("sha256")
+    if not isinstance(train, list) or not isinstance(digests, list):
+        return {}
+    learned: dict[str, str] = {}
+    for d, p in zip(digests[: len(train)], train):
+        if isinstance(d, str):
+            learned.setdefault(d, str(p))
+    return learned
+
+
+def warn_test_copies(run: RunDir, paths: list[str]) -> None:
+    """Warn, naming them, about images to score that are byte-identical copies of the run's
+    training images: the model learned them, so their low scores make the metrics optimistic."""
+    try:
+        learned = learned_digests(run.split() or {})
+    except (RunError, ValueError, TypeError):
+        return
+    if not learned:
+        return
+    copies = []
+    for p in paths:
+        try:
+            if (d := sha256_file(p)) in learned:
+                copies.append((p, learned[d]))
+        except OSError:
+            continue  # unreadable: named when it is decoded
+    if copies:
+        named = "; ".join(f"{p} = {q}" for p, q in copies[:3])
+        warnings.warn(
+            f"{len(copies)} of the {len(paths)} images scored are byte-identical copies of "
+            f"{run}'s training images ({named}{'; ...' if len(copies) > 3 else ''}): the model "
+            "learned them, so their scores are lower than a new part's and the metrics "
+            "optimistic. Take them out of the test images",
+            stacklevel=3,
+        )
+
+
 def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
     """Warn, naming them, about held-out images that are byte-identical to training images
     (split.json's SHA-256s), or for kmeans to images its `--from` run's encoder learned: the
     default threshold set on them measures how the model scores what it learned, not new good
     parts."""
     n_train = len(split["train"])
-    learned: dict[str, str] = {}  # digest -> the first training image with it
-    for d, p in zip(split["sha256"][:n_train], split["train"]):
-        learned.setdefault(d, p)
+    learned = learned_digests(split)
     found = _source_split(config)
     if found is not None and len(found[1].get("sha256") or []) >= len(found[1]["train"]):
         source, theirs = found

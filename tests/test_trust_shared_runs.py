@@ -4,6 +4,8 @@ shown, and it chooses nothing on this machine that the user did not."""
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -105,8 +107,6 @@ def test_a_train_stopped_after_training_is_finished_by_resume(
 
 
 def test_an_unreadable_held_out_image_is_named_before_training(tiny_cookies, tmp_path, capsys):
-    import shutil
-
     from anomaly.data import AnomalyDataset
     from anomaly.train_guards import new_split
 
@@ -137,8 +137,6 @@ def test_a_stage_named_twice_is_refused_before_anything_is_written(
 def test_runs_and_scores_are_never_written_into_a_data_sets_images(
     scored_ae_run, tiny_cookies, tmp_path, capsys
 ):
-    import shutil
-
     data = tmp_path / "data"
     shutil.copytree(tiny_cookies, data)
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
@@ -151,3 +149,20 @@ def test_runs_and_scores_are_never_written_into_a_data_sets_images(
     assert "inside the data set" in capsys.readouterr().err
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
     assert main(["train", "--out", str(data / "runs/ok"), *flags]) == 0  # beside its images
+
+
+def test_test_images_that_are_training_images_are_named(scored_ae_run, tmp_path):
+    from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    data = tmp_path / "data"
+    shutil.copytree(RunDir(run).config().data, data)
+    learned = RunDir(run).split()["train"][0]
+    shutil.copy(learned, data / "test/good/copy.png")
+    with pytest.warns(UserWarning, match=r"1 of the \d+ images scored are byte-identical") as got:
+        score_run(run, data=data, overlays=False)
+    assert f"copy.png = {learned}" in str(got[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the run's own test images: nothing to say
+        score_run(run, overlays=False)
