@@ -133,6 +133,23 @@ def test_images_outside_the_data_folder_are_never_read(tmp_path, monkeypatch):
     assert "5 of 6 image paths" in text and "maps shown without them" in text
 
 
+def test_a_data_folder_named_by_the_run_reads_only_test_images_of_it(tmp_path):
+    """A run from someone else names its data folder too: with "/" (or a home folder) as the
+    data, any image on the machine was inside it, shown and embedded in the report."""
+    secret = image(tmp_path / "private" / "secret.png", (255, 0, 0))
+    pred = predictions(tmp_path / "data")
+    pred.paths = [str(secret)] * len(pred)
+    for data in ("/", str(tmp_path), str(tmp_path / "private")):
+        pred.meta["data"] = data
+        ex = ThresholdExplorer(pred)
+        assert all(f is None for f in ex.run.files)
+        assert "not test images of the data set" in ex.report_html()
+    shown = tmp_path / "set" / "test" / "crack" / "000.png"  # where `score` finds test images
+    image(shown, (0, 0, 255))
+    pred.paths, pred.meta["data"] = [str(shown)] * len(pred), str(tmp_path / "set")
+    assert ThresholdExplorer(pred).run.files[0] == shown.resolve()
+
+
 def test_images_missing_from_a_moved_data_folder_are_said_once(tmp_path):
     pred = predictions(tmp_path / "moved-away")
     ex = ThresholdExplorer(pred)

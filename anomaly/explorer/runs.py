@@ -298,10 +298,21 @@ def _sample_good(pred: Predictions) -> np.ndarray:
     return pred.maps[good[:: max(1, good.size // 50)]]
 
 
+def _test_image(real: Path, root: Path) -> bool:
+    """Whether `real` (resolved) is where `score` finds test images in the data set `root`:
+    ROOT/test/<kind>/<file>, or ROOT/<kind>/<file> in the plain layout (ROOT/good/ exists)."""
+    if not real.is_relative_to(root) or real.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False
+    parts = real.relative_to(root).parts
+    mvtec = len(parts) == 3 and parts[0] == "test"
+    return mvtec or (len(parts) == 2 and (root / "good").is_dir())
+
+
 def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | None], str]:
     """Per image, the file to read (resolved), or None; and what was not read, in a few words
-    ("" when every image is there). Only image files inside the run's data folder (`data_root`)
-    are read: predictions.npz from someone else could name any file (`../../private/x.png`)."""
+    ("" when every image is there). Only test images of the run's data folder (`data_root`)
+    are read, where `score` finds them (`_test_image`): predictions.npz and config.json from
+    someone else could name any file (`../../private/x.png`), and any folder as the data."""
     n = len(pred)
     root = data_root(pred, folder)
     if root is None:
@@ -314,11 +325,7 @@ def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | Non
     for p in pred.paths:
         # a relative path: from the working folder (as an older `score` wrote it), or the root
         tries = [Path(p)] if os.path.isabs(p) else [Path(os.path.abspath(p)), root / p]
-        inside = [
-            real
-            for real in (t.resolve() for t in tries)
-            if real.is_relative_to(real_root) and real.suffix.lower() in IMAGE_EXTENSIONS
-        ]
+        inside = [real for real in (t.resolve() for t in tries) if _test_image(real, real_root)]
         found = next((real for real in inside if real.is_file()), None)
         outside += not inside
         missing += bool(inside) and found is None
@@ -329,8 +336,8 @@ def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | Non
         notes.append(f"{what} not found under {root}")
     if outside:
         notes.append(
-            f"{outside} of {n} image paths in predictions.npz are not image files inside the "
-            f"data folder {root}, and were not read"
+            f"{outside} of {n} image paths in predictions.npz are not test images of the "
+            f"data set {root} (ROOT/test/<kind>/ or, plain, ROOT/<kind>/), and were not read"
         )
     return files, "; ".join(notes)
 
