@@ -141,6 +141,21 @@ def _f(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "str": "text"}
+
+
+def _of_type(value, kind: str) -> bool:
+    """Whether a field's value has its declared type (`kind`, as written in the dataclass):
+    an int field takes no float or bool, a float field an int too, a str field only text."""
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, int)
+    if kind == "float":
+        return isinstance(value, int | float)
+    return isinstance(value, str)
+
+
 @dataclass
 class Config:
     """Everything that decides what a run learns. Saved as `config.json` in the run folder.
@@ -371,6 +386,8 @@ class Config:
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
             flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+            if not _of_type(value, f.type):  # a config.json edited by hand: "64" or 64.0
+                raise ValueError(f"{flag} {value!r}: must be {_TYPE_WORDS[f.type]}")
             if "choices" in meta and value not in meta["choices"]:
                 raise ValueError(
                     f"{flag} {value!r}: choose one of " + ", ".join(map(str, meta["choices"]))

@@ -42,6 +42,7 @@ from anomaly.notebook_setup import (
     settings,
 )
 from anomaly.runs import RunDir, RunError
+from anomaly.safe_files import finite
 
 __all__ = [  # this module's names and those it re-exports (notebook_setup, notebook_benchmark)
     "CURVE_COMMANDS",
@@ -305,7 +306,21 @@ def _one_per_kind(data, n: int) -> list[int]:
 
 
 def _metrics(run: Path) -> dict:
-    return RunDir(run).metrics()
+    """The run's metrics.json; RunError naming the file when a metric the tables show is not a
+    number (None: not measured)."""
+    rd = RunDir(run)
+    metrics = rd.metrics()
+    if not isinstance(metrics, dict):
+        metrics, bad = None, []
+    else:
+        bad = [k for k in METRIC_KEYS if metrics.get(k) is not None and not finite(metrics[k])]
+    if metrics is None or bad:
+        what = f"its {bad[0]} is {str(metrics[bad[0]])[:40]!r}" if bad else "not a JSON object"
+        raise RunError(
+            f"{rd.file(rd.METRICS)} is damaged ({what}, not a number); score the run again: "
+            f"python -m anomaly score --run {rd.path}"
+        )
+    return metrics
 
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
@@ -336,9 +351,18 @@ def scores_table(run: Path, n: int = 6) -> str:
     from anomaly.runs import read_scores
 
     rows = read_scores(run)
-    normal = [r for r in rows if r["label"] == "0"]
-    defect = [r for r in rows if r["label"] == "1"]
-    show = lambda rs: "\n".join(f"{r['defect']}/{r['file']},{float(r['score']):.6f}" for r in rs)
+    normal = [r for r in rows if r.get("label") == "0"]
+    defect = [r for r in rows if r.get("label") == "1"]
+    for r in rows:
+        try:
+            r["score"] = float(r["score"])
+        except (KeyError, TypeError, ValueError):
+            raise RunError(
+                f"{RunDir(run).file(RunDir.SCORES)} is damaged (a score of "
+                f"{str(r.get('score'))[:40]!r}, not a number); score the run again: "
+                f"python -m anomaly score --run {run}"
+            ) from None
+    show = lambda rs: "\n".join(f"{r['defect']}/{r['file']},{r['score']:.6f}" for r in rs)
     return (
         f"Normal samples ({len(normal)}, first {n})\n{show(normal[:n])}\n...\n\n"
         f"Anomaly samples ({len(defect)}, first {n})\n{show(defect[:n])}\n..."

@@ -60,6 +60,12 @@ class CheckpointFiles:
                 "load it into your own model, or train a run with "
                 "`python -m anomaly train`"
             )
+        for key in ("config", "state"):
+            if not isinstance(payload.get(key), dict):
+                raise RunError(
+                    f"{path} is damaged: its {key!r} is {type(payload.get(key)).__name__}, not a "
+                    "mapping of names to values; restore it from a copy, or train the run again"
+                )
         return payload
 
     def save_checkpoint(self, detector, complete: bool = False, **extra) -> None:
@@ -92,7 +98,8 @@ class CheckpointFiles:
             detector.load_state_dict(payload["state"])
         except ValueError as err:  # a detector's own check: its words, whole
             raise RunError(f"{self.file(self.MODEL)}: {err}") from None
-        except (RuntimeError, KeyError) as err:  # torch's: its first line, shortened
+        # torch's, or a state of other types (someone else's file): its first line, shortened
+        except (RuntimeError, KeyError, TypeError, AttributeError, IndexError) as err:
             first = str(err).strip().splitlines()[0][:300]
             raise RunError(
                 f"The weights in {self.file(self.MODEL)} do not fit a {detector.name} "

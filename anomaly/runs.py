@@ -176,7 +176,23 @@ class RunDir(CheckpointFiles):
         write_json(self.file(self.CONFIG), asdict(config))
 
     def split(self) -> dict | None:
-        return self._read_json(self.SPLIT) if self.file(self.SPLIT).exists() else None
+        """split.json (which images trained, which were held out, their SHA-256s), or None
+        when the run has none; RunError naming the file when it is not one."""
+        if not self.file(self.SPLIT).exists():
+            return None
+        split = self._read_json(self.SPLIT)
+        problem = "" if isinstance(split, dict) else "it is not a JSON object"
+        for key in ("train", "val", "sha256") if not problem else ():
+            paths = split.get(key, [] if key == "sha256" else None)  # no sha256: an older run
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                problem = f"its {key!r} is not a list of texts"
+                break
+        if problem:
+            raise RunError(
+                f"{self.file(self.SPLIT)} is damaged ({problem}); restore it from a copy, or "
+                "train the run again"
+            )
+        return split
 
     def val_scores(self) -> dict:
         """The held-out good images' `paths`, `scores` and `map_range`; RunError naming the file

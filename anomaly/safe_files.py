@@ -230,6 +230,11 @@ def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
         raise RunError(f"{folder} is a file, not a run folder; choose a folder name")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
+    if path.is_dir() and not path.is_symlink():
+        raise RunError(
+            f"{path} is a folder, where {command} keeps its lock file; move it out of {folder} "
+            "and run the command again"
+        )
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -166,3 +166,72 @@ def test_test_images_that_are_training_images_are_named(scored_ae_run, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the run's own test images: nothing to say
         score_run(run, overlays=False)
+
+
+# --- hand-edited or damaged run files: a message naming the file, never a traceback ----------------
+def _edit_json(path, change):
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize(
+    "file, change, said",
+    [
+        ("config.json", lambda d: d.update(size=64.0), "--size 64.0: must be a whole number"),
+        ("config.json", lambda d: d.update(size="64"), "--size '64': must be a whole number"),
+        ("config.json", lambda d: d.update(data=5), "--data 5: must be text"),
+        ("split.json", lambda d: d.update(train=5), "split.json is damaged"),
+        ("split.json", lambda d: d.update(train=[[1]]), "split.json is damaged"),
+    ],
+)
+def test_edited_run_files_are_named(scored_ae_run, tmp_path, capsys, file, change, said):
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    _edit_json(run / file, change)
+    command = ["threshold", "--run", str(run), "--rule", "normal-quantile"]
+    if file == "config.json":
+        command = ["score", "--run", str(run), "--no-overlays"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "damage", [{"config": "x"}, {"state": [1, 2]}, {"state.encoder.0.weight": [1.0]}]
+)
+def test_a_damaged_checkpoint_is_named(scored_ae_run, tmp_path, capsys, damage):
+    import torch
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    payload = torch.load(run / "model.pt", weights_only=True)
+    for key, value in damage.items():
+        if key.startswith("state."):
+            payload["state"] = {k: value for k in payload["state"]}  # lists, not tensors
+        else:
+            payload[key] = value
+    torch.save(payload, run / "model.pt")
+    assert main(["score", "--run", str(run), "--no-overlays"]) == 2
+    assert str(run / "model.pt") in capsys.readouterr().err
+
+
+def test_a_folder_in_place_of_the_lock_is_named(scored_ae_run, tmp_path, capsys):
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    (run / ".lock").mkdir()
+    assert main(["threshold", "--run", str(run), "--rule", "normal-quantile"]) == 2
+    assert f"{run / '.lock'} is a folder" in capsys.readouterr().err
+
+
+def test_damaged_metrics_and_scores_are_named_in_the_notebook_tables(scored_ae_run, tmp_path):
+    from anomaly import notebook as nb
+    from anomaly.runs import RunError
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    _edit_json(run / "metrics.json", lambda d: d.update(image_auroc="high"))
+    with pytest.raises(RunError, match="metrics.json is damaged .its image_auroc is 'high'"):
+        nb.metrics_table({"ae": run})
+    rows = (run / "scores.csv").read_text().splitlines()
+    head, first = rows[0].split(","), rows[1].split(",")
+    first[head.index("score")] = "lots"
+    (run / "scores.csv").write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
+    with pytest.raises(RunError, match="scores.csv is damaged .a score of 'lots'"):
+        nb.scores_table(run)
