@@ -267,7 +267,7 @@ def _contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, 
         low, high = (float(x) for x in json.loads(meta["map_range"]))
     except (ValueError, TypeError, RecursionError):  # not JSON, not a list, not two numbers
         low = high = math.nan
-    if not math.isfinite(high - low) or low > high:
+    if not math.isfinite(high - low) or low > high or max(abs(low), abs(high)) > 1e30:
         raise bad(f"its metadata map_range is {meta['map_range']!r:.60}, not [low, high]")
     return size, channels, threshold, [low, high]
 

@@ -56,8 +56,8 @@ class EvidenceScale:
     def __post_init__(self) -> None:
         if not np.isfinite([self.floor, self.pixel_threshold]).all():
             raise ValueError(f"EvidenceScale needs finite values, got {self}")
-        if self.pixel_threshold <= self.floor:
-            span = max(abs(self.floor), 1.0) * 1e-6
+        span = max(abs(self.floor), 1.0) * 1e-6  # evidence of float32 maps stays finite
+        if self.pixel_threshold - self.floor < span:
             object.__setattr__(self, "pixel_threshold", self.floor + span)
 
     def evidence(self, amap) -> np.ndarray:

@@ -76,6 +76,9 @@ def versions() -> dict:
     }
 
 
+MAP_LIMIT = 1e30  # map values a run's files may name: float32 maps scaled by them stay finite
+
+
 class RunDir(CheckpointFiles):
     """One run folder: its file names, and a reader and an atomic writer for each file."""
 
@@ -232,8 +235,8 @@ class RunDir(CheckpointFiles):
             lo, hi = (float(x) for x in self.val_scores()["map_range"])
         except (KeyError, TypeError, ValueError):
             lo = hi = math.nan
-        if not math.isfinite(hi - lo) or lo > hi:  # NaN and inf fail the first
-            raise RunError(
+        if not math.isfinite(hi - lo) or lo > hi or max(abs(lo), abs(hi)) > MAP_LIMIT:
+            raise RunError(  # NaN and inf fail the first; beyond MAP_LIMIT float32 maps overflow
                 f"{self.file(self.VAL_SCORES)}: its map_range is not two finite numbers, low "
                 "then high; train the run again to remake it"
             )

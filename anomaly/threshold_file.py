@@ -50,7 +50,10 @@ CALIBRATION = {
 # each param a writer saves: a test it must pass, and the words for what it must be
 PARAMS = {
     "alpha": (lambda x: finite(x) and 0 < x < 1, "a number between 0 and 1"),
-    "pixel_threshold": (lambda x: x is None or finite(x), "a finite number"),
+    "pixel_threshold": (
+        lambda x: x is None or (finite(x) and abs(x) <= 1e30),  # float32 maps: 1e30 at most
+        "a finite number (at most 1e30 in size)",
+    ),
     "calibration": (lambda x: isinstance(x, dict), "an object (where the good images came from)"),
     **dict.fromkeys(("q", "f1", "precision", "recall", "false_reject_rate", "escape_rate"), _RATE),
     **dict.fromkeys(("n", "n_normal", "n_images", "rank", "tp", "fp", "tn", "fn"), _COUNT),

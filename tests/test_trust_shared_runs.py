@@ -235,3 +235,28 @@ def test_damaged_metrics_and_scores_are_named_in_the_notebook_tables(scored_ae_r
     (run / "scores.csv").write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
     with pytest.raises(RunError, match="scores.csv is damaged .a score of 'lots'"):
         nb.scores_table(run)
+
+
+@pytest.mark.parametrize("map_range", [[5, 5], [0, 1e-300], [-1e307, 1e307]])
+def test_a_degenerate_map_range_draws_no_overflow(
+    scored_ae_run, tiny_cookies, tmp_path, capsys, map_range
+):
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    _edit_json(run / "val_scores.json", lambda d: d.update(map_range=map_range))
+    image = min((tiny_cookies / "test/good").glob("*.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's divide by zero, overflow
+        code = main(["predict", "--run", str(run), str(image)])
+    said = capsys.readouterr()
+    if abs(map_range[0]) > 1e30:
+        assert code == 2 and "map_range is not two finite numbers" in said.err
+    else:
+        assert "REJECT" in said.out or "PASS" in said.out
+
+
+def test_a_pixel_threshold_beyond_float32_is_refused(scored_ae_run, tiny_cookies, tmp_path, capsys):
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    _edit_json(run / "threshold.json", lambda d: d["params"].update(pixel_threshold=1e308))
+    image = min((tiny_cookies / "test/good").glob("*.png"))
+    assert main(["predict", "--run", str(run), str(image)]) == 2
+    assert "params.pixel_threshold is '1e+308', not a finite number (at most 1e30" in capsys.readouterr().err
