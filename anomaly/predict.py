@@ -61,7 +61,9 @@ def unreadable(path: Path) -> str | None:
         return f"{path} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)}) in it" + (
             f"; it holds {skipped(stray, SUBFOLDERS)}" if stray else "; give image files"
         )
-    if path.is_file() and not _is_image(path):
+    if not path.is_file():  # a pipe would be waited on for ever, a device read without end
+        return f"{path} is not a file (a pipe or a device); give image files"
+    if not _is_image(path):
         return (
             f"{path}: not an image file this package reads; images must end in "
             f"{', '.join(IMAGE_EXTENSIONS)}; save it as PNG to score it"

@@ -259,4 +259,7 @@ def test_a_pixel_threshold_beyond_float32_is_refused(scored_ae_run, tiny_cookies
     _edit_json(run / "threshold.json", lambda d: d["params"].update(pixel_threshold=1e308))
     image = min((tiny_cookies / "test/good").glob("*.png"))
     assert main(["predict", "--run", str(run), str(image)]) == 2
-    assert "params.pixel_threshold is '1e+308', not a finite number (at most 1e30" in capsys.readouterr().err
+    assert (
+        "params.pixel_threshold is '1e+308', not a finite number (at most 1e30"
+        in capsys.readouterr().err
+    )

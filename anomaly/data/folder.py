@@ -45,7 +45,7 @@ from anomaly.data.files import (
     skipped,
 )
 from anomaly.data.generated import interrupted
-from anomaly.data.image_kind import displayed_size, open_image
+from anomaly.data.image_kind import displayed_size, named_warnings, open_image, unreadable_fix
 from anomaly.data.input_checks import subfolders as _subfolders
 from anomaly.data.input_checks import warn_good_masks, warn_missing_masks
 from anomaly.data.masks import (
@@ -379,11 +379,11 @@ class AnomalyDataset(Dataset):
     def _check_headers(self) -> None:
         for s in self.samples:
             try:
-                with Image.open(s.path) as im:
+                with named_warnings(s.path), Image.open(s.path) as im:
                     image_size = displayed_size(im)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 raise DataError(
-                    f"{s.path}: not a readable image ({e}). Re-save it as PNG, or delete it."
+                    f"{s.path}: not a readable image ({e}). {unreadable_fix(e)}"
                 ) from None
             if s.mask_path is None:
                 continue

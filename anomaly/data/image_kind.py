@@ -60,13 +60,42 @@ def read_rgb(path: str | Path | None):
     None when there is no file or it does not decode (whoever scores it says why)."""
     import numpy as np
 
-    if path is None:
+    if path is None or not Path(path).is_file():  # none, or a pipe that would never end
         return None
     try:
-        with Image.open(path) as im:
+        with named_warnings(path), Image.open(path) as im:
             return np.asarray(upright(im).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def unreadable_fix(error: Exception) -> str:
+    """What to do with a file Pillow could not read, in words, after `error`."""
+    if isinstance(error, Image.DecompressionBombError):
+        return (
+            f"It is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels); "
+            "shrink it, for example to 4000 pixels on its longer side"
+        )
+    return "Re-save it as PNG, or delete it."
+
+
+@contextlib.contextmanager
+def named_warnings(path):
+    """Pillow's warnings while `path` is read (a very large image, EXIF it cannot parse),
+    given again as one line naming the file instead of Pillow's source line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        words = str(w.message)
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            words += "; decoding it takes much memory and time: shrink it"
+        if (str(path), words) not in _SAID:  # the header, the pixels, the overlay: said once
+            _SAID.add((str(path), words))
+            warnings.warn(f"{path}: {words}", UserWarning, stacklevel=3)
+
+
+_SAID: set[tuple[str, str]] = set()
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -77,15 +106,16 @@ def open_image(path: str | Path) -> Image.Image:
             f"{path} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)}) in it; give "
             "image files, or the folder that holds them"
         )
+    if Path(path).exists() and not Path(path).is_file():  # a pipe would wait for ever
+        raise DataError(f"{path} is not a file (a pipe or a device); give image files")
     try:
-        im = Image.open(path)
-        refused = refused_frames(im, path)
-        if refused is None:
-            upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
+        with named_warnings(path):
+            im = Image.open(path)
+            refused = refused_frames(im, path)
+            if refused is None:
+                upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(
-            f"{path}: cannot read this image ({e}). Re-save it as PNG, or delete it."
-        ) from None
+        raise DataError(f"{path}: cannot read this image ({e}). {unreadable_fix(e)}") from None
     if refused is not None:
         im.close()
         raise DataError(f"{path}: {refused}")
@@ -146,8 +176,10 @@ def displayed_size(im: Image.Image) -> tuple[int, int]:
 def image_kind(path: str | Path) -> dict | None:
     """{"colour": bool, "bits": 8, 16 or 32, "aspect": width / height} from the file's header,
     or None when it cannot be read (whoever decodes it says why)."""
+    if not Path(path).is_file():  # a pipe: opening it would wait for ever
+        return None
     try:
-        with Image.open(path) as im:
+        with named_warnings(path), Image.open(path) as im:
             mode, (width, height), fmt = im.mode, displayed_size(im), im.format
         bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
         if fmt == "PNG":  # its own header: 1-16 (older Pillow opens 16-bit PNGs as "I")

@@ -1,0 +1,48 @@
+"""Images that Pillow warns about, refuses, or cannot read from at all: one line naming the file
+and the fix, never Pillow's source line or a wait for ever."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from helpers import copy_run
+from PIL import Image
+
+from anomaly.cli import main
+from anomaly.data import image_kind
+
+
+@pytest.fixture
+def run(scored_ae_run, tmp_path):
+    return copy_run(scored_ae_run, tmp_path / "run")
+
+
+def _image(tiny_cookies, tmp_path, name="big.png"):
+    path = tmp_path / name
+    shutil.copy(min((tiny_cookies / "test/good").glob("*.png")), path)
+    return path
+
+
+def test_a_very_large_image_is_named_with_the_fix(run, tiny_cookies, tmp_path, monkeypatch, capsys):
+    image = _image(tiny_cookies, tmp_path)  # 64 x 64: 4096 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # Pillow warns above, refuses above 2x
+    monkeypatch.setattr(image_kind, "_SAID", set())
+    main(["predict", "--run", str(run), str(image)])
+    said = [line for line in capsys.readouterr().err.splitlines() if str(image) in line]
+    assert len(said) == 1 and said[0].startswith(f"warning: {image}: Image size (4096 pixels)")
+    assert said[0].endswith("decoding it takes much memory and time: shrink it")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    assert main(["predict", "--run", str(run), str(image)]) == 2
+    out = capsys.readouterr()
+    assert "too large to decode safely" in out.out + out.err and "Re-save" not in out.out + out.err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_is_refused_not_waited_on(run, tmp_path, capsys):
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    assert main(["predict", "--run", str(run), str(pipe)]) == 2
+    out = capsys.readouterr()
+    assert f"{pipe} is not a file" in out.out + out.err
