@@ -46,3 +46,23 @@ def test_a_named_pipe_is_refused_not_waited_on(run, tmp_path, capsys):
     assert main(["predict", "--run", str(run), str(pipe)]) == 2
     out = capsys.readouterr()
     assert f"{pipe} is not a file" in out.out + out.err
+
+
+def test_a_jpeg_mask_is_read_at_half_brightness_and_named(tiny_cookies, tmp_path):
+    import numpy as np
+
+    from anomaly.data import AnomalyDataset
+    from anomaly.data.masks import read_mask
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    png = min((data / "ground_truth").rglob("*_mask.png"))
+    drawn = read_mask(png)
+    jpeg = png.with_suffix(".jpg")
+    Image.open(png).convert("L").save(jpeg, quality=75)
+    png.unlink()
+    noisy = np.asarray(Image.open(jpeg)) > 0  # every non-zero pixel: the compression's grey too
+    assert noisy.sum() > drawn.sum() * 1.2
+    assert abs(int(read_mask(jpeg).sum()) - int(drawn.sum())) <= 0.1 * drawn.sum()
+    with pytest.warns(UserWarning, match=f"{jpeg} is a JPEG mask: compression leaves faint grey"):
+        AnomalyDataset(data, "test", size=64)

@@ -41,6 +41,7 @@ from anomaly.data.files import (
     DataError,
     _is_image,
     broken_link,
+    named,
     scan_images,
     skipped,
 )
@@ -49,6 +50,7 @@ from anomaly.data.image_kind import displayed_size, named_warnings, open_image, 
 from anomaly.data.input_checks import subfolders as _subfolders
 from anomaly.data.input_checks import warn_good_masks, warn_missing_masks
 from anomaly.data.masks import (
+    LOSSY,
     check_defect_mask,
     load_mask,  # noqa: F401  (re-exported: anomaly.data.load_mask)
     mask_tensor,
@@ -377,6 +379,7 @@ class AnomalyDataset(Dataset):
         return samples
 
     def _check_headers(self) -> None:
+        lossy = []
         for s in self.samples:
             try:
                 with named_warnings(s.path), Image.open(s.path) as im:
@@ -390,6 +393,8 @@ class AnomalyDataset(Dataset):
             try:
                 with Image.open(s.mask_path) as m:
                     mask_size = displayed_size(m)
+                    if m.format in LOSSY:
+                        lossy.append(str(s.mask_path))
             except (OSError, SyntaxError, ValueError) as e:
                 raise DataError(
                     f"{s.mask_path}: not a readable mask ({e}). Re-save it as a PNG, or delete it."
@@ -400,6 +405,14 @@ class AnomalyDataset(Dataset):
                     f"{s.path} is {image_size[0]}x{image_size[1]}; masks must have the size of "
                     f"their image."
                 )
+        if lossy:
+            warnings.warn(
+                f"{named(lossy, 3)} {'is a JPEG mask' if len(lossy) == 1 else 'are JPEG masks'}:"
+                " compression leaves faint grey around each defect, so in a JPEG mask a pixel is"
+                " defect only when at least half white (in a PNG mask, every non-zero pixel)."
+                " Save masks as PNG for exact edges",
+                stacklevel=3,
+            )
 
     # --- the Dataset ---------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -90,9 +90,17 @@ def mask_tensor(a: np.ndarray, size: int | None, path: str | Path | None = None)
     return (x > 0.5).float()
 
 
+LOSSY = ("JPEG", "MPO")  # formats whose compression adds faint grey around a drawn defect
+
+
 def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file at its own size as bool [H, W] (True = defect); DataError when unreadable."""
+    """A mask file at its own size as bool [H, W] (True = defect); DataError when unreadable.
+    A JPEG mask (`LOSSY`) marks a defect where a pixel has a channel at least half on, not
+    wherever it is non-zero: compression leaves faint grey around every edge, which would
+    count as defect."""
     with open_image(path) as im:
+        if im.format in LOSSY:
+            return np.asarray(im.convert("RGB")).max(axis=-1) >= 128  # red on black too
         return mask_array(im)
 
 
