@@ -273,8 +273,11 @@ def set_threshold(
         threshold = threshold_manual(value)
     elif rule == "normal-quantile":
         q = value if value is not None else rd.config().threshold_quantile
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"--value {q}: the quantile must be between 0 and 1")
+        if not 0.5 <= q <= 1.0:  # as train's --threshold-quantile
+            raise ValueError(
+                f"--value {q}: the quantile must be from 0.5 to 1.0 (a quantile q of good scores "
+                f"rejects about 1 - q of good parts: {q} would reject most of them)"
+            )
         paths, scores, record = good_scores(rd, good_images)
         with np.errstate(over="ignore", invalid="ignore"):  # checked below
             threshold = threshold_normal_quantile(scores, q=q)

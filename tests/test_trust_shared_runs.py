@@ -263,3 +263,12 @@ def test_a_pixel_threshold_beyond_float32_is_refused(scored_ae_run, tiny_cookies
         "params.pixel_threshold is '1e+308', not a finite number (at most 1e30"
         in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("q", ["0", "0.01", "0.49"])
+def test_threshold_refuses_the_quantiles_train_refuses(scored_ae_run, tmp_path, capsys, q):
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    before = (run / "threshold.json").read_bytes()
+    assert main(["threshold", "--run", str(run), "--rule", "normal-quantile", "--value", q]) == 2
+    assert "must be from 0.5 to 1.0" in capsys.readouterr().err
+    assert (run / "threshold.json").read_bytes() == before
