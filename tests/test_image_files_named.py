@@ -66,3 +66,24 @@ def test_a_jpeg_mask_is_read_at_half_brightness_and_named(tiny_cookies, tmp_path
     assert abs(int(read_mask(jpeg).sum()) - int(drawn.sum())) <= 0.1 * drawn.sum()
     with pytest.warns(UserWarning, match=f"{jpeg} is a JPEG mask: compression leaves faint grey"):
         AnomalyDataset(data, "test", size=64)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_good_folder_in_capitals_is_named(tiny_cookies, tmp_path, split):
+    from anomaly.data import AnomalyDataset, DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    (data / split / "good").rename(data / split / "Good")
+    with pytest.raises(DataError, match=r"Good: folder names are exact.*Rename it to .*/good"):
+        AnomalyDataset(data, split, size=64)
+
+
+def test_images_directly_in_test_are_named(tiny_cookies, tmp_path):
+    from anomaly.data import AnomalyDataset
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    shutil.copy(min((data / "test/good").glob("*.png")), data / "test" / "loose.png")
+    with pytest.warns(UserWarning, match=r"loose.png lies directly in test/ and is not read"):
+        AnomalyDataset(data, "test", size=64)

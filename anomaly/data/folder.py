@@ -177,6 +177,38 @@ def _list_images(folder: Path, what: str) -> list[Path]:
     return images
 
 
+def _check_good_name(split: Path) -> None:
+    """Refuse a `split` folder (train/ or test/) whose defect-free images are in `Good/` or
+    `GOOD/`: folder names are exact, so test/Good/ would be read as a defect kind "Good"."""
+    if not split.is_dir():
+        return
+    for d in _subfolders(split):
+        if d.name.lower() == "good" and d.name != "good":
+            raise DataError(
+                f"{d}: folder names are exact, and the defect-free images go in "
+                f"{split.name}/good/ (lower case); {d.name}/ would be read as a defect kind. "
+                f"Rename it to {split / 'good'}"
+            )
+
+
+def _warn_loose_images(split: Path) -> None:
+    """Name the image files lying directly in `split` (train/ or test/): only its folders
+    (good/, <defect>/) are read."""
+    if not split.is_dir():
+        return
+    loose = sorted(
+        p.name for p in split.iterdir() if p.is_file() and _is_image(p) and p.name[0] != "."
+    )
+    if loose:
+        where = "good/" if split.name == "train" else "good/ or <defect>/"
+        warnings.warn(
+            f"{split}: {named(loose, 3)} {'lies' if len(loose) == 1 else 'lie'} directly in "
+            f"{split.name}/ and {'is' if len(loose) == 1 else 'are'} not read; only its folders "
+            f"are. Move {'it' if len(loose) == 1 else 'them'} into {split.name}/{where}",
+            stacklevel=4,
+        )
+
+
 def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Path]:
     """Map each image to its mask in `mask_dir`; a mask that fits no image is an error."""
     by_stem = {p.stem: p for p in images}
@@ -321,6 +353,8 @@ class AnomalyDataset(Dataset):
 
     def _scan_mvtec(self) -> list[Sample]:
         good = self.root / self.split / "good"
+        _check_good_name(self.root / self.split)
+        _warn_loose_images(self.root / self.split)
         if self.split == "train":
             if not good.is_dir():
                 raise DataError(
