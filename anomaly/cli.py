@@ -254,7 +254,11 @@ def _one_line_warnings(previous):
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if "anomaly" in Path(filename).parts:
-            print(f"warning: {message}", file=file or sys.stderr)
+            from tqdm import tqdm
+
+            # on a line of its own, not after a progress bar's: tqdm clears the bar and draws
+            # it again below
+            tqdm.write(f"warning: {message}", file=file or sys.stderr)
         else:
             previous(message, category, filename, lineno, file, line)
 

@@ -272,3 +272,18 @@ def test_threshold_refuses_the_quantiles_train_refuses(scored_ae_run, tmp_path, 
     assert main(["threshold", "--run", str(run), "--rule", "normal-quantile", "--value", q]) == 2
     assert "must be from 0.5 to 1.0" in capsys.readouterr().err
     assert (run / "threshold.json").read_bytes() == before
+
+
+def test_a_warning_during_a_progress_bar_gets_a_line_of_its_own(capsys):
+    import sys
+
+    from tqdm import tqdm
+
+    from anomaly import cli
+
+    show = cli._one_line_warnings(warnings.showwarning)
+    with tqdm(total=2, file=sys.stderr, desc="predict") as bar:
+        bar.update(1)
+        show("x.png: unlike the training images", UserWarning, "/p/anomaly/data/k.py", 1)
+    line = next(s for s in capsys.readouterr().err.split("\n") if "warning:" in s)
+    assert line.split("\r")[-1] == "warning: x.png: unlike the training images"
