@@ -287,3 +287,13 @@ def test_a_warning_during_a_progress_bar_gets_a_line_of_its_own(capsys):
         show("x.png: unlike the training images", UserWarning, "/p/anomaly/data/k.py", 1)
     line = next(s for s in capsys.readouterr().err.split("\n") if "warning:" in s)
     assert line.split("\r")[-1] == "warning: x.png: unlike the training images"
+
+
+def test_more_neighbors_than_bank_rows_is_said(tiny_cookies, tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = tiny_flags(tiny_cookies, **{"--method": "patchknn", "--channels": "3"})
+    for drop in ("--epochs", "--batch-size", "--width", "--latent", "--patience", "--corrupt"):
+        i = flags.index(drop)
+        del flags[i : i + 2]
+    assert main(["train", "--out", str(run), *flags, "--neighbors", "100000"]) == 0
+    assert "--neighbors 100000 is more than the memory bank's" in capsys.readouterr().err

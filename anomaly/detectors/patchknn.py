@@ -61,6 +61,7 @@ suite of another seed); `search_refine` 0.2 (numbers in docs/measurements.md).
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -293,6 +294,18 @@ class PatchKNN(Detector):
         n = max(1, round(self.config.coreset_ratio * filled))
         idx = greedy_coreset(feats, n, seed=self.config.seed)
         self._set_bank(feats[idx].clone())
+        rows = len(self.bank)
+        for flag, value in (
+            ("--neighbors", self.config.neighbors),
+            ("--search-clusters", self.config.search_clusters),
+        ):
+            if value > rows:
+                warnings.warn(
+                    f"{flag} {value} is more than the memory bank's {rows} rows, so {rows} are "
+                    f"used: the run behaves as {flag} {rows} (a larger --coreset-ratio or more "
+                    "training images make the bank larger)",
+                    stacklevel=3,
+                )
         return self
 
     def _set_whitening(self, mean: torch.Tensor | None, matrix: torch.Tensor | None) -> None:
