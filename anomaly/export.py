@@ -68,7 +68,8 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
         raise ExportError(
             f"{out_path} is a folder; give the ONNX file's name, e.g. {out_path / 'model.onnx'}"
         )
-    if (out_path.exists() or out_path.is_symlink()) and not _is_export(out_path):
+    earlier = _export_meta(out_path)
+    if (out_path.exists() or out_path.is_symlink()) and earlier is None:
         raise ExportError(
             f"{out_path} exists and is not a detector exported by anomaly.export, so it is left "
             "as it is; choose another --out, or move the file away first"
@@ -76,20 +77,30 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     detector = load_run(run, device="cpu")
     if config.method == "auto":  # its choice is what predicts: export that
         detector = _auto_choice(run, detector, config.size)
-    return export_detector(detector, out_path, metadata(detector.config, run))
+    meta = metadata(detector.config, run)
+    written = export_detector(detector, out_path, meta)
+    if earlier is not None and earlier.get("config") != meta["config"]:
+        warnings.warn(
+            f"{out_path} held an export of another model (other settings or data), which this "
+            "one replaces",
+            stacklevel=2,
+        )
+    return written
 
 
-def _is_export(path: Path) -> bool:
-    """Whether `path` is a plain file holding an ONNX model this module wrote (export overwrites
-    only those: an earlier export of a run, made again after a new threshold)."""
+def _export_meta(path: Path) -> dict[str, str] | None:
+    """The metadata of `path` when it is a plain file holding an ONNX model this module wrote,
+    else None (export overwrites only those: an earlier export of a run, made again after a new
+    threshold)."""
     if path.is_symlink() or not path.is_file():
-        return False
+        return None
     onnx = require("onnx")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001  (not ONNX at all: protobuf's and onnx's own errors)
-        return False
-    return any(p.key == "format" and p.value == FORMAT for p in model.metadata_props)
+        return None
+    meta = {p.key: p.value for p in model.metadata_props}
+    return meta if meta.get("format") == FORMAT else None
 
 
 def _auto_choice(run, auto, run_size: int):

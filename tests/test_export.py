@@ -233,3 +233,19 @@ def test_predict_onnx_never_imports_torch(exported, tiny_cookies):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_replacing_another_models_export_is_said(exported, tiny_cookies, tmp_path):
+    import warnings
+
+    run, _ = exported
+    other = tmp_path / "other"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=SIZE, device="cpu", seed=1)
+    train_run(config, other, progress=False)
+    out = tmp_path / "shared.onnx"
+    export_onnx(run, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same run again: nothing to say
+        export_onnx(run, out)
+    with pytest.warns(UserWarning, match="held an export of another model"):
+        export_onnx(other, out)
