@@ -281,6 +281,14 @@ class OnnxDetector:
     def __init__(self, onnx_path: str | Path, threads: int = 0) -> None:
         ort = require("onnxruntime")
         path = Path(onnx_path)
+        if path.is_dir():  # a run folder: its export is model.onnx inside
+            inside = path / "model.onnx"
+            hint = (
+                f"give {inside}"
+                if inside.is_file()
+                else f"export one: `python -m anomaly export --run {path}`"
+            )
+            raise ExportError(f"{path} is a folder, not an ONNX file; {hint}")
         if not path.is_file():
             raise ExportError(
                 f"{path}: no such ONNX file; make one with "

@@ -138,6 +138,12 @@ class RunDir(CheckpointFiles):
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path} is a file, not a run folder")
         if not self.is_run():
+            if (self.path / "train").is_dir() or (self.path / "good").is_dir():  # data, not a run
+                raise RunError(
+                    f"{self.path} is a data set, not a run folder; train a run on it with "
+                    f"`python -m anomaly train --data {self.path} --method patchknn --out RUN` "
+                    "and give --run RUN"
+                )
             raise RunError(
                 f"{self.path} is not a run folder (no {self.CONFIG}); train one with "
                 f"`python -m anomaly train --data ROOT --method patchknn --out {self.path}`"

@@ -297,3 +297,14 @@ def test_more_neighbors_than_bank_rows_is_said(tiny_cookies, tmp_path, capsys):
         del flags[i : i + 2]
     assert main(["train", "--out", str(run), *flags, "--neighbors", "100000"]) == 0
     assert "--neighbors 100000 is more than the memory bank's" in capsys.readouterr().err
+
+
+def test_a_data_set_or_a_run_folder_given_for_the_wrong_flag_gets_the_right_advice(
+    scored_ae_run, tiny_cookies, capsys
+):
+    image = str(min((tiny_cookies / "test/good").glob("*.png")))
+    assert main(["predict", "--run", str(tiny_cookies), image]) == 2
+    err = capsys.readouterr().err
+    assert "is a data set, not a run folder" in err and f"--out {tiny_cookies}" not in err
+    assert main(["predict", "--onnx", str(scored_ae_run), image]) == 2
+    assert f"{scored_ae_run} is a folder, not an ONNX file" in capsys.readouterr().err
