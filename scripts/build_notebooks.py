@@ -188,7 +188,7 @@ NOTEBOOKS = {
         "A report to hand on, one HTML file that opens in any browser without Python "
         "(threshold, rule, confusion matrix, rates, histogram, every misclassified image, run "
         "and data identity):",
-        "# NBVAL_IGNORE_OUTPUT\nexplorer.export_report(S.runs_dir / 'report_05.html')",
+        "# NBVAL_IGNORE_OUTPUT\nexplorer.export_report(S.own_runs / 'report_05.html')",
     ],
     "06_benchmark": [
         "# 06 Benchmark: which method to trust, what it costs, and how many good images it needs\n\n"
@@ -236,8 +236,8 @@ NOTEBOOKS = {
         "    my-photos/test/good/              good photos to test it on (optional)\n"
         "    my-photos/test/<kind>/            defective photos, a folder per kind (optional)\n"
         "    my-photos/ground_truth/<kind>/    <stem>_mask.png, white = defect (optional)\n\n"
-        "or the plain one most people have on day one: `my-photos/good/` (every 5th photo by "
-        "name is held out for testing) and optionally `my-photos/<kind>/` with masks in "
+        "or the plain one most people have on day one: `my-photos/good/` (a fifth of the photos, "
+        "spread evenly by name, are held out for testing) and optionally `my-photos/<kind>/` with masks in "
         "`my-photos/masks/<kind>/`. PNG, JPEG, BMP, TIFF, WebP or GIF, grey or colour, any "
         "size; each "
         "photo is resized to a square (the run's `--size`), so crop them to the part first. "
