@@ -69,7 +69,11 @@ def check_sets(sets: list[dict]) -> None:
                 f"defective images in {where}"
             )
         elif n_good == 0:
-            where = "test/good/" if mvtec else "good/ (a fifth of the good images, spread by name, are test images)"
+            where = (
+                "test/good/"
+                if mvtec
+                else "good/ (a fifth of the good images, spread by name, are test images)"
+            )
             one_kind.append(
                 f"{ds['path']}: its test images are {n_bad} defective and no good ones; put "
                 f"good images in {where}"

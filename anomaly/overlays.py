@@ -13,7 +13,8 @@ threshold in every image of every run, and the same colour means the same eviden
 The colour bar under an `annotated_overlay` shows this scale with the threshold marked in the
 middle; the header says the verdict (PASS / REJECT), the image score and the image threshold.
 The ground-truth defect, when known, is outlined in one colour (`viz.OUTLINE`). Overlays are
-at the image's own resolution: the map is resized to the image, not the image to the map.
+at the image's own resolution: the map is resized to the image, not the image to the map (an
+image over `OVERLAY_SIDE` pixels on its longer side is shrunk to it first).
 
 Vocabulary, everywhere: good / defective for what a part is, PASS / REJECT for the verdict.
 """
@@ -125,8 +126,20 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
+OVERLAY_SIDE = 4096  # an overlay's longer side at most: a larger image is shown shrunk
+
+
+def overlay_size(height: int, width: int) -> tuple[int, int]:
+    """The (height, width) an overlay of an image of this size has: its own, or shrunk to
+    `OVERLAY_SIDE` on its longer side (a line-scan frame of 16000 px would take gigabytes of
+    memory to paint, and a file no viewer opens)."""
+    k = OVERLAY_SIDE / max(height, width, 1)
+    return (height, width) if k >= 1 else (max(1, round(height * k)), max(1, round(width * k)))
+
+
 def evidence_overlay(image, amap, scale: EvidenceScale, mask=None) -> np.ndarray:
-    """The image at its own resolution with the map's evidence painted on it (uint8 RGB).
+    """The image at its own resolution (up to `OVERLAY_SIDE`) with the map's evidence painted
+    on it (uint8 RGB).
 
     Args:
         image: the input image (any layout `viz.to_rgb` takes), at any size.
@@ -134,7 +147,18 @@ def evidence_overlay(image, amap, scale: EvidenceScale, mask=None) -> np.ndarray
         scale: the run's `EvidenceScale`.
         mask: optional ground-truth mask (any size); its boundary is drawn in `viz.OUTLINE`.
     """
-    rgb = to_rgb(image) * 255.0
+    rgb = to_rgb(image)
+    if (small := overlay_size(*rgb.shape[:2])) != rgb.shape[:2]:  # a very large image: shrunk
+        rgb = (
+            np.asarray(
+                Image.fromarray(np.round(rgb * 255).astype(np.uint8)).resize(
+                    (small[1], small[0]), Image.BILINEAR, reducing_gap=3.0
+                ),
+                np.float32,
+            )
+            / 255.0
+        )
+    rgb = rgb * 255.0
     size = rgb.shape[:2]
     colour, alpha = evidence_rgba(scale.evidence(_resize_map(amap, size)))
     out = (1 - alpha[..., None]) * rgb + alpha[..., None] * colour

@@ -104,7 +104,7 @@ class _ImageFiles(torch.utils.data.Dataset):
             a = read_image(path)  # decoded once, for the model's size and the overlay's
             return {
                 "image": image_tensor(a, self.size, self.channels),
-                "own": image_tensor(a, None, 3),
+                "own": _overlay_tensor(a),
             }
         except DataError as err:
             return {"error": str(err)}
@@ -161,6 +161,22 @@ def predict_images(
             )
             results.append(scored_result(path, score, picture, overlay_dir, used, threshold))
     return results, threshold
+
+
+def _overlay_tensor(a):
+    """The decoded image `a` [H, W, C] as the overlay shows it: float32 RGB [3, h, w], at its
+    own size or shrunk to `overlays.overlay_size` (a very large image)."""
+    import torch.nn.functional as F
+
+    from anomaly.data.folder import image_tensor
+    from anomaly.overlays import overlay_size
+
+    small = overlay_size(*a.shape[:2])
+    if small == a.shape[:2]:
+        return image_tensor(a, None, 3)
+    x = image_tensor(a, None, a.shape[-1])[None]  # shrunk before the copy to RGB
+    x = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True)[0]
+    return x.expand(3, -1, -1).clamp(0, 1).contiguous() if x.shape[0] == 1 else x.clamp(0, 1)
 
 
 def scored_result(path: Path, score: float, picture, folder: Path, used: set[str], threshold):

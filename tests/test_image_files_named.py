@@ -87,3 +87,19 @@ def test_images_directly_in_test_are_named(tiny_cookies, tmp_path):
     shutil.copy(min((data / "test/good").glob("*.png")), data / "test" / "loose.png")
     with pytest.warns(UserWarning, match=r"loose.png lies directly in test/ and is not read"):
         AnomalyDataset(data, "test", size=64)
+
+
+def test_a_very_large_image_gets_a_shrunk_overlay(monkeypatch):
+    import numpy as np
+
+    from anomaly import overlays, predict
+
+    monkeypatch.setattr(overlays, "OVERLAY_SIDE", 50)
+    assert overlays.overlay_size(64, 100) == (32, 50) and overlays.overlay_size(40, 50) == (40, 50)
+    scale = overlays.EvidenceScale(0.0, 1.0)
+    amap = np.zeros((8, 8), np.float32)
+    amap[2:4, 2:4] = 2.0  # evidence 2: painted red
+    picture = overlays.evidence_overlay(np.full((64, 100, 3), 0.5, np.float32), amap, scale)
+    assert picture.shape == (32, 50, 3) and overlays.strong_red_fraction(picture) > 0
+    own = predict._overlay_tensor(np.full((64, 100, 1), 0.5, np.float32))
+    assert tuple(own.shape) == (3, 32, 50) and abs(float(own.mean()) - 0.5) < 1e-3

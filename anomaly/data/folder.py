@@ -41,14 +41,19 @@ from anomaly.data.files import (
     DataError,
     _is_image,
     broken_link,
-    named,
     scan_images,
     skipped,
 )
 from anomaly.data.generated import interrupted
 from anomaly.data.image_kind import displayed_size, named_warnings, open_image, unreadable_fix
+from anomaly.data.input_checks import (
+    check_good_name,
+    warn_good_masks,
+    warn_loose_images,
+    warn_lossy_masks,
+    warn_missing_masks,
+)
 from anomaly.data.input_checks import subfolders as _subfolders
-from anomaly.data.input_checks import warn_good_masks, warn_missing_masks
 from anomaly.data.masks import (
     LOSSY,
     check_defect_mask,
@@ -175,38 +180,6 @@ def _list_images(folder: Path, what: str) -> list[Path]:
             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, or remove the folder.{holds}"
         )
     return images
-
-
-def _check_good_name(split: Path) -> None:
-    """Refuse a `split` folder (train/ or test/) whose defect-free images are in `Good/` or
-    `GOOD/`: folder names are exact, so test/Good/ would be read as a defect kind "Good"."""
-    if not split.is_dir():
-        return
-    for d in _subfolders(split):
-        if d.name.lower() == "good" and d.name != "good":
-            raise DataError(
-                f"{d}: folder names are exact, and the defect-free images go in "
-                f"{split.name}/good/ (lower case); {d.name}/ would be read as a defect kind. "
-                f"Rename it to {split / 'good'}"
-            )
-
-
-def _warn_loose_images(split: Path) -> None:
-    """Name the image files lying directly in `split` (train/ or test/): only its folders
-    (good/, <defect>/) are read."""
-    if not split.is_dir():
-        return
-    loose = sorted(
-        p.name for p in split.iterdir() if p.is_file() and _is_image(p) and p.name[0] != "."
-    )
-    if loose:
-        where = "good/" if split.name == "train" else "good/ or <defect>/"
-        warnings.warn(
-            f"{split}: {named(loose, 3)} {'lies' if len(loose) == 1 else 'lie'} directly in "
-            f"{split.name}/ and {'is' if len(loose) == 1 else 'are'} not read; only its folders "
-            f"are. Move {'it' if len(loose) == 1 else 'them'} into {split.name}/{where}",
-            stacklevel=4,
-        )
 
 
 def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Path]:
@@ -353,8 +326,8 @@ class AnomalyDataset(Dataset):
 
     def _scan_mvtec(self) -> list[Sample]:
         good = self.root / self.split / "good"
-        _check_good_name(self.root / self.split)
-        _warn_loose_images(self.root / self.split)
+        check_good_name(self.root / self.split)
+        warn_loose_images(self.root / self.split)
         if self.split == "train":
             if not good.is_dir():
                 raise DataError(
@@ -439,14 +412,7 @@ class AnomalyDataset(Dataset):
                     f"{s.path} is {image_size[0]}x{image_size[1]}; masks must have the size of "
                     f"their image."
                 )
-        if lossy:
-            warnings.warn(
-                f"{named(lossy, 3)} {'is a JPEG mask' if len(lossy) == 1 else 'are JPEG masks'}:"
-                " compression leaves faint grey around each defect, so in a JPEG mask a pixel is"
-                " defect only when at least half white (in a PNG mask, every non-zero pixel)."
-                " Save masks as PNG for exact edges",
-                stacklevel=3,
-            )
+        warn_lossy_masks(lossy)
 
     # --- the Dataset ---------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -2,7 +2,8 @@
 it refuses: the folders of a data set (a broken symbolic link among them is an error, not left
 out), defective images whose mask is missing (named, with where the mask goes: they are left out
 of the pixel metrics), and masks given for good images (ignored: named, so that nobody takes them
-for used).
+for used); JPEG masks (read at half brightness: named); and the layout mistakes: `test/Good/`
+for `test/good/` (refused), image files lying directly in train/ or test/ (not read).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from anomaly.data.files import DataError, broken_link, named, scan_images
+from anomaly.data.files import DataError, _is_image, broken_link, named, scan_images
 from anomaly.data.masks import read_mask
 
 NAMED = 3  # files named in one warning; the rest are counted
@@ -78,3 +79,47 @@ def warn_good_masks(folder: Path, defects: str) -> None:
         "delete the masks",
         stacklevel=4,
     )
+
+
+def check_good_name(split: Path) -> None:
+    """Refuse a `split` folder (train/ or test/) whose defect-free images are in `Good/` or
+    `GOOD/`: folder names are exact, so test/Good/ would be read as a defect kind "Good"."""
+    if not split.is_dir():
+        return
+    for d in subfolders(split):
+        if d.name.lower() == "good" and d.name != "good":
+            raise DataError(
+                f"{d}: folder names are exact, and the defect-free images go in "
+                f"{split.name}/good/ (lower case); {d.name}/ would be read as a defect kind. "
+                f"Rename it to {split / 'good'}"
+            )
+
+
+def warn_loose_images(split: Path) -> None:
+    """Name the image files lying directly in `split` (train/ or test/): only its folders
+    (good/, <defect>/) are read."""
+    if not split.is_dir():
+        return
+    loose = sorted(
+        p.name for p in split.iterdir() if p.is_file() and _is_image(p) and p.name[0] != "."
+    )
+    if loose:
+        where = "good/" if split.name == "train" else "good/ or <defect>/"
+        warnings.warn(
+            f"{split}: {named(loose, 3)} {'lies' if len(loose) == 1 else 'lie'} directly in "
+            f"{split.name}/ and {'is' if len(loose) == 1 else 'are'} not read; only its folders "
+            f"are. Move {'it' if len(loose) == 1 else 'them'} into {split.name}/{where}",
+            stacklevel=4,
+        )
+
+
+def warn_lossy_masks(lossy: list[str]) -> None:
+    """Name the JPEG masks (`masks.LOSSY`), which `read_mask` reads at half brightness."""
+    if lossy:
+        warnings.warn(
+            f"{named(lossy, NAMED)} {'is a JPEG mask' if len(lossy) == 1 else 'are JPEG masks'}:"
+            " compression leaves faint grey around each defect, so in a JPEG mask a pixel is"
+            " defect only when at least half white (in a PNG mask, every non-zero pixel)."
+            " Save masks as PNG for exact edges",
+            stacklevel=4,
+        )
