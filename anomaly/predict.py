@@ -8,6 +8,7 @@ Split from `anomaly.pipeline` (which trains, scores and sets thresholds); `predi
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -105,6 +106,7 @@ class _ImageFiles(torch.utils.data.Dataset):
             return {
                 "image": image_tensor(a, self.size, self.channels),
                 "own": _overlay_tensor(a),
+                "note": flat_note(path, a),
             }
         except DataError as err:
             return {"error": str(err)}
@@ -114,7 +116,10 @@ class _ImageFiles(torch.utils.data.Dataset):
         read = [item for item in items if "error" not in item]
         images = torch.stack([item["image"] for item in read]) if read else None
         errors = [item.get("error") for item in items]  # None for an image read
-        return {"errors": errors, "image": images, "own": [item["own"] for item in read]}
+        notes = [item["note"] for item in read if item.get("note")]
+        return {"errors": errors, "image": images, "own": [item["own"] for item in read]} | {
+            "notes": notes
+        }
 
 
 def predict_images(
@@ -146,6 +151,8 @@ def predict_images(
     for batch in decoding_loader(
         files, detector.config, collate_fn=_ImageFiles.collate, workers=workers
     ):
+        for note in batch["notes"]:
+            warnings.warn(note, stacklevel=2)
         if batch["image"] is not None:
             with torch.no_grad():
                 scores, maps = detector.predict_batch(batch["image"].to(detector.device))
@@ -161,6 +168,28 @@ def predict_images(
             )
             results.append(scored_result(path, score, picture, overlay_dir, used, threshold))
     return results, threshold
+
+
+FLAT = 0.999  # an image this much of one colour (within 1/255) is named: nothing to inspect
+
+
+def flat_note(path: Path, a) -> str | None:
+    """Words naming a decoded image `a` [H, W, C] that is (nearly) one flat colour: an empty or
+    fully transparent picture, or a float image whose values were out of 0-1 and clipped. It is
+    scored like any other, and its score means nothing; None for an ordinary image."""
+    import numpy as np
+
+    step = max(1, int((a.shape[0] * a.shape[1] / 200_000) ** 0.5))  # some 200,000 pixels
+    sample = a[::step, ::step].reshape(-1, a.shape[-1])
+    colour = np.median(sample, axis=0)
+    share = float(np.mean(np.all(np.abs(sample - colour) < 1 / 255, axis=-1)))
+    if share < FLAT:
+        return None
+    return (
+        f"{path}: {share:.1%} of it is one flat colour ({', '.join(f'{c:.2f}' for c in colour)} "
+        "of 1): an empty or fully transparent picture, or a float image whose values lie "
+        "outside 0-1 and were clipped. There is nothing to inspect, so its score means nothing"
+    )
 
 
 def _overlay_tensor(a):

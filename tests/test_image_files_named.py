@@ -103,3 +103,18 @@ def test_a_very_large_image_gets_a_shrunk_overlay(monkeypatch):
     assert picture.shape == (32, 50, 3) and overlays.strong_red_fraction(picture) > 0
     own = predict._overlay_tensor(np.full((64, 100, 1), 0.5, np.float32))
     assert tuple(own.shape) == (3, 32, 50) and abs(float(own.mean()) - 0.5) < 1e-3
+
+
+def test_an_image_of_one_flat_colour_is_named(run, tiny_cookies, tmp_path, capsys):
+    import numpy as np
+
+    transparent = tmp_path / "transparent.png"
+    Image.fromarray(np.zeros((64, 64, 4), np.uint8)).save(transparent)  # alpha 0 everywhere
+    clipped = tmp_path / "float.tif"
+    Image.fromarray(np.full((64, 64), 200.0, np.float32)).save(clipped)  # 0-255 in a float file
+    image = _image(tiny_cookies, tmp_path, "ordinary.png")
+    main(["predict", "--run", str(run), str(transparent), str(clipped), str(image)])
+    said = capsys.readouterr()
+    flat = [line for line in said.err.splitlines() if "of it is one flat colour" in line]
+    assert len(flat) == 2 and str(transparent) in flat[0] and str(clipped) in flat[1]
+    assert said.out.count("PASS") + said.out.count("REJECT") >= 3  # scored all the same
