@@ -121,7 +121,9 @@ def _png16_rgb(path: Path, width: int = 64, height: int = 64) -> Path:
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    rows = b"".join(b"\x00" + bytes(width * 6) for _ in range(height))
+    rows = b"".join(  # a pattern, not one flat colour (which predict names as such)
+        b"\x00" + bytes((x * 7 + y * 3) % 256 for x in range(width * 6)) for y in range(height)
+    )
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n"
