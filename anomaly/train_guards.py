@@ -262,6 +262,11 @@ def learned_digests(split: dict) -> dict[str, str]:
     return learned
 
 
+def _pairs(copies: list[tuple[str, str]]) -> str:
+    """'copy = original; ...' for the first three (copy, original) pairs."""
+    return "; ".join(f"{p} = {q}" for p, q in copies[:3]) + ("; ..." if len(copies) > 3 else "")
+
+
 def warn_test_copies(run: RunDir, paths: list[str]) -> None:
     """Warn, naming them, about images to score that are byte-identical copies of the run's
     training images: the model learned them, so their low scores make the metrics optimistic."""
@@ -279,10 +284,9 @@ def warn_test_copies(run: RunDir, paths: list[str]) -> None:
         except OSError:
             continue  # unreadable: named when it is decoded
     if copies:
-        named = "; ".join(f"{p} = {q}" for p, q in copies[:3])
         warnings.warn(
             f"{len(copies)} of the {len(paths)} images scored are byte-identical copies of "
-            f"{run}'s training images ({named}{'; ...' if len(copies) > 3 else ''}): the model "
+            f"{run}'s training images ({_pairs(copies)}): the model "
             "learned them, so their scores are lower than a new part's and the metrics "
             "optimistic. Take them out of the test images",
             stacklevel=3,
@@ -308,10 +312,9 @@ def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
         if isinstance(d, str) and d in learned
     ]
     if copies:
-        named = "; ".join(f"{p} = {q}" for p, q in copies[:3])
         warnings.warn(
             f"{run}: {len(copies)} of the {len(split['val'])} held-out images are byte-identical "
-            f"copies of training images ({named}{'; ...' if len(copies) > 3 else ''}), so the "
+            f"copies of training images ({_pairs(copies)}), so the "
             "default threshold, set on them, measures how the model scores images it learned, "
             "not new good parts, and will be too low. Remove the copies from train/good, or "
             f"set a threshold on other good images: `python -m anomaly threshold --run {run} "
