@@ -187,7 +187,9 @@ def remove_written(
         name = path.name
         if name.startswith(".") and name.endswith(".tmp"):  # an interrupted write's (`_atomic`)
             name = name[1:].rsplit(".", 2)[0]
-        if written is None:
+        if name != path.name and f".{name}" == record:  # the record's own, half written
+            ours = True
+        elif written is None:
             ours = Path(name).match(legacy)
         elif name != path.name:
             ours = name in written

@@ -117,3 +117,12 @@ def test_scores_of_other_data_replaced_in_out_are_named(
     assert f"note: these replace the scores of {tiny_cookies} that {out} held" in said
     assert main([*argv, "--data", str(other)]) == 0  # the same data again: nothing to say
     assert "replace the scores" not in capsys.readouterr().out
+
+
+def test_the_temporary_files_of_an_interrupted_score_are_removed_too(tmp_path):
+    folder = tmp_path / "overlays"
+    folder.mkdir()
+    (folder / WRITTEN).write_text(json.dumps({"good_000.png": None}))
+    for name in (".good_000.png.k2j4x_.tmp", f"{WRITTEN}.a8b_c1.tmp", ".mine.png.x1.tmp"):
+        (folder / name).write_bytes(b"half")
+    assert remove_written(folder, WRITTEN) == [".mine.png.x1.tmp"]  # not a listed file's
