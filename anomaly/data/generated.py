@@ -182,11 +182,12 @@ def recover(
 
     One interrupted while writing images is deleted; one interrupted while moving a finished
     set into place finishes the move. Returns the manifest when that finished set is the one
-    `arguments` ask for and every file of it is there (nothing is left to do), else None. Refused: a staging folder of a
-    process still running, one holding anything but generated files, one whose marker is
-    damaged, one whose move would delete or replace anything in `root` that `made` does not
-    list (the staging folder may be someone else's: a copied tree), and one whose move would
-    replace or delete a file edited since its generator wrote it (`check_unedited`).
+    `arguments` ask for and every file of it is there (nothing is left to do), else None.
+    Refused: a staging folder of a process still running, one holding anything but generated
+    files, one whose marker is damaged, one whose move would delete or replace anything in
+    `root` that `made` does not list (the staging folder may be someone else's: a copied tree),
+    and one whose move would replace or delete a file edited since its generator wrote it
+    (`check_unedited`).
 
     Args:
         order: every top-level folder `generator` writes, in the order they move in: its own

@@ -119,7 +119,8 @@ def warn_lossy_masks(lossy: list[str]) -> None:
         warnings.warn(
             f"{named(lossy, NAMED)} {'is a JPEG mask' if len(lossy) == 1 else 'are JPEG masks'}:"
             " compression leaves faint grey around each defect, so in a JPEG mask a pixel is"
-            " defect only when at least half white (in a PNG mask, every non-zero pixel)."
+            " defect only when a channel is at least half on (in a PNG mask, every non-zero"
+            " pixel)."
             " Save masks as PNG for exact edges",
             stacklevel=4,
         )
