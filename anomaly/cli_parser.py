@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--value",
         type=float,
-        help="manual: the threshold; normal-quantile: the quantile (default the run's "
-        "--threshold-quantile, 0.99 unless set in train); conformal: alpha, the false-reject "
+        help="manual: the threshold; normal-quantile: the quantile, 0.5 to 1.0 (default the "
+        "run's --threshold-quantile, 0.99 unless set in train); conformal: alpha, the false-reject "
         "rate to guarantee; f1: none",
     )
     p.add_argument(
