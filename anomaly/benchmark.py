@@ -57,6 +57,7 @@ from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests imp
 # the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.benchmark_tables import (
     cell,
+    check_notes,
     check_readme,
     check_readme_block,
     detectability,
@@ -239,6 +240,11 @@ def run_benchmark(
             check_readme(readme, readme_block)
         except ValueError as err:
             raise BenchmarkError(str(err)) from None
+    if notes is not None:
+        try:
+            check_notes(notes)
+        except ValueError as err:
+            raise BenchmarkError(str(err)) from None
     check_seed(seed)
     sets = discover_sets(data)
     check_sets(sets)  # before any folder is claimed or method trained
@@ -367,13 +373,11 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--seeds",
         type=int,
-        default=3,
         help="--curve: random subsets per size, for sizes up to --seeds-up-to (default 3)",
     )
     p.add_argument(
         "--seeds-up-to",
         type=int,
-        default=8,
         dest="seeds_up_to",
         metavar="N",
         help="--curve: sizes up to N get --seeds subsets, larger ones one (default 8; README's "
@@ -382,15 +386,38 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--alpha",
         type=float,
-        default=0.01,
         help="--curve: the escape rate is measured at the conformal threshold for this "
         "false-reject rate (default 0.01); where too few good images are held out for it, at "
         "the smallest alpha they allow, 1/(n+1) (the point's alpha_used)",
     )
 
 
+CURVE_FLAGS = {"method": None, "sizes": None, "seeds": 3, "seeds_up_to": 8, "alpha": 0.01}
+TABLE_FLAGS = ("methods", "notes", "readme", "readme_block")
+
+
+def check_mode_flags(args) -> None:
+    """Refuse a flag the chosen mode does not read (`--method` without `--curve` would run
+    every method; `--notes` with it would write nothing), then fill in the curve's defaults."""
+    curve = getattr(args, "curve", None)
+    for name in TABLE_FLAGS if curve else CURVE_FLAGS:
+        if getattr(args, name, None) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise BenchmarkError(
+                f"{flag} is read only {'without' if curve else 'with'} --curve; "
+                + ("drop it" if curve else "add --curve train-size, or drop it")
+                + (" (the tables' methods are --methods)" if name == "method" else "")
+            )
+    for name, default in CURVE_FLAGS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, default)
+    if args.seeds_up_to < 0:
+        raise BenchmarkError(f"--seeds-up-to must be 0 or more, got {args.seeds_up_to}")
+
+
 def main(args) -> None:
     """Run what the parsed `benchmark` flags ask for."""
+    check_mode_flags(args)
     if args.curve == "train-size":
         from anomaly.benchmark_curves import train_size_curve, write_curve
         from anomaly.metrics import conformal_n_needed
@@ -410,6 +437,8 @@ def main(args) -> None:
             )
         sets = discover_sets(args.data)
         check_sets(sets)
+        stem = f"train_size_{method.replace('+', '_')}"
+        check_out(args.out or "runs/curves", writes=(f"{stem}.csv", f"{stem}.json"))
         out = claim_out(args.out or "runs/curves")
         rows = []
         for ds in sets:
@@ -424,7 +453,6 @@ def main(args) -> None:
                 name=ds["name"],
                 seeds_up_to=args.seeds_up_to,
             )
-        stem = f"train_size_{method.replace('+', '_')}"
         paths = write_curve(rows, out, stem=stem)
         seal_dir(out)
         print("wrote " + ", ".join(map(str, paths)))

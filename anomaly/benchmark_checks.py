@@ -9,9 +9,11 @@ methods listed before it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from anomaly.benchmark_dirs import BenchmarkError
+from anomaly.safe_files import plain_relative
 
 # the rows whose encoder features a `<row>+kmeans` row clusters (`unet_original`: the original)
 KMEANS_SOURCES = ("ae", "unet", "vae", "unet_original")
@@ -30,14 +32,7 @@ def discover_sets(roots: str | Path | list) -> list[dict]:
     for root in map(Path, roots):
         if not root.is_dir():
             raise BenchmarkError(f"--data {root}: no such folder")
-        manifest = root / "manifest.json"
-        sets = json.loads(manifest.read_text()).get("sets") if manifest.exists() else None
-        if sets:
-            names = (
-                list(sets)
-                if isinstance(sets, dict)
-                else [s["name"] if isinstance(s, dict) else str(s) for s in sets]
-            )
+        if names := _suite_sets(root / "manifest.json"):
             found += [{"suite": root.name, "name": n, "path": str(root / n)} for n in names]
         else:
             found.append({"suite": root.name, "name": root.name, "path": str(root)})
@@ -45,7 +40,42 @@ def discover_sets(roots: str | Path | list) -> list[dict]:
     for f in found:  # two roots may hold sets with one name
         if names.count(f["name"]) > 1:
             f["name"] = f"{f['suite']}-{f['name']}"
+    paths = [os.path.abspath(f["path"]) for f in found]
+    names = [f["name"] for f in found]
+    for f, path in zip(found, paths):
+        if paths.count(path) > 1:
+            raise BenchmarkError(f"--data names the set {f['path']} twice; give each set once")
+        if names.count(f["name"]) > 1:  # v1/cookies and v2/cookies: one run folder, one row
+            others = [g["path"] for g in found if g["name"] == f["name"]]
+            raise BenchmarkError(
+                f"the sets {' and '.join(others)} would share the name {f['name']!r} (their "
+                "folders and their suites' folders have the same names), so one's runs and "
+                "row would replace the other's; rename one of the folders"
+            )
     return found
+
+
+def _suite_sets(manifest: Path) -> list[str]:
+    """The set folders a suite's `manifest.json` names (`"sets"`, as make-photos writes it),
+    or [] for a root that is one set (no manifest, or one of another tool). A set must be a
+    plain folder name: the manifest may be anyone's."""
+    try:
+        sets = json.loads(manifest.read_text()).get("sets") if manifest.is_file() else None
+    except (OSError, ValueError, AttributeError):  # not JSON, not an object: not a suite's
+        return []
+    if isinstance(sets, dict):
+        names = list(sets)
+    elif isinstance(sets, list):
+        names = [s.get("name") if isinstance(s, dict) else s for s in sets]
+    else:
+        return []
+    bad = [n for n in names if not (isinstance(n, str) and plain_relative(n) and "/" not in n)]
+    if bad:
+        raise BenchmarkError(
+            f"{manifest} names the set {str(bad[0])[:60]!r}, which is not a folder name inside "
+            f"{manifest.parent}; correct the manifest, or give the sets' folders as --data"
+        )
+    return names
 
 
 def check_sets(sets: list[dict]) -> None:

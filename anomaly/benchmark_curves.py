@@ -21,6 +21,7 @@ curve does not fit.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import math
@@ -227,12 +228,15 @@ def images_needed(rows: list[dict], target: float = 0.95, key: str = "image_auro
 
 def write_curve(rows: list[dict], out: str | Path, stem: str = "train_size") -> list[Path]:
     """`stem.csv` (one row per fit) and `stem.json` (rows, summary and what the curve says)."""
+    from anomaly.benchmark_dirs import write_out
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows({k: r.get(k) for k in FIELDS} for r in rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows({k: r.get(k) for k in FIELDS} for r in rows)
+    write_out(out / f"{stem}.csv", table.getvalue())  # a file edited by hand is refused
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["set"], r["method"]), []).append(r)
@@ -243,7 +247,7 @@ def write_curve(rows: list[dict], out: str | Path, stem: str = "train_size") -> 
         }
         for (s, m), rs in groups.items()
     }
-    (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "says": says}, indent=1))
+    write_out(out / f"{stem}.json", json.dumps({"rows": rows, "says": says}, indent=1))
     return [out / f"{stem}.csv", out / f"{stem}.json"]
 
 

@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from anomaly.data.files import named
+from anomaly.data.files import check_not_in_data, named
 from anomaly.runs import RunDir
 from anomaly.safe_files import sha256_file, temporary_beside
 
@@ -280,6 +280,10 @@ def check_out(out: str | Path, writes: tuple[str, ...] = ()) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BenchmarkError(f"{out} is a file, not a folder; choose another --out")
+    try:
+        check_not_in_data(out, "--out")  # runs in test/ would become a defect kind
+    except ValueError as err:
+        raise BenchmarkError(str(err)) from None
     if out.is_dir() and any(out.iterdir()) and not _has_mark(out):
         raise _not_ours(out)
     if writes and _has_mark(out):

@@ -208,13 +208,38 @@ def notes_text(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+NOTES_HEAD = "# Benchmark notes"  # the first line of every notes document
+
+
+def check_notes(path: str | Path) -> None:
+    """Refuse a `--notes` path that `write_notes` must not replace: a folder, or a file that
+    is not a notes document the benchmark wrote (its first line `NOTES_HEAD`): `--notes
+    README.md` would have replaced the README. Checked before anything runs."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--notes {path} is a folder; give the notes file's name in it")
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        ours = path.is_file() and path.read_bytes()[: len(NOTES_HEAD)] == NOTES_HEAD.encode()
+    except OSError:
+        ours = False
+    if not ours:
+        raise ValueError(
+            f"--notes {path} exists and is not benchmark notes (they begin '{NOTES_HEAD}'), so "
+            "it is not replaced; give another file name, or move that file away"
+        )
+
+
 def write_notes(path: str | Path, result: dict) -> Path:
     """Write the benchmark-notes document (`notes_text`) to `path`, such as
-    docs/benchmark-notes.md."""
+    docs/benchmark-notes.md: a new file, or one the benchmark wrote before (`check_notes`),
+    through a temporary file (never through a link)."""
     path = Path(path)
+    check_notes(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(notes_text(result))
-    return path
+    text = notes_text(result)
+    return _atomic(path, lambda f: f.write(text.encode()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,12 +338,20 @@ def check_readme(path: str | Path, block: str) -> str:
     """The text of `path`, after checking it holds the block's two markers in order."""
     start, end = readme_markers(block)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ValueError(f"cannot read {path} ({err.strerror}); check --readme") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; check --readme") from None
     i, j = text.find(start), text.find(end)
     if text.count(start) > 1 or text.count(end) > 1:
         raise ValueError(f"{path} has the block {start} more than once; keep one")
+    lines = text.splitlines()
+    if i >= 0 and j > i and not (start in lines and end in lines):
+        raise ValueError(
+            f"{path}: the markers {start} and {end} must each be a line of its own (what lies "
+            "between them is replaced); put each on its own line"
+        )
     if i < 0 or j < i:
         raise ValueError(
             f"{path} has no block {start} ... {end} (each on its own line, in that order); add "
