@@ -80,13 +80,28 @@ class Settings:
         `make benchmark` until the reader moved it away."""
         return self.runs_dir if self.smoke else self.runs_dir.parent / "notebooks"
 
-    def run_folder(self, name: str) -> Path:
-        """The run `name` to show: the benchmark's (`runs_dir/name`) when it holds a scored run,
-        else the notebooks' own (`own_runs/name`, trained there if it is not yet)."""
-        from anomaly.runs import RunDir
+    def run_folder(self, name: str, data: Path | None = None) -> Path:
+        """The run `name` to show: the benchmark's (`runs_dir/name`) when it holds a scored run
+        of `data` (default `data_dir`) at full settings, else the notebooks' own
+        (`own_runs/name`, trained there if it is not yet): a `benchmark --smoke`, or one of
+        other data, in runs/benchmark is not shown as the benchmark's."""
+        from anomaly.benchmark import SMOKE
+        from anomaly.runs import RunDir, RunError
 
         made = self.runs_dir / name
-        return made if RunDir(made).has_metrics() else self.own_runs / name
+        if not RunDir(made).has_metrics():
+            return self.own_runs / name
+        try:
+            trained = RunDir(made).config()
+        except (RunError, ValueError):
+            return self.own_runs / name  # a damaged config.json: the notebooks train their own
+        same_data = os.path.abspath(trained.data) == os.path.abspath(data or self.data_dir)
+        smoke_size = trained.size <= SMOKE["size"]  # `benchmark --smoke` (64 px, one epoch)
+        if not same_data or (smoke_size and not self.smoke):
+            why = f"it was trained on {trained.data}" if not same_data else "a --smoke run"
+            print(f"not showing {_shown(made)} ({why}); the notebooks use their own run")
+            return self.own_runs / name
+        return made
 
 
 def light_figures(dpi: int = 72, quality: int = 80) -> None:
@@ -161,7 +176,7 @@ def ensure_run(
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import RunDir, load_config
 
-    run = s.run_folder(method if source is None else f"{source}_{method}")
+    run = s.run_folder(method if source is None else f"{source}_{method}", data)
     if RunDir(run).has_metrics():
         print(f"using the trained run {_shown(run)}")
         return run

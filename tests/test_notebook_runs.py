@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from anomaly.config import Config
 from anomaly.notebook_setup import Settings, ensure_run
 from anomaly.pipeline import score_run, train_run
@@ -31,7 +33,7 @@ def test_a_notebook_trains_what_the_benchmark_lacks_in_its_own_folder(tiny_cooki
 
 
 def test_a_notebook_shows_the_benchmarks_run_when_there_is_one(tiny_cookies, tmp_path, capsys):
-    s = _full(tmp_path)
+    s = replace(_full(tmp_path), data_dir=tiny_cookies)  # the benchmark's data
     made = s.runs_dir / "meandiff"
     train_run(Config.for_method("meandiff", data=str(tiny_cookies)), made, progress=False)
     assert s.run_folder("meandiff") == s.own_runs / "meandiff"  # not scored yet: not shown

@@ -308,3 +308,19 @@ def test_a_data_set_or_a_run_folder_given_for_the_wrong_flag_gets_the_right_advi
     assert "is a data set, not a run folder" in err and f"--out {tiny_cookies}" not in err
     assert main(["predict", "--onnx", str(scored_ae_run), image]) == 2
     assert f"{scored_ae_run} is a folder, not an ONNX file" in capsys.readouterr().err
+
+
+def test_the_notebooks_show_a_benchmark_run_only_of_their_data_and_settings(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
+    from anomaly.notebook_setup import Settings
+
+    runs = scored_ae_run.parent
+    other = Settings(False, "benchmark", None, None, tmp_path / "cookies", runs)
+    assert other.run_folder("ae") == other.own_runs / "ae"
+    assert f"it was trained on {tiny_cookies}" in capsys.readouterr().out
+    full = Settings(False, "benchmark", None, None, tiny_cookies, runs)  # a 64 px run: --smoke
+    assert full.run_folder("ae") == full.own_runs / "ae"
+    assert "a --smoke run" in capsys.readouterr().out
+    smoke = Settings(True, "tiny", 64, 1, tiny_cookies, runs)
+    assert smoke.run_folder("ae") == scored_ae_run
