@@ -177,9 +177,12 @@ def reconstructions_figure(runs: dict[str, Path], n: int = 4):
 
 
 def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
-    """The run's difference maps on its defective test images, one colour scale for all."""
+    """The run's difference maps on its defective test images, one colour scale for all:
+    `kind` "red" (the original project's red overlay) or "heat" (a colour map)."""
     from anomaly.viz import dataset_range, heatmap_overlay, plot_gallery, red_overlay
 
+    if kind not in ("red", "heat"):
+        raise ValueError(f"kind={kind!r}: choose 'red' (the original's overlay) or 'heat'")
     pred, config = RunDir(run).predictions(), RunDir(run).config()
     vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
     picks = _per_kind(pred.defects, per_kind)

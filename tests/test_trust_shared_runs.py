@@ -324,3 +324,15 @@ def test_the_notebooks_show_a_benchmark_run_only_of_their_data_and_settings(
     assert "a --smoke run" in capsys.readouterr().out
     smoke = Settings(True, "tiny", 64, 1, tiny_cookies, runs)
     assert smoke.run_folder("ae") == scored_ae_run
+
+
+def test_notebook_tables_name_a_missing_run_and_a_data_set(scored_ae_run, tiny_cookies, tmp_path):
+    from anomaly import notebook as nb
+    from anomaly.runs import RunError
+
+    with pytest.raises(RunError, match="no such run folder"):
+        nb.metrics_table({"x": tmp_path / "nope"})
+    with pytest.raises(RunError, match="is a data set, not a run folder"):
+        nb.scores_table(tiny_cookies)
+    with pytest.raises(ValueError, match="kind='heta'"):
+        nb.overlays_figure(scored_ae_run, kind="heta")
