@@ -81,9 +81,16 @@ __all__ = [  # this module's names and those it re-exports (notebook_setup, note
 
 
 def counts_table(root: Path) -> str:
-    """Images per split and kind, from the generator's manifest."""
-    manifest = json.loads((Path(root) / "manifest.json").read_text())
-    return "\n".join(f"{folder:<14} {n:>4}" for folder, n in manifest["counts"].items())
+    """Images per split and kind, counted in the data set's folders (what training and
+    scoring read, whoever made them; a generator's manifest says what it wrote)."""
+    from anomaly.data import AnomalyDataset
+
+    train = AnomalyDataset(root, "train", cache=False)
+    test = AnomalyDataset(root, "test", cache=False)
+    mvtec = test.layout == "mvtec"
+    rows = [("train/good" if mvtec else "good (train)", len(train))]
+    rows += [(f"test/{k}" if mvtec else f"{k} (test)", n) for k, n in test.counts().items()]
+    return "\n".join(f"{folder:<14} {n:>4}" for folder, n in rows)
 
 
 def kinds_figure(data, per_kind: int = 2):

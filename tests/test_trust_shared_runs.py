@@ -336,3 +336,19 @@ def test_notebook_tables_name_a_missing_run_and_a_data_set(scored_ae_run, tiny_c
         nb.scores_table(tiny_cookies)
     with pytest.raises(ValueError, match="kind='heta'"):
         nb.overlays_figure(scored_ae_run, kind="heta")
+
+
+def test_counts_table_counts_the_folders_not_the_generators_manifest(tiny_cookies, tmp_path):
+    from anomaly import notebook as nb
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    written = json.loads((data / "manifest.json").read_text())["counts"]
+    assert nb.counts_table(data).split() == [str(x) for kv in written.items() for x in kv]
+    for image in sorted((data / "train/good").glob("*.png"))[:3]:
+        image.unlink()
+    (data / "manifest.json").unlink()  # a user's own data set has none
+    assert nb.counts_table(data).splitlines()[0].split() == [
+        "train/good",
+        str(written["train/good"] - 3),
+    ]
