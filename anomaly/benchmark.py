@@ -173,6 +173,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
             )
         },
         "per_defect": {k: v.get("image_auroc") for k, v in metrics.get("per_defect", {}).items()},
+        "n_missing_masks": metrics.get("n_missing_masks", 0),  # left out of the pixel metrics
         "size": config.size,
         "epochs": config.epochs,
     }
@@ -297,6 +298,15 @@ def run_benchmark(
         "summary_table": format_summary(summary) if summary else "",
     }
     text = table + (f"\n\n{result['summary_table']}" if summary else "")
+    unmasked = sorted(
+        {(r.get("set", ""), r["n_missing_masks"]) for r in ok if r.get("n_missing_masks")}
+    )
+    if unmasked:  # their pixel metrics are over the other defective images only
+        where = "; ".join(f"{s + ': ' if s else ''}{n}" for s, n in unmasked)
+        text += (
+            f"\n\nPixel AUROC and AUPRO leave out the defective test images that have no mask "
+            f"file ({where}); they count in the image metrics."
+        )
     write_out(out_dir / "benchmark.md", f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n")
     write_out(out_dir / "benchmark.json", json.dumps(result, indent=2, default=str))
     written = [write_out(out_dir / "benchmark-notes.md", notes_text(result))]

@@ -113,3 +113,15 @@ def test_a_suite_manifest_naming_a_folder_outside_is_refused(tiny_cookies, tmp_p
     (suite / "manifest.json").write_text(json.dumps({"sets": ["s1", "../elsewhere"]}))
     _refused(capsys, ["--data", suite, *MEANDIFF, "--out", tmp_path / "b"], "'../elsewhere'")
     assert not (tmp_path / "b").exists()
+
+
+def test_pixel_metrics_without_some_masks_are_said_in_the_tables(tiny_cookies, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    unmasked = len(list((data / "ground_truth/crack").glob("*.png")))
+    shutil.rmtree(data / "ground_truth/crack")
+    out = tmp_path / "b"
+    assert main(["benchmark", "--data", str(data), *MEANDIFF, "--out", str(out)]) == 0
+    said = "leave out the defective test images that have no mask file"
+    assert f"{said} ({unmasked})" in (out / "benchmark.md").read_text()
+    assert said in capsys.readouterr().out
