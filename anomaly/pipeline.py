@@ -103,7 +103,7 @@ def train_run(
     split["images"] = summarize_images(split["train"] + split["val"])  # score/predict compare
     guards.check_split(run, config, split)  # auto: enough images; held-out copies
     if val is not None:
-        guards.check_decodes(val)  # a damaged one would fail only after training
+        val.check()  # decoded (and cached) now: a damaged one would fail only after training
     with run.lock("train"):
         guards.refuse_existing(run)  # again: another process may have finished it meanwhile
         run.create(config, split)

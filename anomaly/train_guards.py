@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from anomaly.config import Config
+from anomaly.data.files import named
 from anomaly.data.image_kind import warn_mixed
 from anomaly.runs import RunDir, RunError, versions
 from anomaly.safe_files import sha256_file, write_json
@@ -71,13 +72,6 @@ def stopped_before_threshold(run: RunDir) -> bool:
         )
     except (RunError, ValueError, OSError):
         return False
-
-
-def check_decodes(dataset) -> None:
-    """Decode every image of `dataset` (the held-out images): one that cannot be read is named
-    before training, not after it, when the run would hold a model and no threshold."""
-    for i in range(len(dataset)):
-        dataset[i]
 
 
 def _is_ours(run: RunDir) -> bool:
@@ -262,11 +256,6 @@ def learned_digests(split: dict) -> dict[str, str]:
     return learned
 
 
-def _pairs(copies: list[tuple[str, str]]) -> str:
-    """'copy = original; ...' for the first three (copy, original) pairs."""
-    return "; ".join(f"{p} = {q}" for p, q in copies[:3]) + ("; ..." if len(copies) > 3 else "")
-
-
 def warn_test_copies(run: RunDir, paths: list[str]) -> None:
     """Warn, naming them, about images to score that are byte-identical copies of the run's
     training images: the model learned them, so their low scores make the metrics optimistic."""
@@ -284,9 +273,10 @@ def warn_test_copies(run: RunDir, paths: list[str]) -> None:
         except OSError:
             continue  # unreadable: named when it is decoded
     if copies:
+        pairs = named((f"{p} = {q}" for p, q in copies), 3, "; ")
         warnings.warn(
             f"{len(copies)} of the {len(paths)} images scored are byte-identical copies of "
-            f"{run}'s training images ({_pairs(copies)}): the model "
+            f"{run}'s training images ({pairs}): the model "
             "learned them, so their scores are lower than a new part's and the metrics "
             "optimistic. Take them out of the test images",
             stacklevel=3,
@@ -312,9 +302,10 @@ def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
         if isinstance(d, str) and d in learned
     ]
     if copies:
+        pairs = named((f"{p} = {q}" for p, q in copies), 3, "; ")
         warnings.warn(
             f"{run}: {len(copies)} of the {len(split['val'])} held-out images are byte-identical "
-            f"copies of training images ({_pairs(copies)}), so the "
+            f"copies of training images ({pairs}), so the "
             "default threshold, set on them, measures how the model scores images it learned, "
             "not new good parts, and will be too low. Remove the copies from train/good, or "
             f"set a threshold on other good images: `python -m anomaly threshold --run {run} "
