@@ -32,7 +32,6 @@ replaced by the same bytes, as before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -48,6 +47,7 @@ from anomaly.safe_files import (
     pid_alive,
     plain_relative,
     remove_made,
+    sha256_file,
     write_json,
 )
 
@@ -84,10 +84,6 @@ def read_manifest(path: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def edited(root: Path, manifest: dict | None) -> list[str]:
     """The files (relative to `root`) that `manifest`, one its generator wrote in `root`, says
     it made and that now differ from what it wrote: other bytes, or a link or folder in a
@@ -102,7 +98,7 @@ def edited(root: Path, manifest: dict | None) -> list[str]:
         if not plain_relative(rel) or not isinstance(digest, str):
             continue
         path = root / rel
-        other = path.exists() and (not path.is_file() or _sha256(path) != digest)
+        other = path.exists() and (not path.is_file() or sha256_file(path) != digest)
         if path.is_symlink() or other:
             changed.append(rel)
     return changed
@@ -139,7 +135,7 @@ def _fingerprints(folder: Path, order: list[str]) -> dict[str, str]:
         for dirpath, _, names in os.walk(folder / name):
             for n in names:
                 path = Path(dirpath) / n
-                prints[path.relative_to(folder).as_posix()] = _sha256(path)
+                prints[path.relative_to(folder).as_posix()] = sha256_file(path)
     return dict(sorted(prints.items()))
 
 
