@@ -34,6 +34,7 @@ from pathlib import Path
 
 from anomaly import threshold_file
 from anomaly.config import Config
+from anomaly.data.files import named
 from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
     CHECKPOINT_FORMAT,
     SHAPE_FIELDS,
@@ -411,7 +412,7 @@ class RunDir(CheckpointFiles):
                     removed.append(where + name)
             if folder.overlays.is_dir():
                 kept = remove_written(folder.overlays, self.OVERLAYS_WRITTEN)
-                mine = f" (but not {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})"
+                mine = f" (but not {named(kept, 3)})"
                 removed.append(f"{where}{self.OVERLAYS}/" + (mine if kept else ""))
             if folder is not self and not any(folder.path.iterdir()):
                 folder.path.rmdir()

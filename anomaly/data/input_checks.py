@@ -106,7 +106,7 @@ def warn_loose_images(split: Path) -> None:
     if loose:
         where = "good/" if split.name == "train" else "good/ or <defect>/"
         warnings.warn(
-            f"{split}: {named(loose, 3)} {'lies' if len(loose) == 1 else 'lie'} directly in "
+            f"{split}: {named(loose, NAMED)} {'lies' if len(loose) == 1 else 'lie'} directly in "
             f"{split.name}/ and {'is' if len(loose) == 1 else 'are'} not read; only its folders "
             f"are. Move {'it' if len(loose) == 1 else 'them'} into {split.name}/{where}",
             stacklevel=4,
