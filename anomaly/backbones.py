@@ -320,14 +320,13 @@ def parse_layers(text: str) -> tuple[str, ...]:
     """ "blocks.2, blocks.4" -> ("blocks.2", "blocks.4"); "" -> (). A stage named twice is
     refused (its features would be taken twice, and the extractor fails on it)."""
     layers = tuple(part.strip() for part in text.split(",") if part.strip())
-    digits = [name.rstrip("0123456789") + str(int(n)) for name in layers if (n := _number(name))]
-    twice = sorted({name for name in digits if digits.count(name) > 1})
-    if twice or len(set(layers)) < len(layers):
-        name = twice[0] if twice else next(n for n in layers if layers.count(n) > 1)
-        raise ValueError(f"--layers {text!r} names {name} twice; name each stage once")
+    stages = [_stage(name) for name in layers]
+    if twice := sorted({s for s in stages if stages.count(s) > 1}):
+        raise ValueError(f"--layers {text!r} names {twice[0]} twice; name each stage once")
     return layers
 
 
-def _number(name: str) -> str:
-    """The stage number a layer name ends with ("features.06" -> "06"), or ''."""
-    return name[len(name.rstrip("0123456789")) :]
+def _stage(name: str) -> str:
+    """A layer name with its stage number written plainly ("features.06" -> "features.6")."""
+    stem = name.rstrip("0123456789")
+    return stem + str(int(name[len(stem) :])) if len(stem) < len(name) else name

@@ -320,11 +320,11 @@ def _metrics(run: Path) -> dict:
     number (None: not measured)."""
     rd = RunDir(run)
     metrics = rd.metrics()
-    if not isinstance(metrics, dict):
-        metrics, bad = None, []
-    else:
-        bad = [k for k in METRIC_KEYS if metrics.get(k) is not None and not finite(metrics[k])]
-    if metrics is None or bad:
+    whole = isinstance(metrics, dict)
+    bad = [
+        k for k in METRIC_KEYS if whole and metrics.get(k) is not None and not finite(metrics[k])
+    ]
+    if not whole or bad:
         what = f"its {bad[0]} is {str(metrics[bad[0]])[:40]!r}" if bad else "not a JSON object"
         raise RunError(
             f"{rd.file(rd.METRICS)} is damaged ({what}, not a number); score the run again: "
