@@ -13,13 +13,14 @@ imports one module (`from anomaly import notebook as nb`).
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anomaly.config import Config
+from anomaly.data import DataError
 from anomaly.data.folder import load_image
 from anomaly.data.image_kind import read_rgb
 from anomaly.notebook_benchmark import (
@@ -117,16 +118,26 @@ def normals_figure(data, n: int = 12):
 
 
 def defect_area_figure(root: Path):
-    """Distribution of defect areas (fraction of the image) per kind, from the manifest."""
-    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    """Distribution of defect areas (fraction of the image) per kind, read from the test masks
+    of any data set (the generators' and your own alike)."""
+    from anomaly.data import AnomalyDataset
+    from anomaly.data.masks import read_mask
+
+    data = AnomalyDataset(root, "test", cache=False)  # names a suite or a wrong folder
     areas: dict[str, list[float]] = {}
-    for entry in manifest["images"].values():
-        if entry["kind"] != "good":
-            areas.setdefault(entry["kind"], []).append(100 * entry["area_fraction"])
+    unmasked = 0
+    for s in data.samples:
+        if s.label and s.mask_path:
+            areas.setdefault(s.defect, []).append(100 * float(read_mask(s.mask_path).mean()))
+        unmasked += bool(s.label and not s.mask_path)
+    if not areas:
+        raise DataError(f"{data.root}: no defective test image has a mask, so no area to show")
     fig, ax = _subplots(figsize=(6, 3))
     ax.hist(list(areas.values()), bins=15, label=list(areas), stacked=True)
-    ax.set_xlabel("defect area (% of the image)")
+    ax.set_xlabel("defect area (% of the image, from its mask)")
     ax.set_ylabel("images")
+    if unmasked:
+        ax.set_title(f"{unmasked} defective images without a mask left out", fontsize=9)
     ax.legend()
     return fig
 
@@ -159,6 +170,7 @@ def intensity_table(data) -> str:
 
 def reconstructions_figure(runs: dict[str, Path], n: int = 4):
     """Inputs (first row) and each run's reconstruction of them: normal and defective images."""
+    runs = _named_runs(runs)
     detectors = {name: _reconstructing(run) for name, run in runs.items()}
     datasets = {name: _test_data(d.config) for name, d in detectors.items()}  # each its channels
     data = max(datasets.values(), key=lambda ds: ds.channels)  # show the inputs in colour if any
@@ -234,6 +246,7 @@ def copy_through_table(runs: dict[str, Path]) -> str:
     """How much of a defect each network reproduces: reconstruction error inside the defect
     relative to the error on normal pixels of the same images. A ratio near 1 means the defect
     was copied through (a UNet's skip connections), a large one that it was removed."""
+    runs = _named_runs(runs)
     from anomaly.maps import l2_map
 
     lines = [f"{'run':<8} {'error in defect':>16} {'error elsewhere':>16} {'ratio':>6}"]
@@ -303,8 +316,40 @@ def _test_data(config: Config):
     return AnomalyDataset(config.data, "test", size=config.size, channels=config.channels)
 
 
+def _positive(name: str, value) -> int:
+    """`value` when it is a whole number of at least 1; ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
+def _named_runs(runs) -> dict[str, Path]:
+    """The run folders a figure or table compares, as {name: folder}: a dict as the notebooks
+    give it, one folder, or a list of folders (named by their folder names)."""
+    if isinstance(runs, str | os.PathLike):
+        runs = [runs]
+    if isinstance(runs, list | tuple) and all(isinstance(r, str | os.PathLike) for r in runs):
+        named = {Path(r).name: r for r in runs}
+        if len(named) < len(runs):
+            raise ValueError(
+                "two runs share a folder name; name them: {'first': 'runs/a/pk', 'second': ...}"
+            )
+        runs = named
+    if not isinstance(runs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | os.PathLike) for k, v in runs.items()
+    ):
+        raise TypeError(
+            "give the runs as {name: run folder}, e.g. {'patchknn': 'runs/pk'}, one run "
+            f"folder, or a list of them; not {str(runs)[:80]}"
+        )
+    if not runs:
+        raise ValueError("no runs given: name at least one run folder")
+    return {k: Path(v) for k, v in runs.items()}
+
+
 def _per_kind(defects: list[str], per_kind: int) -> list[int]:
     """Indices of the first `per_kind` images of each kind, kinds in data set order."""
+    per_kind = _positive("per_kind", per_kind)
     picks = []
     for kind in dict.fromkeys(defects):
         picks += [i for i, d in enumerate(defects) if d == kind][:per_kind]
@@ -312,7 +357,7 @@ def _per_kind(defects: list[str], per_kind: int) -> list[int]:
 
 
 def _one_per_kind(data, n: int) -> list[int]:
-    return _per_kind(data.defects, 1)[:n]
+    return _per_kind(data.defects, 1)[: _positive("n", n)]
 
 
 def _metrics(run: Path) -> dict:
@@ -338,6 +383,7 @@ METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro"
 
 def metrics_table(runs: dict[str, Path]) -> str:
     """One row per run: the image and pixel metrics of its `metrics.json`."""
+    runs = _named_runs(runs)
     lines = [f"{'method':<8} " + " ".join(f"{k:>12}" for k in METRIC_KEYS)]
     for name, run in runs.items():
         m = _metrics(run)
@@ -352,6 +398,7 @@ def metrics_table(runs: dict[str, Path]) -> str:
 
 def metrics_table_keys(runs: dict[str, Path]) -> set[str]:
     """The metric names every run reports (the same for all methods)."""
+    runs = _named_runs(runs)
     keys = [{k for k in METRIC_KEYS if _metrics(r).get(k) is not None} for r in runs.values()]
     return set.intersection(*keys)
 
@@ -390,6 +437,7 @@ def histogram_figure(run: Path):
 
 def roc_figure(runs: dict[str, Path]):
     """ROC curves of several runs on the same test set."""
+    runs = _named_runs(runs)
     from anomaly.viz import plot_roc
 
     curves = {}
