@@ -10,7 +10,7 @@ RUNS    ?= runs
 # torch's worker threads spin while waiting; on a busy 2-core machine that costs 3x
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test unit notebooks lab explorer benchmark install upgrade constraints clean
+.PHONY: demo test unit notebooks lab explorer benchmark speed-notes install upgrade constraints clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -84,6 +84,17 @@ benchmark: $(STAMP)
 	$(BIN)/python -m anomaly benchmark --data $(PHOTOS) --methods patchknn flow meandiff auto \
 		--out $(RUNS)/benchmark-photos --notes docs/benchmark-notes-photos.md \
 		--readme README.md --readme-block photos
+
+PEERS_PY ?= /tmp/peers-venv/bin/python
+## the speed measurements README quotes (patchknn against MobileNetV2, score's stages, the speed
+## settings' accuracy, anomalib's peers) into docs/speed-notes.md; about 45 minutes on 2 cores.
+## The peers need their own virtualenv (benchmarks/README.md); PEERS_PY= leaves them out
+speed-notes: $(STAMP)
+	$(BIN)/python -m anomaly make-cookies $(DATA) --preset benchmark --seed 7
+	$(BIN)/python -m anomaly make-photos $(PHOTOS) --seed 0
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/speed_notes.py --notes docs/speed-notes.md \
+		--python $(BIN)/python --data $(DATA) --photos $(PHOTOS) --runs $(RUNS)/speed-notes \
+		$(if $(PEERS_PY),--peers-python $(PEERS_PY))
 
 ## build leftovers only: runs/ holds trained runs and saved thresholds (a user's work) and data/
 ## the generated sets; delete those yourself if you mean to
