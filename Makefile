@@ -10,7 +10,7 @@ RUNS    ?= runs
 # torch's worker threads spin while waiting; on a busy 2-core machine that costs 3x
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test unit notebooks lab explorer benchmark speed-notes install upgrade constraints clean
+.PHONY: demo test unit lab explorer benchmark speed-notes install upgrade constraints clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

@@ -65,7 +65,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
         "search_refine": 0.2,
     },
     "flow": {"size": 160, "channels": 3, "epochs": 10, "feature_pad": 16},
-    # the per-pixel mean baseline, at patchknn's size and colour (see anomaly.detectors.meandiff)
+    # the per-pixel mean baseline, in colour at 160 px (see anomaly.detectors.meandiff)
     "meandiff": {"size": 160, "channels": 3},
     # the images auto's candidates see, at its largest candidate's size (each resizes them to
     # its own; anomaly.detectors.auto)

@@ -5,7 +5,8 @@ MobileNetV2 in interleaved rounds (`--race`).
     python benchmarks/patchknn_speed.py --data data/cookies  # an MVTec AD style folder
     python benchmarks/patchknn_speed.py --data data/cookies --race default speed-ort
 
-For each size it fits on the training images (300 by default), predicts the test images, and
+For each size it fits `patchknn` at its defaults (or `--backbone`, `--coreset-ratio`,
+`--channels` as given) on the training images (300 by default), predicts the test images, and
 prints fit seconds, predict images/s (wall clock) and CPU milliseconds per predicted image (all
 threads), the peak resident memory of a fresh process, the memory bank size, and image / pixel
 AUROC. Each size runs in its own process so the peaks do not mix.
@@ -98,12 +99,12 @@ class SyntheticTextures(Dataset):
         }
 
 
-def datasets(args, size: int):
+def datasets(args, size: int, channels: int):
     if args.data:
         from anomaly.data import AnomalyDataset
 
-        train = AnomalyDataset(args.data, "train", size=size, channels=args.channels)
-        test = AnomalyDataset(args.data, "test", size=size, channels=args.channels)
+        train = AnomalyDataset(args.data, "train", size=size, channels=channels)
+        test = AnomalyDataset(args.data, "test", size=size, channels=channels)
         return train, test
     return (
         SyntheticTextures(args.train, size, seed=1),
@@ -118,16 +119,16 @@ def run_one(args, size: int) -> dict:
     from anomaly.metrics import image_auroc, pixel_auroc
 
     torch.set_num_threads(args.threads)
-    train, test = datasets(args, size)
-    config = Config(
-        method="patchknn",
+    config = Config.for_method(  # patchknn's defaults; flags given override them
+        "patchknn",
         size=size,
-        channels=args.channels,
+        channels=args.channels or (None if args.data else 1),  # the textures are grey
         backbone=args.backbone,
         coreset_ratio=args.coreset_ratio,
         batch_size=args.batch_size,
         seed=0,
     )
+    train, test = datasets(args, size, config.channels)
     detector = PatchKNN(config)
     for data in (train, test):  # decode and cache the images before timing (the folder data
         for _ in detector.loader(data):  # set caches them; synthetic ones live in memory)
@@ -292,9 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 224, 256])
     p.add_argument("--train", type=int, default=300, help="synthetic training images")
     p.add_argument("--test", type=int, default=150, help="synthetic test images")
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--coreset-ratio", type=float, default=0.01)
+    p.add_argument("--channels", type=int, help="default: patchknn's (1 for the textures)")
+    p.add_argument("--backbone", help="default: patchknn's")
+    p.add_argument("--coreset-ratio", type=float, help="default: patchknn's")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--race", nargs="+", help="photos_sweep setting names to time in rounds")
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
         "pixel_auroc",
     ]
     print(
-        f"patchknn, backbone {args.backbone}, coreset ratio {args.coreset_ratio}, "
+        f"patchknn at its defaults but backbone {args.backbone or '-'}, coreset ratio "
+        f"{args.coreset_ratio or '-'} ('-': the default), "
         f"{args.threads} threads, torch {torch.__version__}, load average before "
         f"{os.getloadavg()[0]:.1f} (other processes slow every number down)"
     )

@@ -118,6 +118,49 @@ def test_detectors_and_training_never_import_run_folders():
             assert "anomaly.runs" not in targets and "anomaly.pipeline" not in targets, name
 
 
+# README's "How the code is organised", layer by layer (a package names all its modules)
+LAYERS = {
+    5: "cli cli_parser notebook notebook_benchmark notebook_photos notebook_setup benchmark "
+    "benchmark_checks benchmark_curves benchmark_dirs benchmark_tables original __main__",
+    4: "pipeline build calibration predict explorer export export_predict selection train_guards",
+    3: "runs run_checkpoints overlays",
+    2: "detectors train",
+    1: "config data models features backbones backbone_base mobilenet maps synthetic metrics "
+    "pixel_metrics decision viz lazy safe_files threshold_file onnx_cache onnx_predict",
+}
+
+
+def _layer(module: str) -> int | None:
+    placed = {f"anomaly.{m}": n for n, names in LAYERS.items() for m in names.split()}
+    parts = module.split(".")
+    return next(
+        (
+            placed[".".join(parts[:i])]
+            for i in range(len(parts), 1, -1)
+            if ".".join(parts[:i]) in placed
+        ),
+        None,
+    )
+
+
+def test_lower_layers_never_import_higher_ones():
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if m != "anomaly" and _layer(m) is None)
+    assert not unplaced, f"place these modules in LAYERS and in README's diagram: {unplaced}"
+    upward = [
+        f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+        for m, targets in sorted(graph.items())
+        for t in sorted(targets)
+        if m != "anomaly" and _layer(t) > _layer(m)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_a_module_takes_its_packages_layer():
+    assert _layer("anomaly.detectors.patchknn") == 2 and _layer("anomaly.runs") == 3
+    assert _layer("anomaly.no_such_module") is None
+
+
 MAX_MODULE_LINES = 500
 
 
