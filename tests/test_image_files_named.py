@@ -118,3 +118,32 @@ def test_an_image_of_one_flat_colour_is_named(run, tiny_cookies, tmp_path, capsy
     flat = [line for line in said.err.splitlines() if "of it is one flat colour" in line]
     assert len(flat) == 2 and str(transparent) in flat[0] and str(clipped) in flat[1]
     assert said.out.count("PASS") + said.out.count("REJECT") >= 3  # scored all the same
+
+
+def test_a_float_image_partly_out_of_range_is_named(run, tmp_path, capsys):
+    import numpy as np
+
+    grey = np.linspace(0.0, 1.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    inside = tmp_path / "inside.tif"
+    Image.fromarray(grey).save(inside)  # 0-1: read as it is, nothing said
+    partly = tmp_path / "partly.tif"
+    Image.fromarray(grey * 4).save(partly)  # 0-4: three quarters of it above white
+    main(["predict", "--run", str(run), str(inside), str(partly)])
+    said = capsys.readouterr()
+    named = [line for line in said.err.splitlines() if "lie outside 0-1" in line]
+    assert len(named) == 1 and str(partly) in named[0]  # the 0-1 image is not among them
+    assert "75.0% of its values" in named[0] and "0 to 4" in named[0]
+    assert said.out.count("PASS") + said.out.count("REJECT") == 2  # still scored
+
+
+def test_a_float_image_with_nan_pixels_is_refused_by_name(run, tmp_path, capsys):
+    import numpy as np
+
+    a = np.full((64, 64), 0.5, np.float32)
+    a[:8] = np.nan
+    path = tmp_path / "nan.tif"
+    Image.fromarray(a).save(path)
+    assert main(["predict", "--run", str(run), str(path)]) == 2
+    said = capsys.readouterr()
+    assert f"{path}: 12.5% of its pixels are NaN" in said.out + said.err
+    assert "Traceback" not in said.out + said.err

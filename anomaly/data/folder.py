@@ -48,6 +48,7 @@ from anomaly.data.generated import interrupted
 from anomaly.data.image_kind import displayed_size, named_warnings, open_image, unreadable_fix
 from anomaly.data.input_checks import (
     check_good_name,
+    check_value_range,
     warn_good_masks,
     warn_loose_images,
     warn_lossy_masks,
@@ -122,6 +123,7 @@ def read_image(path: str | Path) -> np.ndarray:
     """Decode one image file to float32 [H, W, 1 or 3] in [0, 1] (`DataError` naming the file
     when it cannot be read); `image_tensor` makes the model's input of it."""
     with open_image(path) as im:
+        check_value_range(path, im)  # float / 32-bit images out of range: named, or refused
         return image_to_array(im)
 
 

@@ -3,7 +3,8 @@ it refuses: the folders of a data set (a broken symbolic link among them is an e
 out), defective images whose mask is missing (named, with where the mask goes: they are left out
 of the pixel metrics), and masks given for good images (ignored: named, so that nobody takes them
 for used); JPEG masks (read at half brightness: named); and the layout mistakes: `test/Good/`
-for `test/good/` (refused), image files lying directly in train/ or test/ (not read).
+for `test/good/` (refused), image files lying directly in train/ or test/ (not read). And, as
+each image is read, a float or 32-bit image whose values are clipped (named) or NaN (refused).
 """
 
 from __future__ import annotations
@@ -124,3 +125,37 @@ def warn_lossy_masks(lossy: list[str]) -> None:
             " Save masks as PNG for exact edges",
             stacklevel=4,
         )
+
+
+# The values the reader maps to black and white, by mode; what lies outside is clipped
+WIDE_MODES = {"F": 1.0, "I": 65535.0}
+
+
+def check_value_range(path: str | Path, im) -> None:
+    """Name a float (or 32-bit integer) image whose values lie outside what the reader maps to
+    black and white (0-1 for floats, 0-65535 for integers), because they are clipped: a float
+    TIFF saved in 0-255 reads as mostly white, its defects with it. One warning per file, with
+    the range found and how much was clipped; NaN pixels are refused (they have no brightness,
+    and would make the image's score NaN)."""
+    import numpy as np
+
+    from anomaly.data.image_kind import _SAID
+
+    top = WIDE_MODES.get(im.mode)
+    if top is None:
+        return
+    a = np.asarray(im, dtype=np.float64)
+    if np.isnan(a).any():
+        raise DataError(
+            f"{path}: {np.isnan(a).mean():.1%} of its pixels are NaN (not a number); fill them "
+            "(with the background value, say) and save it again"
+        )
+    clipped = float(np.mean((a < 0) | (a > top)))
+    words = (
+        f"{clipped:.1%} of its values lie outside 0-{top:g} (it holds {a.min():.4g} to "
+        f"{a.max():.4g}) and are clipped to black or white: save it scaled to 0-{top:g}, or as "
+        "an 8- or 16-bit image"
+    )
+    if clipped and (str(path), words) not in _SAID:
+        _SAID.add((str(path), words))
+        warnings.warn(f"{path}: {words}", UserWarning, stacklevel=3)
