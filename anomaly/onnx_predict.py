@@ -107,6 +107,28 @@ def _refused_frames(im, path) -> str | None:
     return refused_frames(im, path)
 
 
+def _out_of_range(im, path) -> str | None:
+    """As the package's `check_value_range`: a float (32-bit integer) image's values outside
+    0-1 (0-65535) are clipped, which a warning says; NaN pixels refuse the image (the words)."""
+    top = {"F": 1.0, "I": 65535.0}.get(im.mode)
+    if top is None:
+        return None
+    a = np.asarray(im, dtype=np.float64)
+    if np.isnan(a).any():
+        return f"{np.isnan(a).mean():.1%} of its pixels are NaN (not a number); fill them"
+    clipped = float(np.mean((a < 0) | (a > top)))
+    if clipped:
+        import warnings
+
+        warnings.warn(
+            f"{path}: {clipped:.1%} of its values lie outside 0-{top:g} (it holds {a.min():.4g} "
+            f"to {a.max():.4g}) and are clipped to black or white: save it scaled to 0-{top:g}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return None
+
+
 def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
     """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
@@ -117,6 +139,7 @@ def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
         with Image.open(path) as im:
             refused = _refused_frames(im, path)
             if refused is None:
+                refused = _out_of_range(im, path)
                 a = _to_array(_upright(im))
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise ExportError(

@@ -249,3 +249,23 @@ def test_replacing_another_models_export_is_said(exported, tiny_cookies, tmp_pat
         export_onnx(run, out)
     with pytest.warns(UserWarning, match="held an export of another model"):
         export_onnx(other, out)
+
+
+def test_float_images_out_of_range_are_said_as_the_package_says(tmp_path):
+    from anomaly.data import DataError
+
+    grey = np.linspace(0.0, 4.0, 32 * 32, dtype=np.float32).reshape(32, 32)
+    partly = tmp_path / "partly.tif"
+    Image.fromarray(grey).save(partly)
+    with pytest.warns(UserWarning, match="75.0% of its values lie outside 0-1"):
+        ours = preprocess(partly, 16, 1)
+    with pytest.warns(UserWarning, match="75.0% of its values lie outside 0-1"):
+        theirs = load_image(partly, size=16, channels=1).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+    grey[:4] = np.nan
+    nan = tmp_path / "nan.tif"
+    Image.fromarray(grey).save(nan)
+    with pytest.raises(ExportError, match=r"nan.tif: 12.5% of its pixels are NaN"):
+        preprocess(nan, 16, 1)
+    with pytest.raises(DataError, match=r"nan.tif: 12.5% of its pixels are NaN"):
+        load_image(nan, size=16, channels=1)
