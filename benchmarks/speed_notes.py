@@ -191,14 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         "a call with some `--parts` keeps the other parts' sections.\n"
     )
     sections = kept_sections(args.notes)
-    for n in chosen:
+    order = list(parts(args.python, "peers", "", "", ""))
+    for n in chosen:  # the file is written after each part: a later failure loses nothing
         sections[n] = run_part(n, table[n][0], table[n][1], about + ".")
-    order = [n for n in parts(args.python, "peers", "", "", "") if n in sections]
-    body = "\n".join(sections[n].rstrip() + "\n" for n in order)
-    check_notes(args.notes)  # the file may have been replaced while the parts ran
-    args.notes.parent.mkdir(parents=True, exist_ok=True)
-    args.notes.write_text(head + "\n" + body)
-    print(f"wrote {args.notes}", file=sys.stderr)
+        body = "\n".join(sections[k].rstrip() + "\n" for k in order if k in sections)
+        check_notes(args.notes)  # the file may have been replaced while the part ran
+        args.notes.parent.mkdir(parents=True, exist_ok=True)
+        args.notes.write_text(head + "\n" + body)
+        print(f"wrote {args.notes} ({n})", file=sys.stderr)
     return 0
 
 

@@ -93,3 +93,18 @@ def test_the_real_parts_name_scripts_settings_and_sets_that_exist():
                     for name in names:
                         ivf = name.startswith("default-ort-ivf")  # made by a loop there
                         assert f'"{name}"' in settings or ivf, name
+
+
+def test_a_part_that_breaks_the_recorder_loses_none_before_it(notes_module, tmp_path, monkeypatch):
+    notes = tmp_path / "speed-notes.md"
+    real = notes_module.run_part
+
+    def stopped(name, *args):
+        if name == "score":
+            raise KeyboardInterrupt  # Ctrl-C during the second part
+        return real(name, *args)
+
+    monkeypatch.setattr(notes_module, "run_part", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        notes_module.main(["--notes", str(notes)])
+    assert "| race | 1 |" in notes.read_text()
