@@ -170,7 +170,7 @@ def intensity_table(data) -> str:
 
 def reconstructions_figure(runs: dict[str, Path], n: int = 4):
     """Inputs (first row) and each run's reconstruction of them: normal and defective images."""
-    runs = _named_runs(runs)
+    runs, n = _named_runs(runs), _positive("n", n)  # before any model loads
     detectors = {name: _reconstructing(run) for name, run in runs.items()}
     datasets = {name: _test_data(d.config) for name, d in detectors.items()}  # each its channels
     data = max(datasets.values(), key=lambda ds: ds.channels)  # show the inputs in colour if any
@@ -246,9 +246,9 @@ def copy_through_table(runs: dict[str, Path]) -> str:
     """How much of a defect each network reproduces: reconstruction error inside the defect
     relative to the error on normal pixels of the same images. A ratio near 1 means the defect
     was copied through (a UNet's skip connections), a large one that it was removed."""
-    runs = _named_runs(runs)
     from anomaly.maps import l2_map
 
+    runs = _named_runs(runs)
     lines = [f"{'run':<8} {'error in defect':>16} {'error elsewhere':>16} {'ratio':>6}"]
     for name, run in runs.items():
         det = _reconstructing(run)
@@ -437,9 +437,9 @@ def histogram_figure(run: Path):
 
 def roc_figure(runs: dict[str, Path]):
     """ROC curves of several runs on the same test set."""
-    runs = _named_runs(runs)
     from anomaly.viz import plot_roc
 
+    runs = _named_runs(runs)
     curves = {}
     for name, run in runs.items():
         pred = RunDir(run).predictions()
