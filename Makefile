@@ -62,7 +62,7 @@ test: $(STAMP)
 		--nbval-lax --nbval-sanitize-with tests/sanitize.cfg --nbval-current-env \
 		-p no:cacheprovider notebooks/0*.ipynb; status=$$?; rm -rf $$home; exit $$status
 
-## the quick subset (under a minute): no browser, no end-to-end benchmark
+## the quick subset (about 3 minutes on 2 cores): no browser, no end-to-end benchmark
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not slow and not browser"
 
