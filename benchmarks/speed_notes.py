@@ -9,6 +9,8 @@ running), the parts:
 
 - race: `patchknn_speed.py --race`, patchknn's speed settings against torchvision's MobileNetV2
   in interleaved rounds on the cookies;
+- race-448: the same for `auto`'s 448 px candidate (`x2-6-10`) on a photo set, the yardsticks
+  at 448 px too, in batches of 1 and of 8;
 - score: `score_speed.py`, where `score`'s time goes;
 - sweep: `photos_sweep.py`, what those settings cost in accuracy (cookies and photo suite);
 - peers-cookies, peers-photos: `peers.py` (anomalib's PatchCore, PaDiM, FastFlow; the `peers`
@@ -56,6 +58,17 @@ def parts(py: str, peers_py: str | None, data: str, photos: str, runs: str) -> d
                     "default-int8 default-ort-ivf16x2 default-ort-ivf16x1 --rounds 5 "
                     "--batch-size 8 --threads 2 --search",
                 )
+            ],
+        ),
+        "race-448": (
+            "auto's 448 px candidate against MobileNetV2 at 448 px, tissue, batches of 1 and 8",
+            [
+                argv(
+                    py,
+                    f"benchmarks/patchknn_speed.py --data {photos}/tissue --race x2-6-10 "
+                    f"default --rounds 5 --batch-size {b} --threads 2",
+                )
+                for b in (1, 8)
             ],
         ),
         "score": (

@@ -79,7 +79,7 @@ def test_the_real_parts_name_scripts_settings_and_sets_that_exist():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     table = module.parts("py", "peers-py", "data/cookies", "data/photos", "runs/x")
-    assert list(table) == ["race", "score", "sweep", "peers-cookies", "peers-photos"]
+    assert list(table) == ["race", "race-448", "score", "sweep", "peers-cookies", "peers-photos"]
     assert set(module.PHOTO_SETS) == {s.name for s in SETS}
     settings = (SCRIPT.parent / "photos_sweep.py").read_text()
     for _, argvs in table.values():
