@@ -277,7 +277,13 @@ def score_run(
         config = detector.config
         data = os.path.abspath(data or config.data)
         dest = score_folder(rd, data, out)
-        test = AnomalyDataset(data, "test", size=config.size, channels=config.channels)
+        test = AnomalyDataset(
+            data,
+            "test",
+            size=config.size,
+            channels=config.channels,
+            trained=_trained(rd, config.data, data),
+        )
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         guards.warn_test_copies(rd, list(test.paths))
         t0 = time.perf_counter()
@@ -347,6 +353,16 @@ def _scored_data(folder: Path) -> str | None:
             return json.loads(str(z["meta"])).get("data")
     except (OSError, ValueError, KeyError, AttributeError):
         return None
+
+
+def _trained(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
+    """The images the run trained on or held out, relative to its data folder `trained_on`,
+    when `data` is that folder: in the plain layout its test images are then every other one
+    (good images added since training are tested; none moves a trained image into the test)."""
+    split, root = rd.split(), os.path.abspath(trained_on)
+    if split is None or os.path.abspath(data) != root:
+        return None
+    return {os.path.relpath(p, root).replace(os.sep, "/") for p in split["train"] + split["val"]}
 
 
 def trained_images(rd: RunDir) -> dict | None:

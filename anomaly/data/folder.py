@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ from torch.utils.data import Dataset
 from anomaly.data.files import (
     IMAGE_EXTENSIONS,
     DataError,
-    _is_image,
     broken_link,
     scan_images,
     skipped,
@@ -245,6 +243,9 @@ class AnomalyDataset(Dataset):
             (and the one all-zero mask of images without a mask) are returned as they are: do
             not modify an item's tensors in place.
         holdout: plain layout only, the fraction of good images that go to test.
+        trained: plain layout only, the good images a run trained on or held out (names
+            relative to the root, "good/x.png"): the test split's good images are then all the
+            others, so good images added since training are tested, never a trained one.
     """
 
     def __init__(
@@ -255,6 +256,7 @@ class AnomalyDataset(Dataset):
         channels: int = 3,
         cache: bool = True,
         holdout: float = 0.2,
+        trained: set[str] | None = None,
     ) -> None:
         if split not in ("train", "test"):
             raise DataError(f"split must be 'train' or 'test', not {split!r}")
@@ -266,7 +268,7 @@ class AnomalyDataset(Dataset):
             raise DataError(f"holdout must be in [0, 1), not {holdout!r}")
         self.root = Path(os.path.abspath(root))
         self.split, self.size, self.channels, self.cache = split, size, channels, cache
-        self.holdout = holdout
+        self.holdout, self.trained = holdout, trained
         if self.root.is_file():
             raise DataError(
                 f"{self.root} is a file; give the data set's folder (the one that holds train/ "
@@ -364,17 +366,12 @@ class AnomalyDataset(Dataset):
         n_test = max(1, round(n * self.holdout)) if n >= 2 and self.holdout > 0 else 0
         test_idx = {int((j + 1) * n / n_test) - 1 for j in range(n_test)}
         split_good = [p for i, p in enumerate(good) if (i in test_idx) == (self.split == "test")]
+        if self.trained is not None and self.split == "test":  # a run's own record of its split
+            split_good = [p for p in good if f"good/{p.name}" not in self.trained]
         samples = self._samples(split_good, "good", {})
         if self.split == "train":
             return samples
-        loose = [p.name for p in self.root.iterdir() if p.is_file() and _is_image(p)]
-        if loose:
-            warnings.warn(
-                f"{self.root}: skipping {len(loose)} images outside any folder "
-                f"({', '.join(sorted(loose)[:5])}); move them into good/ or "
-                f"<defect>/.",
-                stacklevel=3,
-            )
+        warn_loose_images(self.root)
         kinds = {
             d.name: _list_images(d, f"'{d.name}' defect images")
             for d in _subfolders(self.root)

@@ -1,0 +1,54 @@
+"""What a new user ran into (session 17's walkthrough), each with the fix: a plain-layout data
+set that grows after training, a run written inside a data set, a run still training, and
+folder names the layout guesses wrong."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly.cli import main
+from anomaly.config import Config
+from anomaly.pipeline import score_run, train_run
+
+
+def _plain(root, n_good=20, n_defect=4):
+    rng = np.random.default_rng(0)
+    (root / "good").mkdir(parents=True)
+    (root / "stain").mkdir()
+    for i in range(n_good):
+        a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(a).save(root / "good" / f"{i:03d}.png")
+    for i in range(n_defect):
+        a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
+        a[10:20, 10:20] = 250
+        Image.fromarray(a).save(root / "stain" / f"{i:03d}.png")
+    return root
+
+
+def _tested_good(run):
+    with open(run / "scores.csv") as f:
+        return sorted(r["file"] for r in csv.DictReader(f) if r["label"] == "0")
+
+
+def test_good_images_added_after_training_never_move_a_trained_one_into_the_test(tmp_path):
+    data = _plain(tmp_path / "plain")
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
+    score_run(run, overlays=False)
+    before = _tested_good(run)
+    assert len(before) == 4
+    rng = np.random.default_rng(1)
+    for i in range(3):  # new photos, named to sort first
+        Image.fromarray(rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)).save(
+            data / "good" / f"0000_new{i}.png"
+        )
+    score_run(run, overlays=False)
+    after = _tested_good(run)
+    assert set(before) <= set(after)  # the held-out test images stay test images
+    assert set(after) - set(before) == {f"0000_new{i}" for i in range(3)}  # the new ones join
+    split = (run / "split.json").read_text()
+    assert not any(f"good/{name}.png" in split for name in after)  # none was trained on
