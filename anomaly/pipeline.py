@@ -92,7 +92,7 @@ def train_run(
         encoder = os.path.abspath(config.backbone.split(":", 1)[1])
         config = config.replace(backbone=f"encoder:{encoder}")
     guards.refuse_existing(run)
-    check_not_in_data(run.path, "--out")
+    check_not_in_data(run.path, "--out", config.data)
     seed_everything(config.seed)
     detector = build_detector(config)
     check_size(detector, config)
@@ -333,7 +333,7 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
         dest = Path(out)
     if dest.exists() and not dest.is_dir():
         raise RunError(f"--out {dest} is a file; give a folder for the scores of {data}")
-    check_not_in_data(dest, "--out")
+    check_not_in_data(dest, "--out", data)
     ours = {*RunDir.SCORE_OUTPUTS, RunDir.OVERLAYS}
     theirs = sorted(p.name for p in dest.iterdir() if p.name not in ours) if dest.is_dir() else []
     if not theirs and dest.is_dir() and any(dest.iterdir()) and _scored_data(dest) is None:

@@ -52,3 +52,17 @@ def test_good_images_added_after_training_never_move_a_trained_one_into_the_test
     assert set(after) - set(before) == {f"0000_new{i}" for i in range(3)}  # the new ones join
     split = (run / "split.json").read_text()
     assert not any(f"good/{name}.png" in split for name in after)  # none was trained on
+
+
+def test_a_run_inside_a_plain_data_set_is_refused_before_anything_is_written(tmp_path, capsys):
+    data = _plain(tmp_path / "plain")
+    args = ["train", "--data", str(data), "--method", "meandiff", "--size", "32"]
+    assert main([*args, "--out", str(data / "run")]) == 2
+    said = capsys.readouterr()
+    assert f"is inside the data set {data}" in said.out + said.err
+    assert not (data / "run").exists()  # it would have become a defect kind named "run"
+    run = tmp_path / "run"
+    assert main([*args, "--out", str(run)]) == 0
+    assert main(["score", "--run", str(run), "--out", str(data / "scores")]) == 2
+    assert not (data / "scores").exists()
+    assert main(["score", "--run", str(run)]) == 0  # the data set is as it was

@@ -94,12 +94,22 @@ def broken_link(p: Path) -> str:
     return f"a symbolic link to {os.readlink(p)}, which does not exist; fix the link or delete it"
 
 
-def check_not_in_data(path: str | Path, what: str) -> None:
+def check_not_in_data(path: str | Path, what: str, data: str | Path | None = None) -> None:
     """Refuse an output folder (`what`: "--out" words) inside the train/, test/ or
-    ground_truth/ folder of a data set (a folder that holds train/ and test/): written there, a
-    run or its scores would become part of the images, a defect kind of its own in test/, and
+    ground_truth/ folder of a data set (a folder that holds train/ and test/), or anywhere
+    inside `data` when it is in the plain layout (good/ and a folder per defect kind): written
+    there, a run or its scores would become part of the images, a defect kind of its own, and
     break every later train and score of that set."""
     path = Path(os.path.abspath(path))
+    if data is not None:
+        root = Path(os.path.abspath(data))
+        plain = (root / "good").is_dir() and not (root / "train").is_dir()
+        if plain and root in path.parents:
+            raise ValueError(
+                f"{what} {path} is inside the data set {root}, whose every folder is read as "
+                f"images (good/ and one folder per defect kind): the run would become a defect "
+                f"kind of its own. Choose a folder outside {root}"
+            )
     for inner, parent in zip([path, *path.parents], path.parents):
         if inner.name in ("train", "test", "ground_truth") and (
             (parent / "train").is_dir() and (parent / "test").is_dir()
