@@ -30,6 +30,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     detector = build_detector(config, source=None if config.method != "kmeans" else False, run=run)
     payload = run.load_checkpoint(detector)
     if not payload.get("complete", True):
+        run.check_not_in_use("read")  # still training: half-way, not interrupted
         raise RunError(
             f"{run}: its training was interrupted, so model.pt holds a model from the middle of "
             "it (and threshold.json, if any, an earlier model's threshold); finish it with "

@@ -45,6 +45,7 @@ from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
 from anomaly.safe_files import (
     RunError,
     _atomic,
+    check_not_in_use,
     folder_lock,
     output_folder,
     remove_written,
@@ -426,6 +427,10 @@ class RunDir(CheckpointFiles):
         """Hold `.lock` (with this PID) while writing; refuse if a live process holds it
         (`safe_files.folder_lock`). A lock left by a process that no longer runs is taken over."""
         return folder_lock(self.path, self.LOCK, command)
+
+    def check_not_in_use(self, command: str) -> None:
+        """RunError when a live process holds the run's lock (a run still training)."""
+        check_not_in_use(self.path, self.LOCK, command)
 
 
 # --- the functions earlier code and notebooks call ------------------------------------------

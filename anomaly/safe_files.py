@@ -223,6 +223,34 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _live_holder(path: Path) -> tuple[int, str] | None:
+    """(PID, command) of the live process holding the lock file `path`, else None (no lock, a
+    damaged one, or one left by a process that no longer runs)."""
+    try:
+        holder = json.loads(path.read_text())
+        pid = int(holder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid > 0 and pid != os.getpid() and pid_alive(pid):
+        return pid, str(holder.get("command", "?"))
+    return None
+
+
+def _in_use(folder: Path, path: Path, holder: tuple[int, str], command: str) -> RunError:
+    other = ", or choose another --out" if command in ("train", "score") else ""
+    return RunError(
+        f"{folder} is in use: process {holder[0]} is running `{holder[1]}` on it. Wait for it "
+        f"to finish{other}. (If no such process runs, delete {path}.)"
+    )
+
+
+def check_not_in_use(folder: Path, name: str, command: str) -> None:
+    """Refuse to read a folder that a live process holds the lock file `folder/name` of (a run
+    still training): what it holds now is half-written, not interrupted."""
+    if holder := _live_holder(folder / name):
+        raise _in_use(folder, folder / name, holder, command)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
     """Hold the lock file `folder/name` (with this PID and `command`) while writing in `folder`;
@@ -241,17 +269,8 @@ def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-                pid = int(holder["pid"])
-            except (OSError, ValueError, KeyError, TypeError):
-                holder, pid = {}, -1
-            if pid > 0 and pid != os.getpid() and pid_alive(pid):
-                raise RunError(
-                    f"{folder} is in use: process {pid} is running "
-                    f"`{holder.get('command', '?')}` on it. Wait for it to finish, or choose "
-                    f"another --out. (If no such process runs, delete {path}.)"
-                ) from None
+            if holder := _live_holder(path):
+                raise _in_use(folder, path, holder, command) from None
             path.unlink(missing_ok=True)  # a stale lock: its process is gone
             continue
         with os.fdopen(fd, "w") as f:

@@ -44,6 +44,7 @@ def refuse_existing(run: RunDir) -> None:
                 "written there; choose a new folder name for the run"
             )
     if run.has_model():
+        run.check_not_in_use("train")  # still training: not finished, nor interrupted
         if stopped_before_threshold(run):
             raise RunError(
                 f"{run} holds a run stopped after training, before its held-out images were "

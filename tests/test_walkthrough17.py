@@ -66,3 +66,49 @@ def test_a_run_inside_a_plain_data_set_is_refused_before_anything_is_written(tmp
     assert main(["score", "--run", str(run), "--out", str(data / "scores")]) == 2
     assert not (data / "scores").exists()
     assert main(["score", "--run", str(run)]) == 0  # the data set is as it was
+
+
+def test_a_run_still_training_is_said_to_be_in_use_not_interrupted(
+    tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    import json
+    import subprocess
+    import sys
+
+    import anomaly.train
+    from helpers import tiny_flags
+
+    real, calls = anomaly.train._run_epoch, []
+
+    def stopped_in_epoch_2(*args):  # model.pt of epoch 1, marked unfinished
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(anomaly.train, "_run_epoch", stopped_in_epoch_2)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_flags(tiny_cookies)]) == 130
+    monkeypatch.undo()
+    image = str(next((tiny_cookies / "test" / "good").glob("*.png")))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # as if that training still ran in another process
+        (run / ".lock").write_text(json.dumps({"pid": sleeper.pid, "command": "train"}))
+        capsys.readouterr()
+        for args in (
+            ["predict", "--run", str(run), image],
+            ["train", "--out", str(run), *tiny_flags(tiny_cookies)],
+            ["train", "--method", "kmeans", "--from", str(run), "--out", str(tmp_path / "km")],
+        ):
+            assert main(args) == 2, args
+            said = capsys.readouterr()
+            words = said.out + said.err
+            assert f"is in use: process {sleeper.pid} is running `train`" in words, args
+            assert "interrupted" not in words, args
+        assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1"]) == 2
+        said = capsys.readouterr()
+        assert "is in use" in said.err + said.out and "--out" not in said.err + said.out
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # the holder gone: resumable
