@@ -112,3 +112,40 @@ def test_a_run_still_training_is_said_to_be_in_use_not_interrupted(
         sleeper.kill()
         sleeper.wait()
     assert main(["train", "--out", str(run), "--resume"]) == 0  # the holder gone: resumable
+
+
+@pytest.mark.parametrize("name", ["normal", "OK", "Pass", "defect-free"])
+def test_a_folder_of_good_images_by_another_name_is_not_scored_as_defects(tmp_path, name):
+    from anomaly.data import AnomalyDataset, DataError
+
+    data = _plain(tmp_path / "plain")
+    (data / "stain").rename(data / name)  # a QA folder of good parts, not a defect kind
+    with pytest.raises(DataError, match=rf"{name}/ would be read as a defect kind.*good"):
+        AnomalyDataset(data, "test")
+    mvtec = tmp_path / "mvtec"
+    (mvtec / "train").mkdir(parents=True)
+    (data / name).rename(mvtec / "train" / name)
+    with pytest.raises(DataError, match=rf"{name}/ would be read as a defect kind"):
+        AnomalyDataset(mvtec, "train")
+
+
+def test_a_plain_data_set_with_a_defect_kind_named_test_says_so(tmp_path):
+    from anomaly.data import AnomalyDataset, DataError
+
+    data = _plain(tmp_path / "plain")
+    (data / "stain").rename(data / "test")
+    with pytest.raises(DataError, match="holds good/ and test/ but no train/.*named test/"):
+        AnomalyDataset(data, "train")
+
+
+def test_a_leftover_good_folder_beside_train_and_test_is_named(tiny_cookies, tmp_path):
+    import shutil
+
+    from anomaly.data import AnomalyDataset
+
+    data = tmp_path / "cookies"
+    shutil.copytree(tiny_cookies, data)
+    shutil.copytree(data / "train" / "good", data / "good")
+    with pytest.warns(UserWarning, match=r"good/ is not read: this data set is in the MVTec AD"):
+        train = AnomalyDataset(data, "train")
+    assert all("/train/good/" in p for p in train.paths)

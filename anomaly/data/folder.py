@@ -46,6 +46,7 @@ from anomaly.data.generated import interrupted
 from anomaly.data.image_kind import displayed_size, named_warnings, open_image, unreadable_fix
 from anomaly.data.input_checks import (
     check_good_name,
+    check_mvtec_root,
     check_value_range,
     warn_good_masks,
     warn_loose_images,
@@ -330,6 +331,7 @@ class AnomalyDataset(Dataset):
 
     def _scan_mvtec(self) -> list[Sample]:
         good = self.root / self.split / "good"
+        check_mvtec_root(self.root)
         check_good_name(self.root / self.split)
         warn_loose_images(self.root / self.split)
         if self.split == "train":
@@ -361,6 +363,7 @@ class AnomalyDataset(Dataset):
         return samples
 
     def _scan_plain(self) -> list[Sample]:
+        check_good_name(self.root)
         good = _list_images(self.root / "good", "defect-free images")
         n = len(good)
         n_test = max(1, round(n * self.holdout)) if n >= 2 and self.holdout > 0 else 0

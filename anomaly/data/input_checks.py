@@ -82,18 +82,45 @@ def warn_good_masks(folder: Path, defects: str) -> None:
     )
 
 
+# folder names that say "defect-free" in inspection, but are not the layout's good/
+GOOD_WORDS = {"good", "normal", "ok", "okay", "pass", "passed", "nominal", "defect_free",
+              "defect-free", "defectfree", "no_defect", "no-defect", "nodefect", "clean"}  # fmt: skip
+
+
 def check_good_name(split: Path) -> None:
-    """Refuse a `split` folder (train/ or test/) whose defect-free images are in `Good/` or
-    `GOOD/`: folder names are exact, so test/Good/ would be read as a defect kind "Good"."""
+    """Refuse a `split` folder (train/, test/, or a plain layout's root) whose defect-free
+    images are in `Good/`, `normal/`, `ok/`, ... (`GOOD_WORDS`): folder names are exact, so
+    test/Good/ or normal/ would be read as a defect kind and its good images as defects."""
     if not split.is_dir():
         return
     for d in subfolders(split):
-        if d.name.lower() == "good" and d.name != "good":
+        if d.name.lower() in GOOD_WORDS and d.name != "good":
             raise DataError(
                 f"{d}: folder names are exact, and the defect-free images go in "
                 f"{split.name}/good/ (lower case); {d.name}/ would be read as a defect kind. "
                 f"Rename it to {split / 'good'}"
+                + (" (or move its images into it)" if (split / "good").exists() else "")
             )
+
+
+def check_mvtec_root(root: Path) -> None:
+    """A folder read in the MVTec AD layout (it holds train/ or test/) that also holds good/:
+    without train/ it is a plain data set with a defect kind named test/ (refused, saying
+    so); with train/, good/ is not read (named)."""
+    if not (root / "good").is_dir():
+        return
+    if not (root / "train").is_dir():
+        raise DataError(
+            f"{root} holds good/ and test/ but no train/. In the plain layout (good/ and one "
+            "folder per defect kind) no defect kind may be named test/ or train/: rename it. "
+            f"In the MVTec AD layout the training images go in {root / 'train' / 'good'}/"
+        )
+    warnings.warn(
+        f"{root / 'good'}/ is not read: this data set is in the MVTec AD layout (train/ and "
+        "test/), which trains on train/good/ and tests test/<kind>/. Move its images there, or "
+        "out of the data set",
+        stacklevel=4,
+    )
 
 
 def warn_loose_images(split: Path) -> None:
