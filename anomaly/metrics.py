@@ -280,7 +280,10 @@ def threshold_manual(value: float) -> Threshold:
 def threshold_normal_quantile(normal_scores, q: float = 0.99) -> Threshold:
     """The q-quantile of held-out normal scores (q=1.0 is their maximum).
 
-    About (1 - q) of normal parts like these score at or above it and would be rejected.
+    About (1 - q) of normal parts like these score above it and would be rejected. The value is
+    the next float above the quantile, as for `threshold_conformal`: with "anomalous iff score
+    >= threshold", a held-out score equal to the quantile (their maximum at q=1.0) passes, so
+    q=1.0 rejects none of them (it rejected the maximum).
     """
     normal_scores = np.asarray(normal_scores, np.float64).ravel()
     if normal_scores.size == 0:
@@ -288,6 +291,7 @@ def threshold_normal_quantile(normal_scores, q: float = 0.99) -> Threshold:
     if not 0 <= q <= 1:
         raise ValueError(f"q must be in [0, 1], got {q}")
     value = float(np.quantile(normal_scores, q))
+    value = float(np.nextafter(value, np.inf)) if np.isfinite(value) else value
     return Threshold(value, "normal_quantile", {"q": q, "n_normal": int(normal_scores.size)})
 
 

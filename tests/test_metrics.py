@@ -255,9 +255,11 @@ SCORES = np.array([0.1, 0.4, 0.35, 0.8, 0.2])
 
 def test_threshold_rules():
     assert threshold_manual(0.5).value == 0.5
-    assert threshold_normal_quantile([0, 1, 2, 3, 4], q=0.5).value == 2.0
+    # the next float above the quantile: a held-out score equal to it passes ("score >= t")
+    assert threshold_normal_quantile([0, 1, 2, 3, 4], q=0.5).value == np.nextafter(2.0, 3)
     t = threshold_normal_quantile([0.3, 0.1, 0.2], q=1.0)
-    assert t.value == 0.3 and t.rule == "normal_quantile" and t.params["q"] == 1.0
+    assert t.value == np.nextafter(0.3, 1) and t.rule == "normal_quantile" and t.params["q"] == 1
+    assert not (np.array([0.3, 0.1, 0.2]) >= t.value).any()  # q=1 rejects none of them
     # By hand: t=0.8 F1 2/3, t=0.4 F1 1/2, t=0.35 P 2/3 R 1 F1 0.8, t=0.2 2/3, t=0.1 4/7;
     # the threshold sits midway between 0.35 (the lowest flagged) and 0.2 (the highest passed)
     t = threshold_f1(LABELS, SCORES)

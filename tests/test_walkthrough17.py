@@ -149,3 +149,13 @@ def test_a_leftover_good_folder_beside_train_and_test_is_named(tiny_cookies, tmp
     with pytest.warns(UserWarning, match=r"good/ is not read: this data set is in the MVTec AD"):
         train = AnomalyDataset(data, "train")
     assert all("/train/good/" in p for p in train.paths)
+
+
+def test_the_held_out_maximum_as_threshold_rejects_none_of_them(tmp_path, capsys):
+    data = _plain(tmp_path / "plain")
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
+    capsys.readouterr()
+    assert main(["threshold", "--run", str(run), "--rule", "normal-quantile", "--value", "1"]) == 0
+    said = capsys.readouterr()
+    assert "it rejects 0 of the run's" in said.out + said.err
