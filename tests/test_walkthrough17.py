@@ -159,3 +159,36 @@ def test_the_held_out_maximum_as_threshold_rejects_none_of_them(tmp_path, capsys
     assert main(["threshold", "--run", str(run), "--rule", "normal-quantile", "--value", "1"]) == 0
     said = capsys.readouterr()
     assert "it rejects 0 of the run's" in said.out + said.err
+
+
+def _turned_set(root, shape):
+    """An MVTec-style set whose one defect image is a JPEG with EXIF orientation 6 (shown
+    turned a quarter) and whose mask was drawn on the stored pixels."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train/good", 6), ("test/good", 2)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(a).save(root / split / f"{i:03d}.png")
+    (root / "test/spot").mkdir(parents=True)
+    (root / "ground_truth/spot").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(
+        root / "test/spot/s1.jpg", exif=exif
+    )
+    mask = np.zeros(shape, np.uint8)
+    mask[2:8, 2:8] = 255
+    Image.fromarray(mask).save(root / "ground_truth/spot/s1_mask.png")
+    return root
+
+
+def test_a_defect_image_turned_by_exif_has_its_mask_checked(tmp_path):
+    from anomaly.data import AnomalyDataset, DataError
+
+    square = _turned_set(tmp_path / "square", (32, 32))
+    with pytest.warns(UserWarning, match=r"s1.jpg \(EXIF orientation 6\).*mask must be drawn"):
+        AnomalyDataset(square, "test")
+    oblong = _turned_set(tmp_path / "oblong", (32, 48))  # stored 48 wide, shown 32 wide
+    with pytest.raises(DataError, match=r"EXIF orientation 6.*the mask fits it as stored"):
+        AnomalyDataset(oblong, "test")

@@ -43,19 +43,26 @@ from anomaly.data.files import (
     skipped,
 )
 from anomaly.data.generated import interrupted
-from anomaly.data.image_kind import displayed_size, named_warnings, open_image, unreadable_fix
+from anomaly.data.image_kind import (
+    displayed_size,
+    named_warnings,
+    open_image,
+    orientation,
+    unreadable_fix,
+)
 from anomaly.data.input_checks import (
     check_good_name,
+    check_mask_header,
     check_mvtec_root,
     check_value_range,
     warn_good_masks,
     warn_loose_images,
     warn_lossy_masks,
     warn_missing_masks,
+    warn_turned,
 )
 from anomaly.data.input_checks import subfolders as _subfolders
 from anomaly.data.masks import (
-    LOSSY,
     check_defect_mask,
     load_mask,  # noqa: F401  (re-exported: anomaly.data.load_mask)
     mask_tensor,
@@ -388,33 +395,22 @@ class AnomalyDataset(Dataset):
         return samples
 
     def _check_headers(self) -> None:
-        lossy = []
+        lossy, turned = [], []
         for s in self.samples:
             try:
                 with named_warnings(s.path), Image.open(s.path) as im:
-                    image_size = displayed_size(im)
+                    image_size, turn = displayed_size(im), orientation(im)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 raise DataError(
                     f"{s.path}: not a readable image ({e}). {unreadable_fix(e)}"
                 ) from None
-            if s.mask_path is None:
-                continue
-            try:
-                with Image.open(s.mask_path) as m:
-                    mask_size = displayed_size(m)
-                    if m.format in LOSSY:
-                        lossy.append(str(s.mask_path))
-            except (OSError, SyntaxError, ValueError) as e:
-                raise DataError(
-                    f"{s.mask_path}: not a readable mask ({e}). Re-save it as a PNG, or delete it."
-                ) from None
-            if mask_size != image_size:
-                raise DataError(
-                    f"{s.mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image "
-                    f"{s.path} is {image_size[0]}x{image_size[1]}; masks must have the size of "
-                    f"their image."
-                )
+            if s.mask_path is not None:
+                if check_mask_header(s.mask_path, s.path, image_size, turn):
+                    lossy.append(str(s.mask_path))
+                if turn != 1:
+                    turned.append((s.path, turn))
         warn_lossy_masks(lossy)
+        warn_turned(turned)
 
     # --- the Dataset ---------------------------------------------------------------------------
     def __len__(self) -> int:

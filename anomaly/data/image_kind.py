@@ -161,16 +161,21 @@ def refused_frames(im: Image.Image, path) -> str | None:
     return None
 
 
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation `upright` applies to an opened image, from its header: 1 (as
+    stored) to 8; 1 for TIFF (Pillow applies the tag itself) and unreadable EXIF."""
+    if im.format == "TIFF" or (im.format == "PNG" and "exif" not in im.info):
+        return 1  # PNG without an eXIf chunk: getexif() would decode it
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001  (as `upright`: unreadable EXIF, shown as stored)
+        return 1
+
+
 def displayed_size(im: Image.Image) -> tuple[int, int]:
     """(width, height) of an opened image as viewers show it, from its header (no decode):
     EXIF orientations 5-8 (turned a quarter) swap the stored sides."""
-    if im.format == "TIFF" or (im.format == "PNG" and "exif" not in im.info):
-        return im.size  # TIFF: Pillow applies the tag itself; PNG: getexif() would decode it
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001  (as `upright`: unreadable EXIF, shown as stored)
-        orientation = 1
-    return im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
+    return im.size[::-1] if orientation(im) in (5, 6, 7, 8) else im.size
 
 
 def image_kind(path: str | Path) -> dict | None:

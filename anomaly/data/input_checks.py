@@ -186,3 +186,51 @@ def check_value_range(path: str | Path, im) -> None:
     if clipped and (str(path), words) not in _SAID:
         _SAID.add((str(path), words))
         warnings.warn(f"{path}: {words}", UserWarning, stacklevel=3)
+
+
+def check_mask_header(mask: str, image: str, size: tuple[int, int], turn: int) -> bool:
+    """Refuse a mask that does not open, or whose size is not its image's as shown (`size`,
+    after the image's EXIF orientation `turn`); the words say when it fits the image as stored,
+    before that turn. True for a JPEG mask (`masks.LOSSY`)."""
+    from PIL import Image
+
+    from anomaly.data.image_kind import displayed_size
+    from anomaly.data.masks import LOSSY
+
+    try:
+        with Image.open(mask) as m:
+            mask_size, lossy = displayed_size(m), m.format in LOSSY
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(
+            f"{mask}: not a readable mask ({e}). Re-save it as a PNG, or delete it."
+        ) from None
+    if mask_size != size:
+        stored = turn in (5, 6, 7, 8) and mask_size == size[::-1]
+        raise DataError(
+            f"{mask}: mask is {mask_size[0]}x{mask_size[1]} but its image {image} is "
+            f"{size[0]}x{size[1]}; masks must have the size of their image."
+            + (TURNED_WORDS.format(turn=turn) if stored else "")
+        )
+    return lossy
+
+
+TURNED_WORDS = (
+    " The image carries EXIF orientation {turn}: it is shown, and scored, turned, and the mask "
+    "fits it as stored. Draw the mask on the image as a viewer shows it, or save the image "
+    "without the orientation tag (turned for good)"
+)
+
+
+def warn_turned(turned: list[tuple[str, int]]) -> None:
+    """Name defective images with a mask whose EXIF orientation turns them: the mask must be
+    drawn on the image as shown, which labelling tools that ignore EXIF do not do."""
+    if turned:
+        warnings.warn(
+            f"{named([f'{p} (EXIF orientation {t})' for p, t in turned], NAMED)}: "
+            f"{'this defective image is' if len(turned) == 1 else 'these defective images are'} "
+            "shown and scored turned by EXIF; "
+            f"{'its mask' if len(turned) == 1 else 'their masks'} must be drawn on the image as "
+            "a viewer shows it (a labelling tool that ignores EXIF draws it on the stored "
+            "pixels, and the pixel metrics are then wrong): check they line up",
+            stacklevel=4,
+        )
