@@ -81,6 +81,11 @@ def output_folder(path: str | Path) -> Path:
             f"{path} is a symbolic link, and outputs are written only into real folders; remove "
             "the link (what it points to is not touched) and run the command again"
         )
+    if path.exists() and not path.is_dir():
+        raise RunError(
+            f"{path} is a file where the outputs' folder goes; move or rename it (nothing of it "
+            "is replaced) and run the command again"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -192,3 +192,16 @@ def test_a_defect_image_turned_by_exif_has_its_mask_checked(tmp_path):
     oblong = _turned_set(tmp_path / "oblong", (32, 48))  # stored 48 wide, shown 32 wide
     with pytest.raises(DataError, match=r"EXIF orientation 6.*the mask fits it as stored"):
         AnomalyDataset(oblong, "test")
+
+
+def test_a_file_where_predict_writes_its_folder_is_named_and_kept(tmp_path, capsys):
+    data = _plain(tmp_path / "plain")
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
+    (run / "predict").write_text("my notes\n")
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), str(data / "stain" / "000.png")]) == 2
+    said = capsys.readouterr()
+    assert f"{run / 'predict'} is a file where the outputs' folder goes" in said.out + said.err
+    assert "Errno" not in said.out + said.err
+    assert (run / "predict").read_text() == "my notes\n"
