@@ -14,8 +14,11 @@ are recorded in the threshold (`params["calibration"]`) and every score in the r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +137,7 @@ def calibrate_on_folder(
     warn_unlike(images, trained_images(rd), config.channels, config.size)  # a threshold for them
     hashes = [sha256_file(p) for p in images]
     _refuse_training_images(rd, folder, images, hashes)
+    _warn_test_images(rd, folder, images)
     pred = detector.predict(ImageFiles(images, config.size, config.channels))
     scores = np.asarray(pred.scores, np.float64)
     if not np.all(np.isfinite(scores)):
@@ -147,6 +151,26 @@ def calibrate_on_folder(
         "images_sha256": digest.hexdigest(),
     }
     return [str(p) for p in images], scores, record
+
+
+def _warn_test_images(rd: RunDir, folder: Path, images: list[Path]) -> None:
+    """Name good images that are the run's own scored test images: the threshold is then set
+    on the images that judge it, and their false-reject rate says nothing of new parts."""
+    from anomaly.runs import read_scores
+
+    if not rd.file(rd.SCORES).is_file():
+        return
+    with contextlib.suppress(Exception):  # damaged scores.csv: score says so, not threshold
+        tested = {os.path.realpath(r.get("path", "")) for r in read_scores(rd)}
+        same = [p for p in images if os.path.realpath(p) in tested]
+        if same:
+            warnings.warn(
+                f"{FLAG} {folder}: {len(same)} of its {len(images)} images are test images "
+                f"{rd} was scored on; the threshold is then set on the images that judge it, "
+                "and the test's false-reject rate on them says nothing of new parts. Use good "
+                "images the run has not seen",
+                stacklevel=3,
+            )
 
 
 def check_rule(rule: str, folder: str | Path | None) -> None:
@@ -190,7 +214,7 @@ def attach(threshold: Threshold, record: dict) -> Threshold:
         alpha, n = threshold.params["alpha"], record["n"]
         threshold.params["guarantee"] = (
             f"false-reject rate <= {100 * alpha:.3g}% for new good parts exchangeable with the "
-            f"{n} good image{'s' * (n != 1)} in {record['folder']}"
+            f"{n} good image{'s' * (n != 1)} in {record.get('folder_resolved', record['folder'])}"
         )
     return threshold
 

@@ -19,6 +19,7 @@ from anomaly.data.files import (
     DataError,
     _is_image,
     broken_link,
+    named,
     scan_images,
     skipped,
 )
@@ -49,7 +50,29 @@ def expand_images(images: list[str | Path]) -> list[Path]:
     once: dict[str, Path] = {}  # a file given twice (or with its folder) is scored once
     for p in out:
         once.setdefault(os.path.abspath(p), p)
+    _warn_own_overlays(list(once.values()))
     return list(once.values())
+
+
+def _warn_own_overlays(paths: list[Path]) -> None:
+    """Name inputs that are overlays this package wrote (`<stem>_overlay.png` in a run's
+    predict/ or overlays/ folder, or an export's `<stem>_predict/`): pictures of scores, not
+    photos of parts, so their scores mean nothing."""
+    ours = [
+        p
+        for p in paths
+        if p.name.endswith("_overlay.png")
+        and (p.parent.name in ("predict", "overlays") or p.parent.name.endswith("_predict"))
+    ]
+    if ours:
+        import warnings
+
+        warnings.warn(
+            f"{named([str(p) for p in ours], 3)}: {len(ours)} of the images given "
+            f"{'is an overlay' if len(ours) == 1 else 'are overlays'} that anomaly wrote, not "
+            "photos of parts; their scores mean nothing. Give the photos themselves",
+            stacklevel=3,
+        )
 
 
 def unreadable(path: Path) -> str | None:

@@ -205,3 +205,30 @@ def test_a_file_where_predict_writes_its_folder_is_named_and_kept(tmp_path, caps
     assert f"{run / 'predict'} is a file where the outputs' folder goes" in said.out + said.err
     assert "Errno" not in said.out + said.err
     assert (run / "predict").read_text() == "my notes\n"
+
+
+def test_small_things_a_new_user_met(tmp_path, capsys, monkeypatch):
+    data = _plain(tmp_path / "plain")
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
+    score_run(run, overlays=False)
+    good = tmp_path / "good-parts"
+    good.mkdir()
+    tested = [r for r in csv.DictReader(open(run / "scores.csv")) if r["label"] == "0"]
+    for r in tested:  # the run's own test images, copied by path
+        (good / f"{r['file']}.png").symlink_to(r["path"])
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    args = ["threshold", "--run", "run", "--rule", "conformal", "--value", "0.2"]
+    assert main([*args, "--good-images", "good-parts"]) == 0
+    said = capsys.readouterr()
+    assert f"{len(tested)} of its {len(tested)} images are test images" in said.err
+    # the guarantee names the folder in full: it is read from anywhere
+    assert str(good) in (run / "threshold.json").read_text()
+    # predict given its own overlays says what they are
+    image = str(data / "stain" / "000.png")
+    assert main(["predict", "--run", "run", image]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--run", "run", str(run / "predict")]) == 0
+    said = capsys.readouterr()
+    assert "that anomaly wrote, not photos of parts" in said.err
