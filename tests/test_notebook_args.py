@@ -63,8 +63,8 @@ def test_defect_areas_come_from_the_masks_of_any_data_set(tiny_cookies, tmp_path
     bars = sum(len(c) for c in fig.axes[0].containers)
     assert bars > 0
     # the areas are the masks' own: one mask redrawn as a quarter of its image moves the largest
-    kind = sorted(p.name for p in (own / "ground_truth").iterdir())[0]
-    mask = sorted((own / "ground_truth" / kind).iterdir())[0]
+    kind = min(p.name for p in (own / "ground_truth").iterdir())
+    mask = min((own / "ground_truth" / kind).iterdir())
     w, h = Image.open(mask).size
     quarter = np.zeros((h, w), np.uint8)
     quarter[: h // 2, : w // 2] = 255

@@ -75,8 +75,9 @@ def test_a_run_still_training_is_said_to_be_in_use_not_interrupted(
     import subprocess
     import sys
 
-    import anomaly.train
     from helpers import tiny_flags
+
+    import anomaly.train
 
     real, calls = anomaly.train._run_epoch, []
 
@@ -214,7 +215,8 @@ def test_small_things_a_new_user_met(tmp_path, capsys, monkeypatch):
     score_run(run, overlays=False)
     good = tmp_path / "good-parts"
     good.mkdir()
-    tested = [r for r in csv.DictReader(open(run / "scores.csv")) if r["label"] == "0"]
+    with open(run / "scores.csv") as f:
+        tested = [r for r in csv.DictReader(f) if r["label"] == "0"]
     for r in tested:  # the run's own test images, copied by path
         (good / f"{r['file']}.png").symlink_to(r["path"])
     monkeypatch.chdir(tmp_path)
