@@ -95,11 +95,17 @@ def _warn_ignored(method: str, flags: dict) -> None:
     """Say which of the flags given the method never reads: `--epochs` for patchknn changes
     nothing, and a user who passed it should not believe it did."""
     ignored = ignored_by(method, flags)
+
+    def why(name: str) -> str:
+        if method == "auto":
+            return "its candidates bring their own settings"
+        if name not in READ_BY:  # kmeans' val_fraction
+            return "it holds out the images its --from run held out"
+        return f"read by {', '.join(READ_BY[name])}"
+
     if ignored:
         given = "; ".join(
-            f"{flag_of(f)} (read by {', '.join(READ_BY[f.name])})"
-            for f in fields(Config)
-            if f.name in ignored
+            f"{flag_of(f)} ({why(f.name)})" for f in fields(Config) if f.name in ignored
         )
         warnings.warn(
             f"--method {method} ignores {given}: leave "

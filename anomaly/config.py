@@ -129,11 +129,16 @@ READ_BY: dict[str, tuple[str, ...]] = {
 
 
 def ignored_by(method: str, names) -> list[str]:
-    """Those of the fields `names` that `method` never reads (none for auto, or a method this
-    module does not know, such as a plugin's)."""
-    if method not in METHODS or method == "auto":
+    """Those of the fields `names` that `method` never reads (none for a method this module
+    does not know, such as a plugin's): for auto every method's own setting (its candidates
+    bring their own; `auto_grid.INHERITED` are the run's fields they take), for kmeans also
+    `val_fraction` (it holds out what its --from run held out)."""
+    if method not in METHODS:
         return []
-    return [n for n in names if n in READ_BY and method not in READ_BY[n]]
+    if method == "auto":
+        return [n for n in names if n in READ_BY]
+    ignored = [n for n in names if n in READ_BY and method not in READ_BY[n]]
+    return ignored + ["val_fraction"] * (method == "kmeans" and "val_fraction" in names)
 
 
 def _f(default, help: str, **meta):

@@ -49,7 +49,9 @@ def test_read_by_names_real_fields_and_methods():
     names = {f.name for f in fields(Config)}
     assert set(READ_BY) <= names
     assert all(set(methods) <= set(METHODS) for methods in READ_BY.values())
-    assert ignored_by("auto", ["epochs", "k"]) == []  # auto hands its config to candidates
+    # auto's candidates bring their own settings: every method's own flag is ignored
+    assert ignored_by("auto", ["epochs", "k", "size", "seed"]) == ["epochs", "k"]
+    assert ignored_by("kmeans", ["k", "val_fraction"]) == ["val_fraction"]  # --from's split
     assert ignored_by("a_plugin", ["epochs"]) == []
     assert ignored_by("unet", ["epochs", "output", "size", "k"]) == ["k"]
 

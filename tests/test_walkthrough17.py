@@ -234,3 +234,23 @@ def test_small_things_a_new_user_met(tmp_path, capsys, monkeypatch):
     assert main(["predict", "--run", "run", str(run / "predict")]) == 0
     said = capsys.readouterr()
     assert "that anomaly wrote, not photos of parts" in said.err
+
+
+def test_auto_says_which_flags_its_candidates_do_not_read(tiny_cookies, tmp_path, capsys):
+    from anomaly.detectors.auto import MIN_IMAGES  # noqa: F401  (auto is registered)
+
+    args = ["train", "--data", str(tiny_cookies), "--method", "auto", "--size", "64"]
+    extra = ["--coreset-ratio", "0.5", "--backbone", "resnet18", "--seed", "3"]
+    assert main([*args, *extra, "--out", str(tmp_path / "auto")]) == 0
+    said = capsys.readouterr().err
+    line = next(x for x in said.splitlines() if x.startswith("warning: --method auto ignores"))
+    assert "--coreset-ratio (its candidates bring their own settings)" in line
+    assert "--backbone" in line and "--seed" not in line  # the seed is the run's: it is read
+
+
+def test_kmeans_says_it_holds_out_what_its_source_held_out(scored_ae_run, tmp_path, capsys):
+    out = str(tmp_path / "km")
+    args = ["train", "--method", "kmeans", "--from", str(scored_ae_run), "--out", out]
+    assert main([*args, "--val-fraction", "0.3"]) == 0
+    said = capsys.readouterr().err
+    assert "--val-fraction (it holds out the images its --from run held out)" in said
