@@ -252,7 +252,8 @@ def run_benchmark(
     methods = list(methods or DEFAULT_METHODS)
     bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
     check_methods(methods, kept=lambda src: _kept_source(src, sets, bases, seed, smoke))
-    check_out(out, writes=OUT_FILES)  # a table edited by hand is never overwritten
+    roots = tuple(ds["path"] for ds in sets)
+    check_out(out, writes=OUT_FILES, data=roots)  # a table edited by hand is never overwritten
     for base in bases:  # every refusal comes before anything is removed
         check_out(base)
         for method in methods:
@@ -448,7 +449,11 @@ def main(args) -> None:
         sets = discover_sets(args.data)
         check_sets(sets)
         stem = f"train_size_{method.replace('+', '_')}"
-        check_out(args.out or "runs/curves", writes=(f"{stem}.csv", f"{stem}.json"))
+        check_out(
+            args.out or "runs/curves",
+            writes=(f"{stem}.csv", f"{stem}.json"),
+            data=tuple(ds["path"] for ds in sets),
+        )
         out = claim_out(args.out or "runs/curves")
         rows = []
         for ds in sets:

@@ -274,14 +274,17 @@ def seal_dir(path: str | Path, below: bool = False) -> None:
     _mark(path, files, {name: h for name, h in hashes.items() if name in files})
 
 
-def check_out(out: str | Path, writes: tuple[str, ...] = ()) -> None:
-    """Raise BenchmarkError if `claim_out` would refuse `out`, or if `write_out` would refuse
-    one of the files `writes` names there (`check_unedited`); change nothing."""
+def check_out(out: str | Path, writes: tuple[str, ...] = (), data: tuple = ()) -> None:
+    """Raise BenchmarkError if `claim_out` would refuse `out`, if it lies inside one of the
+    data sets `data`, or if `write_out` would refuse one of the files `writes` names there
+    (`check_unedited`); change nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BenchmarkError(f"{out} is a file, not a folder; choose another --out")
     try:
         check_not_in_data(out, "--out")  # runs in test/ would become a defect kind
+        for root in data:
+            check_not_in_data(out, "--out", root)
     except ValueError as err:
         raise BenchmarkError(str(err)) from None
     if out.is_dir() and any(out.iterdir()) and not _has_mark(out):

@@ -112,6 +112,14 @@ def _auto_choice(run, auto, run_size: int):
             f"{run}: this auto run chose {method!r}, and only patchknn exports to ONNX; train "
             "a patchknn run with the settings in its selection.json instead"
         )
+    if inner.config.size > run_size:  # it learned images enlarged from run_size
+        raise ExportError(
+            f"{run}: auto's choice works at {inner.config.size} px, but the run gave it images "
+            f"of {run_size} px, enlarged: it learned blurred images. The ONNX file resizes each "
+            f"image once, to {inner.config.size} px, so it would see them sharper and score "
+            "them higher than the run's threshold expects. Train auto at --size "
+            f"{inner.config.size} or more (its default) to export it"
+        )
     if inner.config.size != run_size:
         warnings.warn(
             f"{run}: auto's choice works at {inner.config.size} px and the run at {run_size} px; "

@@ -269,3 +269,13 @@ def test_float_images_out_of_range_are_said_as_the_package_says(tmp_path):
         preprocess(nan, 16, 1)
     with pytest.raises(DataError, match=r"nan.tif: 12.5% of its pixels are NaN"):
         load_image(nan, size=16, channels=1)
+
+
+def test_an_auto_choice_that_learned_enlarged_images_is_not_exported(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    knn = {"method": "patchknn", "size": 64, "coreset_ratio": 0.1}
+    run = _auto_run(tiny_cookies, tmp_path, monkeypatch, [knn])  # the run at 48 px
+    with pytest.raises(ExportError, match="works at 64 px, but the run gave it images of 48 px"):
+        export_onnx(run, tmp_path / "auto.onnx")
+    assert not (tmp_path / "auto.onnx").exists()

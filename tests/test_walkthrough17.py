@@ -254,3 +254,13 @@ def test_kmeans_says_it_holds_out_what_its_source_held_out(scored_ae_run, tmp_pa
     assert main([*args, "--val-fraction", "0.3"]) == 0
     said = capsys.readouterr().err
     assert "--val-fraction (it holds out the images its --from run held out)" in said
+
+
+def test_auto_counts_a_plain_data_sets_images_as_the_layout_splits_them(tmp_path, capsys):
+    data = _plain(tmp_path / "plain", n_good=8, n_defect=1)  # 8 good: 2 tested, 6 train
+    args = ["train", "--data", str(data), "--method", "auto", "--out", str(tmp_path / "a")]
+    assert main(args) == 2
+    said = capsys.readouterr()
+    words = said.out + said.err
+    assert "Put at least 9 images in good/" in words and "train/good" not in words
+    assert not (tmp_path / "a").exists()

@@ -94,22 +94,32 @@ def broken_link(p: Path) -> str:
     return f"a symbolic link to {os.readlink(p)}, which does not exist; fix the link or delete it"
 
 
+def plain_test_count(n: int, holdout: float = 0.2) -> int:
+    """How many of a plain layout's n good images go to test: `round(n * holdout)`, at least
+    one when there are two or more (`AnomalyDataset`); the rest train."""
+    return max(1, round(n * holdout)) if n >= 2 and holdout > 0 else 0
+
+
 def check_not_in_data(path: str | Path, what: str, data: str | Path | None = None) -> None:
     """Refuse an output folder (`what`: "--out" words) inside the train/, test/ or
     ground_truth/ folder of a data set (a folder that holds train/ and test/), or anywhere
-    inside `data` when it is in the plain layout (good/ and a folder per defect kind): written
-    there, a run or its scores would become part of the images, a defect kind of its own, and
-    break every later train and score of that set."""
+    inside `data`, the data set the command reads: written there, a run or its scores would
+    become part of the images (in the plain layout, good/ and a folder per defect kind, every
+    folder is a defect kind), and break every later train and score of that set."""
     path = Path(os.path.abspath(path))
-    if data is not None:
-        root = Path(os.path.abspath(data))
+    root = Path(os.path.abspath(data)) if data is not None else None
+    if root is not None and (root in path.parents or root == path):
         plain = (root / "good").is_dir() and not (root / "train").is_dir()
-        if plain and root in path.parents:
-            raise ValueError(
-                f"{what} {path} is inside the data set {root}, whose every folder is read as "
-                f"images (good/ and one folder per defect kind): the run would become a defect "
-                f"kind of its own. Choose a folder outside {root}"
+        raise ValueError(
+            f"{what} {path} is inside the data set {root}"
+            + (
+                ", whose every folder is read as images (good/ and one folder per defect "
+                "kind): it would become a defect kind of its own"
+                if plain
+                else ": keep runs and results apart from the images"
             )
+            + f". Choose a folder outside {root}"
+        )
     for inner, parent in zip([path, *path.parents], path.parents):
         if inner.name in ("train", "test", "ground_truth") and (
             (parent / "train").is_dir() and (parent / "test").is_dir()

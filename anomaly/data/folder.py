@@ -39,6 +39,7 @@ from anomaly.data.files import (
     IMAGE_EXTENSIONS,
     DataError,
     broken_link,
+    plain_test_count,
     scan_images,
     skipped,
 )
@@ -373,7 +374,7 @@ class AnomalyDataset(Dataset):
         check_good_name(self.root)
         good = _list_images(self.root / "good", "defect-free images")
         n = len(good)
-        n_test = max(1, round(n * self.holdout)) if n >= 2 and self.holdout > 0 else 0
+        n_test = plain_test_count(n, self.holdout)
         test_idx = {int((j + 1) * n / n_test) - 1 for j in range(n_test)}
         split_good = [p for i, p in enumerate(good) if (i in test_idx) == (self.split == "test")]
         if self.trained is not None and self.split == "test":  # a run's own record of its split

@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 
 import torch
@@ -98,19 +99,26 @@ def check_enough(n_train_images: int, config: Config, n_good: int | None = None)
     run calls it before it writes its folder, `fit` again."""
     if config.method != "auto" or n_train_images >= MIN_IMAGES:
         return
+    from anomaly.data.files import plain_test_count
     from anomaly.train import split_indices
 
     vf = config.val_fraction
-    needed = next(
-        n for n in range(MIN_IMAGES, 10_000) if len(split_indices(n, vf, 0)[0]) >= MIN_IMAGES
-    )
+    # the plain layout (good/ and defect folders) tests a fifth of good/: it trains on the rest
+    plain = bool(config.data) and not os.path.isdir(os.path.join(config.data, "train"))
+    folder = "good/ (less the fifth it tests)" if plain else "train/good"
+
+    def trains_on(n: int) -> int:
+        n = n - plain_test_count(n) if plain else n
+        return len(split_indices(n, vf, 0)[0])
+
+    needed = next(n for n in range(MIN_IMAGES, 10_000) if trains_on(n) >= MIN_IMAGES)
     got = f"got {n_train_images}"
     if vf > 0 and n_good is None:
-        got += f" (a run fits auto on train/good less what --val-fraction {vf} holds out)"
+        got += f" (a run fits auto on {folder} less what --val-fraction {vf} holds out)"
     elif vf > 0 and n_good != n_train_images:
-        got += f": the {n_good} images of train/good less the {n_good - n_train_images} that "
+        got += f": the {n_good} images of {folder} less the {n_good - n_train_images} that "
         got += f"--val-fraction {vf} holds out for the threshold"
-    fixes = [f"Put at least {needed} images in train/good"]
+    fixes = [f"Put at least {needed} images in {'good/' if plain else 'train/good'}"]
     if vf > 0 and (n_good is None or n_good >= MIN_IMAGES):
         fixes.append("pass --val-fraction 0 (the threshold then comes from training images)")
     raise ValueError(
