@@ -264,3 +264,22 @@ def test_auto_counts_a_plain_data_sets_images_as_the_layout_splits_them(tmp_path
     words = said.out + said.err
     assert "Put at least 9 images in good/" in words and "train/good" not in words
     assert not (tmp_path / "a").exists()
+
+
+def test_benchmark_out_inside_a_data_set_is_refused_before_anything_runs(
+    tiny_cookies, tmp_path, capsys
+):
+    import shutil
+
+    plain = _plain(tmp_path / "plain")
+    mvtec = tmp_path / "cookies"
+    shutil.copytree(tiny_cookies, mvtec)
+    for data, out in ((plain, plain / "bench"), (mvtec, mvtec / "bench")):
+        args = ["benchmark", "--data", str(data), "--methods", "meandiff", "--out", str(out)]
+        assert main(args) == 2
+        said = capsys.readouterr()
+        assert f"--out {out} is inside the data set {data}" in said.out + said.err
+        assert not out.exists()
+    curve = ["benchmark", "--curve", "train-size", "--data", str(plain), "--sizes", "2"]
+    assert main([*curve, "--out", str(plain / "curve")]) == 2
+    assert not (plain / "curve").exists()
