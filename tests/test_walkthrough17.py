@@ -283,3 +283,12 @@ def test_benchmark_out_inside_a_data_set_is_refused_before_anything_runs(
     curve = ["benchmark", "--curve", "train-size", "--data", str(plain), "--sizes", "2"]
     assert main([*curve, "--out", str(plain / "curve")]) == 2
     assert not (plain / "curve").exists()
+
+
+def test_explore_given_a_file_says_it_is_not_a_run_folder(tmp_path):
+    from anomaly.explorer.server import voila_command
+
+    note = tmp_path / "notes.txt"
+    note.write_text("mine\n")
+    with pytest.raises(FileNotFoundError, match="is a file, not a run folder"):
+        voila_command([note], 8866)

@@ -113,6 +113,11 @@ def voila_command(
             raise FileNotFoundError(
                 f"{folder} does not exist: pass a run folder made by `python -m anomaly train`"
             )
+        if folder.is_file() and folder.suffix != ".npz":
+            raise FileNotFoundError(
+                f"{folder} is a file, not a run folder: pass a run folder made by `python -m "
+                "anomaly train` (and scored)"
+            )
         file = folder if folder.suffix == ".npz" else folder / RunDir.PREDICTIONS
         if not file.exists():
             raise FileNotFoundError(
