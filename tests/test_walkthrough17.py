@@ -292,3 +292,14 @@ def test_explore_given_a_file_says_it_is_not_a_run_folder(tmp_path):
     note.write_text("mine\n")
     with pytest.raises(FileNotFoundError, match="is a file, not a run folder"):
         voila_command([note], 8866)
+
+
+def test_make_photos_over_a_cookie_set_names_the_other_generator(tiny_cookies, tmp_path, capsys):
+    import shutil
+
+    cookies = tmp_path / "cookies"
+    shutil.copytree(tiny_cookies, cookies)
+    assert main(["make-photos", str(cookies), "--overwrite"]) == 2
+    said = capsys.readouterr()
+    assert "its manifest.json is another tool's" in said.out + said.err
+    assert "no manifest.json" not in said.out + said.err

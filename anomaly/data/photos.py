@@ -269,10 +269,14 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
     old = root / "manifest.json"
     previous = generated.read_manifest(old)
     if not isinstance(previous, dict) or previous.get("generator") != GENERATOR:
+        who = (
+            "its manifest.json is another tool's (make-cookies'?)"
+            if isinstance(previous, dict)
+            else "it holds no manifest.json"
+        )
         raise ValueError(
-            f"{root} is not empty and was not written by make_photos (no "
-            "manifest.json of it); choose an empty or new folder for the photo "
-            "suite, or move the files away"
+            f"{root} is not empty and was not written by make-photos ({who}); choose an "
+            "empty or new folder for the photo suite, or move the files away"
         )
     settings = {k: v for k, v in manifest.items() if k != "sets"}
     same = {k: previous.get(k) for k in settings} == settings
@@ -282,7 +286,7 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
     if not overwrite:
         raise ValueError(
             f"{root} holds a photo suite made with other settings (seed, counts, "
-            "size or sets); pass overwrite=True (--overwrite) to replace it, or "
+            "size or sets); pass --overwrite (overwrite=True) to replace it, or "
             "choose another folder"
         )
     made, sets = _made(root, previous) or set(), previous.get("sets") or {}
