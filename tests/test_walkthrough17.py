@@ -274,11 +274,12 @@ def test_benchmark_out_inside_a_data_set_is_refused_before_anything_runs(
     plain = _plain(tmp_path / "plain")
     mvtec = tmp_path / "cookies"
     shutil.copytree(tiny_cookies, mvtec)
-    for data, out in ((plain, plain / "bench"), (mvtec, mvtec / "bench")):
+    for data, out in ((plain, plain / "bench"), (mvtec, mvtec / "test" / "bench")):
         args = ["benchmark", "--data", str(data), "--methods", "meandiff", "--out", str(out)]
         assert main(args) == 2
         said = capsys.readouterr()
         assert f"--out {out} is inside the data set {data}" in said.out + said.err
+        assert "Traceback" not in said.out + said.err
         assert not out.exists()
     curve = ["benchmark", "--curve", "train-size", "--data", str(plain), "--sizes", "2"]
     assert main([*curve, "--out", str(plain / "curve")]) == 2

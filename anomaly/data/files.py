@@ -103,22 +103,18 @@ def plain_test_count(n: int, holdout: float = 0.2) -> int:
 def check_not_in_data(path: str | Path, what: str, data: str | Path | None = None) -> None:
     """Refuse an output folder (`what`: "--out" words) inside the train/, test/ or
     ground_truth/ folder of a data set (a folder that holds train/ and test/), or anywhere
-    inside `data`, the data set the command reads: written there, a run or its scores would
-    become part of the images (in the plain layout, good/ and a folder per defect kind, every
-    folder is a defect kind), and break every later train and score of that set."""
+    inside `data`, the data set the command reads, when it is in the plain layout (good/ and a
+    folder per defect kind, every one read): written there, a run or its scores would become
+    part of the images, a defect kind of its own, and break every later train and score of
+    that set. Beside train/ and test/ (runs/ in an MVTec AD root) nothing is read."""
     path = Path(os.path.abspath(path))
     root = Path(os.path.abspath(data)) if data is not None else None
-    if root is not None and (root in path.parents or root == path):
-        plain = (root / "good").is_dir() and not (root / "train").is_dir()
+    plain = root is not None and (root / "good").is_dir() and not (root / "train").is_dir()
+    if plain and (root in path.parents or root == path):
         raise ValueError(
-            f"{what} {path} is inside the data set {root}"
-            + (
-                ", whose every folder is read as images (good/ and one folder per defect "
-                "kind): it would become a defect kind of its own"
-                if plain
-                else ": keep runs and results apart from the images"
-            )
-            + f". Choose a folder outside {root}"
+            f"{what} {path} is inside the data set {root}, whose every folder is read as "
+            "images (good/ and one folder per defect kind): it would become a defect kind of "
+            f"its own. Choose a folder outside {root}"
         )
     for inner, parent in zip([path, *path.parents], path.parents):
         if inner.name in ("train", "test", "ground_truth") and (
