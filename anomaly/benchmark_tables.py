@@ -141,11 +141,14 @@ def summarize(rows: list[dict]) -> list[dict]:
 def mean_interval(rows: list[dict], z: float = 1.96) -> list[float] | None:
     """An approximate 95 % interval of the mean image AUROC over independent sets, from each
     set's bootstrap interval (`anomaly.metrics.auroc_interval`): each interval's width read as
-    2 z standard errors, the mean's error sqrt(sum of squares) / sets. None when a row has none.
+    2 z standard errors, the mean's error sqrt(sum of squares) / sets; for one set, its own
+    interval. None when a row has none.
     """
     cis = [r.get("image_auroc_ci") for r in rows]
     if not rows or any(ci is None or r.get("image_auroc") is None for ci, r in zip(cis, rows)):
         return None
+    if len(rows) == 1:  # one set: its own bootstrap interval, not a symmetric stand-in
+        return list(cis[0])
     mean = sum(r["image_auroc"] for r in rows) / len(rows)
     se = sum(((hi - lo) / (2 * z)) ** 2 for lo, hi in cis) ** 0.5 / len(rows)
     return [max(0.0, mean - z * se), min(1.0, mean + z * se)]

@@ -174,6 +174,8 @@ def test_interval_of_the_mean_over_sets():
     rows = [{"image_auroc": 1.0, "image_auroc_ci": [0.9, 1.0]}] * 2
     assert mean_interval(rows)[1] == 1.0  # clipped to an AUROC
     assert mean_interval([{"image_auroc": 0.9}]) is None
+    # one set: its own (asymmetric bootstrap) interval, as its row shows it
+    assert mean_interval([{"image_auroc": 0.9, "image_auroc_ci": [0.5, 1.0]}]) == [0.5, 1.0]
 
 
 @pytest.mark.slow
