@@ -167,6 +167,19 @@ def train_size_curve(
     sizes = sorted(
         {min(int(n), len(train_idx)) for n in sizes} | ({len(train_idx)} if not smoke else set())
     )
+    least = 1
+    if method == "auto":
+        from anomaly.detectors.auto import MIN_IMAGES as least
+    if few := [n for n in sizes if n < least]:
+        print(
+            f"--sizes {' '.join(map(str, few))}: auto needs at least {least} training "
+            "images a point (it holds some out to make synthetic defects); those points are "
+            "left out",
+            file=sys.stderr,
+        )
+        sizes = [n for n in sizes if n >= least]
+        if not sizes:
+            raise ValueError(f"--method {method}: give --sizes of at least {least}")
     rows = []
     for n in sizes:
         reps = 1 if smoke or n > seeds_up_to or n == len(train_idx) else seeds
@@ -183,7 +196,7 @@ def train_size_curve(
             except (ValueError, RuntimeError) as err:  # one failed point does not end the curve
                 row = {
                     "n": n,
-                    "error": f"{type(err).__name__}: {str(err)[:300]}",
+                    "error": f"{type(err).__name__}: {str(err)[:1000]}",
                     **{k: None for k in FIELDS[4:-1]},
                 }
             rows.append({"set": name or Path(data).name, "method": method, "rep": rep, **row})

@@ -304,3 +304,11 @@ def test_make_photos_over_a_cookie_set_names_the_other_generator(tiny_cookies, t
     said = capsys.readouterr()
     assert "its manifest.json is another tool's" in said.out + said.err
     assert "no manifest.json" not in said.out + said.err
+
+
+def test_an_auto_curve_leaves_out_sizes_auto_cannot_fit_and_says_so(tiny_cookies, capsys):
+    from anomaly.benchmark_curves import train_size_curve
+
+    with pytest.raises(ValueError, match="--method auto: give --sizes of at least 6"):
+        train_size_curve(tiny_cookies, "auto", sizes=[2, 4], smoke=True, progress=False)
+    assert "--sizes 2 4: auto needs at least 6 training images a point" in capsys.readouterr().err
