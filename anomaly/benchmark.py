@@ -378,8 +378,8 @@ def add_arguments(p) -> None:
         "--sizes",
         type=int,
         nargs="+",
-        help="--curve: training-set sizes (default 1 2 4 ... 128 and all; sizes above the "
-        "training images become all)",
+        help="--curve: training-set sizes (default 1 2 4 ... 128); all the training images "
+        "are always a point too, and sizes above them become it",
     )
     p.add_argument(
         "--seeds",
