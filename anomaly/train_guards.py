@@ -236,10 +236,11 @@ def check_split(run: RunDir, config: Config, split: dict) -> None:
     images that are copies of training images (`warn_held_out`), and warnings naming images
     unlike the others (`anomaly.data.image_kind.warn_mixed`: greyscale among colour, another
     bit depth, a few far smaller than --size), as `score` and `predict` name images unlike them."""
-    from anomaly.detectors.auto import check_enough
+    from anomaly.detectors.auto import check_enough, warn_small_size
 
     n_train = len(split["train"])
     check_enough(n_train, config, n_good=n_train + len(split["val"]))
+    warn_small_size(config)
     warn_held_out(run, config, split)
     warn_mixed(split["train"] + split["val"], config.channels, config.size)
 

@@ -246,6 +246,7 @@ def test_auto_says_which_flags_its_candidates_do_not_read(tiny_cookies, tmp_path
     line = next(x for x in said.splitlines() if x.startswith("warning: --method auto ignores"))
     assert "--coreset-ratio (its candidates bring their own settings)" in line
     assert "--backbone" in line and "--seed" not in line  # the seed is the run's: it is read
+    assert "--size 64: auto's candidates work at up to 448 px" in said  # enlarged, blurred
 
 
 def test_kmeans_says_it_holds_out_what_its_source_held_out(scored_ae_run, tmp_path, capsys):

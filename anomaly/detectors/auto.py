@@ -128,6 +128,24 @@ def check_enough(n_train_images: int, config: Config, n_good: int | None = None)
     )
 
 
+def warn_small_size(config: Config) -> None:
+    """Name an auto run whose --size is below a candidate's own size: that candidate sees its
+    images enlarged from --size, blurred, and cannot be exported (`anomaly.export`)."""
+    if config.method != "auto":
+        return
+    sizes = {candidate_config(config, c).size for c in CANDIDATES}
+    above = sorted(s for s in sizes if s > config.size)
+    if above:
+        import warnings
+
+        warnings.warn(
+            f"--size {config.size}: auto's candidates work at up to {above[-1]} px, and those "
+            f"at {', '.join(map(str, above))} px see the images enlarged from {config.size} px "
+            f"(blurred); leave --size at auto's default ({Config.for_method('auto').size})",
+            stacklevel=3,
+        )
+
+
 class _Images(Dataset):
     """Images as data set items a detector's `fit` accepts, at `size` x `size`: from an in-memory
     batch [N, C, H, W] (resized at once), or from `TrainingImages` (each read and resized when
