@@ -10,6 +10,7 @@ import pytest
 from anomaly.benchmark import MARK, BenchmarkError, run_benchmark
 
 
+@pytest.mark.slow  # trains through the benchmark's subprocesses (over 7 s)
 def test_a_run_file_changed_since_the_benchmark_wrote_it_is_never_deleted(
     tiny_cookies, tmp_path, capsys
 ):

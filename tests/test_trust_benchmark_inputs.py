@@ -21,6 +21,7 @@ def _refused(capsys, argv, words):
     assert words in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # trains through the benchmark's subprocesses (over 7 s)
 def test_notes_never_replace_a_file_that_is_not_benchmark_notes(tiny_cookies, tmp_path, capsys):
     mine = tmp_path / "README.md"
     mine.write_text("my precious notes\n")

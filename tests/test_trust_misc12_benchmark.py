@@ -9,6 +9,7 @@ import pytest
 from anomaly.benchmark import MARK, BenchmarkError, run_benchmark
 
 
+@pytest.mark.slow  # trains through the benchmark's subprocesses (over 7 s)
 def test_rerun_refuses_to_overwrite_tables_edited_by_hand(tiny_cookies, tmp_path, capsys):
     """A rerun rewrote OUT/benchmark.md and benchmark.json even after a user had edited them,
     losing the edit; the benchmark now records the SHA-256 of what it wrote and refuses, before
