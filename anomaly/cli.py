@@ -60,6 +60,13 @@ def _train(args) -> None:
                 )
             source = RunDir(flags["source_run"]).config()
             config = source.replace(method="kmeans", **flags)
+            if Path(config.data).resolve() != Path(source.data).resolve():
+                warnings.warn(
+                    f"--from {flags['source_run']} was trained on {source.data}; k-means "
+                    f"clusters its encoder's features of {config.data}, which it never saw: "
+                    "train the encoder on these images for features that fit them",
+                    stacklevel=2,
+                )
         else:
             if not flags.get("data"):
                 raise ValueError("train needs --data ROOT (a data set folder)")

@@ -313,3 +313,22 @@ def test_an_auto_curve_leaves_out_sizes_auto_cannot_fit_and_says_so(tiny_cookies
     with pytest.raises(ValueError, match="--method auto: give --sizes of at least 6"):
         train_size_curve(tiny_cookies, "auto", sizes=[2, 4], smoke=True, progress=False)
     assert "--sizes 2 4: auto needs at least 6 training images a point" in capsys.readouterr().err
+
+
+def test_kmeans_on_other_data_than_its_encoder_saw_says_so(scored_ae_run, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(_data_of(scored_ae_run), other)
+    args = ["train", "--method", "kmeans", "--from", str(scored_ae_run)]
+    assert main([*args, "--data", str(other), "--out", str(tmp_path / "km")]) == 0
+    said = capsys.readouterr().err
+    assert "k-means clusters its encoder's features of" in said and str(other) in said
+    assert main([*args, "--out", str(tmp_path / "km2")]) == 0  # its own data: nothing to say
+    assert "which it never saw" not in capsys.readouterr().err
+
+
+def _data_of(run):
+    from anomaly.runs import RunDir
+
+    return RunDir(run).config().data
