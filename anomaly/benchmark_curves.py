@@ -167,19 +167,19 @@ def train_size_curve(
     sizes = sorted(
         {min(int(n), len(train_idx)) for n in sizes} | ({len(train_idx)} if not smoke else set())
     )
-    least = 1
     if method == "auto":
-        from anomaly.detectors.auto import MIN_IMAGES as least
-    if few := [n for n in sizes if n < least]:
-        print(
-            f"--sizes {' '.join(map(str, few))}: auto needs at least {least} training "
-            "images a point (it holds some out to make synthetic defects); those points are "
-            "left out",
-            file=sys.stderr,
-        )
-        sizes = [n for n in sizes if n >= least]
-        if not sizes:
-            raise ValueError(f"--method {method}: give --sizes of at least {least}")
+        from anomaly.detectors.auto import MIN_IMAGES
+
+        if few := [n for n in sizes if n < MIN_IMAGES]:
+            print(
+                f"--sizes {' '.join(map(str, few))}: auto needs at least {MIN_IMAGES} training "
+                "images a point (it holds some out to make synthetic defects); those points are "
+                "left out",
+                file=sys.stderr,
+            )
+            sizes = [n for n in sizes if n >= MIN_IMAGES]
+            if not sizes:
+                raise ValueError(f"--method {method}: give --sizes of at least {MIN_IMAGES}")
     rows = []
     for n in sizes:
         reps = 1 if smoke or n > seeds_up_to or n == len(train_idx) else seeds

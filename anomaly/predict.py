@@ -65,8 +65,6 @@ def _warn_own_overlays(paths: list[Path]) -> None:
         and (p.parent.name in ("predict", "overlays") or p.parent.name.endswith("_predict"))
     ]
     if ours:
-        import warnings
-
         warnings.warn(
             f"{named([str(p) for p in ours], 3)}: {len(ours)} of the images given "
             f"{'is an overlay' if len(ours) == 1 else 'are overlays'} that anomaly wrote, not "
@@ -140,8 +138,11 @@ class _ImageFiles(torch.utils.data.Dataset):
         images = torch.stack([item["image"] for item in read]) if read else None
         errors = [item.get("error") for item in items]  # None for an image read
         notes = [item["note"] for item in read if item.get("note")]
-        return {"errors": errors, "image": images, "own": [item["own"] for item in read]} | {
-            "notes": notes
+        return {
+            "errors": errors,
+            "image": images,
+            "own": [item["own"] for item in read],
+            "notes": notes,
         }
 
 

@@ -373,12 +373,14 @@ class AnomalyDataset(Dataset):
     def _scan_plain(self) -> list[Sample]:
         check_good_name(self.root)
         good = _list_images(self.root / "good", "defect-free images")
-        n = len(good)
-        n_test = plain_test_count(n, self.holdout)
-        test_idx = {int((j + 1) * n / n_test) - 1 for j in range(n_test)}
-        split_good = [p for i, p in enumerate(good) if (i in test_idx) == (self.split == "test")]
         if self.trained is not None and self.split == "test":  # a run's own record of its split
             split_good = [p for p in good if f"good/{p.name}" not in self.trained]
+        else:
+            n = len(good)
+            n_test = plain_test_count(n, self.holdout)
+            test_idx = {int((j + 1) * n / n_test) - 1 for j in range(n_test)}
+            test = self.split == "test"
+            split_good = [p for i, p in enumerate(good) if (i in test_idx) == test]
         samples = self._samples(split_good, "good", {})
         if self.split == "train":
             return samples

@@ -90,9 +90,15 @@ def named_warnings(path):
         words = str(w.message)
         if issubclass(w.category, Image.DecompressionBombWarning):
             words += "; decoding it takes much memory and time: shrink it"
-        if (str(path), words) not in _SAID:  # the header, the pixels, the overlay: said once
-            _SAID.add((str(path), words))
-            warnings.warn(f"{path}: {words}", UserWarning, stacklevel=3)
+        warn_once(path, words, stacklevel=4)
+
+
+def warn_once(path, words: str, stacklevel: int = 3) -> None:
+    """Warn "`path`: `words`" the first time only: a file is opened for its header, its pixels
+    and its overlay, and each would say it again."""
+    if (str(path), words) not in _SAID:
+        _SAID.add((str(path), words))
+        warnings.warn(f"{path}: {words}", UserWarning, stacklevel=stacklevel)
 
 
 _SAID: set[tuple[str, str]] = set()

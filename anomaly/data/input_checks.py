@@ -166,7 +166,7 @@ def check_value_range(path: str | Path, im) -> None:
     and would make the image's score NaN)."""
     import numpy as np
 
-    from anomaly.data.image_kind import _SAID
+    from anomaly.data.image_kind import warn_once
 
     top = WIDE_MODES.get(im.mode)
     if top is None:
@@ -183,9 +183,8 @@ def check_value_range(path: str | Path, im) -> None:
         f"{a.max():.4g}) and are clipped to black or white: save it scaled to 0-{top:g}, or as "
         "an 8- or 16-bit image"
     )
-    if clipped and (str(path), words) not in _SAID:
-        _SAID.add((str(path), words))
-        warnings.warn(f"{path}: {words}", UserWarning, stacklevel=3)
+    if clipped:
+        warn_once(path, words, stacklevel=4)
 
 
 def check_mask_header(mask: str, image: str, size: tuple[int, int], turn: int) -> bool:
