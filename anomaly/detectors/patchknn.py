@@ -33,7 +33,8 @@ What differs from the paper, for speed and bounded memory on a laptop CPU:
   `config.smooth_sigma` pixels (the paper's sigma 4 is for 224 px), done as two small matrix
   products (`map_matrix`);
 - the image score is the maximum of that smoothed map, not of the raw patch scores, and is not
-  re-weighted (the paper's Eq. 7): smoothing averages a patch with its neighbours, so one noisy
+  re-weighted (the paper's Eq. 7, which gained nothing on the photo suite and cost the cookies
+  0.005: docs/measurements.md): smoothing averages a patch with its neighbours, so one noisy
   patch decides less. It leaves out `config.score_border` pixels at the map's edges, where even
   mirrored padding leaves patches less like the bank than the middle of an image;
 - speed knobs (`config.runtime`, `config.search_clusters`): onnxruntime can run the feature
