@@ -158,6 +158,9 @@ def _score(args) -> None:
 
 
 def _predict(args) -> int:
+    if args.out and args.no_overlays:
+        raise ValueError("--out is where overlays go, and --no-overlays writes none: give one")
+    overlays = not args.no_overlays
     if args.onnx:
         from anomaly.export_predict import predict_files
 
@@ -166,17 +169,24 @@ def _predict(args) -> int:
                 "--workers is for predict --run: predict --onnx decodes in its own process "
                 "(leave --workers out)"
             )
-        results, threshold = predict_files(args.onnx, args.images)
+        results, threshold = predict_files(args.onnx, args.images, args.out, overlays)
     else:
         from anomaly.pipeline import check_workers
         from anomaly.predict import predict_images
 
         if args.workers is not None:
             check_workers(args.workers)  # before the model loads or predict/ is made
-        results, threshold = predict_images(args.run, args.images, workers=args.workers)
+        results, threshold = predict_images(
+            args.run, args.images, args.out, workers=args.workers, overlays=overlays
+        )
+    from anomaly.predict import printable
+
+    for r in results:  # one row per input, in order; tab-separated, so names are printable
+        cols = ("-", "ERROR", "-")
+        if "error" not in r:
+            cols = (f"{r['score']:.6g}", r["verdict"], r["overlay"] or "-")
+        print("\t".join((printable(r["path"]), *cols)))
     good = [r for r in results if "error" not in r]
-    for r in good:
-        print(f"{r['path']}\t{r['score']:.6g}\t{r['verdict']}\t{r['overlay']}")
     broken = [r["path"] for r in good if not math.isfinite(r["score"])]
     if broken:
         print(
@@ -184,15 +194,23 @@ def _predict(args) -> int:
             "rejected: the model gives no usable scores; train the run again",
             file=sys.stderr,
         )
-    for r in results:
-        if "error" in r:
-            print(f"error: {r['error']}", file=sys.stderr)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"error: {r['error']}", file=sys.stderr)
     if not results:
         print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
         return 2
+    if failed:
+        print(
+            f"error: {len(failed)} of the {len(results)} images were not scored (their rows "
+            "say ERROR; why is named above)",
+            file=sys.stderr,
+        )
     if good:
-        print(f"{_threshold_words(threshold)}; overlays in {Path(good[0]['overlay']).parent}")
-    return 0 if len(good) == len(results) and not broken else 2
+        where = good[0]["overlay"]
+        where = f"overlays in {Path(where).parent}" if where else "no overlays written"
+        print(f"{_threshold_words(threshold)}; {where}", file=sys.stderr)
+    return 0 if not failed and not broken else 2
 
 
 def _held_out_words(run, value: float) -> str:

@@ -159,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="score new images with a run and its threshold",
-        description="Score new images and print path, score, verdict and overlay for each. "
-        "Overlays go to RUN/predict/ (--run) or <stem>_predict/ beside the ONNX file (--onnx), "
-        "never over an earlier call's.",
+        description="Score new images and print path, score, verdict and overlay for each, "
+        "tab-separated (an image that cannot be read: score and overlay '-', verdict ERROR, and "
+        "why on stderr; the exit status is then 2). Overlays go to RUN/predict/ (--run) or "
+        "<stem>_predict/ beside the ONNX file (--onnx), or --out, never over another call's.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a trained run folder (its threshold.json decides)")
@@ -171,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         "<stem>_predict/ beside it",
     )
     p.add_argument("images", nargs="+", help="image files, or folders of images")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write the overlays here instead (for a run or file you may not write to)",
+    )
+    p.add_argument(
+        "--no-overlays", action="store_true", help="write no overlays: the scores are the same"
+    )
     p.add_argument("--workers", type=int, help=WORKERS_HELP + " (--run only)")
 
     p = sub.add_parser("export", help="save a patchknn run as one ONNX file (onnxruntime only)")

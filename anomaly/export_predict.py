@@ -57,26 +57,32 @@ def exported_threshold(detector: OnnxDetector):
 
 
 def predict_files(
-    onnx_path: str | Path, images: list[str | Path], overlay_dir: str | Path | None = None
+    onnx_path: str | Path,
+    images: list[str | Path],
+    overlay_dir: str | Path | None = None,
+    overlays: bool = True,
 ):
     """`predict --onnx`: as `anomaly.predict.predict_images`, with the exported file.
 
     Returns (results, threshold): per image path, score, verdict and overlay (written to
-    `overlay_dir`, default `<file stem>_predict/` beside the ONNX file), or path and error.
+    `overlay_dir`, default `<file stem>_predict/` beside the ONNX file; None with `overlays`
+    False), or path and error.
     """
-    from anomaly.predict import expand_images, scored_result, unreadable
-    from anomaly.safe_files import output_folder
+    from anomaly.predict import expand_images, overlay_folder, scored_result, unreadable
     from anomaly.viz import heatmap_overlay
 
     detector = OnnxDetector(onnx_path)
     threshold = exported_threshold(detector)
     _warn_if_stale(detector)
     vmin, vmax = detector.map_range or (0.0, detector.threshold)
-    out = output_folder(overlay_dir or detector.path.with_name(detector.path.stem + "_predict"))
+    out = None
+    if overlays:
+        out = overlay_folder(
+            overlay_dir or detector.path.with_name(detector.path.stem + "_predict")
+        )
     paths = expand_images(images)
     detector.warn_unlike(paths)  # as `predict --run`: images unlike the training images
-    # names already there are taken: an earlier call's overlays are never replaced
-    results, used = [], {p.name for p in out.iterdir()}
+    results, used = [], set()
     for path in paths:
         try:
             if why := unreadable(path):  # as `predict --run`: one rule for the files it reads
@@ -86,6 +92,6 @@ def predict_files(
             results.append({"path": str(path), "error": str(err)})
             continue
         scores, maps = detector.predict([x])
-        picture = heatmap_overlay(x, maps[0], vmin, vmax)
+        picture = heatmap_overlay(x, maps[0], vmin, vmax) if out is not None else None
         results.append(scored_result(path, float(scores[0]), picture, out, used, threshold))
     return results, threshold

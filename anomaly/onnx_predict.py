@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,7 @@ def require(module: str):
         ) from None
 
 
+_SAID_NO_CHECK: list[bool] = []  # the note on unchecked images, said once per process
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -135,6 +137,8 @@ def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
 
     if Path(path).is_dir():  # predict --onnx FOLDER passes on a folder it found no images in
         raise ExportError(f"{path} is a folder with no images in it; give image files")
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise ExportError(f"{path} is empty (0 bytes); copy the image again, or delete it")
     try:
         with Image.open(path) as im:
             refused = _refused_frames(im, path)
@@ -348,11 +352,21 @@ class OnnxDetector:
     def warn_unlike(self, images) -> list[str]:
         """Warn on stderr, as `predict --run` does, of each image file in `images` unlike the
         run's training images (greyscale, 16-bit, another aspect ratio, far smaller): its score
-        means little. No check for a file exported without that record, or where this module
-        was copied without the package (`anomaly.data.image_kind` imports only Pillow)."""
+        means little. No check for a file exported without that record; where this module was
+        copied without the package (whose `anomaly.data.image_kind` does the check), a note
+        says once that such images are not named."""
         try:
             from anomaly.data.image_kind import warn_unlike
         except ImportError:
+            if self.trained_images and not _SAID_NO_CHECK:
+                _SAID_NO_CHECK.append(True)
+                print(
+                    "note: without the anomaly package, images unlike the training images "
+                    "(greyscale for colour, another bit depth or aspect ratio, far smaller) are "
+                    "scored without a warning; their scores mean little. Check new kinds of "
+                    "image once with `python -m anomaly predict --onnx` where it is installed",
+                    file=sys.stderr,
+                )
             return []
         paths = [p for p in images if isinstance(p, (str, Path))]
         return warn_unlike(paths, self.trained_images, self.channels, self.size)

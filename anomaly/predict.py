@@ -27,7 +27,7 @@ from anomaly.data.image_kind import warn_unlike
 from anomaly.overlays import verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.runs import RunDir
-from anomaly.safe_files import output_folder, save_png
+from anomaly.safe_files import claim_new, save_png, writable_folder
 
 SUBFOLDERS = "not searched; pass each itself to score it, e.g. {name}"
 
@@ -93,15 +93,26 @@ def unreadable(path: Path) -> str | None:
     return None
 
 
+def printable(text: str, mark: str | None = None) -> str:
+    """`text` with its control characters (a tab or a new line in a file name, which would
+    break `predict`'s tab-separated rows) escaped as Python writes them, or each replaced by
+    `mark`."""
+    return "".join(
+        (mark if mark is not None else repr(c)[1:-1]) if ord(c) < 32 or ord(c) == 127 else c
+        for c in text
+    )
+
+
 def overlay_name(path: Path, used: set[str]) -> str:
     """`<stem>_overlay.png`, made unique among `used` (added to it) with the parent folder's
-    name, then a counter."""
-    name = f"{path.stem}_overlay.png"
+    name, then a counter; control characters of the names are written as "_"."""
+    stem, parent = printable(path.stem, "_"), printable(path.parent.name, "_")
+    name = f"{stem}_overlay.png"
     if name in used:
-        name = f"{path.parent.name}_{path.stem}_overlay.png"
+        name = f"{parent}_{stem}_overlay.png"
     i = 2
     while name in used:
-        name, i = f"{path.parent.name}_{path.stem}_{i}_overlay.png", i + 1
+        name, i = f"{parent}_{stem}_{i}_overlay.png", i + 1
     used.add(name)
     return name
 
@@ -151,14 +162,16 @@ def predict_images(
     images: list[str | Path],
     overlay_dir: str | Path | None = None,
     workers: int | None = None,
+    overlays: bool = True,
 ):
     """Score new images (files or folders of them) with a run and its saved threshold.
 
     The files are decoded in batches (by `workers` processes, default the run's, as in
     `score`). Returns (results, threshold): one dict per image: path, score, verdict ("REJECT"
     iff score >= threshold, else "PASS") and overlay (in `overlay_dir`, default the run's
-    predict/, under a name no earlier call took: overlays are evidence, never replaced); or path
-    and error for an image that could not be read (the others are still scored).
+    predict/, under a name no earlier call, nor one running beside it, took: overlays are
+    evidence, never replaced; None with `overlays` False); or path and error for an image that
+    could not be read (the others are still scored).
     """
     from anomaly.overlays import annotated_overlay, run_scale
 
@@ -166,12 +179,11 @@ def predict_images(
     detector = load_run(rd)
     threshold = rd.threshold()
     scale = run_scale(rd)  # the saved pixel threshold anchors the colours
-    overlay_dir = output_folder(overlay_dir or rd.predict_dir)
+    overlay_dir = overlay_folder(overlay_dir or rd.predict_dir) if overlays else None
     paths = expand_images(images)
     warn_unlike(paths, trained_images(rd), detector.config.channels, detector.config.size)
     files = _ImageFiles(paths, detector.config)
-    # names already there are taken: an earlier call's overlays are never replaced
-    results, used = [], {p.name for p in overlay_dir.iterdir()}
+    results, used = [], set()
     for batch in decoding_loader(
         files, detector.config, collate_fn=_ImageFiles.collate, workers=workers
     ):
@@ -187,9 +199,11 @@ def predict_images(
                 results.append({"path": str(path), "error": error})
                 continue
             score, amap, own_size = next(scored)
-            picture = annotated_overlay(
-                own_size.numpy(), amap, scale, score, threshold.value, title=path.name
-            )
+            picture = None
+            if overlay_dir is not None:
+                picture = annotated_overlay(
+                    own_size.numpy(), amap, scale, score, threshold.value, title=path.name
+                )
             results.append(scored_result(path, score, picture, overlay_dir, used, threshold))
     return results, threshold
 
@@ -232,19 +246,35 @@ def _overlay_tensor(a):
     return x.expand(3, -1, -1).clamp(0, 1).contiguous() if x.shape[0] == 1 else x.clamp(0, 1)
 
 
-def scored_result(path: Path, score: float, picture, folder: Path, used: set[str], threshold):
+def overlay_folder(path: str | Path) -> Path:
+    """The folder `predict` writes its overlays in, made when missing and tried by writing: a
+    run or an exported file shared read-only is named with the way out, before anything is
+    scored."""
+    return writable_folder(
+        path,
+        "predict writes an overlay per image there; give --out DIR for them, or --no-overlays",
+    )
+
+
+def scored_result(
+    path: Path, score: float, picture, folder: Path | None, used: set[str], threshold
+):
     """One scored image's result (path, score, verdict, overlay) for `predict --run` and
-    `predict --onnx`: its overlay `picture` (uint8 RGB) saved in `folder` under a name no earlier
-    call took (`overlay_name`)."""
+    `predict --onnx`: its overlay `picture` (uint8 RGB) saved in `folder` under a name that no
+    file there has (`overlay_name`, claimed with `claim_new`, so that two calls writing into
+    one folder at once never replace each other's); no overlay with `folder` None."""
     from PIL import Image
 
     from anomaly.overlays import PNG_LEVEL
 
-    overlay = folder / overlay_name(path, used)
-    save_png(Image.fromarray(picture), overlay, compress_level=PNG_LEVEL)
+    overlay = None
+    if folder is not None:
+        while not claim_new(overlay := folder / overlay_name(path, used)):
+            pass  # taken by an earlier call or one running beside this one: the next name
+        save_png(Image.fromarray(picture), overlay, compress_level=PNG_LEVEL)
     return {
         "path": str(path),
         "score": score,
-        "overlay": str(overlay),
+        "overlay": None if overlay is None else str(overlay),
         "verdict": verdict(score, threshold.value),
     }

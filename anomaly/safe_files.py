@@ -10,6 +10,7 @@ reads all its files through these.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -88,6 +89,32 @@ def output_folder(path: str | Path) -> Path:
         )
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def claim_new(path: Path) -> bool:
+    """Create `path` as an empty file if no file (or link) has its name, atomically: True when
+    this call made it, False when the name was taken, by an earlier file or by another process
+    claiming it at the same moment (two `predict` calls writing overlays into one folder)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        return False
+    return True
+
+
+def writable_folder(path: str | Path, fix: str) -> Path:
+    """`output_folder(path)`, tried by writing a temporary file in it: a folder this process
+    may not write in (a model shared read-only) is named with `fix`, before any work is done."""
+    try:
+        folder = output_folder(path)
+        fd, name = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise RunError(f"cannot write in {path} ({err.strerror}): {fix}") from None
+    return folder
 
 
 def save_png(image, path: str | Path, **params) -> Path:

@@ -285,7 +285,7 @@ def test_threshold_conformal_from_the_cli(ae_run, tmp_path, capsys):
     assert "guarantee: false-reject rate <= 50" in capsys.readouterr().out  # said, not only saved
     image = read_csv(run / "scores.csv")[0]["path"]
     assert main(["predict", "--run", str(run), image]) == 0
-    assert "(conformal): guarantee: false-reject rate <= 50" in capsys.readouterr().out
+    assert "(conformal): guarantee: false-reject rate <= 50" in capsys.readouterr().err
     assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1"]) == 0
     assert "no guarantee" in capsys.readouterr().out
     assert main(["threshold", "--run", str(run), "--rule", "conformal", "--value", "0.01"]) == 2

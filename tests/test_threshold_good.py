@@ -97,8 +97,8 @@ def test_the_cli_prints_the_folder_the_guarantee_and_its_condition(run, good, ca
     assert f"set on 4 good images in {good}" in out and "calibration_scores.json" in out
     assert f"holds only if the good parts you will check are like the images in {good}" in out
     image = min(good.iterdir())
-    code, out, _ = run_cli(capsys, "predict", "--run", run, image)
-    assert code == 0 and f"good images in {good}" in out  # predict says it too
+    code, _, err = run_cli(capsys, "predict", "--run", run, image)
+    assert code == 0 and f"good images in {good}" in err  # predict says it too
     code, out, _ = run_cli(capsys, "threshold", "--run", run, "--rule", "conformal", "--value", 0.5)
     assert code == 0 and "held out from training" in out and "--good-images FOLDER" in out
 

@@ -70,13 +70,13 @@ def test_predict_onnx_says_the_guarantee_predict_run_says(conformal_export, tiny
     run, path = conformal_export
     image = _good_image(tiny_cookies)
     assert main(["predict", "--run", str(run), image]) == 0
-    eager = _threshold_line(capsys.readouterr().out)
+    eager = _threshold_line(capsys.readouterr().err)
     assert main(["predict", "--onnx", str(path), image]) == 0
     captured = capsys.readouterr()
     # the same words, rule included ("(conformal, exported)" said it differently)
-    assert "(conformal): guarantee: false-reject rate <= 50%" in captured.out
-    assert _threshold_line(captured.out) == eager and "no guarantee" not in captured.out
-    assert captured.err == ""
+    assert "(conformal): guarantee: false-reject rate <= 50%" in captured.err
+    assert _threshold_line(captured.err) == eager and "no guarantee" not in captured.err
+    assert len(captured.err.splitlines()) == 1  # the threshold's line, no warning
 
 
 def test_an_older_export_without_the_params_says_so(conformal_export, tiny_cookies, capsys):
@@ -118,7 +118,7 @@ def test_an_earlier_model_threshold_says_its_guarantee_no_longer_holds(
     value = json.dumps({"alpha": 0.5, "n": 1, "earlier_model": True})
     edited = _edited(path, tmp_path / "earlier.onnx", "threshold_params", value)
     assert main(["predict", "--onnx", str(edited), _good_image(tiny_cookies)]) == 0
-    assert "chosen on an earlier model of this run" in capsys.readouterr().out
+    assert "chosen on an earlier model of this run" in capsys.readouterr().err
 
 
 # --- 2. images unlike the training images are named, as by predict --run ------------------------

@@ -60,7 +60,7 @@ def test_only_a_conformal_threshold_shows_a_guarantee_and_only_its_own(
     run = copy_run(scored_ae_run, tmp_path / "run")
     _threshold(run, rule, **params)
     code, said = _predict(run, tiny_cookies, capsys)
-    assert code in (0, 2) and shown in said.out and "certified" not in said.out
+    assert code in (0, 2) and shown in said.err and "certified" not in said.err
 
 
 def test_guarantee_words_keep_a_folders_name_when_they_state_the_alpha():
@@ -103,7 +103,7 @@ def test_a_train_stopped_after_training_is_finished_by_resume(
     assert json.loads((run / "val_scores.json").read_text())["scores"]
     image = min((tiny_cookies / "test/good").glob("*.png"))
     main(["predict", "--run", str(run), str(image)])
-    assert "(normal_quantile)" in capsys.readouterr().out  # predict has its threshold
+    assert "(normal_quantile)" in capsys.readouterr().err  # predict has its threshold
 
 
 def test_an_unreadable_held_out_image_is_named_before_training(tiny_cookies, tmp_path, capsys):

@@ -153,7 +153,7 @@ def test_export_overwrites_only_its_own_files(tiny_cookies, tmp_path, capsys):
     image = str(_image(tiny_cookies))
     assert main(["predict", "--onnx", str(path), image]) == 0
     out = capsys.readouterr()
-    assert "(normal_quantile)" in out.out and "warning" not in out.err
+    assert "(normal_quantile)" in out.err and "warning" not in out.err
     set_threshold(run, "manual", 123.0)  # the run's threshold moves on; the file keeps its own
     assert main(["predict", "--onnx", str(path), image]) == 0
     err = capsys.readouterr().err

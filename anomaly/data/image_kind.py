@@ -114,6 +114,11 @@ def open_image(path: str | Path) -> Image.Image:
         )
     if Path(path).exists() and not Path(path).is_file():  # a pipe would wait for ever
         raise DataError(f"{path} is not a file (a pipe or a device); give image files")
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise DataError(
+            f"{path} is empty (0 bytes): no image was written to it (a copy or a save that "
+            "failed?); copy the image again, or delete the file"
+        )
     try:
         with named_warnings(path):
             im = Image.open(path)
