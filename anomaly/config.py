@@ -360,9 +360,11 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
+        from anomaly.safe_files import read_record
+
         try:
-            raw = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
+            raw = json.loads(read_record(path))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(
                 f"{path} is not valid JSON ({err}); restore it from a copy or train the run again"
             ) from None

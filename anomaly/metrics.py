@@ -259,7 +259,9 @@ class Threshold:
     @classmethod
     def load(cls, path: str | Path) -> Threshold:
         """Read the file `path` (a run folder's threshold: `anomaly.runs.RunDir`)."""
-        return cls.from_json(_threshold_file(path).read_text())
+        from anomaly.safe_files import read_record
+
+        return cls.from_json(read_record(_threshold_file(path)))
 
 
 def _threshold_file(path: str | Path) -> Path:

@@ -29,7 +29,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from anomaly.data.image_kind import read_rgb
 from anomaly.runs import RunDir
-from anomaly.safe_files import output_folder, remove_written, save_png, sha256_file, write_json
+from anomaly.safe_files import (
+    marked_overlay,
+    output_folder,
+    overlay_mark,
+    remove_written,
+    save_png,
+    sha256_file,
+    write_json,
+)
 from anomaly.viz import OUTLINE, to_rgb
 
 PASS, REJECT = "PASS", "REJECT"
@@ -311,7 +319,7 @@ def save_overlays(
     of its name gets the `..._<index>.png` name instead).
     """
     out_dir = output_folder(out_dir)
-    seen = set(remove_written(out_dir, WRITTEN, keep_folder=True))  # the user's files stay
+    seen = set(remove_written(out_dir, WRITTEN, marked_overlay, keep_folder=True))  # user's stay
     names = []
     for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
         name = overlay_name(path, defect)
@@ -326,7 +334,9 @@ def save_overlays(
         if image is None:  # the file went away: show the map's size in grey
             image = np.full(pred.maps.shape[1:], 0.5, np.float32)
         rgb = prediction_overlay(pred, i, image, scale, threshold)
-        save_png(Image.fromarray(rgb), out_dir / name, compress_level=PNG_LEVEL)
+        save_png(
+            Image.fromarray(rgb), out_dir / name, compress_level=PNG_LEVEL, pnginfo=overlay_mark()
+        )
         record[name] = sha256_file(out_dir / name)
     write_json(out_dir / WRITTEN, record)
     return [out_dir / name for name in names]

@@ -380,6 +380,14 @@ def decoding_loader(data, config: Config, collate_fn=None, workers: int | None =
     from torch.utils.data import DataLoader
 
     workers = config.workers if workers is None else check_workers(workers)
+    cores = os.cpu_count() or 1
+    if workers > cores:  # a run from a bigger machine (or an edited config.json)
+        warnings.warn(
+            f"{workers} decoding processes asked for, on a machine of {cores} cores: {cores} are "
+            "started (more only compete for the same cores; --workers N sets it)",
+            stacklevel=2,
+        )
+        workers = cores
     return DataLoader(
         data, batch_size=config.batch_size, num_workers=workers, collate_fn=collate_fn
     )

@@ -46,8 +46,11 @@ from anomaly.safe_files import (
     RunError,
     _atomic,
     check_not_in_use,
+    finite,
     folder_lock,
+    marked_overlay,
     output_folder,
+    read_record,
     remove_written,
     write_json,
 )
@@ -178,7 +181,7 @@ class RunDir(CheckpointFiles):
             self._not_a_run()
             raise RunError(f"{self.path} has no {name}{what}")
         try:
-            return json.loads(path.read_text())
+            return json.loads(read_record(path))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RunError(
                 f"{path} is not valid JSON ({err}); restore it, or delete it and "
@@ -207,6 +210,10 @@ class RunDir(CheckpointFiles):
             if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 problem = f"its {key!r} is not a list of texts"
                 break
+        if not problem and split.get("sha256"):  # one digest per image, train then val
+            n, digests = len(split["train"]) + len(split["val"]), len(split["sha256"])
+            if digests != n:
+                problem = f"{digests} SHA-256 digests for its {n} training and held-out images"
         if problem:
             raise RunError(
                 f"{self.file(self.SPLIT)} is damaged ({problem}); restore it from a copy, or "
@@ -249,7 +256,8 @@ class RunDir(CheckpointFiles):
     def map_range(self) -> tuple[float, float]:
         """The colour scale of the run's overlays: that of its held-out normal images."""
         try:
-            lo, hi = (float(x) for x in self.val_scores()["map_range"])
+            lo, hi = self.val_scores()["map_range"]
+            lo, hi = (float(x) if finite(x) else math.nan for x in (lo, hi))  # no text: "12"
         except (KeyError, TypeError, ValueError):
             lo = hi = math.nan
         if not math.isfinite(hi - lo) or lo > hi or max(abs(lo), abs(hi)) > MAP_LIMIT:
@@ -308,7 +316,7 @@ class RunDir(CheckpointFiles):
         """versions.json as a dict, or None when it is missing or does not read as a record
         (what writes to it then leaves it alone)."""
         try:
-            record = json.loads(self.file(self.VERSIONS).read_text())
+            record = json.loads(read_record(self.file(self.VERSIONS)))
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None
@@ -407,12 +415,15 @@ class RunDir(CheckpointFiles):
         removed = []
         for folder in folders:
             where = "" if folder is self else f"{folder.path.relative_to(self.path)}/"
+            if folder is not self and not _scored_by_score(folder):
+                removed.append(f"nothing of {where} (score did not write it)")
+                continue
             for name in self.SCORE_OUTPUTS:
                 if folder.file(name).exists():
                     folder.file(name).unlink()
                     removed.append(where + name)
             if folder.overlays.is_dir():
-                kept = remove_written(folder.overlays, self.OVERLAYS_WRITTEN)
+                kept = remove_written(folder.overlays, self.OVERLAYS_WRITTEN, marked_overlay)
                 mine = f" (but not {named(kept, 3)})"
                 removed.append(f"{where}{self.OVERLAYS}/" + (mine if kept else ""))
             if folder is not self and not any(folder.path.iterdir()):
@@ -431,6 +442,19 @@ class RunDir(CheckpointFiles):
     def check_not_in_use(self, command: str) -> None:
         """RunError when a live process holds the run's lock (a run still training)."""
         check_not_in_use(self.path, self.LOCK, command)
+
+
+def _scored_by_score(folder: RunDir) -> bool:
+    """Whether a folder in scored/ holds what `score --data OTHER` writes: a predictions.npz
+    with the arrays `Predictions.save` writes (a folder of the user's there, with a file of
+    one of score's names, is not emptied when the model changes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(folder.file(folder.PREDICTIONS)) as z:
+            return {"scores.npy", "maps.npy", "method.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 # --- the functions earlier code and notebooks call ------------------------------------------

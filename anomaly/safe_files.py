@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pickle
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,6 +68,31 @@ def finite(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+MAX_RECORD_BYTES = 256 * 2**20  # no record a run writes comes near it (split.json: ~150 B an image)
+
+
+def read_record(path: str | Path, limit: int = MAX_RECORD_BYTES) -> str:
+    """The text of a small file a run or a command keeps (JSON records, the lock), from a
+    folder that may be someone else's: RunError naming it when it is no regular file (a pipe
+    would wait for ever, a device never end) or larger than `limit` (a link to a huge file);
+    OSError when it cannot be read, UnicodeDecodeError when it is not UTF-8."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RunError(
+                f"{path} is not a regular file (a pipe or a device), where a record of the run "
+                "goes; delete it"
+            )
+        if info.st_size > limit:
+            raise RunError(
+                f"{path} is {info.st_size:,} bytes, far more than any record of a run holds; it "
+                "is not one this package wrote: delete it, or restore it from a copy"
+            )
+        return f.read(limit + 1).decode("utf-8")
+
+
 def sha256_file(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, in hex."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -115,6 +141,31 @@ def writable_folder(path: str | Path, fix: str) -> Path:
             raise
         raise RunError(f"cannot write in {path} ({err.strerror}): {fix}") from None
     return folder
+
+
+# A text chunk in each overlay PNG `score` writes: what proves a file in overlays/ its own when
+# the record of what it wrote (`remove_written`) cannot say.
+OVERLAY_MARK = ("Software", "anomaly score overlay")
+
+
+def overlay_mark():
+    """The PNG text chunk that marks an overlay as `score`'s (`save_png(..., pnginfo=...)`)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(*OVERLAY_MARK)
+    return info
+
+
+def marked_overlay(path: Path) -> bool:
+    """Whether `path` is a PNG that carries `OVERLAY_MARK` (one `score` wrote)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.text.get(OVERLAY_MARK[0]) == OVERLAY_MARK[1]
+    except Exception:  # noqa: BLE001  (anything else is not ours)
+        return False
 
 
 def save_png(image, path: str | Path, **params) -> Path:
@@ -188,7 +239,7 @@ def read_written(folder: Path, record: str) -> dict[str, str | None] | None:
     or None while being written}), or None when there is none. The folder may be someone
     else's: only plain file names in it are kept, never a path."""
     try:
-        names = json.loads((folder / record).read_text())
+        names = json.loads(read_record(folder / record))
     except (OSError, ValueError):
         return None
     if not isinstance(names, dict):
@@ -201,14 +252,19 @@ def read_written(folder: Path, record: str) -> dict[str, str | None] | None:
 
 
 def remove_written(
-    folder: str | Path, record: str, legacy: str = "*.png", keep_folder: bool = False
+    folder: str | Path,
+    record: str,
+    is_ours: Callable[[Path], bool] = lambda path: False,
+    keep_folder: bool = False,
 ) -> list[str]:
     """Delete the files a command wrote in `folder`, as its `record` there lists them, and the
     record; remove the folder when nothing else is left. A file changed since it was written
     (its SHA-256 differs), a link, and anything the record does not list stay: they are the
-    user's. A folder from before the record: the files matching `legacy` are taken for the
-    command's. Returns the names of what was kept (empty when the folder is gone, or left empty
-    with `keep_folder`)."""
+    user's. Where the record cannot say (it is missing, damaged, or lists a file without its
+    digest, as while being written), only a file that `is_ours` proves the command's own (by
+    its content) is deleted: a record lost in a copy, or edited, deletes nothing of the user's.
+    Returns the names of what was kept (empty when the folder is gone, or left empty with
+    `keep_folder`)."""
     folder = Path(folder)
     if folder.is_symlink() or not folder.is_dir():
         return []
@@ -221,13 +277,13 @@ def remove_written(
             name = name[1:].rsplit(".", 2)[0]
         if name != path.name and f".{name}" == record:  # the record's own, half written
             ours = True
+        elif name != path.name:  # a temporary file: never the user's finished file
+            ours = written is not None and name in written
         elif written is None:
-            ours = Path(name).match(legacy)
-        elif name != path.name:
-            ours = name in written
+            ours = is_ours(path)
         else:
             digest = written.get(name, False)
-            ours = digest is None or (digest is not False and digest == sha256_file(path))
+            ours = digest == sha256_file(path) if digest else digest is None and is_ours(path)
         if ours:
             path.unlink()
     (folder / record).unlink(missing_ok=True)
@@ -259,12 +315,15 @@ def _live_holder(path: Path) -> tuple[int, str] | None:
     """(PID, command) of the live process holding the lock file `path`, else None (no lock, a
     damaged one, or one left by a process that no longer runs)."""
     try:
-        holder = json.loads(path.read_text())
-        pid = int(holder["pid"])
+        holder = json.loads(read_record(path))
+        pid = holder["pid"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if not isinstance(pid, int) or isinstance(pid, bool):  # a lock this package wrote: an int
+        return None
     if pid > 0 and pid != os.getpid() and pid_alive(pid):
-        return pid, str(holder.get("command", "?"))
+        command = str(holder.get("command", "?"))[:200]
+        return pid, "".join(c if c.isprintable() else "?" for c in command)
     return None
 
 

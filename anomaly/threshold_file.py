@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from anomaly.safe_files import finite, sha256_file
+from anomaly.safe_files import finite, read_record, sha256_file
 
 MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it was chosen for
 # the rules that save thresholds: anomaly.metrics' threshold_* functions, and the explorer
@@ -92,14 +92,18 @@ def check_threshold(d) -> tuple[float, str, dict]:
 
 
 def check_held_out(d) -> dict:
-    """`d` (val_scores.json) when its scores are a list of finite numbers, one for each of its
-    paths (if it has them); else ValueError."""
+    """`d` (val_scores.json) when its scores are a non-empty list of finite numbers, one for
+    each of its paths (if it has them, as text); else ValueError."""
     scores = d.get("scores") if isinstance(d, dict) else None
     paths = d.get("paths", scores) if isinstance(d, dict) else None
     if not (isinstance(scores, list) and all(finite(s) for s in scores)):
         raise ValueError("does not hold held-out scores (a list of finite numbers, 'scores')")
     if not isinstance(paths, list) or len(paths) != len(scores):
         raise ValueError("does not hold one score for each of its 'paths'")
+    if "paths" in d and not all(isinstance(p, str) for p in paths):
+        raise ValueError("does not hold its held-out images' 'paths' as text")
+    if not scores:
+        raise ValueError("holds no held-out scores: the run held out no good image")
     return d
 
 
@@ -132,7 +136,7 @@ def check_model(d: dict, model: Path) -> None:
 def saved_for(threshold: Path, model: Path) -> dict | None:
     """The saved threshold in the file `threshold` when it records the file `model`, else None."""
     try:
-        d = json.loads(threshold.read_text())
+        d = json.loads(read_record(threshold))
         made_for = d.get(MODEL_RECORD)
     except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
         return None

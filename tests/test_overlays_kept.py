@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
+import pytest
 from helpers import copy_run
+from PIL import Image
 
 from anomaly.cli import main
 from anomaly.overlays import WRITTEN
 from anomaly.pipeline import score_run
-from anomaly.safe_files import remove_written, sha256_file
+from anomaly.safe_files import marked_overlay, overlay_mark, remove_written, sha256_file
 
 
 def _pngs(folder):
@@ -79,15 +82,43 @@ def test_a_new_model_keeps_the_users_files_in_overlays(scored_ae_run, tmp_path, 
     assert len(_pngs(run / "overlays")) > 5
 
 
-def test_a_folder_from_before_the_record_loses_only_its_pngs(tmp_path):
+def _marked_png(path, marked=True):
+    info = overlay_mark() if marked else None
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path, pnginfo=info)
+
+
+@pytest.mark.parametrize("record", [None, "{not json", "[]"])
+def test_without_a_record_only_overlays_that_prove_score_wrote_them_go(tmp_path, record):
+    """A missing (a copy that left hidden files out), damaged or edited record deleted every
+    PNG in overlays/, the user's pictures too."""
     folder = tmp_path / "overlays"
     folder.mkdir()
-    (folder / "good_000.png").write_bytes(b"png")
+    _marked_png(folder / "good_000.png")  # score's own, with its mark
+    _marked_png(folder / "mine.png", marked=False)  # the user's picture
     (folder / "notes.txt").write_text("mine")
-    assert remove_written(folder, WRITTEN) == ["notes.txt"]
-    (folder / "notes.txt").unlink()
-    (folder / "good_000.png").write_bytes(b"png")
-    assert remove_written(folder, WRITTEN) == [] and not folder.exists()
+    if record is not None:
+        (folder / WRITTEN).write_text(record)
+    assert remove_written(folder, WRITTEN, marked_overlay) == ["mine.png", "notes.txt"]
+
+
+def test_a_listed_name_without_its_digest_deletes_only_a_marked_overlay(tmp_path):
+    folder = tmp_path / "overlays"
+    folder.mkdir()
+    _marked_png(folder / "good_000.png")
+    _marked_png(folder / "notes.png", marked=False)
+    (folder / WRITTEN).write_text(json.dumps({"good_000.png": None, "notes.png": None}))
+    assert remove_written(folder, WRITTEN, marked_overlay) == ["notes.png"]
+
+
+def test_score_marks_its_overlays_and_replaces_them_without_a_record(scored_ae_run, tmp_path):
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    score_run(run)
+    names = _pngs(run / "overlays")
+    assert names and all(marked_overlay(run / "overlays" / n) for n in names)
+    (run / "overlays" / WRITTEN).unlink()  # lost, as in a copy without hidden files
+    _marked_png(run / "overlays" / "mine.png", marked=False)
+    score_run(run)
+    assert sorted(_pngs(run / "overlays")) == sorted([*names, "mine.png"])  # none twice
 
 
 def test_someone_elses_record_deletes_nothing_outside_or_unlisted(tmp_path):

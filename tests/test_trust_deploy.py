@@ -208,7 +208,7 @@ def test_onnx_predict_py_copied_alone_predicts_without_the_checks(
     conformal_export, unlike_images, tmp_path
 ):
     """onnx_predict.py still runs where only numpy, Pillow and onnxruntime are: the image-kind
-    warnings are skipped there."""
+    warnings are skipped there, and a note says so once."""
     import anomaly.onnx_predict
 
     _, path = conformal_export
@@ -221,7 +221,8 @@ def test_onnx_predict_py_copied_alone_predicts_without_the_checks(
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
     )
-    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    assert done.returncode == 0 and "warning:" not in done.stderr, done.stderr
+    assert done.stderr.count("note: without the anomaly package") == 1
 
 
 def test_onnx_predict_py_copied_alone_refuses_a_tiff_stack(

@@ -31,6 +31,7 @@ def test_predict_on_a_run_it_may_not_write_to_says_out_and_no_overlays(
     scored_ae_run, tiny_cookies, tmp_path, capsys, monkeypatch
 ):
     run = copy_run(scored_ae_run, tmp_path / "run")
+    shutil.rmtree(run / "predict", ignore_errors=True)  # an earlier test's predict, if any
     (run / "predict").mkdir()
     real = safe_files.tempfile.mkstemp
 
@@ -120,3 +121,165 @@ def test_the_copied_onnx_reader_says_once_that_it_names_no_unlike_image(monkeypa
         assert onnx_predict.OnnxDetector.warn_unlike(stub, ["a.png"]) == []
     err = capsys.readouterr().err
     assert err.count("note: without the anomaly package") == 1
+
+
+# --- a run folder from someone else (session 18's audit) ------------------------------------
+def test_a_new_model_empties_only_the_folders_score_wrote_in_scored(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_cookies, other)
+    assert main(["score", "--run", str(run), "--data", str(other), "--no-overlays"]) == 0
+    mine = run / "scored" / "my_notes"
+    mine.mkdir()
+    (mine / "scores.csv").write_text("my own table")
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert (mine / "scores.csv").read_text() == "my own table"
+    assert "nothing of scored/my_notes/ (score did not write it)" in out
+    assert not (run / "scored" / "other").exists()  # score's own: gone
+
+
+def test_a_pipe_or_a_huge_file_as_a_record_is_refused_at_once(tmp_path):
+    import os
+    import signal
+
+    import pytest
+
+    from anomaly.safe_files import RunError, check_not_in_use, read_record
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    signal.alarm(10)  # a read that waits for a writer would hang the test
+    try:
+        with pytest.raises(RunError, match="not a regular file"):
+            read_record(fifo)
+        check_not_in_use(tmp_path, "fifo", "score")  # a lock that reads as none: not in use
+    finally:
+        signal.alarm(0)
+    huge = tmp_path / "huge"
+    with open(huge, "wb") as f:
+        f.truncate(300 * 2**20)  # sparse: no disk used
+    (tmp_path / ".lock").symlink_to(huge)
+    with pytest.raises(RunError, match="far more than any record"):
+        read_record(tmp_path / ".lock")
+    check_not_in_use(tmp_path, ".lock", "score")
+
+
+def test_a_lock_of_someone_elses_is_read_with_care(tmp_path):
+    import json
+    import os
+
+    import pytest
+
+    from anomaly.safe_files import RunError, check_not_in_use
+
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"pid": str(os.getppid()), "command": "train"}))
+    check_not_in_use(tmp_path, ".lock", "score")  # "1": not a lock this package wrote
+    lock.write_text(json.dumps({"pid": os.getppid(), "command": "\x1b[2Jevil"}))
+    with pytest.raises(RunError) as err:
+        check_not_in_use(tmp_path, ".lock", "score")
+    assert "\x1b" not in str(err.value) and "?[2Jevil" in str(err.value)
+
+
+def test_maps_beyond_float16_are_saved_finite(tmp_path):
+    from anomaly.detectors.base import Predictions
+
+    maps = np.full((2, 4, 4), 1e6, np.float32)
+    pred = Predictions(["a", "b"], np.array([0, 1]), ["good", "x"], np.array([1e6, 2e6]), maps)
+    pred.save(tmp_path / "p.npz")
+    back = Predictions.load(tmp_path / "p.npz")
+    assert np.isfinite(back.maps).all() and back.maps.max() == 1e6
+    small = Predictions(["a"], np.array([0]), ["good"], np.array([1.0]), maps[:1] / 1e6)
+    small.save(tmp_path / "s.npz")
+    assert np.load(tmp_path / "s.npz")["maps"].dtype == np.float16  # as before when in range
+
+
+def test_predictions_of_the_wrong_shapes_or_labels_are_refused_by_name(scored_ae_run, tmp_path):
+    import pytest
+
+    from anomaly.runs import RunDir, RunError
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    z = dict(np.load(run / "predictions.npz", allow_pickle=False))
+    for key, value, said in (
+        ("scores", z["scores"][:, None], "wrong shapes"),
+        ("labels", np.full(len(z["labels"]), np.nan), "labels are not one 0 or 1"),
+    ):
+        np.savez(run / "predictions.npz", **{**z, key: value})
+        with pytest.raises(RunError, match=said) as err:
+            RunDir(run).predictions()
+        assert "predictions.npz" in str(err.value)
+
+
+def _edit_json(path, **changes):
+    import json
+
+    d = json.loads(path.read_text())
+    d.update(changes)
+    path.write_text(json.dumps(d))
+
+
+def test_held_out_scores_and_map_range_of_the_wrong_kind_are_refused_by_name(
+    scored_ae_run, tmp_path
+):
+    import json
+
+    import pytest
+
+    from anomaly.runs import RunDir, RunError
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    vs = run / "val_scores.json"
+    n = len(json.loads(vs.read_text())["scores"])
+    good = vs.read_text()
+    for changes, said in (
+        ({"paths": [[1]] * n}, "'paths' as text"),
+        ({"paths": [], "scores": []}, "holds no held-out scores"),
+        ({"map_range": "12"}, "map_range is not two finite numbers"),
+    ):
+        vs.write_text(good)
+        _edit_json(vs, **changes)
+        with pytest.raises(RunError, match=said) as err:
+            if "map_range" in changes:
+                RunDir(run).map_range()
+            else:
+                RunDir(run).val_scores()
+        assert str(vs) in str(err.value)
+
+
+def test_a_split_whose_digests_do_not_match_its_images_is_damaged(scored_ae_run, tmp_path):
+    import json
+
+    import pytest
+
+    from anomaly.runs import RunDir, RunError
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    split = json.loads((run / "split.json").read_text())
+    _edit_json(run / "split.json", train=[*split["train"], "/etc/passwd"])
+    with pytest.raises(RunError, match="SHA-256 digests for its"):
+        RunDir(run).split()
+
+
+def test_a_config_that_is_not_utf8_is_named(scored_ae_run, tiny_cookies, tmp_path, capsys):
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    config = run / "config.json"
+    config.write_bytes(config.read_bytes().replace(b'"data"', b'"d\xffata"'))
+    code, _, err = _cli(capsys, "predict", "--run", run, _image(tiny_cookies))
+    assert code == 2 and f"{config} is not valid JSON" in err
+
+
+def test_more_decoding_processes_than_cores_are_capped(monkeypatch):
+    import warnings
+
+    from anomaly.config import Config
+    from anomaly.pipeline import decoding_loader
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        loader = decoding_loader([1, 2, 3], Config(workers=64))
+    assert loader.num_workers == 2 and "2 are started" in str(said[0].message)

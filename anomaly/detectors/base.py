@@ -31,6 +31,18 @@ class Batch(TypedDict):
     mask_known: torch.Tensor  # bool [B]: False for a defective image with no mask file
 
 
+F16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def _stored_maps(maps: np.ndarray) -> np.ndarray:
+    """Maps as saved: float16, or float32 where a value lies beyond float16's range (it would
+    be saved as infinite, and every picture of it blank)."""
+    finite = maps[np.isfinite(maps)]
+    if finite.size and float(np.abs(finite).max()) > F16_MAX:
+        return maps.astype(np.float32)
+    return maps.astype(np.float16)
+
+
 @dataclass
 class Predictions:
     """Per-image scores and per-pixel maps for one data set, in data set order.
@@ -86,16 +98,17 @@ class Predictions:
         return 0 if self.mask_known is None else int((~self.mask_known).sum())
 
     def save(self, path) -> None:
-        """Save to one compressed .npz file (maps as float16 to stay small); `path` may be a
-        file object. Deflate level 1, not `np.savez_compressed`'s 6: float maps barely
-        compress either way (2 % larger files), and it halves `score`'s time to write them."""
+        """Save to one compressed .npz file (maps as float16 to stay small: `_stored_maps`);
+        `path` may be a file object. Deflate level 1, not `np.savez_compressed`'s 6: float maps
+        barely compress either way (2 % larger files), and it halves `score`'s time to write
+        them."""
         known = self.mask_known if self.mask_known is not None else np.zeros((0,), bool)
         arrays = {
             "paths": np.array(self.paths),
             "labels": self.labels,
             "defects": np.array(self.defects),
             "scores": self.scores,
-            "maps": self.maps.astype(np.float16),
+            "maps": _stored_maps(self.maps),
             "masks": self.masks if self.masks is not None else np.zeros((0,), np.uint8),
             "method": np.array(self.method),
             "meta": np.array(json.dumps(self.meta)),
@@ -108,15 +121,29 @@ class Predictions:
 
     @classmethod
     def load(cls, path: str | Path) -> Predictions:
+        """Read a file `save` wrote; ValueError when its arrays are not what `save` writes (the
+        file may be someone else's): one score and a label of 0 or 1 per image, maps [N, H, W],
+        masks of the maps' shape."""
         z = np.load(path, allow_pickle=False)
         masks = z["masks"] if z["masks"].size else None
         known = z["mask_known"] if "mask_known" in z.files and z["mask_known"].size else None
+        labels, scores, maps = z["labels"], z["scores"], z["maps"]
+        if labels.ndim != 1 or not np.isin(labels, (0, 1)).all():
+            raise ValueError("its labels are not one 0 or 1 for each image")
+        if scores.ndim != 1 or maps.ndim != 3 or (masks is not None and masks.shape != maps.shape):
+            raise ValueError(
+                f"its arrays have the wrong shapes (scores {scores.shape}, maps {maps.shape}, "
+                f"masks {None if masks is None else masks.shape}): not one score and one map "
+                "for each image"
+            )
+        if known is not None and known.shape != labels.shape:
+            raise ValueError("its mask_known is not one flag for each image")
         return cls(
             paths=[str(p) for p in z["paths"]],
-            labels=z["labels"],
+            labels=labels,
             defects=[str(d) for d in z["defects"]],
-            scores=z["scores"],
-            maps=z["maps"].astype(np.float32),
+            scores=scores,
+            maps=maps.astype(np.float32),
             masks=masks,
             method=str(z["method"]),
             meta=json.loads(str(z["meta"])),

@@ -23,6 +23,7 @@ from anomaly.detectors.base import Predictions
 from anomaly.metrics import Threshold
 from anomaly.overlays import EvidenceScale, run_scale
 from anomaly.runs import RunDir, RunError
+from anomaly.safe_files import read_record
 
 
 def load_run_predictions(run: str | Path) -> Predictions:
@@ -104,7 +105,7 @@ def data_root(pred: Predictions, folder: Path | None) -> Path | None:
     data = (pred.meta or {}).get("data") if isinstance(pred.meta, dict) else None
     if not data and folder is not None:
         try:
-            data = json.loads(RunDir(folder).file(RunDir.CONFIG).read_text()).get("data")
+            data = json.loads(read_record(RunDir(folder).file(RunDir.CONFIG))).get("data")
         except (OSError, ValueError, AttributeError):
             data = None
     return Path(os.path.abspath(data)) if isinstance(data, str) and data else None
