@@ -137,7 +137,7 @@ def calibrate_on_folder(
     warn_unlike(images, trained_images(rd), config.channels, config.size)  # a threshold for them
     hashes = [sha256_file(p) for p in images]
     _refuse_training_images(rd, folder, images, hashes)
-    _warn_test_images(rd, folder, images)
+    _warn_test_images(rd, folder, images, hashes)
     pred = detector.predict(ImageFiles(images, config.size, config.channels))
     scores = np.asarray(pred.scores, np.float64)
     if not np.all(np.isfinite(scores)):
@@ -153,16 +153,20 @@ def calibrate_on_folder(
     return [str(p) for p in images], scores, record
 
 
-def _warn_test_images(rd: RunDir, folder: Path, images: list[Path]) -> None:
-    """Name good images that are the run's own scored test images: the threshold is then set
-    on the images that judge it, and their false-reject rate says nothing of new parts."""
+def _warn_test_images(rd: RunDir, folder: Path, images: list[Path], hashes: list[str]) -> None:
+    """Name good images that are the run's own scored test images, or byte-for-byte copies of
+    them: the threshold is then set on the images that judge it, and their false-reject rate
+    says nothing of new parts."""
     from anomaly.runs import read_scores
 
     if not rd.file(rd.SCORES).is_file():
         return
     with contextlib.suppress(Exception):  # damaged scores.csv: score says so, not threshold
-        tested = {os.path.realpath(r.get("path", "")) for r in read_scores(rd)}
-        same = [p for p in images if os.path.realpath(p) in tested]
+        tested = [Path(r.get("path", "")) for r in read_scores(rd)]
+        real = {os.path.realpath(p) for p in tested}
+        sizes = {p.stat().st_size for p in images}  # only a file of the same size can be a copy
+        copies = {sha256_file(p) for p in tested if p.is_file() and p.stat().st_size in sizes}
+        same = [p for p, h in zip(images, hashes) if os.path.realpath(p) in real or h in copies]
         if same:
             warnings.warn(
                 f"{FLAG} {folder}: {len(same)} of its {len(images)} images are test images "

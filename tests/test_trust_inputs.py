@@ -153,6 +153,7 @@ def test_images_unlike_the_training_images_are_named_and_still_scored(
         "bits": [8],
         "aspect": [1.0, 1.0],
         "side": [64, 64],
+        "transparent": [False],
     }
 
     good = min((data / "test" / "good").glob("*.png"))

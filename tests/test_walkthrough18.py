@@ -283,3 +283,42 @@ def test_more_decoding_processes_than_cores_are_capped(monkeypatch):
         warnings.simplefilter("always")
         loader = decoding_loader([1, 2, 3], Config(workers=64))
     assert loader.num_workers == 2 and "2 are started" in str(said[0].message)
+
+
+def test_a_partly_transparent_image_is_named_unless_the_training_images_were(tmp_path, capsys):
+    from anomaly.data.image_kind import summarize, warn_unlike
+
+    rgb = np.full((32, 32, 3), 120, np.uint8)
+    opaque, clear = tmp_path / "opaque.png", tmp_path / "clear.png"
+    Image.fromarray(rgb).save(opaque)
+    rgba = np.dstack([rgb, np.full((32, 32), 255, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "alpha_opaque.png")  # an alpha channel, all opaque
+    rgba[:4, :4, 3] = 0
+    Image.fromarray(rgba).save(clear)
+    palette = Image.fromarray(rgb).convert("P")
+    palette.save(tmp_path / "palette.png", transparency=palette.getpixel((0, 0)))
+    trained = summarize([opaque])
+    assert trained["transparent"] == [False]
+    files = [clear, tmp_path / "alpha_opaque.png", tmp_path / "palette.png"]
+    said = warn_unlike(files, trained, 3, 32)
+    assert [line.split(": ")[1] for line in said] == [str(clear), str(tmp_path / "palette.png")]
+    assert all("partly transparent" in line for line in said)
+    assert warn_unlike([clear], summarize([clear]), 3, 32) == []  # trained on such images
+    capsys.readouterr()
+
+
+def test_copies_of_the_runs_test_images_as_good_images_are_named(scored_ae_run, tmp_path, capsys):
+    """Only the test images' own paths were recognised; copies of them passed unnamed."""
+    import csv
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    with open(run / "scores.csv") as f:
+        tested = [r["path"] for r in csv.DictReader(f) if r["label"] == "0"]
+    good = tmp_path / "production-good"
+    good.mkdir()
+    for i, path in enumerate(tested):
+        shutil.copy(path, good / f"part_{i:03d}.png")  # renamed copies
+    code, _, err = _cli(
+        capsys, "threshold", "--run", run, "--rule", "normal-quantile", "--good-images", good
+    )
+    assert code == 0 and f"{len(tested)} of its {len(tested)} images are test images" in err

@@ -190,13 +190,15 @@ def displayed_size(im: Image.Image) -> tuple[int, int]:
 
 
 def image_kind(path: str | Path) -> dict | None:
-    """{"colour": bool, "bits": 8, 16 or 32, "aspect": width / height} from the file's header,
-    or None when it cannot be read (whoever decodes it says why)."""
+    """{"colour": bool, "bits": 8, 16 or 32, "aspect": width / height, "side": the shorter
+    side in px, "transparent": bool} from the file's header (the alpha channel decoded where
+    there is one), or None when it cannot be read (whoever decodes it says why)."""
     if not Path(path).is_file():  # a pipe: opening it would wait for ever
         return None
     try:
         with named_warnings(path), Image.open(path) as im:
             mode, (width, height), fmt = im.mode, displayed_size(im), im.format
+            see_through = _transparent(im)
         bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
         if fmt == "PNG":  # its own header: 1-16 (older Pillow opens 16-bit PNGs as "I")
             bits = max(8, _png_bits(Path(path)) or bits)
@@ -208,13 +210,23 @@ def image_kind(path: str | Path) -> dict | None:
         "bits": bits,
         "aspect": width / max(height, 1),
         "side": min(width, height),
+        "transparent": see_through,
     }
+
+
+def _transparent(im: Image.Image) -> bool:
+    """Whether any pixel of `im` is (partly) transparent: decoded only for a file with an
+    alpha channel or a transparent colour, whose pixels `folder.image_to_array` puts on white."""
+    if im.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in im.info:
+        return False
+    alpha = im.convert("RGBA").getchannel("A") if im.mode != "LA" else im.getchannel("A")
+    return alpha.getextrema()[0] < 255
 
 
 def summarize(paths) -> dict:
     """What the training images are, for split.json: {"colour": [False and/or True],
     "bits": [...], "aspect": [lowest, highest], "side": [shortest, longest] of their shorter
-    sides in px} over the files that can be read. Warns, naming the extremes, when their aspect
+    sides in px, "transparent": [False and/or True]} over the files that can be read. Warns, naming the extremes, when their aspect
     ratios differ more than `ASPECT_FACTOR` times: each is stretched to the same square, so one
     object is distorted differently from image to image."""
     read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p)) is not None]
@@ -237,6 +249,7 @@ def summarize(paths) -> dict:
         "bits": sorted({k["bits"] for k in kinds}),
         "aspect": [round(min(aspects), 4), round(max(aspects), 4)],
         "side": [min(k["side"] for k in kinds), max(k["side"] for k in kinds)],
+        "transparent": sorted({k["transparent"] for k in kinds}),
     }
 
 
@@ -338,6 +351,13 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
             f"aspect ratio {kind['aspect']:.2f} (width / height), the training images' is "
             f"{seen}: it is stretched to {size}x{size} px, so shapes are distorted and its scores "
             "are not comparable"
+        )
+    if kind.get("transparent") and True not in (trained.get("transparent") or []):
+        had = "had none" if "transparent" in trained else "are not recorded as having any"
+        said.append(
+            f"partly transparent: its transparent pixels are put on white before scoring, and "
+            f"the training images {had}, so white where the part should be can score as a "
+            "defect; save it without transparency (on the background the parts are shot on)"
         )
     sides = trained.get("side")  # runs from before the record: no check
     if isinstance(sides, list) and len(sides) == 2:
