@@ -95,12 +95,15 @@ def unreadable(path: Path) -> str | None:
 
 def printable(text: str, mark: str | None = None) -> str:
     """`text` with its control characters (a tab or a new line in a file name, which would
-    break `predict`'s tab-separated rows) escaped as Python writes them, or each replaced by
-    `mark`."""
+    break `predict`'s tab-separated rows) and the bytes of a name that is not UTF-8 (which
+    `print` cannot write) escaped as Python writes them, or each replaced by `mark`."""
     return "".join(
-        (mark if mark is not None else repr(c)[1:-1]) if ord(c) < 32 or ord(c) == 127 else c
-        for c in text
+        (mark if mark is not None else repr(c)[1:-1]) if _unprintable(c) else c for c in text
     )
+
+
+def _unprintable(c: str) -> bool:
+    return ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF
 
 
 def overlay_name(path: Path, used: set[str]) -> str:

@@ -322,3 +322,13 @@ def test_copies_of_the_runs_test_images_as_good_images_are_named(scored_ae_run, 
         capsys, "threshold", "--run", run, "--rule", "normal-quantile", "--good-images", good
     )
     assert code == 0 and f"{len(tested)} of its {len(tested)} images are test images" in err
+
+
+def test_a_file_name_that_is_not_utf8_is_printed(scored_ae_run, tiny_cookies, tmp_path, capsys):
+    import os
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")  # Latin-1, as old cameras write
+    shutil.copy(_image(tiny_cookies), odd)
+    code, out, _ = _cli(capsys, "predict", "--run", run, os.fsdecode(odd))
+    assert code == 0 and out.split("\t")[0].endswith("caf\\udce9.png")
