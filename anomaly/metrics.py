@@ -37,8 +37,7 @@ def _check_binary(labels: np.ndarray, what: str) -> None:
 def image_auroc(labels, scores) -> float:
     """Area under the ROC curve of image scores (0.5 = chance, 1.0 = perfect ranking); ties
     count one half, as scikit-learn's roc_auc_score (the same value, without importing it)."""
-    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
-    _check_binary(labels, "image_auroc")
+    labels, scores = _checked(labels, scores, "image_auroc")
     return float(_auroc_rows(scores[labels][None], scores[~labels][None])[0])
 
 
@@ -55,8 +54,7 @@ def auroc_interval(
     than that are not shown apart by such a test set. It does not cover another training set
     or seed. Deterministic for a `seed`.
     """
-    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
-    _check_binary(labels, "auroc_interval")
+    labels, scores = _checked(labels, scores, "auroc_interval")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level is a probability in (0, 1), got {level}")
     rng = np.random.default_rng(seed)
@@ -80,22 +78,41 @@ def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return (below + 0.5 * (upto - below)).sum(1) / (pos.shape[1] * neg.shape[1])
 
 
-def _precision_recall(labels: np.ndarray, scores: np.ndarray):
-    """Precision and recall of "anomalous iff score >= t" at every distinct score t, thresholds
-    ascending: scikit-learn's precision_recall_curve without its final (1, 0) point."""
+def _cuts(labels: np.ndarray, scores: np.ndarray):
+    """Counts of "anomalous iff score >= t" at every distinct score t, thresholds descending:
+    (true positives, images flagged, t)."""
     order = np.argsort(-scores, kind="mergesort")
     ranked, hits = scores[order], labels[order]
     last = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]  # each score's last image
-    tp = np.cumsum(hits)[last]
-    precision, recall = tp / (last + 1), tp / tp[-1]
-    return precision[::-1], recall[::-1], ranked[last][::-1]
+    return np.cumsum(hits)[last], last + 1, ranked[last]
+
+
+def _precision_recall(labels: np.ndarray, scores: np.ndarray):
+    """Precision and recall of "anomalous iff score >= t" at every distinct score t, thresholds
+    ascending: scikit-learn's precision_recall_curve without its final (1, 0) point."""
+    tp, flagged, thresholds = _cuts(labels, scores)
+    precision, recall = tp / flagged, tp / tp[-1]
+    return precision[::-1], recall[::-1], thresholds[::-1]
+
+
+def _checked(labels, scores, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as booleans and scores as float64, flat; ValueError when the labels are of one
+    class or a score is NaN or infinite (it has no place in a ranking)."""
+    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
+    _check_binary(labels, what)
+    if not np.isfinite(scores).all():
+        bad = int(np.count_nonzero(~np.isfinite(scores)))
+        raise ValueError(
+            f"{what}: {bad} of the {scores.size} scores are NaN or infinite; a model that gives "
+            "them ranks nothing (train it again)"
+        )
+    return labels, scores
 
 
 def image_ap(labels, scores) -> float:
     """Average precision of image scores: sum over thresholds of precision times the recall it
     adds (scikit-learn's average_precision_score, no interpolation)."""
-    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
-    _check_binary(labels, "image_ap")
+    labels, scores = _checked(labels, scores, "image_ap")
     precision, recall, _ = _precision_recall(labels, scores)
     return float(np.sum(np.diff(np.r_[0.0, recall[::-1]]) * precision[::-1]))
 
@@ -109,11 +126,11 @@ def f1_max(labels, scores) -> tuple[float, float]:
     scored again with float noise (ONNX, another machine: about 1e-6) keeps its verdict. When
     every image is flagged there is no lower score: it is then the lowest score.
     """
-    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
-    _check_binary(labels, "f1_max")
-    precision, recall, thresholds = _precision_recall(labels, scores)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    labels, scores = _checked(labels, scores, "f1_max")
+    tp, flagged, thresholds = (a[::-1] for a in _cuts(labels, scores))  # thresholds ascending
+    # F1 = 2 tp / (flagged + positives), from whole counts: equal F1s are equal floats, so the
+    # first maximum is the lowest cut (2PR / (P + R) could differ by a rounding step)
+    f1 = 2 * tp / (flagged + np.count_nonzero(labels))
     best = int(np.argmax(f1))
     value = float(thresholds[best])
     if best:  # a lower score passes: midway between it and the lowest flagged one

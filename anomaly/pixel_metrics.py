@@ -22,6 +22,8 @@ def _pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     masks, maps = np.asarray(masks), np.asarray(maps)
     if masks.shape != maps.shape:
         raise ValueError(f"masks {masks.shape} and maps {maps.shape} must have the same shape")
+    if not np.isfinite(maps).all():  # a NaN pixel has no place in a ranking of pixels
+        raise ValueError("the maps hold NaN or infinite values; the model gives no usable maps")
     return masks > 0, maps
 
 

@@ -324,7 +324,7 @@ def test_image_metrics_equal_scikit_learns_with_ties():
         precision, recall, thresholds = precision_recall_curve(labels, scores)
         p, r = precision[:-1], recall[:-1]
         f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0)
-        best = int(np.argmax(f1))
+        best = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[0])  # the lowest cut of the best F1
         got, t = f1_max(labels, scores)
         assert got == pytest.approx(f1[best], abs=1e-12)
         below = np.max(scores[scores < thresholds[best]], initial=-np.inf)  # sklearn's cut
@@ -345,3 +345,54 @@ def test_the_f1_threshold_sits_between_scores_not_on_one():
     # neighbouring floats: nothing lies between, so the flagged score itself
     low = np.nextafter(1.0, 0.0)
     assert f1_max([0, 1], [low, 1.0]) == (1.0, 1.0)
+
+
+def test_f1_threshold_is_the_lowest_cut_of_the_best_f1_even_when_floats_differ():
+    """2PR / (P + R) gave equal F1s unequal floats, and argmax took the higher cut (session
+    18's metrics audit): the saved f1 threshold then passed a defect the lower cut flags."""
+    from anomaly.metrics import f1_max
+
+    labels = np.array([0, 0, 1, 0, 1, 1, 0, 0, 1])
+    scores = np.array([1.0, 4, 0, 4, 3, 5, 2, 1, 5])
+    f1, threshold = f1_max(labels, scores)  # cuts at 3 and at 5 both give F1 = 2/3 exactly
+    assert f1 == pytest.approx(2 / 3) and threshold == 2.5
+
+
+@pytest.mark.parametrize("name", ["image_auroc", "image_ap", "f1_max", "auroc_interval"])
+def test_image_metrics_refuse_nan_scores(name):
+    from anomaly import metrics
+
+    with pytest.raises(ValueError, match="1 of the 4 scores are NaN or infinite"):
+        getattr(metrics, name)(np.array([0, 0, 1, 1]), np.array([0.1, np.nan, 0.5, 0.7]))
+
+
+def test_pixel_metrics_refuse_nan_maps():
+    from anomaly.pixel_metrics import aupro, pixel_auroc
+
+    masks = np.zeros((1, 4, 4), np.uint8)
+    masks[0, :2, :2] = 1
+    maps = np.random.default_rng(0).random((1, 4, 4))
+    maps[0, 3, 3] = np.nan
+    for metric in (pixel_auroc, aupro):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metric(masks, maps)
+
+
+def test_detectability_rejects_at_most_the_stated_share_of_good_images():
+    """The interpolated quantile rejected 2 of 25 good images at a 5 % false-reject rate."""
+    from anomaly.benchmark_tables import detectability
+    from anomaly.detectors.base import Predictions
+
+    rng = np.random.default_rng(0)
+    for n_good in (25, 100, 7):
+        n = n_good + 10
+        labels = np.r_[np.zeros(n_good), np.ones(10)].astype(int)
+        masks = np.zeros((n, 8, 8), np.uint8)
+        masks[n_good:, :2, :2] = 1
+        pred = Predictions(
+            [str(i) for i in range(n)], labels, ["good"] * n_good + ["x"] * 10,
+            rng.random(n), np.zeros((n, 8, 8)), masks,
+        )  # fmt: skip
+        t = detectability(pred, frr=0.05)["threshold"]
+        rejected = int((pred.scores[:n_good] >= t).sum())
+        assert rejected == int(0.05 * n_good)  # 1 of 25, 5 of 100, 0 of 7
