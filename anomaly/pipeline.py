@@ -126,9 +126,9 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
             f"what it learns: {', '.join('--' + f.replace('_', '-') for f in refused)}."
             " Train a new run (another --out) for new settings"
         )
-    split = run.split()
+    split, moved_split = run.split(), None
     if wanted.data and os.path.abspath(wanted.data) != os.path.abspath(config.data):
-        split = _moved(split, config.data, wanted.data)  # the same images, in their new place
+        split = moved_split = _moved(split, config.data, wanted.data)  # the same images, moved
         config = config.replace(data=wanted.data)
     wanted = config.replace(**{f: getattr(wanted, f) for f in RESUMABLE_FIELDS}).validate()
     if guards.stopped_before_threshold(run):
@@ -173,7 +173,8 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
     with run.lock("train"):
         train, val = _datasets(wanted, split)
         detector.to(device)
-        writes = guards.ResumeWrites(run, wanted, from_epoch=done)  # config.json: 1st epoch
+        # config.json (and a moved split.json) are written with the first epoch
+        writes = guards.ResumeWrites(run, wanted, from_epoch=done, split=moved_split)
         _fit(run, detector, train, val, progress, resume=True, checkpoints=writes)
         _default_threshold(run, detector, train, val, keep_user_threshold=True)
     return detector
@@ -357,12 +358,22 @@ def _scored_data(folder: Path) -> str | None:
 
 def _trained(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
     """The images the run trained on or held out, relative to its data folder `trained_on`,
-    when `data` is that folder: in the plain layout its test images are then every other one
-    (good images added since training are tested; none moves a trained image into the test)."""
+    found in `data`: in the plain layout its test images are then every other one (good images
+    added since training are tested; none moves a trained image into the test). In another
+    folder than `trained_on` (the data moved, or other data), an image counts by its place and
+    its bytes (split.json's SHA-256s): a copy of the set keeps its split, another set with the
+    same file names is all tested. None where split.json says nothing."""
     split, root = rd.split(), os.path.abspath(trained_on)
-    if split is None or os.path.abspath(data) != root:
+    if split is None:
         return None
-    return {os.path.relpath(p, root).replace(os.sep, "/") for p in split["train"] + split["val"]}
+    names = [os.path.relpath(p, root).replace(os.sep, "/") for p in split["train"] + split["val"]]
+    if os.path.abspath(data) == root:
+        return set(names)
+    digests = split.get("sha256") or []
+    if len(digests) != len(names):  # an older run: no way to tell a copy from other data
+        return None
+    here = [(n, Path(data) / n, d) for n, d in zip(names, digests)]
+    return {n for n, p, d in here if p.is_file() and sha256_file(p) == d} or None
 
 
 def trained_images(rd: RunDir) -> dict | None:

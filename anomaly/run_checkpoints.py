@@ -3,9 +3,11 @@ must agree on, and `CheckpointFiles`, the part of `anomaly.runs.RunDir` that rea
 them (nothing in them is unpickled: `safe_files.safe_torch_load`).
 
 model.pt holds the model and nothing that changes from one identical training to the next (how
-long fitting took goes to versions.json: `RunDir.save_fit_seconds`), so the same data and seed
-give the same file, and a threshold chosen for one is accepted by the other
-(`threshold_file.check_model` compares the file's SHA-256). Older model.pt files still hold
+long fitting took goes to versions.json: `RunDir.save_fit_seconds`), so the same data, seed
+and flags give the same file, and a threshold chosen for one is accepted by the other
+(`threshold_file.check_model` compares the file's SHA-256). The file holds the run's config,
+so runs whose weights agree but whose config.json differs (the data folder's path, --workers,
+--device) are other models to it. Older model.pt files still hold
 their `fit_seconds`; nothing reads it.
 """
 

@@ -59,7 +59,7 @@ from anomaly.safe_files import (
 def versions() -> dict:
     """The versions that made a run (saved as versions.json, where `RunDir.save_fit_seconds`
     adds how long fitting took)."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     import numpy
     import sklearn
@@ -68,17 +68,38 @@ def versions() -> dict:
     from anomaly import __version__
     from anomaly.data.cookies import GENERATOR_VERSION
 
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     return {
         "anomaly": __version__,
         "cookie_generator": GENERATOR_VERSION,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "processor": _processor(),  # float results differ between processors
         "torch": torch.__version__,
-        "torchvision": version("torchvision"),  # importing it costs about 2 s
+        "torch_threads": torch.get_num_threads(),  # some trainings differ by thread count
+        "torchvision": installed("torchvision"),  # importing it costs about 2 s
+        # None: not installed, so --runtime auto ran torch (last digits of a patchknn bank)
+        "onnxruntime": installed("onnxruntime"),
         "numpy": numpy.__version__,
         "scikit-learn": sklearn.__version__,
+        "scipy": installed("scipy"),
+        "pillow": installed("pillow"),  # decodes every image
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
     }
+
+
+def _processor() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` says."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 MAP_LIMIT = 1e30  # map values a run's files may name: float32 maps scaled by them stay finite
@@ -301,7 +322,7 @@ class RunDir(CheckpointFiles):
     def save_fit_seconds(self, seconds: float) -> None:
         """Record how long fitting took in versions.json, beside the versions and the platform
         it took that long on (in the last "resumed" entry after a resume). Not in model.pt: the
-        same data and seed then give the same model.pt, and a threshold chosen for one is
+        same data, seed and flags then give the same model.pt, and a threshold chosen for one is
         accepted by the other (`threshold_file.check_model`). A versions.json that does not
         read as a record is left alone."""
         record = self.versions_record()

@@ -119,14 +119,19 @@ class ResumeWrites:
     (as a fresh run's is): config.json and model.pt never disagree, and `score` says to finish
     the training rather than to restore config.json."""
 
-    def __init__(self, run: RunDir, config: Config, from_epoch: int) -> None:
+    def __init__(
+        self, run: RunDir, config: Config, from_epoch: int, split: dict | None = None
+    ) -> None:
         self.run, self.config, self.from_epoch, self.started = run, config, from_epoch, False
+        self.split = split  # the split with its images moved to --data: saved with config.json
 
     def _start(self, new_model: bool) -> None:
         if self.started:
             return
         self.started = True
         self.run.save_config(self.config)
+        if self.split is not None:  # config.json names the new data folder, and so must it
+            write_json(self.run.file(self.run.SPLIT), self.split)
         self._record_versions()
         if not new_model and self.run.has_model():
             payload = self.run.checkpoint()

@@ -332,3 +332,68 @@ def test_a_file_name_that_is_not_utf8_is_printed(scored_ae_run, tiny_cookies, tm
     shutil.copy(_image(tiny_cookies), odd)
     code, out, _ = _cli(capsys, "predict", "--run", run, os.fsdecode(odd))
     assert code == 0 and out.split("\t")[0].endswith("caf\\udce9.png")
+
+
+# --- reproducing a run (session 18's audit) --------------------------------------------------
+def test_a_run_resumed_on_moved_data_can_be_resumed_again(tiny_cookies, tmp_path, capsys):
+    """--resume --data NEW saved config.json with NEW but kept split.json's old paths: the
+    next --resume said the images had changed."""
+    import json
+
+    from helpers import tiny_config
+
+    from anomaly.pipeline import train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    run = tmp_path / "run"
+    train_run(tiny_config(data, "ae"), run, progress=False)
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    assert (
+        main(["train", "--out", str(run), "--resume", "--epochs", "3", "--data", str(moved)]) == 0
+    )
+    split = json.loads((run / "split.json").read_text())
+    assert all(p.startswith(str(moved)) for p in split["train"] + split["val"])
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "4"]) == 0
+    capsys.readouterr()
+
+
+def test_a_plain_data_set_moved_keeps_its_split_when_scored_there(tmp_path, capsys):
+    """On a moved plain data set score tested trained images and skipped new ones (the split
+    applied only at the folder the run was trained on)."""
+    import csv
+
+    from anomaly.config import Config
+    from anomaly.pipeline import score_run, train_run
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "plain"
+    for kind, n in (("good", 20), ("stain", 4)):
+        (data / kind).mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(a).save(data / kind / f"{i:03d}.png")
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    for i in range(2):  # new good photos there, named to sort first
+        a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(a).save(moved / "good" / f"0{i}.png")
+    score_run(run, data=str(moved), out=run, overlays=False)
+    with open(run / "scores.csv") as f:
+        tested = sorted(r["file"] for r in csv.DictReader(f) if r["label"] == "0")
+    split = (run / "split.json").read_text()
+    assert not any(f"good/{name}.png" in split for name in tested)  # none trained or held out
+    assert {"00", "01"} <= set(tested) and len(tested) == 6  # the 4 held back, and the new two
+    capsys.readouterr()
+
+
+def test_versions_json_records_what_changes_results(scored_ae_run):
+    import json
+
+    record = json.loads((scored_ae_run / "versions.json").read_text())
+    for key in ("processor", "torch_threads", "onnxruntime", "pillow", "scipy"):
+        assert key in record
+    assert record["pillow"] and isinstance(record["torch_threads"], int)
