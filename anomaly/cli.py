@@ -184,7 +184,7 @@ def _predict(args) -> int:
     for r in results:  # one row per input, in order; tab-separated, so names are printable
         cols = ("-", "ERROR", "-")
         if "error" not in r:
-            cols = (f"{r['score']:.6g}", r["verdict"], r["overlay"] or "-")
+            cols = (f"{r['score']:.6g}", r["verdict"], printable(r["overlay"] or "-"))
         print("\t".join((printable(r["path"]), *cols)))
     good = [r for r in results if "error" not in r]
     broken = [r["path"] for r in good if not math.isfinite(r["score"])]
