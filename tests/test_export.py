@@ -279,3 +279,16 @@ def test_an_auto_choice_that_learned_enlarged_images_is_not_exported(
     with pytest.raises(ExportError, match="works at 64 px, but the run gave it images of 48 px"):
         export_onnx(run, tmp_path / "auto.onnx")
     assert not (tmp_path / "auto.onnx").exists()
+
+
+def test_predict_onnx_takes_out_and_no_overlays(exported, tiny_cookies, tmp_path, capsys):
+    from anomaly.cli import main
+
+    _, path = exported
+    image = str(_test_images(tiny_cookies)[0])
+    mine = tmp_path / "mine"
+    assert main(["predict", "--onnx", str(path), image, "--out", str(mine)]) == 0
+    row = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert row[3] == str(mine / "000_overlay.png") and (mine / "000_overlay.png").is_file()
+    assert main(["predict", "--onnx", str(path), image, "--no-overlays"]) == 0
+    assert capsys.readouterr().out.rstrip("\n").split("\t")[3] == "-"
