@@ -48,8 +48,8 @@ NOTEBOOKS = {
     "02_train_autoencoder": [
         "# 02 Train an auto-encoder and a UNet on normal cookies\n\n"
         "Both learn to reconstruct defect-free images; notebook 03 looks at where they fail. "
-        "Runs land in `runs/`; with the default settings these are the folders `make benchmark` "
-        "writes, so a run that already exists is reused.",
+        "Runs land in `runs/`: with the default settings the notebooks reuse the runs `make "
+        "benchmark` wrote in `runs/benchmark`, and train what is missing in `runs/notebooks`.",
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\nanomaly.AnomalyDataset(data, 'train', size=128, channels=1)",
         "Training shows a progress bar (terminal and JupyterLab), keeps the best checkpoint by "
@@ -285,8 +285,9 @@ NOTEBOOKS = {
         "## Set the threshold on good photos from the line\nThe guarantee said at most 5 % of "
         "good photos rejected; the last line shows far more. The held-out photos were not "
         "exchangeable with the test ones: they are crops of the training coins, a few pixels "
-        "from training crops, so they score lower than photos of other coins (numbers in the "
-        "last section). A factory meets the same when the held-out images are consecutive "
+        "from training crops or the very same crop (train warned of 3 held-out photos that "
+        "are byte-identical copies of training ones), so they score lower than photos of "
+        "other coins (numbers in the last section). A factory meets the same when the held-out images are consecutive "
         "frames of one part, or one batch. The remedy: set the threshold on a separate folder "
         "of good photos taken as the photos to check will be (other parts and batches, the "
         "same camera and light, none used in training). Here 24 fresh good crops of the test "
@@ -311,8 +312,8 @@ NOTEBOOKS = {
         "print(own.verdicts_text(results))\nown.verdicts_figure(results)",
         "## When it does poorly\n**Good photos rejected far more often than alpha**: the "
         "photos the threshold was set on were not like the new ones. Here the held-out ones "
-        "are crops of 12 training coins, several of each a few pixels apart, so a held-out "
-        "photo nearly repeats a training one, while the test and new photos show 8 other coins "
+        "are crops of 12 training coins, several of each a few pixels apart (some identical), "
+        "so a held-out photo nearly or exactly repeats a training one, while the test and new photos show 8 other coins "
         "(the first lines below: the good photos from the line score like the test ones). With "
         "your own: set it on good photos from the line (`--good-images`), one photo per part, "
         "parts from several batches or days. The same closeness makes auto's fakes easier than "
