@@ -226,9 +226,10 @@ def _transparent(im: Image.Image) -> bool:
 def summarize(paths) -> dict:
     """What the training images are, for split.json: {"colour": [False and/or True],
     "bits": [...], "aspect": [lowest, highest], "side": [shortest, longest] of their shorter
-    sides in px, "transparent": [False and/or True]} over the files that can be read. Warns, naming the extremes, when their aspect
-    ratios differ more than `ASPECT_FACTOR` times: each is stretched to the same square, so one
-    object is distorted differently from image to image."""
+    sides in px, "transparent": [False and/or True]} over the files that can be read. Warns,
+    naming the extremes, when their aspect ratios differ more than `ASPECT_FACTOR` times: each
+    is stretched to the same square, so one object is distorted differently from image to
+    image."""
     read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p)) is not None]
     if not read:
         return {}
