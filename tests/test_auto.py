@@ -269,3 +269,13 @@ def test_every_training_image_is_read_before_the_trials(monkeypatch):
     with pytest.raises(DataError, match="cut.png"):  # one the split and the trials skip
         AutoDetector(_config(), trial_images=2).fit(Logged(data, bad=min(unused)))
     assert "trial" not in events
+
+
+def test_each_candidate_row_says_the_size_its_images_were_resized_to(stubs):
+    """selection.json named a candidate's size only when it differed from its method's
+    default: a reader could not tell what size flow or the default patchknn saw."""
+    grid = [{"method": "stub-blind"}, {"method": "stub-mean", "size": SIZE}]
+    auto = AutoDetector(_config(), candidates=grid).fit(textures())
+    rows = auto.selection["candidates"]
+    assert rows[1]["size"] == SIZE and isinstance(rows[0]["size"], int)
+    assert f"{SIZE:4d} px  stub-mean size={SIZE}" in format_selection(auto.selection)

@@ -395,7 +395,7 @@ class AutoDetector(Detector):
         """Fit one candidate on the trial images (or reuse the fit of one that differs only in
         `SCORE_FIELDS`, kept in `fitted`) and score the held-out images: its selection row."""
         row = {"name": candidate_name(settings), "settings": dict(settings)}
-        row |= dict.fromkeys(("image_auroc", "pixel_auroc", "aupro", *ROW_TIMINGS))
+        row |= dict.fromkeys(("size", "image_auroc", "pixel_auroc", "aupro", *ROW_TIMINGS))
         row |= dict.fromkeys(("fit_shared_with", "error"))
         if settings["method"] not in REGISTRY:
             row["error"] = f"method {settings['method']!r} is not available"
@@ -404,6 +404,7 @@ class AutoDetector(Detector):
             {k: v for k, v in settings.items() if k not in SCORE_FIELDS}, sort_keys=True
         )
         try:
+            row["size"] = candidate_config(self.config, settings).size  # its images' size
             t0 = time.perf_counter()
             if key in fitted:
                 name, detector = fitted[key]

@@ -111,8 +111,9 @@ def format_selection(selection: dict) -> str:
             fit, score = row.get("fit_s"), row.get("score_s")  # in columns (names vary in length)
             fit = "    -" if fit is None else f"{fit:5.1f}"  # None: model.pt's record alone
             ms = "   -" if score is None else f"{1000 * score / max(scored, 1):4.0f}"
+            size = f"{row['size']:4d} px" if isinstance(row.get("size"), int) else "   - px"
             lines.append(
                 f" {mark} image AUROC {row['image_auroc']:.4f}  AUPRO {row['aupro']:.4f}  "
-                f"fit {fit} s  predict {ms} ms/image  {row['name']}"
+                f"fit {fit} s  predict {ms} ms/image  {size}  {row['name']}"
             )
     return "\n".join(lines)
