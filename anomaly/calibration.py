@@ -77,11 +77,7 @@ def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
 def _refuse_training_images(rd: RunDir, folder: Path, images: list[Path], hashes: list[str]):
     """DataError when images of the folder are (byte for byte) images the run trained on."""
     split = rd.split() or {}
-    sizes = {p.stat().st_size for p in images}  # only a file of the same size can be a copy
-    trained = {}
-    for p in map(Path, split.get("train", [])):
-        if p.is_file() and p.stat().st_size in sizes:
-            trained.setdefault(sha256_file(p), p)
+    trained = _digests(map(Path, split.get("train", [])), images)
     same = [(image, trained[h]) for image, h in zip(images, hashes) if h in trained]
     if same:
         pairs = ", ".join(f"{a.name} = {b}" for a, b in same[:3])
@@ -90,6 +86,17 @@ def _refuse_training_images(rd: RunDir, folder: Path, images: list[Path], hashes
             f"{rd} ({pairs}). The run scores what it learned from low, so the threshold would "
             "reject too many new good parts: use good images the run was not trained on"
         )
+
+
+def _digests(files, images: list[Path]) -> dict[str, Path]:
+    """{SHA-256: file} of the existing `files` that could be copies of one of `images`: only
+    those of a size one of them has are read."""
+    sizes = {p.stat().st_size for p in images}
+    found: dict[str, Path] = {}
+    for p in files:
+        if p.is_file() and p.stat().st_size in sizes:
+            found.setdefault(sha256_file(p), p)
+    return found
 
 
 def _check_readable(folder: Path, images: list[Path], size: int, channels: int) -> None:
@@ -164,8 +171,7 @@ def _warn_test_images(rd: RunDir, folder: Path, images: list[Path], hashes: list
     with contextlib.suppress(Exception):  # damaged scores.csv: score says so, not threshold
         tested = [Path(r.get("path", "")) for r in read_scores(rd)]
         real = {os.path.realpath(p) for p in tested}
-        sizes = {p.stat().st_size for p in images}  # only a file of the same size can be a copy
-        copies = {sha256_file(p) for p in tested if p.is_file() and p.stat().st_size in sizes}
+        copies = _digests(tested, images)
         same = [p for p, h in zip(images, hashes) if os.path.realpath(p) in real or h in copies]
         if same:
             warnings.warn(

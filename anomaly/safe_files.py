@@ -158,12 +158,14 @@ def overlay_mark():
 
 
 def marked_overlay(path: Path) -> bool:
-    """Whether `path` is a PNG that carries `OVERLAY_MARK` (one `score` wrote)."""
+    """Whether `path` is a PNG that carries `OVERLAY_MARK` (one `score` wrote) in the header
+    Pillow reads on opening (`save_png` writes the chunk there), without decoding its pixels
+    (`im.text` would, to find chunks after them)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.format == "PNG" and im.text.get(OVERLAY_MARK[0]) == OVERLAY_MARK[1]
+            return im.format == "PNG" and im.info.get(OVERLAY_MARK[0]) == OVERLAY_MARK[1]
     except Exception:  # noqa: BLE001  (anything else is not ours)
         return False
 
