@@ -226,13 +226,19 @@ def _held_out_words(run, value: float) -> str:
 
 def _threshold_words(t) -> str:
     """The threshold, the rule that set it and what it guarantees, in one line."""
-    from anomaly.threshold_file import guarantee_words
+    from anomaly.threshold_file import UNRECORDED, guarantee_words
 
     words = f"threshold {t.value:.6g} ({t.rule})"
     if (t.params or {}).get("earlier_model"):
         return (
             f"{words}: chosen on an earlier model of this run, so its guarantee no longer "
             "holds; choose it again with `python -m anomaly threshold`"
+        )
+    if (t.params or {}).get(UNRECORDED) and t.rule == "conformal":
+        return (
+            f"{words}: it does not record the model it was chosen for (saved by an older "
+            "version, or the record deleted), so no guarantee is claimed; choose it again with "
+            "`python -m anomaly threshold`"
         )
     if guarantee := guarantee_words(t.rule, t.params or {}):
         return f"{words}: guarantee: {guarantee}"

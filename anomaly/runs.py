@@ -290,7 +290,8 @@ class RunDir(CheckpointFiles):
 
     def threshold(self):
         """threshold.json; RunError naming it when it does not parse, holds a field of the wrong
-        kind or records another model than model.pt (`anomaly.threshold_file`)."""
+        kind or records another model than model.pt (`anomaly.threshold_file`). One that records
+        no model (older, or the record deleted) is used without a guarantee (`UNRECORDED`)."""
         from anomaly.metrics import Threshold
 
         path, fix = self.file(self.THRESHOLD), f"python -m anomaly threshold --run {self.path}"
@@ -304,6 +305,8 @@ class RunDir(CheckpointFiles):
             threshold_file.check_model(raw, self.file(self.MODEL))
         except ValueError as err:  # copied from another run
             raise RunError(f"{path} {err}. Set one for this model: `{fix} --rule ...`") from None
+        if threshold_file.MODEL_RECORD not in raw and self.file(self.MODEL).is_file():
+            threshold.params[threshold_file.UNRECORDED] = True  # older, or deleted from a copy
         return threshold
 
     def has_threshold(self) -> bool:
@@ -313,6 +316,8 @@ class RunDir(CheckpointFiles):
         """Write threshold.json, recording the SHA-256 of the run's model.pt (the model it is
         chosen for); ValueError, and nothing written, for one `threshold()` would refuse."""
         path, d = self.file(self.THRESHOLD), json.loads(threshold.to_json())
+        if isinstance(d.get("params"), dict):  # recorded now (`threshold()` marks one that is not)
+            d["params"].pop(threshold_file.UNRECORDED, None)
         try:
             threshold_file.check_threshold(d)
         except (TypeError, ValueError) as err:

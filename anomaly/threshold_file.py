@@ -19,6 +19,9 @@ from pathlib import Path
 from anomaly.safe_files import finite, read_record, sha256_file
 
 MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it was chosen for
+# a param `RunDir.threshold` sets (in memory) on one without that record beside a model.pt: from
+# an older version, or the record deleted from a copy; no guarantee is claimed for it
+UNRECORDED = "model_unrecorded"
 # the rules that save thresholds: anomaly.metrics' threshold_* functions, and the explorer
 RULES = (
     "manual",
@@ -59,7 +62,7 @@ PARAMS = {
     **dict.fromkeys(("n", "n_normal", "n_images", "rank", "tp", "fp", "tn", "fn"), _COUNT),
     **dict.fromkeys(("cost_false_reject", "cost_escape"), _COST),
     **dict.fromkeys(("guarantee", "set_by", "method"), _WORDS),
-    **dict.fromkeys(("earlier_model", "in_sample"), _FLAG),
+    **dict.fromkeys(("earlier_model", "in_sample", UNRECORDED), _FLAG),
 }
 
 
@@ -173,9 +176,13 @@ def guarantee_words(rule: str, params: dict) -> str | None:
     anything, and only its alpha says how much. The file's own words (`params["guarantee"]`,
     which name the folder a guarantee set on a folder rests on) are shown only when they state
     that alpha; otherwise the words are made from alpha and n. A threshold.json may be someone
-    else's: it cannot print a guarantee its numbers do not give."""
+    else's: it cannot print a guarantee its numbers do not give. None, too, for one chosen on an
+    earlier model of the run ("earlier_model") or not recorded as chosen for its model
+    (`UNRECORDED`): the guarantee was about another model's scores, or may have been."""
     alpha, n = params.get("alpha"), params.get("n")
     if rule != "conformal" or not (finite(alpha) and 0 < alpha < 1):
+        return None
+    if params.get("earlier_model") is True or params.get(UNRECORDED) is True:
         return None
     bound = f"false-reject rate <= {100 * alpha:.3g}% for new good parts "
     text = params.get("guarantee")

@@ -82,8 +82,12 @@ def at_saved(saved: Threshold | None, threshold: float) -> bool:
 
 
 def guarantee(saved: Threshold | None) -> str | None:
-    """The false-reject bound a saved threshold guarantees (the conformal rule), or None."""
-    if saved is None or saved.rule != "conformal" or "alpha" not in saved.params:
+    """The false-reject bound a saved threshold guarantees (the conformal rule), or None (also
+    for one chosen on an earlier model, or not recorded as chosen for this one:
+    `anomaly.threshold_file.guarantee_words`)."""
+    from anomaly.threshold_file import guarantee_words
+
+    if saved is None or not guarantee_words(saved.rule, saved.params or {}):
         return None
     return f"<= {100 * float(saved.params['alpha']):.3g}%"
 

@@ -1,0 +1,94 @@
+"""Session 19: a saved threshold's guarantee is claimed only for the model it was chosen for,
+everywhere the threshold is shown (predict, the explorer, the notebooks' text, an export)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers import tiny_config
+
+from anomaly.calibration import set_threshold
+from anomaly.cli import main
+from anomaly.explorer.text import guarantee
+from anomaly.metrics import Threshold
+from anomaly.notebook_photos import threshold_text
+from anomaly.pipeline import score_run, train_run
+from anomaly.runs import RunDir
+from anomaly.threshold_file import MODEL_RECORD, UNRECORDED, guarantee_words
+
+
+@pytest.fixture(scope="module")
+def conformal_run(tiny_cookies, tmp_path_factory):
+    """A scored meandiff run with a conformal threshold on its held-out images."""
+    run = tmp_path_factory.mktemp("w19") / "md"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    score_run(run, overlays=False)
+    set_threshold(run, "conformal", 0.5)
+    return run
+
+
+@pytest.fixture
+def unrecorded(conformal_run, tmp_path):
+    """A copy of the run whose threshold.json lost its record of the model (an older version's
+    file, or a copy of another run's threshold with the record deleted)."""
+    run = shutil.copytree(conformal_run, tmp_path / "md")
+    saved = json.loads((run / "threshold.json").read_text())
+    del saved[MODEL_RECORD]
+    (run / "threshold.json").write_text(json.dumps(saved))
+    return run
+
+
+def _image(tiny_cookies):
+    return str(min((tiny_cookies / "test" / "good").glob("*.png")))
+
+
+def test_a_threshold_without_its_models_record_claims_no_guarantee(
+    conformal_run, unrecorded, tiny_cookies, capsys
+):
+    recorded = RunDir(conformal_run).threshold()
+    assert guarantee_words(recorded.rule, recorded.params)  # the run's own: a guarantee
+    kept = RunDir(unrecorded).threshold()
+    assert kept.value == recorded.value and kept.params[UNRECORDED] is True
+    assert guarantee_words(kept.rule, kept.params) is None
+    assert main(["predict", "--run", str(unrecorded), "--no-overlays", _image(tiny_cookies)]) == 0
+    err = capsys.readouterr().err
+    assert "does not record the model it was chosen for" in err and "guarantee:" not in err
+    assert (
+        main(["predict", "--run", str(conformal_run), "--no-overlays", _image(tiny_cookies)]) == 0
+    )
+    assert "guarantee: false-reject rate <=" in capsys.readouterr().err
+    assert guarantee(kept) is None and guarantee(recorded).startswith("<= ")  # the explorer
+    assert "guarantee: none" in threshold_text(unrecorded, kept)  # notebook 07's text
+    RunDir(unrecorded).save_threshold(kept)  # saved again: recorded, the mark not written
+    saved = json.loads((unrecorded / "threshold.json").read_text())
+    assert MODEL_RECORD in saved and UNRECORDED not in saved["params"]
+
+
+def test_a_threshold_of_an_earlier_model_claims_no_guarantee_anywhere(conformal_run):
+    """Kept after train --resume: predict said so, but the explorer and the notebooks' text made
+    the guarantee again from alpha and n."""
+    params = {"alpha": 0.5, "n": 3, "rank": 2, "earlier_model": True}
+    kept = Threshold(1.0, "conformal", params)
+    assert guarantee_words("conformal", params) is None
+    assert guarantee(kept) is None
+    assert "guarantee: none" in threshold_text(conformal_run, kept)
+
+
+def test_an_export_carries_the_missing_record(tiny_cookies, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    # meandiff cannot be exported: a patchknn run with its record deleted
+    run = tmp_path / "pk"
+    train_run(tiny_config(tiny_cookies, "patchknn"), run, progress=False)
+    set_threshold(run, "conformal", 0.5)
+    saved = json.loads((run / "threshold.json").read_text())
+    del saved[MODEL_RECORD]
+    (run / "threshold.json").write_text(json.dumps(saved))
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "pk.onnx")]) == 0
+    capsys.readouterr()
+    flags = ["--no-overlays", _image(tiny_cookies)]
+    assert main(["predict", "--onnx", str(tmp_path / "pk.onnx"), *flags]) == 0
+    err = capsys.readouterr().err
+    assert "does not record the model it was chosen for" in err and "guarantee:" not in err
