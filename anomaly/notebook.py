@@ -249,7 +249,8 @@ def copy_through_table(runs: dict[str, Path]) -> str:
     from anomaly.maps import l2_map
 
     runs = _named_runs(runs)
-    lines = [f"{'run':<8} {'error in defect':>16} {'error elsewhere':>16} {'ratio':>6}"]
+    w = _name_width(runs)
+    lines = [f"{'run':<{w}} {'error in defect':>16} {'error elsewhere':>16} {'ratio':>6}"]
     for name, run in runs.items():
         det = _reconstructing(run)
         data = _test_data(det.config)
@@ -273,7 +274,7 @@ def copy_through_table(runs: dict[str, Path]) -> str:
                 f"{det.config.data}), so the error inside a defect cannot be measured"
             )
         i, o = torch.cat(inside).mean().item(), torch.cat(outside).mean().item()
-        lines.append(f"{name:<8} {i:>16.5f} {o:>16.5f} {i / o:>6.1f}")
+        lines.append(f"{name:<{w}} {i:>16.5f} {o:>16.5f} {i / o:>6.1f}")
     return "\n".join(lines)
 
 
@@ -381,14 +382,20 @@ def _metrics(run: Path) -> dict:
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
 
 
+def _name_width(runs: dict[str, Path]) -> int:
+    """The first column's width: 8 characters, or the longest name (`orig-unet`)."""
+    return max([8, *map(len, runs)])
+
+
 def metrics_table(runs: dict[str, Path]) -> str:
     """One row per run: the image and pixel metrics of its `metrics.json`."""
     runs = _named_runs(runs)
-    lines = [f"{'method':<8} " + " ".join(f"{k:>12}" for k in METRIC_KEYS)]
+    w = _name_width(runs)
+    lines = [f"{'method':<{w}} " + " ".join(f"{k:>12}" for k in METRIC_KEYS)]
     for name, run in runs.items():
         m = _metrics(run)
         lines.append(
-            f"{name:<8} "
+            f"{name:<{w}} "
             + " ".join(
                 f"{m[k]:>12.3f}" if m.get(k) is not None else f"{'n/a':>12}" for k in METRIC_KEYS
             )

@@ -92,3 +92,14 @@ def test_an_export_carries_the_missing_record(tiny_cookies, tmp_path, capsys):
     assert main(["predict", "--onnx", str(tmp_path / "pk.onnx"), *flags]) == 0
     err = capsys.readouterr().err
     assert "does not record the model it was chosen for" in err and "guarantee:" not in err
+
+
+def test_tables_align_names_longer_than_eight_characters(scored_ae_run):
+    """Notebooks 03 and 04 name a run `orig-unet` (9 characters): its row sat one column right."""
+    import anomaly.notebook as nb
+
+    lines = nb.metrics_table({"orig-unet": scored_ae_run, "ae": scored_ae_run}).splitlines()
+    assert len({len(line) for line in lines}) == 1  # header and rows end in one column
+    assert lines[1].startswith("orig-unet ") and lines[2].startswith("ae        ")
+    rows = nb.copy_through_table({"orig-unet": scored_ae_run, "ae": scored_ae_run}).splitlines()
+    assert len({len(line) for line in rows}) == 1
