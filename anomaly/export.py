@@ -37,6 +37,7 @@ from anomaly.onnx_predict import (  # noqa: F401
     ExportError,
     OnnxDetector,
     is_images_record,
+    predict_each,
     predict_onnx,
     preprocess,
     require,

@@ -1,9 +1,10 @@
 """Score images with a file `anomaly.export` wrote, using numpy, Pillow and onnxruntime alone.
 
-`predict_onnx(onnx_path, images)` (or `OnnxDetector`) never imports torch (a test checks), and
-this module imports nothing else of the package but the Pillow-only `anomaly.data.image_kind`,
-for its warnings and its rule on files of several frames (both reduced when it is absent), so
-this one file can be copied to a machine that has only those three.
+`predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) never
+imports torch (a test checks), and this module imports nothing else of the package but the
+Pillow-only `anomaly.data.image_kind`, for its warnings and its rule on files of several frames
+(both reduced when it is absent), so this one file can be copied to a machine that has only
+those three.
 
 The file's contract, also stored in its `metadata_props` (read them with
 `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):
@@ -401,7 +402,29 @@ class OnnxDetector:
 
 def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]:
     """Scores [N] and maps [N, size, size] of image files (or preprocessed arrays); files unlike
-    the run's training images are named on stderr (`OnnxDetector.warn_unlike`)."""
+    the run's training images are named on stderr (`OnnxDetector.warn_unlike`). The first file
+    it cannot read stops it (ExportError naming the file); for a batch job, `predict_each`."""
     detector = OnnxDetector(onnx_path)
     detector.warn_unlike(images)
     return detector.predict(images)
+
+
+def predict_each(onnx_path: str | Path, images):
+    """For batch jobs: yield (image, score, map, error) for each image file (or preprocessed
+    array) of `images` as it is scored, score a float and map float32 [size, size], or None,
+    None and why the file could not be read: a damaged file does not stop the batch, and one
+    map is held at a time. Compare each score with the file's threshold
+    (`OnnxDetector(onnx_path).threshold`); an image with an error has no verdict."""
+    detector = OnnxDetector(onnx_path)
+    images = list(images)
+    detector.warn_unlike(images)
+    for image in images:
+        try:
+            x = image
+            if isinstance(image, (str, Path)):
+                x = preprocess(image, detector.size, detector.channels)
+        except ExportError as err:  # unreadable: named; a wrong array or graph still raises
+            yield image, None, None, str(err)
+            continue
+        scores, maps = detector.predict([x])
+        yield image, float(scores[0]), maps[0], None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from helpers import tiny_config
 
@@ -103,3 +104,29 @@ def test_tables_align_names_longer_than_eight_characters(scored_ae_run):
     assert lines[1].startswith("orig-unet ") and lines[2].startswith("ae        ")
     rows = nb.copy_through_table({"orig-unet": scored_ae_run, "ae": scored_ae_run}).splitlines()
     assert len({len(line) for line in rows}) == 1
+
+
+def test_a_batch_job_scores_past_an_unreadable_file(tiny_cookies, tmp_path):
+    """predict_onnx stops at the first file it cannot read (and holds every map); predict_each
+    names it and scores the rest, one map at a time, as predict_onnx scores them."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from anomaly.export import ExportError, export_onnx, predict_each, predict_onnx
+
+    run = tmp_path / "pk"
+    train_run(tiny_config(tiny_cookies, "patchknn"), run, progress=False)
+    path = export_onnx(run, tmp_path / "pk.onnx")
+    good = sorted((tiny_cookies / "test" / "good").glob("*.png"))[:2]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG nothing")
+    with pytest.raises(ExportError, match="broken.png"):
+        predict_onnx(path, [good[0], broken, good[1]])
+    rows = list(predict_each(path, (f for f in [good[0], broken, good[1]])))  # a generator too
+    assert [r[0] for r in rows] == [good[0], broken, good[1]]
+    assert rows[1][1:3] == (None, None) and "broken.png: cannot read this image" in rows[1][3]
+    scores, maps = predict_onnx(path, good)
+    for (_, score, amap, error), want, want_map in zip([rows[0], rows[2]], scores, maps):
+        assert error is None and score == pytest.approx(float(want), abs=1e-6)
+        np.testing.assert_array_equal(amap, want_map)
+    with pytest.raises(ExportError, match="takes images of shape"):  # a caller's mistake raises
+        list(predict_each(path, [np.zeros((3, 5, 5), np.float32)]))
