@@ -262,11 +262,14 @@ def threshold_text(run: Path, threshold) -> str:
     from anomaly.calibration import calibration_words
     from anomaly.decision import summary_line
     from anomaly.metrics import confusion
-    from anomaly.threshold_file import guarantee_words
+    from anomaly.threshold_file import UNRECORDED, guarantee_words
 
     pred = RunDir(run).predictions()
     counts = confusion(pred.labels, pred.scores, threshold.value)
     guarantee = guarantee_words(threshold.rule, threshold.params)
+    params = threshold.params or {}
+    if not guarantee and (params.get("earlier_model") or params.get(UNRECORDED)):
+        guarantee = "none: not chosen for this model (choose it again)"
     guarantee = guarantee or "none (use the conformal rule for one)"
     source = calibration_words(threshold)
     text = (

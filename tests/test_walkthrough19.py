@@ -61,7 +61,7 @@ def test_a_threshold_without_its_models_record_claims_no_guarantee(
     )
     assert "guarantee: false-reject rate <=" in capsys.readouterr().err
     assert guarantee(kept) is None and guarantee(recorded).startswith("<= ")  # the explorer
-    assert "guarantee: none" in threshold_text(unrecorded, kept)  # notebook 07's text
+    assert "guarantee: none: not chosen for this model" in threshold_text(unrecorded, kept)
     RunDir(unrecorded).save_threshold(kept)  # saved again: recorded, the mark not written
     saved = json.loads((unrecorded / "threshold.json").read_text())
     assert MODEL_RECORD in saved and UNRECORDED not in saved["params"]
@@ -74,7 +74,7 @@ def test_a_threshold_of_an_earlier_model_claims_no_guarantee_anywhere(conformal_
     kept = Threshold(1.0, "conformal", params)
     assert guarantee_words("conformal", params) is None
     assert guarantee(kept) is None
-    assert "guarantee: none" in threshold_text(conformal_run, kept)
+    assert "guarantee: none: not chosen for this model" in threshold_text(conformal_run, kept)
 
 
 def test_an_export_carries_the_missing_record(tiny_cookies, tmp_path, capsys):
