@@ -99,7 +99,7 @@ NOTEBOOKS = {
         "left out, and the mean of the top 1 %. One ROC curve per choice:",
         "original.score_choices_figure(unet)",
         "# NBVAL_IGNORE_OUTPUT\nprint(original.score_choices_table(unet))",
-        "The choices compared, for both networks (compared by nbval):",
+        "The columns of the comparison (compared by nbval):",
         CHECK + "original.score_choices_table(unet).splitlines()[0]",
         "The same for the original recipe's UNet:",
         "# NBVAL_IGNORE_OUTPUT\nprint(original.score_choices_table(orig))",
@@ -214,8 +214,9 @@ NOTEBOOKS = {
         "when 5% of good images are rejected, by defect area, on the first set (the cookies).",
         "nb.detectability_figure(result)",
         "## How many good images do I need?\nEach method is trained on 1, 2, 4, ... 128 and all "
-        "good training images (three random subsets for n <= 64 for `patchknn`, n <= 8 for "
-        "`unet+kmeans`: `--seeds-up-to`), always against the same "
+        "good training images (`unet+kmeans` from 2, and on 24 too; three random subsets for "
+        "n <= 64 for `patchknn`, n <= 8 for `unet+kmeans`: `--seeds-up-to`), always against "
+        "the same "
         "held-out good images and test set. The right panel is what a QA team lives with: the "
         "fraction of defective parts that pass at the conformal threshold, which guarantees at "
         "most alpha false rejects of good parts (alpha = 1 %, or 1/(n_cal + 1) when too few good "
