@@ -372,7 +372,7 @@ def test_a_symlink_loop_is_reported_as_one(scored_ae_run, tiny_cookies, tmp_path
     code, _, err = run_cli(capsys, "train", "--out", tmp_path / "run", *tiny_flags(data))
     assert code == 2 and "loop.png" in err and "loop" in err.replace("loop.png", "")
     assert "not an image" not in err and not (tmp_path / "run").exists()
-    code, _, err = run_cli(capsys, "predict", "--run", scored_ae_run, loop)
+    code, _, err = run_cli(capsys, "predict", "--run", scored_ae_run, "--no-overlays", loop)
     assert code == 2 and "(a loop)" in err
 
 
@@ -386,7 +386,8 @@ def test_a_broken_link_in_a_folder_to_predict_is_named(
     folder = tmp_path / "check"
     shutil.copytree(tiny_cookies / "test" / "good", folder)
     os.symlink(tmp_path / "gone.png", folder / "000_moved.png")
-    code, out, err = run_cli(capsys, "predict", "--run", scored_ae_run, folder)
+    # no overlays: the session's shared run stays as it was trained and scored
+    code, out, err = run_cli(capsys, "predict", "--run", scored_ae_run, "--no-overlays", folder)
     n_images = len(list((tiny_cookies / "test" / "good").iterdir()))
     assert code == 2 and "000_moved.png" in err and "gone.png, which does not exist" in err
     assert sum(line.count(".png") > 0 for line in out.splitlines()) >= n_images
