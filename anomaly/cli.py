@@ -169,7 +169,9 @@ def _predict(args) -> int:
                 "--workers is for predict --run: predict --onnx decodes in its own process "
                 "(leave --workers out)"
             )
-        results, threshold = predict_files(args.onnx, args.images, args.out, overlays)
+        results, threshold = predict_files(
+            args.onnx, args.images, args.out, overlays, each=_print_row
+        )
     else:
         from anomaly.pipeline import check_workers
         from anomaly.predict import predict_images
@@ -177,15 +179,13 @@ def _predict(args) -> int:
         if args.workers is not None:
             check_workers(args.workers)  # before the model loads or predict/ is made
         results, threshold = predict_images(
-            args.run, args.images, args.out, workers=args.workers, overlays=overlays
+            args.run,
+            args.images,
+            args.out,
+            workers=args.workers,
+            overlays=overlays,
+            each=_print_row,
         )
-    from anomaly.predict import printable
-
-    for r in results:  # one row per input, in order; tab-separated, so names are printable
-        cols = ("-", "ERROR", "-")
-        if "error" not in r:
-            cols = (f"{r['score']:.6g}", r["verdict"], printable(r["overlay"] or "-"))
-        print("\t".join((printable(r["path"]), *cols)))
     good = [r for r in results if "error" not in r]
     broken = [r["path"] for r in good if not math.isfinite(r["score"])]
     if broken:
@@ -211,6 +211,17 @@ def _predict(args) -> int:
         where = f"overlays in {Path(where).parent}" if where else "no overlays written"
         print(f"{_threshold_words(threshold)}; {where}", file=sys.stderr)
     return 0 if not failed and not broken else 2
+
+
+def _print_row(r: dict) -> None:
+    """`predict`'s row for one input, printed (and flushed) as soon as it is scored, so a long
+    run stopped part-way keeps its verdicts: tab-separated, names made printable."""
+    from anomaly.predict import printable
+
+    cols = ("-", "ERROR", "-")
+    if "error" not in r:
+        cols = (f"{r['score']:.6g}", r["verdict"], printable(r["overlay"] or "-"))
+    print("\t".join((printable(r["path"]), *cols)), flush=True)
 
 
 def _held_out_words(run, value: float) -> str:

@@ -61,12 +61,13 @@ def predict_files(
     images: list[str | Path],
     overlay_dir: str | Path | None = None,
     overlays: bool = True,
+    each=None,
 ):
     """`predict --onnx`: as `anomaly.predict.predict_images`, with the exported file.
 
     Returns (results, threshold): per image path, score, verdict and overlay (written to
     `overlay_dir`, default `<file stem>_predict/` beside the ONNX file; None with `overlays`
-    False), or path and error.
+    False), or path and error; `each(result)` called with each as soon as it is made.
     """
     from anomaly.predict import expand_images, overlay_folder, scored_result, unreadable
     from anomaly.viz import heatmap_overlay
@@ -90,8 +91,10 @@ def predict_files(
             x = preprocess(path, detector.size, detector.channels)
         except ExportError as err:
             results.append({"path": str(path), "error": str(err)})
-            continue
-        scores, maps = detector.predict([x])
-        picture = heatmap_overlay(x, maps[0], vmin, vmax) if out is not None else None
-        results.append(scored_result(path, float(scores[0]), picture, out, used, threshold))
+        else:
+            scores, maps = detector.predict([x])
+            picture = heatmap_overlay(x, maps[0], vmin, vmax) if out is not None else None
+            results.append(scored_result(path, float(scores[0]), picture, out, used, threshold))
+        if each is not None:
+            each(results[-1])
     return results, threshold

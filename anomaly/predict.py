@@ -166,6 +166,7 @@ def predict_images(
     overlay_dir: str | Path | None = None,
     workers: int | None = None,
     overlays: bool = True,
+    each=None,
 ):
     """Score new images (files or folders of them) with a run and its saved threshold.
 
@@ -174,7 +175,9 @@ def predict_images(
     iff score >= threshold, else "PASS") and overlay (in `overlay_dir`, default the run's
     predict/, under a name no earlier call, nor one running beside it, took: overlays are
     evidence, never replaced; None with `overlays` False); or path and error for an image that
-    could not be read (the others are still scored).
+    could not be read (the others are still scored). `each(result)`, when given, is called
+    with each result as soon as it is made (`predict` prints its row then: a long run stopped
+    part-way keeps the verdicts made so far).
     """
     from anomaly.overlays import annotated_overlay, run_scale
 
@@ -200,14 +203,16 @@ def predict_images(
             path = paths[len(results)]
             if error is not None:
                 results.append({"path": str(path), "error": error})
-                continue
-            score, amap, own_size = next(scored)
-            picture = None
-            if overlay_dir is not None:
-                picture = annotated_overlay(
-                    own_size.numpy(), amap, scale, score, threshold.value, title=path.name
-                )
-            results.append(scored_result(path, score, picture, overlay_dir, used, threshold))
+            else:
+                score, amap, own_size = next(scored)
+                picture = None
+                if overlay_dir is not None:
+                    picture = annotated_overlay(
+                        own_size.numpy(), amap, scale, score, threshold.value, title=path.name
+                    )
+                results.append(scored_result(path, score, picture, overlay_dir, used, threshold))
+            if each is not None:
+                each(results[-1])
     return results, threshold
 
 

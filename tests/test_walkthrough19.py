@@ -130,3 +130,57 @@ def test_a_batch_job_scores_past_an_unreadable_file(tiny_cookies, tmp_path):
         np.testing.assert_array_equal(amap, want_map)
     with pytest.raises(ExportError, match="takes images of shape"):  # a caller's mistake raises
         list(predict_each(path, [np.zeros((3, 5, 5), np.float32)]))
+
+
+def _stopped_at_second(monkeypatch):
+    """scored_result raising KeyboardInterrupt (Ctrl-C) on the second image it is given."""
+    import anomaly.predict
+
+    real, calls = anomaly.predict.scored_result, []
+
+    def scored(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(anomaly.predict, "scored_result", scored)
+
+
+def test_predict_prints_each_row_as_it_is_scored(
+    conformal_run, tiny_cookies, tmp_path, capsys, monkeypatch
+):
+    """Rows were printed only once every image was scored: a long predict stopped part-way
+    (Ctrl-C, a killed job) lost every verdict it had made. Now each row is out when scored."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for f in sorted((tiny_cookies / "test" / "good").glob("*.png"))[:3]:
+        shutil.copy(f, folder / f.name)
+    first = min(folder.iterdir())
+    _stopped_at_second(monkeypatch)
+    assert main(["predict", "--run", str(conformal_run), "--no-overlays", str(folder)]) == 130
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        len(out) == 1
+        and out[0].startswith(f"{first}\t")
+        and out[0].split("\t")[2]
+        in (
+            "PASS",
+            "REJECT",
+        )
+    )
+
+
+def test_predict_onnx_prints_each_row_as_it_is_scored(tiny_cookies, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from anomaly.export import export_onnx
+
+    run = tmp_path / "pk"
+    train_run(tiny_config(tiny_cookies, "patchknn"), run, progress=False)
+    path = export_onnx(run, tmp_path / "pk.onnx")
+    files = [str(f) for f in sorted((tiny_cookies / "test" / "good").glob("*.png"))[:3]]
+    _stopped_at_second(monkeypatch)
+    assert main(["predict", "--onnx", str(path), "--no-overlays", *files]) == 130
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f"{files[0]}\t")
