@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -375,6 +376,10 @@ def _main(args) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # stdout closed by its reader (`predict ... | head`): stop quietly,
+        # as Unix tools do, and keep the interpreter's last flush from failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         # Our errors name the file and the fix; a traceback from deep inside torch helps nobody.
         message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)

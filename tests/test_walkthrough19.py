@@ -4,6 +4,7 @@ everywhere the threshold is shown (predict, the explorer, the notebooks' text, a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -184,3 +185,29 @@ def test_predict_onnx_prints_each_row_as_it_is_scored(tiny_cookies, tmp_path, ca
     assert main(["predict", "--onnx", str(path), "--no-overlays", *files]) == 130
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith(f"{files[0]}\t")
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(conformal_run, tiny_cookies, tmp_path):
+    """`predict ... | head -1`: with the rows streamed, a reader that stops early closed the pipe
+    while predict was still writing; it printed "error: [Errno 32] Broken pipe" and exited 2.
+    Now it stops quietly with 141 (128 + SIGPIPE), as Unix tools do."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    image = min((tiny_cookies / "test" / "good").glob("*.png"))
+    for i in range(1500):  # rows well beyond a pipe's buffer
+        os.link(image, folder / f"a_long_name_so_that_the_rows_fill_the_pipe_{i:04d}.png")
+    args = ["predict", "--run", str(conformal_run), "--no-overlays", str(folder)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anomaly", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().endswith("\n")
+    proc.stdout.close()  # the reader is done
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
