@@ -214,6 +214,10 @@ def _predict(args) -> int:
     return 0 if not failed and not broken else 2
 
 
+class StdoutGone(Exception):
+    """predict's stdout was closed by its reader (a pipe into `head`)."""
+
+
 def _print_row(r: dict) -> None:
     """`predict`'s row for one input, printed (and flushed) as soon as it is scored, so a long
     run stopped part-way keeps its verdicts: tab-separated, names made printable."""
@@ -222,7 +226,10 @@ def _print_row(r: dict) -> None:
     cols = ("-", "ERROR", "-")
     if "error" not in r:
         cols = (f"{r['score']:.6g}", r["verdict"], printable(r["overlay"] or "-"))
-    print("\t".join((printable(r["path"]), *cols)), flush=True)
+    try:
+        print("\t".join((printable(r["path"]), *cols)), flush=True)
+    except BrokenPipeError:  # this pipe only: another broken pipe is an error to report
+        raise StdoutGone from None
 
 
 def _held_out_words(run, value: float) -> str:
@@ -376,9 +383,11 @@ def _main(args) -> int:
             file=sys.stderr,
         )
         return 130
-    except BrokenPipeError:  # stdout closed by its reader (`predict ... | head`): stop quietly,
-        # as Unix tools do, and keep the interpreter's last flush from failing again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except StdoutGone:  # predict's reader stopped (`predict ... | head`): quietly, as Unix tools
+        try:  # and the interpreter's last flush must not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # no file descriptor (a notebook's stream)
+            pass
         return 141  # 128 + SIGPIPE
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         # Our errors name the file and the fix; a traceback from deep inside torch helps nobody.

@@ -211,3 +211,16 @@ def test_predict_into_a_closed_pipe_stops_quietly(conformal_run, tiny_cookies, t
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_another_broken_pipe_is_an_error(conformal_run, tiny_cookies, capsys, monkeypatch):
+    """Only predict's own stdout closing is quiet: a broken pipe elsewhere (a decoding worker's,
+    say) is an error to report, not a reader that stopped."""
+    import anomaly.predict
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(anomaly.predict, "predict_images", broken)
+    assert main(["predict", "--run", str(conformal_run), _image(tiny_cookies)]) == 2
+    assert "error: [Errno 32] Broken pipe" in capsys.readouterr().err
