@@ -34,6 +34,7 @@ from anomaly.metrics import (
 )
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
+from anomaly.threshold_file import guarantee_words
 
 FEW_DEFECTS = 10  # below this many labelled defects an F1 threshold is one image's score
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
@@ -268,7 +269,7 @@ def calibration_words(threshold: Threshold, scores_file: str | Path | None = Non
     else:
         line = f"set on the run's {n} good training images held out from training"
         like = "those held-out images"
-    if threshold.rule != "conformal":
+    if not guarantee_words(threshold.rule, threshold.params or {}):  # none claimed
         return line
     line += (
         f"\nThe guarantee holds only if the good parts you will check are like {like}: "

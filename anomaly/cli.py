@@ -384,10 +384,13 @@ def _main(args) -> int:
         )
         return 130
     except StdoutGone:  # predict's reader stopped (`predict ... | head`): quietly, as Unix tools
-        try:  # and the interpreter's last flush must not fail again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        null = os.open(os.devnull, os.O_WRONLY)  # and the interpreter's last flush must not
+        try:  # fail again
+            os.dup2(null, sys.stdout.fileno())
         except (OSError, ValueError):  # no file descriptor (a notebook's stream)
             pass
+        finally:
+            os.close(null)
         return 141  # 128 + SIGPIPE
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         # Our errors name the file and the fix; a traceback from deep inside torch helps nobody.

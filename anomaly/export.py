@@ -42,6 +42,7 @@ from anomaly.onnx_predict import (  # noqa: F401
     preprocess,
     require,
 )
+from anomaly.threshold_file import UNRECORDED, drop_guarantee
 
 OPSET = 17
 
@@ -189,8 +190,13 @@ def metadata(config, run=None) -> dict[str, str]:
         threshold = run.threshold()
         meta["threshold"] = repr(float(threshold.value))
         meta["threshold_rule"] = threshold.rule
-        params = threshold.params.items()  # a param that predict would refuse is left out
-        params = {k: v for k, v in params if k in THRESHOLD_PARAMS and THRESHOLD_PARAMS[k](v)}
+        params = dict(threshold.params)
+        if params.pop(UNRECORDED, False):  # not known to be this model's: as older readers of
+            drop_guarantee(params)  # exports know it, "earlier_model" (no guarantee claimed)
+        # a param that predict would refuse is left out
+        params = {
+            k: v for k, v in params.items() if k in THRESHOLD_PARAMS and THRESHOLD_PARAMS[k](v)
+        }
         meta["threshold_params"] = json.dumps(params)
     if run is not None and run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
         meta["map_range"] = json.dumps(list(run.map_range()))

@@ -268,8 +268,10 @@ def threshold_text(run: Path, threshold) -> str:
     counts = confusion(pred.labels, pred.scores, threshold.value)
     guarantee = guarantee_words(threshold.rule, threshold.params)
     params = threshold.params or {}
-    if not guarantee and (params.get("earlier_model") or params.get(UNRECORDED)):
-        guarantee = "none: not chosen for this model (choose it again)"
+    if not guarantee and threshold.rule == "conformal" and params.get("earlier_model"):
+        guarantee = "none: chosen on an earlier model of the run (choose it again)"
+    elif not guarantee and threshold.rule == "conformal" and params.get(UNRECORDED):
+        guarantee = "none: the model it was chosen for is not recorded (choose it again)"
     guarantee = guarantee or "none (use the conformal rule for one)"
     source = calibration_words(threshold)
     text = (

@@ -316,8 +316,6 @@ class RunDir(CheckpointFiles):
         """Write threshold.json, recording the SHA-256 of the run's model.pt (the model it is
         chosen for); ValueError, and nothing written, for one `threshold()` would refuse."""
         path, d = self.file(self.THRESHOLD), json.loads(threshold.to_json())
-        if isinstance(d.get("params"), dict):  # recorded now (`threshold()` marks one that is not)
-            d["params"].pop(threshold_file.UNRECORDED, None)
         try:
             threshold_file.check_threshold(d)
         except (TypeError, ValueError) as err:

@@ -147,7 +147,12 @@ def saved_for(threshold: Path, model: Path) -> dict | None:
 
 
 def recorded(d: dict, model: Path) -> dict:
-    """The saved threshold `d` recording the SHA-256 of the file `model` (when there is one)."""
+    """The saved threshold `d` recording the SHA-256 of the file `model` (when there is one).
+    One `RunDir.threshold` marked `UNRECORDED` loses its guarantee first (as `carried`): it was
+    not known to be chosen for this model, and recording it must not make it so."""
+    params = d.get("params")
+    if isinstance(params, dict) and params.pop(UNRECORDED, False):
+        drop_guarantee(params)
     sha = model_sha256(model)
     return {**d, MODEL_RECORD: sha} if sha else d
 

@@ -62,10 +62,14 @@ def test_a_threshold_without_its_models_record_claims_no_guarantee(
     )
     assert "guarantee: false-reject rate <=" in capsys.readouterr().err
     assert guarantee(kept) is None and guarantee(recorded).startswith("<= ")  # the explorer
-    assert "guarantee: none: not chosen for this model" in threshold_text(unrecorded, kept)
-    RunDir(unrecorded).save_threshold(kept)  # saved again: recorded, the mark not written
-    saved = json.loads((unrecorded / "threshold.json").read_text())
+    text = threshold_text(unrecorded, kept)  # notebook 07's, with no guarantee sentence after
+    assert "guarantee: none: the model it was chosen for is not recorded" in text
+    assert "The guarantee holds only if" not in text
+    assert "The guarantee holds only if" in threshold_text(conformal_run, recorded)
+    RunDir(unrecorded).save_threshold(kept)  # saved again: recording it does not make it this
+    saved = json.loads((unrecorded / "threshold.json").read_text())  # model's: no guarantee
     assert MODEL_RECORD in saved and UNRECORDED not in saved["params"]
+    assert "guarantee" not in saved["params"] and saved["params"]["earlier_model"] is True
 
 
 def test_a_threshold_of_an_earlier_model_claims_no_guarantee_anywhere(conformal_run):
@@ -75,10 +79,16 @@ def test_a_threshold_of_an_earlier_model_claims_no_guarantee_anywhere(conformal_
     kept = Threshold(1.0, "conformal", params)
     assert guarantee_words("conformal", params) is None
     assert guarantee(kept) is None
-    assert "guarantee: none: not chosen for this model" in threshold_text(conformal_run, kept)
+    text = threshold_text(conformal_run, kept)
+    assert "guarantee: none: chosen on an earlier model" in text
+    assert "The guarantee holds only if" not in text
 
 
-def test_an_export_carries_the_missing_record(tiny_cookies, tmp_path, capsys):
+def test_an_export_claims_no_guarantee_for_a_threshold_without_the_record(
+    tiny_cookies, tmp_path, capsys
+):
+    """Exported as "earlier_model", which readers of exports (older copies of the standalone
+    onnx_predict.py too) know: a new key would make older copies refuse the file."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     # meandiff cannot be exported: a patchknn run with its record deleted
@@ -93,7 +103,14 @@ def test_an_export_carries_the_missing_record(tiny_cookies, tmp_path, capsys):
     flags = ["--no-overlays", _image(tiny_cookies)]
     assert main(["predict", "--onnx", str(tmp_path / "pk.onnx"), *flags]) == 0
     err = capsys.readouterr().err
-    assert "does not record the model it was chosen for" in err and "guarantee:" not in err
+    assert "its guarantee no longer holds" in err and "guarantee:" not in err
+    from anomaly.export import OnnxDetector
+
+    meta = OnnxDetector(tmp_path / "pk.onnx").meta
+    params = json.loads(meta["threshold_params"])
+    assert (
+        params["earlier_model"] is True and "guarantee" not in params and UNRECORDED not in params
+    )
 
 
 def test_tables_align_names_longer_than_eight_characters(scored_ae_run):
@@ -200,16 +217,17 @@ def test_predict_into_a_closed_pipe_stops_quietly(conformal_run, tiny_cookies, t
     for i in range(1500):  # rows well beyond a pipe's buffer
         os.link(image, folder / f"a_long_name_so_that_the_rows_fill_the_pipe_{i:04d}.png")
     args = ["predict", "--run", str(conformal_run), "--no-overlays", str(folder)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "anomaly", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().endswith("\n")
-    proc.stdout.close()  # the reader is done
-    err = proc.stderr.read()
-    assert proc.wait(timeout=300) == 141
+    with (tmp_path / "err.txt").open("w") as log:  # a file: stderr can never fill a pipe
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "anomaly", *args], stdout=subprocess.PIPE, stderr=log, text=True
+        )
+        try:
+            assert proc.stdout.readline().endswith("\n")
+            proc.stdout.close()  # the reader is done
+            assert proc.wait(timeout=300) == 141
+        finally:
+            proc.kill()
+    err = (tmp_path / "err.txt").read_text()
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
 
 
