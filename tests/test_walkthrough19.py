@@ -242,3 +242,17 @@ def test_another_broken_pipe_is_an_error(conformal_run, tiny_cookies, capsys, mo
     monkeypatch.setattr(anomaly.predict, "predict_images", broken)
     assert main(["predict", "--run", str(conformal_run), _image(tiny_cookies)]) == 2
     assert "error: [Errno 32] Broken pipe" in capsys.readouterr().err
+
+
+def test_the_explorer_says_why_a_saved_conformal_threshold_guarantees_nothing():
+    from anomaly.explorer.text import rule_html
+    from anomaly.metrics import confusion
+
+    counts = confusion(np.array([0, 0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 1.5, 0.5]), 1.0)
+    for flag, why in (("earlier_model", "earlier model"), (UNRECORDED, "is not recorded")):
+        saved = Threshold(1.0, "conformal", {"alpha": 0.5, "n": 3, flag: True})
+        text = rule_html(saved, 1.0, counts, None)
+        assert "It guarantees nothing" in text and why in text
+    assert "guarantees a false-reject rate" in rule_html(
+        Threshold(1.0, "conformal", {"alpha": 0.5, "n": 3}), 1.0, counts, None
+    )

@@ -7,6 +7,7 @@ import html
 import os
 
 from anomaly.metrics import Threshold
+from anomaly.threshold_file import UNRECORDED, guarantee_words
 
 TD = "padding:3px 8px;text-align:right;border:1px solid #ccc"
 TH = "padding:3px 8px;text-align:left;border:1px solid #ccc;background:#f5f5f5"
@@ -85,8 +86,6 @@ def guarantee(saved: Threshold | None) -> str | None:
     """The false-reject bound a saved threshold guarantees (the conformal rule), or None (also
     for one chosen on an earlier model, or not recorded as chosen for this one:
     `anomaly.threshold_file.guarantee_words`)."""
-    from anomaly.threshold_file import guarantee_words
-
     if saved is None or not guarantee_words(saved.rule, saved.params or {}):
         return None
     return f"<= {100 * float(saved.params['alpha']):.3g}%"
@@ -208,7 +207,15 @@ def rule_html(
                     "independent check: set it on good images outside the test set."
                 )
         else:
-            text += f"It guarantees nothing; measured false-reject rate on these images: {frr}."
+            params = saved.params or {}
+            why = ""
+            if saved.rule == "conformal" and params.get("earlier_model"):
+                why = " (it was chosen on an earlier model of this run: choose it again)"
+            elif saved.rule == "conformal" and params.get(UNRECORDED):
+                why = " (the model it was chosen for is not recorded: choose it again)"
+            text += (
+                f"It guarantees nothing{why}; measured false-reject rate on these images: {frr}."
+            )
     else:
         how = (
             "the cost optimum"
