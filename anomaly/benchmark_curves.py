@@ -147,8 +147,8 @@ def train_size_curve(
     base = "unet" if method == "unet+kmeans" else method
     budget = {"size": 64, "epochs": 1} if smoke else {}
     config = Config.for_method(base, data=str(Path(data).resolve()), seed=seed, **budget)
-    train = AnomalyDataset(data, "train", size=config.size, channels=config.channels)
-    test = AnomalyDataset(data, "test", size=config.size, channels=config.channels)
+    shape = {"size": config.size, "channels": config.channels, "decode": config.decode}
+    train, test = AnomalyDataset(data, "train", **shape), AnomalyDataset(data, "test", **shape)
     train_idx, cal_idx = split_indices(len(train), config.val_fraction, seed)
     if not cal_idx:
         raise ValueError(

@@ -100,13 +100,13 @@ def _digests(files, images: list[Path]) -> dict[str, Path]:
     return found
 
 
-def _check_readable(folder: Path, images: list[Path], size: int, channels: int) -> None:
+def _check_readable(folder: Path, images: list[Path], config) -> None:
     from anomaly.data.folder import load_image
 
     bad = []
     for p in images:
         try:
-            load_image(p, size, channels)
+            load_image(p, config.size, config.channels, config.decode)
         except DataError as err:
             bad.append(str(err))
     if bad:
@@ -141,12 +141,12 @@ def calibrate_on_folder(
     folder = Path(folder)
     images = images if images is not None else good_images(folder, alpha)
     config = detector.config
-    _check_readable(folder, images, config.size, config.channels)
+    _check_readable(folder, images, config)
     warn_unlike(images, trained_images(rd), config.channels, config.size)  # a threshold for them
     hashes = [sha256_file(p) for p in images]
     _refuse_training_images(rd, folder, images, hashes)
     _warn_test_images(rd, folder, images, hashes)
-    pred = detector.predict(ImageFiles(images, config.size, config.channels))
+    pred = detector.predict(ImageFiles(images, config.size, config.channels, config.decode))
     scores = np.asarray(pred.scores, np.float64)
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"{FLAG} {folder}: the detector gave NaN or inf scores to its images")

@@ -86,7 +86,8 @@ def _train(args) -> None:
 
 def _encoder_settings(flags: dict) -> dict:
     """`--backbone encoder:RUN` without --size or --channels: the encoder run's (it takes only
-    those: `kmeans.encoder_mismatch`), not the method's defaults, which almost never match."""
+    those: `kmeans.encoder_mismatch`), not the method's defaults, which almost never match; and
+    its --decode, so that both see a JPEG decoded alike."""
     from anomaly.runs import RunDir, RunError
 
     backbone = flags.get("backbone") or ""
@@ -96,7 +97,7 @@ def _encoder_settings(flags: dict) -> dict:
         trained = RunDir(backbone.split(":", 1)[1]).config()
     except (RunError, OSError, ValueError):
         return flags  # not a run: building the detector names the folder and the fix
-    return {"size": trained.size, "channels": trained.channels, **flags}
+    return {"size": trained.size, "channels": trained.channels, "decode": trained.decode, **flags}
 
 
 def _warn_ignored(method: str, flags: dict) -> None:

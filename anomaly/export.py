@@ -184,6 +184,7 @@ def metadata(config, run=None) -> dict[str, str]:
         "input": "images",
         "outputs": "scores,maps",
         "preprocessing": PREPROCESSING,
+        "decode": config.decode,
         "config": json.dumps(_config_dict(config)),
     }
     if run is not None and run.has_threshold():

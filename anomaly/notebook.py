@@ -205,7 +205,8 @@ def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
     pred, config = RunDir(run).predictions(), RunDir(run).config()
     vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
     picks = _per_kind(pred.defects, per_kind)
-    images = [load_image(f, config.size, config.channels) for f in _scored_files(run, pred, picks)]
+    files = _scored_files(run, pred, picks)
+    images = [load_image(f, config.size, config.channels, config.decode) for f in files]
     overlays = [
         red_overlay(img, pred.maps[i], vmax=vmax)
         if kind == "red"
@@ -314,7 +315,8 @@ def _scored_files(run: Path, pred, picks: list[int]) -> list[Path]:
 def _test_data(config: Config):
     from anomaly.data import AnomalyDataset
 
-    return AnomalyDataset(config.data, "test", size=config.size, channels=config.channels)
+    c = config
+    return AnomalyDataset(c.data, "test", size=c.size, channels=c.channels, decode=c.decode)
 
 
 def _positive(name: str, value) -> int:

@@ -20,7 +20,9 @@ The file's contract, also stored in its `metadata_props` (read them with
   then each channel is resized to size x size with Pillow's bilinear filter on float32 data
   (`Image.fromarray(channel, "F").resize((size, size), Image.BILINEAR)`, which widens the filter
   when shrinking, as `torch.nn.functional.interpolate(..., antialias=True)` does) and clipped to
-  [0, 1]. The aspect ratio is not kept;
+  [0, 1]. The aspect ratio is not kept. `decode` "draft" (a run trained so): a JPEG is opened
+  in Pillow's draft mode first (`Image.draft(mode, (2 size, 2 size))`: decoded at 1/2, 1/4 or
+  1/8 of its size where both sides stay at least twice `size`); missing: "full", every pixel;
 - `threshold`: the run's saved decision threshold when it had one (score >= threshold means
   anomalous), `threshold_rule` its rule and `threshold_params` (JSON, `THRESHOLD_PARAMS`) what
   it guarantees, as `predict --run` says it; `map_range`: the colour scale of its held-out maps;
@@ -46,7 +48,9 @@ PREPROCESSING = (
     "grey->RGB repeats the channel, RGB->grey is 0.299 R + 0.587 G + 0.114 B. Resize each "
     "channel to size x size with Pillow's BILINEAR filter on float32 data (mode 'F'; "
     "antialiased when shrinking, like torch interpolate antialias=True), aspect ratio not kept; "
-    "clip to [0, 1]. Feed float32 [1, channels, size, size], channel order RGB."
+    "clip to [0, 1]. Feed float32 [1, channels, size, size], channel order RGB. Where the "
+    "metadata's decode is 'draft', open a JPEG with Pillow's draft mode first "
+    "(Image.draft(mode, (2 size, 2 size)), before anything reads its pixels)."
 )
 
 
@@ -132,8 +136,9 @@ def _out_of_range(im, path) -> str | None:
     return None
 
 
-def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
-    """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]."""
+def preprocess(path: str | Path, size: int, channels: int, decode: str = "full") -> np.ndarray:
+    """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]
+    (`decode` "draft": a JPEG decoded in Pillow's draft mode, as the run's images were)."""
     from PIL import Image, UnidentifiedImageError
 
     if Path(path).is_dir():  # predict --onnx FOLDER passes on a folder it found no images in
@@ -144,6 +149,8 @@ def preprocess(path: str | Path, size: int, channels: int) -> np.ndarray:
         with Image.open(path) as im:
             refused = _refused_frames(im, path)
             if refused is None:
+                if decode == "draft" and im.format == "JPEG":
+                    im.draft(im.mode, (2 * size, 2 * size))
                 refused = _out_of_range(im, path)
                 a = _to_array(_upright(im))
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
@@ -349,6 +356,12 @@ class OnnxDetector:
         )
         # the saved threshold's guarantee, and what the training images were (None: not stored)
         self.threshold_params, self.trained_images = _records(path, self.meta)
+        self.decode = self.meta.get("decode", "full")  # exported before it: every pixel
+        if self.decode not in ("full", "draft"):
+            raise ExportError(
+                f"{path}: its metadata decode is {self.decode!r:.40}, not full or draft, so it "
+                "is not a file export wrote; export the run again"
+            )
 
     def warn_unlike(self, images) -> list[str]:
         """Warn on stderr, as `predict --run` does, of each image file in `images` unlike the
@@ -376,7 +389,7 @@ class OnnxDetector:
         scores, maps = [], []
         for image in images:
             if isinstance(image, (str, Path)):
-                x = preprocess(image, self.size, self.channels)
+                x = preprocess(image, self.size, self.channels, self.decode)
             else:
                 x = np.asarray(image, dtype=np.float32)
             want = (self.channels, self.size, self.size)
@@ -420,7 +433,7 @@ def predict_each(onnx_path: str | Path, images):
         try:
             x = image
             if isinstance(image, (str, Path)):
-                x = preprocess(image, detector.size, detector.channels)
+                x = preprocess(image, detector.size, detector.channels, detector.decode)
         except ExportError as err:  # unreadable: named; a wrong array or graph still raises
             yield image, None, None, str(err)
             continue

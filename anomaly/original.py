@@ -73,9 +73,8 @@ def _reconstruct(run: Path):
     from anomaly.pipeline import load_run
 
     det = load_run(run)
-    data = AnomalyDataset(
-        det.config.data, "test", size=det.config.size, channels=det.config.channels
-    )
+    c = det.config
+    data = AnomalyDataset(c.data, "test", size=c.size, channels=c.channels, decode=c.decode)
     images = torch.stack([data[i]["image"] for i in range(len(data))])
     recon = torch.cat(
         [

@@ -44,7 +44,9 @@ class AlreadyTrained(RunError):
 # --- train ---------------------------------------------------------------------------------------
 def _datasets(config: Config, split: dict | None = None):
     """train/good as (train, validation) subsets, split by the run's seed (or its saved split)."""
-    data = AnomalyDataset(config.data, "train", size=config.size, channels=config.channels)
+    data = AnomalyDataset(
+        config.data, "train", size=config.size, channels=config.channels, decode=config.decode
+    )
     if split is not None:
         index = {p: i for i, p in enumerate(data.paths)}
         missing = [p for p in split["train"] + split["val"] if p not in index]
@@ -284,6 +286,7 @@ def score_run(
             size=config.size,
             channels=config.channels,
             trained=_trained(rd, config.data, data),
+            decode=config.decode,
         )
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         guards.warn_test_copies(rd, list(test.paths))

@@ -23,7 +23,7 @@ from anomaly.data.files import (
     scan_images,
     skipped,
 )
-from anomaly.data.image_kind import warn_unlike
+from anomaly.data.image_kind import draft_size, warn_unlike
 from anomaly.overlays import verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.runs import RunDir
@@ -126,6 +126,7 @@ class _ImageFiles(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[Path], config: Config) -> None:
         self.paths, self.size, self.channels = paths, config.size, config.channels
+        self.draft = draft_size(config.decode, config.size)  # the run's own decoding
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -137,7 +138,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         if why := unreadable(path):
             return {"error": why}
         try:
-            a = read_image(path)  # decoded once, for the model's size and the overlay's
+            a = read_image(path, self.draft)  # decoded once, for the model and the overlay
             return {
                 "image": image_tensor(a, self.size, self.channels),
                 "own": _overlay_tensor(a),

@@ -232,7 +232,7 @@ def test_kmeans_scores_standardised_flattened_bottleneck(tiny_cookies, tmp_path)
 
 # --- one home for settings (issue 11 item 1) -------------------------------------------------------
 def test_for_method_gives_the_cli_defaults_and_overrides():
-    from anomaly.config import METHOD_DEFAULTS
+    from anomaly.config import METHOD_DEFAULTS, NEW_RUNS
 
     ae = Config.for_method("ae", size=96, seed=None)
     assert ae.method == "ae" and ae.size == 96 and ae.seed == 0
@@ -242,7 +242,7 @@ def test_for_method_gives_the_cli_defaults_and_overrides():
         getattr(patchknn, k) == v for k, v in METHOD_DEFAULTS["patchknn"].items()
     )
     assert patchknn.size != Config().size and patchknn.channels == 3
-    assert Config.for_method("kmeans") == Config(method="kmeans")
+    assert Config.for_method("kmeans") == Config(method="kmeans", **NEW_RUNS)
     with pytest.raises(ValueError, match="unknown config fields"):
         Config.for_method("ae", sizee=3)
 

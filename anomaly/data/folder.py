@@ -15,10 +15,9 @@ and the plain layout most people have on day one:
     ROOT/<defect>/*                        defective images, one folder per kind
     ROOT/masks/<defect>/<stem>_mask.png    optional (or ROOT/ground_truth/<defect>/...)
 
-Problems in the folder (a missing folder, an empty one, an unreadable image, a mask that fits no
-image, a folder that is a broken link) raise `DataError` with a message that names the file and
-says how to fix it; defective images without a mask, and masks of good images (ignored), are
-named in warnings (`anomaly.data.input_checks`).
+Problems in the folder (a missing or empty folder, an unreadable image, a mask that fits no
+image, a broken link) raise `DataError` naming the file and how to fix it; defective images
+without a mask, and masks of good images (ignored), are named in warnings (`input_checks`).
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ from anomaly.data.files import (
 from anomaly.data.generated import interrupted
 from anomaly.data.image_kind import (
     displayed_size,
+    draft_size,
     named_warnings,
     open_image,
     orientation,
@@ -116,20 +116,19 @@ def image_to_array(im: Image.Image) -> np.ndarray:
     return a
 
 
-def load_image(path: str | Path, size: int | None = 256, channels: int = 3) -> torch.Tensor:
-    """Read one image as a float32 tensor [channels, size, size] in [0, 1].
+def load_image(path: str | Path, size: int | None = 256, channels=3, decode="full") -> torch.Tensor:
+    """Read one image as a float32 tensor [channels, size, size] in [0, 1]: `channels` 1
+    (grayscale, luma weights as PIL's "L") or 3 (RGB), resized bilinearly with antialiasing to
+    size x size (the aspect ratio not kept; `size=None`: the file's own), a large JPEG decoded at
+    a reduced scale first with `decode` "draft" (`draft_size`); `DataError` naming an unreadable
+    file."""
+    return image_tensor(read_image(path, draft_size(decode, size)), size, channels)
 
-    `channels` is 1 (grayscale, luma weights as PIL's "L") or 3 (RGB). The image is resized
-    bilinearly with antialiasing to size x size (not keeping the aspect ratio); `size=None`
-    keeps the file's own size. Raises `DataError` naming the file when it cannot be read.
-    """
-    return image_tensor(read_image(path), size, channels)
 
-
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, draft: int | None = None) -> np.ndarray:
     """Decode one image file to float32 [H, W, 1 or 3] in [0, 1] (`DataError` naming the file
-    when it cannot be read); `image_tensor` makes the model's input of it."""
-    with open_image(path) as im:
+    when it cannot be read; `draft`: `open_image`'s); `image_tensor` makes the model's input."""
+    with open_image(path, draft) as im:
         check_value_range(path, im)  # float / 32-bit images out of range: named, or refused
         return image_to_array(im)
 
@@ -154,14 +153,14 @@ class ImageFiles(Dataset):
     """Image files as data set items, all good (label 0), that a detector's `predict` accepts:
     `threshold --good-images` scores a folder of them."""
 
-    def __init__(self, paths: list[Path], size: int, channels: int) -> None:
-        self.paths, self.size, self.channels = paths, size, channels
+    def __init__(self, paths: list[Path], size: int, channels: int, decode: str = "full") -> None:
+        self.paths, self.size, self.channels, self.decode = paths, size, channels, decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        image = load_image(self.paths[i], self.size, self.channels)
+        image = load_image(self.paths[i], self.size, self.channels, self.decode)
         return {
             "image": image,
             "mask": torch.zeros(image.shape[-2:]),
@@ -252,6 +251,7 @@ class AnomalyDataset(Dataset):
             (and the one all-zero mask of images without a mask) are returned as they are: do
             not modify an item's tensors in place.
         holdout: plain layout only, the fraction of good images that go to test.
+        decode: "draft" decodes large JPEGs at a reduced scale (`load_image`), "full" whole.
         trained: plain layout only, the good images a run trained on or held out (names
             relative to the root, "good/x.png"): the test split's good images are then all the
             others, so good images added since training are tested, never a trained one.
@@ -266,6 +266,7 @@ class AnomalyDataset(Dataset):
         cache: bool = True,
         holdout: float = 0.2,
         trained: set[str] | None = None,
+        decode: str = "full",
     ) -> None:
         if split not in ("train", "test"):
             raise DataError(f"split must be 'train' or 'test', not {split!r}")
@@ -277,7 +278,7 @@ class AnomalyDataset(Dataset):
             raise DataError(f"holdout must be in [0, 1), not {holdout!r}")
         self.root = Path(os.path.abspath(root))
         self.split, self.size, self.channels, self.cache = split, size, channels, cache
-        self.holdout, self.trained = holdout, trained
+        self.holdout, self.trained, self.decode = holdout, trained, decode
         if self.root.is_file():
             raise DataError(
                 f"{self.root} is a file; give the data set's folder (the one that holds train/ "
@@ -424,7 +425,7 @@ class AnomalyDataset(Dataset):
         hit = self._cache.get(s.path)
         if hit is not None:
             return hit
-        image = load_image(s.path, self.size, self.channels)
+        image = load_image(s.path, self.size, self.channels, self.decode)
         if s.mask_path is not None:  # a defective image's: an empty one is an error
             mask = read_mask(s.mask_path)
             check_defect_mask(mask, s.mask_path, s.path)

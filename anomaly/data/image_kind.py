@@ -104,9 +104,18 @@ def warn_once(path, words: str, stacklevel: int = 3) -> None:
 _SAID: set[tuple[str, str]] = set()
 
 
-def open_image(path: str | Path) -> Image.Image:
+def draft_size(decode: str, size: int | None) -> int | None:
+    """The smallest side a JPEG may be decoded at for a model of `size` (`Config.decode`):
+    twice it for "draft" (the resize after it still averages several pixels into one), None
+    (every pixel) for "full" or no size."""
+    return 2 * size if decode == "draft" and size else None
+
+
+def open_image(path: str | Path, draft: int | None = None) -> Image.Image:
     """Open and decode an image (use it in a `with` block), turned as viewers show it
-    (`upright`), or raise a DataError naming it. The one decoder of images and masks."""
+    (`upright`), or raise a DataError naming it. The one decoder of images and masks. With
+    `draft`, a JPEG is decoded at 1/2, 1/4 or 1/8 of its size where both sides stay at least
+    `draft` pixels (Pillow's draft mode: the DCT scaled while decoding); other formats whole."""
     if Path(path).is_dir():  # `predict FOLDER` passes on a folder it found no images in
         raise DataError(
             f"{path} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)}) in it; give "
@@ -124,6 +133,8 @@ def open_image(path: str | Path) -> Image.Image:
             im = Image.open(path)
             refused = refused_frames(im, path)
             if refused is None:
+                if draft and im.format == "JPEG":
+                    im.draft(im.mode, (draft, draft))
                 upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read this image ({e}). {unreadable_fix(e)}") from None

@@ -30,6 +30,7 @@ TIMINGS, ROW_TIMINGS = ("final_fit_s", "total_s"), ("fit_s", "score_s")  # not i
 INHERITED = (
     "data",
     "channels",
+    "decode",
     "seed",
     "device",
     "batch_size",

@@ -1,0 +1,105 @@
+"""`--decode draft` (the default of new runs): a large JPEG is decoded at a reduced scale
+(Pillow's draft mode) before it is resized to the model's size, the same way in training,
+`score`, `predict --run`, `threshold --good-images` and the standalone ONNX reader; runs trained
+before it (no `decode` in config.json) keep decoding every pixel."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from anomaly.cli import main
+from anomaly.config import Config
+from anomaly.data.folder import load_image, read_image
+from anomaly.pipeline import train_run
+from anomaly.runs import RunDir
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    """A plain-layout set of 640 x 480 JPEGs: crops of one photo, flipped (good), and a few with
+    a dark square pasted in (defect)."""
+    root = tmp_path_factory.mktemp("jpeg") / "set"
+    photo = skdata.chelsea()  # 300 x 451 RGB, enlarged so that draft mode has work to do
+    big = np.asarray(Image.fromarray(photo).resize((1280, 852)))
+    rng = np.random.default_rng(0)
+    for kind, n in (("good", 12), ("dark", 3)):
+        (root / kind).mkdir(parents=True)
+        for i in range(n):
+            y, x = rng.integers(0, 852 - 480), rng.integers(0, 1280 - 640)
+            crop = big[y : y + 480, x : x + 640].copy()
+            if i % 2:
+                crop = crop[:, ::-1]
+            if kind == "dark":
+                crop[200:260, 300:360] = 20
+            Image.fromarray(np.ascontiguousarray(crop)).save(
+                root / kind / f"{i:03d}.jpg", quality=90
+            )
+    return root
+
+
+def test_draft_decodes_fewer_pixels_and_only_jpegs(jpegs, tmp_path):
+    path = min((jpegs / "good").glob("*.jpg"))
+    assert read_image(path).shape == (480, 640, 3)
+    assert read_image(path, 2 * SIZE).shape == (120, 160, 3)  # 1/4: both sides stay >= 96
+    full, draft = load_image(path, SIZE, 3), load_image(path, SIZE, 3, "draft")
+    assert full.shape == draft.shape == (3, SIZE, SIZE)
+    assert 0 < float((full - draft).abs().max()) < 0.05  # another decode of the same picture
+    png = tmp_path / "same.png"
+    Image.open(path).save(png)
+    assert read_image(png, 2 * SIZE).shape == (480, 640, 3)  # other formats: every pixel
+
+
+def test_new_runs_draft_and_older_ones_decode_every_pixel(tmp_path):
+    assert Config.for_method("patchknn").decode == "draft"
+    assert Config.for_method("unet", recipe="original").decode == "draft"
+    assert Config().decode == "full"
+    Config.for_method("ae").save(tmp_path / "config.json")
+    older = json.loads((tmp_path / "config.json").read_text())
+    del older["decode"]  # written before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    assert Config.load(tmp_path / "config.json").decode == "full"
+    with pytest.raises(ValueError, match="decode"):
+        Config.for_method("ae", decode="half").validate()
+
+
+def test_predict_run_and_onnx_decode_a_jpeg_alike(jpegs, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from anomaly.export import OnnxDetector, export_onnx, predict_onnx
+    from anomaly.predict import predict_images
+
+    run = tmp_path / "pk"
+    config = Config.for_method("patchknn", data=str(jpegs), size=SIZE, device="cpu")
+    train_run(config, run, progress=False)
+    assert RunDir(run).config().decode == "draft"
+    files = sorted((jpegs / "dark").glob("*.jpg"))
+    results, _ = predict_images(run, files, overlay_dir=tmp_path / "overlays")
+    path = export_onnx(run, tmp_path / "pk.onnx")
+    assert OnnxDetector(path).decode == "draft"
+    scores, _ = predict_onnx(path, files)
+    np.testing.assert_allclose([r["score"] for r in results], scores, rtol=0, atol=1e-4)
+    # the overlay is drawn on the drafted decode (160 x 120), not the 640 x 480 file
+    assert Image.open(results[0]["overlay"]).size[0] < 640
+    # a run from before the setting (no decode in config.json) decodes every pixel, and its
+    # export says so
+    older = tmp_path / "older"
+    config = Config.for_method("patchknn", data=str(jpegs), size=SIZE, device="cpu", decode="full")
+    train_run(config, older, progress=False)
+    saved = json.loads((older / "config.json").read_text())
+    del saved["decode"]
+    (older / "config.json").write_text(json.dumps(saved))
+    results, _ = predict_images(older, files, overlays=False)
+    path = export_onnx(older, tmp_path / "older.onnx")
+    assert OnnxDetector(path).decode == "full"
+    np.testing.assert_allclose(
+        [r["score"] for r in results], predict_onnx(path, files)[0], atol=1e-4
+    )
+    assert main(["predict", "--run", str(older), "--no-overlays", str(files[0])]) == 0
+    capsys.readouterr()
