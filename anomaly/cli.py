@@ -60,6 +60,7 @@ def _train(args) -> None:
                     "--method unet --data ROOT --out RUN`, then --from RUN"
                 )
             source = RunDir(flags["source_run"]).config()
+            _warn_decode(flags, source, f"--from {flags['source_run']}")
             config = source.replace(method="kmeans", **flags)
             if Path(config.data).resolve() != Path(source.data).resolve():
                 warnings.warn(
@@ -97,7 +98,18 @@ def _encoder_settings(flags: dict) -> dict:
         trained = RunDir(backbone.split(":", 1)[1]).config()
     except (RunError, OSError, ValueError):
         return flags  # not a run: building the detector names the folder and the fix
+    _warn_decode(flags, trained, backbone)
     return {"size": trained.size, "channels": trained.channels, "decode": trained.decode, **flags}
+
+
+def _warn_decode(flags: dict, source, name: str) -> None:
+    """Warn when --decode differs from the run whose encoder a new run builds on."""
+    if flags.get("decode") and flags["decode"] != source.decode:
+        warnings.warn(
+            f"--decode {flags['decode']}: {name} was trained with --decode {source.decode}, so "
+            "its encoder saw JPEGs decoded otherwise (leave --decode out to take its own)",
+            stacklevel=3,
+        )
 
 
 def _warn_ignored(method: str, flags: dict) -> None:

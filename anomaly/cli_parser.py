@@ -10,7 +10,7 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
-from anomaly.config import METHOD_DEFAULTS, METHODS, Config
+from anomaly.config import METHOD_DEFAULTS, METHODS, NEW_RUNS, Config
 
 WORKERS_HELP = (
     "processes that decode the images while the model scores them, for this command only "
@@ -36,6 +36,8 @@ EMPTY_DEFAULT = {
 def _default_text(name: str, default) -> str:
     if default == "" and name in EMPTY_DEFAULT:
         return EMPTY_DEFAULT[name]
+    if name in NEW_RUNS:
+        return f"default {NEW_RUNS[name]}; runs trained before the setting: {default}"
     per_method = [f"{m}: {d[name]}" for m, d in sorted(METHOD_DEFAULTS.items()) if name in d]
     return f"default {default}" + (f"; {', '.join(per_method)}" if per_method else "")
 

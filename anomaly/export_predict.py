@@ -88,7 +88,7 @@ def predict_files(
         try:
             if why := unreadable(path):  # as `predict --run`: one rule for the files it reads
                 raise ExportError(why)
-            x = preprocess(path, detector.size, detector.channels, detector.decode)
+            x = preprocess(path, detector.size, detector.channels, detector.decode, detector.draft)
         except ExportError as err:
             results.append({"path": str(path), "error": str(err)})
         else:

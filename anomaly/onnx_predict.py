@@ -20,9 +20,10 @@ The file's contract, also stored in its `metadata_props` (read them with
   then each channel is resized to size x size with Pillow's bilinear filter on float32 data
   (`Image.fromarray(channel, "F").resize((size, size), Image.BILINEAR)`, which widens the filter
   when shrinking, as `torch.nn.functional.interpolate(..., antialias=True)` does) and clipped to
-  [0, 1]. The aspect ratio is not kept. `decode` "draft" (a run trained so): a JPEG is opened
-  in Pillow's draft mode first (`Image.draft(mode, (2 size, 2 size))`: decoded at 1/2, 1/4 or
-  1/8 of its size where both sides stay at least twice `size`); missing: "full", every pixel;
+  [0, 1]. The aspect ratio is not kept. `decode` "draft" (a run trained so): a JPEG (or MPO)
+  is opened in Pillow's draft mode first (`Image.draft(mode, (d, d))`, d = `draft_size`, else
+  twice `size`: decoded at 1/2, 1/4 or 1/8 of its size where both sides stay at least d);
+  missing: "full", every pixel;
 - `threshold`: the run's saved decision threshold when it had one (score >= threshold means
   anomalous), `threshold_rule` its rule and `threshold_params` (JSON, `THRESHOLD_PARAMS`) what
   it guarantees, as `predict --run` says it; `map_range`: the colour scale of its held-out maps;
@@ -49,8 +50,9 @@ PREPROCESSING = (
     "channel to size x size with Pillow's BILINEAR filter on float32 data (mode 'F'; "
     "antialiased when shrinking, like torch interpolate antialias=True), aspect ratio not kept; "
     "clip to [0, 1]. Feed float32 [1, channels, size, size], channel order RGB. Where the "
-    "metadata's decode is 'draft', open a JPEG with Pillow's draft mode first "
-    "(Image.draft(mode, (2 size, 2 size)), before anything reads its pixels)."
+    "metadata's decode is 'draft', open a JPEG (or MPO) with Pillow's draft mode first "
+    "(Image.draft(mode, (d, d)), d the metadata's draft_size, else 2 size; before anything "
+    "reads its pixels)."
 )
 
 
@@ -136,9 +138,12 @@ def _out_of_range(im, path) -> str | None:
     return None
 
 
-def preprocess(path: str | Path, size: int, channels: int, decode: str = "full") -> np.ndarray:
+def preprocess(
+    path: str | Path, size: int, channels: int, decode: str = "full", draft: int | None = None
+) -> np.ndarray:
     """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]
-    (`decode` "draft": a JPEG decoded in Pillow's draft mode, as the run's images were)."""
+    (`decode` "draft": a JPEG decoded in Pillow's draft mode to at least `draft` pixels a side,
+    default twice `size`, as the run's images were)."""
     from PIL import Image, UnidentifiedImageError
 
     if Path(path).is_dir():  # predict --onnx FOLDER passes on a folder it found no images in
@@ -149,8 +154,8 @@ def preprocess(path: str | Path, size: int, channels: int, decode: str = "full")
         with Image.open(path) as im:
             refused = _refused_frames(im, path)
             if refused is None:
-                if decode == "draft" and im.format == "JPEG":
-                    im.draft(im.mode, (2 * size, 2 * size))
+                if decode == "draft" and im.format in ("JPEG", "MPO"):  # MPO: several pictures
+                    im.draft(im.mode, (draft or 2 * size, draft or 2 * size))
                 refused = _out_of_range(im, path)
                 a = _to_array(_upright(im))
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
@@ -357,6 +362,8 @@ class OnnxDetector:
         # the saved threshold's guarantee, and what the training images were (None: not stored)
         self.threshold_params, self.trained_images = _records(path, self.meta)
         self.decode = self.meta.get("decode", "full")  # exported before it: every pixel
+        self.draft = self.meta.get("draft_size")  # the run's (auto: not its choice's) size x 2
+        self.draft = int(self.draft) if str(self.draft).isdigit() else None
         if self.decode not in ("full", "draft"):
             raise ExportError(
                 f"{path}: its metadata decode is {self.decode!r:.40}, not full or draft, so it "
@@ -389,7 +396,7 @@ class OnnxDetector:
         scores, maps = [], []
         for image in images:
             if isinstance(image, (str, Path)):
-                x = preprocess(image, self.size, self.channels, self.decode)
+                x = preprocess(image, self.size, self.channels, self.decode, self.draft)
             else:
                 x = np.asarray(image, dtype=np.float32)
             want = (self.channels, self.size, self.size)
@@ -433,7 +440,9 @@ def predict_each(onnx_path: str | Path, images):
         try:
             x = image
             if isinstance(image, (str, Path)):
-                x = preprocess(image, detector.size, detector.channels, detector.decode)
+                x = preprocess(
+                    image, detector.size, detector.channels, detector.decode, detector.draft
+                )
         except ExportError as err:  # unreadable: named; a wrong array or graph still raises
             yield image, None, None, str(err)
             continue

@@ -30,7 +30,10 @@ UNSCORED_FIELDS = ("data", "device", "runtime", "workers")  # same scores whatev
 
 
 def config_differences(a: dict, b: dict, skip=UNSCORED_FIELDS) -> list[str]:
-    """Names of the Config fields on which two saved configs disagree (ignoring `skip`)."""
+    """Names of the Config fields on which two saved configs disagree (ignoring `skip`); a field
+    one of them lacks (saved before it existed) counts as its default (`decode`: "full")."""
+    defaults = asdict(Config())
+    a, b = {**defaults, **a}, {**defaults, **b}
     return [
         f.name
         for f in fields(Config)
@@ -134,7 +137,7 @@ class CheckpointFiles:
         if diffs:
             detail = "; ".join(
                 f"{f}: config.json has {getattr(config, f)!r}, the model was "
-                f"trained with {saved[f]!r}"
+                f"trained with {saved.get(f, getattr(Config(), f))!r}"
                 for f in diffs
             )
             raise RunError(

@@ -239,8 +239,9 @@ def race(args) -> None:
         config = Config.for_method(setting["method"], **overrides).replace(device="cpu")
         key = (config.size, config.channels)
         if key not in cache:
-            train = AnomalyDataset(args.data, "train", size=config.size, channels=config.channels)
-            test = AnomalyDataset(args.data, "test", size=config.size, channels=config.channels)
+            shape = {"size": config.size, "channels": config.channels, "decode": config.decode}
+            train = AnomalyDataset(args.data, "train", **shape)
+            test = AnomalyDataset(args.data, "test", **shape)
             cache[key] = (train, _InMemory([test[i] for i in range(len(test))]))
         train, test = cache[key]
         detector = get_detector(config.method)(config)

@@ -186,7 +186,9 @@ def fit_ours(method: str, root: Path, size: int, args, cache: dict) -> tuple[Pre
         method, data=str(root), size=size, device="cpu", seed=args.seed, **settings
     ).validate()
     detector = build_detector(config)
-    train = AnomalyDataset(root, "train", size=config.size, channels=config.channels)
+    train = AnomalyDataset(
+        root, "train", size=config.size, channels=config.channels, decode=config.decode
+    )
     wall, cpu = time.perf_counter(), time.process_time()
     detector.fit(train, progress=False)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

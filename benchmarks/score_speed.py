@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     ensure_run(run, args.data)
     detector = load_run(run, device="cpu")
     cfg = detector.config
-    test = AnomalyDataset(args.data, "test", size=cfg.size, channels=cfg.channels, cache=False)
+    shape = {"size": cfg.size, "channels": cfg.channels, "decode": cfg.decode}
+    test = AnomalyDataset(args.data, "test", cache=False, **shape)
     n = len(test)
     pieces = stages(detector, test, cfg.batch_size)
     fast_search = detector._search
@@ -145,9 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                 config = replace(cfg, workers=w, batch_size=bs)
 
                 def predict(config=config, search=search):
-                    data = AnomalyDataset(
-                        args.data, "test", size=cfg.size, channels=cfg.channels, cache=False
-                    )
+                    data = AnomalyDataset(args.data, "test", cache=False, **shape)
                     detector.config = config
                     detector._search = fast_search if search == "onnxruntime" else torch_search
                     detector.predict(decoding_loader(data, config))

@@ -61,8 +61,8 @@ def run_set(
 
     settings = {k: v for k, v in FINE_448.items() if k != "method"}
     config = Config.for_method("patchknn", seed=seed, **settings).validate()
-    train = AnomalyDataset(folder, "train", size=config.size, channels=config.channels)
-    test = AnomalyDataset(folder, "test", size=config.size, channels=config.channels)
+    shape = {"size": config.size, "channels": config.channels, "decode": config.decode}
+    train, test = AnomalyDataset(folder, "train", **shape), AnomalyDataset(folder, "test", **shape)
     images = _stack(train)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(images), generator=gen)

@@ -82,7 +82,7 @@ def test_predict_run_and_onnx_decode_a_jpeg_alike(jpegs, tmp_path, capsys):
     files = sorted((jpegs / "dark").glob("*.jpg"))
     results, _ = predict_images(run, files, overlay_dir=tmp_path / "overlays")
     path = export_onnx(run, tmp_path / "pk.onnx")
-    assert OnnxDetector(path).decode == "draft"
+    assert OnnxDetector(path).decode == "draft" and OnnxDetector(path).draft == 2 * SIZE
     scores, _ = predict_onnx(path, files)
     np.testing.assert_allclose([r["score"] for r in results], scores, rtol=0, atol=1e-4)
     # the overlay is drawn on the drafted decode (160 x 120), not the 640 x 480 file
@@ -103,3 +103,61 @@ def test_predict_run_and_onnx_decode_a_jpeg_alike(jpegs, tmp_path, capsys):
     )
     assert main(["predict", "--run", str(older), "--no-overlays", str(files[0])]) == 0
     capsys.readouterr()
+
+
+def test_both_decoders_draft_alike_jpegs_of_several_pictures_too(jpegs, tmp_path):
+    """A JPEG holding a second picture (phones embed gain or depth maps) opens as MPO."""
+    from anomaly.onnx_predict import preprocess
+
+    path = min((jpegs / "good").glob("*.jpg"))
+    mpo = tmp_path / "two.jpg"
+    first = Image.open(path).convert("RGB")
+    first.save(mpo, format="MPO", save_all=True, append_images=[first.resize((64, 48))])
+    assert Image.open(mpo).format == "MPO"
+    assert read_image(mpo, 2 * SIZE).shape == (120, 160, 3)
+    for f in (path, mpo):
+        for decode in ("full", "draft"):
+            ours = load_image(f, SIZE, 3, decode).numpy()
+            np.testing.assert_allclose(preprocess(f, SIZE, 3, decode), ours, atol=1e-5)
+    assert np.abs(preprocess(path, SIZE, 3, "draft") - preprocess(path, SIZE, 3)).max() > 1e-3
+
+
+def test_help_states_the_new_runs_default():
+    from anomaly.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "default draft; runs trained before the setting: full" in " ".join(text.split())
+
+
+def test_decode_added_to_an_older_runs_config_is_refused(jpegs, tmp_path):
+    """An older run's model.pt holds no decode; config.json edited to "draft" would change its
+    scores under its saved threshold: the edit is named, as any other."""
+    import torch
+
+    from anomaly.pipeline import load_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "md"
+    config = Config.for_method("meandiff", data=str(jpegs), size=SIZE, decode="full")
+    train_run(config, run, progress=False)
+    for name in ("model.pt",):
+        saved = torch.load(run / name, weights_only=False)
+        del saved["config"]["decode"]  # as written before the setting existed
+        torch.save(saved, run / name)
+    older = json.loads((run / "config.json").read_text())
+    del older["decode"]
+    (run / "config.json").write_text(json.dumps(older))
+    load_run(run)  # as it was: loads
+    older["decode"] = "draft"
+    (run / "config.json").write_text(json.dumps(older))
+    with pytest.raises(RunError, match="decode"):
+        load_run(run)
+
+
+def test_an_encoder_run_decoded_otherwise_is_named(jpegs, tmp_path, capsys):
+    src = tmp_path / "ae"
+    config = Config.for_method("ae", data=str(jpegs), size=32, epochs=1, decode="full")
+    train_run(config, src, progress=False)
+    flags = ["--method", "kmeans", "--from", str(src), "--decode", "draft"]
+    assert main(["train", *flags, "--out", str(tmp_path / "km")]) == 0
+    assert "trained with --decode full" in capsys.readouterr().err

@@ -104,6 +104,9 @@ def warn_once(path, words: str, stacklevel: int = 3) -> None:
 _SAID: set[tuple[str, str]] = set()
 
 
+DRAFTED = ("JPEG", "MPO")  # formats with a draft mode: JPEG, and JPEGs of several pictures
+
+
 def draft_size(decode: str, size: int | None) -> int | None:
     """The smallest side a JPEG may be decoded at for a model of `size` (`Config.decode`):
     twice it for "draft" (the resize after it still averages several pixels into one), None
@@ -133,7 +136,7 @@ def open_image(path: str | Path, draft: int | None = None) -> Image.Image:
             im = Image.open(path)
             refused = refused_frames(im, path)
             if refused is None:
-                if draft and im.format == "JPEG":
+                if draft and im.format in DRAFTED:
                     im.draft(im.mode, (draft, draft))
                 upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
