@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from anomaly.onnx_predict import ExportError, OnnxDetector, preprocess
+from anomaly.onnx_predict import ExportError, OnnxDetector
 
 
 def _warn_if_stale(detector: OnnxDetector) -> None:
@@ -88,7 +88,7 @@ def predict_files(
         try:
             if why := unreadable(path):  # as `predict --run`: one rule for the files it reads
                 raise ExportError(why)
-            x = preprocess(path, detector.size, detector.channels, detector.decode, detector.draft)
+            x = detector.read(path)
         except ExportError as err:
             results.append({"path": str(path), "error": str(err)})
         else:

@@ -315,8 +315,9 @@ def _scored_files(run: Path, pred, picks: list[int]) -> list[Path]:
 def _test_data(config: Config):
     from anomaly.data import AnomalyDataset
 
-    c = config
-    return AnomalyDataset(c.data, "test", size=c.size, channels=c.channels, decode=c.decode)
+    return AnomalyDataset(
+        config.data, "test", size=config.size, channels=config.channels, decode=config.decode
+    )
 
 
 def _positive(name: str, value) -> int:

@@ -362,8 +362,8 @@ class OnnxDetector:
         # the saved threshold's guarantee, and what the training images were (None: not stored)
         self.threshold_params, self.trained_images = _records(path, self.meta)
         self.decode = self.meta.get("decode", "full")  # exported before it: every pixel
-        self.draft = self.meta.get("draft_size")  # the run's (auto: not its choice's) size x 2
-        self.draft = int(self.draft) if str(self.draft).isdigit() else None
+        draft = str(self.meta.get("draft_size"))  # the run's (auto: not its choice's) size x 2
+        self.draft = int(draft) if draft.isdigit() else None
         if self.decode not in ("full", "draft"):
             raise ExportError(
                 f"{path}: its metadata decode is {self.decode!r:.40}, not full or draft, so it "
@@ -392,11 +392,16 @@ class OnnxDetector:
         paths = [p for p in images if isinstance(p, (str, Path))]
         return warn_unlike(paths, self.trained_images, self.channels, self.size)
 
+    def read(self, path: str | Path) -> np.ndarray:
+        """The image file `path` as this file's input expects it (`preprocess` with its size,
+        channels and decoding); ExportError naming a file it cannot read."""
+        return preprocess(path, self.size, self.channels, self.decode, self.draft)
+
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         scores, maps = [], []
         for image in images:
             if isinstance(image, (str, Path)):
-                x = preprocess(image, self.size, self.channels, self.decode, self.draft)
+                x = self.read(image)
             else:
                 x = np.asarray(image, dtype=np.float32)
             want = (self.channels, self.size, self.size)
@@ -438,11 +443,7 @@ def predict_each(onnx_path: str | Path, images):
     detector.warn_unlike(images)
     for image in images:
         try:
-            x = image
-            if isinstance(image, (str, Path)):
-                x = preprocess(
-                    image, detector.size, detector.channels, detector.decode, detector.draft
-                )
+            x = detector.read(image) if isinstance(image, (str, Path)) else image
         except ExportError as err:  # unreadable: named; a wrong array or graph still raises
             yield image, None, None, str(err)
             continue
