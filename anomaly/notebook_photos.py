@@ -262,16 +262,13 @@ def threshold_text(run: Path, threshold) -> str:
     from anomaly.calibration import calibration_words
     from anomaly.decision import summary_line
     from anomaly.metrics import confusion
-    from anomaly.threshold_file import UNRECORDED, guarantee_words
+    from anomaly.threshold_file import guarantee_words, lost_guarantee
 
     pred = RunDir(run).predictions()
     counts = confusion(pred.labels, pred.scores, threshold.value)
     guarantee = guarantee_words(threshold.rule, threshold.params)
-    params = threshold.params or {}
-    if not guarantee and threshold.rule == "conformal" and params.get("earlier_model"):
-        guarantee = "none: chosen on an earlier model of the run (choose it again)"
-    elif not guarantee and threshold.rule == "conformal" and params.get(UNRECORDED):
-        guarantee = "none: the model it was chosen for is not recorded (choose it again)"
+    if not guarantee and (lost := lost_guarantee(threshold.rule, threshold.params or {})):
+        guarantee = f"none: {lost} (choose it again)"
     guarantee = guarantee or "none (use the conformal rule for one)"
     source = calibration_words(threshold)
     text = (

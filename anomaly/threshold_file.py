@@ -176,6 +176,19 @@ def drop_guarantee(params) -> bool:
     return False
 
 
+def lost_guarantee(rule: str, params: dict) -> str | None:
+    """Why a conformal threshold claims no guarantee it was set with, in words for the explorer
+    and the notebooks: chosen on an earlier model of the run, or not recorded as chosen for this
+    one (`UNRECORDED`); None otherwise."""
+    if rule != "conformal":
+        return None
+    if params.get("earlier_model"):
+        return "chosen on an earlier model of this run"
+    if params.get(UNRECORDED):
+        return "the model it was chosen for is not recorded"
+    return None
+
+
 def guarantee_words(rule: str, params: dict) -> str | None:
     """What a saved threshold guarantees, in words, or None: only the conformal rule guarantees
     anything, and only its alpha says how much. The file's own words (`params["guarantee"]`,

@@ -7,7 +7,7 @@ import html
 import os
 
 from anomaly.metrics import Threshold
-from anomaly.threshold_file import UNRECORDED, guarantee_words
+from anomaly.threshold_file import guarantee_words, lost_guarantee
 
 TD = "padding:3px 8px;text-align:right;border:1px solid #ccc"
 TH = "padding:3px 8px;text-align:left;border:1px solid #ccc;background:#f5f5f5"
@@ -207,12 +207,8 @@ def rule_html(
                     "independent check: set it on good images outside the test set."
                 )
         else:
-            params = saved.params or {}
-            why = ""
-            if saved.rule == "conformal" and params.get("earlier_model"):
-                why = " (it was chosen on an earlier model of this run: choose it again)"
-            elif saved.rule == "conformal" and params.get(UNRECORDED):
-                why = " (the model it was chosen for is not recorded: choose it again)"
+            why = lost_guarantee(saved.rule, saved.params or {})
+            why = f" ({why}: choose it again)" if why else ""
             text += (
                 f"It guarantees nothing{why}; measured false-reject rate on these images: {frr}."
             )
