@@ -29,7 +29,8 @@ def benchmark_result(s: Settings) -> dict:
     if not path.exists() and (s.runs_dir.parent / "benchmark.json").exists():
         path = s.runs_dir.parent / "benchmark.json"  # runs_dir is one set of a suite benchmark
     if s.smoke:  # a fresh folder each time: the benchmark never reuses a folder it did not make
-        out = Path(tempfile.mkdtemp(prefix="anomaly-bench-")) / "bench"
+        s.runs_dir.mkdir(parents=True, exist_ok=True)  # beside the smoke runs, not left in /tmp
+        out = Path(tempfile.mkdtemp(prefix="smoke-bench-", dir=s.runs_dir)) / "bench"
         with contextlib.redirect_stdout(io.StringIO()):  # the cell prints the tables itself
             run_benchmark(
                 str(ensure_cookies(s)), methods=["patchknn"], out=str(out), seed=s.seed, smoke=True
@@ -54,7 +55,8 @@ def photos_result(s: Settings) -> dict:
 
     path = s.runs_dir.parent / "benchmark-photos" / "benchmark.json"
     if s.smoke:  # a fresh folder each time, as benchmark_result
-        tmp = Path(tempfile.mkdtemp(prefix="anomaly-photos-"))
+        s.runs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="smoke-photos-", dir=s.runs_dir))
         make_photos(tmp / "photos", seed=0, tiny=True, sets=["moon", "page"])
         with contextlib.redirect_stdout(io.StringIO()):
             run_benchmark(

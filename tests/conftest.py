@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 # the tests' ONNX exports are kept in a folder of their own, not in the user's cache
 os.environ["ANOMALY_CACHE"] = tempfile.mkdtemp(prefix="anomaly-test-cache-")
+atexit.register(shutil.rmtree, os.environ["ANOMALY_CACHE"], ignore_errors=True)
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
