@@ -202,7 +202,10 @@ def metadata(config, run=None) -> dict[str, str]:
         }
         meta["threshold_params"] = json.dumps(params)
     if run is not None and run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
-        meta["map_range"] = json.dumps(list(run.map_range()))
+        from anomaly.overlays import run_scale
+
+        scale = run_scale(run)  # the held-out good maps' floor, and the saved pixel threshold
+        meta["map_range"] = json.dumps([scale.floor, scale.pixel_threshold])
     from anomaly.pipeline import trained_images
 
     images = trained_images(run) if run is not None else None  # a run from before it: none

@@ -70,12 +70,10 @@ def predict_files(
     False), or path and error; `each(result)` called with each as soon as it is made.
     """
     from anomaly.predict import expand_images, overlay_folder, scored_result, unreadable
-    from anomaly.viz import heatmap_overlay
 
     detector = OnnxDetector(onnx_path)
     threshold = exported_threshold(detector)
     _warn_if_stale(detector)
-    vmin, vmax = detector.map_range or (0.0, detector.threshold)
     out = None
     if overlays:
         out = overlay_folder(
@@ -93,8 +91,26 @@ def predict_files(
             results.append({"path": str(path), "error": str(err)})
         else:
             scores, maps = detector.predict([x])
-            picture = heatmap_overlay(x, maps[0], vmin, vmax) if out is not None else None
-            results.append(scored_result(path, float(scores[0]), picture, out, used, threshold))
+            score, picture = float(scores[0]), None
+            if out is not None:
+                picture = _overlay(detector, path, maps[0], score, threshold.value)
+            results.append(scored_result(path, score, picture, out, used, threshold))
         if each is not None:
             each(results[-1])
     return results, threshold
+
+
+def _overlay(detector: OnnxDetector, path: Path, amap, score: float, threshold: float):
+    """The overlay `predict --run` draws: the image at its own size (a JPEG at the size the
+    file drafts it to), the map's evidence on the run's colour scale (the file's map_range:
+    its held-out good maps' floor and the pixel threshold), the verdict, score and name."""
+    from anomaly.data.folder import read_image
+    from anomaly.overlays import EvidenceScale, annotated_overlay
+    from anomaly.predict import overlay_tensor
+
+    floor, top = detector.map_range or (0.0, threshold)  # exported before it: the threshold
+    draft = (detector.draft or 2 * detector.size) if detector.decode == "draft" else None
+    own = overlay_tensor(read_image(path, draft)).numpy()
+    return annotated_overlay(
+        own, amap, EvidenceScale(floor, top), score, threshold, title=path.name
+    )

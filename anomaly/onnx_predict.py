@@ -26,7 +26,9 @@ The file's contract, also stored in its `metadata_props` (read them with
   missing: "full", every pixel;
 - `threshold`: the run's saved decision threshold when it had one (score >= threshold means
   anomalous), `threshold_rule` its rule and `threshold_params` (JSON, `THRESHOLD_PARAMS`) what
-  it guarantees, as `predict --run` says it; `map_range`: the colour scale of its held-out maps;
+  it guarantees, as `predict --run` says it; `map_range`: its overlays' colour scale, [floor,
+  pixel threshold] (the held-out good maps' typical value, and the pixel threshold the run saved
+  or else their 99.9 % quantile);
 - `images` (JSON): what the training images were (split.json's "images"), so prediction warns
   of a greyscale, 16-bit or stretched image as `predict --run` does (none stored: no check).
 """

@@ -141,7 +141,7 @@ class _ImageFiles(torch.utils.data.Dataset):
             a = read_image(path, self.draft)  # decoded once, for the model and the overlay
             return {
                 "image": image_tensor(a, self.size, self.channels),
-                "own": _overlay_tensor(a),
+                "own": overlay_tensor(a),
                 "note": flat_note(path, a),
             }
         except DataError as err:
@@ -239,7 +239,7 @@ def flat_note(path: Path, a) -> str | None:
     )
 
 
-def _overlay_tensor(a):
+def overlay_tensor(a):
     """The decoded image `a` [H, W, C] as the overlay shows it: float32 RGB [3, h, w], at its
     own size or shrunk to `overlays.overlay_size` (a very large image)."""
     import torch.nn.functional as F

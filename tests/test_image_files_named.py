@@ -101,7 +101,7 @@ def test_a_very_large_image_gets_a_shrunk_overlay(monkeypatch):
     amap[2:4, 2:4] = 2.0  # evidence 2: painted red
     picture = overlays.evidence_overlay(np.full((64, 100, 3), 0.5, np.float32), amap, scale)
     assert picture.shape == (32, 50, 3) and overlays.strong_red_fraction(picture) > 0
-    own = predict._overlay_tensor(np.full((64, 100, 1), 0.5, np.float32))
+    own = predict.overlay_tensor(np.full((64, 100, 1), 0.5, np.float32))
     assert tuple(own.shape) == (3, 32, 50) and abs(float(own.mean()) - 0.5) < 1e-3
 
 
