@@ -89,6 +89,14 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
             "one replaces",
             stacklevel=2,
         )
+    if not run.has_threshold():
+        warnings.warn(
+            f"{run} has no threshold.json, so {written} holds no threshold: `predict --onnx` "
+            "refuses it (onnx_predict.predict_onnx still gives scores and maps, no verdicts). "
+            f"Set one, then export again: python -m anomaly threshold --run {run} --rule "
+            "conformal --value 0.05",
+            stacklevel=2,
+        )
     return written
 
 

@@ -109,7 +109,7 @@ def train_run(
     with run.lock("train"):
         guards.refuse_existing(run)  # again: another process may have finished it meanwhile
         run.create(config, split)
-        run.clear_outputs()
+        _clear_outputs(run)  # of a model whose model.pt is gone
         detector.to(device)
         _fit(run, detector, train, val, progress, resume=False)
         _default_threshold(run, detector, train, val, keep_user_threshold=False)
@@ -205,15 +205,20 @@ def _fit(
     seconds = time.perf_counter() - t0
     checkpoints.save_checkpoint(detector, complete=True)  # no timing: the same training, the
     run.save_fit_seconds(seconds)  # same model.pt (a threshold chosen for one fits the other)
+    _clear_outputs(run)
+    selection = getattr(detector, "selection", None)
+    if isinstance(selection, dict):
+        run.save_selection(selection)
+
+
+def _clear_outputs(run: RunDir) -> None:
+    """`RunDir.clear_outputs`, saying what it removed."""
     removed = run.clear_outputs()
     if removed:
         print(
             f"{run}: removed the outputs of the earlier model ({', '.join(removed)}); "
             f"score it again: python -m anomaly score --run {run}"
         )
-    selection = getattr(detector, "selection", None)
-    if isinstance(selection, dict):
-        run.save_selection(selection)
 
 
 def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: bool) -> None:
@@ -288,6 +293,13 @@ def score_run(
             trained=_trained(rd, config.data, data),
             decode=config.decode,
         )
+        if test.layout != "mvtec" and rd.split() is None:  # good/ would be split anew
+            raise RunError(
+                f"{rd.file(rd.SPLIT)} is missing: in the plain layout (good/ and defect folders, "
+                "no train/ or test/) it is the record of which good images the model learned "
+                "and which it is tested on; without it images it learned would be scored as "
+                "test images. Restore it from a copy, or train the run again"
+            )
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         guards.warn_test_copies(rd, list(test.paths))
         t0 = time.perf_counter()
@@ -299,6 +311,7 @@ def score_run(
                 "its model.pt is damaged or its training diverged: train the run again"
             )
         pred.meta.update(run=str(run), data=data, out=str(dest))
+        pred.meta.update(threshold_file.model_record(rd.file(rd.MODEL)))  # the model that scored
         metrics = evaluate(pred)
         metrics["predict_images_per_s"] = len(pred) / seconds
         metrics["threshold"] = threshold.value if threshold is not None else None

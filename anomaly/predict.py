@@ -185,7 +185,7 @@ def predict_images(
     rd = RunDir(run).require()
     detector = load_run(rd)
     threshold = rd.threshold()
-    scale = run_scale(rd)  # the saved pixel threshold anchors the colours
+    scale = run_scale(rd) if overlays else None  # the saved pixel threshold anchors the colours
     overlay_dir = overlay_folder(overlay_dir or rd.predict_dir) if overlays else None
     paths = expand_images(images)
     warn_unlike(paths, trained_images(rd), detector.config.channels, detector.config.size)

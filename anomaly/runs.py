@@ -244,10 +244,10 @@ class RunDir(CheckpointFiles):
 
     def val_scores(self) -> dict:
         """The held-out good images' `paths`, `scores` and `map_range`; RunError naming the file
-        unless its scores are finite numbers, one for each path (`check_held_out`)."""
+        unless `check_held_out` accepts it (finite scores, one per path, of this model.pt)."""
         got = self._read_json(self.VAL_SCORES, "; train the run again to get held-out scores")
         try:
-            return threshold_file.check_held_out(got)
+            return threshold_file.check_held_out(got, self.file(self.MODEL))
         except ValueError as err:
             raise RunError(
                 f"{self.file(self.VAL_SCORES)} {err}; restore it, train a new run, or set the "
@@ -261,6 +261,7 @@ class RunDir(CheckpointFiles):
                 "paths": list(paths),
                 "scores": list(scores),
                 "map_range": [float(x) for x in map_range],
+                **threshold_file.model_record(self.file(self.MODEL)),  # the model that scored
             },
         )
 
@@ -408,19 +409,19 @@ class RunDir(CheckpointFiles):
     def predictions(self):
         from anomaly.detectors.base import Predictions
 
-        path = self.file(self.PREDICTIONS)
+        path, again = self.file(self.PREDICTIONS), f"python -m anomaly score --run {self.path}"
         if not path.is_file():
-            raise RunError(
-                f"{self.path} has not been scored; run "
-                f"`python -m anomaly score --run {self.path}` first"
-            )
+            raise RunError(f"{self.path} has not been scored; run `{again}` first")
         try:
-            return Predictions.load(path)
+            pred = Predictions.load(path)
         except Exception as err:  # noqa: BLE001  (truncated, empty, or not ours)
-            raise RunError(
-                f"{path} is unreadable ({type(err).__name__}: {str(err)[:200]}); score "
-                f"the run again: python -m anomaly score --run {self.path}"
-            ) from None
+            msg = f"{path} is unreadable ({type(err).__name__}: {str(err)[:200]}); score "
+            raise RunError(f"{msg}the run again: {again}") from None
+        try:
+            threshold_file.check_model(pred.meta, self.file(self.MODEL), "were made by")
+        except ValueError as err:  # a model.pt put in since `score`
+            raise RunError(f"{path} {err}; score the run again: {again}") from None
+        return pred
 
     def scored_elsewhere(self) -> list[RunDir]:
         """The folders in scored/ where `score --data OTHER` wrote other data's scores."""

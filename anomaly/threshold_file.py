@@ -94,9 +94,10 @@ def check_threshold(d) -> tuple[float, str, dict]:
     return float(d["value"]), rule, params
 
 
-def check_held_out(d) -> dict:
+def check_held_out(d, model: Path | None = None) -> dict:
     """`d` (val_scores.json) when its scores are a non-empty list of finite numbers, one for
-    each of its paths (if it has them, as text); else ValueError."""
+    each of its paths (if it has them, as text), scored by the file `model` (when given and
+    `d` records one); else ValueError."""
     scores = d.get("scores") if isinstance(d, dict) else None
     paths = d.get("paths", scores) if isinstance(d, dict) else None
     if not (isinstance(scores, list) and all(finite(s) for s in scores)):
@@ -107,6 +108,8 @@ def check_held_out(d) -> dict:
         raise ValueError("does not hold its held-out images' 'paths' as text")
     if not scores:
         raise ValueError("holds no held-out scores: the run held out no good image")
+    if model is not None:
+        check_model(d, model, "were scored by")
     return d
 
 
@@ -124,16 +127,26 @@ def model_sha256(model: Path) -> str | None:
     return _DIGESTS[key]
 
 
-def check_model(d: dict, model: Path) -> None:
-    """ValueError when the saved threshold `d` records another model than the file `model`
-    (a threshold without the record, from an older version, or a run without a model, pass)."""
-    made_for, sha = d.get(MODEL_RECORD), model_sha256(model)
+def check_model(d: dict, model: Path, made: str = "was set for") -> None:
+    """ValueError when the saved threshold `d` (or held-out scores, predictions: `made` says
+    how they came from it) records another model than the file `model` (one without the
+    record, from an older version, or a run without a model, pass)."""
+    made_for = d.get(MODEL_RECORD) if isinstance(d, dict) else None
+    sha = model_sha256(model)
     if made_for is not None and sha is not None and made_for != sha:
+        what = "its value and any guarantee say" if made == "was set for" else "they say"
         raise ValueError(
-            f"was set for another model (it records {model.name} SHA-256 {str(made_for)[:12]}; "
-            f"this run's is {sha[:12]}): copied from another run, its value and any guarantee "
-            "say nothing about this model's scores"
+            f"{made} another model (it records {model.name} SHA-256 {str(made_for)[:12]}; "
+            f"this run's is {sha[:12]}): copied from another run, {what} nothing about this "
+            "model's scores"
         )
+
+
+def model_record(model: Path) -> dict:
+    """{MODEL_RECORD: the SHA-256 of the file `model`}, or {} when there is none: what a run's
+    held-out scores and predictions record of the model that made them."""
+    sha = model_sha256(model)
+    return {MODEL_RECORD: sha} if sha else {}
 
 
 def saved_for(threshold: Path, model: Path) -> dict | None:

@@ -310,11 +310,12 @@ def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
     ]
     if copies:
         pairs = named((f"{p} = {q}" for p, q in copies), 3, "; ")
+        good = os.path.relpath(os.path.dirname(copies[0][0]), config.data).replace(os.sep, "/")
         warnings.warn(
             f"{run}: {len(copies)} of the {len(split['val'])} held-out images are byte-identical "
             f"copies of training images ({pairs}), so the "
             "default threshold, set on them, measures how the model scores images it learned, "
-            "not new good parts, and will be too low. Remove the copies from train/good, or "
+            f"not new good parts, and will be too low. Remove the copies from {good}/, or "
             f"set a threshold on other good images: `python -m anomaly threshold --run {run} "
             "--rule conformal --value 0.05 --good-images FOLDER`",
             stacklevel=3,

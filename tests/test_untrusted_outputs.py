@@ -38,12 +38,14 @@ def _image(tiny_cookies):
 
 
 def _replace_model(run, payload):
-    """Write model.pt as a broken model would be, and keep the run's threshold for it (it records
-    the model it was set for, and would be refused before the model is scored)."""
+    """Write model.pt as a broken model would be, and keep the run's threshold and held-out
+    scores for it (they record the model that made them, and would be refused before the model
+    is scored)."""
     torch.save(payload, run / "model.pt")
-    threshold = json.loads((run / "threshold.json").read_text())
-    threshold.pop("model_sha256")
-    (run / "threshold.json").write_text(json.dumps(threshold))
+    for name in ("threshold.json", "val_scores.json"):
+        record = json.loads((run / name).read_text())
+        record.pop("model_sha256")
+        (run / name).write_text(json.dumps(record))
 
 
 def test_train_refuses_a_folder_of_the_users(tiny_cookies, tmp_path):
