@@ -40,7 +40,9 @@ from anomaly.notebook_setup import (
     ensure_run,
     home,
     light_figures,
+    own_copy,
     settings,
+    shown,
 )
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import finite
@@ -70,11 +72,13 @@ __all__ = [  # this module's names and those it re-exports (notebook_setup, note
     "metrics_table_keys",
     "normals_figure",
     "overlays_figure",
+    "own_copy",
     "photos_result",
     "reconstructions_figure",
     "roc_figure",
     "scores_table",
     "settings",
+    "shown",
     "train_size_figure",
     "train_size_rows",
     "train_size_table",

@@ -149,7 +149,8 @@ def train_size_figure(rows: list[dict], sets=None, methods=None):
 
 
 def train_size_table(rows: list[dict], target: float = 0.95) -> str:
-    """Per set and method: mean image AUROC and fit time at each n, the n that reaches `target`."""
+    """Per set and method: mean image AUROC and fit time at each n, the n that reaches `target`,
+    and the escape and false-reject rates at the conformal threshold."""
     from anomaly.benchmark_curves import images_needed
 
     lines = []
@@ -157,11 +158,14 @@ def train_size_table(rows: list[dict], target: float = 0.95) -> str:
         group = [r for r in rows if f"{r['set']} {r['method']}" == label]
         points = "  ".join(f"{n}:{a:.3f}" for n, a in zip(c["n"], c["image_auroc"]))
         fits = "  ".join(f"{n}:{t:.1f}" for n, t in zip(c["n"], c["fit_s"]))
+        escapes = "  ".join(f"{n}:{e:.2f}" for n, e in zip(c["n"], c["escape_rate"]))
+        rejects = "  ".join(f"{n}:{f:.2f}" for n, f in zip(c["n"], c["false_reject_rate"]))
         alphas = ", ".join(f"{a:.3g}" for a in sorted(set(c["alpha_used"])))
         needed = images_needed(group, target)
         reach = f"reaches {target} at n = {needed}" if needed else f"does not reach {target}"
         lines.append(
-            f"{label}: image AUROC by n  {points}\n  fit seconds by n  {fits}\n"
-            f"  {reach}; escape rate at conformal alpha {alphas}"
+            f"{label}: image AUROC by n  {points}\n  fit seconds by n  {fits}\n  {reach}\n"
+            f"  at the conformal threshold (alpha {alphas}): escapes by n  {escapes}\n"
+            f"    false rejects by n  {rejects}"
         )
     return "\n".join(lines)

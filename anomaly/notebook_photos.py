@@ -13,14 +13,16 @@ written under the notebook's home (`$ANOMALY_HOME` or the working folder).
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import textwrap
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from anomaly.notebook_setup import Settings, _subplots, home
+from anomaly.notebook_setup import Settings, _subplots, shown
 from anomaly.runs import RunDir
 
 SET = "coins"  # objects photographed one per image: the closest set to a part on a line
@@ -29,14 +31,6 @@ NEW_SEED = 2  # "another day's photos": crops of the same photo at other random 
 GOOD_SEED = 3  # "good photos from the line": good crops of the test region, for the threshold
 SMOKE_PX = 64
 SMOKE_COUNTS = {"train": 12, "good": 3, "defect": 1}
-
-
-def _shown(path: Path) -> str:
-    """A path from the notebook's home (`data/...`, `runs/...`) when it is under it."""
-    try:
-        return str(Path(path).resolve().relative_to(home()))
-    except ValueError:
-        return str(path)
 
 
 @dataclass(frozen=True)
@@ -109,7 +103,7 @@ def stand_in(p: PhotoSettings) -> Path:
 def folder_tree(root: Path) -> str:
     """The data folder as a reader would check it: each image folder and its file count."""
     root = Path(root)
-    lines = [f"{_shown(root)}/"]
+    lines = [f"{shown(Path(root))}/"]
     for folder in sorted(d for d in root.rglob("*") if d.is_dir()):
         files = [f for f in folder.iterdir() if f.is_file()]
         if files:
@@ -196,14 +190,18 @@ def train(p: PhotoSettings, data: Path) -> Path:
 
     run = RunDir(p.run)
     if run.has_model():
-        print(f"using the trained run {_shown(p.run)}")
+        print(f"using the trained run {shown(p.run)}")
     else:
         sizes = {"size": p.size, "epochs": 1} if p.smoke else {}
         config = Config.for_method("auto").replace(
             data=str(Path(data).resolve()), seed=p.seed, val_fraction=p.val_fraction, **sizes
         )
-        train_run(config, p.run, progress=False)  # the cell prints auto's table once
-        print(f"trained {_shown(p.run)}")
+        with warnings.catch_warnings(record=True) as caught:  # said below, paths from home
+            warnings.simplefilter("always")
+            train_run(config, p.run, progress=False)  # the cell prints auto's table once
+        for w in caught:
+            print(f"warning: {shown(w.message)}", file=sys.stderr)
+        print(f"trained {shown(p.run)}")
     if not run.has_metrics():
         score_run(p.run)
     return p.run
@@ -220,7 +218,7 @@ def selection(run: Path) -> dict | None:
 
 def _no_selection(run: Path, chosen) -> str:
     what = "records no choice by auto" if chosen is None else "holds a choice that cannot be read"
-    return f"{_shown(run)} {what}; train it with --method auto to see one"
+    return f"{shown(Path(run))} {what}; train it with --method auto to see one"
 
 
 def selection_table(run: Path) -> str:
@@ -276,7 +274,7 @@ def threshold_text(run: Path, threshold) -> str:
         + (f"{source}\n" if source else "")
         + f"on the labelled test images, {summary_line(counts)}"
     )
-    return text.replace(str(home()) + "/", "")  # paths from the notebook's home
+    return shown(text)  # paths from the notebook's home
 
 
 def good_photos(p: PhotoSettings) -> Path:
@@ -343,11 +341,11 @@ def verdicts_figure(results: list[dict], ncols: int = 4):
     scale, red above its pixel threshold), in a grid."""
     from PIL import Image
 
-    shown = [r for r in results if "overlay" in r]
-    ncols = max(1, min(ncols, len(shown)))
-    nrows = -(-len(shown) // ncols)
+    drawn = [r for r in results if "overlay" in r]
+    ncols = max(1, min(ncols, len(drawn)))
+    nrows = -(-len(drawn) // ncols)
     fig, axes = _subplots(nrows, ncols, figsize=(2.8 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, r in zip(axes.ravel(), shown):
+    for ax, r in zip(axes.ravel(), drawn):
         with Image.open(r["overlay"]) as im:
             ax.imshow(np.asarray(im.convert("RGB")))
     for ax in axes.ravel():

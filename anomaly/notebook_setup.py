@@ -54,12 +54,16 @@ def _check_writable(path: Path) -> None:
         )
 
 
-def _shown(path: Path) -> str:
-    """A path relative to the working folder when it is under it (shorter to read)."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+def shown(what) -> str:
+    """A path from the notebooks' home (`data/...`, `runs/...`, as README writes them) when it
+    is under it; anything else (a data set, a message) as text with the home's paths so
+    written. A web reader of a committed notebook sees no folder of the machine it ran on."""
+    if isinstance(what, Path):
+        try:
+            return str(what.resolve().relative_to(home()))
+        except ValueError:
+            return str(what)
+    return str(what).replace(f"{home()}{os.sep}", "")
 
 
 @dataclass
@@ -99,7 +103,7 @@ class Settings:
         smoke_size = trained.size <= SMOKE["size"]  # `benchmark --smoke` (64 px, one epoch)
         if not same_data or (smoke_size and not self.smoke):
             why = f"it was trained on {trained.data}" if not same_data else "a --smoke run"
-            print(f"not showing {_shown(made)} ({why}); the notebooks use their own run")
+            print(f"not showing {shown(made)} ({why}); the notebooks use their own run")
             return self.own_runs / name
         return made
 
@@ -165,6 +169,31 @@ def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> P
     return root
 
 
+def own_copy(s: Settings, run: Path) -> Path:
+    """`run` to save something into (a threshold): itself, unless `make benchmark` wrote it;
+    then a copy in the notebooks' own folder (`own_runs`, the first free `<name>`, `<name>-2`,
+    ... or one already holding the same model.pt), so the benchmark's runs keep the thresholds
+    the benchmark chose."""
+    import shutil
+
+    from anomaly.runs import RunDir
+    from anomaly.threshold_file import model_sha256
+
+    run = Path(run)
+    if s.own_runs.resolve() == s.runs_dir.resolve() or run.resolve().parent != s.runs_dir.resolve():
+        return run
+    model = model_sha256(RunDir(run).file(RunDir.MODEL))
+    for i in range(1, 100):
+        copy = s.own_runs / (run.name if i == 1 else f"{run.name}-{i}")
+        if not copy.exists():
+            shutil.copytree(run, copy)
+            print(f"a copy of {shown(run)} in {shown(copy)}: the benchmark's run stays as it was")
+            return copy
+        if model_sha256(RunDir(copy).file(RunDir.MODEL)) == model:
+            return copy
+    raise FileExistsError(f"{s.own_runs} holds 99 runs named {run.name}-N: move some away")
+
+
 def ensure_run(
     s: Settings, method: str, data: Path | None = None, source: str | None = None, **overrides
 ) -> Path:
@@ -178,7 +207,7 @@ def ensure_run(
 
     run = s.run_folder(method if source is None else f"{source}_{method}", data)
     if RunDir(run).has_metrics():
-        print(f"using the trained run {_shown(run)}")
+        print(f"using the trained run {shown(run)}")
         return run
     _check_writable(run)
     if source is not None:
@@ -191,7 +220,7 @@ def ensure_run(
         )
     train_run(config, run, progress=not s.smoke)
     score_run(run)
-    print(f"trained and scored {_shown(run)}")
+    print(f"trained and scored {shown(run)}")
     return run
 
 

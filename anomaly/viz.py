@@ -257,6 +257,17 @@ def plot_history(history, ax=None):
     return ax.figure
 
 
+def plot_histories(histories: dict, size: tuple[float, float] = (4.5, 3.0)):
+    """`plot_history` of each named history (name -> `history.csv` path, rows, ...), a panel
+    per name titled with it: runs with different losses (SSIM, L2) each on their own scale."""
+    fig, axes = _figure(1, len(histories), figsize=(size[0] * len(histories), size[1]))
+    for ax, (name, history) in zip(axes[0], histories.items()):
+        plot_history(history, ax=ax)
+        ax.set_title(name)
+    fig.tight_layout()
+    return fig
+
+
 def plot_gallery(images, titles=None, masks=None, overlays=None, ncols: int = 4, size: float = 2.5):
     """A grid of images, with ground-truth outlines and an overlay panel beside each image.
 

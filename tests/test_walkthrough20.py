@@ -69,3 +69,172 @@ def test_predict_onnx_draws_the_overlay_predict_run_draws(tiny_cookies, tmp_path
     by_onnx = np.asarray(Image.open(tmp_path / "o" / "wide_overlay.png"), np.int16)
     assert by_onnx.shape == by_run.shape  # own size, enlarged alike, with head and colour bar
     assert np.mean(np.abs(by_onnx - by_run) > 8) < 0.002
+
+
+def test_notebook_04s_threshold_leaves_the_benchmarks_run_as_it_was(tmp_path, capsys):
+    """Notebook 04 saved an F1 threshold into the run `make benchmark` wrote (it shows the
+    benchmark's runs): the benchmark's unet+kmeans then predicted at a threshold chosen on its
+    test labels, and the notebook's own histogram drew it the next time. `own_copy` gives the
+    cell a copy in the notebooks' own folder; the notebooks' own runs are used as they are."""
+    import anomaly.notebook as nb
+
+    runs = tmp_path / "runs" / "benchmark"
+    s = Settings(False, "benchmark", None, None, tmp_path / "data", runs)
+    bench = runs / "kmeans"
+    bench.mkdir(parents=True)
+    (bench / "model.pt").write_bytes(b"weights")
+    (bench / "threshold.json").write_text('{"set by": "the benchmark"}')
+    copy = nb.own_copy(s, bench)
+    assert copy == tmp_path / "runs" / "notebooks" / "kmeans"
+    assert "the benchmark's run stays as it was" in capsys.readouterr().out
+    assert nb.own_copy(s, bench) == copy  # the same model: the copy made before
+    (copy / "model.pt").write_bytes(b"retrained")  # another model there: a second copy
+    assert nb.own_copy(s, bench) == copy.with_name("kmeans-2")
+    assert nb.own_copy(s, copy) == copy  # the notebooks' own run: itself
+    smoke = Settings(True, "tiny", 64, 1, tmp_path / "data", runs)
+    assert nb.own_copy(smoke, bench) == bench  # smoke runs are the notebooks' own
+    assert (bench / "threshold.json").read_text() == '{"set by": "the benchmark"}'
+
+
+def test_notebooks_show_paths_from_their_home(tmp_path, monkeypatch):
+    """Committed notebooks showed /work/main/... (the folder they ran in): paths were made
+    relative to the working folder, notebooks/, so anything at the top stayed absolute."""
+    import anomaly.notebook as nb
+    from anomaly.data import AnomalyDataset
+
+    monkeypatch.setenv("ANOMALY_HOME", str(tmp_path))
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    run = tmp_path / "runs" / "benchmark" / "ae"
+    assert nb.shown(run) == "runs/benchmark/ae"
+    assert nb.shown(Path("/elsewhere/x")) == "/elsewhere/x"
+    assert (
+        nb.shown(f"a warning about {run}/model.pt") == "a warning about runs/benchmark/ae/model.pt"
+    )
+    from anomaly.data import make_cookies
+
+    make_cookies(tmp_path / "data" / "c", preset="tiny", seed=0, size=32)
+    shown = nb.shown(AnomalyDataset(tmp_path / "data" / "c", "train", size=32))
+    assert "AnomalyDataset('data/c'" in shown and str(tmp_path) not in shown
+
+
+def test_held_out_scores_and_predictions_of_another_model_are_refused(tiny_cookies, tmp_path):
+    """A model.pt (and config.json) copied in from another run: predict refused the old
+    threshold.json and said to set one, but `threshold` then read val_scores.json and
+    predictions.npz, the old model's scores, and saved a threshold (with a guarantee) on which
+    every defect passed. Both record the model that made them now, and are refused for another."""
+    import shutil
+
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.calibration import set_threshold
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunError
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_run(tiny_config(tiny_cookies, method="meandiff"), a, progress=False)
+    train_run(tiny_config(tiny_cookies, method="meandiff", seed=1, size=32), b, progress=False)
+    score_run(a, overlays=False)
+    set_threshold(a, "conformal", 0.5)  # its own scores: fine
+    for name in ("model.pt", "config.json"):
+        shutil.copy(b / name, a / name)
+    with pytest.raises(RunError, match=r"val_scores.json were scored by another model"):
+        set_threshold(a, "conformal", 0.5)
+    with pytest.raises(RunError, match=r"predictions.npz were made by another model"):
+        set_threshold(a, "f1")
+    set_threshold(a, "manual", 1.0)  # no scores read: still possible
+
+
+def test_training_again_where_model_pt_was_deleted_says_what_it_removed(
+    tiny_cookies, tmp_path, capsys
+):
+    """`train` into a run folder whose model.pt had been deleted removed the earlier model's
+    scores.csv, metrics.json, predictions.npz and overlays without a word (README: "removed,
+    and it says so")."""
+    from helpers import tiny_config
+
+    from anomaly.pipeline import score_run, train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, method="meandiff"), run, progress=False)
+    score_run(run, overlays=False)
+    (run / "model.pt").unlink()
+    capsys.readouterr()
+    train_run(tiny_config(tiny_cookies, method="meandiff"), run, progress=False)
+    out = capsys.readouterr().out
+    assert "removed the outputs of the earlier model (" in out and "scores.csv" in out
+    assert not (run / "scores.csv").exists()
+
+
+def test_a_plain_layout_run_without_split_json_is_not_scored(tiny_cookies, tmp_path):
+    """In the plain layout (good/ and defect folders) split.json is the record of which good
+    images trained: deleted, `score` split good/ anew by position, scored held-out and trained
+    images as test images, dropped real ones, and wrote the metrics without a word."""
+    import shutil
+
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunError
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_cookies / "train" / "good", plain / "good")
+    shutil.copytree(tiny_cookies / "test" / "crack", plain / "crack")
+    run = tmp_path / "run"
+    train_run(tiny_config(plain, method="meandiff"), run, progress=False)
+    score_run(run, overlays=False)  # with its split.json: fine
+    (run / "split.json").unlink()
+    with pytest.raises(RunError, match="split.json is missing: in the plain layout"):
+        score_run(run, overlays=False)
+
+
+def test_predict_without_overlays_needs_no_overlay_scale(tiny_cookies, tmp_path):
+    """`predict --no-overlays` failed on a run without val_scores.json ("retrain the run, or
+    pass its maps to set the overlay scale"): the scale is for overlays it was told not to draw."""
+    from helpers import tiny_config
+
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, method="meandiff"), run, progress=False)
+    (run / "val_scores.json").unlink()
+    image = str(min((tiny_cookies / "test" / "good").glob("*.png")))
+    assert main(["predict", "--run", str(run), "--no-overlays", image]) == 0
+
+
+def test_exporting_a_run_without_a_threshold_says_what_the_file_lacks(tiny_cookies, tmp_path):
+    """`export` of a run without threshold.json printed "wrote model.onnx", and `predict --onnx`
+    then refused that file ("holds no threshold"); export says so when it writes it."""
+    import pytest
+
+    from anomaly.config import Config
+    from anomaly.export import export_onnx
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=48, device="cpu")
+    train_run(config, run, progress=False)
+    (run / "threshold.json").unlink()
+    with pytest.warns(UserWarning, match="has no threshold.json, so .* holds no threshold"):
+        export_onnx(run)
+
+
+def test_held_out_copies_name_the_folder_the_good_images_are_in(tiny_cookies, tmp_path):
+    """In the plain layout the held-out copies' warning said "Remove the copies from
+    train/good", a folder that layout has not."""
+    import shutil
+
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.pipeline import train_run
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_cookies / "train" / "good", plain / "good")
+    for f in sorted((plain / "good").glob("*.png"))[1:]:
+        shutil.copy(plain / "good" / "000.png", f)  # every image the same: held-out copies
+    with pytest.warns(UserWarning, match=r"Remove the copies from good/, or"):
+        train_run(tiny_config(plain, method="meandiff"), tmp_path / "run", progress=False)
