@@ -114,7 +114,7 @@ SETTINGS: dict[str, dict] = {
             "search_clusters": k,
             "search_probes": n,
         }
-        for k, n in ((16, 2), (16, 3), (32, 3), (8, 1), (16, 1))
+        for k, n in ((16, 2), (16, 3), (32, 3), (8, 1), (16, 1), (64, 2), (64, 4))
     },
     # the exact search in 8-bit integers (search_precision int8, anomaly.detectors.knn.Int8Search)
     "default-int8": {"method": "patchknn", "runtime": "onnxruntime", "search_precision": "int8"},
