@@ -238,3 +238,29 @@ def test_held_out_copies_name_the_folder_the_good_images_are_in(tiny_cookies, tm
         shutil.copy(plain / "good" / "000.png", f)  # every image the same: held-out copies
     with pytest.warns(UserWarning, match=r"Remove the copies from good/, or"):
         train_run(tiny_config(plain, method="meandiff"), tmp_path / "run", progress=False)
+
+
+def test_a_mask_folder_that_is_not_read_is_named(tiny_cookies, tmp_path):
+    """Masks in masks/ of an MVTec AD layout (which reads ground_truth/), or in masks/ beside
+    a ground_truth/ of the plain layout, were ignored without a word (score only noted that
+    the predictions had no masks)."""
+    import shutil
+
+    import pytest
+
+    from anomaly.data import AnomalyDataset
+
+    mvtec = tmp_path / "mvtec"
+    shutil.copytree(tiny_cookies, mvtec)
+    (mvtec / "ground_truth").rename(mvtec / "masks")
+    with pytest.warns(UserWarning, match=r"masks/ is not read: masks are read from .*ground_truth"):
+        AnomalyDataset(mvtec, "test", size=32)
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_cookies / "train" / "good", plain / "good")
+    shutil.copytree(tiny_cookies / "test" / "crack", plain / "crack")
+    shutil.copytree(tiny_cookies / "ground_truth" / "crack", plain / "masks" / "crack")
+    (plain / "ground_truth" / "crack").mkdir(parents=True)
+    first = min((plain / "masks" / "crack").iterdir())
+    first.rename(plain / "ground_truth" / "crack" / first.name)  # one read, the others not
+    with pytest.warns(UserWarning, match=r"masks/ is not read"):
+        AnomalyDataset(plain, "test", size=32)

@@ -52,6 +52,7 @@ from anomaly.data.image_kind import (
     unreadable_fix,
 )
 from anomaly.data.input_checks import (
+    MASK_FOLDERS,
     check_good_name,
     check_mask_header,
     check_mvtec_root,
@@ -70,7 +71,6 @@ from anomaly.data.masks import (
     read_mask,
 )
 
-MASK_FOLDERS = ("ground_truth", "masks")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 
 

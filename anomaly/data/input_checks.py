@@ -2,7 +2,8 @@
 it refuses: the folders of a data set (a broken symbolic link among them is an error, not left
 out), defective images whose mask is missing (named, with where the mask goes: they are left out
 of the pixel metrics), and masks given for good images (ignored: named, so that nobody takes them
-for used); JPEG masks (read at half brightness: named); and the layout mistakes: `test/Good/`
+for used); a mask folder that is not read (masks/ where ground_truth/ is: named); JPEG masks
+(read at half brightness: named); and the layout mistakes: `test/Good/`
 for `test/good/` (refused), image files lying directly in train/ or test/ (not read). And, as
 each image is read, a float or 32-bit image whose values are clipped (named) or NaN (refused).
 """
@@ -16,6 +17,7 @@ from anomaly.data.files import DataError, _is_image, broken_link, named, scan_im
 from anomaly.data.masks import read_mask
 
 NAMED = 3  # files named in one warning; the rest are counted
+MASK_FOLDERS = ("ground_truth", "masks")  # where masks are looked for, in this order
 
 
 def subfolders(folder: Path) -> list[Path]:
@@ -37,6 +39,7 @@ def warn_missing_masks(samples, mask_root: Path | None) -> None:
     others have one: each is left out of the pixel metrics, which only counted them before. Says
     where its mask goes under `mask_root` (`<kind>/<stem>_mask.png`). Nothing is said when no
     image has a mask (a data set without masks gets no pixel metrics at all)."""
+    _warn_unread_masks(mask_root)
     defective = [s for s in samples if s.label]
     missing = [s for s in defective if s.mask_path is None]
     if mask_root is None or not missing or len(missing) == len(defective):
@@ -57,6 +60,22 @@ def warn_missing_masks(samples, mask_root: Path | None) -> None:
         "the image metrics only",
         stacklevel=3,
     )
+
+
+def _warn_unread_masks(mask_root: Path | None) -> None:
+    """Warn about a mask folder beside `mask_root` (the one read) that is not read: `masks/`
+    in the MVTec AD layout (it reads ground_truth/ only), or `masks/` beside a `ground_truth/`
+    in the plain layout (one is read). Its masks were ignored without a word."""
+    if mask_root is None:
+        return
+    for name in MASK_FOLDERS:
+        other = mask_root.parent / name
+        if name != mask_root.name and other.is_dir() and any(other.iterdir()):
+            warnings.warn(
+                f"{other}/ is not read: masks are read from {mask_root}/ only "
+                f"(<defect>/<image stem>_mask.png), so its masks are ignored. Move them there",
+                stacklevel=4,
+            )
 
 
 def warn_good_masks(folder: Path, defects: str) -> None:
