@@ -135,9 +135,15 @@ class CheckpointFiles:
         saved = self.checkpoint()["config"]
         diffs = config_differences(saved, asdict(config))
         if diffs:
+            written = self._read_json(self.CONFIG)  # a field it lacks reads as the default
             detail = "; ".join(
-                f"{f}: config.json has {getattr(config, f)!r}, the model was "
-                f"trained with {saved.get(f, getattr(Config(), f))!r}"
+                f"{f}: config.json has "
+                + (
+                    f"{getattr(config, f)!r}"
+                    if f in written
+                    else f"no {f} (so the default {getattr(config, f)!r})"
+                )
+                + f", the model was trained with {saved.get(f, getattr(Config(), f))!r}"
                 for f in diffs
             )
             raise RunError(

@@ -264,3 +264,40 @@ def test_a_mask_folder_that_is_not_read_is_named(tiny_cookies, tmp_path):
     first.rename(plain / "ground_truth" / "crack" / first.name)  # one read, the others not
     with pytest.warns(UserWarning, match=r"masks/ is not read"):
         AnomalyDataset(plain, "test", size=32)
+
+
+def test_a_setting_deleted_from_config_json_is_named_as_missing(tiny_cookies, tmp_path):
+    """A field deleted from config.json reads as its default, and the refusal said
+    "config.json has 128": a value the file does not hold."""
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.build import load_run
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, method="meandiff", size=32), run, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    del config["size"]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match=r"size: config.json has no size \(so the default \d+\)"):
+        load_run(run)
+
+
+def test_an_empty_training_image_is_named_as_empty(tiny_cookies, tmp_path):
+    """`train` said "not a readable image (cannot identify image file ...)" of a 0-byte file,
+    where `predict` says it is empty."""
+    import shutil
+
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.data import DataError
+    from anomaly.pipeline import train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    (data / "train" / "good" / "zz_empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"zz_empty.png is empty \(0 bytes\)"):
+        train_run(tiny_config(data, method="meandiff"), tmp_path / "run", progress=False)

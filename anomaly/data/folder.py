@@ -46,6 +46,7 @@ from anomaly.data.generated import interrupted
 from anomaly.data.image_kind import (
     displayed_size,
     draft_size,
+    empty_file,
     named_warnings,
     open_image,
     orientation,
@@ -405,9 +406,8 @@ class AnomalyDataset(Dataset):
                 with named_warnings(s.path), Image.open(s.path) as im:
                     image_size, turn = displayed_size(im), orientation(im)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                raise DataError(
-                    f"{s.path}: not a readable image ({e}). {unreadable_fix(e)}"
-                ) from None
+                why = empty_file(s.path) or f"is not a readable image ({e}). {unreadable_fix(e)}"
+                raise DataError(f"{s.path} {why}") from None
             if s.mask_path is not None:
                 if check_mask_header(s.mask_path, s.path, image_size, turn):
                     lossy.append(str(s.mask_path))

@@ -114,6 +114,17 @@ def draft_size(decode: str, size: int | None) -> int | None:
     return 2 * size if decode == "draft" and size else None
 
 
+def empty_file(path: str | Path) -> str | None:
+    """Words for a file of 0 bytes (to follow its name), or None: Pillow would only say it
+    "cannot identify" it."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        return (
+            "is empty (0 bytes): no image was written to it (a copy or a save that failed?); "
+            "copy the image again, or delete the file"
+        )
+    return None
+
+
 def open_image(path: str | Path, draft: int | None = None) -> Image.Image:
     """Open and decode an image (use it in a `with` block), turned as viewers show it
     (`upright`), or raise a DataError naming it. The one decoder of images and masks. With
@@ -126,11 +137,8 @@ def open_image(path: str | Path, draft: int | None = None) -> Image.Image:
         )
     if Path(path).exists() and not Path(path).is_file():  # a pipe would wait for ever
         raise DataError(f"{path} is not a file (a pipe or a device); give image files")
-    if Path(path).is_file() and Path(path).stat().st_size == 0:
-        raise DataError(
-            f"{path} is empty (0 bytes): no image was written to it (a copy or a save that "
-            "failed?); copy the image again, or delete the file"
-        )
+    if why := empty_file(path):
+        raise DataError(f"{path} {why}")
     try:
         with named_warnings(path):
             im = Image.open(path)
