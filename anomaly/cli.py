@@ -256,6 +256,20 @@ def _held_out_words(run, value: float) -> str:
     return f"it rejects {rejected} of the run's {len(held)} held-out good images"
 
 
+def _test_set_words(run, t) -> str | None:
+    """`decision.guarantee_broken` on the run's scored test set, when it has one."""
+    from anomaly.decision import guarantee_broken
+    from anomaly.runs import RunError
+
+    if not run.file(run.PREDICTIONS).is_file():
+        return None
+    try:
+        pred = run.predictions()
+    except RunError:  # unreadable, or another model's: `score` says so when it is run
+        return None
+    return guarantee_broken(pred.labels, pred.scores, t)
+
+
 def _threshold_words(t) -> str:
     """The threshold, the rule that set it and what it guarantees, in one line."""
     from anomaly.threshold_file import UNRECORDED, guarantee_words
@@ -368,6 +382,8 @@ def _main(args) -> int:
             if words := calibration_words(t, scores):
                 print(words)
             print(_held_out_words(RunDir(args.run), t.value))
+            if broken := _test_set_words(RunDir(args.run), t):
+                print(broken)
         elif args.command == "benchmark":
             from anomaly.benchmark import main as benchmark_main
             from anomaly.benchmark_tables import check_readme_block

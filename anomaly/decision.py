@@ -195,4 +195,40 @@ def score_summary(labels, scores, metrics: dict, threshold=None) -> str:
     speed = metrics.get("predict_images_per_s")
     tail = f", {speed:.3g} images/s" if speed else ""
     lines.append(f"({len(np.asarray(labels))} images{tail})")
+    if threshold is not None and (broken := guarantee_broken(labels, scores, threshold)):
+        lines.append(broken)
     return "\n".join(lines)
+
+
+def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | None:
+    """Words saying that the good test images are rejected far more often than a conformal
+    threshold's guarantee allows, or None: so much more that, had they been exchangeable with
+    the n images it was set on, the chance of so many would be under `level`.
+
+    Given those n images, a threshold just above the k-th smallest of their scores passes a
+    fraction of new good parts distributed as Beta(k, n + 1 - k) (where a new score falls
+    among n + 1 exchangeable ones), so the count it rejects of m good images is beta-binomial
+    (m, n + 1 - k, k): an exact test of the guarantee's assumption on the labelled test set."""
+    from scipy.stats import betabinom
+
+    from anomaly.threshold_file import guarantee_words
+
+    params = getattr(threshold, "params", None) or {}
+    if getattr(threshold, "rule", None) != "conformal" or not guarantee_words("conformal", params):
+        return None  # no guarantee claimed: nothing to test
+    n, k, alpha = params.get("n"), params.get("rank"), params["alpha"]
+    labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
+    if not (type(n) is int and type(k) is int and 1 <= k <= n) or not np.any(labels == 0):
+        return None
+    m = int(np.sum(labels == 0))
+    rejected = int(np.sum(scores[labels == 0] >= float(threshold)))
+    chance = float(betabinom.sf(rejected - 1, m, n + 1 - k, k)) if rejected else 1.0
+    if rejected <= alpha * m or chance >= level:
+        return None
+    return (
+        f"warning: {rejected} of the {m} good test images are rejected, far more than the "
+        f"guarantee's {100 * alpha:.3g} %: had they been like the {n} images the threshold was "
+        f"set on, so many would have a chance of {chance:.1g}. The guarantee does not hold for "
+        "them (were those images near-copies of training ones, or of another batch or "
+        "camera?); set the threshold on good images like these: threshold --good-images FOLDER"
+    )

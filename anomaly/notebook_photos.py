@@ -258,7 +258,7 @@ def test_results(run: Path) -> str:
 def threshold_text(run: Path, threshold) -> str:
     """The threshold, its rule and guarantee, and what it does on the labelled test images."""
     from anomaly.calibration import calibration_words
-    from anomaly.decision import summary_line
+    from anomaly.decision import guarantee_broken, summary_line
     from anomaly.metrics import confusion
     from anomaly.threshold_file import guarantee_words, lost_guarantee
 
@@ -273,6 +273,11 @@ def threshold_text(run: Path, threshold) -> str:
         f"threshold {threshold.value:.6g} ({threshold.rule}); guarantee: {guarantee}\n"
         + (f"{source}\n" if source else "")
         + f"on the labelled test images, {summary_line(counts)}"
+        + (
+            f"\n{broken}"
+            if (broken := guarantee_broken(pred.labels, pred.scores, threshold))
+            else ""
+        )
     )
     return shown(text)  # paths from the notebook's home
 

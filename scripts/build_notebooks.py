@@ -289,13 +289,16 @@ NOTEBOOKS = {
         "(`anomaly.metrics.threshold_conformal`). It needs at least 1/alpha - 1 held-out "
         "photos (19 for 5 %), and holds only for new good photos exchangeable with the "
         "held-out ones (taken the same way, of other parts of the same kind); it says nothing "
-        "about escapes. The labelled test photos check both (last line). In the shell: "
+        'about escapes. The labelled test photos check both (the lines "on the labelled test '
+        'images"; a warning follows when far more good photos are rejected than the '
+        "guarantee allows, as `score` prints it). In the shell: "
         "`python -m anomaly threshold --run RUN --rule conformal --value 0.05`.",
         "# NBVAL_IGNORE_OUTPUT\nprint(own.test_results(run))  # at the default threshold\n"
         "t = anomaly.set_threshold(run, 'conformal', P.alpha)  # saved: predict uses it\n"
         "print(own.threshold_text(run, t))",
         "## Set the threshold on good photos from the line\nThe guarantee said at most 5 % of "
-        "good photos rejected; the last line shows far more. The held-out photos were not "
+        "good photos rejected; the test photos show far more, and the warning says so. The "
+        "held-out photos were not "
         "exchangeable with the test ones: they are crops of the training coins, a few pixels "
         "from training crops or the very same crop (train warned of 3 held-out photos that "
         "are byte-identical copies of training ones), so they score lower than photos of "

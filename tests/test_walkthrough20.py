@@ -301,3 +301,52 @@ def test_an_empty_training_image_is_named_as_empty(tiny_cookies, tmp_path):
     (data / "train" / "good" / "zz_empty.png").write_bytes(b"")
     with pytest.raises(DataError, match=r"zz_empty.png is empty \(0 bytes\)"):
         train_run(tiny_config(data, method="meandiff"), tmp_path / "run", progress=False)
+
+
+def test_score_says_when_good_test_images_break_the_conformal_guarantee():
+    """A conformal threshold set on held-out images unlike the test set's good ones (near-copies
+    of training images) rejected 21 of 25 good coins (notebook 07) under a printed
+    5 % guarantee, and `score` said nothing. The beta-binomial test of the guarantee's
+    assumption warns then, and at most about `level` of the time when it holds."""
+    import numpy as np
+
+    from anomaly.decision import guarantee_broken, score_summary
+    from anomaly.metrics import threshold_conformal, threshold_manual
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(25), np.ones(10)]
+    t = threshold_conformal(rng.normal(size=20), 0.05)
+    shifted = np.r_[rng.normal(size=25) + 2.5, np.full(10, 9.0)]
+    summary = score_summary(labels, shifted, {}, t)
+    assert "good test images are rejected, far more than the guarantee's 5 %" in summary
+    assert "--good-images" in summary
+    assert guarantee_broken(labels, shifted, threshold_manual(float(t))) is None  # no guarantee
+    alarms = 0
+    for _ in range(1000):  # exchangeable: the guarantee holds, so warnings are rare
+        held, good = rng.normal(size=20), rng.normal(size=25)
+        scores = np.r_[good, np.full(10, 9.0)]
+        alarms += guarantee_broken(labels, scores, threshold_conformal(held, 0.05)) is not None
+    assert alarms <= 20  # level 0.01: about 10 expected at most
+
+
+def test_threshold_command_warns_when_the_scored_test_set_breaks_its_guarantee(
+    tiny_cookies, tmp_path, capsys
+):
+    """`threshold --rule conformal` on a run whose scored good test images score far above its
+    held-out ones says so at once, as `score` will."""
+    from helpers import tiny_config
+
+    from anomaly.cli import main
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, method="meandiff"), run, progress=False)
+    score_run(run, overlays=False)
+    rd = RunDir(run)
+    record = json.loads(rd.file(rd.VAL_SCORES).read_text())
+    n = 40  # as if 40 good images had been held out, all scoring far below the test set's
+    record.update(paths=record["paths"][:1] * n, scores=[-1e6 - i for i in range(n)])
+    rd.file(rd.VAL_SCORES).write_text(json.dumps(record))
+    assert main(["threshold", "--run", str(run), "--rule", "conformal", "--value", "0.05"]) == 0
+    assert "good test images are rejected, far more than the guarantee's" in capsys.readouterr().out
