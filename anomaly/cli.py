@@ -257,22 +257,27 @@ def _held_out_words(run, value: float) -> str:
 
 
 def _test_set_words(run, t) -> str | None:
-    """`decision.guarantee_broken` on the run's scored test set, when it has one."""
-    from anomaly.decision import guarantee_broken
-    from anomaly.runs import RunError
+    """`decision.guarantee_broken` on the run's scored test set, when it has one (read with
+    numpy alone: `threshold` on held-out scores imports no torch)."""
+    import json
 
-    if not run.file(run.PREDICTIONS).is_file():
-        return None
+    import numpy as np
+
+    from anomaly.decision import guarantee_broken
+    from anomaly.threshold_file import check_model
+
     try:
-        pred = run.predictions()
-    except RunError:  # unreadable, or another model's: `score` says so when it is run
+        with np.load(run.file(run.PREDICTIONS), allow_pickle=False) as z:
+            labels, scores, meta = z["labels"], z["scores"], json.loads(str(z["meta"]))
+        check_model(meta, run.file(run.MODEL), "were made by")
+    except (OSError, ValueError, KeyError):  # none, unreadable, another model's: score says
         return None
-    return guarantee_broken(pred.labels, pred.scores, t)
+    return guarantee_broken(labels, scores, t)
 
 
 def _threshold_words(t) -> str:
     """The threshold, the rule that set it and what it guarantees, in one line."""
-    from anomaly.threshold_file import UNRECORDED, guarantee_words
+    from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, guarantee_words, lost_guarantee
 
     words = f"threshold {t.value:.6g} ({t.rule})"
     if (t.params or {}).get("earlier_model"):
@@ -285,6 +290,11 @@ def _threshold_words(t) -> str:
             f"{words}: it does not record the model it was chosen for (saved by an older "
             "version, or the record deleted), so no guarantee is claimed; choose it again with "
             "`python -m anomaly threshold`"
+        )
+    if (t.params or {}).get(UNSUPPORTED) and t.rule == "conformal":
+        return (
+            f"{words}: {lost_guarantee(t.rule, t.params)} (edited, or another run's files?), "
+            "so no guarantee is claimed; choose it again with `python -m anomaly threshold`"
         )
     if guarantee := guarantee_words(t.rule, t.params or {}):
         return f"{words}: guarantee: {guarantee}"

@@ -42,7 +42,7 @@ from anomaly.onnx_predict import (  # noqa: F401
     preprocess,
     require,
 )
-from anomaly.threshold_file import UNRECORDED, drop_guarantee
+from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, drop_guarantee
 
 OPSET = 17
 
@@ -202,7 +202,8 @@ def metadata(config, run=None) -> dict[str, str]:
         meta["threshold"] = repr(float(threshold.value))
         meta["threshold_rule"] = threshold.rule
         params = dict(threshold.params)
-        if params.pop(UNRECORDED, False):  # not known to be this model's: as older readers of
+        void = params.pop(UNRECORDED, False) | params.pop(UNSUPPORTED, False)
+        if void:  # not known to be this model's, or not from its scores: as older readers of
             drop_guarantee(params)  # exports know it, "earlier_model" (no guarantee claimed)
         # a param that predict would refuse is left out
         params = {

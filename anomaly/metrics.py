@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly.pixel_metrics import aupro, pixel_auroc, pro_curve  # noqa: F401 (re-exported)
-from anomaly.threshold_file import check_threshold
+from anomaly.threshold_file import check_threshold, conformal_rank
 
 # ---------------------------------------------------------------------------------------------
 # Image-level metrics
@@ -350,7 +350,7 @@ def threshold_conformal(normal_scores, alpha: float) -> Threshold:
             f"images (alpha >= 1/(n+1)); this run has {n}. Hold out more good images (a larger "
             f"val_fraction or more training images), or use alpha >= {1 / (n + 1):.4g}"
         )
-    k = int(np.ceil((n + 1) * (1 - alpha) - 1e-9))
+    k = conformal_rank(n, alpha)
     kth = float(np.sort(normal_scores)[k - 1])
     guarantee = (
         f"false-reject rate <= {100 * alpha:.3g}% for new good parts from the same "

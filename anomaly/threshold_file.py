@@ -14,6 +14,7 @@ This module imports only `anomaly.safe_files` (the metrics and run-folder module
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from anomaly.safe_files import finite, read_record, sha256_file
@@ -22,6 +23,10 @@ MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it w
 # a param `RunDir.threshold` sets (in memory) on one without that record beside a model.pt: from
 # an older version, or the record deleted from a copy; no guarantee is claimed for it
 UNRECORDED = "model_unrecorded"
+# one it sets on a conformal threshold whose value, n or rank are not what its alpha gives on the
+# scores it records having been set on (edited by hand, or mixed with another run's files): no
+# guarantee is claimed for it either
+UNSUPPORTED = "scores_disagree"
 # the rules that save thresholds: anomaly.metrics' threshold_* functions, and the explorer
 RULES = (
     "manual",
@@ -62,7 +67,7 @@ PARAMS = {
     **dict.fromkeys(("n", "n_normal", "n_images", "rank", "tp", "fp", "tn", "fn"), _COUNT),
     **dict.fromkeys(("cost_false_reject", "cost_escape"), _COST),
     **dict.fromkeys(("guarantee", "set_by", "method"), _WORDS),
-    **dict.fromkeys(("earlier_model", "in_sample", UNRECORDED), _FLAG),
+    **dict.fromkeys(("earlier_model", "in_sample", UNRECORDED, UNSUPPORTED), _FLAG),
 }
 
 
@@ -164,7 +169,9 @@ def recorded(d: dict, model: Path) -> dict:
     One `RunDir.threshold` marked `UNRECORDED` loses its guarantee first (as `carried`): it was
     not known to be chosen for this model, and recording it must not make it so."""
     params = d.get("params")
-    if isinstance(params, dict) and params.pop(UNRECORDED, False):
+    if isinstance(params, dict) and (
+        params.pop(UNRECORDED, False) | params.pop(UNSUPPORTED, False)
+    ):
         drop_guarantee(params)
     sha = model_sha256(model)
     return {**d, MODEL_RECORD: sha} if sha else d
@@ -199,6 +206,8 @@ def lost_guarantee(rule: str, params: dict) -> str | None:
         return "chosen on an earlier model of this run"
     if params.get(UNRECORDED):
         return "the model it was chosen for is not recorded"
+    if params.get(UNSUPPORTED):
+        return "its value, n or rank are not what its alpha gives on the scores it was set on"
     return None
 
 
@@ -213,7 +222,7 @@ def guarantee_words(rule: str, params: dict) -> str | None:
     alpha, n = params.get("alpha"), params.get("n")
     if rule != "conformal" or not (finite(alpha) and 0 < alpha < 1):
         return None
-    if params.get("earlier_model") is True or params.get(UNRECORDED) is True:
+    if any(params.get(flag) is True for flag in ("earlier_model", UNRECORDED, UNSUPPORTED)):
         return None
     bound = f"false-reject rate <= {100 * alpha:.3g}% for new good parts "
     text = params.get("guarantee")
@@ -222,3 +231,37 @@ def guarantee_words(rule: str, params: dict) -> str | None:
     if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         return bound + f"exchangeable with the {n} good image{'s' * (n != 1)} it was set on"
     return bound + "exchangeable with the good images it was set on"
+
+
+def conformal_rank(n: int, alpha: float) -> int:
+    """The rank k (1-based) of the n sorted scores a conformal threshold sits just above:
+    ceil((n + 1)(1 - alpha)) (`anomaly.metrics.threshold_conformal`)."""
+    return math.ceil((n + 1) * (1 - alpha) - 1e-9)
+
+
+def check_numbers(threshold, file, held_out: str, folder: str) -> None:
+    """Mark `UNSUPPORTED` (in memory) a conformal threshold that claims a guarantee its recorded
+    scores do not give: its value, n and rank must be what its alpha gives on the scores it was
+    set on, the run's held-out ones (`file(held_out)`, val_scores.json) or those of the folder
+    it records (`file(folder)`, calibration_scores.json; `file`: `RunDir.file`). Scores that
+    cannot be read leave it as it is: there is nothing to check it against."""
+    params = threshold.params
+    if threshold.rule != "conformal" or not guarantee_words(threshold.rule, params):
+        return
+    record = params.get("calibration")
+    source = file(
+        folder if isinstance(record, dict) and record.get("source") == "folder" else held_out
+    )
+    try:
+        scores = json.loads(read_record(source))["scores"]
+        ok = isinstance(scores, list) and len(scores) > 0 and all(finite(x) for x in scores)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not ok:
+        return
+    n, alpha = len(scores), float(params["alpha"])
+    k = conformal_rank(n, alpha)
+    counts = params.get("n") == n and 1 <= k <= n and params.get("rank", k) == k
+    kth = sorted(float(x) for x in scores)[min(max(k, 1), n) - 1]
+    if not counts or threshold.value != math.nextafter(kth, math.inf):
+        params[UNSUPPORTED] = True

@@ -4,6 +4,7 @@ shown, and it chooses nothing on this machine that the user did not."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -59,6 +60,13 @@ def test_only_a_conformal_threshold_shows_a_guarantee_and_only_its_own(
 ):
     run = copy_run(scored_ae_run, tmp_path / "run")
     _threshold(run, rule, **params)
+    if rule == "conformal":  # its value and n as alpha gives them on 9 held-out scores
+        held = json.loads((run / "val_scores.json").read_text())
+        held.update(paths=held["paths"][:1] * 9, scores=[i / 10 for i in range(9)])
+        (run / "val_scores.json").write_text(json.dumps(held))
+        d = json.loads((run / "threshold.json").read_text())
+        d["value"] = math.nextafter(0.8, math.inf)
+        (run / "threshold.json").write_text(json.dumps(d))
     code, said = _predict(run, tiny_cookies, capsys)
     assert code in (0, 2) and shown in said.err and "certified" not in said.err
 

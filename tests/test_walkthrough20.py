@@ -350,3 +350,30 @@ def test_threshold_command_warns_when_the_scored_test_set_breaks_its_guarantee(
     rd.file(rd.VAL_SCORES).write_text(json.dumps(record))
     assert main(["threshold", "--run", str(run), "--rule", "conformal", "--value", "0.05"]) == 0
     assert "good test images are rejected, far more than the guarantee's" in capsys.readouterr().out
+
+
+def test_a_conformal_guarantee_its_scores_do_not_give_is_not_claimed(tiny_cookies, tmp_path):
+    """A threshold.json edited to claim a conformal guarantee on n = 5000 images (alpha 0.001),
+    in a run whose held-out scores are a handful, was printed by predict as "false-reject
+    rate <= 0.1%"; its value, n and rank must now be what its alpha gives on the recorded
+    scores, else no guarantee is claimed. One set by `threshold` keeps its guarantee."""
+    from helpers import tiny_config
+
+    from anomaly.calibration import set_threshold
+    from anomaly.cli import _threshold_words
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, method="meandiff", val_fraction=0.5), run, progress=False)
+    rd = RunDir(run)
+    n = len(rd.val_scores()["scores"])
+    set_threshold(run, "conformal", 1 / (n + 1))
+    assert "guarantee: false-reject rate" in _threshold_words(rd.threshold())
+    record = json.loads(rd.file(rd.THRESHOLD).read_text())
+    record["params"].update(alpha=0.001, n=5000, rank=4996)
+    record["params"].pop("guarantee")
+    rd.file(rd.THRESHOLD).write_text(json.dumps(record))
+    words = _threshold_words(rd.threshold())
+    assert "not what its alpha gives on the scores it was set on" in words
+    assert "no guarantee is claimed" in words and "0.1%" not in words
