@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.pixel_metrics import aupro, pixel_auroc, pro_curve  # noqa: F401 (re-exported)
+from anomaly.pixel_metrics import (  # noqa: F401 (pixel_auroc, aupro, pro_curve re-exported)
+    aupro,
+    merge_sorted,
+    pixel_auroc,
+    pro_curve,
+    sorted_normal,
+)
 from anomaly.threshold_file import check_threshold, conformal_rank
 
 # ---------------------------------------------------------------------------------------------
@@ -158,11 +164,33 @@ def _try(fn, *args, notes: list[str], name: str, **kwargs):
         return None
 
 
-def _pixel_metrics(masks, maps, fpr_limit: float, notes: list[str], prefix: str) -> dict:
+def _pixel_metrics(masks, maps, fpr_limit: float, notes: list[str], prefix: str, normal) -> dict:
     return {
-        "pixel_auroc": _try(pixel_auroc, masks, maps, notes=notes, name=f"{prefix}pixel_auroc"),
-        "aupro": _try(aupro, masks, maps, fpr_limit, notes=notes, name=f"{prefix}aupro"),
+        "pixel_auroc": _try(
+            pixel_auroc, masks, maps, normal, notes=notes, name=f"{prefix}pixel_auroc"
+        ),
+        "aupro": _try(aupro, masks, maps, fpr_limit, normal, notes=notes, name=f"{prefix}aupro"),
     }
+
+
+def _sorted_normals(pred, known: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Each defect kind's (and the good images') normal pixels, sorted once for all of
+    `evaluate`'s pixel metrics; None where the maps cannot be ranked (the metrics say why)."""
+    defects = np.asarray(pred.defects)
+    try:
+        return {
+            kind: sorted_normal(pred.masks[rows], pred.maps[rows])
+            for kind in sorted(set(defects[known]))
+            if (rows := known & (defects == kind)).any()
+        }
+    except ValueError:
+        return None
+
+
+def _normal_of(normals: dict[str, np.ndarray] | None, kinds) -> np.ndarray | None:
+    if normals is None:
+        return None
+    return merge_sorted([normals[k] for k in sorted(set(kinds)) if k in normals] or [np.empty(0)])
 
 
 def evaluate(pred, fpr_limit: float = 0.3) -> dict:
@@ -192,8 +220,13 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
     )
     best = _try(f1_max, labels, scores, notes=notes, name="f1_max")
     out["image_f1_max"], out["f1_threshold"] = best if best else (None, None)
+    defects = np.asarray(pred.defects)
+    normals = _sorted_normals(pred, known) if pred.has_masks else None
     if pred.has_masks:
-        out.update(_pixel_metrics(pred.masks[known], pred.maps[known], fpr_limit, notes, ""))
+        normal = _normal_of(normals, defects)
+        out.update(
+            _pixel_metrics(pred.masks[known], pred.maps[known], fpr_limit, notes, "", normal)
+        )
         out["fpr_limit"] = fpr_limit
         out["n_missing_masks"] = int((~known).sum())
         if out["n_missing_masks"]:
@@ -205,7 +238,6 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
         out["pixel_auroc"] = out["aupro"] = None
         notes.append("pixel metrics: the predictions have no ground-truth masks")
 
-    defects = np.asarray(pred.defects)
     out["per_defect"] = {}
     for kind in sorted(set(pred.defects) - {"good"}):
         rows = (defects == kind) | (defects == "good")
@@ -223,9 +255,9 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
         }
         if pred.has_masks:
             rows = rows & known
-            per.update(
-                _pixel_metrics(pred.masks[rows], pred.maps[rows], fpr_limit, notes, f"{kind}/")
-            )
+            normal = _normal_of(normals, ("good", kind))
+            masks, maps = pred.masks[rows], pred.maps[rows]
+            per.update(_pixel_metrics(masks, maps, fpr_limit, notes, f"{kind}/", normal))
         out["per_defect"][kind] = per
     out["notes"] = notes
     return out

@@ -9,7 +9,11 @@ benchmark:
     Steger. "The MVTec Anomaly Detection Dataset", IJCV 2021.
 
 A pixel is anomalous at a threshold iff its score is >= it, as everywhere in the project.
-`anomaly.metrics` re-exports these and evaluates them with the image-level metrics.
+`anomaly.metrics` re-exports these and evaluates them with the image-level metrics. Both sort
+the normal pixels; a caller that evaluates several sets of images that share most of them
+(`anomaly.metrics.evaluate`: all images, then each defect kind with the good images) sorts each
+group's once (`sorted_normal`), merges the groups of a set (`merge_sorted`) and passes that as
+`normal`: the same numbers, without sorting the good images' pixels again for every kind.
 """
 
 from __future__ import annotations
@@ -27,16 +31,45 @@ def _pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     return masks > 0, maps
 
 
-def pixel_auroc(masks, maps) -> float:
+def sorted_normal(masks, maps) -> np.ndarray:
+    """The scores of the normal pixels (mask == 0) of the maps, ascending: what `pixel_auroc`,
+    `pro_curve` and `aupro` take as `normal`."""
+    masks, maps = _pixels(masks, maps)
+    return np.sort(maps[~masks], axis=None)
+
+
+def merge_sorted(parts: list[np.ndarray]) -> np.ndarray:
+    """One ascending array of several ascending ones (a stable sort merges sorted runs in about
+    linear time)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.sort(np.concatenate(parts), kind="stable")
+
+
+def _normal(masks: np.ndarray, maps: np.ndarray, normal) -> np.ndarray:
+    """`normal` where the caller gave it (checked for its size), else the sorted normal pixels."""
+    if normal is None:
+        return np.sort(maps[~masks], axis=None)  # boolean indexing copies: sorting is safe
+    normal = np.asarray(normal)
+    if normal.size != masks.size - np.count_nonzero(masks):
+        raise ValueError(
+            f"normal holds {normal.size} scores for the {masks.size - np.count_nonzero(masks)} "
+            "normal pixels of the masks: pass the sorted scores of exactly those pixels"
+        )
+    return normal
+
+
+def pixel_auroc(masks, maps, normal: np.ndarray | None = None) -> float:
     """ROC AUC over all pixels of all images: defect pixels (mask > 0) against normal ones.
 
     Exact (ties count one half, as in scikit-learn) and memory-bounded: it sorts the normal
-    pixels' scores once and counts, for each defect pixel, the normal pixels below it with
-    `searchsorted`, instead of building the full ROC curve over every pixel.
+    pixels' scores once (or takes them sorted as `normal`, from `sorted_normal`) and counts, for
+    each defect pixel, the normal pixels below it with `searchsorted`, instead of building the
+    full ROC curve over every pixel.
     """
     masks, maps = _pixels(masks, maps)
-    pos, neg = maps[masks], maps[~masks]  # boolean indexing copies: sorting neg is safe
-    neg.sort()
+    neg = _normal(masks, maps, normal)
+    pos = np.sort(maps[masks])  # sorted queries: searchsorted walks the normal pixels in order
     if pos.size == 0 or neg.size == 0:
         raise ValueError("pixel_auroc needs both defect pixels and normal pixels in the masks")
     below = np.searchsorted(neg, pos, side="left").sum(dtype=np.float64)
@@ -44,7 +77,9 @@ def pixel_auroc(masks, maps) -> float:
     return float((below + below_or_equal) / 2 / (pos.size * neg.size))
 
 
-def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(
+    masks, maps, fpr_limit: float = 1.0, normal: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The per-region overlap (PRO) curve: PRO against pixel FPR, at every distinct map value.
 
     The MVTec AD definition: every ground-truth mask is split into connected regions
@@ -61,6 +96,8 @@ def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarr
     points the curve is linear, exactly as in the official code that merges equal scores.
     Only the curve up to `fpr_limit` is built: normal pixels below the score where FPR first
     reaches the limit cannot change it, which skips most of the sorting for the usual 0.3.
+    `normal`: the normal pixels' scores already sorted (`sorted_normal`), when the caller has
+    them; then nothing is sorted but the defect pixels.
 
     Returns:
         (fpr, pro): the corners of the curve in order (points in the middle of a flat stretch
@@ -70,17 +107,19 @@ def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarr
     masks, maps = _pixels(masks, maps)
     if masks.ndim == 2:
         masks, maps = masks[None], maps[None]
-    normal = maps[~masks]
+    given = normal is not None
+    normal = _normal(masks, maps, normal) if given else maps[~masks]
     n_normal = normal.size
     if n_normal == 0:
         raise ValueError("pro_curve needs normal pixels (mask == 0) to measure false positives")
     # Regions of each image, numbered across the whole set; no connection between images.
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True
-    regions, n_regions = ndimage.label(masks, structure=structure)
+    marked = masks[masks.reshape(len(masks), -1).any(1)]  # labelling blank masks finds nothing
+    regions, n_regions = ndimage.label(marked, structure=structure)
     if n_regions == 0:
         raise ValueError("pro_curve needs at least one defect region (mask > 0) in the masks")
-    region_of = regions[masks]
+    region_of = regions[marked]  # in the order of maps[masks]: blank masks have no pixel there
     area = np.bincount(region_of, minlength=n_regions + 1).astype(np.float64)
 
     # Defect pixels ascending by score, with cumulative PRO weight: PRO(>= t) = total - cum[i].
@@ -91,9 +130,13 @@ def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarr
 
     # Normal pixels that matter, ascending: down to the k-th highest, where FPR reaches the limit.
     k = min(max(int(np.ceil(fpr_limit * n_normal)), 1), n_normal)
-    floor = np.partition(normal, n_normal - k)[n_normal - k]
-    normal = normal[normal >= floor]
-    normal.sort()
+    if given:  # sorted already: the k highest and any ties of the lowest of them
+        floor = normal[n_normal - k]
+        normal = normal[np.searchsorted(normal, floor, side="left") :]
+    else:
+        floor = np.partition(normal, n_normal - k)[n_normal - k]
+        normal = normal[normal >= floor]
+        normal.sort()
     first = np.flatnonzero(np.append(True, normal[1:] != normal[:-1]))  # first of each value
     t = normal[first][::-1]  # distinct normal scores, high to low
     fpr_at = (normal.size - first[::-1]) / n_normal  # FPR of scores >= t
@@ -122,14 +165,14 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
 
 
-def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
+def aupro(masks, maps, fpr_limit: float = 0.3, normal: np.ndarray | None = None) -> float:
     """Normalised area under the PRO curve from FPR 0 to `fpr_limit` (MVTec AD's AUPRO@0.3).
 
     Trapezoid rule over the exact curve of `pro_curve`, interpolated at the limit and divided
     by `fpr_limit`, so that a perfect detector scores 1.0 and one that ranks every defect
-    pixel below every normal pixel scores 0.0.
+    pixel below every normal pixel scores 0.0. `normal`: as in `pro_curve`.
     """
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    fpr, pro = pro_curve(masks, maps, fpr_limit)
+    fpr, pro = pro_curve(masks, maps, fpr_limit, normal)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit

@@ -396,3 +396,39 @@ def test_detectability_rejects_at_most_the_stated_share_of_good_images():
         t = detectability(pred, frr=0.05)["threshold"]
         rejected = int((pred.scores[:n_good] >= t).sum())
         assert rejected == int(0.05 * n_good)  # 1 of 25, 5 of 100, 0 of 7
+
+
+def test_evaluate_sorts_pixels_once_and_gives_the_same_numbers():
+    """evaluate hands pixel_auroc and aupro each group's normal pixels sorted once: every number
+    is what they compute from the masks and maps alone, ties, blank masks and a defective image
+    without a mask file included; a `normal` of the wrong pixels is refused."""
+    from anomaly.pixel_metrics import merge_sorted, sorted_normal
+
+    rng = np.random.default_rng(3)
+    defects = ["good"] * 5 + ["crack"] * 4 + ["stain"] * 3
+    n = len(defects)
+    masks = np.zeros((n, 16, 16), np.uint8)
+    for i in range(5, n):
+        y, x = rng.integers(0, 10, 2)
+        masks[i, y : y + rng.integers(1, 6), x : x + rng.integers(1, 6)] = 1
+    masks[7, 0, 0] = 1  # a second region
+    maps = rng.integers(0, 20, masks.shape).astype(np.float32) + 4 * masks  # many ties
+    labels = np.array([d != "good" for d in defects], int)
+    known = np.ones(n, bool)
+    known[11] = False
+    paths = [f"/d/{i}.png" for i in range(n)]
+    pred = Predictions(paths, labels, defects, maps.max((1, 2)), maps, masks, mask_known=known)
+    out = evaluate(pred)
+    assert out["pixel_auroc"] == pixel_auroc(masks[known], maps[known])
+    assert out["aupro"] == aupro(masks[known], maps[known])
+    kinds = np.array(defects)
+    for kind in ("crack", "stain"):
+        rows = ((kinds == kind) | (kinds == "good")) & known
+        assert out["per_defect"][kind]["pixel_auroc"] == pixel_auroc(masks[rows], maps[rows])
+        assert out["per_defect"][kind]["aupro"] == aupro(masks[rows], maps[rows])
+    parts = [sorted_normal(masks[:6], maps[:6]), sorted_normal(masks[6:], maps[6:])]
+    merged = merge_sorted(parts)
+    assert np.array_equal(merged, sorted_normal(masks, maps))
+    assert aupro(masks, maps, 0.3, merged) == aupro(masks, maps)
+    with pytest.raises(ValueError, match="normal holds"):
+        pixel_auroc(masks, maps, parts[0])
