@@ -42,7 +42,7 @@ from anomaly.onnx_predict import (  # noqa: F401
     preprocess,
     require,
 )
-from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, drop_guarantee
+from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, drop_guarantee, model_record
 
 OPSET = 17
 
@@ -210,6 +210,8 @@ def metadata(config, run=None) -> dict[str, str]:
             k: v for k, v in params.items() if k in THRESHOLD_PARAMS and THRESHOLD_PARAMS[k](v)
         }
         meta["threshold_params"] = json.dumps(params)
+    if run is not None:  # predict --onnx tells an export of an earlier model of the run
+        meta.update(model_record(run.file(run.MODEL)))
     if run is not None and run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays
         from anomaly.overlays import run_scale
 

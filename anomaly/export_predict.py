@@ -14,11 +14,33 @@ from anomaly.onnx_predict import ExportError, OnnxDetector
 
 
 def _warn_if_stale(detector: OnnxDetector) -> None:
-    """An exported file inside a run folder whose threshold has changed since the export keeps
-    the old one: say so, and how to export again."""
+    """An exported file inside a run folder whose model or threshold has changed since the
+    export keeps the old ones: say so, and what to do (export again, where the run's method
+    exports)."""
     from anomaly.runs import RunDir
+    from anomaly.threshold_file import MODEL_RECORD, model_sha256
 
     run = RunDir(detector.path.parent)
+    made_by = detector.meta.get(MODEL_RECORD)  # exports from before it record no model
+    now_model = model_sha256(run.file(run.MODEL)) if made_by and run.is_run() else None
+    if now_model and now_model != made_by:
+        try:
+            method = run.config().method
+        except Exception:  # noqa: BLE001  (an unreadable config.json: no advice from it)
+            method = None
+        fix = (
+            f"export it again: python -m anomaly export --run {run.path}"
+            if method in ("patchknn", "auto")
+            else f"use python -m anomaly predict --run {run.path} (a {method} run does not "
+            f"export), or move {detector.path.name} out of the run folder"
+        )
+        print(
+            f"warning: {detector.path} was exported from an earlier model of {run.path} (its "
+            f"model.pt has changed since); this prediction uses the exported model. To use the "
+            f"run's model, {fix}",
+            file=sys.stderr,
+        )
+        return
     try:
         now = run.threshold().value if run.is_run() and run.has_threshold() else None
     except Exception:  # noqa: BLE001  (an unreadable threshold.json there: nothing to compare)

@@ -206,6 +206,7 @@ def _fit(
     checkpoints.save_checkpoint(detector, complete=True)  # no timing: the same training, the
     run.save_fit_seconds(seconds)  # same model.pt (a threshold chosen for one fits the other)
     _clear_outputs(run)
+    _note_export(run, detector.config.method)
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict):
         run.save_selection(selection)
@@ -219,6 +220,20 @@ def _clear_outputs(run: RunDir) -> None:
             f"{run}: removed the outputs of the earlier model ({', '.join(removed)}); "
             f"score it again: python -m anomaly score --run {run}"
         )
+
+
+def _note_export(run: RunDir, method: str) -> None:
+    """A model.onnx that `export` wrote for the run's earlier model is kept (it may be deployed
+    somewhere); say that it is stale and what to do."""
+    export = run.file("model.onnx")
+    if not export.is_file() or export.is_symlink():
+        return
+    fix = (
+        f"export the new one: python -m anomaly export --run {run}"
+        if method in ("patchknn", "auto")
+        else f"a {method} run does not export; move it away where nothing deploys it"
+    )
+    print(f"{run}: model.onnx is an export of the earlier model, kept as it is; {fix}")
 
 
 def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: bool) -> None:

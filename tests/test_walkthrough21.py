@@ -1,0 +1,34 @@
+"""Session 21's fixes, each with the check that failed before it."""
+
+from __future__ import annotations
+
+
+def test_an_export_of_an_earlier_model_is_named_at_train_and_at_predict(
+    tiny_cookies, tmp_path, capsys
+):
+    """A run trained again (its model.pt deleted) kept the model.onnx of its earlier model
+    without a word, and `predict --onnx` on it said nothing either (or, when the threshold had
+    changed, "export again", which a meandiff run cannot). Exports record their model.pt now."""
+    from helpers import tiny_config
+
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, method="patchknn"), run, progress=False)
+    assert main(["export", "--run", str(run)]) == 0
+    image = str(min((tiny_cookies / "test" / "crack").glob("*.png")))
+    onnx = ["predict", "--onnx", str(run / "model.onnx"), "--no-overlays", image]
+    capsys.readouterr()
+    assert main(onnx) == 0
+    assert "earlier model" not in capsys.readouterr().err  # the run's own model: no warning
+    (run / "model.pt").unlink()
+    train_run(tiny_config(tiny_cookies, method="meandiff"), run, progress=False)
+    out = capsys.readouterr().out
+    assert "model.onnx is an export of the earlier model, kept as it is" in out
+    assert "a meandiff run does not export" in out
+    assert (run / "model.onnx").is_file()  # never deleted: it may be deployed
+    assert main(onnx) == 0
+    err = capsys.readouterr().err
+    assert "was exported from an earlier model of" in err
+    assert f"predict --run {run}" in err and "does not export" in err
