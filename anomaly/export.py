@@ -202,9 +202,10 @@ def metadata(config, run=None) -> dict[str, str]:
         meta["threshold"] = repr(float(threshold.value))
         meta["threshold_rule"] = threshold.rule
         params = dict(threshold.params)
-        void = params.pop(UNRECORDED, False) | params.pop(UNSUPPORTED, False)
+        void = [flag for flag in (UNRECORDED, UNSUPPORTED) if params.pop(flag, False) is True]
         if void:  # not known to be this model's, or not from its scores: as older readers of
-            drop_guarantee(params)  # exports know it, "earlier_model" (no guarantee claimed)
+            drop_guarantee(params)  # exports know it, "earlier_model" (no guarantee claimed);
+            meta["threshold_void"] = void[0]  # newer ones say why (`exported_threshold`)
         # a param that predict would refuse is left out
         params = {
             k: v for k, v in params.items() if k in THRESHOLD_PARAMS and THRESHOLD_PARAMS[k](v)

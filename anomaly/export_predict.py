@@ -61,6 +61,7 @@ def exported_threshold(detector: OnnxDetector):
     records no rule) and the params its words need (the guarantee, alpha, n, earlier_model:
     `export.THRESHOLD_PARAMS`)."""
     from anomaly.metrics import Threshold
+    from anomaly.threshold_file import UNRECORDED, UNSUPPORTED
 
     if detector.threshold is None:
         raise ExportError(
@@ -75,7 +76,12 @@ def exported_threshold(detector: OnnxDetector):
             "python -m anomaly export --run RUN",
             file=sys.stderr,
         )
-    return Threshold(detector.threshold, rule or "exported", dict(detector.threshold_params or {}))
+    params = dict(detector.threshold_params or {})
+    void = detector.meta.get("threshold_void")
+    if void in (UNRECORDED, UNSUPPORTED) and params.get("earlier_model") is True:
+        del params["earlier_model"]  # written for older readers; the reason is `void`
+        params[void] = True
+    return Threshold(detector.threshold, rule or "exported", params)
 
 
 def predict_files(
