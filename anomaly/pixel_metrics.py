@@ -19,7 +19,6 @@ group's once (`sorted_normal`), merges the groups of a set (`merge_sorted`) and 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 
 def _pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +112,8 @@ def pro_curve(
     if n_normal == 0:
         raise ValueError("pro_curve needs normal pixels (mask == 0) to measure false positives")
     # Regions of each image, numbered across the whole set; no connection between images.
+    from scipy import ndimage  # here: importing it costs `predict` (which reads thresholds) 0.3 s
+
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True
     marked = masks[masks.reshape(len(masks), -1).any(1)]  # labelling blank masks finds nothing

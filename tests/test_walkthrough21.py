@@ -32,3 +32,23 @@ def test_an_export_of_an_earlier_model_is_named_at_train_and_at_predict(
     err = capsys.readouterr().err
     assert "was exported from an earlier model of" in err
     assert f"predict --run {run}" in err and "does not export" in err
+
+
+def test_reading_a_threshold_imports_no_scipy(tiny_cookies, tmp_path):
+    """`predict` reads the run's threshold through anomaly.metrics, whose pixel metrics imported
+    scipy.ndimage at the top: 0.3 s of every predict's start-up for a function it never calls."""
+    import subprocess
+    import sys
+
+    from helpers import tiny_config
+
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, method="meandiff"), run, progress=False)
+    code = (
+        "import sys; from anomaly.runs import RunDir; "
+        f"RunDir({str(run)!r}).threshold(); print('scipy.ndimage' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
