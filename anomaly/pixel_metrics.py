@@ -42,7 +42,9 @@ def merge_sorted(parts: list[np.ndarray]) -> np.ndarray:
     linear time)."""
     if len(parts) == 1:
         return parts[0]
-    return np.sort(np.concatenate(parts), kind="stable")
+    merged = np.concatenate(parts)
+    merged.sort(kind="stable")  # in place: no second copy of every pixel
+    return merged
 
 
 def _normal(masks: np.ndarray, maps: np.ndarray, normal) -> np.ndarray:
