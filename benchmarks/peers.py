@@ -19,13 +19,18 @@ Fair by construction:
   builds FastFlow on named backbones, so the script swaps its extractor, layer norms and flow
   blocks for ones sized to MobileNetV2's maps). Otherwise anomalib's defaults (PatchCore: 10 %
   coreset, 9 neighbours);
-- everyone fits on all of train/good (anomalib through its `Folder` datamodule and `Engine`, with
-  `val_split_mode="same_as_test"`; its validation loop is off, it only feeds thresholds that are
-  not used here) and is scored on the same test tensors, loaded once by `anomaly.data` at the
-  same size, with the same masks and the same metric code (`anomaly.metrics` on the raw scores
-  and maps: anomalib's post-processor, which normalises and clamps scores, is off);
+- everyone fits on the same training images: those `anomaly.data` reads from train/good,
+  decoded by its reader (anomalib's `Folder` and `Engine` get them as 8-bit PNGs in a working
+  folder, `peers_models.staged_train`: its own listing and reader differ; no validation or test
+  split there, checkpoints off), and is scored on the same test tensors, loaded once by
+  `anomaly.data` at the same size, with the same masks and the same metric code
+  (`anomaly.metrics` on the raw scores and maps: anomalib's post-processor, which normalises and
+  clamps scores, is off). A defective test image without a mask file is left out of the pixel
+  metrics (as `score` leaves it out); `patchknn` decodes JPEGs in full here (`decode=full`,
+  as every method's test images are), unless `--patchknn-set decode=draft`;
 - speed is CPU time of this process per test image (`time.process_time`, all threads), the images
-  already decoded and in memory, in `--rounds` interleaved rounds (the order rotates each round),
+  already decoded and in memory (`--timing-images` of them, spread over the test set's kinds),
+  in `--rounds` interleaved rounds (the order rotates each round),
   reported as median and minimum; `ratio` divides a method's median by that of the MobileNetV2
   backbone alone (features.0-13 as PatchCore runs it, ImageNet normalisation included) at the same
   size. `patchknn-onnx` is this project's patchknn exported by `anomaly.export` and run by
@@ -39,10 +44,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm and anomalib must never reach the hub
@@ -50,6 +56,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # anomalib's coreset bar would flood
 
 import numpy as np
 import torch
+from peers_models import BACKBONE_NODES, Predict, Stages, fit_anomalib, staged_train
 
 from anomaly.config import Config
 from anomaly.data import AnomalyDataset
@@ -61,44 +68,27 @@ FEATURES = ("features", "features-onnx")
 PEERS = ("patchcore", "padim", "fastflow")
 # slowest fit last: PatchCore's 10 % greedy coreset takes minutes of CPU
 DEFAULT_METHODS = ("backbone", "patchknn", "patchknn-onnx", "padim", "fastflow", "patchcore")
-BACKBONE_NODES = ("features.6", "features.13")  # PatchCore's stages of MobileNetV2
-PADIM_NODES = ("features.3", "features.6", "features.13")
-Predict = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray] | None]
+# Config fields --patchknn-set may not set: peers.py sets them for everyone (or --size does)
+NOT_SETTABLE = ("method", "data", "device", "seed", "size")
 
 
-def mobilenet_v2() -> torch.nn.Module:
-    """torchvision's MobileNetV2 with its ImageNet weights, offline (hash-checked file)."""
-    import torchvision
-
-    from anomaly.features import mobilenet_v2_weights
-
-    net = torchvision.models.mobilenet_v2(weights=None)
-    net.load_state_dict(torch.load(mobilenet_v2_weights(), map_location="cpu", weights_only=True))
-    return net.eval().requires_grad_(False)
-
-
-class Stages(torch.nn.Module):
-    """MobileNetV2 truncated after its deepest requested node, returning those nodes' maps."""
-
-    def __init__(self, nodes: tuple[str, ...]) -> None:
-        super().__init__()
-        from torchvision.models.feature_extraction import create_feature_extractor
-
-        self.nodes = list(nodes)
-        self.body = create_feature_extractor(mobilenet_v2(), return_nodes=self.nodes)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = self.body(x)
-        return [out[n] for n in self.nodes]
-
-
-def load_split(root: Path, split: str, size: int):
-    data = AnomalyDataset(root, split, size=size, channels=3)
+def load_test(root: Path, size: int):
+    """(images, masks, labels, mask_known, kinds) of the test set, decoded once by `anomaly.data`
+    at `size` (full decoding, as every method sees them)."""
+    data = AnomalyDataset(root, "test", size=size, channels=3, decode="full", cache=False)
     items = [data[i] for i in range(len(data))]
     images = torch.stack([it["image"] for it in items])
-    masks = torch.stack([it["mask"] for it in items]).numpy() if split == "test" else None
+    masks = torch.stack([it["mask"] for it in items]).numpy()
     labels = np.array([int(it["label"]) for it in items])
-    return data, images, masks, labels
+    known = np.array([bool(it["mask_known"]) for it in items])
+    return images, masks, labels, known, [it["defect"] for it in items]
+
+
+def spread(kinds: list[str], n: int) -> np.ndarray:
+    """Indices of `n` test images taken evenly along the test set (its kinds in turn), not the
+    first n (the good images alone, often)."""
+    n = min(n, len(kinds))
+    return np.unique(np.linspace(0, len(kinds) - 1, n).round().astype(int))
 
 
 # --- the methods: each returns (predict, fit wall s, fit CPU s) ------------------------------
@@ -181,7 +171,7 @@ def fit_ours(method: str, root: Path, size: int, args, cache: dict) -> tuple[Pre
             return onnx.predict(list(x.numpy()))
 
         return predict_onnx, wall, cpu
-    settings = args.patchknn_set if method == "patchknn" else {}
+    settings = {"decode": "full", **args.patchknn_set} if method == "patchknn" else {}
     config = Config.for_method(
         method, data=str(root), size=size, device="cpu", seed=args.seed, **settings
     ).validate()
@@ -204,108 +194,20 @@ def fit_ours(method: str, root: Path, size: int, args, cache: dict) -> tuple[Pre
     return predict, wall, cpu
 
 
-def fit_anomalib(method: str, root: Path, size: int, args) -> tuple[Predict, float, float]:
-    from anomalib.data import Folder
-    from anomalib.engine import Engine
-    from anomalib.models import Fastflow, Padim, Patchcore
-
-    common = {"post_processor": False, "evaluator": False, "visualizer": False}
-    if method == "patchcore":
-        cls = Patchcore
-        model = cls(
-            backbone=mobilenet_v2(),
-            layers=list(BACKBONE_NODES),
-            coreset_sampling_ratio=args.patchcore_coreset,
-            pre_processor=cls.configure_pre_processor(image_size=(size, size)),
-            **common,
-        )
-    elif method == "padim":
-        cls = Padim
-        model = cls(
-            backbone=mobilenet_v2(),
-            layers=list(PADIM_NODES),
-            n_features=100,
-            pre_processor=cls.configure_pre_processor(image_size=(size, size)),
-            **common,
-        )
-    else:
-        cls = Fastflow
-        model = cls(
-            backbone="resnet18",
-            pre_trained=False,  # replaced below: nothing loaded
-            pre_processor=cls.configure_pre_processor(image_size=(size, size)),
-            **common,
-        )
-        mobilenet_fastflow(model.model, size)
-    test_kinds = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
-    defects = [k for k in test_kinds if k != "good"]
-    masks = [f"ground_truth/{k}" for k in defects if (root / "ground_truth" / k).is_dir()]
-    datamodule = Folder(
-        name=root.name,
-        root=root,
-        normal_dir="train/good",
-        abnormal_dir=[f"test/{k}" for k in defects] or None,
-        normal_test_dir="test/good" if "good" in test_kinds else None,
-        mask_dir=masks if len(masks) == len(defects) and masks else None,
-        val_split_mode="same_as_test",
-        train_batch_size=args.batch * 4,
-        eval_batch_size=args.batch * 4,
-        num_workers=0,
-        seed=args.seed,
-    )
-    engine = Engine(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(Path(args.out) / method),
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        max_epochs=args.fastflow_epochs,
-    )
-    wall, cpu = time.perf_counter(), time.process_time()
-    engine.fit(model=model, datamodule=datamodule)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    model.eval()
-
-    @torch.no_grad()
-    def predict(x):
-        out = model(x)  # pre-processor (resize + ImageNet normalisation), then the torch model
-        maps = out.anomaly_map.reshape(len(x), *out.anomaly_map.shape[-2:])
-        return out.pred_score.reshape(len(x)).numpy(), maps.numpy()
-
-    return predict, wall, cpu
-
-
-def mobilenet_fastflow(net, size: int) -> None:
-    """Give anomalib's FastflowModel MobileNetV2 stages (strides 4, 8, 16) in place of
-    ResNet-18's, with layer norms and flow blocks of the matching shapes."""
-    from anomalib.models.image.fastflow.torch_model import create_fast_flow_block
-
-    net.feature_extractor = Stages(PADIM_NODES)
-    with torch.no_grad():
-        maps = net.feature_extractor(torch.zeros(1, 3, size, size))
-    shapes = [list(m.shape[1:]) for m in maps]
-    net.norms = torch.nn.ModuleList(torch.nn.LayerNorm(s, elementwise_affine=True) for s in shapes)
-    net.fast_flow_blocks = torch.nn.ModuleList(
-        create_fast_flow_block(
-            input_dimensions=s, conv3x3_only=False, hidden_ratio=1.0, flow_steps=8
-        )
-        for s in shapes
-    )
-
-
 # --- running and timing ------------------------------------------------------------------------
-def evaluate(predict: Predict, images, masks, labels, batch: int) -> dict:
+def evaluate(predict: Predict, images, masks, labels, known, batch: int) -> dict:
+    """Image AUROC, and pixel AUROC and AUPRO over the images whose masks are known."""
     outs = [predict(images[i : i + batch]) for i in range(0, len(images), batch)]
     if outs[0] is None:
         return {}
     scores = np.concatenate([o[0] for o in outs]).astype(np.float64)
     maps = np.concatenate([o[1] for o in outs]).astype(np.float64)
     out = {"image_auroc": image_auroc(labels, scores)}
-    if masks is not None and masks.any():
-        out.update(pixel_auroc=pixel_auroc(masks, maps), aupro=aupro(masks, maps))
+    if masks[known].any():
+        out.update(
+            pixel_auroc=pixel_auroc(masks[known], maps[known]),
+            aupro=aupro(masks[known], maps[known]),
+        )
     return out
 
 
@@ -347,15 +249,63 @@ def table(rows: list[dict]) -> str:
 
 
 def config_fields(pairs: list[str]) -> dict:
-    """FIELD=VALUE strings -> Config overrides, each value of its field's type."""
+    """FIELD=VALUE strings -> Config overrides, each value of its field's type; ValueError
+    naming the pair for an unknown field, one peers.py sets itself, or a value of another type."""
     defaults = Config()
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not hasattr(defaults, key):
             raise ValueError(f"--patchknn-set {pair!r}: give FIELD=VALUE with a Config field")
-        out[key] = type(getattr(defaults, key))(value)
+        if key in NOT_SETTABLE:
+            what = "--size" if key == "size" else "peers.py, the same for every method"
+            raise ValueError(f"--patchknn-set {pair!r}: {key} is set by {what}")
+        kind = type(getattr(defaults, key))
+        try:
+            out[key] = kind(value) if kind is not bool else {"true": True, "false": False}[value]
+        except (ValueError, KeyError):
+            raise ValueError(
+                f"--patchknn-set {pair!r}: {key} takes a{'n' * (kind is int)} {kind.__name__} value"
+            ) from None
     return out
+
+
+def check_args(p: argparse.ArgumentParser, args, methods: list[str]) -> None:
+    """Refuse, before anything is fitted, what would fail or mislead only after the fits."""
+    if not methods:
+        p.error("--methods names no method")
+    for name in ("rounds", "timing_images", "batch", "fastflow_epochs", "threads", "size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 0 < args.patchcore_coreset <= 1:
+        p.error(f"--patchcore-coreset must be in (0, 1], got {args.patchcore_coreset}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a file; give a folder for peers.json")
+    if any(m.startswith("patchknn") for m in methods):
+        from anomaly.detectors.knn import wants_int8
+
+        try:
+            settings = {"decode": "full", **args.patchknn_set}
+            wants_int8(Config.for_method("patchknn", **settings).validate())
+        except (ValueError, TypeError) as err:
+            p.error(f"--patchknn-set {' '.join(args.patchknn_set_given)}: {err}")
+
+
+def check_data(root: Path, labels: np.ndarray) -> None:
+    """DataError (shown without a traceback) for a data set the comparison cannot be made on:
+    no training images, or a test set without both good and defective images."""
+    from anomaly.data import DataError
+
+    n = len(AnomalyDataset(root, "train", cache=False).paths)  # names an empty train/good
+    if n == 0:
+        raise DataError(f"{root}/train/good holds no images; add the good training images")
+    if labels.min() == labels.max():
+        which = "defective" if labels[0] else "good"
+        raise DataError(
+            f"{root}/test: all {len(labels)} test images are {which}; image AUROC needs good "
+            "and defective test images: add the other kind to test/"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", default="runs/peers", help="folder for peers.json and fit outputs")
     args = p.parse_args(argv)
+    args.patchknn_set_given = args.patchknn_set
     try:
         args.patchknn_set = config_fields(args.patchknn_set)
     except ValueError as err:
@@ -403,8 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(known))
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {', '.join(known)}")
+    check_args(p, args, methods)
+    if not args.data.is_dir():
+        p.error(f"{args.data} is not a folder")
     if not (args.data / "train" / "good").is_dir() or not (args.data / "test").is_dir():
-        p.error(f"{args.data} is not in the MVTec AD layout (train/good and test/<kind> folders)")
+        p.error(
+            f"{args.data} is not in the MVTec AD layout (train/good and test/<kind> folders), "
+            "which this script reads; `python -m anomaly benchmark` also reads the plain layout"
+        )
     if any(m in PEERS for m in methods):
         try:
             import anomalib  # noqa: F401
@@ -412,15 +369,18 @@ def main(argv: list[str] | None = None) -> int:
             p.error("anomalib is not installed: see benchmarks/README.md for the `peers` venv")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    size = args.size or Config.for_method("patchknn").size
-    _, images, masks, labels = load_split(args.data, "test", size)
-    print(
-        f"{args.data}: {len(images)} test images at {size} px; torch threads "
-        f"{torch.get_num_threads()}; fitting {', '.join(methods)}",
-        file=sys.stderr,
-    )
+    from anomaly.data import DataError
+
+    try:
+        return run(args, methods)
+    except DataError as err:  # the data's fault: its message names the file and the fix
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def fit_all(args, methods: list[str], size: int, work: Path, test: tuple) -> tuple[dict, dict]:
+    """Fit and evaluate each method on the test tensors `test`; (rows, predicts). Rows are
+    written to OUT/peers_partial.json after each fit."""
     predicts, rows, cache = {}, {}, {}
     for m in methods:
         torch.manual_seed(args.seed)  # PaDiM's channel draw must not depend on the methods before
@@ -432,17 +392,50 @@ def main(argv: list[str] | None = None) -> int:
         elif m in OURS:
             pred, wall, cpu = fit_ours(m, args.data, size, args, cache)
         else:
-            pred, wall, cpu = fit_anomalib(m, args.data, size, args)
+            if not (work / "train").is_dir():
+                n = staged_train(args.data, work)
+                print(f"  anomalib's copy of the {n} training images: {work}", file=sys.stderr)
+            pred, wall, cpu = fit_anomalib(m, work, size, args, work)
         predicts[m] = pred
         rows[m] = {
             "method": m,
             "fit_s": wall,
             "fit_cpu_s": cpu,
-            **evaluate(pred, images, masks, labels, args.batch),
+            **evaluate(pred, *test, args.batch),
         }
         print(f"  {m}: fitted in {wall:.1f} s, {rows[m]}", file=sys.stderr, flush=True)
         (Path(args.out) / "peers_partial.json").write_text(json.dumps(list(rows.values())))
-    timed = images[: args.timing_images]
+    return rows, predicts
+
+
+def run(args, methods: list[str]) -> int:
+    """Fit, evaluate and time every method; print the table and write OUT/peers.json."""
+    torch.manual_seed(args.seed)
+    size = args.size or Config.for_method("patchknn").size
+    images, masks, labels, known, kinds = load_test(args.data, size)
+    check_data(args.data, labels)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if not known.all():
+        print(
+            f"  {int((~known).sum())} defective test images have no mask file: they are left "
+            "out of every method's pixel metrics",
+            file=sys.stderr,
+        )
+    print(
+        f"{args.data}: {len(images)} test images at {size} px; torch threads "
+        f"{torch.get_num_threads()}; fitting {', '.join(methods)}",
+        file=sys.stderr,
+    )
+    work = Path(tempfile.mkdtemp(prefix="peers-work-", dir=args.out))  # anomalib's; removed
+    try:
+        rows, predicts = fit_all(args, methods, size, work, (images, masks, labels, known))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    timed = images[spread(kinds, args.timing_images)]
+    if args.rounds < 3:
+        print(
+            f"  {args.rounds} timing round(s): medians of fewer than 3 are noisy", file=sys.stderr
+        )
     timings = time_rounds(predicts, timed, args.rounds, args.batch)
     base = statistics.median(timings["backbone"]["cpu_ms"]) if "backbone" in timings else None
     for m, t in timings.items():

@@ -1,0 +1,123 @@
+"""benchmarks/peers.py without anomalib (its own methods and the backbone): what it refuses
+before fitting anything, the images everyone trains on, and masks that are not there."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def peers(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for name in ("peers", "peers_models"):
+        sys.modules.pop(name, None)
+    import peers
+
+    return peers
+
+
+def _run(peers, data, out, *more):
+    flags = ["--size", "32", "--rounds", "1", "--timing-images", "4", "--threads", "1"]
+    return peers.main([str(data), "--out", str(out), *flags, *more])
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--timing-images", "0"], "--timing-images must be at least 1"),
+        (["--methods", ","], "--methods names no method"),
+        (["--patchknn-set", "size=128"], "size is set by --size"),
+        (["--patchknn-set", "search_clusters=0.5"], "search_clusters takes an int value"),
+        (["--patchknn-set", "runtime=onnx"], "choose one of torch, onnxruntime, auto"),
+        (["--patchcore-coreset", "0"], "--patchcore-coreset must be in (0, 1]"),
+    ],
+)
+def test_bad_options_are_refused_before_any_fit(peers, tiny_cookies, tmp_path, capsys, flags, said):
+    """They failed after minutes of fitting (no median of no rounds; a reshape of no images), or
+    as a TypeError from inside Config."""
+    with pytest.raises(SystemExit) as stop:
+        _run(peers, tiny_cookies, tmp_path / "out", "--methods", "patchknn", *flags)
+    assert stop.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_test_set_of_one_kind_is_refused_with_the_fix(peers, tiny_cookies, tmp_path, capsys):
+    data = tmp_path / "onlygood"
+    shutil.copytree(tiny_cookies, data)
+    shutil.rmtree(data / "ground_truth")
+    for kind in (data / "test").iterdir():
+        if kind.name != "good":
+            shutil.rmtree(kind)
+    assert _run(peers, data, tmp_path / "out", "--methods", "patchknn") == 2
+    assert "all" in (err := capsys.readouterr().err) and "add the other kind to test/" in err
+
+
+def test_pixel_metrics_leave_out_images_without_a_mask(peers, tiny_cookies, tmp_path, capsys):
+    """A defective test image without its mask file was scored against an all-zero mask: every
+    defect pixel of it counted as normal."""
+    from anomaly.metrics import aupro, pixel_auroc
+
+    data = tmp_path / "nomask"
+    shutil.copytree(tiny_cookies, data)
+    gone = min((data / "ground_truth").rglob("*.png"))
+    gone.unlink()
+    assert _run(peers, data, tmp_path / "out", "--methods", "patchknn") == 0
+    assert "1 defective test images have no mask file" in capsys.readouterr().err
+    row = json.loads((tmp_path / "out" / "peers.json").read_text())["rows"][0]
+    images, masks, _labels, known, _ = peers.load_test(data, 32)
+    assert known.sum() == len(known) - 1
+    predict, _, _ = peers.fit_ours("patchknn", data, 32, _args(peers, tmp_path), {})
+    _scores, maps = predict(images)
+    assert row["pixel_auroc"] == pytest.approx(pixel_auroc(masks[known], maps[known]))
+    assert row["aupro"] == pytest.approx(aupro(masks[known], maps[known]))
+    assert row["pixel_auroc"] != pytest.approx(pixel_auroc(masks, maps))
+
+
+def _args(peers, tmp_path):
+    import argparse
+
+    return argparse.Namespace(patchknn_set={}, seed=0, out=str(tmp_path), batch=8)
+
+
+def test_anomalib_gets_the_images_and_pixels_the_project_trains_on(peers, tiny_cookies, tmp_path):
+    """anomalib's Folder read train/good recursively (a sub-folder of test images leaked into
+    its training set), took other extensions, and turned 16-bit PNGs white. It now gets the
+    project's own list, decoded by the project's reader."""
+    from peers_models import staged_train
+    from PIL import Image
+
+    from anomaly.data import AnomalyDataset
+    from anomaly.data.folder import read_image
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    good = data / "train" / "good"
+    sixteen = min(good.glob("*.png"))
+    grey = np.asarray(Image.open(sixteen).convert("L"), np.uint16) * 257  # 16-bit, same picture
+    Image.fromarray(grey).save(sixteen)
+    (good / "batch2").mkdir()
+    for p in sorted((data / "test" / "good").glob("*.png"))[:2]:
+        shutil.copy(p, good / "batch2" / p.name)  # not read by the project: not trained on
+    staged = tmp_path / "staged"
+    n = staged_train(data, staged)
+    paths = AnomalyDataset(data, "train", cache=False).paths
+    written = sorted((staged / "train" / "good").iterdir())
+    assert n == len(paths) == len(written) and not any(p.is_dir() for p in written)
+    for path, copy in zip(paths, written):
+        ours = np.round(read_image(path) * 255)
+        theirs = np.asarray(Image.open(copy), np.float64)
+        if ours.shape[-1] == 1:
+            theirs = theirs[..., :1]
+        assert np.abs(theirs - ours).max() <= 0.5
+    assert (
+        np.asarray(Image.open(written[[Path(p) for p in paths].index(sixteen)])).mean() < 250
+    )  # not white
