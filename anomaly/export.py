@@ -42,7 +42,13 @@ from anomaly.onnx_predict import (  # noqa: F401
     preprocess,
     require,
 )
-from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, drop_guarantee, model_record
+from anomaly.threshold_file import (
+    MODEL_RECORD,
+    UNRECORDED,
+    UNSUPPORTED,
+    drop_guarantee,
+    model_record,
+)
 
 OPSET = 17
 
@@ -113,6 +119,25 @@ def _export_meta(path: Path) -> dict[str, str] | None:
         return None
     meta = {p.key: p.value for p in model.metadata_props}
     return meta if meta.get("format") == FORMAT else None
+
+
+def exported_model(path: Path) -> str | None:
+    """The SHA-256 of the model.pt that the export at `path` was made from, as it records it;
+    None for a file that is not an export of this module, one from before exports recorded it,
+    or without the onnx package to read it."""
+    try:
+        meta = _export_meta(path)
+    except ExportError:  # no onnx package: nothing to tell
+        return None
+    return (meta or {}).get(MODEL_RECORD)
+
+
+def use_the_run(run) -> str:
+    """How to predict with `run`'s own model where an export of another model sits in it."""
+    return (
+        f"export it again (python -m anomaly export --run {run}: patchknn runs, and auto runs "
+        f"that chose patchknn), or use python -m anomaly predict --run {run}"
+    )
 
 
 def _auto_choice(run, auto, run_size: int):

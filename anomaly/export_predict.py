@@ -15,8 +15,8 @@ from anomaly.onnx_predict import ExportError, OnnxDetector
 
 def _warn_if_stale(detector: OnnxDetector) -> None:
     """An exported file inside a run folder whose model or threshold has changed since the
-    export keeps the old ones: say so, and what to do (export again, where the run's method
-    exports)."""
+    export (or that another run's export was put in) keeps its own: say so, and what to do."""
+    from anomaly.export import use_the_run
     from anomaly.runs import RunDir
     from anomaly.threshold_file import MODEL_RECORD, model_sha256
 
@@ -24,20 +24,10 @@ def _warn_if_stale(detector: OnnxDetector) -> None:
     made_by = detector.meta.get(MODEL_RECORD)  # exports from before it record no model
     now_model = model_sha256(run.file(run.MODEL)) if made_by and run.is_run() else None
     if now_model and now_model != made_by:
-        try:
-            method = run.config().method
-        except Exception:  # noqa: BLE001  (an unreadable config.json: no advice from it)
-            method = None
-        fix = (
-            f"export it again: python -m anomaly export --run {run.path}"
-            if method in ("patchknn", "auto")
-            else f"use python -m anomaly predict --run {run.path} (a {method} run does not "
-            f"export), or move {detector.path.name} out of the run folder"
-        )
         print(
-            f"warning: {detector.path} was exported from an earlier model of {run.path} (its "
-            f"model.pt has changed since); this prediction uses the exported model. To use the "
-            f"run's model, {fix}",
+            f"warning: {detector.path} was exported from another model than {run.path}'s "
+            f"model.pt (an earlier model of the run, or another run's); this prediction uses "
+            f"the exported model. To use the run's model, {use_the_run(run.path)}",
             file=sys.stderr,
         )
         return

@@ -222,11 +222,9 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
     out["image_f1_max"], out["f1_threshold"] = best if best else (None, None)
     defects = np.asarray(pred.defects)
     normals = _sorted_normals(pred, known) if pred.has_masks else None
+    at = len(notes)  # where the overall pixel metrics' notes go: they are computed last
     if pred.has_masks:
-        normal = _normal_of(normals, defects)
-        out.update(
-            _pixel_metrics(pred.masks[known], pred.maps[known], fpr_limit, notes, "", normal)
-        )
+        out["pixel_auroc"] = out["aupro"] = None  # set after the kinds', when the parts are gone
         out["fpr_limit"] = fpr_limit
         out["n_missing_masks"] = int((~known).sum())
         if out["n_missing_masks"]:
@@ -259,6 +257,12 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
             masks, maps = pred.masks[rows], pred.maps[rows]
             per.update(_pixel_metrics(masks, maps, fpr_limit, notes, f"{kind}/", normal))
         out["per_defect"][kind] = per
+    if pred.has_masks:  # merged last, the kinds' parts let go first: one copy of the pixels
+        normal, normals = _normal_of(normals, defects), None
+        overall: list[str] = []
+        masks, maps = pred.masks[known], pred.maps[known]
+        out.update(_pixel_metrics(masks, maps, fpr_limit, overall, "", normal))
+        notes[at:at] = overall
     out["notes"] = notes
     return out
 

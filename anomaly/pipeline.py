@@ -206,7 +206,7 @@ def _fit(
     checkpoints.save_checkpoint(detector, complete=True)  # no timing: the same training, the
     run.save_fit_seconds(seconds)  # same model.pt (a threshold chosen for one fits the other)
     _clear_outputs(run)
-    _note_export(run, detector.config.method)
+    _note_export(run)
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict):
         run.save_selection(selection)
@@ -222,18 +222,17 @@ def _clear_outputs(run: RunDir) -> None:
         )
 
 
-def _note_export(run: RunDir, method: str) -> None:
-    """A model.onnx that `export` wrote for the run's earlier model is kept (it may be deployed
-    somewhere); say that it is stale and what to do."""
+def _note_export(run: RunDir) -> None:
+    """A model.onnx that `export` wrote from another model than the new model.pt is kept (it
+    may be deployed somewhere); say so, and what to do."""
     export = run.file("model.onnx")
     if not export.is_file() or export.is_symlink():
         return
-    fix = (
-        f"export the new one: python -m anomaly export --run {run}"
-        if method in ("patchknn", "auto")
-        else f"a {method} run does not export; move it away where nothing deploys it"
-    )
-    print(f"{run}: model.onnx is an export of the earlier model, kept as it is; {fix}")
+    from anomaly.export import exported_model, use_the_run
+
+    made_by = exported_model(export)
+    if made_by and made_by != threshold_file.model_sha256(run.file(run.MODEL)):
+        print(f"{run}: model.onnx holds another model, kept as it is; {use_the_run(run)}")
 
 
 def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: bool) -> None:

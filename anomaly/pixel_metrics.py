@@ -33,8 +33,7 @@ def _pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
 def sorted_normal(masks, maps) -> np.ndarray:
     """The scores of the normal pixels (mask == 0) of the maps, ascending: what `pixel_auroc`,
     `pro_curve` and `aupro` take as `normal`."""
-    masks, maps = _pixels(masks, maps)
-    return np.sort(maps[~masks], axis=None)
+    return _normal(*_pixels(masks, maps), None)
 
 
 def merge_sorted(parts: list[np.ndarray]) -> np.ndarray:
@@ -48,7 +47,8 @@ def merge_sorted(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _normal(masks: np.ndarray, maps: np.ndarray, normal) -> np.ndarray:
-    """`normal` where the caller gave it (checked for its size), else the sorted normal pixels."""
+    """`normal` where the caller gave it (checked for its size and order), else the sorted normal
+    pixels."""
     if normal is None:
         return np.sort(maps[~masks], axis=None)  # boolean indexing copies: sorting is safe
     normal = np.asarray(normal)
@@ -57,6 +57,8 @@ def _normal(masks: np.ndarray, maps: np.ndarray, normal) -> np.ndarray:
             f"normal holds {normal.size} scores for the {masks.size - np.count_nonzero(masks)} "
             "normal pixels of the masks: pass the sorted scores of exactly those pixels"
         )
+    if normal.ndim != 1 or np.any(normal[1:] < normal[:-1]):  # O(n), against a silent mix-up
+        raise ValueError("normal must hold the normal pixels' scores sorted ascending, in 1-D")
     return normal
 
 

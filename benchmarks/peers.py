@@ -292,14 +292,18 @@ def check_args(p: argparse.ArgumentParser, args, methods: list[str]) -> None:
             p.error(f"--patchknn-set {' '.join(args.patchknn_set_given)}: {err}")
 
 
-def check_data(root: Path, labels: np.ndarray) -> None:
-    """DataError (shown without a traceback) for a data set the comparison cannot be made on:
-    no training images, or a test set without both good and defective images."""
+def check_train(root: Path) -> None:
+    """DataError (shown without a traceback) when train/good holds no image it can read."""
     from anomaly.data import DataError
 
-    n = len(AnomalyDataset(root, "train", cache=False).paths)  # names an empty train/good
-    if n == 0:
+    if not AnomalyDataset(root, "train", cache=False).paths:  # names an empty train/good
         raise DataError(f"{root}/train/good holds no images; add the good training images")
+
+
+def check_test(root: Path, labels: np.ndarray) -> None:
+    """DataError when the test set lacks good or defective images: no comparison to make."""
+    from anomaly.data import DataError
+
     if labels.min() == labels.max():
         which = "defective" if labels[0] else "good"
         raise DataError(
@@ -412,8 +416,9 @@ def run(args, methods: list[str]) -> int:
     """Fit, evaluate and time every method; print the table and write OUT/peers.json."""
     torch.manual_seed(args.seed)
     size = args.size or Config.for_method("patchknn").size
+    check_train(args.data)
     images, masks, labels, known, kinds = load_test(args.data, size)
-    check_data(args.data, labels)
+    check_test(args.data, labels)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not known.all():
         print(

@@ -398,24 +398,26 @@ def test_detectability_rejects_at_most_the_stated_share_of_good_images():
         assert rejected == int(0.05 * n_good)  # 1 of 25, 5 of 100, 0 of 7
 
 
-def test_evaluate_sorts_pixels_once_and_gives_the_same_numbers():
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_evaluate_sorts_pixels_once_and_gives_the_same_numbers(dtype):
     """evaluate hands pixel_auroc and aupro each group's normal pixels sorted once: every number
-    is what they compute from the masks and maps alone, ties, blank masks and a defective image
-    without a mask file included; a `normal` of the wrong pixels is refused."""
+    is what they compute from the masks and maps alone, ties, blank masks, a defective image
+    without a mask file and a kind without any included; a `normal` of the wrong pixels, or
+    not sorted, is refused."""
     from anomaly.pixel_metrics import merge_sorted, sorted_normal
 
     rng = np.random.default_rng(3)
-    defects = ["good"] * 5 + ["crack"] * 4 + ["stain"] * 3
+    defects = ["good"] * 5 + ["crack"] * 4 + ["stain"] * 3 + ["hole"]
     n = len(defects)
     masks = np.zeros((n, 16, 16), np.uint8)
     for i in range(5, n):
         y, x = rng.integers(0, 10, 2)
         masks[i, y : y + rng.integers(1, 6), x : x + rng.integers(1, 6)] = 1
     masks[7, 0, 0] = 1  # a second region
-    maps = rng.integers(0, 20, masks.shape).astype(np.float32) + 4 * masks  # many ties
+    maps = (rng.integers(0, 20, masks.shape) + 4 * masks + rng.random(masks.shape)).astype(dtype)
     labels = np.array([d != "good" for d in defects], int)
     known = np.ones(n, bool)
-    known[11] = False
+    known[[11, 12]] = False  # a stain without its mask file, and the only hole
     paths = [f"/d/{i}.png" for i in range(n)]
     pred = Predictions(paths, labels, defects, maps.max((1, 2)), maps, masks, mask_known=known)
     out = evaluate(pred)
@@ -432,3 +434,7 @@ def test_evaluate_sorts_pixels_once_and_gives_the_same_numbers():
     assert aupro(masks, maps, 0.3, merged) == aupro(masks, maps)
     with pytest.raises(ValueError, match="normal holds"):
         pixel_auroc(masks, maps, parts[0])
+    with pytest.raises(ValueError, match="sorted ascending"):
+        aupro(masks, maps, 0.3, merged[::-1])
+    assert out["per_defect"]["hole"]["pixel_auroc"] is None  # no known mask: said in notes
+    assert any(note.startswith("hole/pixel_auroc") for note in out["notes"])
