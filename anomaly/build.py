@@ -31,6 +31,12 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     payload = run.load_checkpoint(detector)
     if not payload.get("complete", True):
         run.check_not_in_use("read")  # still training: half-way, not interrupted
+        if not run.has_last():  # stopped before its first epoch was saved: nothing to resume
+            raise RunError(
+                f"{run}: its training was interrupted before its first epoch was saved, so "
+                "model.pt holds a model from the middle of it and there is nothing to resume; "
+                f"train it again: `python -m anomaly train --out {run}` with the same flags"
+            )
         raise RunError(
             f"{run}: its training was interrupted, so model.pt holds a model from the middle of "
             "it (and threshold.json, if any, an earlier model's threshold); finish it with "

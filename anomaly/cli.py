@@ -416,9 +416,11 @@ def _main(args) -> int:
                     hint = " after training; " + RESUME_HINT.format(out=args.out)
             print(f"\ninterrupted{hint}", file=sys.stderr)
             return 130
+        out = getattr(args, "out", "RUN")
+        again = f"train it again: `python -m anomaly train --out {out}` with the same flags"
         print(
             f"\ninterrupted after epoch {stop.epoch}; "
-            + RESUME_HINT.format(out=getattr(args, "out", "RUN")),
+            + (again if stop.epoch == 0 else RESUME_HINT.format(out=out)),
             file=sys.stderr,
         )
         return 130

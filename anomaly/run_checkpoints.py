@@ -162,7 +162,8 @@ class CheckpointFiles:
             raise RunError(
                 f"Cannot resume: {self.path} has no {self.LAST} (the run never "
                 "finished an epoch, or its method does not train by epochs); "
-                "train it again without --resume"
+                f"train it again without --resume: `python -m anomaly train --out {self.path}` "
+                "with the same flags"
             )
         last = safe_torch_load(self.file(self.LAST))
         if not isinstance(last, dict) or "epoch" not in last:

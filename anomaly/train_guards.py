@@ -56,6 +56,8 @@ def refuse_existing(run: RunDir) -> None:
                 f"{run} already holds a trained run; choose another --out, or delete "
                 "the folder to train it again"
             )
+        if not run.has_last():  # stopped before its first epoch was saved: trained again
+            return
         raise RunError(
             f"{run} holds an interrupted run; continue it with `python -m anomaly "
             f"train --out {run} --resume`, or delete the folder to start again"

@@ -59,3 +59,33 @@ def test_reading_a_threshold_imports_no_scipy(tiny_cookies, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_run_stopped_before_its_first_epoch_was_saved_can_be_trained_again(
+    tiny_cookies, tmp_path, capsys
+):
+    """A kill between model.pt and last.pt of the first epoch left a run every command sent
+    elsewhere: train said "continue it with --resume", --resume said "train it again without
+    --resume", score said "finish it with --resume". Plain train starts it again now, and the
+    others say so (an interrupt audit by a helper)."""
+    import pytest
+    import torch
+    from helpers import tiny_config
+
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "ae"
+    config = tiny_config(tiny_cookies, "ae", epochs=1)
+    train_run(config, run, progress=False)
+    payload = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**payload, "complete": False}, run / "model.pt")
+    for name in ("last.pt", "val_scores.json", "threshold.json"):
+        (run / name).unlink()
+    with pytest.raises(RunError, match=rf"there is nothing to resume; train it again: .*{run}"):
+        score_run(run)
+    with pytest.raises(RunError, match="train it again without --resume"):
+        train_run(config, run, progress=False, resume=True)
+    train_run(config, run, progress=False)  # starts again
+    assert torch.load(run / "model.pt", weights_only=True)["complete"] is True
+    assert (run / "threshold.json").is_file()
