@@ -200,6 +200,7 @@ def good_scores(
     (`calibrate_on_folder`), or without a folder (None, the held-out scores, their record).
     Only scoring a folder loads the detector, and so imports torch."""
     if folder is None:
+        _refuse_unfinished(rd)
         stored = rd.val_scores()
         trained_on = set((rd.split() or {}).get("train", []))
         if trained_on & set(stored.get("paths", [])):  # --val-fraction 0: nothing held out
@@ -215,6 +216,23 @@ def good_scores(
     from anomaly.pipeline import load_run
 
     return calibrate_on_folder(rd, folder, load_run(rd), alpha, images)
+
+
+def _refuse_unfinished(rd: RunDir) -> None:
+    """RunError naming `train --resume` for a run stopped after training and before its held-out
+    images were scored (no val_scores.json): training it again, which val_scores' own message
+    says, would throw a finished training away."""
+    if rd.file(rd.VAL_SCORES).exists() or not rd.has_model():
+        return
+    try:
+        finished = bool(rd.checkpoint().get("complete", True))
+    except (RunError, ValueError, OSError):  # damaged: val_scores' message
+        return
+    if finished:
+        raise RunError(
+            f"{rd} stopped after training, before its held-out images were scored; finish it, "
+            f"without training again: `python -m anomaly train --out {rd} --resume`"
+        )
 
 
 def attach(threshold: Threshold, record: dict) -> Threshold:

@@ -89,3 +89,24 @@ def test_a_run_stopped_before_its_first_epoch_was_saved_can_be_trained_again(
     train_run(config, run, progress=False)  # starts again
     assert torch.load(run / "model.pt", weights_only=True)["complete"] is True
     assert (run / "threshold.json").is_file()
+
+
+def test_threshold_of_a_run_stopped_before_its_held_out_scores_names_resume(tiny_cookies, tmp_path):
+    """Killed after training, before val_scores.json: `threshold` said "train the run again to
+    get held-out scores", throwing a finished training away; `train --resume` finishes it."""
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.calibration import set_threshold
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "ae"
+    config = tiny_config(tiny_cookies, "ae", epochs=1)
+    train_run(config, run, progress=False)
+    for name in ("val_scores.json", "threshold.json"):
+        (run / name).unlink()
+    with pytest.raises(RunError, match=rf"without training again: .*--out {run} --resume"):
+        set_threshold(run, "conformal", 0.5)
+    train_run(config, run, progress=False, resume=True)
+    set_threshold(run, "conformal", 0.5)
