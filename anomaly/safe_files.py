@@ -29,12 +29,31 @@ class RunError(ValueError):
 
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write `path` through a temporary file in its folder (`temporary_beside`), then rename it
-    into place."""
-    with temporary_beside(path) as (fd, _), os.fdopen(fd, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    into place; a full disk is a RunError naming the file (the old one, if any, is intact)."""
+    try:
+        with temporary_beside(path) as (fd, _), os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:  # torch.save says ENOSPC as a RuntimeError
+        if not _disk_full(err, path.parent):
+            raise
+        raise RunError(
+            f"{path}: the disk is full (no space left to write it; an earlier {path.name}, if "
+            "any, is as it was). Free space, then run the command again (an interrupted "
+            "training: with --resume)"
+        ) from None
     return path
+
+
+def _disk_full(err: Exception, folder: Path) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:  # torch's words for it vary: ask the file system
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 2**20
 
 
 @contextlib.contextmanager

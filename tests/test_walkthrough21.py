@@ -110,3 +110,38 @@ def test_threshold_of_a_run_stopped_before_its_held_out_scores_names_resume(tiny
         set_threshold(run, "conformal", 0.5)
     train_run(config, run, progress=False, resume=True)
     set_threshold(run, "conformal", 0.5)
+
+
+def test_a_full_disk_is_named_with_the_file_and_the_fix(tmp_path, monkeypatch):
+    """A full disk ended `train` with torch's traceback ("[enforce fail at inline_container.cc]
+    unexpected pos") and `score` with a bare "[Errno 28] No space left on device"."""
+    import errno
+    import os
+    import types
+
+    import pytest
+    import torch
+
+    from anomaly import safe_files
+    from anomaly.runs import RunError
+
+    old = tmp_path / "config.json"
+    old.write_text("{}")
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(RunError, match=r"config.json: the disk is full .* Free space, then"):
+        safe_files._atomic(old, full)
+    assert old.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+    def torch_full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
+
+    monkeypatch.setattr(torch, "save", torch_full)
+    monkeypatch.setattr(os, "statvfs", lambda p: types.SimpleNamespace(f_bavail=3, f_frsize=4096))
+    with pytest.raises(RunError, match=r"model.pt: the disk is full"):
+        safe_files.atomic_save({}, tmp_path / "model.pt")
+    monkeypatch.setattr(os, "statvfs", lambda p: types.SimpleNamespace(f_bavail=2**30, f_frsize=1))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # room enough: torch's own error
+        safe_files.atomic_save({}, tmp_path / "model.pt")
