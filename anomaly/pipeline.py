@@ -191,6 +191,7 @@ def _finish(run: RunDir, config: Config, split: dict, progress: bool) -> Detecto
     with run.lock("train"):
         train, val = _datasets(config, split)
         detector.to(select_device(config.device))
+        _save_selection(run, detector)  # auto: stopped before selection.json was written
         _default_threshold(run, detector, train, val, keep_user_threshold=True)
     print(f"{run}: finished: its held-out images are scored and its threshold is set")
     return detector
@@ -207,6 +208,11 @@ def _fit(
     run.save_fit_seconds(seconds)  # same model.pt (a threshold chosen for one fits the other)
     _clear_outputs(run)
     _note_export(run)
+    _save_selection(run, detector)
+
+
+def _save_selection(run: RunDir, detector: Detector) -> None:
+    """auto's choice and every candidate's score (model.pt holds them too) as selection.json."""
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict):
         run.save_selection(selection)

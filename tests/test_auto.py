@@ -279,3 +279,21 @@ def test_each_candidate_row_says_the_size_its_images_were_resized_to(stubs):
     rows = auto.selection["candidates"]
     assert rows[1]["size"] == SIZE and isinstance(rows[0]["size"], int)
     assert f"{SIZE:4d} px  stub-mean size={SIZE}" in format_selection(auto.selection)
+
+
+def test_resume_after_a_stop_before_selection_json_writes_it(tiny_cookies, tmp_path, monkeypatch):
+    """Stopped after model.pt, before selection.json (an interrupt audit): `train --resume`
+    finished the run and printed "all candidates: RUN/selection.json", a file it never wrote."""
+    from anomaly.detectors import auto
+    from anomaly.pipeline import train_run
+
+    monkeypatch.setattr(auto, "CANDIDATES", GRID)
+    config = Config.for_method("auto", data=str(tiny_cookies), size=SIZE, batch_size=8)
+    run = tmp_path / "run"
+    train_run(config, run, progress=False)
+    saved = json.loads((run / "selection.json").read_text())
+    for name in ("selection.json", "val_scores.json", "threshold.json"):
+        (run / name).unlink()
+    train_run(config, run, progress=False, resume=True)
+    again = json.loads((run / "selection.json").read_text())  # as model.pt holds it: no times
+    assert again == without_timings(saved) and again["chosen"] == saved["chosen"]
