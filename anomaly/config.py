@@ -76,6 +76,9 @@ METHOD_DEFAULTS: dict[str, dict] = {
 # before the setting existed (their config.json lacks it) did
 NEW_RUNS = {"decode": "draft"}
 
+# What `train --resume` may change: how long it trains, and where (anomaly.pipeline)
+RESUMABLE_FIELDS = ("epochs", "patience", "device")
+
 # Presets applied over METHOD_DEFAULTS when `recipe` names them (`--recipe original`). "original"
 # is the original project (AureliiiieP/Unsupervised-Anomaly-Detection-Pytorch): its 64-wide
 # grayscale UNet with MSE, Adam 1e-3, batch 8, the unsmoothed squared-error map and the per-image

@@ -22,7 +22,7 @@ import numpy as np
 from anomaly import threshold_file
 from anomaly import train_guards as guards
 from anomaly.build import build_detector, check_size, load_run
-from anomaly.config import Config
+from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data
 from anomaly.data.image_kind import summarize as summarize_images
@@ -34,7 +34,6 @@ from anomaly.train import seed_everything, select_device
 from anomaly.train_guards import moved as _moved
 
 # what `train --resume` may change in a run: how long it trains, and where
-RESUMABLE_FIELDS = ("epochs", "patience", "device")
 
 
 class AlreadyTrained(RunError):

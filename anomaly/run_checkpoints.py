@@ -17,7 +17,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from anomaly import threshold_file
-from anomaly.config import Config
+from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.safe_files import RunError, atomic_save, safe_torch_load, write_json
 
 CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
@@ -146,6 +146,12 @@ class CheckpointFiles:
                 + f", the model was trained with {saved.get(f, getattr(Config(), f))!r}"
                 for f in diffs
             )
+            if set(diffs) <= set(RESUMABLE_FIELDS) and self.has_last():
+                raise RunError(  # `train --resume --epochs N` writes config.json first
+                    f"{self.file(self.CONFIG)} asks for more training than {self.file(self.MODEL)} "
+                    f"has had ({detail}): a `train --resume` was stopped before it saved an "
+                    f"epoch. Continue it: `python -m anomaly train --out {self.path} --resume`"
+                )
             raise RunError(
                 f"{self.file(self.CONFIG)} disagrees with {self.file(self.MODEL)} "
                 f"({detail}). Scores would not be what the model learned: restore "

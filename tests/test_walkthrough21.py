@@ -145,3 +145,25 @@ def test_a_full_disk_is_named_with_the_file_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "statvfs", lambda p: types.SimpleNamespace(f_bavail=2**30, f_frsize=1))
     with pytest.raises(RuntimeError, match="unexpected pos"):  # room enough: torch's own error
         safe_files.atomic_save({}, tmp_path / "model.pt")
+
+
+def test_a_resume_stopped_before_its_first_epoch_is_named_as_such(tiny_cookies, tmp_path):
+    """`train --resume --epochs 3` writes config.json first; killed right then, `score` said
+    config.json disagreed with model.pt ("restore config.json, or train a new run") although
+    `--resume` continues it."""
+    import json
+
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "ae"
+    train_run(tiny_config(tiny_cookies, "ae", epochs=1), run, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 3}))
+    with pytest.raises(RunError, match=rf"stopped before it saved an epoch.*--out {run} --resume"):
+        score_run(run, overlays=False)
+    train_run(tiny_config(tiny_cookies, "ae", epochs=3), run, progress=False, resume=True)
+    score_run(run, overlays=False)
