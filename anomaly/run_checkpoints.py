@@ -13,12 +13,20 @@ their `fit_seconds`; nothing reads it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from anomaly import threshold_file
 from anomaly.config import RESUMABLE_FIELDS, Config
-from anomaly.safe_files import RunError, atomic_save, safe_torch_load, write_json
+from anomaly.safe_files import (
+    RunError,
+    atomic_bytes,
+    atomic_save,
+    safe_torch_load,
+    torch_bytes,
+    write_json,
+)
 
 CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
 # Config fields that change the shape of what a method learns: a checkpoint only loads into a
@@ -80,20 +88,24 @@ class CheckpointFiles:
         the model.pt it replaces (training resumed) is kept for the new one, less its guarantee
         (`threshold_file.carried`)."""
         kept = threshold_file.saved_for(self.file(self.THRESHOLD), self.file(self.MODEL))
-        atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "method": detector.name,
-                "config": asdict(detector.config),
-                "state": detector.state_dict(),
-                "complete": bool(complete),
-                **extra,
-            },
-            self.file(self.MODEL),
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "method": detector.name,
+            "config": asdict(detector.config),
+            "state": detector.state_dict(),
+            "complete": bool(complete),
+            **extra,
+        }
+        if kept is None:
+            atomic_save(payload, self.file(self.MODEL))
+            return
+        # the threshold first, for both models: a kill between the two writes keeps it
+        data = torch_bytes(payload)
+        new_sha = hashlib.sha256(data).hexdigest()
+        write_json(
+            self.file(self.THRESHOLD), threshold_file.carried(kept, new_sha, self.file(self.MODEL))
         )
-        if kept is not None:
-            kept = threshold_file.carried(kept, self.file(self.MODEL))
-            write_json(self.file(self.THRESHOLD), kept)
+        atomic_bytes(data, self.file(self.MODEL))
 
     def load_checkpoint(self, detector) -> dict:
         """Load model.pt into `detector`, after checking it was made for the same shape."""

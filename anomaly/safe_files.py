@@ -321,6 +321,20 @@ def atomic_save(obj, path: str | Path) -> Path:
     return _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
+def torch_bytes(obj) -> bytes:
+    """The bytes torch.save writes for `obj` (to know their SHA-256 before writing them)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def atomic_bytes(data: bytes, path: str | Path) -> Path:
+    """Write `data` to `path` as `atomic_save` does."""
+    return _atomic(Path(path), lambda f: f.write(data))
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process `pid` runs on this machine (one of another user's counts)."""
     try:

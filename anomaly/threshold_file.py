@@ -20,6 +20,9 @@ from pathlib import Path
 from anomaly.safe_files import finite, read_record, sha256_file
 
 MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it was chosen for
+# a threshold carried to a new model.pt (training resumed) also records the one it replaces, as
+# it is written first: a kill before the new model.pt is in place leaves it for the old one
+REPLACED_RECORD = "model_sha256_replaced"
 # a param `RunDir.threshold` sets (in memory) on one without that record beside a model.pt: from
 # an older version, or the record deleted from a copy; no guarantee is claimed for it
 UNRECORDED = "model_unrecorded"
@@ -138,7 +141,7 @@ def check_model(d: dict, model: Path, made: str = "was set for") -> None:
     record, from an older version, or a run without a model, pass)."""
     made_for = d.get(MODEL_RECORD) if isinstance(d, dict) else None
     sha = model_sha256(model)
-    if made_for is not None and sha is not None and made_for != sha:
+    if made_for is not None and sha is not None and sha not in _records(d):
         what = "its value and any guarantee say" if made == "was set for" else "they say"
         raise ValueError(
             f"{made} another model (it records {model.name} SHA-256 {str(made_for)[:12]}; "
@@ -161,7 +164,12 @@ def saved_for(threshold: Path, model: Path) -> dict | None:
         made_for = d.get(MODEL_RECORD)
     except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
         return None
-    return d if made_for and made_for == model_sha256(model) else None
+    return d if made_for and model_sha256(model) in _records(d) else None
+
+
+def _records(d: dict) -> tuple:
+    """The model.pt digests a saved record is for: its own, and the one it replaced (carried)."""
+    return (d.get(MODEL_RECORD), d.get(REPLACED_RECORD))
 
 
 def recorded(d: dict, model: Path) -> dict:
@@ -177,11 +185,13 @@ def recorded(d: dict, model: Path) -> dict:
     return {**d, MODEL_RECORD: sha} if sha else d
 
 
-def carried(d: dict, model: Path) -> dict:
-    """The saved threshold `d` of a model that `model` replaces (training resumed), recorded for
-    the new one, less its guarantee (`drop_guarantee`)."""
+def carried(d: dict, new_sha: str, replaced: Path) -> dict:
+    """The saved threshold `d` of the model `replaced`, recorded for the model of SHA-256
+    `new_sha` that replaces it (training resumed) and still for `replaced` (it is written before
+    the new model.pt), less its guarantee (`drop_guarantee`)."""
     drop_guarantee(d.get("params"))
-    return recorded(d, model)
+    old = recorded(d, replaced).get(MODEL_RECORD)
+    return {**recorded(d, replaced), MODEL_RECORD: new_sha, REPLACED_RECORD: old}
 
 
 def drop_guarantee(params) -> bool:

@@ -12,7 +12,7 @@ from anomaly.calibration import set_threshold
 from anomaly.pipeline import train_run
 from anomaly.runs import RunDir
 from anomaly.safe_files import sha256_file
-from anomaly.threshold_file import MODEL_RECORD, carried, drop_guarantee
+from anomaly.threshold_file import MODEL_RECORD, REPLACED_RECORD, carried, drop_guarantee
 
 
 def test_drop_guarantee_marks_only_what_had_one(tmp_path):
@@ -23,7 +23,7 @@ def test_drop_guarantee_marks_only_what_had_one(tmp_path):
     assert not drop_guarantee(plain) and plain == {"q": 0.99}
     assert not drop_guarantee(None) and not drop_guarantee(["guarantee"])  # not an object
     d = {"value": 1.0, "rule": "conformal", "params": {"guarantee": "x"}}
-    assert carried(d, tmp_path / "none.pt")["params"] == {"earlier_model": True}
+    assert carried(d, "ab" * 32, tmp_path / "none.pt")["params"] == {"earlier_model": True}
 
 
 def test_recorded_and_older_thresholds_lose_their_guarantee_alike(tiny_cookies, tmp_path):
@@ -40,6 +40,7 @@ def test_recorded_and_older_thresholds_lose_their_guarantee_alike(tiny_cookies, 
         train_run(tiny_config(tiny_cookies, "ae", epochs=2), name, resume=True, progress=False)
         d = json.loads(RunDir(name).file(RunDir.THRESHOLD).read_text())
         assert d.pop(MODEL_RECORD) == sha256_file(RunDir(name).file(RunDir.MODEL))  # the new one
+        d.pop(REPLACED_RECORD, None)  # and the one it replaced, where it recorded that
         kept[name.name] = d
     assert kept["ae"] == kept["older"]
     assert "guarantee" not in kept["ae"]["params"] and kept["ae"]["params"]["earlier_model"]

@@ -167,3 +167,38 @@ def test_a_resume_stopped_before_its_first_epoch_is_named_as_such(tiny_cookies, 
         score_run(run, overlays=False)
     train_run(tiny_config(tiny_cookies, "ae", epochs=3), run, progress=False, resume=True)
     score_run(run, overlays=False)
+
+
+def test_a_resume_killed_between_model_pt_and_threshold_json_keeps_the_threshold(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    """`train --resume` replaced model.pt, then rewrote threshold.json for it: killed between
+    the two, the next resume refused the user's threshold as another model's ("copied from
+    another run?"), put it aside and set the default. The carried threshold is written first
+    now, recording both models."""
+    import json
+
+    from helpers import tiny_config
+
+    from anomaly import run_checkpoints
+    from anomaly.calibration import set_threshold
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "ae"
+    train_run(tiny_config(tiny_cookies, "ae", epochs=1), run, progress=False)
+    set_threshold(run, "manual", 0.7)
+
+    def killed(data, path):
+        raise KeyboardInterrupt  # after threshold.json, before model.pt
+
+    monkeypatch.setattr(run_checkpoints, "atomic_bytes", killed)
+    try:
+        train_run(tiny_config(tiny_cookies, "ae", epochs=2), run, progress=False, resume=True)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    assert RunDir(run).threshold().value == 0.7  # for the model.pt still there
+    train_run(tiny_config(tiny_cookies, "ae", epochs=3), run, progress=False, resume=True)
+    assert RunDir(run).threshold().value == 0.7 and not (run / "threshold.refused.json").exists()
+    assert json.loads((run / "threshold.json").read_text())["rule"] == "manual"
