@@ -202,3 +202,21 @@ def test_a_resume_killed_between_model_pt_and_threshold_json_keeps_the_threshold
     train_run(tiny_config(tiny_cookies, "ae", epochs=3), run, progress=False, resume=True)
     assert RunDir(run).threshold().value == 0.7 and not (run / "threshold.refused.json").exists()
     assert json.loads((run / "threshold.json").read_text())["rule"] == "manual"
+
+
+def test_train_on_a_set_whose_making_was_interrupted_names_the_generator(tiny_cookies, tmp_path):
+    """An interrupted make-cookies moving its folders into place can leave test/ but not
+    train/good/: `train` said only "train/good: folder not found" (the other "no data set"
+    errors name the generator to run again)."""
+    import shutil
+
+    import pytest
+
+    from anomaly.data import AnomalyDataset, DataError
+
+    root = tmp_path / "cookies"
+    shutil.copytree(tiny_cookies, root)
+    shutil.rmtree(root / "train" / "good")
+    (root / ".make-cookies.partial").mkdir()
+    with pytest.raises(DataError, match="interrupted make-cookies run: run the same make-cookies"):
+        AnomalyDataset(root, "train")

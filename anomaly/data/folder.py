@@ -348,7 +348,7 @@ class AnomalyDataset(Dataset):
             if not good.is_dir():
                 raise DataError(
                     f"{good}: folder not found. The MVTec AD layout needs the defect-free "
-                    f"training images in ROOT/train/good/."
+                    f"training images in ROOT/train/good/." + interrupted(self.root)
                 )
             return self._samples(_list_images(good, "defect-free training images"), "good", {})
         test = self.root / "test"
