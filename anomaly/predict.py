@@ -7,6 +7,7 @@ Split from `anomaly.pipeline` (which trains, scores and sets thresholds); `predi
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ from anomaly.data.image_kind import draft_size, warn_unlike
 from anomaly.overlays import verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.runs import RunDir
-from anomaly.safe_files import claim_new, save_png, writable_folder
+from anomaly.safe_files import save_png_new, writable_folder
 
 SUBFOLDERS = "not searched; pass each itself to score it, e.g. {name}"
 
@@ -270,17 +271,16 @@ def scored_result(
 ):
     """One scored image's result (path, score, verdict, overlay) for `predict --run` and
     `predict --onnx`: its overlay `picture` (uint8 RGB) saved in `folder` under a name that no
-    file there has (`overlay_name`, claimed with `claim_new`, so that two calls writing into
+    file there has (`overlay_name`, taken by `save_png_new`, so that two calls writing into
     one folder at once never replace each other's); no overlay with `folder` None."""
     from PIL import Image
 
     from anomaly.overlays import PNG_LEVEL
 
     overlay = None
-    if folder is not None:
-        while not claim_new(overlay := folder / overlay_name(path, used)):
-            pass  # taken by an earlier call or one running beside this one: the next name
-        save_png(Image.fromarray(picture), overlay, compress_level=PNG_LEVEL)
+    if folder is not None:  # a name taken by an earlier call or one beside this one: the next
+        names = (folder / overlay_name(path, used) for _ in itertools.count())
+        overlay = save_png_new(Image.fromarray(picture), names, compress_level=PNG_LEVEL)
     return {
         "path": str(path),
         "score": score,

@@ -147,6 +147,32 @@ def claim_new(path: Path) -> bool:
     return True
 
 
+def save_png_new(image, names: Iterator[Path], **params) -> Path:
+    """Save a PIL image as PNG under the first of `names` (all in one folder) that no file has:
+    written whole to a temporary file first, then linked under that name, which fails for a
+    taken one (an earlier file, or another process's at the same moment): a kill leaves no empty
+    or half-written file under it. Without hard links there, `claim_new` then a rename."""
+    name = next(names)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name.name}.", suffix=".tmp", dir=name.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", **params)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        while True:
+            try:
+                os.link(tmp, name)
+                return name
+            except FileExistsError:
+                name = next(names)
+            except OSError:  # no hard links on this file system
+                while not claim_new(name):
+                    name = next(names)
+                os.replace(tmp, name)
+                return name
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def writable_folder(path: str | Path, fix: str) -> Path:
     """`output_folder(path)`, tried by writing a temporary file in it: a folder this process
     may not write in (a model shared read-only) is named with `fix`, before any work is done."""
