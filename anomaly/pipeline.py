@@ -33,8 +33,6 @@ from anomaly.safe_files import output_folder, sha256_file
 from anomaly.train import seed_everything, select_device
 from anomaly.train_guards import moved as _moved
 
-# what `train --resume` may change in a run: how long it trains, and where
-
 
 class AlreadyTrained(RunError):
     """`train --resume` on a finished run with nothing new to do (not an error: nothing done)."""
