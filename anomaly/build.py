@@ -184,3 +184,12 @@ def check_size(detector: Detector, config: Config) -> None:
         finally:
             for name, m in detector.modules().items():
                 m.train(modes[name])
+
+
+def trained_images(rd: RunDir) -> dict | None:
+    """What the run's training images were (split.json's "images", `data.image_kind`), or None
+    for a run from before that record, or a split.json that does not read."""
+    try:
+        return (rd.split() or {}).get("images")
+    except (RunError, AttributeError):
+        return None

@@ -60,7 +60,7 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     The graph is traced from the detector's own `predict_batch` on one image of the run's size,
     so it takes exactly one image per call. Returns the path written.
     """
-    from anomaly.pipeline import load_run
+    from anomaly.build import load_run
     from anomaly.runs import RunDir
 
     run = RunDir(run_dir).require()
@@ -243,7 +243,7 @@ def metadata(config, run=None) -> dict[str, str]:
 
         scale = run_scale(run)  # the held-out good maps' floor, and the saved pixel threshold
         meta["map_range"] = json.dumps([scale.floor, scale.pixel_threshold])
-    from anomaly.pipeline import trained_images
+    from anomaly.build import trained_images
 
     images = trained_images(run) if run is not None else None  # a run from before it: none
     if isinstance(images, dict) and images and is_images_record(images):

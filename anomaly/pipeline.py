@@ -21,7 +21,7 @@ import numpy as np
 
 from anomaly import threshold_file
 from anomaly import train_guards as guards
-from anomaly.build import build_detector, check_size, load_run
+from anomaly.build import build_detector, check_size, load_run, trained_images
 from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data
@@ -407,15 +407,6 @@ def _trained(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
         return None
     here = [(n, Path(data) / n, d) for n, d in zip(names, digests)]
     return {n for n, p, d in here if p.is_file() and sha256_file(p) == d} or None
-
-
-def trained_images(rd: RunDir) -> dict | None:
-    """What the run's training images were (split.json's "images", `data.image_kind`), or None
-    for a run from before that record, or a split.json that does not read."""
-    try:
-        return (rd.split() or {}).get("images")
-    except (RunError, AttributeError):
-        return None
 
 
 def decoding_loader(data, config: Config, collate_fn=None, workers: int | None = None):
