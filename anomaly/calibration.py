@@ -221,9 +221,10 @@ def good_scores(
 def _refuse_unfinished(rd: RunDir) -> None:
     """RunError naming `train --resume` for a run stopped after training and before its held-out
     images were scored (no val_scores.json): training it again, which val_scores' own message
-    says, would throw a finished training away."""
+    says, would throw a finished training away; one still training is named as in use."""
     if rd.file(rd.VAL_SCORES).exists() or not rd.has_model():
         return
+    rd.check_not_in_use("threshold")  # still training: in use, not stopped
     try:
         finished = bool(rd.checkpoint().get("complete", True))
     except (RunError, ValueError, OSError):  # damaged: val_scores' message

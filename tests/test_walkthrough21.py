@@ -246,3 +246,25 @@ def test_an_overlay_is_never_left_empty_under_its_name(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         save_png_new(Killed(), iter([tmp_path / "d_overlay.png"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_overlay.png", "b_overlay.png"]
+
+
+def test_threshold_while_the_run_trains_says_it_is_in_use(tiny_cookies, tmp_path):
+    """`threshold` on a run still training (no val_scores.json yet) said "train the run again
+    to get held-out scores"."""
+    import json
+    import os
+
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.calibration import set_threshold
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "ae"
+    train_run(tiny_config(tiny_cookies, "ae", epochs=1), run, progress=False)
+    (run / "val_scores.json").unlink()
+    lock = {"pid": os.getppid(), "command": "anomaly train --out ae --resume"}
+    (run / ".lock").write_text(json.dumps(lock))
+    with pytest.raises(RunError, match=r"is in use: process \d+ is running `anomaly train"):
+        set_threshold(run, "conformal", 0.5)
