@@ -287,6 +287,8 @@ def check_args(p: argparse.ArgumentParser, args, methods: list[str]) -> None:
 
         try:
             settings = {"decode": "full", **args.patchknn_set}
+            if args.size:  # at the size it will run at
+                settings["size"] = args.size
             wants_int8(Config.for_method("patchknn", **settings).validate())
         except (ValueError, TypeError) as err:
             p.error(f"--patchknn-set {' '.join(args.patchknn_set_given)}: {err}")
