@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from anomaly.onnx_predict import ExportError, OnnxDetector
+from anomaly.onnx_predict import ExportError, OnnxDetector, read_file, to_input
 
 
 def _warn_if_stale(detector: OnnxDetector) -> None:
@@ -104,31 +104,30 @@ def predict_files(
         try:
             if why := unreadable(path):  # as `predict --run`: one rule for the files it reads
                 raise ExportError(why)
-            x = detector.read(path)
+            own = read_file(path, detector.size, detector.decode, detector.draft)
         except ExportError as err:
             results.append({"path": str(path), "error": str(err)})
-        else:
-            scores, maps = detector.predict([x])
+        else:  # one decoding for the input and the overlay
+            scores, maps = detector.predict([to_input(own, detector.size, detector.channels)])
             score, picture = float(scores[0]), None
             if out is not None:
-                picture = _overlay(detector, path, maps[0], score, threshold.value)
+                picture = _overlay(detector, path, own, maps[0], score, threshold.value)
             results.append(scored_result(path, score, picture, out, used, threshold))
         if each is not None:
             each(results[-1])
     return results, threshold
 
 
-def _overlay(detector: OnnxDetector, path: Path, amap, score: float, threshold: float):
-    """The overlay `predict --run` draws: the image at its own size (a JPEG at the size the
-    file drafts it to), the map's evidence on the run's colour scale (the file's map_range:
-    its held-out good maps' floor and the pixel threshold), the verdict, score and name."""
-    from anomaly.data.folder import read_image
+def _overlay(detector: OnnxDetector, path: Path, own, amap, score: float, threshold: float):
+    """The overlay `predict --run` draws: the image `own` at its own size (`read_file`: a JPEG
+    at the size the file drafts it to), the map's evidence on the run's colour scale (the file's
+    map_range: its held-out good maps' floor and the pixel threshold), the verdict, score and
+    name."""
     from anomaly.overlays import EvidenceScale, annotated_overlay
     from anomaly.predict import overlay_tensor
 
     floor, top = detector.map_range or (0.0, threshold)  # exported before it: the threshold
-    draft = (detector.draft or 2 * detector.size) if detector.decode == "draft" else None
-    own = overlay_tensor(read_image(path, draft)).numpy()
+    own = overlay_tensor(own).numpy()
     return annotated_overlay(
         own, amap, EvidenceScale(floor, top), score, threshold, title=path.name
     )

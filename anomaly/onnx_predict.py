@@ -146,6 +146,14 @@ def preprocess(
     """An image file as the ONNX input expects it: float32 [channels, size, size] in [0, 1]
     (`decode` "draft": a JPEG decoded in Pillow's draft mode to at least `draft` pixels a side,
     default twice `size`, as the run's images were)."""
+    return to_input(read_file(path, size, decode, draft), size, channels)
+
+
+def read_file(
+    path: str | Path, size: int, decode: str = "full", draft: int | None = None
+) -> np.ndarray:
+    """`preprocess`' decoding alone: the image at its own size (a drafted JPEG at the size it
+    drafts to), float32 [H, W, 1 or 3] in [0, 1]; ExportError naming a file it cannot read."""
     from PIL import Image, UnidentifiedImageError
 
     if Path(path).is_dir():  # predict --onnx FOLDER passes on a folder it found no images in
@@ -166,6 +174,14 @@ def preprocess(
         ) from None
     if refused is not None:
         raise ExportError(f"{path}: {refused}")
+    return a
+
+
+def to_input(a: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """A decoded image [H, W, 1 or 3] (`read_file`) as the input: float32 [channels, size,
+    size] in [0, 1]."""
+    from PIL import Image
+
     if channels == 1 and a.shape[-1] == 3:
         a = a @ _LUMA
         a = a[..., None]
