@@ -190,8 +190,8 @@ def carried(d: dict, new_sha: str, replaced: Path) -> dict:
     `new_sha` that replaces it (training resumed) and still for `replaced` (it is written before
     the new model.pt), less its guarantee (`drop_guarantee`)."""
     drop_guarantee(d.get("params"))
-    old = recorded(d, replaced).get(MODEL_RECORD)
-    return {**recorded(d, replaced), MODEL_RECORD: new_sha, REPLACED_RECORD: old}
+    kept = recorded(d, replaced)
+    return {**kept, MODEL_RECORD: new_sha, REPLACED_RECORD: kept.get(MODEL_RECORD)}
 
 
 def drop_guarantee(params) -> bool:
@@ -208,8 +208,8 @@ def drop_guarantee(params) -> bool:
 
 def lost_guarantee(rule: str, params: dict) -> str | None:
     """Why a conformal threshold claims no guarantee it was set with, in words for the explorer
-    and the notebooks: chosen on an earlier model of the run, or not recorded as chosen for this
-    one (`UNRECORDED`); None otherwise."""
+    and the notebooks: chosen on an earlier model of the run, not recorded as chosen for this
+    one (`UNRECORDED`), or its numbers not given by its scores (`UNSUPPORTED`); None otherwise."""
     if rule != "conformal":
         return None
     if params.get("earlier_model"):
