@@ -225,11 +225,7 @@ def _refuse_unfinished(rd: RunDir) -> None:
     if rd.file(rd.VAL_SCORES).exists() or not rd.has_model():
         return
     rd.check_not_in_use("threshold")  # still training: in use, not stopped
-    try:
-        finished = bool(rd.checkpoint().get("complete", True))
-    except (RunError, ValueError, OSError):  # damaged: val_scores' message
-        return
-    if finished:
+    if rd.stopped_before_threshold():
         raise RunError(
             f"{rd} stopped after training, before its held-out images were scored; finish it, "
             f"without training again: `python -m anomaly train --out {rd} --resume`"

@@ -410,9 +410,8 @@ def _main(args) -> int:
             hint = ""
             if args.command == "train" and getattr(args, "out", None):
                 from anomaly.runs import RunDir
-                from anomaly.train_guards import stopped_before_threshold
 
-                if stopped_before_threshold(RunDir(args.out)):  # trained, no threshold yet
+                if RunDir(args.out).stopped_before_threshold():  # trained, no threshold yet
                     hint = " after training; " + RESUME_HINT.format(out=args.out)
             print(f"\ninterrupted{hint}", file=sys.stderr)
             return 130

@@ -130,7 +130,7 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
         split = moved_split = _moved(split, config.data, wanted.data)  # the same images, moved
         config = config.replace(data=wanted.data)
     wanted = config.replace(**{f: getattr(wanted, f) for f in RESUMABLE_FIELDS}).validate()
-    if guards.stopped_before_threshold(run):
+    if run.stopped_before_threshold():
         return _finish(run, config, split, progress)
     if not run.has_last():
         kind = get_detector(config.method)

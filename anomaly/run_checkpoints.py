@@ -107,6 +107,18 @@ class CheckpointFiles:
         )
         atomic_bytes(data, self.file(self.MODEL))
 
+    def stopped_before_threshold(self) -> bool:
+        """Whether the run finished training (a complete model.pt) but stopped before scoring
+        its held-out images (no val_scores.json): Ctrl-C, or a failure, between the two."""
+        try:
+            return (
+                self.has_model()
+                and not self.file(self.VAL_SCORES).exists()
+                and bool(self.checkpoint().get("complete", True))
+            )
+        except (RunError, ValueError, OSError):
+            return False
+
     def load_checkpoint(self, detector) -> dict:
         """Load model.pt into `detector`, after checking it was made for the same shape."""
         payload = self.checkpoint()

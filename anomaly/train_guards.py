@@ -45,7 +45,7 @@ def refuse_existing(run: RunDir) -> None:
             )
     if run.has_model():
         run.check_not_in_use("train")  # still training: not finished, nor interrupted
-        if stopped_before_threshold(run):
+        if run.stopped_before_threshold():
             raise RunError(
                 f"{run} holds a run stopped after training, before its held-out images were "
                 f"scored and its threshold set; finish it (no training again) with `python -m "
@@ -62,19 +62,6 @@ def refuse_existing(run: RunDir) -> None:
             f"{run} holds an interrupted run; continue it with `python -m anomaly "
             f"train --out {run} --resume`, or delete the folder to start again"
         )
-
-
-def stopped_before_threshold(run: RunDir) -> bool:
-    """Whether `run` finished training (a complete model.pt) but stopped before scoring its
-    held-out images (no val_scores.json): Ctrl-C, or a failure, between the two."""
-    try:
-        return (
-            run.has_model()
-            and not run.file(run.VAL_SCORES).exists()
-            and bool(run.checkpoint().get("complete", True))
-        )
-    except (RunError, ValueError, OSError):
-        return False
 
 
 def _is_ours(run: RunDir) -> bool:
