@@ -359,7 +359,9 @@ def set_threshold(
             f"--rule {rule}: the threshold on the scores in {where} is {threshold.value}, not a "
             "finite number (scores too large to compute with); nothing saved. Check those scores"
         )
-    if record is not None:
+    if paths is not None:  # the threshold holds its scores: calibration_scores.json is
+        record = {**record, "scores": [float(s) for s in scores]}  # written first, so a kill
+    if record is not None:  # between the two leaves the earlier threshold whole
         attach(threshold, record)
     with rd.lock("threshold"):
         if paths is not None:

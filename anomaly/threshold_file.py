@@ -57,6 +57,12 @@ CALIBRATION = {
     "n": _COUNT,
     **dict.fromkeys(("folder", "folder_resolved"), _WORDS),
     "images_sha256": _TEXT,
+    # the folder's scores themselves: the threshold holds what its guarantee rests on,
+    # whatever happens to calibration_scores.json beside it (older ones: that file alone)
+    "scores": (
+        lambda x: isinstance(x, list) and len(x) > 0 and all(finite(v) for v in x),
+        "a non-empty list of finite numbers",
+    ),
 }
 # each param a writer saves: a test it must pass, and the words for what it must be
 PARAMS = {
@@ -253,21 +259,21 @@ def check_numbers(threshold, file, held_out: str, folder: str) -> None:
     """Mark `UNSUPPORTED` (in memory) a conformal threshold that claims a guarantee its recorded
     scores do not give: its value, n and rank must be what its alpha gives on the scores it was
     set on, the run's held-out ones (`file(held_out)`, val_scores.json) or those of the folder
-    it records (`file(folder)`, calibration_scores.json; `file`: `RunDir.file`). Scores that
-    cannot be read leave it as it is: there is nothing to check it against."""
+    it records: the scores its record holds, or for one from before records held them
+    (`file(folder)`, calibration_scores.json; `file`: `RunDir.file`). Scores that cannot be
+    read leave it as it is: there is nothing to check it against."""
     params = threshold.params
     if threshold.rule != "conformal" or not guarantee_words(threshold.rule, params):
         return
     record = params.get("calibration")
-    source = file(
-        folder if isinstance(record, dict) and record.get("source") == "folder" else held_out
-    )
-    try:
-        scores = json.loads(read_record(source))["scores"]
-        ok = isinstance(scores, list) and len(scores) > 0 and all(finite(x) for x in scores)
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if not ok:
+    on_folder = isinstance(record, dict) and record.get("source") == "folder"
+    scores = record.get("scores") if on_folder else None  # held in the threshold itself
+    if scores is None:
+        try:
+            scores = json.loads(read_record(file(folder if on_folder else held_out)))["scores"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+    if not (isinstance(scores, list) and len(scores) > 0 and all(finite(x) for x in scores)):
         return
     n, alpha = len(scores), float(params["alpha"])
     k = conformal_rank(n, alpha)

@@ -18,7 +18,7 @@ from anomaly.calibration import calibration_words, set_threshold
 from anomaly.cli import main
 from anomaly.metrics import conformal_n_needed
 from anomaly.predict import predict_images
-from anomaly.runs import RunDir
+from anomaly.runs import RunDir, RunError
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -181,3 +181,43 @@ def test_the_explorer_names_the_images_a_threshold_was_set_on():
     assert "24 good images in line/good" in describe_rule(folder)
     assert "held-out" not in rule_html(folder, 2.0, counts, 2.0)
     assert "exchangeable with the good images in line/good" in rule_html(folder, 2.0, counts, 2.0)
+
+
+def test_a_threshold_stopped_before_threshold_json_keeps_the_earlier_guarantee(
+    run, good, tmp_path, monkeypatch
+):
+    """`threshold --good-images B` killed after calibration_scores.json and before
+    threshold.json: the earlier threshold (set on A) holds A's scores itself, so its guarantee
+    still stands on them rather than being checked against B's."""
+    rd = RunDir(run)
+    first = set_threshold(run, "conformal", 0.25, good_images=good)
+    other = tmp_path / "other-good"
+    shutil.copytree(good, other)
+    shutil.copy(min(good.iterdir()), other / "extra.png")  # B: five images, A four
+
+    def killed(self, threshold):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "save_threshold", killed)
+    with pytest.raises(KeyboardInterrupt):
+        set_threshold(run, "conformal", 0.25, good_images=other)
+    monkeypatch.undo()
+    assert rd.calibration()["n"] == 5  # B's scores were written
+    kept = rd.threshold()
+    assert kept.value == first.value and "scores_disagree" not in kept.params
+    assert calibration_words(kept) == calibration_words(first)  # the guarantee, and its condition
+    assert len(kept.params["calibration"]["scores"]) == 4
+
+
+def test_a_threshold_whose_own_scores_were_edited_claims_no_guarantee(run, good):
+    set_threshold(run, "conformal", 0.25, good_images=good)
+    path = RunDir(run).file(RunDir.THRESHOLD)
+    saved = json.loads(path.read_text())
+    record = saved["params"]["calibration"]
+    record["scores"] = [s * 0.5 for s in record["scores"]]
+    path.write_text(json.dumps(saved))
+    assert "scores_disagree" in RunDir(run).threshold().params
+    record["scores"] = ["1.0"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(RunError, match="calibration.scores .*a non-empty list of finite numbers"):
+        RunDir(run).threshold()
