@@ -10,10 +10,10 @@
 them): nothing in it is unpickled (`torch.load(weights_only=True)`, `np.load(allow_pickle=False)`),
 JSON that does not parse names its file, and every write goes to a temporary file that replaces
 the old one, so a killed process never leaves a half-written file. A lock file (`.lock`, holding
-the writer's PID) keeps two processes from writing one run at a time.
+the writer's PID; `anomaly.run_lock`) keeps two processes from writing one run at a time.
 
 This module imports only `anomaly.config`, `anomaly.safe_files` (the atomic writes, the safe
-loads and `RunError`, re-exported here), `anomaly.threshold_file` (what threshold.json and
+loads and `RunError`, re-exported here), `anomaly.run_lock`, `anomaly.threshold_file` (what threshold.json and
 val_scores.json may hold, and the model a threshold is for), `anomaly.run_checkpoints` (model.pt
 and last.pt: `RunDir`'s checkpoint methods, `CHECKPOINT_FORMAT`, `config_differences`,
 re-exported here) and `anomaly.data.cookies` for a version number; building detectors from a
@@ -42,12 +42,11 @@ from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
     CheckpointFiles,
     config_differences,
 )
+from anomaly.run_lock import check_not_in_use, folder_lock
 from anomaly.safe_files import (
     RunError,
     _atomic,
-    check_not_in_use,
     finite,
-    folder_lock,
     marked_overlay,
     output_folder,
     read_record,
@@ -462,7 +461,7 @@ class RunDir(CheckpointFiles):
     # --- lock -----------------------------------------------------------------------------
     def lock(self, command: str = "train"):
         """Hold `.lock` (with this PID) while writing; refuse if a live process holds it
-        (`safe_files.folder_lock`). A lock left by a process that no longer runs is taken over."""
+        (`run_lock.folder_lock`). A lock left by a process that no longer runs is taken over."""
         return folder_lock(self.path, self.LOCK, command)
 
     def check_not_in_use(self, command: str) -> None:

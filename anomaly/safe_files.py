@@ -2,9 +2,8 @@
 
 Every write goes to a temporary file in the same folder that then replaces the old one, so a
 killed process never leaves a half-written file; `safe_torch_load` refuses a file that holds
-Python objects (loading them could run code); `folder_lock` keeps two processes from writing one
-run folder at a time. The run folder (`anomaly.runs.RunDir`) writes and
-reads all its files through these.
+Python objects (loading them could run code). The run folder (`anomaly.runs.RunDir`) writes and
+reads all its files through these (and holds its lock with `anomaly.run_lock`).
 """
 
 from __future__ import annotations
@@ -359,81 +358,6 @@ def torch_bytes(obj) -> bytes:
 def atomic_bytes(data: bytes, path: str | Path) -> Path:
     """Write `data` to `path` as `atomic_save` does."""
     return _atomic(Path(path), lambda f: f.write(data))
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process `pid` runs on this machine (one of another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _live_holder(path: Path) -> tuple[int, str] | None:
-    """(PID, command) of the live process holding the lock file `path`, else None (no lock, a
-    damaged one, or one left by a process that no longer runs)."""
-    try:
-        holder = json.loads(read_record(path))
-        pid = holder["pid"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(pid, int) or isinstance(pid, bool):  # a lock this package wrote: an int
-        return None
-    if pid > 0 and pid != os.getpid() and pid_alive(pid):
-        command = str(holder.get("command", "?"))[:200]
-        return pid, "".join(c if c.isprintable() else "?" for c in command)
-    return None
-
-
-def _in_use(folder: Path, path: Path, holder: tuple[int, str], command: str) -> RunError:
-    other = ", or choose another --out" if command in ("train", "score") else ""
-    return RunError(
-        f"{folder} is in use: process {holder[0]} is running `{holder[1]}` on it. Wait for it "
-        f"to finish{other}. (If no such process runs, delete {path}.)"
-    )
-
-
-def check_not_in_use(folder: Path, name: str, command: str) -> None:
-    """Refuse to read a folder that a live process holds the lock file `folder/name` of (a run
-    still training): what it holds now is half-written, not interrupted."""
-    if holder := _live_holder(folder / name):
-        raise _in_use(folder, folder / name, holder, command)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
-    """Hold the lock file `folder/name` (with this PID and `command`) while writing in `folder`;
-    refuse if a live process holds it. A lock left by a process that no longer runs (killed,
-    machine restarted) is taken over."""
-    if folder.exists() and not folder.is_dir():
-        raise RunError(f"{folder} is a file, not a run folder; choose a folder name")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    if path.is_dir() and not path.is_symlink():
-        raise RunError(
-            f"{path} is a folder, where {command} keeps its lock file; move it out of {folder} "
-            "and run the command again"
-        )
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if holder := _live_holder(path):
-                raise _in_use(folder, path, holder, command) from None
-            path.unlink(missing_ok=True)  # a stale lock: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "command": command}, f)
-        break
-    else:
-        raise RunError(f"could not take the lock {path}; delete it if no process uses the run")
-    try:
-        yield folder
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj) -> Path:

@@ -126,7 +126,7 @@ LAYERS = {
     3: "runs run_checkpoints overlays",
     2: "detectors train",
     1: "config data models features backbones backbone_base mobilenet maps synthetic metrics "
-    "pixel_metrics decision viz lazy safe_files threshold_file onnx_cache onnx_predict",
+    "pixel_metrics decision viz lazy safe_files run_lock threshold_file onnx_cache onnx_predict",
 }
 
 

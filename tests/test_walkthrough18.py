@@ -147,7 +147,8 @@ def test_a_pipe_or_a_huge_file_as_a_record_is_refused_at_once(tmp_path):
 
     import pytest
 
-    from anomaly.safe_files import RunError, check_not_in_use, read_record
+    from anomaly.run_lock import check_not_in_use
+    from anomaly.safe_files import RunError, read_record
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -173,7 +174,8 @@ def test_a_lock_of_someone_elses_is_read_with_care(tmp_path):
 
     import pytest
 
-    from anomaly.safe_files import RunError, check_not_in_use
+    from anomaly.run_lock import check_not_in_use
+    from anomaly.safe_files import RunError
 
     lock = tmp_path / ".lock"
     lock.write_text(json.dumps({"pid": str(os.getppid()), "command": "train"}))

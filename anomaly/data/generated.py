@@ -42,9 +42,9 @@ import numpy as np
 from PIL import Image
 
 from anomaly.data.files import broken_link
+from anomaly.run_lock import pid_alive
 from anomaly.safe_files import (
     check_removable,
-    pid_alive,
     plain_relative,
     remove_made,
     sha256_file,

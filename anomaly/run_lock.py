@@ -1,0 +1,141 @@
+"""The lock file of a folder being written (a run folder's `.lock`): two processes never write
+one folder at a time, and readers refuse a folder still being written.
+
+The file holds the PID and the command of its holder, for the message a second process gets;
+where there is `fcntl` (Linux, macOS) the holder also keeps it locked with `flock`, so two
+processes taking over one stale lock (its process killed) at the same instant cannot both get
+it. `pid_alive` is also what the data generators' markers use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from anomaly.safe_files import RunError, read_record
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_holder(path: Path) -> tuple[int, str] | None:
+    """(PID, command) of the live process holding the lock file `path`, else None (no lock, a
+    damaged one, or one left by a process that no longer runs)."""
+    try:
+        holder = json.loads(read_record(path))
+        pid = holder["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(pid, int) or isinstance(pid, bool):  # a lock this package wrote: an int
+        return None
+    if pid > 0 and pid != os.getpid() and pid_alive(pid):
+        command = str(holder.get("command", "?"))[:200]
+        return pid, "".join(c if c.isprintable() else "?" for c in command)
+    return None
+
+
+def _in_use(folder: Path, path: Path, holder: tuple[int, str] | None, command: str) -> RunError:
+    other = ", or choose another --out" if command in ("train", "score") else ""
+    who = f"process {holder[0]} is running `{holder[1]}` on it" if holder else "another process"
+    return RunError(
+        f"{folder} is in use: {who}{' holds its lock' * (not holder)}. Wait for it to finish"
+        f"{other}. (If no such process runs, delete {path}.)"
+    )
+
+
+def check_not_in_use(folder: Path, name: str, command: str) -> None:
+    """Refuse to read a folder that a live process holds the lock file `folder/name` of (a run
+    still training): what it holds now is half-written, not interrupted."""
+    if holder := _live_holder(folder / name):
+        raise _in_use(folder, folder / name, holder, command)
+
+
+_HELD: set[Path] = set()  # the lock files this process holds (taking one again is free)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
+    """Hold the lock file `folder/name` (with this PID and `command`) while writing in `folder`;
+    refuse if a live process holds it. A lock left by a process that no longer runs (killed,
+    machine restarted) is taken over. The file is held by `fcntl.flock` where there is one, so
+    two processes taking over one stale lock at the same instant cannot both get it (the PID
+    alone could not tell them apart); a live PID in it still counts (an older version's lock)."""
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{folder} is a file, not a run folder; choose a folder name")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if path.is_dir() and not path.is_symlink():
+        raise RunError(
+            f"{path} is a folder, where {command} keeps its lock file; move it out of {folder} "
+            "and run the command again"
+        )
+    key = path.absolute()
+    if key in _HELD:  # this process holds it already (a command run inside another)
+        yield folder
+        return
+    fd = _take_lock(folder, path, command)
+    _HELD.add(key)
+    try:
+        yield folder
+    finally:
+        _HELD.discard(key)
+        path.unlink(missing_ok=True)  # before the lock goes: a waiter then finds no file
+        os.close(fd)
+
+
+def _take_lock(folder: Path, path: Path, command: str) -> int:
+    """An open descriptor of the lock file `path`, held, with this PID and `command` in it."""
+    for _ in range(3):
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            path.unlink()  # a link or a pipe planted under its name: never a lock of ours
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError:  # one planted again since: try again
+            continue
+        held, holder = _flock(fd), _live_holder(path)
+        try:
+            if held and holder is None and _still_at(fd, path):
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps({"pid": os.getpid(), "command": command}).encode())
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if not held or holder is not None:  # a live process holds it
+            raise _in_use(folder, path, holder, command)
+        # else its holder removed it after we opened it, and another may have made a new one
+    raise RunError(f"could not take the lock {path}; delete it if no process uses the run")
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the file at `path` (a holder removes its lock file
+    before letting it go: one opened before that is no lock any more)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
+
+
+def _flock(fd: int) -> bool:
+    """Whether this process now holds the file `fd` (always, where there is no fcntl)."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows: the PID alone
+        pass
+    except BlockingIOError:
+        return False
+    return True
