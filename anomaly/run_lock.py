@@ -4,7 +4,8 @@ one folder at a time, and readers refuse a folder still being written.
 The file holds the PID and the command of its holder, for the message a second process gets;
 where there is `fcntl` (Linux, macOS) the holder also keeps it locked with `flock`, so two
 processes taking over one stale lock (its process killed) at the same instant cannot both get
-it. `pid_alive` is also what the data generators' markers use.
+it. Taking the lock removes what writers killed in the folder left: their temporary files
+(`remove_dead_writers`). `pid_alive` is also what the data generators' markers use.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +90,7 @@ def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
         return
     fd = _take_lock(folder, path, command)
     _HELD.add(key)
+    remove_dead_writers(folder)
     try:
         yield folder
     finally:
@@ -139,3 +144,41 @@ def _flock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+# `.NAME.PID-RANDOM.tmp`: a temporary file of `anomaly.safe_files` (`_temporary_prefix`)
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[a-z0-9_]+\.tmp")
+DEAD_WRITER_AGE_S = 3600  # a writer on another machine sharing the folder is never hurried
+
+
+def remove_dead_writers(folder: Path, depth: int = 2) -> list[Path]:
+    """Remove the temporary files that writers killed mid-write left in `folder` and its
+    subfolders (`depth` levels; links never followed): plain files named as this package names
+    them (`.NAME.PID-RANDOM.tmp`), whose process no longer runs on this machine, last written an
+    hour ago or more. Other files, however named, stay. Returns what was removed."""
+    removed, now = [], time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and depth > 0:
+            removed += remove_dead_writers(Path(entry.path), depth - 1)
+        elif (
+            stat.S_ISREG(info.st_mode)
+            and (match := _TEMPORARY.fullmatch(entry.name))
+            and now - info.st_mtime >= DEAD_WRITER_AGE_S
+            and not _alive_here(int(match["pid"]))
+        ):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _alive_here(pid: int) -> bool:
+    return pid == os.getpid() or (0 < pid < 2**31 and pid_alive(pid))

@@ -61,7 +61,7 @@ def temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
     with a random name (`tempfile.mkstemp`), so a link planted in a shared folder under a name
     it could take is never followed; written (close the descriptor, or write by name), it
     replaces `path` with the usual mode when the block ends, and is removed if the block fails."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     tmp = Path(name)
     try:
         yield fd, tmp
@@ -69,6 +69,12 @@ def temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _temporary_prefix(path: Path) -> str:
+    """`.NAME.PID-`: a temporary file's name says what it becomes and which process writes it
+    (`anomaly.run_lock.remove_dead_writers` removes those of writers that were killed)."""
+    return f".{path.name}.{os.getpid()}-"
 
 
 def _read_umask() -> int:
@@ -152,7 +158,7 @@ def save_png_new(image, names: Iterator[Path], **params) -> Path:
     taken one (an earlier file, or another process's at the same moment): a kill leaves no empty
     or half-written file under it. Without hard links there, `claim_new` then a rename."""
     name = next(names)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name.name}.", suffix=".tmp", dir=name.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(name), suffix=".tmp", dir=name.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", **params)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -82,3 +83,45 @@ def test_a_link_planted_as_the_lock_is_never_followed(tmp_path):
     with folder_lock(folder, ".lock", "train"):
         assert not (folder / ".lock").is_symlink()
     assert target.read_text() == "the user's" and not (folder / ".lock").exists()
+
+
+def test_taking_the_lock_removes_what_killed_writers_left_and_nothing_else(tmp_path):
+    from anomaly.run_lock import DEAD_WRITER_AGE_S
+
+    run, dead, alive = tmp_path / "run", _dead_pid(), os.getppid()
+    (run / "overlays" / "deeper" / "deepest").mkdir(parents=True)
+    old = time.time() - DEAD_WRITER_AGE_S - 60
+    files = {
+        f".model.pt.{dead}-ab_c1.tmp": "gone",  # a killed writer's, an hour old
+        f"overlays/.x.png.{dead}-zz9.tmp": "gone",
+        f"overlays/deeper/.y.png.{dead}-q1.tmp": "gone",
+        f"overlays/deeper/deepest/.z.png.{dead}-q1.tmp": "kept",  # deeper than it looks
+        f".last.pt.{dead}-new.tmp": "kept (recent)",  # still being written, maybe elsewhere
+        f".last.pt.{alive}-abc.tmp": "kept",  # its writer runs
+        ".model.pt.abc123.tmp": "kept",  # an older version's name: no PID to judge by
+        f"notes.{dead}-a.tmp": "kept",  # not a hidden temporary name
+        "model.pt": "kept",
+    }
+    for name, fate in files.items():
+        (run / name).write_text(name)
+        if "recent" not in fate:
+            os.utime(run / name, (old, old))
+    target = tmp_path / "precious.txt"
+    target.write_text("the user's")
+    os.utime(target, (old, old))
+    (run / f".linked.{dead}-l.tmp").symlink_to(target)  # a link is never followed or removed
+    with folder_lock(run, ".lock", "train"):
+        pass
+    for name, fate in files.items():
+        assert (run / name).exists() == (fate != "gone"), name
+    assert (run / f".linked.{dead}-l.tmp").is_symlink() and target.read_text() == "the user's"
+
+
+def test_a_temporary_file_names_its_writer(tmp_path):
+    from anomaly.run_lock import _TEMPORARY
+    from anomaly.safe_files import temporary_beside
+
+    with temporary_beside(tmp_path / "model.pt") as (fd, tmp):
+        os.close(fd)
+        match = _TEMPORARY.fullmatch(tmp.name)
+        assert match and match["name"] == "model.pt" and int(match["pid"]) == os.getpid()
