@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
 OUTLINE = (0, 255, 0)  # lime: the ground-truth outline, distinct from jet and from red
@@ -149,6 +148,8 @@ def heatmap_overlay(
     amap = np.asarray(amap, np.float32)
     _check_size(rgb, amap)
     norm = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    import matplotlib  # 0.1 s to import: not for a predict that draws no overlay
+
     colour = matplotlib.colormaps[cmap](norm)[..., :3].astype(np.float32)
     out = _to_uint8((1 - alpha) * rgb + alpha * colour)
     if mask is not None:
