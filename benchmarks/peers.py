@@ -202,6 +202,9 @@ def evaluate(predict: Predict, images, masks, labels, known, batch: int) -> dict
         return {}
     scores = np.concatenate([o[0] for o in outs]).astype(np.float64)
     maps = np.concatenate([o[1] for o in outs]).astype(np.float64)
+    if not (np.isfinite(scores).all() and np.isfinite(maps).all()):  # a broken fit: its row
+        bad = int((~np.isfinite(scores)).sum())  # says so, the others are still measured
+        return {"note": f"{bad} of {len(scores)} image scores (or map pixels) NaN or infinite"}
     out = {"image_auroc": image_auroc(labels, scores)}
     if masks[known].any():
         out.update(
@@ -245,7 +248,8 @@ def table(rows: list[dict]) -> str:
             f"{r['fit_s']:.1f} ({r['fit_cpu_s']:.1f}) | {r['cpu_ms_median']:.2f} "
             f"({r['cpu_ms_min']:.2f}) | {_fmt(r.get('ratio'), 2)} |"
         )
-    return "\n".join(lines)
+    notes = [f"{r['method']}: {r['note']}, so no accuracy" for r in rows if r.get("note")]
+    return "\n".join(lines + notes)
 
 
 def config_fields(pairs: list[str]) -> dict:

@@ -121,3 +121,32 @@ def test_anomalib_gets_the_images_and_pixels_the_project_trains_on(peers, tiny_c
     assert (
         np.asarray(Image.open(written[[Path(p) for p in paths].index(sixteen)])).mean() < 250
     )  # not white
+
+
+def test_a_method_giving_nan_scores_is_said_and_the_others_still_measured(
+    peers, tiny_cookies, tmp_path, capsys, monkeypatch
+):
+    """A model whose scores are NaN stopped the script after all the fits (image_auroc refuses
+    them): its row now says so and the others are measured and timed."""
+    fit = peers.fit_ours
+
+    def broken(method, *args):
+        predict, wall, cpu = fit(method, *args)
+        if method != "patchknn-onnx":
+            return predict, wall, cpu
+
+        def nan(x):
+            scores, maps = predict(x)
+            return np.full_like(scores, np.nan), maps
+
+        return nan, wall, cpu
+
+    monkeypatch.setattr(peers, "fit_ours", broken)
+    assert _run(peers, tiny_cookies, tmp_path / "out", "--methods", "patchknn,patchknn-onnx") == 0
+    rows = json.loads((tmp_path / "out" / "peers.json").read_text())["rows"]
+    by = {r["method"]: r for r in rows}
+    assert by["patchknn"]["image_auroc"] > 0.5 and by["patchknn-onnx"]["cpu_ms_median"] > 0
+    assert "image_auroc" not in by["patchknn-onnx"]
+    n = len(peers.load_test(tiny_cookies, 32)[0])
+    said = f"patchknn-onnx: {n} of {n} image scores (or map pixels) NaN or infinite, so no accuracy"
+    assert by["patchknn-onnx"]["note"] in said and said in capsys.readouterr().out
