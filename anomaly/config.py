@@ -302,7 +302,8 @@ class Config:
         "patchknn: arithmetic of the exact search in onnxruntime on a CPU: float32, or int8 "
         "(8-bit products, about half the search's time with AVX512-VNNI; approximate, within "
         "a stated bound, docs/measurements.md; needs onnx and onnxruntime, --search-clusters "
-        "0, --neighbors 1; on a GPU and in an ONNX export the search stays float32)",
+        "0, --neighbors 1; on a GPU the search stays float32; an ONNX export searches as the "
+        "run does)",
         choices=("float32", "int8"),
     )
     runtime: str = _f(

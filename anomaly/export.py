@@ -17,7 +17,13 @@ higher than the run's. The choice is the same wherever the two compute the same 
 rounding swaps two distances at the cut, one patch of the low ground is searched in one and
 interpolated in the other (1 of 140 cookie test images in one check: its map differed by up
 to 2.8 % of its maximum there, while every image score agreed within 3e-6).
-The backbone is traced from torch whatever the run's `--runtime`.
+The backbone is traced from torch whatever the run's `--runtime`. A run with `--search-precision
+int8` exports its 8-bit search (`anomaly.detectors.knn.Int8Search.traced`: onnxruntime's
+com.microsoft MatMulIntegerToFloat, which its CPU provider holds, and the exact search of the
+queries beyond the bank's range), so its file scores as the run does, not as a float32 run:
+fed the run's input, within 1.2e-7 on the cookies. Pillow's resizing (`preprocess`) differs from
+torch's by up to about 1e-5, which the 8-bit rounding can magnify where a feature lies that near
+a rounding step: from the files, image scores agreed within 4.6e-4 (docs/measurements.md).
 """
 
 from __future__ import annotations

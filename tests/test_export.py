@@ -36,6 +36,22 @@ def exported(tiny_cookies, tmp_path_factory):
     return run, export_onnx(run, run / "model.onnx")
 
 
+@pytest.fixture(scope="module")
+def int8_exported(tiny_cookies, tmp_path_factory):
+    """A run that searches in 8 bits (`--search-precision int8`) and its export."""
+    run = tmp_path_factory.mktemp("export") / "int8"
+    config = Config.for_method(
+        "patchknn",
+        data=str(tiny_cookies),
+        size=SIZE,
+        device="cpu",
+        runtime="onnxruntime",
+        search_precision="int8",
+    )
+    train_run(config, run, progress=False)
+    return run, export_onnx(run, run / "model.onnx")
+
+
 def _test_images(root) -> list:
     return sorted((root / "test").glob("*/*.png"))
 
@@ -83,6 +99,40 @@ def test_parity_holds_for_padding_border_topk_and_grey(tiny_cookies, tmp_path):
     scale = max(1.0, float(np.abs(ref_maps).max()))
     np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-4 * scale)
     np.testing.assert_allclose(maps, ref_maps, rtol=0, atol=1e-4 * scale)
+
+
+def test_an_int8_run_exports_its_8bit_search(int8_exported, tiny_cookies):
+    """The file searches as the run does: in 8 bits (onnxruntime's MatMulIntegerToFloat), the
+    patches beyond the bank's range exactly. The eager int8 detector's scores and maps, for
+    images with none or a few such patches and for images with more (a small magenta square).
+    Both are fed the same arrays: Pillow's resizing of a file differs from torch's by about 1e-5,
+    which the 8-bit rounding can magnify (docs/measurements.md)."""
+    import onnx
+
+    from anomaly.detectors.knn import Int8Search
+
+    run, path = int8_exported
+    model = onnx.load(str(path))
+    assert "MatMulIntegerToFloat" in {node.op_type for node in model.graph.node}
+    assert ("com.microsoft", 1) in [(o.domain, o.version) for o in model.opset_import]
+    detector = load_run(run, device="cpu")
+    assert detector.int8
+    images = torch.stack([load_image(f, size=SIZE, channels=3) for f in _test_images(tiny_cookies)])
+    marked = images.clone()
+    marked[:, :, 20:22, 20:22] = torch.tensor([1.0, 0.0, 1.0])[:, None, None]
+    limit = Int8Search(detector.bank, detector.bank_sq).limit
+    far = {}
+    for name, batch in (("test", images), ("marked", marked)):
+        patches = detector.embed(batch).flatten(1, 2)
+        far[name] = (patches.abs().amax(2) > limit).sum(1)
+        ref_scores, ref_maps = (t.numpy() for t in detector.predict_batch(batch))
+        scores, maps = predict_onnx(path, list(batch.numpy()))
+        scale = max(1.0, float(np.abs(ref_maps).max()))
+        np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-4 * scale)
+        np.testing.assert_allclose(maps, ref_maps, rtol=0, atol=1e-4 * scale)
+    grid = patches.shape[1]
+    assert (far["test"] == 0).any() and (far["test"] > 0).any()
+    assert (far["marked"] > 0).all() and (far["marked"] < grid / 2).all()
 
 
 def test_metadata_lets_a_user_reproduce_the_input(exported, tiny_cookies):
@@ -222,8 +272,9 @@ def test_cli_export_then_predict_onnx_agrees_with_predict_run(
     assert "nope.onnx: no such ONNX file" in capsys.readouterr().err
 
 
-def test_predict_onnx_never_imports_torch(exported, tiny_cookies):
-    _, path = exported
+@pytest.mark.parametrize("export", ["exported", "int8_exported"])
+def test_predict_onnx_never_imports_torch(export, tiny_cookies, request):
+    _, path = request.getfixturevalue(export)
     file = _test_images(tiny_cookies)[0]
     code = (
         "import sys; from anomaly.export import predict_onnx; "

@@ -14,10 +14,10 @@ from helpers import Textures
 
 from anomaly.config import Config
 from anomaly.detectors.knn import Int8Search, nearest_distances
-from anomaly.detectors.ort_sessions import onnxruntime_session
+from anomaly.detectors.ort_sessions import onnxruntime_session, trace_to_onnx
 from anomaly.detectors.patchknn import PatchKNN
 
-pytest.importorskip("onnxruntime")
+ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 CONFIG = Config(
@@ -182,14 +182,40 @@ def test_missing_onnx_names_the_fix(float_run, monkeypatch):
         int8._search(torch.zeros(4, float_run.bank.shape[1]))  # the search alone
 
 
-def test_export_keeps_the_float32_search(float_run, tmp_path):
-    """The ONNX export traces the torch search: float32, the float run's scores."""
-    from anomaly.export import OnnxDetector, export_detector
+@pytest.fixture(scope="module")
+def traced_export(tmp_path_factory):
+    """`Int8Search.traced` of a bank exported alone (batch size free), traced on queries none of
+    which lie beyond the bank's range: the search and its graph."""
+    bank, queries = _real_like(400, 64, seed=4)
+    search = Int8Search(bank, (bank * bank).sum(1))
 
-    int8 = PatchKNN(CONFIG.replace(search_precision="int8"))
-    int8.load_state_dict(float_run.state_dict())
-    path = export_detector(int8, tmp_path / "int8.onnx")
-    images = Textures(3, defective=2, seed=3, channels=3).images
-    scores, _ = OnnxDetector(path).predict(list(images.numpy()))
-    want, _ = float_run.predict_batch(images)
-    np.testing.assert_allclose(scores, want.numpy(), atol=1e-4, rtol=0)
+    class Traced(torch.nn.Module):
+        def forward(self, x):
+            return search.traced(x)
+
+    path = tmp_path_factory.mktemp("traced") / "search.onnx"
+    inside = queries[queries.abs().amax(1) <= search.limit]
+    trace_to_onnx(Traced(), inside[:8], path, ["distances"])
+    return search, str(path)
+
+
+@pytest.mark.parametrize("far_rows", [0, 5, 64])
+def test_the_export_records_the_graph_and_the_exact_rows(traced_export, far_rows):
+    """What an int8 run's ONNX export holds (`Int8Search.traced`): the search's own graph, then
+    the queries beyond the bank's range searched exactly (`exact_rows`), whatever their number;
+    run eagerly, the same distances in torch (`Int8Graph.forward`)."""
+    import onnx
+
+    search, path = traced_export
+    model = onnx.load(path)
+    assert "MatMulIntegerToFloat" in {node.op_type for node in model.graph.node}
+    assert ("com.microsoft", 1) in [(o.domain, o.version) for o in model.opset_import]
+    _, queries = _real_like(400, 64, seed=5)
+    queries = queries.clamp(-search.limit, search.limit)
+    queries[:far_rows] *= 4 * search.limit / queries[:far_rows].abs().amax(1, keepdim=True)
+    assert int((queries.abs().amax(1) > search.limit).sum()) == far_rows
+    want = search.exact_rows(queries, _run(_session(search), queries))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": queries.numpy()})[0])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(search.traced(queries), want, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,8 @@ approximate one, an inverted file of k-means clusters (as faiss's IndexIVFFlat; 
 Schmid, "Product Quantization for Nearest Neighbor Search", TPAMI 2011), that compares each
 query with a few clusters only. `Int8Search` is the exact search's arithmetic in 8-bit integers
 (`config.search_precision` "int8"), for onnxruntime on a CPU: about half the float search's time
-on a CPU with AVX512-VNNI, each distance within a stated bound (`Int8Search.error_bound`).
+on a CPU with AVX512-VNNI, each distance within a stated bound (`Int8Search.error_bound`); the
+ONNX export (`anomaly.export`) writes the same graph into its file (`Int8Graph`).
 `anomaly.detectors.patchknn` uses all four, each through `coarse_to_fine`, which decides which
 patches of a grid are searched at all (`config.search_refine`).
 """
@@ -204,6 +205,27 @@ def wants_int8(config) -> bool:
     return True
 
 
+# `Int8Search`'s graph, written by `Int8Search.onnx_model` and into the export's (`Int8Graph`):
+# (domain, operator, inputs, output, integer attributes); "images" are the float queries [M, D],
+# "" an input left out, the others the constants (`Int8Search.constants`) and earlier outputs
+INT8_GRAPH = (
+    ("", "QuantizeLinear", ("images", "query_scale", "zero"), "q8", {}),
+    (  # |b|^2 - 2 q.b, approximately, for every pair
+        "com.microsoft",
+        "MatMulIntegerToFloat",
+        ("q8", "weights", "query_scale", "row_scales", "zero", "", "bank_sq"),
+        "products",
+        {},
+    ),
+    ("", "ReduceMin", ("products",), "near", {"axes": [1], "keepdims": 0}),
+    ("", "ReduceSumSquare", ("images",), "queries_sq", {"axes": [1], "keepdims": 0}),
+    ("", "Add", ("near", "queries_sq"), "squared", {}),
+    ("", "Relu", ("squared",), "clamped", {}),
+    ("", "Sqrt", ("clamped",), "distances", {}),
+)
+INT8_CONSTANTS = ("weights", "query_scale", "row_scales", "bank_sq", "zero")
+
+
 class Int8Search:
     """`ExactSearch` with 8-bit products, as an onnxruntime graph: queries [M, D] -> distances [M]
     to the nearest bank row, about half the float search's CPU time where the CPU multiplies 8-bit
@@ -218,7 +240,8 @@ class Int8Search:
 
     Each squared distance is off by at most `error_bound` (rounding). A query beyond the bank's
     range (any |q_j| > its largest |b_j|, where uint8 would clip it; a patch unlike any training
-    patch) is searched exactly instead (`exact_rows`).
+    patch) is searched exactly instead (`exact_rows`). The ONNX export of a run writes both, the
+    graph and the exact search of those queries, into its own graph (`traced`).
     """
 
     def __init__(self, bank: torch.Tensor, bank_sq: torch.Tensor) -> None:
@@ -248,51 +271,87 @@ class Int8Search:
             distances[far] = nearest_distances(queries[far].float(), self.bank, self.bank_sq)
         return distances
 
+    def constants(self) -> dict[str, torch.Tensor]:
+        """The graph's constants (`INT8_GRAPH`) by name, for its own model and the export's."""
+        values = (
+            self.weights,
+            torch.tensor(self.query_scale, dtype=torch.float32),
+            self.row_scales,
+            self.bank_sq,
+            torch.tensor(128, dtype=torch.uint8),
+        )
+        return dict(zip(INT8_CONSTANTS, values))
+
+    def traced(self, queries: torch.Tensor) -> torch.Tensor:
+        """The search with `exact_rows` in torch ops, as `torch.onnx.export` records it
+        (`anomaly.export`): the graph itself (`Int8Graph`), then the rows beyond the bank's range
+        found, searched as `ExactSearch` does and put back, in ops whose graph holds for any
+        number of them, none included. Run eagerly: the same distances in torch alone."""
+        distances = Int8Graph.apply(queries, *self.constants().values())
+        rows = (queries.abs().amax(1) > self.limit).nonzero()[:, 0]
+        far = queries.index_select(0, rows)
+        near = (with_ones(far) @ product_weights(self.bank, self.bank_sq)).amin(1)
+        return distances.index_put((rows,), near.add((far * far).sum(1)).clamp(min=0).sqrt())
+
     def onnx_model(self) -> bytes:
         """The search as an ONNX model: input "images" (float queries [M, D]), output
         "distances" [M]. Needs the package onnx to build, onnxruntime to run (a com.microsoft
         operator, MatMulIntegerToFloat)."""
         try:
-            from onnx import TensorProto, helper
+            from onnx import helper
         except ImportError:
             raise RuntimeError(
                 "patchknn --search-precision int8 builds its onnxruntime graph with the package "
                 "onnx: pip install onnx (or 'anomaly[export]'), or use --search-precision float32"
             ) from None
-        dim = self.bank.shape[1]
-
-        def const(name: str, array: np.ndarray, kind: int):
-            return helper.make_tensor(name, kind, array.shape, array.tobytes(), raw=True)
-
-        node = helper.make_node
         nodes = [
-            node("QuantizeLinear", ["images", "query_scale", "zero"], ["q8"]),
-            node(
-                "MatMulIntegerToFloat",
-                ["q8", "weights", "query_scale", "row_scales", "zero", "", "bank_sq"],
-                ["products"],
-                domain="com.microsoft",
-            ),  # |b|^2 - 2 q.b, approximately, for every pair
-            node("ReduceMin", ["products"], ["near"], axes=[1], keepdims=0),
-            node("ReduceSumSquare", ["images"], ["queries_sq"], axes=[1], keepdims=0),
-            node("Add", ["near", "queries_sq"], ["squared"]),
-            node("Relu", ["squared"], ["clamped"]),
-            node("Sqrt", ["clamped"], ["distances"]),
+            helper.make_node(op, list(inputs), [output], domain=domain or None, **attributes)
+            for domain, op, inputs, output, attributes in INT8_GRAPH
         ]
-        f32 = np.float32
-        inits = [
-            const("weights", self.weights.numpy(), TensorProto.INT8),
-            const("query_scale", np.array(self.query_scale, f32), TensorProto.FLOAT),
-            const("row_scales", self.row_scales.numpy().astype(f32), TensorProto.FLOAT),
-            const("bank_sq", self.bank_sq.numpy().astype(f32), TensorProto.FLOAT),
-            const("zero", np.array(128, np.uint8), TensorProto.UINT8),
-        ]
+        inits = []
+        for name, t in self.constants().items():
+            a = t.numpy()
+            kind = helper.np_dtype_to_tensor_dtype(a.dtype)
+            inits.append(helper.make_tensor(name, kind, a.shape, a.tobytes(), raw=True))
+        float32 = helper.np_dtype_to_tensor_dtype(np.dtype(np.float32))
         graph = helper.make_graph(
             nodes,
             "int8_search",
-            [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", dim])],
-            [helper.make_tensor_value_info("distances", TensorProto.FLOAT, ["batch"])],
+            [helper.make_tensor_value_info("images", float32, ["batch", self.bank.shape[1]])],
+            [helper.make_tensor_value_info("distances", float32, ["batch"])],
             inits,
         )
         opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
         return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+class Int8Graph(torch.autograd.Function):
+    """`Int8Search`'s graph inside a traced one (`Int8Search.traced`), applied to the queries
+    and the constants (`Int8Search.constants`, in order): `symbolic` writes its nodes
+    (`INT8_GRAPH`) into the graph that `torch.onnx.export` records (the TorchScript tracer's,
+    which then declares the com.microsoft domain as the search's own model does); `forward`
+    computes their distances in torch: rounded as QuantizeLinear (half to even, saturated to
+    0..255), integer products (exact in float64), each column rescaled and |b|^2 added in
+    float32 as MatMulIntegerToFloat does, the rest as the graph. The tracer records `forward`'s
+    own ops as well, so the constants come in as inputs (a tensor it took from elsewhere breaks
+    the second call: "unordered_map::at") and it makes no alias of the queries (`.float()` of
+    float32 queries made the traced graph's later uses of them read a Cast)."""
+
+    @staticmethod
+    def forward(ctx, queries, weights, query_scale, row_scales, bank_sq, zero):
+        shift = zero.float()  # queries: float32, as the graph's
+        q8 = (torch.round(queries / query_scale) + shift).clamp(0, 255) - shift
+        products = (q8.double() @ weights.double()).float()
+        products = products * (query_scale * row_scales) + bank_sq
+        return (products.amin(1) + (queries * queries).sum(1)).relu().sqrt()
+
+    @staticmethod
+    def symbolic(g, queries, *constants):
+        values = {"images": queries, "": g.op("prim::Constant")}  # "": an input left out
+        values[""].setType(torch._C.OptionalType.ofTensor())
+        values.update(zip(INT8_CONSTANTS, constants))
+        for domain, op, inputs, output, attributes in INT8_GRAPH:
+            ints = {f"{key}_i": value for key, value in attributes.items()}
+            name = f"{domain}::{op}" if domain else op
+            values[output] = g.op(name, *(values[i] for i in inputs), **ints)
+        return values["distances"]

@@ -327,9 +327,14 @@ class PatchKNN(Detector):
         return coarse_to_fine(features, self._distances, refine)
 
     def _distances(self, queries: torch.Tensor) -> torch.Tensor:
-        """Distance of each patch feature [M, D] to the bank -> [M], by the run's search."""
+        """Distance of each patch feature [M, D] to the bank -> [M], by the run's search (in the
+        ONNX export's trace: the exact search in torch, or an int8 run's `Int8Search.traced`)."""
         if self.index is not None and self.config.neighbors == 1 and not torch.jit.is_tracing():
             return self.index.nearest(queries)
+        if self.int8 and torch.jit.is_tracing():  # the ONNX export: the run's 8-bit search
+            held = self._sessions.get("search")
+            search = held[1] if held else Int8Search(self.bank, self.bank_sq)
+            return search.traced(queries)
         if self.config.neighbors == 1 and self._use_onnxruntime(queries):
             return self._search(queries)
         return nearest_distances(queries, self.bank, self.bank_sq, self.config.neighbors)
