@@ -116,8 +116,10 @@ SETTINGS: dict[str, dict] = {
         }
         for k, n in ((16, 2), (16, 3), (32, 3), (8, 1), (16, 1), (64, 2), (64, 4))
     },
-    # the exact search in 8-bit integers (search_precision int8, anomaly.detectors.knn.Int8Search)
+    # the exact search in 8-bit integers (search_precision int8, anomaly.detectors.knn.Int8Search;
+    # the defaults' "auto" where onnxruntime runs), and in float32 (the defaults before 2026-12-03)
     "default-int8": {"method": "patchknn", "runtime": "onnxruntime", "search_precision": "int8"},
+    "default-float32": {"method": "patchknn", "search_precision": "float32"},
     # every patch searched (search_refine 1; the defaults search 40 % of them, the rest
     # interpolated: anomaly.detectors.knn.coarse_to_fine)
     "default-exact": {"method": "patchknn", "runtime": "onnxruntime", "search_refine": 1.0},

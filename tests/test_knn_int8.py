@@ -13,7 +13,7 @@ import torch
 from helpers import Textures
 
 from anomaly.config import Config
-from anomaly.detectors.knn import Int8Search, nearest_distances
+from anomaly.detectors.knn import ExactSearch, Int8Search, nearest_distances
 from anomaly.detectors.ort_sessions import onnxruntime_session, trace_to_onnx
 from anomaly.detectors.patchknn import PatchKNN
 
@@ -118,7 +118,9 @@ def float_run():
 
 def test_detector_scores_close_to_float32_and_a_float_run_loads(float_run):
     int8 = PatchKNN(CONFIG.replace(search_precision="int8"))
-    int8.load_state_dict(float_run.state_dict())  # a run saved before the option: loads as is
+    state = float_run.state_dict()
+    assert state.pop("search_precision") == "float32"
+    int8.load_state_dict(state)  # a run saved before the option: loads as is
     assert isinstance(int8._sessions["search"][1], Int8Search)  # loaded = ready
     images = Textures(4, defective=2, seed=3, channels=3).images
     patches, want = int8.patch_scores(images), float_run.patch_scores(images)
@@ -219,3 +221,36 @@ def test_the_export_records_the_graph_and_the_exact_rows(traced_export, far_rows
     got = torch.from_numpy(session.run(None, {"images": queries.numpy()})[0])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(search.traced(queries), want, rtol=1e-5, atol=1e-5)
+
+
+def test_patchknn_searches_in_int8_by_default_where_it_can(monkeypatch):
+    """patchknn's default is "auto": int8 where onnxruntime runs the exact search, float32
+    (never an error) where it cannot."""
+    default = Config.for_method("patchknn")
+    assert default.search_precision == "auto" and Config().search_precision == "float32"
+    assert PatchKNN(CONFIG.replace(search_precision="auto")).search_precision() == "int8"
+    for change in ({"runtime": "torch"}, {"search_clusters": 16}, {"neighbors": 3}):
+        knn = PatchKNN(CONFIG.replace(search_precision="auto", **change))
+        assert knn.search_precision() == "float32", change
+    find_spec = importlib.util.find_spec
+    for gone in ("onnxruntime", "onnx"):
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda n, *a, g=gone: None if n == g else find_spec(n, *a)
+        )
+        assert PatchKNN(CONFIG.replace(runtime="auto", search_precision="auto")).int8 is False
+
+
+def test_a_run_searches_as_it_was_trained_or_says_it_cannot(float_run, recwarn):
+    """An auto run trained where int8 could not run (a GPU, no onnxruntime) searches in float32
+    wherever it is loaded; one trained in int8 and loaded where int8 cannot run warns, since its
+    threshold is of int8 scores."""
+    auto = PatchKNN(CONFIG.replace(search_precision="auto"))
+    auto.load_state_dict(float_run.state_dict())  # recorded: float32
+    assert auto.search_precision() == "float32" and not recwarn.list
+    assert isinstance(auto._sessions["search"][1], ExactSearch)
+    trained = PatchKNN(CONFIG.replace(search_precision="auto"))
+    trained.load_state_dict({**float_run.state_dict(), "search_precision": "int8"})
+    assert trained.search_precision() == "int8" and not recwarn.list
+    elsewhere = PatchKNN(CONFIG.replace(search_precision="auto", runtime="torch"))
+    with pytest.warns(UserWarning, match=r"in int8 where it was trained .* float32 here.*pip"):
+        elsewhere.load_state_dict(trained.state_dict())

@@ -56,15 +56,20 @@ def test_the_same_graph_is_found_again_and_a_changed_one_is_not(tmp_path, monkey
     assert len(calls) == 2
 
 
-def test_a_loaded_run_scores_the_same_from_the_cache(tiny_cookies, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("precision", "n"), [("auto", 2), ("float32", 3)])
+def test_a_loaded_run_scores_the_same_from_the_cache(
+    tiny_cookies, tmp_path, monkeypatch, precision, n
+):
     from anomaly.data.folder import load_image
     from anomaly.pipeline import load_run, train_run
 
     monkeypatch.setenv("ANOMALY_CACHE", str(tmp_path / "cache"))
-    config = Config.for_method("patchknn", data=str(tiny_cookies), size=48, device="cpu")
+    config = Config.for_method(
+        "patchknn", data=str(tiny_cookies), size=48, device="cpu", search_precision=precision
+    )
     train_run(config, tmp_path / "run", progress=False)
     kept = sorted((tmp_path / "cache").glob("*.onnx"))  # the extractor before and after the
-    assert len(kept) == 3  # whitening was fitted, and the search
+    assert len(kept) == n  # whitening was fitted, and a float32 search (int8's is built)
     files = sorted((tiny_cookies / "test").glob("*/*.png"))
     images = torch.stack([load_image(f, size=48, channels=3) for f in files])
     cached = load_run(tmp_path / "run").predict_batch(images)[0]

@@ -188,21 +188,26 @@ class BankIndex:
 
 
 def wants_int8(config) -> bool:
-    """True when `config.search_precision` is "int8"; a ValueError naming the fix where the 8-bit
-    search cannot run: it is onnxruntime's, of the exact search, for one nearest row."""
-    if getattr(config, "search_precision", "float32") != "int8":
+    """Whether the exact search runs in 8 bits (`Int8Search`): `config.search_precision` "int8"
+    (a ValueError naming the fix where it cannot run: it is onnxruntime's, of the exact search,
+    for one nearest row), or "auto" (patchknn's default) where it can: onnxruntime and onnx
+    installed and the run's runtime onnxruntime (or auto), exact search, one nearest row."""
+    precision = getattr(config, "search_precision", "float32")
+    if precision not in ("int8", "auto"):
         return False
     runtime = getattr(config, "runtime", "torch")
     problem = ""
-    if runtime == "torch" or (runtime == "auto" and not importlib.util.find_spec("onnxruntime")):
+    if runtime == "torch" or not importlib.util.find_spec("onnxruntime"):
         problem = "runs in onnxruntime: use --runtime onnxruntime (pip install onnxruntime)"
+    elif not importlib.util.find_spec("onnx"):
+        problem = "builds its onnxruntime graph with the package onnx: pip install onnx"
     elif getattr(config, "search_clusters", 0) > 0:
         problem = "is a form of the exact search: use --search-clusters 0"
     elif getattr(config, "neighbors", 1) != 1:
         problem = "finds one nearest bank row: use --neighbors 1"
-    if problem:
+    if problem and precision == "int8":
         raise ValueError(f"--search-precision int8 {problem}, or --search-precision float32")
-    return True
+    return not problem
 
 
 # `Int8Search`'s graph, written by `Int8Search.onnx_model` and into the export's (`Int8Graph`):

@@ -369,7 +369,13 @@ class PatchKNN(Detector):
             "pad": self.extractor.pad,
             "whiten_mean": mean,
             "whiten_matrix": matrix,
+            "search_precision": self.search_precision(),  # what scored its held-out images
         }
+
+    def search_precision(self) -> str:
+        """How this detector searches the bank here: "int8" (onnxruntime on a CPU,
+        `wants_int8`) or "float32"."""
+        return "int8" if self.int8 and self.device.type == "cpu" else "float32"
 
     def load_state_dict(self, state: dict) -> None:
         mine = {
@@ -397,6 +403,21 @@ class PatchKNN(Detector):
             )
         self._set_whitening(state.get("whiten_mean"), state.get("whiten_matrix"))
         self._set_bank(state["bank"])
+        saved = state.get("search_precision")  # None: saved before it was recorded
+        if saved == "float32" and self.config.search_precision == "auto":
+            self.int8 = False  # trained where int8 could not run (a GPU): search so here too
+        if saved in ("int8", "float32") and saved != self.search_precision():
+            fix = "pip install onnx onnxruntime, and score on a CPU" * (saved == "int8") or (
+                "score it on a GPU, as it was trained"
+            )
+            warnings.warn(
+                f"patchknn: this run searched its memory bank in {saved} where it was trained "
+                "(its held-out scores, and so its threshold, are of that search), and searches "
+                f"it in {self.search_precision()} here: scores differ by up to about 0.6 % "
+                "(docs/measurements.md), so a part scored near the threshold can change "
+                f"verdict. To search as it did: {fix}",
+                stacklevel=2,
+            )
         if self._use_onnxruntime(torch.empty(0, device=self.device)):  # loaded = ready: the
             size = self.config.size  # export to onnxruntime costs a second or two, once
             self._session(torch.Size((self.config.channels, size, size)))
