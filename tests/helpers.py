@@ -79,6 +79,23 @@ def tiny_flags(data, **overrides) -> list[str]:
     return [x for item in flags.items() for x in item]
 
 
+def cli_in_fresh_python(*argv) -> tuple[int, set[str]]:
+    """`python -m anomaly ARGV` in a new interpreter: its exit code and the top-level packages
+    it imported (what a command's start-up pays for)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from anomaly.cli import main; "
+        f"rc = main({[str(a) for a in argv]!r}); "
+        "print(rc, ' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    rc, _, modules = (done.stdout.strip().splitlines() or [""])[-1].partition(" ")
+    assert rc.lstrip("-").isdigit(), done.stdout + done.stderr
+    return int(rc), set(modules.split())
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     """A private copy of a run folder, for a test that damages it."""
     shutil.copytree(run, dest)

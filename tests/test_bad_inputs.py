@@ -435,17 +435,14 @@ def test_threshold_on_held_out_scores_imports_no_torch(scored_ae_run, tmp_path):
     """`threshold` with a rule on the held-out scores only reads the run folder: it must not
     pay torch's import (seconds) each time a user tries another false-reject rate."""
     import json
-    import subprocess
-    import sys
+
+    from helpers import cli_in_fresh_python
 
     run = copy_run(scored_ae_run, tmp_path / "run")
-    code = (
-        "import sys; from anomaly.cli import main; "
-        f"code = main(['threshold', '--run', {str(run)!r}, '--rule', 'normal-quantile', "
-        "'--value', '0.9']); print(code, 'torch' in sys.modules)"
+    rc, modules = cli_in_fresh_python(
+        "threshold", "--run", run, "--rule", "normal-quantile", "--value", "0.9"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "0 False", out.stdout + out.stderr
+    assert rc == 0 and "torch" not in modules
     saved = json.loads((run / "threshold.json").read_text())
     assert saved["rule"] == "normal_quantile"
     assert saved["params"]["calibration"]["source"] == "held-out"

@@ -31,19 +31,9 @@ def test_predict_takes_a_loader_of_unknown_length(tiny_cookies):
 def test_predict_without_overlays_never_imports_matplotlib(scored_ae_run, tiny_cookies, tmp_path):
     """Drawing nothing, `predict --no-overlays` skips matplotlib's import (0.1 s of its
     start-up, a one-image command's cost)."""
-    import subprocess
-    import sys
+    from helpers import cli_in_fresh_python, copy_run
 
-    from helpers import copy_run
-
-    run, image = (
-        copy_run(scored_ae_run, tmp_path / "run"),
-        min((tiny_cookies / "test" / "good").iterdir()),
-    )
-    code = (
-        "import sys; from anomaly.cli import main; "
-        f"rc = main(['predict', '--run', {str(run)!r}, '--no-overlays', {str(image)!r}]); "
-        "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib')[:3])"
-    )
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
-    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stdout + done.stderr
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    image = min((tiny_cookies / "test" / "good").iterdir())
+    rc, modules = cli_in_fresh_python("predict", "--run", run, "--no-overlays", image)
+    assert rc == 0 and "matplotlib" not in modules and "anomaly" in modules
