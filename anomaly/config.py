@@ -63,9 +63,10 @@ METHOD_DEFAULTS: dict[str, dict] = {
         # 0.001 on the cookies and the photo suite; docs/measurements.md)
         "runtime": "auto",
         "search_refine": 0.2,
-        # the exact search's products in 8 bits where onnxruntime runs it: 0.69x of the
-        # float32 predict on the cookies, image AUROC the same to 3 decimals on the cookies and
-        # 5 of 8 photo sets, +-0.002 on the others (docs/measurements.md)
+        # the exact search's products in 8 bits where onnxruntime runs it: the search 0.65-0.67x
+        # of float32's on the cookies, the whole predict 0.83-0.95x; image AUROC the same to 3
+        # decimals on the cookies and 5 of 8 photo sets, +-0.002 on the others
+        # (docs/measurements.md)
         "search_precision": "auto",
     },
     "flow": {"size": 160, "channels": 3, "epochs": 10, "feature_pad": 16},
@@ -307,8 +308,8 @@ class Config:
         "(8-bit products, about half the search's time with AVX512-VNNI; approximate, within "
         "a stated bound, docs/measurements.md; needs onnx and onnxruntime, --search-clusters "
         "0, --neighbors 1; on a GPU the search stays float32; an ONNX export searches as the "
-        "run does), or auto (int8 where it can run, else float32; a run loaded where the "
-        "other runs says so)",
+        "run does), or auto (int8 where it can run, else float32; model.pt records which "
+        "searched, and a run trained in int8 says so where only float32 can run)",
         choices=("float32", "int8", "auto"),
     )
     runtime: str = _f(
