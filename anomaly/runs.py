@@ -13,11 +13,11 @@ the old one, so a killed process never leaves a half-written file. A lock file (
 the writer's PID; `anomaly.run_lock`) keeps two processes from writing one run at a time.
 
 This module imports only `anomaly.config`, `anomaly.safe_files` (the atomic writes, the safe
-loads and `RunError`, re-exported here), `anomaly.run_lock`, `anomaly.threshold_file` (what threshold.json and
-val_scores.json may hold, and the model a threshold is for), `anomaly.run_checkpoints` (model.pt
-and last.pt: `RunDir`'s checkpoint methods, `CHECKPOINT_FORMAT`, `config_differences`,
-re-exported here) and `anomaly.data.cookies` for a version number; building detectors from a
-run is `anomaly.build.load_run`.
+loads and `RunError`, re-exported here), `anomaly.run_lock`, `anomaly.threshold_file` (what
+threshold.json and val_scores.json may hold, and the model a threshold is for),
+`anomaly.run_checkpoints` (model.pt and last.pt: `RunDir`'s checkpoint methods,
+`CHECKPOINT_FORMAT`, `config_differences`, re-exported here) and `anomaly.data.cookies` for a
+version number; building detectors from a run is `anomaly.build.load_run`.
 """
 
 from __future__ import annotations
