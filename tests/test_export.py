@@ -348,3 +348,19 @@ def test_predict_onnx_takes_out_and_no_overlays(exported, tiny_cookies, tmp_path
     assert row[3] == str(mine / "000_overlay.png") and (mine / "000_overlay.png").is_file()
     assert main(["predict", "--onnx", str(path), image, "--no-overlays"]) == 0
     assert capsys.readouterr().out.rstrip("\n").split("\t")[3] == "-"
+
+
+def test_each_large_constant_is_stored_once(exported):
+    """The tracer wrote the float32 search's bank weights once per block of queries (8 copies,
+    4.5 of a cookie export's 6.5 MB): identical constants are kept once (`_share_constants`)."""
+    import onnx
+
+    _, path = exported
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    tensors = [
+        n.attribute[0].t.SerializeToString()
+        for n in model.graph.node
+        if n.op_type == "Constant" and len(n.attribute[0].t.raw_data) >= 1024
+    ]
+    assert tensors and len(set(tensors)) == len(tensors)
