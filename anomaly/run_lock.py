@@ -13,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from anomaly.safe_files import RunError, read_record
+from anomaly.safe_files import TEMPORARY_NAME, RunError, read_record
 
 
 def pid_alive(pid: int) -> bool:
@@ -146,16 +145,14 @@ def _flock(fd: int) -> bool:
     return True
 
 
-# `.NAME.PID-RANDOM.tmp`: a temporary file of `anomaly.safe_files` (`_temporary_prefix`)
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[a-z0-9_]+\.tmp")
 DEAD_WRITER_AGE_S = 3600  # a writer on another machine sharing the folder is never hurried
 
 
 def remove_dead_writers(folder: Path, depth: int = 2) -> list[Path]:
     """Remove the temporary files that writers killed mid-write left in `folder` and its
     subfolders (`depth` levels; links never followed): plain files named as this package names
-    them (`.NAME.PID-RANDOM.tmp`), whose process no longer runs on this machine, last written an
-    hour ago or more. Other files, however named, stay. Returns what was removed."""
+    them (`safe_files.TEMPORARY_NAME`), whose process no longer runs on this machine, last
+    written an hour ago or more. Every other file stays. Returns what was removed."""
     removed, now = [], time.time()
     try:
         entries = list(os.scandir(folder))
@@ -170,7 +167,7 @@ def remove_dead_writers(folder: Path, depth: int = 2) -> list[Path]:
             removed += remove_dead_writers(Path(entry.path), depth - 1)
         elif (
             stat.S_ISREG(info.st_mode)
-            and (match := _TEMPORARY.fullmatch(entry.name))
+            and (match := TEMPORARY_NAME.fullmatch(entry.name))
             and now - info.st_mtime >= DEAD_WRITER_AGE_S
             and not _alive_here(int(match["pid"]))
         ):

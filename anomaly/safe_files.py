@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pickle
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -61,8 +62,7 @@ def temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
     with a random name (`tempfile.mkstemp`), so a link planted in a shared folder under a name
     it could take is never followed; written (close the descriptor, or write by name), it
     replaces `path` with the usual mode when the block ends, and is removed if the block fails."""
-    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
+    fd, tmp = _new_temporary(path)
     try:
         yield fd, tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the file is no secret
@@ -71,10 +71,16 @@ def temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
         tmp.unlink(missing_ok=True)
 
 
-def _temporary_prefix(path: Path) -> str:
-    """`.NAME.PID-`: a temporary file's name says what it becomes and which process writes it
-    (`anomaly.run_lock.remove_dead_writers` removes those of writers that were killed)."""
-    return f".{path.name}.{os.getpid()}-"
+# `.NAME.PID-RANDOM.tmp`: a temporary file's name says what it becomes and which process writes
+# it (`anomaly.run_lock.remove_dead_writers` removes those of writers that were killed)
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[a-z0-9_]+\.tmp")
+
+
+def _new_temporary(path: Path) -> tuple[int, Path]:
+    """(open descriptor, name) of a new temporary file beside `path`, named `TEMPORARY_NAME`."""
+    prefix = f".{path.name}.{os.getpid()}-"
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    return fd, Path(name)
 
 
 def _read_umask() -> int:
@@ -158,7 +164,7 @@ def save_png_new(image, names: Iterator[Path], **params) -> Path:
     taken one (an earlier file, or another process's at the same moment): a kill leaves no empty
     or half-written file under it. Without hard links there, `claim_new` then a rename."""
     name = next(names)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(name), suffix=".tmp", dir=name.parent)
+    fd, tmp = _new_temporary(name)
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", **params)
@@ -175,7 +181,7 @@ def save_png_new(image, names: Iterator[Path], **params) -> Path:
                 os.replace(tmp, name)
                 return name
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def writable_folder(path: str | Path, fix: str) -> Path:

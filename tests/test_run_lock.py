@@ -118,10 +118,9 @@ def test_taking_the_lock_removes_what_killed_writers_left_and_nothing_else(tmp_p
 
 
 def test_a_temporary_file_names_its_writer(tmp_path):
-    from anomaly.run_lock import _TEMPORARY
-    from anomaly.safe_files import temporary_beside
+    from anomaly.safe_files import TEMPORARY_NAME, temporary_beside
 
     with temporary_beside(tmp_path / "model.pt") as (fd, tmp):
         os.close(fd)
-        match = _TEMPORARY.fullmatch(tmp.name)
+        match = TEMPORARY_NAME.fullmatch(tmp.name)
         assert match and match["name"] == "model.pt" and int(match["pid"]) == os.getpid()
