@@ -202,9 +202,10 @@ def evaluate(predict: Predict, images, masks, labels, known, batch: int) -> dict
         return {}
     scores = np.concatenate([o[0] for o in outs]).astype(np.float64)
     maps = np.concatenate([o[1] for o in outs]).astype(np.float64)
-    if not (np.isfinite(scores).all() and np.isfinite(maps).all()):  # a broken fit: its row
-        bad = int((~np.isfinite(scores)).sum())  # says so, the others are still measured
-        return {"note": f"{bad} of {len(scores)} image scores (or map pixels) NaN or infinite"}
+    bad = int((~np.isfinite(scores)).sum())  # a broken fit: its row says so, the others are
+    if bad or not np.isfinite(maps).all():  # still measured
+        what = f"{bad} of {len(scores)} image scores" if bad else "map pixels"
+        return {"note": f"{what} NaN or infinite"}
     out = {"image_auroc": image_auroc(labels, scores)}
     if masks[known].any():
         out.update(

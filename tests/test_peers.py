@@ -148,5 +148,5 @@ def test_a_method_giving_nan_scores_is_said_and_the_others_still_measured(
     assert by["patchknn"]["image_auroc"] > 0.5 and by["patchknn-onnx"]["cpu_ms_median"] > 0
     assert "image_auroc" not in by["patchknn-onnx"]
     n = len(peers.load_test(tiny_cookies, 32)[0])
-    said = f"patchknn-onnx: {n} of {n} image scores (or map pixels) NaN or infinite, so no accuracy"
+    said = f"patchknn-onnx: {n} of {n} image scores NaN or infinite, so no accuracy"
     assert by["patchknn-onnx"]["note"] in said and said in capsys.readouterr().out
