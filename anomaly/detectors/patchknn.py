@@ -241,7 +241,7 @@ class PatchKNN(Detector):
         """Distance of each query [M, D] to its nearest bank row -> [M], by onnxruntime
         (`ExactSearch`, `SEARCH_ROWS` queries per call, fewer for a bank of more than
         `SEARCH_ELEMENTS` / `SEARCH_ROWS` rows; `nearest_distances` within 1e-5), or its 8-bit
-        form (`Int8Search`, config.search_precision "int8"; elsewhere the search is float32)."""
+        form (`Int8Search`, where `self.int8`: `wants_int8`, and as the run was trained)."""
         if "search" not in self._sessions:
             example = torch.zeros(2, self.bank.shape[1])
             kind = Int8Search if self.int8 else ExactSearch
@@ -407,8 +407,10 @@ class PatchKNN(Detector):
         if saved == "float32" and self.config.search_precision == "auto":
             self.int8 = False  # trained where int8 could not run (a GPU): search so here too
         if saved in ("int8", "float32") and saved != self.search_precision():
-            fix = "pip install onnx onnxruntime, and score on a CPU" * (saved == "int8") or (
-                "score it on a GPU, as it was trained"
+            fix = (
+                "pip install onnx onnxruntime, and score on a CPU"
+                if saved == "int8"
+                else "score it on a GPU, as it was trained"
             )
             warnings.warn(
                 f"patchknn: this run searched its memory bank in {saved} where it was trained "
