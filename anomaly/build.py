@@ -17,6 +17,7 @@ import torch
 from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.detectors import Detector, get_detector
 from anomaly.detectors.kmeans import check_encoder  # kmeans --from checks it too
+from anomaly.run_checkpoints import TRAIN_AGAIN
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 from anomaly.selection import selection_problem
@@ -35,7 +36,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
             raise RunError(
                 f"{run}: its training was interrupted before its first epoch was saved, so "
                 "model.pt holds a model from the middle of it and there is nothing to resume; "
-                f"train it again: `python -m anomaly train --out {run}` with the same flags"
+                + TRAIN_AGAIN.format(out=run)
             )
         raise RunError(
             f"{run}: its training was interrupted, so model.pt holds a model from the middle of "

@@ -415,11 +415,12 @@ def _main(args) -> int:
                     hint = " after training; " + RESUME_HINT.format(out=args.out)
             print(f"\ninterrupted{hint}", file=sys.stderr)
             return 130
+        from anomaly.run_checkpoints import TRAIN_AGAIN
+
         out = getattr(args, "out", "RUN")
-        again = f"train it again: `python -m anomaly train --out {out}` with the same flags"
         print(
             f"\ninterrupted after epoch {stop.epoch}; "
-            + (again if stop.epoch == 0 else RESUME_HINT.format(out=out)),
+            + (TRAIN_AGAIN if stop.epoch == 0 else RESUME_HINT).format(out=out),
             file=sys.stderr,
         )
         return 130

@@ -29,6 +29,8 @@ from anomaly.safe_files import (
 )
 
 CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
+# what to do with a run stopped before its first epoch was saved (no last.pt: nothing to resume)
+TRAIN_AGAIN = "train it again: `python -m anomaly train --out {out}` with the same flags"
 # Config fields that change the shape of what a method learns: a checkpoint only loads into a
 # detector that agrees on all of them.
 SHAPE_FIELDS = ("method", "size", "channels", "width", "latent", "backbone", "k")
