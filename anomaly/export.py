@@ -21,9 +21,9 @@ The backbone is traced from torch whatever the run's `--runtime`. A run with `--
 int8` exports its 8-bit search (`anomaly.detectors.knn.Int8Search.traced`: onnxruntime's
 com.microsoft MatMulIntegerToFloat, which its CPU provider holds, and the exact search of the
 queries beyond the bank's range), so its file scores as the run does, not as a float32 run:
-fed the run's input, within 1.2e-7 on the cookies. Pillow's resizing (`preprocess`) differs from
-torch's by up to about 1e-5, which the 8-bit rounding can magnify where a feature lies that near
-a rounding step: from the files, image scores agreed within 4.6e-4 (docs/measurements.md).
+from the image files, within 1.3e-7 on the cookies: the package's loader resizes with the file's
+own preprocessing (`onnx_predict.resize_channels`), so both see the same input, bit for bit
+(docs/measurements.md).
 """
 
 from __future__ import annotations

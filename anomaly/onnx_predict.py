@@ -19,7 +19,7 @@ The file's contract, also stored in its `metadata_props` (read them with
   grey -> RGB repeats the channel, RGB -> grey is 0.299 R + 0.587 G + 0.114 B (not rounded);
   then each channel is resized to size x size with Pillow's bilinear filter on float32 data
   (`Image.fromarray(channel, "F").resize((size, size), Image.BILINEAR)`, which widens the filter
-  when shrinking, as `torch.nn.functional.interpolate(..., antialias=True)` does) and clipped to
+  when shrinking; `resize_channels`, which the package's loader uses too) and clipped to
   [0, 1]. The aspect ratio is not kept. `decode` "draft" (a run trained so): a JPEG (or MPO)
   is opened in Pillow's draft mode first (`Image.draft(mode, (d, d))`, d = `draft_size`, else
   twice `size`: decoded at 1/2, 1/4 or 1/8 of its size where both sides stay at least d);
@@ -180,26 +180,32 @@ def read_file(
 def to_input(a: np.ndarray, size: int, channels: int) -> np.ndarray:
     """A decoded image [H, W, 1 or 3] (`read_file`) as the input: float32 [channels, size,
     size] in [0, 1]."""
-    from PIL import Image
-
     if channels == 1 and a.shape[-1] == 3:
         a = a @ _LUMA
         a = a[..., None]
     elif channels == 3 and a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
-    if a.shape[:2] != (size, size):
-        a = np.stack(
-            [
-                np.asarray(
-                    Image.fromarray(np.ascontiguousarray(a[..., c]), "F").resize(
-                        (size, size), Image.BILINEAR
-                    )
-                )
-                for c in range(a.shape[-1])
-            ],
-            axis=-1,
-        )
+    a = resize_channels(a, size)
     return np.clip(a, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32, copy=False)
+
+
+def resize_channels(a: np.ndarray, size: int) -> np.ndarray:
+    """Image `a` [H, W, C] resized to [size, size, C] as the file's contract says: each channel
+    by Pillow's bilinear filter on float32 data (widened when shrinking). The package's loader
+    (`anomaly.data.folder.image_tensor`) resizes with this function too, so an exported run
+    sees exactly the input `predict --run` does."""
+    from PIL import Image
+
+    if a.shape[:2] == (size, size):
+        return a
+    channels = [np.ascontiguousarray(a[..., c], dtype=np.float32) for c in range(a.shape[-1])]
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(c, "F").resize((size, size), Image.BILINEAR))
+            for c in channels
+        ],
+        axis=-1,
+    )
 
 
 def _upright(im):

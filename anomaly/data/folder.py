@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -71,6 +70,7 @@ from anomaly.data.masks import (
     mask_tensor,
     read_mask,
 )
+from anomaly.onnx_predict import resize_channels
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 
@@ -119,8 +119,9 @@ def image_to_array(im: Image.Image) -> np.ndarray:
 
 def load_image(path: str | Path, size: int | None = 256, channels=3, decode="full") -> torch.Tensor:
     """Read one image as a float32 tensor [channels, size, size] in [0, 1]: `channels` 1
-    (grayscale, luma weights as PIL's "L") or 3 (RGB), resized bilinearly with antialiasing to
-    size x size (the aspect ratio not kept; `size=None`: the file's own), a large JPEG decoded at
+    (grayscale, luma weights as PIL's "L") or 3 (RGB), resized by Pillow's bilinear filter to
+    size x size (widened when shrinking; the aspect ratio not kept; `size=None`: the file's own;
+    exactly as an exported run's file says, `anomaly.onnx_predict.resize_channels`), a large JPEG decoded at
     a reduced scale first with `decode` "draft" (`draft_size`); `DataError` naming an unreadable
     file."""
     return image_tensor(read_image(path, draft_size(decode, size)), size, channels)
@@ -142,12 +143,10 @@ def image_tensor(a: np.ndarray, size: int | None, channels: int) -> torch.Tensor
         a = (a @ _LUMA)[..., None]
     elif channels == 3 and a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
-    x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
-    if size is not None and x.shape[-2:] != (size, size):
-        x = F.interpolate(
-            x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )[0]
-    return x.clamp_(0.0, 1.0).contiguous()
+    if size is not None:  # as an exported run's file says (`anomaly.onnx_predict`), exactly
+        a = resize_channels(a, size)
+    x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
+    return x.clamp_(0.0, 1.0)
 
 
 class ImageFiles(Dataset):
