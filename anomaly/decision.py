@@ -12,6 +12,7 @@ image is predicted defective iff its score is >= the threshold.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,22 +202,33 @@ def score_summary(labels, scores, metrics: dict, threshold=None) -> str:
 
 
 def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | None:
-    """Words saying that the good test images are rejected far more often than a conformal
-    threshold's guarantee allows, or None: so much more that, had they been exchangeable with
-    the n images it was set on, the chance of so many would be under `level`.
+    """Words saying that the good test images are rejected far more often than the threshold's
+    rule allows, or None: so much more that, had they been exchangeable with the n images it
+    was set on, the chance of so many would be under `level`.
 
     Given those n images, a threshold just above the k-th smallest of their scores passes a
     fraction of new good parts distributed as Beta(k, n + 1 - k) (where a new score falls
     among n + 1 exchangeable ones), so the count it rejects of m good images is beta-binomial
-    (m, n + 1 - k, k): an exact test of the guarantee's assumption on the labelled test set."""
+    (m, n + 1 - k, k): an exact test of the rule's assumption on the labelled test set. A
+    conformal threshold records k; a normal-quantile one (`train`'s, 1 - q the rate it aims
+    at) lies above the k-th smallest with k = floor(q (n - 1)) + 1 (numpy's interpolated
+    quantile), which makes the test conservative. Other rules (manual, f1) aim at no rate."""
     from scipy.stats import betabinom
 
     from anomaly.threshold_file import guarantee_words
 
     params = getattr(threshold, "params", None) or {}
-    if getattr(threshold, "rule", None) != "conformal" or not guarantee_words("conformal", params):
-        return None  # no guarantee claimed: nothing to test
-    n, k, alpha = params.get("n"), params.get("rank"), params["alpha"]
+    rule = getattr(threshold, "rule", None)
+    if rule == "conformal" and guarantee_words("conformal", params):
+        n, k, alpha = params.get("n"), params.get("rank"), params["alpha"]
+        aim = f"the guarantee's {100 * alpha:.3g} %"
+    elif rule == "normal_quantile" and _is_rate(params.get("q")):
+        n, q = params.get("n_normal"), float(params["q"])
+        k = math.floor(q * (n - 1)) + 1 if type(n) is int and n >= 1 else None
+        alpha = 1 - q
+        aim = f"the {100 * alpha:.3g} % its rule aims at (the {q:g} quantile of {n} good images)"
+    else:
+        return None  # no rate claimed or aimed at: nothing to test
     labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
     if not (type(n) is int and type(k) is int and 1 <= k <= n) or not np.any(labels == 0):
         return None
@@ -225,10 +237,18 @@ def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | No
     chance = float(betabinom.sf(rejected - 1, m, n + 1 - k, k)) if rejected else 1.0
     if rejected <= alpha * m or chance >= level:
         return None
-    return (
-        f"warning: {rejected} of the {m} good test images are rejected, far more than the "
-        f"guarantee's {100 * alpha:.3g} %: had they been like the {n} images the threshold was "
-        f"set on, so many would have a chance of {chance:.1g}. The guarantee does not hold for "
-        "them (were those images near-copies of training ones, or of another batch or "
-        "camera?); set the threshold on good images like these: threshold --good-images FOLDER"
+    verdict = (
+        "the guarantee does not hold for" if rule == "conformal" else "the threshold does not suit"
     )
+    return (
+        f"warning: {rejected} of the {m} good test images are rejected, far more than {aim}: "
+        f"had they been like the {n} images the threshold was set on, so many would have a "
+        f"chance of {chance:.1g}. {verdict.capitalize()} them (were those images near-copies of "
+        "training ones, or of another batch or camera?); set the threshold on good images like "
+        "these: threshold --good-images FOLDER"
+    )
+
+
+def _is_rate(q) -> bool:
+    """A number in [0, 1] (not a bool, not NaN): a saved quantile's q, read from a file."""
+    return isinstance(q, (int, float)) and not isinstance(q, bool) and 0 <= q <= 1

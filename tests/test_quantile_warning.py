@@ -1,0 +1,47 @@
+"""`train`'s threshold (the 0.99 quantile of the held-out good images) aims at a false-reject
+rate too: `score` says when the labelled good test images are rejected far more often than it
+could be, had they been like the held-out ones (a walkthrough's test crops, from another part
+of the photo, were all rejected and nothing was said)."""
+
+import numpy as np
+
+from anomaly.decision import guarantee_broken, score_summary
+from anomaly.metrics import Threshold, threshold_manual, threshold_normal_quantile
+
+
+def _labels(good: int = 25, bad: int = 10) -> np.ndarray:
+    return np.r_[np.zeros(good), np.ones(bad)]
+
+
+def test_a_quantile_threshold_that_rejects_most_good_test_images_is_said():
+    rng = np.random.default_rng(0)
+    t = threshold_normal_quantile(rng.normal(size=20), q=0.99)
+    shifted = np.r_[rng.normal(size=25) + 2.5, np.full(10, 9.0)]
+    summary = score_summary(_labels(), shifted, {}, t)
+    assert "good test images are rejected, far more than the 1 % its rule aims at" in summary
+    assert "(the 0.99 quantile of 20 good images)" in summary
+    assert "The threshold does not suit them" in summary and "--good-images" in summary
+    assert guarantee_broken(_labels(), shifted, threshold_manual(float(t))) is None
+
+
+def test_it_is_rarely_said_when_the_test_images_are_like_the_held_out_ones():
+    rng = np.random.default_rng(1)
+    alarms = 0
+    for _ in range(1000):
+        t = threshold_normal_quantile(rng.normal(size=20), q=0.99)
+        scores = np.r_[rng.normal(size=25), np.full(10, 9.0)]
+        alarms += guarantee_broken(_labels(), scores, t) is not None
+    assert alarms <= 20  # level 0.01, and the test is conservative for a quantile
+
+
+def test_three_held_out_images_prove_nothing_and_damaged_params_test_nothing():
+    """From 3 held-out images the 0.99 quantile lies above the 2nd smallest: 6 of 6 good
+    images above it has a chance of 1/12 even when they are alike, so nothing is said."""
+    rng = np.random.default_rng(2)
+    t = threshold_normal_quantile(rng.normal(size=3), q=0.99)
+    labels = _labels(6, 2)
+    assert guarantee_broken(labels, np.full(8, 50.0), t) is None
+    shifted = np.r_[rng.normal(size=25) + 3, np.full(10, 9.0)]
+    for params in ({"q": float("nan"), "n_normal": 20}, {"q": True, "n_normal": 20}, {"q": 0.99}):
+        damaged = Threshold(float(t), "normal_quantile", params)
+        assert guarantee_broken(_labels(), shifted, damaged) is None
