@@ -33,6 +33,7 @@ def _config_flags(args) -> dict:
 
 
 def _train(args) -> None:
+    from anomaly.decision import few_held_out
     from anomaly.pipeline import AlreadyTrained, train_run
     from anomaly.runs import RunDir
 
@@ -77,6 +78,8 @@ def _train(args) -> None:
         _warn_ignored(config.method, flags)
         detector = train_run(config, args.out)
     print(f"trained {detector.config.method}: run folder {args.out}")
+    if note := few_held_out(RunDir(args.out).threshold(), args.out):
+        print(note, file=sys.stderr)
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict) and "chosen" in selection:
         print(

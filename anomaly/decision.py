@@ -252,3 +252,31 @@ def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | No
 def _is_rate(q) -> bool:
     """A number in [0, 1] (not a bool, not NaN): a saved quantile's q, read from a file."""
     return isinstance(q, (int, float)) and not isinstance(q, bool) and 0 <= q <= 1
+
+
+FEWEST_HELD_OUT = 10  # below it train's quantile threshold is about the largest of a handful
+
+
+def few_held_out(threshold, run) -> str | None:
+    """Words saying that `train`'s threshold (`normal_quantile`, set_by "train") rests on fewer
+    than `FEWEST_HELD_OUT` held-out good images, or None. numpy's quantile lies at h = q (n - 1)
+    among their n sorted scores (0-based, interpolated), and a new good part like them scores
+    above the j-th smallest a fraction (n + 1 - j) / (n + 1) of the time on average, so above
+    the threshold about (n - h) / (n + 1): from 3 images at q 0.99, 26 %, not the 1 % the
+    quantile names (from 20, 5.7 %)."""
+    params = getattr(threshold, "params", None) or {}
+    n = params.get("n_normal")
+    if getattr(threshold, "rule", None) != "normal_quantile" or params.get("set_by") != "train":
+        return None
+    if not (_is_rate(params.get("q")) and type(n) is int and 1 <= n < FEWEST_HELD_OUT):
+        return None
+    q = float(params["q"])
+    rate = (n - q * (n - 1)) / (n + 1)
+    return (
+        f"note: {run}: its threshold is the {q:g} quantile of only {n} held-out good "
+        f"image{'s' * (n != 1)}, which lies near their largest: new good parts like them score "
+        f"above it about {100 * rate:.0f} % of the time, not {100 * (1 - q):.3g} %. Hold out "
+        "more good images (--val-fraction), or set the threshold on other good images: "
+        f"python -m anomaly threshold --run {run} --rule conformal --value 0.05 --good-images "
+        "FOLDER"
+    )

@@ -45,3 +45,45 @@ def test_three_held_out_images_prove_nothing_and_damaged_params_test_nothing():
     for params in ({"q": float("nan"), "n_normal": 20}, {"q": True, "n_normal": 20}, {"q": 0.99}):
         damaged = Threshold(float(t), "normal_quantile", params)
         assert guarantee_broken(_labels(), shifted, damaged) is None
+
+
+def test_train_says_when_its_threshold_rests_on_a_handful_of_images(tiny_cookies, tmp_path, capsys):
+    """30 training photos hold out 3: the 0.99 quantile of 3 scores is about their largest, and
+    a quarter of new good parts score above it; `train` said nothing of it."""
+    from anomaly.cli import main
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--method", "meandiff", "--data", str(tiny_cookies), "--out", str(run)]) == 0
+    )
+    n = RunDir(run).threshold().params["n_normal"]
+    assert n < 10
+    err = capsys.readouterr().err
+    assert f"its threshold is the 0.99 quantile of only {n} held-out good image" in err
+    assert "--val-fraction" in err and "--good-images FOLDER" in err
+
+
+def test_the_rate_said_is_the_rate_new_good_parts_see():
+    """(n - q (n - 1)) / (n + 1): the mean share of new normal scores above the quantile."""
+    from scipy.stats import norm
+
+    from anomaly.decision import few_held_out
+
+    rng = np.random.default_rng(3)
+    for n in (3, 9):
+        above = [
+            norm.sf(float(threshold_normal_quantile(rng.normal(size=n), q=0.99)))
+            for _ in range(4000)
+        ]
+        t = threshold_normal_quantile(rng.normal(size=n), q=0.99)
+        t.params["set_by"] = "train"
+        rate = (n - 0.99 * (n - 1)) / (n + 1)
+        assert abs(np.mean(above) - rate) < 0.01  # 25.5 % from 3 images, 10.8 % from 9
+        assert f"about {100 * rate:.0f} % of the time, not 1 %" in few_held_out(t, "RUN")
+    many = threshold_normal_quantile(rng.normal(size=20), q=0.99)
+    many.params["set_by"] = "train"
+    assert few_held_out(many, "RUN") is None  # 20 held out: nothing said
+    mine = threshold_normal_quantile(rng.normal(size=3), q=0.99)
+    mine.params["set_by"] = "threshold"
+    assert few_held_out(mine, "RUN") is None  # a user's own choice: not train's default
