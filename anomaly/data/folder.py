@@ -121,9 +121,9 @@ def load_image(path: str | Path, size: int | None = 256, channels=3, decode="ful
     """Read one image as a float32 tensor [channels, size, size] in [0, 1]: `channels` 1
     (grayscale, luma weights as PIL's "L") or 3 (RGB), resized by Pillow's bilinear filter to
     size x size (widened when shrinking; the aspect ratio not kept; `size=None`: the file's own;
-    exactly as an exported run's file says, `anomaly.onnx_predict.resize_channels`), a large JPEG decoded at
-    a reduced scale first with `decode` "draft" (`draft_size`); `DataError` naming an unreadable
-    file."""
+    exactly as an exported run's file says, `anomaly.onnx_predict.resize_channels`), a large
+    JPEG decoded at a reduced scale first with `decode` "draft" (`draft_size`); `DataError`
+    naming an unreadable file."""
     return image_tensor(read_image(path, draft_size(decode, size)), size, channels)
 
 
