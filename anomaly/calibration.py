@@ -100,20 +100,63 @@ def _digests(files, images: list[Path]) -> dict[str, Path]:
     return found
 
 
-def _check_readable(folder: Path, images: list[Path], config) -> None:
+KEPT_BYTES = 2**29  # decoded images kept from the readability check for predict (512 MB)
+
+
+def _read_all(folder: Path, images: list[Path], config) -> list | None:
+    """Read every image (`load_image`), naming each unreadable one in one DataError; the images
+    read, to score without decoding them again (a folder of camera JPEGs takes as long to decode
+    as to score), or None where they would take more than `KEPT_BYTES` of memory."""
     from anomaly.data.folder import load_image
 
-    bad = []
+    bad, kept, held = [], [], 0
     for p in images:
         try:
-            load_image(p, config.size, config.channels, config.decode)
+            image = load_image(p, config.size, config.channels, config.decode)
         except DataError as err:
             bad.append(str(err))
+            continue
+        held += image.numel() * image.element_size()
+        if kept is not None and held <= KEPT_BYTES:
+            kept.append(image)
+        else:
+            kept = None
     if bad:
         raise DataError(
             f"{FLAG} {folder}: {len(bad)} of its {len(images)} images cannot be read "
             "(re-save each as PNG, or delete it, then set the threshold again):\n" + "\n".join(bad)
         )
+    return kept
+
+
+class GoodImages:
+    """Image files as data set items, all good (label 0), that a detector's `predict` accepts
+    (`threshold --good-images` scores a folder of them); `decoded`: the images already read by
+    `load_image`, in order, or None to read each when it is asked for."""
+
+    def __init__(self, paths: list[Path], config, decoded: list | None = None) -> None:
+        self.paths, self.config, self.decoded = paths, config, decoded
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        from anomaly.data.folder import load_image
+
+        c = self.config
+        if self.decoded is not None:
+            image = self.decoded[i]
+        else:
+            image = load_image(self.paths[i], c.size, c.channels, c.decode)
+        return {
+            "image": image,
+            "mask": torch.zeros(image.shape[-2:]),
+            "label": 0,
+            "defect": "good",
+            "path": str(self.paths[i]),
+        }
 
 
 def calibrate_on_folder(
@@ -134,19 +177,18 @@ def calibrate_on_folder(
         (source "folder", the folder as given and resolved, n, images_sha256: a hash of every
         file name and its bytes, so a changed folder is told apart).
     """
-    from anomaly.data.folder import ImageFiles
     from anomaly.data.image_kind import warn_unlike
     from anomaly.pipeline import trained_images
 
     folder = Path(folder)
     images = images if images is not None else good_images(folder, alpha)
     config = detector.config
-    _check_readable(folder, images, config)
+    decoded = _read_all(folder, images, config)
     warn_unlike(images, trained_images(rd), config.channels, config.size)  # a threshold for them
     hashes = [sha256_file(p) for p in images]
     _refuse_training_images(rd, folder, images, hashes)
     _warn_test_images(rd, folder, images, hashes)
-    pred = detector.predict(ImageFiles(images, config.size, config.channels, config.decode))
+    pred = detector.predict(GoodImages(images, config, decoded))
     scores = np.asarray(pred.scores, np.float64)
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"{FLAG} {folder}: the detector gave NaN or inf scores to its images")

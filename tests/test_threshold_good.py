@@ -221,3 +221,28 @@ def test_a_threshold_whose_own_scores_were_edited_claims_no_guarantee(run, good)
     path.write_text(json.dumps(saved))
     with pytest.raises(RunError, match="calibration.scores .*a non-empty list of finite numbers"):
         RunDir(run).threshold()
+
+
+@pytest.mark.parametrize("kept_bytes", [2**29, 0])  # kept from the check, or read again
+def test_each_image_of_the_folder_is_decoded_once_when_it_fits(run, good, monkeypatch, kept_bytes):
+    """The folder was decoded twice, once to name every unreadable image and once to score it:
+    a folder of camera JPEGs took twice as long as it needs. Over `KEPT_BYTES` the images are
+    read again rather than held; the threshold is the same both ways."""
+    import collections
+
+    from anomaly import calibration
+    from anomaly.data import folder
+
+    reads = collections.Counter()
+    real = folder.read_image
+
+    def counted(path, *args, **kwargs):
+        reads[Path(path).name] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder, "read_image", counted)
+    monkeypatch.setattr(calibration, "KEPT_BYTES", kept_bytes)
+    t = set_threshold(run, "normal-quantile", 0.5, good_images=good)
+    names = {f.name for f in good.iterdir()}
+    assert set(reads) == names and set(reads.values()) == {1 if kept_bytes else 2}
+    assert t.value == pytest.approx(np.quantile(_scores_one_by_one(run, good), 0.5), rel=1e-5)

@@ -149,27 +149,6 @@ def image_tensor(a: np.ndarray, size: int | None, channels: int) -> torch.Tensor
     return x.clamp_(0.0, 1.0)
 
 
-class ImageFiles(Dataset):
-    """Image files as data set items, all good (label 0), that a detector's `predict` accepts:
-    `threshold --good-images` scores a folder of them."""
-
-    def __init__(self, paths: list[Path], size: int, channels: int, decode: str = "full") -> None:
-        self.paths, self.size, self.channels, self.decode = paths, size, channels, decode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        image = load_image(self.paths[i], self.size, self.channels, self.decode)
-        return {
-            "image": image,
-            "mask": torch.zeros(image.shape[-2:]),
-            "label": 0,
-            "defect": "good",
-            "path": str(self.paths[i]),
-        }
-
-
 # --- finding the files ------------------------------------------------------------------------
 
 
