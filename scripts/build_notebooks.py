@@ -291,7 +291,8 @@ NOTEBOOKS = {
         "held-out ones (taken the same way, of other parts of the same kind); it says nothing "
         'about escapes. The labelled test photos check both (the lines "on the labelled test '
         'images"; a warning follows when far more good photos are rejected than the '
-        "guarantee allows, as `score` prints it). In the shell: "
+        "guarantee allows, or than the 1 % the default threshold aims at, as `score` prints "
+        "it). In the shell: "
         "`python -m anomaly threshold --run RUN --rule conformal --value 0.05`.",
         "# NBVAL_IGNORE_OUTPUT\nprint(own.test_results(run))  # at the default threshold\n"
         "t = anomaly.set_threshold(run, 'conformal', P.alpha)  # saved: predict uses it\n"
