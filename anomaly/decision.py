@@ -222,10 +222,9 @@ def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | No
     if rule == "conformal" and guarantee_words("conformal", params):
         n, k, alpha = params.get("n"), params.get("rank"), params["alpha"]
         aim = f"the guarantee's {100 * alpha:.3g} %"
-    elif rule == "normal_quantile" and _is_rate(params.get("q")):
-        n, q = params.get("n_normal"), float(params["q"])
-        k = math.floor(q * (n - 1)) + 1 if type(n) is int and n >= 1 else None
-        alpha = 1 - q
+    elif rule == "normal_quantile" and (saved := _quantile_of(params)):
+        n, q = saved
+        k, alpha = math.floor(q * (n - 1)) + 1, 1 - q
         aim = f"the {100 * alpha:.3g} % its rule aims at (the {q:g} quantile of {n} good images)"
     else:
         return None  # no rate claimed or aimed at: nothing to test
@@ -249,9 +248,13 @@ def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | No
     )
 
 
-def _is_rate(q) -> bool:
-    """A number in [0, 1] (not a bool, not NaN): a saved quantile's q, read from a file."""
-    return isinstance(q, (int, float)) and not isinstance(q, bool) and 0 <= q <= 1
+def _quantile_of(params: dict) -> tuple[int, float] | None:
+    """(n, q) of a normal-quantile threshold's params, read from a file: n a positive int and q
+    a number in [0, 1] (not a bool, not NaN), else None."""
+    n, q = params.get("n_normal"), params.get("q")
+    if type(n) is not int or n < 1 or isinstance(q, bool) or not isinstance(q, (int, float)):
+        return None
+    return (n, float(q)) if 0 <= q <= 1 else None
 
 
 FEWEST_HELD_OUT = 10  # below it train's quantile threshold is about the largest of a handful
@@ -265,12 +268,11 @@ def few_held_out(threshold, run) -> str | None:
     the threshold about (n - h) / (n + 1): from 3 images at q 0.99, 26 %, not the 1 % the
     quantile names (from 20, 5.7 %)."""
     params = getattr(threshold, "params", None) or {}
-    n = params.get("n_normal")
     if getattr(threshold, "rule", None) != "normal_quantile" or params.get("set_by") != "train":
         return None
-    if not (_is_rate(params.get("q")) and type(n) is int and 1 <= n < FEWEST_HELD_OUT):
+    if not (saved := _quantile_of(params)) or saved[0] >= FEWEST_HELD_OUT:
         return None
-    q = float(params["q"])
+    n, q = saved
     rate = (n - q * (n - 1)) / (n + 1)
     return (
         f"note: {run}: its threshold is the {q:g} quantile of only {n} held-out good "
