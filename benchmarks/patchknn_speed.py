@@ -38,6 +38,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every command runs (anomaly/__init__.py)
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset

@@ -53,6 +53,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm and anomalib must never reach the hub
 os.environ.setdefault("TQDM_DISABLE", "1")  # anomalib's coreset bar would flood the log
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every command runs (anomaly/__init__.py)
 
 import numpy as np
 import torch

@@ -11,9 +11,12 @@ EXIF orientation). Everything anomalib writes goes into a working folder `peers.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every command runs (anomaly/__init__.py)
 
 import numpy as np
 import torch

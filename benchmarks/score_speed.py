@@ -38,6 +38,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every command runs (anomaly/__init__.py)
+
 import torch
 
 from anomaly.data import AnomalyDataset

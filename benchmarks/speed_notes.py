@@ -126,7 +126,11 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{model}; {os.cpu_count()} logical CPUs; {platform.platform()}"
+    # every script here sets PASSIVE unless the environment chose (as the commands do)
+    policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    return (
+        f"{model}; {os.cpu_count()} logical CPUs; {platform.platform()}; OMP_WAIT_POLICY {policy}"
+    )
 
 
 def versions(py: str) -> str:

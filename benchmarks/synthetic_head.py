@@ -31,7 +31,10 @@ mean and the worst set per way. Numbers are deterministic for a given suite and 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every command runs (anomaly/__init__.py)
 
 import numpy as np
 import torch

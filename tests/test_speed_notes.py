@@ -31,13 +31,15 @@ def notes_module(monkeypatch):
     return module
 
 
-def test_every_command_and_its_output_is_recorded(notes_module, tmp_path):
+def test_every_command_and_its_output_is_recorded(notes_module, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # the scripts' own policy is recorded
     notes = tmp_path / "speed-notes.md"
     notes_module.main(["--notes", str(notes), "--peers-python", sys.executable])
     text = notes.read_text()
     assert text.startswith(notes_module.HEAD)
     assert "## race: a race" in text and "| race | 1 |" in text and "| s |" in text
     assert "exit 0; load average" in text and "Machine: " in text
+    assert "OMP_WAIT_POLICY PASSIVE" in text
     # a failed command is recorded as failed, with its error, not as an empty table
     peers = text[text.index("## peers-cookies") :]
     assert "exit 1" in peers and "It failed" in peers and "no anomalib here" in peers
