@@ -186,6 +186,7 @@ def train(p: PhotoSettings, data: Path) -> Path:
     """`python -m anomaly train --data DATA --method auto --val-fraction 0.25 --out RUN`:
     trained now, or the trained run reused; then scored (`score`, which writes overlays/)."""
     from anomaly.config import Config
+    from anomaly.decision import few_held_out
     from anomaly.pipeline import score_run, train_run
 
     run = RunDir(p.run)
@@ -201,6 +202,8 @@ def train(p: PhotoSettings, data: Path) -> Path:
             train_run(config, p.run, progress=False)  # the cell prints auto's table once
         for w in caught:
             print(f"warning: {shown(w.message)}", file=sys.stderr)
+        if note := few_held_out(run.threshold(), shown(p.run)):  # as `train` says it
+            print(note, file=sys.stderr)
         print(f"trained {shown(p.run)}")
     if not run.has_metrics():
         score_run(p.run)

@@ -165,3 +165,27 @@ def test_before_after_counts_each_threshold_on_the_labelled_photos(scored_ae_run
     flagged = pred.scores >= middle
     rejected = int((flagged & (pred.labels == 0)).sum())
     assert lines[3].split()[-2] == f"{rejected}/{n_good}"
+
+
+def test_train_says_when_its_threshold_rests_on_a_handful_of_photos(
+    smoke, tmp_path, monkeypatch, capsys
+):
+    """The smoke run holds out 3 photos: the notebook says what `train` says of it (it said
+    nothing; a cheap method stands in for auto)."""
+    from dataclasses import replace
+
+    from anomaly import pipeline
+    from anomaly.runs import RunDir
+
+    _, p, data = smoke
+    trained = pipeline.train_run
+
+    def cheap(config, run, **kwargs):
+        return trained(config.replace(method="meandiff"), run, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_run", cheap)
+    p = replace(p, run=tmp_path / "run")
+    own.train(p, data)
+    n = RunDir(p.run).threshold().params["n_normal"]
+    err = capsys.readouterr().err
+    assert n < 10 and f"the 0.99 quantile of only {n} held-out good image" in err
