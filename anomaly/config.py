@@ -59,10 +59,10 @@ METHOD_DEFAULTS: dict[str, dict] = {
         # onnxruntime for the extractor when installed: same scores within 1e-4, half the CPU.
         # Every bank row is compared (the 16-cluster inverted file, --search-clusters 16, cost
         # the photo suite 0.013 of mean image AUROC in the benchmark, README "Speed"), but only
-        # 40 % of the patches: the map's low ground is interpolated (image AUROC unchanged to
-        # 0.001 on the cookies and the photo suite; docs/measurements.md)
+        # 32 % of the patches: the map's low ground is interpolated (image AUROC unchanged to
+        # 0.002 on the cookies and the photo suite, at 224 and 448 px; docs/measurements.md)
         "runtime": "auto",
-        "search_refine": 0.2,
+        "search_refine": 0.1,
         # the exact search's products in 8 bits where onnxruntime runs it: the search 0.65-0.67x
         # of float32's on the cookies, the whole predict 0.83-0.95x; image AUROC the same to 3
         # decimals on the cookies and 5 of 8 photo sets, +-0.002 on the others

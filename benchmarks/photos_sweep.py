@@ -122,7 +122,7 @@ SETTINGS: dict[str, dict] = {
     # the defaults' "auto" where onnxruntime runs), and in float32 (the defaults before 2026-12-03)
     "default-int8": {"method": "patchknn", "runtime": "onnxruntime", "search_precision": "int8"},
     "default-float32": {"method": "patchknn", "search_precision": "float32"},
-    # every patch searched (search_refine 1; the defaults search 40 % of them, the rest
+    # every patch searched (search_refine 1; the defaults search 32 % of them, the rest
     # interpolated: anomaly.detectors.knn.coarse_to_fine)
     "default-exact": {"method": "patchknn", "runtime": "onnxruntime", "search_refine": 1.0},
     "x2-6-10-exact": {**FINE_448, "search_refine": 1.0},
@@ -134,6 +134,12 @@ SETTINGS: dict[str, dict] = {
     "default-sigma1": {"method": "patchknn", "smooth_sigma": 1.0},
     # half the mirrored padding (8 px, one stride-8 cell): 0.88x the extractor's pixels
     "default-pad8": {"method": "patchknn", "feature_pad": 8},
+    # how many of the estimated patches the search refines: 10 % (the default since 2026-12-04,
+    # 32 % of the patches searched) and 20 % (the default before, 40 %); docs/measurements.md
+    "default-refine01": {"method": "patchknn", "search_refine": 0.1},
+    "default-refine02": {"method": "patchknn", "search_refine": 0.2},
+    "default-pad8-refine01": {"method": "patchknn", "feature_pad": 8, "search_refine": 0.1},
+    "x2-6-10-refine01": {**FINE_448, "search_refine": 0.1},
     # twice the pixels, one stage deeper: the same 56 x 56 grid, each cell half the image extent
     # (auto's finest candidate), and the same with the 8-bit search (within its stated bound)
     "x2-6-10": dict(FINE_448),
