@@ -54,9 +54,9 @@ def parts(py: str, peers_py: str | None, data: str, photos: str, runs: str) -> d
             [
                 argv(
                     py,
-                    f"benchmarks/patchknn_speed.py --data {data} --race default default-exact "
-                    "default-float32 default-ort-ivf16x2 default-ort-ivf16x1 --rounds 5 "
-                    "--batch-size 8 --threads 2 --search",
+                    f"benchmarks/patchknn_speed.py --data {data} --race default "
+                    "default-refine02 default-exact default-float32 default-ort-ivf16x2 "
+                    "default-ort-ivf16x1 --rounds 5 --batch-size 8 --threads 2 --search",
                 )
             ],
         ),
@@ -88,7 +88,8 @@ def parts(py: str, peers_py: str | None, data: str, photos: str, runs: str) -> d
             argv(
                 py,
                 f"benchmarks/photos_sweep.py --suite {photos} --cookies {data} --settings "
-                "default default-exact default-float32 default-ort-ivf16x2 default-ort-ivf16x1 "
+                "default default-refine02 default-exact default-float32 default-ort-ivf16x2 "
+                "default-ort-ivf16x1 "
                 "--threads 2",
             )
         ],
