@@ -4,9 +4,10 @@ the search, the map and score, and the whole predict loop of `anomaly.pipeline.s
     OMP_WAIT_POLICY=PASSIVE python benchmarks/score_speed.py                # data/cookies
     python benchmarks/score_speed.py --run /tmp/s/run --workers 0 1 2 --batch-sizes 8 16 32
 
-Trains a default patchknn run on --data into --run first when --run holds none. Then, over
---data's test images, in --rounds rounds (each round times every stage once, so a change of
-load hits all of them alike), it times:
+Trains a default patchknn run on --data into --run first when --run holds none (when it holds
+one made with other settings, into a sibling folder named after the defaults: the numbers are
+always for today's defaults). Then, over --data's test images, in --rounds rounds (each round
+times every stage once, so a change of load hits all of them alike), it times:
 
 - decode: `AnomalyDataset` items read from disk (PNG decoding, resizing, masks), no cache;
 - extractor: `PatchKNN.embed` on the decoded images, in batches of the run's batch size;
@@ -29,13 +30,15 @@ shared machine compare rows of one run, not runs of different hours.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import resource
 import shutil
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every command runs (anomaly/__init__.py)
@@ -62,13 +65,45 @@ def timed(fn) -> tuple[float, float]:
     return cpu_seconds() - c0, time.perf_counter() - t0
 
 
-def ensure_run(run: Path, data: str) -> None:
-    if (run / "model.pt").exists():
-        return
+def stale_settings(run: Path, data: str) -> list[str]:
+    """The settings of the run in `run` that differ from patchknn's defaults today."""
+    from anomaly.config import Config
+    from anomaly.runs import load_config
+
+    have = asdict(load_config(run))
+    want = asdict(Config.for_method("patchknn", data=data))
+    skip = {"data", "workers"}  # where it reads from; --workers sets the loaders here
+    return [
+        f"{k} {have[k]!r} (default {want[k]!r})"
+        for k in want
+        if k not in skip and have.get(k) != want[k]
+    ]
+
+
+def ensure_run(run: Path, data: str) -> Path:
+    """A patchknn run at today's defaults: `run` when it holds one; else one trained into `run`
+    when it is empty, or into a sibling named after the defaults when `run` holds a run made
+    with other settings (kept: a run someone trained is never overwritten or deleted)."""
     from anomaly.config import Config
 
+    if (run / "model.pt").exists():
+        stale = stale_settings(run, data)
+        if not stale:
+            return run
+        config = Config.for_method("patchknn", data=data)
+        tag = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+        fresh = run.with_name(f"{run.name}-{tag}")
+        print(
+            f"{run} was trained with other settings than today's defaults: "
+            f"{'; '.join(stale)}; using {fresh}",
+            file=sys.stderr,
+        )
+        if (fresh / "model.pt").exists() and not stale_settings(fresh, data):
+            return fresh
+        run = fresh
     print(f"training a default patchknn run on {data} into {run}", file=sys.stderr)
     train_run(Config.for_method("patchknn", data=data), run, progress=False)
+    return run
 
 
 def stages(detector, test: AnomalyDataset, batch: int) -> dict:
@@ -129,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = Path(args.run)
-    ensure_run(run, args.data)
+    run = ensure_run(Path(args.run), args.data)
     detector = load_run(run, device="cpu")
     cfg = detector.config
     shape = {"size": cfg.size, "channels": cfg.channels, "decode": cfg.decode}
@@ -170,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
             times[name].append(timed(fn))
     shutil.rmtree(scratch, ignore_errors=True)
     print(
-        f"{n} test images of {args.data} at {cfg.size} px; torch threads "
+        f"{n} test images of {args.data} at {cfg.size} px; run {run} (patchknn's defaults: "
+        f"search_refine {cfg.search_refine}, search_precision {cfg.search_precision}); torch threads "
         f"{torch.get_num_threads()}; bank {tuple(detector.bank.shape)}; {args.rounds} rounds; "
         f"load average {load[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
     )

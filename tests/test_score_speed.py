@@ -121,3 +121,35 @@ def test_predict_over_a_folder_decodes_in_batches_and_names_bad_files(
     overlays = [Path(r["overlay"]) for r in scored]
     assert len(set(overlays)) == len(overlays)
     assert all(o.parent == tmp_path / "overlays" and o.exists() for o in overlays)
+
+
+def test_score_speed_measures_todays_defaults_and_keeps_an_older_run(tmp_path, monkeypatch):
+    """A run left by an earlier `make speed-notes` under older defaults was timed as if it were
+    today's (search_refine 0.2 and a float32 search, after the defaults had moved on)."""
+    import importlib.util
+    from dataclasses import replace
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "score_speed.py"
+    spec = importlib.util.spec_from_file_location("score_speed", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trained = []
+
+    def fake_train(config, run, progress=False):
+        trained.append(Path(run))
+        Path(run).mkdir(parents=True)
+        config.save(Path(run) / "config.json")
+        (Path(run) / "model.pt").write_bytes(b"weights")
+
+    monkeypatch.setattr(module, "train_run", fake_train)
+    old = tmp_path / "run"
+    fake_train(replace(Config.for_method("patchknn", data="d"), search_refine=0.2), old)
+    trained.clear()
+    used = module.ensure_run(old, "d")
+    assert used != old and used.parent == old.parent and trained == [used]
+    assert (old / "model.pt").read_bytes() == b"weights"  # the older run is kept as it was
+    assert module.stale_settings(old, "d") == ["search_refine 0.2 (default 0.1)"]
+    assert module.ensure_run(old, "d") == used and len(trained) == 1  # reused, not retrained
+    assert module.ensure_run(used, "d") == used and len(trained) == 1
+    empty = tmp_path / "new"
+    assert module.ensure_run(empty, "d") == empty and trained[-1] == empty
