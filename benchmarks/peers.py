@@ -33,10 +33,7 @@ Fair by construction:
   in `--rounds` interleaved rounds (the order rotates each round),
   reported as median and minimum; `ratio` divides a method's median by that of the MobileNetV2
   backbone alone (features.0-13 as PatchCore runs it, ImageNet normalisation included) at the same
-  size. The backbone's cost moves with what else ran in the process (up to 1.6x more after
-  PaDiM's fit and predict; docs/measurements.md), so with `backbone` among the methods it is
-  also timed on the same images in a process of its own that runs nothing else
-  (`backbone, own process`), and `ratio alone` divides by that median. `patchknn-onnx` is this project's patchknn exported by `anomaly.export` and run by
+  size. `patchknn-onnx` is this project's patchknn exported by `anomaly.export` and run by
   onnxruntime, one image per call (`patchknn` runs batches of `--batch`).
 
 Prints one table (Markdown) and writes it with every timing to OUT/peers.json.
@@ -60,8 +57,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every command runs (an
 
 import numpy as np
 import torch
-from peers_models import Predict, fit_anomalib, staged_train
-from peers_timing import fit_backbone, time_backbone_alone, time_rounds
+from peers_models import BACKBONE_NODES, Predict, Stages, fit_anomalib, staged_train
 
 from anomaly.config import Config
 from anomaly.data import AnomalyDataset
@@ -97,6 +93,20 @@ def spread(kinds: list[str], n: int) -> np.ndarray:
 
 
 # --- the methods: each returns (predict, fit wall s, fit CPU s) ------------------------------
+def fit_backbone(root: Path, size: int, args) -> tuple[Predict, float, float]:
+    from anomaly.features import IMAGENET_MEAN, IMAGENET_STD
+
+    stages = Stages(BACKBONE_NODES)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def predict(x):
+        stages((x - mean) / std)
+
+    return predict, 0.0, 0.0
+
+
 def fit_features(method: str, root: Path, size: int, args) -> tuple[Predict, float, float]:
     """patchknn's feature extractor alone, eager or exported (any batch) to onnxruntime."""
     import warnings
@@ -206,6 +216,23 @@ def evaluate(predict: Predict, images, masks, labels, known, batch: int) -> dict
     return out
 
 
+def time_rounds(predicts: dict[str, Predict], images, rounds: int, batch: int) -> dict:
+    """CPU ms per image of each method, `rounds` times, interleaved (order rotates)."""
+    names = list(predicts)
+    cpu = {n: [] for n in names}
+    wall = {n: [] for n in names}
+    for n in names:  # warm-up: first calls allocate and pick kernels
+        predicts[n](images[:batch])
+    for r in range(rounds):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            w, c = time.perf_counter(), time.process_time()
+            for i in range(0, len(images), batch):
+                predicts[n](images[i : i + batch])
+            cpu[n].append((time.process_time() - c) * 1000 / len(images))
+            wall[n].append((time.perf_counter() - w) * 1000 / len(images))
+    return {n: {"cpu_ms": cpu[n], "wall_ms": wall[n]} for n in names}
+
+
 def _fmt(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -213,15 +240,15 @@ def _fmt(v, digits: int = 3) -> str:
 def table(rows: list[dict]) -> str:
     head = (
         "| method | image AUROC | pixel AUROC | AUPRO | fit s (CPU s) | predict CPU ms/image "
-        "median (min) | ratio to backbone | ratio alone |"
+        "median (min) | ratio to backbone |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 7]
     for r in rows:
         lines.append(
             f"| {r['method']} | {_fmt(r.get('image_auroc'))} | "
             f"{_fmt(r.get('pixel_auroc'))} | {_fmt(r.get('aupro'))} | "
             f"{r['fit_s']:.1f} ({r['fit_cpu_s']:.1f}) | {r['cpu_ms_median']:.2f} "
-            f"({r['cpu_ms_min']:.2f}) | {_fmt(r.get('ratio'), 2)} | {_fmt(r.get('ratio_alone'), 2)} |"
+            f"({r['cpu_ms_min']:.2f}) | {_fmt(r.get('ratio'), 2)} |"
         )
     notes = [f"{r['method']}: {r['note']}, so no accuracy" for r in rows if r.get("note")]
     return "\n".join(lines + notes)
@@ -424,19 +451,12 @@ def run(args, methods: list[str]) -> int:
         )
     timings = time_rounds(predicts, timed, args.rounds, args.batch)
     base = statistics.median(timings["backbone"]["cpu_ms"]) if "backbone" in timings else None
-    alone = time_backbone_alone(timed, args) if "backbone" in timings else None
-    if alone:
-        rows["backbone, own process"] = {"method": "backbone, own process", "fit_s": 0.0}
-        rows["backbone, own process"]["fit_cpu_s"] = 0.0
-        timings["backbone, own process"] = alone
-    base_alone = statistics.median(alone["cpu_ms"]) if alone else None
     for m, t in timings.items():
         med = statistics.median(t["cpu_ms"])
         rows[m].update(
             cpu_ms_median=med,
             cpu_ms_min=min(t["cpu_ms"]),
             ratio=med / base if base else None,
-            ratio_alone=med / base_alone if base_alone else None,
             wall_ms_median=statistics.median(t["wall_ms"]),
             **t,
         )

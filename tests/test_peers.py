@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.fixture
 def peers(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name in ("peers", "peers_models", "peers_timing"):
+    for name in ("peers", "peers_models"):
         sys.modules.pop(name, None)
     import peers
 
@@ -150,50 +150,3 @@ def test_a_method_giving_nan_scores_is_said_and_the_others_still_measured(
     n = len(peers.load_test(tiny_cookies, 32)[0])
     said = f"patchknn-onnx: {n} of {n} image scores NaN or infinite, so no accuracy"
     assert by["patchknn-onnx"]["note"] in said and said in capsys.readouterr().out
-
-
-def test_the_backbone_is_also_timed_in_a_process_of_its_own(peers, tiny_cookies, tmp_path, capsys):
-    """The backbone's cost moved with what else ran in the process (1.6x after PaDiM), so the
-    ratio to it could look met or not by the methods chosen: it is timed alone as well."""
-    out = tmp_path / "out"
-    assert _run(peers, tiny_cookies, out, "--methods", "backbone,patchknn") == 0
-    by = {r["method"]: r for r in json.loads((out / "peers.json").read_text())["rows"]}
-    alone = by["backbone, own process"]
-    assert len(alone["cpu_ms"]) == 1 and alone["cpu_ms_median"] > 0  # --rounds 1
-    assert alone["ratio_alone"] == pytest.approx(1.0)
-    for m in ("backbone", "patchknn"):
-        want = by[m]["cpu_ms_median"] / alone["cpu_ms_median"]
-        assert by[m]["ratio_alone"] == pytest.approx(want)
-    assert "| backbone, own process |" in capsys.readouterr().out
-
-
-def test_a_failed_own_process_leaves_the_interleaved_ratios(
-    peers, tiny_cookies, tmp_path, capsys, monkeypatch
-):
-    import subprocess
-
-    import peers_timing
-
-    def fail(cmd, **kw):
-        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback\nMemoryError: boom")
-
-    monkeypatch.setattr(peers_timing.subprocess, "run", fail)
-    out = tmp_path / "out"
-    assert _run(peers, tiny_cookies, out, "--methods", "backbone,patchknn") == 0
-    by = {r["method"]: r for r in json.loads((out / "peers.json").read_text())["rows"]}
-    assert "backbone, own process" not in by and by["patchknn"]["ratio_alone"] is None
-    assert by["patchknn"]["ratio"] > 0
-    assert "the backbone in its own process failed: MemoryError: boom" in capsys.readouterr().err
-
-
-def test_the_suite_summary_gives_both_ratios(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import peers_summary
-
-    for name, (ratio, alone) in {"a": (0.3, 0.5), "b": (0.4, 0.6), "c": (0.5, None)}.items():
-        row = {"method": "patchknn", "image_auroc": 0.9, "ratio": ratio, "ratio_alone": alone}
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "peers.json").write_text(json.dumps({"rows": [row]}))
-    runs, _ = peers_summary.load_runs(tmp_path)
-    line = peers_summary.summary_table(runs).splitlines()[2]
-    assert line.endswith("| 0.40 | 0.55 |"), line
