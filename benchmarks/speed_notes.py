@@ -89,8 +89,7 @@ def parts(py: str, peers_py: str | None, data: str, photos: str, runs: str) -> d
                 py,
                 f"benchmarks/photos_sweep.py --suite {photos} --cookies {data} --settings "
                 "default default-refine02 default-exact default-float32 default-ort-ivf16x2 "
-                "default-ort-ivf16x1 "
-                "--threads 2",
+                "default-ort-ivf16x1 --threads 2",
             )
         ],
     )
