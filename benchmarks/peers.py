@@ -29,12 +29,13 @@ Fair by construction:
   metrics (as `score` leaves it out); `patchknn` decodes JPEGs in full here (`decode=full`,
   as every method's test images are), unless `--patchknn-set decode=draft`;
 - speed is CPU time of this process per test image (`time.process_time`, all threads), the images
-  already decoded and in memory (`--timing-images` of them, spread over the test set's kinds),
-  in `--rounds` interleaved rounds (the order rotates each round),
-  reported as median and minimum; `ratio` divides a method's median by that of the MobileNetV2
-  backbone alone (features.0-13 as PatchCore runs it, ImageNet normalisation included) at the same
-  size. `patchknn-onnx` is this project's patchknn exported by `anomaly.export` and run by
-  onnxruntime, one image per call (`patchknn` runs batches of `--batch`).
+  already decoded and in memory (`--timing-images` of them, spread over the test set's kinds), in
+  `--rounds` interleaved rounds (the order rotates each round), median and minimum; `ratio`
+  divides a method's median by that of the MobileNetV2 backbone alone (features.0-13 as PatchCore
+  runs it, ImageNet normalisation included) at the same size. Its system part is shown too
+  (torch's page faults for fresh buffers, which what ran before in the process moves:
+  docs/measurements.md); `user-time ratio` divides user time alone. `patchknn-onnx` is this
+  project's patchknn exported by `anomaly.export` and run by onnxruntime, one image per call.
 
 Prints one table (Markdown) and writes it with every timing to OUT/peers.json.
 """
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -216,21 +218,27 @@ def evaluate(predict: Predict, images, masks, labels, known, batch: int) -> dict
     return out
 
 
+def _clocks() -> tuple[float, float, float, float]:
+    """(CPU, wall, user, system) seconds of this process so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return time.process_time(), time.perf_counter(), ru.ru_utime, ru.ru_stime
+
+
 def time_rounds(predicts: dict[str, Predict], images, rounds: int, batch: int) -> dict:
-    """CPU ms per image of each method, `rounds` times, interleaved (order rotates)."""
+    """CPU, wall, user and system ms per image of each method, `rounds` times, interleaved
+    (the order rotates)."""
     names = list(predicts)
-    cpu = {n: [] for n in names}
-    wall = {n: [] for n in names}
+    out = {n: {"cpu_ms": [], "wall_ms": [], "user_ms": [], "system_ms": []} for n in names}
     for n in names:  # warm-up: first calls allocate and pick kernels
         predicts[n](images[:batch])
     for r in range(rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            w, c = time.perf_counter(), time.process_time()
+            start = _clocks()
             for i in range(0, len(images), batch):
                 predicts[n](images[i : i + batch])
-            cpu[n].append((time.process_time() - c) * 1000 / len(images))
-            wall[n].append((time.perf_counter() - w) * 1000 / len(images))
-    return {n: {"cpu_ms": cpu[n], "wall_ms": wall[n]} for n in names}
+            for key, a, b in zip(out[n], start, _clocks(), strict=True):
+                out[n][key].append((b - a) * 1000 / len(images))
+    return out
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -240,15 +248,16 @@ def _fmt(v, digits: int = 3) -> str:
 def table(rows: list[dict]) -> str:
     head = (
         "| method | image AUROC | pixel AUROC | AUPRO | fit s (CPU s) | predict CPU ms/image "
-        "median (min) | ratio to backbone |"
+        "median (min) | ratio to backbone | of it system ms | user-time ratio |"
     )
-    lines = [head, "|" + "---|" * 7]
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(
             f"| {r['method']} | {_fmt(r.get('image_auroc'))} | "
             f"{_fmt(r.get('pixel_auroc'))} | {_fmt(r.get('aupro'))} | "
             f"{r['fit_s']:.1f} ({r['fit_cpu_s']:.1f}) | {r['cpu_ms_median']:.2f} "
-            f"({r['cpu_ms_min']:.2f}) | {_fmt(r.get('ratio'), 2)} |"
+            f"({r['cpu_ms_min']:.2f}) | {_fmt(r.get('ratio'), 2)} | "
+            f"{r['system_ms_median']:.2f} | {_fmt(r.get('user_ratio'), 2)} |"
         )
     notes = [f"{r['method']}: {r['note']}, so no accuracy" for r in rows if r.get("note")]
     return "\n".join(lines + notes)
@@ -330,20 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--size", type=int, help="image side for everyone (default: patchknn's)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    p.add_argument(
-        "--timing-images",
-        type=int,
-        default=40,
-        help="test images timed per round (all are scored for the metrics)",
-    )
+    p.add_argument("--timing-images", type=int, default=40, help="test images timed per round")
     p.add_argument("--batch", type=int, default=8, help="images per predict call")
     p.add_argument("--fastflow-epochs", type=int, default=10)
-    p.add_argument(
-        "--patchcore-coreset",
-        type=float,
-        default=0.1,
-        help="anomalib PatchCore's coreset_sampling_ratio (its default 0.1)",
-    )
+    p.add_argument("--patchcore-coreset", type=float, default=0.1, help="anomalib's default 0.1")
     p.add_argument(
         "--patchknn-set",
         nargs="+",
@@ -451,12 +450,15 @@ def run(args, methods: list[str]) -> int:
         )
     timings = time_rounds(predicts, timed, args.rounds, args.batch)
     base = statistics.median(timings["backbone"]["cpu_ms"]) if "backbone" in timings else None
+    user = statistics.median(timings["backbone"]["user_ms"]) if "backbone" in timings else None
     for m, t in timings.items():
         med = statistics.median(t["cpu_ms"])
         rows[m].update(
             cpu_ms_median=med,
             cpu_ms_min=min(t["cpu_ms"]),
             ratio=med / base if base else None,
+            system_ms_median=statistics.median(t["system_ms"]),
+            user_ratio=statistics.median(t["user_ms"]) / user if user else None,
             wall_ms_median=statistics.median(t["wall_ms"]),
             **t,
         )

@@ -5,9 +5,10 @@
 Reads RUNS_ROOT/<set>/peers.json (one `benchmarks/peers.py` run per set) and prints two tables:
 per method, the mean and worst image AUROC over the sets (naming the worst set), the mean pixel
 AUROC and AUPRO, and the median over the sets of the predict CPU per image divided by that of
-the MobileNetV2 backbone alone in the same run; then the image AUROC of every method on every
-set. Methods timed without a backbone row, or not run on some set, show `-` where a value is
-missing; means are over the sets where the method ran (the `sets` column counts them). Ends with
+the MobileNetV2 backbone alone in the same run (and of user time alone, without the page faults
+whose number what ran before in the process sets); then the image AUROC of every method on every set.
+Methods timed without a backbone row, or not run on some set, show `-` where a value is missing;
+means are over the sets where the method ran (the `sets` column counts them). Ends with
 each run's 1-minute load average, as peers.py recorded it when the run finished.
 """
 
@@ -43,9 +44,9 @@ def summary_table(runs: dict[str, dict[str, dict]]) -> str:
     methods = list(dict.fromkeys(m for rows in runs.values() for m in rows))
     head = (
         "| method | sets | mean image AUROC | worst image AUROC (set) | mean pixel AUROC "
-        "| mean AUPRO | median ratio to backbone |"
+        "| mean AUPRO | median ratio to backbone | median user-time ratio |"
     )
-    lines = [head, "|" + "---|" * 7]
+    lines = [head, "|" + "---|" * 8]
     for m in methods:
         got = {s: rows[m] for s, rows in runs.items() if m in rows}
         image = {s: r["image_auroc"] for s, r in got.items() if r.get("image_auroc") is not None}
@@ -55,10 +56,12 @@ def summary_table(runs: dict[str, dict[str, dict]]) -> str:
         pixel = [r["pixel_auroc"] for r in got.values() if r.get("pixel_auroc") is not None]
         pro = [r["aupro"] for r in got.values() if r.get("aupro") is not None]
         ratios = [r["ratio"] for r in got.values() if r.get("ratio") is not None]
+        user = [r["user_ratio"] for r in got.values() if r.get("user_ratio") is not None]
         lines.append(
             f"| {m} | {len(image)} | {_fmt(_mean(list(image.values())))} | "
             f"{image[worst]:.3f} ({worst}) | {_fmt(_mean(pixel))} | {_fmt(_mean(pro))} | "
-            f"{_fmt(statistics.median(ratios) if ratios else None, 2)} |"
+            f"{_fmt(statistics.median(ratios) if ratios else None, 2)} | "
+            f"{_fmt(statistics.median(user) if user else None, 2)} |"
         )
     return "\n".join(lines)
 

@@ -150,3 +150,32 @@ def test_a_method_giving_nan_scores_is_said_and_the_others_still_measured(
     n = len(peers.load_test(tiny_cookies, 32)[0])
     said = f"patchknn-onnx: {n} of {n} image scores NaN or infinite, so no accuracy"
     assert by["patchknn-onnx"]["note"] in said and said in capsys.readouterr().out
+
+
+def test_cpu_time_is_split_into_user_and_system(peers, tiny_cookies, tmp_path, capsys):
+    """The backbone's CPU time moved 1.6x with what else ran in the process, nearly all of it
+    system time (page faults for torch's buffers): the split and a user-time ratio are given."""
+    out = tmp_path / "out"
+    assert _run(peers, tiny_cookies, out, "--methods", "backbone,patchknn") == 0
+    by = {r["method"]: r for r in json.loads((out / "peers.json").read_text())["rows"]}
+    for r in by.values():
+        assert len(r["user_ms"]) == len(r["system_ms"]) == len(r["cpu_ms"]) == 1  # --rounds 1
+        assert r["user_ms"][0] + r["system_ms"][0] == pytest.approx(r["cpu_ms"][0], rel=0.1, abs=1)
+        assert r["system_ms_median"] == r["system_ms"][0]
+    assert by["backbone"]["user_ratio"] == pytest.approx(1.0)
+    want = by["patchknn"]["user_ms"][0] / by["backbone"]["user_ms"][0]
+    assert by["patchknn"]["user_ratio"] == pytest.approx(want)
+    assert "| of it system ms | user-time ratio |" in capsys.readouterr().out
+
+
+def test_the_suite_summary_gives_both_ratios(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import peers_summary
+
+    for name, (ratio, user) in {"a": (0.3, 0.5), "b": (0.4, 0.6), "c": (0.5, None)}.items():
+        row = {"method": "patchknn", "image_auroc": 0.9, "ratio": ratio, "user_ratio": user}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "peers.json").write_text(json.dumps({"rows": [row]}))
+    runs, _ = peers_summary.load_runs(tmp_path)
+    line = peers_summary.summary_table(runs).splitlines()[2]
+    assert line.endswith("| 0.40 | 0.55 |"), line
