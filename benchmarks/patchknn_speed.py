@@ -17,8 +17,10 @@ setting's whole `predict` on the test images already decoded in memory, next to 
 yardsticks on the same images: torchvision's model as anomalib's PatchCore runs it (features.0-13,
 eager, batch norms unfolded, ImageNet normalisation), torchvision's whole model (classifier
 included), and the package's folded features.0-17 (`photos_sweep.py`'s `mnv2_ms`). It prints CPU
-ms per image (median and minimum over the rounds; all threads of this process) and each
-setting's ratio to each yardstick's median, with image AUROC and fit time. `--search` also times
+ms per image (median and minimum over the rounds; all threads of this process), its system
+part, each setting's ratio to each yardstick's median, and the ratio of user time alone to
+anomalib's features.0-13's (torch's page faults, which what ran before in the process moves, are
+system time: docs/measurements.md), with image AUROC and fit time. `--search` also times
 each setting's nearest-neighbour search alone (`<setting> search`: `patch_scores` on the test
 images' patch features, extracted once before the rounds), in the same rounds.
 
@@ -265,19 +267,25 @@ def race(args) -> None:
         forward(images[: args.batch_size])  # warm-up
         entries[name] = lambda f=forward: f(images)
     names = list(entries)
-    cpu = {k: [] for k in names}
+    cpu, user, system = ({k: [] for k in names} for _ in range(3))
     for r in range(args.rounds):
         for k in names[r % len(names) :] + names[: r % len(names)]:
-            c0 = time.process_time()
+            u0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
             entries[k]()
-            cpu[k].append(1000 * (time.process_time() - c0) / n)
+            c, u1 = time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF)
+            cpu[k].append(1000 * c / n)
+            user[k].append(1000 * (u1.ru_utime - u0.ru_utime) / n)
+            system[k].append(1000 * (u1.ru_stime - u0.ru_stime) / n)
     med = {k: statistics.median(v) for k, v in cpu.items()}
+    med_user = {k: statistics.median(v) for k, v in user.items()}
+    first = next(iter(refs))  # anomalib's features.0-13: the user-time ratio's yardstick
     print(
         f"{n} test images of {args.data}, yardsticks at {size} px (settings at their own "
         f"sizes), {args.rounds} interleaved rounds, {args.threads} threads, torch "
         f"{torch.__version__}, load average after {os.getloadavg()[0]:.1f}"
     )
-    head = ["name", "image AUROC", "fit s (CPU s)", "CPU ms/img median (min)", *refs]
+    head = ["name", "image AUROC", "fit s (CPU s)", "CPU ms/img median (min)", "of it system ms"]
+    head += [*refs, f"user-time to {first}"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for k in names:
@@ -285,8 +293,10 @@ def race(args) -> None:
         auroc = "-" if i.get("image_auroc") is None else f"{i['image_auroc']:.3f}"
         fit = f"{i['fit_s']:.1f} ({i['fit_cpu_s']:.1f})" if i else "-"
         ratios = [f"{med[k] / med[ref]:.2f}" for ref in refs]
+        ratios.append(f"{med_user[k] / med_user[first]:.2f}")
         print(
-            f"| {k} | {auroc} | {fit} | {med[k]:.2f} ({min(cpu[k]):.2f}) | {' | '.join(ratios)} |"
+            f"| {k} | {auroc} | {fit} | {med[k]:.2f} ({min(cpu[k]):.2f}) | "
+            f"{statistics.median(system[k]):.2f} | {' | '.join(ratios)} |"
         )
 
 

@@ -137,3 +137,24 @@ def test_auto_runtime_uses_onnxruntime_when_installed_else_torch(exact, monkeypa
     bare.load_state_dict(exact.state_dict())
     bare.predict_batch(images)
     assert not bare._sessions  # torch ran the backbone, nothing was asked to install
+
+
+def test_the_race_splits_cpu_time_into_user_and_system(tiny_cookies, capsys, monkeypatch):
+    """The yardstick's CPU time moved 1.6x with what else ran in the process, nearly all of it
+    system time (page faults): the race shows the system part and a user-time ratio."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "patchknn_speed.py"
+    monkeypatch.syspath_prepend(str(script.parent))
+    spec = importlib.util.spec_from_file_location("patchknn_speed", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--data", str(tiny_cookies), "--race", "default", "--rounds", "1", "--threads", "1"]
+    module.main([*argv, "--batch-size", "4"])
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[4] == "of it system ms" and head[-1] == "user-time to mnv2 0-13 (anomalib)"
+    rows = {r[0]: r for r in ([c.strip() for c in x.strip("|").split("|")] for x in lines[2:])}
+    assert float(rows["mnv2 0-13 (anomalib)"][-1]) == 1.0
+    assert 0 < float(rows["default"][-1]) and float(rows["default"][4]) >= 0
