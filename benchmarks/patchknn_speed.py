@@ -228,6 +228,7 @@ def race(args) -> None:
     import statistics
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from cpu_clocks import clocks
     from photos_sweep import SETTINGS
 
     from anomaly.config import Config
@@ -270,12 +271,12 @@ def race(args) -> None:
     cpu, user, system = ({k: [] for k in names} for _ in range(3))
     for r in range(args.rounds):
         for k in names[r % len(names) :] + names[: r % len(names)]:
-            u0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
+            start = clocks()
             entries[k]()
-            c, u1 = time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF)
+            c, _, u, s = (b - a for a, b in zip(start, clocks(), strict=True))
             cpu[k].append(1000 * c / n)
-            user[k].append(1000 * (u1.ru_utime - u0.ru_utime) / n)
-            system[k].append(1000 * (u1.ru_stime - u0.ru_stime) / n)
+            user[k].append(1000 * u / n)
+            system[k].append(1000 * s / n)
     med = {k: statistics.median(v) for k, v in cpu.items()}
     med_user = {k: statistics.median(v) for k, v in user.items()}
     first = next(iter(refs))  # anomalib's features.0-13: the user-time ratio's yardstick

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -59,6 +58,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every command runs (an
 
 import numpy as np
 import torch
+from cpu_clocks import clocks
 from peers_models import BACKBONE_NODES, Predict, Stages, fit_anomalib, staged_train
 
 from anomaly.config import Config
@@ -218,12 +218,6 @@ def evaluate(predict: Predict, images, masks, labels, known, batch: int) -> dict
     return out
 
 
-def _clocks() -> tuple[float, float, float, float]:
-    """(CPU, wall, user, system) seconds of this process so far."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return time.process_time(), time.perf_counter(), ru.ru_utime, ru.ru_stime
-
-
 def time_rounds(predicts: dict[str, Predict], images, rounds: int, batch: int) -> dict:
     """CPU, wall, user and system ms per image of each method, `rounds` times, interleaved
     (the order rotates)."""
@@ -233,10 +227,10 @@ def time_rounds(predicts: dict[str, Predict], images, rounds: int, batch: int) -
         predicts[n](images[:batch])
     for r in range(rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            start = _clocks()
+            start = clocks()
             for i in range(0, len(images), batch):
                 predicts[n](images[i : i + batch])
-            for key, a, b in zip(out[n], start, _clocks(), strict=True):
+            for key, a, b in zip(out[n], start, clocks(), strict=True):
                 out[n][key].append((b - a) * 1000 / len(images))
     return out
 

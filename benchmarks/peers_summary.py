@@ -6,9 +6,9 @@ Reads RUNS_ROOT/<set>/peers.json (one `benchmarks/peers.py` run per set) and pri
 per method, the mean and worst image AUROC over the sets (naming the worst set), the mean pixel
 AUROC and AUPRO, and the median over the sets of the predict CPU per image divided by that of
 the MobileNetV2 backbone alone in the same run (and of user time alone, without the page faults
-whose number what ran before in the process sets); then the image AUROC of every method on every set.
-Methods timed without a backbone row, or not run on some set, show `-` where a value is missing;
-means are over the sets where the method ran (the `sets` column counts them). Ends with
+whose number what ran before in the process sets); then the image AUROC of every method on every
+set. Methods timed without a backbone row, or not run on some set, show `-` where a value is
+missing; means are over the sets where the method ran (the `sets` column counts them). Ends with
 each run's 1-minute load average, as peers.py recorded it when the run finished.
 """
 

@@ -205,9 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     print(
         f"{n} test images of {args.data} at {cfg.size} px; run {run} (patchknn's defaults: "
-        f"search_refine {cfg.search_refine}, search_precision {cfg.search_precision}); torch threads "
-        f"{torch.get_num_threads()}; bank {tuple(detector.bank.shape)}; {args.rounds} rounds; "
-        f"load average {load[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+        f"search_refine {cfg.search_refine}, search_precision {cfg.search_precision}); "
+        f"torch threads {torch.get_num_threads()}; bank {tuple(detector.bank.shape)}; "
+        f"{args.rounds} rounds; load average {load[0]:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end"
     )
     print(f"{'stage':<24}{'CPU ms/img':>12}{'wall img/s':>12}")
     for name, rows in times.items():
