@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from anomaly.data.image_kind import read_rgb
+from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
 from anomaly.safe_files import (
     marked_overlay,
@@ -329,14 +330,17 @@ def save_overlays(
         names.append(name)
     record: dict[str, str | None] = dict.fromkeys(names)  # None: written, or being written
     write_json(out_dir / WRITTEN, record)
-    for i, name in enumerate(names):
+
+    def write(i: int) -> str:
         image = images[i] if images is not None else read_rgb(pred.paths[i])
         if image is None:  # the file went away: show the map's size in grey
             image = np.full(pred.maps.shape[1:], 0.5, np.float32)
         rgb = prediction_overlay(pred, i, image, scale, threshold)
-        save_png(
-            Image.fromarray(rgb), out_dir / name, compress_level=PNG_LEVEL, pnginfo=overlay_mark()
-        )
-        record[name] = sha256_file(out_dir / name)
+        path = out_dir / names[i]
+        save_png(Image.fromarray(rgb), path, compress_level=PNG_LEVEL, pnginfo=overlay_mark())
+        return sha256_file(path)
+
+    # one image per core at a time: decoding, painting and PNG encoding run outside Python's lock
+    record.update(zip(names, in_threads(write, range(len(names)))))
     write_json(out_dir / WRITTEN, record)
     return [out_dir / name for name in names]

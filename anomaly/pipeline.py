@@ -329,14 +329,14 @@ def score_run(
             )
         pred.meta.update(run=str(run), data=data, out=str(dest))
         pred.meta.update(threshold_file.model_record(rd.file(rd.MODEL)))  # the model that scored
-        metrics = evaluate(pred)
-        metrics["predict_images_per_s"] = len(pred) / seconds
-        metrics["threshold"] = threshold.value if threshold is not None else None
-        scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # the pixel threshold
         earlier = None if dest is rd else _scored_data(dest.path)  # --out: other data's?
         if dest is not rd:  # made now, and never through a link
             output_folder(dest.path)
-        dest.save_predictions(pred)
+        with dest.predictions_meanwhile(pred):  # in place once the metrics are made
+            metrics = evaluate(pred)
+            scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # pixel threshold
+        metrics["predict_images_per_s"] = len(pred) / seconds
+        metrics["threshold"] = threshold.value if threshold is not None else None
         dest.save_scores(pred)
         dest.save_metrics(metrics)
         if overlays:
@@ -411,8 +411,9 @@ def _trained(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
 
 def decoding_loader(data, config: Config, collate_fn=None, workers: int | None = None):
     """`data` in batches of `config.batch_size`, decoded by `workers` processes (default the
-    run's `config.workers`) while the model scores (in this process when 0)."""
-    from torch.utils.data import DataLoader
+    run's `config.workers`) while the model scores (by a thread of this process when 0:
+    `anomaly.prefetch.read_ahead_loader`)."""
+    from anomaly.prefetch import read_ahead_loader
 
     workers = config.workers if workers is None else check_workers(workers)
     cores = os.cpu_count() or 1
@@ -423,7 +424,7 @@ def decoding_loader(data, config: Config, collate_fn=None, workers: int | None =
             stacklevel=2,
         )
         workers = cores
-    return DataLoader(
+    return read_ahead_loader()(
         data, batch_size=config.batch_size, num_workers=workers, collate_fn=collate_fn
     )
 

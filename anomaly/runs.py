@@ -46,6 +46,7 @@ from anomaly.run_lock import check_not_in_use, folder_lock
 from anomaly.safe_files import (
     RunError,
     _atomic,
+    atomic_meanwhile,
     finite,
     marked_overlay,
     output_folder,
@@ -125,8 +126,7 @@ class RunDir(CheckpointFiles):
     def __fspath__(self) -> str:
         return str(self.path)
 
-    def __str__(self) -> str:
-        return str(self.path)
+    __str__ = __fspath__
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -403,8 +403,9 @@ class RunDir(CheckpointFiles):
         with open(self.file(self.SCORES), newline="") as f:
             return list(csv.DictReader(f))
 
-    def save_predictions(self, pred) -> Path:
-        return _atomic(self.file(self.PREDICTIONS), pred.save)
+    def predictions_meanwhile(self, pred):
+        """predictions.npz, written by a thread while the `with` block runs (`atomic_meanwhile`)"""
+        return atomic_meanwhile(self.file(self.PREDICTIONS), pred.save)
 
     def predictions(self):
         from anomaly.detectors.base import Predictions

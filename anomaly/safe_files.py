@@ -30,11 +30,22 @@ class RunError(ValueError):
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write `path` through a temporary file in its folder (`temporary_beside`), then rename it
     into place; a full disk is a RunError naming the file (the old one, if any, is intact)."""
+    with _disk_full_named(path), temporary_beside(path) as (fd, _):
+        _write_all(fd, write)
+    return path
+
+
+def _write_all(fd: int, write: Callable[[io.BufferedWriter], None]) -> None:
+    with os.fdopen(fd, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _disk_full_named(path: Path) -> Iterator[None]:
     try:
-        with temporary_beside(path) as (fd, _), os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield
     except (OSError, RuntimeError) as err:  # torch.save says ENOSPC as a RuntimeError
         if not _disk_full(err, path.parent):
             raise
@@ -43,7 +54,28 @@ def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
             "any, is as it was). Free space, then run the command again (an interrupted "
             "training: with --resume)"
         ) from None
-    return path
+
+
+@contextlib.contextmanager
+def atomic_meanwhile(path: Path, write: Callable[[io.BufferedWriter], None]) -> Iterator[None]:
+    """`_atomic(path, write)` done by a thread while the block runs (compressing with zlib and
+    numpy's conversions let go of Python's lock, so on two cores the two overlap). The file
+    replaces `path` when both have ended without error; if either fails, its temporary file is
+    removed and `path` is as it was (the block's error is the one raised)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="anomaly-write") as pool,
+        _disk_full_named(path),
+        temporary_beside(path) as (fd, _),
+    ):
+        writing = pool.submit(_write_all, fd, write)
+        try:
+            yield
+        finally:
+            error = writing.exception()  # waits: the file is closed before it is renamed or removed
+        if error is not None:
+            raise error
 
 
 def _disk_full(err: Exception, folder: Path) -> bool:

@@ -19,8 +19,9 @@ times every stage once, so a change of load hits all of them alike), it times:
 - predict: `detector.predict` over `pipeline.decoding_loader` (what `score` times as
   predict_images_per_s), for every --workers and --batch-sizes; with --torch-search also with
   the search in torch (as before the search ran in onnxruntime), at 0 workers;
-- score: the whole `score_run` without overlays (predictions.npz, scores.csv, metrics), once
-  per round at the run's own settings.
+- score: the whole `score_run` without overlays (predictions.npz, scores.csv, metrics), and
+  with them (the command's default: one PNG per test image), once per round at the run's own
+  settings.
 
 Columns: CPU ms per image (this process and its reaped children: the decoding workers; median
 over the rounds), wall images/s (median), and the load average when the rounds began. On a
@@ -191,12 +192,13 @@ def main(argv: list[str] | None = None) -> None:
                 pieces[f"predict w{w} b{bs}" + (" torch" if search == "torch" else "")] = predict
     scratch = run.parent / (run.name + "-score")
 
-    def score():
+    def score(overlays: bool):
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.copytree(run, scratch)
-        score_run(scratch, data=args.data, overlays=False)
+        score_run(scratch, data=args.data, overlays=overlays)
 
-    pieces["score (no overlays)"] = score
+    pieces["score (no overlays)"] = lambda: score(False)
+    pieces["score (overlays)"] = lambda: score(True)  # the command's default
     load = os.getloadavg()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in pieces}
     for _ in range(args.rounds):
