@@ -308,8 +308,9 @@ class Config:
         "(8-bit products, about half the search's time with AVX512-VNNI; approximate, within "
         "a stated bound, docs/measurements.md; needs onnx and onnxruntime, --search-clusters "
         "0, --neighbors 1; on a GPU the search stays float32; an ONNX export searches as the "
-        "run does), or auto (int8 where it can run, else float32; model.pt records which "
-        "searched, and a run trained in int8 says so where only float32 can run)",
+        "run does), or auto (int8 where it can run on a CPU with VNNI, else float32; model.pt "
+        "records which searched, a run trained in int8 searches so wherever it can, and says "
+        "so where only float32 can run)",
         choices=("float32", "int8", "auto"),
     )
     runtime: str = _f(

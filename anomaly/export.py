@@ -92,6 +92,10 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     if config.method == "auto":  # its choice is what predicts: export that
         detector = _auto_choice(run, detector, config.size)
     meta = metadata(detector.config, run)
+    if getattr(detector, "int8", False):  # files without it saturate without VNNI (onnx_predict)
+        from anomaly.detectors.knn import WEIGHT_MAX
+
+        meta["int8_weight_max"] = str(WEIGHT_MAX)
     if config.decode == "draft":  # the run's decoding (auto: not its choice's
         meta["draft_size"] = str(2 * config.size)  # size), so both decode a JPEG alike
     written = export_detector(detector, out_path, meta)

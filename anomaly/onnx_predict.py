@@ -263,6 +263,23 @@ def _json_object(path: Path, meta: dict, key: str) -> dict | None:
     return value
 
 
+def _warn_saturating(path: Path, meta: dict) -> None:
+    """Warn of a file whose 8-bit search has bank weights of eight bits (exported before they
+    were seven, `anomaly.detectors.knn.WEIGHT_MAX`): where the CPU has no VNNI, onnxruntime adds
+    pairs of its products in 16 bits, which saturate."""
+    if "int8_weight_max" in meta or b"MatMulIntegerToFloat" not in path.read_bytes():
+        return
+    import warnings
+
+    warnings.warn(
+        f"{path} searches in 8 bits as files exported before 2026-12-04 did, with bank weights "
+        "that overflow onnxruntime's 16-bit sums on a CPU without VNNI (most AVX2 ones): there "
+        "a few % of the patch distances come out up to 16 % off. Export the run again "
+        "(python -m anomaly export --run RUN) and use the new file",
+        stacklevel=3,
+    )
+
+
 def _records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
     """(threshold_params, images) from a file's metadata, each checked field by field (None
     when the file has none: exported before they were stored); ExportError names a bad one."""
@@ -381,6 +398,7 @@ class OnnxDetector:
                 f"`python -m anomaly export --run RUN`"
             )
         self.path = path
+        _warn_saturating(path, self.meta)
         self.size, self.channels, self.threshold, self.map_range = _contract(
             path, self.meta, self.session
         )

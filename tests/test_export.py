@@ -104,6 +104,32 @@ def test_parity_holds_for_padding_border_topk_and_grey(tiny_cookies, tmp_path):
     np.testing.assert_allclose(maps, ref_maps, rtol=0, atol=1e-4 * scale)
 
 
+def test_an_int8_file_of_eight_bit_weights_is_named(int8_exported, exported, tmp_path):
+    """Files exported before the bank's weights had seven bits saturate on a CPU without VNNI:
+    such a file (an int8 search, no int8_weight_max) is named with the fix; today's are not,
+    nor are float searches."""
+    import warnings
+
+    import onnx
+
+    _, path = int8_exported
+    assert OnnxDetector(path).meta["int8_weight_max"] == "63"
+    model = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != "int8_weight_max"]
+    del model.metadata_props[:]
+    for key, value in kept:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    with pytest.warns(UserWarning, match=r"old.onnx searches in 8 bits .*VNNI.*Export the run"):
+        OnnxDetector(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OnnxDetector(path)
+        OnnxDetector(exported[1])
+
+
 def test_an_int8_run_exports_its_8bit_search(int8_exported, tiny_cookies):
     """The file searches as the run does: in 8 bits (onnxruntime's MatMulIntegerToFloat), the
     patches beyond the bank's range exactly. The eager int8 detector's scores and maps, for

@@ -187,11 +187,26 @@ class BankIndex:
         return best.add_((queries * queries).sum(1)).clamp_(min=0).sqrt_()
 
 
-def wants_int8(config) -> bool:
+def fast_int8() -> bool:
+    """Whether this CPU multiplies 8-bit integers faster than floats in onnxruntime: an x86-64
+    one with AVX512-VNNI or AVX-VNNI (Linux's /proc/cpuinfo says). Without VNNI (an AVX2 AMD
+    EPYC) the 8-bit search was slower than the float one (docs/measurements.md); on other
+    processors it was not measured, so they search in float32, which is exact."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni"} & set(flags.partition(":")[2].split()))
+
+
+def wants_int8(config, fast: bool | None = None) -> bool:
     """Whether the exact search runs in 8 bits (`Int8Search`): `config.search_precision` "int8"
     (a ValueError naming the fix where it cannot run: it is onnxruntime's, of the exact search,
     for one nearest row), or "auto" (patchknn's default) where it can: onnxruntime and onnx
-    installed and the run's runtime onnxruntime (or auto), exact search, one nearest row."""
+    installed and the run's runtime onnxruntime (or auto), exact search, one nearest row, and
+    the CPU multiplies 8-bit integers fast (`fast`, default `fast_int8()`; a run trained in int8
+    passes True when it is loaded: its threshold is of int8 scores)."""
     precision = getattr(config, "search_precision", "float32")
     if precision not in ("int8", "auto"):
         return False
@@ -207,6 +222,8 @@ def wants_int8(config) -> bool:
         problem = "finds one nearest bank row: use --neighbors 1"
     if problem and precision == "int8":
         raise ValueError(f"--search-precision int8 {problem}, or --search-precision float32")
+    if precision == "auto" and not problem and not (fast_int8() if fast is None else fast):
+        return False
     return not problem
 
 
@@ -229,6 +246,12 @@ INT8_GRAPH = (
     ("", "Sqrt", ("clamped",), "distances", {}),
 )
 INT8_CONSTANTS = ("weights", "query_scale", "row_scales", "bank_sq", "zero")
+# The bank's 8-bit weights use seven bits: on a CPU without VNNI (AVX2, AVX-512 before it)
+# onnxruntime multiplies uint8 by int8 with vpmaddubsw, which adds two products into 16 bits and
+# saturates beyond 32,767; 2 x 255 x 63 stays below, 2 x 255 x 127 did not (2 % of the distances
+# came out up to 16 % off, tests/test_knn_int8.py). Rounding the bank more coarsely costs less
+# than rounding the queries so: docs/measurements.md.
+WEIGHT_MAX = 63
 
 
 class Int8Search:
@@ -237,8 +260,8 @@ class Int8Search:
     integers fast (AVX512-VNNI, AVX-VNNI), and approximate.
 
     The bank's product columns -2 b are rounded to int8, each bank row on its own scale (its
-    largest |2 b_j| is 127); the queries are rounded to uint8 (zero point 128) on one scale, the
-    bank's largest |b_j| at 127. onnxruntime's MatMulIntegerToFloat multiplies them, rescales
+    largest |2 b_j| is `WEIGHT_MAX`, 63: seven bits, see there); the queries are rounded to uint8
+    (zero point 128) on one scale, the bank's largest |b_j| at 127. onnxruntime's MatMulIntegerToFloat multiplies them, rescales
     each column and adds the exact |b|^2, in one pass; a row minimum as the float search's. Every
     scale comes from the bank alone, so a saved run searches the same way once loaded. The bank
     is a k-center coreset, which keeps the training patches' extremes: its range is theirs.
@@ -255,8 +278,9 @@ class Int8Search:
         self.limit = float(self.bank.abs().max()) or 1.0  # queries beyond: searched exactly
         self.query_scale = self.limit / 127
         twice = self.bank * -2.0
-        self.row_scales = (twice.abs().amax(1) / 127).clamp(min=1e-30)  # [N]
-        quantised = torch.round(twice / self.row_scales.unsqueeze(1)).clamp(-127, 127)
+        self.row_scales = (twice.abs().amax(1) / WEIGHT_MAX).clamp(min=1e-30)  # [N]
+        quantised = torch.round(twice / self.row_scales.unsqueeze(1))
+        quantised = quantised.clamp(-WEIGHT_MAX, WEIGHT_MAX)
         self.weights = quantised.to(torch.int8).T.contiguous()  # [D, N]
 
     def error_bound(self, queries: torch.Tensor) -> torch.Tensor:

@@ -406,6 +406,8 @@ class PatchKNN(Detector):
         saved = state.get("search_precision")  # None: saved before it was recorded
         if saved == "float32" and self.config.search_precision == "auto":
             self.int8 = False  # trained where int8 could not run (a GPU): search so here too
+        elif saved == "int8" and self.config.search_precision == "auto":
+            self.int8 = wants_int8(self.config, fast=True)  # as trained, wherever it can run
         if saved in ("int8", "float32") and saved != self.search_precision():
             fix = (
                 "pip install onnx onnxruntime, and score on a CPU"
