@@ -67,7 +67,9 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 def read_ahead_loader() -> type:
     """The class of a DataLoader that, without worker processes, decodes the next batches in a
     thread (`read_ahead`) while the caller scores this one; with workers, a plain DataLoader.
-    (Made on first use: this module is imported where torch is not, by the overlays.)"""
+    For scoring only: in training, a sampler or augmentation drawing random numbers in the
+    thread would interleave with the model's draws, and the same seed would no longer give the
+    same model. (Made on first use: this module is imported where torch is not.)"""
     from torch.utils.data import DataLoader
 
     class ReadAheadLoader(DataLoader):
