@@ -250,6 +250,24 @@ def test_patchknn_searches_in_int8_by_default_where_it_can(monkeypatch):
         assert PatchKNN(CONFIG.replace(runtime="auto", search_precision="auto")).int8 is False
 
 
+def test_fast_int8_reads_the_cpus_flags(tmp_path):
+    """VNNI in /proc/cpuinfo's flags (AVX512 or AVX): the 8-bit search is faster there; AVX2
+    alone, another processor's words, or no such file: float32."""
+    from anomaly.detectors.knn import fast_int8
+
+    def cpuinfo(text: str) -> str:
+        path = tmp_path / f"cpuinfo{len(list(tmp_path.iterdir()))}"
+        path.write_text(text)
+        return str(path)
+
+    head = "processor\t: 0\nmodel name\t: AMD EPYC\n"
+    assert fast_int8(cpuinfo(head + "flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n"))
+    assert fast_int8(cpuinfo(head + "flags\t\t: fpu sse2 avx2 avx_vnni\n"))
+    assert not fast_int8(cpuinfo(head + "flags\t\t: fpu sse2 avx2 fma avx512f\n"))
+    assert not fast_int8(cpuinfo("processor\t: 0\nFeatures\t: fp asimd asimddp\n"))  # ARM
+    assert not fast_int8(str(tmp_path / "missing"))
+
+
 def test_a_run_searches_as_it_was_trained_or_says_it_cannot(float_run, recwarn, monkeypatch):
     """An auto run trained where int8 could not run (a GPU, no onnxruntime) searches in float32
     wherever it is loaded; one trained in int8 and loaded where int8 cannot run warns, since its

@@ -187,13 +187,13 @@ class BankIndex:
         return best.add_((queries * queries).sum(1)).clamp_(min=0).sqrt_()
 
 
-def fast_int8() -> bool:
+def fast_int8(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies 8-bit integers faster than floats in onnxruntime: an x86-64
     one with AVX512-VNNI or AVX-VNNI (Linux's /proc/cpuinfo says). Without VNNI (an AVX2 AMD
     EPYC) the 8-bit search was slower than the float one (docs/measurements.md); on other
     processors it was not measured, so they search in float32, which is exact."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return False
