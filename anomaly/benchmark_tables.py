@@ -177,16 +177,25 @@ def machine() -> dict:
         pass
     import torch
 
+    from anomaly.detectors.knn import fast_int8
+
     return {
         "host": platform.node(),
         "platform": platform.platform(),
         "cpu": cpu,
+        "vnni": fast_int8(),  # patchknn's auto search in 8 bits there, else in float32
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def _vnni(m: dict) -> str:
+    if "vnni" not in m:  # recorded before it was
+        return ""
+    return " (VNNI: the 8-bit search)" if m["vnni"] else " (no VNNI: the float32 search)"
 
 
 def notes_text(result: dict) -> str:
@@ -201,7 +210,7 @@ def notes_text(result: dict) -> str:
         "",
         f"- command: `{result['command']}`",
         f"- date: {result['date']} (UTC), total {result['total_s'] / 60:.1f} min",
-        f"- machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with "
+        f"- machine: {m['cpu']}{_vnni(m)}, {m['cpus']} CPUs, torch {m['torch']} with "
         f"{m['torch_threads']} threads, Python {m['python']}, {m['platform']}"
         + (f", GPU {m['cuda']}" if m.get("cuda") else ""),
         "- load average (1/5/15 min) at start: {:.2f} / {:.2f} / {:.2f}; at the end: "

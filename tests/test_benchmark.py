@@ -203,6 +203,7 @@ def test_smoke_benchmark_over_a_suite(tmp_path, tiny_cookies):
     assert [(s["suite"], s["sets"]) for s in result["summary"]] == [("photos", 2)]
     text = notes.read_text()
     assert "load average" in text and "--smoke" in text and "| photos | patchknn | 2 |" in text
+    assert "VNNI: the 8-bit search)" in text or "no VNNI: the float32 search)" in text
     assert (out / "benchmark-notes.md").read_text() == text
     lines = readme.read_text().splitlines()
     assert lines[:3] == ["intro", "<!-- benchmark:photos -->", "| set | patchknn |"]
