@@ -22,6 +22,7 @@ Vocabulary, everywhere: good / defective for what a part is, PASS / REJECT for t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -109,13 +110,15 @@ def run_scale(run: str | Path | RunDir, maps=None, labels=None) -> EvidenceScale
 
 def evidence_rgba(evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The colour [H, W, 3] (0..255) and opacity [H, W] (0..1) of evidence values."""
-    e = np.asarray(evidence, np.float32)[..., None]
-    low = np.clip((e - 0.75) / 0.25, 0.0, 1.0)  # 0 at e = 0.75, 1 at e = 1
-    high = np.clip(e - 1.0, 0.0, 1.0)  # 0 at e = 1, 1 at e = 2
-    above = e >= 1.0
-    colour = np.where(above, (1 - high) * RED_LOW + high * RED_HIGH, YELLOW)
-    alpha = np.where(above, 0.65 + 0.2 * high, 0.4 * low)
-    return colour, alpha[..., 0]
+    e = np.asarray(evidence, np.float32)
+    alpha = 0.4 * np.clip((e - 0.75) / 0.25, 0.0, 1.0)  # 0 at e = 0.75, 0.4 at e = 1
+    colour = np.broadcast_to(YELLOW, (*e.shape, 3)).copy()
+    above = e >= 1.0  # red, the few pixels past the threshold: computed there only
+    if above.any():
+        high = np.clip(e[above] - 1.0, 0.0, 1.0)[:, None]  # 0 at e = 1, 1 at e = 2
+        colour[above] = (1 - high) * RED_LOW + high * RED_HIGH
+        alpha[above] = 0.65 + 0.2 * high[:, 0]
+    return colour, alpha
 
 
 def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -170,7 +173,9 @@ def evidence_overlay(image, amap, scale: EvidenceScale, mask=None) -> np.ndarray
     rgb = rgb * 255.0
     size = rgb.shape[:2]
     colour, alpha = evidence_rgba(scale.evidence(_resize_map(amap, size)))
-    out = (1 - alpha[..., None]) * rgb + alpha[..., None] * colour
+    out, painted = rgb, alpha != 0  # elsewhere the blend gives the image's pixel itself
+    a = alpha[painted][:, None]
+    out[painted] = (1 - a) * rgb[painted] + a * colour[painted]
     if mask is not None and np.any(mask):
         m = np.asarray(mask, np.float32)
         if m.shape != size:
@@ -193,6 +198,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+@lru_cache(maxsize=8)  # the same for every overlay of a run: drawn once (read-only)
 def colour_bar(width: int, scale: EvidenceScale, height: int | None = None) -> np.ndarray:
     """The evidence scale as a horizontal bar with its labels (uint8 RGB, `width` wide)."""
     fs = max(9, min(14, width // 22))
@@ -219,7 +225,9 @@ def colour_bar(width: int, scale: EvidenceScale, height: int | None = None) -> n
         font=font,
     )
     draw.text((width - draw.textlength("2x", font=font) - 2, y), "2x", fill=(90, 90, 90), font=font)
-    return np.asarray(canvas)
+    bar = np.array(canvas)
+    bar.setflags(write=False)
+    return bar
 
 
 def annotated_overlay(

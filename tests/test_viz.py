@@ -229,3 +229,30 @@ def test_score_overlays_make_good_and_defective_cookies_look_different(patchknn_
     assert good.mean() < 0.02  # a good cookie looks clean
     assert defective.min() > good.max()  # every defect is redder than every good cookie
     assert defective.mean() > 3 * good.mean()
+
+
+def test_evidence_colours_follow_the_scale_exactly():
+    """Yellow fading in from 0.75 to 1, red from 1 on, darker to 2; computed for the red pixels
+    only, bit for bit what the formula for every pixel gives (NaN and infinities included)."""
+    from anomaly.overlays import RED_HIGH, RED_LOW, YELLOW, evidence_rgba
+
+    e = np.concatenate(
+        [np.linspace(-1, 3, 4001, dtype=np.float32), np.float32([np.nan, np.inf, -np.inf])]
+    ).reshape(1, -1)
+    x = e[..., None]
+    high = np.clip(x - 1.0, 0.0, 1.0)
+    want_colour = np.where(x >= 1.0, (1 - high) * RED_LOW + high * RED_HIGH, YELLOW)
+    want_alpha = np.where(x >= 1.0, 0.65 + 0.2 * high, 0.4 * np.clip((x - 0.75) / 0.25, 0, 1))
+    colour, alpha = evidence_rgba(e)
+    np.testing.assert_array_equal(colour, want_colour)
+    np.testing.assert_array_equal(alpha, want_alpha[..., 0])
+    assert alpha[0, e[0] < 0.75].max() == 0 and np.all(colour[0, e[0] < 1] == YELLOW)
+
+
+def test_the_colour_bar_is_drawn_once_per_width_and_scale():
+    from anomaly.overlays import EvidenceScale, colour_bar
+
+    scale = EvidenceScale(0.0, 2.0)
+    bar = colour_bar(256, scale)
+    assert colour_bar(256, scale) is bar and not bar.flags.writeable
+    assert colour_bar(300, scale).shape[1] == 300
