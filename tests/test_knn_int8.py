@@ -268,6 +268,27 @@ def test_fast_int8_reads_the_cpus_flags(tmp_path):
     assert not fast_int8(str(tmp_path / "missing"))
 
 
+def test_a_run_trained_before_the_seven_bit_bank_says_its_threshold_is_older(float_run):
+    """A run trained in int8 before the bank was rounded to 7 bits (no int8_weight_max in its
+    model.pt) now scores a little differently from the held-out scores its threshold came from:
+    said, with the fix; a run saved today is not."""
+    import warnings
+
+    state = {**float_run.state_dict(), "search_precision": "int8"}
+    assert state["int8_weight_max"] == WEIGHT_MAX
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PatchKNN(CONFIG.replace(search_precision="int8")).load_state_dict(state)
+    del state["int8_weight_max"]
+    with pytest.warns(UserWarning, match=r"before the 8-bit search rounded .*Train the run again"):
+        PatchKNN(CONFIG.replace(search_precision="int8")).load_state_dict(state)
+    float_state = {**float_run.state_dict()}
+    del float_state["int8_weight_max"]
+    with warnings.catch_warnings():  # a float32 run: its rounding never mattered
+        warnings.simplefilter("error")
+        PatchKNN(CONFIG.replace(search_precision="float32")).load_state_dict(float_state)
+
+
 def test_a_run_searches_as_it_was_trained_or_says_it_cannot(float_run, recwarn, monkeypatch):
     """An auto run trained where int8 could not run (a GPU, no onnxruntime) searches in float32
     wherever it is loaded; one trained in int8 and loaded where int8 cannot run warns, since its

@@ -76,6 +76,7 @@ from anomaly.detectors.coreset import greedy_coreset
 from anomaly.detectors.knn import (
     SEARCH_ELEMENTS,
     SEARCH_ROWS,
+    WEIGHT_MAX,
     BankIndex,
     ExactSearch,
     Int8Search,
@@ -370,6 +371,7 @@ class PatchKNN(Detector):
             "whiten_mean": mean,
             "whiten_matrix": matrix,
             "search_precision": self.search_precision(),  # what scored its held-out images
+            "int8_weight_max": WEIGHT_MAX,  # the bank's rounding, if that was int8
         }
 
     def search_precision(self) -> str:
@@ -420,6 +422,17 @@ class PatchKNN(Detector):
                 f"it in {self.search_precision()} here: scores differ by up to about 0.6 % "
                 "(docs/measurements.md), so a part scored near the threshold can change "
                 f"verdict. To search as it did: {fix}",
+                stacklevel=2,
+            )
+        rounded = state.get("int8_weight_max")  # None: saved before the bank had 7 bits
+        if saved == "int8" == self.search_precision() and rounded != WEIGHT_MAX:
+            warnings.warn(
+                "patchknn: this run was trained before the 8-bit search rounded its bank to 7 "
+                "bits (2026-12-04; with 8, CPUs without VNNI saturated some sums), so its "
+                "held-out scores, and its threshold, are of the older rounding: today's scores "
+                "differ from those about as the 8-bit search differs from the float one (up to "
+                "about 0.6 %; more where that CPU saturated). Train the run again to score as "
+                "its threshold was set",
                 stacklevel=2,
             )
         if self._use_onnxruntime(torch.empty(0, device=self.device)):  # loaded = ready: the
