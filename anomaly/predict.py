@@ -7,6 +7,7 @@ Split from `anomaly.pipeline` (which trains, scores and sets thresholds); `predi
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import warnings
@@ -27,6 +28,7 @@ from anomaly.data.files import (
 from anomaly.data.image_kind import draft_size, warn_unlike
 from anomaly.overlays import verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
+from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
 from anomaly.safe_files import save_png_new, writable_folder
 
@@ -192,27 +194,35 @@ def predict_images(
     warn_unlike(paths, trained_images(rd), detector.config.channels, detector.config.size)
     files = _ImageFiles(paths, detector.config)
     results, used = [], set()
+
+    def picture(item) -> bytes:
+        path, score, amap, own_size = item
+        rgb = annotated_overlay(
+            own_size.numpy(), amap, scale, score, threshold.value, title=path.name
+        )
+        return png_bytes(rgb)
+
     for batch in decoding_loader(
         files, detector.config, collate_fn=_ImageFiles.collate, workers=workers
     ):
         for note in batch["notes"]:
             warnings.warn(note, stacklevel=2)
+        here = paths[len(results) : len(results) + len(batch["errors"])]
+        scored = []
         if batch["image"] is not None:
             with torch.no_grad():
                 scores, maps = detector.predict_batch(batch["image"].to(detector.device))
-            scored = iter(zip(scores.tolist(), maps.cpu().numpy(), batch["own"]))
-        for error in batch["errors"]:
-            path = paths[len(results)]
+            named = [p for p, error in zip(here, batch["errors"]) if error is None]
+            scored = list(zip(named, scores.tolist(), maps.cpu().numpy(), batch["own"]))
+        # overlays painted and encoded one per core; written below, in order (their names)
+        pictures = in_threads(picture, scored) if overlay_dir else [None] * len(scored)
+        done = iter(zip(scored, pictures))
+        for path, error in zip(here, batch["errors"]):
             if error is not None:
                 results.append({"path": str(path), "error": error})
             else:
-                score, amap, own_size = next(scored)
-                picture = None
-                if overlay_dir is not None:
-                    picture = annotated_overlay(
-                        own_size.numpy(), amap, scale, score, threshold.value, title=path.name
-                    )
-                results.append(scored_result(path, score, picture, overlay_dir, used, threshold))
+                (_, score, _, _), png = next(done)
+                results.append(scored_result(path, score, png, overlay_dir, used, threshold))
             if each is not None:
                 each(results[-1])
     return results, threshold
@@ -266,21 +276,30 @@ def overlay_folder(path: str | Path) -> Path:
     )
 
 
-def scored_result(
-    path: Path, score: float, picture, folder: Path | None, used: set[str], threshold
-):
-    """One scored image's result (path, score, verdict, overlay) for `predict --run` and
-    `predict --onnx`: its overlay `picture` (uint8 RGB) saved in `folder` under a name that no
-    file there has (`overlay_name`, taken by `save_png_new`, so that two calls writing into
-    one folder at once never replace each other's); no overlay with `folder` None."""
+def png_bytes(picture) -> bytes:
+    """An overlay `picture` (uint8 RGB) as the bytes of its PNG file."""
     from PIL import Image
 
     from anomaly.overlays import PNG_LEVEL
 
+    out = io.BytesIO()
+    Image.fromarray(picture).save(out, format="PNG", compress_level=PNG_LEVEL)
+    return out.getvalue()
+
+
+def scored_result(
+    path: Path, score: float, picture, folder: Path | None, used: set[str], threshold
+):
+    """One scored image's result (path, score, verdict, overlay) for `predict --run` and
+    `predict --onnx`: its overlay `picture` (uint8 RGB, or `png_bytes` of it) saved in `folder`
+    under a name that no file there has (`overlay_name`, taken by `save_png_new`, so that two
+    calls writing into one folder at once never replace each other's); no overlay with `folder`
+    None."""
     overlay = None
     if folder is not None:  # a name taken by an earlier call or one beside this one: the next
         names = (folder / overlay_name(path, used) for _ in itertools.count())
-        overlay = save_png_new(Image.fromarray(picture), names, compress_level=PNG_LEVEL)
+        data = picture if isinstance(picture, bytes) else png_bytes(picture)
+        overlay = save_png_new(data, names)
     return {
         "path": str(path),
         "score": score,

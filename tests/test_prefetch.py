@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,34 @@ def test_atomic_meanwhile_raises_the_writers_error_and_leaves_the_old_file(tmp_p
         pass
     assert np.load(path)["values"].tolist() == [7]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.npz"]
+
+
+def test_predict_paints_overlays_in_threads_as_one_at_a_time_would(
+    scored_ae_run, tiny_cookies, tmp_path, monkeypatch
+):
+    """`predict` paints and encodes a batch's overlays one per core, then writes them in the
+    images' order: the same files, under the same names, as painting one at a time gives;
+    files of one name from two folders are told apart in order, and an unreadable file among
+    them keeps its place."""
+    import anomaly.predict as predict_module
+
+    good = sorted((tiny_cookies / "test" / "good").glob("*.png"))[:2]
+    crack = sorted((tiny_cookies / "test" / "crack").glob("*.png"))[:2]
+    assert good[0].name == crack[0].name  # 000.png in both: the second is named by its folder
+    broken = tmp_path / "in" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a png")
+    files = [good[0], crack[0], broken, good[1], crack[1]]
+    threaded, _ = predict_module.predict_images(scored_ae_run, files, tmp_path / "threads")
+    monkeypatch.setattr(predict_module, "in_threads", lambda fn, items: [fn(x) for x in items])
+    alone, _ = predict_module.predict_images(scored_ae_run, files, tmp_path / "alone")
+    assert [Path(r["path"]).name for r in threaded] == [f.name for f in files]
+    assert "error" in threaded[2] and sum("error" in r for r in threaded) == 1
+    names = [Path(r["overlay"]).name for r in threaded if "overlay" in r]
+    assert names == [Path(r["overlay"]).name for r in alone if "overlay" in r]
+    assert names[:2] == [f"{good[0].stem}_overlay.png", f"crack_{crack[0].stem}_overlay.png"]
+    for name in names:
+        assert (tmp_path / "threads" / name).read_bytes() == (
+            tmp_path / "alone" / name
+        ).read_bytes()
+    assert [r.get("score") for r in threaded] == [r.get("score") for r in alone]
