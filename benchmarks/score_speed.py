@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     print(
         f"{n} test images of {args.data} at {cfg.size} px; run {run} (patchknn's defaults: "
-        f"search_refine {cfg.search_refine}, search_precision {cfg.search_precision}); "
+        f"search_refine {cfg.search_refine}, search_precision {cfg.search_precision}: "
+        f"{detector.search_precision()} here); "
         f"torch threads {torch.get_num_threads()}; bank {tuple(detector.bank.shape)}; "
         f"{args.rounds} rounds; load average {load[0]:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end"
