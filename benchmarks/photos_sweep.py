@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from anomaly.detectors.auto import FINE_448
+from anomaly.detectors.knn import fast_int8
 
 # Named settings: a method and overrides of its defaults (Config.for_method). "default" is
 # whatever METHOD_DEFAULTS says now; the others spell out every setting they vary from OLD (the
@@ -374,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{len(args.settings)} settings x {len(sets)} sets, {args.threads} threads, torch "
         f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} (timings are wall clock / "
-        f"CPU under whatever else runs)",
+        f"CPU under whatever else runs); the CPU has {'' if fast_int8() else 'no '}VNNI, so "
+        f"search_precision auto searches in {'int8' if fast_int8() else 'float32'}",
         flush=True,
     )
     rows = []
