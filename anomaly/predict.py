@@ -7,7 +7,6 @@ Split from `anomaly.pipeline` (which trains, scores and sets thresholds); `predi
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import warnings
@@ -26,7 +25,7 @@ from anomaly.data.files import (
     skipped,
 )
 from anomaly.data.image_kind import draft_size, warn_unlike
-from anomaly.overlays import verdict
+from anomaly.overlays import png_bytes, verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
@@ -274,17 +273,6 @@ def overlay_folder(path: str | Path) -> Path:
         path,
         "predict writes an overlay per image there; give --out DIR for them, or --no-overlays",
     )
-
-
-def png_bytes(picture) -> bytes:
-    """An overlay `picture` (uint8 RGB) as the bytes of its PNG file."""
-    from PIL import Image
-
-    from anomaly.overlays import PNG_LEVEL
-
-    out = io.BytesIO()
-    Image.fromarray(picture).save(out, format="PNG", compress_level=PNG_LEVEL)
-    return out.getvalue()
 
 
 def scored_result(

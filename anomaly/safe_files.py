@@ -241,7 +241,7 @@ OVERLAY_MARK = ("Software", "anomaly score overlay")
 
 
 def overlay_mark():
-    """The PNG text chunk that marks an overlay as `score`'s (`save_png(..., pnginfo=...)`)."""
+    """The PNG text chunk that marks an overlay as `score`'s (`overlays.png_bytes(..., info)`)."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -251,7 +251,7 @@ def overlay_mark():
 
 def marked_overlay(path: Path) -> bool:
     """Whether `path` is a PNG that carries `OVERLAY_MARK` (one `score` wrote) in the header
-    Pillow reads on opening (`save_png` writes the chunk there), without decoding its pixels
+    Pillow reads on opening (Pillow writes text chunks there), without decoding its pixels
     (`im.text` would, to find chunks after them)."""
     from PIL import Image
 
@@ -260,12 +260,6 @@ def marked_overlay(path: Path) -> bool:
             return im.format == "PNG" and im.info.get(OVERLAY_MARK[0]) == OVERLAY_MARK[1]
     except Exception:  # noqa: BLE001  (anything else is not ours)
         return False
-
-
-def save_png(image, path: str | Path, **params) -> Path:
-    """Save a PIL image as PNG through a temporary file: a symbolic link at `path` is replaced,
-    never followed, and a failed write leaves the old file as it was."""
-    return _atomic(Path(path), lambda f: image.save(f, format="PNG", **params))
 
 
 def plain_relative(rel) -> bool:
