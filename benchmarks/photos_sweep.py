@@ -372,11 +372,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(args.threads)
     sets = data_sets(args.suite, args.cookies, args.sets)
+    vnni = fast_int8()
     print(
         f"{len(args.settings)} settings x {len(sets)} sets, {args.threads} threads, torch "
         f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} (timings are wall clock / "
-        f"CPU under whatever else runs); the CPU has {'' if fast_int8() else 'no '}VNNI, so "
-        f"search_precision auto searches in {'int8' if fast_int8() else 'float32'}",
+        f"CPU under whatever else runs); the CPU has {'' if vnni else 'no '}VNNI, so "
+        f"search_precision auto searches in {'int8' if vnni else 'float32'}",
         flush=True,
     )
     rows = []

@@ -262,10 +262,10 @@ class Int8Search:
     The bank's product columns -2 b are rounded to int8, each bank row on its own scale (its
     largest |2 b_j| is `WEIGHT_MAX`, 63: seven bits, see there); the queries are rounded to uint8
     (zero point 128) on one scale, the bank's largest |b_j| at 127. onnxruntime's
-    MatMulIntegerToFloat multiplies them, rescales
-    each column and adds the exact |b|^2, in one pass; a row minimum as the float search's. Every
-    scale comes from the bank alone, so a saved run searches the same way once loaded. The bank
-    is a k-center coreset, which keeps the training patches' extremes: its range is theirs.
+    MatMulIntegerToFloat multiplies them, rescales each column and adds the exact |b|^2, in one
+    pass; a row minimum as the float search's. Every scale comes from the bank alone, so a saved
+    run searches the same way once loaded. The bank is a k-center coreset, which keeps the
+    training patches' extremes: its range is theirs.
 
     Each squared distance is off by at most `error_bound` (rounding). A query beyond the bank's
     range (any |q_j| > its largest |b_j|, where uint8 would clip it; a patch unlike any training
