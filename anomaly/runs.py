@@ -62,7 +62,6 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     import numpy
-    import sklearn
     import torch
 
     from anomaly import __version__
@@ -86,7 +85,7 @@ def versions() -> dict:
         # None: not installed, so --runtime auto ran torch (last digits of a patchknn bank)
         "onnxruntime": installed("onnxruntime"),
         "numpy": numpy.__version__,
-        "scikit-learn": sklearn.__version__,
+        "scikit-learn": installed("scikit-learn"),  # importing it costs about 2 s
         "scipy": installed("scipy"),
         "pillow": installed("pillow"),  # decodes every image
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

@@ -27,8 +27,9 @@ What differs from the paper, for speed and bounded memory on a laptop CPU:
   directions instead (a PCA to fewer dimensions) lost the quiet defects;
 - the coreset runs on a fixed random projection to 128 dimensions (as the paper) and, above
   `MAX_PART` patches, on random parts of at most `MAX_PART` patches, each giving its share of the
-  bank (`anomaly.detectors.coreset`). The greedy search costs bank size x candidates, which grows with the square of the data;
-  the parts keep it linear. Up to `MAX_PART` patches it is the paper's greedy coreset exactly;
+  bank (`anomaly.detectors.coreset`). The greedy search costs bank size x candidates, which
+  grows with the square of the data; the parts keep it linear. Up to `MAX_PART` patches it is
+  the paper's greedy coreset exactly;
 - the map is the patch grid upsampled bilinearly and smoothed with a Gaussian of
   `config.smooth_sigma` pixels (the paper's sigma 4 is for 224 px), done as two small matrix
   products (`map_matrix`);
@@ -93,6 +94,7 @@ from anomaly.features import (
     parse_layers,
 )
 from anomaly.maps import gaussian_kernel1d, image_score
+from anomaly.prefetch import read_ahead
 
 __all__ = [
     "BankIndex",
@@ -274,8 +276,13 @@ class PatchKNN(Detector):
         from tqdm.auto import tqdm
 
         loader = train_data if isinstance(train_data, DataLoader) else self.loader(train_data)
+        # the next batch decoded by a thread while this one is embedded: nothing here draws
+        # random numbers, so a data set that does draws them in the same order as without it
+        batches = read_ahead(loader) if loader.num_workers == 0 else loader
         feats, filled = None, 0
-        for batch in tqdm(loader, desc="patchknn features", disable=not progress, leave=False):
+        for batch in tqdm(
+            batches, total=len(loader), desc="patchknn features", disable=not progress, leave=False
+        ):
             f = self.embed(batch["image"]).reshape(-1, self.extractor.dim)
             if feats is None:  # one allocation for all patches: peak memory = 1x the features
                 rows = len(f) // len(batch["image"]) * len(loader.dataset)
