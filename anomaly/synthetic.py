@@ -54,15 +54,18 @@ def perlin_noise(
     """
     (h, w), (ry, rx) = shape, res
     angles = 2 * math.pi * _rand(ry + 1, rx + 1, generator=generator, device=device)
-    grads = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)  # [ry+1, rx+1, 2]
+    cos, sin = torch.cos(angles), torch.sin(angles)  # the gradients' two components
     y = torch.arange(h, device=device, dtype=torch.float32) * (ry / h)
     x = torch.arange(w, device=device, dtype=torch.float32) * (rx / w)
     yi, xi = y.floor().long(), x.floor().long()
-    fy, fx = (y - yi)[:, None].expand(h, w), (x - xi)[None, :].expand(h, w)
+    fy, fx = (y - yi)[:, None], (x - xi)[None, :]  # broadcast: a column and a row
 
     def corner(dy: int, dx: int) -> torch.Tensor:
-        g = grads[(yi + dy)[:, None], (xi + dx)[None, :]]
-        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
+        # the gradient of each pixel's corner, gathered rows then columns (no [H, W] index)
+        rows, cols = yi + dy, xi + dx
+        gy = cos.index_select(0, rows).index_select(1, cols)
+        gx = sin.index_select(0, rows).index_select(1, cols)
+        return gy * (fy - dy) + gx * (fx - dx)
 
     u, v = _fade(fy), _fade(fx)
     top = torch.lerp(corner(0, 0), corner(0, 1), v)

@@ -32,6 +32,35 @@ def test_perlin_noise_shape_range_and_any_size():
     assert n.abs().max() <= 1.5 and n.std() > 0.05
 
 
+@pytest.mark.parametrize(
+    ("shape", "res"), [((40, 24), (4, 3)), ((64, 64), (1, 1)), ((37, 100), (5, 8))]
+)
+def test_perlin_noise_is_the_textbook_formula(shape, res):
+    """Each pixel blends its cell's four corner gradients (dotted with its offsets) by the fade:
+    written out pixel grid by pixel grid, the same numbers to the last bit."""
+    import math
+
+    h, w = shape
+    angles = 2 * math.pi * torch.rand(res[0] + 1, res[1] + 1, generator=_gen(5))
+    grads = torch.stack([torch.cos(angles), torch.sin(angles)], -1)
+    y = torch.arange(h, dtype=torch.float32) * (res[0] / h)
+    x = torch.arange(w, dtype=torch.float32) * (res[1] / w)
+    yi, xi = y.floor().long(), x.floor().long()
+    fy, fx = (y - yi)[:, None].expand(h, w), (x - xi)[None, :].expand(h, w)
+    dot = [
+        [
+            (g := grads[(yi + dy)[:, None], (xi + dx)[None, :]])[..., 0] * (fy - dy)
+            + g[..., 1] * (fx - dx)
+            for dx in (0, 1)
+        ]
+        for dy in (0, 1)
+    ]
+    fade = lambda t: t * t * t * (t * (t * 6 - 15) + 10)
+    top, bottom = (torch.lerp(row[0], row[1], fade(fx)) for row in dot)
+    expected = math.sqrt(2) * torch.lerp(top, bottom, fade(fy))
+    assert torch.equal(perlin_noise(shape, res, _gen(5)), expected)
+
+
 def test_perlin_masks_binary_mostly_two_valued_and_seeded():
     masks = perlin_mask(40, (32, 32), _gen(3))
     assert masks.shape == (40, 32, 32)

@@ -420,12 +420,13 @@ class AutoDetector(Detector):
         except (ValueError, RuntimeError, FileNotFoundError, KeyError) as err:
             row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
             return row
-        from anomaly.metrics import aupro, image_auroc, pixel_auroc  # sklearn: not for predict
+        from anomaly.metrics import aupro, image_auroc, pixel_auroc, sorted_normal  # sklearn
 
         row["image_auroc"] = round(image_auroc(truth.numpy(), scores.numpy()), 4)
         masks, maps = pixel_truth.numpy(), maps.numpy()
-        row["pixel_auroc"] = round(pixel_auroc(masks, maps), 4)
-        row["aupro"] = round(aupro(masks, maps), 4)
+        normal = sorted_normal(masks, maps)  # sorted once for both: half the metrics' time
+        row["pixel_auroc"] = round(pixel_auroc(masks, maps, normal), 4)
+        row["aupro"] = round(aupro(masks, maps, normal=normal), 4)
         if progress:
             print(
                 f"auto: {row['name']}: image AUROC {row['image_auroc']}, AUPRO {row['aupro']}"
