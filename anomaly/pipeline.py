@@ -271,6 +271,8 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
 
     threshold = threshold_normal_quantile(pred.scores, q=detector.config.threshold_quantile)
     threshold.params["set_by"] = "train"
+    if val is None:  # none held out: the scores of images the model learned (`few_held_out`)
+        threshold.params["on_training_images"] = True
     guards.warn_degenerate(run, pred.scores, threshold.value)
     run.save_threshold(threshold)
 

@@ -76,7 +76,9 @@ PARAMS = {
     **dict.fromkeys(("n", "n_normal", "n_images", "rank", "tp", "fp", "tn", "fn"), _COUNT),
     **dict.fromkeys(("cost_false_reject", "cost_escape"), _COST),
     **dict.fromkeys(("guarantee", "set_by", "method"), _WORDS),
-    **dict.fromkeys(("earlier_model", "in_sample", UNRECORDED, UNSUPPORTED), _FLAG),
+    **dict.fromkeys(
+        ("earlier_model", "in_sample", "on_training_images", UNRECORDED, UNSUPPORTED), _FLAG
+    ),
 }
 
 

@@ -87,3 +87,27 @@ def test_the_rate_said_is_the_rate_new_good_parts_see():
     mine = threshold_normal_quantile(rng.normal(size=3), q=0.99)
     mine.params["set_by"] = "threshold"
     assert few_held_out(mine, "RUN") is None  # a user's own choice: not train's default
+
+
+def test_with_none_held_out_the_note_says_training_images(tiny_cookies, tmp_path, capsys):
+    """`--val-fraction 0`: the threshold is set on the training images' own scores; the note
+    called them held-out, gave them a rate that holds for held-out images only, and advised
+    --val-fraction for a run of one image (a walkthrough)."""
+    from anomaly.cli import main
+    from anomaly.explorer.text import describe_rule
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "run"
+    args = ["train", "--method", "meandiff", "--data", str(tiny_cookies), "--out", str(run)]
+    assert main([*args, "--val-fraction", "0"]) == 0
+    saved = RunDir(run).threshold()
+    assert saved.params["on_training_images"] is True
+    err = capsys.readouterr().err
+    note = err[err.index("note: ") :]
+    n = saved.params["n_normal"]
+    assert f"the 0.99 quantile of the {n} training images themselves (none was held out)" in note
+    assert "held-out" not in note and "--good-images FOLDER" in note
+    assert "training images (none held out)" in describe_rule(saved)
+    # held out as usual: no such flag, and the held-out note as before
+    assert main([*args[:-1], str(tmp_path / "held")]) == 0
+    assert "on_training_images" not in RunDir(tmp_path / "held").threshold().params

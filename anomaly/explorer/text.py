@@ -157,6 +157,8 @@ def _source(saved: Threshold) -> str:
     record = (saved.params or {}).get("calibration") or {}
     if record.get("source") == "folder":  # threshold --good-images FOLDER
         return f"good images in {record.get('folder', '?')}"
+    if (saved.params or {}).get("on_training_images") is True:  # train, with none held out
+        return "training images (none held out)"
     return "held-out good images"
 
 
