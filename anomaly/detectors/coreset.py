@@ -4,8 +4,9 @@ Each step adds the patch farthest from those chosen so far, so the bank covers e
 normal patch, rare ones included; distances in a fixed random projection (as the paper), and
 above `MAX_PART` patches on random parts, each giving its share of the bank, so that the cost
 stays linear in the data (`anomaly.detectors.patchknn` says why). On the CPU the search makes a
-pass over a part's rows only every `WINDOW` picks or so (`_greedy_pooled`): the same picks as a
-pass per pick, 7x faster on the cookies (docs/measurements.md).
+pass over a part's rows only every `WINDOW` picks or so (`_greedy_pooled`): the same rows as a
+pass per pick (two near-tied picks, equal to float32's rounding, may come in the other order),
+7x faster on the cookies (docs/measurements.md).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def _greedy_passes(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
 
 
 def _greedy_pooled(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
-    """`_greedy` with the same picks as `_greedy_passes`, in a few passes over z instead of k.
+    """`_greedy` with the picks of `_greedy_passes` (up to the order of near-ties in float32),
+    in a few passes over z instead of k.
 
     A pass over z (N x d floats) per pick is bound by memory bandwidth once z outgrows the CPU's
     cache. Here a pass gives every row its squared distance to the nearest pick so far and takes
