@@ -174,3 +174,20 @@ def test_odd_image_size_is_padded():
     det = DraemDetector(Config(size=40, channels=3, width=4))
     scores, maps = det.predict_batch(torch.rand(2, 3, 40, 36))
     assert scores.shape == (2,) and maps.shape == (2, 40, 36)
+
+
+def test_a_size_too_small_for_its_anomalies_is_refused(tiny_cookies, tmp_path, capsys):
+    """At 1 px no synthetic anomaly comes out, so DRAEM learned nothing and said nothing (a
+    walkthrough trained it at --size 1); at 8 px nearly all do. train refuses below 8 px."""
+    from anomaly.cli import main
+
+    def made(size: int) -> float:
+        x = torch.rand(16, 3, size, size, generator=_gen(0))
+        _, masks = synthesize(x, generator=_gen(1), p_anomaly=1.0)
+        return float(masks.flatten(1).amax(1).mean())
+
+    assert made(1) == 0 and made(8) >= 0.9
+    out = tmp_path / "run"
+    args = ["train", "--method", "draem", "--data", str(tiny_cookies), "--out", str(out)]
+    assert main([*args, "--size", "4", "--epochs", "1"]) == 2
+    assert "--size 4 is too small for draem" in capsys.readouterr().err and not out.exists()
