@@ -118,16 +118,18 @@ def predict_files(
     return results, threshold
 
 
-def _overlay(detector: OnnxDetector, path: Path, own, amap, score: float, threshold: float):
-    """The overlay `predict --run` draws: the image `own` at its own size (`read_file`: a JPEG
-    at the size the file drafts it to), the map's evidence on the run's colour scale (the file's
-    map_range: its held-out good maps' floor and the pixel threshold), the verdict, score and
-    name."""
-    from anomaly.overlays import EvidenceScale, annotated_overlay
+def _overlay(
+    detector: OnnxDetector, path: Path, own, amap, score: float, threshold: float
+) -> bytes:
+    """The overlay `predict --run` draws, as its PNG file's bytes: the image `own` at its own
+    size (`read_file`: a JPEG at the size the file drafts it to), the map's evidence on the
+    run's colour scale (the file's map_range: its held-out good maps' floor and the pixel
+    threshold), the verdict, score and name."""
+    from anomaly.overlays import EvidenceScale, annotated_overlay, png_bytes
     from anomaly.predict import overlay_tensor
 
     floor, top = detector.map_range or (0.0, threshold)  # exported before it: the threshold
     own = overlay_tensor(own).numpy()
-    return annotated_overlay(
-        own, amap, EvidenceScale(floor, top), score, threshold, title=path.name
+    return png_bytes(
+        annotated_overlay(own, amap, EvidenceScale(floor, top), score, threshold, title=path.name)
     )

@@ -276,18 +276,17 @@ def overlay_folder(path: str | Path) -> Path:
 
 
 def scored_result(
-    path: Path, score: float, picture, folder: Path | None, used: set[str], threshold
+    path: Path, score: float, png: bytes | None, folder: Path | None, used: set[str], threshold
 ):
     """One scored image's result (path, score, verdict, overlay) for `predict --run` and
-    `predict --onnx`: its overlay `picture` (uint8 RGB, or `png_bytes` of it) saved in `folder`
-    under a name that no file there has (`overlay_name`, taken by `save_png_new`, so that two
-    calls writing into one folder at once never replace each other's); no overlay with `folder`
-    None."""
+    `predict --onnx`: its overlay (`png`, the bytes of its PNG file, `overlays.png_bytes`)
+    saved in `folder` under a name that no file there has (`overlay_name`, taken by
+    `save_png_new`, so that two calls writing into one folder at once never replace each
+    other's); no overlay with `folder` None."""
     overlay = None
     if folder is not None:  # a name taken by an earlier call or one beside this one: the next
         names = (folder / overlay_name(path, used) for _ in itertools.count())
-        data = picture if isinstance(picture, bytes) else png_bytes(picture)
-        overlay = save_png_new(data, names)
+        overlay = save_png_new(png, names)
     return {
         "path": str(path),
         "score": score,

@@ -190,20 +190,16 @@ def claim_new(path: Path) -> bool:
     return True
 
 
-def save_png_new(image, names: Iterator[Path], **params) -> Path:
-    """Save a PIL image as PNG (or a PNG file's bytes) under the first of `names` (all in one
-    folder) that no file has: written whole to a temporary file first, then linked under that
-    name, which fails for a taken one (an earlier file, or another process's at the same
-    moment): a kill leaves no empty or half-written file under it. Without hard links there,
-    `claim_new` then a rename."""
+def save_png_new(png: bytes, names: Iterator[Path]) -> Path:
+    """Save a PNG file's bytes under the first of `names` (all in one folder) that no file has:
+    written whole to a temporary file first, then linked under that name, which fails for a
+    taken one (an earlier file, or another process's at the same moment): a kill leaves no
+    empty or half-written file under it. Without hard links there, `claim_new` then a rename."""
     name = next(names)
     fd, tmp = _new_temporary(name)
     try:
         with os.fdopen(fd, "wb") as f:
-            if isinstance(image, bytes):
-                f.write(image)
-            else:
-                image.save(f, format="PNG", **params)
+            f.write(png)
         os.chmod(tmp, 0o666 & ~_UMASK)
         while True:
             try:

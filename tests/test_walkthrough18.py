@@ -14,6 +14,7 @@ from PIL import Image
 from anomaly import safe_files
 from anomaly.cli import main
 from anomaly.metrics import Threshold
+from anomaly.overlays import png_bytes
 from anomaly.predict import scored_result
 
 
@@ -61,6 +62,7 @@ def test_two_predict_calls_at_once_never_replace_each_others_overlays(tmp_path):
     wrote took the same names and replaced its overlays (a REJECT pointing at a PASS's picture)."""
     threshold = Threshold(1.0, "manual", {})
     first, second = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)
+    first, second = png_bytes(first), png_bytes(second)
     a = scored_result(tmp_path / "camA" / "002.png", 0.5, first, tmp_path, set(), threshold)
     b = scored_result(tmp_path / "camB" / "002.png", 2.0, second, tmp_path, set(), threshold)
     assert a["overlay"] != b["overlay"]

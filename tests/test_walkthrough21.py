@@ -222,29 +222,46 @@ def test_train_on_a_set_whose_making_was_interrupted_names_the_generator(tiny_co
         AnomalyDataset(root, "train")
 
 
-def test_an_overlay_is_never_left_empty_under_its_name(tmp_path):
+def test_an_overlay_is_never_left_empty_under_its_name(tmp_path, monkeypatch):
     """`predict` claimed an overlay's name with an empty file, then wrote the PNG: a kill
     between left a 0-byte overlay, which later calls never replace. The PNG is written whole
     first, then linked under the first free name."""
+    import os
+
+    import numpy as np
     import pytest
     from PIL import Image
 
+    from anomaly.overlays import png_bytes
     from anomaly.safe_files import save_png_new
 
     taken = tmp_path / "a_overlay.png"
     taken.write_bytes(b"someone else's")
     names = iter([taken, tmp_path / "b_overlay.png", tmp_path / "c_overlay.png"])
-    made = save_png_new(Image.new("RGB", (4, 4), "red"), names)
+    red = png_bytes(np.asarray(Image.new("RGB", (4, 4), "red")))
+    made = save_png_new(red, names)
     assert made.name == "b_overlay.png" and taken.read_bytes() == b"someone else's"
     assert Image.open(made).getpixel((0, 0)) == (255, 0, 0)
 
-    class Killed:
-        def save(self, f, **kw):
-            f.write(b"\\x89PNG half")
+    opened = os.fdopen
+
+    class Killed:  # the temporary file, killed half-way through the write
+        def __init__(self, fd, mode):
+            self.file = opened(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(os, "fdopen", Killed)
     with pytest.raises(KeyboardInterrupt):
-        save_png_new(Killed(), iter([tmp_path / "d_overlay.png"]))
+        save_png_new(red, iter([tmp_path / "d_overlay.png"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_overlay.png", "b_overlay.png"]
 
 
