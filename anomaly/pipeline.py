@@ -40,9 +40,17 @@ class AlreadyTrained(RunError):
 
 # --- train ---------------------------------------------------------------------------------------
 def _datasets(config: Config, split: dict | None = None):
-    """train/good as (train, validation) subsets, split by the run's seed (or its saved split)."""
+    """train/good as (train, validation) subsets, split by the run's seed (or its saved split).
+    In the plain layout the training images are the split's (kmeans: its --from run's), not
+    four fifths of good/ anew: a good image added since would move the fifths."""
+    pool = split if split is not None else guards.source_pool(config)
     data = AnomalyDataset(
-        config.data, "train", size=config.size, channels=config.channels, decode=config.decode
+        config.data,
+        "train",
+        size=config.size,
+        channels=config.channels,
+        decode=config.decode,
+        trained=None if pool is None else set(split_names(pool, config.data)),
     )
     if split is not None:
         index = {p: i for i, p in enumerate(data.paths)}
@@ -398,17 +406,24 @@ def _trained(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
     folder than `trained_on` (the data moved, or other data), an image counts by its place and
     its bytes (split.json's SHA-256s): a copy of the set keeps its split, another set with the
     same file names is all tested. None where split.json says nothing."""
-    split, root = rd.split(), os.path.abspath(trained_on)
+    split = rd.split()
     if split is None:
         return None
-    names = [os.path.relpath(p, root).replace(os.sep, "/") for p in split["train"] + split["val"]]
-    if os.path.abspath(data) == root:
+    names = split_names(split, trained_on)
+    if os.path.abspath(data) == os.path.abspath(trained_on):
         return set(names)
     digests = split.get("sha256") or []
     if len(digests) != len(names):  # an older run: no way to tell a copy from other data
         return None
     here = [(n, Path(data) / n, d) for n, d in zip(names, digests)]
-    return {n for n, p, d in here if p.is_file() and sha256_file(p) == d} or None
+    return {n for n, p, d in here if p.is_file() and sha256_file(p) == d}  # none: all tested
+
+
+def split_names(split: dict, root: str) -> list[str]:
+    """The images of a run's `split` (train and held out), relative to the data folder `root`
+    ("good/x.png"), in the split's order."""
+    root = os.path.abspath(root)
+    return [os.path.relpath(p, root).replace(os.sep, "/") for p in split["train"] + split["val"]]
 
 
 def decoding_loader(data, config: Config, collate_fn=None, workers: int | None = None):

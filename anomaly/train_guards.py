@@ -200,6 +200,17 @@ def _source_split(config: Config) -> tuple[RunDir, dict] | None:
     return source, split
 
 
+def source_pool(config: Config) -> dict | None:
+    """kmeans: its `--from` run's split (moved to `config.data`) when any of its images is
+    there, else None. In the plain layout those are the images kmeans may learn: its source's
+    test images are its test images too, however many good images were added since."""
+    found = _source_split(config)
+    if found is None:
+        return None
+    split = found[1]
+    return split if any(os.path.isfile(p) for p in split["train"] + split["val"]) else None
+
+
 def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
     """kmeans: the indices in `paths` of its `--from` run's held-out images. An image that
     run's encoder learned must not be held out (the default threshold, and any conformal one,

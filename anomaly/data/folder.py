@@ -232,8 +232,9 @@ class AnomalyDataset(Dataset):
         holdout: plain layout only, the fraction of good images that go to test.
         decode: "draft" decodes large JPEGs at a reduced scale (`load_image`), "full" whole.
         trained: plain layout only, the good images a run trained on or held out (names
-            relative to the root, "good/x.png"): the test split's good images are then all the
-            others, so good images added since training are tested, never a trained one.
+            relative to the root, "good/x.png"): the train split is then those, and the test
+            split's good images all the others, so good images added since training are tested,
+            never a trained one, and the run's own split still reads (`train --resume`).
     """
 
     def __init__(
@@ -353,8 +354,9 @@ class AnomalyDataset(Dataset):
     def _scan_plain(self) -> list[Sample]:
         check_good_name(self.root)
         good = _list_images(self.root / "good", "defect-free images")
-        if self.trained is not None and self.split == "test":  # a run's own record of its split
-            split_good = [p for p in good if f"good/{p.name}" not in self.trained]
+        if self.trained is not None:  # a run's own record: it learned those, tests the others
+            test = self.split == "test"
+            split_good = [p for p in good if (f"good/{p.name}" in self.trained) != test]
         else:
             n = len(good)
             n_test = plain_test_count(n, self.holdout)

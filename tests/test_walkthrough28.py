@@ -1,0 +1,81 @@
+"""Session 28's walkthroughs (a new user's own photos; run folders from someone else): each fix
+with the check that failed before it."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from helpers import tiny_config
+from PIL import Image
+
+from anomaly.config import Config
+from anomaly.pipeline import _datasets, score_run, train_run
+from anomaly.runs import RunDir
+
+
+def _plain(root, n_good=20, n_defect=3, seed=0):
+    rng = np.random.default_rng(seed)
+    (root / "good").mkdir(parents=True)
+    (root / "stain").mkdir()
+    for i in range(n_good):
+        Image.fromarray(rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)).save(
+            root / "good" / f"{i:03d}.png"
+        )
+    for i in range(n_defect):
+        a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
+        a[10:20, 10:20] = 250
+        Image.fromarray(a).save(root / "stain" / f"{i:03d}.png")
+    return root
+
+
+def _tested_good(folder):
+    with open(folder / "scores.csv") as f:
+        return sorted(r["file"] for r in csv.DictReader(f) if r["label"] == "0")
+
+
+def _learned(run):
+    split = json.loads((run / "split.json").read_text())
+    return {p.rsplit("/", 1)[-1][:-4] for p in split["train"] + split["val"]}
+
+
+def test_another_plain_set_is_tested_whole(tmp_path):
+    """Scored on another plain-layout set (none of whose images the run learned), only the
+    fifth of its good images the holdout rule picks were tested, without a word."""
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(_plain(tmp_path / "a")), size=32), run)
+    other = _plain(tmp_path / "b", seed=1)  # the same file names, other images
+    score_run(run, data=str(other), overlays=False)
+    assert _tested_good(run / "scored" / "b") == [f"{i:03d}" for i in range(20)]
+
+
+def test_good_images_added_since_leave_the_runs_split_readable(tmp_path):
+    """A good image added to a plain set moved the fifths, so --resume found the run's own
+    training images "not in" the data set and refused."""
+    data = _plain(tmp_path / "plain")
+    run = tmp_path / "run"
+    config = Config.for_method("meandiff", data=str(data), size=32)
+    train_run(config, run)
+    Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(data / "good" / "0000_new.png")
+    split = RunDir(run).split()
+    train, val = _datasets(config, split)
+    assert list(train.paths) == split["train"] and list(val.paths) == split["val"]
+
+
+def test_kmeans_learns_only_what_its_source_learned_when_good_images_were_added(tmp_path):
+    """kmeans --from split good/ into fifths anew: with a good image added since its source
+    trained, it learned some of the source's test images and tested some its encoder learned."""
+    data = _plain(tmp_path / "plain")
+    source = tmp_path / "ae"
+    train_run(tiny_config(data, "ae", size=32, channels=3, epochs=1), source)
+    Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(data / "good" / "0000_new.png")
+    km = tmp_path / "km"
+    train_run(
+        Config.for_method("kmeans", source_run=str(source), data=str(data), size=32, channels=3),
+        km,
+    )
+    assert _learned(km) == _learned(source)
+    score_run(km, overlays=False)
+    assert not set(_tested_good(km)) & _learned(source)
+    assert "0000_new" in _tested_good(km)
