@@ -16,8 +16,9 @@ This module imports only `anomaly.config`, `anomaly.safe_files` (the atomic writ
 loads and `RunError`, re-exported here), `anomaly.run_lock`, `anomaly.threshold_file` (what
 threshold.json and val_scores.json may hold, and the model a threshold is for),
 `anomaly.run_checkpoints` (model.pt and last.pt: `RunDir`'s checkpoint methods,
-`CHECKPOINT_FORMAT`, `config_differences`, re-exported here) and `anomaly.data.cookies` for a
-version number; building detectors from a run is `anomaly.build.load_run`.
+`CHECKPOINT_FORMAT`, `config_differences`, re-exported here), `anomaly.run_outputs` (what of
+score's outputs is score's, and clearing them: `RunDir.clear_outputs`) and `anomaly.data.cookies`
+for a version number; building detectors from a run is `anomaly.build.load_run`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from pathlib import Path
 
 from anomaly import threshold_file
 from anomaly.config import Config
-from anomaly.data.files import named
 from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
     CHECKPOINT_FORMAT,
     SHAPE_FIELDS,
@@ -43,15 +43,13 @@ from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
     config_differences,
 )
 from anomaly.run_lock import check_not_in_use, folder_lock
+from anomaly.run_outputs import ScoreOutputs
 from anomaly.safe_files import (
     RunError,
     _atomic,
     atomic_meanwhile,
     finite,
-    marked_overlay,
-    output_folder,
     read_record,
-    remove_written,
     write_json,
 )
 
@@ -104,7 +102,7 @@ def _processor() -> str:
 MAP_LIMIT = 1e30  # map values a run's files may name: float32 maps scaled by them stay finite
 
 
-class RunDir(CheckpointFiles):
+class RunDir(CheckpointFiles, ScoreOutputs):
     """One run folder: its file names, and a reader and an atomic writer for each file."""
 
     CONFIG, SPLIT, VERSIONS = "config.json", "split.json", "versions.json"
@@ -118,6 +116,10 @@ class RunDir(CheckpointFiles):
     # what `score` writes (here for the run's data, in scored/<name>/ for other data): stale
     # once the model changes
     SCORE_OUTPUTS = (PREDICTIONS, SCORES, METRICS)
+    SCORES_HEADER = ("file", "path", "label", "defect", "score")
+    EXPORT = "model.onnx"  # `export`'s default file
+    NAMES = (CONFIG, SPLIT, VERSIONS, MODEL, LAST, HISTORY, VAL_SCORES, THRESHOLD, SELECTION)
+    NAMES += (CALIBRATION, REFUSED, *SCORE_OUTPUTS, OVERLAYS, PREDICT, SCORED, EXPORT)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -387,7 +389,7 @@ class RunDir(CheckpointFiles):
         )
         buf = io.StringIO(newline="")
         writer = csv.writer(buf)
-        writer.writerow(["file", "path", "label", "defect", "score"])
+        writer.writerow(self.SCORES_HEADER)
         for p, label, defect, score in rows:
             writer.writerow([Path(p).stem, p, int(label), defect, f"{float(score):.6g}"])
         return _atomic(self.file(self.SCORES), lambda f: f.write(buf.getvalue().encode()))
@@ -423,40 +425,6 @@ class RunDir(CheckpointFiles):
             raise RunError(f"{path} {err}; score the run again: {again}") from None
         return pred
 
-    def scored_elsewhere(self) -> list[RunDir]:
-        """The folders in scored/ where `score --data OTHER` wrote other data's scores."""
-        scored = self.file(self.SCORED)
-        if not scored.is_dir() or scored.is_symlink():  # a link: nothing is removed through it
-            return []
-        return [RunDir(p) for p in sorted(scored.iterdir()) if p.is_dir() and not p.is_symlink()]
-
-    def clear_outputs(self) -> list[str]:
-        """Remove what `score` wrote, for the run's data and in scored/ for other data (the
-        model changed, so they describe another model); anything else there stays."""
-        folders = [self, *self.scored_elsewhere()]
-        for folder in folders:
-            if folder.overlays.is_symlink():
-                output_folder(folder.overlays)  # refuses it, before anything is removed
-        removed = []
-        for folder in folders:
-            where = "" if folder is self else f"{folder.path.relative_to(self.path)}/"
-            if folder is not self and not _scored_by_score(folder):
-                removed.append(f"nothing of {where} (score did not write it)")
-                continue
-            for name in self.SCORE_OUTPUTS:
-                if folder.file(name).exists():
-                    folder.file(name).unlink()
-                    removed.append(where + name)
-            if folder.overlays.is_dir():
-                kept = remove_written(folder.overlays, self.OVERLAYS_WRITTEN, marked_overlay)
-                mine = f" (but not {named(kept, 3)})"
-                removed.append(f"{where}{self.OVERLAYS}/" + (mine if kept else ""))
-            if folder is not self and not any(folder.path.iterdir()):
-                folder.path.rmdir()
-        with contextlib.suppress(OSError):  # left when it holds anything else
-            self.file(self.SCORED).rmdir()
-        return removed
-
     # --- checkpoints ----------------------------------------------------------------------
     # --- lock -----------------------------------------------------------------------------
     def lock(self, command: str = "train"):
@@ -467,19 +435,6 @@ class RunDir(CheckpointFiles):
     def check_not_in_use(self, command: str) -> None:
         """RunError when a live process holds the run's lock (a run still training)."""
         check_not_in_use(self.path, self.LOCK, command)
-
-
-def _scored_by_score(folder: RunDir) -> bool:
-    """Whether a folder in scored/ holds what `score --data OTHER` writes: a predictions.npz
-    with the arrays `Predictions.save` writes (a folder of the user's there, with a file of
-    one of score's names, is not emptied when the model changes)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(folder.file(folder.PREDICTIONS)) as z:
-            return {"scores.npy", "maps.npy", "method.npy"} <= set(z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
 
 
 # --- the functions earlier code and notebooks call ------------------------------------------

@@ -57,10 +57,28 @@ def refuse_existing(run: RunDir) -> None:
                 "the folder to train it again"
             )
         if not run.has_last():  # stopped before its first epoch was saved: trained again
-            return
+            return _refuse_theirs(run)
         raise RunError(
             f"{run} holds an interrupted run; continue it with `python -m anomaly "
             f"train --out {run} --resume`, or delete the folder to start again"
+        )
+    _refuse_theirs(run)
+
+
+def _refuse_theirs(run: RunDir) -> None:
+    """RunError when a run folder (its config.json reads) holds files no run writes: a folder
+    of the user's with a config.json copied in, whose files of score's names train would
+    otherwise remove as the outputs of an earlier model."""
+    if not (run.path.is_dir() and _is_ours(run)):
+        return
+    names = set(RunDir.NAMES)  # and dot files: the lock, temporary files of atomic writes
+    theirs = sorted(p.name for p in run.path.iterdir() if p.name not in names and p.name[0] != ".")
+    if theirs:
+        raise RunError(
+            f"--out {run} holds a config.json, but also files no run writes "
+            f"({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}), so it is taken "
+            "for a folder of yours and nothing is written there; choose a new folder name for "
+            "the run"
         )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from helpers import tiny_config
 from PIL import Image
 
+from anomaly.cli import main
 from anomaly.config import Config
 from anomaly.pipeline import _datasets, score_run, train_run
 from anomaly.runs import RunDir
@@ -79,3 +80,37 @@ def test_kmeans_learns_only_what_its_source_learned_when_good_images_were_added(
     score_run(km, overlays=False)
     assert not set(_tested_good(km)) & _learned(source)
     assert "0000_new" in _tested_good(km)
+
+
+def test_a_folder_of_the_users_with_a_runs_config_json_is_not_trained_into(tmp_path, capsys):
+    """A folder holding a run's config.json beside the user's own files was taken for a run:
+    train removed the user's scores.csv and metrics.json as "outputs of the earlier model"."""
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(_plain(tmp_path / "a")), size=32), run)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "config.json").write_bytes((run / "config.json").read_bytes())
+    mine = {"notes.txt": "mine", "scores.csv": "my,table\n", "metrics.json": '{"mine": 1}'}
+    for name, text in mine.items():
+        (notes / name).write_text(text)
+    flags = ["train", "--data", str(tmp_path / "a"), "--method", "meandiff", "--size", "32"]
+    assert main([*flags, "--out", str(notes)]) == 2
+    assert "also files no run writes (notes.txt)" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in notes.iterdir() if p.name != "config.json"} == mine
+
+
+def test_training_again_keeps_files_of_scores_names_that_score_did_not_write(tmp_path, capsys):
+    """Trained again (its model.pt deleted), a run lost a scores.csv and metrics.json of the
+    user's (not score's) as "outputs of the earlier model"; score's own are still removed."""
+    data = _plain(tmp_path / "a")
+    run = tmp_path / "run"
+    config = Config.for_method("meandiff", data=str(data), size=32)
+    train_run(config, run)
+    score_run(run, overlays=False)
+    (run / "model.pt").unlink()
+    (run / "scores.csv").write_text("my,table\n")
+    train_run(config, run)
+    said = capsys.readouterr().out
+    assert (run / "scores.csv").read_text() == "my,table\n"
+    assert not (run / "metrics.json").exists() and not (run / "predictions.npz").exists()
+    assert "metrics.json" in said and "but not scores.csv (score did not write it)" in said

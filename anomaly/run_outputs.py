@@ -1,0 +1,90 @@
+"""What `score` writes into a run folder, and clearing it when the model changes: the part of
+`anomaly.runs.RunDir` that decides which of those files are score's (`ScoreOutputs`).
+
+A run folder is untrusted, and files of score's names may be the user's own (a table saved
+there by hand, a folder that only looked like a run): only a file that reads as what `score`
+writes is removed, each on its own; a user's file of the same name stays, and is named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import zipfile
+
+from anomaly.data.files import named
+from anomaly.safe_files import marked_overlay, output_folder, remove_written
+
+PREDICTION_ARRAYS = {"scores.npy", "maps.npy", "method.npy"}  # `Predictions.save` writes these
+SCORE_METRICS = {"predict_images_per_s", "threshold"}  # `pipeline.score_run` adds these
+
+
+class ScoreOutputs:
+    """`RunDir`'s methods for score's outputs (it supplies `file`, `path`, `overlays` and the
+    names `SCORED`, `OVERLAYS`, `OVERLAYS_WRITTEN`, `PREDICTIONS`, `SCORES`, `METRICS`,
+    `SCORES_HEADER`)."""
+
+    def scored_elsewhere(self) -> list:
+        """The folders in scored/ where `score --data OTHER` wrote other data's scores."""
+        scored = self.file(self.SCORED)
+        if not scored.is_dir() or scored.is_symlink():  # a link: nothing is removed through it
+            return []
+        return [
+            type(self)(p) for p in sorted(scored.iterdir()) if p.is_dir() and not p.is_symlink()
+        ]
+
+    def written_by_score(self, name: str) -> bool:
+        """Whether the file `name` (one of `SCORE_OUTPUTS`) here reads as what `score` writes:
+        predictions.npz with `Predictions.save`'s arrays, scores.csv with its header,
+        metrics.json with the fields score adds."""
+        path = self.file(name)
+        if path.is_symlink() or not path.is_file():
+            return False
+        try:
+            if name == self.PREDICTIONS:
+                with zipfile.ZipFile(path) as z:
+                    return PREDICTION_ARRAYS <= set(z.namelist())
+            with open(path, "rb") as f:
+                head = f.read(1 << 16 if name == self.SCORES else 1 << 26)
+            if name == self.SCORES:
+                return (
+                    head.split(b"\n", 1)[0].rstrip(b"\r") == ",".join(self.SCORES_HEADER).encode()
+                )
+            record = json.loads(head)
+            return isinstance(record, dict) and SCORE_METRICS <= set(record)
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return False
+
+    def clear_outputs(self) -> list[str]:
+        """Remove what `score` wrote, for the run's data and in scored/ for other data (the
+        model changed, so they describe another model); anything else there stays, and what
+        has score's names but not its contents is named as kept."""
+        folders = [self, *self.scored_elsewhere()]
+        for folder in folders:
+            if folder.overlays.is_symlink():
+                output_folder(folder.overlays)  # refuses it, before anything is removed
+        removed = []
+        for folder in folders:
+            where = "" if folder is self else f"{folder.path.relative_to(self.path)}/"
+            if folder is not self and not folder.written_by_score(self.PREDICTIONS):
+                removed.append(f"nothing of {where} (score did not write it)")
+                continue
+            kept = []
+            for name in self.SCORE_OUTPUTS:
+                if folder.written_by_score(name):
+                    folder.file(name).unlink()
+                    removed.append(where + name)
+                elif folder.file(name).exists() or folder.file(name).is_symlink():
+                    kept.append(where + name)
+            if kept:
+                removed.append(f"but not {named(kept, 3)} (score did not write it)")
+            if folder.overlays.is_dir():
+                mine = remove_written(folder.overlays, self.OVERLAYS_WRITTEN, marked_overlay)
+                removed.append(
+                    f"{where}{self.OVERLAYS}/" + (f" (but not {named(mine, 3)})" if mine else "")
+                )
+            if folder is not self and not any(folder.path.iterdir()):
+                folder.path.rmdir()
+        with contextlib.suppress(OSError):  # left when it holds anything else
+            self.file(self.SCORED).rmdir()
+        return removed
