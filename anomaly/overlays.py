@@ -341,8 +341,11 @@ def save_overlays(
     names = []
     for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
         name = overlay_name(path, defect)
+        stem, k = Path(name).stem, 2
         if name in seen:  # the same defect and stem from another folder, or a file of the user's
-            name = f"{Path(name).stem}_{i}.png"
+            name = f"{stem}_{i}.png"
+        while name in seen:  # that name is a file of the user's too
+            name, k = f"{stem}_{i}_{k}.png", k + 1
         seen.add(name)
         names.append(name)
     record: dict[str, str | None] = dict.fromkeys(names)  # None: written, or being written

@@ -114,3 +114,19 @@ def test_training_again_keeps_files_of_scores_names_that_score_did_not_write(tmp
     assert (run / "scores.csv").read_text() == "my,table\n"
     assert not (run / "metrics.json").exists() and not (run / "predictions.npz").exists()
     assert "metrics.json" in said and "but not scores.csv (score did not write it)" in said
+
+
+def test_score_never_writes_an_overlay_over_a_users_file_of_its_second_name(tmp_path):
+    """An overlay whose name was taken by a user's file fell back to `<stem>_<index>.png`
+    without looking: a user's file of that name was replaced."""
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(_plain(tmp_path / "a")), size=32), run)
+    score_run(run)
+    first = next(iter(json.loads((run / "overlays" / ".written.json").read_text())))
+    stem = first[:-4]
+    (run / "overlays" / first).write_text("edited")
+    (run / "overlays" / f"{stem}_0.png").write_text("my notes")
+    score_run(run)
+    assert (run / "overlays" / first).read_text() == "edited"
+    assert (run / "overlays" / f"{stem}_0.png").read_text() == "my notes"
+    assert f"{stem}_0_2.png" in json.loads((run / "overlays" / ".written.json").read_text())
