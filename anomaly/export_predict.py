@@ -7,6 +7,7 @@ the package (the threshold, the overlays, the file rules of `anomaly.predict`).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def predict_files(
     out = None
     if overlays:
         out = overlay_folder(
-            overlay_dir or detector.path.with_name(detector.path.stem + "_predict")
+            overlay_dir or detector.path.with_name(detector.path.stem + "_predict"),
+            _exported_data(detector),  # where the file says the run's data set is
         )
     paths = expand_images(images)
     detector.warn_unlike(paths)  # as `predict --run`: images unlike the training images
@@ -133,3 +135,13 @@ def _overlay(
     return png_bytes(
         annotated_overlay(own, amap, EvidenceScale(floor, top), score, threshold, title=path.name)
     )
+
+
+def _exported_data(detector) -> str | None:
+    """The data folder of the run a file was exported from (its metadata's config), or None
+    where it does not say (a file from elsewhere: nothing in it is trusted beyond a path)."""
+    try:
+        data = json.loads(detector.meta.get("config", "{}")).get("data")
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return data if isinstance(data, str) and data and "\x00" not in data else None

@@ -20,6 +20,7 @@ from anomaly.data.files import (
     DataError,
     _is_image,
     broken_link,
+    check_not_in_data,
     named,
     scan_images,
     skipped,
@@ -188,7 +189,8 @@ def predict_images(
     detector = load_run(rd)
     threshold = rd.threshold()
     scale = run_scale(rd) if overlays else None  # the saved pixel threshold anchors the colours
-    overlay_dir = overlay_folder(overlay_dir or rd.predict_dir) if overlays else None
+    data = detector.config.data
+    overlay_dir = overlay_folder(overlay_dir or rd.predict_dir, data) if overlays else None
     paths = expand_images(images)
     warn_unlike(paths, trained_images(rd), detector.config.channels, detector.config.size)
     files = _ImageFiles(paths, detector.config)
@@ -265,10 +267,12 @@ def overlay_tensor(a):
     return x.expand(3, -1, -1).clamp(0, 1).contiguous() if x.shape[0] == 1 else x.clamp(0, 1)
 
 
-def overlay_folder(path: str | Path) -> Path:
+def overlay_folder(path: str | Path, data: str | None = None) -> Path:
     """The folder `predict` writes its overlays in, made when missing and tried by writing: a
     run or an exported file shared read-only is named with the way out, before anything is
-    scored."""
+    scored. Never inside a data set (the run's, `data`, or any in the MVTec AD layout), where
+    the overlays would be read as images by the next train or score."""
+    check_not_in_data(path, "--out", data)
     return writable_folder(
         path,
         "predict writes an overlay per image there; give --out DIR for them, or --no-overlays",

@@ -130,3 +130,22 @@ def test_score_never_writes_an_overlay_over_a_users_file_of_its_second_name(tmp_
     assert (run / "overlays" / first).read_text() == "edited"
     assert (run / "overlays" / f"{stem}_0.png").read_text() == "my notes"
     assert f"{stem}_0_2.png" in json.loads((run / "overlays" / ".written.json").read_text())
+
+
+def test_predict_and_export_never_write_into_the_data_set(tmp_path, capsys):
+    """`predict --out` inside the run's plain data set (or any MVTec AD one) wrote an overlay
+    that the next `score` read as a good image, or as a defect kind of its own."""
+    data = _plain(tmp_path / "a")
+    run = tmp_path / "run"
+    train_run(Config.for_method("patchknn", data=str(data), size=32), run)
+    image = str(data / "stain" / "000.png")
+    for out in (data / "good", data / "overlays"):
+        assert main(["predict", "--run", str(run), "--out", str(out), image]) == 2
+        assert "inside the data set" in capsys.readouterr().err
+    assert not (data / "overlays").exists()
+    assert main(["export", "--run", str(run), "--out", str(data / "good" / "m.onnx")]) == 2
+    assert "inside the data set" in capsys.readouterr().err
+    assert main(["export", "--run", str(run)]) == 0
+    onnx = ["predict", "--onnx", str(run / "model.onnx"), "--out", str(data / "x"), image]
+    assert main(onnx) == 2 and "inside the data set" in capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == ["good", "stain"]
