@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -171,6 +172,14 @@ def _of_type(value, kind: str) -> bool:
     if kind == "float":
         return isinstance(value, int | float)
     return isinstance(value, str)
+
+
+def control_characters(text: str) -> list[str]:
+    """The control characters (Unicode category Cc: C0, DEL and C1, newline and tab too) in
+    `text`, each once. No path or name needs one, and printed in an error on a terminal
+    "\\x1b[2K\\r" erases the line and writes anything in its place: a config.json from someone
+    else could make a refusal read as success."""
+    return list(dict.fromkeys(c for c in text if unicodedata.category(c) == "Cc"))
 
 
 @dataclass
@@ -416,6 +425,12 @@ class Config:
             flag = meta.get("flag", "--" + f.name.replace("_", "-"))
             if not _of_type(value, f.type):  # a config.json edited by hand: "64" or 64.0
                 raise ValueError(f"{flag} {value!r}: must be {_TYPE_WORDS[f.type]}")
+            if isinstance(value, str) and (found := control_characters(value)):
+                shown = ", ".join(repr(c) for c in found)  # repr: seen, never acted on
+                raise ValueError(
+                    f"{flag} {value!r}: holds control characters ({shown}), which no path or "
+                    "name has; write it without them"
+                )
             if "choices" in meta and value not in meta["choices"]:
                 raise ValueError(
                     f"{flag} {value!r}: choose one of " + ", ".join(map(str, meta["choices"]))

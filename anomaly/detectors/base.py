@@ -138,6 +138,20 @@ class Predictions:
             )
         if known is not None and known.shape != labels.shape:
             raise ValueError("its mask_known is not one flag for each image")
+        # `score` never writes a NaN or infinite score or map (it refuses the model instead), so
+        # one here was put in since: every threshold, rate and histogram of it would be wrong
+        for name, array in (("scores", scores), ("maps", maps)):
+            if not np.issubdtype(array.dtype, np.number) or np.issubdtype(
+                array.dtype, np.complexfloating
+            ):
+                raise ValueError(f"its {name} are {array.dtype}, not real numbers")
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                what = "scores" if name == "scores" else "map values"
+                raise ValueError(
+                    f"{bad} of its {array.size} {what} {'is' if bad == 1 else 'are'} NaN or "
+                    "infinite, which `score` never writes"
+                )
         return cls(
             paths=[str(p) for p in z["paths"]],
             labels=labels,

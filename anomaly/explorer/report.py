@@ -45,6 +45,13 @@ def is_report(path: Path) -> bool:
         return False
 
 
+def plain(text: str) -> str:
+    """Text for a matplotlib label, drawn as it is: a run's name, defect kind or folder comes
+    from its files (perhaps someone else's), and "$...$" in it would be parsed as mathtext,
+    failing deep inside matplotlib on "\\foo" (a `\\$` is a literal dollar sign)."""
+    return str(text).replace("$", r"\$")
+
+
 def draw_histogram(ax, r: RunView, optimum: float | None, threshold: float | None) -> None:
     """Score histograms of good and defective images, the cost optimum (when there is one),
     the saved rule's threshold (with its guarantee), and `threshold` when given."""
@@ -76,14 +83,14 @@ def draw_histogram(ax, r: RunView, optimum: float | None, threshold: float | Non
         )
     if r.saved is not None:
         bound = guarantee(r.saved)
-        what = f"saved: {r.saved.rule}" + (f", FRR {bound}" if bound else "")
+        what = plain(f"saved: {r.saved.rule}" + (f", FRR {bound}" if bound else ""))
         ax.axvline(r.saved.value, color="#1565c0", linestyle=":", linewidth=1.8, label=what)
     if threshold is not None:
         ax.axvline(threshold, color="#d62728", linewidth=2, label="threshold")
     ax.set_xlim(r.lo, r.hi)
     ax.set_xlabel("image anomaly score")
     ax.set_ylabel("images")
-    ax.set_title(r.label, fontsize=10)
+    ax.set_title(plain(r.label), fontsize=10)
 
 
 def _figure(figsize):
@@ -259,6 +266,7 @@ def snapshot_figure(ex, n_tiles: int = 6):
         f"escape rate       {percent(c, 'escape_rate')}\n"
         f"saved rule: {describe_rule(r.saved) if r.saved else 'none'}"
     )
+    text = plain(text)
     tx.text(0, 1, text, va="top", family="monospace", fontsize=8.5)
     order = ex.gallery.order(filtered=False)  # the most wrong, then the closest calls
     wrong = ex.gallery.wrong(r)
@@ -270,7 +278,7 @@ def snapshot_figure(ex, n_tiles: int = 6):
             a.imshow(ex.gallery.overlay(r, i))
             word, what = _outcome(r, i, t)
             a.set_title(
-                f"{word}: {what}\n{r.pred.defects[i]} {r.pred.scores[i]:.3g}",
+                plain(f"{word}: {what}\n{r.pred.defects[i]} {r.pred.scores[i]:.3g}"),
                 fontsize=7.5,
                 color="#c62828" if wrong[i] else "#2e7d32",
             )

@@ -78,7 +78,7 @@ def collect_runs(runs, run_dirs=None) -> tuple[dict, dict]:
     for name, run in items:
         if isinstance(run, Predictions):
             name = _unique_name(name or run.method or "run", preds)
-            preds[name], dirs[name] = run, None
+            preds[name], dirs[name] = _finite(name, run), None
         else:
             folder = run_folder(run)
             name = _unique_name(name or folder.resolve().name, preds)
@@ -96,6 +96,21 @@ def collect_runs(runs, run_dirs=None) -> tuple[dict, dict]:
                 raise KeyError(f"run_dirs names {name!r}, which is not one of {list(preds)}")
             dirs[name] = Path(folder) if folder is not None else None
     return _matched(preds, dirs), dirs
+
+
+def _finite(name: str, pred: Predictions) -> Predictions:
+    """`pred`, or ValueError naming the run when a score or map value is NaN or infinite: the
+    histogram, the rates and the cost optimum of it would fail deep inside matplotlib, or be
+    wrong. (Run folders are checked when their predictions.npz is read: `Predictions.load`.)"""
+    for what, array in (("scores", pred.scores), ("map values", pred.maps)):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(
+                f"run {name!r}: {bad} of its {array.size} {what} {'is' if bad == 1 else 'are'} "
+                "NaN or infinite; its model gives invalid scores: train it again, or leave "
+                "those images out"
+            )
+    return pred
 
 
 def data_root(pred: Predictions, folder: Path | None) -> Path | None:

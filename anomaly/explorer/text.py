@@ -85,7 +85,8 @@ def at_saved(saved: Threshold | None, threshold: float) -> bool:
 def guarantee(saved: Threshold | None) -> str | None:
     """The false-reject bound a saved threshold guarantees (the conformal rule), or None (also
     for one chosen on an earlier model, or not recorded as chosen for this one:
-    `anomaly.threshold_file.guarantee_words`)."""
+    `anomaly.threshold_file.guarantee_words`). Made of a number only ("<= 5%"), so it goes
+    into HTML as it is: "<" before a space or "=" opens no tag."""
     if saved is None or not guarantee_words(saved.rule, saved.params or {}):
         return None
     return f"<= {100 * float(saved.params['alpha']):.3g}%"
@@ -153,7 +154,8 @@ def lacking_note(counts: dict) -> str:
 
 
 def _source(saved: Threshold) -> str:
-    """The good images a threshold's rule was set on, in a few words."""
+    """The good images a threshold's rule was set on, in a few words: plain text, not HTML (the
+    folder is threshold.json's, which may be someone else's: escape it where it goes into HTML)."""
     record = (saved.params or {}).get("calibration") or {}
     if record.get("source") == "folder":  # threshold --good-images FOLDER
         return f"good images in {record.get('folder', '?')}"
@@ -192,16 +194,18 @@ def rule_html(
     saved: Threshold | None, threshold: float, counts: dict, optimum: float | None, paths=()
 ) -> str:
     """Which rule set the current threshold and what it guarantees (`optimum` None: there is
-    no cost optimum, the images lack a class; `paths`: these images' files)."""
+    no cost optimum, the images lack a class; `paths`: these images' files), as HTML. Every
+    word from the run's files (the rule's description, its folder) is escaped here, once: a
+    threshold.json from someone else must not put markup or script into the page."""
     frr = percent(counts, "false_reject_rate")
     if at_saved(saved, threshold):
         text = f"Threshold set by the saved rule <b>{html.escape(describe_rule(saved))}</b>. "
         bound = guarantee(saved)
         if bound:
             text += (
-                f"It guarantees a false-reject rate {bound} on new good parts from the same "
-                f"process (if they are exchangeable with the {_source(saved)}); measured on "
-                f"these test images: {frr}."
+                f"It guarantees a false-reject rate {bound} on new good parts "
+                "from the same process (if they are exchangeable with the "
+                f"{html.escape(_source(saved))}); measured on these test images: {frr}."
             )
             if n_in := _set_on_these(saved, paths):
                 text += (
@@ -210,7 +214,7 @@ def rule_html(
                 )
         else:
             why = lost_guarantee(saved.rule, saved.params or {})
-            why = f" ({why}: choose it again)" if why else ""
+            why = f" ({html.escape(why)}: choose it again)" if why else ""
             text += (
                 f"It guarantees nothing{why}; measured false-reject rate on these images: {frr}."
             )

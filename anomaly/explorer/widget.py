@@ -483,7 +483,7 @@ class ThresholdExplorer:
         name = f"report_{self.run.name}.html"
         self.report_link.value = (
             f"<a download='{html.escape(name)}' "
-            f"href='data:text/html;base64,{data}'>Download {name}</a>"
+            f"href='data:text/html;base64,{data}'>Download {html.escape(name)}</a>"
             f"<span style='color:#666'>{where}</span>"
         )
 
