@@ -415,8 +415,16 @@ def _trained(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
     digests = split.get("sha256") or []
     if len(digests) != len(names):  # an older run: no way to tell a copy from other data
         return None
-    here = [(n, Path(data) / n, d) for n, d in zip(names, digests)]
+    # only good/<file> names count (`AnomalyDataset` asks no other), so nothing outside `data`
+    # is read: a split.json from someone else may name any path (/proc/kmsg never ends)
+    here = [(n, Path(data) / n, d) for n, d in zip(names, digests) if _good_name(n)]
     return {n for n, p, d in here if p.is_file() and sha256_file(p) == d}  # none: all tested
+
+
+def _good_name(name: str) -> bool:
+    """Whether `name` (relative to a data folder) is a file right in its good/ folder."""
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] == "good" and parts[1] not in ("", ".", "..")
 
 
 def split_names(split: dict, root: str) -> list[str]:

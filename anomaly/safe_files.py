@@ -404,9 +404,20 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def safe_torch_load(path: Path) -> dict:
-    """torch.load with weights_only=True: tensors and plain values only, never arbitrary code."""
+    """torch.load with weights_only=True: tensors and plain values only, never arbitrary code.
+    Only a regular file is opened: a pipe or a device (/dev/zero, a FIFO put in a run folder
+    from someone else) would never end."""
     import torch
 
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = True  # missing or unreadable: torch.load names it below
+    if not regular:
+        raise RunError(
+            f"{path} is not a file (a pipe, a device or a folder), so it was not read; restore "
+            "it from a copy of the run, or train the run again"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

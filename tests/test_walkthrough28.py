@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 from helpers import tiny_config
@@ -149,3 +150,32 @@ def test_predict_and_export_never_write_into_the_data_set(tmp_path, capsys):
     onnx = ["predict", "--onnx", str(run / "model.onnx"), "--out", str(data / "x"), image]
     assert main(onnx) == 2 and "inside the data set" in capsys.readouterr().err
     assert sorted(p.name for p in data.iterdir()) == ["good", "stain"]
+
+
+def test_a_pipe_for_model_pt_or_a_path_outside_in_split_json_is_never_read(
+    tmp_path, capsys, monkeypatch
+):
+    """A FIFO put in place of model.pt made predict and score wait forever; a split.json naming
+    a file outside the data set (/proc/kmsg, endless) made `score --data OTHER` read it whole to
+    hash it."""
+    import os
+
+    from anomaly import pipeline
+
+    data = _plain(tmp_path / "a")
+    run = tmp_path / "run"
+    train_run(Config.for_method("meandiff", data=str(data), size=32), run)
+    split = json.loads((run / "split.json").read_text())
+    (tmp_path / "outside.png").write_bytes(b"not the user's to read")
+    split["train"][0] = str(tmp_path / "outside.png")  # beside b/ too: ../outside.png
+    (run / "split.json").write_text(json.dumps(split))
+    other = _plain(tmp_path / "b", seed=1)
+    hashed = []
+    real = pipeline.sha256_file
+    monkeypatch.setattr(pipeline, "sha256_file", lambda p: hashed.append(p) or real(p))
+    score_run(run, data=str(other), overlays=False)
+    assert hashed and all(Path(p).parent == other / "good" for p in hashed)
+    (run / "model.pt").unlink()
+    os.mkfifo(run / "model.pt")
+    assert main(["predict", "--run", str(run), str(data / "stain" / "000.png")]) == 2
+    assert "model.pt is not a file (a pipe, a device or a folder)" in capsys.readouterr().err
