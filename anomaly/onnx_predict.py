@@ -3,8 +3,9 @@
 `predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) never
 imports torch (a test checks), and this module imports nothing else of the package but the
 Pillow-only `anomaly.data.image_kind`, for its warnings and its rule on files of several frames
-(both reduced when it is absent), so this one file can be copied to a machine that has only
-those three.
+(both reduced when it is absent), and `anomaly.onnx_checks`, which refuses a graph export never
+writes (copy onnx_checks.py beside it: without it a note says files load unchecked), so this
+file can be copied to a machine that has only those three.
 
 The file's contract, also stored in its `metadata_props` (read them with
 `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):
@@ -13,17 +14,9 @@ The file's contract, also stored in its `metadata_props` (read them with
   values in [0, 1]: one image per call;
 - outputs `scores` [1] (higher = more anomalous) and `maps` [1, size, size] (per-pixel scores on
   the same scale);
-- preprocessing (`preprocess` below): decode the file and turn it as viewers show it (its EXIF
-  orientation, `PIL.ImageOps.exif_transpose`); 16-bit images are divided by 65535, 8-bit
-  by 255; palette images are converted to RGB(A), images with transparency composited on white;
-  grey -> RGB repeats the channel, RGB -> grey is 0.299 R + 0.587 G + 0.114 B (not rounded);
-  then each channel is resized to size x size with Pillow's bilinear filter on float32 data
-  (`Image.fromarray(channel, "F").resize((size, size), Image.BILINEAR)`, which widens the filter
-  when shrinking; `resize_channels`, which the package's loader uses too) and clipped to
-  [0, 1]. The aspect ratio is not kept. `decode` "draft" (a run trained so): a JPEG (or MPO)
-  is opened in Pillow's draft mode first (`Image.draft(mode, (d, d))`, d = `draft_size`, else
-  twice `size`: decoded at 1/2, 1/4 or 1/8 of its size where both sides stay at least d);
-  missing: "full", every pixel;
+- preprocessing: `PREPROCESSING` below says it, `preprocess` does it (`resize_channels`: Pillow's
+  bilinear filter on float32 data, which the package's loader uses too); `decode` "draft" (a run
+  trained so): a JPEG drafted to `draft_size` (else twice `size`), missing: "full", every pixel;
 - `threshold`: the run's saved decision threshold when it had one (score >= threshold means
   anomalous), `threshold_rule` its rule and `threshold_params` (JSON, `THRESHOLD_PARAMS`) what
   it guarantees, as `predict --run` says it; `map_range`: its overlays' colour scale, [floor,
@@ -43,7 +36,17 @@ from pathlib import Path
 
 import numpy as np
 
+try:  # the checks of its graph: in the package, or copied beside this file
+    from anomaly.onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
+except ImportError:
+    try:
+        from onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
+    except ImportError:
+        graph_ops, short_error = None, str
+_SAID_NO_GRAPH: list[bool] = []  # the note on unchecked graphs, said once per process
+
 FORMAT = "anomaly-onnx/1"
+EXPORT = "python -m anomaly export --run"
 INSTALL = "pip install onnx onnxruntime   (or: pip install 'anomaly[export]')"
 PREPROCESSING = (
     "Decode the file; apply its EXIF orientation (PIL.ImageOps.exif_transpose); divide 8-bit "
@@ -182,8 +185,7 @@ def to_input(a: np.ndarray, size: int, channels: int) -> np.ndarray:
     """A decoded image [H, W, 1 or 3] (`read_file`) as the input: float32 [channels, size,
     size] in [0, 1]."""
     if channels == 1 and a.shape[-1] == 3:
-        a = a @ _LUMA
-        a = a[..., None]
+        a = (a @ _LUMA)[..., None]
     elif channels == 3 and a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
     a = resize_channels(a, size)
@@ -227,14 +229,9 @@ def _to_array(im) -> np.ndarray:
         return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)[..., None]
     if mode == "F":
         return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)[..., None]
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode == "1":
-        im = im.convert("L")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-    elif mode not in ("L", "LA", "RGB", "RGBA"):
-        im = im.convert("RGB")
+    if mode not in ("L", "LA", "RGB", "RGBA"):  # palette (with transparency: RGBA), 1-bit, ...
+        alpha = mode == "PA" or (mode == "P" and "transparency" in im.info)
+        im = im.convert("L" if mode == "1" else "RGBA" if alpha else "RGB")
     a = np.asarray(im, dtype=np.float32) / 255.0
     if a.ndim == 2:
         a = a[..., None]
@@ -263,21 +260,28 @@ def _json_object(path: Path, meta: dict, key: str) -> dict | None:
     return value
 
 
-def _warn_saturating(path: Path, meta: dict) -> None:
-    """Warn of a file whose 8-bit search has bank weights of eight bits (exported before they
-    were seven, `anomaly.detectors.knn.WEIGHT_MAX`): where the CPU has no VNNI, onnxruntime adds
-    pairs of its products in 16 bits, which saturate."""
-    if "int8_weight_max" in meta or b"MatMulIntegerToFloat" not in path.read_bytes():
-        return
-    import warnings
-
-    warnings.warn(
-        f"{path} searches in 8 bits as files exported before 2026-12-04 did, with bank weights "
-        "that overflow onnxruntime's 16-bit sums on a CPU without VNNI (most AVX2 ones): there "
-        "a few % of the patch distances come out up to 16 % off. Export the run again "
-        "(python -m anomaly export --run RUN) and use the new file",
-        stacklevel=3,
-    )
+def _checked_ops(path: Path) -> set[tuple[str, str]] | None:
+    """The (domain, op type) of the file's nodes, checked before onnxruntime optimises or runs
+    any (`onnx_checks`): ExportError naming those `anomaly.export` never writes; None where
+    the bytes are no model (onnxruntime says why), or copied without onnx_checks.py."""
+    if graph_ops is None:
+        if not _SAID_NO_GRAPH:
+            _SAID_NO_GRAPH.append(True)
+            print(
+                "note: without onnx_checks.py beside this file (anomaly/onnx_checks.py), ONNX "
+                "files load unchecked: one from someone else may run for ever. Copy it here too",
+                file=sys.stderr,
+            )
+        return None
+    try:
+        ops, other = graph_ops(path.read_bytes())
+    except OSError as err:
+        raise ExportError(f"{path} cannot be read ({err.strerror or err}); copy it again") from None
+    except ValueError:
+        return None
+    if named := foreign_parts(ops, other):
+        raise _bad(path, f"its graph holds {named}, which anomaly.export never writes")
+    return ops
 
 
 def _records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
@@ -318,9 +322,7 @@ def is_images_record(d: dict) -> bool:
 def _contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, list | None]:
     """(size, channels, threshold or None, map_range or None) from a file's metadata, checked
     against its graph: an exported file is untrusted input, and one ExportError names it."""
-
-    def bad(what: str) -> ExportError:
-        return _bad(path, what)
+    bad = lambda what: _bad(path, what)
 
     def number(key: str, kind: type):
         try:
@@ -365,17 +367,14 @@ class OnnxDetector:
         path = Path(onnx_path)
         if path.is_dir():  # a run folder: its export is model.onnx inside
             inside = path / "model.onnx"
-            hint = (
-                f"give {inside}"
-                if inside.is_file()
-                else f"export one: `python -m anomaly export --run {path}`"
-            )
+            hint = f"give {inside}" if inside.is_file() else f"export one: `{EXPORT} {path}`"
             raise ExportError(f"{path} is a folder, not an ONNX file; {hint}")
         if not path.is_file():
             raise ExportError(
                 f"{path}: no such ONNX file; make one with "
                 f"`python -m anomaly export --run RUN --out {path}`"
             )
+        ops = _checked_ops(path)
         options = ort.SessionOptions()
         # idle worker threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch):
         # spinning burns CPU time that a busy or small machine needs
@@ -397,8 +396,11 @@ class OnnxDetector:
                 f"{FORMAT!r} in its metadata); export the run with "
                 f"`python -m anomaly export --run RUN`"
             )
+        if ops is None and graph_ops is not None:  # onnxruntime read what the check could not
+            raise _bad(path, "its graph's nodes cannot be listed")
         self.path = path
-        _warn_saturating(path, self.meta)
+        if ops is not None:
+            warn_saturating(path, self.meta, ops)
         self.size, self.channels, self.threshold, self.map_range = _contract(
             path, self.meta, self.session
         )
@@ -453,7 +455,10 @@ class OnnxDetector:
                     f"{self.path} takes images of shape {want}, got {x.shape}; "
                     f"pass file paths to have them resized"
                 )
-            score, amap = self.session.run(None, {"images": x[None]})
+            try:
+                score, amap = self.session.run(None, {"images": x[None]})
+            except Exception as err:  # noqa: BLE001  (onnxruntime's: the file's fault, not x's)
+                raise _bad(self.path, f"its graph failed ({short_error(err)})") from None
             if score.size != 1 or amap.shape != (1, self.size, self.size):
                 raise ExportError(
                     f"{self.path}: its graph gave a score of shape {score.shape} and a map of "
