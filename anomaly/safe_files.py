@@ -29,10 +29,28 @@ class RunError(ValueError):
 
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write `path` through a temporary file in its folder (`temporary_beside`), then rename it
-    into place; a full disk is a RunError naming the file (the old one, if any, is intact)."""
-    with _disk_full_named(path), temporary_beside(path) as (fd, _):
-        _write_all(fd, write)
+    into place; a full disk is a RunError naming the file (the old one, if any, is intact), and
+    Ctrl-C stays a KeyboardInterrupt (torch.save's writer turns one into a RuntimeError on its
+    way out: "unexpected pos"), so a training stopped while saving says how to resume."""
+    try:
+        with _disk_full_named(path), temporary_beside(path) as (fd, _):
+            _write_all(fd, write)
+    except Exception as err:  # only to find a Ctrl-C it hides
+        if (stop := _interruption(err)) is not None:
+            raise stop from None
+        raise
     return path
+
+
+def _interruption(err: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt among the exceptions `err` was raised while handling, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__context__
+    return None
 
 
 def _write_all(fd: int, write: Callable[[io.BufferedWriter], None]) -> None:

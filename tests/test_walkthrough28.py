@@ -179,3 +179,30 @@ def test_a_pipe_for_model_pt_or_a_path_outside_in_split_json_is_never_read(
     os.mkfifo(run / "model.pt")
     assert main(["predict", "--run", str(run), str(data / "stain" / "000.png")]) == 2
     assert "model.pt is not a file (a pipe, a device or a folder)" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_torch_saves_stays_an_interruption(tmp_path):
+    """Ctrl-C while torch.save wrote last.pt came out as torch's RuntimeError ("unexpected
+    pos"): a traceback instead of "interrupted after epoch N; continue with --resume"."""
+    import pytest
+    import torch
+
+    from anomaly.safe_files import _atomic
+
+    class Stopped:  # the file torch.save writes to, stopped by Ctrl-C on its fifth write
+        def __init__(self, f):
+            self.f, self.calls = f, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 5:
+                raise KeyboardInterrupt
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+    state = {"a": torch.zeros(100_000), "b": torch.ones(100_000)}
+    with pytest.raises(KeyboardInterrupt):
+        _atomic(tmp_path / "last.pt", lambda f: torch.save(state, Stopped(f)))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left
