@@ -281,7 +281,7 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
     threshold.params["set_by"] = "train"
     if val is None:  # none held out: the scores of images the model learned (`few_held_out`)
         threshold.params["on_training_images"] = True
-    guards.warn_degenerate(run, pred.scores, threshold.value)
+    guards.warn_degenerate(run, pred.scores, threshold.value, held_out=val is not None)
     run.save_threshold(threshold)
 
 

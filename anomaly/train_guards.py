@@ -187,9 +187,11 @@ def new_split(config: Config, paths: list[str]) -> tuple[list[int], list[int]]:
     seed, except for kmeans, which holds out its `--from` run's held-out images
     (`source_held_out`) whatever its seed, so that no image its encoder learned is held out."""
     if len(paths) == 1:
+        plain = not os.path.isdir(os.path.join(config.data, "train"))
+        where = "of good/, the test's share left one image" if plain else "train/good holds one"
         warnings.warn(
-            f"{config.data}: train/good holds only one image, so nothing is held "
-            "out; the default threshold will come from that training image",
+            f"{config.data}: {where} to train on, so nothing is held out; the default "
+            "threshold will come from that training image",
             stacklevel=4,
         )
     held = source_held_out(config, paths)
@@ -340,15 +342,21 @@ def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
         )
 
 
-def warn_degenerate(run: RunDir, scores, value: float) -> None:
-    """Warn when the held-out scores have no spread (several all equal, or a single one of 0:
-    the model reproduces them exactly), so that the default threshold equals them and rejects
-    every good part that scores as they do (a score >= the threshold is rejected)."""
+def warn_degenerate(run: RunDir, scores, value: float, held_out: bool = True) -> None:
+    """Warn when the held-out scores (without `held_out`: the training images', none held
+    out) have no spread (several all equal, or a single one of 0: the model reproduces them
+    exactly), so that the default threshold equals them and rejects every good part that
+    scores as they do (a score >= the threshold is rejected)."""
     scores = np.asarray(scores, np.float64).ravel()
     if not len(scores) or np.ptp(scores) > 0 or (len(scores) < 2 and scores[0] != 0):
         return
+    noun, aside = (
+        ("held-out good image", "") if held_out else ("training image", " (none held out)")
+    )
+    n = len(scores)
+    which = f"its one {noun}{aside} scores" if n == 1 else f"all {n} {noun}s{aside} score"
     warnings.warn(
-        f"{run}: all {len(scores)} held-out good images score exactly {value:.6g}, so the "
+        f"{run}: {which} exactly {value:.6g}, so the "
         f"default threshold {value:.6g} is degenerate: it measures no spread of normal scores, "
         "and every good part that scores as they do (or any higher) is rejected. Train on "
         "more varied good images, or set a threshold on other good images: `python -m anomaly "

@@ -401,7 +401,7 @@ def test_one_training_image_says_so(tiny_cookies, tmp_path):
     shutil.copytree(tiny_cookies, data)
     for p in sorted((data / "train" / "good").iterdir())[1:]:
         p.unlink()
-    with pytest.warns(UserWarning, match="only one image"):
+    with pytest.warns(UserWarning, match="train/good holds one to train on"):
         train_run(tiny_config(data, epochs=1, batch_size=1), tmp_path / "run", progress=False)
 
 

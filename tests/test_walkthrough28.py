@@ -206,3 +206,19 @@ def test_ctrl_c_while_torch_saves_stays_an_interruption(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _atomic(tmp_path / "last.pt", lambda f: torch.save(state, Stopped(f)))
     assert list(tmp_path.iterdir()) == []  # nothing half-written left
+
+
+def test_one_good_image_to_train_on_is_said_in_the_layouts_words(tmp_path):
+    """With two good images in the plain layout, train spoke of a train/good folder there is
+    not, and called the one training image's score that of held-out images."""
+    import pytest
+
+    data = _plain(tmp_path / "a", n_good=2)
+    config = Config.for_method("meandiff", data=str(data), size=32)
+    with pytest.warns(UserWarning) as said:
+        train_run(config, tmp_path / "run")
+    text = " ".join(str(w.message) for w in said)
+    assert "of good/, the test's share left one image to train on" in text
+    assert "train/good" not in text
+    # meandiff reproduces its one image: a degenerate threshold, named as the training image's
+    assert "its one training image (none held out) scores exactly" in text
