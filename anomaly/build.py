@@ -181,20 +181,32 @@ def check_size(detector: Detector, config: Config) -> None:
     )
     if probe is None:  # kmeans takes its source run's size; others check their own input
         return
-    x = torch.zeros(2, config.channels, config.size, config.size)
+
+    def fails(size: int) -> str | None:
+        try:
+            probe(torch.zeros(2, config.channels, size, size))
+        except (RuntimeError, ValueError) as err:
+            return str(err).strip().splitlines()[0][:160]
+        return None
+
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         modes = {name: m.training for name, m in detector.modules().items()}
         for m in detector.modules().values():
             m.eval()
         try:
-            probe(x)
-        except (RuntimeError, ValueError) as err:
-            first = str(err).strip().splitlines()[0][:160]
-            default = METHOD_DEFAULTS.get(config.method, {}).get("size", Config.size)
-            raise ValueError(
-                f"--size {config.size} does not work for {config.method} ({first}); "
-                f"use a multiple of 16 of at least 64 (its default is {default})"
-            )
+            if first := fails(config.size):  # then the multiples of 8 near it that work
+                near = [s for s in range(8 * (config.size // 8 - 3), config.size + 33, 8)]
+                works = [s for s in near if s >= 8 and s != config.size and not fails(s)]
+                below = [s for s in works if s < config.size][-1:]
+                above = [s for s in works if s > config.size][:1]
+                default = METHOD_DEFAULTS.get(config.method, {}).get("size", Config.size)
+                hint = (
+                    f"use {' or '.join(map(str, below + above))}" if works else "use a larger one"
+                )
+                raise ValueError(
+                    f"--size {config.size} does not work for {config.method} ({first}); "
+                    f"{hint} (its default is {default})"
+                )
         finally:
             for name, m in detector.modules().items():
                 m.train(modes[name])

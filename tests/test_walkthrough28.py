@@ -222,3 +222,13 @@ def test_one_good_image_to_train_on_is_said_in_the_layouts_words(tmp_path):
     assert "train/good" not in text
     # meandiff reproduces its one image: a degenerate threshold, named as the training image's
     assert "its one training image (none held out) scores exactly" in text
+
+
+def test_a_size_a_network_cannot_take_names_the_sizes_near_it_that_it_can(tmp_path, capsys):
+    """`--size 30` for unet said "use a multiple of 16 of at least 64", though 24, 32 and 40
+    train: the sizes offered are the ones a probe of the network takes."""
+    data = _plain(tmp_path / "a")
+    flags = ["train", "--data", str(data), "--method", "unet", "--epochs", "1"]
+    assert main([*flags, "--size", "30", "--out", str(tmp_path / "r")]) == 2
+    assert "use 24 or 32 (its default is 128)" in capsys.readouterr().err
+    assert main([*flags, "--size", "24", "--out", str(tmp_path / "r24")]) == 0
