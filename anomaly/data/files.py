@@ -67,8 +67,16 @@ def skipped(stray: list[Path], folders: str) -> str:
         return named([p.name + tail for p in entries], NAMED)
 
     dirs = [p for p in stray if p.is_dir()]
-    files = [p for p in stray if not p.is_dir()]
+    special = [p for p in stray if not p.is_dir() and not p.is_file()]  # a pipe, socket, device
+    files = [p for p in stray if p.is_file()]
     said = []
+    if special:
+        one = len(special) == 1
+        said.append(
+            f"{len(special)} entr{'y' if one else 'ies'} that {'is' if one else 'are'} not a "
+            f"regular file ({names(special)}: a named pipe, socket or device, whatever its name "
+            f"ends in), which is not read: save the image as a file there, or remove {'it' if one else 'them'}"
+        )
     if files:
         said.append(
             f"{len(files)} file{'s' * (len(files) != 1)} of a type not read ({names(files)}): "

@@ -64,6 +64,12 @@ from anomaly.data.input_checks import (
     warn_turned,
 )
 from anomaly.data.input_checks import subfolders as _subfolders
+from anomaly.data.layout_names import (
+    check_not_mask_folder,
+    check_not_masks,
+    check_same_stems,
+    warn_loose_masks,
+)
 from anomaly.data.masks import (
     check_defect_mask,
     load_mask,  # noqa: F401  (re-exported: anomaly.data.load_mask)
@@ -189,6 +195,17 @@ def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Pat
     return found
 
 
+def _defect_kinds(folders: list[Path], what: str, masks_go: Path) -> dict[str, list[Path]]:
+    """Each folder's images (`what`: their words); masks in a kind's place refused (`masks_go`)."""
+    kinds = {}
+    for d in folders:
+        check_not_mask_folder(d, {f.name for f in folders}, masks_go)
+        kinds[d.name] = _list_images(d, what.format(d.name))
+    if folders:
+        check_not_masks(kinds, folders[0].parent, masks_go)
+    return kinds
+
+
 def _looks_like_categories(root: Path) -> list[str]:
     return [p.name for p in _subfolders(root) if (p / "train").is_dir() or (p / "good").is_dir()]
 
@@ -305,6 +322,9 @@ class AnomalyDataset(Dataset):
         """Masks of every defect kind under `mask_root`; a mask folder with no kind is an error."""
         if mask_root is None or not mask_root.is_dir():
             return {}
+        warn_loose_masks(mask_root, kinds)  # masks/*.png: not read
+        if any(d.name != "good" for d in _subfolders(mask_root)):  # masks match images by stem
+            check_same_stems(kinds, Path(self.root, rel))
         masks: dict[Path, Path] = {}
         for d in _subfolders(mask_root):
             if d.name == "good":  # good images have no defect; their masks are zeros
@@ -343,7 +363,7 @@ class AnomalyDataset(Dataset):
                 f"and ROOT/test/<defect>/ (one folder per defect kind)."
             )
         folders.sort(key=lambda p: (p.name != "good", p.name))
-        kinds = {d.name: _list_images(d, f"'{d.name}' test images") for d in folders}
+        kinds = _defect_kinds(folders, "'{}' test images", self.root / "ground_truth")
         masks = self._masks_for(self.root / "ground_truth", kinds, "test")
         samples: list[Sample] = []
         for kind, images in kinds.items():
@@ -367,12 +387,12 @@ class AnomalyDataset(Dataset):
         if self.split == "train":
             return samples
         warn_loose_images(self.root)
-        kinds = {
-            d.name: _list_images(d, f"'{d.name}' defect images")
-            for d in _subfolders(self.root)
-            if d.name not in ("good", *MASK_FOLDERS)
-        }
         mask_root = next((self.root / m for m in MASK_FOLDERS if (self.root / m).is_dir()), None)
+        kinds = _defect_kinds(
+            [d for d in _subfolders(self.root) if d.name not in ("good", *MASK_FOLDERS)],
+            "'{}' defect images",
+            mask_root or self.root / "masks",
+        )
         masks = self._masks_for(mask_root, kinds, str(self.root))
         for kind, images in kinds.items():
             samples += self._samples(images, kind, masks)

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from anomaly.data.files import DataError, _is_image, broken_link, named, scan_images
+from anomaly.data.layout_names import good_name_word
 from anomaly.data.masks import read_mask
 
 NAMED = 3  # files named in one warning; the rest are counted
@@ -108,17 +109,31 @@ GOOD_WORDS = {"good", "normal", "ok", "okay", "pass", "passed", "nominal", "defe
 
 def check_good_name(split: Path) -> None:
     """Refuse a `split` folder (train/, test/, or a plain layout's root) whose defect-free
-    images are in `Good/`, `normal/`, `ok/`, ... (`GOOD_WORDS`): folder names are exact, so
-    test/Good/ or normal/ would be read as a defect kind and its good images as defects."""
+    images are in `Good/`, `normal/`, `ok/`, ... (`GOOD_WORDS`), or in a folder whose name holds
+    a good word and none that says otherwise (`layout_names.good_name_word`: good2/,
+    "good copy"/, OK_parts/, normal_images/; not not_ok/ or good_but_scratched/): folder names
+    are exact, so these would be read as a defect kind and their good images as defects."""
     if not split.is_dir():
         return
     for d in subfolders(split):
-        if d.name.lower() in GOOD_WORDS and d.name != "good":
+        exact = d.name.lower() in GOOD_WORDS and d.name != "good"
+        word = None if exact else good_name_word(d.name)
+        if exact or word:
+            said = (
+                "folder names are exact, and the defect-free images go in"
+                if exact
+                else f"its name says {word!r}, but defect-free images are read from"
+            )
             raise DataError(
-                f"{d}: folder names are exact, and the defect-free images go in "
-                f"{split.name}/good/ (lower case); {d.name}/ would be read as a defect kind. "
-                f"Rename it to {split / 'good'}"
+                f"{d}: {said} {split.name}/good/ only (lower case); {d.name}/ would be read as a "
+                f"defect kind, its images scored as defects. Rename it to {split / 'good'}"
                 + (" (or move its images into it)" if (split / "good").exists() else "")
+                + (
+                    ""
+                    if exact
+                    else "; if it is a defect kind, say what is wrong in its name (e.g. "
+                    f"{word}_but_<defect>/ or not_{word}/)"
+                )
             )
 
 

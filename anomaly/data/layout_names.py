@@ -1,0 +1,206 @@
+"""Names that say what a folder of a data set holds, where the layout would read it as something
+else (`anomaly.data.folder.AnomalyDataset` calls these as it lists a data set):
+
+- a folder of good images named otherwise than `good/` (`good2/`, `OK_parts/`, `normal images/`:
+  `good_name_word`), which would be scored as a defect kind;
+- a folder of masks in a defect kind's place (`mask/`, `labels/`, `gt/`, ...: `check_not_masks`),
+  whose masks would be scored as defective images, and masks beside their defect images;
+- masks lying directly in the masks folder, without their `<defect>/` folder (`warn_loose_masks`),
+  which are not read;
+- two images of one stem in a defect folder (`s_0.png`, `s_0.jpg`: `check_same_stems`), when
+  masks are matched to images by stem.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image
+
+from anomaly.data.files import DataError, _is_image, named
+
+NAMED = 3  # files named in one message; the rest are counted
+
+# words of a folder name that say "defect-free" in inspection (after `_PHRASES`)
+GOOD_NAME_WORDS = {"good", "normal", "ok", "okay", "pass", "passed", "nominal", "clean",
+                   "defectfree", "nodefect"}  # fmt: skip
+# words that say a folder with a good word in its name is a defect kind after all: a negation
+# (not_ok, no_good, NG), a defect word, or a qualification (good_but_scratched, ok_with_dent)
+NOT_GOOD_WORDS = {"not", "no", "non", "un", "bad", "ng", "nok", "nogood", "notok", "defect",
+                  "defects", "defective", "fail", "failed", "failure", "reject", "rejected",
+                  "anomaly", "anomalies", "anomalous", "abnormal", "fault", "faulty", "flaw",
+                  "flawed", "broken", "damaged", "but", "with", "except"}  # fmt: skip
+# phrases that say "defect-free" with a defect or negating word in them, read as one good word
+_PHRASES = (
+    (re.compile(r"\b(defect|defects|flaw|fault|error)s? free\b"), "defectfree"),
+    (
+        re.compile(r"\b(no|non|without|zero) (defect|defects|defective|flaws?|faults?)\b"),
+        "nodefect",
+    ),
+)
+# folder names of masks (the layout reads only masks/ and ground_truth/)
+MASK_NAME_WORDS = {"mask", "masks", "gt", "groundtruth", "label", "labels", "annotation",
+                   "annotations", "annot", "segmentation", "segmentations", "seg"}  # fmt: skip
+
+
+def name_words(name: str) -> list[str]:
+    """The words of a folder name, lower case: split on everything but letters (digits, `_`,
+    `-`, spaces) and between camelCase words ("OK_parts2" -> ok, parts; "goodParts" -> good,
+    parts), the phrases that say "defect-free" ("defect free", "no defects") made one word."""
+    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name)
+    text = " ".join(re.findall(r"[a-z]+", spaced.lower()))
+    for phrase, word in _PHRASES:
+        text = phrase.sub(word, text)
+    return text.split()
+
+
+def good_name_word(name: str) -> str | None:
+    """The word of folder name `name` that says it holds defect-free images, or None.
+
+    The rule: a name is a good folder's when one of its words (`name_words`) is a good word
+    (`GOOD_NAME_WORDS`: good2, "good copy", good_batch2, OK_parts, normal_images, Defect-Free)
+    and none says otherwise (`NOT_GOOD_WORDS`: not_ok, no_good, bad_but_ok, good_but_scratched,
+    ok_with_dent are defect kinds). A name with a mask word (good_masks) is left to
+    `check_not_masks`. `good` itself is the layout's name, and not reported."""
+    words = name_words(name)
+    if name == "good" or not words or set(words) & (NOT_GOOD_WORDS | {"mask", "masks"}):
+        return None
+    return next((w for w in words if w in GOOD_NAME_WORDS), None)
+
+
+def _mask_stem(p: Path) -> str | None:
+    """`p`'s image stem when `p` is named like a mask (`<stem>_mask.*`, any case), else None."""
+    stem = p.stem
+    return stem[: -len("_mask")] if stem.lower().endswith("_mask") and len(stem) > 5 else None
+
+
+def _two_valued(p: Path) -> bool:
+    """Whether image `p` holds at most two colours (a black-and-white or 0/1 mask): no photo
+    does. An unreadable file is not (it is named when read as an image)."""
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB").getcolors(maxcolors=2) is not None
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def _kind_of(stems: list[str], kinds: dict[str, list[Path]], but: str = "") -> str | None:
+    """The one defect kind (other than `but`) whose images have all these stems, or None."""
+    found = [
+        k
+        for k, images in kinds.items()
+        if k != but and set(stems) <= {p.stem for p in images} and stems
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def check_not_mask_folder(folder: Path, kind_names: set[str], masks_go: Path) -> None:
+    """Refuse a defect folder that holds no images but folders of masks (`mask/scratch/`, named
+    as a defect kind of the data set, or holding `<stem>_mask.*` files): a folder of masks under
+    another name than the one read (`masks_go`). Called before its images are listed, whose
+    error ("move their images up") would give the wrong fix."""
+    if any(p.is_file() and _is_image(p) for p in folder.iterdir()):
+        return
+    inner = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name[0] != "."]
+    for d in inner:
+        if d.name in kind_names - {folder.name} or any(
+            _mask_stem(p) and _is_image(p) for p in d.iterdir()
+        ):
+            raise DataError(
+                f"{folder}: this looks like a folder of masks ({d.name}/ in it "
+                f"{'is named as a defect kind' if d.name in kind_names else 'holds *_mask files'}"
+                f"), read here as a defect kind. Masks go in {masks_go}/<defect>/<stem>_mask.png: "
+                f"move its folders into {masks_go}/"
+                + ("" if masks_go.exists() else f" (or rename {folder.name}/ to {masks_go.name}/)")
+            )
+
+
+def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) -> None:
+    """Refuse the defect folders of `kinds` (name -> images, in `parent`) that hold masks, whose
+    masks would be scored as defective images, naming the folder and where masks go (`masks_go`,
+    `<defect>/<stem>_mask.png`). A defect folder is taken for a folder of masks when
+
+    - every image in it is named `<stem>_mask.*` (no defect kind is), or
+    - its name is a mask word (`MASK_NAME_WORDS`: mask, gt, labels, annotations, ...) and every
+      image in it holds at most two colours (a defect kind named `label` holds photos, and is
+      read; one image of several colours ends the check, so it costs one read);
+
+    and an image `<stem>_mask.*` beside the image `<stem>.*` in a defect folder is a mask among
+    the images (a lone `x_mask.png` is left as an image)."""
+    for kind, images in kinds.items():
+        if kind == "good":  # test/good/ (MVTec AD layout)
+            continue
+        folder = parent / kind
+        stems = [_mask_stem(p) for p in images]
+        if images and all(stems):
+            why = f"its {len(images)} image(s) are all named <stem>_mask.*"
+        elif set(name_words(kind)) & MASK_NAME_WORDS and images and all(map(_two_valued, images)):
+            why = f"it is named {kind}/ and its images are black-and-white"
+            stems = [p.stem for p in images]
+        else:
+            by_stem = {p.stem: p for p in images}
+            pairs = [(p, by_stem[s]) for p, s in zip(images, stems) if s in by_stem]
+            if pairs:
+                raise DataError(
+                    f"{folder}: {named([f'{m.name} (mask of {i.name}?)' for m, i in pairs], NAMED)}"
+                    f" would be read as defective images: masks go in "
+                    f"{masks_go / kind}/<stem>_mask.png, not among the images. Move "
+                    f"{'it' if len(pairs) == 1 else 'them'} to {masks_go / kind}/"
+                )
+            continue
+        mask_kind = _kind_of(stems, kinds, but=kind)
+        raise DataError(
+            f"{folder}: this looks like a folder of masks ({why}), read here as a defect kind, "
+            f"its masks scored as defective images. Masks go in {masks_go}/<defect>/"
+            f"<stem>_mask.png: move them to {masks_go}/{mask_kind or '<defect>'}/"
+            + ("" if mask_kind else " (the folder of their images' defect kind)")
+        )
+
+
+def warn_loose_masks(mask_root: Path, kinds: dict[str, list[Path]]) -> None:
+    """Name the image files lying directly in `mask_root` (masks/ or ground_truth/): only its
+    `<defect>/` folders are read, so those masks were ignored without a word, and the pixel
+    metrics said there were no masks. Says the folder to move them to when all their stems are
+    images of one defect kind."""
+    if not mask_root.is_dir():
+        return
+    loose = sorted(
+        p for p in mask_root.iterdir() if p.is_file() and _is_image(p) and p.name[0] != "."
+    )
+    if not loose:
+        return
+    kind = _kind_of([_mask_stem(p) or p.stem for p in loose], kinds)
+    where = f"{mask_root / kind}/" if kind else f"{mask_root}/<defect>/ (their images' kind)"
+    one = len(loose) == 1
+    warnings.warn(
+        f"{mask_root}: {named([p.name for p in loose], NAMED)} {'lies' if one else 'lie'} "
+        f"directly in {mask_root.name}/ and {'is' if one else 'are'} not read: masks are read "
+        f"from {mask_root.name}/<defect>/<stem>_mask.png only. Move {'it' if one else 'them'} "
+        f"into {where}",
+        stacklevel=4,
+    )
+
+
+def check_same_stems(kinds: dict[str, list[Path]], parent: Path) -> None:
+    """Refuse a defect folder holding two images of one stem (`s_0.png` and `s_0.jpg`) when
+    masks are read: masks are matched to images by stem (`<stem>_mask.png`), so one mask would
+    be given to either, and the other told to use the same file."""
+    for kind, images in kinds.items():
+        if kind == "good":  # test/good/: no masks are matched to good images
+            continue
+        by_stem: dict[str, list[Path]] = defaultdict(list)
+        for p in images:
+            by_stem[p.stem].append(p)
+        same = [names for names in by_stem.values() if len(names) > 1]
+        if same:
+            said = named([" and ".join(p.name for p in names) for names in same], NAMED, sep="; ")
+            first = same[0][-1]
+            raise DataError(
+                f"{parent / kind}: {said} have one name but for the extension; masks are matched "
+                "to images by name (<stem>_mask.png), so one mask would go with either. Rename "
+                f"one of each (e.g. {first.name} to {first.stem}_b{first.suffix}), and its mask "
+                "to match"
+            )
