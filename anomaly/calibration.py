@@ -10,6 +10,11 @@ images will be, with the run's detector, and sets the rule on those scores inste
 (`calibrate_on_folder`); the folder, the number of images and a hash of their names and bytes
 are recorded in the threshold (`params["calibration"]`) and every score in the run folder
 (`RunDir.save_calibration`).
+
+Copies among the good images are one draw of a good part, not several: each is counted once
+(`_distinct`: the same file bytes, or in a folder the same decoded pixels, as the detector sees
+them), named, and when the distinct images are too few for the conformal rule's alpha it is
+refused, as it is for too few images (held-out copies: by split.json's SHA-256s).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, scan_images
+from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, named, scan_images
 from anomaly.metrics import (
     Threshold,
     conformal_n_needed,
@@ -103,19 +108,22 @@ def _digests(files, images: list[Path]) -> dict[str, Path]:
 KEPT_BYTES = 2**29  # decoded images kept from the readability check for predict (512 MB)
 
 
-def _read_all(folder: Path, images: list[Path], config) -> list | None:
+def _read_all(folder: Path, images: list[Path], config) -> tuple[list | None, list[str]]:
     """Read every image (`load_image`), naming each unreadable one in one DataError; the images
     read, to score without decoding them again (a folder of camera JPEGs takes as long to decode
-    as to score), or None where they would take more than `KEPT_BYTES` of memory."""
+    as to score), or None where they would take more than `KEPT_BYTES` of memory, and a SHA-256
+    of each one's pixels as the detector sees them (copies saved twice: `_distinct`)."""
     from anomaly.data.folder import load_image
 
-    bad, kept, held = [], [], 0
+    bad, kept, held, pixels = [], [], 0, []
     for p in images:
         try:
             image = load_image(p, config.size, config.channels, config.decode)
         except DataError as err:
             bad.append(str(err))
             continue
+        shape = str(tuple(image.shape)).encode()
+        pixels.append(hashlib.sha256(shape + image.numpy().tobytes()).hexdigest())
         held += image.numel() * image.element_size()
         if kept is not None and held <= KEPT_BYTES:
             kept.append(image)
@@ -126,7 +134,49 @@ def _read_all(folder: Path, images: list[Path], config) -> list | None:
             f"{FLAG} {folder}: {len(bad)} of its {len(images)} images cannot be read "
             "(re-save each as PNG, or delete it, then set the threshold again):\n" + "\n".join(bad)
         )
-    return kept
+    return kept, pixels
+
+
+def _distinct(names: list[str], *keys: list) -> tuple[list[int], list[list[str]]]:
+    """(the index of the first image of each set of copies, the names in each set of two or
+    more): an image is a copy of an earlier one when any of `keys` (one list each: a digest per
+    image, None where unknown) is the same for both."""
+    seen: dict = {}
+    kept, sets = [], {}
+    for i, name in enumerate(names):
+        ids = [(j, key[i]) for j, key in enumerate(keys) if key[i] is not None]
+        first = next((seen[k] for k in ids if k in seen), i)
+        if first == i:
+            kept.append(i)
+        sets.setdefault(first, []).append(name)
+        for k in ids:
+            seen.setdefault(k, first)
+    return kept, [names for names in sets.values() if len(names) > 1]
+
+
+def _count_once(where: str, n: int, kept: int, sets: list, alpha, fix, error=DataError) -> None:
+    """Copies of a good image are one draw of a good part, not several, so each set counts once:
+    a warning naming them, or (the conformal rule) `error` when the distinct images are too few
+    for `alpha`, as for too few images; `fix(k)`: how to add the k more it needs."""
+    if not sets:
+        return
+    what = (
+        f"{n - kept} of the {n} good images {'is a copy' if n - kept == 1 else 'are copies'} "
+        "of another ("
+        + named((named(s, 3, " = ") for s in sets), 2, "; ")
+        + ": the same file bytes, or the same pixels decoded), and a copy is not another good part"
+    )
+    if alpha is not None and kept < (need := conformal_n_needed(alpha)):
+        raise error(
+            f"{where}: a conformal threshold at alpha={alpha:g} needs at least {need} distinct "
+            f"good images (alpha >= 1/(n+1)); {what}, so {kept} are distinct. {fix(need - kept)}"
+            f", or use --value {1 / (kept + 1):.4g} or more"
+        )
+    warnings.warn(
+        f"{where}: {what}: each image counts once, so the threshold is set on the {kept} "
+        "distinct ones",
+        stacklevel=4,
+    )
 
 
 class GoodImages:
@@ -169,13 +219,15 @@ def calibrate_on_folder(
     """Score every image in `folder` with the run's `detector` (`load_run(rd)`).
 
     Checks first, naming the folder and the fix: the folder exists and holds images, enough
-    for `alpha` (the conformal rule), every one readable, none a training image of the run.
+    for `alpha` (the conformal rule), every one readable, none a training image of the run,
+    and enough distinct ones for `alpha` (`_count_once`: copies count once, and are not scored).
 
     Returns:
-        (paths, scores, record): the images and their scores in file-name order, and what the
-        threshold records
-        (source "folder", the folder as given and resolved, n, images_sha256: a hash of every
-        file name and its bytes, so a changed folder is told apart).
+        (paths, scores, record): the distinct images and their scores in file-name order, and
+        what the threshold records
+        (source "folder", the folder as given and resolved, n: distinct images, copies: how
+        many others were copies, images_sha256: a hash of every file name and its bytes, so a
+        changed folder is told apart).
     """
     from anomaly.data.image_kind import warn_unlike
     from anomaly.pipeline import trained_images
@@ -183,12 +235,17 @@ def calibrate_on_folder(
     folder = Path(folder)
     images = images if images is not None else good_images(folder, alpha)
     config = detector.config
-    decoded = _read_all(folder, images, config)
+    decoded, pixels = _read_all(folder, images, config)
     warn_unlike(images, trained_images(rd), config.channels, config.size)  # a threshold for them
     hashes = [sha256_file(p) for p in images]
     _refuse_training_images(rd, folder, images, hashes)
     _warn_test_images(rd, folder, images, hashes)
-    pred = detector.predict(GoodImages(images, config, decoded))
+    kept, copies = _distinct([p.name for p in images], hashes, pixels)
+    more = "Keep one image of each set, and add {} or more other good images to the folder".format
+    _count_once(f"{FLAG} {folder}", len(images), len(kept), copies, alpha, more)
+    distinct = [images[i] for i in kept]
+    decoded = decoded and [decoded[i] for i in kept]
+    pred = detector.predict(GoodImages(distinct, config, decoded))
     scores = np.asarray(pred.scores, np.float64)
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"{FLAG} {folder}: the detector gave NaN or inf scores to its images")
@@ -197,10 +254,11 @@ def calibrate_on_folder(
         "source": "folder",
         "folder": str(folder),
         "folder_resolved": str(folder.resolve()),
-        "n": len(images),
+        "n": len(distinct),
+        **({"copies": len(images) - len(kept)} if copies else {}),
         "images_sha256": digest.hexdigest(),
     }
-    return [str(p) for p in images], scores, record
+    return [str(p) for p in distinct], scores, record
 
 
 def _warn_test_images(rd: RunDir, folder: Path, images: list[Path], hashes: list[str]) -> None:
@@ -240,11 +298,12 @@ def good_scores(
 ) -> tuple[list[str] | None, np.ndarray, dict]:
     """(paths, scores, record) of `folder` scored now by the run's detector
     (`calibrate_on_folder`), or without a folder (None, the held-out scores, their record).
-    Only scoring a folder loads the detector, and so imports torch."""
+    Only scoring a folder loads the detector, and so imports torch. Copies among the good
+    images count once (`_count_once`)."""
     if folder is None:
         _refuse_unfinished(rd)
-        stored = rd.val_scores()
-        trained_on = set((rd.split() or {}).get("train", []))
+        stored, split = rd.val_scores(), rd.split() or {}
+        trained_on = set(split.get("train", []))
         if trained_on & set(stored.get("paths", [])):  # --val-fraction 0: nothing held out
             raise RunError(
                 f"{rd} held out no good images (trained with --val-fraction 0), so its stored "
@@ -252,12 +311,29 @@ def good_scores(
                 f"threshold on them would reject too many and guarantee nothing. Set it on "
                 f"other good images: {FLAG} FOLDER"
             )
-        scores = np.asarray(stored["scores"], np.float64)
-        return None, scores, {"source": "held-out", "n": int(scores.size)}
+        return None, *_held_out(rd, stored, split, alpha)
     images = good_images(folder, alpha)  # before the model is loaded: a quick refusal
     from anomaly.pipeline import load_run
 
     return calibrate_on_folder(rd, folder, load_run(rd), alpha, images)
+
+
+def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None):
+    """(scores, record) of the run's held-out good images, each byte-identical copy among them
+    (split.json's SHA-256s, read where val_scores.json's images are split.json's) counted once:
+    then the record holds the scores it counted."""
+    scores, paths = np.asarray(stored["scores"], np.float64), stored.get("paths") or []
+    val, digests = split.get("val") or [], split.get("sha256") or []
+    mine = [str(p) for p in paths] == [str(p) for p in val] == paths and len(digests) >= len(val)
+    keys = [d if isinstance(d, str) else None for d in digests[len(digests) - len(val) :]]
+    kept, copies = _distinct(paths, keys) if mine and len(paths) == scores.size else ([], [])
+    if not copies:
+        return scores, {"source": "held-out", "n": int(scores.size)}
+    more = f"Keep one of each set in the data and train again, set it on {FLAG} FOLDER".format
+    _count_once(f"{rd}'s held-out images", len(paths), len(kept), copies, alpha, more, RunError)
+    scores = scores[kept]
+    record = {"source": "held-out", "n": len(kept), "copies": len(paths) - len(kept)}
+    return scores, {**record, "scores": [float(x) for x in scores]}
 
 
 def _refuse_unfinished(rd: RunDir) -> None:
@@ -315,16 +391,21 @@ def calibration_words(threshold: Threshold, scores_file: str | Path | None = Non
     record = (threshold.params or {}).get("calibration")
     if not record:
         return ""
-    n = record.get("n", "?")
+    n, copies = record.get("n", "?"), record.get("copies")
+    once = f"{copies} cop{'y' if copies == 1 else 'ies'} of them not counted" * bool(
+        isinstance(copies, int) and copies
+    )
     if record.get("source") == "folder":
         kept = f"; scores in {scores_file}" if scores_file else ""
         line = (
-            f"set on {n} good images in {record['folder']} (sha256 of names and bytes "
+            f"set on {n} good images in {record['folder']} ({once}{'; ' * bool(once)}sha256 of "
+            "names and bytes "
             f"{record['images_sha256'][:12]}{kept})"
         )
         like = f"the images in {record['folder']}"
     else:
         line = f"set on the run's {n} good training images held out from training"
+        line += f" ({once})" * bool(once)
         like = "those held-out images"
     if not guarantee_words(threshold.rule, threshold.params or {}):  # none claimed
         return line

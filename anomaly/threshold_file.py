@@ -55,6 +55,7 @@ _FLAG = (lambda x: isinstance(x, bool), "true or false")
 CALIBRATION = {
     "source": (lambda x: x in ("held-out", "folder"), '"held-out" or "folder"'),
     "n": _COUNT,
+    "copies": _COUNT,  # good images not counted in n: copies of one of them
     **dict.fromkeys(("folder", "folder_resolved"), _WORDS),
     "images_sha256": _TEXT,
     # the folder's scores themselves: the threshold holds what its guarantee rests on,
@@ -261,7 +262,8 @@ def check_numbers(threshold, file, held_out: str, folder: str) -> None:
     """Mark `UNSUPPORTED` (in memory) a conformal threshold that claims a guarantee its recorded
     scores do not give: its value, n and rank must be what its alpha gives on the scores it was
     set on, the run's held-out ones (`file(held_out)`, val_scores.json) or those of the folder
-    it records: the scores its record holds, or for one from before records held them
+    it records: the scores its record holds (held-out ones too where copies among them were
+    counted once, `anomaly.calibration`), or for one from before records held them
     (`file(folder)`, calibration_scores.json; `file`: `RunDir.file`). Scores that cannot be
     read leave it as it is: there is nothing to check it against."""
     params = threshold.params
@@ -269,7 +271,7 @@ def check_numbers(threshold, file, held_out: str, folder: str) -> None:
         return
     record = params.get("calibration")
     on_folder = isinstance(record, dict) and record.get("source") == "folder"
-    scores = record.get("scores") if on_folder else None  # held in the threshold itself
+    scores = record.get("scores") if isinstance(record, dict) else None  # held in the threshold
     if scores is None:
         try:
             scores = json.loads(read_record(file(folder if on_folder else held_out)))["scores"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import copy_run
+from PIL import Image
 
 from anomaly.calibration import calibration_words, set_threshold
 from anomaly.cli import main
@@ -193,7 +194,8 @@ def test_a_threshold_stopped_before_threshold_json_keeps_the_earlier_guarantee(
     first = set_threshold(run, "conformal", 0.25, good_images=good)
     other = tmp_path / "other-good"
     shutil.copytree(good, other)
-    shutil.copy(min(good.iterdir()), other / "extra.png")  # B: five images, A four
+    with Image.open(min(good.iterdir())) as im:  # B: five images, A four (a copy: one)
+        im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other / "extra.png")
 
     def killed(self, threshold):
         raise KeyboardInterrupt
