@@ -125,7 +125,8 @@ def test_masks_beside_their_defect_images_are_refused(tmp_path):
 GOODISH = ["good2", "good copy", "good_batch2", "OK_parts", "normal_images", "goodParts",
            "Defect-Free parts", "no_defects", "Pass-2"]  # fmt: skip
 DEFECT_KINDS = ["not_ok", "no_good", "NG", "good_but_scratched", "ok_with_dent", "bad_ok",
-                "okey", "goodness", "abnormal"]  # fmt: skip
+                "okey", "goodness", "abnormal", "pass_through_hole", "clean_room_dust",
+                "normal_wear", "print_ok_mismatch", "clean_cut_missing"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", GOODISH)
@@ -189,3 +190,25 @@ def test_a_named_pipe_among_the_images_is_named_as_not_a_regular_file(tmp_path):
     _, said = _said(root, "train")
     assert "camera_pipe.png" in said and "not a regular file" in said
     assert "of a type not read" not in said
+
+
+def test_a_black_and_white_data_set_keeps_a_defect_kind_named_like_masks(tmp_path):
+    """Session 28's review: a data set of black-and-white images (scanned prints) with a defect
+    kind `label_missing` was refused as a folder of masks."""
+    root = tmp_path / "bw"
+    for i in range(5):
+        _mask(root / "good" / f"g_{i}.png")
+    for i in range(2):
+        _mask(root / "label_missing" / f"l_{i}.png")
+    data, _ = _said(root)
+    assert data.counts()["label_missing"] == 2
+
+
+def test_one_stem_twice_in_a_kind_without_masks_is_read(tmp_path):
+    """Session 28's review: two images of one stem were refused in a kind with no mask folder,
+    where nothing matches by stem."""
+    root = _plain(tmp_path / "d")
+    _image(root / "plastic" / "p_0.png", 40)
+    _image(root / "plastic" / "p_0.jpg", 41)
+    data, _ = _said(root)
+    assert data.counts()["plastic"] == 2

@@ -323,8 +323,8 @@ class AnomalyDataset(Dataset):
         if mask_root is None or not mask_root.is_dir():
             return {}
         warn_loose_masks(mask_root, kinds)  # masks/*.png: not read
-        if any(d.name != "good" for d in _subfolders(mask_root)):  # masks match images by stem
-            check_same_stems(kinds, Path(self.root, rel))
+        masked = {d.name for d in _subfolders(mask_root)}  # kinds whose masks match by stem
+        check_same_stems({k: v for k, v in kinds.items() if k in masked}, Path(self.root, rel))
         masks: dict[Path, Path] = {}
         for d in _subfolders(mask_root):
             if d.name == "good":  # good images have no defect; their masks are zeros

@@ -27,12 +27,13 @@ NAMED = 3  # files named in one message; the rest are counted
 # words of a folder name that say "defect-free" in inspection (after `_PHRASES`)
 GOOD_NAME_WORDS = {"good", "normal", "ok", "okay", "pass", "passed", "nominal", "clean",
                    "defectfree", "nodefect"}  # fmt: skip
-# words that say a folder with a good word in its name is a defect kind after all: a negation
-# (not_ok, no_good, NG), a defect word, or a qualification (good_but_scratched, ok_with_dent)
-NOT_GOOD_WORDS = {"not", "no", "non", "un", "bad", "ng", "nok", "nogood", "notok", "defect",
-                  "defects", "defective", "fail", "failed", "failure", "reject", "rejected",
-                  "anomaly", "anomalies", "anomalous", "abnormal", "fault", "faulty", "flaw",
-                  "flawed", "broken", "damaged", "but", "with", "except"}  # fmt: skip
+# words that add nothing to what a folder holds: a name of good words and these alone
+# (good2, "good copy", OK_parts, normal_images) names a folder of good images; any other word
+# (not_ok, good_but_scratched, pass_through_hole, clean_room_dust) may name a defect kind
+NEUTRAL_WORDS = {"image", "images", "img", "imgs", "pic", "pics", "photo", "photos", "picture",
+                 "pictures", "part", "parts", "piece", "pieces", "sample", "samples", "item",
+                 "items", "unit", "units", "copy", "copies", "batch", "set", "data", "new",
+                 "old", "more", "extra", "only", "all", "and", "the", "of", "v", "x"}  # fmt: skip
 # phrases that say "defect-free" with a defect or negating word in them, read as one good word
 _PHRASES = (
     (re.compile(r"\b(defect|defects|flaw|fault|error)s? free\b"), "defectfree"),
@@ -60,13 +61,14 @@ def name_words(name: str) -> list[str]:
 def good_name_word(name: str) -> str | None:
     """The word of folder name `name` that says it holds defect-free images, or None.
 
-    The rule: a name is a good folder's when one of its words (`name_words`) is a good word
-    (`GOOD_NAME_WORDS`: good2, "good copy", good_batch2, OK_parts, normal_images, Defect-Free)
-    and none says otherwise (`NOT_GOOD_WORDS`: not_ok, no_good, bad_but_ok, good_but_scratched,
-    ok_with_dent are defect kinds). A name with a mask word (good_masks) is left to
-    `check_not_masks`. `good` itself is the layout's name, and not reported."""
+    The rule: a name is a good folder's when its words (`name_words`) are good words
+    (`GOOD_NAME_WORDS`) and words that add nothing (`NEUTRAL_WORDS`), at least one of them good:
+    good2, "good copy", good_batch2, OK_parts, normal_images, Defect-Free. Any other word may
+    name a defect (not_ok, no_good, good_but_scratched, pass_through_hole, clean_room_dust,
+    normal_wear: read as defect kinds, as before). `good` itself is the layout's name, and not
+    reported."""
     words = name_words(name)
-    if name == "good" or not words or set(words) & (NOT_GOOD_WORDS | {"mask", "masks"}):
+    if name == "good" or not set(words) <= GOOD_NAME_WORDS | NEUTRAL_WORDS:
         return None
     return next((w for w in words if w in GOOD_NAME_WORDS), None)
 
@@ -125,19 +127,28 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
 
     - every image in it is named `<stem>_mask.*` (no defect kind is), or
     - its name is a mask word (`MASK_NAME_WORDS`: mask, gt, labels, annotations, ...) and every
-      image in it holds at most two colours (a defect kind named `label` holds photos, and is
-      read; one image of several colours ends the check, so it costs one read);
+      image in it holds at most two colours, while the good images do not (a defect kind named
+      `label` holds photos, or black-and-white images like the good ones, and is read; one image
+      of several colours ends the check, so it costs one read or two);
 
     and an image `<stem>_mask.*` beside the image `<stem>.*` in a defect folder is a mask among
     the images (a lone `x_mask.png` is left as an image)."""
+    good = kinds.get("good") or sorted(  # test/good/ (MVTec AD), else the plain layout's good/
+        p for p in (parent / "good").glob("*") if p.is_file() and _is_image(p)
+    )
     for kind, images in kinds.items():
-        if kind == "good":  # test/good/ (MVTec AD layout)
+        if kind == "good":
             continue
         folder = parent / kind
         stems = [_mask_stem(p) for p in images]
         if images and all(stems):
             why = f"its {len(images)} image(s) are all named <stem>_mask.*"
-        elif set(name_words(kind)) & MASK_NAME_WORDS and images and all(map(_two_valued, images)):
+        elif (
+            set(name_words(kind)) & MASK_NAME_WORDS
+            and images
+            and all(map(_two_valued, images))
+            and not (good and _two_valued(good[0]))  # a data set of black-and-white images
+        ):
             why = f"it is named {kind}/ and its images are black-and-white"
             stems = [p.stem for p in images]
         else:
