@@ -66,10 +66,12 @@ def refuse_existing(run: RunDir) -> None:
 
 
 def _refuse_theirs(run: RunDir) -> None:
-    """RunError when a run folder (its config.json reads) holds files no run writes: a folder
-    of the user's with a config.json copied in, whose files of score's names train would
-    otherwise remove as the outputs of an earlier model."""
-    if not (run.path.is_dir() and _is_ours(run)):
+    """RunError when a folder whose config.json reads holds nothing else `train` writes, but
+    files no run writes: a folder of the user's with a config.json copied in, not a run. (A run
+    `train` made, with split.json or the like, may hold the user's notes, the explorer's report
+    or `predict --onnx`'s overlays: those stay, and only score's own outputs are removed.)"""
+    made = (run.SPLIT, run.VERSIONS, run.MODEL, run.LAST, run.HISTORY, run.VAL_SCORES)
+    if not (run.path.is_dir() and _is_ours(run)) or any(run.file(n).exists() for n in made):
         return
     names = set(RunDir.NAMES)  # and dot files: the lock, temporary files of atomic writes
     theirs = sorted(p.name for p in run.path.iterdir() if p.name not in names and p.name[0] != ".")

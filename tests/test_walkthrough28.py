@@ -232,3 +232,18 @@ def test_a_size_a_network_cannot_take_names_the_sizes_near_it_that_it_can(tmp_pa
     assert main([*flags, "--size", "30", "--out", str(tmp_path / "r")]) == 2
     assert "use 24 or 32 (its default is 128)" in capsys.readouterr().err
     assert main([*flags, "--size", "24", "--out", str(tmp_path / "r24")]) == 0
+
+
+def test_a_run_with_the_users_notes_and_reports_is_trained_again(tmp_path, capsys):
+    """Session 28's review: the refusal of folders with files no run writes also refused a run
+    that train made, holding the explorer's report.html, predict --onnx's model_predict/ or the
+    user's README.txt, once its model.pt was deleted to train again."""
+    data = _plain(tmp_path / "a")
+    run = tmp_path / "run"
+    config = Config.for_method("meandiff", data=str(data), size=32)
+    train_run(config, run)
+    (run / "README.txt").write_text("my notes")
+    (run / "report.html").write_text("<html></html>")
+    (run / "model.pt").unlink()
+    train_run(config, run)
+    assert (run / "README.txt").read_text() == "my notes" and (run / "model.pt").is_file()
