@@ -223,14 +223,36 @@ def _source_split(config: Config) -> tuple[RunDir, dict] | None:
 
 
 def source_pool(config: Config) -> dict | None:
-    """kmeans: its `--from` run's split (moved to `config.data`) when any of its images is
-    there, else None. In the plain layout those are the images kmeans may learn: its source's
-    test images are its test images too, however many good images were added since."""
-    found = _source_split(config)
+    """kmeans in the plain layout: the images of its `--from` run's split (moved to
+    `config.data`) found in config.data's good/ with the same bytes (split.json's SHA-256s,
+    where recorded), else None (other data: split by the holdout rule). Those are the images
+    kmeans may learn: its source's test images are its test images too, however many good
+    images were added since. Nothing outside good/ is read."""
+    data = os.path.abspath(config.data)
+    plain = os.path.isdir(os.path.join(data, "good")) and not os.path.isdir(
+        os.path.join(data, "train")
+    )
+    found = _source_split(config) if plain else None
     if found is None:
         return None
     split = found[1]
-    return split if any(os.path.isfile(p) for p in split["train"] + split["val"]) else None
+    paths = split["train"] + split["val"]
+    digests = split.get("sha256") or []
+    digests = digests if len(digests) == len(paths) else [None] * len(paths)
+
+    def here(path: str, digest) -> bool:
+        path = os.path.abspath(path)
+        if os.path.dirname(path) != os.path.join(data, "good") or not os.path.isfile(path):
+            return False
+        return not isinstance(digest, str) or sha256_file(path) == digest
+
+    keep = [here(p, d) for p, d in zip(paths, digests)]
+    n = len(split["train"])
+    pool = {
+        k: [p for p, ok in zip(ps, ks) if ok]
+        for k, ps, ks in (("train", paths[:n], keep[:n]), ("val", paths[n:], keep[n:]))
+    }
+    return pool if any(keep) else None
 
 
 def source_held_out(config: Config, paths: list[str]) -> set[int] | None:

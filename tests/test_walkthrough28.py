@@ -247,3 +247,15 @@ def test_a_run_with_the_users_notes_and_reports_is_trained_again(tmp_path, capsy
     (run / "model.pt").unlink()
     train_run(config, run)
     assert (run / "README.txt").read_text() == "my notes" and (run / "model.pt").is_file()
+
+
+def test_kmeans_on_other_plain_data_with_the_same_names_splits_it_anew(tmp_path):
+    """Session 28's review: kmeans --from a run of another plain set whose images had the same
+    file names learned only the names its source had learned (9 of 18, the rest tested)."""
+    source = tmp_path / "ae"
+    train_run(tiny_config(_plain(tmp_path / "a"), "ae", size=32, channels=3, epochs=1), source)
+    other = _plain(tmp_path / "b", n_good=25, seed=1)  # 000.png ... 024.png, other images
+    km = tmp_path / "km"
+    config = Config.for_method("kmeans", source_run=str(source), data=str(other), size=32)
+    train_run(config.replace(channels=3), km)
+    assert len(_learned(km)) == 20  # four fifths of the 25, as for any new plain set
