@@ -194,9 +194,8 @@ def check_size(detector: Detector, config: Config) -> None:
         for m in detector.modules().values():
             m.eval()
         try:
-            if first := fails(config.size):  # then the multiples of 8 near it that work
-                near = [s for s in range(8 * (config.size // 8 - 3), config.size + 33, 8)]
-                works = [s for s in near if s >= 8 and s != config.size and not fails(s)]
+            if first := fails(config.size):  # then the sizes near it that work
+                works = _sizes_near(config.size, fails)
                 below = [s for s in works if s < config.size][-1:]
                 above = [s for s in works if s > config.size][:1]
                 default = METHOD_DEFAULTS.get(config.method, {}).get("size", Config.size)
@@ -210,6 +209,19 @@ def check_size(detector: Detector, config: Config) -> None:
         finally:
             for name, m in detector.modules().items():
                 m.train(modes[name])
+
+
+def _sizes_near(size: int, fails) -> list[int]:
+    """Sizes near `size` that a network takes (`fails(s)` None): up to 128 px each multiple of 8
+    around it, probed; above, the multiple it needs is found with probes of 136 to 192 px (an
+    odd multiple of 8, 16, 32 or 64), so that a refusal of 1001 px costs no passes at 1001 px."""
+    if size <= 128:
+        near = range(8 * (size // 8 - 3), size + 33, 8)
+        return [s for s in near if s >= 8 and s != size and not fails(s)]
+    step = next((m for m in (8, 16, 32, 64) if not fails(128 + m)), None)
+    if step is None or size % step == 0:  # not a matter of the multiple
+        return []
+    return [size // step * step, size // step * step + step]
 
 
 def trained_images(rd: RunDir) -> dict | None:

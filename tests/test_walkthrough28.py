@@ -232,6 +232,9 @@ def test_a_size_a_network_cannot_take_names_the_sizes_near_it_that_it_can(tmp_pa
     assert main([*flags, "--size", "30", "--out", str(tmp_path / "r")]) == 2
     assert "use 24 or 32 (its default is 128)" in capsys.readouterr().err
     assert main([*flags, "--size", "24", "--out", str(tmp_path / "r24")]) == 0
+    # above 128 px the multiple is found with small probes (a refusal of 1001 px took 39 s)
+    assert main([*flags, "--size", "1001", "--out", str(tmp_path / "r")]) == 2
+    assert "use 1000 or 1008 (its default is 128)" in capsys.readouterr().err
 
 
 def test_a_run_with_the_users_notes_and_reports_is_trained_again(tmp_path, capsys):
