@@ -154,17 +154,20 @@ def _distinct(names: list[str], *keys: list) -> tuple[list[int], list[list[str]]
     return kept, [names for names in sets.values() if len(names) > 1]
 
 
-def _count_once(where: str, n: int, kept: int, sets: list, alpha, fix, error=DataError) -> None:
+def _count_once(
+    where: str, n: int, kept: int, sets: list, alpha, fix, error=DataError, same: str = ""
+) -> None:
     """Copies of a good image are one draw of a good part, not several, so each set counts once:
     a warning naming them, or (the conformal rule) `error` when the distinct images are too few
-    for `alpha`, as for too few images; `fix(k)`: how to add the k more it needs."""
+    for `alpha`, as for too few images; `fix(k)`: how to add the k more it needs; `same`: how
+    copies were told (default: the same file bytes)."""
     if not sets:
         return
     what = (
         f"{n - kept} of the {n} good images {'is a copy' if n - kept == 1 else 'are copies'} "
         "of another ("
         + named((named(s, 3, " = ") for s in sets), 2, "; ")
-        + ": the same file bytes, or the same pixels decoded), and a copy is not another good part"
+        + f": {same or 'the same file bytes'}), and a copy is not another good part"
     )
     if alpha is not None and kept < (need := conformal_n_needed(alpha)):
         raise error(
@@ -242,7 +245,8 @@ def calibrate_on_folder(
     _warn_test_images(rd, folder, images, hashes)
     kept, copies = _distinct([p.name for p in images], hashes, pixels)
     more = "Keep one image of each set, and add {} or more other good images to the folder".format
-    _count_once(f"{FLAG} {folder}", len(images), len(kept), copies, alpha, more)
+    same = "the same file bytes, or the same pixels decoded"
+    _count_once(f"{FLAG} {folder}", len(images), len(kept), copies, alpha, more, same=same)
     distinct = [images[i] for i in kept]
     decoded = decoded and [decoded[i] for i in kept]
     pred = detector.predict(GoodImages(distinct, config, decoded))
@@ -329,7 +333,7 @@ def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None):
     kept, copies = _distinct(paths, keys) if mine and len(paths) == scores.size else ([], [])
     if not copies:
         return scores, {"source": "held-out", "n": int(scores.size)}
-    more = f"Keep one of each set in the data and train again, set it on {FLAG} FOLDER".format
+    more = f"Keep one of each set in the data and train again, or set it on {FLAG} FOLDER".format
     _count_once(f"{rd}'s held-out images", len(paths), len(kept), copies, alpha, more, RunError)
     scores = scores[kept]
     record = {"source": "held-out", "n": len(kept), "copies": len(paths) - len(kept)}

@@ -35,7 +35,6 @@ from pathlib import Path
 
 # the file's contract and scoring with it (numpy, Pillow and onnxruntime alone); imported from
 # here by callers and tests too
-from anomaly.data.files import check_not_in_data
 from anomaly.onnx_predict import (  # noqa: F401
     FORMAT,
     INSTALL,
@@ -79,7 +78,6 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
             f"`python -m anomaly train --method patchknn --data ROOT --out RUN`"
         )
     out_path = Path(out_path) if out_path is not None else run.file("model.onnx")
-    check_not_in_data(out_path, "--out", config.data)  # read there as a file of the data set
     if out_path.is_dir():
         raise ExportError(
             f"{out_path} is a folder; give the ONNX file's name, e.g. {out_path / 'model.onnx'}"
