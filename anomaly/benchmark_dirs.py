@@ -258,9 +258,10 @@ def seal_dir(path: str | Path, below: bool = False) -> None:
     """Record in the mark every file now in `path` (the benchmark wrote them all).
 
     `below=True` (a run folder) lists every file under `path` with its SHA-256: one changed
-    since (`_changed`) is left with the folder. `below=False` lists only the files directly in
-    `path` (an out folder whose run folders carry their own marks), keeping the hashes
-    `write_out` recorded."""
+    since (`_changed`) is left with the folder. `below=False` (an out folder whose run folders
+    carry their own marks) keeps of the files directly in `path` only those its mark lists
+    (`write_out` records each with its hash): a file a user put there is never listed, so
+    never taken for the benchmark's and overwritten by a later run."""
     path = Path(path)
     found = path.rglob("*") if below else path.iterdir()
     files = sorted(str(p.relative_to(path)) for p in found if p.is_file() and p.name != MARK)
@@ -268,9 +269,10 @@ def seal_dir(path: str | Path, below: bool = False) -> None:
         _mark(path, files, {name: sha256_file(path / name) for name in files})
         return
     try:
-        hashes = _hashes(path)[1] if _has_mark(path) else {}
-    except BenchmarkError:  # a damaged mark is replaced, as it always was
-        hashes = {}
+        listed, hashes = _hashes(path) if _has_mark(path) else ([], {})
+    except BenchmarkError:  # a damaged mark is replaced, listing nothing of the folder
+        listed, hashes = [], {}
+    files = [name for name in files if name in hashes or name in listed]
     _mark(path, files, {name: h for name, h in hashes.items() if name in files})
 
 

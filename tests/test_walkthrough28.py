@@ -264,3 +264,22 @@ def test_kmeans_on_other_plain_data_with_the_same_names_splits_it_anew(tmp_path)
     config = Config.for_method("kmeans", source_run=str(source), data=str(other), size=32)
     train_run(config.replace(channels=3), km)
     assert len(_learned(km)) == 20  # four fifths of the 25, as for any new plain set
+
+
+def test_a_users_file_in_a_benchmark_out_folder_is_never_taken_for_the_benchmarks(tmp_path):
+    """A benchmark folder's mark listed every file at its top when sealed, a user's too, and a
+    file listed without a hash is taken for one written before hashes were recorded: the next
+    run of that name overwrote the user's file."""
+    import pytest
+
+    from anomaly.benchmark_dirs import BenchmarkError, claim_out, seal_dir, write_out
+
+    out = tmp_path / "cur"
+    claim_out(out)
+    write_out(out / "train_size_patchknn.csv", "set,method\n")
+    (out / "train_size_meandiff.csv").write_text("a colleague's curve")
+    seal_dir(out)  # as a rerun of the patchknn curve seals it
+    with pytest.raises(BenchmarkError, match="was not written by the benchmark"):
+        write_out(out / "train_size_meandiff.csv", "set,method\n")
+    assert (out / "train_size_meandiff.csv").read_text() == "a colleague's curve"
+    write_out(out / "train_size_patchknn.csv", "set,method,n\n")  # its own: rewritten
