@@ -241,7 +241,7 @@ def _print_row(r: dict) -> None:
 
     cols = ("-", "ERROR", "-")
     if "error" not in r:
-        cols = (f"{r['score']:.6g}", r["verdict"], printable(r["overlay"] or "-"))
+        cols = (r["shown"], r["verdict"], printable(r["overlay"] or "-"))
     try:
         print("\t".join((printable(r["path"]), *cols)), flush=True)
     except BrokenPipeError:  # this pipe only: another broken pipe is an error to report
@@ -282,7 +282,8 @@ def _threshold_words(t) -> str:
     """The threshold, the rule that set it and what it guarantees, in one line."""
     from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, guarantee_words, lost_guarantee
 
-    words = f"threshold {t.value:.6g} ({t.rule})"
+    value = f"{t.value:.6g}"  # or every digit, where 6 would move it past a score
+    words = f"threshold {value if float(value) == t.value else repr(float(t.value))} ({t.rule})"
     if (t.params or {}).get("earlier_model"):
         return (
             f"{words}: chosen on an earlier model of this run, so its guarantee no longer "

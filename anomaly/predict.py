@@ -26,7 +26,7 @@ from anomaly.data.files import (
     skipped,
 )
 from anomaly.data.image_kind import draft_size, warn_unlike
-from anomaly.overlays import png_bytes, verdict
+from anomaly.overlays import png_bytes, score_text, verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
@@ -296,4 +296,5 @@ def scored_result(
         "score": score,
         "overlay": None if overlay is None else str(overlay),
         "verdict": verdict(score, threshold.value),
+        "shown": score_text(score, threshold.value),  # digits enough to read as the verdict
     }

@@ -391,7 +391,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         writer = csv.writer(buf)
         writer.writerow(self.SCORES_HEADER)
         for p, label, defect, score in rows:
-            writer.writerow([Path(p).stem, p, int(label), defect, f"{float(score):.6g}"])
+            writer.writerow([Path(p).stem, p, int(label), defect, repr(float(score))])
         return _atomic(self.file(self.SCORES), lambda f: f.write(buf.getvalue().encode()))
 
     def scores(self) -> list[dict]:

@@ -283,3 +283,27 @@ def test_a_users_file_in_a_benchmark_out_folder_is_never_taken_for_the_benchmark
         write_out(out / "train_size_meandiff.csv", "set,method\n")
     assert (out / "train_size_meandiff.csv").read_text() == "a colleague's curve"
     write_out(out / "train_size_patchknn.csv", "set,method,n\n")  # its own: rewritten
+
+
+def test_printed_scores_read_as_their_verdicts_and_scores_csv_holds_them_exactly(tmp_path, capsys):
+    """scores.csv and predict printed scores in 6 digits: a score of 10.702990 under a manual
+    threshold of 10.703 printed "10.703 PASS", and counts made from scores.csv were off by one
+    at thresholds set just above a score (the conformal rule's)."""
+    from anomaly.metrics import Threshold
+    from anomaly.overlays import score_text
+
+    assert score_text(10.702990531921387, 10.703) == "10.70299"
+    assert score_text(10.71, 10.703) == "10.71" and score_text(3.0) == "3"
+    data = _plain(tmp_path / "a")
+    run = tmp_path / "run"
+    train_run(Config.for_method("patchknn", data=str(data), size=32), run)
+    pred, _ = score_run(run, overlays=False)
+    with open(run / "scores.csv") as f:
+        written = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
+    assert written == {p: float(s) for p, s in zip(pred.paths, pred.scores)}
+    image, score = pred.paths[0], float(pred.scores[0])
+    just_above = float(f"{score:.6g}") if float(f"{score:.6g}") > score else score + 1e-5
+    RunDir(run).save_threshold(Threshold(just_above, "manual", {}))
+    assert main(["predict", "--run", str(run), "--no-overlays", image]) == 0
+    shown, verdict = capsys.readouterr().out.split("\t")[1:3]
+    assert verdict == "PASS" and float(shown) < just_above
