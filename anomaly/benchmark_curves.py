@@ -273,7 +273,21 @@ def read_curve(path: str | Path) -> list[dict]:
             f"{path} holds no train_size*.json; run "
             "`python -m anomaly benchmark --curve train-size` first"
         )
-    return [r for f in files for r in json.loads(f.read_text())["rows"]]
+    rows = []
+    for f in files:
+        try:
+            found = json.loads(f.read_text())["rows"]
+            if not isinstance(found, list) or not all(isinstance(r, dict) for r in found):
+                raise TypeError
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            json_twin = f.with_suffix(".json")
+            hint = f"give {json_twin}, its rows as JSON" if f.suffix != ".json" else "run again"
+            raise ValueError(
+                f"{f} is not a curve `benchmark --curve train-size` wrote (its .json file, "
+                f"with a list of rows); {hint}"
+            ) from None
+        rows += found
+    return rows
 
 
 def train_size_figure(curves: dict[str, dict], target: float = 0.95):

@@ -307,3 +307,17 @@ def test_printed_scores_read_as_their_verdicts_and_scores_csv_holds_them_exactly
     assert main(["predict", "--run", str(run), "--no-overlays", image]) == 0
     shown, verdict = capsys.readouterr().out.split("\t")[1:3]
     assert verdict == "PASS" and float(shown) < just_above
+
+
+def test_reading_a_curves_csv_or_a_damaged_json_names_the_file(tmp_path):
+    """read_curve on the .csv the benchmark says it wrote raised json's JSONDecodeError."""
+    import pytest
+
+    from anomaly.benchmark_curves import read_curve
+
+    (tmp_path / "train_size_patchknn.csv").write_text("set,method,n\n")
+    with pytest.raises(ValueError, match=r"train_size_patchknn.csv is not a curve .* give .*json"):
+        read_curve(tmp_path / "train_size_patchknn.csv")
+    (tmp_path / "train_size_x.json").write_text('{"rows": 3}')
+    with pytest.raises(ValueError, match=r"train_size_x.json is not a curve"):
+        read_curve(tmp_path)
