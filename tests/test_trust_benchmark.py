@@ -167,7 +167,10 @@ def test_auto_says_what_its_too_few_training_images_are_and_what_to_do():
     with pytest.raises(ValueError) as err:
         check_enough(5, config, n_good=6)  # 6 in train/good, 1 held out for the threshold
     message = str(err.value)
-    assert "got 5: the 6 images of train/good less the 1 that --val-fraction 0.1 holds" in message
+    assert (
+        "got 5: the 6 training images of train/good less the 1 that --val-fraction 0.1 holds"
+        in message
+    )
     assert "Put at least 7 images in train/good" in message and "--val-fraction 0 " in message
     with pytest.raises(ValueError) as err:
         check_enough(2, config, n_good=3)  # --val-fraction 0 would not be enough either

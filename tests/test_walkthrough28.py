@@ -321,3 +321,17 @@ def test_reading_a_curves_csv_or_a_damaged_json_names_the_file(tmp_path):
     (tmp_path / "train_size_x.json").write_text('{"rows": 3}')
     with pytest.raises(ValueError, match=r"train_size_x.json is not a curve"):
         read_curve(tmp_path)
+
+
+def test_auto_says_a_plain_sets_training_images_are_what_good_holds_less_the_tested(tmp_path):
+    """With 6 images in good/, auto said "the 5 images of good/ (less the fifth it tests)",
+    which reads as if good/ held 5."""
+    import pytest
+
+    from anomaly.detectors.auto import check_enough
+
+    data = _plain(tmp_path / "a", n_good=6)
+    config = Config.for_method("auto", data=str(data))
+    with pytest.raises(ValueError) as err:
+        check_enough(4, config, n_good=5)
+    assert "the 5 training images of good/ (the rest of it is tested) less the 1" in str(err.value)

@@ -105,7 +105,7 @@ def check_enough(n_train_images: int, config: Config, n_good: int | None = None)
     vf = config.val_fraction
     # the plain layout (good/ and defect folders) tests a fifth of good/: it trains on the rest
     plain = bool(config.data) and not os.path.isdir(os.path.join(config.data, "train"))
-    folder = "good/ (less the fifth it tests)" if plain else "train/good"
+    folder = "good/ (the rest of it is tested)" if plain else "train/good"
 
     def trains_on(n: int) -> int:
         n = n - plain_test_count(n) if plain else n
@@ -114,9 +114,11 @@ def check_enough(n_train_images: int, config: Config, n_good: int | None = None)
     needed = next(n for n in range(MIN_IMAGES, 10_000) if trains_on(n) >= MIN_IMAGES)
     got = f"got {n_train_images}"
     if vf > 0 and n_good is None:
-        got += f" (a run fits auto on {folder} less what --val-fraction {vf} holds out)"
+        got += f" (a run fits auto on the training images of {folder} less what "
+        got += f"--val-fraction {vf} holds out)"
     elif vf > 0 and n_good != n_train_images:
-        got += f": the {n_good} images of {folder} less the {n_good - n_train_images} that "
+        got += f": the {n_good} training images of {folder} less the {n_good - n_train_images} "
+        got += "that "
         got += f"--val-fraction {vf} holds out for the threshold"
     fixes = [f"Put at least {needed} images in {'good/' if plain else 'train/good'}"]
     if vf > 0 and (n_good is None or n_good >= MIN_IMAGES):
