@@ -2,7 +2,8 @@
 
 Import it as `from helpers import ...` (pytest puts tests/ on the path). The on-disk data set is
 the `tiny_cookies` fixture of conftest.py; everything here is small enough to run in seconds.
-`tree_bytes` is what a folder holds, to compare before and after a command.
+`tree_bytes` is what a folder holds, to compare before and after a command; `plain_set` writes a
+small data set in the plain layout (good/ and stain/).
 
 The in-memory image sets are the one place tests make images; each is seeded, so a test gets the
 same images every run, and each item has AnomalyDataset's format ({"image" [C, H, W] in [0, 1],
@@ -37,6 +38,26 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
         for p in sorted(Path(root).rglob("*"))
         if p.is_file()
     }
+
+
+def plain_set(root: Path, n_good: int = 20, n_defect: int = 4, seed: int = 0) -> Path:
+    """A plain-layout data set at `root`: `n_good` noisy grey-ish 32 px images in good/
+    (000.png, ...) and `n_defect` in stain/ with a bright square; seeded."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "good").mkdir(parents=True)
+    (root / "stain").mkdir()
+    for i in range(n_good):
+        Image.fromarray(rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)).save(
+            root / "good" / f"{i:03d}.png"
+        )
+    for i in range(n_defect):
+        a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
+        a[10:20, 10:20] = 250
+        Image.fromarray(a).save(root / "stain" / f"{i:03d}.png")
+    return root
 
 
 def tiny_config(data, method: str = "ae", **overrides) -> Config:

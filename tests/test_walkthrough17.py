@@ -8,25 +8,12 @@ import csv
 
 import numpy as np
 import pytest
+from helpers import plain_set
 from PIL import Image
 
 from anomaly.cli import main
 from anomaly.config import Config
 from anomaly.pipeline import score_run, train_run
-
-
-def _plain(root, n_good=20, n_defect=4):
-    rng = np.random.default_rng(0)
-    (root / "good").mkdir(parents=True)
-    (root / "stain").mkdir()
-    for i in range(n_good):
-        a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
-        Image.fromarray(a).save(root / "good" / f"{i:03d}.png")
-    for i in range(n_defect):
-        a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
-        a[10:20, 10:20] = 250
-        Image.fromarray(a).save(root / "stain" / f"{i:03d}.png")
-    return root
 
 
 def _tested_good(run):
@@ -35,7 +22,7 @@ def _tested_good(run):
 
 
 def test_good_images_added_after_training_never_move_a_trained_one_into_the_test(tmp_path):
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     run = tmp_path / "run"
     train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
     score_run(run, overlays=False)
@@ -55,7 +42,7 @@ def test_good_images_added_after_training_never_move_a_trained_one_into_the_test
 
 
 def test_a_run_inside_a_plain_data_set_is_refused_before_anything_is_written(tmp_path, capsys):
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     args = ["train", "--data", str(data), "--method", "meandiff", "--size", "32"]
     assert main([*args, "--out", str(data / "run")]) == 2
     said = capsys.readouterr()
@@ -119,7 +106,7 @@ def test_a_run_still_training_is_said_to_be_in_use_not_interrupted(
 def test_a_folder_of_good_images_by_another_name_is_not_scored_as_defects(tmp_path, name):
     from anomaly.data import AnomalyDataset, DataError
 
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     (data / "stain").rename(data / name)  # a QA folder of good parts, not a defect kind
     with pytest.raises(DataError, match=rf"{name}/ would be read as a defect kind.*good"):
         AnomalyDataset(data, "test")
@@ -133,7 +120,7 @@ def test_a_folder_of_good_images_by_another_name_is_not_scored_as_defects(tmp_pa
 def test_a_plain_data_set_with_a_defect_kind_named_test_says_so(tmp_path):
     from anomaly.data import AnomalyDataset, DataError
 
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     (data / "stain").rename(data / "test")
     with pytest.raises(DataError, match="holds good/ and test/ but no train/.*named test/"):
         AnomalyDataset(data, "train")
@@ -153,7 +140,7 @@ def test_a_leftover_good_folder_beside_train_and_test_is_named(tiny_cookies, tmp
 
 
 def test_the_held_out_maximum_as_threshold_rejects_none_of_them(tmp_path, capsys):
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     run = tmp_path / "run"
     train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
     capsys.readouterr()
@@ -196,7 +183,7 @@ def test_a_defect_image_turned_by_exif_has_its_mask_checked(tmp_path):
 
 
 def test_a_file_where_predict_writes_its_folder_is_named_and_kept(tmp_path, capsys):
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     run = tmp_path / "run"
     train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
     (run / "predict").write_text("my notes\n")
@@ -209,7 +196,7 @@ def test_a_file_where_predict_writes_its_folder_is_named_and_kept(tmp_path, caps
 
 
 def test_small_things_a_new_user_met(tmp_path, capsys, monkeypatch):
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     run = tmp_path / "run"
     train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
     score_run(run, overlays=False)
@@ -258,7 +245,7 @@ def test_kmeans_says_it_holds_out_what_its_source_held_out(scored_ae_run, tmp_pa
 
 
 def test_auto_counts_a_plain_data_sets_images_as_the_layout_splits_them(tmp_path, capsys):
-    data = _plain(tmp_path / "plain", n_good=8, n_defect=1)  # 8 good: 2 tested, 6 train
+    data = plain_set(tmp_path / "plain", n_good=8, n_defect=1)  # 8 good: 2 tested, 6 train
     args = ["train", "--data", str(data), "--method", "auto", "--out", str(tmp_path / "a")]
     assert main(args) == 2
     said = capsys.readouterr()
@@ -272,7 +259,7 @@ def test_benchmark_out_inside_a_data_set_is_refused_before_anything_runs(
 ):
     import shutil
 
-    plain = _plain(tmp_path / "plain")
+    plain = plain_set(tmp_path / "plain")
     mvtec = tmp_path / "cookies"
     shutil.copytree(tiny_cookies, mvtec)
     for data, out in ((plain, plain / "bench"), (mvtec, mvtec / "test" / "bench")):

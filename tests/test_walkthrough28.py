@@ -8,28 +8,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from helpers import tiny_config
+from helpers import plain_set, tiny_config
 from PIL import Image
 
 from anomaly.cli import main
 from anomaly.config import Config
 from anomaly.pipeline import _datasets, score_run, train_run
 from anomaly.runs import RunDir
-
-
-def _plain(root, n_good=20, n_defect=3, seed=0):
-    rng = np.random.default_rng(seed)
-    (root / "good").mkdir(parents=True)
-    (root / "stain").mkdir()
-    for i in range(n_good):
-        Image.fromarray(rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)).save(
-            root / "good" / f"{i:03d}.png"
-        )
-    for i in range(n_defect):
-        a = rng.integers(90, 110, (32, 32, 3), dtype=np.uint8)
-        a[10:20, 10:20] = 250
-        Image.fromarray(a).save(root / "stain" / f"{i:03d}.png")
-    return root
 
 
 def _tested_good(folder):
@@ -46,8 +31,8 @@ def test_another_plain_set_is_tested_whole(tmp_path):
     """Scored on another plain-layout set (none of whose images the run learned), only the
     fifth of its good images the holdout rule picks were tested, without a word."""
     run = tmp_path / "run"
-    train_run(Config.for_method("meandiff", data=str(_plain(tmp_path / "a")), size=32), run)
-    other = _plain(tmp_path / "b", seed=1)  # the same file names, other images
+    train_run(Config.for_method("meandiff", data=str(plain_set(tmp_path / "a")), size=32), run)
+    other = plain_set(tmp_path / "b", seed=1)  # the same file names, other images
     score_run(run, data=str(other), overlays=False)
     assert _tested_good(run / "scored" / "b") == [f"{i:03d}" for i in range(20)]
 
@@ -55,7 +40,7 @@ def test_another_plain_set_is_tested_whole(tmp_path):
 def test_good_images_added_since_leave_the_runs_split_readable(tmp_path):
     """A good image added to a plain set moved the fifths, so --resume found the run's own
     training images "not in" the data set and refused."""
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     run = tmp_path / "run"
     config = Config.for_method("meandiff", data=str(data), size=32)
     train_run(config, run)
@@ -68,7 +53,7 @@ def test_good_images_added_since_leave_the_runs_split_readable(tmp_path):
 def test_kmeans_learns_only_what_its_source_learned_when_good_images_were_added(tmp_path):
     """kmeans --from split good/ into fifths anew: with a good image added since its source
     trained, it learned some of the source's test images and tested some its encoder learned."""
-    data = _plain(tmp_path / "plain")
+    data = plain_set(tmp_path / "plain")
     source = tmp_path / "ae"
     train_run(tiny_config(data, "ae", size=32, channels=3, epochs=1), source)
     Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(data / "good" / "0000_new.png")
@@ -87,7 +72,7 @@ def test_a_folder_of_the_users_with_a_runs_config_json_is_not_trained_into(tmp_p
     """A folder holding a run's config.json beside the user's own files was taken for a run:
     train removed the user's scores.csv and metrics.json as "outputs of the earlier model"."""
     run = tmp_path / "run"
-    train_run(Config.for_method("meandiff", data=str(_plain(tmp_path / "a")), size=32), run)
+    train_run(Config.for_method("meandiff", data=str(plain_set(tmp_path / "a")), size=32), run)
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "config.json").write_bytes((run / "config.json").read_bytes())
@@ -103,7 +88,7 @@ def test_a_folder_of_the_users_with_a_runs_config_json_is_not_trained_into(tmp_p
 def test_training_again_keeps_files_of_scores_names_that_score_did_not_write(tmp_path, capsys):
     """Trained again (its model.pt deleted), a run lost a scores.csv and metrics.json of the
     user's (not score's) as "outputs of the earlier model"; score's own are still removed."""
-    data = _plain(tmp_path / "a")
+    data = plain_set(tmp_path / "a")
     run = tmp_path / "run"
     config = Config.for_method("meandiff", data=str(data), size=32)
     train_run(config, run)
@@ -121,7 +106,7 @@ def test_score_never_writes_an_overlay_over_a_users_file_of_its_second_name(tmp_
     """An overlay whose name was taken by a user's file fell back to `<stem>_<index>.png`
     without looking: a user's file of that name was replaced."""
     run = tmp_path / "run"
-    train_run(Config.for_method("meandiff", data=str(_plain(tmp_path / "a")), size=32), run)
+    train_run(Config.for_method("meandiff", data=str(plain_set(tmp_path / "a")), size=32), run)
     score_run(run)
     first = next(iter(json.loads((run / "overlays" / ".written.json").read_text())))
     stem = first[:-4]
@@ -136,7 +121,7 @@ def test_score_never_writes_an_overlay_over_a_users_file_of_its_second_name(tmp_
 def test_predict_and_export_never_write_into_the_data_set(tmp_path, capsys):
     """`predict --out` inside the run's plain data set (or any MVTec AD one) wrote an overlay
     that the next `score` read as a good image, or as a defect kind of its own."""
-    data = _plain(tmp_path / "a")
+    data = plain_set(tmp_path / "a")
     run = tmp_path / "run"
     train_run(Config.for_method("patchknn", data=str(data), size=32), run)
     image = str(data / "stain" / "000.png")
@@ -164,14 +149,14 @@ def test_a_pipe_for_model_pt_or_a_path_outside_in_split_json_is_never_read(
 
     from anomaly import pipeline
 
-    data = _plain(tmp_path / "a")
+    data = plain_set(tmp_path / "a")
     run = tmp_path / "run"
     train_run(Config.for_method("meandiff", data=str(data), size=32), run)
     split = json.loads((run / "split.json").read_text())
     (tmp_path / "outside.png").write_bytes(b"not the user's to read")
     split["train"][0] = str(tmp_path / "outside.png")  # beside b/ too: ../outside.png
     (run / "split.json").write_text(json.dumps(split))
-    other = _plain(tmp_path / "b", seed=1)
+    other = plain_set(tmp_path / "b", seed=1)
     hashed = []
     real = pipeline.sha256_file
     monkeypatch.setattr(pipeline, "sha256_file", lambda p: hashed.append(p) or real(p))
@@ -215,7 +200,7 @@ def test_one_good_image_to_train_on_is_said_in_the_layouts_words(tmp_path):
     not, and called the one training image's score that of held-out images."""
     import pytest
 
-    data = _plain(tmp_path / "a", n_good=2)
+    data = plain_set(tmp_path / "a", n_good=2)
     config = Config.for_method("meandiff", data=str(data), size=32)
     with pytest.warns(UserWarning) as said:
         train_run(config, tmp_path / "run")
@@ -229,7 +214,7 @@ def test_one_good_image_to_train_on_is_said_in_the_layouts_words(tmp_path):
 def test_a_size_a_network_cannot_take_names_the_sizes_near_it_that_it_can(tmp_path, capsys):
     """`--size 30` for unet said "use a multiple of 16 of at least 64", though 24, 32 and 40
     train: the sizes offered are the ones a probe of the network takes."""
-    data = _plain(tmp_path / "a")
+    data = plain_set(tmp_path / "a")
     flags = ["train", "--data", str(data), "--method", "unet", "--epochs", "1"]
     assert main([*flags, "--size", "30", "--out", str(tmp_path / "r")]) == 2
     assert "use 24 or 32 (its default is 128)" in capsys.readouterr().err
@@ -243,7 +228,7 @@ def test_a_run_with_the_users_notes_and_reports_is_trained_again(tmp_path, capsy
     """Session 28's review: the refusal of folders with files no run writes also refused a run
     that train made, holding the explorer's report.html, predict --onnx's model_predict/ or the
     user's README.txt, once its model.pt was deleted to train again."""
-    data = _plain(tmp_path / "a")
+    data = plain_set(tmp_path / "a")
     run = tmp_path / "run"
     config = Config.for_method("meandiff", data=str(data), size=32)
     train_run(config, run)
@@ -258,8 +243,8 @@ def test_kmeans_on_other_plain_data_with_the_same_names_splits_it_anew(tmp_path)
     """Session 28's review: kmeans --from a run of another plain set whose images had the same
     file names learned only the names its source had learned (9 of 18, the rest tested)."""
     source = tmp_path / "ae"
-    train_run(tiny_config(_plain(tmp_path / "a"), "ae", size=32, channels=3, epochs=1), source)
-    other = _plain(tmp_path / "b", n_good=25, seed=1)  # 000.png ... 024.png, other images
+    train_run(tiny_config(plain_set(tmp_path / "a"), "ae", size=32, channels=3, epochs=1), source)
+    other = plain_set(tmp_path / "b", n_good=25, seed=1)  # 000.png ... 024.png, other images
     km = tmp_path / "km"
     config = Config.for_method("kmeans", source_run=str(source), data=str(other), size=32)
     train_run(config.replace(channels=3), km)
@@ -294,7 +279,7 @@ def test_printed_scores_read_as_their_verdicts_and_scores_csv_holds_them_exactly
 
     assert score_text(10.702990531921387, 10.703) == "10.70299"
     assert score_text(10.71, 10.703) == "10.71" and score_text(3.0) == "3"
-    data = _plain(tmp_path / "a")
+    data = plain_set(tmp_path / "a")
     run = tmp_path / "run"
     train_run(Config.for_method("patchknn", data=str(data), size=32), run)
     pred, _ = score_run(run, overlays=False)
@@ -330,7 +315,7 @@ def test_auto_says_a_plain_sets_training_images_are_what_good_holds_less_the_tes
 
     from anomaly.detectors.auto import check_enough
 
-    data = _plain(tmp_path / "a", n_good=6)
+    data = plain_set(tmp_path / "a", n_good=6)
     config = Config.for_method("auto", data=str(data))
     with pytest.raises(ValueError) as err:
         check_enough(4, config, n_good=5)
