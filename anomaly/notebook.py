@@ -13,7 +13,6 @@ imports one module (`from anomaly import notebook as nb`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,8 @@ from anomaly.notebook_benchmark import (
 from anomaly.notebook_setup import (
     HOME_ENV,
     Settings,
+    _named_runs,
+    _positive,
     _subplots,
     ensure_cookies,
     ensure_run,
@@ -206,7 +207,7 @@ def overlays_figure(run: Path, kind: str = "red", per_kind: int = 1):
 
     if kind not in ("red", "heat"):
         raise ValueError(f"kind={kind!r}: choose 'red' (the original's overlay) or 'heat'")
-    pred, config = RunDir(run).predictions(), RunDir(run).config()
+    pred, config = RunDir(run).predictions(), _home(run).config()
     vmin, vmax = dataset_range(pred.maps, labels=pred.labels)
     picks = _per_kind(pred.defects, per_kind)
     files = _scored_files(run, pred, picks)
@@ -310,10 +311,27 @@ def _scored_files(run: Path, pred, picks: list[int]) -> list[Path]:
     if lost:
         raise RunError(
             f"{run}: {problem} (e.g. {lost[0]}), so its maps cannot be drawn on their images. "
-            f"If its data moved, score it there: `python -m anomaly score --run {run} --data "
-            f"NEW_FOLDER --out {run}`"
+            f"If its data moved, score it there: `python -m anomaly score --run {_home(run).path} "
+            f"--data NEW_FOLDER --out {run}`"
         )
     return [files[i] for i in picks]
+
+
+def _home(folder) -> RunDir:
+    """The run whose config, model and threshold a folder of scores goes with: the folder
+    itself, or the run for `score --data`'s RUN/scored/<name>/ (which holds no threshold.json:
+    `predict` and `score`'s overlays use the run's; `anomaly.explorer.runs.threshold_home`)."""
+    from anomaly.explorer.runs import threshold_home
+
+    return RunDir(threshold_home(Path(folder)))
+
+
+def _score_again(folder) -> str:
+    """The command that scores a folder's images again: the run's own, or `--data` ones."""
+    home = _home(folder)
+    if home.path == RunDir(folder).path:
+        return f"python -m anomaly score --run {home.path}"
+    return f"python -m anomaly score --run {home.path} --data DATA --out {RunDir(folder).path}"
 
 
 def _test_data(config: Config):
@@ -322,37 +340,6 @@ def _test_data(config: Config):
     return AnomalyDataset(
         config.data, "test", size=config.size, channels=config.channels, decode=config.decode
     )
-
-
-def _positive(name: str, value) -> int:
-    """`value` when it is a whole number of at least 1; ValueError naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
-    return int(value)
-
-
-def _named_runs(runs) -> dict[str, Path]:
-    """The run folders a figure or table compares, as {name: folder}: a dict as the notebooks
-    give it, one folder, or a list of folders (named by their folder names)."""
-    if isinstance(runs, str | os.PathLike):
-        runs = [runs]
-    if isinstance(runs, list | tuple) and all(isinstance(r, str | os.PathLike) for r in runs):
-        named = {Path(r).name: r for r in runs}
-        if len(named) < len(runs):
-            raise ValueError(
-                "two runs share a folder name; name them: {'first': 'runs/a/pk', 'second': ...}"
-            )
-        runs = named
-    if not isinstance(runs, dict) or not all(
-        isinstance(k, str) and isinstance(v, str | os.PathLike) for k, v in runs.items()
-    ):
-        raise TypeError(
-            "give the runs as {name: run folder}, e.g. {'patchknn': 'runs/pk'}, one run "
-            f"folder, or a list of them; not {str(runs)[:80]}"
-        )
-    if not runs:
-        raise ValueError("no runs given: name at least one run folder")
-    return {k: Path(v) for k, v in runs.items()}
 
 
 def _per_kind(defects: list[str], per_kind: int) -> list[int]:
@@ -381,7 +368,7 @@ def _metrics(run: Path) -> dict:
         what = f"its {bad[0]} is {str(metrics[bad[0]])[:40]!r}" if bad else "not a JSON object"
         raise RunError(
             f"{rd.file(rd.METRICS)} is damaged ({what}, not a number); score the run again: "
-            f"python -m anomaly score --run {rd.path}"
+            f"{_score_again(run)}"
         )
     return metrics
 
@@ -431,7 +418,7 @@ def scores_table(run: Path, n: int = 6) -> str:
             raise RunError(
                 f"{RunDir(run).file(RunDir.SCORES)} is damaged (a score of "
                 f"{str(r.get('score'))[:40]!r}, not a number); score the run again: "
-                f"python -m anomaly score --run {run}"
+                f"{_score_again(run)}"
             ) from None
     show = lambda rs: "\n".join(f"{r['defect']}/{r['file']},{r['score']:.6f}" for r in rs)
     return (
@@ -441,24 +428,43 @@ def scores_table(run: Path, n: int = 6) -> str:
 
 
 def histogram_figure(run: Path):
-    """Score histograms of normal and defective test images, with the run's threshold."""
+    """Score histograms of normal and defective test images, with the run's threshold (for
+    `score --data`'s RUN/scored/<name>/, the run's: the one `predict` uses)."""
     from anomaly.viz import plot_score_histogram
 
-    run = RunDir(run)
-    pred = run.predictions()
-    return plot_score_histogram(pred.scores, pred.labels, run.threshold().value)
+    pred = RunDir(run).predictions()
+    return plot_score_histogram(pred.scores, pred.labels, _home(run).threshold().value)
 
 
 def roc_figure(runs: dict[str, Path]):
-    """ROC curves of several runs on the same test set."""
+    """ROC curves of several runs on the same test set. A run whose test images are all good
+    (or all defective) has no ROC curve: the figure says so instead of drawing one."""
     from anomaly.viz import plot_roc
 
     runs = _named_runs(runs)
-    curves = {}
+    curves, lacking = {}, []
     for name, run in runs.items():
         pred = RunDir(run).predictions()
-        curves[name] = (pred.labels, pred.scores)
-    return plot_roc(curves)
+        defective = int(np.sum(np.asarray(pred.labels) > 0))
+        if 0 < defective < len(pred.labels):
+            curves[name] = (pred.labels, pred.scores)
+        else:
+            lacking.append(f"{name} (no {'good' if defective else 'defective'} test image)")
+    fig, ax = _subplots(figsize=(5, 5))
+    if curves:
+        plot_roc(curves, ax=ax)
+    else:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("false positive rate (good parts rejected)")
+        ax.set_ylabel("true positive rate (defects caught)")
+    if lacking:
+        ax.set_title(
+            "No ROC curve for " + ", ".join(lacking) + ":\na curve needs good and defective "
+            "test images; score the run on data with both",
+            fontsize=8,
+            color="#c62828",
+        )
+    return fig
 
 
 def explorer_methods(s: Settings) -> list[str]:
@@ -472,10 +478,9 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     it), the true defect outlined, the colour bar below; `per_kind` images of each kind."""
     from anomaly.overlays import prediction_overlay, run_scale
 
-    rd = RunDir(run)
-    pred = rd.predictions()
-    scale = run_scale(rd, pred.maps, pred.labels)
-    threshold = rd.threshold().value if rd.has_threshold() else float("inf")
+    pred, home = RunDir(run).predictions(), _home(run)  # the run's scale and threshold: as
+    scale = run_scale(home, pred.maps, pred.labels)  # `score` drew its overlays/
+    threshold = home.threshold().value if home.has_threshold() else float("inf")
     picks = _per_kind(pred.defects, per_kind)
     ncols = max(1, min(ncols, len(picks)))
     nrows = -(-len(picks) // ncols)

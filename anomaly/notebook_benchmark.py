@@ -77,6 +77,15 @@ def detectability_figure(result: dict, set_name: str | None = None):
     one set (default the first)."""
     rows = [r for r in result["rows"] if "detectability" in r]
     set_name = set_name or (rows[0].get("set") if rows else None)
+    known = list(dict.fromkeys(str(r.get("set")) for r in rows))
+    if not any(r.get("set") == set_name for r in rows):
+        raise ValueError(
+            f"no detectability for the set {set_name!r} in this result: its sets are "
+            f"{', '.join(map(repr, known))}"
+            if known
+            else "this result holds no detectability (no method measured it): benchmark on a "
+            "data set whose defective test images have masks"
+        )
     fig, ax = _subplots(figsize=(7.5, 3.5))
     # methods can tie exactly (auto choosing patchknn): each gets its own marker and dash, and
     # later lines are drawn thinner and on top, so no curve hides another

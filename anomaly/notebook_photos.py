@@ -391,14 +391,70 @@ def held_out_vs_new(run: Path) -> str:
         return f"{x.min():.4g} to {x.max():.4g}, median {np.median(x):.4g}"
 
     rows = [(f"held-out good training photos ({len(held)})", held)]
-    if rd.file(rd.CALIBRATION).is_file():
-        line = np.asarray(rd.calibration()["scores"], np.float64)
+    line, why = line_scores(rd)
+    if line is not None:
         rows.append((f"good photos from the line ({len(line)})", line))
     rows.append((f"good test photos ({len(new)})", new))
     width = max(len(name) for name, _ in rows) + 1
     above = int((new > held.max()).sum())
-    return "\n".join(f"{name + ':':<{width}} {spread(x)}" for name, x in rows) + (
-        f"\n{above} of {len(new)} good test photos score above every held-out one"
+    return (
+        "\n".join(f"{name + ':':<{width}} {spread(x)}" for name, x in rows)
+        + f"\n{above} of {len(new)} good test photos score above every held-out one"
+        + (f"\n{why}" if why else "")
+    )
+
+
+def line_scores(rd: RunDir) -> tuple[np.ndarray | None, str]:
+    """The scores of the good photos from the line (calibration_scores.json, written by
+    `threshold --good-images FOLDER`) when they are this model.pt's, and "" ; else None and
+    why they are not shown, with the command that scores them again (None, "" when there are
+    none). That file records no model: its scores are this model's only while threshold.json
+    is the one set on them (the same images' hash) and records this model.pt as the one it was
+    chosen for (`anomaly.threshold_file.model_record`), not carried over from an earlier model
+    (training resumed: `threshold_file.carried`)."""
+    import json
+
+    from anomaly import threshold_file as tf
+    from anomaly.safe_files import finite, read_record
+
+    if not rd.file(rd.CALIBRATION).is_file():
+        return None, ""
+    kept = rd.calibration()
+    try:
+        saved = json.loads(read_record(rd.file(rd.THRESHOLD)))
+    except (OSError, ValueError):  # none, or not JSON
+        saved = None
+    saved = saved if isinstance(saved, dict) else {}
+    params = saved.get("params") if isinstance(saved.get("params"), dict) else {}
+    record = params.get("calibration") if isinstance(params.get("calibration"), dict) else {}
+    sha = tf.model_sha256(rd.file(rd.MODEL))
+    replaced = saved.get(tf.REPLACED_RECORD)
+    earlier = replaced not in (None, sha) or (params.get("earlier_model") is True and not replaced)
+    ours = (
+        sha is not None
+        and saved.get(tf.MODEL_RECORD) == sha
+        and not earlier
+        and record.get("source") == "folder"
+        and record.get("images_sha256") == kept.get("images_sha256")
+    )
+    if ours:
+        return np.asarray(kept["scores"], np.float64), ""
+    folder = kept.get("folder_resolved") or kept.get("folder") or "FOLDER"
+    if finite(params.get("alpha")) and saved.get("rule") == "conformal":
+        rule = f"conformal --value {params['alpha']:g}"
+    elif finite(params.get("q")) and saved.get("rule") in ("normal_quantile", "normal-quantile"):
+        rule = f"normal-quantile --value {params['q']:g}"
+    else:
+        rule = "conformal --value ALPHA"
+    when = (
+        "of an earlier model of this run (it was trained further since)"
+        if earlier
+        else "not recorded as this model's (the threshold set on them has been replaced)"
+    )
+    return None, shown(
+        f"good photos from the line: not shown, their scores ({rd.CALIBRATION}) are {when}; "
+        f"score them with this model: python -m anomaly threshold --run {rd.path} --rule {rule} "
+        f"--good-images {folder}"
     )
 
 

@@ -4,11 +4,13 @@
 smoke runs use the tiny cookie set at 64 px and one epoch; the default is the benchmark preset at
 each method's default size and budget. Data and runs go under `home()`: $ANOMALY_HOME, or the
 working folder (its parent for the repository's `notebooks/`), never next to the package.
+The checks of the arguments the figures take (run folders, counts) are here too.
 `anomaly.notebook` re-exports these names (notebooks call them as `nb.settings()` and so on).
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,3 +233,37 @@ def _subplots(*args, **kwargs):
     fig, axes = plt.subplots(*args, **kwargs)
     plt.close(fig)
     return fig, axes
+
+
+# --- the arguments the notebooks' figures and tables take ---
+
+
+def _positive(name: str, value) -> int:
+    """`value` when it is a whole number of at least 1; ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
+def _named_runs(runs) -> dict[str, Path]:
+    """The run folders a figure or table compares, as {name: folder}: a dict as the notebooks
+    give it, one folder, or a list of folders (named by their folder names)."""
+    if isinstance(runs, str | os.PathLike):
+        runs = [runs]
+    if isinstance(runs, list | tuple) and all(isinstance(r, str | os.PathLike) for r in runs):
+        named = {Path(r).name: r for r in runs}
+        if len(named) < len(runs):
+            raise ValueError(
+                "two runs share a folder name; name them: {'first': 'runs/a/pk', 'second': ...}"
+            )
+        runs = named
+    if not isinstance(runs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | os.PathLike) for k, v in runs.items()
+    ):
+        raise TypeError(
+            "give the runs as {name: run folder}, e.g. {'patchknn': 'runs/pk'}, one run "
+            f"folder, or a list of them; not {str(runs)[:80]}"
+        )
+    if not runs:
+        raise ValueError("no runs given: name at least one run folder")
+    return {k: Path(v) for k, v in runs.items()}

@@ -149,9 +149,20 @@ def _matched(preds: dict, dirs: dict) -> dict:
     when they were not scored on the same images."""
     sizes = {len(p) for p in preds.values()}
     if len(sizes) > 1:
+        each = "; ".join(_images_of(n, preds[n], dirs[n]) for n in preds)
+        roots = {data_root(preds[n], dirs[n]) for n in preds}
+        same = (
+            " They were scored on the same data folder, but not on the same images of it: in "
+            "the plain layout (good/ and defect folders) a run is tested on the good images it "
+            "held out of its own data (split.json) and on all the good images of data it did "
+            "not learn."
+            if len(roots) == 1 and None not in roots
+            else ""
+        )
         raise ValueError(
-            f"The runs have different numbers of images ({sorted(sizes)}): "
-            "compare runs scored on the same data"
+            f"The runs were not scored on the same images: {each}.{same} Compare runs scored "
+            "on the same images: runs trained on the same data and split, or each scored on "
+            "data none of them learned (`python -m anomaly score --run RUN --data DATA`)"
         )
     names = list(preds)
     if len(names) < 2:
@@ -176,6 +187,20 @@ def _matched(preds: dict, dirs: dict) -> dict:
             where[key].append(i)
         out[name] = reindexed(preds[name], [where[key].pop(0) for key in a])
     return out
+
+
+def _images_of(name: str, pred: Predictions, folder: Path | None) -> str:
+    """Which images a run was scored on, in a few words: how many, of which data folder, and
+    whether they are the run's own test images or another data set's (`score --data`)."""
+    n_bad = int(np.sum(pred.labels > 0))
+    root = data_root(pred, folder)
+    what = f"{len(pred)} images ({len(pred) - n_bad} good, {n_bad} defective)"
+    if root is None:
+        return f"{name!r} {what}, of data it does not record"
+    if folder is not None and other_data(pred, folder):
+        return f"{name!r} {what} of {root}, scored by `score --data` (all its test images)"
+    own = " (its own test images)" if folder is not None else ""
+    return f"{name!r} {what} of {root}{own}"
 
 
 def _mismatch(a_name: str, a: list, b_name: str, b: list, by_root: bool) -> str:
@@ -217,6 +242,25 @@ def threshold_home(folder: Path) -> Path:
     if folder.parent.name == RunDir.SCORED and RunDir(run).file(RunDir.MODEL).is_file():
         return run
     return folder
+
+
+def threshold_path(folder: Path) -> Path:
+    """The threshold.json a folder's threshold is read from and saved to (`threshold_home`)."""
+    return RunDir(threshold_home(folder)).file(RunDir.THRESHOLD)
+
+
+def other_data(pred: Predictions, folder: Path | None) -> str | None:
+    """The data folder a RUN/scored/<name>/ folder's images came from when it is not the run's
+    own (`score --data OTHER`), else None: a threshold chosen on them says so."""
+    if folder is None or threshold_home(folder) == folder:
+        return None
+    data = data_root(pred, folder)
+    try:
+        own = json.loads(read_record(RunDir(threshold_home(folder)).file(RunDir.CONFIG)))["data"]
+        own = Path(os.path.abspath(own)) if isinstance(own, str) and own else None
+    except (OSError, ValueError, KeyError, TypeError):
+        own = None
+    return str(data) if data is not None and data != own else None
 
 
 def read_threshold(folder: Path | None) -> Threshold | None:
@@ -282,7 +326,8 @@ def prepare(name: str, pred: Predictions, folder: Path | None) -> RunView:
     if map_hi <= map_lo:
         map_hi = map_lo + 1.0
     try:
-        scale = run_scale(folder, pred.maps, pred.labels) if folder is not None else None
+        # the run's scale for RUN/scored/<name>/, as `score` drew that folder's overlays/
+        scale = run_scale(threshold_home(folder), pred.maps, pred.labels) if folder else None
     except (OSError, ValueError, KeyError):
         scale = None
     if scale is None:

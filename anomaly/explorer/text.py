@@ -176,7 +176,10 @@ def describe_rule(saved: Threshold) -> str:
     if saved.rule == "f1":
         return "F1-optimal on the labelled test images (in-sample)"
     if saved.rule in ("cost-optimal", "explorer"):
-        return f"{saved.rule}, chosen in the explorer on the test images (in-sample)"
+        data = p.get("chosen_on_data")  # `score --data`'s images: not the run's own
+        ok = isinstance(data, str) and 0 < len(data) <= 1000 and data.isprintable()
+        images = f"the test images of {data}" if ok else "the test images"
+        return f"{saved.rule}, chosen in the explorer on {images} (in-sample)"
     return saved.rule
 
 
@@ -220,12 +223,12 @@ def rule_html(
             )
     else:
         how = (
-            "the cost optimum"
+            "is <b>the cost optimum</b> of"
             if optimum is not None and abs(threshold - optimum) <= 1e-12 * max(1, abs(threshold))
-            else "set by hand"
+            else "was <b>set by hand</b> on"
         )
         text = (
-            f"Threshold <b>{how}</b> on these images (in-sample: no guarantee for new "
+            f"This threshold {how} these images (in-sample: no guarantee for new "
             f"parts; false-reject rate here {frr})."
         )
         if saved is not None:
@@ -233,3 +236,26 @@ def rule_html(
                 f" The saved threshold is {saved.value:.4g} ({html.escape(describe_rule(saved))})."
             )
     return f"<div style='font-size:12px;line-height:1.4;max-width:520px;color:#333'>{text}</div>"
+
+
+def cost_html(cost: float, n: int, no_optimum: str, optimum=None, cv=None) -> str:
+    """The cost at the current threshold over `n` images, and the cost optimum (threshold,
+    cost) with its 2-fold cross-validated check `cv`; or why there is no optimum (`no_optimum`,
+    when not "")."""
+    text = f"Cost at this threshold: <b>{cost:.4g}</b> ({cost / n:.3g} per part). "
+    if no_optimum:
+        text += (
+            "<span class='anomaly-no-optimum' style='color:#c62828'>No cost optimum: "
+            f"{html.escape(no_optimum)}.</span>"
+        )
+    else:
+        t_opt, cost_opt = optimum
+        text += (
+            f"Cost optimum: <b>{cost_opt:.4g}</b> at threshold <b>{t_opt:.4g}</b> "
+            f"<i>in-sample</i>: chosen and counted on the same {n} images, so it flatters "
+            "itself.<br>Chosen on one half of the images and counted on the other (2-fold "
+            "cross-validation, both halves added): cost "
+            f"<b class='anomaly-cv-cost'>{cv['cost']:.4g}</b>, false-reject rate "
+            f"{100 * cv['false_reject_rate']:.1f}%, escape rate {100 * cv['escape_rate']:.1f}%."
+        )
+    return f"<div style='font-size:13px;line-height:1.4'>{text}</div>"

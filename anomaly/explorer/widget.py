@@ -17,16 +17,23 @@ import numpy as np
 from anomaly.decision import cost_optimum, counts_at, cross_validated_cost
 from anomaly.explorer.gallery import Gallery, png
 from anomaly.explorer.report import draw_histogram, is_report, report_html, snapshot_figure
-from anomaly.explorer.runs import RunView, collect_runs, prepare, write_threshold
+from anomaly.explorer.runs import (
+    RunView,
+    collect_runs,
+    other_data,
+    prepare,
+    threshold_path,
+    write_threshold,
+)
 from anomaly.explorer.text import (
     NEEDS,
+    cost_html,
     format_confusion_html,
     no_optimum,
     rule_html,
     unmeasured,
 )
 from anomaly.metrics import Threshold
-from anomaly.runs import RunDir
 from anomaly.safe_files import RunError, _atomic
 
 DPR = 2  # the histogram PNG has 2 pixels per CSS pixel: crisp on high-density screens
@@ -318,8 +325,8 @@ class ThresholdExplorer:
             self.optimum_button.tooltip = (
                 f"No cost optimum: {self.no_optimum}" if self.no_optimum else ""
             )
-            self.save_button.tooltip = (
-                f"Write {RunDir(r.folder).file(RunDir.THRESHOLD)}"
+            self.save_button.tooltip = (  # RUN/threshold.json for RUN/scored/<name>/
+                f"Write {threshold_path(r.folder)}"
                 if r.folder
                 else "No run folder: pass run_dirs= to save"
             )
@@ -352,26 +359,9 @@ class ThresholdExplorer:
     def _cost_text(self, counts: dict) -> str:
         c_fr, c_esc = self.costs
         cost = c_fr * counts["fp"] + c_esc * counts["fn"]
-        t_opt, cost_opt = self.optimum
-        n = len(self.run.pred)
         if self.no_optimum:
-            return (
-                f"<div style='font-size:13px;line-height:1.4'>Cost at this threshold: "
-                f"<b>{cost:.4g}</b> ({cost / n:.3g} per part). <span class='anomaly-no-optimum' "
-                f"style='color:#c62828'>No cost optimum: {html.escape(self.no_optimum)}."
-                "</span></div>"
-            )
-        cv = self.cross_validated
-        return (
-            f"<div style='font-size:13px;line-height:1.4'>Cost at this threshold: "
-            f"<b>{cost:.4g}</b> ({cost / n:.3g} per part). Cost optimum: <b>{cost_opt:.4g}</b> "
-            f"at threshold <b>{t_opt:.4g}</b> <i>in-sample</i>: chosen and counted on the "
-            f"same {n} images, so it flatters itself.<br>Chosen on one half of the images and "
-            f"counted on the other (2-fold cross-validation, both halves added): cost "
-            f"<b class='anomaly-cv-cost'>{cv['cost']:.4g}</b>, false-reject rate "
-            f"{100 * cv['false_reject_rate']:.1f}%, escape rate "
-            f"{100 * cv['escape_rate']:.1f}%.</div>"
-        )
+            return cost_html(cost, len(self.run.pred), self.no_optimum)
+        return cost_html(cost, len(self.run.pred), "", self.optimum, self.cross_validated)
 
     # --- callbacks ----------------------------------------------------------------------
     def _on_change(self, change) -> None:
@@ -402,7 +392,9 @@ class ThresholdExplorer:
             self.status.value = f"<span style='color:#c62828'>{html.escape(str(err))}</span>"
 
     def save_threshold(self) -> Path:
-        """Write the slider's threshold to RUN/threshold.json (value, rule, params)."""
+        """Write the slider's threshold to RUN/threshold.json (value, rule, params; the run's for
+        `score --data`'s RUN/scored/<name>/, as predict reads it) and show it as saved (status,
+        rule and histogram), as the Save button does."""
         r = self.run
         if r.folder is None:
             raise ValueError(f"Run {r.name!r} has no run folder: pass run_dirs= to save")
@@ -422,26 +414,27 @@ class ThresholdExplorer:
             # a rate whose images are missing was not measured: left out, not saved as 0
             **{k: counts[k] for k in NEEDS if r.missing not in NEEDS[k]},
         }
+        if data := other_data(r.pred, r.folder):  # another data set's images, not the run's
+            params["chosen_on_data"] = data
         threshold = Threshold(t, rule, params)
         path = write_threshold(r.folder, threshold)
         r.saved = threshold
         r.scale = type(r.scale)(r.scale.floor, self.pixel_threshold)
+        self.status.value = (
+            f"<span style='color:#2e7d32'>Saved threshold {t:.4g} "
+            f"to {html.escape(str(path))}.</span>{unmeasured(r.missing)}"
+        )
+        self._draw_histogram()
+        self.refresh()
         return path
 
     def _on_save(self, _button) -> None:
         try:
-            path = self.save_threshold()
+            self.save_threshold()
         except (ValueError, OSError) as err:
             self.status.value = (
                 f"<span style='color:#c62828'>Not saved: {html.escape(str(err))}</span>"
             )
-            return
-        self.status.value = (
-            f"<span style='color:#2e7d32'>Saved threshold {self.threshold:.4g} "
-            f"to {html.escape(str(path))}.</span>{unmeasured(self.run.missing)}"
-        )
-        self._draw_histogram()
-        self.refresh()
 
     # --- report -------------------------------------------------------------------------
     def report_html(self) -> str:
