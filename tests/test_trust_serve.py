@@ -81,7 +81,7 @@ def test_serve_refuses_runs_it_cannot_show_before_starting(scored_ae_run, tmp_pa
         port = probe.getsockname()[1]
     fewer = tmp_path / "fewer.npz"
     reindexed(RunDir(scored_ae_run).predictions(), [0, 1]).save(fewer)
-    with pytest.raises(ValueError, match="different numbers of images"):
+    with pytest.raises(ValueError, match="were not scored on the same images"):
         server.serve([scored_ae_run, fewer], port=port)
     junk = tmp_path / "junk.npz"
     junk.write_text("junk")
