@@ -212,3 +212,19 @@ def test_one_stem_twice_in_a_kind_without_masks_is_read(tmp_path):
     _image(root / "plastic" / "p_0.jpg", 41)
     data, _ = _said(root)
     assert data.counts()["plastic"] == 2
+
+
+@pytest.mark.parametrize("name", ["good_backup", "good_train", "normal_front", "OK_final"])
+def test_a_folder_that_may_hold_good_images_is_named_when_read_as_a_defect_kind(tmp_path, name):
+    """Session 28's code review: the narrowed rule read good_backup/ or good_train/ as defect
+    kinds without a word. Such a name cannot be told from a defect kind's (pass_through_hole),
+    so it is read, and named."""
+    root = _plain(tmp_path / "d")
+    for i in range(2):
+        _image(root / name / f"x_{i}.png", 30 + i)
+    data, said = _said(root)
+    assert data.counts()[name] == 2
+    assert f"{name}/ (it says" in said and "read as defect kinds" in said
+    other = _plain(tmp_path / "e")
+    _image(other / "not_ok" / "x.png", 40)  # says what is wrong: read, and not named
+    assert "(it says" not in _said(other)[1]

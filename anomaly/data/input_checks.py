@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from anomaly.data.files import DataError, _is_image, broken_link, named, scan_images
-from anomaly.data.layout_names import good_name_word
+from anomaly.data.layout_names import good_name_word, maybe_good_word
 from anomaly.data.masks import read_mask
 
 NAMED = 3  # files named in one warning; the rest are counted
@@ -115,6 +115,14 @@ def check_good_name(split: Path) -> None:
     are exact, so these would be read as a defect kind and their good images as defects."""
     if not split.is_dir():
         return
+    maybe = [(d.name, w) for d in subfolders(split) if (w := maybe_good_word(d.name))]
+    if maybe:  # good_backup/, good_train/, or a defect kind pass_through_hole/: said, not refused
+        warnings.warn(
+            f"{split}: {named([f'{n}/ (it says {w!r})' for n, w in maybe], NAMED)} "
+            f"{'is' if len(maybe) == 1 else 'are'} read as defect kinds, their images scored as "
+            f"defects: if one holds good images, move them into {split / 'good'}/",
+            stacklevel=4,
+        )
     for d in subfolders(split):
         exact = d.name.lower() in GOOD_WORDS and d.name != "good"
         word = None if exact else good_name_word(d.name)

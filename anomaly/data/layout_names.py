@@ -58,6 +58,25 @@ def name_words(name: str) -> list[str]:
     return text.split()
 
 
+# words that say a name with a good word in it names a defect kind all the same: a negation
+# (not_ok, no_good, NG) or a defect word (good_but_scratched, ok_with_dent)
+NOT_GOOD_WORDS = {"not", "no", "non", "un", "bad", "ng", "nok", "nogood", "notok", "defect",
+                  "defects", "defective", "fail", "failed", "failure", "reject", "rejected",
+                  "anomaly", "anomalies", "anomalous", "abnormal", "fault", "faulty", "flaw",
+                  "flawed", "broken", "damaged", "but", "with", "except"}  # fmt: skip
+
+
+def maybe_good_word(name: str) -> str | None:
+    """The good word in a folder name that `good_name_word` leaves to be a defect kind, when no
+    word of it says otherwise (`NOT_GOOD_WORDS`): good_backup, good_train, normal_front, or a
+    real defect kind such as pass_through_hole. Not refused (which cannot be told from the
+    name), but named: a folder of good images there would be scored as defects."""
+    words = name_words(name)
+    if name == "good" or good_name_word(name) or set(words) & (NOT_GOOD_WORDS | MASK_NAME_WORDS):
+        return None
+    return next((w for w in words if w in GOOD_NAME_WORDS), None)
+
+
 def good_name_word(name: str) -> str | None:
     """The word of folder name `name` that says it holds defect-free images, or None.
 
