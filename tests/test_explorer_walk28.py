@@ -153,3 +153,33 @@ def test_roc_of_a_run_without_defects_says_so(scored_ae_run, tmp_path):
         warnings.simplefilter("error")
         fig = nb.roc_figure({"ae": scored_ae_run, "good": run})
     assert "No ROC curve for good (no defective test image)" in fig.axes[0].get_title()
+
+
+def test_a_score_out_folder_goes_with_the_run_that_scored_it(scored_elsewhere, tmp_path):
+    """Session 28's code review: `score --data OTHER --out FOLDER` (no run there, not in
+    RUN/scored/) drew every tile at an infinite threshold, and the explorer's Save named
+    FOLDER/threshold.json, which predict never reads; while the run holds the model that
+    scored it, the folder goes with that run."""
+    import anomaly.overlays
+    from anomaly.explorer.runs import threshold_home
+
+    run, _ = scored_elsewhere
+    out = tmp_path / "elsewhere"
+    score_run(run, data=str(RunDir(run).config().data), out=str(out), overlays=False)
+    assert threshold_home(out) == run
+    seen = []
+    draw = anomaly.overlays.prediction_overlay
+
+    def spy(pred, i, image, scale, threshold):
+        seen.append(threshold)
+        return draw(pred, i, image, scale, threshold)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(anomaly.overlays, "prediction_overlay", spy)
+        nb.evidence_figure(out, per_kind=1, ncols=4)
+    assert seen and set(seen) == {RunDir(run).threshold().value}
+    (run / "model.pt").rename(run / "model.moved")  # another model, or none: its own folder
+    try:
+        assert threshold_home(out) == out
+    finally:
+        (run / "model.moved").rename(run / "model.pt")

@@ -237,11 +237,29 @@ def reindexed(pred: Predictions, order) -> Predictions:
 
 def threshold_home(folder: Path) -> Path:
     """Where a folder's threshold lives: the run itself for `score --data OTHER`'s
-    RUN/scored/<name>/ folders (`predict` reads RUN/threshold.json only), else the folder."""
+    RUN/scored/<name>/ folders (`predict` reads RUN/threshold.json only), and for its `--out
+    FOLDER` (no run there) the run its predictions.npz names, while that run holds the model
+    that scored them (`_scored_by`); else the folder."""
     run = folder.parent.parent
     if folder.parent.name == RunDir.SCORED and RunDir(run).file(RunDir.MODEL).is_file():
         return run
+    if not RunDir(folder).file(RunDir.CONFIG).is_file():
+        return _scored_by(folder) or folder
     return folder
+
+
+def _scored_by(folder: Path) -> Path | None:
+    """The run whose model wrote `folder`'s predictions.npz (its meta: run and model_sha256),
+    when it is still there with that model.pt; else None (moved, trained again, or no record)."""
+    from anomaly.threshold_file import model_sha256
+
+    try:
+        with np.load(RunDir(folder).file(RunDir.PREDICTIONS), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+        run, sha = Path(meta["run"]), meta["model_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return run if isinstance(sha, str) and model_sha256(run / RunDir.MODEL) == sha else None
 
 
 def threshold_path(folder: Path) -> Path:
