@@ -267,6 +267,11 @@ def write_curve(rows: list[dict], out: str | Path, stem: str = "train_size") -> 
 def read_curve(path: str | Path) -> list[dict]:
     """The rows written by `write_curve` (a `.json` file, or every one in a folder)."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist; give the .json file (or the folder) `python -m anomaly "
+            "benchmark --curve train-size` wrote"
+        )
     files = sorted(path.glob("train_size*.json")) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(
@@ -279,7 +284,9 @@ def read_curve(path: str | Path) -> list[dict]:
             found = json.loads(f.read_text())["rows"]
             if not isinstance(found, list) or not all(isinstance(r, dict) for r in found):
                 raise TypeError
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        except OSError as err:
+            raise OSError(f"{f} cannot be read ({err.strerror or err})") from None
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             json_twin = f.with_suffix(".json")
             hint = f"give {json_twin}, its rows as JSON" if f.suffix != ".json" else "run again"
             raise ValueError(

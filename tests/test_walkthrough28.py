@@ -286,12 +286,16 @@ def test_printed_scores_read_as_their_verdicts_and_scores_csv_holds_them_exactly
     with open(run / "scores.csv") as f:
         written = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
     assert written == {p: float(s) for p, s in zip(pred.paths, pred.scores)}
-    image, score = pred.paths[0], float(pred.scores[0])
-    just_above = float(f"{score:.6g}") if float(f"{score:.6g}") > score else score + 1e-5
-    RunDir(run).save_threshold(Threshold(just_above, "manual", {}))
-    assert main(["predict", "--run", str(run), "--no-overlays", image]) == 0
+    # a threshold its 6-digit rounding puts on the other side: the rounded value itself when
+    # it rounds up (PASS, printed as if at the threshold), the score when it rounds down (REJECT)
+    i = next(i for i, s in enumerate(pred.scores) if float(f"{float(s):.6g}") != float(s))
+    image, score = pred.paths[i], float(pred.scores[i])
+    rounded = float(f"{score:.6g}")
+    threshold, expected = (rounded, "PASS") if rounded > score else (score, "REJECT")
+    RunDir(run).save_threshold(Threshold(threshold, "manual", {}))
+    main(["predict", "--run", str(run), "--no-overlays", image])
     shown, verdict = capsys.readouterr().out.split("\t")[1:3]
-    assert verdict == "PASS" and float(shown) < just_above
+    assert verdict == expected and (float(shown) < threshold) == (expected == "PASS")
 
 
 def test_reading_a_curves_csv_or_a_damaged_json_names_the_file(tmp_path):
@@ -306,6 +310,8 @@ def test_reading_a_curves_csv_or_a_damaged_json_names_the_file(tmp_path):
     (tmp_path / "train_size_x.json").write_text('{"rows": 3}')
     with pytest.raises(ValueError, match=r"train_size_x.json is not a curve"):
         read_curve(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"nope does not exist"):
+        read_curve(tmp_path / "nope")
 
 
 def test_auto_says_a_plain_sets_training_images_are_what_good_holds_less_the_tested(tmp_path):
