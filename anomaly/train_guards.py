@@ -274,9 +274,17 @@ def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
         return None
     _, split = found
     index = {os.path.abspath(p): i for i, p in enumerate(paths)}
-    if not any(os.path.abspath(p) in index for p in split["train"] + split["val"]):
-        return None  # other data than the source's
-    return {index[a] for a in map(os.path.abspath, split["val"]) if a in index}
+    listed = [os.path.abspath(p) for p in split["train"] + split["val"]]
+    digests = split.get("sha256") or []
+    digests = digests if len(digests) == len(listed) else [None] * len(listed)
+    same = [  # here, with the bytes the source learned or held out (where it recorded them)
+        a in index and (not isinstance(d, str) or sha256_file(a) == d)
+        for a, d in zip(listed, digests)
+    ]
+    if not any(same):
+        return None  # other data than the source's, whatever its file names
+    val = {os.path.abspath(p) for p in split["val"]}
+    return {index[a] for a, ok in zip(listed, same) if ok and a in val}
 
 
 def check_split(run: RunDir, config: Config, split: dict) -> None:

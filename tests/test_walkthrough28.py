@@ -249,6 +249,12 @@ def test_kmeans_on_other_plain_data_with_the_same_names_splits_it_anew(tmp_path)
     config = Config.for_method("kmeans", source_run=str(source), data=str(other), size=32)
     train_run(config.replace(channels=3), km)
     assert len(_learned(km)) == 20  # four fifths of the 25, as for any new plain set
+    split = json.loads((km / "split.json").read_text())
+    held = {p.rsplit("/", 1)[-1] for p in split["val"]}
+    source_held = {
+        p.rsplit("/", 1)[-1] for p in json.loads((source / "split.json").read_text())["val"]
+    }
+    assert len(held) == 2 and held != source_held  # split by its seed, not by the source's names
 
 
 def test_a_users_file_in_a_benchmark_out_folder_is_never_taken_for_the_benchmarks(tmp_path):
