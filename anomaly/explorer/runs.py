@@ -152,10 +152,10 @@ def _matched(preds: dict, dirs: dict) -> dict:
         each = "; ".join(_images_of(n, preds[n], dirs[n]) for n in preds)
         roots = {data_root(preds[n], dirs[n]) for n in preds}
         same = (
-            " They were scored on the same data folder, but not on the same images of it: in "
-            "the plain layout (good/ and defect folders) a run is tested on the good images it "
-            "held out of its own data (split.json) and on all the good images of data it did "
-            "not learn."
+            " They were scored on the same data folder, but not on the same images of it: a "
+            "run is tested on the good images of its own data that it neither learned nor held "
+            "out for its threshold (in the plain layout, good/ less what its split.json lists), "
+            "and on all the good images of data it did not learn."
             if len(roots) == 1 and None not in roots
             else ""
         )
