@@ -10,7 +10,6 @@ This layer joins the others: it builds detectors through `anomaly.build` (which 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -392,11 +391,7 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
 
 def _scored_data(folder: Path) -> str | None:
     """The data folder whose scores `folder` holds (its predictions.npz says), or None."""
-    try:
-        with np.load(RunDir(folder).file(RunDir.PREDICTIONS), allow_pickle=False) as z:
-            return json.loads(str(z["meta"])).get("data")
-    except (OSError, ValueError, KeyError, AttributeError):
-        return None
+    return RunDir(folder).scored_meta().get("data")
 
 
 def _trained(rd: RunDir, trained_on: str, data: str) -> set[str] | None:

@@ -33,6 +33,18 @@ class ScoreOutputs:
             type(self)(p) for p in sorted(scored.iterdir()) if p.is_dir() and not p.is_symlink()
         ]
 
+    def scored_meta(self) -> dict:
+        """What `score` recorded in this folder's predictions.npz (`meta`: the run, the data,
+        the model's SHA-256 ...), or {} where there is no such file, or it does not read."""
+        import numpy as np
+
+        try:
+            with np.load(self.file(self.PREDICTIONS), allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+        except (OSError, ValueError, KeyError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
     def written_by_score(self, name: str) -> bool:
         """Whether the file `name` (one of `SCORE_OUTPUTS`) here reads as what `score` writes:
         predictions.npz with `Predictions.save`'s arrays, scores.csv with its header,

@@ -236,23 +236,29 @@ def source_pool(config: Config) -> dict | None:
     if found is None:
         return None
     split = found[1]
-    paths = split["train"] + split["val"]
-    digests = split.get("sha256") or []
-    digests = digests if len(digests) == len(paths) else [None] * len(paths)
-
-    def here(path: str, digest) -> bool:
-        path = os.path.abspath(path)
-        if os.path.dirname(path) != os.path.join(data, "good") or not os.path.isfile(path):
-            return False
-        return not isinstance(digest, str) or sha256_file(path) == digest
-
-    keep = [here(p, d) for p, d in zip(paths, digests)]
+    good = os.path.join(data, "good")
+    keep = _still_here(split, lambda path: os.path.dirname(path) == good)
     n = len(split["train"])
+    paths = split["train"] + split["val"]
     pool = {
         k: [p for p, ok in zip(ps, ks) if ok]
         for k, ps, ks in (("train", paths[:n], keep[:n]), ("val", paths[n:], keep[n:]))
     }
     return pool if any(keep) else None
+
+
+def _still_here(split: dict, allowed) -> list[bool]:
+    """For each image of a source run's `split` (its train, then its held-out list), whether it
+    is a file here with the bytes the source recorded (split.json's SHA-256s, where recorded),
+    asked only of the absolute paths `allowed(path)` accepts: nothing else is read (a split.json
+    from someone else may name any path)."""
+    paths = [os.path.abspath(p) for p in split["train"] + split["val"]]
+    digests = split.get("sha256") or []
+    digests = digests if len(digests) == len(paths) else [None] * len(paths)
+    return [
+        allowed(p) and os.path.isfile(p) and (not isinstance(d, str) or sha256_file(p) == d)
+        for p, d in zip(paths, digests)
+    ]
 
 
 def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
@@ -274,17 +280,11 @@ def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
         return None
     _, split = found
     index = {os.path.abspath(p): i for i, p in enumerate(paths)}
-    listed = [os.path.abspath(p) for p in split["train"] + split["val"]]
-    digests = split.get("sha256") or []
-    digests = digests if len(digests) == len(listed) else [None] * len(listed)
-    same = [  # here, with the bytes the source learned or held out (where it recorded them)
-        a in index and (not isinstance(d, str) or sha256_file(a) == d)
-        for a, d in zip(listed, digests)
-    ]
+    same = _still_here(split, index.__contains__)
     if not any(same):
         return None  # other data than the source's, whatever its file names
-    val = {os.path.abspath(p) for p in split["val"]}
-    return {index[a] for a, ok in zip(listed, same) if ok and a in val}
+    n = len(split["train"])
+    return {index[os.path.abspath(p)] for p, ok in zip(split["val"], same[n:]) if ok}
 
 
 def check_split(run: RunDir, config: Config, split: dict) -> None:

@@ -43,6 +43,15 @@ def _stored_maps(maps: np.ndarray) -> np.ndarray:
     return maps.astype(np.float16)
 
 
+def nonfinite(scores: np.ndarray, maps: np.ndarray) -> str | None:
+    """Words for the NaN or infinite values among a run's scores, else among its maps ("1 of its
+    10 scores is NaN or infinite"), or None when every one is finite."""
+    for what, array in (("scores", scores), ("map values", maps)):
+        if bad := int(array.size - np.count_nonzero(np.isfinite(array))):
+            return f"{bad} of its {array.size} {what} {'is' if bad == 1 else 'are'} NaN or infinite"
+    return None
+
+
 @dataclass
 class Predictions:
     """Per-image scores and per-pixel maps for one data set, in data set order.
@@ -145,13 +154,8 @@ class Predictions:
                 array.dtype, np.complexfloating
             ):
                 raise ValueError(f"its {name} are {array.dtype}, not real numbers")
-            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-            if bad:
-                what = "scores" if name == "scores" else "map values"
-                raise ValueError(
-                    f"{bad} of its {array.size} {what} {'is' if bad == 1 else 'are'} NaN or "
-                    "infinite, which `score` never writes"
-                )
+        if bad := nonfinite(scores, maps):
+            raise ValueError(f"{bad}, which `score` never writes")
         return cls(
             paths=[str(p) for p in z["paths"]],
             labels=labels,

@@ -19,7 +19,7 @@ import numpy as np
 
 from anomaly.data.files import IMAGE_EXTENSIONS
 from anomaly.decision import ThresholdTable, score_range, threshold_table
-from anomaly.detectors.base import Predictions
+from anomaly.detectors.base import Predictions, nonfinite
 from anomaly.metrics import Threshold
 from anomaly.overlays import EvidenceScale, run_scale
 from anomaly.runs import RunDir, RunError
@@ -102,14 +102,11 @@ def _finite(name: str, pred: Predictions) -> Predictions:
     """`pred`, or ValueError naming the run when a score or map value is NaN or infinite: the
     histogram, the rates and the cost optimum of it would fail deep inside matplotlib, or be
     wrong. (Run folders are checked when their predictions.npz is read: `Predictions.load`.)"""
-    for what, array in (("scores", pred.scores), ("map values", pred.maps)):
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        if bad:
-            raise ValueError(
-                f"run {name!r}: {bad} of its {array.size} {what} {'is' if bad == 1 else 'are'} "
-                "NaN or infinite; its model gives invalid scores: train it again, or leave "
-                "those images out"
-            )
+    if bad := nonfinite(pred.scores, pred.maps):
+        raise ValueError(
+            f"run {name!r}: {bad}; its model gives invalid scores: train it again, or leave those "
+            "images out"
+        )
     return pred
 
 
@@ -253,11 +250,10 @@ def _scored_by(folder: Path) -> Path | None:
     when it is still there with that model.pt; else None (moved, trained again, or no record)."""
     from anomaly.threshold_file import model_sha256
 
+    meta = RunDir(folder).scored_meta()
     try:
-        with np.load(RunDir(folder).file(RunDir.PREDICTIONS), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
         run, sha = Path(meta["run"]), meta["model_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
     return run if isinstance(sha, str) and model_sha256(run / RunDir.MODEL) == sha else None
 
