@@ -493,7 +493,7 @@ def set_threshold(
     with rd.lock("threshold"):
         if paths is not None:
             rd.save_calibration(paths, scores, record)
-        else:  # ours, and about the threshold before this one: it would be read as this one's
-            rd.file(rd.CALIBRATION).unlink(missing_ok=True)
+        else:  # an earlier one stays only while it records this model.pt as the one scoring it
+            rd.drop_stale_calibration()
         rd.save_threshold(threshold)
     return threshold

@@ -408,10 +408,10 @@ def line_scores(rd: RunDir) -> tuple[np.ndarray | None, str]:
     """The scores of the good photos from the line (calibration_scores.json, written by
     `threshold --good-images FOLDER`) when they are this model.pt's, and "" ; else None and
     why they are not shown, with the command that scores them again (None, "" when there are
-    none). That file records no model: its scores are this model's only while threshold.json
-    is the one set on them (the same images' hash) and records this model.pt as the one it was
-    chosen for (`anomaly.threshold_file.model_record`), not carried over from an earlier model
-    (training resumed: `threshold_file.carried`)."""
+    none). The file records the model.pt that scored them; one from before it did is this
+    model's only while threshold.json is the one set on them (the same images' hash) and
+    records this model.pt as the one it was chosen for (`anomaly.threshold_file.model_record`),
+    not carried over from an earlier model (training resumed: `threshold_file.carried`)."""
     import json
 
     from anomaly import threshold_file as tf
@@ -437,6 +437,9 @@ def line_scores(rd: RunDir) -> tuple[np.ndarray | None, str]:
         and record.get("source") == "folder"
         and record.get("images_sha256") == kept.get("images_sha256")
     )
+    if isinstance(kept.get(tf.MODEL_RECORD), str):  # the model that scored them, recorded
+        ours = sha is not None and kept[tf.MODEL_RECORD] == sha
+        earlier = not ours
     if ours:
         return np.asarray(kept["scores"], np.float64), ""
     folder = kept.get("folder_resolved") or kept.get("folder") or "FOLDER"
@@ -447,7 +450,7 @@ def line_scores(rd: RunDir) -> tuple[np.ndarray | None, str]:
     else:
         rule = "conformal --value ALPHA"
     when = (
-        "of an earlier model of this run (it was trained further since)"
+        "of another model than this model.pt (the run was trained again or further since)"
         if earlier
         else "not recorded as this model's (the threshold set on them has been replaced)"
     )

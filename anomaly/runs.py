@@ -270,10 +270,29 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         return self._read_json(self.CALIBRATION, "; set a threshold with --good-images FOLDER")
 
     def save_calibration(self, paths: list[str], scores: list[float], record: dict) -> Path:
+        """calibration_scores.json, recording the model.pt that scored the images."""
         return write_json(
             self.file(self.CALIBRATION),
-            {**record, "paths": list(paths), "scores": [float(s) for s in scores]},
+            {
+                **record,
+                "paths": list(paths),
+                "scores": [float(s) for s in scores],
+                **threshold_file.model_record(self.file(self.MODEL)),
+            },
         )
+
+    def drop_stale_calibration(self) -> None:
+        """Remove calibration_scores.json unless it records this model.pt as the model that
+        scored its images: an earlier model's scores, or unrecorded ones (older versions), would
+        be shown as this model's."""
+        path = self.file(self.CALIBRATION)
+        try:
+            kept = json.loads(read_record(path))
+        except (OSError, ValueError):
+            kept = None
+        sha = threshold_file.model_sha256(self.file(self.MODEL))
+        if not (sha and isinstance(kept, dict) and kept.get(threshold_file.MODEL_RECORD) == sha):
+            path.unlink(missing_ok=True)
 
     def map_range(self) -> tuple[float, float]:
         """The colour scale of the run's overlays: that of its held-out normal images."""

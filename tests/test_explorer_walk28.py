@@ -85,7 +85,7 @@ def test_line_scores_of_an_earlier_model_are_not_shown(scored_ae_run, tiny_cooki
     score_run(run, overlays=False)
     text = notebook_photos.held_out_vs_new(run)
     assert "good photos from the line (" not in text
-    assert "earlier model" in text
+    assert "another model than this model.pt" in text
     assert f"threshold --run {run} --rule normal-quantile --value 0.9 --good-images" in text
 
 

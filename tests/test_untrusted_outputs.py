@@ -293,8 +293,12 @@ def test_a_kept_threshold_loses_its_guarantee_and_stale_calibration_goes(tiny_co
     kept = RunDir(run).threshold()
     assert kept.value == t.value and "guarantee" not in kept.params
     assert "its guarantee no longer holds" in _threshold_words(kept)
+    set_threshold(run, "manual", 1.0)  # the same model.pt scored them: kept
+    path = RunDir(run).file(RunDir.CALIBRATION)
+    stale = {**json.loads(path.read_text()), "model_sha256": "0" * 64}  # another model's
+    path.write_text(json.dumps(stale))
     set_threshold(run, "manual", 1.0)
-    assert not RunDir(run).file(RunDir.CALIBRATION).exists()
+    assert not path.exists()
 
 
 def test_benchmark_refuses_unknown_methods_before_running(tiny_cookies, tmp_path):

@@ -1,0 +1,40 @@
+"""Session 29's fixes, each with the check that failed before it."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import copy_run
+
+from anomaly import notebook_photos
+from anomaly.calibration import set_threshold
+from anomaly.data import make_cookies
+from anomaly.runs import RunDir
+from anomaly.threshold_file import MODEL_RECORD, model_sha256
+
+
+def test_line_scores_outlive_a_threshold_set_by_hand(scored_ae_run, tmp_path):
+    """calibration_scores.json recorded no model, so its scores were shown only while the
+    threshold set on them was kept: after a manual (or the explorer's) threshold replaced it,
+    notebook 07 hid the same model's scores of the good photos from the line."""
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    make_cookies(tmp_path / "more", preset="tiny", seed=5, size=64)
+    set_threshold(run, "normal-quantile", 0.9, good_images=tmp_path / "more" / "train" / "good")
+    rd = RunDir(run)
+    assert rd.calibration()[MODEL_RECORD] == model_sha256(rd.file(rd.MODEL))
+    set_threshold(run, "manual", 1.0)
+    scores, why = notebook_photos.line_scores(rd)
+    assert why == "" and scores is not None and scores.size == len(rd.calibration()["paths"])
+    assert "good photos from the line (" in notebook_photos.held_out_vs_new(run)
+
+
+def test_line_scores_of_another_model_are_named(scored_ae_run, tmp_path):
+    """Scores recorded for another model.pt are not shown, whatever threshold.json says."""
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    make_cookies(tmp_path / "more", preset="tiny", seed=5, size=64)
+    set_threshold(run, "normal-quantile", 0.9, good_images=tmp_path / "more" / "train" / "good")
+    path = run / "calibration_scores.json"
+    kept = json.loads(path.read_text())
+    path.write_text(json.dumps({**kept, MODEL_RECORD: "0" * 64}))
+    scores, why = notebook_photos.line_scores(RunDir(run))
+    assert scores is None and "another model than this model.pt" in why
