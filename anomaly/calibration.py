@@ -439,7 +439,7 @@ def set_threshold(
     saved in calibration_scores.json) instead of the held-out ones (this module's docstring).
     The threshold records where its scores came from (`params["calibration"]`).
     """
-    rd = RunDir(run).require()
+    rd = RunDir(run).require().require_model("threshold")
     if value is not None and not math.isfinite(value):
         raise ValueError(f"--value {value}: it must be a finite number")
     check_rule(rule, good_images)

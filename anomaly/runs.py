@@ -176,6 +176,19 @@ class RunDir(CheckpointFiles, ScoreOutputs):
             )
         return self
 
+    def require_model(self, command: str) -> RunDir:
+        """RunError unless the run has its model.pt (what a threshold is chosen for, and
+        recorded with): one still training is named as in use."""
+        if not self.has_model():
+            self.check_not_in_use(command)
+            raise RunError(
+                f"{self.path} has no {self.MODEL} (its training never finished, or the file is "
+                f"gone): a threshold is chosen for a model and records it. Finish the training "
+                f"(`python -m anomaly train --out {self.path} --resume`), restore {self.MODEL} "
+                "from a copy of the run, or train it again"
+            )
+        return self
+
     def create(self, config: Config, split: dict | None = None) -> RunDir:
         """Create (or reuse) the folder and write config.json, versions.json and split.json."""
         if self.path.exists() and not self.path.is_dir():

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import copy_run
 
 from anomaly import notebook_photos
 from anomaly.calibration import set_threshold
 from anomaly.data import make_cookies
-from anomaly.runs import RunDir
+from anomaly.runs import RunDir, RunError
 from anomaly.threshold_file import MODEL_RECORD, model_sha256
 
 
@@ -38,3 +39,30 @@ def test_line_scores_of_another_model_are_named(scored_ae_run, tmp_path):
     path.write_text(json.dumps({**kept, MODEL_RECORD: "0" * 64}))
     scores, why = notebook_photos.line_scores(RunDir(run))
     assert scores is None and "another model than this model.pt" in why
+
+
+def test_threshold_on_a_run_without_its_model_is_refused(scored_ae_run, tmp_path):
+    """`threshold --rule manual` on a run whose model.pt was gone saved a threshold recording
+    no model, which the next model.pt in that folder then took as its own."""
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    (run / "model.pt").unlink()
+    before = (run / "threshold.json").read_bytes()
+    for rule, value in (("manual", 1.0), ("normal-quantile", 0.9), ("f1", None)):
+        with pytest.raises(RunError, match=r"has no model\.pt .*--resume"):
+            set_threshold(run, rule, value)
+    assert (run / "threshold.json").read_bytes() == before
+
+
+def test_explorer_save_on_a_run_without_its_model_is_refused(scored_ae_run, tmp_path):
+    """The explorer's Save wrote a threshold recording no model into such a run."""
+    from anomaly.explorer import ThresholdExplorer
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    ex = ThresholdExplorer([run])
+    (run / "model.pt").unlink()
+    before = (run / "threshold.json").read_bytes()
+    with pytest.raises(RunError, match=r"has no model\.pt"):
+        ex.save_threshold()
+    ex._on_save(None)
+    assert "Not saved" in ex.status.value and "model.pt" in ex.status.value
+    assert (run / "threshold.json").read_bytes() == before
