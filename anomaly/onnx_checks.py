@@ -4,8 +4,9 @@ An ONNX file from someone else is untrusted input: its graph could hold a Loop o
 iterations (predict would run for ever) or anything else onnxruntime runs. `graph_ops` lists the
 ops of the file's nodes from its protobuf bytes (no onnx package needed, so onnx_predict.py and
 this file can be copied where only numpy, Pillow and onnxruntime are), and `foreign_parts` names
-those `anomaly.export` never writes (`EXPORTED_OPS`), subgraphs and model functions, which
-`OnnxDetector` refuses before onnxruntime optimises or runs any of them.
+those `anomaly.export` never writes (`EXPORTED_OPS`), subgraphs, model functions and tensors kept
+in other files (external data: onnxruntime would read them), which `OnnxDetector` refuses before
+onnxruntime optimises or runs any of them.
 """
 
 from __future__ import annotations
@@ -73,20 +74,37 @@ def graph_ops(data: bytes) -> tuple[set[tuple[str, str]], list[str]]:
     if any(n in (20, 25) for n, _ in top):  # ModelProto.training_info, .functions
         other.append("model functions")
     for graph in (v for n, v in top if n == 7 and type(v) is tuple):  # ModelProto.graph
-        for node in (v for n, v in _fields(data, *graph) if n == 1 and type(v) is tuple):
+        parts = [(n, v) for n, v in _fields(data, *graph) if type(v) is tuple]
+        if any(n in (5, 15) and _external(data, v, n == 15) for n, v in parts):  # initializers
+            other.append("tensors stored outside the file (external data)")
+        for node in (v for n, v in parts if n == 1):
             op = domain = (0, 0)  # NodeProto.op_type 4, .domain 7
             for n, v in _fields(data, *node):
                 if type(v) is not tuple:
                     continue
                 if n == 4 or n == 7:
                     op, domain = (v, domain) if n == 4 else (op, v)
-                elif n == 5 and any(  # an attribute: g 6, graphs 11, or type 20 GRAPH(S) 5, 10
-                    k in (6, 11) or (k == 20 and w in (5, 10)) for k, w in _fields(data, *v)
-                ):
-                    other.append("a subgraph")
+                elif n == 5:  # an attribute: g 6, graphs 11, or type 20 GRAPH(S) 5, 10
+                    attr = _fields(data, *v)
+                    if any(k in (6, 11) or (k == 20 and w in (5, 10)) for k, w in attr):
+                        other.append("a subgraph")
+                    if any(
+                        k in (5, 10) and type(w) is tuple and _external(data, w) for k, w in attr
+                    ):
+                        other.append("tensors stored outside the file (external data)")
             found.add((data[slice(*domain)], data[slice(*op)]))
     ops = {(d.decode(errors="replace"), o.decode(errors="replace")) for d, o in found}
     return {("" if d == "ai.onnx" else d, o) for d, o in ops}, other
+
+
+def _external(data: bytes, span: tuple[int, int], sparse: bool = False) -> bool:
+    """Whether the TensorProto data[span] (of a SparseTensorProto: its values 1 or indices 2)
+    keeps its numbers in another file: external_data 13, or data_location 14 EXTERNAL (1).
+    onnxruntime would read that file, beside the model or wherever it names."""
+    fields = _fields(data, *span)
+    if sparse:
+        return any(n in (1, 2) and type(v) is tuple and _external(data, v) for n, v in fields)
+    return any(n == 13 or (n == 14 and v == 1) for n, v in fields)
 
 
 def foreign_parts(ops: set[tuple[str, str]], other: list[str]) -> str:

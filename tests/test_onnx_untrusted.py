@@ -158,6 +158,29 @@ def test_foreign_ops_subgraphs_and_functions_are_refused(tmp_path):
         OnnxDetector(functions)
 
 
+def test_tensors_in_other_files_are_refused(tmp_path):
+    """onnxruntime reads an initializer's or a Constant's external data from the file it names
+    (beside the model: any file there); export never writes one (session 29)."""
+    from onnx.external_data_helper import set_external_data
+
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], b"\0" * 16, raw=True)
+    set_external_data(weight, "secret.bin")
+    weight.ClearField("raw_data")
+    nodes = [_score("s"), helper.make_node("Add", ["s", "w"], ["scores"]), _map()]
+    outside = _file(tmp_path / "outside.onnx", nodes, [weight])
+    with pytest.raises(ExportError, match=r"outside.onnx: its graph holds tensors stored outside"):
+        OnnxDetector(outside)
+    value = helper.make_tensor("c", TensorProto.FLOAT, [4], b"\0" * 16, raw=True)
+    set_external_data(value, "secret.bin")
+    value.ClearField("raw_data")
+    constant = helper.make_node("Constant", [], ["w"], value=value)
+    in_node = _file(tmp_path / "node.onnx", [constant, *nodes])
+    assert graph_ops(in_node.read_bytes())[1] == ["tensors stored outside the file (external data)"]
+    with pytest.raises(ExportError, match=r"node.onnx: its graph holds tensors stored outside"):
+        OnnxDetector(in_node)
+
+
 def test_allowed_ops_still_load_and_score(tiny_cookies, tmp_path):
     """The check refuses what export never writes, not small graphs of its ops."""
     plain = _file(tmp_path / "plain.onnx", [_score(), _map()])
