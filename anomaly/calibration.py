@@ -288,22 +288,24 @@ def _warn_test_images(rd: RunDir, folder: Path, images: list[Path], hashes: list
             )
 
 
-def check_rule(rule: str, folder: str | Path | None) -> None:
-    """ValueError when a folder of good images is given to a rule that reads no such scores."""
+def check_rule(rule: str, folder: str | Path | None) -> str:
+    """The rule as the CLI names it (threshold.json's normal_quantile too); ValueError when a
+    folder of good images is given to a rule that reads no such scores."""
+    rule = str(rule).replace("_", "-")
     if folder is not None and rule not in NORMAL_SCORE_RULES:
         raise ValueError(
             f"{FLAG}: --rule {rule} reads no good-image scores; drop {FLAG}, or use "
             f"--rule {' or '.join(NORMAL_SCORE_RULES)}"
         )
+    return rule
 
 
 def good_scores(
     rd: RunDir, folder: str | Path | None, alpha: float | None = None
 ) -> tuple[list[str] | None, np.ndarray, dict]:
-    """(paths, scores, record) of `folder` scored now by the run's detector
-    (`calibrate_on_folder`), or without a folder (None, the held-out scores, their record).
-    Only scoring a folder loads the detector, and so imports torch. Copies among the good
-    images count once (`_count_once`)."""
+    """(paths, scores, record) of `folder` scored now by the run's detector (`calibrate_on_
+    folder`), or without a folder (None, the held-out scores, their record). Only scoring a
+    folder loads the detector (and torch). Copies among the good images count once."""
     if folder is None:
         _refuse_unfinished(rd)
         stored, split = rd.val_scores(), rd.split() or {}
@@ -442,8 +444,7 @@ def set_threshold(
     rd = RunDir(run).require().require_model("threshold")
     if value is not None and not math.isfinite(value):
         raise ValueError(f"--value {value}: it must be a finite number")
-    check_rule(rule, good_images)
-    paths = record = None
+    rule, paths, record = check_rule(rule, good_images), None, None
     if rule == "manual":
         if value is None:
             raise ValueError("--rule manual needs --value V (the threshold on the image score)")

@@ -8,8 +8,11 @@ shell train the same model. This module imports nothing from the package.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import os
+import sys
 import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -374,6 +377,13 @@ class Config:
         Overrides that are None are ignored, so parsed CLI flags can be passed as they are.
         `recipe="original"` applies that recipe's preset (`RECIPES`) before the overrides.
         """
+        registry = getattr(sys.modules.get("anomaly.detectors.base"), "REGISTRY", {})
+        if method not in METHODS and method not in registry:  # a detector registered from code
+            near = difflib.get_close_matches(str(method), METHODS, n=1)
+            raise ValueError(
+                f"unknown method {method!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
+                f"choose one of {', '.join(METHODS)}"
+            )
         recipe = overrides.get("recipe") or "project"
         if recipe not in RECIPES:
             raise ValueError(f"--recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
@@ -416,6 +426,8 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config fields {unknown}; the fields are: {', '.join(data)}")
         data.update({k: v for k, v in changes.items() if v is not None})
+        if isinstance(data["data"], os.PathLike):  # a Path, as score_run and the data set take
+            data["data"] = os.fspath(data["data"])
         return Config(**data)
 
     def validate(self) -> Config:

@@ -103,6 +103,11 @@ def train_run(
     detector = build_detector(config)
     check_size(detector, config)
     device = select_device(config.device)
+    if not config.data.strip():  # the working folder would be read as the data set
+        raise ValueError(
+            "config.data is empty: name the data set's folder, for example "
+            f"Config.for_method({config.method!r}, data='data/cookies')"
+        )
     train, val = _datasets(config)  # data errors come before anything is written
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume

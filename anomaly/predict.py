@@ -35,13 +35,21 @@ from anomaly.safe_files import save_png_new, writable_folder
 SUBFOLDERS = "not searched; pass each itself to score it, e.g. {name}"
 
 
-def expand_images(images: list[str | Path]) -> list[Path]:
-    """Paths as given, with each folder replaced by the images in it and its broken links
+def expand_images(images: list[str | Path] | str | Path) -> list[Path]:
+    """Paths as given (one path: that one), with each folder replaced by the images in it and its broken links
     (sorted; `predict` names a broken link's file and why, and scores the rest), or kept when it
     holds none (`predict` then says so); each file once. A warning names every other entry of a
     folder (sub-folders, files of other types): none is skipped without a word."""
+    if isinstance(images, (str, os.PathLike)):  # one path, not its letters
+        images = [images]
     out: list[Path] = []
     for item in images:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(
+                f"images are given as paths of image files or folders, not as a "
+                f"{type(item).__name__}; save it as an image file, or score a float tensor "
+                "[B, C, H, W] in [0, 1] with anomaly.load_run(RUN).predict_batch"
+            )
         if not str(item).strip():  # Path("") is ".": the working folder would be scored
             raise DataError("an empty image path was given; name image files or folders")
         p = Path(item)
@@ -166,7 +174,7 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 def predict_images(
     run: str | Path,
-    images: list[str | Path],
+    images: list[str | Path] | str | Path,
     overlay_dir: str | Path | None = None,
     workers: int | None = None,
     overlays: bool = True,

@@ -201,18 +201,18 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         return self
 
     # --- JSON files -----------------------------------------------------------------------
-    def _not_a_run(self) -> None:
+    def refuse_not_a_run(self) -> None:
         """RunError when the folder is missing, or is a data set given as a run (a file it
         lacks is then not the problem)."""
         if not self.path.is_dir():
             raise RunError(f"{self.path}: no such run folder; check its name")
-        if not self.is_run() and (self.path / "train").is_dir():
+        if not self.is_run() and any((self.path / d).is_dir() for d in ("train", "good")):
             self.require()  # says it is a data set, and how to train a run on it
 
     def _read_json(self, name: str, what: str = "") -> dict:
         path = self.file(name)
         if not path.is_file():
-            self._not_a_run()
+            self.refuse_not_a_run()
             raise RunError(f"{self.path} has no {name}{what}")
         try:
             return json.loads(read_record(path))
@@ -428,7 +428,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
 
     def scores(self) -> list[dict]:
         if not self.file(self.SCORES).is_file():
-            self._not_a_run()
+            self.refuse_not_a_run()
             raise RunError(
                 f"{self.path} has not been scored; run "
                 f"`python -m anomaly score --run {self.path}` first"
@@ -445,6 +445,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
 
         path, again = self.file(self.PREDICTIONS), f"python -m anomaly score --run {self.path}"
         if not path.is_file():
+            self.refuse_not_a_run()
             raise RunError(f"{self.path} has not been scored; run `{again}` first")
         try:
             pred = Predictions.load(path)

@@ -9,6 +9,7 @@ from helpers import tiny_config
 from anomaly.cli import main
 from anomaly.config import Config
 from anomaly.detectors import get_detector
+from anomaly.detectors.inputs import unchecked
 from anomaly.detectors.kmeans import KMeansDetector, choose_k
 from anomaly.original import original_overlay
 from anomaly.pipeline import load_run, train_run
@@ -31,7 +32,8 @@ def test_original_recipe_is_the_original_settings():
 def test_original_image_score_is_the_per_image_mse():
     det = get_detector("unet")(Config.for_method("unet", recipe="original", width=4)).to("cpu")
     x = torch.rand(3, 1, 32, 32)
-    scores, maps = det.predict_batch(x)
+    with unchecked():  # untrained, at 32 px: the score's arithmetic alone
+        scores, maps = det.predict_batch(x)
     mse = ((det.reconstruct(x) - x) ** 2).mean(dim=(1, 2, 3))
     assert torch.allclose(scores, mse, rtol=1e-5)
     assert torch.allclose(maps, ((det.reconstruct(x) - x) ** 2)[:, 0])  # unsmoothed
@@ -41,7 +43,7 @@ class FakeSource:
     """A stand-in for a trained run: its 'bottleneck' is the image average-pooled 4x4."""
 
     name = "unet"
-    config = Config(method="unet")
+    config = Config(method="unet", size=32)
 
     def features(self, images):
         return F.avg_pool2d(images, 4).repeat(1, 3, 1, 1) * torch.tensor([1.0, 10.0, 100.0]).view(
@@ -71,7 +73,7 @@ def _data(n, seed, size=32):
 
 
 def test_original_kmeans_uses_the_max_pooled_bottleneck_unstandardised():
-    config = Config(method="kmeans", recipe="original", seed=0, batch_size=8)
+    config = Config(method="kmeans", recipe="original", seed=0, batch_size=8, size=32)
     km = KMeansDetector(config, source=FakeSource()).fit(_data(40, 0))
     assert (km.kind, km.k) == ("original", 2)
     x = torch.stack([d["image"] for d in _data(5, 1)])
@@ -84,7 +86,7 @@ def test_original_kmeans_uses_the_max_pooled_bottleneck_unstandardised():
 
 
 def test_flat_kmeans_standardises_each_element():
-    config = Config(method="kmeans", kmeans_features="flat", k=1, seed=0, batch_size=8)
+    config = Config(method="kmeans", kmeans_features="flat", k=1, seed=0, batch_size=8, size=32)
     train = _data(40, 0)
     km = KMeansDetector(config, source=FakeSource()).fit(train)
     feats = FakeSource().features(torch.stack([d["image"] for d in train])).flatten(1)
@@ -96,7 +98,9 @@ def test_flat_kmeans_standardises_each_element():
 
 
 def test_cell_kmeans_finds_and_localises_a_small_defect():
-    config = Config(method="kmeans", kmeans_features="cell", seed=0, batch_size=8, smooth_sigma=0.0)
+    config = Config(
+        method="kmeans", kmeans_features="cell", seed=0, batch_size=8, smooth_sigma=0.0, size=32
+    )
     km = KMeansDetector(config, source=FakeSource()).fit(_data(40, 0))
     assert km.kind == "cell" and km.k == 1  # unstructured normal data: the rule picks 1
     test = torch.stack([d["image"] for d in _data(6, 3)])

@@ -144,7 +144,7 @@ def test_encoder_module_as_backbone():
 
     backbone = build_backbone("encoder:runs/ae", in_channels=1, module=Encoder())
     assert backbone.out_channels == [6] and backbone.stride == [4]
-    config = Config(method="patchknn", backbone="encoder:runs/ae", coreset_ratio=0.5)
+    config = Config(method="patchknn", backbone="encoder:runs/ae", coreset_ratio=0.5, size=32)
     scores, maps = (
         PatchKNN(config, module=Encoder()).fit(Textures(4)).predict_batch(torch.rand(2, 1, 32, 32))
     )

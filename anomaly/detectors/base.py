@@ -7,6 +7,7 @@ thresholds, overlays, the explorer, the CLI and the benchmark) consumes `Predict
 
 from __future__ import annotations
 
+import functools
 import json
 import zipfile
 from abc import ABC, abstractmethod
@@ -18,6 +19,9 @@ from typing import Any, ClassVar, TypedDict
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from anomaly.detectors import inputs
+from anomaly.detectors.inputs import check_data
 
 
 class Batch(TypedDict):
@@ -189,6 +193,28 @@ class Detector(ABC):
     def __init__(self, config) -> None:
         self.config = config
         self.device = torch.device("cpu")
+        # a method trained by epochs would score with its random first weights until trained
+        # or loaded (the others refuse in their own predict_batch)
+        self._unfitted = hasattr(self, "step")
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Check what each subclass's own `fit` and `predict_batch` are given, and whether it
+        is fitted, before they run (`anomaly.detectors.inputs`)."""
+        super().__init_subclass__(**kwargs)
+        if own := cls.__dict__.get("predict_batch"):
+            cls.predict_batch = _checked_predict(own)
+        if own := cls.__dict__.get("fit"):
+            cls.fit = _checked_fit(own)
+        if own := cls.__dict__.get("load_state_dict"):
+            cls.load_state_dict = _loaded(own)
+
+    def dataset(self, root, split: str = "test", **kwargs):
+        """`anomaly.AnomalyDataset` of the folder `root` at this detector's size, channels and
+        decoding: what `predict` takes (`kwargs` go to the data set: holdout, trained, cache)."""
+        from anomaly.data import AnomalyDataset
+
+        settings = {k: getattr(self.config, k) for k in ("size", "channels", "decode")}
+        return AnomalyDataset(root, split, **settings, **kwargs)
 
     # --- to implement -------------------------------------------------------------------
     @abstractmethod
@@ -272,8 +298,11 @@ class Detector(ABC):
 
     @torch.no_grad()
     def predict(self, data: Dataset | DataLoader, progress: bool = False) -> Predictions:
+        """Scores and maps of every image of `data` (an `AnomalyDataset` at the run's settings,
+        as `dataset(root)` makes, or a DataLoader of its items)."""
         from tqdm.auto import tqdm
 
+        check_data(self.config, data, self.name, "predict")
         loader = data if isinstance(data, DataLoader) else self.loader(data)
         for module in self.modules().values():
             module.eval()
@@ -317,6 +346,40 @@ class Detector(ABC):
             method=self.name,
             mask_known=np.array(known),
         )
+
+
+def _checked_predict(own: Callable) -> Callable:
+    @functools.wraps(own)
+    def predict_batch(self, images):
+        if inputs.checking():  # not while anomaly.export traces it, nor build's size probes
+            if self._unfitted:
+                raise RuntimeError(f"{self.name}: call fit() (or load a run) before predicting")
+            inputs.check_batch(self.config, images, self.name)
+        return own(self, images)
+
+    return predict_batch
+
+
+def _checked_fit(own: Callable) -> Callable:
+    @functools.wraps(own)
+    def fit(self, train_data, *args, **kwargs):
+        check_data(self.config, train_data, self.name, "fit")
+        if hasattr(train_data, "__len__") and len(train_data) == 0:
+            raise ValueError(f"{self.name}: fit() got an empty data set: no images to learn from")
+        fitted = own(self, train_data, *args, **kwargs)
+        self._unfitted = False
+        return fitted
+
+    return fit
+
+
+def _loaded(own: Callable) -> Callable:
+    @functools.wraps(own)
+    def load_state_dict(self, state):
+        own(self, state)
+        self._unfitted = False
+
+    return load_state_dict
 
 
 REGISTRY: dict[str, type[Detector]] = {}

@@ -47,6 +47,7 @@ def load_run_predictions(run: str | Path) -> Predictions:
             "`python -m anomaly train` (and scored)"
         )
     if not RunDir(path).is_scored():
+        RunDir(path).refuse_not_a_run()  # a data set given as a run: say so
         raise FileNotFoundError(
             f"{path} has no {RunDir.PREDICTIONS}: score the run first (`python -m anomaly score "
             f"--run {path}`), or pass Predictions to ThresholdExplorer directly"

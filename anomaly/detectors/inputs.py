@@ -1,0 +1,149 @@
+"""What a detector is given from Python, checked where a mistake would otherwise score without a
+word or fail deep inside torch: a batch that is not float pixels in [0, 1] at the run's size and
+channels (uint8 or 0-255 values scored about ten times too high; a channels-last or unbatched
+tensor read as another shape), a data set made at another size, channels or decoding than the
+run's, and something that is no data set at all (an array, a path, a PIL image). Each error
+says what the detector takes and how to get it.
+
+`Detector` calls these (`anomaly.detectors.base`): `check_batch` before every subclass's own
+`predict_batch` (not while `anomaly.export` traces it), `check_data` at `predict` and `fit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+
+# Pixel values a little outside [0, 1] are what a bicubic or antialiased resize of [0, 1] images
+# gives; 0-255 values, or ImageNet-normalised ones (-2.1 to 2.6), lie far outside
+RANGE_SLACK = 0.05
+FILES = "for image files use anomaly.predict_images(RUN, files)"
+_OFF = threading.local()
+
+
+def checking() -> bool:
+    """Whether `predict_batch` checks its input now: not while `anomaly.export` traces it (the
+    checks would be traced as constants) nor inside `unchecked()`."""
+    return not (torch.jit.is_tracing() or getattr(_OFF, "depth", 0))
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Call `predict_batch` without the checks in this thread: `anomaly.build`'s probe of which
+    sizes a network takes runs an untrained one at sizes other than the run's."""
+    _OFF.depth = getattr(_OFF, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _OFF.depth -= 1
+
+
+def check_batch(config, images, name: str) -> None:
+    """ValueError or TypeError, with the fix, unless `images` is a float tensor [B, C, H, W] of
+    finite values in [0, 1] (to `RANGE_SLACK`) at the run's channels and size."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"{name}.predict_batch takes a float tensor [B, C, H, W] of pixel values in [0, 1], "
+            f"not {type(images).__name__}; {FILES}, or detector.predict(detector.dataset(ROOT))"
+        )
+    c, s = int(config.channels), int(config.size)
+    want, got = (c, s, s), tuple(images.shape)
+    if images.ndim != 4 or got[1:] != want:
+        raise ValueError(
+            f"{name} takes a batch [B, {c}, {s}, {s}] (images, channels, height, width: the "
+            f"run's --size and --channels); got {list(got)}{_shape_hint(got, want)}"
+        )
+    if got[0] == 0:
+        raise ValueError(f"{name}.predict_batch got an empty batch (0 images)")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name} takes pixel values as floats in [0, 1]; got {images.dtype}: use "
+            f"images.float() / {255 if images.dtype == torch.uint8 else 'the largest value'}"
+        )
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if lo >= -RANGE_SLACK and hi <= 1 + RANGE_SLACK:  # NaN fails both
+        return
+    bad = int(images.numel() - torch.isfinite(images).sum())
+    if bad:
+        raise ValueError(
+            f"{name}.predict_batch: {bad} of the batch's {images.numel()} pixel values are NaN "
+            "or infinite; check how the images were made"
+        )
+    raise ValueError(
+        f"{name} takes pixel values in [0, 1]; these run from {lo:.4g} to {hi:.4g}: divide "
+        "0-255 values by 255, and leave out any normalisation (mean and std): the detector "
+        "does its own"
+    )
+
+
+def _shape_hint(got: tuple, want: tuple) -> str:
+    c, s, _ = want
+    if got == want:
+        return ": one image without its batch dimension, use images[None]"
+    if len(got) == 4 and got[1:] == (s, s, c):
+        return ": channels last, use images.permute(0, 3, 1, 2)"
+    if len(got) == 3 and got == (s, s, c):
+        return ": one image, channels last, use images.permute(2, 0, 1)[None]"
+    if len(got) == 4 and got[1] == c:
+        return f": resize to {s} x {s} (detector.dataset(ROOT) reads files at the run's size)"
+    if len(got) == 4 and got[1] in (1, 3):
+        return f": the run takes {c} channel{'s' * (c != 1)} (detector.dataset(ROOT) converts)"
+    return ""
+
+
+def check_data(config, data, name: str, call: str) -> None:
+    """TypeError unless `data` is a data set or loader (what `call`, predict or fit, takes),
+    naming what to use instead; ValueError for an `AnomalyDataset`-like one made at another size,
+    channels or decoding than the run's (it would score at the wrong size without a word)."""
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        raise TypeError(
+            f"{name}.{call} takes a data set, not the path {str(data)!r}: "
+            f"{call}(detector.dataset({str(data)!r}, 'test')) reads an MVTec-layout folder at "
+            f"the run's settings; {FILES}"
+        )
+    if isinstance(data, torch.Tensor) or type(data).__module__.split(".")[0] in ("numpy", "PIL"):
+        raise TypeError(
+            f"{name}.{call} takes a data set, not a {type(data).__name__}; for a batch of "
+            f"images as a float tensor [B, C, H, W] in [0, 1] use predict_batch; {FILES}"
+        )
+    if not isinstance(data, (Dataset, DataLoader)) and not (
+        hasattr(data, "__iter__") or hasattr(data, "__getitem__")
+    ):
+        raise TypeError(
+            f"{name}.{call} takes a data set (anomaly.AnomalyDataset, or detector.dataset"
+            f"(ROOT)) or a DataLoader of its items, not {type(data).__name__}"
+        )
+    if isinstance(data, (list, tuple)) and data and not isinstance(data[0], dict):
+        raise TypeError(
+            f"{name}.{call} takes a data set, not a {type(data).__name__} of "
+            f"{type(data[0]).__name__}; {FILES}, or use detector.dataset(ROOT)"
+        )
+    differ = [
+        f"{key} {getattr(data, key)!r} (the run's {getattr(config, key)!r})"
+        for key in ("size", "channels", "decode")
+        if hasattr(data, key)
+        and hasattr(config, key)
+        and getattr(data, key) != getattr(config, key)
+    ]
+    if differ and differ[-1].startswith("decode") and not _jpegs(data):
+        differ.pop()  # decoding differs for JPEG files only
+    if differ:
+        raise ValueError(
+            f"{name}.{call}: the data set was made with {', '.join(differ)}, so its images are "
+            "not what the run learned; make it with detector.dataset(ROOT, split), which takes "
+            "the run's size, channels and decoding"
+        )
+
+
+def _jpegs(data) -> bool:
+    """Whether the data set (`AnomalyDataset`: its `paths`) holds JPEG files, whose decoding
+    `decode` sets; True where it cannot tell."""
+    paths = getattr(data, "paths", None)
+    paths = paths() if callable(paths) else paths
+    if not isinstance(paths, (list, tuple)):
+        return True
+    return any(str(p).lower().endswith((".jpg", ".jpeg")) for p in paths)
