@@ -105,10 +105,14 @@ class SyntheticTextures(Dataset):
 
 def datasets(args, size: int, channels: int):
     if args.data:
+        from anomaly.config import NEW_RUNS
         from anomaly.data import AnomalyDataset
 
-        train = AnomalyDataset(args.data, "train", size=size, channels=channels)
-        test = AnomalyDataset(args.data, "test", size=size, channels=channels)
+        shape = {"size": size, "channels": channels, "decode": NEW_RUNS["decode"]}  # the run's
+        train, test = (
+            AnomalyDataset(args.data, "train", **shape),
+            AnomalyDataset(args.data, "test", **shape),
+        )
         return train, test
     return (
         SyntheticTextures(args.train, size, seed=1),

@@ -204,12 +204,16 @@ _CACHE: dict[tuple, tuple] = {}
 
 def load(folder: Path, size: int, channels: int):
     """train, test data sets of a folder, decoded once per size and channels."""
+    from anomaly.config import NEW_RUNS
     from anomaly.data import AnomalyDataset
 
     key = (str(folder), size, channels)
     if key not in _CACHE:
-        train = AnomalyDataset(folder, "train", size=size, channels=channels)
-        test = AnomalyDataset(folder, "test", size=size, channels=channels)
+        shape = {"size": size, "channels": channels, "decode": NEW_RUNS["decode"]}  # the run's
+        train, test = (
+            AnomalyDataset(folder, "train", **shape),
+            AnomalyDataset(folder, "test", **shape),
+        )
         for data in (train, test):
             for i in range(len(data)):
                 data[i]
