@@ -8,6 +8,7 @@ reads all its files through these (and holds its lock with `anomaly.run_lock`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -18,6 +19,7 @@ import os
 import pickle
 import re
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -399,7 +401,7 @@ def atomic_save(obj, path: str | Path) -> Path:
     """torch.save to a temporary file, then rename: an interrupted write never leaves a broken file."""
     import torch
 
-    return _atomic(Path(path), lambda f: torch.save(obj, f))
+    return _atomic(Path(path), lambda f: torch.save(canonical(obj), f))
 
 
 def torch_bytes(obj) -> bytes:
@@ -407,8 +409,27 @@ def torch_bytes(obj) -> bytes:
     import torch
 
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(canonical(obj), buffer)
     return buffer.getvalue()
+
+
+def canonical(obj):
+    """`obj` with each string interned and each dict, list and tuple made anew (a module state's
+    `_metadata` kept): what torch.save writes of it then depends on its contents alone. Pickle
+    writes a string once and refers back to it where the same object recurs, so a config whose
+    "auto" fields were one object (the defaults) and one whose were three (read from
+    config.json) gave two model.pt files of other bytes, and a threshold was refused as another
+    model's."""
+    if type(obj) is str:
+        return sys.intern(obj)
+    if type(obj) in (list, tuple):
+        return type(obj)(canonical(v) for v in obj)
+    if isinstance(obj, dict) and type(obj) in (dict, collections.OrderedDict):
+        out = type(obj)((canonical(k), canonical(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = canonical(obj._metadata)
+        return out
+    return obj
 
 
 def atomic_bytes(data: bytes, path: str | Path) -> Path:

@@ -66,3 +66,19 @@ def test_explorer_save_on_a_run_without_its_model_is_refused(scored_ae_run, tmp_
     ex._on_save(None)
     assert "Not saved" in ex.status.value and "model.pt" in ex.status.value
     assert (run / "threshold.json").read_bytes() == before
+
+
+def test_a_rerun_from_config_json_gives_the_same_model_pt(tiny_cookies, tmp_path):
+    """The defaults share one "auto" string among three fields, a config read from config.json
+    has three: pickle wrote them apart, so the rerun's model.pt had other bytes (the same
+    model) and the first run's threshold.json was refused as another model's."""
+    from anomaly.config import Config
+    from anomaly.pipeline import train_run
+
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64)
+    assert config.device is config.runtime  # one object, as the defaults give
+    train_run(config, tmp_path / "a", progress=False)
+    again = Config.load(tmp_path / "a" / "config.json")
+    assert again.device == again.runtime and again.device is not again.runtime
+    train_run(again, tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
