@@ -31,7 +31,8 @@ def discover_sets(roots: str | Path | list) -> list[dict]:
     found = []
     for root in map(Path, roots):
         if not root.is_dir():
-            raise BenchmarkError(f"--data {root}: no such folder")
+            what = "a file, not a data set's folder" if root.exists() else "no such folder"
+            raise BenchmarkError(f"--data {root}: {what}")
         if names := _suite_sets(root / "manifest.json"):
             found += [{"suite": root.name, "name": n, "path": str(root / n)} for n in names]
         else:

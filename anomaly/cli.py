@@ -362,8 +362,21 @@ def _one_line_warnings(previous):
     return show
 
 
+# the flags that name a file or folder: an empty one ("") would mean the working folder
+PATH_FLAGS = {"root": "ROOT", "out": "--out", "data": "--data", "run": "--run", "onnx": "--onnx"}
+PATH_FLAGS.update(
+    good_images="--good-images", notes="--notes", readme="--readme", source_run="--from"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for dest, flag in PATH_FLAGS.items():
+        given = getattr(args, dest, None)
+        for value in given if isinstance(given, list) else [given]:
+            if isinstance(value, str) and not value.strip():
+                parser.error(f"{flag} {value!r}: an empty path; name a file or folder")
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warnings(shown)
     try:
@@ -444,6 +457,12 @@ def _main(args) -> int:
             # raised in a DataLoader worker (--workers N): torch wraps it in the worker's
             # traceback; its last line is our message
             message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        if isinstance(err, (NotADirectoryError, FileExistsError)) and err.filename:
+            from anomaly.safe_files import file_above
+
+            if (above := file_above(os.path.join(err.filename, "x"))) is not None:
+                message = f"{above} is a file where a folder of the path {err.filename} goes; "
+                message += "choose another path"
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -85,8 +85,9 @@ METHOD_DEFAULTS: dict[str, dict] = {
 # before the setting existed (their config.json lacks it) did
 NEW_RUNS = {"decode": "draft"}
 
-# What `train --resume` may change: how long it trains, and where (anomaly.pipeline)
-RESUMABLE_FIELDS = ("epochs", "patience", "device")
+# What `train --resume` may change: how long it trains, and where; how score and predict
+# decode (anomaly.pipeline)
+RESUMABLE_FIELDS = ("epochs", "patience", "device", "workers")
 
 # Presets applied over METHOD_DEFAULTS when `recipe` names them (`--recipe original`). "original"
 # is the original project (AureliiiieP/Unsupervised-Anomaly-Detection-Pytorch): its 64-wide
@@ -239,8 +240,10 @@ class Config:
     )
     patience: int = _f(10, "early stopping: epochs without validation improvement (0 = off)", min=0)
     loss: str = _f("l2", "reconstruction loss and map", choices=("l2", "ssim"))
-    width: int = _f(32, "channels of the first level of the networks", min=1)
-    latent: int = _f(64, "bottleneck channels (ae, vae)", min=1)
+    # upper bounds: far above any setting that trains on a 2-core laptop, below those whose
+    # weights alone do not fit in memory (--width 100000 asked for 360 GB inside torch)
+    width: int = _f(32, "channels of the first level of the networks", min=1, max=1024)
+    latent: int = _f(64, "bottleneck channels (ae, vae)", min=1, max=8192)
     output: str = _f(
         "sigmoid",
         "unet: sigmoid = squash the output into [0, 1]; raw = the last "
@@ -345,17 +348,21 @@ class Config:
     )
     score_border: int = _f(0, "image score: pixels at the map's edges it ignores", min=0)
     # per-method network settings (given to the detector by anomaly.pipeline.build_detector)
-    flow_steps: int = _f(4, "flow: coupling blocks per stage", min=1)
+    flow_steps: int = _f(4, "flow: coupling blocks per stage", min=1, max=64)
     flow_hidden_ratio: float = _f(
         1.0,
         "flow: hidden channels of the coupling sub-networks, as a multiple of the stage's channels",
         above=0.0,
+        max=32.0,
     )
     flow_clamp: float = _f(2.0, "flow: bound of the coupling log-scales", above=0.0)
     draem_disc_width: int = _f(
-        0, "draem: channels of the discriminative network's first level (0 = --width)", min=0
+        0,
+        "draem: channels of the discriminative network's first level (0 = --width)",
+        min=0,
+        max=1024,
     )
-    draem_depth: int = _f(4, "draem: 2x2 poolings in each network", min=1)
+    draem_depth: int = _f(4, "draem: 2x2 poolings in each network", min=1, max=10)
     draem_p_anomaly: float = _f(
         0.5, "draem: fraction of training images given a synthetic anomaly", min=0.0, max=1.0
     )
@@ -468,5 +475,10 @@ class Config:
             raise ValueError(
                 f"--score-border {self.score_border} leaves nothing of a {self.size} px map; use "
                 f"at most {(self.size - 1) // 2} (or a larger --size)"
+            )
+        if self.layers and not all(part.strip() for part in self.layers.split(",")):
+            raise ValueError(
+                f"--layers {self.layers!r}: an empty stage name between commas; name each "
+                "stage (blocks.3,blocks.6), or leave --layers out for the method's own"
             )
         return self

@@ -28,7 +28,7 @@ from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.data.image_kind import warn_unlike
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
-from anomaly.safe_files import output_folder, sha256_file
+from anomaly.safe_files import check_path_above, output_folder, sha256_file
 from anomaly.train import seed_everything, select_device
 from anomaly.train_guards import moved as _moved
 
@@ -99,6 +99,7 @@ def train_run(
         config = config.replace(backbone=f"encoder:{encoder}")
     guards.refuse_existing(run)
     check_not_in_data(run.path, "--out", config.data)
+    check_path_above(run.path)
     seed_everything(config.seed)
     detector = build_detector(config)
     check_size(detector, config)
@@ -253,9 +254,15 @@ def _note_export(run: RunDir) -> None:
 def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: bool) -> None:
     held_out = val if val is not None else train
     if val is None:
+        why = (
+            "none of its --from run's held-out images is in the data set now, and kmeans holds "
+            "out only those"
+            if detector.name == "kmeans"
+            else "val_fraction=0 or one image"
+        )
         warnings.warn(
-            f"{run}: no validation split (val_fraction=0 or one image), so the default "
-            "threshold comes from training images and will be too low",
+            f"{run}: no validation split ({why}), so the default threshold comes from training "
+            "images and will be too low; set one with `threshold --good-images FOLDER`",
             stacklevel=3,
         )
     from anomaly.viz import dataset_range
@@ -316,6 +323,7 @@ def score_run(
         config = detector.config
         data = os.path.abspath(data or config.data)
         dest = score_folder(rd, data, out)
+        check_path_above(dest.path)  # before the scoring, not after
         test = AnomalyDataset(
             data,
             "test",

@@ -23,13 +23,10 @@ for a version number; building detectors from a run is `anomaly.build.load_run`.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import platform
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,6 +41,7 @@ from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
 )
 from anomaly.run_lock import check_not_in_use, folder_lock
 from anomaly.run_outputs import ScoreOutputs
+from anomaly.run_versions import versions
 from anomaly.safe_files import (
     RunError,
     _atomic,
@@ -52,52 +50,6 @@ from anomaly.safe_files import (
     read_record,
     write_json,
 )
-
-
-def versions() -> dict:
-    """The versions that made a run (saved as versions.json, where `RunDir.save_fit_seconds`
-    adds how long fitting took)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import numpy
-    import torch
-
-    from anomaly import __version__
-    from anomaly.data.cookies import GENERATOR_VERSION
-
-    def installed(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    return {
-        "anomaly": __version__,
-        "cookie_generator": GENERATOR_VERSION,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": _processor(),  # float results differ between processors
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),  # some trainings differ by thread count
-        "torchvision": installed("torchvision"),  # importing it costs about 2 s
-        # None: not installed, so --runtime auto ran torch (last digits of a patchknn bank)
-        "onnxruntime": installed("onnxruntime"),
-        "numpy": numpy.__version__,
-        "scikit-learn": installed("scikit-learn"),  # importing it costs about 2 s
-        "scipy": installed("scipy"),
-        "pillow": installed("pillow"),  # decodes every image
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
-
-
-def _processor() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` says."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
 
 MAP_LIMIT = 1e30  # map values a run's files may name: float32 maps scaled by them stay finite
 
@@ -195,7 +147,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
             raise RunError(f"--out {self.path} is a file; choose a folder name for the run")
         self.path.mkdir(parents=True, exist_ok=True)
         self.save_config(config)
-        write_json(self.file(self.VERSIONS), versions())
+        write_json(self.file(self.VERSIONS), versions(config.data))
         if split is not None:
             write_json(self.file(self.SPLIT), split)
         return self

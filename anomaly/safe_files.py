@@ -195,8 +195,29 @@ def output_folder(path: str | Path) -> Path:
             f"{path} is a file where the outputs' folder goes; move or rename it (nothing of it "
             "is replaced) and run the command again"
         )
+    check_path_above(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def file_above(path: str | Path) -> Path | None:
+    """The nearest folder above `path` that exists, when it is a file (or a broken link): a
+    folder cannot be made there. None when it is a folder."""
+    for above in Path(path).absolute().parents:
+        if above.is_dir():
+            return None
+        if above.exists() or above.is_symlink():
+            return above
+    return None
+
+
+def check_path_above(path: str | Path) -> None:
+    """RunError naming the file where a folder above `path` goes ("Not a directory" before)."""
+    if (above := file_above(path)) is not None:
+        raise RunError(
+            f"{above} is a file, not a folder, so {path} cannot be made under it; choose "
+            "another path"
+        )
 
 
 def claim_new(path: Path) -> bool:

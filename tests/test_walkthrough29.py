@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import copy_run
@@ -82,3 +83,130 @@ def test_a_rerun_from_config_json_gives_the_same_model_pt(tiny_cookies, tmp_path
     assert again.device == again.runtime and again.device is not again.runtime
     train_run(again, tmp_path / "b", progress=False)
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    from anomaly.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse's refusals
+        code = stop.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, err
+
+
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(
+    tiny_cookies, tmp_path, capsys, monkeypatch
+):
+    """make-cookies "" wrote into the working folder, train --out "" trained into it, score
+    --data "" and benchmark --out "" took their defaults."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (
+        ["make-cookies", ""],
+        ["train", "--data", tiny_cookies, "--out", ""],
+        ["score", "--run", "x", "--data", " "],
+        ["train", "--method", "kmeans", "--from", "", "--out", "km"],
+        ["explore", "--run", "a", "--run", ""],
+    ):
+        code, err = _cli(capsys, *argv)
+        assert code == 2 and "an empty path" in err, argv
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_where_a_folder_of_out_goes_is_named_before_any_work(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
+    """[Errno 20] Not a directory (after scoring every image), or [Errno 17] File exists."""
+    from helpers import copy_run
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    (tmp_path / "notes.txt").write_text("mine")
+    under = tmp_path / "notes.txt" / "x"
+    for argv in (
+        ["train", "--data", tiny_cookies, "--method", "meandiff", "--out", under],
+        ["score", "--run", run, "--data", tiny_cookies, "--out", under],
+    ):
+        code, err = _cli(capsys, *argv)
+        assert code == 2 and f"{tmp_path / 'notes.txt'} is a file" in err, (argv, err)
+        assert "Errno" not in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_sizes_of_networks_have_an_upper_bound_and_layers_no_empty_stage():
+    """--width 100000 asked torch for 360 GB (its traceback); --flow-steps 1e8 hung; --draem-
+    depth 50 was blamed on --size; --layers ',,,' was kept as given and read as empty."""
+    from anomaly.config import Config
+
+    for field, value, said in (
+        ("width", 100000, "--width 100000: must be at most 1024"),
+        ("latent", 10**7, "--latent 10000000: must be at most"),
+        ("flow_steps", 10**8, "--flow-steps 100000000: must be at most"),
+        ("flow_hidden_ratio", 1e5, "--flow-hidden-ratio 100000.0: must be at most"),
+        ("draem_disc_width", 10**6, "--draem-disc-width 1000000: must be at most"),
+        ("draem_depth", 50, "--draem-depth 50: must be at most"),
+        ("layers", ",,,", "an empty stage name"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            Config.for_method("ae").replace(**{field: value}).validate()
+
+
+def test_resume_takes_another_workers(tiny_cookies, tmp_path, capsys):
+    """--workers (how score and predict decode) was refused as changing what it learns."""
+    from helpers import tiny_flags
+
+    out = tmp_path / "run"
+    assert _cli(capsys, "train", *tiny_flags(tiny_cookies, **{"--epochs": 1}), "--out", out)[0] == 0
+    code, err = _cli(capsys, "train", "--resume", "--out", out, "--epochs", "2", "--workers", "1")
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["workers"] == 1
+
+
+def test_kmeans_says_why_it_held_out_nothing(tiny_cookies, tmp_path):
+    """With its --from run's held-out images gone it said "val_fraction=0 or one image"."""
+    import shutil
+
+    from helpers import tiny_config
+
+    from anomaly.config import Config
+    from anomaly.pipeline import train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    train_run(tiny_config(data), tmp_path / "ae", progress=False)
+    for path in json.loads((tmp_path / "ae" / "split.json").read_text())["val"]:
+        Path(path).unlink()
+    config = Config.for_method(
+        "kmeans", data=str(data), source_run=str(tmp_path / "ae"), size=64, channels=1
+    )
+    with pytest.warns(UserWarning, match="none of its --from run's held-out images is in the"):
+        train_run(config, tmp_path / "km", progress=False)
+
+
+def test_benchmark_data_that_is_a_file_is_called_a_file(tmp_path):
+    from anomaly.benchmark_checks import BenchmarkError, discover_sets
+
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(BenchmarkError, match="a file, not a data set's folder"):
+        discover_sets(tmp_path / "manifest.json")
+
+
+def test_versions_say_the_code_the_cpu_features_and_how_the_data_was_made(tiny_cookies, tmp_path):
+    """versions.json said anomaly 0.1.0 for every commit, "AMD EPYC" for CPUs with and without
+    VNNI (which picks the 8-bit search), and cookie_generator 1.0 for any data set."""
+    import re
+
+    from anomaly.run_versions import versions
+
+    record = versions(tiny_cookies)
+    assert "cookie_generator" not in record
+    assert record["data_manifest"]["preset"] == "tiny" and record["data_manifest"]["seed"] == 0
+    features = record["cpu_features"]
+    assert features is None or set(features) <= {
+        "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"
+    }  # fmt: skip
+    code = record["code"]
+    assert code is None or re.fullmatch(r"[0-9a-f]{40}(\+changes)?", code)
+    (tmp_path / "good").mkdir()
+    assert versions(tmp_path)["data_manifest"] is None
