@@ -41,6 +41,15 @@ def _train(args) -> None:
     for name in ("data", "source_run"):
         if flags.get(name):
             flags[name] = str(Path(flags[name]).resolve())
+    if args.like:
+        from anomaly.rerun import same_model_words, train_like
+
+        if args.resume:
+            raise ValueError("--like trains a new run and --resume continues one: give one")
+        detector = train_like(args.like, args.out, **flags)
+        print(f"trained {detector.config.method}: run folder {args.out}")
+        print(same_model_words(args.like, args.out))
+        return
     if args.resume:
         config = RunDir(args.out).config().replace(**flags)
         _warn_ignored(config.method, flags)

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the interrupted run in --out (with more --epochs: train longer)",
     )
+    p.add_argument(
+        "--like",
+        metavar="RUN",
+        help="train again as the run RUN was: its settings and the images its split.json names "
+        "(each checked against its SHA-256; --data: where that data set is now), then say "
+        "whether the new model.pt is RUN's, byte for byte",
+    )
     add_config_flags(p, method_names())
 
     p = sub.add_parser("score", help="score test/: scores.csv, metrics.json, overlays/")

@@ -129,8 +129,8 @@ def _out_of_range(im, path) -> str | None:
     if top is None:
         return None
     a = np.asarray(im, dtype=np.float64)
-    if np.isnan(a).any():
-        return f"{np.isnan(a).mean():.1%} of its pixels are NaN (not a number); fill them"
+    if nan := int(np.isnan(a).sum()):
+        return f"{nan} of its {a.size} pixel values are NaN (not a number); fill them"
     clipped = float(np.mean((a < 0) | (a > top)))
     if clipped:
         import warnings

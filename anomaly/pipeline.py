@@ -68,8 +68,8 @@ def _datasets(config: Config, split: dict | None = None):
             if changed:
                 raise RunError(
                     f"{len(changed)} of the run's {len(paths)} images changed since it was "
-                    f"trained (first: {changed[0]}), so --resume would learn from other images; "
-                    "restore them, or train a new run"
+                    f"trained (first: {changed[0]}), so training on them would learn from other "
+                    "images than the run did; restore them, or train a new run"
                 )
     else:  # kmeans holds out its --from run's held-out images
         train_idx, val_idx = guards.new_split(config, data.paths)
@@ -77,7 +77,11 @@ def _datasets(config: Config, split: dict | None = None):
 
 
 def train_run(
-    config: Config | None, out: str | Path, resume: bool = False, progress: bool = True
+    config: Config | None,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    split: dict | None = None,
 ) -> Detector:
     """Train `config.method` on train/good of `config.data` into the run folder `out`.
 
@@ -88,7 +92,9 @@ def train_run(
     `resume=True` continues an interrupted run with its own config and split; `config` may then
     be None, or the run's config with `RESUMABLE_FIELDS` changed (more epochs). Any other
     change is refused by name. A finished run with nothing to add raises `AlreadyTrained`.
-    A threshold the user set is kept.
+    A threshold the user set is kept. `split`: another run's split.json, whose images (each
+    checked against its SHA-256) train and are held out instead of a new split
+    (`anomaly.rerun.train_like`).
     """
     run = RunDir(out)
     if resume:
@@ -109,7 +115,7 @@ def train_run(
             "config.data is empty: name the data set's folder, for example "
             f"Config.for_method({config.method!r}, data='data/cookies')"
         )
-    train, val = _datasets(config)  # data errors come before anything is written
+    train, val = _datasets(config, split)  # data errors come before anything is written
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
     split["images"] = summarize_images(split["train"] + split["val"])  # score/predict compare

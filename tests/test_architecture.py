@@ -122,7 +122,8 @@ def test_detectors_and_training_never_import_run_folders():
 LAYERS = {
     5: "cli cli_parser notebook notebook_benchmark notebook_photos notebook_setup benchmark "
     "benchmark_checks benchmark_curves benchmark_dirs benchmark_tables original __main__",
-    4: "pipeline build calibration predict explorer export export_predict selection train_guards",
+    4: "pipeline build calibration predict explorer export export_predict selection train_guards "
+    "rerun",
     3: "runs run_checkpoints run_outputs run_versions overlays",
     2: "detectors train",
     1: "config data models features backbones backbone_base mobilenet maps synthetic metrics "

@@ -210,3 +210,27 @@ def test_versions_say_the_code_the_cpu_features_and_how_the_data_was_made(tiny_c
     assert code is None or re.fullmatch(r"[0-9a-f]{40}(\+changes)?", code)
     (tmp_path / "good").mkdir()
     assert versions(tmp_path)["data_manifest"] is None
+
+
+def test_one_nan_pixel_is_not_called_zero_percent(tmp_path):
+    """A TIFF with 1 NaN of 65,536 pixels was refused for "0.0% of its pixels are NaN"."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.data import DataError
+    from anomaly.data.folder import load_image
+
+    a = np.full((256, 256), 0.5, np.float32)
+    a[3, 4] = np.nan
+    Image.fromarray(a).save(tmp_path / "one.tif")
+    with pytest.raises(DataError, match="one.tif: 1 of its 65536 pixel values are NaN"):
+        load_image(tmp_path / "one.tif", size=64, channels=1)
+
+
+def test_make_photos_counts_have_an_upper_bound(tmp_path):
+    """--good 100000000 was taken: 33,000 files in two minutes, and on."""
+    from anomaly.data.photos import make_photos
+
+    with pytest.raises(ValueError, match="good must be .* at most 5000; got 100000000"):
+        make_photos(tmp_path / "p", good=10**8)
+    assert not (tmp_path / "p").exists()

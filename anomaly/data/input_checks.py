@@ -214,9 +214,9 @@ def check_value_range(path: str | Path, im) -> None:
     if top is None:
         return
     a = np.asarray(im, dtype=np.float64)
-    if np.isnan(a).any():
+    if nan := int(np.isnan(a).sum()):
         raise DataError(
-            f"{path}: {np.isnan(a).mean():.1%} of its pixels are NaN (not a number); fill them "
+            f"{path}: {nan} of its {a.size} pixel values are NaN (not a number); fill them "
             "(with the background value, say) and save it again"
         )
     clipped = float(np.mean((a < 0) | (a > top)))

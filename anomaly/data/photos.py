@@ -38,6 +38,9 @@ GENERATOR = "anomaly.data.photos.make_photos"
 GENERATOR_VERSION = "1.1"  # 1.1: coin boxes inside the photo
 COUNTS = {"train": 80, "good": 25, "defect": 7}  # train/good, test/good, test per defect kind
 TINY = {"train": 6, "good": 3, "defect": 1}
+# images of one kind per set: crops of one photo repeat long before this (a typo of 1e8 made
+# 33,000 files in two minutes and went on)
+MAX_COUNT = 5000
 _F = np.float32
 
 
@@ -217,9 +220,11 @@ def make_photos(
             or int(value) != value
             or value < 0
             or (key == "train" and value < 1)
+            or value > MAX_COUNT
         ):
             raise ValueError(
-                f"{key} must be a whole number, at least {int(key == 'train')}; got {value!r}"
+                f"{key} must be a whole number, at least {int(key == 'train')} and at most "
+                f"{MAX_COUNT}; got {value!r}"
             )
     names = [s.name for s in SETS]
     unknown = sorted(set(sets or ()) - set(names))

@@ -1,0 +1,106 @@
+"""Train a run again from its folder alone (`train --like RUN --out NEW`): its config.json, and the
+images its split.json names (each checked against the SHA-256 it recorded), so that a colleague's
+run can be reproduced, or shown not to be, and why.
+
+The same data, settings and seed give a byte-identical model.pt on the same machine and versions
+(README, "How the code is organised"); where the new one differs, the versions.json entries that
+differ are named, since those are what can change a model's last digits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+
+from anomaly import threshold_file
+from anomaly.config import Config
+from anomaly.detectors import Detector
+from anomaly.pipeline import train_run
+from anomaly.runs import RunDir, RunError
+from anomaly.train_guards import moved
+
+# what may differ from the run trained again: where its data set is now, and where and how fast
+# it runs (none changes what is learned, bar the last digits --device may move)
+LIKE_CHANGES = ("data", "device", "workers")
+# versions.json entries that are not about what made the model
+NOT_MADE_BY = ("fit_seconds", "resumed")
+
+
+def train_like(like: str | Path, out: str | Path, progress: bool = True, **changes) -> Detector:
+    """Train the new run `out` as the run `like` was: its config (less `changes`, of
+    `LIKE_CHANGES`: `data` names where its data set is now) and its split.json's training and
+    held-out images, refused where one is missing or changed (`anomaly.pipeline._datasets`)."""
+    source = RunDir(like).require()
+    other = sorted(k for k, v in changes.items() if v is not None and k not in LIKE_CHANGES)
+    if other:
+        named = {
+            f.name: f.metadata.get("flag", "--" + f.name.replace("_", "-")) for f in fields(Config)
+        }
+        flags = ", ".join(named.get(k, k) for k in other)
+        raise ValueError(
+            f"--like {like} trains with that run's settings; leave out {flags} (only --data, "
+            "--device and --workers may differ), or train a new run with your flags"
+        )
+    config, split = source.config(), source.split()
+    if not split or not split.get("train"):
+        raise RunError(
+            f"{source} has no split.json naming its images, so which images it learned is not "
+            "known; train with its flags and --seed instead (config.json holds them)"
+        )
+    if os.path.abspath(out) == os.path.abspath(source.path):
+        raise RunError(f"--out {out} is the run --like names; choose a new folder")
+    wanted = config.replace(**{k: v for k, v in changes.items() if v is not None})
+    if os.path.abspath(wanted.data) != os.path.abspath(config.data):
+        split = moved(split, config.data, wanted.data)
+    return train_run(wanted, out, progress=progress, split=split)
+
+
+def same_model_words(like: str | Path, out: str | Path) -> str:
+    """Whether `out`'s model.pt is `like`'s, byte for byte, and where not, what versions.json
+    records differently of what made each (or that nothing recorded differs)."""
+    a, b = RunDir(like), RunDir(out)
+    sha_a = threshold_file.model_sha256(a.file(a.MODEL))
+    sha_b = threshold_file.model_sha256(b.file(b.MODEL))
+    if sha_a is not None and sha_a == sha_b:
+        return f"{b.file(b.MODEL)} is byte for byte {a.file(a.MODEL)}: the run is reproduced"
+    state_a, state_b = (r.checkpoint() for r in (a, b))
+    if _same(state_a.get("state"), state_b.get("state")):
+        changed = [k for k in LIKE_CHANGES if state_a["config"].get(k) != state_b["config"].get(k)]
+        return (
+            f"{b.file(b.MODEL)} holds the same learned state as {a.file(a.MODEL)}, tensor for "
+            f"tensor: the run is reproduced (the files differ in the config they record: "
+            f"{', '.join(changed) or 'its fields'}, so a threshold does not carry over)"
+        )
+    va, vb = a.versions_record() or {}, b.versions_record() or {}
+    keys = sorted((set(va) | set(vb)) - set(NOT_MADE_BY))
+    differ = [f"{k} {va.get(k)!r} -> {vb.get(k)!r}" for k in keys if va.get(k) != vb.get(k)]
+    why = (
+        "what made them differs: " + "; ".join(differ)
+        if differ
+        else "nothing versions.json records differs (the data set's images are the same)"
+    )
+    return (
+        f"{b.file(b.MODEL)} differs from {a.file(a.MODEL)} (another model: its threshold does "
+        f"not carry over); {why}"
+    )
+
+
+def _same(x, y) -> bool:
+    """Whether two loaded states are equal: tensors element for element (and of one dtype and
+    shape), everything else by ==."""
+    import torch
+
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return (
+            isinstance(x, torch.Tensor)
+            and isinstance(y, torch.Tensor)
+            and x.dtype == y.dtype
+            and x.shape == y.shape
+            and bool(torch.equal(x, y))
+        )
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_same(u, v) for u, v in zip(x, y))
+    return x == y
