@@ -364,7 +364,7 @@ def _one_line_warnings(previous):
 
             # on a line of its own, not after a progress bar's: tqdm clears the bar and draws
             # it again below
-            tqdm.write(f"warning: {message}", file=file or sys.stderr)
+            tqdm.write(f"warning: {_visible(str(message))}", file=file or sys.stderr)
         else:
             previous(message, category, filename, lineno, file, line)
 
@@ -472,6 +472,18 @@ def _main(args) -> int:
             if (above := file_above(os.path.join(err.filename, "x"))) is not None:
                 message = f"{above} is a file where a folder of the path {err.filename} goes; "
                 message += "choose another path"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_visible(message)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _visible(message: str) -> str:
+    """`message` with each control character but newline and tab written as its escape: a path
+    the user typed (or a file name it names) echoed raw could move the cursor or erase the line
+    on a terminal, and make a refusal read as something else."""
+    from anomaly.config import control_characters
+
+    for c in control_characters(message):
+        if c not in "\n\t":
+            message = message.replace(c, repr(c)[1:-1])
+    return message

@@ -234,3 +234,9 @@ def test_make_photos_counts_have_an_upper_bound(tmp_path):
     with pytest.raises(ValueError, match="good must be .* at most 5000; got 100000000"):
         make_photos(tmp_path / "p", good=10**8)
     assert not (tmp_path / "p").exists()
+
+
+def test_a_typed_path_with_control_characters_is_echoed_escaped(tmp_path, capsys):
+    """`score --run` echoed the path raw: "\\x1b[2K\\r" erased the error line on a terminal."""
+    code, err = _cli(capsys, "score", "--run", tmp_path / "run\x1b[2K\rall good")
+    assert code == 2 and "\x1b" not in err and "\\x1b[2K\\rall good" in err
