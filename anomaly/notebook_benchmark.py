@@ -75,6 +75,8 @@ def photos_result(s: Settings) -> dict:
 def detectability_figure(result: dict, set_name: str | None = None):
     """Fraction of defects caught at a fixed false-reject rate, by defect area, per method, on
     one set (default the first)."""
+    from matplotlib.ticker import FuncFormatter
+
     rows = [r for r in result["rows"] if "detectability" in r]
     set_name = set_name or (rows[0].get("set") if rows else None)
     known = list(dict.fromkeys(str(r.get("set")) for r in rows))
@@ -105,10 +107,14 @@ def detectability_figure(result: dict, set_name: str | None = None):
             markerfacecolor="none" if k % 2 else None,
             label=row["method"],
         )
-    ax.set_xscale("log")
-    ax.set_xlabel("defect area (% of the image)")
+    ax.set_xscale("log")  # plain tick labels: 0.1, 1, 10 (mathtext's 10^x asked for STIX fonts)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("defect area (% of the image); n = defects in each area bin")
     ax.set_ylabel("defects caught at 5% false rejects")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.12)
+    for b in (b for b in shown[0]["detectability"]["bins"] if b.get("n")):  # what each rests on
+        x = 100 * np.sqrt(b["area_lo"] * b["area_hi"])
+        ax.text(x, 1.07, f"n={b['n']}", ha="center", va="center", fontsize=7, color="0.35")
     ax.legend(fontsize=7, title=set_name, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
