@@ -41,7 +41,7 @@ def _train(args) -> None:
     for name in ("data", "source_run"):
         if flags.get(name):
             flags[name] = str(Path(flags[name]).resolve())
-    if args.like:
+    if args.like is not None:
         from anomaly.rerun import same_model_words, train_like
 
         if args.resume:
@@ -376,6 +376,7 @@ PATH_FLAGS = {"root": "ROOT", "out": "--out", "data": "--data", "run": "--run", 
 PATH_FLAGS.update(
     good_images="--good-images", notes="--notes", readme="--readme", source_run="--from"
 )
+PATH_FLAGS["like"] = "--like"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,8 +471,9 @@ def _main(args) -> int:
             from anomaly.safe_files import file_above
 
             if (above := file_above(os.path.join(err.filename, "x"))) is not None:
-                message = f"{above} is a file where a folder of the path {err.filename} goes; "
-                message += "choose another path"
+                whole = os.path.abspath(err.filename) == str(above)
+                path = "" if whole else f" of the path {err.filename}"
+                message = f"{above} is a file where a folder{path} goes; choose another path"
         print(f"error: {_visible(message)}", file=sys.stderr)
         return 2
     return 0

@@ -55,12 +55,18 @@ def original_runs(s, data: Path) -> dict[str, Path]:
     unet, km = s.run_folder("unet_original"), s.run_folder("unet_original_kmeans")
     if not RunDir(unet).has_metrics():
         sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
-        config = Config.for_method("unet", recipe="original", data=str(data), seed=s.seed, **sizes)
+        config = Config.for_method(
+            "unet", recipe="original", data=str(data), seed=s.train_seed, **sizes
+        )
         train_run(config, unet, progress=not s.smoke)
         score_run(unet, overlays=False)
     if not RunDir(km).has_metrics():
         config = load_config(unet).replace(
-            method="kmeans", source_run=str(unet), seed=s.seed, k=2, kmeans_features="original"
+            method="kmeans",
+            source_run=str(unet),
+            seed=s.train_seed,
+            k=2,
+            kmeans_features="original",
         )
         train_run(config, km, progress=False)
         score_run(km, overlays=False)

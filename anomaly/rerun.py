@@ -50,10 +50,25 @@ def train_like(like: str | Path, out: str | Path, progress: bool = True, **chang
         )
     if os.path.abspath(out) == os.path.abspath(source.path):
         raise RunError(f"--out {out} is the run --like names; choose a new folder")
+    if config.method == "kmeans":
+        _check_source(source, config)
     wanted = config.replace(**{k: v for k, v in changes.items() if v is not None})
     if os.path.abspath(wanted.data) != os.path.abspath(config.data):
         split = moved(split, config.data, wanted.data)
     return train_run(wanted, out, progress=progress, split=split)
+
+
+def _check_source(run: RunDir, config) -> None:
+    """RunError unless the kmeans run's --from run still holds the encoder the run clustered
+    (model.pt keeps a copy of it): one trained again or further gives other features."""
+    src = RunDir(config.source_run)
+    kept = run.checkpoint()["state"].get("source")
+    if not src.has_model() or not _same(kept, src.checkpoint()["state"]):
+        raise RunError(
+            f"{run} clustered the features of its --from run {src} as it was then; that run's "
+            "model.pt is gone or another model now (trained again or further), so kmeans would "
+            "learn other features. Restore it from a copy, or train a new kmeans run on it"
+        )
 
 
 def same_model_words(like: str | Path, out: str | Path) -> str:
@@ -65,6 +80,12 @@ def same_model_words(like: str | Path, out: str | Path) -> str:
     if sha_a is not None and sha_a == sha_b:
         return f"{b.file(b.MODEL)} is byte for byte {a.file(a.MODEL)}: the run is reproduced"
     state_a, state_b = (r.checkpoint() for r in (a, b))
+    if _same(state_a, state_b):  # written before model.pt's bytes were made canonical
+        return (
+            f"{b.file(b.MODEL)} holds what {a.file(a.MODEL)} holds, config and learned state "
+            "alike: the run is reproduced (the older file's bytes are laid out otherwise, so a "
+            "threshold does not carry over)"
+        )
     if _same(state_a.get("state"), state_b.get("state")):
         changed = [k for k in LIKE_CHANGES if state_a["config"].get(k) != state_b["config"].get(k)]
         return (

@@ -215,8 +215,8 @@ def check_path_above(path: str | Path) -> None:
     """RunError naming the file where a folder above `path` goes ("Not a directory" before)."""
     if (above := file_above(path)) is not None:
         raise RunError(
-            f"{above} is a file, not a folder, so {path} cannot be made under it; choose "
-            "another path"
+            f"{above} is {'a broken link' if above.is_symlink() else 'a file'}, not a folder, "
+            f"so {path} cannot be made under it; choose another path"
         )
 
 

@@ -175,11 +175,22 @@ def _figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4)):
 
 
 def plot_score_histogram(scores, labels, threshold=None, ax=None, bins: int = 30):
-    """Histograms of good and defective image scores on shared bins, with the threshold line."""
+    """Histograms of good and defective image scores on shared bins, with the threshold line.
+    Positive scores spanning more than `LOG_SPAN` times are binned and drawn on a log axis:
+    on a linear one a few far defects put every good score, and the threshold, in one bin."""
     if ax is None:
         ax = _figure()[1][0, 0]
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
-    edges = np.histogram_bin_edges(scores, bins=bins)
+    finite = scores[np.isfinite(scores)]
+    wide = bool(finite.size > 1 and finite.min() > 0 and finite.max() > LOG_SPAN * finite.min())
+    if wide:
+        from matplotlib.ticker import FuncFormatter
+
+        edges = np.geomspace(finite.min(), finite.max(), bins + 1)
+        ax.set_xscale("log")  # plain tick labels (mathtext's 10^x asks for STIX fonts)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        edges = np.histogram_bin_edges(scores, bins=bins)
     for value, name, colour in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
         sel = scores[labels == value] if value == 0 else scores[labels > 0]
         if sel.size:
@@ -191,10 +202,13 @@ def plot_score_histogram(scores, labels, threshold=None, ax=None, bins: int = 30
             linestyle="--",
             label=f"threshold {float(threshold):.4g}",
         )
-    ax.set_xlabel("anomaly score")
+    ax.set_xlabel("anomaly score" + " (log scale)" * wide)
     ax.set_ylabel("images")
     ax.legend()
     return ax.figure
+
+
+LOG_SPAN = 30  # largest over smallest score above which the histogram is drawn on a log axis
 
 
 def plot_roc(curves: dict, ax=None):

@@ -80,7 +80,7 @@ def test_predict_and_fit_say_what_they_take(ae, batch, tiny_cookies):
 def test_a_method_trained_by_epochs_refuses_to_score_untrained(method, batch):
     """They scored with their random first weights, as if trained."""
     config = Config.for_method(method, size=64, channels=1, width=4)
-    with pytest.raises(RuntimeError, match=f"{method}: call fit\\(\\) \\(or load a run\\)"):
+    with pytest.raises(RuntimeError, match=f"{method}: call fit\\(\\) \\(or load a run"):
         get_detector(method)(config).predict_batch(batch)
 
 
@@ -122,3 +122,96 @@ def test_a_saved_rule_name_sets_the_threshold_again(scored_ae_run, tmp_path):
     rule = anomaly.RunDir(run).threshold().rule
     assert rule == "normal_quantile"
     assert anomaly.set_threshold(run, rule, 0.9).rule == rule
+
+
+# --- the review of these checks: what they must not refuse -------------------------------------
+def test_a_data_set_of_ones_own_with_a_size_attribute_is_not_compared(ae, tiny_cookies):
+    """Any `size` attribute was read as the images' size: (224, 224), or len(data)."""
+    from torch.utils.data import Dataset
+
+    class Mine(Dataset):
+        def __init__(self, d):
+            self.d, self.size, self.channels = d, (64, 64), "rgb"
+
+        def __len__(self):
+            return len(self.d)
+
+        def __getitem__(self, i):
+            return self.d[i]
+
+    assert len(ae.predict(Mine(ae.dataset(tiny_cookies))).scores) > 0
+
+
+def test_small_jpegs_read_without_draft_decoding_are_taken(ae, tiny_cookies, tmp_path):
+    """Draft decoding changes only JPEGs of at least 4x the run's size: a set of small JPEGs
+    read with decode='full' (AnomalyDataset's default) decodes alike and was refused."""
+    import shutil
+
+    from PIL import Image
+
+    jpg = tmp_path / "jpg"
+    shutil.copytree(tiny_cookies, jpg)
+    for png in list(jpg.rglob("*.png")):
+        if "ground_truth" not in png.parts:
+            Image.open(png).convert("RGB").save(png.with_suffix(".jpg"))
+            png.unlink()
+    drafted = get_detector("ae")(ae.config.replace(decode="draft"))  # as new runs decode
+    drafted.load_state_dict(ae.state_dict())
+    small = anomaly.AnomalyDataset(jpg, "test", size=64, channels=1, decode="full")
+    assert len(drafted.predict(small).scores) == len(small)
+    big = next(iter((jpg / "test" / "good").iterdir()))
+    Image.new("RGB", (256, 256)).save(big)  # 4x the run's 64 px: draft decodes it at half
+    with pytest.raises(ValueError, match="decode 'full' \\(the run's 'draft'\\)"):
+        drafted.predict(anomaly.AnomalyDataset(jpg, "test", size=64, channels=1, decode="full"))
+
+
+def test_a_users_subclass_may_adapt_its_input(ae, batch):
+    """A user's predict_batch that resizes (or scales uint8) before calling super() was refused
+    on what it was given; one that only calls super() was checked twice."""
+    from anomaly.detectors import inputs
+    from anomaly.detectors.reconstruction import AutoEncoderDetector
+
+    calls = []
+
+    class Resizing(AutoEncoderDetector):
+        def predict_batch(self, images):
+            images = torch.nn.functional.interpolate(images.float() / 255, size=(64, 64))
+            return super().predict_batch(images)
+
+    mine = Resizing(ae.config)
+    mine.load_state_dict(ae.state_dict())
+    check = inputs.check_batch
+    try:
+        inputs.check_batch = lambda *a: calls.append(a) or check(*a)
+        scores, _ = mine.predict_batch((batch * 255).to(torch.uint8).repeat(1, 1, 2, 2))
+    finally:
+        inputs.check_batch = check
+    assert scores.shape == (1,) and len(calls) == 1
+
+
+def test_bicubic_overshoot_is_taken_and_a_subclass_without_init_runs(ae, batch):
+    """A bicubic resize across a sharp edge gives -0.12 to 1.22: refused as 0-255 pixels."""
+    big = torch.zeros(1, 1, 32, 32)
+    big[..., 8:20, 8:20] = 1
+    x = torch.nn.functional.interpolate(big, size=(64, 64), mode="bicubic")
+    assert float(x.min()) < -0.1 and float(x.max()) > 1.2
+    assert ae.predict_batch(x)[0].shape == (1,)
+
+
+def test_an_interrupted_fit_may_be_looked_at(tiny_cookies):
+    """After Ctrl-C in fit, predicting the partly trained network was refused as untrained."""
+    det = get_detector("ae")(Config.for_method("ae", size=64, channels=1, width=4, epochs=50))
+    data = det.dataset(tiny_cookies, "train")
+    calls = {"n": 0}
+    step = det.step
+
+    def stop_soon(images):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return step(images)
+
+    det.step = stop_soon
+    with pytest.raises(KeyboardInterrupt):
+        det.fit(data, progress=False)
+    assert det.predict(det.dataset(tiny_cookies)).scores.size > 0

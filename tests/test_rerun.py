@@ -56,3 +56,44 @@ def test_another_model_names_what_made_them_differ(tiny_cookies, tmp_path, capsy
     (tmp_path / "b" / "versions.json").write_text(json.dumps({**record, "torch": "9.9"}))
     words = same_model_words(tmp_path / "a", tmp_path / "b")
     assert "differs from" in words and "torch" in words and "-> '9.9'" in words
+
+
+def test_like_of_an_empty_path_and_a_kmeans_whose_source_changed(tiny_cookies, tmp_path, capsys):
+    """--like "" trained a fresh run; a kmeans run whose --from run was trained again since was
+    trained again on the new encoder, then said "nothing versions.json records differs"."""
+    try:
+        code = main(
+            ["train", "--like", "", "--data", str(tiny_cookies), "--out", str(tmp_path / "x")]
+        )
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2 and not (tmp_path / "x").exists()
+    capsys.readouterr()
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    ae, km = tmp_path / "ae", tmp_path / "km"
+    assert _cli(capsys, "train", *tiny_flags(data, **{"--epochs": 1}), "--out", ae)[0] == 0
+    assert _cli(capsys, "train", "--method", "kmeans", "--from", ae, "--out", km)[0] == 0
+    assert _cli(capsys, "train", "--like", km, "--out", tmp_path / "km1")[0] == 0  # unchanged
+    shutil.rmtree(ae)  # trained again, with another seed
+    flags = tiny_flags(data, **{"--epochs": 1, "--seed": 9})
+    assert _cli(capsys, "train", *flags, "--out", ae)[0] == 0
+    code, _, err = _cli(capsys, "train", "--like", km, "--out", tmp_path / "km2")
+    assert code == 2 and "another model now" in err and not (tmp_path / "km2").exists()
+
+
+def test_an_older_files_layout_is_not_called_another_config(tiny_cookies, tmp_path, capsys):
+    """model.pt files written before their bytes were made canonical hold the same contents in
+    another layout: it said "the files differ in the config they record: its fields"."""
+    import torch
+
+    a = tmp_path / "a"
+    assert _cli(capsys, "train", *tiny_flags(tiny_cookies, **{"--epochs": 1}), "--out", a)[0] == 0
+    shutil.copytree(a, tmp_path / "b")
+    payload = torch.load(a / "model.pt", weights_only=True)
+    assert payload["method"] is payload["config"]["method"]  # one object: written once
+    payload["method"] = "".join(["a", "e"])  # noqa: FLY002  (an equal string apart, as before)
+    torch.save(payload, tmp_path / "b" / "model.pt")
+    assert (a / "model.pt").read_bytes() != (tmp_path / "b" / "model.pt").read_bytes()
+    words = same_model_words(a, tmp_path / "b")
+    assert "holds what" in words and "config and learned state alike" in words

@@ -240,3 +240,21 @@ def test_a_typed_path_with_control_characters_is_echoed_escaped(tmp_path, capsys
     """`score --run` echoed the path raw: "\\x1b[2K\\r" erased the error line on a terminal."""
     code, err = _cli(capsys, "score", "--run", tmp_path / "run\x1b[2K\rall good")
     assert code == 2 and "\x1b" not in err and "\\x1b[2K\\rall good" in err
+
+
+def test_a_histogram_of_scores_spanning_decades_is_drawn_on_a_log_axis():
+    """Notebook 04's k-means scores ran 0-700: every good score and the threshold fell in one
+    bin of a linear axis."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import numpy as np
+
+    from anomaly.viz import plot_score_histogram
+
+    good, bad = np.linspace(10, 15, 50), np.geomspace(12, 700, 40)
+    labels = np.r_[np.zeros(50), np.ones(40)]
+    ax = plot_score_histogram(np.r_[good, bad], labels, 17.25).axes[0]
+    assert ax.get_xscale() == "log" and "log scale" in ax.get_xlabel()
+    ax = plot_score_histogram(np.r_[good, good + 3], np.r_[np.zeros(50), np.ones(50)], 14.0).axes[0]
+    assert ax.get_xscale() == "linear"

@@ -186,6 +186,7 @@ class Detector(ABC):
     """
 
     name: ClassVar[str] = ""
+    _unfitted = False  # set by __init__ for methods trained by epochs, cleared by fit and load
     # backbone encoder:RUN: the SHA-256 of that run's model.pt, set by `pipeline.build_detector`
     # and saved in the state (patchknn, flow), so a retrained encoder is noticed when loading
     encoder_sha256: str | None = None
@@ -198,9 +199,12 @@ class Detector(ABC):
         self._unfitted = hasattr(self, "step")
 
     def __init_subclass__(cls, **kwargs) -> None:
-        """Check what each subclass's own `fit` and `predict_batch` are given, and whether it
-        is fitted, before they run (`anomaly.detectors.inputs`)."""
+        """Check what each of this package's detectors' own `fit` and `predict_batch` are given,
+        and whether it is fitted, before they run (`anomaly.detectors.inputs`); a user's
+        subclass may take other input and hand it on (its super() call is checked)."""
         super().__init_subclass__(**kwargs)
+        if not cls.__module__.startswith("anomaly."):
+            return
         if own := cls.__dict__.get("predict_batch"):
             cls.predict_batch = _checked_predict(own)
         if own := cls.__dict__.get("fit"):
@@ -351,11 +355,16 @@ class Detector(ABC):
 def _checked_predict(own: Callable) -> Callable:
     @functools.wraps(own)
     def predict_batch(self, images):
-        if inputs.checking():  # not while anomaly.export traces it, nor build's size probes
-            if self._unfitted:
-                raise RuntimeError(f"{self.name}: call fit() (or load a run) before predicting")
-            inputs.check_batch(self.config, images, self.name)
-        return own(self, images)
+        if not inputs.checking():  # tracing for the export, build's size probes, or nested
+            return own(self, images)
+        if self._unfitted:
+            raise RuntimeError(
+                f"{self.name}: call fit() (or load a run, or load_state_dict) before predicting: "
+                "its network has its random first weights"
+            )
+        inputs.check_batch(self.config, images, self.name)
+        with inputs.unchecked():  # a detector it calls (auto's choice) gets what it passes on
+            return own(self, images)
 
     return predict_batch
 
@@ -366,7 +375,11 @@ def _checked_fit(own: Callable) -> Callable:
         check_data(self.config, train_data, self.name, "fit")
         if hasattr(train_data, "__len__") and len(train_data) == 0:
             raise ValueError(f"{self.name}: fit() got an empty data set: no images to learn from")
-        fitted = own(self, train_data, *args, **kwargs)
+        try:
+            fitted = own(self, train_data, *args, **kwargs)
+        except KeyboardInterrupt:  # stopped part-way: trained so far, and may be looked at
+            self._unfitted = False
+            raise
         self._unfitted = False
         return fitted
 

@@ -16,16 +16,18 @@ import threading
 
 import torch
 
-# Pixel values a little outside [0, 1] are what a bicubic or antialiased resize of [0, 1] images
-# gives; 0-255 values, or ImageNet-normalised ones (-2.1 to 2.6), lie far outside
-RANGE_SLACK = 0.05
+# Pixel values a little outside [0, 1] are what a bicubic resize of [0, 1] images gives (-0.12
+# to 1.22 across a sharp edge, measured); 0-255 values, or ImageNet-normalised ones (-2.1 to
+# 2.6), lie far outside
+RANGE_SLACK = 0.3
 FILES = "for image files use anomaly.predict_images(RUN, files)"
 _OFF = threading.local()
 
 
 def checking() -> bool:
     """Whether `predict_batch` checks its input now: not while `anomaly.export` traces it (the
-    checks would be traced as constants) nor inside `unchecked()`."""
+    checks would be traced as constants), inside `unchecked()`, nor inside a checked call (a
+    detector's own call of another's, as auto's of its choice's: checked once, on entry)."""
     return not (torch.jit.is_tracing() or getattr(_OFF, "depth", 0))
 
 
@@ -122,15 +124,17 @@ def check_data(config, data, name: str, call: str) -> None:
             f"{name}.{call} takes a data set, not a {type(data).__name__} of "
             f"{type(data[0]).__name__}; {FILES}, or use detector.dataset(ROOT)"
         )
+    from anomaly.data import AnomalyDataset
+
+    if not isinstance(data, AnomalyDataset):  # another data set's `size` may be anything
+        return
     differ = [
         f"{key} {getattr(data, key)!r} (the run's {getattr(config, key)!r})"
         for key in ("size", "channels", "decode")
-        if hasattr(data, key)
-        and hasattr(config, key)
-        and getattr(data, key) != getattr(config, key)
+        if getattr(data, key) != getattr(config, key, getattr(data, key))
     ]
-    if differ and differ[-1].startswith("decode") and not _jpegs(data):
-        differ.pop()  # decoding differs for JPEG files only
+    if differ and differ[-1].startswith("decode") and not _drafted(data, int(config.size)):
+        differ.pop()  # decoding differs only for JPEG files of at least twice the run's size
     if differ:
         raise ValueError(
             f"{name}.{call}: the data set was made with {', '.join(differ)}, so its images are "
@@ -139,11 +143,20 @@ def check_data(config, data, name: str, call: str) -> None:
         )
 
 
-def _jpegs(data) -> bool:
-    """Whether the data set (`AnomalyDataset`: its `paths`) holds JPEG files, whose decoding
-    `decode` sets; True where it cannot tell."""
-    paths = getattr(data, "paths", None)
-    paths = paths() if callable(paths) else paths
-    if not isinstance(paths, (list, tuple)):
-        return True
-    return any(str(p).lower().endswith((".jpg", ".jpeg")) for p in paths)
+def _drafted(data, size: int) -> bool:
+    """Whether `decode` changes any image of the data set: a JPEG file whose sides are at least
+    four times `size` (draft decoding asks for twice it, `anomaly.data.image_kind.draft_size`,
+    and halves a JPEG only where that leaves as much); read from the files' headers, True where
+    one cannot be read."""
+    from PIL import Image
+
+    for path in data.paths:
+        if not str(path).lower().endswith((".jpg", ".jpeg")):
+            continue
+        try:
+            with Image.open(path) as im:
+                if min(im.size) >= 4 * size:
+                    return True
+        except OSError:
+            return True
+    return False

@@ -245,14 +245,16 @@ def _outcome(r: RunView, i: int, t: float) -> tuple[str, str]:
     return outcome(r.pred.labels[i], float(r.pred.scores[i]), t)
 
 
-def snapshot_figure(ex, n_tiles: int = 6):
-    """A static picture of the explorer: histogram, confusion counts and the most wrong images."""
+def snapshot_figure(ex, n_tiles: int = 4):
+    """A static picture of the explorer: histogram, confusion counts, costs (with the cost
+    optimum's 2-fold cross-validated check: the counts here are in-sample) and the most wrong
+    images, large enough to see their red evidence."""
     import matplotlib.pyplot as plt
 
     r, t, c = ex.run, ex.threshold, ex.counts
-    fig = plt.figure(figsize=(10, 5.6))
+    fig = plt.figure(figsize=(10, 7.2))
     plt.close(fig)  # shown once, when a notebook cell returns it
-    grid = fig.add_gridspec(2, max(n_tiles, 2), height_ratios=[1.3, 1])
+    grid = fig.add_gridspec(2, max(n_tiles, 2), height_ratios=[1.1, 1])
     ax = fig.add_subplot(grid[0, : n_tiles // 2 + 1])
     draw_histogram(ax, r, _optimum(ex), t)
     ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
@@ -264,7 +266,8 @@ def snapshot_figure(ex, n_tiles: int = 6):
         f"defective:  {c['tp']} REJECT (caught), {c['fn']} PASS (escapes)\n\n"
         f"false-reject rate {percent(c, 'false_reject_rate')}\n"
         f"escape rate       {percent(c, 'escape_rate')}\n"
-        f"saved rule: {describe_rule(r.saved) if r.saved else 'none'}"
+        "(counted on the images shown: in-sample)\n\n"
+        f"saved rule: {describe_rule(r.saved) if r.saved else 'none'}\n\n" + _snapshot_costs(ex, c)
     )
     text = plain(text)
     tx.text(0, 1, text, va="top", family="monospace", fontsize=8.5)
@@ -284,3 +287,20 @@ def snapshot_figure(ex, n_tiles: int = 6):
             )
     fig.tight_layout()
     return fig
+
+
+def _snapshot_costs(ex, counts: dict) -> str:
+    """The costs, as the report's paragraph says them, in short lines for the snapshot."""
+    c_fr, c_esc = ex.costs
+    text = (
+        f"costs: false reject {c_fr:g}, escape {c_esc:g}\n"
+        f"cost here {c_fr * counts['fp'] + c_esc * counts['fn']:.4g}"
+    )
+    if ex.no_optimum:
+        return f"{text}\nno cost optimum"
+    cv = ex.cross_validated
+    return (
+        f"{text}; optimum {ex.optimum[0]:.4g} (cost {ex.optimum[1]:.4g}, in-sample)\n"
+        f"optimum chosen on half, counted on the other\n(2-fold): false-reject "
+        f"{100 * cv['false_reject_rate']:.1f}%, escape {100 * cv['escape_rate']:.1f}%"
+    )
