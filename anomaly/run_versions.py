@@ -87,7 +87,11 @@ def code_version() -> str | None:
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(
-                ["git", "-C", here, *args], check=False, capture_output=True, text=True, timeout=10
+                ["git", "--no-optional-locks", "-C", here, *args],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
             )
         except (OSError, subprocess.SubprocessError):
             return None
