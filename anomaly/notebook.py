@@ -141,6 +141,7 @@ def defect_area_figure(root: Path):
     ax.hist(list(areas.values()), bins=15, label=list(areas), stacked=True)
     ax.set_xlabel("defect area (% of the image, from its mask)")
     ax.set_ylabel("images")
+    ax.yaxis.get_major_locator().set_params(integer=True)  # counts: no 0.5 ticks
     if unmasked:
         ax.set_title(f"{unmasked} defective images without a mask left out", fontsize=9)
     ax.legend()
@@ -158,6 +159,7 @@ def intensity_figure(data):
         a.hist(stack.reshape(-1), bins=64, histtype="step", density=True, label=kind)
         b.scatter([kind] * len(stack), stack.mean(axis=(1, 2)), alpha=0.6)
     a.set_xlabel("pixel intensity")
+    a.set_ylabel("density (pixels of all images of a kind)")
     a.legend()
     b.set_ylabel("mean image brightness")
     fig.tight_layout()
@@ -241,10 +243,12 @@ def l2_vs_ssim_figure(run: Path, per_kind: int = 1):
         axes[0, c].set_title(data.defects[i], fontsize=9)
         for r, k in enumerate(("l2", "ssim"), start=1):
             axes[r, c].imshow(maps[k][c], cmap="jet", vmin=0, vmax=float(maps[k].max()))
-            axes[r, c].set_title(f"{k} map", fontsize=8)
+            axes[r, c].set_title(f"{k} map (one scale per row)", fontsize=8)
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.tight_layout()
+    for r in (1, 2):  # each row's scale: 0 to its largest value (the two are not comparable)
+        fig.colorbar(axes[r, -1].images[0], ax=list(axes[r]), fraction=0.02, pad=0.01)
     return fig
 
 

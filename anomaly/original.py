@@ -169,7 +169,7 @@ def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: i
     """Per defective test image: the input (true defect outlined), the original's red overlay
     from the original recipe's UNet, and the project run's map on one colour scale."""
     from anomaly.notebook import _per_kind, _subplots, _test_data
-    from anomaly.overlays import evidence_overlay, run_scale
+    from anomaly.overlays import colour_bar, evidence_overlay, run_scale
     from anomaly.runs import RunDir
     from anomaly.viz import to_rgb
 
@@ -178,7 +178,16 @@ def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: i
     project_data = _test_data(RunDir(project_run).config())
     scale = run_scale(RunDir(project_run), pred.maps, pred.labels)  # as `score` draws it
     picks = [i for i in _per_kind(pred.defects, per_kind) if pred.labels[i]]
-    fig, axes = _subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
+    fig, axes = _subplots(
+        len(picks) + 1,
+        3,
+        figsize=(7.5, 2.5 * len(picks) + 0.6),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [1] * len(picks) + [0.24]},
+    )
+    for a in axes[-1]:
+        a.set_axis_off()
+    axes[-1, 2].imshow(colour_bar(320, scale))  # the project's scale (the original has none)
     for r, i in enumerate(picks):
         mask = data[i]["mask"].numpy()
         panels = [
