@@ -66,7 +66,7 @@ NOTEBOOKS = {
         "from anomaly.viz import plot_histories\n"
         "plot_histories({'ae': ae / 'history.csv', 'unet': unet / 'history.csv'})",
         "## Reconstructions beside inputs\nThe AE was trained to remove anomalies, and paints "
-        "the defects over with cookie. The UNet leaves faint traces of mustard and plastic in "
+        "the defects over with cookie. The UNet leaves visible traces of mustard, plastic and cracks in "
         "its output, yet its error inside a defect stays many times its error elsewhere "
         "(notebook 03 measures the ratio): copying defects through is not what holds it back.",
         "nb.reconstructions_figure({'ae': ae, 'unet': unet})",
@@ -76,7 +76,8 @@ NOTEBOOKS = {
     "03_difference_maps": [
         "# 03 Difference maps\n\nWhere the reconstruction fails, the difference marks the "
         "defect. First the original project's picture, made by its own recipe (`--recipe "
-        "original`: its 64-wide grayscale UNet, MSE, Adam 1e-3, batch 8), next to this "
+        "original`: its 64-wide grayscale UNet, MSE, Adam 1e-3, batch 8, here at 128 px for 5 "
+        "epochs where the original trained at 512 px for 1000 on a GPU), next to this "
         "project's map; then the choices that turn a map into one score per image.",
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
@@ -86,14 +87,17 @@ NOTEBOOKS = {
         "in green), middle the original's overlay of its own UNet, right the project's UNet "
         "evidence on one scale for the whole run, anchored to its pixel threshold. The original paints red only where "
         "the reconstruction is brighter than the input (by more than 1/255): a defect brighter "
-        "than the cookie, like the glare on plastic wrap, is not marked.",
+        "than the cookie, like the glare on plastic wrap, is not marked. The project's UNet "
+        "(colour bar: its scale) marks some defects strongly and others hardly at all, and "
+        "lights up the image corners on every cookie: its reconstruction fails at the border, "
+        "which is why its image score leaves a frame out (the image scores below).",
         "original.overlay_comparison_figure(orig, unet)",
         "How well each map finds the defect pixels (original recipe's UNet): the signed "
         "overlay, the squared error, and the squared error smoothed as the project does.",
         "# NBVAL_IGNORE_OUTPUT\nprint(original.map_choices_table(orig))",
         "## The AE's evidence, as `score` draws it\nOne scale for the whole run, anchored to its "
-        "pixel threshold (yellow: raised, red: above it), so a good cookie stays clean instead "
-        "of being stretched to red; the verdict and score are written on each image.",
+        "pixel threshold (yellow: raised, red: above it), so a good cookie shows little red "
+        "instead of being stretched to red; the verdict and score are written on each image.",
         "nb.evidence_figure(ae)",
         "## One map, several image scores\nThe project's UNet, its error map turned into one "
         "number per image five ways: the per-image MSE (the original's loss), the mean "
@@ -106,7 +110,9 @@ NOTEBOOKS = {
         "The same for the original recipe's UNet:",
         "# NBVAL_IGNORE_OUTPUT\nprint(original.score_choices_table(orig))",
         "## L2 versus SSIM\nThe same reconstructions scored two ways: L2 reacts to intensity "
-        "differences, SSIM to changes of local structure (edges, texture).",
+        "differences, SSIM to changes of local structure (edges, texture). Each row has its "
+        "own scale, 0 to its largest value (the bars on the right): compare the shapes within "
+        "a row, not the heat of one row with the other's.",
         "nb.l2_vs_ssim_figure(ae)",
         "## Does the UNet copy defects through?\nIts skip connections carry the input's details "
         "to the output, so it could reproduce a defect. Measured: the reconstruction error "
@@ -115,6 +121,9 @@ NOTEBOOKS = {
         "score, not copying (README).",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.copy_through_table({'ae': ae, 'unet': unet, "
         "'orig-unet': orig}))",
+        "The UNet's evidence as `score` draws it. Its verdicts come from its image score (the "
+        "per-image MSE), not from the red: a REJECT may show little red on its defect, and "
+        "the corners light up on good cookies too.",
         "nb.evidence_figure(unet)",
     ],
     "04_kmeans_scoring": [
@@ -139,7 +148,8 @@ NOTEBOOKS = {
         "image size) and moves with training, so on this data the same number flags a "
         "different fraction of cookies. Beside it, thresholds by rule: the 99th percentile "
         "of held-out normal scores (`val_scores.json`, as `train` saved them), and the "
-        "F1-optimal one, which needs labelled defects.",
+        "F1-optimal one, which needs labelled defects and is chosen on these same test images: "
+        "its rates here are in-sample, better than it will do on new parts.",
         "# NBVAL_IGNORE_OUTPUT\n"
         "print(original.fixed_threshold_table({k: runs[k] for k in ('orig-km', 'kmeans')}))",
         "## Score histograms and the threshold\nThe project's k-means, with its threshold by rule.",
@@ -150,8 +160,10 @@ NOTEBOOKS = {
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.metrics_table(runs))",
         "Every metric exists for every method (compared by nbval):",
         CHECK + "sorted(nb.metrics_table_keys(runs))",
-        "## A threshold by another rule\nF1-optimal needs labelled defects; the rule is saved and "
-        "`predict` uses it.",
+        "## A threshold by another rule\nF1-optimal needs labelled defects, and it is chosen on "
+        "the scored test images themselves: the rates it gets there are in-sample (the table "
+        "above shows how many good cookies it flags). The rule is saved, and `predict` uses it "
+        "and says so.",
         "km = nb.own_copy(S, runs['kmeans'])  # the benchmark's run keeps its threshold\n"
         "t = anomaly.set_threshold(km, 'f1')\nprint(f'{t.value:.4g} ({t.rule})')",
         "What was saved and what `predict` will report (compared by nbval):",
@@ -198,7 +210,8 @@ NOTEBOOKS = {
         "Every method on the same split with the same seed, at its default settings, on the "
         "cookies and on the real-photo suite (`make-photos`). `unet+kmeans` is the project's "
         "k-means on its UNet's encoder maps, `unet_original+kmeans` the original project's own "
-        "recipe (its 64-wide UNet, k-means on the bottleneck). Made by "
+        "recipe (its 64-wide UNet, k-means on the bottleneck; at 128 px for 5 epochs, where the "
+        "original trained at 512 px for 1000 on a GPU). Made by "
         "`make benchmark`: `python -m anomaly benchmark --data data/cookies --out "
         "runs/benchmark`, then the feature methods on the photo suite into "
         "`runs/benchmark-photos`; each writes its measurement log (`docs/benchmark-notes*.md`: "
@@ -233,7 +246,7 @@ NOTEBOOKS = {
         "on good photos from the line instead.",
         "# NBVAL_IGNORE_OUTPUT\ncurves = nb.train_size_rows(S)\nprint(nb.train_size_table(curves))",
         "Cookies (`patchknn` and `unet+kmeans`, which is also trained on n = 24, the original "
-        "project's count of training images) and two real-photo sets: a stochastic texture "
+        "project's count of normal images, training and test together) and two real-photo sets: a stochastic texture "
         "(moon) and a regular pattern (a printed page):",
         "nb.train_size_figure(curves)",
     ],

@@ -118,21 +118,33 @@ def _optimum(ex) -> float | None:
     return None if ex.no_optimum else ex.optimum[0]
 
 
-def _costs(ex, counts: dict) -> str:
-    """The report's paragraph on costs: at this threshold, the optimum and its held-out check."""
-    c_fr, c_esc = ex.costs
+def _costs(ex, counts: dict, short: bool = False) -> str:
+    """The costs: at this threshold, the optimum and its held-out check; the report's paragraph,
+    or (`short`) the snapshot's lines."""
+    (c_fr, c_esc), here = ex.costs, ex.costs[0] * counts["fp"] + ex.costs[1] * counts["fn"]
     text = (
-        f"Costs: a false reject {c_fr:g}, an escape {c_esc:g}; cost at this threshold "
-        f"{c_fr * counts['fp'] + c_esc * counts['fn']:.4g}."
+        f"costs: false reject {c_fr:g}, escape {c_esc:g}\ncost here {here:.4g}"
+        if short
+        else f"Costs: a false reject {c_fr:g}, an escape {c_esc:g}; cost at this threshold "
+        f"{here:.4g}."
     )
     if ex.no_optimum:
-        return f"{text} No cost optimum: {html.escape(ex.no_optimum)}."
-    cv = ex.cross_validated
+        return (
+            f"{text}\nno cost optimum"
+            if short
+            else (f"{text} No cost optimum: {html.escape(ex.no_optimum)}.")
+        )
+    (t_opt, cost_opt), cv = ex.optimum, ex.cross_validated
+    fr, esc = 100 * cv["false_reject_rate"], 100 * cv["escape_rate"]
+    if short:
+        return (
+            f"{text}; optimum {t_opt:.4g} (cost {cost_opt:.4g}, in-sample)\noptimum chosen on "
+            f"half, counted on the other\n(2-fold): false-reject {fr:.1f}%, escape {esc:.1f}%"
+        )
     return (
-        f"{text} The cost optimum ({ex.optimum[0]:.4g}, cost {ex.optimum[1]:.4g}) is in-sample. "
-        "Chosen on one half of the images and counted on the other (2-fold cross-validation): "
-        f"cost {cv['cost']:.4g}, false-reject rate {100 * cv['false_reject_rate']:.1f}%, "
-        f"escape rate {100 * cv['escape_rate']:.1f}%."
+        f"{text} The cost optimum ({t_opt:.4g}, cost {cost_opt:.4g}) is in-sample. Chosen on "
+        "one half of the images and counted on the other (2-fold cross-validation): cost "
+        f"{cv['cost']:.4g}, false-reject rate {fr:.1f}%, escape rate {esc:.1f}%."
     )
 
 
@@ -267,7 +279,8 @@ def snapshot_figure(ex, n_tiles: int = 4):
         f"false-reject rate {percent(c, 'false_reject_rate')}\n"
         f"escape rate       {percent(c, 'escape_rate')}\n"
         "(counted on the images shown: in-sample)\n\n"
-        f"saved rule: {describe_rule(r.saved) if r.saved else 'none'}\n\n" + _snapshot_costs(ex, c)
+        f"saved rule: {describe_rule(r.saved) if r.saved else 'none'}\n\n"
+        + _costs(ex, c, short=True)
     )
     text = plain(text)
     tx.text(0, 1, text, va="top", family="monospace", fontsize=8.5)
@@ -287,20 +300,3 @@ def snapshot_figure(ex, n_tiles: int = 4):
             )
     fig.tight_layout()
     return fig
-
-
-def _snapshot_costs(ex, counts: dict) -> str:
-    """The costs, as the report's paragraph says them, in short lines for the snapshot."""
-    c_fr, c_esc = ex.costs
-    text = (
-        f"costs: false reject {c_fr:g}, escape {c_esc:g}\n"
-        f"cost here {c_fr * counts['fp'] + c_esc * counts['fn']:.4g}"
-    )
-    if ex.no_optimum:
-        return f"{text}\nno cost optimum"
-    cv = ex.cross_validated
-    return (
-        f"{text}; optimum {ex.optimum[0]:.4g} (cost {ex.optimum[1]:.4g}, in-sample)\n"
-        f"optimum chosen on half, counted on the other\n(2-fold): false-reject "
-        f"{100 * cv['false_reject_rate']:.1f}%, escape {100 * cv['escape_rate']:.1f}%"
-    )
