@@ -8,8 +8,8 @@ rule promises: the conformal guarantee holds only for parts exchangeable with th
 set on. `threshold --good-images FOLDER` scores a folder of good images taken the way production
 images will be, with the run's detector, and sets the rule on those scores instead
 (`calibrate_on_folder`); the folder, the number of images and a hash of their names and bytes
-are recorded in the threshold (`params["calibration"]`) and every score in the run folder
-(`RunDir.save_calibration`).
+are recorded in the threshold (`params["calibration"]`) and every score, with the model.pt that
+scored it, in the run folder (`RunDir.save_calibration`; kept while it records the run's model).
 
 Copies among the good images are one draw of a good part, not several: each is counted once
 (`_distinct`: the same file bytes, or in a folder the same decoded pixels, as the detector sees

@@ -115,11 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--good",
         type=int,
-        help="good test images per set (default 25; more narrow the AUROC's interval, and the "
-        "first 25 stay the same images)",
+        help="good test images per set (default 25, at most 5000; more narrow the AUROC's "
+        "interval, and the first 25 stay the same images)",
     )
     p.add_argument(
-        "--defect", type=int, help="test images per defect kind and set (default 7; as --good)"
+        "--defect",
+        type=int,
+        help="test images per defect kind and set (default 7, at most 5000; as --good)",
     )
     p.add_argument(
         "--overwrite",
@@ -138,14 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the interrupted run in --out (with more --epochs: train longer)",
+        help="continue the interrupted run in --out (with more --epochs: train longer; "
+        "--patience, --device, --workers and --data, where its data set is now, may change "
+        "too; other flags are refused)",
     )
     p.add_argument(
         "--like",
         metavar="RUN",
-        help="train again as the run RUN was: its settings and the images its split.json names "
-        "(each checked against its SHA-256; --data: where that data set is now), then say "
-        "whether the new model.pt is RUN's, byte for byte",
+        help="train again as the run RUN was, into a new --out: its settings and the images its "
+        "split.json names, each checked against its SHA-256 (--data: where that data set is "
+        "now; only --data, --device and --workers may be given); then say whether the new "
+        "model.pt is RUN's byte for byte, holds the same learned state, or which versions.json "
+        "entries differ",
     )
     add_config_flags(p, method_names())
 
@@ -196,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the ONNX file to write (default RUN/model.onnx)")
 
     p = sub.add_parser("threshold", help="choose and save the run's threshold")
-    p.add_argument("--run", required=True)
+    p.add_argument(
+        "--run",
+        required=True,
+        help="a trained run folder, with its model.pt (the threshold records the model it is for)",
+    )
     p.add_argument(
         "--rule", required=True, choices=("manual", "normal-quantile", "conformal", "f1")
     )

@@ -159,7 +159,7 @@ def ignored_by(method: str, names) -> list[str]:
 
 
 def _f(default, help: str, **meta):
-    """A Config field with its CLI help (and optional `choices`, `flag`, `min`, `above`)."""
+    """A Config field with its CLI help (and optional `choices`, `flag`, `min`, `max`, `above`)."""
     return field(default=default, metadata={"help": help, **meta})
 
 

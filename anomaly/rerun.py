@@ -3,8 +3,10 @@ images its split.json names (each checked against the SHA-256 it recorded), so t
 run can be reproduced, or shown not to be, and why.
 
 The same data, settings and seed give a byte-identical model.pt on the same machine and versions
-(README, "How the code is organised"); where the new one differs, the versions.json entries that
-differ are named, since those are what can change a model's last digits.
+(README, "How the code is organised"). Where the new one is not RUN's byte for byte,
+`same_model_words` says whether it holds the same model all the same (an older file's other byte
+layout, or the same learned state under a recorded config that differs in `LIKE_CHANGES`), or
+which versions.json entries differ, since those are what can change a model's last digits.
 """
 
 from __future__ import annotations

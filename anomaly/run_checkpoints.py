@@ -4,7 +4,9 @@ them (nothing in them is unpickled: `safe_files.safe_torch_load`).
 
 model.pt holds the model and nothing that changes from one identical training to the next (how
 long fitting took goes to versions.json: `RunDir.save_fit_seconds`), so the same data, seed
-and flags give the same file, and a threshold chosen for one is accepted by the other
+and flags give the same file (its bytes depend on its contents alone, `safe_files.canonical`: a
+config read back from config.json pickles as the defaults do; a model.pt written before
+2026-12-04 may hold the same model in other bytes), and a threshold chosen for one is accepted by the other
 (`threshold_file.check_model` compares the file's SHA-256). The file holds the run's config,
 so runs whose weights agree but whose config.json differs (the data folder's path, --workers,
 --device) are other models to it. Older model.pt files still hold

@@ -17,8 +17,8 @@ loads and `RunError`, re-exported here), `anomaly.run_lock`, `anomaly.threshold_
 threshold.json and val_scores.json may hold, and the model a threshold is for),
 `anomaly.run_checkpoints` (model.pt and last.pt: `RunDir`'s checkpoint methods,
 `CHECKPOINT_FORMAT`, `config_differences`, re-exported here), `anomaly.run_outputs` (what of
-score's outputs is score's, and clearing them: `RunDir.clear_outputs`) and `anomaly.data.cookies`
-for a version number; building detectors from a run is `anomaly.build.load_run`.
+score's outputs is score's, and clearing them: `RunDir.clear_outputs`) and `anomaly.run_versions`
+(what made the run: versions.json); building detectors from a run is `anomaly.build.load_run`.
 """
 
 from __future__ import annotations

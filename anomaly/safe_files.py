@@ -3,7 +3,8 @@
 Every write goes to a temporary file in the same folder that then replaces the old one, so a
 killed process never leaves a half-written file; `safe_torch_load` refuses a file that holds
 Python objects (loading them could run code). The run folder (`anomaly.runs.RunDir`) writes and
-reads all its files through these (and holds its lock with `anomaly.run_lock`).
+reads all its files through these (and holds its lock with `anomaly.run_lock`). A checkpoint's
+bytes depend on its contents alone (`canonical`).
 """
 
 from __future__ import annotations
@@ -436,11 +437,9 @@ def torch_bytes(obj) -> bytes:
 
 def canonical(obj):
     """`obj` with each string interned and each dict, list and tuple made anew (a module state's
-    `_metadata` kept): what torch.save writes of it then depends on its contents alone. Pickle
-    writes a string once and refers back to it where the same object recurs, so a config whose
-    "auto" fields were one object (the defaults) and one whose were three (read from
-    config.json) gave two model.pt files of other bytes, and a threshold was refused as another
-    model's."""
+    `_metadata` kept), so that what torch.save writes depends on its contents alone: pickle
+    refers back to a string object that recurs, so defaults sharing one "auto" and a config
+    read from config.json gave model.pt files of other bytes (a threshold refused)."""
     if type(obj) is str:
         return sys.intern(obj)
     if type(obj) in (list, tuple):

@@ -161,7 +161,8 @@ def check_model(d: dict, model: Path, made: str = "was set for") -> None:
 
 def model_record(model: Path) -> dict:
     """{MODEL_RECORD: the SHA-256 of the file `model`}, or {} when there is none: what a run's
-    held-out scores and predictions record of the model that made them."""
+    held-out scores, predictions and calibration_scores.json record of the model that made
+    them."""
     sha = model_sha256(model)
     return {MODEL_RECORD: sha} if sha else {}
 

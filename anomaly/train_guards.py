@@ -3,8 +3,8 @@
 `train` never writes into a folder of the user's or over a trained run (`refuse_existing`).
 A resume that fails must leave the run as it was: `check_last` reads everything in last.pt (as
 `anomaly.train.restore` will) before anything is written, and `ResumeWrites`, the checkpoints
-object the resumed training is given, writes config.json (more epochs, another device, the
-data's new place) and the resuming versions only with the first new epoch's files.
+object the resumed training is given, writes config.json (more epochs, another patience,
+device or --workers, the data's new place) and the resuming versions only with the first new epoch's files.
 
 Which good images a new run holds out for its default threshold is decided here too
 (`new_split`: kmeans holds out its `--from` run's held-out images, never one that run's encoder
@@ -161,7 +161,10 @@ class ResumeWrites:
         if record is None:
             return
         earlier = record.get("resumed") if isinstance(record.get("resumed"), list) else []
-        record["resumed"] = [*earlier, {"from_epoch": self.from_epoch, **versions()}]
+        record["resumed"] = [
+            *earlier,
+            {"from_epoch": self.from_epoch, **versions(self.config.data)},
+        ]
         write_json(self.run.file(self.run.VERSIONS), record)
 
     def save_checkpoint(self, detector, **extra) -> None:

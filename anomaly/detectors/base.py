@@ -1,8 +1,10 @@
 """The detector contract every method follows, the `Predictions` it returns, and the registry.
 
-A detector learns "normal" from defect-free images (`fit`) and returns, for any data set, one
-score per image and one anomaly map per image (`predict`). Everything downstream (metrics,
-thresholds, overlays, the explorer, the CLI and the benchmark) consumes `Predictions` only.
+A detector learns "normal" from defect-free images (`fit`) and returns, for a data set at its
+run's size and channels (`dataset(root)` makes one), one score per image and one anomaly map
+per image (`predict`); what this package's detectors are given is checked first
+(`anomaly.detectors.inputs`). Everything downstream (metrics, thresholds, overlays, the explorer,
+the CLI and the benchmark) consumes `Predictions` only.
 """
 
 from __future__ import annotations
@@ -183,6 +185,12 @@ class Detector(ABC):
     what it needs from another run (kmeans' source, an `encoder:RUN` backbone) is built by
     `anomaly.pipeline` and passed to its constructor, and checkpoints go through the
     `checkpoints` object `fit` is given.
+
+    This package's detectors have their own `fit`, `predict_batch` and `load_state_dict` wrapped
+    (`__init_subclass__`): their input is checked (`anomaly.detectors.inputs`), and one trained
+    by epochs (it has `step`) refuses to predict until `fit` or `load_state_dict` has run. A
+    subclass defined outside the package is not wrapped; `predict` checks its data set all the
+    same.
     """
 
     name: ClassVar[str] = ""

@@ -5,8 +5,12 @@ tensor read as another shape), a data set made at another size, channels or deco
 run's, and something that is no data set at all (an array, a path, a PIL image). Each error
 says what the detector takes and how to get it.
 
-`Detector` calls these (`anomaly.detectors.base`): `check_batch` before every subclass's own
-`predict_batch` (not while `anomaly.export` traces it), `check_data` at `predict` and `fit`.
+`Detector` calls these (`anomaly.detectors.base`): `check_batch` before the own `predict_batch`
+of each of this package's detectors (a subclass of one's own where it calls theirs; not while
+`anomaly.export` traces, inside `unchecked()`, nor in a call nested in a checked one, as auto's
+of its choice), `check_data` at every detector's `predict` and at this package's detectors'
+`fit`. Only an `AnomalyDataset` is compared with the run's settings, and its decoding only where
+it changes a JPEG (sides of at least 4x the run's size).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the same data, what a threshold does: the score histograms of good and defective
 confusion matrix and its rates, which rule set the threshold and what it guarantees, the cost
 optimum (and how it does on images it did not choose on), and every image it gets wrong, with
 the same evidence overlays `score` writes. "Save threshold" writes `RUN/threshold.json`, which
-`predict` then uses; "Export report" writes a self-contained HTML report.
+`predict` then uses (refused for a run without its model.pt: a threshold records its model); "Export report" writes a self-contained HTML report.
 
     widget.py   the ipywidgets page (controls and wiring only)
     gallery.py  paging, filter by defect kind, the large view, a second run's verdicts

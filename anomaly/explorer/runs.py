@@ -293,7 +293,7 @@ def read_threshold(folder: Path | None) -> Threshold | None:
 def write_threshold(folder: Path, threshold: Threshold) -> Path:
     folder = threshold_home(folder)
     if RunDir(folder).is_run():  # a run's threshold records its model: none, none saved
-        RunDir(folder).require_model("explore")
+        RunDir(folder).require_model("explore").drop_stale_calibration()
     folder.mkdir(parents=True, exist_ok=True)
     return RunDir(folder).save_threshold(threshold)
 
