@@ -39,12 +39,12 @@ from anomaly.metrics import (
 )
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
-from anomaly.threshold_file import guarantee_words
+from anomaly.threshold_file import f1_words, guarantee_words
 
-FEW_DEFECTS = 10  # below this many labelled defects an F1 threshold is one image's score
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
 FLAG = "--good-images"
+PIXEL = "pixel_threshold"  # of a folder's maps, in calibrate_on_folder's record until saved
 
 
 def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
@@ -253,6 +253,8 @@ def calibrate_on_folder(
     scores = np.asarray(pred.scores, np.float64)
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"{FLAG} {folder}: the detector gave NaN or inf scores to its images")
+    from anomaly.viz import dataset_range  # as train's held-out images set the overlays' scale
+
     digest = hashlib.sha256("\n".join(f"{p.name} {h}" for p, h in zip(images, hashes)).encode())
     record = {
         "source": "folder",
@@ -261,6 +263,7 @@ def calibrate_on_folder(
         "n": len(distinct),
         **({"copies": len(images) - len(kept)} if copies else {}),
         "images_sha256": digest.hexdigest(),
+        PIXEL: dataset_range(pred.maps)[1],  # set_threshold moves it to the threshold's params
     }
     return [str(p) for p in distinct], scores, record
 
@@ -369,26 +372,6 @@ def attach(threshold: Threshold, record: dict) -> Threshold:
     return threshold
 
 
-def f1_words(params: dict) -> str:
-    """What an F1 threshold rests on: the test images that chose it also judge it."""
-    n, k, f1 = params.get("n_images"), params.get("n_defective"), params.get("f1")
-    line = (
-        f"chosen on the run's scored test set ({n} images, {k} defective), where its F1 is "
-        f"{f1:.3g}: the same images chose it, so results on them at this threshold are "
-        "optimistic"
-        if isinstance(f1, (int, float)) and k is not None
-        else "chosen on the run's scored test set: results on it at this threshold are optimistic"
-    )
-    if isinstance(k, int) and k < FEW_DEFECTS:
-        line += (
-            f"\nWith {k} defective image(s) it rests on one image: it sits midway between the "
-            "lowest-scored defect that F1 keeps and the next lower score, so a new defect "
-            "scoring below that passes. Use more labelled defects, or --rule conformal on good "
-            "images"
-        )
-    return line
-
-
 def calibration_words(threshold: Threshold, scores_file: str | Path | None = None) -> str:
     """Where the threshold's good-image scores came from and, for a guarantee, the condition
     it needs in one plain sentence ("" for a rule that reads no good-image scores)."""
@@ -487,6 +470,8 @@ def set_threshold(
             f"--rule {rule}: the threshold on the scores in {where} is {threshold.value}, not a "
             "finite number (scores too large to compute with); nothing saved. Check those scores"
         )
+    if pixel := (record or {}).pop(PIXEL, None):  # red from where the folder's maps end, as
+        threshold.params["pixel_threshold"] = pixel  # its scores set the threshold
     if paths is not None:  # the threshold holds its scores: calibration_scores.json is
         record = {**record, "scores": [float(s) for s in scores]}  # written first, so a kill
     if record is not None:  # between the two leaves the earlier threshold whole

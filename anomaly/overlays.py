@@ -103,7 +103,8 @@ def run_scale(run: str | Path | RunDir, maps=None, labels=None) -> EvidenceScale
     """The evidence scale of a run folder.
 
     The pixel threshold is the one saved in threshold.json (`params.pixel_threshold`, set by
-    the explorer) or else the upper end of the held-out good images' map range
+    the explorer, or by `threshold --good-images` from that folder's maps, as train's from the
+    held-out ones) or else the upper end of the held-out good images' map range
     (val_scores.json, written by train: their 99.9 % quantile); the floor is the lower end of
     that range. Without val_scores.json, `maps` (and `labels`) give the scale.
     """

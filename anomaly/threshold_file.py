@@ -286,3 +286,26 @@ def check_numbers(threshold, file, held_out: str, folder: str) -> None:
     kth = sorted(float(x) for x in scores)[min(max(k, 1), n) - 1]
     if not counts or threshold.value != math.nextafter(kth, math.inf):
         params[UNSUPPORTED] = True
+
+
+FEW_DEFECTS = 10  # below this many labelled defects an F1 threshold is one image's score
+
+
+def f1_words(params: dict) -> str:
+    """What an F1 threshold rests on: the test images that chose it also judge it."""
+    n, k, f1 = params.get("n_images"), params.get("n_defective"), params.get("f1")
+    line = (
+        f"chosen on the run's scored test set ({n} images, {k} defective), where its F1 is "
+        f"{f1:.3g}: the same images chose it, so results on them at this threshold are "
+        "optimistic"
+        if isinstance(f1, (int, float)) and k is not None
+        else "chosen on the run's scored test set: results on it at this threshold are optimistic"
+    )
+    if isinstance(k, int) and k < FEW_DEFECTS:
+        line += (
+            f"\nWith {k} defective image(s) it rests on one image: it sits midway between the "
+            "lowest-scored defect that F1 keeps and the next lower score, so a new defect "
+            "scoring below that passes. Use more labelled defects, or --rule conformal on good "
+            "images"
+        )
+    return line

@@ -332,9 +332,9 @@ NOTEBOOKS = {
         "{'held-out training photos': t, 'good photos from the line': t_line}))",
         "## Check a folder of new photos\n`predict` scores each photo of a folder with the run "
         "and its threshold, and writes an overlay per photo: verdict and score on top, the "
-        "evidence on the run's scale (yellow: raised, red: above its pixel threshold, set on "
-        "the held-out training photos). The verdict follows the score, not the colours: here "
-        "good photos show red where they differ from the training coins and still pass. In "
+        "evidence on the run's scale (yellow: raised, red: above its pixel threshold, which "
+        "the good photos from the line set too: where their maps end). The verdict follows "
+        "the score, not the colours: a good photo may show some red and still pass. In "
         "the shell: `python -m anomaly predict --run RUN "
         "data/coins-to-check/`. These are new crops of the test coins, checked at the "
         "threshold set on the good photos from the line; their names carry the truth only so "

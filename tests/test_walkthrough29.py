@@ -258,3 +258,20 @@ def test_a_histogram_of_scores_spanning_decades_is_drawn_on_a_log_axis():
     assert ax.get_xscale() == "log" and "log scale" in ax.get_xlabel()
     ax = plot_score_histogram(np.r_[good, good + 3], np.r_[np.zeros(50), np.ones(50)], 14.0).axes[0]
     assert ax.get_xscale() == "linear"
+
+
+def test_a_threshold_set_on_good_photos_sets_where_the_overlays_turn_red(scored_ae_run, tmp_path):
+    """Notebook 07: verdicts came from a threshold set on good photos from the line, while the
+    overlays' red started where the held-out training photos' maps ended (biased low: PASS
+    parts painted red). The folder's maps now set the pixel threshold too."""
+    from anomaly.overlays import run_scale
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    before = run_scale(run).pixel_threshold
+    make_cookies(tmp_path / "more", preset="tiny", seed=5, size=64)
+    t = set_threshold(run, "normal-quantile", 0.9, good_images=tmp_path / "more" / "train" / "good")
+    pixel = t.params["pixel_threshold"]
+    assert pixel != before and run_scale(run).pixel_threshold == pixel
+    assert "pixel_threshold" not in RunDir(run).calibration()  # the threshold holds it
+    t = set_threshold(run, "normal-quantile", 0.9)  # the held-out images again: their scale
+    assert "pixel_threshold" not in t.params and run_scale(run).pixel_threshold == before
