@@ -215,3 +215,10 @@ def test_an_interrupted_fit_may_be_looked_at(tiny_cookies):
     with pytest.raises(KeyboardInterrupt):
         det.fit(data, progress=False)
     assert det.predict(det.dataset(tiny_cookies)).scores.size > 0
+
+
+def test_fit_on_defective_images_says_so(tiny_cookies):
+    """fit on the test split learned its defects as normal without a word."""
+    det = get_detector("meandiff")(Config.for_method("meandiff", size=64, channels=1))
+    with pytest.warns(UserWarning, match=r"fit got \d+ defective images .* 'train' split"):
+        det.fit(det.dataset(tiny_cookies, "test"))

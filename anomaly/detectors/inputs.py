@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 
 import torch
 
@@ -132,6 +133,13 @@ def check_data(config, data, name: str, call: str) -> None:
 
     if not isinstance(data, AnomalyDataset):  # another data set's `size` may be anything
         return
+    if call == "fit" and (bad := sum(s.label > 0 for s in data.samples)):
+        warnings.warn(
+            f"{name}.fit got {bad} defective image{'s' * (bad != 1)} among its "
+            f"{len(data)}: a detector learns normal from good images only, and these will "
+            "score as normal; fit on the 'train' split (train/good, or good/)",
+            stacklevel=4,
+        )
     differ = [
         f"{key} {getattr(data, key)!r} (the run's {getattr(config, key)!r})"
         for key in ("size", "channels", "decode")
