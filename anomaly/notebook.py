@@ -381,7 +381,7 @@ METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro"
 
 
 def _name_width(runs: dict[str, Path]) -> int:
-    """The first column's width: 8 characters, or the longest name (`orig-unet`)."""
+    """The first column's width: 8 characters, or the longest name (`unet_original`)."""
     return max([8, *map(len, runs)])
 
 

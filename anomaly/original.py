@@ -70,7 +70,7 @@ def original_runs(s, data: Path) -> dict[str, Path]:
         )
         train_run(config, km, progress=False)
         score_run(km, overlays=False)
-    return {"orig-unet": unet, "orig-km": km}
+    return {"unet_original": unet, "unet_original+kmeans": km}  # the benchmark's names
 
 
 def _reconstruct(run: Path):

@@ -82,7 +82,7 @@ NOTEBOOKS = {
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
         "ae, unet = nb.ensure_run(S, 'ae', data), nb.ensure_run(S, 'unet', data)\n"
-        "from anomaly import original\norig = original.original_runs(S, data)['orig-unet']",
+        "from anomaly import original\norig = original.original_runs(S, data)['unet_original']",
         "## The original's red overlay next to the project's map\nLeft the input (true defect "
         "in green), middle the original's overlay of its own UNet, right the project's UNet "
         "evidence on one scale for the whole run, anchored to its pixel threshold. The original paints red only where "
@@ -120,7 +120,7 @@ NOTEBOOKS = {
         "above 1 means the defect is not copied; the UNet's weakness was its training and its "
         "score, not copying (README).",
         "# NBVAL_IGNORE_OUTPUT\nprint(nb.copy_through_table({'ae': ae, 'unet': unet, "
-        "'orig-unet': orig}))",
+        "'unet_original': orig}))",
         "The UNet's evidence as `score` draws it. Its verdicts come from its image score (the "
         "per-image MSE), not from the red: a REJECT may show little red on its defect, and "
         "the corners light up on good cookies too.",
@@ -137,12 +137,12 @@ NOTEBOOKS = {
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
         "runs = {m: nb.ensure_run(S, m, data) for m in ('ae', 'unet', 'vae')}\n"
-        "runs['kmeans'] = nb.ensure_run(S, 'kmeans', source='unet')\n"
+        "runs['unet+kmeans'] = nb.ensure_run(S, 'kmeans', source='unet')\n"
         "runs.update({m: nb.ensure_run(S, m, data) for m in ('patchknn', 'flow')})\n"
         "from anomaly import original\nruns.update(original.original_runs(S, data))",
         "## The distance table, as the original printed it\nNormal cookies first, then the "
         "defective ones (`scores.csv` of the original recipe's k-means).",
-        "# NBVAL_IGNORE_OUTPUT\nprint(nb.scores_table(runs['orig-km']))",
+        "# NBVAL_IGNORE_OUTPUT\nprint(nb.scores_table(runs['unet_original+kmeans']))",
         "## What the fixed 0.02 does here\nThe original chose 0.02 by eye on its own test "
         "photos. A distance between flattened feature vectors grows with their length (the "
         "image size) and moves with training, so on this data the same number flags a "
@@ -151,9 +151,10 @@ NOTEBOOKS = {
         "F1-optimal one, which needs labelled defects and is chosen on these same test images: "
         "its rates here are in-sample, better than it will do on new parts.",
         "# NBVAL_IGNORE_OUTPUT\n"
-        "print(original.fixed_threshold_table({k: runs[k] for k in ('orig-km', 'kmeans')}))",
+        "print(original.fixed_threshold_table(\n"
+        "    {k: runs[k] for k in ('unet_original+kmeans', 'unet+kmeans')}\n))",
         "## Score histograms and the threshold\nThe project's k-means, with its threshold by rule.",
-        "nb.histogram_figure(runs['kmeans'])",
+        "nb.histogram_figure(runs['unet+kmeans'])",
         "## ROC curves and the metrics table\nImage AUROC, AP and F1-max; pixel AUROC and AUPRO "
         "(up to 30% false-positive rate) as MVTec AD defines them.",
         "nb.roc_figure(runs)",
@@ -164,7 +165,7 @@ NOTEBOOKS = {
         "the scored test images themselves: the rates it gets there are in-sample (the table "
         "above shows how many good cookies it flags). The rule is saved, and `predict` uses it "
         "and says so.",
-        "km = nb.own_copy(S, runs['kmeans'])  # the benchmark's run keeps its threshold\n"
+        "km = nb.own_copy(S, runs['unet+kmeans'])  # the benchmark's run keeps its threshold\n"
         "t = anomaly.set_threshold(km, 'f1')\nprint(f'{t.value:.4g} ({t.rule})')",
         "What was saved and what `predict` will report (compared by nbval):",
         CHECK + "t.rule, sorted(t.params), sorted(p.name for p in km.glob('*.json'))",
