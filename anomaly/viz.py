@@ -184,11 +184,8 @@ def plot_score_histogram(scores, labels, threshold=None, ax=None, bins: int = 30
     finite = scores[np.isfinite(scores)]
     wide = bool(finite.size > 1 and finite.min() > 0 and finite.max() > LOG_SPAN * finite.min())
     if wide:
-        from matplotlib.ticker import FuncFormatter
-
         edges = np.geomspace(finite.min(), finite.max(), bins + 1)
-        ax.set_xscale("log")  # plain tick labels (mathtext's 10^x asks for STIX fonts)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        _plain_log(ax.xaxis, ax.set_xscale)
     else:
         edges = np.histogram_bin_edges(scores, bins=bins)
     for value, name, colour in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
@@ -262,14 +259,28 @@ def plot_history(history, ax=None):
     x = np.array([_number(r.get("epoch", i)) for i, r in enumerate(rows)])
     if ax is None:
         ax = _figure()[1][0, 0]
+    shown = []
     for col in ys:
         y = np.array([_number(r.get(col)) for r in rows])
         ok = np.isfinite(y)
         ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, label=col)
+        shown += list(y[ok])
     ax.set_xlabel("epoch" if "epoch" in columns else "step")
-    ax.set_ylabel("loss")
+    wide = bool(shown and min(shown) > 0 and max(shown) > LOG_SPAN / 3 * min(shown))
+    if wide:  # a loss that falls tenfold in the first epochs hides the rest on a linear axis
+        _plain_log(ax.yaxis, ax.set_yscale)
+    ax.set_ylabel("loss" + " (log scale)" * wide)
     ax.legend()
     return ax.figure
+
+
+def _plain_log(axis, set_scale) -> None:
+    """A log scale labelled 0.1, 1, 10 (mathtext's 10^x asks for STIX fonts), minor ticks bare."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    set_scale("log")
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def plot_histories(histories: dict, size: tuple[float, float] = (4.5, 3.0)):

@@ -275,3 +275,20 @@ def test_a_threshold_set_on_good_photos_sets_where_the_overlays_turn_red(scored_
     assert "pixel_threshold" not in RunDir(run).calibration()  # the threshold holds it
     t = set_threshold(run, "normal-quantile", 0.9)  # the held-out images again: their scale
     assert "pixel_threshold" not in t.params and run_scale(run).pixel_threshold == before
+
+
+def test_a_loss_falling_tenfold_is_drawn_on_a_log_axis():
+    """Notebook 02's UNet loss fell early and sat flat on a linear axis after epoch 3."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    from anomaly.viz import plot_history
+
+    rows = [
+        {"epoch": i, "train_loss": 1.0 / (1 + 5 * i), "val_loss": 1.2 / (1 + 5 * i)}
+        for i in range(10)
+    ]
+    ax = plot_history(rows).axes[0]
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    flat = [{"epoch": i, "train_loss": 1.0 - 0.01 * i} for i in range(10)]
+    assert plot_history(flat).axes[0].get_yscale() == "linear"
