@@ -292,3 +292,16 @@ def test_a_loss_falling_tenfold_is_drawn_on_a_log_axis():
     assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
     flat = [{"epoch": i, "train_loss": 1.0 - 0.01 * i} for i in range(10)]
     assert plot_history(flat).axes[0].get_yscale() == "linear"
+
+
+def test_notebook_01s_views_take_a_folder_as_counts_table_does(tiny_cookies):
+    """kinds_figure, normals_figure and intensity_* failed on a folder path ('str' object has
+    no attribute 'defects') where counts_table and defect_area_figure take one."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    from anomaly import notebook as nb
+
+    for view in (nb.kinds_figure, nb.normals_figure, nb.intensity_figure):
+        assert view(str(tiny_cookies)).axes
+    assert "good" in nb.intensity_table(tiny_cookies)
