@@ -183,7 +183,7 @@ def checks_text(found: list[tuple[str, str]]) -> str:
 
 
 def train(p: PhotoSettings, data: Path) -> Path:
-    """`python -m anomaly train --data DATA --method auto --val-fraction 0.25 --out RUN`:
+    """`python -m anomaly train --data DATA --method auto --val-fraction 0.25 --seed 7 --out RUN`:
     trained now, or the trained run reused; then scored (`score`, which writes overlays/)."""
     from anomaly.config import Config
     from anomaly.decision import few_held_out

@@ -290,7 +290,7 @@ NOTEBOOKS = {
         "the rest, keeps the one that best separates the fakes from the held-out good photos, "
         "and fits it on all of them. No label is read. The shell does the same:\n\n"
         "    python -m anomaly train --data data/photos/coins --method auto --val-fraction 0.25 "
-        "--out runs/own-photos/coins\n    python -m anomaly score --run runs/own-photos/coins\n\n"
+        "--seed 7 --out runs/own-photos/coins\n    python -m anomaly score --run runs/own-photos/coins\n\n"
         "(`--val-fraction 0.25` holds out a quarter of the good photos for the threshold "
         "below.) The table is `selection.json` in the run folder; the star marks the choice:",
         "# NBVAL_IGNORE_OUTPUT\nrun = own.train(P, data)  # trained and scored, or reused\n"

@@ -109,8 +109,8 @@ def check_data(config, data, name: str, call: str) -> None:
     if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         raise TypeError(
             f"{name}.{call} takes a data set, not the path {str(data)!r}: "
-            f"{call}(detector.dataset({str(data)!r}, 'test')) reads an MVTec-layout folder at "
-            f"the run's settings; {FILES}"
+            f"{call}(detector.dataset(ROOT, 'test')) reads the data set whose folder ROOT holds "
+            f"train/ and test/ (or good/) at the run's settings; {FILES}"
         )
     if isinstance(data, torch.Tensor) or type(data).__module__.split(".")[0] in ("numpy", "PIL"):
         raise TypeError(
