@@ -269,8 +269,9 @@ def _held_out_words(run, value: float) -> str:
 
 
 def _test_set_words(run, t) -> str | None:
-    """`decision.guarantee_broken` on the run's scored test set, when it has one (read with
-    numpy alone: `threshold` on held-out scores imports no torch)."""
+    """What the threshold does on the run's scored test set, when it has one: good images
+    rejected and defective ones caught, then `decision.guarantee_broken` (read with numpy
+    alone: `threshold` on held-out scores imports no torch)."""
     import json
 
     import numpy as np
@@ -284,7 +285,13 @@ def _test_set_words(run, t) -> str | None:
         check_model(meta, run.file(run.MODEL), "were made by")
     except (OSError, ValueError, KeyError):  # none, unreadable, another model's: score says
         return None
-    return guarantee_broken(labels, scores, t)
+    good, bad = scores[labels == 0], scores[labels > 0]
+    counts = (
+        f"on the run's scored test images it rejects {int((good >= t.value).sum())} of "
+        f"{good.size} good and catches {int((bad >= t.value).sum())} of {bad.size} defective"
+    )
+    broken = guarantee_broken(labels, scores, t)
+    return counts + (f"\n{broken}" if broken else "")
 
 
 def _threshold_words(t) -> str:
