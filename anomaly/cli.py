@@ -16,10 +16,9 @@ from pathlib import Path
 from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT re-exported)
     EMPTY_DEFAULT,
     build_parser,
-    flag_of,
     method_names,
 )
-from anomaly.config import READ_BY, Config, ignored_by
+from anomaly.config import READ_BY, Config, flag_of, ignored_by
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
 

@@ -10,16 +10,12 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
-from anomaly.config import METHOD_DEFAULTS, METHODS, NEW_RUNS, Config
+from anomaly.config import METHOD_DEFAULTS, METHODS, NEW_RUNS, Config, flag_of
 
 WORKERS_HELP = (
     "processes that decode the images while the model scores them, for this command only "
     "(default: the run's, set by train --workers; 0 = in the main process)"
 )
-
-
-def flag_of(f) -> str:
-    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
 # what an empty default means, per field (an empty string would print as "(default )"); a test

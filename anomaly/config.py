@@ -186,6 +186,11 @@ def control_characters(text: str) -> list[str]:
     return list(dict.fromkeys(c for c in text if unicodedata.category(c) == "Cc"))
 
 
+def flag_of(f) -> str:
+    """The CLI flag of a Config field (`dataclasses.Field`): its own, or --its-name."""
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
 @dataclass
 class Config:
     """Everything that decides what a run learns. Saved as `config.json` in the run folder.
@@ -441,7 +446,7 @@ class Config:
         """Raise ValueError naming the first field (as its CLI flag) whose value is out of range."""
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
-            flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+            flag = flag_of(f)
             if not _of_type(value, f.type):  # a config.json edited by hand: "64" or 64.0
                 raise ValueError(f"{flag} {value!r}: must be {_TYPE_WORDS[f.type]}")
             if isinstance(value, str) and (found := control_characters(value)):

@@ -75,7 +75,7 @@ def photos_result(s: Settings) -> dict:
 def detectability_figure(result: dict, set_name: str | None = None):
     """Fraction of defects caught at a fixed false-reject rate, by defect area, per method, on
     one set (default the first)."""
-    from matplotlib.ticker import FuncFormatter
+    from anomaly.viz import plain_log
 
     rows = [r for r in result["rows"] if "detectability" in r]
     set_name = set_name or (rows[0].get("set") if rows else None)
@@ -107,8 +107,7 @@ def detectability_figure(result: dict, set_name: str | None = None):
             markerfacecolor="none" if k % 2 else None,
             label=row["method"],
         )
-    ax.set_xscale("log")  # plain tick labels: 0.1, 1, 10 (mathtext's 10^x asked for STIX fonts)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    plain_log(ax.xaxis, ax.set_xscale)  # labelled 0.1, 1, 10
     ax.set_xlabel("defect area (% of the image); n = defects in each area bin")
     ax.set_ylabel("defects caught at 5% false rejects")
     ax.set_ylim(-0.02, 1.12)

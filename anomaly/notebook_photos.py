@@ -428,18 +428,21 @@ def line_scores(rd: RunDir) -> tuple[np.ndarray | None, str]:
     params = saved.get("params") if isinstance(saved.get("params"), dict) else {}
     record = params.get("calibration") if isinstance(params.get("calibration"), dict) else {}
     sha = tf.model_sha256(rd.file(rd.MODEL))
-    replaced = saved.get(tf.REPLACED_RECORD)
-    earlier = replaced not in (None, sha) or (params.get("earlier_model") is True and not replaced)
-    ours = (
-        sha is not None
-        and saved.get(tf.MODEL_RECORD) == sha
-        and not earlier
-        and record.get("source") == "folder"
-        and record.get("images_sha256") == kept.get("images_sha256")
-    )
     if isinstance(kept.get(tf.MODEL_RECORD), str):  # the model that scored them, recorded
         ours = sha is not None and kept[tf.MODEL_RECORD] == sha
         earlier = not ours
+    else:  # from before: this model's while the threshold set on them is kept for it
+        replaced = saved.get(tf.REPLACED_RECORD)
+        earlier = replaced not in (None, sha) or (
+            params.get("earlier_model") is True and not replaced
+        )
+        ours = (
+            sha is not None
+            and saved.get(tf.MODEL_RECORD) == sha
+            and not earlier
+            and record.get("source") == "folder"
+            and record.get("images_sha256") == kept.get("images_sha256")
+        )
     if ours:
         return np.asarray(kept["scores"], np.float64), ""
     folder = kept.get("folder_resolved") or kept.get("folder") or "FOLDER"

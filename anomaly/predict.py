@@ -36,10 +36,10 @@ SUBFOLDERS = "not searched; pass each itself to score it, e.g. {name}"
 
 
 def expand_images(images: list[str | Path] | str | Path) -> list[Path]:
-    """Paths as given (one path: that one), with each folder replaced by the images in it and
-    its broken links (sorted; `predict` names a broken link's file and why, and scores the rest), or kept when it
-    holds none (`predict` then says so); each file once. A warning names every other entry of a
-    folder (sub-folders, files of other types): none is skipped without a word."""
+    """Paths as given (one path: that one), with each folder replaced by the images in it and its
+    broken links (sorted; `predict` names a broken link's file and why, and scores the rest), or
+    kept when it holds none (`predict` then says so); each file once. A warning names every
+    other entry of a folder (sub-folders, files of other types): none is skipped without a word."""
     if isinstance(images, (str, os.PathLike)):  # one path, not its letters
         images = [images]
     out: list[Path] = []

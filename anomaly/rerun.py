@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from anomaly import threshold_file
-from anomaly.config import Config
+from anomaly.config import Config, flag_of
 from anomaly.detectors import Detector
 from anomaly.pipeline import train_run
 from anomaly.runs import RunDir, RunError
@@ -36,9 +36,7 @@ def train_like(like: str | Path, out: str | Path, progress: bool = True, **chang
     source = RunDir(like).require()
     other = sorted(k for k, v in changes.items() if v is not None and k not in LIKE_CHANGES)
     if other:
-        named = {
-            f.name: f.metadata.get("flag", "--" + f.name.replace("_", "-")) for f in fields(Config)
-        }
+        named = {f.name: flag_of(f) for f in fields(Config)}
         flags = ", ".join(named.get(k, k) for k in other)
         raise ValueError(
             f"--like {like} trains with that run's settings; leave out {flags} (only --data, "

@@ -70,12 +70,10 @@ def _processor() -> str:
 
 def cpu_features() -> list[str] | None:
     """Which of `CPU_FEATURES` /proc/cpuinfo lists (None where there is none: not Linux)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in CPU_FEATURES if f in flags]
-    return None
+    from anomaly.detectors.knn import cpu_flags
+
+    flags = cpu_flags()
+    return None if flags is None else [f for f in CPU_FEATURES if f in flags]
 
 
 def code_version() -> str | None:

@@ -444,7 +444,7 @@ def canonical(obj):
         return sys.intern(obj)
     if type(obj) in (list, tuple):
         return type(obj)(canonical(v) for v in obj)
-    if isinstance(obj, dict) and type(obj) in (dict, collections.OrderedDict):
+    if type(obj) in (dict, collections.OrderedDict):
         out = type(obj)((canonical(k), canonical(v)) for k, v in obj.items())
         if hasattr(obj, "_metadata"):
             out._metadata = canonical(obj._metadata)

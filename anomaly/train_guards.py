@@ -1,17 +1,18 @@
 """What `train` checks before it writes into a run folder, and how `train --resume` writes.
 
-`train` never writes into a folder of the user's or over a trained run (`refuse_existing`).
-A resume that fails must leave the run as it was: `check_last` reads everything in last.pt (as
+`train` never writes into a folder of the user's or over a trained run (`refuse_existing`). A
+resume that fails must leave the run as it was: `check_last` reads everything in last.pt (as
 `anomaly.train.restore` will) before anything is written, and `ResumeWrites`, the checkpoints
-object the resumed training is given, writes config.json (more epochs, another patience,
-device or --workers, the data's new place) and the resuming versions only with the first new epoch's files.
+object the resumed training is given, writes config.json (more epochs, another patience, device
+or --workers, the data's new place) and the resuming versions only with the first new epoch's
+files.
 
 Which good images a new run holds out for its default threshold is decided here too
 (`new_split`: kmeans holds out its `--from` run's held-out images, never one that run's encoder
-learned), auto is refused too few images (`check_split`), and what that threshold cannot say
-is warned about (`warn_held_out`: held-out images that are copies of training images;
-`warn_degenerate`: held-out scores with no spread).
-`anomaly.pipeline.train_run` is the entry point; this module keeps pipeline.py readable.
+learned), auto is refused too few images (`check_split`), and what that threshold cannot say is
+warned about (`warn_held_out`: held-out images that are copies of training images;
+`warn_degenerate`: held-out scores with no spread). `anomaly.pipeline.train_run` is the entry
+point; this module keeps pipeline.py readable.
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ def plot_score_histogram(scores, labels, threshold=None, ax=None, bins: int = 30
     wide = bool(finite.size > 1 and finite.min() > 0 and finite.max() > LOG_SPAN * finite.min())
     if wide:
         edges = np.geomspace(finite.min(), finite.max(), bins + 1)
-        _plain_log(ax.xaxis, ax.set_xscale)
+        plain_log(ax.xaxis, ax.set_xscale)
     else:
         edges = np.histogram_bin_edges(scores, bins=bins)
     for value, name, colour in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
@@ -206,6 +206,7 @@ def plot_score_histogram(scores, labels, threshold=None, ax=None, bins: int = 30
 
 
 LOG_SPAN = 30  # largest over smallest score above which the histogram is drawn on a log axis
+LOSS_LOG_SPAN = 10  # the same for a loss curve: one that falls tenfold
 
 
 def plot_roc(curves: dict, ax=None):
@@ -266,15 +267,15 @@ def plot_history(history, ax=None):
         ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, label=col)
         shown += list(y[ok])
     ax.set_xlabel("epoch" if "epoch" in columns else "step")
-    wide = bool(shown and min(shown) > 0 and max(shown) > LOG_SPAN / 3 * min(shown))
+    wide = bool(shown and min(shown) > 0 and max(shown) > LOSS_LOG_SPAN * min(shown))
     if wide:  # a loss that falls tenfold in the first epochs hides the rest on a linear axis
-        _plain_log(ax.yaxis, ax.set_yscale)
+        plain_log(ax.yaxis, ax.set_yscale)
     ax.set_ylabel("loss" + " (log scale)" * wide)
     ax.legend()
     return ax.figure
 
 
-def _plain_log(axis, set_scale) -> None:
+def plain_log(axis, set_scale) -> None:
     """A log scale labelled 0.1, 1, 10 (mathtext's 10^x asks for STIX fonts), minor ticks bare."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 

@@ -357,8 +357,6 @@ class AutoDetector(Detector):
         """The training images of `data` (only "image" is used), each read once here (a data set
         with a cache keeps them) and again when needed: the held-out and trial images are
         copied, the final fit reads them from the data set again."""
-        if len(data) == 0:
-            raise ValueError("fit() got an empty data set: there are no images to learn from")
         check_enough(len(data), self.config)
         for i in range(len(data)):  # a broken file stops the run now, not after the trials
             data[i]

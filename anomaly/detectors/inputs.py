@@ -146,7 +146,7 @@ def check_data(config, data, name: str, call: str) -> None:
         if getattr(data, key) != getattr(config, key, getattr(data, key))
     ]
     if differ and differ[-1].startswith("decode") and not _drafted(data, int(config.size)):
-        differ.pop()  # decoding differs only for JPEG files of at least twice the run's size
+        differ.pop()  # decoding differs only for JPEG files of at least 4x the run's size
     if differ:
         raise ValueError(
             f"{name}.{call}: the data set was made with {', '.join(differ)}, so its images are "
@@ -162,12 +162,15 @@ def _drafted(data, size: int) -> bool:
     one cannot be read."""
     from PIL import Image
 
+    from anomaly.data.image_kind import draft_size
+
+    halved = 2 * draft_size("draft", size)  # PIL's draft halves a JPEG only to at least that
     for path in data.paths:
         if not str(path).lower().endswith((".jpg", ".jpeg")):
             continue
         try:
             with Image.open(path) as im:
-                if min(im.size) >= 4 * size:
+                if min(im.size) >= halved:
                     return True
         except OSError:
             return True

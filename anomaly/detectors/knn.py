@@ -187,17 +187,23 @@ class BankIndex:
         return best.add_((queries * queries).sum(1)).clamp_(min=0).sqrt_()
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags as Linux's /proc/cpuinfo lists them (its "flags" line), or None
+    where it cannot be read or has no such line (not Linux, or not x86-64)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            line = next((line for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if line is None else set(line.partition(":")[2].split())
+
+
 def fast_int8(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies 8-bit integers faster than floats in onnxruntime: an x86-64
     one with AVX512-VNNI or AVX-VNNI (Linux's /proc/cpuinfo says). Without VNNI (an AVX2 AMD
     EPYC) the 8-bit search was slower than the float one (docs/measurements.md); on other
     processors it was not measured, so they search in float32, which is exact."""
-    try:
-        with open(cpuinfo, encoding="ascii", errors="replace") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_vnni", "avx_vnni"} & set(flags.partition(":")[2].split()))
+    return bool({"avx512_vnni", "avx_vnni"} & (cpu_flags(cpuinfo) or set()))
 
 
 def wants_int8(config, fast: bool | None = None) -> bool:

@@ -121,7 +121,8 @@ def _optimum(ex) -> float | None:
 def _costs(ex, counts: dict, short: bool = False) -> str:
     """The costs: at this threshold, the optimum and its held-out check; the report's paragraph,
     or (`short`) the snapshot's lines."""
-    (c_fr, c_esc), here = ex.costs, ex.costs[0] * counts["fp"] + ex.costs[1] * counts["fn"]
+    c_fr, c_esc = ex.costs
+    here = c_fr * counts["fp"] + c_esc * counts["fn"]
     text = (
         f"costs: false reject {c_fr:g}, escape {c_esc:g}\ncost here {here:.4g}"
         if short
@@ -132,7 +133,7 @@ def _costs(ex, counts: dict, short: bool = False) -> str:
         return (
             f"{text}\nno cost optimum"
             if short
-            else (f"{text} No cost optimum: {html.escape(ex.no_optimum)}.")
+            else f"{text} No cost optimum: {html.escape(ex.no_optimum)}."
         )
     (t_opt, cost_opt), cv = ex.optimum, ex.cross_validated
     fr, esc = 100 * cv["false_reject_rate"], 100 * cv["escape_rate"]
