@@ -123,6 +123,15 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
+def good_test_folder(data: Path, folder: Path) -> Path:
+    """`folder`, made, holding a copy of each good test image of the data set `data` (a flat
+    folder of good images, as `threshold --good-images` takes)."""
+    folder.mkdir()
+    for f in sorted((data / "test" / "good").iterdir()):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
 class RandomImages(Dataset):
     """`n` seeded random images [channels, size, size] in AnomalyDataset's item format."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import copy_run, tiny_config
+from helpers import copy_run, good_test_folder, tiny_config
 from PIL import Image
 
 from anomaly.calibration import calibration_words, set_threshold
@@ -32,13 +32,10 @@ def run(scored_ae_run, tmp_path):
 @pytest.fixture
 def line(tiny_cookies, tmp_path):
     """The 4 good test cookies and 3 byte-identical copies of the first: 7 files, 4 images."""
-    folder = tmp_path / "line"
-    folder.mkdir()
-    good = sorted((tiny_cookies / "test" / "good").iterdir())
-    for f in good:
-        shutil.copy(f, folder / f.name)
+    folder = good_test_folder(tiny_cookies, tmp_path / "line")
+    first = min(folder.iterdir())
     for i in range(3):
-        shutil.copy(good[0], folder / f"zz_copy_{i}.png")
+        shutil.copy(first, folder / f"zz_copy_{i}.png")
     return folder
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import copy_run
+from helpers import copy_run, good_test_folder
 from PIL import Image
 
 from anomaly.calibration import calibration_words, set_threshold
@@ -36,11 +36,7 @@ def run(scored_ae_run, tmp_path):
 @pytest.fixture
 def good(tiny_cookies, tmp_path):
     """A flat folder of the 4 good test cookies (the run never trained on them)."""
-    folder = tmp_path / "line-good"
-    folder.mkdir()
-    for f in sorted((tiny_cookies / "test" / "good").iterdir()):
-        shutil.copy(f, folder / f.name)
-    return folder
+    return good_test_folder(tiny_cookies, tmp_path / "line-good")
 
 
 def _scores_one_by_one(run: Path, folder: Path) -> np.ndarray:
