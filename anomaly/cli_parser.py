@@ -10,7 +10,10 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
-from anomaly.config import METHOD_DEFAULTS, METHODS, NEW_RUNS, Config, flag_of
+from anomaly.config import METHOD_DEFAULTS, METHODS, NEW_RUNS, Config, flag_of, ignored_by
+
+# the method `train` trains when --method is not given
+DEFAULT_METHOD = Config.method
 
 WORKERS_HELP = (
     "processes that decode the images while the model scores them, for this command only "
@@ -34,8 +37,14 @@ def _default_text(name: str, default) -> str:
         return EMPTY_DEFAULT[name]
     if name in NEW_RUNS:
         return f"default {NEW_RUNS[name]}; runs trained before the setting: {default}"
-    per_method = [f"{m}: {d[name]}" for m, d in sorted(METHOD_DEFAULTS.items()) if name in d]
-    return f"default {default}" + (f"; {', '.join(per_method)}" if per_method else "")
+    readers = [m for m in METHODS if not ignored_by(m, [name])]
+    values: dict[str, list[str]] = {}  # each value the readers train with, and who
+    for m in sorted(readers, key=lambda m: (m != DEFAULT_METHOD, m)):
+        values.setdefault(str(METHOD_DEFAULTS.get(m, {}).get(name, default)), []).append(m)
+    if len(values) <= 1:  # one value for every method that reads it (or none reads it)
+        return f"default {next(iter(values), default)}"
+    text = "default by --method: " + "; ".join(f"{', '.join(ms)} {v}" for v, ms in values.items())
+    return text + ("" if DEFAULT_METHOD in readers else f"; {DEFAULT_METHOD} does not read it")
 
 
 def add_config_flags(p: argparse.ArgumentParser, methods: list[str]) -> None:

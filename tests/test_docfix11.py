@@ -45,6 +45,24 @@ def test_train_help_says_what_an_empty_default_means():
         assert " ".join(words.split()) in text
 
 
+def test_train_help_gives_each_methods_default_the_default_method_first():
+    """--size said "default 128" first, which no default run uses (patchknn, the default
+    --method, trains at 224), and --coreset-ratio 0.01, a value only patchknn reads and never
+    at that value."""
+    text = help_of("train")
+    size = Config.for_method("patchknn").size
+    assert (
+        f"--size SIZE images are resized to size x size pixels (default by --method: "
+        f"patchknn {size};" in text
+    )
+    assert f"auto {Config.for_method('auto').size}" in text
+    assert f"(default {Config.for_method('patchknn').coreset_ratio})" in text
+    assert "(default 0.01)" not in text
+    epochs = text.split("--epochs EPOCHS training")[1].split("--batch-size")[0]
+    assert f"ae {Config.for_method('ae').epochs}" in epochs
+    assert "patchknn does not read it" in epochs
+
+
 def test_the_empty_layers_are_the_detectors_own():
     from anomaly.backbones import DEFAULT_LAYERS
     from anomaly.detectors.patchknn import PatchKNN
