@@ -174,7 +174,8 @@ def saved_for(threshold: Path, model: Path) -> dict | None:
         made_for = d.get(MODEL_RECORD)
     except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
         return None
-    return d if made_for and model_sha256(model) in _records(d) else None
+    sha = model_sha256(model)  # None without model.pt: no record is for it
+    return d if made_for and sha and sha in _records(d) else None
 
 
 def _records(d: dict) -> tuple:

@@ -44,3 +44,17 @@ def test_recorded_and_older_thresholds_lose_their_guarantee_alike(tiny_cookies, 
         kept[name.name] = d
     assert kept["ae"] == kept["older"]
     assert "guarantee" not in kept["ae"]["params"] and kept["ae"]["params"]["earlier_model"]
+
+
+def test_a_threshold_is_kept_for_no_model_when_the_run_has_none(tmp_path):
+    """`saved_for` matched a record without a replaced model against a missing model.pt (None
+    in (sha, None)), so the first model.pt written into such a folder took it over."""
+    from anomaly.threshold_file import saved_for
+
+    threshold, model = tmp_path / "threshold.json", tmp_path / "model.pt"
+    threshold.write_text(json.dumps({"rule": "manual", "value": 1.0, MODEL_RECORD: "ab" * 32}))
+    assert saved_for(threshold, model) is None
+    model.write_bytes(b"another model")
+    assert saved_for(threshold, model) is None
+    threshold.write_text(json.dumps({"rule": "manual", MODEL_RECORD: sha256_file(model)}))
+    assert saved_for(threshold, model)["rule"] == "manual"
