@@ -169,20 +169,15 @@ def format_summary(summary: list[dict]) -> str:
 
 def machine() -> dict:
     """What the numbers were measured on (timings depend on it; accuracies do not)."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
 
     from anomaly.detectors.knn import fast_int8
+    from anomaly.run_versions import processor
 
     return {
         "host": platform.node(),
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": processor(),  # as versions.json names it
         "vnni": fast_int8(),  # patchknn's auto search in 8 bits there, else in float32
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

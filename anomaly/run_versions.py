@@ -44,7 +44,7 @@ def versions(data: str | Path | None = None) -> dict:
         "data_manifest": data_manifest(data) if data else None,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "processor": _processor(),  # float results differ between processors
+        "processor": processor(),  # float results differ between processors
         "cpu_features": cpu_features(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),  # some trainings differ by thread count
@@ -59,7 +59,7 @@ def versions(data: str | Path | None = None) -> dict:
     }
 
 
-def _processor() -> str:
+def processor() -> str:
     """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` says."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
