@@ -20,7 +20,7 @@ import torch
 
 from anomaly.config import Config
 from anomaly.data.folder import load_image
-from anomaly.data.image_kind import read_rgb
+from anomaly.data.image_kind import draft_size, read_rgb
 from anomaly.notebook_benchmark import (
     CURVE_COMMANDS,
     benchmark_result,
@@ -395,12 +395,13 @@ def evidence_figure(run: Path, per_kind: int = 1, ncols: int = 4):
     pred, home = RunDir(run).predictions(), _home(run)  # the run's scale and threshold: as
     scale = run_scale(home, pred.maps, pred.labels)  # `score` drew its overlays/
     threshold = home.threshold().value if home.has_threshold() else float("inf")
+    draft = draft_size(home.config().decode, home.config().size)
     picks = _per_kind(pred.defects, per_kind)
     ncols = max(1, min(ncols, len(picks)))
     nrows = -(-len(picks) // ncols)
     fig, axes = _subplots(nrows, ncols, figsize=(3.2 * ncols, 4.3 * nrows), squeeze=False)
     for ax, i, file in zip(axes.ravel(), picks, _scored_files(run, pred, picks)):
-        image = read_rgb(file)  # as scored: EXIF orientation
+        image = read_rgb(file, draft)  # as `score` drew it: EXIF orientation, JPEG scale
         if image is None:
             raise RunError(f"{file}: cannot read this image to draw {run}'s map on it")
         ax.imshow(prediction_overlay(pred, i, image, scale, threshold))

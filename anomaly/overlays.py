@@ -336,12 +336,17 @@ def prediction_overlay(
 
 
 def save_overlays(
-    pred, out_dir: str | Path, scale: EvidenceScale, threshold: float, images=None
+    pred,
+    out_dir: str | Path,
+    scale: EvidenceScale,
+    threshold: float,
+    images=None,
+    draft: int | None = None,
 ) -> list[Path]:
     """Write one `annotated_overlay` PNG per image of a `Predictions`, `<defect>_<stem>.png`.
 
     Images come from `images` (any layout, any size) or else from `pred.paths` at their own
-    resolution; masks (when the predictions have them) are outlined. Two images with the same
+    resolution (a JPEG at the run's decoding with `draft`, `image_kind.draft_size`); masks (when the predictions have them) are outlined. Two images with the same
     defect and stem from different folders get distinct names (`..._<index>.png`).
 
     The overlays an earlier call wrote in `out_dir` are removed first (they showed other images
@@ -365,7 +370,7 @@ def save_overlays(
     write_json(out_dir / WRITTEN, record)
 
     def write(i: int) -> str:
-        image = images[i] if images is not None else read_rgb(pred.paths[i])
+        image = images[i] if images is not None else read_rgb(pred.paths[i], draft)
         if image is None:  # the file went away: show the map's size in grey
             image = np.full(pred.maps.shape[1:], 0.5, np.float32)
         data = png_bytes(prediction_overlay(pred, i, image, scale, threshold), overlay_mark())

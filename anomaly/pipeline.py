@@ -24,8 +24,8 @@ from anomaly.build import build_detector, check_size, load_run, trained_images
 from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data
+from anomaly.data.image_kind import draft_size, warn_unlike
 from anomaly.data.image_kind import summarize as summarize_images
-from anomaly.data.image_kind import warn_unlike
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import check_path_above, output_folder, sha256_file
@@ -369,7 +369,8 @@ def score_run(
         dest.save_metrics(metrics)
         if overlays:
             t = metrics["threshold"] if metrics["threshold"] is not None else float("inf")
-            save_overlays(pred, dest.overlays, scale, t)
+            draft = draft_size(config.decode, config.size)  # the scale predict draws JPEGs at
+            save_overlays(pred, dest.overlays, scale, t, draft=draft)
     if earlier not in (None, data):  # said, not saved: the CLI prints it
         pred.meta["replaced"] = earlier
     return pred, metrics

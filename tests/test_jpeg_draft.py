@@ -161,3 +161,22 @@ def test_an_encoder_run_decoded_otherwise_is_named(jpegs, tmp_path, capsys):
     flags = ["--method", "kmeans", "--from", str(src), "--decode", "draft"]
     assert main(["train", *flags, "--out", str(tmp_path / "km")]) == 0
     assert "trained with --decode full" in capsys.readouterr().err
+
+
+def test_score_draws_a_jpeg_at_the_scale_predict_draws_it(jpegs, tmp_path):
+    """score's overlays/ read each JPEG again at its full 640 x 480 (camera photos: PNGs of
+    several MB, each decoded twice in full), while predict drew the same file at the run's
+    decoding, though README says every picture is drawn at the scale it was decoded at."""
+    from anomaly.pipeline import score_run
+    from anomaly.predict import predict_images
+
+    run = tmp_path / "pk"
+    train_run(
+        Config.for_method("patchknn", data=str(jpegs), size=SIZE, device="cpu"), run, progress=False
+    )
+    score_run(run)
+    file = min((jpegs / "dark").glob("*.jpg"))
+    results, _ = predict_images(run, [file], overlay_dir=tmp_path / "predicted")
+    scored = Image.open(run / "overlays" / f"dark_{file.stem}.png").size
+    assert scored == Image.open(results[0]["overlay"]).size
+    assert scored[0] < 640

@@ -55,15 +55,18 @@ def upright(im: Image.Image) -> Image.Image:
     return im
 
 
-def read_rgb(path: str | Path | None):
+def read_rgb(path: str | Path | None, draft: int | None = None):
     """An image file as viewers show it (`upright`), as uint8 RGB [H, W, 3], for pictures of it;
-    None when there is no file or it does not decode (whoever scores it says why)."""
+    None when there is no file or it does not decode (whoever scores it says why). `draft`:
+    `open_image`'s, so that a JPEG is drawn at the scale its run decoded it at."""
     import numpy as np
 
     if path is None or not Path(path).is_file():  # none, or a pipe that would never end
         return None
     try:
         with named_warnings(path), Image.open(path) as im:
+            if draft and im.format in DRAFTED:
+                im.draft(im.mode, (draft, draft))
             return np.asarray(upright(im).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
         return None

@@ -312,7 +312,7 @@ class Gallery:
             if images is not None:
                 img = np.round(to_rgb(images[i]) * 255).astype(np.uint8)
             if img is None:
-                img = read_image(r.files[i])
+                img = read_image(r.files[i], side)
             if img is None:
                 m = r.pred.maps[i]
                 img = np.round(to_rgb((m - r.map_lo) / (r.map_hi - r.map_lo)) * 255)

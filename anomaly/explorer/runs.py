@@ -420,9 +420,11 @@ def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | Non
     return files, "; ".join(notes)
 
 
-def read_image(path: Path | None) -> np.ndarray | None:
-    """An image file (from `image_files`) at its own resolution as uint8 RGB, as viewers show
-    it (EXIF orientation), or None when there is none or it does not decode."""
+def read_image(path: Path | None, side: int | None = None) -> np.ndarray | None:
+    """An image file (from `image_files`) as uint8 RGB, as viewers show it (EXIF orientation),
+    or None when there is none or it does not decode; at its own resolution, or a JPEG at the
+    smallest scale that keeps both sides at least `side` (decoding a camera photo whole for a
+    thumbnail costs 10-20x the CPU)."""
     from anomaly.data.image_kind import read_rgb
 
-    return read_rgb(path)
+    return read_rgb(path, side)
