@@ -48,6 +48,8 @@ GOOD, DEFECTIVE = "good", "defective"
 YELLOW = np.array([255, 214, 0], np.float32)
 RED_LOW = np.array([255, 30, 0], np.float32)  # at the pixel threshold
 RED_HIGH = np.array([190, 0, 0], np.float32)  # at twice the threshold's evidence
+# the evidence a part that passes is drawn with at most: the strongest yellow, just below red
+BELOW_RED = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
 PASS_COLOUR, REJECT_COLOUR = (46, 125, 50), (198, 40, 40)
 WRITTEN = RunDir.OVERLAYS_WRITTEN  # in overlays/: what `save_overlays` wrote, by SHA-256
 
@@ -163,15 +165,20 @@ def overlay_size(height: int, width: int) -> tuple[int, int]:
     return (height, width) if k >= 1 else (max(1, round(height * k)), max(1, round(width * k)))
 
 
-def evidence_overlay(image, amap, scale: EvidenceScale, mask=None) -> np.ndarray:
+def evidence_overlay(
+    image, amap, scale: EvidenceScale, mask=None, passed: bool = False
+) -> np.ndarray:
     """The image at its own resolution (up to `OVERLAY_SIDE`) with the map's evidence painted
-    on it (uint8 RGB).
+    on it (uint8 RGB). Red marks what rejects a part: on one that `passed` its image threshold,
+    pixels above the pixel threshold (about 1 in 1,000 of a good image's, by its definition)
+    are drawn in the strongest yellow instead.
 
     Args:
         image: the input image (any layout `viz.to_rgb` takes), at any size.
         amap: the anomaly map [h, w]; resized to the image.
         scale: the run's `EvidenceScale`.
         mask: optional ground-truth mask (any size); its boundary is drawn in `viz.OUTLINE`.
+        passed: the image's score is below the image threshold (PASS).
     """
     rgb = to_rgb(image)
     if (small := overlay_size(*rgb.shape[:2])) != rgb.shape[:2]:  # a very large image: shrunk
@@ -186,7 +193,8 @@ def evidence_overlay(image, amap, scale: EvidenceScale, mask=None) -> np.ndarray
         )
     rgb = rgb * 255.0
     size = rgb.shape[:2]
-    colour, alpha = evidence_rgba(scale.evidence(_resize_map(amap, size)))
+    evidence = scale.evidence(_resize_map(amap, size))
+    colour, alpha = evidence_rgba(np.minimum(evidence, BELOW_RED) if passed else evidence)
     out, painted = rgb, alpha != 0  # elsewhere the blend gives the image's pixel itself
     a = alpha[painted][:, None]
     out[painted] = (1 - a) * rgb[painted] + a * colour[painted]
@@ -258,7 +266,8 @@ def annotated_overlay(
     An image narrower than `MIN_WIDTH` is enlarged by a whole factor (each pixel a square
     block), so that the words stay readable; `body_rows` says where the picture is.
     """
-    body = evidence_overlay(image, amap, scale, mask)
+    word = verdict(score, threshold)
+    body = evidence_overlay(image, amap, scale, mask, passed=word == PASS)
     k = enlargement(body.shape[1])
     body = body.repeat(k, axis=0).repeat(k, axis=1)
     width = body.shape[1]
@@ -266,7 +275,6 @@ def annotated_overlay(
     head_h = _head_height(width, title)
     head = Image.new("RGB", (width, head_h), (255, 255, 255))
     draw = ImageDraw.Draw(head)
-    word = verdict(score, threshold)
     draw.text((4, 3), word, fill=REJECT_COLOUR if word == REJECT else PASS_COLOUR, font=_font(fs))
     op = ">=" if word == REJECT else "<"
     draw.text(

@@ -96,8 +96,8 @@ NOTEBOOKS = {
         "overlay, the squared error, and the squared error smoothed as the project does.",
         "# NBVAL_IGNORE_OUTPUT\nprint(original.map_choices_table(orig))",
         "## The AE's evidence, as `score` draws it\nOne scale for the whole run, anchored to its "
-        "pixel threshold (yellow: raised, red: above it), so a good cookie shows little red "
-        "instead of being stretched to red; the verdict and score are written on each image.",
+        "pixel threshold (yellow: raised, red: above it on an image that is rejected), so a "
+        "good cookie that passes shows no red instead of being stretched to red; the verdict and score are written on each image.",
         "nb.evidence_figure(ae)",
         "## One map, several image scores\nThe project's UNet, its error map turned into one "
         "number per image five ways: the per-image MSE (the original's loss), the mean "
@@ -186,12 +186,12 @@ NOTEBOOKS = {
         "this page on the web sees; the live explorer is the next cell when you run the "
         "notebook): the score histograms with the threshold, the saved rule and the cost "
         "optimum, the counts, and the most wrong images with their evidence overlays (red: "
-        "above the pixel threshold; green outline: the true defect).",
+        "above the pixel threshold on a rejected image; green outline: the true defect).",
         "explorer.snapshot()",
         "## The same pictures everywhere\nThe overlays `score` writes to `RUN/overlays/` (and "
         "`predict` writes, and the explorer shows): the verdict and score on the image, the "
         "evidence on one scale anchored to the run's pixel threshold (yellow: raised, red: above "
-        "it, so a good cookie stays clean), the true defect outlined in green, the colour bar.",
+        "it on a rejected image, so a part that passes shows no red), the true defect outlined in green, the colour bar.",
         "nb.evidence_figure(runs[0])",
         "## The live explorer\nRun the notebook to use it: move the thresholds, page through "
         "the mistakes, filter by defect kind, enlarge a tile, compare the two runs, export a "
@@ -335,7 +335,8 @@ NOTEBOOKS = {
         "and its threshold, and writes an overlay per photo: verdict and score on top, the "
         "evidence on the run's scale (yellow: raised, red: above its pixel threshold, which "
         "the good photos from the line set too: where their maps end). The verdict follows "
-        "the score, not the colours: a good photo may show some red and still pass. In "
+        "the score; red marks what rejected a photo, and on one that passes the same pixels "
+        "are the strongest yellow. In "
         "the shell: `python -m anomaly predict --run RUN "
         "data/coins-to-check/`. These are new crops of the test coins, checked at the "
         "threshold set on the good photos from the line; their names carry the truth only so "

@@ -218,6 +218,18 @@ def test_slider_updates_counts_matrix_and_histogram(pred):
     assert ex.counts["fp"] == int(np.sum(flagged & (pred.labels == 0)))
 
 
+def test_gallery_tiles_of_passing_images_show_no_red(pred):
+    """The gallery paints as `score`'s overlays do: red only on an image the slider rejects."""
+    from anomaly.overlays import strong_red_fraction
+
+    ex = ThresholdExplorer(pred)
+    ex.pixel_slider.value = ex.pixel_slider.min  # every raised pixel above the pixel threshold
+    ex.slider.value = ex.slider.max
+    assert all(strong_red_fraction(ex.gallery.overlay(ex.run, i)) == 0 for i in range(len(pred)))
+    ex.slider.value = ex.slider.min
+    assert any(strong_red_fraction(ex.gallery.overlay(ex.run, i)) > 0 for i in range(len(pred)))
+
+
 def test_gallery_shows_misclassified_first(pred):
     ex = ThresholdExplorer(pred, gallery_size=6)
     ex.gallery.show.value = "all"

@@ -191,6 +191,25 @@ def test_annotated_overlay_writes_the_verdict_and_a_colour_bar():
     assert colour_bar(300, scale).shape[1] == 300
 
 
+def test_a_part_that_passes_shows_no_red():
+    """The pixel threshold is the 99.9 % quantile of good images' pixels, so about 1 pixel in
+    1,000 of a good part is above it: overlays painted such pixels red on parts that PASS
+    (a user read it as a defect found and let through). Red now marks what rejects a part."""
+    image = np.full((64, 64), 0.5, np.float32)
+    amap = np.zeros((64, 64), np.float32)
+    amap[20:30, 20:30] = 1.5  # above the pixel threshold (1.0)
+    scale = EvidenceScale(0.0, 1.0)
+    rows = body_rows(image.shape)
+    passed = annotated_overlay(image, amap, scale, score=1.5, threshold=2.0)[rows]
+    reject = annotated_overlay(image, amap, scale, score=2.5, threshold=2.0)[rows]
+    assert strong_red_fraction(passed) == 0.0 and strong_red_fraction(reject) > 0.01
+    painted = np.abs(passed.astype(int) - 128).sum(-1) > 20  # still shown: in yellow
+    assert painted.sum() == (np.abs(reject.astype(int) - 128).sum(-1) > 20).sum()
+    assert (passed[painted][:, 1] > 100).all()  # yellow keeps its green channel; red has none
+    again = evidence_overlay(image, amap, scale, passed=False)
+    assert strong_red_fraction(again) > 0.01  # without a verdict: as before
+
+
 def test_run_scale_uses_the_saved_pixel_threshold(tmp_path):
     RunDir(tmp_path).save_val_scores(["a.png"], [1.0], (0.5, 2.0))
     assert run_scale(tmp_path) == EvidenceScale(0.5, 2.0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly.explorer.runs import RunView, read_image
-from anomaly.overlays import REJECT, EvidenceScale, evidence_overlay, verdict
+from anomaly.overlays import PASS, REJECT, EvidenceScale, evidence_overlay, verdict
 from anomaly.viz import to_rgb
 
 THUMB = 192  # tile pictures: at most this many pixels a side (2x a 96-150 px tile)
@@ -230,7 +230,8 @@ class Gallery:
         self.title.value = (
             f"<div style='font-size:13px'><b>{n_wrong} misclassified</b> of {len(r.pred)} "
             f"images at threshold {t:.4g}. Showing {len(self._order)} {what}{kind}. "
-            "Red: evidence above the pixel threshold, yellow: raised; green outline: the true "
+            "Red: evidence above the pixel threshold on a rejected image (on one that passes, "
+            "the strongest yellow), yellow: raised; green outline: the true "
             f"defect.{self._comparison_text()}{self._image_note(r)}</div>"
         )
         self.page_label.value = (
@@ -326,12 +327,18 @@ class Gallery:
         pt = self.owner.pixel_threshold if r is self.owner.run else r.scale.pixel_threshold
         return EvidenceScale(r.scale.floor, pt)
 
+    def passed(self, r: RunView, i: int) -> bool:
+        """Whether image i passes at the run's threshold now (its evidence is then drawn without
+        red, as `score`'s overlays draw it)."""
+        return verdict(float(r.pred.scores[i]), self.owner.threshold_of(r)) == PASS
+
     def overlay(self, r: RunView, i: int, side: int = THUMB) -> np.ndarray:
         mask = r.pred.masks[i] if r.pred.masks is not None else None
-        return evidence_overlay(self.base_image(r, i, side), r.pred.maps[i], self.scale_of(r), mask)
+        image, scale = self.base_image(r, i, side), self.scale_of(r)
+        return evidence_overlay(image, r.pred.maps[i], scale, mask, passed=self.passed(r, i))
 
     def tilepng(self, r: RunView, i: int) -> bytes:
-        key = (r.name, i, self.scale_of(r))
+        key = (r.name, i, self.scale_of(r), self.passed(r, i))
         if key not in self._pngs:
             if len(self._pngs) > 8 * self.page_size:
                 self._pngs.clear()
