@@ -70,6 +70,7 @@ from anomaly.benchmark_tables import (
     update_readme,
     write_notes,
 )
+from anomaly.config import shell_word
 from anomaly.runs import RunDir
 
 # `unet_original` is the original project's recipe (`--recipe original`), `+kmeans` the k-means
@@ -281,10 +282,10 @@ def run_benchmark(
     table = format_table(ok, per_defect=len(sets) == 1)
     summary = summarize(ok) if len(sets) > 1 else []
     roots = [data] if isinstance(data, (str, Path)) else data
-    data_flags = " ".join(f"--data {d}" for d in roots)
+    data_flags = " ".join(f"--data {shell_word(d)}" for d in roots)
     command = (
         f"python -m anomaly benchmark {data_flags} --methods {' '.join(methods)} "
-        f"--out {out}" + (" --smoke" if smoke else "")
+        f"--out {shell_word(out)}" + (" --smoke" if smoke else "")
     )
     result = {
         "rows": rows,

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from anomaly.benchmark_dirs import BenchmarkError
+from anomaly.config import shell_word
 from anomaly.safe_files import plain_relative
 
 # the rows whose encoder features a `<row>+kmeans` row clusters (`unet_original`: the original)
@@ -32,7 +33,7 @@ def discover_sets(roots: str | Path | list) -> list[dict]:
     for root in map(Path, roots):
         if not root.is_dir():
             what = "a file, not a data set's folder" if root.exists() else "no such folder"
-            raise BenchmarkError(f"--data {root}: {what}")
+            raise BenchmarkError(f"--data {shell_word(root)}: {what}")
         if names := _suite_sets(root / "manifest.json"):
             found += [{"suite": root.name, "name": n, "path": str(root / n)} for n in names]
         else:

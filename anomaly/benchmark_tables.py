@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.config import shell_word
 from anomaly.safe_files import _atomic
 
 COLUMNS = [
@@ -230,7 +231,9 @@ def check_notes(path: str | Path) -> None:
     README.md` would have replaced the README. Checked before anything runs."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"--notes {path} is a folder; give the notes file's name in it")
+        raise ValueError(
+            f"--notes {shell_word(path)} is a folder; give the notes file's name in it"
+        )
     if not (path.exists() or path.is_symlink()):
         return
     try:
@@ -239,7 +242,7 @@ def check_notes(path: str | Path) -> None:
         ours = False
     if not ours:
         raise ValueError(
-            f"--notes {path} exists and is not benchmark notes (they begin '{NOTES_HEAD}'), so "
+            f"--notes {shell_word(path)} exists and is not benchmark notes (they begin '{NOTES_HEAD}'), so "
             "it is not replaced; give another file name, or move that file away"
         )
 
@@ -342,7 +345,7 @@ def check_readme_block(readme: str | Path | None, block: str | None) -> None:
     has = f" ({readme} has: {', '.join(names)})" if names else ""
     start, end = readme_markers("BLOCK")
     raise ValueError(
-        f"--readme {readme} needs --readme-block BLOCK, the name in the markers "
+        f"--readme {shell_word(readme)} needs --readme-block BLOCK, the name in the markers "
         f"{start} and {end} of the table to rewrite{has}"
     )
 

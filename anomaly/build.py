@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from anomaly.config import METHOD_DEFAULTS, Config
+from anomaly.config import METHOD_DEFAULTS, Config, shell_word
 from anomaly.detectors import Detector, get_detector
 from anomaly.detectors.inputs import unchecked
 from anomaly.detectors.kmeans import check_encoder  # kmeans --from checks it too
@@ -37,12 +37,12 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
             raise RunError(
                 f"{run}: its training was interrupted before its first epoch was saved, so "
                 "model.pt holds a model from the middle of it and there is nothing to resume; "
-                + TRAIN_AGAIN.format(out=run)
+                + TRAIN_AGAIN.format(out=shell_word(run))
             )
         raise RunError(
             f"{run}: its training was interrupted, so model.pt holds a model from the middle of "
             "it (and threshold.json, if any, an earlier model's threshold); finish it with "
-            f"`python -m anomaly train --resume --out {run}`"
+            f"`python -m anomaly train --resume --out {shell_word(run)}`"
         )
     if problem := selection_problem(run, payload):  # it scores as model.pt says: a warning
         warnings.warn(problem, stacklevel=2)

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.config import shell_word
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, named, scan_images
+from anomaly.decision import far_above_words
 from anomaly.metrics import (
     Threshold,
     conformal_n_needed,
@@ -253,6 +255,8 @@ def calibrate_on_folder(
     scores = np.asarray(pred.scores, np.float64)
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"{FLAG} {folder}: the detector gave NaN or inf scores to its images")
+    if words := far_above_words([p.name for p in distinct], scores):
+        warnings.warn(f"{FLAG} {folder}: {words}", stacklevel=2)
     from anomaly.viz import dataset_range  # as train's held-out images set the overlays' scale
 
     digest = hashlib.sha256("\n".join(f"{p.name} {h}" for p, h in zip(images, hashes)).encode())
@@ -355,7 +359,7 @@ def _refuse_unfinished(rd: RunDir) -> None:
     if rd.stopped_before_threshold():
         raise RunError(
             f"{rd} stopped after training, before its held-out images were scored; finish it, "
-            f"without training again: `python -m anomaly train --out {rd} --resume`"
+            f"without training again: `python -m anomaly train --out {shell_word(rd)} --resume`"
         )
 
 

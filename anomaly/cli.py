@@ -18,17 +18,13 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
     build_parser,
     method_names,
 )
-from anomaly.config import READ_BY, Config, flag_of, ignored_by
+from anomaly.config import READ_BY, Config, flag_of, ignored_by, shell_word
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
 
 
 def _config_flags(args) -> dict:
-    return {
-        f.name: getattr(args, f.name)
-        for f in fields(Config)
-        if getattr(args, f.name, None) is not None
-    }
+    return {f.name: v for f in fields(Config) if (v := getattr(args, f.name, None)) is not None}
 
 
 def _train(args) -> None:
@@ -64,16 +60,16 @@ def _train(args) -> None:
                 raise ValueError("--method kmeans needs --from RUN (a trained ae, unet or vae run)")
             if not RunDir(flags["source_run"]).is_run():
                 raise ValueError(
-                    f"--from {flags['source_run']} is not a run folder; kmeans clusters a trained "
+                    f"--from {shell_word(flags['source_run'])} is not a run folder; kmeans clusters a trained "
                     "ae, unet or vae run's features: train one with `python -m anomaly train "
                     "--method unet --data ROOT --out RUN`, then --from RUN"
                 )
             source = RunDir(flags["source_run"]).config()
-            _warn_decode(flags, source, f"--from {flags['source_run']}")
+            _warn_decode(flags, source, f"--from {shell_word(flags['source_run'])}")
             config = source.replace(method="kmeans", **flags)
             if Path(config.data).resolve() != Path(source.data).resolve():
                 warnings.warn(
-                    f"--from {flags['source_run']} was trained on {source.data}; k-means "
+                    f"--from {shell_word(flags['source_run'])} was trained on {source.data}; k-means "
                     f"clusters its encoder's features of {config.data}, which it never saw: "
                     "train the encoder on these images for features that fit them",
                     stacklevel=2,
@@ -164,7 +160,7 @@ def _score(args) -> None:
     )
     rd = RunDir(args.run)
     threshold = rd.threshold() if rd.has_threshold() else None
-    print(score_summary(pred.labels, pred.scores, metrics, threshold))
+    print(score_summary(pred.labels, pred.scores, metrics, threshold, pred.defects))
     for note in metrics.get("notes", []):
         print(f"note: {note}")
     wrote = "scores.csv, metrics.json, predictions.npz" + (
@@ -178,7 +174,7 @@ def _score(args) -> None:
         print(
             f"these are the scores of {pred.meta['data']}; the run's own, of its data, stay in "
             f"{args.run} (threshold and explore read those). If this is the run's data moved to "
-            f"a new place, replace them: add --out {args.run}"
+            f"a new place, replace them: add --out {shell_word(args.run)}"
         )
 
 
@@ -235,6 +231,10 @@ def _predict(args) -> int:
         where = good[0]["overlay"]
         where = f"overlays in {Path(where).parent}" if where else "no overlays written"
         print(f"{_threshold_words(threshold)}; {where}", file=sys.stderr)
+        from anomaly.decision import few_held_out
+
+        if args.run and (note := few_held_out(threshold, args.run)):  # as train said it
+            print(note, file=sys.stderr)
     return 0 if not failed and not broken else 2
 
 
@@ -445,7 +445,7 @@ def _main(args) -> int:
                 from anomaly.runs import RunDir
 
                 if RunDir(args.out).stopped_before_threshold():  # trained, no threshold yet
-                    hint = " after training; " + RESUME_HINT.format(out=args.out)
+                    hint = " after training; " + RESUME_HINT.format(out=shell_word(args.out))
             print(f"\ninterrupted{hint}", file=sys.stderr)
             return 130
         from anomaly.run_checkpoints import TRAIN_AGAIN
@@ -453,7 +453,7 @@ def _main(args) -> int:
         out = getattr(args, "out", "RUN")
         print(
             f"\ninterrupted after epoch {stop.epoch}; "
-            + (TRAIN_AGAIN if stop.epoch == 0 else RESUME_HINT).format(out=out),
+            + (TRAIN_AGAIN if stop.epoch == 0 else RESUME_HINT).format(out=shell_word(out)),
             file=sys.stderr,
         )
         return 130

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import shlex
 import sys
 import unicodedata
 from dataclasses import asdict, dataclass, field, fields
@@ -184,6 +185,13 @@ def control_characters(text: str) -> list[str]:
     "\\x1b[2K\\r" erases the line and writes anything in its place: a config.json from someone
     else could make a refusal read as success."""
     return list(dict.fromkeys(c for c in text if unicodedata.category(c) == "Cc"))
+
+
+def shell_word(value) -> str:
+    """`value` (a path) as one word of a shell command that a message suggests: quoted where
+    it holds a space or another character the shell reads (`shlex.quote`), so that the command
+    can be copied as it is."""
+    return shlex.quote(str(value))
 
 
 def flag_of(f) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anomaly.config import shell_word
 from anomaly.metrics import confusion, confusion_from_counts
 
 
@@ -172,15 +173,16 @@ def summary_line(counts: dict, rule: str | None = None) -> str:
 SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
 
 
-def score_summary(labels, scores, metrics: dict, threshold=None) -> str:
+def score_summary(labels, scores, metrics: dict, threshold=None, defects=None) -> str:
     """What `score` prints: the verdicts at the run's threshold in one sentence, then the
     metrics rounded to 3 digits, e.g.
 
         at threshold 29.88 (normal_quantile): 75/90 defective caught, 0/50 good rejected
         image_auroc 0.981 (95 % interval 0.96-0.99)  image_ap 0.99  image_f1_max 0.953  ...
-        (140 images, 12.3 images/s)
+        (140 images: good 50, crack 30, mustard 30, plastic 30; 12.3 images/s)
 
-    `threshold` is a `metrics.Threshold` (or a number, or None when the run has none).
+    `threshold` is a `metrics.Threshold` (or a number, or None when the run has none);
+    `defects`, each image's kind, are counted (a folder read as a defect kind is seen).
     """
     lines = []
     if threshold is not None:
@@ -195,7 +197,13 @@ def score_summary(labels, scores, metrics: dict, threshold=None) -> str:
     lines.append("  ".join(shown) if shown else "no metric could be computed (see notes)")
     speed = metrics.get("predict_images_per_s")
     tail = f", {speed:.3g} images/s" if speed else ""
-    lines.append(f"({len(np.asarray(labels))} images{tail})")
+    kinds = ""
+    if defects is not None:
+        names, counts = np.unique(np.asarray(defects, str), return_counts=True)
+        order = sorted(zip(names, counts), key=lambda nc: (nc[0] != "good", nc[0]))
+        kinds = ": " + ", ".join(f"{n} {c}" for n, c in order)
+    tail = f";{tail[1:]}" if kinds and tail else tail
+    lines.append(f"({len(np.asarray(labels))} images{kinds}{tail})")
     if threshold is not None and (broken := guarantee_broken(labels, scores, threshold)):
         lines.append(broken)
     return "\n".join(lines)
@@ -275,7 +283,7 @@ def few_held_out(threshold, run) -> str | None:
         return None
     n, q = saved
     fix = (
-        f"python -m anomaly threshold --run {run} --rule conformal --value 0.05 --good-images "
+        f"python -m anomaly threshold --run {shell_word(run)} --rule conformal --value 0.05 --good-images "
         "FOLDER"
     )
     if params.get("on_training_images") is True:
@@ -293,4 +301,35 @@ def few_held_out(threshold, run) -> str | None:
         f"image{'s' * (n != 1)}, which lies near their largest: new good parts like them score "
         f"above it about {100 * rate:.0f} % of the time, not {100 * (1 - q):.3g} %. Hold out "
         f"more good images (--val-fraction), or set the threshold on other good images: {fix}"
+    )
+
+
+FAR_OUT = 3.0  # Tukey's "far out": above the upper quartile by this many interquartile ranges
+
+
+def far_above(scores) -> np.ndarray:
+    """The indices of the scores far above the rest (Tukey's far-out rule: more than 3
+    interquartile ranges above the upper quartile), highest first; none under 8 scores, too
+    few for quartiles. In a folder of good images such scores are most often defective parts
+    that slipped in, which would raise a threshold set on the folder to their level."""
+    s = np.asarray(scores, np.float64)
+    if len(s) < 8:
+        return np.empty(0, int)
+    q1, q3 = np.quantile(s, [0.25, 0.75])
+    out = np.flatnonzero(s > q3 + FAR_OUT * (q3 - q1))
+    return out[np.argsort(-s[out])]
+
+
+def far_above_words(names: list[str], scores) -> str | None:
+    """Words naming the images (`names`) whose `scores` are far above the rest (`far_above`),
+    and what to do, for a folder of good images that sets a threshold; None when there are none."""
+    s = np.asarray(scores, np.float64)
+    if not len(far := far_above(s)):
+        return None
+    which = ", ".join(f"{names[i]} ({s[i]:.4g})" for i in far[:3]) + ", ..." * (len(far) > 3)
+    return (
+        f"{len(far)} of its {len(s)} images score far above the others (median "
+        f"{np.median(s):.4g}): {which}. If they are defective parts, take them out and set the "
+        "threshold again: it is set as high as the good images' highest scores allow, so "
+        "defects among them let defects through"
     )

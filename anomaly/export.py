@@ -33,6 +33,8 @@ import os
 import warnings
 from pathlib import Path
 
+from anomaly.config import shell_word
+
 # the file's contract and scoring with it (numpy, Pillow and onnxruntime alone); imported from
 # here by callers and tests too
 from anomaly.onnx_predict import (  # noqa: F401
@@ -109,7 +111,7 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
         warnings.warn(
             f"{run} has no threshold.json, so {written} holds no threshold: `predict --onnx` "
             "refuses it (onnx_predict.predict_onnx still gives scores and maps, no verdicts). "
-            f"Set one, then export again: python -m anomaly threshold --run {run} --rule "
+            f"Set one, then export again: python -m anomaly threshold --run {shell_word(run)} --rule "
             "conformal --value 0.05",
             stacklevel=2,
         )
@@ -145,8 +147,8 @@ def exported_model(path: Path) -> str | None:
 def use_the_run(run) -> str:
     """How to predict with `run`'s own model where an export of another model sits in it."""
     return (
-        f"export it again (python -m anomaly export --run {run}: patchknn runs, and auto runs "
-        f"that chose patchknn), or use python -m anomaly predict --run {run}"
+        f"export it again (python -m anomaly export --run {shell_word(run)}: patchknn runs, and auto runs "
+        f"that chose patchknn), or use python -m anomaly predict --run {shell_word(run)}"
     )
 
 

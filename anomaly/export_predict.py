@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from anomaly.config import shell_word
 from anomaly.onnx_predict import ExportError, OnnxDetector, read_file, to_input
 
 
@@ -41,7 +42,7 @@ def _warn_if_stale(detector: OnnxDetector) -> None:
             f"warning: {detector.path} holds the threshold {detector.threshold:.6g} of its "
             f"export, but its run's threshold.json now says {now:.6g}; this prediction uses "
             f"{detector.threshold:.6g}. Export again to use the new one: "
-            f"python -m anomaly export --run {run.path}",
+            f"python -m anomaly export --run {shell_word(run.path)}",
             file=sys.stderr,
         )
 

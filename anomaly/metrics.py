@@ -353,8 +353,9 @@ def threshold_normal_quantile(normal_scores, q: float = 0.99) -> Threshold:
 def conformal_n_needed(alpha: float) -> int:
     """The fewest held-out normal images for which `threshold_conformal` accepts `alpha`."""
     if not 0 < alpha < 1:
+        percent = f" (for {alpha:g} %, give {alpha / 100:g})" if 1 <= alpha < 100 else ""
         raise ValueError(
-            f"alpha (the false-reject rate to guarantee) must be in (0, 1), got {alpha}"
+            f"alpha (the false-reject rate to guarantee) must be in (0, 1), got {alpha}{percent}"
         )
     return max(1, int(np.ceil((1 - alpha) / alpha - 1e-9)))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly.config import Config
+from anomaly.config import Config, shell_word
 from anomaly.data.folder import load_image
 from anomaly.data.image_kind import draft_size, read_rgb
 from anomaly.notebook_benchmark import (
@@ -234,8 +234,8 @@ def _scored_files(run: Path, pred, picks: list[int]) -> list[Path]:
     if lost:
         raise RunError(
             f"{run}: {problem} (e.g. {lost[0]}), so its maps cannot be drawn on their images. "
-            f"If its data moved, score it there: `python -m anomaly score --run {_home(run).path} "
-            f"--data NEW_FOLDER --out {run}`"
+            f"If its data moved, score it there: `python -m anomaly score --run {shell_word(_home(run).path)} "
+            f"--data NEW_FOLDER --out {shell_word(run)}`"
         )
     return [files[i] for i in picks]
 
@@ -253,8 +253,8 @@ def _score_again(folder) -> str:
     """The command that scores a folder's images again: the run's own, or `--data` ones."""
     home = _home(folder)
     if home.path == RunDir(folder).path:
-        return f"python -m anomaly score --run {home.path}"
-    return f"python -m anomaly score --run {home.path} --data DATA --out {RunDir(folder).path}"
+        return f"python -m anomaly score --run {shell_word(home.path)}"
+    return f"python -m anomaly score --run {shell_word(home.path)} --data DATA --out {shell_word(RunDir(folder).path)}"
 
 
 def _test_data(config: Config):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.config import shell_word
 from anomaly.notebook_setup import Settings, _subplots, shown
 from anomaly.runs import RunDir
 
@@ -459,8 +460,8 @@ def line_scores(rd: RunDir) -> tuple[np.ndarray | None, str]:
     )
     return None, shown(
         f"good photos from the line: not shown, their scores ({rd.CALIBRATION}) are {when}; "
-        f"score them with this model: python -m anomaly threshold --run {rd.path} --rule {rule} "
-        f"--good-images {folder}"
+        f"score them with this model: python -m anomaly threshold --run {shell_word(rd.path)} --rule {rule} "
+        f"--good-images {shell_word(folder)}"
     )
 
 

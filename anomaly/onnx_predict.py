@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -372,7 +373,7 @@ class OnnxDetector:
         if not path.is_file():
             raise ExportError(
                 f"{path}: no such ONNX file; make one with "
-                f"`python -m anomaly export --run RUN --out {path}`"
+                f"`python -m anomaly export --run RUN --out {shlex.quote(str(path))}`"
             )
         ops = _checked_ops(path)
         options = ort.SessionOptions()

@@ -279,13 +279,20 @@ def annotated_overlay(
     op = ">=" if word == REJECT else "<"
     draw.text(
         (4 + draw.textlength(word + "  ", font=_font(fs)), 3 + fs // 5),
-        f"score {score:.4g} {op} {threshold:.4g}",
+        f"score {_apart(score, threshold)} {op} {_apart(threshold, score)}",
         fill=(0, 0, 0),
         font=_font(fs - 3),
     )
     if title:
         draw.text((4, fs + 7), title, fill=(90, 90, 90), font=_font(fs - 3))
     return np.concatenate([np.asarray(head), body, colour_bar(width, scale)], axis=0)
+
+
+def _apart(x: float, other: float) -> str:
+    """`x` to 4 significant digits, or as many more as tell it from `other` (a score just
+    above its threshold read "score 8.085 >= 8.085")."""
+    digits = next((d for d in range(4, 10) if f"{x:.{d}g}" != f"{other:.{d}g}"), 10)
+    return f"{x:.{digits}g}"
 
 
 MIN_WIDTH = 256  # annotated overlays are at least this wide

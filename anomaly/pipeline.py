@@ -21,7 +21,7 @@ import numpy as np
 from anomaly import threshold_file
 from anomaly import train_guards as guards
 from anomaly.build import build_detector, check_size, load_run, trained_images
-from anomaly.config import RESUMABLE_FIELDS, Config
+from anomaly.config import RESUMABLE_FIELDS, Config, shell_word
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data
 from anomaly.data.image_kind import draft_size, warn_unlike
@@ -240,7 +240,7 @@ def _clear_outputs(run: RunDir) -> None:
     if removed:
         print(
             f"{run}: removed the outputs of the earlier model ({', '.join(removed)}); "
-            f"score it again: python -m anomaly score --run {run}"
+            f"score it again: python -m anomaly score --run {shell_word(run)}"
         )
 
 
@@ -395,7 +395,9 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
     else:
         dest = Path(out)
     if dest.exists() and not dest.is_dir():
-        raise RunError(f"--out {dest} is a file; give a folder for the scores of {data}")
+        raise RunError(
+            f"--out {shell_word(dest)} is a file; give a folder for the scores of {data}"
+        )
     check_not_in_data(dest, "--out", data)
     ours = {*RunDir.SCORE_OUTPUTS, RunDir.OVERLAYS}
     theirs = sorted(p.name for p in dest.iterdir() if p.name not in ours) if dest.is_dir() else []

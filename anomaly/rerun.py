@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from anomaly import threshold_file
-from anomaly.config import Config, flag_of
+from anomaly.config import Config, flag_of, shell_word
 from anomaly.detectors import Detector
 from anomaly.pipeline import train_run
 from anomaly.runs import RunDir, RunError
@@ -39,7 +39,7 @@ def train_like(like: str | Path, out: str | Path, progress: bool = True, **chang
         named = {f.name: flag_of(f) for f in fields(Config)}
         flags = ", ".join(named.get(k, k) for k in other)
         raise ValueError(
-            f"--like {like} trains with that run's settings; leave out {flags} (only --data, "
+            f"--like {shell_word(like)} trains with that run's settings; leave out {flags} (only --data, "
             "--device and --workers may differ), or train a new run with your flags"
         )
     config, split = source.config(), source.split()
@@ -49,7 +49,7 @@ def train_like(like: str | Path, out: str | Path, progress: bool = True, **chang
             "known; train with its flags and --seed instead (config.json holds them)"
         )
     if os.path.abspath(out) == os.path.abspath(source.path):
-        raise RunError(f"--out {out} is the run --like names; choose a new folder")
+        raise RunError(f"--out {shell_word(out)} is the run --like names; choose a new folder")
     if config.method == "kmeans":
         _check_source(source, config)
     wanted = config.replace(**{k: v for k, v in changes.items() if v is not None})

@@ -20,7 +20,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from anomaly import threshold_file
-from anomaly.config import RESUMABLE_FIELDS, Config
+from anomaly.config import RESUMABLE_FIELDS, Config, shell_word
 from anomaly.safe_files import (
     RunError,
     atomic_bytes,
@@ -178,7 +178,7 @@ class CheckpointFiles:
                 raise RunError(  # `train --resume --epochs N` writes config.json first
                     f"{self.file(self.CONFIG)} asks for more training than {self.file(self.MODEL)} "
                     f"has had ({detail}): a `train --resume` was stopped before it saved an "
-                    f"epoch. Continue it: `python -m anomaly train --out {self.path} --resume`"
+                    f"epoch. Continue it: `python -m anomaly train --out {shell_word(self.path)} --resume`"
                 )
             raise RunError(
                 f"{self.file(self.CONFIG)} disagrees with {self.file(self.MODEL)} "
@@ -196,7 +196,7 @@ class CheckpointFiles:
             raise RunError(
                 f"Cannot resume: {self.path} has no {self.LAST} (the run never "
                 "finished an epoch, or its method does not train by epochs); "
-                f"train it again without --resume: `python -m anomaly train --out {self.path}` "
+                f"train it again without --resume: `python -m anomaly train --out {shell_word(self.path)}` "
                 "with the same flags"
             )
         last = safe_torch_load(self.file(self.LAST))

@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from anomaly import threshold_file
-from anomaly.config import Config
+from anomaly.config import Config, shell_word
 from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
     CHECKPOINT_FORMAT,
     SHAPE_FIELDS,
@@ -119,12 +119,12 @@ class RunDir(CheckpointFiles, ScoreOutputs):
             if (self.path / "train").is_dir() or (self.path / "good").is_dir():  # data, not a run
                 raise RunError(
                     f"{self.path} is a data set, not a run folder; train a run on it with "
-                    f"`python -m anomaly train --data {self.path} --method patchknn --out RUN` "
+                    f"`python -m anomaly train --data {shell_word(self.path)} --method patchknn --out RUN` "
                     "and give --run RUN"
                 )
             raise RunError(
                 f"{self.path} is not a run folder (no {self.CONFIG}); train one with "
-                f"`python -m anomaly train --data ROOT --method patchknn --out {self.path}`"
+                f"`python -m anomaly train --data ROOT --method patchknn --out {shell_word(self.path)}`"
             )
         return self
 
@@ -136,7 +136,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
             raise RunError(
                 f"{self.path} has no {self.MODEL} (its training never finished, or the file is "
                 f"gone): a threshold is chosen for a model and records it. Finish the training "
-                f"(`python -m anomaly train --out {self.path} --resume`), restore {self.MODEL} "
+                f"(`python -m anomaly train --out {shell_word(self.path)} --resume`), restore {self.MODEL} "
                 "from a copy of the run, or train it again"
             )
         return self
@@ -144,7 +144,9 @@ class RunDir(CheckpointFiles, ScoreOutputs):
     def create(self, config: Config, split: dict | None = None) -> RunDir:
         """Create (or reuse) the folder and write config.json, versions.json and split.json."""
         if self.path.exists() and not self.path.is_dir():
-            raise RunError(f"--out {self.path} is a file; choose a folder name for the run")
+            raise RunError(
+                f"--out {shell_word(self.path)} is a file; choose a folder name for the run"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         self.save_config(config)
         write_json(self.file(self.VERSIONS), versions(config.data))
@@ -279,7 +281,10 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         no model (older, or the record deleted) is used without a guarantee (`UNRECORDED`)."""
         from anomaly.metrics import Threshold
 
-        path, fix = self.file(self.THRESHOLD), f"python -m anomaly threshold --run {self.path}"
+        path, fix = (
+            self.file(self.THRESHOLD),
+            f"python -m anomaly threshold --run {shell_word(self.path)}",
+        )
         raw = self._read_json(self.THRESHOLD, f"; set one with `{fix} --rule normal-quantile`")
         try:
             threshold = Threshold.from_json(json.dumps(raw))
@@ -336,7 +341,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
 
     def metrics(self) -> dict:
         return self._read_json(
-            self.METRICS, f"; score it: python -m anomaly score --run {self.path}"
+            self.METRICS, f"; score it: python -m anomaly score --run {shell_word(self.path)}"
         )
 
     def save_metrics(self, metrics: dict) -> Path:
@@ -383,7 +388,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
             self.refuse_not_a_run()
             raise RunError(
                 f"{self.path} has not been scored; run "
-                f"`python -m anomaly score --run {self.path}` first"
+                f"`python -m anomaly score --run {shell_word(self.path)}` first"
             )
         with open(self.file(self.SCORES), newline="") as f:
             return list(csv.DictReader(f))
@@ -395,7 +400,10 @@ class RunDir(CheckpointFiles, ScoreOutputs):
     def predictions(self):
         from anomaly.detectors.base import Predictions
 
-        path, again = self.file(self.PREDICTIONS), f"python -m anomaly score --run {self.path}"
+        path, again = (
+            self.file(self.PREDICTIONS),
+            f"python -m anomaly score --run {shell_word(self.path)}",
+        )
         if not path.is_file():
             self.refuse_not_a_run()
             raise RunError(f"{self.path} has not been scored; run `{again}` first")

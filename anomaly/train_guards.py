@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from anomaly.config import Config
+from anomaly.config import Config, shell_word
 from anomaly.data.files import named
 from anomaly.data.image_kind import warn_mixed
 from anomaly.runs import RunDir, RunError, versions
@@ -35,12 +35,12 @@ def refuse_existing(run: RunDir) -> None:
     """RunError when `run` is a file, a folder of the user's, or holds a (maybe interrupted)
     trained run: `train` (without --resume) writes only into a new folder or an unfinished one."""
     if run.path.exists() and not run.path.is_dir():
-        raise RunError(f"--out {run} is a file; choose a folder name for the run")
+        raise RunError(f"--out {shell_word(run)} is a file; choose a folder name for the run")
     if run.path.is_dir() and not _is_ours(run):  # a folder of the user's: never write into it
         theirs = sorted(p.name for p in run.path.iterdir() if p.name not in RunDir.TOOL_FILES)
         if theirs:
             raise RunError(
-                f"--out {run} is a folder that holds files that are not a run's "
+                f"--out {shell_word(run)} is a folder that holds files that are not a run's "
                 f"({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}), so nothing is "
                 "written there; choose a new folder name for the run"
             )
@@ -50,7 +50,7 @@ def refuse_existing(run: RunDir) -> None:
             raise RunError(
                 f"{run} holds a run stopped after training, before its held-out images were "
                 f"scored and its threshold set; finish it (no training again) with `python -m "
-                f"anomaly train --out {run} --resume`, or delete the folder to start again"
+                f"anomaly train --out {shell_word(run)} --resume`, or delete the folder to start again"
             )
         if run.checkpoint().get("complete", True):
             raise RunError(
@@ -61,7 +61,7 @@ def refuse_existing(run: RunDir) -> None:
             return _refuse_theirs(run)
         raise RunError(
             f"{run} holds an interrupted run; continue it with `python -m anomaly "
-            f"train --out {run} --resume`, or delete the folder to start again"
+            f"train --out {shell_word(run)} --resume`, or delete the folder to start again"
         )
     _refuse_theirs(run)
 
@@ -78,7 +78,7 @@ def _refuse_theirs(run: RunDir) -> None:
     theirs = sorted(p.name for p in run.path.iterdir() if p.name not in names and p.name[0] != ".")
     if theirs:
         raise RunError(
-            f"--out {run} holds a config.json, but also files no run writes "
+            f"--out {shell_word(run)} holds a config.json, but also files no run writes "
             f"({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}), so it is taken "
             "for a folder of yours and nothing is written there; choose a new folder name for "
             "the run"
@@ -276,7 +276,7 @@ def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
     if found is None:
         if config.method == "kmeans":
             warnings.warn(
-                f"--from {config.source_run} has no split.json that reads, so kmeans cannot "
+                f"--from {shell_word(config.source_run)} has no split.json that reads, so kmeans cannot "
                 "hold out only images its encoder did not learn: the default threshold may rest "
                 "on training images and be too low; set one with `threshold --good-images`",
                 stacklevel=5,
@@ -372,7 +372,7 @@ def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
             f"copies of training images ({pairs}), so the "
             "default threshold, set on them, measures how the model scores images it learned, "
             f"not new good parts, and will be too low. Remove the copies from {good}/, or "
-            f"set a threshold on other good images: `python -m anomaly threshold --run {run} "
+            f"set a threshold on other good images: `python -m anomaly threshold --run {shell_word(run)} "
             "--rule conformal --value 0.05 --good-images FOLDER`",
             stacklevel=3,
         )
@@ -396,6 +396,6 @@ def warn_degenerate(run: RunDir, scores, value: float, held_out: bool = True) ->
         f"default threshold {value:.6g} is degenerate: it measures no spread of normal scores, "
         "and every good part that scores as they do (or any higher) is rejected. Train on "
         "more varied good images, or set a threshold on other good images: `python -m anomaly "
-        f"threshold --run {run} --rule conformal --value 0.05 --good-images FOLDER`",
+        f"threshold --run {shell_word(run)} --rule conformal --value 0.05 --good-images FOLDER`",
         stacklevel=4,
     )

@@ -57,6 +57,7 @@ from anomaly.data.input_checks import (
     check_mask_header,
     check_mvtec_root,
     check_value_range,
+    no_layout,
     warn_good_masks,
     warn_loose_images,
     warn_lossy_masks,
@@ -206,10 +207,6 @@ def _defect_kinds(folders: list[Path], what: str, masks_go: Path) -> dict[str, l
     return kinds
 
 
-def _looks_like_categories(root: Path) -> list[str]:
-    return [p.name for p in _subfolders(root) if (p / "train").is_dir() or (p / "good").is_dir()]
-
-
 # --- the data set -----------------------------------------------------------------------------
 
 
@@ -294,15 +291,7 @@ class AnomalyDataset(Dataset):
             self.layout = "folder"
             self.samples = self._scan_plain()
         else:
-            cats = _looks_like_categories(self.root)
-            hint = (
-                f"It holds data sets ({', '.join(cats[:5])}); pass one of them, e.g. "
-                f"{self.root / cats[0]}."
-                if cats
-                else "Put defect-free images in ROOT/good/ (and defects in ROOT/<defect>/), or "
-                "use the MVTec AD layout ROOT/train/good/, ROOT/test/<defect>/."
-            )
-            hint += interrupted(self.root)
+            hint = no_layout(self.root) + interrupted(self.root)
             raise DataError(f"{self.root}: no train/good/ or good/ folder. {hint}")
         self._check_headers()
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -32,6 +32,9 @@ from PIL import Image, ImageOps
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError, named
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
+# a photo whose orientation (portrait, landscape) is the other way from every training image's,
+# each this much off square, is named: turned by 90 degrees
+TURNED = 1.1
 # a training image whose shorter side is this many times under --size is named, and an image to
 # score this many times under the training images' shortest side (and under --size)
 SMALL_FACTOR = 2.0
@@ -377,6 +380,16 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
             f"aspect ratio {kind['aspect']:.2f} (width / height), the training images' is "
             f"{seen}: it is stretched to {size}x{size} px, so shapes are distorted and its scores "
             "are not comparable"
+        )
+    elif (lo > TURNED and kind["aspect"] < 1 / TURNED) or (
+        hi < 1 / TURNED and kind["aspect"] > TURNED
+    ):
+        was, now = ("landscape", "portrait") if lo > 1 else ("portrait", "landscape")
+        said.append(
+            f"{now} (aspect ratio {kind['aspect']:.2f}), the training images are all {was}: a "
+            "photo turned by 90 degrees (a camera that did not record which way up it was "
+            "held?) has its content lying across and stretched, so it scores as a defect; turn "
+            "it as the training images are"
         )
     if kind.get("transparent") and True not in (trained.get("transparent") or []):
         had = "had none" if "transparent" in trained else "are not recorded as having any"

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from anomaly.data.files import DataError, _is_image, broken_link, named, scan_images
-from anomaly.data.layout_names import good_name_word, maybe_good_word
+from anomaly.data.layout_names import good_name_word, maybe_good_word, unsorted_word
 from anomaly.data.masks import read_mask
 
 NAMED = 3  # files named in one warning; the rest are counted
@@ -121,6 +121,14 @@ def check_good_name(split: Path) -> None:
             f"{split}: {named([f'{n}/ (it says {w!r})' for n, w in maybe], NAMED)} "
             f"{'is' if len(maybe) == 1 else 'are'} read as defect kinds, their images scored as "
             f"defects: if one holds good images, move them into {split / 'good'}/",
+            stacklevel=4,
+        )
+    if unsorted := [d.name for d in subfolders(split) if unsorted_word(d.name)]:
+        warnings.warn(
+            f"{split}: {named([f'{n}/' for n in unsorted], NAMED)} "
+            f"{'is' if len(unsorted) == 1 else 'are'} read as defect kinds, every image in them "
+            "counted as a defect in the metrics. If they hold photos not judged yet, move them "
+            "out of the data set and check them with `python -m anomaly predict --run RUN FOLDER`",
             stacklevel=4,
         )
     for d in subfolders(split):
@@ -275,3 +283,32 @@ def warn_turned(turned: list[tuple[str, int]]) -> None:
             "pixels, and the pixel metrics are then wrong): check they line up",
             stacklevel=4,
         )
+
+
+def no_layout(root: Path) -> str:
+    """What to do with a folder `root` that holds no train/, test/ or good/ folder, in words:
+    pass one of the data sets it holds, move the images it holds directly into good/ (a user's
+    first try: a flat folder of photos), or make the layout."""
+    cats = [p.name for p in subfolders(root) if (p / "train").is_dir() or (p / "good").is_dir()]
+    if cats:
+        return (
+            f"It holds data sets ({', '.join(cats[:5])}); pass one of them, e.g. {root / cats[0]}."
+        )
+    n = sum(
+        1 for p in root.iterdir() if not p.name.startswith(".") and p.is_file() and _is_image(p)
+    )
+    if n and (root.name == "good" or good_name_word(root.name)):
+        return (
+            f"It holds {n} image{'s' * (n != 1)} directly, as a data set's folder of good images "
+            f"does: pass the folder above it, {root.parent}, whose good/ it is (rename it good/)."
+        )
+    if n:
+        return (
+            f"It holds {n} image{'s' * (n != 1)} directly; a data set keeps them in folders: move "
+            f"the defect-free ones into {root / 'good'}/ (defective ones, if any, into "
+            f"{root / '<defect>'}/, masks optional), then pass {root} again."
+        )
+    return (
+        "Put defect-free images in ROOT/good/ (and defects in ROOT/<defect>/), or use the MVTec "
+        "AD layout ROOT/train/good/, ROOT/test/<defect>/."
+    )

@@ -34,6 +34,11 @@ NEUTRAL_WORDS = {"image", "images", "img", "imgs", "pic", "pics", "photo", "phot
                  "pictures", "part", "parts", "piece", "pieces", "sample", "samples", "item",
                  "items", "unit", "units", "copy", "copies", "batch", "set", "data", "new",
                  "old", "more", "extra", "only", "all", "and", "the", "of", "v", "x"}  # fmt: skip
+# words of a folder of images no one has judged yet ("to check", new_photos, unlabelled): in a
+# data set it would be read as a defect kind, every image in it counted as a defect
+UNSORTED_WORDS = {"new", "to", "be", "check", "checked", "tocheck", "unchecked", "inspect",
+                  "unlabelled", "unlabeled", "unknown", "unsorted", "todo", "incoming", "inbox",
+                  "queue", "pending", "review", "unseen", "predict", "score"}  # fmt: skip
 # phrases that say "defect-free" with a defect or negating word in them, read as one good word
 _PHRASES = (
     (re.compile(r"\b(defect|defects|flaw|fault|error)s? free\b"), "defectfree"),
@@ -75,6 +80,16 @@ def maybe_good_word(name: str) -> str | None:
     if name == "good" or good_name_word(name) or set(words) & (NOT_GOOD_WORDS | MASK_NAME_WORDS):
         return None
     return next((w for w in words if w in GOOD_NAME_WORDS), None)
+
+
+def unsorted_word(name: str) -> str | None:
+    """The word of folder name `name` that says its images are not judged yet ("to check",
+    new_photos, Unlabelled), when its words are such words (`UNSORTED_WORDS`) and words that add
+    nothing (`NEUTRAL_WORDS`) alone; None for any other name (new_scratch: a defect kind)."""
+    words = name_words(name)
+    if not set(words) <= UNSORTED_WORDS | NEUTRAL_WORDS:
+        return None
+    return next((w for w in words if w in UNSORTED_WORDS), None)
 
 
 def good_name_word(name: str) -> str | None:

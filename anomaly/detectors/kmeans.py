@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly.config import Config
+from anomaly.config import Config, shell_word
 from anomaly.detectors.base import Detector, register
 from anomaly.features import local_patch_features
 from anomaly.maps import gaussian_blur
@@ -248,7 +248,11 @@ def check_source(config: Config, source: Config, trained: bool = False) -> None:
     run = config.source_run or "its source run"
     leave_out = "kmeans takes its --from run's settings"
     check_encoder(
-        f"--from {run}", source, config, leave_out, "this kmeans run" if trained else None
+        f"--from {shell_word(run)}",
+        source,
+        config,
+        leave_out,
+        "this kmeans run" if trained else None,
     )
 
 

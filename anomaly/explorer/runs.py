@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.config import shell_word
 from anomaly.data.files import IMAGE_EXTENSIONS
 from anomaly.decision import ThresholdTable, score_range, threshold_table
 from anomaly.detectors.base import Predictions, nonfinite
@@ -50,7 +51,7 @@ def load_run_predictions(run: str | Path) -> Predictions:
         RunDir(path).refuse_not_a_run()  # a data set given as a run: say so
         raise FileNotFoundError(
             f"{path} has no {RunDir.PREDICTIONS}: score the run first (`python -m anomaly score "
-            f"--run {path}`), or pass Predictions to ThresholdExplorer directly"
+            f"--run {shell_word(path)}`), or pass Predictions to ThresholdExplorer directly"
         )
     return RunDir(path).predictions()
 

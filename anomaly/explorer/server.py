@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from anomaly.config import shell_word
 from anomaly.runs import RunDir
 
 RUNS_ENV = "ANOMALY_RUNS"  # run folders for the Voila page: a JSON list, or joined by os.pathsep
@@ -122,7 +123,7 @@ def voila_command(
         if not file.exists():
             raise FileNotFoundError(
                 f"{folder} has no {RunDir.PREDICTIONS}: score the run first with "
-                f"`python -m anomaly score --run {folder}`"
+                f"`python -m anomaly score --run {shell_word(folder)}`"
             )
     if cull_idle_s < MIN_CULL_S:  # a page still loading has no connection yet
         raise ValueError(

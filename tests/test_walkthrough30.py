@@ -1,0 +1,146 @@
+"""What a walkthrough of bringing one's own photos through the shell found (session 30): the
+commands that messages suggest can be copied as they are, with a space in a path."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+import pytest
+from helpers import copy_run
+
+from anomaly.config import Config, shell_word
+from anomaly.runs import RunDir, RunError
+
+
+def test_a_suggested_command_quotes_a_path_with_a_space(scored_ae_run, tmp_path):
+    run = tmp_path / "my runs" / "line 2"
+    copy_run(scored_ae_run, run)
+    (run / "scores.csv").unlink()
+    with pytest.raises(RunError) as e:
+        RunDir(run).scores()
+    command = str(e.value).split("`")[1]
+    assert shlex.split(command) == ["python", "-m", "anomaly", "score", "--run", str(run)]
+    assert shell_word("runs/pk") == "runs/pk"  # a plain path stays as it is
+
+
+def test_a_flat_folder_of_photos_is_told_where_its_images_go(tmp_path):
+    """`train --data` on a folder of photos (a user's first try) only restated the layout."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.data import AnomalyDataset, DataError
+
+    photos = tmp_path / "line photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(photos / f"p{i}.jpg")
+    with pytest.raises(DataError, match=r"It holds 3 images directly.*move the defect-free ones"):
+        AnomalyDataset(photos, "train")
+    good = tmp_path / "OK parts"
+    photos.rename(good)
+    with pytest.raises(DataError, match=r"pass the folder above it, " + str(tmp_path)):
+        AnomalyDataset(good, "train")
+
+
+def test_a_photo_turned_by_90_degrees_is_named():
+    """A portrait photo without an EXIF orientation, for a run trained on landscape ones (3:4
+    against 4:3, under the aspect check's 2x), was rejected with red everywhere, unexplained."""
+    from anomaly.data.image_kind import unlike
+
+    trained = {"colour": [True], "bits": [8], "aspect": [1.33, 1.34], "side": [1500, 1500]}
+    kind = {"colour": True, "bits": 8, "side": 1500, "transparent": False}
+    said = unlike({**kind, "aspect": 0.75}, trained, 3, 224)
+    assert len(said) == 1 and said[0].startswith("portrait") and "turned by 90" in said[0]
+    assert unlike({**kind, "aspect": 1.2}, trained, 3, 224) == []  # another crop: not named
+    square = {**trained, "aspect": [0.95, 1.3]}  # some training images near square: no rule
+    assert unlike({**kind, "aspect": 0.75}, square, 3, 224) == []
+    assert (
+        "landscape"
+        in unlike({**kind, "aspect": 1.33}, {**trained, "aspect": [0.75, 0.8]}, 3, 224)[0]
+    )
+
+
+def test_far_above_names_the_scores_far_out_of_the_rest():
+    from anomaly.decision import far_above, far_above_words
+
+    rng = np.random.default_rng(0)
+    good = rng.normal(6.4, 0.2, 20)
+    scores = np.r_[good, 16.7, 18.6]
+    assert list(far_above(scores)) == [21, 20]  # highest first
+    words = far_above_words([f"p{i}.jpg" for i in range(22)], scores)
+    assert words.startswith("2 of its 22 images") and "p21.jpg (18.6)" in words
+    assert far_above_words([f"p{i}" for i in range(20)], good) is None
+    assert len(far_above([1.0, 1.0, 50.0])) == 0  # too few for quartiles
+
+
+def test_threshold_on_good_images_names_a_defect_among_them(tiny_cookies, tmp_path):
+    """A folder of good images with two defects in it set the threshold at the defects' level
+    ("catches 2 of 6 defective") without a word."""
+    import shutil
+
+    from anomaly.calibration import set_threshold
+    from anomaly.data import make_cookies
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "pk"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
+    train_run(config, run, progress=False)
+    more = tmp_path / "more"
+    make_cookies(more, preset="tiny", seed=5, size=64)
+    folder = tmp_path / "line"
+    shutil.copytree(more / "train" / "good", folder)
+    for p in sorted((more / "test" / "mustard").glob("*.png")):
+        shutil.copy(p, folder / f"slipped_{p.name}")
+    with pytest.warns(UserWarning, match=r"score far above the others.*slipped_"):
+        set_threshold(run, "conformal", 0.2, good_images=folder)
+
+
+def test_predict_says_when_trains_threshold_rests_on_a_handful(tiny_cookies, tmp_path, capsys):
+    """train said its threshold rested on 1 held-out image; predict then gave PASS / REJECT at
+    it saying only "no guarantee"."""
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "pk"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
+    train_run(config, run, progress=False)
+    image = min((tiny_cookies / "test" / "good").glob("*.png"))
+    assert main(["predict", "--run", str(run), "--no-overlays", str(image)]) == 0
+    err = capsys.readouterr().err
+    assert "held-out" in err and "--good-images" in err
+
+
+def test_a_folder_of_photos_to_check_beside_good_is_named(tmp_path):
+    """A `to check/` folder beside good/ became a defect kind without a word, and `score`
+    reported 9/13 defective caught, AUROC 0.615."""
+    from PIL import Image
+
+    from anomaly.data import AnomalyDataset
+    from anomaly.data.layout_names import unsorted_word
+    from anomaly.decision import score_summary
+
+    for kind in ("good", "scratch", "to check"):
+        (tmp_path / kind).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / kind / f"{i}.png")
+    with pytest.warns(UserWarning, match=r"to check/ is read as .*predict --run RUN FOLDER"):
+        test = AnomalyDataset(tmp_path, "test", size=8)
+    assert [unsorted_word(n) for n in ("new_photos", "Unlabelled", "new_scratch", "dent")] == [
+        "new",
+        "unlabelled",
+        None,
+        None,
+    ]
+    summary = score_summary(test.labels, np.arange(len(test)), {}, None, test.defects)
+    assert f"({len(test)} images: good 1, scratch 5, to check 5)" in summary
+
+
+def test_small_slips_of_the_walkthrough():
+    from anomaly.metrics import conformal_n_needed
+    from anomaly.overlays import _apart
+
+    with pytest.raises(ValueError, match=r"for 5 %, give 0.05"):
+        conformal_n_needed(5)
+    assert (_apart(8.08512, 8.08498), _apart(8.08498, 8.08512)) == ("8.0851", "8.085")
+    assert _apart(29.57, 30.63) == "29.57"
