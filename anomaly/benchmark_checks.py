@@ -14,7 +14,7 @@ from pathlib import Path
 
 from anomaly.benchmark_dirs import BenchmarkError
 from anomaly.config import shell_word
-from anomaly.safe_files import plain_relative
+from anomaly.written_files import plain_relative
 
 # the rows whose encoder features a `<row>+kmeans` row clusters (`unet_original`: the original)
 KMEANS_SOURCES = ("ae", "unet", "vae", "unet_original")

@@ -33,15 +33,9 @@ from PIL import Image, ImageDraw, ImageFont
 from anomaly.data.image_kind import read_rgb
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
-from anomaly.safe_files import (
-    atomic_bytes,
-    marked_overlay,
-    output_folder,
-    overlay_mark,
-    remove_written,
-    write_json,
-)
+from anomaly.safe_files import atomic_bytes, output_folder, write_json
 from anomaly.viz import OUTLINE, to_rgb
+from anomaly.written_files import marked_overlay, overlay_mark, remove_written
 
 PASS, REJECT = "PASS", "REJECT"
 GOOD, DEFECTIVE = "good", "defective"

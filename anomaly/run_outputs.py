@@ -13,7 +13,8 @@ import json
 import zipfile
 
 from anomaly.data.files import named
-from anomaly.safe_files import marked_overlay, output_folder, remove_written
+from anomaly.safe_files import output_folder
+from anomaly.written_files import marked_overlay, remove_written
 
 PREDICTION_ARRAYS = {"scores.npy", "maps.npy", "method.npy"}  # `Predictions.save` writes these
 SCORE_METRICS = {"predict_images_per_s", "threshold"}  # `pipeline.score_run` adds these

@@ -16,7 +16,8 @@ from PIL import Image
 from anomaly.cli import main
 from anomaly.overlays import WRITTEN
 from anomaly.pipeline import score_run
-from anomaly.safe_files import marked_overlay, overlay_mark, remove_written, sha256_file
+from anomaly.safe_files import sha256_file
+from anomaly.written_files import marked_overlay, overlay_mark, remove_written
 
 
 def _pngs(folder):

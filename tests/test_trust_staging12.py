@@ -16,7 +16,7 @@ from helpers import tree_bytes
 
 from anomaly.cli import main
 from anomaly.data import generated, make_cookies, make_photos
-from anomaly.safe_files import remove_made
+from anomaly.written_files import remove_made
 
 TINY = {"preset": "tiny", "seed": 0, "size": 64}
 ARGV = ["--preset", "tiny", "--seed", "0", "--size", "64"]

@@ -144,3 +144,21 @@ def test_small_slips_of_the_walkthrough():
         conformal_n_needed(5)
     assert (_apart(8.08512, 8.08498), _apart(8.08498, 8.08512)) == ("8.0851", "8.085")
     assert _apart(29.57, 30.63) == "29.57"
+
+
+def test_a_models_digest_is_read_in_blocks(tmp_path, monkeypatch):
+    """`threshold` hashed model.pt with Path.read_bytes: a link to a 16 GB file took all memory
+    and ended in a MemoryError traceback."""
+    import hashlib
+    from pathlib import Path
+
+    from anomaly.safe_files import sha256_file
+
+    data = b"x" * 3_000_000
+    (tmp_path / "model.pt").write_bytes(data)
+
+    def whole(self):
+        raise MemoryError("read whole")
+
+    monkeypatch.setattr(Path, "read_bytes", whole)
+    assert sha256_file(tmp_path / "model.pt") == hashlib.sha256(data).hexdigest()

@@ -18,7 +18,7 @@ that generator lists; anything else is refused with nothing changed.
 Staging inside ROOT rather than beside it: the rename never crosses file systems (ROOT may be a
 mount point), ROOT's parent need not be writable, and nothing appears next to ROOT.
 
-`--overwrite` replaces only what the earlier manifest lists (`anomaly.safe_files.remove_made`):
+`--overwrite` replaces only what the earlier manifest lists (`anomaly.written_files.remove_made`):
 its folders are moved into the staging folder, each in one rename, and deleted there, so ROOT
 never holds part of the old set.
 
@@ -43,13 +43,8 @@ from PIL import Image
 
 from anomaly.data.files import broken_link
 from anomaly.run_lock import pid_alive
-from anomaly.safe_files import (
-    check_removable,
-    plain_relative,
-    remove_made,
-    sha256_file,
-    write_json,
-)
+from anomaly.safe_files import sha256_file, write_json
+from anomaly.written_files import check_removable, plain_relative, remove_made
 
 MARKER = "generator.json"
 FINGERPRINTS = "sha256"  # manifest key: {file relative to ROOT: SHA-256 of the bytes written}
