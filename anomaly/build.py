@@ -228,8 +228,10 @@ def _sizes_near(size: int, fails) -> list[int]:
 
 def trained_images(rd: RunDir) -> dict | None:
     """What the run's training images were (split.json's "images", `data.image_kind`), or None
-    for a run from before that record, or a split.json that does not read."""
+    for a run from before that record, or a split.json that does not read (said: images unlike
+    the training ones then go unnamed)."""
     try:
         return (rd.split() or {}).get("images")
-    except (RunError, AttributeError):
+    except (RunError, AttributeError) as err:
+        warnings.warn(f"{err}; images are not compared with the training images", stacklevel=2)
         return None

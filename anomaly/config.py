@@ -420,14 +420,9 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        from anomaly.safe_files import read_record
+        from anomaly.safe_files import load_record
 
-        try:
-            raw = json.loads(read_record(path))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(
-                f"{path} is not valid JSON ({err}); restore it from a copy or train the run again"
-            ) from None
+        raw = load_record(path)  # RunError, a ValueError, naming it when it is not JSON
         if not isinstance(raw, dict):
             raise ValueError(f"{path} does not hold a config (a JSON object of fields)")  # noqa: TRY004
         unknown = sorted(set(raw) - {f.name for f in fields(cls)})

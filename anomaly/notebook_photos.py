@@ -413,16 +413,15 @@ def line_scores(rd: RunDir) -> tuple[np.ndarray | None, str]:
     model's only while threshold.json is the one set on them (the same images' hash) and
     records this model.pt as the one it was chosen for (`anomaly.threshold_file.model_record`),
     not carried over from an earlier model (training resumed: `threshold_file.carried`)."""
-    import json
 
     from anomaly import threshold_file as tf
-    from anomaly.safe_files import finite, read_record
+    from anomaly.safe_files import finite, load_record
 
     if not rd.file(rd.CALIBRATION).is_file():
         return None, ""
     kept = rd.calibration()
     try:
-        saved = json.loads(read_record(rd.file(rd.THRESHOLD)))
+        saved = load_record(rd.file(rd.THRESHOLD))
     except (OSError, ValueError):  # none, or not JSON
         saved = None
     saved = saved if isinstance(saved, dict) else {}

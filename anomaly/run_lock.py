@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from anomaly.safe_files import TEMPORARY_NAME, RunError, read_record
+from anomaly.safe_files import TEMPORARY_NAME, RunError, load_record
 
 
 def pid_alive(pid: int) -> bool:
@@ -36,7 +36,7 @@ def _live_holder(path: Path) -> tuple[int, str] | None:
     """(PID, command) of the live process holding the lock file `path`, else None (no lock, a
     damaged one, or one left by a process that no longer runs)."""
     try:
-        holder = json.loads(read_record(path))
+        holder = load_record(path)
         pid = holder["pid"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -47,7 +47,7 @@ from anomaly.safe_files import (
     _atomic,
     atomic_meanwhile,
     finite,
-    read_record,
+    load_record,
     write_json,
 )
 
@@ -168,13 +168,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         if not path.is_file():
             self.refuse_not_a_run()
             raise RunError(f"{self.path} has no {name}{what}")
-        try:
-            return json.loads(read_record(path))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RunError(
-                f"{path} is not valid JSON ({err}); restore it, or delete it and "
-                "make it again (train or threshold)"
-            ) from None
+        return load_record(path)  # RunError naming it when it is not JSON
 
     def config(self) -> Config:
         self.require()
@@ -254,7 +248,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         be shown as this model's."""
         path = self.file(self.CALIBRATION)
         try:
-            kept = json.loads(read_record(path))
+            kept = load_record(path)
         except (OSError, ValueError):
             kept = None
         sha = threshold_file.model_sha256(self.file(self.MODEL))
@@ -331,7 +325,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         """versions.json as a dict, or None when it is missing or does not read as a record
         (what writes to it then leaves it alone)."""
         try:
-            record = json.loads(read_record(self.file(self.VERSIONS)))
+            record = load_record(self.file(self.VERSIONS))
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None

@@ -176,6 +176,34 @@ def read_record(path: str | Path, limit: int = MAX_RECORD_BYTES) -> str:
         return f.read(limit + 1).decode("utf-8")
 
 
+def parse_record(text: str, where) -> object:
+    """The value of a record's JSON `text` (from the file `where`, named in the error): RunError
+    for invalid JSON, nesting too deep for Python's decoder (a 4 KB `[[[...]]]` from someone else
+    raised RecursionError past every handler) or a number of over 4,300 digits."""
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as err:  # JSONDecodeError too
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise _not_json(where, why) from None
+
+
+def _not_json(where, why) -> RunError:
+    return RunError(
+        f"{where} is not valid JSON ({why}); it is not a record this package wrote: restore it "
+        "from a copy, or delete it and make it again"
+    )
+
+
+def load_record(path: str | Path, limit: int = MAX_RECORD_BYTES) -> object:
+    """A JSON record of a run or a command (`read_record`, `parse_record`): RunError naming it
+    for anything that is not one (not UTF-8 either); OSError when it cannot be read."""
+    try:
+        text = read_record(path, limit)
+    except UnicodeDecodeError as err:
+        raise _not_json(path, err) from None
+    return parse_record(text, path)
+
+
 def sha256_file(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, in hex, read in blocks (a model.pt of gigabytes, or a
     link to one, is never held in memory whole)."""

@@ -25,7 +25,7 @@ from anomaly.detectors.auto_grid import (
     without_timings,
 )
 from anomaly.runs import RunDir, RunError
-from anomaly.safe_files import read_record
+from anomaly.safe_files import load_record
 
 
 def _with_timings(own: dict, saved) -> dict:
@@ -75,7 +75,7 @@ def selection_problem(run: RunDir, payload: dict) -> str | None:
     if not path.is_file():
         return None
     try:
-        saved = json.loads(read_record(path))
+        saved = load_record(path)
     except (ValueError, UnicodeDecodeError) as err:
         return (
             f"{path} is not valid JSON ({err}); what auto chose is also recorded in {model}, "

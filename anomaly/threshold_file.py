@@ -13,11 +13,10 @@ This module imports only `anomaly.safe_files` (the metrics and run-folder module
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from anomaly.safe_files import finite, read_record, sha256_file
+from anomaly.safe_files import finite, load_record, sha256_file
 
 MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it was chosen for
 # a threshold carried to a new model.pt (training resumed) also records the one it replaces, as
@@ -170,7 +169,7 @@ def model_record(model: Path) -> dict:
 def saved_for(threshold: Path, model: Path) -> dict | None:
     """The saved threshold in the file `threshold` when it records the file `model`, else None."""
     try:
-        d = json.loads(read_record(threshold))
+        d = load_record(threshold)
         made_for = d.get(MODEL_RECORD)
     except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
         return None
@@ -276,7 +275,7 @@ def check_numbers(threshold, file, held_out: str, folder: str) -> None:
     scores = record.get("scores") if isinstance(record, dict) else None  # held in the threshold
     if scores is None:
         try:
-            scores = json.loads(read_record(file(folder if on_folder else held_out)))["scores"]
+            scores = load_record(file(folder if on_folder else held_out))["scores"]
         except (OSError, ValueError, KeyError, TypeError):
             return
     if not (isinstance(scores, list) and len(scores) > 0 and all(finite(x) for x in scores)):

@@ -8,12 +8,11 @@ ours stays.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from anomaly.safe_files import read_record, sha256_file
+from anomaly.safe_files import load_record, sha256_file
 
 # A text chunk in each overlay PNG `score` writes: what proves a file in overlays/ its own when
 # the record of what it wrote (`remove_written`) cannot say.
@@ -107,7 +106,7 @@ def read_written(folder: Path, record: str) -> dict[str, str | None] | None:
     or None while being written}), or None when there is none. The folder may be someone
     else's: only plain file names in it are kept, never a path."""
     try:
-        names = json.loads(read_record(folder / record))
+        names = load_record(folder / record)
     except (OSError, ValueError):
         return None
     if not isinstance(names, dict):

@@ -162,3 +162,78 @@ def test_a_models_digest_is_read_in_blocks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "read_bytes", whole)
     assert sha256_file(tmp_path / "model.pt") == hashlib.sha256(data).hexdigest()
+
+
+def _npz_of_headers(path, arrays: dict) -> None:
+    """An .npz whose arrays declare `arrays`' {name: (shape, dtype)} and hold no data."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, (shape, dtype) in arrays.items():
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                head, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+            )
+            z.writestr(f"{name}.npy", head.getvalue())  # magic and header, no data
+
+
+def test_predictions_declaring_more_than_memory_are_refused_unread(tmp_path):
+    """A 0.8 MB predictions.npz of deflated zeros declared 8,000 maps (2.9 GB once read), and
+    one of 8 MB 80,000: the explorer read them whole before any check."""
+    from anomaly.detectors.base import Predictions
+
+    n = 10**6
+    path = tmp_path / "predictions.npz"
+    arrays = {
+        "labels": ((n,), "i8"),
+        "scores": ((n,), "f4"),
+        "maps": ((n, 224, 224), "f2"),
+        "masks": ((0,), "u1"),
+        "paths": ((n,), "<U8"),
+    }
+    _npz_of_headers(path, arrays)
+    with pytest.raises(
+        ValueError, match=r"reading it needs \d+\.\d GiB of memory, and .* available"
+    ):
+        Predictions.load(path)
+    _npz_of_headers(path, {**arrays, "maps": ((n - 1, 224, 224), "f2")})
+    with pytest.raises(ValueError, match=r"not one score, label and map for each image"):
+        Predictions.load(path)
+
+
+@pytest.mark.parametrize("text", ["[" * 3000 + "]" * 3000, '{"size": ' + "9" * 5000 + "}"])
+def test_a_record_nested_too_deep_or_too_long_a_number_is_named(
+    scored_ae_run, tiny_cookies, tmp_path, capsys, text
+):
+    """A 4 KB config.json of [[[...]]] ended score, predict, threshold and export in a
+    RecursionError traceback; a 5,000-digit number in one said only "Exceeds the limit (4300
+    digits) for integer string conversion", naming no file."""
+    from anomaly.cli import main
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    image = str(min((tiny_cookies / "test" / "good").glob("*.png")))
+    for name in ("config.json", "threshold.json", "split.json"):
+        saved = (run / name).read_text()
+        (run / name).write_text(text)
+        code = main(["predict", "--run", str(run), "--no-overlays", image])
+        assert f"{run / name} is not valid JSON" in capsys.readouterr().err
+        assert code == (0 if name == "split.json" else 2)  # split.json: said, and scored
+        (run / name).write_text(saved)
+
+
+def test_a_damaged_record_of_the_training_images_is_said(tmp_path):
+    """Values such as [1, 2] or {"colour": "x"} in split.json's images switched the checks of
+    unlike images off without a word."""
+    import io
+
+    from PIL import Image
+
+    from anomaly.data.image_kind import warn_unlike
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    for record in ([1, 2], {"colour": "x", "side": [1e308, -1]}):
+        out = io.StringIO()
+        warn_unlike([path], record, 3, 64, stream=out)
+        assert "does not read" in out.getvalue()

@@ -251,6 +251,30 @@ def _transparent(im: Image.Image) -> bool:
     return alpha.getextrema()[0] < 255
 
 
+def readable_record(trained) -> bool:
+    """Whether `trained` (split.json's "images", from a folder that may be someone else's) has
+    the fields and types `summarize` writes: lists of flags and bit depths, and a positive,
+    finite [low, high] pair of aspect ratios and of sides (older runs lack some: fine)."""
+    if not isinstance(trained, dict):
+        return False
+
+    def listed(key, kind) -> bool:
+        v = trained.get(key)
+        return v is None or isinstance(v, list) and all(type(x) in kind for x in v)
+
+    def pair(key, kind) -> bool:
+        v = trained.get(key)
+        return v is None or (
+            isinstance(v, list) and len(v) == 2 and listed(key, kind)
+            and all(0 < x < 1e9 for x in v) and v[0] <= v[1]
+        )  # fmt: skip
+
+    return (
+        listed("colour", (bool,)) and listed("transparent", (bool,)) and listed("bits", (int,))
+        and pair("aspect", (int, float)) and pair("side", (int,))
+    )  # fmt: skip
+
+
 def summarize(paths) -> dict:
     """What the training images are, for split.json: {"colour": [False and/or True],
     "bits": [...], "aspect": [lowest, highest], "side": [shortest, longest] of their shorter
@@ -415,8 +439,15 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
 def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=None) -> list[str]:
     """Print to stderr one warning per file of `paths` unlike the training images `trained`
     (split.json's "images"; None or {}: a run from before the record, nothing is checked).
-    Returns the warnings."""
-    if not trained or not isinstance(trained, dict):
+    Returns the warnings. A damaged record (someone else's split.json) is said once."""
+    damaged = (
+        "note: split.json's record of the training images does not read, so images unlike "
+        "them are not named"
+    )
+    if not trained:
+        return []
+    if not readable_record(trained):
+        print(damaged, file=stream or sys.stderr)
         return []
     lines = []
     for path in paths:
@@ -424,6 +455,7 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
         try:
             said = unlike(kind, trained, channels, size) if kind is not None else []
         except (TypeError, ValueError, KeyError):  # a damaged record in split.json: no check
+            print(damaged, file=stream or sys.stderr)
             return lines
         if said:
             lines.append(f"warning: {path}: " + "; ".join(said))

@@ -49,6 +49,59 @@ def _stored_maps(maps: np.ndarray) -> np.ndarray:
     return maps.astype(np.float16)
 
 
+_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _declared(z) -> dict[str, tuple[tuple, np.dtype]]:
+    """Each array's shape and dtype in an .npz `z`, from its header alone: nothing decompressed
+    (a file of 1 MB can declare gigabytes of deflated zeros)."""
+    declared = {}
+    for name in z.files:
+        with z.zip.open(f"{name}.npy") as f:
+            header = _HEADERS.get(np.lib.format.read_magic(f))
+            if header is None:
+                raise ValueError(f"its {name} is in an .npy format `score` never writes")
+            shape, _, dtype = header(f)
+            declared[name] = (shape, dtype)
+    return declared
+
+
+def _available_memory() -> int | None:
+    """The bytes of memory Linux says a new allocation can have (MemAvailable), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            line = next(x for x in f if x.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def check_declared(z) -> None:
+    """ValueError, before anything is decompressed, when the arrays of predictions.npz `z`
+    declare shapes `Predictions.save` never writes (other than one score, label and map per
+    image), or more memory to read (the maps in float32 too) than the machine has available."""
+    d = _declared(z)
+    missing = sorted({"labels", "scores", "maps", "masks"} - set(d))
+    if missing:
+        raise ValueError(f"it has no {', '.join(missing)}")
+    n, maps = d["labels"][0], d["maps"][0]
+    if len(n) != 1 or d["scores"][0] != n or len(maps) != 3 or maps[0] != n[0]:
+        raise ValueError(
+            f"its arrays have the wrong shapes (labels {n}, scores {d['scores'][0]}, maps "
+            f"{maps}): not one score, label and map for each image"
+        )
+    need = sum(int(np.prod(s)) * t.itemsize for s, t in d.values()) + int(np.prod(maps)) * 4
+    if (free := _available_memory()) is not None and need > free:
+        raise ValueError(
+            f"reading it needs {need / 2**30:.1f} GiB of memory, and {free / 2**30:.1f} GiB is "
+            f"available: its {maps[0]:,} maps of {maps[1]} x {maps[2]} are more than this machine "
+            "can hold (a file from elsewhere? score the run here)"
+        )
+
+
 def nonfinite(scores: np.ndarray, maps: np.ndarray) -> str | None:
     """Words for the NaN or infinite values among a run's scores, else among its maps ("1 of its
     10 scores is NaN or infinite"), or None when every one is finite."""
@@ -140,6 +193,7 @@ class Predictions:
         file may be someone else's): one score and a label of 0 or 1 per image, maps [N, H, W],
         masks of the maps' shape."""
         z = np.load(path, allow_pickle=False)
+        check_declared(z)
         masks = z["masks"] if z["masks"].size else None
         known = z["mask_known"] if "mask_known" in z.files and z["mask_known"].size else None
         labels, scores, maps = z["labels"], z["scores"], z["maps"]

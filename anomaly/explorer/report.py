@@ -9,7 +9,6 @@ import datetime
 import hashlib
 import html
 import io
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from anomaly.explorer.text import (
     rule_html,
 )
 from anomaly.runs import RunDir
-from anomaly.safe_files import read_record
+from anomaly.safe_files import load_record
 
 GOOD_COLOUR, DEFECT_COLOUR = "#4c72b0", "#dd8452"
 REPORT_GALLERY = 120  # at most this many misclassified images in a report
@@ -176,7 +175,7 @@ def identity(r: RunView) -> list[tuple[str, str]]:
         config = RunDir(r.folder).file(RunDir.CONFIG)
         if config.is_file():
             try:
-                cfg = json.loads(read_record(config))
+                cfg = load_record(config)
                 rows += [(k, str(cfg[k])) for k in ("data", "size", "channels", "seed") if k in cfg]
             except (ValueError, OSError):
                 pass

@@ -8,7 +8,6 @@ they hold the same images (`collect_runs` matches them by path under the data fo
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from collections import Counter, defaultdict
@@ -24,7 +23,7 @@ from anomaly.detectors.base import Predictions, nonfinite
 from anomaly.metrics import Threshold
 from anomaly.overlays import EvidenceScale, run_scale
 from anomaly.runs import RunDir, RunError
-from anomaly.safe_files import read_record
+from anomaly.safe_files import load_record
 
 
 def load_run_predictions(run: str | Path) -> Predictions:
@@ -119,7 +118,7 @@ def data_root(pred: Predictions, folder: Path | None) -> Path | None:
     data = (pred.meta or {}).get("data") if isinstance(pred.meta, dict) else None
     if not data and folder is not None:
         try:
-            data = json.loads(read_record(RunDir(folder).file(RunDir.CONFIG))).get("data")
+            data = load_record(RunDir(folder).file(RunDir.CONFIG)).get("data")
         except (OSError, ValueError, AttributeError):
             data = None
     return Path(os.path.abspath(data)) if isinstance(data, str) and data else None
@@ -272,7 +271,7 @@ def other_data(pred: Predictions, folder: Path | None) -> str | None:
         return None
     data = data_root(pred, folder)
     try:
-        own = json.loads(read_record(RunDir(threshold_home(folder)).file(RunDir.CONFIG)))["data"]
+        own = load_record(RunDir(threshold_home(folder)).file(RunDir.CONFIG))["data"]
         own = Path(os.path.abspath(own)) if isinstance(own, str) and own else None
     except (OSError, ValueError, KeyError, TypeError):
         own = None
