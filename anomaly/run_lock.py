@@ -11,6 +11,7 @@ it. Taking the lock removes what writers killed in the folder left: their tempor
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -98,6 +99,16 @@ def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
         os.close(fd)
 
 
+def not_writable(folder: Path, err: OSError, command: str) -> RunError:
+    """The error for a folder `command` cannot write in: someone else's run, or a read-only
+    disk (it said "could not take the lock ...; delete it", of a lock that was not there)."""
+    return RunError(
+        f"{folder} cannot be written ({err.strerror}), and {command} writes in it: a run of "
+        "someone else's, or on a read-only disk. Copy the run to a folder of yours (cp -r) and "
+        "run it there; predict --out DIR needs no write to the run"
+    )
+
+
 def _take_lock(folder: Path, path: Path, command: str) -> int:
     """An open descriptor of the lock file `path`, held, with this PID and `command` in it."""
     for _ in range(3):
@@ -105,8 +116,10 @@ def _take_lock(folder: Path, path: Path, command: str) -> int:
             path.unlink()  # a link or a pipe planted under its name: never a lock of ours
         try:
             fd = os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        except OSError:  # one planted again since: try again
-            continue
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise not_writable(folder, err, command) from None
+            continue  # one planted again since: try again
         held, holder = _flock(fd), _live_holder(path)
         try:
             if held and holder is None and _still_at(fd, path):

@@ -132,7 +132,15 @@ TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[a-z0-9_]+\.tmp")
 def _new_temporary(path: Path) -> tuple[int, Path]:
     """(open descriptor, name) of a new temporary file beside `path`, named `TEMPORARY_NAME`."""
     prefix = f".{path.name}.{os.getpid()}-"
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise RunError(  # someone else's folder, or a read-only disk
+            f"{path.parent} cannot be written ({err.strerror}), so {path.name} was not; give "
+            "a folder of yours (--out), or copy what you need to one"
+        ) from None
     return fd, Path(name)
 
 

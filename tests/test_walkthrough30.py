@@ -237,3 +237,38 @@ def test_a_damaged_record_of_the_training_images_is_said(tmp_path):
         out = io.StringIO()
         warn_unlike([path], record, 3, 64, stream=out)
         assert "does not read" in out.getvalue()
+
+
+def test_a_run_that_cannot_be_written_is_named_so(tiny_cookies, tmp_path, monkeypatch, capsys):
+    """A read-only run: score and threshold said "could not take the lock RO/.lock; delete it",
+    of a lock that was not there; export printed a raw "[Errno 13] Permission denied"."""
+    import errno
+    import os
+    import tempfile
+
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
+    train_run(config, run, progress=False)
+    real_open, real_mkstemp = os.open, tempfile.mkstemp
+
+    def refused(path, *args, **kwargs):
+        if str(path).startswith(str(run)) and args and args[0] & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def no_temporary(*args, dir=None, **kwargs):
+        if str(dir).startswith(str(run)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    monkeypatch.setattr(tempfile, "mkstemp", no_temporary)
+    assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} cannot be written (Permission denied)" in err and "delete it" not in err
+    assert main(["export", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} cannot be written (Permission denied), so model.onnx was not" in err
