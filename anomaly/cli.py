@@ -261,8 +261,9 @@ def _held_out_words(run, value: float) -> str:
     (every part rejected, or none ever) shows at once."""
     try:
         held = [float(x) for x in run.val_scores()["scores"]]
-    except (ValueError, KeyError, TypeError):  # no held-out scores to count
-        return "the run has no held-out scores to count against"
+    except (ValueError, KeyError, TypeError) as err:  # none to count, or not of this model.pt
+        why = f" ({str(err)[:300]})" if run.file(run.VAL_SCORES).is_file() else ""
+        return f"the run has no held-out scores of its model.pt to count against{why}"
     rejected = sum(x >= value for x in held)
     return f"it rejects {rejected} of the run's {len(held)} held-out good images"
 
@@ -310,7 +311,7 @@ def _threshold_words(t) -> str:
             "version, or the record deleted), so no guarantee is claimed; choose it again with "
             "`python -m anomaly threshold`"
         )
-    if (t.params or {}).get(UNSUPPORTED) and t.rule == "conformal":
+    if (t.params or {}).get(UNSUPPORTED) and t.rule in ("conformal", "normal_quantile"):
         return (
             f"{words}: {lost_guarantee(t.rule, t.params)} (edited, or another run's files?), "
             "so no guarantee is claimed; choose it again with `python -m anomaly threshold`"

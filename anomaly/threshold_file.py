@@ -219,7 +219,10 @@ def drop_guarantee(params) -> bool:
 def lost_guarantee(rule: str, params: dict) -> str | None:
     """Why a conformal threshold claims no guarantee it was set with, in words for the explorer
     and the notebooks: chosen on an earlier model of the run, not recorded as chosen for this
-    one (`UNRECORDED`), or its numbers not given by its scores (`UNSUPPORTED`); None otherwise."""
+    one (`UNRECORDED`), or its numbers not given by its scores (`UNSUPPORTED`); None otherwise.
+    A normal-quantile one guarantees nothing, but can say that its value is not its quantile."""
+    if rule == "normal_quantile" and params.get(UNSUPPORTED):
+        return "its value is not the quantile q it records of the scores it was set on"
     if rule != "conformal":
         return None
     if params.get("earlier_model"):
@@ -266,9 +269,16 @@ def check_numbers(threshold, file, held_out: str, folder: str) -> None:
     it records: the scores its record holds (held-out ones too where copies among them were
     counted once, `anomaly.calibration`), or for one from before records held them
     (`file(folder)`, calibration_scores.json; `file`: `RunDir.file`). Scores that cannot be
-    read leave it as it is: there is nothing to check it against."""
+    read leave it as it is: there is nothing to check it against. A normal-quantile threshold
+    (train's default) must be the quantile q it records of those scores (numpy's, to 1e-9): one
+    edited to 1e300 passed every part, labelled as a quantile of good scores."""
     params = threshold.params
-    if threshold.rule != "conformal" or not guarantee_words(threshold.rule, params):
+    q = params.get("q")
+    quantile = threshold.rule == "normal_quantile" and finite(q) and 0 <= q <= 1
+    quantile = quantile and not (params.get("earlier_model") or params.get(UNRECORDED))
+    if not quantile and (
+        threshold.rule != "conformal" or not guarantee_words(threshold.rule, params)
+    ):
         return
     record = params.get("calibration")
     on_folder = isinstance(record, dict) and record.get("source") == "folder"
@@ -280,12 +290,29 @@ def check_numbers(threshold, file, held_out: str, folder: str) -> None:
             return
     if not (isinstance(scores, list) and len(scores) > 0 and all(finite(x) for x in scores)):
         return
+    if quantile:
+        if params.get("n_normal", len(scores)) != len(scores) or not _near(
+            threshold.value, _quantile(sorted(float(x) for x in scores), float(q))
+        ):
+            params[UNSUPPORTED] = True
+        return
     n, alpha = len(scores), float(params["alpha"])
     k = conformal_rank(n, alpha)
     counts = params.get("n") == n and 1 <= k <= n and params.get("rank", k) == k
     kth = sorted(float(x) for x in scores)[min(max(k, 1), n) - 1]
     if not counts or threshold.value != math.nextafter(kth, math.inf):
         params[UNSUPPORTED] = True
+
+
+def _quantile(s: list[float], q: float) -> float:
+    """numpy's default (linear) quantile q of the sorted numbers `s`."""
+    h = q * (len(s) - 1)
+    lo = math.floor(h)
+    return s[lo] if lo + 1 >= len(s) else s[lo] + (h - lo) * (s[lo + 1] - s[lo])
+
+
+def _near(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
 
 
 FEW_DEFECTS = 10  # below this many labelled defects an F1 threshold is one image's score

@@ -272,3 +272,32 @@ def test_a_run_that_cannot_be_written_is_named_so(tiny_cookies, tmp_path, monkey
     assert main(["export", "--run", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"{run} cannot be written (Permission denied), so model.onnx was not" in err
+
+
+def test_threshold_says_why_the_held_out_scores_were_not_counted(scored_ae_run, tmp_path, capsys):
+    """With another run's model.pt put in, threshold --rule manual said only "the run has no
+    held-out scores to count against", hiding that val_scores.json is another model's."""
+    from anomaly.cli import main
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    (run / "model.pt").write_bytes((run / "model.pt").read_bytes() + b"\0")
+    assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "no held-out scores of its model.pt" in out and "scored by another model" in out
+
+
+def test_an_edited_quantile_threshold_is_named(scored_ae_run, tiny_cookies, tmp_path, capsys):
+    """threshold.json's value edited to 1e300, rule normal_quantile kept: predict printed
+    "threshold 1e+300 (normal_quantile)" and passed every part."""
+    import json
+
+    from anomaly.cli import main
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    assert RunDir(run).threshold().params.get("scores_disagree") is None  # as train set it
+    saved = json.loads((run / "threshold.json").read_text())
+    (run / "threshold.json").write_text(json.dumps({**saved, "value": 1e300}))
+    image = str(min((tiny_cookies / "test" / "crack").glob("*.png")))
+    assert main(["predict", "--run", str(run), "--no-overlays", image]) == 0
+    err = capsys.readouterr().err
+    assert "its value is not the quantile q it records of the scores it was set on" in err
