@@ -408,20 +408,19 @@ class OnnxDetector:
         # the saved threshold's guarantee, and what the training images were (None: not stored)
         self.threshold_params, self.trained_images = _records(path, self.meta)
         self.decode = self.meta.get("decode", "full")  # exported before it: every pixel
-        draft = str(self.meta.get("draft_size"))  # the run's (auto: not its choice's) size x 2
-        self.draft = int(draft) if draft.isdigit() else None
-        if self.decode not in ("full", "draft"):
+        draft = str(self.meta.get("draft_size", ""))  # the run's (auto: not its choice's) x 2
+        ok = draft.isascii() and draft.isdigit() and self.size <= int(draft) <= 8192
+        self.draft = int(draft) if ok else None  # 8192: twice the largest --size
+        if self.decode not in ("full", "draft") or (draft and not ok):
             raise ExportError(
-                f"{path}: its metadata decode is {self.decode!r:.40}, not full or draft, so it "
-                "is not a file export wrote; export the run again"
+                f"{path}: its metadata decode {self.decode!r:.40} and draft_size {draft!r:.20} "
+                "are not what export writes, so it is not a file export wrote; export the run again"
             )
 
     def warn_unlike(self, images) -> list[str]:
-        """Warn on stderr, as `predict --run` does, of each image file in `images` unlike the
-        run's training images (greyscale, 16-bit, another aspect ratio, far smaller): its score
-        means little. No check for a file exported without that record; where this module was
-        copied without the package (whose `anomaly.data.image_kind` does the check), a note
-        says once that such images are not named."""
+        """Warn on stderr, as `predict --run` does, of each image in `images` unlike the training
+        images (greyscale, 16-bit, another aspect ratio, far smaller; a file without that record:
+        no check). Copied without the package (`anomaly.data.image_kind`): a note, once."""
         try:
             from anomaly.data.image_kind import warn_unlike
         except ImportError:

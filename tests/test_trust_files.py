@@ -211,6 +211,10 @@ def _edited(src: Path, dest: Path, key: str, value: str) -> Path:
         ("threshold", "abc", "its metadata threshold is 'abc'"),
         ("threshold", "inf", "not a finite number"),
         ("threshold_rule", "\x1b[2J", "threshold_rule"),
+        # decoding a JPEG at another scale gave other scores without a word (session 30)
+        ("draft_size", "1", "draft_size '1' are not what export writes"),
+        ("draft_size", "999999", "draft_size '999999'"),
+        ("draft_size", "²", "draft_size '²'"),
     ],
 )
 def test_edited_onnx_metadata_is_one_clear_error(
