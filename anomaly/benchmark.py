@@ -70,8 +70,8 @@ from anomaly.benchmark_tables import (
     update_readme,
     write_notes,
 )
-from anomaly.config import shell_word
 from anomaly.runs import RunDir
+from anomaly.terminal import shell_word
 
 # `unet_original` is the original project's recipe (`--recipe original`), `+kmeans` the k-means
 # on the bottleneck of the row named before the "+" (the original's own k-means for the original)

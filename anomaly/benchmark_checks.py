@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from anomaly.benchmark_dirs import BenchmarkError
-from anomaly.config import shell_word
+from anomaly.terminal import shell_word
 from anomaly.written_files import plain_relative
 
 # the rows whose encoder features a `<row>+kmeans` row clusters (`unet_original`: the original)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.config import shell_word
 from anomaly.safe_files import _atomic
+from anomaly.terminal import shell_word
 
 COLUMNS = [
     ("method", "{}"),

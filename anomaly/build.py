@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from anomaly.config import METHOD_DEFAULTS, Config, shell_word
+from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.detectors import Detector, get_detector
 from anomaly.detectors.inputs import unchecked
 from anomaly.detectors.kmeans import check_encoder  # kmeans --from checks it too
@@ -22,6 +22,7 @@ from anomaly.run_checkpoints import TRAIN_AGAIN
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 from anomaly.selection import selection_problem
+from anomaly.terminal import shell_word
 from anomaly.train import select_device
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.config import shell_word
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, named, scan_images
 from anomaly.decision import far_above_words
 from anomaly.metrics import (
@@ -41,6 +40,7 @@ from anomaly.metrics import (
 )
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
+from anomaly.terminal import shell_word
 from anomaly.threshold_file import f1_words, guarantee_words
 
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")

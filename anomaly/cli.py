@@ -18,7 +18,8 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
     build_parser,
     method_names,
 )
-from anomaly.config import READ_BY, Config, flag_of, ignored_by, shell_word
+from anomaly.config import READ_BY, Config, flag_of, ignored_by
+from anomaly.terminal import shell_word
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
 
@@ -245,7 +246,7 @@ class StdoutGone(Exception):
 def _print_row(r: dict) -> None:
     """`predict`'s row for one input, printed (and flushed) as soon as it is scored, so a long
     run stopped part-way keeps its verdicts: tab-separated, names made printable."""
-    from anomaly.predict import printable
+    from anomaly.terminal import printable
 
     cols = ("-", "ERROR", "-")
     if "error" not in r:
@@ -490,7 +491,7 @@ def _visible(message: str) -> str:
     """`message` with each control character but newline and tab written as its escape: a path
     the user typed (or a file name it names) echoed raw could move the cursor or erase the line
     on a terminal, and make a refusal read as something else."""
-    from anomaly.config import control_characters
+    from anomaly.terminal import control_characters
 
     for c in control_characters(message):
         if c not in "\n\t":

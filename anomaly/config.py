@@ -12,11 +12,11 @@ import difflib
 import json
 import math
 import os
-import shlex
 import sys
-import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from anomaly.terminal import control_characters
 
 # Every method the package registers (`anomaly.detectors.REGISTRY`), named here too so that the
 # CLI can list them without importing torch and every detector (tests/test_architecture.py keeps
@@ -177,21 +177,6 @@ def _of_type(value, kind: str) -> bool:
     if kind == "float":
         return isinstance(value, int | float)
     return isinstance(value, str)
-
-
-def control_characters(text: str) -> list[str]:
-    """The control characters (Unicode category Cc: C0, DEL and C1, newline and tab too) in
-    `text`, each once. No path or name needs one, and printed in an error on a terminal
-    "\\x1b[2K\\r" erases the line and writes anything in its place: a config.json from someone
-    else could make a refusal read as success."""
-    return list(dict.fromkeys(c for c in text if unicodedata.category(c) == "Cc"))
-
-
-def shell_word(value) -> str:
-    """`value` (a path) as one word of a shell command that a message suggests: quoted where
-    it holds a space or another character the shell reads (`shlex.quote`), so that the command
-    can be copied as it is."""
-    return shlex.quote(str(value))
 
 
 def flag_of(f) -> str:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anomaly.config import shell_word
 from anomaly.metrics import confusion, confusion_from_counts
+from anomaly.terminal import shell_word
 
 
 @dataclass(frozen=True)

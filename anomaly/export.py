@@ -33,8 +33,6 @@ import os
 import warnings
 from pathlib import Path
 
-from anomaly.config import shell_word
-
 # the file's contract and scoring with it (numpy, Pillow and onnxruntime alone); imported from
 # here by callers and tests too
 from anomaly.onnx_predict import (  # noqa: F401
@@ -50,6 +48,7 @@ from anomaly.onnx_predict import (  # noqa: F401
     preprocess,
     require,
 )
+from anomaly.terminal import shell_word
 from anomaly.threshold_file import (
     MODEL_RECORD,
     UNRECORDED,

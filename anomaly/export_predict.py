@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from anomaly.config import shell_word
 from anomaly.onnx_predict import ExportError, OnnxDetector, read_file, to_input
+from anomaly.terminal import shell_word
 
 
 def _warn_if_stale(detector: OnnxDetector) -> None:

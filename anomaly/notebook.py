@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly.config import Config, shell_word
+from anomaly.config import Config
 from anomaly.data.folder import load_image
 from anomaly.data.image_kind import draft_size, read_rgb
 from anomaly.notebook_benchmark import (
@@ -55,6 +55,7 @@ from anomaly.notebook_setup import (
 )
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import finite
+from anomaly.terminal import shell_word
 
 __all__ = [  # this module's names and those it re-exports (notebook_setup, notebook_benchmark)
     "CURVE_COMMANDS",

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.config import shell_word
 from anomaly.notebook_setup import Settings, _subplots, shown
 from anomaly.runs import RunDir
+from anomaly.terminal import shell_word
 
 SET = "coins"  # objects photographed one per image: the closest set to a part on a line
 SUITE_SEED = 0  # the suite `make benchmark` writes (`make-photos data/photos --seed 0`)

@@ -21,7 +21,7 @@ import numpy as np
 from anomaly import threshold_file
 from anomaly import train_guards as guards
 from anomaly.build import build_detector, check_size, load_run, trained_images
-from anomaly.config import RESUMABLE_FIELDS, Config, shell_word
+from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data
 from anomaly.data.image_kind import draft_size, warn_unlike
@@ -29,6 +29,7 @@ from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import check_path_above, output_folder, sha256_file
+from anomaly.terminal import printable, shell_word
 from anomaly.train import seed_everything, select_device
 from anomaly.train_guards import moved as _moved
 
@@ -57,7 +58,7 @@ def _datasets(config: Config, split: dict | None = None):
         if missing:
             raise RunError(
                 f"the run's split names {len(missing)} images that are not in "
-                f"{config.data} (first: {missing[0]}); the data changed since the run "
+                f"{config.data} (first: {printable(missing[0])}); the data changed since the run "
                 "was made"
             )
         train_idx = [index[p] for p in split["train"]]
@@ -68,7 +69,7 @@ def _datasets(config: Config, split: dict | None = None):
             if changed:
                 raise RunError(
                     f"{len(changed)} of the run's {len(paths)} images changed since it was "
-                    f"trained (first: {changed[0]}), so training on them would learn from other "
+                    f"trained (first: {printable(changed[0])}), so training on them would learn from other "
                     "images than the run did; restore them, or train a new run"
                 )
     else:  # kmeans holds out its --from run's held-out images

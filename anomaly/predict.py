@@ -31,6 +31,7 @@ from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
 from anomaly.safe_files import save_png_new, writable_folder
+from anomaly.terminal import printable
 
 SUBFOLDERS = "not searched; pass each itself to score it, e.g. {name}"
 
@@ -102,19 +103,6 @@ def unreadable(path: Path) -> str | None:
             f"{', '.join(IMAGE_EXTENSIONS)}; save it as PNG to score it"
         )
     return None
-
-
-def printable(text: str, mark: str | None = None) -> str:
-    """`text` with its control characters (a tab or a new line in a file name, which would
-    break `predict`'s tab-separated rows) and the bytes of a name that is not UTF-8 (which
-    `print` cannot write) escaped as Python writes them, or each replaced by `mark`."""
-    return "".join(
-        (mark if mark is not None else repr(c)[1:-1]) if _unprintable(c) else c for c in text
-    )
-
-
-def _unprintable(c: str) -> bool:
-    return ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF
 
 
 def overlay_name(path: Path, used: set[str]) -> str:

@@ -16,10 +16,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from anomaly import threshold_file
-from anomaly.config import Config, flag_of, shell_word
+from anomaly.config import Config, flag_of
 from anomaly.detectors import Detector
 from anomaly.pipeline import train_run
 from anomaly.runs import RunDir, RunError
+from anomaly.terminal import shell_word
 from anomaly.train_guards import moved
 
 # what may differ from the run trained again: where its data set is now, and where and how fast

@@ -20,7 +20,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from anomaly import threshold_file
-from anomaly.config import RESUMABLE_FIELDS, Config, shell_word
+from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.safe_files import (
     RunError,
     atomic_bytes,
@@ -29,6 +29,7 @@ from anomaly.safe_files import (
     torch_bytes,
     write_json,
 )
+from anomaly.terminal import shell_word
 
 CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
 # what to do with a run stopped before its first epoch was saved (no last.pt: nothing to resume)

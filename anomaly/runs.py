@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from anomaly import threshold_file
-from anomaly.config import Config, shell_word
+from anomaly.config import Config
 from anomaly.run_checkpoints import (  # noqa: F401 (re-exported)
     CHECKPOINT_FORMAT,
     SHAPE_FIELDS,
@@ -48,8 +48,10 @@ from anomaly.safe_files import (
     atomic_meanwhile,
     finite,
     load_record,
+    read_record,
     write_json,
 )
+from anomaly.terminal import shell_word
 
 MAP_LIMIT = 1e30  # map values a run's files may name: float32 maps scaled by them stay finite
 
@@ -343,14 +345,16 @@ class RunDir(CheckpointFiles, ScoreOutputs):
 
     # --- tables and arrays ----------------------------------------------------------------
     def history(self) -> list[dict]:
+        """history.csv's rows (epoch, losses), [] without one; RunError naming the file when it
+        is no regular file (`read_record`: a pipe would wait for ever) or a row is not numbers."""
         path = self.file(self.HISTORY)
         if not path.exists():
             return []
-        with open(path, newline="") as f:
-            return [
-                {k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
-                for row in csv.DictReader(f)
-            ]
+        rows = csv.DictReader(io.StringIO(read_record(path), newline=""))
+        try:
+            return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in rows]
+        except (TypeError, ValueError) as err:
+            raise RunError(f"{path} holds a row that is not numbers ({err}); train again") from None
 
     def save_history(self, rows: list[dict]) -> None:
         if not rows:

@@ -23,11 +23,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from anomaly.config import Config, shell_word
+from anomaly.config import Config
 from anomaly.data.files import named
 from anomaly.data.image_kind import warn_mixed
 from anomaly.runs import RunDir, RunError, versions
 from anomaly.safe_files import sha256_file, write_json
+from anomaly.terminal import shell_word
 from anomaly.train import DamagedState, check_resumable, split_indices
 
 

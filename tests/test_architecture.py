@@ -126,7 +126,7 @@ LAYERS = {
     "rerun",
     3: "runs run_checkpoints run_outputs run_versions overlays",
     2: "detectors train",
-    1: "config data models features backbones backbone_base mobilenet maps synthetic metrics "
+    1: "config terminal data models features backbones backbone_base mobilenet maps synthetic metrics "
     "pixel_metrics decision viz lazy safe_files written_files run_lock threshold_file onnx_cache onnx_predict "
     "onnx_checks prefetch",
 }

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from helpers import copy_run
 
-from anomaly.config import Config, shell_word
+from anomaly.config import Config
 from anomaly.runs import RunDir, RunError
+from anomaly.terminal import shell_word
 
 
 def test_a_suggested_command_quotes_a_path_with_a_space(scored_ae_run, tmp_path):
@@ -301,3 +302,37 @@ def test_an_edited_quantile_threshold_is_named(scored_ae_run, tiny_cookies, tmp_
     assert main(["predict", "--run", str(run), "--no-overlays", image]) == 0
     err = capsys.readouterr().err
     assert "its value is not the quantile q it records of the scores it was set on" in err
+
+
+def test_a_history_that_is_a_pipe_or_not_numbers_is_named(scored_ae_run, tmp_path):
+    """read_history (the notebooks' loss curves) waited for ever on a history.csv that is a
+    pipe, and a row of text raised a bare "could not convert string to float"."""
+    import os
+
+    from anomaly.runs import read_history
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    assert read_history(run)[0]["epoch"] == 1
+    (run / "history.csv").write_text("epoch,train_loss\n1,x\n")
+    with pytest.raises(RunError, match=r"history.csv holds a row that is not numbers"):
+        read_history(run)
+    (run / "history.csv").unlink()
+    os.mkfifo(run / "history.csv")
+    with pytest.raises(RunError, match=r"history.csv is not a regular file"):
+        read_history(run)
+
+
+def test_a_path_from_split_json_cannot_forge_a_line(scored_ae_run, tmp_path, capsys):
+    """A new line in a path of split.json reached the terminal raw in train --like's refusal,
+    so a run from someone else could add a forged line under "error: ..."."""
+    import json
+
+    from anomaly.cli import main
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    split = json.loads((run / "split.json").read_text())
+    split["train"][0] = split["train"][0] + "\ntrained: all good"
+    (run / "split.json").write_text(json.dumps(split))
+    assert main(["train", "--like", str(run), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "\\ntrained: all good" in err and "\ntrained: all good" not in err

@@ -53,10 +53,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly.config import Config, shell_word
+from anomaly.config import Config
 from anomaly.detectors.base import Detector, register
 from anomaly.features import local_patch_features
 from anomaly.maps import gaussian_blur
+from anomaly.terminal import shell_word
 
 K_CANDIDATES = range(2, 11)  # what the k rule tries
 MIN_SILHOUETTE = 0.25  # Kaufman and Rousseeuw: below this, no substantial structure

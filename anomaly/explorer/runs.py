@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.config import shell_word
 from anomaly.data.files import IMAGE_EXTENSIONS
 from anomaly.decision import ThresholdTable, score_range, threshold_table
 from anomaly.detectors.base import Predictions, nonfinite
@@ -24,6 +23,7 @@ from anomaly.metrics import Threshold
 from anomaly.overlays import EvidenceScale, run_scale
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import load_record
+from anomaly.terminal import shell_word
 
 
 def load_run_predictions(run: str | Path) -> Predictions:

@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anomaly.config import shell_word
 from anomaly.runs import RunDir
+from anomaly.terminal import shell_word
 
 RUNS_ENV = "ANOMALY_RUNS"  # run folders for the Voila page: a JSON list, or joined by os.pathsep
 APP_ENV = "ANOMALY_EXPLORER_APP"  # another explorer notebook to serve, if set

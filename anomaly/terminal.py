@@ -1,0 +1,37 @@
+"""Text a command prints: control characters escaped (a name in a file from someone else could
+move the cursor or forge a line on a terminal), paths quoted so that a suggested command can be
+copied as it is.
+"""
+
+from __future__ import annotations
+
+import shlex
+import unicodedata
+
+
+def control_characters(text: str) -> list[str]:
+    """The control characters (Unicode category Cc: C0, DEL and C1, newline and tab too) in
+    `text`, each once. No path or name needs one, and printed in an error on a terminal
+    "\\x1b[2K\\r" erases the line and writes anything in its place: a config.json from someone
+    else could make a refusal read as success."""
+    return list(dict.fromkeys(c for c in text if unicodedata.category(c) == "Cc"))
+
+
+def shell_word(value) -> str:
+    """`value` (a path) as one word of a shell command that a message suggests: quoted where
+    it holds a space or another character the shell reads (`shlex.quote`), so that the command
+    can be copied as it is."""
+    return shlex.quote(str(value))
+
+
+def printable(text: str, mark: str | None = None) -> str:
+    """`text` with its control characters (a tab or a new line in a file name, which would
+    break `predict`'s tab-separated rows) and the bytes of a name that is not UTF-8 (which
+    `print` cannot write) escaped as Python writes them, or each replaced by `mark`."""
+    return "".join(
+        (mark if mark is not None else repr(c)[1:-1]) if _unprintable(c) else c for c in text
+    )
+
+
+def _unprintable(c: str) -> bool:
+    return ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF
