@@ -154,9 +154,7 @@ def preprocess(
     return to_input(read_file(path, size, decode, draft), size, channels)
 
 
-def read_file(
-    path: str | Path, size: int, decode: str = "full", draft: int | None = None
-) -> np.ndarray:
+def read_file(path: str | Path, size: int, decode: str = "full", draft: int | None = None):
     """`preprocess`' decoding alone: the image at its own size (a drafted JPEG at the size it
     drafts to), float32 [H, W, 1 or 3] in [0, 1]; ExportError naming a file it cannot read."""
     from PIL import Image, UnidentifiedImageError
@@ -174,9 +172,9 @@ def read_file(
                 refused = _out_of_range(im, path)
                 a = _to_array(_upright(im))
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-        raise ExportError(
-            f"{path}: cannot read this image ({err}); give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
-        ) from None
+        cut = any(w in str(err).lower() for w in ("truncated", "broken data"))  # opened, cut short
+        fix = "copy it again" if cut else "give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
+        raise ExportError(f"{path}: cannot read this image ({err}); {fix}") from None
     if refused is not None:
         raise ExportError(f"{path}: {refused}")
     return a

@@ -336,3 +336,26 @@ def test_a_path_from_split_json_cannot_forge_a_line(scored_ae_run, tmp_path, cap
     assert main(["train", "--like", str(run), "--out", str(tmp_path / "again")]) == 2
     err = capsys.readouterr().err
     assert "\\ntrained: all good" in err and "\ntrained: all good" not in err
+
+
+def test_a_file_cut_short_is_told_to_be_copied_again(tmp_path):
+    """A truncated JPEG was told "Re-save it as PNG" (it cannot be opened to be re-saved), and
+    under predict --onnx to be "a PNG, JPEG, ... file", which it is."""
+    import io
+
+    from PIL import Image
+
+    from anomaly.data import DataError
+    from anomaly.data.folder import read_image
+    from anomaly.onnx_predict import ExportError, read_file
+
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        out, "JPEG"
+    )
+    path = tmp_path / "cut.JPG"
+    path.write_bytes(out.getvalue()[:600])
+    with pytest.raises(DataError, match=r"cut short or damaged .* copy it again"):
+        read_image(path)
+    with pytest.raises(ExportError, match=r"; copy it again$"):
+        read_file(path, 64)

@@ -82,6 +82,11 @@ def unreadable_fix(error: Exception) -> str:
             f"It is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels); "
             "shrink it, for example to 4000 pixels on its longer side"
         )
+    if any(w in str(error).lower() for w in ("truncated", "broken data")):
+        return (
+            "It is cut short or damaged (a copy or a download that did not finish?): copy it "
+            "again from where it came from, or delete it."
+        )
     return "Re-save it as PNG, or delete it."
 
 
