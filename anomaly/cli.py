@@ -273,16 +273,19 @@ def _test_set_words(run, t) -> str | None:
     """What the threshold does on the run's scored test set, when it has one: good images
     rejected and defective ones caught, then `decision.guarantee_broken` (read with numpy
     alone: `threshold` on held-out scores imports no torch)."""
-    import json
-
     import numpy as np
 
     from anomaly.decision import guarantee_broken
+    from anomaly.safe_files import parse_record
     from anomaly.threshold_file import check_model
 
     try:
         with np.load(run.file(run.PREDICTIONS), allow_pickle=False) as z:
-            labels, scores, meta = z["labels"], z["scores"], json.loads(str(z["meta"]))
+            labels, scores, meta = (
+                z["labels"],
+                z["scores"],
+                parse_record(str(z["meta"]), "its meta"),
+            )
         check_model(meta, run.file(run.MODEL), "were made by")
     except (OSError, ValueError, KeyError):  # none, unreadable, another model's: score says
         return None

@@ -10,7 +10,15 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
-from anomaly.config import METHOD_DEFAULTS, METHODS, NEW_RUNS, Config, flag_of, ignored_by
+from anomaly.config import (
+    METHOD_DEFAULTS,
+    METHODS,
+    NEW_RUNS,
+    READ_BY,
+    Config,
+    flag_of,
+    ignored_by,
+)
 
 # the method `train` trains when --method is not given
 DEFAULT_METHOD = Config.method
@@ -38,12 +46,17 @@ def _default_text(name: str, default) -> str:
     if name in NEW_RUNS:
         return f"default {NEW_RUNS[name]}; runs trained before the setting: {default}"
     readers = [m for m in METHODS if not ignored_by(m, [name])]
+    # kmeans trains with its --from run's settings (`cli._train`), but for its own fields
+    inherits = "kmeans" in readers and READ_BY.get(name) != ("kmeans",)
     values: dict[str, list[str]] = {}  # each value the readers train with, and who
     for m in sorted(readers, key=lambda m: (m != DEFAULT_METHOD, m)):
-        values.setdefault(str(METHOD_DEFAULTS.get(m, {}).get(name, default)), []).append(m)
+        if not (m == "kmeans" and inherits):
+            values.setdefault(str(METHOD_DEFAULTS.get(m, {}).get(name, default)), []).append(m)
     if len(values) <= 1:  # one value for every method that reads it (or none reads it)
-        return f"default {next(iter(values), default)}"
-    text = "default by --method: " + "; ".join(f"{', '.join(ms)} {v}" for v, ms in values.items())
+        text = f"default {next(iter(values), default)}"
+    else:
+        text = "default by --method: " + "; ".join(f"{', '.join(m)} {v}" for v, m in values.items())
+    text += "; kmeans: its --from run's" if inherits and len(values) > 1 else ""
     return text + ("" if DEFAULT_METHOD in readers else f"; {DEFAULT_METHOD} does not read it")
 
 

@@ -176,7 +176,9 @@ def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: i
     _, data, images, recon = _reconstruct(original_run)
     pred = RunDir(project_run).predictions()
     project_data = _test_data(RunDir(project_run).config())
-    scale = run_scale(RunDir(project_run), pred.maps, pred.labels)  # as `score` draws it
+    home = RunDir(project_run)
+    scale = run_scale(home, pred.maps, pred.labels)  # as `score` draws it, red only on a REJECT
+    threshold = home.threshold().value if home.has_threshold() else float("inf")
     picks = [i for i in _per_kind(pred.defects, per_kind) if pred.labels[i]]
     fig, axes = _subplots(
         len(picks) + 1,
@@ -194,7 +196,13 @@ def overlay_comparison_figure(original_run: Path, project_run: Path, per_kind: i
             (to_rgb(images[i]), data.defects[i]),
             (original_overlay(images[i], recon[i]), "original's red overlay"),
             (
-                evidence_overlay(project_data[i]["image"], pred.maps[i], scale, pred.masks[i]),
+                evidence_overlay(
+                    project_data[i]["image"],
+                    pred.maps[i],
+                    scale,
+                    pred.masks[i],
+                    passed=bool(pred.scores[i] < threshold),
+                ),
                 f"project {pred.method} evidence",
             ),
         ]

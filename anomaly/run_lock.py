@@ -117,7 +117,9 @@ def _take_lock(folder: Path, path: Path, command: str) -> int:
         try:
             fd = os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as err:
-            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not os.access(
+                folder, os.W_OK
+            ):  # (in a folder it may write, another user's lock file: as before)
                 raise not_writable(folder, err, command) from None
             continue  # one planted again since: try again
         held, holder = _flock(fd), _live_holder(path)

@@ -9,11 +9,10 @@ writes is removed, each on its own; a user's file of the same name stays, and is
 from __future__ import annotations
 
 import contextlib
-import json
 import zipfile
 
 from anomaly.data.files import named
-from anomaly.safe_files import output_folder
+from anomaly.safe_files import output_folder, parse_record
 from anomaly.written_files import marked_overlay, remove_written
 
 PREDICTION_ARRAYS = {"scores.npy", "maps.npy", "method.npy"}  # `Predictions.save` writes these
@@ -41,7 +40,7 @@ class ScoreOutputs:
 
         try:
             with np.load(self.file(self.PREDICTIONS), allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
+                meta = parse_record(str(z["meta"]), self.file(self.PREDICTIONS))
         except (OSError, ValueError, KeyError):
             return {}
         return meta if isinstance(meta, dict) else {}
@@ -63,7 +62,7 @@ class ScoreOutputs:
                 return (
                     head.split(b"\n", 1)[0].rstrip(b"\r") == ",".join(self.SCORES_HEADER).encode()
                 )
-            record = json.loads(head)
+            record = parse_record(head.decode("utf-8"), path)  # RunError: a ValueError
             return isinstance(record, dict) and SCORE_METRICS <= set(record)
         except (OSError, ValueError, zipfile.BadZipFile):
             return False

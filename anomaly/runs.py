@@ -293,7 +293,10 @@ class RunDir(CheckpointFiles, ScoreOutputs):
             raise RunError(f"{path} {err}. Set one for this model: `{fix} --rule ...`") from None
         if threshold_file.MODEL_RECORD not in raw and self.file(self.MODEL).is_file():
             threshold.params[threshold_file.UNRECORDED] = True  # older, or deleted from a copy
-        threshold_file.check_numbers(threshold, self.file, self.VAL_SCORES, self.CALIBRATION)
+        carried = threshold_file.REPLACED_RECORD in raw  # kept for a resumed model: set before
+        threshold_file.check_numbers(
+            threshold, self.file, self.VAL_SCORES, self.CALIBRATION, carried=carried
+        )
         return threshold
 
     def has_threshold(self) -> bool:

@@ -137,9 +137,9 @@ def _new_temporary(path: Path) -> tuple[int, Path]:
     except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        raise RunError(  # someone else's folder, or a read-only disk
+        raise PermissionError(  # someone else's folder, or a read-only disk; an OSError still,
             f"{path.parent} cannot be written ({err.strerror}), so {path.name} was not; give "
-            "a folder of yours (--out), or copy what you need to one"
+            "a folder of yours (--out), or copy what you need to one"  # so a cache works on
         ) from None
     return fd, Path(name)
 
@@ -215,8 +215,11 @@ def load_record(path: str | Path, limit: int = MAX_RECORD_BYTES) -> object:
 def sha256_file(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, in hex, read in blocks (a model.pt of gigabytes, or a
     link to one, is never held in memory whole)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def output_folder(path: str | Path) -> Path:

@@ -76,10 +76,10 @@ def selection_problem(run: RunDir, payload: dict) -> str | None:
         return None
     try:
         saved = load_record(path)
-    except (ValueError, UnicodeDecodeError) as err:
+    except ValueError as err:  # RunError naming it
         return (
-            f"{path} is not valid JSON ({err}); what auto chose is also recorded in {model}, "
-            "which is what scores: delete selection.json, or restore it"
+            f"{err}. What auto chose is also recorded in {model}, which is what scores: delete "
+            "selection.json, or restore it"
         )
     method = payload.get("method")
     if method != "auto":

@@ -262,7 +262,7 @@ def conformal_rank(n: int, alpha: float) -> int:
     return math.ceil((n + 1) * (1 - alpha) - 1e-9)
 
 
-def check_numbers(threshold, file, held_out: str, folder: str) -> None:
+def check_numbers(threshold, file, held_out: str, folder: str, carried: bool = False) -> None:
     """Mark `UNSUPPORTED` (in memory) a conformal threshold that claims a guarantee its recorded
     scores do not give: its value, n and rank must be what its alpha gives on the scores it was
     set on, the run's held-out ones (`file(held_out)`, val_scores.json) or those of the folder
@@ -271,11 +271,12 @@ def check_numbers(threshold, file, held_out: str, folder: str) -> None:
     (`file(folder)`, calibration_scores.json; `file`: `RunDir.file`). Scores that cannot be
     read leave it as it is: there is nothing to check it against. A normal-quantile threshold
     (train's default) must be the quantile q it records of those scores (numpy's, to 1e-9): one
-    edited to 1e300 passed every part, labelled as a quantile of good scores."""
+    edited to 1e300 passed every part, labelled as a quantile of good scores); not one `carried`
+    to a resumed model, whose held-out scores are the new model's."""
     params = threshold.params
     q = params.get("q")
     quantile = threshold.rule == "normal_quantile" and finite(q) and 0 <= q <= 1
-    quantile = quantile and not (params.get("earlier_model") or params.get(UNRECORDED))
+    quantile = quantile and not (carried or params.get("earlier_model") or params.get(UNRECORDED))
     if not quantile and (
         threshold.rule != "conformal" or not guarantee_words(threshold.rule, params)
     ):

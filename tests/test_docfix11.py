@@ -56,6 +56,7 @@ def test_train_help_gives_each_methods_default_the_default_method_first():
         f"patchknn {size};" in text
     )
     assert f"auto {Config.for_method('auto').size}" in text
+    assert "kmeans: its --from run's" in text.split("--size SIZE images")[1].split("--channels")[0]
     assert f"(default {Config.for_method('patchknn').coreset_ratio})" in text
     assert "(default 0.01)" not in text
     epochs = text.split("--epochs EPOCHS training")[1].split("--batch-size")[0]

@@ -58,3 +58,14 @@ def test_a_threshold_is_kept_for_no_model_when_the_run_has_none(tmp_path):
     assert saved_for(threshold, model) is None
     threshold.write_text(json.dumps({"rule": "manual", MODEL_RECORD: sha256_file(model)}))
     assert saved_for(threshold, model)["rule"] == "manual"
+
+
+def test_a_quantile_threshold_kept_for_a_resumed_model_is_not_called_edited(tiny_cookies, tmp_path):
+    """train --resume keeps a user's normal-quantile threshold (chosen on the earlier model);
+    checked against the new model's held-out scores it read as edited (review, session 30)."""
+    run = tmp_path / "ae"
+    train_run(tiny_config(tiny_cookies, "ae", epochs=1), run, progress=False)
+    set_threshold(run, "normal-quantile", 0.9)
+    train_run(tiny_config(tiny_cookies, "ae", epochs=2), run, resume=True, progress=False)
+    kept = RunDir(run).threshold()
+    assert kept.rule == "normal_quantile" and "scores_disagree" not in kept.params

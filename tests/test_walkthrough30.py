@@ -265,7 +265,9 @@ def test_a_run_that_cannot_be_written_is_named_so(tiny_cookies, tmp_path, monkey
             raise PermissionError(errno.EACCES, "Permission denied", str(dir))
         return real_mkstemp(*args, dir=dir, **kwargs)
 
+    real_access = os.access
     monkeypatch.setattr(os, "open", refused)
+    monkeypatch.setattr(os, "access", lambda p, m: p != run and real_access(p, m))
     monkeypatch.setattr(tempfile, "mkstemp", no_temporary)
     assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1"]) == 2
     err = capsys.readouterr().err
@@ -359,3 +361,36 @@ def test_a_file_cut_short_is_told_to_be_copied_again(tmp_path):
         read_image(path)
     with pytest.raises(ExportError, match=r"; copy it again$"):
         read_file(path, 64)
+
+
+def test_a_cache_that_cannot_be_written_is_worked_on_without(tiny_cookies, tmp_path, monkeypatch):
+    """The refusal of a folder that cannot be written escaped the ONNX cache's "work on without
+    it", so predict failed where the user's cache folder was read-only (review, session 30)."""
+    import errno
+    import tempfile
+
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
+    train_run(config, run, progress=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ANOMALY_CACHE", str(cache))
+    real_mkstemp = tempfile.mkstemp
+
+    def no_temporary(*args, dir=None, **kwargs):
+        if str(dir).startswith(str(cache)):
+            raise PermissionError(errno.EROFS, "Read-only file system", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temporary)
+    image = str(min((tiny_cookies / "test" / "good").glob("*.png")))
+    assert main(["predict", "--run", str(run), "--no-overlays", image]) == 0
+
+
+def test_a_metrics_file_nested_too_deep_is_not_score_s(tmp_path):
+    """written_by_score read metrics.json with json.loads: a 100k-deep [[...]] raised
+    RecursionError out of score --out (review, session 30)."""
+    (tmp_path / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert RunDir(tmp_path).written_by_score("metrics.json") is False
