@@ -19,7 +19,9 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
     method_names,
 )
 from anomaly.config import READ_BY, Config, flag_of, ignored_by
+from anomaly.safe_files import RunError
 from anomaly.terminal import shell_word
+from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
 
@@ -231,7 +233,7 @@ def _predict(args) -> int:
     if good:
         where = good[0]["overlay"]
         where = f"overlays in {Path(where).parent}" if where else "no overlays written"
-        print(f"{_threshold_words(threshold)}; {where}", file=sys.stderr)
+        print(f"{threshold_words(threshold)}; {where}", file=sys.stderr)
         from anomaly.decision import few_held_out
 
         if args.run and (note := few_held_out(threshold, args.run)):  # as train said it
@@ -257,72 +259,29 @@ def _print_row(r: dict) -> None:
         raise StdoutGone from None
 
 
-def _held_out_words(run, value: float) -> str:
-    """How many of the run's held-out good images the threshold rejects: a manual value far off
-    (every part rejected, or none ever) shows at once."""
-    try:
-        held = [float(x) for x in run.val_scores()["scores"]]
-    except (ValueError, KeyError, TypeError) as err:  # none to count, or not of this model.pt
-        why = f" ({str(err)[:300]})" if run.file(run.VAL_SCORES).is_file() else ""
-        return f"the run has no held-out scores of its model.pt to count against{why}"
-    rejected = sum(x >= value for x in held)
-    return f"it rejects {rejected} of the run's {len(held)} held-out good images"
+def _threshold(args) -> None:
+    """Set the run's threshold by --rule, or without one say the saved threshold; then what it
+    does on the held-out good images and the scored test set."""
+    from anomaly.calibration import calibration_words, set_threshold
+    from anomaly.runs import RunDir
 
-
-def _test_set_words(run, t) -> str | None:
-    """What the threshold does on the run's scored test set, when it has one: good images
-    rejected and defective ones caught, then `decision.guarantee_broken` (read with numpy
-    alone: `threshold` on held-out scores imports no torch)."""
-    import numpy as np
-
-    from anomaly.decision import guarantee_broken
-    from anomaly.safe_files import parse_record
-    from anomaly.threshold_file import check_model
-
-    try:
-        with np.load(run.file(run.PREDICTIONS), allow_pickle=False) as z:
-            labels, scores, meta = (
-                z["labels"],
-                z["scores"],
-                parse_record(str(z["meta"]), "its meta"),
-            )
-        check_model(meta, run.file(run.MODEL), "were made by")
-    except (OSError, ValueError, KeyError):  # none, unreadable, another model's: score says
-        return None
-    good, bad = scores[labels == 0], scores[labels > 0]
-    counts = (
-        f"on the run's scored test images it rejects {int((good >= t.value).sum())} of "
-        f"{good.size} good and catches {int((bad >= t.value).sum())} of {bad.size} defective"
-    )
-    broken = guarantee_broken(labels, scores, t)
-    return counts + (f"\n{broken}" if broken else "")
-
-
-def _threshold_words(t) -> str:
-    """The threshold, the rule that set it and what it guarantees, in one line."""
-    from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, guarantee_words, lost_guarantee
-
-    value = f"{t.value:.6g}"  # or every digit, where 6 would move it past a score
-    words = f"threshold {value if float(value) == t.value else repr(float(t.value))} ({t.rule})"
-    if (t.params or {}).get("earlier_model"):
-        return (
-            f"{words}: chosen on an earlier model of this run, so its guarantee no longer "
-            "holds; choose it again with `python -m anomaly threshold`"
-        )
-    if (t.params or {}).get(UNRECORDED) and t.rule == "conformal":
-        return (
-            f"{words}: it does not record the model it was chosen for (saved by an older "
-            "version, or the record deleted), so no guarantee is claimed; choose it again with "
-            "`python -m anomaly threshold`"
-        )
-    if (t.params or {}).get(UNSUPPORTED) and t.rule in ("conformal", "normal_quantile"):
-        return (
-            f"{words}: {lost_guarantee(t.rule, t.params)} (edited, or another run's files?), "
-            "so no guarantee is claimed; choose it again with `python -m anomaly threshold`"
-        )
-    if guarantee := guarantee_words(t.rule, t.params or {}):
-        return f"{words}: guarantee: {guarantee}"
-    return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
+    rd = RunDir(args.run).require()
+    if args.rule is None:
+        if args.value is not None or args.good_images:
+            raise ValueError("--value and --good-images set a threshold by a --rule: give one")
+        if not rd.has_threshold():
+            raise RunError(f"{rd} has no threshold saved; set one with --rule (see --help)")
+        t = rd.threshold()
+        print(f"{threshold_words(t)}; saved in {args.run}")
+    else:
+        t = set_threshold(args.run, args.rule, args.value, good_images=args.good_images)
+        print(f"{threshold_words(t)}; saved to {args.run}")
+    scores = rd.file(rd.CALIBRATION) if args.good_images else None
+    if args.rule and (words := calibration_words(t, scores)):
+        print(words)
+    print(held_out_words(rd, t.value))
+    if broken := test_set_words(rd, t):
+        print(broken)
 
 
 def _make_data(args) -> None:
@@ -421,17 +380,7 @@ def _main(args) -> int:
 
             print(f"wrote {export_onnx(args.run, args.out)}")
         elif args.command == "threshold":
-            from anomaly.calibration import calibration_words, set_threshold
-            from anomaly.runs import RunDir
-
-            t = set_threshold(args.run, args.rule, args.value, good_images=args.good_images)
-            print(f"{_threshold_words(t)}; saved to {args.run}")
-            scores = RunDir(args.run).file(RunDir.CALIBRATION) if args.good_images else None
-            if words := calibration_words(t, scores):
-                print(words)
-            print(_held_out_words(RunDir(args.run), t.value))
-            if broken := _test_set_words(RunDir(args.run), t):
-                print(broken)
+            _threshold(args)
         elif args.command == "benchmark":
             from anomaly.benchmark import main as benchmark_main
             from anomaly.benchmark_tables import check_readme_block

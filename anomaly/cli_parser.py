@@ -219,14 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--out", help="the ONNX file to write (default RUN/model.onnx)")
 
-    p = sub.add_parser("threshold", help="choose and save the run's threshold")
+    p = sub.add_parser(
+        "threshold", help="choose and save the run's threshold (without --rule: say the saved one)"
+    )
     p.add_argument(
         "--run",
         required=True,
         help="a trained run folder, with its model.pt (the threshold records the model it is for)",
     )
     p.add_argument(
-        "--rule", required=True, choices=("manual", "normal-quantile", "conformal", "f1")
+        "--rule",
+        choices=("manual", "normal-quantile", "conformal", "f1"),
+        help="how to choose it; without --rule the saved threshold is said, and nothing changes",
     )
     p.add_argument(
         "--value",

@@ -274,9 +274,9 @@ def test_an_interrupted_run_is_not_used_until_it_is_finished(tiny_cookies, tmp_p
 
 
 def test_a_kept_threshold_loses_its_guarantee_and_stale_calibration_goes(tiny_cookies, tmp_path):
-    from anomaly.cli import _threshold_words
     from anomaly.data import AnomalyDataset
     from anomaly.pipeline import _default_threshold, load_run
+    from anomaly.threshold_text import threshold_words
 
     run = tmp_path / "md"
     train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
@@ -292,7 +292,7 @@ def test_a_kept_threshold_loses_its_guarantee_and_stale_calibration_goes(tiny_co
         _default_threshold(RunDir(run), detector, data, None, keep_user_threshold=True)
     kept = RunDir(run).threshold()
     assert kept.value == t.value and "guarantee" not in kept.params
-    assert "its guarantee no longer holds" in _threshold_words(kept)
+    assert "its guarantee no longer holds" in threshold_words(kept)
     set_threshold(run, "manual", 1.0)  # the same model.pt scored them: kept
     path = RunDir(run).file(RunDir.CALIBRATION)
     stale = {**json.loads(path.read_text()), "model_sha256": "0" * 64}  # another model's

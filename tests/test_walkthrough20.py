@@ -360,20 +360,20 @@ def test_a_conformal_guarantee_its_scores_do_not_give_is_not_claimed(tiny_cookie
     from helpers import tiny_config
 
     from anomaly.calibration import set_threshold
-    from anomaly.cli import _threshold_words
     from anomaly.pipeline import train_run
     from anomaly.runs import RunDir
+    from anomaly.threshold_text import threshold_words
 
     run = tmp_path / "run"
     train_run(tiny_config(tiny_cookies, method="meandiff", val_fraction=0.5), run, progress=False)
     rd = RunDir(run)
     n = len(rd.val_scores()["scores"])
     set_threshold(run, "conformal", 1 / (n + 1))
-    assert "guarantee: false-reject rate" in _threshold_words(rd.threshold())
+    assert "guarantee: false-reject rate" in threshold_words(rd.threshold())
     record = json.loads(rd.file(rd.THRESHOLD).read_text())
     record["params"].update(alpha=0.001, n=5000, rank=4996)
     record["params"].pop("guarantee")
     rd.file(rd.THRESHOLD).write_text(json.dumps(record))
-    words = _threshold_words(rd.threshold())
+    words = threshold_words(rd.threshold())
     assert "not what its alpha gives on the scores it was set on" in words
     assert "no guarantee is claimed" in words and "0.1%" not in words

@@ -394,3 +394,22 @@ def test_a_metrics_file_nested_too_deep_is_not_score_s(tmp_path):
     RecursionError out of score --out (review, session 30)."""
     (tmp_path / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
     assert RunDir(tmp_path).written_by_score("metrics.json") is False
+
+
+def test_threshold_without_a_rule_says_the_saved_one(scored_ae_run, tmp_path, capsys):
+    """`threshold --run R` could not show the threshold in place (--rule was required)."""
+    from anomaly.cli import main
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    before = (run / "threshold.json").read_bytes()
+    assert main(["threshold", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    from anomaly.threshold_text import threshold_words
+
+    assert out.startswith(threshold_words(RunDir(run).threshold())) and "saved in" in out
+    assert "held-out good images" in out and (run / "threshold.json").read_bytes() == before
+    assert main(["threshold", "--run", str(run), "--value", "1"]) == 2
+    assert "give one" in capsys.readouterr().err
+    (run / "threshold.json").unlink()
+    assert main(["threshold", "--run", str(run)]) == 2
+    assert "has no threshold saved" in capsys.readouterr().err

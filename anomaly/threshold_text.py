@@ -1,0 +1,75 @@
+"""What `threshold` and `predict` say of a run's threshold: its value, the rule that set it
+and what it guarantees (`threshold_words`), and what it does on the run's held-out good images
+and on its scored test set. Read with numpy alone: `threshold` on held-out scores imports no
+torch. `run` is a `RunDir` (only its files are read here).
+"""
+
+from __future__ import annotations
+
+
+def held_out_words(run, value: float) -> str:
+    """How many of the run's held-out good images the threshold rejects: a manual value far off
+    (every part rejected, or none ever) shows at once."""
+    try:
+        held = [float(x) for x in run.val_scores()["scores"]]
+    except (ValueError, KeyError, TypeError) as err:  # none to count, or not of this model.pt
+        why = f" ({str(err)[:300]})" if run.file(run.VAL_SCORES).is_file() else ""
+        return f"the run has no held-out scores of its model.pt to count against{why}"
+    rejected = sum(x >= value for x in held)
+    return f"it rejects {rejected} of the run's {len(held)} held-out good images"
+
+
+def test_set_words(run, t) -> str | None:
+    """What the threshold does on the run's scored test set, when it has one: good images
+    rejected and defective ones caught, then `decision.guarantee_broken` (read with numpy
+    alone: `threshold` on held-out scores imports no torch)."""
+    import numpy as np
+
+    from anomaly.decision import guarantee_broken
+    from anomaly.safe_files import parse_record
+    from anomaly.threshold_file import check_model
+
+    try:
+        with np.load(run.file(run.PREDICTIONS), allow_pickle=False) as z:
+            labels, scores, meta = (
+                z["labels"],
+                z["scores"],
+                parse_record(str(z["meta"]), "its meta"),
+            )
+        check_model(meta, run.file(run.MODEL), "were made by")
+    except (OSError, ValueError, KeyError):  # none, unreadable, another model's: score says
+        return None
+    good, bad = scores[labels == 0], scores[labels > 0]
+    counts = (
+        f"on the run's scored test images it rejects {int((good >= t.value).sum())} of "
+        f"{good.size} good and catches {int((bad >= t.value).sum())} of {bad.size} defective"
+    )
+    broken = guarantee_broken(labels, scores, t)
+    return counts + (f"\n{broken}" if broken else "")
+
+
+def threshold_words(t) -> str:
+    """The threshold, the rule that set it and what it guarantees, in one line."""
+    from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, guarantee_words, lost_guarantee
+
+    value = f"{t.value:.6g}"  # or every digit, where 6 would move it past a score
+    words = f"threshold {value if float(value) == t.value else repr(float(t.value))} ({t.rule})"
+    if (t.params or {}).get("earlier_model"):
+        return (
+            f"{words}: chosen on an earlier model of this run, so its guarantee no longer "
+            "holds; choose it again with `python -m anomaly threshold`"
+        )
+    if (t.params or {}).get(UNRECORDED) and t.rule == "conformal":
+        return (
+            f"{words}: it does not record the model it was chosen for (saved by an older "
+            "version, or the record deleted), so no guarantee is claimed; choose it again with "
+            "`python -m anomaly threshold`"
+        )
+    if (t.params or {}).get(UNSUPPORTED) and t.rule in ("conformal", "normal_quantile"):
+        return (
+            f"{words}: {lost_guarantee(t.rule, t.params)} (edited, or another run's files?), "
+            "so no guarantee is claimed; choose it again with `python -m anomaly threshold`"
+        )
+    if guarantee := guarantee_words(t.rule, t.params or {}):
+        return f"{words}: guarantee: {guarantee}"
+    return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
