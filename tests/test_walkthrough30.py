@@ -413,3 +413,22 @@ def test_threshold_without_a_rule_says_the_saved_one(scored_ae_run, tmp_path, ca
     (run / "threshold.json").unlink()
     assert main(["threshold", "--run", str(run)]) == 2
     assert "has no threshold saved" in capsys.readouterr().err
+
+
+def test_every_unreadable_training_image_is_named_at_once(tmp_path):
+    """train stopped at the first unreadable good image: a folder of several damaged copies
+    took as many runs to find (threshold --good-images named all of them)."""
+    from PIL import Image
+
+    from anomaly.data import AnomalyDataset, DataError
+
+    good = tmp_path / "set" / "good"
+    good.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(good / f"{i}.png")
+    for name in ("a bad.png", "b.png", "c.png"):
+        (good / name).write_bytes(b"not an image")
+    with pytest.raises(
+        DataError, match=r"a bad.png is not a readable image.*Unreadable too: .*b.png"
+    ):
+        AnomalyDataset(tmp_path / "set", "train")

@@ -37,6 +37,7 @@ from anomaly.data.files import (
     IMAGE_EXTENSIONS,
     DataError,
     broken_link,
+    named,
     plain_test_count,
     scan_images,
     skipped,
@@ -389,19 +390,23 @@ class AnomalyDataset(Dataset):
         return samples
 
     def _check_headers(self) -> None:
-        lossy, turned = [], []
+        lossy, turned, broken = [], [], []  # broken: every unreadable file, named at once
         for s in self.samples:
             try:
                 with named_warnings(s.path), Image.open(s.path) as im:
                     image_size, turn = displayed_size(im), orientation(im)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 why = empty_file(s.path) or f"is not a readable image ({e}). {unreadable_fix(e)}"
-                raise DataError(f"{s.path} {why}") from None
+                broken.append((s.path, why))
+                continue
             if s.mask_path is not None:
                 if check_mask_header(s.mask_path, s.path, image_size, turn):
                     lossy.append(str(s.mask_path))
                 if turn != 1:
                     turned.append((s.path, turn))
+        if broken:  # one at a time, a folder of 30 damaged copies took 30 runs to find
+            more = f" Unreadable too: {named([str(p) for p, _ in broken[1:]], 3)}"
+            raise DataError(f"{broken[0][0]} {broken[0][1]}" + (more if len(broken) > 1 else ""))
         warn_lossy_masks(lossy)
         warn_turned(turned)
 
