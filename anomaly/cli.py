@@ -185,6 +185,9 @@ def _predict(args) -> int:
     if args.out and args.no_overlays:
         raise ValueError("--out is where overlays go, and --no-overlays writes none: give one")
     overlays = not args.no_overlays
+    from anomaly.predict import image_tree
+
+    images = image_tree(args.images) if args.recursive else args.images
     if args.onnx:
         from anomaly.export_predict import predict_files
 
@@ -193,9 +196,7 @@ def _predict(args) -> int:
                 "--workers is for predict --run: predict --onnx decodes in its own process "
                 "(leave --workers out)"
             )
-        results, threshold = predict_files(
-            args.onnx, args.images, args.out, overlays, each=_print_row
-        )
+        results, threshold = predict_files(args.onnx, images, args.out, overlays, each=_print_row)
     else:
         from anomaly.pipeline import check_workers
         from anomaly.predict import predict_images
@@ -204,7 +205,7 @@ def _predict(args) -> int:
             check_workers(args.workers)  # before the model loads or predict/ is made
         results, threshold = predict_images(
             args.run,
-            args.images,
+            images,
             args.out,
             workers=args.workers,
             overlays=overlays,

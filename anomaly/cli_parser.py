@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", help="image files, or folders of images")
     p.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also score the images in every folder below a folder given (hidden ones left out)",
+    )
+    p.add_argument(
         "--out",
         metavar="DIR",
         help="write the overlays here instead (for a run or file you may not write to)",

@@ -33,7 +33,7 @@ from anomaly.runs import RunDir
 from anomaly.safe_files import save_png_new, writable_folder
 from anomaly.terminal import printable
 
-SUBFOLDERS = "not searched; pass each itself to score it, e.g. {name}"
+SUBFOLDERS = "not searched; add --recursive, or pass each itself, e.g. {name}"
 
 
 def expand_images(images: list[str | Path] | str | Path) -> list[Path]:
@@ -64,6 +64,29 @@ def expand_images(images: list[str | Path] | str | Path) -> list[Path]:
         once.setdefault(os.path.abspath(p), p)
     _warn_own_overlays(list(once.values()))
     return list(once.values())
+
+
+def image_tree(images: list[str | Path]) -> list[Path]:
+    """`predict --recursive`: each folder of `images` replaced by the images in it and in every
+    folder below it (hidden ones and links to folders left out), folder by folder in name order;
+    a tree with none kept as the folder (reading it says so); files as given. Entries of a
+    folder that are not images are named, as `expand_images` names them."""
+    out: list[Path] = []
+    for item in images:
+        if not Path(item).is_dir():
+            out.append(Path(item))
+            continue
+        found = []
+        for folder, dirs, _ in os.walk(item):  # links to folders are not followed
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            with warnings.catch_warnings():  # its sub-folders are searched: said below if not
+                warnings.simplefilter("ignore")
+                images_here, broken, stray = scan_images(Path(folder), SUBFOLDERS)
+            if files := [p for p in stray if not p.is_dir()]:
+                warnings.warn(f"{folder}: skipping {skipped(files, SUBFOLDERS)}", stacklevel=2)
+            found += sorted(images_here + broken)
+        out += found or [Path(item)]
+    return out
 
 
 def _warn_own_overlays(paths: list[Path]) -> None:

@@ -58,7 +58,7 @@ def test_predict_folder_reads_webp_and_gif_and_names_what_it_skips(
     scored = [line.split("\t")[0] for line in out.splitlines() if "\t" in line]
     assert scored == [str(folder / n) for n in ("a.png", "d.webp", "e.gif")]
     assert err.count("warning:") == 1 and "notes.txt" in err and "batch2/" in err
-    assert f"pass each itself to score it, e.g. {folder / 'batch2'}" in err
+    assert f"add --recursive, or pass each itself, e.g. {folder / 'batch2'}" in err
 
 
 def test_a_folder_without_images_is_an_error_naming_what_it_holds(meandiff_run, tmp_path):

@@ -432,3 +432,39 @@ def test_every_unreadable_training_image_is_named_at_once(tmp_path):
         DataError, match=r"a bad.png is not a readable image.*Unreadable too: .*b.png"
     ):
         AnomalyDataset(tmp_path / "set", "train")
+
+
+def test_predict_recursive_scores_the_folders_below(tiny_cookies, tmp_path, capsys):
+    """predict had no --recursive: photos kept in folders by day were skipped, with a hint."""
+    import shutil
+
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
+    train_run(config, run, progress=False)
+    tree = tmp_path / "to check"
+    good, crack = (
+        sorted((tiny_cookies / "test" / "good").glob("*.png")),
+        sorted((tiny_cookies / "test" / "crack").glob("*.png")),
+    )
+    for folder, files in (("", good[:1]), ("monday", good[1:2]), ("monday/am", crack[:1])):
+        (tree / folder).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, tree / folder / f.name)
+    (tree / ".hidden").mkdir()
+    shutil.copy(good[0], tree / ".hidden" / "x.png")
+    (tree / "monday" / "notes.txt").write_text("not an image")
+    assert main(["predict", "--run", str(run), "--no-overlays", str(tree)]) == 0
+    flat = capsys.readouterr()
+    assert len(flat.out.splitlines()) == 1 and "add --recursive" in flat.err
+    assert main(["predict", "--run", str(run), "--no-overlays", "--recursive", str(tree)]) == 0
+    out, err = capsys.readouterr()
+    rows = [line.split("\t")[0] for line in out.splitlines()]
+    assert rows == [
+        str(tree / good[0].name),
+        str(tree / "monday" / good[1].name),
+        str(tree / "monday" / "am" / crack[0].name),
+    ]
+    assert "notes.txt" in err and "add --recursive" not in err
