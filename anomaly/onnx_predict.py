@@ -1,11 +1,9 @@
 """Score images with a file `anomaly.export` wrote, using numpy, Pillow and onnxruntime alone.
 
-`predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) never
-imports torch (a test checks), and this module imports nothing else of the package but the
-Pillow-only `anomaly.data.image_kind`, for its warnings and its rule on files of several frames
-(both reduced when it is absent), and `anomaly.onnx_checks`, which refuses a graph export never
-writes (copy onnx_checks.py beside it: without it a note says files load unchecked), so this
-file can be copied to a machine that has only those three.
+`predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) imports
+no torch (a test checks) and of the package only `anomaly.data.image_kind` (Pillow only: its
+warnings; reduced without it) and `onnx_checks` (the checks of the graph; copy onnx_checks.py
+beside this file, in a package of yours too), so it runs where only those three are.
 
 The file's contract, also stored in its `metadata_props` (read them with
 `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):
@@ -40,15 +38,18 @@ import numpy as np
 try:  # the checks of its graph: in the package, or copied beside this file
     from anomaly.onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
 except ImportError:
-    try:
-        from onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
+    try:  # beside this file, in a package of yours or on its own
+        if __package__:
+            from .onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
+        else:
+            from onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
     except ImportError:
         graph_ops, short_error = None, str
 _SAID_NO_GRAPH: list[bool] = []  # the note on unchecked graphs, said once per process
 
 FORMAT = "anomaly-onnx/1"
 EXPORT = "python -m anomaly export --run"
-INSTALL = "pip install onnx onnxruntime   (or: pip install 'anomaly[export]')"
+INSTALL = "pip install onnxruntime   (to export too: pip install 'anomaly[export]')"
 PREPROCESSING = (
     "Decode the file; apply its EXIF orientation (PIL.ImageOps.exif_transpose); divide 8-bit "
     "values by 255 and 16-bit values by 65535; composite images with transparency on white; "
@@ -161,6 +162,8 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
 
     if Path(path).is_dir():  # predict --onnx FOLDER passes on a folder it found no images in
         raise ExportError(f"{path} is a folder with no images in it; give image files")
+    if not Path(path).exists():
+        raise ExportError(f"{path}: no such file; check its path")
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise ExportError(f"{path} is empty (0 bytes); copy the image again, or delete it")
     try:
@@ -474,18 +477,18 @@ def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]
     the run's training images are named on stderr (`OnnxDetector.warn_unlike`). The first file
     it cannot read stops it (ExportError naming the file); for a batch job, `predict_each`."""
     detector = OnnxDetector(onnx_path)
-    detector.warn_unlike(images)
+    images = [images] if isinstance(images, (str, Path)) else list(images)  # a path, not letters
+    detector.warn_unlike(images)  # (a generator read once)
     return detector.predict(images)
 
 
 def predict_each(onnx_path: str | Path, images):
     """For batch jobs: yield (image, score, map, error) for each image file (or preprocessed
-    array) of `images` as it is scored, score a float and map float32 [size, size], or None,
-    None and why the file could not be read: a damaged file does not stop the batch, and one
-    map is held at a time. Compare each score with the file's threshold
-    (`OnnxDetector(onnx_path).threshold`); an image with an error has no verdict."""
+    array) of `images` as it is scored (a float and float32 [size, size], or None, None and why
+    it could not be read: a damaged file does not stop the batch). Compare each score with the
+    file's threshold (`OnnxDetector(path).threshold`); an image with an error has no verdict."""
     detector = OnnxDetector(onnx_path)
-    images = list(images)
+    images = [images] if isinstance(images, (str, Path)) else list(images)  # a path, not letters
     detector.warn_unlike(images)
     for image in images:
         try:

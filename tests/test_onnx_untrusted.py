@@ -315,3 +315,30 @@ def test_every_op_of_an_auto_runs_export_is_allowed(tiny_cookies, tmp_path, monk
     config = Config.for_method("auto", data=str(tiny_cookies), size=48, device="cpu")
     train_run(config, tmp_path / "auto", progress=False)
     _check_export(tmp_path / "auto", tmp_path / "auto.onnx")
+
+
+def test_onnx_predict_copied_into_a_package_finds_onnx_checks_beside_it(tmp_path):
+    """Copied with onnx_checks.py into a package of the user's, onnx_predict.py looked for
+    `onnx_checks` on sys.path only, and said the graph loads unchecked (session 30)."""
+    import anomaly.onnx_checks
+    import anomaly.onnx_predict
+
+    loop = _loop(tmp_path / "loop.onnx")
+    (tmp_path / "mylib").mkdir()
+    (tmp_path / "mylib" / "__init__.py").write_text("")
+    shutil.copy(anomaly.onnx_predict.__file__, tmp_path / "mylib" / "onnx_predict.py")
+    shutil.copy(anomaly.onnx_checks.__file__, tmp_path / "mylib" / "onnx_checks.py")
+    code = (
+        "import sys; sys.modules['anomaly'] = None; from mylib.onnx_predict import OnnxDetector\n"
+        f"try: OnnxDetector({str(loop)!r})\n"
+        "except ValueError as err: print('refused:', err)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert "refused:" in done.stdout and "unchecked" not in done.stderr, done.stderr

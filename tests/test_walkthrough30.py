@@ -468,3 +468,25 @@ def test_predict_recursive_scores_the_folders_below(tiny_cookies, tmp_path, caps
         str(tree / "monday" / "am" / crack[0].name),
     ]
     assert "notes.txt" in err and "add --recursive" not in err
+
+
+def test_predict_onnx_takes_one_path_a_generator_and_names_a_missing_file(tiny_cookies, tmp_path):
+    """A deployment walkthrough: one path was read letter by letter ("/ is a folder..."), a
+    generator was used up by the check of unlike images (no scores, no error), and a missing
+    file was told to be "a PNG, JPEG, ... file"."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from anomaly.export import export_onnx
+    from anomaly.onnx_predict import ExportError, predict_onnx
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
+    train_run(config, run, progress=False)
+    path = export_onnx(run, tmp_path / "m.onnx")
+    files = sorted((tiny_cookies / "test" / "good").glob("*.png"))[:2]
+    one, _ = predict_onnx(path, str(files[0]))
+    both, _ = predict_onnx(path, (f for f in files))
+    assert one.shape == (1,) and both.shape == (2,) and abs(both[0] - one[0]) < 1e-6
+    with pytest.raises(ExportError, match=r"nope.png: no such file; check its path"):
+        predict_onnx(path, [tmp_path / "nope.png"])
