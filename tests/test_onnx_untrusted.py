@@ -188,6 +188,18 @@ def test_allowed_ops_still_load_and_score(tiny_cookies, tmp_path):
     assert scores.shape == (1,) and maps.shape == (1, SIZE, SIZE)
 
 
+def _python(code: str, cwd):
+    """Run `code` in a fresh Python, in `cwd` (where the copied files are)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_onnx_predict_copied_with_onnx_checks_refuses_a_loop(tmp_path):
     """Copied without the package, onnx_predict.py uses onnx_checks.py beside it; alone, it
     says once that files load unchecked (`test_trust_deploy` scores with it alone)."""
@@ -203,14 +215,7 @@ def test_onnx_predict_copied_with_onnx_checks_refuses_a_loop(tmp_path):
     )
 
     def run():
-        return subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            timeout=60,
-            check=False,
-        )
+        return _python(code, tmp_path)
 
     alone = run()
     assert "refused:" not in alone.stdout and alone.stderr.count("onnx_checks.py beside") == 1
@@ -333,12 +338,5 @@ def test_onnx_predict_copied_into_a_package_finds_onnx_checks_beside_it(tmp_path
         f"try: OnnxDetector({str(loop)!r})\n"
         "except ValueError as err: print('refused:', err)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    done = _python(code, tmp_path)
     assert "refused:" in done.stdout and "unchecked" not in done.stderr, done.stderr
