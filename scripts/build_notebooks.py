@@ -90,7 +90,8 @@ NOTEBOOKS = {
         "than the cookie, like the glare on plastic wrap, is not marked. The project's UNet "
         "(colour bar: its scale) marks some defects strongly and others hardly at all, and "
         "lights up the image corners on every cookie: its reconstruction fails at the border, "
-        "which is why its image score leaves a frame out (the image scores below).",
+        "which is why one of the image scores below leaves a frame out. Red only on images it "
+        "rejects (the panels carry no verdict).",
         "original.overlay_comparison_figure(orig, unet)",
         "How well each map finds the defect pixels (original recipe's UNet): the signed "
         "overlay, the squared error, and the squared error smoothed as the project does.",
@@ -351,7 +352,8 @@ NOTEBOOKS = {
         "your own: set it on good photos from the line (`--good-images`), one photo per part, "
         "parts from several batches or days. The same closeness makes auto's fakes easier than "
         "real defects (scores near 1.0 in its table). **A weak defect kind**: look at its "
-        "overlays (`RUN/overlays/`). Red on the defect but a low image score: try "
+        "overlays (`RUN/overlays/`). Strong evidence on the defect (the strongest yellow on a "
+        "photo that passes) but a low image score: try "
         "`--score-topk 0.01` (the mean of the top 1 % of the map, not its maximum). Nothing on "
         "the map: finer cells (`--method patchknn --size 448 --layers features.6,features.10 "
         "--feature-pad 32 --score-border 16 --smooth-sigma 4`, auto's finest candidate), or "

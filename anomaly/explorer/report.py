@@ -244,8 +244,8 @@ Saved rule: {html.escape(rule)}. Made {now}.</p>
 <h2>Score histogram</h2>
 {histogram_svg(ex)}
 <h2>Misclassified images ({len(wrong)})</h2>
-<p>Red: evidence above the pixel threshold; yellow: raised but below; green outline: the true
-defect. Most wrong first.</p>
+<p>Red: evidence above the pixel threshold on a rejected image (on one that passes, the
+strongest yellow); yellow: raised but below; green outline: the true defect. Most wrong first.</p>
 {note}<div class="gallery">{"".join(tiles)}</div>{more}
 <h2>Run and data</h2>
 <table class="id">{ident}</table>
