@@ -471,6 +471,7 @@ def test_report_is_self_contained_html(pred, tmp_path):
     assert f"{ex.threshold:.6g}" in text and "anomaly-confusion" in text and "<svg" in text
     n_wrong = int(ex.gallery.wrong().sum())
     assert f"Misclassified images ({n_wrong})" in text
+    assert "pixel threshold on a rejected image (on one that passes, the\nstrongest yellow)" in text
     assert text.count("data:image/jpeg;base64,") == n_wrong
     assert "image list sha256" in text and "predictions.npz sha256" in text
     for ref in ("src='http", 'src="http', "href='http", 'href="http', "<script"):
