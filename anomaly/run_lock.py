@@ -11,7 +11,6 @@ it. Taking the lock removes what writers killed in the folder left: their tempor
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import stat
@@ -19,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from anomaly.safe_files import TEMPORARY_NAME, RunError, load_record
+from anomaly.safe_files import TEMPORARY_NAME, RunError, cannot_write, load_record
 
 
 def pid_alive(pid: int) -> bool:
@@ -117,9 +116,8 @@ def _take_lock(folder: Path, path: Path, command: str) -> int:
         try:
             fd = os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as err:
-            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not os.access(
-                folder, os.W_OK
-            ):  # (in a folder it may write, another user's lock file: as before)
+            if cannot_write(err) and not os.access(folder, os.W_OK):  # (a folder it may write:
+                # another user's lock file in it, as before)
                 raise not_writable(folder, err, command) from None
             continue  # one planted again since: try again
         held, holder = _flock(fd), _live_holder(path)

@@ -129,13 +129,18 @@ def temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
 TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[a-z0-9_]+\.tmp")
 
 
+def cannot_write(err: OSError) -> bool:
+    """Whether `err` says a folder may not be written: permission denied, or a read-only disk."""
+    return err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def _new_temporary(path: Path) -> tuple[int, Path]:
     """(open descriptor, name) of a new temporary file beside `path`, named `TEMPORARY_NAME`."""
     prefix = f".{path.name}.{os.getpid()}-"
     try:
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as err:
-        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if not cannot_write(err):
             raise
         raise PermissionError(  # someone else's folder, or a read-only disk; an OSError still,
             f"{path.parent} cannot be written ({err.strerror}), so {path.name} was not; give "
@@ -308,7 +313,7 @@ def writable_folder(path: str | Path, fix: str) -> Path:
         os.close(fd)
         os.unlink(name)
     except OSError as err:
-        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if not cannot_write(err):
             raise
         raise RunError(f"cannot write in {path} ({err.strerror}): {fix}") from None
     return folder

@@ -292,9 +292,10 @@ def check_numbers(threshold, file, held_out: str, folder: str, carried: bool = F
     if not (isinstance(scores, list) and len(scores) > 0 and all(finite(x) for x in scores)):
         return
     if quantile:
-        if params.get("n_normal", len(scores)) != len(scores) or not _near(
-            threshold.value, _quantile(sorted(float(x) for x in scores), float(q))
-        ):
+        from anomaly.metrics import threshold_normal_quantile  # imports this module
+
+        given = threshold_normal_quantile([float(x) for x in scores], float(q)).value  # train's
+        if params.get("n_normal", len(scores)) != len(scores) or not _near(threshold.value, given):
             params[UNSUPPORTED] = True
         return
     n, alpha = len(scores), float(params["alpha"])
@@ -303,13 +304,6 @@ def check_numbers(threshold, file, held_out: str, folder: str, carried: bool = F
     kth = sorted(float(x) for x in scores)[min(max(k, 1), n) - 1]
     if not counts or threshold.value != math.nextafter(kth, math.inf):
         params[UNSUPPORTED] = True
-
-
-def _quantile(s: list[float], q: float) -> float:
-    """numpy's default (linear) quantile q of the sorted numbers `s`."""
-    h = q * (len(s) - 1)
-    lo = math.floor(h)
-    return s[lo] if lo + 1 >= len(s) else s[lo] + (h - lo) * (s[lo + 1] - s[lo])
 
 
 def _near(a: float, b: float) -> bool:

@@ -86,10 +86,16 @@ def unsorted_word(name: str) -> str | None:
     """The word of folder name `name` that says its images are not judged yet ("to check",
     new_photos, Unlabelled), when its words are such words (`UNSORTED_WORDS`) and words that add
     nothing (`NEUTRAL_WORDS`) alone; None for any other name (new_scratch: a defect kind)."""
+    return _word_of(name, UNSORTED_WORDS)
+
+
+def _word_of(name: str, kind: set[str]) -> str | None:
+    """The first word of folder name `name` in `kind`, when its words are such words and
+    words that add nothing (`NEUTRAL_WORDS`) alone; else None."""
     words = name_words(name)
-    if not set(words) <= UNSORTED_WORDS | NEUTRAL_WORDS:
+    if not set(words) <= kind | NEUTRAL_WORDS:
         return None
-    return next((w for w in words if w in UNSORTED_WORDS), None)
+    return next((w for w in words if w in kind), None)
 
 
 def good_name_word(name: str) -> str | None:
@@ -101,10 +107,7 @@ def good_name_word(name: str) -> str | None:
     name a defect (not_ok, no_good, good_but_scratched, pass_through_hole, clean_room_dust,
     normal_wear: read as defect kinds, as before). `good` itself is the layout's name, and not
     reported."""
-    words = name_words(name)
-    if name == "good" or not set(words) <= GOOD_NAME_WORDS | NEUTRAL_WORDS:
-        return None
-    return next((w for w in words if w in GOOD_NAME_WORDS), None)
+    return None if name == "good" else _word_of(name, GOOD_NAME_WORDS)
 
 
 def _mask_stem(p: Path) -> str | None:
