@@ -24,7 +24,7 @@ from anomaly.pixel_metrics import (  # noqa: F401 (pixel_auroc, aupro, pro_curve
     pro_curve,
     sorted_normal,
 )
-from anomaly.threshold_file import check_threshold, conformal_rank
+from anomaly.threshold_file import check_threshold, conformal_rank, normal_quantile
 
 # ---------------------------------------------------------------------------------------------
 # Image-level metrics
@@ -345,8 +345,7 @@ def threshold_normal_quantile(normal_scores, q: float = 0.99) -> Threshold:
         raise ValueError("threshold_normal_quantile needs at least one normal score")
     if not 0 <= q <= 1:
         raise ValueError(f"q must be in [0, 1], got {q}")
-    value = float(np.quantile(normal_scores, q))
-    value = float(np.nextafter(value, np.inf)) if np.isfinite(value) else value
+    value = normal_quantile(normal_scores, q)
     return Threshold(value, "normal_quantile", {"q": q, "n_normal": int(normal_scores.size)})
 
 

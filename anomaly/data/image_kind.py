@@ -257,21 +257,27 @@ def _transparent(im: Image.Image) -> bool:
 
 
 def readable_record(trained) -> bool:
-    """Whether `trained` (split.json's "images", from a folder that may be someone else's) is
-    what `summarize` writes (older runs lack some fields: fine): the check an exported file's
-    record gets (`onnx_predict.is_images_record`), and transparent [bools], aspect ratios and
-    sides under 1e9."""
-    from anomaly.onnx_predict import is_images_record
-
-    if not isinstance(trained, dict) or not is_images_record(trained):
+    """Whether `trained` (split.json's "images", from a folder that may be someone else's) has
+    the fields and types `summarize` writes: lists of flags and bit depths, and a positive,
+    finite [low, high] pair of aspect ratios and of sides (older runs lack some: fine)."""
+    if not isinstance(trained, dict):
         return False
-    transparent = trained.get("transparent", [])
-    pairs = trained.get("aspect", []) + trained.get("side", [])
+
+    def listed(key, kind) -> bool:
+        v = trained.get(key)
+        return v is None or isinstance(v, list) and all(type(x) in kind for x in v)
+
+    def pair(key, kind) -> bool:
+        v = trained.get(key)
+        return v is None or (
+            isinstance(v, list) and len(v) == 2 and listed(key, kind)
+            and all(0 < x < 1e9 for x in v) and v[0] <= v[1]
+        )  # fmt: skip
+
     return (
-        type(transparent) is list
-        and all(type(t) is bool for t in transparent)
-        and all(x < 1e9 for x in pairs)
-    )
+        listed("colour", (bool,)) and listed("transparent", (bool,)) and listed("bits", (int,))
+        and pair("aspect", (int, float)) and pair("side", (int,))
+    )  # fmt: skip
 
 
 def summarize(paths) -> dict:
