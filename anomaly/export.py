@@ -35,14 +35,13 @@ from pathlib import Path
 
 # the file's contract and scoring with it (numpy, Pillow and onnxruntime alone); imported from
 # here by callers and tests too
+from anomaly.onnx_checks import THRESHOLD_PARAMS, is_images_record
 from anomaly.onnx_predict import (  # noqa: F401
     FORMAT,
     INSTALL,
     PREPROCESSING,
-    THRESHOLD_PARAMS,
     ExportError,
     OnnxDetector,
-    is_images_record,
     predict_each,
     predict_onnx,
     preprocess,

@@ -1,4 +1,5 @@
-"""Checks of an exported file's graph (`anomaly.onnx_predict` loads it), standard library only.
+"""Checks of an exported file and of what it is given (`anomaly.onnx_predict` loads and runs it),
+standard library only.
 
 An ONNX file from someone else is untrusted input: its graph could hold a Loop of 2**62
 iterations (predict would run for ever) or anything else onnxruntime runs. `graph_ops` lists the
@@ -6,13 +7,19 @@ ops of the file's nodes from its protobuf bytes (no onnx package needed, so onnx
 this file can be copied where only numpy, Pillow and onnxruntime are), and `foreign_parts` names
 those `anomaly.export` never writes (`EXPORTED_OPS`), subgraphs, model functions and tensors kept
 in other files (external data: onnxruntime would read them), which `OnnxDetector` refuses before
-onnxruntime optimises or runs any of them.
+onnxruntime optimises or runs any of them. `contract` and `records` check its metadata (size,
+channels, threshold and what it guarantees, the record of the training images) against its graph,
+and `array_fault` an array a caller passes in place of a file (0-255 pixels would score without a
+word). onnx_predict.py needs this file beside it: without it, it refuses to load any file.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import warnings
+from pathlib import Path
 
 # (domain, op type) of each node anomaly.export writes, "" the standard domain: the union, listed
 # with the onnx package, of exports (torch 2.14, opset 17) of patchknn runs of every kind: float32
@@ -140,3 +147,178 @@ def warn_saturating(path, meta: dict, ops: set[tuple[str, str]]) -> None:
         "(python -m anomaly export --run RUN) and use the new file",
         stacklevel=3,
     )
+
+
+# --- the file's metadata ---------------------------------------------------------------------
+class ExportError(ValueError):
+    """A run that cannot be exported, or a file that is not an exported detector."""
+
+
+def bad_file(path: Path, what: str) -> ExportError:
+    return ExportError(
+        f"{path}: {what}, so it is not a file `export` wrote, or it was changed since; "
+        "export the run again (`python -m anomaly export --run RUN`)"
+    )
+
+
+def json_object(path: Path, meta: dict, key: str) -> dict | None:
+    """The JSON object in metadata `key` (None when there is none), or ExportError naming it."""
+    if key not in meta:
+        return None
+    try:
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise bad_file(path, f"its metadata {key} is {meta[key]!r:.60}, not a JSON object")
+    return value
+
+
+def _rate(x) -> bool:
+    return type(x) in (int, float) and 0 <= x <= 1
+
+
+# the saved threshold's params an export carries: what its guarantee is and whether it holds
+# (`anomaly.threshold_file.PARAMS`), each with the test a file's value must pass
+THRESHOLD_PARAMS = {
+    "alpha": lambda x: _rate(x) and 0 < x < 1,
+    **dict.fromkeys(("q", "false_reject_rate", "escape_rate"), _rate),
+    **dict.fromkeys(("n", "n_normal", "rank"), lambda x: type(x) is int and x >= 0),
+    # printed to a terminal: no control characters (escape sequences)
+    "guarantee": lambda x: isinstance(x, str) and len(x) <= 1000 and x.isprintable(),
+    **dict.fromkeys(("earlier_model", "in_sample"), lambda x: isinstance(x, bool)),
+}
+
+
+def records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
+    """(threshold_params, images) from a file's metadata, each checked field by field (None
+    when the file has none: exported before they were stored); ExportError names a bad one."""
+    params = json_object(path, meta, "threshold_params")
+    if params is not None and "threshold" not in meta:
+        raise bad_file(path, "its metadata has threshold_params but no threshold")
+    for key, value in (params or {}).items():
+        if key not in THRESHOLD_PARAMS or not THRESHOLD_PARAMS[key](value):
+            raise bad_file(path, f"its metadata threshold_params.{key:.40} is {value!r:.60}")
+    images = json_object(path, meta, "images")
+    if images and not is_images_record(images):
+        raise bad_file(
+            path, f"its metadata images is {meta['images']!r:.80}, not what export writes"
+        )
+    return params, images
+
+
+def is_images_record(d) -> bool:
+    """Whether `d` (split.json's "images", or an export's metadata "images"; from a folder or a
+    file that may be someone else's) is what `image_kind.summarize` writes: lists of flags
+    (colour, transparent) and of bit depths (8, 16 or 32), and [low, high] pairs of aspect ratios
+    and of sides in whole pixels, 0 < low <= high < 1e9. Older runs and files lack some of the
+    fields: fine."""
+    if not isinstance(d, dict):
+        return False
+
+    def listed(key: str, ok) -> bool:
+        v = d.get(key, [])
+        return type(v) is list and all(ok(x) for x in v)
+
+    def pair(key: str, kinds: tuple) -> bool:
+        v = d.get(key, [1, 1])
+        ok = listed(key, lambda x: type(x) in kinds and 0 < x < 1e9)
+        return ok and len(v) == 2 and v[0] <= v[1]
+
+    flags = lambda x: type(x) is bool
+    return (
+        listed("colour", flags) and listed("transparent", flags)
+        and listed("bits", lambda x: type(x) is int and x in (8, 16, 32))
+        and pair("aspect", (int, float)) and pair("side", (int,))
+    )  # fmt: skip
+
+
+def contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, list | None]:
+    """(size, channels, threshold or None, map_range or None) from a file's metadata, checked
+    against its graph: an exported file is untrusted input, and one ExportError names it."""
+    bad = lambda what: bad_file(path, what)
+
+    def number(key: str, kind: type):
+        try:
+            value = kind(meta[key])
+        except (KeyError, ValueError):
+            raise bad(f"its metadata {key} is {meta.get(key, 'missing')!r:.60}") from None
+        if kind is float and not math.isfinite(value):
+            raise bad(f"its metadata {key} is {value}, not a finite number")
+        return value
+
+    size, channels = number("size", int), number("channels", int)
+    if not 0 < size <= 65536 or channels not in (1, 3):
+        raise bad(f"its metadata says size {size} and channels {channels} (1 or 3)")
+    inputs, want = session.get_inputs(), [1, channels, size, size]
+    if len(inputs) != 1 or inputs[0].name != "images" or len(session.get_outputs()) != 2:
+        raise bad("its graph does not take one input 'images' and give two outputs")
+    shape = list(inputs[0].shape)
+    if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape, want)):
+        raise bad(f"its graph takes images of shape {shape}, its metadata says {want}")
+    threshold = number("threshold", float) if "threshold" in meta else None
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", meta.get("threshold_rule", "none")):
+        raise bad(f"its metadata threshold_rule is {meta['threshold_rule']!r:.60}")
+    if "map_range" not in meta:
+        return size, channels, threshold, None
+    try:
+        low, high = (float(x) for x in json.loads(meta["map_range"]))
+    except (ValueError, TypeError, RecursionError):  # not JSON, not a list, not two numbers
+        low = high = math.nan
+    if not math.isfinite(high - low) or low > high or max(abs(low), abs(high)) > 1e30:
+        raise bad(f"its metadata map_range is {meta['map_range']!r:.60}, not [low, high]")
+    return size, channels, threshold, [low, high]
+
+
+# --- what a caller gives -----------------------------------------------------------------------
+# Pixel values a little outside [0, 1] are what a bicubic resize of [0, 1] images gives (-0.12
+# to 1.22 across a sharp edge, measured); 0-255 values, or ImageNet-normalised ones (-2.1 to
+# 2.6), lie far outside. The package's own check (`anomaly.detectors.inputs`) takes it from here.
+RANGE_SLACK = 0.3
+# the image files a folder given to `predict_onnx` holds (`anomaly.data.files.IMAGE_EXTENSIONS`)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+def array_fault(x, want: tuple) -> str | None:
+    """Why the numpy array `x`, given in place of an image file, is not the input `want`
+    (channels, size, size) of float pixel values in [0, 1] (as `onnx_predict.preprocess` makes),
+    with the fix; None when it is. 0-255 integers, or values normalised by a mean and std, would
+    score without a word (about ten times too high)."""
+    got = tuple(x.shape)
+    if got != want:
+        last = "; channels last: use a.transpose(2, 0, 1)" if got == want[1:] + want[:1] else ""
+        return (
+            f"takes images of shape {want}, got {got}{last}; pass file paths to have them resized"
+        )
+    if x.dtype.kind != "f":
+        return (
+            f"takes pixel values as floats in [0, 1], not {x.dtype}: divide 8-bit values by 255 "
+            "(16-bit ones by 65535), or pass file paths"
+        )
+    lo, hi = float(x.min()), float(x.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "was given an image with NaN or infinite pixel values; check how it was made"
+    if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        return (
+            f"takes pixel values in [0, 1]; these run from {lo:.4g} to {hi:.4g}: divide 0-255 "
+            "values by 255 and leave out any normalisation (mean and std): the file does its own"
+        )
+    return None
+
+
+def image_paths(images) -> list:
+    """`images` (a path, or an iterable of paths and arrays) as a list, a folder replaced by the
+    image files in it (sorted; not hidden ones, nor the folders below). A folder without any is kept, so that
+    reading it says so."""
+    items = [images] if isinstance(images, (str, Path)) else list(images)  # a path, not letters
+    out = []
+    for item in items:
+        inside = []
+        if isinstance(item, (str, Path)) and Path(item).is_dir():
+            inside = sorted(
+                p
+                for p in Path(item).iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            )
+        out.extend(inside or [item])
+    return out

@@ -2,8 +2,9 @@
 
 `predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) imports
 no torch (a test checks) and of the package only `anomaly.data.image_kind` (Pillow only: its
-warnings; reduced without it) and `onnx_checks` (the checks of the graph; copy onnx_checks.py
-beside this file, in a package of yours too), so it runs where only those three are.
+warnings; reduced without it) and `onnx_checks` (the checks of the file and of the arrays given;
+copy onnx_checks.py beside this file, in a package of yours too: without it this file refuses
+to load), so it runs where only those three are.
 
 The file's contract, also stored in its `metadata_props` (read them with
 `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):
@@ -16,7 +17,7 @@ The file's contract, also stored in its `metadata_props` (read them with
   bilinear filter on float32 data, which the package's loader uses too); `decode` "draft" (a run
   trained so): a JPEG drafted to `draft_size` (else twice `size`), missing: "full", every pixel;
 - `threshold`: the run's saved decision threshold when it had one (score >= threshold means
-  anomalous), `threshold_rule` its rule and `threshold_params` (JSON, `THRESHOLD_PARAMS`) what
+  anomalous), `threshold_rule` its rule and `threshold_params` (JSON, `onnx_checks.THRESHOLD_PARAMS`) what
   it guarantees, as `predict --run` says it; `map_range`: its overlays' colour scale, [floor,
   pixel threshold] (the held-out good maps' typical value, and the pixel threshold the run saved
   or else their 99.9 % quantile);
@@ -26,26 +27,27 @@ The file's contract, also stored in its `metadata_props` (read them with
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 
-try:  # the checks of its graph: in the package, or copied beside this file
-    from anomaly.onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
+try:  # the checks of the file and its input: in the package, or copied beside this file
+    from anomaly import onnx_checks as _checks
 except ImportError:
     try:  # beside this file, in a package of yours or on its own
         if __package__:
-            from .onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
+            from . import onnx_checks as _checks
         else:
-            from onnx_checks import foreign_parts, graph_ops, short_error, warn_saturating
+            import onnx_checks as _checks
     except ImportError:
-        graph_ops, short_error = None, str
-_SAID_NO_GRAPH: list[bool] = []  # the note on unchecked graphs, said once per process
+        raise ImportError(
+            "onnx_predict.py needs onnx_checks.py beside it (anomaly/onnx_checks.py in the "
+            "package): an ONNX file from someone else is untrusted input, and it checks the file "
+            "before onnxruntime runs any of it. Copy it beside onnx_predict.py"
+        ) from None
+ExportError, bad_file, short_error = _checks.ExportError, _checks.bad_file, _checks.short_error
 
 FORMAT = "anomaly-onnx/1"
 EXPORT = "python -m anomaly export --run"
@@ -62,26 +64,6 @@ PREPROCESSING = (
     "(Image.draft(mode, (d, d)), d the metadata's draft_size, else 2 size; before anything "
     "reads its pixels)."
 )
-
-
-def _rate(x) -> bool:
-    return type(x) in (int, float) and 0 <= x <= 1
-
-
-# the saved threshold's params an export carries: what its guarantee is and whether it holds
-# (`anomaly.threshold_file.PARAMS`), each with the test a file's value must pass
-THRESHOLD_PARAMS = {
-    "alpha": lambda x: _rate(x) and 0 < x < 1,
-    **dict.fromkeys(("q", "false_reject_rate", "escape_rate"), _rate),
-    **dict.fromkeys(("n", "n_normal", "rank"), lambda x: type(x) is int and x >= 0),
-    # printed to a terminal: no control characters (escape sequences)
-    "guarantee": lambda x: isinstance(x, str) and len(x) <= 1000 and x.isprintable(),
-    **dict.fromkeys(("earlier_model", "in_sample"), lambda x: isinstance(x, bool)),
-}
-
-
-class ExportError(ValueError):
-    """A run that cannot be exported, or a file that is not an exported detector."""
 
 
 def require(module: str):
@@ -160,7 +142,7 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
     drafts to), float32 [H, W, 1 or 3] in [0, 1]; ExportError naming a file it cannot read."""
     from PIL import Image, UnidentifiedImageError
 
-    if Path(path).is_dir():  # predict --onnx FOLDER passes on a folder it found no images in
+    if Path(path).is_dir():  # predict_onnx and predict --onnx pass on a folder without images
         raise ExportError(f"{path} is a folder with no images in it; give image files")
     if not Path(path).exists():
         raise ExportError(f"{path}: no such file; check its path")
@@ -242,120 +224,19 @@ def _to_array(im) -> np.ndarray:
     return a
 
 
-def _bad(path: Path, what: str) -> ExportError:
-    return ExportError(
-        f"{path}: {what}, so it is not a file `export` wrote, or it was changed since; "
-        "export the run again (`python -m anomaly export --run RUN`)"
-    )
-
-
-def _json_object(path: Path, meta: dict, key: str) -> dict | None:
-    """The JSON object in metadata `key` (None when there is none), or ExportError naming it."""
-    if key not in meta:
-        return None
-    try:
-        value = json.loads(meta[key])
-    except (ValueError, RecursionError):
-        value = None
-    if not isinstance(value, dict):
-        raise _bad(path, f"its metadata {key} is {meta[key]!r:.60}, not a JSON object")
-    return value
-
-
 def _checked_ops(path: Path) -> set[tuple[str, str]] | None:
     """The (domain, op type) of the file's nodes, checked before onnxruntime optimises or runs
     any (`onnx_checks`): ExportError naming those `anomaly.export` never writes; None where
-    the bytes are no model (onnxruntime says why), or copied without onnx_checks.py."""
-    if graph_ops is None:
-        if not _SAID_NO_GRAPH:
-            _SAID_NO_GRAPH.append(True)
-            print(
-                "note: without onnx_checks.py beside this file (anomaly/onnx_checks.py), ONNX "
-                "files load unchecked: one from someone else may run for ever. Copy it here too",
-                file=sys.stderr,
-            )
-        return None
+    the bytes are no model (onnxruntime says why)."""
     try:
-        ops, other = graph_ops(path.read_bytes())
+        ops, other = _checks.graph_ops(path.read_bytes())
     except OSError as err:
         raise ExportError(f"{path} cannot be read ({err.strerror or err}); copy it again") from None
     except ValueError:
         return None
-    if named := foreign_parts(ops, other):
-        raise _bad(path, f"its graph holds {named}, which anomaly.export never writes")
+    if named := _checks.foreign_parts(ops, other):
+        raise bad_file(path, f"its graph holds {named}, which anomaly.export never writes")
     return ops
-
-
-def _records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
-    """(threshold_params, images) from a file's metadata, each checked field by field (None
-    when the file has none: exported before they were stored); ExportError names a bad one."""
-    params = _json_object(path, meta, "threshold_params")
-    if params is not None and "threshold" not in meta:
-        raise _bad(path, "its metadata has threshold_params but no threshold")
-    for key, value in (params or {}).items():
-        if key not in THRESHOLD_PARAMS or not THRESHOLD_PARAMS[key](value):
-            raise _bad(path, f"its metadata threshold_params.{key:.40} is {value!r:.60}")
-    images = _json_object(path, meta, "images")
-    if images and not is_images_record(images):
-        raise _bad(path, f"its metadata images is {meta['images']!r:.80}, not what export writes")
-    return params, images
-
-
-def is_images_record(d: dict) -> bool:
-    """Whether `d` is what `image_kind.summarize` writes: colour [bools], bits [8, 16 or 32],
-    aspect [lowest, highest], 0 < lowest <= highest, and (exports since it was recorded) side
-    [shortest, longest] in whole pixels, 0 < shortest <= longest."""
-    colour, bits, aspect = d.get("colour", []), d.get("bits", []), d.get("aspect", [1, 1])
-    side = d.get("side", [1, 1])
-    lists = all(type(x) is list for x in (colour, bits, aspect, side))
-    return (
-        lists
-        and len(aspect) == 2
-        and len(side) == 2
-        and all(type(c) is bool for c in colour)
-        and all(type(b) is int and b in (8, 16, 32) for b in bits)
-        and all(type(a) in (int, float) for a in aspect)
-        and 0 < aspect[0] <= aspect[1] < math.inf
-        and all(type(n) is int for n in side)
-        and 0 < side[0] <= side[1]
-    )
-
-
-def _contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, list | None]:
-    """(size, channels, threshold or None, map_range or None) from a file's metadata, checked
-    against its graph: an exported file is untrusted input, and one ExportError names it."""
-    bad = lambda what: _bad(path, what)
-
-    def number(key: str, kind: type):
-        try:
-            value = kind(meta[key])
-        except (KeyError, ValueError):
-            raise bad(f"its metadata {key} is {meta.get(key, 'missing')!r:.60}") from None
-        if kind is float and not math.isfinite(value):
-            raise bad(f"its metadata {key} is {value}, not a finite number")
-        return value
-
-    size, channels = number("size", int), number("channels", int)
-    if not 0 < size <= 65536 or channels not in (1, 3):
-        raise bad(f"its metadata says size {size} and channels {channels} (1 or 3)")
-    inputs, want = session.get_inputs(), [1, channels, size, size]
-    if len(inputs) != 1 or inputs[0].name != "images" or len(session.get_outputs()) != 2:
-        raise bad("its graph does not take one input 'images' and give two outputs")
-    shape = list(inputs[0].shape)
-    if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape, want)):
-        raise bad(f"its graph takes images of shape {shape}, its metadata says {want}")
-    threshold = number("threshold", float) if "threshold" in meta else None
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", meta.get("threshold_rule", "none")):
-        raise bad(f"its metadata threshold_rule is {meta['threshold_rule']!r:.60}")
-    if "map_range" not in meta:
-        return size, channels, threshold, None
-    try:
-        low, high = (float(x) for x in json.loads(meta["map_range"]))
-    except (ValueError, TypeError, RecursionError):  # not JSON, not a list, not two numbers
-        low = high = math.nan
-    if not math.isfinite(high - low) or low > high or max(abs(low), abs(high)) > 1e30:
-        raise bad(f"its metadata map_range is {meta['map_range']!r:.60}, not [low, high]")
-    return size, channels, threshold, [low, high]
 
 
 class OnnxDetector:
@@ -398,16 +279,15 @@ class OnnxDetector:
                 f"{FORMAT!r} in its metadata); export the run with "
                 f"`python -m anomaly export --run RUN`"
             )
-        if ops is None and graph_ops is not None:  # onnxruntime read what the check could not
-            raise _bad(path, "its graph's nodes cannot be listed")
+        if ops is None:  # onnxruntime read what the check could not
+            raise bad_file(path, "its graph's nodes cannot be listed")
         self.path = path
-        if ops is not None:
-            warn_saturating(path, self.meta, ops)
-        self.size, self.channels, self.threshold, self.map_range = _contract(
+        _checks.warn_saturating(path, self.meta, ops)
+        self.size, self.channels, self.threshold, self.map_range = _checks.contract(
             path, self.meta, self.session
         )
         # the saved threshold's guarantee, and what the training images were (None: not stored)
-        self.threshold_params, self.trained_images = _records(path, self.meta)
+        self.threshold_params, self.trained_images = _checks.records(path, self.meta)
         self.decode = self.meta.get("decode", "full")  # exported before it: every pixel
         draft = str(self.meta.get("draft_size", ""))  # the run's (auto: not its choice's) x 2
         ok = draft.isascii() and draft.isdigit() and self.size <= int(draft) <= 8192
@@ -445,21 +325,18 @@ class OnnxDetector:
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         scores, maps = [], []
-        for image in images:
+        for image in _checks.image_paths(images):  # a folder: its image files
             if isinstance(image, (str, Path)):
                 x = self.read(image)
-            else:
-                x = np.asarray(image, dtype=np.float32)
-            want = (self.channels, self.size, self.size)
-            if x.shape != want:
-                raise ExportError(
-                    f"{self.path} takes images of shape {want}, got {x.shape}; "
-                    f"pass file paths to have them resized"
-                )
+            else:  # an array: floats in [0, 1] at the file's shape, or what to give instead
+                x = np.asarray(image)
+                if fault := _checks.array_fault(x, (self.channels, self.size, self.size)):
+                    raise ExportError(f"{self.path} {fault}")
+                x = x.astype(np.float32, copy=False)
             try:
                 score, amap = self.session.run(None, {"images": x[None]})
             except Exception as err:  # noqa: BLE001  (onnxruntime's: the file's fault, not x's)
-                raise _bad(self.path, f"its graph failed ({short_error(err)})") from None
+                raise bad_file(self.path, f"its graph failed ({short_error(err)})") from None
             if score.size != 1 or amap.shape != (1, self.size, self.size):
                 raise ExportError(
                     f"{self.path}: its graph gave a score of shape {score.shape} and a map of "
@@ -473,22 +350,23 @@ class OnnxDetector:
 
 
 def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]:
-    """Scores [N] and maps [N, size, size] of image files (or preprocessed arrays); files unlike
+    """Scores [N] and maps [N, size, size] of image files, folders of them (the files in each,
+    sorted) or preprocessed arrays (`preprocess`: float32 in [0, 1]); files unlike
     the run's training images are named on stderr (`OnnxDetector.warn_unlike`). The first file
     it cannot read stops it (ExportError naming the file); for a batch job, `predict_each`."""
     detector = OnnxDetector(onnx_path)
-    images = [images] if isinstance(images, (str, Path)) else list(images)  # a path, not letters
-    detector.warn_unlike(images)  # (a generator read once)
+    images = _checks.image_paths(images)  # a folder: its image files; a generator read once
+    detector.warn_unlike(images)
     return detector.predict(images)
 
 
 def predict_each(onnx_path: str | Path, images):
-    """For batch jobs: yield (image, score, map, error) for each image file (or preprocessed
-    array) of `images` as it is scored (a float and float32 [size, size], or None, None and why
+    """For batch jobs: yield (image, score, map, error) for each image file (a folder: the files
+    in it, sorted; or a preprocessed array) of `images` as it is scored (a float and float32 [size, size], or None, None and why
     it could not be read: a damaged file does not stop the batch). Compare each score with the
     file's threshold (`OnnxDetector(path).threshold`); an image with an error has no verdict."""
     detector = OnnxDetector(onnx_path)
-    images = [images] if isinstance(images, (str, Path)) else list(images)  # a path, not letters
+    images = _checks.image_paths(images)  # a folder: its image files
     detector.warn_unlike(images)
     for image in images:
         try:

@@ -225,6 +225,56 @@ def test_bad_inputs_name_the_file_and_the_fix(exported, tmp_path, tiny_cookies):
         export_onnx(run, tmp_path)
 
 
+def test_arrays_that_are_not_0_1_floats_are_refused_with_the_fix(exported, tiny_cookies):
+    """A deployment walkthrough (session 30): an array of 0-255 pixels (uint8, or floats) was
+    scored without a word, about ten times too high; so were normalised ones. Each is refused,
+    saying what to pass; a preprocessed array scores as its file does."""
+    _, path = exported
+    file = sorted((tiny_cookies / "test" / "good").glob("*.png"))[0]
+    x = preprocess(file, SIZE, 3)
+    assert abs(predict_onnx(path, [x])[0][0] - predict_onnx(path, [file])[0][0]) < 1e-6
+    said = {
+        "uint8": r"takes pixel values as floats in \[0, 1\], not uint8: divide 8-bit values by 255",
+        "0-255": r"these run from \d.* to \d.*: divide 0-255 values by 255",
+        "nan": "NaN or infinite pixel values",
+        "last": r"got \(48, 48, 3\); channels last: use a.transpose\(2, 0, 1\)",
+    }
+    bad = {
+        "uint8": (x * 255).astype(np.uint8),
+        "0-255": x * 255,
+        "nan": np.where(x > 0.5, np.nan, x),
+        "last": x.transpose(1, 2, 0),
+    }
+    for kind, array in bad.items():
+        with pytest.raises(ExportError, match=said[kind]):
+            predict_onnx(path, [array])
+
+
+def test_a_folder_given_to_predict_onnx_is_its_image_files(exported, tiny_cookies, tmp_path):
+    """A folder in the list was read as one image ("a folder with no images in it", though it
+    had some); now it stands for its image files, sorted, hidden ones and others left out."""
+    from anomaly.data.files import IMAGE_EXTENSIONS
+    from anomaly.onnx_checks import IMAGE_SUFFIXES
+    from anomaly.onnx_predict import predict_each
+
+    assert IMAGE_EXTENSIONS == IMAGE_SUFFIXES  # the package reads what the deployed file does
+    _, path = exported
+    files = sorted((tiny_cookies / "test" / "good").glob("*.png"))[:2]
+    folder = tmp_path / "to check"
+    folder.mkdir()
+    for f in files:
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "._hidden.png").write_bytes(b"a resource fork")
+    together, _ = predict_onnx(path, folder)
+    apart, _ = predict_onnx(path, files)
+    np.testing.assert_allclose(together, apart, atol=1e-6)
+    assert [e[0].name for e in predict_each(path, [folder])] == [f.name for f in files]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="empty is a folder with no images in it"):
+        predict_onnx(path, [tmp_path / "empty"])
+
+
 def test_only_patchknn_runs_export(tiny_cookies, tmp_path):
     (tmp_path / "ae").mkdir()
     config = Config.for_method("ae", data=str(tiny_cookies), size=32, epochs=1, device="cpu")

@@ -202,7 +202,7 @@ def _python(code: str, cwd):
 
 def test_onnx_predict_copied_with_onnx_checks_refuses_a_loop(tmp_path):
     """Copied without the package, onnx_predict.py uses onnx_checks.py beside it; alone, it
-    says once that files load unchecked (`test_trust_deploy` scores with it alone)."""
+    refuses to load (it loaded every file unchecked with a note, before session 31)."""
     import anomaly.onnx_checks
     import anomaly.onnx_predict
 
@@ -218,7 +218,8 @@ def test_onnx_predict_copied_with_onnx_checks_refuses_a_loop(tmp_path):
         return _python(code, tmp_path)
 
     alone = run()
-    assert "refused:" not in alone.stdout and alone.stderr.count("onnx_checks.py beside") == 1
+    assert alone.returncode != 0 and "refused:" not in alone.stdout
+    assert "ImportError: onnx_predict.py needs onnx_checks.py beside it" in alone.stderr
     shutil.copy(anomaly.onnx_checks.__file__, tmp_path / "onnx_checks.py")
     beside = run()
     assert "refused:" in beside.stdout and "'Loop', a subgraph" in beside.stdout, beside.stderr

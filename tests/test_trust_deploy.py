@@ -204,15 +204,17 @@ def test_image_kind_imports_neither_torch_nor_the_heavy_modules():
     assert done.returncode == 0, done.stderr
 
 
-def test_onnx_predict_py_copied_alone_predicts_without_the_checks(
+def test_onnx_predict_py_copied_without_the_package_predicts_with_a_note(
     conformal_export, unlike_images, tmp_path
 ):
-    """onnx_predict.py still runs where only numpy, Pillow and onnxruntime are: the image-kind
-    warnings are skipped there, and a note says so once."""
+    """onnx_predict.py (with onnx_checks.py) still runs where only numpy, Pillow and onnxruntime
+    are: the image-kind warnings are skipped there, and a note says so once."""
+    import anomaly.onnx_checks
     import anomaly.onnx_predict
 
     _, path = conformal_export
     shutil.copy(anomaly.onnx_predict.__file__, tmp_path / "deployed.py")
+    shutil.copy(anomaly.onnx_checks.__file__, tmp_path / "onnx_checks.py")
     code = (
         "import sys; sys.modules['anomaly'] = None; from deployed import predict_onnx; "
         f"s, m = predict_onnx({str(path)!r}, {unlike_images!r}); assert len(s) == 3; "
@@ -225,16 +227,18 @@ def test_onnx_predict_py_copied_alone_predicts_without_the_checks(
     assert done.stderr.count("note: without the anomaly package") == 1
 
 
-def test_onnx_predict_py_copied_alone_refuses_a_tiff_stack(
+def test_onnx_predict_py_copied_without_the_package_refuses_a_tiff_stack(
     conformal_export, tiny_cookies, tmp_path
 ):
     """Copied without the package it cannot ask `image_kind`, yet a TIFF of several same-size
     pages is still refused (it read the first page silently), while a TIFF with a smaller
     thumbnail page is read as the package reads it."""
+    import anomaly.onnx_checks
     import anomaly.onnx_predict
 
     _, path = conformal_export
     shutil.copy(anomaly.onnx_predict.__file__, tmp_path / "deployed.py")
+    shutil.copy(anomaly.onnx_checks.__file__, tmp_path / "onnx_checks.py")
     image = Image.open(_good_image(tiny_cookies)).convert("RGB")
     image.save(tmp_path / "stack.tif", save_all=True, append_images=[image, image])
     image.save(tmp_path / "thumb.tif", save_all=True, append_images=[image.resize((8, 8))])

@@ -9,8 +9,10 @@ from pathlib import Path
 
 # the still images read, in folders and when named: a GIF, WebP or PNG with several frames (an
 # animation) and a TIFF of several full-size pages are refused when decoded
-# (`image_kind.open_image`); other files are named as skipped (`scan_images`)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# (`image_kind.open_image`); other files are named as skipped (`scan_images`). One list with
+# the deployable onnx_checks.py, where `predict_onnx` reads the image files of a folder given
+from anomaly.onnx_checks import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+
 NAMED = 20  # skipped entries named in one warning; the rest are counted
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError, named
+from anomaly.onnx_checks import is_images_record
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
 # a photo whose orientation (portrait, landscape) is the other way from every training image's,
@@ -256,30 +257,6 @@ def _transparent(im: Image.Image) -> bool:
     return alpha.getextrema()[0] < 255
 
 
-def readable_record(trained) -> bool:
-    """Whether `trained` (split.json's "images", from a folder that may be someone else's) has
-    the fields and types `summarize` writes: lists of flags and bit depths, and a positive,
-    finite [low, high] pair of aspect ratios and of sides (older runs lack some: fine)."""
-    if not isinstance(trained, dict):
-        return False
-
-    def listed(key, kind) -> bool:
-        v = trained.get(key)
-        return v is None or isinstance(v, list) and all(type(x) in kind for x in v)
-
-    def pair(key, kind) -> bool:
-        v = trained.get(key)
-        return v is None or (
-            isinstance(v, list) and len(v) == 2 and listed(key, kind)
-            and all(0 < x < 1e9 for x in v) and v[0] <= v[1]
-        )  # fmt: skip
-
-    return (
-        listed("colour", (bool,)) and listed("transparent", (bool,)) and listed("bits", (int,))
-        and pair("aspect", (int, float)) and pair("side", (int,))
-    )  # fmt: skip
-
-
 def summarize(paths) -> dict:
     """What the training images are, for split.json: {"colour": [False and/or True],
     "bits": [...], "aspect": [lowest, highest], "side": [shortest, longest] of their shorter
@@ -451,7 +428,7 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
     )
     if not trained:
         return []
-    if not readable_record(trained):
+    if not is_images_record(trained):  # split.json's record, maybe someone else's
         print(damaged, file=stream or sys.stderr)
         return []
     lines = []

@@ -21,10 +21,9 @@ import warnings
 
 import torch
 
-# Pixel values a little outside [0, 1] are what a bicubic resize of [0, 1] images gives (-0.12
-# to 1.22 across a sharp edge, measured); 0-255 values, or ImageNet-normalised ones (-2.1 to
-# 2.6), lie far outside
-RANGE_SLACK = 0.3
+# pixel values a little outside [0, 1] (a bicubic resize's overshoot) pass, as an export's do
+from anomaly.onnx_checks import RANGE_SLACK
+
 FILES = "for image files use anomaly.predict_images(RUN, files)"
 _OFF = threading.local()
 
