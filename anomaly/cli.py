@@ -237,9 +237,19 @@ def _predict(args) -> int:
         print(f"{threshold_words(threshold)}; {where}", file=sys.stderr)
         from anomaly.decision import few_held_out
 
-        if args.run and (note := few_held_out(threshold, args.run)):  # as train said it
-            print(note, file=sys.stderr)
+        run = args.run or _run_of_export(args.onnx)
+        if note := few_held_out(threshold, run):  # as train said it
+            again = f"; then export the run again: python -m anomaly export --run {shell_word(run)}"
+            print(note + again * bool(args.onnx), file=sys.stderr)
     return 0 if not failed and not broken else 2
+
+
+def _run_of_export(onnx: str) -> str:
+    """The run folder an exported file sits in (`export` writes RUN/model.onnx), or "RUN"."""
+    from anomaly.runs import RunDir
+
+    folder = Path(onnx).parent
+    return str(folder) if RunDir(folder).is_run() else "RUN"
 
 
 class StdoutGone(Exception):

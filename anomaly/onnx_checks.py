@@ -186,7 +186,10 @@ THRESHOLD_PARAMS = {
     **dict.fromkeys(("n", "n_normal", "rank"), lambda x: type(x) is int and x >= 0),
     # printed to a terminal: no control characters (escape sequences)
     "guarantee": lambda x: isinstance(x, str) and len(x) <= 1000 and x.isprintable(),
-    **dict.fromkeys(("earlier_model", "in_sample"), lambda x: isinstance(x, bool)),
+    **dict.fromkeys(
+        ("earlier_model", "in_sample", "on_training_images"), lambda x: isinstance(x, bool)
+    ),
+    "set_by": lambda x: x == "train",  # train's own: the note on a handful held out
 }
 
 
