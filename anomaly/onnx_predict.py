@@ -360,12 +360,13 @@ def predict_onnx(onnx_path: str | Path, images) -> tuple[np.ndarray, np.ndarray]
     return detector.predict(images)
 
 
-def predict_each(onnx_path: str | Path, images):
+def predict_each(onnx_path, images):
     """For batch jobs: yield (image, score, map, error) for each image file (a folder: the files
     in it, sorted; or a preprocessed array) of `images` as it is scored (a float and float32 [size, size], or None, None and why
     it could not be read: a damaged file does not stop the batch). Compare each score with the
-    file's threshold (`OnnxDetector(path).threshold`); an image with an error has no verdict."""
-    detector = OnnxDetector(onnx_path)
+    file's threshold (`OnnxDetector(path).threshold`); an image with an error has no verdict.
+    `onnx_path` may be an `OnnxDetector` already loaded."""
+    detector = onnx_path if isinstance(onnx_path, OnnxDetector) else OnnxDetector(onnx_path)
     images = _checks.image_paths(images)  # a folder: its image files
     detector.warn_unlike(images)
     for image in images:
@@ -376,3 +377,46 @@ def predict_each(onnx_path: str | Path, images):
             continue
         scores, maps = detector.predict([x])
         yield image, float(scores[0]), maps[0], None
+
+
+def main(argv=None) -> int:
+    """`python onnx_predict.py MODEL.onnx IMAGE_OR_FOLDER ...`, where the package is not
+    installed: one tab-separated row per image (path, score, PASS or REJECT at the file's
+    threshold), ERROR and why for one it cannot read; exit status 2 when any could not be read."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="onnx_predict.py",
+        description="Score images with a file `python -m anomaly export` wrote (onnxruntime, "
+        "numpy and Pillow alone; onnx_checks.py beside this file). A folder: its image files.",
+    )
+    parser.add_argument("onnx", help="the exported file (RUN/model.onnx)")
+    parser.add_argument("images", nargs="+", help="image files or folders of them")
+    args = parser.parse_args(argv)
+    shown = lambda text: "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    try:
+        detector = OnnxDetector(args.onnx)
+        rows = predict_each(detector, args.images)
+        t, rule = detector.threshold, detector.meta.get("threshold_rule", "exported")
+        guarantee = (detector.threshold_params or {}).get("guarantee", "")
+        said = "note: it holds no threshold: scores only"
+        if t is not None:
+            said = f"threshold {t:.6g} ({rule}{': ' * bool(guarantee)}{guarantee})"
+        print(said, file=sys.stderr)
+        failed = 0
+        for image, score, _, error in rows:
+            if error is not None:
+                failed += 1
+                print(f"error: {shown(error)}", file=sys.stderr)
+                row = ("ERROR", "-")
+            else:
+                row = (f"{score:.6g}", "-" if t is None else "REJECT" if score >= t else "PASS")
+            print("\t".join((shown(image), *row)), flush=True)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
