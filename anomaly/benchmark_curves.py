@@ -67,7 +67,6 @@ def _fit(method: str, config, train, cal):
 
 def _point(method, config, data, train_idx, cal, test, alpha: float) -> dict:
     from anomaly.metrics import (
-        aupro,
         conformal_n_needed,
         confusion,
         image_auroc,
@@ -93,13 +92,26 @@ def _point(method, config, data, train_idx, cal, test, alpha: float) -> dict:
     return {
         "n": len(train_idx),
         "image_auroc": image_auroc(pred.labels, pred.scores),
-        "aupro": aupro(pred.masks, pred.maps) if pred.has_masks else None,
+        "aupro": _aupro(pred, test),
         "escape_rate": rates["escape_rate"],
         "false_reject_rate": rates["false_reject_rate"],
         "alpha_used": alpha_used,
         "n_cal": len(cal_scores),
         "fit_s": fit_s,
     }
+
+
+def _aupro(pred, test) -> float | None:
+    """AUPRO as `score` computes it: at `pixel_eval.EVAL_SIZE`, defective images without a mask
+    file left out (they counted as all-normal pixels here before session 31)."""
+    from anomaly.metrics import aupro
+    from anomaly.pixel_eval import at_eval_size
+
+    if not pred.has_masks:
+        return None
+    pixels = at_eval_size(pred, [s.mask_path for s in test.samples])
+    known = np.ones(len(pred), bool) if pred.mask_known is None else pred.mask_known
+    return aupro(pixels.masks[known], pixels.maps[known])
 
 
 def _subsets(pool: list[int], n: int, reps: int, seed: int) -> list[list[int]]:

@@ -115,8 +115,10 @@ def _worst_first(row: dict) -> float:
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
-    values = [r[key] for r in rows if r.get(key) is not None]
-    return float(np.mean(values)) if values else None
+    """The mean of `key` over `rows`, None unless every row has it: a mean over fewer sets than
+    the row's "sets" says would read as the suite's (it skipped them silently before)."""
+    values = [r.get(key) for r in rows]
+    return float(np.mean(values)) if values and None not in values else None
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -175,10 +175,10 @@ SUMMARY_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "au
 
 def score_summary(labels, scores, metrics: dict, threshold=None, defects=None) -> str:
     """What `score` prints: the verdicts at the run's threshold in one sentence, then the
-    metrics rounded to 3 digits, e.g.
+    metrics to 3 decimals (as the tables give them: 0.9995 is 1.000, never a bare 1), e.g.
 
         at threshold 29.88 (normal_quantile): 75/90 defective caught, 0/50 good rejected
-        image_auroc 0.981 (95 % interval 0.96-0.99)  image_ap 0.99  image_f1_max 0.953  ...
+        image_auroc 0.981 (95 % interval 0.96-0.99)  image_ap 0.990  image_f1_max 0.953  ...
         (140 images: good 50, crack 30, mustard 30, plastic 30; 12.3 images/s)
 
     `threshold` is a `metrics.Threshold` (or a number, or None when the run has none);
@@ -190,7 +190,7 @@ def score_summary(labels, scores, metrics: dict, threshold=None, defects=None) -
         lines.append(summary_line(confusion(labels, scores, float(threshold)), rule))
     else:
         lines.append("no threshold saved: set one with `python -m anomaly threshold`")
-    shown = [f"{k} {metrics[k]:.3g}" for k in SUMMARY_METRICS if metrics.get(k) is not None]
+    shown = [f"{k} {metrics[k]:.3f}" for k in SUMMARY_METRICS if metrics.get(k) is not None]
     ci = metrics.get("image_auroc_ci")
     if ci is not None and shown and shown[0].startswith("image_auroc "):
         shown[0] += f" (95 % interval {ci[0]:.2f}-{ci[1]:.2f})"

@@ -147,12 +147,15 @@ def score_choices_table(run: Path) -> str:
 
 def map_choices_table(run: Path) -> str:
     """Pixel AUROC and AUPRO of the original's signed map (what its red overlay marks: the
-    positive part of reconstruction - input), of the squared error, and of that smoothed."""
+    positive part of reconstruction - input), of the squared error, and of that smoothed; at
+    `pixel_eval.EVAL_SIZE`, defective images without a mask file left out, as `score` does."""
     from anomaly.maps import gaussian_blur, l2_map
     from anomaly.metrics import aupro, pixel_auroc
+    from anomaly.pixel_eval import maps_at, masks_at
 
     _, data, images, recon = _reconstruct(run)
-    masks = np.stack([data[i]["mask"].numpy() for i in range(len(data))])
+    known = np.array([s.label == 0 or s.mask_path is not None for s in data.samples])
+    masks = masks_at([s.mask_path for s in data.samples])[known]  # as `score` computes them
     maps = {
         "original overlay: (recon - input)+": (recon - images).clamp(min=0).mean(dim=1),
         "squared error": l2_map(images, recon),
@@ -160,7 +163,7 @@ def map_choices_table(run: Path) -> str:
     }
     lines = [f"{'map':<36} {'pixel AUROC':>11} {'AUPRO':>6}"]
     for name, m in maps.items():
-        m = m.numpy()
+        m = maps_at(m.numpy())[known]
         lines.append(f"{name:<36} {pixel_auroc(masks, m):>11.3f} {aupro(masks, m):>6.3f}")
     return "\n".join(lines)
 

@@ -320,6 +320,7 @@ def score_run(
     run's `workers`; its config.json is not changed)."""
     from anomaly.metrics import evaluate
     from anomaly.overlays import run_scale, save_overlays
+    from anomaly.pixel_eval import EVAL_SIZE, at_eval_size
 
     rd = RunDir(run).require()
     with rd.lock("score"):
@@ -362,7 +363,9 @@ def score_run(
         if dest is not rd:  # made now, and never through a link
             output_folder(dest.path)
         with dest.predictions_meanwhile(pred):  # in place once the metrics are made
-            metrics = evaluate(pred)
+            mask_of = {s.path: s.mask_path for s in test.samples}  # pixel metrics at one size
+            metrics = evaluate(at_eval_size(pred, [mask_of.get(p) for p in pred.paths]))
+            metrics["pixel_metrics_size"] = EVAL_SIZE if pred.has_masks else None
             scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # pixel threshold
         metrics["predict_images_per_s"] = len(pred) / seconds
         metrics["threshold"] = threshold.value if threshold is not None else None

@@ -24,8 +24,8 @@ Fair by construction:
   folder, `peers_models.staged_train`: its own listing and reader differ; no validation or test
   split there, checkpoints off), and is scored on the same test tensors, loaded once by
   `anomaly.data` at the same size, with the same masks and the same metric code
-  (`anomaly.metrics` on the raw scores and maps: anomalib's post-processor, which normalises and
-  clamps scores, is off). A defective test image without a mask file is left out of the pixel
+  (`anomaly.metrics` on the raw scores and maps, at `anomaly.pixel_eval.EVAL_SIZE`, as `score`
+  computes them: anomalib's post-processor, which normalises and clamps scores, is off). A defective test image without a mask file is left out of the pixel
   metrics (as `score` leaves it out); `patchknn` decodes JPEGs in full here (`decode=full`,
   as every method's test images are), unless `--patchknn-set decode=draft`;
 - speed is CPU time of this process per test image (`time.process_time`, all threads), the images
@@ -64,6 +64,7 @@ from peers_models import BACKBONE_NODES, Predict, Stages, fit_anomalib, staged_t
 from anomaly.config import Config
 from anomaly.data import AnomalyDataset
 from anomaly.metrics import aupro, image_auroc, pixel_auroc
+from anomaly.pixel_eval import maps_at, masks_at
 
 OURS = ("patchknn", "patchknn-onnx", "flow")
 # patchknn's own feature extractor (its backbone + pooling) alone, eager and in onnxruntime
@@ -77,11 +78,12 @@ NOT_SETTABLE = ("method", "data", "device", "seed", "size")
 
 def load_test(root: Path, size: int):
     """(images, masks, labels, mask_known, kinds) of the test set, decoded once by `anomaly.data`
-    at `size` (full decoding, as every method sees them)."""
+    at `size` (full decoding, as every method sees them); the masks at `pixel_eval.EVAL_SIZE`,
+    where `evaluate` brings every method's maps, as `score` does."""
     data = AnomalyDataset(root, "test", size=size, channels=3, decode="full", cache=False)
     items = [data[i] for i in range(len(data))]
     images = torch.stack([it["image"] for it in items])
-    masks = torch.stack([it["mask"] for it in items]).numpy()
+    masks = masks_at([s.mask_path for s in data.samples])  # at EVAL_SIZE, as `score`'s
     labels = np.array([int(it["label"]) for it in items])
     known = np.array([bool(it["mask_known"]) for it in items])
     return images, masks, labels, known, [it["defect"] for it in items]
@@ -204,7 +206,7 @@ def evaluate(predict: Predict, images, masks, labels, known, batch: int) -> dict
     if outs[0] is None:
         return {}
     scores = np.concatenate([o[0] for o in outs]).astype(np.float64)
-    maps = np.concatenate([o[1] for o in outs]).astype(np.float64)
+    maps = maps_at(np.concatenate([o[1] for o in outs])).astype(np.float64)
     bad = int((~np.isfinite(scores)).sum())  # a broken fit: its row says so, the others are
     if bad or not np.isfinite(maps).all():  # still measured
         what = f"{bad} of {len(scores)} image scores" if bad else "map pixels"

@@ -127,7 +127,7 @@ LAYERS = {
     3: "runs run_checkpoints run_outputs run_versions overlays",
     2: "detectors train",
     1: "config terminal data models features backbones backbone_base mobilenet maps synthetic metrics "
-    "pixel_metrics decision threshold_text viz lazy safe_files written_files run_lock threshold_file onnx_cache onnx_predict "
+    "pixel_metrics pixel_eval decision threshold_text viz lazy safe_files written_files run_lock threshold_file onnx_cache onnx_predict "
     "onnx_checks prefetch",
 }
 

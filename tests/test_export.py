@@ -230,7 +230,7 @@ def test_arrays_that_are_not_0_1_floats_are_refused_with_the_fix(exported, tiny_
     scored without a word, about ten times too high; so were normalised ones. Each is refused,
     saying what to pass; a preprocessed array scores as its file does."""
     _, path = exported
-    file = sorted((tiny_cookies / "test" / "good").glob("*.png"))[0]
+    file = min((tiny_cookies / "test" / "good").glob("*.png"))
     x = preprocess(file, SIZE, 3)
     assert abs(predict_onnx(path, [x])[0][0] - predict_onnx(path, [file])[0][0]) < 1e-6
     said = {

@@ -299,7 +299,7 @@ def test_score_summary_gives_the_interval_with_the_auroc():
     labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
     metrics = {"image_auroc": 0.75, "image_auroc_ci": [0.25, 1.0], "image_ap": 0.83}
     line = score_summary(labels, scores, metrics).splitlines()[1]
-    assert line == "image_auroc 0.75 (95 % interval 0.25-1.00)  image_ap 0.83"
+    assert line == "image_auroc 0.750 (95 % interval 0.25-1.00)  image_ap 0.830"
     del metrics["image_auroc_ci"]
     assert "interval" not in score_summary(labels, scores, metrics)
 

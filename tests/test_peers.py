@@ -65,6 +65,7 @@ def test_pixel_metrics_leave_out_images_without_a_mask(peers, tiny_cookies, tmp_
     """A defective test image without its mask file was scored against an all-zero mask: every
     defect pixel of it counted as normal."""
     from anomaly.metrics import aupro, pixel_auroc
+    from anomaly.pixel_eval import EVAL_SIZE, maps_at
 
     data = tmp_path / "nomask"
     shutil.copytree(tiny_cookies, data)
@@ -77,6 +78,8 @@ def test_pixel_metrics_leave_out_images_without_a_mask(peers, tiny_cookies, tmp_
     assert known.sum() == len(known) - 1
     predict, _, _ = peers.fit_ours("patchknn", data, 32, _args(peers, tmp_path), {})
     _scores, maps = predict(images)
+    maps = maps_at(maps)  # pixel metrics at one size for every method, as `score`'s
+    assert masks.shape == maps.shape == (len(known), EVAL_SIZE, EVAL_SIZE)
     assert row["pixel_auroc"] == pytest.approx(pixel_auroc(masks[known], maps[known]))
     assert row["aupro"] == pytest.approx(aupro(masks[known], maps[known]))
     assert row["pixel_auroc"] != pytest.approx(pixel_auroc(masks, maps))

@@ -77,3 +77,70 @@ def test_onnx_predict_py_runs_from_the_shell_without_the_package(tiny_cookies, t
     assert rows == [*want, [str(folder / "zz cut.png"), "ERROR", "-"]]
     assert f"threshold {threshold:.6g} (normal_quantile" in done.stderr
     assert "zz cut.png: cannot read this image" in done.stderr
+
+
+def test_score_computes_pixel_metrics_at_one_size_for_every_method(tiny_cookies, tmp_path):
+    """A metrics audit: pixel AUROC and AUPRO were computed at each method's own size, against
+    masks resized to it, so rows of one table had other ground truths (AUPRO up to 0.23 apart
+    from the masks' own 256 px). `score` now brings maps and masks to EVAL_SIZE first."""
+    from anomaly.metrics import aupro, pixel_auroc
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.pixel_eval import EVAL_SIZE, at_eval_size
+
+    run = tmp_path / "pk"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=48, device="cpu")
+    train_run(config, run, progress=False)
+    pred, metrics = score_run(run)
+    assert pred.maps.shape[-1] == 48 and metrics["pixel_metrics_size"] == EVAL_SIZE
+    masks = {str(p): None for p in pred.paths}
+    for mask in (tiny_cookies / "ground_truth").rglob("*_mask.png"):
+        kind, stem = mask.parent.name, mask.name.removesuffix("_mask.png")
+        masks[str(tiny_cookies / "test" / kind / f"{stem}.png")] = str(mask)
+    pixels = at_eval_size(pred, [masks[str(p)] for p in pred.paths])
+    assert pixels.masks.shape == pixels.maps.shape == (len(pred), EVAL_SIZE, EVAL_SIZE)
+    assert metrics["pixel_auroc"] == pytest.approx(pixel_auroc(pixels.masks, pixels.maps))
+    assert metrics["aupro"] == pytest.approx(aupro(pixels.masks, pixels.maps))
+    assert metrics["aupro"] != pytest.approx(aupro(pred.masks, pred.maps), abs=1e-6)
+
+
+def test_the_curves_aupro_leaves_out_defects_without_a_mask(tiny_cookies, tmp_path):
+    """The train-size curve scored a defective image without a mask file as all-normal pixels
+    (`score` leaves it out): its AUPRO was another number than `score`'s for the same model."""
+    import shutil
+
+    from anomaly.benchmark_curves import _aupro
+    from anomaly.data import AnomalyDataset
+    from anomaly.detectors import get_detector
+    from anomaly.metrics import evaluate
+    from anomaly.pixel_eval import at_eval_size
+
+    data = tmp_path / "nomask"
+    shutil.copytree(tiny_cookies, data)
+    shutil.rmtree(next((data / "ground_truth").iterdir()))
+    with pytest.warns(UserWarning, match="no mask"):
+        test = AnomalyDataset(data, "test", size=48)
+    config = Config.for_method("patchknn", data=str(data), size=48, device="cpu")
+    detector = get_detector("patchknn")(config)
+    detector.fit(AnomalyDataset(data, "train", size=48), progress=False)
+    pred = detector.predict(test)
+    assert pred.mask_known is not None and not pred.mask_known.all()
+    want = evaluate(at_eval_size(pred, [s.mask_path for s in test.samples]))["aupro"]
+    assert _aupro(pred, test) == pytest.approx(want)
+
+
+def test_score_prints_three_decimals_and_suite_means_need_every_set():
+    """A metrics audit: `score` printed 0.99951 as a bare "1" (`.3g`), and a suite's mean pixel
+    metric skipped sets without one, under a "sets" count that included them."""
+    from anomaly.benchmark_tables import summarize
+    from anomaly.decision import score_summary
+
+    metrics = {"image_auroc": 0.99951, "image_auroc_ci": [0.9951, 1.0], "pixel_auroc": 0.9}
+    line = score_summary([0, 1], [0.1, 0.9], metrics).splitlines()[1]
+    assert line.startswith("image_auroc 1.000 (95 % interval 1.00-1.00)  pixel_auroc 0.900")
+    rows = [
+        {"suite": "s", "method": "m", "set": "a", "image_auroc": 0.9, "pixel_auroc": 0.99},
+        {"suite": "s", "method": "m", "set": "b", "image_auroc": 0.7, "pixel_auroc": None},
+    ]
+    (summary,) = summarize(rows)
+    assert summary["sets"] == 2 and summary["mean_image_auroc"] == pytest.approx(0.8)
+    assert summary["mean_pixel_auroc"] is None
