@@ -45,6 +45,9 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
             "it (and threshold.json, if any, an earlier model's threshold); finish it with "
             f"`python -m anomaly train --resume --out {shell_word(run)}`"
         )
+    # its data sets (`detector.dataset`) hold the run's split: a plain layout's test images are
+    # then the good images it neither trained on nor held out, as `score`'s
+    detector.trained_in = lambda root: trained_split(run, config.data, str(root))
     if problem := selection_problem(run, payload):  # it scores as model.pt says: a warning
         warnings.warn(problem, stacklevel=2)
     if device is not None:
@@ -236,3 +239,38 @@ def trained_images(rd: RunDir) -> dict | None:
     except (RunError, AttributeError) as err:
         warnings.warn(f"{err}; images are not compared with the training images", stacklevel=2)
         return None
+
+
+def trained_split(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
+    """The images the run trained on or held out, relative to its data folder `trained_on`,
+    found in `data`: in the plain layout its test images are then every other one (good images
+    added since training are tested; none moves a trained image into the test). In another
+    folder than `trained_on` (the data moved, or other data), an image counts by its place and
+    its bytes (split.json's SHA-256s): a copy of the set keeps its split, another set with the
+    same file names is all tested. None where split.json says nothing."""
+    split = rd.split()
+    if split is None:
+        return None
+    names = split_names(split, trained_on)
+    if os.path.abspath(data) == os.path.abspath(trained_on):
+        return set(names)
+    digests = split.get("sha256") or []
+    if len(digests) != len(names):  # an older run: no way to tell a copy from other data
+        return None
+    # only good/<file> names count (`AnomalyDataset` asks no other), so nothing outside `data`
+    # is read: a split.json from someone else may name any path (/proc/kmsg never ends)
+    here = [(n, Path(data) / n, d) for n, d in zip(names, digests) if _good_name(n)]
+    return {n for n, p, d in here if p.is_file() and sha256_file(p) == d}  # none: all tested
+
+
+def _good_name(name: str) -> bool:
+    """Whether `name` (relative to a data folder) is a file right in its good/ folder."""
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] == "good" and parts[1] not in ("", ".", "..")
+
+
+def split_names(split: dict, root: str) -> list[str]:
+    """The images of a run's `split` (train and held out), relative to the data folder `root`
+    ("good/x.png"), in the split's order."""
+    root = os.path.abspath(root)
+    return [os.path.relpath(p, root).replace(os.sep, "/") for p in split["train"] + split["val"]]

@@ -12,6 +12,7 @@ written under the notebook's home (`$ANOMALY_HOME` or the working folder).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.notebook_checks import checks_text, loader_checks  # noqa: F401 (notebook 07's)
 from anomaly.notebook_setup import Settings, _subplots, shown
 from anomaly.runs import RunDir
 from anomaly.terminal import shell_word
@@ -102,95 +104,42 @@ def stand_in(p: PhotoSettings) -> Path:
 
 
 def folder_tree(root: Path) -> str:
-    """The data folder as a reader would check it: each image folder and its file count."""
+    """The data folder as the loader reads it: each folder's image files (masks in ground_truth/
+    or masks/) and how many other files it holds, which are not read (hidden ones left out)."""
+    from anomaly.data.files import IMAGE_EXTENSIONS
+    from anomaly.data.input_checks import MASK_FOLDERS
+
     root = Path(root)
     lines = [f"{shown(Path(root))}/"]
     for folder in sorted(d for d in root.rglob("*") if d.is_dir()):
-        files = [f for f in folder.iterdir() if f.is_file()]
+        files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+        images = sum(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
         if files:
-            what = "masks" if folder.relative_to(root).parts[0] == "ground_truth" else "images"
-            lines.append(f"  {str(folder.relative_to(root)) + '/':<24} {len(files):>4} {what}")
+            what = "masks" if folder.relative_to(root).parts[0] in MASK_FOLDERS else "images"
+            other = f", {len(files) - images} other files (not read)" * (len(files) > images)
+            lines.append(f"  {str(folder.relative_to(root)) + '/':<24} {images:>4} {what}{other}")
     return "\n".join(lines)
-
-
-# --- the loader's checks -----------------------------------------------------------------------
-
-
-def _small_copy(data: Path, to: Path) -> None:
-    """A few files of `data` in the same layout: two training images, one good and one
-    defective test image with its mask."""
-    train = sorted((data / "train" / "good").iterdir())[:2]
-    kind = min(d.name for d in (data / "ground_truth").iterdir())
-    picks = [*train, min((data / "test" / "good").iterdir())]
-    picks += [min((data / "test" / kind).iterdir()), min((data / "ground_truth" / kind).iterdir())]
-    for f in picks:
-        target = to / f.relative_to(data)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, target)
-
-
-def _corrupt_image(root: Path) -> str:
-    (root / "train" / "good" / "IMG_0042.png").write_text("not an image: a file saved wrongly")
-    return "train"
-
-
-def _empty_folder(root: Path) -> str:
-    (root / "test" / "dent").mkdir()
-    return "test"
-
-
-def _stray_mask(root: Path) -> str:
-    masks = next((root / "ground_truth").iterdir())
-    shutil.copy(next(masks.iterdir()), masks / "999_mask.png")
-    return "test"
-
-
-PROBLEMS = {
-    "a file that is not an image": _corrupt_image,
-    "an empty defect folder": _empty_folder,
-    "a mask that matches no image": _stray_mask,
-}
-
-
-def loader_checks(data: Path) -> list[tuple[str, str]]:
-    """Each problem of `PROBLEMS` made in a small copy of `data`, and the `DataError` message
-    the loader raises for it, paths shown from the copy's root (`my-photos/`).
-
-    A problem the loader lets through is reported as "not caught" (the tests assert none is).
-    """
-    from anomaly.data import AnomalyDataset, DataError
-
-    found = []
-    with tempfile.TemporaryDirectory(prefix="anomaly-checks-") as tmp:
-        for i, (problem, make) in enumerate(PROBLEMS.items()):
-            root = Path(tmp) / str(i) / "my-photos"
-            _small_copy(Path(data), root)
-            split = make(root)
-            try:
-                AnomalyDataset(root, split, size=32).check()
-                message = "not caught"
-            except DataError as err:
-                message = str(err).replace(str(root.parent) + "/", "")
-            found.append((problem, message))
-    return found
-
-
-def checks_text(found: list[tuple[str, str]]) -> str:
-    """The caught problems as the command line shows them (`error: <message>`)."""
-    return "\n\n".join(f"{problem}:\n  error: {message}" for problem, message in found)
 
 
 # --- train, score, threshold -------------------------------------------------------------------
 
 
 def train(p: PhotoSettings, data: Path) -> Path:
-    """`python -m anomaly train --data DATA --method auto --val-fraction 0.25 --seed 7 --out RUN`:
-    trained now, or the trained run reused; then scored (`score`, which writes overlays/)."""
+    """`python -m anomaly train --data DATA --method auto --val-fraction 0.25 --seed 7 --out RUN`,
+    RUN named after the data folder beside `p.run`: trained now, or the trained run of that data
+    reused; then scored (`score`, which writes overlays/)."""
     from anomaly.config import Config
     from anomaly.decision import few_held_out
     from anomaly.pipeline import score_run, train_run
 
-    run = RunDir(p.run)
+    folder = Path(p.run).parent / Path(data).resolve().name  # the stand-in's: p.run
+    run, p = RunDir(folder), dataclasses.replace(p, run=folder)
+    trained_on = run.trained_config().data if run.has_model() else None
+    if trained_on is not None and Path(trained_on).resolve() != Path(data).resolve():
+        raise ValueError(
+            f"{shown(folder)} holds a run trained on {shown(Path(trained_on))}, not on "
+            f"{shown(Path(data))}: move that run folder away (nothing here deletes it)"
+        )
     if run.has_model():
         print(f"using the trained run {shown(p.run)}")
     else:

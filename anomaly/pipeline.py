@@ -20,7 +20,14 @@ import numpy as np
 
 from anomaly import threshold_file
 from anomaly import train_guards as guards
-from anomaly.build import build_detector, check_size, load_run, trained_images
+from anomaly.build import (
+    build_detector,
+    check_size,
+    load_run,
+    split_names,
+    trained_images,
+    trained_split,
+)
 from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data
@@ -337,7 +344,7 @@ def score_run(
             "test",
             size=config.size,
             channels=config.channels,
-            trained=_trained(rd, config.data, data),
+            trained=trained_split(rd, config.data, data),
             decode=config.decode,
         )
         if test.layout != "mvtec" and rd.split() is None:  # good/ would be split anew
@@ -418,41 +425,6 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
 def _scored_data(folder: Path) -> str | None:
     """The data folder whose scores `folder` holds (its predictions.npz says), or None."""
     return RunDir(folder).scored_meta().get("data")
-
-
-def _trained(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
-    """The images the run trained on or held out, relative to its data folder `trained_on`,
-    found in `data`: in the plain layout its test images are then every other one (good images
-    added since training are tested; none moves a trained image into the test). In another
-    folder than `trained_on` (the data moved, or other data), an image counts by its place and
-    its bytes (split.json's SHA-256s): a copy of the set keeps its split, another set with the
-    same file names is all tested. None where split.json says nothing."""
-    split = rd.split()
-    if split is None:
-        return None
-    names = split_names(split, trained_on)
-    if os.path.abspath(data) == os.path.abspath(trained_on):
-        return set(names)
-    digests = split.get("sha256") or []
-    if len(digests) != len(names):  # an older run: no way to tell a copy from other data
-        return None
-    # only good/<file> names count (`AnomalyDataset` asks no other), so nothing outside `data`
-    # is read: a split.json from someone else may name any path (/proc/kmsg never ends)
-    here = [(n, Path(data) / n, d) for n, d in zip(names, digests) if _good_name(n)]
-    return {n for n, p, d in here if p.is_file() and sha256_file(p) == d}  # none: all tested
-
-
-def _good_name(name: str) -> bool:
-    """Whether `name` (relative to a data folder) is a file right in its good/ folder."""
-    parts = name.split("/")
-    return len(parts) == 2 and parts[0] == "good" and parts[1] not in ("", ".", "..")
-
-
-def split_names(split: dict, root: str) -> list[str]:
-    """The images of a run's `split` (train and held out), relative to the data folder `root`
-    ("good/x.png"), in the split's order."""
-    root = os.path.abspath(root)
-    return [os.path.relpath(p, root).replace(os.sep, "/") for p in split["train"] + split["val"]]
 
 
 def decoding_loader(data, config: Config, collate_fn=None, workers: int | None = None):

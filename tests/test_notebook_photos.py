@@ -15,6 +15,7 @@ from anomaly import notebook_photos as own
 from anomaly.data import AnomalyDataset
 from anomaly.data.photos_defects import KINDS
 from anomaly.metrics import conformal_n_needed
+from anomaly.notebook_checks import PROBLEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_the_held_out_photos_allow_the_conformal_alpha(smoke_mode, tmp_path, mon
 def test_every_problem_is_caught_with_the_file_named(smoke):
     _, _, data = smoke
     found = dict(own.loader_checks(data))
-    assert set(found) == set(own.PROBLEMS)
+    assert set(found) == set(PROBLEMS)
     assert "not caught" not in found.values()
     assert "my-photos/train/good/IMG_0042.png" in found["a file that is not an image"]
     assert "my-photos/test/dent" in found["an empty defect folder"]
@@ -62,7 +63,7 @@ def test_every_problem_is_caught_with_the_file_named(smoke):
     for message in found.values():
         assert "/tmp" not in message and "anomaly-checks-" not in message  # paths shortened
     text = own.checks_text(own.loader_checks(data))
-    assert text.count("error: ") == len(own.PROBLEMS)
+    assert text.count("error: ") == len(PROBLEMS)
 
 
 def test_the_checks_leave_the_data_alone(smoke):
@@ -185,7 +186,8 @@ def test_train_says_when_its_threshold_rests_on_a_handful_of_photos(
 
     monkeypatch.setattr(pipeline, "train_run", cheap)
     p = replace(p, run=tmp_path / "run")
-    own.train(p, data)
-    n = RunDir(p.run).threshold().params["n_normal"]
+    run = own.train(p, data)
+    assert run == tmp_path / data.name  # named after the data, beside p.run
+    n = RunDir(run).threshold().params["n_normal"]
     err = capsys.readouterr().err
     assert n < 10 and f"the 0.99 quantile of only {n} held-out good image" in err

@@ -144,3 +144,58 @@ def test_score_prints_three_decimals_and_suite_means_need_every_set():
     (summary,) = summarize(rows)
     assert summary["sets"] == 2 and summary["mean_image_auroc"] == pytest.approx(0.8)
     assert summary["mean_pixel_auroc"] is None
+
+
+def test_a_runs_dataset_keeps_its_split_after_a_good_image_is_removed(tiny_cookies, tmp_path):
+    """A walkthrough: after one photo was removed from good/, `load_run(run).dataset(root,
+    "test")` split good/ anew by the holdout rule and put a trained image among the test
+    images (its AUROC was not `score`'s); it now reads the run's split.json, as `score` does."""
+    import shutil
+
+    import anomaly
+    from anomaly.pipeline import score_run, train_run
+
+    data = tmp_path / "mine"
+    (data / "good").mkdir(parents=True)
+    goods = sorted((tiny_cookies / "train" / "good").glob("*.png"))[:10]
+    for f in goods:
+        shutil.copy(f, data / "good" / f.name)
+    shutil.copytree(tiny_cookies / "test" / "crack", data / "crack")
+    run = tmp_path / "run"
+    config = Config.for_method("patchknn", data=str(data), size=48, device="cpu")
+    train_run(config, run, progress=False)
+    (data / "good" / goods[0].name).unlink()  # before the first test image: the rule shifts
+    pred, _ = score_run(run)
+    test = anomaly.load_run(run).dataset(data, "test")
+    assert sorted(test.paths) == sorted(pred.paths)
+
+
+def test_notebook_07s_helpers_take_a_plain_folder_and_never_reuse_a_run_of_other_data(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    """A walkthrough with notebook 07's helpers on one's own photos (the plain layout: good/
+    and a folder per defect kind): `own.train` reused the stand-in's run, trained on other
+    data, saying only "using the trained run"; `own.loader_checks` failed (FileNotFoundError:
+    train/good); `own.folder_tree` counted Thumbs.db and .DS_Store as images."""
+    import shutil
+    from dataclasses import replace
+
+    from anomaly import notebook as nb
+    from anomaly import notebook_photos as own
+    from anomaly import pipeline
+
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_cookies / "train" / "good", mine / "good")
+    shutil.copytree(tiny_cookies / "test" / "crack", mine / "crack")
+    for name in ("Thumbs.db", ".DS_Store"):
+        (mine / "good" / name).write_bytes(b"not a picture")
+    n = len(list((tiny_cookies / "train" / "good").glob("*.png")))
+    assert f"good/{'':<19} {n:>4} images, 1 other files (not read)" in own.folder_tree(mine)
+    found = dict(own.loader_checks(mine))
+    assert len(found) == 3 and "not caught" not in found.values(), found
+    monkeypatch.setenv(nb.HOME_ENV, str(tmp_path / "home"))
+    p = replace(own.photo_settings(nb.settings(smoke=True)), run=tmp_path / "runs" / "coins")
+    cheap = Config.for_method("meandiff", data=str(tiny_cookies), size=32)
+    pipeline.train_run(cheap, tmp_path / "runs" / "mine", progress=False)  # other data's
+    with pytest.raises(ValueError, match=r"holds a run trained on .*cookies.*, not on .*mine"):
+        own.train(p, mine)

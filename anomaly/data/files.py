@@ -14,6 +14,9 @@ from pathlib import Path
 from anomaly.onnx_checks import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
 
 NAMED = 20  # skipped entries named in one warning; the rest are counted
+# files Windows writes into folders of pictures (thumbnail caches, folder settings): skipped
+# without a word, as hidden files are ("save others as PNG" made no sense of them)
+SYSTEM_FILES = frozenset(("thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"))
 
 
 class DataError(ValueError):
@@ -36,14 +39,14 @@ def scan_images(
 ) -> tuple[list[Path], list[Path], list[Path]]:
     """What `folder` directly holds, sorted: (image files, symbolic links that lead to no file,
     everything else but hidden entries: folders such as .ipynb_checkpoints, files such as
-    .DS_Store and macOS's ._NAME.png sidecars, which are no images). The one listing of a folder
+    .DS_Store and macOS's ._NAME.png sidecars, which are no images, and `SYSTEM_FILES`). The one listing of a folder
     of images: training and test folders, `threshold --good-images` and `predict FOLDER`. When it
     found images, one warning names every entry of the third list and what to do (`skipped`;
     `folders`: what to do about a sub-folder, {name} the first one's path): nothing is left out
     without a word. With no images the caller's error says what the folder holds."""
     images, broken, stray = [], [], []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
+        if p.name.startswith(".") or p.name.lower() in SYSTEM_FILES:
             continue  # .ipynb_checkpoints, .git, .DS_Store, ._a.png (macOS metadata), ...
         if p.is_symlink() and not p.exists():
             broken.append(p)

@@ -252,6 +252,8 @@ class Detector(ABC):
     # backbone encoder:RUN: the SHA-256 of that run's model.pt, set by `pipeline.build_detector`
     # and saved in the state (patchknn, flow), so a retrained encoder is noticed when loading
     encoder_sha256: str | None = None
+    # root -> the images its run trained on or held out there (`load_run`; `dataset` reads them)
+    trained_in: Callable[[Any], set[str] | None] | None = None
 
     def __init__(self, config) -> None:
         self.config = config
@@ -276,10 +278,16 @@ class Detector(ABC):
 
     def dataset(self, root, split: str = "test", **kwargs):
         """`anomaly.AnomalyDataset` of the folder `root` at this detector's size, channels and
-        decoding: what `predict` takes (`kwargs` go to the data set: holdout, trained, cache)."""
+        decoding: what `predict` takes (`kwargs` go to the data set: holdout, trained, cache).
+        A detector loaded from a run (`load_run`) reads the run's split: in the plain layout
+        its test images are the good images it neither trained on nor held out, as `score`'s
+        (the holdout rule on today's folder put a trained image among them, once one was
+        removed)."""
         from anomaly.data import AnomalyDataset
 
         settings = {k: getattr(self.config, k) for k in ("size", "channels", "decode")}
+        if self.trained_in is not None and "trained" not in kwargs:  # a run's (`load_run`)
+            kwargs["trained"] = self.trained_in(root)
         return AnomalyDataset(root, split, **settings, **kwargs)
 
     # --- to implement -------------------------------------------------------------------
