@@ -213,9 +213,9 @@ def records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
 def is_images_record(d) -> bool:
     """Whether `d` (split.json's "images", or an export's metadata "images"; from a folder or a
     file that may be someone else's) is what `image_kind.summarize` writes: lists of flags
-    (colour, transparent) and of bit depths (8, 16 or 32), and [low, high] pairs of aspect ratios
-    and of sides in whole pixels, 0 < low <= high < 1e9. Older runs and files lack some of the
-    fields: fine."""
+    (colour, transparent) and of bit depths (8, 16 or 32), [low, high] pairs of aspect ratios
+    and of sides in whole pixels, 0 < low <= high < 1e9, and of the 16-bit images' largest values
+    (peak, 0-65535). Older runs and files lack some of the fields: fine."""
     if not isinstance(d, dict):
         return False
 
@@ -229,10 +229,13 @@ def is_images_record(d) -> bool:
         return ok and len(v) == 2 and v[0] <= v[1]
 
     flags = lambda x: type(x) is bool
+    peak = d.get("peak", [0, 0])  # the 16-bit images' largest values, low and high
     return (
         listed("colour", flags) and listed("transparent", flags)
         and listed("bits", lambda x: type(x) is int and x in (8, 16, 32))
         and pair("aspect", (int, float)) and pair("side", (int,))
+        and listed("peak", lambda x: type(x) is int and 0 <= x <= 65535)
+        and len(peak) == 2 and peak[0] <= peak[1]
     )  # fmt: skip
 
 
@@ -296,7 +299,8 @@ def array_fault(x, want: tuple) -> str | None:
     if x.dtype.kind != "f":
         return (
             f"takes pixel values as floats in [0, 1], not {x.dtype}: divide 8-bit values by 255 "
-            "(16-bit ones by 65535), or pass file paths"
+            "and 16-bit ones by 65535, as files are read (12-bit data in them too), or pass "
+            "file paths"
         )
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -304,7 +308,8 @@ def array_fault(x, want: tuple) -> str | None:
     if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
         return (
             f"takes pixel values in [0, 1]; these run from {lo:.4g} to {hi:.4g}: divide 0-255 "
-            "values by 255 and leave out any normalisation (mean and std): the file does its own"
+            "values by 255 (16-bit ones by 65535, as files are read) and leave out any "
+            "normalisation (mean and std): the file does its own"
         )
     return None
 

@@ -199,3 +199,74 @@ def test_notebook_07s_helpers_take_a_plain_folder_and_never_reuse_a_run_of_other
     pipeline.train_run(cheap, tmp_path / "runs" / "mine", progress=False)  # other data's
     with pytest.raises(ValueError, match=r"holds a run trained on .*cookies.*, not on .*mine"):
         own.train(p, mine)
+
+
+def _sixteen(path, peak: int, seed: int = 0, shape=(40, 48)):
+    """A 16-bit greyscale PNG whose values reach `peak` (4095: a camera's 12-bit data)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    a = (rng.random(shape) * peak).astype(np.uint16)
+    a.flat[0] = peak
+    Image.fromarray(a).save(path)  # mode I;16
+    return path
+
+
+def test_12_bit_data_in_16_bit_files_is_named_beside_full_range_ones(tmp_path):
+    """A walkthrough with a monochrome camera: 12-bit data saved in 16-bit files (0-4095 of
+    0-65535) beside full-range 16-bit files was never named (the same part scored PASS or
+    REJECT by how it was saved), and a run trained on 12-bit data scored a full-range image at
+    42.9 without a word. Now train names the mixture, split.json records the largest values,
+    and an image far outside them is named, as predict names other unlike images."""
+    import warnings
+
+    from anomaly.data.image_kind import image_kind, summarize, unlike, warn_mixed
+    from anomaly.onnx_checks import is_images_record
+
+    twelve = [_sixteen(tmp_path / f"a{i}.png", 4095, i) for i in range(3)]
+    full = [_sixteen(tmp_path / f"b{i}.png", 65535, i) for i in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        said = warn_mixed(twelve + full, 1, 32)
+    assert len(said) == 1 and "3 of the 6 training images" in said[0]
+    assert "values only up to 4095 of 65535, others up to 65535" in said[0]
+    assert "a0.png" in said[0] and "b0.png" not in said[0]
+    record = summarize(twelve)
+    assert record["peak"] == [4095, 4095] and is_images_record(record)
+    assert not is_images_record({**record, "peak": [4095, 70000]})
+    assert unlike(image_kind(twelve[1]), record, 1, 32) == []
+    (told,) = unlike(image_kind(full[0]), record, 1, 32)
+    assert told.startswith("values up to 65535 of 65535, the training images' up to 4095:")
+    assert unlike(image_kind(twelve[0]), summarize(full), 1, 32)  # and the other way round
+
+
+def test_16_bit_images_are_drawn_as_the_model_reads_them_not_white(tmp_path):
+    """score's overlays, the explorer's gallery and its report drew every 16-bit image white:
+    `read_rgb` converted it to RGB, which clips every value above 255."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.data.image_kind import read_rgb
+
+    path = _sixteen(tmp_path / "part.png", 65535)
+    drawn = read_rgb(path)
+    assert drawn.shape == (40, 48, 3) and drawn.dtype == np.uint8
+    assert 60 < drawn.mean() < 200  # uniform noise over the full range: mid-grey, not white
+    want = np.round(np.asarray(Image.open(path), dtype=np.float32) / 65535 * 255)
+    np.testing.assert_array_equal(drawn[..., 0], want.astype(np.uint8))
+
+
+def test_a_16_bit_batchs_fix_says_65535_not_its_largest_value():
+    """predict_batch told a uint16 batch to divide by "the largest value": 12-bit data divided
+    by 4095 scored 42.9 for a good part the files (divided by 65535) scored 6.1."""
+    import torch
+
+    from anomaly.detectors.inputs import check_batch
+
+    config = Config.for_method("meandiff", size=8, channels=1)
+    batch = torch.full((1, 1, 8, 8), 4095, dtype=torch.int16)
+    with pytest.raises(ValueError, match=r"images.float\(\) / 65535 for 16-bit pixels"):
+        check_batch(config, batch, "meandiff")
+    with pytest.raises(ValueError, match=r"divide 0-255 values by 255 \(images.float\(\) / 65535"):
+        check_batch(config, batch.float(), "meandiff")

@@ -39,6 +39,9 @@ TURNED = 1.1
 # a training image whose shorter side is this many times under --size is named, and an image to
 # score this many times under the training images' shortest side (and under --size)
 SMALL_FACTOR = 2.0
+# 16-bit images whose largest values are this many times apart (3 bits: a camera's 12-bit data
+# in a 16-bit file, 0-4095, beside full-range data) are named: read alike, one set is far darker
+PEAK_FACTOR = 8
 NAMED = 3  # files named in one warning about the training images; the rest are counted
 _PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -71,7 +74,12 @@ def read_rgb(path: str | Path | None, draft: int | None = None):
         with named_warnings(path), Image.open(path) as im:
             if draft and im.format in DRAFTED:
                 im.draft(im.mode, (draft, draft))
-            return np.asarray(upright(im).convert("RGB"))
+            im = upright(im)
+            if im.mode[0] in "IF":  # 16/32-bit: scaled as the model reads them (convert("RGB")
+                top = 1.0 if im.mode == "F" else 65535.0  # clipped them to white)
+                a = np.clip(np.asarray(im, dtype=np.float32) / top, 0.0, 1.0)
+                return np.repeat(np.round(a * 255).astype(np.uint8)[..., None], 3, axis=-1)
+            return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
 
@@ -226,16 +234,19 @@ def displayed_size(im: Image.Image) -> tuple[int, int]:
 def image_kind(path: str | Path) -> dict | None:
     """{"colour": bool, "bits": 8, 16 or 32, "aspect": width / height, "side": the shorter
     side in px, "transparent": bool} from the file's header (the alpha channel decoded where
-    there is one), or None when it cannot be read (whoever decodes it says why)."""
+    there is one), and for a 16-bit image "peak", its largest value (its pixels decoded); None
+    when it cannot be read (whoever decodes it says why)."""
     if not Path(path).is_file():  # a pipe: opening it would wait for ever
         return None
     try:
         with named_warnings(path), Image.open(path) as im:
             mode, (width, height), fmt = im.mode, displayed_size(im), im.format
             see_through = _transparent(im)
-        bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
-        if fmt == "PNG":  # its own header: 1-16 (older Pillow opens 16-bit PNGs as "I")
-            bits = max(8, _png_bits(Path(path)) or bits)
+            bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
+            if fmt == "PNG":  # its own header: 1-16 (older Pillow opens 16-bit PNGs as "I")
+                bits = max(8, _png_bits(Path(path)) or bits)
+            # a 16-bit file's largest value: a camera's 12-bit data fills 0-4095 of 0-65535
+            peak = int(im.getextrema()[1]) if bits == 16 and mode[0] == "I" else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
@@ -245,6 +256,7 @@ def image_kind(path: str | Path) -> dict | None:
         "aspect": width / max(height, 1),
         "side": min(width, height),
         "transparent": see_through,
+        **({"peak": peak} if peak is not None else {}),
     }
 
 
@@ -285,7 +297,12 @@ def summarize(paths) -> dict:
         "aspect": [round(min(aspects), 4), round(max(aspects), 4)],
         "side": [min(k["side"] for k in kinds), max(k["side"] for k in kinds)],
         "transparent": sorted({k["transparent"] for k in kinds}),
+        **({"peak": [min(peaks), max(peaks)]} if (peaks := _peaks(kinds)) else {}),
     }
+
+
+def _peaks(kinds) -> list[int]:
+    return [k["peak"] for k in kinds if "peak" in k]
 
 
 def _aspect(read: tuple) -> float:
@@ -302,9 +319,9 @@ def _scaled(bits: int) -> str:
         return (
             "are read as 16-bit (integers divided by 65535, floats as they are) and clipped to 0-1"
         )
-    return (
-        "are scaled to 0-1 by their full range (data that fills only part of it, e.g. 12-bit "
-        "camera data in a 16-bit file, reads dark)"
+    return "are scaled to 0-1 by their full range" + (
+        " (data that fills only part of it, e.g. 12-bit camera data in a 16-bit file, reads "
+        "dark)" * (bits == 16)
     )
 
 
@@ -345,6 +362,16 @@ def warn_mixed(paths, channels: int, size: int) -> list[str]:
                 f"values {_scaled(bits)}, so the model learns two scales of brightness as "
                 "normal; save them all at one bit depth"
             )
+    peaks = [(p, k["peak"]) for p, k in read if "peak" in k]
+    if peaks and max(v for _, v in peaks) > PEAK_FACTOR * min(v for _, v in peaks):
+        top = max(v for _, v in peaks)
+        odd = [p for p, v in peaks if v * PEAK_FACTOR < top]
+        said.append(
+            f"{_few(odd, n, 'have')} values only up to {max(v for p, v in peaks if p in odd)} "
+            f"of 65535, others up to {top} (12-bit camera data saved in 16-bit files beside "
+            "full-range ones?): each is divided by 65535, so theirs read far darker and the "
+            "model learns both as normal; save them alike (12-bit values times 16)"
+        )
     small = [p for p, k in read if k["side"] * SMALL_FACTOR < size]
     if 0 < len(small) < n:  # all of them small: a size chosen to enlarge them (auto's 448 px)
         said.append(
@@ -378,6 +405,14 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
         said.append(
             f"{kind['bits']}-bit, the run was trained on {_bits_words(bits)} images: its values "
             f"{_scaled(kind['bits'])}, so its scores may not be comparable"
+        )
+    low, high = trained.get("peak") or (0, 65535)  # the 16-bit training images' largest values
+    if "peak" in kind and not low / PEAK_FACTOR <= kind["peak"] <= high * PEAK_FACTOR:
+        said.append(
+            f"values up to {kind['peak']} of 65535, the training images' up to "
+            f"{low if low == high else f'{low}-{high}'}: "
+            "saved at another bit depth (a camera's 12-bit data in a 16-bit file reads 16 times "
+            "darker than full-range data)? Its scores are not comparable; save it as they were"
         )
     lo, hi = (float(x) for x in trained.get("aspect") or (0.0, float("inf")))
     if not lo / ASPECT_FACTOR <= kind["aspect"] <= hi * ASPECT_FACTOR:

@@ -25,6 +25,9 @@ import torch
 from anomaly.onnx_checks import RANGE_SLACK
 
 FILES = "for image files use anomaly.predict_images(RUN, files)"
+# 16-bit pixels are read from files divided by 65535, whatever the camera filled of them (12-bit
+# data too: dividing it by 4095 would make it 16 times brighter than the files the run read)
+_SIXTEEN = "images.float() / 65535 for 16-bit pixels, as files are read (12-bit data in them too)"
 _OFF = threading.local()
 
 
@@ -66,7 +69,7 @@ def check_batch(config, images, name: str) -> None:
     if not images.is_floating_point():
         raise ValueError(
             f"{name} takes pixel values as floats in [0, 1]; got {images.dtype}: use "
-            f"images.float() / {255 if images.dtype == torch.uint8 else 'the largest value'}"
+            + ("images.float() / 255" if images.dtype == torch.uint8 else _SIXTEEN)
         )
     lo, hi = (float(v) for v in torch.aminmax(images.detach()))
     if lo >= -RANGE_SLACK and hi <= 1 + RANGE_SLACK:  # NaN fails both
@@ -79,8 +82,8 @@ def check_batch(config, images, name: str) -> None:
         )
     raise ValueError(
         f"{name} takes pixel values in [0, 1]; these run from {lo:.4g} to {hi:.4g}: divide "
-        "0-255 values by 255, and leave out any normalisation (mean and std): the detector "
-        "does its own"
+        f"0-255 values by 255 ({_SIXTEEN} for more), and leave out any normalisation (mean and "
+        "std): the detector does its own"
     )
 
 
