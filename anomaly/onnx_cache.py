@@ -1,4 +1,5 @@
-"""ONNX exports of `patchknn`'s feature extractor and search, kept between commands.
+"""ONNX exports of `patchknn`'s feature extractor and search, kept between commands (the 8-bit
+search's graph, built with the onnx package, too: `kept`, `knn.Int8Search.kept_model`).
 
 Loading a run hands its extractor and its exact search to onnxruntime (`PatchKNN`'s
 `runtime auto`), which means exporting both with torch's tracer: about 1.5 s of CPU each time
@@ -79,24 +80,34 @@ def _feed(h, value) -> None:
 
 
 def exported(module, example, output: str, export: Callable[[Path], None]) -> bytes:
-    """The ONNX bytes of `module` (`export(path)` writes them), from the cache when it holds them.
-    A kept file starts with the SHA-256 of the bytes after it; one that does not match (damaged)
-    is exported again."""
+    """The ONNX bytes of `module` (`export(path)` writes them), from the cache when it holds them
+    (`kept`)."""
+
+    def make() -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "module.onnx"
+            export(path)
+            return path.read_bytes()
+
+    return kept(key(module, example, output), make)
+
+
+def kept(digest: str, make: Callable[[], bytes]) -> bytes:
+    """The bytes `make()` returns, kept under `digest` (a SHA-256 of all they depend on). A kept
+    file starts with the SHA-256 of the bytes after it; one that does not match (damaged) is
+    made again."""
     folder = cache_dir()
-    kept = folder / f"{key(module, example, output)}.onnx" if folder else None
+    kept_file = folder / f"{digest}.onnx" if folder else None
     with contextlib.suppress(OSError):
-        data = kept.read_bytes() if kept is not None else b""
+        data = kept_file.read_bytes() if kept_file is not None else b""
         if len(data) > 32 and hashlib.sha256(data[32:]).digest() == data[:32]:
             return data[32:]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "module.onnx"
-        export(path)
-        model = path.read_bytes()
-    if kept is not None:
+    model = make()
+    if kept_file is not None:
         with contextlib.suppress(OSError):  # a read-only or full disk: work on without it
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            _atomic(kept, lambda f: f.write(hashlib.sha256(model).digest() + model))
-            _prune(kept.parent)
+            kept_file.parent.mkdir(parents=True, exist_ok=True)
+            _atomic(kept_file, lambda f: f.write(hashlib.sha256(model).digest() + model))
+            _prune(kept_file.parent)
     return model
 
 

@@ -16,9 +16,12 @@ patches of a grid are searched at all (`config.search_refine`).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -328,6 +331,21 @@ class Int8Search:
         far = queries.index_select(0, rows)
         near = (with_ones(far) @ product_weights(self.bank, self.bank_sq)).amin(1)
         return distances.index_put((rows,), near.add((far * far).sum(1)).clamp(min=0).sqrt())
+
+    def kept_model(self) -> bytes:
+        """`onnx_model()`, kept between commands (`anomaly.onnx_cache.kept`): building it imports
+        the onnx package, about 0.7 s of a one-image predict's 2.5. Its key: this file (the
+        graph, `INT8_GRAPH`), the onnx package's version and every constant."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from anomaly.onnx_cache import kept
+
+        h = hashlib.sha256(Path(__file__).read_bytes())
+        with contextlib.suppress(PackageNotFoundError):  # not installed: onnx_model says so
+            h.update(f"int8-search onnx {version('onnx')}".encode())
+        for name, t in self.constants().items():
+            h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode() + t.cpu().numpy().tobytes())
+        return kept(h.hexdigest(), self.onnx_model)
 
     def onnx_model(self) -> bytes:
         """The search as an ONNX model: input "images" (float queries [M, D]), output

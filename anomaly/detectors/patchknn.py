@@ -249,7 +249,7 @@ class PatchKNN(Detector):
             example = torch.zeros(2, self.bank.shape[1])
             kind = Int8Search if self.int8 else ExactSearch
             search = kind(self.bank, self.bank_sq)
-            model = search.onnx_model() if self.int8 else search
+            model = search.kept_model() if self.int8 else search  # bytes, or to export
             self._sessions["search"] = (onnxruntime_session(model, example, "distances"), search)
         session, search = self._sessions["search"]
         queries = queries.to(torch.float32).contiguous()
