@@ -429,7 +429,7 @@ def test_every_unreadable_training_image_is_named_at_once(tmp_path):
     for name in ("a bad.png", "b.png", "c.png"):
         (good / name).write_bytes(b"not an image")
     with pytest.raises(
-        DataError, match=r"a bad.png is not a readable image.*Unreadable too: .*b.png"
+        DataError, match=r"a bad.png is not a readable image.*Not usable either: .*b.png"
     ):
         AnomalyDataset(tmp_path / "set", "train")
 

@@ -270,3 +270,24 @@ def test_a_16_bit_batchs_fix_says_65535_not_its_largest_value():
         check_batch(config, batch, "meandiff")
     with pytest.raises(ValueError, match=r"divide 0-255 values by 255 \(images.float\(\) / 65535"):
         check_batch(config, batch.float(), "meandiff")
+
+
+def test_a_mask_of_another_size_and_a_damaged_image_are_named_at_once(tiny_cookies, tmp_path):
+    """`score` stopped at a mask of another size than its image, then, run again, at a damaged
+    image: each problem took another run to find. Both are named in one error now."""
+    import shutil
+
+    from PIL import Image
+
+    from anomaly.data import AnomalyDataset, DataError
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_cookies, data)
+    mask = min((data / "ground_truth" / "crack").glob("*.png"))
+    Image.open(mask).resize((10, 10)).save(mask)
+    broken = min((data / "test" / "good").glob("*.png"))
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError) as caught:
+        AnomalyDataset(data, "test", size=32)
+    said = str(caught.value)
+    assert said.startswith(str(broken)) and f"Not usable either: {mask}" in said

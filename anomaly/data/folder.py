@@ -397,16 +397,19 @@ class AnomalyDataset(Dataset):
                     image_size, turn = displayed_size(im), orientation(im)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 why = empty_file(s.path) or f"is not a readable image ({e}). {unreadable_fix(e)}"
-                broken.append((s.path, why))
+                broken.append((s.path, f"{s.path} {why}"))
                 continue
             if s.mask_path is not None:
-                if check_mask_header(s.mask_path, s.path, image_size, turn):
-                    lossy.append(str(s.mask_path))
+                try:
+                    if check_mask_header(s.mask_path, s.path, image_size, turn):
+                        lossy.append(str(s.mask_path))
+                except DataError as e:  # another size than its image's, or unreadable
+                    broken.append((s.mask_path, str(e)))
                 if turn != 1:
                     turned.append((s.path, turn))
         if broken:  # one at a time, a folder of 30 damaged copies took 30 runs to find
-            more = f" Unreadable too: {named([str(p) for p, _ in broken[1:]], 3)}"
-            raise DataError(f"{broken[0][0]} {broken[0][1]}" + (more if len(broken) > 1 else ""))
+            more = f" Not usable either: {named([str(p) for p, _ in broken[1:]], 3)}"
+            raise DataError(broken[0][1] + (more if len(broken) > 1 else ""))
         warn_lossy_masks(lossy)
         warn_turned(turned)
 
