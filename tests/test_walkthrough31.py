@@ -291,3 +291,23 @@ def test_a_mask_of_another_size_and_a_damaged_image_are_named_at_once(tiny_cooki
         AnomalyDataset(data, "test", size=32)
     said = str(caught.value)
     assert said.startswith(str(broken)) and f"Not usable either: {mask}" in said
+
+
+def test_maps_and_masks_at_the_evaluation_size(tmp_path):
+    """`pixel_eval`: a larger map (auto's 448 px) is shrunk with antialiasing, a smaller one
+    enlarged; a mask is read from its file at 256 px, a 1 px defect kept; no mask: zeros."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.pixel_eval import EVAL_SIZE, maps_at, masks_at
+
+    big = np.zeros((1, 448, 448), np.float32)
+    big[0, ::2] = 1.0  # stripes one pixel wide: antialiased, they average out
+    shrunk = maps_at(big)
+    assert shrunk.shape == (1, EVAL_SIZE, EVAL_SIZE) and np.ptp(shrunk[0, 8:-8, 8:-8]) < 0.2
+    assert np.allclose(maps_at(np.full((2, 64, 64), 3.0, np.float32)), 3.0)
+    speck = np.zeros((1024, 1024), np.uint8)
+    speck[500, 700] = 255
+    Image.fromarray(speck).save(tmp_path / "m.png")
+    masks = masks_at([str(tmp_path / "m.png"), None])
+    assert masks.dtype == np.uint8 and masks[0].sum() >= 1 and masks[1].sum() == 0
