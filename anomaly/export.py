@@ -35,7 +35,7 @@ from pathlib import Path
 
 # the file's contract and scoring with it (numpy, Pillow and onnxruntime alone); imported from
 # here by callers and tests too
-from anomaly.onnx_checks import THRESHOLD_PARAMS, is_images_record
+from anomaly.onnx_checks import THRESHOLD_PARAMS, TRAIN_THRESHOLD, is_images_record
 from anomaly.onnx_predict import (  # noqa: F401
     FORMAT,
     INSTALL,
@@ -275,6 +275,9 @@ def metadata(config, run=None) -> dict[str, str]:
             k: v for k, v in params.items() if k in THRESHOLD_PARAMS and THRESHOLD_PARAMS[k](v)
         }
         meta["threshold_params"] = json.dumps(params)
+        if threshold.params.get("set_by") == "train":  # predict --onnx says what train said
+            on_training = threshold.params.get("on_training_images") is True
+            meta["threshold_train"] = TRAIN_THRESHOLD[on_training]
     if run is not None:  # predict --onnx tells an export of an earlier model of the run
         meta.update(model_record(run.file(run.MODEL)))
     if run is not None and run.file(run.VAL_SCORES).is_file():  # the colour scale of its overlays

@@ -73,6 +73,9 @@ def exported_threshold(detector: OnnxDetector):
     if void in (UNRECORDED, UNSUPPORTED) and params.get("earlier_model") is True:
         del params["earlier_model"]  # written for older readers; the reason is `void`
         params[void] = True
+    if (train := detector.meta.get("threshold_train")) is not None:  # checked on loading
+        params["set_by"] = "train"  # for `decision.few_held_out`, as predict --run says it
+        params["on_training_images"] = train == "training_images"
     return Threshold(detector.threshold, rule or "exported", params)
 
 

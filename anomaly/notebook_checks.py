@@ -18,7 +18,9 @@ def _small_copy(data: Path, to: Path) -> None:
     from anomaly.data.files import IMAGE_EXTENSIONS
 
     good = data / "train" / "good" if (data / "train" / "good").is_dir() else data / "good"
-    images = sorted(f for f in good.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)[:3]
+    images = sorted(
+        f for f in good.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.name[0] != "."
+    )[:3]
     for f, where in zip(images, ("train/good", "train/good", "test/good")):
         (to / where).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, to / where / f.name)

@@ -127,11 +127,14 @@ def foreign_parts(ops: set[tuple[str, str]], other: list[str]) -> str:
 
 def short_error(err: Exception) -> str:
     """onnxruntime's message of a graph that failed, without its codes, source file and C++
-    function: the node's op and what failed, at most 200 characters."""
+    function: the node's op and what failed, control characters escaped, at most 200
+    characters."""
     text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(err))
     node = re.search(r"while running (\w+) node", text)
     text = re.sub(r"^\S+:\d+ .*?\) ", "", text.rpartition("Status Message: ")[2].strip())
-    return ((f"{node[1]} node: " if node else "") + " ".join(text.split()))[:200]
+    text = (f"{node[1]} node: " if node else "") + " ".join(text.split())
+    # a file's node names are untrusted: no escape sequence reaches the terminal
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:200]
 
 
 def warn_saturating(path, meta: dict, ops: set[tuple[str, str]]) -> None:
@@ -186,11 +189,11 @@ THRESHOLD_PARAMS = {
     **dict.fromkeys(("n", "n_normal", "rank"), lambda x: type(x) is int and x >= 0),
     # printed to a terminal: no control characters (escape sequences)
     "guarantee": lambda x: isinstance(x, str) and len(x) <= 1000 and x.isprintable(),
-    **dict.fromkeys(
-        ("earlier_model", "in_sample", "on_training_images"), lambda x: isinstance(x, bool)
-    ),
-    "set_by": lambda x: x == "train",  # train's own: the note on a handful held out
+    **dict.fromkeys(("earlier_model", "in_sample"), lambda x: isinstance(x, bool)),
 }
+# (these keys are all a reader before 2026-12-05 knows, and it refuses any other: what was
+# added since is in metadata keys of its own, which older readers pass over: threshold_train)
+TRAIN_THRESHOLD = ("held_out", "training_images")  # metadata threshold_train: train set it
 
 
 def records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
@@ -202,6 +205,8 @@ def records(path: Path, meta: dict) -> tuple[dict | None, dict | None]:
     for key, value in (params or {}).items():
         if key not in THRESHOLD_PARAMS or not THRESHOLD_PARAMS[key](value):
             raise bad_file(path, f"its metadata threshold_params.{key:.40} is {value!r:.60}")
+    if meta.get("threshold_train", TRAIN_THRESHOLD[0]) not in TRAIN_THRESHOLD:
+        raise bad_file(path, f"its metadata threshold_train is {meta['threshold_train']!r:.40}")
     images = json_object(path, meta, "images")
     if images and not is_images_record(images):
         raise bad_file(
@@ -316,17 +321,25 @@ def array_fault(x, want: tuple) -> str | None:
 
 def image_paths(images) -> list:
     """`images` (a path, or an iterable of paths and arrays) as a list, a folder replaced by the
-    image files in it (sorted; not hidden ones, nor the folders below). A folder without any is kept, so that
-    reading it says so."""
+    image files in it (sorted; not hidden ones, nor the folders below: other files are named in
+    a warning), each file once. A folder without images is kept, so that reading it says so;
+    "" is kept too (it would be the working folder)."""
     items = [images] if isinstance(images, (str, Path)) else list(images)  # a path, not letters
-    out = []
+    out, seen = [], set()
     for item in items:
         inside = []
-        if isinstance(item, (str, Path)) and Path(item).is_dir():
-            inside = sorted(
-                p
-                for p in Path(item).iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-            )
-        out.extend(inside or [item])
+        if isinstance(item, (str, Path)) and str(item) != "" and Path(item).is_dir():
+            entries = sorted(p for p in Path(item).iterdir() if not p.name.startswith("."))
+            inside = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            if other := [p.name for p in entries if p not in inside]:
+                warnings.warn(
+                    f"{item}: skipping {len(other)} entries that are not image files "
+                    f"({', '.join(map(repr, other[:5]))}{' ...' * (len(other) > 5)})",
+                    stacklevel=3,
+                )
+        for one in inside or [item]:
+            key = str(Path(one).resolve()) if isinstance(one, (str, Path)) and one else id(one)
+            if key not in seen:
+                seen.add(key)
+                out.append(one)
     return out

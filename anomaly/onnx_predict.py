@@ -27,6 +27,7 @@ The file's contract, also stored in its `metadata_props` (read them with
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ import numpy as np
 
 try:  # the checks of the file and its input: in the package, or copied beside this file
     from anomaly import onnx_checks as _checks
+
+    if not hasattr(_checks, "array_fault"):  # an older package installed: the copy beside
+        raise ImportError("anomaly.onnx_checks is older than this file")
 except ImportError:
     try:  # beside this file, in a package of yours or on its own
         if __package__:
@@ -262,6 +266,7 @@ class OnnxDetector:
         # idle worker threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch):
         # spinning burns CPU time that a busy or small machine needs
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # its own warnings print a file's node names raw
         if threads:
             options.intra_op_num_threads = threads
         try:
@@ -405,6 +410,8 @@ def main(argv=None) -> int:
         print(said, file=sys.stderr)
         failed = 0
         for image, score, _, error in rows:
+            if error is None and not math.isfinite(score):  # a damaged graph: no verdict
+                error = f"{image}: its score is {score}; {EXPORT} RUN again and use the new file"
             if error is not None:
                 failed += 1
                 print(f"error: {shown(error)}", file=sys.stderr)
@@ -413,8 +420,11 @@ def main(argv=None) -> int:
                 row = (f"{score:.6g}", "-" if t is None else "REJECT" if score >= t else "PASS")
             print("\t".join((shown(image), *row)), flush=True)
     except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {shown(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # its reader stopped (a pipe into head): not an error of ours
+        sys.stderr.close()
+        return 0
     return 2 if failed else 0
 
 

@@ -75,12 +75,10 @@ def original_runs(s, data: Path) -> dict[str, Path]:
 
 def _reconstruct(run: Path):
     """(detector, test data set, images [N, C, H, W], reconstructions) of a run's test split."""
-    from anomaly.data import AnomalyDataset
     from anomaly.pipeline import load_run
 
     det = load_run(run)
-    c = det.config
-    data = AnomalyDataset(c.data, "test", size=c.size, channels=c.channels, decode=c.decode)
+    data = det.dataset(det.config.data, "test")  # the run's split, as `score` reads it
     images = torch.stack([data[i]["image"] for i in range(len(data))])
     recon = torch.cat(
         [

@@ -161,8 +161,14 @@ def run_one(args, size: int) -> dict:
     }
     if 0 < pred.labels.sum() < len(pred.labels):
         row["image_auroc"] = image_auroc(pred.labels, pred.scores)
-        if pred.has_masks:
-            row["pixel_auroc"] = pixel_auroc(pred.masks, pred.maps)
+        if pred.has_masks and hasattr(test, "samples"):  # as `score`: at 256 px (pixel_eval)
+            import numpy as np
+
+            from anomaly.pixel_eval import at_eval_size
+
+            pixels = at_eval_size(pred, [s.mask_path for s in test.samples])
+            known = np.ones(len(pred), bool) if pred.mask_known is None else pred.mask_known
+            row["pixel_auroc"] = pixel_auroc(pixels.masks[known], pixels.maps[known])
     return row
 
 

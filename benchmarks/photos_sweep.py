@@ -257,6 +257,7 @@ def run_one(
     from anomaly.config import Config
     from anomaly.detectors.base import get_detector
     from anomaly.metrics import aupro, image_auroc, pixel_auroc
+    from anomaly.pixel_eval import at_eval_size
 
     overrides = {k: v for k, v in setting.items() if k != "method"}
     config = Config.for_method(setting["method"], **overrides).validate()
@@ -293,14 +294,18 @@ def run_one(
             for k in sorted(set(pred.defects) - {"good"})
         }
 
-    masks = pred.masks if pred.has_masks else None
+    masks = maps = None
+    if pred.has_masks:  # as `score` computes them: at 256 px, defects without a mask left out
+        pixels = at_eval_size(pred, [s.mask_path for s in test.samples])
+        known = np.ones(len(pred), bool) if pred.mask_known is None else pred.mask_known
+        masks, maps = pixels.masks[known], pixels.maps[known]
     rows = [
         {
             **base,
             "setting": name,
             "image_auroc": image_auroc(pred.labels, pred.scores),
-            "pixel_auroc": pixel_auroc(masks, pred.maps) if masks is not None else None,
-            "aupro": aupro(masks, pred.maps) if masks is not None else None,
+            "pixel_auroc": pixel_auroc(masks, maps) if masks is not None else None,
+            "aupro": aupro(masks, maps) if masks is not None else None,
             "per_defect": per_defect(pred.scores),
         }
     ]

@@ -111,6 +111,17 @@ def test_edited_threshold_params_are_one_clear_error(
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "\x1b" not in err
 
 
+def test_an_edited_train_mark_is_one_clear_error(conformal_export, tiny_cookies, tmp_path, capsys):
+    """threshold_train (train set the threshold, on held-out or on training images) is a
+    metadata key of its own since 2026-12-05: older readers pass over it; a value export never
+    writes is refused as the params' are."""
+    _, path = conformal_export
+    edited = _edited(path, tmp_path / "edited.onnx", "threshold_train", "\x1b[2J")
+    assert main(["predict", "--onnx", str(edited), _good_image(tiny_cookies)]) == 2
+    err = capsys.readouterr().err
+    assert "its metadata threshold_train is" in err and "\x1b" not in err
+
+
 def test_an_earlier_model_threshold_says_its_guarantee_no_longer_holds(
     conformal_export, tiny_cookies, tmp_path, capsys
 ):

@@ -27,6 +27,16 @@ def test_predict_onnx_says_when_trains_threshold_rests_on_a_handful(tiny_cookies
     err = capsys.readouterr().err
     note = next(line for line in said if "quantile of only" in line)
     assert f"{note}; then export the run again: python -m anomaly export --run {run}" in err
+    # onnx_predict.py copies deployed before it refuse params they do not know (a review):
+    # train's mark is a metadata key of its own, which they pass over
+    import json
+
+    from anomaly.onnx_predict import OnnxDetector
+
+    meta = OnnxDetector(run / "model.onnx").meta
+    known = "alpha q false_reject_rate escape_rate n n_normal rank guarantee earlier_model"
+    assert set(json.loads(meta["threshold_params"])) <= {*known.split(), "in_sample"}
+    assert meta["threshold_train"] == "held_out"
 
 
 def test_onnx_predict_py_runs_from_the_shell_without_the_package(tiny_cookies, tmp_path):
@@ -187,7 +197,7 @@ def test_notebook_07s_helpers_take_a_plain_folder_and_never_reuse_a_run_of_other
     mine = tmp_path / "mine"
     shutil.copytree(tiny_cookies / "train" / "good", mine / "good")
     shutil.copytree(tiny_cookies / "test" / "crack", mine / "crack")
-    for name in ("Thumbs.db", ".DS_Store"):
+    for name in ("Thumbs.db", ".DS_Store", "._000.png"):  # ._: a macOS sidecar, sorted first
         (mine / "good" / name).write_bytes(b"not a picture")
     n = len(list((tiny_cookies / "train" / "good").glob("*.png")))
     assert f"good/{'':<19} {n:>4} images, 1 other files (not read)" in own.folder_tree(mine)
@@ -219,9 +229,10 @@ def test_12_bit_data_in_16_bit_files_is_named_beside_full_range_ones(tmp_path):
     REJECT by how it was saved), and a run trained on 12-bit data scored a full-range image at
     42.9 without a word. Now train names the mixture, split.json records the largest values,
     and an image far outside them is named, as predict names other unlike images."""
+    import io
     import warnings
 
-    from anomaly.data.image_kind import image_kind, summarize, unlike, warn_mixed
+    from anomaly.data.image_kind import image_kind, summarize, unlike, warn_mixed, warn_unlike
     from anomaly.onnx_checks import is_images_record
 
     twelve = [_sixteen(tmp_path / f"a{i}.png", 4095, i) for i in range(3)]
@@ -235,10 +246,10 @@ def test_12_bit_data_in_16_bit_files_is_named_beside_full_range_ones(tmp_path):
     record = summarize(twelve)
     assert record["peak"] == [4095, 4095] and is_images_record(record)
     assert not is_images_record({**record, "peak": [4095, 70000]})
-    assert unlike(image_kind(twelve[1]), record, 1, 32) == []
-    (told,) = unlike(image_kind(full[0]), record, 1, 32)
-    assert told.startswith("values up to 65535 of 65535, the training images' up to 4095:")
-    assert unlike(image_kind(twelve[0]), summarize(full), 1, 32)  # and the other way round
+    assert warn_unlike([twelve[1]], record, 1, 32, io.StringIO()) == []
+    (told,) = warn_unlike([full[0]], record, 1, 32, io.StringIO())
+    assert "values up to 65535 of 65535, the training images' up to 4095:" in told
+    assert unlike(image_kind(twelve[0], peak=True), summarize(full), 1, 32)  # the other way
 
 
 def test_16_bit_images_are_drawn_as_the_model_reads_them_not_white(tmp_path):
@@ -311,3 +322,93 @@ def test_maps_and_masks_at_the_evaluation_size(tmp_path):
     Image.fromarray(speck).save(tmp_path / "m.png")
     masks = masks_at([str(tmp_path / "m.png"), None])
     assert masks.dtype == np.uint8 and masks[0].sum() >= 1 and masks[1].sum() == 0
+
+
+def test_review_of_the_session_16_bit_big_endian_and_peaks_only_where_asked(tmp_path):
+    """A review: getextrema refuses big-endian 16-bit TIFFs (I;16B), and image_kind then gave
+    None, which switched every check of the training images off; and every 16-bit image was
+    decoded in full just for its kind, even for runs without the record."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.data.image_kind import image_kind, summarize
+
+    a = np.full((12, 16), 4000, ">u2")
+    Image.frombytes("I;16B", (16, 12), a.tobytes()).save(tmp_path / "be.tif")
+    assert image_kind(tmp_path / "be.tif", peak=True)["peak"] == 4000
+    assert "peak" not in image_kind(tmp_path / "be.tif")  # not decoded unless asked
+    assert summarize([tmp_path / "be.tif"])["peak"] == [4000, 4000]
+
+
+def test_review_of_the_session_onnx_paths_and_integer_batches(tmp_path):
+    """A review: "" stood for the working folder (every image in it scored), a file given with
+    its folder was scored twice, other files of a folder were left out without a word; and an
+    int64 batch of 8-bit values was told to divide by 65535 (near black, scored silently)."""
+    import shutil
+
+    import torch
+
+    from anomaly.detectors.inputs import check_batch
+    from anomaly.onnx_checks import image_paths
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    shutil.copy(tmp_path / "a.png", tmp_path / "b.PNG")
+    (tmp_path / "notes.txt").write_text("x")
+    assert image_paths("") == [""]
+    with pytest.warns(UserWarning, match=r"skipping 1 entries that are not image files \('notes"):
+        both = image_paths([tmp_path / "a.png", tmp_path])
+    assert both == [tmp_path / "a.png", tmp_path / "b.PNG"]
+    config = Config.for_method("meandiff", size=8, channels=1)
+    with pytest.raises(ValueError, match=r"images.float\(\) / 255 for 8-bit values"):
+        check_batch(config, torch.randint(0, 256, (1, 1, 8, 8)), "meandiff")
+
+
+def test_review_of_the_session_a_nan_score_is_no_pass_from_the_shell(monkeypatch, capsys):
+    """A review: `python onnx_predict.py` printed PASS for a NaN score (a damaged graph) and
+    exited 0, where `predict --onnx` says REJECT and names it."""
+    import math
+
+    import anomaly.onnx_predict as op
+
+    class Fake:
+        threshold, meta, threshold_params = 1.0, {}, None
+
+        def __init__(self, path):
+            pass
+
+    monkeypatch.setattr(op, "OnnxDetector", Fake)
+    monkeypatch.setattr(op, "predict_each", lambda d, images: [("x.png", math.nan, None, None)])
+    assert op.main(["m.onnx", "x.png"]) == 2
+    out, err = capsys.readouterr()
+    assert out.split("\t") == ["x.png", "ERROR", "-\n"] and "its score is nan" in err
+
+
+def test_a_deployed_onnx_predict_uses_its_onnx_checks_beside_an_older_package(tmp_path):
+    """A review: with an older anomaly package installed, `from anomaly import onnx_checks`
+    found one without the new checks, and the copy beside the file was never tried
+    (AttributeError on loading)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import anomaly.onnx_checks
+    import anomaly.onnx_predict
+
+    old = tmp_path / "old" / "anomaly"
+    old.mkdir(parents=True)
+    (old / "__init__.py").write_text("")
+    (old / "onnx_checks.py").write_text("def graph_ops(data): return set(), []\n")
+    here = tmp_path / "deployed"
+    here.mkdir()
+    shutil.copy(anomaly.onnx_predict.__file__, here / "onnx_predict.py")
+    shutil.copy(anomaly.onnx_checks.__file__, here / "onnx_checks.py")
+    code = "import onnx_predict as o; print(o._checks.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=here,
+        env={"PYTHONPATH": str(tmp_path / "old"), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.stdout.strip() == str(here / "onnx_checks.py"), done.stderr

@@ -231,11 +231,11 @@ def displayed_size(im: Image.Image) -> tuple[int, int]:
     return im.size[::-1] if orientation(im) in (5, 6, 7, 8) else im.size
 
 
-def image_kind(path: str | Path) -> dict | None:
+def image_kind(path: str | Path, peak: bool = False) -> dict | None:
     """{"colour": bool, "bits": 8, 16 or 32, "aspect": width / height, "side": the shorter
     side in px, "transparent": bool} from the file's header (the alpha channel decoded where
-    there is one), and for a 16-bit image "peak", its largest value (its pixels decoded); None
-    when it cannot be read (whoever decodes it says why)."""
+    there is one), and with `peak` for a 16-bit image "peak", its largest value (its pixels
+    decoded); None when it cannot be read (whoever decodes it says why)."""
     if not Path(path).is_file():  # a pipe: opening it would wait for ever
         return None
     try:
@@ -245,8 +245,9 @@ def image_kind(path: str | Path) -> dict | None:
             bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
             if fmt == "PNG":  # its own header: 1-16 (older Pillow opens 16-bit PNGs as "I")
                 bits = max(8, _png_bits(Path(path)) or bits)
-            # a 16-bit file's largest value: a camera's 12-bit data fills 0-4095 of 0-65535
-            peak = int(im.getextrema()[1]) if bits == 16 and mode[0] == "I" else None
+            # a 16-bit file's largest value (its pixels decoded, so only where asked): a
+            # camera's 12-bit data fills 0-4095 of 0-65535
+            peak = _peak(im) if peak and bits == 16 and mode[0] == "I" else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
@@ -258,6 +259,16 @@ def image_kind(path: str | Path) -> dict | None:
         "transparent": see_through,
         **({"peak": peak} if peak is not None else {}),
     }
+
+
+def _peak(im: Image.Image) -> int | None:
+    """The largest value of a 16-bit image (any byte order: getextrema refuses I;16B)."""
+    import numpy as np
+
+    try:
+        return int(np.asarray(im).max())
+    except (OSError, ValueError, TypeError):  # damaged past its header: whoever decodes it says
+        return None
 
 
 def _transparent(im: Image.Image) -> bool:
@@ -276,7 +287,7 @@ def summarize(paths) -> dict:
     naming the extremes, when their aspect ratios differ more than `ASPECT_FACTOR` times: each
     is stretched to the same square, so one object is distorted differently from image to
     image."""
-    read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p)) is not None]
+    read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p, True)) is not None]
     if not read:
         return {}
     kinds = [k for _, k in read]
@@ -339,7 +350,7 @@ def warn_mixed(paths, channels: int, size: int) -> list[str]:
     with a shorter side under `size` / `SMALL_FACTOR` (a 1x1 file, a crop).
     Every image is still read as before; the model learns each difference as normal. Returns
     the warnings' texts."""
-    read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p)) is not None]
+    read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p, True)) is not None]
     n, said = len(read), []
     grey = [p for p, k in read if not k["colour"]]
     if channels == 3 and 0 < len(grey) < n:
@@ -365,9 +376,9 @@ def warn_mixed(paths, channels: int, size: int) -> list[str]:
     peaks = [(p, k["peak"]) for p, k in read if "peak" in k]
     if peaks and max(v for _, v in peaks) > PEAK_FACTOR * min(v for _, v in peaks):
         top = max(v for _, v in peaks)
-        odd = [p for p, v in peaks if v * PEAK_FACTOR < top]
+        odd, low = zip(*[(p, v) for p, v in peaks if v * PEAK_FACTOR < top])
         said.append(
-            f"{_few(odd, n, 'have')} values only up to {max(v for p, v in peaks if p in odd)} "
+            f"{_few(odd, n, 'have')} values only up to {max(v for v in low)} "
             f"of 65535, others up to {top} (12-bit camera data saved in 16-bit files beside "
             "full-range ones?): each is divided by 65535, so theirs read far darker and the "
             "model learns both as normal; save them alike (12-bit values times 16)"
@@ -468,7 +479,7 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
         return []
     lines = []
     for path in paths:
-        kind = image_kind(path)
+        kind = image_kind(path, peak="peak" in trained)  # decoded only to compare with it
         try:
             said = unlike(kind, trained, channels, size) if kind is not None else []
         except (TypeError, ValueError, KeyError):  # a damaged record in split.json: no check

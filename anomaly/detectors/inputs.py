@@ -69,7 +69,11 @@ def check_batch(config, images, name: str) -> None:
     if not images.is_floating_point():
         raise ValueError(
             f"{name} takes pixel values as floats in [0, 1]; got {images.dtype}: use "
-            + ("images.float() / 255" if images.dtype == torch.uint8 else _SIXTEEN)
+            + (
+                "images.float() / 255"
+                if images.dtype == torch.uint8
+                else f"images.float() / 255 for 8-bit values, {_SIXTEEN}"
+            )
         )
     lo, hi = (float(v) for v in torch.aminmax(images.detach()))
     if lo >= -RANGE_SLACK and hi <= 1 + RANGE_SLACK:  # NaN fails both
