@@ -147,7 +147,7 @@ def test_a_pipe_for_model_pt_or_a_path_outside_in_split_json_is_never_read(
     hash it."""
     import os
 
-    from anomaly import pipeline
+    from anomaly import build
 
     data = plain_set(tmp_path / "a")
     run = tmp_path / "run"
@@ -158,8 +158,8 @@ def test_a_pipe_for_model_pt_or_a_path_outside_in_split_json_is_never_read(
     (run / "split.json").write_text(json.dumps(split))
     other = plain_set(tmp_path / "b", seed=1)
     hashed = []
-    real = pipeline.sha256_file
-    monkeypatch.setattr(pipeline, "sha256_file", lambda p: hashed.append(p) or real(p))
+    real = build.sha256_file  # `build.trained_split` hashes them (`pipeline` before)
+    monkeypatch.setattr(build, "sha256_file", lambda p: hashed.append(p) or real(p))
     score_run(run, data=str(other), overlays=False)
     assert hashed and all(Path(p).parent == other / "good" for p in hashed)
     (run / "model.pt").unlink()
