@@ -435,6 +435,8 @@ def set_threshold(
     if rule == "manual":
         if value is None:
             raise ValueError("--rule manual needs --value V (the threshold on the image score)")
+        if not rd.file(rd.VAL_SCORES).exists() and not rd.checkpoint().get("complete", True):
+            rd.check_not_interrupted()  # a model from the middle of its training
         threshold = threshold_manual(value)
     elif rule == "normal-quantile":
         q = value if value is not None else rd.config().threshold_quantile
@@ -460,6 +462,7 @@ def set_threshold(
                 "--rule f1 chooses the threshold itself from the scored test set; "
                 "drop --value (or use --rule manual --value V)"
             )
+        rd.check_not_interrupted()  # `score` refuses it: --resume first
         pred = rd.predictions()
         threshold = threshold_f1(pred.labels, pred.scores)
         threshold.params["n_defective"] = int(np.sum(np.asarray(pred.labels) > 0))

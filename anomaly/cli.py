@@ -85,7 +85,8 @@ def _train(args) -> None:
         _warn_ignored(config.method, flags)
         detector = train_run(config, args.out)
     print(f"trained {detector.config.method}: run folder {args.out}")
-    if note := few_held_out(RunDir(args.out).threshold(), args.out):
+    kmeans = detector.config.method == "kmeans"  # its --val-fraction is its --from run's
+    if note := few_held_out(RunDir(args.out).threshold(), args.out, kmeans):
         print(note, file=sys.stderr)
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict) and "chosen" in selection:
@@ -215,15 +216,15 @@ def _predict(args) -> int:
     broken = [r["path"] for r in good if not math.isfinite(r["score"])]
     if broken:
         print(
-            f"error: {len(broken)} image(s) scored NaN or infinite, e.g. {broken[0]}, and were "
+            f"error: {len(broken)} image(s) scored NaN or infinite, e.g. {_visible(broken[0])}, and were "
             "rejected: the model gives no usable scores; train the run again",
             file=sys.stderr,
         )
     failed = [r for r in results if "error" in r]
     for r in failed:
-        print(f"error: {r['error']}", file=sys.stderr)
+        print(f"error: {_visible(r['error'])}", file=sys.stderr)
     if not results:
-        print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
+        print("error: no images found in " + _visible(", ".join(args.images)), file=sys.stderr)
         return 2
     if failed:
         print(
@@ -236,9 +237,11 @@ def _predict(args) -> int:
         where = f"overlays in {Path(where).parent}" if where else "no overlays written"
         print(f"{threshold_words(threshold)}; {where}", file=sys.stderr)
         from anomaly.decision import few_held_out
+        from anomaly.runs import RunDir
 
         run = args.run or _run_of_export(args.onnx)
-        if note := few_held_out(threshold, run):  # as train said it
+        kmeans = args.run is not None and RunDir(args.run).config().method == "kmeans"
+        if note := few_held_out(threshold, run, kmeans):  # as train said it
             again = f"; then export the run again: python -m anomaly export --run {shell_word(run)}"
             print(note + again * bool(args.onnx), file=sys.stderr)
     return 0 if not failed and not broken else 2

@@ -268,14 +268,16 @@ def _quantile_of(params: dict) -> tuple[int, float] | None:
 FEWEST_HELD_OUT = 10  # below it train's quantile threshold is about the largest of a handful
 
 
-def few_held_out(threshold, run) -> str | None:
+def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     """Words saying that `train`'s threshold (`normal_quantile`, set_by "train") rests on fewer
     than `FEWEST_HELD_OUT` held-out good images, or on training images (none held out), or None.
     numpy's quantile lies at h = q (n - 1) among their n sorted scores (0-based, interpolated),
     and a new good part like them scores above the j-th smallest a fraction (n + 1 - j) / (n +
     1) of the time on average, so above the threshold about (n - h) / (n + 1): from 3 images at
     q 0.99, 26 %, not the 1 % the quantile names (from 20, 5.7 %). Training images score lower
-    than new ones (the model learned them), by an amount nothing here measures."""
+    than new ones (the model learned them), by an amount nothing here measures. `kmeans`: a
+    kmeans run, which holds out what its --from run held out (its own --val-fraction is
+    ignored)."""
     params = getattr(threshold, "params", None) or {}
     if getattr(threshold, "rule", None) != "normal_quantile" or params.get("set_by") != "train":
         return None
@@ -296,11 +298,16 @@ def few_held_out(threshold, run) -> str | None:
     if n >= FEWEST_HELD_OUT:
         return None
     rate = (n - q * (n - 1)) / (n + 1)
+    more = (
+        "--val-fraction of its --from run: kmeans holds out what it did"
+        if kmeans
+        else ("--val-fraction")
+    )
     return (
         f"note: {run}: its threshold is the {q:g} quantile of only {n} held-out good "
         f"image{'s' * (n != 1)}, which lies near their largest: new good parts like them score "
         f"above it about {100 * rate:.0f} % of the time, not {100 * (1 - q):.3g} %. Hold out "
-        f"more good images (--val-fraction), or set the threshold on other good images: {fix}"
+        f"more good images ({more}), or set the threshold on other good images: {fix}"
     )
 
 

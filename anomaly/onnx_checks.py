@@ -258,6 +258,8 @@ def contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, l
             raise bad(f"its metadata {key} is {value}, not a finite number")
         return value
 
+    if meta.get("value_range", "0,1") != "0,1":  # what `preprocess` feeds, whatever it says
+        raise bad(f"its metadata value_range is {meta['value_range']!r:.40}, not '0,1'")
     size, channels = number("size", int), number("channels", int)
     if not 0 < size <= 65536 or channels not in (1, 3):
         raise bad(f"its metadata says size {size} and channels {channels} (1 or 3)")
@@ -324,7 +326,8 @@ def image_paths(images) -> list:
     image files in it (sorted; not hidden ones, nor the folders below: other files are named in
     a warning), each file once. A folder without images is kept, so that reading it says so;
     "" is kept too (it would be the working folder)."""
-    items = [images] if isinstance(images, (str, Path)) else list(images)  # a path, not letters
+    one = isinstance(images, (str, Path)) or getattr(images, "ndim", 0) == 3  # not its rows
+    items = [images] if one else list(images)  # a path, not letters; an image, not its rows
     out, seen = [], set()
     for item in items:
         inside = []

@@ -112,6 +112,23 @@ class CheckpointFiles:
         )
         atomic_bytes(data, self.file(self.MODEL))
 
+    def check_not_interrupted(self) -> None:
+        """RunError, with `--resume` as the fix, when the run stopped before its held-out images
+        were scored (no val_scores.json): in the middle of its training, or after it. model.pt
+        is read only then (a finished run's threshold is set without torch)."""
+        if self.file(self.VAL_SCORES).exists() or not self.has_model():
+            return
+        done = bool(self.checkpoint().get("complete", True))
+        what = (
+            "after training, before its held-out images were scored"
+            if done
+            else ("in the middle of its training, so model.pt holds a model from the middle of it")
+        )
+        raise RunError(
+            f"{self.path} was interrupted {what}; finish it with `python -m anomaly train "
+            f"--out {shell_word(self.path)} --resume`, then set the threshold"
+        )
+
     def stopped_before_threshold(self) -> bool:
         """Whether the run finished training (a complete model.pt) but stopped before scoring
         its held-out images (no val_scores.json): Ctrl-C, or a failure, between the two."""

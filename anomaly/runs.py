@@ -169,8 +169,21 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         path = self.file(name)
         if not path.is_file():
             self.refuse_not_a_run()
+            self.refuse_not_a_file(name)
             raise RunError(f"{self.path} has no {name}{what}")
         return load_record(path)  # RunError naming it when it is not JSON
+
+    def refuse_not_a_file(self, name: str) -> None:
+        """RunError when the run's `name` is there but not a file (a pipe, a device, a folder, a
+        link to nothing): said as such, not as a file that is missing, whose fixes would not
+        apply (a run folder from someone else is untrusted input)."""
+        path = self.file(name)
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise RunError(
+                f"{path} is not a file (a pipe, a device, a folder or a link to nothing), so it "
+                "is not read; put the run's own file there (from a copy of the run), or train "
+                "the run again"
+            )
 
     def config(self) -> Config:
         self.require()
@@ -208,6 +221,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
     def val_scores(self) -> dict:
         """The held-out good images' `paths`, `scores` and `map_range`; RunError naming the file
         unless `check_held_out` accepts it (finite scores, one per path, of this model.pt)."""
+        self.check_not_interrupted()  # its fix is --resume, not training again
         got = self._read_json(self.VAL_SCORES, "; train the run again to get held-out scores")
         try:
             return threshold_file.check_held_out(got, self.file(self.MODEL))
@@ -407,6 +421,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         )
         if not path.is_file():
             self.refuse_not_a_run()
+            self.refuse_not_a_file(self.PREDICTIONS)
             raise RunError(f"{self.path} has not been scored; run `{again}` first")
         try:
             pred = Predictions.load(path)

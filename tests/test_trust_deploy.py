@@ -122,6 +122,15 @@ def test_an_edited_train_mark_is_one_clear_error(conformal_export, tiny_cookies,
     assert "its metadata threshold_train is" in err and "\x1b" not in err
 
 
+def test_an_edited_value_range_is_refused(conformal_export, tiny_cookies, tmp_path, capsys):
+    """value_range was not checked: edited to 0,255 the file scored as before while a reader of
+    its metadata would feed 0-255 pixels (a check of README's claims)."""
+    _, path = conformal_export
+    edited = _edited(path, tmp_path / "edited.onnx", "value_range", "0,255")
+    assert main(["predict", "--onnx", str(edited), _good_image(tiny_cookies)]) == 2
+    assert "its metadata value_range is '0,255', not '0,1'" in capsys.readouterr().err
+
+
 def test_an_earlier_model_threshold_says_its_guarantee_no_longer_holds(
     conformal_export, tiny_cookies, tmp_path, capsys
 ):

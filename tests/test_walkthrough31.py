@@ -279,7 +279,7 @@ def test_a_16_bit_batchs_fix_says_65535_not_its_largest_value():
     batch = torch.full((1, 1, 8, 8), 4095, dtype=torch.int16)
     with pytest.raises(ValueError, match=r"images.float\(\) / 65535 for 16-bit pixels"):
         check_batch(config, batch, "meandiff")
-    with pytest.raises(ValueError, match=r"divide 0-255 values by 255 \(images.float\(\) / 65535"):
+    with pytest.raises(ValueError, match=r"divide 0-255 values by 255 and 16-bit ones by 65535"):
         check_batch(config, batch.float(), "meandiff")
 
 
@@ -412,3 +412,73 @@ def test_a_deployed_onnx_predict_uses_its_onnx_checks_beside_an_older_package(tm
         check=False,
     )
     assert done.stdout.strip() == str(here / "onnx_checks.py"), done.stderr
+
+
+def test_a_check_of_readmes_trust_claims(tiny_cookies, tmp_path, capsys):
+    """A helper tested README's trust claims as a user would. predict printed a file name's
+    control characters raw in its per-image warnings and errors; `threshold --rule manual`
+    saved a threshold on a model from the middle of its training (every other rule refused,
+    but normal-quantile and f1 told to train again or to score, which both refuse it); a pipe
+    in place of val_scores.json read as a missing file; score wrote its files before refusing
+    a linked overlays/; one bare array given to predict_onnx was split into its rows."""
+    import os
+    import shutil
+
+    import torch
+    from PIL import Image
+
+    from anomaly.calibration import set_threshold
+    from anomaly.cli import main
+    from anomaly.onnx_checks import image_paths
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "ae"
+    config = Config.for_method("ae", data=str(tiny_cookies), size=32, epochs=1, device="cpu")
+    train_run(config, run, progress=False)
+    folder = tmp_path / "cc"
+    folder.mkdir()
+    good = min((tiny_cookies / "test" / "good").glob("*.png"))
+    Image.open(good).convert("L").save(folder / "g\x1b[31mred.png")  # greyscale: warned
+    (folder / "bad\x07.png").write_bytes(b"x")
+    assert main(["predict", "--run", str(run), "--no-overlays", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "g\\x1b[31mred.png" in err
+    # a pipe where val_scores.json goes: named as such
+    scores = run / "val_scores.json"
+    scores.rename(tmp_path / "kept.json")
+    os.mkfifo(scores)
+    with pytest.raises(RunError, match=r"val_scores.json is not a file \(a pipe"):
+        set_threshold(run, "normal-quantile")
+    scores.unlink()
+    # a model from the middle of its training: every rule, manual too, points to --resume
+    model = (run / "model.pt").read_bytes()
+    payload = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**payload, "complete": False}, run / "model.pt")
+    for rule, value in (("manual", 0.3), ("normal-quantile", None), ("f1", None)):
+        with pytest.raises(RunError, match=r"interrupted in the middle of its training.*--resume"):
+            set_threshold(run, rule, value)
+    (run / "model.pt").write_bytes(model)
+    shutil.copy(tmp_path / "kept.json", scores)
+    # a linked overlays/: refused before anything is written
+    (tmp_path / "elsewhere").mkdir()
+    shutil.rmtree(run / "overlays", ignore_errors=True)
+    (run / "overlays").symlink_to(tmp_path / "elsewhere")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    with pytest.raises(RunError, match="overlays is a symbolic link"):
+        score_run(run)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == before
+    # one array [C, S, S]: one image, not its rows
+    array = torch.zeros(3, 8, 8).numpy()
+    assert len(image_paths(array)) == 1 and len(image_paths(array[None].repeat(2, 0))) == 2
+
+
+def test_a_kmeans_runs_note_does_not_suggest_its_ignored_val_fraction():
+    """kmeans ignores its own --val-fraction (it holds out what its --from run held out), yet
+    train's note on a handful of held-out images told it to raise --val-fraction."""
+    from anomaly.decision import few_held_out
+    from anomaly.metrics import Threshold
+
+    t = Threshold(9.0, "normal_quantile", {"set_by": "train", "n_normal": 3, "q": 0.99})
+    assert "(--val-fraction)" in few_held_out(t, "runs/x")
+    assert "(--val-fraction of its --from run" in few_held_out(t, "runs/x", kmeans=True)

@@ -31,6 +31,7 @@ from PIL import Image, ImageOps
 
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError, named
 from anomaly.onnx_checks import is_images_record
+from anomaly.terminal import printable
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
 # a photo whose orientation (portrait, landscape) is the other way from every training image's,
@@ -486,6 +487,6 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
             print(damaged, file=stream or sys.stderr)
             return lines
         if said:
-            lines.append(f"warning: {path}: " + "; ".join(said))
+            lines.append(f"warning: {printable(str(path))}: " + "; ".join(said))
             print(lines[-1], file=stream or sys.stderr)
     return lines

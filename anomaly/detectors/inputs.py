@@ -86,8 +86,8 @@ def check_batch(config, images, name: str) -> None:
         )
     raise ValueError(
         f"{name} takes pixel values in [0, 1]; these run from {lo:.4g} to {hi:.4g}: divide "
-        f"0-255 values by 255 ({_SIXTEEN} for more), and leave out any normalisation (mean and "
-        "std): the detector does its own"
+        "0-255 values by 255 and 16-bit ones by 65535 (as files are read; 12-bit data in 16-bit "
+        "files too), and leave out any normalisation (mean and std): the detector does its own"
     )
 
 
