@@ -118,6 +118,7 @@ class CheckpointFiles:
         is read only then (a finished run's threshold is set without torch)."""
         if self.file(self.VAL_SCORES).exists() or not self.has_model():
             return
+        self.check_not_in_use("read")  # still training in another process: in use, not stopped
         done = bool(self.checkpoint().get("complete", True))
         what = (
             "after training, before its held-out images were scored"
