@@ -133,8 +133,13 @@ def short_error(err: Exception) -> str:
     node = re.search(r"while running (\w+) node", text)
     text = re.sub(r"^\S+:\d+ .*?\) ", "", text.rpartition("Status Message: ")[2].strip())
     text = (f"{node[1]} node: " if node else "") + " ".join(text.split())
-    # a file's node names are untrusted: no escape sequence reaches the terminal
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:200]
+    return escaped(text)[:200]  # a file's node names are untrusted
+
+
+def escaped(text) -> str:
+    """`text` with its unprintable characters written as escapes (`\\x1b`): a file's name or a
+    graph's node name cannot rewrite the terminal line it is printed on."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def warn_saturating(path, meta: dict, ops: set[tuple[str, str]]) -> None:
@@ -334,15 +339,15 @@ def image_paths(images) -> list:
         if isinstance(item, (str, Path)) and str(item) != "" and Path(item).is_dir():
             entries = sorted(p for p in Path(item).iterdir() if not p.name.startswith("."))
             inside = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-            if other := [p.name for p in entries if p not in inside]:
+            if other := sorted({p.name for p in entries} - {p.name for p in inside}):
                 warnings.warn(
-                    f"{item}: skipping {len(other)} entries that are not image files "
+                    f"{escaped(item)}: skipping {len(other)} entries that are not image files "
                     f"({', '.join(map(repr, other[:5]))}{' ...' * (len(other) > 5)})",
                     stacklevel=3,
                 )
-        for one in inside or [item]:
-            key = str(Path(one).resolve()) if isinstance(one, (str, Path)) and one else id(one)
+        for x in inside or [item]:
+            key = str(Path(x).resolve()) if isinstance(x, (str, Path)) and x else id(x)
             if key not in seen:
                 seen.add(key)
-                out.append(one)
+                out.append(x)
     return out

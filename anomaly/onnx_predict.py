@@ -398,7 +398,7 @@ def main(argv=None) -> int:
     parser.add_argument("onnx", help="the exported file (RUN/model.onnx)")
     parser.add_argument("images", nargs="+", help="image files or folders of them")
     args = parser.parse_args(argv)
-    shown = lambda text: "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    shown = _checks.escaped  # names from files and folders: no escape sequence printed
     try:
         detector = OnnxDetector(args.onnx)
         rows = predict_each(detector, args.images)
