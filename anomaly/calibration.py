@@ -435,8 +435,7 @@ def set_threshold(
     if rule == "manual":
         if value is None:
             raise ValueError("--rule manual needs --value V (the threshold on the image score)")
-        if not rd.file(rd.VAL_SCORES).exists() and not rd.checkpoint().get("complete", True):
-            rd.check_not_interrupted()  # a model from the middle of its training
+        rd.check_not_interrupted()  # a model from the middle of its training, or in use
         threshold = threshold_manual(value)
     elif rule == "normal-quantile":
         q = value if value is not None else rd.config().threshold_quantile

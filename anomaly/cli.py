@@ -20,7 +20,7 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
 )
 from anomaly.config import READ_BY, Config, flag_of, ignored_by
 from anomaly.safe_files import RunError
-from anomaly.terminal import shell_word
+from anomaly.terminal import printable, shell_word
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
@@ -222,7 +222,7 @@ def _predict(args) -> int:
         )
     failed = [r for r in results if "error" in r]
     for r in failed:
-        print(f"error: {_visible(r['error'])}", file=sys.stderr)
+        print(f"error: {printable(r['error'])}", file=sys.stderr)  # one line each
     if not results:
         print("error: no images found in " + _visible(", ".join(args.images)), file=sys.stderr)
         return 2

@@ -15,6 +15,10 @@ word). onnx_predict.py needs this file beside it: without it, it refuses to load
 
 from __future__ import annotations
 
+# onnx_predict.py takes this file from an installed anomaly package only at this version or
+# later (else the copy beside it): raise it with every name onnx_predict.py starts to use
+CHECKS_VERSION = 2
+
 import json
 import math
 import re

@@ -37,7 +37,7 @@ import numpy as np
 try:  # the checks of the file and its input: in the package, or copied beside this file
     from anomaly import onnx_checks as _checks
 
-    if not hasattr(_checks, "array_fault"):  # an older package installed: the copy beside
+    if getattr(_checks, "CHECKS_VERSION", 0) < 2:  # an older package: the copy beside this
         raise ImportError("anomaly.onnx_checks is older than this file")
 except ImportError:
     try:  # beside this file, in a package of yours or on its own

@@ -356,8 +356,9 @@ def score_run(
             )
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         guards.warn_test_copies(rd, list(test.paths))
-        if overlays and (dest.overlays.is_symlink() or dest.overlays.is_file()):
-            output_folder(dest.overlays)  # refused before any work: nothing written at all
+        where = dest.overlays  # a link, a file or a pipe there: refused before any work
+        if overlays and (where.is_symlink() or (where.exists() and not where.is_dir())):
+            output_folder(where)  # nothing written at all
         t0 = time.perf_counter()
         pred = detector.predict(decoding_loader(test, config, workers=workers), progress=progress)
         seconds = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from anomaly.safe_files import (
     RunError,
     atomic_bytes,
     atomic_save,
+    load_record,
     safe_torch_load,
     torch_bytes,
     write_json,
@@ -113,13 +114,23 @@ class CheckpointFiles:
         atomic_bytes(data, self.file(self.MODEL))
 
     def check_not_interrupted(self) -> None:
-        """RunError, with `--resume` as the fix, when the run stopped before its held-out images
-        were scored (no val_scores.json): in the middle of its training, or after it. model.pt
-        is read only then (a finished run's threshold is set without torch)."""
-        if self.file(self.VAL_SCORES).exists() or not self.has_model():
+        """RunError when the run's model.pt is not the one its held-out images were scored by
+        (no val_scores.json, or one of another model.pt: a `--resume` rewrote it), and it is
+        unfinished or still being written: in use by another process; in the middle of its
+        training (`--resume` continues it; killed before its first epoch was saved, plain
+        `train` starts again); or after it, before scoring (`--resume` finishes it). model.pt is
+        read with torch only then: a finished run's threshold is set without it."""
+        if not self.has_model() or self._scored_by_this_model():
             return
         self.check_not_in_use("read")  # still training in another process: in use, not stopped
         done = bool(self.checkpoint().get("complete", True))
+        if done and self.file(self.VAL_SCORES).exists():
+            return  # a finished model with another's held-out scores: their check says so
+        if not done and not self.has_last():  # `--resume` would refuse: nothing to continue
+            raise RunError(
+                f"{self.path} was interrupted before its first epoch was saved whole; train it "
+                f"again: `python -m anomaly train --out {shell_word(self.path)}`"
+            )
         what = (
             "after training, before its held-out images were scored"
             if done
@@ -129,6 +140,18 @@ class CheckpointFiles:
             f"{self.path} was interrupted {what}; finish it with `python -m anomaly train "
             f"--out {shell_word(self.path)} --resume`, then set the threshold"
         )
+
+    def _scored_by_this_model(self) -> bool:
+        """Whether val_scores.json records the SHA-256 of the run's model.pt (or, from an older
+        version, no model at all)."""
+        path = self.file(self.VAL_SCORES)
+        if not path.is_file():
+            return False
+        try:
+            threshold_file.check_model(load_record(path), self.file(self.MODEL))
+        except (ValueError, RunError):  # another model's, or not a record: read model.pt
+            return False
+        return True
 
     def stopped_before_threshold(self) -> bool:
         """Whether the run finished training (a complete model.pt) but stopped before scoring

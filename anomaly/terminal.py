@@ -33,5 +33,5 @@ def printable(text: str, mark: str | None = None) -> str:
     )
 
 
-def _unprintable(c: str) -> bool:
-    return ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF
+def _unprintable(c: str) -> bool:  # C0, DEL and C1 controls (U+009B starts a sequence too)
+    return ord(c) < 32 or 127 <= ord(c) <= 159 or 0xD800 <= ord(c) <= 0xDFFF

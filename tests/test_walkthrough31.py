@@ -397,7 +397,9 @@ def test_a_deployed_onnx_predict_uses_its_onnx_checks_beside_an_older_package(tm
     old = tmp_path / "old" / "anomaly"
     old.mkdir(parents=True)
     (old / "__init__.py").write_text("")
-    (old / "onnx_checks.py").write_text("def graph_ops(data): return set(), []\n")
+    (old / "onnx_checks.py").write_text(  # as at b210740: array_fault, but not escaped
+        "def graph_ops(data): return set(), []\ndef array_fault(x, want): return None\n"
+    )
     here = tmp_path / "deployed"
     here.mkdir()
     shutil.copy(anomaly.onnx_predict.__file__, here / "onnx_predict.py")
@@ -482,3 +484,59 @@ def test_a_kmeans_runs_note_does_not_suggest_its_ignored_val_fraction():
     t = Threshold(9.0, "normal_quantile", {"set_by": "train", "n_normal": 3, "q": 0.99})
     assert "(--val-fraction)" in few_held_out(t, "runs/x")
     assert "(--val-fraction of its --from run" in few_held_out(t, "runs/x", kmeans=True)
+
+
+def test_review_of_the_trust_fixes_resumed_runs_and_terminal_lines(tiny_cookies, tmp_path, capsys):
+    """A review of the trust fixes: a `--resume` killed in its first epoch (or still running)
+    keeps the earlier model's val_scores.json, so the interrupted-run check, which looked only
+    for a missing val_scores.json, let `--rule manual` through and others blamed a "copied"
+    file; a run killed before its first epoch was saved was told to --resume, which refuses;
+    a file name's new line or C1 control (U+009B) still reached stderr raw; a pipe named
+    overlays/ was refused only after score wrote its files."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    from PIL import Image
+
+    from anomaly.calibration import set_threshold
+    from anomaly.cli import main
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "ae"
+    config = Config.for_method("ae", data=str(tiny_cookies), size=32, epochs=1, device="cpu")
+    train_run(config, run, progress=False)
+    model = (run / "model.pt").read_bytes()
+    payload = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**payload, "complete": False, "resumed": 1}, run / "model.pt")  # another SHA
+    with pytest.raises(RunError, match=r"middle of its training.*--resume"):
+        set_threshold(run, "manual", 0.5)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(f'{{"pid": {sleeper.pid}, "command": "train"}}')
+        with pytest.raises(RunError, match="is in use"):
+            set_threshold(run, "normal-quantile")
+    finally:
+        sleeper.kill()
+        (run / ".lock").unlink()
+    (run / "last.pt").unlink()
+    with pytest.raises(RunError, match=r"before its first epoch was saved whole; train it again"):
+        set_threshold(run, "manual", 0.5)
+    (run / "model.pt").write_bytes(model)
+    folder = tmp_path / "names"
+    folder.mkdir()
+    good = min((tiny_cookies / "test" / "good").glob("*.png"))
+    Image.open(good).convert("L").save(folder / "gr\u009bay.png")
+    (folder / "bro\nken.png").write_bytes(b"x")
+    assert main(["predict", "--run", str(run), "--no-overlays", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "\u009b" not in err and "bro\\nken.png" in err and "\nken.png" not in err
+    shutil.rmtree(run / "overlays", ignore_errors=True)
+    os.mkfifo(run / "overlays")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    with pytest.raises(RunError, match="overlays is a file where"):
+        score_run(run)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == before
