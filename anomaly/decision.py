@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anomaly.metrics import confusion, confusion_from_counts
-from anomaly.terminal import shell_word
+from anomaly.terminal import printable, shell_word
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,7 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     )
     if params.get("on_training_images") is True:
         return (
-            f"note: {run}: its threshold is the {q:g} quantile of the {n} training "
+            f"note: {printable(str(run))}: its threshold is the {q:g} quantile of the {n} training "
             f"image{'s' * (n != 1)} themselves (none was held out), which the model learned: new "
             f"good parts score above it more often than {100 * (1 - q):.3g} %, by how much "
             f"nothing here can tell. Set it on other good images: {fix}"
@@ -304,7 +304,7 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
         else ("--val-fraction")
     )
     return (
-        f"note: {run}: its threshold is the {q:g} quantile of only {n} held-out good "
+        f"note: {printable(str(run))}: its threshold is the {q:g} quantile of only {n} held-out good "
         f"image{'s' * (n != 1)}, which lies near their largest: new good parts like them score "
         f"above it about {100 * rate:.0f} % of the time, not {100 * (1 - q):.3g} %. Hold out "
         f"more good images ({more}), or set the threshold on other good images: {fix}"

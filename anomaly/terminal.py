@@ -20,8 +20,21 @@ def control_characters(text: str) -> list[str]:
 def shell_word(value) -> str:
     """`value` (a path) as one word of a shell command that a message suggests: quoted where
     it holds a space or another character the shell reads (`shlex.quote`), so that the command
-    can be copied as it is."""
-    return shlex.quote(str(value))
+    can be copied as it is; with a control character (an escape sequence in a file name would
+    act on the terminal) or bytes that are not UTF-8, in bash's $'...' quoting, each written
+    as \\xHH."""
+    text = str(value)
+    if not any(_unprintable(c) for c in text):
+        return shlex.quote(text)
+    out = []
+    for c in text:
+        if 0xDC80 <= ord(c) <= 0xDCFF:  # a byte of a name that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif _unprintable(c):
+            out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogatepass"))
+        else:
+            out.append("\\" + c if c in "\\'" else c)
+    return "$'" + "".join(out) + "'"
 
 
 def printable(text: str, mark: str | None = None) -> str:

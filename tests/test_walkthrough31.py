@@ -484,6 +484,7 @@ def test_a_kmeans_runs_note_does_not_suggest_its_ignored_val_fraction():
     t = Threshold(9.0, "normal_quantile", {"set_by": "train", "n_normal": 3, "q": 0.99})
     assert "(--val-fraction)" in few_held_out(t, "runs/x")
     assert "(--val-fraction of its --from run" in few_held_out(t, "runs/x", kmeans=True)
+    assert "\x1b" not in few_held_out(t, "runs/\x1b[2Jx")  # a path typed or found: escaped
 
 
 def test_review_of_the_trust_fixes_resumed_runs_and_terminal_lines(tiny_cookies, tmp_path, capsys):
@@ -540,3 +541,21 @@ def test_review_of_the_trust_fixes_resumed_runs_and_terminal_lines(tiny_cookies,
     with pytest.raises(RunError, match="overlays is a file where"):
         score_run(run)
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_suggested_command_writes_a_control_character_as_an_escape():
+    """A suggested command quoted a path with shlex alone: an escape sequence in a run's or a
+    file's name reached the terminal raw inside the quotes. It is now bash's $'...' quoting,
+    which a shell reads back to the same name."""
+    import shutil
+    import subprocess
+
+    from anomaly.terminal import shell_word
+
+    names = ["runs/\x1b[2Jx", "a'b\\c\x07", "plain dir", "x\u009by", "new\nline"]
+    assert all("\x1b" not in shell_word(n) and "\n" not in shell_word(n) for n in names)
+    assert shell_word("plain dir") == "'plain dir'"
+    if shutil.which("bash"):
+        for name in names:
+            said = ["bash", "-c", "printf %s " + shell_word(name)]
+            assert subprocess.run(said, capture_output=True, text=True).stdout == name
