@@ -558,4 +558,4 @@ def test_a_suggested_command_writes_a_control_character_as_an_escape():
     if shutil.which("bash"):
         for name in names:
             said = ["bash", "-c", "printf %s " + shell_word(name)]
-            assert subprocess.run(said, capture_output=True, text=True).stdout == name
+            assert subprocess.run(said, capture_output=True, text=True, check=True).stdout == name
