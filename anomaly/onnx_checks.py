@@ -21,6 +21,7 @@ CHECKS_VERSION = 2
 
 import json
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -335,22 +336,30 @@ def image_paths(images) -> list:
     image files in it (sorted; not hidden ones, nor the folders below: other files are named in
     a warning), each file once. A folder without images is kept, so that reading it says so;
     "" is kept too (it would be the working folder)."""
-    one = isinstance(images, (str, Path)) or getattr(images, "ndim", 0) == 3  # not its rows
+    one = isinstance(images, (str, Path)) or getattr(images, "ndim", 0) in (2, 3)  # not rows
+    one = one or hasattr(images, "getbands")  # a PIL image: array_fault says what to pass
     items = [images] if one else list(images)  # a path, not letters; an image, not its rows
     out, seen = [], set()
     for item in items:
         inside = []
         if isinstance(item, (str, Path)) and str(item) != "" and Path(item).is_dir():
             entries = sorted(p for p in Path(item).iterdir() if not p.name.startswith("."))
-            inside = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-            if other := sorted({p.name for p in entries} - {p.name for p in inside}):
-                warnings.warn(
-                    f"{escaped(item)}: skipping {len(other)} entries that are not image files "
-                    f"({', '.join(map(repr, other[:5]))}{' ...' * (len(other) > 5)})",
-                    stacklevel=3,
-                )
-        for x in inside or [item]:
-            key = str(Path(x).resolve()) if isinstance(x, (str, Path)) and x else id(x)
+            inside = [  # a link to nothing too: reading it names it
+                p
+                for p in entries
+                if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
+            ]
+            folders = sorted(p.name + "/" for p in entries if p.is_dir())
+            other = sorted(p.name for p in entries if p not in inside and not p.is_dir())
+            for what, names in (("folders, not searched", folders), ("other files", other)):
+                if names:
+                    warnings.warn(
+                        f"{escaped(item)}: skipping {len(names)} {what} "
+                        f"({', '.join(map(repr, names[:5]))}{' ...' * (len(names) > 5)})",
+                        stacklevel=3,
+                    )
+        for x in inside or [item]:  # each path once, as given (a link to it is another row)
+            key = os.path.abspath(x) if isinstance(x, (str, Path)) and x else id(x)
             if key not in seen:
                 seen.add(key)
                 out.append(x)

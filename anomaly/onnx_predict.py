@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,10 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         cut = any(w in str(err).lower() for w in ("truncated", "broken data"))  # opened, cut short
         fix = "copy it again" if cut else "give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
+        if isinstance(err, Image.DecompressionBombError):
+            fix = "shrink it, for example to 4000 pixels on its longer side"
+        elif not cut and Path(path).suffix.lower() in _checks.IMAGE_SUFFIXES:
+            fix = "it is damaged: copy it again, or save it again from the camera's software"
         raise ExportError(f"{path}: cannot read this image ({err}); {fix}") from None
     if refused is not None:
         raise ExportError(f"{path}: {refused}")
@@ -204,7 +209,8 @@ def _upright(im):
     as the package's `image_kind.upright`); EXIF that Pillow cannot parse: as stored."""
     from PIL import ImageOps
 
-    try:
+    im.load()  # pixels decoded first: a damaged or half-written file fails here, not silently
+    try:  # inside exif_transpose (a PNG's EXIF is read after its pixels), with half of them
         return ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001  (TypeError, struct.error, ... from damaged EXIF)
         return im
@@ -398,6 +404,9 @@ def main(argv=None) -> int:
     parser.add_argument("onnx", help="the exported file (RUN/model.onnx)")
     parser.add_argument("images", nargs="+", help="image files or folders of them")
     args = parser.parse_args(argv)
+    warnings.showwarning = lambda message, *_, **__: print(  # one line each, as predict's
+        f"warning: {_checks.escaped(message)}", file=sys.stderr
+    )
     shown = _checks.escaped  # names from files and folders: no escape sequence printed
     try:
         detector = OnnxDetector(args.onnx)
@@ -406,7 +415,7 @@ def main(argv=None) -> int:
         guarantee = (detector.threshold_params or {}).get("guarantee", "")
         said = "note: it holds no threshold: scores only"
         if t is not None:
-            said = f"threshold {t:.6g} ({rule}{': ' * bool(guarantee)}{guarantee})"
+            said = f"threshold {t!r} ({rule}{': ' * bool(guarantee)}{guarantee})"
         print(said, file=sys.stderr)
         failed = 0
         for image, score, _, error in rows:
@@ -417,7 +426,7 @@ def main(argv=None) -> int:
                 print(f"error: {shown(error)}", file=sys.stderr)
                 row = ("ERROR", "-")
             else:
-                row = (f"{score:.6g}", "-" if t is None else "REJECT" if score >= t else "PASS")
+                row = (_apart(score, t), "-" if t is None else "REJECT" if score >= t else "PASS")
             print("\t".join((shown(image), *row)), flush=True)
     except ExportError as err:
         print(f"error: {shown(err)}", file=sys.stderr)
@@ -426,6 +435,17 @@ def main(argv=None) -> int:
         sys.stderr.close()
         return 0
     return 2 if failed else 0
+
+
+def _apart(score: float, threshold: float | None) -> str:
+    """`score` with 6 significant digits, or as many more as tell it from `threshold` (9.08648
+    PASS below a threshold of 9.08648 read as a wrong verdict)."""
+    digits = 6
+    while threshold is not None and digits < 17 and score != threshold:
+        if f"{score:.{digits}g}" != f"{threshold:.{digits}g}":
+            break
+        digits += 1
+    return f"{score:.{digits}g}"
 
 
 if __name__ == "__main__":

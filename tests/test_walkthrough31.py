@@ -80,12 +80,16 @@ def test_onnx_predict_py_runs_from_the_shell_without_the_package(tiny_cookies, t
     scores, _ = predict_onnx(model, files)
     threshold = anomaly.onnx_predict.OnnxDetector(model).threshold
     want = [
-        [str(folder / f.name), f"{s:.6g}", "REJECT" if s >= threshold else "PASS"]
+        [
+            str(folder / f.name),
+            anomaly.onnx_predict._apart(float(s), threshold),
+            "REJECT" if s >= threshold else "PASS",
+        ]
         for f, s in zip(files, scores)
     ]
     assert done.returncode == 2, done.stderr
     assert rows == [*want, [str(folder / "zz cut.png"), "ERROR", "-"]]
-    assert f"threshold {threshold:.6g} (normal_quantile" in done.stderr
+    assert f"threshold {threshold!r} (normal_quantile" in done.stderr
     assert "zz cut.png: cannot read this image" in done.stderr
 
 
@@ -355,7 +359,7 @@ def test_review_of_the_session_onnx_paths_and_integer_batches(tmp_path):
     shutil.copy(tmp_path / "a.png", tmp_path / "b.PNG")
     (tmp_path / "notes.txt").write_text("x")
     assert image_paths("") == [""]
-    with pytest.warns(UserWarning, match=r"skipping 1 entries that are not image files \('notes"):
+    with pytest.warns(UserWarning, match=r"skipping 1 other files \('notes.txt'\)"):
         both = image_paths([tmp_path / "a.png", tmp_path])
     assert both == [tmp_path / "a.png", tmp_path / "b.PNG"]
     config = Config.for_method("meandiff", size=8, channels=1)
@@ -559,3 +563,32 @@ def test_a_suggested_command_writes_a_control_character_as_an_escape():
         for name in names:
             said = ["bash", "-c", "printf %s " + shell_word(name)]
             assert subprocess.run(said, capture_output=True, text=True, check=True).stdout == name
+
+
+def test_a_deployment_walkthrough_of_the_command_line(tiny_cookies, tmp_path):
+    """A walkthrough on a line PC without the package: a PNG damaged or half-written got a
+    score and a verdict from the ONNX path (exif_transpose decoded it inside a suppressed
+    error: half the rows black), where predict --run names it; a score just under the
+    threshold printed as the same six digits with PASS; a sub-folder was called "not image
+    files"; a 225-megapixel PNG was told to be given as a PNG."""
+    from PIL import Image
+
+    from anomaly.onnx_checks import image_paths
+    from anomaly.onnx_predict import ExportError, _apart, read_file
+
+    good = min((tiny_cookies / "test" / "good").glob("*.png"))
+    data = good.read_bytes()
+    cut = tmp_path / "zerotail.png"
+    cut.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+    with pytest.raises(ExportError, match="zerotail.png: cannot read this image"):
+        read_file(cut, 64)
+    assert _apart(9.086479, 9.08648) == "9.086479" and _apart(8.75, 9.08648) == "8.75"
+    (tmp_path / "sub").mkdir()
+    with pytest.warns(UserWarning, match=r"skipping 1 folders, not searched \('sub/'\)"):
+        image_paths(tmp_path)
+    Image.MAX_IMAGE_PIXELS, was = 1000, Image.MAX_IMAGE_PIXELS
+    try:
+        with pytest.raises(ExportError, match="shrink it, for example to 4000 pixels"):
+            read_file(good, 64)
+    finally:
+        Image.MAX_IMAGE_PIXELS = was
