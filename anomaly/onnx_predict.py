@@ -47,11 +47,14 @@ except ImportError:
         else:
             import onnx_checks as _checks
     except ImportError:
-        raise ImportError(
+        _NEEDS = (
             "onnx_predict.py needs onnx_checks.py beside it (anomaly/onnx_checks.py in the "
             "package): an ONNX file from someone else is untrusted input, and it checks the file "
             "before onnxruntime runs any of it. Copy it beside onnx_predict.py"
-        ) from None
+        )
+        if __name__ == "__main__":  # run from the shell: one line, not a traceback
+            sys.exit(f"error: {_NEEDS}")
+        raise ImportError(_NEEDS) from None
 ExportError, bad_file, short_error = _checks.ExportError, _checks.bad_file, _checks.short_error
 
 FORMAT = "anomaly-onnx/1"

@@ -592,3 +592,25 @@ def test_a_deployment_walkthrough_of_the_command_line(tiny_cookies, tmp_path):
             read_file(good, 64)
     finally:
         Image.MAX_IMAGE_PIXELS = was
+
+
+def test_onnx_predict_py_alone_from_the_shell_says_one_line(tmp_path):
+    """Run from the shell without onnx_checks.py beside it, onnx_predict.py refused with an
+    ImportError traceback: now one line and exit status 1."""
+    import shutil
+    import subprocess
+    import sys
+
+    import anomaly.onnx_predict
+
+    shutil.copy(anomaly.onnx_predict.__file__, tmp_path / "onnx_predict.py")
+    code = (
+        "import sys, runpy; sys.modules['anomaly'] = None; "
+        "sys.argv = ['onnx_predict.py', 'm.onnx', 'x.png']; "
+        "runpy.run_path('onnx_predict.py', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: onnx_predict.py needs onnx_checks.py beside it")
