@@ -31,7 +31,7 @@ from anomaly.build import (
 from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data
-from anomaly.data.image_kind import draft_size, warn_unlike
+from anomaly.data.image_kind import draft_size, read_kinds, warn_unlike
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.runs import RunDir, RunError, config_differences
@@ -126,8 +126,9 @@ def train_run(
     train, val = _datasets(config, split)  # data errors come before anything is written
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
-    split["images"] = summarize_images(split["train"] + split["val"])  # score/predict compare
-    guards.check_split(run, config, split)  # auto: enough images; held-out copies
+    read = read_kinds(split["train"] + split["val"])  # each file's kind once, for both:
+    split["images"] = summarize_images(split["train"] + split["val"], read)  # predict compares
+    guards.check_split(run, config, split, read)  # auto: enough images; held-out copies
     if val is not None:
         val.check()  # decoded (and cached) now: a damaged one would fail only after training
     with run.lock("train"):

@@ -292,19 +292,20 @@ def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
     return {index[os.path.abspath(p)] for p, ok in zip(split["val"], same[n:]) if ok}
 
 
-def check_split(run: RunDir, config: Config, split: dict) -> None:
+def check_split(run: RunDir, config: Config, split: dict, read: list | None = None) -> None:
     """What a new run's split must pass before its folder is written: enough training images
     for auto (`anomaly.detectors.auto.check_enough`, a ValueError), a warning naming held-out
     images that are copies of training images (`warn_held_out`), and warnings naming images
     unlike the others (`anomaly.data.image_kind.warn_mixed`: greyscale among colour, another
-    bit depth, a few far smaller than --size), as `score` and `predict` name images unlike them."""
+    bit depth, a few far smaller than --size), as `score` and `predict` name images unlike them.
+    `read`: the images' kinds (`image_kind.read_kinds`), when the caller read them already."""
     from anomaly.detectors.auto import check_enough, warn_small_size
 
     n_train = len(split["train"])
     check_enough(n_train, config, n_good=n_train + len(split["val"]))
     warn_small_size(config)
     warn_held_out(run, config, split)
-    warn_mixed(split["train"] + split["val"], config.channels, config.size)
+    warn_mixed(split["train"] + split["val"], config.channels, config.size, read)
 
 
 def learned_digests(split: dict) -> dict[str, str]:

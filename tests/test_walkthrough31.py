@@ -614,3 +614,21 @@ def test_onnx_predict_py_alone_from_the_shell_says_one_line(tmp_path):
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: onnx_predict.py needs onnx_checks.py beside it")
+
+
+def test_train_reads_each_training_images_kind_once(tiny_cookies, tmp_path, monkeypatch):
+    """The record of the training images (`summarize`) and the warnings on unlike ones
+    (`warn_mixed`) each read every file's kind: a 16-bit image was decoded twice for its
+    peak. `train` reads them once (`read_kinds`) for both."""
+    from collections import Counter
+
+    from anomaly.data import image_kind
+    from anomaly.pipeline import train_run
+
+    real, reads = image_kind.image_kind, Counter()
+    monkeypatch.setattr(
+        image_kind, "image_kind", lambda p, *a, **k: reads.update([str(p)]) or real(p, *a, **k)
+    )
+    config = Config.for_method("meandiff", data=str(tiny_cookies), size=32, device="cpu")
+    train_run(config, tmp_path / "run", progress=False)
+    assert reads and set(reads.values()) == {1}

@@ -281,14 +281,21 @@ def _transparent(im: Image.Image) -> bool:
     return alpha.getextrema()[0] < 255
 
 
-def summarize(paths) -> dict:
+def read_kinds(paths) -> list[tuple[str, dict]]:
+    """(path, `image_kind` with its peak) of each of `paths` that can be read, sorted by path:
+    what `summarize` records and `warn_mixed` compares (`train` reads them once for both)."""
+    return [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p, True)) is not None]
+
+
+def summarize(paths, read: list | None = None) -> dict:
     """What the training images are, for split.json: {"colour": [False and/or True],
     "bits": [...], "aspect": [lowest, highest], "side": [shortest, longest] of their shorter
-    sides in px, "transparent": [False and/or True]} over the files that can be read. Warns,
-    naming the extremes, when their aspect ratios differ more than `ASPECT_FACTOR` times: each
-    is stretched to the same square, so one object is distorted differently from image to
-    image."""
-    read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p, True)) is not None]
+    sides in px, "transparent": [False and/or True], and for 16-bit images "peak": [lowest,
+    highest] of their largest values} over the files that can be read (`read`: their
+    `read_kinds`, when the caller has them). Warns, naming the extremes, when their aspect
+    ratios differ more than `ASPECT_FACTOR` times: each is stretched to the same square, so one
+    object is distorted differently from image to image."""
+    read = read_kinds(paths) if read is None else read  # (`read_kinds`, given by `train`)
     if not read:
         return {}
     kinds = [k for _, k in read]
@@ -343,7 +350,7 @@ def _few(paths: list[str], n: int, verb: str = "are") -> str:
     return f"{len(paths)} of the {n} training images ({named(paths, NAMED)}) {verb}"
 
 
-def warn_mixed(paths, channels: int, size: int) -> list[str]:
+def warn_mixed(paths, channels: int, size: int, read: list | None = None) -> list[str]:
     """Warn, naming a few of them and counting the rest, when the training images `paths` of a
     run that sees `channels` channels at `size` px are not alike, as `warn_unlike` does for an
     image to score: some greyscale (LA too) and some colour (a colour run), of several bit
@@ -351,7 +358,7 @@ def warn_mixed(paths, channels: int, size: int) -> list[str]:
     with a shorter side under `size` / `SMALL_FACTOR` (a 1x1 file, a crop).
     Every image is still read as before; the model learns each difference as normal. Returns
     the warnings' texts."""
-    read = [(str(p), k) for p in sorted(map(str, paths)) if (k := image_kind(p, True)) is not None]
+    read = read_kinds(paths) if read is None else read  # (`read_kinds`, given by `train`)
     n, said = len(read), []
     grey = [p for p, k in read if not k["colour"]]
     if channels == 3 and 0 < len(grey) < n:
