@@ -331,6 +331,18 @@ def array_fault(x, want: tuple) -> str | None:
     return None
 
 
+def score_text(score: float, threshold: float | None = None) -> str:
+    """`score` in 6 significant digits (`predict`'s rows, and onnx_predict.py's), or as many more as it takes to read on the same side of
+    `threshold` as the score itself (10.702990 printed as 10.703 would read as at a threshold of
+    10.703, and so REJECT, while it passes)."""
+    score = float(score)
+    for digits in range(6, 18):
+        text = f"{score:.{digits}g}"
+        if threshold is None or (float(text) < threshold) == (score < threshold):
+            return text
+    return repr(score)
+
+
 def image_paths(images) -> list:
     """`images` (a path, or an iterable of paths and arrays) as a list, a folder replaced by the
     image files in it (sorted; not hidden ones, nor the folders below: other files are named in

@@ -429,7 +429,8 @@ def main(argv=None) -> int:
                 print(f"error: {shown(error)}", file=sys.stderr)
                 row = ("ERROR", "-")
             else:
-                row = (_apart(score, t), "-" if t is None else "REJECT" if score >= t else "PASS")
+                verdict = "-" if t is None else "REJECT" if score >= t else "PASS"
+                row = (_checks.score_text(score, t), verdict)  # digits to read as the verdict
             print("\t".join((shown(image), *row)), flush=True)
     except ExportError as err:
         print(f"error: {shown(err)}", file=sys.stderr)
@@ -438,17 +439,6 @@ def main(argv=None) -> int:
         sys.stderr.close()
         return 0
     return 2 if failed else 0
-
-
-def _apart(score: float, threshold: float | None) -> str:
-    """`score` with 6 significant digits, or as many more as tell it from `threshold` (9.08648
-    PASS below a threshold of 9.08648 read as a wrong verdict)."""
-    digits = 6
-    while threshold is not None and digits < 17 and score != threshold:
-        if f"{score:.{digits}g}" != f"{threshold:.{digits}g}":
-            break
-        digits += 1
-    return f"{score:.{digits}g}"
 
 
 if __name__ == "__main__":

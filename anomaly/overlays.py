@@ -54,18 +54,6 @@ def verdict(score: float, threshold: float) -> str:
     return PASS if float(score) < float(threshold) else REJECT
 
 
-def score_text(score: float, threshold: float | None = None) -> str:
-    """`score` in 6 significant digits, or as many more as it takes to read on the same side of
-    `threshold` as the score itself (10.702990 printed as 10.703 would read as at a threshold of
-    10.703, and so REJECT, while it passes)."""
-    score = float(score)
-    for digits in range(6, 18):
-        text = f"{score:.{digits}g}"
-        if threshold is None or (float(text) < threshold) == (score < threshold):
-            return text
-    return repr(score)
-
-
 @dataclass(frozen=True)
 class EvidenceScale:
     """Map values -> evidence: `floor` is evidence 0, `pixel_threshold` evidence 1."""

@@ -26,7 +26,8 @@ from anomaly.data.files import (
     skipped,
 )
 from anomaly.data.image_kind import draft_size, warn_unlike
-from anomaly.overlays import png_bytes, score_text, verdict
+from anomaly.onnx_checks import score_text
+from anomaly.overlays import png_bytes, verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir

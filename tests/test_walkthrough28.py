@@ -281,7 +281,7 @@ def test_printed_scores_read_as_their_verdicts_and_scores_csv_holds_them_exactly
     threshold of 10.703 printed "10.703 PASS", and counts made from scores.csv were off by one
     at thresholds set just above a score (the conformal rule's)."""
     from anomaly.metrics import Threshold
-    from anomaly.overlays import score_text
+    from anomaly.onnx_checks import score_text
 
     assert score_text(10.702990531921387, 10.703) == "10.70299"
     assert score_text(10.71, 10.703) == "10.71" and score_text(3.0) == "3"

@@ -82,7 +82,7 @@ def test_onnx_predict_py_runs_from_the_shell_without_the_package(tiny_cookies, t
     want = [
         [
             str(folder / f.name),
-            anomaly.onnx_predict._apart(float(s), threshold),
+            anomaly.onnx_checks.score_text(float(s), threshold),
             "REJECT" if s >= threshold else "PASS",
         ]
         for f, s in zip(files, scores)
@@ -573,8 +573,8 @@ def test_a_deployment_walkthrough_of_the_command_line(tiny_cookies, tmp_path):
     files"; a 225-megapixel PNG was told to be given as a PNG."""
     from PIL import Image
 
-    from anomaly.onnx_checks import image_paths
-    from anomaly.onnx_predict import ExportError, _apart, read_file
+    from anomaly.onnx_checks import image_paths, score_text
+    from anomaly.onnx_predict import ExportError, read_file
 
     good = min((tiny_cookies / "test" / "good").glob("*.png"))
     data = good.read_bytes()
@@ -582,7 +582,7 @@ def test_a_deployment_walkthrough_of_the_command_line(tiny_cookies, tmp_path):
     cut.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
     with pytest.raises(ExportError, match="zerotail.png: cannot read this image"):
         read_file(cut, 64)
-    assert _apart(9.086479, 9.08648) == "9.086479" and _apart(8.75, 9.08648) == "8.75"
+    assert score_text(9.086479, 9.08648) == "9.086479" and score_text(8.75, 9.08648) == "8.75"
     (tmp_path / "sub").mkdir()
     with pytest.warns(UserWarning, match=r"skipping 1 folders, not searched \('sub/'\)"):
         image_paths(tmp_path)
