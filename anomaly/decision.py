@@ -298,11 +298,7 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     if n >= FEWEST_HELD_OUT:
         return None
     rate = (n - q * (n - 1)) / (n + 1)
-    more = (
-        "--val-fraction of its --from run: kmeans holds out what it did"
-        if kmeans
-        else ("--val-fraction")
-    )
+    more = "--val-fraction" + " of its --from run: kmeans holds out what it did" * kmeans
     return (
         f"note: {printable(str(run))}: its threshold is the {q:g} quantile of only {n} held-out good "
         f"image{'s' * (n != 1)}, which lies near their largest: new good parts like them score "

@@ -45,6 +45,7 @@ def masks_at(mask_paths, size: int = EVAL_SIZE) -> np.ndarray:
     masks = np.zeros((len(mask_paths), size, size), np.uint8)
     for i, path in enumerate(mask_paths):
         if path is not None:
+            # `load_mask` without its path: its warning names the run's --size, which this is not
             masks[i] = mask_tensor(read_mask(path), size).numpy()
     return masks
 

@@ -134,7 +134,7 @@ class CheckpointFiles:
         what = (
             "after training, before its held-out images were scored"
             if done
-            else ("in the middle of its training, so model.pt holds a model from the middle of it")
+            else "in the middle of its training, so model.pt holds a model from the middle of it"
         )
         raise RunError(
             f"{self.path} was interrupted {what}; finish it with `python -m anomaly train "
