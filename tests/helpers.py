@@ -3,7 +3,9 @@
 Import it as `from helpers import ...` (pytest puts tests/ on the path). The on-disk data set is
 the `tiny_cookies` fixture of conftest.py; everything here is small enough to run in seconds.
 `tree_bytes` is what a folder holds, to compare before and after a command; `plain_set` writes a
-small data set in the plain layout (good/ and stain/).
+small data set in the plain layout (good/ and stain/); `patchknn_export` trains and exports a
+tiny run, `deploy_copy` copies the deployable files beside each other, `fresh_python` runs code in
+a new interpreter.
 
 The in-memory image sets are the one place tests make images; each is seeded, so a test gets the
 same images every run, and each item has AnomalyDataset's format ({"image" [C, H, W] in [0, 1],
@@ -28,6 +30,46 @@ import torch
 from torch.utils.data import Dataset
 
 from anomaly.config import Config
+
+
+def fresh_python(code: str, cwd=None, env: dict | None = None):
+    """Run `code` in a fresh Python (`cwd`: where copied files are; `env`: instead of this
+    process's): its CompletedProcess, output as text, whatever its exit status."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def deploy_copy(folder: Path, name: str = "onnx_predict.py") -> Path:
+    """anomaly/onnx_predict.py copied into `folder` as `name`, with onnx_checks.py beside it: a
+    deployment without the package (README, "Deploying without the package")."""
+    import anomaly.onnx_checks
+    import anomaly.onnx_predict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(anomaly.onnx_predict.__file__, folder / name)
+    shutil.copy(anomaly.onnx_checks.__file__, folder / "onnx_checks.py")
+    return folder / name
+
+
+def patchknn_export(data: Path, run: Path, out: Path | None = None, size: int = 64) -> Path:
+    """A default patchknn run on `data` at `size` trained into `run`, and its ONNX export (at
+    `out`, default RUN/model.onnx): its path."""
+    from anomaly.export import export_onnx
+    from anomaly.pipeline import train_run
+
+    config = Config.for_method("patchknn", data=str(data), size=size, device="cpu")
+    train_run(config, run, progress=False)
+    return export_onnx(run, out or run / "model.onnx")
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

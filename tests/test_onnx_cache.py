@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fresh_python
 
 pytest.importorskip("onnxruntime")
 
@@ -84,8 +85,6 @@ def test_the_8_bit_searchs_graph_is_kept_and_onnx_not_imported_again(tmp_path, m
     """Loading a run that searches in 8 bits built its graph with the onnx package each time:
     about 0.7 s of a one-image predict's 2.5 s went to importing onnx. The graph is now kept
     (`onnx_cache.kept`), the same bytes, another bank's under another key."""
-    import subprocess
-    import sys
 
     from anomaly.detectors.knn import Int8Search
 
@@ -104,5 +103,6 @@ def test_the_8_bit_searchs_graph_is_kept_and_onnx_not_imported_again(tmp_path, m
         "m = Int8Search(b, (b * b).sum(1)).kept_model(); "
         "print(len(m), 'onnx' in sys.modules)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = fresh_python(code)
+    assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(len(first)), "False"], done.stderr

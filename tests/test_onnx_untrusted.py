@@ -6,10 +6,9 @@ the allow-list (`onnx_checks.EXPORTED_OPS`) is checked against fresh exports of 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
+from helpers import fresh_python
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed: pip install 'anomaly[export]'")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
@@ -188,18 +187,6 @@ def test_allowed_ops_still_load_and_score(tiny_cookies, tmp_path):
     assert scores.shape == (1,) and maps.shape == (1, SIZE, SIZE)
 
 
-def _python(code: str, cwd):
-    """Run `code` in a fresh Python, in `cwd` (where the copied files are)."""
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_onnx_predict_copied_with_onnx_checks_refuses_a_loop(tmp_path):
     """Copied without the package, onnx_predict.py uses onnx_checks.py beside it; alone, it
     refuses to load (it loaded every file unchecked with a note, before session 31)."""
@@ -215,7 +202,7 @@ def test_onnx_predict_copied_with_onnx_checks_refuses_a_loop(tmp_path):
     )
 
     def run():
-        return _python(code, tmp_path)
+        return fresh_python(code, tmp_path)
 
     alone = run()
     assert alone.returncode != 0 and "refused:" not in alone.stdout
@@ -339,5 +326,5 @@ def test_onnx_predict_copied_into_a_package_finds_onnx_checks_beside_it(tmp_path
         f"try: OnnxDetector({str(loop)!r})\n"
         "except ValueError as err: print('refused:', err)"
     )
-    done = _python(code, tmp_path)
+    done = fresh_python(code, tmp_path)
     assert "refused:" in done.stdout and "unchecked" not in done.stderr, done.stderr

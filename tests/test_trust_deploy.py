@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import deploy_copy, fresh_python, tiny_config
 from PIL import Image
 
 from anomaly.cli import main
@@ -229,20 +229,14 @@ def test_onnx_predict_py_copied_without_the_package_predicts_with_a_note(
 ):
     """onnx_predict.py (with onnx_checks.py) still runs where only numpy, Pillow and onnxruntime
     are: the image-kind warnings are skipped there, and a note says so once."""
-    import anomaly.onnx_checks
-    import anomaly.onnx_predict
-
     _, path = conformal_export
-    shutil.copy(anomaly.onnx_predict.__file__, tmp_path / "deployed.py")
-    shutil.copy(anomaly.onnx_checks.__file__, tmp_path / "onnx_checks.py")
+    deploy_copy(tmp_path, "deployed.py")
     code = (
         "import sys; sys.modules['anomaly'] = None; from deployed import predict_onnx; "
         f"s, m = predict_onnx({str(path)!r}, {unlike_images!r}); assert len(s) == 3; "
         "assert 'torch' not in sys.modules"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
-    )
+    done = fresh_python(code, tmp_path)
     assert done.returncode == 0 and "warning:" not in done.stderr, done.stderr
     assert done.stderr.count("note: without the anomaly package") == 1
 
@@ -253,12 +247,8 @@ def test_onnx_predict_py_copied_without_the_package_refuses_a_tiff_stack(
     """Copied without the package it cannot ask `image_kind`, yet a TIFF of several same-size
     pages is still refused (it read the first page silently), while a TIFF with a smaller
     thumbnail page is read as the package reads it."""
-    import anomaly.onnx_checks
-    import anomaly.onnx_predict
-
     _, path = conformal_export
-    shutil.copy(anomaly.onnx_predict.__file__, tmp_path / "deployed.py")
-    shutil.copy(anomaly.onnx_checks.__file__, tmp_path / "onnx_checks.py")
+    deploy_copy(tmp_path, "deployed.py")
     image = Image.open(_good_image(tiny_cookies)).convert("RGB")
     image.save(tmp_path / "stack.tif", save_all=True, append_images=[image, image])
     image.save(tmp_path / "thumb.tif", save_all=True, append_images=[image.resize((8, 8))])
@@ -268,9 +258,7 @@ def test_onnx_predict_py_copied_without_the_package_refuses_a_tiff_stack(
         "assert len(s) == 1; "
         f"predict_onnx({str(path)!r}, [{str(tmp_path / 'stack.tif')!r}])"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
-    )
+    done = fresh_python(code, tmp_path)
     assert done.returncode != 0 and "a TIFF of 3 pages, not one image" in done.stderr
 
 

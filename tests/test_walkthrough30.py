@@ -7,7 +7,7 @@ import shlex
 
 import numpy as np
 import pytest
-from helpers import copy_run
+from helpers import copy_run, patchknn_export
 
 from anomaly.config import Config
 from anomaly.runs import RunDir, RunError
@@ -476,14 +476,9 @@ def test_predict_onnx_takes_one_path_a_generator_and_names_a_missing_file(tiny_c
     file was told to be "a PNG, JPEG, ... file"."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from anomaly.export import export_onnx
     from anomaly.onnx_predict import ExportError, predict_onnx
-    from anomaly.pipeline import train_run
 
-    run = tmp_path / "run"
-    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
-    train_run(config, run, progress=False)
-    path = export_onnx(run, tmp_path / "m.onnx")
+    path = patchknn_export(tiny_cookies, tmp_path / "run", tmp_path / "m.onnx")
     files = sorted((tiny_cookies / "test" / "good").glob("*.png"))[:2]
     one, _ = predict_onnx(path, str(files[0]))
     both, _ = predict_onnx(path, (f for f in files))

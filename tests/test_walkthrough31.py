@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import deploy_copy, fresh_python, patchknn_export
 
 from anomaly.config import Config
 
@@ -44,24 +45,15 @@ def test_onnx_predict_py_runs_from_the_shell_without_the_package(tiny_cookies, t
     script to score a folder. `python onnx_predict.py MODEL FOLDER` prints a row per image,
     and a damaged file is a row of its own (ERROR) with why on stderr, and exit status 2."""
     import shutil
-    import subprocess
-    import sys
 
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     import anomaly.onnx_checks
     import anomaly.onnx_predict
-    from anomaly.export import export_onnx, predict_onnx
-    from anomaly.pipeline import train_run
+    from anomaly.export import predict_onnx
 
-    run = tmp_path / "pk"
-    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
-    train_run(config, run, progress=False)
-    model = export_onnx(run, run / "model.onnx")
-    deployed = tmp_path / "deployed"
-    deployed.mkdir()
-    shutil.copy(anomaly.onnx_predict.__file__, deployed / "onnx_predict.py")
-    shutil.copy(anomaly.onnx_checks.__file__, deployed / "onnx_checks.py")
+    model = patchknn_export(tiny_cookies, tmp_path / "pk")
+    deployed = deploy_copy(tmp_path / "deployed").parent
     folder = tmp_path / "to check"
     folder.mkdir()
     files = sorted((tiny_cookies / "test" / "good").glob("*.png"))[:2]
@@ -73,9 +65,7 @@ def test_onnx_predict_py_runs_from_the_shell_without_the_package(tiny_cookies, t
         f"sys.argv = ['onnx_predict.py', {str(model)!r}, {str(folder)!r}]; "
         "runpy.run_path('onnx_predict.py', run_name='__main__')"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=deployed, check=False
-    )
+    done = fresh_python(code, deployed)
     rows = [line.split("\t") for line in done.stdout.splitlines()]
     scores, _ = predict_onnx(model, files)
     threshold = anomaly.onnx_predict.OnnxDetector(model).threshold
@@ -391,12 +381,6 @@ def test_a_deployed_onnx_predict_uses_its_onnx_checks_beside_an_older_package(tm
     """A review: with an older anomaly package installed, `from anomaly import onnx_checks`
     found one without the new checks, and the copy beside the file was never tried
     (AttributeError on loading)."""
-    import shutil
-    import subprocess
-    import sys
-
-    import anomaly.onnx_checks
-    import anomaly.onnx_predict
 
     old = tmp_path / "old" / "anomaly"
     old.mkdir(parents=True)
@@ -404,19 +388,9 @@ def test_a_deployed_onnx_predict_uses_its_onnx_checks_beside_an_older_package(tm
     (old / "onnx_checks.py").write_text(  # as at b210740: array_fault, but not escaped
         "def graph_ops(data): return set(), []\ndef array_fault(x, want): return None\n"
     )
-    here = tmp_path / "deployed"
-    here.mkdir()
-    shutil.copy(anomaly.onnx_predict.__file__, here / "onnx_predict.py")
-    shutil.copy(anomaly.onnx_checks.__file__, here / "onnx_checks.py")
+    here = deploy_copy(tmp_path / "deployed").parent
     code = "import onnx_predict as o; print(o._checks.__file__)"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=here,
-        env={"PYTHONPATH": str(tmp_path / "old"), "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
+    done = fresh_python(code, here, {"PYTHONPATH": str(tmp_path / "old"), "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip() == str(here / "onnx_checks.py"), done.stderr
 
 
@@ -598,8 +572,6 @@ def test_onnx_predict_py_alone_from_the_shell_says_one_line(tmp_path):
     """Run from the shell without onnx_checks.py beside it, onnx_predict.py refused with an
     ImportError traceback: now one line and exit status 1."""
     import shutil
-    import subprocess
-    import sys
 
     import anomaly.onnx_predict
 
@@ -609,9 +581,7 @@ def test_onnx_predict_py_alone_from_the_shell_says_one_line(tmp_path):
         "sys.argv = ['onnx_predict.py', 'm.onnx', 'x.png']; "
         "runpy.run_path('onnx_predict.py', run_name='__main__')"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
-    )
+    done = fresh_python(code, tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: onnx_predict.py needs onnx_checks.py beside it")
 
