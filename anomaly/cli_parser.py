@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="write no overlays/ (one picture per test image): faster, the scores are the same",
     )
     p.add_argument("--workers", type=int, help=WORKERS_HELP)
+    p.add_argument(
+        "--pixel-size",
+        default="256",
+        metavar="N|full",
+        help="compare maps and masks at N x N pixels for pixel AUROC and AUPRO (default 256, "
+        "the same for every method), or 'full': at the masks' own size, as MVTec AD's "
+        "evaluation does (one mask size for the whole test set)",
+    )
 
     p = sub.add_parser(
         "predict",

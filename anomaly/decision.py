@@ -194,6 +194,12 @@ def score_summary(labels, scores, metrics: dict, threshold=None, defects=None) -
     ci = metrics.get("image_auroc_ci")
     if ci is not None and shown and shown[0].startswith("image_auroc "):
         shown[0] += f" (95 % interval {ci[0]:.2f}-{ci[1]:.2f})"
+    size = metrics.get("pixel_metrics_size")  # said when not the default (`score --pixel-size`)
+    if size not in (None, 256) and any(
+        metrics.get(k) is not None for k in ("pixel_auroc", "aupro")
+    ):
+        h, w = (size, size) if isinstance(size, int) else size
+        shown.append(f"(pixel metrics at {w}x{h})")
     lines.append("  ".join(shown) if shown else "no metric could be computed (see notes)")
     speed = metrics.get("predict_images_per_s")
     tail = f", {speed:.3g} images/s" if speed else ""

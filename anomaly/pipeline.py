@@ -34,8 +34,9 @@ from anomaly.data.files import check_not_in_data
 from anomaly.data.image_kind import draft_size, read_kinds, warn_unlike
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.detectors import Detector, Predictions, get_detector
+from anomaly.pixel_eval import EVAL_SIZE
 from anomaly.runs import RunDir, RunError, config_differences
-from anomaly.safe_files import check_path_above, output_folder, sha256_file
+from anomaly.safe_files import available_memory, check_path_above, output_folder, sha256_file
 from anomaly.terminal import printable, shell_word
 from anomaly.train import seed_everything, select_device
 from anomaly.train_guards import moved as _moved
@@ -319,16 +320,19 @@ def score_run(
     progress: bool = False,
     out: str | Path | None = None,
     workers: int | None = None,
+    pixel_size: int | str = EVAL_SIZE,
 ) -> tuple[Predictions, dict]:
     """Score test/ of the run's data (or `data`): scores.csv, metrics.json, predictions.npz and
     overlays/, in the run folder for its own data. Other data's go to `out`, by default
     RUN/scored/<data folder name>/ (`score_folder`): the run's own, which `threshold`, the
     explorer and the notebooks read, are never replaced by another folder's. `pred.meta["out"]`
     says where they went. `workers` processes decode the images for this call only (default the
-    run's `workers`; its config.json is not changed)."""
+    run's `workers`; its config.json is not changed). The pixel metrics compare maps and masks
+    at `pixel_size` x `pixel_size`, or at the masks' own size for "full" (`anomaly.pixel_eval`)."""
     from anomaly.metrics import evaluate
     from anomaly.overlays import run_scale, save_overlays
-    from anomaly.pixel_eval import EVAL_SIZE, at_eval_size
+    from anomaly.pixel_eval import FULL, at_eval_size, check_memory, full_size
+    from anomaly.pixel_eval import pixel_size as checked_size
 
     rd = RunDir(run).require()
     with rd.lock("score"):
@@ -357,6 +361,10 @@ def score_run(
             )
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         guards.warn_test_copies(rd, list(test.paths))
+        checked_size(str(pixel_size))
+        mask_of = {s.path: s.mask_path for s in test.samples}
+        if pixel_size == FULL and (hw := full_size(list(mask_of.values()))) is not None:
+            check_memory(len(test), hw, available_memory())  # before any work, as mixed sizes
         where = dest.overlays  # a link, a file or a pipe there: refused before any work
         if overlays and (where.is_symlink() or (where.exists() and not where.is_dir())):
             output_folder(where)  # nothing written at all
@@ -374,9 +382,11 @@ def score_run(
         if dest is not rd:  # made now, and never through a link
             output_folder(dest.path)
         with dest.predictions_meanwhile(pred):  # in place once the metrics are made
-            mask_of = {s.path: s.mask_path for s in test.samples}  # pixel metrics at one size
-            metrics = evaluate(at_eval_size(pred, [mask_of.get(p) for p in pred.paths]))
-            metrics["pixel_metrics_size"] = EVAL_SIZE if pred.has_masks else None
+            paths = [mask_of.get(p) for p in pred.paths]  # pixel metrics at one size
+            pixels = at_eval_size(pred, paths, pixel_size)
+            metrics = evaluate(pixels)
+            metrics["pixel_metrics_size"] = pixels.meta.get("pixel_metrics_size")
+            del pixels  # at full size, the largest arrays of the command
             scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # pixel threshold
         metrics["predict_images_per_s"] = len(pred) / seconds
         metrics["threshold"] = threshold.value if threshold is not None else None

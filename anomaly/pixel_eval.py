@@ -12,7 +12,9 @@ resized by nearest neighbour, a defect that this would erase kept on the pixels 
 (`anomaly.data.masks.mask_tensor`). 256 px is the size of most masks here (the cookies' and the
 photo suite's; nearest neighbour repeats the pixels of smaller ones) and anomalib's default
 image size. MVTec AD's own evaluation scores maps at each image's full size; a mask larger than
-256 px loses detail here, alike for every method.
+256 px loses detail here, alike for every method. `score --pixel-size full` scores as MVTec AD
+does (every map brought to its masks' own size, which must be one size for the whole test set),
+`--pixel-size N` at N x N; `metrics.json` records which (`pixel_metrics_size`).
 """
 
 from __future__ import annotations
@@ -23,39 +25,122 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly.data.masks import mask_tensor, read_mask
+from anomaly.data.masks import mask_tensor, open_image, read_mask
+from anomaly.safe_files import available_memory
 
 EVAL_SIZE = 256
+FULL = "full"  # `--pixel-size full`: the masks' own size, as MVTec AD's evaluation
+SIZE_RANGE = (16, 8192)  # a side in pixels that `--pixel-size N` accepts
+BYTES_PER_PIXEL = 14  # a float32 map, a uint8 mask, the sorted normal pixels and their merges
 
 
-def maps_at(maps: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
-    """Maps [N, H, W] resized to [N, size, size]: bilinear, antialiased when shrunk."""
+def pixel_size(text: str) -> int | str:
+    """`--pixel-size`'s value: `FULL`, or a side in pixels within `SIZE_RANGE`."""
+    if text.strip().lower() == FULL:
+        return FULL
+    try:
+        size = int(text)
+    except ValueError:
+        size = None
+    if size is None or not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        raise ValueError(
+            f"--pixel-size {text!r}: give a side in pixels from {SIZE_RANGE[0]} to "
+            f"{SIZE_RANGE[1]} (default {EVAL_SIZE}), or {FULL} for the masks' own size"
+        )
+    return size
+
+
+def _pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def maps_at(maps: np.ndarray, size: int | tuple[int, int] = EVAL_SIZE) -> np.ndarray:
+    """Maps [N, H, W] resized to [N, size, size] (or [N, h, w] for `size` (h, w)): bilinear,
+    antialiased when shrunk."""
+    h, w = _pair(size)
     x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    if x.shape[-2:] == (size, size):
+    if x.shape[-2:] == (h, w):
         return x[:, 0].numpy()
-    shrink = x.shape[-1] > size or x.shape[-2] > size
-    out = F.interpolate(
-        x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
-    )
-    return out[:, 0].numpy()
+    shrink = x.shape[-2] > h or x.shape[-1] > w
+    out = np.empty((len(x), h, w), np.float32)
+    for i in range(0, len(x), 16):  # a few at a time: no second float32 copy of every map
+        part = F.interpolate(
+            x[i : i + 16], size=(h, w), mode="bilinear", align_corners=False, antialias=shrink
+        )
+        out[i : i + 16] = part[:, 0].numpy()
+    return out
 
 
-def masks_at(mask_paths, size: int = EVAL_SIZE) -> np.ndarray:
-    """uint8 {0, 1} [N, size, size] masks read from `mask_paths` (None: no mask file, all 0)."""
-    masks = np.zeros((len(mask_paths), size, size), np.uint8)
+def masks_at(mask_paths, size: int | tuple[int, int] = EVAL_SIZE) -> np.ndarray:
+    """uint8 {0, 1} [N, size, size] (or [N, h, w]) masks read from `mask_paths` (None: no mask
+    file, all 0)."""
+    h, w = _pair(size)
+    masks = np.zeros((len(mask_paths), h, w), np.uint8)
     for i, path in enumerate(mask_paths):
         if path is not None:
-            # `load_mask` without its path: its warning names the run's --size, which this is not
-            masks[i] = mask_tensor(read_mask(path), size).numpy()
+            a = read_mask(path)
+            if a.shape == (h, w):
+                masks[i] = a
+            elif h == w:
+                # `load_mask` without its path: its warning names the run's --size, not this
+                masks[i] = mask_tensor(a, h).numpy()
+            else:  # only `full_size`'s (h, w), which every mask has: a mask changed meanwhile
+                raise ValueError(f"{path}: its mask is {a.shape[1]}x{a.shape[0]}, not {w}x{h}")
     return masks
 
 
-def at_eval_size(pred, mask_paths):
-    """`pred` (a `Predictions`) as its pixel metrics are computed: maps and masks at
-    `EVAL_SIZE`, the masks read again from `mask_paths` (one per image, in its order; None for a
-    good image or a defect without a mask file). `pred` itself when it carries no masks."""
+def full_size(mask_paths) -> tuple[int, int] | None:
+    """The one (height, width) of the mask files in `mask_paths` (None entries skipped), read
+    from their headers; None when there is no mask file. ValueError naming two files when they
+    differ in size: MVTec AD's evaluation compares maps and masks at the masks' size, which
+    must then be one size for the whole test set."""
+    first = None
+    for path in mask_paths:
+        if path is None:
+            continue
+        with open_image(path) as im:
+            hw = (im.height, im.width)
+        if first is None:
+            first = (path, hw)
+        elif hw != first[1]:
+            raise ValueError(
+                f"--pixel-size {FULL} needs one mask size for the whole test set, but "
+                f"{first[0]} is {first[1][1]}x{first[1][0]} and {path} is {hw[1]}x{hw[0]}: "
+                "give a size instead (--pixel-size 512 scores every map and mask at 512 x 512), "
+                "or score each size's images apart"
+            )
+    return None if first is None else first[1]
+
+
+def check_memory(n: int, hw: tuple[int, int], available: int | None) -> None:
+    """ValueError when the pixel metrics of `n` maps at `hw` need more memory than `available`
+    bytes (None: unknown, not checked)."""
+    need = n * hw[0] * hw[1] * BYTES_PER_PIXEL
+    if available is not None and need > available:
+        usual = n * EVAL_SIZE**2 * BYTES_PER_PIXEL
+        raise ValueError(
+            f"pixel metrics of {n} images at {hw[1]}x{hw[0]} need about {need / 2**30:.1f} GiB "
+            f"of memory, and {available / 2**30:.1f} GiB is available: give a smaller "
+            f"--pixel-size (the default {EVAL_SIZE} needs {usual / 2**30:.2f} GiB)"
+        )
+
+
+def at_eval_size(pred, mask_paths, size: int | str = EVAL_SIZE):
+    """`pred` (a `Predictions`) as its pixel metrics are computed: maps and masks at `size` x
+    `size` (`FULL`: the mask files' own size, `full_size`), the masks read again from
+    `mask_paths` (one per image, in its order; None for a good image or a defect without a mask
+    file). `pred` itself when it carries no masks. `pred.meta["pixel_metrics_size"]` says the
+    size: an int, or [height, width] for `FULL`."""
     if not pred.has_masks:
         return pred
     if len(mask_paths) != len(pred):
         raise ValueError(f"{len(mask_paths)} mask paths for {len(pred)} predictions")
-    return dataclasses.replace(pred, maps=maps_at(pred.maps), masks=masks_at(mask_paths))
+    if size == FULL:
+        hw = full_size(mask_paths) or _pair(EVAL_SIZE)
+        check_memory(len(pred), hw, available_memory())
+        said = [hw[0], hw[1]]
+    else:
+        hw, said = _pair(size), size
+    out = dataclasses.replace(pred, maps=maps_at(pred.maps, hw), masks=masks_at(mask_paths, hw))
+    out.meta = {**pred.meta, "pixel_metrics_size": said}
+    return out

@@ -397,3 +397,13 @@ def safe_torch_load(path: Path) -> dict:
             f"{path} is not a readable anomaly checkpoint ({type(err).__name__}: "
             f"{str(err)[:200]}); train the run again"
         ) from None
+
+
+def available_memory() -> int | None:
+    """The bytes of memory Linux says a new allocation can have (MemAvailable), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            line = next(x for x in f if x.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from anomaly.detectors import inputs
 from anomaly.detectors.inputs import check_data
+from anomaly.safe_files import available_memory
 
 
 class Batch(TypedDict):
@@ -69,16 +70,6 @@ def _declared(z) -> dict[str, tuple[tuple, np.dtype]]:
     return declared
 
 
-def _available_memory() -> int | None:
-    """The bytes of memory Linux says a new allocation can have (MemAvailable), else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            line = next(x for x in f if x.startswith("MemAvailable:"))
-        return int(line.split()[1]) * 1024
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-
-
 def check_declared(z) -> None:
     """ValueError, before anything is decompressed, when the arrays of predictions.npz `z`
     declare shapes `Predictions.save` never writes (other than one score, label and map per
@@ -94,7 +85,7 @@ def check_declared(z) -> None:
             f"{maps}): not one score, label and map for each image"
         )
     need = sum(int(np.prod(s)) * t.itemsize for s, t in d.values()) + int(np.prod(maps)) * 4
-    if (free := _available_memory()) is not None and need > free:
+    if (free := available_memory()) is not None and need > free:
         raise ValueError(
             f"reading it needs {need / 2**30:.1f} GiB of memory, and {free / 2**30:.1f} GiB is "
             f"available: its {maps[0]:,} maps of {maps[1]} x {maps[2]} are more than this machine "

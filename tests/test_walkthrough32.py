@@ -1,0 +1,138 @@
+"""Session 32's additions and fixes: each test fails without its change."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from anomaly.config import Config
+
+
+@pytest.fixture(scope="module")
+def meandiff_32(tiny_cookies, tmp_path_factory):
+    """A meandiff run at 32 px on the tiny cookies, whose masks are 64 px."""
+    from anomaly.pipeline import train_run
+
+    run = tmp_path_factory.mktemp("px") / "md"
+    config = Config.for_method("meandiff", data=str(tiny_cookies), size=32, device="cpu")
+    train_run(config, run, progress=False)
+    return run
+
+
+def test_pixel_size_values():
+    from anomaly.pixel_eval import FULL, pixel_size
+
+    assert pixel_size("full") == pixel_size(" FULL ") == FULL
+    assert pixel_size("512") == 512 and pixel_size("16") == 16
+    for bad in ("8", "0", "-256", "9000", "256px", ""):
+        with pytest.raises(ValueError, match="--pixel-size .*from 16 to 8192"):
+            pixel_size(bad)
+
+
+def test_maps_and_masks_at_a_size_that_is_not_square(tmp_path):
+    from PIL import Image
+
+    from anomaly.pixel_eval import maps_at, masks_at
+
+    maps = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    assert maps_at(maps, (6, 10)).shape == (2, 6, 10)
+    mask = np.zeros((6, 10), np.uint8)
+    mask[2:4, 3:8] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    got = masks_at([None, tmp_path / "m.png"], (6, 10))
+    assert got.dtype == np.uint8 and not got[0].any()
+    assert np.array_equal(got[1], mask > 0)  # the mask itself, not resized
+    with pytest.raises(ValueError, match="m.png: its mask is 10x6, not 12x6"):
+        masks_at([tmp_path / "m.png"], (6, 12))
+
+
+def test_full_size_needs_one_mask_size_and_names_two_that_differ(tmp_path):
+    from PIL import Image
+
+    from anomaly.pixel_eval import full_size
+
+    for name, side in (("a.png", 64), ("b.png", 64), ("c.png", 48)):
+        Image.fromarray(np.zeros((side, side), np.uint8)).save(tmp_path / name)
+    assert full_size([None, tmp_path / "a.png", None, tmp_path / "b.png"]) == (64, 64)
+    assert full_size([None, None]) is None
+    with pytest.raises(ValueError) as err:
+        full_size([tmp_path / "a.png", tmp_path / "c.png"])
+    said = str(err.value)
+    assert "a.png is 64x64" in said and "c.png is 48x48" in said and "--pixel-size 512" in said
+
+
+def test_check_memory_refuses_what_the_machine_cannot_hold():
+    from anomaly.pixel_eval import check_memory
+
+    check_memory(100, (1024, 1024), None)  # unknown: not checked
+    check_memory(100, (1024, 1024), 2 * 2**30)
+    with pytest.raises(ValueError, match=r"100 images at 1024x1024 need about 1\.4 GiB.*0\.5 GiB"):
+        check_memory(100, (1024, 1024), 2**29)
+
+
+def test_score_full_pixel_size_compares_at_the_masks_own_size(meandiff_32, tiny_cookies, tmp_path):
+    """`score --pixel-size full`: pixel metrics as MVTec AD's evaluation computes them (maps at
+    the masks' 64 px, masks as drawn), recorded in metrics.json; the default stays 256."""
+    import torch
+    import torch.nn.functional as F
+
+    from anomaly.data import AnomalyDataset
+    from anomaly.data.masks import read_mask
+    from anomaly.metrics import aupro, pixel_auroc
+    from anomaly.pipeline import score_run
+
+    run = tmp_path / "md"
+    shutil.copytree(meandiff_32, run)
+    pred, metrics = score_run(run, overlays=False, pixel_size="full")
+    assert metrics["pixel_metrics_size"] == [64, 64]
+    assert json.loads((run / "metrics.json").read_text())["pixel_metrics_size"] == [64, 64]
+    test = AnomalyDataset(tiny_cookies, "test", size=32)
+    mask_of = {s.path: s.mask_path for s in test.samples}
+    masks = np.stack(
+        [read_mask(mask_of[p]) if mask_of.get(p) else np.zeros((64, 64), bool) for p in pred.paths]
+    )
+    maps = F.interpolate(
+        torch.from_numpy(pred.maps.astype(np.float32))[:, None],
+        size=(64, 64),
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0].numpy()
+    assert metrics["pixel_auroc"] == pytest.approx(pixel_auroc(masks, maps), abs=1e-12)
+    assert metrics["aupro"] == pytest.approx(aupro(masks, maps), abs=1e-12)
+    _, default = score_run(run, overlays=False)
+    assert default["pixel_metrics_size"] == 256
+    assert default["aupro"] != metrics["aupro"]  # another size, another ground truth
+
+
+def test_score_full_refuses_masks_of_two_sizes_before_any_work(meandiff_32, tiny_cookies, tmp_path):
+    from PIL import Image
+
+    from anomaly.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    mask = min((data / "ground_truth").rglob("*.png"))
+    Image.open(mask).resize((48, 48)).save(mask)
+    run = tmp_path / "md"
+    shutil.copytree(meandiff_32, run)
+    before = sorted(p.name for p in run.iterdir())
+    out = tmp_path / "scores"
+    args = ["score", "--run", str(run), "--data", str(data), "--out", str(out)]
+    assert main([*args, "--pixel-size", "full", "--no-overlays"]) == 2
+    assert sorted(p.name for p in run.iterdir()) == before and not out.exists()
+    assert main([*args, "--pixel-size", "48x", "--no-overlays"]) == 2  # refused at once too
+
+
+def test_score_summary_says_a_pixel_size_other_than_the_default():
+    from anomaly.decision import score_summary
+
+    labels, scores = np.array([0, 1]), np.array([0.1, 0.9])
+    base = {"image_auroc": 1.0, "pixel_auroc": 0.9, "aupro": 0.8}
+    assert "pixel metrics at" not in score_summary(
+        labels, scores, base | {"pixel_metrics_size": 256}
+    )
+    said = score_summary(labels, scores, base | {"pixel_metrics_size": [700, 900]})
+    assert "aupro 0.800  (pixel metrics at 900x700)" in said
