@@ -53,6 +53,10 @@ from anomaly.benchmark_dirs import (  # MARK, BenchmarkError, claim_*: tests imp
     seal_dir,
     write_out,
 )
+from anomaly.benchmark_flags import (  # DEFAULT_METHODS: tests and notebooks import it here
+    DEFAULT_METHODS,
+    check_mode_flags,
+)
 
 # the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.benchmark_tables import (
@@ -70,24 +74,10 @@ from anomaly.benchmark_tables import (
     update_readme,
     write_notes,
 )
+from anomaly.pixel_eval import EVAL_SIZE, parse_pixel_size
 from anomaly.runs import RunDir
 from anomaly.terminal import shell_word
 
-# `unet_original` is the original project's recipe (`--recipe original`), `+kmeans` the k-means
-# on the bottleneck of the row named before the "+" (the original's own k-means for the original)
-DEFAULT_METHODS = (
-    "ae",
-    "unet",
-    "vae",
-    "unet+kmeans",
-    "unet_original",
-    "unet_original+kmeans",
-    "patchknn",
-    "draem",
-    "flow",
-    "meandiff",
-    "auto",
-)
 SMOKE = {"epochs": 1, "size": 64}
 
 
@@ -122,8 +112,11 @@ def _kept_source(source: str, sets: list[dict], bases: list[Path], seed: int, sm
         return False
 
 
-def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
-    """Train and score one method in this process; return its row."""
+def _worker(
+    method: str, data: str, out: str, seed: int, smoke: bool, pixel_size: int | str = EVAL_SIZE
+) -> dict:
+    """Train and score one method in this process (the pixel metrics at `pixel_size`,
+    `anomaly.pixel_eval`); return its row."""
     from anomaly.config import Config
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import load_config
@@ -149,7 +142,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
     t0 = time.perf_counter()
     train_run(config, out, progress=False)
     fit_s = time.perf_counter() - t0
-    _, metrics = score_run(out, overlays=False)
+    _, metrics = score_run(out, overlays=False, pixel_size=pixel_size)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # training images/s: images seen per second of training, all epochs (one pass for the
     # methods that do not train by epochs: patchknn, kmeans)
@@ -175,6 +168,7 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
         },
         "per_defect": {k: v.get("image_auroc") for k, v in metrics.get("per_defect", {}).items()},
         "n_missing_masks": metrics.get("n_missing_masks", 0),  # left out of the pixel metrics
+        "pixel_metrics_size": metrics.get("pixel_metrics_size"),
         "size": config.size,
         "epochs": config.epochs,
     }
@@ -185,7 +179,9 @@ def _worker(method: str, data: str, out: str, seed: int, smoke: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_method(method: str, ds: dict, base: Path, seed: int, smoke: bool, failed) -> dict:
+def _run_method(
+    method: str, ds: dict, base: Path, seed: int, smoke: bool, failed, pixel_size=EVAL_SIZE
+) -> dict:
     """Train and score `method` on the set `ds` in a subprocess, into a temporary sibling of its
     run folder that replaces the earlier run only when it finished: its row, or its error (the
     earlier run kept). `failed`: the methods of this set that failed before it."""
@@ -197,9 +193,8 @@ def _run_method(method: str, ds: dict, base: Path, seed: int, smoke: bool, faile
         return {"method": method, "error": [f"its {source} row failed"]}
     claim_dir(work)
     cmd = [sys.executable, "-m", "anomaly.benchmark", method, ds["path"], str(work), str(seed)]
-    proc = subprocess.run(
-        cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, check=False
-    )
+    cmd += ["--pixel-size", str(pixel_size)] + (["--smoke"] if smoke else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seal_dir(work, below=True)
     if proc.returncode != 0:
         discard_dir(work)
@@ -226,6 +221,7 @@ def run_benchmark(
     notes: str | Path | None = None,
     readme: str | Path | None = None,
     readme_block: str | None = None,
+    pixel_size: int | str = EVAL_SIZE,
 ) -> list[dict]:
     """Every method on every set, each in a subprocess; print and write the tables.
 
@@ -234,8 +230,11 @@ def run_benchmark(
     several to `out/<set>/<method>`. With `readme` and `readme_block` (no default: which
     table), README's table (`readme_table`) replaces what lies between its markers
     `<!-- benchmark:<readme_block> -->` and `<!-- /benchmark:<readme_block> -->`, which are
-    checked before anything runs.
+    checked before anything runs. Pixel AUROC and AUPRO compare maps and masks at
+    `pixel_size` x `pixel_size`, or at each set's masks' own size for "full" (`score
+    --pixel-size`).
     """
+    parse_pixel_size(str(pixel_size))  # a typo refused before anything runs
     if readme:
         try:
             check_readme_block(readme, readme_block)  # which of its tables (no default)
@@ -268,7 +267,7 @@ def run_benchmark(
         tag = {"set": ds["name"], "suite": ds["suite"]} if len(sets) > 1 else {}
         failed: list[str] = []
         for method in methods:
-            row = {**tag, **_run_method(method, ds, base, seed, smoke, failed)}
+            row = {**tag, **_run_method(method, ds, base, seed, smoke, failed, pixel_size)}
             rows.append(row)
             if "error" in row:
                 failed.append(method)
@@ -285,13 +284,16 @@ def run_benchmark(
     data_flags = " ".join(f"--data {shell_word(d)}" for d in roots)
     command = (
         f"python -m anomaly benchmark {data_flags} --methods {' '.join(methods)} "
-        f"--out {shell_word(out)}" + (" --smoke" if smoke else "")
+        f"--out {shell_word(out)}"
+        + (f" --pixel-size {pixel_size}" if pixel_size != EVAL_SIZE else "")
+        + (" --smoke" if smoke else "")
     )
     result = {
         "rows": rows,
         "summary": summary,
         "total_s": total,
         "command": command,
+        "pixel_size": pixel_size,
         "date": date,
         "machine": machine(),
         "load_start": list(load_start),
@@ -323,108 +325,6 @@ def run_benchmark(
         + ", ".join(str(p) for p in written)
     )
     return rows
-
-
-def add_arguments(p) -> None:
-    """The `benchmark` subcommand's flags (cli.py builds the parser, this module owns them)."""
-    p.add_argument(
-        "--data",
-        action="append",
-        required=True,
-        help="a data set, or a suite root "
-        "whose manifest.json lists its sets (the photo suite); repeat for several",
-    )
-    p.add_argument("--methods", nargs="+", help=f"default: {' '.join(DEFAULT_METHODS)}")
-    p.add_argument(
-        "--out",
-        help="output folder (default runs/benchmark, for a curve "
-        "runs/curves); the benchmark deletes only what it made there",
-    )
-    p.add_argument("--seed", type=int, default=0, help="the split and training seed (default 0)")
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="tiny budgets (64 px, one epoch; a curve: n = 1 2 4 8, one subset each), to check "
-        "the wiring, not to measure",
-    )
-    p.add_argument(
-        "--notes",
-        help="also write the notes document here, e.g. docs/benchmark-notes.md (`make "
-        "benchmark` does; a benchmark of other data never overwrites the project's notes)",
-    )
-    p.add_argument(
-        "--readme",
-        help="also rewrite one results table of this file (e.g. README.md; `make benchmark` "
-        "does): what lies between the lines <!-- benchmark:BLOCK --> and "
-        "<!-- /benchmark:BLOCK -->; needs --readme-block",
-    )
-    p.add_argument(
-        "--readme-block",
-        dest="readme_block",
-        metavar="BLOCK",
-        help="--readme: the BLOCK name of its markers (README.md's: cookies, photos)",
-    )
-    p.add_argument(
-        "--curve",
-        choices=("train-size",),
-        help="train-size: how many good images a method needs (image AUROC, AUPRO, the escape "
-        "rate at the conformal threshold for --alpha, fit time, against n)",
-    )
-    p.add_argument(
-        "--method",
-        help="--curve: the method (default patchknn; unet+kmeans: the project's UNet, then "
-        "k-means with k = 2 on its encoder's maps; the original recipe is not offered here)",
-    )
-    p.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        help="--curve: training-set sizes (default 1 2 4 ... 128); all the training images "
-        "are always a point too, and sizes above them become it",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        help="--curve: random subsets per size, for sizes up to --seeds-up-to (default 3)",
-    )
-    p.add_argument(
-        "--seeds-up-to",
-        type=int,
-        dest="seeds_up_to",
-        metavar="N",
-        help="--curve: sizes up to N get --seeds subsets, larger ones one (default 8; README's "
-        "patchknn curve used 64)",
-    )
-    p.add_argument(
-        "--alpha",
-        type=float,
-        help="--curve: the escape rate is measured at the conformal threshold for this "
-        "false-reject rate (default 0.01); where too few good images are held out for it, at "
-        "the smallest alpha they allow, 1/(n+1) (the point's alpha_used)",
-    )
-
-
-CURVE_FLAGS = {"method": None, "sizes": None, "seeds": 3, "seeds_up_to": 8, "alpha": 0.01}
-TABLE_FLAGS = ("methods", "notes", "readme", "readme_block")
-
-
-def check_mode_flags(args) -> None:
-    """Refuse a flag the chosen mode does not read (`--method` without `--curve` would run
-    every method; `--notes` with it would write nothing), then fill in the curve's defaults."""
-    curve = getattr(args, "curve", None)
-    for name in TABLE_FLAGS if curve else CURVE_FLAGS:
-        if getattr(args, name, None) is not None:
-            flag = "--" + name.replace("_", "-")
-            raise BenchmarkError(
-                f"{flag} is read only {'without' if curve else 'with'} --curve; "
-                + ("drop it" if curve else "add --curve train-size, or drop it")
-                + (" (the tables' methods are --methods)" if name == "method" else "")
-            )
-    for name, default in CURVE_FLAGS.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, default)
-    if args.seeds_up_to < 0:
-        raise BenchmarkError(f"--seeds-up-to must be 0 or more, got {args.seeds_up_to}")
 
 
 def main(args) -> None:
@@ -482,6 +382,7 @@ def main(args) -> None:
         notes=args.notes,
         readme=args.readme,
         readme_block=args.readme_block,
+        pixel_size=parse_pixel_size(args.pixel_size or str(EVAL_SIZE)),
     )
     failed = [f"{r.get('set', '')} {r['method']}".strip() for r in rows if "error" in r]
     if failed:  # the tables hold the others; the exit status says not all of them ran
@@ -490,8 +391,9 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     method, data, run, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    size = sys.argv[sys.argv.index("--pixel-size") + 1] if "--pixel-size" in sys.argv else "256"
     try:
-        row = _worker(method, data, run, seed, smoke="--smoke" in sys.argv)
+        row = _worker(method, data, run, seed, "--smoke" in sys.argv, parse_pixel_size(size))
     except ValueError as err:  # DataError, RunError, BenchmarkError: a message, no traceback
         sys.exit(f"error: {err}")
     print(json.dumps(row, default=float))

@@ -150,7 +150,7 @@ def _warn_ignored(method: str, flags: dict) -> None:
 def _score(args) -> None:
     from anomaly.decision import score_summary
     from anomaly.pipeline import check_workers, score_run
-    from anomaly.pixel_eval import pixel_size
+    from anomaly.pixel_eval import parse_pixel_size
     from anomaly.runs import RunDir
 
     if args.workers is not None:
@@ -162,7 +162,7 @@ def _score(args) -> None:
         progress=True,
         out=args.out,
         workers=args.workers,
-        pixel_size=pixel_size(args.pixel_size),  # a typo refused before the model loads
+        pixel_size=parse_pixel_size(args.pixel_size),  # a typo refused before the model loads
     )
     rd = RunDir(args.run)
     threshold = rd.threshold() if rd.has_threshold() else None

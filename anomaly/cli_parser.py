@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark",
         help="train and score every method on every set; print the tables (or --curve train-size)",
     )
-    from anomaly.benchmark import add_arguments  # the benchmark module owns its flags
+    from anomaly.benchmark_flags import add_arguments
 
     add_arguments(p)
 

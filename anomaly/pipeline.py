@@ -331,8 +331,7 @@ def score_run(
     at `pixel_size` x `pixel_size`, or at the masks' own size for "full" (`anomaly.pixel_eval`)."""
     from anomaly.metrics import evaluate
     from anomaly.overlays import run_scale, save_overlays
-    from anomaly.pixel_eval import FULL, at_eval_size, check_memory, full_size
-    from anomaly.pixel_eval import pixel_size as checked_size
+    from anomaly.pixel_eval import FULL, at_eval_size, check_memory, full_size, parse_pixel_size
 
     rd = RunDir(run).require()
     with rd.lock("score"):
@@ -361,7 +360,9 @@ def score_run(
             )
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         guards.warn_test_copies(rd, list(test.paths))
-        checked_size(str(pixel_size))
+        if data == os.path.abspath(config.data):  # another folder's split is matched by bytes
+            guards.warn_changed_training(rd, data)
+        parse_pixel_size(str(pixel_size))
         mask_of = {s.path: s.mask_path for s in test.samples}
         if pixel_size == FULL and (hw := full_size(list(mask_of.values()))) is not None:
             check_memory(len(test), hw, available_memory())  # before any work, as mixed sizes

@@ -34,7 +34,7 @@ SIZE_RANGE = (16, 8192)  # a side in pixels that `--pixel-size N` accepts
 BYTES_PER_PIXEL = 14  # a float32 map, a uint8 mask, the sorted normal pixels and their merges
 
 
-def pixel_size(text: str) -> int | str:
+def parse_pixel_size(text: str) -> int | str:
     """`--pixel-size`'s value: `FULL`, or a side in pixels within `SIZE_RANGE`."""
     if text.strip().lower() == FULL:
         return FULL

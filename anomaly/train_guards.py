@@ -348,6 +348,40 @@ def warn_test_copies(run: RunDir, paths: list[str]) -> None:
         )
 
 
+def warn_changed_training(run: RunDir, data: str) -> None:
+    """Warn when the run's own data folder `data` no longer holds the images the run trained on
+    and held out as split.json records them (SHA-256): the data set was made again or edited
+    since, so `score` scores other test images than the run's were, with a model that learned
+    images no longer there, and replaces the run's earlier scores without a word otherwise."""
+    try:
+        split = run.split() or {}
+        paths = [str(p) for p in split.get("train", []) + split.get("val", [])]
+    except (RunError, ValueError, TypeError, AttributeError):
+        return  # a split.json that does not read is said where the split is needed
+    digests = split.get("sha256") or []
+    if not paths or len(digests) != len(paths):  # an older run: nothing to compare with
+        return
+    root = os.path.realpath(data)
+    changed = []
+    for path, digest in zip(paths, digests):
+        real = os.path.realpath(path)  # only files inside the data folder are read: a split.json
+        try:  # from someone else may name any path (/proc/kmsg never ends)
+            inside = os.path.commonpath([root, real]) == root and os.path.isfile(real)
+            if not inside or sha256_file(real) != digest:
+                changed.append(path)
+        except (OSError, ValueError):
+            changed.append(path)
+    if changed:
+        warnings.warn(
+            f"{len(changed)} of the {len(paths)} images {run} trained on or held out are "
+            f"missing or changed since it was trained (first: {changed[0]}): the data set was "
+            "made again or edited, so these are scores of its test images today, by a model "
+            "that learned other images, and they replace the run's earlier ones. Restore the "
+            "images, or train a new run on the data as it is now",
+            stacklevel=3,
+        )
+
+
 def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
     """Warn, naming them, about held-out images that are byte-identical to training images
     (split.json's SHA-256s), or for kmeans to images its `--from` run's encoder learned: the

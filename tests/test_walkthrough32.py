@@ -23,13 +23,13 @@ def meandiff_32(tiny_cookies, tmp_path_factory):
 
 
 def test_pixel_size_values():
-    from anomaly.pixel_eval import FULL, pixel_size
+    from anomaly.pixel_eval import FULL, parse_pixel_size
 
-    assert pixel_size("full") == pixel_size(" FULL ") == FULL
-    assert pixel_size("512") == 512 and pixel_size("16") == 16
+    assert parse_pixel_size("full") == parse_pixel_size(" FULL ") == FULL
+    assert parse_pixel_size("512") == 512 and parse_pixel_size("16") == 16
     for bad in ("8", "0", "-256", "9000", "256px", ""):
         with pytest.raises(ValueError, match="--pixel-size .*from 16 to 8192"):
-            pixel_size(bad)
+            parse_pixel_size(bad)
 
 
 def test_maps_and_masks_at_a_size_that_is_not_square(tmp_path):
@@ -136,3 +136,75 @@ def test_score_summary_says_a_pixel_size_other_than_the_default():
     )
     said = score_summary(labels, scores, base | {"pixel_metrics_size": [700, 900]})
     assert "aupro 0.800  (pixel metrics at 900x700)" in said
+
+
+def test_score_names_training_images_changed_since_the_run_was_trained(
+    tiny_cookies, tmp_path, recwarn
+):
+    """A reproducibility audit (helper): `score` on a run's own data folder, made again with
+    another seed or edited since training, scored and replaced the run's scores without a word,
+    though split.json records each training image's SHA-256 (`train --like` refuses)."""
+    from PIL import Image
+
+    from anomaly.pipeline import score_run, train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    run = tmp_path / "md"
+    config = Config.for_method("meandiff", data=str(data), size=32, device="cpu")
+    train_run(config, run, progress=False)
+    score_run(run, overlays=False)
+    assert not [w for w in recwarn if "changed since it was trained" in str(w.message)]
+    image = min((data / "train" / "good").glob("*.png"))
+    pixels = np.array(Image.open(image))
+    pixels[:8, :8] = 0
+    Image.fromarray(pixels).save(image)
+    with pytest.warns(
+        UserWarning, match=r"1 of the \d+ images .* changed since it was trained"
+    ) as said:
+        score_run(run, overlays=False)
+    assert str(image) in str(said[0].message)
+    image.unlink()  # missing is said the same way
+    with pytest.warns(UserWarning, match="missing or changed"):
+        score_run(run, overlays=False)
+
+
+def test_changed_training_check_reads_nothing_outside_the_data_folder(meandiff_32, tmp_path):
+    """split.json is untrusted input: a path it names outside the data folder is counted as
+    changed, never read (a FIFO there would hang the command)."""
+    import os
+    import warnings
+
+    from anomaly.runs import RunDir
+    from anomaly.train_guards import warn_changed_training
+
+    run = tmp_path / "md"
+    shutil.copytree(meandiff_32, run)
+    split = json.loads((run / "split.json").read_text())
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    split["train"][0] = str(fifo)
+    (run / "split.json").write_text(json.dumps(split))
+    data = json.loads((run / "config.json").read_text())["data"]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        warn_changed_training(RunDir(run), data)
+    assert any(f"first: {fifo}" in str(w.message) for w in said)
+
+
+def test_benchmark_pixel_size_reaches_every_row_and_its_command(tiny_cookies, tmp_path):
+    from anomaly.benchmark import run_benchmark
+    from anomaly.cli import main
+
+    out = tmp_path / "bench"
+    rows = run_benchmark(
+        str(tiny_cookies), methods=["meandiff"], out=str(out), smoke=True, pixel_size="full"
+    )
+    assert rows[0]["pixel_metrics_size"] == [64, 64]
+    result = json.loads((out / "benchmark.json").read_text())
+    assert result["pixel_size"] == "full" and "--pixel-size full" in result["command"]
+    assert json.loads((out / "meandiff" / "metrics.json").read_text())["aupro"] == rows[0]["aupro"]
+    for bad in (["--pixel-size", "7"], ["--pixel-size", "full", "--curve", "train-size"]):
+        fresh = tmp_path / f"bench{len(bad)}"
+        args = ["benchmark", "--data", str(tiny_cookies), "--out", str(fresh), "--smoke", *bad]
+        assert main(args) == 2 and not fresh.exists()
