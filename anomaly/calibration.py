@@ -33,6 +33,7 @@ from anomaly.decision import far_above_words
 from anomaly.metrics import (
     Threshold,
     conformal_n_needed,
+    smallest_alpha,
     threshold_conformal,
     threshold_f1,
     threshold_manual,
@@ -77,7 +78,7 @@ def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
             f"{FLAG} {folder}: a conformal threshold at alpha={alpha:g} needs at least {need} "
             f"good images (alpha >= 1/(n+1)); the folder holds {len(images)}. Add "
             f"{need - len(images)} or more good images to it, or use --value "
-            f"{1 / (len(images) + 1):.4g} or more"
+            f"{smallest_alpha(len(images))} or more"
         )
     return images
 
@@ -175,7 +176,7 @@ def _count_once(
         raise error(
             f"{where}: a conformal threshold at alpha={alpha:g} needs at least {need} distinct "
             f"good images (alpha >= 1/(n+1)); {what}, so {kept} are distinct. {fix(need - kept)}"
-            f", or use --value {1 / (kept + 1):.4g} or more"
+            f", or use --value {smallest_alpha(kept)} or more"
         )
     warnings.warn(
         f"{where}: {what}: each image counts once, so the threshold is set on the {kept} "
@@ -440,9 +441,16 @@ def set_threshold(
     elif rule == "normal-quantile":
         q = value if value is not None else rd.config().threshold_quantile
         if not 0.5 <= q <= 1.0:  # as train's --threshold-quantile
+            why = (
+                f"{q} would reject most of them"
+                if q < 0.5
+                else f"a quantile is at most 1; for the {q:g} % quantile, give {q / 100:g}"
+                if q <= 100
+                else "a quantile is at most 1"
+            )
             raise ValueError(
                 f"--value {q}: the quantile must be from 0.5 to 1.0 (a quantile q of good scores "
-                f"rejects about 1 - q of good parts: {q} would reject most of them)"
+                f"rejects about 1 - q of good parts: {why})"
             )
         paths, scores, record = good_scores(rd, good_images)
         with np.errstate(over="ignore", invalid="ignore"):  # checked below

@@ -247,7 +247,10 @@ def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | No
         return None
     m = int(np.sum(labels == 0))
     rejected = int(np.sum(scores[labels == 0] >= float(threshold)))
-    chance = float(betabinom.sf(rejected - 1, m, n + 1 - k, k)) if rejected else 1.0
+    # the upper tail summed from its terms: scipy's sf is 1 - cdf, which bottoms out near 1e-16
+    # where the exact chance is far smaller (50 of 50 rejected: 6.2e-18, printed as 1e-16)
+    tail = betabinom.logpmf(np.arange(rejected, m + 1), m, n + 1 - k, k)
+    chance = float(np.exp(np.logaddexp.reduce(tail))) if rejected else 1.0
     if rejected <= alpha * m or chance >= level:
         return None
     verdict = (

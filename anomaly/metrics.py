@@ -12,6 +12,7 @@ its score is >= the threshold. Every function here that takes a threshold follow
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -359,6 +360,18 @@ def conformal_n_needed(alpha: float) -> int:
     return max(1, int(np.ceil((1 - alpha) / alpha - 1e-9)))
 
 
+def smallest_alpha(n: int) -> str:
+    """The smallest alpha that a conformal threshold on `n` normal images accepts, 1/(n+1),
+    written with 4 significant digits rounded up, so that the value suggested is accepted (a
+    rounded 1/9 = 0.1111 is below it and was refused by the same check that suggested it)."""
+    exact = 1 / (n + 1)
+    step = 10.0 ** (math.floor(math.log10(exact)) - 3)
+    value = math.ceil(exact / step - 1e-9) * step
+    while conformal_n_needed(float(f"{value:.4g}")) > n:  # a last digit lost to float rounding
+        value += step
+    return f"{value:.4g}"
+
+
 def threshold_conformal(normal_scores, alpha: float) -> Threshold:
     """A threshold with a guaranteed false-reject rate: split conformal prediction.
 
@@ -384,7 +397,7 @@ def threshold_conformal(normal_scores, alpha: float) -> Threshold:
         raise ValueError(
             f"a conformal threshold at alpha={alpha:g} needs at least {need} held-out normal "
             f"images (alpha >= 1/(n+1)); this run has {n}. Hold out more good images (a larger "
-            f"val_fraction or more training images), or use alpha >= {1 / (n + 1):.4g}"
+            f"val_fraction or more training images), or use alpha >= {smallest_alpha(n)}"
         )
     k = conformal_rank(n, alpha)
     kth = float(np.sort(normal_scores)[k - 1])

@@ -68,9 +68,18 @@ class CheckpointFiles:
         """model.pt, loaded without unpickling anything, after checking its header."""
         path = self.file(self.MODEL)
         if not path.exists():
+            made = [n for n in (self.THRESHOLD, self.VAL_SCORES) if self.file(n).exists()]
+            if made:  # trained and scored once: the file went missing (a copy without it?)
+                raise RunError(
+                    f"{self.path} has no {self.MODEL}, but its {' and '.join(made)} say it was "
+                    f"trained: the file is gone (a copy of the run without it?). Restore "
+                    f"{self.MODEL} from a copy of the run; training again would replace the "
+                    "model its threshold was set for"
+                )
+            resume = " (or continue it with --resume)" if self.has_last() else ""
             raise RunError(
                 f"{self.path} has no {self.MODEL}: its training never finished an "
-                "epoch; train it again (or continue it with --resume)"
+                f"epoch; train it again{resume}"
             )
         payload = safe_torch_load(path)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

@@ -11,11 +11,21 @@ def held_out_words(run, value: float) -> str:
     """How many of the run's held-out good images the threshold rejects: a manual value far off
     (every part rejected, or none ever) shows at once."""
     try:
-        held = [float(x) for x in run.val_scores()["scores"]]
+        got = run.val_scores()
+        held = [float(x) for x in got["scores"]]
     except (ValueError, KeyError, TypeError) as err:  # none to count, or not of this model.pt
         why = f" ({str(err)[:300]})" if run.file(run.VAL_SCORES).is_file() else ""
         return f"the run has no held-out scores of its model.pt to count against{why}"
     rejected = sum(x >= value for x in held)
+    try:  # --val-fraction 0: the stored scores are of training images (`calibration.good_scores`)
+        trained = set((run.split() or {}).get("train", []))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        trained = set()
+    if trained & {str(p) for p in got.get("paths", [])}:
+        return (
+            f"it rejects {rejected} of the run's {len(held)} good training images (it held out "
+            "none: new good parts score higher than these)"
+        )
     return f"it rejects {rejected} of the run's {len(held)} held-out good images"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,85 @@ def test_benchmark_pixel_size_reaches_every_row_and_its_command(tiny_cookies, tm
         fresh = tmp_path / f"bench{len(bad)}"
         args = ["benchmark", "--data", str(tiny_cookies), "--out", str(fresh), "--smoke", *bad]
         assert main(args) == 2 and not fresh.exists()
+
+
+# --- a QA engineer's threshold walkthrough (helper) ------------------------------------------------
+
+
+def test_suggested_smallest_alpha_is_accepted_for_every_count():
+    """The refusal suggested 1/(n+1) rounded to 4 digits, often just below it (n = 8: 0.1111),
+    and the same check refused the suggestion (87 of n = 1..199)."""
+    from anomaly.metrics import conformal_n_needed, smallest_alpha, threshold_conformal
+
+    for n in range(1, 5000):
+        text = smallest_alpha(n)
+        assert conformal_n_needed(float(text)) <= n, n
+        assert float(text) <= 1 / (n + 1) * 1.001  # and not needlessly larger
+    assert smallest_alpha(8) == "0.1112" and smallest_alpha(19) == "0.05"
+    with pytest.raises(ValueError, match=r"or use alpha >= 0\.1112"):
+        threshold_conformal(np.arange(8.0), 0.1)
+    threshold_conformal(np.arange(8.0), float(smallest_alpha(8)))  # the suggestion works
+
+
+@pytest.fixture(scope="module")
+def patchknn_64(tiny_cookies, tmp_path_factory):
+    from anomaly.pipeline import train_run
+
+    run = tmp_path_factory.mktemp("thr") / "pk"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
+    train_run(config, run, progress=False)
+    return run
+
+
+def test_a_quantile_above_one_is_told_as_a_percentage(patchknn_64, tmp_path):
+    from anomaly.calibration import set_threshold
+
+    run = tmp_path / "pk"
+    shutil.copytree(patchknn_64, run)
+    with pytest.raises(ValueError) as err:
+        set_threshold(run, "normal-quantile", 99)
+    assert "for the 99 % quantile, give 0.99" in str(err.value)
+    assert "would reject most" not in str(err.value)
+    with pytest.raises(ValueError, match="would reject most of them"):
+        set_threshold(run, "normal-quantile", 0.2)
+
+
+def test_threshold_says_training_images_when_none_were_held_out(tiny_cookies, tmp_path, capsys):
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "v0"
+    config = Config.for_method(
+        "patchknn", data=str(tiny_cookies), size=64, device="cpu", val_fraction=0.0
+    )
+    with pytest.warns(UserWarning, match="no validation split"):
+        train_run(config, run, progress=False)
+    assert main(["threshold", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "good training images (it held out none" in out and "held-out good images" not in out
+
+
+def test_a_run_copied_without_its_model_is_told_to_restore_it(patchknn_64, tmp_path, capsys):
+    """A finished run without model.pt was told its training never finished an epoch and to
+    --resume (refused: no last.pt) or train again (which replaces the threshold's model)."""
+    from anomaly.cli import main
+
+    run = tmp_path / "nomodel"
+    shutil.copytree(patchknn_64, run)
+    (run / "model.pt").unlink()
+    image = str(min((Path(json.loads((run / "config.json").read_text())["data"])).rglob("*.png")))
+    assert main(["predict", "--run", str(run), "--no-overlays", image]) == 2
+    err = capsys.readouterr().err
+    assert "the file is gone" in err and "Restore model.pt from a copy of the run" in err
+    assert "never finished" not in err and "--resume" not in err
+
+
+def test_the_guarantee_warnings_chance_is_exact_far_in_the_tail():
+    """scipy's betabinom.sf bottoms out near 1e-16: 50 of 50 good images rejected against a 5 %
+    conformal threshold on 20 printed a chance of 1e-16; the exact one is 6.2e-18."""
+    from anomaly.decision import guarantee_broken
+    from anomaly.metrics import threshold_conformal
+
+    t = threshold_conformal(np.arange(20.0), 0.05)
+    said = guarantee_broken(np.zeros(50), np.full(50, 100.0), t)
+    assert "chance of 6e-18" in said
