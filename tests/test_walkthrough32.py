@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -291,3 +292,22 @@ def test_the_guarantee_warnings_chance_is_exact_far_in_the_tail():
     t = threshold_conformal(np.arange(20.0), 0.05)
     said = guarantee_broken(np.zeros(50), np.full(50, 100.0), t)
     assert "chance of 6e-18" in said
+
+
+def test_many_images_unlike_the_training_ones_in_one_way_are_one_warning(tmp_path):
+    """30 greyscale images for a colour run printed 30 identical warnings, one per file."""
+    from PIL import Image
+
+    from anomaly.data.image_kind import summarize, warn_unlike
+
+    colour = tmp_path / "colour.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(colour)
+    grey = []
+    for i in range(5):
+        grey.append(tmp_path / f"g{i}.png")
+        Image.fromarray(np.full((32, 32), 90, np.uint8)).save(grey[-1])
+    out = io.StringIO()
+    said = warn_unlike(grey, summarize([colour]), 3, 32, stream=out)
+    assert len(said) == 1 and said[0].startswith("warning: 5 images (")
+    assert "g2.png and 2 more), each: greyscale" in said[0] and out.getvalue() == said[0] + "\n"
+    assert len(warn_unlike(grey[:3], summarize([colour]), 3, 32, stream=out)) == 3

@@ -6,8 +6,8 @@ repeated into RGB, 16-bit values are divided by 65535 (32-bit integer TIFFs too,
 0-1), and any shape is stretched to the run's square size. That always gives the model an input,
 so an image unlike the training images is scored without complaint, and its score means little.
 `train` records `summarize` of its training images in split.json (`"images"`); `score` and
-`predict` call `warn_unlike`, which prints one warning per file that differs, naming it, what
-differs and what that means, and scores it anyway (a far smaller image, a thumbnail, is
+`predict` call `warn_unlike`, which prints a warning per file that differs (one per way for
+many files alike), naming it, what differs and what that means, and scores it anyway (a far smaller image, a thumbnail, is
 enlarged more than the training images were: blurred). A run from before this record (no
 `"images"`) is not checked. `summarize` warns when the training images' own aspect ratios differ more than
 `ASPECT_FACTOR` times, and `warn_mixed` (called by `train`) when they differ otherwise: greyscale
@@ -472,10 +472,15 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
     return said
 
 
+ALIKE_NAMED = 3  # files unlike the training images in one way: up to this many, a line each
+
+
 def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=None) -> list[str]:
-    """Print to stderr one warning per file of `paths` unlike the training images `trained`
-    (split.json's "images"; None or {}: a run from before the record, nothing is checked).
-    Returns the warnings. A damaged record (someone else's split.json) is said once."""
+    """Print to stderr a warning per file of `paths` unlike the training images `trained`
+    (split.json's "images"; None or {}: a run from before the record, nothing is checked), or
+    one per way they are unlike when more than `ALIKE_NAMED` files are unlike in the same way
+    (the first named, the rest counted). Returns the warnings. A damaged record (someone else's
+    split.json) is said once, and then nothing else."""
     damaged = (
         "note: split.json's record of the training images does not read, so images unlike "
         "them are not named"
@@ -485,15 +490,23 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
     if not is_images_record(trained):  # split.json's record, maybe someone else's
         print(damaged, file=stream or sys.stderr)
         return []
-    lines = []
+    found: dict[str, list[str]] = {}  # what is unlike -> the files it is said of, in order
     for path in paths:
         kind = image_kind(path, peak="peak" in trained)  # decoded only to compare with it
         try:
             said = unlike(kind, trained, channels, size) if kind is not None else []
         except (TypeError, ValueError, KeyError):  # a damaged record in split.json: no check
             print(damaged, file=stream or sys.stderr)
-            return lines
+            found = {}
+            break
         if said:
-            lines.append(f"warning: {printable(str(path))}: " + "; ".join(said))
-            print(lines[-1], file=stream or sys.stderr)
+            found.setdefault("; ".join(said), []).append(printable(str(path)))
+    lines = []
+    for why, files in found.items():  # a folder of 30 alike: one line, not 30 (a walkthrough)
+        if len(files) <= ALIKE_NAMED:
+            lines += [f"warning: {f}: {why}" for f in files]
+        else:
+            lines.append(f"warning: {len(files)} images ({named(files, ALIKE_NAMED)}), each: {why}")
+    for line in lines:
+        print(line, file=stream or sys.stderr)
     return lines
