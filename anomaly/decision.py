@@ -215,6 +215,19 @@ def score_summary(labels, scores, metrics: dict, threshold=None, defects=None) -
     return "\n".join(lines)
 
 
+def rate_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) `level` interval of a rate seen as `k` of `n`: what a count
+    of rejected good images (or caught defects) on a test set says of the rate on new parts."""
+    from scipy.stats import beta
+
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"rate_interval: {k} of {n} is not a count of a sample")
+    tail = (1 - level) / 2
+    lo = float(beta.ppf(tail, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(1 - tail, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
+
+
 def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | None:
     """Words saying that the good test images are rejected far more often than the threshold's
     rule allows, or None: so much more that, had they been exchangeable with the n images it

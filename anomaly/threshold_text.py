@@ -50,12 +50,24 @@ def test_set_words(run, t) -> str | None:
     except (OSError, ValueError, KeyError):  # none, unreadable, another model's: score says
         return None
     good, bad = scores[labels == 0], scores[labels > 0]
+    rejected, caught = int((good >= t.value).sum()), int((bad >= t.value).sum())
     counts = (
-        f"on the run's scored test images it rejects {int((good >= t.value).sum())} of "
-        f"{good.size} good and catches {int((bad >= t.value).sum())} of {bad.size} defective"
+        f"on the run's scored test images it rejects {rejected} of {good.size} good"
+        f"{_interval(rejected, good.size)} and catches {caught} of {bad.size} defective"
+        f"{_interval(caught, bad.size)}"
     )
     broken = guarantee_broken(labels, scores, t)
     return counts + (f"\n{broken}" if broken else "")
+
+
+def _interval(k: int, n: int) -> str:
+    """' (95 % interval of the rate 0.1-10.6 %)': what k of n says of new parts' rate."""
+    from anomaly.decision import rate_interval
+
+    if n < 1:
+        return ""
+    lo, hi = rate_interval(k, n)
+    return f" (95 % interval of the rate {100 * lo:.2g}-{100 * hi:.3g} %)"
 
 
 def threshold_words(t) -> str:

@@ -311,3 +311,21 @@ def test_many_images_unlike_the_training_ones_in_one_way_are_one_warning(tmp_pat
     assert len(said) == 1 and said[0].startswith("warning: 5 images (")
     assert "g2.png and 2 more), each: greyscale" in said[0] and out.getvalue() == said[0] + "\n"
     assert len(warn_unlike(grey[:3], summarize([colour]), 3, 32, stream=out)) == 3
+
+
+def test_rate_interval_is_clopper_pearson_and_threshold_prints_it():
+    """A QA engineer defends a measured false-reject rate with its interval, not a bare count."""
+    from scipy.stats import beta
+
+    from anomaly.decision import rate_interval
+    from anomaly.threshold_text import _interval
+
+    assert rate_interval(0, 50) == (0.0, pytest.approx(1 - 0.025 ** (1 / 50)))
+    lo, hi = rate_interval(3, 40)
+    assert lo == pytest.approx(beta.ppf(0.025, 3, 38)) and hi == pytest.approx(
+        beta.ppf(0.975, 4, 37)
+    )
+    assert rate_interval(40, 40)[1] == 1.0 and rate_interval(40, 40)[0] > 0.9
+    with pytest.raises(ValueError):
+        rate_interval(5, 4)
+    assert _interval(1, 50) == " (95 % interval of the rate 0.051-10.6 %)"
