@@ -279,6 +279,7 @@ def _threshold(args) -> None:
     """Set the run's threshold by --rule, or without one say the saved threshold; then what it
     does on the held-out good images and the scored test set."""
     from anomaly.calibration import calibration_words, set_threshold
+    from anomaly.decision import few_held_out
     from anomaly.runs import RunDir
 
     rd = RunDir(args.run).require()
@@ -298,6 +299,8 @@ def _threshold(args) -> None:
     print(held_out_words(rd, t.value))
     if broken := test_set_words(rd, t):
         print(broken)
+    if args.rule and (note := few_held_out(t, args.run, rd.config().method == "kmeans")):
+        print(note)  # as train and predict say it
 
 
 def _make_data(args) -> None:

@@ -291,8 +291,9 @@ FEWEST_HELD_OUT = 10  # below it train's quantile threshold is about the largest
 
 
 def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
-    """Words saying that `train`'s threshold (`normal_quantile`, set_by "train") rests on fewer
-    than `FEWEST_HELD_OUT` held-out good images, or on training images (none held out), or None.
+    """Words saying that a `normal_quantile` threshold (`train`'s, or `threshold`'s on the held-out
+    or a folder's good images) rests on fewer than `FEWEST_HELD_OUT` good images, or on training
+    images (none held out), or None.
     numpy's quantile lies at h = q (n - 1) among their n sorted scores (0-based, interpolated),
     and a new good part like them scores above the j-th smallest a fraction (n + 1 - j) / (n +
     1) of the time on average, so above the threshold about (n - h) / (n + 1): from 3 images at
@@ -301,15 +302,28 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     kmeans run, which holds out what its --from run held out (its own --val-fraction is
     ignored)."""
     params = getattr(threshold, "params", None) or {}
-    if getattr(threshold, "rule", None) != "normal_quantile" or params.get("set_by") != "train":
+    if getattr(threshold, "rule", None) != "normal_quantile":
         return None
     if not (saved := _quantile_of(params)):
         return None
     n, q = saved
+    record = params.get("calibration")
+    folder = record.get("folder") if isinstance(record, dict) else None
     fix = (
         f"python -m anomaly threshold --run {shell_word(run)} --rule conformal --value 0.05 --good-images "
-        "FOLDER"
+        + (shell_word(str(folder)) if isinstance(folder, str) else "FOLDER")
     )
+    if params.get("set_by") != "train" and isinstance(folder, str):  # `threshold --good-images`
+        if n >= FEWEST_HELD_OUT:
+            return None
+        rate = (n - q * (n - 1)) / (n + 1)
+        return (
+            f"note: {printable(str(run))}: its threshold is the {q:g} quantile of only {n} good "
+            f"image{'s' * (n != 1)} in {printable(folder)}, which lies near their largest: new "
+            f"good parts like them score above it about {100 * rate:.0f} % of the time, not "
+            f"{100 * (1 - q):.3g} %. Add good images to the folder, or set a conformal "
+            f"threshold, whose rate counts how few they are: {fix}"
+        )
     if params.get("on_training_images") is True:
         return (
             f"note: {printable(str(run))}: its threshold is the {q:g} quantile of the {n} training "

@@ -329,3 +329,25 @@ def test_rate_interval_is_clopper_pearson_and_threshold_prints_it():
     with pytest.raises(ValueError):
         rate_interval(5, 4)
     assert _interval(1, 50) == " (95 % interval of the rate 0.051-10.6 %)"
+
+
+def test_a_user_set_quantile_on_a_handful_of_images_is_noted(patchknn_64, tmp_path, capsys):
+    """train's and predict's note that a 0.99 quantile of a handful of images is about their
+    largest was not said when the user set that quantile with `threshold` (held-out images or
+    a folder of 3 good images)."""
+    from anomaly.cli import main
+
+    run = tmp_path / "pk"
+    shutil.copytree(patchknn_64, run)
+    assert main(["threshold", "--run", str(run), "--rule", "normal-quantile"]) == 0
+    assert "quantile of only" in capsys.readouterr().out
+    folder = tmp_path / "good3"
+    folder.mkdir()
+    data = Path(json.loads((run / "config.json").read_text())["data"])
+    for p in sorted((data / "test" / "good").glob("*.png"))[:3]:
+        shutil.copy(p, folder / p.name)
+    args = ["threshold", "--run", str(run), "--rule", "normal-quantile", "--value", "0.99"]
+    assert main([*args, "--good-images", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"quantile of only 3 good images in {folder}" in out and "Add good images" in out
+    assert f"--good-images {folder}" in out
