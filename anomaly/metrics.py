@@ -414,6 +414,13 @@ def threshold_conformal(normal_scores, alpha: float) -> Threshold:
 
 def threshold_f1(labels, scores) -> Threshold:
     """The threshold that maximises F1 on labelled scores (optimistic if they are test data)."""
+    flags = np.asarray(labels).ravel() > 0
+    if flags.size and (flags.all() or not flags.any()):  # the command's user needs the fix
+        raise ValueError(
+            f"--rule f1 chooses the threshold on scored test images, good and defective, but all "
+            f"{flags.size} are {'defective' if flags.all() else 'good'}. Score a test set that has "
+            "both, or set the threshold on good images alone: --rule conformal --value 0.05"
+        )
     f1, value = f1_max(labels, scores)
     return Threshold(value, "f1", {"f1": f1, "n_images": int(np.size(labels))})
 

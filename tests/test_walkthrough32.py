@@ -351,3 +351,12 @@ def test_a_user_set_quantile_on_a_handful_of_images_is_noted(patchknn_64, tmp_pa
     out = capsys.readouterr().out
     assert f"quantile of only 3 good images in {folder}" in out and "Add good images" in out
     assert f"--good-images {folder}" in out
+
+
+def test_f1_rule_without_defects_says_the_fix():
+    from anomaly.metrics import threshold_f1
+
+    with pytest.raises(ValueError, match=r"all 3 are good\. Score a test set .* --rule conformal"):
+        threshold_f1([0, 0, 0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="all 2 are defective"):
+        threshold_f1([1, 1], [1.0, 2.0])
