@@ -290,6 +290,10 @@ def _quantile_of(params: dict) -> tuple[int, float] | None:
 FEWEST_HELD_OUT = 10  # below it train's quantile threshold is about the largest of a handful
 
 
+def _near_largest(n: int) -> str:
+    return "which is that image's score" if n == 1 else "which lies near their largest"
+
+
 def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     """Words saying that a `normal_quantile` threshold (`train`'s, or `threshold`'s on the held-out
     or a folder's good images) rests on fewer than `FEWEST_HELD_OUT` good images, or on training
@@ -319,7 +323,7 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
         rate = (n - q * (n - 1)) / (n + 1)
         return (
             f"note: {printable(str(run))}: its threshold is the {q:g} quantile of only {n} good "
-            f"image{'s' * (n != 1)} in {printable(folder)}, which lies near their largest: new "
+            f"image{'s' * (n != 1)} in {printable(folder)}, {_near_largest(n)}: new "
             f"good parts like them score above it about {100 * rate:.0f} % of the time, not "
             f"{100 * (1 - q):.3g} %. Add good images to the folder, or set a conformal "
             f"threshold, whose rate counts how few they are: {fix}"
@@ -337,7 +341,7 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     more = "--val-fraction" + " of its --from run: kmeans holds out what it did" * kmeans
     return (
         f"note: {printable(str(run))}: its threshold is the {q:g} quantile of only {n} held-out good "
-        f"image{'s' * (n != 1)}, which lies near their largest: new good parts like them score "
+        f"image{'s' * (n != 1)}, {_near_largest(n)}: new good parts like them score "
         f"above it about {100 * rate:.0f} % of the time, not {100 * (1 - q):.3g} %. Hold out "
         f"more good images ({more}), or set the threshold on other good images: {fix}"
     )

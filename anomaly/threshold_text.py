@@ -23,10 +23,10 @@ def held_out_words(run, value: float) -> str:
         trained = set()
     if trained & {str(p) for p in got.get("paths", [])}:
         return (
-            f"it rejects {rejected} of the run's {len(held)} good training images (it held out "
-            "none: new good parts score higher than these)"
+            f"it rejects {rejected} of the run's {len(held)} good training "
+            f"image{'s' * (len(held) != 1)} (it held out none: new good parts score higher)"
         )
-    return f"it rejects {rejected} of the run's {len(held)} held-out good images"
+    return f"it rejects {rejected} of the run's {len(held)} held-out good image{'s' * (len(held) != 1)}"
 
 
 def test_set_words(run, t) -> str | None:

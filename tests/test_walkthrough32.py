@@ -360,3 +360,13 @@ def test_f1_rule_without_defects_says_the_fix():
         threshold_f1([0, 0, 0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="all 2 are defective"):
         threshold_f1([1, 1], [1.0, 2.0])
+
+
+def test_one_image_is_said_in_the_singular():
+    from anomaly.decision import few_held_out
+    from anomaly.metrics import threshold_normal_quantile
+
+    t = threshold_normal_quantile([0.5], q=0.99)
+    t.params["set_by"] = "train"
+    said = few_held_out(t, "RUN")
+    assert "only 1 held-out good image, which is that image's score" in said
