@@ -74,7 +74,8 @@ from anomaly.benchmark_tables import (
     update_readme,
     write_notes,
 )
-from anomaly.pixel_eval import EVAL_SIZE, parse_pixel_size
+from anomaly.data import AnomalyDataset
+from anomaly.pixel_eval import EVAL_SIZE, FULL, full_size, parse_pixel_size
 from anomaly.runs import RunDir
 from anomaly.terminal import shell_word
 
@@ -234,7 +235,7 @@ def run_benchmark(
     `pixel_size` x `pixel_size`, or at each set's masks' own size for "full" (`score
     --pixel-size`).
     """
-    parse_pixel_size(str(pixel_size))  # a typo refused before anything runs
+    pixel_size = parse_pixel_size(str(pixel_size))  # a typo refused before anything runs
     if readme:
         try:
             check_readme_block(readme, readme_block)  # which of its tables (no default)
@@ -249,6 +250,9 @@ def run_benchmark(
     check_seed(seed)
     sets = discover_sets(data)
     check_sets(sets)  # before any folder is claimed or method trained
+    if pixel_size == FULL:  # masks of two sizes in a set: refused now, not after training
+        for ds in sets:
+            full_size([s.mask_path for s in AnomalyDataset(ds["path"], "test").samples])
     methods = list(methods or DEFAULT_METHODS)
     bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
     check_methods(methods, kept=lambda src: _kept_source(src, sets, bases, seed, smoke))

@@ -235,7 +235,7 @@ def calibrate_on_folder(
         many others were copies, images_sha256: a hash of every file name and its bytes, so a
         changed folder is told apart).
     """
-    from anomaly.data.image_kind import warn_unlike
+    from anomaly.data.image_unlike import warn_unlike
     from anomaly.pipeline import trained_images
 
     folder = Path(folder)
@@ -445,7 +445,7 @@ def set_threshold(
                 f"{q} would reject most of them"
                 if q < 0.5
                 else f"a quantile is at most 1; for the {q:g} % quantile, give {q / 100:g}"
-                if q <= 100
+                if 50 <= q <= 100
                 else "a quantile is at most 1"
             )
             raise ValueError(

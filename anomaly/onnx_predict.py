@@ -1,8 +1,8 @@
 """Score images with a file `anomaly.export` wrote, using numpy, Pillow and onnxruntime alone.
 
 `predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) imports
-no torch (a test checks) and of the package only `anomaly.data.image_kind` (Pillow only: its
-warnings; reduced without it) and `onnx_checks` (the checks of the file and of the arrays given;
+no torch (a test checks) and of the package only `anomaly.data.image_kind` and `image_unlike`
+(Pillow only: its warnings; reduced without them) and `onnx_checks` (the checks of the file and of the arrays given;
 copy onnx_checks.py beside this file, in a package of yours too: without it this file refuses
 to load), so it runs where only those three are.
 
@@ -315,9 +315,9 @@ class OnnxDetector:
     def warn_unlike(self, images) -> list[str]:
         """Warn on stderr, as `predict --run` does, of each image in `images` unlike the training
         images (greyscale, 16-bit, another aspect ratio, far smaller; a file without that record:
-        no check). Copied without the package (`anomaly.data.image_kind`): a note, once."""
+        no check). Copied without the package (`anomaly.data.image_unlike`): a note, once."""
         try:
-            from anomaly.data.image_kind import warn_unlike
+            from anomaly.data.image_unlike import warn_unlike
         except ImportError:
             if self.trained_images and not _SAID_NO_CHECK:
                 _SAID_NO_CHECK.append(True)

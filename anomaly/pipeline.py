@@ -31,8 +31,9 @@ from anomaly.build import (
 from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data
-from anomaly.data.image_kind import draft_size, read_kinds, warn_unlike
+from anomaly.data.image_kind import draft_size, read_kinds
 from anomaly.data.image_kind import summarize as summarize_images
+from anomaly.data.image_unlike import warn_unlike
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.pixel_eval import EVAL_SIZE
 from anomaly.runs import RunDir, RunError, config_differences
@@ -360,12 +361,13 @@ def score_run(
             )
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         guards.warn_test_copies(rd, list(test.paths))
-        if data == os.path.abspath(config.data):  # another folder's split is matched by bytes
+        if os.path.realpath(data) == os.path.realpath(config.data):  # others matched by bytes
             guards.warn_changed_training(rd, data)
-        parse_pixel_size(str(pixel_size))
+        pixel_size = parse_pixel_size(str(pixel_size))  # "512" from the API is 512
         mask_of = {s.path: s.mask_path for s in test.samples}
-        if pixel_size == FULL and (hw := full_size(list(mask_of.values()))) is not None:
-            check_memory(len(test), hw, available_memory())  # before any work, as mixed sizes
+        hw = full_size(list(mask_of.values())) if pixel_size == FULL else (pixel_size,) * 2
+        if hw is not None and any(mask_of.values()):  # before any work, as mixed mask sizes
+            check_memory(len(test), hw, available_memory())
         where = dest.overlays  # a link, a file or a pipe there: refused before any work
         if overlays and (where.is_symlink() or (where.exists() and not where.is_dir())):
             output_folder(where)  # nothing written at all

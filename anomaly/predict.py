@@ -25,7 +25,8 @@ from anomaly.data.files import (
     scan_images,
     skipped,
 )
-from anomaly.data.image_kind import draft_size, warn_unlike
+from anomaly.data.image_kind import draft_size
+from anomaly.data.image_unlike import warn_unlike
 from anomaly.onnx_checks import score_text
 from anomaly.overlays import png_bytes, verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images

@@ -6,6 +6,8 @@ torch. `run` is a `RunDir` (only its files are read here).
 
 from __future__ import annotations
 
+import math
+
 
 def held_out_words(run, value: float) -> str:
     """How many of the run's held-out good images the threshold rejects: a manual value far off
@@ -66,8 +68,15 @@ def _interval(k: int, n: int) -> str:
 
     if n < 1:
         return ""
-    lo, hi = rate_interval(k, n)
-    return f" (95 % interval of the rate {100 * lo:.2g}-{100 * hi:.3g} %)"
+    lo, hi = (100 * x for x in rate_interval(k, n))
+    return f" (95 % interval of the rate {_percent(lo, math.floor)}-{_percent(hi, math.ceil)} %)"
+
+
+def _percent(x: float, rounding) -> str:
+    """A percentage with 1 decimal from 10 % up, else 2, rounded outwards by `rounding` (floor
+    for a lower bound, ceil for an upper one): the interval printed still covers the exact one."""
+    digits = 1 if x >= 10 else 2
+    return f"{min(rounding(x * 10**digits) / 10**digits, 100.0):.{digits}f}"
 
 
 def threshold_words(t) -> str:

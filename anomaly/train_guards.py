@@ -364,8 +364,8 @@ def warn_changed_training(run: RunDir, data: str) -> None:
     root = os.path.realpath(data)
     changed = []
     for path, digest in zip(paths, digests):
-        real = os.path.realpath(path)  # only files inside the data folder are read: a split.json
-        try:  # from someone else may name any path (/proc/kmsg never ends)
+        try:  # only files inside the data folder are read: a split.json from someone else may
+            real = os.path.realpath(path)  # name any path (/proc/kmsg never ends; a NUL byte)
             inside = os.path.commonpath([root, real]) == root and os.path.isfile(real)
             if not inside or sha256_file(real) != digest:
                 changed.append(path)

@@ -122,8 +122,8 @@ def test_detectors_and_training_never_import_run_folders():
 LAYERS = {
     5: "cli cli_parser notebook notebook_benchmark notebook_checks notebook_data notebook_photos "
     "notebook_setup "
-    "benchmark benchmark_checks benchmark_curves benchmark_dirs benchmark_flags benchmark_tables original "
-    "__main__",
+    "benchmark benchmark_checks benchmark_curves benchmark_dirs benchmark_flags benchmark_tables "
+    "original __main__",
     4: "pipeline build calibration predict explorer export export_predict selection train_guards "
     "rerun",
     3: "runs run_checkpoints run_outputs run_versions overlays",

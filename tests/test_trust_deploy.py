@@ -215,7 +215,7 @@ def test_an_edited_images_record_is_one_clear_error(
 def test_image_kind_imports_neither_torch_nor_the_heavy_modules():
     """predict_onnx imports it: it must stay light (Pillow, and no torch)."""
     code = (
-        "import sys; import anomaly.data.image_kind; "
+        "import sys; import anomaly.data.image_kind, anomaly.data.image_unlike; "
         "heavy = [m for m in ('torch', 'numpy', 'anomaly.data.folder', 'anomaly.pipeline', "
         "'anomaly.detectors') if m in sys.modules]; "
         "assert not heavy, heavy"

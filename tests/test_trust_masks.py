@@ -17,7 +17,8 @@ from PIL import Image
 
 from anomaly.data.files import DataError
 from anomaly.data.folder import AnomalyDataset, load_mask
-from anomaly.data.image_kind import image_kind, summarize, unlike
+from anomaly.data.image_kind import image_kind, summarize
+from anomaly.data.image_unlike import unlike
 
 DEFECT = np.zeros((8, 12), bool)
 DEFECT[2:5, 3:9] = True  # 18 of 96 pixels

@@ -230,9 +230,9 @@ def test_threshold_says_how_many_held_out_good_images_it_rejects(meandiff_run, t
     run = _copy(meandiff_run, tmp_path)
     n = len(RunDir(run).val_scores()["scores"])
     assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "-1"]) == 0
-    assert f"it rejects {n} of the run's {n} held-out good images" in capsys.readouterr().out
+    assert f"it rejects {n} of the run's {n} held-out good image" in capsys.readouterr().out
     assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1e300"]) == 0
-    assert f"it rejects 0 of the run's {n} held-out good images" in capsys.readouterr().out
+    assert f"it rejects 0 of the run's {n} held-out good image" in capsys.readouterr().out
 
 
 def test_overwrite_deletes_only_what_the_generator_made(tmp_path):

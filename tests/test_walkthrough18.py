@@ -117,6 +117,7 @@ def test_the_copied_onnx_reader_says_once_that_it_names_no_unlike_image(monkeypa
     from anomaly import onnx_predict
 
     monkeypatch.setitem(sys.modules, "anomaly.data.image_kind", None)  # import fails
+    monkeypatch.setitem(sys.modules, "anomaly.data.image_unlike", None)
     monkeypatch.setattr(onnx_predict, "_SAID_NO_CHECK", [])
     stub = SimpleNamespace(trained_images={"colour": [True]}, channels=3, size=32)
     for _ in range(2):
@@ -290,7 +291,8 @@ def test_more_decoding_processes_than_cores_are_capped(monkeypatch):
 
 
 def test_a_partly_transparent_image_is_named_unless_the_training_images_were(tmp_path, capsys):
-    from anomaly.data.image_kind import summarize, warn_unlike
+    from anomaly.data.image_kind import summarize
+    from anomaly.data.image_unlike import warn_unlike
 
     rgb = np.full((32, 32, 3), 120, np.uint8)
     opaque, clear = tmp_path / "opaque.png", tmp_path / "clear.png"

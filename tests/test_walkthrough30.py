@@ -47,7 +47,7 @@ def test_a_flat_folder_of_photos_is_told_where_its_images_go(tmp_path):
 def test_a_photo_turned_by_90_degrees_is_named():
     """A portrait photo without an EXIF orientation, for a run trained on landscape ones (3:4
     against 4:3, under the aspect check's 2x), was rejected with red everywhere, unexplained."""
-    from anomaly.data.image_kind import unlike
+    from anomaly.data.image_unlike import unlike
 
     trained = {"colour": [True], "bits": [8], "aspect": [1.33, 1.34], "side": [1500, 1500]}
     kind = {"colour": True, "bits": 8, "side": 1500, "transparent": False}
@@ -230,7 +230,7 @@ def test_a_damaged_record_of_the_training_images_is_said(tmp_path):
 
     from PIL import Image
 
-    from anomaly.data.image_kind import warn_unlike
+    from anomaly.data.image_unlike import warn_unlike
 
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
@@ -407,7 +407,7 @@ def test_threshold_without_a_rule_says_the_saved_one(scored_ae_run, tmp_path, ca
     from anomaly.threshold_text import threshold_words
 
     assert out.startswith(threshold_words(RunDir(run).threshold())) and "saved in" in out
-    assert "held-out good images" in out and (run / "threshold.json").read_bytes() == before
+    assert "held-out good image" in out and (run / "threshold.json").read_bytes() == before
     assert main(["threshold", "--run", str(run), "--value", "1"]) == 2
     assert "give one" in capsys.readouterr().err
     (run / "threshold.json").unlink()

@@ -70,8 +70,8 @@ def test_check_memory_refuses_what_the_machine_cannot_hold():
     from anomaly.pixel_eval import check_memory
 
     check_memory(100, (1024, 1024), None)  # unknown: not checked
-    check_memory(100, (1024, 1024), 2 * 2**30)
-    with pytest.raises(ValueError, match=r"100 images at 1024x1024 need about 1\.4 GiB.*0\.5 GiB"):
+    check_memory(100, (1024, 1024), 4 * 2**30)
+    with pytest.raises(ValueError, match=r"100 images at 1024x1024 need about 3\.1 GiB.*0\.5 GiB"):
         check_memory(100, (1024, 1024), 2**29)
 
 
@@ -109,15 +109,26 @@ def test_score_full_pixel_size_compares_at_the_masks_own_size(meandiff_32, tiny_
     assert default["aupro"] != metrics["aupro"]  # another size, another ground truth
 
 
-def test_score_full_refuses_masks_of_two_sizes_before_any_work(meandiff_32, tiny_cookies, tmp_path):
+def _two_mask_sizes(tiny_cookies, tmp_path) -> Path:
+    """A copy of the tiny cookies with one defective image and its mask at 48 px (the others
+    64 px): each mask fits its image, so only `--pixel-size full` has to refuse it."""
     from PIL import Image
-
-    from anomaly.cli import main
 
     data = tmp_path / "data"
     shutil.copytree(tiny_cookies, data)
     mask = min((data / "ground_truth").rglob("*.png"))
-    Image.open(mask).resize((48, 48)).save(mask)
+    kind, stem = mask.parent.name, mask.stem.removesuffix("_mask")
+    image = data / "test" / kind / f"{stem}.png"
+    for path in (mask, image):
+        Image.open(path).resize((48, 48)).save(path)
+    return data
+
+
+def test_score_full_refuses_masks_of_two_sizes_before_any_work(meandiff_32, tiny_cookies, tmp_path):
+    from anomaly.cli import main
+    from anomaly.pipeline import score_run
+
+    data = _two_mask_sizes(tiny_cookies, tmp_path)
     run = tmp_path / "md"
     shutil.copytree(meandiff_32, run)
     before = sorted(p.name for p in run.iterdir())
@@ -126,6 +137,53 @@ def test_score_full_refuses_masks_of_two_sizes_before_any_work(meandiff_32, tiny
     assert main([*args, "--pixel-size", "full", "--no-overlays"]) == 2
     assert sorted(p.name for p in run.iterdir()) == before and not out.exists()
     assert main([*args, "--pixel-size", "48x", "--no-overlays"]) == 2  # refused at once too
+    _, metrics = score_run(run, data=data, out=out, overlays=False)  # the default: one size
+    assert metrics["pixel_metrics_size"] == 256
+
+
+def test_api_pixel_size_as_text_is_the_number_and_every_size_is_checked_for_memory(
+    meandiff_32, tmp_path, monkeypatch
+):
+    """A review: `score_run(pixel_size="64")` compared at 6 x 4 pixels (the string's digits),
+    "Full" failed on int("F"), and only "full" was checked against the memory available."""
+    from anomaly import pipeline
+    from anomaly.pipeline import score_run
+
+    run = tmp_path / "md"
+    shutil.copytree(meandiff_32, run)
+    assert score_run(run, overlays=False, pixel_size="64")[1]["pixel_metrics_size"] == 64
+    assert score_run(run, overlays=False, pixel_size="Full")[1]["pixel_metrics_size"] == [64, 64]
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 2**20)
+    with pytest.raises(ValueError, match="at 4096x4096 need about .*give a smaller --pixel-size"):
+        score_run(run, overlays=False, pixel_size=4096)
+
+
+def test_benchmark_full_refuses_masks_of_two_sizes_before_training(tiny_cookies, tmp_path):
+    from anomaly.benchmark import run_benchmark
+
+    data = _two_mask_sizes(tiny_cookies, tmp_path)
+    out = tmp_path / "bench"
+    with pytest.raises(ValueError, match="needs one mask size"):
+        run_benchmark(str(data), methods=["meandiff"], out=str(out), smoke=True, pixel_size="full")
+    assert not out.exists()
+
+
+def test_a_nul_byte_in_an_untrusted_split_is_a_changed_image(meandiff_32, tmp_path):
+    import warnings
+
+    from anomaly.runs import RunDir
+    from anomaly.train_guards import warn_changed_training
+
+    run = tmp_path / "md"
+    shutil.copytree(meandiff_32, run)
+    split = json.loads((run / "split.json").read_text())
+    split["train"][0] = split["train"][0] + "\u0000x"
+    (run / "split.json").write_text(json.dumps(split))
+    data = json.loads((run / "config.json").read_text())["data"]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        warn_changed_training(RunDir(run), data)
+    assert any("missing or changed" in str(w.message) for w in said)
 
 
 def test_score_summary_says_a_pixel_size_other_than_the_default():
@@ -251,6 +309,10 @@ def test_a_quantile_above_one_is_told_as_a_percentage(patchknn_64, tmp_path):
     assert "would reject most" not in str(err.value)
     with pytest.raises(ValueError, match="would reject most of them"):
         set_threshold(run, "normal-quantile", 0.2)
+    for value in (5, 1.0000001, 400):  # 0.05 and 0.01 would be refused too: no suggestion
+        with pytest.raises(ValueError) as err:
+            set_threshold(run, "normal-quantile", value)
+        assert "give" not in str(err.value) and "at most 1" in str(err.value)
 
 
 def test_threshold_says_training_images_when_none_were_held_out(tiny_cookies, tmp_path, capsys):
@@ -298,7 +360,8 @@ def test_many_images_unlike_the_training_ones_in_one_way_are_one_warning(tmp_pat
     """30 greyscale images for a colour run printed 30 identical warnings, one per file."""
     from PIL import Image
 
-    from anomaly.data.image_kind import summarize, warn_unlike
+    from anomaly.data.image_kind import summarize
+    from anomaly.data.image_unlike import warn_unlike
 
     colour = tmp_path / "colour.png"
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(colour)
@@ -328,7 +391,9 @@ def test_rate_interval_is_clopper_pearson_and_threshold_prints_it():
     assert rate_interval(40, 40)[1] == 1.0 and rate_interval(40, 40)[0] > 0.9
     with pytest.raises(ValueError):
         rate_interval(5, 4)
-    assert _interval(1, 50) == " (95 % interval of the rate 0.051-10.6 %)"
+    assert _interval(1, 50) == " (95 % interval of the rate 0.05-10.7 %)"  # rounded outwards
+    assert _interval(1000, 1000) == " (95 % interval of the rate 99.6-100.0 %)"
+    assert _interval(1, 100000) == " (95 % interval of the rate 0.00-0.01 %)"
 
 
 def test_a_user_set_quantile_on_a_handful_of_images_is_noted(patchknn_64, tmp_path, capsys):
