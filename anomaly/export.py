@@ -99,7 +99,10 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     if config.decode == "draft":  # the run's decoding (auto: not its choice's
         meta["draft_size"] = str(2 * config.size)  # size), so both decode a JPEG alike
     written = export_detector(detector, out_path, meta)
-    if earlier is not None and earlier.get("config") != meta["config"]:
+    # the same model.pt is not another model, whatever config fields a newer version added
+    model = meta.get(MODEL_RECORD)
+    same = earlier is not None and model is not None and earlier.get(MODEL_RECORD) == model
+    if earlier is not None and not same and earlier.get("config") != meta["config"]:
         warnings.warn(
             f"{out_path} held an export of another model (other settings or data), which this "
             "one replaces",

@@ -33,9 +33,10 @@ from pathlib import Path
 # wide_resnet50_2, encoder: of ae, unet and vae runs), and auto's choice (meandiff and the other
 # methods do not export). tests/test_onnx_untrusted.py exports each kind afresh and checks that
 # every op is here, so a change of the exporter (or of torch's tracer) that writes another op
-# fails there, not at a user's predict.
+# fails there, not at a user's predict. Gemm: exports of the package as of 2026-12-01 (006acaa)
+# wrote one, and a file exported then must still be read (an upgrade walkthrough).
 _STANDARD_OPS = """Abs Add And AveragePool Cast Clip Concat Constant ConstantOfShape Conv CumSum
-Div Equal Expand EyeLike Gather GatherElements Greater GreaterOrEqual Identity LeakyRelu
+Div Equal Expand EyeLike Gather GatherElements Gemm Greater GreaterOrEqual Identity LeakyRelu
 LessOrEqual MatMul MaxPool Mod Mul NonZero Or Pad QuantizeLinear ReduceMax ReduceMean ReduceMin
 ReduceSum ReduceSumSquare Relu Reshape Resize ScatterElements ScatterND Shape Slice Split Sqrt Sub
 TopK Transpose Unsqueeze Where"""

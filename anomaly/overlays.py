@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from anomaly.data.files import named
 from anomaly.data.image_kind import read_rgb
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
@@ -352,11 +354,12 @@ def save_overlays(
     of its name gets the `..._<index>.png` name instead).
     """
     out_dir = output_folder(out_dir)
-    seen = set(remove_written(out_dir, WRITTEN, marked_overlay, keep_folder=True))  # user's stay
-    names = []
+    kept = set(remove_written(out_dir, WRITTEN, marked_overlay, keep_folder=True))  # user's stay
+    seen, names, taken = set(kept), [], []
     for i, (path, defect) in enumerate(zip(pred.paths, pred.defects)):
         name = overlay_name(path, defect)
         stem, k = Path(name).stem, 2
+        taken += [name] * (name in kept)
         if name in seen:  # the same defect and stem from another folder, or a file of the user's
             name = f"{stem}_{i}.png"
         while name in seen:  # that name is a file of the user's too
@@ -377,4 +380,12 @@ def save_overlays(
     # one image per core at a time: decoding, painting and PNG encoding run outside Python's lock
     record.update(zip(names, in_threads(write, range(len(names)))))
     write_json(out_dir / WRITTEN, record)
+    if taken:  # the plain names show what is kept: an older version's pictures (upgrade)
+        warnings.warn(
+            f"{out_dir}: {len(taken)} overlay names are taken by files `score` did not write "
+            f"there ({named(taken, 3)}: an older version's pictures, or yours), which are kept; "
+            "today's are written beside them as <name>_<index>.png. Move those files away to "
+            "have today's under their own names",
+            stacklevel=2,
+        )
     return [out_dir / name for name in names]

@@ -435,3 +435,68 @@ def test_one_image_is_said_in_the_singular():
     t.params["set_by"] = "train"
     said = few_held_out(t, "RUN")
     assert "only 1 held-out good image, which is that image's score" in said
+
+
+# --- runs and exports of an older version (an upgrade walkthrough, helper) ------------------------
+
+
+def test_an_export_of_the_package_as_of_2026_12_01_passes_the_op_check():
+    """Exports of 006acaa wrote a Gemm; today's reader refused them as not written by export."""
+    from anomaly.onnx_checks import foreign_parts
+
+    assert foreign_parts({("", "Gemm"), ("", "Conv")}, []) == ""
+    assert foreign_parts({("", "Loop")}, []) == "'Loop'"  # what no export writes: still named
+
+
+def test_export_again_over_an_older_versions_export_of_the_same_model_is_quiet(
+    tiny_cookies, tmp_path
+):
+    """Its config metadata lacked fields added since (at their defaults), so exporting the same
+    run again warned that the file "held an export of another model"."""
+    import warnings
+
+    import onnx
+    from helpers import patchknn_export
+
+    from anomaly.export import export_onnx
+
+    run = tmp_path / "pk"
+    path = patchknn_export(tiny_cookies, run)
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "config":  # as an older version wrote it: fewer fields
+            config = json.loads(prop.value)
+            config.pop("search_refine"), config.pop("decode")
+            prop.value = json.dumps(config)
+    onnx.save(model, str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_onnx(run, path)
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "model_sha256":  # another model.pt's export: still said
+            prop.value = "0" * 64
+        if prop.key == "config":
+            prop.value = json.dumps({**json.loads(prop.value), "size": 32})
+    onnx.save(model, str(path))
+    with pytest.warns(UserWarning, match="held an export of another model"):
+        export_onnx(run, path)
+
+
+def test_score_says_when_overlay_names_are_taken_by_files_it_did_not_write(meandiff_32, tmp_path):
+    """A run scored by an older version (whose overlays carry no mark and no record): today's
+    overlays went to <name>_<index>.png beside the old pictures without a word, so the plain
+    names showed the old model's pictures."""
+    from PIL import Image
+
+    from anomaly.pipeline import score_run
+
+    run = tmp_path / "md"
+    shutil.copytree(meandiff_32, run)
+    pred, _ = score_run(run, overlays=True)
+    (run / "overlays" / ".written.json").unlink()
+    for path in (run / "overlays").glob("*.png"):  # as an older version left them: no mark
+        Image.open(path).convert("RGB").save(path)
+    with pytest.warns(UserWarning, match=rf"{len(pred)} overlay names are taken by files") as said:
+        score_run(run, overlays=True)
+    assert "Move those files away" in str(said[0].message)
