@@ -237,7 +237,7 @@ def _predict(args) -> int:
     if good:
         where = good[0]["overlay"]
         where = f"overlays in {Path(where).parent}" if where else "no overlays written"
-        print(f"{threshold_words(threshold)}; {where}", file=sys.stderr)
+        print(f"{threshold_words(threshold, args.run)}; {where}", file=sys.stderr)
         from anomaly.decision import few_held_out
         from anomaly.runs import RunDir
 
@@ -289,10 +289,10 @@ def _threshold(args) -> None:
         if not rd.has_threshold():
             raise RunError(f"{rd} has no threshold saved; set one with --rule (see --help)")
         t = rd.threshold()
-        print(f"{threshold_words(t)}; saved in {args.run}")
+        print(f"{threshold_words(t, args.run)}; saved in {args.run}")
     else:
         t = set_threshold(args.run, args.rule, args.value, good_images=args.good_images)
-        print(f"{threshold_words(t)}; saved to {args.run}")
+        print(f"{threshold_words(t, args.run)}; saved to {args.run}")
     scores = rd.file(rd.CALIBRATION) if args.good_images else None
     if args.rule and (words := calibration_words(t, scores)):
         print(words)

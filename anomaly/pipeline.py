@@ -39,6 +39,7 @@ from anomaly.pixel_eval import EVAL_SIZE
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import available_memory, check_path_above, output_folder, sha256_file
 from anomaly.terminal import printable, shell_word
+from anomaly.threshold_text import choose_again
 from anomaly.train import seed_everything, select_device
 from anomaly.train_guards import moved as _moved
 
@@ -296,7 +297,7 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
         if old is not None and old.params.get("set_by") != "train":
             print(
                 f"{run}: kept your threshold {old.value:.6g} ({old.rule}), which was chosen on "
-                "the earlier model; choose it again with `python -m anomaly threshold`"
+                f"the earlier model; choose it again with `{choose_again(old, run)}`"
             )
             # one that records its model lost its guarantee when model.pt was replaced
             # (`threshold_file.carried`); one from before that record loses it here

@@ -79,28 +79,49 @@ def _percent(x: float, rounding) -> str:
     return f"{min(rounding(x * 10**digits) / 10**digits, 100.0):.{digits}f}"
 
 
-def threshold_words(t) -> str:
-    """The threshold, the rule that set it and what it guarantees, in one line."""
+def threshold_words(t, run=None) -> str:
+    """The threshold, the rule that set it and what it guarantees, in one line; where the
+    guarantee is lost, the command that chooses it again (for `run`, else RUN)."""
     from anomaly.threshold_file import UNRECORDED, UNSUPPORTED, guarantee_words, lost_guarantee
 
     value = f"{t.value:.6g}"  # or every digit, where 6 would move it past a score
     words = f"threshold {value if float(value) == t.value else repr(float(t.value))} ({t.rule})"
+    again = f"choose it again with `{choose_again(t, run)}`"
     if (t.params or {}).get("earlier_model"):
         return (
             f"{words}: chosen on an earlier model of this run, so its guarantee no longer "
-            "holds; choose it again with `python -m anomaly threshold`"
+            f"holds; {again}"
         )
     if (t.params or {}).get(UNRECORDED) and t.rule == "conformal":
         return (
             f"{words}: it does not record the model it was chosen for (saved by an older "
-            "version, or the record deleted), so no guarantee is claimed; choose it again with "
-            "`python -m anomaly threshold`"
+            f"version, or the record deleted), so no guarantee is claimed; {again}"
         )
     if (t.params or {}).get(UNSUPPORTED) and t.rule in ("conformal", "normal_quantile"):
         return (
             f"{words}: {lost_guarantee(t.rule, t.params)} (edited, or another run's files?), "
-            "so no guarantee is claimed; choose it again with `python -m anomaly threshold`"
+            f"so no guarantee is claimed; {again}"
         )
     if guarantee := guarantee_words(t.rule, t.params or {}):
         return f"{words}: guarantee: {guarantee}"
     return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
+
+
+def choose_again(t, run=None) -> str:
+    """The `threshold` command that sets `t`'s rule again with its value (a conformal alpha, a
+    quantile, a manual value) on the same good images (a --good-images folder it records)."""
+    from anomaly.terminal import shell_word
+
+    params = t.params or {}
+    value = {"conformal": params.get("alpha"), "normal_quantile": params.get("q")}.get(
+        t.rule, t.value if t.rule == "manual" else None
+    )
+    flags = f" --rule {t.rule.replace('_', '-')}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        flags += f" --value {value!r}" if t.rule == "manual" else f" --value {value:g}"
+    record = params.get("calibration")
+    folder = record.get("folder") if isinstance(record, dict) else None
+    if isinstance(folder, str) and record.get("source") == "folder":
+        flags += f" --good-images {shell_word(folder)}"
+    where = shell_word(str(run)) if run is not None else "RUN"
+    return f"python -m anomaly threshold --run {where}{flags}"

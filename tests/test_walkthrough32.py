@@ -500,3 +500,23 @@ def test_score_says_when_overlay_names_are_taken_by_files_it_did_not_write(meand
     with pytest.warns(UserWarning, match=rf"{len(pred)} overlay names are taken by files") as said:
         score_run(run, overlays=True)
     assert "Move those files away" in str(said[0].message)
+
+
+def test_a_lost_guarantee_names_the_whole_command_that_chooses_it_again():
+    """Every other message gives a full command; this one said `python -m anomaly threshold`."""
+    from anomaly.metrics import Threshold
+    from anomaly.threshold_text import choose_again, threshold_words
+
+    folder = {"source": "folder", "folder": "my good"}
+    t = Threshold(1.5, "conformal", {"alpha": 0.05, "earlier_model": True, "calibration": folder})
+    said = threshold_words(t, "runs/x")
+    assert said.endswith(
+        "choose it again with `python -m anomaly threshold --run runs/x --rule conformal "
+        "--value 0.05 --good-images 'my good'`"
+    )
+    assert choose_again(Threshold(2.5, "manual", {})) == (
+        "python -m anomaly threshold --run RUN --rule manual --value 2.5"
+    )
+    quantile = Threshold(2.5, "normal_quantile", {"q": 0.99, "calibration": {"source": "held_out"}})
+    assert choose_again(quantile, "r").endswith("--rule normal-quantile --value 0.99")
+    assert choose_again(Threshold(2.5, "f1", {}), "r").endswith("--rule f1")
