@@ -177,15 +177,20 @@ def _pixel_metrics(masks, maps, fpr_limit: float, notes: list[str], prefix: str,
 def _sorted_normals(pred, known: np.ndarray) -> dict[str, np.ndarray] | None:
     """Each defect kind's (and the good images') normal pixels, sorted once for all of
     `evaluate`'s pixel metrics; None where the maps cannot be ranked (the metrics say why)."""
+    from anomaly.prefetch import in_threads  # numpy sorts outside Python's lock: two at once
+
     defects = np.asarray(pred.defects)
+    kinds = [k for k in sorted(set(defects[known])) if (known & (defects == k)).any()]
     try:
-        return {
-            kind: sorted_normal(pred.masks[rows], pred.maps[rows])
-            for kind in sorted(set(defects[known]))
-            if (rows := known & (defects == kind)).any()
-        }
+        return dict(
+            zip(kinds, in_threads(lambda k: _sorted_of(pred, known & (defects == k)), kinds, 2))
+        )
     except ValueError:
         return None
+
+
+def _sorted_of(pred, rows: np.ndarray) -> np.ndarray:
+    return sorted_normal(pred.masks[rows], pred.maps[rows])
 
 
 def _normal_of(normals: dict[str, np.ndarray] | None, kinds) -> np.ndarray | None:
