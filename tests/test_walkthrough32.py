@@ -520,3 +520,15 @@ def test_a_lost_guarantee_names_the_whole_command_that_chooses_it_again():
     quantile = Threshold(2.5, "normal_quantile", {"q": 0.99, "calibration": {"source": "held_out"}})
     assert choose_again(quantile, "r").endswith("--rule normal-quantile --value 0.99")
     assert choose_again(Threshold(2.5, "f1", {}), "r").endswith("--rule f1")
+
+
+def test_a_generator_refusal_names_the_settings_that_differ(tmp_path):
+    """make-cookies said "made with other settings" but not which (a reproducibility audit)."""
+    from anomaly.data import make_cookies
+    from anomaly.data.generated import settings_changed
+
+    make_cookies(tmp_path / "c", preset="tiny", seed=5, size=32)
+    with pytest.raises(ValueError, match=r"other settings \(seed 5 -> 7\); choose another"):
+        make_cookies(tmp_path / "c", preset="tiny", seed=7, size=32)
+    said = settings_changed({"counts": {"a": 1}, "seed": 1}, {"counts": {"a": 2}, "seed": 1})
+    assert said == 'counts {"a": 1} -> {"a": 2}'

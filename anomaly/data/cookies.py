@@ -27,6 +27,7 @@ from anomaly.data.generated import (
     complete,
     read_manifest,
     recover,
+    settings_changed,
     write_png,
     write_staged,
 )
@@ -177,7 +178,8 @@ def _check_root(root: Path, settings: dict, overwrite: bool) -> tuple[list, set]
         )
     if not overwrite:
         raise ValueError(
-            f"{root} already holds a cookie data set made with other settings; "
+            f"{root} already holds a cookie data set made with other settings "
+            f"({settings_changed(previous, settings)}); "
             "choose another folder, or pass --overwrite (overwrite=True) to replace "
             "it"
         )

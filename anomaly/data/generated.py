@@ -99,6 +99,18 @@ def edited(root: Path, manifest: dict | None) -> list[str]:
     return changed
 
 
+def settings_changed(previous: dict, settings: dict) -> str:
+    """'seed 5 -> 7, preset toy -> benchmark': the settings of a data set made before (its
+    manifest, `previous`) that differ from `settings`, for the words of a refusal."""
+
+    def shown(value) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    changed = [k for k in settings if previous.get(k) != settings[k]]
+    return ", ".join(f"{k} {shown(previous.get(k))} -> {shown(settings[k])}" for k in changed)
+
+
 def check_unedited(root: Path, manifest: dict | None, generator: str, action: str) -> None:
     """Refuse, before anything is written, a rerun that would replace or delete (`action`, in
     words) a file the user has edited since `generator` wrote it (`edited`)."""

@@ -290,9 +290,9 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
         return None  # the same suite again: files are rewritten byte for byte
     if not overwrite:
         raise ValueError(
-            f"{root} holds a photo suite made with other settings (seed, counts, "
-            "size or sets); pass --overwrite (overwrite=True) to replace it, or "
-            "choose another folder"
+            f"{root} holds a photo suite made with other settings "
+            f"({generated.settings_changed(previous, settings) or 'its sets'}); pass --overwrite "
+            "(overwrite=True) to replace it, or choose another folder"
         )
     made, sets = _made(root, previous) or set(), previous.get("sets") or {}
     theirs = [name for name in names if name not in sets and (root / name).exists()]
