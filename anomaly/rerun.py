@@ -76,27 +76,29 @@ def same_model_words(like: str | Path, out: str | Path) -> str:
     """Whether `out`'s model.pt is `like`'s, byte for byte, and where not, what versions.json
     records differently of what made each (or that nothing recorded differs)."""
     a, b = RunDir(like), RunDir(out)
+    va, vb = a.versions_record() or {}, b.versions_record() or {}
+    keys = sorted((set(va) | set(vb)) - set(NOT_MADE_BY))
+    differ = [f"{k} {va.get(k)!r} -> {vb.get(k)!r}" for k in keys if va.get(k) != vb.get(k)]
+    # reproduced by other versions all the same (the code changed, say): said, not hidden
+    also = f"; made by other versions all the same: {'; '.join(differ)}" if differ else ""
     sha_a = threshold_file.model_sha256(a.file(a.MODEL))
     sha_b = threshold_file.model_sha256(b.file(b.MODEL))
     if sha_a is not None and sha_a == sha_b:
-        return f"{b.file(b.MODEL)} is byte for byte {a.file(a.MODEL)}: the run is reproduced"
+        return f"{b.file(b.MODEL)} is byte for byte {a.file(a.MODEL)}: the run is reproduced{also}"
     state_a, state_b = (r.checkpoint() for r in (a, b))
     if _same(state_a, state_b):  # written before model.pt's bytes were made canonical
         return (
             f"{b.file(b.MODEL)} holds what {a.file(a.MODEL)} holds, config and learned state "
             "alike: the run is reproduced (the older file's bytes are laid out otherwise, so a "
-            "threshold does not carry over)"
+            f"threshold does not carry over){also}"
         )
     if _same(state_a.get("state"), state_b.get("state")):
         changed = [k for k in LIKE_CHANGES if state_a["config"].get(k) != state_b["config"].get(k)]
         return (
             f"{b.file(b.MODEL)} holds the same learned state as {a.file(a.MODEL)}, tensor for "
             f"tensor: the run is reproduced (the files differ in the config they record: "
-            f"{', '.join(changed) or 'its fields'}, so a threshold does not carry over)"
+            f"{', '.join(changed) or 'its fields'}, so a threshold does not carry over){also}"
         )
-    va, vb = a.versions_record() or {}, b.versions_record() or {}
-    keys = sorted((set(va) | set(vb)) - set(NOT_MADE_BY))
-    differ = [f"{k} {va.get(k)!r} -> {vb.get(k)!r}" for k in keys if va.get(k) != vb.get(k)]
     why = (
         "what made them differs: " + "; ".join(differ)
         if differ

@@ -532,3 +532,22 @@ def test_a_generator_refusal_names_the_settings_that_differ(tmp_path):
         make_cookies(tmp_path / "c", preset="tiny", seed=7, size=32)
     said = settings_changed({"counts": {"a": 1}, "seed": 1}, {"counts": {"a": 2}, "seed": 1})
     assert said == 'counts {"a": 1} -> {"a": 2}'
+
+
+def test_train_like_says_when_a_reproduced_run_was_made_by_other_versions(tiny_cookies, tmp_path):
+    """--like said "the run is reproduced" and nothing of versions.json's code +changes (the
+    reproducibility audit): a byte-identical model from other code is worth knowing."""
+    from anomaly.pipeline import train_run
+    from anomaly.rerun import same_model_words
+
+    config = Config.for_method("meandiff", data=str(tiny_cookies), size=32, device="cpu")
+    for name in ("a", "b"):
+        train_run(config, tmp_path / name, progress=False)
+    assert same_model_words(tmp_path / "a", tmp_path / "b").endswith("the run is reproduced")
+    versions = tmp_path / "b" / "versions.json"
+    record = json.loads(versions.read_text())
+    record["code"] = "0123abc+changes"
+    versions.write_text(json.dumps(record))
+    said = same_model_words(tmp_path / "a", tmp_path / "b")
+    assert "the run is reproduced; made by other versions all the same: code" in said
+    assert "-> '0123abc+changes'" in said
