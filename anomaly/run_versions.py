@@ -103,8 +103,8 @@ def code_version() -> str | None:
 
 
 def data_manifest(data: str | Path) -> dict | None:
-    """How the data set was made: `MANIFEST_FIELDS` of its manifest.json (a photo-suite set's:
-    the suite's, with the set's name), or None where it has none that reads."""
+    """How the data set was made: `MANIFEST_FIELDS` of its manifest.json and its image counts (a
+    photo-suite set's: the suite's, with the set's name), or None where it has none that reads."""
     root = Path(data)
     for folder, name in ((root, None), (root.parent, root.name)):
         try:
@@ -118,5 +118,8 @@ def data_manifest(data: str | Path) -> dict | None:
         kept = {
             k: record[k] for k in MANIFEST_FIELDS if isinstance(record.get(k), (str, int, float))
         }
+        counts = record.get("counts")  # make-photos --good/--defect: how many images it made
+        if isinstance(counts, dict) and len(counts) <= 8:
+            kept["counts"] = {str(k): v for k, v in counts.items() if type(v) is int}
         return {**kept, **({"set": name} if name else {})}
     return None

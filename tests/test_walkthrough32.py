@@ -551,3 +551,13 @@ def test_train_like_says_when_a_reproduced_run_was_made_by_other_versions(tiny_c
     said = same_model_words(tmp_path / "a", tmp_path / "b")
     assert "the run is reproduced; made by other versions all the same: code" in said
     assert "-> '0123abc+changes'" in said
+
+
+def test_versions_records_the_data_sets_image_counts(tmp_path):
+    """make-photos --good/--defect changes the test set's size, which no run file recorded."""
+    from anomaly.data import make_cookies
+    from anomaly.run_versions import data_manifest
+
+    make_cookies(tmp_path / "c", preset="tiny", seed=1, size=32)
+    made = json.loads((tmp_path / "c" / "manifest.json").read_text())["counts"]
+    assert data_manifest(tmp_path / "c")["counts"] == made and made
