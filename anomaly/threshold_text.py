@@ -104,6 +104,11 @@ def threshold_words(t, run=None) -> str:
         )
     if guarantee := guarantee_words(t.rule, t.params or {}):
         return f"{words}: guarantee: {guarantee}"
+    if t.rule == "exported":  # a file from before exports named their rule (an upgrade)
+        return (
+            f"{words}: the file does not say which rule set it, so no guarantee is claimed; "
+            "export the run again to carry its rule (python -m anomaly export --run RUN)"
+        )
     return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
 
 

@@ -561,3 +561,56 @@ def test_versions_records_the_data_sets_image_counts(tmp_path):
     make_cookies(tmp_path / "c", preset="tiny", seed=1, size=32)
     made = json.loads((tmp_path / "c" / "manifest.json").read_text())["counts"]
     assert data_manifest(tmp_path / "c")["counts"] == made and made
+
+
+def test_an_export_without_its_rule_is_told_to_be_exported_again():
+    """An older export names no rule: predict --onnx said "use --rule conformal for one", which
+    cannot be applied to an ONNX file (the upgrade walkthrough)."""
+    from anomaly.metrics import Threshold
+    from anomaly.threshold_text import threshold_words
+
+    said = threshold_words(Threshold(3.0, "exported", {}))
+    assert "export the run again to carry its rule" in said and "--rule conformal" not in said
+
+
+def test_warnings_of_files_read_in_threads_are_kept_apart_from_the_main_threads(tmp_path):
+    """`named_warnings` swapped process-wide state (`catch_warnings`) while threads decoded
+    files: two overlapping in threads left a dead recorder in place, and every later warning of
+    the command was lost (score's overlay warning, in a test run of the whole file); a warning
+    of the main thread raised meanwhile was named as a file's."""
+    import threading
+    import warnings
+
+    from anomaly.data.image_kind import named_warnings
+
+    entered, release = threading.Event(), threading.Event()
+    second_in, first_out = threading.Event(), threading.Event()
+
+    def first():
+        with named_warnings(tmp_path / "a.png"):
+            entered.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second():
+        entered.wait(5)
+        with named_warnings(tmp_path / "b.png"):
+            second_in.set()
+            first_out.wait(5)
+            release.wait(5)
+            warnings.warn("from the file", UserWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        first_out.wait(5)
+        warnings.warn("the main thread's own", UserWarning, stacklevel=1)  # b.png is being read
+        release.set()
+        for t in threads:
+            t.join(5)
+        warnings.warn("after the threads", UserWarning, stacklevel=1)
+    texts = [str(w.message) for w in said]
+    assert "the main thread's own" in texts and "after the threads" in texts
+    assert f"{tmp_path / 'b.png'}: from the file" in texts

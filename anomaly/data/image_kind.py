@@ -21,6 +21,7 @@ it, rather than read one of them silently.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from pathlib import Path
 
@@ -95,16 +96,47 @@ def unreadable_fix(error: Exception) -> str:
     return "Re-save it as PNG, or delete it."
 
 
+_CAPTURE = threading.local()  # .caught: the warnings of the file this thread reads, or None
+_INSTALL = threading.Lock()
+
+
+def _per_thread(previous):
+    """A `warnings.showwarning` that keeps a warning for `named_warnings` where this thread is
+    inside one, and hands every other to `previous`."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        caught = getattr(_CAPTURE, "caught", None)
+        if caught is not None:
+            caught.append((message, category))
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.per_thread = True
+    return show
+
+
 @contextlib.contextmanager
 def named_warnings(path):
     """Pillow's warnings while `path` is read (a very large image, EXIF it cannot parse),
-    given again as one line naming the file instead of Pillow's source line."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    given again as one line naming the file instead of Pillow's source line.
+
+    Caught per thread: `warnings.catch_warnings` swaps process-wide state in and out, so with
+    files decoded in threads (`prefetch`) one thread's exit put back another's recorder, and
+    every later warning of the command went into a list nobody read (the main thread's too),
+    or a warning of the main thread was named as a file's."""
+    if not getattr(warnings.showwarning, "per_thread", False):
+        with _INSTALL:
+            if not getattr(warnings.showwarning, "per_thread", False):
+                warnings.showwarning = _per_thread(warnings.showwarning)
+                warnings.filterwarnings("always", module="PIL")  # each file's, not once
+    outer, _CAPTURE.caught = getattr(_CAPTURE, "caught", None), []
+    try:
         yield
-    for w in caught:
-        words = str(w.message)
-        if issubclass(w.category, Image.DecompressionBombWarning):
+    finally:
+        caught, _CAPTURE.caught = _CAPTURE.caught, outer
+    for message, category in caught:
+        words = str(message)
+        if issubclass(category, Image.DecompressionBombWarning):
             words += "; decoding it takes much memory and time: shrink it"
         warn_once(path, words, stacklevel=4)
 
