@@ -237,11 +237,11 @@ def _predict(args) -> int:
     if good:
         where = good[0]["overlay"]
         where = f"overlays in {Path(where).parent}" if where else "no overlays written"
-        print(f"{threshold_words(threshold, args.run)}; {where}", file=sys.stderr)
+        run = args.run or _run_of_export(args.onnx)
+        print(f"{threshold_words(threshold, run)}; {where}", file=sys.stderr)
         from anomaly.decision import few_held_out
         from anomaly.runs import RunDir
 
-        run = args.run or _run_of_export(args.onnx)
         kmeans = args.run is not None and RunDir(args.run).config().method == "kmeans"
         if note := few_held_out(threshold, run, kmeans):  # as train said it
             again = f"; then export the run again: python -m anomaly export --run {shell_word(run)}"

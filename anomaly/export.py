@@ -99,10 +99,7 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
     if config.decode == "draft":  # the run's decoding (auto: not its choice's
         meta["draft_size"] = str(2 * config.size)  # size), so both decode a JPEG alike
     written = export_detector(detector, out_path, meta)
-    # the same model.pt is not another model, whatever config fields a newer version added
-    model = meta.get(MODEL_RECORD)
-    same = earlier is not None and model is not None and earlier.get(MODEL_RECORD) == model
-    if earlier is not None and not same and earlier.get("config") != meta["config"]:
+    if earlier is not None and not _same_model(earlier, meta):
         warnings.warn(
             f"{out_path} held an export of another model (other settings or data), which this "
             "one replaces",
@@ -117,6 +114,19 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
             stacklevel=2,
         )
     return written
+
+
+def _same_model(earlier: dict[str, str], meta: dict[str, str]) -> bool:
+    """Whether the export `earlier` (its metadata) holds the model `meta` describes: the same
+    model.pt, or, for an export from before exports recorded it (2026-12-01), the same config
+    in every field that export wrote (fields added since are the newer version's)."""
+    if earlier.get(MODEL_RECORD) is not None:
+        return earlier.get(MODEL_RECORD) == meta.get(MODEL_RECORD)
+    try:
+        then, now = json.loads(earlier.get("config", "")), json.loads(meta["config"])
+    except ValueError:
+        return False
+    return isinstance(then, dict) and all(now.get(k, v) == v for k, v in then.items())
 
 
 def _export_meta(path: Path) -> dict[str, str] | None:

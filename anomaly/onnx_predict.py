@@ -2,9 +2,9 @@
 
 `predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) imports
 no torch (a test checks) and of the package only `anomaly.data.image_kind` and `image_unlike`
-(Pillow only: its warnings; reduced without them) and `onnx_checks` (the checks of the file and of the arrays given;
-copy onnx_checks.py beside this file, in a package of yours too: without it this file refuses
-to load), so it runs where only those three are.
+(Pillow only: its warnings; reduced without them) and `onnx_checks` (the checks of the file
+and of the arrays given; copy onnx_checks.py beside this file, in a package of yours too:
+without it this file refuses to load), so it runs where only those three are.
 
 The file's contract, also stored in its `metadata_props` (read them with
 `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):

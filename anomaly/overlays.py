@@ -382,7 +382,8 @@ def save_overlays(
     write_json(out_dir / WRITTEN, record)
     if taken:  # the plain names show what is kept: an older version's pictures (upgrade)
         warnings.warn(
-            f"{out_dir}: {len(taken)} overlay names are taken by files `score` did not write "
+            f"{out_dir}: {len(taken)} overlay name{'s are' if len(taken) > 1 else ' is'} taken "
+            "by files `score` did not write "
             f"there ({named(taken, 3)}: an older version's pictures, or yours), which are kept; "
             "today's are written beside them as <name>_<index>.png. Move those files away to "
             "have today's under their own names",

@@ -31,10 +31,11 @@ from anomaly.safe_files import available_memory
 EVAL_SIZE = 256
 FULL = "full"  # `--pixel-size full`: the masks' own size, as MVTec AD's evaluation
 SIZE_RANGE = (16, 8192)  # a side in pixels that `--pixel-size N` accepts
-# the peak memory of the pixel metrics per pixel of every map: 22-30 bytes measured (10 maps at
-# 2048 and 4096 px; the maps and masks, their copies for the known masks, the sorted normal
-# pixels and their merges), with a margin
-BYTES_PER_PIXEL = 32
+# the peak memory of the pixel metrics per pixel of every map: 22-30 bytes measured for the whole
+# command (10 maps at 2048 and 4096 px), 33-38.5 for `evaluate` alone with other mixes of
+# kinds (a review) plus 5 for the maps and masks themselves: the copies for the known masks,
+# the sorted normal pixels and their merges; with a margin
+BYTES_PER_PIXEL = 48
 
 
 def parse_pixel_size(text: str) -> int | str:

@@ -105,25 +105,30 @@ def threshold_words(t, run=None) -> str:
     if guarantee := guarantee_words(t.rule, t.params or {}):
         return f"{words}: guarantee: {guarantee}"
     if t.rule == "exported":  # a file from before exports named their rule (an upgrade)
+        from anomaly.terminal import shell_word
+
         return (
             f"{words}: the file does not say which rule set it, so no guarantee is claimed; "
-            "export the run again to carry its rule (python -m anomaly export --run RUN)"
+            "export the run again to carry its rule (python -m anomaly export --run "
+            f"{shell_word(str(run)) if run is not None else 'RUN'})"
         )
     return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
 
 
 def choose_again(t, run=None) -> str:
     """The `threshold` command that sets `t`'s rule again with its value (a conformal alpha, a
-    quantile, a manual value) on the same good images (a --good-images folder it records)."""
+    quantile, a manual value) on the same good images (a --good-images folder it records); a
+    value saved by the explorer (its own rules, which --rule does not take) as a manual one."""
     from anomaly.terminal import shell_word
 
     params = t.params or {}
+    rule = t.rule if t.rule in ("conformal", "normal_quantile", "f1") else "manual"  # explorer's
     value = {"conformal": params.get("alpha"), "normal_quantile": params.get("q")}.get(
-        t.rule, t.value if t.rule == "manual" else None
+        rule, t.value if rule == "manual" else None
     )
-    flags = f" --rule {t.rule.replace('_', '-')}"
+    flags = f" --rule {rule.replace('_', '-')}"
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        flags += f" --value {value!r}" if t.rule == "manual" else f" --value {value:g}"
+        flags += f" --value {float(value)!r}"  # every digit: the same threshold again
     record = params.get("calibration")
     folder = record.get("folder") if isinstance(record, dict) else None
     if isinstance(folder, str) and record.get("source") == "folder":

@@ -70,8 +70,8 @@ def test_check_memory_refuses_what_the_machine_cannot_hold():
     from anomaly.pixel_eval import check_memory
 
     check_memory(100, (1024, 1024), None)  # unknown: not checked
-    check_memory(100, (1024, 1024), 4 * 2**30)
-    with pytest.raises(ValueError, match=r"100 images at 1024x1024 need about 3\.1 GiB.*0\.5 GiB"):
+    check_memory(100, (1024, 1024), 5 * 2**30)
+    with pytest.raises(ValueError, match=r"100 images at 1024x1024 need about 4\.7 GiB.*0\.5 GiB"):
         check_memory(100, (1024, 1024), 2**29)
 
 
@@ -462,16 +462,19 @@ def test_export_again_over_an_older_versions_export_of_the_same_model_is_quiet(
 
     run = tmp_path / "pk"
     path = patchknn_export(tiny_cookies, run)
-    model = onnx.load(str(path))
-    for prop in model.metadata_props:
-        if prop.key == "config":  # as an older version wrote it: fewer fields
-            config = json.loads(prop.value)
-            config.pop("search_refine"), config.pop("decode")
-            prop.value = json.dumps(config)
-    onnx.save(model, str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        export_onnx(run, path)
+    for drop_record in (False, True):  # 2026-12-03 on / 2026-12-01: no model_sha256 either
+        model = onnx.load(str(path))
+        for prop in list(model.metadata_props):
+            if prop.key == "config":  # as an older version wrote it: fewer fields
+                config = json.loads(prop.value)
+                config.pop("search_refine"), config.pop("decode")
+                prop.value = json.dumps(config)
+            if prop.key == "model_sha256" and drop_record:
+                model.metadata_props.remove(prop)
+        onnx.save(model, str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            export_onnx(run, path)
     model = onnx.load(str(path))
     for prop in model.metadata_props:
         if prop.key == "model_sha256":  # another model.pt's export: still said
@@ -517,6 +520,11 @@ def test_a_lost_guarantee_names_the_whole_command_that_chooses_it_again():
     assert choose_again(Threshold(2.5, "manual", {})) == (
         "python -m anomaly threshold --run RUN --rule manual --value 2.5"
     )
+    # the explorer's rules are not --rule's: its value again, as a manual threshold (a review)
+    for rule in ("explorer", "cost-optimal"):
+        assert choose_again(Threshold(2.25, rule, {}), "r").endswith("--rule manual --value 2.25")
+    exact = Threshold(1.0, "conformal", {"alpha": 0.0123456789})  # every digit, not 0.0123457
+    assert choose_again(exact, "r").endswith("--value 0.0123456789")
     quantile = Threshold(2.5, "normal_quantile", {"q": 0.99, "calibration": {"source": "held_out"}})
     assert choose_again(quantile, "r").endswith("--rule normal-quantile --value 0.99")
     assert choose_again(Threshold(2.5, "f1", {}), "r").endswith("--rule f1")
@@ -614,3 +622,27 @@ def test_warnings_of_files_read_in_threads_are_kept_apart_from_the_main_threads(
     texts = [str(w.message) for w in said]
     assert "the main thread's own" in texts and "after the threads" in texts
     assert f"{tmp_path / 'b.png'}: from the file" in texts
+
+
+def test_pillows_warnings_filter_leaves_a_users_own_filters_first(tmp_path):
+    """The "always" filter for Pillow's warnings went in front of the process's filters and
+    overrode a user's own simplefilter("ignore") (a review): it is appended now."""
+    import warnings
+
+    from PIL import Image
+
+    from anomaly.data import image_kind as ik
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ik.image_kind(tmp_path / "a.png")
+        assert warnings.filters[0][0] == "ignore"  # the user's, still first
+
+
+def test_a_photo_suite_refusal_names_the_sets_that_differ(tmp_path):
+    from anomaly.data import make_photos
+
+    make_photos(tmp_path / "p", tiny=True, sets=["moon"])
+    with pytest.raises(ValueError, match=r"other settings \(sets moon -> moon, page\)"):
+        make_photos(tmp_path / "p", tiny=True, sets=["moon", "page"])

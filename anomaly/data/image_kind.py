@@ -123,12 +123,14 @@ def named_warnings(path):
     Caught per thread: `warnings.catch_warnings` swaps process-wide state in and out, so with
     files decoded in threads (`prefetch`) one thread's exit put back another's recorder, and
     every later warning of the command went into a list nobody read (the main thread's too),
-    or a warning of the main thread was named as a file's."""
+    or a warning of the main thread was named as a file's. The filters stay the process's: a
+    warning another thread's filter ignores meanwhile is not seen here either."""
     if not getattr(warnings.showwarning, "per_thread", False):
         with _INSTALL:
             if not getattr(warnings.showwarning, "per_thread", False):
                 warnings.showwarning = _per_thread(warnings.showwarning)
-                warnings.filterwarnings("always", module="PIL")  # each file's, not once
+                # each file's, not once per line of Pillow; appended: a user's own filters win
+                warnings.filterwarnings("always", module="PIL", append=True)
     outer, _CAPTURE.caught = getattr(_CAPTURE, "caught", None), []
     try:
         yield

@@ -289,10 +289,10 @@ def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
         generated.check_unedited(root, previous, "make-photos", "making it again")
         return None  # the same suite again: files are rewritten byte for byte
     if not overwrite:
+        changed = generated.settings_changed(previous, settings) or _sets_changed(previous, names)
         raise ValueError(
-            f"{root} holds a photo suite made with other settings "
-            f"({generated.settings_changed(previous, settings) or 'its sets'}); pass --overwrite "
-            "(overwrite=True) to replace it, or choose another folder"
+            f"{root} holds a photo suite made with other settings ({changed}); pass "
+            "--overwrite (overwrite=True) to replace it, or choose another folder"
         )
     made, sets = _made(root, previous) or set(), previous.get("sets") or {}
     theirs = [name for name in names if name not in sets and (root / name).exists()]
@@ -322,3 +322,9 @@ def _made(root: Path, previous: dict | None) -> set[str] | None:
         images = info.get("images") if isinstance(info, dict) else None
         made |= manifest_files(images if isinstance(images, dict) else {}, prefix=f"{name}/")
     return made
+
+
+def _sets_changed(previous: dict, names) -> str:
+    """'sets moon -> moon, page': the sets of a suite made before against those asked for."""
+    before = previous.get("sets") if isinstance(previous.get("sets"), dict) else {}
+    return f"sets {', '.join(sorted(map(str, before))) or 'none'} -> {', '.join(sorted(names))}"

@@ -5,6 +5,7 @@ detector's file."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,8 +25,13 @@ def trace_to_onnx(
     "scores" and "maps" and exactly the example's shape."""
     names = outputs or ["scores", "maps"]
     dynamic = {n: {0: "batch"} for n in ["images", *names]} if outputs else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values: sizes are fixed
+    with warnings.catch_warnings():  # tracer warnings about Python values: sizes are fixed;
+        # torch's and onnx's only (and those they raise at this module's call): the filters are
+        # the process's, and a thread decoding the next images meanwhile must still say what
+        # Pillow says of them
+        here = re.escape(__name__)
+        warnings.filterwarnings("ignore", module=rf"(torch|onnx|onnxscript|{here})(\.|$)")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # in traced code
         try:
             torch.onnx.export(
                 module,
