@@ -13,15 +13,20 @@ import pytest
 from anomaly.config import Config
 
 
+def _trained(data, factory, method: str, size: int) -> Path:
+    """A `method` run at `size` px on `data`, in a new folder of `factory`."""
+    from anomaly.pipeline import train_run
+
+    run = factory.mktemp(method) / "run"
+    config = Config.for_method(method, data=str(data), size=size, device="cpu")
+    train_run(config, run, progress=False)
+    return run
+
+
 @pytest.fixture(scope="module")
 def meandiff_32(tiny_cookies, tmp_path_factory):
     """A meandiff run at 32 px on the tiny cookies, whose masks are 64 px."""
-    from anomaly.pipeline import train_run
-
-    run = tmp_path_factory.mktemp("px") / "md"
-    config = Config.for_method("meandiff", data=str(tiny_cookies), size=32, device="cpu")
-    train_run(config, run, progress=False)
-    return run
+    return _trained(tiny_cookies, tmp_path_factory, "meandiff", 32)
 
 
 def test_pixel_size_values():
@@ -290,12 +295,7 @@ def test_suggested_smallest_alpha_is_accepted_for_every_count():
 
 @pytest.fixture(scope="module")
 def patchknn_64(tiny_cookies, tmp_path_factory):
-    from anomaly.pipeline import train_run
-
-    run = tmp_path_factory.mktemp("thr") / "pk"
-    config = Config.for_method("patchknn", data=str(tiny_cookies), size=64, device="cpu")
-    train_run(config, run, progress=False)
-    return run
+    return _trained(tiny_cookies, tmp_path_factory, "patchknn", 64)
 
 
 def test_a_quantile_above_one_is_told_as_a_percentage(patchknn_64, tmp_path):
