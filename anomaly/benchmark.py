@@ -75,8 +75,9 @@ from anomaly.benchmark_tables import (
     write_notes,
 )
 from anomaly.data import AnomalyDataset
-from anomaly.pixel_eval import EVAL_SIZE, FULL, full_size, parse_pixel_size
+from anomaly.pixel_eval import EVAL_SIZE, FULL, check_memory, full_size, parse_pixel_size
 from anomaly.runs import RunDir
+from anomaly.safe_files import available_memory
 from anomaly.terminal import shell_word
 
 SMOKE = {"epochs": 1, "size": 64}
@@ -250,9 +251,12 @@ def run_benchmark(
     check_seed(seed)
     sets = discover_sets(data)
     check_sets(sets)  # before any folder is claimed or method trained
-    if pixel_size == FULL:  # masks of two sizes in a set: refused now, not after training
-        for ds in sets:
-            full_size([s.mask_path for s in AnomalyDataset(ds["path"], "test").samples])
+    for ds in sets:  # sizes and memory refused now, not after every method trained
+        samples = AnomalyDataset(ds["path"], "test").samples
+        masks = [s.mask_path for s in samples]
+        hw = full_size(masks, [s.path for s in samples]) if pixel_size == FULL else None
+        if any(masks):
+            check_memory(len(samples), hw or (int(pixel_size),) * 2, available_memory())
     methods = list(methods or DEFAULT_METHODS)
     bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
     check_methods(methods, kept=lambda src: _kept_source(src, sets, bases, seed, smoke))

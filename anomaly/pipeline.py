@@ -366,8 +366,11 @@ def score_run(
             guards.warn_changed_training(rd, data)
         pixel_size = parse_pixel_size(str(pixel_size))  # "512" from the API is 512
         mask_of = {s.path: s.mask_path for s in test.samples}
-        hw = full_size(list(mask_of.values())) if pixel_size == FULL else (pixel_size,) * 2
-        if hw is not None and any(mask_of.values()):  # before any work, as mixed mask sizes
+        if pixel_size == FULL:  # images or masks of several sizes: refused before any work
+            hw = full_size(list(mask_of.values()), list(mask_of))
+        else:
+            hw = (pixel_size, pixel_size)
+        if hw is not None and any(mask_of.values()):  # and more pixels than memory holds
             check_memory(len(test), hw, available_memory())
         where = dest.overlays  # a link, a file or a pipe there: refused before any work
         if overlays and (where.is_symlink() or (where.exists() and not where.is_dir())):
@@ -387,8 +390,14 @@ def score_run(
             output_folder(dest.path)
         with dest.predictions_meanwhile(pred):  # in place once the metrics are made
             paths = [mask_of.get(p) for p in pred.paths]  # pixel metrics at one size
-            pixels = at_eval_size(pred, paths, pixel_size)
-            metrics = evaluate(pixels)
+            try:
+                pixels = at_eval_size(pred, paths, pixel_size)
+                metrics = evaluate(pixels)
+            except MemoryError:  # a limit MemAvailable does not show (ulimit, a container's)
+                raise RunError(
+                    f"the pixel metrics at --pixel-size {pixel_size} ran out of memory, so nothing "
+                    "was written: give a smaller --pixel-size (the default is 256)"
+                ) from None
             metrics["pixel_metrics_size"] = pixels.meta.get("pixel_metrics_size")
             del pixels  # at full size, the largest arrays of the command
             scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # pixel threshold

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anomaly.data.image_kind import displayed_size
 from anomaly.data.masks import mask_tensor, open_image, read_mask
 from anomaly.safe_files import available_memory
 
@@ -42,10 +43,7 @@ def parse_pixel_size(text: str) -> int | str:
     """`--pixel-size`'s value: `FULL`, or a side in pixels within `SIZE_RANGE`."""
     if text.strip().lower() == FULL:
         return FULL
-    try:
-        size = int(text)
-    except ValueError:
-        size = None
+    size = int(text) if text.strip().isdecimal() and text.strip().isascii() else None  # not 5_12
     if size is None or not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
         raise ValueError(
             f"--pixel-size {text!r}: give a side in pixels from {SIZE_RANGE[0]} to "
@@ -93,27 +91,28 @@ def masks_at(mask_paths, size: int | tuple[int, int] = EVAL_SIZE) -> np.ndarray:
     return masks
 
 
-def full_size(mask_paths) -> tuple[int, int] | None:
-    """The one (height, width) of the mask files in `mask_paths` (None entries skipped), read
-    from their headers; None when there is no mask file. ValueError naming two files when they
-    differ in size: MVTec AD's evaluation compares maps and masks at the masks' size, which
-    must then be one size for the whole test set."""
+def full_size(mask_paths, image_paths=()) -> tuple[int, int] | None:
+    """The one (height, width) of the mask files in `mask_paths` (None entries skipped) and of
+    the images in `image_paths` (as viewers show them), read from their headers; None when there
+    is no mask file. ValueError naming two files when they differ in size: MVTec AD's evaluation
+    compares each map with its mask at the image's size, and one array of maps holds one size,
+    so a good image of another size would be scored at the masks' size without a word."""
     first = None
-    for path in mask_paths:
+    for path in [*mask_paths, *image_paths]:
         if path is None:
             continue
         with open_image(path) as im:
-            hw = (im.height, im.width)
+            w, h = displayed_size(im)
         if first is None:
-            first = (path, hw)
-        elif hw != first[1]:
+            first = (path, (h, w))
+        elif (h, w) != first[1]:
             raise ValueError(
-                f"--pixel-size {FULL} needs one mask size for the whole test set, but "
-                f"{first[0]} is {first[1][1]}x{first[1][0]} and {path} is {hw[1]}x{hw[0]}: "
-                "give a size instead (--pixel-size 512 scores every map and mask at 512 x 512), "
-                "or score each size's images apart"
+                f"--pixel-size {FULL} needs one size for the whole test set's images and masks, "
+                f"but {first[0]} is {first[1][1]}x{first[1][0]} and {path} is {w}x{h}: give a "
+                "size instead (--pixel-size 512 scores every map and mask at 512 x 512), or "
+                "score each size's images apart"
             )
-    return None if first is None else first[1]
+    return None if first is None or not any(p is not None for p in mask_paths) else first[1]
 
 
 def check_memory(n: int, hw: tuple[int, int], available: int | None) -> None:
@@ -122,11 +121,19 @@ def check_memory(n: int, hw: tuple[int, int], available: int | None) -> None:
     need = n * hw[0] * hw[1] * BYTES_PER_PIXEL
     if available is not None and need > available:
         usual = n * EVAL_SIZE**2 * BYTES_PER_PIXEL
-        raise ValueError(
-            f"pixel metrics of {n} images at {hw[1]}x{hw[0]} need about {need / 2**30:.1f} GiB "
-            f"of memory, and {available / 2**30:.1f} GiB is available: give a smaller "
-            f"--pixel-size (the default {EVAL_SIZE} needs {usual / 2**30:.2f} GiB)"
+        fix = (
+            f"give a smaller --pixel-size (the default {EVAL_SIZE} needs {_amount(usual)})"
+            if usual <= available and hw[0] * hw[1] > EVAL_SIZE**2
+            else "free memory, or score the test images in smaller sets"
         )
+        raise ValueError(
+            f"pixel metrics of {n} images at {hw[1]}x{hw[0]} need about {_amount(need)} of "
+            f"memory, and {_amount(available)} is available: {fix}"
+        )
+
+
+def _amount(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
 
 
 def at_eval_size(pred, mask_paths, size: int | str = EVAL_SIZE):

@@ -34,7 +34,7 @@ def test_pixel_size_values():
 
     assert parse_pixel_size("full") == parse_pixel_size(" FULL ") == FULL
     assert parse_pixel_size("512") == 512 and parse_pixel_size("16") == 16
-    for bad in ("8", "0", "-256", "9000", "256px", ""):
+    for bad in ("8", "0", "-256", "9000", "256px", "", "5_12", "+64", "٦٤"):
         with pytest.raises(ValueError, match="--pixel-size .*from 16 to 8192"):
             parse_pixel_size(bad)
 
@@ -76,7 +76,9 @@ def test_check_memory_refuses_what_the_machine_cannot_hold():
 
     check_memory(100, (1024, 1024), None)  # unknown: not checked
     check_memory(100, (1024, 1024), 5 * 2**30)
-    with pytest.raises(ValueError, match=r"100 images at 1024x1024 need about 4\.7 GiB.*0\.5 GiB"):
+    with pytest.raises(
+        ValueError, match=r"100 images at 1024x1024 need about 4\.7 GiB.*512 MiB is available"
+    ):
         check_memory(100, (1024, 1024), 2**29)
 
 
@@ -159,7 +161,7 @@ def test_api_pixel_size_as_text_is_the_number_and_every_size_is_checked_for_memo
     assert score_run(run, overlays=False, pixel_size="64")[1]["pixel_metrics_size"] == 64
     assert score_run(run, overlays=False, pixel_size="Full")[1]["pixel_metrics_size"] == [64, 64]
     monkeypatch.setattr(pipeline, "available_memory", lambda: 2**20)
-    with pytest.raises(ValueError, match="at 4096x4096 need about .*give a smaller --pixel-size"):
+    with pytest.raises(ValueError, match="at 4096x4096 need about .*free memory"):
         score_run(run, overlays=False, pixel_size=4096)
 
 
@@ -168,7 +170,7 @@ def test_benchmark_full_refuses_masks_of_two_sizes_before_training(tiny_cookies,
 
     data = _two_mask_sizes(tiny_cookies, tmp_path)
     out = tmp_path / "bench"
-    with pytest.raises(ValueError, match="needs one mask size"):
+    with pytest.raises(ValueError, match="needs one size for the whole test set"):
         run_benchmark(str(data), methods=["meandiff"], out=str(out), smoke=True, pixel_size="full")
     assert not out.exists()
 
@@ -646,3 +648,62 @@ def test_a_photo_suite_refusal_names_the_sets_that_differ(tmp_path):
     make_photos(tmp_path / "p", tiny=True, sets=["moon"])
     with pytest.raises(ValueError, match=r"other settings \(sets moon -> moon, page\)"):
         make_photos(tmp_path / "p", tiny=True, sets=["moon", "page"])
+
+
+# --- a researcher's full-resolution walkthrough (helper) --------------------------------------------
+
+
+def test_full_refuses_a_good_image_of_another_size_than_the_masks(
+    meandiff_32, tiny_cookies, tmp_path
+):
+    """Only the masks' sizes were checked: a good image of another size was scored at the
+    masks' size without a word, not at its own as MVTec AD's evaluation does."""
+    from PIL import Image
+
+    from anomaly.pipeline import score_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    good = min((data / "test" / "good").glob("*.png"))
+    Image.open(good).resize((96, 96)).save(good)
+    run = tmp_path / "md"
+    shutil.copytree(meandiff_32, run)
+    with pytest.raises(ValueError, match=rf"images and masks, but .*{good.name} is 96x96"):
+        score_run(run, data=data, out=tmp_path / "o", overlays=False, pixel_size="full")
+
+
+def test_memory_words_when_even_the_default_does_not_fit_and_when_memory_runs_out(
+    meandiff_32, tmp_path, monkeypatch
+):
+    from anomaly import pipeline
+    from anomaly.pixel_eval import check_memory
+    from anomaly.runs import RunError
+
+    with pytest.raises(ValueError, match=r"need about 3 MiB of memory, and 1 MiB is available: "):
+        check_memory(1, (256, 256), 2**20)
+    with pytest.raises(ValueError, match="free memory, or score the test images in smaller sets"):
+        check_memory(1, (256, 256), 2**20)
+    run = tmp_path / "md"
+    shutil.copytree(meandiff_32, run)
+
+    def no_memory(*args, **kwargs):  # as numpy's _ArrayMemoryError, a MemoryError
+        raise MemoryError("Unable to allocate 34.3 MiB for an array")
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda: None)  # a ulimit it cannot see
+    monkeypatch.setattr("anomaly.metrics.evaluate", no_memory)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RunError, match="ran out of memory, so nothing was written"):
+        pipeline.score_run(run, overlays=False, pixel_size=2048)
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_benchmark_checks_memory_before_training(tiny_cookies, tmp_path, monkeypatch):
+    from anomaly import benchmark
+
+    monkeypatch.setattr(benchmark, "available_memory", lambda: 2**20)
+    out = tmp_path / "bench"
+    with pytest.raises(ValueError, match=r"need about .* of memory, and 1 MiB is available"):
+        benchmark.run_benchmark(
+            str(tiny_cookies), methods=["meandiff"], out=str(out), smoke=True, pixel_size=4096
+        )
+    assert not out.exists()
