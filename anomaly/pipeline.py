@@ -393,10 +393,18 @@ def score_run(
             try:
                 pixels = at_eval_size(pred, paths, pixel_size)
                 metrics = evaluate(pixels)
-            except MemoryError:  # a limit MemAvailable does not show (ulimit, a container's)
+            except (MemoryError, RuntimeError) as err:  # a limit MemAvailable does not show
+                if isinstance(err, RuntimeError) and "allocate" not in str(err):  # torch's words
+                    raise
+                smaller = pixel_size == FULL or pixel_size > EVAL_SIZE
                 raise RunError(
-                    f"the pixel metrics at --pixel-size {pixel_size} ran out of memory, so nothing "
-                    "was written: give a smaller --pixel-size (the default is 256)"
+                    f"the pixel metrics at --pixel-size {pixel_size} ran out of memory (a limit "
+                    "of the process or container?), so no scores were written: "
+                    + (
+                        f"give a smaller --pixel-size (the default is {EVAL_SIZE})"
+                        if smaller
+                        else "free memory, or score the test images in smaller sets"
+                    )
                 ) from None
             metrics["pixel_metrics_size"] = pixels.meta.get("pixel_metrics_size")
             del pixels  # at full size, the largest arrays of the command

@@ -24,9 +24,10 @@ import dataclasses
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from anomaly.data.image_kind import displayed_size
-from anomaly.data.masks import mask_tensor, open_image, read_mask
+from anomaly.data.masks import mask_tensor, read_mask
 from anomaly.safe_files import available_memory
 
 EVAL_SIZE = 256
@@ -94,14 +95,17 @@ def masks_at(mask_paths, size: int | tuple[int, int] = EVAL_SIZE) -> np.ndarray:
 def full_size(mask_paths, image_paths=()) -> tuple[int, int] | None:
     """The one (height, width) of the mask files in `mask_paths` (None entries skipped) and of
     the images in `image_paths` (as viewers show them), read from their headers; None when there
-    is no mask file. ValueError naming two files when they differ in size: MVTec AD's evaluation
-    compares each map with its mask at the image's size, and one array of maps holds one size,
-    so a good image of another size would be scored at the masks' size without a word."""
+    is no mask file (no pixel metrics to compute). ValueError naming two files when they differ
+    in size: MVTec AD's evaluation compares each map with its mask at the image's size, and one
+    array of maps holds one size, so a good image of another size would be scored at the masks'
+    size without a word."""
+    if not any(p is not None for p in mask_paths):
+        return None
     first = None
     for path in [*mask_paths, *image_paths]:
         if path is None:
             continue
-        with open_image(path) as im:
+        with Image.open(path) as im:  # the header only; the files were read as the data set
             w, h = displayed_size(im)
         if first is None:
             first = (path, (h, w))
@@ -112,7 +116,7 @@ def full_size(mask_paths, image_paths=()) -> tuple[int, int] | None:
                 "size instead (--pixel-size 512 scores every map and mask at 512 x 512), or "
                 "score each size's images apart"
             )
-    return None if first is None or not any(p is not None for p in mask_paths) else first[1]
+    return first[1]
 
 
 def check_memory(n: int, hw: tuple[int, int], available: int | None) -> None:

@@ -122,7 +122,8 @@ def choose_again(t, run=None) -> str:
     from anomaly.terminal import shell_word
 
     params = t.params or {}
-    rule = t.rule if t.rule in ("conformal", "normal_quantile", "f1") else "manual"  # explorer's
+    rule = t.rule.replace("-", "_")  # "normal-quantile" as threshold_file.RULES also reads it
+    rule = rule if rule in ("conformal", "normal_quantile", "f1") else "manual"  # explorer's
     value = {"conformal": params.get("alpha"), "normal_quantile": params.get("q")}.get(
         rule, t.value if rule == "manual" else None
     )

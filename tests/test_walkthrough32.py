@@ -525,6 +525,8 @@ def test_a_lost_guarantee_names_the_whole_command_that_chooses_it_again():
     # the explorer's rules are not --rule's: its value again, as a manual threshold (a review)
     for rule in ("explorer", "cost-optimal"):
         assert choose_again(Threshold(2.25, rule, {}), "r").endswith("--rule manual --value 2.25")
+    hyphen = Threshold(8.5, "normal-quantile", {"q": 0.99})  # as threshold_file.RULES reads it
+    assert choose_again(hyphen, "r").endswith("--rule normal-quantile --value 0.99")
     exact = Threshold(1.0, "conformal", {"alpha": 0.0123456789})  # every digit, not 0.0123457
     assert choose_again(exact, "r").endswith("--value 0.0123456789")
     quantile = Threshold(2.5, "normal_quantile", {"q": 0.99, "calibration": {"source": "held_out"}})
@@ -581,6 +583,9 @@ def test_an_export_without_its_rule_is_told_to_be_exported_again():
 
     said = threshold_words(Threshold(3.0, "exported", {}))
     assert "export the run again to carry its rule" in said and "--rule conformal" not in said
+    assert threshold_words(Threshold(3.0, "exported", {}), "runs/my pk").endswith(
+        "(python -m anomaly export --run 'runs/my pk')"
+    )
 
 
 def test_warnings_of_files_read_in_threads_are_kept_apart_from_the_main_threads(tmp_path):
@@ -689,11 +694,19 @@ def test_memory_words_when_even_the_default_does_not_fit_and_when_memory_runs_ou
     def no_memory(*args, **kwargs):  # as numpy's _ArrayMemoryError, a MemoryError
         raise MemoryError("Unable to allocate 34.3 MiB for an array")
 
+    def torch_out_of_memory(*args, **kwargs):  # torch's CPU allocator says it otherwise
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
     monkeypatch.setattr(pipeline, "available_memory", lambda: None)  # a ulimit it cannot see
     monkeypatch.setattr("anomaly.metrics.evaluate", no_memory)
     before = sorted(p.name for p in run.iterdir())
-    with pytest.raises(RunError, match="ran out of memory, so nothing was written"):
+    with pytest.raises(RunError, match="ran out of memory .* no scores were written: give a"):
         pipeline.score_run(run, overlays=False, pixel_size=2048)
+    with pytest.raises(RunError, match="no scores were written: free memory"):  # the default
+        pipeline.score_run(run, overlays=False)
+    monkeypatch.setattr("anomaly.metrics.evaluate", torch_out_of_memory)
+    with pytest.raises(RunError, match="ran out of memory"):
+        pipeline.score_run(run, overlays=False, pixel_size="full")
     assert sorted(p.name for p in run.iterdir()) == before
 
 
@@ -707,3 +720,39 @@ def test_benchmark_checks_memory_before_training(tiny_cookies, tmp_path, monkeyp
             str(tiny_cookies), methods=["meandiff"], out=str(out), smoke=True, pixel_size=4096
         )
     assert not out.exists()
+
+
+def test_full_needs_no_one_size_where_there_are_no_masks(tmp_path):
+    """No mask file: no pixel metrics, so images of several sizes are no reason to refuse."""
+    from PIL import Image
+
+    from anomaly.pixel_eval import full_size
+
+    for name, side in (("a.png", 64), ("b.png", 80)):
+        Image.fromarray(np.zeros((side, side), np.uint8)).save(tmp_path / name)
+    assert full_size([None, None], [tmp_path / "a.png", tmp_path / "b.png"]) is None
+
+
+def test_tracing_quiets_torchs_warnings_only(tmp_path, monkeypatch):
+    """trace_to_onnx ignored every warning of the process while tracing, so a thread decoding
+    the next images meanwhile lost Pillow's (the filters are process-wide)."""
+    import warnings
+
+    import torch
+
+    from anomaly.detectors import ort_sessions
+
+    def export(*args, **kwargs):
+        warnings.warn("tracer", torch.jit.TracerWarning, stacklevel=1)
+        warnings.warn_explicit(
+            "legacy exporter", DeprecationWarning, "x.py", 1, module="torch.onnx"
+        )
+        warnings.warn_explicit(
+            "a decoding thread's", UserWarning, "Image.py", 1, module="PIL.Image"
+        )
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        ort_sessions.trace_to_onnx(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), tmp_path / "m")
+    assert [str(w.message) for w in said] == ["a decoding thread's"]
