@@ -63,7 +63,7 @@ def test_set_words(run, t) -> str | None:
 
 
 def _interval(k: int, n: int) -> str:
-    """' (95 % interval of the rate 0.1-10.6 %)': what k of n says of new parts' rate."""
+    """' (95 % interval of the rate 0.05-10.7 %)' (1 of 50): what k of n says of new parts' rate."""
     from anomaly.decision import rate_interval
 
     if n < 1:
