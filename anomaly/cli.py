@@ -430,32 +430,57 @@ def _main(args) -> int:
             file=sys.stderr,
         )
         return 130
-    except StdoutGone:  # predict's reader stopped (`predict ... | head`): quietly, as Unix tools
+    except (StdoutGone, BrokenPipeError) as stop:  # the reader stopped (`... | head`): quietly,
+        # as Unix tools; its work is done (a threshold saved before its words were cut)
+        if not isinstance(stop, StdoutGone) and not _terminal_pipe_gone():
+            return _error(stop)  # another pipe (a decoding worker's, say): an error to report
         null = os.open(os.devnull, os.O_WRONLY)  # and the interpreter's last flush must not
-        try:  # fail again
+        try:  # fail again, on stdout or on stderr (`2>&1 | head`)
             os.dup2(null, sys.stdout.fileno())
+            os.dup2(null, sys.stderr.fileno())
         except (OSError, ValueError):  # no file descriptor (a notebook's stream)
             pass
         finally:
             os.close(null)
         return 141  # 128 + SIGPIPE
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
-        # Our errors name the file and the fix; a traceback from deep inside torch helps nobody.
-        message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
-        if message.startswith("Caught ") and "Original Traceback" in message:
-            # raised in a DataLoader worker (--workers N): torch wraps it in the worker's
-            # traceback; its last line is our message
-            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        if isinstance(err, (NotADirectoryError, FileExistsError)) and err.filename:
-            from anomaly.safe_files import file_above
-
-            if (above := file_above(os.path.join(err.filename, "x"))) is not None:
-                whole = os.path.abspath(err.filename) == str(above)
-                path = "" if whole else f" of the path {err.filename}"
-                message = f"{above} is a file where a folder{path} goes; choose another path"
-        print(f"error: {_visible(message)}", file=sys.stderr)
-        return 2
+        return _error(err)
     return 0
+
+
+def _terminal_pipe_gone() -> bool:
+    """Whether stdout's or stderr's reader has gone (a pipe whose read end is closed polls as
+    an error), so a BrokenPipeError was the command's own words cut, not another pipe's."""
+    import select
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            poll = select.poll()
+            poll.register(stream.fileno(), select.POLLOUT)
+            if any(event & (select.POLLERR | select.POLLHUP) for _, event in poll.poll(0)):
+                return True
+        except (OSError, ValueError, AttributeError):  # no descriptor (a notebook's stream)
+            continue
+    return False
+
+
+def _error(err: Exception) -> int:
+    """Print `err` as one `error:` line (our errors name the file and the fix; a traceback from
+    deep inside torch helps nobody) and return the exit status 2."""
+    message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        # raised in a DataLoader worker (--workers N): torch wraps it in the worker's
+        # traceback; its last line is our message
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    if isinstance(err, (NotADirectoryError, FileExistsError)) and err.filename:
+        from anomaly.safe_files import file_above
+
+        if (above := file_above(os.path.join(err.filename, "x"))) is not None:
+            whole = os.path.abspath(err.filename) == str(above)
+            path = "" if whole else f" of the path {err.filename}"
+            message = f"{above} is a file where a folder{path} goes; choose another path"
+    print(f"error: {_visible(message)}", file=sys.stderr)
+    return 2
 
 
 def _visible(message: str) -> str:

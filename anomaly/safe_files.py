@@ -68,6 +68,13 @@ def _disk_full_named(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, RuntimeError) as err:  # torch.save says ENOSPC as a RuntimeError
+        cause = err if isinstance(err, OSError) else err.__context__  # torch's: the OSError
+        if isinstance(cause, OSError) and cause.errno == errno.EFBIG:
+            raise RunError(
+                f"{path}: larger than this process may write (a file-size limit: ulimit -f; an "
+                f"earlier {path.name}, if any, is as it was). Raise the limit, then run the "
+                "command again"
+            ) from None
         if not _disk_full(err, path.parent):
             raise
         raise RunError(

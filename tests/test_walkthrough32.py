@@ -756,3 +756,48 @@ def test_tracing_quiets_torchs_warnings_only(tmp_path, monkeypatch):
         warnings.simplefilter("always")
         ort_sessions.trace_to_onnx(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), tmp_path / "m")
     assert [str(w.message) for w in said] == ["a decoding thread's"]
+
+
+# --- an automation engineer's walkthrough (helper) ----------------------------------------------------
+
+
+def test_a_file_size_limit_is_named_with_the_file_and_the_fix(tmp_path):
+    """`ulimit -f` during train gave torch's "unexpected pos" traceback; score's, export's and
+    threshold's writes an unnamed "[Errno 27] File too large"."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+        "import torch; from anomaly.safe_files import atomic_save, atomic_bytes; "
+        "from anomaly.runs import RunError\n"
+        "for f in (lambda: atomic_save({'w': torch.zeros(100000)}, sys.argv[1] + '/m.pt'), "
+        "lambda: atomic_bytes(bytes(100000), sys.argv[1] + '/b.bin')):\n"
+        "    try:\n        f()\n    except RunError as e:\n        print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr
+    assert len(lines) == 2 and all("larger than this process may write" in x for x in lines)
+    assert lines[0].startswith(f"{tmp_path}/m.pt:") and "ulimit -f" in lines[0]
+    assert not list(tmp_path.iterdir())  # no temporary file left
+
+
+def test_a_cut_pipe_after_the_work_is_done_is_no_error(patchknn_64, tmp_path):
+    """`threshold ... | head -1` saved the threshold, then exited 2 with "[Errno 32] Broken
+    pipe"; `predict ... 2>&1 | head -1` died of an uncaught BrokenPipeError on stderr."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "pk"
+    shutil.copytree(patchknn_64, run)
+    command = [sys.executable, "-m", "anomaly", "threshold", "--run", str(run)]
+    proc = subprocess.Popen(
+        [*command, "--rule", "normal-quantile"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    proc.stdout.close()  # the reader is gone before a word is written (`... 2>&1 | head -0`)
+    assert proc.wait(120) == 141  # as Unix tools end on a cut pipe: not 2, not a traceback
+    assert json.loads((run / "threshold.json").read_text())["rule"] == "normal_quantile"
