@@ -74,10 +74,8 @@ from anomaly.benchmark_tables import (
     update_readme,
     write_notes,
 )
-from anomaly.data import AnomalyDataset
-from anomaly.pixel_eval import EVAL_SIZE, FULL, check_memory, full_size, parse_pixel_size
+from anomaly.pixel_eval import EVAL_SIZE, parse_pixel_size
 from anomaly.runs import RunDir
-from anomaly.safe_files import available_memory
 from anomaly.terminal import shell_word
 
 SMOKE = {"epochs": 1, "size": 64}
@@ -250,13 +248,8 @@ def run_benchmark(
             raise BenchmarkError(str(err)) from None
     check_seed(seed)
     sets = discover_sets(data)
-    check_sets(sets)  # before any folder is claimed or method trained
-    for ds in sets:  # sizes and memory refused now, not after every method trained
-        samples = AnomalyDataset(ds["path"], "test").samples
-        masks = [s.mask_path for s in samples]
-        hw = full_size(masks, [s.path for s in samples]) if pixel_size == FULL else None
-        if any(masks):
-            check_memory(len(samples), hw or (int(pixel_size),) * 2, available_memory())
+    check_sets(sets, pixel_size)  # before any folder is claimed or method trained (the pixel
+    # metrics' sizes and memory too: not after every method trained)
     methods = list(methods or DEFAULT_METHODS)
     bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
     check_methods(methods, kept=lambda src: _kept_source(src, sets, bases, seed, smoke))
@@ -390,7 +383,7 @@ def main(args) -> None:
         notes=args.notes,
         readme=args.readme,
         readme_block=args.readme_block,
-        pixel_size=parse_pixel_size(args.pixel_size or str(EVAL_SIZE)),
+        pixel_size=args.pixel_size or EVAL_SIZE,  # parsed there, before anything runs
     )
     failed = [f"{r.get('set', '')} {r['method']}".strip() for r in rows if "error" in r]
     if failed:  # the tables hold the others; the exit status says not all of them ran

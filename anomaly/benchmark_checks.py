@@ -80,17 +80,21 @@ def _suite_sets(manifest: Path) -> list[str]:
     return names
 
 
-def check_sets(sets: list[dict]) -> None:
+def check_sets(sets: list[dict], pixel_size: int | str | None = None) -> None:
     """Open every set's training and test images once (file lists and headers, no pixels),
     before any method trains: data that training or scoring would refuse is refused here with
     its DataError, and a set whose test images are all good or all defective too (image AUROC,
-    the benchmark's measure, needs both). One message lists every such set."""
+    the benchmark's measure, needs both). One message lists every such set. With `pixel_size`
+    (`pixel_eval.parse_pixel_size`'s), the pixel metrics' sizes and memory are checked too, as
+    `score` checks them: test images and masks of several sizes for "full", more pixels than
+    memory holds."""
     from anomaly.data import AnomalyDataset
 
-    one_kind = []
+    one_kind, tests = [], []
     for ds in sets:
         AnomalyDataset(ds["path"], "train", cache=False)
         test = AnomalyDataset(ds["path"], "test", cache=False)
+        tests.append(test)
         n_bad = int(test.labels.sum())
         n_good = len(test) - n_bad
         mvtec = test.layout == "mvtec"
@@ -118,6 +122,18 @@ def check_sets(sets: list[dict]) -> None:
             + "\nor leave such sets out of --data (a photo suite: make it again with --good "
             "and --defect of at least 1)"
         )
+    for test in tests if pixel_size is not None else []:
+        _check_pixel_metrics(test.samples, pixel_size)
+
+
+def _check_pixel_metrics(samples, pixel_size: int | str) -> None:
+    from anomaly.pixel_eval import FULL, check_memory, full_size
+    from anomaly.safe_files import available_memory
+
+    masks = [s.mask_path for s in samples]
+    hw = full_size(masks, [s.path for s in samples]) if pixel_size == FULL else None
+    if any(masks):
+        check_memory(len(samples), hw or (int(pixel_size),) * 2, available_memory())
 
 
 # ---------------------------------------------------------------------------------------------

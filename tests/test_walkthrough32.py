@@ -713,7 +713,7 @@ def test_memory_words_when_even_the_default_does_not_fit_and_when_memory_runs_ou
 def test_benchmark_checks_memory_before_training(tiny_cookies, tmp_path, monkeypatch):
     from anomaly import benchmark
 
-    monkeypatch.setattr(benchmark, "available_memory", lambda: 2**20)
+    monkeypatch.setattr("anomaly.safe_files.available_memory", lambda: 2**20)  # read there
     out = tmp_path / "bench"
     with pytest.raises(ValueError, match=r"need about .* of memory, and 1 MiB is available"):
         benchmark.run_benchmark(
