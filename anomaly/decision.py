@@ -290,10 +290,6 @@ def _quantile_of(params: dict) -> tuple[int, float] | None:
 FEWEST_HELD_OUT = 10  # below it train's quantile threshold is about the largest of a handful
 
 
-def _near_largest(n: int) -> str:
-    return "which is that image's score" if n == 1 else "which lies near their largest"
-
-
 def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     """Words saying that a `normal_quantile` threshold (`train`'s, or `threshold`'s on the held-out
     or a folder's good images) rests on fewer than `FEWEST_HELD_OUT` good images, or on training
@@ -317,18 +313,8 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
         f"python -m anomaly threshold --run {shell_word(run)} --rule conformal --value 0.05 --good-images "
         + (shell_word(str(folder)) if isinstance(folder, str) else "FOLDER")
     )
-    if params.get("set_by") != "train" and isinstance(folder, str):  # `threshold --good-images`
-        if n >= FEWEST_HELD_OUT:
-            return None
-        rate = (n - q * (n - 1)) / (n + 1)
-        return (
-            f"note: {printable(str(run))}: its threshold is the {q:g} quantile of only {n} good "
-            f"image{'s' * (n != 1)} in {printable(folder)}, {_near_largest(n)}: new "
-            f"good parts like them score above it about {100 * rate:.0f} % of the time, not "
-            f"{100 * (1 - q):.3g} %. Add good images to the folder, or set a conformal "
-            f"threshold, whose rate counts how few they are: {fix}"
-        )
-    if params.get("on_training_images") is True:
+    own = params.get("set_by") != "train" and isinstance(folder, str)  # threshold --good-images
+    if params.get("on_training_images") is True and not own:
         return (
             f"note: {printable(str(run))}: its threshold is the {q:g} quantile of the {n} training "
             f"image{'s' * (n != 1)} themselves (none was held out), which the model learned: new "
@@ -338,12 +324,23 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     if n >= FEWEST_HELD_OUT:
         return None
     rate = (n - q * (n - 1)) / (n + 1)
+    images = (
+        f"good image{'s' * (n != 1)} in {printable(folder)}"
+        if own
+        else (f"held-out good image{'s' * (n != 1)}")
+    )
     more = "--val-fraction" + " of its --from run: kmeans holds out what it did" * kmeans
+    advice = (
+        "Add good images to the folder, or set a conformal threshold, whose rate counts how few "
+        "they are"
+        if own
+        else f"Hold out more good images ({more}), or set the threshold on other good images"
+    )
+    largest = "which is that image's score" if n == 1 else "which lies near their largest"
     return (
-        f"note: {printable(str(run))}: its threshold is the {q:g} quantile of only {n} held-out good "
-        f"image{'s' * (n != 1)}, {_near_largest(n)}: new good parts like them score "
-        f"above it about {100 * rate:.0f} % of the time, not {100 * (1 - q):.3g} %. Hold out "
-        f"more good images ({more}), or set the threshold on other good images: {fix}"
+        f"note: {printable(str(run))}: its threshold is the {q:g} quantile of only {n} {images}, "
+        f"{largest}: new good parts like them score above it about {100 * rate:.0f} % of the "
+        f"time, not {100 * (1 - q):.3g} %. {advice}: {fix}"
     )
 
 
