@@ -218,8 +218,8 @@ def _predict(args) -> int:
     broken = [r["path"] for r in good if not math.isfinite(r["score"])]
     if broken:
         print(
-            f"error: {len(broken)} image(s) scored NaN or infinite, e.g. {_visible(broken[0])}, and were "
-            "rejected: the model gives no usable scores; train the run again",
+            f"error: {len(broken)} image(s) scored NaN or infinite, e.g. {_visible(broken[0])}, "
+            "and were rejected: the model gives no usable scores; train the run again",
             file=sys.stderr,
         )
     failed = [r for r in results if "error" in r]

@@ -333,9 +333,9 @@ def array_fault(x, want: tuple) -> str | None:
 
 
 def score_text(score: float, threshold: float | None = None) -> str:
-    """`score` in 6 significant digits (`predict`'s rows, and onnx_predict.py's), or as many more as it takes to read on the same side of
-    `threshold` as the score itself (10.702990 printed as 10.703 would read as at a threshold of
-    10.703, and so REJECT, while it passes)."""
+    """`score` in 6 significant digits (`predict`'s rows, and onnx_predict.py's), or as many more
+    as it takes to read on the same side of `threshold` as the score itself (10.702990 printed
+    as 10.703 would read as at a threshold of 10.703, and so REJECT, while it passes)."""
     score = float(score)
     for digits in range(6, 18):
         text = f"{score:.{digits}g}"

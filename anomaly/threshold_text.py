@@ -28,7 +28,8 @@ def held_out_words(run, value: float) -> str:
             f"it rejects {rejected} of the run's {len(held)} good training "
             f"image{'s' * (len(held) != 1)} (it held out none: new good parts score higher)"
         )
-    return f"it rejects {rejected} of the run's {len(held)} held-out good image{'s' * (len(held) != 1)}"
+    plural = "s" * (len(held) != 1)
+    return f"it rejects {rejected} of the run's {len(held)} held-out good image{plural}"
 
 
 def test_set_words(run, t) -> str | None:
