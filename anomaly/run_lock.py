@@ -20,6 +20,11 @@ from pathlib import Path
 
 from anomaly.safe_files import TEMPORARY_NAME, RunError, cannot_write, load_record
 
+try:
+    import fcntl
+except ImportError:  # Windows: a lock is held by its PID alone
+    fcntl = None
+
 
 def pid_alive(pid: int) -> bool:
     """Whether a process `pid` runs on this machine (one of another user's counts)."""
@@ -32,17 +37,43 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _live_holder(path: Path) -> tuple[int, str] | None:
-    """(PID, command) of the live process holding the lock file `path`, else None (no lock, a
-    damaged one, or one left by a process that no longer runs)."""
+def alive_since(pid: int, written: float) -> bool:
+    """Whether a process `pid` runs that can be the one that wrote a file last modified at
+    `written` (seconds since the epoch): a process started after it is another program that got
+    the number since (the writer killed, the machine restarted), where /proc says when it
+    started; elsewhere any live process of that number counts."""
+    if not pid_alive(pid):
+        return False
+    started = _started_at(pid)
+    return started is None or started <= written + 2  # /proc's boot time is in whole seconds
+
+
+def _started_at(pid: int) -> float | None:
+    """When the process `pid` started, in seconds since the epoch; None where /proc cannot say."""
     try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as lines:
+            boot = next(int(line.split()[1]) for line in lines if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: ticks after boot
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+
+
+def _live_holder(path: Path, flock_free: bool = False) -> tuple[int, str] | None:
+    """(PID, command) of the live process holding the lock file `path`, else None (no lock, a
+    damaged one, or one left by a process that no longer runs). `flock_free`: this process has
+    just taken the file's flock, so a holder that flocks its lock (this version) is gone."""
+    try:
+        written = path.stat().st_mtime
         holder = load_record(path)
         pid = holder["pid"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not isinstance(pid, int) or isinstance(pid, bool):  # a lock this package wrote: an int
         return None
-    if pid > 0 and pid != os.getpid() and pid_alive(pid):
+    if flock_free and holder.get("flock") is True:
+        return None
+    if pid > 0 and pid != os.getpid() and alive_since(pid, written):
         command = str(holder.get("command", "?"))[:200]
         return pid, "".join(c if c.isprintable() else "?" for c in command)
     return None
@@ -73,7 +104,9 @@ def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
     refuse if a live process holds it. A lock left by a process that no longer runs (killed,
     machine restarted) is taken over. The file is held by `fcntl.flock` where there is one, so
     two processes taking over one stale lock at the same instant cannot both get it (the PID
-    alone could not tell them apart); a live PID in it still counts (an older version's lock)."""
+    alone could not tell them apart). A lock whose file says its holder flocks it is stale once
+    its flock is free, whatever process has its PID now; an older version's (no such word) still
+    counts while a process of its PID runs that started before it was written."""
     if folder.exists() and not folder.is_dir():
         raise RunError(f"{folder} is a file, not a run folder; choose a folder name")
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,11 +153,15 @@ def _take_lock(folder: Path, path: Path, command: str) -> int:
                 # another user's lock file in it, as before)
                 raise not_writable(folder, err, command) from None
             continue  # one planted again since: try again
-        held, holder = _flock(fd), _live_holder(path)
+        held = _flock(fd)
+        holder = _live_holder(path, flock_free=held and fcntl is not None)
         try:
             if held and holder is None and _still_at(fd, path):
                 os.ftruncate(fd, 0)
-                os.write(fd, json.dumps({"pid": os.getpid(), "command": command}).encode())
+                record = {"pid": os.getpid(), "command": command, "flock": True}
+                if fcntl is None:  # held by its PID alone
+                    del record["flock"]
+                os.write(fd, json.dumps(record).encode())
                 return fd
         except BaseException:
             os.close(fd)
@@ -147,12 +184,10 @@ def _still_at(fd: int, path: Path) -> bool:
 
 def _flock(fd: int) -> bool:
     """Whether this process now holds the file `fd` (always, where there is no fcntl)."""
+    if fcntl is None:
+        return True
     try:
-        import fcntl
-
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # Windows: the PID alone
-        pass
     except BlockingIOError:
         return False
     return True

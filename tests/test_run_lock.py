@@ -59,7 +59,7 @@ def test_a_stale_lock_is_taken_over_and_removed_after(tmp_path):
     lock = tmp_path / ".lock"
     lock.write_text(json.dumps({"pid": _dead_pid(), "command": "train --out x" * 40}))
     with folder_lock(tmp_path, ".lock", "score"):
-        assert json.loads(lock.read_text()) == {"pid": os.getpid(), "command": "score"}
+        assert json.loads(lock.read_text())["command"] == "score"
     assert not lock.exists()
 
 

@@ -32,9 +32,11 @@ replaced by the same bytes, as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from anomaly.data.files import broken_link
-from anomaly.run_lock import pid_alive
+from anomaly.run_lock import alive_since
 from anomaly.safe_files import sha256_file, write_json
 from anomaly.written_files import check_removable, plain_relative, remove_made
 
@@ -204,7 +206,7 @@ def recover(
         return None
     marker = _read_marker(folder, generator, order)
     pid = marker.get("pid")
-    if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+    if isinstance(pid, int) and pid != os.getpid() and alive_since(pid, _written(folder)):
         raise ValueError(
             f"{root} is in use: process {pid} is running {generator} into it. Wait for it to "
             f"finish, or stop it. (If no such process runs, delete {folder}.)"
@@ -229,6 +231,16 @@ def recover(
     return None
 
 
+def _written(folder: Path) -> float:
+    """When `folder` or its marker was last written (a generator writes its marker after it
+    starts); now, where neither can be read."""
+    times = []
+    for path in (folder, folder / MARKER):
+        with contextlib.suppress(OSError):
+            times.append(path.stat(follow_symlinks=False).st_mtime)
+    return max(times, default=time.time())
+
+
 def _remove_unnamed(root: Path, folder: Path) -> None:
     """Delete the temporary folders (`write_staged`) of runs killed before their staging folder
     got its name: each holds only a marker, and its name the number of a process that no longer
@@ -237,7 +249,7 @@ def _remove_unnamed(root: Path, folder: Path) -> None:
         pid = tmp.name[len(folder.name) + 1 : -len(".tmp")]
         if tmp.is_symlink() or not tmp.is_dir() or not pid.isdigit():
             continue
-        if int(pid) != os.getpid() and pid_alive(int(pid)):
+        if int(pid) != os.getpid() and alive_since(int(pid), _written(tmp)):
             continue  # a run that has just begun
         if all(p.name == MARKER or p.name.startswith(f".{MARKER}.") for p in tmp.iterdir()):
             shutil.rmtree(tmp, ignore_errors=True)

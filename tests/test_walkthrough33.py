@@ -1,0 +1,63 @@
+"""Defects found in session 33, each with the test that failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from anomaly.data import generated, make_cookies
+from anomaly.run_lock import alive_since, check_not_in_use, folder_lock
+from anomaly.safe_files import RunError
+
+PROC = pytest.mark.skipif(not Path(f"/proc/{os.getppid()}/stat").exists(), reason="no /proc")
+TINY = {"preset": "tiny", "seed": 0, "size": 64}
+LONG_AGO = 1e9  # 2001: before any process running now started
+
+
+def test_a_lock_whose_flock_is_free_is_stale_whatever_process_has_its_number_now(tmp_path):
+    """A lock this version wrote says that its holder flocks it; a process killed before a
+    restart left one whose PID now belongs to another program, which blocked every command of
+    the run ("process N is running `train` on it") although nobody held the lock."""
+    pytest.importorskip("fcntl")
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"pid": os.getppid(), "command": "train", "flock": True}))
+    with folder_lock(tmp_path, ".lock", "score"):
+        record = json.loads(lock.read_text())
+        assert record == {"pid": os.getpid(), "command": "score", "flock": True}
+    assert not lock.exists()
+
+
+@PROC
+def test_an_older_lock_of_a_process_started_after_it_was_written_is_stale(tmp_path):
+    """An older version's lock (its PID alone) names a live process that started after the
+    lock was written: another program that got the number since. Readers and writers go on; a
+    lock its live process may have written still stops them."""
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"pid": os.getppid(), "command": "train"}))
+    with pytest.raises(RunError, match=f"process {os.getppid()} is running `train`"):
+        check_not_in_use(tmp_path, ".lock", "score")
+    os.utime(lock, (LONG_AGO, LONG_AGO))
+    assert not alive_since(os.getppid(), LONG_AGO) and alive_since(os.getppid(), 4e9)
+    check_not_in_use(tmp_path, ".lock", "score")
+    with folder_lock(tmp_path, ".lock", "train"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+@PROC
+def test_a_generators_marker_of_a_process_started_since_is_an_interrupted_run(tmp_path):
+    """The same for the data generators: a staging folder whose marker names a process started
+    after it was written is what an interrupted run left, not a run in progress."""
+    root = tmp_path / "c"
+    stage = generated.staging(root, "make-cookies")
+    stage.mkdir(parents=True)
+    marker = {"generator": "make-cookies", "phase": "write", "pid": os.getppid()}
+    (stage / generated.MARKER).write_text(json.dumps(marker))
+    with pytest.raises(ValueError, match=f"in use: process {os.getppid()} is running make-c"):
+        make_cookies(root, **TINY)
+    for path in (stage / generated.MARKER, stage):
+        os.utime(path, (LONG_AGO, LONG_AGO))
+    make_cookies(root, **TINY)  # what it left is removed, and the set made
+    assert not stage.exists() and len(list((root / "train" / "good").iterdir())) > 0
