@@ -188,7 +188,7 @@ def _predict(args) -> int:
     if args.out and args.no_overlays:
         raise ValueError("--out is where overlays go, and --no-overlays writes none: give one")
     overlays = not args.no_overlays
-    from anomaly.predict import image_tree
+    from anomaly.predict import image_tree, overlays_lost
 
     images = image_tree(args.images) if args.recursive else args.images
     if args.onnx:
@@ -228,6 +228,8 @@ def _predict(args) -> int:
     if not results:
         print("error: no images found in " + _visible(", ".join(args.images)), file=sys.stderr)
         return 2
+    if lost := overlays_lost(results):
+        print(f"error: {printable(lost)}", file=sys.stderr)
     if failed:
         print(
             f"error: {len(failed)} of the {len(results)} images were not scored (their rows "
@@ -246,7 +248,7 @@ def _predict(args) -> int:
         if note := few_held_out(threshold, run, kmeans):  # as train said it
             again = f"; then export the run again: python -m anomaly export --run {shell_word(run)}"
             print(note + again * bool(args.onnx), file=sys.stderr)
-    return 0 if not failed and not broken else 2
+    return 0 if not failed and not broken and not lost else 2
 
 
 def _run_of_export(onnx: str) -> str:

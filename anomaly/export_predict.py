@@ -119,6 +119,8 @@ def predict_files(
             if out is not None:
                 picture = _overlay(detector, path, own, maps[0], score, threshold.value)
             results.append(scored_result(path, score, picture, out, used, threshold))
+            if "overlay_error" in results[-1]:  # a full disk: the verdicts go on
+                out = None
         if each is not None:
             each(results[-1])
     return results, threshold

@@ -199,8 +199,9 @@ def predict_images(
     `score`). Returns (results, threshold): one dict per image: path, score, verdict ("REJECT"
     iff score >= threshold, else "PASS") and overlay (in `overlay_dir`, default the run's
     predict/, under a name no earlier call, nor one running beside it, took: overlays are
-    evidence, never replaced; None with `overlays` False); or path and error for an image that
-    could not be read (the others are still scored). `each(result)`, when given, is called
+    evidence, never replaced; None with `overlays` False, or when it could not be written: a
+    full disk stops the overlays, and "overlay_error" says why); or path and error for an image
+    that could not be read (the others are still scored). `each(result)`, when given, is called
     with each result as soon as it is made (`predict` prints its row then: a long run stopped
     part-way keeps the verdicts made so far).
     """
@@ -245,6 +246,8 @@ def predict_images(
             else:
                 (_, score, _, _), png = next(done)
                 results.append(scored_result(path, score, png, overlay_dir, used, threshold))
+                if "overlay_error" in results[-1]:  # a full disk: the verdicts go on
+                    overlay_dir = None
             if each is not None:
                 each(results[-1])
     return results, threshold
@@ -307,15 +310,33 @@ def scored_result(
     `predict --onnx`: its overlay (`png`, the bytes of its PNG file, `overlays.png_bytes`)
     saved in `folder` under a name that no file there has (`overlay_name`, taken by
     `save_png_new`, so that two calls writing into one folder at once never replace each
-    other's); no overlay with `folder` None."""
-    overlay = None
+    other's); no overlay with `folder` None. An overlay that cannot be written (a full disk)
+    leaves the verdict standing: the result's "overlay_error" says why (`overlays_lost`)."""
+    overlay, result = None, {}
     if folder is not None:  # a name taken by an earlier call or one beside this one: the next
         names = (folder / overlay_name(path, used) for _ in itertools.count())
-        overlay = save_png_new(png, names)
+        try:
+            overlay = save_png_new(png, names)
+        except OSError as err:
+            result["overlay_error"] = f"{folder}: {err.strerror or err}"
     return {
         "path": str(path),
         "score": score,
         "overlay": None if overlay is None else str(overlay),
         "verdict": verdict(score, threshold.value),
         "shown": score_text(score, threshold.value),  # digits enough to read as the verdict
-    }
+    } | result
+
+
+def overlays_lost(results: list[dict]) -> str | None:
+    """Words for the overlays a `predict` could not write (the first failure stops them; every
+    image is still scored and given its verdict), or None when none failed."""
+    failed = next((r["overlay_error"] for r in results if "overlay_error" in r), None)
+    if failed is None:
+        return None
+    scored = [r for r in results if "error" not in r]
+    missing = sum(r["overlay"] is None for r in scored)
+    return (
+        f"{missing} of the {len(scored)} overlays were not written ({failed}); every verdict "
+        "above was made. Free space and predict again for the overlays, or give --no-overlays"
+    )

@@ -61,3 +61,41 @@ def test_a_generators_marker_of_a_process_started_since_is_an_interrupted_run(tm
         os.utime(path, (LONG_AGO, LONG_AGO))
     make_cookies(root, **TINY)  # what it left is removed, and the set made
     assert not stage.exists() and len(list((root / "train" / "good").iterdir())) > 0
+
+
+@pytest.mark.parametrize("via", ["--run", "--onnx"])
+def test_a_full_disk_stops_the_overlays_not_the_verdicts(
+    via, tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """`predict` on a disk that fills up gave no verdict after the first overlay it could not
+    write (an OSError out of the loop): every image is scored and given its verdict, the
+    overlays stop, and the command says how many are missing and why, exiting 2."""
+    import errno
+
+    from helpers import patchknn_export
+
+    import anomaly.predict
+    from anomaly.cli import main
+
+    onnx = patchknn_export(tiny_cookies, tmp_path / "run", size=32)
+    images = sorted((tiny_cookies / "test").rglob("*.png"))[:3]
+    save, calls = anomaly.predict.save_png_new, []
+
+    def fills_up(png, names):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(png, names)
+
+    monkeypatch.setattr(anomaly.predict, "save_png_new", fills_up)
+    model = str(tmp_path / "run") if via == "--run" else str(onnx)
+    out = tmp_path / "pictures"
+    assert main(["predict", via, model, "--out", str(out), *map(str, images)]) == 2
+    printed, err = capsys.readouterr()
+    rows = [line.split("\t") for line in printed.splitlines()]
+    assert [r[0] for r in rows] == list(map(str, images))
+    assert all(r[2] in ("PASS", "REJECT") for r in rows)
+    assert [r[3] == "-" for r in rows] == [False, True, True]
+    assert len(list(out.iterdir())) == 1 and len(calls) == 2  # tried once more, then no more
+    assert f"2 of the 3 overlays were not written ({out}: No space left on device)" in err
+    assert "every verdict above was made" in err and "--no-overlays" in err
