@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from anomaly.notebook_checks import checks_text, loader_checks  # noqa: F401 (notebook 07's)
-from anomaly.notebook_setup import Settings, _subplots, shown
+from anomaly.notebook_setup import Settings, _subplots, settings_words, shown
 from anomaly.runs import RunDir
+from anomaly.safe_files import sha256_file
 from anomaly.terminal import shell_word
 
 SET = "coins"  # objects photographed one per image: the closest set to a part on a line
@@ -66,7 +67,7 @@ def photo_settings(s: Settings, set_name: str = SET) -> PhotoSettings:
     """
     data_root, runs_root = s.data_dir.parent, s.runs_dir.parent
     tag = "smoke-" if s.smoke else ""
-    return PhotoSettings(
+    p = PhotoSettings(
         smoke=s.smoke,
         set_name=set_name,
         suite=data_root / f"{tag}photos",
@@ -79,6 +80,8 @@ def photo_settings(s: Settings, set_name: str = SET) -> PhotoSettings:
         val_fraction=0.25,
         alpha=0.25 if s.smoke else 0.05,
     )
+    print(settings_words(s, p.data, p.run))
+    return p
 
 
 def _make(root: Path, p: PhotoSettings, seed: int, **counts) -> None:
@@ -238,14 +241,21 @@ def threshold_text(run: Path, threshold) -> str:
 def good_photos(p: PhotoSettings) -> Path:
     """A flat folder of `p.n_good` good photos "from the line": good test crops of the same
     photo's test region made with seed `GOOD_SEED` (not the test photos themselves, nor the
-    new photos to check), as a user's photos of good parts taken in production would be."""
+    new photos to check), as a user's photos of good parts taken in production would be. Each
+    is another crop: one drawn again at the same place (a set of few positions, as the coins)
+    is left out, as a copy is no other part."""
     if p.good.is_dir() and any(p.good.iterdir()):
         return p.good  # made once, then reused
     with tempfile.TemporaryDirectory(prefix="anomaly-good-") as tmp:
-        _make(Path(tmp), p, GOOD_SEED, train=1, good=p.n_good, defect=0)
-        files = sorted((Path(tmp) / p.set_name / "test" / "good").iterdir())
+        _make(Path(tmp), p, GOOD_SEED, train=1, good=2 * p.n_good, defect=0)
+        kept, seen = [], set()
+        for f in sorted((Path(tmp) / p.set_name / "test" / "good").iterdir()):
+            digest = sha256_file(f)
+            if digest not in seen and len(kept) < p.n_good:
+                seen.add(digest)
+                kept.append(f)
         p.good.mkdir(parents=True, exist_ok=True)
-        for i, f in enumerate(files, 1):
+        for i, f in enumerate(kept, 1):
             shutil.copy(f, p.good / f"good{i:02d}.png")
     return p.good
 

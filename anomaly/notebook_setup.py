@@ -145,9 +145,10 @@ def smoke_switch() -> bool:
     )
 
 
-def settings(smoke: bool | None = None) -> Settings:
+def settings(smoke: bool | None = None, say: bool = True) -> Settings:
     """Notebook settings from the smoke switch (the `ANOMALY_SMOKE` environment variable); also
-    makes inline figures light (`light_figures`)."""
+    makes inline figures light (`light_figures`). `say`: print which settings (and, full, the
+    data and runs folders; a notebook on other folders says its own)."""
     light_figures()
     if smoke is None:
         smoke = smoke_switch()
@@ -158,9 +159,16 @@ def settings(smoke: bool | None = None) -> Settings:
         s = Settings(
             False, "benchmark", None, None, root / "data" / "cookies", root / "runs" / "benchmark"
         )
-    what = "smoke settings (tiny data, 64 px, 1 epoch: a check of the wiring, not results)"
-    print(what if smoke else f"full settings: {shown(s.data_dir)}, runs in {shown(s.runs_dir)}")
+    if say:
+        print(settings_words(s, s.data_dir, s.runs_dir))
     return s
+
+
+def settings_words(s: Settings, data: Path, runs: Path) -> str:
+    """Which settings a notebook runs with, and (full) on which data and runs folders."""
+    if s.smoke:
+        return "smoke settings (tiny data, 64 px, 1 epoch: a check of the wiring, not results)"
+    return f"full settings: {shown(data)}, runs in {shown(runs)}"
 
 
 def ensure_cookies(s: Settings, preset: str | None = None, size: int = 256) -> Path:

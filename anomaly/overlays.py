@@ -261,12 +261,11 @@ def annotated_overlay(
     draw = ImageDraw.Draw(head)
     draw.text((4, 3), word, fill=REJECT_COLOUR if word == REJECT else PASS_COLOUR, font=_font(fs))
     op = ">=" if word == REJECT else "<"
-    draw.text(
-        (4 + draw.textlength(word + "  ", font=_font(fs)), 3 + fs // 5),
-        f"score {_apart(score, threshold)} {op} {_apart(threshold, score)}",
-        fill=(0, 0, 0),
-        font=_font(fs - 3),
-    )
+    text = f"score {_apart(score, threshold)} {op} {_apart(threshold, score)}"
+    x, small = 4 + draw.textlength(word + "  ", font=_font(fs)), fs - 3
+    while small > 8 and x + draw.textlength(text, font=_font(small)) > width - 3:
+        small -= 1  # long numbers (a score and threshold alike to 6 digits) kept whole
+    draw.text((x, 3 + fs // 5 + (fs - 3 - small) // 2), text, fill=(0, 0, 0), font=_font(small))
     if title:
         draw.text((4, fs + 7), title, fill=(90, 90, 90), font=_font(fs - 3))
     return np.concatenate([np.asarray(head), body, colour_bar(width, scale)], axis=0)

@@ -249,7 +249,9 @@ NOTEBOOKS = {
         "# NBVAL_IGNORE_OUTPUT\ncurves = nb.train_size_rows(S)\nprint(nb.train_size_table(curves))",
         "Cookies (`patchknn` and `unet+kmeans`, which is also trained on n = 24, the original "
         "project's count of normal images, training and test together) and two real-photo sets: a stochastic texture "
-        "(moon) and a regular pattern (a printed page):",
+        "(moon) and a regular pattern (a printed page). Here `unet+kmeans` clusters with k = 2 at "
+        "every n, where the benchmark's run chooses k by its silhouette rule, and the fit seconds "
+        "time the detector's fit alone, where the tables' `fit_s` time the whole `train` command:",
         "nb.train_size_figure(curves)",
     ],
     "07_bring_your_own_photos": [
@@ -269,7 +271,7 @@ NOTEBOOKS = {
         "size; each "
         "photo is resized to a square (the run's `--size`), so crop them to the part first. "
         "Photos to check later need no layout at all.",
-        SETUP,
+        SETUP.replace("nb.settings()", "nb.settings(say=False)"),  # its folders said below
         "## Your photos\nHere one set of the real-photo suite stands in for them (`python -m "
         "anomaly make-photos data/photos`): `coins`, one coin per photo like one part per "
         "photo on a line, real variation between coins, and drawn defects with masks in the "
@@ -328,8 +330,8 @@ NOTEBOOKS = {
         "test photos. Expect fewer defects caught: the first threshold caught them by "
         "rejecting nearly every good coin too; what is left is what the detector can tell "
         "apart, weakest on the quiet kinds (discolour, blur, stain):",
-        "# NBVAL_IGNORE_OUTPUT\ngood = own.good_photos(P)  # 24 good photos of other parts (4 in "
-        "a smoke run)\nt_line = anomaly.set_threshold(run, 'conformal', P.alpha, "
+        "# NBVAL_IGNORE_OUTPUT\ngood = own.good_photos(P)  # 24 new good crops of the test coins "
+        "(4 in a smoke run)\nt_line = anomaly.set_threshold(run, 'conformal', P.alpha, "
         "good_images=good)\nprint(own.threshold_text(run, t_line))\nprint(own.before_after(run, "
         "{'held-out training photos': t, 'good photos from the line': t_line}))",
         "## Check a folder of new photos\n`predict` scores each photo of a folder with the run "
