@@ -99,3 +99,88 @@ def test_a_full_disk_stops_the_overlays_not_the_verdicts(
     assert len(list(out.iterdir())) == 1 and len(calls) == 2  # tried once more, then no more
     assert f"2 of the 3 overlays were not written ({out}: No space left on device)" in err
     assert "every verdict above was made" in err and "--no-overlays" in err
+
+
+def test_a_long_score_line_fits_its_overlay():
+    """The verdict band of a narrow overlay cut off the threshold of a score close to it
+    ("score 0.0003806 >= 0.000342" for 0.0003426, notebook 03)."""
+    import numpy as np
+
+    from anomaly.overlays import EvidenceScale, annotated_overlay, body_rows
+
+    image, amap = np.full((64, 64, 3), 0.5, np.float32), np.zeros((64, 64), np.float32)
+    scale = EvidenceScale(floor=1.0, pixel_threshold=2.0)
+    for score, threshold in [(0.0003806, 0.0003426), (1234567.1, 1234567.2), (8.1, 8.0)]:
+        picture = annotated_overlay(image, amap, scale, score, threshold, title="crack / 000.png")
+        head = picture[: body_rows(image.shape, "crack / 000.png").start]
+        assert (head[:, -3:] == 255).all(), (score, threshold)  # nothing drawn at the edge
+        assert (head[:, head.shape[1] // 2 :] < 128).any()  # the numbers are there
+
+
+def test_the_good_photos_from_the_line_are_all_different(tmp_path, monkeypatch, capsys):
+    """Notebook 07's 24 good photos "from the line" held two crops of the same place (a coin
+    set has few positions): `threshold --good-images` warned of a copy, counted 23, and the
+    notebook still said 24. The settings say which folders the notebook uses (it said the
+    cookies')."""
+    import dataclasses
+
+    from anomaly import notebook as nb
+    from anomaly import notebook_photos as own
+    from anomaly.safe_files import sha256_file
+
+    monkeypatch.setenv(nb.HOME_ENV, str(tmp_path))
+    s = nb.settings(smoke=False, say=False)
+    p = own.photo_settings(s)
+    assert capsys.readouterr().out == (
+        f"full settings: {nb.shown(p.data)}, runs in {nb.shown(p.run)}\n"
+    )
+    p = dataclasses.replace(own.photo_settings(dataclasses.replace(s, smoke=True)), n_good=24)
+    files = sorted(own.good_photos(p).iterdir())
+    assert len(files) == 24 and len({sha256_file(f) for f in files}) == 24
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_a_greyscale_tiff_turned_by_its_orientation_tag_is_read_as_viewers_show_it(dtype, tmp_path):
+    """A mono camera's uncompressed TIFF turned a quarter by its orientation tag (5-8) was
+    decoded by Pillow 13 at its stored size with its pixels scrambled: trained, scored and
+    drawn so, without a word. Every orientation, compressed or not, now reads as shown."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from anomaly.data.image_kind import open_image, read_rgb
+
+    turns = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE"}
+    turns |= {6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
+    stored = (np.arange(6 * 4).reshape(6, 4) * 10).astype(dtype)
+    if dtype == "float32":
+        stored /= 256
+    for orientation in range(1, 9):
+        shown = Image.fromarray(stored)
+        if orientation > 1:
+            shown = shown.transpose(getattr(Image.Transpose, turns[orientation]))
+        for compression in (None, "zlib"):
+            path = tmp_path / f"{orientation}-{compression}.tif"
+            tifffile.imwrite(
+                path, stored, compression=compression, extratags=[(274, "H", 1, orientation)]
+            )
+            with open_image(path) as im:
+                assert np.array_equal(np.asarray(im), np.asarray(shown)), (orientation, compression)
+            assert read_rgb(path).shape[:2] == np.asarray(shown).shape
+
+
+def test_the_deployed_reader_refuses_a_tiff_it_cannot_turn(tmp_path):
+    """The export's own reader (onnxruntime, numpy and Pillow alone, no tifffile) names such a
+    TIFF and the fix instead of scoring its scrambled pixels."""
+    import numpy as np
+    import tifffile
+
+    from anomaly.onnx_checks import ExportError
+    from anomaly.onnx_predict import read_file
+
+    path = tmp_path / "mono.tif"
+    tifffile.imwrite(path, np.zeros((6, 4), np.uint8), extratags=[(274, "H", 1, 6)])
+    with pytest.raises(ExportError, match="mono.tif: a TIFF turned by its orientation tag .*LZW"):
+        read_file(path, 32)
+    tifffile.imwrite(path, np.zeros((6, 4), np.uint8), extratags=[(274, "H", 1, 3)])
+    assert read_file(path, 32).shape == (6, 4, 1)

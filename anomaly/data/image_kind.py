@@ -52,11 +52,53 @@ def _png_bits(path: Path) -> int | None:
 
 def upright(im: Image.Image) -> Image.Image:
     """`im` decoded and turned in place as viewers show it: its EXIF orientation applied
-    (`PIL.ImageOps.exif_transpose`). Every decoder of the package calls it after `Image.open`."""
+    (`PIL.ImageOps.exif_transpose`). Every decoder of the package calls it after `Image.open`
+    and goes on with what it returns: `im`, or a new image for a TIFF that Pillow turned wrongly
+    (`_tiff_turned`)."""
+    shown = im.size  # a TIFF's: as its orientation tag turns it (Pillow reads it at open)
     im.load()
+    if im.format == "TIFF" and im.size != shown:
+        return _tiff_turned(im, shown)
     with contextlib.suppress(Exception):  # EXIF that Pillow cannot parse: shown as stored
         ImageOps.exif_transpose(im, in_place=True)
     return im
+
+
+# a TIFF's orientation tag (as EXIF's): the stored pixels [rows, columns, ...] turned as shown
+_TURNS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: a[::-1].swapaxes(0, 1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: a[:, ::-1].swapaxes(0, 1),
+}
+
+
+def _tiff_turned(im: Image.Image, shown: tuple[int, int]) -> Image.Image:
+    """A TIFF turned by its orientation tag that Pillow decoded at its stored size with its
+    pixels scrambled (Pillow 13: an uncompressed one-channel TIFF turned a quarter), read again
+    with tifffile (scikit-image's) and turned here; a ValueError with the fix where it cannot."""
+    import numpy as np
+
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(im.filename) as tif:
+            page = tif.pages[0]
+            tag = page.tags.get(274)  # Orientation
+            a = _TURNS[tag.value](page.asarray()) if tag is not None else None
+        turned = None if a is None else Image.fromarray(np.ascontiguousarray(a))
+    except Exception:  # noqa: BLE001  (tifffile's errors, a layout Pillow cannot take)
+        turned = None
+    if turned is None or turned.size != shown:
+        raise ValueError(
+            "a TIFF turned by its orientation tag that this Pillow decodes scrambled; save it "
+            "again upright, or compressed (LZW or Deflate), and use that file"
+        )
+    im.close()
+    return turned
 
 
 def read_rgb(path: str | Path | None, draft: int | None = None):
@@ -196,7 +238,7 @@ def open_image(path: str | Path, draft: int | None = None) -> Image.Image:
             if refused is None:
                 if draft and im.format in DRAFTED:
                     im.draft(im.mode, (draft, draft))
-                upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
+                im = upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read this image ({e}). {unreadable_fix(e)}") from None
     if refused is not None:
