@@ -361,13 +361,15 @@ def warn_changed_training(run: RunDir, data: str) -> None:
     digests = split.get("sha256") or []
     if not paths or len(digests) != len(paths):  # an older run: nothing to compare with
         return
-    root = os.path.realpath(data)
+    root = os.path.abspath(data)
     changed = []
     for path, digest in zip(paths, digests):
-        try:  # only files inside the data folder are read: a split.json from someone else may
-            real = os.path.realpath(path)  # name any path (/proc/kmsg never ends; a NUL byte)
-            inside = os.path.commonpath([root, real]) == root and os.path.isfile(real)
-            if not inside or sha256_file(real) != digest:
+        try:  # only files named inside the data folder are read (through its links: a folder
+            # or files linked in, as DVC's cache does), as `train` read them; a split.json from
+            # someone else may name any path ("..", a NUL byte, /proc's files, which never end)
+            given = os.path.abspath(path)
+            inside = os.path.commonpath([root, given]) == root and os.path.isfile(given)
+            if not inside or _sha256_of_file(given) != digest:
                 changed.append(path)
         except (OSError, ValueError):
             changed.append(path)
@@ -380,6 +382,15 @@ def warn_changed_training(run: RunDir, data: str) -> None:
             "images, or train a new run on the data as it is now",
             stacklevel=3,
         )
+
+
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def _sha256_of_file(path: str) -> str:
+    """`sha256_file`, but a file that says it holds 0 bytes is not read (/proc's say so and
+    some never end: /proc/kmsg)."""
+    return _EMPTY_SHA256 if os.stat(path).st_size == 0 else sha256_file(path)
 
 
 def warn_held_out(run: RunDir, config: Config, split: dict) -> None:

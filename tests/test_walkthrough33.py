@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,35 @@ def test_the_deployed_reader_refuses_a_tiff_it_cannot_turn(tmp_path):
         read_file(path, 32)
     tifffile.imwrite(path, np.zeros((6, 4), np.uint8), extratags=[(274, "H", 1, 3)])
     assert read_file(path, 32).shape == (6, 4, 1)
+
+
+def test_a_data_set_of_linked_files_is_not_called_changed(tiny_cookies, tmp_path, recwarn):
+    """A data folder whose train/ is a link (or whose images are links: DVC's cache, a NAS)
+    was warned about at every `score` as "missing or changed since it was trained": the check
+    counted any file whose real path is outside the data folder. It follows the folder's links
+    now, as `train` did; a path named outside it is still not read."""
+    import warnings
+
+    from anomaly.config import Config
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunDir
+    from anomaly.train_guards import warn_changed_training
+
+    store, data = tmp_path / "store", tmp_path / "data"
+    shutil.copytree(tiny_cookies, store)
+    data.mkdir()
+    (data / "train").symlink_to(store / "train")
+    for part in ("test", "ground_truth"):
+        shutil.copytree(store / part, data / part)
+    run = tmp_path / "md"
+    train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
+    score_run(run, overlays=False)
+    assert not [w for w in recwarn if "changed since it was trained" in str(w.message)]
+    split = json.loads((run / "split.json").read_text())
+    outside = str(data / ".." / "store" / "train" / "good" / Path(split["train"][0]).name)
+    split["train"][0] = outside  # the same file, named outside the data folder: not read
+    (run / "split.json").write_text(json.dumps(split))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        warn_changed_training(RunDir(run), str(data))
+    assert [w for w in said if f"first: {outside}" in str(w.message)]
