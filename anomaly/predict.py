@@ -70,7 +70,7 @@ def expand_images(images: list[str | Path] | str | Path) -> list[Path]:
 
 def image_tree(images: list[str | Path]) -> list[Path]:
     """`predict --recursive`: each folder of `images` replaced by the images in it and in every
-    folder below it (hidden ones and links to folders left out), folder by folder in name order;
+    folder below it (hidden ones left out, links to folders named), folder by folder in name order;
     a tree with none kept as the folder (reading it says so); files as given. Entries of a
     folder that are not images are named, as `expand_images` names them."""
     out: list[Path] = []
@@ -78,15 +78,23 @@ def image_tree(images: list[str | Path]) -> list[Path]:
         if not Path(item).is_dir():
             out.append(Path(item))
             continue
-        found = []
-        for folder, dirs, _ in os.walk(item):  # links to folders are not followed
+        found, linked = [], []
+        for folder, dirs, _ in os.walk(item):  # links to folders are not followed: named
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            linked += [Path(folder, d) for d in dirs if Path(folder, d).is_symlink()]
             with warnings.catch_warnings():  # its sub-folders are searched: said below if not
                 warnings.simplefilter("ignore")
                 images_here, broken, stray = scan_images(Path(folder), SUBFOLDERS)
             if files := [p for p in stray if not p.is_dir()]:
                 warnings.warn(f"{folder}: skipping {skipped(files, SUBFOLDERS)}", stacklevel=2)
             found += sorted(images_here + broken)
+        if linked:
+            warnings.warn(
+                f"{named(map(str, linked), 3)}: {'a link' if len(linked) == 1 else 'links'} to "
+                "a folder, not searched (--recursive follows no links, which may loop or reach "
+                "far); give such a folder as an argument of its own to predict its images",
+                stacklevel=2,
+            )
         out += found or [Path(item)]
     return out
 

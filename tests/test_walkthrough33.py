@@ -217,3 +217,16 @@ def test_a_data_set_of_linked_files_is_not_called_changed(tiny_cookies, tmp_path
         warnings.simplefilter("always")
         warn_changed_training(RunDir(run), str(data))
     assert [w for w in said if f"first: {outside}" in str(w.message)]
+
+
+def test_predict_recursive_names_the_linked_folders_it_does_not_search(tiny_cookies, tmp_path):
+    """`predict --recursive` left the images of a linked sub-folder out without a word (exit
+    0): parts uninspected. The links are named, with the fix."""
+    from anomaly.predict import image_tree
+
+    top = tmp_path / "parts"
+    (top / "sub").mkdir(parents=True)
+    shutil.copy(min((tiny_cookies / "test" / "good").glob("*.png")), top / "sub" / "a.png")
+    (top / "linked").symlink_to(tiny_cookies / "test" / "crack")
+    with pytest.warns(UserWarning, match=r"parts/linked: a link to a folder, not searched"):
+        assert image_tree([top]) == [top / "sub" / "a.png"]
