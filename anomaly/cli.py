@@ -354,8 +354,10 @@ def _one_line_warnings(previous):
             from tqdm import tqdm
 
             # on a line of its own, not after a progress bar's: tqdm clears the bar and draws
-            # it again below
-            tqdm.write(f"warning: {_visible(str(message))}", file=file or sys.stderr)
+            # it again below; in a log (no terminal) the cleared bar's line is ended first
+            out, bars = file or sys.stderr, getattr(tqdm, "_instances", ())
+            new_line = "\n" * bool(bars and not (hasattr(out, "isatty") and out.isatty()))
+            tqdm.write(f"{new_line}warning: {_visible(str(message))}", file=out)
         else:
             previous(message, category, filename, lineno, file, line)
 

@@ -230,3 +230,23 @@ def test_predict_recursive_names_the_linked_folders_it_does_not_search(tiny_cook
     (top / "linked").symlink_to(tiny_cookies / "test" / "crack")
     with pytest.warns(UserWarning, match=r"parts/linked: a link to a folder, not searched"):
         assert image_tree([top]) == [top / "sub" / "a.png"]
+
+
+def test_a_warning_in_a_log_is_a_line_of_its_own():
+    """With stderr in a log file, each warning came after a progress bar on the same line
+    (tqdm clears the bar with a carriage return, no new line): filtering the bars out of the
+    log (grep -v) removed the warnings too."""
+    import io
+    import warnings
+
+    from tqdm import tqdm
+
+    from anomaly.cli import _one_line_warnings
+
+    log, show = io.StringIO(), _one_line_warnings(warnings.showwarning)
+    with tqdm(total=3, file=log, desc="predict patchknn") as bar:
+        bar.update(1)
+        show("a mask marks 98 %", UserWarning, "/x/anomaly/data/masks.py", 1, file=log)
+    lines = log.getvalue().split("\n")
+    assert "warning: a mask marks 98 %" in lines
+    assert not [line for line in lines if "predict patchknn" in line and "warning" in line]
