@@ -250,3 +250,17 @@ def test_a_warning_in_a_log_is_a_line_of_its_own():
     lines = log.getvalue().split("\n")
     assert "warning: a mask marks 98 %" in lines
     assert not [line for line in lines if "predict patchknn" in line and "warning" in line]
+
+
+def test_a_mask_named_in_capitals_goes_with_its_image(tiny_cookies, tmp_path):
+    """`d0_MASK.PNG` was refused as a mask of an image named `d0_MASK.*` (upper-case image
+    names were read, an upper-case _MASK not)."""
+    from anomaly.data import AnomalyDataset
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    mask = min((data / "ground_truth" / "crack").glob("*_mask.png"))
+    upper = mask.with_name(mask.name.replace("_mask.png", "_MASK.PNG"))
+    mask.rename(upper)
+    test = AnomalyDataset(data, "test", size=32)
+    assert str(upper) in [s.mask_path for s in test.samples]

@@ -70,6 +70,7 @@ from anomaly.data.layout_names import (
     check_not_mask_folder,
     check_not_masks,
     check_same_stems,
+    mask_stem,
     warn_loose_masks,
 )
 from anomaly.data.masks import (
@@ -182,7 +183,7 @@ def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Pat
     by_stem = {p.stem: p for p in images}
     found: dict[Path, Path] = {}
     for m in _list_images(mask_dir, "masks (non-zero pixels = defect)"):
-        stem = m.stem.removesuffix("_mask")
+        stem = mask_stem(m) or m.stem  # <stem>_mask, any case (MVTec AD's: _mask)
         image = by_stem.get(stem) or by_stem.get(m.stem)
         if image is None:
             raise DataError(

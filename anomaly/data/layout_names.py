@@ -110,7 +110,7 @@ def good_name_word(name: str) -> str | None:
     return None if name == "good" else _word_of(name, GOOD_NAME_WORDS)
 
 
-def _mask_stem(p: Path) -> str | None:
+def mask_stem(p: Path) -> str | None:
     """`p`'s image stem when `p` is named like a mask (`<stem>_mask.*`, any case), else None."""
     stem = p.stem
     return stem[: -len("_mask")] if stem.lower().endswith("_mask") and len(stem) > 5 else None
@@ -146,7 +146,7 @@ def check_not_mask_folder(folder: Path, kind_names: set[str], masks_go: Path) ->
     inner = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name[0] != "."]
     for d in inner:
         if d.name in kind_names - {folder.name} or any(
-            _mask_stem(p) and _is_image(p) for p in d.iterdir()
+            mask_stem(p) and _is_image(p) for p in d.iterdir()
         ):
             raise DataError(
                 f"{folder}: this looks like a folder of masks ({d.name}/ in it "
@@ -177,7 +177,7 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
         if kind == "good":
             continue
         folder = parent / kind
-        stems = [_mask_stem(p) for p in images]
+        stems = [mask_stem(p) for p in images]
         if images and all(stems):
             why = f"its {len(images)} image(s) are all named <stem>_mask.*"
         elif (
@@ -220,7 +220,7 @@ def warn_loose_masks(mask_root: Path, kinds: dict[str, list[Path]]) -> None:
     )
     if not loose:
         return
-    kind = _kind_of([_mask_stem(p) or p.stem for p in loose], kinds)
+    kind = _kind_of([mask_stem(p) or p.stem for p in loose], kinds)
     where = f"{mask_root / kind}/" if kind else f"{mask_root}/<defect>/ (their images' kind)"
     one = len(loose) == 1
     warnings.warn(
