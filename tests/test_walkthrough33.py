@@ -264,3 +264,16 @@ def test_a_mask_named_in_capitals_goes_with_its_image(tiny_cookies, tmp_path):
     mask.rename(upper)
     test = AnomalyDataset(data, "test", size=32)
     assert str(upper) in [s.mask_path for s in test.samples]
+
+
+def test_the_first_unusable_file_ends_its_sentence_before_the_others(tiny_cookies, tmp_path):
+    from anomaly.data import AnomalyDataset
+    from anomaly.data.files import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    for image in sorted((data / "test" / "good").glob("*.png"))[:2]:
+        image.write_bytes(b"")
+    with pytest.raises(DataError) as said:
+        AnomalyDataset(data, "test", size=32)
+    assert ". Not usable either: " in str(said.value) and ".." not in str(said.value)

@@ -409,8 +409,9 @@ class AnomalyDataset(Dataset):
                 if turn != 1:
                     turned.append((s.path, turn))
         if broken:  # one at a time, a folder of 30 damaged copies took 30 runs to find
-            more = f" Not usable either: {named([str(p) for p, _ in broken[1:]], 3)}"
-            raise DataError(broken[0][1] + (more if len(broken) > 1 else ""))
+            first = broken[0][1].rstrip(".")
+            more = f". Not usable either: {named([str(p) for p, _ in broken[1:]], 3)}"
+            raise DataError(first + (more if len(broken) > 1 else "."))
         warn_lossy_masks(lossy)
         warn_turned(turned)
 
