@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from anomaly.terminal import shell_word
+
 
 def held_out_words(run, value: float) -> str:
     """How many of the run's held-out good images the threshold rejects: a manual value far off
@@ -35,22 +37,33 @@ def held_out_words(run, value: float) -> str:
 def test_set_words(run, t) -> str | None:
     """What the threshold does on the run's scored test set, when it has one: good images
     rejected and defective ones caught, then `decision.guarantee_broken` (read with numpy
-    alone: `threshold` on held-out scores imports no torch)."""
+    alone: `threshold` on held-out scores imports no torch). A predictions.npz that cannot be
+    used (damaged, not a file, NaN scores: an untrusted run) is said instead, with the fix."""
     import numpy as np
 
     from anomaly.decision import guarantee_broken
     from anomaly.safe_files import parse_record
     from anomaly.threshold_file import check_model
 
+    path = run.file(run.PREDICTIONS)
+    if not path.exists() and not path.is_symlink():
+        return None  # not scored
     try:
-        with np.load(run.file(run.PREDICTIONS), allow_pickle=False) as z:
-            labels, scores, meta = (
-                z["labels"],
-                z["scores"],
-                parse_record(str(z["meta"]), "its meta"),
-            )
+        if not path.is_file():  # a pipe would never end
+            raise ValueError("not a regular file")
+        with np.load(path, allow_pickle=False) as z:
+            labels, scores, meta = z["labels"], z["scores"], str(z["meta"])
+        _check_scores(labels, scores)
+        meta = parse_record(meta, "its meta")
+    except Exception as err:  # noqa: BLE001  (BadZipFile, EOFError, ...: damaged or crafted)
+        return (
+            f"note: {path} cannot be used ({type(err).__name__}: {str(err)[:200]}), so what the "
+            "threshold does on the test images is not shown; score the run again: python -m "
+            f"anomaly score --run {shell_word(run.path)}"
+        )
+    try:
         check_model(meta, run.file(run.MODEL), "were made by")
-    except (OSError, ValueError, KeyError):  # none, unreadable, another model's: score says
+    except ValueError:  # another model's: `score` says
         return None
     good, bad = scores[labels == 0], scores[labels > 0]
     rejected, caught = int((good >= t.value).sum()), int((bad >= t.value).sum())
@@ -61,6 +74,19 @@ def test_set_words(run, t) -> str | None:
     )
     broken = guarantee_broken(labels, scores, t)
     return counts + (f"\n{broken}" if broken else "")
+
+
+def _check_scores(labels, scores) -> None:
+    """A ValueError unless `scores` and `labels` are one real, finite number per image."""
+    import numpy as np
+
+    if scores.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape}: not one per image")
+    for name, array in (("scores", scores), ("labels", labels)):
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise ValueError(f"its {name} are {array.dtype}, not real numbers")
+    if bad := int(scores.size - np.count_nonzero(np.isfinite(scores))):
+        raise ValueError(f"{bad} of its {scores.size} scores are NaN or infinite")
 
 
 def _interval(k: int, n: int) -> str:
@@ -106,8 +132,6 @@ def threshold_words(t, run=None) -> str:
     if guarantee := guarantee_words(t.rule, t.params or {}):
         return f"{words}: guarantee: {guarantee}"
     if t.rule == "exported":  # a file from before exports named their rule (an upgrade)
-        from anomaly.terminal import shell_word
-
         return (
             f"{words}: the file does not say which rule set it, so no guarantee is claimed; "
             "export the run again to carry its rule (python -m anomaly export --run "
@@ -120,7 +144,6 @@ def choose_again(t, run=None) -> str:
     """The `threshold` command that sets `t`'s rule again with its value (a conformal alpha, a
     quantile, a manual value) on the same good images (a --good-images folder it records); a
     value saved by the explorer (its own rules, which --rule does not take) as a manual one."""
-    from anomaly.terminal import shell_word
 
     params = t.params or {}
     rule = t.rule.replace("-", "_")  # "normal-quantile" as threshold_file.RULES also reads it

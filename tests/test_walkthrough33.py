@@ -277,3 +277,61 @@ def test_the_first_unusable_file_ends_its_sentence_before_the_others(tiny_cookie
     with pytest.raises(DataError) as said:
         AnomalyDataset(data, "test", size=32)
     assert ". Not usable either: " in str(said.value) and ".." not in str(said.value)
+
+
+def _predictions_cases(z):
+    import numpy as np
+
+    arrays = {k: z[k] for k in z.files}
+    yield "truncated", None
+    yield "empty", b""
+    yield "cut short", arrays | {"scores": arrays["scores"][:3]}
+    yield "words", arrays | {"scores": np.array(["a"] * len(arrays["scores"]))}
+    yield "NaN", arrays | {"scores": np.full(len(arrays["scores"]), np.nan)}
+
+
+def test_threshold_says_a_predictions_file_it_cannot_use(scored_ae_run, tmp_path, capsys):
+    """An untrusted audit (helper): `threshold --run RUN` read predictions.npz with a bare
+    np.load: a damaged one gave a traceback (after `--rule manual` had saved its threshold),
+    one of NaN scores gave made-up counts ("rejects 0 of 4 good ... catches 0 of 6"), and a
+    pipe in its place hung the command. It says the file and the fix instead."""
+    import io
+    import threading
+
+    import numpy as np
+
+    from anomaly.cli import main
+    from anomaly.runs import RunDir
+    from anomaly.threshold_text import test_set_words
+
+    run = tmp_path / "run"
+    shutil.copytree(scored_ae_run, run)
+    npz = run / "predictions.npz"
+    whole = npz.read_bytes()
+    with np.load(io.BytesIO(whole)) as z:
+        cases = list(_predictions_cases(z))
+    for name, content in cases:
+        if content is None:
+            npz.write_bytes(whole[:100])
+        elif isinstance(content, bytes):
+            npz.write_bytes(content)
+        else:
+            np.savez(npz, **content)
+        for argv in (
+            ["threshold", "--run", str(run)],
+            ["threshold", "--run", str(run), "--rule", "manual", "--value", "5"],
+        ):
+            assert main(argv) == 0, name
+            out = capsys.readouterr().out
+            assert f"note: {npz} cannot be used (" in out and "score the run again" in out, name
+            assert "catches" not in out, name
+    npz.unlink()
+    os.mkfifo(npz)
+    said = []
+    reader = threading.Thread(
+        target=lambda: said.append(test_set_words(RunDir(run), RunDir(run).threshold())),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(10)
+    assert said and "not a regular file" in said[0]
