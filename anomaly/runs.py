@@ -273,8 +273,9 @@ class RunDir(CheckpointFiles, ScoreOutputs):
 
     def map_range(self) -> tuple[float, float]:
         """The colour scale of the run's overlays: that of its held-out normal images."""
+        record = self.val_scores()  # a file that does not read, or bad scores: said as such
         try:
-            lo, hi = self.val_scores()["map_range"]
+            lo, hi = record["map_range"]
             lo, hi = (float(x) if finite(x) else math.nan for x in (lo, hi))  # no text: "12"
         except (KeyError, TypeError, ValueError):
             lo = hi = math.nan

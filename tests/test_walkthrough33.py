@@ -335,3 +335,17 @@ def test_threshold_says_a_predictions_file_it_cannot_use(scored_ae_run, tmp_path
     reader.start()
     reader.join(10)
     assert said and "not a regular file" in said[0]
+
+
+def test_a_bad_held_out_record_is_named_for_what_is_wrong(scored_ae_run, tmp_path):
+    """val_scores.json with bad scores was said to have a bad map_range (its map_range was
+    fine): the overlay scale's reader replaced the file's own error."""
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(scored_ae_run, run)
+    record = json.loads((run / "val_scores.json").read_text())
+    (run / "val_scores.json").write_text(json.dumps(record | {"scores": ["1"] * 2}))
+    with pytest.raises(RunError) as said:
+        RunDir(run).map_range()
+    assert "map_range" not in str(said.value) and "scores" in str(said.value)
