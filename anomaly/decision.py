@@ -19,6 +19,7 @@ import numpy as np
 
 from anomaly.metrics import confusion, confusion_from_counts
 from anomaly.terminal import printable, shell_word
+from anomaly.threshold_file import UNSUPPORTED
 
 
 @dataclass(frozen=True)
@@ -302,8 +303,8 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     kmeans run, which holds out what its --from run held out (its own --val-fraction is
     ignored)."""
     params = getattr(threshold, "params", None) or {}
-    if getattr(threshold, "rule", None) != "normal_quantile":
-        return None
+    if getattr(threshold, "rule", None) != "normal_quantile" or params.get(UNSUPPORTED):
+        return None  # (one whose value its scores do not give is said to be no quantile)
     if not (saved := _quantile_of(params)):
         return None
     n, q = saved

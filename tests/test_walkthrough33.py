@@ -349,3 +349,18 @@ def test_a_bad_held_out_record_is_named_for_what_is_wrong(scored_ae_run, tmp_pat
     with pytest.raises(RunError) as said:
         RunDir(run).map_range()
     assert "map_range" not in str(said.value) and "scores" in str(said.value)
+
+
+def test_no_quantile_note_for_a_threshold_whose_scores_do_not_give_it():
+    """A threshold.json edited to 1e308 was said to be no quantile (its scores do not give it),
+    and then also "the 0.99 quantile of only 1 held-out good image": both cannot be true."""
+    from types import SimpleNamespace
+
+    from anomaly.decision import few_held_out
+    from anomaly.threshold_file import UNSUPPORTED
+
+    params = {"q": 0.99, "n_normal": 1, "set_by": "train"}
+    quantile = SimpleNamespace(rule="normal_quantile", value=1e308, params=params)
+    assert "quantile of only 1 held-out" in few_held_out(quantile, "run")
+    quantile.params = params | {UNSUPPORTED: True}
+    assert few_held_out(quantile, "run") is None
