@@ -280,6 +280,8 @@ class OnnxDetector:
             inside = path / "model.onnx"
             hint = f"give {inside}" if inside.is_file() else f"export one: `{EXPORT} {path}`"
             raise ExportError(f"{path} is a folder, not an ONNX file; {hint}")
+        if path.exists() and not path.is_file():  # a pipe, a device: never read
+            raise ExportError(f"{path} is not a regular file; give the ONNX file export wrote")
         if not path.is_file():
             raise ExportError(
                 f"{path}: no such ONNX file; make one with "

@@ -243,6 +243,8 @@ class CheckpointFiles:
         atomic_save(state, self.file(self.LAST))
 
     def load_last(self) -> dict:
+        if self.file(self.LAST).exists() and not self.file(self.LAST).is_file():
+            self.refuse_not_a_file(self.LAST)
         if not self.has_last():
             raise RunError(
                 f"Cannot resume: {self.path} has no {self.LAST} (the run never "

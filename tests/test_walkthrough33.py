@@ -364,3 +364,24 @@ def test_no_quantile_note_for_a_threshold_whose_scores_do_not_give_it():
     assert "quantile of only 1 held-out" in few_held_out(quantile, "run")
     quantile.params = params | {UNSUPPORTED: True}
     assert few_held_out(quantile, "run") is None
+
+
+def test_special_files_and_a_run_named_like_a_file_are_said_as_such(scored_ae_run, tmp_path):
+    """An ONNX file or last.pt that is a pipe was said to be missing (fixes that do not
+    apply), and a run folder named `x.npz` was taken for a predictions file."""
+    from anomaly.explorer.runs import load_run_predictions, run_folder
+    from anomaly.onnx_checks import ExportError
+    from anomaly.onnx_predict import OnnxDetector
+    from anomaly.runs import RunDir
+
+    pytest.importorskip("onnxruntime")
+    os.mkfifo(tmp_path / "model.onnx")
+    with pytest.raises(ExportError, match="model.onnx is not a regular file"):
+        OnnxDetector(tmp_path / "model.onnx")
+    run = tmp_path / "trial.npz"
+    shutil.copytree(scored_ae_run, run)
+    assert run_folder(run) == run and len(load_run_predictions(run).scores) > 0
+    (run / "last.pt").unlink(missing_ok=True)
+    os.mkfifo(run / "last.pt")
+    with pytest.raises(RunError, match="last.pt is not a file"):
+        RunDir(run).load_last()

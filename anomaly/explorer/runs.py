@@ -29,7 +29,7 @@ from anomaly.terminal import shell_word
 def load_run_predictions(run: str | Path) -> Predictions:
     """The Predictions saved in a run folder (RUN/predictions.npz) or in an .npz file."""
     path = Path(run)
-    if path.suffix == ".npz":
+    if _npz_file(path):
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} does not exist: pass a scored run folder or its {RunDir.PREDICTIONS}"
@@ -57,7 +57,12 @@ def load_run_predictions(run: str | Path) -> Predictions:
 
 def run_folder(run: str | Path) -> Path:
     path = Path(run)
-    return path.parent if path.suffix == ".npz" else path
+    return path.parent if _npz_file(path) else path
+
+
+def _npz_file(path: Path) -> bool:
+    """Whether `path` names a predictions file (a run folder may be named `x.npz` too)."""
+    return path.suffix == ".npz" and not path.is_dir()
 
 
 def _unique_name(name: str, taken: dict) -> str:

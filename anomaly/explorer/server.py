@@ -119,7 +119,7 @@ def voila_command(
                 f"{folder} is a file, not a run folder: pass a run folder made by `python -m "
                 "anomaly train` (and scored)"
             )
-        file = folder if folder.suffix == ".npz" else folder / RunDir.PREDICTIONS
+        file = folder if folder.is_file() else folder / RunDir.PREDICTIONS  # x.npz, or a run
         if not file.exists():
             raise FileNotFoundError(
                 f"{folder} has no {RunDir.PREDICTIONS}: score the run first with "
