@@ -6,7 +6,6 @@ Its parser (commands, flags, help) is `anomaly.cli_parser`; this module runs the
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import warnings
@@ -18,9 +17,10 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
     build_parser,
     method_names,
 )
+from anomaly.cli_predict import StdoutGone, run_predict
 from anomaly.config import READ_BY, Config, flag_of, ignored_by
 from anomaly.safe_files import RunError
-from anomaly.terminal import printable, shell_word
+from anomaly.terminal import shell_word, visible
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
@@ -184,99 +184,6 @@ def _score(args) -> None:
         )
 
 
-def _predict(args) -> int:
-    if args.out and args.no_overlays:
-        raise ValueError("--out is where overlays go, and --no-overlays writes none: give one")
-    overlays = not args.no_overlays
-    from anomaly.predict import image_tree, overlays_lost
-
-    images = image_tree(args.images) if args.recursive else args.images
-    if args.onnx:
-        from anomaly.export_predict import predict_files
-
-        if args.workers is not None:
-            raise ValueError(
-                "--workers is for predict --run: predict --onnx decodes in its own process "
-                "(leave --workers out)"
-            )
-        results, threshold = predict_files(args.onnx, images, args.out, overlays, each=_print_row)
-    else:
-        from anomaly.pipeline import check_workers
-        from anomaly.predict import predict_images
-
-        if args.workers is not None:
-            check_workers(args.workers)  # before the model loads or predict/ is made
-        results, threshold = predict_images(
-            args.run,
-            images,
-            args.out,
-            workers=args.workers,
-            overlays=overlays,
-            each=_print_row,
-        )
-    good = [r for r in results if "error" not in r]
-    broken = [r["path"] for r in good if not math.isfinite(r["score"])]
-    if broken:
-        print(
-            f"error: {len(broken)} image(s) scored NaN or infinite, e.g. {_visible(broken[0])}, "
-            "and were rejected: the model gives no usable scores; train the run again",
-            file=sys.stderr,
-        )
-    failed = [r for r in results if "error" in r]
-    for r in failed:
-        print(f"error: {printable(r['error'])}", file=sys.stderr)  # one line each
-    if not results:
-        print("error: no images found in " + _visible(", ".join(args.images)), file=sys.stderr)
-        return 2
-    if lost := overlays_lost(results):
-        print(f"error: {printable(lost)}", file=sys.stderr)
-    if failed:
-        print(
-            f"error: {len(failed)} of the {len(results)} images were not scored (their rows "
-            "say ERROR; why is named above)",
-            file=sys.stderr,
-        )
-    if good:
-        where = good[0]["overlay"]
-        where = f"overlays in {Path(where).parent}" if where else "no overlays written"
-        run = args.run or _run_of_export(args.onnx)
-        print(f"{threshold_words(threshold, run)}; {where}", file=sys.stderr)
-        from anomaly.decision import few_held_out
-        from anomaly.runs import RunDir
-
-        kmeans = args.run is not None and RunDir(args.run).config().method == "kmeans"
-        if note := few_held_out(threshold, run, kmeans):  # as train said it
-            again = f"; then export the run again: python -m anomaly export --run {shell_word(run)}"
-            print(note + again * bool(args.onnx), file=sys.stderr)
-    return 0 if not failed and not broken and not lost else 2
-
-
-def _run_of_export(onnx: str) -> str:
-    """The run folder an exported file sits in (`export` writes RUN/model.onnx), or "RUN"."""
-    from anomaly.runs import RunDir
-
-    folder = Path(onnx).parent
-    return str(folder) if RunDir(folder).is_run() else "RUN"
-
-
-class StdoutGone(Exception):
-    """predict's stdout was closed by its reader (a pipe into `head`)."""
-
-
-def _print_row(r: dict) -> None:
-    """`predict`'s row for one input, printed (and flushed) as soon as it is scored, so a long
-    run stopped part-way keeps its verdicts: tab-separated, names made printable."""
-    from anomaly.terminal import printable
-
-    cols = ("-", "ERROR", "-")
-    if "error" not in r:
-        cols = (r["shown"], r["verdict"], printable(r["overlay"] or "-"))
-    try:
-        print("\t".join((printable(r["path"]), *cols)), flush=True)
-    except BrokenPipeError:  # this pipe only: another broken pipe is an error to report
-        raise StdoutGone from None
-
-
 def _threshold(args) -> None:
     """Set the run's threshold by --rule, or without one say the saved threshold; then what it
     does on the held-out good images and the scored test set."""
@@ -357,7 +264,7 @@ def _one_line_warnings(previous):
             # it again below; in a log (no terminal) the cleared bar's line is ended first
             out, bars = file or sys.stderr, getattr(tqdm, "_instances", ())
             new_line = "\n" * bool(bars and not (hasattr(out, "isatty") and out.isatty()))
-            tqdm.write(f"{new_line}warning: {_visible(str(message))}", file=out)
+            tqdm.write(f"{new_line}warning: {visible(str(message))}", file=out)
         else:
             previous(message, category, filename, lineno, file, line)
 
@@ -397,7 +304,7 @@ def _main(args) -> int:
         elif args.command == "score":
             _score(args)
         elif args.command == "predict":
-            return _predict(args)
+            return run_predict(args)
         elif args.command == "export":
             from anomaly.export import export_onnx
 
@@ -483,17 +390,5 @@ def _error(err: Exception) -> int:
             whole = os.path.abspath(err.filename) == str(above)
             path = "" if whole else f" of the path {err.filename}"
             message = f"{above} is a file where a folder{path} goes; choose another path"
-    print(f"error: {_visible(message)}", file=sys.stderr)
+    print(f"error: {visible(message)}", file=sys.stderr)
     return 2
-
-
-def _visible(message: str) -> str:
-    """`message` with each control character but newline and tab written as its escape: a path
-    the user typed (or a file name it names) echoed raw could move the cursor or erase the line
-    on a terminal, and make a refusal read as something else."""
-    from anomaly.terminal import control_characters
-
-    for c in control_characters(message):
-        if c not in "\n\t":
-            message = message.replace(c, repr(c)[1:-1])
-    return message

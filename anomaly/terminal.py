@@ -48,3 +48,13 @@ def printable(text: str, mark: str | None = None) -> str:
 
 def _unprintable(c: str) -> bool:  # C0, DEL and C1 controls (U+009B starts a sequence too)
     return ord(c) < 32 or 127 <= ord(c) <= 159 or 0xD800 <= ord(c) <= 0xDFFF
+
+
+def visible(message: str) -> str:
+    """`message` with each control character but newline and tab written as its escape: a path
+    the user typed (or a file name it names) echoed raw could move the cursor or erase the line
+    on a terminal, and make a refusal read as something else."""
+    for c in control_characters(message):
+        if c not in "\n\t":
+            message = message.replace(c, repr(c)[1:-1])
+    return message

@@ -120,7 +120,7 @@ def test_detectors_and_training_never_import_run_folders():
 
 # README's "How the code is organised", layer by layer (a package names all its modules)
 LAYERS = {
-    5: "cli cli_parser notebook notebook_benchmark notebook_checks notebook_data notebook_photos "
+    5: "cli cli_parser cli_predict notebook notebook_benchmark notebook_checks notebook_data notebook_photos "
     "notebook_setup "
     "benchmark benchmark_checks benchmark_curves benchmark_dirs benchmark_flags benchmark_tables "
     "original __main__",
