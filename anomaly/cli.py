@@ -5,6 +5,7 @@ Its parser (commands, flags, help) is `anomaly.cli_parser`; this module runs the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -290,9 +291,40 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warnings(shown)
     try:
-        return _main(args)
+        with _signals_interrupt():
+            return _main(args)
     finally:
         warnings.showwarning = shown
+
+
+_SIGNALLED: list[int] = []  # the stop signals received while a command ran (`_signals_interrupt`)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """While inside, SIGTERM (a scheduler's or `kill`'s stop) and SIGHUP (the terminal closed)
+    end the command as Ctrl-C does: each file written whole or not at all, the run's lock let
+    go, the words that say how to go on, and the shell's code 128 + the signal's number (they
+    killed it on the spot, leaving the lock and temporary files behind). A signal ignored
+    (`nohup`) stays ignored; outside the main thread nothing changes."""
+    import signal
+    import threading
+
+    def stop(signum, _frame):
+        _SIGNALLED.append(int(signum))
+        raise KeyboardInterrupt(signum)
+
+    previous, _SIGNALLED[:] = {}, []
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)  # Windows has no SIGHUP
+            if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _main(args) -> int:
@@ -323,6 +355,10 @@ def _main(args) -> int:
             code = serve(args.run, port=args.port)  # Voila's exit code (a failed start: not 0)
             return code if isinstance(code, int) and code > 0 else 0
     except KeyboardInterrupt as stop:  # anomaly.train.Interrupted: Ctrl-C in training
+        import signal
+
+        signum = _SIGNALLED[0] if _SIGNALLED else signal.SIGINT  # SIGTERM, SIGHUP: as Ctrl-C
+        said = "interrupted" if not _SIGNALLED else f"stopped by {signal.Signals(signum).name}"
         if getattr(stop, "epoch", None) is None:
             hint = ""
             if args.command == "train" and getattr(args, "out", None):
@@ -330,17 +366,17 @@ def _main(args) -> int:
 
                 if RunDir(args.out).stopped_before_threshold():  # trained, no threshold yet
                     hint = " after training; " + RESUME_HINT.format(out=shell_word(args.out))
-            print(f"\ninterrupted{hint}", file=sys.stderr)
-            return 130
+            print(f"\n{said}{hint}", file=sys.stderr)
+            return 128 + signum
         from anomaly.run_checkpoints import TRAIN_AGAIN
 
         out = getattr(args, "out", "RUN")
         print(
-            f"\ninterrupted after epoch {stop.epoch}; "
+            f"\n{said} after epoch {stop.epoch}; "
             + (TRAIN_AGAIN if stop.epoch == 0 else RESUME_HINT).format(out=shell_word(out)),
             file=sys.stderr,
         )
-        return 130
+        return 128 + signum
     except (StdoutGone, BrokenPipeError) as stop:  # the reader stopped (`... | head`): quietly,
         # as Unix tools; its work is done (a threshold saved before its words were cut)
         if not isinstance(stop, StdoutGone) and not _terminal_pipe_gone():

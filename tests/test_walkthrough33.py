@@ -385,3 +385,35 @@ def test_special_files_and_a_run_named_like_a_file_are_said_as_such(scored_ae_ru
     os.mkfifo(run / "last.pt")
     with pytest.raises(RunError, match="last.pt is not a file"):
         RunDir(run).load_last()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="POSIX signals")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_training_as_ctrl_c_does(sig, tiny_cookies, tmp_path):
+    """SIGTERM (a scheduler's stop, `kill`) and SIGHUP (the terminal closed) killed `train` on
+    the spot: no words, the lock left behind. They end it as Ctrl-C does now: the lock let go,
+    how to go on, and the shell's code 128 + the signal's number."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import tiny_flags
+
+    run = tmp_path / "run"
+    argv = ["train", "--out", str(run), *tiny_flags(tiny_cookies, **{"--epochs": 500})]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anomaly", *argv], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        end = time.monotonic() + 120
+        while not (run / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < end, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, sig))
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert f"stopped by {sig} after epoch " in err and "--resume" in err, err
+    assert not (run / ".lock").exists() and (run / "last.pt").exists()
