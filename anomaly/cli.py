@@ -20,7 +20,7 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
 )
 from anomaly.cli_predict import StdoutGone, run_predict
 from anomaly.config import READ_BY, Config, flag_of, ignored_by
-from anomaly.safe_files import RunError
+from anomaly.safe_files import InUse, RunError
 from anomaly.terminal import shell_word, visible
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
@@ -390,6 +390,9 @@ def _main(args) -> int:
         finally:
             os.close(null)
         return 141  # 128 + SIGPIPE
+    except InUse as err:  # another process writes there: may work later, for a scheduler
+        _error(err)
+        return 75  # sysexits' EX_TEMPFAIL
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         return _error(err)
     return 0

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from anomaly.safe_files import TEMPORARY_NAME, RunError, cannot_write, load_record
+from anomaly.safe_files import TEMPORARY_NAME, InUse, RunError, cannot_write, load_record
 
 try:
     import fcntl
@@ -79,10 +79,10 @@ def _live_holder(path: Path, flock_free: bool = False) -> tuple[int, str] | None
     return None
 
 
-def _in_use(folder: Path, path: Path, holder: tuple[int, str] | None, command: str) -> RunError:
+def _in_use(folder: Path, path: Path, holder: tuple[int, str] | None, command: str) -> InUse:
     other = ", or choose another --out" if command in ("train", "score") else ""
     who = f"process {holder[0]} is running `{holder[1]}` on it" if holder else "another process"
-    return RunError(
+    return InUse(
         f"{folder} is in use: {who}{' holds its lock' * (not holder)}. Wait for it to finish"
         f"{other}. (If no such process runs, delete {path}.)"
     )

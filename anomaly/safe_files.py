@@ -30,6 +30,11 @@ class RunError(ValueError):
     """A run folder is missing, incomplete, unsafe, or does not match what is asked of it."""
 
 
+class InUse(RunError):
+    """A run folder or data set that another live process is writing: the command may work
+    once it is done (the CLI exits with 75, sysexits' EX_TEMPFAIL, for a scheduler to retry)."""
+
+
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write `path` through a temporary file in its folder (`temporary_beside`), then rename it
     into place; a full disk is a RunError naming the file (the old one, if any, is intact), and

@@ -417,3 +417,23 @@ def test_sigterm_stops_training_as_ctrl_c_does(sig, tiny_cookies, tmp_path):
     assert proc.returncode == 128 + getattr(signal, sig), err
     assert f"stopped by {sig} after epoch " in err and "--resume" in err, err
     assert not (run / ".lock").exists() and (run / "last.pt").exists()
+
+
+def test_a_run_in_use_has_an_exit_status_of_its_own(scored_ae_run, tmp_path, capsys):
+    """ "In use" (another live process writes the run) exited 2 as any error: a scheduler could
+    not tell "retry later" from "broken". It exits 75 (sysexits' EX_TEMPFAIL) now."""
+    import subprocess
+    import sys
+
+    from anomaly.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(scored_ae_run, run)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": holder.pid, "command": "train"}))
+        code = main(["threshold", "--run", str(run), "--rule", "manual", "--value", "1"])
+        assert code == 75 and "is in use" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()

@@ -45,7 +45,7 @@ from PIL import Image
 
 from anomaly.data.files import broken_link
 from anomaly.run_lock import alive_since
-from anomaly.safe_files import sha256_file, write_json
+from anomaly.safe_files import InUse, sha256_file, write_json
 from anomaly.written_files import check_removable, plain_relative, remove_made
 
 MARKER = "generator.json"
@@ -207,7 +207,7 @@ def recover(
     marker = _read_marker(folder, generator, order)
     pid = marker.get("pid")
     if isinstance(pid, int) and pid != os.getpid() and alive_since(pid, _written(folder)):
-        raise ValueError(
+        raise InUse(
             f"{root} is in use: process {pid} is running {generator} into it. Wait for it to "
             f"finish, or stop it. (If no such process runs, delete {folder}.)"
         )
@@ -396,7 +396,7 @@ def write_staged(
         shutil.rmtree(new, ignore_errors=True)
         if not folder.exists():
             raise
-        raise ValueError(
+        raise InUse(
             f"{root} is in use: another {generator} has just started writing into it "
             f"({folder}); wait for it to finish"
         ) from None
