@@ -437,3 +437,30 @@ def test_a_run_in_use_has_an_exit_status_of_its_own(scored_ae_run, tmp_path, cap
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_images_unlike_the_training_ones_in_one_way_are_one_warning(tmp_path, capsys):
+    """Five thumbnails of sides 10-14 px were five warnings (each its own numbers in its
+    words): a folder of a hundred phone photos, a hundred lines. Files unlike the training
+    images in the same way are one warning, whatever their numbers."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.data.image_kind import summarize
+    from anomaly.data.image_unlike import warn_unlike
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(big)
+    small = []
+    for side in range(10, 15):
+        small.append(tmp_path / f"thumb{side}.png")
+        Image.fromarray(np.full((side, side, 3), 90, np.uint8)).save(small[-1])
+    said = warn_unlike(small, summarize([big]), 3, 64)
+    assert len(said) == 1 and said[0].startswith("warning: 5 images (")
+    assert "the first: shorter side 10 px" in said[0]
+    alike = [tmp_path / f"copy{i}.png" for i in range(5)]
+    for path in alike:
+        path.write_bytes(small[0].read_bytes())
+    said = warn_unlike(alike, summarize([big]), 3, 64)
+    assert len(said) == 1 and "each: shorter side 10 px" in said[0]
+    capsys.readouterr()

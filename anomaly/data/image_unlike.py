@@ -10,6 +10,7 @@ reader imports it where the package is installed.
 
 from __future__ import annotations
 
+import re
 import sys
 
 from anomaly.data.files import named
@@ -95,6 +96,7 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
 
 
 ALIKE_NAMED = 3  # files unlike the training images in one way: up to this many, a line each
+_NUMBER = re.compile(r"\d+(\.\d+)?")  # what files unlike in one way differ by in their words
 
 
 def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=None) -> list[str]:
@@ -121,14 +123,23 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
             print(damaged, file=stream or sys.stderr)
             found = {}
             break
-        if said:
-            found.setdefault("; ".join(said), []).append(printable(str(path)))
+        if said:  # grouped by the way they differ, whatever their own numbers (sides, ratios)
+            why = "; ".join(said)
+            found.setdefault(_NUMBER.sub("#", why), []).append((printable(str(path)), why))
     lines = []
-    for why, files in found.items():  # a folder of 30 alike: one line, not 30 (a walkthrough)
+    for said in found.values():  # a folder of 30 alike: one line, not 30 (a walkthrough)
+        files, whys = [f for f, _ in said], {why for _, why in said}
         if len(files) <= ALIKE_NAMED:
-            lines += [f"warning: {f}: {why}" for f in files]
+            lines += [f"warning: {f}: {why}" for f, why in said]
+        elif len(whys) == 1:
+            lines.append(
+                f"warning: {len(files)} images ({named(files, ALIKE_NAMED)}), each: {said[0][1]}"
+            )
         else:
-            lines.append(f"warning: {len(files)} images ({named(files, ALIKE_NAMED)}), each: {why}")
+            lines.append(
+                f"warning: {len(files)} images ({named(files, ALIKE_NAMED)}) are each unlike the "
+                f"training images in this way, with numbers of their own; the first: {said[0][1]}"
+            )
     for line in lines:
         print(line, file=stream or sys.stderr)
     return lines
