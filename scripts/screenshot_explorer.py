@@ -5,7 +5,7 @@
 
 Serves the page as `python -m anomaly explore` does (local, with a token), opens it in Debian's
 headless Chromium (scripts/install_browser.sh) at twice the pixel density, optionally compares
-the first run with the second, and saves the explorer's element as a PNG.
+the first run with the second, and saves the explorer's element as a PNG (of 256 colours).
 """
 
 import argparse
@@ -15,6 +15,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from anomaly.explorer.server import page_url, voila_command
@@ -69,6 +70,11 @@ def main() -> None:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.locator(".anomaly-explorer").screenshot(path=args.out)
             browser.close()
+        with Image.open(args.out) as shot:  # 256 colours: the page has few, a third the bytes
+            few = shot.convert("RGB").quantize(
+                256, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+            )
+        few.save(args.out, optimize=True)
         print(f"wrote {args.out}")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
