@@ -128,6 +128,7 @@ def train_run(
         )
     train, val = _datasets(config, split)  # data errors come before anything is written
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
+    split[guards.STAMPS] = guards.file_stamps(split["train"] + split["val"])  # before hashing
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
     read = read_kinds(split["train"] + split["val"])  # each file's kind once, for both:
     split["images"] = summarize_images(split["train"] + split["val"], read)  # predict compares

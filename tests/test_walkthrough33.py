@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from anomaly.data import generated, make_cookies
@@ -464,3 +465,36 @@ def test_images_unlike_the_training_ones_in_one_way_are_one_warning(tmp_path, ca
     said = warn_unlike(alike, summarize([big]), 3, 64)
     assert len(said) == 1 and "each: shorter side 10 px" in said[0]
     capsys.readouterr()
+
+
+def test_score_reads_the_training_images_again_only_when_their_size_or_time_moved(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    """`score` hashed every training and held-out image at each call (seconds for thousands of
+    camera JPEGs); split.json records each file's size and modification time, and a file with
+    both as recorded is not read again."""
+    from PIL import Image
+
+    import anomaly.train_guards as guards
+    from anomaly.config import Config
+    from anomaly.pipeline import score_run, train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    run = tmp_path / "md"
+    train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split[guards.STAMPS]) == len(split["sha256"])
+    read, hashed = [], guards._sha256_of_file
+    monkeypatch.setattr(guards, "_sha256_of_file", lambda p: read.append(p) or hashed(p))
+    score_run(run, overlays=False)
+    assert read == []
+    image = Path(split["train"][0])
+    os.utime(image, ns=(0, 10**18))  # the same bytes, another time: read, and not named
+    score_run(run, overlays=False)
+    assert read == [str(image)]
+    pixels = np.array(Image.open(image))
+    pixels[:4, :4] = 255 - pixels[:4, :4]
+    Image.fromarray(pixels).save(image)
+    with pytest.warns(UserWarning, match="1 of the .* changed since it was trained"):
+        score_run(run, overlays=False)
