@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from anomaly.onnx_predict import ExportError, OnnxDetector, read_file, to_input
@@ -92,7 +93,13 @@ def predict_files(
     `overlay_dir`, default `<file stem>_predict/` beside the ONNX file; None with `overlays`
     False), or path and error; `each(result)` called with each as soon as it is made.
     """
-    from anomaly.predict import expand_images, overlay_folder, scored_result, unreadable
+    from anomaly.predict import (
+        expand_images,
+        flat_note,
+        overlay_folder,
+        scored_result,
+        unreadable,
+    )
 
     detector = OnnxDetector(onnx_path)
     threshold = exported_threshold(detector)
@@ -114,6 +121,8 @@ def predict_files(
         except ExportError as err:
             results.append({"path": str(path), "error": str(err)})
         else:  # one decoding for the input and the overlay
+            if note := flat_note(path, own):  # as predict --run: nothing to inspect
+                warnings.warn(note, stacklevel=2)
             scores, maps = detector.predict([to_input(own, detector.size, detector.channels)])
             score, picture = float(scores[0]), None
             if out is not None:

@@ -28,12 +28,28 @@ The file's contract, also stored in its `metadata_props` (read them with
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+
+def _sibling(name: str):
+    """The module `name`.py beside this file, loaded by its path (ImportError where none)."""
+    import importlib.util
+
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path) if path.is_file() else None
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 try:  # the checks of the file and its input: in the package, or copied beside this file
     from anomaly import onnx_checks as _checks
@@ -45,7 +61,10 @@ except ImportError:
         if __package__:
             from . import onnx_checks as _checks
         else:
-            import onnx_checks as _checks
+            try:
+                import onnx_checks as _checks
+            except ImportError:  # its folder not on sys.path (python -I, PYTHONSAFEPATH)
+                _checks = _sibling("onnx_checks")
     except ImportError:
         _NEEDS = (
             "onnx_predict.py needs onnx_checks.py beside it (anomaly/onnx_checks.py in the "
@@ -156,6 +175,11 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
         raise ExportError(f"{path}: no such file; check its path")
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise ExportError(f"{path} is empty (0 bytes); copy the image again, or delete it")
+    if Path(path).suffix.lower() not in _checks.IMAGE_SUFFIXES:  # as predict --run: one rule
+        raise ExportError(
+            f"{path}: not an image file this reader reads; images must end in "
+            f"{', '.join(_checks.IMAGE_SUFFIXES)}; save it as PNG to score it"
+        )
     try:
         with Image.open(path) as im:
             refused = _refused_frames(im, path)
@@ -279,6 +303,8 @@ class OnnxDetector:
         if path.is_dir():  # a run folder: its export is model.onnx inside
             inside = path / "model.onnx"
             hint = f"give {inside}" if inside.is_file() else f"export one: `{EXPORT} {path}`"
+            if not inside.is_file() and not (path / "model.pt").is_file():  # not a run either
+                hint = "give the file `python -m anomaly export` wrote (RUN/model.onnx)"
             raise ExportError(f"{path} is a folder, not an ONNX file; {hint}")
         if path.exists() and not path.is_file():  # a pipe, a device: never read
             raise ExportError(f"{path} is not a regular file; give the ONNX file export wrote")
@@ -413,7 +439,8 @@ def predict_each(onnx_path, images):
 def main(argv=None) -> int:
     """`python onnx_predict.py MODEL.onnx IMAGE_OR_FOLDER ...`, where the package is not
     installed: one tab-separated row per image (path, score, PASS or REJECT at the file's
-    threshold), ERROR and why for one it cannot read; exit status 2 when any could not be read."""
+    threshold), "-" and ERROR for one it cannot read (why on stderr); exit status 2 when any
+    could not be read, 141 when the rows' reader stopped early (`| head`)."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -434,8 +461,9 @@ def main(argv=None) -> int:
         t, rule = detector.threshold, detector.meta.get("threshold_rule", "exported")
         guarantee = (detector.threshold_params or {}).get("guarantee", "")
         said = "note: it holds no threshold: scores only"
-        if t is not None:
-            said = f"threshold {t!r} ({rule}{': ' * bool(guarantee)}{guarantee})"
+        if t is not None:  # as predict --run says it
+            guarantee = guarantee or "no guarantee on the false-reject rate"
+            said = f"threshold {t!r} ({rule}: {guarantee})"
         print(said, file=sys.stderr)
         failed = 0
         for image, score, _, error in rows:
@@ -444,7 +472,7 @@ def main(argv=None) -> int:
             if error is not None:
                 failed += 1
                 print(f"error: {shown(error)}", file=sys.stderr)
-                row = ("ERROR", "-")
+                row = ("-", "ERROR")  # the verdict's column, as predict's rows
             else:
                 verdict = "-" if t is None else "REJECT" if score >= t else "PASS"
                 row = (_checks.score_text(score, t), verdict)  # digits to read as the verdict
@@ -452,9 +480,11 @@ def main(argv=None) -> int:
     except ExportError as err:
         print(f"error: {shown(err)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # its reader stopped (a pipe into head): not an error of ours
-        sys.stderr.close()
-        return 0
+    except BrokenPipeError:  # its reader stopped (a pipe into head): quietly, as Unix tools,
+        null = os.open(os.devnull, os.O_WRONLY)  # with 128 + SIGPIPE, as predict: the images
+        os.dup2(null, sys.stdout.fileno())  # after it were not scored
+        os.close(null)
+        return 141
     return 2 if failed else 0
 
 

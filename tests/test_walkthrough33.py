@@ -498,3 +498,55 @@ def test_score_reads_the_training_images_again_only_when_their_size_or_time_move
     Image.fromarray(pixels).save(image)
     with pytest.warns(UserWarning, match="1 of the .* changed since it was trained"):
         score_run(run, overlays=False)
+
+
+def test_the_deployed_reader_says_what_predict_says(tiny_cookies, tmp_path):
+    """A deployment walkthrough (helper): the copied reader put ERROR in the score's column
+    (predict puts it in the verdict's), exited 0 when `| head` stopped it before the images
+    after were scored, gave no word that a quantile threshold guarantees nothing, scored a
+    file without an image's name that predict refuses, and under `python -I` (its folder not
+    on sys.path) said onnx_checks.py was missing though it lay beside it."""
+    import subprocess
+    import sys
+
+    from helpers import deploy_copy, patchknn_export
+    from PIL import Image
+
+    onnx = patchknn_export(tiny_cookies, tmp_path / "run", size=32)
+    reader = deploy_copy(tmp_path / "inspect")
+    good = min((tiny_cookies / "test" / "good").glob("*.png"))
+    shutil.copy(good, tmp_path / "noext")
+    argv = [sys.executable, "-I", str(reader), str(onnx), str(good), str(tmp_path / "gone.png")]
+    done = subprocess.run(
+        [*argv, str(tmp_path / "noext")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    rows = [line.split("\t") for line in done.stdout.splitlines()]
+    assert rows[0][2] in ("PASS", "REJECT") and rows[1][1:] == rows[2][1:] == ["-", "ERROR"]
+    assert "(normal_quantile: no guarantee on the false-reject rate)" in done.stderr
+    assert "noext: not an image file this reader reads" in done.stderr
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(200):
+        Image.open(good).save(many / f"{i:03d}.png")
+    proc = subprocess.Popen(
+        [sys.executable, str(reader), str(onnx), str(many)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout.readline().startswith(str(many))
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+
+
+def test_predict_onnx_names_a_flat_image_as_predict_run_does(tiny_cookies, tmp_path, capsys):
+    from helpers import patchknn_export
+    from PIL import Image
+
+    from anomaly.cli import main
+
+    onnx = patchknn_export(tiny_cookies, tmp_path / "run", size=32)
+    Image.new("RGB", (64, 64)).save(tmp_path / "black.png")
+    assert main(["predict", "--onnx", str(onnx), "--no-overlays", str(tmp_path / "black.png")]) == 0
+    assert "black.png: 100.0% of it is one flat colour" in capsys.readouterr().err
