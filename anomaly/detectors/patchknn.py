@@ -275,6 +275,7 @@ class PatchKNN(Detector):
     def _fit(self, train_data, progress: bool) -> PatchKNN:
         from tqdm.auto import tqdm
 
+        self._set_whitening(None, None)  # fitted again: features as the backbone gives them
         loader = train_data if isinstance(train_data, DataLoader) else self.loader(train_data)
         # the next batch decoded by a thread while this one is embedded: nothing here draws
         # random numbers, so a data set that does draws them in the same order as without it
