@@ -111,6 +111,9 @@ def train_run(
     if resume:
         return _resume(run, config, progress)
     config.validate()
+    for name in ("data", "source_run"):  # saved absolute, as the CLI saves them: the run works
+        if (value := getattr(config, name)).strip():  # from any folder ("" is refused below)
+            config = config.replace(**{name: str(Path(value).resolve())})
     if config.backbone.startswith("encoder:"):  # saved absolute: the run works from any folder
         encoder = os.path.abspath(config.backbone.split(":", 1)[1])
         config = config.replace(backbone=f"encoder:{encoder}")

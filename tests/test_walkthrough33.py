@@ -571,3 +571,20 @@ def test_a_patchknn_detector_fitted_again_is_the_same_model(tiny_cookies):
         results.append((det.bank.clone(), det.predict(test).scores))
     assert torch.equal(results[0][0], results[1][0])
     assert np.array_equal(results[0][1], results[1][1])
+
+
+def test_train_run_saves_the_data_folder_as_an_absolute_path(tiny_cookies, tmp_path, monkeypatch):
+    """`train_run` from Python kept `data="../cookies"` as given (the CLI saves it absolute):
+    scored from another folder, the run read whatever lay at that relative path."""
+    from anomaly.config import Config
+    from anomaly.pipeline import score_run, train_run
+
+    shutil.copytree(tiny_cookies, tmp_path / "cookies")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    run = tmp_path / "md"
+    train_run(Config.for_method("meandiff", data="../cookies", size=32), run, progress=False)
+    saved = json.loads((run / "config.json").read_text())["data"]
+    assert saved == str((tmp_path / "cookies").resolve())
+    monkeypatch.chdir(tmp_path)
+    score_run(run, overlays=False)
