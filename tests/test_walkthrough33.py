@@ -588,3 +588,28 @@ def test_train_run_saves_the_data_folder_as_an_absolute_path(tiny_cookies, tmp_p
     assert saved == str((tmp_path / "cookies").resolve())
     monkeypatch.chdir(tmp_path)
     score_run(run, overlays=False)
+
+
+def test_the_explorer_saves_no_threshold_of_another_models_scores_into_a_run(
+    tiny_cookies, tmp_path
+):
+    """A patchknn model's Predictions shown with run_dirs= naming a meandiff run saved their
+    threshold (9.3) into it: every image then passed (meandiff scores 2-6)."""
+    from anomaly import ThresholdExplorer
+    from anomaly.config import Config
+    from anomaly.detectors import get_detector
+    from anomaly.pipeline import score_run, train_run
+
+    run = tmp_path / "md"
+    train_run(Config.for_method("meandiff", data=str(tiny_cookies), size=32), run, progress=False)
+    score_run(run, overlays=False)
+    before = (run / "threshold.json").read_bytes()
+    det = get_detector("patchknn")(Config.for_method("patchknn", data=str(tiny_cookies), size=32))
+    det.fit(det.dataset(tiny_cookies, "train"))
+    pred = det.predict(det.dataset(tiny_cookies, "test"))
+    explorer = ThresholdExplorer({"pk": pred}, run_dirs={"pk": run})
+    with pytest.raises(
+        ValueError, match="chosen on the scores of a patchknn model, .* meandiff run"
+    ):
+        explorer.save_threshold()
+    assert (run / "threshold.json").read_bytes() == before

@@ -299,6 +299,13 @@ def write_threshold(folder: Path, threshold: Threshold) -> Path:
     folder = threshold_home(folder)
     if RunDir(folder).is_run():  # a run's threshold records its model: none, none saved
         RunDir(folder).require_model("explore").drop_stale_calibration()
+        method, chosen_by = RunDir(folder).config().method, threshold.params.get("method")
+        if chosen_by and chosen_by != method:  # Predictions of another model (run_dirs=)
+            raise ValueError(
+                f"this threshold was chosen on the scores of a {chosen_by} model, and {folder} "
+                f"is a {method} run: its scores are on another scale, so it would mean nothing "
+                "there. Pass that run's own Predictions with run_dirs="
+            )
     folder.mkdir(parents=True, exist_ok=True)
     return RunDir(folder).save_threshold(threshold)
 
