@@ -296,8 +296,9 @@ class Threshold:
         return float(self.value)
 
     def predict(self, scores) -> np.ndarray:
-        """1 where score >= value (anomalous), else 0."""
-        return (np.asarray(scores) >= self.value).astype(np.int64)
+        """1 where score >= value (anomalous), else 0; a NaN score (a broken model) is 1:
+        rejected, never passed, as `predict` says it."""
+        return rejected_by(scores, self.value).astype(np.int64)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -333,6 +334,13 @@ def _threshold_file(path: str | Path) -> Path:
     return path
 
 
+def rejected_by(scores, threshold: float) -> np.ndarray:
+    """Whether each score is predicted defective: at or above `threshold`, or NaN (a score that
+    is not a number rejects its part; it never passes)."""
+    scores = np.asarray(scores, np.float64)
+    return (scores >= float(threshold)) | np.isnan(scores)
+
+
 def threshold_manual(value: float) -> Threshold:
     """A threshold set by hand."""
     return Threshold(float(value), "manual", {})
@@ -349,6 +357,8 @@ def threshold_normal_quantile(normal_scores, q: float = 0.99) -> Threshold:
     normal_scores = np.asarray(normal_scores, np.float64).ravel()
     if normal_scores.size == 0:
         raise ValueError("threshold_normal_quantile needs at least one normal score")
+    if not np.all(np.isfinite(normal_scores)):  # its quantile would be NaN: every part rejected
+        raise ValueError("threshold_normal_quantile: the normal scores contain NaN or inf")
     if not 0 <= q <= 1:
         raise ValueError(f"q must be in [0, 1], got {q}")
     value = normal_quantile(normal_scores, q)
@@ -431,7 +441,7 @@ def threshold_f1(labels, scores) -> Threshold:
 
 
 def confusion(labels, scores, threshold: float | Threshold) -> dict:
-    """Counts and rates at one threshold; a score >= threshold is predicted defective.
+    """Counts and rates at one threshold; a score >= threshold (or NaN) is predicted defective.
 
     Returns:
         tp, fp, tn, fn; precision, recall, f1; false_reject_rate (good parts rejected / good
@@ -439,11 +449,11 @@ def confusion(labels, scores, threshold: float | Threshold) -> dict:
         denominator is zero is 0.0.
     """
     labels = np.asarray(labels).ravel() > 0
-    flagged = np.asarray(scores, np.float64).ravel() >= float(threshold)
-    tp = int(np.sum(flagged & labels))
-    fp = int(np.sum(flagged & ~labels))
-    tn = int(np.sum(~flagged & ~labels))
-    fn = int(np.sum(~flagged & labels))
+    rejected = rejected_by(np.ravel(scores), threshold)  # NaN: rejected, as predict says it
+    tp = int(np.sum(rejected & labels))
+    fp = int(np.sum(rejected & ~labels))
+    tn = int(np.sum(~rejected & ~labels))
+    fn = int(np.sum(~rejected & labels))
     return confusion_from_counts(tp, fp, tn, fn, float(threshold))
 
 

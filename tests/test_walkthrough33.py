@@ -613,3 +613,17 @@ def test_the_explorer_saves_no_threshold_of_another_models_scores_into_a_run(
     ):
         explorer.save_threshold()
     assert (run / "threshold.json").read_bytes() == before
+
+
+def test_a_nan_score_is_rejected_by_the_threshold_functions_too():
+    """`threshold_manual(1.0).predict([0.5, nan, 2])` passed the NaN, `confusion` counted a NaN
+    defective image as an escape, and `threshold_normal_quantile` returned a NaN threshold:
+    README and `predict` say a score that is not a number is rejected, never passed."""
+    from anomaly.metrics import confusion, threshold_manual, threshold_normal_quantile
+
+    nan = float("nan")
+    assert threshold_manual(1.0).predict([0.5, nan, 2.0]).tolist() == [0, 1, 1]
+    counts = confusion([0, 1, 0], [nan, nan, 0.1], 1.0)
+    assert (counts["fp"], counts["tp"], counts["tn"], counts["fn"]) == (1, 1, 1, 0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        threshold_normal_quantile([1.0, 2.0, nan])
