@@ -322,9 +322,9 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
             f"good parts score above it more often than {100 * (1 - q):.3g} %, by how much "
             f"nothing here can tell. Set it on other good images: {fix}"
         )
-    if n >= FEWEST_HELD_OUT:
-        return None
     rate = (n - q * (n - 1)) / (n + 1)
+    if n >= FEWEST_HELD_OUT or rate <= 2 * (1 - q):  # a low q: about what it names (and the
+        return None  # quantile then lies between their two largest whenever it says this)
     images = (
         f"good image{'s' * (n != 1)} in {printable(folder)}"
         if own

@@ -627,3 +627,21 @@ def test_a_nan_score_is_rejected_by_the_threshold_functions_too():
     assert (counts["fp"], counts["tp"], counts["tn"], counts["fn"]) == (1, 1, 1, 0)
     with pytest.raises(ValueError, match="NaN or inf"):
         threshold_normal_quantile([1.0, 2.0, nan])
+
+
+def test_the_few_held_out_note_speaks_only_where_the_quantile_misleads():
+    """`--rule normal-quantile --value 0.5` on 3 images said new good parts "score above it
+    about 50 % of the time, not 50 %"."""
+    from types import SimpleNamespace
+
+    from anomaly.decision import few_held_out
+
+    def note(q, n):
+        t = SimpleNamespace(rule="normal_quantile", value=1.0, params={"q": q, "n_normal": n})
+        return few_held_out(t, "run")
+
+    assert note(0.5, 3) is None and note(0.6, 5) is None
+    assert (
+        "near their largest: new good parts like them score above it about 26 % of the time, "
+        "not 1 %" in note(0.99, 3)
+    )
