@@ -187,11 +187,7 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
                 if decode == "draft" and im.format in ("JPEG", "MPO"):  # MPO: several pictures
                     im.draft(im.mode, (draft or 2 * size, draft or 2 * size))
                 refused = _out_of_range(im, path)
-                turned = _upright(im)
-                if turned is None:
-                    refused = _TURNED_WRONGLY
-                else:
-                    a = _to_array(turned)
+                a = _to_array(_upright(im))
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         cut = any(w in str(err).lower() for w in ("truncated", "broken data"))  # opened, cut short
         fix = "copy it again" if cut else "give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
@@ -235,23 +231,30 @@ def resize_channels(a: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-_TURNED_WRONGLY = (
-    "a TIFF turned by its orientation tag that this Pillow decodes scrambled; save it again "
-    "upright, or compressed (LZW or Deflate), and use that file"
-)
-
-
 def _upright(im):
     """`im` turned as viewers show it, by its EXIF orientation (`PIL.ImageOps.exif_transpose`,
-    as the package's `image_kind.upright`); EXIF that Pillow cannot parse: as stored. None for
-    a TIFF that Pillow turned wrongly (left at its stored size, its pixels scrambled: Pillow 13's
-    uncompressed one-channel TIFFs turned a quarter), which the package reads with tifffile."""
-    from PIL import ImageOps
+    as the package's `image_kind.upright`); EXIF that Pillow cannot parse: as stored. A TIFF
+    turned a quarter by its tag is decoded from its bytes in memory, as the package does (Pillow
+    13 scrambles an uncompressed one read from its file); a new image then."""
+    import io
 
-    shown = im.size  # a TIFF's: as its orientation tag turns it
+    from PIL import Image, ImageOps
+
+    try:
+        quarter = im.format == "TIFF" and im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001  (unreadable EXIF: as stored)
+        quarter = False
+    if quarter and getattr(im, "filename", ""):
+        shown = im.size
+        with open(im.filename, "rb") as f:
+            im = Image.open(io.BytesIO(f.read()))
+        im.load()
+        if im.size != shown:
+            raise ValueError(
+                "a TIFF turned by its orientation tag that this Pillow decodes wrongly"
+            )
+        return im
     im.load()  # pixels decoded first: a damaged or half-written file fails here, not silently
-    if im.format == "TIFF" and im.size != shown:
-        return None
     try:  # inside exif_transpose (a PNG's EXIF is read after its pixels), with half of them
         return ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001  (TypeError, struct.error, ... from damaged EXIF)

@@ -171,21 +171,28 @@ def test_a_greyscale_tiff_turned_by_its_orientation_tag_is_read_as_viewers_show_
             assert read_rgb(path).shape[:2] == np.asarray(shown).shape
 
 
-def test_the_deployed_reader_refuses_a_tiff_it_cannot_turn(tmp_path):
-    """The export's own reader (onnxruntime, numpy and Pillow alone, no tifffile) names such a
-    TIFF and the fix instead of scoring its scrambled pixels."""
+def test_the_deployed_reader_turns_such_a_tiff_as_the_package_does(tmp_path):
+    """The export's own reader (onnxruntime, numpy and Pillow alone) reads such a TIFF as the
+    package does, palette ones too (their colours kept)."""
     import numpy as np
     import tifffile
+    from PIL import Image, TiffImagePlugin
 
-    from anomaly.onnx_checks import ExportError
+    from anomaly.data.image_kind import open_image
     from anomaly.onnx_predict import read_file
 
+    stored = (np.arange(6 * 4).reshape(6, 4) * 10).astype(np.uint8)
     path = tmp_path / "mono.tif"
-    tifffile.imwrite(path, np.zeros((6, 4), np.uint8), extratags=[(274, "H", 1, 6)])
-    with pytest.raises(ExportError, match="mono.tif: a TIFF turned by its orientation tag .*LZW"):
-        read_file(path, 32)
-    tifffile.imwrite(path, np.zeros((6, 4), np.uint8), extratags=[(274, "H", 1, 3)])
-    assert read_file(path, 32).shape == (6, 4, 1)
+    tifffile.imwrite(path, stored, extratags=[(274, "H", 1, 6)])
+    assert np.array_equal(read_file(path, 32)[..., 0] * 255, np.rot90(stored, -1))
+    palette = Image.fromarray(np.dstack([stored * 0 + 200, stored, stored])).convert("P")
+    tag = TiffImagePlugin.ImageFileDirectory_v2()
+    tag[274] = 6
+    palette.save(path, tiffinfo=tag)
+    shown = np.asarray(palette.transpose(Image.Transpose.ROTATE_270).convert("RGB"))
+    assert np.allclose(read_file(path, 32) * 255, shown, atol=1e-3)
+    with open_image(path) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), shown)
 
 
 def test_a_data_set_of_linked_files_is_not_called_changed(tiny_cookies, tmp_path, recwarn):

@@ -21,6 +21,7 @@ it, rather than read one of them silently.
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import warnings
 from pathlib import Path
@@ -53,52 +54,40 @@ def _png_bits(path: Path) -> int | None:
 def upright(im: Image.Image) -> Image.Image:
     """`im` decoded and turned in place as viewers show it: its EXIF orientation applied
     (`PIL.ImageOps.exif_transpose`). Every decoder of the package calls it after `Image.open`
-    and goes on with what it returns: `im`, or a new image for a TIFF that Pillow turned wrongly
-    (`_tiff_turned`)."""
-    shown = im.size  # a TIFF's: as its orientation tag turns it (Pillow reads it at open)
+    and goes on with what it returns: `im`, or for a TIFF turned a quarter by its orientation
+    tag the same file decoded again from memory (`_tiff_from_memory`)."""
+    if im.format == "TIFF" and _quarter_turned(im) and getattr(im, "filename", ""):
+        return _tiff_from_memory(im)
     im.load()
-    if im.format == "TIFF" and im.size != shown:
-        return _tiff_turned(im, shown)
     with contextlib.suppress(Exception):  # EXIF that Pillow cannot parse: shown as stored
         ImageOps.exif_transpose(im, in_place=True)
     return im
 
 
-# a TIFF's orientation tag (as EXIF's): the stored pixels [rows, columns, ...] turned as shown
-_TURNS = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1),
-    6: lambda a: a[::-1].swapaxes(0, 1),
-    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
-    8: lambda a: a[:, ::-1].swapaxes(0, 1),
-}
-
-
-def _tiff_turned(im: Image.Image, shown: tuple[int, int]) -> Image.Image:
-    """A TIFF turned by its orientation tag that Pillow decoded at its stored size with its
-    pixels scrambled (Pillow 13: an uncompressed one-channel TIFF turned a quarter), read again
-    with tifffile (scikit-image's) and turned here; a ValueError with the fix where it cannot."""
-    import numpy as np
-
+def _quarter_turned(im: Image.Image) -> bool:
     try:
-        import tifffile
+        return im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001  (unreadable EXIF: shown as stored)
+        return False
 
-        with tifffile.TiffFile(im.filename) as tif:
-            page = tif.pages[0]
-            tag = page.tags.get(274)  # Orientation
-            a = _TURNS[tag.value](page.asarray()) if tag is not None else None
-        turned = None if a is None else Image.fromarray(np.ascontiguousarray(a))
-    except Exception:  # noqa: BLE001  (tifffile's errors, a layout Pillow cannot take)
-        turned = None
-    if turned is None or turned.size != shown:
+
+def _tiff_from_memory(im: Image.Image) -> Image.Image:
+    """A TIFF turned a quarter by its orientation tag, decoded from its bytes in memory: Pillow
+    13 decodes an uncompressed one read from its file at its stored size with its pixels
+    scrambled (a mono camera on its side: trained and scored so, without a word), where the
+    same bytes from memory are turned right (each orientation, mode and compression checked)."""
+    with open(im.filename, "rb") as f:
+        data = f.read()
+    shown = im.size  # as its tag turns it (Pillow reads the tag at open)
+    im.close()
+    again = Image.open(io.BytesIO(data))
+    again.load()
+    if again.size != shown:
         raise ValueError(
-            "a TIFF turned by its orientation tag that this Pillow decodes scrambled; save it "
+            "a TIFF turned by its orientation tag that this Pillow decodes wrongly; save it "
             "again upright, or compressed (LZW or Deflate), and use that file"
         )
-    im.close()
-    return turned
+    return again
 
 
 def read_rgb(path: str | Path | None, draft: int | None = None):
