@@ -361,8 +361,8 @@ def warn_changed_training(run: RunDir, data: str) -> None:
     digests = split.get("sha256") or []
     if not paths or len(digests) != len(paths):  # an older run: nothing to compare with
         return
-    root = os.path.abspath(data)
-    stamps = split.get(STAMPS)
+    roots = {os.path.abspath(data), os.path.realpath(data)}  # given through a link, or not:
+    stamps = split.get(STAMPS)  # train recorded the paths its folder resolved to
     if not (isinstance(stamps, list) and len(stamps) == len(paths)):
         stamps = [None] * len(paths)  # an older run: every file hashed
     changed = []
@@ -371,7 +371,8 @@ def warn_changed_training(run: RunDir, data: str) -> None:
             # or files linked in, as DVC's cache does), as `train` read them; a split.json from
             # someone else may name any path ("..", a NUL byte, /proc's files, which never end)
             given = os.path.abspath(path)
-            inside = os.path.commonpath([root, given]) == root and os.path.isfile(given)
+            inside = any(os.path.commonpath([r, given]) == r for r in roots)
+            inside = inside and os.path.isfile(given)
             if not inside:
                 changed.append(path)
             elif stamp != _stamp(given) and _sha256_of_file(given) != digest:  # size and time

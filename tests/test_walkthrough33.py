@@ -216,6 +216,8 @@ def test_a_data_set_of_linked_files_is_not_called_changed(tiny_cookies, tmp_path
     run = tmp_path / "md"
     train_run(Config.for_method("meandiff", data=str(data), size=32), run, progress=False)
     score_run(run, overlays=False)
+    (tmp_path / "link").symlink_to(data)  # the data folder given through a link (review)
+    score_run(run, data=str(tmp_path / "link"), overlays=False)
     assert not [w for w in recwarn if "changed since it was trained" in str(w.message)]
     split = json.loads((run / "split.json").read_text())
     outside = str(data / ".." / "store" / "train" / "good" / Path(split["train"][0]).name)
