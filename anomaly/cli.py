@@ -366,15 +366,14 @@ def _main(args) -> int:
 
                 if RunDir(args.out).stopped_before_threshold():  # trained, no threshold yet
                     hint = " after training; " + RESUME_HINT.format(out=shell_word(args.out))
-            print(f"\n{said}{hint}", file=sys.stderr)
+            _last_words(f"\n{said}{hint}")
             return 128 + signum
         from anomaly.run_checkpoints import TRAIN_AGAIN
 
         out = getattr(args, "out", "RUN")
-        print(
+        _last_words(
             f"\n{said} after epoch {stop.epoch}; "
-            + (TRAIN_AGAIN if stop.epoch == 0 else RESUME_HINT).format(out=shell_word(out)),
-            file=sys.stderr,
+            + (TRAIN_AGAIN if stop.epoch == 0 else RESUME_HINT).format(out=shell_word(out))
         )
         return 128 + signum
     except (StdoutGone, BrokenPipeError) as stop:  # the reader stopped (`... | head`): quietly,
@@ -396,6 +395,13 @@ def _main(args) -> int:
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         return _error(err)
     return 0
+
+
+def _last_words(text: str) -> None:
+    """Say how a stopped command ends, where anyone can still read it: the terminal that
+    closed (SIGHUP) fails the write (EIO), and the exit status must still come back."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _terminal_pipe_gone() -> bool:

@@ -654,3 +654,29 @@ def test_the_few_held_out_note_speaks_only_where_the_quantile_misleads():
         "near their largest: new good parts like them score above it about 26 % of the time, "
         "not 1 %" in note(0.99, 3)
     )
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="POSIX signals")
+def test_a_closed_terminal_still_gets_the_hang_up_status(tmp_path, monkeypatch):
+    """Review: when the terminal really closes, writing "stopped by SIGHUP" fails (EIO); that
+    error escaped main(), so the status was 1 with a traceback, not 129."""
+    import errno
+    import signal
+    import time
+
+    import anomaly.cli
+
+    class Gone:
+        def write(self, _text):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self):
+            raise OSError(errno.EIO, "Input/output error")
+
+    def hung_up(_args):
+        monkeypatch.setattr("sys.stderr", Gone())
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(5)
+
+    monkeypatch.setattr(anomaly.cli, "_make_data", hung_up)
+    assert anomaly.cli.main(["make-cookies", str(tmp_path / "c")]) == 128 + signal.SIGHUP
