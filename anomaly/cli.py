@@ -312,6 +312,9 @@ def _signals_interrupt():
 
     def stop(signum, _frame):
         _SIGNALLED.append(int(signum))
+        if hasattr(signal, "SIGCHLD"):  # decoding workers stopped by the same signal (a whole
+            # process group's) are not reported by torch's handler as a failure, with a trace
+            previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
         raise KeyboardInterrupt(signum)
 
     previous, _SIGNALLED[:] = {}, []
@@ -324,7 +327,8 @@ def _signals_interrupt():
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # (None: one set outside Python, which cannot be put back)
+                signal.signal(signum, handler)
 
 
 def _main(args) -> int:

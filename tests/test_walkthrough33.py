@@ -680,3 +680,42 @@ def test_a_closed_terminal_still_gets_the_hang_up_status(tmp_path, monkeypatch):
 
     monkeypatch.setattr(anomaly.cli, "_make_data", hung_up)
     assert anomaly.cli.main(["make-cookies", str(tmp_path / "c")]) == 128 + signal.SIGHUP
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGCHLD"), reason="POSIX signals")
+def test_sigterm_to_the_process_group_with_decoding_workers_is_quiet(tiny_cookies, tmp_path):
+    """Review: SIGTERM to the whole process group (timeout, Slurm, systemd) while `predict
+    --workers 2` ran gave the right status and words, and then torch's report of its workers
+    killed by a signal, with a trace."""
+    import signal
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from anomaly.config import Config
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "md"
+    train_run(Config.for_method("meandiff", data=str(tiny_cookies), size=32), run, progress=False)
+    many = tmp_path / "many"
+    many.mkdir()
+    image = Image.open(min((tiny_cookies / "test" / "good").glob("*.png")))
+    for i in range(3000):
+        image.save(many / f"{i:04d}.png", compress_level=0)
+    argv = ["predict", "--run", str(run), "--workers", "2", "--no-overlays", str(many)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anomaly", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline().startswith(str(many))
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err and "Exception" not in err, err
