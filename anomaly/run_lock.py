@@ -28,13 +28,67 @@ except ImportError:  # Windows: a lock is held by its PID alone
 
 def pid_alive(pid: int) -> bool:
     """Whether a process `pid` runs on this machine (one of another user's counts)."""
+    if os.name == "nt":  # os.kill(pid, 0) there sends Ctrl-C to a process group
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    except OSError:  # a number no process can have
+        return False
     return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes
+
+    kernel = ctypes.windll.kernel32
+    handle = kernel.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # access denied: it runs, as another user's
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+    finally:
+        kernel.CloseHandle(handle)
+
+
+def identity() -> dict:
+    """What tells this process from a later one of the same number, for a lock or marker it
+    writes: the machine's boot id and the process's start time in clock ticks after boot
+    (/proc; {} where there is none). Compared exactly by `holder_alive`: no wall clock."""
+    boot, start = _boot_id(), _start_ticks(os.getpid())
+    return {} if boot is None or start is None else {"boot": boot, "start": start}
+
+
+def holder_alive(record: dict, written: float) -> bool:
+    """Whether the process a lock or marker `record` names (its "pid") still runs: not when the
+    machine restarted since (another boot id), nor when its number is another process's now
+    (another start time); a record without them (an older version's) by `alive_since`."""
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
+        return False
+    boot, start = record.get("boot"), record.get("start")
+    if isinstance(boot, str) and isinstance(start, int) and (now := _boot_id()) is not None:
+        return boot == now and pid_alive(pid) and _start_ticks(pid) in (start, None)
+    return alive_since(pid, written)
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time, in clock ticks after boot (/proc/PID/stat's field 22)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def alive_since(pid: int, written: float) -> bool:
@@ -50,12 +104,13 @@ def alive_since(pid: int, written: float) -> bool:
 
 def _started_at(pid: int) -> float | None:
     """When the process `pid` started, in seconds since the epoch; None where /proc cannot say."""
+    if (ticks := _start_ticks(pid)) is None:
+        return None
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         with open("/proc/stat") as lines:
             boot = next(int(line.split()[1]) for line in lines if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: ticks after boot
-    except (OSError, IndexError, ValueError, StopIteration):
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration):
         return None
 
 
@@ -73,7 +128,7 @@ def _live_holder(path: Path, flock_free: bool = False) -> tuple[int, str] | None
         return None
     if flock_free and holder.get("flock") is True:
         return None
-    if pid > 0 and pid != os.getpid() and alive_since(pid, written):
+    if pid > 0 and pid != os.getpid() and holder_alive(holder, written):
         command = str(holder.get("command", "?"))[:200]
         return pid, "".join(c if c.isprintable() else "?" for c in command)
     return None
@@ -90,9 +145,33 @@ def _in_use(folder: Path, path: Path, holder: tuple[int, str] | None, command: s
 
 def check_not_in_use(folder: Path, name: str, command: str) -> None:
     """Refuse to read a folder that a live process holds the lock file `folder/name` of (a run
-    still training): what it holds now is half-written, not interrupted."""
-    if holder := _live_holder(folder / name):
-        raise _in_use(folder, folder / name, holder, command)
+    still training): what it holds now is half-written, not interrupted. A lock whose holder
+    flocks it (this version's) counts only while its flock is held."""
+    path = folder / name
+    if holder := _live_holder(path):
+        if _live_holder(path, flock_free=_flock_free(path)) is None:
+            return  # its record says its holder flocks it, and nobody does: stale
+        raise _in_use(folder, path, holder, command)
+
+
+def _flock_free(path: Path) -> bool:
+    """Whether nobody holds the file `path`'s flock (tried shared, let go at once); False where
+    it cannot be told (no fcntl, a file that will not open)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        )
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True  # (closing the file lets it go)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 _HELD: set[Path] = set()  # the lock files this process holds (taking one again is free)
@@ -158,7 +237,7 @@ def _take_lock(folder: Path, path: Path, command: str) -> int:
         try:
             if held and holder is None and _still_at(fd, path):
                 os.ftruncate(fd, 0)
-                record = {"pid": os.getpid(), "command": command, "flock": True}
+                record = {"pid": os.getpid(), "command": command, "flock": True, **identity()}
                 if fcntl is None:  # held by its PID alone
                     del record["flock"]
                 os.write(fd, json.dumps(record).encode())
@@ -186,11 +265,14 @@ def _flock(fd: int) -> bool:
     """Whether this process now holds the file `fd` (always, where there is no fcntl)."""
     if fcntl is None:
         return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+    for wait in (0.0, 0.02, 0.05, 0.1):  # a reader checking it (`_flock_free`) holds it briefly
+        time.sleep(wait)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            continue
+    return False
 
 
 DEAD_WRITER_AGE_S = 3600  # a writer on another machine sharing the folder is never hurried

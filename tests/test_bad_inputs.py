@@ -97,7 +97,7 @@ def test_a_run_folder_in_use_is_refused(tiny_cookies, tmp_path, capsys):
         run.mkdir()
         (run / RunDir.LOCK).write_text(json.dumps({"pid": other.pid, "command": "train"}))
         code, _, err = run_cli(capsys, "train", "--out", run, *tiny_flags(tiny_cookies))
-        assert code == 2 and "in use" in err and str(other.pid) in err
+        assert code == 75 and "in use" in err and str(other.pid) in err
         assert sorted(p.name for p in run.iterdir()) == [RunDir.LOCK]
     finally:
         other.kill()

@@ -78,7 +78,7 @@ def test_onnx_predict_py_runs_from_the_shell_without_the_package(tiny_cookies, t
         for f, s in zip(files, scores)
     ]
     assert done.returncode == 2, done.stderr
-    assert rows == [*want, [str(folder / "zz cut.png"), "ERROR", "-"]]
+    assert rows == [*want, [str(folder / "zz cut.png"), "-", "ERROR"]]
     assert f"threshold {threshold!r} (normal_quantile" in done.stderr
     assert "zz cut.png: cannot read this image" in done.stderr
 
@@ -375,7 +375,7 @@ def test_review_of_the_session_a_nan_score_is_no_pass_from_the_shell(monkeypatch
     monkeypatch.setattr(op, "predict_each", lambda d, images: [("x.png", math.nan, None, None)])
     assert op.main(["m.onnx", "x.png"]) == 2
     out, err = capsys.readouterr()
-    assert out.split("\t") == ["x.png", "ERROR", "-\n"] and "its score is nan" in err
+    assert out.split("\t") == ["x.png", "-", "ERROR\n"] and "its score is nan" in err
 
 
 def test_a_deployed_onnx_predict_uses_its_onnx_checks_beside_an_older_package(tmp_path):

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from anomaly.data.files import broken_link
-from anomaly.run_lock import alive_since
+from anomaly.run_lock import holder_alive, identity
 from anomaly.safe_files import InUse, sha256_file, write_json
 from anomaly.written_files import check_removable, plain_relative, remove_made
 
@@ -206,7 +206,7 @@ def recover(
         return None
     marker = _read_marker(folder, generator, order)
     pid = marker.get("pid")
-    if isinstance(pid, int) and pid != os.getpid() and alive_since(pid, _written(folder)):
+    if pid != os.getpid() and holder_alive(marker, _written(folder)):
         raise InUse(
             f"{root} is in use: process {pid} is running {generator} into it. Wait for it to "
             f"finish, or stop it. (If no such process runs, delete {folder}.)"
@@ -249,7 +249,11 @@ def _remove_unnamed(root: Path, folder: Path) -> None:
         pid = tmp.name[len(folder.name) + 1 : -len(".tmp")]
         if tmp.is_symlink() or not tmp.is_dir() or not pid.isdigit():
             continue
-        if int(pid) != os.getpid() and alive_since(int(pid), _written(tmp)):
+        record = {"pid": int(pid)}  # and the start time the marker records, if it does
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            marker = json.loads((tmp / MARKER).read_text())
+            record |= {k: marker[k] for k in ("boot", "start") if k in marker}
+        if int(pid) != os.getpid() and holder_alive(record, _written(tmp)):
             continue  # a run that has just begun
         if all(p.name == MARKER or p.name.startswith(f".{MARKER}.") for p in tmp.iterdir()):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -375,7 +379,7 @@ def write_staged(
     """
     made_root = not root.exists()
     folder = staging(root, generator)
-    marker = {"generator": generator, "arguments": arguments, "pid": os.getpid()}
+    marker = {"generator": generator, "arguments": arguments, "pid": os.getpid(), **identity()}
     try:
         root.mkdir(parents=True, exist_ok=True)
         # the staging folder appears with its marker in it (one rename), so a second run
