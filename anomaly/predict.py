@@ -7,6 +7,7 @@ Split from `anomaly.pipeline` (which trains, scores and sets thresholds); `predi
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import warnings
@@ -327,6 +328,7 @@ def scored_result(
             overlay = save_png_new(png, names)
         except OSError as err:
             result["overlay_error"] = f"{folder}: {err.strerror or err}"
+            result["overlay_disk_full"] = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     return {
         "path": str(path),
         "score": score,
@@ -339,12 +341,14 @@ def scored_result(
 def overlays_lost(results: list[dict]) -> str | None:
     """Words for the overlays a `predict` could not write (the first failure stops them; every
     image is still scored and given its verdict), or None when none failed."""
-    failed = next((r["overlay_error"] for r in results if "overlay_error" in r), None)
+    failed = next((r for r in results if "overlay_error" in r), None)
     if failed is None:
         return None
     scored = [r for r in results if "error" not in r]
     missing = sum(r["overlay"] is None for r in scored)
+    fix = "Free space" if failed.get("overlay_disk_full") else "Give --out a folder you may write"
     return (
-        f"{missing} of the {len(scored)} overlays were not written ({failed}); every verdict "
-        "above was made. Free space and predict again for the overlays, or give --no-overlays"
+        f"{missing} of the {len(scored)} overlays were not written ({failed['overlay_error']}); "
+        f"every verdict above was made. {fix} and predict again for the overlays, or give "
+        "--no-overlays"
     )

@@ -763,3 +763,14 @@ def test_a_lock_records_which_process_holds_it_beyond_its_number(tmp_path):
         holder.wait()
     with folder_lock(tmp_path, ".lock", "train"):
         assert json.loads(lock.read_text()) | me == json.loads(lock.read_text())
+
+
+def test_an_overlay_lost_to_another_error_is_not_told_to_free_space():
+    """Review: any OSError stopped the overlays with "Free space": a permission or read-only
+    error needs another folder."""
+    from anomaly.predict import overlays_lost
+
+    base = {"path": "a.png", "score": 1.0, "overlay": None, "overlay_error": "out: Read-only"}
+    said = overlays_lost([base | {"overlay_disk_full": False}])
+    assert "Give --out a folder you may write" in said and "Free space" not in said
+    assert "Free space" in overlays_lost([base | {"overlay_disk_full": True}])
