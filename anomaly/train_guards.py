@@ -365,6 +365,10 @@ def warn_changed_training(run: RunDir, data: str) -> None:
     stamps = split.get(STAMPS)  # train recorded the paths its folder resolved to
     if not (isinstance(stamps, list) and len(stamps) == len(paths)):
         stamps = [None] * len(paths)  # an older run: every file hashed
+    try:  # a file last modified this close to the record may have changed again within the
+        racy = run.file(run.SPLIT).stat().st_mtime_ns - RACY_NS  # same tick (git's rule)
+    except OSError:
+        racy = -1
     changed = []
     for path, digest, stamp in zip(paths, digests, stamps):
         try:  # only files named inside the data folder are read (through its links: a folder
@@ -375,8 +379,9 @@ def warn_changed_training(run: RunDir, data: str) -> None:
             inside = inside and os.path.isfile(given)
             if not inside:
                 changed.append(path)
-            elif stamp != _stamp(given) and _sha256_of_file(given) != digest:  # size and time
-                changed.append(path)  # as recorded: not read again (thousands of camera JPEGs)
+            elif not _unchanged(stamp, given, racy) and _sha256_of_file(given) != digest:
+                changed.append(path)  # size and time as recorded: not read again (thousands
+                # of camera JPEGs)
         except (OSError, ValueError):
             changed.append(path)
     if changed:
@@ -402,6 +407,15 @@ def file_stamps(paths: list[str]) -> list[list[int]]:
 def _stamp(path: str) -> list[int]:
     info = os.stat(path)
     return [info.st_size, info.st_mtime_ns]
+
+
+RACY_NS = 3 * 10**9  # file systems keep times to 2 s at worst (FAT): within it, read again
+
+
+def _unchanged(stamp, path: str, racy: int) -> bool:
+    """Whether the file's size and modification time are `stamp`, recorded by train, and that
+    time lies well before the record was written (else an edit in the same tick looks alike)."""
+    return isinstance(stamp, list) and stamp == _stamp(path) and stamp[1] < racy
 
 
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
