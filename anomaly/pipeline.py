@@ -234,7 +234,10 @@ def _fit(
 ) -> None:
     checkpoints = checkpoints or run  # resume: `ResumeWrites`, which writes config.json too
     t0 = time.perf_counter()
-    detector.fit(train, val, progress=progress, resume=resume, checkpoints=checkpoints)
+    try:
+        detector.fit(train, val, progress=progress, resume=resume, checkpoints=checkpoints)
+    except (MemoryError, RuntimeError) as err:  # torch's "can't allocate memory": a RuntimeError
+        raise guards.out_of_memory(err, detector.config, len(train), run) from None
     seconds = time.perf_counter() - t0
     checkpoints.save_checkpoint(detector, complete=True)  # no timing: the same training, the
     run.save_fit_seconds(seconds)  # same model.pt (a threshold chosen for one fits the other)

@@ -480,3 +480,16 @@ def warn_degenerate(run: RunDir, scores, value: float, held_out: bool = True) ->
         f"threshold --run {shell_word(run)} --rule conformal --value 0.05 --good-images FOLDER`",
         stacklevel=4,
     )
+
+
+def out_of_memory(err: Exception, config: Config, n_images: int, run: RunDir) -> Exception:
+    """The RunError for a training that ran out of memory (`err`: a MemoryError, or torch's
+    RuntimeError "can't allocate memory"), naming the fix; `err` itself when it is another."""
+    if isinstance(err, RuntimeError) and "allocate" not in str(err):
+        return err
+    return RunError(
+        f"training {config.method} on {n_images} images at --size {config.size} ran out of "
+        "memory (a limit of the process or container, or the machine's): nothing was saved but "
+        "the run's settings. Train at a smaller --size, on fewer images, or where there is more "
+        f"memory, into the same --out ({run.path})"
+    )

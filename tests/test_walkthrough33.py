@@ -783,3 +783,23 @@ def test_an_overlay_lost_to_another_error_is_not_told_to_free_space():
     said = overlays_lost([base | {"overlay_disk_full": False}])
     assert "Give --out a folder you may write" in said and "Free space" not in said
     assert "Free space" in overlays_lost([base | {"overlay_disk_full": True}])
+
+
+def test_training_out_of_memory_is_one_clear_error(tiny_cookies, tmp_path, monkeypatch, capsys):
+    """A scale walkthrough (helper): `train --size 1024` under a memory limit ended in torch's
+    "DefaultCPUAllocator: can't allocate memory" traceback, exit 1."""
+    from anomaly.cli import main
+    from anomaly.detectors import meandiff
+
+    def no_memory(self, *args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1")
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_cookies), "--method", "meandiff", "--size", "32"]
+    with monkeypatch.context() as m:
+        m.setattr(meandiff.MeanDiff, "fit", no_memory)
+        assert main([*argv, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "training meandiff on" in err and "ran out of memory" in err and "smaller --size" in err
+    assert "Traceback" not in err
+    assert main([*argv, "--out", str(run)]) == 0  # trained again into the same folder
