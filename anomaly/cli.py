@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -156,6 +157,7 @@ def _score(args) -> None:
 
     if args.workers is not None:
         check_workers(args.workers)  # before the model loads
+    started = time.perf_counter()
     pred, metrics = score_run(
         args.run,
         args.data,
@@ -173,8 +175,8 @@ def _score(args) -> None:
     wrote = "scores.csv, metrics.json, predictions.npz" + (
         "" if args.no_overlays else ", overlays/"
     )
-    dest = pred.meta["out"]
-    print(f"wrote {dest}: {wrote}")
+    dest, took = pred.meta["out"], time.perf_counter() - started
+    print(f"wrote {dest}: {wrote} ({took:.3g} s in all, {len(pred) / took:.3g} images/s)")
     if "replaced" in pred.meta:
         print(f"note: these replace the scores of {pred.meta['replaced']} that {dest} held")
     if Path(dest).resolve() != Path(args.run).resolve():

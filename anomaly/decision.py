@@ -180,7 +180,7 @@ def score_summary(labels, scores, metrics: dict, threshold=None, defects=None) -
 
         at threshold 29.88 (normal_quantile): 75/90 defective caught, 0/50 good rejected
         image_auroc 0.981 (95 % interval 0.96-0.99)  image_ap 0.990  image_f1_max 0.953  ...
-        (140 images: good 50, crack 30, mustard 30, plastic 30; 12.3 images/s)
+        (140 images: good 50, crack 30, mustard 30, plastic 30; 12.3 images/s predicted)
 
     `threshold` is a `metrics.Threshold` (or a number, or None when the run has none);
     `defects`, each image's kind, are counted (a folder read as a defect kind is seen).
@@ -203,7 +203,7 @@ def score_summary(labels, scores, metrics: dict, threshold=None, defects=None) -
         shown.append(f"(pixel metrics at {w}x{h})")
     lines.append("  ".join(shown) if shown else "no metric could be computed (see notes)")
     speed = metrics.get("predict_images_per_s")
-    tail = f", {speed:.3g} images/s" if speed else ""
+    tail = f", {speed:.3g} images/s predicted" if speed else ""  # the model's rate alone
     kinds = ""
     if defects is not None:
         names, counts = np.unique(np.asarray(defects, str), return_counts=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -803,3 +804,21 @@ def test_training_out_of_memory_is_one_clear_error(tiny_cookies, tmp_path, monke
     assert "training meandiff on" in err and "ran out of memory" in err and "smaller --size" in err
     assert "Traceback" not in err
     assert main([*argv, "--out", str(run)]) == 0  # trained again into the same folder
+
+
+def test_score_says_its_whole_time_beside_the_models_rate(scored_ae_run, tmp_path, capsys):
+    """A scale walkthrough (helper): `score` printed 35.6 images/s, the model's rate, for a
+    command that ran at 7.4 (decoding, metrics and overlays): the rate is now said as the
+    model's, and the whole time and rate beside what was written."""
+    from anomaly.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(scored_ae_run, run)
+    assert main(["score", "--run", str(run), "--no-overlays"]) == 0
+    out = capsys.readouterr().out
+    assert "images/s predicted)" in out
+    assert re.search(
+        r"wrote .*: scores.csv, metrics.json, predictions.npz \([\d.]+ s in all, "
+        r"[\d.]+ images/s\)",
+        out,
+    ), out
