@@ -370,8 +370,11 @@ def _main(args) -> int:
             if args.command == "train" and getattr(args, "out", None):
                 from anomaly.runs import RunDir
 
-                if RunDir(args.out).stopped_before_threshold():  # trained, no threshold yet
+                rd = RunDir(args.out)
+                if rd.stopped_before_threshold():  # trained, no threshold yet
                     hint = " after training; " + RESUME_HINT.format(out=shell_word(args.out))
+                elif rd.file(rd.CONFIG).is_file() and not rd.has_model():  # one pass, cut
+                    hint = " before its model was saved; " + _train_again(args.out)
             _last_words(f"\n{said}{hint}")
             return 128 + signum
         from anomaly.run_checkpoints import TRAIN_AGAIN
@@ -401,6 +404,12 @@ def _main(args) -> int:
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:
         return _error(err)
     return 0
+
+
+def _train_again(out: str) -> str:
+    from anomaly.run_checkpoints import TRAIN_AGAIN
+
+    return TRAIN_AGAIN.format(out=shell_word(out)) + " (its config.json holds them)"
 
 
 def _last_words(text: str) -> None:

@@ -250,7 +250,7 @@ class CheckpointFiles:
                 f"Cannot resume: {self.path} has no {self.LAST} (the run never "
                 "finished an epoch, or its method does not train by epochs); "
                 f"train it again without --resume: `python -m anomaly train --out {shell_word(self.path)}` "
-                "with the same flags"
+                "with the same flags (its config.json holds them)"
             )
         last = safe_torch_load(self.file(self.LAST))
         if not isinstance(last, dict) or "epoch" not in last:

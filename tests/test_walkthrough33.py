@@ -822,3 +822,27 @@ def test_score_says_its_whole_time_beside_the_models_rate(scored_ae_run, tmp_pat
         r"[\d.]+ images/s\)",
         out,
     ), out
+
+
+def test_a_one_pass_training_stopped_says_how_to_go_on(tiny_cookies, tmp_path, monkeypatch, capsys):
+    """A scale walkthrough (helper): Ctrl-C in a patchknn training said only "interrupted"
+    (README: a stopped command says how to go on), and --resume then said to train again
+    "with the same flags" without saying where they are."""
+    from anomaly.cli import main
+    from anomaly.detectors import meandiff
+
+    def stopped(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_cookies), "--method", "meandiff", "--size", "32"]
+    with monkeypatch.context() as m:
+        m.setattr(meandiff.MeanDiff, "fit", stopped)
+        assert main([*argv, "--out", str(run)]) == 130
+    err = capsys.readouterr().err
+    assert (
+        "interrupted before its model was saved; train it again: `python -m anomaly train "
+        f"--out {run}` with the same flags (its config.json holds them)" in err
+    )
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert "(its config.json holds them)" in capsys.readouterr().err
