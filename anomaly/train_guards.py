@@ -487,9 +487,11 @@ def out_of_memory(err: Exception, config: Config, n_images: int, run: RunDir) ->
     RuntimeError "can't allocate memory"), naming the fix; `err` itself when it is another."""
     if isinstance(err, RuntimeError) and "allocate" not in str(err):
         return err
+    why = "ran out of memory (a limit of the process or container, or the machine's)"
+    if isinstance(err, MemoryError) and str(err):  # patchknn's own estimate, before the work
+        why = f"would run out of memory ({err})"
     return RunError(
-        f"training {config.method} on {n_images} images at --size {config.size} ran out of "
-        "memory (a limit of the process or container, or the machine's): nothing was saved but "
-        "the run's settings. Train at a smaller --size, on fewer images, or where there is more "
-        f"memory, into the same --out ({run.path})"
+        f"training {config.method} on {n_images} images at --size {config.size} {why}: nothing "
+        "was saved but the run's settings. Train at a smaller --size, on fewer images, or where "
+        f"there is more memory, into the same --out ({run.path})"
     )

@@ -846,3 +846,20 @@ def test_a_one_pass_training_stopped_says_how_to_go_on(tiny_cookies, tmp_path, m
     )
     assert main(["train", "--out", str(run), "--resume"]) == 2
     assert "(its config.json holds them)" in capsys.readouterr().err
+
+
+def test_patchknn_refuses_features_that_would_not_fit_before_it_holds_them(
+    tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """The features of every training image are held at once: more than the free memory is
+    refused at the first batch with the numbers, not left to the allocator or the OOM killer."""
+    from anomaly.cli import main
+    from anomaly.detectors import patchknn
+
+    monkeypatch.setattr(patchknn, "available_memory", lambda: 1024)
+    argv = ["train", "--data", str(tiny_cookies), "--method", "patchknn", "--size", "64"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "would run out of memory (patchknn holds the patch features of all" in err
+    assert re.search(r"images at once, [\d.]+ GiB at --size 64, and 0.0 GiB is free\)", err)
+    assert "smaller --size" in err

@@ -95,6 +95,7 @@ from anomaly.features import (
 )
 from anomaly.maps import gaussian_kernel1d, image_score
 from anomaly.prefetch import read_ahead
+from anomaly.safe_files import available_memory
 
 __all__ = [
     "BankIndex",
@@ -130,6 +131,17 @@ def map_matrix(n_out: int, n_in: int, sigma: float) -> torch.Tensor:
         cols = torch.where(cols >= n_out, 2 * n_out - 1 - cols, cols)
         blur.index_put_((rows, cols), weight.expand(n_out), accumulate=True)
     return (blur @ up.double()).float()
+
+
+def _check_room(need: int, n_images: int, size: int) -> None:
+    """MemoryError, with the numbers, when the patch features of all training images would not
+    fit in the memory this machine says is free (MemAvailable)."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise MemoryError(
+            f"patchknn holds the patch features of all {n_images} training images at once, "
+            f"{need / 2**30:.1f} GiB at --size {size}, and {free / 2**30:.1f} GiB is free"
+        )
 
 
 @register("patchknn")
@@ -287,6 +299,8 @@ class PatchKNN(Detector):
             f = self.embed(batch["image"]).reshape(-1, self.extractor.dim)
             if feats is None:  # one allocation for all patches: peak memory = 1x the features
                 rows = len(f) // len(batch["image"]) * len(loader.dataset)
+                if f.device.type == "cpu":  # refused now, not killed half-way (or swapping)
+                    _check_room(rows * f.shape[1] * 4, len(loader.dataset), self.config.size)
                 feats = torch.empty(rows, f.shape[1], device=f.device)
             elif filled + len(f) > len(feats):  # a loader longer than its dataset says
                 feats = torch.cat([feats, torch.empty_like(feats)])
