@@ -305,9 +305,14 @@ class OnnxDetector:
         path = Path(onnx_path)
         if path.is_dir():  # a run folder: its export is model.onnx inside
             inside = path / "model.onnx"
-            hint = f"give {inside}" if inside.is_file() else f"export one: `{EXPORT} {path}`"
-            if not inside.is_file() and not (path / "model.pt").is_file():  # not a run either
-                hint = "give the file `python -m anomaly export` wrote (RUN/model.onnx)"
+            hint = (
+                f"give {inside}"
+                if inside.is_file()
+                else (
+                    "give the file `python -m anomaly export` wrote (RUN/model.onnx); if this is a "
+                    f"run folder without one: `{EXPORT} {path}`"
+                )
+            )
             raise ExportError(f"{path} is a folder, not an ONNX file; {hint}")
         if path.exists() and not path.is_file():  # a pipe, a device: never read
             raise ExportError(f"{path} is not a regular file; give the ONNX file export wrote")
