@@ -50,11 +50,14 @@ class Diverged(ValueError):
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (all devices) and ask for deterministic CPU kernels."""
+    """Seed Python's, numpy's and torch's random numbers (all devices): the same seed draws the
+    same split, initial weights and batches. Not this process's hash seed, fixed when Python
+    starts (processes it starts get it), nor the order of floating-point sums across threads
+    (docs/measurements.md, "Same seed, same model; threads change the trained networks")."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))  # for Python processes started from here
 
 
 def select_device(name: str = "auto") -> torch.device:

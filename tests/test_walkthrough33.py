@@ -863,3 +863,22 @@ def test_patchknn_refuses_features_that_would_not_fit_before_it_holds_them(
     assert "would run out of memory (patchknn holds the patch features of all" in err
     assert re.search(r"images at once, [\d.]+ GiB at --size 64, and 0.0 GiB is free\)", err)
     assert "smaller --size" in err
+
+
+def test_a_device_this_machine_lacks_leaves_the_detector_as_it_was(tiny_cookies):
+    """`det.to("cuda")` on a machine without CUDA raised torch's driver error with the
+    detector already pointing at cuda, and every later call failed."""
+    import torch
+
+    from anomaly.config import Config
+    from anomaly.detectors import get_detector
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    det = get_detector("meandiff")(Config.for_method("meandiff", data=str(tiny_cookies), size=32))
+    det.fit(det.dataset(tiny_cookies, "train"))
+    with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+        det.to("cuda")
+    assert det.device.type == "cpu"
+    scores, _ = det.predict_batch(torch.rand(1, 3, 32, 32))
+    assert scores.shape == (1,)

@@ -268,7 +268,9 @@ class AutoDetector(Detector):
         return self.inner.modules() if self.inner is not None else {}
 
     def to(self, device) -> AutoDetector:
-        self.device = torch.device(device)
+        from anomaly.train import select_device
+
+        self.device = select_device(str(device))  # one it lacks: refused, nothing changed
         if self.inner is not None:
             self.inner.to(self.device)
         return self

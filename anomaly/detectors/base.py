@@ -322,7 +322,11 @@ class Detector(ABC):
 
     # --- shared -------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> Detector:
-        self.device = torch.device(device)
+        """Move to `device`; a device this machine lacks is refused (ValueError) before the
+        detector changes (it was left pointing at it, and every later call failed)."""
+        from anomaly.train import select_device  # (which imports no detector)
+
+        self.device = select_device(str(device))
         for module in self.modules().values():
             module.to(self.device)
         return self
