@@ -46,8 +46,12 @@ def expand_images(images: list[str | Path] | str | Path) -> list[Path]:
     other entry of a folder (sub-folders, files of other types): none is skipped without a word."""
     if isinstance(images, (str, os.PathLike)):  # one path, not its letters
         images = [images]
+    elif isinstance(images, bytes) or not hasattr(images, "__iter__"):  # bytes: their numbers
+        images = [images]  # (a PIL image, a number: named below)
     out: list[Path] = []
     for item in images:
+        if isinstance(item, bytes):
+            raise TypeError(f"the path {item!r} is given as bytes: give it as a str or a Path")
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(
                 f"images are given as paths of image files or folders, not as a "

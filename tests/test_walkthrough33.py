@@ -882,3 +882,26 @@ def test_a_device_this_machine_lacks_leaves_the_detector_as_it_was(tiny_cookies)
     assert det.device.type == "cpu"
     scores, _ = det.predict_batch(torch.rand(1, 3, 32, 32))
     assert scores.shape == (1,)
+
+
+def test_the_python_apis_words_for_wrong_arguments(tiny_cookies, scored_ae_run):
+    """A Python API walkthrough (helper): `fit(path)` suggested the test split, a bytes path
+    was "not as a int", a PIL image "not iterable", and a misspelt method a bare KeyError
+    where Config.for_method gives a ValueError with the name."""
+    from PIL import Image
+
+    from anomaly import predict_images
+    from anomaly.config import Config
+    from anomaly.detectors import get_detector
+
+    det = get_detector("meandiff")(Config.for_method("meandiff", data=str(tiny_cookies), size=32))
+    with pytest.raises(TypeError, match=r"fit\(detector.dataset\(ROOT, 'train'\)\)"):
+        det.fit(str(tiny_cookies))
+    with pytest.raises(TypeError, match=r"b'x.png' is given as bytes: give it as a str"):
+        predict_images(scored_ae_run, b"x.png")
+    with pytest.raises(TypeError, match="not as a Image; save it as an image file"):
+        predict_images(scored_ae_run, Image.new("RGB", (8, 8)))
+    with pytest.raises(ValueError, match="did you mean 'patchknn'"):
+        get_detector("patchnn")
+    with pytest.raises(KeyError):  # as before, for code that caught that
+        get_detector("patchnn")

@@ -115,7 +115,8 @@ def check_data(config, data, name: str, call: str) -> None:
     if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         raise TypeError(
             f"{name}.{call} takes a data set, not the path {str(data)!r}: "
-            f"{call}(detector.dataset(ROOT, 'test')) reads the data set whose folder ROOT holds "
+            f"{call}(detector.dataset(ROOT, {'train' if call == 'fit' else 'test'!r})) reads the "
+            "data set whose folder ROOT holds "
             f"train/ and test/ (or good/) at the run's settings; {FILES}"
         )
     if isinstance(data, torch.Tensor) or type(data).__module__.split(".")[0] in ("numpy", "PIL"):
