@@ -15,6 +15,9 @@ from anomaly.lazy import lazy_exports
 # other work, spinning threads made small tensor operations several times slower (decoding and
 # resizing a test image cost 12-44 ms of CPU instead of 6, docs/measurements.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# onnxruntime (1.32) writes a persistent device id and a database under ~/.cache/Microsoft/ as
+# it loads, for its telemetry: not without the user's asking (ORT_DISABLE_TELEMETRY=0 does)
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
 

@@ -94,6 +94,8 @@ PREPROCESSING = (
 
 
 def require(module: str):
+    if module == "onnxruntime":  # no device id written under ~/.cache/Microsoft/ for its
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # telemetry (as the package)
     try:
         return __import__(module)
     except ImportError:

@@ -905,3 +905,26 @@ def test_the_python_apis_words_for_wrong_arguments(tiny_cookies, scored_ae_run):
         get_detector("patchnn")
     with pytest.raises(KeyError):  # as before, for code that caught that
         get_detector("patchnn")
+
+
+def test_onnxruntime_writes_nothing_in_the_users_home(tmp_path):
+    """A Python API walkthrough (helper): every patchknn load made onnxruntime write a
+    persistent device id and a database under ~/.cache/Microsoft/ for its telemetry."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")
+    }
+    code = "import anomaly.onnx_cache, onnxruntime"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env | {"HOME": str(home)},
+        check=False,
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(home.rglob("*")) == []
