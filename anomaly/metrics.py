@@ -209,6 +209,11 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
     class present, or no masks) is None, and `notes` says why. Defective images whose mask is
     unknown (`pred.mask_known` False: no mask file) are left out of the pixel metrics, and
     `n_missing_masks` counts them.
+
+    Pixel metrics are computed at the maps' own size (the model's); `score` computes them at
+    256 x 256 (or `--pixel-size`), so its metrics.json can differ in the third decimal, and AUPRO
+    more (README, "Trust and safety"). For score's numbers from Python, evaluate
+    `anomaly.pixel_eval.at_eval_size(pred, mask_paths, 256)`, as `score_run` does.
     """
     notes: list[str] = []
     labels, scores = pred.labels, pred.scores
