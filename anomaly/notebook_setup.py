@@ -10,6 +10,7 @@ The checks of the arguments the figures take (run folders, counts) are here too.
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 import os
 from dataclasses import dataclass
@@ -221,6 +222,10 @@ def ensure_run(
     from anomaly.runs import RunDir, load_config
 
     run = s.run_folder(method if source is None else f"{source}_{method}", data)
+    if RunDir(run).has_metrics() and (why := _other_settings(run, data, overrides)):
+        print(f"not using {shown(run)} ({why}): a run of these settings is used or trained")
+        tag = hashlib.sha256(repr((str(data), sorted(overrides.items()))).encode()).hexdigest()
+        run = run.with_name(f"{run.name}-{tag[:8]}")
     if RunDir(run).has_metrics():
         print(f"using the trained run {shown(run)}")
         return run
@@ -237,6 +242,19 @@ def ensure_run(
     score_run(run)
     print(f"trained and scored {shown(run)}")
     return run
+
+
+def _other_settings(run: Path, data: Path | None, overrides: dict) -> str | None:
+    """How the trained `run` differs from the data set and settings asked for, or None."""
+    from anomaly.runs import load_config
+
+    config = load_config(run)
+    if data is not None and os.path.abspath(config.data) != os.path.abspath(data):
+        return f"it was trained on {config.data}"
+    for name, value in overrides.items():
+        if getattr(config, name, value) != value:
+            return f"its {name} is {getattr(config, name)!r}, not {value!r}"
+    return None
 
 
 def _subplots(*args, **kwargs):

@@ -928,3 +928,24 @@ def test_onnxruntime_writes_nothing_in_the_users_home(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert list(home.rglob("*")) == []
+
+
+def test_ensure_run_gives_a_run_of_the_data_and_settings_asked_for(
+    tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """A Python API walkthrough (helper): `notebook.ensure_run` returned the run it had trained
+    for other data, or at another size, without a word."""
+    from anomaly import notebook as nb
+    from anomaly.runs import load_config
+
+    monkeypatch.setenv(nb.HOME_ENV, str(tmp_path / "home"))
+    s = nb.settings(smoke=True, say=False)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_cookies, other)
+    first = nb.ensure_run(s, "meandiff", tiny_cookies)
+    second = nb.ensure_run(s, "meandiff", other)
+    assert second != first and load_config(second).data == str(other.resolve())
+    assert "not using" in capsys.readouterr().out
+    third = nb.ensure_run(s, "meandiff", tiny_cookies, channels=1)
+    assert third not in (first, second) and load_config(third).channels == 1
+    assert nb.ensure_run(s, "meandiff", other) == second  # found again, not trained again
