@@ -45,8 +45,7 @@ def _sibling(name: str):
     spec = importlib.util.spec_from_file_location(name, path) if path.is_file() else None
     if spec is None or spec.loader is None:
         raise ImportError(f"no {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[name] = module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
@@ -252,9 +251,7 @@ def _upright(im):
             im = Image.open(io.BytesIO(f.read()))
         im.load()
         if im.size != shown:
-            raise ValueError(
-                "a TIFF turned by its orientation tag that this Pillow decodes wrongly"
-            )
+            raise ValueError("a TIFF turned by its orientation tag this Pillow decodes wrongly")
         return im
     im.load()  # pixels decoded first: a damaged or half-written file fails here, not silently
     try:  # inside exif_transpose (a PNG's EXIF is read after its pixels), with half of them
