@@ -790,20 +790,29 @@ def test_training_out_of_memory_is_one_clear_error(tiny_cookies, tmp_path, monke
     """A scale walkthrough (helper): `train --size 1024` under a memory limit ended in torch's
     "DefaultCPUAllocator: can't allocate memory" traceback, exit 1."""
     from anomaly.cli import main
+
+    no_memory = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1")
+    code, err, argv = _train_failing(no_memory, tiny_cookies, tmp_path, monkeypatch, capsys)
+    assert code == 2 and "training meandiff on" in err and "ran out of memory" in err
+    assert "smaller --size" in err and "Traceback" not in err
+    assert main(argv) == 0  # trained again into the same folder
+
+
+def _train_failing(error, data, tmp_path, monkeypatch, capsys):
+    """(exit status, stderr, argv) of `train` of a meandiff run into tmp_path/run whose fit
+    raises `error`."""
+    from anomaly.cli import main
     from anomaly.detectors import meandiff
 
-    def no_memory(self, *args, **kwargs):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1")
+    def fails(self, *args, **kwargs):
+        raise error
 
-    run = tmp_path / "run"
-    argv = ["train", "--data", str(tiny_cookies), "--method", "meandiff", "--size", "32"]
+    argv = ["train", "--data", str(data), "--method", "meandiff", "--size", "32"]
+    argv += ["--out", str(tmp_path / "run")]
     with monkeypatch.context() as m:
-        m.setattr(meandiff.MeanDiff, "fit", no_memory)
-        assert main([*argv, "--out", str(run)]) == 2
-    err = capsys.readouterr().err
-    assert "training meandiff on" in err and "ran out of memory" in err and "smaller --size" in err
-    assert "Traceback" not in err
-    assert main([*argv, "--out", str(run)]) == 0  # trained again into the same folder
+        m.setattr(meandiff.MeanDiff, "fit", fails)
+        code = main(argv)
+    return code, capsys.readouterr().err, argv
 
 
 def test_score_says_its_whole_time_beside_the_models_rate(scored_ae_run, tmp_path, capsys):
@@ -829,17 +838,10 @@ def test_a_one_pass_training_stopped_says_how_to_go_on(tiny_cookies, tmp_path, m
     (README: a stopped command says how to go on), and --resume then said to train again
     "with the same flags" without saying where they are."""
     from anomaly.cli import main
-    from anomaly.detectors import meandiff
 
-    def stopped(self, *args, **kwargs):
-        raise KeyboardInterrupt
-
+    code, err, _ = _train_failing(KeyboardInterrupt(), tiny_cookies, tmp_path, monkeypatch, capsys)
     run = tmp_path / "run"
-    argv = ["train", "--data", str(tiny_cookies), "--method", "meandiff", "--size", "32"]
-    with monkeypatch.context() as m:
-        m.setattr(meandiff.MeanDiff, "fit", stopped)
-        assert main([*argv, "--out", str(run)]) == 130
-    err = capsys.readouterr().err
+    assert code == 130
     assert (
         "interrupted before its model was saved; train it again: `python -m anomaly train "
         f"--out {run}` with the same flags (its config.json holds them)" in err
