@@ -42,6 +42,7 @@ from anomaly.terminal import printable, shell_word
 from anomaly.threshold_text import choose_again
 from anomaly.train import seed_everything, select_device
 from anomaly.train_guards import moved as _moved
+from anomaly.train_images import file_stamps, warn_changed_training
 
 
 class AlreadyTrained(RunError):
@@ -131,7 +132,7 @@ def train_run(
         )
     train, val = _datasets(config, split)  # data errors come before anything is written
     split = {"train": list(train.paths), "val": list(val.paths) if val is not None else []}
-    split[guards.STAMPS] = guards.file_stamps(split["train"] + split["val"])  # before hashing
+    split |= file_stamps(split["train"] + split["val"])  # before hashing: an edit meanwhile too
     split["sha256"] = [sha256_file(p) for p in split["train"] + split["val"]]  # for --resume
     read = read_kinds(split["train"] + split["val"])  # each file's kind once, for both:
     split["images"] = summarize_images(split["train"] + split["val"], read)  # predict compares
@@ -237,6 +238,8 @@ def _fit(
     try:
         detector.fit(train, val, progress=progress, resume=resume, checkpoints=checkpoints)
     except (MemoryError, RuntimeError) as err:  # torch's "can't allocate memory": a RuntimeError
+        if not guards.is_out_of_memory(err):
+            raise
         raise guards.out_of_memory(err, detector.config, len(train), run) from None
     seconds = time.perf_counter() - t0
     checkpoints.save_checkpoint(detector, complete=True)  # no timing: the same training, the
@@ -370,7 +373,7 @@ def score_run(
         warn_unlike(test.paths, trained_images(rd), config.channels, config.size)
         guards.warn_test_copies(rd, list(test.paths))
         if os.path.realpath(data) == os.path.realpath(config.data):  # others matched by bytes
-            guards.warn_changed_training(rd, data)
+            warn_changed_training(rd, data)
         pixel_size = parse_pixel_size(str(pixel_size))  # "512" from the API is 512
         mask_of = {s.path: s.mask_path for s in test.samples}
         if pixel_size == FULL:  # images or masks of several sizes: refused before any work

@@ -26,6 +26,7 @@ import numpy as np
 from anomaly.config import Config
 from anomaly.data.files import named
 from anomaly.data.image_kind import warn_mixed
+from anomaly.detectors.patchknn import NoRoom
 from anomaly.runs import RunDir, RunError, versions
 from anomaly.safe_files import sha256_file, write_json
 from anomaly.terminal import shell_word
@@ -348,85 +349,6 @@ def warn_test_copies(run: RunDir, paths: list[str]) -> None:
         )
 
 
-def warn_changed_training(run: RunDir, data: str) -> None:
-    """Warn when the run's own data folder `data` no longer holds the images the run trained on
-    and held out as split.json records them (SHA-256): the data set was made again or edited
-    since, so `score` scores other test images than the run's were, with a model that learned
-    images no longer there, and replaces the run's earlier scores without a word otherwise."""
-    try:
-        split = run.split() or {}
-        paths = [str(p) for p in split.get("train", []) + split.get("val", [])]
-    except (RunError, ValueError, TypeError, AttributeError):
-        return  # a split.json that does not read is said where the split is needed
-    digests = split.get("sha256") or []
-    if not paths or len(digests) != len(paths):  # an older run: nothing to compare with
-        return
-    roots = {os.path.abspath(data), os.path.realpath(data)}  # given through a link, or not:
-    stamps = split.get(STAMPS)  # train recorded the paths its folder resolved to
-    if not (isinstance(stamps, list) and len(stamps) == len(paths)):
-        stamps = [None] * len(paths)  # an older run: every file hashed
-    try:  # a file last modified this close to the record may have changed again within the
-        racy = run.file(run.SPLIT).stat().st_mtime_ns - RACY_NS  # same tick (git's rule)
-    except OSError:
-        racy = -1
-    changed = []
-    for path, digest, stamp in zip(paths, digests, stamps):
-        try:  # only files named inside the data folder are read (through its links: a folder
-            # or files linked in, as DVC's cache does), as `train` read them; a split.json from
-            # someone else may name any path ("..", a NUL byte, /proc's files, which never end)
-            given = os.path.abspath(path)
-            inside = any(os.path.commonpath([r, given]) == r for r in roots)
-            inside = inside and os.path.isfile(given)
-            if not inside:
-                changed.append(path)
-            elif not _unchanged(stamp, given, racy) and _sha256_of_file(given) != digest:
-                changed.append(path)  # size and time as recorded: not read again (thousands
-                # of camera JPEGs)
-        except (OSError, ValueError):
-            changed.append(path)
-    if changed:
-        warnings.warn(
-            f"{len(changed)} of the {len(paths)} images {run} trained on or held out are "
-            f"missing or changed since it was trained (first: {changed[0]}): the data set was "
-            "made again or edited, so these are scores of its test images today, by a model "
-            "that learned other images, and they replace the run's earlier ones. Restore the "
-            "images, or train a new run on the data as it is now",
-            stacklevel=3,
-        )
-
-
-STAMPS = "size_mtime_ns"  # split.json's (size, modification time) of each image it hashed
-
-
-def file_stamps(paths: list[str]) -> list[list[int]]:
-    """[size, modification time in ns] of each file, for split.json: `score` reads a file again
-    only when either changed since (as make and rsync tell a file unchanged)."""
-    return [_stamp(p) for p in paths]
-
-
-def _stamp(path: str) -> list[int]:
-    info = os.stat(path)
-    return [info.st_size, info.st_mtime_ns]
-
-
-RACY_NS = 3 * 10**9  # file systems keep times to 2 s at worst (FAT): within it, read again
-
-
-def _unchanged(stamp, path: str, racy: int) -> bool:
-    """Whether the file's size and modification time are `stamp`, recorded by train, and that
-    time lies well before the record was written (else an edit in the same tick looks alike)."""
-    return isinstance(stamp, list) and stamp == _stamp(path) and stamp[1] < racy
-
-
-_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-
-
-def _sha256_of_file(path: str) -> str:
-    """`sha256_file`, but a file that says it holds 0 bytes is not read (/proc's say so and
-    some never end: /proc/kmsg)."""
-    return _EMPTY_SHA256 if os.stat(path).st_size == 0 else sha256_file(path)
-
-
 def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
     """Warn, naming them, about held-out images that are byte-identical to training images
     (split.json's SHA-256s), or for kmeans to images its `--from` run's encoder learned: the
@@ -482,16 +404,27 @@ def warn_degenerate(run: RunDir, scores, value: float, held_out: bool = True) ->
     )
 
 
-def out_of_memory(err: Exception, config: Config, n_images: int, run: RunDir) -> Exception:
-    """The RunError for a training that ran out of memory (`err`: a MemoryError, or torch's
-    RuntimeError "can't allocate memory"), naming the fix; `err` itself when it is another."""
-    if isinstance(err, RuntimeError) and "allocate" not in str(err):
-        return err
+def is_out_of_memory(err: Exception) -> bool:
+    """Whether `err` is a failed allocation: a MemoryError, or torch's RuntimeError saying so."""
+    return isinstance(err, MemoryError) or "allocate" in str(err)
+
+
+def out_of_memory(err: Exception, config: Config, n_images: int, run: RunDir) -> RunError:
+    """The RunError for a training that ran out of memory (`is_out_of_memory`), naming the
+    fix: what it kept (the epochs finished, or only its settings) and what to change."""
     why = "ran out of memory (a limit of the process or container, or the machine's)"
-    if isinstance(err, MemoryError) and str(err):  # patchknn's own estimate, before the work
+    if "CUDA" in str(err):
+        why = "ran out of GPU memory"
+    elif isinstance(err, NoRoom):  # patchknn's own estimate, before the work
         why = f"would run out of memory ({err})"
+    where = f"{config.method} on {n_images} images at --size {config.size}"
+    if run.has_last():  # a training by epochs: what it finished is kept
+        return RunError(
+            f"training {where} {why}; the epochs it finished are kept ({run.LAST}). Free memory "
+            f"and continue with `python -m anomaly train --out {shell_word(run.path)} --resume`, "
+            "or train a new --out at a smaller --size or --batch-size"
+        )
     return RunError(
-        f"training {config.method} on {n_images} images at --size {config.size} {why}: nothing "
-        "was saved but the run's settings. Train at a smaller --size, on fewer images, or where "
-        f"there is more memory, into the same --out ({run.path})"
+        f"training {where} {why}: nothing was saved but the run's settings. Train a new --out "
+        "(or delete this one) at a smaller --size, on fewer images, or where there is more memory"
     )

@@ -125,6 +125,7 @@ LAYERS = {
     "benchmark benchmark_checks benchmark_curves benchmark_dirs benchmark_flags benchmark_tables "
     "original __main__",
     4: "pipeline build calibration predict explorer export export_predict selection train_guards "
+    "train_images "
     "rerun",
     3: "runs run_checkpoints run_outputs run_versions overlays",
     2: "detectors train",

@@ -179,7 +179,7 @@ def test_a_nul_byte_in_an_untrusted_split_is_a_changed_image(meandiff_32, tmp_pa
     import warnings
 
     from anomaly.runs import RunDir
-    from anomaly.train_guards import warn_changed_training
+    from anomaly.train_images import warn_changed_training
 
     run = tmp_path / "md"
     shutil.copytree(meandiff_32, run)
@@ -243,7 +243,7 @@ def test_changed_training_check_reads_nothing_outside_the_data_folder(meandiff_3
     import warnings
 
     from anomaly.runs import RunDir
-    from anomaly.train_guards import warn_changed_training
+    from anomaly.train_images import warn_changed_training
 
     run = tmp_path / "md"
     shutil.copytree(meandiff_32, run)

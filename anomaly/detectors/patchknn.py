@@ -133,15 +133,24 @@ def map_matrix(n_out: int, n_in: int, sigma: float) -> torch.Tensor:
     return (blur @ up.double()).float()
 
 
+class NoRoom(MemoryError):
+    """patchknn's features would not fit in the free memory (`_check_room`)."""
+
+
 def _check_room(need: int, n_images: int, size: int) -> None:
-    """MemoryError, with the numbers, when the patch features of all training images would not
-    fit in the memory this machine says is free (MemAvailable)."""
+    """NoRoom, with the numbers, when the patch features of all training images would not fit
+    in the memory this machine says is free (MemAvailable; a container's limit it does not
+    show is met by the allocator)."""
     free = available_memory()
     if free is not None and need > free:
-        raise MemoryError(
+        raise NoRoom(
             f"patchknn holds the patch features of all {n_images} training images at once, "
-            f"{need / 2**30:.1f} GiB at --size {size}, and {free / 2**30:.1f} GiB is free"
+            f"{_amount(need)} at --size {size}, and {_amount(free)} is free"
         )
+
+
+def _amount(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
 
 
 @register("patchknn")
@@ -287,7 +296,8 @@ class PatchKNN(Detector):
     def _fit(self, train_data, progress: bool) -> PatchKNN:
         from tqdm.auto import tqdm
 
-        self._set_whitening(None, None)  # fitted again: features as the backbone gives them
+        self._set_whitening(None, None)  # fitted again: features as the backbone gives them,
+        self.bank = None  # and no bank until this fit ends (a failed one: predict refuses)
         loader = train_data if isinstance(train_data, DataLoader) else self.loader(train_data)
         # the next batch decoded by a thread while this one is embedded: nothing here draws
         # random numbers, so a data set that does draws them in the same order as without it
