@@ -222,9 +222,11 @@ def ensure_run(
     from anomaly.runs import RunDir, load_config
 
     run = s.run_folder(method if source is None else f"{source}_{method}", data)
-    if RunDir(run).has_metrics() and (why := _other_settings(run, data, overrides)):
+    wanted = data if data is not None or source is not None else s.data_dir
+    if RunDir(run).has_metrics() and (why := _other_settings(run, wanted, overrides)):
         print(f"not using {shown(run)} ({why}): a run of these settings is used or trained")
-        tag = hashlib.sha256(repr((str(data), sorted(overrides.items()))).encode()).hexdigest()
+        where = os.path.realpath(wanted) if wanted is not None else None  # a link: its folder
+        tag = hashlib.sha256(repr((where, sorted(overrides.items()))).encode()).hexdigest()
         run = run.with_name(f"{run.name}-{tag[:8]}")
     if RunDir(run).has_metrics():
         print(f"using the trained run {shown(run)}")
@@ -249,7 +251,7 @@ def _other_settings(run: Path, data: Path | None, overrides: dict) -> str | None
     from anomaly.runs import load_config
 
     config = load_config(run)
-    if data is not None and os.path.abspath(config.data) != os.path.abspath(data):
+    if data is not None and os.path.realpath(config.data) != os.path.realpath(data):
         return f"it was trained on {config.data}"
     for name, value in overrides.items():
         if getattr(config, name, value) != value:

@@ -27,6 +27,7 @@ The file's contract, also stored in its `metadata_props` (read them with
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
@@ -98,10 +99,8 @@ def require(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ExportError(
-            f"ONNX export and prediction need the package {module!r}, which is not "
-            f"installed. Install it with\n    {INSTALL}"
-        ) from None
+        msg = f"ONNX export and prediction need the package {module!r}, which is not installed"
+        raise ExportError(f"{msg}. Install it with\n    {INSTALL}") from None
 
 
 _SAID_NO_CHECK: list[bool] = []  # the note on unchecked images, said once per process
@@ -488,8 +487,9 @@ def main(argv=None) -> int:
         print(f"error: {shown(err)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # its reader stopped (a pipe into head): quietly, as Unix tools,
-        null = os.open(os.devnull, os.O_WRONLY)  # with 128 + SIGPIPE, as predict: the images
-        os.dup2(null, sys.stdout.fileno())  # after it were not scored
+        null = os.open(os.devnull, os.O_WRONLY)  # 128 + SIGPIPE, as predict: images unscored
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # (no file descriptor)
+            os.dup2(null, sys.stdout.fileno())
         os.close(null)
         return 141
     return 2 if failed else 0

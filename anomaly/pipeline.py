@@ -296,6 +296,9 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
     from anomaly.viz import dataset_range
 
     pred = detector.predict(held_out)
+    if not np.isfinite(pred.scores).all():  # no threshold to set: said, not threshold's words
+        msg = "gives NaN or infinite scores on its held-out images: its training diverged"
+        raise RunError(f"{run}: the model {msg}; train a new --out (another --seed, a lower --lr)")
     run.save_val_scores(pred.paths, pred.scores.tolist(), dataset_range(pred.maps))
     if keep_user_threshold and run.has_threshold():
         try:

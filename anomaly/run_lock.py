@@ -44,7 +44,7 @@ def pid_alive(pid: int) -> bool:
 def _windows_pid_alive(pid: int) -> bool:
     import ctypes
 
-    kernel = ctypes.windll.kernel32
+    kernel = ctypes.WinDLL("kernel32", use_last_error=True)  # (get_last_error reads it then)
     handle = kernel.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
     if not handle:
         return ctypes.get_last_error() == 5  # access denied: it runs, as another user's
@@ -148,9 +148,14 @@ def check_not_in_use(folder: Path, name: str, command: str) -> None:
     still training): what it holds now is half-written, not interrupted. A lock whose holder
     flocks it (this version's) counts only while its flock is held."""
     path = folder / name
-    if holder := _live_holder(path):
-        if _live_holder(path, flock_free=_flock_free(path)) is None:
-            return  # its record says its holder flocks it, and nobody does: stale
+    try:
+        flocked = fcntl is not None and load_record(path).get("flock") is True
+    except (OSError, ValueError, AttributeError):
+        flocked = False
+    if flocked:  # its holder flocks it: the flock decides (another boot id or PID namespace,
+        if not _flock_free(path):  # a container's, says nothing of a process there)
+            raise _in_use(folder, path, _live_holder(path), command)
+    elif holder := _live_holder(path):
         raise _in_use(folder, path, holder, command)
 
 

@@ -326,7 +326,7 @@ class Detector(ABC):
         detector changes (it was left pointing at it, and every later call failed)."""
         from anomaly.train import select_device  # (which imports no detector)
 
-        self.device = select_device(str(device))
+        self.device = select_device(f"cuda:{device}" if isinstance(device, int) else str(device))
         for module in self.modules().values():
             module.to(self.device)
         return self
