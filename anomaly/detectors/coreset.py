@@ -28,6 +28,7 @@ def greedy_coreset(
     seed: int = 0,
     projection_dim: int = PROJECTION_DIM,
     max_part: int = MAX_PART,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Indices of `n` rows of `features` [N, D] chosen by greedy k-center selection.
 
@@ -37,8 +38,11 @@ def greedy_coreset(
     `max_part` rows, the rows are shuffled into equal parts and each part gives its share of `n`.
 
     Returns:
-        int64 indices [n], in the order they were chosen (part by part).
+        int64 indices [n], in the order they were chosen (part by part). `progress`: a bar of
+        the picks (on a large training set, most of a fit's time after its features).
     """
+    from tqdm.auto import tqdm
+
     num, dim = features.shape
     n = max(1, min(int(n), num))
     gen = torch.Generator().manual_seed(int(seed))
@@ -53,24 +57,33 @@ def greedy_coreset(
     bounds = [round(i * num / parts) for i in range(parts + 1)]
     shares = [round(i * n / parts) for i in range(parts + 1)]
     chosen = []
-    for p in range(parts):
-        rows = order[bounds[p] : bounds[p + 1]] if order is not None else None
-        part = features[rows] if rows is not None else features
-        z = part @ proj if proj is not None else part
-        k = shares[p + 1] - shares[p]
-        if k == 0:
-            continue
-        start = int(torch.randint(len(z), (1,), generator=gen))
-        picked = _greedy(z.contiguous(), k, start)
-        chosen.append(rows[picked] if rows is not None else picked)
+    with tqdm(total=n, desc="coreset", unit="pick", disable=not progress, leave=False) as bar:
+        for p in range(parts):
+            rows = order[bounds[p] : bounds[p + 1]] if order is not None else None
+            part = features[rows] if rows is not None else features
+            z = part @ proj if proj is not None else part
+            k = shares[p + 1] - shares[p]
+            if k == 0:
+                continue
+            start = int(torch.randint(len(z), (1,), generator=gen))
+            picked = _greedy(z.contiguous(), k, start, bar.update)
+            chosen.append(rows[picked] if rows is not None else picked)
     return torch.cat(chosen)
 
 
-def _greedy(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
-    """Greedy farthest-point selection of k rows of z [N, d], starting from row `start`."""
+TICK = 256  # picks between two updates of the progress bar
+
+
+def _greedy(z: torch.Tensor, k: int, start: int, tick=None) -> torch.Tensor:
+    """Greedy farthest-point selection of k rows of z [N, d], starting from row `start`;
+    `tick(m)`, when given, is told of every `TICK` picks (and of the last ones)."""
     if z.device.type != "cpu":  # one pass over z per pick: fast on a GPU, and no syncs
-        return _greedy_passes(z, k, start)
-    return _greedy_pooled(z, k, start)
+        picked = _greedy_passes(z, k, start)
+    else:
+        picked = _greedy_pooled(z, k, start, tick)
+    if tick is not None and z.device.type != "cpu":
+        tick(k)
+    return picked
 
 
 def _greedy_passes(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
@@ -87,7 +100,7 @@ def _greedy_passes(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
     return picked
 
 
-def _greedy_pooled(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
+def _greedy_pooled(z: torch.Tensor, k: int, start: int, tick=None) -> torch.Tensor:
     """`_greedy` with the picks of `_greedy_passes` (up to the order of near-ties in float32),
     in a few passes over z instead of k.
 
@@ -104,11 +117,14 @@ def _greedy_pooled(z: torch.Tensor, k: int, start: int) -> torch.Tensor:
     picked = torch.empty(k, dtype=torch.long)
     nearest = torch.full_like(sq, math.inf)  # squared distance to the nearest pick of the passes
     since: list[int] = []  # picks since the last pass
-    idx, outside = int(start), math.inf
+    idx, outside, told = int(start), math.inf, 0
     rows = pool = pool_sq = far = torch.empty(0)  # the pool: its rows, z, squares, distances
     for i in range(k):
         picked[i] = idx
         since.append(idx)
+        if tick is not None and ((i + 1) % TICK == 0 or i == k - 1):
+            tick(i + 1 - told)
+            told = i + 1
         if i == k - 1:
             break
         if len(rows) and len(since) < WINDOW:

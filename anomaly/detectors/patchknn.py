@@ -326,7 +326,7 @@ class PatchKNN(Detector):
                 rows.copy_((rows - mean) @ matrix)
             self._set_whitening(mean, matrix)
         n = max(1, round(self.config.coreset_ratio * filled))
-        idx = greedy_coreset(feats, n, seed=self.config.seed)
+        idx = greedy_coreset(feats, n, seed=self.config.seed, progress=progress)
         self._set_bank(feats[idx].clone())
         rows = len(self.bank)
         for flag, value in (
