@@ -1051,3 +1051,36 @@ def test_the_coreset_has_a_progress_bar_and_picks_as_before(monkeypatch, capsys)
     shown = coreset.greedy_coreset(features, 600, seed=1, progress=True)
     assert torch.equal(quiet, shown) and sum(seen) == 600 and seen[:2] == [256, 256]
     assert "coreset" in capsys.readouterr().err
+
+
+def test_the_explorer_neither_replaces_a_threshold_saved_since_nor_drops_a_guarantee(
+    tiny_cookies, tmp_path
+):
+    """A QA lead's explorer walkthrough (helper): the page never read threshold.json again, so
+    Save replaced a threshold set since by `threshold --rule f1` without a word; and Save on an
+    unchanged conformal threshold made it "explorer", its guarantee gone."""
+    from anomaly import ThresholdExplorer
+    from anomaly.calibration import set_threshold
+    from anomaly.config import Config
+    from anomaly.explorer.runs import ThresholdChanged
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "md"
+    config = Config.for_method("meandiff", data=str(tiny_cookies), size=32, val_fraction=0.5)
+    train_run(config, run, progress=False)
+    score_run(run, overlays=False)
+    n = len(RunDir(run).val_scores()["scores"])
+    set_threshold(run, "conformal", 1 / (n + 1))
+    explorer = ThresholdExplorer(run)
+    assert explorer.threshold == RunDir(run).threshold().value
+    explorer.save_threshold()  # the same value: its rule and guarantee kept
+    kept = RunDir(run).threshold()
+    assert kept.rule == "conformal" and "guarantee" in kept.params
+    set_threshold(run, "f1")  # elsewhere, since the page read it
+    explorer.slider.value = explorer.slider.max
+    with pytest.raises(ThresholdChanged, match="changed since this page read it: it holds"):
+        explorer.save_threshold()
+    assert RunDir(run).threshold().rule == "f1"
+    explorer.save_threshold()  # now shown: a second save replaces it knowingly
+    assert RunDir(run).threshold().rule in ("explorer", "cost-optimal")

@@ -295,6 +295,52 @@ def read_threshold(folder: Path | None) -> Threshold | None:
         return None
 
 
+def chosen_threshold(r: RunView, t: float, rule: str, costs, pixel: float, counts: dict):
+    """The threshold `t` chosen in the explorer on run `r` (`rule`: "explorer" or
+    "cost-optimal"), with what it was chosen on and what it does there in its params."""
+    from anomaly.explorer.text import NEEDS
+
+    params = {
+        "cost_false_reject": costs[0],
+        "cost_escape": costs[1],
+        "pixel_threshold": pixel,
+        "method": r.pred.method,
+        "n_images": len(r.pred),
+        "in_sample": True,  # counted on the images it was chosen on
+        **{k: counts[k] for k in ("tp", "fp", "tn", "fn")},
+        # a rate whose images are missing was not measured: left out, not saved as 0
+        **{k: counts[k] for k in NEEDS if r.missing not in NEEDS[k]},
+    }
+    if data := other_data(r.pred, r.folder):  # another data set's images, not the run's
+        params["chosen_on_data"] = data
+    return Threshold(t, rule, params)
+
+
+class ThresholdChanged(ValueError):
+    """The folder's saved threshold is not the one a page read (`check_unchanged`)."""
+
+    def __init__(self, message: str, now: Threshold | None) -> None:
+        super().__init__(message)
+        self.now = now
+
+
+def check_unchanged(folder: Path, shown: Threshold | None) -> None:
+    """ThresholdChanged (with the threshold saved now) unless the folder still holds `shown`,
+    the threshold a page read or saved: another command or page saved one since, which a save
+    would replace unseen."""
+    now = read_threshold(folder)
+    if (now is None) == (shown is None) and (
+        now is None or (now.value, now.rule) == (shown.value, shown.rule)
+    ):
+        return
+    holds = "none" if now is None else f"{now.value:.6g} ({now.rule})"
+    raise ThresholdChanged(
+        f"{threshold_path(folder)} changed since this page read it: it holds {holds} now, "
+        "saved by another command or page. It is shown now; save again to replace it",
+        now,
+    )
+
+
 def write_threshold(folder: Path, threshold: Threshold) -> Path:
     folder = threshold_home(folder)
     if RunDir(folder).is_run():  # a run's threshold records its model: none, none saved

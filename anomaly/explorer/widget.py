@@ -19,14 +19,15 @@ from anomaly.explorer.gallery import Gallery, png
 from anomaly.explorer.report import draw_histogram, is_report, report_html, snapshot_figure
 from anomaly.explorer.runs import (
     RunView,
+    ThresholdChanged,
+    check_unchanged,
+    chosen_threshold,
     collect_runs,
-    other_data,
     prepare,
     threshold_path,
     write_threshold,
 )
 from anomaly.explorer.text import (
-    NEEDS,
     cost_html,
     format_confusion_html,
     no_optimum,
@@ -398,25 +399,26 @@ class ThresholdExplorer:
         r = self.run
         if r.folder is None:
             raise ValueError(f"Run {r.name!r} has no run folder: pass run_dirs= to save")
-        t, counts = self.threshold, self.counts
+        try:  # another command or page saved one since this page read it: shown, not replaced
+            check_unchanged(r.folder, r.saved)
+        except ThresholdChanged as changed:
+            r.saved = changed.now
+            self._draw_histogram()
+            self.refresh()
+            raise
+        t = self.threshold
+        if r.saved is not None and t == r.saved.value and "guarantee" in r.saved.params:
+            kept = {**r.saved.params, "pixel_threshold": self.pixel_threshold}
+            return self._save(Threshold(t, r.saved.rule, kept))  # its rule and guarantee kept
         t_opt = None if self.no_optimum else self.optimum[0]
         at_optimum = t_opt is not None and abs(t - t_opt) <= 1e-12 * max(1.0, abs(t))
         rule = "cost-optimal" if at_optimum else "explorer"
-        c_fr, c_esc = self.costs
-        params = {
-            "cost_false_reject": c_fr,
-            "cost_escape": c_esc,
-            "pixel_threshold": self.pixel_threshold,
-            "method": r.pred.method,
-            "n_images": len(r.pred),
-            "in_sample": True,  # counted on the images it was chosen on
-            **{k: counts[k] for k in ("tp", "fp", "tn", "fn")},
-            # a rate whose images are missing was not measured: left out, not saved as 0
-            **{k: counts[k] for k in NEEDS if r.missing not in NEEDS[k]},
-        }
-        if data := other_data(r.pred, r.folder):  # another data set's images, not the run's
-            params["chosen_on_data"] = data
-        threshold = Threshold(t, rule, params)
+        return self._save(
+            chosen_threshold(r, t, rule, self.costs, self.pixel_threshold, self.counts)
+        )
+
+    def _save(self, threshold: Threshold) -> Path:
+        r, t = self.run, threshold.value
         path = write_threshold(r.folder, threshold)
         r.saved = threshold
         r.scale = type(r.scale)(r.scale.floor, self.pixel_threshold)
