@@ -317,9 +317,17 @@ def _signals_interrupt():
         if hasattr(signal, "SIGCHLD"):  # decoding workers stopped by the same signal (a whole
             # process group's) are not reported by torch's handler as a failure, with a trace
             previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
+        hooks.append(sys.excepthook)  # nor a thread's lost connection to them (the sharer of
+        sys.excepthook = quiet  # their tensors' files, in multiprocessing)
         raise KeyboardInterrupt(signum)
 
-    previous, _SIGNALLED[:] = {}, []
+    def quiet(kind, value, trace):
+        if threading.current_thread() is threading.main_thread() or not issubclass(
+            kind, (ConnectionError, EOFError)
+        ):
+            hooks[0](kind, value, trace)
+
+    previous, hooks, _SIGNALLED[:] = {}, [], []
     if threading.current_thread() is threading.main_thread():
         for name in ("SIGTERM", "SIGHUP"):
             signum = getattr(signal, name, None)  # Windows has no SIGHUP
@@ -331,6 +339,8 @@ def _signals_interrupt():
         for signum, handler in previous.items():
             if handler is not None:  # (None: one set outside Python, which cannot be put back)
                 signal.signal(signum, handler)
+        if hooks:
+            sys.excepthook = hooks[0]
 
 
 def _main(args) -> int:

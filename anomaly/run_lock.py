@@ -148,6 +148,8 @@ def check_not_in_use(folder: Path, name: str, command: str) -> None:
     still training): what it holds now is half-written, not interrupted. A lock whose holder
     flocks it (this version's) counts only while its flock is held."""
     path = folder / name
+    if path.absolute() in _HELD:  # this process holds it (a command run inside another)
+        return
     try:
         flocked = fcntl is not None and load_record(path).get("flock") is True
     except (OSError, ValueError, AttributeError):
