@@ -49,6 +49,8 @@ def _train(args) -> None:
         detector = train_like(args.like, args.out, **flags)
         print(f"trained {detector.config.method}: run folder {args.out}")
         print(same_model_words(args.like, args.out))
+        if note := few_held_out(RunDir(args.out).threshold(), args.out, detector.name == "kmeans"):
+            print(note, file=sys.stderr)
         return
     if args.resume:
         config = RunDir(args.out).config().replace(**flags)
@@ -199,6 +201,7 @@ def _threshold(args) -> None:
         if args.value is not None or args.good_images:
             raise ValueError("--value and --good-images set a threshold by a --rule: give one")
         if not rd.has_threshold():
+            rd.check_not_in_use("threshold")  # still training: in use, its threshold to come
             raise RunError(f"{rd} has no threshold saved; set one with --rule (see --help)")
         t = rd.threshold()
         print(f"{threshold_words(t, args.run)}; saved in {args.run}")

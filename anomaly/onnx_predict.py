@@ -71,8 +71,9 @@ except ImportError:
             "package): an ONNX file from someone else is untrusted input, and it checks the file "
             "before onnxruntime runs any of it. Copy it beside onnx_predict.py"
         )
-        if __name__ == "__main__":  # run from the shell: one line, not a traceback
-            sys.exit(f"error: {_NEEDS}")
+        if __name__ == "__main__":  # run from the shell: one line, not a traceback; status 2
+            print(f"error: {_NEEDS}", file=sys.stderr)
+            sys.exit(2)
         raise ImportError(_NEEDS) from None
 ExportError, bad_file, short_error = _checks.ExportError, _checks.bad_file, _checks.short_error
 

@@ -68,6 +68,7 @@ class CheckpointFiles:
         """model.pt, loaded without unpickling anything, after checking its header."""
         path = self.file(self.MODEL)
         if not path.exists():
+            self.check_not_in_use("read")  # still training, before its first model: in use
             made = [n for n in (self.THRESHOLD, self.VAL_SCORES) if self.file(n).exists()]
             if made:  # trained and scored once: the file went missing (a copy without it?)
                 raise RunError(
@@ -246,6 +247,7 @@ class CheckpointFiles:
         if self.file(self.LAST).exists() and not self.file(self.LAST).is_file():
             self.refuse_not_a_file(self.LAST)
         if not self.has_last():
+            self.check_not_in_use("train")  # still training, before its first epoch: in use
             raise RunError(
                 f"Cannot resume: {self.path} has no {self.LAST} (the run never "
                 "finished an epoch, or its method does not train by epochs); "

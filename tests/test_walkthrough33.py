@@ -1084,3 +1084,49 @@ def test_the_explorer_neither_replaces_a_threshold_saved_since_nor_drops_a_guara
     assert RunDir(run).threshold().rule == "f1"
     explorer.save_threshold()  # now shown: a second save replaces it knowingly
     assert RunDir(run).threshold().rule in ("explorer", "cost-optimal")
+
+
+def test_a_run_training_before_its_first_model_is_in_use_not_broken(tiny_cookies, tmp_path, capsys):
+    """A README newcomer (helper): `predict`, `export`, `train --resume` and `threshold` on a
+    run still training (no model.pt yet) said it never finished an epoch and to train it
+    again, exit 2, where README says every command calls it in use (75)."""
+    import subprocess
+    import sys
+
+    from anomaly.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_cookies), "--method", "patchknn", "--size", "32"]
+    assert main([*argv, "--out", str(run)]) == 0
+    (run / "model.pt").unlink()  # as before its first model was written
+    image = str(min((tiny_cookies / "test" / "good").glob("*.png")))
+    (run / "threshold.json").unlink()
+    (run / "val_scores.json").unlink()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": holder.pid, "command": "train"}))
+        capsys.readouterr()
+        for args in (
+            ["predict", "--run", str(run), image],
+            ["export", "--run", str(run)],
+            ["train", "--out", str(run), "--resume"],
+            ["threshold", "--run", str(run)],
+        ):
+            assert main(args) == 75, args
+            assert "is in use" in capsys.readouterr().err, args
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_train_like_says_the_few_held_out_note_as_train_does(tiny_cookies, tmp_path, capsys):
+    """A README newcomer (helper): `train --like` left out the note `train` gives when the
+    threshold rests on a handful of held-out images."""
+    from anomaly.cli import main
+
+    argv = ["train", "--data", str(tiny_cookies), "--method", "meandiff", "--size", "32"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    said = capsys.readouterr().err
+    assert "quantile of only" in said
+    assert main(["train", "--like", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
+    assert "quantile of only" in capsys.readouterr().err
