@@ -1130,3 +1130,24 @@ def test_train_like_says_the_few_held_out_note_as_train_does(tiny_cookies, tmp_p
     assert "quantile of only" in said
     assert main(["train", "--like", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
     assert "quantile of only" in capsys.readouterr().err
+
+
+@PROC
+def test_a_data_set_still_being_made_is_in_use_not_interrupted(tmp_path, capsys):
+    """A README newcomer (helper): `train` on a data set that `make-cookies` was still writing
+    said it was left by an interrupted run (exit 2), where a second make-cookies says in use."""
+    from anomaly.cli import main
+    from anomaly.run_lock import _start_ticks, identity
+
+    root = tmp_path / "c"
+    stage = generated.staging(root, "make-cookies")
+    stage.mkdir(parents=True)
+    parent = {"pid": os.getppid(), "boot": identity()["boot"], "start": _start_ticks(os.getppid())}
+    marker = {"generator": "make-cookies", "phase": "write"} | parent
+    (stage / generated.MARKER).write_text(json.dumps(marker))
+    argv = ["train", "--data", str(root), "--method", "meandiff", "--out", str(tmp_path / "r")]
+    assert main(argv) == 75
+    assert f"is in use: process {os.getppid()} is running make-cookies" in capsys.readouterr().err
+    (stage / generated.MARKER).write_text(json.dumps(marker | {"start": parent["start"] + 1}))
+    assert main(argv) == 2  # its process gone (another has its number): interrupted
+    assert "left by an interrupted make-cookies run" in capsys.readouterr().err

@@ -173,11 +173,26 @@ def interrupted(root: Path) -> str:
     for place in (root, root.parent):
         for generator in ("make-cookies", "make-photos"):
             if staging(place, generator).is_dir():
+                _refuse_running(staging(place, generator), place, generator)
                 return (
                     f" {place} holds {staging(place, generator).name}/, left by an interrupted "
                     f"{generator} run: run the same {generator} command again to finish it."
                 )
     return ""
+
+
+def _refuse_running(folder: Path, root: Path, generator: str) -> None:
+    """InUse when the staging `folder` is a live generator's: `root` is being made, not left."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return
+    mine = not isinstance(marker, dict) or marker.get("pid") == os.getpid()
+    if not mine and holder_alive(marker, _written(folder)):
+        raise InUse(
+            f"{root} is in use: process {marker['pid']} is running {generator} into it. "
+            "Wait for it to finish"
+        )
 
 
 def recover(
