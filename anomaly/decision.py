@@ -75,6 +75,11 @@ def score_range(scores) -> tuple[float, float]:
     """The scores' span plus 5% each side, so "flag all" and "flag none" are both reachable."""
     scores = np.asarray(scores, np.float64)
     lo, hi = float(scores.min()), float(scores.max())
+    if not np.isfinite(2.2 * (hi - lo)):  # its span (and a histogram's bins) past a float's
+        raise ValueError(
+            f"the scores span {lo:.3g} to {hi:.3g}, more than a float can hold with room to "
+            "spare, so no slider or histogram can show them: divide them by a large factor"
+        )
     pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
     return lo - pad, hi + pad
 

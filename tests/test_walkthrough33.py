@@ -1151,3 +1151,20 @@ def test_a_data_set_still_being_made_is_in_use_not_interrupted(tmp_path, capsys)
     (stage / generated.MARKER).write_text(json.dumps(marker | {"start": parent["start"] + 1}))
     assert main(argv) == 2  # its process gone (another has its number): interrupted
     assert "left by an interrupted make-cookies run" in capsys.readouterr().err
+
+
+def test_scores_near_the_largest_float_are_refused_by_the_explorer_with_the_fix():
+    """A QA lead's walkthrough (helper): scores near 1e308 crashed the explorer as it opened
+    ("arange: cannot compute length", its span overflowed)."""
+    from anomaly import Predictions, ThresholdExplorer
+
+    scores = [1e307, 1.2e308, 1.5e308, 1.7e308, 1.6e308, 1.1e308]
+    pred = Predictions(
+        [f"{i}.png" for i in range(6)],
+        np.array([0, 0, 0, 1, 1, 1]),
+        ["good"] * 3 + ["crack"] * 3,
+        np.array(scores),
+        np.zeros((6, 8, 8), np.float32),
+    )
+    with pytest.raises(ValueError, match="more than a float can hold.*divide them"):
+        ThresholdExplorer({"huge": pred})
