@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from anomaly.terminal import shell_word
+from anomaly.terminal import printable, shell_word
 
 
 def held_out_words(run, value: float) -> str:
@@ -137,7 +137,13 @@ def threshold_words(t, run=None) -> str:
             "export the run again to carry its rule (python -m anomaly export --run "
             f"{shell_word(str(run)) if run is not None else 'RUN'})"
         )
-    return f"{words}: no guarantee on the false-reject rate (use --rule conformal for one)"
+    chosen_on = (t.params or {}).get("chosen_on_data")  # in the explorer, on another data set
+    on = (
+        f", chosen on the test images of {printable(chosen_on)}"
+        if isinstance(chosen_on, str)
+        else ""
+    )
+    return f"{words}{on}: no guarantee on the false-reject rate (use --rule conformal for one)"
 
 
 def choose_again(t, run=None) -> str:

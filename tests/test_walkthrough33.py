@@ -1168,3 +1168,16 @@ def test_scores_near_the_largest_float_are_refused_by_the_explorer_with_the_fix(
     )
     with pytest.raises(ValueError, match="more than a float can hold.*divide them"):
         ThresholdExplorer({"huge": pred})
+
+
+def test_a_threshold_chosen_on_other_data_says_so_in_threshold_words():
+    """A QA lead's walkthrough (helper): a threshold saved in the explorer from a run's
+    `scored/<data>/` records the data it was chosen on, which `threshold --run` did not say."""
+    from anomaly.metrics import Threshold
+    from anomaly.threshold_text import threshold_words
+
+    t = Threshold(3.5, "explorer", {"chosen_on_data": "/data/line-2"})
+    assert threshold_words(t, "run").startswith(
+        "threshold 3.5 (explorer), chosen on the test images of /data/line-2: no guarantee"
+    )
+    assert ", chosen on" not in threshold_words(Threshold(3.5, "explorer", {}), "run")
