@@ -238,9 +238,9 @@ def _fit(
     try:
         detector.fit(train, val, progress=progress, resume=resume, checkpoints=checkpoints)
     except (MemoryError, RuntimeError) as err:  # torch's "can't allocate memory": a RuntimeError
-        if not guards.is_out_of_memory(err):
-            raise
-        raise guards.out_of_memory(err, detector.config, len(train), run) from None
+        if (said := guards.out_of_memory(err, detector.config, len(train), run)) is None:
+            raise  # another error, as it was
+        raise said from None
     seconds = time.perf_counter() - t0
     checkpoints.save_checkpoint(detector, complete=True)  # no timing: the same training, the
     run.save_fit_seconds(seconds)  # same model.pt (a threshold chosen for one fits the other)
@@ -346,7 +346,14 @@ def score_run(
     at `pixel_size` x `pixel_size`, or at the masks' own size for "full" (`anomaly.pixel_eval`)."""
     from anomaly.metrics import evaluate
     from anomaly.overlays import run_scale, save_overlays
-    from anomaly.pixel_eval import FULL, at_eval_size, check_memory, full_size, parse_pixel_size
+    from anomaly.pixel_eval import (
+        FULL,
+        at_eval_size,
+        check_memory,
+        full_size,
+        parse_pixel_size,
+        ran_out_of_memory,
+    )
 
     rd = RunDir(run).require()
     with rd.lock("score"):
@@ -407,18 +414,9 @@ def score_run(
                 pixels = at_eval_size(pred, paths, pixel_size)
                 metrics = evaluate(pixels)
             except (MemoryError, RuntimeError) as err:  # a limit MemAvailable does not show
-                if isinstance(err, RuntimeError) and "allocate" not in str(err):  # torch's words
-                    raise
-                smaller = pixel_size == FULL or pixel_size > EVAL_SIZE
-                raise RunError(
-                    f"the pixel metrics at --pixel-size {pixel_size} ran out of memory (a limit "
-                    "of the process or container?), so no scores were written: "
-                    + (
-                        f"give a smaller --pixel-size (the default is {EVAL_SIZE})"
-                        if smaller
-                        else "free memory, or score the test images in smaller sets"
-                    )
-                ) from None
+                if (said := ran_out_of_memory(err, pixel_size)) is None:
+                    raise  # another error, as it was
+                raise said from None
             metrics["pixel_metrics_size"] = pixels.meta.get("pixel_metrics_size")
             del pixels  # at full size, the largest arrays of the command
             scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # pixel threshold

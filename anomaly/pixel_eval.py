@@ -28,7 +28,7 @@ from PIL import Image
 
 from anomaly.data.image_kind import displayed_size
 from anomaly.data.masks import mask_tensor, read_mask
-from anomaly.safe_files import available_memory
+from anomaly.safe_files import RunError, available_memory, is_out_of_memory, memory_words
 
 EVAL_SIZE = 256
 FULL = "full"  # `--pixel-size full`: the masks' own size, as MVTec AD's evaluation
@@ -126,18 +126,32 @@ def check_memory(n: int, hw: tuple[int, int], available: int | None) -> None:
     if available is not None and need > available:
         usual = n * EVAL_SIZE**2 * BYTES_PER_PIXEL
         fix = (
-            f"give a smaller --pixel-size (the default {EVAL_SIZE} needs {_amount(usual)})"
+            f"give a smaller --pixel-size (the default {EVAL_SIZE} needs {memory_words(usual)})"
             if usual <= available and hw[0] * hw[1] > EVAL_SIZE**2
             else "free memory, or score the test images in smaller sets"
         )
         raise ValueError(
-            f"pixel metrics of {n} images at {hw[1]}x{hw[0]} need about {_amount(need)} of "
-            f"memory, and {_amount(available)} is available: {fix}"
+            f"pixel metrics of {n} images at {hw[1]}x{hw[0]} need about {memory_words(need)} of "
+            f"memory, and {memory_words(available)} is available: {fix}"
         )
 
 
-def _amount(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+def ran_out_of_memory(err: Exception, pixel_size: int | str) -> RunError | None:
+    """The error, with the fix, for pixel metrics at `pixel_size` that failed with `err` for
+    want of memory though `check_memory` let them start (a limit MemAvailable does not show);
+    None when `err` is another error."""
+    if not is_out_of_memory(err):
+        return None
+    smaller = pixel_size == FULL or pixel_size > EVAL_SIZE
+    fix = (
+        f"give a smaller --pixel-size (the default is {EVAL_SIZE})"
+        if smaller
+        else "free memory, or score the test images in smaller sets"
+    )
+    return RunError(
+        f"the pixel metrics at --pixel-size {pixel_size} ran out of memory (a limit of the "
+        f"process or container?), so no scores were written: {fix}"
+    )
 
 
 def at_eval_size(pred, mask_paths, size: int | str = EVAL_SIZE):

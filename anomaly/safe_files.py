@@ -411,6 +411,17 @@ def safe_torch_load(path: Path) -> dict:
         ) from None
 
 
+def memory_words(n_bytes: int) -> str:
+    """An amount of memory as people read it: "1.5 GiB", or "300 MiB" under one GiB."""
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+
+
+def is_out_of_memory(err: Exception) -> bool:
+    """Whether `err` is a failed allocation: a MemoryError, or torch's RuntimeError saying so
+    ("can't allocate memory", CUDA's "Tried to allocate")."""
+    return isinstance(err, MemoryError) or "allocate" in str(err)
+
+
 def available_memory() -> int | None:
     """The bytes of memory Linux says a new allocation can have (MemAvailable), else None."""
     try:

@@ -28,7 +28,7 @@ from anomaly.data.files import named
 from anomaly.data.image_kind import warn_mixed
 from anomaly.detectors.patchknn import NoRoom
 from anomaly.runs import RunDir, RunError, versions
-from anomaly.safe_files import sha256_file, write_json
+from anomaly.safe_files import is_out_of_memory, sha256_file, write_json
 from anomaly.terminal import shell_word
 from anomaly.train import DamagedState, check_resumable, split_indices
 
@@ -404,14 +404,12 @@ def warn_degenerate(run: RunDir, scores, value: float, held_out: bool = True) ->
     )
 
 
-def is_out_of_memory(err: Exception) -> bool:
-    """Whether `err` is a failed allocation: a MemoryError, or torch's RuntimeError saying so."""
-    return isinstance(err, MemoryError) or "allocate" in str(err)
-
-
-def out_of_memory(err: Exception, config: Config, n_images: int, run: RunDir) -> RunError:
-    """The RunError for a training that ran out of memory (`is_out_of_memory`), naming the
-    fix: what it kept (the epochs finished, or only its settings) and what to change."""
+def out_of_memory(err: Exception, config: Config, n_images: int, run: RunDir) -> RunError | None:
+    """The RunError, naming the fix, for a training that failed with `err` for want of memory:
+    what it kept (the epochs finished, or only its settings) and what to change; None when
+    `err` is another error (`safe_files.is_out_of_memory`)."""
+    if not is_out_of_memory(err):
+        return None
     why = "ran out of memory (a limit of the process or container, or the machine's)"
     if "CUDA" in str(err):
         why = "ran out of GPU memory"

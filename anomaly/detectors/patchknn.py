@@ -95,7 +95,7 @@ from anomaly.features import (
 )
 from anomaly.maps import gaussian_kernel1d, image_score
 from anomaly.prefetch import read_ahead
-from anomaly.safe_files import available_memory
+from anomaly.safe_files import available_memory, memory_words
 
 __all__ = [
     "BankIndex",
@@ -145,12 +145,8 @@ def _check_room(need: int, n_images: int, size: int) -> None:
     if free is not None and need > free:
         raise NoRoom(
             f"patchknn holds the patch features of all {n_images} training images at once, "
-            f"{_amount(need)} at --size {size}, and {_amount(free)} is free"
+            f"{memory_words(need)} at --size {size}, and {memory_words(free)} is free"
         )
-
-
-def _amount(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
 
 
 @register("patchknn")
