@@ -181,17 +181,19 @@ def interrupted(root: Path) -> str:
     return ""
 
 
-def _refuse_running(folder: Path, root: Path, generator: str) -> None:
-    """InUse when the staging `folder` is a live generator's: `root` is being made, not left."""
-    try:
-        marker = json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
-        return
+def _refuse_running(folder: Path, root: Path, generator: str, marker=None) -> None:
+    """InUse when the staging `folder` is a live generator's (its `marker`, read when not
+    given): `root` is being made, not left by an interrupted run."""
+    if marker is None:
+        try:
+            marker = json.loads((folder / MARKER).read_text())
+        except (OSError, ValueError):
+            return
     mine = not isinstance(marker, dict) or marker.get("pid") == os.getpid()
     if not mine and holder_alive(marker, _written(folder)):
         raise InUse(
-            f"{root} is in use: process {marker['pid']} is running {generator} into it. "
-            "Wait for it to finish"
+            f"{root} is in use: process {marker['pid']} is running {generator} into it. Wait "
+            f"for it to finish, or stop it. (If no such process runs, delete {folder}.)"
         )
 
 
@@ -220,12 +222,7 @@ def recover(
     if not folder.exists() and not folder.is_symlink():
         return None
     marker = _read_marker(folder, generator, order)
-    pid = marker.get("pid")
-    if pid != os.getpid() and holder_alive(marker, _written(folder)):
-        raise InUse(
-            f"{root} is in use: process {pid} is running {generator} into it. Wait for it to "
-            f"finish, or stop it. (If no such process runs, delete {folder}.)"
-        )
+    _refuse_running(folder, root, generator, marker)
     if marker["phase"] == "write":
         shutil.rmtree(folder)
         return None
