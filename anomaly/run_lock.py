@@ -244,9 +244,8 @@ def _take_lock(folder: Path, path: Path, command: str) -> int:
         try:
             if held and holder is None and _still_at(fd, path):
                 os.ftruncate(fd, 0)
-                record = {"pid": os.getpid(), "command": command, "flock": True, **identity()}
-                if fcntl is None:  # held by its PID alone
-                    del record["flock"]
+                record = {"pid": os.getpid(), "command": command} | identity()
+                record |= {"flock": True} if fcntl is not None else {}  # else by its PID alone
                 os.write(fd, json.dumps(record).encode())
                 return fd
         except BaseException:
