@@ -125,22 +125,42 @@ def cross_validated_cost(
     cost_escape: float = 1.0,
     folds: int = 2,
     seed: int = 0,
+    repeats: int = 1,
 ) -> dict:
     """How the cost-optimal rule does on images it did not see: k-fold cross-validation.
 
     The images are split into `folds` parts (stratified: good and defective shared out
-    evenly, by a fixed seed); each part is judged at the cost optimum chosen on the other
+    evenly, by a seeded shuffle); each part is judged at the cost optimum chosen on the other
     parts, and the counts of all parts are added up. Choosing and judging a threshold on the
     same images flatters it; this is the honest estimate of the rule "pick the cost optimum".
 
+    One split is one draw: with a few dozen images another shuffle can move the held-out cost
+    by a factor of two. With `repeats` > 1 the whole cross-validation runs on that many
+    shuffles (seeds `seed`, `seed` + 1, ...) and the one of median cost is returned, with the
+    spread of all of them.
+
     Returns:
         the `confusion` keys for the pooled held-out counts (threshold: the mean of the fold
-        thresholds), plus cost (total), folds, and fold_thresholds.
+        thresholds), plus cost (total), folds, fold_thresholds, repeats, and costs (the
+        cost of every repeat, ascending).
     """
     labels = np.asarray(labels).ravel() > 0
     scores = np.asarray(scores, np.float64).ravel()
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    runs = [
+        _one_cross_validation(labels, scores, cost_false_reject, cost_escape, folds, seed + i)
+        for i in range(repeats)
+    ]
+    runs.sort(key=lambda r: r["cost"])
+    out = runs[(repeats - 1) // 2]
+    out.update(repeats=repeats, costs=[r["cost"] for r in runs])
+    return out
+
+
+def _one_cross_validation(labels, scores, cost_false_reject, cost_escape, folds, seed) -> dict:
     rng = np.random.default_rng(seed)
     part = np.empty(labels.size, np.int64)
     for value in (False, True):

@@ -20,6 +20,7 @@ from anomaly.decision import (
 from anomaly.detectors.base import Predictions
 from anomaly.explorer import ThresholdExplorer, format_confusion_html
 from anomaly.explorer.server import how_to_share, page_url, runs_from_env, voila_command
+from anomaly.explorer.widget import CV_REPEATS
 from anomaly.metrics import Threshold
 
 
@@ -382,8 +383,34 @@ def test_explorer_shows_the_rule_and_the_conformal_guarantee(pred, tmp_path):
     ex.slider.value = ex.slider.max  # moved by hand: no guarantee any more
     assert "set by hand" in ex.rule.value and "guaranteed" not in ex.confusion.value
     assert "2-fold cross-validation" in ex.cost_label.value and "in-sample" in ex.cost_label.value
-    cv = cross_validated_cost(pred.labels, pred.scores, 1.0, 10.0, folds=2)
+    cv = cross_validated_cost(pred.labels, pred.scores, 1.0, 10.0, folds=2, repeats=CV_REPEATS)
     assert f"{cv['cost']:.4g}</b>" in ex.cost_label.value
+    assert f"from {cv['costs'][0]:.4g} to {cv['costs'][-1]:.4g}" in ex.cost_label.value
+
+
+def test_held_out_cost_is_the_median_of_several_halvings_with_their_spread():
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 25 + [1] * 15)
+    scores = rng.normal(labels * 1.5, 1.0)
+    one = [cross_validated_cost(labels, scores, 1.0, 10.0, seed=s)["cost"] for s in range(9)]
+    cv = cross_validated_cost(labels, scores, 1.0, 10.0, seed=0, repeats=9)
+    assert cv["costs"] == sorted(one) and cv["repeats"] == 9
+    assert cv["cost"] == sorted(one)[4] and min(one) < max(one)  # one halving is one draw
+    assert cv["cost"] == pytest.approx(cv["fp"] + 10.0 * cv["fn"])  # its counts, not averages
+    assert cross_validated_cost(labels, scores, 1.0, 10.0, seed=0)["cost"] == one[0]
+    with pytest.raises(ValueError, match="repeats"):
+        cross_validated_cost(labels, scores, repeats=0)
+
+
+def test_explorer_offers_no_optimum_when_both_costs_are_zero(pred):
+    ex = ThresholdExplorer(pred)
+    assert not ex.optimum_button.disabled
+    ex.cost_false_reject.value, ex.cost_escape.value = 0.0, 0.0
+    assert ex.optimum_button.disabled and "both costs are 0" in ex.cost_label.value
+    with pytest.raises(ValueError, match="both costs are 0"):
+        ex.go_to_optimum()
+    ex.cost_escape.value = 5.0
+    assert not ex.optimum_button.disabled and "Cost optimum" in ex.cost_label.value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from anomaly.explorer.text import (
     describe_rule,
     format_confusion_html,
     guarantee,
+    held_out_words,
     percent,
     rule_html,
 )
@@ -136,15 +137,17 @@ def _costs(ex, counts: dict, short: bool = False) -> str:
         )
     (t_opt, cost_opt), cv = ex.optimum, ex.cross_validated
     fr, esc = 100 * cv["false_reject_rate"], 100 * cv["escape_rate"]
+    costs = cv.get("costs") or [cv["cost"]]
     if short:
+        spread = f", cost {costs[0]:.4g}-{costs[-1]:.4g}" if len(costs) > 1 else ""
         return (
             f"{text}; optimum {t_opt:.4g} (cost {cost_opt:.4g}, in-sample)\noptimum chosen on "
-            f"half, counted on the other\n(2-fold): false-reject {fr:.1f}%, escape {esc:.1f}%"
+            f"half, counted on the other\n(2-fold{spread}): false-reject {fr:.1f}%, escape "
+            f"{esc:.1f}%"
         )
     return (
-        f"{text} The cost optimum ({t_opt:.4g}, cost {cost_opt:.4g}) is in-sample. Chosen on "
-        "one half of the images and counted on the other (2-fold cross-validation): cost "
-        f"{cv['cost']:.4g}, false-reject rate {fr:.1f}%, escape rate {esc:.1f}%."
+        f"{text} The cost optimum ({t_opt:.4g}, cost {cost_opt:.4g}) is in-sample. "
+        + held_out_words(cv)
     )
 
 

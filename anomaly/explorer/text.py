@@ -54,10 +54,17 @@ def percent(counts: dict, key: str) -> str:
     return text if text == "n/a" else text + "%"
 
 
-def no_optimum(name: str, missing: str) -> str:
+def no_optimum(name: str, missing: str, costs: tuple[float, float] = (1.0, 1.0)) -> str:
     """Why run `name` has no cost optimum when its images have no `missing` ones ("" when
-    nothing is missing): a threshold chosen without them would only look optimal."""
+    nothing is missing): a threshold chosen without them would only look optimal. Nor is there
+    one when both `costs` are 0: every threshold costs nothing, and the lowest would be offered
+    as "optimal" while it rejects every part."""
     if not missing:
+        if max(costs) <= 0:
+            return (
+                "both costs are 0, so every threshold costs nothing; enter what a false "
+                "reject and an escape cost"
+            )
         return ""
     cost = "escapes" if missing == "defective" else "false rejects"
     return (
@@ -253,9 +260,29 @@ def cost_html(cost: float, n: int, no_optimum: str, optimum=None, cv=None) -> st
         text += (
             f"Cost optimum: <b>{cost_opt:.4g}</b> at threshold <b>{t_opt:.4g}</b> "
             f"<i>in-sample</i>: chosen and counted on the same {n} images, so it flatters "
-            "itself.<br>Chosen on one half of the images and counted on the other (2-fold "
-            "cross-validation, both halves added): cost "
-            f"<b class='anomaly-cv-cost'>{cv['cost']:.4g}</b>, false-reject rate "
-            f"{100 * cv['false_reject_rate']:.1f}%, escape rate {100 * cv['escape_rate']:.1f}%."
+            f"itself.<br>{held_out_words(cv, lambda c: f'<b class=anomaly-cv-cost>{c}</b>')}"
         )
     return f"<div style='font-size:13px;line-height:1.4'>{text}</div>"
+
+
+def held_out_words(cv: dict, mark=str) -> str:
+    """The cross-validated check of the cost optimum in one sentence, its cost written by
+    `mark` (HTML bold, say): chosen on one half of the images, counted on the other, over
+    `cv["repeats"]` shuffles. Numbers and plain words only, so the sentence is also HTML."""
+    costs = cv.get("costs") or [cv["cost"]]
+    cost = mark(f"{cv['cost']:.4g}")
+    rates = (
+        f"false-reject rate {100 * cv['false_reject_rate']:.1f}%, escape rate "
+        f"{100 * cv['escape_rate']:.1f}%"
+    )
+    if len(costs) == 1:
+        return (
+            "Chosen on one half of the images and counted on the other (2-fold "
+            f"cross-validation, both halves added): cost {cost}, {rates}."
+        )
+    return (
+        "Chosen on one half of the images and counted on the other (2-fold cross-validation, "
+        f"both halves added), over {len(costs)} random halvings: median cost {cost} "
+        f"({rates}), from {costs[0]:.4g} to {costs[-1]:.4g} "
+        "depending on the halving."
+    )
