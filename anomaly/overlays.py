@@ -340,8 +340,10 @@ def save_overlays(
     threshold: float,
     images=None,
     draft: int | None = None,
+    progress: bool = False,
 ) -> list[Path]:
-    """Write one `annotated_overlay` PNG per image of a `Predictions`, `<defect>_<stem>.png`.
+    """Write one `annotated_overlay` PNG per image of a `Predictions`, `<defect>_<stem>.png`
+    (with a progress bar when `progress`: at camera sizes they take longer than predicting).
 
     Images come from `images` (any layout, any size) or else from `pred.paths` at their own
     resolution (a JPEG at the run's decoding with `draft`, `image_kind.draft_size`); masks (when the predictions have them) are outlined. Two images with the same
@@ -368,16 +370,22 @@ def save_overlays(
     record: dict[str, str | None] = dict.fromkeys(names)  # None: written, or being written
     write_json(out_dir / WRITTEN, record)
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(names), desc="overlays", unit="img", disable=not progress, leave=False)
+
     def write(i: int) -> str:
         image = images[i] if images is not None else read_rgb(pred.paths[i], draft)
         if image is None:  # the file went away: show the map's size in grey
             image = np.full(pred.maps.shape[1:], 0.5, np.float32)
         data = png_bytes(prediction_overlay(pred, i, image, scale, threshold), overlay_mark())
         atomic_bytes(data, out_dir / names[i])  # a link there is replaced, never followed
+        bar.update()
         return hashlib.sha256(data).hexdigest()
 
     # one image per core at a time: decoding, painting and PNG encoding run outside Python's lock
-    record.update(zip(names, in_threads(write, range(len(names)))))
+    with bar:
+        record.update(zip(names, in_threads(write, range(len(names)))))
     write_json(out_dir / WRITTEN, record)
     if taken:  # the plain names show what is kept: an older version's pictures (upgrade)
         warnings.warn(

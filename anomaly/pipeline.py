@@ -145,7 +145,7 @@ def train_run(
         _clear_outputs(run)  # of a model whose model.pt is gone
         detector.to(device)
         _fit(run, detector, train, val, progress, resume=False)
-        _default_threshold(run, detector, train, val, keep_user_threshold=False)
+        _default_threshold(run, detector, train, val, False, progress)
     return detector
 
 
@@ -211,7 +211,7 @@ def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
         # config.json (and a moved split.json) are written with the first epoch
         writes = guards.ResumeWrites(run, wanted, from_epoch=done, split=moved_split)
         _fit(run, detector, train, val, progress, resume=True, checkpoints=writes)
-        _default_threshold(run, detector, train, val, keep_user_threshold=True)
+        _default_threshold(run, detector, train, val, True, progress)
     return detector
 
 
@@ -225,7 +225,7 @@ def _finish(run: RunDir, config: Config, split: dict, progress: bool) -> Detecto
         train, val = _datasets(config, split)
         detector.to(select_device(config.device))
         _save_selection(run, detector)  # auto: stopped before selection.json was written
-        _default_threshold(run, detector, train, val, keep_user_threshold=True)
+        _default_threshold(run, detector, train, val, True, progress)
     print(f"{run}: finished: its held-out images are scored and its threshold is set")
     return detector
 
@@ -279,7 +279,9 @@ def _note_export(run: RunDir) -> None:
         print(f"{run}: model.onnx holds another model, kept as it is; {use_the_run(run)}")
 
 
-def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: bool) -> None:
+def _default_threshold(
+    run: RunDir, detector, train, val, keep_user_threshold: bool, progress: bool = False
+) -> None:
     held_out = val if val is not None else train
     if val is None:
         why = (
@@ -295,7 +297,7 @@ def _default_threshold(run: RunDir, detector, train, val, keep_user_threshold: b
         )
     from anomaly.viz import dataset_range
 
-    pred = detector.predict(held_out)
+    pred = detector.predict(held_out, progress=progress)
     if not np.isfinite(pred.scores).all():  # no threshold to set: said, not threshold's words
         msg = "gives NaN or infinite scores on its held-out images: its training diverged"
         raise RunError(f"{run}: the model {msg}; train a new --out (another --seed, a lower --lr)")
@@ -427,7 +429,7 @@ def score_run(
         if overlays:
             t = metrics["threshold"] if metrics["threshold"] is not None else float("inf")
             draft = draft_size(config.decode, config.size)  # the scale predict draws JPEGs at
-            save_overlays(pred, dest.overlays, scale, t, draft=draft)
+            save_overlays(pred, dest.overlays, scale, t, draft=draft, progress=progress)
     if earlier not in (None, data):  # said, not saved: the CLI prints it
         pred.meta["replaced"] = earlier
     return pred, metrics
