@@ -21,3 +21,32 @@ def test_train_and_score_show_progress_for_held_out_images_and_overlays(
     assert "predict meandiff" in err and "overlays" in err
     score_run(run)  # the API's default stays quiet
     assert "overlays" not in capsys.readouterr().err
+
+
+def test_explore_prints_its_url_once_the_server_answers(monkeypatch, capsys):
+    """Session 33's newcomer: `explore` printed the URL about 5 s before Voila answered, and
+    a browser opened at once got "connection refused"; a Voila that failed to start had its
+    URL printed all the same."""
+    import socket
+    import sys
+
+    from anomaly.explorer import server
+
+    with socket.socket() as probe:
+        probe.bind((server.LOCAL, 0))
+        port = probe.getsockname()[1]
+    listens = (
+        "import socket, time; time.sleep(0.5); s = socket.socket(); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(0.5)"
+    )
+    fails = "import sys; sys.exit(3)"
+    monkeypatch.setattr("anomaly.explorer.runs.collect_runs", lambda runs: None)
+    for child, code, shown in ((listens, 0, True), (fails, 3, False)):
+        cmd = [sys.executable, "-c", child, f"--port={port}", "--token=t"]
+        monkeypatch.setattr(
+            server, "voila_command", lambda *a, c=cmd, **k: (c, {server.RUNS_ENV: "[]"})
+        )
+        assert server.serve(["RUN"], port=port) == code
+        out = capsys.readouterr().out
+        assert out.startswith(f"Threshold explorer: starting on 127.0.0.1:{port} ...")
+        assert (f"http://127.0.0.1:{port}/" in out) is shown, out

@@ -199,15 +199,18 @@ def serve(
 
     # the page would show only a blank error for runs it cannot read or compare: refuse them here
     collect_runs(json.loads(env[RUNS_ENV]))
-    print(
-        f"Threshold explorer: {page_url(cmd, host)}  (Ctrl+C to stop)\n{how_to_share(port, host)}",
-        flush=True,
-    )
+    url = f"Threshold explorer: {page_url(cmd, host)}  (Ctrl+C to stop)\n{how_to_share(port, host)}"
     proc = subprocess.Popen(cmd, env=env)
     if not block:
+        print(url, flush=True)
         return proc
     with _stop_signals_raise():
         try:
+            # the URL once the server answers: printed at once, it led to "connection refused"
+            # for the seconds Voila takes to start
+            print(f"Threshold explorer: starting on {host}:{port} ...", flush=True)
+            if _listening(proc, host, port):
+                print(url, flush=True)
             return proc.wait()
         except (KeyboardInterrupt, _Stop) as stopped:  # stop the server too, not orphan it
             # the shell's code for a command a signal stopped: 128 + its number (Ctrl+C: 130)
@@ -219,6 +222,24 @@ def serve(
                 proc.kill()
                 proc.wait()
             return code
+
+
+def _listening(proc, host: str, port: int, timeout_s: float = 120.0, poll_s: float = 0.1) -> bool:
+    """Wait until something accepts connections on host:port (True), or `proc` ended (False:
+    it says why itself). After `timeout_s` True anyway: a slow start still gets its URL."""
+    import time
+
+    target = "127.0.0.1" if host == "0.0.0.0" else "::1" if host == "::" else host
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        try:
+            socket.create_connection((target, int(port)), timeout=poll_s).close()
+            return True
+        except OSError:
+            time.sleep(poll_s)
+    return proc.poll() is None
 
 
 class _Stop(Exception):
