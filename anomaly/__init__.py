@@ -29,6 +29,7 @@ _EXPORTS = {
     "Predictions": "anomaly.detectors",
     "Detector": "anomaly.detectors",
     "get_detector": "anomaly.detectors",
+    "register": "anomaly.detectors",
     "load_run": "anomaly.pipeline",
     "RunDir": "anomaly.runs",
     "RunError": "anomaly.runs",

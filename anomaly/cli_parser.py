@@ -81,9 +81,9 @@ def method_names() -> list[str]:
     plugin that called `anomaly.detectors.register` before `main`); importing the detectors
     just to list them would cost every command, `--help` included, seconds of torch imports."""
     names = set(METHODS)
-    base = sys.modules.get("anomaly.detectors.base")
-    if base is not None:
-        names |= set(base.REGISTRY)
+    registry = sys.modules.get("anomaly.detectors.registry")
+    if registry is not None:
+        names |= set(registry.REGISTRY)
     return sorted(names)
 
 

@@ -187,7 +187,7 @@ class CheckpointFiles:
         except (RuntimeError, KeyError, TypeError, AttributeError, IndexError) as err:
             first = str(err).strip().splitlines()[0][:300]
             raise RunError(
-                f"The weights in {self.file(self.MODEL)} do not fit a {detector.name} "
+                f"The weights in {self.file(self.MODEL)} do not fit the {detector.name} "
                 f"detector with this config ({first}); train a new run"
             ) from None
         return payload

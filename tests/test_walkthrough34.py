@@ -50,3 +50,35 @@ def test_explore_prints_its_url_once_the_server_answers(monkeypatch, capsys):
         out = capsys.readouterr().out
         assert out.startswith(f"Threshold explorer: starting on 127.0.0.1:{port} ...")
         assert (f"http://127.0.0.1:{port}/" in out) is shown, out
+
+
+def test_a_method_of_ones_own_says_what_it_reads_and_its_runs_say_how_to_load_them(
+    tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """A researcher adding a method (helper): a plugin's settings were never said to be
+    ignored, and a run of it scored without importing the plugin said "Unknown method" with no
+    word of registering it."""
+    import pytest
+
+    import anomaly
+    from anomaly import config
+    from anomaly.cli import main
+    from anomaly.detectors import REGISTRY
+    from anomaly.detectors.meandiff import MeanDiff
+
+    monkeypatch.setattr(config, "READ_BY", dict(config.READ_BY))
+    monkeypatch.setattr(config, "_DECLARED", set())
+    with pytest.raises(ValueError, match="'size' is not a setting that only some methods read"):
+        anomaly.register("mine", reads=("size",))
+    try:
+        anomaly.register("mine", reads=("score_topk",))(type("Mine", (MeanDiff,), {}))
+        out = tmp_path / "run"
+        flags = ["--data", str(tiny_cookies), "--out", str(out), "--size", "64"]
+        assert main(["train", "--method", "mine", *flags, "--score-topk", "0.1", "--lr", "1"]) == 0
+        err = capsys.readouterr().err
+        assert "ignores --lr" in err and "--score-topk" not in err.split("ignores")[1]
+    finally:
+        REGISTRY.pop("mine", None)
+    assert main(["score", "--run", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown method 'mine'" in err and "module that registers it" in err

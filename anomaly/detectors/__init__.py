@@ -9,6 +9,7 @@ from anomaly.detectors import (  # noqa: F401
     patchknn,
     reconstruction,
 )
-from anomaly.detectors.base import REGISTRY, Detector, Predictions, get_detector, register
+from anomaly.detectors.base import Detector, Predictions
+from anomaly.detectors.registry import REGISTRY, get_detector, register
 
 __all__ = ["REGISTRY", "Detector", "Predictions", "get_detector", "register"]

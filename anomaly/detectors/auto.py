@@ -64,7 +64,8 @@ from anomaly.detectors.auto_grid import (  # noqa: F401 (re-exported: auto's pub
     format_selection,
     without_timings,
 )
-from anomaly.detectors.base import REGISTRY, Detector, register
+from anomaly.detectors.base import Detector
+from anomaly.detectors.registry import PLUGIN_HINT, REGISTRY, register
 from anomaly.synthetic import alter, synthesize
 
 # The candidate grid: each entry is a set of Config overrides (with "method") on top of that
@@ -344,10 +345,10 @@ class AutoDetector(Detector):
     def load_state_dict(self, state: dict) -> None:
         chosen = json.loads(state["chosen"])
         method = chosen.get("method")
-        if method not in REGISTRY:
-            raise RuntimeError(
-                f"auto: the saved choice uses method {method!r}, which this "
-                f"version of anomaly does not have"
+        if method not in REGISTRY:  # a ValueError: said whole, as the detector's own check
+            raise ValueError(
+                f"auto: the saved choice uses method {method!r}, which is not registered: "
+                f"{PLUGIN_HINT}, or train a new run"
             )
         inner = REGISTRY[method](candidate_config(self.config, chosen))
         inner.load_state_dict(state["inner"])

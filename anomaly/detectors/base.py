@@ -458,38 +458,3 @@ def _loaded(own: Callable) -> Callable:
         self._unfitted = False
 
     return load_state_dict
-
-
-REGISTRY: dict[str, type[Detector]] = {}
-
-
-def register(name: str) -> Callable[[type[Detector]], type[Detector]]:
-    """Class decorator: make a detector available by name to notebooks, CLI and benchmark."""
-
-    def wrap(cls: type[Detector]) -> type[Detector]:
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-class UnknownMethod(KeyError, ValueError):
-    """A method name no detector is registered under."""
-
-    def __str__(self) -> str:  # a KeyError's would show its quotes
-        return str(self.args[0]) if self.args else ""
-
-
-def get_detector(name: str) -> type[Detector]:
-    from anomaly import detectors  # noqa: F401  (importing registers every method)
-
-    if name not in REGISTRY:  # a KeyError that is a ValueError too, as Config.for_method's
-        import difflib
-
-        near = difflib.get_close_matches(str(name), REGISTRY, n=1)
-        raise UnknownMethod(
-            f"Unknown method {name!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
-            f"choose one of: {', '.join(sorted(REGISTRY))}"
-        )
-    return REGISTRY[name]

@@ -32,7 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from anomaly.detectors.base import Detector, register
+from anomaly.detectors.base import Detector
+from anomaly.detectors.registry import register
 from anomaly.maps import gaussian_blur, image_score, l2_loss, ssim_loss
 from anomaly.models.draem import DiscriminativeNet, ReconstructiveNet
 from anomaly.synthetic import P_ANOMALY, synthesize

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from anomaly.detectors.base import Detector, register
+from anomaly.detectors.base import Detector
+from anomaly.detectors.registry import register
 from anomaly.features import build_backbone, padded_maps, parse_layers, whole_cells
 from anomaly.maps import gaussian_blur, image_score
 from anomaly.models.flow import FeatureFlow

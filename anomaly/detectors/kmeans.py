@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from anomaly.config import Config
-from anomaly.detectors.base import Detector, register
+from anomaly.detectors.base import Detector
+from anomaly.detectors.registry import register
 from anomaly.features import local_patch_features
 from anomaly.maps import gaussian_blur
 from anomaly.terminal import shell_word

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from anomaly.detectors.base import Detector, register
+from anomaly.detectors.base import Detector
+from anomaly.detectors.registry import register
 from anomaly.maps import gaussian_blur, image_score
 
 STD_FLOOR = 0.02  # added to the std (images in [0, 1]): pixels that never vary do not explode

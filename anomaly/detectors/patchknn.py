@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anomaly.detectors.base import Detector, register
+from anomaly.detectors.base import Detector
 from anomaly.detectors.coreset import greedy_coreset
 from anomaly.detectors.knn import (
     SEARCH_ELEMENTS,
@@ -86,6 +86,7 @@ from anomaly.detectors.knn import (
     wants_int8,
 )
 from anomaly.detectors.ort_sessions import onnxruntime_session
+from anomaly.detectors.registry import register
 from anomaly.features import (
     DEFAULT_LAYERS,
     FeatureExtractor,

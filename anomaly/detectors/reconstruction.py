@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from anomaly.detectors.base import Detector, register
+from anomaly.detectors.base import Detector
+from anomaly.detectors.registry import register
 from anomaly.maps import anomaly_map, image_score, kl_divergence, reconstruction_loss
 from anomaly.models import UNet, build_model
 from anomaly.synthetic import synthesize
