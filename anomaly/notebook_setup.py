@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,17 +217,41 @@ def ensure_run(
     """The scored run of `method` (`Settings.run_folder`): the one `make benchmark` wrote when
     there is one, so the notebooks show the benchmark's runs instead of training them twice;
     else trained and scored now in the notebooks' own folder, unless it is there already.
+
+    `overrides` (and `s.size`, `s.epochs` where set) are the run's settings: a run of other
+    settings is not used (one of these is used or trained beside it, in a tagged folder). A
+    training the kernel's interrupt stopped is continued from its last epoch when the cell runs
+    again; a run another process (another notebook) is training is waited for.
     """
+    from anomaly.safe_files import InUse
+
+    waiting = False
+    while True:
+        try:
+            return _ensure_run(s, method, data, source, overrides)
+        except InUse as busy:
+            if not waiting:
+                print(f"{busy}\nwaiting for it (interrupt the kernel to stop waiting) ...")
+                waiting = True
+            time.sleep(IN_USE_POLL_S)
+
+
+IN_USE_POLL_S = 2.0
+
+
+def _ensure_run(s: Settings, method: str, data, source, overrides: dict) -> Path:
     from anomaly.config import Config
-    from anomaly.pipeline import score_run, train_run
+    from anomaly.pipeline import score_run
     from anomaly.runs import RunDir, load_config
 
     run = s.run_folder(method if source is None else f"{source}_{method}", data)
     wanted = data if data is not None or source is not None else s.data_dir
-    if RunDir(run).has_metrics() and (why := _other_settings(run, wanted, overrides)):
+    sizes = {"size": s.size, "epochs": s.epochs} if source is None else {}
+    settings = {**{k: v for k, v in sizes.items() if v is not None}, **overrides}
+    if RunDir(run).has_model() and (why := _other_settings(run, wanted, settings)):
         print(f"not using {shown(run)} ({why}): a run of these settings is used or trained")
         where = os.path.realpath(wanted) if wanted is not None else None  # a link: its folder
-        tag = hashlib.sha256(repr((where, sorted(overrides.items()))).encode()).hexdigest()
+        tag = hashlib.sha256(repr((where, sorted(settings.items()))).encode()).hexdigest()
         run = run.with_name(f"{run.name}-{tag[:8]}")
     if RunDir(run).has_metrics():
         print(f"using the trained run {shown(run)}")
@@ -235,15 +260,34 @@ def ensure_run(
     if source is not None:
         src = s.run_folder(source)
         config = load_config(src).replace(method=method, source_run=str(src), seed=s.train_seed)
+        config = config.replace(**overrides)
     else:
-        sizes = {"size": s.size, "epochs": s.epochs} if s.smoke else {}
         config = Config.for_method(method).replace(
-            data=str(data or ensure_cookies(s)), seed=s.train_seed, **sizes, **overrides
+            data=str(data or ensure_cookies(s)), seed=s.train_seed, **settings
         )
-    train_run(config, run, progress=not s.smoke)
+    _train_or_continue(run, config, progress=not s.smoke)
     score_run(run)
     print(f"trained and scored {shown(run)}")
     return run
+
+
+def _train_or_continue(run: Path, config, progress: bool) -> None:
+    """Train `run`; or continue it where the kernel's interrupt stopped it (from its last epoch,
+    or only its held-out scoring); or nothing, when only its scoring was stopped."""
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunDir
+
+    rd = RunDir(run)
+    if rd.has_model():
+        rd.check_not_in_use("train")  # InUse: `ensure_run` waits
+        stopped = rd.stopped_before_threshold()
+        if not stopped and rd.checkpoint().get("complete", True):
+            return  # trained; its scoring was stopped
+        if stopped or rd.has_last():
+            print(f"continuing the interrupted run {shown(run)}")
+            train_run(rd.config(), run, resume=True, progress=progress)
+            return
+    train_run(config, run, progress=progress)
 
 
 def _other_settings(run: Path, data: Path | None, overrides: dict) -> str | None:

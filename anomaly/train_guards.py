@@ -63,7 +63,8 @@ def refuse_existing(run: RunDir) -> None:
             return _refuse_theirs(run)
         raise RunError(
             f"{run} holds an interrupted run; continue it with `python -m anomaly "
-            f"train --out {shell_word(run)} --resume`, or delete the folder to start again"
+            f"train --out {shell_word(run)} --resume` (in Python `anomaly.train_run(None, "
+            f"{str(run.path)!r}, resume=True)`), or delete the folder to start again"
         )
     _refuse_theirs(run)
 

@@ -82,3 +82,75 @@ def test_a_method_of_ones_own_says_what_it_reads_and_its_runs_say_how_to_load_th
     assert main(["score", "--run", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Unknown method 'mine'" in err and "module that registers it" in err
+
+
+def test_a_notebooks_run_follows_its_settings_and_goes_on_after_an_interrupt(
+    tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """A notebook user (helper): `ensure_run(S, 'ae', data, epochs=2)` under smoke was a
+    TypeError (epochs given twice); `S.epochs = 3` and the cell again reused the 1-epoch run
+    without a word; and a training the kernel's interrupt stopped could not be run again from
+    the notebook ("holds an interrupted run; continue it with `python -m anomaly train`")."""
+    import pytest
+
+    import anomaly.train
+    from anomaly.notebook_setup import Settings, ensure_run
+    from anomaly.runs import RunDir
+
+    s = Settings(True, "tiny", 64, 1, tmp_path / "data", tmp_path / "runs")
+    one = ensure_run(s, "meandiff", tiny_cookies)
+    two = ensure_run(s, "meandiff", tiny_cookies, epochs=2)  # was a TypeError
+    assert two != one and RunDir(two).config().epochs == 2
+    smaller = ensure_run(
+        Settings(True, "tiny", 32, 1, s.data_dir, s.runs_dir), "meandiff", tiny_cookies
+    )
+    assert smaller not in (one, two) and RunDir(smaller).config().size == 32
+    assert "its size is 64, not 32" in capsys.readouterr().out
+
+    real, calls = anomaly.train._run_epoch, []
+
+    def interrupted_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 1: training and validation; then the kernel's interrupt
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(anomaly.train, "_run_epoch", interrupted_in_epoch_2)
+    s3 = Settings(True, "tiny", 64, 3, s.data_dir, s.runs_dir)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_run(s3, "ae", tiny_cookies)
+    monkeypatch.undo()
+    run = ensure_run(s3, "ae", tiny_cookies)  # the cell again: goes on from epoch 1
+    assert "continuing the interrupted run" in capsys.readouterr().out
+    assert [r["epoch"] for r in RunDir(run).history()] == [1, 2, 3]
+    assert RunDir(run).has_metrics()
+
+
+def test_a_notebook_waits_for_a_run_another_notebook_is_training(
+    tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """Notebooks 02 and 03 run at once: 03 failed with "in use ... choose another --out"."""
+    from anomaly import notebook_setup
+    from anomaly.safe_files import InUse
+
+    s = notebook_setup.Settings(True, "tiny", 64, 1, tmp_path / "data", tmp_path / "runs")
+    real, tries = notebook_setup._ensure_run, []
+
+    def busy_twice(*args):
+        tries.append(1)
+        if len(tries) <= 2:
+            raise InUse(f"{tmp_path}/runs/meandiff is in use: process 1 is running `train` on it")
+        return real(*args)
+
+    monkeypatch.setattr(notebook_setup, "_ensure_run", busy_twice)
+    monkeypatch.setattr(notebook_setup, "IN_USE_POLL_S", 0.01)
+    run = notebook_setup.ensure_run(s, "meandiff", tiny_cookies)
+    assert RunDir_has_metrics(run) and len(tries) == 3
+    out = capsys.readouterr().out
+    assert out.count("waiting for it (interrupt the kernel to stop waiting)") == 1
+
+
+def RunDir_has_metrics(run) -> bool:
+    from anomaly.runs import RunDir
+
+    return RunDir(run).has_metrics()
