@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 from anomaly.onnx_predict import ExportError, OnnxDetector, read_file, to_input
@@ -95,7 +94,6 @@ def predict_files(
     """
     from anomaly.predict import (
         expand_images,
-        flat_note,
         overlay_folder,
         scored_result,
         unreadable,
@@ -121,8 +119,6 @@ def predict_files(
         except ExportError as err:
             results.append({"path": str(path), "error": str(err)})
         else:  # one decoding for the input and the overlay
-            if note := flat_note(path, own):  # as predict --run: nothing to inspect
-                warnings.warn(note, stacklevel=2)
             scores, maps = detector.predict([to_input(own, detector.size, detector.channels)])
             score, picture = float(scores[0]), None
             if out is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 # onnx_predict.py takes this file from an installed anomaly package only at this version or
 # later (else the copy beside it): raise it with every name onnx_predict.py starts to use
-CHECKS_VERSION = 2
+CHECKS_VERSION = 3
 
 import json
 import math
@@ -377,3 +377,44 @@ def image_paths(images) -> list:
                 seen.add(key)
                 out.append(x)
     return out
+
+
+def not_a_file(path) -> str | None:
+    """Why `path` is no image file to open: a folder (predict_onnx and predict --onnx pass on
+    one without images), nothing there, a pipe or a device (waited on for ever, or read without
+    end), an empty file; None for a file with bytes in it."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{path} is a folder with no images in it; give image files"
+    if not p.exists():
+        return f"{path}: no such file; check its path"
+    if not p.is_file():
+        return f"{path} is not a file (a pipe or a device); give image files"
+    if p.stat().st_size == 0:
+        return f"{path} is empty (0 bytes); copy the image again, or delete it"
+    return None
+
+
+FLAT = 0.999  # an image this much of one colour (within 1/255) has nothing to inspect
+
+
+def flat_image(a) -> str | None:
+    """Why a decoded image `a` (float [H, W, C] in 0-1) gets no verdict: (nearly) all of it is
+    one flat colour, an empty frame (no part under the camera), a fully transparent picture, or
+    a float image whose values were out of 0-1 and clipped; None for an ordinary image. Its
+    score would say nothing, and a PASS would send an empty frame down the line. (Array methods
+    only: this file imports no numpy.)"""
+    step = max(1, int((a.shape[0] * a.shape[1] / 200_000) ** 0.5))  # some 200,000 pixels
+    sample = a[::step, ::step].reshape(-1, a.shape[-1])
+    ordered = sample.copy()
+    ordered.sort(axis=0)
+    colour = ordered[len(ordered) // 2]  # each channel's median
+    share = float((abs(sample - colour) < 1 / 255).all(axis=-1).mean())
+    if share < FLAT:
+        return None
+    return (
+        f"{share:.1%} of it is one flat colour "
+        f"({', '.join(f'{c:.2f}' for c in colour)} of 1): an empty frame or picture, fully "
+        "transparent, or a float image whose values lie outside 0-1 and were clipped. There is "
+        "nothing to inspect, so it gets no verdict (ERROR, not PASS)"
+    )

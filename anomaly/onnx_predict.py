@@ -54,7 +54,7 @@ def _sibling(name: str):
 try:  # the checks of the file and its input: in the package, or copied beside this file
     from anomaly import onnx_checks as _checks
 
-    if getattr(_checks, "CHECKS_VERSION", 0) < 2:  # an older package: the copy beside this
+    if getattr(_checks, "CHECKS_VERSION", 0) < 3:  # an older package: the copy beside this
         raise ImportError("anomaly.onnx_checks is older than this file")
 except ImportError:
     try:  # beside this file, in a package of yours or on its own
@@ -170,12 +170,8 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
     drafts to), float32 [H, W, 1 or 3] in [0, 1]; ExportError naming a file it cannot read."""
     from PIL import Image, UnidentifiedImageError
 
-    if Path(path).is_dir():  # predict_onnx and predict --onnx pass on a folder without images
-        raise ExportError(f"{path} is a folder with no images in it; give image files")
-    if not Path(path).exists():
-        raise ExportError(f"{path}: no such file; check its path")
-    if Path(path).is_file() and Path(path).stat().st_size == 0:
-        raise ExportError(f"{path} is empty (0 bytes); copy the image again, or delete it")
+    if (why := _checks.not_a_file(path)) is not None:
+        raise ExportError(why)
     if Path(path).suffix.lower() not in _checks.IMAGE_SUFFIXES:  # as predict --run: one rule
         raise ExportError(
             f"{path}: not an image file this reader reads; images must end in "
@@ -197,7 +193,7 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
         elif not cut and Path(path).suffix.lower() in _checks.IMAGE_SUFFIXES:
             fix = "it is damaged: copy it again, or save it again from the camera's software"
         raise ExportError(f"{path}: cannot read this image ({err}); {fix}") from None
-    if refused is not None:
+    if (refused := refused or _checks.flat_image(a)) is not None:
         raise ExportError(f"{path}: {refused}")
     return a
 

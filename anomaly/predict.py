@@ -176,26 +176,18 @@ class _ImageFiles(torch.utils.data.Dataset):
             return {"error": why}
         try:
             a = read_image(path, self.draft)  # decoded once, for the model and the overlay
-            return {
-                "image": image_tensor(a, self.size, self.channels),
-                "own": overlay_tensor(a),
-                "note": flat_note(path, a),
-            }
         except DataError as err:
             return {"error": str(err)}
+        if flat := flat_note(path, a):  # nothing to inspect: no verdict, as the reader's
+            return {"error": flat}
+        return {"image": image_tensor(a, self.size, self.channels), "own": overlay_tensor(a)}
 
     @staticmethod
     def collate(items: list[dict]) -> dict:
         read = [item for item in items if "error" not in item]
         images = torch.stack([item["image"] for item in read]) if read else None
         errors = [item.get("error") for item in items]  # None for an image read
-        notes = [item["note"] for item in read if item.get("note")]
-        return {
-            "errors": errors,
-            "image": images,
-            "own": [item["own"] for item in read],
-            "notes": notes,
-        }
+        return {"errors": errors, "image": images, "own": [item["own"] for item in read]}
 
 
 def predict_images(
@@ -241,8 +233,6 @@ def predict_images(
     for batch in decoding_loader(
         files, detector.config, collate_fn=_ImageFiles.collate, workers=workers
     ):
-        for note in batch["notes"]:
-            warnings.warn(note, stacklevel=2)
         here = paths[len(results) : len(results) + len(batch["errors"])]
         scored = []
         if batch["image"] is not None:
@@ -266,26 +256,14 @@ def predict_images(
     return results, threshold
 
 
-FLAT = 0.999  # an image this much of one colour (within 1/255) is named: nothing to inspect
-
-
 def flat_note(path: Path, a) -> str | None:
-    """Words naming a decoded image `a` [H, W, C] that is (nearly) one flat colour: an empty or
-    fully transparent picture, or a float image whose values were out of 0-1 and clipped. It is
-    scored like any other, and its score means nothing; None for an ordinary image."""
-    import numpy as np
+    """Words naming a decoded image `a` [H, W, C] that is (nearly) one flat colour
+    (`onnx_checks.flat_image`: an empty frame, a fully transparent picture, a float image
+    clipped to one value), which gets no verdict; None for an ordinary image."""
+    from anomaly.onnx_checks import flat_image
 
-    step = max(1, int((a.shape[0] * a.shape[1] / 200_000) ** 0.5))  # some 200,000 pixels
-    sample = a[::step, ::step].reshape(-1, a.shape[-1])
-    colour = np.median(sample, axis=0)
-    share = float(np.mean(np.all(np.abs(sample - colour) < 1 / 255, axis=-1)))
-    if share < FLAT:
-        return None
-    return (
-        f"{path}: {share:.1%} of it is one flat colour ({', '.join(f'{c:.2f}' for c in colour)} "
-        "of 1): an empty or fully transparent picture, or a float image whose values lie "
-        "outside 0-1 and were clipped. There is nothing to inspect, so its score means nothing"
-    )
+    why = flat_image(a)
+    return None if why is None else f"{path}: {why}"
 
 
 def overlay_tensor(a):

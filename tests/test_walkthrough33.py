@@ -579,8 +579,10 @@ def test_predict_onnx_names_a_flat_image_as_predict_run_does(tiny_cookies, tmp_p
 
     onnx = patchknn_export(tiny_cookies, tmp_path / "run", size=32)
     Image.new("RGB", (64, 64)).save(tmp_path / "black.png")
-    assert main(["predict", "--onnx", str(onnx), "--no-overlays", str(tmp_path / "black.png")]) == 0
-    assert "black.png: 100.0% of it is one flat colour" in capsys.readouterr().err
+    assert main(["predict", "--onnx", str(onnx), "--no-overlays", str(tmp_path / "black.png")]) == 2
+    said = capsys.readouterr()
+    assert "black.png: 100.0% of it is one flat colour" in said.err
+    assert said.out.split("\t")[2] == "ERROR"  # no verdict, as predict --run (session 34)
 
 
 def test_a_patchknn_detector_fitted_again_is_the_same_model(tiny_cookies):

@@ -154,3 +154,36 @@ def RunDir_has_metrics(run) -> bool:
     from anomaly.runs import RunDir
 
     return RunDir(run).has_metrics()
+
+
+def test_the_reader_gives_no_verdict_to_an_empty_frame_nor_waits_on_a_pipe(
+    tiny_cookies, tmp_path, capsys
+):
+    """A line engineer (helper): a frame with no part under the camera (one flat colour) got
+    PASS and exit 0 from `predict` (a warning on stderr only); the copied reader gave it PASS
+    without a word, and waited for ever on a named pipe that `predict` refuses."""
+    import os
+
+    from helpers import patchknn_export
+    from PIL import Image
+
+    from anomaly.cli import main
+    from anomaly.onnx_predict import main as reader
+
+    onnx = patchknn_export(tiny_cookies, tmp_path / "run", size=32)
+    empty, fifo = tmp_path / "empty.png", tmp_path / "fifo.png"
+    Image.new("RGB", (64, 64), (140, 120, 90)).save(empty)
+    os.mkfifo(fifo)
+    good = min((tiny_cookies / "test" / "good").glob("*.png"))
+    for command in (
+        ["predict", "--run", str(tmp_path / "run"), "--no-overlays"],
+        ["predict", "--onnx", str(onnx), "--no-overlays"],
+        None,
+    ):
+        args = [str(empty), str(fifo), str(good)]
+        code = main([*command, *args]) if command else reader([str(onnx), *args])
+        out, err = capsys.readouterr()
+        verdicts = [line.split("\t")[2] for line in out.splitlines()[-3:]]
+        assert code == 2 and verdicts[:2] == ["ERROR", "ERROR"], (command, out, err)
+        assert verdicts[2] in ("PASS", "REJECT")
+        assert "nothing to inspect, so it gets no verdict" in err and "a pipe" in err
