@@ -40,9 +40,8 @@ from anomaly.metrics import (
     threshold_normal_quantile,
 )
 from anomaly.runs import RunDir, RunError
-from anomaly.safe_files import sha256_file
+from anomaly.safe_files import InUse, file_stamp, sha256_file
 from anomaly.terminal import shell_word
-from anomaly.threshold_file import f1_words, guarantee_words
 
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
@@ -377,45 +376,6 @@ def attach(threshold: Threshold, record: dict) -> Threshold:
     return threshold
 
 
-def calibration_words(threshold: Threshold, scores_file: str | Path | None = None) -> str:
-    """Where the threshold's good-image scores came from and, for a guarantee, the condition
-    it needs in one plain sentence ("" for a rule that reads no good-image scores)."""
-    if threshold.rule == "f1":
-        return f1_words(threshold.params or {})
-    record = (threshold.params or {}).get("calibration")
-    if not record:
-        return ""
-    n, copies = record.get("n", "?"), record.get("copies")
-    once = f"{copies} cop{'y' if copies == 1 else 'ies'} of them not counted" * bool(
-        isinstance(copies, int) and copies
-    )
-    if record.get("source") == "folder":
-        kept = f"; scores in {scores_file}" if scores_file else ""
-        line = (
-            f"set on {n} good images in {record['folder']} ({once}{'; ' * bool(once)}sha256 of "
-            "names and bytes "
-            f"{record['images_sha256'][:12]}{kept})"
-        )
-        like = f"the images in {record['folder']}"
-    else:
-        line = f"set on the run's {n} good training images held out from training"
-        line += f" ({once})" * bool(once)
-        like = "those held-out images"
-    if not guarantee_words(threshold.rule, threshold.params or {}):  # none claimed
-        return line
-    line += (
-        f"\nThe guarantee holds only if the good parts you will check are like {like}: "
-        "from the same process, photographed the same way, and not picked by how they look."
-    )
-    if record.get("source") != "folder":
-        line += (
-            "\nHeld-out images are often near-copies of training ones (frames of one part, one "
-            f"batch); if good parts are rejected too often, set it on other good images: {FLAG} "
-            "FOLDER"
-        )
-    return line
-
-
 def set_threshold(
     run: str | Path, rule: str, value: float | None = None, good_images: str | Path | None = None
 ) -> Threshold:
@@ -430,6 +390,7 @@ def set_threshold(
     The threshold records where its scores came from (`params["calibration"]`).
     """
     rd = RunDir(run).require().require_model("threshold")
+    before = file_stamp(rd.file(rd.THRESHOLD))  # another command's save meanwhile is not undone
     if value is not None and not math.isfinite(value):
         raise ValueError(f"--value {value}: it must be a finite number")
     rule, paths, record = check_rule(rule, good_images), None, None
@@ -491,6 +452,12 @@ def set_threshold(
     if record is not None:  # between the two leaves the earlier threshold whole
         attach(threshold, record)
     with rd.lock("threshold"):
+        if file_stamp(rd.file(rd.THRESHOLD)) != before:
+            raise InUse(
+                f"{rd.file(rd.THRESHOLD)} was saved by another command while this one chose "
+                f"its threshold ({threshold.value:.6g}, {rule}), which is not saved: the other "
+                "one stands. Run this one again to replace it"
+            )
         if paths is not None:
             rd.save_calibration(paths, scores, record)
         else:  # an earlier one stays only while it records this model.pt as the one scoring it

@@ -192,9 +192,10 @@ def _score(args) -> None:
 def _threshold(args) -> None:
     """Set the run's threshold by --rule, or without one say the saved threshold; then what it
     does on the held-out good images and the scored test set."""
-    from anomaly.calibration import calibration_words, set_threshold
+    from anomaly.calibration import set_threshold
     from anomaly.decision import few_held_out
     from anomaly.runs import RunDir
+    from anomaly.threshold_text import calibration_words
 
     rd = RunDir(args.run).require()
     if args.rule is None:

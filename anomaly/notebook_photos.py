@@ -213,10 +213,10 @@ def test_results(run: Path) -> str:
 
 def threshold_text(run: Path, threshold) -> str:
     """The threshold, its rule and guarantee, and what it does on the labelled test images."""
-    from anomaly.calibration import calibration_words
     from anomaly.decision import guarantee_broken, summary_line
     from anomaly.metrics import confusion
     from anomaly.threshold_file import guarantee_words, lost_guarantee
+    from anomaly.threshold_text import calibration_words
 
     pred = RunDir(run).predictions()
     counts = confusion(pred.labels, pred.scores, threshold.value)

@@ -430,3 +430,13 @@ def available_memory() -> int | None:
         return int(line.split()[1]) * 1024
     except (OSError, StopIteration, ValueError, IndexError):
         return None
+
+
+def file_stamp(path: Path) -> tuple | None:
+    """What tells one saved file from the next (atomic writes make a new inode each): inode,
+    time and size; None when there is none."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

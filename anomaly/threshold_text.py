@@ -7,8 +7,14 @@ torch. `run` is a `RunDir` (only its files are read here).
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anomaly.terminal import printable, shell_word
+from anomaly.threshold_file import f1_words, guarantee_words
+
+if TYPE_CHECKING:
+    from anomaly.metrics import Threshold
 
 
 def held_out_words(run, value: float) -> str:
@@ -166,3 +172,42 @@ def choose_again(t, run=None) -> str:
         flags += f" --good-images {shell_word(folder)}"
     where = shell_word(str(run)) if run is not None else "RUN"
     return f"python -m anomaly threshold --run {where}{flags}"
+
+
+def calibration_words(threshold: Threshold, scores_file: str | Path | None = None) -> str:
+    """Where the threshold's good-image scores came from and, for a guarantee, the condition
+    it needs in one plain sentence ("" for a rule that reads no good-image scores)."""
+    if threshold.rule == "f1":
+        return f1_words(threshold.params or {})
+    record = (threshold.params or {}).get("calibration")
+    if not record:
+        return ""
+    n, copies = record.get("n", "?"), record.get("copies")
+    once = f"{copies} cop{'y' if copies == 1 else 'ies'} of them not counted" * bool(
+        isinstance(copies, int) and copies
+    )
+    if record.get("source") == "folder":
+        kept = f"; scores in {scores_file}" if scores_file else ""
+        line = (
+            f"set on {n} good images in {record['folder']} ({once}{'; ' * bool(once)}sha256 of "
+            "names and bytes "
+            f"{record['images_sha256'][:12]}{kept})"
+        )
+        like = f"the images in {record['folder']}"
+    else:
+        line = f"set on the run's {n} good training images held out from training"
+        line += f" ({once})" * bool(once)
+        like = "those held-out images"
+    if not guarantee_words(threshold.rule, threshold.params or {}):  # none claimed
+        return line
+    line += (
+        f"\nThe guarantee holds only if the good parts you will check are like {like}: "
+        "from the same process, photographed the same way, and not picked by how they look."
+    )
+    if record.get("source") != "folder":
+        line += (
+            "\nHeld-out images are often near-copies of training ones (frames of one part, one "
+            "batch); if good parts are rejected too often, set it on other good images: "
+            "--good-images FOLDER"
+        )
+    return line

@@ -17,11 +17,12 @@ import pytest
 from helpers import copy_run, good_test_folder, tiny_config
 from PIL import Image
 
-from anomaly.calibration import calibration_words, set_threshold
+from anomaly.calibration import set_threshold
 from anomaly.cli import main
 from anomaly.data.files import DataError
 from anomaly.runs import RunDir, RunError
 from anomaly.threshold_file import guarantee_words
+from anomaly.threshold_text import calibration_words
 
 
 @pytest.fixture

@@ -15,11 +15,12 @@ import pytest
 from helpers import copy_run, good_test_folder
 from PIL import Image
 
-from anomaly.calibration import calibration_words, set_threshold
+from anomaly.calibration import set_threshold
 from anomaly.cli import main
 from anomaly.metrics import conformal_n_needed
 from anomaly.predict import predict_images
 from anomaly.runs import RunDir, RunError
+from anomaly.threshold_text import calibration_words
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

@@ -52,8 +52,9 @@ def test_f1_threshold_says_it_was_chosen_on_the_test_set(scored_ae_run, tmp_path
     there are optimistic), nor that with few defects it rests on one defect's score."""
     from helpers import copy_run
 
-    from anomaly.calibration import calibration_words, set_threshold
+    from anomaly.calibration import set_threshold
     from anomaly.runs import RunDir
+    from anomaly.threshold_text import calibration_words
 
     run = copy_run(scored_ae_run, tmp_path / "run")
     t = set_threshold(run, "f1")

@@ -187,3 +187,31 @@ def test_the_reader_gives_no_verdict_to_an_empty_frame_nor_waits_on_a_pipe(
         assert code == 2 and verdicts[:2] == ["ERROR", "ERROR"], (command, out, err)
         assert verdicts[2] in ("PASS", "REJECT")
         assert "nothing to inspect, so it gets no verdict" in err and "a pipe" in err
+
+
+def test_a_threshold_saved_while_another_is_chosen_is_not_undone(
+    scored_ae_run, tmp_path, monkeypatch, capsys
+):
+    """A line engineer (helper): `threshold --rule conformal --good-images` (seconds of
+    scoring) and `threshold --rule manual --value 9` started meanwhile both said "saved" and
+    exited 0; the first to start, ending last, silently undid the second."""
+    from helpers import copy_run
+
+    import anomaly.calibration
+    from anomaly.cli import main
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    real = anomaly.calibration.good_scores
+
+    def meanwhile(*args, **kwargs):
+        out = real(*args, **kwargs)
+        assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "9"]) == 0
+        return out
+
+    monkeypatch.setattr(anomaly.calibration, "good_scores", meanwhile)
+    code = main(["threshold", "--run", str(run), "--rule", "normal-quantile", "--value", "0.9"])
+    err = capsys.readouterr().err
+    assert code == 75 and "was saved by another command while this one chose" in err
+    saved = RunDir(run).threshold()
+    assert (saved.value, saved.rule) == (9.0, "manual")
