@@ -215,3 +215,22 @@ def test_a_threshold_saved_while_another_is_chosen_is_not_undone(
     assert code == 75 and "was saved by another command while this one chose" in err
     saved = RunDir(run).threshold()
     assert (saved.value, saved.rule) == (9.0, "manual")
+
+
+def test_a_16_bit_colour_tiff_is_named_as_a_16_bit_png_is(scored_ae_run, tmp_path, capsys):
+    """A line engineer (helper): a colour camera's 12-bit data in a 16-bit RGB TIFF, which
+    Pillow 13 opens as 8-bit RGB (its high bytes: nearly black), was scored without a word;
+    the same pixels as a 16-bit PNG were named."""
+    import numpy as np
+    import tifffile
+
+    from anomaly.cli import main
+    from anomaly.data.image_kind import image_kind
+
+    pixels = (np.random.default_rng(0).random((48, 48, 3)) * 4095).astype(np.uint16)
+    tiff = tmp_path / "camera.tif"
+    tifffile.imwrite(tiff, pixels)
+    assert image_kind(tiff)["bits"] == 16
+    main(["predict", "--run", str(scored_ae_run), "--out", str(tmp_path / "o"), str(tiff)])
+    err = capsys.readouterr().err
+    assert "camera.tif" in err and "16-bit" in err

@@ -306,6 +306,8 @@ def image_kind(path: str | Path, peak: bool = False) -> dict | None:
             bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
             if fmt == "PNG":  # its own header: 1-16 (older Pillow opens 16-bit PNGs as "I")
                 bits = max(8, _png_bits(Path(path)) or bits)
+            elif fmt == "TIFF" and bits == 8:  # Pillow 13 opens 16-bit RGB as 8-bit RGB too
+                bits = max(8, _tiff_bits(im))
             # a 16-bit file's largest value (its pixels decoded, so only where asked): a
             # camera's 12-bit data fills 0-4095 of 0-65535
             peak = _peak(im) if peak and bits == 16 and mode[0] == "I" else None
@@ -320,6 +322,15 @@ def image_kind(path: str | Path, peak: bool = False) -> dict | None:
         "transparent": see_through,
         **({"peak": peak} if peak is not None else {}),
     }
+
+
+def _tiff_bits(im: Image.Image) -> int:
+    """A TIFF's bits per sample from its tag (258), the largest of its channels'; 8 unread."""
+    try:
+        bits = im.tag_v2.get(258, 8)
+        return max(bits) if isinstance(bits, tuple) else int(bits)
+    except (AttributeError, TypeError, ValueError):
+        return 8
 
 
 def _peak(im: Image.Image) -> int | None:
