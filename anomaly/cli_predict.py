@@ -51,9 +51,7 @@ def run_predict(args) -> int:
             "and were rejected: the model gives no usable scores; train the run again",
             file=sys.stderr,
         )
-    failed = [r for r in results if "error" in r]
-    for r in failed:
-        print(f"error: {printable(r['error'])}", file=sys.stderr)  # one line each
+    failed = [r for r in results if "error" in r]  # each said as its row was printed
     if not results:
         print("error: no images found in " + visible(", ".join(args.images)), file=sys.stderr)
         return 2
@@ -100,6 +98,8 @@ def print_row(r: dict) -> None:
     cols = ("-", "ERROR", "-")
     if "error" not in r:
         cols = (r["shown"], r["verdict"], printable(r["overlay"] or "-"))
+    else:  # why, beside its row in a log of both streams, and kept when the run is stopped
+        print(f"error: {printable(r['error'])}", file=sys.stderr, flush=True)
     try:
         print("\t".join((printable(r["path"]), *cols)), flush=True)
     except BrokenPipeError:  # this pipe only: another broken pipe is an error to report

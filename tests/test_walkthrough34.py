@@ -234,3 +234,29 @@ def test_a_16_bit_colour_tiff_is_named_as_a_16_bit_png_is(scored_ae_run, tmp_pat
     main(["predict", "--run", str(scored_ae_run), "--out", str(tmp_path / "o"), str(tiff)])
     err = capsys.readouterr().err
     assert "camera.tif" in err and "16-bit" in err
+
+
+def test_predict_says_why_an_image_failed_beside_its_row(scored_ae_run, tmp_path):
+    """A line engineer (helper): the reasons for ERROR rows came after every row, so a log of
+    both streams never had a reason next to its row, and a run stopped part-way lost them."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    bad, good = tmp_path / "0bad.png", tmp_path / "1good.png"
+    bad.write_bytes(b"not a png")
+    Image.effect_noise((64, 64), 40).save(good)
+    done = subprocess.run(
+        [sys.executable, "-m", "anomaly", "predict", "--run", str(scored_ae_run), "--no-overlays"]
+        + [str(bad), str(good)],
+        check=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(f"{bad}\t"))
+    assert lines[row - 1].startswith(f"error: {bad}: cannot read"), done.stdout
+    assert sum(line.startswith(f"error: {bad}") for line in lines) == 1  # said once
