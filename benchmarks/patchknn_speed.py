@@ -243,7 +243,7 @@ def race(args) -> None:
 
     from anomaly.config import Config
     from anomaly.data import AnomalyDataset
-    from anomaly.detectors.base import get_detector
+    from anomaly.detectors import get_detector
     from anomaly.metrics import image_auroc
 
     torch.set_num_threads(args.threads)

@@ -255,7 +255,7 @@ def run_one(
 ) -> list[dict]:
     """Fit and predict one setting on one set: one row, plus one per image-score variant."""
     from anomaly.config import Config
-    from anomaly.detectors.base import get_detector
+    from anomaly.detectors import get_detector
     from anomaly.metrics import aupro, image_auroc, pixel_auroc
     from anomaly.pixel_eval import at_eval_size
 
