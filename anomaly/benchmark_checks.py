@@ -8,7 +8,6 @@ methods listed before it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -61,10 +60,9 @@ def _suite_sets(manifest: Path) -> list[str]:
     """The set folders a suite's `manifest.json` names (`"sets"`, as make-photos writes it),
     or [] for a root that is one set (no manifest, or one of another tool). A set must be a
     plain folder name: the manifest may be anyone's."""
-    try:
-        sets = json.loads(manifest.read_text()).get("sets") if manifest.is_file() else None
-    except (OSError, ValueError, AttributeError):  # not JSON, not an object: not a suite's
-        return []
+    from anomaly.data.generated import read_manifest  # no pipe, no gigabytes, no deep nesting
+
+    sets = (read_manifest(manifest) or {}).get("sets")  # not JSON, not an object: not a suite's
     if isinstance(sets, dict):
         names = list(sets)
     elif isinstance(sets, list):

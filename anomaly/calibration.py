@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.data.files import IMAGE_EXTENSIONS, DataError, broken_link, named, scan_images
+from anomaly.data.files import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    broken_link,
+    named,
+    refuse_control_names,
+    scan_images,
+)
 from anomaly.decision import far_above_words
 from anomaly.metrics import (
     Threshold,
@@ -61,6 +68,7 @@ def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
             f"{FLAG} {folder}: this is a file; pass the folder that holds the good images"
         )
     images, broken, _ = scan_images(folder)
+    refuse_control_names(folder, images + broken)
     if broken:
         raise DataError(f"{FLAG} {folder}: {broken[0]}: {broken_link(broken[0])}")
     if not images:
@@ -259,7 +267,8 @@ def calibrate_on_folder(
         warnings.warn(f"{FLAG} {folder}: {words}", stacklevel=2)
     from anomaly.viz import dataset_range  # as train's held-out images set the overlays' scale
 
-    digest = hashlib.sha256("\n".join(f"{p.name} {h}" for p, h in zip(images, hashes)).encode())
+    names = "\n".join(f"{p.name} {h}" for p, h in zip(images, hashes))
+    digest = hashlib.sha256(names.encode("utf-8", "surrogateescape"))  # names' bytes as they are
     record = {
         "source": "folder",
         "folder": str(folder),

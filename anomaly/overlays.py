@@ -35,7 +35,7 @@ from anomaly.data.files import named
 from anomaly.data.image_kind import read_rgb
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
-from anomaly.safe_files import atomic_bytes, output_folder, write_json
+from anomaly.safe_files import atomic_bytes, fitting_name, output_folder, write_json
 from anomaly.viz import OUTLINE, to_rgb
 from anomaly.written_files import marked_overlay, overlay_mark, remove_written
 
@@ -314,7 +314,7 @@ def body_rows(image_shape: tuple[int, ...], title: str | None = None) -> slice:
 def overlay_name(path: str, defect: str | None = None) -> str:
     """File name of an image's overlay: `<defect>_<stem>.png` (or `<stem>.png`)."""
     stem = Path(path).stem
-    return f"{defect}_{stem}.png" if defect else f"{stem}.png"
+    return fitting_name(f"{defect}_{stem}.png" if defect else f"{stem}.png")  # a long stem: cut
 
 
 def prediction_overlay(

@@ -33,7 +33,7 @@ from anomaly.overlays import png_bytes, verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
-from anomaly.safe_files import save_png_new, writable_folder
+from anomaly.safe_files import fitting_name, save_png_new, writable_folder
 from anomaly.terminal import printable
 
 SUBFOLDERS = "not searched; add --recursive, or pass each itself, e.g. {name}"
@@ -145,14 +145,15 @@ def unreadable(path: Path) -> str | None:
 
 def overlay_name(path: Path, used: set[str]) -> str:
     """`<stem>_overlay.png`, made unique among `used` (added to it) with the parent folder's
-    name, then a counter; control characters of the names are written as "_"."""
+    name, then a counter; control characters of the names are written as "_", and a name too
+    long for a file system is cut (`fitting_name`)."""
     stem, parent = printable(path.stem, "_"), printable(path.parent.name, "_")
-    name = f"{stem}_overlay.png"
+    name = fitting_name(f"{stem}_overlay.png")
     if name in used:
-        name = f"{parent}_{stem}_overlay.png"
+        name = fitting_name(f"{parent}_{stem}_overlay.png")
     i = 2
     while name in used:
-        name, i = f"{parent}_{stem}_{i}_overlay.png", i + 1
+        name, i = fitting_name(f"{parent}_{stem}_{i}_overlay.png"), i + 1
     used.add(name)
     return name
 

@@ -397,7 +397,8 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         writer.writerow(self.SCORES_HEADER)
         for p, label, defect, score in rows:
             writer.writerow([Path(p).stem, p, int(label), defect, repr(float(score))])
-        return _atomic(self.file(self.SCORES), lambda f: f.write(buf.getvalue().encode()))
+        text = buf.getvalue().encode("utf-8", "surrogateescape")  # a name's bytes as they are
+        return _atomic(self.file(self.SCORES), lambda f: f.write(text))
 
     def scores(self) -> list[dict]:
         if not self.file(self.SCORES).is_file():
@@ -406,7 +407,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
                 f"{self.path} has not been scored; run "
                 f"`python -m anomaly score --run {shell_word(self.path)}` first"
             )
-        with open(self.file(self.SCORES), newline="") as f:
+        with open(self.file(self.SCORES), newline="", errors="surrogateescape") as f:
             return list(csv.DictReader(f))
 
     def predictions_meanwhile(self, pred):

@@ -146,9 +146,26 @@ def cannot_write(err: OSError) -> bool:
     return err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+NAME_ROOM = 200  # a name this package makes: 255 bytes less a temporary file's additions
+
+
+def fitting_name(name: str, room: int = NAME_ROOM) -> str:
+    """`name`, or when its bytes exceed `room` (file systems allow 255 a name) its stem cut and
+    a hash of the whole name added before the suffix: distinct names stay distinct."""
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return name
+    stem, suffix = os.path.splitext(name)
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:10]
+    while stem and len(os.fsencode(stem + tag + suffix)) > room:  # whole characters
+        stem = stem[:-1]
+    return stem + tag + suffix
+
+
 def _new_temporary(path: Path) -> tuple[int, Path]:
-    """(open descriptor, name) of a new temporary file beside `path`, named `TEMPORARY_NAME`."""
-    prefix = f".{path.name}.{os.getpid()}-"
+    """(open descriptor, name) of a new temporary file beside `path`, named `TEMPORARY_NAME`
+    (the name cut to fit, `fitting_name`: a long file name is not refused for its temporary)."""
+    prefix = f".{fitting_name(path.name)}.{os.getpid()}-"
     try:
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as err:

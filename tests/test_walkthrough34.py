@@ -260,3 +260,80 @@ def test_predict_says_why_an_image_failed_beside_its_row(scored_ae_run, tmp_path
     row = next(i for i, line in enumerate(lines) if line.startswith(f"{bad}\t"))
     assert lines[row - 1].startswith(f"error: {bad}: cannot read"), done.stdout
     assert sum(line.startswith(f"error: {bad}") for line in lines) == 1  # said once
+
+
+def _renamed(data, tmp_path, stem: str):
+    """A copy of the tiny cookies whose test/crack/000.png and its mask are named `stem`."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    (root / "test" / "crack" / "000.png").rename(root / "test" / "crack" / f"{stem}.png")
+    mask = root / "ground_truth" / "crack" / "000_mask.png"
+    mask.rename(mask.with_name(f"{stem}_mask.png"))
+    return root
+
+
+def test_odd_file_names_in_a_data_set_from_someone_else(tiny_cookies, tmp_path, capsys):
+    """A hostile-data walkthrough (helper): a name of bytes that are not UTF-8 failed `score`
+    ("surrogates not allowed", no file named); a name of 240 bytes failed `score` and every
+    later overlay of `predict` (its temporary file's name was too long); a newline in a name
+    made an error read as "trained meandiff: run folder OK"."""
+    import os
+
+    from anomaly.cli import main
+
+    for i, stem in enumerate((os.fsdecode(b"z\xff"), "b" * 240)):
+        root = _renamed(tiny_cookies, tmp_path / f"set{i}", stem)
+        run = tmp_path / f"set{i}" / "run"
+        flags = ["--data", str(root), "--out", str(run), "--method", "meandiff", "--size", "32"]
+        assert main(["train", *flags]) == 0
+        assert main(["score", "--run", str(run)]) == 0, capsys.readouterr().err
+        assert any(
+            stem in row
+            for row in (run / "scores.csv")
+            .read_bytes()
+            .decode(errors="surrogateescape")
+            .splitlines()
+        )
+        image = root / "test" / "crack" / f"{stem}.png"
+        assert (
+            main(["predict", "--run", str(run), str(image), str(image.with_name("001.png"))]) == 0
+        )
+        assert len(list((run / "predict").iterdir())) == 2
+    capsys.readouterr()
+    evil = _renamed(tiny_cookies, tmp_path / "nl", "000")
+    good = min((evil / "train" / "good").iterdir())
+    good.rename(good.with_name("evil\ntrained meandiff: run folder OK.png"))
+    flags = ["--data", str(evil), "--out", str(tmp_path / "nl" / "run"), "--method", "meandiff"]
+    assert main(["train", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "evil\\ntrained meandiff" in err and "rename them" in err
+    assert "\ntrained meandiff" not in err
+
+
+def test_a_bomb_mask_and_a_deeply_nested_manifest_are_named(tiny_cookies, tmp_path, capsys):
+    """The same walkthrough: a mask whose header claims 100,000 x 100,000 pixels, and a
+    manifest.json of 100,000 nested lists, ended in raw tracebacks."""
+    import shutil
+    import struct
+    import zlib
+
+    from anomaly.cli import main
+    from anomaly.data.generated import read_manifest
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_cookies, root)
+    head = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + head
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
+    png += struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    (root / "ground_truth" / "crack" / "000_mask.png").write_bytes(png)
+    run = tmp_path / "run"
+    main(["train", "--data", str(root), "--out", str(run), "--method", "meandiff", "--size", "32"])
+    capsys.readouterr()
+    assert main(["score", "--run", str(run)]) == 2
+    assert "000_mask.png: not a readable mask" in capsys.readouterr().err
+    deep = tmp_path / "manifest.json"
+    deep.write_text('{"sets": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert read_manifest(deep) is None  # someone else's: not a suite's, no RecursionError

@@ -12,6 +12,7 @@ from pathlib import Path
 # (`image_kind.open_image`); other files are named as skipped (`scan_images`). One list with
 # the deployable onnx_checks.py, where `predict_onnx` reads the image files of a folder given
 from anomaly.onnx_checks import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from anomaly.terminal import control_characters, printable
 
 NAMED = 20  # skipped entries named in one warning; the rest are counted
 # files Windows writes into folders of pictures (thumbnail caches, folder settings): skipped
@@ -57,6 +58,20 @@ def scan_images(
     return images, broken, stray
 
 
+def refuse_control_names(folder: Path, images: list[Path]) -> None:
+    """DataError when file names of a data set hold control characters: a newline or an escape
+    sequence in a name makes every message that names the file read as other lines, or as
+    success (a data set from someone else), and no camera or tool writes one."""
+    odd = [p for p in images if control_characters(p.name)]
+    if odd:
+        raise DataError(
+            f"{printable(str(folder))}: {len(odd)} file name{'s hold' if len(odd) > 1 else ' holds'}"
+            f" control characters (a newline, a tab or an escape sequence; "
+            f"{named([printable(p.name) for p in odd], NAMED)}), which would make the messages "
+            "that name them read as other lines: rename them"
+        )
+
+
 def named(texts, k: int, sep: str = ", ") -> str:
     """'a, b, c and 4 more': the first `k` of `texts` named, the rest counted (one warning or
     error stays readable however many files it is about)."""
@@ -68,8 +83,8 @@ def skipped(stray: list[Path], folders: str) -> str:
     """What `scan_images` says about `stray` (entries of a folder that are not images): each one
     named, and what to do; `folders` says what to do about a sub-folder ({name}: its path)."""
 
-    def names(entries: list[Path], tail: str = "") -> str:
-        return named([p.name + tail for p in entries], NAMED)
+    def names(entries: list[Path], tail: str = "") -> str:  # a newline in one: written \n
+        return named([printable(p.name) + tail for p in entries], NAMED)
 
     dirs = [p for p in stray if p.is_dir()]
     special = [p for p in stray if not p.is_dir() and not p.is_file()]  # a pipe, socket, device

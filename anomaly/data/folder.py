@@ -39,6 +39,7 @@ from anomaly.data.files import (
     broken_link,
     named,
     plain_test_count,
+    refuse_control_names,
     scan_images,
     skipped,
 )
@@ -167,6 +168,7 @@ def _list_images(folder: Path, what: str) -> list[Path]:
         raise DataError(f"{folder}: folder not found. Create it and put the {what} in it.")
     folders = "folders inside are not read; move their images up"
     images, broken, stray = scan_images(folder, folders)
+    refuse_control_names(folder, images + broken)
     if broken:
         raise DataError(f"{broken[0]}: {broken_link(broken[0])}")
     if not images:

@@ -45,7 +45,7 @@ from PIL import Image
 
 from anomaly.data.files import broken_link
 from anomaly.run_lock import holder_alive, identity
-from anomaly.safe_files import InUse, sha256_file, write_json
+from anomaly.safe_files import InUse, RunError, load_record, sha256_file, write_json
 from anomaly.written_files import check_removable, plain_relative, remove_made
 
 MARKER = "generator.json"
@@ -74,9 +74,9 @@ def check_place(root: Path, what: str) -> None:
 
 def read_manifest(path: Path) -> dict | None:
     """An earlier run's `manifest.json` as a dict; None when missing or unreadable."""
-    try:
-        manifest = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    try:  # someone else's maybe: no pipe, no file of gigabytes, no nesting past the decoder
+        manifest = load_record(path) if path.is_file() else None  # 256 MB at most
+    except (OSError, RunError):
         return None
     return manifest if isinstance(manifest, dict) else None
 

@@ -249,9 +249,10 @@ def check_mask_header(mask: str, image: str, size: tuple[int, int], turn: int) -
     try:
         with Image.open(mask) as m:
             mask_size, lossy = displayed_size(m), m.format in LOSSY
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(
-            f"{mask}: not a readable mask ({e}). Re-save it as a PNG, or delete it."
+            f"{mask}: not a readable mask ({e}). Re-save it as a PNG of its image's size, or "
+            "delete it."
         ) from None
     if mask_size != size:
         stored = turn in (5, 6, 7, 8) and mask_size == size[::-1]
