@@ -12,8 +12,9 @@ from anomaly.threshold_text import threshold_words
 
 
 def run_predict(args) -> int:
-    """`predict`: rows as images are scored, then what went wrong and the threshold's words;
-    the exit status (2 when an image or overlay failed)."""
+    """`predict`: rows as images are scored (an ERROR row after its reason, on stderr), then
+    the count of what went wrong and the threshold's words; the exit status (2 when an image or
+    overlay failed)."""
     if args.out and args.no_overlays:
         raise ValueError("--out is where overlays go, and --no-overlays writes none: give one")
     overlays = not args.no_overlays

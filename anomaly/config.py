@@ -147,28 +147,12 @@ READ_BY: dict[str, tuple[str, ...]] = {
 
 
 _DECLARED: set[str] = set()  # methods from outside the package that said what they read
-
-
-def declare_reads(method: str, names) -> None:
-    """A method from outside the package (`anomaly.register(name, reads=...)`) reads these of
-    the settings in `READ_BY`; `ignored_by` then names the others for it."""
-    names = [names] if isinstance(names, str) else list(names)
-    unknown = sorted(set(names) - set(READ_BY))
-    if unknown:
-        raise ValueError(
-            f"register({method!r}, reads=...): {', '.join(map(repr, unknown))} "
-            f"{'is not a setting' if len(unknown) == 1 else 'are not settings'} that only some "
-            f"methods read; those are: {', '.join(sorted(READ_BY))} (every other is read by all)"
-        )
-    for name in names:
-        if method not in READ_BY[name]:
-            READ_BY[name] = (*READ_BY[name], method)
-    _DECLARED.add(method)
+# (`anomaly.register(name, reads=...)`, `detectors.registry.declare_reads`)
 
 
 def ignored_by(method: str, names) -> list[str]:
     """Those of the fields `names` that `method` never reads (none for a method this module
-    does not know, such as a plugin's that did not `declare_reads`): for auto every method's
+    does not know, such as a plugin's that did not say what it reads): for auto every method's
     own setting (its candidates bring their own; `auto_grid.INHERITED` are the run's fields
     they take), for kmeans also `val_fraction` (it holds out what its --from run held out)."""
     if method not in METHODS and method not in _DECLARED:

@@ -136,13 +136,14 @@ def cross_validated_cost(
 
     One split is one draw: with a few dozen images another shuffle can move the held-out cost
     by a factor of two. With `repeats` > 1 the whole cross-validation runs on that many
-    shuffles (seeds `seed`, `seed` + 1, ...) and the one of median cost is returned, with the
-    spread of all of them.
+    shuffles (seeds `seed`, `seed` + 1, ...) and the one of median cost is returned (an odd
+    number of repeats has one), with the spread of all of them.
 
     Returns:
         the `confusion` keys for the pooled held-out counts (threshold: the mean of the fold
         thresholds), plus cost (total), folds, fold_thresholds, repeats, and costs (the
-        cost of every repeat, ascending).
+        cost of every repeat, ascending); None when there are fewer good or defective images
+        than folds (some part would be chosen on, or judged by, one class alone).
     """
     labels = np.asarray(labels).ravel() > 0
     scores = np.asarray(scores, np.float64).ravel()
@@ -150,6 +151,8 @@ def cross_validated_cost(
         raise ValueError(f"folds must be >= 2, got {folds}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if min(int(labels.sum()), int((~labels).sum())) < folds:
+        return None
     runs = [
         _one_cross_validation(labels, scores, cost_false_reject, cost_escape, folds, seed + i)
         for i in range(repeats)

@@ -230,8 +230,9 @@ def ensure_run(
         try:
             return _ensure_run(s, method, data, source, overrides)
         except InUse as busy:
-            if not waiting:
-                print(f"{busy}\nwaiting for it (interrupt the kernel to stop waiting) ...")
+            if not waiting:  # its first sentence: the rest is advice for the shell
+                said = str(busy).split(". Wait for it")[0]
+                print(f"{said}: waiting for it (interrupt the kernel to stop waiting) ...")
                 waiting = True
             time.sleep(IN_USE_POLL_S)
 
@@ -278,8 +279,9 @@ def _train_or_continue(run: Path, config, progress: bool) -> None:
     from anomaly.runs import RunDir
 
     rd = RunDir(run)
+    if rd.path.is_dir():  # before any work: `ensure_run` waits, and tries again
+        rd.check_not_in_use("train")
     if rd.has_model():
-        rd.check_not_in_use("train")  # InUse: `ensure_run` waits
         stopped = rd.stopped_before_threshold()
         if not stopped and rd.checkpoint().get("complete", True):
             return  # trained; its scoring was stopped

@@ -395,26 +395,28 @@ def not_a_file(path) -> str | None:
     return None
 
 
-FLAT = 0.999  # an image this much of one colour (within 1/255) has nothing to inspect
+FLAT = 0.999  # an image this much of one value (each channel) has nothing to inspect
+SAME = 0.5 / 65535  # one value: within half a 16-bit step (a faint texture of 12-bit data is not)
 
 
 def flat_image(a) -> str | None:
     """Why a decoded image `a` (float [H, W, C] in 0-1) gets no verdict: (nearly) all of it is
-    one flat colour, an empty frame (no part under the camera), a fully transparent picture, or
-    a float image whose values were out of 0-1 and clipped; None for an ordinary image. Its
-    score would say nothing, and a PASS would send an empty frame down the line. (Array methods
-    only: this file imports no numpy.)"""
+    one value, an empty synthetic frame, a fully transparent picture, a picture saturated to
+    white, or a float image whose values were out of 0-1 and clipped; None for an ordinary image,
+    however plain (a camera's noise, or a 16-bit image's faint texture, is something to inspect).
+    Its score would say nothing, and a PASS would send an empty frame down the line. (Array
+    methods only: this file imports no numpy.)"""
     step = max(1, int((a.shape[0] * a.shape[1] / 200_000) ** 0.5))  # some 200,000 pixels
     sample = a[::step, ::step].reshape(-1, a.shape[-1])
     ordered = sample.copy()
     ordered.sort(axis=0)
     colour = ordered[len(ordered) // 2]  # each channel's median
-    share = float((abs(sample - colour) < 1 / 255).all(axis=-1).mean())
-    if share < FLAT:
+    share = float((abs(sample - colour) <= SAME).all(axis=-1).mean())
+    if not share >= FLAT:  # NaN pixels: no share, refused where they are read
         return None
     return (
         f"{share:.1%} of it is one flat colour "
         f"({', '.join(f'{c:.2f}' for c in colour)} of 1): an empty frame or picture, fully "
-        "transparent, or a float image whose values lie outside 0-1 and were clipped. There is "
-        "nothing to inspect, so it gets no verdict (ERROR, not PASS)"
+        "transparent, saturated, or a float image whose values lie outside 0-1 and were clipped. "
+        "There is nothing to inspect, so it gets no verdict (ERROR, not PASS)"
     )

@@ -65,11 +65,14 @@ except ImportError:
                 import onnx_checks as _checks
             except ImportError:  # its folder not on sys.path (python -I, PYTHONSAFEPATH)
                 _checks = _sibling("onnx_checks")
-    except ImportError:
+        if getattr(_checks, "CHECKS_VERSION", 0) < 3:
+            raise ImportError("an older onnx_checks.py")
+    except ImportError as err:
         _NEEDS = (
-            "onnx_predict.py needs onnx_checks.py beside it (anomaly/onnx_checks.py in the "
-            "package): an ONNX file from someone else is untrusted input, and it checks the file "
-            "before onnxruntime runs any of it. Copy it beside onnx_predict.py"
+            f"onnx_predict.py needs onnx_checks.py of its own version beside it ({err}; "
+            "anomaly/onnx_checks.py in the package): an ONNX file from someone else is untrusted "
+            "input, and it checks the file before onnxruntime runs any of it. Copy it beside "
+            "onnx_predict.py"
         )
         if __name__ == "__main__":  # run from the shell: one line, not a traceback; status 2
             print(f"error: {_NEEDS}", file=sys.stderr)

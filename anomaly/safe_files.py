@@ -450,10 +450,12 @@ def available_memory() -> int | None:
 
 
 def file_stamp(path: Path) -> tuple | None:
-    """What tells one saved file from the next (atomic writes make a new inode each): inode,
-    time and size; None when there is none."""
+    """What tells one saved record from the next: inode, time, size and, for a regular file of
+    a few MB at most, its SHA-256 (a file system of coarse times and made-up inode numbers
+    would miss a rewrite of the same length); None when there is none."""
     try:
         st = Path(path).stat()
+        small = stat.S_ISREG(st.st_mode) and st.st_size <= 2**22
+        return st.st_ino, st.st_mtime_ns, st.st_size, sha256_file(path) if small else None
     except OSError:
         return None
-    return st.st_ino, st.st_mtime_ns, st.st_size

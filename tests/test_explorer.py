@@ -392,6 +392,7 @@ def test_held_out_cost_is_the_median_of_several_halvings_with_their_spread():
     rng = np.random.default_rng(3)
     labels = np.array([0] * 25 + [1] * 15)
     scores = rng.normal(labels * 1.5, 1.0)
+    assert cross_validated_cost([0, 1], [0.2, 0.7], repeats=3) is None  # a class per half
     one = [cross_validated_cost(labels, scores, 1.0, 10.0, seed=s)["cost"] for s in range(9)]
     cv = cross_validated_cost(labels, scores, 1.0, 10.0, seed=0, repeats=9)
     assert cv["costs"] == sorted(one) and cv["repeats"] == 9
@@ -400,6 +401,13 @@ def test_held_out_cost_is_the_median_of_several_halvings_with_their_spread():
     assert cross_validated_cost(labels, scores, 1.0, 10.0, seed=0)["cost"] == one[0]
     with pytest.raises(ValueError, match="repeats"):
         cross_validated_cost(labels, scores, repeats=0)
+
+
+def test_explorer_says_when_there_are_too_few_images_for_a_held_out_check():
+    ex = ThresholdExplorer(synthetic_predictions(3))  # one defective image: no half has both
+    assert "Too few good or defective images" in ex.cost_label.value
+    assert "Too few good or defective images" in ex.report_html()
+    ex.snapshot()  # its short words too
 
 
 def test_explorer_offers_no_optimum_when_both_costs_are_zero(pred):

@@ -584,7 +584,7 @@ def test_onnx_predict_py_alone_from_the_shell_says_one_line(tmp_path):
     )
     done = fresh_python(code, tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr  # as its other errors
-    assert done.stderr.startswith("error: onnx_predict.py needs onnx_checks.py beside it")
+    assert done.stderr.startswith("error: onnx_predict.py needs onnx_checks.py of its own version")
 
 
 def test_train_reads_each_training_images_kind_once(tiny_cookies, tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from helpers import tiny_config
 
 
@@ -37,7 +39,7 @@ def test_explore_prints_its_url_once_the_server_answers(monkeypatch, capsys):
         port = probe.getsockname()[1]
     listens = (
         "import socket, time; time.sleep(0.5); s = socket.socket(); "
-        f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(0.5)"
+        f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(3)"
     )
     fails = "import sys; sys.exit(3)"
     monkeypatch.setattr("anomaly.explorer.runs.collect_runs", lambda runs: None)
@@ -69,7 +71,11 @@ def test_a_method_of_ones_own_says_what_it_reads_and_its_runs_say_how_to_load_th
     monkeypatch.setattr(config, "READ_BY", dict(config.READ_BY))
     monkeypatch.setattr(config, "_DECLARED", set())
     with pytest.raises(ValueError, match="'size' is not a setting that only some methods read"):
-        anomaly.register("mine", reads=("size",))
+        anomaly.register("mine", reads=("size",))(type("Mine", (MeanDiff,), {}))
+    with pytest.raises(ValueError, match="'patchknn' is a method of the package"):
+        anomaly.register("patchknn", reads=("epochs",))  # nothing changed before it is applied
+        anomaly.register("patchknn", reads=("epochs",))(type("Mine", (MeanDiff,), {}))
+    assert config.ignored_by("patchknn", ["epochs"]) == ["epochs"]
     try:
         anomaly.register("mine", reads=("score_topk",))(type("Mine", (MeanDiff,), {}))
         out = tmp_path / "run"
@@ -139,7 +145,10 @@ def test_a_notebook_waits_for_a_run_another_notebook_is_training(
     def busy_twice(*args):
         tries.append(1)
         if len(tries) <= 2:
-            raise InUse(f"{tmp_path}/runs/meandiff is in use: process 1 is running `train` on it")
+            raise InUse(
+                f"{tmp_path}/runs/meandiff is in use: process 1 is running `train` on it. Wait "
+                "for it to finish, or choose another --out. (If no such process runs, delete it.)"
+            )
         return real(*args)
 
     monkeypatch.setattr(notebook_setup, "_ensure_run", busy_twice)
@@ -148,6 +157,7 @@ def test_a_notebook_waits_for_a_run_another_notebook_is_training(
     assert RunDir_has_metrics(run) and len(tries) == 3
     out = capsys.readouterr().out
     assert out.count("waiting for it (interrupt the kernel to stop waiting)") == 1
+    assert "--out" not in out  # the shell's advice, meaningless in a notebook
 
 
 def RunDir_has_metrics(run) -> bool:
@@ -163,12 +173,14 @@ def test_the_reader_gives_no_verdict_to_an_empty_frame_nor_waits_on_a_pipe(
     PASS and exit 0 from `predict` (a warning on stderr only); the copied reader gave it PASS
     without a word, and waited for ever on a named pipe that `predict` refuses."""
     import os
+    import subprocess
+    import sys
 
     from helpers import patchknn_export
     from PIL import Image
 
+    import anomaly.onnx_predict as reader
     from anomaly.cli import main
-    from anomaly.onnx_predict import main as reader
 
     onnx = patchknn_export(tiny_cookies, tmp_path / "run", size=32)
     empty, fifo = tmp_path / "empty.png", tmp_path / "fifo.png"
@@ -181,8 +193,18 @@ def test_the_reader_gives_no_verdict_to_an_empty_frame_nor_waits_on_a_pipe(
         None,
     ):
         args = [str(empty), str(fifo), str(good)]
-        code = main([*command, *args]) if command else reader([str(onnx), *args])
-        out, err = capsys.readouterr()
+        if command:
+            code = main([*command, *args])
+            out, err = capsys.readouterr()
+        else:  # in a process of its own: without the fix it waits on the pipe for ever
+            done = subprocess.run(
+                [sys.executable, reader.__file__, str(onnx), *args],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            code, out, err = done.returncode, done.stdout, done.stderr
         verdicts = [line.split("\t")[2] for line in out.splitlines()[-3:]]
         assert code == 2 and verdicts[:2] == ["ERROR", "ERROR"], (command, out, err)
         assert verdicts[2] in ("PASS", "REJECT")
@@ -337,3 +359,66 @@ def test_a_bomb_mask_and_a_deeply_nested_manifest_are_named(tiny_cookies, tmp_pa
     deep = tmp_path / "manifest.json"
     deep.write_text('{"sets": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert read_manifest(deep) is None  # someone else's: not a suite's, no RecursionError
+
+
+def test_a_notebook_waiting_for_a_run_does_no_work_until_it_is_free(
+    tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """Review: `ensure_run` waiting on a run another process trains started `train_run` (its
+    checks, the detector, the hashing of every image) on each poll, every 2 seconds."""
+    import subprocess
+    import sys
+    import time
+
+    import anomaly.pipeline
+    from anomaly import notebook_setup
+
+    s = notebook_setup.Settings(True, "tiny", 64, 1, tmp_path / "data", tmp_path / "runs")
+    run, held = s.run_folder("meandiff", tiny_cookies), tmp_path / "held"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from anomaly.runs import RunDir\n"
+                "with RunDir(sys.argv[1]).lock('train'):\n"
+                "    open(sys.argv[2], 'w').close(); time.sleep(1.5)"
+            ),
+            str(run),
+            str(held),
+        ]
+    )
+    try:
+        while not held.exists():
+            assert holder.poll() is None
+            time.sleep(0.05)
+        real, calls = anomaly.pipeline.train_run, []
+        monkeypatch.setattr(
+            anomaly.pipeline, "train_run", lambda *a, **k: calls.append(1) or real(*a, **k)
+        )
+        monkeypatch.setattr(notebook_setup, "IN_USE_POLL_S", 0.1)
+        assert notebook_setup.ensure_run(s, "meandiff", tiny_cookies) == run
+    finally:
+        holder.wait(timeout=30)
+    assert calls == [1] and "waiting for it" in capsys.readouterr().out
+
+
+def test_the_copied_reader_beside_an_older_onnx_checks_says_so(tmp_path):
+    """Review: the reader beside the onnx_checks.py of an earlier copy (no package installed)
+    loaded it, and the first image failed with "AttributeError: not_a_file"."""
+    import subprocess
+    import sys
+
+    import anomaly.onnx_checks
+    import anomaly.onnx_predict
+
+    (tmp_path / "deployed.py").write_text(Path(anomaly.onnx_predict.__file__).read_text())
+    older = Path(anomaly.onnx_checks.__file__).read_text()
+    older = older.replace("CHECKS_VERSION = 3", "CHECKS_VERSION = 2")
+    (tmp_path / "onnx_checks.py").write_text(older)
+    code = "import sys; sys.modules['anomaly'] = None; import deployed"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0 and "of its own version" in done.stderr
+    assert "an older onnx_checks.py" in done.stderr

@@ -458,3 +458,8 @@ def _loaded(own: Callable) -> Callable:
         self._unfitted = False
 
     return load_state_dict
+
+
+# the registry was defined here until 2026-12-05: a plugin's `from anomaly.detectors.base import
+# register` still works (registry.py imports this module for type checking only: no cycle)
+from anomaly.detectors.registry import REGISTRY, get_detector, register  # noqa: F401

@@ -32,12 +32,10 @@ def register(name: str, reads=None) -> Callable[[type[Detector]], type[Detector]
     about the others when they are given for it; without it, no setting is said to be ignored.
     A method inside the package is named in `config.METHODS` and `config.READ_BY` instead.
     """
-    if reads is not None:
-        from anomaly.config import declare_reads
-
-        declare_reads(name, reads)
 
     def wrap(cls: type[Detector]) -> type[Detector]:
+        if reads is not None:  # when the class is registered, not when the decorator is made
+            declare_reads(name, reads)
         cls.name = name
         REGISTRY[name] = cls
         return cls
@@ -64,3 +62,27 @@ def get_detector(name: str) -> type[Detector]:
             f"choose one of: {', '.join(sorted(REGISTRY))} ({PLUGIN_HINT})"
         )
     return REGISTRY[name]
+
+
+def declare_reads(method: str, names) -> None:
+    """A method from outside the package (`anomaly.register(name, reads=...)`) reads these of
+    the settings in `config.READ_BY`; `config.ignored_by` then names the others for it."""
+    from anomaly.config import _DECLARED, METHODS, READ_BY
+
+    if method in METHODS:
+        raise ValueError(
+            f"register({method!r}, reads=...): {method!r} is a method of the package, whose "
+            "settings are listed in anomaly.config.READ_BY; register yours under another name"
+        )
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = sorted(set(names) - set(READ_BY))
+    if unknown:
+        raise ValueError(
+            f"register({method!r}, reads=...): {', '.join(map(repr, unknown))} "
+            f"{'is not a setting' if len(unknown) == 1 else 'are not settings'} that only some "
+            f"methods read; those are: {', '.join(sorted(READ_BY))} (every other is read by all)"
+        )
+    for name in names:
+        if method not in READ_BY[name]:
+            READ_BY[name] = (*READ_BY[name], method)
+    _DECLARED.add(method)

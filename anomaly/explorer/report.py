@@ -17,10 +17,10 @@ import numpy as np
 from anomaly.explorer.gallery import outcome
 from anomaly.explorer.runs import RunView
 from anomaly.explorer.text import (
+    cv_words,
     describe_rule,
     format_confusion_html,
     guarantee,
-    held_out_words,
     percent,
     rule_html,
 )
@@ -136,6 +136,14 @@ def _costs(ex, counts: dict, short: bool = False) -> str:
             else f"{text} No cost optimum: {html.escape(ex.no_optimum)}."
         )
     (t_opt, cost_opt), cv = ex.optimum, ex.cross_validated
+    if cv is None:
+        short_cv = "\nno held-out check: too few images"
+        return (
+            f"{text}; optimum {t_opt:.4g} (cost {cost_opt:.4g}, in-sample){short_cv}"
+            if short
+            else f"{text} The cost optimum ({t_opt:.4g}, cost {cost_opt:.4g}) is in-sample. "
+            + cv_words(cv)
+        )
     fr, esc = 100 * cv["false_reject_rate"], 100 * cv["escape_rate"]
     costs = cv.get("costs") or [cv["cost"]]
     if short:
@@ -145,9 +153,8 @@ def _costs(ex, counts: dict, short: bool = False) -> str:
             f"half, counted on the other\n(2-fold{spread}): false-reject {fr:.1f}%, escape "
             f"{esc:.1f}%"
         )
-    return (
-        f"{text} The cost optimum ({t_opt:.4g}, cost {cost_opt:.4g}) is in-sample. "
-        + held_out_words(cv)
+    return f"{text} The cost optimum ({t_opt:.4g}, cost {cost_opt:.4g}) is in-sample. " + cv_words(
+        cv
     )
 
 

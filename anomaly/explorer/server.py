@@ -208,7 +208,8 @@ def serve(
         try:
             # the URL once the server answers: printed at once, it led to "connection refused"
             # for the seconds Voila takes to start
-            print(f"Threshold explorer: starting on {host}:{port} ...", flush=True)
+            where = f"[{host}]" if ":" in host else host or LOCAL  # an IPv6 address: bracketed
+            print(f"Threshold explorer: starting on {where}:{port} ...", flush=True)
             if _listening(proc, host, port):
                 print(url, flush=True)
             return proc.wait()
@@ -229,7 +230,7 @@ def _listening(proc, host: str, port: int, timeout_s: float = 120.0, poll_s: flo
     it says why itself). After `timeout_s` True anyway: a slow start still gets its URL."""
     import time
 
-    target = "127.0.0.1" if host == "0.0.0.0" else "::1" if host == "::" else host
+    target = "::1" if host == "::" else host if host not in ("", "0.0.0.0") else "127.0.0.1"
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if proc.poll() is not None:

@@ -260,15 +260,20 @@ def cost_html(cost: float, n: int, no_optimum: str, optimum=None, cv=None) -> st
         text += (
             f"Cost optimum: <b>{cost_opt:.4g}</b> at threshold <b>{t_opt:.4g}</b> "
             f"<i>in-sample</i>: chosen and counted on the same {n} images, so it flatters "
-            f"itself.<br>{held_out_words(cv, lambda c: f'<b class=anomaly-cv-cost>{c}</b>')}"
+            f"itself.<br>{cv_words(cv, lambda c: f'<b class=anomaly-cv-cost>{c}</b>')}"
         )
     return f"<div style='font-size:13px;line-height:1.4'>{text}</div>"
 
 
-def held_out_words(cv: dict, mark=str) -> str:
+def cv_words(cv: dict | None, mark=str) -> str:
     """The cross-validated check of the cost optimum in one sentence, its cost written by
     `mark` (HTML bold, say): chosen on one half of the images, counted on the other, over
     `cv["repeats"]` shuffles. Numbers and plain words only, so the sentence is also HTML."""
+    if cv is None:
+        return (
+            "Too few good or defective images to check it on images it was not chosen on "
+            "(each half needs both)."
+        )
     costs = cv.get("costs") or [cv["cost"]]
     cost = mark(f"{cv['cost']:.4g}")
     rates = (
