@@ -46,9 +46,10 @@ from anomaly.metrics import (
     threshold_manual,
     threshold_normal_quantile,
 )
+from anomaly.onnx_checks import flat_image
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import InUse, file_stamp, sha256_file
-from anomaly.terminal import shell_word
+from anomaly.terminal import printable, shell_word
 
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
@@ -125,13 +126,15 @@ def _read_all(folder: Path, images: list[Path], config) -> tuple[list | None, li
     of each one's pixels as the detector sees them (copies saved twice: `_distinct`)."""
     from anomaly.data.folder import load_image
 
-    bad, kept, held, pixels = [], [], 0, []
+    bad, kept, held, pixels, empty = [], [], 0, [], []
     for p in images:
         try:
             image = load_image(p, config.size, config.channels, config.decode)
         except DataError as err:
             bad.append(str(err))
             continue
+        if flat_image(image.permute(1, 2, 0).numpy()):  # as predict: no verdict, no threshold
+            empty.append(printable(p.name))
         shape = str(tuple(image.shape)).encode()
         pixels.append(hashlib.sha256(shape + image.numpy().tobytes()).hexdigest())
         held += image.numel() * image.element_size()
@@ -143,6 +146,12 @@ def _read_all(folder: Path, images: list[Path], config) -> tuple[list | None, li
         raise DataError(
             f"{FLAG} {folder}: {len(bad)} of its {len(images)} images cannot be read "
             "(re-save each as PNG, or delete it, then set the threshold again):\n" + "\n".join(bad)
+        )
+    if empty:
+        raise DataError(
+            f"{FLAG} {folder}: {len(empty)} of its {len(images)} images {'is' if len(empty) == 1 else 'are'} "
+            f"all one flat colour ({named(empty, 3)}): empty frames, which predict gives no "
+            "verdict, and whose scores would set the threshold; take them out of the folder"
         )
     return kept, pixels
 

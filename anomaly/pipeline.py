@@ -151,6 +151,7 @@ def train_run(
 
 def _resume(run: RunDir, wanted: Config | None, progress: bool) -> Detector:
     """Continue `run`; everything that can fail is done before anything in it is written."""
+    run.check_not_in_use("train")  # still training: "in use", not what its epochs say
     config = run.config()
     wanted = wanted or config
     changed = config_differences(asdict(config), asdict(wanted), skip=())
@@ -279,9 +280,7 @@ def _note_export(run: RunDir) -> None:
         print(f"{run}: model.onnx holds another model, kept as it is; {use_the_run(run)}")
 
 
-def _default_threshold(
-    run: RunDir, detector, train, val, keep_user_threshold: bool, progress: bool = False
-) -> None:
+def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progress: bool) -> None:
     held_out = val if val is not None else train
     if val is None:
         why = (
@@ -302,7 +301,7 @@ def _default_threshold(
         msg = "gives NaN or infinite scores on its held-out images: its training diverged"
         raise RunError(f"{run}: the model {msg}; train a new --out (another --seed, a lower --lr)")
     run.save_val_scores(pred.paths, pred.scores.tolist(), dataset_range(pred.maps))
-    if keep_user_threshold and run.has_threshold():
+    if keep_own and run.has_threshold():  # the user's threshold, kept
         try:
             old = run.threshold()
         except RunError as err:  # damaged, or set for another model: kept aside, not used

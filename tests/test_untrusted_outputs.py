@@ -289,7 +289,7 @@ def test_a_kept_threshold_loses_its_guarantee_and_stale_calibration_goes(tiny_co
     detector = load_run(run)  # the model "changed" (a resume): the user's threshold is kept
     data = AnomalyDataset(tiny_cookies, "train", size=64, channels=1)
     with pytest.warns(UserWarning, match="no validation split"):
-        _default_threshold(RunDir(run), detector, data, None, keep_user_threshold=True)
+        _default_threshold(RunDir(run), detector, data, None, keep_own=True, progress=False)
     kept = RunDir(run).threshold()
     assert kept.value == t.value and "guarantee" not in kept.params
     assert "its guarantee no longer holds" in threshold_words(kept)

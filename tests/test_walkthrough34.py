@@ -422,3 +422,51 @@ def test_the_copied_reader_beside_an_older_onnx_checks_says_so(tmp_path):
     )
     assert done.returncode != 0 and "of its own version" in done.stderr
     assert "an older onnx_checks.py" in done.stderr
+
+
+def test_an_empty_frame_sets_no_threshold(scored_ae_run, tiny_cookies, tmp_path, capsys):
+    """An upgrade walkthrough (helper): a flat frame among `--good-images` set the conformal
+    threshold with its own score, while `predict` gives the same image no verdict."""
+    from helpers import copy_run, good_test_folder
+    from PIL import Image
+
+    from anomaly.cli import main
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    folder = good_test_folder(tiny_cookies, tmp_path / "good")
+    Image.new("L", (64, 64), 128).save(folder / "flat.png")
+    before = (run / "threshold.json").read_bytes()
+    args = ["threshold", "--run", str(run), "--rule", "conformal", "--value", "0.25"]
+    assert main([*args, "--good-images", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of its 5 images is all one flat colour (flat.png)" in err
+    assert (run / "threshold.json").read_bytes() == before
+
+
+def test_resume_of_a_run_still_training_says_in_use(scored_ae_run, tmp_path, capsys):
+    """The same walkthrough: `train --resume --epochs 1` on a run another process trains said
+    "has already trained N epochs" (exit 2), not that it is in use (75)."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import copy_run
+
+    from anomaly.cli import main
+
+    run, held = copy_run(scored_ae_run, tmp_path / "run"), tmp_path / "held"
+    code = (
+        "import sys, time; from anomaly.runs import RunDir\n"
+        "with RunDir(sys.argv[1]).lock('train'):\n"
+        "    open(sys.argv[2], 'w').close(); time.sleep(20)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run), str(held)])
+    try:
+        while not held.exists():
+            assert holder.poll() is None
+            time.sleep(0.05)
+        assert main(["train", "--out", str(run), "--resume", "--epochs", "1"]) == 75
+        assert "is in use" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
