@@ -470,3 +470,26 @@ def test_resume_of_a_run_still_training_says_in_use(scored_ae_run, tmp_path, cap
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_score_names_an_empty_frame_among_its_test_images(scored_ae_run, tiny_cookies, tmp_path):
+    """The upgrade walkthrough: `score` counted a flat test image as any other without a word,
+    while `predict` gives it no verdict."""
+    import shutil
+    import warnings
+
+    import pytest
+    from helpers import copy_run
+    from PIL import Image
+
+    from anomaly.pipeline import score_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    Image.new("L", (64, 64), 128).save(data / "test" / "good" / "flat.png")
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"1 of the \d+ images is all one flat colour .*flat.png"):
+        score_run(run, data=data, overlays=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*flat colour")
+        score_run(run, overlays=False)  # the run's own data: no flat image, no such warning

@@ -375,7 +375,7 @@ class Detector(ABC):
         loader = data if isinstance(data, DataLoader) else self.loader(data)
         for module in self.modules().values():
             module.eval()
-        paths, labels, defects, scores, maps, masks, known = [], [], [], [], [], [], []
+        paths, labels, defects, scores, maps, masks, known, flat = [], [], [], [], [], [], [], []
         # one iterator: given the loader, tqdm.auto's bar calls iter() on it, a second one, whose
         # workers decode (and warn about) the first batches again
         try:
@@ -399,13 +399,14 @@ class Detector(ABC):
                 if "mask_known" in batch
                 else [True] * len(batch["image"])
             )
+            flat += [p for p, x in zip(batch["path"], batch["image"]) if _flat(x)]
             paths += list(batch["path"])
             labels += [int(x) for x in batch["label"]]
             defects += list(batch["defect"])
         if not paths:
             raise ValueError("predict() got an empty data set: there are no images to score")
         mask_arr = np.concatenate(masks)
-        return Predictions(
+        pred = Predictions(
             paths,
             np.array(labels),
             defects,
@@ -415,6 +416,31 @@ class Detector(ABC):
             method=self.name,
             mask_known=np.array(known),
         )
+        if flat:  # `score`'s metrics count them; `predict` would give them no verdict
+            import warnings
+
+            from anomaly.terminal import printable
+
+            warnings.warn(
+                f"{len(flat)} of the {len(paths)} images {'is' if len(flat) == 1 else 'are'} all "
+                f"one flat colour ({', '.join(printable(p) for p in flat[:3])}"
+                f"{' ...' * (len(flat) > 3)}): empty frames, which predict gives no verdict; "
+                "their scores here count as any other's",
+                stacklevel=2,
+            )
+        return pred
+
+
+def _flat(x: torch.Tensor) -> bool:
+    """Whether image `x` [C, H, W] is one flat colour (`onnx_checks.flat_image`: an empty frame,
+    which predict gives no verdict); a cheap look at how much of it is its centre pixel first."""
+    from anomaly.onnx_checks import SAME, flat_image
+
+    a = x.detach().float().cpu().numpy()  # numpy: torch's small operations cost ~2 ms here
+    centre = a[:, a.shape[1] // 2, a.shape[2] // 2, None, None]
+    if (abs(a[:, ::4, ::4] - centre) <= SAME).all(0).mean() < 0.5:
+        return False
+    return flat_image(a.transpose(1, 2, 0)) is not None
 
 
 def _checked_predict(own: Callable) -> Callable:
