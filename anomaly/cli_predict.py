@@ -66,7 +66,11 @@ def run_predict(args) -> int:
         )
     if good:
         where = good[0]["overlay"]
-        where = f"overlays in {Path(where).parent}" if where else "no overlays written"
+        where = (
+            f"overlays in {Path(where).parent}{piling(Path(where).parent)}"
+            if where
+            else "no overlays written"
+        )
         run = args.run or run_of_export(args.onnx)
         print(f"{threshold_words(threshold, run)}; {where}", file=sys.stderr)
         from anomaly.decision import few_held_out
@@ -77,6 +81,28 @@ def run_predict(args) -> int:
             again = f"; then export the run again: python -m anomaly export --run {shell_word(run)}"
             print(note + again * bool(args.onnx), file=sys.stderr)
     return 0 if not failed and not broken and not lost else 2
+
+
+PILE_BYTES = 2**30  # an overlay folder this large is said to grow: 0.8 MB an image at camera size
+
+
+def piling(folder: Path) -> str:
+    """Words for an overlay folder `predict` has filled past `PILE_BYTES` (its overlays are
+    never replaced, so a line's folder only grows), or ""."""
+    import os
+
+    count = size = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".png") and entry.is_file(follow_symlinks=False):
+                count, size = count + 1, size + entry.stat(follow_symlinks=False).st_size
+    if size < PILE_BYTES:
+        return ""
+    return (
+        f" (it holds {count} overlay{'s' * (count != 1)}, {size / 2**30:.1f} GB, and grows with "
+        "every call: move "
+        "old ones away, give --out a folder per day, or --no-overlays)"
+    )
 
 
 def run_of_export(onnx: str) -> str:

@@ -493,3 +493,20 @@ def test_score_names_an_empty_frame_among_its_test_images(scored_ae_run, tiny_co
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*flat colour")
         score_run(run, overlays=False)  # the run's own data: no flat image, no such warning
+
+
+def test_predict_says_when_its_overlay_folder_has_grown_large(
+    scored_ae_run, tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """Session 33's scale walkthrough and this session's line engineer: predict's overlays are
+    never replaced, so a line's folder grows by 0.8 MB an image at camera size without a word."""
+    import anomaly.cli_predict
+    from anomaly.cli import main
+
+    image = min((tiny_cookies / "test" / "good").glob("*.png"))
+    out = tmp_path / "pictures"
+    assert main(["predict", "--run", str(scored_ae_run), "--out", str(out), str(image)]) == 0
+    assert "grows with every call" not in capsys.readouterr().err
+    monkeypatch.setattr(anomaly.cli_predict, "PILE_BYTES", 1)
+    assert main(["predict", "--run", str(scored_ae_run), "--out", str(out), str(image)]) == 0
+    assert "(it holds 2 overlays, 0.0 GB, and grows with every call" in capsys.readouterr().err
