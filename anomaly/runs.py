@@ -407,7 +407,9 @@ class RunDir(CheckpointFiles, ScoreOutputs):
                 f"{self.path} has not been scored; run "
                 f"`python -m anomaly score --run {shell_word(self.path)}` first"
             )
-        with open(self.file(self.SCORES), newline="", errors="surrogateescape") as f:
+        with open(
+            self.file(self.SCORES), newline="", encoding="utf-8", errors="surrogateescape"
+        ) as f:
             return list(csv.DictReader(f))
 
     def predictions_meanwhile(self, pred):

@@ -138,7 +138,7 @@ def temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
 
 # `.NAME.PID-RANDOM.tmp`: a temporary file's name says what it becomes and which process writes
 # it (`anomaly.run_lock.remove_dead_writers` removes those of writers that were killed)
-TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[a-z0-9_]+\.tmp")
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[a-z0-9_]+\.tmp", re.DOTALL)
 
 
 def cannot_write(err: OSError) -> bool:
@@ -150,16 +150,18 @@ NAME_ROOM = 200  # a name this package makes: 255 bytes less a temporary file's 
 
 
 def fitting_name(name: str, room: int = NAME_ROOM) -> str:
-    """`name`, or when its bytes exceed `room` (file systems allow 255 a name) its stem cut and
-    a hash of the whole name added before the suffix: distinct names stay distinct."""
+    """`name`, or when its bytes exceed `room` (file systems allow 255 a name) its stem's middle
+    replaced by a hash of the whole name: distinct names stay distinct, and both ends (a defect
+    folder's name, an image's stem) stay readable."""
     raw = os.fsencode(name)
     if len(raw) <= room:
         return name
     stem, suffix = os.path.splitext(name)
-    tag = "~" + hashlib.sha256(raw).hexdigest()[:10]
-    while stem and len(os.fsencode(stem + tag + suffix)) > room:  # whole characters
-        stem = stem[:-1]
-    return stem + tag + suffix
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:10] + "~"
+    head, tail = stem[: len(stem) // 2], stem[len(stem) // 2 :]  # both ends kept: a long
+    while len(os.fsencode(head + tag + tail + suffix)) > room:  # defect folder, then the stem
+        head, tail = (head[:-1], tail) if len(head) >= len(tail) else (head, tail[1:])
+    return head + tag + tail + suffix
 
 
 def _new_temporary(path: Path) -> tuple[int, Path]:

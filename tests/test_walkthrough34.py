@@ -369,25 +369,28 @@ def test_a_notebook_waiting_for_a_run_does_no_work_until_it_is_free(
     import subprocess
     import sys
     import time
+    import types
 
     import anomaly.pipeline
     from anomaly import notebook_setup
 
     s = notebook_setup.Settings(True, "tiny", 64, 1, tmp_path / "data", tmp_path / "runs")
-    run, held = s.run_folder("meandiff", tiny_cookies), tmp_path / "held"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import sys, time; from anomaly.runs import RunDir\n"
-                "with RunDir(sys.argv[1]).lock('train'):\n"
-                "    open(sys.argv[2], 'w').close(); time.sleep(1.5)"
-            ),
-            str(run),
-            str(held),
-        ]
+    run, held, free = s.run_folder("meandiff", tiny_cookies), tmp_path / "held", tmp_path / "free"
+    code = (  # holds the lock until the test, having waited twice, lets it go
+        "import os, sys, time; from anomaly.runs import RunDir\n"
+        "with RunDir(sys.argv[1]).lock('train'):\n"
+        "    open(sys.argv[2], 'w').close()\n"
+        "    while not os.path.exists(sys.argv[3]): time.sleep(0.02)"
     )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run), str(held), str(free)])
+    polls = []
+
+    def sleep(seconds):  # ensure_run's wait between tries
+        polls.append(seconds)
+        if len(polls) == 2:
+            free.touch()
+        time.sleep(0.05)
+
     try:
         while not held.exists():
             assert holder.poll() is None
@@ -396,11 +399,12 @@ def test_a_notebook_waiting_for_a_run_does_no_work_until_it_is_free(
         monkeypatch.setattr(
             anomaly.pipeline, "train_run", lambda *a, **k: calls.append(1) or real(*a, **k)
         )
-        monkeypatch.setattr(notebook_setup, "IN_USE_POLL_S", 0.1)
+        monkeypatch.setattr(notebook_setup, "time", types.SimpleNamespace(sleep=sleep))
         assert notebook_setup.ensure_run(s, "meandiff", tiny_cookies) == run
     finally:
+        free.touch()
         holder.wait(timeout=30)
-    assert calls == [1] and "waiting for it" in capsys.readouterr().out
+    assert calls == [1] and len(polls) >= 2 and "waiting for it" in capsys.readouterr().out
 
 
 def test_the_copied_reader_beside_an_older_onnx_checks_says_so(tmp_path):
@@ -510,3 +514,59 @@ def test_predict_says_when_its_overlay_folder_has_grown_large(
     monkeypatch.setattr(anomaly.cli_predict, "PILE_BYTES", 1)
     assert main(["predict", "--run", str(scored_ae_run), "--out", str(out), str(image)]) == 0
     assert "(it holds 2 overlays, 0.0 GB, and grows with every call" in capsys.readouterr().err
+
+
+def test_names_a_second_review_found(tiny_cookies, tmp_path, capsys):
+    """A second review: an escape sequence in a defect kind's folder name reached the terminal
+    raw in score's summary; a Windows-1252 quote read as Latin-1 (U+0093, harmless) was refused
+    with the newlines; the explorer's report failed on a name that is not UTF-8; a long defect
+    folder's name left no trace of the image's stem in its overlay's name."""
+    import os
+    import shutil
+
+    from anomaly.cli import main
+    from anomaly.explorer import ThresholdExplorer
+    from anomaly.safe_files import fitting_name
+
+    root = tmp_path / "kind"
+    shutil.copytree(tiny_cookies, root)
+    for top in ("test", "ground_truth"):
+        (root / top / "crack").rename(root / top / "crack\x1b[2K\rscore OK")
+    flags = ["--data", str(root), "--method", "meandiff", "--size", "32"]
+    assert main(["train", *flags, "--out", str(tmp_path / "r1")]) == 0
+    assert main(["score", "--run", str(tmp_path / "r1")]) == 2
+    assert "rename them" in capsys.readouterr().err
+
+    odd = _renamed(tiny_cookies, tmp_path / "odd", "000")
+    quote, good = min((odd / "train" / "good").iterdir()), min((odd / "test" / "good").iterdir())
+    quote.rename(quote.with_name("\x93quote\x94.png"))
+    good.rename(good.with_name(os.fsdecode(b"z\xff.png")))  # rejected: in the report's gallery
+    assert main(["train", *flags[:1], str(odd), *flags[2:], "--out", str(tmp_path / "r2")]) == 0
+    assert main(["score", "--run", str(tmp_path / "r2")]) == 0
+    report = ThresholdExplorer(tmp_path / "r2").export_report()
+    assert "\\udcff" in report.read_text(encoding="utf-8")  # the name, written printable
+
+    name = fitting_name("d" * 250 + "_img007.png")
+    assert name.startswith("ddd") and name.endswith("_img007.png") and len(name) <= 200
+
+
+def test_the_empty_frame_warning_points_at_the_caller(tiny_cookies, tmp_path):
+    """The second review: the warning named torch's no_grad wrapper as where it came from."""
+    import shutil
+    import warnings
+
+    from PIL import Image
+
+    from anomaly import Config
+    from anomaly.detectors import get_detector
+
+    folder = tmp_path / "data"
+    shutil.copytree(tiny_cookies, folder)
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(folder / "test" / "good" / "flat.png")
+    det = get_detector("meandiff")(Config.for_method("meandiff", data=str(folder), size=32))
+    det.fit(det.dataset(folder, "train"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det.predict(det.dataset(folder, "test"))
+    flat = [w for w in caught if "flat colour" in str(w.message)]
+    assert len(flat) == 1 and flat[0].filename == __file__

@@ -173,7 +173,7 @@ def _check_root(root: Path, settings: dict, overwrite: bool) -> tuple[list, set]
     if made is None:
         raise ValueError(
             f"{root} already holds files that this generator did not make (no cookie "
-            "manifest.json), so it will not write there, with or without "
+            "manifest.json that reads as one), so it will not write there, with or without "
             "--overwrite; choose an empty or new folder"
         )
     if not overwrite:

@@ -12,7 +12,7 @@ from pathlib import Path
 # (`image_kind.open_image`); other files are named as skipped (`scan_images`). One list with
 # the deployable onnx_checks.py, where `predict_onnx` reads the image files of a folder given
 from anomaly.onnx_checks import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
-from anomaly.terminal import control_characters, printable
+from anomaly.terminal import printable
 
 NAMED = 20  # skipped entries named in one warning; the rest are counted
 # files Windows writes into folders of pictures (thumbnail caches, folder settings): skipped
@@ -58,14 +58,21 @@ def scan_images(
     return images, broken, stray
 
 
-def refuse_control_names(folder: Path, images: list[Path]) -> None:
-    """DataError when file names of a data set hold control characters: a newline or an escape
-    sequence in a name makes every message that names the file read as other lines, or as
-    success (a data set from someone else), and no camera or tool writes one."""
-    odd = [p for p in images if control_characters(p.name)]
+# what makes a name read as other lines or act on a terminal: C0 (newline, tab, escape), DEL,
+# NEL (a line break to Python's splitlines) and CSI; other C1 characters (Windows-1252 quotes
+# read as Latin-1: U+0093) are only written as escapes
+_FORGING = {chr(c) for c in range(32)} | {"\x7f", "\x85", "\x9b"}
+
+
+def refuse_control_names(folder: Path, entries: list[Path]) -> None:
+    """DataError when names of a data set (its files, or a defect kind's folder) hold control
+    characters that break a line or drive a terminal: a newline or an escape sequence in a name
+    makes every message that names it read as other lines, or as success (a data set from
+    someone else), and no camera or tool writes one."""
+    odd = [p for p in entries if _FORGING & set(p.name)]
     if odd:
         raise DataError(
-            f"{printable(str(folder))}: {len(odd)} file name{'s hold' if len(odd) > 1 else ' holds'}"
+            f"{printable(str(folder))}: {len(odd)} name{'s hold' if len(odd) > 1 else ' holds'}"
             f" control characters (a newline, a tab or an escape sequence; "
             f"{named([printable(p.name) for p in odd], NAMED)}), which would make the messages "
             "that name them read as other lines: rename them"

@@ -168,7 +168,7 @@ def _list_images(folder: Path, what: str) -> list[Path]:
         raise DataError(f"{folder}: folder not found. Create it and put the {what} in it.")
     folders = "folders inside are not read; move their images up"
     images, broken, stray = scan_images(folder, folders)
-    refuse_control_names(folder, images + broken)
+    refuse_control_names(folder, [folder, *images, *broken])  # a kind's folder too
     if broken:
         raise DataError(f"{broken[0]}: {broken_link(broken[0])}")
     if not images:

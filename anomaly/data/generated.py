@@ -185,9 +185,9 @@ def _refuse_running(folder: Path, root: Path, generator: str, marker=None) -> No
     """InUse when the staging `folder` is a live generator's (its `marker`, read when not
     given): `root` is being made, not left by an interrupted run."""
     if marker is None:
-        try:
-            marker = json.loads((folder / MARKER).read_text())
-        except (OSError, ValueError):
+        try:  # someone else's maybe: `load_record` (no pipe, no deep nesting)
+            marker = load_record(folder / MARKER)
+        except (OSError, RunError):
             return
     mine = not isinstance(marker, dict) or marker.get("pid") == os.getpid()
     if not mine and holder_alive(marker, _written(folder)):
@@ -262,8 +262,8 @@ def _remove_unnamed(root: Path, folder: Path) -> None:
         if tmp.is_symlink() or not tmp.is_dir() or not pid.isdigit():
             continue
         record = {"pid": int(pid)}  # and the start time the marker records, if it does
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            marker = json.loads((tmp / MARKER).read_text())
+        with contextlib.suppress(OSError, RunError, TypeError):
+            marker = load_record(tmp / MARKER)
             record |= {k: marker[k] for k in ("boot", "start") if k in marker}
         if int(pid) != os.getpid() and holder_alive(record, _written(tmp)):
             continue  # a run that has just begun
@@ -311,8 +311,8 @@ def _read_marker(folder: Path, generator: str, order: list[str]) -> dict:
     and that the marker is whole: its folders among `order`, its files plain paths inside
     them."""
     try:
-        marker = json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
+        marker = load_record(folder / MARKER)
+    except (OSError, RunError):
         marker = None
     found, stray = [], []
     if not folder.is_symlink():

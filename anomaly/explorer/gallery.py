@@ -14,6 +14,7 @@ import numpy as np
 
 from anomaly.explorer.runs import RunView, read_image
 from anomaly.overlays import PASS, REJECT, EvidenceScale, evidence_overlay, verdict
+from anomaly.terminal import printable
 from anomaly.viz import to_rgb
 
 THUMB = 192  # tile pictures: at most this many pixels a side (2x a 96-150 px tile)
@@ -284,7 +285,7 @@ class Gallery:
         lines = [self._verdict_line(r, i, "")]
         if self.other is not None:
             lines.append(self._verdict_line(self.other, i, f"{html.escape(self.other.name)}: "))
-        name = html.escape(Path(r.pred.paths[i]).name)
+        name = html.escape(printable(Path(r.pred.paths[i]).name))
         return (
             f"<div style='font-size:11px;line-height:1.25;overflow-wrap:anywhere'>"
             f"{'<br>'.join(lines)}<br>{html.escape(r.pred.defects[i])} &middot; "

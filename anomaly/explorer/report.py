@@ -26,6 +26,7 @@ from anomaly.explorer.text import (
 )
 from anomaly.runs import RunDir
 from anomaly.safe_files import load_record
+from anomaly.terminal import printable
 
 GOOD_COLOUR, DEFECT_COLOUR = "#4c72b0", "#dd8452"
 REPORT_GALLERY = 120  # at most this many misclassified images in a report
@@ -217,7 +218,7 @@ def report_html(ex) -> str:
         tiles.append(
             f"<figure><img src='{_jpeg_uri(gallery.overlay(r, int(i), 256))}' alt=''>"
             f"<figcaption><b>{word}: {what}</b><br>{html.escape(r.pred.defects[i])} &middot; "
-            f"score {r.pred.scores[i]:.4g}<br>{html.escape(Path(r.pred.paths[i]).name)}"
+            f"score {r.pred.scores[i]:.4g}<br>{html.escape(printable(Path(r.pred.paths[i]).name))}"
             "</figcaption></figure>"
         )
     more = (
