@@ -280,8 +280,8 @@ def calibrate_on_folder(
     digest = hashlib.sha256(names.encode("utf-8", "surrogateescape"))  # names' bytes as they are
     record = {
         "source": "folder",
-        "folder": str(folder),
-        "folder_resolved": str(folder.resolve()),
+        "folder": printable(str(folder)),  # a name's bytes that are not UTF-8: escaped
+        "folder_resolved": printable(str(folder.resolve())),
         "n": len(distinct),
         **({"copies": len(images) - len(kept)} if copies else {}),
         "images_sha256": digest.hexdigest(),

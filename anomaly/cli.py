@@ -294,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         for value in given if isinstance(given, list) else [given]:
             if isinstance(value, str) and not value.strip():
                 parser.error(f"{flag} {value!r}: an empty path; name a file or folder")
+    if sys.stderr is None:  # 2>&-: print's messages would fall back to stdout, and tqdm fail
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (for the whole process)
+    if sys.stdout is None and args.command == "predict":  # >&-: every verdict would be lost
+        print("error: predict's standard output is closed, where its rows go", file=sys.stderr)
+        return 2
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warnings(shown)
     try:

@@ -131,3 +131,7 @@ def print_row(r: dict) -> None:
         print("\t".join((printable(r["path"]), *cols)), flush=True)
     except BrokenPipeError:  # this pipe only: another broken pipe is an error to report
         raise StdoutGone from None
+    except OSError as err:  # a full disk under `> rows.tsv`: said as where it went wrong
+        from anomaly.safe_files import RunError
+
+        raise RunError(f"cannot write predict's rows to its standard output ({err.strerror})")

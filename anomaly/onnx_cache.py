@@ -37,7 +37,12 @@ def cache_dir() -> Path | None:
     chosen = os.environ.get("ANOMALY_CACHE")
     if chosen is not None:
         return None if chosen.strip().lower() in ("", "off", "0", "none") else Path(chosen)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:  # no HOME, and a user id without a passwd entry (a container's)
+            return None
     return Path(base) / "anomaly" / "onnx"
 
 
@@ -84,7 +89,19 @@ def exported(module, example, output: str, export: Callable[[Path], None]) -> by
     (`kept`)."""
 
     def make() -> bytes:
-        with tempfile.TemporaryDirectory() as tmp:
+        for where in (None, cache_dir()):  # the system's temporary folder, else the cache's
+            with contextlib.suppress(OSError):
+                if where is not None:
+                    where.mkdir(parents=True, exist_ok=True)
+                folder = tempfile.TemporaryDirectory(dir=where)
+                break
+        else:  # a read-only root file system: no /tmp, no cache
+            raise OSError(
+                "no folder to write onnxruntime's ONNX graph in (no usable "
+                "temporary folder, and no ANOMALY_CACHE); set TMPDIR or ANOMALY_CACHE to a "
+                "folder you may write, or use --runtime torch"
+            )
+        with folder as tmp:
             path = Path(tmp) / "module.onnx"
             export(path)
             return path.read_bytes()

@@ -46,9 +46,9 @@ _RATE = (lambda x: finite(x) and 0 <= x <= 1, "a number from 0 to 1")
 _COST = (lambda x: finite(x) and x >= 0, "a number >= 0")
 _TEXT = (lambda x: isinstance(x, str), "a string")
 # printed to a terminal: no control characters (an escape sequence could clear the screen)
-_WORDS = (
-    lambda x: isinstance(x, str) and len(x) <= 1000 and x.isprintable(),
-    "printable text of at most 1000 characters",
+_WORDS = (  # 5,000: a guarantee's words and a folder's path (4,096 bytes at most)
+    lambda x: isinstance(x, str) and len(x) <= 5000 and x.isprintable(),
+    "printable text of at most 5000 characters",
 )
 _FLAG = (lambda x: isinstance(x, bool), "true or false")
 CALIBRATION = {

@@ -570,3 +570,81 @@ def test_the_empty_frame_warning_points_at_the_caller(tiny_cookies, tmp_path):
         det.predict(det.dataset(folder, "test"))
     flat = [w for w in caught if "flat colour" in str(w.message)]
     assert len(flat) == 1 and flat[0].filename == __file__
+
+
+def test_a_container_without_home_or_temporary_folder(tmp_path, monkeypatch):
+    """A container walkthrough (helper): a user id without a passwd entry and no HOME made
+    every patchknn command say its size or its weights were wrong ("Could not determine home
+    directory"); a read-only /tmp failed them even with a writable ANOMALY_CACHE."""
+    import tempfile
+
+    import pytest
+    import torch
+
+    from anomaly import onnx_cache
+
+    for name in ("ANOMALY_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(onnx_cache.Path, "home", staticmethod(no_home))
+    assert onnx_cache.cache_dir() is None  # no cache, and on
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    monkeypatch.setenv("ANOMALY_CACHE", str(tmp_path / "cache"))
+    made = onnx_cache.exported(
+        torch.nn.Linear(2, 2), torch.zeros(1, 2), "t", lambda p: p.write_bytes(b"graph")
+    )
+    assert made == b"graph" and list((tmp_path / "cache").glob("*.onnx"))
+    monkeypatch.setenv("ANOMALY_CACHE", "off")
+    with pytest.raises(OSError, match="set TMPDIR or ANOMALY_CACHE to a folder you may write"):
+        onnx_cache.exported(
+            torch.nn.Linear(2, 3), torch.zeros(1, 2), "t", lambda p: p.write_bytes(b"g")
+        )
+
+
+def test_predict_with_its_streams_closed_or_full(scored_ae_run, tiny_cookies, tmp_path):
+    """The same walkthrough: with stderr closed (2>&-) predict's notes went into stdout among
+    the rows (and train failed silently in tqdm); with stdout closed (>&-) every verdict was
+    lost with exit 0; a full disk under `> rows` said only "No space left on device"."""
+    import subprocess
+    import sys
+
+    image = min((tiny_cookies / "test" / "good").glob("*.png"))
+    cmd = f"'{sys.executable}' -m anomaly predict --run '{scored_ae_run}' --no-overlays '{image}'"
+
+    def shell(redirect: str):
+        return subprocess.run(
+            ["bash", "-c", f"{cmd} {redirect}"], capture_output=True, text=True, check=False
+        )
+
+    closed_err = shell("2>&-")
+    assert closed_err.returncode == 0 and closed_err.stdout.count("\n") == 1
+    assert closed_err.stdout.startswith(f"{image}\t"), closed_err.stdout
+    assert shell(">&-").returncode == 2
+    full = shell("> /dev/full")
+    assert full.returncode == 2 and "rows to its standard output" in full.stderr
+
+
+def test_a_threshold_on_good_images_in_a_folder_of_any_name(
+    scored_ae_run, tiny_cookies, tmp_path, capsys
+):
+    """The same walkthrough: `threshold --good-images` refused a folder whose name is not UTF-8
+    (or any non-ASCII one in a C locale), and one of a long path: its guarantee holds the path,
+    and was checked as printable text of at most 1,000 characters."""
+    import os
+
+    from helpers import copy_run, good_test_folder
+
+    from anomaly.cli import main
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    long = tmp_path / "/".join(["x" * 200] * 5)
+    long.mkdir(parents=True)
+    for folder in (tmp_path / os.fsdecode(b"new\xe9"), long / "good"):
+        good_test_folder(tiny_cookies, folder)
+        args = ["--rule", "conformal", "--value", "0.25", "--good-images", str(folder)]
+        assert main(["threshold", "--run", str(run), *args]) == 0, capsys.readouterr().err
+        assert RunDir(run).threshold().rule == "conformal"
