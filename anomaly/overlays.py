@@ -92,7 +92,10 @@ def run_scale(run: str | Path | RunDir, maps=None, labels=None) -> EvidenceScale
     the explorer, or by `threshold --good-images` from that folder's maps, as train's from the
     held-out ones) or else the upper end of the held-out good images' map range
     (val_scores.json, written by train: their 99.9 % quantile); the floor is the lower end of
-    that range. Without val_scores.json, `maps` (and `labels`) give the scale.
+    that range: their median pixel, what "typical good" on the colour bar says (a run trained
+    before 2026-12-05 saved their 1 % quantile there, and its overlays wash about a fifth of a
+    good cookie yellow: train it again, `train --like`, for the median). Without
+    val_scores.json, `maps` (and `labels`) give the scale.
     """
     rd = run if isinstance(run, RunDir) else RunDir(run)
     saved = rd.threshold().params.get("pixel_threshold") if rd.has_threshold() else None
@@ -207,7 +210,7 @@ def _font(size: int):
 @lru_cache(maxsize=8)  # the same for every overlay of a run: drawn once (read-only)
 def colour_bar(width: int, scale: EvidenceScale, height: int | None = None) -> np.ndarray:
     """The evidence scale as a horizontal bar with its labels (uint8 RGB, `width` wide)."""
-    fs = max(9, min(14, width // 22))
+    fs = max(9, min(14, width // 22), width // 90)  # readable in a camera-sized picture
     bar_h = max(6, fs - 2)
     height = height or bar_h + 2 * fs + 12
     e = np.linspace(0.0, 2.0, width, dtype=np.float32)[None].repeat(bar_h, 0)
@@ -230,7 +233,8 @@ def colour_bar(width: int, scale: EvidenceScale, height: int | None = None) -> n
         fill=(0, 0, 0),
         font=font,
     )
-    draw.text((width - draw.textlength("2x", font=font) - 2, y), "2x", fill=(90, 90, 90), font=font)
+    top = f"{scale.floor + 2 * (scale.pixel_threshold - scale.floor):.3g}"  # evidence 2
+    draw.text((width - draw.textlength(top, font=font) - 2, y), top, fill=(90, 90, 90), font=font)
     bar = np.array(canvas)
     bar.setflags(write=False)
     return bar
@@ -245,10 +249,12 @@ def annotated_overlay(
     mask=None,
     title: str | None = None,
 ) -> np.ndarray:
-    """`evidence_overlay` with the verdict and score written above and the colour bar below.
+    """`evidence_overlay` with the verdict and score written above and the colour bar below
+    (and, under a `title`, the share of a passing image's map over the pixel threshold: drawn
+    yellow, as a part that passes never shows red).
 
-    An image narrower than `MIN_WIDTH` is enlarged by a whole factor (each pixel a square
-    block), so that the words stay readable; `body_rows` says where the picture is.
+        An image narrower than `MIN_WIDTH` is enlarged by a whole factor (each pixel a square
+        block), so that the words stay readable; `body_rows` says where the picture is.
     """
     word = verdict(score, threshold)
     body = evidence_overlay(image, amap, scale, mask, passed=word == PASS)
@@ -267,7 +273,13 @@ def annotated_overlay(
         small -= 1  # long numbers (a score and threshold alike to 6 digits) kept whole
     draw.text((x, 3 + fs // 5 + (fs - 3 - small) // 2), text, fill=(0, 0, 0), font=_font(small))
     if title:
-        draw.text((4, fs + 7), title, fill=(90, 90, 90), font=_font(fs - 3))
+        over = float(np.mean(np.asarray(amap, np.float32) >= scale.pixel_threshold))
+        if word == PASS and over > 0:  # drawn yellow, never red: the bar alone would hide them
+            title = f"{title}; {over:.1%} over the pixel threshold, not red: it passed"
+        small = fs - 3
+        while small > 8 and 4 + draw.textlength(title, font=_font(small)) > width - 3:
+            small -= 1
+        draw.text((4, fs + 7), title, fill=(90, 90, 90), font=_font(small))
     return np.concatenate([np.asarray(head), body, colour_bar(width, scale)], axis=0)
 
 
@@ -295,8 +307,8 @@ def enlargement(width: int) -> int:
     return max(1, -(-MIN_WIDTH // max(1, width)))
 
 
-def _font_size(width: int) -> int:
-    return max(10, min(18, width // 16))
+def _font_size(width: int) -> int:  # a 4000 px overlay seen whole: not 4 px letters
+    return max(10, min(18, width // 16), width // 60)
 
 
 def _head_height(width: int, title: str | None) -> int:

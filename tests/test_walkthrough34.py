@@ -648,3 +648,54 @@ def test_a_threshold_on_good_images_in_a_folder_of_any_name(
         args = ["--rule", "conformal", "--value", "0.25", "--good-images", str(folder)]
         assert main(["threshold", "--run", str(run), *args]) == 0, capsys.readouterr().err
         assert RunDir(run).threshold().rule == "conformal"
+
+
+def test_an_overlay_says_what_its_colours_hide_and_where_its_scale_ends(monkeypatch):
+    """A pictures walkthrough (helper): a missed crack (PASS) with 3.4 % of its map over the
+    pixel threshold was drawn yellow while the bar says red is "above pixel threshold", so a
+    near miss looked like a clean part; the bar's right end read "2x" beside "pixel threshold
+    7.26" (it meant 12.4); at 4000 px the words were 18 px, 4 px on a screen."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    from anomaly import overlays
+
+    said = []
+    real = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw,
+        "text",
+        lambda self, xy, text, *a, **k: said.append(text) or real(self, xy, text, *a, **k),
+    )
+    scale = overlays.EvidenceScale(2.0, 7.0)
+    amap = np.full((32, 32), 3.0, np.float32)
+    amap[:4, :8] = 9.0  # 1/32 of it over the pixel threshold
+    image = np.full((64, 64, 3), 0.5, np.float32)
+    overlays.colour_bar.cache_clear()
+    overlays.annotated_overlay(image, amap, scale, score=1.0, threshold=2.0, title="a.png")
+    assert "a.png; 3.1% over the pixel threshold, not red: it passed" in said
+    assert "12" in said and "2x" not in said  # 2 + 2 * (7 - 2)
+    said.clear()
+    overlays.annotated_overlay(image, amap, scale, score=3.0, threshold=2.0, title="a.png")
+    assert "a.png" in said  # rejected: its red says it
+    assert overlays._font_size(4000) >= 60 and overlays._font_size(256) == 16
+
+
+def test_a_new_runs_overlays_start_at_its_typical_good_pixel(tiny_cookies, tmp_path):
+    """The same walkthrough: the colour bar's left end says "typical good", but the scale
+    started at the held-out maps' 1 % quantile, washing about a fifth of a good cookie yellow."""
+    import numpy as np
+    import pytest
+
+    from anomaly.pipeline import load_run, train_run
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, "meandiff", val_fraction=0.5), run, progress=False)
+    record = RunDir(run).val_scores()
+    det = load_run(run)
+    held = det.dataset(tiny_cookies, "train")
+    pred = det.predict(held)
+    maps = pred.maps[[p in record["paths"] for p in pred.paths]]
+    assert record["map_range"][0] == pytest.approx(float(np.median(maps)), rel=1e-6)
+    assert record["map_range"][0] > float(np.quantile(maps, 0.01))
