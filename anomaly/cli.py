@@ -294,11 +294,17 @@ def main(argv: list[str] | None = None) -> int:
         for value in given if isinstance(given, list) else [given]:
             if isinstance(value, str) and not value.strip():
                 parser.error(f"{flag} {value!r}: an empty path; name a file or folder")
-    if sys.stderr is None:  # 2>&-: print's messages would fall back to stdout, and tqdm fail
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (for the whole process)
-    if sys.stdout is None and args.command == "predict":  # >&-: every verdict would be lost
-        print("error: predict's standard output is closed, where its rows go", file=sys.stderr)
+    answers = args.command in ("predict", "explore") or (
+        args.command == "threshold" and not args.rule  # what it says is its answer
+    )
+    if sys.stdout is None and answers:  # >&-: every verdict (the URL, the threshold) lost
+        if sys.stderr is not None:
+            print(
+                f"error: {args.command}'s standard output is closed, where its answer goes",
+                file=sys.stderr,
+            )
         return 2
+    _closed_to_devnull()
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warnings(shown)
     try:
@@ -306,6 +312,19 @@ def main(argv: list[str] | None = None) -> int:
             return _main(args)
     finally:
         warnings.showwarning = shown
+
+
+def _closed_to_devnull() -> None:
+    """A closed stdout or stderr (`>&-`, `2>&-`) made /dev/null on its own descriptor: print
+    would fall back to stdout for stderr's words, tqdm would fail, and the next file opened
+    would take descriptor 2 and receive what torch or onnxruntime write to stderr."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115  (the process's)
 
 
 _SIGNALLED: list[int] = []  # the stop signals received while a command ran (`_signals_interrupt`)

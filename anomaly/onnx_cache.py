@@ -97,8 +97,8 @@ def exported(module, example, output: str, export: Callable[[Path], None]) -> by
                 break
         else:  # a read-only root file system: no /tmp, no cache
             raise OSError(
-                "no folder to write onnxruntime's ONNX graph in (no usable "
-                "temporary folder, and no ANOMALY_CACHE); set TMPDIR or ANOMALY_CACHE to a "
+                "no folder to write onnxruntime's ONNX graph in (no usable temporary folder, "
+                f"and the cache {cache_dir() or 'is off'}); set TMPDIR or ANOMALY_CACHE to a "
                 "folder you may write, or use --runtime torch"
             )
         with folder as tmp:

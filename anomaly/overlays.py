@@ -36,6 +36,7 @@ from anomaly.data.image_kind import read_rgb
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir
 from anomaly.safe_files import atomic_bytes, fitting_name, output_folder, write_json
+from anomaly.terminal import printable
 from anomaly.viz import OUTLINE, to_rgb
 from anomaly.written_files import marked_overlay, overlay_mark, remove_written
 
@@ -92,10 +93,10 @@ def run_scale(run: str | Path | RunDir, maps=None, labels=None) -> EvidenceScale
     the explorer, or by `threshold --good-images` from that folder's maps, as train's from the
     held-out ones) or else the upper end of the held-out good images' map range
     (val_scores.json, written by train: their 99.9 % quantile); the floor is the lower end of
-    that range: their median pixel, what "typical good" on the colour bar says (a run trained
-    before 2026-12-05 saved their 1 % quantile there, and its overlays wash about a fifth of a
-    good cookie yellow: train it again, `train --like`, for the median). Without
-    val_scores.json, `maps` (and `labels`) give the scale.
+    that range: their median pixel, what "typical good" on the colour bar says (a run whose
+    val_scores.json has no map_range_q saved their 1 % quantile there, and its overlays wash
+    about a fifth of a good cookie yellow: train it again, `train --like`, for the median).
+    Without val_scores.json, `maps` (and `labels`) give the scale.
     """
     rd = run if isinstance(run, RunDir) else RunDir(run)
     saved = rd.threshold().params.get("pixel_threshold") if rd.has_threshold() else None
@@ -250,11 +251,11 @@ def annotated_overlay(
     title: str | None = None,
 ) -> np.ndarray:
     """`evidence_overlay` with the verdict and score written above and the colour bar below
-    (and, under a `title`, the share of a passing image's map over the pixel threshold: drawn
-    yellow, as a part that passes never shows red).
+    (and, beside a `title`, the share of a passing image's map over the pixel threshold when
+    more than a good part's 1 in 1,000: drawn yellow, as a part that passes never shows red).
 
-        An image narrower than `MIN_WIDTH` is enlarged by a whole factor (each pixel a square
-        block), so that the words stay readable; `body_rows` says where the picture is.
+    An image narrower than `MIN_WIDTH` is enlarged by a whole factor (each pixel a square
+    block), so that the words stay readable; `body_rows` says where the picture is.
     """
     word = verdict(score, threshold)
     body = evidence_overlay(image, amap, scale, mask, passed=word == PASS)
@@ -273,9 +274,10 @@ def annotated_overlay(
         small -= 1  # long numbers (a score and threshold alike to 6 digits) kept whole
     draw.text((x, 3 + fs // 5 + (fs - 3 - small) // 2), text, fill=(0, 0, 0), font=_font(small))
     if title:
+        title = printable(title)  # a file name's newline: one line, and measurable
         over = float(np.mean(np.asarray(amap, np.float32) >= scale.pixel_threshold))
-        if word == PASS and over > 0:  # drawn yellow, never red: the bar alone would hide them
-            title = f"{title}; {over:.1%} over the pixel threshold, not red: it passed"
+        if word == PASS and over > 0.001:  # yellow, never red: more than a good part's 1/1000
+            title = f"{title}; {over:.2g} of its map over pixel thr. (yellow: PASS)"
         small = fs - 3
         while small > 8 and 4 + draw.textlength(title, font=_font(small)) > width - 3:
             small -= 1
@@ -318,9 +320,10 @@ def _head_height(width: int, title: str | None) -> int:
 
 def body_rows(image_shape: tuple[int, ...], title: str | None = None) -> slice:
     """The rows of an `annotated_overlay` of an image of this shape that hold the picture."""
-    k = enlargement(image_shape[1])
-    head = _head_height(image_shape[1] * k, title)
-    return slice(head, head + image_shape[0] * k)
+    shown = overlay_size(*image_shape[:2])  # a very large image is drawn shrunk
+    k = enlargement(shown[1])
+    head = _head_height(shown[1] * k, title)
+    return slice(head, head + shown[0] * k)
 
 
 def overlay_name(path: str, defect: str | None = None) -> str:

@@ -238,6 +238,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
                 "paths": list(paths),
                 "scores": list(scores),
                 "map_range": [float(x) for x in map_range],
+                "map_range_q": [0.5, 0.999],  # its quantiles (older runs: 0.01 for the floor)
                 **threshold_file.model_record(self.file(self.MODEL)),  # the model that scored
             },
         )

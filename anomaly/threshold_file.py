@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from anomaly.safe_files import finite, load_record, sha256_file
+from anomaly.terminal import printable
 
 MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it was chosen for
 # a threshold carried to a new model.pt (training resumed) also records the one it replaces, as
@@ -46,8 +47,9 @@ _RATE = (lambda x: finite(x) and 0 <= x <= 1, "a number from 0 to 1")
 _COST = (lambda x: finite(x) and x >= 0, "a number >= 0")
 _TEXT = (lambda x: isinstance(x, str), "a string")
 # printed to a terminal: no control characters (an escape sequence could clear the screen)
-_WORDS = (  # 5,000: a guarantee's words and a folder's path (4,096 bytes at most)
-    lambda x: isinstance(x, str) and len(x) <= 5000 and x.isprintable(),
+_WORDS = (  # 5,000: a guarantee's words and a folder's path (4,096 bytes at most); no control
+    # character (a no-break or zero-width space in a folder's name is text like any other)
+    lambda x: isinstance(x, str) and len(x) <= 5000 and printable(x) == x,
     "printable text of at most 5000 characters",
 )
 _FLAG = (lambda x: isinstance(x, bool), "true or false")

@@ -623,6 +623,11 @@ def test_predict_with_its_streams_closed_or_full(scored_ae_run, tiny_cookies, tm
     assert closed_err.returncode == 0 and closed_err.stdout.count("\n") == 1
     assert closed_err.stdout.startswith(f"{image}\t"), closed_err.stdout
     assert shell(">&-").returncode == 2
+    both = shell(">&- 2>&-")
+    assert both.returncode == 2 and not both.stdout and not both.stderr
+    say = f"'{sys.executable}' -m anomaly threshold --run '{scored_ae_run}' >&-"
+    said = subprocess.run(["bash", "-c", say], capture_output=True, text=True, check=False)
+    assert said.returncode == 2 and "standard output is closed" in said.stderr
     full = shell("> /dev/full")
     assert full.returncode == 2 and "rows to its standard output" in full.stderr
 
@@ -643,7 +648,7 @@ def test_a_threshold_on_good_images_in_a_folder_of_any_name(
     run = copy_run(scored_ae_run, tmp_path / "run")
     long = tmp_path / "/".join(["x" * 200] * 5)
     long.mkdir(parents=True)
-    for folder in (tmp_path / os.fsdecode(b"new\xe9"), long / "good"):
+    for folder in (tmp_path / os.fsdecode(b"new\xe9"), long / "good", tmp_path / "a\u00a0b"):
         good_test_folder(tiny_cookies, folder)
         args = ["--rule", "conformal", "--value", "0.25", "--good-images", str(folder)]
         assert main(["threshold", "--run", str(run), *args]) == 0, capsys.readouterr().err
@@ -673,7 +678,7 @@ def test_an_overlay_says_what_its_colours_hide_and_where_its_scale_ends(monkeypa
     image = np.full((64, 64, 3), 0.5, np.float32)
     overlays.colour_bar.cache_clear()
     overlays.annotated_overlay(image, amap, scale, score=1.0, threshold=2.0, title="a.png")
-    assert "a.png; 3.1% over the pixel threshold, not red: it passed" in said
+    assert "a.png; 0.031 of its map over pixel thr. (yellow: PASS)" in said
     assert "12" in said and "2x" not in said  # 2 + 2 * (7 - 2)
     said.clear()
     overlays.annotated_overlay(image, amap, scale, score=3.0, threshold=2.0, title="a.png")
@@ -699,3 +704,20 @@ def test_a_new_runs_overlays_start_at_its_typical_good_pixel(tiny_cookies, tmp_p
     maps = pred.maps[[p in record["paths"] for p in pred.paths]]
     assert record["map_range"][0] == pytest.approx(float(np.median(maps)), rel=1e-6)
     assert record["map_range"][0] > float(np.quantile(maps, 0.01))
+    assert record["map_range_q"] == [0.5, 0.999]  # which run is which, for what it draws
+
+
+def test_body_rows_of_an_image_larger_than_an_overlay_is_drawn(monkeypatch):
+    """Review: with words growing with the picture, `body_rows` of an image over 4096 px
+    (drawn shrunk) pointed 64 rows too low."""
+    import numpy as np
+
+    from anomaly import overlays
+
+    image = np.zeros((3000, 6000, 3), np.float32)
+    drawn = overlays.annotated_overlay(
+        image, np.zeros((8, 8), np.float32), overlays.EvidenceScale(0, 1), 0.0, 1.0, title="t"
+    )
+    rows = overlays.body_rows(image.shape, "t")
+    assert rows.stop - rows.start == overlays.overlay_size(3000, 6000)[0]
+    assert drawn[rows.start - 1].min() == 255 and drawn[rows.start].max() == 0  # the picture

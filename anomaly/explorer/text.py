@@ -7,6 +7,7 @@ import html
 import os
 
 from anomaly.metrics import Threshold
+from anomaly.terminal import printable
 from anomaly.threshold_file import guarantee_words, lost_guarantee
 
 TD = "padding:3px 8px;text-align:right;border:1px solid #ccc"
@@ -196,8 +197,8 @@ def _set_on_these(saved: Threshold, paths) -> int:
     folder = record.get("folder_resolved") if record.get("source") == "folder" else None
     if not isinstance(folder, str) or not folder:
         return 0
-    folder = os.path.abspath(folder)
-    return sum(os.path.dirname(os.path.abspath(str(p))) == folder for p in paths)
+    folder = os.path.abspath(folder)  # saved printable: compared so (a name not UTF-8)
+    return sum(printable(os.path.dirname(os.path.abspath(str(p)))) == folder for p in paths)
 
 
 def rule_html(
