@@ -12,7 +12,8 @@ threshold in every image of every run, and the same colour means the same eviden
 
 The colour bar under an `annotated_overlay` shows this scale with the threshold marked in the
 middle; the header says the verdict (PASS / REJECT), the image score and the image threshold.
-The ground-truth defect, when known, is outlined in one colour (`viz.OUTLINE`). Overlays are
+The ground-truth defect, when known, is outlined in one colour (`viz.OUTLINE`) on a dark ring
+(seen by colour-blind eyes too, on the yellow wash as on the image). Overlays are
 at the image's own resolution: the map is resized to the image, not the image to the map (an
 image over `OVERLAY_SIDE` pixels on its longer side is shrunk to it first).
 
@@ -190,7 +191,11 @@ def evidence_overlay(
         m = np.asarray(mask, np.float32)
         if m.shape != size:
             m = _resize_map(m, size)
-        out[mask_outline(m >= 0.5)] = OUTLINE
+        inside = m >= 0.5  # lime on a dark ring: under deuteranopia lime is the yellow wash's
+        p = np.pad(inside, 1)  # colour, and the ring's contrast keeps it seen
+        grown = inside | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+        out[grown & ~inside] = (30, 30, 30)
+        out[mask_outline(inside)] = OUTLINE
     return np.round(np.nan_to_num(out).clip(0, 255)).astype(np.uint8)  # a broken map: black
 
 

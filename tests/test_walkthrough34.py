@@ -721,3 +721,21 @@ def test_body_rows_of_an_image_larger_than_an_overlay_is_drawn(monkeypatch):
     rows = overlays.body_rows(image.shape, "t")
     assert rows.stop - rows.start == overlays.overlay_size(3000, 6000)[0]
     assert drawn[rows.start - 1].min() == 255 and drawn[rows.start].max() == 0  # the picture
+
+
+def test_the_true_outline_has_a_dark_ring_colour_blind_eyes_see():
+    """The pictures walkthrough: under deuteranopia (Machado's matrix) the lime outline became
+    (239, 214, 58), nearly the yellow wash's (249, 222, 35): the crack's outline vanished."""
+    import numpy as np
+
+    from anomaly import overlays
+    from anomaly.viz import OUTLINE
+
+    mask = np.zeros((32, 32), np.float32)
+    mask[10:20, 10:20] = 1
+    amap = np.full((32, 32), 0.9, np.float32)  # all of it in the yellow wash
+    out = overlays.evidence_overlay(
+        np.full((32, 32, 3), 0.5), amap, overlays.EvidenceScale(0, 1), mask
+    )
+    assert tuple(out[10, 15]) == OUTLINE and tuple(out[9, 15]) == (30, 30, 30)
+    assert tuple(out[15, 15]) != (30, 30, 30) and tuple(out[5, 5]) != (30, 30, 30)
