@@ -37,6 +37,7 @@ from anomaly.data.files import (
     scan_images,
 )
 from anomaly.decision import far_above_words
+from anomaly.detectors.base import empty_frame
 from anomaly.metrics import (
     Threshold,
     conformal_n_needed,
@@ -46,7 +47,6 @@ from anomaly.metrics import (
     threshold_manual,
     threshold_normal_quantile,
 )
-from anomaly.onnx_checks import flat_image
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import InUse, file_stamp, sha256_file
 from anomaly.terminal import printable, shell_word
@@ -133,7 +133,7 @@ def _read_all(folder: Path, images: list[Path], config) -> tuple[list | None, li
         except DataError as err:
             bad.append(str(err))
             continue
-        if flat_image(image.permute(1, 2, 0).numpy()):  # as predict: no verdict, no threshold
+        if empty_frame(image):  # as predict: no verdict, and no threshold
             empty.append(printable(p.name))
         shape = str(tuple(image.shape)).encode()
         pixels.append(hashlib.sha256(shape + image.numpy().tobytes()).hexdigest())

@@ -399,7 +399,7 @@ class Detector(ABC):
                 if "mask_known" in batch
                 else [True] * len(batch["image"])
             )
-            flat += [p for p, x in zip(batch["path"], batch["image"]) if _flat(x)]
+            flat += [p for p, x in zip(batch["path"], batch["image"]) if empty_frame(x)]
             paths += list(batch["path"])
             labels += [int(x) for x in batch["label"]]
             defects += list(batch["defect"])
@@ -431,11 +431,12 @@ class Detector(ABC):
         return pred
 
 
-def _flat(x: torch.Tensor) -> bool:
+def empty_frame(x: torch.Tensor) -> bool:
     """Whether image `x` [C, H, W] is one flat colour (`onnx_checks.flat_image`: an empty frame,
     which predict gives no verdict), at the model's size (predict looks at the file's own: a
     pattern finer than a model pixel can be flat here alone); a cheap look first: how much of
-    every 16th pixel is one of its corners' values."""
+    every 16th pixel is one of its corners' values. `score` names these, calibration refuses
+    them."""
     from anomaly.onnx_checks import SAME, flat_image
 
     a = x.detach().float().cpu().numpy()  # numpy: torch's small operations cost ~2 ms here
