@@ -100,8 +100,7 @@ def piling(folder: Path) -> str:
         return ""
     return (
         f" (it holds {count} overlay{'s' * (count != 1)}, {size / 2**30:.1f} GB, and grows with "
-        "every call: move "
-        "old ones away, give --out a folder per day, or --no-overlays)"
+        "every call: move old ones away, give --out a folder per day, or --no-overlays)"
     )
 
 

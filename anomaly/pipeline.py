@@ -300,7 +300,7 @@ def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progre
     if not np.isfinite(pred.scores).all():  # no threshold to set: said, not threshold's words
         msg = "gives NaN or infinite scores on its held-out images: its training diverged"
         raise RunError(f"{run}: the model {msg}; train a new --out (another --seed, a lower --lr)")
-    run.save_val_scores(pred.paths, pred.scores.tolist(), dataset_range(pred.maps, (0.5, 0.999)))
+    run.save_val_scores(pred.paths, pred.scores.tolist(), dataset_range(pred.maps, run.MAP_RANGE_Q))
     if keep_own and run.has_threshold():  # the user's threshold, kept
         try:
             old = run.threshold()

@@ -71,6 +71,9 @@ class RunDir(CheckpointFiles, ScoreOutputs):
     # once the model changes
     SCORE_OUTPUTS = (PREDICTIONS, SCORES, METRICS)
     SCORES_HEADER = ("file", "path", "label", "defect", "score")
+    # val_scores.json's map_range: quantiles of the held-out good maps, the overlays' floor (a
+    # typical good pixel) and pixel threshold
+    MAP_RANGE_Q = (0.5, 0.999)
     EXPORT = "model.onnx"  # `export`'s default file
     NAMES = (CONFIG, SPLIT, VERSIONS, MODEL, LAST, HISTORY, VAL_SCORES, THRESHOLD, SELECTION)
     NAMES += (CALIBRATION, REFUSED, *SCORE_OUTPUTS, OVERLAYS, PREDICT, SCORED, EXPORT)
@@ -238,7 +241,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
                 "paths": list(paths),
                 "scores": list(scores),
                 "map_range": [float(x) for x in map_range],
-                "map_range_q": [0.5, 0.999],  # its quantiles (older runs: 0.01 for the floor)
+                "map_range_q": list(self.MAP_RANGE_Q),  # older runs: 0.01 for the floor
                 **threshold_file.model_record(self.file(self.MODEL)),  # the model that scored
             },
         )

@@ -194,9 +194,8 @@ def identity(r: RunView) -> list[tuple[str, str]]:
             digest = _file_digest(RunDir(r.folder).file(name))
             if digest:
                 rows.append((f"{name} sha256", digest))
-    names = hashlib.sha256("\n".join(pred.paths).encode("utf-8", "surrogateescape")).hexdigest()[
-        :16
-    ]
+    listed = "\n".join(pred.paths).encode("utf-8", "surrogateescape")  # a name's bytes as they are
+    names = hashlib.sha256(listed).hexdigest()[:16]
     kinds = Counter(pred.defects)
     rows += [
         ("images", f"{len(pred)} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})"),
