@@ -739,3 +739,16 @@ def test_the_true_outline_has_a_dark_ring_colour_blind_eyes_see():
     )
     assert tuple(out[10, 15]) == OUTLINE and tuple(out[9, 15]) == (30, 30, 30)
     assert tuple(out[15, 15]) != (30, 30, 30) and tuple(out[5, 5]) != (30, 30, 30)
+
+
+def test_an_empty_frame_is_one_whatever_its_corners_are():
+    """Review: the quick look before the empty-frame check compared with the four corners, so a
+    frame flat but for exactly those four pixels passed score's warning and calibration."""
+    import torch
+
+    from anomaly.detectors.base import empty_frame
+
+    frame = torch.ones(3, 64, 64)
+    for r, c in ((0, 0), (0, 60), (60, 0), (60, 60)):  # every 16th pixel's corners
+        frame[:, r, c] = 0
+    assert empty_frame(frame) and not empty_frame(torch.rand(3, 64, 64))

@@ -434,15 +434,14 @@ class Detector(ABC):
 def empty_frame(x: torch.Tensor) -> bool:
     """Whether image `x` [C, H, W] is one flat colour (`onnx_checks.flat_image`: an empty frame,
     which predict gives no verdict), at the model's size (predict looks at the file's own: a
-    pattern finer than a model pixel can be flat here alone); a cheap look first: how much of
-    every 16th pixel is one of its corners' values. `score` names these, calibration refuses
-    them."""
+    pattern finer than a model pixel can be flat here alone). `score` names these, calibration
+    refuses them. A cheap look first: whether half of every 16th pixel is their median colour,
+    which a flat frame's always is (its few other pixels are 1.6 % of those at most)."""
     from anomaly.onnx_checks import SAME, flat_image
 
     a = x.detach().float().cpu().numpy()  # numpy: torch's small operations cost ~2 ms here
-    every = a[:, ::4, ::4]
-    corners = every[:, [0, 0, -1, -1], [0, -1, 0, -1]].T[:, :, None, None]  # [4, C, 1, 1]
-    if max((abs(every - c) <= SAME).all(0).mean() for c in corners) < 0.5:
+    every = a[:, ::4, ::4].reshape(a.shape[0], -1)
+    if (abs(every - np.median(every, axis=1, keepdims=True)) <= SAME).all(0).mean() < 0.5:
         return False
     return flat_image(a.transpose(1, 2, 0)) is not None
 
