@@ -46,10 +46,8 @@ from anomaly.data.files import (
 from anomaly.data.generated import interrupted
 from anomaly.data.image_kind import (
     displayed_size,
-    draft_size,
     empty_file,
     named_warnings,
-    open_image,
     orientation,
     unreadable_fix,
 )
@@ -58,7 +56,6 @@ from anomaly.data.input_checks import (
     check_good_name,
     check_mask_header,
     check_mvtec_root,
-    check_value_range,
     no_layout,
     warn_good_masks,
     warn_loose_images,
@@ -80,9 +77,12 @@ from anomaly.data.masks import (
     mask_tensor,
     read_mask,
 )
-from anomaly.onnx_predict import resize_channels
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
+from anomaly.data.reading import (  # noqa: F401  (re-exported, where they used to live)
+    image_tensor,
+    image_to_array,
+    load_image,
+    read_image,
+)
 
 
 @dataclass(frozen=True)
@@ -93,70 +93,6 @@ class Sample:
     label: int  # 0 = good, 1 = defective
     defect: str  # "good" or the defect folder name
     mask_path: str | None = None
-
-
-# --- reading one file -------------------------------------------------------------------------
-
-
-def image_to_array(im: Image.Image) -> np.ndarray:
-    """Convert any PIL image to float32 [H, W, 1 or 3] in [0, 1].
-
-    8-bit modes are divided by 255, 16-bit modes (`I;16*`, and `I` as older Pillow opens 16-bit
-    PNGs) by 65535, float images (`F`) are clipped. Transparent images are composited on white.
-    """
-    mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        a = np.asarray(im, dtype=np.float32) / 65535.0
-        return np.clip(a, 0.0, 1.0)[..., None]
-    if mode == "F":
-        return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)[..., None]
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode == "1":
-        im = im.convert("L")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-    elif mode not in ("L", "LA", "RGB", "RGBA"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBa, La, ...
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    if a.ndim == 2:
-        a = a[..., None]
-    if im.mode in ("LA", "RGBA"):  # composite on white
-        color, alpha = a[..., :-1], a[..., -1:]
-        a = color * alpha + (1.0 - alpha)
-    return a
-
-
-def load_image(path: str | Path, size: int | None = 256, channels=3, decode="full") -> torch.Tensor:
-    """Read one image as a float32 tensor [channels, size, size] in [0, 1]: `channels` 1
-    (grayscale, luma weights as PIL's "L") or 3 (RGB), resized by Pillow's bilinear filter to
-    size x size (widened when shrinking; the aspect ratio not kept; `size=None`: the file's own;
-    exactly as an exported run's file says, `anomaly.onnx_predict.resize_channels`), a large
-    JPEG decoded at a reduced scale first with `decode` "draft" (`draft_size`); `DataError`
-    naming an unreadable file."""
-    return image_tensor(read_image(path, draft_size(decode, size)), size, channels)
-
-
-def read_image(path: str | Path, draft: int | None = None) -> np.ndarray:
-    """Decode one image file to float32 [H, W, 1 or 3] in [0, 1] (`DataError` naming the file
-    when it cannot be read; `draft`: `open_image`'s); `image_tensor` makes the model's input."""
-    with open_image(path, draft) as im:
-        check_value_range(path, im)  # float / 32-bit images out of range: named, or refused
-        return image_to_array(im)
-
-
-def image_tensor(a: np.ndarray, size: int | None, channels: int) -> torch.Tensor:
-    """`load_image`'s conversion of a decoded image `a` [H, W, 1 or 3]: to `channels`, resized to
-    `size` (None: its own), as float32 [channels, H, W] in [0, 1]. One decode can serve two sizes
-    (`predict` needs the model's size and the file's own, for the overlay)."""
-    if channels == 1 and a.shape[-1] == 3:
-        a = (a @ _LUMA)[..., None]
-    elif channels == 3 and a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    if size is not None:  # as an exported run's file says (`anomaly.onnx_predict`), exactly
-        a = resize_channels(a, size)
-    x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
-    return x.clamp_(0.0, 1.0)
 
 
 # --- finding the files ------------------------------------------------------------------------
