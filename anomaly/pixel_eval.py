@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anomaly.data.image_kind import displayed_size
-from anomaly.data.masks import mask_tensor, read_mask
+from anomaly.data.masks import mask_files, mask_tensor, read_mask
 from anomaly.safe_files import RunError, available_memory, is_out_of_memory, memory_words
 
 EVAL_SIZE = 256
@@ -105,6 +105,7 @@ def full_size(mask_paths, image_paths=()) -> tuple[int, int] | None:
     for path in [*mask_paths, *image_paths]:
         if path is None:
             continue
+        path = mask_files(path)[0]  # a folder of one image's masks: its first, all one size
         with Image.open(path) as im:  # the header only; the files were read as the data set
             w, h = displayed_size(im)
         if first is None:

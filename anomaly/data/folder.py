@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from anomaly.data.files import (
     IMAGE_EXTENSIONS,
     DataError,
+    _is_image,
     broken_link,
     named,
     plain_test_count,
@@ -56,12 +57,14 @@ from anomaly.data.input_checks import (
     check_good_name,
     check_mask_header,
     check_mvtec_root,
+    check_not_split,
     no_layout,
     warn_good_masks,
     warn_loose_images,
     warn_lossy_masks,
     warn_missing_masks,
     warn_turned,
+    warn_validation,
 )
 from anomaly.data.input_checks import subfolders as _subfolders
 from anomaly.data.layout_names import (
@@ -117,8 +120,13 @@ def _list_images(folder: Path, what: str) -> list[Path]:
 
 
 def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Path]:
-    """Map each image to its mask in `mask_dir`; a mask that fits no image is an error."""
+    """Map each image to its mask in `mask_dir`; a mask that fits no image is an error. A
+    `mask_dir` of folders named as images (MVTec LOCO AD) maps each image to its folder, whose
+    masks `read_mask` joins."""
     by_stem = {p.stem: p for p in images}
+    per_image = [d for d in _subfolders(mask_dir) if d.name in by_stem]
+    if per_image and not any(p.is_file() and _is_image(p) for p in mask_dir.iterdir()):
+        return {by_stem[d.name]: d for d in per_image}  # MVTec LOCO AD: <stem>/000.png, ...
     found: dict[Path, Path] = {}
     for m in _list_images(mask_dir, "masks (non-zero pixels = defect)"):
         stem = mask_stem(m) or m.stem  # <stem>_mask, any case (MVTec AD's: _mask)
@@ -228,6 +236,7 @@ class AnomalyDataset(Dataset):
             self.layout = "mvtec"
             self.samples = self._scan_mvtec()
         elif (self.root / "good").is_dir():
+            check_not_split(self.root)  # data/bottle/test/ itself: read as a plain data set
             self.layout = "folder"
             self.samples = self._scan_plain()
         else:
@@ -278,7 +287,10 @@ class AnomalyDataset(Dataset):
                     f"{good}: folder not found. The MVTec AD layout needs the defect-free "
                     f"training images in ROOT/train/good/." + interrupted(self.root)
                 )
-            return self._samples(_list_images(good, "defect-free training images"), "good", {})
+            images = _list_images(good, "defect-free training images")
+            warn_validation(self.root)
+            check_not_masks({"good": images}, good.parent, self.root / "ground_truth")
+            return self._samples(images, "good", {})
         test = self.root / "test"
         if not test.is_dir():
             raise DataError(
@@ -303,6 +315,7 @@ class AnomalyDataset(Dataset):
     def _scan_plain(self) -> list[Sample]:
         check_good_name(self.root)
         good = _list_images(self.root / "good", "defect-free images")
+        check_not_masks({"good": good}, self.root, self.root / "masks")
         if self.trained is not None:  # a run's own record: it learned those, tests the others
             test = self.split == "test"
             split_good = [p for p in good if (f"good/{p.name}" in self.trained) != test]

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from anomaly.data.files import DataError, _is_image, broken_link, named, scan_images
-from anomaly.data.layout_names import good_name_word, maybe_good_word, unsorted_word
+from anomaly.data.layout_names import good_name_word, mask_stem, maybe_good_word, unsorted_word
 from anomaly.data.masks import read_mask
 
 NAMED = 3  # files named in one warning; the rest are counted
@@ -173,20 +173,50 @@ def check_mvtec_root(root: Path) -> None:
     )
 
 
+def warn_validation(root: Path) -> None:
+    """Name ROOT/validation/good/ (MVTec LOCO AD's defect-free validation images), which is not
+    read: `train` holds out part of train/good/ for the threshold instead, and said nothing."""
+    val = root / "validation" / "good"
+    if val.is_dir():
+        warnings.warn(
+            f"{val}/ is not read: the threshold is set on good images held out of train/good/. "
+            "To set it on these instead, after training: python -m anomaly threshold --run RUN "
+            f"--rule conformal --value 0.05 --good-images {val}",
+            stacklevel=4,
+        )
+
+
 def warn_loose_images(split: Path) -> None:
     """Name the image files lying directly in `split` (train/ or test/): only its folders
-    (good/, <defect>/) are read."""
+    (good/, <defect>/) are read. Those named as masks (`mask_stem`: KolektorSDD2 keeps
+    `10000_GT.png` beside `10000.png`) are said to be masks, not told to move among images."""
     if not split.is_dir():
         return
-    loose = sorted(
-        p.name for p in split.iterdir() if p.is_file() and _is_image(p) and p.name[0] != "."
-    )
+    files = [p for p in split.iterdir() if p.is_file() and _is_image(p) and p.name[0] != "."]
+    masks = sorted(p.name for p in files if mask_stem(p))
+    loose = sorted(p.name for p in files if not mask_stem(p))
+    if masks:
+        warnings.warn(
+            f"{split}: {named(masks, NAMED)} {'lies' if len(masks) == 1 else 'lie'} directly in "
+            f"{split.name}/, named as {'a mask' if len(masks) == 1 else 'masks'} (<stem>_mask, "
+            "_GT, _label), and not read. A defective image's mask goes in "
+            f"{split.parent / 'ground_truth'}/<defect>/<stem>_mask.png, the image in "
+            f"{split.parent / 'test'}/<defect>/; a good image needs none, and training images "
+            "must be good ones",
+            stacklevel=4,
+        )
     if loose:
         where = "good/" if split.name == "train" else "good/ or <defect>/"
         warnings.warn(
             f"{split}: {named(loose, NAMED)} {'lies' if len(loose) == 1 else 'lie'} directly in "
             f"{split.name}/ and {'is' if len(loose) == 1 else 'are'} not read; only its folders "
-            f"are. Move {'it' if len(loose) == 1 else 'them'} into {split.name}/{where}",
+            f"are. Move {'it' if len(loose) == 1 else 'them'} into {split.name}/{where}"
+            + (
+                " (those whose mask beside them marks nothing; one that marks a defect is a "
+                "defective image: test/<defect>/)"
+                if masks
+                else ""
+            ),
             stacklevel=4,
         )
 
@@ -244,8 +274,11 @@ def check_mask_header(mask: str, image: str, size: tuple[int, int], turn: int) -
     from PIL import Image
 
     from anomaly.data.image_kind import displayed_size
-    from anomaly.data.masks import LOSSY
+    from anomaly.data.masks import LOSSY, mask_files
 
+    if Path(mask).is_dir():  # MVTec LOCO AD: a folder of the image's masks, each checked
+        lossy = [check_mask_header(str(f), image, size, turn) for f in mask_files(mask)]
+        return any(lossy)  # every file checked, not up to the first JPEG
     try:
         with Image.open(mask) as m:
             mask_size, lossy = displayed_size(m), m.format in LOSSY
@@ -283,6 +316,22 @@ def warn_turned(turned: list[tuple[str, int]]) -> None:
             "a viewer shows it (a labelling tool that ignores EXIF draws it on the stored "
             "pixels, and the pixel metrics are then wrong): check they line up",
             stacklevel=4,
+        )
+
+
+def check_not_split(root: Path) -> None:
+    """Refuse a folder with good/ (read in the plain layout) that is the train/ or test/ (or
+    validation/) folder of an MVTec AD data set: read so, `train` took its test images for
+    training images, held some out and tested the rest, never read train/good/ or the masks
+    in ground_truth/, and said nothing."""
+    parent = root.parent
+    if root.name.lower() in ("train", "test", "validation") and any(
+        (parent / s).is_dir() for s in {"train", "test", "ground_truth"} - {root.name.lower()}
+    ):
+        raise DataError(
+            f"{root} is the {root.name}/ folder of the data set {parent} (MVTec AD layout: "
+            f"train/good/, test/<kind>/, ground_truth/). Pass {parent}: its training images are "
+            "read from train/good/, its test images from test/, their masks from ground_truth/"
         )
 
 

@@ -110,10 +110,17 @@ def good_name_word(name: str) -> str | None:
     return None if name == "good" else _word_of(name, GOOD_NAME_WORDS)
 
 
+# How mask files end their image's stem: MVTec AD's `_mask`, KolektorSDD2's `_GT`, KolektorSDD's
+# and DAGM's `_label`
+MASK_SUFFIXES = ("_mask", "_gt", "_label", "_labels")
+
+
 def mask_stem(p: Path) -> str | None:
-    """`p`'s image stem when `p` is named like a mask (`<stem>_mask.*`, any case), else None."""
+    """`p`'s image stem when `p` is named like a mask (`<stem>_mask.*`, `<stem>_GT.*`,
+    `<stem>_label.*`: `MASK_SUFFIXES`, any case), else None."""
     stem = p.stem
-    return stem[: -len("_mask")] if stem.lower().endswith("_mask") and len(stem) > 5 else None
+    end = next((e for e in MASK_SUFFIXES if stem.lower().endswith(e) and len(stem) > len(e)), "")
+    return stem[: -len(end)] if end else None
 
 
 def _two_valued(p: Path) -> bool:
@@ -168,16 +175,18 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
       `label` holds photos, or black-and-white images like the good ones, and is read; one image
       of several colours ends the check, so it costs one read or two);
 
-    and an image `<stem>_mask.*` beside the image `<stem>.*` in a defect folder is a mask among
-    the images (a lone `x_mask.png` is left as an image)."""
+    and an image `<stem>_mask.*` beside the image `<stem>.*` in a defect folder (or in good/:
+    `_refuse_masks_among_good`) is a mask among the images (a lone `x_mask.png` is left as an
+    image)."""
     good = kinds.get("good") or sorted(  # test/good/ (MVTec AD), else the plain layout's good/
         p for p in (parent / "good").glob("*") if p.is_file() and _is_image(p)
     )
     for kind, images in kinds.items():
-        if kind == "good":
-            continue
         folder = parent / kind
         stems = [mask_stem(p) for p in images]
+        if kind == "good":
+            _refuse_masks_among_good(folder, images, stems, masks_go)
+            continue
         if images and all(stems):
             why = f"its {len(images)} image(s) are all named <stem>_mask.*"
         elif (
@@ -205,6 +214,25 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
             f"its masks scored as defective images. Masks go in {masks_go}/<defect>/"
             f"<stem>_mask.png: move them to {masks_go}/{mask_kind or '<defect>'}/"
             + ("" if mask_kind else " (the folder of their images' defect kind)")
+        )
+
+
+def _refuse_masks_among_good(
+    folder: Path, images: list[Path], stems: list[str | None], masks_go: Path
+) -> None:
+    """Refuse `<stem>_mask.*` (`_GT`, `_label`) beside `<stem>.*` in a good folder: a mask read
+    as a defect-free image, trained on or scored as one (KolektorSDD2's `10000_GT.png` beside
+    `10000.png`, moved into train/good/ as told)."""
+    by_stem = {p.stem: p for p in images}
+    pairs = [(p, by_stem[s]) for p, s in zip(images, stems) if s in by_stem]
+    if pairs:
+        raise DataError(
+            f"{folder}: {named([f'{m.name} (mask of {i.name}?)' for m, i in pairs], NAMED)} "
+            f"would be read as {'a defect-free image' if len(pairs) == 1 else 'defect-free images'}"
+            f". A good image needs no mask: delete {'it' if len(pairs) == 1 else 'them'}, or, if "
+            f"{'its image is' if len(pairs) == 1 else 'their images are'} defective, move "
+            f"{'that image' if len(pairs) == 1 else 'those images'} into a defect kind's folder "
+            f"and the mask into {masks_go}/<defect>/"
         )
 
 

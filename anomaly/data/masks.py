@@ -1,17 +1,19 @@
-"""Defect masks as saved by people and tools: every non-zero pixel is a defect.
+"""Defect masks as saved by people and tools: a non-zero pixel is a defect (soft edges aside).
 
 Masks come in many formats besides MVTec AD's 0/255 greyscale PNGs: 0/1 PNGs, palette PNGs
 (index 1 = dark red, as label tools save them), red-on-black RGB, 16-bit files holding 0/255,
 faint 0/30 masks. Reading them as brightness with a threshold at half the range read all of
 those as empty, so their defect pixels were silently counted as normal. Here a pixel is a defect
 when its decoded value is non-zero in any channel, for every mode (`mask_array`): the palette's
-colour for "P", any colour channel for RGB(A). `check_defect_mask` makes an empty mask of a
-defective image an error, and warns about a mask that marks most of its image (inverted?).
-`mask_tensor` resizes a mask to the model's size by nearest neighbour, never to an empty one:
-a defect smaller than a model pixel that it would miss is marked on the pixels it touches, and
-named in a warning. `load_mask` reads a mask file with them (`anomaly.data.folder.AnomalyDataset`
-checks it too).
-"""
+colour for "P", any colour channel for RGB(A). A grey mask with soft edges (anti-aliased by a
+labelling tool, or resized with a smoothing filter: values between 0 and a bright maximum) is
+read as one sees it, defect where a pixel is at least half its maximum (`soft_cut`, named in a
+warning); non-zero made every grey edge pixel a defect, and a mask shrunk with its image marked
+more than its defect. `check_defect_mask` makes an empty mask of a defective image an error, and
+warns about a mask that marks most of its image (inverted?). `mask_tensor` resizes a mask to the
+model's size by nearest neighbour, never to an empty one: a defect smaller than a model pixel
+that it would miss is marked on the pixels it touches, and named in a warning. `load_mask` reads
+a mask file with them (`anomaly.data.folder.AnomalyDataset` checks it too)."""
 
 from __future__ import annotations
 
@@ -62,6 +64,44 @@ def mask_array(im: Image.Image) -> np.ndarray:
     return a > 0
 
 
+SOFT_TOP = 128  # a grey mask whose maximum is at least this, with values between, has soft edges
+_SOFT_SAID: set[str] = set()  # folders whose soft masks were named (once a folder, not a file)
+
+
+def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
+    """A grey mask with soft edges as bool [H, W], defect where a pixel is at least half the
+    mask's maximum, or None for any other mask (read by `mask_array`).
+
+    Soft edges: a greyscale mask ("L", 16-bit, or RGB with three equal channels) whose maximum
+    is at least `SOFT_TOP` and that holds values between 0 and it. Masks of few dark values
+    (0/1, label indices 0/1/2, faint 0/30) are not: every non-zero pixel stays a defect. The
+    first soft mask of a folder is named in a warning, with the area each rule gives."""
+    if im.mode not in ("L", "RGB", "I") and not im.mode.startswith("I;16"):
+        return None
+    a = np.asarray(im)
+    if a.ndim == 3:
+        if not ((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all()):
+            return None  # red on black, colour-coded kinds: any channel non-zero
+        a = a[..., 0]
+    top = a.max()
+    if top < SOFT_TOP or not ((a > 0) & (a < top)).any():
+        return None
+    marked = a >= top / 2
+    folder = str(Path(path).parent)
+    if folder not in _SOFT_SAID:
+        _SOFT_SAID.add(folder)
+        levels = len(np.unique(a))
+        warnings.warn(
+            f"{path}: this mask has soft edges ({levels} grey levels from 0 to {top}), as "
+            "resizing or anti-aliasing leaves them: a pixel is read as defect where it is at "
+            f"least half of {top} ({int(marked.sum())} px; every non-zero pixel would be "
+            f"{int((a > 0).sum())}). Other masks of its folder are read so without a word. Save "
+            "masks with two values (0 and 255, resized by nearest neighbour) for exact edges",
+            stacklevel=3,
+        )
+    return marked
+
+
 def mask_tensor(a: np.ndarray, size: int | None, path: str | Path | None = None) -> torch.Tensor:
     """A bool mask [H, W] as float32 [size, size] in {0, 1} (nearest neighbour), or its own size
     when `size` is None.
@@ -93,15 +133,48 @@ def mask_tensor(a: np.ndarray, size: int | None, path: str | Path | None = None)
 LOSSY = ("JPEG", "MPO")  # formats whose compression adds faint grey around a drawn defect
 
 
+def mask_files(path: str | Path) -> list[Path]:
+    """The files of one image's mask: `path` itself, or the images in it when it is a folder
+    (MVTec LOCO AD keeps each image's masks in `ground_truth/<kind>/<stem>/000.png, 001.png`,
+    one per defect; `read_mask` reads their union). DataError for a folder with none."""
+    from anomaly.data.files import scan_images
+
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    images, broken, _ = scan_images(p, "folders inside are not read")
+    if broken or not images:
+        raise DataError(
+            f"{broken[0] if broken else p}: "
+            + ("a link to nothing" if broken else "no mask files in this folder")
+            + f", read as the masks of the image {p.name}.* (MVTec LOCO AD's layout: one folder"
+            " of masks per image, their union its mask). Put its masks in it, or delete it"
+        )
+    return images
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask file at its own size as bool [H, W] (True = defect); DataError when unreadable.
+    A folder of masks (`mask_files`) reads as their union, all of one size.
     A JPEG mask (`LOSSY`) marks a defect where a pixel has a channel at least half on, not
     wherever it is non-zero: compression leaves faint grey around every edge, which would
     count as defect."""
+    if Path(path).is_dir():
+        masks = [(f, read_mask(f)) for f in mask_files(path)]
+        first, a = masks[0]
+        for f, b in masks[1:]:
+            if b.shape != a.shape:
+                raise DataError(
+                    f"{f}: mask is {b.shape[1]}x{b.shape[0]} but {first.name} beside it is "
+                    f"{a.shape[1]}x{a.shape[0]}; the masks of one image have its size"
+                )
+            a = a | b
+        return a
     with open_image(path) as im:
         if im.format in LOSSY:
             return np.asarray(im.convert("RGB")).max(axis=-1) >= 128  # red on black too
-        return mask_array(im)
+        soft = soft_cut(im, path)
+        return mask_array(im) if soft is None else soft
 
 
 def load_mask(path: str | Path, size: int | None = 256) -> torch.Tensor:

@@ -1,0 +1,179 @@
+"""Session 35's walkthroughs: what a researcher with the public benchmarks on disk met (soft
+mask edges, KolektorSDD's `_GT` / `_label` masks, a data set passed one level too deep, MVTec
+LOCO AD's folders of masks and its validation/good/)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly.data import masks as masks_module
+from anomaly.data.files import DataError
+from anomaly.data.folder import AnomalyDataset
+from anomaly.data.masks import read_mask
+
+
+def _soft_mask() -> tuple[np.ndarray, np.ndarray]:
+    """A 0/255 square with an anti-aliased ring (values 64 and 200), and the square as one sees
+    it (>= half of 255: the 255 core and the 200 ring)."""
+    a = np.zeros((16, 16), np.uint8)
+    a[3:13, 3:13] = 64
+    a[4:12, 4:12] = 200
+    a[5:11, 5:11] = 255
+    return a, a >= 128
+
+
+def test_a_soft_edged_mask_is_read_as_one_sees_it_and_named_once_a_folder(tmp_path: Path):
+    a, seen = _soft_mask()
+    for name in ("000_mask.png", "001_mask.png"):
+        Image.fromarray(a).save(tmp_path / name)
+    masks_module._SOFT_SAID.clear()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        first, second = read_mask(tmp_path / "000_mask.png"), read_mask(tmp_path / "001_mask.png")
+    assert np.array_equal(first, seen) and np.array_equal(second, seen)
+    assert int(first.sum()) == 64 and int((a > 0).sum()) == 100  # non-zero: the ring as defect
+    words = [str(w.message) for w in said if "soft edges" in str(w.message)]
+    assert len(words) == 1 and "000_mask.png" in words[0] and "64 px" in words[0], words
+    # the same soft mask saved as 16-bit, and as grey RGB, reads the same
+    Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / "wide.png")
+    Image.fromarray(np.stack([a] * 3, -1)).save(tmp_path / "rgb.png")
+    assert np.array_equal(read_mask(tmp_path / "wide.png"), seen)
+    assert np.array_equal(read_mask(tmp_path / "rgb.png"), seen)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        (0, 1, 2),  # label indices: every kind a defect
+        (0, 15, 30),  # faint masks
+        (0, 255),  # MVTec AD's two values
+    ],
+)
+def test_masks_without_soft_edges_keep_every_non_zero_pixel(tmp_path: Path, values) -> None:
+    a = np.zeros((12, 12), np.uint8)
+    for i, v in enumerate(values):
+        a[i * 4 : i * 4 + 4, 2:10] = v
+    Image.fromarray(a).save(tmp_path / "m.png")
+    assert np.array_equal(read_mask(tmp_path / "m.png"), a > 0)
+    red = np.zeros((12, 12, 3), np.uint8)  # red on black, anti-aliased: any channel non-zero
+    red[2:10, 2:10, 0] = 255
+    red[1, 2:10, 0] = 40
+    Image.fromarray(red).save(tmp_path / "red.png")
+    assert np.array_equal(read_mask(tmp_path / "red.png"), red.any(-1))
+
+
+def _mvtec(root: Path, tiny_cookies: Path) -> Path:
+    shutil.copytree(tiny_cookies, root)
+    (root / "manifest.json").unlink(missing_ok=True)
+    return root
+
+
+def _a_defect(root: Path) -> tuple[str, Path, Path]:
+    mask = min((root / "ground_truth").glob("*/*_mask.png"))
+    kind = mask.parent.name
+    image = next((root / "test" / kind).glob(mask.name.replace("_mask", "")[:-4] + ".*"))
+    return kind, image, mask
+
+
+@pytest.mark.parametrize("suffix", ["_GT", "_label"])
+def test_kolektor_masks_beside_their_images_are_refused_and_match_in_ground_truth(
+    tiny_cookies: Path, tmp_path: Path, suffix: str
+) -> None:
+    root = _mvtec(tmp_path / "d", tiny_cookies)
+    _kind, image, mask = _a_defect(root)
+    beside = image.with_name(image.stem + suffix + ".png")
+    shutil.copy(mask, beside)
+    with pytest.raises(DataError, match="would be read as defective images") as e:
+        AnomalyDataset(root, "test", size=32)
+    assert beside.name in str(e.value)
+    beside.unlink()
+    mask.rename(mask.with_name(image.stem + suffix + ".png"))  # ground_truth/<kind>/000_GT.png
+    ds = AnomalyDataset(root, "test", size=32)
+    s = next(s for s in ds.samples if s.path == str(image))
+    assert s.mask_path == str(mask.with_name(image.stem + suffix + ".png"))
+
+
+def test_a_mask_among_the_good_images_is_refused(tiny_cookies: Path, tmp_path: Path) -> None:
+    root = _mvtec(tmp_path / "d", tiny_cookies)
+    good = min((root / "train" / "good").glob("*.png"))
+    shutil.copy(good, good.with_name(good.stem + "_GT.png"))
+    with pytest.raises(DataError, match="would be read as a defect-free image") as e:
+        AnomalyDataset(root, "train", size=32)
+    assert good.stem + "_GT.png" in str(e.value)
+    plain = tmp_path / "plain"
+    shutil.copytree(root / "train" / "good", plain / "good")
+    with pytest.raises(DataError, match="A good image needs no mask"):
+        AnomalyDataset(plain, "train", size=32)
+
+
+def test_masks_loose_in_train_are_said_to_be_masks(tiny_cookies: Path, tmp_path: Path) -> None:
+    root = _mvtec(tmp_path / "d", tiny_cookies)
+    _, image, mask = _a_defect(root)
+    shutil.copy(image, root / "train" / "10000.png")
+    shutil.copy(mask, root / "train" / "10000_GT.png")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        AnomalyDataset(root, "train", size=32)
+    words = " ".join(str(w.message) for w in said)
+    assert "10000_GT.png lies directly in train/, named as a mask" in words
+    assert "10000.png lies directly" in words and "marks a defect is a defective image" in words
+    assert "10000_GT.png" not in words.split("named as a mask")[1]  # not told to move it
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_data_sets_split_folder_passed_as_the_data_set_is_refused(
+    tiny_cookies: Path, tmp_path: Path, split: str
+) -> None:
+    root = _mvtec(tmp_path / "bottle", tiny_cookies)
+    with pytest.raises(DataError, match=f"is the {split}/ folder of the data set") as e:
+        AnomalyDataset(root / split, "train", size=32)
+    assert f"Pass {root}:" in str(e.value)
+
+
+def test_loco_folders_of_masks_read_as_their_union(tiny_cookies: Path, tmp_path: Path) -> None:
+    from anomaly.pixel_eval import full_size, masks_at
+
+    root = _mvtec(tmp_path / "loco", tiny_cookies)
+    _kind, image, mask = _a_defect(root)
+    whole = np.asarray(Image.open(mask)) > 0
+    folder = mask.parent / image.stem  # ground_truth/<kind>/000/000.png, 001.png
+    folder.mkdir()
+    top, bottom = whole.copy(), whole.copy()
+    rows = np.nonzero(whole.any(1))[0]
+    cut = rows[len(rows) // 2]
+    top[cut:], bottom[:cut] = False, False
+    assert top.any() and bottom.any()
+    Image.fromarray(top.astype(np.uint8) * 255).save(folder / "000.png")
+    Image.fromarray(bottom.astype(np.uint8) * 255).save(folder / "001.png")
+    for other in mask.parent.glob("*_mask.png"):  # every image of the kind: a folder of masks
+        if other != mask:
+            (mask.parent / other.name.replace("_mask.png", "")).mkdir()
+            shutil.move(other, mask.parent / other.name.replace("_mask.png", "") / "000.png")
+    mask.unlink()
+    ds = AnomalyDataset(root, "test", size=whole.shape[0])
+    i, s = next((i, s) for i, s in enumerate(ds.samples) if s.path == str(image))
+    assert s.mask_path == str(folder)
+    assert np.array_equal(read_mask(s.mask_path), whole)
+    assert np.array_equal(ds[i]["mask"].numpy() > 0, whole)
+    assert np.array_equal(masks_at([s.mask_path], whole.shape)[0], whole.astype(np.uint8))
+    assert full_size([s.mask_path]) == whole.shape
+    (folder / "001.png").unlink()
+    (folder / "000.png").unlink()
+    with pytest.raises(DataError, match="no mask files in this folder"):
+        AnomalyDataset(root, "test", size=32)
+
+
+def test_validation_good_is_named_with_how_to_use_it(tiny_cookies: Path, tmp_path: Path):
+    root = _mvtec(tmp_path / "loco", tiny_cookies)
+    shutil.copytree(root / "test" / "good", root / "validation" / "good")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        AnomalyDataset(root, "train", size=32)
+    words = " ".join(str(w.message) for w in said)
+    assert "validation/good/ is not read" in words and "--good-images" in words
