@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -86,6 +85,23 @@ SMOKE = {"epochs": 1, "size": 64}
 # ---------------------------------------------------------------------------------------------
 
 
+def _peak_mb() -> float | None:
+    """This process's peak memory in MB; None where Python has no `resource` (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _load() -> list[float] | None:
+    """The 1/5/15-minute load averages; None where the system keeps none (Windows)."""
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
 def _config(method: str, data: str, seed: int, smoke: bool):
     """The Config the benchmark trains `method` (not a +kmeans row) with on `data`."""
     from anomaly.config import Config
@@ -143,7 +159,7 @@ def _worker(
     train_run(config, out, progress=False)
     fit_s = time.perf_counter() - t0
     _, metrics = score_run(out, overlays=False, pixel_size=pixel_size)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_mb()
     # training images/s: images seen per second of training, all epochs (one pass for the
     # methods that do not train by epochs: patchknn, kmeans)
     run = RunDir(out)
@@ -261,7 +277,7 @@ def run_benchmark(
             for folder in run_dirs(base, method):
                 check_dir(folder)
     out_dir = claim_out(out)
-    rows, t0, load_start = [], time.perf_counter(), os.getloadavg()
+    rows, t0, load_start = [], time.perf_counter(), _load()
     date = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for ds, base in zip(sets, bases):
         base = claim_out(base)
@@ -297,8 +313,8 @@ def run_benchmark(
         "pixel_size": pixel_size,
         "date": date,
         "machine": machine(),
-        "load_start": list(load_start),
-        "load_end": list(os.getloadavg()),
+        "load_start": load_start,
+        "load_end": _load(),
         "table": table,
         "summary_table": format_summary(summary) if summary else "",
     }

@@ -211,8 +211,7 @@ def notes_text(result: dict) -> str:
         f"- machine: {m['cpu']}{_vnni(m)}, {m['cpus']} CPUs, torch {m['torch']} with "
         f"{m['torch_threads']} threads, Python {m['python']}, {m['platform']}"
         + (f", GPU {m['cuda']}" if m.get("cuda") else ""),
-        "- load average (1/5/15 min) at start: {:.2f} / {:.2f} / {:.2f}; at the end: "
-        "{:.2f} / {:.2f} / {:.2f}".format(*result["load_start"], *result["load_end"]),
+        _load_line(result.get("load_start"), result.get("load_end")),
         "",
         "## Per set and method",
         "",
@@ -386,3 +385,13 @@ def update_readme(path: str | Path, block: str, table: str) -> Path:
     i, j = text.find(start) + len(start), text.find(end)
     new = f"{text[:i]}\n{table}\n{text[j:]}"
     return _atomic(Path(path), lambda f: f.write(new.encode()))
+
+
+def _load_line(start, end) -> str:
+    """The notes' line of load averages (None where the system keeps none: Windows)."""
+    if not start or not end:
+        return "- load average: not known on this system"
+    return (
+        "- load average (1/5/15 min) at start: {:.2f} / {:.2f} / {:.2f}; at the end: "
+        "{:.2f} / {:.2f} / {:.2f}".format(*start, *end)
+    )

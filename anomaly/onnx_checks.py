@@ -301,6 +301,8 @@ def contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, l
 RANGE_SLACK = 0.3
 # the image files a folder given to `predict_onnx` holds (`anomaly.data.files.IMAGE_EXTENSIONS`)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# files Windows puts in every folder of pictures: skipped without a word, as hidden ones are
+SYSTEM_FILES = frozenset(("thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"))
 
 
 def array_fault(x, want: tuple) -> str | None:
@@ -356,7 +358,11 @@ def image_paths(images) -> list:
     for item in items:
         inside = []
         if isinstance(item, (str, Path)) and str(item) != "" and Path(item).is_dir():
-            entries = sorted(p for p in Path(item).iterdir() if not p.name.startswith("."))
+            entries = sorted(
+                p
+                for p in Path(item).iterdir()
+                if not p.name.startswith(".") and p.name.lower() not in SYSTEM_FILES
+            )
             inside = [  # a link to nothing too: reading it names it
                 p
                 for p in entries

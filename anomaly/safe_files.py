@@ -19,6 +19,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import stat
 import sys
 import tempfile
@@ -114,11 +115,10 @@ def atomic_meanwhile(path: Path, write: Callable[[io.BufferedWriter], None]) -> 
 def _disk_full(err: Exception, folder: Path) -> bool:
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    try:  # torch's words for it vary: ask the file system
-        st = os.statvfs(folder)
+    try:  # torch's words for it vary: ask the file system (os.statvfs: not on Windows)
+        return shutil.disk_usage(folder).free < 64 * 2**20
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < 64 * 2**20
 
 
 @contextlib.contextmanager
@@ -202,7 +202,8 @@ def read_record(path: str | Path, limit: int = MAX_RECORD_BYTES) -> str:
     """The text of a small file a run or a command keeps (JSON records, the lock), from a
     folder that may be someone else's: RunError naming it when it is no regular file (a pipe
     would wait for ever, a device never end) or larger than `limit` (a link to a huge file);
-    OSError when it cannot be read, UnicodeDecodeError when it is not UTF-8."""
+    OSError when it cannot be read, UnicodeDecodeError when it is not UTF-8 (a byte-order mark
+    before it, as Notepad and PowerShell 5 save a hand-edited threshold.json, is dropped)."""
     path = Path(path)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as f:
@@ -217,7 +218,7 @@ def read_record(path: str | Path, limit: int = MAX_RECORD_BYTES) -> str:
                 f"{path} is {info.st_size:,} bytes, far more than any record of a run holds; it "
                 "is not one this package wrote: delete it, or restore it from a copy"
             )
-        return f.read(limit + 1).decode("utf-8")
+        return f.read(limit + 1).decode("utf-8-sig")  # a BOM: Windows editors save one
 
 
 def parse_record(text: str, where) -> object:

@@ -116,7 +116,7 @@ def test_a_full_disk_is_named_with_the_file_and_the_fix(tmp_path, monkeypatch):
     """A full disk ended `train` with torch's traceback ("[enforce fail at inline_container.cc]
     unexpected pos") and `score` with a bare "[Errno 28] No space left on device"."""
     import errno
-    import os
+    import shutil
     import types
 
     import pytest
@@ -139,10 +139,10 @@ def test_a_full_disk_is_named_with_the_file_and_the_fix(tmp_path, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
 
     monkeypatch.setattr(torch, "save", torch_full)
-    monkeypatch.setattr(os, "statvfs", lambda p: types.SimpleNamespace(f_bavail=3, f_frsize=4096))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: types.SimpleNamespace(free=3 * 4096))
     with pytest.raises(RunError, match=r"model.pt: the disk is full"):
         safe_files.atomic_save({}, tmp_path / "model.pt")
-    monkeypatch.setattr(os, "statvfs", lambda p: types.SimpleNamespace(f_bavail=2**30, f_frsize=1))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: types.SimpleNamespace(free=2**30))
     with pytest.raises(RuntimeError, match="unexpected pos"):  # room enough: torch's own error
         safe_files.atomic_save({}, tmp_path / "model.pt")
 

@@ -177,3 +177,61 @@ def test_validation_good_is_named_with_how_to_use_it(tiny_cookies: Path, tmp_pat
         AnomalyDataset(root, "train", size=32)
     words = " ".join(str(w.message) for w in said)
     assert "validation/good/ is not read" in words and "--good-images" in words
+
+
+def test_the_package_imports_and_benchmarks_without_unix_only_functions() -> None:
+    """Windows has no os.register_at_fork, os.getloadavg or `resource`: importing the detectors
+    failed there (so did every command), and the benchmark could not start."""
+    from helpers import fresh_python
+
+    code = """
+import os, sys
+import numpy, onnxruntime, PIL, torch, torchvision  # they may use these at import: not ours
+del os.register_at_fork, os.getloadavg
+sys.modules["resource"] = None  # import resource: ImportError
+import anomaly.detectors, anomaly.benchmark
+from anomaly.benchmark import _load, _peak_mb
+from anomaly.benchmark_tables import _load_line
+assert _peak_mb() is None and _load() is None
+print(_load_line(None, None))
+"""
+    done = fresh_python(code)
+    assert done.returncode == 0, done.stderr
+    assert "load average: not known on this system" in done.stdout
+
+
+def test_a_record_saved_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    """Notepad and PowerShell 5 save a hand-edited threshold.json with a BOM (and CRLF): it was
+    refused as "not a record this package wrote"."""
+    from anomaly.safe_files import load_record
+
+    path = tmp_path / "threshold.json"
+    path.write_bytes(b'\xef\xbb\xbf{\r\n  "value": 9.5\r\n}\r\n')
+    assert load_record(path) == {"value": 9.5}
+
+
+def test_a_mask_matches_its_image_whatever_the_unicode_form_of_the_name(
+    tiny_cookies: Path, tmp_path: Path
+) -> None:
+    import unicodedata
+
+    root = _mvtec(tmp_path / "d", tiny_cookies)
+    _, image, mask = _a_defect(root)
+    composed = image.with_name(unicodedata.normalize("NFC", "Keks_ü") + image.suffix)
+    image.rename(composed)
+    decomposed = unicodedata.normalize("NFD", "Keks_ü") + "_mask.png"  # as macOS writes it
+    mask.rename(mask.with_name(decomposed))
+    ds = AnomalyDataset(root, "test", size=32)
+    assert next(s for s in ds.samples if s.path == str(composed)).mask_path.endswith(decomposed)
+
+
+def test_the_copied_reader_skips_windows_folder_files(tmp_path: Path) -> None:
+    from anomaly.onnx_checks import image_paths
+
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "a.png")
+    for name in ("Thumbs.db", "desktop.ini"):
+        (tmp_path / name).write_bytes(b"\0")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert [Path(p).name for p in image_paths(tmp_path)] == ["a.png"]
+    assert not said, [str(w.message) for w in said]

@@ -12,12 +12,13 @@ from pathlib import Path
 # (`image_kind.open_image`); other files are named as skipped (`scan_images`). One list with
 # the deployable onnx_checks.py, where `predict_onnx` reads the image files of a folder given
 from anomaly.onnx_checks import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from anomaly.onnx_checks import SYSTEM_FILES
 from anomaly.terminal import printable
 
 NAMED = 20  # skipped entries named in one warning; the rest are counted
-# files Windows writes into folders of pictures (thumbnail caches, folder settings): skipped
-# without a word, as hidden files are ("save others as PNG" made no sense of them)
-SYSTEM_FILES = frozenset(("thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"))
+# SYSTEM_FILES (onnx_checks'; the copied reader skips them too): files Windows writes into
+# folders of pictures (thumbnail caches, folder settings), skipped without a word, as hidden
+# files are ("save others as PNG" made no sense of them)
 
 
 class DataError(ValueError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,18 +120,25 @@ def _list_images(folder: Path, what: str) -> list[Path]:
     return images
 
 
+def _nfc(name: str) -> str:
+    """`name` in Unicode's composed form: macOS's file systems and zip tools write ü as u and a
+    combining diaeresis, other systems as one character, and a mask of one matched no image of
+    the other, though both read alike."""
+    return unicodedata.normalize("NFC", name)
+
+
 def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Path]:
     """Map each image to its mask in `mask_dir`; a mask that fits no image is an error. A
     `mask_dir` of folders named as images (MVTec LOCO AD) maps each image to its folder, whose
     masks `read_mask` joins."""
-    by_stem = {p.stem: p for p in images}
-    per_image = [d for d in _subfolders(mask_dir) if d.name in by_stem]
+    by_stem = {_nfc(p.stem): p for p in images}  # ü as one character or as u + ¨ (macOS)
+    per_image = [d for d in _subfolders(mask_dir) if _nfc(d.name) in by_stem]
     if per_image and not any(p.is_file() and _is_image(p) for p in mask_dir.iterdir()):
-        return {by_stem[d.name]: d for d in per_image}  # MVTec LOCO AD: <stem>/000.png, ...
+        return {by_stem[_nfc(d.name)]: d for d in per_image}  # MVTec LOCO AD: <stem>/000.png
     found: dict[Path, Path] = {}
     for m in _list_images(mask_dir, "masks (non-zero pixels = defect)"):
         stem = mask_stem(m) or m.stem  # <stem>_mask, any case (MVTec AD's: _mask)
-        image = by_stem.get(stem) or by_stem.get(m.stem)
+        image = by_stem.get(_nfc(stem)) or by_stem.get(_nfc(m.stem))
         if image is None:
             raise DataError(
                 f"{m}: this mask matches no image. Expected an image named {stem}.* in {rel}/ "

@@ -119,7 +119,8 @@ class ParallelSession:
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 # a forked child (a DataLoader worker) has none of the parent's threads: it makes its own pool
-os.register_at_fork(after_in_child=_POOLS.clear)
+if hasattr(os, "register_at_fork"):  # Windows has no fork (nor the function: import failed)
+    os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
