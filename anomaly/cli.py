@@ -289,11 +289,15 @@ PATH_FLAGS["like"] = "--like"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for dest, flag in PATH_FLAGS.items():
+    for dest, flag in {**PATH_FLAGS, "images": "IMAGE"}.items():
         given = getattr(args, dest, None)
         for value in given if isinstance(given, list) else [given]:
             if isinstance(value, str) and not value.strip():
                 parser.error(f"{flag} {value!r}: an empty path; name a file or folder")
+        if isinstance(given, str):  # --out=~/x: no shell expands ~ there; a folder "~" was made
+            setattr(args, dest, os.path.expanduser(given))
+        elif isinstance(given, list):
+            setattr(args, dest, [os.path.expanduser(v) for v in given])
     answers = args.command in ("predict", "explore") or (
         args.command == "threshold" and not args.rule  # what it says is its answer
     )

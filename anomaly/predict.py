@@ -60,7 +60,7 @@ def expand_images(images: list[str | Path] | str | Path) -> list[Path]:
             )
         if not str(item).strip():  # Path("") is ".": the working folder would be scored
             raise DataError("an empty image path was given; name image files or folders")
-        p = Path(item)
+        p = Path(item).expanduser()  # "~/photos": a user's, not a folder named ~
         if p.is_dir():
             found, broken, _ = scan_images(p, SUBFOLDERS)
             out += sorted(found + broken) or [p]  # an empty folder: reading it says so

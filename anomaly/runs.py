@@ -79,7 +79,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
     NAMES += (CALIBRATION, REFUSED, *SCORE_OUTPUTS, OVERLAYS, PREDICT, SCORED, EXPORT)
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # "~/runs/pk" from a notebook or a config file
 
     def __fspath__(self) -> str:
         return str(self.path)

@@ -235,3 +235,26 @@ def test_the_copied_reader_skips_windows_folder_files(tmp_path: Path) -> None:
         warnings.simplefilter("always")
         assert [Path(p).name for p in image_paths(tmp_path)] == ["a.png"]
     assert not said, [str(w.message) for w in said]
+
+
+def test_a_path_starting_with_tilde_is_the_home_folders(
+    tiny_cookies: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`--out=~/runs/x` (no shell expands ~ after =), notebooks and config files: a folder named
+    "~" was made in the working folder, a trap for `rm -rf ~`."""
+    from anomaly import predict_images
+    from anomaly.cli import main
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    shutil.copytree(tiny_cookies, home / "ck")
+    flags = ["--method", "meandiff", "--size", "32"]
+    assert main(["train", "--data=~/ck", "--out=~/runs/md", *flags]) == 0
+    assert (home / "runs" / "md" / "model.pt").is_file() and not (work / "~").exists()
+    image = next((home / "ck" / "test" / "good").iterdir())
+    rows, _ = predict_images("~/runs/md", [f"~/ck/test/good/{image.name}"], overlays=False)
+    assert rows[0].get("error") is None and rows[0]["verdict"] in ("PASS", "REJECT"), rows
+    assert AnomalyDataset("~/ck", "test", size=32).root == home / "ck"
+    assert not (work / "~").exists()

@@ -124,7 +124,7 @@ def make_cookies(
         },
         "images": {},
     }
-    root = Path(root)
+    root = Path(root).expanduser()  # "~/data" is home's, not a folder named ~
     settings = {key: value for key, value in manifest.items() if key != "images"}
     check_place(root, "cookie data set")
     made = _made(read_manifest(root / "manifest.json"))

@@ -226,7 +226,7 @@ class AnomalyDataset(Dataset):
             raise DataError(f"size must be a positive int, not {size!r}")
         if not 0.0 <= holdout < 1.0:
             raise DataError(f"holdout must be in [0, 1), not {holdout!r}")
-        self.root = Path(os.path.abspath(root))
+        self.root = Path(os.path.abspath(os.path.expanduser(root)))  # "~/data": home's
         self.split, self.size, self.channels, self.cache = split, size, channels, cache
         self.holdout, self.trained, self.decode = holdout, trained, decode
         if self.root.is_file():

@@ -240,7 +240,7 @@ def make_photos(
         "defect_kinds": list(KINDS),
         "sets": {},
     }
-    root = Path(root)
+    root = Path(root).expanduser()  # "~/data" is home's, not a folder named ~
     names = [spec.name for spec in chosen]
     arguments = {k: v for k, v in manifest.items() if k != "sets"} | {"sets": names}
     generated.check_place(root, "photo suite")
