@@ -258,3 +258,23 @@ def test_a_path_starting_with_tilde_is_the_home_folders(
     assert rows[0].get("error") is None and rows[0]["verdict"] in ("PASS", "REJECT"), rows
     assert AnomalyDataset("~/ck", "test", size=32).root == home / "ck"
     assert not (work / "~").exists()
+
+
+def test_the_explorer_page_is_written_when_the_package_has_no_notebooks(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Installed from a wheel, the package has no notebooks/: `explore` said the page was
+    missing and to install from a clone."""
+    import nbformat
+
+    from anomaly.explorer import server
+
+    monkeypatch.delenv(server.APP_ENV, raising=False)
+    monkeypatch.setattr(server, "APP_NOTEBOOK", tmp_path / "gone" / "explorer_app.ipynb")
+    path = server.app_notebook()
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert "app()" in nb.cells[-1].source and path.name == "explorer_app.ipynb"
+    monkeypatch.setenv(server.APP_ENV, str(tmp_path / "mine.ipynb"))  # named, but not there
+    with pytest.raises(FileNotFoundError, match="ANOMALY_EXPLORER_APP names the notebook"):
+        server.app_notebook()

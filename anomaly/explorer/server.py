@@ -58,15 +58,43 @@ def app():
 
 
 def app_notebook() -> Path:
-    """The notebook the page serves: notebooks/explorer_app.ipynb (or $ANOMALY_EXPLORER_APP)."""
-    nb = Path(os.environ.get(APP_ENV) or APP_NOTEBOOK)
-    if not nb.is_file():
-        raise FileNotFoundError(
-            f"{nb} is missing: the explorer page serves notebooks/explorer_app.ipynb of the "
-            f"repository. Install from a clone (`pip install -e .`), or set {APP_ENV} to a copy "
-            "of that notebook"
-        )
-    return nb
+    """The notebook the page serves: $ANOMALY_EXPLORER_APP, else notebooks/explorer_app.ipynb
+    of the repository, else (a package installed from a wheel has no notebooks/) the same page
+    written to a temporary folder, removed when this process ends (`_written_app`)."""
+    if os.environ.get(APP_ENV):
+        nb = Path(os.environ[APP_ENV])
+        if not nb.is_file():
+            raise FileNotFoundError(
+                f"{nb} is missing: {APP_ENV} names the notebook the explorer page serves; "
+                f"unset it for the package's own, or point it at a copy of explorer_app.ipynb"
+            )
+        return nb
+    return APP_NOTEBOOK if APP_NOTEBOOK.is_file() else _written_app()
+
+
+def _written_app() -> Path:
+    """explorer_app.ipynb's page (a title and `app()`) in a new temporary folder."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import nbformat
+
+    folder = Path(tempfile.mkdtemp(prefix="anomaly-explorer-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Threshold explorer"),
+        nbformat.v4.new_code_cell("from anomaly.explorer import app\n\napp()"),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path = folder / APP_NOTEBOOK.name
+    nbformat.write(nb, path)
+    return path
 
 
 def check_port_free(port: int, host: str = LOCAL) -> None:
