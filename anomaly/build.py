@@ -23,15 +23,22 @@ from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 from anomaly.selection import selection_problem
 from anomaly.terminal import shell_word
+from anomaly.threshold_file import model_sha256
 from anomaly.train import select_device
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
-    """Rebuild the detector saved in a run folder, with its own config and weights."""
+    """Rebuild the detector saved in a run folder, with its own config and weights. It records
+    its run folder (`detector.run`) and the SHA-256 of the model.pt it read
+    (`detector.model_sha256`)."""
     run = RunDir(run_dir)
     config = run.trained_config()
     detector = build_detector(config, source=None if config.method != "kmeans" else False, run=run)
+    digest = model_sha256(run.file(run.MODEL))  # before reading: a replaced file then differs
     payload = run.load_checkpoint(detector)
+    # which run and model.pt it holds: a service that keeps it loaded can tell when the run's
+    # files changed under it (`predict_images(detector, ...)` checks)
+    detector.run, detector.model_sha256 = run.path, digest
     if not payload.get("complete", True):
         run.check_not_in_use("read")  # still training: half-way, not interrupted
         if not run.has_last():  # stopped before its first epoch was saved: nothing to resume

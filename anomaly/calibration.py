@@ -124,7 +124,7 @@ def _read_all(folder: Path, images: list[Path], config) -> tuple[list | None, li
     as to score), or None where they would take more than `KEPT_BYTES` of memory, and a SHA-256
     of each one's pixels as the detector sees them (copies saved twice: `_distinct`)."""
     from anomaly.data.folder import load_image
-    from anomaly.detectors.base import empty_frame  # torch: not for threshold on held-out scores
+    from anomaly.detectors.inputs import empty_frame  # torch: not for held-out scores
 
     bad, kept, held, pixels, empty = [], [], 0, [], []
     for p in images:

@@ -289,10 +289,10 @@ PATH_FLAGS["like"] = "--like"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for dest, flag in {**PATH_FLAGS, "images": "IMAGE"}.items():
+    for dest, flag in {**PATH_FLAGS, "images": None}.items():  # an image "": an ERROR row
         given = getattr(args, dest, None)
         for value in given if isinstance(given, list) else [given]:
-            if isinstance(value, str) and not value.strip():
+            if flag and isinstance(value, str) and not value.strip():
                 parser.error(f"{flag} {value!r}: an empty path; name a file or folder")
         if isinstance(given, str):  # --out=~/x: no shell expands ~ there; a folder "~" was made
             setattr(args, dest, os.path.expanduser(given))

@@ -27,12 +27,12 @@ from anomaly.data.files import (
     skipped,
 )
 from anomaly.data.image_kind import draft_size
-from anomaly.data.image_unlike import warn_unlike
+from anomaly.data.image_unlike import DAMAGED, unlike_each, unlike_lines
 from anomaly.onnx_checks import score_text
 from anomaly.overlays import png_bytes, verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.prefetch import in_threads
-from anomaly.runs import RunDir
+from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import fitting_name, save_png_new, writable_folder
 from anomaly.terminal import printable
 
@@ -162,9 +162,10 @@ class _ImageFiles(torch.utils.data.Dataset):
     """`predict_images`' files: each item the image at the run's size and at its own (for the
     overlay), or the error that names the file."""
 
-    def __init__(self, paths: list[Path], config: Config) -> None:
+    def __init__(self, paths: list[Path], config: Config, own: bool = True) -> None:
         self.paths, self.size, self.channels = paths, config.size, config.channels
         self.draft = draft_size(config.decode, config.size)  # the run's own decoding
+        self.own = own  # the picture at its own size, for the overlay (12000 px: 3 s, 2 GB)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -181,7 +182,8 @@ class _ImageFiles(torch.utils.data.Dataset):
             return {"error": str(err)}
         if flat := flat_note(path, a):  # nothing to inspect: no verdict, as the reader's
             return {"error": flat}
-        return {"image": image_tensor(a, self.size, self.channels), "own": overlay_tensor(a)}
+        own = overlay_tensor(a) if self.own else None
+        return {"image": image_tensor(a, self.size, self.channels), "own": own}
 
     @staticmethod
     def collate(items: list[dict]) -> dict:
@@ -192,8 +194,8 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 
 def predict_images(
-    run: str | Path,
-    images: list[str | Path] | str | Path,
+    run,
+    images,
     overlay_dir: str | Path | None = None,
     workers: int | None = None,
     overlays: bool = True,
@@ -201,28 +203,68 @@ def predict_images(
 ):
     """Score new images (files or folders of them) with a run and its saved threshold.
 
+    `run`: a run folder, or a detector `anomaly.load_run` gave, which is not loaded again (a
+    service keeps one; it is refused once the run's model.pt is another than the one it read).
+    `images`: paths of files or folders, and in-memory images, file objects (an upload) or PIL
+    images, decoded and checked as files are (`anomaly.uploads`; their results name them).
     The files are decoded in batches (by `workers` processes, default the run's, as in
     `score`). Returns (results, threshold): one dict per image: path, score, verdict ("REJECT"
     iff score >= threshold, else "PASS") and overlay (in `overlay_dir`, default the run's
     predict/, under a name no earlier call, nor one running beside it, took: overlays are
     evidence, never replaced; None with `overlays` False, or when it could not be written: a
-    full disk stops the overlays, and "overlay_error" says why); or path and error for an image
-    that could not be read (the others are still scored). `each(result)`, when given, is called
-    with each result as soon as it is made (`predict` prints its row then: a long run stopped
-    part-way keeps the verdicts made so far).
+    full disk stops the overlays, and "overlay_error" says why), and "unlike" saying how it
+    differs from the training images when it does (also warned of); or path and error for an
+    image that could not be read (the others are still scored). `each(result)`, when given, is
+    called with each result as soon as it is made (`predict` prints its row then: a long run
+    stopped part-way keeps the verdicts made so far).
     """
+    from anomaly.uploads import shown_result, staged
+
+    rd, detector = _run_and_detector(run)
+    threshold = rd.threshold()
+    with staged(images) as (files, shown):
+        results = []
+        for result in _predict(rd, detector, threshold, files, overlay_dir, workers, overlays):
+            results.append(shown_result(result, shown) if shown else result)
+            if each is not None:
+                each(results[-1])
+    return results, threshold
+
+
+def _run_and_detector(run):
+    """(RunDir, detector) of `predict_images`' `run`: a folder, loaded; or a loaded detector,
+    checked to hold the model.pt its run folder holds now."""
+    if not hasattr(run, "predict_batch"):
+        rd = RunDir(run).require()
+        return rd, load_run(rd)
+    if getattr(run, "run", None) is None:
+        raise TypeError(
+            f"predict_images got a {type(run).__name__} without its run folder: pass the run "
+            "folder, or a detector anomaly.load_run gave"
+        )
+    from anomaly.threshold_file import model_sha256
+
+    rd = RunDir(run.run).require()
+    if model_sha256(rd.file(rd.MODEL)) != run.model_sha256:
+        raise RunError(
+            f"{rd}: its model.pt is another than the one this detector was loaded from (trained "
+            "again, or replaced): its saved threshold belongs to the new model. Load it again: "
+            f"anomaly.load_run({str(rd.path)!r})"
+        )
+    return rd, run
+
+
+def _predict(rd, detector, threshold, paths, overlay_dir, workers, overlays):
+    """`predict_images`' work: each image's result, in order."""
     from anomaly.overlays import annotated_overlay, run_scale
 
-    rd = RunDir(run).require()
-    detector = load_run(rd)
-    threshold = rd.threshold()
     scale = run_scale(rd) if overlays else None  # the saved pixel threshold anchors the colours
     data = detector.config.data
     overlay_dir = overlay_folder(overlay_dir or rd.predict_dir, data) if overlays else None
-    paths = expand_images(images)
-    warn_unlike(paths, trained_images(rd), detector.config.channels, detector.config.size)
-    files = _ImageFiles(paths, detector.config)
-    results, used = [], set()
+    paths = expand_images(paths)
+    unlike = _unlike(paths, rd, detector.config)
+    files = _ImageFiles(paths, detector.config, own=overlays)
+    done_n, used = 0, set()
 
     def picture(item) -> bytes:
         path, score, amap, own_size = item
@@ -234,7 +276,8 @@ def predict_images(
     for batch in decoding_loader(
         files, detector.config, collate_fn=_ImageFiles.collate, workers=workers
     ):
-        here = paths[len(results) : len(results) + len(batch["errors"])]
+        here = paths[done_n : done_n + len(batch["errors"])]
+        done_n += len(here)
         scored = []
         if batch["image"] is not None:
             with torch.no_grad():
@@ -246,15 +289,27 @@ def predict_images(
         done = iter(zip(scored, pictures))
         for path, error in zip(here, batch["errors"]):
             if error is not None:
-                results.append({"path": str(path), "error": error})
-            else:
-                (_, score, _, _), png = next(done)
-                results.append(scored_result(path, score, png, overlay_dir, used, threshold))
-                if "overlay_error" in results[-1]:  # a full disk: the verdicts go on
-                    overlay_dir = None
-            if each is not None:
-                each(results[-1])
-    return results, threshold
+                yield {"path": str(path), "error": error}
+                continue
+            (_, score, _, _), png = next(done)
+            result = scored_result(path, score, png, overlay_dir, used, threshold)
+            if "overlay_error" in result:  # a full disk: the verdicts go on
+                overlay_dir = None
+            if str(path) in unlike:
+                result["unlike"] = unlike[str(path)]
+            yield result
+
+
+def _unlike(paths: list[Path], rd: RunDir, config: Config) -> dict[str, str]:
+    """{path: how it differs} for the images unlike the run's training images, each warned of
+    (`warnings.warn`: the CLI prints them as `warning:` lines, a service may log them)."""
+    found = unlike_each(paths, trained_images(rd), config.channels, config.size)
+    if found is None:
+        warnings.warn(DAMAGED.removeprefix("note: "), stacklevel=4)
+        return {}
+    for line in unlike_lines(found):
+        warnings.warn(line.removeprefix("warning: "), stacklevel=4)
+    return found
 
 
 def flat_note(path: Path, a) -> str | None:

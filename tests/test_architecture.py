@@ -124,7 +124,8 @@ LAYERS = {
     "notebook_setup "
     "benchmark benchmark_checks benchmark_curves benchmark_dirs benchmark_flags benchmark_tables "
     "original __main__",
-    4: "pipeline build calibration predict explorer export export_predict selection train_guards "
+    4: "pipeline build calibration predict uploads explorer export export_predict selection "
+    "train_guards "
     "train_images "
     "rerun",
     3: "runs run_checkpoints run_outputs run_versions overlays",

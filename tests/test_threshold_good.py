@@ -230,16 +230,16 @@ def test_each_image_of_the_folder_is_decoded_once_when_it_fits(run, good, monkey
     import collections
 
     from anomaly import calibration
-    from anomaly.data import folder
+    from anomaly.data import reading
 
     reads = collections.Counter()
-    real = folder.read_image
+    real = reading.read_image
 
     def counted(path, *args, **kwargs):
         reads[Path(path).name] += 1
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(folder, "read_image", counted)
+    monkeypatch.setattr(reading, "read_image", counted)
     monkeypatch.setattr(calibration, "KEPT_BYTES", kept_bytes)
     t = set_threshold(run, "normal-quantile", 0.5, good_images=good)
     names = {f.name for f in good.iterdir()}

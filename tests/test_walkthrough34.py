@@ -746,7 +746,7 @@ def test_an_empty_frame_is_one_whatever_its_corners_are():
     frame flat but for exactly those four pixels passed score's warning and calibration."""
     import torch
 
-    from anomaly.detectors.base import empty_frame
+    from anomaly.detectors.inputs import empty_frame
 
     frame = torch.ones(3, 64, 64)
     for r, c in ((0, 0), (0, 60), (60, 0), (60, 60)):  # every 16th pixel's corners

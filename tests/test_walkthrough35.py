@@ -278,3 +278,106 @@ def test_the_explorer_page_is_written_when_the_package_has_no_notebooks(
     monkeypatch.setenv(server.APP_ENV, str(tmp_path / "mine.ipynb"))  # named, but not there
     with pytest.raises(FileNotFoundError, match="ANOMALY_EXPLORER_APP names the notebook"):
         server.app_notebook()
+
+
+# --- a web service around the Python API (a helper's walkthrough) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def md_run(tiny_cookies: Path, tmp_path_factory) -> Path:
+    from anomaly.cli import main
+
+    run = tmp_path_factory.mktemp("svc") / "md"
+    args = ["train", "--data", str(tiny_cookies), "--method", "meandiff", "--size", "32"]
+    assert main([*args, "--out", str(run)]) == 0
+    return run
+
+
+def test_uploads_score_as_their_files_do_and_are_named_as_given(
+    md_run: Path, tiny_cookies: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A service holds an upload in memory: predict_images took paths only, and decoding it by
+    hand for predict_batch moved scores by up to a quarter of the threshold."""
+    import io
+    import tempfile
+
+    from anomaly import predict_images
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    files = sorted((tiny_cookies / "test").glob("*/*.png"))[:3]
+    want, _ = predict_images(md_run, files, overlays=False)
+    jpeg = io.BytesIO()
+    Image.open(files[2]).save(jpeg, "JPEG", quality=95)
+    named = io.BytesIO(files[0].read_bytes())
+    named.name = "/client/side/part-17.png"
+    uploads = [named, Image.open(files[1]), io.BytesIO(jpeg.getvalue()), io.BytesIO(b"not png")]
+    got, _ = predict_images(md_run, uploads, overlays=False)
+    assert [r["path"] for r in got] == ["part-17.png", files[1].name, "upload-2", "upload-3"]
+    assert got[0]["score"] == want[0]["score"] and got[1]["score"] == want[1]["score"]
+    assert abs(got[2]["score"] - want[2]["score"]) < 0.2 * abs(want[2]["score"])  # a JPEG
+    assert got[3]["error"].startswith("upload-3") and "tmp" not in got[3]["error"], got[3]
+    assert list((tmp_path / "tmp").iterdir()) == []  # the staged files are gone
+    empty, _ = predict_images(md_run, [io.BytesIO(b"")], overlays=False)
+    assert "error" in empty[0]  # an empty upload: an error row, not a crash
+
+
+def test_a_kept_detector_scores_as_its_run_and_notices_a_new_model(
+    md_run: Path, tiny_cookies: Path, tmp_path: Path
+) -> None:
+    from anomaly import load_run, predict_images
+    from anomaly.runs import RunError
+    from anomaly.threshold_file import model_sha256
+
+    run = Path(shutil.copytree(md_run, tmp_path / "md"))
+    det = load_run(run)
+    assert det.run == run and det.model_sha256 == model_sha256(run / "model.pt")
+    files = sorted((tiny_cookies / "test").glob("*/*.png"))[:2]
+    want, _ = predict_images(run, files, overlays=False)
+    got, _ = predict_images(det, files, overlays=False)
+    assert [r["score"] for r in got] == [r["score"] for r in want]
+    (run / "model.pt").write_bytes((run / "model.pt").read_bytes() + b"\0")  # another model
+    with pytest.raises(RunError, match="is another than the one this detector was loaded"):
+        predict_images(det, files, overlays=False)
+
+
+def test_unlike_images_are_warned_of_and_said_in_their_results(
+    md_run: Path, tiny_cookies: Path, tmp_path: Path
+) -> None:
+    """The words went to stderr by print: a service could neither log them nor tie them to a
+    request."""
+    from anomaly import predict_images
+
+    grey = tmp_path / "grey.png"
+    Image.open(min((tiny_cookies / "test" / "good").iterdir())).convert("L").save(grey)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        rows, _ = predict_images(md_run, [grey], overlays=False)
+    assert "greyscale" in rows[0]["unlike"], rows
+    assert any("grey.png" in str(w.message) and "greyscale" in str(w.message) for w in said)
+
+
+def test_predict_batch_warns_of_an_empty_frame_and_no_overlay_is_drawn_without_overlays(
+    md_run: Path, tiny_cookies: Path, monkeypatch
+) -> None:
+    import torch
+
+    from anomaly import load_run, predict, predict_images
+
+    det = load_run(md_run)
+    batch = torch.rand(3, 3, 32, 32)
+    batch[1] = 0.5  # a blank grey frame
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        det.predict_batch(batch)
+    words = [str(w.message) for w in said if "flat colour" in str(w.message)]
+    assert len(words) == 1 and "image 1 of the batch of 3" in words[0], words
+    assert said[0].filename == __file__  # the caller's line
+
+    def no_overlay(a):
+        raise AssertionError("an overlay's picture was made for overlays=False")
+
+    monkeypatch.setattr(predict, "overlay_tensor", no_overlay)
+    good = sorted((tiny_cookies / "test" / "good").iterdir())
+    rows, _ = predict_images(md_run, good, overlays=False)
+    assert all("score" in r for r in rows)

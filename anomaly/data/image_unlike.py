@@ -99,35 +99,41 @@ ALIKE_NAMED = 3  # files unlike the training images in one way: up to this many,
 _NUMBER = re.compile(r"\d+(\.\d+)?")  # what files unlike in one way differ by in their words
 
 
-def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=None) -> list[str]:
-    """Print to stderr a warning per file of `paths` unlike the training images `trained`
-    (split.json's "images"; None or {}: a run from before the record, nothing is checked), or
-    one per way they are unlike when more than `ALIKE_NAMED` files are unlike in the same way
-    (the first named, the rest counted). Returns the warnings. A damaged record (someone else's
-    split.json) is said once, and then nothing else."""
-    damaged = (
-        "note: split.json's record of the training images does not read, so images unlike "
-        "them are not named"
-    )
+DAMAGED = (
+    "note: split.json's record of the training images does not read, so images unlike them are "
+    "not named"
+)
+
+
+def unlike_each(paths, trained: dict | None, channels: int, size: int) -> dict[str, str] | None:
+    """{path: how it is unlike the training images `trained` (split.json's "images")} for each
+    of `paths` that is; {} for a run from before the record (None or {}: nothing is checked);
+    None when the record is damaged (someone else's split.json)."""
     if not trained:
-        return []
-    if not is_images_record(trained):  # split.json's record, maybe someone else's
-        print(damaged, file=stream or sys.stderr)
-        return []
-    found: dict[str, list[str]] = {}  # what is unlike -> the files it is said of, in order
+        return {}
+    if not is_images_record(trained):
+        return None
+    found = {}
     for path in paths:
         kind = image_kind(path, peak="peak" in trained)  # decoded only to compare with it
         try:
             said = unlike(kind, trained, channels, size) if kind is not None else []
         except (TypeError, ValueError, KeyError):  # a damaged record in split.json: no check
-            print(damaged, file=stream or sys.stderr)
-            found = {}
-            break
-        if said:  # grouped by the way they differ, whatever their own numbers (sides, ratios)
-            why = "; ".join(said)
-            found.setdefault(_NUMBER.sub("#", why), []).append((printable(str(path)), why))
+            return None
+        if said:
+            found[str(path)] = "; ".join(said)
+    return found
+
+
+def unlike_lines(found: dict[str, str]) -> list[str]:
+    """`unlike_each`'s {name: why} as warning lines: one a file, or one per way they are unlike
+    when more than `ALIKE_NAMED` files are unlike in the same way (the first named, the rest
+    counted): a folder of 30 alike gets one line, not 30 (a walkthrough)."""
+    groups: dict[str, list] = {}  # grouped by the way they differ, whatever their own numbers
+    for name, why in found.items():
+        groups.setdefault(_NUMBER.sub("#", why), []).append((printable(name), why))
     lines = []
-    for said in found.values():  # a folder of 30 alike: one line, not 30 (a walkthrough)
+    for said in groups.values():
         files, whys = [f for f, _ in said], {why for _, why in said}
         if len(files) <= ALIKE_NAMED:
             lines += [f"warning: {f}: {why}" for f, why in said]
@@ -140,6 +146,19 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
                 f"warning: {len(files)} images ({named(files, ALIKE_NAMED)}) are each unlike the "
                 f"training images in this way, with numbers of their own; the first: {said[0][1]}"
             )
+    return lines
+
+
+def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=None) -> list[str]:
+    """Print to stderr (or `stream`) the warnings of `unlike_lines` for the files of `paths`
+    unlike the training images `trained` (split.json's "images"; None or {}: a run from before
+    the record, nothing is checked). Returns the warnings. A damaged record (someone else's
+    split.json) is said once, and then nothing else."""
+    found = unlike_each(paths, trained, channels, size)
+    if found is None:
+        print(DAMAGED, file=stream or sys.stderr)
+        return []
+    lines = unlike_lines(found)
     for line in lines:
         print(line, file=stream or sys.stderr)
     return lines

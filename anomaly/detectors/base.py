@@ -390,7 +390,8 @@ class Detector(ABC):
             leave=False,
         )
         for batch in batches:
-            s, m = self.predict_batch(batch["image"].to(self.device))
+            with inputs.frames_named():
+                s, m = self.predict_batch(batch["image"].to(self.device))
             scores.append(s.detach().float().cpu().numpy())
             maps.append(m.detach().float().cpu().numpy())
             masks.append(batch["mask"].numpy())
@@ -399,7 +400,7 @@ class Detector(ABC):
                 if "mask_known" in batch
                 else [True] * len(batch["image"])
             )
-            flat += [p for p, x in zip(batch["path"], batch["image"]) if empty_frame(x)]
+            flat += [p for p, x in zip(batch["path"], batch["image"]) if inputs.empty_frame(x)]
             paths += list(batch["path"])
             labels += [int(x) for x in batch["label"]]
             defects += list(batch["defect"])
@@ -431,21 +432,6 @@ class Detector(ABC):
         return pred
 
 
-def empty_frame(x: torch.Tensor) -> bool:
-    """Whether image `x` [C, H, W] is one flat colour (`onnx_checks.flat_image`: an empty frame,
-    which predict gives no verdict), at the model's size (predict looks at the file's own: a
-    pattern finer than a model pixel can be flat here alone). `score` names these, calibration
-    refuses them. A cheap look first: whether half of every 16th pixel is their median colour,
-    which a flat frame's always is (its few other pixels are 1.6 % of those at most)."""
-    from anomaly.onnx_checks import SAME, flat_image
-
-    a = x.detach().float().cpu().numpy()  # numpy: torch's small operations cost ~2 ms here
-    every = a[:, ::4, ::4].reshape(a.shape[0], -1)
-    if (abs(every - np.median(every, axis=1, keepdims=True)) <= SAME).all(0).mean() < 0.5:
-        return False
-    return flat_image(a.transpose(1, 2, 0)) is not None
-
-
 def _checked_predict(own: Callable) -> Callable:
     @functools.wraps(own)
     def predict_batch(self, images):
@@ -457,6 +443,7 @@ def _checked_predict(own: Callable) -> Callable:
                 "its network has its random first weights"
             )
         inputs.check_batch(self.config, images, self.name)
+        inputs.warn_empty_frames(images)  # from predict(): it names them, by file
         with inputs.unchecked():  # a detector it calls (auto's choice) gets what it passes on
             return own(self, images)
 
