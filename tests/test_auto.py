@@ -199,7 +199,10 @@ def test_pipeline_run_keeps_the_selection_and_reloads(tiny_cookies, tmp_path, mo
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     assert torch.equal(loaded.predict_batch(images)[0], trained.predict_batch(images)[0])
     pred, metrics = score_run(tmp_path / "run", overlays=False)
-    assert pred.maps.shape[-1] == SIZE and metrics["image_auroc"] is not None
+    from sklearn.metrics import roc_auc_score
+
+    assert pred.maps.shape[-1] == SIZE
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(pred.labels, pred.scores))
 
 
 def test_held_out_defects_include_quiet_alterations():

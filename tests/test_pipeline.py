@@ -24,6 +24,13 @@ def ae_run(tiny_cookies, tmp_path_factory):
     return run
 
 
+def auroc_of_scores(rows) -> float:
+    """scikit-learn's image AUROC of a run's scores.csv rows: what its metrics.json must say."""
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -59,6 +66,7 @@ def test_scores_csv_and_metrics(ae_run):
     metrics = json.loads((ae_run / "metrics.json").read_text())
     for key in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["image_auroc"] == pytest.approx(auroc_of_scores(rows), abs=1e-12)
     assert set(metrics["per_defect"]) == {"crack", "mustard", "plastic"}
 
 
@@ -171,7 +179,8 @@ def test_cli_train_score_and_kmeans(tiny_cookies, tmp_path, capsys):
     )
     assert main(["score", "--run", str(km), "--no-overlays"]) == 0
     metrics = json.loads((km / "metrics.json").read_text())
-    assert metrics["image_auroc"] is not None and metrics["pixel_auroc"] is not None
+    assert metrics["pixel_auroc"] is not None
+    assert metrics["image_auroc"] == pytest.approx(auroc_of_scores(read_csv(km / "scores.csv")))
 
 
 def test_cli_errors_are_one_line_with_the_fix(tmp_path, capsys):
