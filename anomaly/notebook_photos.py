@@ -158,7 +158,7 @@ def train(p: PhotoSettings, data: Path) -> Path:
         if note := few_held_out(run.threshold(), shown(p.run)):  # as `train` says it
             print(note, file=sys.stderr)
         print(f"trained {shown(p.run)}")
-    if not run.has_metrics():
+    if not run.has_current_metrics():  # not scored, or scored by an older evaluation
         score_run(p.run)
     return p.run
 

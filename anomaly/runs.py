@@ -116,6 +116,15 @@ class RunDir(CheckpointFiles, ScoreOutputs):
     def has_metrics(self) -> bool:
         return self.file(self.METRICS).is_file()
 
+    def has_current_metrics(self) -> bool:
+        """Whether metrics.json is as `score` computes it now, recording `pixel_metrics_size`:
+        before 2026-12-05 each method's pixel metrics were at its own size (a notebook showed a
+        run's old numbers beside the README's new ones)."""
+        try:
+            return self.has_metrics() and "pixel_metrics_size" in self.metrics()
+        except (RunError, ValueError, OSError):
+            return False
+
     def require(self) -> RunDir:
         """Raise RunError unless this is a run folder."""
         if self.path.exists() and not self.path.is_dir():

@@ -381,3 +381,20 @@ def test_predict_batch_warns_of_an_empty_frame_and_no_overlay_is_drawn_without_o
     good = sorted((tiny_cookies / "test" / "good").iterdir())
     rows, _ = predict_images(md_run, good, overlays=False)
     assert all("score" in r for r in rows)
+
+
+def test_a_notebook_scores_again_a_run_its_metrics_predate(tiny_cookies: Path, tmp_path: Path):
+    """Notebook 07 showed a run's pixel metrics from before they were computed at one size for
+    every method, beside README's new ones (a helper's audit of the numbers)."""
+    import json
+
+    from anomaly.notebook_setup import Settings, ensure_run
+    from anomaly.runs import RunDir
+
+    s = Settings(True, "tiny", 32, 1, tmp_path / "data", tmp_path / "runs")
+    run = RunDir(ensure_run(s, "meandiff", tiny_cookies))
+    assert run.has_current_metrics()
+    old = {k: v for k, v in run.metrics().items() if k != "pixel_metrics_size"}
+    run.file(run.METRICS).write_text(json.dumps(old))
+    assert run.has_metrics() and not run.has_current_metrics()
+    assert ensure_run(s, "meandiff", tiny_cookies) == run.path and run.has_current_metrics()
