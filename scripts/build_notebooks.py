@@ -388,13 +388,24 @@ def build(out_dir: Path = NOTEBOOK_DIR, names: list[str] | None = None) -> None:
         nbformat.write(book, out_dir / f"{name}.ipynb")
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 def strip_widget_state(out_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     """Drop the widget state (`metadata.widgets`) that executing a notebook with widgets stores:
-    it is large, and the widgets cannot run from it on the web. Returns the notebooks changed."""
+    it is large, and the widgets cannot run from it on the web; and the outputs' views of those
+    widgets, which point at the state dropped (JupyterLab then says the model is not found),
+    keeping their text. Returns the notebooks changed."""
     changed = []
     for path in sorted(out_dir.glob("*.ipynb")):
         book = nbformat.read(path, 4)
-        if book.metadata.pop("widgets", None) is not None:
+        views = [
+            o.data.pop(WIDGET_VIEW)
+            for cell in book.cells
+            for o in cell.get("outputs", [])
+            if WIDGET_VIEW in o.get("data", {})
+        ]
+        if book.metadata.pop("widgets", None) is not None or views:
             nbformat.write(book, path)
             changed.append(path)
     return changed

@@ -25,8 +25,8 @@ What it does (`AutoDetector.fit`, training images only, never a test image or la
 What it optimises, and its limits: the separation of *synthetic* defects from held-out normal
 images. The synthetic defects are not the user's: a candidate that finds pasted textures and
 small blurred or tinted regions well may still miss thin cracks or missing parts, and the quiet
-alterations favour the finer (and slower) candidates, which cost about 3x the defaults' predict
-time when chosen. Held-out normals come from the training images, so a shift between training
+alterations favour the finer (and slower) candidates, which cost 1.9-4.4x the defaults' predict
+time when chosen (README: images/s in the benchmark's logs, CPU per image in a race). Held-out normals come from the training images, so a shift between training
 and test conditions (lighting, position) is not seen either. The trial fits use fewer images
 than the final fit. Auto is a label-free guess that is better than a fixed default only as far
 as the synthetic defects resemble the real ones; check the choice on a few labelled images where

@@ -15,7 +15,7 @@ LITE0_160 = {
     "coreset_ratio": 0.01,
 }
 # twice the pixels, one stage deeper: the same 56 x 56 grid with cells of half the extent, for
-# small defects; about 3x the defaults' predict (docs/measurements.md; photos_sweep's x2-6-10)
+# small defects; 1.9-4.4x the defaults' predict time (README's "Speed" and benchmark tables)
 FINE_448 = {
     "method": "patchknn",
     "size": 448,
