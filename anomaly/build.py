@@ -121,6 +121,8 @@ def _encoder(config: Config, run: RunDir | None = None):
     Other channels or size than the encoder's are refused (`check_encoder`, as kmeans
     refuses them); a run trained on another size before that was refused loads with a warning."""
     encoder = RunDir(config.backbone.split(":", 1)[1])
+    if not encoder.has_model() and (moved := _moved_encoder(encoder, run)) is not None:
+        encoder = moved  # copied with the run to another machine: the same model.pt
     if not encoder.has_model():
         fix = "give the folder of a trained ae, unet or vae run"
         if run is not None:  # older runs name it by a path relative to where they were trained
@@ -130,6 +132,8 @@ def _encoder(config: Config, run: RunDir | None = None):
                 else ", or run this from the folder "
                 f"{run} was trained in ({run} names it by a path relative to it)"
             )
+            if _recorded_encoder(run) is not None:
+                fix += f", or put a copy of it beside {run}: {run.path.parent / encoder.path.name}"
         raise RunError(
             f"--backbone {config.backbone}: {os.path.abspath(encoder.path)} is not a trained "
             f"run (no config.json and model.pt there); {fix}"
@@ -160,6 +164,24 @@ def _encoder(config: Config, run: RunDir | None = None):
     source = f"--backbone {config.backbone}"
     check_encoder(source, trained.config, config, leave_out, None if run is None else str(run))
     return model, digest
+
+
+def _moved_encoder(encoder: RunDir, run: RunDir | None) -> RunDir | None:
+    """The encoder run beside `run` under `encoder`'s name (both copied to another place, where
+    the absolute path `run` records leads nowhere), when its model.pt is the one `run` records
+    (named in a warning); else None."""
+    recorded = _recorded_encoder(run)
+    if recorded is None or run is None:
+        return None
+    beside = RunDir(run.path.parent / encoder.path.name)
+    if not beside.has_model() or sha256_file(beside.file(beside.MODEL)) != recorded:
+        return None
+    warnings.warn(
+        f"{run}: its encoder run {encoder} is not there; using {beside} beside it, whose "
+        "model.pt is the one it was trained on (the same SHA-256)",
+        stacklevel=4,
+    )
+    return beside
 
 
 def _recorded_encoder(run: RunDir | None) -> str | None:

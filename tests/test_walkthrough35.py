@@ -398,3 +398,27 @@ def test_a_notebook_scores_again_a_run_its_metrics_predate(tiny_cookies: Path, t
     run.file(run.METRICS).write_text(json.dumps(old))
     assert run.has_metrics() and not run.has_current_metrics()
     assert ensure_run(s, "meandiff", tiny_cookies) == run.path and run.has_current_metrics()
+
+
+def test_a_run_on_an_encoders_features_moves_with_its_encoder(tiny_cookies: Path, tmp_path: Path):
+    """`--backbone encoder:RUN` recorded RUN's absolute path: copied with its encoder to another
+    machine, the run could not be used (a packaging walkthrough)."""
+    from helpers import tiny_config
+
+    from anomaly import load_run
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunError
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    train_run(tiny_config(tiny_cookies, "ae", epochs=1), here / "ae", progress=False)
+    config = tiny_config(tiny_cookies, "patchknn", backbone=f"encoder:{here / 'ae'}")
+    train_run(config, here / "pk", progress=False)
+    shutil.copytree(here, there)
+    shutil.rmtree(here)
+    with pytest.warns(UserWarning, match="is not there; using .*there/ae beside it"):
+        det = load_run(there / "pk")
+    assert det.run == there / "pk"
+    model = there / "ae" / "model.pt"
+    model.write_bytes(model.read_bytes() + b"\0")  # another model beside it: not taken
+    with pytest.raises(RunError, match="or put a copy of it beside"):
+        load_run(there / "pk")
