@@ -38,7 +38,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     payload = run.load_checkpoint(detector)
     # which run and model.pt it holds: a service that keeps it loaded can tell when the run's
     # files changed under it (`predict_images(detector, ...)` checks)
-    detector.run, detector.model_sha256 = run.path, digest
+    detector.run, detector.model_sha256 = run.path.resolve(), digest  # a chdir: still it
     if not payload.get("complete", True):
         run.check_not_in_use("read")  # still training: half-way, not interrupted
         if not run.has_last():  # stopped before its first epoch was saved: nothing to resume

@@ -36,6 +36,8 @@ from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import fitting_name, save_png_new, writable_folder
 from anomaly.terminal import printable
 
+# how PNG, JPEG, GIF, TIFF, WebP and BMP files start: bytes that do are an image, not a path
+_IMAGE_STARTS = (b"\x89PNG", b"\xff\xd8", b"GIF8", b"II*\x00", b"MM\x00*", b"RIFF", b"BM")
 SUBFOLDERS = "not searched; add --recursive, or pass each itself, e.g. {name}"
 
 
@@ -50,17 +52,21 @@ def expand_images(images: list[str | Path] | str | Path) -> list[Path]:
         images = [images]  # (a PIL image, a number: named below)
     out: list[Path] = []
     for item in images:
+        if isinstance(item, bytes) and (len(item) > 4096 or item.startswith(_IMAGE_STARTS)):
+            raise TypeError(
+                f"an image's content ({len(item):,} bytes) was given: wrap it, io.BytesIO(data)"
+            )
         if isinstance(item, bytes):
             raise TypeError(f"the path {item!r} is given as bytes: give it as a str or a Path")
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(
-                f"images are given as paths of image files or folders, not as a "
-                f"{type(item).__name__}; save it as an image file, or score a float tensor "
-                "[B, C, H, W] in [0, 1] with anomaly.load_run(RUN).predict_batch"
+                f"images are given as paths of image files or folders, file objects or PIL "
+                f"images (in a list or tuple), not as a {type(item).__name__}; or score a "
+                "float tensor [B, C, H, W] in [0, 1] with anomaly.load_run(RUN).predict_batch"
             )
         if not str(item).strip():  # Path("") is ".": the working folder would be scored
             raise DataError("an empty image path was given; name image files or folders")
-        p = Path(item).expanduser()  # "~/photos": a user's, not a folder named ~
+        p = Path(os.path.expanduser(item))  # "~/photos": home's; "~draft.png" (no such user) kept
         if p.is_dir():
             found, broken, _ = scan_images(p, SUBFOLDERS)
             out += sorted(found + broken) or [p]  # an empty folder: reading it says so
@@ -224,7 +230,8 @@ def predict_images(
     threshold = rd.threshold()
     with staged(images) as (files, shown):
         results = []
-        for result in _predict(rd, detector, threshold, files, overlay_dir, workers, overlays):
+        work = _predict(rd, detector, threshold, files, overlay_dir, workers, overlays, shown)
+        for result in work:
             results.append(shown_result(result, shown) if shown else result)
             if each is not None:
                 each(results[-1])
@@ -254,7 +261,7 @@ def _run_and_detector(run):
     return rd, run
 
 
-def _predict(rd, detector, threshold, paths, overlay_dir, workers, overlays):
+def _predict(rd, detector, threshold, paths, overlay_dir, workers, overlays, shown):
     """`predict_images`' work: each image's result, in order."""
     from anomaly.overlays import annotated_overlay, run_scale
 
@@ -262,7 +269,7 @@ def _predict(rd, detector, threshold, paths, overlay_dir, workers, overlays):
     data = detector.config.data
     overlay_dir = overlay_folder(overlay_dir or rd.predict_dir, data) if overlays else None
     paths = expand_images(paths)
-    unlike = _unlike(paths, rd, detector.config)
+    unlike = _unlike(paths, rd, detector.config, shown)
     files = _ImageFiles(paths, detector.config, own=overlays)
     done_n, used = 0, set()
 
@@ -300,14 +307,15 @@ def _predict(rd, detector, threshold, paths, overlay_dir, workers, overlays):
             yield result
 
 
-def _unlike(paths: list[Path], rd: RunDir, config: Config) -> dict[str, str]:
+def _unlike(paths: list[Path], rd: RunDir, config: Config, shown: dict) -> dict[str, str]:
     """{path: how it differs} for the images unlike the run's training images, each warned of
-    (`warnings.warn`: the CLI prints them as `warning:` lines, a service may log them)."""
+    (`warnings.warn`: the CLI prints them as `warning:` lines, a service may log them) by the
+    name its result shows (an upload's, not its staged file's)."""
     found = unlike_each(paths, trained_images(rd), config.channels, config.size)
     if found is None:
         warnings.warn(DAMAGED.removeprefix("note: "), stacklevel=4)
         return {}
-    for line in unlike_lines(found):
+    for line in unlike_lines({shown.get(p, p): why for p, why in found.items()}):
         warnings.warn(line.removeprefix("warning: "), stacklevel=4)
     return found
 

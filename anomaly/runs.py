@@ -27,6 +27,7 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -79,7 +80,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
     NAMES += (CALIBRATION, REFUSED, *SCORE_OUTPUTS, OVERLAYS, PREDICT, SCORED, EXPORT)
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()  # "~/runs/pk" from a notebook or a config file
+        self.path = Path(os.path.expanduser(path))  # "~/runs/pk" from a notebook; ~x kept
 
     def __fspath__(self) -> str:
         return str(self.path)

@@ -32,28 +32,60 @@ def is_upload(x) -> bool:
 
 
 def _given_name(x, i: int) -> str:
-    """The name an upload's result shows: its own file name, else upload-N."""
+    """The name an upload's result shows: its own file name (printable, at most 150
+    characters: a client chose it), else upload-N."""
+    from anomaly.terminal import printable
+
     name = getattr(x, "filename", None) if hasattr(x, "getbands") else getattr(x, "name", None)
-    name = os.path.basename(name) if isinstance(name, str) else ""
-    return name if name.strip() and name not in (".", "..") else f"upload-{i}"
+    name = os.path.basename(name.replace("\\", "/")) if isinstance(name, str) else ""
+    name = printable(name.replace("\0", ""), "_")[-150:]
+    return name if name.strip(" .") else f"upload-{i}"
 
 
-def _write(x, path: Path) -> Path:
+def _file_name(name: str) -> str:
+    """A name for `name`'s staged file that any file system takes."""
+    from anomaly.safe_files import fitting_name
+
+    return fitting_name("".join(c if c.isalnum() or c in "-_.()" else "_" for c in name))
+
+
+def _content(x, name: str) -> bytes:
+    """The bytes of the file object `x`, read from its start (a web framework's upload saved
+    once is left at its end); TypeError for a text file or an asynchronous one."""
+    import inspect
+
+    if inspect.iscoroutinefunction(getattr(x, "read", None)):
+        raise TypeError(
+            f"{name}: an asynchronous upload (its read() must be awaited): pass its file object "
+            "(FastAPI/Starlette: upload.file), or io.BytesIO(await upload.read())"
+        )
+    if getattr(x, "seekable", lambda: False)():
+        x.seek(0)
+    data = x.read()
+    if isinstance(data, str):
+        raise TypeError(f"{name}: a text file object was given; open the image in 'rb' mode")
+    return data
+
+
+def _write(x, path: Path, name: str) -> Path:
     """Write upload `x` at `path` (its suffix set by what it holds) and return where it went."""
-    from PIL import Image
+    import warnings
 
-    if hasattr(x, "getbands"):  # a PIL image: lossless, as decoded
+    from PIL import Image, ImageOps
+
+    if hasattr(x, "getbands"):  # a PIL image: lossless, turned as its EXIF says (as a file is)
+        x = ImageOps.exif_transpose(x)
         try:
             x.save(path := path.with_suffix(".png"), format="PNG")
         except (OSError, ValueError, KeyError):  # modes PNG lacks (float, CMYK): TIFF keeps them
             x.save(path := path.with_suffix(".tif"), format="TIFF")
         return path
-    data = x.read()
-    if isinstance(data, str):
-        raise TypeError(f"{path.name}: a text file object was given; open the image in 'rb' mode")
+    data = _content(x, name)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            suffix = SUFFIXES.get(im.format or "", ".png")
+        with warnings.catch_warnings():  # a decompression bomb: said when it is read
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                suffix = SUFFIXES.get(im.format or "", ".png")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         suffix = path.suffix if path.suffix.lower() in SUFFIXES.values() else ".png"
     path = path.with_suffix(suffix)  # unreadable: reading it says why, under its own name
@@ -83,7 +115,7 @@ def staged(images) -> Iterator[tuple[object, dict[str, str]]]:
             if is_upload(x):
                 name = _given_name(x, i)
                 (folder / str(i)).mkdir()
-                items[i] = _write(x, folder / str(i) / name)
+                items[i] = _write(x, folder / str(i) / _file_name(name), name)
                 shown[str(items[i])] = name
         yield items, shown
     finally:

@@ -47,6 +47,22 @@ def test_a_soft_edged_mask_is_read_as_one_sees_it_and_named_once_a_folder(tmp_pa
     assert np.array_equal(read_mask(tmp_path / "rgb.png"), seen)
 
 
+def test_a_soft_masks_dim_regions_keep_their_cores(tmp_path: Path) -> None:
+    """One cut at half the mask's maximum dropped a thin scratch a resize dimmed to 40, and a
+    second label drawn at 85 beside one at 255 (a review of the change)."""
+    a = np.zeros((512, 512), np.uint8)
+    a[50:200, 50:200] = 255
+    a[300:480, 400] = 255  # a 1 px scratch
+    Image.fromarray(a).resize((128, 128), Image.BILINEAR).save(tmp_path / "thin.png")
+    thin = read_mask(tmp_path / "thin.png")
+    assert thin[70:125, 95:105].any() and thin[20:45, 20:45].all()
+    b = np.zeros((40, 40), np.uint8)
+    b[2:17, 2:17], b[20:35, 20:35] = 85, 255
+    b[19, 19:36] = 60  # a soft rim of the bright one
+    Image.fromarray(b).save(tmp_path / "levels.png")
+    assert read_mask(tmp_path / "levels.png").sum() == 2 * 15 * 15  # both labels, no rim
+
+
 @pytest.mark.parametrize(
     "values",
     [
@@ -102,7 +118,12 @@ def test_kolektor_masks_beside_their_images_are_refused_and_match_in_ground_trut
 def test_a_mask_among_the_good_images_is_refused(tiny_cookies: Path, tmp_path: Path) -> None:
     root = _mvtec(tmp_path / "d", tiny_cookies)
     good = min((root / "train" / "good").glob("*.png"))
-    shutil.copy(good, good.with_name(good.stem + "_GT.png"))
+    _, _, mask = _a_defect(root)
+    photo = good.with_name(good.stem + "_label.png")  # a photo of the part's label: an image
+    shutil.copy(good, photo)
+    assert len(AnomalyDataset(root, "train", size=32)) == len(list(good.parent.iterdir()))
+    photo.unlink()
+    shutil.copy(mask, good.with_name(good.stem + "_GT.png"))  # black and white: a mask
     with pytest.raises(DataError, match="would be read as a defect-free image") as e:
         AnomalyDataset(root, "train", size=32)
     assert good.stem + "_GT.png" in str(e.value)
@@ -134,6 +155,11 @@ def test_a_data_sets_split_folder_passed_as_the_data_set_is_refused(
     with pytest.raises(DataError, match=f"is the {split}/ folder of the data set") as e:
         AnomalyDataset(root / split, "train", size=32)
     assert f"Pass {root}:" in str(e.value)
+    mine = tmp_path / "x" / split  # a plain data set of the user's named so, beside train/
+    shutil.copytree(root / "test", mine)
+    shutil.copytree(root / "train" / "good", mine / "good", dirs_exist_ok=True)
+    (tmp_path / "x" / ("train" if split == "test" else "test")).mkdir()
+    assert len(AnomalyDataset(mine, "train", size=32)) > 0
 
 
 def test_loco_folders_of_masks_read_as_their_union(tiny_cookies: Path, tmp_path: Path) -> None:
@@ -258,6 +284,8 @@ def test_a_path_starting_with_tilde_is_the_home_folders(
     assert rows[0].get("error") is None and rows[0]["verdict"] in ("PASS", "REJECT"), rows
     assert AnomalyDataset("~/ck", "test", size=32).root == home / "ck"
     assert not (work / "~").exists()
+    shutil.copy(image, work / "~draft.png")  # an editor's file: no user "draft.png"
+    assert main(["predict", "--run", str(home / "runs" / "md"), "~draft.png", "--no-overlays"]) == 0
 
 
 def test_the_explorer_page_is_written_when_the_package_has_no_notebooks(
@@ -422,3 +450,81 @@ def test_a_run_on_an_encoders_features_moves_with_its_encoder(tiny_cookies: Path
     model.write_bytes(model.read_bytes() + b"\0")  # another model beside it: not taken
     with pytest.raises(RunError, match="or put a copy of it beside"):
         load_run(there / "pk")
+
+
+def test_uploads_as_services_hand_them_over(md_run: Path, tiny_cookies: Path, tmp_path: Path):
+    """A review of the change: a PIL image lost its EXIF turn; a stream left at its end (Flask's
+    save) read as empty; a client's 300-character or NUL name failed the whole call; raw bytes
+    were dumped in the error; an async upload said 'coroutine never awaited'."""
+    import asyncio
+    import io
+
+    from PIL import ImageOps
+
+    from anomaly import predict_images
+
+    file = min((tiny_cookies / "test" / "good").iterdir())
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter
+    Image.open(file).transpose(Image.Transpose.ROTATE_90).save(turned, exif=exif, quality=95)
+    want, _ = predict_images(md_run, [turned], overlays=False)
+    stream = io.BytesIO(file.read_bytes())
+    stream.read()  # saved once by the web framework: at its end
+    stream.name = "x" * 300 + "\0.png"
+    got, _ = predict_images(md_run, [Image.open(turned), stream], overlays=False)
+    assert got[0]["score"] == pytest.approx(want[0]["score"], rel=1e-6)
+    assert "score" in got[1] and len(got[1]["path"]) <= 150 and "\0" not in got[1]["path"]
+    assert ImageOps.exif_transpose(Image.open(turned)).size == Image.open(file).size
+    with pytest.raises(TypeError, match=r"wrap it, io.BytesIO\(data\)"):
+        predict_images(md_run, [file.read_bytes()], overlays=False)
+
+    class AsyncUpload:
+        async def read(self):
+            return file.read_bytes()
+
+    with pytest.raises(TypeError, match="upload.file"):
+        predict_images(md_run, [AsyncUpload()], overlays=False)
+    asyncio.run(AsyncUpload().read())  # (no coroutine left unawaited)
+
+
+def test_an_uploads_unlike_warning_names_the_upload(md_run: Path, tiny_cookies: Path):
+    import io
+
+    from anomaly import predict_images
+
+    grey = io.BytesIO()
+    Image.open(min((tiny_cookies / "test" / "good").iterdir())).convert("L").save(grey, "PNG")
+    grey.name = "grey-upload.png"
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        rows, _ = predict_images(md_run, [grey], overlays=False)
+    words = [str(w.message) for w in said if "greyscale" in str(w.message)]
+    assert words and words[0].startswith("grey-upload.png:"), words
+    assert "greyscale" in rows[0]["unlike"]
+
+
+def test_a_kept_detector_still_finds_its_run_after_a_chdir(
+    md_run: Path, tiny_cookies: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from anomaly import load_run, predict_images
+
+    monkeypatch.chdir(md_run.parent)
+    det = load_run(md_run.name)  # a relative path
+    monkeypatch.chdir(tmp_path)
+    rows, _ = predict_images(det, [min((tiny_cookies / "test" / "good").iterdir())], overlays=False)
+    assert "score" in rows[0]
+
+
+def test_loco_folders_beside_mask_files_and_stray_folders(tiny_cookies: Path, tmp_path: Path):
+    root = _mvtec(tmp_path / "loco", tiny_cookies)
+    _, image, mask = _a_defect(root)
+    folder = mask.parent / image.stem  # this image's masks as a folder, the others as files
+    folder.mkdir()
+    shutil.move(mask, folder / "000.png")
+    ds = AnomalyDataset(root, "test", size=32)
+    masked = {s.path: s.mask_path for s in ds.samples if s.label}
+    assert masked[str(image)] == str(folder) and all(masked.values())
+    (mask.parent / "999").mkdir()  # a folder of masks for no image
+    with pytest.raises(DataError, match="999: this folder of masks matches no image"):
+        AnomalyDataset(root, "test", size=32)

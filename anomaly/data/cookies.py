@@ -14,6 +14,7 @@ index): images depend neither on each other nor on the order they are made in.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def make_cookies(
         },
         "images": {},
     }
-    root = Path(root).expanduser()  # "~/data" is home's, not a folder named ~
+    root = Path(os.path.expanduser(root))  # "~/data" is home's, not a folder named ~
     settings = {key: value for key, value in manifest.items() if key != "images"}
     check_place(root, "cookie data set")
     made = _made(read_manifest(root / "manifest.json"))

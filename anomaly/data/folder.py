@@ -128,15 +128,23 @@ def _nfc(name: str) -> str:
 
 
 def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Path]:
-    """Map each image to its mask in `mask_dir`; a mask that fits no image is an error. A
-    `mask_dir` of folders named as images (MVTec LOCO AD) maps each image to its folder, whose
-    masks `read_mask` joins."""
+    """Map each image to its mask in `mask_dir`; a mask that fits no image is an error. An
+    image's mask may also be a folder named as the image (MVTec LOCO AD: `<stem>/000.png`, ...,
+    one per defect), whose masks `read_mask` joins; a folder named as no image is an error."""
     by_stem = {_nfc(p.stem): p for p in images}  # ü as one character or as u + ¨ (macOS)
-    per_image = [d for d in _subfolders(mask_dir) if _nfc(d.name) in by_stem]
-    if per_image and not any(p.is_file() and _is_image(p) for p in mask_dir.iterdir()):
-        return {by_stem[_nfc(d.name)]: d for d in per_image}  # MVTec LOCO AD: <stem>/000.png
-    found: dict[Path, Path] = {}
-    for m in _list_images(mask_dir, "masks (non-zero pixels = defect)"):
+    folders = _subfolders(mask_dir)
+    found = {by_stem[_nfc(d.name)]: d for d in folders if _nfc(d.name) in by_stem}
+    if found:  # LOCO's layout: its other folders are no one's masks
+        if stray := [d for d in folders if _nfc(d.name) not in by_stem]:
+            raise DataError(
+                f"{stray[0]}: this folder of masks matches no image. Expected an image named "
+                f"{stray[0].name}.* in {rel}/ (the masks of image <stem>.png go in a folder "
+                "<stem>/, or in one file <stem>_mask.png); rename or delete the folder."
+            )
+        files = [p for p in mask_dir.iterdir() if p.is_file() and _is_image(p)]
+    else:
+        files = _list_images(mask_dir, "masks (non-zero pixels = defect)")
+    for m in sorted(files):
         stem = mask_stem(m) or m.stem  # <stem>_mask, any case (MVTec AD's: _mask)
         image = by_stem.get(_nfc(stem)) or by_stem.get(_nfc(m.stem))
         if image is None:

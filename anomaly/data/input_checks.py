@@ -228,7 +228,7 @@ def warn_lossy_masks(lossy: list[str]) -> None:
             f"{named(lossy, NAMED)} {'is a JPEG mask' if len(lossy) == 1 else 'are JPEG masks'}:"
             " compression leaves faint grey around each defect, so in a JPEG mask a pixel is"
             " defect only when a channel is at least half on (in a PNG mask, every non-zero"
-            " pixel)."
+            " pixel, soft grey edges aside)."
             " Save masks as PNG for exact edges",
             stacklevel=4,
         )
@@ -325,9 +325,11 @@ def check_not_split(root: Path) -> None:
     training images, held some out and tested the rest, never read train/good/ or the masks
     in ground_truth/, and said nothing."""
     parent = root.parent
-    if root.name.lower() in ("train", "test", "validation") and any(
-        (parent / s).is_dir() for s in {"train", "test", "ground_truth"} - {root.name.lower()}
-    ):
+    mvtec = (parent / "train" / "good").is_dir() and (parent / "test").is_dir()
+    own_masks = any((root / m).is_dir() for m in MASK_FOLDERS)  # a plain data set's masks/
+    if root.name.lower() == "train" and any(d.name != "good" for d in subfolders(root)):
+        return  # MVTec AD's train/ holds good/ alone; this one defect kinds too: a data set
+    if root.name.lower() in ("train", "test", "validation") and mvtec and not own_masks:
         raise DataError(
             f"{root} is the {root.name}/ folder of the data set {parent} (MVTec AD layout: "
             f"train/good/, test/<kind>/, ground_truth/). Pass {parent}: its training images are "

@@ -123,6 +123,13 @@ def mask_stem(p: Path) -> str | None:
     return stem[: -len(end)] if end else None
 
 
+def _looks_like_mask(p: Path) -> bool:
+    """Whether `p`, named like a mask (`mask_stem`), is one: named `<stem>_mask` (MVTec AD's
+    own), or `_GT`, `_label` and of at most two colours (a product photo `bottle_label.png`,
+    a close-up of its label, is an image)."""
+    return p.stem.lower().endswith("_mask") or _two_valued(p)
+
+
 def _two_valued(p: Path) -> bool:
     """Whether image `p` holds at most two colours (a black-and-white or 0/1 mask): no photo
     does. An unreadable file is not (it is named when read as an image)."""
@@ -187,8 +194,8 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
         if kind == "good":
             _refuse_masks_among_good(folder, images, stems, masks_go)
             continue
-        if images and all(stems):
-            why = f"its {len(images)} image(s) are all named <stem>_mask.*"
+        if images and all(stems) and all(map(_looks_like_mask, images)):
+            why = f"its {len(images)} image(s) are all named as masks (<stem>_mask, _GT, _label)"
         elif (
             set(name_words(kind)) & MASK_NAME_WORDS
             and images
@@ -199,7 +206,11 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
             stems = [p.stem for p in images]
         else:
             by_stem = {p.stem: p for p in images}
-            pairs = [(p, by_stem[s]) for p, s in zip(images, stems) if s in by_stem]
+            pairs = [
+                (p, by_stem[s])
+                for p, s in zip(images, stems)
+                if s in by_stem and _looks_like_mask(p)
+            ]
             if pairs:
                 raise DataError(
                     f"{folder}: {named([f'{m.name} (mask of {i.name}?)' for m, i in pairs], NAMED)}"
@@ -224,7 +235,7 @@ def _refuse_masks_among_good(
     as a defect-free image, trained on or scored as one (KolektorSDD2's `10000_GT.png` beside
     `10000.png`, moved into train/good/ as told)."""
     by_stem = {p.stem: p for p in images}
-    pairs = [(p, by_stem[s]) for p, s in zip(images, stems) if s in by_stem]
+    pairs = [(p, by_stem[s]) for p, s in zip(images, stems) if s in by_stem and _looks_like_mask(p)]
     if pairs:
         raise DataError(
             f"{folder}: {named([f'{m.name} (mask of {i.name}?)' for m, i in pairs], NAMED)} "

@@ -69,13 +69,18 @@ _SOFT_SAID: set[str] = set()  # folders whose soft masks were named (once a fold
 
 
 def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
-    """A grey mask with soft edges as bool [H, W], defect where a pixel is at least half the
-    mask's maximum, or None for any other mask (read by `mask_array`).
+    """A grey mask with soft edges as bool [H, W], or None for any other mask (read by
+    `mask_array`). Each marked region (8-connected non-zero pixels) is a defect where its
+    pixels are at least half of that region's own maximum: its anti-aliased rim is cut, while a
+    thin scratch a resize dimmed to 40, or a second label drawn at 85 beside one at 255, keeps
+    its core (one cut for the whole mask dropped them).
 
     Soft edges: a greyscale mask ("L", 16-bit, or RGB with three equal channels) whose maximum
     is at least `SOFT_TOP` and that holds values between 0 and it. Masks of few dark values
     (0/1, label indices 0/1/2, faint 0/30) are not: every non-zero pixel stays a defect. The
     first soft mask of a folder is named in a warning, with the area each rule gives."""
+    from scipy import ndimage
+
     if im.mode not in ("L", "RGB", "I") and not im.mode.startswith("I;16"):
         return None
     a = np.asarray(im)
@@ -86,17 +91,18 @@ def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
     top = a.max()
     if top < SOFT_TOP or not ((a > 0) & (a < top)).any():
         return None
-    marked = a >= top / 2
+    regions, n = ndimage.label(a > 0, structure=np.ones((3, 3), bool))
+    peaks = np.asarray(ndimage.maximum(a, regions, np.arange(1, n + 1)), np.float64)
+    marked = a >= np.r_[np.inf, peaks / 2][regions]  # the background's cut: never
     folder = str(Path(path).parent)
-    if folder not in _SOFT_SAID:
+    if folder not in _SOFT_SAID and marked.sum() < (a > 0).sum():
         _SOFT_SAID.add(folder)
-        levels = len(np.unique(a))
         warnings.warn(
-            f"{path}: this mask has soft edges ({levels} grey levels from 0 to {top}), as "
-            "resizing or anti-aliasing leaves them: a pixel is read as defect where it is at "
-            f"least half of {top} ({int(marked.sum())} px; every non-zero pixel would be "
-            f"{int((a > 0).sum())}). Other masks of its folder are read so without a word. Save "
-            "masks with two values (0 and 255, resized by nearest neighbour) for exact edges",
+            f"{path}: this mask has soft edges (grey levels between 0 and {top}), as resizing "
+            "or anti-aliasing leaves them: a pixel is read as defect where it is at least half "
+            f"of its region's brightest ({int(marked.sum())} px; every non-zero pixel would be "
+            f"{int((a > 0).sum())}). Other such masks of its folder are read so without a word. "
+            "Save masks with two values (0 and 255, resized by nearest neighbour) for exact edges",
             stacklevel=3,
         )
     return marked
@@ -179,7 +185,8 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def load_mask(path: str | Path, size: int | None = 256) -> torch.Tensor:
     """Read a defect mask as float32 [size, size] with values {0, 1}: every non-zero pixel is a
-    defect, in any mode (`mask_array`: 0/255, 0/1, palette, red on black, 16-bit, ...)."""
+    defect, in any mode (`mask_array`: 0/255, 0/1, palette, red on black, 16-bit, ...), but in a
+    grey mask with soft edges (`soft_cut`) or a JPEG one (`read_mask`)."""
     return mask_tensor(read_mask(path), size, path)
 
 

@@ -21,6 +21,7 @@ decoder may change the JPEG sources by a grey level).
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -240,7 +241,7 @@ def make_photos(
         "defect_kinds": list(KINDS),
         "sets": {},
     }
-    root = Path(root).expanduser()  # "~/data" is home's, not a folder named ~
+    root = Path(os.path.expanduser(root))  # "~/data" is home's, not a folder named ~
     names = [spec.name for spec in chosen]
     arguments = {k: v for k, v in manifest.items() if k != "sets"} | {"sets": names}
     generated.check_place(root, "photo suite")
