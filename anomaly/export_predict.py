@@ -93,6 +93,7 @@ def predict_files(
     False), or path and error; `each(result)` called with each as soon as it is made.
     """
     from anomaly.predict import (
+        OverlayNames,
         expand_images,
         overlay_folder,
         scored_result,
@@ -110,7 +111,7 @@ def predict_files(
         )
     paths = expand_images(images)
     detector.warn_unlike(paths)  # as `predict --run`: images unlike the training images
-    results, used = [], set()
+    results, used = [], OverlayNames()
     for path in paths:
         try:
             if why := unreadable(path):  # as `predict --run`: one rule for the files it reads

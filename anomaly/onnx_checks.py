@@ -17,7 +17,7 @@ from __future__ import annotations
 
 # onnx_predict.py takes this file from an installed anomaly package only at this version or
 # later (else the copy beside it): raise it with every name onnx_predict.py starts to use
-CHECKS_VERSION = 3
+CHECKS_VERSION = 4
 
 import json
 import math
@@ -303,6 +303,42 @@ RANGE_SLACK = 0.3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # files Windows puts in every folder of pictures: skipped without a word, as hidden ones are
 SYSTEM_FILES = frozenset(("thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"))
+# how copies still being made are named (browsers, FTP and copy tools, editors' backups):
+# skipped without a word too; a hot folder's `predict` every few seconds warned of each
+PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".download", "~")
+
+
+def skipped_silently(name: str) -> bool:
+    """Whether a folder's entry `name` is left out of its images without a word: hidden (.x,
+    macOS's ._x.png), one of Windows' `SYSTEM_FILES`, or a copy still being made."""
+    low = name.lower()
+    return name.startswith(".") or low in SYSTEM_FILES or low.endswith(PARTIAL_SUFFIXES)
+
+
+def unfinished(path, fmt: str) -> str | None:
+    """Why the image file `path` of Pillow's format `fmt` is not yet whole, or None: its last KB
+    is zero bytes, and a JPEG has no end-of-image marker after its last scan, a PNG no IEND
+    chunk. A camera or a copy that sets a file's size first and fills it in leaves such a tail,
+    which the decoders read as image data without a word (a part scored with its lower 70 %
+    grey); a file padded with zeros after its end is whole. Other formats: None."""
+    if fmt not in ("JPEG", "MPO", "PNG"):
+        return None
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 1024))
+        if f.read().strip(b"\0"):
+            return None
+        f.seek(0)
+        data = f.read()
+    if fmt == "PNG" and b"IEND" in data:
+        return None
+    if fmt != "PNG" and data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda"):
+        return None
+    return (
+        f"this {'PNG' if fmt == 'PNG' else 'JPEG'} ends in zero bytes before its end: a file "
+        "still being written (a camera or a copy that sets its size first), or cut short; "
+        "score it again once it is complete, or copy it again"
+    )
 
 
 def array_fault(x, want: tuple) -> str | None:
@@ -358,11 +394,7 @@ def image_paths(images) -> list:
     for item in items:
         inside = []
         if isinstance(item, (str, Path)) and str(item) != "" and Path(item).is_dir():
-            entries = sorted(
-                p
-                for p in Path(item).iterdir()
-                if not p.name.startswith(".") and p.name.lower() not in SYSTEM_FILES
-            )
+            entries = sorted(p for p in Path(item).iterdir() if not skipped_silently(p.name))
             inside = [  # a link to nothing too: reading it names it
                 p
                 for p in entries

@@ -54,7 +54,7 @@ def _sibling(name: str):
 try:  # the checks of the file and its input: in the package, or copied beside this file
     from anomaly import onnx_checks as _checks
 
-    if getattr(_checks, "CHECKS_VERSION", 0) < 3:  # an older package: the copy beside this
+    if getattr(_checks, "CHECKS_VERSION", 0) < 4:  # an older package: the copy beside this
         raise ImportError("anomaly.onnx_checks is older than this file")
 except ImportError:
     try:  # beside this file, in a package of yours or on its own
@@ -65,7 +65,7 @@ except ImportError:
                 import onnx_checks as _checks
             except ImportError:  # its folder not on sys.path (python -I, PYTHONSAFEPATH)
                 _checks = _sibling("onnx_checks")
-        if getattr(_checks, "CHECKS_VERSION", 0) < 3:
+        if getattr(_checks, "CHECKS_VERSION", 0) < 4:
             raise ImportError("an older onnx_checks.py")
     except ImportError as err:
         _NEEDS = (
@@ -171,7 +171,7 @@ def preprocess(
 def read_file(path: str | Path, size: int, decode: str = "full", draft: int | None = None):
     """`preprocess`' decoding alone: the image at its own size (a drafted JPEG at the size it
     drafts to), float32 [H, W, 1 or 3] in [0, 1]; ExportError naming a file it cannot read."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image  # (its UnidentifiedImageError is an OSError)
 
     if (why := _checks.not_a_file(path)) is not None:
         raise ExportError(why)
@@ -187,8 +187,9 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
                 if decode == "draft" and im.format in ("JPEG", "MPO"):  # MPO: several pictures
                     im.draft(im.mode, (draft or 2 * size, draft or 2 * size))
                 refused = _out_of_range(im, path)
+                refused = refused or _checks.unfinished(path, im.format)  # a zero tail
                 a = _to_array(_upright(im))
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PNG chunks
         cut = any(w in str(err).lower() for w in ("truncated", "broken data"))  # opened, cut short
         fix = "copy it again" if cut else "give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
         if isinstance(err, Image.DecompressionBombError):

@@ -528,3 +528,78 @@ def test_loco_folders_beside_mask_files_and_stray_folders(tiny_cookies: Path, tm
     (mask.parent / "999").mkdir()  # a folder of masks for no image
     with pytest.raises(DataError, match="999: this folder of masks matches no image"):
         AnomalyDataset(root, "test", size=32)
+
+
+# --- a camera's hot folder (a helper's walkthrough) -------------------------------------------
+
+
+def _zero_tail(src: Path, dest: Path, kept: float) -> Path:
+    """`src` as a camera that sets the file's size first leaves it part-way: zeros after."""
+    data = src.read_bytes()
+    k = int(len(data) * kept)
+    dest.write_bytes(data[:k] + b"\0" * (len(data) - k))
+    return dest
+
+
+def test_files_still_being_written_get_an_error_row_from_both_readers(
+    md_run: Path, tiny_cookies: Path, tmp_path: Path
+) -> None:
+    """A JPEG filled in after its size was set decoded without a word (its zeros as grey, a
+    REJECT); such a PNG stopped `predict --onnx` with a SyntaxError traceback."""
+    from anomaly import predict_images
+    from anomaly.onnx_checks import unfinished
+    from anomaly.onnx_predict import ExportError, read_file
+
+    src = min((tiny_cookies / "test" / "good").iterdir())
+    whole = tmp_path / "whole.jpg"
+    Image.open(src).resize((256, 256)).save(whole, quality=95)
+    padded = tmp_path / "padded.jpg"  # whole, then zeros: some cameras pad so
+    padded.write_bytes(whole.read_bytes() + b"\0" * 4096)
+    filling = _zero_tail(whole, tmp_path / "filling.jpg", 0.3)
+    png = tmp_path / "whole.png"
+    Image.open(src).save(png)
+    filling_png = _zero_tail(png, tmp_path / "filling.png", 0.5)
+    assert unfinished(whole, "JPEG") is None and unfinished(padded, "JPEG") is None
+    assert "still being written" in unfinished(filling, "JPEG")
+    assert unfinished(png, "PNG") is None and "PNG ends" in unfinished(filling_png, "PNG")
+    rows, _ = predict_images(md_run, [whole, padded, filling, filling_png], overlays=False)
+    assert "score" in rows[0] and "score" in rows[1], rows
+    assert "still being written" in rows[2]["error"] and "still being written" in rows[3]["error"]
+    for path in (filling, filling_png):
+        with pytest.raises(ExportError, match=path.name):
+            read_file(path, 32)
+
+
+def test_a_cameras_one_file_name_is_named_in_constant_time(tmp_path: Path) -> None:
+    from anomaly.predict import OverlayNames, overlay_name
+
+    path = Path("hot") / "frame.jpg"
+    plain, fast = set(), OverlayNames()
+    names = [overlay_name(path, fast) for _ in range(400)]
+    assert names == [overlay_name(path, plain) for _ in range(400)]  # the same names
+    assert names[:3] == ["frame_overlay.png", "hot_frame_overlay.png", "hot_frame_2_overlay.png"]
+    tried = []
+    real_contains = OverlayNames.__contains__
+    OverlayNames.__contains__ = lambda self, x: tried.append(x) or real_contains(self, x)
+    try:
+        overlay_name(path, fast)
+    finally:
+        OverlayNames.__contains__ = real_contains
+    assert len(tried) <= 3  # not one look per earlier name
+
+
+def test_partial_copies_are_skipped_without_a_word(md_run: Path, tiny_cookies: Path, tmp_path):
+    from anomaly import predict_images
+    from anomaly.onnx_checks import image_paths
+
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    shutil.copy(min((tiny_cookies / "test" / "good").iterdir()), hot / "a.png")
+    for name in ("b.png.part", "c.jpg.crdownload", "d.tmp", "e.png~", "f.png.filepart"):
+        (hot / name).write_bytes(b"\x89PNG half")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        rows, _ = predict_images(md_run, hot, overlays=False)
+        assert [Path(p).name for p in image_paths(hot)] == ["a.png"]
+    assert [Path(r["path"]).name for r in rows] == ["a.png"]
+    assert not [w for w in said if "skipping" in str(w.message)], [str(w.message) for w in said]

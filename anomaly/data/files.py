@@ -12,7 +12,7 @@ from pathlib import Path
 # (`image_kind.open_image`); other files are named as skipped (`scan_images`). One list with
 # the deployable onnx_checks.py, where `predict_onnx` reads the image files of a folder given
 from anomaly.onnx_checks import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
-from anomaly.onnx_checks import SYSTEM_FILES
+from anomaly.onnx_checks import skipped_silently
 from anomaly.terminal import printable
 
 NAMED = 20  # skipped entries named in one warning; the rest are counted
@@ -48,7 +48,7 @@ def scan_images(
     without a word. With no images the caller's error says what the folder holds."""
     images, broken, stray = [], [], []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.name.lower() in SYSTEM_FILES:
+        if skipped_silently(p.name):
             continue  # .ipynb_checkpoints, .git, .DS_Store, ._a.png (macOS metadata), ...
         if p.is_symlink() and not p.exists():
             broken.append(p)

@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError, named
+from anomaly.onnx_checks import unfinished
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
 # a photo whose orientation (portrait, landscape) is the other way from every training image's,
@@ -198,7 +199,11 @@ def draft_size(decode: str, size: int | None) -> int | None:
 def empty_file(path: str | Path) -> str | None:
     """Words for a file of 0 bytes (to follow its name), or None: Pillow would only say it
     "cannot identify" it."""
-    if Path(path).is_file() and Path(path).stat().st_size == 0:
+    try:
+        empty = Path(path).is_file() and Path(path).stat().st_size == 0
+    except OSError:  # gone since it was listed (a hot folder's archiver): reading it says so
+        return None
+    if empty:
         return (
             "is empty (0 bytes): no image was written to it (a copy or a save that failed?); "
             "copy the image again, or delete the file"
@@ -224,6 +229,8 @@ def open_image(path: str | Path, draft: int | None = None) -> Image.Image:
         with named_warnings(path):
             im = Image.open(path)
             refused = refused_frames(im, path)
+            if refused is None:
+                refused = unfinished(path, im.format)  # a zero tail: decoded without a word
             if refused is None:
                 if draft and im.format in DRAFTED:
                     im.draft(im.mode, (draft, draft))
