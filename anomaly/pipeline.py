@@ -477,7 +477,7 @@ def _scored_data(folder: Path) -> str | None:
 def decoding_loader(data, config: Config, collate_fn=None, workers: int | None = None):
     """`data` in batches of `config.batch_size`, decoded by `workers` processes (default the
     run's `config.workers`) while the model scores (by a thread of this process when 0:
-    `anomaly.prefetch.read_ahead_loader`)."""
+    `anomaly.prefetch.read_ahead_loader`); no more than batches after the first (each: ~2 s)."""
     from anomaly.prefetch import read_ahead_loader
 
     workers = config.workers if workers is None else check_workers(workers)
@@ -489,6 +489,7 @@ def decoding_loader(data, config: Config, collate_fn=None, workers: int | None =
             stacklevel=2,
         )
         workers = cores
+    workers = min(workers, max(0, -(-len(data) // config.batch_size) - 1))  # each costs ~2 s
     return read_ahead_loader()(
         data, batch_size=config.batch_size, num_workers=workers, collate_fn=collate_fn
     )

@@ -201,6 +201,7 @@ def test_a_bad_image_read_by_a_decoding_worker_gives_one_error_line(tiny_cookies
     bad.write_bytes((data / "train" / "good").glob("*.png").__next__().read_bytes()[:200])
     run = tmp_path / "run"
     train = ("train", "--method", "meandiff", "--size", "32", "--device", "cpu")
+    train += ("--batch-size", "2")  # batches enough for two workers (no more than batches)
     assert run_cli(capsys, *train, "--data", data, "--out", run)[0] == 0
     code, _, err = run_cli(capsys, "score", "--run", run, "--no-overlays", "--workers", "2")
     assert code == 2

@@ -286,7 +286,7 @@ def test_more_decoding_processes_than_cores_are_capped(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        loader = decoding_loader([1, 2, 3], Config(workers=64))
+        loader = decoding_loader([1, 2, 3], Config(workers=64, batch_size=1))
     assert loader.num_workers == 2 and "2 are started" in str(said[0].message)
 
 
