@@ -617,3 +617,22 @@ def test_no_more_decoding_processes_than_batches_after_the_first(tiny_cookies: P
     assert decoding_loader(data.subset([0, 1]), config).num_workers == 0  # one batch
     assert decoding_loader(data.subset(range(3)), config).num_workers == 1
     assert decoding_loader(data.subset(range(6)), config).num_workers == 2
+
+
+def test_the_explorer_of_a_moved_run_says_how_to_show_its_images(tiny_cookies, tmp_path):
+    from anomaly.cli import main
+    from anomaly.explorer import ThresholdExplorer
+
+    data, run = tmp_path / "ck", tmp_path / "md"
+    shutil.copytree(tiny_cookies, data)
+    assert (
+        main(
+            ["train", "--data", str(data), "--method", "meandiff", "--size", "32"]
+            + ["--out", str(run)]
+        )
+        == 0
+    )
+    assert main(["score", "--run", str(run), "--no-overlays"]) == 0
+    data.rename(tmp_path / "elsewhere")
+    title = ThresholdExplorer([str(run)]).gallery.title.value
+    assert "images not found under" in title and f"score --run {run} --data NEW_PATH" in title

@@ -453,8 +453,9 @@ def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | Non
     root = data_root(pred, folder)
     if root is None:
         return [None] * n, "the run does not record its data folder, so its images are not read"
-    if not root.is_dir():
-        return [None] * n, f"images not found under {root}"
+    if not root.is_dir():  # moved with its data to another machine: say how to show them
+        fix = f" (moved? score the run from its new place: {_rescore(folder)})" if folder else ""
+        return [None] * n, f"images not found under {root}{fix}"
     real_root = root.resolve()
     files: list[Path | None] = []
     outside = missing = 0
@@ -476,6 +477,12 @@ def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | Non
             f"data set {root} (ROOT/test/<kind>/ or, plain, ROOT/<kind>/), and were not read"
         )
     return files, "; ".join(notes)
+
+
+def _rescore(folder: Path) -> str:
+    from anomaly.terminal import shell_word
+
+    return f"python -m anomaly score --run {shell_word(folder)} --data NEW_PATH"
 
 
 def read_image(path: Path | None, side: int | None = None) -> np.ndarray | None:
