@@ -635,4 +635,7 @@ def test_the_explorer_of_a_moved_run_says_how_to_show_its_images(tiny_cookies, t
     assert main(["score", "--run", str(run), "--no-overlays"]) == 0
     data.rename(tmp_path / "elsewhere")
     title = ThresholdExplorer([str(run)]).gallery.title.value
-    assert "images not found under" in title and f"score --run {run} --data NEW_PATH" in title
+    assert (
+        "images not found under" in title
+        and f"score --run {run} --data NEW_PATH --out {run}" in title
+    )

@@ -482,7 +482,7 @@ def image_files(pred: Predictions, folder: Path | None) -> tuple[list[Path | Non
 def _rescore(folder: Path) -> str:
     from anomaly.terminal import shell_word
 
-    return f"python -m anomaly score --run {shell_word(folder)} --data NEW_PATH"
+    return f"python -m anomaly score --run {(w := shell_word(folder))} --data NEW_PATH --out {w}"
 
 
 def read_image(path: Path | None, side: int | None = None) -> np.ndarray | None:
