@@ -316,29 +316,57 @@ def skipped_silently(name: str) -> bool:
 
 
 def unfinished(path, fmt: str) -> str | None:
-    """Why the image file `path` of Pillow's format `fmt` is not yet whole, or None: its last KB
-    is zero bytes, and a JPEG has no end-of-image marker after its last scan, a PNG no IEND
-    chunk. A camera or a copy that sets a file's size first and fills it in leaves such a tail,
-    which the decoders read as image data without a word (a part scored with its lower 70 %
-    grey); a file padded with zeros after its end is whole. Other formats: None."""
+    """Why the image file `path` of Pillow's format `fmt` is not yet whole, or None: it ends in
+    zero bytes (16 or more), and a JPEG's first picture has no end-of-image marker, a PNG no
+    IEND chunk. A camera or a copy that sets a file's size first and fills it in leaves such a
+    tail, which the decoders read as image data without a word (a part scored with its lower
+    70 % grey); a file padded with zeros after its end, or carrying other data after it (a
+    motion photo's video), is whole. Other formats: None."""
+    import mmap
+
     if fmt not in ("JPEG", "MPO", "PNG"):
         return None
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 1024))
-        if f.read().strip(b"\0"):
+        f.seek(max(0, f.tell() - 16))
+        if f.read().strip(b"\0") or f.tell() < 16:
             return None
-        f.seek(0)
-        data = f.read()
-    if fmt == "PNG" and b"IEND" in data:
-        return None
-    if fmt != "PNG" and data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda"):
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:  # not read into memory
+            whole = data.find(b"IEND") >= 0 if fmt == "PNG" else _jpeg_ends(data)
+    if whole:
         return None
     return (
         f"this {'PNG' if fmt == 'PNG' else 'JPEG'} ends in zero bytes before its end: a file "
         "still being written (a camera or a copy that sets its size first), or cut short; "
-        "score it again once it is complete, or copy it again"
+        "read it again once it is complete, or copy it again"
     )
+
+
+def _jpeg_ends(data) -> bool:
+    """Whether the JPEG bytes `data` reach the end-of-image marker of their first picture: its
+    segments walked from the start, each scan's coded data to the next marker (0xFF followed by
+    neither 0x00 nor a restart marker), whatever follows that end."""
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill bytes before a marker
+            i += 1
+        elif marker == 0xD9:
+            return True
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+            while marker == 0xDA:  # a scan: its coded data runs to the next marker
+                i = data.find(b"\xff", i)
+                if i < 0 or i + 1 >= n:
+                    return False
+                if data[i + 1] not in (0x00, 0xFF) and not 0xD0 <= data[i + 1] <= 0xD7:
+                    break
+                i += 1 if data[i + 1] == 0xFF else 2
+    return False
 
 
 def array_fault(x, want: tuple) -> str | None:

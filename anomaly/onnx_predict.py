@@ -186,9 +186,8 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
             if refused is None:
                 if decode == "draft" and im.format in ("JPEG", "MPO"):  # MPO: several pictures
                     im.draft(im.mode, (draft or 2 * size, draft or 2 * size))
-                refused = _out_of_range(im, path)
-                refused = refused or _checks.unfinished(path, im.format)  # a zero tail
-                a = _to_array(_upright(im))
+                refused = _out_of_range(im, path) or _checks.unfinished(path, im.format)
+                a = None if refused else _to_array(_upright(im))  # a zero tail: not decoded
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PNG chunks
         cut = any(w in str(err).lower() for w in ("truncated", "broken data"))  # opened, cut short
         fix = "copy it again" if cut else "give a PNG, JPEG, BMP, TIFF, WebP or GIF file"

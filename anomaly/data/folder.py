@@ -87,6 +87,7 @@ from anomaly.data.reading import (  # noqa: F401  (re-exported, where they used 
     load_image,
     read_image,
 )
+from anomaly.onnx_checks import skipped_silently
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,11 @@ def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Pat
                 f"{stray[0].name}.* in {rel}/ (the masks of image <stem>.png go in a folder "
                 "<stem>/, or in one file <stem>_mask.png); rename or delete the folder."
             )
-        files = [p for p in mask_dir.iterdir() if p.is_file() and _is_image(p)]
+        files = [  # ._x.png (macOS), Thumbs.db: no masks
+            p
+            for p in mask_dir.iterdir()
+            if p.is_file() and _is_image(p) and not skipped_silently(p.name)
+        ]
     else:
         files = _list_images(mask_dir, "masks (non-zero pixels = defect)")
     for m in sorted(files):

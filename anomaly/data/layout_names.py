@@ -125,9 +125,21 @@ def mask_stem(p: Path) -> str | None:
 
 def _looks_like_mask(p: Path) -> bool:
     """Whether `p`, named like a mask (`mask_stem`), is one: named `<stem>_mask` (MVTec AD's
-    own), or `_GT`, `_label` and of at most two colours (a product photo `bottle_label.png`,
-    a close-up of its label, is an image)."""
-    return p.stem.lower().endswith("_mask") or _two_valued(p)
+    own), or `_GT`, `_label` and drawn like a mask: at most 8 colours (black and white, a label
+    map), or grey and mostly black (one resized with a smoothing filter). A product photo
+    `bottle_label.png`, a close-up of its label, is an image."""
+    if p.stem.lower().endswith("_mask"):
+        return True
+    try:
+        with Image.open(p) as im:
+            rgb = im.convert("RGB")
+            if rgb.getcolors(maxcolors=8) is not None:
+                return True
+            r, g, b = rgb.split()
+            grey = r.tobytes() == g.tobytes() == b.tobytes()
+            return grey and r.histogram()[0] >= 0.5 * r.width * r.height
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def _two_valued(p: Path) -> bool:

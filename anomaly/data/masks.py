@@ -65,20 +65,24 @@ def mask_array(im: Image.Image) -> np.ndarray:
 
 
 SOFT_TOP = 128  # a grey mask whose maximum is at least this, with values between, has soft edges
+SOFT_REACH = 2  # px: how far a soft rim lies from the brightest pixel that makes it a rim
+LABEL_LEVELS = 8  # a mask of at most this many values is a label map (resizing makes dozens)
 _SOFT_SAID: set[str] = set()  # folders whose soft masks were named (once a folder, not a file)
 
 
 def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
     """A grey mask with soft edges as bool [H, W], or None for any other mask (read by
-    `mask_array`). Each marked region (8-connected non-zero pixels) is a defect where its
-    pixels are at least half of that region's own maximum: its anti-aliased rim is cut, while a
-    thin scratch a resize dimmed to 40, or a second label drawn at 85 beside one at 255, keeps
-    its core (one cut for the whole mask dropped them).
+    `mask_array`): a pixel is a defect where it is at least half of the brightest within
+    `SOFT_REACH` pixels, and at least an eighth of the mask's maximum. An anti-aliased rim is
+    cut beside its defect's core, while a thin scratch a resize dimmed to 40, alone or running
+    out of a bright blob, keeps its own (one cut for the whole mask, or for each region, dropped
+    it), and a JPEG's faint specks stay out.
 
     Soft edges: a greyscale mask ("L", 16-bit, or RGB with three equal channels) whose maximum
-    is at least `SOFT_TOP` and that holds values between 0 and it. Masks of few dark values
-    (0/1, label indices 0/1/2, faint 0/30) are not: every non-zero pixel stays a defect. The
-    first soft mask of a folder is named in a warning, with the area each rule gives."""
+    is at least `SOFT_TOP`, that holds values between 0 and it, and more than `LABEL_LEVELS`
+    values. Masks of few values (0/255, 0/1, label maps 0/127/255 or 0/1/2, faint 0/30) are
+    not: every non-zero pixel stays a defect. The first soft mask of a folder is named in a
+    warning, with the area each rule gives."""
     from scipy import ndimage
 
     if im.mode not in ("L", "RGB", "I") and not im.mode.startswith("I;16"):
@@ -89,18 +93,17 @@ def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
             return None  # red on black, colour-coded kinds: any channel non-zero
         a = a[..., 0]
     top = a.max()
-    if top < SOFT_TOP or not ((a > 0) & (a < top)).any():
-        return None
-    regions, n = ndimage.label(a > 0, structure=np.ones((3, 3), bool))
-    peaks = np.asarray(ndimage.maximum(a, regions, np.arange(1, n + 1)), np.float64)
-    marked = a >= np.r_[np.inf, peaks / 2][regions]  # the background's cut: never
+    if top < SOFT_TOP or not ((a > 0) & (a < top)).any() or np.unique(a).size <= LABEL_LEVELS:
+        return None  # two values, or a label map's few (127 beside 255): every non-zero pixel
+    near = ndimage.maximum_filter(a, size=2 * SOFT_REACH + 1)  # the brightest within reach
+    marked = (a > 0) & (a >= np.maximum(near / 2, top / 8))  # a JPEG's speck: under top / 8
     folder = str(Path(path).parent)
     if folder not in _SOFT_SAID and marked.sum() < (a > 0).sum():
         _SOFT_SAID.add(folder)
         warnings.warn(
             f"{path}: this mask has soft edges (grey levels between 0 and {top}), as resizing "
             "or anti-aliasing leaves them: a pixel is read as defect where it is at least half "
-            f"of its region's brightest ({int(marked.sum())} px; every non-zero pixel would be "
+            f"of the brightest near it ({int(marked.sum())} px; every non-zero pixel would be "
             f"{int((a > 0).sum())}). Other such masks of its folder are read so without a word. "
             "Save masks with two values (0 and 255, resized by nearest neighbour) for exact edges",
             stacklevel=3,
