@@ -65,8 +65,8 @@ except ImportError:
                 import onnx_checks as _checks
             except ImportError:  # its folder not on sys.path (python -I, PYTHONSAFEPATH)
                 _checks = _sibling("onnx_checks")
-        if getattr(_checks, "CHECKS_VERSION", 0) < 4:
-            raise ImportError("an older onnx_checks.py")
+        if (found := getattr(_checks, "CHECKS_VERSION", 0)) < 4:
+            raise ImportError(f"{_checks.__file__}: version {found}, an older one")
     except ImportError as err:
         _NEEDS = (
             f"onnx_predict.py needs onnx_checks.py of its own version beside it ({err}; "

@@ -35,7 +35,7 @@ from anomaly.data.image_kind import draft_size, read_kinds
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.data.image_unlike import warn_unlike
 from anomaly.detectors import Detector, Predictions, get_detector
-from anomaly.pixel_eval import EVAL_SIZE
+from anomaly.pixel_eval import EVAL_SIZE, MASK_READING_KEY
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import available_memory, check_path_above, output_folder, sha256_file
 from anomaly.terminal import printable, shell_word
@@ -418,7 +418,7 @@ def score_run(
                 if (said := ran_out_of_memory(err, pixel_size)) is None:
                     raise  # another error, as it was
                 raise said from None
-            metrics["pixel_metrics_size"] = pixels.meta.get("pixel_metrics_size")
+            metrics |= {k: pixels.meta.get(k) for k in ("pixel_metrics_size", MASK_READING_KEY)}
             del pixels  # at full size, the largest arrays of the command
             scale = run_scale(rd, pred.maps, pred.labels) if overlays else None  # pixel threshold
         metrics["predict_images_per_s"] = len(pred) / seconds

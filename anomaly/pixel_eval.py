@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anomaly.data.image_kind import displayed_size
-from anomaly.data.masks import mask_files, mask_tensor, read_mask
+from anomaly.data.masks import MASK_READING, mask_files, mask_tensor, read_mask
 from anomaly.safe_files import RunError, available_memory, is_out_of_memory, memory_words
 
 EVAL_SIZE = 256
@@ -155,6 +155,11 @@ def ran_out_of_memory(err: Exception, pixel_size: int | str) -> RunError | None:
     )
 
 
+# how masks are read (`anomaly.data.masks`), recorded in metrics.json: 2 since 2026-12-05, when
+# a soft-edged grey mask stopped counting every non-zero pixel as defect (its AUPRO moved)
+MASK_READING_KEY = "mask_reading"
+
+
 def at_eval_size(pred, mask_paths, size: int | str = EVAL_SIZE):
     """`pred` (a `Predictions`) as its pixel metrics are computed: maps and masks at `size` x
     `size` (`FULL`: the mask files' own size, `full_size`), the masks read again from
@@ -173,5 +178,5 @@ def at_eval_size(pred, mask_paths, size: int | str = EVAL_SIZE):
         hw, said = _pair(size), size
     check_memory(len(pred), hw, available_memory())
     out = dataclasses.replace(pred, maps=maps_at(pred.maps, hw), masks=masks_at(mask_paths, hw))
-    out.meta = {**pred.meta, "pixel_metrics_size": said}
+    out.meta = {**pred.meta, "pixel_metrics_size": said, MASK_READING_KEY: MASK_READING}
     return out

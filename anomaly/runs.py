@@ -120,7 +120,9 @@ class RunDir(CheckpointFiles, ScoreOutputs):
     def has_current_metrics(self) -> bool:
         """Whether metrics.json is as `score` computes it now, recording `pixel_metrics_size`:
         before 2026-12-05 each method's pixel metrics were at its own size (a notebook showed a
-        run's old numbers beside the README's new ones)."""
+        run's old numbers beside the README's new ones). (Its `mask_reading`, recorded since,
+        is not asked for: it changed only soft-edged masks' metrics, which the benchmark's
+        binary masks do not have, and its runs are not scored again for it.)"""
         try:
             return self.has_metrics() and "pixel_metrics_size" in self.metrics()
         except (RunError, ValueError, OSError):

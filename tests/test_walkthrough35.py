@@ -659,3 +659,14 @@ def test_the_explorer_of_a_moved_run_says_how_to_show_its_images(tiny_cookies, t
         "images not found under" in title
         and f"score --run {run} --data NEW_PATH --out {run}" in title
     )
+
+
+def test_metrics_record_how_masks_were_read(md_run: Path, tmp_path: Path) -> None:
+    """An upgrade walkthrough: a run scored on soft-edged masks before 2026-12-05 and again after
+    gave another AUPRO, with nothing recorded to tell the two apart."""
+    from anomaly.data.masks import MASK_READING
+    from anomaly.pipeline import score_run
+
+    run = Path(shutil.copytree(md_run, tmp_path / "md"))
+    _, metrics = score_run(run, overlays=False)
+    assert metrics["mask_reading"] == MASK_READING == 2

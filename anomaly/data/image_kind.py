@@ -122,8 +122,9 @@ def unreadable_fix(error: Exception) -> str:
         )
     if any(w in str(error).lower() for w in ("truncated", "broken data")):
         return (
-            "It is cut short or damaged (a copy or a download that did not finish?): copy it "
-            "again from where it came from, or delete it."
+            "It is cut short or damaged (a copy, a download or a camera's write that had not "
+            "finished?): read it again once it is complete, or copy it again from where it "
+            "came from."
         )
     return "Re-save it as PNG, or delete it."
 

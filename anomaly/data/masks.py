@@ -64,6 +64,7 @@ def mask_array(im: Image.Image) -> np.ndarray:
     return a > 0
 
 
+MASK_READING = 2  # metrics.json's "mask_reading": 2 reads soft edges as one sees them (12-05)
 SOFT_TOP = 128  # a grey mask whose maximum is at least this, with values between, has soft edges
 SOFT_REACH = 2  # px: how far a soft rim lies from the brightest pixel that makes it a rim
 LABEL_LEVELS = 8  # a mask of at most this many values is a label map (resizing makes dozens)
@@ -104,7 +105,8 @@ def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
             f"{path}: this mask has soft edges (grey levels between 0 and {top}), as resizing "
             "or anti-aliasing leaves them: a pixel is read as defect where it is at least half "
             f"of the brightest near it ({int(marked.sum())} px; every non-zero pixel would be "
-            f"{int((a > 0).sum())}). Other such masks of its folder are read so without a word. "
+            f"{int((a > 0).sum())}; so did versions before 2026-12-05: their pixel metrics of "
+            "these masks differ). Other such masks of its folder are read so without a word. "
             "Save masks with two values (0 and 255, resized by nearest neighbour) for exact edges",
             stacklevel=3,
         )
