@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rule",
+        type=lambda rule: rule.replace("_", "-"),  # threshold.json's normal_quantile too
         choices=("manual", "normal-quantile", "conformal", "f1"),
         help="how to choose it; without --rule the saved threshold is said, and nothing changes",
     )

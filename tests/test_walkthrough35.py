@@ -4,6 +4,7 @@ LOCO AD's folders of masks and its validation/good/)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -670,3 +671,15 @@ def test_metrics_record_how_masks_were_read(md_run: Path, tmp_path: Path) -> Non
     run = Path(shutil.copytree(md_run, tmp_path / "md"))
     _, metrics = score_run(run, overlays=False)
     assert metrics["mask_reading"] == MASK_READING == 2
+
+
+def test_the_rule_is_taken_as_threshold_json_and_the_messages_spell_it(md_run, tmp_path):
+    """The messages and threshold.json say normal_quantile; --rule took normal-quantile only
+    (a README review)."""
+    from anomaly.cli import main
+
+    run = Path(shutil.copytree(md_run, tmp_path / "md"))
+    assert (
+        main(["threshold", "--run", str(run), "--rule", "normal_quantile", "--value", "0.9"]) == 0
+    )
+    assert json.loads((run / "threshold.json").read_text())["rule"] == "normal_quantile"

@@ -6,14 +6,13 @@ faint 0/30 masks. Reading them as brightness with a threshold at half the range 
 those as empty, so their defect pixels were silently counted as normal. Here a pixel is a defect
 when its decoded value is non-zero in any channel, for every mode (`mask_array`): the palette's
 colour for "P", any colour channel for RGB(A). A grey mask with soft edges (anti-aliased by a
-labelling tool, or resized with a smoothing filter: values between 0 and a bright maximum) is
-read as one sees it, defect where a pixel is at least half its maximum (`soft_cut`, named in a
-warning); non-zero made every grey edge pixel a defect, and a mask shrunk with its image marked
-more than its defect. `check_defect_mask` makes an empty mask of a defective image an error, and
-warns about a mask that marks most of its image (inverted?). `mask_tensor` resizes a mask to the
-model's size by nearest neighbour, never to an empty one: a defect smaller than a model pixel
-that it would miss is marked on the pixels it touches, and named in a warning. `load_mask` reads
-a mask file with them (`anomaly.data.folder.AnomalyDataset` checks it too)."""
+labelling tool, or resized with a smoothing filter: more than 8 values, a bright maximum) is
+read as one sees it (`soft_cut`, named in a warning): a pixel is a defect where it is at least
+half the brightest within 2 px. `check_defect_mask` makes an empty mask of a defective image an
+error, and warns about a mask that marks most of its image (inverted?). `mask_tensor` resizes a
+mask to the model's size by nearest neighbour, never to an empty one: a defect smaller than a
+model pixel that it would miss is marked on the pixels it touches, and named in a warning.
+`load_mask` reads a mask file with them (`anomaly.data.folder.AnomalyDataset` checks it too)."""
 
 from __future__ import annotations
 
