@@ -322,8 +322,6 @@ def unfinished(path, fmt: str) -> str | None:
     tail, which the decoders read as image data without a word (a part scored with its lower
     70 % grey); a file padded with zeros after its end, or carrying other data after it (a
     motion photo's video), is whole. Other formats: None."""
-    import mmap
-
     if fmt not in ("JPEG", "MPO", "PNG"):
         return None
     with open(path, "rb") as f:
@@ -331,9 +329,9 @@ def unfinished(path, fmt: str) -> str | None:
         f.seek(max(0, f.tell() - 16))
         if f.read().strip(b"\0") or f.tell() < 16:
             return None
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:  # not read into memory
-            whole = data.find(b"IEND") >= 0 if fmt == "PNG" else _jpeg_ends(data)
-    if whole:
+        f.seek(0)
+        data = f.read()  # not mmap: a file cut while mapped kills the process (SIGBUS)
+    if data.strip(b"\0") and (b"IEND" in data if fmt == "PNG" else _jpeg_ends(data)):
         return None
     return (
         f"this {'PNG' if fmt == 'PNG' else 'JPEG'} ends in zero bytes before its end: a file "
@@ -348,7 +346,8 @@ def _jpeg_ends(data) -> bool:
     neither 0x00 nor a restart marker), whatever follows that end."""
     i, n = 2, len(data)
     while i + 1 < n:
-        if data[i] != 0xFF:
+        # stray bytes between segments: skipped, as libjpeg does
+        if data[i] != 0xFF and ((i := data.find(b"\xff", i)) < 0 or i + 1 >= n):
             return False
         marker = data[i + 1]
         if marker == 0xFF:  # fill bytes before a marker

@@ -683,3 +683,34 @@ def test_the_rule_is_taken_as_threshold_json_and_the_messages_spell_it(md_run, t
         main(["threshold", "--run", str(run), "--rule", "normal_quantile", "--value", "0.9"]) == 0
     )
     assert json.loads((run / "threshold.json").read_text())["rule"] == "normal_quantile"
+
+
+def test_a_faint_separate_scratch_beside_a_bright_blob_is_kept(tmp_path: Path) -> None:
+    """A floor of an eighth of the whole mask's maximum dropped a scratch that a tenfold
+    downscale had dimmed to 22 beside a 255 blob (a third review); each region has its own."""
+    from PIL import ImageDraw
+
+    from anomaly.data.masks import soft_cut
+
+    big = Image.new("L", (2000, 2000))
+    draw = ImageDraw.Draw(big)
+    draw.ellipse((200, 200, 800, 800), fill=255)
+    draw.line((1200, 300, 1800, 1700), fill=255, width=1)
+    small = big.resize((200, 200), Image.BILINEAR)
+    a, got = np.asarray(small), soft_cut(small, tmp_path / "m.png")
+    assert a[:, 110:].max() < 32 and got[:, 110:].sum() > 0.3 * (a[:, 110:] > 0).sum()
+
+
+def test_a_whole_jpeg_with_stray_bytes_between_segments_is_whole(tmp_path: Path) -> None:
+    import io
+
+    from anomaly.onnx_checks import unfinished
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(out, "JPEG")
+    data = out.getvalue()
+    app0_end = 4 + int.from_bytes(data[4:6], "big")  # SOI, then APP0's length
+    odd = data[:app0_end] + b"\0" * 4 + data[app0_end:] + b"\0" * 512  # libjpeg reads it
+    (tmp_path / "odd.jpg").write_bytes(odd)
+    assert Image.open(tmp_path / "odd.jpg").convert("RGB").size == (64, 48)
+    assert unfinished(tmp_path / "odd.jpg", "JPEG") is None

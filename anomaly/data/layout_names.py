@@ -123,11 +123,17 @@ def mask_stem(p: Path) -> str | None:
     return stem[: -len(end)] if end else None
 
 
+# said where a name ending in _GT or _label was taken for a mask: the way out for a photo
+_PHOTO = " (a photo, not a mask? Rename it: a name ending in _mask, _GT or _label is a mask's)"
+
+
 def _looks_like_mask(p: Path) -> bool:
     """Whether `p`, named like a mask (`mask_stem`), is one: named `<stem>_mask` (MVTec AD's
     own), or `_GT`, `_label` and drawn like a mask: at most 8 colours (black and white, a label
     map), or grey and mostly black (one resized with a smoothing filter). A product photo
-    `bottle_label.png`, a close-up of its label, is an image."""
+    `bottle_label.png`, a close-up of its label, is an image. A dark-field photo of a part on
+    black is taken for a mask: refused beside its image, with the rename that keeps it (a
+    mask scored as a defective image would change the metrics without a word)."""
     if p.stem.lower().endswith("_mask"):
         return True
     try:
@@ -228,7 +234,7 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
                     f"{folder}: {named([f'{m.name} (mask of {i.name}?)' for m, i in pairs], NAMED)}"
                     f" would be read as defective images: masks go in "
                     f"{masks_go / kind}/<stem>_mask.png, not among the images. Move "
-                    f"{'it' if len(pairs) == 1 else 'them'} to {masks_go / kind}/"
+                    f"{'it' if len(pairs) == 1 else 'them'} to {masks_go / kind}/" + _PHOTO
                 )
             continue
         mask_kind = _kind_of(stems, kinds, but=kind)
@@ -255,7 +261,7 @@ def _refuse_masks_among_good(
             f". A good image needs no mask: delete {'it' if len(pairs) == 1 else 'them'}, or, if "
             f"{'its image is' if len(pairs) == 1 else 'their images are'} defective, move "
             f"{'that image' if len(pairs) == 1 else 'those images'} into a defect kind's folder "
-            f"and the mask into {masks_go}/<defect>/"
+            f"and the mask into {masks_go}/<defect>/" + _PHOTO
         )
 
 

@@ -73,10 +73,10 @@ _SOFT_SAID: set[str] = set()  # folders whose soft masks were named (once a fold
 def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
     """A grey mask with soft edges as bool [H, W], or None for any other mask (read by
     `mask_array`): a pixel is a defect where it is at least half of the brightest within
-    `SOFT_REACH` pixels, and at least an eighth of the mask's maximum. An anti-aliased rim is
-    cut beside its defect's core, while a thin scratch a resize dimmed to 40, alone or running
-    out of a bright blob, keeps its own (one cut for the whole mask, or for each region, dropped
-    it), and a JPEG's faint specks stay out.
+    `SOFT_REACH` pixels, and at least an eighth of its region's brightest. An anti-aliased rim
+    is cut beside its defect's core, while a thin scratch a resize dimmed to 22, alone or
+    running out of a bright blob, keeps its own (one cut for the whole mask, or for each
+    region, dropped it).
 
     Soft edges: a greyscale mask ("L", 16-bit, or RGB with three equal channels) whose maximum
     is at least `SOFT_TOP`, that holds values between 0 and it, and more than `LABEL_LEVELS`
@@ -96,7 +96,9 @@ def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
     if top < SOFT_TOP or not ((a > 0) & (a < top)).any() or np.unique(a).size <= LABEL_LEVELS:
         return None  # two values, or a label map's few (127 beside 255): every non-zero pixel
     near = ndimage.maximum_filter(a, size=2 * SOFT_REACH + 1)  # the brightest within reach
-    marked = (a > 0) & (a >= np.maximum(near / 2, top / 8))  # a JPEG's speck: under top / 8
+    regions, n = ndimage.label(a > 0, structure=np.ones((3, 3), bool))
+    peaks = np.r_[0.0, ndimage.maximum(a, regions, np.arange(1, n + 1))]  # each region's own
+    marked = (a > 0) & (a >= np.maximum(near / 2, peaks[regions] / 8))
     folder = str(Path(path).parent)
     if folder not in _SOFT_SAID and marked.sum() < (a > 0).sum():
         _SOFT_SAID.add(folder)
