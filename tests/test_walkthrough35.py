@@ -714,3 +714,16 @@ def test_a_whole_jpeg_with_stray_bytes_between_segments_is_whole(tmp_path: Path)
     (tmp_path / "odd.jpg").write_bytes(odd)
     assert Image.open(tmp_path / "odd.jpg").convert("RGB").size == (64, 48)
     assert unfinished(tmp_path / "odd.jpg", "JPEG") is None
+
+
+def test_a_service_bounds_decoding_with_pillows_pixel_limit(md_run, tiny_cookies, monkeypatch):
+    """README: a service that must bound its memory sets PIL.Image.MAX_IMAGE_PIXELS; an image
+    of over twice that many pixels gets an error row (a 12000 px PNG decoded to 4.9 GB)."""
+    import PIL.Image
+
+    from anomaly import predict_images
+
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    image = min((tiny_cookies / "test" / "good").iterdir())  # 64 x 64: 4096 > 2 x 1000
+    rows, _ = predict_images(md_run, [image], overlays=False)
+    assert "too large to decode safely" in rows[0]["error"]
