@@ -138,7 +138,7 @@ def _encoder(config: Config, run: RunDir | None = None):
             f"--backbone {config.backbone}: {os.path.abspath(encoder.path)} is not a trained "
             f"run (no config.json and model.pt there); {fix}"
         )
-    digest = sha256_file(encoder.file(encoder.MODEL))
+    digest = model_sha256(encoder.file(encoder.MODEL))  # cached: `_moved_encoder` read it too
     recorded = _recorded_encoder(run)
     if recorded is None and run is not None and run.has_model():
         warnings.warn(
@@ -174,7 +174,7 @@ def _moved_encoder(encoder: RunDir, run: RunDir | None) -> RunDir | None:
     if recorded is None or run is None:
         return None
     beside = RunDir(run.path.parent / encoder.path.name)
-    if not beside.has_model() or sha256_file(beside.file(beside.MODEL)) != recorded:
+    if not beside.has_model() or model_sha256(beside.file(beside.MODEL)) != recorded:
         return None
     warnings.warn(
         f"{run}: its encoder run {encoder} is not there; using {beside} beside it, whose "
