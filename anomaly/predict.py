@@ -326,10 +326,10 @@ def _unlike(paths: list[Path], rd: RunDir, config: Config, shown: dict) -> dict[
     name its result shows (an upload's, not its staged file's)."""
     found = unlike_each(paths, trained_images(rd), config.channels, config.size)
     if found is None:
-        warnings.warn(DAMAGED.removeprefix("note: "), stacklevel=4)
+        warnings.warn(DAMAGED, stacklevel=4)
         return {}
-    for line in unlike_lines({shown.get(p, p): why for p, why in found.items()}):
-        warnings.warn(line.removeprefix("warning: "), stacklevel=4)
+    for words in unlike_lines({shown.get(p, p): why for p, why in found.items()}):
+        warnings.warn(words, stacklevel=4)
     return found
 
 

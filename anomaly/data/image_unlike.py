@@ -99,9 +99,8 @@ ALIKE_NAMED = 3  # files unlike the training images in one way: up to this many,
 _NUMBER = re.compile(r"\d+(\.\d+)?")  # what files unlike in one way differ by in their words
 
 
-DAMAGED = (
-    "note: split.json's record of the training images does not read, so images unlike them are "
-    "not named"
+DAMAGED = (  # said once as a note, and then nothing else
+    "split.json's record of the training images does not read, so images unlike them are not named"
 )
 
 
@@ -126,7 +125,7 @@ def unlike_each(paths, trained: dict | None, channels: int, size: int) -> dict[s
 
 
 def unlike_lines(found: dict[str, str]) -> list[str]:
-    """`unlike_each`'s {name: why} as warning lines: one a file, or one per way they are unlike
+    """`unlike_each`'s {name: why} as warnings' words: one a file, or one per way they are unlike
     when more than `ALIKE_NAMED` files are unlike in the same way (the first named, the rest
     counted): a folder of 30 alike gets one line, not 30 (a walkthrough)."""
     groups: dict[str, list] = {}  # grouped by the way they differ, whatever their own numbers
@@ -136,14 +135,12 @@ def unlike_lines(found: dict[str, str]) -> list[str]:
     for said in groups.values():
         files, whys = [f for f, _ in said], {why for _, why in said}
         if len(files) <= ALIKE_NAMED:
-            lines += [f"warning: {f}: {why}" for f, why in said]
+            lines += [f"{f}: {why}" for f, why in said]
         elif len(whys) == 1:
-            lines.append(
-                f"warning: {len(files)} images ({named(files, ALIKE_NAMED)}), each: {said[0][1]}"
-            )
+            lines.append(f"{len(files)} images ({named(files, ALIKE_NAMED)}), each: {said[0][1]}")
         else:
             lines.append(
-                f"warning: {len(files)} images ({named(files, ALIKE_NAMED)}) are each unlike the "
+                f"{len(files)} images ({named(files, ALIKE_NAMED)}) are each unlike the "
                 f"training images in this way, with numbers of their own; the first: {said[0][1]}"
             )
     return lines
@@ -156,9 +153,9 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
     split.json) is said once, and then nothing else."""
     found = unlike_each(paths, trained, channels, size)
     if found is None:
-        print(DAMAGED, file=stream or sys.stderr)
+        print(f"note: {DAMAGED}", file=stream or sys.stderr)
         return []
-    lines = unlike_lines(found)
+    lines = [f"warning: {words}" for words in unlike_lines(found)]
     for line in lines:
         print(line, file=stream or sys.stderr)
     return lines
