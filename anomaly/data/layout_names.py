@@ -223,13 +223,7 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
             why = f"it is named {kind}/ and its images are black-and-white"
             stems = [p.stem for p in images]
         else:
-            by_stem = {p.stem: p for p in images}
-            pairs = [
-                (p, by_stem[s])
-                for p, s in zip(images, stems)
-                if s in by_stem and _looks_like_mask(p)
-            ]
-            if pairs:
+            if pairs := _mask_pairs(images, stems):
                 raise DataError(
                     f"{folder}: {named([f'{m.name} (mask of {i.name}?)' for m, i in pairs], NAMED)}"
                     f" would be read as defective images: masks go in "
@@ -246,15 +240,20 @@ def check_not_masks(kinds: dict[str, list[Path]], parent: Path, masks_go: Path) 
         )
 
 
+def _mask_pairs(images: list[Path], stems: list[str | None]) -> list[tuple[Path, Path]]:
+    """(mask, image) for each of `images` named as the mask (`stems`: `mask_stem`'s) of another
+    of them and drawn like one (`_looks_like_mask`)."""
+    by_stem = {p.stem: p for p in images}
+    return [(p, by_stem[s]) for p, s in zip(images, stems) if s in by_stem and _looks_like_mask(p)]
+
+
 def _refuse_masks_among_good(
     folder: Path, images: list[Path], stems: list[str | None], masks_go: Path
 ) -> None:
     """Refuse `<stem>_mask.*` (`_GT`, `_label`) beside `<stem>.*` in a good folder: a mask read
     as a defect-free image, trained on or scored as one (KolektorSDD2's `10000_GT.png` beside
     `10000.png`, moved into train/good/ as told)."""
-    by_stem = {p.stem: p for p in images}
-    pairs = [(p, by_stem[s]) for p, s in zip(images, stems) if s in by_stem and _looks_like_mask(p)]
-    if pairs:
+    if pairs := _mask_pairs(images, stems):
         raise DataError(
             f"{folder}: {named([f'{m.name} (mask of {i.name}?)' for m, i in pairs], NAMED)} "
             f"would be read as {'a defect-free image' if len(pairs) == 1 else 'defect-free images'}"
