@@ -16,6 +16,7 @@ from pathlib import Path
 from anomaly.data.files import DataError, _is_image, broken_link, named, scan_images
 from anomaly.data.layout_names import good_name_word, mask_stem, maybe_good_word, unsorted_word
 from anomaly.data.masks import read_mask
+from anomaly.onnx_checks import skipped_silently
 
 NAMED = 3  # files named in one warning; the rest are counted
 MASK_FOLDERS = ("ground_truth", "masks")  # where masks are looked for, in this order
@@ -192,7 +193,9 @@ def warn_loose_images(split: Path) -> None:
     `10000_GT.png` beside `10000.png`) are said to be masks, not told to move among images."""
     if not split.is_dir():
         return
-    files = [p for p in split.iterdir() if p.is_file() and _is_image(p) and p.name[0] != "."]
+    files = [
+        p for p in split.iterdir() if p.is_file() and _is_image(p) and not skipped_silently(p.name)
+    ]
     masks = sorted(p.name for p in files if mask_stem(p))
     loose = sorted(p.name for p in files if not mask_stem(p))
     if masks:
