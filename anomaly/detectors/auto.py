@@ -422,6 +422,9 @@ class AutoDetector(Detector):
             t1 = time.perf_counter()
             scores, maps = _predict(detector, held_out, self.config.batch_size)
             row["score_s"] = round(time.perf_counter() - t1, 2)
+            for what, values in (("scores", scores), ("maps", maps)):
+                if not torch.isfinite(values).all():  # ranks nothing: it loses, as a failed fit
+                    raise ValueError(f"it gave NaN or infinite {what} on the held-out images")
         except (ValueError, RuntimeError, FileNotFoundError, KeyError) as err:
             row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
             return row

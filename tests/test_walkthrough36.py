@@ -1,0 +1,38 @@
+"""Defects found in session 36's walkthroughs (interrupted work, the shell's contract, a review
+of the numbers' code, unusual images), each pinned by the behaviour a user expects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import Textures
+
+from anomaly.config import Config
+from anomaly.detectors import REGISTRY, register
+from anomaly.detectors.auto import AutoDetector
+from anomaly.detectors.meandiff import MeanDiff
+
+SIZE = 48
+
+
+@pytest.fixture
+def nan_candidate():
+    """A registered method that scores one image of every batch NaN."""
+
+    @register("stub-nan")
+    class NanDiff(MeanDiff):
+        def predict_batch(self, images):
+            scores, maps = super().predict_batch(images)
+            return torch.cat([torch.full((1,), float("nan")), scores[1:]]), maps
+
+    yield
+    del REGISTRY["stub-nan"]
+
+
+def test_auto_candidate_with_nan_scores_loses_instead_of_stopping_the_run(nan_candidate):
+    config = Config(method="auto", size=SIZE, channels=3, seed=0, batch_size=8)
+    grid = [{"method": "stub-nan"}, {"method": "meandiff"}]
+    auto = AutoDetector(config, candidates=grid).fit(Textures(14, size=SIZE, channels=3))
+    rows = auto.selection["candidates"]
+    assert "NaN or infinite scores" in rows[0]["error"] and rows[0]["image_auroc"] is None
+    assert rows[1]["error"] is None and auto.selection["chosen_settings"] == grid[1]
