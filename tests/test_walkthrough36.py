@@ -36,3 +36,17 @@ def test_auto_candidate_with_nan_scores_loses_instead_of_stopping_the_run(nan_ca
     rows = auto.selection["candidates"]
     assert "NaN or infinite scores" in rows[0]["error"] and rows[0]["image_auroc"] is None
     assert rows[1]["error"] is None and auto.selection["chosen_settings"] == grid[1]
+
+
+def test_inverted_file_never_answers_infinity_for_a_bank_of_repeated_rows():
+    from anomaly.detectors.knn import BankIndex
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(5, 16, generator=gen)
+    bank = torch.cat([base.repeat(200, 1), torch.randn(100, 16, generator=gen) * 3])
+    queries = torch.cat([base + 0.01 * torch.randn(5, 16, generator=gen), bank[-20:]])
+    index = BankIndex(bank, clusters=64, probes=2, seed=0)
+    found = index.nearest(queries)
+    exact = torch.cdist(queries, bank).amin(1)
+    assert torch.isfinite(found).all() and all(b.shape[1] for b in index.blocks)
+    assert (found >= exact - 0.01).all() and torch.allclose(found[:5], exact[:5], atol=1e-3)

@@ -158,7 +158,6 @@ class BankIndex:
         self, bank: torch.Tensor, clusters: int, probes: int, seed: int = 0, iters: int = 20
     ) -> None:
         k = max(1, min(int(clusters), len(bank)))
-        self.probes = max(1, min(int(probes), k))
         gen = torch.Generator().manual_seed(int(seed))
         x = bank.double()
         centroids = x[torch.randperm(len(x), generator=gen)[:k].to(x.device)]
@@ -169,7 +168,11 @@ class BankIndex:
             centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
         assign = torch.cdist(x, centroids).argmin(1)
         rows = bank[torch.argsort(assign, stable=True)]
-        sizes = torch.bincount(assign, minlength=k).tolist()
+        sizes = torch.bincount(assign, minlength=k)
+        # a cluster left empty (repeated bank rows, or a centroid that lost every row) is never
+        # probed: a query whose probes all found no row would get an infinite distance
+        centroids, sizes = centroids[sizes > 0], sizes[sizes > 0].tolist()
+        self.probes = max(1, min(int(probes), len(sizes)))
         self.to_centroids = product_weights(centroids.float())  # orders them as |q - c| does
         self.blocks = [w.contiguous() for w in product_weights(rows).split(sizes, dim=1)]
 
