@@ -20,7 +20,7 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
     method_names,
 )
 from anomaly.cli_predict import StdoutGone, run_predict
-from anomaly.config import READ_BY, Config, flag_of, ignored_by
+from anomaly.config import READ_BY, Config, builds_on, flag_of, ignored_by
 from anomaly.safe_files import InUse, RunError
 from anomaly.terminal import shell_word, visible
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
@@ -49,7 +49,7 @@ def _train(args) -> None:
         detector = train_like(args.like, args.out, **flags)
         print(f"trained {detector.config.method}: run folder {args.out}")
         print(same_model_words(args.like, args.out))
-        if note := few_held_out(RunDir(args.out).threshold(), args.out, detector.name == "kmeans"):
+        if note := few_held_out(RunDir(args.out).threshold(), args.out, detector.config):
             print(note, file=sys.stderr)
         return
     if args.resume:
@@ -89,8 +89,7 @@ def _train(args) -> None:
         _warn_ignored(config.method, flags)
         detector = train_run(config, args.out)
     print(f"trained {detector.config.method}: run folder {args.out}")
-    kmeans = detector.config.method == "kmeans"  # its --val-fraction is its --from run's
-    if note := few_held_out(RunDir(args.out).threshold(), args.out, kmeans):
+    if note := few_held_out(RunDir(args.out).threshold(), args.out, detector.config):
         print(note, file=sys.stderr)
     selection = getattr(detector, "selection", None)
     if isinstance(selection, dict) and "chosen" in selection:
@@ -131,12 +130,14 @@ def _warn_ignored(method: str, flags: dict) -> None:
     """Say which of the flags given the method never reads: `--epochs` for patchknn changes
     nothing, and a user who passed it should not believe it did."""
     ignored = ignored_by(method, flags)
+    source = builds_on(method, flags.get("backbone", ""))
+    ignored += ["val_fraction"] * (source == "encoder" and "val_fraction" in flags)
 
     def why(name: str) -> str:
         if method == "auto":
             return "its candidates bring their own settings"
-        if name not in READ_BY:  # kmeans' val_fraction
-            return "it holds out the images its --from run held out"
+        if name not in READ_BY:  # kmeans' val_fraction, or an encoder: backbone's
+            return f"it holds out the images its {source} run held out"
         return f"read by {', '.join(READ_BY[name])}"
 
     if ignored:
@@ -215,7 +216,7 @@ def _threshold(args) -> None:
     print(held_out_words(rd, t.value))
     if broken := test_set_words(rd, t):
         print(broken)
-    if args.rule and (note := few_held_out(t, args.run, rd.config().method == "kmeans")):
+    if args.rule and (note := few_held_out(t, args.run, rd.config())):
         print(note)  # as train and predict say it
 
 

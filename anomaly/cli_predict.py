@@ -76,8 +76,8 @@ def run_predict(args) -> int:
         from anomaly.decision import few_held_out
         from anomaly.runs import RunDir
 
-        kmeans = args.run is not None and RunDir(args.run).config().method == "kmeans"
-        if note := few_held_out(threshold, run, kmeans):  # as train said it
+        config = RunDir(args.run).config() if args.run is not None else None
+        if note := few_held_out(threshold, run, config):  # as train said it
             again = f"; then export the run again: python -m anomaly export --run {shell_word(run)}"
             print(note + again * bool(args.onnx), file=sys.stderr)
     return 0 if not failed and not broken and not lost else 2

@@ -163,6 +163,16 @@ def ignored_by(method: str, names) -> list[str]:
     return ignored + ["val_fraction"] * (method == "kmeans" and "val_fraction" in names)
 
 
+def builds_on(method: str, backbone: str = "") -> str:
+    """The other run whose held-out images a new run holds out instead of its own
+    `--val-fraction`'s (`train_guards.source_held_out`), as a message names it: "--from" for
+    kmeans, "encoder" for patchknn and flow on an `encoder:RUN` backbone; "" for a run of its
+    own."""
+    if method == "kmeans":
+        return "--from"
+    return "encoder" if method in ("patchknn", "flow") and backbone.startswith("encoder:") else ""
+
+
 def _f(default, help: str, **meta):
     """A Config field with its CLI help (and optional `choices`, `flag`, `min`, `max`, `above`)."""
     return field(default=default, metadata={"help": help, **meta})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anomaly.config import builds_on
 from anomaly.metrics import confusion, confusion_from_counts
 from anomaly.terminal import printable, shell_word
 from anomaly.threshold_file import UNSUPPORTED
@@ -319,7 +320,7 @@ def _quantile_of(params: dict) -> tuple[int, float] | None:
 FEWEST_HELD_OUT = 10  # below it train's quantile threshold is about the largest of a handful
 
 
-def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
+def few_held_out(threshold, run, config=None) -> str | None:
     """Words saying that a `normal_quantile` threshold (`train`'s, or `threshold`'s on the held-out
     or a folder's good images) rests on fewer than `FEWEST_HELD_OUT` good images, or on training
     images (none held out), or None.
@@ -327,9 +328,9 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
     and a new good part like them scores above the j-th smallest a fraction (n + 1 - j) / (n +
     1) of the time on average, so above the threshold about (n - h) / (n + 1): from 3 images at
     q 0.99, 26 %, not the 1 % the quantile names (from 20, 5.7 %). Training images score lower
-    than new ones (the model learned them), by an amount nothing here measures. `kmeans`: a
-    kmeans run, which holds out what its --from run held out (its own --val-fraction is
-    ignored)."""
+    than new ones (the model learned them), by an amount nothing here measures. `config`: the
+    run's, where it builds on another run (`config.builds_on`: kmeans' --from, an `encoder:`
+    backbone), whose held-out images it holds out (its own --val-fraction is ignored)."""
     params = getattr(threshold, "params", None) or {}
     if getattr(threshold, "rule", None) != "normal_quantile" or params.get(UNSUPPORTED):
         return None  # (one whose value its scores do not give is said to be no quantile)
@@ -358,7 +359,8 @@ def few_held_out(threshold, run, kmeans: bool = False) -> str | None:
         if own
         else (f"held-out good image{'s' * (n != 1)}")
     )
-    more = "--val-fraction" + " of its --from run: kmeans holds out what it did" * kmeans
+    source = builds_on(config.method, config.backbone) if config is not None else ""
+    more = "--val-fraction" + f" of its {source} run: the run holds out what it did" * bool(source)
     advice = (
         "Add good images to the folder, or set a conformal threshold, whose rate counts how few "
         "they are"

@@ -8,8 +8,8 @@ or --workers, the data's new place) and the resuming versions only with the firs
 files.
 
 Which good images a new run holds out for its default threshold is decided here too
-(`new_split`: kmeans holds out its `--from` run's held-out images, never one that run's encoder
-learned), auto is refused too few images (`check_split`), and what that threshold cannot say is
+(`new_split`: kmeans, and patchknn or flow on an `encoder:RUN` backbone, hold out their source
+run's held-out images, never one that run's encoder learned), auto is refused too few images (`check_split`), and what that threshold cannot say is
 warned about (`warn_held_out`: held-out images that are copies of training images;
 `warn_degenerate`: held-out scores with no spread). `anomaly.pipeline.train_run` is the entry
 point; this module keeps pipeline.py readable.
@@ -193,8 +193,8 @@ class ResumeWrites:
 # --- which images are held out, and what the default threshold can say -------------------------
 def new_split(config: Config, paths: list[str]) -> tuple[list[int], list[int]]:
     """The (train, held-out) indices of train/good's `paths` for a new run: split by the run's
-    seed, except for kmeans, which holds out its `--from` run's held-out images
-    (`source_held_out`) whatever its seed, so that no image its encoder learned is held out."""
+    seed, except for a run built on another's encoder (kmeans' `--from`, an `encoder:` backbone),
+    which holds out that run's held-out images (`source_held_out`) whatever its seed, so that no image its encoder learned is held out."""
     if len(paths) == 1:
         plain = not os.path.isdir(os.path.join(config.data, "train"))
         where = "of good/, the test's share left one image" if plain else "train/good holds one"
@@ -209,14 +209,27 @@ def new_split(config: Config, paths: list[str]) -> tuple[list[int], list[int]]:
     return [i for i in range(len(paths)) if i not in held], sorted(held)
 
 
+def _source_of(config: Config) -> tuple[str, str]:
+    """The run whose learned model a new run builds on, and the flag that names it: kmeans'
+    `--from RUN`, or patchknn's and flow's `--backbone encoder:RUN` (an encoder trained on
+    that run's images is part of this model); ("", "") for a run of its own."""
+    if config.method == "kmeans" and config.source_run:
+        return config.source_run, f"--from {shell_word(config.source_run)}"
+    if config.method in ("patchknn", "flow") and config.backbone.startswith("encoder:"):
+        return config.backbone.split(":", 1)[1], f"--backbone {shell_word(config.backbone)}"
+    return "", ""
+
+
 def _source_split(config: Config) -> tuple[RunDir, dict] | None:
-    """kmeans: its `--from` run and that run's split.json (train/val lists of paths, and their
-    SHA-256s when recorded), with the paths moved to `config.data` when the source's data is
-    elsewhere; None for other methods, or a split.json that is missing or does not read as one
-    (the run is someone else's: nothing in it is trusted)."""
-    if config.method != "kmeans" or not config.source_run:
+    """The run a new one builds on (`_source_of`: kmeans' `--from`, an `encoder:` backbone) and
+    that run's split.json (train/val lists of paths, and their SHA-256s when recorded), with the
+    paths moved to `config.data` when the source's data is elsewhere; None for a run of its own,
+    or a split.json that is missing or does not read as one (the run is someone else's: nothing
+    in it is trusted)."""
+    path = _source_of(config)[0]
+    if not path:
         return None
-    source = RunDir(config.source_run)
+    source = RunDir(path)
     try:
         split, data = source.split(), source.config().data
     except (RunError, ValueError, TypeError, AttributeError):
@@ -230,7 +243,7 @@ def _source_split(config: Config) -> tuple[RunDir, dict] | None:
 
 
 def source_pool(config: Config) -> dict | None:
-    """kmeans in the plain layout: the images of its `--from` run's split (moved to
+    """kmeans (or an `encoder:` backbone) in the plain layout: the images of its source run's split (moved to
     `config.data`) found in config.data's good/ with the same bytes (split.json's SHA-256s,
     where recorded), else None (other data: split by the holdout rule). Those are the images
     kmeans may learn: its source's test images are its test images too, however many good
@@ -269,17 +282,18 @@ def _still_here(split: dict, allowed) -> list[bool]:
 
 
 def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
-    """kmeans: the indices in `paths` of its `--from` run's held-out images. An image that
-    run's encoder learned must not be held out (the default threshold, and any conformal one,
-    would rest on an image the model knows), so kmeans trains on everything else (the source's
+    """kmeans (or an `encoder:` backbone): the indices in `paths` of its source run's held-out
+    images. An image that run's encoder learned must not be held out (the default threshold, and
+    any conformal one, would rest on an image the model knows), so the new run trains on
+    everything else (the source's
     training images, and images added since). None (split by seed, with a warning) when the
     source run recorded no split, or none of its images is in `config.data` (other data:
     `warn_held_out` then names held-out images that are copies of ones it learned)."""
     found = _source_split(config)
     if found is None:
-        if config.method == "kmeans":
+        if flag := _source_of(config)[1]:
             warnings.warn(
-                f"--from {shell_word(config.source_run)} has no split.json that reads, so kmeans cannot "
+                f"{flag} has no split.json that reads, so {config.method} cannot "
                 "hold out only images its encoder did not learn: the default threshold may rest "
                 "on training images and be too low; set one with `threshold --good-images`",
                 stacklevel=5,
@@ -352,7 +366,7 @@ def warn_test_copies(run: RunDir, paths: list[str]) -> None:
 
 def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
     """Warn, naming them, about held-out images that are byte-identical to training images
-    (split.json's SHA-256s), or for kmeans to images its `--from` run's encoder learned: the
+    (split.json's SHA-256s), or to images its source run's encoder learned (`_source_of`): the
     default threshold set on them measures how the model scores what it learned, not new good
     parts."""
     n_train = len(split["train"])

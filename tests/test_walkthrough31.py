@@ -462,7 +462,7 @@ def test_a_kmeans_runs_note_does_not_suggest_its_ignored_val_fraction():
 
     t = Threshold(9.0, "normal_quantile", {"set_by": "train", "n_normal": 3, "q": 0.99})
     assert "(--val-fraction)" in few_held_out(t, "runs/x")
-    assert "(--val-fraction of its --from run" in few_held_out(t, "runs/x", kmeans=True)
+    assert "(--val-fraction of its --from run" in few_held_out(t, "runs/x", Config(method="kmeans"))
     assert "\x1b" not in few_held_out(t, "runs/\x1b[2Jx")  # a path typed or found: escaped
 
 

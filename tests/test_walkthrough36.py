@@ -50,3 +50,23 @@ def test_inverted_file_never_answers_infinity_for_a_bank_of_repeated_rows():
     exact = torch.cdist(queries, bank).amin(1)
     assert torch.isfinite(found).all() and all(b.shape[1] for b in index.blocks)
     assert (found >= exact - 0.01).all() and torch.allclose(found[:5], exact[:5], atol=1e-3)
+
+
+def test_patchknn_on_an_encoder_holds_out_what_the_encoder_run_held_out(
+    tiny_cookies, scored_ae_run, tmp_path, capsys
+):
+    import json
+
+    from anomaly.cli import main
+
+    out = tmp_path / "pk"
+    args = ["train", "--method", "patchknn", "--data", str(tiny_cookies)]
+    args += ["--backbone", f"encoder:{scored_ae_run}"]
+    assert main([*args, "--out", str(out), "--seed", "11", "--val-fraction", "0.5"]) == 0
+    theirs = json.loads((scored_ae_run / "split.json").read_text())
+    ours = json.loads((out / "split.json").read_text())
+    assert sorted(ours["val"]) == sorted(theirs["val"]) and not set(ours["val"]) & set(
+        theirs["train"]
+    )  # another seed and fraction would hold out images the encoder learned
+    said = capsys.readouterr().err
+    assert "--val-fraction (it holds out the images its encoder run held out)" in said
