@@ -22,7 +22,7 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
 from anomaly.cli_predict import StdoutGone, run_predict
 from anomaly.config import READ_BY, Config, builds_on, flag_of, ignored_by
 from anomaly.safe_files import InUse, RunError
-from anomaly.terminal import shell_word, visible
+from anomaly.terminal import log_lines, shell_word, visible
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
@@ -310,13 +310,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 2
     _closed_to_devnull()
-    shown = warnings.showwarning
-    warnings.showwarning = _one_line_warnings(shown)
+    shown, stderr = warnings.showwarning, sys.stderr
+    warnings.showwarning, sys.stderr = _one_line_warnings(shown), log_lines(stderr)
     try:
         with _signals_interrupt():
             return _main(args)
     finally:
-        warnings.showwarning = shown
+        warnings.showwarning, sys.stderr = shown, stderr
 
 
 def _closed_to_devnull() -> None:

@@ -58,3 +58,31 @@ def visible(message: str) -> str:
         if c not in "\n\t":
             message = message.replace(c, repr(c)[1:-1])
     return message
+
+
+class LogLines:
+    """A stream (stderr in a log file, not a terminal) on which whatever follows a progress bar
+    starts a new line: tqdm draws, redraws and clears its bars with carriage returns and no new
+    line, so in a log a `warning:`, `note:` or `error:` written after a bar closed ended up on the
+    bar's line, where `grep '^warning:'` missed it and `grep -v` of the bars removed it. A write
+    that starts with a carriage return is a bar's; one after it that starts with neither that
+    nor a new line gets a new line first. Everything else is the stream's own."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self._after_bar = stream, False
+
+    def write(self, text: str) -> int:
+        if text and self._after_bar and not text.startswith(("\r", "\n")):
+            self._stream.write("\n")
+        if text:
+            self._after_bar = text.startswith("\r") and not text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def log_lines(stream):
+    """`stream` as `LogLines` where it is not a terminal (a log file, a pipe), else itself."""
+    isatty = getattr(stream, "isatty", None)
+    return stream if stream is None or (callable(isatty) and isatty()) else LogLines(stream)

@@ -70,3 +70,40 @@ def test_patchknn_on_an_encoder_holds_out_what_the_encoder_run_held_out(
     )  # another seed and fraction would hold out images the encoder learned
     said = capsys.readouterr().err
     assert "--val-fraction (it holds out the images its encoder run held out)" in said
+
+
+def test_in_a_log_each_warning_and_note_after_a_closed_bar_starts_a_line(tiny_cookies, tmp_path):
+    """A bar closed with leave=False ends with a carriage return, no new line: the warning
+    and the note written after it stuck to its line, so `grep '^warning:'` found nothing."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", "--data", str(tiny_cookies), "--out", str(tmp_path / "r"), "--size", "64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "log", "w") as log:
+        run = [sys.executable, "-m", "anomaly", *args, "--val-fraction", "0"]
+        assert subprocess.run(run, stdout=subprocess.DEVNULL, stderr=log, env=env).returncode == 0
+    lines = (tmp_path / "log").read_bytes().decode().split("\n")  # not read_text: \r kept
+    assert any(x.startswith("warning: ") and "no validation split" in x for x in lines)
+    assert any(x.startswith("note: ") and "training images themselves" in x for x in lines)
+    assert "" not in lines[:-1]  # no empty line added between a bar's and a message's
+
+
+def test_log_lines_leaves_a_terminal_and_plain_text_alone():
+    import io
+
+    from anomaly.terminal import LogLines, log_lines
+
+    log = io.StringIO()
+    out = LogLines(log)
+    for part in ("abc", "\n", "\rbar 50%", "\rbar 100%", "\n", "\r   \r", "note: x", "\n"):
+        out.write(part)
+    assert log.getvalue() == "abc\n\rbar 50%\rbar 100%\n\r   \r\nnote: x\n"
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    assert log_lines(tty) is tty and isinstance(log_lines(io.StringIO()), LogLines)
