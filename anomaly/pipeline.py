@@ -35,6 +35,7 @@ from anomaly.data.image_kind import draft_size, read_kinds
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.data.image_unlike import warn_unlike
 from anomaly.detectors import Detector, Predictions, get_detector
+from anomaly.detectors.inputs import frames_named
 from anomaly.pixel_eval import EVAL_SIZE, MASK_READING_KEY
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import available_memory, check_path_above, output_folder, sha256_file
@@ -283,20 +284,12 @@ def _note_export(run: RunDir) -> None:
 def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progress: bool) -> None:
     held_out = val if val is not None else train
     if val is None:
-        why = (
-            "none of its --from run's held-out images is in the data set now, and kmeans holds "
-            "out only those"
-            if detector.name == "kmeans"
-            else "val_fraction=0 or one image"
-        )
-        warnings.warn(
-            f"{run}: no validation split ({why}), so the default threshold comes from training "
-            "images and will be too low; set one with `threshold --good-images FOLDER`",
-            stacklevel=3,
-        )
+        guards.warn_no_split(run, detector.config)
     from anomaly.viz import dataset_range
 
-    pred = detector.predict(held_out, progress=progress)
+    with frames_named():  # empty frames are named below, and left out of the threshold
+        pred = detector.predict(held_out, progress=progress)
+    scores = guards.without_empty_frames(run, pred)
     if not np.isfinite(pred.scores).all():  # no threshold to set: said, not threshold's words
         msg = "gives NaN or infinite scores on its held-out images: its training diverged"
         raise RunError(f"{run}: the model {msg}; train a new --out (another --seed, a lower --lr)")
@@ -320,11 +313,11 @@ def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progre
             return
     from anomaly.metrics import threshold_normal_quantile  # sklearn: not for predict
 
-    threshold = threshold_normal_quantile(pred.scores, q=detector.config.threshold_quantile)
+    threshold = threshold_normal_quantile(scores, q=detector.config.threshold_quantile)
     threshold.params["set_by"] = "train"
     if val is None:  # none held out: the scores of images the model learned (`few_held_out`)
         threshold.params["on_training_images"] = True
-    guards.warn_degenerate(run, pred.scores, threshold.value, held_out=val is not None)
+    guards.warn_degenerate(run, scores, threshold.value, held_out=val is not None)
     run.save_threshold(threshold)
 
 

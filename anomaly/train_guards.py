@@ -23,13 +23,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from anomaly.config import Config
+from anomaly.config import Config, builds_on
 from anomaly.data.files import named
 from anomaly.data.image_kind import warn_mixed
 from anomaly.detectors.patchknn import NoRoom
 from anomaly.runs import RunDir, RunError, versions
 from anomaly.safe_files import is_out_of_memory, sha256_file, write_json
-from anomaly.terminal import shell_word
+from anomaly.terminal import printable, shell_word
 from anomaly.train import DamagedState, check_resumable, split_indices
 
 
@@ -441,3 +441,44 @@ def out_of_memory(err: Exception, config: Config, n_images: int, run: RunDir) ->
         f"training {where} {why}: nothing was saved but the run's settings. Train a new --out "
         "(or delete this one) at a smaller --size, on fewer images, or where there is more memory"
     )
+
+
+def warn_no_split(run: RunDir, config: Config) -> None:
+    """Warn that a new run held out nothing, so that its default threshold is set on training
+    images, and say why (a run built on another's held out what that run held out)."""
+    source = builds_on(config.method, config.backbone)
+    why = (
+        f"none of its {source} run's held-out images is in the data set now, and it holds out "
+        "only those"
+        if source
+        else "val_fraction=0 or one image"
+    )
+    warnings.warn(
+        f"{run}: no validation split ({why}), so the default threshold comes from training "
+        "images and will be too low; set one with `threshold --good-images FOLDER`",
+        stacklevel=4,
+    )
+
+
+def without_empty_frames(run: RunDir, pred) -> np.ndarray:
+    """The scores of `pred` (the held-out images, or the training images where none is held
+    out) that the default threshold is set on: all but those of empty frames (`pred.meta`'s
+    "flat": one flat colour, a camera's blank frame, which `predict` gives no verdict and
+    `threshold --good-images` refuses), named in a warning with the fix. A blank frame's score is
+    far from a good part's: one held out set the threshold above every defect. Where every one
+    is blank, all are kept (the warning says the threshold rests on them)."""
+    flat = set(pred.meta.get("flat") or ())
+    if not flat:
+        return pred.scores
+    keep = np.array([p not in flat for p in pred.paths])
+    which = named((printable(p) for p in pred.paths if p in flat), 3)
+    rest = "left out of" if keep.any() else "all there is for"
+    warnings.warn(
+        f"{run}: {len(flat)} of the {len(keep)} images its default threshold is set on "
+        f"{'is' if len(flat) == 1 else 'are'} all one flat colour ({which}): empty frames "
+        f"(a camera's blank shot), {rest} the threshold. The model learned from the images beside "
+        "them, maybe blank ones too: take every empty frame out of the good images and train "
+        "again",
+        stacklevel=3,
+    )
+    return pred.scores[keep] if keep.any() else pred.scores

@@ -417,7 +417,8 @@ class Detector(ABC):
             method=self.name,
             mask_known=np.array(known),
         )
-        if flat:  # `score`'s metrics count them; `predict` would give them no verdict
+        pred.meta["flat"] = flat  # (`train` leaves held-out ones out of its threshold)
+        if flat and not inputs.naming_frames():  # `score`'s metrics count them
             import warnings
 
             from anomaly.terminal import printable

@@ -212,11 +212,16 @@ def frames_named():
         _OFF.frames -= 1
 
 
+def naming_frames() -> bool:
+    """Whether a caller up this thread's stack names empty frames itself (`frames_named`)."""
+    return bool(getattr(_OFF, "frames", 0))
+
+
 def warn_empty_frames(images: torch.Tensor) -> None:
     """Warn of the images of a batch [B, C, H, W] that are one flat colour (`empty_frame`): a
     service scoring uploads with `predict_batch` got a score, often under the threshold, for a
     blank frame, which `predict` gives no verdict (0.06 ms an image)."""
-    if getattr(_OFF, "frames", 0):
+    if naming_frames():
         return
     flat = [i for i, x in enumerate(images) if empty_frame(x)]
     if flat:
