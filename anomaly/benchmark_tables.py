@@ -335,7 +335,12 @@ def readme_markers(block: str) -> tuple[str, str]:
 
 def check_readme_block(readme: str | Path | None, block: str | None) -> None:
     """`benchmark --readme FILE` rewrites one of FILE's tables: without `--readme-block` it
-    would not know which, so it stops before anything runs, naming the blocks FILE has."""
+    would not know which, so it stops before anything runs, naming the blocks FILE has; nor
+    runs a `--readme-block` without `--readme`, which would rewrite nothing."""
+    if block and not readme:
+        raise ValueError(
+            f"--readme-block {shell_word(block)} needs --readme FILE, the file to rewrite"
+        )
     if not readme or block:
         return
     start = re.escape(readme_markers("BLOCK")[0]).replace("BLOCK", "([^ >]+)")

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m anomaly",
         description="The command line over the same functions the notebooks call.",
     )
+    from anomaly import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-cookies", help="generate the cookie inspection data set")

@@ -139,3 +139,29 @@ def test_a_blank_frame_held_out_is_left_out_of_the_default_threshold(tiny_cookie
     expected = threshold_normal_quantile(scores[~blank], q=config.threshold_quantile)
     assert run.threshold().value == pytest.approx(expected.value)
     assert run.threshold().params["n_normal"] == (~blank).sum()
+
+
+def test_readme_block_without_readme_is_refused_before_anything_runs(
+    tiny_cookies, tmp_path, capsys
+):
+    from anomaly.cli import main
+
+    out = tmp_path / "bench"
+    args = ["benchmark", "--data", str(tiny_cookies), "--methods", "meandiff", "--out", str(out)]
+    assert main([*args, "--readme-block", "cookies"]) == 2
+    assert "--readme-block cookies needs --readme FILE" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_version_flag_names_the_package_version(capsys):
+    import anomaly
+    from anomaly.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.split() == [
+        "python",
+        "-m",
+        "anomaly",
+        anomaly.__version__,
+    ]
