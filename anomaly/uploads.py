@@ -67,20 +67,46 @@ def _content(x, name: str) -> bytes:
     return data
 
 
+def _unread_file(x) -> bytes | None:
+    """The file's bytes of a PIL image opened (`Image.open`) and not decoded yet, whose pixels are
+    the file's as it is: staged as they are, it is decoded as that file would be (a JPEG at the
+    run's decoding, every frame of an animation seen); None for any other image (one decoded
+    may have been changed in place)."""
+    fp = getattr(x, "fp", None)
+    if fp is None or getattr(x, "_im", True) is not None or not hasattr(fp, "seek"):
+        return None
+    try:
+        where = fp.tell()
+        fp.seek(0)
+        data = fp.read()
+        fp.seek(where)
+    except (OSError, ValueError):  # closed, or not seekable after all
+        return None
+    return data if isinstance(data, bytes) else None
+
+
 def _write(x, path: Path, name: str) -> Path:
     """Write upload `x` at `path` (its suffix set by what it holds) and return where it went."""
     import warnings
 
     from PIL import Image, ImageOps
 
-    if hasattr(x, "getbands"):  # a PIL image: lossless, turned as its EXIF says (as a file is)
-        x = ImageOps.exif_transpose(x)
-        try:
-            x.save(path := path.with_suffix(".png"), format="PNG")
-        except (OSError, ValueError, KeyError):  # modes PNG lacks (float, CMYK): TIFF keeps them
-            x.save(path := path.with_suffix(".tif"), format="TIFF")
-        return path
-    data = _content(x, name)
+    if hasattr(x, "getbands") and (data := _unread_file(x)) is None:
+        # a PIL image decoded (or made) already: lossless, turned as its EXIF says (as a file
+        # is), every frame kept (refused as a file's are)
+        frames = {"save_all": True} if getattr(x, "n_frames", 1) > 1 else {}
+        x = x if frames else ImageOps.exif_transpose(x)
+        alpha = {"La": "LA", "RGBa": "RGBA"}.get(x.mode, "RGBA" if "A" in x.getbands() else "RGB")
+        for mode in (x.mode, alpha):
+            y = x if mode == x.mode else x.convert(mode)  # HSV, La, RGBa: neither format's
+            for suffix, kind in ((".png", "PNG"), (".tif", "TIFF")):  # TIFF: float, CMYK
+                try:
+                    y.save(path := path.with_suffix(suffix), format=kind, **frames)
+                    return path
+                except (OSError, ValueError, KeyError):
+                    path.unlink(missing_ok=True)
+        raise ValueError(f"{name}: a PIL image of mode {x.mode}, which cannot be scored")
+    data = data if hasattr(x, "getbands") else _content(x, name)
     try:
         with warnings.catch_warnings():  # a decompression bomb: said when it is read
             warnings.simplefilter("ignore")

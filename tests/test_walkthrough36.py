@@ -83,7 +83,8 @@ def test_in_a_log_each_warning_and_note_after_a_closed_bar_starts_a_line(tiny_co
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "log", "w") as log:
         run = [sys.executable, "-m", "anomaly", *args, "--val-fraction", "0"]
-        assert subprocess.run(run, stdout=subprocess.DEVNULL, stderr=log, env=env).returncode == 0
+        done = subprocess.run(run, check=False, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    assert done.returncode == 0
     lines = (tmp_path / "log").read_bytes().decode().split("\n")  # not read_text: \r kept
     assert any(x.startswith("warning: ") and "no validation split" in x for x in lines)
     assert any(x.startswith("note: ") and "training images themselves" in x for x in lines)
@@ -165,3 +166,52 @@ def test_version_flag_names_the_package_version(capsys):
         "anomaly",
         anomaly.__version__,
     ]
+
+
+def _big_jpeg(tiny_cookies, path):
+    from PIL import Image
+
+    source = min((tiny_cookies / "test" / "crack").glob("*.png"))
+    Image.open(source).convert("RGB").resize((640, 640)).save(path, quality=90)
+    return path
+
+
+def test_a_pil_jpeg_not_yet_decoded_is_scored_as_its_file_is(tiny_cookies, tmp_path):
+    """An opened PIL JPEG was decoded in full and staged as a PNG, skipping the run's draft
+    decoding: its score moved by up to 4 % of the threshold, and a verdict flipped."""
+    from helpers import tiny_config
+    from PIL import Image
+
+    import anomaly
+    from anomaly.pipeline import train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_config(tiny_cookies, "meandiff", decode="draft"), run, progress=False)
+    jpeg = _big_jpeg(tiny_cookies, tmp_path / "part.jpg")
+    (by_path,), _ = anomaly.predict_images(run, [str(jpeg)], overlays=False)
+    with Image.open(jpeg) as im:
+        (by_pil,), _ = anomaly.predict_images(run, [im], overlays=False)
+    assert by_pil["score"] == by_path["score"] and by_pil["path"] == "part.jpg"
+    decoded = Image.open(jpeg)
+    decoded.load()  # decoded in full already: staged as the pixels it holds
+    (by_pixels,), _ = anomaly.predict_images(run, [decoded], overlays=False)
+    assert by_pixels["score"] != by_path["score"]  # what this test would miss otherwise
+
+
+def test_pil_animations_and_unusual_modes_get_a_row_each(scored_ae_run, tiny_cookies, tmp_path):
+    """A PIL animation was scored as its first frame (its file is refused); modes neither PNG
+    nor TIFF can write (HSV, La, RGBa) stopped the whole call with a bare OSError."""
+    from PIL import Image
+
+    import anomaly
+
+    frame = Image.open(min((tiny_cookies / "test" / "good").glob("*.png"))).convert("RGB")
+    frames = [frame, frame.rotate(90)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    anim = Image.open(tmp_path / "anim.gif")
+    anim.load()  # decoded: its frames are staged by the image, not by the file's bytes
+    odd = [frame.convert("HSV"), frame.convert("RGBA").convert("RGBa"), frame.convert("LA")]
+    odd[2] = odd[2].convert("La")
+    results, _ = anomaly.predict_images(scored_ae_run, [anim, *odd], overlays=False)
+    assert "frames" in results[0]["error"] and "score" not in results[0]
+    assert all("score" in r for r in results[1:]), results
