@@ -215,3 +215,28 @@ def test_pil_animations_and_unusual_modes_get_a_row_each(scored_ae_run, tiny_coo
     results, _ = anomaly.predict_images(scored_ae_run, [anim, *odd], overlays=False)
     assert "frames" in results[0]["error"] and "score" not in results[0]
     assert all("score" in r for r in results[1:]), results
+
+
+def test_a_16_bit_tiff_of_separate_colour_planes_is_refused_not_scrambled(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from anomaly.data import DataError
+    from anomaly.data.reading import read_image
+
+    a = np.random.default_rng(0).integers(0, 65535, (40, 50, 3)).astype(np.uint16)
+    planes = np.ascontiguousarray(a.transpose(2, 0, 1))
+    tifffile.imwrite(tmp_path / "planar.tif", planes, photometric="rgb", planarconfig="separate")
+    with pytest.raises(DataError, match=r"planar\.tif: cannot read this image correctly.*contig"):
+        read_image(tmp_path / "planar.tif")
+    for name, kw in (("contig.tif", {}), ("zlib.tif", {"compression": "zlib"})):
+        tifffile.imwrite(tmp_path / name, a, photometric="rgb", **kw)  # read right: read
+        assert read_image(tmp_path / name).shape[:2] == (40, 50)
+    tifffile.imwrite(
+        tmp_path / "zplanar.tif",
+        planes,
+        photometric="rgb",
+        planarconfig="separate",
+        compression="zlib",
+    )
+    assert read_image(tmp_path / "zplanar.tif").shape[:2] == (40, 50)
