@@ -264,7 +264,7 @@ def annotated_overlay(
     """
     word = verdict(score, threshold)
     body = evidence_overlay(image, amap, scale, mask, passed=word == PASS)
-    k = enlargement(body.shape[1])
+    k = enlargement(body.shape[1], body.shape[0])
     body = body.repeat(k, axis=0).repeat(k, axis=1)
     width = body.shape[1]
     fs = _font_size(width)
@@ -309,9 +309,10 @@ def png_bytes(picture: np.ndarray, pnginfo=None) -> bytes:
     return out.getvalue()
 
 
-def enlargement(width: int) -> int:
-    """The whole factor that makes an image of this width at least MIN_WIDTH wide."""
-    return max(1, -(-MIN_WIDTH // max(1, width)))
+def enlargement(width: int, height: int) -> int:
+    """The whole factor that makes an image of this width at least MIN_WIDTH wide, short of
+    taking its height past `OVERLAY_SIDE` (a line-scan strip of 32 x 30000 px: 262,000 rows)."""
+    return max(1, min(-(-MIN_WIDTH // max(1, width)), OVERLAY_SIDE // max(1, height)))
 
 
 def _font_size(width: int) -> int:  # a 4000 px overlay seen whole: not 4 px letters
@@ -326,7 +327,7 @@ def _head_height(width: int, title: str | None) -> int:
 def body_rows(image_shape: tuple[int, ...], title: str | None = None) -> slice:
     """The rows of an `annotated_overlay` of an image of this shape that hold the picture."""
     shown = overlay_size(*image_shape[:2])  # a very large image is drawn shrunk
-    k = enlargement(shown[1])
+    k = enlargement(shown[1], shown[0])
     head = _head_height(shown[1] * k, title)
     return slice(head, head + shown[0] * k)
 

@@ -135,7 +135,9 @@ def test_save_overlays_one_file_per_image(tmp_path):
     for p, path in zip(written, paths):
         own = np.asarray(Image.open(path)).shape  # the image's own size, not the map's
         rgb = np.asarray(Image.open(p))
-        k = enlargement(own[1])  # small images are enlarged by a whole factor to stay legible
+        k = enlargement(
+            own[1], own[0]
+        )  # small images are enlarged by a whole factor to stay legible
         assert rgb.shape[1] == own[1] * k and rgb[body_rows(own, "x")].shape[0] == own[0] * k
     same = save_overlays(pred, tmp_path / "again", EvidenceScale(0.2, 0.8), 0.5)
     assert [p.read_bytes() for p in same] == [p.read_bytes() for p in written]
@@ -239,7 +241,7 @@ def test_score_overlays_make_good_and_defective_cookies_look_different(patchknn_
     for path, defect in zip(pred.paths, pred.defects):
         rgb = np.asarray(Image.open(patchknn_run / "overlays" / f"{defect}_{Path(path).stem}.png"))
         shape = np.asarray(Image.open(path)).shape
-        assert rgb.shape[1] == shape[1] * enlargement(shape[1])  # own size (x k if small)
+        assert rgb.shape[1] == shape[1] * enlargement(shape[1], shape[0])  # own size (x k if small)
         red.setdefault(defect == "good", []).append(
             strong_red_fraction(rgb[body_rows(shape, f"{defect} / {Path(path).name}")])
         )

@@ -240,3 +240,27 @@ def test_a_16_bit_tiff_of_separate_colour_planes_is_refused_not_scrambled(tmp_pa
         compression="zlib",
     )
     assert read_image(tmp_path / "zplanar.tif").shape[:2] == (40, 50)
+
+
+def test_the_overlay_of_a_line_scan_strip_stays_within_the_overlay_side():
+    """A 32 x 30000 px strip was shrunk to 4096 rows, then widened 64 times to stay legible:
+    an overlay of 262,000 rows, 1 GB of memory to write, which no viewer opens."""
+    import numpy as np
+
+    from anomaly.overlays import (
+        OVERLAY_SIDE,
+        EvidenceScale,
+        annotated_overlay,
+        body_rows,
+        overlay_size,
+    )
+
+    for shape in ((30000, 32), (4000, 40), (40, 4000), (64, 64)):
+        shown = overlay_size(*shape)
+        image = np.zeros((*shown, 3), np.float32)
+        picture = annotated_overlay(
+            image, np.zeros(shown, np.float32), EvidenceScale(0.2, 0.8), 0.1, 0.5
+        )
+        rows = body_rows(shape)
+        assert rows.stop - rows.start <= OVERLAY_SIDE and picture.shape[0] >= rows.stop
+        assert max(picture.shape[:2]) <= OVERLAY_SIDE + 200  # the words and the colour bar
