@@ -7,6 +7,7 @@ field's type, help and choices, and each method's own defaults shown in the help
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import MISSING, fields
 
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-cookies", help="generate the cookie inspection data set")
-    p.add_argument("root")
+    p.add_argument("root", help="the folder to write the data set into (MVTec AD layout)")
     p.add_argument(
         "--preset",
         default="toy",
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(textures, printed text, coins, a retina, a flower), with defects drawn in and masks"
     )
     p = sub.add_parser("make-photos", help=photos, description=photos[0].upper() + photos[1:])
-    p.add_argument("root")
+    p.add_argument("root", help="the folder to write the suite into: ROOT/<set>/, manifest.json")
     p.add_argument(
         "--seed", type=int, default=0, help="the same seed gives the same files (default 0)"
     )
@@ -176,8 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_flags(p, method_names())
 
-    p = sub.add_parser("score", help="score test/: scores.csv, metrics.json, overlays/")
-    p.add_argument("--run", required=True)
+    p = sub.add_parser(
+        "score",
+        help="score test/: scores.csv, metrics.json, overlays/",
+        description="Score a run's test images (test/ of its data set, or --data): each image's "
+        "score in scores.csv, image and pixel metrics in metrics.json, an overlay per image.",
+        epilog="example: python -m anomaly score --run runs/pk",
+    )
+    p.add_argument("--run", required=True, help="a trained run folder")
     p.add_argument("--data", help="data set root (default: the one the run was trained on)")
     p.add_argument(
         "--out",
@@ -231,13 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, help=WORKERS_HELP + " (--run only)")
 
-    p = sub.add_parser("export", help="save a patchknn run as one ONNX file (onnxruntime only)")
-    p.add_argument("--run", required=True)
+    export = "save a patchknn run as one ONNX file (onnxruntime only)"
+    p = sub.add_parser(
+        "export",
+        help=export,
+        description=export[0].upper() + export[1:] + ", which `predict --onnx` scores with "
+        "onnxruntime, numpy and Pillow alone (no torch).",
+        epilog="example: python -m anomaly export --run runs/pk && python -m anomaly predict "
+        "--onnx runs/pk/model.onnx part.png",
+    )
+    p.add_argument("--run", required=True, help="a trained patchknn run folder")
     p.add_argument("--out", help="the ONNX file to write (default RUN/model.onnx)")
 
     p = sub.add_parser(
-        "threshold", help="choose and save the run's threshold (without --rule: say the saved one)"
+        "threshold",
+        help="choose and save the run's threshold (without --rule: say the saved one)",
+        description="Choose and save the run's threshold, or say the saved one (no --rule).",
+        epilog="example: python -m anomaly threshold --run runs/pk --rule conformal --value 0.05 "
+        "--good-images more_good/ (at most 5 % of good parts rejected, guaranteed)",
     )
+    # --value -1e-05 (a score pasted as Python writes it) read as a number, not an option
+    p._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$")
     p.add_argument(
         "--run",
         required=True,
@@ -273,11 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
 
-    p = sub.add_parser("explore", help="serve the threshold explorer as a page (Voila)")
+    explore = "serve the threshold explorer as a page (Voila)"
+    p = sub.add_parser(
+        "explore",
+        help=explore,
+        description=explore[0].upper() + explore[1:] + ": a scored run's images, scores and "
+        "overlays, a threshold to move and the errors and costs it gives, saved with one click.",
+        epilog="example: python -m anomaly explore --run runs/pk --run runs/ae",
+    )
     p.add_argument(
         "--run", action="append", required=True, help="a scored run (repeat for several)"
     )
     p.add_argument(
         "--port", type=int, default=8866, help="port on 127.0.0.1 to serve on (default 8866)"
     )
+    for choice in sub._choices_actions:  # `COMMAND --help` opens with what it does
+        command = sub.choices[choice.dest]
+        command.description = command.description or choice.help[0].upper() + choice.help[1:]
     return parser

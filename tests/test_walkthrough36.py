@@ -264,3 +264,26 @@ def test_the_overlay_of_a_line_scan_strip_stays_within_the_overlay_side():
         rows = body_rows(shape)
         assert rows.stop - rows.start <= OVERLAY_SIDE and picture.shape[0] >= rows.stop
         assert max(picture.shape[:2]) <= OVERLAY_SIDE + 200  # the words and the colour bar
+
+
+def test_every_command_says_what_it_does_and_each_run_flag_is_explained(capsys):
+    from anomaly.cli_parser import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert sub.description, f"{name} --help has no description"
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_a_negative_threshold_in_exponent_notation_is_a_value(scored_ae_run, tmp_path):
+    import shutil
+
+    from anomaly.cli import main
+    from anomaly.runs import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(scored_ae_run, run)
+    assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "-1e-05"]) == 0
+    assert RunDir(run).threshold().value == -1e-05
