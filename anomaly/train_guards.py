@@ -25,7 +25,7 @@ import numpy as np
 
 from anomaly.config import Config, builds_on
 from anomaly.data.files import named
-from anomaly.data.image_kind import warn_mixed
+from anomaly.data.image_unlike import warn_mixed
 from anomaly.detectors.patchknn import NoRoom
 from anomaly.runs import RunDir, RunError, versions
 from anomaly.safe_files import is_out_of_memory, sha256_file, write_json
@@ -312,7 +312,7 @@ def check_split(run: RunDir, config: Config, split: dict, read: list | None = No
     """What a new run's split must pass before its folder is written: enough training images
     for auto (`anomaly.detectors.auto.check_enough`, a ValueError), a warning naming held-out
     images that are copies of training images (`warn_held_out`), and warnings naming images
-    unlike the others (`anomaly.data.image_kind.warn_mixed`: greyscale among colour, another
+    unlike the others (`anomaly.data.image_unlike.warn_mixed`: greyscale among colour, another
     bit depth, a few far smaller than --size), as `score` and `predict` name images unlike them.
     `read`: the images' kinds (`image_kind.read_kinds`), when the caller read them already."""
     from anomaly.detectors.auto import check_enough, warn_small_size

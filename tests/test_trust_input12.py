@@ -17,7 +17,7 @@ from PIL import Image
 from anomaly.cli import main
 from anomaly.data.files import DataError
 from anomaly.data.folder import AnomalyDataset, read_image
-from anomaly.data.image_kind import warn_mixed
+from anomaly.data.image_unlike import warn_mixed
 from anomaly.pipeline import train_run
 
 

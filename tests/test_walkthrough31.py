@@ -226,8 +226,8 @@ def test_12_bit_data_in_16_bit_files_is_named_beside_full_range_ones(tmp_path):
     import io
     import warnings
 
-    from anomaly.data.image_kind import image_kind, summarize, warn_mixed
-    from anomaly.data.image_unlike import unlike, warn_unlike
+    from anomaly.data.image_kind import image_kind, summarize
+    from anomaly.data.image_unlike import unlike, warn_mixed, warn_unlike
     from anomaly.onnx_checks import is_images_record
 
     twelve = [_sixteen(tmp_path / f"a{i}.png", 4095, i) for i in range(3)]

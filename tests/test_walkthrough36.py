@@ -287,3 +287,31 @@ def test_a_negative_threshold_in_exponent_notation_is_a_value(scored_ae_run, tmp
     shutil.copytree(scored_ae_run, run)
     assert main(["threshold", "--run", str(run), "--rule", "manual", "--value", "-1e-05"]) == 0
     assert RunDir(run).threshold().value == -1e-05
+
+
+def test_greyscale_pictures_saved_as_colour_are_not_called_colour(tiny_cookies, tmp_path):
+    """A run trained on greyscale files named the same picture saved as RGB or as a palette
+    'colour, for a run trained on greyscale images', though it scores it identically; train
+    called greyscale pictures saved as RGB among greyscale files colour."""
+    from PIL import Image
+
+    from anomaly.data.image_kind import image_kind
+    from anomaly.data.image_unlike import unlike_each, warn_mixed
+
+    grey = Image.open(min((tiny_cookies / "test" / "good").glob("*.png"))).convert("L")
+    files = {}
+    for mode in ("L", "RGB", "P"):
+        files[mode] = tmp_path / f"{mode}.png"
+        grey.convert(mode).save(files[mode])
+    tinted = grey.convert("RGB")
+    tinted.putpixel((3, 3), (200, 10, 10))
+    tinted.save(files.setdefault("tinted", tmp_path / "tinted.png"))
+    trained = {"colour": [False], "bits": [8], "aspect": [1.0, 1.0], "side": [64, 64]}
+    trained["transparent"] = [False]
+    said = unlike_each([str(p) for p in files.values()], trained, 3, 64)
+    assert list(said) == [str(files["tinted"])] and said[str(files["tinted"])].startswith("colour")
+    assert image_kind(files["RGB"])["colour"]  # by its mode: the pixels decide only above
+    paths = [str(files["L"])] * 3 + [str(files["RGB"]), str(files["P"])]
+    assert warn_mixed(paths, 3, 64) == []
+    with pytest.warns(UserWarning, match="1 of the 4 training images .*tinted.* is colour"):
+        warn_mixed([str(files["L"])] * 3 + [str(files["tinted"])], 3, 64)

@@ -8,8 +8,8 @@ so an image unlike the training images is scored without complaint, and its scor
 `train` records `summarize` of its training images in split.json (`"images"`); `score` and
 `predict` name the files that differ from it (`anomaly.data.image_unlike`). `summarize` warns
 when the training images' own aspect ratios differ more than `ASPECT_FACTOR` times, and
-`warn_mixed` (called by `train`) when they differ otherwise: greyscale among colour, several
-bit depths, a few files far smaller than --size.
+`image_unlike.warn_mixed` (called by `train`) when they differ otherwise: greyscale among
+colour, several bit depths, a few files far smaller than --size.
 
 Sizes and pixels are as viewers show them: `upright` applies a photo's EXIF orientation (a phone
 stores a portrait JPEG sideways with a tag that says to turn it) where a file is decoded, and
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from anomaly.data.files import IMAGE_EXTENSIONS, DataError, named
+from anomaly.data.files import IMAGE_EXTENSIONS, DataError
 from anomaly.onnx_checks import unfinished
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
@@ -438,63 +438,3 @@ def how_scaled(bits: int) -> str:
         " (data that fills only part of it, e.g. 12-bit camera data in a 16-bit file, reads "
         "dark)" * (bits == 16)
     )
-
-
-def _few(paths: list[str], n: int, verb: str = "are") -> str:
-    """'K of the N training images (a, b, c and K-3 more) are' ('is'/'has' for one image)."""
-    verb = {"are": "is", "have": "has"}[verb] if len(paths) == 1 else verb
-    return f"{len(paths)} of the {n} training images ({named(paths, NAMED)}) {verb}"
-
-
-def warn_mixed(paths, channels: int, size: int, read: list | None = None) -> list[str]:
-    """Warn, naming a few of them and counting the rest, when the training images `paths` of a
-    run that sees `channels` channels at `size` px are not alike, as `warn_unlike` does for an
-    image to score: some greyscale (LA too) and some colour (a colour run), of several bit
-    depths, or some (not all: a size chosen to enlarge small images is the user's, or auto's)
-    with a shorter side under `size` / `SMALL_FACTOR` (a 1x1 file, a crop).
-    Every image is still read as before; the model learns each difference as normal. Returns
-    the warnings' texts."""
-    read = read_kinds(paths) if read is None else read  # (`read_kinds`, given by `train`)
-    n, said = len(read), []
-    grey = [p for p, k in read if not k["colour"]]
-    if channels == 3 and 0 < len(grey) < n:
-        colour = [p for p, k in read if k["colour"]]
-        odd, kind, other = (grey, "greyscale", "colour")
-        if len(colour) < len(grey):
-            odd, kind, other = (colour, "colour", "greyscale")
-        said.append(
-            f"{_few(odd, n)} {kind}, the others {other}: all are read as RGB, so the model "
-            "learns both kinds as normal and scores of one kind are not comparable with the "
-            "other's; train on one kind (convert the odd ones, or leave them out)"
-        )
-    depths = sorted({k["bits"] for _, k in read})
-    if len(depths) > 1:
-        common = max(depths, key=lambda b: sum(k["bits"] == b for _, k in read))
-        for bits in (b for b in depths if b != common):
-            odd = [p for p, k in read if k["bits"] == bits]
-            said.append(
-                f"{_few(odd, n)} {bits}-bit, the others {bits_words([common])}: their "
-                f"values {how_scaled(bits)}, so the model learns two scales of brightness as "
-                "normal; save them all at one bit depth"
-            )
-    peaks = [(p, k["peak"]) for p, k in read if "peak" in k]
-    if peaks and max(v for _, v in peaks) > PEAK_FACTOR * min(v for _, v in peaks):
-        top = max(v for _, v in peaks)
-        odd, low = zip(*[(p, v) for p, v in peaks if v * PEAK_FACTOR < top])
-        said.append(
-            f"{_few(odd, n, 'have')} values only up to {max(v for v in low)} "
-            f"of 65535, others up to {top} (12-bit camera data saved in 16-bit files beside "
-            "full-range ones?): each is divided by 65535, so theirs read far darker and the "
-            "model learns both as normal; save them alike (12-bit values times 16)"
-        )
-    small = [p for p, k in read if k["side"] * SMALL_FACTOR < size]
-    if 0 < len(small) < n:  # all of them small: a size chosen to enlarge them (auto's 448 px)
-        said.append(
-            f"{_few(small, n, 'have')} a shorter side under {size / SMALL_FACTOR:g} px, the "
-            f"others not, so each is stretched up to --size {size} far more than the others: "
-            "the model learns their blur as normal; leave them out, or crop them from larger "
-            "images"
-        )
-    for text in said:
-        warnings.warn(text, stacklevel=2)
-    return said

@@ -12,24 +12,48 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 
 from anomaly.data.files import named
 from anomaly.data.image_kind import (
     ASPECT_FACTOR,
+    NAMED,
     PEAK_FACTOR,
     SMALL_FACTOR,
     TURNED,
     bits_words,
     how_scaled,
     image_kind,
+    open_image,
+    read_kinds,
 )
 from anomaly.onnx_checks import is_images_record
 from anomaly.terminal import printable
 
 
-def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
+def grey_pixels(path) -> bool:
+    """Whether the image file at `path`, stored in colour (RGB, a palette), holds only grey
+    pixels (red = green = blue everywhere: a greyscale picture saved as colour, which a model
+    reads exactly as the greyscale file). Decoded, so asked only where a grey-versus-colour
+    difference would be said; False when there is no file or it cannot be read."""
+    import numpy as np
+
+    if path is None:
+        return False
+    try:
+        with open_image(path) as im:
+            if im.mode in ("1", "L", "LA", "La", "I", "F") or im.mode.startswith("I;16"):
+                return True
+            a = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError):  # a DataError too: whoever scores it says why
+        return False
+    return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+
+
+def unlike(kind: dict, trained: dict, channels: int, size: int, path=None) -> list[str]:
     """How an image of `kind` differs from the training images `trained` (a `summarize`) of a
-    run that sees `channels` channels at `size` px, each with what it means; [] when alike."""
+    run that sees `channels` channels at `size` px, each with what it means; [] when alike.
+    `path`: its file, decoded to see whether a colour file's pixels are grey (`grey_pixels`)."""
     said = []
     colours = trained.get("colour") or []
     if channels == 3 and colours == [True] and not kind["colour"]:  # a grey run: converted alike
@@ -37,7 +61,7 @@ def unlike(kind: dict, trained: dict, channels: int, size: int) -> list[str]:
             "greyscale, converted to RGB for a run trained on colour images: its scores are not "
             "comparable with theirs"
         )
-    elif channels == 3 and colours == [False] and kind["colour"]:
+    elif channels == 3 and colours == [False] and kind["colour"] and not grey_pixels(path):
         said.append(
             "colour, for a run trained on greyscale images: the model never saw colour, so its "
             "scores are not comparable with theirs"
@@ -116,7 +140,7 @@ def unlike_each(paths, trained: dict | None, channels: int, size: int) -> dict[s
     for path in paths:
         kind = image_kind(path, peak="peak" in trained)  # decoded only to compare with it
         try:
-            said = unlike(kind, trained, channels, size) if kind is not None else []
+            said = unlike(kind, trained, channels, size, path) if kind is not None else []
         except (TypeError, ValueError, KeyError):  # a damaged record in split.json: no check
             return None
         if said:
@@ -159,3 +183,65 @@ def warn_unlike(paths, trained: dict | None, channels: int, size: int, stream=No
     for line in lines:
         print(line, file=stream or sys.stderr)
     return lines
+
+
+def _few(paths: list[str], n: int, verb: str = "are") -> str:
+    """'K of the N training images (a, b, c and K-3 more) are' ('is'/'has' for one image)."""
+    verb = {"are": "is", "have": "has"}[verb] if len(paths) == 1 else verb
+    return f"{len(paths)} of the {n} training images ({named(paths, NAMED)}) {verb}"
+
+
+def warn_mixed(paths, channels: int, size: int, read: list | None = None) -> list[str]:
+    """Warn, naming a few of them and counting the rest, when the training images `paths` of a
+    run that sees `channels` channels at `size` px are not alike, as `warn_unlike` does for an
+    image to score: some greyscale (LA too) and some colour (a colour run), of several bit
+    depths, or some (not all: a size chosen to enlarge small images is the user's, or auto's)
+    with a shorter side under `size` / `SMALL_FACTOR` (a 1x1 file, a crop).
+    Every image is still read as before; the model learns each difference as normal. Returns
+    the warnings' texts."""
+    read = read_kinds(paths) if read is None else read  # (`read_kinds`, given by `train`)
+    n, said = len(read), []
+    grey = [p for p, k in read if not k["colour"]]
+    if channels == 3 and 0 < len(grey) < n:  # a colour file of grey pixels is grey (decoded)
+        colour = [p for p, k in read if k["colour"] and not grey_pixels(p)]
+        grey = [p for p, _ in read if p not in frozenset(colour)]
+    if channels == 3 and 0 < len(grey) < n:
+        odd, kind, other = (grey, "greyscale", "colour")
+        if len(colour) < len(grey):
+            odd, kind, other = (colour, "colour", "greyscale")
+        said.append(
+            f"{_few(odd, n)} {kind}, the others {other}: all are read as RGB, so the model "
+            "learns both kinds as normal and scores of one kind are not comparable with the "
+            "other's; train on one kind (convert the odd ones, or leave them out)"
+        )
+    depths = sorted({k["bits"] for _, k in read})
+    if len(depths) > 1:
+        common = max(depths, key=lambda b: sum(k["bits"] == b for _, k in read))
+        for bits in (b for b in depths if b != common):
+            odd = [p for p, k in read if k["bits"] == bits]
+            said.append(
+                f"{_few(odd, n)} {bits}-bit, the others {bits_words([common])}: their "
+                f"values {how_scaled(bits)}, so the model learns two scales of brightness as "
+                "normal; save them all at one bit depth"
+            )
+    peaks = [(p, k["peak"]) for p, k in read if "peak" in k]
+    if peaks and max(v for _, v in peaks) > PEAK_FACTOR * min(v for _, v in peaks):
+        top = max(v for _, v in peaks)
+        odd, low = zip(*[(p, v) for p, v in peaks if v * PEAK_FACTOR < top])
+        said.append(
+            f"{_few(odd, n, 'have')} values only up to {max(v for v in low)} "
+            f"of 65535, others up to {top} (12-bit camera data saved in 16-bit files beside "
+            "full-range ones?): each is divided by 65535, so theirs read far darker and the "
+            "model learns both as normal; save them alike (12-bit values times 16)"
+        )
+    small = [p for p, k in read if k["side"] * SMALL_FACTOR < size]
+    if 0 < len(small) < n:  # all of them small: a size chosen to enlarge them (auto's 448 px)
+        said.append(
+            f"{_few(small, n, 'have')} a shorter side under {size / SMALL_FACTOR:g} px, the "
+            f"others not, so each is stretched up to --size {size} far more than the others: "
+            "the model learns their blur as normal; leave them out, or crop them from larger "
+            "images"
+        )
+    for text in said:
+        warnings.warn(text, stacklevel=2)
+    return said
