@@ -197,7 +197,7 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
     from torch import nn
 
     from anomaly.detectors.ort_sessions import trace_to_onnx
-    from anomaly.safe_files import temporary_beside
+    from anomaly.safe_files import disk_full_named, temporary_beside
 
     onnx = require("onnx")
 
@@ -215,7 +215,7 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
         1, config.channels, config.size, config.size, generator=torch.Generator().manual_seed(0)
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with temporary_beside(out_path) as (fd, tmp):  # a planted link is never followed
+    with disk_full_named(out_path), temporary_beside(out_path) as (fd, tmp):  # no link followed
         os.close(fd)  # torch and onnx write it by name
         with torch.no_grad():
             trace_to_onnx(Traced(detector).eval(), example, tmp, opset=OPSET)

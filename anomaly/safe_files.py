@@ -42,7 +42,7 @@ def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     Ctrl-C stays a KeyboardInterrupt (torch.save's writer turns one into a RuntimeError on its
     way out: "unexpected pos"), so a training stopped while saving says how to resume."""
     try:
-        with _disk_full_named(path), temporary_beside(path) as (fd, _):
+        with disk_full_named(path), temporary_beside(path) as (fd, _):
             _write_all(fd, write)
     except Exception as err:  # only to find a Ctrl-C it hides
         if (stop := _interruption(err)) is not None:
@@ -70,7 +70,9 @@ def _write_all(fd: int, write: Callable[[io.BufferedWriter], None]) -> None:
 
 
 @contextlib.contextmanager
-def _disk_full_named(path: Path) -> Iterator[None]:
+def disk_full_named(path: Path) -> Iterator[None]:
+    """A full disk or a file-size limit met while `path` is written, said as a RunError naming
+    it (the earlier file intact) and the fix, instead of a bare errno."""
     try:
         yield
     except (OSError, RuntimeError) as err:  # torch.save says ENOSPC as a RuntimeError
@@ -83,10 +85,10 @@ def _disk_full_named(path: Path) -> Iterator[None]:
             ) from None
         if not _disk_full(err, path.parent):
             raise
+        resume = " (a training cut short: with --resume)" * (path.parent / "last.pt").is_file()
         raise RunError(
             f"{path}: the disk is full (no space left to write it; an earlier {path.name}, if "
-            "any, is as it was). Free space, then run the command again (an interrupted "
-            "training: with --resume)"
+            f"any, is as it was). Free space, then run the command again{resume}"
         ) from None
 
 
@@ -100,7 +102,7 @@ def atomic_meanwhile(path: Path, write: Callable[[io.BufferedWriter], None]) -> 
 
     with (
         ThreadPoolExecutor(1, thread_name_prefix="anomaly-write") as pool,
-        _disk_full_named(path),
+        disk_full_named(path),
         temporary_beside(path) as (fd, _),
     ):
         writing = pool.submit(_write_all, fd, write)

@@ -315,3 +315,36 @@ def test_greyscale_pictures_saved_as_colour_are_not_called_colour(tiny_cookies, 
     assert warn_mixed(paths, 3, 64) == []
     with pytest.warns(UserWarning, match="1 of the 4 training images .*tinted.* is colour"):
         warn_mixed([str(files["L"])] * 3 + [str(files["tinted"])], 3, 64)
+
+
+@pytest.mark.parametrize("code", ["EFBIG", "ENOSPC"])
+def test_export_on_a_full_disk_names_the_file_and_keeps_the_earlier_one(
+    tiny_cookies, tmp_path, monkeypatch, code
+):
+    """export said a bare '[Errno 27] File too large' (or 28), naming no file."""
+    import errno
+
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from anomaly import safe_files
+    from anomaly.config import Config
+    from anomaly.export import export_onnx
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunError
+
+    run = tmp_path / "pk"
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=48, device="cpu")
+    train_run(config, run, progress=False)
+    before = export_onnx(run, run / "model.onnx").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(getattr(errno, code), "no room")
+
+    monkeypatch.setattr(onnx, "save", full)
+    monkeypatch.setattr(safe_files, "_disk_full", lambda err, folder: True)  # as a full disk is
+    with pytest.raises(RunError, match=r"model\.onnx: .*(file-size limit|disk is full).*as it was"):
+        export_onnx(run, run / "model.onnx")
+    assert (run / "model.onnx").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir() if "onnx" in p.name) == ["model.onnx"]
