@@ -204,6 +204,7 @@ def _threshold(args) -> None:
             raise ValueError("--value and --good-images set a threshold by a --rule: give one")
         if not rd.has_threshold():
             rd.check_not_in_use("threshold")  # still training: in use, its threshold to come
+            rd.require_model("threshold")  # no model: no threshold to set either
             raise RunError(f"{rd} has no threshold saved; set one with --rule (see --help)")
         t = rd.threshold()
         print(f"{threshold_words(t, args.run)}; saved in {args.run}")

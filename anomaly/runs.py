@@ -150,11 +150,16 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         recorded with): one still training is named as in use."""
         if not self.has_model():
             self.check_not_in_use(command)
+            fix = (  # without last.pt (patchknn, or before a first epoch) nothing to resume
+                f"Finish the training (`python -m anomaly train --out {shell_word(self.path)} "
+                f"--resume`), restore {self.MODEL} from a copy of the run, or train it again"
+                if self.has_last()
+                else f"Restore {self.MODEL} from a copy of the run, or train it again (its "
+                "training stopped before it saved anything to resume from)"
+            )
             raise RunError(
                 f"{self.path} has no {self.MODEL} (its training never finished, or the file is "
-                f"gone): a threshold is chosen for a model and records it. Finish the training "
-                f"(`python -m anomaly train --out {shell_word(self.path)} --resume`), restore {self.MODEL} "
-                "from a copy of the run, or train it again"
+                f"gone): a threshold is chosen for a model and records it. {fix}"
             )
         return self
 

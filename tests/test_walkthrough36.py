@@ -348,3 +348,22 @@ def test_export_on_a_full_disk_names_the_file_and_keeps_the_earlier_one(
         export_onnx(run, run / "model.onnx")
     assert (run / "model.onnx").read_bytes() == before
     assert sorted(p.name for p in run.iterdir() if "onnx" in p.name) == ["model.onnx"]
+
+
+def test_a_run_stopped_before_its_model_is_told_to_train_again_not_resume(
+    tiny_cookies, tmp_path, capsys
+):
+    """A patchknn run killed before model.pt: `threshold` said to set one with --rule, which
+    said to finish it with --resume, which said there is no last.pt: three commands to 'train
+    it again'."""
+    from helpers import tiny_config
+
+    from anomaly.cli import main
+    from anomaly.runs import RunDir
+
+    run = RunDir(tmp_path / "kp")
+    run.create(tiny_config(tiny_cookies, "patchknn"), {"train": [], "val": []})
+    for extra in ([], ["--rule", "conformal", "--value", "0.1"]):
+        assert main(["threshold", "--run", str(run.path), *extra]) == 2
+        said = capsys.readouterr().err
+        assert "has no model.pt" in said and "train it again" in said and "--resume" not in said
