@@ -350,7 +350,7 @@ def score_run(
     )
 
     rd = RunDir(run).require()
-    with rd.lock("score"):
+    with rd.lock_unless_outside("score", out):  # --out elsewhere: a run of someone else's read
         detector = load_run(rd)
         # everything that can fail comes before the first write: a damaged threshold.json
         # leaves the earlier scores whole, not mixed with new ones

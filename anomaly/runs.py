@@ -23,6 +23,7 @@ score's outputs is score's, and clearing them: `RunDir.clear_outputs`) and `anom
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -465,6 +466,16 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         """Hold `.lock` (with this PID) while writing; refuse if a live process holds it
         (`run_lock.folder_lock`). A lock left by a process that no longer runs is taken over."""
         return folder_lock(self.path, self.LOCK, command)
+
+    def lock_unless_outside(self, command: str, out=None):
+        """`lock(command)`; but where all the command writes goes to `out`, a folder outside the
+        run, and the run cannot be written (someone else's, a read-only disk), only a check that
+        no live process holds it: the command reads the run, and taking its lock would fail."""
+        outside = out is not None and not Path(out).resolve().is_relative_to(self.path.resolve())
+        if outside and not os.access(self.path, os.W_OK):
+            self.check_not_in_use(command)
+            return contextlib.nullcontext(self.path)
+        return self.lock(command)
 
     def check_not_in_use(self, command: str) -> None:
         """RunError when a live process holds the run's lock (a run still training)."""

@@ -367,3 +367,37 @@ def test_a_run_stopped_before_its_model_is_told_to_train_again_not_resume(
         assert main(["threshold", "--run", str(run.path), *extra]) == 2
         said = capsys.readouterr().err
         assert "has no model.pt" in said and "train it again" in said and "--resume" not in said
+
+
+def test_score_into_a_folder_of_ones_own_reads_a_run_one_cannot_write(
+    scored_ae_run, tmp_path, monkeypatch
+):
+    """`score --run SHARED --out MINE` was refused ('score writes in it') for a run on a
+    read-only mount or of a colleague: it took the run's lock before seeing --out."""
+    import errno
+    import os
+
+    from anomaly import run_lock, runs
+    from anomaly.pipeline import score_run
+
+    shared = os.path.realpath(scored_ae_run)
+    real_access, real_take = os.access, run_lock._take_lock
+
+    def access(path, mode, *args, **kwargs):  # as for a user other than the run's owner
+        if os.path.realpath(path) == shared and mode == os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    def take(folder, path, command):
+        if os.path.realpath(folder) == shared:
+            raise run_lock.not_writable(folder, OSError(errno.EACCES, "Permission denied"), command)
+        return real_take(folder, path, command)
+
+    monkeypatch.setattr(runs.os, "access", access)
+    monkeypatch.setattr(run_lock, "_take_lock", take)
+    before = sorted(p.name for p in scored_ae_run.iterdir())
+    _, metrics = score_run(scored_ae_run, overlays=False, out=tmp_path / "mine")
+    assert (tmp_path / "mine" / "scores.csv").is_file() and metrics["image_auroc"] is not None
+    assert sorted(p.name for p in scored_ae_run.iterdir()) == before
+    with pytest.raises(runs.RunError, match="cannot be written"):  # its own scores: refused
+        score_run(scored_ae_run, overlays=False)
