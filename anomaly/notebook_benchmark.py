@@ -38,7 +38,7 @@ def benchmark_result(s: Settings) -> dict:
         path = out / "benchmark.json"
     elif not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 30 min)")
-    result = json.loads(path.read_text())
+    result = _full(s, path, "30")
     result.setdefault("table", format_table([r for r in result["rows"] if "error" not in r]))
     return result
 
@@ -69,7 +69,20 @@ def photos_result(s: Settings) -> dict:
         path = tmp / "bench" / "benchmark.json"
     elif not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make benchmark` first (about 40 min)")
-    return json.loads(path.read_text())
+    return _full(s, path, "40")
+
+
+def _full(s: Settings, path: Path, minutes: str) -> dict:
+    """The benchmark result at `path`; at full settings, one of `benchmark --smoke` (64 px, one
+    epoch: its numbers are no benchmark's) is refused, as `Settings.run_folder` refuses its
+    runs, instead of shown under the benchmark's headings."""
+    result = json.loads(path.read_text())
+    if not s.smoke and " --smoke" in str(result.get("command", "")):
+        raise FileNotFoundError(
+            f"{path} holds a `benchmark --smoke` result (tiny sizes, one epoch), not shown as "
+            f"the benchmark: run `make benchmark` (about {minutes} min)"
+        )
+    return result
 
 
 def detectability_figure(result: dict, set_name: str | None = None):

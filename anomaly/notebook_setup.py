@@ -255,8 +255,10 @@ def _ensure_run(s: Settings, method: str, data, source, overrides: dict) -> Path
         tag = hashlib.sha256(repr((where, sorted(settings.items()))).encode()).hexdigest()
         run = run.with_name(f"{run.name}-{tag[:8]}")
     if RunDir(run).has_metrics():
-        if not RunDir(run).has_current_metrics():  # scored by an older evaluation
-            score_run(run)
+        if not RunDir(run).has_current_metrics():  # scored by an older evaluation: in a copy
+            run = own_copy(s, run)  # of the benchmark's run, which stays as the benchmark wrote it
+            if not RunDir(run).has_current_metrics():
+                score_run(run)
         print(f"using the trained run {shown(run)}")
         return run
     _check_writable(run)

@@ -48,8 +48,10 @@ def original_overlay(image, recon, steps=(1, 2, 3, 4), top: int = 5) -> np.ndarr
 def original_runs(s, data: Path) -> dict[str, Path]:
     """The original recipe's UNet and its k-means (`unet_original[_kmeans]`: the benchmark's
     runs where it made them, else the notebooks' own, `Settings.run_folder`), trained and scored
-    now unless they exist; smoke settings shrink them as `notebook.ensure_run` does."""
-    from anomaly.pipeline import score_run, train_run
+    now unless they exist; smoke settings shrink them as `notebook.ensure_run` does, and a
+    training the kernel's interrupt stopped is continued, as there."""
+    from anomaly.notebook_setup import _train_or_continue  # a kernel's interrupt: continued
+    from anomaly.pipeline import score_run
     from anomaly.runs import RunDir, load_config
 
     unet, km = s.run_folder("unet_original"), s.run_folder("unet_original_kmeans")
@@ -58,7 +60,7 @@ def original_runs(s, data: Path) -> dict[str, Path]:
         config = Config.for_method(
             "unet", recipe="original", data=str(data), seed=s.train_seed, **sizes
         )
-        train_run(config, unet, progress=not s.smoke)
+        _train_or_continue(unet, config, progress=not s.smoke)
         score_run(unet, overlays=False)
     if not RunDir(km).has_metrics():
         config = load_config(unet).replace(
@@ -68,7 +70,7 @@ def original_runs(s, data: Path) -> dict[str, Path]:
             k=2,
             kmeans_features="original",
         )
-        train_run(config, km, progress=False)
+        _train_or_continue(km, config, progress=False)
         score_run(km, overlays=False)
     return {"unet_original": unet, "unet_original+kmeans": km}  # the benchmark's names
 

@@ -85,10 +85,9 @@ def disk_full_named(path: Path) -> Iterator[None]:
             ) from None
         if not _disk_full(err, path.parent):
             raise
-        resume = " (a training cut short: with --resume)" * (path.parent / "last.pt").is_file()
-        raise RunError(
+        raise RunError(  # (a training cut short is then named, with --resume where it can)
             f"{path}: the disk is full (no space left to write it; an earlier {path.name}, if "
-            f"any, is as it was). Free space, then run the command again{resume}"
+            "any, is as it was). Free space, then run the command again"
         ) from None
 
 

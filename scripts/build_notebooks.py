@@ -182,6 +182,7 @@ NOTEBOOKS = {
         SETUP,
         "# NBVAL_IGNORE_OUTPUT\ndata = nb.ensure_cookies(S)\n"
         "runs = [nb.ensure_run(S, m, data) for m in nb.explorer_methods(S)]\n"
+        "runs = [nb.own_copy(S, r) for r in runs]  # saved thresholds go here, not in the benchmark's\n"
         "explorer = anomaly.ThresholdExplorer(runs)",
         "## The explorer at its starting threshold\nA picture of its state (what a reader of "
         "this page on the web sees; the live explorer is the next cell when you run the "

@@ -401,3 +401,90 @@ def test_score_into_a_folder_of_ones_own_reads_a_run_one_cannot_write(
     assert sorted(p.name for p in scored_ae_run.iterdir()) == before
     with pytest.raises(runs.RunError, match="cannot be written"):  # its own scores: refused
         score_run(scored_ae_run, overlays=False)
+
+
+def _full_settings(tmp_path, data):
+    from anomaly.notebook_setup import Settings
+
+    return Settings(False, "benchmark", None, None, data, tmp_path / "runs" / "benchmark")
+
+
+def test_notebook_06_does_not_show_a_smoke_benchmark_as_the_benchmark(tmp_path):
+    """At full settings `benchmark_result` read a `benchmark --smoke` table (64 px, one epoch)
+    and showed it under 'Every method on the cookies'; `run_folder` refused its runs."""
+    import json
+
+    from anomaly.notebook_benchmark import benchmark_result, photos_result
+
+    s = _full_settings(tmp_path, tmp_path / "data")
+    made = {"rows": [], "command": "python -m anomaly benchmark --data d --methods patchknn"}
+    for folder in (s.runs_dir, s.runs_dir.parent / "benchmark-photos"):
+        folder.mkdir(parents=True)
+        (folder / "benchmark.json").write_text(
+            json.dumps({**made, "command": made["command"] + " --smoke"})
+        )
+    for read in (benchmark_result, photos_result):
+        with pytest.raises(FileNotFoundError, match="holds a `benchmark --smoke` result"):
+            read(s)
+    (s.runs_dir / "benchmark.json").write_text(json.dumps(made))
+    assert benchmark_result(s)["command"] == made["command"]
+
+
+def test_a_benchmark_run_scored_by_an_older_evaluation_is_rescored_in_a_copy(
+    tiny_cookies, tmp_path, capsys
+):
+    """`ensure_run` re-scored such a run in place: a new metrics.json and overlays in the
+    benchmark's folder, which `make benchmark` then refused as changed since it wrote them."""
+    import hashlib
+    import json
+
+    from anomaly.config import Config
+    from anomaly.notebook_setup import ensure_run
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunDir
+
+    s = _full_settings(tmp_path, tiny_cookies)
+    made = s.runs_dir / "meandiff"
+    train_run(Config.for_method("meandiff", data=str(tiny_cookies)), made, progress=False)
+    score_run(made, overlays=False)
+    metrics = json.loads((made / "metrics.json").read_text())
+    del metrics["pixel_metrics_size"]  # as an older evaluation wrote it
+    (made / "metrics.json").write_text(json.dumps(metrics))
+    assert not RunDir(made).has_current_metrics()
+    digest = hashlib.sha256((made / "metrics.json").read_bytes()).hexdigest()
+    run = ensure_run(s, "meandiff", data=tiny_cookies)
+    assert run == s.own_runs / "meandiff" and RunDir(run).has_current_metrics()
+    assert hashlib.sha256((made / "metrics.json").read_bytes()).hexdigest() == digest
+    assert "the benchmark's run stays as it was" in capsys.readouterr().out
+
+
+def test_the_original_recipe_cell_continues_a_training_the_kernel_stopped(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    """`original_runs` called train_run directly: after a kernel interrupt the cell failed on
+    every re-run ('holds an interrupted run; continue it with --resume')."""
+    from dataclasses import replace
+
+    from anomaly import original, train
+    from anomaly.notebook_setup import Settings
+    from anomaly.runs import RunDir
+
+    s = Settings(True, "tiny", 32, 3, tiny_cookies, tmp_path / "runs" / "smoke")
+    calls = {"n": 0}
+    real_epoch = train._run_epoch
+
+    def stop_in_epoch_two(*args, **kwargs):  # the kernel's interrupt, in the second epoch
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 1: train and validation; epoch 2's training
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_run_epoch", stop_in_epoch_two)
+    with pytest.raises(train.Interrupted):
+        original.original_runs(s, tiny_cookies)
+    unet = s.run_folder("unet_original")
+    assert RunDir(unet).has_last() and not RunDir(unet).has_metrics()
+    monkeypatch.setattr(train, "_run_epoch", real_epoch)
+    runs = original.original_runs(replace(s), tiny_cookies)
+    assert all(RunDir(r).has_metrics() for r in runs.values())
+    assert len(RunDir(unet).history()) == 3  # continued to its 3 epochs, not trained anew
