@@ -195,6 +195,10 @@ def _worker(
 # ---------------------------------------------------------------------------------------------
 
 
+# a worker's exit by Ctrl-C, SIGTERM or SIGHUP: killed by it (-N), or exiting 128 + N
+STOPPED = {-2, -15, -1, 130, 143, 129}
+
+
 def _run_method(
     method: str, ds: dict, base: Path, seed: int, smoke: bool, failed, pixel_size=EVAL_SIZE
 ) -> dict:
@@ -214,6 +218,8 @@ def _run_method(
     seal_dir(work, below=True)
     if proc.returncode != 0:
         discard_dir(work)
+        if proc.returncode in STOPPED:  # Ctrl-C, or a stop, reached it alone: the whole run
+            raise KeyboardInterrupt  # stops, not one FAILED row and the README rewritten
         print(f"{ds['name']} {method}: FAILED{kept}\n{proc.stderr[-2000:]}", file=sys.stderr)
         return {"method": method, "error": proc.stderr.strip().splitlines()[-1:]}
     row = json.loads(proc.stdout.strip().splitlines()[-1])

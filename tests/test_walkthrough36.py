@@ -488,3 +488,31 @@ def test_the_original_recipe_cell_continues_a_training_the_kernel_stopped(
     runs = original.original_runs(replace(s), tiny_cookies)
     assert all(RunDir(r).has_metrics() for r in runs.values())
     assert len(RunDir(unet).history()) == 3  # continued to its 3 epochs, not trained anew
+
+
+@pytest.mark.parametrize("code", [-2, 130, -15])
+def test_a_benchmark_worker_stopped_by_ctrl_c_stops_the_benchmark(tmp_path, monkeypatch, code):
+    """A worker that Ctrl-C reached alone was one FAILED row: the benchmark went on, rewrote
+    the README's table with failed rows and exited 2 instead of stopping as interrupted."""
+    import subprocess
+
+    from anomaly import benchmark
+
+    def stopped(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, code, "", "KeyboardInterrupt")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", stopped)
+    base = tmp_path / "bench" / "set"
+    base.mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark._run_method("meandiff", {"name": "set", "path": str(tmp_path)}, base, 0, True, [])
+    assert not [p for p in base.iterdir() if not p.name.startswith(".")]  # nothing left half
+    monkeypatch.setattr(
+        benchmark.subprocess,
+        "run",
+        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "boom"),
+    )
+    row = benchmark._run_method(
+        "meandiff", {"name": "set", "path": str(tmp_path)}, base, 0, True, []
+    )
+    assert row["error"] == ["boom"]  # a failure of its own stays one FAILED row
