@@ -238,11 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, help=WORKERS_HELP + " (--run only)")
 
-    export = "save a patchknn run as one ONNX file (onnxruntime only)"
     p = sub.add_parser(
         "export",
-        help=export,
-        description=export[0].upper() + export[1:] + ", which `predict --onnx` scores with "
+        help="save a patchknn run as one ONNX file (onnxruntime only)",
+        description="Save a patchknn run as one ONNX file, which `predict --onnx` scores with "
         "onnxruntime, numpy and Pillow alone (no torch).",
         epilog="example: python -m anomaly export --run runs/pk && python -m anomaly predict "
         "--onnx runs/pk/model.onnx part.png",
@@ -294,12 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
 
-    explore = "serve the threshold explorer as a page (Voila)"
     p = sub.add_parser(
         "explore",
-        help=explore,
-        description=explore[0].upper() + explore[1:] + ": a scored run's images, scores and "
-        "overlays, a threshold to move and the errors and costs it gives, saved with one click.",
+        help="serve the threshold explorer as a page (Voila)",
+        description="Serve the threshold explorer as a page (Voila): a scored run's images, "
+        "scores and overlays, a threshold to move, the errors and costs it gives, and a button "
+        "that saves it.",
         epilog="example: python -m anomaly explore --run runs/pk --run runs/ae",
     )
     p.add_argument(
