@@ -16,6 +16,7 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,31 +76,39 @@ def _unread_file(x) -> bytes | None:
     fp = getattr(x, "fp", None)
     if fp is None or getattr(x, "_im", True) is not None or not hasattr(fp, "seek"):
         return None
+    if getattr(x, "tell", lambda: 0)() != 0:  # a frame chosen with seek(): that frame alone
+        return None
     try:
-        where = fp.tell()
-        fp.seek(0)
-        data = fp.read()
-        fp.seek(where)
+        with _READING:  # one image given to calls in several threads: one file position
+            where = fp.tell()
+            fp.seek(0)
+            data = fp.read()
+            fp.seek(where)
     except (OSError, ValueError):  # closed, or not seekable after all
         return None
     return data if isinstance(data, bytes) else None
 
 
+_READING = threading.Lock()
+
+
 def _write(x, path: Path, name: str) -> Path:
     """Write upload `x` at `path` (its suffix set by what it holds) and return where it went."""
-    import warnings
-
     from PIL import Image, ImageOps
+
+    from anomaly.data.image_kind import named_warnings, refused_frames
 
     if hasattr(x, "getbands") and (data := _unread_file(x)) is None:
         # a PIL image decoded (or made) already: lossless, turned as its EXIF says (as a file
-        # is), every frame kept (refused as a file's are)
-        frames = {"save_all": True} if getattr(x, "n_frames", 1) > 1 else {}
+        # is); its frame, or every frame where its file is refused (an animation, a TIFF stack)
+        many = getattr(x, "n_frames", 1) > 1 and x.tell() == 0 and bool(refused_frames(x, name))
+        frames = {"save_all": True} if many else {}
         x = x if frames else ImageOps.exif_transpose(x)
         alpha = {"La": "LA", "RGBa": "RGBA"}.get(x.mode, "RGBA" if "A" in x.getbands() else "RGB")
+        kinds = ((".tif", "TIFF"),) if many and x.format == "TIFF" else ((".png", "PNG"),)
         for mode in (x.mode, alpha):
             y = x if mode == x.mode else x.convert(mode)  # HSV, La, RGBa: neither format's
-            for suffix, kind in ((".png", "PNG"), (".tif", "TIFF")):  # TIFF: float, CMYK
+            for suffix, kind in (*kinds, (".tif", "TIFF")):  # TIFF: float, CMYK
                 try:
                     y.save(path := path.with_suffix(suffix), format=kind, **frames)
                     return path
@@ -107,11 +116,10 @@ def _write(x, path: Path, name: str) -> Path:
                     path.unlink(missing_ok=True)
         raise ValueError(f"{name}: a PIL image of mode {x.mode}, which cannot be scored")
     data = data if hasattr(x, "getbands") else _content(x, name)
-    try:
-        with warnings.catch_warnings():  # a decompression bomb: said when it is read
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                suffix = SUFFIXES.get(im.format or "", ".png")
+    try:  # a decompression bomb: said when it is read (this thread's warnings only: a
+        # service's other threads keep theirs, and the process its filters)
+        with named_warnings(None), Image.open(io.BytesIO(data)) as im:
+            suffix = SUFFIXES.get(im.format or "", ".png")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         suffix = path.suffix if path.suffix.lower() in SUFFIXES.values() else ".png"
     path = path.with_suffix(suffix)  # unreadable: reading it says why, under its own name

@@ -516,3 +516,63 @@ def test_a_benchmark_worker_stopped_by_ctrl_c_stops_the_benchmark(tmp_path, monk
         "meandiff", {"name": "set", "path": str(tmp_path)}, base, 0, True, []
     )
     assert row["error"] == ["boom"]  # a failure of its own stays one FAILED row
+
+
+def test_uploads_staged_from_threads_leave_the_process_warning_filters_alone(tiny_cookies):
+    """`_write` sniffed each upload's format inside warnings.catch_warnings(): from a service's
+    threads, one thread's exit put back another's 'ignore' filter, and every later warning of
+    the process (the `unlike` ones too) was dropped."""
+    import io
+    import sys
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from anomaly.uploads import staged
+
+    data = min((tiny_cookies / "test" / "good").glob("*.png")).read_bytes()
+
+    def stage(i):
+        with staged([io.BytesIO(data) for _ in range(4)]) as (_, shown):
+            return len(shown)
+
+    stage(0)  # the package's own filter for Pillow's warnings is added once, on first use
+    before, interval = list(warnings.filters), sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often, as a busy service's do
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(stage, range(400))) == {4}
+    finally:
+        sys.setswitchinterval(interval)
+    assert warnings.filters == before
+
+
+def test_pil_images_of_several_frames_are_read_as_their_files_are(
+    scored_ae_run, tiny_cookies, tmp_path
+):
+    """Staging every frame of any PIL image of several frames refused a phone's MPO JPEG and a
+    pyramid TIFF once decoded ('an animation'), and a frame chosen with seek() was ignored."""
+    from PIL import Image
+
+    import anomaly
+
+    crack = Image.open(min((tiny_cookies / "test" / "crack").glob("*.png"))).convert("RGB")
+    good = Image.open(min((tiny_cookies / "test" / "good").glob("*.png"))).convert("RGB")
+    crack.save(
+        tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[crack.resize((32, 32))]
+    )
+    crack.save(tmp_path / "pyr.tif", save_all=True, append_images=[crack.resize((32, 32))])
+    good.save(tmp_path / "two.tif", save_all=True, append_images=[crack])  # a stack of 2 pages
+    crack.save(tmp_path / "crack.png")
+
+    def score(x):
+        (result,), _ = anomaly.predict_images(scored_ae_run, [x], overlays=False)
+        return result
+
+    for name in ("phone.jpg", "pyr.tif"):
+        im = Image.open(tmp_path / name)
+        im.load()
+        assert score(im)["score"] == pytest.approx(score(str(tmp_path / name))["score"], rel=1e-3)
+    stack = Image.open(tmp_path / "two.tif")
+    assert "a TIFF of 2 pages" in score(str(tmp_path / "two.tif"))["error"]
+    stack.seek(1)  # the page the caller chose: scored as that image
+    assert score(stack)["score"] == pytest.approx(score(str(tmp_path / "crack.png"))["score"])

@@ -157,7 +157,8 @@ def named_warnings(path):
     files decoded in threads (`prefetch`) one thread's exit put back another's recorder, and
     every later warning of the command went into a list nobody read (the main thread's too),
     or a warning of the main thread was named as a file's. The filters stay the process's: a
-    warning another thread's filter ignores meanwhile is not seen here either."""
+    warning another thread's filter ignores meanwhile is not seen here either. `path` None:
+    they are dropped (a file only sniffed for its format is named when it is read)."""
     if not getattr(warnings.showwarning, "per_thread", False):
         with _INSTALL:
             if not getattr(warnings.showwarning, "per_thread", False):
@@ -169,7 +170,7 @@ def named_warnings(path):
         yield
     finally:
         caught, _CAPTURE.caught = _CAPTURE.caught, outer
-    for message, category in caught:
+    for message, category in caught if path is not None else ():
         words = str(message)
         if issubclass(category, Image.DecompressionBombWarning):
             words += "; decoding it takes much memory and time: shrink it"
