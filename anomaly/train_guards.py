@@ -461,16 +461,17 @@ def warn_no_split(run: RunDir, config: Config) -> None:
 
 
 def without_empty_frames(run: RunDir, pred) -> np.ndarray:
-    """The scores of `pred` (the held-out images, or the training images where none is held
-    out) that the default threshold is set on: all but those of empty frames (`pred.meta`'s
-    "flat": one flat colour, a camera's blank frame, which `predict` gives no verdict and
-    `threshold --good-images` refuses), named in a warning with the fix. A blank frame's score is
-    far from a good part's: one held out set the threshold above every defect. Where every one
-    is blank, all are kept (the warning says the threshold rests on them)."""
+    """Which of `pred`'s images (the held-out ones, or the training images where none is held
+    out) the default threshold, val_scores.json and so any later threshold on them rest on: all
+    but empty frames (`pred.meta`'s "flat": one flat colour, a camera's blank frame, which
+    `predict` gives no verdict and `threshold --good-images` refuses), named in a warning with
+    the fix; a bool mask. A blank frame's score is far from a good part's: one held out set the
+    threshold above every defect. Where every one is blank, all are kept (the warning says the
+    threshold rests on them)."""
     flat = set(pred.meta.get("flat") or ())
+    keep = np.array([p not in flat for p in pred.paths], dtype=bool)
     if not flat:
-        return pred.scores
-    keep = np.array([p not in flat for p in pred.paths])
+        return keep
     which = named((printable(p) for p in pred.paths if p in flat), 3)
     rest = "left out of" if keep.any() else "all there is for"
     warnings.warn(
@@ -481,4 +482,4 @@ def without_empty_frames(run: RunDir, pred) -> np.ndarray:
         "again",
         stacklevel=3,
     )
-    return pred.scores[keep] if keep.any() else pred.scores
+    return keep if keep.any() else ~keep

@@ -121,6 +121,7 @@ def test_a_blank_frame_held_out_is_left_out_of_the_default_threshold(tiny_cookie
     from helpers import tiny_config
     from PIL import Image
 
+    from anomaly.cli import main
     from anomaly.metrics import threshold_normal_quantile
     from anomaly.pipeline import train_run
     from anomaly.runs import RunDir
@@ -133,13 +134,17 @@ def test_a_blank_frame_held_out_is_left_out_of_the_default_threshold(tiny_cookie
     with pytest.warns(UserWarning, match=r"all one flat colour \(.*blank.*left out of the thr"):
         train_run(config, tmp_path / "run", progress=False)
     run = RunDir(tmp_path / "run")
+    held = json.loads(run.file(run.SPLIT).read_text())["val"]
+    blank = [p for p in held if os.path.basename(p).startswith("blank")]
+    assert blank and len(held) - len(blank) >= 2
     saved = json.loads(run.file(run.VAL_SCORES).read_text())
-    paths, scores = saved["paths"], np.array(saved["scores"])
-    blank = np.array([os.path.basename(p).startswith("blank") for p in paths])
-    assert blank.any() and (~blank).sum() >= 2
-    expected = threshold_normal_quantile(scores[~blank], q=config.threshold_quantile)
+    assert sorted(saved["paths"]) == sorted(set(held) - set(blank))  # what a later rule reads
+    expected = threshold_normal_quantile(np.array(saved["scores"]), q=config.threshold_quantile)
     assert run.threshold().value == pytest.approx(expected.value)
-    assert run.threshold().params["n_normal"] == (~blank).sum()
+    assert run.threshold().params["n_normal"] == len(held) - len(blank)
+    first = run.threshold().value
+    assert main(["threshold", "--run", str(run.path), "--rule", "normal-quantile"]) == 0
+    assert run.threshold().value == pytest.approx(first)  # set again on the same images
 
 
 def test_readme_block_without_readme_is_refused_before_anything_runs(
