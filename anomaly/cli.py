@@ -54,7 +54,7 @@ def _train(args) -> None:
         return
     if args.resume:
         config = RunDir(args.out).config().replace(**flags)
-        _warn_ignored(config.method, flags)
+        _warn_ignored(config, flags)
         try:
             detector = train_run(config, args.out, resume=True)
         except AlreadyTrained as done:
@@ -86,7 +86,7 @@ def _train(args) -> None:
                 raise ValueError("train needs --data ROOT (a data set folder)")
             flags = _encoder_settings(flags)
             config = Config.for_method(method, **flags)
-        _warn_ignored(config.method, flags)
+        _warn_ignored(config, flags)
         detector = train_run(config, args.out)
     print(f"trained {detector.config.method}: run folder {args.out}")
     if note := few_held_out(RunDir(args.out).threshold(), args.out, detector.config):
@@ -126,12 +126,15 @@ def _warn_decode(flags: dict, source, name: str) -> None:
         )
 
 
-def _warn_ignored(method: str, flags: dict) -> None:
+def _warn_ignored(config: Config, flags: dict) -> None:
     """Say which of the flags given the method never reads: `--epochs` for patchknn changes
-    nothing, and a user who passed it should not believe it did."""
-    ignored = ignored_by(method, flags)
-    source = builds_on(method, flags.get("backbone", ""))
-    ignored += ["val_fraction"] * (source == "encoder" and "val_fraction" in flags)
+    nothing, and a user who passed it should not believe it did (nor `--val-fraction` where
+    the run holds out what its source run held out: `train_guards.holds_out_source`)."""
+    from anomaly.train_guards import holds_out_source
+
+    method, source = config.method, builds_on(config.method, config.backbone)
+    held = bool(source) and "val_fraction" in flags and holds_out_source(config)
+    ignored = ignored_by(method, flags, held)
 
     def why(name: str) -> str:
         if method == "auto":
@@ -144,10 +147,9 @@ def _warn_ignored(method: str, flags: dict) -> None:
         given = "; ".join(
             f"{flag_of(f)} ({why(f.name)})" for f in fields(Config) if f.name in ignored
         )
+        it = "it" if len(ignored) == 1 else "them"
         warnings.warn(
-            f"--method {method} ignores {given}: leave "
-            f"{'it' if len(ignored) == 1 else 'them'} out, or choose a method that reads "
-            f"{'it' if len(ignored) == 1 else 'them'}",
+            f"--method {method} ignores {given}: leave {it} out, or choose a method that reads {it}",
             stacklevel=2,
         )
 

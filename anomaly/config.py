@@ -150,17 +150,19 @@ _DECLARED: set[str] = set()  # methods from outside the package that said what t
 # (`anomaly.register(name, reads=...)`, `detectors.registry.declare_reads`)
 
 
-def ignored_by(method: str, names) -> list[str]:
+def ignored_by(method: str, names, held: bool | None = None) -> list[str]:
     """Those of the fields `names` that `method` never reads (none for a method this module
     does not know, such as a plugin's that did not say what it reads): for auto every method's
     own setting (its candidates bring their own; `auto_grid.INHERITED` are the run's fields
-    they take), for kmeans also `val_fraction` (it holds out what its --from run held out)."""
+    they take), and `val_fraction` where the run holds out what its source run held out
+    (`held`; by default for kmeans, from its --from run)."""
     if method not in METHODS and method not in _DECLARED:
         return []
     if method == "auto":
         return [n for n in names if n in READ_BY]
     ignored = [n for n in names if n in READ_BY and method not in READ_BY[n]]
-    return ignored + ["val_fraction"] * (method == "kmeans" and "val_fraction" in names)
+    held = method == "kmeans" if held is None else held
+    return ignored + ["val_fraction"] * (held and "val_fraction" in names)
 
 
 def builds_on(method: str, backbone: str = "") -> str:

@@ -242,6 +242,15 @@ def _source_split(config: Config) -> tuple[RunDir, dict] | None:
     return source, split
 
 
+def holds_out_source(config: Config) -> bool:
+    """Whether a new run holds out its source run's held-out images (`source_held_out`: kmeans'
+    `--from`, an `encoder:` backbone) rather than `--val-fraction`'s share: that run's split.json
+    reads, and names images of `config.data` with the bytes it recorded."""
+    found = _source_split(config)
+    data = os.path.join(os.path.abspath(config.data), "")
+    return found is not None and any(_still_here(found[1], lambda p: p.startswith(data)))
+
+
 def source_pool(config: Config) -> dict | None:
     """kmeans (or an `encoder:` backbone) in the plain layout: the images of its source run's split (moved to
     `config.data`) found in config.data's good/ with the same bytes (split.json's SHA-256s,

@@ -581,3 +581,25 @@ def test_pil_images_of_several_frames_are_read_as_their_files_are(
     assert "a TIFF of 2 pages" in score(str(tmp_path / "two.tif"))["error"]
     stack.seek(1)  # the page the caller chose: scored as that image
     assert score(stack)["score"] == pytest.approx(score(str(tmp_path / "crack.png"))["score"])
+
+
+def test_val_fraction_is_said_ignored_only_where_the_source_split_is_used(
+    tiny_cookies, scored_ae_run, tmp_path, capsys
+):
+    """With an encoder run trained on other data, --val-fraction was said to be ignored though
+    it was applied; dropping it, as advised, changed the split."""
+    import json
+    import shutil
+
+    from anomaly.cli import main
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_cookies, other)
+    for p in (other / "train" / "good").glob("*.png"):
+        p.write_bytes(p.read_bytes() + b"\0")  # other bytes: none of the encoder's images
+    args = ["train", "--method", "patchknn", "--data", str(other)]
+    args += ["--backbone", f"encoder:{scored_ae_run}", "--val-fraction", "0.5"]
+    assert main([*args, "--out", str(tmp_path / "pk")]) == 0
+    assert "ignores --val-fraction" not in capsys.readouterr().err
+    split = json.loads((tmp_path / "pk" / "split.json").read_text())
+    assert len(split["val"]) == len(split["train"])  # the 0.5 asked for was applied
