@@ -351,13 +351,23 @@ def good_scores(
 
 def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None):
     """(scores, record) of the run's held-out good images, each byte-identical copy among them
-    (split.json's SHA-256s, read where val_scores.json's images are split.json's) counted once:
-    then the record holds the scores it counted."""
+    counted once and a copy of a training image (which the model learned) not at all, told by
+    split.json's SHA-256s where val_scores.json's images are among its held-out ones (train
+    leaves empty frames out): then the record holds the scores it counted."""
     scores, paths = np.asarray(stored["scores"], np.float64), stored.get("paths") or []
-    val, digests = split.get("val") or [], split.get("sha256") or []
-    mine = [str(p) for p in paths] == [str(p) for p in val] == paths and len(digests) >= len(val)
-    keys = [d if isinstance(d, str) else None for d in digests[len(digests) - len(val) :]]
-    kept, copies = _distinct(paths, keys) if mine and len(paths) == scores.size else ([], [])
+    train, val = split.get("train") or [], split.get("val") or []
+    digests = split.get("sha256") or []
+    mine = len(digests) == len(train) + len(val) and len(paths) == scores.size
+    mine = mine and all(isinstance(p, str) for p in paths) and set(paths) <= set(map(str, val))
+    mine = mine and len(set(paths)) == len(paths)  # (each of its images once: else edited)
+    learned = [str(p) for p in train] if mine else []  # first: a copy of one is never kept
+    of = dict(zip(map(str, val), digests[len(train) :])) if mine else {}
+    keys = [
+        d if isinstance(d, str) else None for d in [*digests[: len(learned)], *map(of.get, paths)]
+    ]
+    kept, copies = _distinct([*learned, *paths], keys)
+    kept = [i - len(learned) for i in kept if i >= len(learned)]
+    copies = [c for c in copies if set(c) & set(paths)]  # (copies within train/ are train's)
     if not copies:
         return scores, {"source": "held-out", "n": int(scores.size)}
     more = f"Keep one of each set in the data and train again, or set it on {FLAG} FOLDER".format

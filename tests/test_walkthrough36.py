@@ -603,3 +603,40 @@ def test_val_fraction_is_said_ignored_only_where_the_source_split_is_used(
     assert "ignores --val-fraction" not in capsys.readouterr().err
     split = json.loads((tmp_path / "pk" / "split.json").read_text())
     assert len(split["val"]) == len(split["train"])  # the 0.5 asked for was applied
+
+
+def test_a_conformal_threshold_does_not_count_held_out_copies_of_training_images(
+    tiny_cookies, tmp_path, capsys
+):
+    """Held-out images byte-identical to training images were counted in the conformal n (a
+    guarantee at alpha 0.111 on 8 held-out images, 2 of them learned), where --good-images
+    refuses such images."""
+    import json
+    import shutil
+
+    from helpers import tiny_config
+
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunDir
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    good = sorted((data / "train" / "good").glob("*.png"))
+    for i, p in enumerate(good):  # every image twice: each held-out one has a trained twin
+        shutil.copy(p, p.with_name(f"copy{i:03d}.png"))
+    run = RunDir(tmp_path / "run")
+    train_run(tiny_config(data, "meandiff", val_fraction=0.5, seed=1), run.path, progress=False)
+    split = json.loads(run.file(run.SPLIT).read_text())
+    digest = dict(zip(split["train"] + split["val"], split["sha256"]))
+    learned = {digest[p] for p in split["train"]}
+    fresh = [p for p in split["val"] if digest[p] not in learned]
+    assert len(fresh) < len(split["val"])  # some held-out images are copies of trained ones
+    capsys.readouterr()
+    code = main(["threshold", "--run", str(run.path), "--rule", "conformal", "--value", "0.5"])
+    said = capsys.readouterr()
+    assert code == 0  # set on the images the model did not learn, each counted once
+    calibration = run.threshold().params["calibration"]
+    assert calibration["n"] == len({digest[p] for p in fresh}) == run.threshold().params["n"]
+    assert calibration["copies"] == len(split["val"]) - calibration["n"]
+    assert "copies of another" in said.err + said.out
