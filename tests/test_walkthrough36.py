@@ -640,3 +640,24 @@ def test_a_conformal_threshold_does_not_count_held_out_copies_of_training_images
     assert calibration["n"] == len({digest[p] for p in fresh}) == run.threshold().params["n"]
     assert calibration["copies"] == len(split["val"]) - calibration["n"]
     assert "copies of another" in said.err + said.out
+
+
+def test_the_error_classes_readme_names_are_reached_from_the_package_without_torch():
+    """README named `anomaly.export.ExportError`, which `import anomaly` does not load (and
+    loading it imports torch, which a service on onnxruntime alone need not have)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, anomaly\n"
+        "names = (anomaly.ExportError, anomaly.InUse, anomaly.RunError, anomaly.DataError)\n"
+        "assert all(issubclass(c, Exception) for c in names)\n"
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    import anomaly
+    from anomaly.export import ExportError
+    from anomaly.safe_files import InUse
+
+    assert anomaly.ExportError is ExportError and anomaly.InUse is InUse
