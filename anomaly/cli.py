@@ -313,13 +313,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 2
     _closed_to_devnull()
-    shown, stderr = warnings.showwarning, sys.stderr
-    warnings.showwarning, sys.stderr = _one_line_warnings(shown), log_lines(stderr)
+    shown, streams = warnings.showwarning, (sys.stderr, sys.stdout)
+    warnings.showwarning, (sys.stderr, sys.stdout) = _one_line_warnings(shown), log_lines(*streams)
     try:
         with _signals_interrupt():
             return _main(args)
     finally:
-        warnings.showwarning, sys.stderr = shown, stderr
+        warnings.showwarning, (sys.stderr, sys.stdout) = shown, streams
 
 
 def _closed_to_devnull() -> None:

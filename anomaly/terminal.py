@@ -5,6 +5,8 @@ copied as it is.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import unicodedata
 
@@ -66,23 +68,46 @@ class LogLines:
     line, so in a log a `warning:`, `note:` or `error:` written after a bar closed ended up on the
     bar's line, where `grep '^warning:'` missed it and `grep -v` of the bars removed it. A write
     that starts with a carriage return is a bar's; one after it that starts with neither that
-    nor a new line gets a new line first. Everything else is the stream's own."""
+    nor a new line gets a new line first. Everything else is the stream's own. `shared`: the
+    state of another `LogLines` on the same file (stdout and stderr in one log, `> log 2>&1`)."""
 
-    def __init__(self, stream) -> None:
-        self._stream, self._after_bar = stream, False
+    def __init__(self, stream, shared: list | None = None) -> None:
+        self._stream, self._after_bar = stream, [False] if shared is None else shared
 
     def write(self, text: str) -> int:
-        if text and self._after_bar and not text.startswith(("\r", "\n")):
+        if text and self._after_bar[0] and not text.startswith(("\r", "\n")):
             self._stream.write("\n")
         if text:
-            self._after_bar = text.startswith("\r") and not text.endswith("\n")
+            self._after_bar[0] = text.startswith("\r") and not text.endswith("\n")
         return self._stream.write(text)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
 
 
-def log_lines(stream):
-    """`stream` as `LogLines` where it is not a terminal (a log file, a pipe), else itself."""
+def log_lines(stream, out=None):
+    """(`stream`, `out`): stderr as `LogLines` where it is not a terminal (a log file, a pipe),
+    and stdout too where it goes to the same file, sharing its state and written line by line
+    (else a block of stdout's lines reached the file after stderr's later ones); else as given."""
+    if stream is None or _tty(stream):
+        return stream, out
+    err = LogLines(stream)
+    if out is None or _tty(out) or _file_of(out) is None or _file_of(out) != _file_of(stream):
+        return err, out
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        out.reconfigure(line_buffering=True)
+    return err, LogLines(out, err._after_bar)
+
+
+def _tty(stream) -> bool:
     isatty = getattr(stream, "isatty", None)
-    return stream if stream is None or (callable(isatty) and isatty()) else LogLines(stream)
+    return bool(callable(isatty) and isatty())
+
+
+def _file_of(stream) -> tuple[int, int] | None:
+    """(device, inode) of the file a stream writes, or None (no descriptor: a StringIO)."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return None
+    return info.st_dev, info.st_ino

@@ -107,7 +107,27 @@ def test_log_lines_leaves_a_terminal_and_plain_text_alone():
             return True
 
     tty = Tty()
-    assert log_lines(tty) is tty and isinstance(log_lines(io.StringIO()), LogLines)
+    assert log_lines(tty) == (tty, None) and isinstance(log_lines(io.StringIO())[0], LogLines)
+
+
+def test_in_a_log_of_both_streams_each_line_of_either_starts_a_line(tiny_cookies, tmp_path):
+    """`> log 2>&1`: stdout's `trained ...` landed on a closed bar's line (only stderr knew of
+    the bar), and stdout's block-buffered lines reached the file after stderr's later ones."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", "--data", str(tiny_cookies), "--out", str(tmp_path / "r"), "--size", "64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "log", "w") as log:
+        run = [sys.executable, "-m", "anomaly", *args, "--val-fraction", "0"]
+        done = subprocess.run(run, check=False, stdout=log, stderr=subprocess.STDOUT, env=env)
+    assert done.returncode == 0
+    lines = (tmp_path / "log").read_bytes().decode().split("\n")
+    trained = [i for i, x in enumerate(lines) if x.startswith("trained patchknn: run folder")]
+    notes = [i for i, x in enumerate(lines) if x.startswith("note: ")]
+    assert trained and notes and trained[0] < notes[0]  # in the order they were written
+    assert any(x.startswith("warning: ") and "no validation split" in x for x in lines)
 
 
 def test_a_blank_frame_held_out_is_left_out_of_the_default_threshold(tiny_cookies, tmp_path):
