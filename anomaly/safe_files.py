@@ -85,9 +85,10 @@ def disk_full_named(path: Path) -> Iterator[None]:
             ) from None
         if not _disk_full(err, path.parent):
             raise
-        raise RunError(  # (a training cut short is then named, with --resume where it can)
+        raise RunError(
             f"{path}: the disk is full (no space left to write it; an earlier {path.name}, if "
-            "any, is as it was). Free space, then run the command again"
+            "any, is as it was). Free space, then run the command again (a training cut short: "
+            "add --resume where that command says it can)"
         ) from None
 
 
