@@ -229,17 +229,10 @@ def _make_data(args) -> None:
     if args.command == "make-cookies":
         from anomaly.data import make_cookies
 
-        manifest = make_cookies(
-            args.root,
-            preset=args.preset,
-            seed=args.seed,
-            size=args.size,
-            difficulty=args.difficulty,
-            overwrite=args.overwrite,
-            progress=True,
-        )
+        flags = {k: getattr(args, k) for k in ("preset", "seed", "size", "difficulty", "overwrite")}
+        manifest = make_cookies(args.root, **flags, progress=True)
     else:
-        from anomaly.data.photos import make_photos
+        from anomaly.data.photos import counts_said, make_photos
 
         for flag, value in (("--good", args.good), ("--defect", args.defect)):
             if value is not None and value < 1:
@@ -247,7 +240,7 @@ def _make_data(args) -> None:
                     f"make-photos {flag} {value}: give at least 1; a test set needs good and "
                     "defective images, or its image AUROC cannot be measured"
                 )
-        manifest = make_photos(
+        made = make_photos(
             args.root,
             seed=args.seed,
             overwrite=args.overwrite,
@@ -255,6 +248,7 @@ def _make_data(args) -> None:
             defect=args.defect,
             progress=True,
         )
+        manifest = {"counts": counts_said(made)}  # per set and kind: not 7 defects in all
     counts = json.dumps(manifest.get("counts", {}))
     if before is not None and manifest_file.stat().st_mtime_ns == before:
         print(f"{args.root}: made before with these settings, every file as written: {counts}")

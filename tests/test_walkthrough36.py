@@ -681,3 +681,16 @@ def test_the_error_classes_readme_names_are_reached_from_the_package_without_tor
     from anomaly.safe_files import InUse
 
     assert anomaly.ExportError is ExportError and anomaly.InUse is InUse
+
+
+def test_make_photos_says_its_counts_per_set_and_defect_kind():
+    """`make-photos` printed {"train": 80, "good": 25, "defect": 7}, read as 7 defects in all."""
+    from anomaly.data.photos import counts_said
+
+    manifest = {
+        "counts": {"train": 80, "good": 25, "defect": 7},
+        "sets": {"a": {"defect_kinds": ["scratch"] * 5}, "b": {"defect_kinds": ["hole"] * 6}},
+    }
+    said = counts_said(manifest)
+    assert said["sets"] == 2 and said["test/<defect kind>"] == 7 and said["defect kinds"] == [5, 6]
+    assert "defect" not in said

@@ -267,6 +267,20 @@ def make_photos(
     return generated.write_staged(root, "make-photos", arguments, write, names, retire)
 
 
+def counts_said(manifest: dict) -> dict:
+    """A suite's counts as `make-photos` says them: its manifest's "counts" are per set, and
+    "defect" per defect kind ({"train": 80, "good": 25, "defect": 7} read as 7 defects)."""
+    counts, sets = manifest.get("counts") or {}, manifest.get("sets") or {}
+    kinds = sorted({len(s.get("defect_kinds") or ()) for s in sets.values()})
+    return {
+        "sets": len(sets),
+        "each set: train/good": counts.get("train"),
+        "test/good": counts.get("good"),
+        "test/<defect kind>": counts.get("defect"),
+        "defect kinds": kinds[0] if len(kinds) == 1 else kinds,
+    }
+
+
 def _check_root(root: Path, manifest: dict, names: list[str], overwrite: bool):
     """Refuse to write into a folder the generator did not make; return the folders and files
     of the suite it made there that this one replaces, or None."""
