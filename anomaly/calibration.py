@@ -350,10 +350,9 @@ def good_scores(
 
 
 def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None):
-    """(scores, record) of the run's held-out good images, each byte-identical copy among them
-    counted once and a copy of a training image (which the model learned) not at all, told by
-    split.json's SHA-256s where val_scores.json's images are among its held-out ones (train
-    leaves empty frames out): then the record holds the scores it counted."""
+    """(scores, record) of the run's held-out good images, a copy among them counted once and a
+    copy of a training image not at all (split.json's SHA-256s, where val_scores.json's images
+    are among its held-out ones: train leaves empty frames out); the record holds those."""
     scores, paths = np.asarray(stored["scores"], np.float64), stored.get("paths") or []
     train, val = split.get("train") or [], split.get("val") or []
     digests = split.get("sha256") or []
@@ -370,6 +369,13 @@ def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None):
     copies = [c for c in copies if set(c) & set(paths)]  # (copies within train/ are train's)
     if not copies:
         return scores, {"source": "held-out", "n": int(scores.size)}
+    if not kept:  # each a copy of a training image (a folder copied in twice)
+        raise RunError(
+            f"{rd}: each of its {len(paths)} held-out images is a copy of a training image ("
+            + named((named(c, 3, " = ") for c in copies), 2, "; ")
+            + f"), which the model learned: a threshold on them guarantees nothing. Keep one of "
+            f"each set in the data and train again, or set it on {FLAG} FOLDER"
+        )
     more = f"Keep one of each set in the data and train again, or set it on {FLAG} FOLDER".format
     _count_once(f"{rd}'s held-out images", len(paths), len(kept), copies, alpha, more, RunError)
     scores = scores[kept]

@@ -73,20 +73,53 @@ def _unread_file(x) -> bytes | None:
     the file's as it is: staged as they are, it is decoded as that file would be (a JPEG at the
     run's decoding, every frame of an animation seen); None for any other image (one decoded
     may have been changed in place)."""
-    fp = getattr(x, "fp", None)
-    if fp is None or getattr(x, "_im", True) is not None or not hasattr(fp, "seek"):
+    if getattr(x, "fp", None) is None or getattr(x, "_im", True) is not None:
         return None
     if getattr(x, "tell", lambda: 0)() != 0:  # a frame chosen with seek(): that frame alone
         return None
-    try:
-        with _READING:  # one image given to calls in several threads: one file position
-            where = fp.tell()
-            fp.seek(0)
-            data = fp.read()
-            fp.seek(where)
-    except (OSError, ValueError):  # closed, or not seekable after all
+    return _file_bytes(x)
+
+
+def _refused_file(x, name: str) -> bytes | None:
+    """The file's bytes of a decoded PIL image of several frames, at its first, whose file is
+    refused (an animation, a TIFF stack): staged as they are, it is refused as that file is.
+    Told from the file opened anew: seeking the caller's image would throw its decoded (maybe
+    edited) pixels away, and move it under another thread. None otherwise: its frame is
+    staged as it is."""
+    from PIL import Image
+
+    from anomaly.data.image_kind import refused_frames
+
+    # (not even n_frames of the caller's image: counting them seeks a TIFF or a GIF)
+    if x.format not in ("GIF", "WEBP", "PNG", "TIFF") or getattr(x, "tell", lambda: 0)() != 0:
         return None
-    return data if isinstance(data, bytes) else None
+    if (data := _file_bytes(x)) is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as fresh:
+            return (
+                data if getattr(fresh, "n_frames", 1) > 1 and refused_frames(fresh, name) else None
+            )
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _file_bytes(x) -> bytes | None:
+    """The bytes of the file a PIL image was opened from (its open file, else its file name),
+    or None."""
+    fp = getattr(x, "fp", None)
+    try:
+        if fp is not None and hasattr(fp, "seek"):
+            with _READING:  # one image given to calls in several threads: one file position
+                where = fp.tell()
+                fp.seek(0)
+                data = fp.read()
+                fp.seek(where)
+            return data if isinstance(data, bytes) else None
+        name = getattr(x, "filename", "")
+        return Path(name).read_bytes() if isinstance(name, str) and name else None
+    except (OSError, ValueError):  # closed, not seekable after all, or gone
+        return None
 
 
 _READING = threading.Lock()
@@ -96,26 +129,24 @@ def _write(x, path: Path, name: str) -> Path:
     """Write upload `x` at `path` (its suffix set by what it holds) and return where it went."""
     from PIL import Image, ImageOps
 
-    from anomaly.data.image_kind import named_warnings, refused_frames
+    from anomaly.data.image_kind import named_warnings
 
-    if hasattr(x, "getbands") and (data := _unread_file(x)) is None:
-        # a PIL image decoded (or made) already: lossless, turned as its EXIF says (as a file
-        # is); its frame, or every frame where its file is refused (an animation, a TIFF stack)
-        many = getattr(x, "n_frames", 1) > 1 and x.tell() == 0 and bool(refused_frames(x, name))
-        frames = {"save_all": True} if many else {}
-        x = x if frames else ImageOps.exif_transpose(x)
+    pil = hasattr(x, "getbands")
+    if pil and (data := _unread_file(x) or _refused_file(x, name)) is None:
+        # a PIL image decoded (or made) already: its frame as it is (edited, maybe), lossless,
+        # turned as its EXIF says (as a file is)
+        x = ImageOps.exif_transpose(x)
         alpha = {"La": "LA", "RGBa": "RGBA"}.get(x.mode, "RGBA" if "A" in x.getbands() else "RGB")
-        kinds = ((".tif", "TIFF"),) if many and x.format == "TIFF" else ((".png", "PNG"),)
         for mode in (x.mode, alpha):
             y = x if mode == x.mode else x.convert(mode)  # HSV, La, RGBa: neither format's
-            for suffix, kind in (*kinds, (".tif", "TIFF")):  # TIFF: float, CMYK
+            for suffix, kind in ((".png", "PNG"), (".tif", "TIFF")):  # TIFF: float, CMYK
                 try:
-                    y.save(path := path.with_suffix(suffix), format=kind, **frames)
+                    y.save(path := path.with_suffix(suffix), format=kind)
                     return path
                 except (OSError, ValueError, KeyError):
                     path.unlink(missing_ok=True)
         raise ValueError(f"{name}: a PIL image of mode {x.mode}, which cannot be scored")
-    data = data if hasattr(x, "getbands") else _content(x, name)
+    data = data if pil else _content(x, name)
     try:  # a decompression bomb: said when it is read (this thread's warnings only: a
         # service's other threads keep theirs, and the process its filters)
         with named_warnings(None), Image.open(io.BytesIO(data)) as im:

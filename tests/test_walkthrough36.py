@@ -694,3 +694,54 @@ def test_make_photos_says_its_counts_per_set_and_defect_kind():
     said = counts_said(manifest)
     assert said["sets"] == 2 and said["test/<defect kind>"] == 7 and said["defect kinds"] == [5, 6]
     assert "defect" not in said
+
+
+def test_an_edited_pil_image_of_several_frames_is_scored_as_edited_and_left_as_it_was(
+    scored_ae_run, tiny_cookies, tmp_path
+):
+    """Deciding whether its file is refused seeked the caller's decoded pyramid TIFF, which threw
+    its edits away: the file's pixels were scored and the caller's image reset."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    import anomaly
+
+    crack = Image.open(min((tiny_cookies / "test" / "good").glob("*.png"))).convert("RGB")
+    crack.save(tmp_path / "pyr.tif", save_all=True, append_images=[crack.resize((16, 16))])
+    im = Image.open(tmp_path / "pyr.tif")
+    im.load()
+    ImageDraw.Draw(im).rectangle((10, 10, 40, 40), fill=(255, 0, 0))
+    edited = np.asarray(im).copy()
+    Image.fromarray(edited).save(tmp_path / "edited.png")
+    (got,), _ = anomaly.predict_images(scored_ae_run, [im], overlays=False)
+    (want,), _ = anomaly.predict_images(
+        scored_ae_run, [str(tmp_path / "edited.png")], overlays=False
+    )
+    assert got["score"] == pytest.approx(want["score"]) and np.array_equal(np.asarray(im), edited)
+
+
+def test_held_out_images_all_copies_of_training_ones_are_refused_by_their_cause(
+    tiny_cookies, tmp_path, capsys
+):
+    """Every held-out image a copy of a training image (a folder copied in twice): threshold
+    said 'threshold_normal_quantile needs at least one normal score', or blamed an alpha of 1.0
+    the user never gave."""
+    import shutil
+
+    from helpers import tiny_config
+
+    from anomaly.cli import main
+    from anomaly.pipeline import train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    good = sorted((data / "train" / "good").glob("*.png"))
+    for i, p in enumerate(good[2:], 2):  # two pictures, each four times
+        shutil.copy(good[i % 2], p)
+    train_run(
+        tiny_config(data, "meandiff", val_fraction=0.5, seed=1), tmp_path / "run", progress=False
+    )
+    for rule in (["normal-quantile"], ["conformal", "--value", "0.5"]):
+        assert main(["threshold", "--run", str(tmp_path / "run"), "--rule", *rule]) == 2
+        said = capsys.readouterr().err
+        assert "held-out images is a copy of a training image" in said and "alpha" not in said
