@@ -6,6 +6,7 @@ copied as it is.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shlex
 import unicodedata
@@ -92,7 +93,9 @@ def log_lines(stream, out=None):
     if stream is None or _tty(stream):
         return stream, out
     err = LogLines(stream)
-    if out is None or _tty(out) or _file_of(out) is None or _file_of(out) != _file_of(stream):
+    shared = isinstance(out, io.TextIOWrapper) and not _tty(out) and _file_of(out) is not None
+    if not (shared and _file_of(out) == _file_of(stream)):
+        # (a notebook's stream shares the kernel's descriptors, not a file with its stderr)
         return err, out
     with contextlib.suppress(AttributeError, ValueError, OSError):
         out.reconfigure(line_buffering=True)

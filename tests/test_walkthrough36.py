@@ -745,3 +745,21 @@ def test_held_out_images_all_copies_of_training_ones_are_refused_by_their_cause(
         assert main(["threshold", "--run", str(tmp_path / "run"), "--rule", *rule]) == 2
         said = capsys.readouterr().err
         assert "held-out images is a copy of a training image" in said and "alpha" not in said
+
+
+def test_log_lines_shares_stdout_only_with_a_real_file_of_stderr(tmp_path):
+    """A notebook's stdout (not a file object of its own; its descriptors the kernel's) was
+    wrapped too, and `cli.main()` in a notebook printed a blank line before `trained ...`."""
+    import io
+
+    from anomaly.terminal import LogLines, log_lines
+
+    class NotebookStream(io.StringIO):  # as ipykernel's OutStream: no tty, descriptors shared
+        def fileno(self):
+            return 1
+
+    err, out = log_lines(NotebookStream(), NotebookStream())
+    assert isinstance(err, LogLines) and not isinstance(out, LogLines)
+    with open(tmp_path / "log", "w") as one, open(one.fileno(), "w", closefd=False) as same:
+        err, out = log_lines(one, same)
+        assert isinstance(out, LogLines) and out._after_bar is err._after_bar
