@@ -25,7 +25,7 @@ import numpy as np
 
 from anomaly.config import Config, builds_on
 from anomaly.data.files import named
-from anomaly.data.image_unlike import warn_mixed
+from anomaly.data.image_unlike import warn_blank, warn_mixed
 from anomaly.detectors.patchknn import NoRoom
 from anomaly.runs import RunDir, RunError, versions
 from anomaly.safe_files import is_out_of_memory, sha256_file, write_json
@@ -331,6 +331,7 @@ def check_split(run: RunDir, config: Config, split: dict, read: list | None = No
     warn_small_size(config)
     warn_held_out(run, config, split)
     warn_mixed(split["train"] + split["val"], config.channels, config.size, read)
+    warn_blank(split["train"], read)  # (held-out ones: left out of the threshold, and said)
 
 
 def learned_digests(split: dict) -> dict[str, str]:

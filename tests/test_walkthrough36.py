@@ -763,3 +763,20 @@ def test_log_lines_shares_stdout_only_with_a_real_file_of_stderr(tmp_path):
     with open(tmp_path / "log", "w") as one, open(one.fileno(), "w", closefd=False) as same:
         err, out = log_lines(one, same)
         assert isinstance(out, LogLines) and out._after_bar is err._after_bar
+
+
+def test_blank_frames_trained_on_are_named(tiny_cookies, tmp_path):
+    """Eight black frames among the good images were trained on without a word: the model
+    learns a blank as normal (defect scores fell by about 0.5 with three of them)."""
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.data.image_unlike import warn_blank
+
+    good = sorted(str(p) for p in (tiny_cookies / "train" / "good").glob("*.png"))
+    Image.new("RGB", (256, 256)).save(tmp_path / "black.png")
+    Image.fromarray(np.full((64, 64), 3000, np.uint16)).save(tmp_path / "grey16.png")
+    blank = [str(tmp_path / "black.png"), str(tmp_path / "grey16.png")]
+    with pytest.warns(UserWarning, match=r"2 of the \d+ training images .*black.png.* flat colour"):
+        assert warn_blank(good + blank) == blank
+    assert warn_blank(good) == []  # pictures of cookies: none

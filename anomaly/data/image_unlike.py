@@ -10,6 +10,7 @@ reader imports it where the package is installed.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -27,7 +28,7 @@ from anomaly.data.image_kind import (
     open_image,
     read_kinds,
 )
-from anomaly.onnx_checks import is_images_record
+from anomaly.onnx_checks import flat_image, is_images_record
 from anomaly.terminal import printable
 
 
@@ -245,3 +246,42 @@ def warn_mixed(paths, channels: int, size: int, read: list | None = None) -> lis
     for text in said:
         warnings.warn(text, stacklevel=2)
     return said
+
+
+def warn_blank(paths, read: list | None = None) -> list[str]:
+    """Warn, naming them, about the training images `paths` that are all one flat colour
+    (`onnx_checks.flat_image`: a camera's blank shot, which predict gives no verdict): the
+    model learns a blank as normal, and a part missing on a blank background then passes.
+    Only a file small for its pixels is decoded (a flat picture compresses to almost nothing);
+    `read`: their `read_kinds`, when the caller has them. Returns the names."""
+    kinds, blank = dict(read_kinds(paths) if read is None else read), []
+    for path in map(str, paths):
+        if (k := kinds.get(path)) is None:
+            continue
+        pixels = k["side"] ** 2 * max(k["aspect"], 1 / max(k["aspect"], 1e-9))
+        try:
+            if os.path.getsize(path) < max(pixels / 16, 4096) and flat_image(_pixels(path)):
+                blank.append(path)
+        except (OSError, ValueError):  # unreadable: training says why
+            continue
+    if blank:
+        warnings.warn(
+            f"{_few(blank, len(paths))} all one flat colour: empty frames (a camera's blank "
+            "shot), which predict gives no verdict; the model learns them as normal, so a part "
+            "missing on a blank background would pass. Take them out of the good images and "
+            "train again",
+            stacklevel=2,
+        )
+    return blank
+
+
+def _pixels(path):
+    """The image at `path` as float [H, W, C] in 0-1 for `flat_image` (16-bit and float values
+    as the model reads them, not clipped to white as an RGB conversion would)."""
+    import numpy as np
+
+    with open_image(path) as im:
+        if im.mode[0] in "IF":
+            top = 1.0 if im.mode == "F" else 65535.0
+            return (np.asarray(im, dtype=np.float32) / top)[..., None]
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
