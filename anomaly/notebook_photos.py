@@ -211,6 +211,30 @@ def test_results(run: Path) -> str:
     )
 
 
+def held_out_threshold(run: Path, alpha: float):
+    """The conformal threshold on the run's held-out photos at `alpha`, or, where their distinct
+    photos the model did not learn are too few for it (copies of training photos do not count),
+    at the smallest alpha they allow, said: (threshold, the alpha it guarantees)."""
+    from anomaly.calibration import set_threshold
+    from anomaly.metrics import conformal_n_needed, smallest_alpha
+
+    split = RunDir(run).split() or {}
+    train, digests = split.get("train") or [], split.get("sha256") or []
+    learned = set(digests[: len(train)])
+    n = len({d for d in digests[len(train) :] if d not in learned})
+    if digests and n < conformal_n_needed(alpha):
+        wider = float(smallest_alpha(n))
+        print(
+            f"{n} of the held-out photos are distinct and not copies of training photos: too few "
+            f"for alpha {alpha:g} (it needs {conformal_n_needed(alpha)}); set at {wider:g}, the "
+            "smallest they allow"
+        )
+        alpha = wider
+    with warnings.catch_warnings():  # its copies: counted in the threshold's own words
+        warnings.simplefilter("ignore", UserWarning)
+        return set_threshold(run, "conformal", alpha), alpha
+
+
 def threshold_text(run: Path, threshold) -> str:
     """The threshold, its rule and guarantee, and what it does on the labelled test images."""
     from anomaly.decision import guarantee_broken, summary_line

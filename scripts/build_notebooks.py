@@ -313,10 +313,11 @@ NOTEBOOKS = {
         "it). In the shell: "
         "`python -m anomaly threshold --run RUN --rule conformal --value 0.05`.",
         "# NBVAL_IGNORE_OUTPUT\nprint(own.test_results(run))  # at the default threshold\n"
-        "t = anomaly.set_threshold(run, 'conformal', P.alpha)  # saved: predict uses it\n"
+        "t, alpha = own.held_out_threshold(run, P.alpha)  # saved: predict uses it\n"
         "print(own.threshold_text(run, t))",
-        "## Set the threshold on good photos from the line\nThe guarantee said at most 5 % of "
-        "good photos rejected; the test photos show far more, and the warning says so. The "
+        "## Set the threshold on good photos from the line\nThe guarantee said at most 5.56 % of "
+        "good photos rejected (the least that the 17 distinct held-out photos allow; 3 more are "
+        "copies of training photos, which do not count); the test photos show far more, and the warning says so. The "
         "held-out photos were not "
         "exchangeable with the test ones: they are crops of the training coins, a few pixels "
         "from training crops or the very same crop (train warned of 3 held-out photos that "

@@ -780,3 +780,28 @@ def test_blank_frames_trained_on_are_named(tiny_cookies, tmp_path):
     with pytest.warns(UserWarning, match=r"2 of the \d+ training images .*black.png.* flat colour"):
         assert warn_blank(good + blank) == blank
     assert warn_blank(good) == []  # pictures of cookies: none
+
+
+def test_notebook_07s_held_out_threshold_takes_the_least_alpha_its_distinct_photos_allow(
+    tiny_cookies, tmp_path, capsys
+):
+    """Once copies of training photos stopped counting, the coins' 17 distinct held-out photos
+    were too few for 5 %: notebook 07's cell failed at full settings."""
+    import shutil
+
+    from helpers import tiny_config
+
+    from anomaly.notebook_photos import held_out_threshold
+    from anomaly.pipeline import train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cookies, data)
+    good = sorted((data / "train" / "good").glob("*.png"))
+    for i, p in enumerate(good):
+        shutil.copy(p, p.with_name(f"copy{i:03d}.png"))
+    train_run(
+        tiny_config(data, "meandiff", val_fraction=0.5, seed=1), tmp_path / "run", progress=False
+    )
+    t, alpha = held_out_threshold(tmp_path / "run", 0.2)  # 4 needed, 1 distinct and fresh
+    assert alpha == 0.5 and t.params["alpha"] == 0.5 and t.params["n"] == 1
+    assert "too few for alpha 0.2 (it needs 4); set at 0.5" in capsys.readouterr().out
