@@ -168,6 +168,26 @@ def model_record(model: Path) -> dict:
     return {MODEL_RECORD: sha} if sha else {}
 
 
+def check_page_model(model: Path, recorded: str | None, folder) -> None:
+    """ValueError unless the file `model` is the one whose SHA-256 a page's scores record
+    (`recorded`; None: not recorded, not checked): a run folder moved or deleted since the page
+    read it (a save there would make a new folder holding a threshold alone), or trained again
+    (a threshold and rates chosen on the earlier model's scores, saved under the new one's)."""
+    if not recorded:
+        return
+    if not model.is_file():
+        raise ValueError(
+            f"{printable(str(folder))} holds no {model.name} now: the run was moved, renamed or "
+            "deleted since this page read it; open the explorer on it where it is now"
+        )
+    if model_sha256(model) != recorded:
+        raise ValueError(
+            f"{printable(str(folder))} was trained again since this page read its scores (its "
+            f"{model.name} is another): the rates shown are the earlier model's; score the run "
+            "and open the explorer again"
+        )
+
+
 def saved_for(threshold: Path, model: Path) -> dict | None:
     """The saved threshold in the file `threshold` when it records the file `model`, else None."""
     try:

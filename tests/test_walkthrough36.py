@@ -805,3 +805,33 @@ def test_notebook_07s_held_out_threshold_takes_the_least_alpha_its_distinct_phot
     t, alpha = held_out_threshold(tmp_path / "run", 0.2)  # 4 needed, 1 distinct and fresh
     assert alpha == 0.5 and t.params["alpha"] == 0.5 and t.params["n"] == 1
     assert "too few for alpha 0.2 (it needs 4); set at 0.5" in capsys.readouterr().out
+
+
+def test_the_explorer_will_not_save_into_a_run_moved_or_trained_again_since_it_read_it(
+    tiny_cookies, tmp_path
+):
+    """Save on a page whose run was renamed made a new folder holding threshold.json alone and
+    said 'Saved'; on a run trained again meanwhile it saved the earlier model's threshold and
+    rates under the new model's digest (the report too)."""
+    import shutil
+
+    from helpers import tiny_config
+
+    from anomaly import ThresholdExplorer
+    from anomaly.pipeline import score_run, train_run
+
+    run = tmp_path / "pk"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    score_run(run, overlays=False)
+    page = ThresholdExplorer([run])
+    run.rename(tmp_path / "moved")
+    for act in (page.save_threshold, page.export_report):
+        with pytest.raises(ValueError, match="moved, renamed or deleted"):
+            act()
+    assert not run.exists()
+    shutil.move(tmp_path / "moved", run)
+    page = ThresholdExplorer([run])
+    (run / "model.pt").write_bytes((run / "model.pt").read_bytes() + b"\0")  # trained again
+    for act in (page.save_threshold, page.export_report):
+        with pytest.raises(ValueError, match="trained again since this page read its scores"):
+            act()

@@ -24,6 +24,7 @@ from anomaly.explorer.runs import (
     chosen_threshold,
     collect_runs,
     prepare,
+    threshold_home,
     threshold_path,
     write_threshold,
 )
@@ -35,7 +36,9 @@ from anomaly.explorer.text import (
     unmeasured,
 )
 from anomaly.metrics import Threshold
+from anomaly.runs import RunDir
 from anomaly.safe_files import RunError, _atomic
+from anomaly.threshold_file import MODEL_RECORD, check_page_model
 
 # One halving is one draw: the cookie benchmark's patchknn run (140 images, costs 1 and 10)
 # read 61 on the first, 32-61 over 21 (median 40). Odd: the median is one of them.
@@ -397,11 +400,11 @@ class ThresholdExplorer:
 
     def save_threshold(self) -> Path:
         """Write the slider's threshold to RUN/threshold.json (value, rule, params; the run's for
-        `score --data`'s RUN/scored/<name>/, as predict reads it) and show it as saved (status,
-        rule and histogram), as the Save button does."""
+        `score --data`'s RUN/scored/<name>/) and show it as saved, as the Save button does."""
         r = self.run
         if r.folder is None:
             raise ValueError(f"Run {r.name!r} has no run folder: pass run_dirs= to save")
+        self._check_model()  # the run moved, or trained again, since this page read it
         try:  # another command or page saved one since this page read it: shown, not replaced
             check_unchanged(r.folder, r.saved)
         except ThresholdChanged as changed:
@@ -433,6 +436,11 @@ class ThresholdExplorer:
         self.refresh()
         return path
 
+    def _check_model(self) -> None:
+        if (folder := self.run.folder) is not None:
+            home, made_by = threshold_home(folder), self.run.pred.meta.get(MODEL_RECORD)
+            check_page_model(RunDir(home).file(RunDir.MODEL), made_by, home)
+
     def _on_save(self, _button) -> None:
         try:
             self.save_threshold()
@@ -457,6 +465,7 @@ class ThresholdExplorer:
             if self.run.folder is None:
                 raise ValueError("No run folder to write report.html into: pass a path")
             path = self.run.folder / "report.html"
+        self._check_model()  # its provenance: the files the page read
         path = Path(path)
         if not path.is_symlink() and path.exists() and not is_report(path):
             raise RunError(
