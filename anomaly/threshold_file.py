@@ -173,8 +173,8 @@ def check_page_model(model: Path, recorded: str | None, folder) -> None:
     (`recorded`; None: not recorded, not checked): a run folder moved or deleted since the page
     read it (a save there would make a new folder holding a threshold alone), or trained again
     (a threshold and rates chosen on the earlier model's scores, saved under the new one's)."""
-    if not recorded:
-        return
+    if not recorded or (not model.is_file() and Path(folder).is_dir()):
+        return  # (a run without its model.pt: refused by name where it is written)
     if not model.is_file():
         raise ValueError(
             f"{printable(str(folder))} holds no {model.name} now: the run was moved, renamed or "
