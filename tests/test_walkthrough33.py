@@ -1064,7 +1064,7 @@ def test_the_explorer_neither_replaces_a_threshold_saved_since_nor_drops_a_guara
     from anomaly import ThresholdExplorer
     from anomaly.calibration import set_threshold
     from anomaly.config import Config
-    from anomaly.explorer.runs import ThresholdChanged
+    from anomaly.explorer.saving import ThresholdChanged
     from anomaly.pipeline import score_run, train_run
     from anomaly.runs import RunDir
 

@@ -835,3 +835,30 @@ def test_the_explorer_will_not_save_into_a_run_moved_or_trained_again_since_it_r
     for act in (page.save_threshold, page.export_report):
         with pytest.raises(ValueError, match="trained again since this page read its scores"):
             act()
+
+
+def test_the_explorer_refuses_runs_on_other_data_whose_images_only_share_names(
+    tiny_cookies, tmp_path
+):
+    """Two product lines of the same kinds (MVTec-style 000.png, 001.png ...) were matched by
+    name and compared image by image: tiles showed one run's picture with the other's verdict."""
+    import shutil
+
+    from helpers import tiny_config
+
+    from anomaly import ThresholdExplorer
+    from anomaly.data import make_cookies
+    from anomaly.pipeline import score_run, train_run
+
+    other = tmp_path / "other"
+    make_cookies(other, preset="tiny", seed=5, size=64)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_cookies, copy)
+    runs = {}
+    for name, data in (("a", tiny_cookies), ("b", other), ("c", copy)):
+        runs[name] = tmp_path / name
+        train_run(tiny_config(data, "meandiff"), runs[name], progress=False)
+        score_run(runs[name], overlays=False)
+    with pytest.raises(ValueError, match="share names but not contents"):
+        ThresholdExplorer([runs["a"], runs["b"]])
+    assert len(ThresholdExplorer([runs["a"], runs["c"]]).runs) == 2  # a copy of the data: matched

@@ -22,7 +22,7 @@ from anomaly.detectors.base import Predictions, nonfinite
 from anomaly.metrics import Threshold
 from anomaly.overlays import EvidenceScale, run_scale
 from anomaly.runs import RunDir, RunError
-from anomaly.safe_files import load_record
+from anomaly.safe_files import load_record, sha256_file
 from anomaly.terminal import shell_word
 
 
@@ -189,7 +189,25 @@ def _matched(preds: dict, dirs: dict) -> dict:
         for i, key in enumerate(b):
             where[key].append(i)
         out[name] = reindexed(preds[name], [where[key].pop(0) for key in a])
+    for name in names[1:]:
+        _same_files(first, preds[first], dirs[first], name, out[name], dirs[name])
     return out
+
+
+def _same_files(a_name: str, a: Predictions, a_dir, b_name: str, b: Predictions, b_dir) -> None:
+    """ValueError, naming a pair, when two runs matched by their images' names under two data
+    folders hold other pictures under those names (two product lines of the same kinds: MVTec's
+    000.png, 001.png ...); a copy of the data elsewhere matches."""
+    if data_root(a, a_dir) == data_root(b, b_dir):
+        return
+    for x, y in zip(image_files(a, a_dir)[0], image_files(b, b_dir)[0]):
+        if x is not None and y is not None and sha256_file(x) != sha256_file(y):
+            raise ValueError(
+                f"{a_name} and {b_name} were scored on other data folders whose images share "
+                f"names but not contents ({x} and {y} differ): comparing them image by image "
+                "would pair different pictures. Compare runs scored on the same images "
+                "(`python -m anomaly score --run RUN --data DATA`)"
+            )
 
 
 def _images_of(name: str, pred: Predictions, folder: Path | None) -> str:
@@ -293,67 +311,6 @@ def read_threshold(folder: Path | None) -> Threshold | None:
     except RunError as err:
         warnings.warn(f"the saved threshold is not shown: {err}", stacklevel=2)
         return None
-
-
-def chosen_threshold(r: RunView, t: float, rule: str, costs, pixel: float, counts: dict):
-    """The threshold `t` chosen in the explorer on run `r` (`rule`: "explorer" or
-    "cost-optimal"), with what it was chosen on and what it does there in its params."""
-    from anomaly.explorer.text import NEEDS
-
-    params = {
-        "cost_false_reject": costs[0],
-        "cost_escape": costs[1],
-        "pixel_threshold": pixel,
-        "method": r.pred.method,
-        "n_images": len(r.pred),
-        "in_sample": True,  # counted on the images it was chosen on
-        **{k: counts[k] for k in ("tp", "fp", "tn", "fn")},
-        # a rate whose images are missing was not measured: left out, not saved as 0
-        **{k: counts[k] for k in NEEDS if r.missing not in NEEDS[k]},
-    }
-    if data := other_data(r.pred, r.folder):  # another data set's images, not the run's
-        params["chosen_on_data"] = data
-    return Threshold(t, rule, params)
-
-
-class ThresholdChanged(ValueError):
-    """The folder's saved threshold is not the one a page read (`check_unchanged`)."""
-
-    def __init__(self, message: str, now: Threshold | None) -> None:
-        super().__init__(message)
-        self.now = now
-
-
-def check_unchanged(folder: Path, shown: Threshold | None) -> None:
-    """ThresholdChanged (with the threshold saved now) unless the folder still holds `shown`,
-    the threshold a page read or saved: another command or page saved one since, which a save
-    would replace unseen."""
-    now = read_threshold(folder)
-    if (now is None) == (shown is None) and (
-        now is None or (now.value, now.rule) == (shown.value, shown.rule)
-    ):
-        return
-    holds = "none" if now is None else f"{now.value:.6g} ({now.rule})"
-    raise ThresholdChanged(
-        f"{threshold_path(folder)} changed since this page read it: it holds {holds} now, "
-        "saved by another command or page. It is shown now; save again to replace it",
-        now,
-    )
-
-
-def write_threshold(folder: Path, threshold: Threshold) -> Path:
-    folder = threshold_home(folder)
-    if RunDir(folder).is_run():  # a run's threshold records its model: none, none saved
-        RunDir(folder).require_model("explore").drop_stale_calibration()
-        method, chosen_by = RunDir(folder).config().method, threshold.params.get("method")
-        if chosen_by and chosen_by != method:  # Predictions of another model (run_dirs=)
-            raise ValueError(
-                f"this threshold was chosen on the scores of a {chosen_by} model, and {folder} "
-                f"is a {method} run: its scores are on another scale, so it would mean nothing "
-                "there. Pass that run's own Predictions with run_dirs="
-            )
-    folder.mkdir(parents=True, exist_ok=True)
-    return RunDir(folder).save_threshold(threshold)
 
 
 @dataclass

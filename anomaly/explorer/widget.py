@@ -17,15 +17,11 @@ import numpy as np
 from anomaly.decision import cost_optimum, counts_at, cross_validated_cost
 from anomaly.explorer.gallery import Gallery, png
 from anomaly.explorer.report import draw_histogram, is_report, report_html, snapshot_figure
-from anomaly.explorer.runs import (
-    RunView,
+from anomaly.explorer.runs import RunView, collect_runs, prepare, threshold_home, threshold_path
+from anomaly.explorer.saving import (
     ThresholdChanged,
     check_unchanged,
     chosen_threshold,
-    collect_runs,
-    prepare,
-    threshold_home,
-    threshold_path,
     write_threshold,
 )
 from anomaly.explorer.text import (
