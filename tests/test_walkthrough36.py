@@ -862,3 +862,27 @@ def test_the_explorer_refuses_runs_on_other_data_whose_images_only_share_names(
     with pytest.raises(ValueError, match="share names but not contents"):
         ThresholdExplorer([runs["a"], runs["b"]])
     assert len(ThresholdExplorer([runs["a"], runs["c"]]).runs) == 2  # a copy of the data: matched
+
+
+def test_of_two_explorer_pages_saving_at_once_the_second_is_refused(
+    scored_ae_run, tmp_path, monkeypatch
+):
+    """Both pages' saves said 'saved' when released within ~5 ms, and one value was lost: the
+    check and the write were not under the run's lock."""
+    from helpers import copy_run
+
+    from anomaly import ThresholdExplorer
+    from anomaly.explorer import widget
+    from anomaly.explorer.saving import ThresholdChanged
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    first, second = ThresholdExplorer([run]), ThresholdExplorer([run])
+    first.slider.value = first.slider.value * 1.01 + 0.01
+    first.save_threshold()
+    kept = RunDir(run).threshold().value
+    monkeypatch.setattr(widget, "check_unchanged", lambda *args: None)  # the page's own check
+    second.slider.value = second.slider.value * 0.99  # passed before the first save landed
+    with pytest.raises(ThresholdChanged):
+        second.save_threshold()
+    assert RunDir(run).threshold().value == kept

@@ -61,16 +61,26 @@ def check_unchanged(folder: Path, shown: Threshold | None) -> None:
     )
 
 
-def write_threshold(folder: Path, threshold: Threshold) -> Path:
-    folder = threshold_home(folder)
-    if RunDir(folder).is_run():  # a run's threshold records its model: none, none saved
-        RunDir(folder).require_model("explore").drop_stale_calibration()
-        method, chosen_by = RunDir(folder).config().method, threshold.params.get("method")
+_UNSEEN = object()  # write_threshold's `shown` when the caller read no threshold to compare
+
+
+def write_threshold(folder: Path, threshold: Threshold, shown=_UNSEEN) -> Path:
+    """Save `threshold` as `folder`'s (its run's: `threshold_home`); in a run, under its lock
+    and only while it still holds `shown` (`check_unchanged`; a page's), so that of two pages
+    saving at once the second is refused, not both told "saved" with one value lost."""
+    home = threshold_home(folder)
+    if not RunDir(home).is_run():
+        home.mkdir(parents=True, exist_ok=True)
+        return RunDir(home).save_threshold(threshold)
+    with RunDir(home).lock("explore"):
+        if shown is not _UNSEEN:
+            check_unchanged(folder, shown)
+        RunDir(home).require_model("explore").drop_stale_calibration()
+        method, chosen_by = RunDir(home).config().method, threshold.params.get("method")
         if chosen_by and chosen_by != method:  # Predictions of another model (run_dirs=)
             raise ValueError(
-                f"this threshold was chosen on the scores of a {chosen_by} model, and {folder} "
+                f"this threshold was chosen on the scores of a {chosen_by} model, and {home} "
                 f"is a {method} run: its scores are on another scale, so it would mean nothing "
                 "there. Pass that run's own Predictions with run_dirs="
             )
-    folder.mkdir(parents=True, exist_ok=True)
-    return RunDir(folder).save_threshold(threshold)
+        return RunDir(home).save_threshold(threshold)

@@ -421,7 +421,7 @@ class ThresholdExplorer:
 
     def _save(self, threshold: Threshold) -> Path:
         r, t = self.run, threshold.value
-        path = write_threshold(r.folder, threshold)
+        path = write_threshold(r.folder, threshold, r.saved)  # under the run's lock
         r.saved = threshold
         r.scale = type(r.scale)(r.scale.floor, self.pixel_threshold)
         self.status.value = (
