@@ -886,3 +886,13 @@ def test_of_two_explorer_pages_saving_at_once_the_second_is_refused(
     with pytest.raises(ThresholdChanged):
         second.save_threshold()
     assert RunDir(run).threshold().value == kept
+
+
+def test_the_explorer_page_says_why_it_cannot_show_its_runs(tmp_path, monkeypatch):
+    """A run moved after `explore` started gave colleagues Voila's 'There was an error when
+    executing cell [1]' only; the reason was in the server's terminal."""
+    from anomaly.explorer import server
+
+    monkeypatch.setenv(server.RUNS_ENV, str(tmp_path / "gone"))
+    page = server.app()
+    assert "cannot show these runs" in page.data and "gone" in page.data

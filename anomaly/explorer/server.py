@@ -54,7 +54,16 @@ def app():
         )
     from anomaly.explorer.widget import ThresholdExplorer
 
-    return ThresholdExplorer(runs)
+    try:
+        return ThresholdExplorer(runs)
+    except (ValueError, OSError) as err:  # the reason on the page, not Voila's "an error"
+        import html
+
+        from IPython.display import HTML
+
+        return HTML(
+            f"<p style='color:#c62828'>The explorer cannot show these runs: {html.escape(str(err))}</p>"
+        )
 
 
 def app_notebook() -> Path:
