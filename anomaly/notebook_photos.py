@@ -218,11 +218,15 @@ def held_out_threshold(run: Path, alpha: float):
     from anomaly.calibration import set_threshold
     from anomaly.metrics import conformal_n_needed, smallest_alpha
 
-    split = RunDir(run).split() or {}
+    rd = RunDir(run)
+    split, scored = rd.split() or {}, rd.val_scores().get("paths") or []  # (no empty frames)
     train, digests = split.get("train") or [], split.get("sha256") or []
-    learned = set(digests[: len(train)])
-    n = len({d for d in digests[len(train) :] if d not in learned})
-    if digests and n < conformal_n_needed(alpha):
+    learned, of = (
+        set(digests[: len(train)]),
+        dict(zip(split.get("val") or [], digests[len(train) :])),
+    )
+    n = len({of[p] for p in scored if p in of and of[p] not in learned})
+    if digests and 0 < n < conformal_n_needed(alpha):  # (none: set_threshold says why)
         wider = float(smallest_alpha(n))
         print(
             f"{n} of the held-out photos are distinct and not copies of training photos: too few "

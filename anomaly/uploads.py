@@ -105,20 +105,24 @@ def _refused_file(x, name: str) -> bytes | None:
 
 
 def _file_bytes(x) -> bytes | None:
-    """The bytes of the file a PIL image was opened from (its open file, else its file name),
-    or None."""
-    fp = getattr(x, "fp", None)
-    try:
-        if fp is not None and hasattr(fp, "seek"):
-            with _READING:  # one image given to calls in several threads: one file position
+    """The bytes of the file a PIL image was opened from: its open file (`fp`; once decoded,
+    Pillow 13 keeps it as `_fp`: an upload opened from memory has no file name), else its file
+    name; None when neither reads."""
+    for fp in (getattr(x, "fp", None), getattr(x, "_fp", None)):
+        try:  # (a closed image's is Pillow's DeferredError, which raises on any attribute)
+            with _READING:  # one image given to calls in several threads: one position
                 where = fp.tell()
                 fp.seek(0)
                 data = fp.read()
                 fp.seek(where)
-            return data if isinstance(data, bytes) else None
-        name = getattr(x, "filename", "")
+        except (OSError, ValueError, AttributeError):  # none, closed, or not seekable
+            continue
+        if isinstance(data, bytes) and data:
+            return data
+    name = getattr(x, "filename", "")
+    try:
         return Path(name).read_bytes() if isinstance(name, str) and name else None
-    except (OSError, ValueError):  # closed, not seekable after all, or gone
+    except OSError:  # gone
         return None
 
 

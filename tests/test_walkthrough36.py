@@ -745,6 +745,11 @@ def test_held_out_images_all_copies_of_training_ones_are_refused_by_their_cause(
         assert main(["threshold", "--run", str(tmp_path / "run"), "--rule", *rule]) == 2
         said = capsys.readouterr().err
         assert "held-out images is a copy of a training image" in said and "alpha" not in said
+    from anomaly.notebook_photos import held_out_threshold
+    from anomaly.runs import RunError
+
+    with pytest.raises(RunError, match="is a copy of a training image"):  # notebook 07's cell
+        held_out_threshold(tmp_path / "run", 0.05)
 
 
 def test_log_lines_shares_stdout_only_with_a_real_file_of_stderr(tmp_path):
@@ -896,3 +901,53 @@ def test_the_explorer_page_says_why_it_cannot_show_its_runs(tmp_path, monkeypatc
     monkeypatch.setenv(server.RUNS_ENV, str(tmp_path / "gone"))
     page = server.app()
     assert "cannot show these runs" in page.data and "gone" in page.data
+
+
+def test_an_animation_decoded_from_memory_is_refused_as_its_file_is(scored_ae_run, tiny_cookies):
+    """`Image.open(io.BytesIO(upload)).load()`, a service's usual upload, of an animation was
+    scored as its first frame: once decoded, Pillow keeps the stream as `_fp`, not `fp`."""
+    import io
+
+    from PIL import Image
+
+    import anomaly
+
+    frame = Image.open(min((tiny_cookies / "test" / "good").glob("*.png"))).convert("RGB")
+    for kind in ("GIF", "PNG", "TIFF"):
+        data = io.BytesIO()
+        frame.save(data, kind, save_all=True, append_images=[frame.rotate(90)])
+        im = Image.open(io.BytesIO(data.getvalue()))
+        im.load()
+        (result,), _ = anomaly.predict_images(scored_ae_run, [im], overlays=False)
+        assert "score" not in result and ("frames" in result["error"] or "pages" in result["error"])
+
+
+def test_the_explorer_saves_predictions_into_a_new_run_dirs_folder(scored_ae_run, tmp_path):
+    """The check that the page's run was not moved refused a run_dirs= folder that did not
+    exist yet ('holds no model.pt now: the run was moved'), where Save is documented to go."""
+    from anomaly import ThresholdExplorer
+    from anomaly.detectors import Predictions
+
+    pred = Predictions.load(scored_ae_run / "predictions.npz")
+    page = ThresholdExplorer(pred, run_dirs=tmp_path / "new")
+    assert page.save_threshold() == tmp_path / "new" / "threshold.json"
+
+
+def test_the_explorer_on_a_score_out_folder_sees_its_run_trained_again(
+    scored_ae_run, tiny_cookies, tmp_path
+):
+    """A page on `score --out FOLDER` whose run was trained again saved the earlier model's
+    threshold into FOLDER, where predict never reads it (its run was looked up anew at save
+    time, and no longer matched)."""
+    from helpers import copy_run
+
+    from anomaly import ThresholdExplorer
+    from anomaly.pipeline import score_run
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    score_run(run, data=tiny_cookies, out=tmp_path / "out", overlays=False)
+    page = ThresholdExplorer([tmp_path / "out"])
+    (run / "model.pt").write_bytes((run / "model.pt").read_bytes() + b"\0")  # trained again
+    with pytest.raises(ValueError, match="trained again"):
+        page.save_threshold()
+    assert not (tmp_path / "out" / "threshold.json").exists()

@@ -24,6 +24,7 @@ from anomaly.overlays import EvidenceScale, run_scale
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import load_record, sha256_file
 from anomaly.terminal import shell_word
+from anomaly.threshold_file import MODEL_RECORD, model_sha256
 
 
 def load_run_predictions(run: str | Path) -> Predictions:
@@ -331,6 +332,8 @@ class RunView:
     image_note: str  # what was not read, and why ("" when every image was found)
     threshold: float | None = None  # last threshold shown for this run
     pixel_threshold: float | None = None
+    home: Path | None = None  # where its threshold lives (`threshold_home`), as the page opened
+    made_by: str | None = None  # its scores' model.pt SHA-256, where that run's model made them
 
     @property
     def label(self) -> str:
@@ -381,7 +384,18 @@ def prepare(name: str, pred: Predictions, folder: Path | None) -> RunView:
         saved,
         files,
         f"{note}; maps shown without them" if note else "",
+        home=(home := threshold_home(folder) if folder else None),
+        made_by=_made_by(pred, home),
     )
+
+
+def _made_by(pred: Predictions, home: Path | None) -> str | None:
+    """The SHA-256 its predictions record of their model, where `home`'s model.pt is that model
+    as the page opens (a run's own page; not Predictions given run_dirs= of another, or a new
+    folder): a save then checks that the run was not moved or trained again meanwhile."""
+    made = pred.meta.get(MODEL_RECORD)
+    model = RunDir(home).file(RunDir.MODEL) if home is not None else None
+    return made if made and model is not None and model_sha256(model) == made else None
 
 
 def _sample_good(pred: Predictions) -> np.ndarray:

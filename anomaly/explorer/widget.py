@@ -17,7 +17,7 @@ import numpy as np
 from anomaly.decision import cost_optimum, counts_at, cross_validated_cost
 from anomaly.explorer.gallery import Gallery, png
 from anomaly.explorer.report import draw_histogram, is_report, report_html, snapshot_figure
-from anomaly.explorer.runs import RunView, collect_runs, prepare, threshold_home, threshold_path
+from anomaly.explorer.runs import RunView, collect_runs, prepare, threshold_path
 from anomaly.explorer.saving import (
     ThresholdChanged,
     check_unchanged,
@@ -34,7 +34,7 @@ from anomaly.explorer.text import (
 from anomaly.metrics import Threshold
 from anomaly.runs import RunDir
 from anomaly.safe_files import RunError, _atomic
-from anomaly.threshold_file import MODEL_RECORD, check_page_model
+from anomaly.threshold_file import check_page_model
 
 # One halving is one draw: the cookie benchmark's patchknn run (140 images, costs 1 and 10)
 # read 61 on the first, 32-61 over 21 (median 40). Odd: the median is one of them.
@@ -433,9 +433,8 @@ class ThresholdExplorer:
         return path
 
     def _check_model(self) -> None:
-        if (folder := self.run.folder) is not None:
-            home, made_by = threshold_home(folder), self.run.pred.meta.get(MODEL_RECORD)
-            check_page_model(RunDir(home).file(RunDir.MODEL), made_by, home)
+        if (home := self.run.home) is not None and self.run.made_by:
+            check_page_model(RunDir(home).file(RunDir.MODEL), self.run.made_by, home)
 
     def _on_save(self, _button) -> None:
         try:
