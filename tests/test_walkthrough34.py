@@ -43,7 +43,7 @@ def test_explore_prints_its_url_once_the_server_answers(monkeypatch, capsys):
         f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(3)"
     )
     fails = "import sys; sys.exit(3)"
-    monkeypatch.setattr("anomaly.explorer.runs.collect_runs", lambda runs: None)
+    monkeypatch.setattr("anomaly.explorer.runs.collect_runs", lambda runs: ({}, {}))
     for child, code, shown in ((listens, 0, True), (fails, 3, False)):
         cmd = [sys.executable, "-c", child, f"--port={port}", "--token=t"]
         monkeypatch.setattr(

@@ -951,3 +951,29 @@ def test_the_explorer_on_a_score_out_folder_sees_its_run_trained_again(
     with pytest.raises(ValueError, match="trained again"):
         page.save_threshold()
     assert not (tmp_path / "out" / "threshold.json").exists()
+
+
+def test_explore_refuses_runs_its_page_cannot_draw_before_serving(tmp_path, monkeypatch):
+    """Scores spanning +-1e308 passed `explore`'s check (the runs load), and the page then
+    showed only an error: it is refused before the server starts."""
+    import numpy as np
+
+    from anomaly.detectors import Predictions
+    from anomaly.explorer import server
+
+    n = 4
+    pred = Predictions(
+        [f"/x/{i}.png" for i in range(n)],
+        [0, 0, 1, 1],
+        ["good", "good", "crack", "crack"],
+        np.array([-1e308, 0.0, 1.0, 1e308]),
+        np.zeros((n, 8, 8), np.float32),
+    )
+    pred.save(tmp_path / "wide.npz")
+
+    def started(*args, **kwargs):
+        raise AssertionError("the server was started")
+
+    monkeypatch.setattr(server.subprocess, "Popen", started)
+    with pytest.raises(ValueError):
+        server.serve([str(tmp_path / "wide.npz")], port=8931, block=False)

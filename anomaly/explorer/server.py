@@ -232,10 +232,12 @@ def serve(
     """
     cmd, env = voila_command(run_dirs, port, open_browser, host=host, cull_idle_s=cull_idle_s)
     check_port_free(port, host)
-    from anomaly.explorer.runs import collect_runs
+    from anomaly.explorer.runs import collect_runs, prepare
 
-    # the page would show only a blank error for runs it cannot read or compare: refuse them here
-    collect_runs(json.loads(env[RUNS_ENV]))
+    # the page would show only an error for runs it cannot read, compare or draw: refused here
+    preds, dirs = collect_runs(json.loads(env[RUNS_ENV]))
+    for name, pred in preds.items():
+        prepare(name, pred, dirs[name])
     url = f"Threshold explorer: {page_url(cmd, host)}  (Ctrl+C to stop)\n{how_to_share(port, host)}"
     proc = subprocess.Popen(cmd, env=env)
     if not block:
