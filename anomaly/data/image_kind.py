@@ -339,15 +339,19 @@ def image_kind(path: str | Path, peak: bool = False) -> dict | None:
             peak = _peak(im) if peak and bits == 16 and mode[0] == "I" else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
-    grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
     return {
-        "colour": not grey,
+        "colour": not grey_mode(mode),
         "bits": bits,
         "aspect": width / max(height, 1),
         "side": min(width, height),
         "transparent": see_through,
         **({"peak": peak} if peak is not None else {}),
     }
+
+
+def grey_mode(mode: str) -> bool:
+    """Whether a Pillow image mode holds one grey channel (with alpha, LA, or without)."""
+    return mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
 
 
 def _tiff_bits(im: Image.Image) -> int:

@@ -23,6 +23,7 @@ from anomaly.data.image_kind import (
     SMALL_FACTOR,
     TURNED,
     bits_words,
+    grey_mode,
     how_scaled,
     image_kind,
     open_image,
@@ -43,7 +44,7 @@ def grey_pixels(path) -> bool:
         return False
     try:
         with open_image(path) as im:
-            if im.mode in ("1", "L", "LA", "La", "I", "F") or im.mode.startswith("I;16"):
+            if grey_mode(im.mode):
                 return True
             a = np.asarray(im.convert("RGB"))
     except (OSError, ValueError):  # a DataError too: whoever scores it says why
