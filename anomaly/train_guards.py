@@ -7,12 +7,12 @@ object the resumed training is given, writes config.json (more epochs, another p
 or --workers, the data's new place) and the resuming versions only with the first new epoch's
 files.
 
-Which good images a new run holds out for its default threshold is decided here too
-(`new_split`: kmeans, and patchknn or flow on an `encoder:RUN` backbone, hold out their source
-run's held-out images, never one that run's encoder learned), auto is refused too few images (`check_split`), and what that threshold cannot say is
-warned about (`warn_held_out`: held-out images that are copies of training images;
-`warn_degenerate`: held-out scores with no spread). `anomaly.pipeline.train_run` is the entry
-point; this module keeps pipeline.py readable.
+Which good images a new run holds out for its default threshold is decided here too (`new_split`:
+kmeans, and patchknn or flow on an `encoder:RUN` backbone, hold out their source run's held-out
+images, never one that run's encoder learned), auto is refused too few images (`check_split`), and
+what that threshold cannot say is warned about (`warn_held_out`: held-out images that are copies of
+training images; `warn_degenerate`: held-out scores with no spread). `anomaly.pipeline.train_run`
+is the entry point; this module keeps pipeline.py readable.
 """
 
 from __future__ import annotations
@@ -194,7 +194,8 @@ class ResumeWrites:
 def new_split(config: Config, paths: list[str]) -> tuple[list[int], list[int]]:
     """The (train, held-out) indices of train/good's `paths` for a new run: split by the run's
     seed, except for a run built on another's encoder (kmeans' `--from`, an `encoder:` backbone),
-    which holds out that run's held-out images (`source_held_out`) whatever its seed, so that no image its encoder learned is held out."""
+    which holds out that run's held-out images (`source_held_out`) whatever its seed, so that no
+    image its encoder learned is held out."""
     if len(paths) == 1:
         plain = not os.path.isdir(os.path.join(config.data, "train"))
         where = "of good/, the test's share left one image" if plain else "train/good holds one"
@@ -213,9 +214,10 @@ def _source_of(config: Config) -> tuple[str, str]:
     """The run whose learned model a new run builds on, and the flag that names it: kmeans'
     `--from RUN`, or patchknn's and flow's `--backbone encoder:RUN` (an encoder trained on
     that run's images is part of this model); ("", "") for a run of its own."""
-    if config.method == "kmeans" and config.source_run:
+    source = builds_on(config.method, config.backbone)  # which methods: one place
+    if source == "--from" and config.source_run:
         return config.source_run, f"--from {shell_word(config.source_run)}"
-    if config.method in ("patchknn", "flow") and config.backbone.startswith("encoder:"):
+    if source == "encoder":
         return config.backbone.split(":", 1)[1], f"--backbone {shell_word(config.backbone)}"
     return "", ""
 
@@ -252,10 +254,10 @@ def holds_out_source(config: Config) -> bool:
 
 
 def source_pool(config: Config) -> dict | None:
-    """kmeans (or an `encoder:` backbone) in the plain layout: the images of its source run's split (moved to
-    `config.data`) found in config.data's good/ with the same bytes (split.json's SHA-256s,
-    where recorded), else None (other data: split by the holdout rule). Those are the images
-    kmeans may learn: its source's test images are its test images too, however many good
+    """kmeans (or an `encoder:` backbone) in the plain layout: the images of its source run's split
+    (moved to `config.data`) found in config.data's good/ with the same bytes (split.json's
+    SHA-256s, where recorded), else None (other data: split by the holdout rule). Those are the
+    images kmeans may learn: its source's test images are its test images too, however many good
     images were added since. Nothing outside good/ is read."""
     data = os.path.abspath(config.data)
     plain = os.path.isdir(os.path.join(data, "good")) and not os.path.isdir(
@@ -293,11 +295,10 @@ def _still_here(split: dict, allowed) -> list[bool]:
 def source_held_out(config: Config, paths: list[str]) -> set[int] | None:
     """kmeans (or an `encoder:` backbone): the indices in `paths` of its source run's held-out
     images. An image that run's encoder learned must not be held out (the default threshold, and
-    any conformal one, would rest on an image the model knows), so the new run trains on
-    everything else (the source's
-    training images, and images added since). None (split by seed, with a warning) when the
-    source run recorded no split, or none of its images is in `config.data` (other data:
-    `warn_held_out` then names held-out images that are copies of ones it learned)."""
+    any conformal one, would rest on an image the model knows), so the new run trains on everything
+    else (the source's training images, and images added since). None (split by seed, with a
+    warning) when the source run recorded no split, or none of its images is in `config.data`
+    (other data: `warn_held_out` then names held-out images that are copies of ones it learned)."""
     found = _source_split(config)
     if found is None:
         if flag := _source_of(config)[1]:
