@@ -215,27 +215,21 @@ def held_out_threshold(run: Path, alpha: float):
     """The conformal threshold on the run's held-out photos at `alpha`, or, where their distinct
     photos the model did not learn are too few for it (copies of training photos do not count),
     at the smallest alpha they allow, said: (threshold, the alpha it guarantees)."""
-    from anomaly.calibration import set_threshold
+    from anomaly.calibration import good_scores, set_threshold
     from anomaly.metrics import conformal_n_needed, smallest_alpha
 
     rd = RunDir(run)
-    split, scored = rd.split() or {}, rd.val_scores().get("paths") or []  # (no empty frames)
-    train, digests = split.get("train") or [], split.get("sha256") or []
-    learned, of = (
-        set(digests[: len(train)]),
-        dict(zip(split.get("val") or [], digests[len(train) :])),
-    )
-    n = len({of[p] for p in scored if p in of and of[p] not in learned})
-    if digests and 0 < n < conformal_n_needed(alpha):  # (none: set_threshold says why)
-        wider = float(smallest_alpha(n))
-        print(
-            f"{n} of the held-out photos are distinct and not copies of training photos: too few "
-            f"for alpha {alpha:g} (it needs {conformal_n_needed(alpha)}); set at {wider:g}, the "
-            "smallest they allow"
-        )
-        alpha = wider
     with warnings.catch_warnings():  # its copies: counted in the threshold's own words
         warnings.simplefilter("ignore", UserWarning)
+        n = good_scores(rd, None)[2]["n"]  # the held-out images `set_threshold` counts
+        if (rd.split() or {}).get("sha256") and n < conformal_n_needed(alpha):
+            wider = float(smallest_alpha(n))
+            print(
+                f"{n} of the held-out photos are distinct and not copies of training photos: "
+                f"too few for alpha {alpha:g} (it needs {conformal_n_needed(alpha)}); set at "
+                f"{wider:g}, the smallest they allow"
+            )
+            alpha = wider
         return set_threshold(run, "conformal", alpha), alpha
 
 
