@@ -22,7 +22,7 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
 from anomaly.cli_predict import StdoutGone, run_predict
 from anomaly.config import READ_BY, Config, builds_on, flag_of, ignored_by
 from anomaly.safe_files import InUse, RunError
-from anomaly.terminal import log_lines, shell_word, visible
+from anomaly.terminal import is_terminal, log_lines, shell_word, visible
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
@@ -268,7 +268,7 @@ def _one_line_warnings(previous):
             # on a line of its own, not after a progress bar's: tqdm clears the bar and draws
             # it again below; in a log (no terminal) the cleared bar's line is ended first
             out, bars = file or sys.stderr, getattr(tqdm, "_instances", ())
-            new_line = "\n" * bool(bars and not (hasattr(out, "isatty") and out.isatty()))
+            new_line = "\n" * bool(bars and not is_terminal(out))
             tqdm.write(f"{new_line}warning: {visible(str(message))}", file=out)
         else:
             previous(message, category, filename, lineno, file, line)

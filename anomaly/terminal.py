@@ -90,10 +90,12 @@ def log_lines(stream, out=None):
     """(`stream`, `out`): stderr as `LogLines` where it is not a terminal (a log file, a pipe),
     and stdout too where it goes to the same file, sharing its state and written line by line
     (else a block of stdout's lines reached the file after stderr's later ones); else as given."""
-    if stream is None or _tty(stream):
+    if stream is None or is_terminal(stream):
         return stream, out
     err = LogLines(stream)
-    shared = isinstance(out, io.TextIOWrapper) and not _tty(out) and _file_of(out) is not None
+    shared = (
+        isinstance(out, io.TextIOWrapper) and not is_terminal(out) and _file_of(out) is not None
+    )
     if not (shared and _file_of(out) == _file_of(stream)):
         # (a notebook's stream shares the kernel's descriptors, not a file with its stderr)
         return err, out
@@ -102,7 +104,8 @@ def log_lines(stream, out=None):
     return err, LogLines(out, err._after_bar)
 
 
-def _tty(stream) -> bool:
+def is_terminal(stream) -> bool:
+    """Whether `stream` writes to a terminal (not a log file, a pipe, a notebook)."""
     isatty = getattr(stream, "isatty", None)
     return bool(callable(isatty) and isatty())
 
