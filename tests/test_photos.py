@@ -180,3 +180,21 @@ def test_more_test_images_from_the_command_line_keep_the_first_ones(tmp_path, mo
     assert len([k for k in b if k.startswith("page/test/good/")]) == 3
     shared = [k for k in a if k != "manifest.json"]
     assert shared and all(a[k] == b[k] for k in shared)
+
+
+def test_no_crop_twice_among_a_splits_images_of_one_kind(tmp_path):
+    # coins' 12 training coins hold 81 positions each: 80 crops drawn with replacement gave 4
+    # byte-identical pairs (generator 1.1), and held-out copies of training images
+    manifest = make_photos(tmp_path, seed=0, sets=["coins"])
+    images = manifest["sets"]["coins"]["images"].values()
+    drawn = [(e["split"], e["kind"], tuple(e["crop"]), e["transform"]) for e in images]
+    assert len(drawn) == 80 + 25 + 7 * len(manifest["sets"]["coins"]["defect_kinds"])
+    assert len(set(drawn)) == len(drawn)
+    train = [tmp_path / "coins" / rel for rel, e in manifest["sets"]["coins"]["images"].items()]
+    assert len({p.read_bytes() for p in train if "train" in p.parts}) == 80
+
+
+def test_more_images_than_a_split_holds_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"coins: its train regions hold at most 972 distinct"):
+        make_photos(tmp_path, sets=["page", "coins"], train=973)  # page first: it has room
+    assert not any(tmp_path.iterdir())  # refused before any file is written

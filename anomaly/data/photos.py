@@ -5,7 +5,8 @@ sample photos, scikit-learn's `load_sample_images` and matplotlib's sample data,
 installed packages (nothing is downloaded). Each set takes one photo and cuts it into crops:
 training crops from one part of the photo, test crops from another part, with a gap between, at
 random positions (and, where the subject has no fixed orientation, random flips and quarter
-turns). Normal variation is therefore real: no test image repeats a pixel a training image saw.
+turns). Normal variation is therefore real: no test image repeats a pixel a training image saw,
+and no crop is drawn twice among a split's images of one kind.
 Defective test crops get one drawn defect each (see `anomaly.data.photos_defects`): scratches,
 stains, foreign material, holes, discolouration and local blur, from 0.1 % to 5 % of the image.
 
@@ -36,7 +37,8 @@ from anomaly.data.photos_defects import KINDS, add_defect
 from anomaly.data.photos_sets import DIHEDRAL, SETS, SOURCES, PhotoSet, load_photo  # noqa: F401
 
 GENERATOR = "anomaly.data.photos.make_photos"
-GENERATOR_VERSION = "1.1"  # 1.1: coin boxes inside the photo
+# 1.1: coin boxes inside the photo; 1.2: no crop (box and transform) twice in a split's kind
+GENERATOR_VERSION = "1.2"
 COUNTS = {"train": 80, "good": 25, "defect": 7}  # train/good, test/good, test per defect kind
 TINY = {"train": 6, "good": 3, "defect": 1}
 # images of one kind per set: crops of one photo repeat long before this (a typo of 1e8 made
@@ -87,6 +89,34 @@ def _sample_crop(rng: np.random.Generator, spec: PhotoSet, split: str):
     return (x, y, x + spec.crop, y + spec.crop), str(rng.choice(spec.transforms))
 
 
+def _check_room(spec: PhotoSet, split: str, wanted: int) -> None:
+    """Refused where the split's regions hold fewer distinct crops (box and transform) than
+    `wanted` (coins' 12 training coins hold 972: asking for more would repeat
+    images, and a held-out copy of a training image makes a threshold look tighter than it is)."""
+    regions = _positions(spec, spec.train if split == "train" else spec.test)
+    many = sum(nx * ny for _, _, nx, ny in regions) * len(spec.transforms)
+    if wanted > many:
+        raise ValueError(
+            f"photo set {spec.name}: its {split} regions hold at most {many} distinct crops, "
+            f"fewer than the {wanted} images asked for; ask for fewer (--train/--good/--defect)"
+        )
+
+
+def _new_crop(rng: np.random.Generator, spec: PhotoSet, split: str, seen: set):
+    """A crop box and transform of the split unlike those in `seen` (the earlier images of its
+    kind): drawn again, from the image's own generator, where it repeats one, so that an image
+    that repeats none is drawn as before."""
+    for _ in range(10_000):
+        box, code = _sample_crop(rng, spec, split)
+        if (box, code) not in seen:
+            seen.add((box, code))
+            return box, code
+    raise ValueError(
+        f"photo set {spec.name}: 10,000 draws found no {split} crop unlike the {len(seen)} "
+        "made before; ask for fewer images (--train/--good/--defect)"
+    )
+
+
 def _transform(a: np.ndarray, code: str) -> np.ndarray:
     a = np.rot90(a, k=int(code[1:]) // 90)
     return np.ascontiguousarray(a[:, ::-1] if code[0] == "m" else a)
@@ -118,11 +148,13 @@ def _make_set(root: Path, spec: PhotoSet, seed: int, counts: dict, size: int) ->
     jobs = [("train", "good", i) for i in range(counts["train"])]
     jobs += [("test", "good", i) for i in range(counts["good"])]
     jobs += [("test", kind, i) for kind in spec.kinds for i in range(counts["defect"])]
-    images = {}
+    # no crop twice among one split's images of one kind (a defect may fall on a good test
+    # image's crop); more images asked for therefore keep the first ones, byte for byte
+    images, seen = {}, {(split, kind): set() for split, kind, _ in jobs}
     for split, kind, i in jobs:
         kind_id = 0 if kind == "good" else 1 + KINDS.index(kind)
         rng = np.random.default_rng([seed, _set_id(spec.name), split == "test", kind_id, i])
-        box, code = _sample_crop(rng, spec, split)
+        box, code = _new_crop(rng, spec, split, seen[split, kind])
         image = render_crop(spec, box, code, size)
         rel = f"{split}/{kind}/{i:03d}.png"
         entry = {
@@ -232,6 +264,9 @@ def make_photos(
     if unknown:
         raise ValueError(f"unknown photo sets {unknown}; choose from {names}")
     chosen = [s for s in SETS if sets is None or s.name in sets]
+    for spec in chosen:  # before any file is written
+        _check_room(spec, "train", counts["train"])
+        _check_room(spec, "test", max(counts["good"], counts["defect"]))
     manifest = {
         "generator": GENERATOR,
         "generator_version": GENERATOR_VERSION,
