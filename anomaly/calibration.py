@@ -49,6 +49,7 @@ from anomaly.metrics import (
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import InUse, file_stamp, sha256_file
 from anomaly.terminal import printable, shell_word
+from anomaly.threshold_text import check_quantile
 
 THRESHOLD_RULES = ("manual", "normal-quantile", "conformal", "f1")
 NORMAL_SCORE_RULES = ("normal-quantile", "conformal")
@@ -349,7 +350,17 @@ def good_scores(
     return calibrate_on_folder(rd, folder, load_run(rd), alpha, images)
 
 
-def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None):
+def distinct_held_out(rd: RunDir, scores: np.ndarray) -> np.ndarray:
+    """The scores of val_scores.json that train's default threshold rests on: as `threshold
+    --rule` takes them (`_held_out`; `train_guards.warn_held_out` named the copies before
+    training), or `scores` where each held-out image is a copy of a training image."""
+    try:
+        return _held_out(rd, rd.val_scores(), rd.split() or {}, None, quiet=True)[0]
+    except RunError:
+        return scores
+
+
+def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None, quiet=False):
     """(scores, record) of the run's held-out good images, a copy among them counted once and a
     copy of a training image not at all (split.json's SHA-256s, where val_scores.json's images
     are among its held-out ones: train leaves empty frames out); the record holds those."""
@@ -377,7 +388,8 @@ def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None):
             f"each set in the data and train again, or set it on {FLAG} FOLDER"
         )
     more = f"Keep one of each set in the data and train again, or set it on {FLAG} FOLDER".format
-    _count_once(f"{rd}'s held-out images", len(paths), len(kept), copies, alpha, more, RunError)
+    if not quiet:
+        _count_once(f"{rd}'s held-out images", len(paths), len(kept), copies, alpha, more, RunError)
     scores = scores[kept]
     record = {"source": "held-out", "n": len(kept), "copies": len(paths) - len(kept)}
     return scores, {**record, "scores": [float(x) for x in scores]}
@@ -434,19 +446,7 @@ def set_threshold(
         rd.check_not_interrupted()  # a model from the middle of its training, or in use
         threshold = threshold_manual(value)
     elif rule == "normal-quantile":
-        q = value if value is not None else rd.config().threshold_quantile
-        if not 0.5 <= q <= 1.0:  # as train's --threshold-quantile
-            why = (
-                f"{q} would reject most of them"
-                if q < 0.5
-                else f"a quantile is at most 1; for the {q:g} % quantile, give {q / 100:g}"
-                if 50 <= q <= 100
-                else "a quantile is at most 1"
-            )
-            raise ValueError(
-                f"--value {q}: the quantile must be from 0.5 to 1.0 (a quantile q of good scores "
-                f"rejects about 1 - q of good parts: {why})"
-            )
+        q = check_quantile(value if value is not None else rd.config().threshold_quantile)
         paths, scores, record = good_scores(rd, good_images)
         with np.errstate(over="ignore", invalid="ignore"):  # checked below
             threshold = threshold_normal_quantile(scores, q=q)

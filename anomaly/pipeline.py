@@ -312,8 +312,10 @@ def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progre
             if threshold_file.drop_guarantee(old.params):
                 run.save_threshold(old)
             return
+    from anomaly.calibration import distinct_held_out  # as `threshold --rule` counts them
     from anomaly.metrics import threshold_normal_quantile  # sklearn: not for predict
 
+    scores = distinct_held_out(run, scores) if val is not None else scores
     threshold = threshold_normal_quantile(scores, q=detector.config.threshold_quantile)
     threshold.params["set_by"] = "train"
     if val is None:  # none held out: the scores of images the model learned (`few_held_out`)

@@ -211,3 +211,21 @@ def calibration_words(threshold: Threshold, scores_file: str | Path | None = Non
             "--good-images FOLDER"
         )
     return line
+
+
+def check_quantile(q: float) -> float:
+    """`q` for `threshold --rule normal-quantile --value q`: a ValueError saying why unless it is
+    from 0.5 to 1.0, as train's --threshold-quantile."""
+    if not 0.5 <= q <= 1.0:
+        why = (
+            f"{q} would reject most of them"
+            if q < 0.5
+            else f"a quantile is at most 1; for the {q:g} % quantile, give {q / 100:g}"
+            if 50 <= q <= 100
+            else "a quantile is at most 1"
+        )
+        raise ValueError(
+            f"--value {q}: the quantile must be from 0.5 to 1.0 (a quantile q of good scores "
+            f"rejects about 1 - q of good parts: {why})"
+        )
+    return q

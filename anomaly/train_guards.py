@@ -376,31 +376,35 @@ def warn_test_copies(run: RunDir, paths: list[str]) -> None:
 
 
 def warn_held_out(run: RunDir, config: Config, split: dict) -> None:
-    """Warn, naming them, about held-out images that are byte-identical to training images
-    (split.json's SHA-256s), or to images its source run's encoder learned (`_source_of`): the
-    default threshold set on them measures how the model scores what it learned, not new good
-    parts."""
+    """Warn, naming them, about held-out images byte-identical to training images (split.json's
+    SHA-256s; left out of the default threshold unless all are) or to images the source run's
+    encoder learned (`_source_of`; counted): they score as what the model learned."""
     n_train = len(split["train"])
     learned = learned_digests(split)
+    own = set(learned)  # copies of these are left out of the threshold (`distinct_held_out`)
     found = _source_split(config)
     if found is not None and len(found[1].get("sha256") or []) >= len(found[1]["train"]):
         source, theirs = found
         digests = theirs["sha256"][: len(theirs["train"])]
         for d, p in zip(digests, theirs["train"]):
             learned.setdefault(d, f"{p} (learned by {source})")
-    copies = [
-        (p, learned[d])
-        for p, d in zip(split["val"], split["sha256"][n_train:])
-        if isinstance(d, str) and d in learned
-    ]
+    held = zip(split["val"], split["sha256"][n_train:])
+    held = [(p, d) for p, d in held if isinstance(d, str) and d in learned]
+    copies = [(p, learned[d]) for p, d in held]
     if copies:
         pairs = named((f"{p} = {q}" for p, q in copies), 3, "; ")
         good = os.path.relpath(os.path.dirname(copies[0][0]), config.data).replace(os.sep, "/")
+        left_out = len(copies) < len(split["val"]) and {d for _, d in held} <= own
         warnings.warn(
             f"{run}: {len(copies)} of the {len(split['val'])} held-out images are byte-identical "
-            f"copies of training images ({pairs}), so the "
-            "default threshold, set on them, measures how the model scores images it learned, "
-            f"not new good parts, and will be too low. Remove the copies from {good}/, or "
+            f"copies of training images ({pairs}): their scores say how the model scores images "
+            "it learned, not new good parts, "
+            + (
+                "so the default threshold leaves them out and rests on the others. "
+                if left_out
+                else "and the default threshold, set on them too, will be too low. "
+            )
+            + f"Remove the copies from {good}/, or "
             f"set a threshold on other good images: `python -m anomaly threshold --run {shell_word(run)} "
             "--rule conformal --value 0.05 --good-images FOLDER`",
             stacklevel=3,

@@ -1,0 +1,40 @@
+"""Defects found in session 37, each with the test that failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+from helpers import tiny_config
+
+from anomaly.calibration import set_threshold
+from anomaly.pipeline import train_run
+
+
+def test_train_leaves_held_out_copies_of_training_images_out_of_its_threshold(
+    tiny_cookies, tmp_path
+):
+    # `threshold --rule normal-quantile` left held-out copies of training images out, train's
+    # own default threshold counted them: the two disagreed on the same run
+    data = tmp_path / "twins" / "train" / "good"
+    data.mkdir(parents=True)
+    for p in sorted((tiny_cookies / "train" / "good").iterdir()):
+        shutil.copy(p, data / p.name)
+        shutil.copy(p, data / f"twin-{p.name}")
+    run = tmp_path / "md"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_run(tiny_config(tmp_path / "twins", "meandiff", val_fraction=0.5), run, False)
+    split = json.loads((run / "split.json").read_text())
+    learned = set(split["sha256"][: len(split["train"])])
+    copies = sum(d in learned for d in split["sha256"][len(split["train"]) :])
+    assert 0 < copies < len(split["val"])  # some held-out images copy training ones, not all
+    said = "\n".join(str(w.message) for w in caught)
+    assert "the default threshold leaves them out and rests on the others" in said
+    trained = json.loads((run / "threshold.json").read_text())["value"]
+    chosen = set_threshold(run, "normal-quantile")
+    held = set(split["sha256"][len(split["train"]) :]) - learned  # copies among them: once
+    assert chosen.params["calibration"]["n"] == len(held)
+    assert np.isclose(trained, chosen.value, rtol=1e-12)
