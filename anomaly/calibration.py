@@ -253,7 +253,7 @@ def calibrate_on_folder(
         changed folder is told apart).
     """
     from anomaly.data.image_unlike import warn_unlike
-    from anomaly.pipeline import trained_images
+    from anomaly.build import trained_images
 
     folder = Path(folder)
     images = images if images is not None else good_images(folder, alpha)
@@ -345,7 +345,7 @@ def good_scores(
             )
         return None, *_held_out(rd, stored, split, alpha)
     images = good_images(folder, alpha)  # before the model is loaded: a quick refusal
-    from anomaly.pipeline import load_run
+    from anomaly.build import load_run
 
     return calibrate_on_folder(rd, folder, load_run(rd), alpha, images)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 # onnx_predict.py takes this file from an installed anomaly package only at this version or
 # later (else the copy beside it): raise it with every name onnx_predict.py starts to use
-CHECKS_VERSION = 4
+CHECKS_VERSION = 5
 
 import json
 import math
@@ -133,8 +133,7 @@ def foreign_parts(ops: set[tuple[str, str]], other: list[str]) -> str:
 
 def short_error(err: Exception) -> str:
     """onnxruntime's message of a graph that failed, without its codes, source file and C++
-    function: the node's op and what failed, control characters escaped, at most 200
-    characters."""
+    function: the node's op and what failed, control characters escaped, at most 200 chars."""
     text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(err))
     node = re.search(r"while running (\w+) node", text)
     text = re.sub(r"^\S+:\d+ .*?\) ", "", text.rpartition("Status Message: ")[2].strip())
@@ -303,8 +302,7 @@ RANGE_SLACK = 0.3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # files Windows puts in every folder of pictures: skipped without a word, as hidden ones are
 SYSTEM_FILES = frozenset(("thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"))
-# how copies still being made are named (browsers, FTP and copy tools, editors' backups):
-# skipped without a word too; a hot folder's `predict` every few seconds warned of each
+# copies still being made (browsers, FTP and copy tools, editors' backups): skipped too
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".download", "~")
 
 
@@ -317,11 +315,10 @@ def skipped_silently(name: str) -> bool:
 
 def unfinished(path, fmt: str) -> str | None:
     """Why the image file `path` of Pillow's format `fmt` is not yet whole, or None: it ends in
-    zero bytes (16 or more), and a JPEG's first picture has no end-of-image marker, a PNG no
-    IEND chunk. A camera or a copy that sets a file's size first and fills it in leaves such a
-    tail, which the decoders read as image data without a word (a part scored with its lower
-    70 % grey); a file padded with zeros after its end, or carrying other data after it (a
-    motion photo's video), is whole. Other formats: None."""
+    16+ zero bytes, and a JPEG's first picture has no end-of-image marker, a PNG no IEND chunk.
+    A camera or a copy that sets a file's size first and fills it in leaves such a tail, read
+    as image data without a word (a part scored with its lower 70 % grey); one padded with
+    zeros or other data (a motion photo's video) after its end is whole. Other formats: None."""
     if fmt not in ("JPEG", "MPO", "PNG"):
         return None
     with open(path, "rb") as f:
@@ -458,6 +455,22 @@ def not_a_file(path) -> str | None:
     if p.stat().st_size == 0:
         return f"{path} is empty (0 bytes); copy the image again, or delete it"
     return None
+
+
+def scrambled_planes(im) -> str | None:
+    """Why the opened `im` is refused: an uncompressed TIFF of over 8 bits a sample, its colour
+    planes one after another (PlanarConfiguration 2: scientific cameras), which Pillow 13 decodes
+    scrambled (a set's AUROC 1.0 read as 0.83); None for others (compressed, 8-bit: right)."""
+    tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+    planar = tags is not None and (tags.get(284), tags.get(259, 1)) == (2, 1)  # uncompressed
+    bits = tags.get(258, 8) if planar else 8
+    if max(bits if isinstance(bits, tuple) else (bits,)) <= 8:
+        return None
+    return (
+        "cannot read this image correctly (16-bit colour planes one after another, uncompressed: "
+        "this Pillow decodes them scrambled). Save it again with its colours interleaved "
+        "(tifffile: planarconfig='contig'), or compressed (Deflate), and use that file"
+    )
 
 
 FLAT = 0.999  # an image this much of one value (each channel) has nothing to inspect

@@ -54,7 +54,7 @@ def _sibling(name: str):
 try:  # the checks of the file and its input: in the package, or copied beside this file
     from anomaly import onnx_checks as _checks
 
-    if getattr(_checks, "CHECKS_VERSION", 0) < 4:  # an older package: the copy beside this
+    if getattr(_checks, "CHECKS_VERSION", 0) < 5:  # an older package: the copy beside this
         raise ImportError("anomaly.onnx_checks is older than this file")
 except ImportError:
     try:  # beside this file, in a package of yours or on its own
@@ -65,7 +65,7 @@ except ImportError:
                 import onnx_checks as _checks
             except ImportError:  # its folder not on sys.path (python -I, PYTHONSAFEPATH)
                 _checks = _sibling("onnx_checks")
-        if (found := getattr(_checks, "CHECKS_VERSION", 0)) < 4:
+        if (found := getattr(_checks, "CHECKS_VERSION", 0)) < 5:
             raise ImportError(f"{_checks.__file__}: version {found}, an older one")
     except ImportError as err:
         _NEEDS = (
@@ -182,7 +182,7 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
         )
     try:
         with Image.open(path) as im:
-            refused = _refused_frames(im, path)
+            refused = _refused_frames(im, path) or _checks.scrambled_planes(im)
             if refused is None:
                 if decode == "draft" and im.format in ("JPEG", "MPO"):  # MPO: several pictures
                     im.draft(im.mode, (draft or 2 * size, draft or 2 * size))

@@ -7,7 +7,8 @@ import shutil
 import warnings
 
 import numpy as np
-from helpers import tiny_config
+import pytest
+from helpers import deploy_copy, fresh_python, tiny_config
 
 from anomaly.calibration import set_threshold
 from anomaly.pipeline import train_run
@@ -38,3 +39,29 @@ def test_train_leaves_held_out_copies_of_training_images_out_of_its_threshold(
     held = set(split["sha256"][len(split["train"]) :]) - learned  # copies among them: once
     assert chosen.params["calibration"]["n"] == len(held)
     assert np.isclose(trained, chosen.value, rtol=1e-12)
+
+
+def test_the_exported_runner_refuses_a_16_bit_tiff_of_separate_colour_planes(tmp_path):
+    # the package refused it (session 36); onnx_predict.py, deployed without the package,
+    # decoded it scrambled and scored it
+    tifffile = pytest.importorskip("tifffile")
+    from anomaly.onnx_predict import ExportError, read_file
+
+    a = np.random.default_rng(0).integers(0, 65535, (3, 40, 50)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", a, photometric="rgb", planarconfig="separate")
+    with pytest.raises(ExportError, match=r"planar\.tif: cannot read this image correctly"):
+        read_file(tmp_path / "planar.tif", 64)
+    tifffile.imwrite(tmp_path / "contig.tif", a.transpose(1, 2, 0), photometric="rgb")
+    assert read_file(tmp_path / "contig.tif", 64).shape == (40, 50, 3)
+    here = deploy_copy(tmp_path / "deployed").parent
+    code = (
+        "import sys; sys.modules['anomaly'] = None; import onnx_predict\n"
+        "for name in ('contig.tif', 'planar.tif'):\n"
+        "    try:\n"
+        f"        print(onnx_predict.read_file({str(tmp_path)!r} + '/' + name, 64).shape)\n"
+        "    except onnx_predict.ExportError as err:\n"
+        "        print(err)"
+    )
+    done = fresh_python(code, here)
+    said = done.stdout.splitlines()
+    assert said[0] == "(40, 50, 3)" and "cannot read this image correctly" in said[1], done.stderr

@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from anomaly.data.files import IMAGE_EXTENSIONS, DataError
-from anomaly.onnx_checks import unfinished
+from anomaly.onnx_checks import scrambled_planes, unfinished
 
 ASPECT_FACTOR = 2.0  # an aspect ratio this many times off the training images' range is named
 # a photo whose orientation (portrait, landscape) is the other way from every training image's,
@@ -243,23 +243,6 @@ def open_image(path: str | Path, draft: int | None = None) -> Image.Image:
         im.close()
         raise DataError(f"{path}: {refused}")
     return im
-
-
-def scrambled_planes(im: Image.Image) -> str | None:  # (not in the exported runner yet)
-    """Why `im` is refused: an uncompressed TIFF of over 8 bits a sample, its colour planes one
-    after another (PlanarConfiguration 2: scientific cameras), which Pillow 13 decodes scrambled
-    (a set's AUROC 1.0 read as 0.83); None for others (compressed, 8-bit: decoded right)."""
-    tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
-    if tags is None or tags.get(284) != 2 or tags.get(259, 1) != 1:
-        return None
-    bits = tags.get(258, 8)
-    if max(bits if isinstance(bits, tuple) else (bits,)) <= 8:
-        return None
-    return (
-        "cannot read this image correctly (16-bit colour planes one after another, uncompressed: "
-        "this Pillow decodes them scrambled). Save it again with its colours interleaved "
-        "(tifffile: planarconfig='contig'), or compressed (Deflate), and use that file"
-    )
 
 
 def refused_frames(im: Image.Image, path) -> str | None:
