@@ -177,17 +177,21 @@ def staged(images) -> Iterator[tuple[object, dict[str, str]]]:
     if not any(map(is_upload, items)):
         yield images, {}
         return
-    folder = Path(tempfile.mkdtemp(prefix="anomaly-uploads-"))
+    from anomaly.data.image_kind import SHOWN_AS
+
+    folder, shown = Path(tempfile.mkdtemp(prefix="anomaly-uploads-")), {}
     try:
-        shown: dict[str, str] = {}
         for i, x in enumerate(items):
             if is_upload(x):
                 name = _given_name(x, i)
                 (folder / str(i)).mkdir()
                 items[i] = _write(x, folder / str(i) / _file_name(name), name)
                 shown[str(items[i])] = name
+        SHOWN_AS.update(shown)  # Pillow's warnings of a staged file name the upload
         yield items, shown
     finally:
+        for temp in shown:
+            SHOWN_AS.pop(temp, None)
         shutil.rmtree(folder, ignore_errors=True)
 
 

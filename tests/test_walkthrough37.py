@@ -65,3 +65,28 @@ def test_the_exported_runner_refuses_a_16_bit_tiff_of_separate_colour_planes(tmp
     done = fresh_python(code, here)
     said = done.stdout.splitlines()
     assert said[0] == "(40, 50, 3)" and "cannot read this image correctly" in said[1], done.stderr
+
+
+def test_pillows_warning_about_an_upload_names_the_upload_not_its_staged_file(
+    scored_ae_run, monkeypatch
+):
+    import io
+
+    from PIL import Image
+
+    import anomaly
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)  # 90,000 px: a bomb warning
+    said = []
+    for _ in range(2):  # a second upload of the same name (a service's) is named again
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(0).integers(0, 255, (300, 300), np.uint8)
+        Image.fromarray(pixels).save(buf, "PNG")
+        buf.seek(0)
+        buf.name = "line-7.png"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results, _ = anomaly.predict_images(scored_ae_run, [buf], overlays=False)
+        assert "score" in results[0]
+        said += [str(w.message) for w in caught if "exceeds limit" in str(w.message)]
+    assert len(said) == 2 and all(s.startswith("line-7.png: Image size") for s in said), said

@@ -179,13 +179,15 @@ def named_warnings(path):
 
 def warn_once(path, words: str, stacklevel: int = 3) -> None:
     """Warn "`path`: `words`" the first time only: a file is opened for its header, its pixels
-    and its overlay, and each would say it again."""
-    if (str(path), words) not in _SAID:
+    and its overlay, and each would say it again. An upload's staged file is named as given."""
+    if (str(path), words) not in _SAID:  # (each staged file once: its own temporary path)
         _SAID.add((str(path), words))
-        warnings.warn(f"{path}: {words}", UserWarning, stacklevel=stacklevel)
+        shown = SHOWN_AS.get(str(path), path)
+        warnings.warn(f"{shown}: {words}", UserWarning, stacklevel=stacklevel)
 
 
 _SAID: set[tuple[str, str]] = set()
+SHOWN_AS: dict[str, str] = {}  # an upload's staged file: the name it is given (`uploads.staged`)
 
 
 DRAFTED = ("JPEG", "MPO")  # formats with a draft mode: JPEG, and JPEGs of several pictures
