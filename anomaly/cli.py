@@ -232,13 +232,13 @@ def _make_data(args) -> None:
         flags = {k: getattr(args, k) for k in ("preset", "seed", "size", "difficulty", "overwrite")}
         manifest = make_cookies(args.root, **flags, progress=True)
     else:
-        from anomaly.data.photos import counts_said, make_photos
+        from anomaly.data.photos import MAX_COUNT, counts_said, make_photos
 
         for flag, value in (("--good", args.good), ("--defect", args.defect)):
-            if value is not None and value < 1:
+            if value is not None and not 1 <= value <= MAX_COUNT:
                 raise ValueError(
-                    f"make-photos {flag} {value}: give at least 1; a test set needs good and "
-                    "defective images, or its image AUROC cannot be measured"
+                    f"make-photos {flag} {value}: give 1 to {MAX_COUNT}; a test set needs good "
+                    "and defective images, or its image AUROC cannot be measured"
                 )
         made = make_photos(
             args.root,

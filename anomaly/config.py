@@ -158,8 +158,8 @@ def ignored_by(method: str, names, held: bool | None = None) -> list[str]:
     (`held`; by default for kmeans, from its --from run)."""
     if method not in METHODS and method not in _DECLARED:
         return []
-    if method == "auto":
-        return [n for n in names if n in READ_BY]
+    if method == "auto":  # smooth_sigma: every method reads it, and each candidate sets it
+        return [n for n in names if n in READ_BY or n == "smooth_sigma"]
     ignored = [n for n in names if n in READ_BY and method not in READ_BY[n]]
     held = method == "kmeans" if held is None else held
     return ignored + ["val_fraction"] * (held and "val_fraction" in names)

@@ -57,10 +57,10 @@ def test_read_by_names_real_fields_and_methods():
 
 
 def test_make_photos_refuses_a_test_set_without_good_or_defective_images(tmp_path, capsys):
-    for flag in ("--good", "--defect"):
-        code, _, err = run_cli(capsys, "make-photos", tmp_path / "suite", flag, "0")
+    for flag, value in (("--good", "0"), ("--defect", "0"), ("--good", "5001")):
+        code, _, err = run_cli(capsys, "make-photos", tmp_path / "suite", flag, value)
         assert code == 2
-        assert f"{flag} 0: give at least 1" in err
+        assert f"{flag} {value}: give 1 to 5000" in err  # (5001 said "at least 0")
     assert not (tmp_path / "suite").exists()
 
 

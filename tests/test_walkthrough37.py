@@ -90,3 +90,18 @@ def test_pillows_warning_about_an_upload_names_the_upload_not_its_staged_file(
         assert "score" in results[0]
         said += [str(w.message) for w in caught if "exceeds limit" in str(w.message)]
     assert len(said) == 2 and all(s.startswith("line-7.png: Image size") for s in said), said
+
+
+def test_auto_says_it_ignores_smooth_sigma(tmp_path):
+    # every method reads --smooth-sigma, so it was not among the flags auto is said to ignore;
+    # auto's candidates set their own (2.0, the 448 px one 4.0) and the run's was never used
+    from anomaly.cli import _warn_ignored
+    from anomaly.config import Config, ignored_by
+
+    assert ignored_by("auto", ["smooth_sigma", "seed"]) == ["smooth_sigma"]
+    assert ignored_by("patchknn", ["smooth_sigma"]) == []
+    config = Config.for_method("auto", data=str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_ignored(config, {"smooth_sigma": 8.0})
+    assert any("auto ignores --smooth-sigma" in str(w.message) for w in caught)

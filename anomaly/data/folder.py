@@ -196,8 +196,8 @@ class AnomalyDataset(Dataset):
     splits are the folders. In the plain layout (`ROOT/good`, `ROOT/<defect>`) the split is a
     fixed rule, the same on every machine: the good images, sorted by name, are split evenly by
     position, `round(n * holdout)` of them (at least one when there are two or more) go to test
-    and the rest to train; with the default `holdout=0.2` that is every 5th image (the 5th,
-    10th, ...). Every defect image is in test. Masks for the plain layout are read from
+    and the rest to train; with the default `holdout=0.2` that is about every 5th image (of 10:
+    the 5th and 10th; of 12: the 6th and 12th). Every defect image is in test. Masks for the plain layout are read from
     `ROOT/ground_truth/<defect>/` if that folder exists, else `ROOT/masks/<defect>/`.
 
     Construction lists the files and opens every header (cheap), so a non-image or a mask whose
