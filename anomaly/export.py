@@ -88,17 +88,18 @@ def export_onnx(run_dir: str | Path, out_path: str | Path | None = None) -> Path
             f"{out_path} exists and is not a detector exported by anomaly.export, so it is left "
             "as it is; choose another --out, or move the file away first"
         )
-    detector = load_run(run, device="cpu")
-    if config.method == "auto":  # its choice is what predicts: export that
-        detector = _auto_choice(run, detector, config.size)
-    meta = metadata(detector.config, run)
-    if getattr(detector, "int8", False):  # files without it saturate without VNNI (onnx_predict)
-        from anomaly.detectors.knn import WEIGHT_MAX
+    with run.lock_unless_outside("export", out_path.parent):  # model.pt and threshold.json of
+        detector = load_run(run, device="cpu")  # one moment: none rewritten meanwhile
+        if config.method == "auto":  # its choice is what predicts: export that
+            detector = _auto_choice(run, detector, config.size)
+        meta = metadata(detector.config, run)
+        if getattr(detector, "int8", False):  # else they saturate without VNNI (onnx_predict)
+            from anomaly.detectors.knn import WEIGHT_MAX
 
-        meta["int8_weight_max"] = str(WEIGHT_MAX)
-    if config.decode == "draft":  # the run's decoding (auto: not its choice's
-        meta["draft_size"] = str(2 * config.size)  # size), so both decode a JPEG alike
-    written = export_detector(detector, out_path, meta)
+            meta["int8_weight_max"] = str(WEIGHT_MAX)
+        if config.decode == "draft":  # the run's decoding (auto: not its choice's
+            meta["draft_size"] = str(2 * config.size)  # size), so both decode a JPEG alike
+        written = export_detector(detector, out_path, meta)
     if earlier is not None and not _same_model(earlier, meta):
         warnings.warn(
             f"{out_path} held an export of another model (other settings or data), which this "

@@ -105,3 +105,35 @@ def test_auto_says_it_ignores_smooth_sigma(tmp_path):
         warnings.simplefilter("always")
         _warn_ignored(config, {"smooth_sigma": 8.0})
     assert any("auto ignores --smooth-sigma" in str(w.message) for w in caught)
+
+
+def test_export_waits_for_no_one_writing_the_run(tiny_cookies, tmp_path):
+    # export read model.pt and threshold.json and wrote model.onnx into a run another process
+    # was writing (a threshold being set, a resumed training): it now takes the run's lock
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnx")
+    from helpers import patchknn_export
+
+    from anomaly.export import export_onnx
+    from anomaly.runs import RunError
+
+    run = tmp_path / "pk"
+    patchknn_export(tiny_cookies, run)
+    (run / "model.onnx").unlink()
+    hold = (
+        "import sys, time; from anomaly.runs import RunDir\n"
+        "with RunDir(sys.argv[1]).lock('threshold'):\n"
+        "    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(RunError, match="in use"):
+            export_onnx(run)
+        assert not (run / "model.onnx").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert export_onnx(run) == run / "model.onnx"
