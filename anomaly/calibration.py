@@ -73,10 +73,8 @@ def good_images(folder: str | Path, alpha: float | None = None) -> list[Path]:
     if broken:
         raise DataError(f"{FLAG} {folder}: {broken[0]}: {broken_link(broken[0])}")
     if not images:
-        inner = sorted(p.name + "/" for p in folder.iterdir() if p.is_dir())
-        hint = f" It holds folders ({', '.join(inner[:4])}): pass the one with the images." * bool(
-            inner
-        )
+        inner = ", ".join(sorted(p.name + "/" for p in folder.iterdir() if p.is_dir())[:4])
+        hint = f" It holds folders ({inner}): pass the one with the images." * bool(inner)
         raise DataError(
             f"{FLAG} {folder}: no images in this folder. Put the good images to set the "
             f"threshold on directly in it ({', '.join(IMAGE_EXTENSIONS)}).{hint}"
@@ -252,8 +250,8 @@ def calibrate_on_folder(
         many others were copies, images_sha256: a hash of every file name and its bytes, so a
         changed folder is told apart).
     """
-    from anomaly.data.image_unlike import warn_unlike
     from anomaly.build import trained_images
+    from anomaly.data.image_unlike import warn_unlike
 
     folder = Path(folder)
     images = images if images is not None else good_images(folder, alpha)
@@ -396,9 +394,8 @@ def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None, quiet=
 
 
 def _refuse_unfinished(rd: RunDir) -> None:
-    """RunError naming `train --resume` for a run stopped after training and before its held-out
-    images were scored (no val_scores.json): training it again, which val_scores' own message
-    says, would throw a finished training away; one still training is named as in use."""
+    """RunError naming `train --resume` for a run stopped after training, before val_scores.json
+    (training it again would throw a finished training away); one still training: in use."""
     if rd.file(rd.VAL_SCORES).exists() or not rd.has_model():
         return
     rd.check_not_in_use("threshold")  # still training: in use, not stopped
@@ -496,5 +493,7 @@ def set_threshold(
             rd.save_calibration(paths, scores, record)
         else:  # an earlier one stays only while it records this model.pt as the one scoring it
             rd.drop_stale_calibration()
-        rd.save_threshold(threshold)
+        _, removed = rd.replace_threshold(threshold)  # score's overlays of another one: removed
+    if removed:
+        print(removed)
     return threshold

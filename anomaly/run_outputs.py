@@ -13,6 +13,7 @@ import zipfile
 
 from anomaly.data.files import named
 from anomaly.safe_files import output_folder, parse_record
+from anomaly.terminal import shell_word
 from anomaly.written_files import marked_overlay, remove_written
 
 PREDICTION_ARRAYS = {"scores.npy", "maps.npy", "method.npy"}  # `Predictions.save` writes these
@@ -23,6 +24,38 @@ class ScoreOutputs:
     """`RunDir`'s methods for score's outputs (it supplies `file`, `path`, `overlays` and the
     names `SCORED`, `OVERLAYS`, `OVERLAYS_WRITTEN`, `PREDICTIONS`, `SCORES`, `METRICS`,
     `SCORES_HEADER`)."""
+
+    def replace_threshold(self, threshold) -> tuple:
+        """`save_threshold(threshold)` (its path), and words naming the overlays `score` drew at
+        another threshold, removed ("" where none was): their verdicts and colours were the
+        earlier threshold's, and an overlay saying PASS for a part `predict` now rejects is a
+        picture that lies. Only score's own go (`clear_outputs`' rule); `score` draws them
+        again."""
+        try:
+            old = self.threshold() if self.has_threshold() else None
+        except ValueError:  # damaged, or another model's: whatever drew them, it is not this
+            old = None
+        path = self.save_threshold(threshold)
+        pixel = threshold.params.get("pixel_threshold")
+        if old is not None and (old.value, old.params.get("pixel_threshold")) == (
+            threshold.value,
+            pixel,
+        ):
+            return path, ""
+        gone = []
+        for folder in [self, *self.scored_elsewhere()]:
+            if folder.overlays.is_dir() and (folder.overlays / self.OVERLAYS_WRITTEN).is_file():
+                remove_written(folder.overlays, self.OVERLAYS_WRITTEN, marked_overlay)
+                gone.append(folder)
+        if not gone:
+            return path, ""
+        where = named([str(f.overlays) for f in gone], 2)
+        again = f"python -m anomaly score --run {shell_word(self.path)}"
+        again += " (--data DATA for scored/'s)" * any(f is not self for f in gone)
+        return path, (
+            f"removed score's overlays in {where}: drawn at the earlier threshold, their verdicts "
+            f"and colours no longer hold; draw them again with `{again}`"
+        )
 
     def scored_elsewhere(self) -> list:
         """The folders in scored/ where `score --data OTHER` wrote other data's scores."""

@@ -137,3 +137,37 @@ def test_export_waits_for_no_one_writing_the_run(tiny_cookies, tmp_path):
         holder.kill()
         holder.wait()
     assert export_onnx(run) == run / "model.onnx"
+
+
+def test_a_new_threshold_removes_scores_overlays_drawn_at_the_earlier_one(
+    scored_ae_run, tmp_path, capsys
+):
+    # after `threshold` (or the explorer's save) overlays/ still said "PASS score 0.3257 <
+    # 0.3402" of an image `predict` now rejected, and nothing said so
+    from helpers import copy_run
+
+    from anomaly.explorer.saving import write_threshold
+    from anomaly.metrics import threshold_manual
+    from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    score_run(run, progress=False)
+    overlays = sorted((run / "overlays").glob("*.png"))
+    assert overlays
+    (run / "overlays" / "mine.txt").write_text("a note of the user's")
+    value = RunDir(run).threshold().value
+    set_threshold(run, "manual", value)  # the same threshold: the overlays still hold
+    assert "removed" not in capsys.readouterr().out
+    assert all(p.exists() for p in overlays)
+    set_threshold(run, "manual", value * 0.9)
+    said = capsys.readouterr().out
+    assert "removed score's overlays in" in said and f"score --run {run}" in said
+    assert not any(p.exists() for p in overlays)
+    assert (run / "overlays" / "mine.txt").read_text() == "a note of the user's"
+    # the explorer's save: the same, its words on the page
+    score_run(run, progress=False)
+    assert any((run / "overlays").glob("*.png"))
+    path, removed = write_threshold(run, threshold_manual(value * 0.8))
+    assert path == run / "threshold.json" and "removed score's overlays" in removed
+    assert not any((run / "overlays").glob("*.png"))

@@ -64,14 +64,16 @@ def check_unchanged(folder: Path, shown: Threshold | None) -> None:
 _UNSEEN = object()  # write_threshold's `shown` when the caller read no threshold to compare
 
 
-def write_threshold(folder: Path, threshold: Threshold, shown=_UNSEEN) -> Path:
+def write_threshold(folder: Path, threshold: Threshold, shown=_UNSEEN) -> tuple[Path, str]:
     """Save `threshold` as `folder`'s (its run's: `threshold_home`); in a run, under its lock
     and only while it still holds `shown` (`check_unchanged`; a page's), so that of two pages
-    saving at once the second is refused, not both told "saved" with one value lost."""
+    saving at once the second is refused, not both told "saved" with one value lost. Returns
+    its path, and words naming score's overlays of the earlier threshold it removed, or ""
+    (`RunDir.replace_threshold`)."""
     home = threshold_home(folder)
     if not RunDir(home).is_run():
         home.mkdir(parents=True, exist_ok=True)
-        return RunDir(home).save_threshold(threshold)
+        return RunDir(home).save_threshold(threshold), ""
     with RunDir(home).lock("explore"):
         if shown is not _UNSEEN:
             check_unchanged(folder, shown)
@@ -83,4 +85,4 @@ def write_threshold(folder: Path, threshold: Threshold, shown=_UNSEEN) -> Path:
                 f"is a {method} run: its scores are on another scale, so it would mean nothing "
                 "there. Pass that run's own Predictions with run_dirs="
             )
-        return RunDir(home).save_threshold(threshold)
+        return RunDir(home).replace_threshold(threshold)

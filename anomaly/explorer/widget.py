@@ -421,12 +421,13 @@ class ThresholdExplorer:
 
     def _save(self, threshold: Threshold) -> Path:
         r, t = self.run, threshold.value
-        path = write_threshold(r.folder, threshold, r.saved)  # under the run's lock
+        path, removed = write_threshold(r.folder, threshold, r.saved)  # under the run's lock
         r.saved = threshold
         r.scale = type(r.scale)(r.scale.floor, self.pixel_threshold)
         self.status.value = (
             f"<span style='color:#2e7d32'>Saved threshold {t:.4g} "
             f"to {html.escape(str(path))}.</span>{unmeasured(r.missing)}"
+            + (f"<br>{html.escape(removed[:1].upper() + removed[1:])}." if removed else "")
         )
         self._draw_histogram()
         self.refresh()
