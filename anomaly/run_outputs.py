@@ -90,7 +90,8 @@ class ScoreOutputs:
                 with zipfile.ZipFile(path) as z:
                     return PREDICTION_ARRAYS <= set(z.namelist())
             with open(path, "rb") as f:
-                head = f.read(1 << 16 if name == self.SCORES else 1 << 26)
+                most = 1 << 16 if name == self.SCORES else 1 << 26  # (read(n) reserves n bytes)
+                head = f.read(min(most, path.stat().st_size + 1))
             if name == self.SCORES:
                 return (
                     head.split(b"\n", 1)[0].rstrip(b"\r") == ",".join(self.SCORES_HEADER).encode()

@@ -220,7 +220,10 @@ def read_record(path: str | Path, limit: int = MAX_RECORD_BYTES) -> str:
                 f"{path} is {info.st_size:,} bytes, far more than any record of a run holds; it "
                 "is not one this package wrote: delete it, or restore it from a copy"
             )
-        return f.read(limit + 1).decode("utf-8-sig")  # a BOM: Windows editors save one
+        data = f.read(info.st_size + 1)  # not read(limit): a read reserves what it may return
+        while info.st_size < len(data) <= limit and (more := f.read(1 << 20)):  # grown since
+            data += more
+        return data[: limit + 1].decode("utf-8-sig")  # a BOM: Windows editors save one
 
 
 def parse_record(text: str, where) -> object:

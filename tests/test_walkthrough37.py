@@ -171,3 +171,21 @@ def test_a_new_threshold_removes_scores_overlays_drawn_at_the_earlier_one(
     path, removed = write_threshold(run, threshold_manual(value * 0.8))
     assert path == run / "threshold.json" and "removed score's overlays" in removed
     assert not any((run / "overlays").glob("*.png"))
+
+
+def test_reading_a_small_record_reserves_no_more_than_its_size(tmp_path):
+    # read_record read(256 MiB + 1) of a 1 KB config.json: Python reserves what a read may
+    # return, so under `ulimit -v` (or strict overcommit) every command ended in MemoryError
+    import tracemalloc
+
+    from anomaly.safe_files import read_record
+
+    path = tmp_path / "config.json"
+    path.write_text('{"a": 1}' + " " * 1000)
+    tracemalloc.start()
+    try:
+        assert read_record(path).startswith('{"a": 1}')
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak
