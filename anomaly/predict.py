@@ -191,6 +191,7 @@ class _ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         from anomaly.data.folder import image_tensor, read_image
+        from anomaly.data.reading import out_of_memory
 
         path = self.paths[i]
         if why := unreadable(path):
@@ -201,8 +202,11 @@ class _ImageFiles(torch.utils.data.Dataset):
             return {"error": str(err)}
         if flat := flat_note(path, a):  # nothing to inspect: no verdict, as the reader's
             return {"error": flat}
-        own = overlay_tensor(a) if self.own else None
-        return {"image": image_tensor(a, self.size, self.channels), "own": own}
+        try:
+            own = overlay_tensor(a) if self.own else None
+            return {"image": image_tensor(a, self.size, self.channels), "own": own}
+        except MemoryError:  # resizing it
+            return {"error": str(out_of_memory(path))}
 
     @staticmethod
     def collate(items: list[dict]) -> dict:

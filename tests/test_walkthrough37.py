@@ -189,3 +189,34 @@ def test_reading_a_small_record_reserves_no_more_than_its_size(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 2**20, peak
+
+
+def test_an_image_too_large_for_the_memory_left_is_an_error_row_not_a_traceback(
+    scored_ae_run, tmp_path, monkeypatch
+):
+    # under a memory limit, numpy's MemoryError decoding a 9000 x 9000 px PNG stopped predict
+    # with a traceback and no rows (the small image beside it unscored), score too
+    from PIL import Image
+
+    import anomaly
+    from anomaly.data import DataError
+    from anomaly.data import reading
+
+    real = reading.image_to_array
+
+    def short_of_memory(im):
+        if im.size[0] > 200:
+            raise MemoryError("Unable to allocate 927. MiB for an array")
+        return real(im)
+
+    monkeypatch.setattr(reading, "image_to_array", short_of_memory)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 300), np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64), np.uint8)).save(tmp_path / "small.png")
+    results, _ = anomaly.predict_images(
+        scored_ae_run, [tmp_path / "big.png", tmp_path / "small.png"], overlays=False
+    )
+    assert "ran out of memory reading this image" in results[0]["error"]
+    assert "big.png" in results[0]["error"] and "score" in results[1]
+    with pytest.raises(DataError, match=r"big\.png: ran out of memory.*shrink it"):
+        reading.load_image(tmp_path / "big.png", 64, 1)

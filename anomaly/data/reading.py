@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from anomaly.data.files import DataError
 from anomaly.data.image_kind import draft_size, open_image
 from anomaly.data.input_checks import check_value_range
 from anomaly.onnx_predict import resize_channels
@@ -53,15 +54,30 @@ def load_image(path: str | Path, size: int | None = 256, channels=3, decode="ful
     exactly as an exported run's file says, `anomaly.onnx_predict.resize_channels`), a large
     JPEG decoded at a reduced scale first with `decode` "draft" (`draft_size`); `DataError`
     naming an unreadable file."""
-    return image_tensor(read_image(path, draft_size(decode, size)), size, channels)
+    try:
+        return image_tensor(read_image(path, draft_size(decode, size)), size, channels)
+    except MemoryError:  # resizing it
+        raise out_of_memory(path) from None
+
+
+def out_of_memory(path) -> DataError:
+    """The error of an image whose decoding or resizing ran out of memory: named (a traceback
+    from numpy stopped the whole command, or train blamed --size), with the fix."""
+    return DataError(
+        f"{path}: ran out of memory reading this image (too large for the memory left); shrink "
+        "it, for example to 4000 pixels on its longer side, or free memory"
+    )
 
 
 def read_image(path: str | Path, draft: int | None = None) -> np.ndarray:
     """Decode one image file to float32 [H, W, 1 or 3] in [0, 1] (`DataError` naming the file
     when it cannot be read; `draft`: `open_image`'s); `image_tensor` makes the model's input."""
-    with open_image(path, draft) as im:
-        check_value_range(path, im)  # float / 32-bit images out of range: named, or refused
-        return image_to_array(im)
+    try:
+        with open_image(path, draft) as im:
+            check_value_range(path, im)  # float / 32-bit images out of range: named, or refused
+            return image_to_array(im)
+    except MemoryError:
+        raise out_of_memory(path) from None
 
 
 def image_tensor(a: np.ndarray, size: int | None, channels: int) -> torch.Tensor:
