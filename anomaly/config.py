@@ -453,7 +453,7 @@ class Config:
             flag = flag_of(f)
             if not _of_type(value, f.type):  # a config.json edited by hand: "64" or 64.0
                 raise ValueError(f"{flag} {value!r}: must be {_TYPE_WORDS[f.type]}")
-            if isinstance(value, str) and (found := control_characters(value)):
+            if isinstance(value, str) and (found := control_characters(value, names=True)):
                 shown = ", ".join(repr(c) for c in found)  # repr: seen, never acted on
                 raise ValueError(
                     f"{flag} {value!r}: holds control characters ({shown}), which no path or "

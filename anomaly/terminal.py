@@ -12,12 +12,19 @@ import shlex
 import unicodedata
 
 
-def control_characters(text: str) -> list[str]:
+def control_characters(text: str, names: bool = False) -> list[str]:
     """The control characters (Unicode category Cc: C0, DEL and C1, newline and tab too) in
     `text`, each once. No path or name needs one, and printed in an error on a terminal
     "\\x1b[2K\\r" erases the line and writes anything in its place: a config.json from someone
-    else could make a refusal read as success."""
-    return list(dict.fromkeys(c for c in text if unicodedata.category(c) == "Cc"))
+    else could make a refusal read as success. `names`: C1 left out where the file system's
+    encoding is one of ISO 8859's (a Latin-1 locale decodes the UTF-8 bytes of "É" to "Ã\\x89"; printed, each
+    is escaped: `printable`)."""
+    c1 = not names or len(_name_bytes("\x85")) > 1  # one byte: ISO 8859 file names
+    return list(
+        dict.fromkeys(
+            c for c in text if unicodedata.category(c) == "Cc" and (c1 or not 128 <= ord(c) < 160)
+        )
+    )
 
 
 def shell_word(value) -> str:
@@ -33,11 +40,18 @@ def shell_word(value) -> str:
     for c in text:
         if 0xDC80 <= ord(c) <= 0xDCFF:  # a byte of a name that is not UTF-8 (surrogateescape)
             out.append(f"\\x{ord(c) - 0xDC00:02x}")
-        elif _unprintable(c):
-            out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogatepass"))
+        elif _unprintable(c):  # as the file system names it (a Latin-1 locale: one byte)
+            out.extend(f"\\x{b:02x}" for b in _name_bytes(c))
         else:
             out.append("\\" + c if c in "\\'" else c)
     return "$'" + "".join(out) + "'"
+
+
+def _name_bytes(c: str) -> bytes:
+    try:
+        return os.fsencode(c)
+    except UnicodeEncodeError:  # a lone surrogate, or an ASCII locale's non-ASCII
+        return c.encode("utf-8", "surrogatepass")
 
 
 def printable(text: str, mark: str | None = None) -> str:

@@ -220,3 +220,20 @@ def test_an_image_too_large_for_the_memory_left_is_an_error_row_not_a_traceback(
     assert "big.png" in results[0]["error"] and "score" in results[1]
     with pytest.raises(DataError, match=r"big\.png: ran out of memory.*shrink it"):
         reading.load_image(tmp_path / "big.png", 64, 1)
+
+
+def test_a_latin_1_locale_takes_accented_folder_names(tmp_path, monkeypatch):
+    # there Python decodes the UTF-8 bytes of "Échantillons" to "Ã\x89chantillons": train
+    # refused it as holding a control character, and suggested commands wrote \x89 as UTF-8
+    # (\xc2\x89), naming another folder
+    from anomaly import terminal
+    from anomaly.config import Config
+
+    name = "\u00c3\x89chantillons"
+    with pytest.raises(ValueError, match="control characters"):  # a UTF-8 locale: a C1 control
+        Config.for_method("meandiff", data=name).validate()
+    monkeypatch.setattr(terminal.os, "fsencode", lambda s: s.encode("latin-1", "surrogateescape"))
+    Config.for_method("meandiff", data=name).validate()
+    assert terminal.shell_word(name) == "$'\u00c3\\x89chantillons'"
+    with pytest.raises(ValueError, match="control characters"):  # C0: refused everywhere
+        Config.for_method("meandiff", data="a\x1b[2Kb").validate()
