@@ -99,7 +99,7 @@ def exported(module, example, output: str, export: Callable[[Path], None]) -> by
             raise OSError(
                 "no folder to write onnxruntime's ONNX graph in (no usable temporary folder, "
                 f"and the cache {cache_dir() or 'is off'}); set TMPDIR or ANOMALY_CACHE to a "
-                "folder you may write, or use --runtime torch"
+                "folder you may write (a run trained with --runtime torch needs neither)"
             )
         with folder as tmp:
             path = Path(tmp) / "module.onnx"

@@ -237,3 +237,21 @@ def test_a_latin_1_locale_takes_accented_folder_names(tmp_path, monkeypatch):
     assert terminal.shell_word(name) == "$'\u00c3\\x89chantillons'"
     with pytest.raises(ValueError, match="control characters"):  # C0: refused everywhere
         Config.for_method("meandiff", data="a\x1b[2Kb").validate()
+
+
+def test_no_folder_for_onnxruntimes_graph_gives_advice_score_and_predict_can_follow(
+    monkeypatch,
+):
+    # the advice was "or use --runtime torch", a flag score and predict do not have
+    import tempfile
+
+    from anomaly import onnx_cache
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", read_only)
+    monkeypatch.setattr(onnx_cache, "cache_dir", lambda: None)
+    monkeypatch.setattr(onnx_cache, "key", lambda *args: "0" * 64)
+    with pytest.raises(OSError, match=r"set TMPDIR or ANOMALY_CACHE.*trained with --runtime torch"):
+        onnx_cache.exported(object(), (), "out", lambda path: None)
