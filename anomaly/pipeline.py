@@ -353,6 +353,7 @@ def score_run(
     )
 
     rd = RunDir(run).require()
+    rd.refuse_stopped("score")  # it would score with no threshold, into an unfinished run
     with rd.lock_unless_outside("score", out):  # --out elsewhere: a run of someone else's read
         detector = load_run(rd)
         # everything that can fail comes before the first write: a damaged threshold.json

@@ -260,6 +260,7 @@ def _run_and_detector(run):
     checked to hold the model.pt its run folder holds now."""
     if not hasattr(run, "predict_batch"):
         rd = RunDir(run).require()
+        rd.refuse_stopped("predict")  # no threshold yet: `train --resume` sets it
         return rd, load_run(rd)
     if getattr(run, "run", None) is None:
         raise TypeError(
@@ -269,6 +270,7 @@ def _run_and_detector(run):
     from anomaly.threshold_file import model_sha256
 
     rd = RunDir(run.run).require()
+    rd.refuse_stopped("predict")
     if model_sha256(rd.file(rd.MODEL)) != run.model_sha256:
         raise RunError(
             f"{rd}: its model.pt is another than the one this detector was loaded from (trained "

@@ -165,15 +165,28 @@ class CheckpointFiles:
 
     def stopped_before_threshold(self) -> bool:
         """Whether the run finished training (a complete model.pt) but stopped before scoring
-        its held-out images (no val_scores.json): Ctrl-C, or a failure, between the two."""
+        its held-out images or saving its threshold (no val_scores.json or threshold.json):
+        Ctrl-C, or a failure such as a full disk, between the two."""
         try:
             return (
                 self.has_model()
-                and not self.file(self.VAL_SCORES).exists()
+                and not (self.file(self.VAL_SCORES).exists() and self.has_threshold())
                 and bool(self.checkpoint().get("complete", True))
             )
         except (RunError, ValueError, OSError):
             return False
+
+    def refuse_stopped(self, command: str) -> None:
+        """RunError naming `train --resume` for a run `stopped_before_threshold` (`score` wrote
+        into it and `predict` said to set a threshold, which said to resume); one still
+        training: in use."""
+        if self.has_model() and self.stopped_before_threshold():
+            self.check_not_in_use(command)
+            raise RunError(
+                f"{self.path} stopped after training, before its threshold was set; finish it, "
+                f"without training again: `python -m anomaly train --out {shell_word(self.path)} "
+                "--resume`"
+            )
 
     def load_checkpoint(self, detector) -> dict:
         """Load model.pt into `detector`, after checking it was made for the same shape."""

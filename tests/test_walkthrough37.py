@@ -199,8 +199,7 @@ def test_an_image_too_large_for_the_memory_left_is_an_error_row_not_a_traceback(
     from PIL import Image
 
     import anomaly
-    from anomaly.data import DataError
-    from anomaly.data import reading
+    from anomaly.data import DataError, reading
 
     real = reading.image_to_array
 
@@ -255,3 +254,28 @@ def test_no_folder_for_onnxruntimes_graph_gives_advice_score_and_predict_can_fol
     monkeypatch.setattr(onnx_cache, "key", lambda *args: "0" * 64)
     with pytest.raises(OSError, match=r"set TMPDIR or ANOMALY_CACHE.*trained with --runtime torch"):
         onnx_cache.exported(object(), (), "out", lambda path: None)
+
+
+def test_a_run_stopped_before_its_threshold_is_sent_to_resume_by_score_and_predict(
+    tiny_cookies, tmp_path
+):
+    # a full disk at threshold.json: predict said "set one with threshold", which said
+    # "train --resume"; score wrote its scores into the unfinished run and exited 0
+    import anomaly
+    from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir, RunError
+
+    run = tmp_path / "md"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    (run / "threshold.json").unlink()
+    image = min((tiny_cookies / "test" / "good").iterdir())
+    for call in (
+        lambda: score_run(run, progress=False),
+        lambda: anomaly.predict_images(run, [image]),
+    ):
+        with pytest.raises(RunError, match=r"before its threshold was set.*--resume"):
+            call()
+    assert not (run / "scores.csv").exists()
+    train_run(RunDir(run).config(), run, resume=True, progress=False)
+    assert (run / "threshold.json").is_file()
+    score_run(run, progress=False)
