@@ -8,6 +8,7 @@ and model.pt. `anomaly.pipeline` (train, score) re-exports both.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -208,6 +209,14 @@ def check_size(detector: Detector, config: Config) -> None:
             "synthetic anomalies come out empty (at 4 px 44 %, at 1 px all), so it learns little "
             f"or nothing; use at least {least} (its default is {default})"
         )
+    depth = config.draem_depth
+    if config.method == "draem" and config.draem_norm == "batch" and config.size <= 2**depth:
+        raise ValueError(  # (torch's words: "Expected more than 1 value per channel")
+            f"--size {config.size} with --draem-depth {depth} leaves DRAEM's bottleneck 1 x 1 "
+            "px, where --draem-norm batch cannot train on a batch of one image (nor normalise "
+            "well on a few); use --draem-norm group (the default), a larger --size, or a "
+            "smaller --draem-depth"
+        )
     probe = (
         getattr(detector, "embed", None)
         or getattr(detector, "raw_features", None)
@@ -215,6 +224,18 @@ def check_size(detector: Detector, config: Config) -> None:
     )
     if probe is None:  # kmeans takes its source run's size; others check their own input
         return
+    backbone = getattr(getattr(detector, "extractor", detector), "backbone", None)
+    step = math.lcm(*getattr(backbone, "stride", None) or [1])  # patchknn, flow: its cells
+    if config.size % step:  # the grid covers whole cells past the edge: maps stretched over it
+        near = " or ".join(
+            str(s) for s in (config.size // step * step, -(-config.size // step) * step) if s
+        )
+        raise ValueError(
+            f"--size {config.size} does not work for {config.method} with its layers: their "
+            f"feature grid has cells of {step} px, so its maps would be stretched over the "
+            f"image and miss defects by up to {step * (-(-config.size // step)) - config.size} px "
+            f"at its far edge; use {near}"
+        )
 
     def fails(size: int) -> str | None:
         try:
