@@ -108,6 +108,7 @@ def predict_files(
         out = overlay_folder(
             overlay_dir or detector.path.with_name(detector.path.stem + "_predict"),
             _exported_data(detector),  # where the file says the run's data set is
+            given=overlay_dir is not None,
         )
     paths = expand_images(images)
     detector.warn_unlike(paths)  # as `predict --run`: images unlike the training images

@@ -286,7 +286,8 @@ def _predict(rd, detector, threshold, paths, overlay_dir, workers, overlays, sho
 
     scale = run_scale(rd) if overlays else None  # the saved pixel threshold anchors the colours
     data = detector.config.data
-    overlay_dir = overlay_folder(overlay_dir or rd.predict_dir, data) if overlays else None
+    given = overlay_dir is not None
+    overlay_dir = overlay_folder(overlay_dir or rd.predict_dir, data, given) if overlays else None
     paths = expand_images(paths)
     unlike = _unlike(paths, rd, detector.config, shown)
     files = _ImageFiles(paths, detector.config, own=overlays)
@@ -365,11 +366,14 @@ def overlay_tensor(a):
     return x.expand(3, -1, -1).clamp(0, 1).contiguous() if x.shape[0] == 1 else x.clamp(0, 1)
 
 
-def overlay_folder(path: str | Path, data: str | None = None) -> Path:
+def overlay_folder(path: str | Path, data: str | None = None, given: bool = False) -> Path:
     """The folder `predict` writes its overlays in, made when missing and tried by writing: a
     run or an exported file shared read-only is named with the way out, before anything is
     scored. Never inside a data set (the run's, `data`, or any in the MVTec AD layout), where
-    the overlays would be read as images by the next train or score."""
+    the overlays would be read as images by the next train or score. A link the user `given`
+    (--out LINK, to a mount) is followed; one in a run folder is refused (`output_folder`)."""
+    if given and Path(path).is_symlink() and Path(path).is_dir():
+        path = Path(path).resolve()
     check_not_in_data(path, "--out", data)
     return writable_folder(
         path,
