@@ -22,7 +22,7 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
 from anomaly.cli_predict import StdoutGone, run_predict
 from anomaly.config import READ_BY, Config, builds_on, flag_of, ignored_by
 from anomaly.safe_files import InUse, RunError
-from anomaly.terminal import is_terminal, log_lines, shell_word, visible
+from anomaly.terminal import KeepsGoing, is_terminal, log_lines, shell_word, visible
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     _closed_to_devnull()
     shown, streams = warnings.showwarning, (sys.stderr, sys.stdout)
     warnings.showwarning, (sys.stderr, sys.stdout) = _one_line_warnings(shown), log_lines(*streams)
+    if args.command == "train":  # a log reader gone (`train 2>&1 | head`): it trains on
+        sys.stderr, sys.stdout = KeepsGoing(sys.stderr), KeepsGoing(sys.stdout)
     try:
         with _signals_interrupt():
             return _main(args)

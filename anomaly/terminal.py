@@ -100,6 +100,37 @@ class LogLines:
         return getattr(self._stream, name)
 
 
+class KeepsGoing:
+    """A stream whose reader may go away (`train ... 2>&1 | head`): a write to the closed pipe
+    sends the rest of the output to /dev/null instead of raising BrokenPipeError, which stopped
+    a training midway without a word; a training's work does not depend on its log's reader."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())  # its buffer's rest goes there too
+            os.close(null)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def log_lines(stream, out=None):
     """(`stream`, `out`): stderr as `LogLines` where it is not a terminal (a log file, a pipe),
     and stdout too where it goes to the same file, sharing its state and written line by line
