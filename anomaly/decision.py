@@ -20,7 +20,7 @@ import numpy as np
 from anomaly.config import builds_on
 from anomaly.metrics import confusion, confusion_from_counts
 from anomaly.terminal import printable, shell_word
-from anomaly.threshold_file import UNSUPPORTED
+from anomaly.threshold_file import UNSUPPORTED, good_images_folder
 
 
 @dataclass(frozen=True)
@@ -339,9 +339,10 @@ def few_held_out(threshold, run, config=None) -> str | None:
     n, q = saved
     record = params.get("calibration")
     folder = record.get("folder") if isinstance(record, dict) else None
+    given = good_images_folder(record)  # resolved: a command works from any working directory
     fix = (
         f"python -m anomaly threshold --run {shell_word(run)} --rule conformal --value 0.05 --good-images "
-        + (shell_word(str(folder)) if isinstance(folder, str) else "FOLDER")
+        + (shell_word(given) if given is not None else "FOLDER")
     )
     own = params.get("set_by") != "train" and isinstance(folder, str)  # threshold --good-images
     if params.get("on_training_images") is True and not own:

@@ -360,3 +360,13 @@ def f1_words(params: dict) -> str:
             "images"
         )
     return line
+
+
+def good_images_folder(record) -> str | None:
+    """The `--good-images` folder a threshold's record names, as a command can give it from
+    any working directory: resolved where it was (the folder as typed was relative to it)."""
+    if not isinstance(record, dict):
+        return None
+    folder = record.get("folder_resolved")
+    folder = folder if isinstance(folder, str) else record.get("folder")
+    return folder if isinstance(folder, str) else None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anomaly.terminal import printable, shell_word
-from anomaly.threshold_file import f1_words, guarantee_words
+from anomaly.threshold_file import f1_words, good_images_folder, guarantee_words
 
 if TYPE_CHECKING:
     from anomaly.metrics import Threshold
@@ -167,8 +167,8 @@ def choose_again(t, run=None) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         flags += f" --value {float(value)!r}"  # every digit: the same threshold again
     record = params.get("calibration")
-    folder = record.get("folder") if isinstance(record, dict) else None
-    if isinstance(folder, str) and record.get("source") == "folder":
+    folder = good_images_folder(record)
+    if folder is not None and record.get("source") == "folder":
         flags += f" --good-images {shell_word(folder)}"
     where = shell_word(str(run)) if run is not None else "RUN"
     return f"python -m anomaly threshold --run {where}{flags}"
