@@ -45,7 +45,14 @@ from PIL import Image
 
 from anomaly.data.files import broken_link
 from anomaly.run_lock import holder_alive, identity
-from anomaly.safe_files import InUse, RunError, load_record, sha256_file, write_json
+from anomaly.safe_files import (
+    InUse,
+    RunError,
+    disk_full_named,
+    load_record,
+    sha256_file,
+    write_json,
+)
 from anomaly.written_files import check_removable, plain_relative, remove_made
 
 MARKER = "generator.json"
@@ -151,8 +158,9 @@ def _fingerprints(folder: Path, order: list[str]) -> dict[str, str]:
 def write_png(array: np.ndarray, path: Path) -> None:
     """Save an image array as PNG, with no time or other metadata (the same array, the same
     bytes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+    with disk_full_named(path):  # named, not a bare errno (run the command again to finish)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
 def staging(root: Path, generator: str) -> Path:
