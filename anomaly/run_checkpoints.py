@@ -177,10 +177,10 @@ class CheckpointFiles:
             return False
 
     def refuse_stopped(self, command: str) -> None:
-        """RunError naming `train --resume` for a run `stopped_before_threshold` (`score` wrote
-        into it and `predict` said to set a threshold, which said to resume); one still
-        training: in use."""
-        if self.has_model() and self.stopped_before_threshold():
+        """RunError naming `train --resume` for a run `stopped_before_threshold` with no
+        threshold.json (`score` wrote into it and `predict` said to set a threshold, which said
+        to resume); one still training: in use."""
+        if self.has_model() and not self.has_threshold() and self.stopped_before_threshold():
             self.check_not_in_use(command)
             raise RunError(
                 f"{self.path} stopped after training, before its threshold was set; finish it, "

@@ -223,7 +223,8 @@ def not_writable(folder: Path, err: OSError, command: str) -> RunError:
     return RunError(
         f"{folder} cannot be written ({err.strerror}), and {command} writes in it: a run of "
         "someone else's, or on a read-only disk. Copy the run to a folder of yours (cp -r) and "
-        "run it there; predict --out DIR and score --out DIR need no write to the run"
+        "run it there; predict --out DIR, score --out DIR and export --out FILE need no write "
+        "to the run"
     )
 
 

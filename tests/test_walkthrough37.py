@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +280,97 @@ def test_a_run_stopped_before_its_threshold_is_sent_to_resume_by_score_and_predi
     train_run(RunDir(run).config(), run, resume=True, progress=False)
     assert (run / "threshold.json").is_file()
     score_run(run, progress=False)
+
+
+def test_patchknn_and_flow_refuse_a_size_their_feature_grid_would_stretch(tiny_cookies, tmp_path):
+    # at --size 90 patchknn's 12 cells of 8 px (96 px) were stretched over 90: its maps' hot
+    # spots fell up to 6 % short of the defects, towards the top-left corner (flow at 100: 12 %)
+    from anomaly.config import Config
+
+    for method, size, near in (("patchknn", 90, "cells of 8 px.*use 88 or 96"), ("flow", 100, "use 96 or 112")):
+        config = Config.for_method(method, data=str(tiny_cookies), size=size, device="cpu")
+        with pytest.raises(ValueError, match=rf"--size {size} does not work.*{near}"):
+            train_run(config, tmp_path / method, progress=False)
+        assert not (tmp_path / method).exists()
+
+
+def test_a_suggested_command_names_the_good_images_folder_from_anywhere(
+    scored_ae_run, tmp_path, monkeypatch
+):
+    # `threshold --good-images ../c/test/good` typed in one folder was suggested again, as
+    # typed, in another, where it names nothing
+    from helpers import copy_run, good_test_folder
+
+    from anomaly.threshold_text import choose_again
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    data = json.loads((run / "config.json").read_text())["data"]
+    good_test_folder(Path(data), tmp_path / "good")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    threshold = set_threshold(run, "normal-quantile", good_images="../good")
+    monkeypatch.chdir(tmp_path)
+    said = choose_again(threshold, run)
+    assert f"--good-images {tmp_path / 'good'}" in said, said
+
+
+def test_train_trains_on_when_the_reader_of_its_log_goes_away(tiny_cookies, tmp_path):
+    # `train ... 2>&1 | head -c 100` stopped the training after its first epoch, quietly,
+    # with exit 141: no threshold.json, one epoch of five in history.csv
+    import subprocess
+    import sys
+
+    run = tmp_path / "ae"
+    command = (
+        f"{sys.executable} -m anomaly train --data {tiny_cookies} --method ae --size 64 "
+        f"--epochs 4 --out {run} 2>&1 | head -c 20 > /dev/null; exit ${{PIPESTATUS[0]}}"
+    )
+    done = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (run / "threshold.json").is_file()
+    assert len((run / "history.csv").read_text().strip().splitlines()) == 1 + 4
+
+
+def test_predict_out_may_be_a_link_the_user_made(scored_ae_run, tmp_path):
+    # `predict --out LINK` (a link to a mount) was refused with "remove the link"
+    import anomaly
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    image = min(
+        (
+            Path(json.loads((scored_ae_run / "config.json").read_text())["data"]) / "test" / "good"
+        ).iterdir()
+    )
+    results, _ = anomaly.predict_images(scored_ae_run, [image], overlay_dir=tmp_path / "link")
+    assert "score" in results[0] and list((tmp_path / "real").glob("*.png"))
+
+
+def test_a_full_disk_while_making_a_data_set_names_the_file(tmp_path, monkeypatch):
+    # make-cookies on a full disk said only "[Errno 28] No space left on device"
+    import errno
+
+    from PIL import Image
+
+    from anomaly.data import make_cookies
+    from anomaly.runs import RunError
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(RunError, match=r"\.png: the disk is full"):
+        make_cookies(tmp_path / "c", preset="tiny", size=64)
+
+
+def test_draem_with_batch_norm_refuses_a_one_pixel_bottleneck(tiny_cookies, tmp_path):
+    # a last batch of one image stopped training with torch's "Expected more than 1 value per
+    # channel when training"
+    config = tiny_config(
+        tiny_cookies, "draem", size=16, draem_norm="batch", batch_size=6, epochs=1
+    )
+    with pytest.raises(ValueError, match=r"bottleneck 1 x 1 px.*--draem-norm group"):
+        train_run(config, tmp_path / "d", progress=False)
+    train_run(config.replace(draem_norm="group"), tmp_path / "g", progress=False)
