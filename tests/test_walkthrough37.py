@@ -287,7 +287,10 @@ def test_patchknn_and_flow_refuse_a_size_their_feature_grid_would_stretch(tiny_c
     # spots fell up to 6 % short of the defects, towards the top-left corner (flow at 100: 12 %)
     from anomaly.config import Config
 
-    for method, size, near in (("patchknn", 90, "cells of 8 px.*use 88 or 96"), ("flow", 100, "use 96 or 112")):
+    for method, size, near in (
+        ("patchknn", 90, "cells of 8 px.*use 88 or 96"),
+        ("flow", 100, "use 96 or 112"),
+    ):
         config = Config.for_method(method, data=str(tiny_cookies), size=size, device="cpu")
         with pytest.raises(ValueError, match=rf"--size {size} does not work.*{near}"):
             train_run(config, tmp_path / method, progress=False)
@@ -368,9 +371,7 @@ def test_a_full_disk_while_making_a_data_set_names_the_file(tmp_path, monkeypatc
 def test_draem_with_batch_norm_refuses_a_one_pixel_bottleneck(tiny_cookies, tmp_path):
     # a last batch of one image stopped training with torch's "Expected more than 1 value per
     # channel when training"
-    config = tiny_config(
-        tiny_cookies, "draem", size=16, draem_norm="batch", batch_size=6, epochs=1
-    )
+    config = tiny_config(tiny_cookies, "draem", size=16, draem_norm="batch", batch_size=6, epochs=1)
     with pytest.raises(ValueError, match=r"bottleneck 1 x 1 px.*--draem-norm group"):
         train_run(config, tmp_path / "d", progress=False)
     train_run(config.replace(draem_norm="group"), tmp_path / "g", progress=False)
