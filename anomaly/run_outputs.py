@@ -51,7 +51,9 @@ class ScoreOutputs:
             return path, ""
         where = named([str(f.overlays) for f in gone], 2)
         again = f"python -m anomaly score --run {shell_word(self.path)}"
-        again += " (--data DATA for scored/'s)" * any(f is not self for f in gone)
+        again += " (with --data DATA for each data set in scored/)" * any(
+            f is not self for f in gone
+        )
         return path, (
             f"removed score's overlays in {where}: drawn at the earlier threshold, their verdicts "
             f"and colours no longer hold; draw them again with `{again}`"

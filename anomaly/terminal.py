@@ -17,8 +17,8 @@ def control_characters(text: str, names: bool = False) -> list[str]:
     `text`, each once. No path or name needs one, and printed in an error on a terminal
     "\\x1b[2K\\r" erases the line and writes anything in its place: a config.json from someone
     else could make a refusal read as success. `names`: C1 left out where the file system's
-    encoding is one of ISO 8859's (a Latin-1 locale decodes the UTF-8 bytes of "É" to "Ã\\x89"; printed, each
-    is escaped: `printable`)."""
+    encoding is one of ISO 8859's (a Latin-1 locale decodes the UTF-8 bytes of "É" to "Ã\\x89";
+    printed, each is escaped: `printable`)."""
     c1 = not names or len(_name_bytes("\x85")) > 1  # one byte: ISO 8859 file names
     return list(
         dict.fromkeys(
