@@ -12,7 +12,9 @@ written under the notebook's home (`$ANOMALY_HOME` or the working folder).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import shutil
 import sys
 import tempfile
@@ -230,7 +232,10 @@ def held_out_threshold(run: Path, alpha: float):
                 f"{wider:g}, the smallest they allow"
             )
             alpha = wider
-        return set_threshold(run, "conformal", alpha), alpha
+        with contextlib.redirect_stdout(io.StringIO()) as said:  # (overlays it removed)
+            threshold = set_threshold(run, "conformal", alpha)
+    print(shown(said.getvalue().rstrip()), end="\n" * bool(said.getvalue()))
+    return threshold, alpha
 
 
 def threshold_text(run: Path, threshold) -> str:
