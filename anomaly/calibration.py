@@ -348,14 +348,15 @@ def good_scores(
     return calibrate_on_folder(rd, folder, load_run(rd), alpha, images)
 
 
-def distinct_held_out(rd: RunDir, scores: np.ndarray) -> np.ndarray:
-    """The scores of val_scores.json that train's default threshold rests on: as `threshold
-    --rule` takes them (`_held_out`; `train_guards.warn_held_out` named the copies before
-    training), or `scores` where each held-out image is a copy of a training image."""
+def distinct_held_out(rd: RunDir, scores: np.ndarray) -> tuple[np.ndarray, dict | None]:
+    """(scores, record) of val_scores.json train's default threshold rests on, as `threshold
+    --rule` takes and records them (`_held_out`): the record None where none was left out;
+    `scores` where each held-out image is a copy of a training image (`warn_held_out`)."""
     try:
-        return _held_out(rd, rd.val_scores(), rd.split() or {}, None, quiet=True)[0]
+        kept, record = _held_out(rd, rd.val_scores(), rd.split() or {}, None, quiet=True)
     except RunError:
-        return scores
+        return scores, None
+    return kept, record if record.get("copies") else None
 
 
 def _held_out(rd: RunDir, stored: dict, split: dict, alpha: float | None, quiet=False):

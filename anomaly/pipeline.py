@@ -34,6 +34,7 @@ from anomaly.data.files import check_not_in_data
 from anomaly.data.image_kind import draft_size, read_kinds
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.data.image_unlike import warn_unlike
+from anomaly.data.masks import forget_said
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.detectors.inputs import frames_named
 from anomaly.pixel_eval import EVAL_SIZE, MASK_READING_KEY
@@ -124,7 +125,7 @@ def train_run(
     check_path_above(run.path)
     seed_everything(config.seed)
     detector = build_detector(config)
-    check_size(detector, config)
+    check_size(detector, config, again=split is not None)  # --like: a run as it was trained
     device = select_device(config.device)
     if not config.data.strip():  # the working folder would be read as the data set
         raise ValueError(
@@ -312,16 +313,18 @@ def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progre
             if threshold_file.drop_guarantee(old.params):
                 run.save_threshold(old)
             return
-    from anomaly.calibration import distinct_held_out  # as `threshold --rule` counts them
+    from anomaly.calibration import attach, distinct_held_out  # as `threshold --rule` does
     from anomaly.metrics import threshold_normal_quantile  # sklearn: not for predict
 
-    scores = distinct_held_out(run, scores) if val is not None else scores
+    scores, record = distinct_held_out(run, scores) if val is not None else (scores, None)
     threshold = threshold_normal_quantile(scores, q=detector.config.threshold_quantile)
+    threshold = attach(threshold, record) if record is not None else threshold
     threshold.params["set_by"] = "train"
     if val is None:  # none held out: the scores of images the model learned (`few_held_out`)
         threshold.params["on_training_images"] = True
     guards.warn_degenerate(run, scores, threshold.value, held_out=val is not None)
-    run.save_threshold(threshold)
+    if removed := run.replace_threshold(threshold)[1]:  # score's overlays of an earlier one
+        print(removed)
 
 
 # --- score, threshold, predict ---------------------------------------------------------------------
@@ -354,10 +357,10 @@ def score_run(
 
     rd = RunDir(run).require()
     rd.refuse_stopped("score")  # it would score with no threshold, into an unfinished run
+    forget_said()  # warnings of a file or mask folder: once this call, not once the process
     with rd.lock_unless_outside("score", out):  # --out elsewhere: a run of someone else's read
         detector = load_run(rd)
-        # everything that can fail comes before the first write: a damaged threshold.json
-        # leaves the earlier scores whole, not mixed with new ones
+        # what can fail comes before the first write (a damaged threshold.json: scores kept)
         threshold = rd.threshold() if rd.has_threshold() else None
         config = detector.config
         data = os.path.abspath(data or config.data)

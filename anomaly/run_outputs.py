@@ -30,34 +30,42 @@ class ScoreOutputs:
         another threshold, removed ("" where none was): their verdicts and colours were the
         earlier threshold's, and an overlay saying PASS for a part `predict` now rejects is a
         picture that lies. Only score's own go (`clear_outputs`' rule); `score` draws them
-        again."""
+        again. The same value and pixel threshold (one not saved: the held-out maps' upper end,
+        as `overlays.run_scale` takes it) keep them."""
         try:
             old = self.threshold() if self.has_threshold() else None
-        except ValueError:  # damaged, or another model's: whatever drew them, it is not this
-            old = None
+            drawn = old and (old.value, self._pixel_threshold(old))
+        except (ValueError, OSError):  # damaged, or another model's: whatever drew them
+            drawn = None
         path = self.save_threshold(threshold)
-        pixel = threshold.params.get("pixel_threshold")
-        if old is not None and (old.value, old.params.get("pixel_threshold")) == (
-            threshold.value,
-            pixel,
-        ):
+        try:
+            same = drawn == (threshold.value, self._pixel_threshold(threshold))
+        except (ValueError, OSError):  # no held-out maps' range: their colours unknown
+            same = False
+        if same:
             return path, ""
         gone = []
         for folder in [self, *self.scored_elsewhere()]:
-            if folder.overlays.is_dir() and (folder.overlays / self.OVERLAYS_WRITTEN).is_file():
+            if folder.overlays.is_symlink() or not folder.overlays.is_dir():
+                continue  # (nothing is removed through a link)
+            if (folder.overlays / self.OVERLAYS_WRITTEN).is_file():
                 remove_written(folder.overlays, self.OVERLAYS_WRITTEN, marked_overlay)
                 gone.append(folder)
         if not gone:
             return path, ""
         where = named([str(f.overlays) for f in gone], 2)
-        again = f"python -m anomaly score --run {shell_word(self.path)}"
+        again = f"`python -m anomaly score --run {shell_word(self.path)}`"
         again += " (with --data DATA for each data set in scored/)" * any(
             f is not self for f in gone
         )
         return path, (
             f"removed score's overlays in {where}: drawn at the earlier threshold, their verdicts "
-            f"and colours no longer hold; draw them again with `{again}`"
+            f"and colours no longer hold; draw them again with {again}"
         )
+
+    def _pixel_threshold(self, threshold) -> float:
+        saved = threshold.params.get("pixel_threshold")
+        return float(saved) if saved is not None else self.map_range()[1]
 
     def scored_elsewhere(self) -> list:
         """The folders in scored/ where `score --data OTHER` wrote other data's scores."""
