@@ -199,9 +199,10 @@ def _recorded_encoder(run: RunDir | None) -> str | None:
 MIN_SIZE = {"draem": 8}
 
 
-def check_size(detector: Detector, config: Config) -> None:
+def check_size(detector: Detector, config: Config, again: bool = False) -> None:
     """Refuse an image size the method's networks cannot take, or learn nothing from
-    (`MIN_SIZE`), before any data is read."""
+    (`MIN_SIZE`), before any data is read; `again` (`train --like`: a run trained before such
+    sizes were refused), a size a feature grid stretches is warned of instead."""
     if config.size < (least := MIN_SIZE.get(config.method, 0)):
         default = METHOD_DEFAULTS.get(config.method, {}).get("size", Config.size)
         raise ValueError(
@@ -230,12 +231,15 @@ def check_size(detector: Detector, config: Config) -> None:
         near = " or ".join(
             str(s) for s in (config.size // step * step, -(-config.size // step) * step) if s
         )
-        raise ValueError(
+        said = (
             f"--size {config.size} does not work for {config.method} with its layers: their "
             f"feature grid has cells of {step} px, so its maps would be stretched over the "
             f"image and miss defects by up to {step * (-(-config.size // step)) - config.size} px "
             f"at its far edge; use {near}"
         )
+        if not again:
+            raise ValueError(said)
+        warnings.warn(said.replace("would be", "are"), stacklevel=3)
 
     def fails(size: int) -> str | None:
         try:
