@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,7 +149,7 @@ def check_not_in_use(folder: Path, name: str, command: str) -> None:
     still training): what it holds now is half-written, not interrupted. A lock whose holder
     flocks it (this version's) counts only while its flock is held."""
     path = folder / name
-    if path.absolute() in _HELD:  # this process holds it (a command run inside another)
+    if _held_here(path.absolute(), folder, command):  # (a command run inside another)
         return
     try:
         flocked = fcntl is not None and load_record(path).get("flock") is True
@@ -181,7 +182,20 @@ def _flock_free(path: Path) -> bool:
         os.close(fd)
 
 
-_HELD: set[Path] = set()  # the lock files this process holds (taking one again is free)
+_HELD: dict[Path, int] = {}  # the lock files this process holds, and the thread holding each
+
+
+def _held_here(key: Path, folder: Path, command: str) -> bool:
+    """Whether this thread holds the lock file `key` (taking it again is free: a command run
+    inside another); InUse where another thread of this process does (a service's threads
+    trained two data sets into one folder, each let through by the other's lock)."""
+    holder = _HELD.get(key)
+    if holder is not None and holder != threading.get_ident():
+        raise InUse(
+            f"{folder} is in use: another thread of this process holds its lock. Wait for it "
+            f"to finish, then run {command} again"
+        )
+    return holder is not None
 
 
 @contextlib.contextmanager
@@ -203,16 +217,16 @@ def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
             "and run the command again"
         )
     key = path.absolute()
-    if key in _HELD:  # this process holds it already (a command run inside another)
+    if _held_here(key, folder, command):  # this thread holds it already
         yield folder
         return
     fd = _take_lock(folder, path, command)
-    _HELD.add(key)
+    _HELD[key] = threading.get_ident()
     remove_dead_writers(folder)
     try:
         yield folder
     finally:
-        _HELD.discard(key)
+        _HELD.pop(key, None)
         path.unlink(missing_ok=True)  # before the lock goes: a waiter then finds no file
         os.close(fd)
 
