@@ -241,10 +241,12 @@ def predict_images(
     called with each result as soon as it is made (`predict` prints its row then: a long run
     stopped part-way keeps the verdicts made so far).
     """
+    from anomaly.data.masks import forget_said
     from anomaly.uploads import shown_result, staged
 
     rd, detector = _run_and_detector(run)
     threshold = rd.threshold()
+    forget_said()  # warnings of a file: once this call, not once the process
     with staged(images) as (files, shown):
         results = []
         work = _predict(rd, detector, threshold, files, overlay_dir, workers, overlays, shown)

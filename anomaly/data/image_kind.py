@@ -186,7 +186,7 @@ def warn_once(path, words: str, stacklevel: int = 3) -> None:
         warnings.warn(f"{shown}: {words}", UserWarning, stacklevel=stacklevel)
 
 
-_SAID: set[tuple[str, str]] = set()
+_SAID: set[tuple[str, str]] = set()  # (cleared at each call's start: `masks.forget_said`)
 SHOWN_AS: dict[str, str] = {}  # an upload's staged file: the name it is given (`uploads.staged`)
 
 

@@ -70,6 +70,16 @@ LABEL_LEVELS = 8  # a mask of at most this many values is a label map (resizing 
 _SOFT_SAID: set[str] = set()  # folders whose soft masks were named (once a folder, not a file)
 
 
+def forget_said() -> None:
+    """Begin a call's warnings (`predict_images`, `score_run`): a file's (Pillow's, values out
+    of range: `image_kind.warn_once`) and a mask folder's soft edges are said once a call, not
+    once a process (a service's later requests of the same file said nothing)."""
+    from anomaly.data import image_kind
+
+    _SOFT_SAID.clear()
+    image_kind._SAID.clear()
+
+
 def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
     """A grey mask with soft edges as bool [H, W], or None for any other mask (read by
     `mask_array`): a pixel is a defect where it is at least half of the brightest within
