@@ -87,7 +87,7 @@ def collect_runs(runs, run_dirs=None) -> tuple[dict, dict]:
             name = _unique_name(name or run.method or "run", preds)
             preds[name], dirs[name] = _finite(name, run), None
         else:
-            folder = run_folder(run)
+            folder = Path(os.path.abspath(run_folder(run)))  # a later chdir: the same run
             name = _unique_name(name or folder.resolve().name, preds)
             preds[name], dirs[name] = load_run_predictions(run), folder
     if run_dirs is not None:
@@ -101,7 +101,7 @@ def collect_runs(runs, run_dirs=None) -> tuple[dict, dict]:
         for name, folder in run_dirs.items():
             if name not in preds:
                 raise KeyError(f"run_dirs names {name!r}, which is not one of {list(preds)}")
-            dirs[name] = Path(folder) if folder is not None else None
+            dirs[name] = Path(os.path.abspath(folder)) if folder is not None else None
     return _matched(preds, dirs), dirs
 
 
