@@ -36,6 +36,12 @@ def test_train_leaves_held_out_copies_of_training_images_out_of_its_threshold(
     said = "\n".join(str(w.message) for w in caught)
     assert "the default threshold leaves them out and rests on the others" in said
     trained = json.loads((run / "threshold.json").read_text())["value"]
+    from anomaly.runs import RunDir
+    from anomaly.threshold_file import UNSUPPORTED
+
+    # the scores it rests on are recorded: predict does not call it edited (a review found it
+    # said "not the quantile q it records of the scores it was set on" on every call)
+    assert UNSUPPORTED not in RunDir(run).threshold().params
     chosen = set_threshold(run, "normal-quantile")
     held = set(split["sha256"][len(split["train"]) :]) - learned  # copies among them: once
     assert chosen.params["calibration"]["n"] == len(held)
@@ -375,3 +381,128 @@ def test_draem_with_batch_norm_refuses_a_one_pixel_bottleneck(tiny_cookies, tmp_
     with pytest.raises(ValueError, match=r"bottleneck 1 x 1 px.*--draem-norm group"):
         train_run(config, tmp_path / "d", progress=False)
     train_run(config.replace(draem_norm="group"), tmp_path / "g", progress=False)
+
+
+def test_overlays_stay_for_the_same_threshold_and_go_when_resume_sets_another(
+    scored_ae_run, tmp_path, capsys
+):
+    # a review: the explorer's save of the very threshold the overlays were drawn at (its pixel
+    # threshold given, equal to the held-out maps' upper end train's threshold stands for)
+    # removed them; `train --resume` setting a new default threshold left them, lying
+    from helpers import copy_run
+
+    from anomaly.explorer.saving import write_threshold
+    from anomaly.metrics import threshold_manual
+    from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    score_run(run, progress=False)
+    rd = RunDir(run)
+    same = threshold_manual(rd.threshold().value)
+    same.params["pixel_threshold"] = rd.map_range()[1]
+    assert write_threshold(run, same)[1] == ""
+    assert list((run / "overlays").glob("*.png"))
+    set_threshold(run, "manual", same.value * 0.9)  # overlays removed; drawn again:
+    score_run(run, progress=False)
+    capsys.readouterr()
+    (run / "threshold.json").unlink()
+    train_run(rd.config(), run, resume=True, progress=False)
+    assert "removed score's overlays" in capsys.readouterr().out
+    assert not list((run / "overlays").glob("*.png"))
+
+
+def test_train_like_reproduces_a_run_of_a_size_now_refused_with_a_warning(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    # a review: a patchknn run at --size 100 (trained before such sizes were refused) could not
+    # be trained again by `train --like`, which takes no --size
+    from anomaly import pipeline
+    from anomaly.config import Config
+    from anomaly.rerun import train_like
+
+    config = Config.for_method("patchknn", data=str(tiny_cookies), size=100, device="cpu")
+    with monkeypatch.context() as m:  # as an older version trained it
+        m.setattr(pipeline, "check_size", lambda *args, **kwargs: None)
+        train_run(config, tmp_path / "old", progress=False)
+    with pytest.warns(UserWarning, match=r"--size 100 does not work for patchknn.*are stretched"):
+        train_like(tmp_path / "old", tmp_path / "again", progress=False)
+    assert (tmp_path / "again" / "model.pt").is_file()
+
+
+def test_another_thread_of_the_process_is_refused_a_run_one_thread_holds(tmp_path):
+    # the lock let every thread of the process through once one held it: a service's two
+    # threads trained two data sets into one folder (config.json of one, model.pt of the other)
+    import threading
+
+    from anomaly.runs import RunDir
+    from anomaly.safe_files import InUse
+
+    run = RunDir(tmp_path / "run")
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        # the same thread again: free (a command run inside another)
+        with run.lock("train"), run.lock("train"):
+            held.set()
+            done.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(30)
+        with (
+            pytest.raises(InUse, match="another thread of this process holds its lock"),
+            run.lock("train"),
+        ):
+            pass
+        with pytest.raises(InUse, match="another thread"):
+            run.check_not_in_use("score")
+    finally:
+        done.set()
+        t.join()
+    with run.lock("train"):  # let go: taken
+        pass
+
+
+def test_a_files_warning_is_said_in_each_call_not_once_a_process(
+    scored_ae_run, tmp_path, monkeypatch
+):
+    # a service's camera drop file, rewritten per part: Pillow's size warning came with the
+    # first request only (`warn_once` remembered it for the whole process)
+    from PIL import Image
+
+    import anomaly
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)
+    latest = tmp_path / "latest.png"
+    said = []
+    for seed in range(2):
+        pixels = np.random.default_rng(seed).integers(0, 255, (300, 300), np.uint8)
+        Image.fromarray(pixels).save(latest)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            anomaly.predict_images(scored_ae_run, [latest], overlays=False)
+        said.append(sum("exceeds limit" in str(w.message) for w in caught))
+    assert said == [1, 1]
+
+
+def test_the_explorer_saves_into_the_run_it_opened_after_a_chdir(
+    scored_ae_run, tmp_path, monkeypatch
+):
+    # `ThresholdExplorer("run")` kept the folder as typed: after `%cd` elsewhere its Save wrote
+    # the threshold into another folder's "run" (a backup copy there took it)
+    from helpers import copy_run
+
+    import anomaly
+
+    for place in ("P1", "P2"):
+        copy_run(scored_ae_run, tmp_path / place / "run")
+    monkeypatch.chdir(tmp_path / "P1")
+    ex = anomaly.ThresholdExplorer("run")
+    monkeypatch.chdir(tmp_path / "P2")
+    before = (tmp_path / "P2" / "run" / "threshold.json").read_bytes()
+    ex.slider.value = ex.slider.max
+    saved = ex.save_threshold()
+    assert Path(saved).resolve() == (tmp_path / "P1" / "run" / "threshold.json").resolve()
+    assert (tmp_path / "P2" / "run" / "threshold.json").read_bytes() == before
