@@ -506,3 +506,17 @@ def test_the_explorer_saves_into_the_run_it_opened_after_a_chdir(
     saved = ex.save_threshold()
     assert Path(saved).resolve() == (tmp_path / "P1" / "run" / "threshold.json").resolve()
     assert (tmp_path / "P2" / "run" / "threshold.json").read_bytes() == before
+
+
+def test_closing_an_explorer_frees_its_widgets(scored_ae_run):
+    # each ThresholdExplorer left ~200 widgets (6 MB on tiny data) in the kernel's registry,
+    # and there was no way to close them: a cell run again for hours, or a server, grew
+    from ipywidgets.widgets import widget as registry
+
+    import anomaly
+
+    before = set(registry._instances)
+    ex = anomaly.ThresholdExplorer(scored_ae_run)
+    assert len(set(registry._instances) - before) > 50
+    ex.close()
+    assert set(registry._instances) - before == set()

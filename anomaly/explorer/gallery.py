@@ -389,3 +389,18 @@ class Gallery:
         self.zoomed = None
         self.zoom_box.layout.display = "none"
         self.zoom_images.children = ()
+
+
+def close_tree(*roots) -> None:
+    """Close widgets and every widget they hold (`children`, recursively): the kernel's registry
+    keeps each until it is closed (an explorer left ~200, 6 MB on tiny data, per cell run)."""
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        widget = todo.pop()
+        if widget is None or id(widget) in seen or not hasattr(widget, "close"):
+            continue
+        seen.add(id(widget))
+        todo.extend(getattr(widget, "children", ()) or ())
+        todo.extend(getattr(widget, name, None) for name in ("layout", "style"))  # widgets too
+        widget.close()

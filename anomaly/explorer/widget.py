@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly.decision import cost_optimum, counts_at, cross_validated_cost
-from anomaly.explorer.gallery import Gallery, png
+from anomaly.explorer.gallery import Gallery, close_tree, png
 from anomaly.explorer.report import draw_histogram, is_report, report_html, snapshot_figure
 from anomaly.explorer.runs import RunView, collect_runs, prepare, threshold_path
 from anomaly.explorer.saving import (
@@ -203,6 +203,10 @@ class ThresholdExplorer:
         self.save_button.on_click(self._on_save)
         self.report_button.on_click(self._on_report)
         self._show_run(first)
+
+    def close(self) -> None:
+        """Close the explorer's widgets (`gallery.close_tree`): one built per cell run or page."""
+        close_tree(self.widget, *(v for v in vars(self).values() if hasattr(v, "_model_id")))
 
     # --- display ------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
