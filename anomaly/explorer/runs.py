@@ -370,7 +370,8 @@ def prepare(name: str, pred: Predictions, folder: Path | None) -> RunView:
     saved = read_threshold(folder)
     if saved is not None:  # a saved threshold outside the scores' span stays reachable
         lo, hi = min(lo, saved.value), max(hi, saved.value)
-    pt = float(np.clip(scale.pixel_threshold, map_lo, map_hi))
+    pt = float(scale.pixel_threshold)  # as saved (the slider reaches it): Save keeps it
+    pt = pt if np.isfinite(pt) else float(np.clip(pt, map_lo, map_hi))
     return RunView(
         name,
         pred,
