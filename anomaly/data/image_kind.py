@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -183,7 +184,21 @@ def warn_once(path, words: str, stacklevel: int = 3) -> None:
     if (str(path), words) not in _SAID:  # (each staged file once: its own temporary path)
         _SAID.add((str(path), words))
         shown = SHOWN_AS.get(str(path), path)
-        warnings.warn(f"{shown}: {words}", UserWarning, stacklevel=stacklevel)
+        warn_fresh(f"{shown}: {words}", stacklevel=stacklevel)
+
+
+def warn_fresh(message: str, stacklevel: int = 2) -> None:
+    """`warnings.warn(message, stacklevel=...)` that is said again at its next call: Python's
+    default filter keeps each message of a line of code in its module's registry, and hid a
+    file's warning in a service's later requests (the callers say it once a call: `_SAID`)."""
+    try:
+        frame = sys._getframe(stacklevel)  # as warnings.warn's stacklevel from the caller
+    except ValueError:  # not that deep
+        warnings.warn(message, UserWarning, stacklevel=2)
+        return
+    where = frame.f_code.co_filename, frame.f_lineno
+    name, env = frame.f_globals.get("__name__"), frame.f_globals
+    warnings.warn_explicit(message, UserWarning, *where, name, {}, module_globals=env)
 
 
 _SAID: set[tuple[str, str]] = set()  # (cleared at each call's start: `masks.forget_said`)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anomaly.data.files import DataError
-from anomaly.data.image_kind import open_image
+from anomaly.data.image_kind import open_image, warn_fresh
 
 INVERTED_FRACTION = 0.75  # a mask marking more of its image than this is probably inverted
 
@@ -112,7 +112,7 @@ def soft_cut(im: Image.Image, path: str | Path) -> np.ndarray | None:
     folder = str(Path(path).parent)
     if folder not in _SOFT_SAID and marked.sum() < (a > 0).sum():
         _SOFT_SAID.add(folder)
-        warnings.warn(
+        warn_fresh(  # (said again in a later call: `forget_said`)
             f"{path}: this mask has soft edges (grey levels between 0 and {top}), as resizing "
             "or anti-aliasing leaves them: a pixel is read as defect where it is at least half "
             f"of the brightest near it ({int(marked.sum())} px; every non-zero pixel would be "
