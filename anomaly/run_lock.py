@@ -149,7 +149,7 @@ def check_not_in_use(folder: Path, name: str, command: str) -> None:
     still training): what it holds now is half-written, not interrupted. A lock whose holder
     flocks it (this version's) counts only while its flock is held."""
     path = folder / name
-    if _held_here(path.absolute(), folder, command):  # (a command run inside another)
+    if _held_here(path.absolute(), folder):  # (a command run inside another)
         return
     try:
         flocked = fcntl is not None and load_record(path).get("flock") is True
@@ -185,15 +185,19 @@ def _flock_free(path: Path) -> bool:
 _HELD: dict[Path, int] = {}  # the lock files this process holds, and the thread holding each
 
 
-def _held_here(key: Path, folder: Path, command: str) -> bool:
+def _held_here(key: Path, folder: Path) -> bool:
     """Whether this thread holds the lock file `key` (taking it again is free: a command run
     inside another); InUse where another thread of this process does (a service's threads
     trained two data sets into one folder, each let through by the other's lock)."""
     holder = _HELD.get(key)
     if holder is not None and holder != threading.get_ident():
+        try:
+            theirs = f" ({load_record(key).get('command')})"
+        except (OSError, ValueError, AttributeError):
+            theirs = ""
         raise InUse(
-            f"{folder} is in use: another thread of this process holds its lock. Wait for it "
-            f"to finish, then run {command} again"
+            f"{folder} is in use: another thread of this process holds its lock{theirs}. Wait "
+            "for it to finish, or choose another --out"
         )
     return holder is not None
 
@@ -217,7 +221,7 @@ def folder_lock(folder: Path, name: str, command: str) -> Iterator[Path]:
             "and run the command again"
         )
     key = path.absolute()
-    if _held_here(key, folder, command):  # this thread holds it already
+    if _held_here(key, folder):  # this thread holds it already
         yield folder
         return
     fd = _take_lock(folder, path, command)
