@@ -476,15 +476,14 @@ def test_a_files_warning_is_said_in_each_call_not_once_a_process(
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)
     latest = tmp_path / "latest.png"
-    said = []
-    for seed in range(2):
-        pixels = np.random.default_rng(seed).integers(0, 255, (300, 300), np.uint8)
-        Image.fromarray(pixels).save(latest)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own: once per line of code (a review),
+        warnings.filterwarnings("always", module="PIL")  # Pillow's as `named_warnings` sets
+        for seed in range(2):
+            pixels = np.random.default_rng(seed).integers(0, 255, (300, 300), np.uint8)
+            Image.fromarray(pixels).save(latest)
             anomaly.predict_images(scored_ae_run, [latest], overlays=False)
-        said.append(sum("exceeds limit" in str(w.message) for w in caught))
-    assert said == [1, 1]
+    assert sum("exceeds limit" in str(w.message) for w in caught) == 2
 
 
 def test_the_explorer_saves_into_the_run_it_opened_after_a_chdir(
@@ -520,3 +519,30 @@ def test_closing_an_explorer_frees_its_widgets(scored_ae_run):
     assert len(set(registry._instances) - before) > 50
     ex.close()
     assert set(registry._instances) - before == set()
+
+
+def test_an_untouched_explorer_saves_the_pixel_threshold_it_read_and_keeps_the_overlays(
+    scored_ae_run, tmp_path
+):
+    # a second review: the page clipped the run's pixel threshold into the scored maps' range,
+    # so a Save with nothing moved wrote another pixel threshold and removed the overlays
+    from helpers import copy_run
+
+    import anomaly
+    from anomaly.explorer.saving import write_threshold
+    from anomaly.metrics import threshold_manual
+    from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    maps = RunDir(run).predictions().maps
+    above = threshold_manual(RunDir(run).threshold().value)
+    above.params["pixel_threshold"] = float(maps.max()) * 2  # above every scored map
+    write_threshold(run, above)
+    score_run(run, progress=False)
+    ex = anomaly.ThresholdExplorer(run)
+    assert ex.pixel_threshold == above.params["pixel_threshold"]
+    ex.save_threshold()
+    assert "Removed" not in ex.status.value
+    assert list((run / "overlays").glob("*.png"))
+    ex.close()
