@@ -6,6 +6,7 @@ Its parser (commands, flags, help) is `anomaly.cli_parser`; this module runs the
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -492,5 +493,7 @@ def _error(err: Exception) -> int:
             whole = os.path.abspath(err.filename) == str(above)
             path = "" if whole else f" of the path {err.filename}"
             message = f"{above} is a file where a folder{path} goes; choose another path"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) and not err.filename:
+        message += " (standard output, or a file it does not name): free space, or write elsewhere"
     print(f"error: {visible(message)}", file=sys.stderr)
     return 2

@@ -4,6 +4,7 @@ threshold, a row per image as it is scored (`anomaly.cli` runs the other command
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -59,8 +60,9 @@ def run_predict(args) -> int:
     if lost := overlays_lost(results):
         print(f"error: {printable(lost)}", file=sys.stderr)
     if failed:
-        print(
-            f"error: {len(failed)} of the {len(results)} images were not scored (their rows "
+        rows = "images" if not any(os.path.isdir(r.get("path", "")) for r in failed) else "rows"
+        print(  # (a folder not searched is a row too: not an image)
+            f"error: {len(failed)} of the {len(results)} {rows} were not scored (their rows "
             "say ERROR; why is named above)",
             file=sys.stderr,
         )

@@ -546,3 +546,19 @@ def test_an_untouched_explorer_saves_the_pixel_threshold_it_read_and_keeps_the_o
     assert "Removed" not in ex.status.value
     assert list((run / "overlays").glob("*.png"))
     ex.close()
+
+
+def test_predict_of_a_folder_of_folders_counts_rows_and_a_full_stdout_is_named(
+    scored_ae_run, tiny_cookies, capsys
+):
+    # `predict --run RUN data/test` (subfolders, no --recursive) said "1 of the 1 images were not
+    # scored" of a folder; `threshold > /dev/full` said a bare "[Errno 28] No space left"
+    import errno
+
+    from anomaly.cli import _error, main
+
+    assert main(["predict", "--run", str(scored_ae_run), "--no-overlays", str(tiny_cookies)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 1 rows were not scored" in err and "--recursive" in err
+    assert _error(OSError(errno.ENOSPC, "No space left on device")) == 2
+    assert "(standard output, or a file it does not name)" in capsys.readouterr().err
