@@ -333,8 +333,9 @@ def _threshold_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(
-            f"{path} is a folder: pass the threshold's file; a run folder's threshold is "
-            "RunDir(run).threshold() / RunDir(run).save_threshold(t) (anomaly.runs)"
+            f"{path} is a folder: pass the threshold's file; a run folder's threshold is read "
+            "with RunDir(run).threshold() and set with anomaly.set_threshold(run, 'manual', value) "
+            "(which also removes score's overlays drawn at the earlier one)"
         )
     return path
 

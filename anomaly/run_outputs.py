@@ -48,8 +48,9 @@ class ScoreOutputs:
         for folder in [self, *self.scored_elsewhere()]:
             if folder.overlays.is_symlink() or not folder.overlays.is_dir():
                 continue  # (nothing is removed through a link)
-            if (folder.overlays / self.OVERLAYS_WRITTEN).is_file():
-                remove_written(folder.overlays, self.OVERLAYS_WRITTEN, marked_overlay)
+            before = len(list(folder.overlays.iterdir()))  # no record: score's marked PNGs
+            remove_written(folder.overlays, self.OVERLAYS_WRITTEN, marked_overlay)
+            if not folder.overlays.is_dir() or len(list(folder.overlays.iterdir())) < before:
                 gone.append(folder)
         if not gone:
             return path, ""
