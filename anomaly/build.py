@@ -40,6 +40,8 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     # which run and model.pt it holds: a service that keeps it loaded can tell when the run's
     # files changed under it (`predict_images(detector, ...)` checks)
     detector.run, detector.model_sha256 = run.path.resolve(), digest  # a chdir: still it
+    if run.training_now():  # a resume replaces model.pt, then its threshold: not read between
+        run.check_not_in_use("read")
     if not payload.get("complete", True):
         run.check_not_in_use("read")  # still training: half-way, not interrupted
         if not run.has_last():  # stopped before its first epoch was saved: nothing to resume

@@ -176,6 +176,15 @@ class CheckpointFiles:
         except (RunError, ValueError, OSError):
             return False
 
+    def training_now(self) -> bool:
+        """Whether the run's lock names `train` (whether its process lives: `check_not_in_use`):
+        a resume replaces model.pt and then its threshold, so a reader meanwhile would pair the
+        new model with the earlier threshold."""
+        try:
+            return load_record(self.file(self.LOCK)).get("command") == "train"
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def refuse_stopped(self, command: str) -> None:
         """RunError naming `train --resume` for a run `stopped_before_threshold` with no
         threshold.json (`score` wrote into it and `predict` said to set a threshold, which said
@@ -240,6 +249,7 @@ class CheckpointFiles:
                 for f in diffs
             )
             if set(diffs) <= set(RESUMABLE_FIELDS) and self.has_last():
+                self.check_not_in_use("read")  # a resume writing its first epoch: in use
                 raise RunError(  # `train --resume --epochs N` writes config.json first
                     f"{self.file(self.CONFIG)} asks for more training than {self.file(self.MODEL)} "
                     f"has had ({detail}): a `train --resume` was stopped before it saved an "
