@@ -562,3 +562,51 @@ def test_predict_of_a_folder_of_folders_counts_rows_and_a_full_stdout_is_named(
     assert "1 of the 1 rows were not scored" in err and "--recursive" in err
     assert _error(OSError(errno.ENOSPC, "No space left on device")) == 2
     assert "(standard output, or a file it does not name)" in capsys.readouterr().err
+
+
+def test_overlays_whose_record_is_lost_go_by_their_mark(scored_ae_run, tmp_path, capsys):
+    # a QA walkthrough: with overlays/.written.json deleted, a new threshold kept every overlay
+    # (REJECT on a part predict now passes) and said nothing; clear_outputs' rule: score's mark
+    from helpers import copy_run
+
+    from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    score_run(run, progress=False)
+    (run / "overlays" / ".written.json").unlink()
+    (run / "overlays" / "mine.png").write_bytes(
+        (run / "overlays" / "good_000.png").read_bytes()[:8]
+    )
+    capsys.readouterr()
+    set_threshold(run, "manual", RunDir(run).threshold().value * 0.9)
+    assert "removed score's overlays" in capsys.readouterr().out
+    assert [p.name for p in (run / "overlays").iterdir()] == ["mine.png"]
+
+
+def test_a_run_a_resume_is_writing_is_in_use_for_readers(tiny_cookies, tmp_path):
+    # a two-shell walkthrough: near the end of `train --resume` (model.pt replaced, its threshold
+    # not yet) predict paired the new model with the earlier threshold, exit 0; at its first
+    # epoch readers got "a `train --resume` was stopped ... continue it" instead of "in use"
+    import subprocess
+    import sys
+
+    import anomaly
+    from anomaly.safe_files import InUse
+
+    run = tmp_path / "md"
+    train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
+    hold = (
+        "import sys, time; from anomaly.runs import RunDir\n"
+        "with RunDir(sys.argv[1]).lock('train'):\n"
+        "    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(InUse, match="running `train`"):
+            anomaly.load_run(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    anomaly.load_run(run)  # its trainer gone: read as it is
