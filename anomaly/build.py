@@ -40,6 +40,8 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     # which run and model.pt it holds: a service that keeps it loaded can tell when the run's
     # files changed under it (`predict_images(detector, ...)` checks)
     detector.run, detector.model_sha256 = run.path.resolve(), digest  # a chdir: still it
+    if said := stretched(detector, config):  # a run trained before such sizes were refused
+        warnings.warn(said.replace("would be", "are") + " (train a new run at one)", stacklevel=2)
     if run.training_now():  # a resume replaces model.pt, then its threshold: not read between
         run.check_not_in_use("read")
     if not payload.get("complete", True):
@@ -227,18 +229,7 @@ def check_size(detector: Detector, config: Config, again: bool = False) -> None:
     )
     if probe is None:  # kmeans takes its source run's size; others check their own input
         return
-    backbone = getattr(getattr(detector, "extractor", detector), "backbone", None)
-    step = math.lcm(*getattr(backbone, "stride", None) or [1])  # patchknn, flow: its cells
-    if config.size % step:  # the grid covers whole cells past the edge: maps stretched over it
-        near = " or ".join(
-            str(s) for s in (config.size // step * step, -(-config.size // step) * step) if s
-        )
-        said = (
-            f"--size {config.size} does not work for {config.method} with its layers: their "
-            f"feature grid has cells of {step} px, so its maps would be stretched over the "
-            f"image and miss defects by up to {step * (-(-config.size // step)) - config.size} px "
-            f"at its far edge; use {near}"
-        )
+    if said := stretched(detector, config):
         if not again:
             raise ValueError(said)
         warnings.warn(said.replace("would be", "are"), stacklevel=3)
@@ -271,6 +262,22 @@ def check_size(detector: Detector, config: Config, again: bool = False) -> None:
         finally:
             for name, m in detector.modules().items():
                 m.train(modes[name])
+
+
+def stretched(detector: Detector, config: Config) -> str | None:
+    """Why `config.size` stretches the detector's feature grid over the image (patchknn, flow:
+    a size not a multiple of its cells, whose grid covers whole cells past the edge), or None."""
+    backbone = getattr(getattr(detector, "extractor", detector), "backbone", None)
+    step = math.lcm(*getattr(backbone, "stride", None) or [1])
+    if not config.size % step:
+        return None
+    up = -(-config.size // step) * step
+    near = " or ".join(str(s) for s in (config.size // step * step, up) if s)
+    return (
+        f"--size {config.size} does not work for {config.method} with its layers: their "
+        f"feature grid has cells of {step} px, so its maps would be stretched over the image "
+        f"and miss defects by up to {up - config.size} px at its far edge; use {near}"
+    )
 
 
 def _sizes_near(size: int, fails) -> list[int]:

@@ -428,6 +428,10 @@ def test_train_like_reproduces_a_run_of_a_size_now_refused_with_a_warning(
     with pytest.warns(UserWarning, match=r"--size 100 does not work for patchknn.*are stretched"):
         train_like(tmp_path / "old", tmp_path / "again", progress=False)
     assert (tmp_path / "again" / "model.pt").is_file()
+    import anomaly  # and loading such a run says so (its predictions' maps are stretched)
+
+    with pytest.warns(UserWarning, match=r"are stretched.*train a new run at one"):
+        anomaly.load_run(tmp_path / "old")
 
 
 def test_another_thread_of_the_process_is_refused_a_run_one_thread_holds(tmp_path):
