@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,6 +16,24 @@ from helpers import deploy_copy, fresh_python, tiny_config
 
 from anomaly.calibration import set_threshold
 from anomaly.pipeline import train_run
+
+
+@contextlib.contextmanager
+def held_by_another_process(run, command: str):
+    """The run's lock held by another live process running `command` while the block runs."""
+    hold = (
+        "import sys, time; from anomaly.runs import RunDir\n"
+        "with RunDir(sys.argv[1]).lock(sys.argv[2]):\n"
+        "    print('held', flush=True); time.sleep(60)"
+    )
+    argv = [sys.executable, "-c", hold, str(run), command]
+    holder = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_train_leaves_held_out_copies_of_training_images_out_of_its_threshold(
@@ -117,8 +138,6 @@ def test_auto_says_it_ignores_smooth_sigma(tmp_path):
 def test_export_waits_for_no_one_writing_the_run(tiny_cookies, tmp_path):
     # export read model.pt and threshold.json and wrote model.onnx into a run another process
     # was writing (a threshold being set, a resumed training): it now takes the run's lock
-    import subprocess
-    import sys
 
     pytest.importorskip("onnx")
     from helpers import patchknn_export
@@ -129,20 +148,10 @@ def test_export_waits_for_no_one_writing_the_run(tiny_cookies, tmp_path):
     run = tmp_path / "pk"
     patchknn_export(tiny_cookies, run)
     (run / "model.onnx").unlink()
-    hold = (
-        "import sys, time; from anomaly.runs import RunDir\n"
-        "with RunDir(sys.argv[1]).lock('threshold'):\n"
-        "    print('held', flush=True); time.sleep(60)"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout.readline().strip() == b"held"
+    with held_by_another_process(run, "threshold"):
         with pytest.raises(RunError, match="in use"):
             export_onnx(run)
         assert not (run / "model.onnx").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert export_onnx(run) == run / "model.onnx"
 
 
@@ -326,8 +335,6 @@ def test_a_suggested_command_names_the_good_images_folder_from_anywhere(
 def test_train_trains_on_when_the_reader_of_its_log_goes_away(tiny_cookies, tmp_path):
     # `train ... 2>&1 | head -c 100` stopped the training after its first epoch, quietly,
     # with exit 141: no threshold.json, one epoch of five in history.csv
-    import subprocess
-    import sys
 
     run = tmp_path / "ae"
     command = (
@@ -592,25 +599,12 @@ def test_a_run_a_resume_is_writing_is_in_use_for_readers(tiny_cookies, tmp_path)
     # a two-shell walkthrough: near the end of `train --resume` (model.pt replaced, its threshold
     # not yet) predict paired the new model with the earlier threshold, exit 0; at its first
     # epoch readers got "a `train --resume` was stopped ... continue it" instead of "in use"
-    import subprocess
-    import sys
 
     import anomaly
     from anomaly.safe_files import InUse
 
     run = tmp_path / "md"
     train_run(tiny_config(tiny_cookies, "meandiff"), run, progress=False)
-    hold = (
-        "import sys, time; from anomaly.runs import RunDir\n"
-        "with RunDir(sys.argv[1]).lock('train'):\n"
-        "    print('held', flush=True); time.sleep(60)"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout.readline().strip() == b"held"
-        with pytest.raises(InUse, match="running `train`"):
-            anomaly.load_run(run)
-    finally:
-        holder.kill()
-        holder.wait()
+    with held_by_another_process(run, "train"), pytest.raises(InUse, match="running `train`"):
+        anomaly.load_run(run)
     anomaly.load_run(run)  # its trainer gone: read as it is
