@@ -354,10 +354,9 @@ def _signals_interrupt():
         sys.excepthook = quiet  # their tensors' files, in multiprocessing)
         raise KeyboardInterrupt(signum)
 
-    def quiet(kind, value, trace):
-        if threading.current_thread() is threading.main_thread() or not issubclass(
-            kind, (ConnectionError, EOFError)
-        ):
+    def quiet(kind, value, trace):  # kept once stopped: the sharer's thread can fail later,
+        main = threading.current_thread() is threading.main_thread()  # its socket closed
+        if main or not issubclass(kind, (OSError, EOFError)):
             hooks[0](kind, value, trace)
 
     previous, hooks, _SIGNALLED[:] = {}, [], []
@@ -372,8 +371,6 @@ def _signals_interrupt():
         for signum, handler in previous.items():
             if handler is not None:  # (None: one set outside Python, which cannot be put back)
                 signal.signal(signum, handler)
-        if hooks:
-            sys.excepthook = hooks[0]
 
 
 def _main(args) -> int:
