@@ -6,7 +6,6 @@ Its parser (commands, flags, help) is `anomaly.cli_parser`; this module runs the
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from anomaly.cli_parser import (  # noqa: F401 (build_parser and EMPTY_DEFAULT r
 )
 from anomaly.cli_predict import StdoutGone, run_predict
 from anomaly.config import READ_BY, Config, builds_on, flag_of, ignored_by
-from anomaly.safe_files import InUse, RunError
+from anomaly.safe_files import FULL_DISK, InUse, RunError
 from anomaly.terminal import KeepsGoing, is_terminal, log_lines, shell_word, visible
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
@@ -490,7 +489,7 @@ def _error(err: Exception) -> int:
             whole = os.path.abspath(err.filename) == str(above)
             path = "" if whole else f" of the path {err.filename}"
             message = f"{above} is a file where a folder{path} goes; choose another path"
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) and not err.filename:
+    if isinstance(err, OSError) and err.errno in FULL_DISK and not err.filename:
         message += " (standard output, or a file it does not name): free space, or write elsewhere"
     print(f"error: {visible(message)}", file=sys.stderr)
     return 2

@@ -33,7 +33,7 @@ from anomaly.overlays import png_bytes, verdict
 from anomaly.pipeline import decoding_loader, load_run, trained_images
 from anomaly.prefetch import in_threads
 from anomaly.runs import RunDir, RunError
-from anomaly.safe_files import fitting_name, save_png_new, writable_folder
+from anomaly.safe_files import FULL_DISK, fitting_name, save_png_new, writable_folder
 from anomaly.terminal import printable
 
 # how PNG, JPEG, GIF, TIFF, WebP and BMP files start: bytes that do are an image, not a path
@@ -399,7 +399,7 @@ def scored_result(
             overlay = save_png_new(png, names)
         except OSError as err:
             result["overlay_error"] = f"{folder}: {err.strerror or err}"
-            result["overlay_disk_full"] = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            result["overlay_disk_full"] = err.errno in (*FULL_DISK, errno.EFBIG)
     return {
         "path": str(path),
         "score": score,

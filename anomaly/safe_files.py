@@ -114,9 +114,12 @@ def atomic_meanwhile(path: Path, write: Callable[[io.BufferedWriter], None]) -> 
             raise error
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # an OSError's errno of a full disk or a quota met
+
+
 def _disk_full(err: Exception, folder: Path) -> bool:
     if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+        return err.errno in FULL_DISK
     try:  # torch's words for it vary: ask the file system (os.statvfs: not on Windows)
         return shutil.disk_usage(folder).free < 64 * 2**20
     except OSError:
