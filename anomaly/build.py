@@ -42,10 +42,10 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     detector.run, detector.model_sha256 = run.path.resolve(), digest  # a chdir: still it
     if said := stretched(detector, config):  # a run trained before such sizes were refused
         warnings.warn(said.replace("would be", "are") + " (train a new run at one)", stacklevel=2)
-    if run.training_now():  # a resume replaces model.pt, then its threshold: not read between
-        run.check_not_in_use("read")
-    if not payload.get("complete", True):
-        run.check_not_in_use("read")  # still training: half-way, not interrupted
+    incomplete = not payload.get("complete", True)  # half-way through a training
+    if incomplete or run.training_now():  # (a resume replaces model.pt, then its threshold)
+        run.check_not_in_use("read")  # still training: in use, not interrupted
+    if incomplete:
         if not run.has_last():  # stopped before its first epoch was saved: nothing to resume
             raise RunError(
                 f"{run}: its training was interrupted before its first epoch was saved, so "
