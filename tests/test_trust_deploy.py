@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +218,7 @@ def test_image_kind_imports_neither_torch_nor_the_heavy_modules():
         "'anomaly.detectors') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    done = fresh_python(code)
     assert done.returncode == 0, done.stderr
 
 

@@ -665,8 +665,7 @@ def test_a_conformal_threshold_does_not_count_held_out_copies_of_training_images
 def test_the_error_classes_readme_names_are_reached_from_the_package_without_torch():
     """README named `anomaly.export.ExportError`, which `import anomaly` does not load (and
     loading it imports torch, which a service on onnxruntime alone need not have)."""
-    import subprocess
-    import sys
+    from helpers import fresh_python
 
     code = (
         "import sys, anomaly\n"
@@ -674,7 +673,8 @@ def test_the_error_classes_readme_names_are_reached_from_the_package_without_tor
         "assert all(issubclass(c, Exception) for c in names)\n"
         "print('torch' in sys.modules)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = fresh_python(code)
+    assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
     import anomaly
     from anomaly.export import ExportError
