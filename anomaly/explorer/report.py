@@ -25,7 +25,7 @@ from anomaly.explorer.text import (
     rule_html,
 )
 from anomaly.runs import RunDir
-from anomaly.safe_files import load_record
+from anomaly.safe_files import RunError, _atomic, load_record
 from anomaly.terminal import printable
 
 GOOD_COLOUR, DEFECT_COLOUR = "#4c72b0", "#dd8452"
@@ -44,6 +44,31 @@ def is_report(path: Path) -> bool:
         return MARK.encode() in head or b"<title>Inspection threshold report: " in head
     except OSError:
         return False
+
+
+def write_report(path: Path, text: str) -> Path:
+    """Write report `text` to `path` through a temporary file that then takes the name: a
+    symbolic link there is replaced, never followed (a run folder from someone else could point
+    report.html at any file), and a file there that is not an explorer report is refused, not
+    replaced."""
+    if not path.is_symlink() and path.exists() and not is_report(path):
+        raise RunError(
+            f"{path} exists and is not a report the threshold explorer wrote, so it was not "
+            "replaced; move it away, or pass export_report another path"
+        )
+    data = text.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _atomic(path, lambda f: f.write(data))
+
+
+def download_link(name: str, text: str, where: str) -> str:
+    """The page's link that downloads report `text` as `name`, then `where` it was written."""
+    data = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return (
+        f"<a download='{html.escape(name)}' "
+        f"href='data:text/html;base64,{data}'>Download {html.escape(name)}</a>"
+        f"<span style='color:#666'>{where}</span>"
+    )
 
 
 def plain(text: str) -> str:

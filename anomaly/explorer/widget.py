@@ -16,7 +16,13 @@ import numpy as np
 
 from anomaly.decision import cost_optimum, counts_at, cross_validated_cost
 from anomaly.explorer.gallery import Gallery, close_tree, png
-from anomaly.explorer.report import draw_histogram, is_report, report_html, snapshot_figure
+from anomaly.explorer.report import (
+    download_link,
+    draw_histogram,
+    report_html,
+    snapshot_figure,
+    write_report,
+)
 from anomaly.explorer.runs import RunView, collect_runs, prepare, threshold_path
 from anomaly.explorer.saving import (
     ThresholdChanged,
@@ -33,7 +39,6 @@ from anomaly.explorer.text import (
 )
 from anomaly.metrics import Threshold
 from anomaly.runs import RunDir
-from anomaly.safe_files import RunError, _atomic
 from anomaly.threshold_file import check_page_model
 
 # One halving is one draw: the cookie benchmark's patchknn run (140 images, costs 1 and 10)
@@ -405,13 +410,7 @@ class ThresholdExplorer:
         if r.folder is None:
             raise ValueError(f"Run {r.name!r} has no run folder: pass run_dirs= to save")
         self._check_model()  # the run moved, or trained again, since this page read it
-        try:  # another command or page saved one since this page read it: shown, not replaced
-            check_unchanged(r.folder, r.saved)
-        except ThresholdChanged as changed:
-            r.saved = changed.now
-            self._draw_histogram()
-            self.refresh()
-            raise
+        self._sync_saved()  # another command or page saved one since: shown, not replaced
         t = self.threshold
         if r.saved is not None and t == r.saved.value and "guarantee" in r.saved.params:
             kept = {**r.saved.params, "pixel_threshold": self.pixel_threshold}
@@ -437,6 +436,25 @@ class ThresholdExplorer:
         self.refresh()
         return path
 
+    def _sync_saved(self) -> None:
+        """ThresholdChanged, the threshold saved now shown as saved, where another command or
+        page replaced the one this page read (`check_unchanged`)."""
+        try:
+            check_unchanged(self.run.folder, self.run.saved) if self.run.folder else None
+        except ThresholdChanged as changed:
+            self.run.saved = changed.now
+            self._draw_histogram()
+            self.refresh()
+            raise
+
+    def _shown_as_saved(self) -> None:
+        """Before a report or snapshot: the threshold saved now as "saved" (one of another
+        command since this page read it, said in the status line), never the page's old one."""
+        try:
+            self._sync_saved()
+        except ThresholdChanged as changed:
+            self.status.value = f"<span style='color:#c62828'>{html.escape(str(changed))}</span>"
+
     def _check_model(self) -> None:
         if (home := self.run.home) is not None and self.run.made_by:
             check_page_model(RunDir(home).file(RunDir.MODEL), self.run.made_by, home)
@@ -452,49 +470,31 @@ class ThresholdExplorer:
     # --- report -------------------------------------------------------------------------
     def report_html(self) -> str:
         """A self-contained HTML report of the current run at the current threshold."""
+        self._shown_as_saved()
         return report_html(self)
 
     def export_report(self, path: str | Path | None = None) -> Path:
-        """Write the report to `path` (default RUN/report.html); return where it went.
-
-        Written through a temporary file that then takes the name: a symbolic link there is
-        replaced, never followed (a run folder from someone else could point report.html at
-        any file), and a file there that is not an explorer report is refused, not replaced.
-        """
+        """Write the report to `path` (default RUN/report.html); return where it went (a link
+        there replaced, never followed; a file there that is not a report refused:
+        `report.write_report`)."""
         if path is None:
             if self.run.folder is None:
                 raise ValueError("No run folder to write report.html into: pass a path")
             path = self.run.folder / "report.html"
         self._check_model()  # its provenance: the files the page read
-        path = Path(path)
-        if not path.is_symlink() and path.exists() and not is_report(path):
-            raise RunError(
-                f"{path} exists and is not a report the threshold explorer wrote, so it was not "
-                "replaced; move it away, or pass export_report another path"
-            )
-        text = self.report_html().encode("utf-8")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _atomic(path, lambda f: f.write(text))
+        return write_report(Path(path), self.report_html())
 
     def _on_report(self, _button) -> None:
-        import base64
-
-        text = self.report_html()
-        where = ""
+        text, where = self.report_html(), ""
         if self.run.folder is not None:
             try:
                 where = f" Written to {html.escape(str(self.export_report()))}."
             except (OSError, ValueError) as err:
                 where = f" (Not written to the run folder: {html.escape(str(err))}.)"
-        data = base64.b64encode(text.encode("utf-8")).decode("ascii")
-        name = f"report_{self.run.name}.html"
-        self.report_link.value = (
-            f"<a download='{html.escape(name)}' "
-            f"href='data:text/html;base64,{data}'>Download {html.escape(name)}</a>"
-            f"<span style='color:#666'>{where}</span>"
-        )
+        self.report_link.value = download_link(f"report_{self.run.name}.html", text, where)
 
     def snapshot(self):
         """A static picture of the explorer's state (a matplotlib Figure): histogram,
         confusion matrix and the first misclassified images."""
+        self._shown_as_saved()
         return snapshot_figure(self)
