@@ -300,17 +300,20 @@ def contract(path: Path, meta: dict, session) -> tuple[int, int, float | None, l
 RANGE_SLACK = 0.3
 # the image files a folder given to `predict_onnx` holds (`anomaly.data.files.IMAGE_EXTENSIONS`)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-# files Windows puts in every folder of pictures: skipped without a word, as hidden ones are
+# files Windows puts in every folder of pictures, and folders of a USB stick's or a macOS zip's
+# own (its Recycle Bin, __MACOSX/ of ._ files): skipped without a word, as hidden ones are
 SYSTEM_FILES = frozenset(("thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"))
+SYSTEM_FOLDERS = frozenset(("__macosx", "$recycle.bin", "recycler", "system volume information"))
 # copies still being made (browsers, FTP and copy tools, editors' backups): skipped too
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".download", "~")
 
 
 def skipped_silently(name: str) -> bool:
     """Whether a folder's entry `name` is left out of its images without a word: hidden (.x,
-    macOS's ._x.png), one of Windows' `SYSTEM_FILES`, or a copy still being made."""
+    macOS's ._x.png), one of `SYSTEM_FILES` or `SYSTEM_FOLDERS`, or a copy still being made."""
     low = name.lower()
-    return name.startswith(".") or low in SYSTEM_FILES or low.endswith(PARTIAL_SUFFIXES)
+    system = low in SYSTEM_FILES or low in SYSTEM_FOLDERS
+    return name.startswith(".") or system or low.endswith(PARTIAL_SUFFIXES)
 
 
 def unfinished(path, fmt: str) -> str | None:
@@ -419,11 +422,8 @@ def image_paths(images) -> list:
         inside = []
         if isinstance(item, (str, Path)) and str(item) != "" and Path(item).is_dir():
             entries = sorted(p for p in Path(item).iterdir() if not skipped_silently(p.name))
-            inside = [  # a link to nothing too: reading it names it
-                p
-                for p in entries
-                if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
-            ]
+            named_so = (p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
+            inside = [p for p in named_so if p.is_file() or p.is_symlink()]  # a broken link too
             folders = sorted(p.name + "/" for p in entries if p.is_dir())
             other = sorted(p.name for p in entries if p not in inside and not p.is_dir())
             for what, names in (("folders, not searched", folders), ("other files", other)):

@@ -20,3 +20,44 @@ def test_an_explorer_page_reports_the_threshold_saved_since_it_read_it(scored_ae
     assert f"{old * 3:.4g}" in report and "changed since this page read it" in ex.status.value
     assert ex.run.saved.value == old * 3
     ex.close()
+
+
+def test_a_mac_zips_and_a_usb_sticks_own_folders_are_no_defect_kinds(tiny_cookies, tmp_path):
+    # unzipping a Mac's zip leaves __MACOSX/ (of ._ files) beside the kinds, a USB stick has its
+    # $RECYCLE.BIN/: train passed, then score stopped, calling __MACOSX a folder of masks
+    import shutil
+    import warnings
+
+    from anomaly.data import AnomalyDataset
+
+    root = tmp_path / "d"
+    shutil.copytree(tiny_cookies, root)
+    for junk in ("test/__MACOSX/crack", "$RECYCLE.BIN/S-1-5-21", "train/good/__MACOSX"):
+        (root / junk).mkdir(parents=True)
+        (root / junk / "._000.png").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing said of them either
+        test = AnomalyDataset(root, "test", size=64)
+        train = AnomalyDataset(root, "train", size=64)
+    assert "__MACOSX" not in {s.defect for s in test.samples}
+    assert len(train) == len(AnomalyDataset(tiny_cookies, "train", size=64))
+
+
+def test_train_and_test_folders_named_in_capitals_are_told_to_be_renamed(tiny_cookies, tmp_path):
+    # Train/ and Test/ (a Windows copy) were taken for two data sets: "pass one of them, e.g.
+    # .../Test", and following that trained on the test images without a word
+    import shutil
+
+    import pytest
+
+    from anomaly.data import AnomalyDataset
+    from anomaly.data.files import DataError
+
+    root = tmp_path / "u"
+    shutil.copytree(tiny_cookies, root)
+    (root / "train").rename(root / "Train")
+    (root / "test").rename(root / "Test")
+    with pytest.raises(DataError) as err:
+        AnomalyDataset(root, "train", size=64)
+    assert "rename Test/ to test/ and Train/ to train/" in str(err.value)
+    assert "pass one of them" not in str(err.value)

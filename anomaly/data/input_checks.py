@@ -16,18 +16,19 @@ from pathlib import Path
 from anomaly.data.files import DataError, _is_image, broken_link, named, scan_images
 from anomaly.data.layout_names import good_name_word, mask_stem, maybe_good_word, unsorted_word
 from anomaly.data.masks import read_mask
-from anomaly.onnx_checks import skipped_silently
+from anomaly.onnx_checks import SYSTEM_FOLDERS, skipped_silently
 
 NAMED = 3  # files named in one warning; the rest are counted
 MASK_FOLDERS = ("ground_truth", "masks")  # where masks are looked for, in this order
 
 
 def subfolders(folder: Path) -> list[Path]:
-    """The folders `folder` holds, sorted, hidden ones left out; a DataError names a symbolic
-    link that leads nowhere (a folder of images moved or deleted), which was left out silently."""
+    """The folders `folder` holds, sorted, hidden ones and `SYSTEM_FOLDERS` (a macOS zip's
+    __MACOSX/, a USB stick's Recycle Bin) left out; a DataError names a symbolic link that leads
+    nowhere (a folder of images moved or deleted), which was left out silently."""
     found = []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
+        if p.name.startswith(".") or p.name.lower() in SYSTEM_FOLDERS:
             continue
         if p.is_symlink() and not p.exists():
             raise DataError(f"{p}: {broken_link(p)}")
@@ -343,7 +344,12 @@ def check_not_split(root: Path) -> None:
 def no_layout(root: Path) -> str:
     """What to do with a folder `root` that holds no train/, test/ or good/ folder, in words:
     pass one of the data sets it holds, move the images it holds directly into good/ (a user's
-    first try: a flat folder of photos), or make the layout."""
+    first try: a flat folder of photos), or make the layout; or rename Train/ or Good/ (a
+    Windows copy), which a data set of its own would have been taken for."""
+    cased = [p.name for p in subfolders(root) if p.name.lower() in ("train", "test", "good")]
+    if cased:
+        fix = " and ".join(f"{n}/ to {n.lower()}/" for n in cased)
+        return f"Folder names are exact (lower case): rename {fix}, then pass {root} again."
     cats = [p.name for p in subfolders(root) if (p / "train").is_dir() or (p / "good").is_dir()]
     if cats:
         return (
