@@ -252,7 +252,9 @@ NOTEBOOKS = {
         "project's count of normal images, training and test together) and two real-photo sets: a stochastic texture "
         "(moon) and a regular pattern (a printed page). Here `unet+kmeans` clusters with k = 2 at "
         "every n, where the benchmark's run chooses k by its silhouette rule, and the fit seconds "
-        "time the detector's fit alone, where the tables' `fit_s` time the whole `train` command:",
+        "time the detector's fit alone (`unet+kmeans`: training its UNet, then k-means), where "
+        "the tables' `fit_s` time the whole `train` command (`unet+kmeans`'s: k-means alone, on "
+        "a UNet trained before):",
         "nb.train_size_figure(curves)",
     ],
     "07_bring_your_own_photos": [
