@@ -61,3 +61,22 @@ def test_train_and_test_folders_named_in_capitals_are_told_to_be_renamed(tiny_co
         AnomalyDataset(root, "train", size=64)
     assert "rename Test/ to test/ and Train/ to train/" in str(err.value)
     assert "pass one of them" not in str(err.value)
+
+
+def test_two_runs_compared_on_other_data_are_named_after_the_runs(scored_ae_run, tmp_path):
+    # ThresholdExplorer([A/scored/ho, B/scored/ho]) named them "ho" and "ho-2": the Save of
+    # one wrote into the run the user took for the other
+    import shutil
+
+    import anomaly
+    from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir
+
+    data = RunDir(scored_ae_run).config().data
+    shutil.copytree(data, tmp_path / "ho")
+    runs = [copy_run(scored_ae_run, tmp_path / name) for name in ("A", "B")]
+    for run in runs:
+        score_run(run, tmp_path / "ho", overlays=False, progress=False)
+    ex = anomaly.ThresholdExplorer([run / "scored" / "ho" for run in runs])
+    assert [label for label, _ in ex.run_select.options] == ["A on ho (ae)", "B on ho (ae)"]
+    ex.close()

@@ -73,6 +73,15 @@ def _unique_name(name: str, taken: dict) -> str:
     return name
 
 
+def _label(folder: Path) -> str:
+    """A run's name on the page: its folder's, or "RUN on DATA" for the scores of another data
+    set (`score --data`'s RUN/scored/DATA/, or `--out` elsewhere): two runs compared on one
+    data set were both named after it ("holdout", "holdout-2"), and saved each other's."""
+    home = threshold_home(folder)
+    own = folder.resolve().name
+    return own if home == folder else f"{home.resolve().name} on {own}"
+
+
 def collect_runs(runs, run_dirs=None) -> tuple[dict, dict]:
     """(name -> Predictions, name -> run folder or None) from what ThresholdExplorer accepts."""
     preds: dict[str, Predictions] = {}
@@ -88,7 +97,7 @@ def collect_runs(runs, run_dirs=None) -> tuple[dict, dict]:
             preds[name], dirs[name] = _finite(name, run), None
         else:
             folder = Path(os.path.abspath(run_folder(run)))  # a later chdir: the same run
-            name = _unique_name(name or folder.resolve().name, preds)
+            name = _unique_name(name or _label(folder), preds)
             preds[name], dirs[name] = load_run_predictions(run), folder
     if run_dirs is not None:
         if isinstance(run_dirs, (str, Path)):
