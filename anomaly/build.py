@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from anomaly.config import METHOD_DEFAULTS, Config
 from anomaly.detectors import Detector, get_detector
 from anomaly.detectors.inputs import unchecked
 from anomaly.detectors.kmeans import check_encoder  # kmeans --from checks it too
-from anomaly.run_checkpoints import TRAIN_AGAIN
+from anomaly.run_checkpoints import TRAIN_AGAIN, check_split_of_model
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 from anomaly.selection import selection_problem
@@ -60,6 +61,9 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     # its data sets (`detector.dataset`) hold the run's split: a plain layout's test images are
     # then the good images it neither trained on nor held out, as `score`'s
     detector.trained_in = lambda root: trained_split(run, config.data, str(root))
+    if other := check_split_of_model(run, payload):  # scores fine; its tests would not be
+        warnings.warn(other, stacklevel=2)
+        detector.trained_in = partial(_refused, other)
     if problem := selection_problem(run, payload):  # it scores as model.pt says: a warning
         warnings.warn(problem, stacklevel=2)
     if device is not None:
@@ -302,6 +306,10 @@ def trained_images(rd: RunDir) -> dict | None:
     except (RunError, AttributeError) as err:
         warnings.warn(f"{err}; images are not compared with the training images", stacklevel=2)
         return None
+
+
+def _refused(why: str, _root) -> None:
+    raise RunError(why)
 
 
 def trained_split(rd: RunDir, trained_on: str, data: str) -> set[str] | None:

@@ -26,7 +26,6 @@ from anomaly.build import (
     load_run,
     split_names,
     trained_images,
-    trained_split,
 )
 from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
@@ -371,7 +370,7 @@ def score_run(
             "test",
             size=config.size,
             channels=config.channels,
-            trained=trained_split(rd, config.data, data),
+            trained=detector.trained_in(data),
             decode=config.decode,
         )
         if test.layout != "mvtec" and rd.split() is None:  # good/ would be split anew

@@ -16,6 +16,7 @@ their `fit_seconds`; nothing reads it.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -35,6 +36,38 @@ from anomaly.terminal import shell_word
 CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
 # what to do with a run stopped before its first epoch was saved (no last.pt: nothing to resume)
 TRAIN_AGAIN = "train it again: `python -m anomaly train --out {out}` with the same flags"
+SPLIT_KEY = "split_sha256"  # model.pt's record of its split.json (`split_digest`)
+
+
+def split_digest(run) -> str | None:
+    """The SHA-256 of which images `run`'s split.json says were trained on and held out, by
+    their contents (each image's SHA-256, in order, and how many trained), not their paths or
+    times: the same data and seed give the same, so model.pt stays the same bytes. None where
+    split.json is missing, damaged or from before its digests (nothing to compare)."""
+    try:
+        split = run.split()
+    except (RunError, OSError):
+        return None
+    if not split or not split.get("sha256"):
+        return None
+    text = json.dumps([len(split["train"]), split["sha256"]])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_split_of_model(run, payload: dict) -> str:
+    """Why `run`'s split.json is not the split its model.pt (`payload`) was trained with, or
+    "": a model.pt copied into another run (a rollback or a deployment by hand) beside that
+    run's split, whose test images are then, in part, the images this model learned."""
+    recorded, now = payload.get(SPLIT_KEY), split_digest(run)
+    if not isinstance(recorded, str) or now is None or now == recorded:
+        return ""
+    return (
+        f"{run.file(run.SPLIT)} is not the split {run.file(run.MODEL)} was trained with (a "
+        "model.pt copied from another run?): its test images would include images this model "
+        "learned. Copy split.json from the run model.pt came from (or use that run's folder)"
+    )
+
+
 # Config fields that change the shape of what a method learns: a checkpoint only loads into a
 # detector that agrees on all of them.
 SHAPE_FIELDS = ("method", "size", "channels", "width", "latent", "backbone", "k")
@@ -112,6 +145,8 @@ class CheckpointFiles:
             "complete": bool(complete),
             **extra,
         }
+        if digest := split_digest(self):  # which images it learned: `check_split_of_model`
+            payload[SPLIT_KEY] = digest
         if kept is None:
             atomic_save(payload, self.file(self.MODEL))
             return

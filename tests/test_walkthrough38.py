@@ -80,3 +80,34 @@ def test_two_runs_compared_on_other_data_are_named_after_the_runs(scored_ae_run,
     ex = anomaly.ThresholdExplorer([run / "scored" / "ho" for run in runs])
     assert [label for label, _ in ex.run_select.options] == ["A on ho (ae)", "B on ho (ae)"]
     ex.close()
+
+
+def test_a_model_copied_beside_another_runs_split_is_not_tested_on_its_training_images(
+    tmp_path, capsys
+):
+    # `cp B/model.pt B/threshold.json prod/` (a rollback by hand into a copy of A): score took
+    # A's split.json for B's, tested B on images B had learned, and replaced metrics.json
+    import shutil
+    import warnings
+
+    import pytest
+    from helpers import plain_set, tiny_config
+
+    from anomaly.build import load_run
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunError
+
+    data = plain_set(tmp_path / "line", n_good=12)
+    train_run(tiny_config(data, "patchknn", size=32), tmp_path / "A", progress=False)
+    for image in sorted((data / "good").iterdir())[:4]:  # good parts falsely rejected: added
+        shutil.copy(image, data / "good" / f"new_{image.name}")
+    train_run(tiny_config(data, "patchknn", size=32), tmp_path / "B", progress=False)
+    prod = copy_run(tmp_path / "A", tmp_path / "prod")
+    for name in ("model.pt", "threshold.json"):
+        shutil.copy(tmp_path / "B" / name, prod / name)
+    with pytest.warns(UserWarning, match="not the split"), pytest.raises(RunError, match="Copy"):
+        score_run(prod, progress=False)
+    shutil.copy(tmp_path / "B" / "split.json", prod / "split.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the model and its split together again: nothing said
+        assert load_run(prod).trained_in(data)
