@@ -28,11 +28,13 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # the checks made before anything trains (tests import them from here too)
 from anomaly.benchmark_checks import (
     check_curve_method,
+    check_enough_for_auto,
     check_methods,
     check_seed,
     check_sets,
@@ -59,6 +61,7 @@ from anomaly.benchmark_flags import (  # DEFAULT_METHODS: tests and notebooks im
 
 # the tables and the notes document (tests and notebooks import them from here too)
 from anomaly.benchmark_tables import (
+    caveats,
     cell,
     check_notes,
     check_readme,
@@ -156,9 +159,14 @@ def _worker(
     else:
         config = _config(method, data, seed, smoke)
     t0 = time.perf_counter()
-    train_run(config, out, progress=False)
-    fit_s = time.perf_counter() - t0
-    _, metrics = score_run(out, overlays=False, pixel_size=pixel_size)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", UserWarning)  # for the row (its stderr is not read)
+        train_run(config, out, progress=False)
+        fit_s = time.perf_counter() - t0
+        _, metrics = score_run(out, overlays=False, pixel_size=pixel_size)
+    warned = dict.fromkeys(
+        str(w.message).splitlines()[0][:400] for w in said if issubclass(w.category, UserWarning)
+    )
     peak_mb = _peak_mb()
     # training images/s: images seen per second of training, all epochs (one pass for the
     # methods that do not train by epochs: patchknn, kmeans)
@@ -187,6 +195,7 @@ def _worker(
         "pixel_metrics_size": metrics.get("pixel_metrics_size"),
         "size": config.size,
         "epochs": config.epochs,
+        "warnings": list(warned),
     }
 
 
@@ -223,6 +232,8 @@ def _run_method(
         print(f"{ds['name']} {method}: FAILED{kept}\n{proc.stderr[-2000:]}", file=sys.stderr)
         return {"method": method, "error": proc.stderr.strip().splitlines()[-1:]}
     row = json.loads(proc.stdout.strip().splitlines()[-1])
+    for said in row.get("warnings", []):  # the run's own warnings: printed, and in the notes
+        print(f"{ds['name']} {method}: warning: {said}", file=sys.stderr)
     try:
         replace_dir(work, final)
     except BenchmarkError as err:  # a file of the user's arrived meanwhile: both runs kept
@@ -270,9 +281,11 @@ def run_benchmark(
             raise BenchmarkError(str(err)) from None
     check_seed(seed)
     sets = discover_sets(data)
-    check_sets(sets, pixel_size)  # before any folder is claimed or method trained (the pixel
-    # metrics' sizes and memory too: not after every method trained)
+    counts = check_sets(sets, pixel_size)  # before any folder is claimed or method trained
+    # (the pixel metrics' sizes and memory too: not after every method trained)
     methods = list(methods or DEFAULT_METHODS)
+    if "auto" in methods:
+        check_enough_for_auto(sets, counts, lambda ds: _config("auto", ds["path"], seed, smoke))
     bases = [Path(out) if len(sets) == 1 else Path(out) / ds["name"] for ds in sets]
     check_methods(methods, kept=lambda src: _kept_source(src, sets, bases, seed, smoke))
     roots = tuple(ds["path"] for ds in sets)
@@ -300,9 +313,8 @@ def run_benchmark(
         if len(sets) > 1:
             seal_dir(base)
     total = time.perf_counter() - t0
-    ok = [r for r in rows if "error" not in r]
-    table = format_table(ok, per_defect=len(sets) == 1)
-    summary = summarize(ok) if len(sets) > 1 else []
+    table = format_table(rows, per_defect=len(sets) == 1)
+    summary = summarize(rows) if len(sets) > 1 else []
     roots = [data] if isinstance(data, (str, Path)) else data
     data_flags = " ".join(f"--data {shell_word(d)}" for d in roots)
     command = (
@@ -325,15 +337,7 @@ def run_benchmark(
         "summary_table": format_summary(summary) if summary else "",
     }
     text = table + (f"\n\n{result['summary_table']}" if summary else "")
-    unmasked = sorted(
-        {(r.get("set", ""), r["n_missing_masks"]) for r in ok if r.get("n_missing_masks")}
-    )
-    if unmasked:  # their pixel metrics are over the other defective images only
-        where = "; ".join(f"{s + ': ' if s else ''}{n}" for s, n in unmasked)
-        text += (
-            f"\n\nPixel AUROC and AUPRO leave out the defective test images that have no mask "
-            f"file ({where}); they count in the image metrics."
-        )
+    text += f"\n\n{said}" if (said := caveats(rows)) else ""
     write_out(out_dir / "benchmark.md", f"{text}\n\nMade by `{command}` in {total / 60:.1f} min.\n")
     write_out(out_dir / "benchmark.json", json.dumps(result, indent=2, default=str))
     written = [write_out(out_dir / "benchmark-notes.md", notes_text(result))]

@@ -33,10 +33,11 @@ def discover_sets(roots: str | Path | list) -> list[dict]:
         if not root.is_dir():
             what = "a file, not a data set's folder" if root.exists() else "no such folder"
             raise BenchmarkError(f"--data {shell_word(root)}: {what}")
+        named = Path(os.path.abspath(root)).name  # `--data .` and `..`: the folder's own name
         if names := _suite_sets(root / "manifest.json"):
-            found += [{"suite": root.name, "name": n, "path": str(root / n)} for n in names]
+            found += [{"suite": named, "name": n, "path": str(root / n)} for n in names]
         else:
-            found.append({"suite": root.name, "name": root.name, "path": str(root)})
+            found.append({"suite": named, "name": named, "path": str(root)})
     names = [f["name"] for f in found]
     for f in found:  # two roots may hold sets with one name
         if names.count(f["name"]) > 1:
@@ -78,19 +79,20 @@ def _suite_sets(manifest: Path) -> list[str]:
     return names
 
 
-def check_sets(sets: list[dict], pixel_size: int | str | None = None) -> None:
+def check_sets(sets: list[dict], pixel_size: int | str | None = None) -> list[int]:
     """Open every set's training and test images once (file lists and headers, no pixels),
     before any method trains: data that training or scoring would refuse is refused here with
     its DataError, and a set whose test images are all good or all defective too (image AUROC,
     the benchmark's measure, needs both). One message lists every such set. With `pixel_size`
     (`pixel_eval.parse_pixel_size`'s), the pixel metrics' sizes and memory are checked too, as
     `score` checks them: test images and masks of several sizes for "full", more pixels than
-    memory holds."""
+    memory holds. Returns each set's count of training images (train/good, or the plain
+    layout's good/ less its test images)."""
     from anomaly.data import AnomalyDataset
 
-    one_kind, tests = [], []
+    one_kind, tests, counts = [], [], []
     for ds in sets:
-        AnomalyDataset(ds["path"], "train", cache=False)
+        counts.append(len(AnomalyDataset(ds["path"], "train", cache=False)))
         test = AnomalyDataset(ds["path"], "test", cache=False)
         tests.append(test)
         n_bad = int(test.labels.sum())
@@ -122,6 +124,29 @@ def check_sets(sets: list[dict], pixel_size: int | str | None = None) -> None:
         )
     for test in tests if pixel_size is not None else []:
         _check_pixel_metrics(test.samples, pixel_size)
+    return counts
+
+
+def check_enough_for_auto(sets: list[dict], counts: list[int], config_of) -> None:
+    """Refuse sets with too few training images for `auto` (`detectors.auto.check_enough`),
+    when it is in --methods, before the methods listed before it train: it failed after them.
+    `config_of(ds)`: the Config the benchmark trains auto with on set `ds`."""
+    from anomaly.detectors.auto import MIN_IMAGES
+    from anomaly.train import split_indices
+
+    few = []
+    for ds, n in zip(sets, counts):
+        config = config_of(ds)
+        fits_on = len(split_indices(n, config.val_fraction, config.seed)[0])
+        if fits_on < MIN_IMAGES:
+            few.append(f"{ds['path']}: {n} training images, {fits_on} once some are held out")
+    if few:
+        raise BenchmarkError(
+            f"auto needs at least {MIN_IMAGES} training images to fit on (it holds some out "
+            "for its synthetic defects), and nothing was trained:\n  "
+            + "\n  ".join(few)
+            + "\nleave auto out of --methods, or such sets out of --data"
+        )
 
 
 def _check_pixel_metrics(samples, pixel_size: int | str) -> None:

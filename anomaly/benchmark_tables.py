@@ -103,9 +103,41 @@ def format_table(rows: list[dict], per_defect: bool = True) -> str:
     body = [
         [cell(r.get(c), fmt) for c, fmt in columns]
         + [cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
+        if "error" not in r  # a method that failed: its row says so (`caveats` says why)
+        else [r.get(c, "FAILED") if c in ("set", "method") else "-" for c, _ in columns]
+        + ["-"] * len(kinds)
         for r in rows
     ]
+    for cells, r in zip(body, rows):
+        if "error" in r:
+            cells[head.index("image_auroc")] = "FAILED"
     return _markdown(head, body)
+
+
+def caveats(rows: list[dict]) -> str:
+    """What the tables alone do not say, in paragraphs ("" where nothing): the defective images
+    left out of the pixel metrics for want of a mask, the methods that failed and why, and what
+    each method's run warned of (copies of training images among the test images: metrics
+    optimistic), which its subprocess printed and nobody read."""
+    out = []
+    unmasked = sorted(
+        {(r.get("set", ""), r["n_missing_masks"]) for r in rows if r.get("n_missing_masks")}
+    )
+    if unmasked:  # their pixel metrics are over the other defective images only
+        where = "; ".join(f"{s + ': ' if s else ''}{n}" for s, n in unmasked)
+        out.append(
+            "Pixel AUROC and AUPRO leave out the defective test images that have no mask "
+            f"file ({where}); they count in the image metrics."
+        )
+    for key, what in (("error", "Failed"), ("warnings", "Warned")):
+        said = [
+            f"- {(r.get('set', '') + ' ').lstrip()}{r['method']}: {text}"
+            for r in rows
+            for text in r.get(key) or []
+        ]
+        if said:
+            out.append(f"{what}:\n\n" + "\n".join(said))
+    return "\n\n".join(out)
 
 
 def _worst_first(row: dict) -> float:
@@ -126,9 +158,16 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        if "error" not in r:
-            groups.setdefault((r.get("suite", ""), r["method"]), []).append(r)
-    for (suite, method), rs in groups.items():
+        groups.setdefault((r.get("suite", ""), r["method"]), []).append(r)
+    for (suite, method), group in groups.items():
+        rs = [r for r in group if "error" not in r]
+        if failed := [r.get("set", "") for r in group if "error" in r]:  # no mean over fewer
+            out.append(  # sets than the others' (its worst set may be one that failed)
+                dict.fromkeys(c for c, _ in SUMMARY_COLUMNS)
+                | {"suite": suite, "method": method, "sets": len(rs)}
+                | {"worst_set": f"failed on {', '.join(failed)}"}
+            )
+            continue
         worst = min(rs, key=_worst_first)
         out.append(
             {
@@ -220,6 +259,8 @@ def notes_text(result: dict) -> str:
     ]
     if result.get("summary_table"):
         lines += ["## Summary per suite and method", "", result["summary_table"], ""]
+    if said := caveats(result["rows"]):
+        lines += ["## What the tables leave out", "", said, ""]
     return "\n".join(lines) + "\n"
 
 

@@ -111,3 +111,62 @@ def test_a_model_copied_beside_another_runs_split_is_not_tested_on_its_training_
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the model and its split together again: nothing said
         assert load_run(prod).trained_in(data)
+
+
+def test_a_method_that_failed_on_a_set_is_a_row_of_the_tables_not_left_out():
+    # benchmark.md and the notes dropped a failed method's row, and its summary's mean and
+    # worst set were over the sets it did not fail on (beside others' over every set)
+    from anomaly.benchmark_tables import caveats, format_table, summarize
+
+    ok = {"image_auroc": 0.5, "image_auroc_ci": [0.4, 0.6], "pixel_auroc": 0.9, "aupro": 0.8}
+    rows = [
+        {"set": "a", "suite": "s", "method": "meandiff", **ok},
+        {"set": "few", "suite": "s", "method": "meandiff", **ok, "image_auroc": 0.375},
+        {"set": "a", "suite": "s", "method": "auto", **ok},
+        {"set": "few", "suite": "s", "method": "auto", "error": ["error: too few images"]},
+    ]
+    table = format_table(rows, per_defect=False)
+    assert "| few | auto | FAILED |" in table
+    auto = next(s for s in summarize(rows) if s["method"] == "auto")
+    assert auto["mean_image_auroc"] is None and auto["worst_set"] == "failed on few"
+    assert "- few auto: error: too few images" in caveats(rows)
+
+
+def test_the_benchmark_passes_on_what_each_methods_run_warned_of(tiny_cookies, tmp_path):
+    # test images that are copies of training images: `score` warns that the metrics are
+    # optimistic; the benchmark printed "image AUROC 0.750" and its files said nothing
+    import shutil
+
+    from anomaly.benchmark import run_benchmark
+
+    data = tmp_path / "dup"
+    shutil.copytree(tiny_cookies, data)
+    shutil.copy(next((data / "train" / "good").iterdir()), data / "test" / "good" / "copy.png")
+    run_benchmark(str(data), methods=["meandiff"], out=str(tmp_path / "b"), smoke=True)
+    for name in ("benchmark.md", "benchmark-notes.md"):
+        text = (tmp_path / "b" / name).read_text()
+        assert "Warned:" in text and "byte-identical copies" in text
+
+
+def test_the_benchmark_refuses_too_few_images_for_auto_before_anything_trains(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    # auto's minimum was found after every method listed before it had trained; and
+    # `--data .` gave the set an empty name (its runs at the top of --out)
+    import shutil
+
+    import pytest
+
+    from anomaly.benchmark import run_benchmark
+    from anomaly.benchmark_checks import discover_sets
+    from anomaly.benchmark_dirs import BenchmarkError
+
+    data = tmp_path / "few3"
+    shutil.copytree(tiny_cookies, data)
+    for image in sorted((data / "train" / "good").iterdir())[3:]:
+        image.unlink()
+    with pytest.raises(BenchmarkError, match="auto needs at least"):
+        run_benchmark(str(data), methods=["meandiff", "auto"], out=str(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
+    monkeypatch.chdir(data)
+    assert [s["name"] for s in discover_sets(".")] == ["few3"]
