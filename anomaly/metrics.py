@@ -60,6 +60,12 @@ def auroc_interval(
     good and 42 defective images, the photo suite's sets): methods whose AUROCs differ by less
     than that are not shown apart by such a test set. It does not cover another training set
     or seed. Deterministic for a `seed`.
+
+    Perfectly separated scores (AUROC 1 or 0) give every resample the same AUROC, an interval
+    of no width however few the images (1.00-1.00 from one good and one defective image): there
+    the bound is how many of the smaller class could lie on the other side unseen, Clopper and
+    Pearson's for none seen of n at the same tail, 1 - ((1 - level) / 2) ** (1 / n) (0.14 at
+    n = 25, 0.98 at n = 1).
     """
     labels, scores = _checked(labels, scores, "auroc_interval")
     if not 0.0 < level < 1.0:
@@ -71,6 +77,12 @@ def auroc_interval(
     auc = _auroc_rows(pos, neg)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(auc, [tail, 100 - tail])
+    unseen = 1 - ((1 - level) / 2) ** (1 / min(len(pos[0]), len(neg[0])))
+    separated = image_auroc(labels, scores)
+    if separated == 1.0:
+        low = min(low, 1 - unseen)
+    elif separated == 0.0:
+        high = max(high, unseen)
     return float(low), float(high)
 
 

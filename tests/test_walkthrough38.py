@@ -170,3 +170,16 @@ def test_the_benchmark_refuses_too_few_images_for_auto_before_anything_trains(
     assert not (tmp_path / "b").exists()
     monkeypatch.chdir(data)
     assert [s["name"] for s in discover_sets(".")] == ["few3"]
+
+
+def test_a_perfectly_separated_small_test_set_gets_an_interval_of_some_width():
+    # one good and one defective image gave "1.00-1.00", a certainty no test set that small
+    # has; 25 good images perfectly separated leave room for about 14 % of them unseen
+    import pytest
+
+    from anomaly.metrics import auroc_interval
+
+    assert auroc_interval([0, 1], [0.1, 0.9]) == pytest.approx((0.025, 1.0))
+    labels = [0] * 25 + [1] * 35
+    assert auroc_interval(labels, range(60)) == pytest.approx((0.025 ** (1 / 25), 1.0))
+    assert auroc_interval(labels, range(60, 0, -1)) == pytest.approx((0.0, 1 - 0.025 ** (1 / 25)))
