@@ -12,6 +12,7 @@ which versions.json entries differ, since those are what can change a model's la
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -56,7 +57,45 @@ def train_like(like: str | Path, out: str | Path, progress: bool = True, **chang
     wanted = config.replace(**{k: v for k, v in changes.items() if v is not None})
     if os.path.abspath(wanted.data) != os.path.abspath(config.data):
         split = moved(split, config.data, wanted.data)
+    _warn_new_images(wanted.data, split)
     return train_run(wanted, out, progress=progress, split=split)
+
+
+def _warn_new_images(data: str, split: dict) -> None:
+    """Say that good images were added since the run was trained: `--like` learns the run's
+    own images alone, and one who added good parts (falsely rejected ones) expects them learned,
+    where they were left out without a word. train/good: every image its split does not name;
+    the plain layout's good/, whose test images the split does not name: more images than it
+    can have held (its split's count and the test's share of that)."""
+    from anomaly.data.files import _is_image, plain_test_count
+    from anomaly.onnx_checks import skipped_silently
+
+    root = Path(data)
+    mvtec = (root / "train").is_dir()
+    folder = root / "train" / "good" if mvtec else root / "good"
+    named = {os.path.abspath(p) for p in split["train"] + split["val"]}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:  # said where the data set is read
+        return
+    images = [p for p in entries if not skipped_silently(p.name) and p.is_file() and _is_image(p)]
+    new = [p for p in images if os.path.abspath(p) not in named]
+    if not mvtec:  # the most good images a plain layout that trained on len(named) could hold
+        held = max(
+            n
+            for n in range(len(named), 2 * len(named) + 3)
+            if n - plain_test_count(n) <= len(named)
+        )
+        new = new if len(images) > held else []
+    extra = len(new) if mvtec else len(images) - held
+    if new:
+        warnings.warn(
+            f"{folder} holds {extra} good image{'s' * (extra != 1)} more than the run trained "
+            f"on or {'held out' if mvtec else 'tested'}: --like learns the run's own images "
+            f"alone{'' if mvtec else ' (the added ones are test images)'}. To learn them too, "
+            "train a new run with its settings (config.json) on the data as it is now",
+            stacklevel=3,
+        )
 
 
 def _check_source(run: RunDir, config) -> None:

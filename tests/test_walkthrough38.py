@@ -183,3 +183,21 @@ def test_a_perfectly_separated_small_test_set_gets_an_interval_of_some_width():
     labels = [0] * 25 + [1] * 35
     assert auroc_interval(labels, range(60)) == pytest.approx((0.025 ** (1 / 25), 1.0))
     assert auroc_interval(labels, range(60, 0, -1)) == pytest.approx((0.0, 1 - 0.025 ** (1 / 25)))
+
+
+def test_train_like_names_good_images_added_since_the_run(tmp_path):
+    # good parts falsely rejected, added to good/, then `train --like A`: "the run is
+    # reproduced", the new images left out without a word
+    import shutil
+
+    import pytest
+    from helpers import plain_set, tiny_config
+
+    from anomaly.pipeline import train_run
+    from anomaly.rerun import train_like
+
+    data = plain_set(tmp_path / "line", n_good=10)
+    train_run(tiny_config(data, "meandiff", size=32), tmp_path / "A", progress=False)
+    shutil.copy(data / "good" / "000.png", data / "good" / "added.png")
+    with pytest.warns(UserWarning, match=r"holds 1 good image more than the run trained on or "):
+        train_like(tmp_path / "A", tmp_path / "A2", progress=False)
