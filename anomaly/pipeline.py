@@ -29,7 +29,7 @@ from anomaly.build import (
 )
 from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
-from anomaly.data.files import check_not_in_data
+from anomaly.data.files import check_not_in_data, on_disk
 from anomaly.data.image_kind import draft_size, read_kinds
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.data.image_unlike import warn_unlike
@@ -66,18 +66,18 @@ def _datasets(config: Config, split: dict | None = None):
     )
     if split is not None:
         index = {p: i for i, p in enumerate(data.paths)}
-        missing = [p for p in split["train"] + split["val"] if p not in index]
+        missing = [p for p in split["train"] + split["val"] if on_disk(p) not in index]
         if missing:
             raise RunError(
                 f"the run's split names {len(missing)} images that are not in "
                 f"{config.data} (first: {printable(missing[0])}); the data changed since the run "
                 "was made"
             )
-        train_idx = [index[p] for p in split["train"]]
-        val_idx = [index[p] for p in split["val"]]
+        train_idx = [index[on_disk(p)] for p in split["train"]]  # (a Mac's copy: pièce as
+        val_idx = [index[on_disk(p)] for p in split["val"]]  # e + a combining accent)
         if "sha256" in split:  # split.json records each image's digest (since 2026-12-02)
             paths = split["train"] + split["val"]
-            changed = [p for p, d in zip(paths, split["sha256"]) if sha256_file(p) != d]
+            changed = [p for p, d in zip(paths, split["sha256"]) if sha256_file(on_disk(p)) != d]
             if changed:
                 raise RunError(
                     f"{len(changed)} of the run's {len(paths)} images changed since it was "

@@ -9,6 +9,7 @@ import os
 import time
 import warnings
 
+from anomaly.data.files import on_disk
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 
@@ -39,7 +40,7 @@ def warn_changed_training(run: RunDir, data: str) -> None:
         try:  # only files named inside the data folder are read (through its links: a folder
             # or files linked in, as DVC's cache does), as `train` read them; a split.json from
             # someone else may name any path ("..", a NUL byte, /proc's files, which never end)
-            given = os.path.abspath(path)
+            given = on_disk(os.path.abspath(path))  # a Mac's copy: pièce as e + ´
             inside = any(os.path.commonpath([r, given]) == r for r in roots)
             inside = inside and os.path.isfile(given)
             if not inside:

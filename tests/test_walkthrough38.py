@@ -201,3 +201,31 @@ def test_train_like_names_good_images_added_since_the_run(tmp_path):
     shutil.copy(data / "good" / "000.png", data / "good" / "added.png")
     with pytest.warns(UserWarning, match=r"holds 1 good image more than the run trained on or "):
         train_like(tmp_path / "A", tmp_path / "A2", progress=False)
+
+
+def test_a_data_set_copied_through_a_mac_keeps_its_split(tmp_path):
+    # pièce_000.png renamed to its NFD form (e + a combining accent, as a Mac's copy writes it):
+    # score tested the run on its own training images, said they were "missing or changed",
+    # and replaced metrics.json; --like refused a file that visibly exists
+    import os
+    import unicodedata
+    import warnings
+
+    from helpers import plain_set, tiny_config
+
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.rerun import train_like
+
+    data = plain_set(tmp_path / "line", n_good=10)
+    good = data / "good"
+    for p in sorted(good.iterdir()):
+        p.rename(good / f"pièce_{p.name}")
+    train_run(tiny_config(data, "meandiff", size=32), tmp_path / "A", progress=False)
+    _, before = score_run(tmp_path / "A", overlays=False, progress=False)
+    for name in os.listdir(good):
+        os.rename(good / name, good / unicodedata.normalize("NFD", name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "copies of training images", no "missing"
+        _, after = score_run(tmp_path / "A", overlays=False, progress=False)
+        train_like(tmp_path / "A", tmp_path / "A2", progress=False)
+    assert after["n_images"] == before["n_images"]

@@ -4,6 +4,7 @@ read a run folder (`threshold`) start fast. `anomaly.data.folder` reads the imag
 from __future__ import annotations
 
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -128,6 +129,18 @@ def broken_link(p: Path) -> str:
         if e.errno == 40:  # ELOOP
             return "a symbolic link that points back to itself (a loop); fix the link or delete it"
     return f"a symbolic link to {os.readlink(p)}, which does not exist; fix the link or delete it"
+
+
+def on_disk(path: str) -> str:
+    """`path`, or where only that exists, the same path in the other Unicode normalization: a
+    data set copied through a Mac (or a zip made there) names pièce.png as e + a combining
+    accent, and a split.json recorded before names it as one character; both read alike."""
+    if os.path.lexists(path):
+        return path
+    for form in ("NFC", "NFD"):
+        if (other := unicodedata.normalize(form, path)) != path and os.path.lexists(other):
+            return other
+    return path
 
 
 def plain_test_count(n: int, holdout: float = 0.2) -> int:

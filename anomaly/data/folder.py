@@ -339,7 +339,8 @@ class AnomalyDataset(Dataset):
         check_not_masks({"good": good}, self.root, self.root / "masks")
         if self.trained is not None:  # a run's own record: it learned those, tests the others
             test = self.split == "test"
-            split_good = [p for p in good if (f"good/{p.name}" in self.trained) != test]
+            trained = {_nfc(name) for name in self.trained}  # a Mac's copy: pièce as e + ´
+            split_good = [p for p in good if (_nfc(f"good/{p.name}") in trained) != test]
         else:
             n = len(good)
             n_test = plain_test_count(n, self.holdout)
