@@ -279,14 +279,15 @@ def annotated_overlay(
         small -= 1  # long numbers (a score and threshold alike to 6 digits) kept whole
     draw.text((x, 3 + fs // 5 + (fs - 3 - small) // 2), text, fill=(0, 0, 0), font=_font(small))
     if title:
-        title = printable(title)  # a file name's newline: one line, and measurable
+        lines = [printable(title)]  # a file name's newline: one line, and measurable
         over = float(np.mean(np.asarray(amap, np.float32) >= scale.pixel_threshold))
         if word == PASS and over > 0.001:  # yellow, never red: more than a good part's 1/1000
-            title = f"{title}; {over:.2g} of its map over pixel thr. (yellow: PASS)"
-        small = fs - 3
-        while small > 8 and 4 + draw.textlength(title, font=_font(small)) > width - 3:
-            small -= 1
-        draw.text((4, fs + 7), title, fill=(90, 90, 90), font=_font(small))
+            lines.append(f"{over:.2%} of its map over pixel thr. (yellow)")  # a line of its own:
+        for i, line in enumerate(lines):  # beside the name it was shrunk to 8 px at 256 px
+            small = fs - 3
+            while small > 8 and 4 + draw.textlength(line, font=_font(small)) > width - 3:
+                small -= 1
+            draw.text((4, fs + 7 + i * (fs + 2)), line, fill=(90, 90, 90), font=_font(small))
     return np.concatenate([np.asarray(head), body, colour_bar(width, scale)], axis=0)
 
 
@@ -321,7 +322,7 @@ def _font_size(width: int) -> int:  # a 4000 px overlay seen whole: not 4 px let
 
 def _head_height(width: int, title: str | None) -> int:
     fs = _font_size(width)
-    return fs + 10 + (fs + 2 if title else 0)
+    return fs + 10 + (2 * (fs + 2) if title else 0)  # the name, and a passing map's share red
 
 
 def body_rows(image_shape: tuple[int, ...], title: str | None = None) -> slice:

@@ -229,3 +229,29 @@ def test_a_data_set_copied_through_a_mac_keeps_its_split(tmp_path):
         _, after = score_run(tmp_path / "A", overlays=False, progress=False)
         train_like(tmp_path / "A", tmp_path / "A2", progress=False)
     assert after["n_images"] == before["n_images"]
+
+
+def test_a_passing_overlays_share_over_the_pixel_threshold_is_readable(monkeypatch):
+    # beside the file name, "photo02_good.png; 0.0014 of its map over pixel thr. (yellow:
+    # PASS)" was shrunk to 8 px to fit a 256 px overlay: about 6 px in notebook 07's figure
+    import numpy as np
+    from PIL import ImageDraw
+
+    from anomaly import overlays
+
+    sizes = {}
+    real = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw,
+        "text",
+        lambda self, xy, text, *a, **k: sizes.update({text: k["font"].size})
+        or real(self, xy, text, *a, **k),
+    )
+    amap = np.full((64, 64), 3.0, np.float32)
+    amap[:2, :4] = 9.0
+    image = np.full((256, 256, 3), 0.5, np.float32)
+    scale = overlays.EvidenceScale(2.0, 7.0)
+    rgb = overlays.annotated_overlay(image, amap, scale, 1.0, 2.0, title="photo02_good.png")
+    share = next(t for t in sizes if "of its map over pixel thr." in t)
+    assert sizes[share] >= 12 and sizes["photo02_good.png"] >= 12
+    assert rgb[overlays.body_rows(image.shape, "photo02_good.png")].shape[0] == 256
