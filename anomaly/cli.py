@@ -343,23 +343,26 @@ def _signals_interrupt():
     (`nohup`) stays ignored; outside the main thread nothing changes."""
     import signal
     import threading
+    from multiprocessing import ProcessError
 
     def stop(signum, _frame):
         _SIGNALLED.append(int(signum))
         if hasattr(signal, "SIGCHLD"):  # decoding workers stopped by the same signal (a whole
             # process group's) are not reported by torch's handler as a failure, with a trace
             previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
-        hooks.append(sys.excepthook)  # nor a thread's lost connection to them (the sharer of
-        sys.excepthook = quiet  # their tensors' files, in multiprocessing)
         raise KeyboardInterrupt(signum)
 
-    def quiet(kind, value, trace):  # kept once stopped: the sharer's thread can fail later,
-        main = threading.current_thread() is threading.main_thread()  # its socket closed
-        if main or not issubclass(kind, (OSError, EOFError)):
+    def quiet(kind, value, trace):  # nor a thread's lost connection to them (the sharer of
+        # their tensors' files, in multiprocessing), before or after the main thread is told
+        lost = issubclass(kind, (OSError, EOFError, ProcessError))
+        if lost and threading.current_thread() is not threading.main_thread():
+            time.sleep(0 if _SIGNALLED else 1)  # the group's workers die first
+        if not (lost and _SIGNALLED and threading.current_thread() is not threading.main_thread()):
             hooks[0](kind, value, trace)
 
-    previous, hooks, _SIGNALLED[:] = {}, [], []
+    previous, hooks, _SIGNALLED[:] = {}, [sys.excepthook], []
     if threading.current_thread() is threading.main_thread():
+        sys.excepthook = quiet  # kept once stopped: the sharer's thread can fail later
         for name in ("SIGTERM", "SIGHUP"):
             signum = getattr(signal, name, None)  # Windows has no SIGHUP
             if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
@@ -370,6 +373,8 @@ def _signals_interrupt():
         for signum, handler in previous.items():
             if handler is not None:  # (None: one set outside Python, which cannot be put back)
                 signal.signal(signum, handler)
+        if sys.excepthook is quiet and not _SIGNALLED:
+            sys.excepthook = hooks[0]
 
 
 def _main(args) -> int:
