@@ -28,6 +28,12 @@ from anomaly.terminal import shell_word
 from anomaly.threshold_file import model_sha256
 from anomaly.train import select_device
 
+# A process forked after torch ran on several threads (a run loaded, then a fork-based
+# multiprocessing.Pool of workers scoring with it) waits for ever in OpenMP's pool, whose threads
+# the fork did not copy: each forked child computes on one thread (as DataLoader workers do)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
+
 
 def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     """Rebuild the detector saved in a run folder, with its own config and weights. It records
@@ -60,7 +66,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
         )
     # its data sets (`detector.dataset`) hold the run's split: a plain layout's test images are
     # then the good images it neither trained on nor held out, as `score`'s
-    detector.trained_in = lambda root: trained_split(run, config.data, str(root))
+    detector.trained_in = partial(_trained_in, run, config.data)  # (a lambda: no pickling)
     if other := check_split_of_model(run, payload):  # scores fine; its tests would not be
         warnings.warn(other, stacklevel=2)
         detector.trained_in = partial(_refused, other)
@@ -306,6 +312,10 @@ def trained_images(rd: RunDir) -> dict | None:
     except (RunError, AttributeError) as err:
         warnings.warn(f"{err}; images are not compared with the training images", stacklevel=2)
         return None
+
+
+def _trained_in(run: RunDir, trained_on: str, root) -> set[str] | None:
+    return trained_split(run, trained_on, str(root))
 
 
 def _refused(why: str, _root) -> None:

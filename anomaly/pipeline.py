@@ -10,6 +10,7 @@ This layer joins the others: it builds detectors through `anomaly.build` (which 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -20,13 +21,7 @@ import numpy as np
 
 from anomaly import threshold_file
 from anomaly import train_guards as guards
-from anomaly.build import (
-    build_detector,
-    check_size,
-    load_run,
-    split_names,
-    trained_images,
-)
+from anomaly.build import build_detector, check_size, load_run, split_names, trained_images
 from anomaly.config import RESUMABLE_FIELDS, Config
 from anomaly.data import AnomalyDataset
 from anomaly.data.files import check_not_in_data, on_disk
@@ -37,6 +32,7 @@ from anomaly.data.masks import forget_said
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.detectors.inputs import frames_named
 from anomaly.pixel_eval import EVAL_SIZE, MASK_READING_KEY
+from anomaly.run_lock import check_not_in_use, folder_lock
 from anomaly.runs import RunDir, RunError, config_differences
 from anomaly.safe_files import available_memory, check_path_above, output_folder, sha256_file
 from anomaly.terminal import printable, shell_word
@@ -357,7 +353,8 @@ def score_run(
     rd = RunDir(run).require()
     rd.refuse_stopped("score")  # it would score with no threshold, into an unfinished run
     forget_said()  # warnings of a file or mask folder: once this call, not once the process
-    with rd.lock_unless_outside("score", out):  # --out elsewhere: a run of someone else's read
+    # --out elsewhere: a run of someone else's read; the folder written locked too (`held`)
+    with rd.lock_unless_outside("score", out), contextlib.ExitStack() as held:
         detector = load_run(rd)
         # what can fail comes before the first write (a damaged threshold.json: scores kept)
         threshold = rd.threshold() if rd.has_threshold() else None
@@ -406,8 +403,8 @@ def score_run(
         pred.meta.update(run=str(run), data=data, out=str(dest))
         pred.meta.update(threshold_file.model_record(rd.file(rd.MODEL)))  # the model that scored
         earlier = None if dest is rd else _scored_data(dest.path)  # --out: other data's?
-        if dest is not rd:  # made now, and never through a link
-            output_folder(dest.path)
+        if dest is not rd:  # made now, never through a link, and one score at a time
+            held.enter_context(folder_lock(output_folder(dest.path), RunDir.LOCK, "score"))
         with dest.predictions_meanwhile(pred):  # in place once the metrics are made
             paths = [mask_of.get(p) for p in pred.paths]  # pixel metrics at one size
             try:
@@ -456,10 +453,13 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
             f"--out {shell_word(dest)} is a file; give a folder for the scores of {data}"
         )
     check_not_in_data(dest, "--out", data)
-    ours = {*RunDir.SCORE_OUTPUTS, RunDir.OVERLAYS}
+    if dest.is_dir():  # another score writing there now: in use, not "files of yours"
+        check_not_in_use(dest, RunDir.LOCK, "score")
+    ours = {*RunDir.SCORE_OUTPUTS, RunDir.OVERLAYS, RunDir.LOCK}
     theirs = sorted(p.name for p in dest.iterdir() if p.name not in ours) if dest.is_dir() else []
-    if not theirs and dest.is_dir() and any(dest.iterdir()) and _scored_data(dest) is None:
-        theirs = sorted(p.name for p in dest.iterdir())  # the names, but not written by score
+    found = sorted(p.name for p in dest.iterdir() if p.name != RunDir.LOCK) if dest.is_dir() else []
+    if not theirs and found and _scored_data(dest) is None:
+        theirs = found  # the names, but not written by score (a dead score's lock: taken over)
     if theirs:
         raise RunError(
             f"{dest} holds files `score` does not write ({', '.join(theirs[:3])}), so the scores "

@@ -244,8 +244,9 @@ def test_a_passing_overlays_share_over_the_pixel_threshold_is_readable(monkeypat
     monkeypatch.setattr(
         ImageDraw.ImageDraw,
         "text",
-        lambda self, xy, text, *a, **k: sizes.update({text: k["font"].size})
-        or real(self, xy, text, *a, **k),
+        lambda self, xy, text, *a, **k: (
+            sizes.update({text: k["font"].size}) or real(self, xy, text, *a, **k)
+        ),
     )
     amap = np.full((64, 64), 3.0, np.float32)
     amap[:2, :4] = 9.0
@@ -255,3 +256,59 @@ def test_a_passing_overlays_share_over_the_pixel_threshold_is_readable(monkeypat
     share = next(t for t in sizes if "of its map over pixel thr." in t)
     assert sizes[share] >= 12 and sizes["photo02_good.png"] >= 12
     assert rgb[overlays.body_rows(image.shape, "photo02_good.png")].shape[0] == 256
+
+
+def test_workers_forked_after_a_run_is_loaded_score_instead_of_hanging(scored_ae_run):
+    # load_run runs the network once (its size probe) on torch's threads: workers of a fork
+    # Pool then waited for ever in OpenMP's barrier (the fork copies no threads)
+    from helpers import fresh_python
+
+    from anomaly.runs import RunDir
+
+    images = [str(p) for p in RunDir(scored_ae_run).predictions().paths[:4]]
+    code = f"""
+import multiprocessing, torch, anomaly
+torch.set_num_threads(2)
+det = anomaly.load_run({str(scored_ae_run)!r})
+def score(p):
+    return anomaly.predict_images(det, [p], overlays=False)[0][0]["score"]
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    print(len(pool.map_async(score, {images!r}).get(timeout=60)))
+"""
+    done = fresh_python(code)
+    assert done.stdout.strip() == "4", done.stderr[-2000:]
+
+
+def test_a_loaded_network_run_can_be_sent_to_a_spawned_worker(scored_ae_run):
+    # "Can't pickle local object 'load_run.<locals>.<lambda>'" for an ae run passed to a
+    # spawn or forkserver pool's workers
+    import pickle
+
+    from anomaly.build import load_run
+
+    det = pickle.loads(pickle.dumps(load_run(scored_ae_run)))
+    assert det.trained_in(det.config.data) is not None
+
+
+def test_a_second_score_into_the_same_out_folder_is_refused_while_the_first_writes(
+    scored_ae_run, tmp_path
+):
+    # two `score --out X` at once (two runs, one folder) both exited 0 and left scores.csv of
+    # one beside overlays of the other; or the second named the first's temporary file as
+    # "files score does not write"
+    import pytest
+    from test_walkthrough37 import held_by_another_process
+
+    from anomaly.pipeline import score_run
+    from anomaly.run_lock import InUse
+    from anomaly.runs import RunDir
+
+    data = RunDir(scored_ae_run).config().data
+    out = tmp_path / "X"
+    out.mkdir()
+    with held_by_another_process(out, "score"), pytest.raises(InUse, match="score"):
+        score_run(copy_run(scored_ae_run, tmp_path / "ae"), data, out=out, progress=False)
+    score_run(  # the killed holder's lock: taken over, not "a file of yours"
+        tmp_path / "ae", data, out=out, overlays=False, progress=False
+    )
+    assert not (out / ".lock").exists() and (out / "scores.csv").is_file()
