@@ -679,7 +679,7 @@ def test_an_overlay_says_what_its_colours_hide_and_where_its_scale_ends(monkeypa
     image = np.full((64, 64, 3), 0.5, np.float32)
     overlays.colour_bar.cache_clear()
     overlays.annotated_overlay(image, amap, scale, score=1.0, threshold=2.0, title="a.png")
-    assert "a.png" in said and "3.12% of its map over pixel thr. (yellow)" in said  # (s38: own line)
+    assert "a.png" in said and "3.12% of its map over pixel thr. (yellow)" in said  # own line
     assert "12" in said and "2x" not in said  # 2 + 2 * (7 - 2)
     said.clear()
     overlays.annotated_overlay(image, amap, scale, score=3.0, threshold=2.0, title="a.png")
