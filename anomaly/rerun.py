@@ -20,6 +20,7 @@ from anomaly import threshold_file
 from anomaly.config import Config, flag_of
 from anomaly.detectors import Detector
 from anomaly.pipeline import train_run
+from anomaly.run_checkpoints import SPLIT_KEY
 from anomaly.runs import RunDir, RunError
 from anomaly.terminal import shell_word
 from anomaly.train_guards import moved
@@ -124,12 +125,12 @@ def same_model_words(like: str | Path, out: str | Path) -> str:
     sha_b = threshold_file.model_sha256(b.file(b.MODEL))
     if sha_a is not None and sha_a == sha_b:
         return f"{b.file(b.MODEL)} is byte for byte {a.file(a.MODEL)}: the run is reproduced{also}"
-    state_a, state_b = (r.checkpoint() for r in (a, b))
-    if _same(state_a, state_b):  # written before model.pt's bytes were made canonical
-        return (
+    state_a, state_b = ({k: v for k, v in r.checkpoint().items() if k != SPLIT_KEY} for r in (a, b))
+    if _same(state_a, state_b):  # written before model.pt's bytes were made canonical, or
+        return (  # before it recorded its split (session 38)
             f"{b.file(b.MODEL)} holds what {a.file(a.MODEL)} holds, config and learned state "
-            "alike: the run is reproduced (the older file's bytes are laid out otherwise, so a "
-            f"threshold does not carry over){also}"
+            "alike: the run is reproduced (the older file is laid out otherwise, or records no "
+            f"split, so a threshold does not carry over){also}"
         )
     if _same(state_a.get("state"), state_b.get("state")):
         changed = [k for k in LIKE_CHANGES if state_a["config"].get(k) != state_b["config"].get(k)]

@@ -312,3 +312,25 @@ def test_a_second_score_into_the_same_out_folder_is_refused_while_the_first_writ
         tmp_path / "ae", data, out=out, overlays=False, progress=False
     )
     assert not (out / ".lock").exists() and (out / "scores.csv").is_file()
+
+
+def test_train_like_of_a_run_from_before_model_pt_recorded_its_split(tmp_path):
+    # model.pt now records its split: --like of a run trained before said the two files
+    # "differ in the config they record: its fields", though only that record differs
+    from helpers import plain_set, tiny_config
+
+    from anomaly.pipeline import train_run
+    from anomaly.rerun import same_model_words, train_like
+    from anomaly.run_checkpoints import SPLIT_KEY
+    from anomaly.runs import RunDir
+    from anomaly.safe_files import atomic_save
+
+    data = plain_set(tmp_path / "line", n_good=10)
+    train_run(tiny_config(data, "meandiff", size=32), tmp_path / "A", progress=False)
+    old = RunDir(tmp_path / "A")
+    payload = old.checkpoint()
+    del payload[SPLIT_KEY]  # as a model.pt written before session 38
+    atomic_save(payload, old.file(old.MODEL))
+    train_like(tmp_path / "A", tmp_path / "A2", progress=False)
+    said = same_model_words(tmp_path / "A", tmp_path / "A2")
+    assert "config and learned state alike: the run is reproduced" in said, said
