@@ -334,3 +334,22 @@ def test_train_like_of_a_run_from_before_model_pt_recorded_its_split(tmp_path):
     train_like(tmp_path / "A", tmp_path / "A2", progress=False)
     said = same_model_words(tmp_path / "A", tmp_path / "A2")
     assert "config and learned state alike: the run is reproduced" in said, said
+
+
+def test_a_mask_whose_name_differs_from_its_image_only_in_case_is_named(tiny_cookies, tmp_path):
+    # B01_mask.png beside b01.png (one file on Windows): "this mask matches no image", no hint
+    import shutil
+
+    import pytest
+
+    from anomaly.data import AnomalyDataset
+    from anomaly.data.files import DataError
+
+    root = tmp_path / "d"
+    shutil.copytree(tiny_cookies, root)
+    mask = sorted((root / "ground_truth" / "crack").iterdir())[0]
+    stem = mask.name.split("_mask")[0]
+    (root / "test" / "crack" / f"{stem}.png").rename(root / "test" / "crack" / f"b{stem}.png")
+    mask.rename(mask.with_name(f"B{stem}_mask.png"))
+    with pytest.raises(DataError, match=f"b{stem}.png there differs only in case"):
+        AnomalyDataset(root, "test", size=64)

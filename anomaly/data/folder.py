@@ -153,9 +153,11 @@ def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Pat
         stem = mask_stem(m) or m.stem  # <stem>_mask, any case (MVTec AD's: _mask)
         image = by_stem.get(_nfc(stem)) or by_stem.get(_nfc(m.stem))
         if image is None:
+            cased = [p.name for k, p in by_stem.items() if k.lower() == _nfc(stem).lower()]
             raise DataError(
                 f"{m}: this mask matches no image. Expected an image named {stem}.* in {rel}/ "
                 f"(mask <stem>_mask.png goes with image <stem>.png); rename or delete the mask."
+                + (f" ({cased[0]} there differs only in case: names match exactly)" * bool(cased))
             )
         if image in found:
             raise DataError(
