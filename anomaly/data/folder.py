@@ -157,7 +157,11 @@ def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Pat
             raise DataError(
                 f"{m}: this mask matches no image. Expected an image named {stem}.* in {rel}/ "
                 f"(mask <stem>_mask.png goes with image <stem>.png); rename or delete the mask."
-                + (f" ({cased[0]} there differs only in case: names match exactly)" * bool(cased))
+                + (
+                    f" ({cased[0]} there differs only in case: names match exactly)"
+                    if cased
+                    else ""
+                )
             )
         if image in found:
             raise DataError(
