@@ -353,3 +353,14 @@ def test_a_mask_whose_name_differs_from_its_image_only_in_case_is_named(tiny_coo
     mask.rename(mask.with_name(f"B{stem}_mask.png"))
     with pytest.raises(DataError, match=f"b{stem}.png there differs only in case"):
         AnomalyDataset(root, "test", size=64)
+
+
+def test_a_macs_appledouble_file_named_as_an_image_is_called_what_it_is(scored_ae_run, tmp_path):
+    # `predict $(find DIR -name '*.png')` picks up ._000.png: "cannot read this image ...
+    # Re-save it as PNG, or delete it", for a Mac's metadata file
+    import anomaly
+
+    sidecar = tmp_path / "._000.png"
+    sidecar.write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    (row,), _ = anomaly.predict_images(scored_ae_run, [sidecar], overlays=False)
+    assert "AppleDouble" in row["error"] and "Re-save" not in row["error"]

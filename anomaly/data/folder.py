@@ -376,7 +376,10 @@ class AnomalyDataset(Dataset):
                 with named_warnings(s.path), Image.open(s.path) as im:
                     image_size, turn = displayed_size(im), orientation(im)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                why = empty_file(s.path) or f"is not a readable image ({e}). {unreadable_fix(e)}"
+                why = (
+                    empty_file(s.path)
+                    or f"is not a readable image ({e}). {unreadable_fix(e, s.path)}"
+                )
                 broken.append((s.path, f"{s.path} {why}"))
                 continue
             if s.mask_path is not None:

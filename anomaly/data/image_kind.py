@@ -114,8 +114,14 @@ def read_rgb(path: str | Path | None, draft: int | None = None):
         return None
 
 
-def unreadable_fix(error: Exception) -> str:
-    """What to do with a file Pillow could not read, in words, after `error`."""
+def unreadable_fix(error: Exception, path=None) -> str:
+    """What to do with a file (`path`) Pillow could not read, in words, after `error`."""
+    if path is not None and Path(path).name.startswith("._"):  # named by hand or by a glob
+        return (
+            f"It is a Mac's record of {Path(path).name[2:]} (an AppleDouble file its copies "
+            "leave beside each file), not an image: leave ._ files out (a folder given whole "
+            "skips them)"
+        )
     if isinstance(error, Image.DecompressionBombError):
         return (
             f"It is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels); "
@@ -255,7 +261,9 @@ def open_image(path: str | Path, draft: int | None = None) -> Image.Image:
                     im.draft(im.mode, (draft, draft))
                 im = upright(im)  # decoded, and turned as viewers show it (EXIF orientation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read this image ({e}). {unreadable_fix(e)}") from None
+        raise DataError(
+            f"{path}: cannot read this image ({e}). {unreadable_fix(e, path)}"
+        ) from None
     if refused is not None:
         im.close()
         raise DataError(f"{path}: {refused}")
