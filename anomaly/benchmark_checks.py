@@ -89,10 +89,19 @@ def check_sets(sets: list[dict], pixel_size: int | str | None = None) -> list[in
     memory holds. Returns each set's count of training images (train/good, or the plain
     layout's good/ less its test images)."""
     from anomaly.data import AnomalyDataset
+    from anomaly.data.files import DataError
 
     one_kind, tests, counts = [], [], []
     for ds in sets:
-        counts.append(len(AnomalyDataset(ds["path"], "train", cache=False)))
+        try:
+            counts.append(len(AnomalyDataset(ds["path"], "train", cache=False)))
+        except DataError as err:  # a folder of sets: how the benchmark takes several
+            if "It holds data sets" not in str(err):
+                raise
+            raise BenchmarkError(
+                f"{err} Or benchmark them all: repeat --data for each, or list them in "
+                f'{Path(ds["path"]) / "manifest.json"} as {{"sets": ["name", ...]}}'
+            ) from None
         test = AnomalyDataset(ds["path"], "test", cache=False)
         tests.append(test)
         n_bad = int(test.labels.sum())

@@ -364,3 +364,19 @@ def test_a_macs_appledouble_file_named_as_an_image_is_called_what_it_is(scored_a
     sidecar.write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
     (row,), _ = anomaly.predict_images(scored_ae_run, [sidecar], overlays=False)
     assert "AppleDouble" in row["error"] and "Re-save" not in row["error"]
+
+
+def test_the_benchmark_on_a_folder_of_sets_says_how_to_give_them_all(tiny_cookies, tmp_path):
+    # "It holds data sets (a, b); pass one of them": nothing said of repeating --data or of
+    # the manifest that makes a folder a suite
+    import shutil
+
+    import pytest
+
+    from anomaly.benchmark import run_benchmark
+    from anomaly.benchmark_dirs import BenchmarkError
+
+    for name in ("a", "b"):
+        shutil.copytree(tiny_cookies, tmp_path / "sets" / name)
+    with pytest.raises(BenchmarkError, match=r"repeat --data for each.*manifest\.json"):
+        run_benchmark(str(tmp_path / "sets"), methods=["meandiff"], out=str(tmp_path / "b"))
