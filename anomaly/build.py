@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from anomaly.config import METHOD_DEFAULTS, Config
+from anomaly.data.files import on_disk
 from anomaly.detectors import Detector, get_detector
 from anomaly.detectors.inputs import unchecked
 from anomaly.detectors.kmeans import check_encoder  # kmeans --from checks it too
@@ -67,9 +68,8 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
     # its data sets (`detector.dataset`) hold the run's split: a plain layout's test images are
     # then the good images it neither trained on nor held out, as `score`'s
     detector.trained_in = partial(_trained_in, run, config.data)  # (a lambda: no pickling)
-    if other := check_split_of_model(run, payload):  # scores fine; its tests would not be
-        warnings.warn(other, stacklevel=2)
-        detector.trained_in = partial(_refused, other)
+    if other := check_split_of_model(run, payload):  # scores fine; a plain layout's tests not
+        detector.trained_in = partial(_refused, other, run, config.data)
     if problem := selection_problem(run, payload):  # it scores as model.pt says: a warning
         warnings.warn(problem, stacklevel=2)
     if device is not None:
@@ -318,7 +318,11 @@ def _trained_in(run: RunDir, trained_on: str, root) -> set[str] | None:
     return trained_split(run, trained_on, str(root))
 
 
-def _refused(why: str, _root) -> None:
+def _refused(why: str, run: RunDir, trained_on: str, root) -> set[str] | None:
+    """`_trained_in`, or RunError saying `why` for a plain layout, whose test images are the
+    good images the split does not name (another model's split: some this model learned)."""
+    if (Path(root) / "train").is_dir():  # train/ and test/: the split chooses no test image
+        return _trained_in(run, trained_on, root)
     raise RunError(why)
 
 
@@ -340,7 +344,11 @@ def trained_split(rd: RunDir, trained_on: str, data: str) -> set[str] | None:
         return None
     # only good/<file> names count (`AnomalyDataset` asks no other), so nothing outside `data`
     # is read: a split.json from someone else may name any path (/proc/kmsg never ends)
-    here = [(n, Path(data) / n, d) for n, d in zip(names, digests) if _good_name(n)]
+    here = [
+        (n, Path(on_disk(os.path.join(data, n))), d)
+        for n, d in zip(names, digests)
+        if _good_name(n)
+    ]
     return {n for n, p, d in here if p.is_file() and sha256_file(p) == d}  # none: all tested
 
 

@@ -12,8 +12,10 @@ which versions.json entries differ, since those are what can change a model's la
 from __future__ import annotations
 
 import os
+import unicodedata
 import warnings
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 from anomaly import threshold_file
@@ -74,13 +76,14 @@ def _warn_new_images(data: str, split: dict) -> None:
     root = Path(data)
     mvtec = (root / "train").is_dir()
     folder = root / "train" / "good" if mvtec else root / "good"
-    named = {os.path.abspath(p) for p in split["train"] + split["val"]}
+    nfc = partial(unicodedata.normalize, "NFC")  # a Mac's copy: pièce as e + a combining ´
+    named = {nfc(os.path.abspath(p)) for p in split["train"] + split["val"]}
     try:
         entries = sorted(folder.iterdir())
     except OSError:  # said where the data set is read
         return
     images = [p for p in entries if not skipped_silently(p.name) and p.is_file() and _is_image(p)]
-    new = [p for p in images if os.path.abspath(p) not in named]
+    new = [p for p in images if nfc(os.path.abspath(p)) not in named]
     if not mvtec:  # the most good images a plain layout that trained on len(named) could hold
         held = max(
             n
@@ -91,7 +94,8 @@ def _warn_new_images(data: str, split: dict) -> None:
     extra = len(new) if mvtec else len(images) - held
     if new:
         warnings.warn(
-            f"{folder} holds {extra} good image{'s' * (extra != 1)} more than the run trained "
+            f"{folder} holds {'' if mvtec else 'at least '}{extra} good image"
+            f"{'s' * (extra != 1)} more than the run trained "
             f"on or {'held out' if mvtec else 'tested'}: --like learns the run's own images "
             f"alone{'' if mvtec else ' (the added ones are test images)'}. To learn them too, "
             "train a new run with its settings (config.json) on the data as it is now",

@@ -347,7 +347,7 @@ def no_layout(root: Path) -> str:
     first try: a flat folder of photos), or make the layout; or rename Train/ or Good/ (a
     Windows copy), which a data set of its own would have been taken for."""
     cased = [p.name for p in subfolders(root) if p.name.lower() in ("train", "test", "good")]
-    if cased:
+    if {n.lower() for n in cased} & {"train", "good"}:  # a layout's own (Test/ alone is none)
         fix = " and ".join(f"{n}/ to {n.lower()}/" for n in cased)
         return f"Folder names are exact (lower case): rename {fix}, then pass {root} again."
     cats = [p.name for p in subfolders(root) if (p / "train").is_dir() or (p / "good").is_dir()]
