@@ -164,8 +164,11 @@ def _worker(
         train_run(config, out, progress=False)
         fit_s = time.perf_counter() - t0
         _, metrics = score_run(out, overlays=False, pixel_size=pixel_size)
-    warned = dict.fromkeys(
-        str(w.message).splitlines()[0][:400] for w in said if issubclass(w.category, UserWarning)
+    warned = dict.fromkeys(  # not those of --smoke's own settings ("--size 64: ...")
+        str(w.message).splitlines()[0][:400]
+        for w in said
+        if issubclass(w.category, UserWarning)
+        and not (smoke and any(f"--{k} {v}" in str(w.message) for k, v in SMOKE.items()))
     )
     peak_mb = _peak_mb()
     # training images/s: images seen per second of training, all epochs (one pass for the

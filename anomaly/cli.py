@@ -352,15 +352,15 @@ def _signals_interrupt():
             previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
         raise KeyboardInterrupt(signum)
 
-    def quiet(kind, value, trace):  # nor a thread's lost connection to them (the sharer of
-        # their tensors' files, in multiprocessing), before or after the main thread is told
+    def quiet(kind, value, trace):  # nor the lost connection of their tensors' sharer thread
         lost = issubclass(kind, (OSError, EOFError, ProcessError))
-        if lost and threading.current_thread() is not threading.main_thread():
+        if lost := lost and threading.current_thread() is not threading.main_thread():
             time.sleep(0 if _SIGNALLED else 1)  # the group's workers die first
-        if not (lost and _SIGNALLED and threading.current_thread() is not threading.main_thread()):
+        if not (lost and _SIGNALLED):
             hooks[0](kind, value, trace)
 
-    previous, hooks, _SIGNALLED[:] = {}, [sys.excepthook], []
+    previous, hooks = {}, [getattr(sys.excepthook, "quiets", sys.excepthook)]  # not a stale one
+    quiet.quiets, _SIGNALLED[:] = hooks[0], []
     if threading.current_thread() is threading.main_thread():
         sys.excepthook = quiet  # kept once stopped: the sharer's thread can fail later
         for name in ("SIGTERM", "SIGHUP"):

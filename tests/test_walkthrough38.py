@@ -437,3 +437,36 @@ def test_the_review_of_the_split_record_and_of_the_mac_copies(tiny_cookies, tmp_
     (sets / "Test").mkdir()
     with pytest.raises(DataError, match="It holds data sets \\(cookies\\)"):
         AnomalyDataset(sets, "train", size=64)
+
+
+def test_a_command_stopped_by_a_signal_leaves_no_stale_hook_for_the_next(monkeypatch):
+    # a review: after one SIGTERM-stopped command in a long-lived process, the next command
+    # kept the stopped one's hook as "the" hook, and put it back at its end
+    import signal
+    import sys
+
+    from anomaly import cli
+
+    original = sys.excepthook
+    try:
+        try:
+            with cli._signals_interrupt():
+                signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass
+        with cli._signals_interrupt():
+            pass
+        assert sys.excepthook is original
+    finally:
+        sys.excepthook = original
+
+
+def test_the_smoke_benchmark_does_not_pass_on_warnings_about_its_own_settings(
+    tiny_cookies, tmp_path
+):
+    # a review: every `benchmark --smoke` with auto said "--size 64: ... leave --size at
+    # auto's default", a flag the user never gave
+    from anomaly.benchmark import run_benchmark
+
+    run_benchmark(str(tiny_cookies), methods=["auto"], out=str(tmp_path / "b"), smoke=True)
+    assert "--size 64" not in (tmp_path / "b" / "benchmark.md").read_text()
