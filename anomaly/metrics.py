@@ -65,7 +65,8 @@ def auroc_interval(
     of no width however few the images (1.00-1.00 from one good and one defective image): there
     the bound is how many of the smaller class could lie on the other side unseen, Clopper and
     Pearson's for none seen of n at the same tail, 1 - ((1 - level) / 2) ** (1 / n) (0.14 at
-    n = 25, 0.98 at n = 1).
+    n = 25, 0.98 at n = 1). An AUROC within that bound of 1 (or 0) has its interval reach it
+    too: one that is nearly separated is no surer than one that is separated.
     """
     labels, scores = _checked(labels, scores, "auroc_interval")
     if not 0.0 < level < 1.0:
@@ -78,10 +79,10 @@ def auroc_interval(
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(auc, [tail, 100 - tail])
     unseen = 1 - ((1 - level) / 2) ** (1 / min(len(pos[0]), len(neg[0])))
-    separated = image_auroc(labels, scores)
-    if separated == 1.0:
+    auroc = image_auroc(labels, scores)
+    if auroc >= 1 - unseen:
         low = min(low, 1 - unseen)
-    elif separated == 0.0:
+    elif auroc <= unseen:
         high = max(high, unseen)
     return float(low), float(high)
 
