@@ -13,6 +13,7 @@ image is predicted defective iff its score is >= the threshold.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -304,8 +305,67 @@ def guarantee_broken(labels, scores, threshold, level: float = 0.01) -> str | No
         f"had they been like the {n} images the threshold was set on, so many would have a "
         f"chance of {chance:.1g}. {verdict.capitalize()} them (were those images near-copies of "
         "training ones, or of another batch or camera?); set the threshold on good images like "
-        "these: threshold --good-images FOLDER"
+        "these: threshold --good-images FOLDER, or where the camera, focus or lighting changed, "
+        "retrain on images of the new setup first (a new threshold alone loses defects)"
     )
+
+
+def rested_on(run, threshold) -> list[float] | None:
+    """The good images' scores `threshold` rests on: those its params record (a folder's, or
+    the held-out ones less copies of training images), else the run's held-out scores; None
+    where there are none to read."""
+    from anomaly.safe_files import RunError
+
+    recorded = ((getattr(threshold, "params", None) or {}).get("calibration") or {}).get("scores")
+    if isinstance(recorded, list) and all(isinstance(x, (int, float)) for x in recorded):
+        return [float(x) for x in recorded]
+    try:
+        return [float(x) for x in run.val_scores()["scores"]]
+    except (RunError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def batch_outside(scores, good, below_only: bool = False, level: float = 1e-3) -> str | None:
+    """Words when more of a batch's `scores` lie outside the range of the `good` scores a
+    threshold rests on than good parts like those would put there (chance under `level`), or
+    None. Below their lowest: images unlike them that score low (smoother: another focus,
+    resolution or compression), where a defect may pass unseen; above their highest, for half
+    a batch of 10 or more (not with `below_only`): a batch that bad, or a changed camera or
+    lighting rejecting good parts. A new score falls below all n good ones with chance
+    Beta(1, n), so a batch of m puts a beta-binomial (m, 1, n) count there (above: the same)."""
+    scores = np.asarray([s for s in scores if math.isfinite(s)], np.float64)
+    m, n = len(scores), len(good or [])
+    if m < 5 or n < 5:
+        return None
+    from scipy.stats import betabinom  # (a one-image predict: not imported)
+
+    lo, hi = min(good), max(good)
+    below, above = int(np.sum(scores < lo)), int(np.sum(scores > hi))
+    what = f"score {{}} every one of the {n} good images the threshold rests on"
+    if below and (chance := float(betabinom.sf(below - 1, m, 1, n))) < level:
+        return (
+            f"{below} of these {m} images {what.format('below')} (lowest {lo:.4g}); good parts "
+            f"like those would do so with a chance of {chance:.1g}. Images unlike them "
+            "(smoother: another focus, resolution or compression?) score low, and a defect in "
+            "them may pass: check the camera, and if it changed, retrain on images of the new setup"
+        )
+    if below_only or m < 10 or above < m / 2:
+        return None
+    if (chance := float(betabinom.sf(above - 1, m, 1, n))) < level:
+        return (
+            f"{above} of these {m} images {what.format('above')} (highest {hi:.4g}): a batch "
+            "this bad, or images unlike those (camera, focus, lighting or JPEG setting "
+            "changed?). Look at a few overlays; if good parts are rejected, retrain on images "
+            "of the new setup (a threshold set on them alone loses defects)"
+        )
+    return None
+
+
+def warn_outside(run, threshold, scores, below_only: bool = False) -> None:
+    """Warn, as `batch_outside` words it, of a batch of 5 or more `scores` outside the range of
+    the good images' scores `threshold` rests on (`rested_on`; read only for such a batch)."""
+    if len(scores) >= 5 and (said := batch_outside(scores, rested_on(run, threshold), below_only)):
+        warnings.warn(said, stacklevel=3)
 
 
 def _quantile_of(params: dict) -> tuple[int, float] | None:

@@ -29,6 +29,7 @@ from anomaly.data.image_kind import draft_size, read_kinds
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.data.image_unlike import warn_unlike
 from anomaly.data.masks import forget_said
+from anomaly.decision import warn_outside
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.detectors.inputs import frames_named
 from anomaly.pixel_eval import EVAL_SIZE, MASK_READING_KEY
@@ -383,10 +384,8 @@ def score_run(
             warn_changed_training(rd, data)
         pixel_size = parse_pixel_size(str(pixel_size))  # "512" from the API is 512
         mask_of = {s.path: s.mask_path for s in test.samples}
-        if pixel_size == FULL:  # images or masks of several sizes: refused before any work
-            hw = full_size(list(mask_of.values()), list(mask_of))
-        else:
-            hw = (pixel_size, pixel_size)
+        sizes = (list(mask_of.values()), list(mask_of))  # several: refused before any work
+        hw = full_size(*sizes) if pixel_size == FULL else (pixel_size, pixel_size)
         if hw is not None and any(mask_of.values()):  # and more pixels than memory holds
             check_memory(len(test), hw, available_memory())
         where = dest.overlays  # a link, a file or a pipe there: refused before any work
@@ -400,6 +399,7 @@ def score_run(
                 f"{rd}: its model gives NaN or infinite scores or maps, so nothing was written; "
                 "its model.pt is damaged or its training diverged: train the run again"
             )
+        warn_outside(rd, threshold, pred.scores, below_only=True)  # a changed camera: low scores
         pred.meta.update(run=str(run), data=data, out=str(dest))
         pred.meta.update(threshold_file.model_record(rd.file(rd.MODEL)))  # the model that scored
         earlier = None if dest is rd else _scored_data(dest.path)  # --out: other data's?

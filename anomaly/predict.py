@@ -242,6 +242,7 @@ def predict_images(
     stopped part-way keeps the verdicts made so far).
     """
     from anomaly.data.masks import forget_said
+    from anomaly.decision import warn_outside
     from anomaly.uploads import shown_result, staged
 
     rd, detector = _run_and_detector(run)
@@ -254,6 +255,7 @@ def predict_images(
             results.append(shown_result(result, shown) if shown else result)
             if each is not None:
                 each(results[-1])
+    warn_outside(rd, threshold, [r["score"] for r in results if "score" in r])  # a camera's change
     return results, threshold
 
 

@@ -484,3 +484,37 @@ def test_a_nearly_separated_test_set_is_no_surer_than_a_separated_one():
     separated = auroc_interval(labels, scores)
     scores[24] = 2.01
     assert auroc_interval(labels, scores)[0] <= separated[0]
+
+
+def test_a_batch_outside_the_good_scores_the_threshold_rests_on_is_said():
+    # a drift walkthrough: blurred images (a lens refocused) scored below every good image the
+    # threshold was set on, and ae passed every part, defects too, without a word; a blue cast
+    # had patchknn reject every good part with only the guarantee's line beside the rows
+    from anomaly.decision import batch_outside
+
+    good = [1 + i / 20 for i in range(20)]
+    low = batch_outside([0.5, 0.6, 0.7, 0.8, 0.9, 1.5], good)
+    assert low and low.startswith("5 of these 6 images score below every one of the 20")
+    high = batch_outside([3.0] * 8 + [1.5] * 2, good)
+    assert high and high.startswith("8 of these 10 images score above every one of the 20")
+    assert batch_outside([3.0] * 8 + [1.5] * 2, good, below_only=True) is None
+    assert batch_outside([3.0, 3.0] + [1.5] * 8, good) is None  # a few defects: as expected
+    assert batch_outside([0.5] * 4, good) is None  # too few to tell
+
+
+def test_predict_and_score_say_when_a_batch_scores_below_every_good_image(
+    scored_ae_run, monkeypatch, tmp_path
+):
+    import pytest
+
+    import anomaly
+    from anomaly import decision
+    from anomaly.pipeline import score_run
+    from anomaly.runs import RunDir
+
+    monkeypatch.setattr(decision, "rested_on", lambda run, threshold: [1e6 + i for i in range(20)])
+    images = [str(p) for p in RunDir(scored_ae_run).predictions().paths]
+    with pytest.warns(UserWarning, match="score below every one of the 20 good images"):
+        anomaly.predict_images(scored_ae_run, images, overlays=False)
+    with pytest.warns(UserWarning, match="score below every one of the 20 good images"):
+        score_run(copy_run(scored_ae_run, tmp_path / "run"), overlays=False, progress=False)
