@@ -168,7 +168,9 @@ def _worker(
         str(w.message).splitlines()[0][:400]
         for w in said
         if issubclass(w.category, UserWarning)
-        and not (smoke and any(f"--{k} {v}" in str(w.message) for k, v in SMOKE.items()))
+        and not (
+            smoke and str(w.message).startswith(tuple(f"--{k} {v}:" for k, v in SMOKE.items()))
+        )
     )
     peak_mb = _peak_mb()
     # training images/s: images seen per second of training, all epochs (one pass for the

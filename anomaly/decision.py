@@ -355,7 +355,7 @@ def batch_outside(scores, good, below_only: bool = False, level: float = 1e-3) -
         return (
             f"{above} of these {m} images {what.format('above')} (highest {hi:.4g}): a batch "
             "this bad, or images unlike those (camera, focus, lighting or JPEG setting "
-            "changed?). Look at a few overlays; if good parts are rejected, retrain on images "
+            "changed?). Look at a few of them; if good parts are rejected, retrain on images "
             "of the new setup (a threshold set on them alone loses defects)"
         )
     return None

@@ -347,7 +347,7 @@ def test_a_mask_whose_name_differs_from_its_image_only_in_case_is_named(tiny_coo
 
     root = tmp_path / "d"
     shutil.copytree(tiny_cookies, root)
-    mask = sorted((root / "ground_truth" / "crack").iterdir())[0]
+    mask = min((root / "ground_truth" / "crack").iterdir())
     stem = mask.name.split("_mask")[0]
     (root / "test" / "crack" / f"{stem}.png").rename(root / "test" / "crack" / f"b{stem}.png")
     mask.rename(mask.with_name(f"B{stem}_mask.png"))
@@ -518,3 +518,20 @@ def test_predict_and_score_say_when_a_batch_scores_below_every_good_image(
         anomaly.predict_images(scored_ae_run, images, overlays=False)
     with pytest.warns(UserWarning, match="score below every one of the 20 good images"):
         score_run(copy_run(scored_ae_run, tmp_path / "run"), overlays=False, progress=False)
+
+
+def test_the_smoke_benchmark_keeps_warnings_about_the_data(tiny_cookies, tmp_path):
+    # a review: the smoke filter dropped any warning naming "--size 64", such as "3 of the 8
+    # training images ... are stretched up to --size 64": one about the data, at any size
+    import shutil
+
+    from PIL import Image
+
+    from anomaly.benchmark import run_benchmark
+
+    data = tmp_path / "sm"
+    shutil.copytree(tiny_cookies, data)
+    for f in sorted((data / "train" / "good").iterdir())[:3]:
+        Image.open(f).resize((20, 20)).save(f)
+    run_benchmark(str(data), methods=["meandiff"], out=str(tmp_path / "b"), smoke=True)
+    assert "stretched up to --size 64" in (tmp_path / "b" / "benchmark.md").read_text()
