@@ -535,3 +535,14 @@ def test_the_smoke_benchmark_keeps_warnings_about_the_data(tiny_cookies, tmp_pat
         Image.open(f).resize((20, 20)).save(f)
     run_benchmark(str(data), methods=["meandiff"], out=str(tmp_path / "b"), smoke=True)
     assert "stretched up to --size 64" in (tmp_path / "b" / "benchmark.md").read_text()
+
+
+def test_the_report_names_the_model_by_its_whole_digest(scored_ae_run):
+    # an audit: the report cut model.pt's SHA-256 to 16 digits, so it could not be compared
+    # with threshold.json's model_sha256
+    import anomaly
+    from anomaly.threshold_file import model_sha256
+
+    ex = anomaly.ThresholdExplorer(scored_ae_run)
+    assert model_sha256(scored_ae_run / "model.pt") in ex.report_html()
+    ex.close()
