@@ -35,6 +35,7 @@ from pathlib import Path
 
 # the file's contract and scoring with it (numpy, Pillow and onnxruntime alone); imported from
 # here by callers and tests too
+from anomaly.decision import rested_on
 from anomaly.onnx_checks import THRESHOLD_PARAMS, TRAIN_THRESHOLD, is_images_record
 from anomaly.onnx_predict import (  # noqa: F401
     FORMAT,
@@ -289,6 +290,8 @@ def metadata(config, run=None) -> dict[str, str]:
             k: v for k, v in params.items() if k in THRESHOLD_PARAMS and THRESHOLD_PARAMS[k](v)
         }
         meta["threshold_params"] = json.dumps(params)
+        if good := rested_on(run, threshold):  # predict --onnx compares a batch with them
+            meta["good_scores"] = json.dumps([float(x) for x in good])
         if threshold.params.get("set_by") == "train":  # predict --onnx says what train said
             on_training = threshold.params.get("on_training_images") is True
             meta["threshold_train"] = TRAIN_THRESHOLD[on_training]

@@ -8,9 +8,12 @@ the package (the threshold, the overlays, the file rules of `anomaly.predict`).
 from __future__ import annotations
 
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 
+from anomaly.decision import batch_outside
 from anomaly.onnx_predict import ExportError, OnnxDetector, read_file, to_input
 from anomaly.terminal import shell_word
 
@@ -130,7 +133,24 @@ def predict_files(
                 out = None
         if each is not None:
             each(results[-1])
+    scores = [r["score"] for r in results if "score" in r]  # as `predict --run`: a batch unlike
+    if said := batch_outside(scores, _good_scores(detector)):  # the good images of its threshold
+        warnings.warn(said, stacklevel=2)
     return results, threshold
+
+
+def _good_scores(detector) -> list[float] | None:
+    """The good images' scores the file's threshold rests on (its metadata's "good_scores",
+    `export`), or None: absent (an older export), or not a list of finite numbers (a file from
+    someone else: nothing in it is trusted)."""
+    try:
+        good = json.loads(detector.meta.get("good_scores", "null"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    numbers = isinstance(good, list) and 0 < len(good) <= 1_000_000
+    if not numbers or not all(type(x) in (int, float) and math.isfinite(x) for x in good):
+        return None
+    return [float(x) for x in good]
 
 
 def _overlay(

@@ -546,3 +546,29 @@ def test_the_report_names_the_model_by_its_whole_digest(scored_ae_run):
     ex = anomaly.ThresholdExplorer(scored_ae_run)
     assert model_sha256(scored_ae_run / "model.pt") in ex.report_html()
     ex.close()
+
+
+def test_predict_onnx_compares_a_batch_with_the_good_scores_of_its_threshold(
+    tmp_path, monkeypatch
+):
+    # a review: `predict --onnx` (the deployed path) had no batch check of scores outside the
+    # good ones; the export now records them ("good_scores")
+    import json
+
+    import pytest
+    from helpers import patchknn_export, plain_set
+
+    from anomaly import export_predict
+    from anomaly.decision import rested_on
+    from anomaly.onnx_predict import OnnxDetector
+    from anomaly.runs import RunDir
+
+    data = plain_set(tmp_path / "d", n_good=40)
+    onnx = patchknn_export(data, tmp_path / "run", size=32)
+    run = RunDir(tmp_path / "run")
+    recorded = json.loads(OnnxDetector(onnx).meta["good_scores"])
+    assert recorded == pytest.approx(rested_on(run, run.threshold()))
+    monkeypatch.setattr(export_predict, "_good_scores", lambda d: [1e6 + i for i in range(20)])
+    images = sorted(str(p) for p in (data / "good").iterdir())[:6]
+    with pytest.warns(UserWarning, match="score below every one of the 20 good images"):
+        export_predict.predict_files(onnx, images, overlays=False)
