@@ -548,9 +548,7 @@ def test_the_report_names_the_model_by_its_whole_digest(scored_ae_run):
     ex.close()
 
 
-def test_predict_onnx_compares_a_batch_with_the_good_scores_of_its_threshold(
-    tmp_path, monkeypatch
-):
+def test_predict_onnx_compares_a_batch_with_the_good_scores_of_its_threshold(tmp_path, monkeypatch):
     # a review: `predict --onnx` (the deployed path) had no batch check of scores outside the
     # good ones; the export now records them ("good_scores")
     import json
