@@ -570,3 +570,15 @@ def test_predict_onnx_compares_a_batch_with_the_good_scores_of_its_threshold(tmp
     images = sorted(str(p) for p in (data / "good").iterdir())[:6]
     with pytest.warns(UserWarning, match="score below every one of the 20 good images"):
         export_predict.predict_files(onnx, images, overlays=False)
+
+
+def test_the_explorer_gives_the_rates_intervals_as_threshold_does():
+    # an audit: `threshold` printed 0 of 4 good rejected as "0.00-60.3 %", while the report
+    # and the page showed "0.000" alone, a rate that four images cannot pin down
+    from anomaly.explorer.text import format_confusion_html
+
+    counts = {"tp": 3, "fp": 0, "tn": 4, "fn": 3, "threshold": 1.0, "precision": 1.0}
+    counts |= {"recall": 0.5, "f1": 0.67, "false_reject_rate": 0.0, "escape_rate": 0.5}
+    html = format_confusion_html(counts)
+    assert "95 % interval of the rate 0.00-60.3 %" in html
+    assert "95 % interval of the rate 11.8-88.2 %" in html

@@ -9,6 +9,7 @@ import os
 from anomaly.metrics import Threshold
 from anomaly.terminal import printable
 from anomaly.threshold_file import guarantee_words, lost_guarantee
+from anomaly.threshold_text import _interval
 
 TD = "padding:3px 8px;text-align:right;border:1px solid #ccc"
 TH = "padding:3px 8px;text-align:left;border:1px solid #ccc;background:#f5f5f5"
@@ -129,10 +130,14 @@ def format_confusion_html(
     ]
     bound = guarantee(saved) if threshold is not None and at_saved(saved, threshold) else None
     cells = []
+    counted = {"false_reject_rate": (fp, fp + tn), "escape_rate": (fn, fn + tp)}
     for name, key in RATES:
         extra = ""
+        if key in counted and rate(counts, key) != "n/a":  # what so few images say of new parts
+            words = _interval(*counted[key]).strip(" ()")  # (threshold's words: rounded outwards)
+            extra = f"<td class='interval' style='{TD};color:#666'>{words}</td>"
         if key == "false_reject_rate" and bound:
-            extra = (
+            extra += (
                 f"<td class='guarantee' style='{TD};color:#1565c0'>guaranteed {bound} "
                 "on new good parts</td>"
             )
