@@ -21,7 +21,7 @@ from anomaly.data.files import on_disk
 from anomaly.detectors import Detector, get_detector
 from anomaly.detectors.inputs import unchecked
 from anomaly.detectors.kmeans import check_encoder  # kmeans --from checks it too
-from anomaly.run_checkpoints import TRAIN_AGAIN, check_split_of_model
+from anomaly.run_checkpoints import SPLIT_KEY, TRAIN_AGAIN, check_split_of_model
 from anomaly.runs import RunDir, RunError
 from anomaly.safe_files import sha256_file
 from anomaly.selection import selection_problem
@@ -67,9 +67,8 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Detector:
         )
     # its data sets (`detector.dataset`) hold the run's split: a plain layout's test images are
     # then the good images it neither trained on nor held out, as `score`'s
-    detector.trained_in = partial(_trained_in, run, config.data)  # (a lambda: no pickling)
-    if other := check_split_of_model(run, payload):  # scores fine; a plain layout's tests not
-        detector.trained_in = partial(_refused, other, run, config.data)
+    # (a partial, not a lambda: it pickles), checked against the split model.pt records
+    detector.trained_in = partial(_trained_in, run, config.data, payload.get(SPLIT_KEY))
     if problem := selection_problem(run, payload):  # it scores as model.pt says: a warning
         warnings.warn(problem, stacklevel=2)
     if device is not None:
@@ -314,16 +313,14 @@ def trained_images(rd: RunDir) -> dict | None:
         return None
 
 
-def _trained_in(run: RunDir, trained_on: str, root) -> set[str] | None:
+def _trained_in(run: RunDir, trained_on: str, recorded, root) -> set[str] | None:
+    """`trained_split` of `root`; RunError for a plain layout, whose test images are the good
+    images the split does not name, where split.json is not the split model.pt `recorded`
+    (another model's: some of them this model learned). train/ and test/: the split chooses no
+    test image. Asked by `score` and `dataset`, not on every load (`predict` needs no split)."""
+    if not (Path(root) / "train").is_dir() and (why := check_split_of_model(run, recorded)):
+        raise RunError(why)
     return trained_split(run, trained_on, str(root))
-
-
-def _refused(why: str, run: RunDir, trained_on: str, root) -> set[str] | None:
-    """`_trained_in`, or RunError saying `why` for a plain layout, whose test images are the
-    good images the split does not name (another model's split: some this model learned)."""
-    if (Path(root) / "train").is_dir():  # train/ and test/: the split chooses no test image
-        return _trained_in(run, trained_on, root)
-    raise RunError(why)
 
 
 def trained_split(rd: RunDir, trained_on: str, data: str) -> set[str] | None:

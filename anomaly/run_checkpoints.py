@@ -54,12 +54,12 @@ def split_digest(run) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_split_of_model(run, payload: dict) -> str:
-    """Why `run`'s split.json is not the split its model.pt (`payload`) was trained with, or
-    "": a model.pt copied into another run (a rollback or a deployment by hand) beside that
-    run's split, whose test images are then, in part, the images this model learned."""
-    recorded, now = payload.get(SPLIT_KEY), split_digest(run)
-    if not isinstance(recorded, str) or now is None or now == recorded:
+def check_split_of_model(run, recorded) -> str:
+    """Why `run`'s split.json is not the split its model.pt was trained with (`recorded`: its
+    `SPLIT_KEY`, None in one from before), or "": a model.pt copied into another run (a
+    rollback or a deployment by hand) beside that run's split, whose test images are then, in
+    part, the images this model learned. split.json is read only where model.pt records one."""
+    if not isinstance(recorded, str) or (now := split_digest(run)) is None or now == recorded:
         return ""
     return (
         f"{run.file(run.SPLIT)} is not the split {run.file(run.MODEL)} was trained with (a "
