@@ -455,11 +455,11 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
     check_not_in_data(dest, "--out", data)
     if dest.is_dir():  # another score writing there now: in use, not "files of yours"
         check_not_in_use(dest, RunDir.LOCK, "score")
-    ours = {*RunDir.SCORE_OUTPUTS, RunDir.OVERLAYS, RunDir.LOCK}
-    theirs = sorted(p.name for p in dest.iterdir() if p.name not in ours) if dest.is_dir() else []
+    ours = {*RunDir.SCORE_OUTPUTS, RunDir.OVERLAYS}  # (and a dead score's lock: taken over)
     found = sorted(p.name for p in dest.iterdir() if p.name != RunDir.LOCK) if dest.is_dir() else []
+    theirs = [name for name in found if name not in ours]
     if not theirs and found and _scored_data(dest) is None:
-        theirs = found  # the names, but not written by score (a dead score's lock: taken over)
+        theirs = found  # the names, but not written by score
     if theirs:
         raise RunError(
             f"{dest} holds files `score` does not write ({', '.join(theirs[:3])}), so the scores "
