@@ -104,14 +104,18 @@ def format_table(rows: list[dict], per_defect: bool = True) -> str:
         [cell(r.get(c), fmt) for c, fmt in columns]
         + [cell(r.get("per_defect", {}).get(k), "{:.3f}") for k in kinds]
         if "error" not in r  # a method that failed: its row says so (`caveats` says why)
-        else [r.get(c, "FAILED") if c in ("set", "method") else "-" for c, _ in columns]
-        + ["-"] * len(kinds)
+        else [_failed_cell(r, c, fmt) for c, fmt in columns] + ["-"] * len(kinds)
         for r in rows
     ]
-    for cells, r in zip(body, rows):
-        if "error" in r:
-            cells[head.index("image_auroc")] = "FAILED"
     return _markdown(head, body)
+
+
+def _failed_cell(row: dict, column: str, fmt: str) -> str:
+    """A cell of the row of a method that failed: its set and method, FAILED for its image
+    AUROC, "-" for the metrics it has none of."""
+    if column in ("set", "method"):
+        return cell(row.get(column), fmt)
+    return "FAILED" if column == "image_auroc" else "-"
 
 
 def caveats(rows: list[dict]) -> str:
