@@ -314,10 +314,10 @@ def rested_on(run, threshold) -> list[float] | None:
     """The good images' scores `threshold` rests on: those its params record (a folder's, or
     the held-out ones less copies of training images), else the run's held-out scores; None
     where there are none to read."""
-    from anomaly.safe_files import RunError
+    from anomaly.safe_files import RunError, finite
 
     recorded = ((getattr(threshold, "params", None) or {}).get("calibration") or {}).get("scores")
-    if isinstance(recorded, list) and all(isinstance(x, (int, float)) for x in recorded):
+    if isinstance(recorded, list) and all(finite(x) for x in recorded):
         return [float(x) for x in recorded]
     try:
         return [float(x) for x in run.val_scores()["scores"]]

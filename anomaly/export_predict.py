@@ -8,13 +8,13 @@ the package (the threshold, the overlays, the file rules of `anomaly.predict`).
 from __future__ import annotations
 
 import json
-import math
 import sys
 import warnings
 from pathlib import Path
 
 from anomaly.decision import batch_outside
 from anomaly.onnx_predict import ExportError, OnnxDetector, read_file, to_input
+from anomaly.safe_files import finite
 from anomaly.terminal import shell_word
 
 
@@ -148,7 +148,7 @@ def _good_scores(detector) -> list[float] | None:
     except (ValueError, TypeError, AttributeError):
         return None
     numbers = isinstance(good, list) and 0 < len(good) <= 1_000_000
-    if not numbers or not all(type(x) in (int, float) and math.isfinite(x) for x in good):
+    if not numbers or not all(finite(x) for x in good):
         return None
     return [float(x) for x in good]
 
