@@ -24,6 +24,7 @@ from anomaly.explorer.text import (
     percent,
     rule_html,
 )
+from anomaly.metrics import auroc_interval, image_auroc
 from anomaly.runs import RunDir
 from anomaly.safe_files import RunError, _atomic, load_record
 from anomaly.terminal import printable
@@ -219,6 +220,7 @@ def identity(r: RunView) -> list[tuple[str, str]]:
             digest = _file_digest(RunDir(r.folder).file(name))
             if digest:
                 rows.append((f"{name} sha256", digest))
+        rows += _made_by(RunDir(r.folder).versions_record())
     listed = "\n".join(pred.paths).encode("utf-8", "surrogateescape")  # a name's bytes as they are
     names = hashlib.sha256(listed).hexdigest()  # of the names alone, not the images' bytes
     kinds = Counter(pred.defects)
@@ -226,7 +228,24 @@ def identity(r: RunView) -> list[tuple[str, str]]:
         ("images", f"{len(pred)} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})"),
         ("image list sha256 (names)", names),
     ]
+    good, bad = int(np.sum(pred.labels == 0)), int(np.sum(pred.labels > 0))
+    if good and bad and np.isfinite(pred.scores).all():  # as `score`'s metrics.json has it
+        low, high = auroc_interval(pred.labels, pred.scores)  # (resampled in the page's order)
+        auroc = image_auroc(pred.labels, pred.scores)
+        rows.append(("image AUROC", f"{auroc:.3f} (95 % interval {low:.2f}-{high:.2f})"))
     return rows
+
+
+def _made_by(record: dict | None) -> list[tuple[str, str]]:
+    """The versions.json entries that say what made the run (train writes it), as report rows
+    (none where the run has no readable record). From a file: strings and numbers only."""
+    if not record:
+        return []
+    keys = ("anomaly", "code", "python", "torch", "onnxruntime", "numpy", "processor")
+    said = [
+        f"{k} {str(record[k])[:80]}" for k in keys if isinstance(record.get(k), str | int | float)
+    ]
+    return [("made by (versions.json)", printable(", ".join(said)))] if said else []
 
 
 def report_html(ex) -> str:
