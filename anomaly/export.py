@@ -275,6 +275,7 @@ def metadata(config, run=None) -> dict[str, str]:
         "preprocessing": PREPROCESSING,
         "decode": config.decode,
         "config": json.dumps(_config_dict(config)),
+        "exported_by": json.dumps(exported_by()),  # what wrote the file (an audit's question)
     }
     if run is not None and run.has_threshold():
         threshold = run.threshold()
@@ -308,6 +309,23 @@ def metadata(config, run=None) -> dict[str, str]:
     if isinstance(images, dict) and images and is_images_record(images):
         meta["images"] = json.dumps(images)
     return meta
+
+
+def exported_by() -> dict:
+    """The versions that export a file (its metadata's "exported_by"): the package and the code
+    it ran from, Python, the processor and the libraries that trace, write and check the graph."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from anomaly.run_versions import versions
+
+    made = versions()
+    record = {k: made[k] for k in ("anomaly", "code", "python", "processor", "torch", "numpy")}
+    for name in ("onnx", "onnxruntime"):
+        try:
+            record[name] = version(name)
+        except PackageNotFoundError:
+            record[name] = None
+    return record
 
 
 def _config_dict(config) -> dict:
