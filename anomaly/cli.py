@@ -388,9 +388,9 @@ def _main(args) -> int:
         elif args.command == "predict":
             return run_predict(args)
         elif args.command == "export":
-            from anomaly.export import export_onnx
+            from anomaly.export import export_onnx, sha256_file  # the SHA-256: a copy's check
 
-            print(f"wrote {export_onnx(args.run, args.out)}")
+            print(f"wrote {(out := export_onnx(args.run, args.out))} (SHA-256 {sha256_file(out)})")
         elif args.command == "threshold":
             _threshold(args)
         elif args.command == "benchmark":

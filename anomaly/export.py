@@ -40,7 +40,6 @@ from anomaly.onnx_checks import THRESHOLD_PARAMS, TRAIN_THRESHOLD, is_images_rec
 from anomaly.onnx_predict import (  # noqa: F401
     FORMAT,
     INSTALL,
-    PREPROCESSING,
     ExportError,
     OnnxDetector,
     predict_each,
@@ -48,6 +47,7 @@ from anomaly.onnx_predict import (  # noqa: F401
     preprocess,
     require,
 )
+from anomaly.safe_files import sha256_file  # noqa: F401  (cli: the file's, printed)
 from anomaly.terminal import shell_word
 from anomaly.threshold_file import (
     MODEL_RECORD,
@@ -58,6 +58,18 @@ from anomaly.threshold_file import (
 )
 
 OPSET = 17
+PREPROCESSING = (  # the file's metadata "preprocessing": what `onnx_predict.preprocess` does
+    "Decode the file; apply its EXIF orientation (PIL.ImageOps.exif_transpose); divide 8-bit "
+    "values by 255 and 16-bit values by 65535; composite images with transparency on white; "
+    "grey->RGB repeats the channel, RGB->grey is 0.299 R + 0.587 G + 0.114 B. Resize each "
+    "channel to size x size with Pillow's BILINEAR filter on float32 data (mode 'F'; "
+    "antialiased when shrinking; torch's interpolate with antialias=True comes within about 2e-5 "
+    "of it, not bit for bit), aspect ratio not kept; "
+    "clip to [0, 1]. Feed float32 [1, channels, size, size], channel order RGB. Where the "
+    "metadata's decode is 'draft', open a JPEG (or MPO) with Pillow's draft mode first "
+    "(Image.draft(mode, (d, d)), d the metadata's draft_size, else 2 size; before anything "
+    "reads its pixels)."
+)
 
 
 # --- export (needs torch, onnx and the package) ------------------------------------------------

@@ -1,10 +1,9 @@
 """Score images with a file `anomaly.export` wrote, using numpy, Pillow and onnxruntime alone.
 
-`predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) imports
-no torch (a test checks) and of the package only `anomaly.data.image_kind` and `image_unlike`
-(Pillow only: its warnings; reduced without them) and `onnx_checks` (the checks of the file
-and of the arrays given; copy onnx_checks.py beside this file, in a package of yours too:
-without it this file refuses to load), so it runs where only those three are.
+`predict_onnx(onnx_path, images)` (`predict_each` for batch jobs, or `OnnxDetector`) imports no
+torch (a test checks), of the package only `anomaly.data.image_kind` and `image_unlike` (its
+warnings; reduced without them) and `onnx_checks` (the checks of the file and the arrays given:
+copy it beside this file, or it refuses to load), so it runs where only those three are.
 
 The file's contract, also stored in its `metadata_props` (read them with
 `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`):
@@ -13,7 +12,7 @@ The file's contract, also stored in its `metadata_props` (read them with
   values in [0, 1]: one image per call;
 - outputs `scores` [1] (higher = more anomalous) and `maps` [1, size, size] (per-pixel scores on
   the same scale);
-- preprocessing: `PREPROCESSING` below says it, `preprocess` does it (`resize_channels`: Pillow's
+- preprocessing: its metadata `preprocessing` says it (`anomaly.export.PREPROCESSING`), `preprocess` does it (`resize_channels`: Pillow's
   bilinear filter on float32 data, which the package's loader uses too); `decode` "draft" (a run
   trained so): a JPEG drafted to `draft_size` (else twice `size`), missing: "full", every pixel;
 - `threshold`: the run's saved decision threshold when it had one (score >= threshold means
@@ -82,19 +81,7 @@ ExportError, bad_file, short_error = _checks.ExportError, _checks.bad_file, _che
 
 FORMAT = "anomaly-onnx/1"
 EXPORT = "python -m anomaly export --run"
-INSTALL = "pip install onnxruntime   (to export too: pip install 'anomaly[export]')"
-PREPROCESSING = (
-    "Decode the file; apply its EXIF orientation (PIL.ImageOps.exif_transpose); divide 8-bit "
-    "values by 255 and 16-bit values by 65535; composite images with transparency on white; "
-    "grey->RGB repeats the channel, RGB->grey is 0.299 R + 0.587 G + 0.114 B. Resize each "
-    "channel to size x size with Pillow's BILINEAR filter on float32 data (mode 'F'; "
-    "antialiased when shrinking; torch's interpolate with antialias=True comes within about 2e-5 "
-    "of it, not bit for bit), aspect ratio not kept; "
-    "clip to [0, 1]. Feed float32 [1, channels, size, size], channel order RGB. Where the "
-    "metadata's decode is 'draft', open a JPEG (or MPO) with Pillow's draft mode first "
-    "(Image.draft(mode, (d, d)), d the metadata's draft_size, else 2 size; before anything "
-    "reads its pixels)."
-)
+INSTALL = "pip install onnxruntime numpy pillow"  # all this file needs (export: anomaly[export])
 
 
 def require(module: str):
@@ -103,8 +90,9 @@ def require(module: str):
     try:
         return __import__(module)
     except ImportError:
-        msg = f"ONNX export and prediction need the package {module!r}, which is not installed"
-        raise ExportError(f"{msg}. Install it with\n    {INSTALL}") from None
+        name = {"PIL": "pillow"}.get(module, module)
+        fix = "pip install 'anomaly[export]'" if name == "onnx" else f"{INSTALL} (all it needs)"
+        raise ExportError(f"the package {name!r} is not installed; install it: {fix}") from None
 
 
 _SAID_NO_CHECK: list[bool] = []  # the note on unchecked images, said once per process
@@ -171,6 +159,7 @@ def preprocess(
 def read_file(path: str | Path, size: int, decode: str = "full", draft: int | None = None):
     """`preprocess`' decoding alone: the image at its own size (a drafted JPEG at the size it
     drafts to), float32 [H, W, 1 or 3] in [0, 1]; ExportError naming a file it cannot read."""
+    require("PIL")  # not installed: said, not a traceback
     from PIL import Image  # (its UnidentifiedImageError is an OSError)
 
     if (why := _checks.not_a_file(path)) is not None:
@@ -224,7 +213,7 @@ def resize_channels(a: np.ndarray, size: int) -> np.ndarray:
     channels = [np.ascontiguousarray(a[..., c], dtype=np.float32) for c in range(a.shape[-1])]
     return np.stack(
         [
-            np.asarray(Image.fromarray(c, "F").resize((size, size), Image.BILINEAR))
+            np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR))  # float32: "F"
             for c in channels
         ],
         axis=-1,
@@ -336,7 +325,14 @@ class OnnxDetector:
                 f"{path} is not a readable ONNX model ({str(err)[:200]}); export the run again"
             ) from None
         self.meta = self.session.get_modelmeta().custom_metadata_map
-        if self.meta.get("format") != FORMAT:
+        found = str(self.meta.get("format", ""))
+        if found.startswith("anomaly-onnx/") and found != FORMAT:  # a newer exporter's file
+            raise ExportError(
+                f"{path} is in format {found[:40]!r}, this reader reads {FORMAT!r}: it was "
+                "exported by another version of anomaly (its metadata exported_by says which); "
+                "copy onnx_predict.py and onnx_checks.py from that version, or export with this one"
+            )
+        if found != FORMAT:
             raise ExportError(
                 f"{path} was not written by anomaly.export (no format "
                 f"{FORMAT!r} in its metadata); export the run with "
@@ -444,15 +440,17 @@ def predict_each(onnx_path, images):
 
 def main(argv=None) -> int:
     """`python onnx_predict.py MODEL.onnx IMAGE_OR_FOLDER ...`, where the package is not
-    installed: one tab-separated row per image (path, score, PASS or REJECT at the file's
-    threshold), "-" and ERROR for one it cannot read (why on stderr); exit status 2 when any
-    could not be read, 141 when the rows' reader stopped early (`| head`)."""
+    installed: one row per image (its --help's epilog says what they hold, and exit status)."""
     import argparse
 
     parser = argparse.ArgumentParser(
         prog="onnx_predict.py",
-        description="Score images with a file `python -m anomaly export` wrote (onnxruntime, "
-        "numpy and Pillow alone; onnx_checks.py beside this file). A folder: its image files.",
+        description="Score images with a file `python -m anomaly export` wrote (onnxruntime, numpy "
+        "and Pillow alone; onnx_checks.py beside this file). A folder: its image files, not subfolders.",
+        epilog="Output: one tab-separated row per image on stdout, no header: path, score, and "
+        "PASS or REJECT at the file's threshold (- without one); '-' and ERROR for an image it "
+        "cannot read. The threshold, warnings and errors go to stderr. Exit status: 0, 2 when "
+        "an image or the file could not be read, 141 when the rows' reader stopped early.",
     )
     parser.add_argument("onnx", help="the exported file (RUN/model.onnx)")
     parser.add_argument("images", nargs="+", help="image files or folders of them")
@@ -463,12 +461,15 @@ def main(argv=None) -> int:
     shown = _checks.escaped  # names from files and folders: no escape sequence printed
     try:
         detector = OnnxDetector(args.onnx)
+        require("PIL")  # once, before any row
         rows = predict_each(detector, args.images)
         t, rule = detector.threshold, detector.meta.get("threshold_rule", "exported")
         guarantee = (detector.threshold_params or {}).get("guarantee", "")
         said = "note: it holds no threshold: scores only"
         if t is not None:  # as predict --run says it
-            guarantee = guarantee or "no guarantee on the false-reject rate"
+            old = detector.threshold_params is None  # exported before they were recorded
+            none = "no guarantee on the false-reject rate" + " recorded: export again" * old
+            guarantee = guarantee or none
             said = f"threshold {t!r} ({rule}: {guarantee})"
         print(said, file=sys.stderr)
         failed = 0

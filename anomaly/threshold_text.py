@@ -149,6 +149,8 @@ def threshold_words(t, run=None) -> str:
         if isinstance(chosen_on, str)
         else ""
     )
+    if t.rule == "conformal":  # its params not recorded (an export from before they were)
+        return f"{words}{on}: no record of its guarantee, so none is claimed"
     return f"{words}{on}: no guarantee on the false-reject rate (use --rule conformal for one)"
 
 

@@ -36,3 +36,81 @@ def test_an_export_records_the_versions_that_wrote_it(tmp_path, tiny_cookies):
     made = json.loads(meta["exported_by"])
     assert made["torch"] == torch.__version__ and made["onnx"] == version("onnx")
     assert made["onnxruntime"] == onnxruntime.__version__ and made["anomaly"]
+
+
+def _reader(tmp_path, tiny_cookies, missing: str = ""):
+    """A deployed copy of the reader and an export beside it; `missing`: a module made
+    unimportable there (a package of that name, first on the reader's path, that raises)."""
+    from helpers import deploy_copy, patchknn_export
+
+    onnx = patchknn_export(tiny_cookies, tmp_path / "run", size=32)
+    reader = deploy_copy(tmp_path / "plant")
+    if missing:
+        (tmp_path / "plant" / missing).mkdir()
+        (tmp_path / "plant" / missing / "__init__.py").write_text("raise ImportError('gone')\n")
+    return reader, onnx
+
+
+def _run_reader(reader, *args):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, str(reader), *map(str, args)]  # not -I: its folder first on the path
+    return subprocess.run(argv, capture_output=True, text=True, check=False, cwd=reader.parent)
+
+
+def test_the_deployed_reader_without_pillow_says_what_to_install(tmp_path, tiny_cookies):
+    # a plant PC walkthrough: Pillow forgotten, the reader printed the threshold line and then
+    # a traceback (exit 1); a missing onnxruntime's message held a literal "\n" and advised
+    # anomaly[export] on a machine without the package
+    reader, onnx = _reader(tmp_path, tiny_cookies, missing="PIL")
+    good = min((tiny_cookies / "test" / "good").glob("*.png"))
+    done = _run_reader(reader, onnx, good)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "the package 'pillow' is not installed" in done.stderr
+    assert "pip install onnxruntime numpy pillow" in done.stderr and not done.stdout
+    reader, onnx = _reader(tmp_path / "b", tiny_cookies, missing="onnxruntime")
+    done = _run_reader(reader, onnx, good)
+    assert done.returncode == 2 and "\\n" not in done.stderr and "anomaly[" not in done.stderr
+
+
+def test_the_deployed_reader_tells_a_newer_format_from_a_foreign_file(tmp_path, tiny_cookies):
+    # a file of a later format was called "not written by anomaly.export", with the advice to
+    # export again, which on a plant PC with an older reader gives the same refusal
+    import onnx as onnx_lib
+
+    reader, path = _reader(tmp_path, tiny_cookies)
+    model = onnx_lib.load(str(path))
+    for entry in model.metadata_props:
+        if entry.key == "format":
+            entry.value = "anomaly-onnx/2"
+    onnx_lib.save(model, str(path))
+    done = _run_reader(reader, path, min((tiny_cookies / "test" / "good").glob("*.png")))
+    assert done.returncode == 2 and "'anomaly-onnx/2'" in done.stderr
+    assert "copy onnx_predict.py and onnx_checks.py from that version" in done.stderr
+    help_text = _run_reader(reader, "--help").stdout
+    assert "tab-separated" in help_text and "141" in help_text  # what its rows hold
+
+
+def test_a_conformal_threshold_without_its_record_is_not_told_to_use_conformal():
+    # an export of 2026-12-02 carries a conformal threshold without its params: predict said
+    # "no guarantee ... (use --rule conformal for one)"
+    from anomaly.metrics import Threshold
+    from anomaly.threshold_text import threshold_words
+
+    words = threshold_words(Threshold(9.9, "conformal", {}))
+    assert "use --rule conformal" not in words and "no record of its guarantee" in words
+
+
+def test_export_prints_the_files_sha256(tmp_path, tiny_cookies, capsys):
+    # the file holds no checksum of its own: a damaged copy's weights score without a word, so
+    # export names the digest to compare a copy with (README)
+    from helpers import patchknn_export
+
+    from anomaly.cli import main
+    from anomaly.safe_files import sha256_file
+
+    patchknn_export(tiny_cookies, tmp_path / "run", size=32)
+    capsys.readouterr()
+    main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")])
+    assert f"(SHA-256 {sha256_file(tmp_path / 'm.onnx')})" in capsys.readouterr().out
