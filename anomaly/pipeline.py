@@ -400,7 +400,7 @@ def score_run(
                 "its model.pt is damaged or its training diverged: train the run again"
             )
         warn_outside(rd, threshold, pred.scores, below_only=True)  # a changed camera: low scores
-        pred.meta.update(run=str(run), data=data, out=str(dest))
+        pred.meta.update(run=os.path.abspath(run), data=data, out=str(dest))  # read from any folder
         pred.meta.update(threshold_file.model_record(rd.file(rd.MODEL)))  # the model that scored
         earlier = None if dest is rd else _scored_data(dest.path)  # --out: other data's?
         if dest is not rd:  # made now, never through a link, and one score at a time

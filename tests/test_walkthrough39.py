@@ -114,3 +114,45 @@ def test_export_prints_the_files_sha256(tmp_path, tiny_cookies, capsys):
     capsys.readouterr()
     main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")])
     assert f"(SHA-256 {sha256_file(tmp_path / 'm.onnx')})" in capsys.readouterr().out
+
+
+def test_a_score_out_folder_opened_from_another_folder_saves_into_its_run(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    # shared storage: `score --run runs/pk --out O` (a relative --run) recorded "runs/pk" as
+    # typed; the explorer opened on O from another folder found no run, showed no saved
+    # threshold and saved one into O, which predict never reads
+    import json
+
+    import numpy as np
+    from helpers import tiny_config
+
+    import anomaly
+    from anomaly.pipeline import score_run, train_run
+
+    monkeypatch.chdir(tmp_path)
+    train_run(tiny_config(tiny_cookies, method="meandiff"), "runs/md", progress=False)
+    score_run("runs/md", out="out", overlays=False)
+    (tmp_path / "nb").mkdir()
+    monkeypatch.chdir(tmp_path / "nb")
+    ex = anomaly.ThresholdExplorer([str(tmp_path / "out")])
+    assert ex.run.saved is not None  # the run's, found from here
+    saved = ex.save_threshold()
+    ex.close()
+    assert saved == tmp_path / "runs" / "md" / "threshold.json"
+    assert not (tmp_path / "out" / "threshold.json").exists()
+    # a folder scored before (its run recorded relative to another folder): refused, not orphaned
+    with np.load(tmp_path / "out" / "predictions.npz") as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "run": "runs/md"}))
+    np.savez(tmp_path / "out" / "predictions.npz", **arrays)
+    ex = anomaly.ThresholdExplorer([str(tmp_path / "out")])
+    try:
+        import pytest
+
+        with pytest.raises(ValueError, match="not found from here"):
+            ex.save_threshold()
+    finally:
+        ex.close()
+    assert not (tmp_path / "out" / "threshold.json").exists()

@@ -72,6 +72,13 @@ def write_threshold(folder: Path, threshold: Threshold, shown=_UNSEEN) -> tuple[
     (`RunDir.replace_threshold`)."""
     home = threshold_home(folder)
     if not RunDir(home).is_run():
+        if isinstance(run := RunDir(home).scored_meta().get("run"), str):  # score --out's
+            raise ValueError(
+                f"{home}'s scores were made by the run {run!r}, not found from here with the "
+                "model that made them (moved, trained again, or named relative to another "
+                "folder), so a threshold saved here would not be the one predict uses. Open the "
+                "explorer on that run, or score it again with --out"
+            )
         home.mkdir(parents=True, exist_ok=True)
         return RunDir(home).save_threshold(threshold), ""
     with RunDir(home).lock("explore"):
