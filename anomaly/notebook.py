@@ -285,7 +285,24 @@ def _metrics(run: Path) -> dict:
             f"{rd.file(rd.METRICS)} is damaged ({what}, not a number); score the run again: "
             f"{_score_again(run)}"
         )
+    _check_scored_model(run)
     return metrics
+
+
+def _check_scored_model(run: Path) -> None:
+    """RunError when the model that scored a folder (its predictions.npz's record) is not its
+    run's model.pt now: a run trained further since (a resume stopped by a full disk leaves the
+    earlier model's metrics), whose table row would be another model's numbers."""
+    from anomaly.threshold_file import MODEL_RECORD, model_sha256
+
+    made, home = RunDir(run).scored_meta().get(MODEL_RECORD), _home(run)
+    now = model_sha256(home.file(home.MODEL))
+    if isinstance(made, str) and now is not None and made != now:
+        raise RunError(
+            f"{RunDir(run).file(RunDir.METRICS)} holds the metrics of an earlier model of "
+            f"{home.path} (its model.pt changed since it was scored); score it again: "
+            f"{_score_again(run)}"
+        )
 
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")

@@ -156,3 +156,26 @@ def test_a_score_out_folder_opened_from_another_folder_saves_into_its_run(
     finally:
         ex.close()
     assert not (tmp_path / "out" / "threshold.json").exists()
+
+
+def test_the_metrics_table_refuses_metrics_of_an_earlier_model(
+    scored_ae_run, tiny_cookies, tmp_path
+):
+    # a resume stopped by a full disk had replaced model.pt, and left the earlier model's
+    # metrics.json: predict, score and the explorer refused, the notebook's table printed them
+    import shutil
+
+    import pytest
+    from helpers import copy_run, tiny_config
+
+    from anomaly import notebook as nb
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunError
+
+    run = copy_run(scored_ae_run, tmp_path / "a")
+    assert "ae" in nb.metrics_table({"ae": run})
+    other = tmp_path / "other"
+    train_run(tiny_config(tiny_cookies, seed=1), other, progress=False)
+    shutil.copy(other / "model.pt", run / "model.pt")
+    with pytest.raises(RunError, match="metrics of an earlier model"):
+        nb.metrics_table({"ae": run})
