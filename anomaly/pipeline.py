@@ -4,8 +4,7 @@ on new files is `anomaly.predict`).
 The CLI and the notebooks both call these, so a notebook cell and a shell command do the same.
 This layer joins the others: it builds detectors through `anomaly.build` (which resolves
 `--from RUN` and `encoder:RUN` into the modules a detector is given; `build_detector` and
-`load_run` are re-exported here), and it alone decides what goes into a run folder, through
-`anomaly.runs.RunDir`.
+`load_run` are re-exported here), and it alone decides what goes into a run folder (`RunDir`).
 """
 
 from __future__ import annotations
@@ -431,10 +430,10 @@ def score_run(
 
 
 def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir:
-    """Where `score` writes the scores of `data`: the run folder for the run's own data (or for
-    `out` naming the run: the run's data moved); else `out`, by default RUN/scored/<the data
-    folder's name>/ (with -2, -3, ... when that one holds another folder's scores). A folder
-    holding anything `score` does not write is refused: nothing of the user's is replaced."""
+    """Where `score` writes the scores of `data`: the run for its own data (or `out` naming the
+    run: its data moved); else `out`, by default RUN/scored/<the data folder's name>/ (-2, -3,
+    ... where that holds another's scores), tried by writing; one holding files of the user's
+    (anything `score` does not write) is refused."""
     own = os.path.abspath(data) == os.path.abspath(rd.config().data)
     if (out is None and own) or (out is not None and Path(out).resolve() == rd.path.resolve()):
         return rd
@@ -465,7 +464,9 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
             f"{dest} holds files `score` does not write ({', '.join(theirs[:3])}), so the scores "
             f"of {data} were not written there; give --out a new or empty folder"
         )
-    return RunDir(dest)
+    from anomaly.safe_files import writable_folder  # (the imports above: at the line limit)
+
+    return RunDir(writable_folder(dest, "give --out a folder you can write in"))  # before work
 
 
 def _scored_data(folder: Path) -> str | None:

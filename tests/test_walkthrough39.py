@@ -179,3 +179,35 @@ def test_the_metrics_table_refuses_metrics_of_an_earlier_model(
     shutil.copy(other / "model.pt", run / "model.pt")
     with pytest.raises(RunError, match="metrics of an earlier model"):
         nb.metrics_table({"ae": run})
+
+
+def test_score_into_a_folder_it_cannot_write_stops_before_scoring(
+    scored_ae_run, tmp_path, monkeypatch
+):
+    # shared storage: `score --out DIR` into a folder not writable scored the whole test set,
+    # then advised "score --out DIR", the flag given
+    import errno
+    import tempfile
+
+    import pytest
+
+    from anomaly import pipeline
+    from anomaly.runs import RunError
+
+    out = tmp_path / "theirs"
+    out.mkdir()
+    real = tempfile.mkstemp
+
+    def refused(*args, **kwargs):  # (as root, a mode would not stop the write)
+        if str(kwargs.get("dir")) == str(out):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    monkeypatch.setattr(pipeline, "decoding_loader", lambda *a, **k: pytest.fail("scored"))
+    with pytest.raises(RunError, match="give --out a folder you can write in"):
+        pipeline.score_run(scored_ae_run, out=out, overlays=False)
+    from anomaly.predict import overlay_folder
+
+    with pytest.raises(RunError, match="give --out a folder you can write in, or --no-overlays"):
+        overlay_folder(out, given=True)  # predict --out DIR: not told to give --out DIR
