@@ -453,7 +453,7 @@ def _main(args) -> int:
 def _train_again(out: str) -> str:
     from anomaly.run_checkpoints import TRAIN_AGAIN
 
-    return TRAIN_AGAIN.format(out=shell_word(out)) + " (its config.json holds them)"
+    return TRAIN_AGAIN.format(out=shell_word(out)) + ", as its config.json records them"
 
 
 def _last_words(text: str) -> None:

@@ -35,7 +35,7 @@ from anomaly.terminal import shell_word
 
 CHECKPOINT_FORMAT = "anomaly-checkpoint/1"
 # what to do with a run stopped before its first epoch was saved (no last.pt: nothing to resume)
-TRAIN_AGAIN = "train it again: `python -m anomaly train --out {out}` with the same flags"
+TRAIN_AGAIN = "train it again: the same `python -m anomaly train ... --out {out}` (its flags)"
 SPLIT_KEY = "split_sha256"  # model.pt's record of its split.json (`split_digest`)
 
 
@@ -309,8 +309,8 @@ class CheckpointFiles:
             raise RunError(
                 f"Cannot resume: {self.path} has no {self.LAST} (the run never "
                 "finished an epoch, or its method does not train by epochs); "
-                f"train it again without --resume: `python -m anomaly train --out {shell_word(self.path)}` "
-                "with the same flags (its config.json holds them)"
+                f"train it again without --resume: the same `python -m anomaly train ... --out "
+                f"{shell_word(self.path)}` (its flags), as its config.json records them"
             )
         last = safe_torch_load(self.file(self.LAST))
         if not isinstance(last, dict) or "epoch" not in last:

@@ -859,12 +859,12 @@ def test_a_one_pass_training_stopped_says_how_to_go_on(tiny_cookies, tmp_path, m
     code, err, _ = _train_failing(KeyboardInterrupt(), tiny_cookies, tmp_path, monkeypatch, capsys)
     run = tmp_path / "run"
     assert code == 130
-    assert (
-        "interrupted before its model was saved; train it again: `python -m anomaly train "
-        f"--out {run}` with the same flags (its config.json holds them)" in err
+    assert (  # (session 39: the command quoted is not the whole one; its flags are to add)
+        "interrupted before its model was saved; train it again: the same `python -m anomaly "
+        f"train ... --out {run}` (its flags), as its config.json records them" in err
     )
     assert main(["train", "--out", str(run), "--resume"]) == 2
-    assert "(its config.json holds them)" in capsys.readouterr().err
+    assert "as its config.json records them" in capsys.readouterr().err
 
 
 def test_patchknn_refuses_features_that_would_not_fit_before_it_holds_them(

@@ -211,3 +211,77 @@ def test_score_into_a_folder_it_cannot_write_stops_before_scoring(
 
     with pytest.raises(RunError, match="give --out a folder you can write in, or --no-overlays"):
         overlay_folder(out, given=True)  # predict --out DIR: not told to give --out DIR
+
+
+def test_auto_stopped_in_a_candidates_epochs_gives_no_resume_hint(tiny_cookies, monkeypatch):
+    # a scale walkthrough: Ctrl-C while auto's flow candidate trained said "interrupted after
+    # epoch 1; continue with ... --resume", which then failed: auto saves nothing to resume
+    import pytest
+    import torch
+
+    from anomaly.build import build_detector
+    from anomaly.config import Config
+    from anomaly.detectors.auto import AutoDetector
+    from anomaly.train import Interrupted
+
+    det = build_detector(Config.for_method("auto", data=str(tiny_cookies), device="cpu"))
+    images = torch.zeros(2, 3, 8, 8)
+    monkeypatch.setattr(AutoDetector, "_load", lambda self, data: images)
+    monkeypatch.setattr(AutoDetector, "split", lambda self, x: (x, x, x, torch.zeros(2, 8, 8)))
+
+    def stopped(self, *args, **kwargs):
+        raise Interrupted(epoch=1)
+
+    monkeypatch.setattr(AutoDetector, "_trial", stopped)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        det.fit(det.dataset(str(tiny_cookies), "train"))  # (its images: _load's)
+    assert getattr(stop.value, "epoch", None) is None  # the CLI: "train it again", no --resume
+
+
+def test_a_colour_jpeg_is_checked_for_grey_pixels_drafted(tmp_path, monkeypatch):
+    # a camera-sized set with three greyscale files among colour JPEGs decoded every colour
+    # JPEG a second time at full size (5 MP), to see whether it was grey saved as colour
+    import numpy as np
+    from PIL import Image
+
+    from anomaly.data import image_unlike
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 255, (640, 800, 1), dtype=np.uint8), 3, axis=-1)
+    Image.fromarray(grey).save(tmp_path / "grey.jpg")
+    colour = grey.copy()
+    colour[300:340, 400:440, 0] = 255  # a red mark of 40 px
+    Image.fromarray(colour).save(tmp_path / "colour.jpg")
+    sizes = []
+    real = image_unlike.open_image
+
+    def seen(path, draft=None):
+        im = real(path, draft)
+        sizes.append(im.size)
+        return im
+
+    monkeypatch.setattr(image_unlike, "open_image", seen)
+    assert image_unlike.grey_pixels(tmp_path / "grey.jpg")
+    assert not image_unlike.grey_pixels(tmp_path / "colour.jpg")
+    assert all(max(s) <= 200 for s in sizes), sizes  # an eighth of it, not 800 x 640
+
+
+def test_a_decoded_image_is_staged_in_a_fast_png(tmp_path, monkeypatch):
+    # a camera-sized walkthrough: predict_images of decoded 5 MP frames spent 85 % of its time
+    # compressing its temporary PNGs at zlib's default level (1.4 s a frame; level 1: 0.3 s)
+    import numpy as np
+    from PIL import Image
+
+    from anomaly import uploads
+
+    saved = []
+    real = Image.Image.save
+
+    def save(self, fp, format=None, **params):
+        saved.append((format, params.get("compress_level")))
+        return real(self, fp, format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    x = Image.fromarray(np.zeros((16, 16, 3), np.uint8))
+    path = uploads._write(x, tmp_path / "frame", "frame")
+    assert path.suffix == ".png" and saved == [("PNG", 1)]

@@ -42,8 +42,8 @@ def grey_pixels(path) -> bool:
 
     if path is None:
         return False
-    try:
-        with open_image(path) as im:
+    try:  # a JPEG drafted (an eighth of a camera's frame: colour shows there too, and R = G
+        with open_image(path, draft=64) as im:  # = B stays exact, its chroma planes flat)
             if grey_mode(im.mode):
                 return True
             a = np.asarray(im.convert("RGB"))

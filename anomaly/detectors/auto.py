@@ -296,14 +296,17 @@ class AutoDetector(Detector):
         pixel_truth = torch.cat([torch.zeros(len(normals), *masks.shape[-2:]), masks])
         del normals, defects, masks  # held_out and pixel_truth are copies: hold them once
         rows, fitted = [], {}
-        for settings in self.candidates:
-            rows.append(
-                self._trial(settings, train, held_out, truth, pixel_truth, fitted, progress)
-            )
-        index = choose(rows)
-        self.chosen = dict(self.candidates[index])
-        t0 = time.perf_counter()
-        self.inner = _fit(self.chosen, self.config, images, self.device)
+        try:
+            for settings in self.candidates:
+                rows.append(
+                    self._trial(settings, train, held_out, truth, pixel_truth, fitted, progress)
+                )
+            index = choose(rows)
+            self.chosen = dict(self.candidates[index])
+            t0 = time.perf_counter()
+            self.inner = _fit(self.chosen, self.config, images, self.device)
+        except KeyboardInterrupt:  # a candidate's `train.Interrupted` names its epoch, but
+            raise KeyboardInterrupt from None  # nothing of auto's is saved to resume from
         final_s = time.perf_counter() - t0
         self.selection = {
             "criterion": "image AUROC of held-out normal training images against synthetic "
