@@ -432,6 +432,8 @@ def safe_torch_load(path: Path) -> dict:
         raise RunError(
             f"{path} is not a readable anomaly checkpoint (not a torch file); train the run again"
         ) from None
+    except PermissionError as err:  # its mode, not its bytes: nothing to train again
+        raise RunError(f"{path} cannot be read ({err.strerror}): check its permissions") from None
     except Exception as err:  # noqa: BLE001  (a truncated or foreign file)
         raise RunError(
             f"{path} is not a readable anomaly checkpoint ({type(err).__name__}: "

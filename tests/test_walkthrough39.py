@@ -285,3 +285,28 @@ def test_a_decoded_image_is_staged_in_a_fast_png(tmp_path, monkeypatch):
     x = Image.fromarray(np.zeros((16, 16, 3), np.uint8))
     path = uploads._write(x, tmp_path / "frame", "frame")
     assert path.suffix == ".png" and saved == [("PNG", 1)]
+
+
+def test_a_file_it_may_not_read_is_not_called_damaged(tmp_path, monkeypatch):
+    # shared storage: an image or model.pt this process may not read (its mode) was called
+    # not readable with "re-save it as PNG, or delete it" and "train the run again"
+    import errno
+
+    import pytest
+    import torch
+
+    from anomaly.data.image_kind import unreadable_fix
+    from anomaly.safe_files import RunError, safe_torch_load
+
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    words = unreadable_fix(denied, tmp_path / "000.png")
+    assert "permissions" in words and "delete" not in words
+    (tmp_path / "model.pt").write_bytes(b"x")
+
+    def refused(*args, **kwargs):
+        raise denied
+
+    monkeypatch.setattr(torch, "load", refused)
+    with pytest.raises(RunError, match="check its permissions") as err:
+        safe_torch_load(tmp_path / "model.pt")
+    assert "train the run again" not in str(err.value)

@@ -122,6 +122,8 @@ def unreadable_fix(error: Exception, path=None) -> str:
             "leave beside each file), not an image: leave ._ files out (a folder given whole "
             "skips them)"
         )
+    if isinstance(error, PermissionError):  # the file may be whole: its mode, not its bytes
+        return "This process may not read it: check its permissions (ls -l), not the file."
     if isinstance(error, Image.DecompressionBombError):
         return (
             f"It is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels); "
