@@ -116,7 +116,18 @@ class CheckpointFiles:
                 f"epoch; train it again{resume}"
             )
         payload = safe_torch_load(path)
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        if (
+            isinstance(found, str)
+            and found.startswith("anomaly-checkpoint/")
+            and found != CHECKPOINT_FORMAT
+        ):
+            raise RunError(
+                f"{path} is in format {found[:40]!r}, this anomaly reads {CHECKPOINT_FORMAT!r}: "
+                "it was written by another version of anomaly (versions.json says which); "
+                "use that version, or train the run with this one"
+            )
+        if found != CHECKPOINT_FORMAT:
             raise RunError(
                 f"{path} was not written by anomaly (no '{CHECKPOINT_FORMAT}' header); "
                 "load it into your own model, or train a run with "

@@ -310,3 +310,19 @@ def test_a_file_it_may_not_read_is_not_called_damaged(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="check its permissions") as err:
         safe_torch_load(tmp_path / "model.pt")
     assert "train the run again" not in str(err.value)
+
+
+def test_a_checkpoint_of_a_later_format_is_not_called_foreign(scored_ae_run, tmp_path):
+    # a run of a newer version (model.pt's format anomaly-checkpoint/2) was "not written by
+    # anomaly ... load it into your own model"
+    import pytest
+    import torch
+    from helpers import copy_run
+
+    from anomaly.runs import RunDir, RunError
+
+    run = copy_run(scored_ae_run, tmp_path / "newer")
+    payload = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**payload, "format": "anomaly-checkpoint/2"}, run / "model.pt")
+    with pytest.raises(RunError, match="written by another version of anomaly"):
+        RunDir(run).checkpoint()
