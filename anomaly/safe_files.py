@@ -85,10 +85,12 @@ def disk_full_named(path: Path) -> Iterator[None]:
             ) from None
         if not _disk_full(err, path.parent):
             raise
+        trained = path.name in ("model.pt", "last.pt")  # a training's: it may go on from last.pt
         raise RunError(
             f"{path}: the disk is full (no space left to write it; an earlier {path.name}, if "
-            "any, is as it was). Free space, then run the command again (a training cut short: "
-            "add --resume where that command says it can)"
+            "any, is as it was). Free space, then run the command again"
+            + " (a training cut short: add --resume where that command says it can)"
+            * trained
         ) from None
 
 

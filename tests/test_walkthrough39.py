@@ -326,3 +326,18 @@ def test_a_checkpoint_of_a_later_format_is_not_called_foreign(scored_ae_run, tmp
     torch.save({**payload, "format": "anomaly-checkpoint/2"}, run / "model.pt")
     with pytest.raises(RunError, match="written by another version of anomaly"):
         RunDir(run).checkpoint()
+
+
+def test_a_full_disk_offers_resume_only_for_a_trainings_file(tmp_path):
+    # shared storage: a full disk during score or export ended "(a training cut short: add
+    # --resume ...)", which neither command has
+    import errno
+
+    import pytest
+
+    from anomaly.safe_files import RunError, disk_full_named
+
+    for name, resume in (("metrics.json", False), ("model.onnx", False), ("last.pt", True)):
+        with pytest.raises(RunError) as err, disk_full_named(tmp_path / name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        assert ("--resume" in str(err.value)) == resume, name
