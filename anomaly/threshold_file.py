@@ -101,7 +101,10 @@ def check_threshold(d) -> tuple[float, str, dict]:
         raise ValueError(f"its value is {str(d.get('value'))[:60]!r}, not a finite number")
     rule, params = d.get("rule", "manual"), d.get("params", {})
     if rule not in RULES:
-        raise ValueError(f"its rule is {str(rule)[:60]!r}, not one of {', '.join(RULES)}")
+        raise ValueError(  # a newer version's rule: its threshold is not to be overwritten unseen
+            f"its rule is {str(rule)[:60]!r}, not one of {', '.join(RULES)} (a rule of another "
+            "version of anomaly? versions.json says which made the run; use that one to read it)"
+        )
     if not isinstance(params, dict):
         raise TypeError("its params are not an object")
     _check_fields(params, PARAMS, "params.")

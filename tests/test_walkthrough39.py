@@ -341,3 +341,20 @@ def test_a_full_disk_offers_resume_only_for_a_trainings_file(tmp_path):
         with pytest.raises(RunError) as err, disk_full_named(tmp_path / name):
             raise OSError(errno.ENOSPC, "No space left on device")
         assert ("--resume" in str(err.value)) == resume, name
+
+
+def test_a_threshold_of_an_unknown_rule_points_at_another_version(scored_ae_run, tmp_path):
+    # shared storage: a colleague's threshold.json of a newer version's rule was "does not hold
+    # a threshold ...; set one with threshold --rule ...", an invitation to overwrite it
+    import json
+
+    import pytest
+    from helpers import copy_run
+
+    from anomaly.runs import RunDir, RunError
+
+    run = copy_run(scored_ae_run, tmp_path / "theirs")
+    saved = json.loads((run / "threshold.json").read_text())
+    (run / "threshold.json").write_text(json.dumps({**saved, "rule": "per_kind"}))
+    with pytest.raises(RunError, match="a rule of another version of anomaly"):
+        RunDir(run).threshold()
