@@ -379,9 +379,11 @@ def overlay_folder(path: str | Path, data: str | None = None, given: bool = Fals
     if given and Path(path).is_symlink() and Path(path).is_dir():
         path = Path(path).resolve()
     check_not_in_data(path, "--out", data)
-    where = "a folder you can write in" if given else "DIR for them"  # (the API: overlay_dir=)
-    return writable_folder(
-        path, f"predict writes an overlay per image there; give --out {where}, or --no-overlays"
+    where = "a folder you can write in" if given else "DIR for them"
+    return writable_folder(  # (from Python: overlay_dir= and overlays=False)
+        path,
+        f"predict writes an overlay per image there; give --out {where} (Python: overlay_dir=), "
+        "or --no-overlays (overlays=False)",
     )
 
 

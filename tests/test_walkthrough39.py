@@ -209,7 +209,7 @@ def test_score_into_a_folder_it_cannot_write_stops_before_scoring(
         pipeline.score_run(scored_ae_run, out=out, overlays=False)
     from anomaly.predict import overlay_folder
 
-    with pytest.raises(RunError, match="give --out a folder you can write in, or --no-overlays"):
+    with pytest.raises(RunError, match="give --out a folder you can write in .Python: overlay_dir="):
         overlay_folder(out, given=True)  # predict --out DIR: not told to give --out DIR
 
 
