@@ -1,7 +1,5 @@
-"""`python -m anomaly ...`: the command line over the same functions the notebooks call.
-
-Its parser (commands, flags, help) is `anomaly.cli_parser`; this module runs the commands.
-"""
+"""`python -m anomaly ...`: the command line over the same functions the notebooks call (its
+parser, with commands, flags and help, is `anomaly.cli_parser`; this module runs them)."""
 
 from __future__ import annotations
 
@@ -26,6 +24,7 @@ from anomaly.terminal import KeepsGoing, is_terminal, log_lines, shell_word, vis
 from anomaly.threshold_text import held_out_words, test_set_words, threshold_words
 
 RESUME_HINT = "continue with `python -m anomaly train --out {out} --resume`"
+SCORE_AGAIN = "; score it again to finish (its overlays may be incomplete)"  # .written.json
 
 
 def _config_flags(args) -> dict:
@@ -410,7 +409,7 @@ def _main(args) -> int:
         signum = _SIGNALLED[0] if _SIGNALLED else signal.SIGINT  # SIGTERM, SIGHUP: as Ctrl-C
         said = "interrupted" if not _SIGNALLED else f"stopped by {signal.Signals(signum).name}"
         if getattr(stop, "epoch", None) is None:
-            hint = ""
+            hint = SCORE_AGAIN * (args.command == "score")
             if args.command == "train" and getattr(args, "out", None):
                 from anomaly.runs import RunDir
 

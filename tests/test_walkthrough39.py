@@ -209,7 +209,9 @@ def test_score_into_a_folder_it_cannot_write_stops_before_scoring(
         pipeline.score_run(scored_ae_run, out=out, overlays=False)
     from anomaly.predict import overlay_folder
 
-    with pytest.raises(RunError, match="give --out a folder you can write in .Python: overlay_dir="):
+    with pytest.raises(
+        RunError, match="give --out a folder you can write in .Python: overlay_dir="
+    ):
         overlay_folder(out, given=True)  # predict --out DIR: not told to give --out DIR
 
 
@@ -358,3 +360,23 @@ def test_a_threshold_of_an_unknown_rule_points_at_another_version(scored_ae_run,
     (run / "threshold.json").write_text(json.dumps({**saved, "rule": "per_kind"}))
     with pytest.raises(RunError, match="a rule of another version of anomaly"):
         RunDir(run).threshold()
+
+
+def test_score_stopped_while_drawing_says_to_score_again(
+    scored_ae_run, tmp_path, monkeypatch, capsys
+):
+    # camera-sized data: Ctrl-C while score drew its overlays said only "interrupted", with 45
+    # of 97 overlays written and nothing said of the rest
+    from helpers import copy_run
+
+    from anomaly import overlays
+    from anomaly.cli import main
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(overlays, "save_overlays", stopped)
+    assert main(["score", "--run", str(run)]) == 130
+    assert "interrupted; score it again to finish" in capsys.readouterr().err
