@@ -68,7 +68,9 @@ class EvidenceScale:
     def __post_init__(self) -> None:
         if not np.isfinite([self.floor, self.pixel_threshold]).all():
             raise ValueError(f"EvidenceScale needs finite values, got {self}")
-        span = max(abs(self.floor), 1.0) * 1e-6  # evidence of float32 maps stays finite
+        # a gap relative to the maps' own scale (a model's maps of 1e-8 keep theirs), so that
+        # evidence of float32 maps stays finite
+        span = max(abs(self.floor), abs(self.pixel_threshold), 1e-20) * 1e-6
         if self.pixel_threshold - self.floor < span:
             object.__setattr__(self, "pixel_threshold", self.floor + span)
 

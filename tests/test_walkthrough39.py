@@ -380,3 +380,35 @@ def test_score_stopped_while_drawing_says_to_score_again(
     monkeypatch.setattr(overlays, "save_overlays", stopped)
     assert main(["score", "--run", str(run)]) == 130
     assert "interrupted; score it again to finish" in capsys.readouterr().err
+
+
+def test_a_threshold_with_fields_of_another_version_is_said(scored_ae_run, tmp_path):
+    # shared storage: threshold.json with fields a newer version might write ("score_transform")
+    # was used without a word, while config.json's unknown fields are refused
+    import json
+
+    import pytest
+    from helpers import copy_run
+
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "theirs")
+    saved = json.loads((run / "threshold.json").read_text())
+    assert RunDir(run).threshold().value == saved["value"]  # its own fields: no word
+    (run / "threshold.json").write_text(json.dumps({**saved, "score_transform": "log"}))
+    with pytest.warns(UserWarning, match="fields this version of anomaly does not know"):
+        RunDir(run).threshold()
+
+
+def test_maps_on_a_tiny_scale_keep_their_pixel_threshold():
+    # a detector of one's own whose maps are about 1e-8: the overlays painted nothing and the
+    # colour bar read a pixel threshold of 1e-6, while the run's map_range held 1e-8 to 6e-8
+    import numpy as np
+
+    from anomaly.overlays import EvidenceScale
+
+    scale = EvidenceScale(1e-8, 6.46e-8)
+    assert scale.pixel_threshold == 6.46e-8
+    assert scale.evidence(np.float32([6.46e-8]))[0] == np.float32(1.0)
+    flat = EvidenceScale(0.0, 0.0)  # all good maps zero: still a finite scale
+    assert flat.pixel_threshold > 0 and np.isfinite(flat.evidence(np.float32([1e3]))).all()
