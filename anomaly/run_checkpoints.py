@@ -152,7 +152,7 @@ class CheckpointFiles:
             "format": CHECKPOINT_FORMAT,
             "method": detector.name,
             "config": asdict(detector.config),
-            "state": detector.state_dict(),
+            "state": plain_state(detector.state_dict(), detector.name),
             "complete": bool(complete),
             **extra,
         }
@@ -327,3 +327,29 @@ class CheckpointFiles:
         if not isinstance(last, dict) or "epoch" not in last:
             raise RunError(f"{self.file(self.LAST)} is damaged; restore it, or train a new --out")
         return last
+
+
+def plain_state(state, method: str, where: str = "state_dict()"):
+    """`state` (a detector's `state_dict()`), or RunError naming the first value in it that a
+    model.pt cannot hold: only tensors and plain values (numbers, strings, None, and lists,
+    tuples and dicts of them) load back, since loading refuses Python objects (they could run
+    code); a numpy array saved would make every later load of the run fail."""
+    import torch
+
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if not isinstance(key, str | int):
+                raise RunError(f"{method}: its {where} has a key {key!r:.60} that is not a string")
+            plain_state(value, method, f"{where}[{key!r:.60}]")
+    elif isinstance(state, list | tuple):
+        for i, value in enumerate(state):
+            plain_state(value, method, f"{where}[{i}]")
+    elif not isinstance(
+        state, torch.Tensor | bool | int | float | str | bytes | torch.dtype | None
+    ):
+        raise RunError(
+            f"{method}: its {where} is a {type(state).__module__}.{type(state).__name__}, which "
+            "a model.pt cannot hold: keep tensors (torch.from_numpy(a) for a numpy array) and "
+            "plain values (numbers, strings, lists, dicts) only"
+        )
+    return state

@@ -85,7 +85,7 @@ def disk_full_named(path: Path) -> Iterator[None]:
             ) from None
         if not _disk_full(err, path.parent):
             raise
-        trained = path.name in ("model.pt", "last.pt")  # a training's: it may go on from last.pt
+        trained = path.suffix == ".pt"  # a training's checkpoint: it may go on from the last
         raise RunError(
             f"{path}: the disk is full (no space left to write it; an earlier {path.name}, if "
             "any, is as it was). Free space, then run the command again"

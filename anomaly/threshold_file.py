@@ -23,6 +23,7 @@ MODEL_RECORD = "model_sha256"  # the key in a saved threshold: the model.pt it w
 # a threshold carried to a new model.pt (training resumed) also records the one it replaces, as
 # it is written first: a kill before the new model.pt is in place leaves it for the old one
 REPLACED_RECORD = "model_sha256_replaced"
+FIELDS = ("value", "rule", "params", MODEL_RECORD, REPLACED_RECORD)  # what a threshold.json holds
 # a param `RunDir.threshold` sets (in memory) on one without that record beside a model.pt: from
 # an older version, or the record deleted from a copy; no guarantee is claimed for it
 UNRECORDED = "model_unrecorded"
@@ -97,6 +98,15 @@ def check_threshold(d) -> tuple[float, str, dict]:
     `PARAMS` knows of what its writer saves; other params are kept as they are."""
     if not isinstance(d, dict):
         raise TypeError("it is not a JSON object")
+    if unknown := sorted(str(k)[:40] for k in d if k not in FIELDS):  # a newer version's?
+        import warnings
+
+        warnings.warn(
+            f"a saved threshold holds fields this version of anomaly does not know "
+            f"({', '.join(map(repr, unknown[:5]))}), ignored: written by another version? "
+            "Check what it decides before relying on it",
+            stacklevel=3,
+        )
     if not finite(d.get("value")):
         raise ValueError(f"its value is {str(d.get('value'))[:60]!r}, not a finite number")
     rule, params = d.get("rule", "manual"), d.get("params", {})

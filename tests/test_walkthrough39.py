@@ -412,3 +412,30 @@ def test_maps_on_a_tiny_scale_keep_their_pixel_threshold():
     assert scale.evidence(np.float32([6.46e-8]))[0] == np.float32(1.0)
     flat = EvidenceScale(0.0, 0.0)  # all good maps zero: still a finite scale
     assert flat.pixel_threshold > 0 and np.isfinite(flat.evidence(np.float32([1e3]))).all()
+
+
+def test_a_detector_of_ones_own_is_checked_where_it_would_break_a_run_later(tiny_cookies, tmp_path):
+    # a researcher's own detector: a state_dict of numpy arrays was saved, and every load then
+    # refused model.pt as "Python objects ... could run code"; scores [B, 1] or maps
+    # [B, 1, H, W] made a "trained" run that score and predict failed on with tracebacks
+    import numpy as np
+    import pytest
+    import torch
+    from helpers import tiny_config
+
+    from anomaly.detectors import Predictions
+    from anomaly.pipeline import train_run
+    from anomaly.run_checkpoints import plain_state
+    from anomaly.runs import RunError
+
+    assert plain_state({"w": torch.ones(2), "n": [1, 2.0, "a", None]}, "x")  # plain: kept
+    with pytest.raises(RunError, match=r"state_dict\(\)\['mean'\] is a numpy.ndarray"):
+        plain_state({"mean": np.zeros(3)}, "zscore")
+    for scores, maps, wrong in (
+        (np.zeros((2, 1)), np.zeros((2, 8, 8)), "scores has shape"),
+        (np.zeros(2), np.zeros((2, 1, 8, 8)), "maps has shape"),
+    ):
+        with pytest.raises(ValueError, match=wrong):
+            Predictions(["a", "b"], [0, 1], ["good", "crack"], scores, maps)
+    # a built-in method's state passes (every method is trained so in the other tests too)
+    train_run(tiny_config(tiny_cookies, method="meandiff"), tmp_path / "md", progress=False)

@@ -143,6 +143,12 @@ class Predictions:
                 raise ValueError(
                     f"Predictions.{name} has {len(getattr(self, name))} rows, paths has {n}"
                 )
+        for name, dims, what in (("scores", 1, "[N]"), ("maps", 3, "[N, H, W]")):
+            if n and len(shape := getattr(self, name).shape) != dims:  # a detector of one's own
+                raise ValueError(
+                    f"Predictions.{name} has shape {shape}, not {what} (predict_batch returns "
+                    "scores [B] and maps [B, H, W])"
+                )
 
     def __len__(self) -> int:
         return len(self.paths)
