@@ -250,9 +250,10 @@ def _home(folder) -> RunDir:
     return RunDir(threshold_home(Path(folder)))
 
 
-def _score_again(folder) -> str:
-    """The command that scores a folder's images again: the run's own, or `--data` ones."""
-    home = _home(folder)
+def _score_again(folder, home: RunDir | None = None) -> str:
+    """The command that scores a folder's images again: the run's own, or `--data` ones (of
+    `home`, default the run the folder's threshold goes with)."""
+    home = home or _home(folder)
     if home.path == RunDir(folder).path:
         return f"python -m anomaly score --run {shell_word(home.path)}"
     return f"python -m anomaly score --run {shell_word(home.path)} --data DATA --out {shell_word(RunDir(folder).path)}"
@@ -293,15 +294,20 @@ def _check_scored_model(run: Path) -> None:
     """RunError when the model that scored a folder (its predictions.npz's record) is not its
     run's model.pt now: a run trained further since (a resume stopped by a full disk leaves the
     earlier model's metrics), whose table row would be another model's numbers."""
-    from anomaly.threshold_file import MODEL_RECORD, model_sha256
+    from anomaly.explorer.runs import recorded_runs
+    from anomaly.threshold_file import model_sha256
 
-    made, home = RunDir(run).scored_meta().get(MODEL_RECORD), _home(run)
+    places, made = recorded_runs(Path(run))  # a `--out` folder's run, where it is found first
+    if "at" not in RunDir(run).scored_meta():  # recorded as typed, from some other folder
+        places = []
+    found = [RunDir(p) for p in places if RunDir(p).file(RunDir.MODEL).is_file()]
+    home = found[0] if found else _home(run)
     now = model_sha256(home.file(home.MODEL))
-    if isinstance(made, str) and now is not None and made != now:
+    if made is not None and now is not None and made != now:
         raise RunError(
             f"{RunDir(run).file(RunDir.METRICS)} holds the metrics of an earlier model of "
             f"{home.path} (its model.pt changed since it was scored); score it again: "
-            f"{_score_again(run)}"
+            f"{_score_again(run, home)}"
         )
 
 

@@ -303,8 +303,7 @@ def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progre
                 f"{run}: kept your threshold {old.value:.6g} ({old.rule}), which was chosen on "
                 f"the earlier model; choose it again with `{choose_again(old, run)}`"
             )
-            # one that records its model lost its guarantee when model.pt was replaced
-            # (`threshold_file.carried`); one from before that record loses it here
+            # its guarantee went with the model.pt replaced (`threshold_file.carried`; or here)
             if threshold_file.drop_guarantee(old.params):
                 run.save_threshold(old)
             return
@@ -399,7 +398,8 @@ def score_run(
                 "its model.pt is damaged or its training diverged: train the run again"
             )
         warn_outside(rd, threshold, pred.scores, below_only=True)  # a changed camera: low scores
-        pred.meta.update(run=os.path.abspath(run), data=data, out=str(dest))  # read from any folder
+        at = os.path.abspath(dest.path)  # with run: found again where both moved together
+        pred.meta.update(run=os.path.abspath(run), data=data, out=str(dest), at=at)
         pred.meta.update(threshold_file.model_record(rd.file(rd.MODEL)))  # the model that scored
         earlier = None if dest is rd else _scored_data(dest.path)  # --out: other data's?
         if dest is not rd:  # made now, never through a link, and one score at a time
@@ -466,7 +466,7 @@ def score_folder(rd: RunDir, data: str, out: str | Path | None = None) -> RunDir
         )
     from anomaly.safe_files import writable_folder  # (the imports above: at the line limit)
 
-    return RunDir(writable_folder(dest, "give --out a folder you can write in"))  # before work
+    return RunDir(writable_folder(dest, "give --out a folder you can write in", make=False))
 
 
 def _scored_data(folder: Path) -> str | None:

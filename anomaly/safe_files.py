@@ -346,12 +346,17 @@ def save_png_new(png: bytes, names: Iterator[Path]) -> Path:
         tmp.unlink(missing_ok=True)
 
 
-def writable_folder(path: str | Path, fix: str) -> Path:
+def writable_folder(path: str | Path, fix: str, make: bool = True) -> Path:
     """`output_folder(path)`, tried by writing a temporary file in it: a folder this process
-    may not write in (a model shared read-only) is named with `fix`, before any work is done."""
+    may not write in (a model shared read-only) is named with `fix`, before any work is done.
+    `make` False: a missing folder is not made (a command that may still fail), but tried in
+    the nearest folder above it that exists."""
     try:
-        folder = output_folder(path)
-        fd, name = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        folder = output_folder(path) if make else Path(path)
+        tried = folder
+        while not make and not tried.is_dir() and tried != tried.parent:
+            tried = tried.parent
+        fd, name = tempfile.mkstemp(prefix=".write-check.", dir=tried)
         os.close(fd)
         os.unlink(name)
     except OSError as err:

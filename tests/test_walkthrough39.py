@@ -192,6 +192,7 @@ def test_score_into_a_folder_it_cannot_write_stops_before_scoring(
     import pytest
 
     from anomaly import pipeline
+    from anomaly.predict import overlay_folder  # imported before decoding_loader is patched
     from anomaly.runs import RunError
 
     out = tmp_path / "theirs"
@@ -207,8 +208,6 @@ def test_score_into_a_folder_it_cannot_write_stops_before_scoring(
     monkeypatch.setattr(pipeline, "decoding_loader", lambda *a, **k: pytest.fail("scored"))
     with pytest.raises(RunError, match="give --out a folder you can write in"):
         pipeline.score_run(scored_ae_run, out=out, overlays=False)
-    from anomaly.predict import overlay_folder
-
     with pytest.raises(
         RunError, match="give --out a folder you can write in .Python: overlay_dir="
     ):
@@ -439,3 +438,55 @@ def test_a_detector_of_ones_own_is_checked_where_it_would_break_a_run_later(tiny
             Predictions(["a", "b"], [0, 1], ["good", "crack"], scores, maps)
     # a built-in method's state passes (every method is trained so in the other tests too)
     train_run(tiny_config(tiny_cookies, method="meandiff"), tmp_path / "md", progress=False)
+
+
+def test_score_out_folders_follow_their_run_when_moved_copied_or_misplaced(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    # a review of this session's change: with the run recorded absolute, a project moved
+    # as a whole lost its `score --out` folders' run; a copied project's folders named the
+    # original's run; an --out put in another run's scored/ was taken for that run's; and the
+    # notebooks' table printed an --out folder's metrics of an earlier model
+    import shutil
+    from pathlib import Path
+
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly import notebook as nb
+    from anomaly.explorer.runs import threshold_home
+    from anomaly.pipeline import score_run, train_run
+    from anomaly.runs import RunError
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    monkeypatch.chdir(proj)
+    train_run(tiny_config(tiny_cookies, method="meandiff"), "runs/a", progress=False)
+    train_run(tiny_config(tiny_cookies, method="meandiff", size=32), "runs/b", progress=False)
+    score_run("runs/a", out="results/a", overlays=False)
+    score_run("runs/b", out="runs/a/scored/b", overlays=False)  # b's scores in a's scored/
+    assert threshold_home(proj / "runs/a/scored/b") == proj / "runs/b"
+    moved = shutil.move(proj, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    assert threshold_home(tmp_path / "moved/results/a") == tmp_path / "moved/runs/a"
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")
+    assert threshold_home(tmp_path / "copy/results/a") == tmp_path / "copy/runs/a"
+    shutil.copy(tmp_path / "copy/runs/b/model.pt", tmp_path / "copy/runs/a/model.pt")
+    with pytest.raises(RunError, match="metrics of an earlier model of .*copy/runs/a"):
+        nb.metrics_table({"a": tmp_path / "copy/results/a"})
+    assert "0." in nb.metrics_table({"a": Path(moved) / "results/a"})  # the original: its model
+
+
+def test_a_score_that_fails_leaves_no_empty_folders(scored_ae_run, tmp_path):
+    # a review: the write check made RUN/scored/<name>/ and whole --out trees before the data
+    # was read, and a score refused for a missing data folder left them behind
+    import pytest
+    from helpers import copy_run
+
+    from anomaly.pipeline import score_run
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    for out in (None, tmp_path / "x" / "y" / "z"):
+        with pytest.raises((ValueError, OSError)):
+            score_run(run, data=str(tmp_path / "nodata"), out=out, overlays=False)
+    assert not (run / "scored").exists() and not (tmp_path / "x").exists()

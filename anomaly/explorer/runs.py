@@ -268,28 +268,41 @@ def reindexed(pred: Predictions, order) -> Predictions:
 
 def threshold_home(folder: Path) -> Path:
     """Where a folder's threshold lives: the run itself for `score --data OTHER`'s
-    RUN/scored/<name>/ folders (`predict` reads RUN/threshold.json only), and for its `--out
-    FOLDER` (no run there) the run its predictions.npz names, while that run holds the model
-    that scored them (`_scored_by`); else the folder."""
+    RUN/scored/<name>/ folders (`predict` reads RUN/threshold.json only; not where their
+    predictions.npz records another run's model: `--out` put there), and for its `--out FOLDER`
+    (no run there) the run its predictions.npz names, while that run holds the model that
+    scored them (`_scored_by`); else the folder."""
     run = folder.parent.parent
     if folder.parent.name == RunDir.SCORED and RunDir(run).file(RunDir.MODEL).is_file():
-        return run
+        sha = recorded_runs(folder)[1]  # another run's `--out` put there: that run
+        return run if sha in (None, model_sha256(run / RunDir.MODEL)) else _scored_by(folder) or run
     if not RunDir(folder).file(RunDir.CONFIG).is_file():
         return _scored_by(folder) or folder
     return folder
 
 
-def _scored_by(folder: Path) -> Path | None:
-    """The run whose model wrote `folder`'s predictions.npz (its meta: run and model_sha256),
-    when it is still there with that model.pt; else None (moved, trained again, or no record)."""
-    from anomaly.threshold_file import model_sha256
-
+def recorded_runs(folder: Path) -> tuple[list[Path], str | None]:
+    """The places of the run that wrote `folder`'s predictions.npz (its meta's run: absolute
+    since 2026-12-05, before as typed; and that run seen from the folder, where both were moved
+    together), and the SHA-256 it records of that run's model.pt (None: no record)."""
     meta = RunDir(folder).scored_meta()
-    try:
-        run, sha = Path(meta["run"]), meta["model_sha256"]
-    except (KeyError, TypeError):
-        return None
-    return run if isinstance(sha, str) and model_sha256(run / RunDir.MODEL) == sha else None
+    run, at, sha = meta.get("run"), meta.get("at"), meta.get(MODEL_RECORD)
+    if not isinstance(run, str) or not run or "\x00" in run:
+        return [], None
+    places = [Path(run)]
+    if isinstance(at, str) and os.path.isabs(at) and os.path.isabs(run) and "\x00" not in at:
+        places.insert(
+            0, Path(os.path.normpath(folder / os.path.relpath(run, at)))
+        )  # a copy: its own
+    return places, sha if isinstance(sha, str) else None
+
+
+def _scored_by(folder: Path) -> Path | None:
+    """The run whose model wrote `folder`'s predictions.npz (`recorded_runs`), where it still
+    holds that model.pt; else None (moved apart, trained again, or no record)."""
+    places, sha = recorded_runs(folder)
+    found = (p for p in places if sha and model_sha256(p / RunDir.MODEL) == sha)
+    return next(found, None)
 
 
 def threshold_path(folder: Path) -> Path:
