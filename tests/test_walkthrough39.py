@@ -490,3 +490,23 @@ def test_a_score_that_fails_leaves_no_empty_folders(scored_ae_run, tmp_path):
         with pytest.raises((ValueError, OSError)):
             score_run(run, data=str(tmp_path / "nodata"), out=out, overlays=False)
     assert not (run / "scored").exists() and not (tmp_path / "x").exists()
+
+
+def test_the_report_of_a_scored_folder_names_its_runs_model(scored_ae_run, tiny_cookies, tmp_path):
+    # a review: the report of a `score --data` folder had no model.pt SHA-256 and no versions
+    # (it looked in the folder of scores, not in the run that made them)
+    import json
+
+    import anomaly
+    from helpers import copy_run
+
+    from anomaly.pipeline import score_run
+    from anomaly.threshold_file import model_sha256
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    score_run(run, data=str(tiny_cookies), out=tmp_path / "elsewhere", overlays=False)
+    ex = anomaly.ThresholdExplorer([str(tmp_path / "elsewhere")])
+    text = ex.report_html()
+    ex.close()
+    torch_version = json.loads((run / "versions.json").read_text())["torch"]
+    assert model_sha256(run / "model.pt") in text and f"torch {torch_version}" in text

@@ -216,11 +216,14 @@ def identity(r: RunView) -> list[tuple[str, str]]:
                 rows += [(k, str(cfg[k])) for k in ("data", "size", "channels", "seed") if k in cfg]
             except (ValueError, OSError):
                 pass
-        for name in (RunDir.MODEL, RunDir.PREDICTIONS):
-            digest = _file_digest(RunDir(r.folder).file(name))
+        home = RunDir(r.home or r.folder)  # a folder of `score --data` or --out: its run's model
+        if home.path != RunDir(r.folder).path:
+            rows.append(("scored by the run", str(home.path.resolve())))
+        for name, where in ((RunDir.MODEL, home), (RunDir.PREDICTIONS, RunDir(r.folder))):
+            digest = _file_digest(where.file(name))
             if digest:
                 rows.append((f"{name} sha256", digest))
-        rows += _made_by(RunDir(r.folder).versions_record())
+        rows += _made_by(home.versions_record())
     listed = "\n".join(pred.paths).encode("utf-8", "surrogateescape")  # a name's bytes as they are
     names = hashlib.sha256(listed).hexdigest()  # of the names alone, not the images' bytes
     kinds = Counter(pred.defects)
