@@ -180,7 +180,9 @@ def read_file(path: str | Path, size: int, decode: str = "full", draft: int | No
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PNG chunks
         cut = any(w in str(err).lower() for w in ("truncated", "broken data"))  # opened, cut short
         fix = "copy it again" if cut else "give a PNG, JPEG, BMP, TIFF, WebP or GIF file"
-        if isinstance(err, Image.DecompressionBombError):
+        if isinstance(err, PermissionError):  # its mode, not its bytes
+            fix = "this process may not read it: check its permissions (ls -l)"
+        elif isinstance(err, Image.DecompressionBombError):
             fix = "shrink it, for example to 4000 pixels on its longer side"
         elif not cut and Path(path).suffix.lower() in _checks.IMAGE_SUFFIXES:
             fix = "it is damaged: copy it again, or save it again from the camera's software"
@@ -273,7 +275,8 @@ def _checked_ops(path: Path) -> set[tuple[str, str]] | None:
     try:
         ops, other = _checks.graph_ops(path.read_bytes())
     except OSError as err:
-        raise ExportError(f"{path} cannot be read ({err.strerror or err}); copy it again") from None
+        fix = "check its permissions" if isinstance(err, PermissionError) else "copy it again"
+        raise ExportError(f"{path} cannot be read ({err.strerror or err}); {fix}") from None
     except ValueError:
         return None
     if named := _checks.foreign_parts(ops, other):
@@ -292,14 +295,7 @@ class OnnxDetector:
         path = Path(onnx_path)
         if path.is_dir():  # a run folder: its export is model.onnx inside
             inside = path / "model.onnx"
-            hint = (
-                f"give {inside}"
-                if inside.is_file()
-                else (
-                    "give the file `python -m anomaly export` wrote (RUN/model.onnx); if this is a "
-                    f"run folder without one: `{EXPORT} {path}`"
-                )
-            )
+            hint = f"give {inside}" if inside.is_file() else f"export it first: `{EXPORT} {path}`"
             raise ExportError(f"{path} is a folder, not an ONNX file; {hint}")
         if path.exists() and not path.is_file():  # a pipe, a device: never read
             raise ExportError(f"{path} is not a regular file; give the ONNX file export wrote")
@@ -329,7 +325,8 @@ class OnnxDetector:
         if found.startswith("anomaly-onnx/") and found != FORMAT:  # a newer exporter's file
             raise ExportError(
                 f"{path} is in format {found[:40]!r}, this reader reads {FORMAT!r}: it was "
-                "exported by another version of anomaly (its metadata exported_by says which); "
+                "exported by another version of anomaly (exported_by: "
+                f"{_checks.escaped(self.meta.get('exported_by', 'not recorded'))[:200]}); "
                 "copy onnx_predict.py and onnx_checks.py from that version, or export with this one"
             )
         if found != FORMAT:

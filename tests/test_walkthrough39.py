@@ -497,9 +497,9 @@ def test_the_report_of_a_scored_folder_names_its_runs_model(scored_ae_run, tiny_
     # (it looked in the folder of scores, not in the run that made them)
     import json
 
-    import anomaly
     from helpers import copy_run
 
+    import anomaly
     from anomaly.pipeline import score_run
     from anomaly.threshold_file import model_sha256
 
@@ -510,3 +510,49 @@ def test_the_report_of_a_scored_folder_names_its_runs_model(scored_ae_run, tiny_
     ex.close()
     torch_version = json.loads((run / "versions.json").read_text())["torch"]
     assert model_sha256(run / "model.pt") in text and f"torch {torch_version}" in text
+
+
+def test_the_deployed_reader_says_permissions_and_the_version_of_a_newer_file(
+    tiny_cookies, tmp_path, monkeypatch
+):
+    # a review: predict --onnx and the copied reader called an image they may not read
+    # "damaged: copy it again", and a model.onnx they may not read "copy it again"; a newer
+    # file's refusal did not name the version to copy the reader from
+    import errno
+
+    import onnx as onnx_lib
+    import pytest
+    from helpers import patchknn_export
+
+    from anomaly import onnx_predict
+    from anomaly.onnx_predict import ExportError, OnnxDetector
+
+    path = patchknn_export(tiny_cookies, tmp_path / "run", size=32)
+    detector = OnnxDetector(path)
+    image = min((tiny_cookies / "test" / "good").glob("*.png"))
+    real_open = onnx_predict.Path.read_bytes
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(image))
+
+    from PIL import Image
+
+    with monkeypatch.context() as m:
+        m.setattr(Image, "open", denied)
+        with pytest.raises(ExportError, match="check its permissions") as err:
+            detector.read(image)
+    assert "damaged" not in str(err.value)
+    with monkeypatch.context() as m:
+        m.setattr(onnx_predict.Path, "read_bytes", denied)
+        with pytest.raises(ExportError, match="cannot be read .*check its permissions"):
+            OnnxDetector(path)
+    assert onnx_predict.Path.read_bytes is real_open
+    model = onnx_lib.load(str(path))
+    for entry in model.metadata_props:
+        if entry.key == "format":
+            entry.value = "anomaly-onnx/2"
+    onnx_lib.save(model, str(path))
+    with pytest.raises(ExportError, match=r"exported_by: \{.*\"anomaly\""):
+        OnnxDetector(path)
+    with pytest.raises(ExportError, match="export it first"):
+        OnnxDetector(tmp_path)  # a folder without model.onnx
