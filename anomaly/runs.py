@@ -322,7 +322,8 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         try:
             threshold = Threshold.from_json(json.dumps(raw))
         except (KeyError, TypeError, ValueError) as err:
-            msg = f"{path} does not hold a threshold ({err}); set one with `{fix} --rule ...`"
+            again = "" if "newer" in str(err) else f"; set one with `{fix} --rule ...`"
+            msg = f"{path} does not hold a threshold ({err}){again}"
             raise RunError(msg) from None
         try:
             threshold_file.check_model(raw, self.file(self.MODEL))

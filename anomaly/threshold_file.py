@@ -112,8 +112,8 @@ def check_threshold(d) -> tuple[float, str, dict]:
     rule, params = d.get("rule", "manual"), d.get("params", {})
     if rule not in RULES:
         raise ValueError(  # a newer version's rule: its threshold is not to be overwritten unseen
-            f"its rule is {str(rule)[:60]!r}, not one of {', '.join(RULES)} (a rule of another "
-            "version of anomaly? versions.json says which made the run; use that one to read it)"
+            f"its rule is {str(rule)[:60]!r}, not one of {', '.join(RULES)}: a rule of a newer "
+            "version of anomaly? Read it with the version that saved it before replacing it"
         )
     if not isinstance(params, dict):
         raise TypeError("its params are not an object")
