@@ -287,8 +287,8 @@ def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progre
         pred = detector.predict(held_out, progress=progress)
     keep = guards.without_empty_frames(run, pred)  # empty frames: left out of everything below
     paths, scores = [p for p, k in zip(pred.paths, keep) if k], pred.scores[keep]
-    if not np.isfinite(pred.scores).all():  # no threshold to set: said, not threshold's words
-        msg = "gives NaN or infinite scores on its held-out images: its training diverged"
+    if not (np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()):  # no threshold
+        msg = "gives NaN or infinite scores or maps on its held-out images: its training diverged"
         raise RunError(f"{run}: the model {msg}; train a new --out (another --seed, a lower --lr)")
     run.save_val_scores(paths, scores.tolist(), dataset_range(pred.maps[keep], run.MAP_RANGE_Q))
     if keep_own and run.has_threshold():  # the user's threshold, kept

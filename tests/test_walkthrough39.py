@@ -557,3 +557,29 @@ def test_the_deployed_reader_says_permissions_and_the_version_of_a_newer_file(
         OnnxDetector(path)
     with pytest.raises(ExportError, match="export it first"):
         OnnxDetector(tmp_path)  # a folder without model.onnx
+
+
+def test_a_model_of_nan_maps_is_refused_at_train(tiny_cookies, tmp_path):
+    # a detector of one's own whose maps were NaN trained without a word ("trained"), and
+    # predict then said val_scores.json's map_range was damaged: train it again
+    import pytest
+    from helpers import tiny_config
+
+    from anomaly.detectors import REGISTRY, register
+    from anomaly.detectors.meandiff import MeanDiff
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunError
+
+    @register("stub-nan-maps")
+    class NanMaps(MeanDiff):
+        def predict_batch(self, images):
+            scores, maps = super().predict_batch(images)
+            return scores, maps * float("nan")
+
+    try:
+        with pytest.raises(RunError, match="NaN or infinite scores or maps"):
+            train_run(
+                tiny_config(tiny_cookies, method="stub-nan-maps"), tmp_path / "r", progress=False
+            )
+    finally:
+        del REGISTRY["stub-nan-maps"]
