@@ -27,9 +27,18 @@ from anomaly.pixel_metrics import (  # noqa: F401 (pixel_auroc, aupro, pro_curve
 )
 from anomaly.threshold_file import check_threshold, conformal_rank, normal_quantile
 
-# ---------------------------------------------------------------------------------------------
-# Image-level metrics
-# ---------------------------------------------------------------------------------------------
+# --- Image-level metrics -------------------------------------------------------------------------
+
+
+def _labels(labels, what: str, n: int) -> np.ndarray:
+    """`n` labels as booleans (0 good, 1 defective); ValueError for others ("> 0" misreads 1/2)."""
+    a = np.asarray(labels).ravel()
+    if a.size != n:
+        raise ValueError(f"{what}: {a.size} labels for {n} scores")
+    if a.dtype != bool and a.size and not (known := np.isin(a, (0, 1))).all():
+        odd = np.unique(a[~known])[:5].tolist()
+        raise ValueError(f"{what}: labels are 0 (good) and 1 (defective), not {odd}")
+    return a > 0
 
 
 def _check_binary(labels: np.ndarray, what: str) -> None:
@@ -118,7 +127,8 @@ def _precision_recall(labels: np.ndarray, scores: np.ndarray):
 def _checked(labels, scores, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Labels as booleans and scores as float64, flat; ValueError when the labels are of one
     class or a score is NaN or infinite (it has no place in a ranking)."""
-    labels, scores = np.asarray(labels).ravel() > 0, np.asarray(scores, np.float64).ravel()
+    scores = np.asarray(scores, np.float64).ravel()
+    labels = _labels(labels, what, scores.size)
     _check_binary(labels, what)
     if not np.isfinite(scores).all():
         bad = int(np.count_nonzero(~np.isfinite(scores)))
@@ -165,9 +175,7 @@ def _between(passed: float, flagged: float) -> float:
     return mid if passed < mid <= flagged else float(flagged)
 
 
-# ---------------------------------------------------------------------------------------------
-# Everything at once, overall and per defect kind
-# ---------------------------------------------------------------------------------------------
+# --- Everything at once, overall and per defect kind ---------------------------------------------
 
 
 def _try(fn, *args, notes: list[str], name: str, **kwargs):
@@ -291,9 +299,7 @@ def evaluate(pred, fpr_limit: float = 0.3) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Thresholds and the confusion matrix at one threshold
-# ---------------------------------------------------------------------------------------------
+# --- Thresholds and the confusion matrix at one threshold ----------------------------------------
 
 
 @dataclass
@@ -460,15 +466,11 @@ def threshold_f1(labels, scores) -> Threshold:
 
 
 def confusion(labels, scores, threshold: float | Threshold) -> dict:
-    """Counts and rates at one threshold; a score >= threshold (or NaN) is predicted defective.
-
-    Returns:
-        tp, fp, tn, fn; precision, recall, f1; false_reject_rate (good parts rejected / good
-        parts) and escape_rate (defective parts passed / defective parts). A rate whose
-        denominator is zero is 0.0.
-    """
-    labels = np.asarray(labels).ravel() > 0
+    """Counts and rates at one threshold; a score >= threshold (or NaN) is predicted defective:
+    tp, fp, tn, fn; precision, recall, f1; false_reject_rate (good parts rejected / good parts)
+    and escape_rate (defective parts passed / defective parts), 0.0 where nothing is divided."""
     rejected = rejected_by(np.ravel(scores), threshold)  # NaN: rejected, as predict says it
+    labels = _labels(labels, "confusion", rejected.size)
     tp = int(np.sum(rejected & labels))
     fp = int(np.sum(rejected & ~labels))
     tn = int(np.sum(~rejected & ~labels))

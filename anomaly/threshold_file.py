@@ -110,10 +110,12 @@ def check_threshold(d) -> tuple[float, str, dict]:
     if not finite(d.get("value")):
         raise ValueError(f"its value is {str(d.get('value'))[:60]!r}, not a finite number")
     rule, params = d.get("rule", "manual"), d.get("params", {})
-    if rule not in RULES:
-        raise ValueError(  # a newer version's rule: its threshold is not to be overwritten unseen
-            f"its rule is {str(rule)[:60]!r}, not one of {', '.join(RULES)}: a rule of a newer "
-            "version of anomaly? Read it with the version that saved it before replacing it"
+    if rule not in RULES:  # a rule's name: a newer version's, its threshold not replaced unseen
+        newer = isinstance(rule, str) and rule.isascii() and rule.replace("-", "_").isidentifier()
+        raise ValueError(
+            f"its rule is {str(rule)[:60]!r}, not one of {', '.join(RULES)}"
+            + ": a rule of a newer version of anomaly? Read it with the version that saved it "
+            "before replacing it" * newer
         )
     if not isinstance(params, dict):
         raise TypeError("its params are not an object")

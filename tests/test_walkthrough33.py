@@ -1027,7 +1027,7 @@ def test_a_model_that_scores_nan_on_its_held_out_images_is_said_to_have_diverged
     argv = ["train", "--data", str(tiny_cookies), "--method", "meandiff", "--size", "32"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "NaN or infinite scores on its held-out images: its training diverged" in err
+    assert "NaN or infinite scores or maps on its held-out images: its training diverged" in err
     assert "threshold_normal_quantile" not in err
     det = get_detector("meandiff")(Config.for_method("meandiff", data=str(tiny_cookies), size=32))
     if not torch.cuda.is_available():

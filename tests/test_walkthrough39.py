@@ -583,3 +583,25 @@ def test_a_model_of_nan_maps_is_refused_at_train(tiny_cookies, tmp_path):
             )
     finally:
         del REGISTRY["stub-nan-maps"]
+
+
+def test_metrics_refuse_labels_other_than_0_and_1():
+    # a researcher's own loop: labels coded 1/2 made confusion count every image defective
+    # (tp 4, fp 0) without a word, while image_auroc said "all 6 are defective"; NaN labels read
+    # as good; labels and scores of two lengths failed with numpy's "boolean index" words
+    import numpy as np
+    import pytest
+
+    from anomaly.metrics import confusion, f1_max, image_auroc
+
+    scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    for labels in ([1, 1, 1, 2, 2, 2], [0, 0, 0, 1, 1, np.nan], [-1, -1, -1, 1, 1, 1]):
+        for metric in (image_auroc, f1_max):
+            with pytest.raises(ValueError, match="labels are 0 .good. and 1 .defective."):
+                metric(labels, scores)
+        with pytest.raises(ValueError, match="labels are 0"):
+            confusion(labels, scores, 0.5)
+    with pytest.raises(ValueError, match="5 labels for 6 scores"):
+        image_auroc([0, 0, 1, 1, 1], scores)
+    assert confusion([False, False, False, True, True, True], scores, 0.5)["tp"] == 3
+    assert image_auroc([0, 0, 0, 1, 1, 1], scores) == 1.0
