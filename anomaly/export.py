@@ -235,7 +235,12 @@ def export_detector(detector, out_path: str | Path, meta: dict[str, str] | None 
             trace_to_onnx(Traced(detector).eval(), example, tmp, opset=OPSET)
         model = onnx.load(str(tmp))
         del model.metadata_props[:]
-        for key, value in (meta or metadata(config)).items():
+        meta = dict(meta or metadata(config))
+        if getattr(detector, "int8", False):  # its bank weights are 7-bit: no saturation warning
+            from anomaly.detectors.knn import WEIGHT_MAX
+
+            meta.setdefault("int8_weight_max", str(WEIGHT_MAX))
+        for key, value in meta.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         model.doc_string = "anomaly patchknn detector: " + PREPROCESSING

@@ -605,3 +605,24 @@ def test_metrics_refuse_labels_other_than_0_and_1():
         image_auroc([0, 0, 1, 1, 1], scores)
     assert confusion([False, False, False, True, True, True], scores, 0.5)["tp"] == 3
     assert image_auroc([0, 0, 0, 1, 1, 1], scores) == 1.0
+
+
+def test_a_detector_exported_without_a_run_is_not_called_an_old_export(tiny_cookies, tmp_path):
+    # the peer benchmark exports a fitted detector (export_detector, no run folder): every file
+    # it wrote warned that it searched "as files exported before 2026-12-04 did"
+    import warnings
+
+    from helpers import tiny_config
+
+    from anomaly.build import build_detector
+    from anomaly.export import OnnxDetector, export_detector
+
+    config = tiny_config(tiny_cookies, method="patchknn", channels=3, search_precision="int8")
+    config = config.replace(runtime="onnxruntime")
+    detector = build_detector(config)
+    detector.fit(detector.dataset(str(tiny_cookies), "train"))
+    assert detector.int8
+    path = export_detector(detector, tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OnnxDetector(path)
