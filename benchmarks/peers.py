@@ -461,10 +461,17 @@ def run(args, methods: list[str]) -> int:
     text = table(list(rows.values()))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(text)
+    settings = {  # what changes a peer's result or time: saved, and compared by peers_summary
+        "size": size, "rounds": args.rounds, "batch": args.batch, "seed": args.seed,
+        "fastflow_epochs": args.fastflow_epochs, "patchcore_coreset": args.patchcore_coreset,
+        "threads": torch.get_num_threads(), "patchknn_set": args.patchknn_set,
+    }  # fmt: skip
     print(
         f"\n{len(timed)} images x {args.rounds} interleaved rounds at {size} px, batch "
         f"{args.batch}; {os.cpu_count()} CPUs, load average {load}; patchknn settings "
-        f"{args.patchknn_set or 'the defaults'}"
+        f"{args.patchknn_set or 'the defaults'}; FastFlow {args.fastflow_epochs} epochs, "
+        f"PatchCore coreset {args.patchcore_coreset}, seed {args.seed}, "
+        f"{settings['threads']} torch threads"
     )
     (Path(args.out) / "peers.json").write_text(
         json.dumps(
@@ -476,6 +483,8 @@ def run(args, methods: list[str]) -> int:
                 "timing_images": len(timed),
                 "load_average": load,
                 "patchknn_set": args.patchknn_set,
+                "settings": settings,
+                "versions": _versions(),
                 "rows": list(rows.values()),
                 "table": text,
             },
@@ -485,6 +494,19 @@ def run(args, methods: list[str]) -> int:
         + "\n"
     )
     return 0
+
+
+def _versions() -> dict:
+    """The versions a comparison ran with (anomalib's models, torch, this package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {n: of(n) for n in ("anomalib", "torch", "torchvision", "onnxruntime", "anomaly")}
 
 
 if __name__ == "__main__":

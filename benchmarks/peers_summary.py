@@ -17,17 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import warnings
 from pathlib import Path
 
 
 def load_runs(root: Path) -> tuple[dict[str, dict[str, dict]], dict[str, list[float] | None]]:
     """({set: {method: row}}, {set: load average at the run's end}) from every
     root/<set>/peers.json, sets in name order."""
-    runs, loads = {}, {}
+    runs, loads, settings = {}, {}, {}
     for path in sorted(root.glob("*/peers.json")):
         run = json.loads(path.read_text())
         runs[path.parent.name] = {r["method"]: r for r in run["rows"]}
         loads[path.parent.name] = run.get("load_average")
+        settings[path.parent.name] = run.get("settings")  # (runs before it: not recorded)
+    if len({json.dumps(s, sort_keys=True) for s in settings.values()}) > 1:
+        said = "; ".join(f"{name}: {s}" for name, s in settings.items())
+        warnings.warn(f"these sets ran with different settings, so their means mix them: {said}")
     return runs, loads
 
 

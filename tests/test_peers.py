@@ -182,3 +182,23 @@ def test_the_suite_summary_gives_both_ratios(tmp_path, monkeypatch):
     runs, _ = peers_summary.load_runs(tmp_path)
     line = peers_summary.summary_table(runs).splitlines()[2]
     assert line.endswith("| 0.40 | 0.55 |"), line
+
+
+def test_a_comparison_records_its_settings_and_the_summary_says_when_they_differ(
+    peers, tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """A walkthrough (session 39): peers.json held no FastFlow epochs, coreset, seed, threads or
+    versions, so a run of 1 epoch read as anomalib's defaults, and peers_summary averaged a
+    32 px run of 1 round with 224 px ones without a word."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import peers_summary
+
+    assert _run(peers, tiny_cookies, tmp_path / "a", "--methods", "patchknn") == 0
+    saved = json.loads((tmp_path / "a" / "peers.json").read_text())
+    assert saved["settings"]["fastflow_epochs"] == 10 and "seed" in saved["settings"]
+    assert saved["versions"]["torch"] and "FastFlow 10 epochs" in capsys.readouterr().out
+    other = {**saved, "settings": {**saved["settings"], "size": 224}}
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "peers.json").write_text(json.dumps(other))
+    with pytest.warns(UserWarning, match="ran with different settings"):
+        peers_summary.load_runs(tmp_path)
