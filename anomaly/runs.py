@@ -53,7 +53,7 @@ from anomaly.safe_files import (
     read_record,
     write_json,
 )
-from anomaly.terminal import shell_word
+from anomaly.terminal import shell_word, spreadsheet_cell
 
 MAP_LIMIT = 1e30  # map values a run's files may name: float32 maps scaled by them stay finite
 
@@ -407,10 +407,8 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         _atomic(self.file(self.HISTORY), lambda f: f.write(buf.getvalue().encode()))
 
     def save_scores(self, pred) -> Path:
-        """scores.csv in the original's spirit (file, score) plus label and defect kind.
-
-        Sorted as the original table read: normal images first, then defective ones, each by score.
-        """
+        """scores.csv in the original's spirit (file, score) plus label and defect kind, sorted
+        as its table read: normal images first, then defective ones, each by score."""
         rows = sorted(
             zip(pred.paths, pred.labels, pred.defects, pred.scores),
             key=lambda r: (int(r[1]), r[2], float(r[3])),
@@ -419,7 +417,8 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         writer = csv.writer(buf)
         writer.writerow(self.SCORES_HEADER)
         for p, label, defect, score in rows:
-            writer.writerow([Path(p).stem, p, int(label), defect, repr(float(score))])
+            stem, path, kind = map(spreadsheet_cell, (Path(p).stem, p, defect))  # no formula
+            writer.writerow([stem, path, int(label), kind, repr(float(score))])
         text = buf.getvalue().encode("utf-8", "surrogateescape")  # a name's bytes as they are
         return _atomic(self.file(self.SCORES), lambda f: f.write(text))
 

@@ -63,6 +63,13 @@ def printable(text: str, mark: str | None = None) -> str:
     )
 
 
+def spreadsheet_cell(text: str) -> str:
+    """`text` as a CSV cell that a spreadsheet shows and does not run: one starting as a formula
+    does (=, +, -, @, a tab or a carriage return: CSV injection, a file named `=cmd|...`) gets a
+    leading apostrophe, as OWASP advises."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+
+
 def _unprintable(c: str) -> bool:  # C0, DEL and C1 controls (U+009B starts a sequence too)
     return ord(c) < 32 or 127 <= ord(c) <= 159 or 0xD800 <= ord(c) <= 0xDFFF
 

@@ -626,3 +626,24 @@ def test_a_detector_exported_without_a_run_is_not_called_an_old_export(tiny_cook
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         OnnxDetector(path)
+
+
+def test_scores_csv_holds_no_cell_a_spreadsheet_would_run(tmp_path):
+    # outputs fed to other tools: an image named "=cmd|' -C calc'!A0.png" (or a defect kind
+    # "=2+3") went into scores.csv as it is, a live formula once opened in a spreadsheet
+    import csv
+
+    import numpy as np
+
+    from anomaly.detectors import Predictions
+    from anomaly.runs import RunDir
+
+    names = ["=cmd|' -C calc'!A0", "+1+2", "-3", "@SUM(1)", "plain"]
+    paths = [f"/data/test/good/{n}.png" for n in names]
+    pred = Predictions(paths, [0] * 5, ["=2+3"] * 5, np.arange(5.0), np.zeros((5, 4, 4)))
+    run = RunDir(tmp_path)
+    run.save_scores(pred)
+    with open(run.file(run.SCORES), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["file"] for r in rows) == sorted(["'" + n for n in names[:4]] + ["plain"])
+    assert all(r["defect"] == "'=2+3" for r in rows) and rows[0]["path"] == paths[0]
