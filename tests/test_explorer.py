@@ -503,7 +503,7 @@ def test_report_is_self_contained_html(pred, tmp_path):
     path = ex.export_report()
     text = path.read_text()
     assert path == tmp_path / "report.html" and text.startswith("<!DOCTYPE html>")
-    assert f"{ex.threshold:.6g}" in text and "anomaly-confusion" in text and "<svg" in text
+    assert f"{float(ex.threshold)!r}" in text and "anomaly-confusion" in text and "<svg" in text
     n_wrong = int(ex.gallery.wrong().sum())
     assert f"Misclassified images ({n_wrong})" in text
     assert "pixel threshold on a rejected image (on one that passes, the\nstrongest yellow)" in text

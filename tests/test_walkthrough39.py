@@ -647,3 +647,32 @@ def test_scores_csv_holds_no_cell_a_spreadsheet_would_run(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted(r["file"] for r in rows) == sorted(["'" + n for n in names[:4]] + ["plain"])
     assert all(r["defect"] == "'=2+3" for r in rows) and rows[0]["path"] == paths[0]
+
+
+def test_the_report_never_shows_a_score_below_the_threshold_as_rejected(scored_ae_run, tmp_path):
+    # outputs fed to other tools: with a threshold between a score and its 4-digit rounding,
+    # the report read "Threshold 9.41507 ... REJECT: false reject ... score 9.415"
+    import re
+
+    from helpers import copy_run
+
+    import anomaly
+    from anomaly.metrics import threshold_manual
+    from anomaly.runs import RunDir
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    ex = anomaly.ThresholdExplorer(run)
+    scores = sorted(float(s) for s in ex.run.pred.scores)
+    s = next(x for x in scores if float(f"{x:.4g}") < x)  # a score whose rounding lies below
+    t = (float(f"{s:.4g}") + s) / 2  # the threshold between them: the image is rejected
+    ex.close()
+    RunDir(run).save_threshold(threshold_manual(t))
+    ex = anomaly.ThresholdExplorer(run)
+    text = ex.report_html()
+    ex.close()
+    shown = float(re.search(r'class="threshold">([^<]+)<', text)[1])
+    assert shown == t
+    tiles = re.findall(r"<b>(PASS|REJECT)[^<]*</b><br>[^<]*score ([0-9.e+-]+)", text)
+    assert any(word == "REJECT" for word, _ in tiles)  # the false reject is among them
+    for word, score in tiles:
+        assert (float(score) >= shown) == (word == "REJECT"), (word, score, shown)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly.explorer.runs import RunView, read_image
+from anomaly.onnx_checks import score_text
 from anomaly.overlays import PASS, REJECT, EvidenceScale, evidence_overlay, verdict
 from anomaly.terminal import printable
 from anomaly.viz import to_rgb
@@ -230,7 +231,7 @@ class Gallery:
         kind = f" of kind <b>{html.escape(self.kind.value)}</b>" if self.kind.value else ""
         self.title.value = (
             f"<div style='font-size:13px'><b>{n_wrong} misclassified</b> of {len(r.pred)} "
-            f"images at threshold {t:.4g}. Showing {len(self._order)} {what}{kind}. "
+            f"images at threshold {float(t)!r}. Showing {len(self._order)} {what}{kind}. "
             "Red: evidence above the pixel threshold on a rejected image (on one that passes, "
             "the strongest yellow), yellow: raised; green outline: the true "
             f"defect.{self._comparison_text()}{self._image_note(r)}</div>"
@@ -293,13 +294,13 @@ class Gallery:
         )
 
     def _verdict_line(self, r: RunView, i: int, prefix: str) -> str:
-        score = float(r.pred.scores[i])
-        word, what = outcome(r.pred.labels[i], score, self.owner.threshold_of(r))
+        score, t = float(r.pred.scores[i]), self.owner.threshold_of(r)
+        word, what = outcome(r.pred.labels[i], score, t)
         right = what in ("caught", "passed")
         colour = "#2e7d32" if right else "#c62828"
         return (
             f"<b style='color:{colour}'>{prefix}{word}: {what}</b> "
-            f"<span style='color:#555'>score {score:.4g}</span>"
+            f"<span style='color:#555'>score {score_text(score, t)}</span>"  # read as decided
         )
 
     # --- pictures -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from anomaly.explorer.text import (
     rule_html,
 )
 from anomaly.metrics import auroc_interval, image_auroc
+from anomaly.onnx_checks import score_text
 from anomaly.runs import RunDir
 from anomaly.safe_files import RunError, _atomic, load_record
 from anomaly.terminal import printable
@@ -264,7 +265,7 @@ def report_html(ex) -> str:
         tiles.append(
             f"<figure><img src='{_jpeg_uri(gallery.overlay(r, int(i), 256))}' alt=''>"
             f"<figcaption><b>{word}: {what}</b><br>{html.escape(r.pred.defects[i])} &middot; "
-            f"score {r.pred.scores[i]:.4g}<br>{html.escape(printable(Path(r.pred.paths[i]).name))}"
+            f"score {score_text(r.pred.scores[i], t)}<br>{html.escape(printable(Path(r.pred.paths[i]).name))}"
             "</figcaption></figure>"
         )
     more = (
@@ -293,7 +294,7 @@ gap: 8px}} figure {{margin: 0; font-size: 11px}} figure img {{width: 100%}}
 svg {{max-width: 100%; height: auto}}
 </style></head><body>
 <h1>Threshold report: {html.escape(r.label)}</h1>
-<p>Threshold <b class="threshold">{t:.6g}</b>: a part is REJECTED iff its anomaly score is
+<p>Threshold <b class="threshold">{float(t)!r}</b>: a part is REJECTED iff its anomaly score is
 &gt;= the threshold. Pixel threshold (overlays) {ex.pixel_threshold:.4g}.
 Saved rule: {html.escape(rule)}. Made {now}.</p>
 {rule_html(r.saved, t, counts, _optimum(ex), r.pred.paths)}
@@ -332,7 +333,7 @@ def snapshot_figure(ex, n_tiles: int = 4):
     tx = fig.add_subplot(grid[0, n_tiles // 2 + 1 :])
     tx.set_axis_off()
     text = (
-        f"threshold {t:.4g}\n\n"
+        f"threshold {float(t)!r}\n\n"
         f"good:       {c['tn']} PASS, {c['fp']} REJECT (false rejects)\n"
         f"defective:  {c['tp']} REJECT (caught), {c['fn']} PASS (escapes)\n\n"
         f"false-reject rate {percent(c, 'false_reject_rate')}\n"

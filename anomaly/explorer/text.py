@@ -114,7 +114,7 @@ def format_confusion_html(
     bad, ok = TD + ";background:#fde0dc", TD + ";background:#e6f4ea"
     rows = [
         (
-            f"<tr><th style='{TH}'>threshold {counts['threshold']:.4g}</th>"
+            f"<tr><th style='{TH}'>threshold {float(counts['threshold'])!r}</th>"
             f"<th style='{TH}'>PASS</th><th style='{TH}'>REJECT</th></tr>"
         ),
         (
