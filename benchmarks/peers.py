@@ -374,6 +374,13 @@ def main(argv: list[str] | None = None) -> int:
             import anomalib  # noqa: F401
         except ImportError:
             p.error("anomalib is not installed: see benchmarks/README.md for the `peers` venv")
+    if any(m in PEERS or m == "backbone" for m in methods):  # before any fit or folder
+        from anomaly.mobilenet import mobilenet_v2_weights
+
+        try:
+            mobilenet_v2_weights()
+        except (FileNotFoundError, ValueError) as err:  # (no other backbone: they need this one)
+            p.error(str(err).split(" (or use backbone=")[0])
     if args.threads:
         torch.set_num_threads(args.threads)
     from anomaly.data import DataError

@@ -202,3 +202,22 @@ def test_a_comparison_records_its_settings_and_the_summary_says_when_they_differ
     (tmp_path / "b" / "peers.json").write_text(json.dumps(other))
     with pytest.warns(UserWarning, match="ran with different settings"):
         peers_summary.load_runs(tmp_path)
+
+
+def test_missing_weights_are_said_before_anything_is_made(
+    peers, tiny_cookies, tmp_path, monkeypatch, capsys
+):
+    """A walkthrough (session 39): without the MobileNetV2 weights the comparison ended in a
+    traceback after making its --out folder, advising backbone='efficientnet_lite0', which none
+    of the peers can use."""
+    import anomaly.mobilenet
+
+    def missing():
+        raise FileNotFoundError("needs the weights (or use backbone='efficientnet_lite0').")
+
+    monkeypatch.setattr(anomaly.mobilenet, "mobilenet_v2_weights", missing)
+    with pytest.raises(SystemExit) as stop:
+        _run(peers, tiny_cookies, tmp_path / "out", "--methods", "backbone")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "needs the weights" in err and "efficientnet" not in err
+    assert not (tmp_path / "out").exists()
