@@ -7,6 +7,7 @@ they hold the same images (`collect_runs` matches them by path under the data fo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -291,9 +292,9 @@ def recorded_runs(folder: Path) -> tuple[list[Path], str | None]:
         return [], None
     places = [Path(run)]
     if isinstance(at, str) and os.path.isabs(at) and os.path.isabs(run) and "\x00" not in at:
-        places.insert(
-            0, Path(os.path.normpath(folder / os.path.relpath(run, at)))
-        )  # a copy: its own
+        with contextlib.suppress(ValueError):  # (Windows: another drive has no relative path)
+            seen_here = os.path.normpath(folder / os.path.relpath(run, at))  # a copy: its own
+            places.insert(0, Path(seen_here))
     return places, sha if isinstance(sha, str) else None
 
 
