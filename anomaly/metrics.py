@@ -328,11 +328,11 @@ class Threshold:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> Threshold:
-        """Read `to_json`'s text; ValueError for what would decide wrongly or crash a reader (a
-        value that is not a finite number, an unknown rule, a param of the wrong kind:
-        `anomaly.threshold_file.check_threshold`)."""
-        return cls(*check_threshold(json.loads(text)))
+    def from_json(cls, text: str, where: str = "a saved threshold") -> Threshold:
+        """Read `to_json`'s text (of the file `where`); ValueError for what would decide wrongly
+        or crash a reader (a value that is not a finite number, an unknown rule, a param of the
+        wrong kind: `anomaly.threshold_file.check_threshold`)."""
+        return cls(*check_threshold(json.loads(text), where))
 
     def save(self, path: str | Path) -> Path:
         """Write to the file `path` (a run folder's threshold: `anomaly.runs.RunDir`)."""

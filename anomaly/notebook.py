@@ -301,9 +301,9 @@ def _check_scored_model(run: Path) -> None:
     if "at" not in RunDir(run).scored_meta():  # recorded as typed, from some other folder
         places = []
     found = [RunDir(p) for p in places if RunDir(p).file(RunDir.MODEL).is_file()]
-    home = found[0] if found else _home(run)
-    now = model_sha256(home.file(home.MODEL))
-    if made is not None and now is not None and made != now:
+    now = [model_sha256(h.file(h.MODEL)) for h in found or [_home(run)]]
+    home = found[0] if found else _home(run)  # (any of them holding that model: its scores)
+    if made is not None and now[0] is not None and made not in now:
         raise RunError(
             f"{RunDir(run).file(RunDir.METRICS)} holds the metrics of an earlier model of "
             f"{home.path} (its model.pt changed since it was scored); score it again: "

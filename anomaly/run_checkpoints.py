@@ -332,24 +332,28 @@ class CheckpointFiles:
 def plain_state(state, method: str, where: str = "state_dict()"):
     """`state` (a detector's `state_dict()`), or RunError naming the first value in it that a
     model.pt cannot hold: only tensors and plain values (numbers, strings, None, and lists,
-    tuples and dicts of them) load back, since loading refuses Python objects (they could run
-    code); a numpy array saved would make every later load of the run fail."""
+    tuples, sets and dicts of them) load back, since loading refuses Python objects (they could
+    run code); a numpy array or number (np.float64, a str or int subclass) saved would make
+    every later load of the run fail. Types are compared exactly, as loading does."""
+    import collections
+
     import torch
 
-    if isinstance(state, dict):
+    kind = type(state)
+    if kind in (dict, collections.OrderedDict):
         for key, value in state.items():
-            if not isinstance(key, str | int):
+            if type(key) not in (str, int):
                 raise RunError(f"{method}: its {where} has a key {key!r:.60} that is not a string")
             plain_state(value, method, f"{where}[{key!r:.60}]")
-    elif isinstance(state, list | tuple):
+    elif kind in (list, tuple, set, torch.Size):
         for i, value in enumerate(state):
             plain_state(value, method, f"{where}[{i}]")
-    elif not isinstance(
-        state, torch.Tensor | bool | int | float | str | bytes | torch.dtype | None
-    ):
+    elif not isinstance(state, torch.Tensor) and kind not in (
+        bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device
+    ):  # fmt: skip
         raise RunError(
-            f"{method}: its {where} is a {type(state).__module__}.{type(state).__name__}, which "
-            "a model.pt cannot hold: keep tensors (torch.from_numpy(a) for a numpy array) and "
-            "plain values (numbers, strings, lists, dicts) only"
+            f"{method}: its {where} is a {kind.__module__}.{kind.__name__}, which a model.pt "
+            "cannot hold: keep tensors (torch.from_numpy(a) for a numpy array) and plain values "
+            "(float(x) for a numpy number; numbers, strings, lists, dicts) only"
         )
     return state

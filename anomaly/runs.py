@@ -320,7 +320,7 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         )
         raw = self._read_json(self.THRESHOLD, f"; set one with `{fix} --rule normal-quantile`")
         try:
-            threshold = Threshold.from_json(json.dumps(raw))
+            threshold = Threshold.from_json(json.dumps(raw), str(path))
         except (KeyError, TypeError, ValueError) as err:
             again = "" if "newer" in str(err) else f"; set one with `{fix} --rule ...`"
             msg = f"{path} does not hold a threshold ({err}){again}"

@@ -91,18 +91,23 @@ def _check_fields(obj: dict, kinds: dict, where: str) -> None:
             raise ValueError(f"{where}{name} is {str(obj[name])[:60]!r}, not {words}")
 
 
-def check_threshold(d) -> tuple[float, str, dict]:
+_SAID_UNKNOWN: set[tuple[str, tuple[str, ...]]] = set()  # (file, fields) warned of, once each
+
+
+def check_threshold(d, where: str = "a saved threshold") -> tuple[float, str, dict]:
     """(value, rule, params) of a saved threshold's JSON object, or ValueError (TypeError for
     something not an object) saying which field is wrong: the value must be a finite number
     (NaN or inf would pass or reject every part), the rule one of `RULES`, and each param that
     `PARAMS` knows of what its writer saves; other params are kept as they are."""
     if not isinstance(d, dict):
         raise TypeError("it is not a JSON object")
-    if unknown := sorted(str(k)[:40] for k in d if k not in FIELDS):  # a newer version's?
+    unknown = tuple(sorted(str(k)[:40] for k in d if k not in FIELDS))  # a newer version's?
+    if unknown and (where, unknown) not in _SAID_UNKNOWN:
         import warnings
 
+        _SAID_UNKNOWN.add((where, unknown))
         warnings.warn(
-            f"a saved threshold holds fields this version of anomaly does not know "
+            f"{printable(where)} holds fields this version of anomaly does not know "
             f"({', '.join(map(repr, unknown[:5]))}), ignored: written by another version? "
             "Check what it decides before relying on it",
             stacklevel=3,

@@ -676,3 +676,42 @@ def test_the_report_never_shows_a_score_below_the_threshold_as_rejected(scored_a
     assert any(word == "REJECT" for word, _ in tiles)  # the false reject is among them
     for word, score in tiles:
         assert (float(score) >= shown) == (word == "REJECT"), (word, score, shown)
+
+
+def test_review_numpy_numbers_symlinked_folders_and_snapshot_tiles(scored_ae_run, tmp_path):
+    # a second review: plain_state let np.float64 (a float subclass) through, which no load
+    # reads back; the notebooks' table refused a folder (reached through a link) whose run is
+    # found where it was scored, blaming a run at the same relative place; the snapshot's tiles
+    # printed scores in 3 digits beside the threshold in full
+    import os
+
+    import numpy as np
+    import pytest
+    import torch
+    from helpers import copy_run
+
+    from anomaly import notebook as nb
+    from anomaly.detectors import Predictions
+    from anomaly.explorer import ThresholdExplorer
+    from anomaly.pipeline import score_run
+    from anomaly.run_checkpoints import plain_state
+    from anomaly.runs import RunError
+
+    with pytest.raises(RunError, match="numpy.float64"):
+        plain_state({"gain": np.float64(1.5)}, "mine")
+    run = copy_run(scored_ae_run, tmp_path / "p" / "runs" / "ae")
+    score_run(run, out=tmp_path / "p" / "out", overlays=False)
+    other = copy_run(scored_ae_run, tmp_path / "q" / "runs" / "ae")
+    payload = torch.load(other / "model.pt", weights_only=True)  # q's run: another model now
+    torch.save({**payload, "complete": not payload["complete"]}, other / "model.pt")
+    os.symlink(tmp_path / "p" / "out", tmp_path / "q" / "latest")
+    assert "ae" in nb.metrics_table({"ae": tmp_path / "q" / "latest"})
+    scores = np.array([0.2, 0.4, 0.6, 0.8, 1.0, 1.2451, 1.3, 1.5, 1.7, 2.0])
+    maps = np.random.default_rng(0).random((10, 16, 16)).astype(np.float32)
+    pred = Predictions([f"/x/{i}.png" for i in range(10)], [0] * 5 + [1] * 5,
+                       ["good"] * 5 + ["crack"] * 5, scores, maps)  # fmt: skip
+    ex = ThresholdExplorer(pred)
+    ex.slider.value = 1.2455
+    titles = [a.get_title() for a in ex.snapshot().axes if a.get_title()]
+    ex.close()
+    assert any("1.2451" in t for t in titles) and not any(" 1.25" in t for t in titles)

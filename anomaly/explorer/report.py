@@ -354,7 +354,7 @@ def snapshot_figure(ex, n_tiles: int = 4):
             a.imshow(ex.gallery.overlay(r, i))
             word, what = _outcome(r, i, t)
             a.set_title(
-                plain(f"{word}: {what}\n{r.pred.defects[i]} {r.pred.scores[i]:.3g}"),
+                plain(f"{word}: {what}\n{r.pred.defects[i]} {score_text(r.pred.scores[i], t)}"),
                 fontsize=7.5,
                 color="#c62828" if wrong[i] else "#2e7d32",
             )
