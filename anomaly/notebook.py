@@ -301,8 +301,10 @@ def _check_scored_model(run: Path) -> None:
     if "at" not in RunDir(run).scored_meta():  # recorded as typed, from some other folder
         places = []
     found = [RunDir(p) for p in places if RunDir(p).file(RunDir.MODEL).is_file()]
-    now = [model_sha256(h.file(h.MODEL)) for h in found or [_home(run)]]
-    home = found[0] if found else _home(run)  # (any of them holding that model: its scores)
+    if RunDir(run).file(RunDir.MODEL).is_file():  # a run's own scores: its model.pt now
+        found = [RunDir(run)]
+    home = found[0] if found else _home(run)  # else any of them holding that model: its scores
+    now = [model_sha256(h.file(h.MODEL)) for h in found or [home]]
     if made is not None and now[0] is not None and made not in now:
         raise RunError(
             f"{RunDir(run).file(RunDir.METRICS)} holds the metrics of an earlier model of "
