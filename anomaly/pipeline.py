@@ -385,7 +385,7 @@ def score_run(
         sizes = (list(mask_of.values()), list(mask_of))  # several: refused before any work
         hw = full_size(*sizes) if pixel_size == FULL else (pixel_size, pixel_size)
         if hw is not None and any(mask_of.values()):  # and more pixels than memory holds
-            check_memory(len(test), hw, available_memory())
+            check_memory(len(test), hw, available_memory(), maps=config.size)
         where = dest.overlays  # a link, a file or a pipe there: refused before any work
         if overlays and (where.is_symlink() or (where.exists() and not where.is_dir())):
             output_folder(where)  # nothing written at all

@@ -120,15 +120,22 @@ def full_size(mask_paths, image_paths=()) -> tuple[int, int] | None:
     return first[1]
 
 
-def check_memory(n: int, hw: tuple[int, int], available: int | None) -> None:
+def check_memory(
+    n: int, hw: tuple[int, int], available: int | None, maps: int | None = None
+) -> None:
     """ValueError when the pixel metrics of `n` maps at `hw` need more memory than `available`
-    bytes (None: unknown, not checked)."""
+    bytes (None: unknown, not checked); `maps`: the maps' own side, a size to suggest where
+    `hw` enlarges them (64 px crops at the default 256: 16 times the pixels)."""
     need = n * hw[0] * hw[1] * BYTES_PER_PIXEL
     if available is not None and need > available:
         usual = n * EVAL_SIZE**2 * BYTES_PER_PIXEL
+        own = n * maps**2 * BYTES_PER_PIXEL if maps else need
         fix = (
             f"give a smaller --pixel-size (the default {EVAL_SIZE} needs {memory_words(usual)})"
             if usual <= available and hw[0] * hw[1] > EVAL_SIZE**2
+            else f"give --pixel-size {maps}, the maps' own size (it needs {memory_words(own)}), "
+            f"or {FULL} (the masks'), or score the test images in smaller sets"
+            if own <= available and maps**2 < hw[0] * hw[1]
             else "free memory, or score the test images in smaller sets"
         )
         raise ValueError(
@@ -176,7 +183,7 @@ def at_eval_size(pred, mask_paths, size: int | str = EVAL_SIZE):
         said = [hw[0], hw[1]]
     else:
         hw, said = _pair(size), size
-    check_memory(len(pred), hw, available_memory())
+    check_memory(len(pred), hw, available_memory(), maps=pred.maps.shape[-1])
     out = dataclasses.replace(pred, maps=maps_at(pred.maps, hw), masks=masks_at(mask_paths, hw))
     out.meta = {**pred.meta, "pixel_metrics_size": said, MASK_READING_KEY: MASK_READING}
     return out

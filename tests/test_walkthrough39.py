@@ -715,3 +715,19 @@ def test_review_numpy_numbers_symlinked_folders_and_snapshot_tiles(scored_ae_run
     titles = [a.get_title() for a in ex.snapshot().axes if a.get_title()]
     ex.close()
     assert any("1.2451" in t for t in titles) and not any(" 1.25" in t for t in titles)
+
+
+def test_pixel_metrics_too_large_for_memory_suggest_the_maps_own_size():
+    # 8,300 crops of 64 px: the pixel metrics at the default 256 px needed 24 GiB and were
+    # refused with "free memory, or score the test images in smaller sets", while their own
+    # size (--pixel-size 64, or full) needed a sixteenth of it
+    import pytest
+
+    from anomaly.pixel_eval import BYTES_PER_PIXEL, check_memory
+
+    available = 8300 * 100 * 100 * BYTES_PER_PIXEL  # room for 100 x 100, not 256 x 256
+    with pytest.raises(ValueError, match="give --pixel-size 64, the maps' own size"):
+        check_memory(8300, (256, 256), available, maps=64)
+    with pytest.raises(ValueError, match="free memory"):
+        check_memory(8300, (256, 256), available, maps=224)  # no smaller size of theirs fits
+    check_memory(100, (256, 256), available, maps=64)  # fits: no word
