@@ -326,14 +326,19 @@ def metrics_table(runs: dict[str, Path]) -> str:
     runs = _named_runs(runs)
     w = _name_width(runs)
     lines = [f"{'method':<{w}} " + " ".join(f"{k:>12}" for k in METRIC_KEYS)]
+    sizes = {}  # each run's pixel metrics' size (`score --pixel-size`): rows of two do not compare
     for name, run in runs.items():
         m = _metrics(run)
+        sizes[name] = m.get("pixel_metrics_size")
         lines.append(
             f"{name:<{w}} "
             + " ".join(
                 f"{m[k]:>12.3f}" if m.get(k) is not None else f"{'n/a':>12}" for k in METRIC_KEYS
             )
         )
+    if len({str(v) for v in sizes.values() if v is not None}) > 1:
+        said = ", ".join(f"{name} {str(v)[:20]!r}" for name, v in sizes.items() if v is not None)
+        lines.append(f"note: pixel metrics at different sizes ({said}), which do not compare")
     return "\n".join(lines)
 
 

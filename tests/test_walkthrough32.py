@@ -161,7 +161,9 @@ def test_api_pixel_size_as_text_is_the_number_and_every_size_is_checked_for_memo
     assert score_run(run, overlays=False, pixel_size="64")[1]["pixel_metrics_size"] == 64
     assert score_run(run, overlays=False, pixel_size="Full")[1]["pixel_metrics_size"] == [64, 64]
     monkeypatch.setattr(pipeline, "available_memory", lambda: 2**20)
-    with pytest.raises(ValueError, match="at 4096x4096 need about .*give --pixel-size 32, the maps. own size"):
+    with pytest.raises(
+        ValueError, match="at 4096x4096 need about .*give --pixel-size 32, the maps. own size"
+    ):
         score_run(run, overlays=False, pixel_size=4096)
 
 

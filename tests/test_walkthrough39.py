@@ -731,3 +731,18 @@ def test_pixel_metrics_too_large_for_memory_suggest_the_maps_own_size():
     with pytest.raises(ValueError, match="free memory"):
         check_memory(8300, (256, 256), available, maps=224)  # no smaller size of theirs fits
     check_memory(100, (256, 256), available, maps=64)  # fits: no word
+
+
+def test_the_metrics_table_says_when_rows_have_pixel_metrics_of_two_sizes(scored_ae_run, tmp_path):
+    # many small crops: one run scored at the default 256 px and again at --pixel-size full
+    # printed two plain rows, whose pixel metrics (AUPRO) do not compare
+    from helpers import copy_run
+
+    from anomaly import notebook as nb
+    from anomaly.pipeline import score_run
+
+    a = copy_run(scored_ae_run, tmp_path / "a")
+    b = copy_run(scored_ae_run, tmp_path / "b")
+    score_run(b, overlays=False, pixel_size="full")
+    assert "note:" not in nb.metrics_table({"a": a, "a again": a})
+    assert "pixel metrics at different sizes" in nb.metrics_table({"a": a, "b": b})
