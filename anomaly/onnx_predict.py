@@ -446,8 +446,9 @@ def main(argv=None) -> int:
         "and Pillow alone; onnx_checks.py beside this file). A folder: its image files, not subfolders.",
         epilog="Output: one tab-separated row per image on stdout, no header: path, score, and "
         "PASS or REJECT at the file's threshold (- without one); '-' and ERROR for an image it "
-        "cannot read. The threshold, warnings and errors go to stderr. Exit status: 0, 2 when "
-        "an image or the file could not be read, 141 when the rows' reader stopped early.",
+        "cannot read or that is an empty frame (one flat colour). The threshold, warnings and "
+        "errors go to stderr. Exit status: 0, 2 when an image had no verdict or the file could "
+        "not be read, 141 when the rows' reader stopped early.",
     )
     parser.add_argument("onnx", help="the exported file (RUN/model.onnx)")
     parser.add_argument("images", nargs="+", help="image files or folders of them")

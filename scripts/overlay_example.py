@@ -14,7 +14,7 @@ from anomaly.notebook import evidence_figure
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("run", help="a scored run folder (its predictions.npz)")
     parser.add_argument("--out", default="docs/overlay_example.jpg")
     args = parser.parse_args()

@@ -90,6 +90,7 @@ def test_the_deployed_reader_tells_a_newer_format_from_a_foreign_file(tmp_path, 
     assert "copy onnx_predict.py and onnx_checks.py from that version" in done.stderr
     help_text = _run_reader(reader, "--help").stdout
     assert "tab-separated" in help_text and "141" in help_text  # what its rows hold
+    assert "empty frame" in help_text  # (README: its --help says so)
 
 
 def test_a_conformal_threshold_without_its_record_is_not_told_to_use_conformal():
@@ -746,3 +747,15 @@ def test_the_metrics_table_says_when_rows_have_pixel_metrics_of_two_sizes(scored
     score_run(b, overlays=False, pixel_size="full")
     assert "note:" not in nb.metrics_table({"a": a, "a again": a})
     assert "pixel metrics at different sizes" in nb.metrics_table({"a": a, "b": b})
+
+
+def test_the_overlay_example_scripts_help_is_its_whole_first_paragraph():
+    # README read on a first day: `scripts/overlay_example.py --help` stopped mid-sentence
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "overlay_example.py"
+    argv = [sys.executable, str(script), "--help"]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True)
+    assert done.returncode == 0 and "saved as a JPEG" in " ".join(done.stdout.split())
