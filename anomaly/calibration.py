@@ -12,10 +12,9 @@ are recorded in the threshold (`params["calibration"]`) and every score, with th
 scored it, in the run folder (`RunDir.save_calibration`; kept while it records the run's model).
 
 Copies among the good images are one draw of a good part, not several: each is counted once
-(`_distinct`: the same file bytes, or in a folder the same decoded pixels, as the detector sees
-them), named, and when the distinct images are too few for the conformal rule's alpha it is
-refused, as it is for too few images (held-out copies: by split.json's SHA-256s).
-"""
+(`_distinct`: the same file bytes, or in a folder the same decoded pixels), named, and when the
+distinct images are too few for the conformal rule's alpha it is refused, as it is for too few
+images (held-out copies: by split.json's SHA-256s). Images far above the rest are named."""
 
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ from anomaly.data.files import (
     refuse_control_names,
     scan_images,
 )
-from anomaly.decision import far_above_words
+from anomaly.decision import HELD_OUT_FIX, far_above_words
 from anomaly.metrics import (
     Threshold,
     conformal_n_needed,
@@ -328,19 +327,20 @@ def good_scores(
     rd: RunDir, folder: str | Path | None, alpha: float | None = None
 ) -> tuple[list[str] | None, np.ndarray, dict]:
     """(paths, scores, record) of `folder` scored now by the run's detector (`calibrate_on_
-    folder`), or without a folder (None, the held-out scores, their record). Only scoring a
-    folder loads the detector (and torch). Copies among the good images count once."""
+    folder`: only it loads torch), or of the held-out images (None, scores, record)."""
     if folder is None:
         _refuse_unfinished(rd)
         stored, split = rd.val_scores(), rd.split() or {}
-        trained_on = set(split.get("train", []))
-        if trained_on & set(stored.get("paths", [])):  # --val-fraction 0: nothing held out
+        if set(split.get("train", [])) & set(stored.get("paths", [])):  # --val-fraction 0
             raise RunError(
                 f"{rd} held out no good images (trained with --val-fraction 0), so its stored "
                 "scores are of its training images, which score lower than new good parts: a "
                 f"threshold on them would reject too many and guarantee nothing. Set it on "
                 f"other good images: {FLAG} FOLDER"
             )
+        names = [Path(str(p)).name for p in stored.get("paths") or []]  # a defect among them?
+        if words := far_above_words(names, stored["scores"], HELD_OUT_FIX):
+            warnings.warn(f"{rd}'s held-out good images: {words}", stacklevel=3)
         return None, *_held_out(rd, stored, split, alpha)
     images = good_images(folder, alpha)  # before the model is loaded: a quick refusal
     from anomaly.build import load_run

@@ -457,16 +457,27 @@ def far_above(scores) -> np.ndarray:
     return out[np.argsort(-s[out])]
 
 
-def far_above_words(names: list[str], scores) -> str | None:
+# what to do with train's held-out images that score far above the rest (`far_above_words`)
+HELD_OUT_FIX = (
+    "take them out of the training images and train again (a defect in train/good is learned "
+    "as normal, and one held out sets the threshold at its own score)"
+)
+
+
+def far_above_words(names: list[str], scores, fix: str | None = None) -> str | None:
     """Words naming the images (`names`) whose `scores` are far above the rest (`far_above`),
-    and what to do, for a folder of good images that sets a threshold; None when there are none."""
+    and what to do (`fix`; default: for a folder of good images that sets a threshold); None
+    when there are none."""
     s = np.asarray(scores, np.float64)
     if not len(far := far_above(s)):
         return None
-    which = ", ".join(f"{names[i]} ({s[i]:.4g})" for i in far[:3]) + ", ..." * (len(far) > 3)
+    named = lambda i: names[i] if i < len(names) else f"image {i + 1}"  # (a record without them)
+    which = ", ".join(f"{named(i)} ({s[i]:.4g})" for i in far[:3]) + ", ..." * (len(far) > 3)
+    fix = fix or (
+        "take them out and set the threshold again (it is set as high as the good images' "
+        "highest scores allow, so defects among them let defects through)"
+    )
     return (
         f"{len(far)} of its {len(s)} images score far above the others (median "
-        f"{np.median(s):.4g}): {which}. Look at them: if they are defective parts, take them "
-        "out and set the threshold again (it is set as high as the good images' highest scores "
-        "allow, so defects among them let defects through)"
+        f"{np.median(s):.4g}): {which}. Look at them: if they are defective parts, {fix}"
     )

@@ -28,7 +28,7 @@ from anomaly.data.image_kind import draft_size, read_kinds
 from anomaly.data.image_kind import summarize as summarize_images
 from anomaly.data.image_unlike import warn_unlike
 from anomaly.data.masks import forget_said
-from anomaly.decision import warn_outside
+from anomaly.decision import HELD_OUT_FIX, far_above_words, warn_outside
 from anomaly.detectors import Detector, Predictions, get_detector
 from anomaly.detectors.inputs import frames_named
 from anomaly.pixel_eval import EVAL_SIZE, MASK_READING_KEY
@@ -96,15 +96,13 @@ def train_run(
 
     Writes config.json, split.json, versions.json, model.pt, history.csv and last.pt (methods
     trained by epochs), val_scores.json and threshold.json (a quantile of the held-out normal
-    scores), selection.json (method auto). The folder is locked while training.
-
-    `resume=True` continues an interrupted run with its own config and split; `config` may then
-    be None, or the run's config with `RESUMABLE_FIELDS` changed (more epochs). Any other
-    change is refused by name. A finished run with nothing to add raises `AlreadyTrained`.
-    A threshold the user set is kept. `split`: another run's split.json, whose images (each
-    checked against its SHA-256) train and are held out instead of a new split
-    (`anomaly.rerun.train_like`).
-    """
+    scores: held-out images far above the rest are named), selection.json (method auto). The
+    folder is locked while training. `resume=True` continues an interrupted run with its own
+    config and split; `config` may then be None, or the run's config with `RESUMABLE_FIELDS`
+    changed (more epochs); any other change is refused by name, and a finished run with nothing
+    to add raises `AlreadyTrained`. A threshold the user set is kept. `split`: another run's
+    split.json, whose images (each checked against its SHA-256) train and are held out instead
+    of a new split (`anomaly.rerun.train_like`)."""
     run = RunDir(out)
     if resume:
         return _resume(run, config, progress)
@@ -291,6 +289,8 @@ def _default_threshold(run: RunDir, detector, train, val, keep_own: bool, progre
         msg = "gives NaN or infinite scores or maps on its held-out images: its training diverged"
         raise RunError(f"{run}: the model {msg}; train a new --out (another --seed, a lower --lr)")
     run.save_val_scores(paths, scores.tolist(), dataset_range(pred.maps[keep], run.MAP_RANGE_Q))
+    if words := far_above_words([Path(p).name for p in paths], scores, HELD_OUT_FIX):
+        warnings.warn(f"{run}'s held-out good images: {words}", stacklevel=3)  # slipped in?
     if keep_own and run.has_threshold():  # the user's threshold, kept
         try:
             old = run.threshold()

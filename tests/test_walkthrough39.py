@@ -759,3 +759,42 @@ def test_the_overlay_example_scripts_help_is_its_whole_first_paragraph():
     argv = [sys.executable, str(script), "--help"]
     done = subprocess.run(argv, check=False, capture_output=True, text=True)
     assert done.returncode == 0 and "saved as a JPEG" in " ".join(done.stdout.split())
+
+
+def test_a_defect_among_the_held_out_good_images_is_named(tmp_path):
+    # a contaminated train/good: one defect among the 22 held-out images set train's threshold
+    # at its own score (caught 33 of 77 defects, 73 with a clean folder) without a word, while
+    # `threshold --good-images` names such images in a folder
+    import json
+    import warnings
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from anomaly.calibration import good_scores
+    from anomaly.config import Config
+    from anomaly.pipeline import train_run
+    from anomaly.runs import RunDir
+
+    rng = np.random.default_rng(0)
+    for where, n in (("train/good", 24), ("test/good", 3), ("test/crack", 3)):
+        (tmp_path / "d" / where).mkdir(parents=True)
+        for i in range(n):
+            a = (100 + rng.normal(0, 8, (32, 32, 3))).clip(0, 255).astype(np.uint8)
+            if where != "train/good" and "crack" in where or (where == "train/good" and i == 7):
+                a[8:24, 8:24] = 255  # a bright defect; in train/good: one slipped in
+            Image.fromarray(a).save(tmp_path / "d" / where / f"{i:03d}.png")
+    for seed in range(20):  # a seed whose split holds that defect out
+        config = Config.for_method("meandiff", data=str(tmp_path / "d"), size=32, seed=seed)
+        config = config.replace(val_fraction=0.5, device="cpu")
+        out = tmp_path / f"run{seed}"
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            train_run(config, out, progress=False)
+        if any(p.endswith("007.png") for p in json.loads((out / "split.json").read_text())["val"]):
+            break
+    words = [str(w.message) for w in said if "held-out good images" in str(w.message)]
+    assert words and "007.png" in words[0] and "train again" in words[0]
+    with pytest.warns(UserWarning, match="held-out good images: .*007.png"):
+        good_scores(RunDir(out), None)  # threshold --rule on them: said again
