@@ -798,3 +798,23 @@ def test_a_defect_among_the_held_out_good_images_is_named(tmp_path):
     assert words and "007.png" in words[0] and "train again" in words[0]
     with pytest.warns(UserWarning, match="held-out good images: .*007.png"):
         good_scores(RunDir(out), None)  # threshold --rule on them: said again
+
+
+def test_score_notes_good_test_images_far_above_the_other_good_ones():
+    # a defect filed under test/good (10.99 against good ones up to 7.07) was counted as a
+    # false reject by score without a hint, though it distorts every metric
+    import numpy as np
+
+    from anomaly.decision import score_summary
+    from anomaly.detectors import Predictions
+    from anomaly.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    good = 7 + rng.normal(0, 0.1, 20)
+    labels, scores = [0] * 21 + [1] * 5, [*good, 10.99, *(11 + rng.random(5))]
+    pred = Predictions([f"/t/{i}.png" for i in range(26)], labels, ["good"] * 21 + ["crack"] * 5,
+                       scores, np.zeros((26, 4, 4)))  # fmt: skip
+    said = score_summary(pred.labels, pred.scores, evaluate(pred), 9.0, pred.defects)
+    assert "note: 1 of the 21 good test images score far above" in said and "10.99" in said
+    clean = score_summary(pred.labels[:20], pred.scores[:20], {}, 9.0)
+    assert "note:" not in clean
