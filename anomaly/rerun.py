@@ -12,10 +12,8 @@ which versions.json entries differ, since those are what can change a model's la
 from __future__ import annotations
 
 import os
-import unicodedata
 import warnings
 from dataclasses import fields
-from functools import partial
 from pathlib import Path
 
 from anomaly import threshold_file
@@ -70,13 +68,12 @@ def _warn_new_images(data: str, split: dict) -> None:
     where they were left out without a word. train/good: every image its split does not name;
     the plain layout's good/, whose test images the split does not name: more images than it
     can have held (its split's count and the test's share of that)."""
-    from anomaly.data.files import _is_image, plain_test_count
+    from anomaly.data.files import _is_image, nfc, plain_test_count  # nfc: a Mac's copy
     from anomaly.onnx_checks import skipped_silently
 
     root = Path(data)
     mvtec = (root / "train").is_dir()
     folder = root / "train" / "good" if mvtec else root / "good"
-    nfc = partial(unicodedata.normalize, "NFC")  # a Mac's copy: pièce as e + a combining ´
     named = {nfc(os.path.abspath(p)) for p in split["train"] + split["val"]}
     try:
         entries = sorted(folder.iterdir())

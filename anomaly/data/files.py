@@ -131,6 +131,13 @@ def broken_link(p: Path) -> str:
     return f"a symbolic link to {os.readlink(p)}, which does not exist; fix the link or delete it"
 
 
+def nfc(name: str) -> str:
+    """`name` in Unicode's composed form: macOS's file systems and zip tools write ü as u and a
+    combining diaeresis, other systems as one character, and names of the two forms, which read
+    alike, would not match (`on_disk` finds a file by either)."""
+    return unicodedata.normalize("NFC", name)
+
+
 def on_disk(path: str) -> str:
     """`path`, or where only that exists, the same path in the other Unicode normalization: a
     data set copied through a Mac (or a zip made there) names pièce.png as e + a combining

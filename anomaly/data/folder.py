@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import os
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from anomaly.data.files import (
     _is_image,
     broken_link,
     named,
+    nfc,
     plain_test_count,
     refuse_control_names,
     scan_images,
@@ -121,22 +121,15 @@ def _list_images(folder: Path, what: str) -> list[Path]:
     return images
 
 
-def _nfc(name: str) -> str:
-    """`name` in Unicode's composed form: macOS's file systems and zip tools write ü as u and a
-    combining diaeresis, other systems as one character, and a mask of one matched no image of
-    the other, though both read alike."""
-    return unicodedata.normalize("NFC", name)
-
-
 def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Path]:
     """Map each image to its mask in `mask_dir`; a mask that fits no image is an error. An
     image's mask may also be a folder named as the image (MVTec LOCO AD: `<stem>/000.png`, ...,
     one per defect), whose masks `read_mask` joins; a folder named as no image is an error."""
-    by_stem = {_nfc(p.stem): p for p in images}  # ü as one character or as u + ¨ (macOS)
+    by_stem = {nfc(p.stem): p for p in images}  # ü as one character or as u + ¨ (macOS)
     folders = _subfolders(mask_dir)
-    found = {by_stem[_nfc(d.name)]: d for d in folders if _nfc(d.name) in by_stem}
+    found = {by_stem[nfc(d.name)]: d for d in folders if nfc(d.name) in by_stem}
     if found:  # LOCO's layout: its other folders are no one's masks
-        if stray := [d for d in folders if _nfc(d.name) not in by_stem]:
+        if stray := [d for d in folders if nfc(d.name) not in by_stem]:
             raise DataError(
                 f"{stray[0]}: this folder of masks matches no image. Expected an image named "
                 f"{stray[0].name}.* in {rel}/ (the masks of image <stem>.png go in a folder "
@@ -151,9 +144,9 @@ def _match_masks(mask_dir: Path, images: list[Path], rel: str) -> dict[Path, Pat
         files = _list_images(mask_dir, "masks (non-zero pixels = defect)")
     for m in sorted(files):
         stem = mask_stem(m) or m.stem  # <stem>_mask, any case (MVTec AD's: _mask)
-        image = by_stem.get(_nfc(stem)) or by_stem.get(_nfc(m.stem))
+        image = by_stem.get(nfc(stem)) or by_stem.get(nfc(m.stem))
         if image is None:
-            cased = [p.name for k, p in by_stem.items() if k.lower() == _nfc(stem).lower()]
+            cased = [p.name for k, p in by_stem.items() if k.lower() == nfc(stem).lower()]
             raise DataError(
                 f"{m}: this mask matches no image. Expected an image named {stem}.* in {rel}/ "
                 f"(mask <stem>_mask.png goes with image <stem>.png); rename or delete the mask."
@@ -345,8 +338,8 @@ class AnomalyDataset(Dataset):
         check_not_masks({"good": good}, self.root, self.root / "masks")
         if self.trained is not None:  # a run's own record: it learned those, tests the others
             test = self.split == "test"
-            trained = {_nfc(name) for name in self.trained}  # a Mac's copy: pièce as e + ´
-            split_good = [p for p in good if (_nfc(f"good/{p.name}") in trained) != test]
+            trained = {nfc(name) for name in self.trained}  # a Mac's copy: pièce as e + ´
+            split_good = [p for p in good if (nfc(f"good/{p.name}") in trained) != test]
         else:
             n = len(good)
             n_test = plain_test_count(n, self.holdout)
