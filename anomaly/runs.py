@@ -314,16 +314,15 @@ class RunDir(CheckpointFiles, ScoreOutputs):
         no model (older, or the record deleted) is used without a guarantee (`UNRECORDED`)."""
         from anomaly.metrics import Threshold
 
-        path, fix = (
-            self.file(self.THRESHOLD),
-            f"python -m anomaly threshold --run {shell_word(self.path)}",
-        )
+        path = self.file(self.THRESHOLD)
+        fix = f"python -m anomaly threshold --run {shell_word(self.path)}"
         raw = self._read_json(self.THRESHOLD, f"; set one with `{fix} --rule normal-quantile`")
         try:
             threshold = Threshold.from_json(json.dumps(raw), str(path))
+        except threshold_file.NewerRule as err:  # another version's: not to be set over unseen
+            raise RunError(f"{path} does not hold a threshold ({err})") from None
         except (KeyError, TypeError, ValueError) as err:
-            again = "" if "newer" in str(err) else f"; set one with `{fix} --rule ...`"
-            msg = f"{path} does not hold a threshold ({err}){again}"
+            msg = f"{path} does not hold a threshold ({err}); set one with `{fix} --rule ...`"
             raise RunError(msg) from None
         try:
             threshold_file.check_model(raw, self.file(self.MODEL))

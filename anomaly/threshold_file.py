@@ -91,6 +91,11 @@ def _check_fields(obj: dict, kinds: dict, where: str) -> None:
             raise ValueError(f"{where}{name} is {str(obj[name])[:60]!r}, not {words}")
 
 
+class NewerRule(ValueError):
+    """A saved threshold whose rule reads as a rule's name this version does not know: another
+    version's, so its readers do not advise setting one over it."""
+
+
 _SAID_UNKNOWN: set[tuple[str, tuple[str, ...]]] = set()  # (file, fields) warned of, once each
 
 
@@ -117,7 +122,7 @@ def check_threshold(d, where: str = "a saved threshold") -> tuple[float, str, di
     rule, params = d.get("rule", "manual"), d.get("params", {})
     if rule not in RULES:  # a rule's name: a newer version's, its threshold not replaced unseen
         newer = isinstance(rule, str) and rule.isascii() and rule.replace("-", "_").isidentifier()
-        raise ValueError(
+        raise (NewerRule if newer else ValueError)(
             f"its rule is {str(rule)[:60]!r}, not one of {', '.join(RULES)}"
             + ": a rule of a newer version of anomaly? Read it with the version that saved it "
             "before replacing it" * newer

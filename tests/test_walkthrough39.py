@@ -818,3 +818,21 @@ def test_score_notes_good_test_images_far_above_the_other_good_ones():
     assert "note: 1 of the 21 good test images score far above" in said and "10.99" in said
     clean = score_summary(pred.labels[:20], pred.scores[:20], {}, 9.0)
     assert "note:" not in clean
+
+
+def test_a_damaged_field_whose_value_says_newer_keeps_its_fix(scored_ae_run, tmp_path):
+    # the last read: runs.threshold told a newer version's rule by the word "newer" in the
+    # error, so a damaged param whose value held that word lost the "set one with" fix
+    import json
+
+    import pytest
+    from helpers import copy_run
+
+    from anomaly.runs import RunDir, RunError
+
+    run = copy_run(scored_ae_run, tmp_path / "run")
+    saved = json.loads((run / "threshold.json").read_text())
+    damaged = {**saved, "rule": "conformal", "params": {"alpha": "newer"}}
+    (run / "threshold.json").write_text(json.dumps(damaged))
+    with pytest.raises(RunError, match="set one with"):
+        RunDir(run).threshold()
