@@ -244,10 +244,11 @@ def score_summary(labels, scores, metrics: dict, threshold=None, defects=None) -
     if threshold is not None and (broken := guarantee_broken(labels, scores, threshold)):
         lines.append(broken)
     good = np.asarray(scores, np.float64)[np.asarray(labels) == 0]
-    if len(far := far_above(good[np.isfinite(good)])):  # a defect filed under good/?
+    good = good[np.isfinite(good)]
+    if len(far := far_above(good)):  # a defect filed under good/?
         lines.append(
             f"note: {len(far)} of the {good.size} good test images score far above the other "
-            f"good ones (up to {good[np.isfinite(good)][far[0]]:.4g}, median "
+            f"good ones (up to {good[far[0]]:.4g}, median "
             f"{np.median(good):.4g}): defects labelled good, or the model's long tail? They "
             "count as false rejects; the explorer shows them first among the good images"
         )

@@ -335,13 +335,13 @@ def exported_by() -> dict:
 
     from anomaly.run_versions import versions
 
-    made = versions()
-    record = {k: made[k] for k in ("anomaly", "code", "python", "processor", "torch", "numpy")}
-    for name in ("onnx", "onnxruntime"):
-        try:
-            record[name] = version(name)
-        except PackageNotFoundError:
-            record[name] = None
+    made = versions()  # (onnxruntime's among them; onnx, which writes the file, is not)
+    keys = ("anomaly", "code", "python", "processor", "torch", "numpy", "onnxruntime")
+    record = {k: made[k] for k in keys}
+    try:
+        record["onnx"] = version("onnx")
+    except PackageNotFoundError:
+        record["onnx"] = None
     return record
 
 

@@ -297,8 +297,9 @@ def _check_scored_model(run: Path) -> None:
     from anomaly.explorer.runs import recorded_runs
     from anomaly.threshold_file import model_sha256
 
-    places, made = recorded_runs(Path(run))  # a `--out` folder's run, where it is found first
-    if "at" not in RunDir(run).scored_meta():  # recorded as typed, from some other folder
+    meta = RunDir(run).scored_meta()
+    places, made = recorded_runs(Path(run), meta)  # a `--out` folder's run, where found first
+    if "at" not in meta:  # recorded as typed, from some other folder
         places = []
     found = [RunDir(p) for p in places if RunDir(p).file(RunDir.MODEL).is_file()]
     if RunDir(run).file(RunDir.MODEL).is_file():  # a run's own scores: its model.pt now

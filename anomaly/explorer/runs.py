@@ -282,11 +282,12 @@ def threshold_home(folder: Path) -> Path:
     return folder
 
 
-def recorded_runs(folder: Path) -> tuple[list[Path], str | None]:
+def recorded_runs(folder: Path, meta: dict | None = None) -> tuple[list[Path], str | None]:
     """The places of the run that wrote `folder`'s predictions.npz (its meta's run: absolute
     since 2026-12-05, before as typed; and that run seen from the folder, where both were moved
-    together), and the SHA-256 it records of that run's model.pt (None: no record)."""
-    meta = RunDir(folder).scored_meta()
+    together), and the SHA-256 it records of that run's model.pt (None: no record). `meta`:
+    its `RunDir.scored_meta()`, where the caller read it already."""
+    meta = RunDir(folder).scored_meta() if meta is None else meta
     run, at, sha = meta.get("run"), meta.get("at"), meta.get(MODEL_RECORD)
     if not isinstance(run, str) or not run or "\x00" in run:
         return [], None
